@@ -1,0 +1,44 @@
+"""tracegrad: a graph-compiling automatic-differentiation library with PyTorch's API.
+
+``import tracegrad as tg``: tensors and eager autograd, ``tg.nn``, ``tg.optim``, ``tg.data``.
+"""
+
+from tracegrad import autograd, dtypes, numpy_interop
+from tracegrad.creation import (
+    DoubleTensor,
+    FloatTensor,
+    LongTensor,
+    arange,
+    empty,
+    empty_like,
+    eye,
+    from_numpy,
+    full,
+    full_like,
+    linspace,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randn,
+    randn_like,
+    randperm,
+    zeros,
+    zeros_like,
+)
+from tracegrad.dtypes import DType, float32, float64, int64
+from tracegrad.dtypes import bool_ as bool
+from tracegrad.errors import DTypeError, ShapeError
+from tracegrad.functions import *  # noqa: F403
+from tracegrad.random import manual_seed
+from tracegrad.tape import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from tracegrad.tensor import Size, Tensor, as_tensor, tensor
+
+float = float32
+double = float64
+long = int64
+
+from tracegrad import data, nn, optim
+
+__version__ = "0.1.0"

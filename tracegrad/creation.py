@@ -1,0 +1,119 @@
+"""Tensor factories: zeros, ones, full, arange, randn..., PyTorch's names and defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad import dtypes
+from tracegrad.random import generator
+from tracegrad.tensor import Tensor, _shape_args, tensor
+
+
+def _make(array, dtype, requires_grad) -> Tensor:
+    dtype = dtypes.to_dtype(dtype) if dtype is not None else dtypes.DEFAULT_FLOAT
+    return Tensor._wrap(np.asarray(array, dtype.np), requires_grad=requires_grad)
+
+
+def zeros(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return _make(np.zeros(_shape_args(size)), dtype, requires_grad)
+
+
+def ones(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return _make(np.ones(_shape_args(size)), dtype, requires_grad)
+
+
+def empty(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return zeros(*size, dtype=dtype, requires_grad=requires_grad)
+
+
+def full(size, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
+    dtype = dtype if dtype is not None else dtypes.of_scalar(fill_value)
+    return _make(np.full(_shape_args((size,)), fill_value), dtype, requires_grad)
+
+
+def _like(x: Tensor, dtype):
+    return x.shape, dtype if dtype is not None else x.dtype
+
+
+def zeros_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+    shape, dtype = _like(x, dtype)
+    return zeros(shape, dtype=dtype, requires_grad=requires_grad)
+
+
+def ones_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+    shape, dtype = _like(x, dtype)
+    return ones(shape, dtype=dtype, requires_grad=requires_grad)
+
+
+def full_like(x, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
+    shape, dtype = _like(x, dtype)
+    return full(shape, fill_value, dtype=dtype, requires_grad=requires_grad)
+
+
+def empty_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return zeros_like(x, dtype, requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, requires_grad=False, device=None) -> Tensor:
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        integral = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
+        dtype = dtypes.int64 if integral else dtypes.DEFAULT_FLOAT
+    return _make(np.arange(start, end, step), dtype, requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return _make(np.linspace(start, end, steps), dtype, requires_grad)
+
+
+def eye(n, m=None, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return _make(np.eye(n, m), dtype, requires_grad)
+
+
+def randn(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return _make(generator().standard_normal(_shape_args(size)), dtype, requires_grad)
+
+
+def rand(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return _make(generator().random(_shape_args(size)), dtype, requires_grad)
+
+
+def randint(low, high=None, size=(), dtype=None, requires_grad=False, device=None) -> Tensor:
+    if high is None:
+        low, high = 0, low
+    return _make(
+        generator().integers(low, high, _shape_args((size,))), dtype or dtypes.int64, False
+    )
+
+
+def randperm(n, dtype=None, device=None) -> Tensor:
+    return _make(generator().permutation(n), dtype or dtypes.int64, False)
+
+
+def randn_like(x, dtype=None, requires_grad=False) -> Tensor:
+    shape, dtype = _like(x, dtype)
+    return randn(shape, dtype=dtype, requires_grad=requires_grad)
+
+
+def rand_like(x, dtype=None, requires_grad=False) -> Tensor:
+    shape, dtype = _like(x, dtype)
+    return rand(shape, dtype=dtype, requires_grad=requires_grad)
+
+
+def FloatTensor(data) -> Tensor:  # noqa: N802  (PyTorch's name)
+    return tensor(data, dtype=dtypes.float32)
+
+
+def DoubleTensor(data) -> Tensor:  # noqa: N802
+    return tensor(data, dtype=dtypes.float64)
+
+
+def LongTensor(data) -> Tensor:  # noqa: N802
+    return tensor(data, dtype=dtypes.int64)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``array`` (other dtypes are converted, so copied)."""
+    dtype = dtypes.from_numpy(array.dtype)
+    return Tensor._wrap(array if array.dtype == dtype.np else array.astype(dtype.np))

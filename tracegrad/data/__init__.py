@@ -1,0 +1,75 @@
+"""Datasets and batching: ``TensorDataset`` and ``DataLoader`` with PyTorch's behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad.errors import ShapeError
+from tracegrad.random import generator
+from tracegrad.tensor import Tensor, as_tensor, stack
+
+__all__ = ["DataLoader", "Dataset", "TensorDataset"]
+
+
+class Dataset:
+    def __getitem__(self, index):
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+class TensorDataset(Dataset):
+    """Samples are the i-th rows of each tensor, which must share their first dim."""
+
+    def __init__(self, *tensors):
+        self.tensors = tuple(as_tensor(t) for t in tensors)
+        sizes = {t.shape[0] for t in self.tensors}
+        if len(sizes) != 1:
+            shapes = ", ".join(str(tuple(t.shape)) for t in self.tensors)
+            raise ShapeError(
+                f"TensorDataset: tensors must share their first dim, got shapes {shapes}"
+            )
+
+    def __getitem__(self, index):
+        return tuple(t[index] for t in self.tensors)
+
+    def __len__(self) -> int:
+        return self.tensors[0].shape[0]
+
+
+class DataLoader:
+    """Iterates over batches; with ``shuffle``, a new order each epoch from tracegrad's seed."""
+
+    def __init__(
+        self, dataset, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size should be a positive integer, got {batch_size}")
+        self.dataset, self.batch_size = dataset, batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        order = generator().permutation(n) if self.shuffle else np.arange(n)
+        for b in range(len(self)):
+            yield self._batch(order[b * self.batch_size : (b + 1) * self.batch_size])
+
+    def _batch(self, indices: np.ndarray):
+        if isinstance(self.dataset, TensorDataset):
+            index = Tensor._wrap(indices.astype(np.int64))
+            return [t[index] for t in self.dataset.tensors]
+        samples = [self.dataset[int(i)] for i in indices]
+        return collate(samples)
+
+
+def collate(samples):
+    """Stack a list of samples (tensors, numbers, or tuples of them) into batches."""
+    first = samples[0]
+    if isinstance(first, (tuple, list)):
+        return [collate([s[i] for s in samples]) for i in range(len(first))]
+    return stack([as_tensor(s) for s in samples])

@@ -1,0 +1,50 @@
+"""Exceptions users can catch, and the helper that finds the user's own source line."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+from dataclasses import dataclass
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class ShapeError(RuntimeError, ValueError):
+    """Operand shapes do not fit the op. A RuntimeError as in PyTorch, and a ValueError."""
+
+
+class DTypeError(RuntimeError, TypeError):
+    """An operand has a dtype the op cannot take. A RuntimeError as in PyTorch, and a TypeError."""
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    filename: str
+    lineno: int
+    line: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.filename}:{self.lineno}"
+        return f"{text}: {self.line}" if self.line else text
+
+
+def user_frame() -> SourceLocation | None:
+    """The innermost stack frame outside the tracegrad package: where the user called us."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(_PACKAGE_DIR) and not filename.startswith("<frozen"):
+            return SourceLocation(frame.f_code.co_filename, frame.f_lineno, _line(frame))
+        frame = frame.f_back
+    return None
+
+
+def _line(frame) -> str:
+    return linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+
+
+def at_user_line(message: str) -> str:
+    """Append the user's source location to an error message, when one is known."""
+    where = user_frame()
+    return f"{message}\n  at {where}" if where else message

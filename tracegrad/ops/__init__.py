@@ -1,0 +1,30 @@
+"""The op registry. Importing this package declares every primitive (one file per family)."""
+
+from tracegrad.ops import elementwise, index, linalg, nn, reduce, shape
+from tracegrad.ops.registry import (
+    COMMUTATIVE,
+    ELEMENTWISE,
+    OPS,
+    REDUCE,
+    VIEW,
+    Op,
+    VJPContext,
+    call,
+    ops_with,
+    register,
+    vjp,
+)
+
+__all__ = [
+    "COMMUTATIVE",
+    "ELEMENTWISE",
+    "OPS",
+    "REDUCE",
+    "VIEW",
+    "Op",
+    "VJPContext",
+    "call",
+    "ops_with",
+    "register",
+    "vjp",
+]

@@ -1,0 +1,242 @@
+"""Elementwise ops: unary math, binary arithmetic with broadcasting, comparisons, where, cast.
+
+Binary ops take operands of one dtype; the tensor layer inserts ``cast`` nodes to apply
+PyTorch's type promotion first, so promotions are explicit in graphs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tracegrad import dtypes
+from tracegrad.dtypes import TensorType
+from tracegrad.ops import rules
+from tracegrad.ops.registry import COMMUTATIVE, ELEMENTWISE, call, register
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_TANH_COEF = 0.044715
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def unary(name, impl, rule, emit, saves=(), floats=True):
+    """A one-input elementwise op; ``floats`` requires a floating-point operand."""
+
+    def infer(x: TensorType, **attrs) -> TensorType:
+        return rules.floating(name, x) if floats else x
+
+    register(name, ("x",), infer, impl, (rule,), emit, saves, {ELEMENTWISE})
+
+
+def binary(name, impl, rules_xy, emit, saves=(), props=()):
+    def infer(x: TensorType, y: TensorType) -> TensorType:
+        return rules.elementwise(name, x, y)
+
+    register(name, ("x", "y"), infer, impl, rules_xy, emit, saves, {ELEMENTWISE, *props})
+
+
+def comparison(name, impl, emit):
+    def infer(x: TensorType, y: TensorType) -> TensorType:
+        return rules.elementwise(name, x, y, out_dtype=dtypes.bool_)
+
+    register(name, ("x", "y"), infer, impl, None, emit, (), {ELEMENTWISE})
+
+
+def erf(x):
+    return _erf(x).astype(x.dtype)
+
+
+def gelu(x, approximate):
+    if approximate == "tanh":
+        inner = SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x**3)
+        return 0.5 * x * (1.0 + np.tanh(inner))
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def gelu_grad(c, g):
+    x = c.x
+    if c.approximate == "tanh":
+        t = call("tanh", SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x))
+        dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * x * x)
+        return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
+    cdf = 0.5 * (1.0 + call("erf", x * (1.0 / math.sqrt(2.0))))
+    pdf = call("exp", -0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return g * (cdf + x * pdf)
+
+
+# --- unary math:  name, NumPy implementation, VJP rule (d/dx), emit template ----------------
+unary("neg", np.negative, lambda c, g: -g, "np.negative({0})", floats=False)
+unary("exp", np.exp, lambda c, g: g * c.out, "np.exp({0})", saves=("out",))
+unary("log", np.log, lambda c, g: g / c.x, "np.log({0})", saves=("x",))
+unary("log1p", np.log1p, lambda c, g: g / (1.0 + c.x), "np.log1p({0})", saves=("x",))
+unary("sqrt", np.sqrt, lambda c, g: g / (2.0 * c.out), "np.sqrt({0})", saves=("out",))
+unary("tanh", np.tanh, lambda c, g: g * (1.0 - c.out * c.out), "np.tanh({0})", saves=("out",))
+unary(
+    "sigmoid",
+    lambda x: 1.0 / (1.0 + np.exp(-x)),
+    lambda c, g: g * c.out * (1.0 - c.out),
+    "1.0 / (1.0 + np.exp(-{0}))",
+    saves=("out",),
+)
+# d relu(x) = [x > 0]; the output is as good a witness as the input and is kept anyway.
+unary(
+    "relu",
+    lambda x: np.maximum(x, 0),
+    lambda c, g: g * (c.out > 0),
+    "np.maximum({0}, 0)",
+    saves=("out",),
+    floats=False,
+)
+unary("abs", np.abs, lambda c, g: g * call("sign", c.x), "np.abs({0})", saves=("x",), floats=False)
+unary("sign", np.sign, None, "np.sign({0})", floats=False)
+unary(
+    "erf",
+    erf,
+    lambda c, g: g * (2.0 / math.sqrt(math.pi)) * call("exp", -c.x * c.x),
+    "rt.erf({0})",
+    saves=("x",),
+)
+unary("sin", np.sin, lambda c, g: g * call("cos", c.x), "np.sin({0})", saves=("x",))
+unary("cos", np.cos, lambda c, g: -g * call("sin", c.x), "np.cos({0})", saves=("x",))
+# gelu(x) = x * Phi(x); 'tanh' uses PyTorch's approximation of Phi.
+unary("gelu", gelu, gelu_grad, "rt.gelu({0}, {approximate!r})", saves=("x",))
+# clamp passes the gradient where min <= x <= max, as PyTorch does.
+unary(
+    "clamp",
+    lambda x, min, max: np.clip(x, min, max),
+    lambda c, g: g * _inside(c.x, c.min, c.max),
+    "np.clip({0}, {min!r}, {max!r})",
+    saves=("x",),
+    floats=False,
+)
+# x ** p for a constant exponent p: d/dx = p * x ** (p - 1).
+unary(
+    "pow_scalar",
+    lambda x, exponent: np.power(x, exponent),
+    lambda c, g: (
+        g * c.exponent * call("pow_scalar", c.x, exponent=c.exponent - 1.0)
+        if c.exponent != 1.0
+        else g
+    ),
+    "np.power({0}, {exponent!r})",
+    saves=("x",),
+)
+unary("clone", np.copy, lambda c, g: g, "{0}.copy()", floats=False)
+
+
+def _inside(x, low, high):
+    """[low <= x <= high], either bound possibly None."""
+    above = x >= low if low is not None else None
+    below = x <= high if high is not None else None
+    if above is None or below is None:
+        return above if below is None else below
+    return above & below
+
+
+def _pow_grad_y(c, g):
+    # d/dy x**y = x**y * log(x); PyTorch takes it as 0 where x == 0 and y >= 0.
+    zero_base = (c.x == 0) & (c.y >= 0)
+    return g * call("where", zero_base, c.x * 0.0, c.out * call("log", c.x))
+
+
+def _maximum_mask(c, picks_x):
+    """maximum/minimum split the gradient evenly on ties, as PyTorch does."""
+    wins = (c.x > c.y) if picks_x else (c.x < c.y)
+    return wins + 0.5 * (c.x == c.y)
+
+
+# --- binary arithmetic:  name, impl, (d/dx, d/dy), emit ---------------------------------------
+binary("add", np.add, (lambda c, g: g, lambda c, g: g), "{0} + {1}", props={COMMUTATIVE})
+binary("sub", np.subtract, (lambda c, g: g, lambda c, g: -g), "{0} - {1}")
+binary(
+    "mul",
+    np.multiply,
+    (lambda c, g: g * c.y, lambda c, g: g * c.x),
+    "{0} * {1}",
+    saves=("x", "y"),
+    props={COMMUTATIVE},
+)
+binary(
+    "div",
+    np.divide,
+    (lambda c, g: g / c.y, lambda c, g: -g * c.out / c.y),
+    "{0} / {1}",
+    saves=("y", "out"),
+)
+binary(
+    "pow",
+    np.power,
+    (lambda c, g: g * c.y * call("pow", c.x, c.y - 1.0), _pow_grad_y),
+    "np.power({0}, {1})",
+    saves=("x", "y", "out"),
+)
+binary(
+    "maximum",
+    np.maximum,
+    (lambda c, g: g * _maximum_mask(c, True), lambda c, g: g * (1.0 - _maximum_mask(c, True))),
+    "np.maximum({0}, {1})",
+    saves=("x", "y"),
+    props={COMMUTATIVE},
+)
+binary(
+    "minimum",
+    np.minimum,
+    (lambda c, g: g * _maximum_mask(c, False), lambda c, g: g * (1.0 - _maximum_mask(c, False))),
+    "np.minimum({0}, {1})",
+    saves=("x", "y"),
+    props={COMMUTATIVE},
+)
+
+# --- comparisons and logic: bool results, no gradient -----------------------------------------
+comparison("eq", np.equal, "{0} == {1}")
+comparison("ne", np.not_equal, "{0} != {1}")
+comparison("lt", np.less, "{0} < {1}")
+comparison("le", np.less_equal, "{0} <= {1}")
+comparison("gt", np.greater, "{0} > {1}")
+comparison("ge", np.greater_equal, "{0} >= {1}")
+comparison("logical_and", np.logical_and, "{0} & {1}")
+comparison("logical_or", np.logical_or, "{0} | {1}")
+comparison("logical_xor", np.logical_xor, "{0} ^ {1}")
+register(
+    "logical_not",
+    ("x",),
+    lambda x: TensorType(x.shape, dtypes.bool_),
+    np.logical_not,
+    None,
+    "~{0}",
+    props={ELEMENTWISE},
+)
+
+
+def _where_infer(cond: TensorType, x: TensorType, y: TensorType) -> TensorType:
+    if cond.dtype is not dtypes.bool_:
+        raise rules.DTypeError(f"where: condition must be bool, got {cond.dtype}")
+    dtype = rules.same_dtype("where", x, y)
+    return TensorType(rules.broadcast_shape("where", cond.shape, x.shape, y.shape), dtype)
+
+
+register(
+    "where",
+    ("cond", "x", "y"),
+    _where_infer,
+    np.where,
+    (
+        None,
+        lambda c, g: call("where", c.cond, g, g * 0.0),
+        lambda c, g: call("where", c.cond, g * 0.0, g),
+    ),
+    "np.where({0}, {1}, {2})",
+    saves=("cond",),
+    props={ELEMENTWISE},
+)
+
+register(
+    "cast",
+    ("x",),
+    lambda x, dtype: TensorType(x.shape, dtypes.from_name(dtype)),
+    lambda x, dtype: x.astype(dtypes.from_name(dtype).np),
+    (lambda c, g: call("cast", g, dtype=c.x.dtype.name) if c.x.dtype.is_floating_point else None,),
+    "{0}.astype(np.{dtype})",
+    props={ELEMENTWISE},
+)

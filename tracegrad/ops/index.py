@@ -1,0 +1,106 @@
+"""Indexing: ``getitem`` and its transpose ``scatter_add``.
+
+An index is stored as a ``key``: a tuple with one entry per indexing item,
+``("slice", start, stop, step)``, ``("int", i)``, ``("none",)``, ``("ellipsis",)`` or
+``("tensor", k)`` for the k-th int64 index tensor, which is an input of the op (so the
+graph sees it). Boolean masks are turned into integer indices before they get here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad import dtypes
+from tracegrad.dtypes import TensorType
+from tracegrad.ops import rules
+from tracegrad.ops.registry import call, register
+
+
+def resolve(key, index_arrays) -> tuple:
+    """Turn a stored key back into a NumPy index."""
+    items = []
+    for kind, *args in key:
+        if kind == "slice":
+            items.append(slice(*args))
+        elif kind == "int":
+            items.append(args[0])
+        elif kind == "none":
+            items.append(None)
+        elif kind == "ellipsis":
+            items.append(Ellipsis)
+        else:
+            items.append(index_arrays[args[0]])
+    return tuple(items)
+
+
+def _getitem_infer(x: TensorType, *indices: TensorType, key) -> TensorType:
+    for t in indices:
+        rules.integer("getitem", t, "index tensors")
+    # Index a zero-strided stand-in of x's shape with zero-strided stand-in indices: NumPy's
+    # own rules then give the result shape, without data.
+    probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.bool_), x.shape, (0,) * x.ndim)
+    stand_ins = [np.zeros(t.shape, np.int64) for t in indices]
+    try:
+        shape = probe[resolve(key, stand_ins)].shape
+    except IndexError as exc:
+        raise rules.ShapeError(f"getitem: cannot index shape {x.shape}: {exc}") from None
+    return TensorType(shape, x.dtype)
+
+
+def _getitem_impl(x, *indices, key):
+    return x[resolve(key, indices)]
+
+
+def _scatter_add_infer(g: TensorType, *indices: TensorType, key, shape) -> TensorType:
+    return TensorType(tuple(shape), g.dtype)
+
+
+def _scatter_add_impl(g, *indices, key, shape):
+    out = np.zeros(shape, g.dtype)
+    index = resolve(key, indices)
+    if indices:
+        np.add.at(out, index, g)  # repeated indices accumulate
+    else:
+        out[index] = g
+    return out
+
+
+def has_advanced(key) -> bool:
+    return any(kind == "tensor" for kind, *_ in key)
+
+
+register(
+    "getitem",
+    ("x", "*indices"),
+    _getitem_infer,
+    _getitem_impl,
+    lambda c, g: (
+        (call("scatter_add", g, *c.inputs[1:], key=c.key, shape=c.x.shape),)
+        + (None,) * (len(c.inputs) - 1)
+    ),
+    "{0}[rt.index({key!r}, {indices})]",
+)
+# scatter_add(g, idx) adds g into zeros(shape) at x[idx]: the transpose of getitem.
+register(
+    "scatter_add",
+    ("g", "*indices"),
+    _scatter_add_infer,
+    _scatter_add_impl,
+    lambda c, g: (call("getitem", g, *c.inputs[1:], key=c.key),) + (None,) * (len(c.inputs) - 1),
+    "rt.scatter_add({0}, {key!r}, {shape}, {indices})",
+)
+
+
+def _one_hot_infer(t: TensorType, num_classes) -> TensorType:
+    rules.integer("one_hot", t, "the input")
+    return TensorType((*t.shape, num_classes), dtypes.int64)
+
+
+register(
+    "one_hot",
+    ("t",),
+    _one_hot_infer,
+    lambda t, num_classes: (t[..., None] == np.arange(num_classes)).astype(np.int64),
+    None,
+    "rt.one_hot({0}, {num_classes})",
+)

@@ -1,0 +1,118 @@
+"""Matrix products: batched ``matmul`` with NumPy's 1-D rules, and ``einsum``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad.dtypes import TensorType
+from tracegrad.errors import ShapeError
+from tracegrad.ops import rules
+from tracegrad.ops.registry import call, register
+
+
+def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
+    dtype = rules.same_dtype("matmul", a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul: both operands need at least 1 dim, got {a.shape} and {b.shape}")
+    a2 = a.shape if a.ndim > 1 else (1, *a.shape)
+    b2 = b.shape if b.ndim > 1 else (*b.shape, 1)
+    if a2[-1] != b2[-2]:
+        raise ShapeError(
+            f"matmul: shapes {a.shape} and {b.shape} do not fit "
+            f"(inner dims {a2[-1]} and {b2[-2]} differ)"
+        )
+    batch = rules.broadcast_shape("matmul", a2[:-2], b2[:-2])
+    shape = (*batch, *((a2[-2],) if a.ndim > 1 else ()), *((b2[-1],) if b.ndim > 1 else ()))
+    return TensorType(shape, dtype)
+
+
+def _as_matrices(c, g):
+    """Operands and cotangent with NumPy's implied unit dims made explicit."""
+    a, b = c.a, c.b
+    if a.ndim == 1:
+        a, g = a.reshape(1, -1), g.unsqueeze(-2 if b.ndim > 1 else -1)
+    if b.ndim == 1:
+        b, g = b.reshape(-1, 1), g.unsqueeze(-1)
+    return a, b, g
+
+
+def _matmul_grad_a(c, g):
+    a, b, g = _as_matrices(c, g)
+    return call("sum_to", g @ b.mT, shape=a.shape).reshape(c.a.shape)
+
+
+def _matmul_grad_b(c, g):
+    a, b, g = _as_matrices(c, g)
+    return call("sum_to", a.mT @ g, shape=b.shape).reshape(c.b.shape)
+
+
+register(
+    "matmul",
+    ("a", "b"),
+    _matmul_infer,
+    np.matmul,
+    (_matmul_grad_a, _matmul_grad_b),
+    "{0} @ {1}",
+    saves=("a", "b"),
+)
+
+
+def parse_equation(equation: str, n_inputs: int) -> tuple[list[str], str]:
+    """Split ``"ij,jk->ik"`` into input subscripts and output subscripts (implicit output
+    is the sorted letters that appear once, as in NumPy)."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, out = equation.partition("->")
+    ins = lhs.split(",")
+    if len(ins) != n_inputs or "." in equation:
+        raise ShapeError(f"einsum: equation {equation!r} does not fit {n_inputs} operands")
+    if not arrow:
+        letters = "".join(ins)
+        out = "".join(sorted(ch for ch in set(letters) if letters.count(ch) == 1))
+    return ins, out
+
+
+def _einsum_infer(*xs: TensorType, equation) -> TensorType:
+    dtype = rules.same_dtype("einsum", *xs)
+    ins, out = parse_equation(equation, len(xs))
+    sizes: dict[str, int] = {}
+    for subs, x in zip(ins, xs, strict=True):
+        if len(subs) != x.ndim:
+            raise ShapeError(f"einsum: subscripts {subs!r} do not fit shape {x.shape}")
+        if len(set(subs)) != len(subs):
+            raise ShapeError(
+                f"einsum: repeated subscripts in {subs!r} (diagonals) are not supported"
+            )
+        for ch, size in zip(subs, x.shape, strict=True):
+            if sizes.setdefault(ch, size) != size:
+                raise ShapeError(f"einsum: index {ch!r} has sizes {sizes[ch]} and {size}")
+    return TensorType(tuple(sizes[ch] for ch in out), dtype)
+
+
+def _einsum_grad(c, g):
+    """d/dx_i of einsum is einsum of g with the other operands, written to x_i's subscripts;
+    letters only x_i has are summed over in the forward, so their cotangent is broadcast."""
+    ins, out = parse_equation(c.equation, len(c.inputs))
+    grads = []
+    for i, (subs, x) in enumerate(zip(ins, c.inputs, strict=True)):
+        if not c.needs_input_grad[i]:
+            grads.append(None)
+            continue
+        others = [(s, t) for j, (s, t) in enumerate(zip(ins, c.inputs, strict=True)) if j != i]
+        known = set(out).union(*(s for s, _ in others))
+        target = "".join(ch for ch in subs if ch in known)
+        eq = ",".join([out, *(s for s, _ in others)]) + "->" + target
+        grad = call("einsum", g, *(t for _, t in others), equation=eq)
+        grad = grad.reshape(tuple(n if ch in known else 1 for ch, n in zip(subs, x.shape)))
+        grads.append(call("broadcast_to", grad, shape=x.shape))
+    return tuple(grads)
+
+
+register(
+    "einsum",
+    ("*xs",),
+    _einsum_infer,
+    lambda *xs, equation: np.einsum(equation, *xs),
+    _einsum_grad,
+    "np.einsum({equation!r}, {inputs})",
+    saves=("xs",),
+)

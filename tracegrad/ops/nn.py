@@ -1,0 +1,255 @@
+"""Neural-network primitives: sliding windows (for conv and pooling), softmax family, layer norm.
+
+NOTE: softmax, log_softmax, cross_entropy and layer_norm are primitives rather than compositions
+because their stable forms (subtracting the max, normalizing once) and their short hand-written
+VJPs are both cheaper and more accurate than differentiating the naive formulas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad import dtypes
+from tracegrad.dtypes import TensorType
+from tracegrad.errors import ShapeError
+from tracegrad.ops import rules
+from tracegrad.ops.registry import call, register
+
+# --- sliding windows: conv2d and max_pool2d are compositions over these -------------------------
+
+
+def window_out_size(size, kernel, stride, padding, dilation) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _unfold_infer(x: TensorType, kernel, stride, padding, dilation, pad_value) -> TensorType:
+    if x.ndim != 4:
+        raise ShapeError(f"unfold: expected a 4-D (N, C, H, W) input, got shape {x.shape}")
+    out = tuple(
+        window_out_size(*args) for args in zip(x.shape[2:], kernel, stride, padding, dilation)
+    )
+    if min(out) < 1:
+        raise ShapeError(
+            f"unfold: kernel {tuple(kernel)} with dilation {tuple(dilation)} does not fit "
+            f"input {x.shape[2:]} padded by {tuple(padding)}"
+        )
+    return TensorType((*x.shape[:2], *out, *kernel), x.dtype)
+
+
+def unfold(x, kernel, stride, padding, dilation, pad_value):
+    """(N, C, H, W) -> (N, C, OH, OW, KH, KW) windows: a strided view of the padded input."""
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    n, c, h, w = x.shape
+    oh = (h - dh * (kernel[0] - 1) - 1) // sh + 1
+    ow = (w - dw * (kernel[1] - 1) - 1) // sw + 1
+    s_n, s_c, s_h, s_w = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x,
+        (n, c, oh, ow, *kernel),
+        (s_n, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw),
+        writeable=False,
+    )
+
+
+def fold(cols, size, kernel, stride, padding, dilation):
+    """The transpose of ``unfold``: add every window back where it came from."""
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    n, c, oh, ow = cols.shape[:4]
+    out = np.zeros((n, c, size[0] + 2 * ph, size[1] + 2 * pw), cols.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            columns = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            out[:, :, rows, columns] += cols[:, :, :, :, i, j]
+    return out[:, :, ph : ph + size[0], pw : pw + size[1]]
+
+
+def _fold_infer(cols: TensorType, size, kernel, stride, padding, dilation) -> TensorType:
+    return TensorType((*cols.shape[:2], *size), cols.dtype)
+
+
+register(
+    "unfold",
+    ("x",),
+    _unfold_infer,
+    unfold,
+    (
+        lambda c, g: call(
+            "fold",
+            g,
+            size=c.x.shape[2:],
+            kernel=c.kernel,
+            stride=c.stride,
+            padding=c.padding,
+            dilation=c.dilation,
+        ),
+    ),
+    "rt.unfold({0}, {kernel}, {stride}, {padding}, {dilation}, {pad_value!r})",
+)
+register(
+    "fold",
+    ("cols",),
+    _fold_infer,
+    fold,
+    (
+        lambda c, g: call(
+            "unfold",
+            g,
+            kernel=c.kernel,
+            stride=c.stride,
+            padding=c.padding,
+            dilation=c.dilation,
+            pad_value=0.0,
+        ),
+    ),
+    "rt.fold({0}, {size}, {kernel}, {stride}, {padding}, {dilation})",
+)
+
+# --- softmax family ------------------------------------------------------------------------------
+
+
+def _softmax_impl(x, dim):
+    e = np.exp(x - np.amax(x, axis=dim, keepdims=True))
+    return e / np.sum(e, axis=dim, keepdims=True)
+
+
+def _log_softmax_impl(x, dim):
+    shifted = x - np.amax(x, axis=dim, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
+
+
+def _softmax_infer(x: TensorType, dim) -> TensorType:
+    rules.normalize_dim("softmax", dim, x.ndim)
+    return rules.floating("softmax", x)
+
+
+# softmax: dx = y * (g - sum(g * y));  log_softmax: dx = g - exp(y) * sum(g)
+register(
+    "softmax",
+    ("x",),
+    _softmax_infer,
+    _softmax_impl,
+    (lambda c, g: c.out * (g - (g * c.out).sum(dim=c.dim, keepdim=True)),),
+    "rt.softmax({0}, {dim})",
+    saves=("out",),
+)
+register(
+    "log_softmax",
+    ("x",),
+    _softmax_infer,
+    _log_softmax_impl,
+    (lambda c, g: g - call("exp", c.out) * g.sum(dim=c.dim, keepdim=True),),
+    "rt.log_softmax({0}, {dim})",
+    saves=("out",),
+)
+
+# --- cross entropy over class indices ------------------------------------------------------------
+
+
+def _class_dim(ndim: int) -> int:
+    return 0 if ndim == 1 else 1
+
+
+def _cross_entropy_infer(
+    logits: TensorType, target: TensorType, ignore_index, label_smoothing, reduction
+) -> TensorType:
+    rules.floating("cross_entropy", logits)
+    if target.dtype is not dtypes.int64:
+        raise rules.DTypeError(
+            f"cross_entropy: target must hold int64 class indices, got {target.dtype} "
+            f"with shape {target.shape} (for one-hot or soft targets use -(target * "
+            "log_softmax(input, 1)).sum(1).mean())"
+        )
+    dim = _class_dim(logits.ndim)
+    expected = logits.shape[:dim] + logits.shape[dim + 1 :]
+    if logits.ndim == 0 or target.shape != expected:
+        raise ShapeError(
+            f"cross_entropy: input of shape {logits.shape} needs a target of shape {expected}, "
+            f"got {target.shape}"
+        )
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(
+            f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
+        )
+    return TensorType(target.shape if reduction == "none" else (), logits.dtype)
+
+
+def _cross_entropy_impl(logits, target, ignore_index, label_smoothing, reduction):
+    dim = _class_dim(logits.ndim)
+    logp = np.moveaxis(_log_softmax_impl(logits, dim), dim, -1)
+    valid = target != ignore_index
+    picked = np.take_along_axis(logp, np.where(valid, target, 0)[..., None], -1)[..., 0]
+    loss = -(1.0 - label_smoothing) * picked - label_smoothing * logp.mean(-1)
+    loss = np.where(valid, loss, 0.0).astype(logits.dtype)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total / valid.sum().astype(logits.dtype) if reduction == "mean" else total
+
+
+def _cross_entropy_grad(c, g):
+    # d loss_n / d logits_n = softmax(logits_n) - smoothed one-hot(target_n), zero if ignored.
+    logits, target, dtype = c.logits, c.target, c.logits.dtype.name
+    dim, classes = _class_dim(logits.ndim), logits.shape[_class_dim(logits.ndim)]
+    valid = call("cast", target != c.ignore_index, dtype=dtype)
+    one_hot = call("one_hot", target * (target != c.ignore_index), num_classes=classes)
+    order = (0, one_hot.ndim - 1, *range(1, one_hot.ndim - 1)) if logits.ndim > 1 else (0,)
+    one_hot = call("cast", call("permute", one_hot, dims=order), dtype=dtype)
+    wanted = one_hot * (1.0 - c.label_smoothing) + c.label_smoothing / classes
+    if c.reduction == "mean":
+        g = g / valid.sum()
+    return (call("softmax", logits, dim=dim) - wanted) * (valid * g).unsqueeze(dim), None
+
+
+register(
+    "cross_entropy",
+    ("logits", "target"),
+    _cross_entropy_infer,
+    _cross_entropy_impl,
+    _cross_entropy_grad,
+    "rt.cross_entropy({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",
+    saves=("logits", "target"),
+)
+
+# --- layer norm (without the affine part, which is an ordinary mul and add) ----------------------
+
+
+def _layer_norm_axes(ndim: int, ndims: int) -> tuple[int, ...]:
+    return tuple(range(ndim - ndims, ndim))
+
+
+def _layer_norm_impl(x, ndims, eps):
+    axes = _layer_norm_axes(x.ndim, ndims)
+    centered = x - x.mean(axis=axes, keepdims=True)
+    var = np.mean(centered * centered, axis=axes, keepdims=True)
+    return centered / np.sqrt(var + eps)
+
+
+def _layer_norm_grad(c, g):
+    # With xhat = (x - mean) * rstd: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+    axes = _layer_norm_axes(c.x.ndim, c.ndims)
+    centered = c.x - c.x.mean(dim=axes, keepdim=True)
+    rstd = 1.0 / call("sqrt", (centered * centered).mean(dim=axes, keepdim=True) + c.eps)
+    xhat = c.out
+    return rstd * (
+        g - g.mean(dim=axes, keepdim=True) - xhat * (g * xhat).mean(dim=axes, keepdim=True)
+    )
+
+
+def _layer_norm_infer(x: TensorType, ndims, eps) -> TensorType:
+    if not 1 <= ndims <= x.ndim:
+        raise ShapeError(f"layer_norm: cannot normalize the last {ndims} dims of shape {x.shape}")
+    return rules.floating("layer_norm", x)
+
+
+register(
+    "layer_norm",
+    ("x",),
+    _layer_norm_infer,
+    _layer_norm_impl,
+    (_layer_norm_grad,),
+    "rt.layer_norm({0}, {ndims}, {eps!r})",
+    saves=("x", "out"),
+)

@@ -1,0 +1,140 @@
+"""Reductions over dims. Attributes hold normalized dims (sorted, non-negative) and keepdim."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad import dtypes
+from tracegrad.dtypes import TensorType
+from tracegrad.ops import rules
+from tracegrad.ops.registry import REDUCE, call, register
+
+
+def _reduce_infer(name, out_dtype=None):
+    def infer(x: TensorType, dims, keepdim) -> TensorType:
+        dims = rules.normalize_dims(name, dims, x.ndim)
+        return TensorType(rules.reduced_shape(x.shape, dims, keepdim), out_dtype or x.dtype)
+
+    return infer
+
+
+def keep_dims(g, x_shape, dims, keepdim):
+    """Give a reduced value back the reduced dims as size 1, so it broadcasts against x."""
+    if keepdim:
+        return g
+    return call("reshape", g, shape=rules.reduced_shape(x_shape, dims, True))
+
+
+def _sum_grad(c, g):
+    return call("broadcast_to", keep_dims(g, c.x.shape, c.dims, c.keepdim), shape=c.x.shape)
+
+
+def _extreme_grad(c, g):
+    # The gradient is shared evenly between tied extremes, as torch.amax/amin do.
+    out = keep_dims(c.out, c.x.shape, c.dims, c.keepdim)
+    hits = call("cast", call("eq", c.x, out), dtype=c.x.dtype.name)
+    share = hits / hits.sum(dim=c.dims, keepdim=True)
+    return share * keep_dims(g, c.x.shape, c.dims, c.keepdim)
+
+
+register(
+    "sum",
+    ("x",),
+    _reduce_infer("sum"),
+    lambda x, dims, keepdim: np.sum(x, dims, keepdims=keepdim),
+    (_sum_grad,),
+    "np.sum({0}, axis={dims}, keepdims={keepdim})",
+    props={REDUCE},
+)
+register(
+    "amax",
+    ("x",),
+    _reduce_infer("amax"),
+    lambda x, dims, keepdim: np.amax(x, dims, keepdims=keepdim),
+    (_extreme_grad,),
+    "np.amax({0}, axis={dims}, keepdims={keepdim})",
+    saves=("x", "out"),
+    props={REDUCE},
+)
+register(
+    "amin",
+    ("x",),
+    _reduce_infer("amin"),
+    lambda x, dims, keepdim: np.amin(x, dims, keepdims=keepdim),
+    (_extreme_grad,),
+    "np.amin({0}, axis={dims}, keepdims={keepdim})",
+    saves=("x", "out"),
+    props={REDUCE},
+)
+
+
+def _arg_infer(name):
+    def infer(x: TensorType, dim, keepdim) -> TensorType:
+        dims = rules.normalize_dims(name, dim, x.ndim) if dim is not None else ()
+        shape = rules.reduced_shape(x.shape, dims, keepdim) if dim is not None else ()
+        return TensorType(shape, dtypes.int64)
+
+    return infer
+
+
+def _arg_impl(np_fn):
+    def impl(x, dim, keepdim):
+        if dim is None:
+            return np.asarray(np_fn(x), dtype=np.int64)
+        return np_fn(x, axis=dim, keepdims=keepdim).astype(np.int64)
+
+    return impl
+
+
+register(
+    "argmax",
+    ("x",),
+    _arg_infer("argmax"),
+    _arg_impl(np.argmax),
+    None,
+    "np.argmax({0}, axis={dim}, keepdims={keepdim})",
+    props={REDUCE},
+)
+register(
+    "argmin",
+    ("x",),
+    _arg_infer("argmin"),
+    _arg_impl(np.argmin),
+    None,
+    "np.argmin({0}, axis={dim}, keepdims={keepdim})",
+    props={REDUCE},
+)
+
+
+def sum_to_dims(in_shape, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Leading dims to drop and size-1 dims to sum so ``in_shape`` reduces to ``shape``."""
+    lead = len(in_shape) - len(shape)
+    kept = tuple(i for i, s in enumerate(shape) if s == 1 and in_shape[lead + i] != 1)
+    return tuple(range(lead)), tuple(lead + i for i in kept)
+
+
+def _sum_to_impl(x, shape):
+    lead, kept = sum_to_dims(x.shape, shape)
+    if kept:
+        x = np.sum(x, axis=kept, keepdims=True)
+    if lead:
+        x = np.sum(x, axis=lead)
+    return x.reshape(shape)
+
+
+def _sum_to_infer(x: TensorType, shape) -> TensorType:
+    if rules.broadcast_shape("sum_to", x.shape, shape) != x.shape:
+        raise rules.ShapeError(f"sum_to: shape {x.shape} cannot be reduced to {tuple(shape)}")
+    return TensorType(tuple(shape), x.dtype)
+
+
+# sum_to undoes broadcasting: it sums the dims that broadcast_to(x, shape) would have added.
+register(
+    "sum_to",
+    ("x",),
+    _sum_to_infer,
+    _sum_to_impl,
+    (lambda c, g: call("broadcast_to", g, shape=c.x.shape),),
+    "rt.sum_to({0}, {shape})",
+    props={REDUCE},
+)

@@ -1,0 +1,117 @@
+"""The op registry: every primitive declared once.
+
+An ``Op`` entry holds, side by side:
+
+- ``infer(*types, **attrs) -> TensorType``: the shape/dtype rule, on static types alone;
+- ``impl(*arrays, **attrs) -> ndarray``: the NumPy implementation used eagerly;
+- ``vjp``: the vector-Jacobian rule written in tracegrad ops, so eager autograd, the
+  reverse-mode pass and higher-order gradients all use the same rule. Either a tuple with one
+  rule per input, ``rule(ctx, g) -> cotangent`` (``None`` for inputs without a gradient), or
+  for variadic ops one function ``(ctx, g) -> tuple`` of cotangents. ``ctx`` exposes the inputs
+  by their declared names, ``ctx.out`` and the attributes. Cotangents may keep a broadcast
+  shape: the backward engine sums them back to each input's shape;
+- ``emit``: the codegen template, a Python expression with ``{0}, {1}...`` for the inputs and
+  ``{name}`` for the attributes;
+- ``saves``: which values the rule reads (input names and ``"out"``), checked against in-place
+  modification and used to choose saved activations;
+- ``props``: property sets passes query instead of listing op names.
+
+Ops are called through ``call(name, *inputs, **attrs)``, which hands them to the dispatcher
+installed by the tensor layer (eager execution now, tracing later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tracegrad.dtypes import TensorType
+
+# Property names ops carry; passes ask these sets instead of listing ops.
+ELEMENTWISE = "elementwise"
+REDUCE = "reduce"
+VIEW = "view"  # output may alias the input's memory
+COMMUTATIVE = "commutative"
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    inputs: tuple[str, ...]  # names of the tensor inputs; a trailing "*" name is variadic
+    infer: Callable[..., TensorType]
+    impl: Callable
+    vjp: tuple | Callable | None = None
+    emit: str | None = None
+    saves: tuple[str, ...] = ()
+    props: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def variadic(self) -> bool:
+        return self.inputs[-1].startswith("*")
+
+    @property
+    def differentiable(self) -> bool:
+        return self.vjp is not None
+
+    def __repr__(self) -> str:
+        return f"Op({self.name})"
+
+
+OPS: dict[str, Op] = {}
+
+
+def register(name, inputs, infer, impl, vjp=None, emit=None, saves=(), props=()) -> Op:
+    """Declare a primitive; the declaration is the only place the op is described."""
+    if name in OPS:
+        raise ValueError(f"op {name!r} is declared twice")
+    op = Op(name, tuple(inputs), infer, impl, vjp, emit, tuple(saves), frozenset(props))
+    OPS[name] = op
+    return op
+
+
+def ops_with(prop: str) -> frozenset[str]:
+    return frozenset(name for name, op in OPS.items() if prop in op.props)
+
+
+class VJPContext:
+    """What a VJP rule sees: the op's inputs by name, its output, attributes, and which inputs
+    need a gradient."""
+
+    def __init__(self, op: Op, inputs, out, attrs, needs_input_grad):
+        self.op = op
+        self.inputs = tuple(inputs)
+        self.out = out
+        self.attrs = attrs
+        self.needs_input_grad = tuple(needs_input_grad)
+
+    def __getattr__(self, name):
+        names = self.op.inputs
+        if name in names:
+            return self.inputs[names.index(name)]
+        if name in self.attrs:
+            return self.attrs[name]
+        raise AttributeError(f"op {self.op.name!r} has no input or attribute {name!r}")
+
+
+def vjp(op: Op, ctx: VJPContext, g):
+    """Apply ``op``'s rule: one cotangent (or None) per input, computing only needed ones."""
+    if callable(op.vjp):
+        return tuple(op.vjp(ctx, g))
+    return tuple(
+        rule(ctx, g) if rule is not None and need else None
+        for rule, need in zip(op.vjp, ctx.needs_input_grad, strict=True)
+    )
+
+
+_dispatcher: Callable | None = None
+
+
+def set_dispatcher(dispatch: Callable) -> None:
+    """Installed by ``tracegrad.tensor``: ``dispatch(op, inputs, attrs)`` runs one op."""
+    global _dispatcher
+    _dispatcher = dispatch
+
+
+def call(name: str, *inputs, **attrs):
+    """Run op ``name`` on tensors; VJP rules use this to reach ops without Tensor methods."""
+    return _dispatcher(OPS[name], inputs, attrs)

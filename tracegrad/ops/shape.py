@@ -1,0 +1,94 @@
+"""Shape ops: reshape, permute, broadcast_to (views), and cat (a copy)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad.dtypes import TensorType
+from tracegrad.errors import ShapeError
+from tracegrad.ops import rules
+from tracegrad.ops.registry import VIEW, call, register
+
+
+def _reshape_infer(x: TensorType, shape) -> TensorType:
+    shape = tuple(shape)
+    if int(np.prod(shape, dtype=np.int64)) != x.numel or any(s < 0 for s in shape):
+        raise ShapeError(f"reshape: shape {x.shape} ({x.numel} elements) cannot become {shape}")
+    return TensorType(shape, x.dtype)
+
+
+def _permute_infer(x: TensorType, dims) -> TensorType:
+    if sorted(dims) != list(range(x.ndim)):
+        raise ShapeError(
+            f"permute: {tuple(dims)} is not a permutation of the {x.ndim} dims of {x.shape}"
+        )
+    return TensorType(tuple(x.shape[d] for d in dims), x.dtype)
+
+
+def _broadcast_to_infer(x: TensorType, shape) -> TensorType:
+    shape = tuple(shape)
+    if rules.broadcast_shape("broadcast_to", x.shape, shape) != shape:
+        raise ShapeError(f"broadcast_to: shape {x.shape} cannot be expanded to {shape}")
+    return TensorType(shape, x.dtype)
+
+
+register(
+    "reshape",
+    ("x",),
+    _reshape_infer,
+    lambda x, shape: np.reshape(x, shape),
+    (lambda c, g: call("reshape", g, shape=c.x.shape),),
+    "{0}.reshape({shape})",
+    props={VIEW},
+)
+register(
+    "permute",
+    ("x",),
+    _permute_infer,
+    lambda x, dims: np.transpose(x, dims),
+    (lambda c, g: call("permute", g, dims=tuple(np.argsort(c.dims).tolist())),),
+    "{0}.transpose({dims})",
+    props={VIEW},
+)
+register(
+    "broadcast_to",
+    ("x",),
+    _broadcast_to_infer,
+    lambda x, shape: np.broadcast_to(x, shape),
+    (lambda c, g: call("sum_to", g, shape=c.x.shape),),
+    "np.broadcast_to({0}, {shape})",
+    props={VIEW},
+)
+
+
+def _cat_infer(*xs: TensorType, dim) -> TensorType:
+    first = xs[0]
+    dtype = rules.same_dtype("cat", *xs)
+    for x in xs[1:]:
+        rest = [s for i, s in enumerate(x.shape) if i != dim]
+        if x.ndim != first.ndim or rest != [s for i, s in enumerate(first.shape) if i != dim]:
+            shapes = ", ".join(str(t.shape) for t in xs)
+            raise ShapeError(f"cat: shapes {shapes} differ outside dim {dim}")
+    shape = list(first.shape)
+    shape[dim] = sum(x.shape[dim] for x in xs)
+    return TensorType(tuple(shape), dtype)
+
+
+def _cat_grad(c, g):
+    grads, start = [], 0
+    for x, need in zip(c.inputs, c.needs_input_grad, strict=True):
+        size = x.shape[c.dim]
+        key = (slice(None),) * c.dim + (slice(start, start + size),)
+        grads.append(g[key] if need else None)
+        start += size
+    return tuple(grads)
+
+
+register(
+    "cat",
+    ("*xs",),
+    _cat_infer,
+    lambda *xs, dim: np.concatenate(xs, axis=dim),
+    _cat_grad,
+    "np.concatenate([{inputs}], axis={dim})",
+)

@@ -1,0 +1,57 @@
+"""Stochastic gradient descent, with PyTorch's momentum, dampening, weight decay and Nesterov."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad.optim.optimizer import Optimizer
+from tracegrad.tensor import Tensor
+
+
+class SGD(Optimizer):
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        maximize=False,
+    ):
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(
+                f"invalid SGD settings: lr={lr}, momentum={momentum}, weight_decay={weight_decay}"
+            )
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                maximize=maximize,
+            ),
+        )
+
+    def update(self, param, grad, state, group) -> None:
+        # g = grad + wd * p;  buf = m * buf + (1 - dampening) * g (buf = g at first);
+        # step = g + m * buf (Nesterov) or buf;  p -= lr * step
+        if group["maximize"]:
+            grad = -grad
+        if group["weight_decay"]:
+            grad = grad + group["weight_decay"] * param
+        momentum = group["momentum"]
+        if momentum:
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = Tensor._wrap(np.array(grad, copy=True))
+                buf = state["momentum_buffer"]._data
+            else:
+                buf = state["momentum_buffer"]._data
+                buf *= momentum
+                buf += (1 - group["dampening"]) * grad
+            grad = grad + momentum * buf if group["nesterov"] else buf
+        param -= group["lr"] * grad

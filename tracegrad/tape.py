@@ -1,0 +1,194 @@
+"""The eager tape: grad mode, recorded nodes and the reverse-mode backward engine.
+
+This module knows tensors only through their attributes (``grad_fn``, ``requires_grad``,
+``grad``, ``shape``...) so it sits below ``tracegrad.tensor``; ``tracegrad.autograd`` exposes it.
+The engine is one generic loop: visit nodes in reverse topological order, ask each node for the
+cotangents of its inputs, sum them back to each input's shape, accumulate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad_enabled", True)
+
+
+def set_grad_enabled(mode: bool) -> None:
+    _state.grad_enabled = bool(mode)
+
+
+class _GradMode(contextlib.ContextDecorator):
+    """Context manager and decorator setting grad mode, restoring the previous one on exit."""
+
+    mode = True
+
+    def __enter__(self):
+        self.previous = is_grad_enabled()
+        set_grad_enabled(self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        set_grad_enabled(self.previous)
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with type(self)():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+class no_grad(_GradMode):  # noqa: N801  (PyTorch's name)
+    mode = False
+
+
+class enable_grad(_GradMode):  # noqa: N801
+    mode = True
+
+
+class Node:
+    """One recorded application of an op or a custom Function.
+
+    ``inputs`` are the tensors it consumed (its edges to earlier nodes); ``backward_fn(grads)``
+    maps one cotangent per output to one per input; ``saved`` lists (description, tensor,
+    version) for the values the backward reads, checked before it runs.
+    """
+
+    __slots__ = ("backward_fn", "freed", "inputs", "n_outputs", "name", "retained", "saved")
+
+    def __init__(self, name, inputs, backward_fn, n_outputs=1):
+        self.name = name
+        self.inputs = tuple(inputs)
+        self.backward_fn = backward_fn
+        self.n_outputs = n_outputs
+        self.saved: list = []
+        self.freed = False
+        self.retained: dict = {}
+
+    def save(self, description: str, tensor) -> None:
+        self.saved.append((description, tensor, tensor._version[0]))
+
+    def check_saved(self) -> None:
+        if self.freed:
+            raise RuntimeError(
+                f"Trying to backward through the graph a second time (through '{self.name}'), "
+                "but its saved values have already been freed. Specify retain_graph=True on the "
+                "first backward() or autograd.grad() call if you need to backward twice."
+            )
+        for description, tensor, version in self.saved:
+            if tensor._version[0] != version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by "
+                    f"an inplace operation: the {description} of '{self.name}' is at version "
+                    f"{tensor._version[0]}; expected version {version} instead."
+                )
+
+    def __repr__(self) -> str:
+        camel = "".join(part.capitalize() for part in self.name.split("_"))
+        return f"<{camel}Backward>"
+
+
+def _topological_nodes(roots) -> list[Node]:
+    """Nodes reachable from ``roots``, each after every node that consumes its outputs."""
+    order, seen = [], set()
+    stack = [(node, False) for node in roots]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        stack.extend((t.grad_fn, False) for t in node.inputs if t.grad_fn is not None)
+    return order[::-1]
+
+
+def _fit(grad, like):
+    """Sum a broadcast cotangent back to ``like``'s shape and give it ``like``'s dtype."""
+    if tuple(grad.shape) != tuple(like.shape):
+        grad = grad.sum_to(like.shape)
+    if grad.dtype != like.dtype:
+        grad = grad.to(like.dtype)
+    return grad
+
+
+def _add(total, grad):
+    return grad if total is None else total + grad
+
+
+def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
+    """Propagate ``grads`` (one per output tensor) back through the tape.
+
+    Without ``capture``, gradients of leaves that require grad accumulate into ``.grad``.
+    With ``capture`` (a list of tensors), nothing is accumulated and the gradient reaching each
+    captured tensor is returned instead (None where none arrives), as ``autograd.grad`` needs.
+    """
+    pending: dict = {}  # (id(node), output index) or id(leaf) -> summed cotangent
+    leaves: dict = {}
+    for out, grad in zip(outputs, grads, strict=True):
+        key = (id(out.grad_fn), out._out_index) if out.grad_fn is not None else id(out)
+        pending[key] = _add(pending.get(key), grad)
+        if out.grad_fn is None:
+            leaves[id(out)] = out
+    wanted = {_key(t): t for t in capture} if capture is not None else {}
+    captured: dict = {}
+    nodes = _topological_nodes([o.grad_fn for o in outputs if o.grad_fn is not None])
+    with enable_grad() if create_graph else no_grad():
+        for node in nodes:
+            out_grads = [pending.pop((id(node), i), None) for i in range(node.n_outputs)]
+            for i, grad in enumerate(out_grads):
+                if (id(node), i) in wanted:
+                    captured[(id(node), i)] = grad
+                retained = node.retained.get(i)
+                if retained is not None and retained() is not None and grad is not None:
+                    retained().grad = grad if create_graph else grad.detach()
+            if all(g is None for g in out_grads):
+                continue
+            node.check_saved()
+            in_grads = node.backward_fn(out_grads)
+            if not retain_graph:
+                node.freed = True
+            _route(node, in_grads, pending, leaves)
+    for key, leaf in leaves.items():
+        grad = pending.get(key)
+        if key in wanted:
+            captured[key] = grad
+        elif capture is None and grad is not None and leaf.requires_grad:
+            accumulate(leaf, grad, create_graph)
+    if capture is not None:
+        return [captured.get(_key(t)) for t in capture]
+    return None
+
+
+def _key(t):
+    return (id(t.grad_fn), t._out_index) if t.grad_fn is not None else id(t)
+
+
+def _route(node, in_grads, pending, leaves) -> None:
+    for tensor, grad in zip(node.inputs, in_grads, strict=True):
+        if grad is None or not tensor.requires_grad:
+            continue
+        grad = _fit(grad, tensor)
+        key = _key(tensor)
+        pending[key] = _add(pending.get(key), grad)
+        if tensor.grad_fn is None:
+            leaves[key] = tensor
+
+
+def accumulate(leaf, grad, create_graph) -> None:
+    if not create_graph:
+        grad = grad.detach()
+    if leaf.grad is None:
+        leaf.grad = grad if create_graph else grad.clone()
+    else:
+        leaf.grad = leaf.grad + grad
