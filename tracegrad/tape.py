@@ -62,11 +62,14 @@ class Node:
     version) for the values the backward reads, checked before it runs.
     """
 
-    __slots__ = ("backward_fn", "freed", "inputs", "n_outputs", "name", "retained", "saved")
+    __slots__ = ("backward_fn", "edges", "freed", "inputs", "n_outputs", "name", "retained", "saved")
 
     def __init__(self, name, inputs, backward_fn, n_outputs=1):
         self.name = name
         self.inputs = tuple(inputs)
+        # Where each input's value came from when it was consumed: a later in-place op gives
+        # the tensor a new history, but this node's gradient still flows to the old one.
+        self.edges = tuple(_edge(t) for t in self.inputs)
         self.backward_fn = backward_fn
         self.n_outputs = n_outputs
         self.saved: list = []
@@ -92,7 +95,9 @@ class Node:
                 )
 
     def __repr__(self) -> str:
-        camel = "".join(part.capitalize() for part in self.name.split("_"))
+        camel = self.name
+        if camel.islower():
+            camel = "".join(part.capitalize() for part in camel.split("_"))
         return f"<{camel}Backward>"
 
 
@@ -109,7 +114,7 @@ def _topological_nodes(roots) -> list[Node]:
             continue
         seen.add(id(node))
         stack.append((node, True))
-        stack.extend((t.grad_fn, False) for t in node.inputs if t.grad_fn is not None)
+        stack.extend((edge[0], False) for edge in node.edges if isinstance(edge, tuple))
     return order[::-1]
 
 
@@ -170,19 +175,24 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
     return None
 
 
+def _edge(t):
+    """A node output as (node, index), or the leaf tensor itself."""
+    return (t.grad_fn, t._out_index) if t.grad_fn is not None else t
+
+
 def _key(t):
     return (id(t.grad_fn), t._out_index) if t.grad_fn is not None else id(t)
 
 
 def _route(node, in_grads, pending, leaves) -> None:
-    for tensor, grad in zip(node.inputs, in_grads, strict=True):
-        if grad is None or not tensor.requires_grad:
+    for tensor, edge, grad in zip(node.inputs, node.edges, in_grads, strict=True):
+        if grad is None or not (isinstance(edge, tuple) or edge.requires_grad):
             continue
         grad = _fit(grad, tensor)
-        key = _key(tensor)
+        key = (id(edge[0]), edge[1]) if isinstance(edge, tuple) else id(edge)
         pending[key] = _add(pending.get(key), grad)
-        if tensor.grad_fn is None:
-            leaves[key] = tensor
+        if not isinstance(edge, tuple):
+            leaves[key] = edge
 
 
 def accumulate(leaf, grad, create_graph) -> None:

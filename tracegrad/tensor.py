@@ -787,64 +787,70 @@ class Tensor:
 
     # --- in-place ops ---------------------------------------------------------------------------
 
-    def _inplace(self, name: str, result: Tensor) -> Tensor:
-        """Write ``result`` into this tensor's memory and make it this tensor's history."""
-        tracked = tape.is_grad_enabled() and (self.requires_grad or result.requires_grad)
-        if tracked and self.is_leaf and self.requires_grad:
+    def _inplace(self, name: str, compute) -> Tensor:
+        """Overwrite this tensor with ``compute(old)``, where ``old`` stands for its current
+        value, and make that computation this tensor's history."""
+        tracking = tape.is_grad_enabled()
+        if tracking and self.is_leaf and self.requires_grad:
             raise RuntimeError(
                 at_user_line(
                     f"{name}: a leaf tensor that requires grad is being used in an in-place "
                     "operation; wrap the update in tracegrad.no_grad()"
                 )
             )
-        if tracked and self._base is not None:
-            raise RuntimeError(
-                at_user_line(
-                    f"{name}: in-place modification of a view is not supported while "
-                    "recording gradients; use the out-of-place op instead"
-                )
-            )
-        if tuple(result.shape) != tuple(self.shape):
-            raise ShapeError(
-                at_user_line(
-                    f"{name}: result of shape {tuple(result.shape)} does not fit the "
-                    f"in-place target of shape {tuple(self.shape)}"
-                )
-            )
-        if not self._data.flags.writeable:
-            self._data = self._data.copy()
+        old = self
+        if tracking and self.requires_grad:
+            # The old value may be read by the new node's backward: keep it as its own tensor.
+            old = Tensor._wrap(self._data.copy(), grad_fn=self.grad_fn)
+            old._out_index = self._out_index
+        result = compute(old)
+        self._check_writable(name, result, tracking and result.requires_grad)
         np.copyto(self._data, result._data, casting="unsafe")
         self._version[0] += 1
-        if tracked:
+        if tracking and result.requires_grad:
             self.grad_fn, self._out_index = result.grad_fn, result._out_index
-            self._requires_grad = result.requires_grad
+            self._requires_grad = True
         return self
 
+    def _check_writable(self, name: str, result: Tensor, recording: bool) -> None:
+        problem = None
+        if recording and self._base is not None:
+            problem = "in-place modification of a view is not supported while recording gradients"
+        elif tuple(result.shape) != tuple(self.shape):
+            problem = (
+                f"result of shape {tuple(result.shape)} does not fit the in-place target of "
+                f"shape {tuple(self.shape)}"
+            )
+        elif not self._data.flags.writeable:
+            problem = "the target shares memory between elements (an expanded or window view)"
+        if problem:
+            raise RuntimeError(at_user_line(f"{name}: {problem}; use the out-of-place op"))
+
     def add_(self, other, alpha=1):
-        return self._inplace("add_", self + (other * alpha if alpha != 1 else other))
+        return self._inplace("add_", lambda old: old + (other * alpha if alpha != 1 else other))
 
     def sub_(self, other, alpha=1):
-        return self._inplace("sub_", self - (other * alpha if alpha != 1 else other))
+        return self._inplace("sub_", lambda old: old - (other * alpha if alpha != 1 else other))
 
     def mul_(self, other):
-        return self._inplace("mul_", self * other)
+        return self._inplace("mul_", lambda old: old * other)
 
     def div_(self, other):
-        return self._inplace("div_", self / other)
+        return self._inplace("div_", lambda old: old / other)
 
     def clamp_(self, min=None, max=None):
-        return self._inplace("clamp_", self.clamp(min, max))
+        return self._inplace("clamp_", lambda old: old.clamp(min, max))
 
     def zero_(self):
         return self.fill_(0)
 
     def fill_(self, value):
-        filled = as_tensor(value, like=self).to(self.dtype).expand(self.shape)
-        return self._inplace("fill_", filled)
+        filled = as_tensor(value, like=self).to(self.dtype)
+        return self._inplace("fill_", lambda old: filled.expand(self.shape))
 
     def copy_(self, src):
-        src = as_tensor(src).to(self.dtype).expand(self.shape)
-        return self._inplace("copy_", src)
+        src = as_tensor(src).to(self.dtype)
+        return self._inplace("copy_", lambda old: src.expand(self.shape))
 
     def __iadd__(self, other):
         return self.add_(other)

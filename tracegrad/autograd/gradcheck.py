@@ -36,21 +36,19 @@ def _outputs(fn, inputs) -> list[Tensor]:
 
 def _numerical(fn, inputs, i, eps) -> list[np.ndarray]:
     """d outputs / d inputs[i] by central differences: one (out.size, in.size) matrix per output."""
-    base = _fresh(inputs, requires_grad=False)
-    data = base[i]._data
+    base = _fresh(inputs, requires_grad=True)  # fn may itself differentiate (gradgradcheck)
+    flat = base[i]._data.reshape(-1)
     columns = []
-    with tape.no_grad():
-        for k in range(data.size):
-            flat = data.reshape(-1)
-            original = flat[k]
-            flat[k] = original + eps
-            plus = [o._data.astype(np.float64).ravel() for o in _outputs(fn, base)]
-            flat[k] = original - eps
-            minus = [o._data.astype(np.float64).ravel() for o in _outputs(fn, base)]
-            flat[k] = original
-            columns.append([(p - m) / (2 * eps) for p, m in zip(plus, minus, strict=True)])
+    for k in range(flat.size):
+        original = flat[k]
+        flat[k] = original + eps
+        plus = [o._data.astype(np.float64).ravel() for o in _outputs(fn, base)]
+        flat[k] = original - eps
+        minus = [o._data.astype(np.float64).ravel() for o in _outputs(fn, base)]
+        flat[k] = original
+        columns.append([(p - m) / (2 * eps) for p, m in zip(plus, minus, strict=True)])
     n_out = len(_outputs(fn, base))
-    return [np.stack([c[j] for c in columns], axis=1) if columns else None for j in range(n_out)]
+    return [np.stack([c[j] for c in columns], axis=1) for j in range(n_out)]
 
 
 def _analytic(fn, inputs, i) -> list[np.ndarray]:

@@ -82,10 +82,17 @@ class Conv2d(Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}"
-        )
+        # PyTorch's text: settings at their defaults are left out, except the stride.
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        text += f", stride={F._pair(self.stride)}"
+        padding = self.padding if isinstance(self.padding, str) else F._pair(self.padding)
+        if padding != (0, 0):
+            text += f", padding={padding}"
+        if F._pair(self.dilation) != (1, 1):
+            text += f", dilation={F._pair(self.dilation)}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        return text if self.bias is not None else text + ", bias=False"
 
 
 class MaxPool2d(Module):
@@ -102,7 +109,10 @@ class MaxPool2d(Module):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}"
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, "
+            f"padding={self.padding}, dilation={self.dilation}, ceil_mode=False"
+        )
 
 
 class Flatten(Module):
@@ -112,6 +122,9 @@ class Flatten(Module):
 
     def forward(self, x):
         return x.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class ReLU(Module):
@@ -160,6 +173,9 @@ class Softmax(Module):
     def forward(self, x):
         return F.softmax(x, self.dim)
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
 
 class LogSoftmax(Softmax):
     def forward(self, x):
@@ -192,7 +208,8 @@ class LayerNorm(Module):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}"
+        affine, bias = self.weight is not None, self.bias is not None
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={affine}, bias={bias}"
 
 
 class Embedding(Module):
@@ -222,7 +239,7 @@ class Dropout(Module):
         return F.dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace=False"
 
 
 class MSELoss(Module):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
 
 import numpy as np
@@ -10,6 +10,8 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class Module:
@@ -77,7 +79,9 @@ class Module:
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
         self._buffers[name] = tensor
-        if not persistent:
+        if persistent:
+            self._non_persistent.discard(name)  # re-registering can make a buffer persistent
+        else:
             self._non_persistent.add(name)
 
     def add_module(self, name: str, module: Module | None) -> None:
@@ -167,41 +171,59 @@ class Module:
     # --- state ----------------------------------------------------------------------------------
 
     def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Parameters and persistent buffers by dotted name, sharing memory with the module."""
+        """Parameters and persistent buffers by dotted name, sharing memory with the module.
+
+        As in PyTorch, a module or tensor reachable under several names is listed under each,
+        so a state dict of a model with shared layers loads into an unshared copy of it.
+        """
         out = OrderedDict() if destination is None else destination
-        for module_prefix, module in self.named_modules(prefix=prefix.rstrip(".")):
-            dot = f"{module_prefix}." if module_prefix else ""
-            for name, p in module._parameters.items():
-                if p is not None:
-                    out[dot + name] = p if keep_vars else p.detach()
-            for name, b in module._buffers.items():
-                if b is not None and name not in module._non_persistent:
-                    out[dot + name] = b if keep_vars else b.detach()
+        for name, p in self._parameters.items():
+            if p is not None:
+                out[prefix + name] = p if keep_vars else p.detach()
+        for name, b in self._buffers.items():
+            if b is not None and name not in self._non_persistent:
+                out[prefix + name] = b if keep_vars else b.detach()
+        for name, module in self._modules.items():
+            if module is not None:
+                module.state_dict(out, f"{prefix}{name}.", keep_vars)
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True):
-        """Copy values in place; with ``strict``, missing or unexpected keys raise KeyError."""
+        """Copy values in place; returns the (missing_keys, unexpected_keys) named tuple.
+
+        Every check runs before anything is copied, so a failed load leaves the module as it
+        was. Missing or unexpected keys (with ``strict``) and shape mismatches raise
+        RuntimeError, as in PyTorch.
+        """
         own = self.state_dict(keep_vars=True)
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
-        if strict and (missing or unexpected):
-            raise KeyError(
-                f"Error(s) in loading state_dict for {type(self).__name__}: "
-                f"missing keys {missing}, unexpected keys {unexpected}"
-            )
+        errors = []
+        if strict and unexpected:
+            errors.append(f"Unexpected key(s) in state_dict: {', '.join(unexpected)}.")
+        if strict and missing:
+            errors.append(f"Missing key(s) in state_dict: {', '.join(missing)}.")
+        values = {}
         for name, target in own.items():
             if name not in state_dict:
                 continue
             value = state_dict[name]
             value = value.detach()._data if isinstance(value, Tensor) else np.asarray(value)
             if value.shape != tuple(target.shape):
-                raise RuntimeError(
-                    f"size mismatch for {name}: copying a param with shape {value.shape}, "
-                    f"the shape in the current model is {tuple(target.shape)}"
+                errors.append(
+                    f"size mismatch for {name}: copying a param with shape {value.shape} from "
+                    f"checkpoint, the shape in current model is {tuple(target.shape)}."
                 )
-            np.copyto(target._data, value, casting="unsafe")
-            target._version[0] += 1
-        return missing, unexpected
+            values[name] = value
+        if errors:
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                + "\n\t".join(errors)
+            )
+        for name, value in values.items():
+            np.copyto(own[name]._data, value, casting="unsafe")
+            own[name]._version[0] += 1
+        return IncompatibleKeys(missing, unexpected)
 
     def to(self, *args, **kwargs) -> Module:
         """Convert floating-point parameters and buffers to a dtype; devices are ignored."""

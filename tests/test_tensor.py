@@ -1,0 +1,214 @@
+"""Tensor API: construction, dtypes and promotion, metadata, conversions, views, in-place."""
+
+import numpy as np
+import pytest
+
+import tracegrad as tg
+
+
+def test_tensor_keeps_numpy_dtypes_and_python_scalars_follow_pytorch():
+    assert tg.tensor(np.zeros(2, np.float64)).dtype == tg.float64
+    assert tg.tensor(np.zeros(2, np.float32)).dtype == tg.float32
+    assert tg.tensor(np.zeros(2, np.int64)).dtype == tg.int64
+    assert tg.tensor(np.zeros(2, bool)).dtype == tg.bool
+    assert tg.tensor(1.5).dtype == tg.float32
+    assert tg.tensor([1, 2]).dtype == tg.int64
+    assert tg.tensor([True]).dtype == tg.bool
+    assert tg.FloatTensor([1, 2]).dtype == tg.float32
+    assert tg.tensor([1, 2], dtype=tg.float64).dtype == tg.float64
+
+
+def test_tensor_copies_its_data():
+    source = np.ones(3)
+    t = tg.tensor(source)
+    t.add_(1)
+    assert source.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        (tg.float32, tg.float64, tg.float64),
+        (tg.int64, tg.float32, tg.float32),
+        (tg.bool, tg.int64, tg.int64),
+        (tg.bool, tg.float64, tg.float64),
+    ],
+)
+def test_binary_promotion_between_tensors(left, right, expected):
+    a, b = tg.ones(2, dtype=left), tg.ones(2, dtype=right)
+    assert (a + b).dtype == expected
+    assert (b * a).dtype == expected
+
+
+def test_python_scalars_are_weak_and_zero_dim_tensors_rank_below_dimensioned():
+    x32 = tg.ones(3)
+    assert (x32 * 2.5).dtype == tg.float32
+    assert (tg.ones(3, dtype=tg.int64) * 2.5).dtype == tg.float32
+    assert (tg.ones(3, dtype=tg.int64) + 2).dtype == tg.int64
+    assert (x32 + tg.tensor(1.0, dtype=tg.float64)).dtype == tg.float32
+    assert (tg.ones(3, dtype=tg.int64) / tg.ones(3, dtype=tg.int64)).dtype == tg.float32
+
+
+def test_factories_and_seeding():
+    assert tg.zeros(2, 3).shape == (2, 3)
+    assert tg.ones((2, 3)).tolist() == [[1.0] * 3] * 2
+    assert tg.full((2,), 7).dtype == tg.int64
+    assert tg.full((2,), 7.0).tolist() == [7.0, 7.0]
+    assert tg.arange(4).tolist() == [0, 1, 2, 3]
+    assert tg.arange(0, 1, 0.5).dtype == tg.float32
+    assert tg.zeros_like(tg.ones(2, dtype=tg.float64)).dtype == tg.float64
+    assert tg.empty(3).shape == (3,)
+    tg.manual_seed(3)
+    first = tg.randn(4).tolist()
+    tg.manual_seed(3)
+    assert tg.randn(4).tolist() == first
+    assert 0.0 <= tg.rand(100).min().item() and tg.rand(100).max().item() < 1.0
+
+
+def test_metadata_and_conversions():
+    t = tg.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert t.shape == (2, 3) and t.size() == (2, 3) and t.size(1) == 3 and t.size(-1) == 3
+    assert t.ndim == 2 and t.numel() == 6 and len(t) == 2
+    assert t.T.shape == (3, 2)
+    assert t.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert t[1, 2].item() == 6.0
+    assert isinstance(t.numpy(), np.ndarray)
+    assert t.double().dtype == tg.float64 and t.long().dtype == tg.int64
+    assert repr(t.shape) == "tracegrad.Size([2, 3])"
+
+
+def test_numpy_on_tensor_requiring_grad_tells_user_to_detach():
+    t = tg.ones(2, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"detach\(\)"):
+        t.numpy()
+    with pytest.raises(RuntimeError, match="requires grad"):
+        np.asarray(t)
+    assert t.detach().numpy().tolist() == [1.0, 1.0]
+
+
+def test_item_needs_one_element():
+    with pytest.raises(ValueError, match="2 elements"):
+        tg.ones(2).item()
+
+
+def test_integer_tensors_cannot_require_grad():
+    with pytest.raises(TypeError, match="floating point"):
+        tg.tensor([1, 2], requires_grad=True)
+    with pytest.raises(RuntimeError, match="int64"):
+        tg.arange(3).requires_grad_()
+
+
+def test_shape_methods():
+    x = tg.arange(24).reshape(2, 3, 4)
+    assert x.view(6, -1).shape == (6, 4)
+    assert x.flatten(1).shape == (2, 12)
+    assert x.flatten().shape == (24,)
+    assert x.transpose(0, 2).shape == (4, 3, 2)
+    assert x.permute(2, 0, 1).shape == (4, 2, 3)
+    assert x.unsqueeze(1).shape == (2, 1, 3, 4)
+    assert x.unsqueeze(-1).shape == (2, 3, 4, 1)
+    assert x[:, :1].squeeze(1).shape == (2, 4)
+    assert tg.ones(1, 3, 1).squeeze().shape == (3,)
+    assert tg.ones(3, 1).expand(3, 4).shape == (3, 4)
+    assert tg.ones(3, 1).expand(-1, 4).shape == (3, 4)
+    np.testing.assert_array_equal(tg.tensor([[1, 2]]).repeat(2, 2).numpy(), [[1, 2, 1, 2]] * 2)
+    np.testing.assert_array_equal(x.permute(2, 0, 1).numpy(), x.numpy().transpose(2, 0, 1))
+    with pytest.raises(RuntimeError, match=r"\(2, 3, 4\).*\(5, -1\)|invalid for input of size 24"):
+        x.reshape(5, -1)
+
+
+def test_indexing_basic_advanced_and_masks():
+    data = np.arange(12.0).reshape(3, 4)
+    x = tg.tensor(data)
+    np.testing.assert_array_equal(x[1].numpy(), data[1])
+    np.testing.assert_array_equal(x[:, ::-2].numpy(), data[:, ::-2])
+    np.testing.assert_array_equal(x[None, ..., 1].numpy(), data[None, ..., 1])
+    np.testing.assert_array_equal(x[tg.tensor([2, 0, 2])].numpy(), data[[2, 0, 2]])
+    np.testing.assert_array_equal(x[[0, 1], [1, 2]].numpy(), data[[0, 1], [1, 2]])
+    np.testing.assert_array_equal(x[x > 5].numpy(), data[data > 5])
+    mask = tg.tensor([True, False, True])
+    np.testing.assert_array_equal(x[mask].numpy(), data[[True, False, True]])
+
+
+def test_masked_fill_where_and_bool_operators():
+    x = tg.tensor([1.0, -2.0, 3.0])
+    mask = x < 0
+    assert x.masked_fill(mask, 0.0).tolist() == [1.0, 0.0, 3.0]
+    assert tg.where(mask, x, -x).tolist() == [-1.0, -2.0, -3.0]
+    assert (~mask).tolist() == [True, False, True]
+    assert (mask | (x > 2)).tolist() == [False, True, True]
+    assert (mask & (x > 2)).tolist() == [False, False, False]
+    assert tg.tril(tg.ones(3, 3)).sum().item() == 6.0
+    assert tg.triu(tg.ones(3, 3), 1).sum().item() == 3.0
+
+
+def test_max_min_with_dim_return_values_and_indices():
+    x = tg.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]])
+    values, indices = x.max(dim=1)
+    assert values.tolist() == [5.0, 7.0] and indices.tolist() == [1, 0]
+    result = x.min(0, keepdim=True)
+    assert result.values.tolist() == [[1.0, 0.0, 2.0]] and result.indices.tolist() == [[0, 1, 0]]
+    assert x.max().item() == 7.0
+    assert x.argmax().item() == 3
+    assert tg.max(x, tg.zeros(2, 3) + 4).tolist() == [[4.0, 5.0, 4.0], [7.0, 4.0, 4.0]]
+
+
+def test_reductions_match_numpy():
+    data = np.random.default_rng(0).standard_normal((3, 4))
+    x = tg.tensor(data)
+    np.testing.assert_allclose(x.sum(0).numpy(), data.sum(0))
+    np.testing.assert_allclose(x.mean((0, 1)).numpy(), data.mean())
+    np.testing.assert_allclose(x.var(1).numpy(), data.var(1, ddof=1))
+    np.testing.assert_allclose(x.var(1, unbiased=False).numpy(), data.var(1))
+    np.testing.assert_allclose(x.std(keepdim=True, dim=0).numpy(), data.std(0, ddof=1, keepdims=True))
+    assert tg.tensor([True, True, False]).sum().item() == 2
+
+
+def test_inplace_ops_write_through_and_bump_versions():
+    x = tg.zeros(3)
+    view = x[1:]
+    x.add_(1).mul_(3)
+    x += 1
+    assert x.tolist() == [4.0, 4.0, 4.0]
+    view.fill_(2.0)
+    assert x.tolist() == [4.0, 2.0, 2.0]
+    x.zero_()
+    x.copy_(tg.tensor([1.0, 2.0, 3.0]))
+    assert x.tolist() == [1.0, 2.0, 3.0]
+    assert x._version[0] == 6 and view._version is x._version
+
+
+def test_inplace_on_leaf_requiring_grad_is_refused_unless_no_grad():
+    w = tg.ones(2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf"):
+        w.add_(1)
+    with tg.no_grad():
+        w.sub_(0.5)
+    assert w.tolist() == [0.5, 0.5] and w.requires_grad
+
+
+def test_setitem_outside_autograd():
+    x = tg.zeros(2, 3)
+    x[0, 1:] = 5.0
+    x[1] = tg.tensor([1.0, 2.0, 3.0])
+    assert x.tolist() == [[0.0, 5.0, 5.0], [1.0, 2.0, 3.0]]
+    with pytest.raises(RuntimeError, match="tracegrad.where"):
+        tg.ones(2, requires_grad=True)[0] = 1.0
+
+
+def test_repr_reads_like_pytorch():
+    t = tg.tensor([1.0, 2.0], requires_grad=True)
+    assert repr(t) == "tensor([1., 2.], requires_grad=True)"
+    assert "grad_fn=<MulBackward>" in repr(t * 2)
+    assert "dtype=tracegrad.float64" in repr(t.double())
+
+
+def test_module_level_functions_mirror_methods():
+    x = tg.tensor([[0.5, -1.0], [2.0, 0.0]])
+    np.testing.assert_allclose(tg.exp(x).numpy(), np.exp(x.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(tg.matmul(x, x).numpy(), x.numpy() @ x.numpy(), rtol=1e-6)
+    assert tg.cat([x, x], 1).shape == (2, 4)
+    assert tg.stack([x, x]).shape == (2, 2, 2)
+    np.testing.assert_allclose(tg.einsum("ij,jk->ik", x, x).numpy(), x.numpy() @ x.numpy())
+    np.testing.assert_allclose(tg.maximum(x, tg.zeros(1)).numpy(), np.maximum(x.numpy(), 0))
+    np.testing.assert_allclose(tg.softmax(x, 1).sum(1).numpy(), [1.0, 1.0], rtol=1e-6)
