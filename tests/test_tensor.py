@@ -160,7 +160,9 @@ def test_reductions_match_numpy():
     np.testing.assert_allclose(x.mean((0, 1)).numpy(), data.mean())
     np.testing.assert_allclose(x.var(1).numpy(), data.var(1, ddof=1))
     np.testing.assert_allclose(x.var(1, unbiased=False).numpy(), data.var(1))
-    np.testing.assert_allclose(x.std(keepdim=True, dim=0).numpy(), data.std(0, ddof=1, keepdims=True))
+    np.testing.assert_allclose(
+        x.std(keepdim=True, dim=0).numpy(), data.std(0, ddof=1, keepdims=True)
+    )
     assert tg.tensor([True, True, False]).sum().item() == 2
 
 

@@ -18,6 +18,11 @@ class DTypeError(RuntimeError, TypeError):
     """An operand has a dtype the op cannot take. A RuntimeError as in PyTorch, and a TypeError."""
 
 
+class TraceError(RuntimeError):
+    """Tracing met something a graph cannot capture (data-dependent control flow, an
+    unsupported operation); the message names the user's source line."""
+
+
 @dataclass(frozen=True)
 class SourceLocation:
     filename: str

@@ -62,7 +62,17 @@ class Node:
     version) for the values the backward reads, checked before it runs.
     """
 
-    __slots__ = ("backward_fn", "edges", "freed", "inputs", "n_outputs", "name", "retained", "saved")
+    __slots__ = (
+        "backward_fn",
+        "edges",
+        "freed",
+        "inputs",
+        "location",
+        "n_outputs",
+        "name",
+        "retained",
+        "saved",
+    )
 
     def __init__(self, name, inputs, backward_fn, n_outputs=1):
         self.name = name
@@ -75,6 +85,7 @@ class Node:
         self.saved: list = []
         self.freed = False
         self.retained: dict = {}
+        self.location = None  # the user's source line, when recorded while tracing
 
     def save(self, description: str, tensor) -> None:
         self.saved.append((description, tensor, tensor._version[0]))
@@ -99,6 +110,11 @@ class Node:
         if camel.islower():
             camel = "".join(part.capitalize() for part in camel.split("_"))
         return f"<{camel}Backward>"
+
+
+def current_backward() -> Node | None:
+    """The node whose backward is running (tracing names gradient ops after it)."""
+    return getattr(_state, "backward_node", None)
 
 
 def _topological_nodes(roots) -> list[Node]:
@@ -160,10 +176,13 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
             if all(g is None for g in out_grads):
                 continue
             node.check_saved()
-            in_grads = node.backward_fn(out_grads)
+            outer, _state.backward_node = current_backward(), node
+            try:
+                _route(node, node.backward_fn(out_grads), pending, leaves)
+            finally:
+                _state.backward_node = outer
             if not retain_graph:
                 node.freed = True
-            _route(node, in_grads, pending, leaves)
     for key, leaf in leaves.items():
         grad = pending.get(key)
         if key in wanted:

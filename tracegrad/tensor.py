@@ -7,6 +7,7 @@ gradients are wanted, record a ``tape.Node`` whose backward applies the op's VJP
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import weakref
 from typing import NamedTuple
@@ -15,7 +16,7 @@ import numpy as np
 
 from tracegrad import dtypes, tape
 from tracegrad.dtypes import DType, TensorType
-from tracegrad.errors import DTypeError, ShapeError, at_user_line
+from tracegrad.errors import DTypeError, ShapeError, TraceError, at_user_line
 from tracegrad.ops import OPS, Op, VJPContext, registry, vjp
 from tracegrad.ops.index import resolve
 from tracegrad.ops.rules import normalize_dim, normalize_dims
@@ -38,12 +39,47 @@ class MaxResult(NamedTuple):
     indices: Tensor
 
 
+# The active tracer (set by tracegrad.tracer while a function is traced): ops on traced tensors
+# become graph nodes instead of running.
+_tracer = None
+_serials = itertools.count()
+
+
+def set_tracer(tracer):
+    """Install ``tracer`` (or None); returns the previous one."""
+    global _tracer
+    previous, _tracer = _tracer, tracer
+    return previous
+
+
+def next_serial() -> int:
+    return next(_serials)
+
+
+def active_tracer():
+    return _tracer
+
+
+def is_symbolic(t: Tensor) -> bool:
+    return not isinstance(t._data, np.ndarray)
+
+
 def apply(op: Op, inputs, attrs) -> Tensor:
-    """Run one registry op eagerly and record it on the tape when gradients are wanted."""
+    """Run one registry op (or trace it) and record it on the tape when gradients are wanted."""
     try:
         out_type = op.infer(*(t.tensor_type for t in inputs), **attrs)
     except (ShapeError, DTypeError) as exc:
         raise type(exc)(at_user_line(str(exc))) from None
+    if _tracer is not None and _tracer.takes(op, inputs):
+        out = _tracer.record(op, inputs, attrs, out_type)
+    else:
+        out = _run(op, inputs, attrs, out_type)
+    if op.differentiable and tape.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        _record(op, inputs, attrs, out)
+    return out
+
+
+def _run(op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
     with np.errstate(all="ignore"):
         data = op.impl(*(t._data for t in inputs), **attrs)
     data = np.asarray(data)
@@ -54,14 +90,14 @@ def apply(op: Op, inputs, attrs) -> Tensor:
         if np.may_share_memory(data, t._data):
             out._version, out._base = t._version, t._base if t._base is not None else t
             break
-    if op.differentiable and tape.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        _record(op, inputs, attrs, out)
     return out
 
 
 def _record(op: Op, inputs, attrs, out: Tensor) -> None:
     inputs = tuple(inputs)
     node = tape.Node(op.name, inputs, None)
+    if _tracer is not None:
+        node.location = _tracer.location()
     saved_out = out._data if "out" in op.saves else None
 
     def backward(grads):
@@ -192,7 +228,8 @@ def index_key(item, ndim: int) -> tuple[tuple, list[Tensor]]:
         if isinstance(it, (list, np.ndarray)):
             it = tensor(it)
         if isinstance(it, Tensor) and it.dtype is dtypes.bool_:
-            for nz in np.nonzero(it._data):  # a mask selects its True positions
+            # A mask selects its True positions; how many is known only from its data.
+            for nz in np.nonzero(it._concrete("indexing with a boolean mask")):
                 key.append(("tensor", len(tensors)))
                 tensors.append(Tensor._wrap(nz.astype(np.int64)))
         elif isinstance(it, Tensor):
@@ -239,6 +276,7 @@ class Tensor:
         return t
 
     def _init_autograd(self, requires_grad) -> None:
+        self._serial = next(_serials)  # creation order: tracing lifts tensors older than itself
         self.grad = None
         self.grad_fn = None
         self._out_index = 0
@@ -342,7 +380,20 @@ class Tensor:
 
     # --- conversion -------------------------------------------------------------------------------
 
+    def _concrete(self, what: str) -> np.ndarray:
+        """The data, or a TraceError when it is only known when the compiled code runs."""
+        if is_symbolic(self):
+            raise TraceError(
+                at_user_line(
+                    f"{what} needs the value of a traced tensor, which is only known when the "
+                    "compiled code runs: Python control flow on tensor values cannot be "
+                    "compiled; use tracegrad.where(cond, a, b) to select values instead"
+                )
+            )
+        return self._data
+
     def numpy(self) -> np.ndarray:
+        self._concrete("numpy()")
         if self.requires_grad:
             raise RuntimeError(
                 "Can't call numpy() on Tensor that requires grad. "
@@ -357,6 +408,7 @@ class Tensor:
         return array.copy() if copy else array
 
     def item(self):
+        self._concrete("item()")
         if self.numel() != 1:
             raise ValueError(
                 f"a Tensor with {self.numel()} elements cannot be converted to a Python scalar"
@@ -364,7 +416,7 @@ class Tensor:
         return self._data.reshape(()).item()
 
     def tolist(self):
-        return self._data.tolist()
+        return self._concrete("tolist()").tolist()
 
     def __float__(self) -> float:
         return float(self.item())
@@ -378,6 +430,7 @@ class Tensor:
         return int(self.item())
 
     def __bool__(self) -> bool:
+        self._concrete("bool(tensor) (an if or while on a tensor)")
         if self.numel() != 1:
             raise RuntimeError(f"Boolean value of Tensor with {self.numel()} elements is ambiguous")
         return bool(self.item())
@@ -609,7 +662,9 @@ class Tensor:
         return call("sum", x, dims=normalize_dims("sum", dim, x.ndim), keepdim=keepdim)
 
     def sum_to(self, shape):
-        return call("sum_to", self, shape=tuple(shape))
+        """Sum broadcast dims away so the result has ``shape`` (the inverse of expand)."""
+        shape = tuple(shape)
+        return self if shape == tuple(self.shape) else call("sum_to", self, shape=shape)
 
     def mean(self, dim=None, keepdim=False, dtype=None):
         x = self.to(dtype) if dtype is not None else self
@@ -801,11 +856,15 @@ class Tensor:
         old = self
         if tracking and self.requires_grad:
             # The old value may be read by the new node's backward: keep it as its own tensor.
-            old = Tensor._wrap(self._data.copy(), grad_fn=self.grad_fn)
+            data = self._data if is_symbolic(self) else self._data.copy()
+            old = Tensor._wrap(data, grad_fn=self.grad_fn)
             old._out_index = self._out_index
         result = compute(old)
         self._check_writable(name, result, tracking and result.requires_grad)
-        np.copyto(self._data, result._data, casting="unsafe")
+        if _tracer is not None and _tracer.rebinds(self, result):
+            _tracer.rebind(self, result)  # a traced program gets a new SSA value instead
+        else:
+            np.copyto(self._data, result._data, casting="unsafe")
         self._version[0] += 1
         if tracking and result.requires_grad:
             self.grad_fn, self._out_index = result.grad_fn, result._out_index
@@ -821,7 +880,7 @@ class Tensor:
                 f"result of shape {tuple(result.shape)} does not fit the in-place target of "
                 f"shape {tuple(self.shape)}"
             )
-        elif not self._data.flags.writeable:
+        elif not is_symbolic(self) and not self._data.flags.writeable:
             problem = "the target shares memory between elements (an expanded or window view)"
         if problem:
             raise RuntimeError(at_user_line(f"{name}: {problem}; use the out-of-place op"))
@@ -874,6 +933,7 @@ class Tensor:
                     "build the result with tracegrad.where or tracegrad.cat"
                 )
             )
+        self._concrete("item assignment")
         key, index_tensors = index_key(item, self.ndim)
         self._data[resolve(key, [t._data for t in index_tensors])] = np.asarray(
             as_tensor(value)._data, self.dtype.np

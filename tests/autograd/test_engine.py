@@ -9,7 +9,7 @@ import tracegrad as tg
 def test_backward_on_non_scalar_needs_gradient():
     x = tg.ones(3, requires_grad=True)
     y = x * 2
-    with pytest.raises(RuntimeError, match="implicitly created only for scalar outputs"):
+    with pytest.raises(RuntimeError, match=r"implicitly created only for scalar outputs"):
         y.backward()
 
 
@@ -53,7 +53,7 @@ def test_second_backward_without_retain_graph_raises():
     x = tg.ones(2, requires_grad=True)
     y = (x.exp() * x).sum()
     y.backward()
-    with pytest.raises(RuntimeError, match="retain_graph=True"):
+    with pytest.raises(RuntimeError, match=r"retain_graph=True"):
         y.backward()
 
 
@@ -90,7 +90,7 @@ def test_autograd_grad_leaves_dot_grad_untouched_and_reports_unused_inputs():
     unused = tg.ones(2, requires_grad=True)
     (gx,) = tg.autograd.grad((x * 3).sum(), x)
     assert gx.tolist() == [3.0, 3.0] and x.grad is None
-    with pytest.raises(RuntimeError, match="allow_unused"):
+    with pytest.raises(RuntimeError, match=r"allow_unused"):
         tg.autograd.grad((x * 3).sum(), [x, unused])
     gx, gu = tg.autograd.grad((x * 3).sum(), [x, unused], allow_unused=True)
     assert gu is None
@@ -136,7 +136,7 @@ def test_modifying_a_saved_tensor_in_place_raises_at_backward_naming_the_op():
     x = tg.ones(3, requires_grad=True)
     y = x.exp()
     y.add_(1)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation.*'exp'"):
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation.*'exp'"):
         y.sum().backward()
 
 
@@ -145,7 +145,7 @@ def test_modifying_an_input_saved_by_mul_raises():
     h = x * 1
     z = h * x
     h.mul_(2)
-    with pytest.raises(RuntimeError, match="input 'x' of 'mul'"):
+    with pytest.raises(RuntimeError, match=r"input 'x' of 'mul'"):
         z.sum().backward()
 
 

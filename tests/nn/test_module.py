@@ -91,6 +91,16 @@ def test_register_buffer_persistent_and_not():
     assert "scratch" in b.state_dict()
 
 
+def test_register_buffer_rejects_bad_or_taken_names():
+    lin = nn.Linear(2, 2)
+    for name in ["weight", "a.b", ""]:
+        with pytest.raises(KeyError):
+            lin.register_buffer(name, tg.zeros(2))
+    lin.register_buffer("stats", tg.zeros(2))
+    lin.register_buffer("stats", tg.ones(2))  # re-registering a buffer replaces it
+    assert lin.stats.tolist() == [1.0, 1.0]
+
+
 def test_buffers_are_used_in_forward_but_not_parameters():
     b = Block()
     with tg.no_grad():
@@ -109,7 +119,7 @@ def test_named_parameters_order_is_registration_order_depth_first():
     names = [n for n, _ in net.named_parameters()]
     assert names == ["block.scale", "block.layer.weight", "block.layer.bias", "head.weight"]
     assert [p for p in net.parameters()] == [p for _, p in net.named_parameters()]
-    assert [n for n, _ in net.named_parameters(prefix="model")][0] == "model.block.scale"
+    assert next(net.named_parameters(prefix="model"))[0] == "model.block.scale"
     assert [n for n, _ in net.named_parameters(recurse=False)] == []
 
 
@@ -306,6 +316,8 @@ def test_sequential_indexing_slicing_len_iteration():
     assert seq[0] is layers[0] and seq[-1] is layers[2]
     head = seq[:2]
     assert isinstance(head, nn.Sequential) and len(head) == 2 and head[1] is layers[1]
+    # a slice keeps the layers' names, as in PyTorch
+    assert list(seq[1:].state_dict()) == ["2.weight", "2.bias"]
     assert list(seq) == layers
     x = tg.randn(4, 2)
     expected = layers[2](layers[1](layers[0](x)))
@@ -341,7 +353,7 @@ def test_module_list_registers_and_indexes():
             return x
 
     s = Stack()
-    assert list(s.state_dict())[0] == "layers.0.weight"
+    assert next(iter(s.state_dict())) == "layers.0.weight"
     assert s(tg.randn(3, 2)).shape == (3, 2)
 
 

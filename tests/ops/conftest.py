@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 import pytest
 
-import tracegrad.tensor as tensor_module
 from tracegrad.ops import registry
+
+# ``tracegrad.tensor`` the attribute is the tensor() factory; the module has to be looked up.
+tensor_module = importlib.import_module("tracegrad.tensor")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import numpy as np
 
 from tracegrad import tape
 from tracegrad.errors import ShapeError
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, active_tracer, is_symbolic
 
 
 class FunctionCtx:
@@ -59,6 +59,9 @@ class Function:
     def apply(cls, *args, **kwargs):
         needs = [isinstance(a, Tensor) and a.requires_grad for a in args]
         ctx = FunctionCtx(cls.__name__, needs)
+        tracer = active_tracer()
+        if tracer is not None and tracer.mode == "capture" and _traced(tracer, args):
+            return tracer.record_custom(cls, ctx, args, kwargs)
         with tape.no_grad():
             result = cls.forward(ctx, *args, **kwargs)
         outputs = result if isinstance(result, tuple) else (result,)
@@ -66,6 +69,10 @@ class Function:
         if tape.is_grad_enabled() and any(needs):
             _record(cls, ctx, args, outputs)
         return outputs if isinstance(result, tuple) else outputs[0]
+
+
+def _traced(tracer, args) -> bool:
+    return any(isinstance(a, Tensor) and (is_symbolic(a) or tracer.preexisting(a)) for a in args)
 
 
 def _own(output, args):
@@ -79,6 +86,9 @@ def _record(cls, ctx: FunctionCtx, args, outputs) -> None:
     tensor_positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
     inputs = [args[i] for i in tensor_positions]
     node = tape.Node(cls.__name__, inputs, None, n_outputs=len(outputs))
+    tracer = active_tracer()
+    if tracer is not None:
+        node.location = tracer.location()
     ctx._node = node
 
     def backward(grads):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tracegrad import dtypes
 from tracegrad.errors import ShapeError
 from tracegrad.random import generator
-from tracegrad.tensor import Tensor, as_tensor, stack
+from tracegrad.tensor import Tensor, as_tensor, stack, tensor
 
 __all__ = ["DataLoader", "Dataset", "TensorDataset"]
 
@@ -72,4 +73,8 @@ def collate(samples):
     first = samples[0]
     if isinstance(first, (tuple, list)):
         return [collate([s[i] for s in samples]) for i in range(len(first))]
+    if isinstance(first, dict):
+        return {key: collate([s[key] for s in samples]) for key in first}
+    if isinstance(first, float):  # PyTorch's default_collate makes Python floats float64
+        return tensor(samples, dtype=dtypes.float64)
     return stack([as_tensor(s) for s in samples])

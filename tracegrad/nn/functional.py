@@ -10,7 +10,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
 from tracegrad.random import generator
-from tracegrad.tensor import Tensor, as_tensor, call
+from tracegrad.tensor import Tensor, as_tensor, call, where
 
 
 def _pair(value) -> tuple[int, int]:
@@ -238,7 +238,12 @@ def embedding(input: Tensor, weight: Tensor, padding_idx=None) -> Tensor:
                 f"embedding: index {int(bad[0])} is out of range for a table of {rows} rows"
             )
         )
-    return weight[input]
+    rows = weight[input]
+    if padding_idx is None:
+        return rows
+    # The padding row is read as usual but gets no gradient, as in PyTorch.
+    padding = padding_idx + weight.shape[0] if padding_idx < 0 else padding_idx
+    return where((input != padding).unsqueeze(-1), rows, rows.detach())
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:

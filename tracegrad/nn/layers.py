@@ -218,11 +218,16 @@ class Embedding(Module):
     ):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
+            raise ValueError(f"padding_idx {padding_idx} is out of range for {num_embeddings} rows")
+        self.padding_idx = padding_idx
         self.weight = _empty(num_embeddings, embedding_dim, dtype=dtype)
         init.normal_(self.weight)
+        if padding_idx is not None:
+            self.weight._data[padding_idx] = 0  # PyTorch starts the padding row at zero
 
     def forward(self, indices):
-        return F.embedding(indices, self.weight)
+        return F.embedding(indices, self.weight, self.padding_idx)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

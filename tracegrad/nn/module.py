@@ -78,6 +78,11 @@ class Module:
         self._parameters[name] = param
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        # A dotted or reused name would make state_dict keys or attribute lookup ambiguous.
+        if not name or "." in name:
+            raise KeyError(f"buffer name must be non-empty and contain no '.', got {name!r}")
+        if name not in self._buffers and (hasattr(self, name) or name in self._modules):
+            raise KeyError(f"attribute '{name}' already exists")
         self._buffers[name] = tensor
         if persistent:
             self._non_persistent.discard(name)  # re-registering can make a buffer persistent

@@ -20,13 +20,18 @@ GELU_TANH_COEF = 0.044715
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
-def unary(name, impl, rule, emit, saves=(), floats=True):
-    """A one-input elementwise op; ``floats`` requires a floating-point operand."""
+def unary(name, impl, rule, emit, saves=(), floats=True, check=None):
+    """A one-input elementwise op; ``floats`` requires a floating-point operand, ``check(x,
+    **attrs)`` validates the attributes against the operand."""
 
     def infer(x: TensorType, **attrs) -> TensorType:
+        if check is not None:
+            check(x, **attrs)
         return rules.floating(name, x) if floats else x
 
-    register(name, ("x",), infer, impl, (rule,), emit, saves, {ELEMENTWISE})
+    # No rule means no gradient at all (not a rule-less entry), so the tape never records it.
+    vjp = (rule,) if rule is not None else None
+    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE})
 
 
 def binary(name, impl, rules_xy, emit, saves=(), props=()):
@@ -44,7 +49,8 @@ def comparison(name, impl, emit):
 
 
 def erf(x):
-    return _erf(x).astype(x.dtype)
+    # A ufunc from frompyfunc returns a bare Python float for 0-d input; asarray keeps it an array.
+    return np.asarray(_erf(x)).astype(x.dtype)
 
 
 def gelu(x, approximate):
@@ -109,20 +115,30 @@ unary(
     "np.clip({0}, {min!r}, {max!r})",
     saves=("x",),
     floats=False,
+    check=lambda x, min, max: _integral_bounds(x, min, max),
 )
-# x ** p for a constant exponent p: d/dx = p * x ** (p - 1).
 unary(
     "pow_scalar",
     lambda x, exponent: np.power(x, exponent),
-    lambda c, g: (
-        g * c.exponent * call("pow_scalar", c.x, exponent=c.exponent - 1.0)
-        if c.exponent != 1.0
-        else g
-    ),
+    lambda c, g: _pow_scalar_grad(c, g),
     "np.power({0}, {exponent!r})",
     saves=("x",),
 )
 unary("clone", np.copy, lambda c, g: g, "{0}.copy()", floats=False)
+
+
+def _integral_bounds(x: TensorType, low, high) -> None:
+    # The result keeps x's dtype, so a float bound on an integer tensor would be truncated
+    # (clamp(min=0.5) acting as clamp(min=0)); PyTorch promotes to float instead. Refuse, so
+    # the caller casts first rather than getting a silently wrong answer.
+    if x.dtype.is_floating_point:
+        return
+    for bound in (low, high):
+        if isinstance(bound, float | np.floating) and not float(bound).is_integer():
+            raise rules.DTypeError(
+                f"clamp: bound {bound!r} is not an integer but the input is {x.dtype} of shape "
+                f"{x.shape}; cast the input to a floating dtype first"
+            )
 
 
 def _inside(x, low, high):
@@ -132,6 +148,23 @@ def _inside(x, low, high):
     if above is None or below is None:
         return above if below is None else below
     return above & below
+
+
+def _pow_scalar_grad(c, g):
+    # x ** p for a constant p: d/dx = p * x ** (p - 1). For p = 0 that is 0 everywhere, also
+    # at x = 0 where the formula gives 0 * inf = nan; PyTorch returns 0 there too.
+    if c.exponent == 0.0:
+        return g * 0.0
+    if c.exponent == 1.0:
+        return g
+    return g * c.exponent * call("pow_scalar", c.x, exponent=c.exponent - 1.0)
+
+
+def _pow_grad_x(c, g):
+    # d/dx x**y = y * x**(y - 1), taken as 0 where y == 0 (the formula gives nan at x == 0),
+    # as PyTorch does.
+    slope = c.y * call("pow", c.x, c.y - 1.0)
+    return g * call("where", c.y == 0, c.y * 0.0, slope)
 
 
 def _pow_grad_y(c, g):
@@ -167,7 +200,7 @@ binary(
 binary(
     "pow",
     np.power,
-    (lambda c, g: g * c.y * call("pow", c.x, c.y - 1.0), _pow_grad_y),
+    (_pow_grad_x, _pow_grad_y),
     "np.power({0}, {1})",
     saves=("x", "y", "out"),
 )

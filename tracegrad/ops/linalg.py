@@ -38,12 +38,12 @@ def _as_matrices(c, g):
 
 def _matmul_grad_a(c, g):
     a, b, g = _as_matrices(c, g)
-    return call("sum_to", g @ b.mT, shape=a.shape).reshape(c.a.shape)
+    return (g @ b.mT).sum_to(a.shape).reshape(c.a.shape)
 
 
 def _matmul_grad_b(c, g):
     a, b, g = _as_matrices(c, g)
-    return call("sum_to", a.mT @ g, shape=b.shape).reshape(c.b.shape)
+    return (a.mT @ g).sum_to(b.shape).reshape(c.b.shape)
 
 
 register(

@@ -32,6 +32,7 @@ ELEMENTWISE = "elementwise"
 REDUCE = "reduce"
 VIEW = "view"  # output may alias the input's memory
 COMMUTATIVE = "commutative"
+RANDOM = "random"  # draws from the random generator: never folded, always traced
 
 
 @dataclass(frozen=True)

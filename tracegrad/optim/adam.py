@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from tracegrad.optim.optimizer import Optimizer, buffer
-from tracegrad.tensor import Tensor
+from tracegrad.creation import zeros_like
+from tracegrad.functions import maximum
+from tracegrad.optim.optimizer import Optimizer
+from tracegrad.tensor import tensor
 
 
 class Adam(Optimizer):
@@ -45,22 +45,28 @@ class Adam(Optimizer):
         if group["maximize"]:
             grad = -grad
         if wd and self.decoupled_weight_decay:
-            param *= 1 - lr * wd
+            param.mul_(1 - lr * wd)
         elif wd:
-            grad = grad + wd * param
-        step = float(state["step"].item()) + 1 if "step" in state else 1.0
-        state["step"] = Tensor._wrap(np.array(step, np.float32))
-        exp_avg = buffer(state, "exp_avg", param)
-        exp_avg_sq = buffer(state, "exp_avg_sq", param)
-        exp_avg += (grad - exp_avg) * (1 - beta1)
-        exp_avg_sq *= beta2
-        exp_avg_sq += (1 - beta2) * grad * grad
+            grad = grad + param * wd
+        if not state:
+            state["step"] = tensor(0.0)  # float32, as PyTorch keeps it
+            state["exp_avg"] = zeros_like(param)
+            state["exp_avg_sq"] = zeros_like(param)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = zeros_like(param)
+        state["step"].add_(1)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.add_((grad - exp_avg) * (1 - beta1))
+        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
         second = exp_avg_sq
         if group["amsgrad"]:
-            second = buffer(state, "max_exp_avg_sq", param)
-            np.maximum(second, exp_avg_sq, out=second)
-        denom = np.sqrt(second) / np.sqrt(1 - beta2**step) + group["eps"]
-        param -= (lr / (1 - beta1**step)) * exp_avg / denom
+            second = state["max_exp_avg_sq"].copy_(maximum(state["max_exp_avg_sq"], exp_avg_sq))
+        # The step count is state (a tensor), so a compiled step reads it instead of baking it
+        # in; bias corrections are computed in float64 like PyTorch's Python floats.
+        step = state["step"].double()
+        step_size = lr / (1 - beta1**step)
+        denom = second.sqrt() / (1 - beta2**step).sqrt() + group["eps"]
+        param.sub_(exp_avg / denom * step_size)
 
 
 class AdamW(Adam):

@@ -11,7 +11,7 @@ import copy
 import numpy as np
 
 from tracegrad import tape
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, active_tracer
 
 
 class Optimizer:
@@ -50,21 +50,24 @@ class Optimizer:
                     p.grad = Tensor._wrap(np.zeros_like(p.grad._data))
 
     def step(self, closure=None):
-        """Apply one update to every parameter that has a gradient; returns closure's loss."""
+        """Apply one update to every parameter that has a gradient; returns closure's loss.
+
+        Updates are tensor ops under no_grad, so a compiled training step traces them."""
         loss = None
         if closure is not None:
             with tape.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state.setdefault(p, {})
-                self.update(p._data, p.grad._data.astype(p._data.dtype, copy=False), state, group)
-                p._version[0] += 1
+        tracer = active_tracer()
+        if tracer is not None:
+            tracer.note_optimizer(self)
+        with tape.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self.update(p, p.grad.to(p.dtype), self.state.setdefault(p, {}), group)
         return loss
 
-    def update(self, param: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
+    def update(self, param: Tensor, grad: Tensor, state: dict, group: dict) -> None:
         """Update ``param`` in place from ``grad``; ``state`` holds this parameter's buffers."""
         raise NotImplementedError
 
@@ -109,10 +112,3 @@ class Optimizer:
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         return f"{type(self).__name__}({settings})"
-
-
-def buffer(state: dict, name: str, like: np.ndarray) -> np.ndarray:
-    """The state buffer ``name`` (a tensor, as in PyTorch's state_dict), zero on first use."""
-    if name not in state:
-        state[name] = Tensor._wrap(np.zeros_like(like))
-    return state[name]._data

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from tracegrad.optim.optimizer import Optimizer
-from tracegrad.tensor import Tensor
 
 
 class SGD(Optimizer):
@@ -43,15 +40,13 @@ class SGD(Optimizer):
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * param
+            grad = grad + param * group["weight_decay"]
         momentum = group["momentum"]
         if momentum:
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = Tensor._wrap(np.array(grad, copy=True))
-                buf = state["momentum_buffer"]._data
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.clone()
             else:
-                buf = state["momentum_buffer"]._data
-                buf *= momentum
-                buf += (1 - group["dampening"]) * grad
-            grad = grad + momentum * buf if group["nesterov"] else buf
-        param -= group["lr"] * grad
+                buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+            grad = grad + buf * momentum if group["nesterov"] else buf
+        param.sub_(grad * group["lr"])

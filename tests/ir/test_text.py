@@ -1,0 +1,194 @@
+"""The IR text form: exact printed text for small graphs, round trips, and parse errors."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+from ir_graphs import ZOO, Twice, at, constant, inf, mlp, node, val
+
+from tracegrad.ir.graph import Graph, structure
+from tracegrad.ir.lint import GraphLintError
+from tracegrad.ir.text import IRParseError, parse_parts, print_graph
+
+
+class Swap:
+    """A custom node's class, defined here so the parser has to import this module."""
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).strip("\n")
+
+
+def roundtrip(graph: Graph) -> Graph:
+    return Graph(*parse_parts(print_graph(graph)))
+
+
+# --- expect-tests: the exact text --------------------------------------------------------------
+
+
+def test_prints_mlp():
+    assert str(mlp()) == dedent("""
+        graph(%x:f32[4,3], %fc1.weight:f32[2,3], %fc1.bias:f32[2]) {
+          %1:f32[3,2] = permute[dims=(1, 0)] %fc1.weight  # model.py:12
+          %2:f32[4,2] = matmul %x, %1  # model.py:12
+          %3:f32[4,2] = add %2, %fc1.bias  # model.py:12
+          %4:f32[4,2] = relu %3  # model.py:13
+          %5:f32[] = constant[value=0.5]
+          %6:f32[] = sum[dims=(0, 1), keepdim=False] %4  # model.py:14
+          %7:f32[] = mul %6, %5  # model.py:14
+          return %7
+        }
+    """)
+
+
+def swap_graph() -> Graph:
+    a, b = val("a", "f32[2,2]"), val("b", "i64[3]")
+    c = constant("c", np.array([[1.5, -inf], [0.1, 2.0]], np.float32))
+    mask = constant("m", np.array([True, False, True]))
+    s1, s2 = val("s1", "f32[2,2]"), val("s2", "f32[2,2]")
+    swap = node(
+        "custom", [a, c.outputs[0]], [s1, s2], at(7, "t.py"), fn=Swap, args=(("t",), ("t",))
+    )
+    return Graph([a, b], [c, mask, swap], [s2, mask.outputs[0]], {"a": s1})
+
+
+def test_prints_constants_custom_nodes_and_updates():
+    assert str(swap_graph()) == dedent(f"""
+        graph(%a:f32[2,2], %b:i64[3]) {{
+          %c:f32[2,2] = constant[value=[[1.5, -inf], [0.1, 2.0]]]
+          %m:b8[3] = constant[value=[True, False, True]]
+          %s1:f32[2,2], %s2:f32[2,2] = custom[args=(('t',), ('t',)), fn='{__name__}:Swap'] %a, %c  # t.py:7
+          return %s2, %m
+          update %a <- %s1
+        }}
+    """)  # noqa: E501
+
+
+def test_prints_empty_graph():
+    assert str(Graph()) == "graph() {\n  return\n}"
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_roundtrip_equal_structure(name):
+    graph = ZOO[name]()
+    back = roundtrip(graph)
+    assert structure(back) == structure(graph)
+    assert print_graph(back) == print_graph(graph)  # printing is a fixed point
+
+
+def test_roundtrip_rebuilds_constant_arrays_exactly():
+    graph = ZOO["constants"]()
+    back = roundtrip(graph)
+    for before, after in zip(graph.nodes, back.nodes, strict=True):
+        old, new = before.attrs["value"], after.attrs["value"]
+        assert (new.dtype, new.shape) == (old.dtype, old.shape)
+        assert new.tobytes() == old.tobytes()  # -0.0, nan and -inf included
+
+
+def test_float32_constants_print_their_short_form():
+    graph = Graph([], [constant("c", np.array([0.1, 1 / 3], np.float32))], [], {})
+    assert "constant[value=[0.1, 0.33333334]]" in str(graph)
+
+
+def test_custom_class_is_imported_back():
+    back = roundtrip(swap_graph())
+    assert back.nodes[2].attrs["fn"] is Swap
+    assert roundtrip(ZOO["odd_attrs"]()).nodes[0].attrs["fn"] is Twice
+
+
+def test_unimportable_class_stays_a_string_for_lint_to_report():
+    source = dedent("""
+        graph(%x:f32[2]) {
+          %y:f32[2] = custom[fn='no_such_module_xyz:Gone'] %x
+          return %y
+        }
+    """)
+    graph = Graph.parse(source)
+    assert graph.nodes[0].attrs["fn"] == "no_such_module_xyz:Gone"
+    with pytest.raises(GraphLintError, match="not a class"):
+        graph.lint()
+
+
+def test_locations_keep_file_and_line_but_not_the_source_text():
+    back = roundtrip(ZOO["odd_attrs"]())
+    location = back.nodes[0].location
+    assert (location.filename, location.lineno, location.line) == (
+        "C:\\odd path#1:2\\model.py",
+        99,
+        "",
+    )
+
+
+def test_graph_parse_reads_hand_written_text():
+    # Blank lines, comment lines and loose spacing are accepted; references may point forward.
+    source = """
+        # a hand-written graph
+        graph( %x:f64[3] ,%y:f64[3] ) {
+
+          %s:f64[3] = add %x,%y
+          %t:f64[] = sum[keepdim=False, dims=(0,)]   %s   # my file.py:3
+          return %t
+        }
+    """
+    graph = Graph.parse(source)
+    assert [n.op for n in graph.nodes] == ["add", "sum"]
+    assert graph.nodes[1].attrs == {"dims": (0,), "keepdim": False}
+    assert graph.nodes[1].location.filename == "my file.py"
+    graph.lint()
+
+
+# --- parse errors ------------------------------------------------------------------------------
+
+HEADER = "graph(%x:f32[2]) {"
+
+
+@pytest.mark.parametrize(
+    ("body", "lineno", "message"),
+    [
+        (["%y:f32[2] = neg %x"], 2, "missing the closing '}'"),
+        (["%y:f16[2] = neg %x", "}"], 2, "bad type f16[2]"),
+        (["%y:f32[2] = neg %z", "}"], 2, "%z is not defined"),
+        (["%y:f32[2] = neg[a=(1, 2 %x", "}"], 2, "never closed"),
+        (["%y:f32[2] = neg[a=__import__('os')] %x", "}"], 2, "bad attributes"),
+        (["%y:f32[2] = neg[a=1+2] %x", "}"], 2, "bad attributes"),
+        (["%y:f32[2] = neg[1] %x", "}"], 2, "bad attributes"),
+        (["%y:f32[2] = neg x", "}"], 2, "expected value references"),
+        (["y:f32[2] = neg %x", "}"], 2, "expected '%name:type = op"),
+        (["%y:f32[2] = neg %x  # file.py", "}"], 2, "expected a location"),
+        (["%y:i64[2] = constant[value=[1.5, inf]]", "}"], 2, "constant value"),
+        (["return %x", "return %x", "}"], 3, "one return line"),
+        (["update %x -> %x", "}"], 2, "expected 'update %input <- %value'"),
+        (["return %x", "}", "%y:f32[2] = neg %x"], 4, "after the graph's closing"),
+    ],
+)
+def test_parse_errors_name_the_line_and_text(body, lineno, message):
+    source = "\n".join([HEADER, *body])
+    bad_line = source.split("\n")[lineno - 1].strip()
+    with pytest.raises(IRParseError) as caught:
+        Graph.parse(source)
+    assert f"line {lineno}:" in str(caught.value)
+    assert message in str(caught.value)
+    assert repr(bad_line) in str(caught.value)
+    assert caught.value.lineno == lineno
+
+
+@pytest.mark.parametrize("source", ["", "   \n", "graph(%x:f32[2])", "graph(x) {\n}"])
+def test_bad_headers_are_parse_errors(source):
+    with pytest.raises(IRParseError, match="line 1"):
+        Graph.parse(source)
+
+
+def test_parse_error_is_a_value_error():
+    assert issubclass(IRParseError, ValueError)
+
+
+def test_printing_an_unknown_attribute_kind_is_a_type_error():
+    x, y = val("x", "f32[2]"), val("y", "f32[2]")
+    graph = Graph([x], [node("custom", [x], [y], fn=Swap, args=(print,))], [y], {})
+    with pytest.raises(TypeError, match="builtin_function_or_method"):
+        str(graph)

@@ -1,0 +1,997 @@
+"""Forward values of every op against NumPy, naive loops or closed forms, in float32 and
+float64; inputs at the edge of the float range staying finite; each op's shape/dtype rule
+agreeing with what its implementation returns; and property tests of broadcasting ops.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import mutually_broadcastable_shapes
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import dtypes
+from tracegrad.errors import DTypeError
+from tracegrad.ops import OPS, call
+
+FLOATS = [np.float32, np.float64]
+FLOAT_IDS = ["float32", "float64"]
+
+
+def tol(dtype) -> dict:
+    return {"rtol": 2e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-11, "atol": 1e-12}
+
+
+def check(result: tg.Tensor, expected, dtype) -> None:
+    """``result`` has ``expected``'s shape, the given dtype and its values within tolerance."""
+    expected = np.asarray(expected)
+    assert result.dtype == dtype
+    assert tuple(result.shape) == expected.shape
+    np.testing.assert_allclose(result.detach().numpy(), expected, **tol(dtype))
+
+
+def rand(shape, dtype=np.float64, low=-2.0, high=2.0, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(low, high, shape).astype(dtype)
+
+
+# --- elementwise -------------------------------------------------------------------------------
+
+_vec_erf = np.vectorize(math.erf)
+
+
+def gelu_exact_ref(x):
+    return np.vectorize(lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))))(x)
+
+
+def gelu_tanh_ref(x):
+    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
+    return 0.5 * x * (1.0 + np.tanh(inner))
+
+
+# name, tracegrad function, reference on float64, lower and upper bound of the inputs
+UNARY = [
+    ("neg", lambda x: -x, np.negative, -2, 2),
+    ("exp", lambda x: x.exp(), np.exp, -3, 3),
+    ("log", lambda x: x.log(), np.log, 0.1, 5),
+    ("log1p", lambda x: x.log1p(), np.log1p, -0.9, 5),
+    ("sqrt", lambda x: x.sqrt(), np.sqrt, 0, 5),
+    ("tanh", lambda x: x.tanh(), np.tanh, -3, 3),
+    ("sigmoid", lambda x: x.sigmoid(), lambda x: 0.5 * (1 + np.tanh(x / 2)), -6, 6),
+    ("relu", lambda x: x.relu(), lambda x: np.where(x > 0, x, 0.0), -2, 2),
+    ("abs", lambda x: x.abs(), lambda x: np.where(x < 0, -x, x), -2, 2),
+    ("sign", lambda x: x.sign(), lambda x: (x > 0) * 1.0 - (x < 0), -2, 2),
+    ("erf", lambda x: x.erf(), _vec_erf, -3, 3),
+    ("sin", lambda x: x.sin(), np.sin, -4, 4),
+    ("cos", lambda x: x.cos(), np.cos, -4, 4),
+    ("gelu", F.gelu, gelu_exact_ref, -4, 4),
+    ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), gelu_tanh_ref, -4, 4),
+    ("clamp", lambda x: x.clamp(-0.5, 1.0), lambda x: np.minimum(np.maximum(x, -0.5), 1.0), -2, 2),
+    ("clamp_min", lambda x: x.clamp(min=0.25), lambda x: np.maximum(x, 0.25), -2, 2),
+    ("clamp_max", lambda x: x.clamp(max=0.25), lambda x: np.minimum(x, 0.25), -2, 2),
+    ("pow_scalar", lambda x: x**2.5, lambda x: np.exp(2.5 * np.log(x)), 0.1, 3),
+    ("pow_scalar_int", lambda x: x**3, lambda x: x * x * x, -2, 2),
+    ("pow_scalar_neg", lambda x: x**-0.5, lambda x: 1 / np.sqrt(x), 0.1, 3),
+    ("clone", lambda x: x.clone(), lambda x: x, -2, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("shape", [(2, 3), (), (5,)], ids=["2x3", "0d", "5"])
+@pytest.mark.parametrize(("name", "fn", "ref", "low", "high"), UNARY, ids=[u[0] for u in UNARY])
+def test_unary_forward(name, fn, ref, low, high, shape, dtype):
+    x = rand(shape, dtype, low, high)
+    check(fn(tg.tensor(x)), ref(x.astype(np.float64)), dtype)
+
+
+def test_clone_copies_memory():
+    x = tg.tensor([1.0, 2.0])
+    y = x.clone()
+    y[0] = 5.0
+    assert x.tolist() == [1.0, 2.0]
+
+
+def test_integer_unary_ops_keep_int64():
+    x = np.array([-3, 0, 2, 7])
+    t = tg.tensor(x)
+    for result, expected in [
+        (-t, -x),
+        (t.relu(), np.maximum(x, 0)),
+        (t.abs(), np.abs(x)),
+        (t.sign(), np.sign(x)),
+        (t.clamp(-1, 3), np.clip(x, -1, 3)),
+        (t.clone(), x),
+    ]:
+        assert result.dtype == tg.int64
+        np.testing.assert_array_equal(result.numpy(), expected)
+
+
+def test_clamp_of_an_integer_tensor_does_not_truncate_a_float_bound():
+    # PyTorch gives float32 [0.5, 1, 2]; silently clamping to int(0.5) = 0 would be wrong.
+    t = tg.tensor([0, 1, 2])
+    try:
+        result = t.clamp(min=0.5)
+    except DTypeError:
+        return
+    assert result.dtype == tg.float32
+    np.testing.assert_array_equal(result.numpy(), [0.5, 1.0, 2.0])
+
+
+BINARY = [
+    ("add", operator.add, np.add, None),
+    ("sub", operator.sub, np.subtract, None),
+    ("mul", operator.mul, np.multiply, None),
+    ("div", operator.truediv, np.divide, "nonzero"),
+    ("pow", operator.pow, np.power, "positive_base"),
+    ("maximum", tg.maximum, np.maximum, None),
+    ("minimum", tg.minimum, np.minimum, None),
+]
+BROADCAST_SHAPES = [
+    ((2, 3), (2, 3)),
+    ((3, 1), (1, 4)),
+    ((2, 3), (3,)),
+    ((), (2, 3)),
+    ((2, 1, 3), (4, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("xs", "ys"), BROADCAST_SHAPES, ids=str)
+@pytest.mark.parametrize(("name", "fn", "ref", "domain"), BINARY, ids=[b[0] for b in BINARY])
+def test_binary_forward_broadcasts(name, fn, ref, domain, xs, ys, dtype):
+    x = rand(xs, dtype, 0.2 if domain == "positive_base" else -2, 2, seed=1)
+    y = rand(ys, dtype, 0.5, 2, seed=2) if domain == "nonzero" else rand(ys, dtype, seed=2)
+    check(fn(tg.tensor(x), tg.tensor(y)), ref(x.astype(np.float64), y.astype(np.float64)), dtype)
+
+
+def test_integer_binary_ops():
+    x, y = np.array([[5], [-7]]), np.array([2, 3, -4])
+    tx, ty = tg.tensor(x), tg.tensor(y)
+    for result, expected in [
+        (tx + ty, x + y),
+        (tx - ty, x - y),
+        (tx * ty, x * y),
+        (tg.maximum(tx, ty), np.maximum(x, y)),
+        (tg.minimum(tx, ty), np.minimum(x, y)),
+        (tx ** tg.tensor([2, 3, 0]), x ** np.array([2, 3, 0])),
+    ]:
+        assert result.dtype == tg.int64
+        np.testing.assert_array_equal(result.numpy(), expected)
+    true_div = tx / ty  # true division promotes integers to the default float
+    assert true_div.dtype == tg.float32
+    np.testing.assert_allclose(true_div.numpy(), x / y, rtol=1e-6)
+
+
+COMPARISONS = [
+    ("eq", operator.eq, np.equal),
+    ("ne", operator.ne, np.not_equal),
+    ("lt", operator.lt, np.less),
+    ("le", operator.le, np.less_equal),
+    ("gt", operator.gt, np.greater),
+    ("ge", operator.ge, np.greater_equal),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64], ids=str)
+@pytest.mark.parametrize(("name", "fn", "ref"), COMPARISONS, ids=[c[0] for c in COMPARISONS])
+def test_comparisons(name, fn, ref, dtype):
+    x = np.array([[1, 2, 3], [3, 2, 1]], dtype)
+    y = np.array([2, 2, 1], dtype)  # broadcast along rows, with ties
+    result = fn(tg.tensor(x), tg.tensor(y))
+    assert result.dtype == tg.bool
+    np.testing.assert_array_equal(result.numpy(), ref(x, y))
+
+
+def test_logical_ops():
+    a = np.array([[True, False], [True, True]])
+    b = np.array([True, False])
+    ta, tb = tg.tensor(a), tg.tensor(b)
+    for result, expected in [
+        (ta & tb, a & b),
+        (ta | tb, a | b),
+        (ta ^ tb, a ^ b),
+        (~ta, ~a),
+        (tg.tensor([0.0, 2.0]).logical_not(), np.array([True, False])),
+    ]:
+        assert result.dtype == tg.bool
+        np.testing.assert_array_equal(result.numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_where_broadcasts_condition_and_operands(dtype):
+    cond = np.array([[True], [False]])
+    x, y = rand((3,), dtype), rand((2, 1), dtype, seed=3)
+    check(tg.where(tg.tensor(cond), tg.tensor(x), tg.tensor(y)), np.where(cond, x, y), dtype)
+
+
+def test_cast_between_dtypes():
+    x64 = np.array([1.0 + 2.0**-40, -2.75, 3.5e38 * 10.0])
+    down = tg.tensor(x64).float()
+    assert down.dtype == tg.float32
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(down.numpy(), x64.astype(np.float32))  # rounds; inf
+    up = tg.tensor(np.array([0.1, -3.0], np.float32)).double()
+    assert up.dtype == tg.float64
+    np.testing.assert_array_equal(up.numpy(), np.array([0.1, -3.0], np.float32).astype(np.float64))
+    truncated = tg.tensor([-2.7, -0.5, 0.5, 2.7]).long()  # toward zero, as in PyTorch
+    assert truncated.tolist() == [-2, 0, 0, 2]
+    assert tg.tensor([True, False]).double().tolist() == [1.0, 0.0]
+    assert tg.tensor([0, 3, -1]).bool().tolist() == [False, True, True]
+
+
+# --- reductions --------------------------------------------------------------------------------
+
+REDUCE_DIMS = [None, 0, -1, (0, 2), (2, 0, 1)]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("dim", REDUCE_DIMS, ids=str)
+def test_sum_amax_amin_mean(dim, keepdim, dtype):
+    x = rand((2, 3, 4), dtype)
+    t = tg.tensor(x)
+    axis = dim if dim is None or isinstance(dim, int) else tuple(dim)
+    x64 = x.astype(np.float64)
+    check(t.sum(dim, keepdim), np.sum(x64, axis, keepdims=keepdim), dtype)
+    check(t.amax(dim, keepdim), np.amax(x64, axis, keepdims=keepdim), dtype)
+    check(t.amin(dim, keepdim), np.amin(x64, axis, keepdims=keepdim), dtype)
+    check(t.mean(dim, keepdim), np.mean(x64, axis, keepdims=keepdim), dtype)
+
+
+def test_sum_of_integers_and_bools_is_int64():
+    assert tg.tensor([[1, 2], [3, 4]]).sum(0).tolist() == [4, 6]
+    total = tg.tensor([True, True, False]).sum()
+    assert total.dtype == tg.int64 and total.item() == 2
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("correction", [0, 1, 2])
+@pytest.mark.parametrize(
+    ("dim", "keepdim"), [(None, False), (1, False), ((0, 2), True), (-1, True)]
+)
+def test_var_and_std_with_correction(dim, keepdim, correction, dtype):
+    x = rand((3, 4, 5), dtype)
+    axis = dim if dim is None or isinstance(dim, int) else tuple(dim)
+    ref = np.var(x.astype(np.float64), axis, ddof=correction, keepdims=keepdim)
+    t = tg.tensor(x)
+    check(t.var(dim, keepdim=keepdim, correction=correction), ref, dtype)
+    check(t.std(dim, keepdim=keepdim, correction=correction), np.sqrt(ref), dtype)
+
+
+def test_var_unbiased_flag_and_default():
+    x = rand((4, 3))
+    t = tg.tensor(x)
+    np.testing.assert_allclose(t.var().item(), np.var(x, ddof=1))
+    np.testing.assert_allclose(t.var(0, unbiased=False).numpy(), np.var(x, 0))
+    np.testing.assert_allclose(t.std(1, True).numpy(), np.std(x, 1, ddof=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64], ids=str)
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_max_min_with_dim_return_values_and_indices(dim, keepdim, dtype):
+    x = np.array([[3, 1, 4, 1], [5, 9, 2, 6], [5, 3, 9, 9]], dtype)  # ties: first index wins
+    t = tg.tensor(x)
+    for method, np_values, np_index in [("max", np.max, np.argmax), ("min", np.min, np.argmin)]:
+        values, indices = getattr(t, method)(dim, keepdim)
+        assert values.dtype == dtype and indices.dtype == tg.int64
+        np.testing.assert_array_equal(values.numpy(), np_values(x, dim, keepdims=keepdim))
+        np.testing.assert_array_equal(indices.numpy(), np_index(x, dim, keepdims=keepdim))
+    result = t.max(dim, keepdim)
+    assert result.values is result[0] and result.indices is result[1]
+
+
+def test_max_min_argmax_argmin_over_everything():
+    x = np.array([[3.0, 7.0, -1.0], [7.0, 0.0, -1.0]])
+    t = tg.tensor(x)
+    assert t.max().item() == 7.0 and t.min().item() == -1.0
+    assert t.argmax().item() == 1 and t.argmin().item() == 2
+    assert t.argmax().shape == () and t.argmax().dtype == tg.int64
+    np.testing.assert_array_equal(t.argmax(1, keepdim=True).numpy(), [[1], [0]])
+    np.testing.assert_array_equal(t.argmin(0).numpy(), [0, 1, 0])
+
+
+@pytest.mark.parametrize(
+    ("shape", "target"),
+    [((2, 3), (3,)), ((2, 3), (1, 3)), ((4, 2, 3), (2, 1)), ((2, 3), (2, 3)), ((3,), ())],
+)
+def test_sum_to_reduces_broadcast_dims(shape, target):
+    x = rand(shape)
+    lead = len(shape) - len(target)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, s in enumerate(target) if s == 1 and shape[lead + i] != 1
+    )
+    expected = np.sum(x, axis=axes).reshape(target)
+    check(tg.tensor(x).sum_to(target), expected, np.float64)
+    # the defining property: sum_to is the transpose of broadcast_to
+    y = rand(target, seed=5)
+    lhs = np.sum(np.broadcast_to(y, shape) * x)
+    np.testing.assert_allclose(lhs, np.sum(y * expected))
+
+
+# --- shapes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_shape_ops(dtype):
+    x = rand((2, 3, 4), dtype)
+    t = tg.tensor(x)
+    check(t.reshape(4, -1), x.reshape(4, -1), dtype)
+    check(t.reshape(24), x.reshape(24), dtype)
+    check(t.permute(2, 0, 1), x.transpose(2, 0, 1), dtype)
+    check(t.transpose(0, -1), x.swapaxes(0, -1), dtype)
+    check(t[:, :1].broadcast_to((2, 2, 3, 4)), np.broadcast_to(x[:, :1], (2, 2, 3, 4)), dtype)
+    check(t.unsqueeze(1).squeeze(1), x, dtype)
+    y = rand((2, 1, 4), dtype, seed=1)
+    check(tg.cat([t, tg.tensor(y)], dim=1), np.concatenate([x, y], 1), dtype)
+    check(tg.cat([t, t, t], dim=-1), np.concatenate([x, x, x], -1), dtype)
+    check(tg.stack([t, t], dim=1), np.stack([x, x], 1), dtype)
+
+
+GETITEM_KEYS = [
+    (1,),
+    (-1, 2),
+    (slice(1, None), slice(None, None, 2)),
+    (slice(None, None, -1), slice(-1, 0, -2)),
+    (None, Ellipsis, 1),
+    (Ellipsis, None),
+    (0, None, slice(None), -2),
+    (np.array([0, 2, 0, 0]),),
+    (slice(None), np.array([[1, 1], [0, 3]])),
+    (np.array([0, 1, 1]), np.array([2, 2, 0])),
+    (np.array([1, 0]), slice(None), np.array([0, 4])),  # split: NumPy puts their dim first
+    (slice(None), np.array([1, 2]), np.array([0, 3])),
+    (np.array([True, False, True]),),
+    (slice(None), np.array([False, True, True, False])),
+]
+
+
+@pytest.mark.parametrize("key", GETITEM_KEYS, ids=str)
+def test_getitem_matches_numpy(key):
+    x = rand((3, 4, 5))
+    t_key = tuple(tg.tensor(k) if isinstance(k, np.ndarray) else k for k in key)
+    check(tg.tensor(x)[t_key], x[key], np.float64)
+
+
+def test_getitem_of_a_scalar_and_mask_of_full_shape():
+    x = rand((3, 4))
+    check(tg.tensor(x)[1, 2], x[1, 2], np.float64)
+    m = x > 0
+    check(tg.tensor(x)[tg.tensor(m)], x[m], np.float64)
+
+
+def test_scatter_add_matches_numpy_add_at():
+    g = rand((5, 2))
+    idx = np.array([3, 0, 3, 3, 1])
+    result = call("scatter_add", tg.tensor(g), tg.tensor(idx), key=(("tensor", 0),), shape=(4, 2))
+    expected = np.zeros((4, 2))
+    np.add.at(expected, idx, g)
+    check(result, expected, np.float64)
+    basic = call("scatter_add", tg.tensor(g), key=(("slice", None, None, -1),), shape=(5, 2))
+    check(basic, g[::-1], np.float64)
+
+
+def test_one_hot():
+    t = tg.tensor([[0, 2], [1, 2]])
+    result = F.one_hot(t, 4)
+    assert result.dtype == tg.int64
+    np.testing.assert_array_equal(result.numpy(), np.eye(4, dtype=np.int64)[t.numpy()])
+    assert tuple(F.one_hot(tg.tensor([1, 4])).shape) == (2, 5)  # classes inferred: max + 1
+
+
+# --- products ----------------------------------------------------------------------------------
+
+MATMUL_SHAPES = [
+    ((3,), (3,)),
+    ((3,), (3, 2)),
+    ((2, 3), (3,)),
+    ((2, 3), (3, 4)),
+    ((2, 1, 2, 3), (3, 3, 2)),
+    ((2, 2, 3), (3,)),
+    ((3,), (2, 3, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("a", "b"), MATMUL_SHAPES, ids=str)
+def test_matmul_matches_numpy(a, b, dtype):
+    x, y = rand(a, dtype), rand(b, dtype, seed=1)
+    check(tg.tensor(x) @ tg.tensor(y), x.astype(np.float64) @ y.astype(np.float64), dtype)
+
+
+EINSUM = [
+    ("ij,jk->ik", [(2, 3), (3, 4)]),
+    ("ij,jk->i", [(2, 3), (3, 4)]),
+    ("bij,bjk->bik", [(2, 2, 3), (2, 3, 2)]),
+    ("i,j->ij", [(2,), (3,)]),
+    ("ijk->kj", [(2, 3, 4)]),
+    ("ij,jk", [(2, 3), (3, 2)]),
+    ("ij,ij->", [(2, 3), (2, 3)]),
+    ("ij,jk,kl->il", [(2, 3), (3, 2), (2, 2)]),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("equation", "shapes"), EINSUM, ids=[e[0] for e in EINSUM])
+def test_einsum_matches_numpy(equation, shapes, dtype):
+    xs = [rand(s, dtype, seed=i) for i, s in enumerate(shapes)]
+    expected = np.einsum(equation, *(x.astype(np.float64) for x in xs))
+    check(tg.einsum(equation, *(tg.tensor(x) for x in xs)), expected, dtype)
+
+
+# --- sliding windows, convolution, pooling -----------------------------------------------------
+
+WINDOWS = [  # kernel, stride, padding, dilation
+    ((2, 2), (1, 1), (0, 0), (1, 1)),
+    ((3, 2), (2, 1), (1, 0), (1, 1)),
+    ((2, 2), (1, 2), (1, 1), (2, 1)),
+    ((1, 3), (3, 1), (0, 2), (1, 2)),
+]
+
+
+def unfold_ref(x, kernel, stride, padding, dilation, pad_value):
+    n, c, h, w = x.shape
+    xp = np.full((n, c, h + 2 * padding[0], w + 2 * padding[1]), pad_value, x.dtype)
+    xp[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w] = x
+    oh = (xp.shape[2] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (xp.shape[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    out = np.empty((n, c, oh, ow, *kernel), x.dtype)
+    for i, j, ki, kj in itertools.product(range(oh), range(ow), *map(range, kernel)):
+        out[:, :, i, j, ki, kj] = xp[
+            :, :, i * stride[0] + ki * dilation[0], j * stride[1] + kj * dilation[1]
+        ]
+    return out
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation"), WINDOWS, ids=str)
+def test_unfold_and_fold(kernel, stride, padding, dilation, dtype):
+    x = rand((2, 2, 5, 6), dtype)
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+    cols = call("unfold", tg.tensor(x), pad_value=-7.0, **attrs)
+    check(cols, unfold_ref(x, pad_value=-7.0, **attrs), dtype)
+    # fold is unfold's transpose: <unfold(x), y> == <x, fold(y)> (with zero padding)
+    y = rand(tuple(cols.shape), dtype, seed=1)
+    folded = call("fold", tg.tensor(y), size=(5, 6), **attrs)
+    lhs = np.sum(unfold_ref(x, pad_value=0.0, **attrs).astype(np.float64) * y)
+    np.testing.assert_allclose(np.sum(folded.numpy().astype(np.float64) * x), lhs, **tol(dtype))
+    assert folded.dtype == dtype and tuple(folded.shape) == x.shape
+
+
+def conv2d_ref(x, w, b, stride, padding, dilation, groups):
+    n, c, h, wd = x.shape
+    out_c, group_c, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    xp[:, :, ph : ph + h, pw : pw + wd] = x
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, out_c, oh, ow))
+    per_group = out_c // groups
+    for b_, o, i, j in itertools.product(range(n), range(out_c), range(oh), range(ow)):
+        g = o // per_group
+        acc = 0.0 if b is None else float(b[o])
+        for ci, ki, kj in itertools.product(range(group_c), range(kh), range(kw)):
+            acc += xp[b_, g * group_c + ci, i * sh + ki * dh, j * sw + kj * dw] * w[o, ci, ki, kj]
+        out[b_, o, i, j] = acc
+    return out
+
+
+CONVS = [  # input shape, weight shape, stride, padding, dilation, groups, bias
+    ((1, 1, 4, 4), (1, 1, 3, 3), 1, 0, 1, 1, True),
+    ((2, 3, 5, 6), (4, 3, 2, 3), (2, 1), (1, 2), 1, 1, True),
+    ((1, 2, 7, 6), (3, 2, 3, 2), 1, 1, (2, 3), 1, False),
+    ((2, 4, 5, 5), (6, 2, 3, 3), 2, 1, 1, 2, True),
+    ((1, 6, 6, 5), (6, 1, 2, 2), (1, 2), 0, 2, 6, True),  # depthwise
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("xs", "ws", "stride", "padding", "dilation", "groups", "bias"), CONVS)
+def test_conv2d_matches_naive_loops(xs, ws, stride, padding, dilation, groups, bias, dtype):
+    x, w = rand(xs, dtype), rand(ws, dtype, seed=1)
+    b = rand((ws[0],), dtype, seed=2) if bias else None
+    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    expected = conv2d_ref(x, w, b, pair(stride), pair(padding), pair(dilation), groups)
+    result = F.conv2d(
+        tg.tensor(x),
+        tg.tensor(w),
+        tg.tensor(b) if bias else None,
+        stride,
+        padding,
+        dilation,
+        groups,
+    )
+    check(result, expected, dtype)
+
+
+def test_conv2d_unbatched_and_same_padding():
+    x, w = rand((2, 5, 4)), rand((3, 2, 3, 3), seed=1)
+    expected = conv2d_ref(x[None], w, None, (1, 1), (1, 1), (1, 1), 1)[0]
+    check(F.conv2d(tg.tensor(x), tg.tensor(w), padding="same"), expected, np.float64)
+
+
+def max_pool2d_ref(x, kernel, stride, padding):
+    n, c, h, w = x.shape
+    xp = np.full((n, c, h + 2 * padding[0], w + 2 * padding[1]), -np.inf)
+    xp[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w] = x
+    oh = (xp.shape[2] - kernel[0]) // stride[0] + 1
+    ow = (xp.shape[3] - kernel[1]) // stride[1] + 1
+    out = np.empty((n, c, oh, ow))
+    for i, j in itertools.product(range(oh), range(ow)):
+        r, s = i * stride[0], j * stride[1]
+        out[:, :, i, j] = xp[:, :, r : r + kernel[0], s : s + kernel[1]].max(axis=(2, 3))
+    return out
+
+
+POOLS = [  # kernel, stride, padding
+    ((2, 2), None, (0, 0)),
+    ((3, 3), (2, 2), (1, 1)),
+    ((2, 3), (1, 2), (1, 0)),
+    ((3, 2), (3, 1), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("kernel", "stride", "padding"), POOLS, ids=str)
+def test_max_pool2d_matches_naive_loops(kernel, stride, padding, dtype):
+    x = rand((2, 3, 5, 6), dtype, low=-5.0, high=-1.0)  # all negative: padding must be -inf
+    expected = max_pool2d_ref(x, kernel, stride or kernel, padding)
+    check(F.max_pool2d(tg.tensor(x), kernel, stride, padding), expected, dtype)
+
+
+# --- softmax family, losses, normalization -----------------------------------------------------
+
+
+def softmax_ref(x, dim):
+    e = np.exp(x)
+    return e / e.sum(dim, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("shape", "dim"), [((5,), 0), ((3, 4), -1), ((3, 4), 0), ((2, 3, 4), 1)])
+def test_softmax_and_log_softmax(shape, dim, dtype):
+    x = rand(shape, dtype, -3, 3)
+    x64 = x.astype(np.float64)
+    check(tg.tensor(x).softmax(dim), softmax_ref(x64, dim), dtype)
+    check(tg.tensor(x).log_softmax(dim), np.log(softmax_ref(x64, dim)), dtype)
+    check(F.softmax(tg.tensor(x), dim).sum(dim), np.ones(np.delete(shape, dim)), dtype)
+
+
+def cross_entropy_ref(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Sample by sample, with the class dim moved last."""
+    one_sample = logits.ndim == 1
+    logits = np.moveaxis(logits, 1, -1) if not one_sample else logits[None]
+    target = np.asarray(target).reshape(-1)
+    rows = logits.reshape(-1, logits.shape[-1])
+    losses, count = [], 0
+    for row, t in zip(rows, target, strict=True):
+        if t == ignore_index:
+            losses.append(0.0)
+            continue
+        logp = row - math.log(sum(math.exp(v) for v in row))
+        losses.append(-(1 - label_smoothing) * logp[t] - label_smoothing * logp.mean())
+        count += 1
+    losses = np.array(losses)
+    if reduction == "none":
+        return losses[0] if one_sample else losses.reshape(logits.shape[:-1])
+    return losses.sum() / count if reduction == "mean" else losses.sum()
+
+
+CE_CASES = [  # logits shape, target, keyword arguments
+    ((4, 3), [0, 2, 1, 2], {}),
+    ((4, 3), [0, 2, 1, 2], {"reduction": "sum"}),
+    ((4, 3), [0, 2, 1, 2], {"reduction": "none"}),
+    ((4, 3), [0, -100, 1, -100], {}),
+    ((4, 3), [0, 1, 1, 2], {"ignore_index": 1, "reduction": "sum"}),
+    ((4, 3), [0, 2, 1, 2], {"label_smoothing": 0.25}),
+    ((4, 3), [0, -100, 1, 2], {"label_smoothing": 0.1, "reduction": "none"}),
+    ((2, 3, 4), [[0, 1, 2, 0], [2, 2, 1, -100]], {"label_smoothing": 0.2}),
+    ((2, 3, 4), [[0, 1, 2, 0], [2, 2, 1, 1]], {"reduction": "none"}),
+    ((3,), 1, {}),
+    ((3,), 2, {"label_smoothing": 0.3, "reduction": "none"}),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("shape", "target", "kwargs"), CE_CASES, ids=str)
+def test_cross_entropy(shape, target, kwargs, dtype):
+    x = rand(shape, dtype, -3, 3)
+    expected = cross_entropy_ref(x.astype(np.float64), target, **kwargs)
+    check(F.cross_entropy(tg.tensor(x), tg.tensor(target), **kwargs), expected, dtype)
+
+
+def layer_norm_ref(x, ndims, w, b, eps):
+    axes = tuple(range(x.ndim - ndims, x.ndim))
+    mean = x.mean(axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axes, keepdims=True)
+    out = (x - mean) / np.sqrt(var + eps)
+    return out * (1.0 if w is None else w) + (0.0 if b is None else b)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(
+    ("shape", "ndims", "affine"),
+    [((3, 5), 1, True), ((2, 3, 4), 2, True), ((4, 6), 1, False), ((2, 3, 4), 1, False)],
+)
+def test_layer_norm(shape, ndims, affine, dtype):
+    x = rand(shape, dtype, -3, 5)
+    w = rand(shape[-ndims:], dtype, seed=1) if affine else None
+    b = rand(shape[-ndims:], dtype, seed=2) if affine else None
+    expected = layer_norm_ref(
+        x.astype(np.float64),
+        ndims,
+        None if w is None else w.astype(np.float64),
+        None if b is None else b.astype(np.float64),
+        1e-3,
+    )
+    result = F.layer_norm(
+        tg.tensor(x),
+        shape[-ndims:],
+        None if w is None else tg.tensor(w),
+        None if b is None else tg.tensor(b),
+        eps=1e-3,
+    )
+    check(result, expected, dtype)
+
+
+def test_dropout_in_eval_mode_is_the_identity():
+    x = tg.tensor(rand((3, 4)))
+    np.testing.assert_array_equal(F.dropout(x, 0.7, training=False).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_dropout_mask_keeps_with_probability_1_minus_p_and_rescales(p, dtype):
+    tg.manual_seed(7)
+    mask = call("dropout_mask", shape=(100, 50), p=p, dtype=np.dtype(dtype).name)
+    assert mask.dtype == dtype and tuple(mask.shape) == (100, 50)
+    values = mask.numpy()
+    kept = values != 0
+    if p < 1.0:
+        np.testing.assert_allclose(values[kept], 1.0 / (1.0 - p), rtol=1e-6)
+    assert abs(kept.mean() - (1.0 - p)) < 0.03  # 5000 draws: the std of the mean is < 0.007
+    tg.manual_seed(7)
+    again = call("dropout_mask", shape=(100, 50), p=p, dtype=np.dtype(dtype).name)
+    np.testing.assert_array_equal(again.numpy(), values)
+
+
+def test_embedding_gathers_rows():
+    w = rand((5, 3))
+    idx = np.array([[4, 0], [4, 4]])
+    check(F.embedding(tg.tensor(idx), tg.tensor(w)), w[idx], np.float64)
+
+
+# --- extreme inputs stay finite ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_softmax_of_large_logits_is_finite(dtype):
+    x = tg.tensor(np.array([1000.0, 1001.0, 1002.0], dtype), requires_grad=dtype == np.float64)
+    y = x.softmax(0)
+    check(y, softmax_ref(np.array([0.0, 1.0, 2.0]), 0), dtype)
+    check(x.log_softmax(0), np.log(softmax_ref(np.array([0.0, 1.0, 2.0]), 0)), dtype)
+    if x.requires_grad:
+        (y * tg.tensor([1.0, 0.0, 0.0], dtype=tg.float64)).sum().backward()
+        assert np.all(np.isfinite(x.grad.numpy()))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_log_softmax_of_very_negative_logits_is_finite(dtype):
+    x = np.array([[-1000.0, -1000.0, -1000.0], [-1000.0, -1001.0, -2000.0]], dtype)
+    expected = [
+        [-math.log(3.0)] * 3,
+        [
+            -math.log1p(math.exp(-1)),
+            -1 - math.log1p(math.exp(-1)),
+            -1000 - math.log1p(math.exp(-1)),
+        ],
+    ]
+    check(tg.tensor(x).log_softmax(-1), expected, dtype)
+    check(tg.tensor(x).softmax(-1)[0], [1 / 3] * 3, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_cross_entropy_of_huge_logits_is_finite(dtype):
+    logits = np.array([[1e4, 0.0, -1e4], [1e4, 0.0, -1e4], [-1e4, 1e4, 1e4]], dtype)
+    target = tg.tensor([0, 2, 1])
+    t = tg.tensor(logits, requires_grad=True)
+    losses = F.cross_entropy(t, target, reduction="none")
+    check(losses, [0.0, 2e4, math.log(2.0)], dtype)
+    loss = F.cross_entropy(t, target, label_smoothing=0.1)
+    # smoothing mixes in the mean over classes of -log p: 1e4, 1e4 and (2e4 + 3 log 2) / 3
+    smoothed = 0.9 * np.array([0.0, 2e4, math.log(2.0)]) + 0.1 * np.array(
+        [1e4, 1e4, (2e4 + 3 * math.log(2.0)) / 3]
+    )
+    np.testing.assert_allclose(loss.item(), smoothed.mean(), rtol=1e-5)
+    loss.backward()
+    assert np.all(np.isfinite(t.grad.numpy()))
+
+
+def test_sigmoid_and_tanh_saturate_without_overflow():
+    x = np.array([-1000.0, -50.0, 0.0, 50.0, 1000.0])
+    for dtype in FLOATS:
+        t = tg.tensor(x.astype(dtype))
+        check(t.sigmoid(), [0.0, math.exp(-50.0), 0.5, 1.0, 1.0], dtype)
+        check(t.tanh(), [-1.0, -1.0, 0.0, 1.0, 1.0], dtype)
+
+
+# --- shape/dtype rules agree with the implementations ------------------------------------------
+
+
+def _f(shape, dtype, low=-2.0, high=2.0, seed=0):
+    return tg.tensor(rand(shape, dtype, low, high, seed))
+
+
+def _int(dtype):
+    return dtype is np.int64
+
+
+REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through the public API
+    **{
+        name: (lambda name: lambda dt: getattr(_f((2, 3), dt, 0.1, 2.0), name)())(name)
+        for name in ("exp", "log", "log1p", "sqrt", "tanh", "sigmoid", "erf", "sin", "cos")
+    },
+    "neg": lambda dt: (-_f((2, 3), dt), -_f((), dt)),
+    "relu": lambda dt: _f((4,), dt).relu(),
+    "abs": lambda dt: _f((2, 1), dt).abs(),
+    "sign": lambda dt: _f((3,), dt).sign(),
+    "clone": lambda dt: _f((), dt).clone(),
+    "clamp": lambda dt: (_f((3,), dt).clamp(-1, 1), _f((2, 2), dt).clamp(max=0)),
+    "gelu": lambda dt: (F.gelu(_f((3,), dt)), F.gelu(_f((), dt), approximate="tanh")),
+    "pow_scalar": lambda dt: (_f((2,), dt, 0.5) ** 1.5, _f((), dt) ** 2),
+    **{
+        name: (
+            lambda fn: (
+                lambda dt: (
+                    fn(_f((3, 1), dt, 0.5), _f((4,), dt, 0.5)),
+                    fn(_f((), dt), _f((2,), dt)),
+                )
+            )
+        )(fn)
+        for name, fn, _, _ in BINARY
+    },
+    **{
+        name: (lambda fn: lambda dt: fn(_f((2, 1), dt), _f((3,), dt)))(fn)
+        for name, fn, _ in COMPARISONS
+    },
+    "logical_and": lambda dt: (_f((3, 1), dt) > 0) & (_f((2,), dt) > 0),
+    "logical_or": lambda dt: (_f((3, 1), dt) > 0) | (_f((2,), dt) > 0),
+    "logical_xor": lambda dt: (_f((3,), dt) > 0) ^ (_f((), dt) > 0),
+    "logical_not": lambda dt: ~(_f((3,), dt) > 0),
+    "where": lambda dt: tg.where(_f((2, 1), dt) > 0, _f((3,), dt), _f((), dt)),
+    "cast": lambda dt: (
+        _f((2,), dt).double(),
+        _f((2,), dt).float(),
+        _f((2,), dt).long(),
+        (_f((2,), dt) > 0).to(dt),
+    ),
+    "sum": lambda dt: (
+        _f((2, 3, 4), dt).sum((0, 2)),
+        _f((2, 3), dt).sum(1, keepdim=True),
+        _f((), dt).sum(),
+    ),
+    "amax": lambda dt: (
+        _f((2, 3), dt).amax(0),
+        _f((2, 3), dt).max(1, keepdim=True).values,
+        _f((2, 3), dt).max(),
+    ),
+    "amin": lambda dt: (_f((2, 3), dt).amin((0, 1), keepdim=True), _f((2, 3), dt).min()),
+    "argmax": lambda dt: (_f((2, 3), dt).argmax(), _f((2, 3), dt).argmax(1, keepdim=True)),
+    "argmin": lambda dt: (_f((2, 3), dt).argmin(0), _f((2, 3), dt).min(-1).indices),
+    "sum_to": lambda dt: (_f((2, 3), dt).sum_to((1, 3)), _f((2, 3, 4), dt).sum_to((3, 1))),
+    "reshape": lambda dt: (_f((2, 3), dt).reshape(3, 2), _f((), dt).reshape(1, 1)),
+    "permute": lambda dt: _f((2, 3, 4), dt).permute(1, 2, 0),
+    "broadcast_to": lambda dt: _f((3, 1), dt).expand(2, 3, 4),
+    "cat": lambda dt: tg.cat([_f((2, 3), dt), _f((1, 3), dt)]),
+    "getitem": lambda dt: (
+        _f((3, 4), dt)[1],
+        _f((3, 4), dt)[1, 2],
+        _f((3, 4), dt)[None, ::-1, ..., 1:],
+        _f((3, 4), dt)[tg.tensor([[0, 0], [2, 1]])],
+        _f((3, 4, 2), dt)[tg.tensor([0, 2]), :, tg.tensor([1, 1])],
+        _f((3, 4), dt)[tg.tensor([True, False, True])],
+    ),
+    "scatter_add": lambda dt: (
+        call(
+            "scatter_add", _f((3, 2), dt), tg.tensor([0, 0, 2]), key=(("tensor", 0),), shape=(4, 2)
+        ),
+        call("scatter_add", _f((2,), dt), key=(("int", 1), ("slice", 0, 2, None)), shape=(3, 3)),
+    ),
+    "one_hot": lambda dt: F.one_hot(tg.tensor([[1, 0, 3]]), 5),
+    "matmul": lambda dt: tuple(_f(a, dt) @ _f(b, dt) for a, b in MATMUL_SHAPES),
+    "einsum": lambda dt: tuple(
+        tg.einsum(eq, *(_f(s, dt) for s in shapes)) for eq, shapes in EINSUM
+    ),
+    "unfold": lambda dt: (
+        F.conv2d(_f((1, 2, 5, 4), dt), _f((2, 1, 2, 2), dt), None, 2, 1, 1, 2),
+        F.max_pool2d(_f((1, 1, 4, 4), dt), 3, 1, 1),
+    ),
+    "fold": lambda dt: call(
+        "fold",
+        _f((1, 2, 3, 6, 2, 2), dt),
+        size=(4, 5),
+        kernel=(2, 2),
+        stride=(2, 1),
+        padding=(1, 1),
+        dilation=(1, 1),
+    ),
+    "softmax": lambda dt: (_f((2, 3), dt).softmax(0), _f((4,), dt).softmax(-1)),
+    "log_softmax": lambda dt: _f((2, 3, 2), dt).log_softmax(1),
+    "cross_entropy": lambda dt: (
+        F.cross_entropy(_f((4, 3), dt), tg.tensor([0, 1, 2, 1])),
+        F.cross_entropy(_f((2, 3, 2), dt), tg.tensor([[0, 1], [2, 1]]), reduction="none"),
+        F.cross_entropy(_f((3,), dt), tg.tensor(1), reduction="sum"),
+    ),
+    "dropout_mask": lambda dt: call("dropout_mask", shape=(3, 4), p=0.25, dtype=np.dtype(dt).name),
+    "layer_norm": lambda dt: (
+        F.layer_norm(_f((2, 3), dt), (3,)),
+        F.layer_norm(_f((2, 3, 4), dt), (3, 4)),
+    ),
+}
+INTEGER_OK = {
+    "neg",
+    "relu",
+    "abs",
+    "sign",
+    "clone",
+    "clamp",
+    "add",
+    "sub",
+    "mul",
+    "maximum",
+    "minimum",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "logical_and",
+    "logical_or",
+    "logical_xor",
+    "logical_not",
+    "where",
+    "cast",
+    "sum",
+    "amax",
+    "amin",
+    "argmax",
+    "argmin",
+    "sum_to",
+    "reshape",
+    "permute",
+    "broadcast_to",
+    "cat",
+    "getitem",
+    "one_hot",
+    "matmul",
+    "einsum",
+}
+
+
+def test_every_op_has_a_representative_call():
+    assert set(REPRESENTATIVE) == set(OPS)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_infer_agrees_with_the_implementation(name, op_recorder):
+    """For every recorded call of the op: the raw NumPy result has exactly the shape and dtype
+    the rule predicts (the tensor layer would silently cast a dtype mismatch away)."""
+    op = OPS[name]
+    checked = 0
+    for dt in [np.float32, np.float64] + ([np.int64] if name in INTEGER_OK else []):
+        with op_recorder() as calls:
+            REPRESENTATIVE[name](dt)
+        for recorded, inputs, attrs, out in calls:
+            if recorded is not op:
+                continue
+            rule = op.infer(*(t.tensor_type for t in inputs), **attrs)
+            raw = np.asarray(op.impl(*(t.numpy() for t in inputs), **attrs))
+            assert raw.shape == rule.shape, (attrs, [t.shape for t in inputs])
+            assert raw.dtype == rule.dtype.np, (attrs, [t.dtype for t in inputs])
+            assert tuple(out.shape) == rule.shape and out.dtype is rule.dtype
+            checked += 1
+    assert checked, f"the representative calls never reached {name!r}"
+
+
+# --- property tests: broadcasting binary ops ----------------------------------------------------
+
+PROPERTY_SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None)
+
+# name, tracegrad function, NumPy reference, generators for x and y (kept off kinks and poles)
+_normal = lambda rng, s: rng.standard_normal(s)  # noqa: E731
+_grid = lambda rng, s: rng.integers(-3, 4, s).astype(np.float64)  # noqa: E731
+_half_grid = lambda rng, s: rng.integers(-3, 4, s) + 0.5  # noqa: E731
+_positive = lambda rng, s: rng.uniform(0.5, 2.0, s)  # noqa: E731
+_nonzero = lambda rng, s: rng.uniform(0.5, 2.0, s) * rng.choice([-1.0, 1.0], s)  # noqa: E731
+PROPERTY_BINARY = [
+    ("add", operator.add, np.add, _normal, _normal),
+    ("sub", operator.sub, np.subtract, _normal, _normal),
+    ("mul", operator.mul, np.multiply, _normal, _normal),
+    ("div", operator.truediv, np.divide, _normal, _nonzero),
+    ("pow", operator.pow, np.power, _positive, _normal),
+    ("maximum", tg.maximum, np.maximum, _grid, _half_grid),
+    ("minimum", tg.minimum, np.minimum, _half_grid, _grid),
+]
+
+
+def numeric_gradients(ref, arrays, weight, eps=1e-6):
+    """Central differences of sum(weight * ref(*arrays)) with respect to each array."""
+    grads = []
+    for i, a in enumerate(arrays):
+        g = np.zeros(a.shape)
+        for k in np.ndindex(a.shape):
+            shifted = []
+            for sign in (1.0, -1.0):
+                moved = [b.copy() for b in arrays]
+                moved[i][k] += sign * eps
+                shifted.append(np.sum(weight * ref(*moved)))
+            g[k] = (shifted[0] - shifted[1]) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+@pytest.mark.parametrize(
+    ("name", "fn", "ref", "gen_x", "gen_y"), PROPERTY_BINARY, ids=[p[0] for p in PROPERTY_BINARY]
+)
+@PROPERTY_SETTINGS
+@given(
+    shapes=mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_broadcasting_binary_gradients_property(name, fn, ref, gen_x, gen_y, shapes, seed):
+    rng = np.random.default_rng(seed)
+    (xs, ys), out_shape = shapes
+    x, y = np.asarray(gen_x(rng, xs), float), np.asarray(gen_y(rng, ys), float)
+    weight = rng.standard_normal(out_shape)
+    tx, ty = tg.tensor(x, requires_grad=True), tg.tensor(y, requires_grad=True)
+    out = fn(tx, ty)
+    assert tuple(out.shape) == out_shape
+    np.testing.assert_allclose(out.detach().numpy(), ref(x, y), rtol=1e-12)
+    (out * tg.tensor(weight)).sum().backward()
+    assert tuple(tx.grad.shape) == xs and tuple(ty.grad.shape) == ys
+    gx, gy = numeric_gradients(ref, [x, y], weight)
+    np.testing.assert_allclose(tx.grad.numpy(), gx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ty.grad.numpy(), gy, rtol=1e-5, atol=1e-6)
+
+
+@PROPERTY_SETTINGS
+@given(
+    shapes=mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_where_broadcasting_gradients_property(shapes, seed):
+    rng = np.random.default_rng(seed)
+    (cs, xs, ys), out_shape = shapes
+    cond = rng.random(cs) < 0.5
+    x, y = rng.standard_normal(xs), rng.standard_normal(ys)
+    weight = rng.standard_normal(out_shape)
+    tx, ty = tg.tensor(x, requires_grad=True), tg.tensor(y, requires_grad=True)
+    out = tg.where(tg.tensor(cond), tx, ty)
+    np.testing.assert_array_equal(out.detach().numpy(), np.where(cond, x, y))
+    (out * tg.tensor(weight)).sum().backward()
+    assert tuple(tx.grad.shape) == xs and tuple(ty.grad.shape) == ys
+    gx, gy = numeric_gradients(lambda a, b: np.where(cond, a, b), [x, y], weight)
+    np.testing.assert_allclose(tx.grad.numpy(), gx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ty.grad.numpy(), gy, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@PROPERTY_SETTINGS
+@given(shapes=mutually_broadcastable_shapes(num_shapes=2, max_dims=4, max_side=4))
+def test_broadcast_result_shapes_and_dtypes_property(dtype, shapes):
+    (xs, ys), out_shape = shapes
+    x, y = tg.tensor(np.ones(xs, dtype)), tg.tensor(np.full(ys, 2.0, dtype))
+    for result in (x + y, x * y, x / y, tg.maximum(x, y), x < y, tg.where(x < y, x, y)):
+        assert tuple(result.shape) == out_shape
+    assert (x - y).dtype == dtype and (x < y).dtype == tg.bool
+    # PyTorch's promotion: a 0-d float64 does not widen a dimensioned float32
+    wide = x.ndim > 0 or y.ndim == 0
+    assert (x.double() + y).dtype is (dtypes.float64 if wide else dtypes.from_numpy(dtype))

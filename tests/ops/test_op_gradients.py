@@ -1,0 +1,621 @@
+"""Gradient checks for every differentiable op, driven by one table.
+
+Each row names the registry ops it covers, a function of tensors written with the public API,
+several input-shape sets (broadcasting ones included, so cotangents must be summed back to each
+input's shape) and generators that keep inputs inside the op's domain and away from its kinks.
+Every row is checked against central differences in float64; smooth rows to second order too.
+A final test fails when an op in ``tracegrad.ops.OPS`` has no row and is not declared
+non-differentiable, so a new op cannot arrive untested.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad.autograd import gradcheck, gradgradcheck
+from tracegrad.ops import OPS, call
+
+# Ops without a gradient: bool or integer results, piecewise constant, or random constants.
+NONDIFFERENTIABLE = frozenset(
+    {
+        *("eq", "ne", "lt", "le", "gt", "ge"),
+        *("logical_and", "logical_or", "logical_xor", "logical_not"),
+        *("sign", "argmax", "argmin", "one_hot"),
+        "dropout_mask",
+    }
+)
+
+# --- input generators: (rng, shape) -> ndarray -------------------------------------------------
+
+
+def normal(rng, shape):
+    return rng.standard_normal(shape)
+
+
+def positive(rng, shape):
+    return rng.uniform(0.5, 2.0, shape)
+
+
+def away_from(*kinks, gap=0.15):
+    """Uniform in [-2, 2], redrawn until every value is ``gap`` away from each kink."""
+
+    def gen(rng, shape):
+        x = rng.uniform(-2.0, 2.0, shape)
+        while True:
+            near = np.zeros(np.shape(x), bool)
+            for k in kinks:
+                near |= np.abs(x - k) < gap
+            if not near.any():
+                return x
+            x = np.where(near, rng.uniform(-2.0, 2.0, shape), x)
+
+    return gen
+
+
+def distinct(rng, shape):
+    """Values at least 0.09 apart (no ties for max-like ops), shuffled."""
+    n = int(np.prod(shape, dtype=np.int64))
+    spaced = rng.permutation(n) * 0.1 - 0.05 * n + rng.uniform(0.0, 0.01, n)
+    return spaced.reshape(shape)
+
+
+def integral(rng, shape):
+    return rng.integers(-3, 4, shape).astype(np.float64)
+
+
+def half_integral(rng, shape):
+    """Paired with ``integral``: the operands differ by at least 0.5, so no ties."""
+    return rng.integers(-3, 4, shape) + 0.5
+
+
+def mask(rng, shape):
+    return rng.random(shape) < 0.5
+
+
+def labels(classes, ignore=None):
+    """Class indices in [0, classes); with ``ignore``, the first one is the ignore index."""
+
+    def gen(rng, shape):
+        t = rng.integers(0, classes, shape)
+        if ignore is not None:
+            t.reshape(-1)[0] = ignore
+        return t
+
+    return gen
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    ops: tuple[str, ...]  # the registry ops this row is responsible for
+    fn: Callable
+    shapes: tuple  # shape sets: one shape per input of ``fn``
+    gens: tuple = ()  # one generator per input; missing ones draw standard normals
+    smooth: bool = True  # smooth rows are also checked to second order
+    tol: dict = field(default_factory=dict)  # overrides of gradcheck's eps/atol/rtol
+
+
+UNARY = (((2, 3),), ((),), ((4, 1, 2),))
+BINARY = (
+    ((2, 3), (2, 3)),
+    ((3, 1), (1, 4)),
+    ((2, 3), (3,)),
+    ((), (2, 3)),
+    ((2, 1, 3), (4, 1)),
+)
+WHERE = (((2, 3), (2, 3), (2, 3)), ((3, 1), (1, 4), ()), ((2, 3), (3,), (2, 1)))
+MATRIX = (((2, 3),), ((3, 4),), ((2, 3, 2),))
+
+
+def _conv(stride=1, padding=0, dilation=1, groups=1):
+    return lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+def _ln(ndims):
+    return lambda x, w, b: F.layer_norm(x, tuple(x.shape[x.ndim - ndims :]), w, b, 1e-5)
+
+
+def _ce(**kwargs):
+    return lambda logits, target: F.cross_entropy(logits, target, **kwargs)
+
+
+def _expand(x):
+    """Broadcast every size-1 dim to 3 and add a leading dim of 2."""
+    return x.broadcast_to((2, *(3 if s == 1 else s for s in x.shape)))
+
+
+def _unfold(x):
+    return call(
+        "unfold", x, kernel=(2, 2), stride=(1, 2), padding=(1, 0), dilation=(2, 1), pad_value=0.0
+    )
+
+
+def _fold(cols):
+    # cols of a (H, W) = (4, 5) image under kernel (2, 2), stride (2, 1), padding (1, 1):
+    # OH = (4 + 2 - 2) // 2 + 1 = 3, OW = (5 + 2 - 2) // 1 + 1 = 6.
+    return call(
+        "fold", cols, size=(4, 5), kernel=(2, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 1)
+    )
+
+
+def _scatter_add(g):
+    index = tg.tensor([2, 0, 2])  # a repeated row: its two contributions add up
+    return call("scatter_add", g, index, key=(("tensor", 0),), shape=(4, *g.shape[1:]))
+
+
+def _scatter_add_basic(g):
+    key = (("slice", None, None, -1), ("int", 1), ("ellipsis",))
+    return call("scatter_add", g, key=key, shape=(g.shape[0], 3, *g.shape[1:]))
+
+
+def _pattern(shape):
+    return tg.tensor(np.arange(int(np.prod(shape))).reshape(shape) % 3 != 1)
+
+
+_CE_NC = (((4, 3), (4,)), ((1, 5), (1,)))
+
+CASES = [
+    # unary math
+    Case("neg", ("neg",), lambda x: -x, UNARY),
+    Case("exp", ("exp",), lambda x: x.exp(), UNARY),
+    Case("log", ("log",), lambda x: x.log(), UNARY, (positive,)),
+    Case("log1p", ("log1p",), lambda x: x.log1p(), UNARY, (positive,)),
+    Case("sqrt", ("sqrt",), lambda x: x.sqrt(), UNARY, (positive,)),
+    Case("tanh", ("tanh",), lambda x: x.tanh(), UNARY),
+    Case("sigmoid", ("sigmoid",), lambda x: x.sigmoid(), UNARY),
+    Case("relu", ("relu",), lambda x: x.relu(), UNARY, (away_from(0),), smooth=False),
+    Case("abs", ("abs",), lambda x: x.abs(), UNARY, (away_from(0),), smooth=False),
+    Case("erf", ("erf",), lambda x: x.erf(), UNARY),
+    Case("sin", ("sin",), lambda x: x.sin(), UNARY),
+    Case("cos", ("cos",), lambda x: x.cos(), UNARY),
+    Case("gelu", ("gelu",), lambda x: F.gelu(x), UNARY),
+    Case("gelu_tanh", ("gelu",), lambda x: F.gelu(x, approximate="tanh"), UNARY),
+    Case(
+        "clamp",
+        ("clamp",),
+        lambda x: x.clamp(-0.5, 0.7),
+        UNARY,
+        (away_from(-0.5, 0.7),),
+        smooth=False,
+    ),
+    Case("clamp_min", ("clamp",), lambda x: x.clamp(min=0.3), UNARY, (away_from(0.3),), False),
+    Case("clamp_max", ("clamp",), lambda x: x.clamp(max=-0.2), UNARY, (away_from(-0.2),), False),
+    Case("pow_scalar", ("pow_scalar",), lambda x: x**2.5, UNARY, (positive,)),
+    Case("pow_scalar_int", ("pow_scalar",), lambda x: x**3, UNARY),
+    Case("pow_scalar_neg", ("pow_scalar",), lambda x: x**-1.5, UNARY, (positive,)),
+    Case("pow_scalar_one", ("pow_scalar",), lambda x: x**1, UNARY),
+    Case("pow_scalar_zero", ("pow_scalar",), lambda x: x**0 * x.sin(), UNARY),
+    Case("clone", ("clone",), lambda x: x.clone(), UNARY),
+    # binary arithmetic, broadcasting
+    Case("add", ("add",), lambda x, y: x + y, BINARY),
+    Case("sub", ("sub",), lambda x, y: x - y, BINARY),
+    Case("mul", ("mul",), lambda x, y: x * y, BINARY),
+    Case("div", ("div",), lambda x, y: x / y, BINARY, (normal, away_from(0, gap=0.5))),
+    Case("pow", ("pow",), lambda x, y: x**y, BINARY, (positive, normal)),
+    Case(
+        "maximum",
+        ("maximum",),
+        lambda x, y: tg.maximum(x, y),
+        BINARY,
+        (integral, half_integral),
+        smooth=False,
+    ),
+    Case(
+        "minimum",
+        ("minimum",),
+        lambda x, y: tg.minimum(x, y),
+        BINARY,
+        (integral, half_integral),
+        smooth=False,
+    ),
+    Case("where", ("where",), lambda c, x, y: tg.where(c, x, y), WHERE, (mask,)),
+    # cast's gradient is a cast back; float32 rounding needs a coarser step than 1e-6
+    Case(
+        "cast",
+        ("cast",),
+        lambda x: x.float().double() * x,
+        UNARY,
+        tol={"eps": 1e-3, "atol": 1e-4},
+    ),
+    # reductions
+    Case("sum_all", ("sum",), lambda x: x.sum(), UNARY),
+    Case("sum_dims", ("sum",), lambda x: x.sum((0, -1)), (((2, 3),), ((2, 3, 4),))),
+    Case("sum_keepdim", ("sum",), lambda x: x.sum(1, keepdim=True), MATRIX),
+    Case("amax_all", ("amax",), lambda x: x.amax(), UNARY, (distinct,), smooth=False),
+    Case("amax_dim", ("amax",), lambda x: x.amax(-1, keepdim=True), MATRIX, (distinct,), False),
+    Case("max_dim", ("amax",), lambda x: x.max(1).values, MATRIX, (distinct,), smooth=False),
+    Case("amin_all", ("amin",), lambda x: x.amin(), UNARY, (distinct,), smooth=False),
+    Case("amin_dims", ("amin",), lambda x: x.amin((0, 1)), MATRIX, (distinct,), smooth=False),
+    Case("min_dim", ("amin",), lambda x: x.min(0).values, MATRIX, (distinct,), smooth=False),
+    Case("sum_to_lead", ("sum_to",), lambda x: x.sum_to(x.shape[1:]), MATRIX),
+    Case(
+        "sum_to_ones",
+        ("sum_to",),
+        lambda x: x.sum_to((1, *x.shape[1:-1], 1)),
+        (((2, 3),), ((2, 3, 4),)),
+    ),
+    Case("mean", ("sum", "mul"), lambda x: x.mean(-1), MATRIX),
+    Case("mean_all", ("sum", "mul"), lambda x: x.mean(), UNARY),
+    Case("var", ("sub", "mul", "sum"), lambda x: x.var(1), MATRIX),
+    Case(
+        "var_keepdim", ("sub", "mul", "sum"), lambda x: x.var(0, keepdim=True, correction=0), MATRIX
+    ),
+    Case("std", ("sqrt",), lambda x: x.std(-1, correction=2), (((2, 4),), ((3, 3, 5),))),
+    # shapes
+    Case("reshape", ("reshape",), lambda x: x.reshape(-1), UNARY[::2]),
+    Case("reshape_split", ("reshape",), lambda x: x.reshape(x.shape[0], 1, -1), MATRIX),
+    Case("permute", ("permute",), lambda x: x.permute(*reversed(range(x.ndim))), MATRIX),
+    Case("transpose", ("permute",), lambda x: x.transpose(0, -1), MATRIX),
+    # a 3-cycle is not its own inverse: the VJP must apply the inverse permutation
+    Case("permute_cycle", ("permute",), lambda x: x.permute(1, 2, 0), (((2, 3, 4),), ((1, 3, 2),))),
+    Case("broadcast_to", ("broadcast_to",), _expand, (((3, 1),), ((),), ((2, 1, 3),))),
+    Case("cat", ("cat",), lambda x, y: tg.cat([x, y]), (((2, 3), (1, 3)), ((1,), (3,)))),
+    Case(
+        "cat3_last",
+        ("cat",),
+        lambda x, y, z: tg.cat([x, y, z], dim=-1),
+        (((2, 1), (2, 3), (2, 2)), ((2, 2, 1), (2, 2, 2), (2, 2, 1))),
+    ),
+    # indexing
+    Case("getitem_slices", ("getitem",), lambda x: x[1:, ::2], MATRIX),
+    Case("getitem_negative_step", ("getitem",), lambda x: x[::-1, -1:0:-2], MATRIX),
+    Case("getitem_none_ellipsis", ("getitem",), lambda x: x[None, ..., 1], MATRIX),
+    Case("getitem_int", ("getitem",), lambda x: x[-1, 1], MATRIX),
+    Case(
+        "getitem_repeated_indices",
+        ("getitem",),
+        lambda x: x[tg.tensor([0, 1, 0, 0])],
+        (((2,),), ((3, 2),)),
+    ),
+    Case(
+        "getitem_index_matrix",
+        ("getitem",),
+        lambda x: x[:, tg.tensor([[1, 1], [0, 1]])],
+        (((2, 3),), ((2, 2, 2),)),
+    ),
+    Case(
+        "getitem_two_arrays",
+        ("getitem",),
+        lambda x: x[tg.tensor([0, 1, 1]), tg.tensor([2, 2, 0])],
+        (((2, 3),), ((3, 4, 2),)),
+    ),
+    Case(
+        "getitem_split_arrays",  # advanced indices apart: NumPy moves their dim to the front
+        ("getitem",),
+        lambda x: x[tg.tensor([1, 0, 1]), :, tg.tensor([0, 0, 2])],
+        (((2, 2, 3),), ((2, 3, 3),)),
+    ),
+    Case("getitem_mask", ("getitem",), lambda x: x[_pattern(x.shape)], MATRIX),
+    Case("getitem_row_mask", ("getitem",), lambda x: x[tg.tensor([True, False])], MATRIX[::2]),
+    Case("scatter_add", ("scatter_add",), _scatter_add, (((3,),), ((3, 2),))),
+    Case("scatter_add_basic", ("scatter_add",), _scatter_add_basic, (((2,),), ((3, 2),))),
+    Case(
+        "embedding",
+        ("getitem",),
+        lambda w: F.embedding(tg.tensor([[0, 3], [3, 3]]), w),
+        (((4, 2),), ((5, 3),)),
+    ),
+    Case("dropout_eval", (), lambda x: F.dropout(x, 0.5, training=False) * x, UNARY),
+    # products
+    Case(
+        "matmul",
+        ("matmul",),
+        lambda a, b: a @ b,
+        (
+            ((3,), (3,)),
+            ((3,), (3, 2)),
+            ((2, 3), (3,)),
+            ((2, 3), (3, 4)),
+            ((2, 1, 2, 3), (3, 3, 2)),
+            ((2, 2, 3), (3,)),
+            ((3,), (2, 3, 2)),
+        ),
+    ),
+    Case(
+        "einsum_matmul", ("einsum",), lambda a, b: tg.einsum("ij,jk->ik", a, b), (((2, 3), (3, 4)),)
+    ),
+    Case(
+        "einsum_summed_letter",  # k only in b, summed away: its cotangent is broadcast
+        ("einsum",),
+        lambda a, b: tg.einsum("ij,jk->i", a, b),
+        (((2, 3), (3, 4)), ((1, 2), (2, 1))),
+    ),
+    Case(
+        "einsum_batched",
+        ("einsum",),
+        lambda a, b: tg.einsum("bij,bjk->bik", a, b),
+        (((2, 2, 3), (2, 3, 2)),),
+    ),
+    Case("einsum_outer", ("einsum",), lambda a, b: tg.einsum("i,j->ij", a, b), (((2,), (3,)),)),
+    Case("einsum_single", ("einsum",), lambda a: tg.einsum("ijk->kj", a), (((2, 3, 2),),)),
+    Case(
+        "einsum_implicit", ("einsum",), lambda a, b: tg.einsum("ij,jk", a, b), (((2, 3), (3, 2)),)
+    ),
+    Case("einsum_dot", ("einsum",), lambda a, b: tg.einsum("ij,ij->", a, b), (((2, 3), (2, 3)),)),
+    # sliding windows
+    Case("unfold", ("unfold",), _unfold, (((1, 1, 4, 5),), ((2, 2, 3, 3),))),
+    Case("fold", ("fold",), _fold, (((1, 1, 3, 6, 2, 2),), ((2, 2, 3, 6, 2, 2),))),
+    # softmax family and losses
+    Case("softmax", ("softmax",), lambda x: x.softmax(-1), MATRIX + (((4,),),)),
+    Case("softmax_dim0", ("softmax",), lambda x: x.softmax(0), MATRIX),
+    Case("log_softmax", ("log_softmax",), lambda x: x.log_softmax(-1), MATRIX + (((4,),),)),
+    Case("log_softmax_dim1", ("log_softmax",), lambda x: x.log_softmax(1), MATRIX),
+    Case("cross_entropy", ("cross_entropy",), _ce(), _CE_NC + (((3,), ()),), (normal, labels(3))),
+    Case(
+        "cross_entropy_sum", ("cross_entropy",), _ce(reduction="sum"), _CE_NC, (normal, labels(3))
+    ),
+    Case(
+        "cross_entropy_none",
+        ("cross_entropy",),
+        _ce(reduction="none"),
+        _CE_NC,
+        (normal, labels(3)),
+    ),
+    Case(
+        "cross_entropy_ignore",
+        ("cross_entropy",),
+        _ce(ignore_index=-1),
+        (((4, 3), (4,)), ((3, 2, 2), (3, 2))),
+        (normal, labels(2, ignore=-1)),
+    ),
+    Case(
+        "cross_entropy_ignore_none",
+        ("cross_entropy",),
+        _ce(ignore_index=1, reduction="none"),
+        (((4, 3), (4,)),),
+        (normal, labels(3, ignore=1)),
+    ),
+    Case(
+        "cross_entropy_smoothing",
+        ("cross_entropy",),
+        _ce(label_smoothing=0.2),
+        _CE_NC + (((3,), ()),),
+        (normal, labels(3)),
+    ),
+    Case(
+        "cross_entropy_spatial",  # (N, C, d1) logits with (N, d1) targets
+        ("cross_entropy",),
+        _ce(label_smoothing=0.1, ignore_index=0, reduction="mean"),
+        (((2, 3, 4), (2, 4)), ((1, 4, 3), (1, 3))),
+        (normal, labels(3)),
+    ),
+    Case(
+        "cross_entropy_spatial_none",
+        ("cross_entropy",),
+        _ce(reduction="none"),
+        (((2, 3, 4), (2, 4)),),
+        (normal, labels(3)),
+    ),
+    Case(
+        "layer_norm",
+        ("layer_norm", "mul", "add"),
+        _ln(1),
+        (((2, 3), (3,), (3,)), ((2, 2, 4), (4,), (4,)), ((5,), (5,), (5,))),
+    ),
+    Case(
+        "layer_norm_2d",
+        ("layer_norm", "mul", "add"),
+        _ln(2),
+        (((2, 2, 3), (2, 3), (2, 3)), ((3, 2), (3, 2), (3, 2))),
+    ),
+    Case(
+        "layer_norm_plain",
+        ("layer_norm",),
+        lambda x: F.layer_norm(x, x.shape[-1:]),
+        (((3, 4),), ((2, 1),)),
+    ),
+    # composites
+    Case(
+        "conv2d",
+        ("unfold", "reshape", "permute", "matmul", "add"),
+        _conv(),
+        (((1, 2, 3, 3), (2, 2, 2, 2), (2,)), ((2, 1, 3, 4), (3, 1, 1, 2), (3,))),
+    ),
+    Case(
+        "conv2d_stride_padding",
+        ("unfold", "matmul"),
+        _conv(stride=(2, 1), padding=1),
+        (((1, 1, 4, 3), (2, 1, 3, 2), (2,)),),
+    ),
+    Case(
+        "conv2d_dilation",
+        ("unfold", "matmul"),
+        _conv(padding=(0, 1), dilation=2),
+        (((1, 2, 5, 4), (1, 2, 2, 2), (1,)),),
+    ),
+    Case(
+        "conv2d_groups",
+        ("unfold", "matmul"),
+        _conv(stride=2, padding=1, groups=2),
+        (((1, 4, 3, 3), (4, 2, 2, 2), (4,)), ((2, 2, 3, 3), (2, 1, 3, 3), (2,))),
+    ),
+    Case(
+        "max_pool2d",
+        ("unfold", "amax"),
+        lambda x: F.max_pool2d(x, 2),
+        (((1, 2, 4, 4),), ((2, 1, 3, 5),)),
+        (distinct,),
+        smooth=False,
+    ),
+    Case(
+        "max_pool2d_stride_padding",  # overlapping windows: fold must add their gradients
+        ("unfold", "amax"),
+        lambda x: F.max_pool2d(x, 3, stride=2, padding=1),
+        (((1, 1, 5, 5),), ((2, 2, 4, 3),)),
+        (distinct,),
+        smooth=False,
+    ),
+    Case(
+        "max_pool2d_rect",
+        ("unfold", "amax"),
+        lambda x: F.max_pool2d(x, (2, 3), stride=(1, 2), padding=(1, 0)),
+        (((1, 1, 4, 5),),),
+        (distinct,),
+        smooth=False,
+    ),
+]
+
+PARAMS = [
+    pytest.param(
+        case, shapes, id=f"{case.name}-" + "-".join("x".join(map(str, s)) or "0d" for s in shapes)
+    )
+    for case in CASES
+    for shapes in case.shapes
+]
+
+
+def make_inputs(case: Case, shapes) -> list[tg.Tensor]:
+    """Float inputs become float64 leaves requiring grad; integer and bool ones stay constant."""
+    rng = np.random.default_rng(zlib.crc32(f"{case.name}{shapes}".encode()))
+    gens = case.gens + (normal,) * (len(shapes) - len(case.gens))
+    arrays = [np.asarray(gen(rng, shape)) for gen, shape in zip(gens, shapes, strict=True)]
+    return [
+        tg.tensor(a.astype(np.float64), requires_grad=True) if a.dtype.kind == "f" else tg.tensor(a)
+        for a in arrays
+    ]
+
+
+def squared(fn):
+    """``fn(x) ** 2``: the second-order check then runs through the VJP of each op's VJP
+    even for ops linear in their input, whose plain second derivative is zero."""
+
+    def wrapped(*xs):
+        out = fn(*xs)
+        return out * out
+
+    return wrapped
+
+
+@pytest.mark.parametrize(("case", "shapes"), PARAMS)
+def test_gradcheck(case, shapes):
+    assert gradcheck(case.fn, make_inputs(case, shapes), **case.tol)
+
+
+@pytest.mark.parametrize(("case", "shapes"), [p for p in PARAMS if p.values[0].smooth])
+def test_gradgradcheck(case, shapes):
+    assert gradgradcheck(squared(case.fn), make_inputs(case, shapes), **case.tol)
+
+
+def _float_positions(inputs):
+    return [i for i, t in enumerate(inputs) if t.dtype.is_floating_point]
+
+
+MULTI_INPUT = [c for c in CASES if len(_float_positions(make_inputs(c, c.shapes[0]))) > 1]
+
+
+@pytest.mark.parametrize("case", MULTI_INPUT, ids=[c.name for c in MULTI_INPUT])
+def test_gradcheck_with_one_input_requiring_grad(case):
+    """Rules must cope with cotangents that are not wanted (``needs_input_grad`` False)."""
+    inputs = make_inputs(case, case.shapes[-1])
+    for i in _float_positions(inputs):
+        only = [t.detach().requires_grad_(j == i) if j in _float_positions(inputs) else t
+                for j, t in enumerate(inputs)]
+        assert gradcheck(case.fn, only, **case.tol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_float32_gradients_match_float64_and_keep_float32(case):
+    """The same rule in float32: gradients come back float32 and close to the float64 ones."""
+    inputs = make_inputs(case, case.shapes[0])
+    weight = None
+    grads = {}
+    for dtype in (tg.float64, tg.float32):
+        xs = [
+            tg.tensor(t.detach().numpy(), dtype=dtype, requires_grad=True)
+            if t.dtype.is_floating_point
+            else t
+            for t in inputs
+        ]
+        out = case.fn(*xs)
+        if weight is None:
+            weight = np.random.default_rng(1).standard_normal(tuple(out.shape))
+        (out * tg.tensor(weight, dtype=dtype)).sum().backward()
+        floats = [x for x in xs if x.dtype.is_floating_point]
+        assert all(x.grad is not None and x.grad.dtype == dtype for x in floats)
+        grads[dtype] = [x.grad.numpy().astype(np.float64) for x in floats]
+    for g32, g64 in zip(grads[tg.float32], grads[tg.float64], strict=True):
+        np.testing.assert_allclose(g32, g64, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_row_runs_the_ops_it_claims(case, op_recorder):
+    """A row only counts toward coverage for ops its function really dispatches."""
+    with op_recorder() as calls:
+        case.fn(*make_inputs(case, case.shapes[0]))
+    assert set(case.ops) <= {op.name for op, *_ in calls}
+
+
+def test_every_op_has_a_gradient_row_or_is_declared_nondifferentiable():
+    covered = {name for case in CASES for name in case.ops}
+    missing = set(OPS) - covered - NONDIFFERENTIABLE
+    assert not missing, f"ops without a gradient test row: {sorted(missing)}"
+    assert not covered & NONDIFFERENTIABLE
+    assert NONDIFFERENTIABLE <= set(OPS), sorted(NONDIFFERENTIABLE - set(OPS))
+    assert all(not OPS[name].differentiable for name in NONDIFFERENTIABLE)
+    assert all(OPS[name].differentiable for name in covered)
+
+
+# --- conventions at kinks and ties, where finite differences cannot decide ----------------------
+
+
+def _grad(fn, *values):
+    xs = [tg.tensor(np.asarray(v, np.float64), requires_grad=True) for v in values]
+    fn(*xs).sum().backward()
+    return [x.grad.numpy() for x in xs]
+
+
+def test_amax_and_amin_share_the_gradient_between_ties():
+    (g,) = _grad(lambda x: x.amax(1), [[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    np.testing.assert_allclose(g, [[0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    (g,) = _grad(lambda x: x.amin(), [[1.0, 3.0], [1.0, 5.0]])
+    np.testing.assert_allclose(g, [[0.5, 0.0], [0.5, 0.0]])
+
+
+def test_maximum_and_minimum_split_ties_evenly():
+    gx, gy = _grad(tg.maximum, [1.0, 2.0, 0.0], [1.0, 1.0, 3.0])
+    np.testing.assert_allclose(gx, [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(gy, [0.5, 0.0, 1.0])
+    gx, gy = _grad(tg.minimum, [[1.0], [4.0]], [1.0, 5.0])  # broadcast: sums over the row
+    np.testing.assert_allclose(gx, [[1.5], [1.0]])
+    np.testing.assert_allclose(gy, [1.5, 0.0])
+
+
+def test_piecewise_ops_at_their_kinks_follow_pytorch():
+    (g,) = _grad(lambda x: x.relu(), [-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(g, [0.0, 0.0, 1.0])
+    (g,) = _grad(lambda x: x.abs(), [-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(g, [-1.0, 0.0, 1.0])
+    # clamp lets the gradient through at the bounds themselves
+    (g,) = _grad(lambda x: x.clamp(-1.0, 1.0), [-2.0, -1.0, 0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(g, [0.0, 1.0, 1.0, 1.0, 0.0])
+
+
+def test_pow_at_zero_base_and_zero_exponent_has_finite_gradients():
+    # d/dx x**0 is 0 everywhere, including x = 0 (not 0 * 0**-1 = nan), as in PyTorch.
+    (g,) = _grad(lambda x: x**0, [0.0, 2.0])
+    np.testing.assert_array_equal(g, [0.0, 0.0])
+    gx, gy = _grad(lambda x, y: x**y, [0.0, 0.0, 2.0], [0.0, 2.0, 3.0])
+    np.testing.assert_allclose(gx, [0.0, 0.0, 12.0])
+    np.testing.assert_allclose(gy, [0.0, 0.0, 8.0 * np.log(2.0)])
+
+
+def test_getitem_repeated_indices_accumulate():
+    (g,) = _grad(lambda x: x[tg.tensor([2, 0, 2, 2])] * tg.tensor([1.0, 2.0, 3.0, 4.0]), [0.0] * 3)
+    np.testing.assert_array_equal(g, [2.0, 0.0, 8.0])
+
+
+def test_cross_entropy_ignored_targets_get_no_gradient():
+    logits = tg.tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True)
+    F.cross_entropy(logits, tg.tensor([1, -100, 2]), label_smoothing=0.3).backward()
+    np.testing.assert_array_equal(logits.grad.numpy()[1], 0.0)
+    assert np.all(logits.grad.numpy()[[0, 2]] != 0.0)

@@ -1,0 +1,17 @@
+"""Executing generated source: compiled under a name registered with ``linecache`` so that
+tracebacks show the generated line."""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+
+
+def load(source: str, constants: dict, label: str) -> dict:
+    """Execute ``source`` as a module and return its namespace."""
+    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+    filename = f"<tracegrad {label} {digest}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"C": constants, "__name__": f"tracegrad_generated_{digest}"}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace

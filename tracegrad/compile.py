@@ -1,0 +1,218 @@
+"""``tg.compile``: compiled modules (generated forward and backward) and the entry points.
+
+A *specialization* is the generated program for one signature (input shapes, dtypes and
+requires_grad, parameter metadata, train/eval, grad mode). Calls look their signature up in a
+cache; a new signature compiles again and logs why, as a diff of the guard that changed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracegrad import passes, tape
+from tracegrad.ir.graph import Graph
+from tracegrad.passes import autodiff
+from tracegrad.specialize import (
+    Program,
+    Signature,
+    Traced,
+    argument_names,
+    check_recompiles,
+    generate,
+    log,
+    signature_diff,
+    tensor_guards,
+    trace_call,
+)
+from tracegrad.step import CompiledFunction
+from tracegrad.tensor import Tensor
+
+
+@dataclass
+class ModuleProgram:
+    """A module specialization: generated forward (and backward) plus how to call them."""
+
+    program: Program
+    traced: Traced
+    wrt: list[int]  # graph-input positions that get gradients
+    differentiable: list[int]  # output positions that take cotangents
+    n_saved: int
+
+
+class CompiledModule:
+    """A compiled ``nn.Module``: shares the module's parameters; its outputs carry gradients
+    back through the generated backward."""
+
+    def __init__(self, module, *, passes="default", debug_nans=False, max_recompiles=None,
+                 check=False):  # fmt: skip
+        self.module = module
+        self.passes = passes
+        self.debug_nans = debug_nans or os.environ.get("TRACEGRAD_DEBUG_NANS") == "1"
+        self.max_recompiles = max_recompiles
+        self.check = check
+        self._cache: dict[tuple, ModuleProgram] = {}
+        self._signatures: list[Signature] = []
+        self.latest: ModuleProgram | None = None
+        self.recompile_reasons: list[str] = []
+
+    # --- delegation: a compiled module still is the module for parameters, modes and state ---
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["module"], name)
+
+    def train(self, mode: bool = True):
+        self.module.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # --- the public views of the latest specialization ----------------------------------------
+
+    def _latest(self) -> ModuleProgram:
+        if self.latest is None:
+            raise RuntimeError("call the compiled module once first: nothing is compiled yet")
+        return self.latest
+
+    @property
+    def graph(self) -> Graph:
+        return self._latest().program.graph
+
+    @property
+    def backward_graph(self) -> Graph | None:
+        return self._latest().program.backward_graph
+
+    @property
+    def code(self) -> str:
+        return self._latest().program.source
+
+    # --- calling ------------------------------------------------------------------------------
+
+    def signature(self, args) -> Signature:
+        guards = [("grad mode", tape.is_grad_enabled())]
+        for i, a in enumerate(args):
+            guards += tensor_guards(f"input {i}", a)
+        for name, p in self.module.named_parameters():
+            guards.append((f"parameter {name}", (tuple(p.shape), p.dtype.name, p.requires_grad)))
+        for name, b in self.module.named_buffers():
+            guards.append((f"buffer {name}", (tuple(b.shape), b.dtype.name)))
+        guards.append(("training", tuple(m.training for m in self.module.modules())))
+        return tuple(guards)
+
+    def __call__(self, *args):
+        signature = self.signature(args)
+        key = tuple(value for _, value in signature)
+        spec = self._cache.get(key)
+        if spec is None:
+            spec = self._compile(args, signature)
+            self._cache[key] = spec
+        self.latest = spec
+        return self._run(spec, args)
+
+    def _compile(self, args, signature: Signature) -> ModuleProgram:
+        if self._signatures:
+            reason = signature_diff(self._signatures[-1], signature)
+            self.recompile_reasons.append(reason)
+            log("recompiles", f"recompiling {type(self.module).__name__}: {reason}")
+            check_recompiles(self.recompile_reasons, self.max_recompiles, reason)
+        self._signatures.append(signature)
+        names = {id(t): n for n, t in self.module.named_parameters()}
+        names.update({id(t): n for n, t in self.module.named_buffers()})
+        arg_names = argument_names(self.module.forward, len(args))
+        traced = trace_call(self.module, args, names, arg_names)
+        return build_module_program(traced, args, self.passes, self.debug_nans)
+
+    def _run(self, spec: ModuleProgram, args):
+        traced = spec.traced
+        tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
+        results = spec.program.call("forward", [t._data for t in tensors])
+        n_out, n_upd = traced.n_outputs, len(traced.update_targets)
+        for target, array in zip(
+            traced.update_targets, results[n_out : n_out + n_upd], strict=True
+        ):
+            np.copyto(target._data, array)
+            target._version[0] += 1
+        outputs = [Tensor._wrap(np.asarray(a)) for a in results[:n_out]]
+        if spec.program.backward_graph is not None and spec.wrt:
+            _connect_backward(spec, tensors, outputs, results[n_out + n_upd :])
+        return tuple(outputs) if traced.returns_tuple else outputs[0]
+
+
+def build_module_program(traced: Traced, args, passes_spec, debug_nans: bool) -> ModuleProgram:
+    graph = passes.run(traced.graph, passes_spec)
+    tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
+    wrt = [i for i, t in enumerate(tensors) if t.requires_grad] if tape.is_grad_enabled() else []
+    if not wrt:
+        forward = passes.run(autodiff.inline_custom(graph), passes_spec)
+        program = generate([("forward", forward)], "forward", debug_nans)
+        return ModuleProgram(program, traced, [], [], 0)
+    n_out = traced.n_outputs
+    joint, seeds, differentiable = autodiff.differentiate(
+        graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out
+    )
+    joint = passes.run(joint, passes_spec)
+    n_forward = len(graph.outputs)
+    forward, backward = autodiff.split(joint, n_forward, seeds)
+    log("graph", f"forward graph\n{forward}\nbackward graph\n{backward}")
+    program = generate(
+        [("forward", forward), ("backward", backward)], "forward and backward", debug_nans
+    )
+    return ModuleProgram(program, traced, wrt, differentiable, len(forward.outputs) - n_forward)
+
+
+def _connect_backward(spec: ModuleProgram, tensors, outputs, saved) -> None:
+    """Give the outputs one tape node whose backward runs the generated backward function."""
+    inputs = [tensors[i] for i in spec.wrt]
+    node = tape.Node("CompiledBackward", inputs, None, n_outputs=len(outputs))
+    for t in inputs:
+        node.save("input", t)
+
+    def backward(grads):
+        if tape.is_grad_enabled():
+            raise RuntimeError(
+                "create_graph=True through a compiled module is not supported; differentiate "
+                "twice with tg.grad(tg.grad(f)), which compiles higher-order gradients"
+            )
+        seeds = [
+            grads[i]._data
+            if grads[i] is not None
+            else np.zeros(outputs[i].shape, outputs[i].dtype.np)
+            for i in spec.differentiable
+        ]
+        results = spec.program.call("backward", [*saved, *seeds])
+        return [Tensor._wrap(np.asarray(r)) for r in results]
+
+    node.backward_fn = backward
+    for i in spec.differentiable:
+        outputs[i].grad_fn, outputs[i]._out_index, outputs[i]._requires_grad = node, i, True
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+
+def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, check=False,
+            debug_nans=False, max_recompiles=None):  # fmt: skip
+    """Compile an ``nn.Module`` (forward and backward) or a function (a whole training step)."""
+    if backend != "numpy":
+        raise ValueError(f"unknown backend {backend!r}: tracegrad generates NumPy code ('numpy')")
+    if dynamic:
+        raise NotImplementedError("dynamic shapes are not supported yet: each shape compiles")
+    if is_module(model_or_fn):
+        return CompiledModule(model_or_fn, passes=passes, debug_nans=debug_nans,
+                              max_recompiles=max_recompiles, check=check)  # fmt: skip
+    if callable(model_or_fn):
+        return CompiledFunction(model_or_fn, passes=passes, debug_nans=debug_nans,
+                                max_recompiles=max_recompiles, check=check)  # fmt: skip
+    raise TypeError(
+        f"tg.compile expects an nn.Module or a function, got {type(model_or_fn).__name__}"
+    )
+
+
+def is_module(obj) -> bool:
+    """An nn.Module, recognised by its interface (nn sits above the compiler)."""
+    return callable(getattr(obj, "named_parameters", None)) and callable(
+        getattr(obj, "forward", None)
+    )

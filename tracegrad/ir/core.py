@@ -1,0 +1,50 @@
+"""IR values and nodes (see ``tracegrad.ir.graph`` for the graph and its invariants)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracegrad.dtypes import TensorType
+from tracegrad.errors import SourceLocation
+
+CONSTANT = "constant"
+CUSTOM = "custom"
+
+
+@dataclass(eq=False)
+class Value:
+    """A typed SSA value; ``name`` is unique in its graph."""
+
+    name: str
+    type: TensorType
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self):
+        return self.type.dtype
+
+    def __repr__(self) -> str:
+        return f"%{self.name}:{self.type}"
+
+
+@dataclass(eq=False)
+class Node:
+    op: str
+    inputs: list[Value]
+    outputs: list[Value]
+    attrs: dict = field(default_factory=dict)
+    location: SourceLocation | None = None
+    origin: str | None = None  # for backward nodes: "grad of <forward op>"
+
+    @property
+    def output(self) -> Value:
+        if len(self.outputs) != 1:
+            raise ValueError(f"node {self.op} has {len(self.outputs)} outputs")
+        return self.outputs[0]
+
+    def __repr__(self) -> str:
+        outs = ", ".join(map(repr, self.outputs))
+        return f"<Node {outs} = {self.op} {', '.join('%' + v.name for v in self.inputs)}>"

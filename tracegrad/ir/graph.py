@@ -1,0 +1,152 @@
+"""The IR: a typed SSA graph.
+
+A ``Graph`` has ``inputs`` (Values), ``nodes`` in topological order and ``outputs`` (Values).
+Each ``Node`` applies one op to input Values and defines output Values (SSA: every Value is
+defined once, by a graph input or a node). Node op kinds:
+
+- a registry op (``tracegrad.ops.OPS``): ``add``, ``matmul``, ``softmax``...;
+- ``constant``: no inputs, ``attrs["value"]`` holds a NumPy array;
+- ``custom``: a user ``autograd.Function`` kept whole, ``attrs["fn"]`` the class and
+  ``attrs["args"]`` its non-tensor arguments with tensor positions marked; it can have several
+  outputs. The reverse-mode pass traces the user's forward and backward in.
+
+``updates`` maps an input Value's name to the output Value that overwrites it after a run
+(parameters, optimizer state and ``.grad`` updated in place by a compiled training step).
+Every node keeps ``location``, the user's source line it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import networkx as nx
+import numpy as np
+
+from tracegrad.ir import lint as lint_module
+from tracegrad.ir import serialize, text
+from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
+
+__all__ = ["CONSTANT", "CUSTOM", "Graph", "Node", "Value", "structure"]
+
+
+class Graph:
+    """A typed SSA graph of nodes in topological order (see the module docstring)."""
+
+    def __init__(self, inputs=(), nodes=(), outputs=(), updates=None):
+        self.inputs: list[Value] = list(inputs)
+        self.nodes: list[Node] = list(nodes)
+        self.outputs: list[Value] = list(outputs)
+        self.updates: dict[str, Value] = dict(updates or {})
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def values(self) -> Iterable[Value]:
+        yield from self.inputs
+        for node in self.nodes:
+            yield from node.outputs
+
+    def producers(self) -> dict[int, Node]:
+        """id(value) -> the node defining it."""
+        return {id(v): node for node in self.nodes for v in node.outputs}
+
+    def users(self) -> dict[int, list[Node]]:
+        """id(value) -> the nodes reading it, in order."""
+        table: dict[int, list[Node]] = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                table.setdefault(id(v), []).append(node)
+        return table
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            counts[node.op] = counts.get(node.op, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def copy(self) -> Graph:
+        """A deep copy with fresh Value and Node objects (constants' arrays are shared)."""
+        mapping = {id(v): Value(v.name, v.type) for v in self.values()}
+        nodes = [
+            Node(
+                n.op,
+                [mapping[id(v)] for v in n.inputs],
+                [mapping[id(v)] for v in n.outputs],
+                dict(n.attrs),
+                n.location,
+                n.origin,
+            )
+            for n in self.nodes
+        ]
+        return Graph(
+            [mapping[id(v)] for v in self.inputs],
+            nodes,
+            [mapping[id(v)] for v in self.outputs],
+            {k: mapping[id(v)] for k, v in self.updates.items()},
+        )
+
+    # --- comparison and text -------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Graph):
+            return NotImplemented
+        return structure(self) == structure(other)
+
+    __hash__ = None  # graphs are mutable
+
+    def __str__(self) -> str:
+        return text.print_graph(self)
+
+    @classmethod
+    def parse(cls, source: str) -> Graph:
+        """Read the text form back: ``Graph.parse(str(g)) == g``."""
+        return cls(*text.parse_parts(source))
+
+    def to_json(self) -> str:
+        return serialize.to_json(self)
+
+    @classmethod
+    def from_json(cls, source: str) -> Graph:
+        return cls(*serialize.parts_from_json(source))
+
+    def to_networkx(self) -> nx.DiGraph:
+        return serialize.to_networkx(self)
+
+    def lint(self) -> None:
+        """Check the invariants listed in ``tracegrad.ir.lint``; raise GraphLintError if broken."""
+        lint_module.lint(self)
+
+    def __repr__(self) -> str:
+        return f"<Graph: {len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.outputs)} outputs>"
+
+
+def _attr_key(value):
+    if isinstance(value, np.ndarray):
+        return ("array", str(value.dtype), value.shape, value.tobytes())
+    if isinstance(value, (tuple, list)):
+        return tuple(_attr_key(v) for v in value)
+    if isinstance(value, type):
+        return ("class", value.__module__, value.__qualname__)
+    return value
+
+
+def structure(graph: Graph) -> tuple:
+    """Everything that makes two graphs equal: names, types, ops, attributes, locations."""
+
+    def loc(node):
+        return (node.location.filename, node.location.lineno) if node.location else None
+
+    return (
+        tuple((v.name, v.type) for v in graph.inputs),
+        tuple(
+            (
+                n.op,
+                tuple(v.name for v in n.inputs),
+                tuple((v.name, v.type) for v in n.outputs),
+                tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
+                loc(n),
+            )
+            for n in graph.nodes
+        ),
+        tuple(v.name for v in graph.outputs),
+        tuple(sorted((k, v.name) for k, v in graph.updates.items())),
+    )

@@ -1,0 +1,413 @@
+"""The IR's text form: ``print_graph`` writes it, ``parse_parts`` reads it back.
+
+One line per node, so a graph reads top to bottom like a program::
+
+    graph(%x:f32[32,784], %fc1.weight:f32[128,784]) {
+      %1:f32[784,128] = permute[dims=(1, 0)] %fc1.weight  # model.py:12
+      %2:f32[32,128] = matmul %x, %1  # model.py:12
+      %3:f32[] = constant[value=2.5]
+      %4:f32[32,128], %5:f32[32,128] = custom[args=(('t',), ('t',)), fn='pkg.mod:Swap'] %2, %2
+      %6:f32[32,128] = mul %4, %3
+      return %6, %5
+      update %fc1.weight <- %1
+    }
+
+Grammar (``[...]?`` optional, ``{...}*`` repeated; blank lines and lines starting with ``#``
+are skipped)::
+
+    graph    := "graph(" decls? ")" "{" line* "}"
+    line     := node | "return" refs? | "update" ref "<-" ref
+    node     := decls? "=" OP attrs? refs? ("#" FILENAME ":" LINENO)?
+    decls    := decl {"," decl}*          decl := ref ":" type
+    refs     := ref {"," ref}*            ref  := "%" NAME       NAME := [A-Za-z0-9_.]+
+    type     := DTYPE "[" dims? "]"       DTYPE is f32, f64, i64 or b8; "f32[]" is a scalar
+    attrs    := "[" KEY "=" literal {"," KEY "=" literal}* "]"   keys in sorted order
+
+A ``literal`` is Python-literal-like text: ints, floats (``inf``, ``-inf`` and ``nan`` for the
+non-finite ones), ``True``/``False``, ``None``, strings, and tuples, lists and dicts of these.
+It is read by a small walker over ``ast.parse(..., mode="eval")`` that accepts nothing else
+(never ``eval``). Two attribute kinds need the node to be read back:
+
+- a ``constant``'s ``value`` array prints as the nested list of its items (a bare number for
+  0-d); the parser rebuilds the array with the node's output dtype and shape;
+- a Python class (a ``custom`` node's ``fn``) prints as the string ``'module:qualname'``; the
+  parser imports the module and walks the qualname, and keeps the string when that fails so
+  ``lint`` can say the class is missing. Parsing therefore imports the modules a graph names.
+
+A reference may name a value defined further down (broken graphs print and parse too, so lint
+can report on them); with duplicate names the first definition wins. The location's source
+``line`` text is not printed. NumPy arrays outside a constant's ``value`` print as plain lists,
+and NaN signs and payloads are not kept.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import math
+import re
+
+import numpy as np
+
+from tracegrad import dtypes
+from tracegrad.dtypes import TensorType
+from tracegrad.errors import SourceLocation
+from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
+
+NAME = r"[A-Za-z0-9_.]+"
+_DECL = rf"%({NAME}):([A-Za-z0-9]+)\[([^\]]*)\]"
+_DECLS = rf"{_DECL}(?:\s*,\s*{_DECL})*"
+_REFS = rf"%{NAME}(?:\s*,\s*%{NAME})*"
+_NODE_HEAD = re.compile(rf"(?P<outs>{_DECLS})?\s*=\s*(?P<op>[A-Za-z_][A-Za-z0-9_.]*)")
+_HEADER = re.compile(r"graph\((?P<decls>.*)\)\s*\{")
+_UPDATE = re.compile(rf"update\s+%(?P<key>{NAME})\s*<-\s*%(?P<value>{NAME})")
+
+
+class IRParseError(ValueError):
+    """The text is not a graph in the form described in ``tracegrad.ir.text``."""
+
+    def __init__(self, lineno: int, text: str, message: str):
+        super().__init__(f"line {lineno}: {message}: {text.strip()!r}")
+        self.lineno = lineno
+        self.text = text
+
+
+# --- printing --------------------------------------------------------------------------------
+
+
+def print_graph(graph) -> str:
+    """The text form of ``graph`` (any object with ``inputs nodes outputs updates``)."""
+    lines = [f"graph({_decls(graph.inputs)}) {{"]
+    lines += ["  " + format_node(node) for node in graph.nodes]
+    lines.append("  return" + (" " + _refs(graph.outputs) if graph.outputs else ""))
+    lines += [f"  update %{key} <- %{value.name}" for key, value in graph.updates.items()]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def format_node(node: Node) -> str:
+    """One node's line, without indentation: ``%2:f32[3] = add %0, %1  # file.py:7``."""
+    text = f"{_decls(node.outputs)} = {node.op}".lstrip()
+    if node.attrs:
+        text += f"[{format_attrs(node.attrs)}]"
+    if node.inputs:
+        text += " " + _refs(node.inputs)
+    if node.location is not None:
+        text += f"  # {node.location.filename}:{node.location.lineno}"
+    return text
+
+
+def format_attrs(attrs: dict) -> str:
+    """``k=v, ...`` in sorted key order, values as ``format_value`` writes them."""
+    return ", ".join(f"{key}={format_value(attrs[key])}" for key in sorted(attrs))
+
+
+def format_value(value) -> str:
+    """Python-literal-like text for an attribute value (see the module docstring)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    if isinstance(value, float):
+        return _format_float(value)
+    if isinstance(value, tuple):
+        items = [format_value(v) for v in value]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    if isinstance(value, list):
+        return f"[{', '.join(format_value(v) for v in value)}]"
+    if isinstance(value, dict):
+        return (
+            "{" + ", ".join(f"{format_value(k)}: {format_value(v)}" for k, v in value.items()) + "}"
+        )
+    if isinstance(value, np.ndarray):
+        return _format_array(value)
+    if isinstance(value, np.generic):
+        return format_value(value.item())
+    if isinstance(value, type):
+        return repr(class_path(value))
+    raise TypeError(f"cannot write a {type(value).__name__} attribute in the IR text: {value!r}")
+
+
+def _format_float(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(x)
+
+
+def _format_array(array: np.ndarray) -> str:
+    if array.ndim == 0:
+        return _format_item(array[()])
+    return "[" + ", ".join(_format_array(sub) for sub in array) + "]"
+
+
+def _format_item(item: np.generic) -> str:
+    # float32 prints its own shortest form (0.1, not 0.10000000149011612) when that reads back
+    # to the same float32 through a Python float; otherwise the exact float64 repr.
+    if isinstance(item, np.float32) and math.isfinite(item):
+        short = str(item)
+        if np.float32(float(short)) == item:
+            return short
+    return format_value(item.item())
+
+
+def _decls(values) -> str:
+    return ", ".join(f"%{v.name}:{v.type}" for v in values)
+
+
+def _refs(values) -> str:
+    return ", ".join(f"%{v.name}" for v in values)
+
+
+def class_path(cls: type) -> str:
+    """``'module:qualname'``, the text that names a class in the IR."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve_class(path: str):
+    """The class ``class_path`` named, or ``path`` itself when it cannot be imported."""
+    module_name, _, qualname = path.rpartition(":")
+    try:
+        found = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:  # any failure to import leaves the string for lint to report
+        return path
+    return found if isinstance(found, type) else path
+
+
+# --- reading literals ------------------------------------------------------------------------
+
+_NAMED_FLOATS = {"inf": math.inf, "nan": math.nan}
+
+
+def literal(node: ast.AST):
+    """The value of a literal's syntax tree; raises ValueError on anything else."""
+    if isinstance(node, ast.Constant) and _is_plain_constant(node.value):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _NAMED_FLOATS:
+        return _NAMED_FLOATS[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        operand = literal(node.operand)
+        if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+            return -operand
+    if isinstance(node, ast.Tuple):
+        return tuple(literal(item) for item in node.elts)
+    if isinstance(node, ast.List):
+        return [literal(item) for item in node.elts]
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {literal(k): literal(v) for k, v in zip(node.keys, node.values, strict=True)}
+    raise ValueError(f"not a literal: {ast.unparse(node)}")
+
+
+def _is_plain_constant(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def parse_attrs(text: str) -> dict:
+    """``k=v, ...`` -> dict, read as the keyword arguments of a call."""
+    call = ast.parse(f"_({text})", mode="eval").body
+    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+        raise ValueError("attributes must be written key=value")
+    return {k.arg: literal(k.value) for k in call.keywords}
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def parse_parts(source: str):
+    """Read the text form: ``(inputs, nodes, outputs, updates)`` for ``Graph(...)``."""
+    lines = _numbered_lines(source)
+    if not lines:
+        raise IRParseError(1, source, "expected 'graph(...) {'")
+    inputs = _parse_header(*lines[0])
+    nodes, returns, update_lines = _classify(_body(lines))
+    values = _definitions(inputs, nodes)
+    _link_inputs(nodes, values)
+    outputs = _parse_return(returns[0], values) if returns else []
+    updates = dict(_parse_update(lineno, text, values) for lineno, text in update_lines)
+    return inputs, [node for node, _ in nodes], outputs, updates
+
+
+def _classify(body):
+    """Sort the body's lines into parsed nodes, the return line and the update lines."""
+    nodes, returns, updates = [], [], []
+    for lineno, text in body:
+        stripped = text.strip()
+        if _is_keyword(stripped, "return"):
+            if returns:
+                raise IRParseError(lineno, text, "a graph has one return line")
+            returns.append((lineno, text))
+        elif _is_keyword(stripped, "update"):
+            updates.append((lineno, text))
+        else:
+            nodes.append(_parse_node(lineno, text))
+    return nodes, returns, updates
+
+
+def _numbered_lines(source: str) -> list[tuple[int, str]]:
+    """Non-blank, non-comment lines with their 1-based numbers."""
+    # split("\n"), not splitlines(): a filename may hold characters splitlines() breaks on.
+    lines = enumerate((line.rstrip("\r") for line in source.split("\n")), start=1)
+    return [(n, line) for n, line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _is_keyword(text: str, word: str) -> bool:
+    return text == word or text.startswith(word + " ")
+
+
+def _parse_header(lineno: int, text: str) -> list[Value]:
+    match = _HEADER.fullmatch(text.strip())
+    if not match:
+        raise IRParseError(lineno, text, "expected 'graph(%name:type, ...) {'")
+    return _parse_decls(lineno, text, match["decls"])
+
+
+def _body(lines):
+    """The lines between the header and the closing brace, which must end the text."""
+    for i, (_, text) in enumerate(lines[1:], start=1):
+        if text.strip() == "}":
+            if i + 1 < len(lines):
+                raise IRParseError(*lines[i + 1], "text after the graph's closing '}'")
+            return lines[1:i]
+    last = lines[-1]
+    raise IRParseError(last[0], last[1], "missing the closing '}' of the graph")
+
+
+def _parse_decls(lineno: int, text: str, decls: str) -> list[Value]:
+    decls = decls.strip()
+    if not decls:
+        return []
+    if not re.fullmatch(_DECLS, decls):
+        raise IRParseError(lineno, text, "expected '%name:type' declarations like %x:f32[2,3]")
+    return [
+        Value(name, _parse_type(lineno, text, dtype, dims))
+        for name, dtype, dims in re.findall(_DECL, decls)
+    ]
+
+
+def _parse_type(lineno: int, text: str, dtype: str, dims: str) -> TensorType:
+    try:
+        dtype_ = dtypes.from_name(dtype)
+        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+    except (KeyError, ValueError):
+        raise IRParseError(lineno, text, f"bad type {dtype}[{dims}]") from None
+    return TensorType(shape, dtype_)
+
+
+def _parse_node(lineno: int, text: str):
+    """A node and the names of its inputs, which are linked once every value is known."""
+    line = text.lstrip()
+    head = _NODE_HEAD.match(line)
+    if not head:
+        raise IRParseError(lineno, text, "expected '%name:type = op ...'")
+    outputs = _parse_decls(lineno, text, head["outs"] or "")
+    rest = line[head.end() :]
+    attrs = {}
+    if rest.startswith("["):
+        end = _closing_bracket(rest)
+        if end is None:
+            raise IRParseError(lineno, text, "the attributes' '[' is never closed")
+        attrs = _parse_node_attrs(lineno, text, rest[1:end])
+        rest = rest[end + 1 :]
+    refs, has_comment, comment = rest.partition("#")
+    location = _parse_location(lineno, text, comment) if has_comment else None
+    node = Node(head["op"], [], outputs, attrs, location)
+    _rebuild_attrs(lineno, text, node)
+    return node, (lineno, text, _parse_refs(lineno, text, refs))
+
+
+def _closing_bracket(text: str) -> int | None:
+    """The index of the bracket closing ``text[0]``, skipping over quoted strings."""
+    depth, quote, i = 0, None, 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\":
+                i += 1  # an escaped character never ends the string
+            elif char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def _parse_node_attrs(lineno: int, text: str, attrs: str) -> dict:
+    try:
+        return parse_attrs(attrs)
+    except (SyntaxError, ValueError) as exc:
+        raise IRParseError(lineno, text, f"bad attributes ({exc})") from None
+
+
+def _rebuild_attrs(lineno: int, text: str, node: Node) -> None:
+    """Turn a constant's nested list back into its array and a custom's fn into its class."""
+    value = node.attrs.get("value")
+    if node.op == CONSTANT and "value" in node.attrs and len(node.outputs) == 1:
+        node.attrs["value"] = _rebuild_array(lineno, text, value, node.outputs[0].type)
+    fn = node.attrs.get("fn")
+    if node.op == CUSTOM and isinstance(fn, str):
+        node.attrs["fn"] = resolve_class(fn)
+
+
+def _rebuild_array(lineno: int, text: str, value, type_: TensorType) -> np.ndarray:
+    try:
+        array = np.array(value, dtype=type_.dtype.np)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise IRParseError(lineno, text, f"constant value is not a {type_} array ({exc})") from None
+    # A nested list loses the trailing dims of an empty array, e.g. (0, 3): restore them.
+    return array.reshape(type_.shape) if array.size == type_.numel else array
+
+
+def _parse_location(lineno: int, text: str, comment: str) -> SourceLocation:
+    filename, _, number = comment.removeprefix(" ").rpartition(":")
+    try:
+        return SourceLocation(filename, int(number))
+    except ValueError:
+        raise IRParseError(lineno, text, "expected a location '# filename:lineno'") from None
+
+
+def _parse_refs(lineno: int, text: str, refs: str) -> list[str]:
+    refs = refs.strip()
+    if not refs:
+        return []
+    if not re.fullmatch(_REFS, refs):
+        raise IRParseError(lineno, text, "expected value references like '%x, %1'")
+    return re.findall(rf"%({NAME})", refs)
+
+
+def _definitions(inputs, nodes) -> dict[str, Value]:
+    """Every value by name; the first definition wins when names repeat."""
+    table: dict[str, Value] = {}
+    for value in [*inputs, *(out for node, _ in nodes for out in node.outputs)]:
+        table.setdefault(value.name, value)
+    return table
+
+
+def _lookup(values: dict[str, Value], name: str, lineno: int, text: str) -> Value:
+    if name not in values:
+        raise IRParseError(lineno, text, f"%{name} is not defined by an input or a node")
+    return values[name]
+
+
+def _link_inputs(nodes, values: dict[str, Value]) -> None:
+    for node, (lineno, text, names) in nodes:
+        node.inputs = [_lookup(values, name, lineno, text) for name in names]
+
+
+def _parse_return(line, values: dict[str, Value]) -> list[Value]:
+    lineno, text = line
+    names = _parse_refs(lineno, text, text.strip().removeprefix("return"))
+    return [_lookup(values, name, lineno, text) for name in names]
+
+
+def _parse_update(lineno: int, text: str, values: dict[str, Value]) -> tuple[str, Value]:
+    match = _UPDATE.fullmatch(text.strip())
+    if not match:
+        raise IRParseError(lineno, text, "expected 'update %input <- %value'")
+    return match["key"], _lookup(values, match["value"], lineno, text)

@@ -1,0 +1,153 @@
+"""NumPy kernels shared by the eager op implementations and the generated code.
+
+This module imports nothing but NumPy and the standard library: generated code imports it as
+``rt``, and ``CompiledModule.export`` copies its source into the standalone module it writes.
+"""
+
+import math
+
+import numpy as np
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_TANH_COEF = 0.044715
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x):
+    # A ufunc from frompyfunc returns a bare Python float for 0-d input; asarray keeps it an array.
+    return np.asarray(_erf(x)).astype(x.dtype)
+
+
+def gelu(x, approximate):
+    if approximate == "tanh":
+        inner = SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x**3)
+        return 0.5 * x * (1.0 + np.tanh(inner))
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def sum_to_dims(in_shape, shape):
+    """Leading dims to drop and size-1 dims to sum so ``in_shape`` reduces to ``shape``."""
+    lead = len(in_shape) - len(shape)
+    kept = tuple(i for i, s in enumerate(shape) if s == 1 and in_shape[lead + i] != 1)
+    return tuple(range(lead)), tuple(lead + i for i in kept)
+
+
+def sum_to(x, shape):
+    """Undo broadcasting: sum the dims that broadcasting ``shape`` to ``x.shape`` added."""
+    lead, kept = sum_to_dims(x.shape, shape)
+    if kept:
+        x = np.sum(x, axis=kept, keepdims=True)
+    if lead:
+        x = np.sum(x, axis=lead)
+    return np.reshape(x, shape)
+
+
+def unfold(x, kernel, stride, padding, dilation, pad_value):
+    """(N, C, H, W) -> (N, C, OH, OW, KH, KW) windows: a strided view of the padded input."""
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    n, c, h, w = x.shape
+    oh = (h - dh * (kernel[0] - 1) - 1) // sh + 1
+    ow = (w - dw * (kernel[1] - 1) - 1) // sw + 1
+    s_n, s_c, s_h, s_w = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x,
+        (n, c, oh, ow, *kernel),
+        (s_n, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw),
+        writeable=False,
+    )
+
+
+def fold(cols, size, kernel, stride, padding, dilation):
+    """The transpose of ``unfold``: add every window back where it came from."""
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    n, c, oh, ow = cols.shape[:4]
+    out = np.zeros((n, c, size[0] + 2 * ph, size[1] + 2 * pw), cols.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            columns = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            out[:, :, rows, columns] += cols[:, :, :, :, i, j]
+    return out[:, :, ph : ph + size[0], pw : pw + size[1]]
+
+
+def softmax(x, dim):
+    e = np.exp(x - np.amax(x, axis=dim, keepdims=True))
+    return e / np.sum(e, axis=dim, keepdims=True)
+
+
+def log_softmax(x, dim):
+    shifted = x - np.amax(x, axis=dim, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
+
+
+def class_dim(ndim):
+    return 0 if ndim == 1 else 1
+
+
+def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
+    dim = class_dim(logits.ndim)
+    logp = np.moveaxis(log_softmax(logits, dim), dim, -1)
+    valid = target != ignore_index
+    picked = np.take_along_axis(logp, np.where(valid, target, 0)[..., None], -1)[..., 0]
+    loss = -(1.0 - label_smoothing) * picked - label_smoothing * logp.mean(-1)
+    loss = np.where(valid, loss, 0.0).astype(logits.dtype)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total / valid.sum().astype(logits.dtype) if reduction == "mean" else total
+
+
+def layer_norm(x, ndims, eps):
+    axes = tuple(range(x.ndim - ndims, x.ndim))
+    centered = x - x.mean(axis=axes, keepdims=True)
+    var = np.mean(centered * centered, axis=axes, keepdims=True)
+    return centered / np.sqrt(var + eps)
+
+
+def index(key, *index_arrays):
+    """Turn an index key (see tracegrad.ops.index) back into a NumPy index."""
+    items = []
+    for kind, *args in key:
+        if kind == "slice":
+            items.append(slice(*args))
+        elif kind == "int":
+            items.append(args[0])
+        elif kind == "none":
+            items.append(None)
+        elif kind == "ellipsis":
+            items.append(Ellipsis)
+        else:
+            items.append(index_arrays[args[0]])
+    return tuple(items)
+
+
+def scatter_add(g, key, shape, *index_arrays):
+    """Add ``g`` into zeros(shape) at ``index(key)``; repeated indices accumulate."""
+    out = np.zeros(shape, g.dtype)
+    where = index(key, *index_arrays)
+    if index_arrays:
+        np.add.at(out, where, g)
+    else:
+        out[where] = g
+    return out
+
+
+def one_hot(t, num_classes):
+    return (t[..., None] == np.arange(num_classes)).astype(np.int64)
+
+
+def dropout_mask(shape, p, dtype, rng):
+    """Keep each element with probability 1 - p, scaled by 1 / (1 - p) so the mean is kept."""
+    keep = rng.random(shape) >= p
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    return (keep * scale).astype(dtype)
+
+
+def check_finite(value, op, phase, where):
+    """Raise FloatingPointError at the first NaN or Inf (used with debug_nans)."""
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        bad = "NaN" if np.isnan(value).any() else "Inf"
+        raise FloatingPointError(f"{bad} produced by {op} in the {phase} at {where}")
+    return value

@@ -1,0 +1,122 @@
+"""The reverse-mode pass: derive gradients of a traced graph, and split forward from backward.
+
+The forward graph is replayed with symbolic tensors while the eager tape records, then the tape
+engine runs backward on symbolic cotangents. Each op's VJP rule from the registry (the same rule
+eager autograd uses) thereby emits the backward nodes, and a custom Function's own backward is
+traced in when the engine reaches it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad import tape
+from tracegrad.ir.core import CONSTANT, CUSTOM
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import OPS
+from tracegrad.passes.pipeline import register_pass
+from tracegrad.tensor import Tensor, apply
+from tracegrad.tracer import Tracer, tracing
+
+
+def replay(graph: Graph, tracer: Tracer, requires_grad=frozenset()):
+    """Re-run ``graph`` under ``tracer``; returns tensors for its outputs and its inputs."""
+    env = {}
+    for v in graph.inputs:
+        wants = v.name in requires_grad and v.type.dtype.is_floating_point
+        env[id(v)] = tracer.add_input(v.type, v.name, requires_grad=wants)
+    inputs = [env[id(v)] for v in graph.inputs]
+    for node in graph.nodes:
+        tracer.location_override = node.location
+        outs = _replay_node(node, [env[id(v)] for v in node.inputs])
+        env.update((id(v), t) for v, t in zip(node.outputs, outs, strict=True))
+    tracer.location_override = None
+    return [env[id(v)] for v in graph.outputs], inputs
+
+
+def _replay_node(node, inputs) -> tuple[Tensor, ...]:
+    if node.op == CONSTANT:
+        return (Tensor._wrap(node.attrs["value"]),)
+    if node.op == CUSTOM:
+        tensors = iter(inputs)
+        args = [next(tensors) if slot[0] == "t" else slot[1] for slot in node.attrs["args"]]
+        result = node.attrs["fn"].apply(*args)
+        return result if isinstance(result, tuple) else (result,)
+    return (apply(OPS[node.op], inputs, node.attrs),)
+
+
+@register_pass("inline_custom")
+def inline_custom(graph: Graph) -> Graph:
+    """Expand custom Function nodes into their traced forward ops."""
+    if not any(node.op == CUSTOM for node in graph.nodes):
+        return graph
+    tracer = Tracer(mode="inline")
+    with tracing(tracer), tape.no_grad():
+        outputs = [tracer.value_of(t) for t in replay(graph, tracer)[0]]
+    return tracer.graph(outputs)
+
+
+def differentiate(graph: Graph, wrt: list[str], n_differentiable: int | None = None):
+    """The joint graph: ``graph``'s outputs, then d(outputs)/d(wrt) for each name in ``wrt``.
+
+    Only the first ``n_differentiable`` outputs (default: all) are differentiated. The joint
+    graph gets one extra input per differentiated output that depends on ``wrt``: its cotangent.
+    Returns the joint graph, the cotangent input names and the output positions they belong
+    to. Inputs in ``wrt`` that no output depends on get zero gradients.
+    """
+    tracer = Tracer(mode="inline")
+    n_differentiable = len(graph.outputs) if n_differentiable is None else n_differentiable
+    with tracing(tracer), tape.enable_grad():
+        outs, inputs = replay(graph, tracer, requires_grad=frozenset(wrt))
+        positions = [i for i, t in enumerate(outs[:n_differentiable]) if t.requires_grad]
+        diff = [(graph.outputs[i], outs[i]) for i in positions]
+        seeds = [tracer.add_input(t.tensor_type, f"grad_{v.name}") for v, t in diff]
+        by_name = {v.name: t for v, t in zip(graph.inputs, inputs, strict=True)}
+        targets = [by_name[name] for name in wrt]
+        grads = [None] * len(targets)
+        if diff:
+            grads = tape.run_backward(
+                [t for _, t in diff], seeds, retain_graph=True, create_graph=False, capture=targets
+            )
+        grads = [g if g is not None else _zeros(t) for g, t in zip(grads, targets, strict=True)]
+        outputs = [tracer.value_of(t) for t in [*outs, *grads]]
+    return tracer.graph(outputs), [s._data.value.name for s in seeds], positions
+
+
+def _zeros(t: Tensor) -> Tensor:
+    return Tensor._wrap(np.zeros(t.shape, t.dtype.np))
+
+
+def split(joint: Graph, n_forward: int, seed_names: list[str]) -> tuple[Graph, Graph]:
+    """Partition a joint graph into a forward graph (its first ``n_forward`` outputs plus the
+    values the backward reads, saved) and a backward graph (saved values and cotangents in,
+    gradients out)."""
+    seeds = set(seed_names)
+    forward_nodes = _ancestors(joint, joint.outputs[:n_forward])
+    in_forward = {id(n) for n in forward_nodes}
+    backward_nodes = [
+        n for n in _ancestors(joint, joint.outputs[n_forward:]) if id(n) not in in_forward
+    ]
+    defined_in_backward = {id(v) for n in backward_nodes for v in n.outputs} | {
+        id(v) for v in joint.inputs if v.name in seeds
+    }
+    saved, seen = [], set()
+    for value in [v for n in backward_nodes for v in n.inputs] + joint.outputs[n_forward:]:
+        if id(value) not in defined_in_backward and id(value) not in seen:
+            seen.add(id(value))
+            saved.append(value)
+    forward_inputs = [v for v in joint.inputs if v.name not in seeds]
+    forward = Graph(forward_inputs, forward_nodes, joint.outputs[:n_forward] + saved)
+    backward_inputs = saved + [v for v in joint.inputs if v.name in seeds]
+    backward = Graph(backward_inputs, backward_nodes, joint.outputs[n_forward:])
+    return forward.copy(), backward.copy()
+
+
+def _ancestors(graph: Graph, values) -> list:
+    needed = {id(v) for v in values}
+    kept = []
+    for node in reversed(graph.nodes):
+        if any(id(v) in needed for v in node.outputs):
+            kept.append(node)
+            needed.update(id(v) for v in node.inputs)
+    return kept[::-1]

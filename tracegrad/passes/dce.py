@@ -1,0 +1,26 @@
+"""Dead-code elimination."""
+
+from __future__ import annotations
+
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import OPS
+from tracegrad.ops.registry import RANDOM
+from tracegrad.passes.pipeline import register_pass
+
+
+def _has_effect(node) -> bool:
+    # A random draw advances the generator: dropping it would shift every later draw.
+    op = OPS.get(node.op)
+    return op is not None and RANDOM in op.props
+
+
+@register_pass("dce")
+def dce(graph: Graph) -> Graph:
+    """Remove nodes none of whose outputs reach a graph output or an in-place update."""
+    live = {id(v) for v in graph.outputs} | {id(v) for v in graph.updates.values()}
+    kept = []
+    for node in reversed(graph.nodes):
+        if _has_effect(node) or any(id(v) in live for v in node.outputs):
+            kept.append(node)
+            live.update(id(v) for v in node.inputs)
+    return Graph(graph.inputs, kept[::-1], graph.outputs, graph.updates)

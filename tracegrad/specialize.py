@@ -1,0 +1,166 @@
+"""What every compiled program shares: logs, signatures and guards, tracing a call, and
+generating plus loading the code of one specialization."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+from tracegrad import codegen, tape
+from tracegrad.errors import TraceError
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import OPS
+from tracegrad.ops.registry import RANDOM
+from tracegrad.random import generator
+from tracegrad.tensor import Tensor
+from tracegrad.tracer import Tracer, tracing
+
+
+class RecompileError(RuntimeError):
+    """A compiled module or function needed more recompiles than ``max_recompiles`` allows."""
+
+
+def log_kinds() -> set[str]:
+    return {k.strip() for k in os.environ.get("TRACEGRAD_LOGS", "").split(",") if k.strip()}
+
+
+def log(kind: str, text: str) -> None:
+    """Print a stage of compilation when TRACEGRAD_LOGS names its kind."""
+    if kind in log_kinds():
+        print(f"[tracegrad:{kind}] {text}", file=sys.stderr)
+
+
+# --- signatures -----------------------------------------------------------------------------------
+
+Signature = tuple  # of (label, value) pairs
+
+
+def tensor_guards(label: str, value) -> list[tuple[str, object]]:
+    if isinstance(value, Tensor):
+        return [
+            (f"{label} shape", tuple(value.shape)),
+            (f"{label} dtype", value.dtype.name),
+            (f"{label} requires_grad", value.requires_grad),
+        ]
+    return [(f"{label} value", value)]
+
+
+def signature_diff(old: Signature, new: Signature) -> str:
+    """Which guards changed, as "label old -> new" lines (labels only in one side included)."""
+    before, after = dict(old), dict(new)
+    changes = [
+        f"{label} {before.get(label, '<absent>')} -> {after.get(label, '<absent>')}"
+        for label in dict.fromkeys([*before, *after])
+        if before.get(label, "<absent>") != after.get(label, "<absent>")
+    ]
+    return "; ".join(changes) or "no guard changed"
+
+
+# --- programs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Program:
+    """One specialization: the graphs, the generated source and its loaded functions."""
+
+    graph: Graph
+    backward_graph: Graph | None
+    source: str
+    functions: dict
+    uses_rng: dict[str, bool]
+    constants: dict = field(default_factory=dict)
+
+    def call(self, name: str, arrays):
+        fn = self.functions[name]
+        return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
+
+
+def generate(parts: list[tuple[str, Graph]], title: str, debug_nans: bool) -> Program:
+    """Emit one module holding a function per (name, graph) part and load it."""
+    sources, uses_rng, constants = [], {}, {}
+    for name, graph in parts:
+        fn = codegen.emit_function(graph, name, debug_nans=debug_nans)
+        uses_rng[name] = any(RANDOM in OPS[n.op].props for n in graph.nodes if n.op in OPS)
+        if uses_rng[name]:
+            fn.params.append("rng")
+        constants.update(fn.constants)
+        sources.append(fn)
+    source = codegen.render_module(
+        sources, title, codegen.RUNTIME_IMPORT, [graph for _, graph in parts]
+    )
+    log("code", "\n" + source)
+    namespace = codegen.load(source, constants, title)
+    functions = {name: namespace[name] for name, _ in parts}
+    forward = parts[0][1]
+    backward = parts[1][1] if len(parts) > 1 else None
+    return Program(forward, backward, source, functions, uses_rng, constants)
+
+
+def argument_names(fn, count: int) -> list[str]:
+    try:
+        params = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    params += [f"arg{i}" for i in range(len(params), count)]
+    return params[:count]
+
+
+def flatten_outputs(result) -> tuple[list[Tensor], bool]:
+    if isinstance(result, Tensor):
+        return [result], False
+    if isinstance(result, (tuple, list)) and all(isinstance(t, Tensor) for t in result):
+        return list(result), True
+    raise TraceError(
+        "a compiled forward must return a Tensor or a tuple of Tensors, "
+        f"got {type(result).__name__}"
+    )
+
+
+@dataclass
+class Traced:
+    """A traced forward: its graph, the tensors lifted to inputs and those updated in place."""
+
+    graph: Graph
+    lifted: list[Tensor]
+    update_targets: list[Tensor]
+    n_outputs: int
+    returns_tuple: bool
+
+
+def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
+    """Trace ``fn(*args)`` without recording gradients; tensors in ``args`` become inputs."""
+    tracer = Tracer(mode="capture", names=names)
+    with tracing(tracer), tape.no_grad():
+        symbolic = [
+            tracer.add_input(a.tensor_type, name) if isinstance(a, Tensor) else a
+            for a, name in zip(args, arg_names, strict=True)
+        ]
+        outs, returns_tuple = flatten_outputs(fn(*symbolic))
+        outputs = [tracer.value_of(t) for t in outs]
+        targets = [t for t, _ in tracer.mutated.values()]
+        new_values = [tracer.value_of(t) for t in targets]
+        lifted = {id(t): v for t, v in tracer.lifted.values()}
+        updates = {lifted[id(t)].name: v for t, v in zip(targets, new_values, strict=True)}
+        graph = tracer.graph(outputs + new_values, updates)
+    log("graph", f"traced {len(graph.nodes)} nodes\n{graph}")
+    return Traced(graph, [t for t, _ in tracer.lifted.values()], targets, len(outs), returns_tuple)
+
+
+def check_recompiles(reasons: list[str], limit, reason: str) -> None:
+    if limit is not None and len(reasons) > limit:
+        raise RecompileError(
+            f"recompile {len(reasons)} exceeds max_recompiles={limit}; guard that failed: {reason}"
+        )
+    if limit is None and len(reasons) == 9:
+        warnings.warn(
+            f"tracegrad recompiled 9 times (last because {reason}); pass dynamic shapes as "
+            "fixed sizes or set max_recompiles to make this an error",
+            stacklevel=4,
+        )

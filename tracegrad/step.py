@@ -1,0 +1,301 @@
+"""Compiled functions: a whole training step (forward, backward and optimizer update) traced
+into ONE generated function, and the function transforms ``tg.grad`` / ``tg.value_and_grad``.
+
+The step is traced with the tape recording, so ``loss.backward()`` runs the backward engine on
+symbolic tensors (each op's VJP rule emitting backward nodes) and ``opt.step()`` traces the
+optimizer's tensor ops. Everything the step changes is state, never a baked-in constant:
+parameters and optimizer buffers updated in place become ``updates`` written back into the
+same arrays; new ``.grad`` tensors and new optimizer state become extra outputs stored after
+each run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracegrad import passes, tape
+from tracegrad.errors import TraceError
+from tracegrad.specialize import (
+    Program,
+    Signature,
+    argument_names,
+    check_recompiles,
+    generate,
+    log,
+    signature_diff,
+    tensor_guards,
+)
+from tracegrad.tensor import Tensor, is_symbolic
+from tracegrad.tracer import Tracer, tracing
+
+
+def _is_module(obj) -> bool:
+    return callable(getattr(obj, "named_parameters", None)) and callable(
+        getattr(obj, "forward", None)
+    )
+
+
+def _is_optimizer(obj) -> bool:
+    return isinstance(getattr(obj, "param_groups", None), list) and hasattr(obj, "state")
+
+
+def reachable_state(fn, args) -> tuple[dict[str, object], dict[str, object]]:
+    """Modules and optimizers the function can reach (closure, globals it names, arguments),
+    by the name it uses for them: they give inputs readable names and are guarded."""
+    found = {}
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        cells = fn.__closure__ or ()
+        found.update(zip(code.co_freevars, (c.cell_contents for c in cells), strict=False))
+        found.update((n, fn.__globals__[n]) for n in code.co_names if n in fn.__globals__)
+    found.update((f"arg{i}", a) for i, a in enumerate(args))
+    modules = {n: o for n, o in found.items() if _is_module(o)}
+    optimizers = {n: o for n, o in found.items() if _is_optimizer(o)}
+    tensors = {n: o for n, o in found.items() if isinstance(o, Tensor) and o.requires_grad}
+    return modules, optimizers, tensors
+
+
+def state_names(modules, optimizers, tensors) -> dict[int, str]:
+    names = {id(t): n for n, t in tensors.items()}
+    for prefix, opt in optimizers.items():
+        for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, Tensor):
+                    names[id(value)] = f"{prefix}.{key}{i}"
+    for prefix, module in modules.items():
+        for n, t in [*module.named_parameters(), *module.named_buffers()]:
+            names[id(t)] = f"{prefix}.{n}"
+            if t.grad is not None:
+                names[id(t.grad)] = f"{prefix}.{n}.grad"
+    return names
+
+
+@dataclass
+class Sink:
+    """Where a value computed by the step is stored after each run."""
+
+    kind: str  # "grad" (a tensor's .grad) or "state" (an optimizer state entry)
+    owner: object  # the tensor, or the optimizer state dict of one parameter
+    key: str | None = None
+
+    def store(self, array: np.ndarray) -> None:
+        """Into the existing tensor when there is one (a later specialization reads it as
+        lifted state), else as a new tensor."""
+        current = self.owner.grad if self.kind == "grad" else self.owner.get(self.key)
+        if isinstance(current, Tensor) and tuple(current.shape) == array.shape:
+            np.copyto(current._data, array)
+            current._version[0] += 1
+        elif self.kind == "grad":
+            self.owner.grad = Tensor._wrap(array)
+        else:
+            self.owner[self.key] = Tensor._wrap(array)
+
+
+@dataclass
+class StepProgram:
+    program: Program
+    signature: Signature
+    lifted: list[Tensor]
+    update_targets: list[Tensor]
+    sinks: list[Sink]
+    n_results: int
+    rebuild: object  # turns the result arrays back into what the function returned
+    watched: dict = field(default_factory=dict)
+
+
+class CompiledFunction:
+    """``tg.compile(fn)`` for a plain function, typically a whole training step."""
+
+    def __init__(self, fn, *, passes="default", debug_nans=False, max_recompiles=None,
+                 check=False, grad_argnums=()):  # fmt: skip
+        self.fn = fn
+        self.passes = passes
+        self.debug_nans = debug_nans
+        self.max_recompiles = max_recompiles
+        self.check = check
+        self.grad_argnums = tuple(grad_argnums)
+        self.specializations: list[StepProgram] = []
+        self.recompile_reasons: list[str] = []
+        self.latest: StepProgram | None = None
+        self._watched_tensors: dict[int, tuple[str, Tensor]] = {}
+        self._watched_optimizers: dict[str, object] = {}
+        self._watched_modules: dict[str, object] = {}
+
+    @property
+    def graph(self):
+        return self._latest().program.graph
+
+    @property
+    def backward_graph(self):
+        return None  # the whole step is one graph: forward, backward and update sections
+
+    @property
+    def code(self) -> str:
+        return self._latest().program.source
+
+    def _latest(self) -> StepProgram:
+        if self.latest is None:
+            raise RuntimeError("call the compiled function once first: nothing is compiled yet")
+        return self.latest
+
+    # --- guards ---------------------------------------------------------------------------------
+
+    def signature(self, args) -> Signature:
+        guards = [("grad mode", tape.is_grad_enabled())]
+        for i, a in enumerate(args):
+            guards += tensor_guards(f"input {i}", a)
+        for name, t in self._watched_tensors.values():
+            grad = None if t.grad is None else tuple(t.grad.shape)
+            guards.append((f"state {name}", (tuple(t.shape), t.dtype.name, t.requires_grad, grad)))
+        for name, opt in self._watched_optimizers.items():
+            guards.append((f"optimizer {name}", _optimizer_guard(opt)))
+        for name, module in self._watched_modules.items():
+            guards.append((f"module {name} training", tuple(m.training for m in module.modules())))
+        return tuple(guards)
+
+    def _watch(self, modules, optimizers, tensors) -> None:
+        self._watched_modules.update(modules)
+        self._watched_optimizers.update(optimizers)
+        for module_name, module in modules.items():
+            for n, p in module.named_parameters():
+                self._watched_tensors.setdefault(id(p), (f"{module_name}.{n}", p))
+        for name, t in tensors.items():
+            self._watched_tensors.setdefault(id(t), (name, t))
+
+    # --- calling --------------------------------------------------------------------------------
+
+    def __call__(self, *args):
+        if any(isinstance(a, Tensor) and is_symbolic(a) for a in args):
+            return self.fn(*args)  # inside another trace: trace straight through
+        if not self._watched_modules and not self._watched_optimizers:
+            self._watch(*reachable_state(self.fn, args))
+        signature = self.signature(args)
+        spec = next((s for s in reversed(self.specializations) if s.signature == signature), None)
+        if spec is None:
+            spec = self._compile(args, signature)
+        self.latest = spec
+        return self._run(spec, args)
+
+    def _compile(self, args, signature) -> StepProgram:
+        if self.specializations:
+            reason = signature_diff(self.specializations[-1].signature, signature)
+            self.recompile_reasons.append(reason)
+            log("recompiles", f"recompiling {getattr(self.fn, '__name__', 'function')}: {reason}")
+            check_recompiles(self.recompile_reasons, self.max_recompiles, reason)
+        spec = trace_step(self, args, signature)
+        self.specializations.append(spec)
+        return spec
+
+    def _run(self, spec: StepProgram, args):
+        tensors = [a for a in args if isinstance(a, Tensor)] + spec.lifted
+        results = spec.program.call("step", [t._data for t in tensors])
+        n, n_upd = spec.n_results, len(spec.update_targets)
+        for target, array in zip(spec.update_targets, results[n : n + n_upd], strict=True):
+            np.copyto(target._data, array)
+            target._version[0] += 1
+        for sink, array in zip(spec.sinks, results[n + n_upd :], strict=True):
+            sink.store(np.asarray(array))
+        return spec.rebuild([Tensor._wrap(np.asarray(a)) for a in results[:n]])
+
+
+def _optimizer_guard(opt) -> tuple:
+    """What a traced update depends on: hyperparameters and which state exists per parameter."""
+    groups = tuple(
+        tuple(sorted((k, repr(v)) for k, v in g.items() if k != "params")) for g in opt.param_groups
+    )
+    state = tuple(
+        tuple(sorted(opt.state.get(p, {}))) for g in opt.param_groups for p in g["params"]
+    )
+    return groups, state
+
+
+def _flatten(result):
+    """Tensors in a returned value (a tensor, or a tuple/list/dict of them and plain values)
+    and a function rebuilding the value from new tensors."""
+    if isinstance(result, Tensor):
+        return [result], lambda ts: ts[0]
+    if isinstance(result, (tuple, list)):
+        parts = [_flatten(r) for r in result]
+        sizes = [len(p[0]) for p in parts]
+
+        def rebuild(ts):
+            out, start = [], 0
+            for (_, build), size in zip(parts, sizes, strict=True):
+                out.append(build(ts[start : start + size]))
+                start += size
+            return type(result)(out)
+
+        return [t for p in parts for t in p[0]], rebuild
+    if isinstance(result, dict):
+        keys = list(result)
+        tensors, build = _flatten([result[k] for k in keys])
+        return tensors, lambda ts: dict(zip(keys, build(ts), strict=True))
+    return [], lambda ts: result
+
+
+def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
+    """Trace one call of a training step and generate its single function."""
+    reachable = reachable_state(compiled.fn, args)
+    names = state_names(*reachable)
+    grads_before = {id(t): (t, t.grad) for _, t in compiled._watched_tensors.values()}
+    tracer = Tracer(mode="inline", names=names)
+    arg_names = argument_names(compiled.fn, len(args))
+    with tracing(tracer), tape.enable_grad():
+        symbolic = [
+            tracer.add_input(
+                a.tensor_type,
+                name,
+                requires_grad=a.requires_grad or (i in compiled.grad_argnums),
+            )
+            if isinstance(a, Tensor)
+            else a
+            for i, (a, name) in enumerate(zip(args, arg_names, strict=True))
+        ]
+        leaves, rebuild = _flatten(compiled.fn(*symbolic))
+        results = [tracer.value_of(t) for t in leaves]
+        targets = [t for t, _ in tracer.mutated.values()]
+        new_values = [tracer.value_of(t) for t in targets]
+        sinks, sink_values = _collect_sinks(tracer, symbolic, args)
+        lifted = {id(t): v for t, v in tracer.lifted.values()}
+        updates = {lifted[id(t)].name: v for t, v in zip(targets, new_values, strict=True)}
+        graph = tracer.graph(results + new_values + sink_values, updates)
+    _restore_grads(sinks, grads_before)
+    log("graph", f"traced step: {len(graph.nodes)} nodes\n{graph}")
+    graph = passes.run(graph, compiled.passes)
+    program = generate([("step", graph)], "training step", compiled.debug_nans)
+    lifted_tensors = [t for t, _ in tracer.lifted.values()]
+    noted = {f"optimizer{i}": o for i, o in enumerate(tracer.optimizers)}
+    compiled._watch({}, {n: o for n, o in noted.items() if o not in reachable[1].values()}, {})
+    return StepProgram(program, signature, lifted_tensors, targets, sinks, len(results), rebuild)
+
+
+def _collect_sinks(tracer: Tracer, symbolic, args) -> tuple[list[Sink], list]:
+    """Traced values left in persistent places: ``.grad`` of lifted tensors and arguments,
+    and optimizer state entries."""
+    sinks, values = [], []
+    owners = [t for t, _ in tracer.lifted.values()]
+    owners += [(s, a) for s, a in zip(symbolic, args, strict=True) if isinstance(a, Tensor)]
+    for owner in owners:
+        traced, real = owner if isinstance(owner, tuple) else (owner, owner)
+        if traced.grad is not None and (
+            is_symbolic(traced.grad) or not tracer.preexisting(traced.grad)
+        ):
+            sinks.append(Sink("grad", real))
+            values.append(tracer.value_of(traced.grad))
+    for opt, before in zip(tracer.optimizers, tracer.optimizer_state, strict=True):
+        for p, state in opt.state.items():
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value is not before.get(p, {}).get(key):
+                    sinks.append(Sink("state", state, key))  # new or replaced state entry
+                    values.append(tracer.value_of(value))
+    return sinks, values
+
+
+def _restore_grads(sinks: list[Sink], before: dict) -> None:
+    """Put back the ``.grad`` each tensor had before tracing (optimizer state is restored by
+    the tracer); the program's first run then stores the real values."""
+    for sink in sinks:
+        if sink.kind == "grad":
+            sink.owner.grad = before.get(id(sink.owner), (None, None))[1]
