@@ -29,7 +29,7 @@ from tracegrad.creation import (
 )
 from tracegrad.dtypes import DType, float32, float64, int64
 from tracegrad.dtypes import bool_ as bool
-from tracegrad.errors import DTypeError, ShapeError
+from tracegrad.errors import DTypeError, ShapeError, TraceError
 from tracegrad.functions import *  # noqa: F403
 from tracegrad.random import manual_seed
 from tracegrad.tape import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
@@ -39,6 +39,9 @@ float = float32
 double = float64
 long = int64
 
-from tracegrad import data, nn, optim
+from tracegrad import data, ir, nn, optim, passes
+from tracegrad.compile import CompiledModule, compile, grad, trace, value_and_grad
+from tracegrad.specialize import RecompileError
+from tracegrad.step import CompiledFunction
 
 __version__ = "0.1.0"

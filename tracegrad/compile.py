@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracegrad import passes, tape
+from tracegrad.autograd import grad as autograd_grad
 from tracegrad.ir.graph import Graph
 from tracegrad.passes import autodiff
 from tracegrad.specialize import (
@@ -88,6 +89,12 @@ class CompiledModule:
     @property
     def code(self) -> str:
         return self._latest().program.source
+
+    def export(self, path):
+        """Write the latest specialization's forward and backward as a standalone NumPy module
+        at ``path``, with the parameters in a .npz beside it."""
+        spec = self._latest()
+        return spec.program.export(path, spec.traced.lifted)
 
     # --- calling ------------------------------------------------------------------------------
 
@@ -216,3 +223,51 @@ def is_module(obj) -> bool:
     return callable(getattr(obj, "named_parameters", None)) and callable(
         getattr(obj, "forward", None)
     )
+
+
+def trace(fn_or_module, *example_inputs) -> Graph:
+    """The unoptimized forward graph of ``fn_or_module`` on inputs like ``example_inputs``
+    (like ``jax.make_jaxpr``). Parameters and captured tensors become named inputs; custom
+    Functions stay whole as ``custom`` nodes."""
+    args = [_as_example(a) for a in example_inputs]
+    target = fn_or_module.forward if is_module(fn_or_module) else fn_or_module
+    names = {}
+    if is_module(fn_or_module):
+        names = {id(t): n for n, t in fn_or_module.named_parameters()}
+        names.update({id(t): n for n, t in fn_or_module.named_buffers()})
+    return trace_call(fn_or_module, args, names, argument_names(target, len(args))).graph
+
+
+def _as_example(value):
+    return Tensor._wrap(value) if isinstance(value, np.ndarray) else value
+
+
+def value_and_grad(fn, argnums=0):
+    """``fn``'s value and its gradient with respect to the argument(s) ``argnums``, compiled.
+
+    Called inside another trace (``tg.grad(tg.grad(f))``) it traces through, so higher-order
+    gradients compile into one program."""
+    positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+    def value_and_gradient(*args):
+        wrt = [args[i] for i in positions]
+        value = fn(*args)
+        grads = autograd_grad(value, wrt, create_graph=True)
+        return value, grads[0] if isinstance(argnums, int) else tuple(grads)
+
+    value_and_gradient.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
+    compiled = CompiledFunction(value_and_gradient, grad_argnums=positions)
+    compiled.wrapped = fn
+    return compiled
+
+
+def grad(fn, argnums=0):
+    """The gradient of scalar-valued ``fn`` with respect to argument(s) ``argnums``, compiled."""
+    inner = value_and_grad(fn, argnums)
+
+    def gradient(*args):
+        return inner(*args)[1]
+
+    gradient.__name__ = f"grad_{getattr(fn, '__name__', 'fn')}"
+    gradient.compiled = inner
+    return gradient

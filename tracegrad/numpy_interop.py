@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import functions as fn
-from tracegrad.tensor import Tensor, as_tensor, binary, install_numpy_protocol
+from tracegrad.errors import TraceError, at_user_line
+from tracegrad.tensor import Tensor, as_tensor, binary, install_numpy_protocol, is_symbolic
 
 
 def _dims(axis):
@@ -83,12 +84,19 @@ FUNCTIONS = {
 }
 
 
+def _unsupported(args, message: str):
+    """TypeError eagerly; while tracing, a TraceError naming the user's line."""
+    traced = any(isinstance(a, Tensor) and is_symbolic(a) for a in args)
+    return TraceError(at_user_line(message)) if traced else TypeError(message)
+
+
 def array_ufunc(ufunc, method, inputs, kwargs):
     if method != "__call__" or kwargs.get("out") is not None or ufunc not in UFUNCS:
-        raise TypeError(
+        raise _unsupported(
+            inputs,
             f"tracegrad does not support NumPy ufunc {ufunc.__name__!r}"
             f"{'' if method == '__call__' else f' (method {method!r})'} on tensors; "
-            "use the tracegrad op, or convert with tensor.detach().numpy()"
+            "use the tracegrad op, or convert with tensor.detach().numpy()",
         )
     kwargs = {k: v for k, v in kwargs.items() if k != "out"}
     if kwargs:
@@ -100,9 +108,10 @@ def array_ufunc(ufunc, method, inputs, kwargs):
 
 def array_function(func, args, kwargs):
     if func not in FUNCTIONS:
-        raise TypeError(
+        raise _unsupported(
+            args,
             f"tracegrad does not support NumPy function 'numpy.{func.__name__}' on tensors; "
-            "use the tracegrad op, or convert with tensor.detach().numpy()"
+            "use the tracegrad op, or convert with tensor.detach().numpy()",
         )
     return FUNCTIONS[func](*args, **kwargs)
 

@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from tracegrad import codegen, tape
+from tracegrad.codegen.export import export_program
 from tracegrad.errors import TraceError
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
@@ -72,6 +73,17 @@ class Program:
     functions: dict
     uses_rng: dict[str, bool]
     constants: dict = field(default_factory=dict)
+    parts: list = field(default_factory=list)  # (FunctionSource, Graph) per function
+    title: str = ""
+
+    def export(self, path, state: list):
+        """Write this program as a standalone module; ``state`` are the lifted tensors, the
+        last inputs of the first function (their values go into the .npz)."""
+        fn = self.parts[0][0]
+        params = [p for p in fn.params if p != "rng"]
+        names = params[len(params) - len(state) :]
+        arrays = {n: t.detach().numpy() for n, t in zip(names, state, strict=True)}
+        return export_program(path, self, arrays)
 
     def call(self, name: str, arrays):
         fn = self.functions[name]
@@ -96,7 +108,8 @@ def generate(parts: list[tuple[str, Graph]], title: str, debug_nans: bool) -> Pr
     functions = {name: namespace[name] for name, _ in parts}
     forward = parts[0][1]
     backward = parts[1][1] if len(parts) > 1 else None
-    return Program(forward, backward, source, functions, uses_rng, constants)
+    pairs = list(zip(sources, [graph for _, graph in parts], strict=True))
+    return Program(forward, backward, source, functions, uses_rng, constants, pairs, title)
 
 
 def argument_names(fn, count: int) -> list[str]:

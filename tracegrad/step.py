@@ -135,6 +135,12 @@ class CompiledFunction:
     def code(self) -> str:
         return self._latest().program.source
 
+    def export(self, path):
+        """Write the latest specialization's step as a standalone NumPy module at ``path``,
+        with the parameters and optimizer state in a .npz beside it."""
+        spec = self._latest()
+        return spec.program.export(path, spec.lifted)
+
     def _latest(self) -> StepProgram:
         if self.latest is None:
             raise RuntimeError("call the compiled function once first: nothing is compiled yet")

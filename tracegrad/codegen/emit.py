@@ -162,6 +162,7 @@ def render_module(functions: list[FunctionSource], title: str, runtime: str, gra
     for fn, graph in zip(functions, graphs, strict=True):
         counts = ", ".join(f"{op} {n}" for op, n in graph.op_counts().items())
         header.append(f"{fn.name}: {len(graph.nodes)} nodes ({counts})")
+        header.append(f"  {fn.name}({', '.join(fn.params)}) -> ({', '.join(fn.returns)})")
     return _ENV.get_template("module.py.j2").render(
         version=tracegrad.__version__,
         title=title,

@@ -127,6 +127,8 @@ def _check_value(value: Value, where: str) -> None:
 
 def _check_inputs_defined(index: int, node: Node, where: str, defined: dict, graph) -> None:
     for value in node.inputs:
+        if not isinstance(value, Value):
+            _fail(f"{where}: input {value!r} is not a Value; pass the Value that holds it")
         if id(value) not in defined:
             fix = _undefined_fix(value, index, graph)
             _fail(f"{where}: uses %{value.name} before it is defined; {fix}")

@@ -79,9 +79,13 @@ def _node_json(node: Node) -> dict:
 
 def encode(value):
     """An attribute value as plain JSON data, tagging what JSON cannot hold."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
+    for base in (bool, int, str):  # subclasses such as IntEnum are written as their base
+        if isinstance(value, base):
+            return base(value)
+    if value is None:
+        return None
     if isinstance(value, float):
+        value = float(value)
         return value if math.isfinite(value) else {"float": _nonfinite_name(value)}
     if isinstance(value, tuple):
         return {"tuple": [encode(v) for v in value]}

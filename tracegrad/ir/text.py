@@ -8,8 +8,9 @@ One line per node, so a graph reads top to bottom like a program::
       %3:f32[] = constant[value=2.5]
       %4:f32[32,128], %5:f32[32,128] = custom[args=(('t',), ('t',)), fn='pkg.mod:Swap'] %2, %2
       %6:f32[32,128] = mul %4, %3
+      %7:f32[128,784] = neg %fc1.weight
       return %6, %5
-      update %fc1.weight <- %1
+      update %fc1.weight <- %7
     }
 
 Grammar (``[...]?`` optional, ``{...}*`` repeated; blank lines and lines starting with ``#``
@@ -21,7 +22,8 @@ are skipped)::
     decls    := decl {"," decl}*          decl := ref ":" type
     refs     := ref {"," ref}*            ref  := "%" NAME       NAME := [A-Za-z0-9_.]+
     type     := DTYPE "[" dims? "]"       DTYPE is f32, f64, i64 or b8; "f32[]" is a scalar
-    attrs    := "[" KEY "=" literal {"," KEY "=" literal}* "]"   keys in sorted order
+    attrs    := "[" KEY "=" literal {"," KEY "=" literal}* "]"   KEYs are Python identifiers,
+                                                                 printed in sorted order
 
 A ``literal`` is Python-literal-like text: ints, floats (``inf``, ``-inf`` and ``nan`` for the
 non-finite ones), ``True``/``False``, ``None``, strings, and tuples, lists and dicts of these.
@@ -36,8 +38,9 @@ It is read by a small walker over ``ast.parse(..., mode="eval")`` that accepts n
 
 A reference may name a value defined further down (broken graphs print and parse too, so lint
 can report on them); with duplicate names the first definition wins. The location's source
-``line`` text is not printed. NumPy arrays outside a constant's ``value`` print as plain lists,
-and NaN signs and payloads are not kept.
+``line`` text is not printed, and its filename is printed as is (so it must not hold a line
+break). NumPy arrays outside a constant's ``value`` print as plain lists, and NaN signs and
+payloads are not kept.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ class IRParseError(ValueError):
     """The text is not a graph in the form described in ``tracegrad.ir.text``."""
 
     def __init__(self, lineno: int, text: str, message: str):
-        super().__init__(f"line {lineno}: {message}: {text.strip()!r}")
+        shown = text.strip()
+        shown = shown if len(shown) <= 200 else shown[:200] + "..."  # long constants
+        super().__init__(f"line {lineno}: {message}: {shown!r}")
         self.lineno = lineno
         self.text = text
 
@@ -104,10 +109,14 @@ def format_attrs(attrs: dict) -> str:
 
 def format_value(value) -> str:
     """Python-literal-like text for an attribute value (see the module docstring)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return repr(value)
+    # Subclasses (IntEnum, str enums...) print as their base type, which reads back equal.
+    for base in (bool, int, str):
+        if isinstance(value, base):
+            return repr(base(value))
+    if value is None:
+        return "None"
     if isinstance(value, float):
-        return _format_float(value)
+        return _format_float(float(value))
     if isinstance(value, tuple):
         items = [format_value(v) for v in value]
         return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
@@ -224,7 +233,7 @@ def parse_parts(source: str):
     values = _definitions(inputs, nodes)
     _link_inputs(nodes, values)
     outputs = _parse_return(returns[0], values) if returns else []
-    updates = dict(_parse_update(lineno, text, values) for lineno, text in update_lines)
+    updates = _parse_updates(update_lines, values)
     return inputs, [node for node, _ in nodes], outputs, updates
 
 
@@ -341,7 +350,7 @@ def _closing_bracket(text: str) -> int | None:
 def _parse_node_attrs(lineno: int, text: str, attrs: str) -> dict:
     try:
         return parse_attrs(attrs)
-    except (SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError, TypeError) as exc:  # TypeError: an unhashable dict key
         raise IRParseError(lineno, text, f"bad attributes ({exc})") from None
 
 
@@ -404,6 +413,16 @@ def _parse_return(line, values: dict[str, Value]) -> list[Value]:
     lineno, text = line
     names = _parse_refs(lineno, text, text.strip().removeprefix("return"))
     return [_lookup(values, name, lineno, text) for name in names]
+
+
+def _parse_updates(lines, values: dict[str, Value]) -> dict[str, Value]:
+    updates: dict[str, Value] = {}
+    for lineno, text in lines:
+        key, value = _parse_update(lineno, text, values)
+        if key in updates:
+            raise IRParseError(lineno, text, f"%{key} is updated twice")
+        updates[key] = value
+    return updates
 
 
 def _parse_update(lineno: int, text: str, values: dict[str, Value]) -> tuple[str, Value]:

@@ -9,7 +9,6 @@ import numpy as np
 
 from tracegrad import dtypes
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
-from tracegrad.random import generator
 from tracegrad.tensor import Tensor, as_tensor, call, where
 
 
@@ -252,6 +251,6 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return input
-    keep = generator().random(input.shape) >= p
-    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
-    return input * Tensor._wrap((keep * scale).astype(input.dtype.np))
+    # The mask is an op (not data) so a compiled step draws a fresh one every run.
+    mask = call("dropout_mask", shape=tuple(input.shape), p=float(p), dtype=input.dtype.name)
+    return input * mask
