@@ -164,6 +164,8 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
     wanted = {_key(t): t for t in capture} if capture is not None else {}
     captured: dict = {}
     nodes = _topological_nodes([o.grad_fn for o in outputs if o.grad_fn is not None])
+    if capture is not None:
+        nodes = _leading_to(nodes, wanted)  # like PyTorch: only what the inputs need
     with enable_grad() if create_graph else no_grad():
         for node in nodes:
             out_grads = [pending.pop((id(node), i), None) for i in range(node.n_outputs)]
@@ -189,9 +191,26 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
             captured[key] = grad
         elif capture is None and grad is not None and leaf.requires_grad:
             accumulate(leaf, grad, create_graph)
-    if capture is not None:
-        return [captured.get(_key(t)) for t in capture]
-    return None
+    if capture is None:
+        return None
+    for key in wanted:  # wanted values whose producers did not need to run
+        captured.setdefault(key, pending.get(key))
+    return [captured.get(_key(t)) for t in capture]
+
+
+def _leading_to(nodes: list[Node], wanted: dict) -> list[Node]:
+    """The nodes (in the given order) from which some wanted tensor can be reached."""
+    needed: set[int] = set()
+    for node in reversed(nodes):  # consumers come first in ``nodes``, so walk producers first
+        for edge in node.edges:
+            if isinstance(edge, tuple):
+                reaches = (id(edge[0]), edge[1]) in wanted or id(edge[0]) in needed
+            else:
+                reaches = id(edge) in wanted
+            if reaches:
+                needed.add(id(node))
+                break
+    return [n for n in nodes if id(n) in needed]
 
 
 def _edge(t):

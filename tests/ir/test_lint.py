@@ -100,6 +100,10 @@ def constant_with_input(g):
     g.nodes[4].inputs = [g.inputs[0]]
 
 
+def input_not_a_value(g):
+    g.nodes[3].inputs = [np.zeros((4, 2), np.float32)]
+
+
 def undefined_output(g):
     g.outputs.append(val("nowhere", "f32[]"))
 
@@ -136,6 +140,7 @@ BROKEN = [
     (constant_value_disagrees, ["node 4 (constant -> %5)", "float64[2]", "typed f32[]", "agree"]),
     (constant_value_not_array, ["node 4 (constant", "not a NumPy array", "np.asarray"]),
     (constant_with_input, ["node 4 (constant", "takes no inputs"]),
+    (input_not_a_value, ["node 3 (relu", "is not a Value", "pass the Value"]),
     (undefined_output, ["graph output 1 (%nowhere)", "remove it from graph.outputs"]),
     (update_of_non_input, ["update %fc2.weight <- %1", "not a graph input"]),
     (update_with_undefined_value, ["update %fc1.bias <- %stray", "not defined"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 
 import networkx as nx
@@ -11,6 +12,11 @@ from ir_graphs import ZOO, Twice, mlp, node, val
 
 from tracegrad.ir.graph import Graph, structure
 from tracegrad.ir.serialize import decode, encode, parts_from_json, to_json, to_networkx
+
+
+class Kind(str, enum.Enum):  # noqa: UP042 (a mixin, whose str() is its name)
+    TANH = "tanh"
+
 
 # --- JSON --------------------------------------------------------------------------------------
 
@@ -50,6 +56,7 @@ def test_json_is_strict_json_with_tags_for_the_rest():
             {"array": {"dtype": "bool", "shape": [2], "data": [True, False]}},
         ),
         (np.float64(2.5), 2.5),
+        (Kind.TANH, "tanh"),
         (Twice, {"class": "ir_graphs:Twice"}),
     ],
 )

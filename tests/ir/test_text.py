@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import textwrap
 
 import numpy as np
@@ -163,6 +164,8 @@ HEADER = "graph(%x:f32[2]) {"
         (["%y:i64[2] = constant[value=[1.5, inf]]", "}"], 2, "constant value"),
         (["return %x", "return %x", "}"], 3, "one return line"),
         (["update %x -> %x", "}"], 2, "expected 'update %input <- %value'"),
+        (["update %x <- %x", "update %x <- %x", "}"], 3, "%x is updated twice"),
+        (["%y:f32[2] = neg[a={[1]: 2}] %x", "}"], 2, "bad attributes"),
         (["return %x", "}", "%y:f32[2] = neg %x"], 4, "after the graph's closing"),
     ],
 )
@@ -192,3 +195,17 @@ def test_printing_an_unknown_attribute_kind_is_a_type_error():
     graph = Graph([x], [node("custom", [x], [y], fn=Swap, args=(print,))], [y], {})
     with pytest.raises(TypeError, match="builtin_function_or_method"):
         str(graph)
+
+
+def test_enum_attributes_print_as_their_base_type():
+    class Mode(enum.IntEnum):
+        FAST = 2
+
+    class Kind(str, enum.Enum):  # noqa: UP042 (a mixin, whose str() is its name)
+        TANH = "tanh"
+
+    x, y = val("x", "f32[2]"), val("y", "f32[2]")
+    custom = node("custom", [x], [y], fn=Swap, mode=Mode.FAST, kind=Kind.TANH)
+    graph = Graph([x], [custom], [y], {})
+    assert f"custom[fn='{__name__}:Swap', kind='tanh', mode=2]" in str(graph)
+    assert Graph.parse(str(graph)) == graph

@@ -38,6 +38,10 @@ class Node:
     attrs: dict = field(default_factory=dict)
     location: SourceLocation | None = None
     origin: str | None = None  # for backward nodes: "grad of <forward op>"
+    # Annotations from planning passes, not part of the op's meaning (not printed):
+    # "inplace" (index of the input whose buffer the output reuses), "buffer" (buffer id from
+    # the memory plan), "fused" (kind of a fused kernel; its members are attrs["body"]).
+    meta: dict = field(default_factory=dict)
 
     @property
     def output(self) -> Value:

@@ -74,6 +74,7 @@ class Graph:
                 dict(n.attrs),
                 n.location,
                 n.origin,
+                dict(n.meta),
             )
             for n in self.nodes
         ]
@@ -116,7 +117,8 @@ class Graph:
         lint_module.lint(self)
 
     def __repr__(self) -> str:
-        return f"<Graph: {len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.outputs)} outputs>"
+        sizes = f"{len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.outputs)} outputs"
+        return f"<Graph: {sizes}>"
 
 
 def _attr_key(value):
@@ -126,6 +128,10 @@ def _attr_key(value):
         return tuple(_attr_key(v) for v in value)
     if isinstance(value, type):
         return ("class", value.__module__, value.__qualname__)
+    if isinstance(value, float):
+        return ("float", repr(value))  # so nan equals nan
+    if isinstance(value, dict):
+        return tuple(sorted((k, _attr_key(v)) for k, v in value.items()))
     return value
 
 
@@ -144,6 +150,7 @@ def structure(graph: Graph) -> tuple:
                 tuple((v.name, v.type) for v in n.outputs),
                 tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
                 loc(n),
+                n.origin,
             )
             for n in graph.nodes
         ),

@@ -79,9 +79,12 @@ def _node_json(node: Node) -> dict:
 
 def encode(value):
     """An attribute value as plain JSON data, tagging what JSON cannot hold."""
-    for base in (bool, int, str):  # subclasses such as IntEnum are written as their base
-        if isinstance(value, base):
-            return base(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):  # subclasses such as IntEnum are written as their base type
+        return int(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # str() of a (str, Enum) member would give its name
     if value is None:
         return None
     if isinstance(value, float):

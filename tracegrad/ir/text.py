@@ -18,7 +18,7 @@ are skipped)::
 
     graph    := "graph(" decls? ")" "{" line* "}"
     line     := node | "return" refs? | "update" ref "<-" ref
-    node     := decls? "=" OP attrs? refs? ("#" FILENAME ":" LINENO)?
+    node     := decls? "=" OP attrs? refs? ("#" (FILENAME ":" LINENO)? ("(" ORIGIN ")")?)?
     decls    := decl {"," decl}*          decl := ref ":" type
     refs     := ref {"," ref}*            ref  := "%" NAME       NAME := [A-Za-z0-9_.]+
     type     := DTYPE "[" dims? "]"       DTYPE is f32, f64, i64 or b8; "f32[]" is a scalar
@@ -97,9 +97,12 @@ def format_node(node: Node) -> str:
         text += f"[{format_attrs(node.attrs)}]"
     if node.inputs:
         text += " " + _refs(node.inputs)
+    notes = []
     if node.location is not None:
-        text += f"  # {node.location.filename}:{node.location.lineno}"
-    return text
+        notes.append(f"{node.location.filename}:{node.location.lineno}")
+    if node.origin:
+        notes.append(f"({node.origin})")
+    return text + "  # " + " ".join(notes) if notes else text
 
 
 def format_attrs(attrs: dict) -> str:
@@ -112,7 +115,7 @@ def format_value(value) -> str:
     # Subclasses (IntEnum, str enums...) print as their base type, which reads back equal.
     for base in (bool, int, str):
         if isinstance(value, base):
-            return repr(base(value))
+            return base.__repr__(value)
     if value is None:
         return "None"
     if isinstance(value, float):
@@ -123,9 +126,8 @@ def format_value(value) -> str:
     if isinstance(value, list):
         return f"[{', '.join(format_value(v) for v in value)}]"
     if isinstance(value, dict):
-        return (
-            "{" + ", ".join(f"{format_value(k)}: {format_value(v)}" for k, v in value.items()) + "}"
-        )
+        items = (f"{format_value(k)}: {format_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     if isinstance(value, np.ndarray):
         return _format_array(value)
     if isinstance(value, np.generic):
@@ -319,8 +321,8 @@ def _parse_node(lineno: int, text: str):
         attrs = _parse_node_attrs(lineno, text, rest[1:end])
         rest = rest[end + 1 :]
     refs, has_comment, comment = rest.partition("#")
-    location = _parse_location(lineno, text, comment) if has_comment else None
-    node = Node(head["op"], [], outputs, attrs, location)
+    location, origin = _parse_comment(lineno, text, comment) if has_comment else (None, None)
+    node = Node(head["op"], [], outputs, attrs, location, origin)
     _rebuild_attrs(lineno, text, node)
     return node, (lineno, text, _parse_refs(lineno, text, refs))
 
@@ -371,6 +373,15 @@ def _rebuild_array(lineno: int, text: str, value, type_: TensorType) -> np.ndarr
         raise IRParseError(lineno, text, f"constant value is not a {type_} array ({exc})") from None
     # A nested list loses the trailing dims of an empty array, e.g. (0, 3): restore them.
     return array.reshape(type_.shape) if array.size == type_.numel else array
+
+
+def _parse_comment(lineno: int, text: str, comment: str):
+    """``file.py:12 (grad of log)``: a location, an origin in parentheses, or both."""
+    comment, origin = comment.strip(), None
+    if comment.endswith(")") and "(" in comment:
+        start = comment.rindex("(")
+        comment, origin = comment[:start].strip(), comment[start + 1 : -1]
+    return (_parse_location(lineno, text, comment) if comment else None), origin
 
 
 def _parse_location(lineno: int, text: str, comment: str) -> SourceLocation:

@@ -13,7 +13,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import rules
-from tracegrad.ops.registry import call, register
+from tracegrad.ops.registry import VIEW, call, register
 
 
 def resolve(key, index_arrays) -> tuple:
@@ -69,6 +69,7 @@ def has_advanced(key) -> bool:
     return any(kind == "tensor" for kind, *_ in key)
 
 
+# Basic indexing (slices, ints, None, ...) returns a view of x, as in NumPy and PyTorch.
 register(
     "getitem",
     ("x", "*indices"),
@@ -79,6 +80,7 @@ register(
         + (None,) * (len(c.inputs) - 1)
     ),
     "{0}[rt.index({key!r}, {indices})]",
+    props={VIEW},
 )
 # scatter_add(g, idx) adds g into zeros(shape) at x[idx]: the transpose of getitem.
 register(

@@ -13,7 +13,7 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import call, register
+from tracegrad.ops.registry import VIEW, call, register
 
 # --- sliding windows: conv2d and max_pool2d are compositions over these -------------------------
 
@@ -87,6 +87,7 @@ register(
         ),
     ),
     "rt.unfold({0}, {kernel}, {stride}, {padding}, {dilation}, {pad_value!r})",
+    props={VIEW},  # without padding the windows are a strided view of x
 )
 register(
     "fold",

@@ -7,7 +7,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import rules
-from tracegrad.ops.registry import REDUCE, call, register
+from tracegrad.ops.registry import REDUCE, VIEW, call, register
 
 
 def _reduce_infer(name, out_dtype=None):
@@ -136,5 +136,5 @@ register(
     _sum_to_impl,
     (lambda c, g: call("broadcast_to", g, shape=c.x.shape),),
     "rt.sum_to({0}, {shape})",
-    props={REDUCE},
+    props={REDUCE, VIEW},  # with nothing to sum, the result is x itself reshaped
 )
