@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracegrad import passes, tape
-from tracegrad.errors import TraceError
 from tracegrad.specialize import (
     Program,
     Signature,

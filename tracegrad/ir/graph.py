@@ -131,7 +131,7 @@ def _attr_key(value):
     if isinstance(value, float):
         return ("float", repr(value))  # so nan equals nan
     if isinstance(value, dict):
-        return tuple(sorted((k, _attr_key(v)) for k, v in value.items()))
+        return ("dict", tuple((repr(k), _attr_key(v)) for k, v in sorted(value.items(), key=repr)))
     return value
 
 
