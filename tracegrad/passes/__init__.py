@@ -1,6 +1,26 @@
-"""Graph passes: each a named, pure Graph -> Graph function, run by ``tracegrad.passes.run``."""
+"""Graph passes: each a named Graph -> Graph function, run in order by ``tracegrad.passes.run``.
 
-from tracegrad.passes import autodiff, dce  # registers the passes
-from tracegrad.passes.pipeline import DEFAULT_PIPELINE, PASSES, register_pass, resolve, run
+Importing this package registers them all; ``DEFAULT_PIPELINE`` lists the default order.
+"""
 
-__all__ = ["DEFAULT_PIPELINE", "PASSES", "autodiff", "register_pass", "resolve", "run"]
+from tracegrad.passes import autodiff, cse, dce, fold, simplify  # registers the passes
+from tracegrad.passes.pipeline import (
+    DEFAULT_PIPELINE,
+    PASSES,
+    PassResult,
+    register_pass,
+    resolve,
+    run,
+    run_pass,
+)
+
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "PASSES",
+    "PassResult",
+    "autodiff",
+    "register_pass",
+    "resolve",
+    "run",
+    "run_pass",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
-from tracegrad.passes.pipeline import register_pass
+from tracegrad.passes.pipeline import note, register_pass
 
 
 def _has_effect(node) -> bool:
@@ -23,4 +23,6 @@ def dce(graph: Graph) -> Graph:
         if _has_effect(node) or any(id(v) in live for v in node.outputs):
             kept.append(node)
             live.update(id(v) for v in node.inputs)
+        else:
+            note("removed", node)
     return Graph(graph.inputs, kept[::-1], graph.outputs, graph.updates)

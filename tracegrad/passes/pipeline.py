@@ -1,13 +1,17 @@
 """The pass manager: named Graph -> Graph passes in one ordered pipeline.
 
-A pass is a pure function: it returns a new graph and leaves its input unchanged. ``run``
-copies the graph once, then applies the named passes in order.
+A pass is a function ``fn(graph) -> graph``; it may reuse or modify the graph it is given,
+because ``run`` hands each pass its own copy, so the caller's graph and the snapshots kept for
+``explain()`` never change. Passes describe what they changed by calling ``note(kind, node)``;
+``run`` collects the notes into a ``PassResult`` per pass.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracegrad.ir.graph import Graph
 
@@ -19,7 +23,30 @@ class Pass:
     doc: str
 
 
+@dataclass(frozen=True)
+class Note:
+    kind: str  # "merged", "folded", "removed", a rewrite rule's name...
+    op: str
+    location: object
+
+
+@dataclass
+class PassResult:
+    """What one pass did: node counts before and after, its notes, the graph it produced."""
+
+    name: str
+    nodes_before: int
+    nodes_after: int
+    notes: list[Note] = field(default_factory=list)
+    graph: Graph | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.notes) or self.nodes_before != self.nodes_after
+
+
 PASSES: dict[str, Pass] = {}
+_notes: list[Note] | None = None
 
 
 def register_pass(name: str):
@@ -32,9 +59,18 @@ def register_pass(name: str):
     return decorate
 
 
-# The default pipeline, in order. The reverse-mode pass ("autodiff") runs between the forward
-# and joint pipelines inside tg.compile, since it needs to know what to differentiate.
+def note(kind: str, node) -> None:
+    """Record that the running pass changed ``node`` (for explain() and the logs)."""
+    if _notes is not None:
+        _notes.append(Note(kind, node.op, node.location))
+
+
+# The default pipeline, in order: a table of contents of the optimizer. The reverse-mode pass
+# runs inside tg.compile between the forward and the joint pipelines.
 DEFAULT_PIPELINE = [
+    "fold",  # evaluate nodes whose inputs are all constants
+    "simplify",  # algebraic identities and numerically stable forms
+    "cse",  # compute each distinct expression once
     "dce",  # drop nodes whose values nobody reads
 ]
 
@@ -52,9 +88,48 @@ def resolve(passes) -> list[str]:
     return names
 
 
-def run(graph: Graph, names) -> Graph:
-    """Apply the named passes in order to a copy of ``graph``; ``graph`` is left unchanged."""
+def run_pass(name: str, graph: Graph) -> PassResult:
+    """Apply one pass to a copy of ``graph``."""
+    global _notes
+    outer, _notes = _notes, []
+    try:
+        result = PASSES[name].fn(graph.copy())
+        notes = _notes
+    finally:
+        _notes = outer
+    if os.environ.get("TRACEGRAD_LINT_PASSES") == "1":
+        result.lint()
+    return PassResult(name, len(graph.nodes), len(result.nodes), notes, result)
+
+
+def run(graph: Graph, names, report: list[PassResult] | None = None) -> Graph:
+    """Apply the named passes in order; ``graph`` is left unchanged. With ``report``, append
+    one PassResult per pass."""
     result = graph.copy()
     for name in resolve(names):
-        result = PASSES[name].fn(result)
+        outcome = run_pass(name, result)
+        result = outcome.graph
+        if report is not None:
+            report.append(outcome)
+        if outcome.changed and "passes" in os.environ.get("TRACEGRAD_LOGS", ""):
+            print(
+                f"[tracegrad:passes] {name}: {outcome.nodes_before} -> {outcome.nodes_after} "
+                f"nodes, {len(outcome.notes)} changes",
+                file=sys.stderr,
+            )
     return result
+
+
+def substitute(graph: Graph, replaced: dict[int, object]) -> Graph:
+    """Make every use of a replaced value (by id) use its replacement instead."""
+
+    def final(value):
+        while id(value) in replaced:
+            value = replaced[id(value)]
+        return value
+
+    for node in graph.nodes:
+        node.inputs = [final(v) for v in node.inputs]
+    graph.outputs = [final(v) for v in graph.outputs]
+    graph.updates = {k: final(v) for k, v in graph.updates.items()}
+    return graph

@@ -1,0 +1,266 @@
+"""Algebraic simplification and numerically stable rewrites, written as data.
+
+Each ``Rule`` names the op it looks at, carries its algebra, and has a small function that
+returns the replacement value (or None when it does not apply). A replacement always has the
+same type as the value it replaces. ``explain()`` lists which rules fired where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracegrad.dtypes import TensorType
+from tracegrad.ir.core import CONSTANT, Node, Value
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import ELEMENTWISE, OPS
+from tracegrad.passes.pipeline import note, register_pass, substitute
+
+
+class Rewriter:
+    """What a rule sees: producers and constant values of earlier values, and a way to add
+    new nodes (placed before the node being rewritten, at its source line)."""
+
+    def __init__(self, producers: dict[int, Node], nodes: list[Node], node: Node, counter):
+        self.producers, self.nodes, self.node, self.counter = producers, nodes, node, counter
+
+    def producer(self, value: Value, op: str | None = None) -> Node | None:
+        node = self.producers.get(id(value))
+        return node if node is not None and (op is None or node.op == op) else None
+
+    def const(self, value: Value) -> np.ndarray | None:
+        node = self.producer(value, CONSTANT)
+        return node.attrs["value"] if node is not None else None
+
+    def is_const(self, value: Value, number: float) -> bool:
+        c = self.const(value)
+        return c is not None and bool(np.all(c == number))
+
+    def emit(self, op: str, inputs, type_: TensorType | None = None, **attrs) -> Value:
+        if type_ is None:
+            type_ = OPS[op].infer(*(v.type for v in inputs), **attrs)
+        out = Value(f"s{next(self.counter)}", type_)
+        node = Node(op, list(inputs), [out], attrs, self.node.location, self.node.origin)
+        self.nodes.append(node)
+        self.producers[id(out)] = node
+        return out
+
+    def constant(self, array, dtype) -> Value:
+        array = np.asarray(array, dtype.np)
+        return self.emit(CONSTANT, [], TensorType(array.shape, dtype), value=array)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    algebra: str
+    op: str
+    rewrite: Callable[[Node, Rewriter], Value | None]
+
+
+def _same(node: Node, value: Value | None) -> Value | None:
+    """``value`` if it can stand for the node's output (same shape and dtype)."""
+    return value if value is not None and value.type == node.outputs[0].type else None
+
+
+# --- identities ------------------------------------------------------------------------------------
+
+
+def _identity_operand(neutral: float, commutative: bool):
+    def rewrite(node, rw):
+        x, y = node.inputs
+        if rw.is_const(y, neutral):
+            return _same(node, x)
+        if commutative and rw.is_const(x, neutral):
+            return _same(node, y)
+        return None
+
+    return rewrite
+
+
+def _double_negation(node, rw):
+    inner = rw.producer(node.inputs[0], "neg")
+    return _same(node, inner.inputs[0]) if inner else None
+
+
+def _same_type_op(node, rw):
+    return _same(node, node.inputs[0])
+
+
+def _permute_chain(node, rw):
+    dims = tuple(node.attrs["dims"])
+    if dims == tuple(range(len(dims))):
+        return _same(node, node.inputs[0])
+    inner = rw.producer(node.inputs[0], "permute")
+    if inner is None:
+        return None
+    composed = tuple(inner.attrs["dims"][d] for d in dims)
+    if composed == tuple(range(len(composed))):
+        return _same(node, inner.inputs[0])
+    return rw.emit("permute", [inner.inputs[0]], dims=composed)
+
+
+def _reshape_chain(node, rw):
+    source = node.inputs[0]
+    inner = rw.producer(source, "reshape")
+    if inner is not None:
+        source = inner.inputs[0]
+    if source.type.shape == node.outputs[0].type.shape:
+        return _same(node, source)
+    return rw.emit("reshape", [source], shape=node.attrs["shape"]) if inner else None
+
+
+def _inverse_of(inner_op: str):
+    def rewrite(node, rw):
+        inner = rw.producer(node.inputs[0], inner_op)
+        return _same(node, inner.inputs[0]) if inner else None
+
+    return rewrite
+
+
+def _scalar_chain(node, rw):
+    x, c2 = node.inputs
+    inner = rw.producer(x, "mul")
+    if inner is None or rw.const(c2) is None or rw.const(c2).size != 1:
+        return None
+    base, c1 = inner.inputs
+    if rw.const(c1) is None or rw.const(c1).size != 1:
+        return None
+    scale = rw.constant(rw.const(c1).item() * rw.const(c2).item(), node.outputs[0].type.dtype)
+    return _same(node, rw.emit("mul", [base, scale]))
+
+
+def _operand_broadcast(node, rw):
+    """An elementwise op broadcasts by itself: f(x, broadcast_to(y)) -> f(x, y)."""
+    if len(node.inputs) != 2:
+        return None
+    for i, value in enumerate(node.inputs):
+        inner = rw.producer(value, "broadcast_to")
+        other = node.inputs[1 - i]
+        if inner is not None and other.type.shape == node.outputs[0].type.shape:
+            inputs = list(node.inputs)
+            inputs[i] = inner.inputs[0]
+            return _same(node, rw.emit(node.op, inputs, **node.attrs))
+    return None
+
+
+def _sum_of_broadcast(node, rw):
+    inner = rw.producer(node.inputs[0], "broadcast_to")
+    x = inner.inputs[0] if inner else None
+    if x is None or x.type.shape != tuple(node.attrs["shape"]):
+        return None
+    copies = inner.outputs[0].type.numel // max(x.type.numel, 1)
+    return _same(node, rw.emit("mul", [x, rw.constant(copies, x.type.dtype)]))
+
+
+# --- numerical stability -----------------------------------------------------------------------------
+
+
+def _log_of_softmax(node, rw):
+    inner = rw.producer(node.inputs[0], "softmax")
+    return _same(node, rw.emit("log_softmax", [inner.inputs[0]], **inner.attrs)) if inner else None
+
+
+def _log_of_one_plus(node, rw):
+    inner = rw.producer(node.inputs[0], "add")
+    if inner is None:
+        return None
+    a, b = inner.inputs
+    x = b if rw.is_const(a, 1.0) else a if rw.is_const(b, 1.0) else None
+    return _same(node, rw.emit("log1p", [x])) if x is not None else None
+
+
+def _log_of_sigmoid(node, rw):
+    inner = rw.producer(node.inputs[0], "sigmoid")
+    if inner is None:
+        return None
+    x = inner.inputs[0]
+    zero = rw.constant(0.0, x.type.dtype)
+    tail = rw.emit("log1p", [rw.emit("exp", [rw.emit("neg", [rw.emit("abs", [x])])])])
+    return _same(node, rw.emit("sub", [rw.emit("minimum", [x, zero]), tail]))
+
+
+RULES = [
+    Rule("mul-one", "x * 1 -> x", "mul", _identity_operand(1.0, commutative=True)),
+    Rule("add-zero", "x + 0 -> x", "add", _identity_operand(0.0, commutative=True)),
+    Rule("sub-zero", "x - 0 -> x", "sub", _identity_operand(0.0, commutative=False)),
+    Rule("div-one", "x / 1 -> x", "div", _identity_operand(1.0, commutative=False)),
+    Rule("neg-neg", "-(-x) -> x", "neg", _double_negation),
+    Rule(
+        "permute-chain", "permute(permute(x, p), q) -> permute(x, p[q])", "permute", _permute_chain
+    ),
+    Rule(
+        "reshape-chain",
+        "reshape(reshape(x)) -> reshape(x); reshape to own shape -> x",
+        "reshape",
+        _reshape_chain,
+    ),
+    Rule("same-cast", "cast(x: t, t) -> x", "cast", _same_type_op),
+    Rule("same-broadcast", "broadcast_to(x, shape(x)) -> x", "broadcast_to", _same_type_op),
+    Rule("same-sum-to", "sum_to(x, shape(x)) -> x", "sum_to", _same_type_op),
+    Rule("exp-log", "exp(log(x)) -> x", "exp", _inverse_of("log")),
+    Rule("log-exp", "log(exp(x)) -> x", "log", _inverse_of("exp")),
+    Rule("scalar-chain", "(x * a) * b -> x * (a*b) for scalars a, b", "mul", _scalar_chain),
+    Rule(
+        "sum-of-broadcast",
+        "sum_to(broadcast_to(x, S), shape(x)) -> x * |S|/|x|",
+        "sum_to",
+        _sum_of_broadcast,
+    ),
+    Rule("log-softmax", "log(softmax(x)) -> log_softmax(x)", "log", _log_of_softmax),
+    Rule("log1p", "log(1 + x) -> log1p(x)", "log", _log_of_one_plus),
+    Rule("log-sigmoid", "log(sigmoid(x)) -> min(x, 0) - log1p(exp(-|x|))", "log", _log_of_sigmoid),
+]
+# An elementwise op takes broadcasting operands as they are, so explicit broadcasts go.
+RULES += [
+    Rule("operand-broadcast", "f(x, broadcast_to(y)) -> f(x, y)", op, _operand_broadcast)
+    for op in sorted(OPS)
+    if ELEMENTWISE in OPS[op].props and len(OPS[op].inputs) >= 2 and op != "where"
+]
+
+_BY_OP: dict[str, list[Rule]] = {}
+for _rule in RULES:
+    _BY_OP.setdefault(_rule.op, []).append(_rule)
+
+MAX_ROUNDS = 4
+
+
+@register_pass("simplify")
+def simplify(graph: Graph) -> Graph:
+    """Apply the rewrite rules (identities and stable forms) until none fires."""
+    counter = iter(range(1, 1 << 62))
+    for _ in range(MAX_ROUNDS):
+        graph, fired = _rewrite_once(graph, counter)
+        if not fired:
+            break
+    return graph
+
+
+def _rewrite_once(graph: Graph, counter) -> tuple[Graph, bool]:
+    producers: dict[int, Node] = {}
+    nodes: list[Node] = []
+    replaced: dict[int, Value] = {}
+    taken = {v.name for v in graph.values()}
+    fresh = (n for n in counter if f"s{n}" not in taken)
+    for node in graph.nodes:
+        node.inputs = [_final(replaced, v) for v in node.inputs]
+        rw = Rewriter(producers, nodes, node, fresh)
+        for rule in _BY_OP.get(node.op, ()):
+            out = rule.rewrite(node, rw)
+            if out is not None:
+                replaced[id(node.outputs[0])] = out
+                note(rule.name, node)
+                break
+        else:
+            nodes.append(node)
+            producers.update((id(v), node) for v in node.outputs)
+    graph = Graph(graph.inputs, nodes, graph.outputs, graph.updates)
+    return substitute(graph, replaced), bool(replaced)
+
+
+def _final(replaced: dict[int, Value], value: Value) -> Value:
+    while id(value) in replaced:
+        value = replaced[id(value)]
+    return value
