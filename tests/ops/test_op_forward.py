@@ -19,7 +19,7 @@ import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import dtypes
 from tracegrad.errors import DTypeError
-from tracegrad.ops import OPS, call
+from tracegrad.ops import OPS, VIEW, call
 
 FLOATS = [np.float32, np.float64]
 FLOAT_IDS = ["float32", "float64"]
@@ -497,7 +497,7 @@ CONVS = [  # input shape, weight shape, stride, padding, dilation, groups, bias
 def test_conv2d_matches_naive_loops(xs, ws, stride, padding, dilation, groups, bias, dtype):
     x, w = rand(xs, dtype), rand(ws, dtype, seed=1)
     b = rand((ws[0],), dtype, seed=2) if bias else None
-    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    pair = lambda v: (v, v) if isinstance(v, int) else v
     expected = conv2d_ref(x, w, b, pair(stride), pair(padding), pair(dilation), groups)
     result = F.conv2d(
         tg.tensor(x),
@@ -729,13 +729,21 @@ def _f(shape, dtype, low=-2.0, high=2.0, seed=0):
     return tg.tensor(rand(shape, dtype, low, high, seed))
 
 
-def _int(dtype):
-    return dtype is np.int64
+def _method_call(name):
+    return lambda dt: getattr(_f((2, 3), dt, 0.1, 2.0), name)()
+
+
+def _binary_calls(fn):
+    return lambda dt: (fn(_f((3, 1), dt, 0.5), _f((4,), dt, 0.5)), fn(_f((), dt), _f((2,), dt)))
+
+
+def _comparison_call(fn):
+    return lambda dt: fn(_f((2, 1), dt), _f((3,), dt))
 
 
 REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through the public API
     **{
-        name: (lambda name: lambda dt: getattr(_f((2, 3), dt, 0.1, 2.0), name)())(name)
+        name: _method_call(name)
         for name in ("exp", "log", "log1p", "sqrt", "tanh", "sigmoid", "erf", "sin", "cos")
     },
     "neg": lambda dt: (-_f((2, 3), dt), -_f((), dt)),
@@ -746,21 +754,8 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
     "clamp": lambda dt: (_f((3,), dt).clamp(-1, 1), _f((2, 2), dt).clamp(max=0)),
     "gelu": lambda dt: (F.gelu(_f((3,), dt)), F.gelu(_f((), dt), approximate="tanh")),
     "pow_scalar": lambda dt: (_f((2,), dt, 0.5) ** 1.5, _f((), dt) ** 2),
-    **{
-        name: (
-            lambda fn: (
-                lambda dt: (
-                    fn(_f((3, 1), dt, 0.5), _f((4,), dt, 0.5)),
-                    fn(_f((), dt), _f((2,), dt)),
-                )
-            )
-        )(fn)
-        for name, fn, _, _ in BINARY
-    },
-    **{
-        name: (lambda fn: lambda dt: fn(_f((2, 1), dt), _f((3,), dt)))(fn)
-        for name, fn, _ in COMPARISONS
-    },
+    **{name: _binary_calls(fn) for name, fn, _, _ in BINARY},
+    **{name: _comparison_call(fn) for name, fn, _ in COMPARISONS},
     "logical_and": lambda dt: (_f((3, 1), dt) > 0) & (_f((2,), dt) > 0),
     "logical_or": lambda dt: (_f((3, 1), dt) > 0) | (_f((2,), dt) > 0),
     "logical_xor": lambda dt: (_f((3,), dt) > 0) ^ (_f((), dt) > 0),
@@ -785,7 +780,11 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
     "amin": lambda dt: (_f((2, 3), dt).amin((0, 1), keepdim=True), _f((2, 3), dt).min()),
     "argmax": lambda dt: (_f((2, 3), dt).argmax(), _f((2, 3), dt).argmax(1, keepdim=True)),
     "argmin": lambda dt: (_f((2, 3), dt).argmin(0), _f((2, 3), dt).min(-1).indices),
-    "sum_to": lambda dt: (_f((2, 3), dt).sum_to((1, 3)), _f((2, 3, 4), dt).sum_to((3, 1))),
+    "sum_to": lambda dt: (
+        _f((2, 3), dt).sum_to((1, 3)),
+        _f((2, 3, 4), dt).sum_to((3, 1)),
+        call("sum_to", _f((2, 3), dt), shape=(2, 3)),  # nothing to sum
+    ),
     "reshape": lambda dt: (_f((2, 3), dt).reshape(3, 2), _f((), dt).reshape(1, 1)),
     "permute": lambda dt: _f((2, 3, 4), dt).permute(1, 2, 0),
     "broadcast_to": lambda dt: _f((3, 1), dt).expand(2, 3, 4),
@@ -810,6 +809,15 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         tg.einsum(eq, *(_f(s, dt) for s in shapes)) for eq, shapes in EINSUM
     ),
     "unfold": lambda dt: (
+        call(
+            "unfold",
+            _f((1, 2, 4, 4), dt),
+            kernel=(2, 2),
+            stride=(1, 1),
+            padding=(0, 0),
+            dilation=(1, 1),
+            pad_value=0.0,
+        ),
         F.conv2d(_f((1, 2, 5, 4), dt), _f((2, 1, 2, 2), dt), None, 2, 1, 1, 2),
         F.max_pool2d(_f((1, 1, 4, 4), dt), 3, 1, 1),
     ),
@@ -897,6 +905,9 @@ def test_infer_agrees_with_the_implementation(name, op_recorder):
             assert raw.shape == rule.shape, (attrs, [t.shape for t in inputs])
             assert raw.dtype == rule.dtype.np, (attrs, [t.dtype for t in inputs])
             assert tuple(out.shape) == rule.shape and out.dtype is rule.dtype
+            # passes trust VIEW ("the output may alias an input"): no undeclared aliasing
+            if any(np.may_share_memory(raw, t.numpy()) for t in inputs):
+                assert VIEW in op.props, f"{name} returned a view of its input"
             checked += 1
     assert checked, f"the representative calls never reached {name!r}"
 
@@ -906,11 +917,11 @@ def test_infer_agrees_with_the_implementation(name, op_recorder):
 PROPERTY_SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None)
 
 # name, tracegrad function, NumPy reference, generators for x and y (kept off kinks and poles)
-_normal = lambda rng, s: rng.standard_normal(s)  # noqa: E731
-_grid = lambda rng, s: rng.integers(-3, 4, s).astype(np.float64)  # noqa: E731
-_half_grid = lambda rng, s: rng.integers(-3, 4, s) + 0.5  # noqa: E731
-_positive = lambda rng, s: rng.uniform(0.5, 2.0, s)  # noqa: E731
-_nonzero = lambda rng, s: rng.uniform(0.5, 2.0, s) * rng.choice([-1.0, 1.0], s)  # noqa: E731
+_normal = lambda rng, s: rng.standard_normal(s)
+_grid = lambda rng, s: rng.integers(-3, 4, s).astype(np.float64)
+_half_grid = lambda rng, s: rng.integers(-3, 4, s) + 0.5
+_positive = lambda rng, s: rng.uniform(0.5, 2.0, s)
+_nonzero = lambda rng, s: rng.uniform(0.5, 2.0, s) * rng.choice([-1.0, 1.0], s)
 PROPERTY_BINARY = [
     ("add", operator.add, np.add, _normal, _normal),
     ("sub", operator.sub, np.subtract, _normal, _normal),
