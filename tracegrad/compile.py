@@ -16,6 +16,7 @@ from tracegrad import passes, tape
 from tracegrad.autograd import grad as autograd_grad
 from tracegrad.ir.graph import Graph
 from tracegrad.passes import autodiff
+from tracegrad.passes.pipeline import transforms
 from tracegrad.specialize import (
     Program,
     Signature,
@@ -149,24 +150,23 @@ class CompiledModule:
 
 
 def build_module_program(traced: Traced, args, passes_spec, debug_nans: bool) -> ModuleProgram:
-    graph = passes.run(traced.graph, passes_spec)
+    graph = passes.run(traced.graph, transforms(passes_spec))
     tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
     wrt = [i for i, t in enumerate(tensors) if t.requires_grad] if tape.is_grad_enabled() else []
     if not wrt:
-        forward = passes.run(autodiff.inline_custom(graph), passes_spec)
-        program = generate([("forward", forward)], "forward", debug_nans)
+        forward = passes.run(autodiff.inline_custom(graph), transforms(passes_spec))
+        program = generate([("forward", forward)], "forward", debug_nans, passes_spec)
         return ModuleProgram(program, traced, [], [], 0)
     n_out = traced.n_outputs
     joint, seeds, differentiable = autodiff.differentiate(
         graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out
     )
-    joint = passes.run(joint, passes_spec)
+    joint = passes.run(joint, transforms(passes_spec))
     n_forward = len(graph.outputs)
     forward, backward = autodiff.split(joint, n_forward, seeds)
     log("graph", f"forward graph\n{forward}\nbackward graph\n{backward}")
-    program = generate(
-        [("forward", forward), ("backward", backward)], "forward and backward", debug_nans
-    )
+    parts = [("forward", forward), ("backward", backward)]
+    program = generate(parts, "forward and backward", debug_nans, passes_spec)
     return ModuleProgram(program, traced, wrt, differentiable, len(forward.outputs) - n_forward)
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from tracegrad import codegen, tape
 from tracegrad.codegen.export import export_program
+from tracegrad.passes import pipeline
+from tracegrad.passes.memory import plan
 from tracegrad.errors import TraceError
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
@@ -90,8 +92,12 @@ class Program:
         return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
 
 
-def generate(parts: list[tuple[str, Graph]], title: str, debug_nans: bool) -> Program:
-    """Emit one module holding a function per (name, graph) part and load it."""
+def generate(parts: list[tuple[str, Graph]], title: str, debug_nans: bool, passes_spec="default",
+             persistent: frozenset[str] = frozenset()) -> Program:  # fmt: skip
+    """Emit one module holding a function per (name, graph) part and load it. Planning passes
+    (the memory plan) run on each part first; ``persistent`` outputs may use planned memory."""
+    if "memory" in pipeline.planning(passes_spec):
+        parts = [(name, plan(graph.copy(), persistent)) for name, graph in parts]
     sources, uses_rng, constants = [], {}, {}
     for name, graph in parts:
         fn = codegen.emit_function(graph, name, debug_nans=debug_nans)

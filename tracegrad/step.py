@@ -11,11 +11,14 @@ each run.
 
 from __future__ import annotations
 
+import os
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tracegrad import passes, tape
+from tracegrad.passes.pipeline import transforms
 from tracegrad.specialize import (
     Program,
     Signature,
@@ -40,16 +43,39 @@ def _is_optimizer(obj) -> bool:
     return isinstance(getattr(obj, "param_groups", None), list) and hasattr(obj, "state")
 
 
+def _holds_state(obj) -> bool:
+    """A plain object (an instance of a user class) whose attributes may be modules or
+    optimizers; modules, classes, functions and tensors are not looked into."""
+    plain = not isinstance(
+        obj, (types.ModuleType, type, types.FunctionType, types.MethodType, Tensor)
+    )
+    return plain and hasattr(obj, "__dict__") and not _is_module(obj) and not _is_optimizer(obj)
+
+
 def reachable_state(fn, args) -> tuple[dict[str, object], dict[str, object]]:
-    """Modules and optimizers the function can reach (closure, globals it names, arguments),
-    by the name it uses for them: they give inputs readable names and are guarded."""
+    """Modules and optimizers the function can reach (closure, globals it names, default
+    arguments, the object of a bound method, arguments, and the attributes of plain objects
+    among those, such as a trainer holding its model and optimizer), by the name it uses for
+    them: they give inputs readable names and are guarded."""
     found = {}
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:
+        found["self"] = owner
     code = getattr(fn, "__code__", None)
     if code is not None:
         cells = fn.__closure__ or ()
         found.update(zip(code.co_freevars, (c.cell_contents for c in cells), strict=False))
         found.update((n, fn.__globals__[n]) for n in code.co_names if n in fn.__globals__)
+        defaults = fn.__defaults__ or ()
+        positional = code.co_varnames[: code.co_argcount]
+        found.update(zip(positional[len(positional) - len(defaults) :], defaults, strict=True))
+        found.update(fn.__kwdefaults__ or {})
     found.update((f"arg{i}", a) for i, a in enumerate(args))
+    for name, obj in list(found.items()):
+        if _holds_state(obj):
+            for key, value in vars(obj).items():
+                found.setdefault(f"{name}.{key}", value)
+    found = {n: o for n, o in found.items() if not isinstance(o, type)}  # classes are no state
     modules = {n: o for n, o in found.items() if _is_module(o)}
     optimizers = {n: o for n, o in found.items() if _is_optimizer(o)}
     tensors = {n: o for n, o in found.items() if isinstance(o, Tensor) and o.requires_grad}
@@ -86,10 +112,10 @@ class Sink:
         if isinstance(current, Tensor) and tuple(current.shape) == array.shape:
             np.copyto(current._data, array)
             current._version[0] += 1
-        elif self.kind == "grad":
-            self.owner.grad = Tensor._wrap(array)
+        elif self.kind == "grad":  # a copy: the array may be memory the next run reuses
+            self.owner.grad = Tensor._wrap(array.copy())
         else:
-            self.owner[self.key] = Tensor._wrap(array)
+            self.owner[self.key] = Tensor._wrap(array.copy())
 
 
 @dataclass
@@ -111,7 +137,7 @@ class CompiledFunction:
                  check=False, grad_argnums=()):  # fmt: skip
         self.fn = fn
         self.passes = passes
-        self.debug_nans = debug_nans
+        self.debug_nans = debug_nans or os.environ.get("TRACEGRAD_DEBUG_NANS") == "1"
         self.max_recompiles = max_recompiles
         self.check = check
         self.grad_argnums = tuple(grad_argnums)
@@ -173,7 +199,16 @@ class CompiledFunction:
 
     def __call__(self, *args):
         if any(isinstance(a, Tensor) and is_symbolic(a) for a in args):
-            return self.fn(*args)  # inside another trace: trace straight through
+            # Inside another trace: trace straight through. The arguments to differentiate
+            # must require grad, as they do when this function is traced on its own; one that
+            # does not has no history to keep, so a differentiable alias of it will do.
+            args = [
+                a.detach().requires_grad_()
+                if i in self.grad_argnums and isinstance(a, Tensor) and not a.requires_grad
+                else a
+                for i, a in enumerate(args)
+            ]
+            return self.fn(*args)
         if not self._watched_modules and not self._watched_optimizers:
             self._watch(*reachable_state(self.fn, args))
         signature = self.signature(args)
@@ -198,7 +233,8 @@ class CompiledFunction:
         results = spec.program.call("step", [t._data for t in tensors])
         n, n_upd = spec.n_results, len(spec.update_targets)
         for target, array in zip(spec.update_targets, results[n : n + n_upd], strict=True):
-            np.copyto(target._data, array)
+            if array is not target._data:  # not already updated in place
+                np.copyto(target._data, array)
             target._version[0] += 1
         for sink, array in zip(spec.sinks, results[n + n_upd :], strict=True):
             sink.store(np.asarray(array))
@@ -244,7 +280,9 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     """Trace one call of a training step and generate its single function."""
     reachable = reachable_state(compiled.fn, args)
     names = state_names(*reachable)
-    grads_before = {id(t): (t, t.grad) for _, t in compiled._watched_tensors.values()}
+    known = [t for _, t in compiled._watched_tensors.values()] + list(reachable[2].values())
+    known += [p for module in reachable[0].values() for p in module.parameters()]
+    grads_before = {id(t): (t, t.grad) for t in known}
     tracer = Tracer(mode="inline", names=names)
     arg_names = argument_names(compiled.fn, len(args))
     with tracing(tracer), tape.enable_grad():
@@ -268,11 +306,17 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         graph = tracer.graph(results + new_values + sink_values, updates)
     _restore_grads(sinks, grads_before)
     log("graph", f"traced step: {len(graph.nodes)} nodes\n{graph}")
-    graph = passes.run(graph, compiled.passes)
-    program = generate([("step", graph)], "training step", compiled.debug_nans)
+    graph = passes.run(graph, transforms(compiled.passes))
+    persistent = frozenset(v.name for v in graph.outputs[len(results) :])
+    program = generate(
+        [("step", graph)], "training step", compiled.debug_nans, compiled.passes, persistent
+    )
     lifted_tensors = [t for t, _ in tracer.lifted.values()]
     noted = {f"optimizer{i}": o for i, o in enumerate(tracer.optimizers)}
-    compiled._watch({}, {n: o for n, o in noted.items() if o not in reachable[1].values()}, {})
+    # Tensors that require grad and were read, however the function reached them: their
+    # .grad (present or not) decides what the program computes, so it is guarded.
+    read = {value.name: t for t, value in tracer.lifted.values() if t.requires_grad}
+    compiled._watch({}, {n: o for n, o in noted.items() if o not in reachable[1].values()}, read)
     return StepProgram(program, signature, lifted_tensors, targets, sinks, len(results), rebuild)
 
 

@@ -43,6 +43,7 @@ class FunctionSource:
     sections: list[Section]
     returns: list[str]
     constants: dict[str, np.ndarray]
+    buffers: list[tuple[str, tuple, str]] = field(default_factory=list)  # name, shape, dtype
 
 
 class Literal:
@@ -103,8 +104,8 @@ def _comment(node) -> str:
     return f"  # {' '.join(parts)}" if parts else ""
 
 
-def expression(node, args: list[str], constants: dict, target: str) -> str:
-    """The right-hand side for one node."""
+def expression(node, args: list[str], constants: dict, target: str, out: str | None = None):
+    """The right-hand side for one node; with ``out``, the op writes into that array."""
     if node.op == CONSTANT:
         value = node.attrs["value"]
         if value.ndim == 0:
@@ -116,7 +117,10 @@ def expression(node, args: list[str], constants: dict, target: str) -> str:
         raise ValueError("codegen: expand custom nodes first (passes.inline_custom)")
     op = OPS[node.op]
     attrs = {k: literal(v) for k, v in node.attrs.items()}
-    return op.emit.format(*args, inputs=", ".join(args), indices=", ".join(args[1:]), **attrs)
+    template = op.emit if out is None else op.out
+    return template.format(
+        *args, inputs=", ".join(args), indices=", ".join(args[1:]), out=out, **attrs
+    )
 
 
 def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> FunctionSource:
@@ -126,6 +130,10 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
     keep = {id(v) for v in graph.outputs}
     constants: dict[str, np.ndarray] = {}
     sections: list[Section] = []
+    buffers = [
+        (f"{name}_b{i}", shape, dtype)
+        for i, (shape, dtype) in enumerate(graph.meta.get("buffers", []))
+    ]
     for index, node in enumerate(graph.nodes):
         target = namer(node.outputs[0], prefix="v")
         args = [namer(v) for v in node.inputs]
@@ -133,7 +141,9 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
         if not sections or sections[-1].title != title:
             sections.append(Section(title))
         lines = sections[-1].lines
-        lines.append(f"{target} = {expression(node, args, constants, target)}{_comment(node)}")
+        out = _destination(node, args, buffers)
+        rhs = expression(node, args, constants, target, out)
+        lines.append(f"{target} = {rhs}{_comment(node)}")
         if debug_nans and node.op != CONSTANT:
             where = f"{node.location.filename}:{node.location.lineno}" if node.location else "?"
             phase = "backward" if title == "backward" else "forward"
@@ -144,9 +154,17 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
         if dead:
             lines.append(f"del {', '.join(dict.fromkeys(dead))}")
     returns = [namer(v) for v in graph.outputs]
-    return FunctionSource(
-        name, params, sections or [Section("nothing to compute")], returns, constants
-    )
+    sections = sections or [Section("nothing to compute")]
+    return FunctionSource(name, params, sections, returns, constants, buffers)
+
+
+def _destination(node, args: list[str], buffers) -> str | None:
+    """Where the memory plan says the node writes: an input it overwrites, or a buffer."""
+    if "inplace" in node.meta:
+        return args[node.meta["inplace"]]
+    if "buffer" in node.meta:
+        return buffers[node.meta["buffer"]][0]
+    return None
 
 
 def _last_uses(graph: Graph) -> dict[int, int]:

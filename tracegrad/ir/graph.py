@@ -37,6 +37,8 @@ class Graph:
         self.nodes: list[Node] = list(nodes)
         self.outputs: list[Value] = list(outputs)
         self.updates: dict[str, Value] = dict(updates or {})
+        # Planning results (e.g. the memory plan's buffers); not part of the graph's meaning.
+        self.meta: dict = {}
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -78,12 +80,14 @@ class Graph:
             )
             for n in self.nodes
         ]
-        return Graph(
+        copied = Graph(
             [mapping[id(v)] for v in self.inputs],
             nodes,
             [mapping[id(v)] for v in self.outputs],
             {k: mapping[id(v)] for k, v in self.updates.items()},
         )
+        copied.meta = dict(self.meta)
+        return copied
 
     # --- comparison and text -------------------------------------------------------------------
 

@@ -12,15 +12,20 @@ import numpy as np
 
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
-from tracegrad.ops import rules
+from tracegrad.ops import kernels, rules
+from tracegrad.ops.kernels import GELU_TANH_COEF, SQRT_2_OVER_PI
 from tracegrad.ops.registry import COMMUTATIVE, ELEMENTWISE, call, register
 
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-GELU_TANH_COEF = 0.044715
-_erf = np.frompyfunc(math.erf, 1, 1)
+
+def ufunc_out(impl, arity: int) -> str | None:
+    """``np.<ufunc>({0}, ..., out={out})`` when ``impl`` is a NumPy ufunc."""
+    if not isinstance(impl, np.ufunc):
+        return None
+    args = ", ".join(f"{{{i}}}" for i in range(arity))
+    return f"np.{impl.__name__}({args}, out={{out}})"
 
 
-def unary(name, impl, rule, emit, saves=(), floats=True, check=None):
+def unary(name, impl, rule, emit, saves=(), floats=True, check=None, out=None):
     """A one-input elementwise op; ``floats`` requires a floating-point operand, ``check(x,
     **attrs)`` validates the attributes against the operand."""
 
@@ -31,33 +36,23 @@ def unary(name, impl, rule, emit, saves=(), floats=True, check=None):
 
     # No rule means no gradient at all (not a rule-less entry), so the tape never records it.
     vjp = (rule,) if rule is not None else None
-    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE})
+    out = out or ufunc_out(impl, 1)
+    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE}, out)
 
 
 def binary(name, impl, rules_xy, emit, saves=(), props=()):
     def infer(x: TensorType, y: TensorType) -> TensorType:
         return rules.elementwise(name, x, y)
 
-    register(name, ("x", "y"), infer, impl, rules_xy, emit, saves, {ELEMENTWISE, *props})
+    out = ufunc_out(impl, 2)
+    register(name, ("x", "y"), infer, impl, rules_xy, emit, saves, {ELEMENTWISE, *props}, out)
 
 
 def comparison(name, impl, emit):
     def infer(x: TensorType, y: TensorType) -> TensorType:
         return rules.elementwise(name, x, y, out_dtype=dtypes.bool_)
 
-    register(name, ("x", "y"), infer, impl, None, emit, (), {ELEMENTWISE})
-
-
-def erf(x):
-    # A ufunc from frompyfunc returns a bare Python float for 0-d input; asarray keeps it an array.
-    return np.asarray(_erf(x)).astype(x.dtype)
-
-
-def gelu(x, approximate):
-    if approximate == "tanh":
-        inner = SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x**3)
-        return 0.5 * x * (1.0 + np.tanh(inner))
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    register(name, ("x", "y"), infer, impl, None, emit, (), {ELEMENTWISE}, ufunc_out(impl, 2))
 
 
 def gelu_grad(c, g):
@@ -80,10 +75,11 @@ unary("sqrt", np.sqrt, lambda c, g: g / (2.0 * c.out), "np.sqrt({0})", saves=("o
 unary("tanh", np.tanh, lambda c, g: g * (1.0 - c.out * c.out), "np.tanh({0})", saves=("out",))
 unary(
     "sigmoid",
-    lambda x: 1.0 / (1.0 + np.exp(-x)),
+    kernels.sigmoid,
     lambda c, g: g * c.out * (1.0 - c.out),
-    "1.0 / (1.0 + np.exp(-{0}))",
+    "rt.sigmoid({0})",
     saves=("out",),
+    out="rt.sigmoid({0}, out={out})",
 )
 # d relu(x) = [x > 0]; the output is as good a witness as the input and is kept anyway.
 unary(
@@ -93,12 +89,13 @@ unary(
     "np.maximum({0}, 0)",
     saves=("out",),
     floats=False,
+    out="np.maximum({0}, 0, out={out})",
 )
 unary("abs", np.abs, lambda c, g: g * call("sign", c.x), "np.abs({0})", saves=("x",), floats=False)
 unary("sign", np.sign, None, "np.sign({0})", floats=False)
 unary(
     "erf",
-    erf,
+    kernels.erf,
     lambda c, g: g * (2.0 / math.sqrt(math.pi)) * call("exp", -c.x * c.x),
     "rt.erf({0})",
     saves=("x",),
@@ -106,7 +103,14 @@ unary(
 unary("sin", np.sin, lambda c, g: g * call("cos", c.x), "np.sin({0})", saves=("x",))
 unary("cos", np.cos, lambda c, g: -g * call("sin", c.x), "np.cos({0})", saves=("x",))
 # gelu(x) = x * Phi(x); 'tanh' uses PyTorch's approximation of Phi.
-unary("gelu", gelu, gelu_grad, "rt.gelu({0}, {approximate!r})", saves=("x",))
+unary(
+    "gelu",
+    kernels.gelu,
+    gelu_grad,
+    "rt.gelu({0}, {approximate!r})",
+    saves=("x",),
+    out="rt.gelu({0}, {approximate!r}, out={out})",
+)
 # clamp passes the gradient where min <= x <= max, as PyTorch does.
 unary(
     "clamp",
@@ -116,6 +120,7 @@ unary(
     saves=("x",),
     floats=False,
     check=lambda x, min, max: _integral_bounds(x, min, max),
+    out="np.clip({0}, {min!r}, {max!r}, out={out})",
 )
 unary(
     "pow_scalar",
@@ -123,8 +128,9 @@ unary(
     lambda c, g: _pow_scalar_grad(c, g),
     "np.power({0}, {exponent!r})",
     saves=("x",),
+    out="np.power({0}, {exponent!r}, out={out})",
 )
-unary("clone", np.copy, lambda c, g: g, "{0}.copy()", floats=False)
+unary("clone", np.copy, lambda c, g: g, "{0}.copy()", floats=False, out="rt.copy_into({0}, {out})")
 
 
 def _integral_bounds(x: TensorType, low, high) -> None:
@@ -239,6 +245,7 @@ register(
     None,
     "~{0}",
     props={ELEMENTWISE},
+    out="np.logical_not({0}, out={out})",
 )
 
 
@@ -272,4 +279,5 @@ register(
     (lambda c, g: call("cast", g, dtype=c.x.dtype.name) if c.x.dtype.is_floating_point else None,),
     "{0}.astype(np.{dtype})",
     props={ELEMENTWISE},
+    out="rt.copy_into({0}, {out})",
 )

@@ -12,25 +12,13 @@ import numpy as np
 
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
-from tracegrad.ops import rules
+from tracegrad.ops import kernels, rules
 from tracegrad.ops.registry import VIEW, call, register
 
 
 def resolve(key, index_arrays) -> tuple:
     """Turn a stored key back into a NumPy index."""
-    items = []
-    for kind, *args in key:
-        if kind == "slice":
-            items.append(slice(*args))
-        elif kind == "int":
-            items.append(args[0])
-        elif kind == "none":
-            items.append(None)
-        elif kind == "ellipsis":
-            items.append(Ellipsis)
-        else:
-            items.append(index_arrays[args[0]])
-    return tuple(items)
+    return kernels.index(key, *index_arrays)
 
 
 def _getitem_infer(x: TensorType, *indices: TensorType, key) -> TensorType:
@@ -56,13 +44,7 @@ def _scatter_add_infer(g: TensorType, *indices: TensorType, key, shape) -> Tenso
 
 
 def _scatter_add_impl(g, *indices, key, shape):
-    out = np.zeros(shape, g.dtype)
-    index = resolve(key, indices)
-    if indices:
-        np.add.at(out, index, g)  # repeated indices accumulate
-    else:
-        out[index] = g
-    return out
+    return kernels.scatter_add(g, key, shape, *indices)
 
 
 def has_advanced(key) -> bool:
@@ -102,7 +84,7 @@ register(
     "one_hot",
     ("t",),
     _one_hot_infer,
-    lambda t, num_classes: (t[..., None] == np.arange(num_classes)).astype(np.int64),
+    kernels.one_hot,
     None,
     "rt.one_hot({0}, {num_classes})",
 )

@@ -18,11 +18,36 @@ def erf(x):
     return np.asarray(_erf(x)).astype(x.dtype)
 
 
-def gelu(x, approximate):
-    if approximate == "tanh":
-        inner = SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x**3)
-        return 0.5 * x * (1.0 + np.tanh(inner))
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+def copy_into(x, out):
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
+def sigmoid(x, out=None):
+    """1 / (1 + exp(-x)); ``out`` may be ``x``."""
+    out = np.negative(x, out=_buffer(x, out))
+    np.exp(out, out=out)
+    out += 1.0
+    return np.reciprocal(out, out=out)
+
+
+def _buffer(x, out):
+    # A ufunc on a 0-d array returns a scalar, which cannot be updated in place: use an array.
+    return np.empty_like(x) if out is None else out
+
+
+def gelu(x, approximate, out=None):
+    """x * Phi(x); with ``approximate='tanh'`` PyTorch's tanh form. ``out`` may be ``x``."""
+    if approximate != "tanh":
+        return np.multiply(0.5 * x, 1.0 + erf(x / math.sqrt(2.0)), out=out)
+    inner = np.power(x, 3, out=np.empty_like(x))  # the same rounding as the textbook formula
+    inner *= GELU_TANH_COEF
+    inner += x
+    inner *= SQRT_2_OVER_PI
+    np.tanh(inner, out=inner)
+    inner += 1.0
+    inner *= 0.5
+    return np.multiply(x, inner, out=out)
 
 
 def sum_to_dims(in_shape, shape):
@@ -72,14 +97,19 @@ def fold(cols, size, kernel, stride, padding, dilation):
     return out[:, :, ph : ph + size[0], pw : pw + size[1]]
 
 
-def softmax(x, dim):
-    e = np.exp(x - np.amax(x, axis=dim, keepdims=True))
-    return e / np.sum(e, axis=dim, keepdims=True)
+def softmax(x, dim, out=None):
+    """Stable: exp(x - max) / sum. ``out`` may be ``x``."""
+    out = np.subtract(x, np.amax(x, axis=dim, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= np.sum(out, axis=dim, keepdims=True)
+    return out
 
 
-def log_softmax(x, dim):
-    shifted = x - np.amax(x, axis=dim, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
+def log_softmax(x, dim, out=None):
+    """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``."""
+    out = np.subtract(x, np.amax(x, axis=dim, keepdims=True), out=out)
+    out -= np.log(np.sum(np.exp(out), axis=dim, keepdims=True))
+    return out
 
 
 def class_dim(ndim):

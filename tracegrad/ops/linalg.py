@@ -54,6 +54,7 @@ register(
     (_matmul_grad_a, _matmul_grad_b),
     "{0} @ {1}",
     saves=("a", "b"),
+    out="np.matmul({0}, {1}, out={out})",
 )
 
 

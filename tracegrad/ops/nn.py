@@ -7,12 +7,10 @@ VJPs are both cheaper and more accurate than differentiating the naive formulas.
 
 from __future__ import annotations
 
-import numpy as np
-
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
-from tracegrad.ops import rules
+from tracegrad.ops import kernels, rules
 from tracegrad.ops.registry import VIEW, call, register
 
 # --- sliding windows: conv2d and max_pool2d are compositions over these -------------------------
@@ -36,36 +34,6 @@ def _unfold_infer(x: TensorType, kernel, stride, padding, dilation, pad_value) -
     return TensorType((*x.shape[:2], *out, *kernel), x.dtype)
 
 
-def unfold(x, kernel, stride, padding, dilation, pad_value):
-    """(N, C, H, W) -> (N, C, OH, OW, KH, KW) windows: a strided view of the padded input."""
-    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-    n, c, h, w = x.shape
-    oh = (h - dh * (kernel[0] - 1) - 1) // sh + 1
-    ow = (w - dw * (kernel[1] - 1) - 1) // sw + 1
-    s_n, s_c, s_h, s_w = x.strides
-    return np.lib.stride_tricks.as_strided(
-        x,
-        (n, c, oh, ow, *kernel),
-        (s_n, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw),
-        writeable=False,
-    )
-
-
-def fold(cols, size, kernel, stride, padding, dilation):
-    """The transpose of ``unfold``: add every window back where it came from."""
-    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
-    n, c, oh, ow = cols.shape[:4]
-    out = np.zeros((n, c, size[0] + 2 * ph, size[1] + 2 * pw), cols.dtype)
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
-            columns = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-            out[:, :, rows, columns] += cols[:, :, :, :, i, j]
-    return out[:, :, ph : ph + size[0], pw : pw + size[1]]
-
-
 def _fold_infer(cols: TensorType, size, kernel, stride, padding, dilation) -> TensorType:
     return TensorType((*cols.shape[:2], *size), cols.dtype)
 
@@ -74,7 +42,7 @@ register(
     "unfold",
     ("x",),
     _unfold_infer,
-    unfold,
+    kernels.unfold,
     (
         lambda c, g: call(
             "fold",
@@ -93,7 +61,7 @@ register(
     "fold",
     ("cols",),
     _fold_infer,
-    fold,
+    kernels.fold,
     (
         lambda c, g: call(
             "unfold",
@@ -111,16 +79,6 @@ register(
 # --- softmax family ------------------------------------------------------------------------------
 
 
-def _softmax_impl(x, dim):
-    e = np.exp(x - np.amax(x, axis=dim, keepdims=True))
-    return e / np.sum(e, axis=dim, keepdims=True)
-
-
-def _log_softmax_impl(x, dim):
-    shifted = x - np.amax(x, axis=dim, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
-
-
 def _softmax_infer(x: TensorType, dim) -> TensorType:
     rules.normalize_dim("softmax", dim, x.ndim)
     return rules.floating("softmax", x)
@@ -131,26 +89,24 @@ register(
     "softmax",
     ("x",),
     _softmax_infer,
-    _softmax_impl,
+    kernels.softmax,
     (lambda c, g: c.out * (g - (g * c.out).sum(dim=c.dim, keepdim=True)),),
     "rt.softmax({0}, {dim})",
+    out="rt.softmax({0}, {dim}, out={out})",
     saves=("out",),
 )
 register(
     "log_softmax",
     ("x",),
     _softmax_infer,
-    _log_softmax_impl,
+    kernels.log_softmax,
     (lambda c, g: g - call("exp", c.out) * g.sum(dim=c.dim, keepdim=True),),
     "rt.log_softmax({0}, {dim})",
+    out="rt.log_softmax({0}, {dim}, out={out})",
     saves=("out",),
 )
 
 # --- cross entropy over class indices ------------------------------------------------------------
-
-
-def _class_dim(ndim: int) -> int:
-    return 0 if ndim == 1 else 1
 
 
 def _cross_entropy_infer(
@@ -163,7 +119,7 @@ def _cross_entropy_infer(
             f"with shape {target.shape} (for one-hot or soft targets use -(target * "
             "log_softmax(input, 1)).sum(1).mean())"
         )
-    dim = _class_dim(logits.ndim)
+    dim = kernels.class_dim(logits.ndim)
     expected = logits.shape[:dim] + logits.shape[dim + 1 :]
     if logits.ndim == 0 or target.shape != expected:
         raise ShapeError(
@@ -177,23 +133,10 @@ def _cross_entropy_infer(
     return TensorType(target.shape if reduction == "none" else (), logits.dtype)
 
 
-def _cross_entropy_impl(logits, target, ignore_index, label_smoothing, reduction):
-    dim = _class_dim(logits.ndim)
-    logp = np.moveaxis(_log_softmax_impl(logits, dim), dim, -1)
-    valid = target != ignore_index
-    picked = np.take_along_axis(logp, np.where(valid, target, 0)[..., None], -1)[..., 0]
-    loss = -(1.0 - label_smoothing) * picked - label_smoothing * logp.mean(-1)
-    loss = np.where(valid, loss, 0.0).astype(logits.dtype)
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    return total / valid.sum().astype(logits.dtype) if reduction == "mean" else total
-
-
 def _cross_entropy_grad(c, g):
     # d loss_n / d logits_n = softmax(logits_n) - smoothed one-hot(target_n), zero if ignored.
     logits, target, dtype = c.logits, c.target, c.logits.dtype.name
-    dim, classes = _class_dim(logits.ndim), logits.shape[_class_dim(logits.ndim)]
+    dim, classes = kernels.class_dim(logits.ndim), logits.shape[kernels.class_dim(logits.ndim)]
     valid = call("cast", target != c.ignore_index, dtype=dtype)
     one_hot = call("one_hot", target * (target != c.ignore_index), num_classes=classes)
     order = (0, one_hot.ndim - 1, *range(1, one_hot.ndim - 1)) if logits.ndim > 1 else (0,)
@@ -208,7 +151,7 @@ register(
     "cross_entropy",
     ("logits", "target"),
     _cross_entropy_infer,
-    _cross_entropy_impl,
+    kernels.cross_entropy,
     _cross_entropy_grad,
     "rt.cross_entropy({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",
     saves=("logits", "target"),
@@ -219,13 +162,6 @@ register(
 
 def _layer_norm_axes(ndim: int, ndims: int) -> tuple[int, ...]:
     return tuple(range(ndim - ndims, ndim))
-
-
-def _layer_norm_impl(x, ndims, eps):
-    axes = _layer_norm_axes(x.ndim, ndims)
-    centered = x - x.mean(axis=axes, keepdims=True)
-    var = np.mean(centered * centered, axis=axes, keepdims=True)
-    return centered / np.sqrt(var + eps)
 
 
 def _layer_norm_grad(c, g):
@@ -249,7 +185,7 @@ register(
     "layer_norm",
     ("x",),
     _layer_norm_infer,
-    _layer_norm_impl,
+    kernels.layer_norm,
     (_layer_norm_grad,),
     "rt.layer_norm({0}, {ndims}, {eps!r})",
     saves=("x", "out"),

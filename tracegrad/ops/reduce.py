@@ -6,7 +6,7 @@ import numpy as np
 
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
-from tracegrad.ops import rules
+from tracegrad.ops import kernels, rules
 from tracegrad.ops.registry import REDUCE, VIEW, call, register
 
 
@@ -44,6 +44,7 @@ register(
     lambda x, dims, keepdim: np.sum(x, dims, keepdims=keepdim),
     (_sum_grad,),
     "np.sum({0}, axis={dims}, keepdims={keepdim})",
+    out="np.sum({0}, axis={dims}, keepdims={keepdim}, out={out})",
     props={REDUCE},
 )
 register(
@@ -53,6 +54,7 @@ register(
     lambda x, dims, keepdim: np.amax(x, dims, keepdims=keepdim),
     (_extreme_grad,),
     "np.amax({0}, axis={dims}, keepdims={keepdim})",
+    out="np.amax({0}, axis={dims}, keepdims={keepdim}, out={out})",
     saves=("x", "out"),
     props={REDUCE},
 )
@@ -63,6 +65,7 @@ register(
     lambda x, dims, keepdim: np.amin(x, dims, keepdims=keepdim),
     (_extreme_grad,),
     "np.amin({0}, axis={dims}, keepdims={keepdim})",
+    out="np.amin({0}, axis={dims}, keepdims={keepdim}, out={out})",
     saves=("x", "out"),
     props={REDUCE},
 )
@@ -106,22 +109,6 @@ register(
 )
 
 
-def sum_to_dims(in_shape, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Leading dims to drop and size-1 dims to sum so ``in_shape`` reduces to ``shape``."""
-    lead = len(in_shape) - len(shape)
-    kept = tuple(i for i, s in enumerate(shape) if s == 1 and in_shape[lead + i] != 1)
-    return tuple(range(lead)), tuple(lead + i for i in kept)
-
-
-def _sum_to_impl(x, shape):
-    lead, kept = sum_to_dims(x.shape, shape)
-    if kept:
-        x = np.sum(x, axis=kept, keepdims=True)
-    if lead:
-        x = np.sum(x, axis=lead)
-    return x.reshape(shape)
-
-
 def _sum_to_infer(x: TensorType, shape) -> TensorType:
     if rules.broadcast_shape("sum_to", x.shape, shape) != x.shape:
         raise rules.ShapeError(f"sum_to: shape {x.shape} cannot be reduced to {tuple(shape)}")
@@ -133,7 +120,7 @@ register(
     "sum_to",
     ("x",),
     _sum_to_infer,
-    _sum_to_impl,
+    kernels.sum_to,
     (lambda c, g: call("broadcast_to", g, shape=c.x.shape),),
     "rt.sum_to({0}, {shape})",
     props={REDUCE, VIEW},  # with nothing to sum, the result is x itself reshaped

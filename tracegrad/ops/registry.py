@@ -11,7 +11,8 @@ An ``Op`` entry holds, side by side:
   by their declared names, ``ctx.out`` and the attributes. Cotangents may keep a broadcast
   shape: the backward engine sums them back to each input's shape;
 - ``emit``: the codegen template, a Python expression with ``{0}, {1}...`` for the inputs and
-  ``{name}`` for the attributes;
+  ``{name}`` for the attributes; ``out``: the same writing into a given buffer ``{out}``
+  (for ops NumPy can compute in place), used by the memory plan;
 - ``saves``: which values the rule reads (input names and ``"out"``), checked against in-place
   modification and used to choose saved activations;
 - ``props``: property sets passes query instead of listing op names.
@@ -45,6 +46,7 @@ class Op:
     emit: str | None = None
     saves: tuple[str, ...] = ()
     props: frozenset[str] = field(default_factory=frozenset)
+    out: str | None = None
 
     @property
     def variadic(self) -> bool:
@@ -61,11 +63,11 @@ class Op:
 OPS: dict[str, Op] = {}
 
 
-def register(name, inputs, infer, impl, vjp=None, emit=None, saves=(), props=()) -> Op:
+def register(name, inputs, infer, impl, vjp=None, emit=None, saves=(), props=(), out=None) -> Op:
     """Declare a primitive; the declaration is the only place the op is described."""
     if name in OPS:
         raise ValueError(f"op {name!r} is declared twice")
-    op = Op(name, tuple(inputs), infer, impl, vjp, emit, tuple(saves), frozenset(props))
+    op = Op(name, tuple(inputs), infer, impl, vjp, emit, tuple(saves), frozenset(props), out)
     OPS[name] = op
     return op
 

@@ -72,7 +72,20 @@ DEFAULT_PIPELINE = [
     "simplify",  # algebraic identities and numerically stable forms
     "cse",  # compute each distinct expression once
     "dce",  # drop nodes whose values nobody reads
+    "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]
+# Planning passes annotate the final graph of each generated function (after reverse mode and
+# the split into forward and backward), so tg.compile runs them last, part by part.
+PLANNING = ("memory",)
+
+
+def transforms(passes) -> list[str]:
+    """The graph-rewriting passes of a pipeline spec (planning passes left out)."""
+    return [name for name in resolve(passes) if name not in PLANNING]
+
+
+def planning(passes) -> list[str]:
+    return [name for name in resolve(passes) if name in PLANNING]
 
 
 def resolve(passes) -> list[str]:

@@ -1,0 +1,135 @@
+"""Buffer planning: in-place writes and a pool of preallocated buffers.
+
+Liveness runs over the whole program (forward, backward and update in one graph, or each part
+of a compiled module). Alias analysis comes first: view ops (reshape, permute, broadcast_to,
+basic slicing, windows) share their input's memory, so a buffer stays live while any view of
+it is. Then, in program order, a node whose op can write into a given array (its ``out``
+template) gets, in this order of preference:
+
+1. the memory of an input that dies at it (elementwise ops, same shape and dtype): a value of
+   its own, or a state input that the program updates (``graph.updates``: a parameter or an
+   optimizer buffer) once nothing reads its old value — so updates happen in place;
+2. a buffer from a pool keyed by shape and dtype, reused once its previous value is dead.
+
+Case 1 sets ``meta["inplace"] = k`` (write into input k); case 2 sets
+``meta["buffer"] = b``, an index into ``graph.meta["buffers"]`` (shape, dtype name) which the
+generated module allocates once. Graph inputs are never written except as declared updates, and
+values the caller keeps (outputs) never live in pooled memory unless listed as ``persistent``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from tracegrad.ir.core import CONSTANT
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import ELEMENTWISE, OPS, VIEW
+from tracegrad.passes.pipeline import note, register_pass
+
+
+def aliases(graph: Graph) -> dict[int, object]:
+    """id(value) -> the value whose memory it lives in (itself unless produced by a view)."""
+    root: dict[int, object] = {id(v): v for v in graph.values()}
+    for node in graph.nodes:
+        op = OPS.get(node.op)
+        if op is not None and VIEW in op.props and node.inputs:
+            root[id(node.outputs[0])] = root[id(node.inputs[0])]
+    return root
+
+
+def last_uses(graph: Graph, root: dict[int, object]) -> dict[int, int]:
+    """id(root value) -> index of the last node reading it or a view of it (the node count
+    for values the caller reads)."""
+    last: dict[int, int] = {}
+    for index, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            last[id(root[id(v)])] = index
+    for v in [*graph.outputs, *graph.updates.values()]:
+        last[id(root[id(v)])] = len(graph.nodes)
+    return last
+
+
+class _Planner:
+    def __init__(self, graph: Graph, persistent: frozenset[str]):
+        self.graph = graph
+        self.root = aliases(graph)
+        self.last = last_uses(graph, self.root)
+        kept = [v for v in graph.outputs if v.name not in persistent]
+        constants = [n.outputs[0] for n in graph.nodes if n.op == CONSTANT]
+        self.protected = {id(v) for v in [*graph.inputs, *constants]}
+        self.protected |= {id(self.root[id(v)]) for v in kept}
+        # A state input's old value may be overwritten once dead: its new value goes there.
+        targets = {v.name: v for v in graph.inputs if v.name in graph.updates}
+        self.targets = {id(v) for v in targets.values()}
+        self.buffers: list[tuple] = []
+        self.free: dict[tuple, list[int]] = defaultdict(list)
+        self.owner: dict[int, int] = {}  # id(root value) -> buffer index
+
+    def dies_at(self, value, index: int) -> bool:
+        return self.last.get(id(self.root[id(value)])) == index
+
+    def writable_input(self, node, index: int, candidates) -> int | None:
+        """Position of an input the node may overwrite: one of ``candidates``, not a view,
+        read by nothing later, of the output's type, and not read twice by this node."""
+        for k, value in enumerate(node.inputs):
+            if (
+                value in candidates
+                and self.root[id(value)] is value
+                and self.dies_at(value, index)
+                and value.type == node.outputs[0].type
+                and sum(v is value for v in node.inputs) == 1
+            ):
+                return k
+        return None
+
+    def place(self, node, index: int) -> None:
+        op, out = OPS.get(node.op), node.outputs[0]
+        if op is None or op.out is None or self.root[id(out)] is not out:
+            return
+        if not out.type.shape:
+            return  # NumPy hands back 0-d results as scalars, which cannot be written into
+        if id(self.root[id(out)]) in self.protected:
+            return
+        elementwise = ELEMENTWISE in op.props
+        ours = [v for v in node.inputs if id(v) not in self.protected or id(v) in self.targets]
+        k = self.writable_input(node, index, ours) if elementwise else None
+        if k is not None:
+            node.meta["inplace"] = k
+            if id(node.inputs[k]) in self.owner:
+                self.owner[id(out)] = self.owner.pop(id(node.inputs[k]))
+            note("inplace", node)
+            return
+        key = (out.type.shape, out.type.dtype.name)
+        buffer = self.free[key].pop() if self.free[key] else self._new(key)
+        node.meta["buffer"] = buffer
+        self.owner[id(out)] = buffer
+
+    def _new(self, key) -> int:
+        self.buffers.append(key)
+        return len(self.buffers) - 1
+
+    def release(self, node, index: int) -> None:
+        for v in node.inputs:
+            base = self.root[id(v)]
+            if self.dies_at(v, index) and id(base) in self.owner:
+                buffer = self.owner.pop(id(base))
+                self.free[self.buffers[buffer]].append(buffer)
+
+
+def plan(graph: Graph, persistent: frozenset[str] = frozenset()) -> Graph:
+    """Annotate ``graph`` in place with in-place writes and pooled buffers (see above).
+
+    ``persistent`` names outputs that may live in planned memory (the caller copies or uses
+    them before the next call)."""
+    planner = _Planner(graph, persistent)
+    for index, node in enumerate(graph.nodes):
+        planner.place(node, index)
+        planner.release(node, index)
+    graph.meta["buffers"] = planner.buffers
+    return graph
+
+
+@register_pass("memory")
+def memory(graph: Graph) -> Graph:
+    """Plan in-place writes and pooled buffers from liveness over the whole program."""
+    return plan(graph)
