@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 from tracegrad import codegen, tape
 from tracegrad.codegen.export import export_program
-from tracegrad.passes import pipeline
-from tracegrad.passes.memory import plan
 from tracegrad.errors import TraceError
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
+from tracegrad.passes import pipeline
+from tracegrad.passes.memory import plan
 from tracegrad.random import generator
 from tracegrad.tensor import Tensor
 from tracegrad.tracer import Tracer, tracing

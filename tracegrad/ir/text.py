@@ -377,11 +377,11 @@ def _rebuild_array(lineno: int, text: str, value, type_: TensorType) -> np.ndarr
 
 def _parse_comment(lineno: int, text: str, comment: str):
     """``file.py:12 (grad of log)``: a location, an origin in parentheses, or both."""
-    comment, origin = comment.strip(), None
-    if comment.endswith(")") and "(" in comment:
-        start = comment.rindex("(")
-        comment, origin = comment[:start].strip(), comment[start + 1 : -1]
-    return (_parse_location(lineno, text, comment) if comment else None), origin
+    body, origin = comment.removeprefix(" "), None
+    start = body.rfind("(") if body.endswith(")") else -1
+    if start == 0 or (start > 0 and body[start - 1] == " "):
+        body, origin = body[: max(start - 1, 0)], body[start + 1 : -1]
+    return (_parse_location(lineno, text, body) if body else None), origin
 
 
 def _parse_location(lineno: int, text: str, comment: str) -> SourceLocation:

@@ -65,7 +65,7 @@ def _same(node: Node, value: Value | None) -> Value | None:
     return value if value is not None and value.type == node.outputs[0].type else None
 
 
-# --- identities ------------------------------------------------------------------------------------
+# --- identities -----------------------------------------------------------------------------
 
 
 def _identity_operand(neutral: float, commutative: bool):
@@ -155,7 +155,7 @@ def _sum_of_broadcast(node, rw):
     return _same(node, rw.emit("mul", [x, rw.constant(copies, x.type.dtype)]))
 
 
-# --- numerical stability -----------------------------------------------------------------------------
+# --- numerical stability --------------------------------------------------------------------
 
 
 def _log_of_softmax(node, rw):

@@ -1,0 +1,21 @@
+"""Pictures of graphs: Graphviz DOT, standalone SVG, and one self-contained HTML page.
+
+Every function takes ``views``, a list of ``(title, Graph)`` pairs, for example::
+
+    views = [("forward (optimized)", cm.graph), ("backward (optimized)", cm.backward_graph),
+             ("forward (traced)", tg.trace(model, x))]
+    tracegrad.viz.render(views, "graph.html", code=cm.code)
+
+Each graph input and each IR node becomes one box whose id is the value name of its (first)
+output prefixed by its view's position: ``g0_12``, ``g1_grad_7``; members of a fused node are
+``<fused id>/<name>``. Boxes are coloured by the kind of their op (``scene.KINDS``). The SVG
+layout is tracegrad's own (``viz.layout``), so no Graphviz binary is needed for any format.
+
+Modules: ``scene`` (what is shown), ``layout`` (layered DAG layout), ``draw`` (geometry),
+``codelinks`` (statements <-> nodes), ``formats`` (the templates in ``templates/``).
+"""
+
+from tracegrad.viz.formats import render, to_dot, to_html, to_svg
+from tracegrad.viz.scene import KINDS, build_scene, code_vars, kind_of
+
+__all__ = ["render", "to_dot", "to_svg", "to_html", "KINDS", "build_scene", "code_vars", "kind_of"]

@@ -1,0 +1,106 @@
+"""The three output formats, each one template over the same scenes and drawings.
+
+``views`` is always a list of ``(title, Graph)`` pairs; box ids get the prefix ``g<i>_`` of
+the view's position, so the same graph shown twice keeps unique ids.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jinja2
+
+from tracegrad.viz.codelinks import first_lines, link_code
+from tracegrad.viz.draw import Drawing, draw
+from tracegrad.viz.scene import KINDS, Scene, build_scene
+
+TITLE_HEIGHT = 30  # room above each drawing for its title
+VIEW_GAP = 40  # between views shown side by side
+
+
+def _dot_quote(text) -> str:
+    """A DOT string literal; newlines become DOT's centred line break."""
+    escaped = str(text).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\r", "").replace("\n", "\\n") + '"'
+
+
+def _px(value: float) -> str:
+    return f"{value:.1f}"
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("tracegrad.viz", "templates"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2", "svg.j2")),
+)
+_ENV.filters.update(dot=_dot_quote, px=_px)
+_ENV.globals.update(kinds=KINDS, title_height=TITLE_HEIGHT)
+
+
+def scenes(views) -> list[Scene]:
+    return [build_scene(title, graph, i) for i, (title, graph) in enumerate(views)]
+
+
+def to_dot(views) -> str:
+    """Graphviz DOT text (no Graphviz needed to write it)."""
+    return _ENV.get_template("graph.dot.j2").render(scenes=scenes(views))
+
+
+def to_svg(views) -> str:
+    """A standalone SVG with the views side by side, laid out by tracegrad itself."""
+    drawings = [draw(scene) for scene in scenes(views)]
+    placed, offset = [], 0.0
+    for d in drawings:
+        placed.append((offset, d))
+        offset += d.width + VIEW_GAP
+    height = max((d.height for d in drawings), default=0.0) + TITLE_HEIGHT
+    return _ENV.get_template("graph.svg.j2").render(
+        placed=placed, width=max(offset - VIEW_GAP, 1.0), height=height
+    )
+
+
+def to_html(views, code: str | None = None) -> str:
+    """One self-contained page: tabs per view, details on hover, code linked to nodes."""
+    drawings = [draw(scene) for scene in scenes(views)]
+    lines = link_code(code, [d.scene for d in drawings]) if code else []
+    return _ENV.get_template("page.html.j2").render(
+        drawings=drawings,
+        counts=[_count(d) for d in drawings],
+        lines=lines,
+        nodes=_node_table(drawings, first_lines(lines)),
+    )
+
+
+def _count(drawing: Drawing) -> str:
+    boxes = list(drawing.scene.leaves())
+    inputs = sum(b.op == "input" for b in boxes)
+    return f"{len(boxes) - inputs} nodes"
+
+
+def _node_table(drawings: list[Drawing], lines: dict[str, int]) -> dict:
+    """What the page's script needs per box: detail rows, its code line, its view."""
+    return {
+        n.box.id: {"rows": n.box.details, "line": lines.get(n.box.id), "view": index}
+        for index, d in enumerate(drawings)
+        for n in d.nodes
+    }
+
+
+_WRITERS = {".dot": to_dot, ".gv": to_dot, ".svg": to_svg, ".html": to_html, ".htm": to_html}
+
+
+def render(views, path, code: str | None = None):
+    """Write ``views`` to ``path`` in the format its suffix names; returns ``path``."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in _WRITERS:
+        raise ValueError(
+            f"cannot tell the format from {os.fspath(path)!r}: use one of {sorted(_WRITERS)}"
+        )
+    writer = _WRITERS[suffix]
+    text = writer(views, code) if writer is to_html else writer(views)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path

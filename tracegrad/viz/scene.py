@@ -1,0 +1,271 @@
+"""What a picture shows, before any geometry: boxes, edges and fused groups of one view.
+
+A *view* is a titled Graph. Its scene has one ``Box`` per graph input and per IR node (a fused
+node's box holds the boxes of its body's nodes as ``members``) and one ``Edge`` per producer ->
+consumer pair between leaf boxes. Box ids are the value name of the node's first output,
+prefixed per view (``g0_12``, ``g1_grad_7``); members of a fused node are named after it
+(``g0_15/3``). Every output format (DOT, SVG, HTML) is drawn from this one description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from tracegrad.codegen.emit import Namer
+from tracegrad.ir.core import CONSTANT, CUSTOM
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import ELEMENTWISE, OPS, REDUCE, VIEW, ops_with
+
+FUSED = "fused"
+
+
+class Kind(NamedTuple):
+    label: str  # for the legend
+    fill: str
+    stroke: str
+
+
+# Colour classes by kind of op. Every format reads its colours from this table only.
+KINDS = {
+    "input": Kind("graph input", "#c7f0d2", "#2f8a4c"),
+    "constant": Kind("constant", "#eeeeec", "#8a8a85"),
+    "elementwise": Kind("elementwise", "#d6e6fb", "#3f6fb5"),
+    "reduce": Kind("reduce", "#fbe7a6", "#b38600"),
+    "view": Kind("view / shape / index", "#e4e4ea", "#6b6b80"),
+    "linalg": Kind("matmul / linear algebra", "#f9cdcd", "#b83a3a"),
+    "nn": Kind("nn op", "#e2d8fb", "#6a4cc0"),
+    "custom": Kind("custom Function", "#f9d3e8", "#b33b7c"),
+    "fused": Kind("fused kernel", "#fff3e6", "#e06c00"),
+    "other": Kind("other", "#ffffff", "#555555"),
+}
+
+# Op families (the ops/ file an op is declared in) that name a kind of their own.
+_FAMILY_KINDS = {"linalg": "linalg", "nn": "nn", "random": "nn", "shape": "view", "index": "view"}
+
+
+def kind_of(op: str) -> str:
+    """The colour class of an op: special node kinds, then family, then property sets."""
+    if op in (CONSTANT, CUSTOM, FUSED):
+        return op
+    if op not in OPS:
+        return "other"
+    family = OPS[op].infer.__module__.rsplit(".", 1)[-1]
+    if family in ("linalg", "nn", "random"):
+        return _FAMILY_KINDS[family]
+    for prop, kind in ((REDUCE, "reduce"), (VIEW, "view"), (ELEMENTWISE, "elementwise")):
+        if op in ops_with(prop):
+            return kind
+    return _FAMILY_KINDS.get(family, "other")
+
+
+@dataclass
+class Box:
+    """One drawn box: a graph input, an IR node, or a fused node holding its members."""
+
+    id: str
+    name: str  # value name of the (first) output
+    op: str  # op name, or "input"
+    kind: str
+    label: str  # the short text in the box: op, or a constant's value, or the input's name
+    type: str  # the IR type text of the first output, e.g. "f32[5,8]"
+    details: list[tuple[str, str]]  # rows for tooltips and the side panel
+    var: str | None = None  # the generated-code variable holding the value
+    output: bool = False  # a graph output (or an updated input)
+    inplace: int | None = None  # meta["inplace"]
+    buffer: object = None  # meta["buffer"]
+    members: list[Box] = field(default_factory=list)
+    member_edges: list[Edge] = field(default_factory=list)
+
+    @property
+    def badges(self) -> list[str]:
+        """Notes drawn next to the box: buffer reuse planned by the in-place and memory passes."""
+        notes = [] if self.inplace is None else [f"in-place ← input {self.inplace}"]
+        return notes + ([] if self.buffer is None else [f"buf {self.buffer}"])
+
+    @property
+    def tooltip(self) -> str:
+        return "\n".join(f"{key}: {value}" for key, value in self.details)
+
+
+@dataclass
+class Edge:
+    src: str
+    dst: str
+    label: str  # the IR type of the value(s) flowing
+
+
+@dataclass
+class Scene:
+    title: str
+    prefix: str
+    boxes: list[Box]  # top level: inputs first, then nodes in graph order
+    edges: list[Edge]  # between leaf boxes (fused members stand for their group)
+
+    def leaves(self):
+        """Every box that stands for one graph input or one non-fused IR node."""
+        stack = list(reversed(self.boxes))
+        while stack:
+            box = stack.pop()
+            if box.op == FUSED:
+                stack.extend(reversed(box.members))
+            else:
+                yield box
+
+
+def build_scene(title: str, graph: Graph, index: int) -> Scene:
+    prefix = f"g{index}_"
+    variables = code_vars(graph)
+    outputs = {id(v) for v in graph.outputs} | {id(v) for v in graph.updates.values()}
+    outputs |= {id(v) for v in graph.inputs if v.name in graph.updates}
+    where: dict[int, str] = {}  # id(value) -> id of the leaf box producing it
+    boxes = [_input_box(v, prefix, variables, id(v) in outputs) for v in graph.inputs]
+    for v, box in zip(graph.inputs, boxes, strict=True):
+        where[id(v)] = box.id
+    edges = _EdgeSet()
+    for node in graph.nodes:
+        box = _node_box(node, prefix, variables, where, edges)
+        box.output = any(id(v) in outputs for v in node.outputs)
+        boxes.append(box)
+    return Scene(title, prefix, boxes, edges.items())
+
+
+class _EdgeSet:
+    """Edges keyed by (src, dst): a value read twice, or two outputs of one node read by the
+    same consumer, draw one edge whose label lists the distinct types."""
+
+    def __init__(self):
+        self.table: dict[tuple[str, str], Edge] = {}
+
+    def add(self, src: str, dst: str, label: str) -> None:
+        edge = self.table.get((src, dst))
+        if edge is None:
+            self.table[src, dst] = Edge(src, dst, label)
+        elif label not in edge.label.split(", "):
+            edge.label += ", " + label
+
+    def items(self) -> list[Edge]:
+        return list(self.table.values())
+
+
+def _node_box(node, prefix: str, variables: dict, where: dict, edges: _EdgeSet) -> Box:
+    """The box of one node; records its incoming edges and where its outputs come from."""
+    name = node.outputs[0].name if node.outputs else f"node{id(node)}"
+    box = Box(
+        id=prefix + name,
+        name=name,
+        op=node.op,
+        kind=kind_of(node.op),
+        label=_label(node),
+        type=str(node.outputs[0].type) if node.outputs else "",
+        details=_node_details(node),
+        var=variables.get(name),
+        inplace=node.meta.get("inplace"),
+        buffer=node.meta.get("buffer"),
+    )
+    if node.op == FUSED:
+        _fill_fused(box, node, where, edges)
+        return box
+    for v in node.inputs:
+        edges.add(where[id(v)], box.id, str(v.type))
+    for v in node.outputs:
+        where[id(v)] = box.id
+    return box
+
+
+def _fill_fused(box: Box, node, where: dict, edges: _EdgeSet) -> None:
+    """Members are the body's nodes; body inputs stand for the node's inputs, and the node's
+    outputs come from the members producing the body's outputs."""
+    body: Graph = node.attrs["body"]
+    inner = dict(where)
+    for outer, v in zip(node.inputs, body.inputs, strict=True):
+        inner[id(v)] = where[id(outer)]
+    internal = _EdgeSet()
+    for member in body.nodes:
+        collected = _EdgeSet()
+        box.members.append(_node_box(member, box.id + "/", {}, inner, collected))
+        for edge in collected.items():
+            inside = edge.src.startswith(box.id + "/")
+            (internal if inside else edges).add(edge.src, edge.dst, edge.label)
+    box.member_edges = internal.items()
+    for outer, v in zip(node.outputs, body.outputs, strict=True):
+        where[id(outer)] = inner[id(v)]
+
+
+def _input_box(v, prefix: str, variables: dict, output: bool) -> Box:
+    details = [("input", v.name), *_type_details(v.type)]
+    return Box(prefix + v.name, v.name, "input", "input", v.name, str(v.type), details,
+               variables.get(v.name), output)  # fmt: skip
+
+
+def _label(node) -> str:
+    if node.op == CONSTANT:
+        value = node.attrs.get("value")
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            return f"const {value.item()!r}"
+        return "constant"
+    if node.op == CUSTOM:
+        fn = node.attrs.get("fn")
+        return getattr(fn, "__name__", "custom")
+    if node.op == FUSED:
+        return f"fused {node.meta.get('fused', '')}".strip()
+    return node.op
+
+
+def _node_details(node) -> list[tuple[str, str]]:
+    rows = [("op", node.op)]
+    if node.outputs:
+        rows.append(("value", ", ".join(v.name for v in node.outputs)))
+        rows += _type_details(node.outputs[0].type)
+    if node.location is not None:
+        rows.append(("source", f"{node.location.filename}:{node.location.lineno}"))
+        if node.location.line:
+            rows.append(("line", node.location.line))
+    if node.origin:
+        rows.append(("origin", node.origin))
+    rows += [(key, _short(value)) for key, value in node.attrs.items() if key != "body"]
+    rows += [(f"meta {key}", _short(value)) for key, value in node.meta.items()]
+    return rows
+
+
+def _type_details(t) -> list[tuple[str, str]]:
+    shape = "(" + ", ".join(map(str, t.shape)) + ("," if len(t.shape) == 1 else "") + ")"
+    return [("type", str(t)), ("shape", shape), ("dtype", t.dtype.name),
+            ("bytes", _bytes(t.nbytes))]  # fmt: skip
+
+
+def _bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{n} B ({size:.1f} {unit})"
+
+
+def _short(value) -> str:
+    """Attribute text for a tooltip: arrays by type, classes by name, the rest cut at 80."""
+    if isinstance(value, np.ndarray):
+        return repr(value.item()) if value.ndim == 0 else f"array {value.dtype}{list(value.shape)}"
+    if isinstance(value, type):
+        return value.__qualname__
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def code_vars(graph: Graph) -> dict[str, str]:
+    """Value name -> the Python variable the code generator gives it.
+
+    Uses the generator's own ``Namer`` in the generator's order (parameters, then each node's
+    first output with the ``v`` prefix), so names agree even when sanitizing collides.
+    """
+    namer = Namer()
+    names = {v.name: namer(v) for v in graph.inputs}
+    for node in graph.nodes:
+        if node.outputs:
+            names[node.outputs[0].name] = namer(node.outputs[0], prefix="v")
+    return names
