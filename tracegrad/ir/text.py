@@ -385,7 +385,7 @@ def _parse_comment(lineno: int, text: str, comment: str):
 
 
 def _parse_location(lineno: int, text: str, comment: str) -> SourceLocation:
-    filename, _, number = comment.removeprefix(" ").rpartition(":")
+    filename, _, number = comment.rpartition(":")
     try:
         return SourceLocation(filename, int(number))
     except ValueError:
