@@ -19,7 +19,7 @@ import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import dtypes
 from tracegrad.errors import DTypeError
-from tracegrad.ops import OPS, VIEW, call
+from tracegrad.ops import OPS, VIEW, call, fused
 
 FLOATS = [np.float32, np.float64]
 FLOAT_IDS = ["float32", "float64"]
@@ -741,6 +741,61 @@ def _comparison_call(fn):
     return lambda dt: fn(_f((2, 1), dt), _f((3,), dt))
 
 
+def _fused_inputs(name, dt):
+    """Inputs for a fused gradient op: (output-or-input, ..., cotangent), floats of ``dt``."""
+    if name == "cross_entropy_grad":
+        return (_f((4, 3), dt), tg.tensor([0, 2, 1, 1]), _f((), dt, seed=1)), {
+            "ignore_index": 1,
+            "label_smoothing": 0.1,
+            "reduction": "mean",
+        }
+    if name == "layer_norm_grad":
+        x = _f((3, 4), dt)
+        return (x, F.layer_norm(x, (4,)), _f((3, 4), dt, seed=1)), {"ndims": 1, "eps": 1e-5}
+    if name == "extreme_grad":
+        x = _f((3, 4), dt)
+        return (x, x.amax(1), _f((3,), dt, seed=1)), {"dims": (1,), "keepdim": False}
+    attrs = {
+        "gelu_grad": {"approximate": "tanh"},
+        "softmax_grad": {"dim": 1},
+        "log_softmax_grad": {"dim": 0},
+    }.get(name, {})
+    return (_f((2, 3), dt), _f((2, 3), dt, seed=1)), attrs
+
+
+FUSED_REFERENCES = {
+    "relu_grad": fused._relu_reference,
+    "tanh_grad": fused._tanh_reference,
+    "sigmoid_grad": fused._sigmoid_reference,
+    "gelu_grad": fused.gelu_reference,
+    "softmax_grad": fused._softmax_reference,
+    "log_softmax_grad": fused._log_softmax_reference,
+    "cross_entropy_grad": fused.cross_entropy_reference,
+    "layer_norm_grad": fused.layer_norm_reference,
+    "extreme_grad": fused.extreme_reference,
+}
+
+
+def _fused_call(name):
+    def run(dt):
+        inputs, attrs = _fused_inputs(name, dt)
+        return call(name, *inputs, **attrs)
+
+    return run
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_REFERENCES))
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+def test_fused_kernel_equals_its_reference(name, dt):
+    """A fused op's kernel computes exactly the formula its reference composition states."""
+    inputs, attrs = _fused_inputs(name, dt)
+    fused_out = call(name, *inputs, **attrs)
+    reference = FUSED_REFERENCES[name](*inputs, **attrs)
+    tol = 1e-12 if dt == np.float64 else 1e-5
+    np.testing.assert_allclose(fused_out.numpy(), reference.numpy(), rtol=tol, atol=tol)
+    assert fused_out.dtype == reference.dtype
+
+
 REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through the public API
     **{
         name: _method_call(name)
@@ -842,6 +897,7 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         F.layer_norm(_f((2, 3), dt), (3,)),
         F.layer_norm(_f((2, 3, 4), dt), (3, 4)),
     ),
+    **{name: _fused_call(name) for name in FUSED_REFERENCES},
 }
 INTEGER_OK = {
     "neg",

@@ -463,6 +463,79 @@ CASES = [
         (distinct,),
         smooth=False,
     ),
+    # fused gradient ops: their own gradients come from their reference compositions
+    Case(
+        "relu_grad",
+        ("relu_grad",),
+        lambda y, g: call("relu_grad", y, g),
+        (((2, 3), (2, 3)),),
+        (away_from(0), normal),
+        smooth=False,
+    ),
+    Case(
+        "tanh_grad",
+        ("tanh_grad",),
+        lambda y, g: call("tanh_grad", y, g),
+        (*BINARY[:1], ((), ())),
+    ),
+    Case("sigmoid_grad", ("sigmoid_grad",), lambda y, g: call("sigmoid_grad", y, g), BINARY[:1]),
+    Case(
+        "gelu_grad",
+        ("gelu_grad",),
+        lambda x, g: call("gelu_grad", x, g, approximate="none"),
+        BINARY[:1],
+    ),
+    Case(
+        "gelu_grad_tanh",
+        ("gelu_grad",),
+        lambda x, g: call("gelu_grad", x, g, approximate="tanh"),
+        BINARY[:1],
+    ),
+    Case(
+        "softmax_grad",
+        ("softmax_grad",),
+        lambda y, g: call("softmax_grad", y, g, dim=1),
+        BINARY[:1],
+    ),
+    Case(
+        "log_softmax_grad",
+        ("log_softmax_grad",),
+        lambda y, g: call("log_softmax_grad", y, g, dim=0),
+        BINARY[:1],
+    ),
+    Case(
+        "cross_entropy_grad",
+        ("cross_entropy_grad",),
+        lambda x, t, g: call(
+            "cross_entropy_grad", x, t, g, ignore_index=1, label_smoothing=0.1, reduction="mean"
+        ),
+        (((4, 3), (4,), ()),),
+        (normal, labels(3), normal),
+    ),
+    Case(
+        "cross_entropy_grad_none",
+        ("cross_entropy_grad",),
+        lambda x, t, g: call(
+            "cross_entropy_grad", x, t, g, ignore_index=-100, label_smoothing=0.0, reduction="none"
+        ),
+        (((4, 3), (4,), (4,)),),
+        (normal, labels(3), normal),
+    ),
+    Case(
+        "layer_norm_grad",
+        ("layer_norm_grad",),
+        lambda x, y, g: call("layer_norm_grad", x, y, g, ndims=1, eps=1e-5),
+        (((3, 4), (3, 4), (3, 4)),),
+    ),
+    Case(
+        "extreme_grad",
+        ("extreme_grad",),
+        # y must be the maximum of x for the shares to be defined: compute it inside
+        lambda x, g: call("extreme_grad", x, x.amax(1), g, dims=(1,), keepdim=False),
+        (((3, 4), (3,)),),
+        (distinct, normal),
+        smooth=False,
+    ),
 ]
 
 PARAMS = [

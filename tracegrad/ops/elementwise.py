@@ -13,7 +13,6 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import kernels, rules
-from tracegrad.ops.kernels import GELU_TANH_COEF, SQRT_2_OVER_PI
 from tracegrad.ops.registry import COMMUTATIVE, ELEMENTWISE, call, register
 
 
@@ -55,28 +54,17 @@ def comparison(name, impl, emit):
     register(name, ("x", "y"), infer, impl, None, emit, (), {ELEMENTWISE}, ufunc_out(impl, 2))
 
 
-def gelu_grad(c, g):
-    x = c.x
-    if c.approximate == "tanh":
-        t = call("tanh", SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x))
-        dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * x * x)
-        return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
-    cdf = 0.5 * (1.0 + call("erf", x * (1.0 / math.sqrt(2.0))))
-    pdf = call("exp", -0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-    return g * (cdf + x * pdf)
-
-
 # --- unary math:  name, NumPy implementation, VJP rule (d/dx), emit template ----------------
 unary("neg", np.negative, lambda c, g: -g, "np.negative({0})", floats=False)
 unary("exp", np.exp, lambda c, g: g * c.out, "np.exp({0})", saves=("out",))
 unary("log", np.log, lambda c, g: g / c.x, "np.log({0})", saves=("x",))
 unary("log1p", np.log1p, lambda c, g: g / (1.0 + c.x), "np.log1p({0})", saves=("x",))
 unary("sqrt", np.sqrt, lambda c, g: g / (2.0 * c.out), "np.sqrt({0})", saves=("out",))
-unary("tanh", np.tanh, lambda c, g: g * (1.0 - c.out * c.out), "np.tanh({0})", saves=("out",))
+unary("tanh", np.tanh, lambda c, g: call("tanh_grad", c.out, g), "np.tanh({0})", saves=("out",))
 unary(
     "sigmoid",
     kernels.sigmoid,
-    lambda c, g: g * c.out * (1.0 - c.out),
+    lambda c, g: call("sigmoid_grad", c.out, g),
     "rt.sigmoid({0})",
     saves=("out",),
     out="rt.sigmoid({0}, out={out})",
@@ -85,7 +73,7 @@ unary(
 unary(
     "relu",
     lambda x: np.maximum(x, 0),
-    lambda c, g: g * (c.out > 0),
+    lambda c, g: call("relu_grad", c.out, g),
     "np.maximum({0}, 0)",
     saves=("out",),
     floats=False,
@@ -106,7 +94,7 @@ unary("cos", np.cos, lambda c, g: -g * call("sin", c.x), "np.cos({0})", saves=("
 unary(
     "gelu",
     kernels.gelu,
-    gelu_grad,
+    lambda c, g: call("gelu_grad", c.x, g, approximate=c.approximate),
     "rt.gelu({0}, {approximate!r})",
     saves=("x",),
     out="rt.gelu({0}, {approximate!r}, out={out})",

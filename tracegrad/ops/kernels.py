@@ -10,6 +10,8 @@ import numpy as np
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_TANH_COEF = 0.044715
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
@@ -181,3 +183,103 @@ def check_finite(value, op, phase, where):
         bad = "NaN" if np.isnan(value).any() else "Inf"
         raise FloatingPointError(f"{bad} produced by {op} in the {phase} at {where}")
     return value
+
+
+# --- fused gradients (tracegrad/ops/fused.py declares them). Each is safe when ``out`` is one
+# --- of its inputs: an input is read only before ``out`` is written, or copied first.
+
+
+def relu_grad(y, g, out=None):
+    return np.multiply(g, y > 0, out=out)
+
+
+def tanh_grad(y, g, out=None):
+    slope = np.asarray(np.multiply(y, y))  # asarray: a 0-d result must stay writable
+    np.subtract(1.0, slope, out=slope)
+    return np.multiply(g, slope, out=out)
+
+
+def sigmoid_grad(y, g, out=None):
+    slope = np.asarray(np.subtract(1.0, y))
+    slope *= y
+    return np.multiply(g, slope, out=out)
+
+
+def gelu_grad(x, g, approximate, out=None):
+    """d gelu(x) = Phi(x) + x phi(x) (Phi in PyTorch's tanh form when asked)."""
+    square = np.asarray(np.multiply(x, x))
+    if approximate == "tanh":
+        t = np.asarray(np.multiply(square, GELU_TANH_COEF * x))
+        t += x
+        t *= SQRT_2_OVER_PI
+        np.tanh(t, out=t)
+        slope = np.asarray(square * (3.0 * GELU_TANH_COEF))
+        slope += 1.0
+        slope *= SQRT_2_OVER_PI * 0.5 * x
+        slope *= 1.0 - t * t
+        t += 1.0
+        t *= 0.5
+        slope += t
+    else:
+        pdf = np.exp(-0.5 * square) * INV_SQRT_2PI
+        slope = np.asarray(0.5 * (1.0 + erf(x * INV_SQRT_2)))
+        slope += x * pdf
+    return np.multiply(g, slope, out=out)
+
+
+def softmax_grad(y, g, dim, out=None):
+    """y * (g - sum(g * y)) over ``dim``."""
+    gy = np.multiply(g, y)
+    total = np.sum(gy, axis=dim, keepdims=True)
+    np.subtract(g, total, out=gy)
+    return np.multiply(y, gy, out=out)
+
+
+def log_softmax_grad(y, g, dim, out=None):
+    """g - exp(y) * sum(g) over ``dim``."""
+    total = np.sum(g, axis=dim, keepdims=True)
+    scaled = np.asarray(np.exp(y))
+    scaled *= total
+    return np.subtract(g, scaled, out=out)
+
+
+def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reduction):
+    """softmax(logits) - smoothed one-hot(target), weighted by g, zero where ignored."""
+    dim = class_dim(logits.ndim)
+    grad = softmax(logits, dim)
+    classes = grad.shape[dim]
+    moved = np.moveaxis(grad, dim, -1)
+    if label_smoothing:
+        moved -= label_smoothing / classes
+    valid = target != ignore_index
+    picks = np.where(valid, target, 0)[..., None]
+    picked = np.take_along_axis(moved, picks, -1)
+    np.put_along_axis(moved, picks, picked - (1.0 - label_smoothing), -1)
+    weight = valid * g
+    if reduction == "mean":
+        weight = weight / valid.sum()
+    moved *= np.asarray(weight, grad.dtype)[..., None]
+    return grad
+
+
+def layer_norm_grad(x, y, g, ndims, eps, out=None):
+    """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
+    axes = tuple(range(x.ndim - ndims, x.ndim))
+    centered = x - x.mean(axis=axes, keepdims=True)
+    centered *= centered
+    rstd = 1.0 / np.sqrt(centered.mean(axis=axes, keepdims=True) + eps)
+    np.multiply(g, y, out=centered)
+    projection = centered.mean(axis=axes, keepdims=True)
+    np.multiply(y, projection, out=centered)
+    np.subtract(g, centered, out=centered)
+    centered -= g.mean(axis=axes, keepdims=True)
+    return np.multiply(centered, rstd, out=out)
+
+
+def extreme_grad(x, y, g, dims, keepdim):
+    """amax/amin: the gradient shared evenly between tied extremes."""
+    if not keepdim:
+        y, g = np.expand_dims(y, dims), np.expand_dims(g, dims)
+    hits = (x == y).astype(x.dtype)
+    hits *= g / hits.sum(axis=dims, keepdims=True)
+    return hits

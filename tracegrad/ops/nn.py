@@ -84,13 +84,13 @@ def _softmax_infer(x: TensorType, dim) -> TensorType:
     return rules.floating("softmax", x)
 
 
-# softmax: dx = y * (g - sum(g * y));  log_softmax: dx = g - exp(y) * sum(g)
+# Their gradients are fused ops (tracegrad/ops/fused.py).
 register(
     "softmax",
     ("x",),
     _softmax_infer,
     kernels.softmax,
-    (lambda c, g: c.out * (g - (g * c.out).sum(dim=c.dim, keepdim=True)),),
+    (lambda c, g: call("softmax_grad", c.out, g, dim=c.dim),),
     "rt.softmax({0}, {dim})",
     out="rt.softmax({0}, {dim}, out={out})",
     saves=("out",),
@@ -100,7 +100,7 @@ register(
     ("x",),
     _softmax_infer,
     kernels.log_softmax,
-    (lambda c, g: g - call("exp", c.out) * g.sum(dim=c.dim, keepdim=True),),
+    (lambda c, g: call("log_softmax_grad", c.out, g, dim=c.dim),),
     "rt.log_softmax({0}, {dim})",
     out="rt.log_softmax({0}, {dim}, out={out})",
     saves=("out",),
@@ -133,26 +133,12 @@ def _cross_entropy_infer(
     return TensorType(target.shape if reduction == "none" else (), logits.dtype)
 
 
-def _cross_entropy_grad(c, g):
-    # d loss_n / d logits_n = softmax(logits_n) - smoothed one-hot(target_n), zero if ignored.
-    logits, target, dtype = c.logits, c.target, c.logits.dtype.name
-    dim, classes = kernels.class_dim(logits.ndim), logits.shape[kernels.class_dim(logits.ndim)]
-    valid = call("cast", target != c.ignore_index, dtype=dtype)
-    one_hot = call("one_hot", target * (target != c.ignore_index), num_classes=classes)
-    order = (0, one_hot.ndim - 1, *range(1, one_hot.ndim - 1)) if logits.ndim > 1 else (0,)
-    one_hot = call("cast", call("permute", one_hot, dims=order), dtype=dtype)
-    wanted = one_hot * (1.0 - c.label_smoothing) + c.label_smoothing / classes
-    if c.reduction == "mean":
-        g = g / valid.sum()
-    return (call("softmax", logits, dim=dim) - wanted) * (valid * g).unsqueeze(dim), None
-
-
 register(
     "cross_entropy",
     ("logits", "target"),
     _cross_entropy_infer,
     kernels.cross_entropy,
-    _cross_entropy_grad,
+    lambda c, g: (call("cross_entropy_grad", c.logits, c.target, g, **c.attrs), None),
     "rt.cross_entropy({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",
     saves=("logits", "target"),
 )
@@ -162,17 +148,6 @@ register(
 
 def _layer_norm_axes(ndim: int, ndims: int) -> tuple[int, ...]:
     return tuple(range(ndim - ndims, ndim))
-
-
-def _layer_norm_grad(c, g):
-    # With xhat = (x - mean) * rstd: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
-    axes = _layer_norm_axes(c.x.ndim, c.ndims)
-    centered = c.x - c.x.mean(dim=axes, keepdim=True)
-    rstd = 1.0 / call("sqrt", (centered * centered).mean(dim=axes, keepdim=True) + c.eps)
-    xhat = c.out
-    return rstd * (
-        g - g.mean(dim=axes, keepdim=True) - xhat * (g * xhat).mean(dim=axes, keepdim=True)
-    )
 
 
 def _layer_norm_infer(x: TensorType, ndims, eps) -> TensorType:
@@ -186,7 +161,7 @@ register(
     ("x",),
     _layer_norm_infer,
     kernels.layer_norm,
-    (_layer_norm_grad,),
+    (lambda c, g: call("layer_norm_grad", c.x, c.out, g, **c.attrs),),
     "rt.layer_norm({0}, {ndims}, {eps!r})",
     saves=("x", "out"),
 )

@@ -29,14 +29,6 @@ def _sum_grad(c, g):
     return call("broadcast_to", keep_dims(g, c.x.shape, c.dims, c.keepdim), shape=c.x.shape)
 
 
-def _extreme_grad(c, g):
-    # The gradient is shared evenly between tied extremes, as torch.amax/amin do.
-    out = keep_dims(c.out, c.x.shape, c.dims, c.keepdim)
-    hits = call("cast", call("eq", c.x, out), dtype=c.x.dtype.name)
-    share = hits / hits.sum(dim=c.dims, keepdim=True)
-    return share * keep_dims(g, c.x.shape, c.dims, c.keepdim)
-
-
 register(
     "sum",
     ("x",),
@@ -52,7 +44,7 @@ register(
     ("x",),
     _reduce_infer("amax"),
     lambda x, dims, keepdim: np.amax(x, dims, keepdims=keepdim),
-    (_extreme_grad,),
+    (lambda c, g: call("extreme_grad", c.x, c.out, g, **c.attrs),),
     "np.amax({0}, axis={dims}, keepdims={keepdim})",
     out="np.amax({0}, axis={dims}, keepdims={keepdim}, out={out})",
     saves=("x", "out"),
@@ -63,7 +55,7 @@ register(
     ("x",),
     _reduce_infer("amin"),
     lambda x, dims, keepdim: np.amin(x, dims, keepdims=keepdim),
-    (_extreme_grad,),
+    (lambda c, g: call("extreme_grad", c.x, c.out, g, **c.attrs),),
     "np.amin({0}, axis={dims}, keepdims={keepdim})",
     out="np.amin({0}, axis={dims}, keepdims={keepdim}, out={out})",
     saves=("x", "out"),
