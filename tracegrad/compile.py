@@ -14,6 +14,8 @@ import numpy as np
 
 from tracegrad import passes, tape
 from tracegrad.autograd import grad as autograd_grad
+from tracegrad.check import check_stages, seeds_for
+from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.passes import autodiff
 from tracegrad.passes.pipeline import transforms
@@ -42,6 +44,7 @@ class ModuleProgram:
     wrt: list[int]  # graph-input positions that get gradients
     differentiable: list[int]  # output positions that take cotangents
     n_saved: int
+    report: Report | None = None
 
 
 class CompiledModule:
@@ -91,6 +94,11 @@ class CompiledModule:
     def code(self) -> str:
         return self._latest().program.source
 
+    def explain(self) -> str:
+        """What compiling the latest specialization did: guards, passes and their changes,
+        generated functions with their memory plan, saved activations, recompiles."""
+        return render(self._latest().report, self.recompile_reasons)
+
     def export(self, path):
         """Write the latest specialization's forward and backward as a standalone NumPy module
         at ``path``, with the parameters in a .npz beside it."""
@@ -131,7 +139,10 @@ class CompiledModule:
         names.update({id(t): n for n, t in self.module.named_buffers()})
         arg_names = argument_names(self.module.forward, len(args))
         traced = trace_call(self.module, args, names, arg_names)
-        return build_module_program(traced, args, self.passes, self.debug_nans)
+        report = Report(f"compiled {type(self.module).__name__}", signature)
+        spec = build_module_program(traced, args, self.passes, self.debug_nans, report, self.check)
+        spec.report = report
+        return spec
 
     def _run(self, spec: ModuleProgram, args):
         traced = spec.traced
@@ -149,25 +160,52 @@ class CompiledModule:
         return tuple(outputs) if traced.returns_tuple else outputs[0]
 
 
-def build_module_program(traced: Traced, args, passes_spec, debug_nans: bool) -> ModuleProgram:
-    graph = passes.run(traced.graph, transforms(passes_spec))
+def build_module_program(
+    traced: Traced, args, passes_spec, debug_nans: bool, report: Report, check: bool = False
+):
+    forward_results: list = []
+    graph = passes.run(traced.graph, transforms(passes_spec), forward_results)
+    report.stages.append(("traced forward graph", forward_results))
     tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
     wrt = [i for i, t in enumerate(tensors) if t.requires_grad] if tape.is_grad_enabled() else []
     if not wrt:
         forward = passes.run(autodiff.inline_custom(graph), transforms(passes_spec))
-        program = generate([("forward", forward)], "forward", debug_nans, passes_spec)
+        program = generate(
+            [("forward", forward)], "forward", debug_nans, passes_spec, report=report
+        )
         return ModuleProgram(program, traced, [], [], 0)
     n_out = traced.n_outputs
     joint, seeds, differentiable = autodiff.differentiate(
         graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out
     )
-    joint = passes.run(joint, transforms(passes_spec))
+    joint_results: list = []
+    joint = passes.run(joint, transforms(passes_spec), joint_results)
+    report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
     n_forward = len(graph.outputs)
     forward, backward = autodiff.split(joint, n_forward, seeds)
+    if check:
+        _check_module(traced, tensors, wrt, n_out, report.stages)
+    report.saved = autodiff.saved_values(forward, backward, n_forward)
     log("graph", f"forward graph\n{forward}\nbackward graph\n{backward}")
     parts = [("forward", forward), ("backward", backward)]
-    program = generate(parts, "forward and backward", debug_nans, passes_spec)
+    program = generate(parts, "forward and backward", debug_nans, passes_spec, report=report)
     return ModuleProgram(program, traced, wrt, differentiable, len(forward.outputs) - n_forward)
+
+
+def _check_module(traced: Traced, tensors, wrt, n_out, stages) -> None:
+    """check=True: every pass snapshot, differentiated, against the unoptimized program."""
+    names = [traced.graph.inputs[i].name for i in wrt]
+
+    def joint_of(graph):
+        return autodiff.differentiate(graph, names, n_differentiable=n_out)[0]
+
+    reference = joint_of(traced.graph)
+    arrays = [t._data for t in tensors]
+    arrays += seeds_for(reference, len(arrays))
+    (forward_name, forward_results), (joint_name, joint_results) = stages[-2], stages[-1]
+    forward_end = forward_results[-1].graph if forward_results else traced.graph
+    check_stages(reference, [(forward_name, traced.graph, forward_results)], arrays, joint_of)
+    check_stages(reference, [(joint_name, joint_of(forward_end), joint_results)], arrays)
 
 
 def _connect_backward(spec: ModuleProgram, tensors, outputs, saved) -> None:

@@ -92,12 +92,21 @@ class Program:
         return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
 
 
-def generate(parts: list[tuple[str, Graph]], title: str, debug_nans: bool, passes_spec="default",
-             persistent: frozenset[str] = frozenset()) -> Program:  # fmt: skip
+def generate(
+    parts: list[tuple[str, Graph]],
+    title: str,
+    debug_nans: bool,
+    passes_spec="default",
+    persistent: frozenset[str] = frozenset(),
+    report=None,
+) -> Program:
     """Emit one module holding a function per (name, graph) part and load it. Planning passes
     (the memory plan) run on each part first; ``persistent`` outputs may use planned memory."""
+    unplanned = parts
     if "memory" in pipeline.planning(passes_spec):
         parts = [(name, plan(graph.copy(), persistent)) for name, graph in parts]
+    if report is not None:
+        report.unplanned, report.planned = unplanned, parts
     sources, uses_rng, constants = [], {}, {}
     for name, graph in parts:
         fn = codegen.emit_function(graph, name, debug_nans=debug_nans)

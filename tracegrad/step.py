@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracegrad import passes, tape
+from tracegrad.check import check_stages
+from tracegrad.explain import Report, render
 from tracegrad.passes.pipeline import transforms
 from tracegrad.specialize import (
     Program,
@@ -128,6 +130,17 @@ class StepProgram:
     n_results: int
     rebuild: object  # turns the result arrays back into what the function returned
     watched: dict = field(default_factory=dict)
+    # Lifted positions holding a tensor's .grad: index -> that tensor. The .grad is read
+    # anew each run, since code outside the step may replace it (zero_grad, backward).
+    grad_of: dict = field(default_factory=dict)
+    report: Report | None = None
+
+    def state(self) -> list[Tensor]:
+        """The lifted tensors as they are now: a replaced .grad is the one read."""
+        lifted = list(self.lifted)
+        for index, owner in self.grad_of.items():
+            lifted[index] = owner.grad
+        return lifted
 
 
 class CompiledFunction:
@@ -160,11 +173,15 @@ class CompiledFunction:
     def code(self) -> str:
         return self._latest().program.source
 
+    def explain(self) -> str:
+        """What compiling the latest specialization did (see CompiledModule.explain)."""
+        return render(self._latest().report, self.recompile_reasons)
+
     def export(self, path):
         """Write the latest specialization's step as a standalone NumPy module at ``path``,
         with the parameters and optimizer state in a .npz beside it."""
         spec = self._latest()
-        return spec.program.export(path, spec.lifted)
+        return spec.program.export(path, spec.state())
 
     def _latest(self) -> StepProgram:
         if self.latest is None:
@@ -229,7 +246,7 @@ class CompiledFunction:
         return spec
 
     def _run(self, spec: StepProgram, args):
-        tensors = [a for a in args if isinstance(a, Tensor)] + spec.lifted
+        tensors = [a for a in args if isinstance(a, Tensor)] + spec.state()
         results = spec.program.call("step", [t._data for t in tensors])
         n, n_upd = spec.n_results, len(spec.update_targets)
         for target, array in zip(spec.update_targets, results[n : n + n_upd], strict=True):
@@ -306,10 +323,23 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         graph = tracer.graph(results + new_values + sink_values, updates)
     _restore_grads(sinks, grads_before)
     log("graph", f"traced step: {len(graph.nodes)} nodes\n{graph}")
-    graph = passes.run(graph, transforms(compiled.passes))
+    report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
+    pass_results: list = []
+    traced_graph, graph = graph, passes.run(graph, transforms(compiled.passes), pass_results)
+    stage = "traced step (forward, backward and update)"
+    report.stages.append((stage, pass_results))
+    if compiled.check:
+        arrays = [a._data for a in args if isinstance(a, Tensor)]
+        arrays += [t._data for t, _ in tracer.lifted.values()]
+        check_stages(traced_graph, [(stage, traced_graph, pass_results)], arrays)
     persistent = frozenset(v.name for v in graph.outputs[len(results) :])
     program = generate(
-        [("step", graph)], "training step", compiled.debug_nans, compiled.passes, persistent
+        [("step", graph)],
+        "training step",
+        compiled.debug_nans,
+        compiled.passes,
+        persistent,
+        report=report,
     )
     lifted_tensors = [t for t, _ in tracer.lifted.values()]
     noted = {f"optimizer{i}": o for i, o in enumerate(tracer.optimizers)}
@@ -317,7 +347,20 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     # .grad (present or not) decides what the program computes, so it is guarded.
     read = {value.name: t for t, value in tracer.lifted.values() if t.requires_grad}
     compiled._watch({}, {n: o for n, o in noted.items() if o not in reachable[1].values()}, read)
-    return StepProgram(program, signature, lifted_tensors, targets, sinks, len(results), rebuild)
+    owners = {id(grad): t for t, grad in grads_before.values() if grad is not None}
+    grad_of = {i: owners[id(t)] for i, t in enumerate(lifted_tensors) if id(t) in owners}
+    return StepProgram(
+        program,
+        signature,
+        lifted_tensors,
+        targets,
+        sinks,
+        len(results),
+        rebuild,
+        {},
+        grad_of,
+        report,
+    )
 
 
 def _collect_sinks(tracer: Tracer, symbolic, args) -> tuple[list[Sink], list]:

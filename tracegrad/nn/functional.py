@@ -9,7 +9,7 @@ import numpy as np
 
 from tracegrad import dtypes
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
-from tracegrad.tensor import Tensor, as_tensor, call, where
+from tracegrad.tensor import Tensor, as_tensor, call, is_symbolic, where
 
 
 def _pair(value) -> tuple[int, int]:
@@ -230,7 +230,10 @@ def embedding(input: Tensor, weight: Tensor, padding_idx=None) -> Tensor:
             )
         )
     rows = weight.shape[0]
-    bad = input._data[(input._data < 0) | (input._data >= rows)]
+    # Indices are only known here when running eagerly; compiled code indexes with NumPy,
+    # which raises on an out-of-range index itself.
+    data = input._data if not is_symbolic(input) else np.zeros(0, np.int64)
+    bad = data[(data < 0) | (data >= rows)]
     if bad.size:
         raise IndexError(
             at_user_line(

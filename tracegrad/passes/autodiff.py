@@ -120,3 +120,16 @@ def _ancestors(graph: Graph, values) -> list:
             kept.append(node)
             needed.update(id(v) for v in node.inputs)
     return kept[::-1]
+
+
+def saved_values(forward: Graph, backward: Graph, n_forward: int) -> list[tuple]:
+    """The values the forward keeps for the backward, each with the gradient ops reading it
+    (why it is saved)."""
+    readers: dict[str, set[str]] = {}
+    for node in backward.nodes:
+        for v in node.inputs:
+            readers.setdefault(v.name, set()).add(node.origin or node.op)
+    return [
+        (v, sorted(readers.get(v.name, {"returned as a gradient"})))
+        for v in forward.outputs[n_forward:]
+    ]

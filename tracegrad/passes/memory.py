@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from tracegrad.dtypes import TensorType, from_name
 from tracegrad.ir.core import CONSTANT
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, OPS, VIEW
@@ -133,3 +134,25 @@ def plan(graph: Graph, persistent: frozenset[str] = frozenset()) -> Graph:
 def memory(graph: Graph) -> Graph:
     """Plan in-place writes and pooled buffers from liveness over the whole program."""
     return plan(graph)
+
+
+def peak_bytes(graph: Graph) -> int:
+    """Estimated peak of memory the program allocates (graph inputs not counted): planned
+    buffers once, plus every other value from its definition to its last use."""
+    root = aliases(graph)
+    last = last_uses(graph, root)
+    pool = sum(
+        TensorType(shape, from_name(dtype)).nbytes for shape, dtype in graph.meta.get("buffers", [])
+    )
+    live: dict[int, int] = {}
+    peak = 0
+    for index, node in enumerate(graph.nodes):
+        for out in node.outputs:
+            owns = root[id(out)] is out and "inplace" not in node.meta and "buffer" not in node.meta
+            if owns and node.op != CONSTANT:
+                live[id(out)] = out.type.nbytes
+        peak = max(peak, sum(live.values()))
+        for v in node.inputs:
+            if last.get(id(root[id(v)])) == index:
+                live.pop(id(root[id(v)]), None)
+    return pool + peak

@@ -198,6 +198,9 @@ RULES = [
         _reshape_chain,
     ),
     Rule("same-cast", "cast(x: t, t) -> x", "cast", _same_type_op),
+    # Graph values are never modified in place, so a copy is the value itself (eager code
+    # clones to keep .grad tensors apart; the memory plan decides on in-place writes).
+    Rule("clone", "clone(x) -> x", "clone", _same_type_op),
     Rule("same-broadcast", "broadcast_to(x, shape(x)) -> x", "broadcast_to", _same_type_op),
     Rule("same-sum-to", "sum_to(x, shape(x)) -> x", "sum_to", _same_type_op),
     Rule("exp-log", "exp(log(x)) -> x", "exp", _inverse_of("log")),

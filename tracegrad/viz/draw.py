@@ -17,9 +17,11 @@ from tracegrad.viz.scene import FUSED, Box, Edge, Scene
 
 CHAR_WIDTH = 6.8  # of the 11px monospace font the templates use
 BOX_HEIGHT = 34
+BADGE_HEIGHT = 12  # a third line of text in boxes with badges
 TEXT_PAD = 10
 MIN_WIDTH = 56
 MAX_LABEL = 24  # characters; longer labels are cut (the tooltip has the full text)
+MAX_GROUP_LABEL = 48
 GROUP_PAD = 10
 GROUP_HEADER = 20
 
@@ -107,18 +109,22 @@ def _leaf_ids(box: Box):
 
 
 def _size(box: Box, inner: _Frame | None) -> tuple[float, float]:
+    badges = " · ".join(box.badges)
     if inner is not None:
-        width = max(inner.layout.width, len(_label(box)) * CHAR_WIDTH + TEXT_PAD)
+        chars = len(_label(box)) + len(badges) + 2
+        width = max(inner.layout.width, chars * CHAR_WIDTH + TEXT_PAD)
         return width + 2 * GROUP_PAD, inner.layout.height + GROUP_HEADER + GROUP_PAD
-    chars = max(len(_label(box)), len(box.type))
-    return max(MIN_WIDTH, chars * CHAR_WIDTH + 2 * TEXT_PAD), BOX_HEIGHT
+    chars = max(len(_label(box)), len(box.type), len(badges) * 0.85)  # badges: smaller font
+    height = BOX_HEIGHT + BADGE_HEIGHT * bool(badges)
+    return max(MIN_WIDTH, chars * CHAR_WIDTH + 2 * TEXT_PAD), height
 
 
 def _label(box: Box) -> str:
-    text = box.label
     if box.op == FUSED:
-        text = f"{text} {box.type}"
-    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
+        text, limit = f"{box.label} · {box.type}", MAX_GROUP_LABEL
+    else:
+        text, limit = box.label, MAX_LABEL
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _emit(frame: _Frame, dx: float, dy: float, nodes: list, paths: list) -> None:

@@ -217,7 +217,7 @@ def _label(node) -> str:
 def _node_details(node) -> list[tuple[str, str]]:
     rows = [("op", node.op)]
     if node.outputs:
-        rows.append(("value", ", ".join(v.name for v in node.outputs)))
+        rows.append(("name", ", ".join(v.name for v in node.outputs)))
         rows += _type_details(node.outputs[0].type)
     if node.location is not None:
         rows.append(("source", f"{node.location.filename}:{node.location.lineno}"))

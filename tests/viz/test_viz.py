@@ -1,0 +1,369 @@
+"""Pictures of graphs: DOT, SVG and HTML for real compiled graphs, a hand-built fused graph and
+a 24-block transformer, read back by hand-written readers; the page opened in Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+from viz_helpers import (
+    GPT,
+    TagBalance,
+    all_node_ids,
+    data_edges,
+    fused_graph,
+    leaf_ids,
+    odd_graph,
+    parse_dot,
+    pixel_counts,
+    read_png,
+)
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import nn, viz
+from tracegrad.ir.graph import Graph
+from tracegrad.viz import layout as layout_module
+from tracegrad.viz.codelinks import link_code
+from tracegrad.viz.draw import draw
+from tracegrad.viz.formats import scenes
+from tracegrad.viz.scene import KINDS, code_vars, kind_of
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """Forward and backward of a compiled MLP, its traced graph and its generated code."""
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    cm = tg.compile(model)
+    loss = F.cross_entropy(cm(tg.randn(5, 4)), tg.tensor([0, 1, 2, 0, 1]))
+    loss.backward()
+    views = [
+        ("forward (optimized)", cm.graph),
+        ("backward (optimized)", cm.backward_graph),
+        ("forward (traced)", tg.trace(model, tg.randn(5, 4))),
+    ]
+    return views, cm.code
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    """A 24-block transformer (d=32, 2 heads, ctx 16), compiled and run forward + backward."""
+    tg.manual_seed(0)
+    model = GPT(blocks=24)
+    cm = tg.compile(model)
+    idx = tg.tensor([[i % 65 for i in range(16)], [(7 * i) % 65 for i in range(16)]])
+    loss = F.cross_entropy(cm(idx).reshape(-1, 65), idx.reshape(-1))
+    loss.backward()
+    views = [
+        ("forward (optimized)", cm.graph),
+        ("backward (optimized)", cm.backward_graph),
+        ("forward (traced)", tg.trace(model, idx)),
+    ]
+    return views, cm.code
+
+
+FUSED = [("fused", fused_graph())]
+ODD = [('odd <&> "names"', odd_graph()), ("empty", Graph())]
+
+
+# --- what is shown -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "op, kind",
+    [("add", "elementwise"), ("exp", "elementwise"), ("sum", "reduce"), ("sum_to", "reduce"),
+     ("reshape", "view"), ("permute", "view"), ("cat", "view"), ("getitem", "view"),
+     ("matmul", "linalg"), ("softmax", "nn"), ("layer_norm", "nn"), ("constant", "constant"),
+     ("custom", "custom"), ("fused", "fused"), ("no_such_op", "other")],
+)  # fmt: skip
+def test_kind_of_op(op, kind):
+    assert kind_of(op) == kind
+    assert kind in KINDS
+
+
+def test_code_vars_name_every_statement_of_the_generated_code(mlp):
+    views, code = mlp
+    forward, backward = views[0][1], views[1][1]
+    assert code_vars(forward)["0.weight"] == "v0_weight"
+    assert code_vars(forward)["x"] == "x"
+    assigned = set(re.findall(r"^    (\w+) = ", code, re.M))
+    named = {code_vars(forward)[n.outputs[0].name] for n in forward.nodes}
+    named |= {code_vars(backward)[n.outputs[0].name] for n in backward.nodes}
+    assert assigned <= named | {"_"}
+
+
+def test_every_statement_is_linked_to_the_node_it_defines(mlp):
+    views, code = mlp
+    lines = link_code(code, scenes(views))
+    for line in lines:
+        match = re.match(r"^    v(\w+) = ", line.text)
+        if match:
+            assert any(t.endswith("_" + match.group(1)) for t in line.targets), line
+    linked = {t for line in lines for t in line.targets}
+    nodes = [f"g{i}_{n.outputs[0].name}" for i in (0, 1) for n in views[i][1].nodes]
+    assert set(nodes) <= linked
+
+
+# --- DOT -----------------------------------------------------------------------------------------
+
+
+def test_dot_has_one_node_per_input_and_ir_node_and_the_data_edges(mlp):
+    views, _ = mlp
+    nodes, edges, clusters = parse_dot(viz.to_dot(views))
+    assert sorted(nodes) == sorted(leaf_ids(views))
+    assert len(nodes) == len(set(nodes))
+    assert set(edges) == data_edges(views)
+    assert len(edges) == len(set(edges))
+    assert clusters == [f"cluster_g{i}_view" for i in range(len(views))]
+
+
+def test_dot_draws_a_fused_node_as_a_cluster_of_its_members():
+    text = viz.to_dot(FUSED)
+    nodes, edges, clusters = parse_dot(text)
+    assert sorted(nodes) == sorted(leaf_ids(FUSED))
+    assert "cluster_g0_4" in clusters
+    assert {("g0_2", "g0_4/a"), ("g0_fc.bias", "g0_4/a"), ("g0_4/a", "g0_4/s")} <= set(edges)
+    assert ("g0_4/s", "g0_5") in edges
+    assert 'xlabel="in-place ← input 0, buf 1"' in text
+
+
+def test_dot_labels_edges_with_types_and_colours_nodes_by_kind(mlp):
+    views, _ = mlp
+    text = viz.to_dot(views[:1])
+    matmul = next(n for n in views[0][1].nodes if n.op == "matmul")
+    me, x = f"g0_{matmul.outputs[0].name}", matmul.inputs[0]
+    assert f'"g0_{x.name}" -> "{me}" [label="{x.type}"]' in text
+    fill = KINDS["linalg"].fill
+    assert f'"{me}" [label="matmul\\n{matmul.outputs[0].type}", fillcolor="{fill}"' in text
+
+
+# --- SVG -----------------------------------------------------------------------------------------
+
+
+def svg_nodes(text: str) -> list[ET.Element]:
+    root = ET.fromstring(text.encode())
+    return [g for g in root.iter(SVG + "g") if "node" in g.get("class", "").split()]
+
+
+def test_svg_is_well_formed_with_one_shape_per_node(mlp):
+    views, _ = mlp
+    nodes = svg_nodes(viz.to_svg(views))
+    assert sorted(g.get("id") for g in nodes) == sorted(all_node_ids(views))
+    for g in nodes:
+        shapes = [e for e in g if e.get("class") == "shape"]
+        assert len(shapes) == 1
+        title = g.find(SVG + "title").text
+        assert "type: " in title and "dtype: " in title and "bytes: " in title
+        if title.startswith("op: "):  # nodes, not inputs
+            assert "source: " in title
+
+
+def a_backward_node(views):
+    """The first backward node that is a matrix: its id and the node."""
+    node = next(n for n in views[1][1].nodes if n.origin and n.outputs[0].type.ndim == 2)
+    return f"g1_{node.outputs[0].name}", node
+
+
+def test_svg_tooltips_have_op_shape_source_and_origin(mlp):
+    views, _ = mlp
+    box_id, node = a_backward_node(views)
+    g = {g.get("id"): g for g in svg_nodes(viz.to_svg(views))}[box_id]
+    title = g.find(SVG + "title").text
+    out = node.outputs[0].type
+    assert f"op: {node.op}\n" in title and f"shape: {out.shape}\n" in title
+    assert f"bytes: {out.nbytes} B" in title and f"dtype: {out.dtype.name}" in title
+    assert f"source: {node.location.filename}:{node.location.lineno}" in title
+    assert f"origin: {node.origin}" in title
+    assert [t.text for t in g.iter(SVG + "text")][:2] == [node.op, str(out)]
+
+
+def test_svg_frames_fused_members_and_marks_buffer_reuse():
+    nodes = {g.get("id"): g for g in svg_nodes(viz.to_svg(FUSED))}
+    assert sorted(nodes) == sorted(all_node_ids(FUSED))
+    assert "group" in nodes["g0_4"].get("class").split()
+    assert "inplace" in nodes["g0_5"].get("class").split()
+    badges = [t.text for t in nodes["g0_5"].iter(SVG + "text") if t.get("class") == "badge"]
+    assert badges == ["in-place ← input 0 · buf 1"]
+    frame = _rect(nodes["g0_4"])
+    for member in ("g0_4/a", "g0_4/s"):
+        x, y, w, h = _rect(nodes[member])
+        assert frame[0] < x and x + w < frame[0] + frame[2]
+        assert frame[1] < y and y + h < frame[1] + frame[3]
+
+
+def _rect(g) -> tuple[float, ...]:
+    shape = next(e for e in g if e.get("class") == "shape")
+    return tuple(float(shape.get(k)) for k in ("x", "y", "width", "height"))
+
+
+def test_layout_keeps_boxes_apart_and_routes_between_them(mlp):
+    views, _ = mlp
+    model = GPT(blocks=2)
+    graph = tg.trace(model, tg.tensor([[1, 2, 3, 4]]))
+    for scene in scenes([*views, ("gpt", graph)]):
+        drawing = draw(scene)
+        boxes = [(n.x, n.y, n.w, n.h) for n in drawing.nodes]
+        assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[:i])
+        for path in drawing.paths:
+            for x, y0, y1 in _straight_segments(path.d):
+                ends = path.ends.split()
+                others = [(n.x, n.y, n.w, n.h) for n in drawing.nodes if n.box.id not in ends]
+                assert not any(_crosses(x, y0, y1, box) for box in others), (path, x, y0)
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _straight_segments(d: str):
+    """(x, y0, y1) of the vertical straight pieces of a path: where routes cross rows."""
+    points = [tuple(map(float, p.split(","))) for p in re.findall(r"[-\d.]+,[-\d.]+", d)]
+    commands = re.findall(r"[MLC]", d)
+    pos, previous = 0, None
+    for command in commands:
+        count = 3 if command == "C" else 1
+        end = points[pos + count - 1]
+        if command == "L":
+            yield previous[0], min(previous[1], end[1]), max(previous[1], end[1])
+        previous, pos = end, pos + count
+
+
+def _crosses(x, y0, y1, box) -> bool:
+    bx, by, bw, bh = box
+    return bx < x < bx + bw and y0 < by + bh and by < y1
+
+
+def test_layers_put_values_next_to_their_first_use():
+    import networkx as nx
+
+    dag = nx.DiGraph([("const", "late"), ("a", "b"), ("b", "c"), ("c", "late")])
+    layers = layout_module.assign_layers(dag)
+    assert layers["const"] == layers["late"] - 1
+    assert layers["a"] == 0 and layers["late"] == 3
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+
+def check_page(page: str, views) -> None:
+    balance = TagBalance()
+    balance.feed(page)
+    balance.close()
+    assert balance.errors == [] and balance.stack == []
+    ET.fromstring(page.encode())  # XHTML-compatible too
+    assert "http://" not in page and "https://" not in page
+    assert "<link" not in page and " src=" not in page  # nothing loaded from elsewhere
+    ids = set(balance.ids)
+    assert set(all_node_ids(views)) <= ids
+    assert len(balance.ids) == len(ids)
+
+
+def test_html_is_self_contained_and_shows_every_node(mlp):
+    views, code = mlp
+    page = viz.to_html(views, code=code)
+    check_page(page, views)
+    for kind in KINDS.values():
+        assert kind.label in page  # the legend
+    for title, _ in views:
+        assert f"{title} <small>" in page  # a tab per view
+    first = views[0][1].nodes[0].outputs[0].name
+    assert re.search(f'data-nodes="g0_{first} g2_{first}">    v{first} = ', page)
+
+
+def test_html_without_code_and_with_fused_groups():
+    page = viz.to_html(FUSED)
+    check_page(page, FUSED)
+    assert 'id="code"' not in page
+    assert "in-place ← input 0 · buf 1" in page
+
+
+def test_names_and_source_text_are_escaped_in_every_format():
+    nodes, edges, clusters = parse_dot(viz.to_dot(ODD))
+    assert sorted(nodes) == sorted(leaf_ids(ODD))
+    assert ('g0_x<&>"', "g0_a") in edges and ("g0_a", "g0_c") in edges
+    assert len(clusters) == 2
+    svg = viz.to_svg(ODD)
+    assert sorted(g.get("id") for g in svg_nodes(svg)) == sorted(all_node_ids(ODD))
+    title = {g.get("id"): g for g in svg_nodes(svg)}["g0_a"].find(SVG + "title").text
+    assert 'source: C:\\odd "dir"\\model.py:3' in title and "{{ '%' }}" in title
+    code = 'def f(x___):\n    va = x___ < 2 & "</span>"\n'
+    page = viz.to_html(ODD, code=code)
+    check_page(page, ODD)
+    assert "&lt;/span&gt;" in page
+
+
+def test_render_picks_the_format_from_the_suffix(mlp, tmp_path):
+    views, code = mlp
+    for suffix, start in ((".dot", "// Generated"), (".svg", "<?xml"), (".html", "<!DOCTYPE")):
+        path = tmp_path / f"graph{suffix}"
+        assert viz.render(views, path, code=code) == path
+        assert path.read_text(encoding="utf-8").startswith(start)
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        viz.render(views, tmp_path / "graph.png")
+
+
+def test_a_24_block_transformer_renders_quickly(transformer, tmp_path):
+    views, code = transformer
+    assert sum(len(g.nodes) for _, g in views) > 3000
+    started = time.perf_counter()
+    for suffix in (".dot", ".svg", ".html"):
+        viz.render(views, tmp_path / f"gpt{suffix}", code=code)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 10, f"rendering took {elapsed:.1f} s"
+    nodes = svg_nodes((tmp_path / "gpt.svg").read_text(encoding="utf-8"))
+    assert len(nodes) == len(all_node_ids(views))
+    dot_nodes, _, _ = parse_dot((tmp_path / "gpt.dot").read_text(encoding="utf-8"))
+    assert len(dot_nodes) == len(leaf_ids(views))
+    check_page((tmp_path / "gpt.html").read_text(encoding="utf-8"), views)
+
+
+# --- in a browser --------------------------------------------------------------------------------
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def browser() -> str:
+    found = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    if found is None:
+        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)})")
+    return found
+
+
+def run_browser(binary, page, tmp_path, *flags) -> subprocess.CompletedProcess:
+    command = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,800",
+        "--enable-logging=stderr", "--v=0", *flags, page,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert "Uncaught" not in result.stderr, result.stderr
+    return result
+
+
+def test_page_in_headless_chromium(mlp, tmp_path):
+    binary = browser()
+    views, code = mlp
+    path = viz.render(views, tmp_path / "graph.html", code=code)
+    # The fragment selects a backward node on load, running the panel and code-link script.
+    box_id, node = a_backward_node(views)
+    url = f"file://{path}#{box_id}"
+    png = tmp_path / "shot.png"
+    run_browser(binary, url, tmp_path, f"--screenshot={png}")
+    width, height, rows = read_png(png)
+    assert (width, height) == (1200, 800)
+    graph_area = pixel_counts(rows, 0, 700, 100, 800)
+    assert len(graph_area) > 50  # text, edges and boxes, not a blank page
+    fill = bytes.fromhex(KINDS["linalg"].fill[1:])
+    assert graph_area.get(fill, 0) > 500  # the matmul boxes are drawn
+    dom = run_browser(binary, url, tmp_path, "--dump-dom").stdout
+    assert re.search(f'class="node [^"]* on" id="{box_id}"', dom)
+    assert re.search(f'class="line stmt on" id="L\\d+" data-nodes="{box_id}"', dom)
+    assert f"<td>{node.origin}</td>" in dom

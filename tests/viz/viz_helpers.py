@@ -1,0 +1,297 @@
+"""Helpers for the picture tests: models and graphs to draw, and small readers for the outputs
+(DOT, HTML tag balance, PNG pixels) written from scratch, since pydot and Pillow are not here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import zlib
+from html.parser import HTMLParser
+
+import numpy as np
+
+import tracegrad as tg
+from tracegrad import dtypes, nn
+from tracegrad.dtypes import TensorType
+from tracegrad.errors import SourceLocation
+from tracegrad.ir.core import Node, Value
+from tracegrad.ir.graph import Graph
+
+# --- models and graphs ---------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """A pre-LN transformer block: causal masked softmax attention, then a GELU MLP."""
+
+    def __init__(self, d: int, heads: int, ctx: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.act = nn.GELU()
+        self.heads = heads
+        self.register_buffer("mask", tg.tril(tg.ones(ctx, ctx)))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = (
+            self.qkv(self.ln1(x))
+            .reshape(B, T, 3, self.heads, C // self.heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // self.heads))
+        att = att.masked_fill(self.mask[:T, :T] == 0, float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + self.proj(y)
+        return x + self.out(self.act(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, blocks: int, vocab: int = 65, d: int = 32, heads: int = 2, ctx: int = 16):
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, d), nn.Embedding(ctx, d)
+        self.blocks = nn.Sequential(*[Block(d, heads, ctx) for _ in range(blocks)])
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        # NOTE: the Embedding tables are indexed directly: F.embedding's range check reads the
+        # indices' data, which a traced tensor does not have (TypeError while tracing).
+        x = self.emb.weight[idx] + self.pos.weight[tg.arange(T)]
+        return self.head(self.ln(self.blocks(x)))
+
+
+def value(name: str, spec: str) -> Value:
+    dtype, dims = re.fullmatch(r"(\w+)\[([\d,]*)\]", spec).groups()
+    shape = tuple(int(d) for d in dims.split(",") if d)
+    return Value(name, TensorType(shape, dtypes.from_name(dtype)))
+
+
+def fused_graph() -> Graph:
+    """permute, matmul, then a fused add+relu kernel, then an in-place neg with buffers."""
+    where = SourceLocation("model.py", 7, "y = (x @ w.T + b).relu()")
+    types = {"x": "f32[4,3]", "fc.weight": "f32[2,3]", "fc.bias": "f32[2]", "1": "f32[3,2]",
+             "2": "f32[4,2]", "4": "f32[4,2]", "5": "f32[4,2]", "p": "f32[4,2]", "q": "f32[2]",
+             "a": "f32[4,2]", "s": "f32[4,2]"}  # fmt: skip
+    v = {name: value(name, spec) for name, spec in types.items()}
+    body = Graph(
+        [v["p"], v["q"]],
+        [Node("add", [v["p"], v["q"]], [v["a"]], {}, where), Node("relu", [v["a"]], [v["s"]])],
+        [v["s"]],
+    )
+    nodes = [
+        Node("permute", [v["fc.weight"]], [v["1"]], {"dims": (1, 0)}, where),
+        Node("matmul", [v["x"], v["1"]], [v["2"]], {}, where, None, {"buffer": 0}),
+        Node(
+            "fused",
+            [v["2"], v["fc.bias"]],
+            [v["4"]],
+            {"body": body},
+            where,
+            None,
+            {"fused": "elementwise", "buffer": 1},
+        ),
+        Node("neg", [v["4"]], [v["5"]], {}, where, "grad of relu", {"inplace": 0, "buffer": 1}),
+    ]
+    return Graph([v["x"], v["fc.weight"], v["fc.bias"]], nodes, [v["5"]])
+
+
+def leaf_ids(views) -> list[str]:
+    """The id of every graph input and non-fused IR node, fused members included."""
+    ids = []
+    for i, (_, graph) in enumerate(views):
+        ids += [f"g{i}_{v.name}" for v in graph.inputs]
+        ids += _node_ids(graph.nodes, f"g{i}_", fused_too=False)
+    return ids
+
+
+def all_node_ids(views) -> list[str]:
+    """``leaf_ids`` plus the ids of the fused nodes themselves."""
+    ids = []
+    for i, (_, graph) in enumerate(views):
+        ids += [f"g{i}_{v.name}" for v in graph.inputs]
+        ids += _node_ids(graph.nodes, f"g{i}_", fused_too=True)
+    return ids
+
+
+def _node_ids(nodes, prefix: str, fused_too: bool) -> list[str]:
+    ids = []
+    for node in nodes:
+        own = prefix + node.outputs[0].name
+        if node.op == "fused":
+            ids += [own] * fused_too
+            ids += _node_ids(node.attrs["body"].nodes, own + "/", fused_too)
+        else:
+            ids.append(own)
+    return ids
+
+
+def data_edges(views) -> set[tuple[str, str]]:
+    """(producer id, consumer id) for graphs without fused nodes, from the IR directly."""
+    edges = set()
+    for i, (_, graph) in enumerate(views):
+        producer = {id(v): f"g{i}_{v.name}" for v in graph.inputs}
+        for node in graph.nodes:
+            me = f"g{i}_{node.outputs[0].name}"
+            edges |= {(producer[id(v)], me) for v in node.inputs}
+            producer.update({id(v): me for v in node.outputs})
+    return edges
+
+
+# --- reading DOT ---------------------------------------------------------------------------------
+
+_DOT_TOKEN = re.compile(r'\s+|//[^\n]*|"(?:\\.|[^"\\])*"|->|[{}\[\];=,]|[\w.]+')
+_KEYWORDS = {"graph", "node", "edge", "subgraph", "digraph"}
+
+
+def dot_tokens(text: str) -> list[str]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        match = _DOT_TOKEN.match(text, pos)
+        assert match, f"DOT: cannot read {text[pos : pos + 40]!r}"
+        token = match.group()
+        pos = match.end()
+        if not token.isspace() and not token.startswith("//"):
+            tokens.append(token)
+    return tokens
+
+
+def _unquote(token: str) -> str:
+    return token[1:-1].replace('\\"', '"').replace("\\\\", "\\") if token[0] == '"' else token
+
+
+def _starts_node_statement(tokens: list[str], i: int) -> bool:
+    """An ID followed by attributes, not a keyword and not the head of an edge."""
+    followed = tokens[i + 1 : i + 2] == ["["]
+    return followed and tokens[i] not in _KEYWORDS and tokens[i - 1] != "->"
+
+
+def parse_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """(node statements, edges, cluster names) of a digraph; asserts the braces balance."""
+    tokens = dot_tokens(text)
+    assert tokens[:3] == ["digraph", "tracegrad", "{"] and tokens[-1] == "}"
+    nodes, edges, clusters, depth, brackets = [], [], [], 0, 0
+    for i, token in enumerate(tokens):
+        if token in "{}":
+            depth += 1 if token == "{" else -1
+            assert depth >= 0 and (depth > 0 or i == len(tokens) - 1)
+        elif token in "[]":
+            brackets += 1 if token == "[" else -1
+        elif brackets == 0 and token == "->":
+            edges.append((_unquote(tokens[i - 1]), _unquote(tokens[i + 1])))
+        elif brackets == 0 and token == "subgraph":
+            clusters.append(_unquote(tokens[i + 1]))
+        elif brackets == 0 and _starts_node_statement(tokens, i):
+            nodes.append(_unquote(token))
+    assert depth == 0 and brackets == 0
+    return nodes, edges, clusters
+
+
+# --- reading HTML ---------------------------------------------------------------------------------
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+         "track", "wbr"}  # fmt: skip
+
+
+class TagBalance(HTMLParser):
+    """Records tags that close out of order or never close."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.ids: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.ids += [v for k, v in attrs if k == "id"]
+        if tag not in _VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.ids += [v for k, v in attrs if k == "id"]
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+
+
+# --- reading PNG ---------------------------------------------------------------------------------
+
+
+def read_png(path) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows of RGB pixels) of an 8-bit RGB or RGBA PNG, decoded by hand."""
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, b""
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + size]
+        pos += 12 + size
+        if kind == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and colour in (2, 6) and interlace == 0, "unexpected PNG format"
+        elif kind == b"IDAT":
+            idat += body
+    bpp = 3 if colour == 2 else 4
+    raw, stride = zlib.decompress(idat), width * bpp
+    rows, previous = [], bytearray(stride)
+    for r in range(height):
+        start = r * (stride + 1)
+        row = bytearray(raw[start + 1 : start + 1 + stride])
+        _unfilter(raw[start], row, previous, bpp)
+        rows.append(bytes(b for i, b in enumerate(row) if i % bpp < 3) if bpp == 4 else bytes(row))
+        previous = row
+    return width, height, rows
+
+
+def _unfilter(kind: int, row: bytearray, prev: bytearray, bpp: int) -> None:
+    """Undo one row's PNG filter in place (0 none, 1 sub, 2 up, 3 average, 4 Paeth)."""
+    for i in range(len(row)):
+        a = row[i - bpp] if i >= bpp else 0
+        b = prev[i]
+        c = prev[i - bpp] if i >= bpp else 0
+        if kind == 1:
+            row[i] = (row[i] + a) & 255
+        elif kind == 2:
+            row[i] = (row[i] + b) & 255
+        elif kind == 3:
+            row[i] = (row[i] + ((a + b) >> 1)) & 255
+        elif kind == 4:
+            p = a + b - c
+            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            row[i] = (row[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+
+
+def pixel_counts(rows: list[bytes], x0: int, x1: int, y0: int, y1: int) -> dict[bytes, int]:
+    """How often each RGB colour occurs in the rectangle [x0, x1) x [y0, y1)."""
+    counts: dict[bytes, int] = {}
+    for row in rows[y0:y1]:
+        for x in range(x0, x1):
+            colour = row[3 * x : 3 * x + 3]
+            counts[colour] = counts.get(colour, 0) + 1
+    return counts
+
+
+class Twice:
+    """Stands in for a user's autograd.Function in a custom node (only its name is shown)."""
+
+
+def odd_graph() -> Graph:
+    """Names and source text that need escaping in every format, a custom node with two
+    outputs read by one consumer, an unused input and a lone constant."""
+    where = SourceLocation('C:\\odd "dir"\\model.py', 3, "y = f(x) < 1 & z > 2  # {{ '%' }}")
+    x, unused = value('x<&>"', "f64[2]"), value("unused", "i64[]")
+    a, b, c = value("a", "f64[2]"), value("b", "f64[2]"), value("c", "f64[2]")
+    k = value("k", "f32[]")
+    custom = Node("custom", [x, x], [a, b], {"fn": Twice, "args": ("s", 'it\'s "q"\n\\')}, where)
+    nodes = [
+        custom,
+        Node("add", [a, b], [c], {}, where),
+        Node("constant", [], [k], {"value": np.array(float("-inf"), np.float32)}),
+    ]
+    return Graph([x, unused], nodes, [c, k])

@@ -1,0 +1,106 @@
+"""``tg.compile(..., check=True)``: run every stage of compilation on the first call's inputs and
+name the first pass whose graph computes something else than the unoptimized one."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad.ir.core import CUSTOM
+from tracegrad.ir.graph import Graph
+from tracegrad.ir.interpreter import interpret
+from tracegrad.random import generator
+
+
+class CheckError(RuntimeError):
+    """An optimization pass changed what the program computes."""
+
+
+def _tolerance(graph: Graph) -> float:
+    single = any(v.type.dtype.name == "float32" for v in graph.outputs)
+    return 1e-4 if single else 1e-9
+
+
+def _run(graph: Graph, arrays, values: dict | None = None) -> list[np.ndarray]:
+    """Interpret with the random generator reset, so random draws agree between runs."""
+    rng = generator()
+    state = rng.bit_generator.state
+    try:
+        return [np.asarray(a) for a in interpret(graph, *arrays, values=values)]
+    finally:
+        rng.bit_generator.state = state
+
+
+def first_changed_node(before: Graph, after: Graph, arrays) -> str | None:
+    """The first node of ``after`` whose value differs from the same-named value of ``before``
+    (names survive passes for nodes they keep)."""
+    if any(n.op == CUSTOM for g in (before, after) for n in g.nodes):
+        return None
+    old, new = {}, {}
+    _run(before, arrays, old)
+    _run(after, arrays, new)
+    tol = _tolerance(after)
+    for node in after.nodes:
+        for v in node.outputs:
+            a, b = new.get(v.name), old.get(v.name)
+            if b is None or a.shape != b.shape:
+                continue
+            if not np.allclose(a, b, rtol=tol, atol=tol, equal_nan=True):
+                loc = (
+                    f" at {node.location.filename}:{node.location.lineno}" if node.location else ""
+                )
+                return f"%{v.name} = {node.op}{loc}"
+    return None
+
+
+def first_difference(graph: Graph, got, want) -> str | None:
+    """A description of the first output of ``graph`` whose value differs, else None."""
+    producers = graph.producers()
+    tol = _tolerance(graph)
+    for index, (value, a, b) in enumerate(zip(graph.outputs, got, want, strict=True)):
+        if a.shape == b.shape and np.allclose(a, b, rtol=tol, atol=tol, equal_nan=True):
+            continue
+        node = producers.get(id(value))
+        where = ""
+        if node is not None:
+            loc = node.location
+            at = f" at {loc.filename}:{loc.lineno}" if loc else ""
+            where = f" (node %{value.name} = {node.op}{at})"
+        worst = np.max(np.abs(a - b)) if a.shape == b.shape else f"shape {a.shape} vs {b.shape}"
+        return f"output {index}{where} differs by {worst}"
+    return None
+
+
+def check_stages(reference: Graph, stages, arrays, differentiate=None) -> None:
+    """Compare each snapshot against ``reference`` on ``arrays``.
+
+    ``stages`` is a list of (stage name, graph the stage started from, [PassResult, ...]); a
+    snapshot is first turned into the comparable program by ``differentiate(graph)`` when given
+    (forward-only stages)."""
+    want = _run(reference, arrays)
+    for stage, before, results in stages:
+        for result in results:
+            graph = result.graph if differentiate is None else differentiate(result.graph)
+            problem = first_difference(graph, _run(graph, arrays), want)
+            if problem:
+                node = first_changed_node(before, result.graph, arrays[: len(before.inputs)])
+                culprit = f"; first changed node: {node}" if node else ""
+                raise CheckError(
+                    f"check=True: pass {result.name!r} ({stage}) changed the result: "
+                    f"{problem}{culprit}"
+                )
+            before = result.graph
+
+
+def check_generated(graph: Graph, got, arrays, what: str) -> None:
+    """Compare what the generated code returned with the interpreter on the same graph."""
+    problem = first_difference(graph, [np.asarray(a) for a in got], _run(graph, arrays))
+    if problem:
+        raise CheckError(f"check=True: the generated {what} code differs: {problem}")
+
+
+def seeds_for(graph: Graph, n_inputs: int) -> list[np.ndarray]:
+    """Deterministic cotangents for the inputs of ``graph`` after its first ``n_inputs``."""
+    rng = np.random.default_rng(0)
+    return [
+        rng.standard_normal(v.type.shape).astype(v.type.dtype.np) for v in graph.inputs[n_inputs:]
+    ]

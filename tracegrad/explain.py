@@ -1,0 +1,84 @@
+"""``explain()``: a readable report of what compiling one specialization did."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tracegrad.ir.graph import Graph
+from tracegrad.passes.memory import peak_bytes
+from tracegrad.passes.pipeline import PassResult
+
+
+@dataclass
+class Report:
+    """Collected while compiling: passes per stage, the generated parts before and after the
+    memory plan, and the values saved for the backward."""
+
+    title: str
+    signature: tuple
+    stages: list[tuple[str, list[PassResult]]] = field(default_factory=list)
+    unplanned: list[tuple[str, Graph]] = field(default_factory=list)
+    planned: list[tuple[str, Graph]] = field(default_factory=list)
+    saved: list = field(default_factory=list)
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""
+
+
+def _where(note) -> str:
+    loc = note.location
+    return f"{loc.filename.rsplit('/', 1)[-1]}:{loc.lineno}" if loc is not None else "?"
+
+
+def _pass_lines(result: PassResult) -> list[str]:
+    head = f"  {result.name:<10} {result.nodes_before:>5} -> {result.nodes_after:<5} nodes"
+    if not result.changed:
+        return [head + "  (no change)"]
+    kinds = Counter(n.kind for n in result.notes)
+    lines = [head + "  " + ", ".join(f"{kind} x{count}" for kind, count in kinds.most_common())]
+    places: dict[str, Counter] = {}
+    for note in result.notes:
+        places.setdefault(note.kind, Counter())[_where(note)] += 1
+    for kind, counter in places.items():
+        spots = ", ".join(
+            f"{where}" + (f" (x{n})" if n > 1 else "") for where, n in counter.items()
+        )
+        lines.append(f"      {kind}: {spots}")
+    return lines
+
+
+def render(report: Report, recompile_reasons: list[str]) -> str:
+    lines = [f"tracegrad explain: {report.title}", "", "guards (the signature this code is for):"]
+    lines += [f"  {label} = {value}" for label, value in report.signature]
+    for stage, results in report.stages:
+        lines += ["", f"passes on the {stage}:"]
+        for result in results:
+            lines += _pass_lines(result)
+    lines += ["", "generated functions:"]
+    for (name, before), (_, after) in zip(report.unplanned, report.planned, strict=True):
+        counts = ", ".join(f"{op} {n}" for op, n in after.op_counts().items())
+        lines.append(f"  {name}: {len(after.nodes)} nodes ({counts})")
+        inplace = sum("inplace" in n.meta for n in after.nodes)
+        pooled = sum("buffer" in n.meta for n in after.nodes)
+        buffers = len(after.meta.get("buffers", []))
+        lines.append(
+            f"    memory plan: {inplace} in-place writes, {pooled} values in {buffers} reused "
+            f"buffers; estimated peak {_size(peak_bytes(before))} before, "
+            f"{_size(peak_bytes(after))} after"
+        )
+    if report.saved:
+        total = sum(v.type.nbytes for v, _ in report.saved)
+        lines += ["", f"saved for the backward ({len(report.saved)} values, {_size(total)}):"]
+        lines += [
+            f"  %{v.name}: {v.type} ({_size(v.type.nbytes)}), read by {', '.join(why)}"
+            for v, why in report.saved
+        ]
+    lines += ["", f"recompiles: {len(recompile_reasons)}"]
+    lines += [f"  {i + 1}. {reason}" for i, reason in enumerate(recompile_reasons)]
+    return "\n".join(lines)
