@@ -1,11 +1,99 @@
-"""The ``tracegrad`` command."""
+"""The ``tracegrad`` command: look at what the compiler makes of your model, and a demo.
+
+    tracegrad dump FILE.py:NAME --format text|json|code|dot [--passes a,b | --no-passes]
+    tracegrad viz FILE.py:NAME -o graph.html|graph.svg|graph.dot
+    tracegrad explain FILE.py:NAME
+    tracegrad demo [--epochs N] [-o tracegrad-demo.html]
+
+FILE.py defines NAME (an nn.Module instance or a function) and ``example_inputs``, a tuple of
+tensors or arrays to trace with. Mistakes are reported in one line, without a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import runpy
 import sys
+from pathlib import Path
+
+import numpy as np
 
 import tracegrad
+from tracegrad import viz
+from tracegrad.compile import compile as compile_model
+from tracegrad.demo import run_demo
+from tracegrad.tensor import Tensor
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: reported in one line."""
+
+
+def load_target(spec: str):
+    """``FILE.py:NAME`` -> (the object NAME, its example inputs as tensors)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise UsageError(f"expected FILE.py:NAME, got {spec!r}")
+    if not Path(path).is_file():
+        raise UsageError(f"no such file: {path}")
+    try:
+        namespace = runpy.run_path(path, run_name="__tracegrad_target__")
+    except Exception as exc:  # the user's file failed: say how, in one line
+        raise UsageError(f"running {path} failed: {type(exc).__name__}: {exc}") from None
+    if name not in namespace:
+        raise UsageError(f"{path} defines no {name!r}")
+    if "example_inputs" not in namespace:
+        raise UsageError(f"{path} defines no example_inputs (a tuple of tensors or arrays)")
+    inputs = namespace["example_inputs"]
+    inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return namespace[name], [Tensor._wrap(a) if isinstance(a, np.ndarray) else a for a in inputs]
+
+
+def compiled(spec: str, passes="default"):
+    """Compile NAME and run it once on the example inputs (which generates its code)."""
+    target, inputs = load_target(spec)
+    if not callable(target):
+        raise UsageError(f"{spec} is a {type(target).__name__}, not a module or a function")
+    program = compile_model(target, passes=passes)
+    try:
+        program(*inputs)
+    except (tracegrad.TraceError, tracegrad.ShapeError, tracegrad.DTypeError):
+        raise
+    except Exception as exc:  # the user's model failed on its example inputs
+        raise UsageError(f"calling {spec} failed: {type(exc).__name__}: {exc}") from None
+    return program
+
+
+def _passes(args):
+    if args.no_passes:
+        return None
+    return args.passes.split(",") if args.passes else "default"
+
+
+def cmd_dump(args) -> str:
+    program = compiled(args.target, _passes(args))
+    views = program.views()
+    if args.format == "code":
+        return program.code
+    if args.format == "dot":
+        return viz.to_dot(views)
+    if args.format == "json":
+        return json.dumps({title: json.loads(g.to_json()) for title, g in views}, indent=1)
+    return "\n\n".join(f"# {title}\n{graph}" for title, graph in views)
+
+
+def cmd_viz(args) -> str:
+    program = compiled(args.target, _passes(args))
+    return f"wrote {program.visualize(args.output)}"
+
+
+def cmd_explain(args) -> str:
+    return compiled(args.target, _passes(args)).explain()
+
+
+def cmd_demo(args) -> str:
+    return run_demo(epochs=args.epochs, picture=args.output, batch_size=args.batch_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,13 +102,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="PyTorch-style autodiff that compiles models to readable NumPy code.",
     )
     parser.add_argument("--version", action="version", version=f"tracegrad {tracegrad.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def target_command(name, help_text, fn):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("target", metavar="FILE.py:NAME", help="a module or function in a file")
+        sub.add_argument("--passes", help="comma-separated passes to run (default: all)")
+        sub.add_argument("--no-passes", action="store_true", help="compile without optimizing")
+        sub.set_defaults(run=fn)
+        return sub
+
+    dump = target_command("dump", "print the graphs, JSON, generated code or DOT", cmd_dump)
+    dump.add_argument("--format", choices=["text", "json", "code", "dot"], default="text")
+    picture = target_command("viz", "write a picture of the graphs (.html, .svg or .dot)", cmd_viz)
+    picture.add_argument("-o", "--output", required=True, help="where to write the picture")
+    target_command("explain", "report what the compiler did: passes, memory, guards", cmd_explain)
+
+    demo = commands.add_parser(
+        "demo",
+        help="train a small model on handwritten digits",
+        description="Train an MLP on the bundled 8x8 digits with a "
+        "compiled training step, then write a picture of its graphs.",
+    )
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--batch-size", type=int, default=64)
+    demo.add_argument("-o", "--output", default="tracegrad-demo.html")
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+    args = build_parser().parse_args(argv)
+    try:
+        print(args.run(args))
+    except (UsageError, tracegrad.TraceError, tracegrad.ShapeError, tracegrad.DTypeError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"tracegrad: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

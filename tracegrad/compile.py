@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracegrad import passes, tape
+from tracegrad import passes, tape, viz
 from tracegrad.autograd import grad as autograd_grad
 from tracegrad.check import check_stages, seeds_for
 from tracegrad.explain import Report, render
@@ -98,6 +98,19 @@ class CompiledModule:
         """What compiling the latest specialization did: guards, passes and their changes,
         generated functions with their memory plan, saved activations, recompiles."""
         return render(self._latest().report, self.recompile_reasons)
+
+    def views(self) -> list[tuple[str, Graph]]:
+        """The graphs pictures show: optimized forward and backward, and the traced forward."""
+        spec = self._latest()
+        views = [("forward (optimized)", spec.program.parts[0][1])]
+        if len(spec.program.parts) > 1:
+            views.append(("backward (optimized)", spec.program.parts[1][1]))
+        return [*views, ("forward (traced, before passes)", spec.traced.graph)]
+
+    def visualize(self, path):
+        """Write a picture of the latest specialization; the suffix picks the format: .html
+        (forward and backward, before and after passes, with the code), .svg or .dot."""
+        return viz.render(self.views(), path, code=self.code)
 
     def export(self, path):
         """Write the latest specialization's forward and backward as a standalone NumPy module

@@ -21,6 +21,7 @@ class Report:
     unplanned: list[tuple[str, Graph]] = field(default_factory=list)
     planned: list[tuple[str, Graph]] = field(default_factory=list)
     saved: list = field(default_factory=list)
+    unplanned_traced: Graph | None = None  # a whole step's graph as traced
 
 
 def _size(nbytes: int) -> str:

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracegrad import passes, tape
+from tracegrad import passes, tape, viz
 from tracegrad.check import check_stages
 from tracegrad.explain import Report, render
+from tracegrad.ir.graph import Graph
 from tracegrad.passes.pipeline import transforms
 from tracegrad.specialize import (
     Program,
@@ -172,6 +173,17 @@ class CompiledFunction:
     @property
     def code(self) -> str:
         return self._latest().program.source
+
+    def views(self) -> list[tuple[str, Graph]]:
+        spec = self._latest()
+        return [
+            ("training step (optimized)", spec.program.parts[0][1]),
+            ("training step (traced, before passes)", spec.report.unplanned_traced),
+        ]
+
+    def visualize(self, path):
+        """Write a picture of the latest specialization's step (.html, .svg or .dot)."""
+        return viz.render(self.views(), path, code=self.code)
 
     def explain(self) -> str:
         """What compiling the latest specialization did (see CompiledModule.explain)."""
@@ -326,6 +338,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
     pass_results: list = []
     traced_graph, graph = graph, passes.run(graph, transforms(compiled.passes), pass_results)
+    report.unplanned_traced = traced_graph
     stage = "traced step (forward, backward and update)"
     report.stages.append((stage, pass_results))
     if compiled.check:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import dtypes
+from tracegrad.data.digits import load_digits
 from tracegrad.errors import ShapeError
 from tracegrad.random import generator
 from tracegrad.tensor import Tensor, as_tensor, stack, tensor
 
-__all__ = ["DataLoader", "Dataset", "TensorDataset"]
+__all__ = ["DataLoader", "Dataset", "TensorDataset", "load_digits"]
 
 
 class Dataset:

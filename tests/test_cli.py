@@ -1,0 +1,118 @@
+"""The tracegrad command: each subcommand on a small model file; user mistakes give one line."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tracegrad.cli import main
+
+MODEL_FILE = textwrap.dedent(
+    """
+    import numpy as np
+    import tracegrad as tg
+    from tracegrad import nn
+
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def scaled_sum(x):
+        return (x * 2.0).tanh().sum()
+
+    def branchy(x):
+        if x.sum() > 0:
+            return x
+        return -x
+
+    example_inputs = (np.ones((5, 4), np.float32),)
+    """
+)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dump_text_shows_forward_and_backward(capsys, model_file):
+    code, out, _ = run(capsys, "dump", f"{model_file}:model")
+    assert code == 0
+    assert "# forward (optimized)" in out and "# backward (optimized)" in out
+    assert "= matmul" in out and "relu_grad" in out
+
+
+def test_dump_formats(capsys, model_file):
+    code, out, _ = run(capsys, "dump", f"{model_file}:model", "--format", "json")
+    assert code == 0 and "forward (optimized)" in json.loads(out)
+    code, out, _ = run(capsys, "dump", f"{model_file}:model", "--format", "code")
+    assert code == 0 and "def forward(" in out and "def backward(" in out
+    code, out, _ = run(capsys, "dump", f"{model_file}:model", "--format", "dot")
+    assert code == 0 and "digraph" in out.split("{")[0]
+
+
+def test_dump_without_passes_keeps_more_nodes(capsys, model_file):
+    _, optimized, _ = run(capsys, "dump", f"{model_file}:scaled_sum")
+    _, plain, _ = run(capsys, "dump", f"{model_file}:scaled_sum", "--no-passes")
+    assert plain.count(" = ") >= optimized.count(" = ")
+
+
+def test_viz_writes_each_format(capsys, model_file, tmp_path):
+    for suffix in (".html", ".svg", ".dot"):
+        target = tmp_path / f"graph{suffix}"
+        code, out, _ = run(capsys, "viz", f"{model_file}:model", "-o", str(target))
+        assert code == 0 and target.exists() and target.stat().st_size > 100
+        assert str(target) in out
+
+
+def test_explain(capsys, model_file):
+    code, out, _ = run(capsys, "explain", f"{model_file}:model")
+    assert code == 0 and "passes on the" in out and "memory plan" in out
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("missing.py:model", "no such file"),
+        ("{file}:nothing", "defines no 'nothing'"),
+        ("{file}", "expected FILE.py:NAME"),
+        ("{file}:branchy", "control flow"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_nonzero_exit(capsys, model_file, target, message):
+    code, out, err = run(capsys, "dump", target.format(file=model_file))
+    assert code != 0 and out == ""
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_example_inputs(capsys, tmp_path):
+    path = tmp_path / "bare.py"
+    path.write_text("def f(x):\n    return x\n")
+    code, _, err = run(capsys, "explain", f"{path}:f")
+    assert code == 2 and "example_inputs" in err and err.count("\n") == 1
+
+
+def test_help_for_each_subcommand():
+    for sub in ([], ["dump"], ["viz"], ["explain"], ["demo"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "tracegrad", *sub, "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 0 and "usage: tracegrad" in result.stdout
+
+
+def test_demo_runs_end_to_end_at_reduced_size(tmp_path):
+    from tracegrad.demo import run_demo
+
+    summary = run_demo(epochs=3, picture=tmp_path / "demo.html", progress=False)
+    accuracy = float(summary.split("test accuracy: ")[1].split("%")[0])
+    assert accuracy > 80.0  # three epochs already learn the digits well
+    assert (tmp_path / "demo.html").stat().st_size > 1000
