@@ -118,17 +118,29 @@ def class_dim(ndim):
     return 0 if ndim == 1 else 1
 
 
+def _reduce_loss(loss, valid, reduction, dtype):
+    if reduction == "none":
+        return loss
+    total = loss.sum(dtype=dtype)
+    return total / valid.sum().astype(dtype) if reduction == "mean" else total
+
+
 def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
+    if logits.ndim == 2 and not label_smoothing:  # the common case, without the general moves
+        shifted = logits - logits.max(1, keepdims=True)
+        lse = np.log(np.exp(shifted).sum(1))
+        valid = target != ignore_index
+        rows = np.arange(len(target))
+        loss = lse - shifted[rows, np.where(valid, target, 0)]
+        loss = np.where(valid, loss, 0.0).astype(logits.dtype, copy=False)
+        return _reduce_loss(loss, valid, reduction, logits.dtype)
     dim = class_dim(logits.ndim)
     logp = np.moveaxis(log_softmax(logits, dim), dim, -1)
     valid = target != ignore_index
     picked = np.take_along_axis(logp, np.where(valid, target, 0)[..., None], -1)[..., 0]
     loss = -(1.0 - label_smoothing) * picked - label_smoothing * logp.mean(-1)
     loss = np.where(valid, loss, 0.0).astype(logits.dtype)
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    return total / valid.sum().astype(logits.dtype) if reduction == "mean" else total
+    return _reduce_loss(loss, valid, reduction, logits.dtype)
 
 
 def layer_norm(x, ndims, eps):
@@ -247,6 +259,15 @@ def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reducti
     """softmax(logits) - smoothed one-hot(target), weighted by g, zero where ignored."""
     dim = class_dim(logits.ndim)
     grad = softmax(logits, dim)
+    valid = target != ignore_index
+    if logits.ndim == 2 and not label_smoothing:  # the common case, without the general moves
+        rows = np.arange(len(target))
+        grad[rows, np.where(valid, target, 0)] -= 1.0
+        weight = valid * g
+        if reduction == "mean":
+            weight = weight / valid.sum()
+        grad *= np.asarray(weight, grad.dtype)[:, None]
+        return grad
     classes = grad.shape[dim]
     moved = np.moveaxis(grad, dim, -1)
     if label_smoothing:

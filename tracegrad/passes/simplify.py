@@ -23,8 +23,13 @@ class Rewriter:
     """What a rule sees: producers and constant values of earlier values, and a way to add
     new nodes (placed before the node being rewritten, at its source line)."""
 
-    def __init__(self, producers: dict[int, Node], nodes: list[Node], node: Node, counter):
+    def __init__(self, producers: dict[int, Node], nodes: list[Node], node: Node, counter, uses):
         self.producers, self.nodes, self.node, self.counter = producers, nodes, node, counter
+        self.uses = uses  # id(value) -> how many nodes and outputs read it
+
+    def only_use(self, value: Value) -> bool:
+        """Whether the node being rewritten is the only reader of ``value``."""
+        return self.uses.get(id(value), 0) == 1
 
     def producer(self, value: Value, op: str | None = None) -> Node | None:
         node = self.producers.get(id(value))
@@ -100,6 +105,24 @@ def _permute_chain(node, rw):
     if composed == tuple(range(len(composed))):
         return _same(node, inner.inputs[0])
     return rw.emit("permute", [inner.inputs[0]], dims=composed)
+
+
+def _swap_last(rw, value: Value) -> Value:
+    n = value.type.ndim
+    return rw.emit("permute", [value], dims=(*range(n - 2), n - 1, n - 2))
+
+
+def _transpose_of_product(node, rw):
+    """A transposed product is a strided view; the product of transposed views is contiguous
+    (BLAS reads transposed operands for free), so later elementwise passes run fast."""
+    dims, n = tuple(node.attrs["dims"]), len(node.attrs["dims"])
+    inner = rw.producer(node.inputs[0], "matmul")
+    if n < 2 or dims != (*range(n - 2), n - 1, n - 2) or inner is None:
+        return None
+    a, b = inner.inputs
+    if a.type.ndim != n or b.type.ndim != n or not rw.only_use(node.inputs[0]):
+        return None
+    return _same(node, rw.emit("matmul", [_swap_last(rw, b), _swap_last(rw, a)]))
 
 
 def _reshape_chain(node, rw):
@@ -188,6 +211,7 @@ RULES = [
     Rule("sub-zero", "x - 0 -> x", "sub", _identity_operand(0.0, commutative=False)),
     Rule("div-one", "x / 1 -> x", "div", _identity_operand(1.0, commutative=False)),
     Rule("neg-neg", "-(-x) -> x", "neg", _double_negation),
+    Rule("transpose-of-product", "(a @ b)^T -> b^T @ a^T", "permute", _transpose_of_product),
     Rule(
         "permute-chain", "permute(permute(x, p), q) -> permute(x, p[q])", "permute", _permute_chain
     ),
@@ -247,9 +271,12 @@ def _rewrite_once(graph: Graph, counter) -> tuple[Graph, bool]:
     replaced: dict[int, Value] = {}
     taken = {v.name for v in graph.values()}
     fresh = (n for n in counter if f"s{n}" not in taken)
+    uses: dict[int, int] = {}
+    for v in [*(v for n in graph.nodes for v in n.inputs), *graph.outputs, *graph.updates.values()]:
+        uses[id(v)] = uses.get(id(v), 0) + 1
     for node in graph.nodes:
         node.inputs = [_final(replaced, v) for v in node.inputs]
-        rw = Rewriter(producers, nodes, node, fresh)
+        rw = Rewriter(producers, nodes, node, fresh, uses)
         for rule in _BY_OP.get(node.op, ()):
             out = rule.rewrite(node, rw)
             if out is not None:
