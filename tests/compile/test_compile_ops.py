@@ -1,0 +1,508 @@
+"""Compiled == eager for every op in the registry, driven by one table.
+
+Each row is a small function written with the public API (one or a few ops), the argument
+specs it is called with and the registry ops it is meant to reach. A row is wrapped in a tiny
+``nn.Module`` that holds some arguments as parameters and takes the rest as inputs, run once
+eagerly and once through ``tg.compile`` (unoptimized and with the default passes), and the
+outputs plus the ``.grad`` of every parameter and input must agree: to 1e-10 in float64 and
+1e-5 in float32. The same function also goes through ``tg.grad`` and is compared with
+``tg.autograd.grad`` on the eager tape. A final test checks that the compiled forward and
+backward graphs of the table, together, contain every op of ``tracegrad.ops.OPS``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import nn
+from tracegrad.ops import OPS
+
+DTYPES = {"float64": (tg.float64, 1e-10), "float32": (tg.float32, 1e-5)}
+
+# Ops of the registry that no compiled graph can contain, each with the reason; every other op
+# must show up in the forward or backward graph of some row (``test_table_covers_every_op``).
+# It is empty: each op is either reachable from the public API in a forward pass, or emitted
+# by a VJP rule and so reachable in the backward graph of the row using the op it transposes
+# (including ops only VJP rules use, such as those below or fused gradient kernels).
+CANNOT_APPEAR: dict[str, str] = {}
+
+# Ops no public function calls directly: the table reaches them through backward graphs.
+ONLY_IN_BACKWARD = {
+    "scatter_add": "the transpose of getitem, emitted by its VJP rule",
+    "fold": "the transpose of unfold (conv2d and max_pool2d windows), emitted by its VJP rule",
+    "sum_to": "undoes broadcasting in the backward of broadcasting ops",
+}
+
+
+# --- argument specs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument: ``role`` is "param" (held by the module, gets .grad), "input"
+    (a graph input that requires grad) or "const" (an input that does not)."""
+
+    role: str
+    make: Callable[[np.random.Generator], np.ndarray]
+    floating: bool = True
+
+
+def _uniform(shape, lo, hi):
+    return lambda rng: rng.uniform(lo, hi, shape)
+
+
+def _distinct(shape):
+    """Values at least 0.09 apart (no ties for max-like and comparison ops)."""
+
+    def make(rng):
+        n = int(np.prod(shape, dtype=np.int64))
+        return (rng.permutation(n) * 0.1 - 0.05 * n + rng.uniform(0.0, 0.01, n)).reshape(shape)
+
+    return make
+
+
+def P(*shape, lo=-2.0, hi=2.0):
+    return Arg("param", _uniform(shape, lo, hi))
+
+
+def X(*shape, lo=-2.0, hi=2.0):
+    return Arg("input", _uniform(shape, lo, hi))
+
+
+def PD(*shape):
+    return Arg("param", _distinct(shape))
+
+
+def XD(*shape):
+    return Arg("input", _distinct(shape))
+
+
+def POS(*shape, role="param"):
+    return Arg(role, _uniform(shape, 0.5, 2.0))
+
+
+def CF(*shape):
+    """A float input that does not require grad."""
+    return Arg("const", _uniform(shape, -2.0, 2.0))
+
+
+def CI(array):
+    """An int64 input (indices, targets)."""
+    array = np.asarray(array, np.int64)
+    return Arg("const", lambda rng: array, floating=False)
+
+
+# Constants captured by row functions: a bool mask and int index arrays made before tracing.
+MASK = np.array(
+    [[True, False, True, False], [False, False, True, True], [True, True, False, False]]
+)
+ROWS = np.array([2, 0, 2, 1])
+COLS = np.array([3, 3, 0, 1])
+TOKENS = tg.tensor([[1, 5, 1], [0, 2, 5]])  # made before tracing: lifted as a graph input
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    fn: Callable
+    args: tuple[Arg, ...]
+    covers: tuple[str, ...]
+    seed: int | None = None  # reseed tracegrad's generator before each run (random ops)
+    xfail: str | None = None  # a known bug this row exposes in every test
+    xfail_module: str | None = None  # ... only in the compiled-module test
+
+
+def row(id, fn, args, covers, seed=None, xfail=None, xfail_module=None):
+    covers = (covers,) if isinstance(covers, str) else tuple(covers)
+    return Row(id, fn, tuple(args), covers, seed, xfail, xfail_module)
+
+
+DETACH_BUG = (
+    "gradient stops inside a compiled module's forward are ignored: Tensor.detach() of a "
+    "traced tensor wraps the same Symbol and a tg.no_grad() block is traced like any other "
+    "code (the capture tracer runs under no_grad anyway), the IR has no stop-gradient node, "
+    "and the reverse-mode pass (autodiff.differentiate replays the forward graph) "
+    "differentiates through both; e.g. x * x.detach() gets gradient 2x instead of x"
+)
+
+
+def _other_float(x):
+    return tg.float32 if x.dtype == tg.float64 else tg.float64
+
+
+def _no_grad_scale(x):
+    with tg.no_grad():
+        scale = x.sum()
+    return x * scale
+
+
+def _tanh_approx(x):
+    return F.gelu(x, approximate="tanh")
+
+
+ROWS_TABLE = [
+    # --- unary math ---
+    row("neg", lambda x: -x, [P(3, 4)], "neg"),
+    row("exp", lambda x: x.exp(), [P(3, 4)], "exp"),
+    row("log", lambda x: x.log(), [POS(3, 4)], "log"),
+    row("log1p", lambda x: tg.log1p(x), [P(3, 4, lo=-0.5)], "log1p"),
+    row("sqrt", lambda x: x.sqrt(), [POS(3, 4)], "sqrt"),
+    row("rsqrt", lambda x: x.rsqrt(), [POS(3, 4)], ("sqrt", "div")),
+    row("tanh", lambda x: x.tanh(), [P(3, 4)], "tanh"),
+    row("sigmoid", lambda x: x.sigmoid(), [P(3, 4)], "sigmoid"),
+    row("relu", lambda x: F.relu(x), [PD(3, 4)], "relu"),
+    row("abs", lambda x: x.abs(), [PD(3, 4)], ("abs", "sign")),
+    row("sign", lambda x, y: x.sign() * y, [CF(3, 4), P(3, 4)], "sign"),
+    row("erf", lambda x: tg.erf(x), [P(3, 4)], "erf"),
+    row("sin", lambda x: x.sin(), [P(3, 4)], ("sin", "cos")),
+    row("cos", lambda x: tg.cos(x), [P(3, 4)], ("cos", "sin")),
+    row("gelu_none", lambda x: F.gelu(x), [P(3, 4)], "gelu"),
+    row("gelu_tanh", _tanh_approx, [P(3, 4)], "gelu"),
+    row("clamp", lambda x: x.clamp(-0.55, 0.75), [PD(3, 4)], "clamp"),
+    row("clamp_min", lambda x: tg.clamp(x, min=0.05), [PD(3, 4)], "clamp"),
+    row("pow_scalar_3", lambda x: x**3, [P(3, 4)], "pow_scalar"),
+    row("pow_scalar_half", lambda x: x**0.5, [POS(3, 4)], "pow_scalar"),
+    row("square", lambda x: x.square() + x.pow(2), [P(3, 4)], ("mul", "pow_scalar")),
+    row("clone", lambda x: x.clone() * x, [P(3, 4)], "clone"),
+    # --- binary arithmetic, broadcasting both ways, Python scalars ---
+    row("add", lambda x, y: x + y, [P(3, 4), X(4)], ("add", "sum_to")),
+    row("add_scalar", lambda x: 2.5 + x + 1, [P(3, 4)], "add"),
+    row("sub", lambda x, y: x - y, [P(3, 1), X(1, 4)], ("sub", "sum_to", "neg")),
+    row("rsub", lambda x: 1.0 - x, [P(3, 4)], "sub"),
+    row("mul", lambda x, y: x * y, [P(2, 3, 4), X(3, 1)], ("mul", "sum_to")),
+    row("div", lambda x, y: x / y, [P(3, 4), POS(4, role="input")], ("div", "sum_to")),
+    row("rdiv", lambda x: 2.0 / x, [POS(3, 4)], "div"),
+    row("pow", lambda x, y: x**y, [POS(3, 4), X(3, 4)], ("pow", "log", "where")),
+    row("rpow", lambda x: 2.0**x, [P(3, 4)], "pow"),
+    row("maximum", lambda x, y: tg.maximum(x, y), [PD(3, 4), XD(3, 4)], "maximum"),
+    row("minimum", lambda x, y: tg.minimum(x, y), [PD(3, 4), XD(3, 4)], "minimum"),
+    # --- comparisons and logic select values through where ---
+    row(
+        "where_gt",
+        lambda x, y: tg.where(x > y, x * y, x - y),
+        [PD(3, 4), XD(3, 4)],
+        ("gt", "where"),
+    ),
+    row("where_ge", lambda x, y: tg.where(x >= 0.1, x, y), [PD(3, 4), X(3, 4)], "ge"),
+    row("where_lt", lambda x, y: tg.where(x < y, y, x.exp()), [PD(3, 4), XD(3, 4)], "lt"),
+    row("where_le", lambda x: tg.where(x <= 0.1, x * x, 0.5), [PD(3, 4)], "le"),
+    row("where_eq", lambda x, k: tg.where(k == 1, x, -x), [P(3, 4), CI([0, 1, 1, 2])], "eq"),
+    row("where_ne", lambda x, k: tg.where(k != 1, x, x * 3), [P(3, 4), CI([0, 1, 1, 2])], "ne"),
+    row(
+        "logical_and",
+        lambda x, y: tg.where((x > 0) & (y < 0), x, y),
+        [PD(3, 4), XD(3, 4)],
+        "logical_and",
+    ),
+    row(
+        "logical_or",
+        lambda x, y: tg.where((x > 0.3) | (y < -0.2), x, y),
+        [PD(3, 4), XD(3, 4)],
+        "logical_or",
+    ),
+    row(
+        "logical_xor",
+        lambda x, y: tg.where((x > 0) ^ (y > 0), x, y * 2),
+        [PD(3, 4), XD(3, 4)],
+        "logical_xor",
+    ),
+    row("logical_not", lambda x: tg.where(~(x > 0), x, x * x), [PD(3, 4)], "logical_not"),
+    row("masked_fill", lambda x: x.masked_fill(x > 0.2, 0.0), [PD(3, 4)], "where"),
+    row("tril_triu", lambda x: x.tril() * 2 + tg.triu(x, 1), [P(4, 4)], "where"),
+    row("cast_int", lambda x, k: x * k.to(x.dtype), [P(3, 4), CI([1, 2, 3, 4])], "cast"),
+    row("cast_float", lambda x: x.to(_other_float(x)).to(x.dtype) * x, [P(3, 4)], "cast"),
+    # --- indexing ---
+    row("getitem_slices", lambda x: x[1:, ::2] * 2, [P(3, 4)], ("getitem", "scatter_add")),
+    row("getitem_int", lambda x: x[1] + x[-1, 2], [P(3, 4)], "getitem"),
+    row("getitem_none_ellipsis", lambda x: x[..., None, 1:3], [P(2, 3, 4)], "getitem"),
+    row(
+        "getitem_int_array_const",
+        lambda x: x[tg.tensor(ROWS)] * x[tg.tensor(ROWS), tg.tensor(COLS)].unsqueeze(1),
+        [P(3, 4)],
+        "getitem",
+    ),
+    row("getitem_int_array_input", lambda x, i: x[i], [P(3, 4), CI([2, 0, 2, 2, 1])], "getitem"),
+    row("getitem_bool_mask", lambda x: x[tg.tensor(MASK)] ** 2, [P(3, 4)], "getitem"),
+    row("getitem_np_bool_mask", lambda x: x[:, MASK[0]] * 3, [P(3, 4)], "getitem"),
+    row(
+        "getitem_traced_argmax",
+        lambda x: x[tg.arange(3), x.argmax(1)] + x[tg.arange(3), x.argmin(1)],
+        [PD(3, 4)],
+        ("getitem", "argmax", "argmin"),
+    ),
+    row(
+        "one_hot",
+        lambda x, k: (F.one_hot(k, num_classes=4).to(x.dtype) * x).sum(1),
+        [P(5, 4), CI([0, 3, 1, 1, 2])],
+        "one_hot",
+    ),
+    # --- linear algebra ---
+    row("matmul_2d", lambda a, b: a @ b, [P(3, 4), X(4, 5)], ("matmul", "permute")),
+    row("matmul_batched", lambda a, b: tg.matmul(a, b), [P(2, 3, 4), X(4, 2)], "matmul"),
+    row("matmul_vec_mat", lambda v, m: v @ m, [P(4), X(4, 3)], "matmul"),
+    row("matmul_mat_vec", lambda m, v: m @ v, [P(3, 4), X(4)], "matmul"),
+    row("matmul_dot", lambda u, v: u @ v, [P(4), X(4)], "matmul"),
+    row("einsum_mm", lambda a, b: tg.einsum("ij,jk->ik", a, b), [P(3, 4), X(4, 2)], "einsum"),
+    row(
+        "einsum_batched",
+        lambda a, b: tg.einsum("bij,bkj->bik", a, b),
+        [P(2, 3, 4), X(2, 5, 4)],
+        "einsum",
+    ),
+    row(
+        "einsum_reduce", lambda a: tg.einsum("ijk->ki", a), [P(2, 3, 4)], ("einsum", "broadcast_to")
+    ),
+    row("einsum_implicit", lambda a, b: tg.einsum("ij,ij", a, b), [P(3, 4), X(3, 4)], "einsum"),
+    # --- convolution and pooling (unfold windows, fold in the backward) ---
+    row(
+        "conv2d",
+        lambda x, w, b: F.conv2d(x, w, b),
+        [X(2, 3, 6, 5), P(4, 3, 3, 3), P(4)],
+        ("unfold", "fold", "matmul", "reshape", "permute"),
+    ),
+    row(
+        "conv2d_stride_pad_dilation",
+        lambda x, w: F.conv2d(x, w, stride=2, padding=1, dilation=(1, 2)),
+        [X(1, 2, 7, 7), P(3, 2, 3, 2)],
+        ("unfold", "fold"),
+    ),
+    row(
+        "conv2d_groups",
+        lambda x, w: F.conv2d(x, w, groups=2),
+        [X(2, 4, 5, 5), P(4, 2, 2, 2)],
+        "unfold",
+    ),
+    row("max_pool2d", lambda x: F.max_pool2d(x, 2), [PD(2, 3, 4, 6)], ("unfold", "amax", "fold")),
+    row(
+        "max_pool2d_pad",
+        lambda x: F.max_pool2d(x, 3, stride=2, padding=1),
+        [PD(1, 2, 5, 5)],
+        ("unfold", "amax"),
+    ),
+    # --- softmax family, losses, normalization ---
+    row("softmax", lambda x: x.softmax(-1), [P(3, 5)], "softmax"),
+    row("softmax_dim0", lambda x: F.softmax(x, 0), [P(3, 5)], "softmax"),
+    row("log_softmax", lambda x: F.log_softmax(x, 1), [P(3, 5)], "log_softmax"),
+    row(
+        "cross_entropy",
+        lambda x, t: F.cross_entropy(x, t),
+        [P(5, 4), CI([0, 3, 1, 1, 2])],
+        "cross_entropy",
+    ),
+    row(
+        "cross_entropy_options",
+        lambda x, t: F.cross_entropy(x, t, ignore_index=1, label_smoothing=0.1, reduction="sum"),
+        [P(5, 4), CI([0, 3, 1, 1, 2])],
+        "cross_entropy",
+    ),
+    row(
+        "cross_entropy_none_3d",
+        lambda x, t: F.cross_entropy(x, t, reduction="none"),
+        [P(2, 4, 3), CI([[0, 3, 1], [1, 2, 2]])],
+        "cross_entropy",
+    ),
+    row("mse_loss", lambda x, y: F.mse_loss(x, y), [P(3, 4), CF(3, 4)], ("sub", "mul", "sum")),
+    row(
+        "layer_norm",
+        lambda x, w, b: F.layer_norm(x, (5,), w, b, 1e-5),
+        [X(3, 5), P(5), P(5)],
+        "layer_norm",
+    ),
+    row("layer_norm_2d", lambda x: F.layer_norm(x, (3, 4)), [P(2, 3, 4)], "layer_norm"),
+    row("dropout", lambda x: F.dropout(x, 0.4), [P(6, 8)], "dropout_mask", seed=3),
+    row(
+        "embedding_input_indices",
+        lambda w, i: F.embedding(i, w),
+        [P(6, 3), CI([[1, 5, 1], [0, 2, 5]])],
+        "getitem",
+    ),
+    row("embedding_const_indices", lambda w: F.embedding(TOKENS, w), [P(6, 3)], "getitem"),
+    row(
+        "embedding_padding_idx",
+        lambda w: F.embedding(tg.tensor(TOKENS.numpy()), w, padding_idx=5),
+        [P(6, 3)],
+        "where",
+        xfail_module=DETACH_BUG,
+    ),
+    row("detach_traced", lambda x: x * x.detach(), [X(3, 4)], "mul", xfail_module=DETACH_BUG),
+    row("no_grad_block", _no_grad_scale, [X(3, 4)], "mul", xfail_module=DETACH_BUG),
+    row("detach_parameter", lambda x: x * x.detach() + x.data, [P(3, 4)], "mul"),
+    # --- reductions ---
+    row("sum_all", lambda x: x.sum(), [P(3, 4)], ("sum", "broadcast_to")),
+    row("sum_dims_keepdim", lambda x: x.sum((0, 2), keepdim=True), [P(2, 3, 4)], "sum"),
+    row("mean", lambda x: x.mean(1), [P(3, 4)], ("sum", "mul")),
+    row("var_std", lambda x: x.var(0) + x.std(1, keepdim=True), [P(3, 4)], ("sum", "sqrt")),
+    row("amax_all", lambda x: x.max() + tg.amin(x), [PD(3, 4)], ("amax", "amin")),
+    row(
+        "max_dim",
+        lambda x: x.max(1).values * 2 + x.min(dim=0, keepdim=True)[0].sum(),
+        [PD(3, 4)],
+        ("amax", "amin"),
+    ),
+    row("amax_tie", lambda x: x.amax(1), [Arg("param", lambda rng: np.ones((2, 3)))], "amax"),
+    row("logsumexp", lambda x: x.logsumexp(1), [P(3, 4)], ("amax", "exp", "log")),
+    # --- shapes ---
+    row("reshape_view", lambda x: x.reshape(4, 3) @ x.view(3, 4), [P(3, 4)], "reshape"),
+    row(
+        "flatten_unsqueeze", lambda x: x.flatten(1).unsqueeze(0).squeeze(0), [P(2, 3, 2)], "reshape"
+    ),
+    row(
+        "permute",
+        lambda x: x.permute(2, 0, 1) * x.transpose(0, 2).transpose(1, 2) + x.T.permute(0, 2, 1),
+        [P(2, 3, 4)],
+        "permute",
+    ),
+    row("expand", lambda x: x.expand(3, 4) * 2, [P(3, 1)], ("broadcast_to", "sum_to")),
+    row("cat", lambda x, y: tg.cat([x, y, x], 1), [P(3, 2), X(3, 4)], ("cat", "getitem")),
+    row("stack", lambda x, y: tg.stack([x, y], 0), [P(3, 4), X(3, 4)], ("cat", "reshape")),
+    row("split_chunk", lambda x: x.split(1, 0)[0] * x.chunk(3, 0)[2], [P(3, 4)], "getitem"),
+    row("repeat", lambda x: x.repeat(2, 3), [P(2, 3)], ("broadcast_to", "reshape")),
+    # --- NumPy functions on tensors dispatch to ops ---
+    row("numpy_interop", lambda x: np.sum(np.tanh(x) * np.exp(x), axis=0), [P(3, 4)], "tanh"),
+]
+
+BY_ID = {r.id: r for r in ROWS_TABLE}
+assert len(BY_ID) == len(ROWS_TABLE), "row ids must be unique"
+
+
+def _params(module_test: bool):
+    params = []
+    for r in ROWS_TABLE:
+        reason = r.xfail or (r.xfail_module if module_test else None)
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        params.append(pytest.param(r, id=r.id, marks=marks))
+    return params
+
+
+# --- running a row -------------------------------------------------------------------------------
+
+
+class RowModule(nn.Module):
+    """Holds the row's "param" arguments as parameters; the others are forward inputs."""
+
+    def __init__(self, fn, roles, params):
+        super().__init__()
+        self.fn, self.roles = fn, roles
+        for i, array in enumerate(params):
+            setattr(self, f"p{i}", nn.Parameter(tg.tensor(array)))
+
+    def forward(self, *inputs):
+        params = iter(getattr(self, f"p{i}") for i in range(self.roles.count("param")))
+        rest = iter(inputs)
+        return self.fn(*(next(params) if r == "param" else next(rest) for r in self.roles))
+
+
+def row_arrays(r: Row, dtype) -> list[np.ndarray]:
+    rng = np.random.default_rng(zlib.crc32(r.id.encode()))
+    return [a.make(rng).astype(dtype.np) if a.floating else a.make(rng) for a in r.args]
+
+
+def instantiate(r: Row, dtype):
+    """A fresh module and fresh input tensors for one run."""
+    arrays = row_arrays(r, dtype)
+    roles = [a.role for a in r.args]
+    module = RowModule(r.fn, roles, [x for x, a in zip(arrays, r.args) if a.role == "param"])
+    inputs = [
+        tg.tensor(x, requires_grad=a.role == "input")
+        for x, a in zip(arrays, r.args)
+        if a.role != "param"
+    ]
+    return module, inputs
+
+
+def cotangent(out, seed: str):
+    """Fixed random weights the output is reduced with, so the backward gets a non-trivial
+    cotangent (the compiled output is a non-scalar in most rows)."""
+    rng = np.random.default_rng(zlib.crc32(seed.encode()) + 1)
+    return tg.tensor(rng.uniform(0.5, 1.5, tuple(out.shape)).astype(out.dtype.np))
+
+
+def run(r: Row, dtype, compile_with=None):
+    module, inputs = instantiate(r, dtype)
+    target = tg.compile(module, passes=compile_with[0]) if compile_with else module
+    if r.seed is not None:
+        tg.manual_seed(r.seed)
+    out = target(*inputs)
+    (out * cotangent(out, r.id)).sum().backward()
+    grads = [p.grad for p in module.parameters()] + [x.grad for x in inputs]
+    return out, grads, target
+
+
+def assert_close(actual, expected, tol, what):
+    if expected is None:
+        assert actual is None, f"{what}: expected no gradient, got one"
+        return
+    assert actual is not None, f"{what}: expected a gradient, got None"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert tuple(actual.shape) == tuple(expected.shape), what
+    np.testing.assert_allclose(
+        actual.detach().numpy(), expected.detach().numpy(), rtol=tol, atol=tol, err_msg=what
+    )
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("passes", ["default", None], ids=["default", "unoptimized"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("r", _params(module_test=True))
+def test_compiled_module_matches_eager(r, dtype_name, passes):
+    dtype, tol = DTYPES[dtype_name]
+    out_eager, grads_eager, _ = run(r, dtype)
+    out_compiled, grads_compiled, cm = run(r, dtype, compile_with=(passes,))
+    assert out_compiled.requires_grad
+    assert_close(out_compiled, out_eager, tol, "output")
+    for i, (got, want) in enumerate(zip(grads_compiled, grads_eager, strict=True)):
+        assert_close(got, want, tol, f"gradient {i}")
+    if passes is None:  # optimizations may rewrite the ops a row is meant to reach
+        ops = {n.op for n in cm.graph.nodes} | {n.op for n in cm.backward_graph.nodes}
+        assert set(r.covers) <= ops, f"row {r.id} did not reach {set(r.covers) - ops}"
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("r", _params(module_test=False))
+def test_grad_transform_matches_autograd_grad(r, dtype_name):
+    dtype, tol = DTYPES[dtype_name]
+    arrays = row_arrays(r, dtype)
+    wrt = [i for i, a in enumerate(r.args) if a.role != "const"]
+    probe = r.fn(*(tg.tensor(x) for x in arrays))
+    weights = cotangent(probe, r.id)
+
+    def scalar(*args):
+        return (r.fn(*args) * weights).sum()
+
+    eager_args = [tg.tensor(x, requires_grad=i in wrt) for i, x in enumerate(arrays)]
+    if r.seed is not None:
+        tg.manual_seed(r.seed)
+    expected = tg.autograd.grad(
+        scalar(*eager_args), [eager_args[i] for i in wrt], allow_unused=True
+    )
+    if r.seed is not None:
+        tg.manual_seed(r.seed)
+    got = tg.grad(scalar, argnums=tuple(wrt))(*(tg.tensor(x) for x in arrays))
+    assert len(got) == len(wrt)
+    for i, g, e in zip(wrt, got, expected, strict=True):
+        if e is None:  # no differentiable path: eager says None, the transform gives zeros
+            e = tg.zeros_like(eager_args[i])
+        assert_close(g, e, tol, f"gradient of argument {i}")
+
+
+def test_table_covers_every_op():
+    """Every registry op is reached by the table: in a compiled forward or backward graph."""
+    seen: set[str] = set()
+    for r in ROWS_TABLE:
+        if r.xfail or r.xfail_module:
+            continue
+        _, _, cm = run(r, tg.float64, compile_with=(None,))
+        seen |= {n.op for n in cm.graph.nodes} | {n.op for n in cm.backward_graph.nodes}
+    missing = set(OPS) - seen - set(CANNOT_APPEAR)
+    assert not missing, f"ops no row reaches: {sorted(missing)}"
+    assert set(CANNOT_APPEAR) <= set(OPS)
+    assert set(ONLY_IN_BACKWARD) <= set(OPS)

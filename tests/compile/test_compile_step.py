@@ -1,0 +1,405 @@
+"""Whole-step compile: a function calling opt.zero_grad(), loss.backward(), opt.step() is traced
+into one generated function; after every compiled step everything observable equals the eager
+step: the returned loss, the parameters, each parameter's .grad and the optimizer state
+(momentum buffers; Adam's step count and moments)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import nn, optim
+
+TOL = 1e-10
+STEPS = 20
+
+OPTIMIZERS = {
+    "sgd_momentum_nesterov": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+    "sgd_momentum_dampening_wd": lambda ps: optim.SGD(
+        ps, lr=0.05, momentum=0.8, dampening=0.1, weight_decay=0.01
+    ),
+    "adam": lambda ps: optim.Adam(ps, lr=0.01),
+    "adam_wd": lambda ps: optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), weight_decay=0.05),
+    "adamw": lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+}
+
+
+def close(actual, expected, what=""):
+    actual = actual.detach().numpy() if isinstance(actual, tg.Tensor) else actual
+    expected = expected.detach().numpy() if isinstance(expected, tg.Tensor) else expected
+    np.testing.assert_allclose(actual, expected, rtol=TOL, atol=TOL, err_msg=what)
+
+
+def batches(n, shape, classes, seed=5):
+    rng = np.random.default_rng(seed)
+    return [
+        (tg.tensor(rng.standard_normal(shape)), tg.tensor(rng.integers(0, classes, shape[0])))
+        for _ in range(n)
+    ]
+
+
+def assert_same_state(model_c, opt_c, model_e, opt_e):
+    """Parameters, .grad and optimizer state of two runs are equal."""
+    named_e = dict(model_e.named_parameters())
+    for name, p in model_c.named_parameters():
+        q = named_e[name]
+        close(p, q, f"parameter {name}")
+        assert (p.grad is None) == (q.grad is None), f"{name}.grad presence"
+        if q.grad is not None:
+            assert p.grad.dtype == q.grad.dtype
+            close(p.grad, q.grad, f"{name}.grad")
+    params_c = [p for g in opt_c.param_groups for p in g["params"]]
+    params_e = [p for g in opt_e.param_groups for p in g["params"]]
+    for i, (p, q) in enumerate(zip(params_c, params_e, strict=True)):
+        state_c, state_e = opt_c.state.get(p, {}), opt_e.state.get(q, {})
+        assert state_c.keys() == state_e.keys(), f"optimizer state keys of parameter {i}"
+        for key, value in state_e.items():
+            got = state_c[key]
+            if isinstance(value, tg.Tensor):
+                assert isinstance(got, tg.Tensor), key
+                assert got.dtype == value.dtype, f"{key} dtype"
+                assert tuple(got.shape) == tuple(value.shape), key
+                close(got, value, f"optimizer state {key} of parameter {i}")
+            else:
+                assert got == value, key
+
+
+def mlp(dtype=tg.float64):
+    tg.manual_seed(21)
+    layers = [nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)]
+    return nn.Sequential(*layers).to(dtype)
+
+
+def train(make_opt, compiled, passes="default", steps=STEPS):
+    model = mlp()
+    opt = make_opt(model.parameters())
+
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = tg.compile(train_step, passes=passes) if compiled else train_step
+    losses = []
+    for x, y in batches(steps, (5, 6), 3):
+        loss = step(x, y)
+        assert isinstance(loss, tg.Tensor) and loss.ndim == 0
+        losses.append(loss.item())
+    return model, opt, np.array(losses), step
+
+
+@pytest.mark.parametrize("passes", ["default", None], ids=["default", "unoptimized"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_compiled_training_steps_equal_eager(opt_name, passes):
+    model_e, opt_e, losses_e, _ = train(OPTIMIZERS[opt_name], compiled=False)
+    model_c, opt_c, losses_c, step = train(OPTIMIZERS[opt_name], compiled=True, passes=passes)
+    close(losses_c, losses_e, "losses, step by step")
+    assert_same_state(model_c, opt_c, model_e, opt_e)
+    if opt_name.startswith("adam"):
+        for p in model_c.parameters():
+            assert opt_c.state[p]["step"].item() == STEPS
+    # Parameters and state are inputs and updates of the step graph, never constants.
+    graph = step.graph
+    assert len(graph.updates) >= len(list(model_c.parameters()))
+    constant_shapes = {tuple(n.outputs[0].shape) for n in graph.nodes if n.op == "constant"}
+    assert (12, 6) not in constant_shapes and (3, 8) not in constant_shapes
+
+
+def test_compiled_step_matches_eager_at_every_step():
+    """Losses and full state after each of the first steps (the first compile happens with
+    no .grad and empty optimizer state, the next one with both)."""
+    runs = []
+    for compiled in (False, True):
+        model = mlp()
+        opt = optim.Adam(model.parameters(), lr=0.02)
+
+        def train_step(x, y, model=model, opt=opt):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        runs.append((model, opt, tg.compile(train_step) if compiled else train_step))
+    (model_e, opt_e, eager), (model_c, opt_c, compiled) = runs
+    for x, y in batches(4, (5, 6), 3, seed=8):
+        close(compiled(x, y), eager(x, y), "loss")
+        assert_same_state(model_c, opt_c, model_e, opt_e)
+
+
+def test_step_that_only_calls_backward_leaves_grads():
+    results = []
+    for compiled in (False, True):
+        model = mlp()
+
+        def grads_only(x, y, model=model):
+            model.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        step = tg.compile(grads_only) if compiled else grads_only
+        losses = [step(x, y).item() for x, y in batches(3, (5, 6), 3)]
+        results.append((model, losses))
+    (model_e, losses_e), (model_c, losses_c) = results
+    close(np.array(losses_c), np.array(losses_e))
+    for p, q in zip(model_c.parameters(), model_e.parameters(), strict=True):
+        assert p.grad is not None
+        close(p.grad, q.grad, ".grad after backward-only steps")
+        close(p, q, "parameters are not changed")
+
+
+def test_step_without_zero_grad_accumulates_like_eager():
+    results = []
+    for compiled in (False, True):
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+
+        def accumulate(x, y, model=model, opt=opt):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = tg.compile(accumulate) if compiled else accumulate
+        losses = [step(x, y).item() for x, y in batches(5, (5, 6), 3)]
+        results.append((model, opt, losses))
+    (model_e, opt_e, losses_e), (model_c, opt_c, losses_c) = results
+    close(np.array(losses_c), np.array(losses_e))
+    assert_same_state(model_c, opt_c, model_e, opt_e)
+
+
+def test_backward_only_without_zero_grad_accumulates_like_eager():
+    results = []
+    for compiled in (False, True):
+        model = mlp()
+
+        def grads(x, y, model=model):
+            F.cross_entropy(model(x), y).backward()
+
+        step = tg.compile(grads) if compiled else grads
+        for x, y in batches(3, (5, 6), 3):
+            assert step(x, y) is None
+        results.append(model)
+    for p, q in zip(results[1].parameters(), results[0].parameters(), strict=True):
+        close(p.grad, q.grad, "accumulated .grad")
+
+
+def test_model_and_optimizer_passed_as_arguments():
+    results = []
+    for compiled in (False, True):
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def train_step(model, opt, x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = tg.compile(train_step) if compiled else train_step
+        losses = [step(model, opt, x, y).item() for x, y in batches(6, (5, 6), 3)]
+        results.append((model, opt, losses))
+    (model_e, opt_e, losses_e), (model_c, opt_c, losses_c) = results
+    close(np.array(losses_c), np.array(losses_e))
+    assert_same_state(model_c, opt_c, model_e, opt_e)
+
+
+def test_step_returns_what_the_function_returns():
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def train_step(x, y):
+        opt.zero_grad()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        opt.step()
+        return {"loss": loss, "logits": logits, "n": 5}
+
+    (x, y), *_ = batches(1, (5, 6), 3)
+    before = model(x).detach().numpy().copy()
+    out = tg.compile(train_step)(x, y)
+    assert set(out) == {"loss", "logits", "n"} and out["n"] == 5
+    close(out["logits"], before, "logits are computed before the update")
+    assert not np.allclose(model(x).detach().numpy(), before), "the parameters were updated"
+
+
+def test_dropout_and_custom_function_in_a_compiled_step(zoo):
+    """Training-mode dropout draws the same masks as eager under one seed; a custom
+    Function's straight-through backward is used inside the whole step."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(6, 10)
+            self.drop = nn.Dropout(0.3)
+            self.fc2 = nn.Linear(10, 3)
+
+        def forward(self, x):
+            return self.fc2(self.drop(zoo.SignSTE.apply(self.fc1(x))))
+
+    results = []
+    for compiled in (False, True):
+        tg.manual_seed(4)
+        model = Net().double()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+
+        def train_step(x, y, model=model, opt=opt):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = tg.compile(train_step) if compiled else train_step
+        tg.manual_seed(100)
+        losses = [step(x, y).item() for x, y in batches(6, (5, 6), 3)]
+        results.append((model, opt, losses))
+    (model_e, opt_e, losses_e), (model_c, opt_c, losses_c) = results
+    close(np.array(losses_c), np.array(losses_e))
+    assert_same_state(model_c, opt_c, model_e, opt_e)
+    assert np.abs(model_c.fc1.weight.grad.numpy()).max() > 1e-4  # straight-through reached fc1
+
+
+def test_compiled_cnn_step_with_momentum(zoo):
+    results = []
+    for compiled in (False, True):
+        setup = zoo.build("cnn")
+        model = setup.model
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+        def train_step(x, y, model=model, opt=opt):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = tg.compile(train_step) if compiled else train_step
+        losses = [step(x, y).item() for x, y in batches(4, (4, 1, 10, 10), 5)]
+        results.append((model, opt, losses))
+    (model_e, opt_e, losses_e), (model_c, opt_c, losses_c) = results
+    close(np.array(losses_c), np.array(losses_e))
+    assert_same_state(model_c, opt_c, model_e, opt_e)
+
+
+class Trainer:
+    """Holds its model and optimizer: the compiled step is a bound method reaching them
+    through ``self`` (no closure, no global)."""
+
+    def __init__(self):
+        tg.manual_seed(9)
+        self.model = nn.Sequential(nn.Linear(6, 10), nn.Dropout(0.5), nn.Linear(10, 3)).double()
+        self.opt = optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(self, x, y):
+        self.opt.zero_grad()
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def accumulate(self, x, y):
+        F.cross_entropy(self.model(x), y).backward()
+
+
+def test_bound_method_step_follows_train_eval_switches():
+    eager, compiled = Trainer(), Trainer()
+    step = tg.compile(compiled.step)
+    for i, (x, y) in enumerate(batches(6, (5, 6), 3)):
+        mode = i < 2 or i == 4  # train, train, eval, eval, train, eval
+        eager.model.train(mode)
+        compiled.model.train(mode)
+        tg.manual_seed(i)
+        want = eager.step(x, y)
+        tg.manual_seed(i)
+        close(step(x, y), want, f"loss at step {i} (training={mode})")
+    assert_same_state(compiled.model, compiled.opt, eager.model, eager.opt)
+
+
+def test_bound_method_without_zero_grad_accumulates():
+    eager, compiled = Trainer(), Trainer()
+    for t in (eager, compiled):
+        t.model.eval()
+    step = tg.compile(compiled.accumulate)
+    for x, y in batches(3, (5, 6), 3):
+        eager.accumulate(x, y)
+        step(x, y)
+    for p, q in zip(compiled.model.parameters(), eager.model.parameters(), strict=True):
+        close(p.grad, q.grad, "accumulated .grad")
+
+
+class Regressor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.fc(x).squeeze(1)
+
+
+REGRESSOR = Regressor().double()
+REGRESSOR_OPT = optim.SGD(REGRESSOR.parameters(), lr=0.01)
+
+
+def test_step_naming_a_module_class():
+    """A step whose code names a Module subclass (a global, like the instance it uses):
+    the class is not mistaken for a module instance."""
+
+    def train_step(x, y):
+        assert isinstance(REGRESSOR, Regressor)
+        REGRESSOR_OPT.zero_grad()
+        loss = F.mse_loss(REGRESSOR(x), y)
+        loss.backward()
+        REGRESSOR_OPT.step()
+        return loss
+
+    step = tg.compile(train_step)
+    x = tg.tensor(np.linspace(-1, 1, 30).reshape(5, 6))
+    y = tg.tensor(np.arange(5.0))
+    losses = [step(x, y).item() for _ in range(3)]
+    assert losses[0] > losses[1] > losses[2]
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.gate = nn.Parameter(tg.tensor(np.linspace(-1, 1, 8)))
+        self.a = nn.Linear(8, 3)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.body(x).tanh() * self.gate.sign()
+        return self.a(h), self.b(h)
+
+
+def test_parameters_without_gradient_keep_grad_none_in_a_step():
+    """Eager semantics inside a whole step: head b is unused and gate only feeds sign, so
+    their .grad stays None and the optimizer (with weight decay) leaves them alone."""
+    results = []
+    for compiled in (False, True):
+        tg.manual_seed(2)
+        model = TwoHeads().double()
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+
+        def train_step(x, y, model=model, opt=opt):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x)[0], y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = tg.compile(train_step) if compiled else train_step
+        for x, y in batches(3, (5, 6), 3):
+            step(x, y)
+        results.append((model, opt))
+    (model_e, opt_e), (model_c, opt_c) = results
+    assert model_e.b.weight.grad is None and model_e.gate.grad is None
+    assert_same_state(model_c, opt_c, model_e, opt_e)
