@@ -125,7 +125,8 @@ class CompiledModule:
         for i, a in enumerate(args):
             guards += tensor_guards(f"input {i}", a)
         for name, p in self.module.named_parameters():
-            guards.append((f"parameter {name}", (tuple(p.shape), p.dtype.name, p.requires_grad)))
+            meta = (tuple(p.shape), p.dtype.name, p.requires_grad, id(p))  # id: replaced objects
+            guards.append((f"parameter {name}", meta))
         for name, b in self.module.named_buffers():
             guards.append((f"buffer {name}", (tuple(b.shape), b.dtype.name)))
         guards.append(("training", tuple(m.training for m in self.module.modules())))
@@ -188,9 +189,10 @@ def build_module_program(
         )
         return ModuleProgram(program, traced, [], [], 0)
     n_out = traced.n_outputs
-    joint, seeds, differentiable = autodiff.differentiate(
-        graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out
+    joint, seeds, differentiable, reached = autodiff.differentiate(
+        graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out, zero_fill=False
     )
+    wrt = [wrt[i] for i in reached]  # as in eager mode, unreached parameters keep grad None
     joint_results: list = []
     joint = passes.run(joint, transforms(passes_spec), joint_results)
     report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
@@ -210,7 +212,7 @@ def _check_module(traced: Traced, tensors, wrt, n_out, stages) -> None:
     names = [traced.graph.inputs[i].name for i in wrt]
 
     def joint_of(graph):
-        return autodiff.differentiate(graph, names, n_differentiable=n_out)[0]
+        return autodiff.differentiate(graph, names, n_differentiable=n_out, zero_fill=False)[0]
 
     reference = joint_of(traced.graph)
     arrays = [t._data for t in tensors]

@@ -9,6 +9,8 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tracegrad import codegen, tape
 from tracegrad.codegen.export import export_program
 from tracegrad.errors import TraceError
@@ -89,7 +91,8 @@ class Program:
 
     def call(self, name: str, arrays):
         fn = self.functions[name]
-        return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
+        with np.errstate(all="ignore"):  # as eager ops: inf and nan results, not warnings
+            return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
 
 
 def generate(
@@ -163,9 +166,11 @@ class Traced:
 
 
 def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
-    """Trace ``fn(*args)`` without recording gradients; tensors in ``args`` become inputs."""
+    """Trace ``fn(*args)``; tensors in ``args`` become inputs (custom Functions stay whole)."""
     tracer = Tracer(mode="capture", names=names)
-    with tracing(tracer), tape.no_grad():
+    # Gradients stay on while tracing (the tape's records are dropped) so that what the user
+    # computes under no_grad can be marked as such in the graph.
+    with tracing(tracer), tape.enable_grad():
         symbolic = [
             tracer.add_input(a.tensor_type, name) if isinstance(a, Tensor) else a
             for a, name in zip(args, arg_names, strict=True)

@@ -275,8 +275,11 @@ def _optimizer_guard(opt) -> tuple:
     groups = tuple(
         tuple(sorted((k, repr(v)) for k, v in g.items() if k != "params")) for g in opt.param_groups
     )
+    # Which state exists, and which tensor objects hold it (load_state_dict replaces them).
     state = tuple(
-        tuple(sorted(opt.state.get(p, {}))) for g in opt.param_groups for p in g["params"]
+        tuple(sorted((k, id(v)) for k, v in opt.state.get(p, {}).items()))
+        for g in opt.param_groups
+        for p in g["params"]
     )
     return groups, state
 

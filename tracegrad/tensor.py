@@ -358,8 +358,12 @@ class Tensor:
             self.grad_fn.retained[self._out_index] = weakref.ref(self)
 
     def detach(self) -> Tensor:
+        if is_symbolic(self):  # a traced graph must record where gradients stop
+            with tape.no_grad():
+                return call("stop_gradient", self)
         out = Tensor._wrap(self._data)
         out._version, out._base = self._version, self._base
+        out._serial = self._serial  # the same data: as old as the tensor it comes from
         return out
 
     def detach_(self) -> Tensor:

@@ -247,16 +247,6 @@ def test_dtype_change_recompiles():
     close(out, model(x32.double()))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "detach() (or .data) of a parameter inside a compiled forward is recorded as a "
-        "constant node holding the parameter's array instead of a lifted input; a 0-d "
-        "constant is emitted as a literal (np.float32(2.0)), so after p.add_(1) the compiled "
-        "module keeps returning the old value without recompiling (stale result); larger "
-        "arrays only stay fresh because the constant aliases the parameter's memory"
-    ),
-)
 def test_detached_scalar_parameter_is_not_baked_in():
     class Scale(nn.Module):
         def __init__(self):
@@ -319,16 +309,6 @@ def test_gradient_accumulation_with_zero_grad_outside_the_compiled_step(set_to_n
         close(c, e, "parameters after accumulated steps")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "replacing a parameter object (module.fc2.bias = nn.Parameter(...), same shape, dtype "
-        "and requires_grad) is not seen: the compiled module keeps reading the Parameter "
-        "object it lifted at trace time (compile.py CompiledModule._run uses traced.lifted) "
-        "and its guards compare only shape/dtype/requires_grad, so the cache hits and the "
-        "result is stale"
-    ),
-)
 def test_replaced_parameter_is_not_stale():
     model = net()
     cm = tg.compile(model)
@@ -338,15 +318,6 @@ def test_replaced_parameter_is_not_stale():
     assert_same(forward_backward(model, cm, x), forward_backward(model, model, x))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "optimizer.load_state_dict() replaces the state tensors (clones); a compiled whole "
-        "step keeps reading and updating the momentum buffers it lifted at trace time "
-        "(step.py StepProgram.lifted / update_targets) and its optimizer guard compares only "
-        "state keys, so the loaded state is ignored and opt.state is no longer updated"
-    ),
-)
 def test_optimizer_load_state_dict_is_seen_by_a_compiled_step():
     finals = []
     for compiled in (False, True):

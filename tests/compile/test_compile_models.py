@@ -165,7 +165,6 @@ def test_parameters_of_an_unused_output_keep_grad_none():
     assert params_c["a.bias"].grad is None
 
 
-@pytest.mark.xfail(strict=True, reason=NONE_GRAD_BUG)
 def test_parameter_without_gradient_path_keeps_grad_none():
     class Gate(nn.Module):
         def __init__(self):
@@ -240,16 +239,6 @@ class RunningMean(nn.Module):
         return h - self.mean
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gradient stops inside a compiled module's forward are ignored (no stop-gradient node "
-        "in the IR: detach() of a traced tensor is the same value and tg.no_grad() blocks are "
-        "traced like other code, then autodiff.differentiate differentiates through them): a "
-        "running-statistics buffer updated under no_grad from h.detach() leaks gradient "
-        "into lin.weight/lin.bias"
-    ),
-)
 def test_buffer_updated_under_no_grad_in_forward():
     results = []
     for compiled in (False, True):

@@ -124,15 +124,6 @@ def row(id, fn, args, covers, seed=None, xfail=None, xfail_module=None):
     return Row(id, fn, tuple(args), covers, seed, xfail, xfail_module)
 
 
-DETACH_BUG = (
-    "gradient stops inside a compiled module's forward are ignored: Tensor.detach() of a "
-    "traced tensor wraps the same Symbol and a tg.no_grad() block is traced like any other "
-    "code (the capture tracer runs under no_grad anyway), the IR has no stop-gradient node, "
-    "and the reverse-mode pass (autodiff.differentiate replays the forward graph) "
-    "differentiates through both; e.g. x * x.detach() gets gradient 2x instead of x"
-)
-
-
 def _other_float(x):
     return tg.float32 if x.dtype == tg.float64 else tg.float64
 
@@ -329,10 +320,9 @@ ROWS_TABLE = [
         lambda w: F.embedding(tg.tensor(TOKENS.numpy()), w, padding_idx=5),
         [P(6, 3)],
         "where",
-        xfail_module=DETACH_BUG,
     ),
-    row("detach_traced", lambda x: x * x.detach(), [X(3, 4)], "mul", xfail_module=DETACH_BUG),
-    row("no_grad_block", _no_grad_scale, [X(3, 4)], "mul", xfail_module=DETACH_BUG),
+    row("detach_traced", lambda x: x * x.detach(), [X(3, 4)], "mul"),
+    row("no_grad_block", _no_grad_scale, [X(3, 4)], "mul"),
     row("detach_parameter", lambda x: x * x.detach() + x.data, [P(3, 4)], "mul"),
     # --- reductions ---
     row("sum_all", lambda x: x.sum(), [P(3, 4)], ("sum", "broadcast_to")),

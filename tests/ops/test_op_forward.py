@@ -898,6 +898,7 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         F.layer_norm(_f((2, 3, 4), dt), (3, 4)),
     ),
     **{name: _fused_call(name) for name in FUSED_REFERENCES},
+    "stop_gradient": lambda dt: call("stop_gradient", _f((3,), dt)),
 }
 INTEGER_OK = {
     "neg",

@@ -29,6 +29,7 @@ NONDIFFERENTIABLE = frozenset(
         *("logical_and", "logical_or", "logical_xor", "logical_not"),
         *("sign", "argmax", "argmin", "one_hot"),
         "dropout_mask",
+        "stop_gradient",  # detach() inside traced code: no gradient by definition
     }
 )
 

@@ -144,7 +144,8 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
         out = _destination(node, args, buffers)
         rhs = expression(node, args, constants, target, out)
         lines.append(f"{target} = {rhs}{_comment(node)}")
-        if debug_nans and node.op != CONSTANT:
+        # where/masked_fill outputs may hold an intended -inf (attention masks): not checked
+        if debug_nans and node.op not in (CONSTANT, "where"):
             where = f"{node.location.filename}:{node.location.lineno}" if node.location else "?"
             phase = "backward" if title == "backward" else "forward"
             lines.append(

@@ -39,8 +39,9 @@ class Module:
                 "super().__init__() first in your module's __init__"
             )
         if isinstance(value, (Parameter, Module)):
-            self._forget(name)
             table = self._parameters if isinstance(value, Parameter) else self._modules
+            if name not in table:  # a replacement keeps its place, as in PyTorch
+                self._forget(name)
             table[name] = value
         elif name in self._buffers:
             self._buffers[name] = value

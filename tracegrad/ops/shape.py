@@ -92,3 +92,15 @@ register(
     _cat_grad,
     "np.concatenate([{inputs}], axis={dim})",
 )
+
+# stop_gradient(x) = x with no gradient: what detach() and no_grad() mean inside a traced
+# forward, so the reverse-mode pass (which replays the graph) stops there too.
+register(
+    "stop_gradient",
+    ("x",),
+    lambda x: x,
+    lambda x: x,
+    None,
+    "{0}",
+    props={VIEW},
+)

@@ -56,13 +56,16 @@ def inline_custom(graph: Graph) -> Graph:
     return tracer.graph(outputs)
 
 
-def differentiate(graph: Graph, wrt: list[str], n_differentiable: int | None = None):
+def differentiate(
+    graph: Graph, wrt: list[str], n_differentiable: int | None = None, zero_fill: bool = True
+):
     """The joint graph: ``graph``'s outputs, then d(outputs)/d(wrt) for each name in ``wrt``.
 
     Only the first ``n_differentiable`` outputs (default: all) are differentiated. The joint
     graph gets one extra input per differentiated output that depends on ``wrt``: its cotangent.
     Returns the joint graph, the cotangent input names and the output positions they belong
-    to. Inputs in ``wrt`` that no output depends on get zero gradients.
+    to. Inputs in ``wrt`` that no output depends on get zero gradients; with
+    ``zero_fill=False`` they get none, and the positions in ``wrt`` that do are returned last.
     """
     tracer = Tracer(mode="inline")
     n_differentiable = len(graph.outputs) if n_differentiable is None else n_differentiable
@@ -78,9 +81,14 @@ def differentiate(graph: Graph, wrt: list[str], n_differentiable: int | None = N
             grads = tape.run_backward(
                 [t for _, t in diff], seeds, retain_graph=True, create_graph=False, capture=targets
             )
-        grads = [g if g is not None else _zeros(t) for g, t in zip(grads, targets, strict=True)]
-        outputs = [tracer.value_of(t) for t in [*outs, *grads]]
-    return tracer.graph(outputs), [s._data.value.name for s in seeds], positions
+        if zero_fill:
+            grads = [g if g is not None else _zeros(t) for g, t in zip(grads, targets, strict=True)]
+        outputs = [tracer.value_of(t) for t in [*outs, *grads] if t is not None]
+    reached = [i for i, g in enumerate(grads) if g is not None]
+    joint = tracer.graph(outputs)
+    return (joint, [s._data.value.name for s in seeds], positions) + (
+        () if zero_fill else (reached,)
+    )
 
 
 def _zeros(t: Tensor) -> Tensor:

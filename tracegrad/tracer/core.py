@@ -134,7 +134,11 @@ class Tracer:
 
     def record(self, op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
         values = [self.value_of(t) for t in inputs]
-        return Tensor._wrap(Symbol(self._emit(op.name, values, out_type, dict(attrs))))
+        out = self._emit(op.name, values, out_type, dict(attrs))
+        if self.mode == "capture" and not tape.is_grad_enabled() and op.differentiable:
+            # computed under no_grad: the replaying reverse-mode pass must not differentiate it
+            out = self._emit("stop_gradient", [out], out_type, {})
+        return Tensor._wrap(Symbol(out))
 
     def record_custom(self, cls, ctx, args, kwargs) -> tuple[Tensor, ...]:
         """A custom Function kept whole: its forward is traced only to learn output types."""
