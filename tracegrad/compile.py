@@ -201,7 +201,7 @@ def build_module_program(
     if check:
         _check_module(traced, tensors, wrt, n_out, report.stages)
     report.saved = autodiff.saved_values(forward, backward, n_forward)
-    log("graph", f"forward graph\n{forward}\nbackward graph\n{backward}")
+    log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
     parts = [("forward", forward), ("backward", backward)]
     program = generate(parts, "forward and backward", debug_nans, passes_spec, report=report)
     return ModuleProgram(program, traced, wrt, differentiable, len(forward.outputs) - n_forward)

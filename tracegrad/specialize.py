@@ -32,10 +32,11 @@ def log_kinds() -> set[str]:
     return {k.strip() for k in os.environ.get("TRACEGRAD_LOGS", "").split(",") if k.strip()}
 
 
-def log(kind: str, text: str) -> None:
-    """Print a stage of compilation when TRACEGRAD_LOGS names its kind."""
+def log(kind: str, text) -> None:
+    """Print a stage of compilation when TRACEGRAD_LOGS names its kind. ``text`` may be a
+    function making the text, so big graphs are only printed when asked for."""
     if kind in log_kinds():
-        print(f"[tracegrad:{kind}] {text}", file=sys.stderr)
+        print(f"[tracegrad:{kind}] {text() if callable(text) else text}", file=sys.stderr)
 
 
 # --- signatures -----------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
         lifted = {id(t): v for t, v in tracer.lifted.values()}
         updates = {lifted[id(t)].name: v for t, v in zip(targets, new_values, strict=True)}
         graph = tracer.graph(outputs + new_values, updates)
-    log("graph", f"traced {len(graph.nodes)} nodes\n{graph}")
+    log("graph", lambda: f"traced {len(graph.nodes)} nodes\n{graph}")
     return Traced(graph, [t for t, _ in tracer.lifted.values()], targets, len(outs), returns_tuple)
 
 

@@ -337,7 +337,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         updates = {lifted[id(t)].name: v for t, v in zip(targets, new_values, strict=True)}
         graph = tracer.graph(results + new_values + sink_values, updates)
     _restore_grads(sinks, grads_before)
-    log("graph", f"traced step: {len(graph.nodes)} nodes\n{graph}")
+    log("graph", lambda: f"traced step: {len(graph.nodes)} nodes\n{graph}")
     report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
     pass_results: list = []
     traced_graph, graph = graph, passes.run(graph, transforms(compiled.passes), pass_results)

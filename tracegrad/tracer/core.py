@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 
-from tracegrad import tape
+from tracegrad import dtypes, tape
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation, TraceError, at_user_line, user_frame
 from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
@@ -103,8 +103,18 @@ class Tracer:
         if self.preexisting(t):
             return self._lift(t)
         if id(t) not in self.constants:
-            self.constants[id(t)] = (t, self._emit(CONSTANT, [], t.tensor_type, {"value": t._data}))
+            self.constants[id(t)] = (t, self._constant(t._data))
         return self.constants[id(t)][1]
+
+    def _constant(self, array: np.ndarray) -> Value:
+        """A constant node; a big array holding one value (zeros for new optimizer state, say)
+        becomes that scalar broadcast, instead of megabytes stored in the graph."""
+        type_ = TensorType(array.shape, dtypes.from_numpy(array.dtype))
+        flat = array.reshape(-1)
+        if flat.size <= 1024 or not (flat == flat[0]).all():
+            return self._emit(CONSTANT, [], type_, {"value": array})
+        scalar = self._emit(CONSTANT, [], TensorType((), type_.dtype), {"value": np.array(flat[0])})
+        return self._emit("broadcast_to", [scalar], type_, {"shape": array.shape})
 
     def _lift(self, t: Tensor) -> Value:
         if id(t) not in self.lifted:

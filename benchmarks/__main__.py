@@ -1,0 +1,170 @@
+"""``python -m benchmarks``: time the DESIGN.md workloads and write the Markdown table and JSON.
+
+python -m benchmarks                       # all four workloads, full settings
+python -m benchmarks --workloads W1 --rounds 5
+python -m benchmarks --quick               # a fast smoke run (few steps; loss@10)
+python -m benchmarks --quick --size small  # reduced model sizes too
+"""
+
+# One thread: set before NumPy (or anything importing it) is loaded.
+import os
+
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_name] = "1"
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import benchmarks  # noqa: E402
+import tracegrad  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks import workloads as W  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time tracegrad's compiled training steps against a hand-written NumPy step "
+        "and PyTorch eager, one thread, on the four workloads of DESIGN.md.",
+    )
+    p.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated (default: all)")
+    p.add_argument(
+        "--impls",
+        default=",".join(W.DEFAULT_IMPLEMENTATIONS),
+        help=f"comma-separated implementations (default: all of {','.join(W.IMPLEMENTATIONS)})",
+    )
+    p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 7; quick 2)")
+    p.add_argument(
+        "--steps-per-round", type=int, help="timed steps per round (default 10; quick 3)"
+    )
+    p.add_argument("--loss-steps", type=int, help="steps before the reported loss (default 50)")
+    p.add_argument("--alloc-steps", type=int, help="steps measured with tracemalloc (default 3)")
+    p.add_argument("--quick", action="store_true", help="a fast smoke run: few steps, loss@10")
+    p.add_argument(
+        "--size",
+        choices=("full", "small"),
+        default="full",
+        help="'small' runs reduced model/batch sizes (for smoke tests)",
+    )
+    p.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="JSON output path")
+    p.add_argument("--markdown", type=Path, default=RESULTS / "latest.md", help="Markdown path")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def settings_from(args) -> harness.Settings:
+    values = dict(harness.QUICK) if args.quick else {}
+    for key in ("rounds", "steps_per_round", "loss_steps", "alloc_steps"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    impls = tuple(k.strip() for k in args.impls.split(",") if k.strip())
+    unknown = set(impls) - set(W.IMPLEMENTATIONS)
+    if unknown:
+        raise SystemExit(f"unknown implementation(s) {sorted(unknown)}; see --help")
+    return harness.Settings(**values, implementations=impls)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def metadata(settings: harness.Settings, args) -> dict:
+    torch = W.torch_module() if "torch" in settings.implementations else None
+    return {
+        "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None),
+        "tracegrad": tracegrad.__version__,
+        "git_commit": _git_commit(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "load_before": _load(),
+        "threads": {k: os.environ.get(k) for k in benchmarks.THREAD_VARIABLES},
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "numpy_loaded_before_thread_settings": benchmarks.NUMPY_LOADED_BEFORE_THREAD_SETTINGS,
+        "settings": {
+            "rounds": settings.rounds,
+            "steps_per_round": settings.steps_per_round,
+            "loss_steps": settings.loss_steps,
+            "alloc_steps": settings.alloc_steps,
+            "implementations": list(settings.implementations),
+            "quick": bool(args.quick),
+            "size": args.size,
+        },
+    }
+
+
+def run(argv=None) -> dict:
+    """Parse ``argv``, run, write the outputs; returns the results dict."""
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    names = [n.strip().upper() for n in args.workloads.split(",") if n.strip()]
+    unknown = [n for n in names if n not in W.WORKLOADS]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {unknown}; choose from {', '.join(W.WORKLOADS)}")
+
+    def log(message):
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    results = {"meta": metadata(settings, args), "workloads": []}
+    for name in names:
+        overrides = harness.SMALL[name] if args.size == "small" else None
+        log(f"--- {name}: {W.WORKLOADS[name].title}" + (" (reduced)" if overrides else ""))
+        results["workloads"].append(harness.run_workload(name, settings, overrides, log))
+    results["meta"]["load_after"] = _load()
+    text = harness.markdown(results)
+    for path, content in ((args.json, json.dumps(results, indent=1) + "\n"), (args.markdown, text)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    print(text)
+    return results
+
+
+def main(argv=None) -> int:
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
