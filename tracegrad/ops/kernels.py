@@ -42,7 +42,8 @@ def gelu(x, approximate, out=None):
     """x * Phi(x); with ``approximate='tanh'`` PyTorch's tanh form. ``out`` may be ``x``."""
     if approximate != "tanh":
         return np.multiply(0.5 * x, 1.0 + erf(x / math.sqrt(2.0)), out=out)
-    inner = np.power(x, 3, out=np.empty_like(x))  # the same rounding as the textbook formula
+    inner = np.multiply(x, x, out=scratch(x, "gelu"))  # x * x * x: np.power is far slower
+    inner *= x
     inner *= GELU_TANH_COEF
     inner += x
     inner *= SQRT_2_OVER_PI
@@ -143,11 +144,13 @@ def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
     return _reduce_loss(loss, valid, reduction, logits.dtype)
 
 
-def layer_norm(x, ndims, eps):
+def layer_norm(x, ndims, eps, out=None):
+    """(x - mean) / sqrt(var + eps) over the last ``ndims`` dims. ``out`` may be ``x``."""
     axes = tuple(range(x.ndim - ndims, x.ndim))
-    centered = x - x.mean(axis=axes, keepdims=True)
-    var = np.mean(centered * centered, axis=axes, keepdims=True)
-    return centered / np.sqrt(var + eps)
+    out = np.subtract(x, x.mean(axis=axes, keepdims=True), out=out)
+    square = np.multiply(out, out, out=scratch(x, "layer_norm"))
+    out /= np.sqrt(square.mean(axis=axes, keepdims=True) + eps)
+    return out
 
 
 def index(key, *index_arrays):
@@ -201,47 +204,72 @@ def check_finite(value, op, phase, where):
 # --- of its inputs: an input is read only before ``out`` is written, or copied first.
 
 
+def scratch(like, slot: str, dtype=None):
+    """A work array shaped like ``like``, kept between calls (slot names keep a kernel's
+    arrays apart), so a steady training step allocates nothing for kernel temporaries. Never
+    returned from a kernel."""
+    key = (slot, np.shape(like), np.dtype(dtype or like.dtype))
+    array = _SCRATCH.get(key)
+    if array is None:
+        array = _SCRATCH[key] = np.empty(key[1], key[2])
+    return array
+
+
+_SCRATCH: dict = {}
+
+
 def relu_grad(y, g, out=None):
-    return np.multiply(g, y > 0, out=out)
+    return np.multiply(g, np.greater(y, 0, out=scratch(y, "relu_grad", bool)), out=out)
 
 
 def tanh_grad(y, g, out=None):
-    slope = np.asarray(np.multiply(y, y))  # asarray: a 0-d result must stay writable
+    slope = np.multiply(y, y, out=scratch(y, "tanh_grad"))
     np.subtract(1.0, slope, out=slope)
     return np.multiply(g, slope, out=out)
 
 
 def sigmoid_grad(y, g, out=None):
-    slope = np.asarray(np.subtract(1.0, y))
+    slope = np.subtract(1.0, y, out=scratch(y, "sigmoid_grad"))
     slope *= y
     return np.multiply(g, slope, out=out)
 
 
 def gelu_grad(x, g, approximate, out=None):
     """d gelu(x) = Phi(x) + x phi(x) (Phi in PyTorch's tanh form when asked)."""
-    square = np.asarray(np.multiply(x, x))
+    square = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
+    slope = scratch(x, "gelu_grad.slope")
     if approximate == "tanh":
-        t = np.asarray(np.multiply(square, GELU_TANH_COEF * x))
+        t = np.multiply(square, x, out=scratch(x, "gelu_grad.t"))
+        t *= GELU_TANH_COEF
         t += x
         t *= SQRT_2_OVER_PI
         np.tanh(t, out=t)
-        slope = np.asarray(square * (3.0 * GELU_TANH_COEF))
+        np.multiply(square, 3.0 * GELU_TANH_COEF, out=slope)
         slope += 1.0
-        slope *= SQRT_2_OVER_PI * 0.5 * x
-        slope *= 1.0 - t * t
+        slope *= x
+        slope *= SQRT_2_OVER_PI * 0.5
+        np.multiply(t, t, out=square)
+        np.subtract(1.0, square, out=square)
+        slope *= square
         t += 1.0
         t *= 0.5
         slope += t
     else:
-        pdf = np.exp(-0.5 * square) * INV_SQRT_2PI
-        slope = np.asarray(0.5 * (1.0 + erf(x * INV_SQRT_2)))
-        slope += x * pdf
+        square *= -0.5
+        np.exp(square, out=square)
+        square *= INV_SQRT_2PI
+        square *= x
+        np.multiply(x, INV_SQRT_2, out=slope)
+        slope[...] = erf(slope)
+        slope += 1.0
+        slope *= 0.5
+        slope += square
     return np.multiply(g, slope, out=out)
 
 
 def softmax_grad(y, g, dim, out=None):
     """y * (g - sum(g * y)) over ``dim``."""
-    gy = np.multiply(g, y)
+    gy = np.multiply(g, y, out=scratch(y, "softmax_grad"))
     total = np.sum(gy, axis=dim, keepdims=True)
     np.subtract(g, total, out=gy)
     return np.multiply(y, gy, out=out)
@@ -250,7 +278,7 @@ def softmax_grad(y, g, dim, out=None):
 def log_softmax_grad(y, g, dim, out=None):
     """g - exp(y) * sum(g) over ``dim``."""
     total = np.sum(g, axis=dim, keepdims=True)
-    scaled = np.asarray(np.exp(y))
+    scaled = np.exp(y, out=scratch(y, "log_softmax_grad"))
     scaled *= total
     return np.subtract(g, scaled, out=out)
 
@@ -286,7 +314,7 @@ def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reducti
 def layer_norm_grad(x, y, g, ndims, eps, out=None):
     """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
     axes = tuple(range(x.ndim - ndims, x.ndim))
-    centered = x - x.mean(axis=axes, keepdims=True)
+    centered = np.subtract(x, x.mean(axis=axes, keepdims=True), out=scratch(x, "layer_norm_grad"))
     centered *= centered
     rstd = 1.0 / np.sqrt(centered.mean(axis=axes, keepdims=True) + eps)
     np.multiply(g, y, out=centered)

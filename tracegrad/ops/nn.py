@@ -163,5 +163,6 @@ register(
     kernels.layer_norm,
     (lambda c, g: call("layer_norm_grad", c.x, c.out, g, **c.attrs),),
     "rt.layer_norm({0}, {ndims}, {eps!r})",
+    out="rt.layer_norm({0}, {ndims}, {eps!r}, out={out})",
     saves=("x", "out"),
 )

@@ -62,6 +62,11 @@ class _Planner:
         # A state input's old value may be overwritten once dead: its new value goes there.
         targets = {v.name: v for v in graph.inputs if v.name in graph.updates}
         self.targets = {id(v) for v in targets.values()}
+        # id(value) -> the state input whose memory it lives in. That memory may hold the
+        # input's own new value, never another result: the caller writes each new value
+        # back into its input after the run, which would overwrite it first.
+        self.home = {id(v): name for name, v in targets.items()}
+        self.results = {id(self.root[id(v)]) for v in [*graph.outputs, *graph.updates.values()]}
         self.buffers: list[tuple] = []
         self.free: dict[tuple, list[int]] = defaultdict(list)
         self.owner: dict[int, int] = {}  # id(root value) -> buffer index
@@ -79,9 +84,17 @@ class _Planner:
                 and self.dies_at(value, index)
                 and value.type == node.outputs[0].type
                 and sum(v is value for v in node.inputs) == 1
+                and self.may_hold(value, node.outputs[0])
             ):
                 return k
         return None
+
+    def may_hold(self, value, out) -> bool:
+        """Whether ``out`` may be written into ``value``'s memory (see ``self.home``)."""
+        home = self.home.get(id(value))
+        if home is None or id(out) not in self.results:
+            return True
+        return self.root[id(self.graph.updates[home])] is out
 
     def place(self, node, index: int) -> None:
         op, out = OPS.get(node.op), node.outputs[0]
@@ -96,6 +109,8 @@ class _Planner:
         k = self.writable_input(node, index, ours) if elementwise else None
         if k is not None:
             node.meta["inplace"] = k
+            if id(node.inputs[k]) in self.home:
+                self.home[id(out)] = self.home[id(node.inputs[k])]
             if id(node.inputs[k]) in self.owner:
                 self.owner[id(out)] = self.owner.pop(id(node.inputs[k]))
             note("inplace", node)

@@ -278,16 +278,26 @@ def _rewrite_once(graph: Graph, counter) -> tuple[Graph, bool]:
         node.inputs = [_final(replaced, v) for v in node.inputs]
         rw = Rewriter(producers, nodes, node, fresh, uses)
         for rule in _BY_OP.get(node.op, ()):
+            mark = len(nodes)
             out = rule.rewrite(node, rw)
             if out is not None:
                 replaced[id(node.outputs[0])] = out
                 note(rule.name, node)
                 break
+            _drop_from(nodes, producers, mark)  # a rule that declines leaves no nodes behind
         else:
             nodes.append(node)
             producers.update((id(v), node) for v in node.outputs)
     graph = Graph(graph.inputs, nodes, graph.outputs, graph.updates)
     return substitute(graph, replaced), bool(replaced)
+
+
+def _drop_from(nodes: list[Node], producers: dict[int, Node], mark: int) -> None:
+    """Forget the nodes a rule emitted before it declined (their values are unused)."""
+    for node in nodes[mark:]:
+        for v in node.outputs:
+            producers.pop(id(v), None)
+    del nodes[mark:]
 
 
 def _final(replaced: dict[int, Value], value: Value) -> Value:
