@@ -325,8 +325,49 @@ def layer_norm_grad(x, y, g, ndims, eps, out=None):
     return np.multiply(centered, rstd, out=out)
 
 
+def _window_cells(x, dims, keepdim):
+    """The cells of a small trailing window being reduced (pooling), else None: NumPy reduces
+    a few trailing strided elements far slower than it compares whole strided slices."""
+    k = len(dims)
+    if keepdim or not k or tuple(dims) != tuple(range(x.ndim - k, x.ndim)):
+        return None
+    window = x.shape[x.ndim - k :]
+    return list(np.ndindex(*window)) if 1 < np.prod(window) <= 64 else None
+
+
+def _extreme(ufunc, x, dims, keepdim, out):
+    cells = _window_cells(x, dims, keepdim)
+    if cells is None:
+        return ufunc.reduce(x, axis=tuple(dims), keepdims=keepdim, out=out)
+    out = np.empty(x.shape[: x.ndim - len(dims)], x.dtype) if out is None else out
+    np.copyto(out, x[(Ellipsis, *cells[0])])
+    for cell in cells[1:]:
+        ufunc(out, x[(Ellipsis, *cell)], out=out)
+    return out
+
+
+def amax(x, dims, keepdim, out=None):
+    return _extreme(np.maximum, x, dims, keepdim, out)
+
+
+def amin(x, dims, keepdim, out=None):
+    return _extreme(np.minimum, x, dims, keepdim, out)
+
+
 def extreme_grad(x, y, g, dims, keepdim):
     """amax/amin: the gradient shared evenly between tied extremes."""
+    cells = _window_cells(x, dims, keepdim)
+    if cells is not None:
+        grad = np.empty(x.shape, x.dtype)
+        count = np.zeros(y.shape, x.dtype)
+        for cell in cells:
+            where = (Ellipsis, *cell)
+            np.equal(x[where], y, out=grad[where], casting="unsafe")
+            count += grad[where]
+        share = g / count
+        for cell in cells:
+            grad[(Ellipsis, *cell)] *= share
+        return grad
     if not keepdim:
         y, g = np.expand_dims(y, dims), np.expand_dims(g, dims)
     hits = (x == y).astype(x.dtype)
