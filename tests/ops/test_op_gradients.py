@@ -27,7 +27,7 @@ NONDIFFERENTIABLE = frozenset(
     {
         *("eq", "ne", "lt", "le", "gt", "ge"),
         *("logical_and", "logical_or", "logical_xor", "logical_not"),
-        *("sign", "argmax", "argmin", "one_hot"),
+        *("argmax", "argmin", "one_hot"),
         "dropout_mask",
         "stop_gradient",  # detach() inside traced code: no gradient by definition
     }
@@ -176,6 +176,7 @@ CASES = [
     Case("sigmoid", ("sigmoid",), lambda x: x.sigmoid(), UNARY),
     Case("relu", ("relu",), lambda x: x.relu(), UNARY, (away_from(0),), smooth=False),
     Case("abs", ("abs",), lambda x: x.abs(), UNARY, (away_from(0),), smooth=False),
+    Case("sign", ("sign",), lambda x: x.sign() * x, UNARY, (away_from(0),), smooth=False),
     Case("erf", ("erf",), lambda x: x.erf(), UNARY),
     Case("sin", ("sin",), lambda x: x.sin(), UNARY),
     Case("cos", ("cos",), lambda x: x.cos(), UNARY),

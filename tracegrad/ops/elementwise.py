@@ -80,7 +80,8 @@ unary(
     out="np.maximum({0}, 0, out={out})",
 )
 unary("abs", np.abs, lambda c, g: g * call("sign", c.x), "np.abs({0})", saves=("x",), floats=False)
-unary("sign", np.sign, None, "np.sign({0})", floats=False)
+# sign is flat almost everywhere: a zero gradient, as in PyTorch (the output still tracks grad)
+unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False)
 unary(
     "erf",
     kernels.erf,
