@@ -63,6 +63,9 @@ def from_name(name: str) -> DType:
 
 def from_numpy(np_dtype) -> DType:
     """The tracegrad dtype for a NumPy dtype: other ints become int64, other floats float32."""
+    exact = _BY_NUMPY.get(np_dtype)  # the common case, looked up on every tensor.dtype
+    if exact is not None:
+        return exact
     kind = np.dtype(np_dtype).kind
     if kind == "b":
         return bool_
@@ -71,6 +74,9 @@ def from_numpy(np_dtype) -> DType:
     if kind == "f":
         return float64 if np.dtype(np_dtype) == np.float64 else float32
     raise TypeError(f"tracegrad has no dtype for NumPy dtype {np.dtype(np_dtype)}")
+
+
+_BY_NUMPY = {d.np: d for d in ALL}
 
 
 def of_scalar(value) -> DType:

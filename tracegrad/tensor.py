@@ -17,7 +17,7 @@ import numpy as np
 from tracegrad import dtypes, tape
 from tracegrad.dtypes import DType, TensorType
 from tracegrad.errors import DTypeError, ShapeError, TraceError, at_user_line
-from tracegrad.ops import OPS, Op, VJPContext, registry, vjp
+from tracegrad.ops import OPS, VIEW, Op, VJPContext, registry, vjp
 from tracegrad.ops.index import resolve
 from tracegrad.ops.rules import normalize_dim, normalize_dims
 
@@ -86,10 +86,11 @@ def _run(op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
     if data.dtype != out_type.dtype.np:
         data = data.astype(out_type.dtype.np)
     out = Tensor._wrap(data)
-    for t in inputs:
-        if np.may_share_memory(data, t._data):
-            out._version, out._base = t._version, t._base if t._base is not None else t
-            break
+    if VIEW in op.props:  # only view ops may return memory of an input (the op tests check)
+        for t in inputs:
+            if np.may_share_memory(data, t._data):
+                out._version, out._base = t._version, t._base if t._base is not None else t
+                break
     return out
 
 
