@@ -80,6 +80,12 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
             f"  %{v.name}: {v.type} ({_size(v.type.nbytes)}), read by {', '.join(why)}"
             for v, why in report.saved
         ]
+    recomputed = [n for _, g in report.unplanned for n in g.meta.get("recomputed", [])]
+    if recomputed:
+        lines.append(
+            "recomputed in the backward instead of saved (cheap ops on saved values): "
+            + ", ".join(f"%{name}" for name in recomputed)
+        )
     lines += ["", f"recompiles: {len(recompile_reasons)}"]
     lines += [f"  {i + 1}. {reason}" for i, reason in enumerate(recompile_reasons)]
     return "\n".join(lines)

@@ -114,10 +114,77 @@ def split(joint: Graph, n_forward: int, seed_names: list[str]) -> tuple[Graph, G
             seen.add(id(value))
             saved.append(value)
     forward_inputs = [v for v in joint.inputs if v.name not in seeds]
+    returned = {id(v) for v in joint.outputs[:n_forward]}
+    saved, recomputed = rematerialize(forward_nodes, forward_inputs, saved, returned)
     forward = Graph(forward_inputs, forward_nodes, joint.outputs[:n_forward] + saved)
     backward_inputs = saved + [v for v in joint.inputs if v.name in seeds]
-    backward = Graph(backward_inputs, backward_nodes, joint.outputs[n_forward:])
+    backward = Graph(backward_inputs, recomputed + backward_nodes, joint.outputs[n_forward:])
+    backward.meta["recomputed"] = [n.outputs[0].name for n in recomputed]
     return forward.copy(), backward.copy()
+
+
+# Ops cheap enough to run again in the backward rather than keep their result alive from the
+# forward (views cost nothing; elementwise arithmetic one pass).
+CHEAP = frozenset(
+    {
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "neg",
+        "cast",
+        "relu",
+        "maximum",
+        "minimum",
+        "reshape",
+        "permute",
+        "broadcast_to",
+        "stop_gradient",
+    }
+)
+
+
+def rematerialize(forward_nodes, forward_inputs, saved, returned=frozenset()) -> tuple[list, list]:
+    """Saved values that a few cheap forward ops compute from what the backward has anyway
+    (other saved values, graph inputs, constants) are recomputed there instead of kept, which
+    lowers the memory held between forward and backward. Returns the new saved list and the
+    nodes to run first in the backward, in order. ``returned`` values (forward outputs) are
+    kept whatever they cost."""
+    producers = {id(v): n for n in forward_nodes for v in n.outputs}
+    inputs = {id(v) for v in forward_inputs}
+    saved = list(saved)
+    moved: dict[int, object] = {}
+    progress = True
+    while progress:
+        progress = False
+        for value in [v for v in saved if id(v) not in inputs | returned]:
+            held = {id(v) for v in saved if v is not value} | inputs
+            plan = _recompute_plan(value, held, producers, depth=4)
+            if plan:
+                saved.remove(value)
+                moved.update((id(n), n) for n in plan)
+                used = {id(v): v for n in plan for v in n.inputs if id(v) in inputs}
+                saved += [v for v in used.values() if all(v is not s for s in saved)]
+                progress = True
+                break
+    order = {id(n): i for i, n in enumerate(forward_nodes)}
+    return saved, sorted(moved.values(), key=lambda n: order[id(n)])
+
+
+def _recompute_plan(value, held, producers, depth: int) -> list | None:
+    """The cheap nodes that recompute ``value`` from ``held`` values and constants, or None."""
+    if id(value) in held:
+        return []
+    node = producers.get(id(value))
+    if node is None or depth == 0 or (node.op not in CHEAP and node.op != CONSTANT):
+        return None
+    plan = []
+    for v in node.inputs:
+        sub = _recompute_plan(v, held, producers, depth - 1)
+        if sub is None:
+            return None
+        plan += sub
+    return [*plan, node]
 
 
 def _ancestors(graph: Graph, values) -> list:
