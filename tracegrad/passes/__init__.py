@@ -3,7 +3,7 @@
 Importing this package registers them all; ``DEFAULT_PIPELINE`` lists the default order.
 """
 
-from tracegrad.passes import autodiff, cse, dce, fold, simplify  # registers the passes
+from tracegrad.passes import autodiff, cse, dce, fold, horizontal, memory, simplify
 from tracegrad.passes.pipeline import (
     DEFAULT_PIPELINE,
     PASSES,

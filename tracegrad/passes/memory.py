@@ -137,6 +137,9 @@ def plan(graph: Graph, persistent: frozenset[str] = frozenset()) -> Graph:
 
     ``persistent`` names outputs that may live in planned memory (the caller copies or uses
     them before the next call)."""
+    for node in graph.nodes:  # a new plan replaces an earlier one, which may be stale
+        node.meta.pop("inplace", None)
+        node.meta.pop("buffer", None)
     planner = _Planner(graph, persistent)
     for index, node in enumerate(graph.nodes):
         planner.place(node, index)

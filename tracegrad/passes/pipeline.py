@@ -71,6 +71,7 @@ DEFAULT_PIPELINE = [
     "fold",  # evaluate nodes whose inputs are all constants
     "simplify",  # algebraic identities and numerically stable forms
     "cse",  # compute each distinct expression once
+    "horizontal",  # sibling matmuls on one input become one wider matmul
     "dce",  # drop nodes whose values nobody reads
     "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]
