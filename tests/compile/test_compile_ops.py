@@ -31,7 +31,13 @@ DTYPES = {"float64": (tg.float64, 1e-10), "float32": (tg.float32, 1e-5)}
 # It is empty: each op is either reachable from the public API in a forward pass, or emitted
 # by a VJP rule and so reachable in the backward graph of the row using the op it transposes
 # (including ops only VJP rules use, such as those below or fused gradient kernels).
-CANNOT_APPEAR: dict[str, str] = {}
+CANNOT_APPEAR: dict[str, str] = {
+    # Optimizer updates run in optimizer.step(), never in a module's forward or backward; the
+    # whole-step tests check they appear in compiled steps (test_adam_step_uses_fused_updates).
+    "lerp": "Adam's first-moment update",
+    "ema_square": "Adam's second-moment update",
+    "adam_step": "Adam's parameter update",
+}
 
 # Ops no public function calls directly: the table reaches them through backward graphs.
 ONLY_IN_BACKWARD = {

@@ -403,3 +403,25 @@ def test_parameters_without_gradient_keep_grad_none_in_a_step():
     (model_e, opt_e), (model_c, opt_c) = results
     assert model_e.b.weight.grad is None and model_e.gate.grad is None
     assert_same_state(model_c, opt_c, model_e, opt_e)
+
+
+def test_adam_step_uses_fused_updates_in_place():
+    """Adam's moments and parameter updates are one kernel each, written into the state and
+    parameter arrays themselves."""
+    model = mlp()
+    opt = optim.Adam(model.parameters(), lr=0.01)
+
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = tg.compile(train_step)
+    for x, y in batches(3, (5, 6), 3):
+        step(x, y)
+    ops = [n.op for n in step.graph.nodes]
+    n_params = len(list(model.parameters()))
+    assert ops.count("lerp") == ops.count("ema_square") == ops.count("adam_step") == n_params
+    assert "out=model_0_weight)" in step.code  # the parameter array is the destination

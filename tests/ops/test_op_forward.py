@@ -899,6 +899,14 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
     ),
     **{name: _fused_call(name) for name in FUSED_REFERENCES},
     "stop_gradient": lambda dt: call("stop_gradient", _f((3,), dt)),
+    "lerp": lambda dt: call("lerp", _f((2, 3), dt), _f((2, 3), dt, seed=1), weight=0.1),
+    "ema_square": lambda dt: call("ema_square", _f((2, 3), dt), _f((2, 3), dt, seed=1), beta=0.9),
+    "adam_step": lambda dt: call(
+        "adam_step",
+        *(_f((2, 3), dt, 0.1, 1.0, seed=s) for s in range(3)),
+        *(_f((), dt, 0.5, 1.0, seed=s) for s in (3, 4)),
+        eps=1e-8,
+    ),
 }
 INTEGER_OK = {
     "neg",
@@ -1063,3 +1071,17 @@ def test_broadcast_result_shapes_and_dtypes_property(dtype, shapes):
     # PyTorch's promotion: a 0-d float64 does not widen a dimensioned float32
     wide = x.ndim > 0 or y.ndim == 0
     assert (x.double() + y).dtype is (dtypes.float64 if wide else dtypes.from_numpy(dtype))
+
+
+@pytest.mark.parametrize("dt", FLOATS, ids=FLOAT_IDS)
+def test_optimizer_update_ops_match_their_formulas(dt):
+    x, y, v = (rand((3, 4), dt, 0.1, 1.0, seed) for seed in range(3))
+    lerp = call("lerp", tg.tensor(x), tg.tensor(y), weight=0.1).numpy()
+    np.testing.assert_allclose(lerp, x + 0.1 * (y - x), rtol=1e-6)
+    ema = call("ema_square", tg.tensor(v), tg.tensor(y), beta=0.99).numpy()
+    np.testing.assert_allclose(ema, 0.99 * v + 0.01 * y * y, rtol=1e-6)
+    step, bias = np.asarray(0.3, dt), np.asarray(0.7, dt)
+    args = (tg.tensor(x), tg.tensor(y), tg.tensor(v), tg.tensor(step), tg.tensor(bias))
+    update = call("adam_step", *args, eps=1e-8).numpy()
+    np.testing.assert_allclose(update, x - 0.3 * y / (np.sqrt(v) / 0.7 + 1e-8), rtol=1e-5)
+    assert update.dtype == dt

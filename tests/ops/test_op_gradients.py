@@ -30,6 +30,7 @@ NONDIFFERENTIABLE = frozenset(
         *("argmax", "argmin", "one_hot"),
         "dropout_mask",
         "stop_gradient",  # detach() inside traced code: no gradient by definition
+        *("lerp", "ema_square", "adam_step"),  # optimizer updates run under no_grad
     }
 )
 

@@ -107,9 +107,9 @@ class Pool:
         return float(np.max(np.abs(data), initial=0.0))
 
 
-def _template(text: str, accept=lambda t: True):
+def _template(text: str):
     def make(pool):
-        a = pool.pick(accept)
+        a = pool.pick()
         return None if a is None else text.format(a=a)
 
     return make
@@ -158,6 +158,17 @@ def _scalar_chain(pool):
     a = pool.pick()
     scalars = st.sampled_from([0.5, 2.0, 3.0, -1.5])
     return None if a is None else f"({a} * {pool.draw(scalars)}) * {pool.draw(scalars)}"
+
+
+def _shaped_scalar_chain(pool):
+    """(x * c) * b with c a size-1 array, possibly of more dims than x (the product
+    broadcasts up): a near miss for the scalar rules."""
+    a = pool.pick()
+    if a is None:
+        return None
+    ndim = len(pool.shape(a)) + pool.draw(st.integers(0, 1))
+    c = f"tg.tensor(np.full({(1,) * ndim!r}, 2.0))"
+    return f"({a} * {c}) * 3.0"
 
 
 def _dim(pool, name):
@@ -334,6 +345,7 @@ LINES.update(
     expand_and_sum=_expand_and_sum,
     log_of_exp=_log_of_exp,
     scalar_chain=_scalar_chain,
+    shaped_scalar_chain=_shaped_scalar_chain,
     softmax=_softmax,
     sum=_sum,
     mean_or_max=_mean_or_max,

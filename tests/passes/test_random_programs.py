@@ -9,8 +9,10 @@ traces them. For each program:
     no arithmetic of their own, 1e-10 where rewrites may change rounding);
 (b) the same on the joint forward+backward graph from ``autodiff.differentiate``, and along
     the way ``tg.compile`` takes (optimize, differentiate, optimize);
-(c) ``lint()`` passes after every pass; (d) running a pass twice gives what running it once
-    gave (text, and memory-plan annotations); (e) ``tg.passes.run`` leaves its input as it was;
+(c) ``lint()`` passes after every pass (inside ``tg.compile`` too);
+(d) running a pass twice gives what running it once gave (text, and memory-plan annotations),
+    and a new memory plan replaces an old one;
+(e) ``tg.passes.run`` leaves its input as it was (text, structure and annotations);
 (f) the generated code (memory plan included), from ``tg.compile``, equals the eager run and
     the interpreter, for the forward and for a whole step that calls ``backward()``.
 
@@ -21,6 +23,7 @@ The examples are derandomized: every run checks the same programs. CI runs 200 p
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -79,7 +82,11 @@ def annotations(graph) -> tuple:
 
 def check_passes(graph, arrays, what: str) -> None:
     """(a), (c), (d), (e) for every pass alone and for each step of the default pipeline."""
-    text, shape = str(graph), structure(graph)
+    text, shape, plan = str(graph), structure(graph), annotations(graph)
+
+    def unchanged() -> bool:
+        return str(graph) == text and structure(graph) == shape and annotations(graph) == plan
+
     want = interpret(graph, *arrays)
     for name in pass_names():
         once = tg.passes.run(graph, [name])
@@ -88,7 +95,10 @@ def check_passes(graph, arrays, what: str) -> None:
         twice = tg.passes.run(once, [name])
         assert str(twice) == str(once), f"{what}: pass {name} is not idempotent"
         assert annotations(twice) == annotations(once), f"{what}: {name} plans differently"
-        assert str(graph) == text and structure(graph) == shape, f"{what}: {name} changed input"
+        replanned = tg.passes.run(graph, ["memory", name, "memory"])
+        planned = tg.passes.run(graph, [name, "memory"])
+        assert annotations(replanned) == annotations(planned), f"{what}: stale plan after {name}"
+        assert unchanged(), f"{what}: tg.passes.run(graph, [{name!r}]) changed its input"
     report = []
     optimized = tg.passes.run(graph, "default", report)
     assert [r.name for r in report] == DEFAULT_PIPELINE
@@ -97,7 +107,7 @@ def check_passes(graph, arrays, what: str) -> None:
         got = interpret(step.graph, *arrays)
         assert_agree(got, want, LOOSE, f"{what}, default pipeline up to {step.name}")
     assert str(optimized) == str(report[-1].graph)
-    assert str(graph) == text and structure(graph) == shape, f"{what}: run changed its input"
+    assert unchanged(), f"{what}: tg.passes.run(graph, 'default') changed its input"
 
 
 @random_programs
@@ -116,7 +126,7 @@ def cotangents(joint, n_inputs: int) -> list[np.ndarray]:
 def test_passes_keep_the_gradients_of_random_programs(program):
     graph, arrays = program.graph(), program.free_arrays()
     wrt = [v.name for v in graph.inputs]
-    joint, seeds, positions = differentiate(graph, wrt)
+    joint, _, positions = differentiate(graph, wrt)
     assert len(joint.outputs) == len(graph.outputs) + len(wrt)
     joint_arrays = arrays + cotangents(joint, len(arrays))
     check_passes(joint, joint_arrays, "joint forward+backward")
@@ -139,21 +149,39 @@ def numpy(tensors) -> list[np.ndarray]:
     return [t.detach().numpy() for t in tensors]
 
 
+@contextmanager
+def lint_after_every_pass():
+    """tg.compile's own pipelines lint each pass's result (``run_pass`` reads this)."""
+    old = os.environ.get("TRACEGRAD_LINT_PASSES")
+    os.environ["TRACEGRAD_LINT_PASSES"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TRACEGRAD_LINT_PASSES"]
+        else:
+            os.environ["TRACEGRAD_LINT_PASSES"] = old
+
+
 @random_programs
 @given(programs(bind_inputs=False))
+@lint_after_every_pass()
 def test_generated_code_equals_the_interpreter_on_random_programs(program):
     want = interpret(program.traced(), *program.arrays)
     eager = numpy(as_tuple(program.fn(*program.tensors())))
     assert_agree(eager, want, TIGHT, "eager vs interpreter")
     for passes, rtol in [("default", LOOSE), (None, TIGHT)]:
         compiled = tg.compile(program.fn, passes=passes)
-        for call in range(2):  # the second call reuses the planned buffers
-            got = numpy(as_tuple(compiled(*program.tensors())))
-            assert_agree(got, want, rtol, f"generated code (passes={passes}), call {call}")
+        first = as_tuple(compiled(*program.tensors()))
+        assert_agree(numpy(first), want, rtol, f"generated code (passes={passes})")
+        again = as_tuple(compiled(*program.tensors()))  # reuses the planned buffers
+        assert_agree(numpy(again), want, rtol, f"generated code (passes={passes}), again")
+        assert_agree(numpy(first), want, rtol, f"first results after a second call ({passes})")
 
 
 @random_programs
 @given(programs(bind_inputs=False))
+@lint_after_every_pass()
 def test_generated_training_step_equals_eager_on_random_programs(program):
     """A whole step (forward, backward into .grad) through the memory plan and codegen."""
     rng = np.random.default_rng(2)

@@ -1,6 +1,6 @@
 """The op registry. Importing this package declares every primitive (one file per family)."""
 
-from tracegrad.ops import elementwise, fused, index, linalg, nn, random, reduce, shape
+from tracegrad.ops import elementwise, fused, index, linalg, nn, optim, random, reduce, shape
 from tracegrad.ops.registry import (
     COMMUTATIVE,
     ELEMENTWISE,

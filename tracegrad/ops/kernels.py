@@ -373,3 +373,32 @@ def extreme_grad(x, y, g, dims, keepdim):
     hits = (x == y).astype(x.dtype)
     hits *= g / hits.sum(axis=dims, keepdims=True)
     return hits
+
+
+# --- optimizer updates (tracegrad/ops/optim.py declares them); ``out`` may be an input.
+
+
+def lerp(x, y, weight, out=None):
+    """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5."""
+    step = np.subtract(y, x, out=scratch(x, "lerp"))
+    step *= weight
+    return np.add(x, step, out=out)
+
+
+def ema_square(v, g, beta, out=None):
+    """beta * v + (1 - beta) * g * g."""
+    square = np.multiply(g, g, out=scratch(g, "ema_square"))
+    square *= 1.0 - beta
+    out = np.multiply(v, beta, out=out)
+    out += square
+    return out
+
+
+def adam_step(p, m, v, step_size, bias2_sqrt, eps, out=None):
+    """p - step_size * m / (sqrt(v) / bias2_sqrt + eps), PyTorch's Adam parameter update."""
+    denom = np.sqrt(v, out=scratch(v, "adam_step"))
+    denom /= bias2_sqrt
+    denom += eps
+    np.divide(m, denom, out=denom)
+    denom *= step_size
+    return np.subtract(p, denom, out=out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tracegrad.creation import zeros_like
 from tracegrad.functions import maximum
 from tracegrad.optim.optimizer import Optimizer
-from tracegrad.tensor import tensor
+from tracegrad.tensor import call, tensor
 
 
 class Adam(Optimizer):
@@ -56,17 +56,21 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = zeros_like(param)
         state["step"].add_(1)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.add_((grad - exp_avg) * (1 - beta1))
-        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        # Each update is one kernel (tracegrad/ops/optim.py) that reads its arrays once.
+        exp_avg.copy_(call("lerp", exp_avg, grad, weight=1.0 - beta1))
+        exp_avg_sq.copy_(call("ema_square", exp_avg_sq, grad, beta=beta2))
         second = exp_avg_sq
         if group["amsgrad"]:
             second = state["max_exp_avg_sq"].copy_(maximum(state["max_exp_avg_sq"], exp_avg_sq))
         # The step count is state (a tensor), so a compiled step reads it instead of baking it
-        # in; bias corrections are computed in float64 like PyTorch's Python floats.
+        # in; bias corrections are computed in float64 like PyTorch's Python floats, then
+        # rounded to the parameter's dtype as PyTorch's scalar arguments are.
         step = state["step"].double()
-        step_size = lr / (1 - beta1**step)
-        denom = second.sqrt() / (1 - beta2**step).sqrt() + group["eps"]
-        param.sub_(exp_avg / denom * step_size)
+        step_size = (lr / (1 - beta1**step)).to(param.dtype)
+        bias2_sqrt = (1 - beta2**step).sqrt().to(param.dtype)
+        param.copy_(
+            call("adam_step", param, exp_avg, second, step_size, bias2_sqrt, eps=group["eps"])
+        )
 
 
 class AdamW(Adam):
