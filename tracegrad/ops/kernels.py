@@ -205,10 +205,11 @@ def check_finite(value, op, phase, where):
 
 
 def scratch(like, slot: str, dtype=None):
-    """A work array shaped like ``like``, kept between calls (slot names keep a kernel's
+    """A work array shaped like ``like`` (an array, or a shape with ``dtype``), kept between calls (slot names keep a kernel's
     arrays apart), so a steady training step allocates nothing for kernel temporaries. Never
     returned from a kernel."""
-    key = (slot, np.shape(like), np.dtype(dtype or like.dtype))
+    shape = like if isinstance(like, tuple) else np.shape(like)
+    key = (slot, shape, np.dtype(dtype or like.dtype))
     array = _SCRATCH.get(key)
     if array is None:
         array = _SCRATCH[key] = np.empty(key[1], key[2])
@@ -380,15 +381,19 @@ def extreme_grad(x, y, g, dims, keepdim):
 
 def lerp(x, y, weight, out=None):
     """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5."""
-    step = np.subtract(y, x, out=scratch(x, "lerp"))
+    shape = np.broadcast_shapes(np.shape(x), np.shape(y))  # x may be a broadcast scalar
+    step = np.subtract(y, x, out=scratch(shape, "lerp", np.result_type(x, y)))
     step *= weight
     return np.add(x, step, out=out)
 
 
 def ema_square(v, g, beta, out=None):
     """beta * v + (1 - beta) * g * g."""
-    square = np.multiply(g, g, out=scratch(g, "ema_square"))
+    shape = np.broadcast_shapes(np.shape(v), np.shape(g))  # v may be a broadcast scalar
+    square = np.multiply(g, g, out=scratch(shape, "ema_square", np.result_type(v, g)))
     square *= 1.0 - beta
+    if np.shape(v) != shape:
+        return np.add(square, np.multiply(v, beta), out=out)
     out = np.multiply(v, beta, out=out)
     out += square
     return out
