@@ -205,9 +205,9 @@ def check_finite(value, op, phase, where):
 
 
 def scratch(like, slot: str, dtype=None):
-    """A work array shaped like ``like`` (an array, or a shape with ``dtype``), kept between calls (slot names keep a kernel's
-    arrays apart), so a steady training step allocates nothing for kernel temporaries. Never
-    returned from a kernel."""
+    """A work array shaped like ``like`` (an array, or a shape with ``dtype``), kept between
+    calls (slot names keep a kernel's arrays apart), so a steady training step allocates
+    nothing for kernel temporaries. Never returned from a kernel."""
     shape = like if isinstance(like, tuple) else np.shape(like)
     key = (slot, shape, np.dtype(dtype or like.dtype))
     array = _SCRATCH.get(key)
