@@ -90,6 +90,15 @@ def of_scalar(value) -> DType:
     raise TypeError(f"expected a number, got {type(value).__name__}")
 
 
+def requested(args, kwargs):
+    """The dtype in ``to(...)``'s arguments (devices, given as strings, are ignored), or None."""
+    dtype = kwargs.get("dtype")
+    for arg in args:
+        if not isinstance(arg, str):
+            dtype = arg
+    return None if dtype is None else to_dtype(dtype)
+
+
 def to_dtype(dtype) -> DType:
     """Accept a tracegrad dtype, a NumPy dtype or a Python type."""
     if isinstance(dtype, DType):

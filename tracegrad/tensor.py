@@ -456,13 +456,8 @@ class Tensor:
 
     def to(self, *args, **kwargs) -> Tensor:
         """``to(dtype)``; devices are accepted and ignored (everything runs on the CPU)."""
-        dtype = kwargs.get("dtype")
-        for arg in args:
-            if not isinstance(arg, str):
-                dtype = arg
-        if dtype is None:
-            return self
-        return _to_dtype(self, dtypes.to_dtype(dtype))
+        dtype = dtypes.requested(args, kwargs)
+        return self if dtype is None else _to_dtype(self, dtype)
 
     def float(self) -> Tensor:
         return self.to(dtypes.float32)

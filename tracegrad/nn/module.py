@@ -233,13 +233,9 @@ class Module:
 
     def to(self, *args, **kwargs) -> Module:
         """Convert floating-point parameters and buffers to a dtype; devices are ignored."""
-        dtype = kwargs.get("dtype")
-        for arg in args:
-            if not isinstance(arg, str):
-                dtype = arg
+        dtype = dtypes.requested(args, kwargs)
         if dtype is None:
             return self
-        dtype = dtypes.to_dtype(dtype)
         for t in [*self.parameters(), *self.buffers()]:
             if t.dtype.is_floating_point:
                 t._data = t._data.astype(dtype.np)

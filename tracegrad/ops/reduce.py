@@ -39,28 +39,19 @@ register(
     out="np.sum({0}, axis={dims}, keepdims={keepdim}, out={out})",
     props={REDUCE},
 )
-register(
-    "amax",
-    ("x",),
-    _reduce_infer("amax"),
-    kernels.amax,
-    (lambda c, g: call("extreme_grad", c.x, c.out, g, **c.attrs),),
-    "rt.amax({0}, {dims}, {keepdim})",
-    out="rt.amax({0}, {dims}, {keepdim}, out={out})",
-    saves=("x", "out"),
-    props={REDUCE},
-)
-register(
-    "amin",
-    ("x",),
-    _reduce_infer("amin"),
-    kernels.amin,
-    (lambda c, g: call("extreme_grad", c.x, c.out, g, **c.attrs),),
-    "rt.amin({0}, {dims}, {keepdim})",
-    out="rt.amin({0}, {dims}, {keepdim}, out={out})",
-    saves=("x", "out"),
-    props={REDUCE},
-)
+# amax/amin: the gradient is shared evenly between tied extremes (a fused op).
+for _name, _kernel in (("amax", kernels.amax), ("amin", kernels.amin)):
+    register(
+        _name,
+        ("x",),
+        _reduce_infer(_name),
+        _kernel,
+        (lambda c, g: call("extreme_grad", c.x, c.out, g, **c.attrs),),
+        f"rt.{_name}({{0}}, {{dims}}, {{keepdim}})",
+        out=f"rt.{_name}({{0}}, {{dims}}, {{keepdim}}, out={{out}})",
+        saves=("x", "out"),
+        props={REDUCE},
+    )
 
 
 def _arg_infer(name):

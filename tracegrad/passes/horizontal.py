@@ -65,7 +65,7 @@ def _hoistable(group, index, producers) -> list[Node] | None:
         producer = producers.get(id(node.inputs[1]))
         if producer is None or index[id(producer)] < first:
             continue
-        if any(
+        if id(node.inputs[1]) in defined or any(  # x @ (x @ a): a member reads a member
             id(v) in defined or index.get(id(producers.get(id(v))), -1) >= first
             for v in producer.inputs
         ):
