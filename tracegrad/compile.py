@@ -8,7 +8,7 @@ cache; a new signature compiles again and logs why, as a diff of the guard that 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class ModuleProgram:
     differentiable: list[int]  # output positions that take cotangents
     n_saved: int
     report: Report | None = None
+    reads: list = field(default_factory=list)  # per output: input positions it depends on
 
 
 class CompiledModule:
@@ -193,6 +194,7 @@ def build_module_program(
         graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out, zero_fill=False
     )
     wrt = [wrt[i] for i in reached]  # as in eager mode, unreached parameters keep grad None
+    reads = _dependencies(traced.graph, n_out)  # before passes fuse outputs together
     joint_results: list = []
     joint = passes.run(joint, transforms(passes_spec), joint_results)
     report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
@@ -204,7 +206,28 @@ def build_module_program(
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
     parts = [("forward", forward), ("backward", backward)]
     program = generate(parts, "forward and backward", debug_nans, passes_spec, report=report)
-    return ModuleProgram(program, traced, wrt, differentiable, len(forward.outputs) - n_forward)
+    n_saved = len(forward.outputs) - n_forward
+    return ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
+
+
+def _dependencies(graph: Graph, n_out: int) -> list[set[int]]:
+    """For each of the first ``n_out`` outputs, the positions of the graph inputs it reads."""
+    position = {id(v): i for i, v in enumerate(graph.inputs)}
+    producers = graph.producers()
+    reads = []
+    for out in graph.outputs[:n_out]:
+        seen, stack, found = set(), [out], set()
+        while stack:
+            value = stack.pop()
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if id(value) in position:
+                found.add(position[id(value)])
+            node = producers.get(id(value))
+            stack.extend(node.inputs if node is not None else ())
+        reads.append(found)
+    return reads
 
 
 def _check_module(traced: Traced, tensors, wrt, n_out, stages) -> None:
@@ -243,7 +266,11 @@ def _connect_backward(spec: ModuleProgram, tensors, outputs, saved) -> None:
             for i in spec.differentiable
         ]
         results = spec.program.call("backward", [*saved, *seeds])
-        return [Tensor._wrap(np.asarray(r)) for r in results]
+        # As in eager mode, an input no output with a gradient depends on gets None.
+        live = set().union(*(spec.reads[j] for j, g in enumerate(grads) if g is not None))
+        return [
+            Tensor._wrap(np.asarray(r)) if k in live else None for k, r in zip(spec.wrt, results)
+        ]
 
     node.backward_fn = backward
     for i in spec.differentiable:
