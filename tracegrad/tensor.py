@@ -359,7 +359,8 @@ class Tensor:
             self.grad_fn.retained[self._out_index] = weakref.ref(self)
 
     def detach(self) -> Tensor:
-        if is_symbolic(self):  # a traced graph must record where gradients stop
+        if is_symbolic(self) and _tracer.mode == "capture":
+            # a captured forward is differentiated later by replay: record where it stops
             with tape.no_grad():
                 return call("stop_gradient", self)
         out = Tensor._wrap(self._data)

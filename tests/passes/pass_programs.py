@@ -327,6 +327,27 @@ def _transposed_product(pool):
     return product + ".transpose(-1, -2)"
 
 
+def _products_of_one_operand(pool):
+    """a @ b next to a @ c, or a @ (a @ b): work (and a trap) for horizontal fusion."""
+    a = pool.pick(lambda t: t.ndim == 2)
+    if a is None:
+        return None
+    shape = pool.shape(a)
+
+    def product(b_shape) -> tuple | None:
+        try:
+            return np.matmul(np.zeros(shape), np.zeros(b_shape)).shape
+        except ValueError:
+            return None
+
+    b = pool.pick(lambda t: t.ndim == 2 and product(tuple(t.shape)) is not None, latest=False)
+    if b is None:
+        return None
+    if product(product(pool.shape(b))) is not None and pool.draw(st.booleans()):
+        return f"{a} @ ({a} @ {b})"
+    return f"({a} @ {b}).sum(-1, keepdim=True) * ({a} @ {a}.transpose(0, 1))"
+
+
 def _expand_and_sum(pool):
     """Broadcast size-1 dims, then sum them back with keepdim: sum_to(broadcast_to(x)) in
     the gradient."""
@@ -342,6 +363,7 @@ def _expand_and_sum(pool):
 
 LINES.update(
     transposed_product=_transposed_product,
+    products_of_one_operand=_products_of_one_operand,
     expand_and_sum=_expand_and_sum,
     log_of_exp=_log_of_exp,
     scalar_chain=_scalar_chain,

@@ -150,8 +150,9 @@ def test_pass_log_has_one_line_per_pass_that_changed_something(capsys, monkeypat
     report = []
     tg.passes.run(graph, "default", report)
     want = [(r.name, r.nodes_before, r.nodes_after, len(r.notes)) for r in report if r.changed]
-    assert {r.name for r in report} - {name for name, *_ in want}, "every pass changed"
-    assert [name for name, *_ in want][:2] == ["simplify", "dce"]
+    changed = [name for name, *_ in want]
+    assert "simplify" in changed and "dce" in changed
+    assert "fold" not in changed  # no constants: fold changes nothing and is not logged
     assert logged(capsys.readouterr().err) == want
 
 
@@ -215,15 +216,9 @@ def test_explain_names_every_default_pass_with_true_node_counts():
     assert len(cm.graph.nodes) + len(cm.backward_graph.nodes) >= joint_stage[-1][2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CheckError,
-    reason="check=True compares each pass with allclose(equal_nan=True) against the "
-    "unoptimized program, so a stability rewrite that turns its -inf into the correct finite "
-    "value (log(softmax(x)) -> log_softmax(x) for |x| ~ 1000) is reported as 'simplify "
-    "changed the result'",
-)
 def test_check_accepts_the_stability_rewrites():
+    """log(softmax(x)) is -inf unoptimized at |x| ~ 1000; simplify's finite log_softmax is
+    the right value, not a divergence."""
     step = tg.compile(lambda x: x.softmax(0).log(), check=True)
     out = step(tg.tensor(np.array([1000.0, -1000.0, 0.0])))
     np.testing.assert_allclose(out.numpy(), [0.0, -2000.0, -1000.0])

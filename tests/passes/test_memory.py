@@ -5,8 +5,8 @@ it saves on a real training step.
 ``meta["buffer"] = b`` (a pooled buffer). A write into a value's memory is only safe when
 nothing reads that value afterwards, directly or through a view, and when the value is not
 memory the program does not own (inputs, constants) or hands out (outputs, values saved for
-the backward). Every case also runs the generated code (which follows the plan) twice and
-compares it with the interpreter, which ignores the plan.
+the backward). The cases also run the generated code (which follows the plan) twice and
+compare it with the interpreter, which ignores the plan.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from viz_helpers import (
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn, viz
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.graph import Graph, body_of
 from tracegrad.viz import layout as layout_module
 from tracegrad.viz.codelinks import link_code
 from tracegrad.viz.draw import draw
@@ -38,10 +38,11 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 @pytest.fixture(scope="module")
 def mlp():
-    """Forward and backward of a compiled MLP, its traced graph and its generated code."""
+    """Forward and backward of a compiled MLP, its traced graph and its generated code (without
+    the fuse pass: these tests read edges off plain nodes; fused pictures are tested below)."""
     tg.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    cm = tg.compile(model)
+    cm = tg.compile(model, passes=[p for p in tg.passes.DEFAULT_PIPELINE if p != "fuse"])
     loss = F.cross_entropy(cm(tg.randn(5, 4)), tg.tensor([0, 1, 2, 0, 1]))
     loss.backward()
     views = [
@@ -93,6 +94,9 @@ def test_code_vars_name_every_statement_of_the_generated_code(mlp):
     forward, backward = views[0][1], views[1][1]
     assert code_vars(forward)["0.weight"] == "v0_weight"
     assert code_vars(forward)["x"] == "x"
+    # fused kernels (def *_kernelN) compute their chain in a local buffer named out
+    functions = code.split("\ndef ")
+    code = "\ndef ".join(f for f in functions if not re.match(r"\w+_kernel\d+\(", f))
     assigned = set(re.findall(r"^    (\w+) = ", code, re.M))
     named = {code_vars(forward)[n.outputs[0].name] for n in forward.nodes}
     named |= {code_vars(backward)[n.outputs[0].name] for n in backward.nodes}
@@ -367,3 +371,16 @@ def test_page_in_headless_chromium(mlp, tmp_path):
     assert re.search(f'class="node [^"]* on" id="{box_id}"', dom)
     assert re.search(f'class="line stmt on" id="L\\d+" data-nodes="{box_id}"', dom)
     assert f"<td>{node.origin}</td>" in dom
+
+
+def test_fused_kernels_from_the_pass_are_drawn_as_boxes_around_their_members():
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    cm = tg.compile(model)
+    cm(tg.randn(5, 4)).sum().backward()
+    fused = [n for n in cm.graph.nodes if n.op == "fused"]
+    assert fused, "the forward's bias add and relu form one fused kernel"
+    svg = viz.to_svg(cm.views())
+    members = [m.outputs[0].name for m in body_of(fused[0]).nodes]
+    for name in members:
+        assert f"g0_{fused[0].outputs[0].name}/{name}" in svg

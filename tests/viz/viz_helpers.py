@@ -17,7 +17,7 @@ from tracegrad import dtypes, nn
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import Node, Value
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.graph import Graph, body_of
 
 # --- models and graphs ---------------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ def _node_ids(nodes, prefix: str, fused_too: bool) -> list[str]:
         own = prefix + node.outputs[0].name
         if node.op == "fused":
             ids += [own] * fused_too
-            ids += _node_ids(node.attrs["body"].nodes, own + "/", fused_too)
+            ids += _node_ids(body_of(node).nodes, own + "/", fused_too)
         else:
             ids.append(own)
     return ids

@@ -17,8 +17,8 @@ import jinja2
 import numpy as np
 
 import tracegrad
-from tracegrad.ir.core import CONSTANT, CUSTOM
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
+from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import OPS
 
 _ENV = jinja2.Environment(
@@ -44,6 +44,8 @@ class FunctionSource:
     returns: list[str]
     constants: dict[str, np.ndarray]
     buffers: list[tuple[str, tuple, str]] = field(default_factory=list)  # name, shape, dtype
+    kernels: list[FunctionSource] = field(default_factory=list)  # fused kernels it calls
+    returns_tuple: bool = True  # a kernel returns its one array as it is
 
 
 class Literal:
@@ -115,12 +117,31 @@ def expression(node, args: list[str], constants: dict, target: str, out: str | N
         return f"C[{target!r}]"
     if node.op == CUSTOM:
         raise ValueError("codegen: expand custom nodes first (passes.inline_custom)")
+    if node.op == FUSED:
+        destination = f", out={out}" if out is not None else ""
+        return f"{node.meta['kernel']}({', '.join(args)}{destination})"
     op = OPS[node.op]
     attrs = {k: literal(v) for k, v in node.attrs.items()}
     template = op.emit if out is None else op.out
     return template.format(
         *args, inputs=", ".join(args), indices=", ".join(args[1:]), out=out, **attrs
     )
+
+
+def emit_kernel(node, name: str) -> FunctionSource:
+    """The function computing a fused chain: each member writes into ``out`` in turn, so the
+    chain's intermediates need no memory of their own."""
+    body = body_of(node)
+    names = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
+    result = node.outputs[0].type
+    lines = [f"out = np.empty({result.shape}, np.{result.dtype.name}) if out is None else out"]
+    for member in body.nodes:
+        args = [names[id(v)] for v in member.inputs]
+        lines.append(f"out = {expression(member, args, {}, 'out', 'out')}")
+        names[id(member.outputs[0])] = "out"
+    params = [*(names[id(v)] for v in body.inputs), "out=None"]
+    section = Section(f"{node.attrs['kind']} (one buffer, in place)", lines)
+    return FunctionSource(name, params, [section], ["out"], {}, returns_tuple=False)
 
 
 def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> FunctionSource:
@@ -130,6 +151,7 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
     keep = {id(v) for v in graph.outputs}
     constants: dict[str, np.ndarray] = {}
     sections: list[Section] = []
+    kernels: list[FunctionSource] = []
     buffers = [
         (f"{name}_b{i}", shape, dtype)
         for i, (shape, dtype) in enumerate(graph.meta.get("buffers", []))
@@ -142,6 +164,9 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
             sections.append(Section(title))
         lines = sections[-1].lines
         out = _destination(node, args, buffers)
+        if node.op == FUSED:
+            kernels.append(emit_kernel(node, f"{name}_kernel{len(kernels)}"))
+            node.meta["kernel"] = kernels[-1].name
         rhs = expression(node, args, constants, target, out)
         lines.append(f"{target} = {rhs}{_comment(node)}")
         # where/masked_fill outputs may hold an intended -inf (attention masks): not checked
@@ -156,7 +181,7 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
             lines.append(f"del {', '.join(dict.fromkeys(dead))}")
     returns = [namer(v) for v in graph.outputs]
     sections = sections or [Section("nothing to compute")]
-    return FunctionSource(name, params, sections, returns, constants, buffers)
+    return FunctionSource(name, params, sections, returns, constants, buffers, kernels)
 
 
 def _destination(node, args: list[str], buffers) -> str | None:

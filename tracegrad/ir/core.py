@@ -9,6 +9,7 @@ from tracegrad.errors import SourceLocation
 
 CONSTANT = "constant"
 CUSTOM = "custom"
+FUSED = "fused"  # a chain of elementwise nodes as one kernel: attrs["body"] is its graph's text
 
 
 @dataclass(eq=False)

@@ -6,6 +6,9 @@ defined once, by a graph input or a node). Node op kinds:
 
 - a registry op (``tracegrad.ops.OPS``): ``add``, ``matmul``, ``softmax``...;
 - ``constant``: no inputs, ``attrs["value"]`` holds a NumPy array;
+- ``fused``: a chain of elementwise nodes computed by one generated kernel; ``attrs["body"]``
+  is the text form of the chain's own graph (inputs in the node's input order, one output),
+  ``attrs["kind"]`` says what was fused (``body_of(node)`` reads it back);
 - ``custom``: a user ``autograd.Function`` kept whole, ``attrs["fn"]`` the class and
   ``attrs["args"]`` its non-tensor arguments with tensor positions marked; it can have several
   outputs. The reverse-mode pass traces the user's forward and backward in.
@@ -24,9 +27,9 @@ import numpy as np
 
 from tracegrad.ir import lint as lint_module
 from tracegrad.ir import serialize, text
-from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 
-__all__ = ["CONSTANT", "CUSTOM", "Graph", "Node", "Value", "structure"]
+__all__ = ["CONSTANT", "CUSTOM", "FUSED", "Graph", "Node", "Value", "body_of", "structure"]
 
 
 class Graph:
@@ -161,3 +164,16 @@ def structure(graph: Graph) -> tuple:
         tuple(v.name for v in graph.outputs),
         tuple(sorted((k, v.name) for k, v in graph.updates.items())),
     )
+
+
+_BODIES: dict[str, Graph] = {}
+
+
+def body_of(node: Node) -> Graph:
+    """The graph of a fused node's members (parsed once per distinct body)."""
+    text = node.attrs["body"]
+    if isinstance(text, Graph):  # built by hand rather than by the fuse pass
+        return text
+    if text not in _BODIES:
+        _BODIES[text] = Graph.parse(text)
+    return _BODIES[text]

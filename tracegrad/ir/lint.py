@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import difflib
 import re
+import types as types_module
 from typing import NoReturn
 
 import numpy as np
 
 from tracegrad.dtypes import ALL as DTYPES
 from tracegrad.dtypes import TensorType
-from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
+from tracegrad.ir import text
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 from tracegrad.ops import OPS
 
 _NAME = re.compile(r"[A-Za-z0-9_.]+")
@@ -78,7 +80,7 @@ def _check_op(node: Node, where: str) -> None:
             f"{where}: custom node's attrs['fn'] is {node.attrs.get('fn')!r}, not a class; "
             "set it to the autograd.Function subclass (check that its module imports)"
         )
-    if node.op in OPS or node.op in (CONSTANT, CUSTOM):
+    if node.op in OPS or node.op in (CONSTANT, CUSTOM, FUSED):
         return
     guess = difflib.get_close_matches(node.op, [*OPS, CONSTANT, CUSTOM], n=1)
     hint = f" (did you mean {guess[0]!r}?)" if guess else ""
@@ -163,6 +165,21 @@ def _check_types(node: Node, where: str) -> None:
         _check_constant(node, where)
     elif node.op in OPS:
         _check_registry_op(node, where)
+    elif node.op == FUSED:
+        _check_fused(node, where)
+
+
+def _check_fused(node: Node, where: str) -> None:
+    parts = text.parse_parts(node.attrs["body"])
+    fields = ("inputs", "nodes", "outputs", "updates")
+    body = types_module.SimpleNamespace(**dict(zip(fields, parts, strict=True)))
+    lint(body)
+    typed = [v.type for v in body.inputs], [v.type for v in body.outputs]
+    if typed != ([v.type for v in node.inputs], [v.type for v in node.outputs]):
+        _fail(
+            f"{where}: the fused body's inputs and outputs are typed {typed}, which does not "
+            "match the node's; rebuild the body from the node's members"
+        )
 
 
 def _check_registry_op(node: Node, where: str) -> None:

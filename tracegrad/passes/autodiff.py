@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import tape
-from tracegrad.ir.core import CONSTANT, CUSTOM
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
+from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import OPS
 from tracegrad.passes.pipeline import register_pass
 from tracegrad.tensor import Tensor, apply
@@ -37,6 +37,13 @@ def replay(graph: Graph, tracer: Tracer, requires_grad=frozenset()):
 def _replay_node(node, inputs) -> tuple[Tensor, ...]:
     if node.op == CONSTANT:
         return (Tensor._wrap(node.attrs["value"]),)
+    if node.op == FUSED:  # differentiate the members one by one
+        env = dict(zip((id(v) for v in body_of(node).inputs), inputs, strict=True))
+        for member in body_of(node).nodes:
+            env[id(member.outputs[0])] = apply(
+                OPS[member.op], [env[id(v)] for v in member.inputs], member.attrs
+            )
+        return (env[id(body_of(node).outputs[0])],)
     if node.op == CUSTOM:
         tensors = iter(inputs)
         args = [next(tensors) if slot[0] == "t" else slot[1] for slot in node.attrs["args"]]

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from tracegrad.dtypes import TensorType, from_name
-from tracegrad.ir.core import CONSTANT
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.core import CONSTANT, FUSED
+from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, VIEW
 from tracegrad.passes.pipeline import note, register_pass
 
@@ -98,14 +98,17 @@ class _Planner:
 
     def place(self, node, index: int) -> None:
         op, out = OPS.get(node.op), node.outputs[0]
-        if op is None or op.out is None or self.root[id(out)] is not out:
+        writes_out = node.op == FUSED or (op is not None and op.out is not None)
+        if not writes_out or self.root[id(out)] is not out:
             return
         if not out.type.shape:
             return  # NumPy hands back 0-d results as scalars, which cannot be written into
         if id(self.root[id(out)]) in self.protected:
             return
-        elementwise = ELEMENTWISE in op.props
+        elementwise = node.op == FUSED or ELEMENTWISE in op.props
         ours = [v for v in node.inputs if id(v) not in self.protected or id(v) in self.targets]
+        if node.op == FUSED:
+            ours = [v for v in _read_first_only(node) if v in ours]
         k = self.writable_input(node, index, ours) if elementwise else None
         if k is not None:
             node.meta["inplace"] = k
@@ -130,6 +133,18 @@ class _Planner:
             if self.dies_at(v, index) and id(base) in self.owner:
                 buffer = self.owner.pop(id(base))
                 self.free[self.buffers[buffer]].append(buffer)
+
+
+def _read_first_only(node) -> list:
+    """The inputs of a fused node its kernel reads only in its first member: the kernel writes
+    its buffer from that member on, so only those may share it."""
+    body = body_of(node)
+    first, later = body.nodes[0], body.nodes[1:]
+    return [
+        v
+        for v, b in zip(node.inputs, body.inputs, strict=True)
+        if any(b is i for i in first.inputs) and not any(b is i for m in later for i in m.inputs)
+    ]
 
 
 def plan(graph: Graph, persistent: frozenset[str] = frozenset()) -> Graph:

@@ -72,6 +72,7 @@ DEFAULT_PIPELINE = [
     "simplify",  # algebraic identities and numerically stable forms
     "cse",  # compute each distinct expression once
     "horizontal",  # sibling matmuls on one input become one wider matmul
+    "fuse",  # chains of elementwise ops become one kernel each (before the memory plan)
     "dce",  # drop nodes whose values nobody reads
     "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]

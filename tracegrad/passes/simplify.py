@@ -143,6 +143,19 @@ def _inverse_of(inner_op: str):
     return rewrite
 
 
+# Ops whose results are never negative: for them exp(log(y)) is y (elsewhere log gives nan).
+NON_NEGATIVE = frozenset({"exp", "sqrt", "abs", "relu", "sigmoid", "softmax"})
+
+
+def _exp_of_log(node, rw):
+    inner = rw.producer(node.inputs[0], "log")
+    if inner is None or rw.producer(inner.inputs[0]) is None:
+        return None
+    if rw.producer(inner.inputs[0]).op not in NON_NEGATIVE:
+        return None
+    return _same(node, inner.inputs[0])
+
+
 def _scalar_chain(node, rw):
     x, c2 = node.inputs
     inner = rw.producer(x, "mul")
@@ -227,7 +240,7 @@ RULES = [
     Rule("clone", "clone(x) -> x", "clone", _same_type_op),
     Rule("same-broadcast", "broadcast_to(x, shape(x)) -> x", "broadcast_to", _same_type_op),
     Rule("same-sum-to", "sum_to(x, shape(x)) -> x", "sum_to", _same_type_op),
-    Rule("exp-log", "exp(log(x)) -> x", "exp", _inverse_of("log")),
+    Rule("exp-log", "exp(log(x)) -> x for x >= 0", "exp", _exp_of_log),
     Rule("log-exp", "log(exp(x)) -> x", "log", _inverse_of("exp")),
     Rule("scalar-chain", "(x * a) * b -> x * (a*b) for scalars a, b", "mul", _scalar_chain),
     Rule(

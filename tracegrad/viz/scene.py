@@ -16,7 +16,7 @@ import numpy as np
 
 from tracegrad.codegen.emit import Namer
 from tracegrad.ir.core import CONSTANT, CUSTOM
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, REDUCE, VIEW, ops_with
 
 FUSED = "fused"
@@ -178,7 +178,7 @@ def _node_box(node, prefix: str, variables: dict, where: dict, edges: _EdgeSet) 
 def _fill_fused(box: Box, node, where: dict, edges: _EdgeSet) -> None:
     """Members are the body's nodes; body inputs stand for the node's inputs, and the node's
     outputs come from the members producing the body's outputs."""
-    body: Graph = node.attrs["body"]
+    body: Graph = body_of(node)
     inner = dict(where)
     for outer, v in zip(node.inputs, body.inputs, strict=True):
         inner[id(v)] = where[id(outer)]

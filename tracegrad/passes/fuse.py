@@ -1,0 +1,88 @@
+"""Elementwise fusion: a chain of elementwise ops becomes one generated kernel.
+
+    t1 = f(a, b); t2 = g(t1, c); t3 = h(t2)   ->   t3 = fused[f, g, h](a, b, c)
+
+A chain is a run of elementwise nodes of one output type where each value is read only by the
+next member. The kernel (emitted by codegen) works through one buffer with in-place ufunc
+calls (``np.add(out, c, out=out)``), so its intermediates take no memory of their own.
+"""
+
+from __future__ import annotations
+
+from tracegrad.ir.core import FUSED, Node, Value
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import ELEMENTWISE, OPS
+from tracegrad.ops.registry import RANDOM
+from tracegrad.passes.pipeline import note, register_pass
+
+
+def _fusable(node) -> bool:
+    op = OPS.get(node.op)
+    if op is None or ELEMENTWISE not in op.props or op.out is None or RANDOM in op.props:
+        return False
+    return len(node.outputs) == 1 and bool(node.outputs[0].type.shape)
+
+
+def chains(graph: Graph) -> list[list[Node]]:
+    """Maximal chains of fusable nodes, each member's value read only by the next member."""
+    uses: dict[int, int] = {}
+    for v in [*(v for n in graph.nodes for v in n.inputs), *graph.outputs, *graph.updates.values()]:
+        uses[id(v)] = uses.get(id(v), 0) + 1
+    # A new value of a state input is best written straight into that input by the memory
+    # plan, which a fused kernel reading the input later could not allow: leave those alone.
+    updates = {id(v) for v in graph.updates.values()}
+    open_chain: dict[int, list[Node]] = {}  # id(tail value) -> its chain
+    by_head: dict[int, list[Node]] = {}  # id(first member) -> the chain as it grows
+    for node in graph.nodes:
+        if not _fusable(node) or id(node.outputs[0]) in updates:
+            continue
+        out = node.outputs[0]
+        chain = next(
+            (
+                open_chain.pop(id(v))
+                for v in node.inputs
+                if id(v) in open_chain and uses[id(v)] == 1 and v.type == out.type
+            ),
+            None,
+        )
+        chain = [*chain, node] if chain else [node]
+        by_head[id(chain[0])] = chain
+        open_chain[id(out)] = chain
+    return [chain for chain in by_head.values() if len(chain) > 1]
+
+
+def fused_node(chain: list[Node]) -> Node:
+    """One node computing ``chain``: its inputs are what the members read from outside."""
+    inside = {id(n.outputs[0]) for n in chain}
+    outer = list({id(v): v for n in chain for v in n.inputs if id(v) not in inside}.values())
+    stand_in = {id(v): Value(f"a{i}", v.type) for i, v in enumerate(outer)}
+    members = []
+    for n in chain:
+        out = Value(n.outputs[0].name, n.outputs[0].type)
+        members.append(Node(n.op, [stand_in[id(v)] for v in n.inputs], [out], dict(n.attrs)))
+        stand_in[id(n.outputs[0])] = out
+    body = Graph(list(stand_in[id(v)] for v in outer), members, [members[-1].outputs[0]])
+    tail = chain[-1]
+    attrs = {"body": str(body), "kind": "elementwise " + " ".join(n.op for n in chain)}
+    origins = ", ".join(dict.fromkeys(n.origin for n in chain if n.origin)) or None
+    node = Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, origins)
+    node.meta["fused"] = attrs["kind"]
+    return node
+
+
+@register_pass("fuse")
+def fuse(graph: Graph) -> Graph:
+    """Chains of elementwise ops become single fused kernels: f(g(h(x))) -> fused[h,g,f](x)."""
+    found = chains(graph)
+    if not found:
+        return graph
+    tail_of = {id(chain[-1]): chain for chain in found}
+    members = {id(n) for chain in found for n in chain}
+    nodes = []
+    for node in graph.nodes:
+        if id(node) in tail_of:
+            nodes.append(fused_node(tail_of[id(node)]))
+            note("fused", node)
+        elif id(node) not in members:
+            nodes.append(node)
+    return Graph(graph.inputs, nodes, graph.outputs, graph.updates)
