@@ -899,6 +899,7 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
     ),
     **{name: _fused_call(name) for name in FUSED_REFERENCES},
     "stop_gradient": lambda dt: call("stop_gradient", _f((3,), dt)),
+    "contiguous": lambda dt: call("contiguous", _f((2, 3), dt).T),
     "lerp": lambda dt: call("lerp", _f((2, 3), dt), _f((2, 3), dt, seed=1), weight=0.1),
     "ema_square": lambda dt: call("ema_square", _f((2, 3), dt), _f((2, 3), dt, seed=1), beta=0.9),
     "adam_step": lambda dt: call(

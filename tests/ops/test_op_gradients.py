@@ -178,6 +178,7 @@ CASES = [
     Case("relu", ("relu",), lambda x: x.relu(), UNARY, (away_from(0),), smooth=False),
     Case("abs", ("abs",), lambda x: x.abs(), UNARY, (away_from(0),), smooth=False),
     Case("sign", ("sign",), lambda x: x.sign() * x, UNARY, (away_from(0),), smooth=False),
+    Case("contiguous", ("contiguous",), lambda x: call("contiguous", x.T) * x.T, MATRIX[:2]),
     Case("erf", ("erf",), lambda x: x.erf(), UNARY),
     Case("sin", ("sin",), lambda x: x.sin(), UNARY),
     Case("cos", ("cos",), lambda x: x.cos(), UNARY),

@@ -135,7 +135,9 @@ def conv2d(
     )
     n, _, oh, ow = cols.shape[:4]
     cols = cols.reshape(n, groups, group_channels, oh, ow, kh, kw)
-    cols = cols.permute(1, 0, 3, 4, 2, 5, 6).reshape(groups, n * oh * ow, -1)
+    # The window copy (im2col) as its own op, so compiled code writes it into a reused buffer.
+    cols = call("contiguous", cols.permute(1, 0, 3, 4, 2, 5, 6))
+    cols = cols.reshape(groups, n * oh * ow, -1)
     kernels = weight.reshape(groups, out_channels // groups, -1).transpose(1, 2)
     out = (cols @ kernels).reshape(groups, n, oh, ow, out_channels // groups)
     out = out.permute(1, 0, 4, 2, 3).reshape(n, out_channels, oh, ow)

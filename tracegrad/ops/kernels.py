@@ -87,17 +87,28 @@ def unfold(x, kernel, stride, padding, dilation, pad_value):
     )
 
 
-def fold(cols, size, kernel, stride, padding, dilation):
+def fold(cols, size, kernel, stride, padding, dilation, out=None):
     """The transpose of ``unfold``: add every window back where it came from."""
     (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
     n, c, oh, ow = cols.shape[:4]
-    out = np.zeros((n, c, size[0] + 2 * ph, size[1] + 2 * pw), cols.dtype)
+    padded = (n, c, size[0] + 2 * ph, size[1] + 2 * pw)
+    if out is not None and not (ph or pw):
+        sums = out  # without padding the sums land in the result directly
+    elif out is not None:
+        sums = scratch(padded, "fold", cols.dtype)
+    else:
+        sums = np.empty(padded, cols.dtype)
+    sums[...] = 0
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
             columns = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-            out[:, :, rows, columns] += cols[:, :, :, :, i, j]
-    return out[:, :, ph : ph + size[0], pw : pw + size[1]]
+            sums[:, :, rows, columns] += cols[:, :, :, :, i, j]
+    inner = sums[:, :, ph : ph + size[0], pw : pw + size[1]]
+    if out is None or inner is out:
+        return inner
+    np.copyto(out, inner)
+    return out
 
 
 def softmax(x, dim, out=None):

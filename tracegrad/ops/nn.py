@@ -74,6 +74,7 @@ register(
         ),
     ),
     "rt.fold({0}, {size}, {kernel}, {stride}, {padding}, {dilation})",
+    out="rt.fold({0}, {size}, {kernel}, {stride}, {padding}, {dilation}, out={out})",
 )
 
 # --- softmax family ------------------------------------------------------------------------------

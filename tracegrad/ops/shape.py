@@ -7,7 +7,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import VIEW, call, register
+from tracegrad.ops.registry import ELEMENTWISE, VIEW, call, register
 
 
 def _reshape_infer(x: TensorType, shape) -> TensorType:
@@ -103,4 +103,17 @@ register(
     None,
     "{0}",
     props={VIEW},
+)
+
+# contiguous(x): x copied in row-major order. Its result has memory of its own (never a view),
+# so the memory plan can give it a reused buffer: the im2col copy of a convolution, say.
+register(
+    "contiguous",
+    ("x",),
+    lambda x: x,
+    lambda x: np.array(x, order="C", copy=True),
+    (lambda c, g: g,),
+    "np.array({0}, order='C')",
+    props={ELEMENTWISE},
+    out="rt.copy_into({0}, {out})",
 )
