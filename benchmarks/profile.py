@@ -1,0 +1,61 @@
+"""Per-statement timings of a workload's generated training step (the slowest first).
+
+    python -m benchmarks.profile W3            # the optimized whole step
+    python -m benchmarks.profile W3 --none     # the step compiled with passes=None
+
+Each statement of the generated function is run on its own (after the whole step ran, so every
+value exists), a few times, and timed: a map of where a step spends its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import timeit
+
+import numpy as np
+
+from benchmarks import workloads
+
+
+def statements(code: str) -> list[str]:
+    """The assignments of the generated ``step`` function, without their comments."""
+    body = code.split("\ndef step(")[1].split("\n")[1:]
+    lines = [line.strip().split("  #")[0] for line in body]
+    return [line for line in lines if line and not line.startswith(("#", "del ", "return"))]
+
+
+def profile(name: str, unoptimized: bool = False, repeat: int = 3) -> list[tuple[float, str]]:
+    setup = workloads.make_setup(workloads.get_workload(name))
+    impl = workloads.TracegradImplementation(setup, "none" if unoptimized else "step")
+    for i in range(3):
+        impl.step(i)
+    spec = impl.compiled.latest
+    fn = spec.program.functions["step"]
+    names = dict(fn.__globals__)
+    x, y = impl.batches[0]
+    arrays = [x._data, y._data] + [t._data.copy() for t in spec.state()]
+    names.update(zip(inspect.signature(fn).parameters, arrays))
+    names.setdefault("rng", np.random.default_rng(0))  # steps with dropout take a generator
+    rows = []
+    for statement in statements(impl.compiled.code):
+        exec(statement, names)
+        seconds = timeit.timeit(statement, globals=names, number=repeat) / repeat
+        rows.append((seconds * 1e3, statement))
+    return sorted(rows, reverse=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workload", choices=["W1", "W2", "W3", "W4"])
+    parser.add_argument("--none", action="store_true", help="profile the passes=None step")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args(argv)
+    rows = profile(args.workload, args.none)
+    print(f"{sum(ms for ms, _ in rows):.2f} ms in {len(rows)} statements")
+    for ms, statement in rows[: args.top]:
+        print(f"{ms:9.3f} ms  {statement[:110]}")
+
+
+if __name__ == "__main__":
+    main()
