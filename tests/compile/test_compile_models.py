@@ -13,6 +13,7 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import nn, optim
+from tracegrad.ir.graph import body_of
 
 F64 = 1e-10
 F32 = 1e-5
@@ -183,6 +184,7 @@ def test_masked_attention_uses_minus_inf_and_stays_finite(zoo):
     constants = [n.attrs["value"] for n in graph.nodes if n.op == "constant"]
     assert any(np.isneginf(c).any() for c in constants)
     ops = {n.op for n in graph.nodes}
+    ops |= {m.op for n in graph.nodes if n.op == "fused" for m in body_of(n).nodes}
     assert {"softmax", "layer_norm", "gelu", "where"} <= ops
     assert any(n.op == "gelu" and n.attrs["approximate"] == "tanh" for n in graph.nodes)
 

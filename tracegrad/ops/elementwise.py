@@ -258,6 +258,7 @@ register(
     "np.where({0}, {1}, {2})",
     saves=("cond",),
     props={ELEMENTWISE},
+    out="rt.where({0}, {1}, {2}, out={out})",
 )
 
 register(

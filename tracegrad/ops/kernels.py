@@ -20,6 +20,20 @@ def erf(x):
     return np.asarray(_erf(x)).astype(x.dtype)
 
 
+def where(cond, x, y, out=None):
+    """np.where into ``out``, which may be ``x`` or ``y`` (masking attention in place)."""
+    if out is None:
+        return np.where(cond, x, y)
+    if out is x:
+        keep = np.logical_not(cond, out=scratch(np.shape(cond), "where", bool))
+        np.copyto(out, y, where=keep)
+        return out
+    if out is not y:
+        np.copyto(out, y)
+    np.copyto(out, x, where=cond)
+    return out
+
+
 def copy_into(x, out):
     np.copyto(out, x, casting="unsafe")
     return out
