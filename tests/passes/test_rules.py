@@ -122,6 +122,16 @@ CASES = {
         ),
         after={"reshape": 1},  # %2 is %x; %3 is one reshape of %x
     ),
+    "copying-reshape": Case(
+        graph_of(
+            """  %1:f64[3,2] = permute[dims=(1, 0)] %x
+  %2:f64[6] = reshape[shape=(6,)] %1
+  return %2"""
+        ),
+        # the copy a transposed reshape makes anyway, now an op the memory plan can place
+        after={"permute": 1, "contiguous": 1, "reshape": 1},
+        smaller=False,
+    ),
     "same-cast": Case(
         graph_of(
             """  %1:f64[2,3] = cast[dtype='float64'] %x
@@ -740,3 +750,15 @@ def test_sgd_step_compiled_whole_keeps_its_parameter_updates():
     assert graph.updates, "the step's graph lost its parameter updates"
     live = {id(v) for n in graph.nodes for v in n.outputs}
     assert all(id(v) in live for v in graph.updates.values())
+
+
+def test_reshape_that_is_a_view_of_a_transpose_gets_no_copy():
+    """Splitting a dim of a transposed view needs no copy, so the rule leaves it alone."""
+    graph = tg.ir.Graph.parse(
+        graph_of(
+            """  %1:f64[3,2] = permute[dims=(1, 0)] %x
+  %2:f64[3,2,1] = reshape[shape=(3, 2, 1)] %1
+  return %2"""
+        )
+    )
+    assert "copying-reshape" not in {n.kind for n in tg.passes.run_pass("simplify", graph).notes}

@@ -136,6 +136,20 @@ def _reshape_chain(node, rw):
     return rw.emit("reshape", [source], shape=node.attrs["shape"]) if inner else None
 
 
+def _copying_reshape(node, rw):
+    """A reshape that merges transposed dims copies, into fresh memory each time; an explicit
+    copy first (a contiguous op) lets the memory plan give that copy a reused buffer."""
+    inner = rw.producer(node.inputs[0], "permute")
+    if inner is None:
+        return None
+    source = inner.inputs[0].type.shape
+    probe = np.empty(source, np.int8).transpose(inner.attrs["dims"])
+    if np.shares_memory(probe.reshape(node.attrs["shape"]), probe):
+        return None  # NumPy can reshape this view without copying
+    copied = rw.emit("contiguous", [node.inputs[0]])
+    return _same(node, rw.emit("reshape", [copied], shape=node.attrs["shape"]))
+
+
 def _inverse_of(inner_op: str):
     def rewrite(node, rw):
         inner = rw.producer(node.inputs[0], inner_op)
@@ -234,6 +248,12 @@ RULES = [
         "reshape(reshape(x)) -> reshape(x); reshape to own shape -> x",
         "reshape",
         _reshape_chain,
+    ),
+    Rule(
+        "copying-reshape",
+        "reshape(permute(x)) -> reshape(contiguous(permute(x)))",
+        "reshape",
+        _copying_reshape,
     ),
     Rule("same-cast", "cast(x: t, t) -> x", "cast", _same_type_op),
     # Graph values are never modified in place, so a copy is the value itself (eager code
