@@ -72,6 +72,7 @@ register(
     _scatter_add_impl,
     lambda c, g: (call("getitem", g, *c.inputs[1:], key=c.key),) + (None,) * (len(c.inputs) - 1),
     "rt.scatter_add({0}, {key!r}, {shape}, {indices})",
+    out="rt.scatter_add({0}, {key!r}, {shape}, out={out}, *[{indices}])",
 )
 
 

@@ -153,8 +153,8 @@ def _reduce_loss(loss, valid, reduction, dtype):
 
 def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
     if logits.ndim == 2 and not label_smoothing:  # the common case, without the general moves
-        shifted = logits - logits.max(1, keepdims=True)
-        lse = np.log(np.exp(shifted).sum(1))
+        shifted = np.subtract(logits, logits.max(1, keepdims=True), out=scratch(logits, "ce"))
+        lse = np.log(np.exp(shifted, out=scratch(logits, "ce.exp")).sum(1))
         valid = target != ignore_index
         rows = np.arange(len(target))
         loss = lse - shifted[rows, np.where(valid, target, 0)]
@@ -195,9 +195,12 @@ def index(key, *index_arrays):
     return tuple(items)
 
 
-def scatter_add(g, key, shape, *index_arrays):
+def scatter_add(g, key, shape, *index_arrays, out=None):
     """Add ``g`` into zeros(shape) at ``index(key)``; repeated indices accumulate."""
-    out = np.zeros(shape, g.dtype)
+    if out is None:
+        out = np.zeros(shape, g.dtype)
+    else:
+        out[...] = 0
     where = index(key, *index_arrays)
     if index_arrays:
         np.add.at(out, where, g)
