@@ -31,7 +31,7 @@ from tracegrad.specialize import (
     tensor_guards,
     trace_call,
 )
-from tracegrad.step import CompiledFunction
+from tracegrad.step import CompiledFunction, is_module
 from tracegrad.tensor import Tensor
 
 
@@ -295,13 +295,6 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
                                 max_recompiles=max_recompiles, check=check)  # fmt: skip
     raise TypeError(
         f"tg.compile expects an nn.Module or a function, got {type(model_or_fn).__name__}"
-    )
-
-
-def is_module(obj) -> bool:
-    """An nn.Module, recognised by its interface (nn sits above the compiler)."""
-    return callable(getattr(obj, "named_parameters", None)) and callable(
-        getattr(obj, "forward", None)
     )
 
 

@@ -36,7 +36,8 @@ from tracegrad.tensor import Tensor, is_symbolic
 from tracegrad.tracer import Tracer, tracing
 
 
-def _is_module(obj) -> bool:
+def is_module(obj) -> bool:
+    """An nn.Module, recognised by its interface (nn sits above the compiler)."""
     return callable(getattr(obj, "named_parameters", None)) and callable(
         getattr(obj, "forward", None)
     )
@@ -52,7 +53,7 @@ def _holds_state(obj) -> bool:
     plain = not isinstance(
         obj, (types.ModuleType, type, types.FunctionType, types.MethodType, Tensor)
     )
-    return plain and hasattr(obj, "__dict__") and not _is_module(obj) and not _is_optimizer(obj)
+    return plain and hasattr(obj, "__dict__") and not is_module(obj) and not _is_optimizer(obj)
 
 
 def reachable_state(fn, args) -> tuple[dict[str, object], dict[str, object]]:
@@ -79,7 +80,7 @@ def reachable_state(fn, args) -> tuple[dict[str, object], dict[str, object]]:
             for key, value in vars(obj).items():
                 found.setdefault(f"{name}.{key}", value)
     found = {n: o for n, o in found.items() if not isinstance(o, type)}  # classes are no state
-    modules = {n: o for n, o in found.items() if _is_module(o)}
+    modules = {n: o for n, o in found.items() if is_module(o)}
     optimizers = {n: o for n, o in found.items() if _is_optimizer(o)}
     tensors = {n: o for n, o in found.items() if isinstance(o, Tensor) and o.requires_grad}
     return modules, optimizers, tensors

@@ -47,10 +47,6 @@ def _scatter_add_impl(g, *indices, key, shape):
     return kernels.scatter_add(g, key, shape, *indices)
 
 
-def has_advanced(key) -> bool:
-    return any(kind == "tensor" for kind, *_ in key)
-
-
 # Basic indexing (slices, ints, None, ...) returns a view of x, as in NumPy and PyTorch.
 register(
     "getitem",
