@@ -3,6 +3,7 @@ generating plus loading the code of one specialization."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -44,13 +45,23 @@ def log(kind: str, text) -> None:
 Signature = tuple  # of (label, value) pairs
 
 
+@functools.cache
+def _tensor_labels(label: str) -> tuple[str, str, str]:
+    return f"{label} shape", f"{label} dtype", f"{label} requires_grad"
+
+
+@functools.cache
+def dtype_name(dtype: np.dtype) -> str:
+    return dtype.name  # computed anew on every access by NumPy, which guards cannot afford
+
+
 def tensor_guards(label: str, value) -> list[tuple[str, object]]:
+    # Read from the array and cached labels: guards are checked on every call.
     if isinstance(value, Tensor):
-        return [
-            (f"{label} shape", tuple(value.shape)),
-            (f"{label} dtype", value.dtype.name),
-            (f"{label} requires_grad", value.requires_grad),
-        ]
+        shape, dtype, requires_grad = _tensor_labels(label)
+        data = value._data
+        guards = (shape, data.shape), (dtype, dtype_name(data.dtype))
+        return [*guards, (requires_grad, value._requires_grad)]
     return [(f"{label} value", value)]
 
 
@@ -80,6 +91,8 @@ class Program:
     constants: dict = field(default_factory=dict)
     parts: list = field(default_factory=list)  # (FunctionSource, Graph) per function
     title: str = ""
+    # id() of every planned buffer the loaded module allocated: memory only this program writes.
+    buffer_ids: frozenset[int] = frozenset()
 
     def export(self, path, state: list):
         """Write this program as a standalone module; ``state`` are the lifted tensors, the
@@ -128,7 +141,10 @@ def generate(
     forward = parts[0][1]
     backward = parts[1][1] if len(parts) > 1 else None
     pairs = list(zip(sources, [graph for _, graph in parts], strict=True))
-    return Program(forward, backward, source, functions, uses_rng, constants, pairs, title)
+    buffer_ids = frozenset(id(namespace[b]) for fn in sources for b, _, _ in fn.buffers)
+    return Program(
+        forward, backward, source, functions, uses_rng, constants, pairs, title, buffer_ids
+    )
 
 
 def argument_names(fn, count: int) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import types
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from tracegrad.specialize import (
     Signature,
     argument_names,
     check_recompiles,
+    dtype_name,
     generate,
     log,
     signature_diff,
@@ -101,6 +103,10 @@ def state_names(modules, optimizers, tensors) -> dict[int, str]:
     return names
 
 
+# Tensors a compiled step created around its own planned memory (see Sink.store).
+_placed: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+
 @dataclass
 class Sink:
     """Where a value computed by the step is stored after each run."""
@@ -109,17 +115,32 @@ class Sink:
     owner: object  # the tensor, or the optimizer state dict of one parameter
     key: str | None = None
 
-    def store(self, array: np.ndarray) -> None:
-        """Into the existing tensor when there is one (a later specialization reads it as
-        lifted state), else as a new tensor."""
+    def store(self, array: np.ndarray, planned: bool) -> None:
+        """Without a copy when ``array`` is one of the program's planned buffers: the tensor
+        then lives in that buffer, which every later run of the program leaves holding the
+        same value's next result. A tensor the user made keeps its memory (it may be a view
+        of theirs) and is written into; anything else is copied, since it may be an input
+        or memory shared with another result."""
         current = self.owner.grad if self.kind == "grad" else self.owner.get(self.key)
-        if isinstance(current, Tensor) and tuple(current.shape) == array.shape:
-            np.copyto(current._data, array)
+        fits = (
+            isinstance(current, Tensor)
+            and current._data.shape == array.shape
+            and current._data.dtype == array.dtype
+        )
+        if fits:
+            if planned and _placed.get(id(current)) is current:
+                current._data = array
+            elif current._data is not array:
+                np.copyto(current._data, array)
             current._version[0] += 1
-        elif self.kind == "grad":  # a copy: the array may be memory the next run reuses
-            self.owner.grad = Tensor._wrap(array.copy())
+            return
+        new = Tensor._wrap(array if planned else array.copy())
+        if planned:
+            _placed[id(new)] = new
+        if self.kind == "grad":
+            self.owner.grad = new
         else:
-            self.owner[self.key] = Tensor._wrap(array.copy())
+            self.owner[self.key] = new
 
 
 @dataclass
@@ -162,6 +183,7 @@ class CompiledFunction:
         self._watched_tensors: dict[int, tuple[str, Tensor]] = {}
         self._watched_optimizers: dict[str, object] = {}
         self._watched_modules: dict[str, object] = {}
+        self._module_lists: dict[str, list] = {}
 
     @property
     def graph(self):
@@ -207,23 +229,27 @@ class CompiledFunction:
         guards = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(f"input {i}", a)
-        for name, t in self._watched_tensors.values():
-            grad = None if t.grad is None else tuple(t.grad.shape)
-            guards.append((f"state {name}", (tuple(t.shape), t.dtype.name, t.requires_grad, grad)))
+        for label, t in self._watched_tensors.values():
+            grad = None if t.grad is None else t.grad._data.shape
+            meta = (t._data.shape, dtype_name(t._data.dtype), t._requires_grad, grad)
+            guards.append((label, meta))
         for name, opt in self._watched_optimizers.items():
             guards.append((f"optimizer {name}", _optimizer_guard(opt)))
-        for name, module in self._watched_modules.items():
-            guards.append((f"module {name} training", tuple(m.training for m in module.modules())))
+        for label, modules in self._module_lists.items():
+            guards.append((label, tuple(m.training for m in modules)))
         return tuple(guards)
 
     def _watch(self, modules, optimizers, tensors) -> None:
         self._watched_modules.update(modules)
         self._watched_optimizers.update(optimizers)
+        # Submodules are listed once, as parameters are: their training flags are guarded.
+        for name, module in modules.items():
+            self._module_lists[f"module {name} training"] = list(module.modules())
         for module_name, module in modules.items():
             for n, p in module.named_parameters():
-                self._watched_tensors.setdefault(id(p), (f"{module_name}.{n}", p))
+                self._watched_tensors.setdefault(id(p), (f"state {module_name}.{n}", p))
         for name, t in tensors.items():
-            self._watched_tensors.setdefault(id(t), (name, t))
+            self._watched_tensors.setdefault(id(t), (f"state {name}", t))
 
     # --- calling --------------------------------------------------------------------------------
 
@@ -259,30 +285,44 @@ class CompiledFunction:
         return spec
 
     def _run(self, spec: StepProgram, args):
-        tensors = [a for a in args if isinstance(a, Tensor)] + spec.state()
-        results = spec.program.call("step", [t._data for t in tensors])
+        arrays = [a._data for a in args if isinstance(a, Tensor)]
+        arrays += [t._data for t in spec.state()]
+        planned = spec.program.buffer_ids
+        if not planned.isdisjoint(map(id, arrays)):
+            # A .grad living in this program's memory, read as an input: the run may reuse
+            # that memory before reading it.
+            arrays = [a.copy() if id(a) in planned else a for a in arrays]
+        results = spec.program.call("step", arrays)
         n, n_upd = spec.n_results, len(spec.update_targets)
         for target, array in zip(spec.update_targets, results[n : n + n_upd], strict=True):
             if array is not target._data:  # not already updated in place
                 np.copyto(target._data, array)
             target._version[0] += 1
+        stored: set[int] = set()  # a buffer becomes the memory of one tensor only
         for sink, array in zip(spec.sinks, results[n + n_upd :], strict=True):
-            sink.store(np.asarray(array))
+            array = np.asarray(array)
+            sink.store(array, id(array) in planned and id(array) not in stored)
+            stored.add(id(array))
         return spec.rebuild([Tensor._wrap(np.asarray(a)) for a in results[:n]])
 
 
 def _optimizer_guard(opt) -> tuple:
     """What a traced update depends on: hyperparameters and which state exists per parameter."""
     groups = tuple(
-        tuple(sorted((k, repr(v)) for k, v in g.items() if k != "params")) for g in opt.param_groups
+        tuple((k, v if type(v) in _PLAIN else repr(v)) for k, v in g.items() if k != "params")
+        for g in opt.param_groups
     )
     # Which state exists, and which tensor objects hold it (load_state_dict replaces them).
     state = tuple(
-        tuple(sorted((k, id(v)) for k, v in opt.state.get(p, {}).items()))
+        tuple((k, id(v)) for k, v in opt.state.get(p, {}).items())
         for g in opt.param_groups
         for p in g["params"]
     )
     return groups, state
+
+
+# Hyperparameter types compared by value; anything else (a tensor learning rate, say) by repr.
+_PLAIN = frozenset({bool, int, float, str, tuple, type(None)})
 
 
 def _flatten(result):

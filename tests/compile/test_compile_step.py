@@ -425,3 +425,74 @@ def test_adam_step_uses_fused_updates_in_place():
     n_params = len(list(model.parameters()))
     assert ops.count("lerp") == ops.count("ema_square") == ops.count("adam_step") == n_params
     assert "out=model_0_weight)" in step.code  # the parameter array is the destination
+
+
+def test_grads_live_in_the_programs_memory_without_a_copy():
+    """A .grad the step created stays the same tensor from step to step, holds each step's
+    gradient (equal to eager), and keeps one buffer: the run writes it, nothing copies it."""
+    model_e, opt_e, _, _ = train(OPTIMIZERS["adam"], compiled=False, steps=3)
+    model_c, opt_c, _, step = train(OPTIMIZERS["adam"], compiled=True, steps=3)
+    grads = [p.grad for p in model_c.parameters()]
+    memory = [g._data for g in grads]
+    for x, y in batches(3, (5, 6), 3, seed=9):
+        for model, opt, fn in ((model_e, opt_e, None), (model_c, opt_c, step)):
+            if fn is None:
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            else:
+                fn(x, y)
+    assert_same_state(model_c, opt_c, model_e, opt_e)
+    for p, grad, array in zip(model_c.parameters(), grads, memory, strict=True):
+        assert p.grad is grad and p.grad._data is array
+    planned = step.latest.program.buffer_ids
+    assert all(id(g._data) in planned for g in grads)
+
+
+def test_a_grad_the_user_placed_keeps_its_memory():
+    """.grad tensors that are views of one flat user buffer (as for gradient bucketing) are
+    written into, never replaced, so the flat buffer holds every step's gradients."""
+    model = mlp()
+    params = list(model.parameters())
+    flat = np.zeros(sum(p.numel() for p in params))
+    start = 0
+    for p in params:
+        p.grad = tg.tensor(flat[start : start + p.numel()].reshape(p.shape))
+        p.grad._data = flat[start : start + p.numel()].reshape(p.shape)
+        start += p.numel()
+
+    @tg.compile
+    def grads(x, y):
+        for p in params:
+            p.grad.zero_()
+        F.cross_entropy(model(x), y).backward()
+
+    x, y = batches(1, (5, 6), 3)[0]
+    grads(x, y)
+    grads(x, y)
+    eager = mlp()
+    F.cross_entropy(eager(x), y).backward()
+    expected = np.concatenate([q.grad.numpy().ravel() for q in eager.parameters()])
+    np.testing.assert_allclose(flat, expected, rtol=TOL, atol=TOL)
+
+
+def test_a_grad_in_program_memory_read_by_the_next_run_is_read_intact():
+    """The step reads the previous .grad (its norm) before zeroing it: the .grad lives in the
+    program's own memory, which the run reuses, so the run must read it first or a copy."""
+    results = []
+    for compiled in (False, True):
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+
+        def train_step(x, y, model=model, opt=opt):
+            w = model[0].weight
+            previous = (w.grad * w.grad).sum() if w.grad is not None else tg.zeros(())
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y) + 1e-3 * previous
+            loss.backward()
+            opt.step()
+            return previous
+
+        step = tg.compile(train_step) if compiled else train_step
+        results.append([step(x, y).item() for x, y in batches(5, (5, 6), 3)])
+    close(np.array(results[1]), np.array(results[0]), "norm of the previous step's gradient")

@@ -7,7 +7,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import kernels, rules
-from tracegrad.ops.registry import REDUCE, VIEW, call, register
+from tracegrad.ops.registry import REDUCE, call, register
 
 
 def _reduce_infer(name, out_dtype=None):
@@ -106,5 +106,6 @@ register(
     kernels.sum_to,
     (lambda c, g: call("broadcast_to", g, shape=c.x.shape),),
     "rt.sum_to({0}, {shape})",
-    props={REDUCE, VIEW},  # with nothing to sum, the result is x itself reshaped
+    out="rt.sum_to({0}, {shape}, out={out})",
+    props={REDUCE},
 )
