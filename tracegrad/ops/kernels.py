@@ -40,6 +40,32 @@ def copy_into(x, out):
     return out
 
 
+CHUNK = 65536  # elements per piece of a chunked kernel: a piece's arrays stay in cache
+
+
+def chunked(kernel):
+    """Run an elementwise kernel on pieces of rows of a large result, as a careful NumPy
+    programmer updates in cache-sized chunks: each piece's temporaries stay in cache instead
+    of streaming whole arrays through memory once per NumPy call. Arrays as long as the
+    result along axis 0 are cut into the same pieces; scalars and arrays that broadcast
+    along axis 0 go to every piece whole."""
+
+    def pieces(*args, out=None, **attrs):
+        if out is None or out.size <= CHUNK:
+            return kernel(*args, out=out, **attrs)
+        n = out.shape[0]
+        step = max(1, CHUNK * n // out.size)
+        cut = [isinstance(a, np.ndarray) and a.ndim == out.ndim and a.shape[0] == n for a in args]
+        for start in range(0, n, step):
+            rows = slice(start, start + step)
+            parts = [a[rows] if c else a for a, c in zip(args, cut, strict=True)]
+            kernel(*parts, out=out[rows], **attrs)
+        return out
+
+    return functools.wraps(kernel)(pieces)
+
+
+@chunked
 def sigmoid(x, out=None):
     """1 / (1 + exp(-x)); ``out`` may be ``x``."""
     out = np.negative(x, out=_buffer(x, out))
@@ -53,6 +79,7 @@ def _buffer(x, out):
     return np.empty_like(x) if out is None else out
 
 
+@chunked
 def gelu(x, approximate, out=None):
     """x * Phi(x); with ``approximate='tanh'`` PyTorch's tanh form. ``out`` may be ``x``."""
     if approximate != "tanh":
@@ -274,22 +301,26 @@ def scratch(like, slot: str, dtype=None):
 _SCRATCH: dict = {}
 
 
+@chunked
 def relu_grad(y, g, out=None):
     return np.multiply(g, np.greater(y, 0, out=scratch(y, "relu_grad", bool)), out=out)
 
 
+@chunked
 def tanh_grad(y, g, out=None):
     slope = np.multiply(y, y, out=scratch(y, "tanh_grad"))
     np.subtract(1.0, slope, out=slope)
     return np.multiply(g, slope, out=out)
 
 
+@chunked
 def sigmoid_grad(y, g, out=None):
     slope = np.subtract(1.0, y, out=scratch(y, "sigmoid_grad"))
     slope *= y
     return np.multiply(g, slope, out=out)
 
 
+@chunked
 def gelu_grad(x, g, approximate, out=None):
     """d gelu(x) = Phi(x) + x phi(x) (Phi in PyTorch's tanh form when asked)."""
     square = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
@@ -449,6 +480,7 @@ def extreme_grad(x, y, g, dims, keepdim):
 # --- optimizer updates (tracegrad/ops/optim.py declares them); ``out`` may be an input.
 
 
+@chunked
 def lerp(x, y, weight, out=None):
     """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5."""
     shape = np.broadcast_shapes(np.shape(x), np.shape(y))  # x may be a broadcast scalar
@@ -457,6 +489,7 @@ def lerp(x, y, weight, out=None):
     return np.add(x, step, out=out)
 
 
+@chunked
 def ema_square(v, g, beta, out=None):
     """beta * v + (1 - beta) * g * g."""
     shape = np.broadcast_shapes(np.shape(v), np.shape(g))  # v may be a broadcast scalar
@@ -469,6 +502,7 @@ def ema_square(v, g, beta, out=None):
     return out
 
 
+@chunked
 def adam_step(p, m, v, step_size, bias2_sqrt, eps, out=None):
     """p - step_size * m / (sqrt(v) / bias2_sqrt + eps), PyTorch's Adam parameter update."""
     denom = np.sqrt(v, out=scratch(v, "adam_step"))

@@ -1,0 +1,78 @@
+"""Elementwise kernels run in cache-sized pieces of rows when their result is large
+(``kernels.chunked``): the pieces must give exactly what one whole-array call gives, with
+inputs that broadcast along the rows, 0-d arrays, and ``out`` being one of the inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tracegrad.ops import kernels
+
+ROWS, COLS = 301, 517  # several pieces of rows, the last one short
+assert ROWS * COLS > 2 * kernels.CHUNK
+
+
+def arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((ROWS, COLS)).astype(np.float32) for _ in range(3)]
+
+
+def whole(kernel, *args, **attrs):
+    """The kernel on the whole arrays at once: the function ``chunked`` wraps."""
+    return kernel.__wrapped__(*args, out=np.empty((ROWS, COLS), np.float32), **attrs)
+
+
+CASES = {
+    "sigmoid": lambda a, b, c: ((a,), {}),
+    "gelu": lambda a, b, c: ((a,), {"approximate": "tanh"}),
+    "relu_grad": lambda a, b, c: ((a, b), {}),
+    "tanh_grad": lambda a, b, c: ((np.tanh(a), b), {}),
+    "sigmoid_grad": lambda a, b, c: ((1 / (1 + np.exp(-a)), b), {}),
+    "gelu_grad": lambda a, b, c: ((a, b), {"approximate": "tanh"}),
+    "lerp": lambda a, b, c: ((a, b), {"weight": 0.1}),
+    "ema_square": lambda a, b, c: ((a * a, b), {"beta": 0.999}),
+    "adam_step": lambda a, b, c: (
+        (a, b, c * c, np.asarray(0.01, np.float32), np.asarray(0.3, np.float32)),
+        {"eps": 1e-8},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pieces_equal_one_whole_call(name):
+    kernel = getattr(kernels, name)
+    args, attrs = CASES[name](*arrays())
+    expected = whole(kernel, *args, **attrs)
+    out = np.full((ROWS, COLS), np.nan, np.float32)
+    assert kernel(*args, out=out, **attrs) is out
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("name", ["lerp", "ema_square", "adam_step", "relu_grad"])
+def test_pieces_write_in_place_into_an_input(name):
+    kernel = getattr(kernels, name)
+    args, attrs = CASES[name](*arrays(1))
+    expected = whole(kernel, *args, **attrs)
+    first = args[0].copy()
+    result = kernel(first, *args[1:], out=first, **attrs)
+    assert result is first
+    np.testing.assert_array_equal(first, expected)
+
+
+def test_inputs_broadcasting_along_the_rows_go_to_every_piece_whole():
+    a, b, _ = arrays(2)
+    row, column = b[0], b[:, :1]  # (COLS,) and (ROWS, 1)
+    for other in (row, column, b[:1]):
+        expected = kernels.lerp.__wrapped__(a, other, weight=0.25, out=np.empty_like(a))
+        out = kernels.lerp(a, other, weight=0.25, out=np.empty_like(a))
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_small_results_and_results_without_out_run_whole():
+    a, b, _ = arrays(3)
+    np.testing.assert_array_equal(kernels.relu_grad(a, b), kernels.relu_grad.__wrapped__(a, b))
+    small = a[:3, :5]
+    np.testing.assert_array_equal(
+        kernels.relu_grad(small, small, out=np.empty_like(small)), np.where(small > 0, small, 0)
+    )
