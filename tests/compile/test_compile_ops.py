@@ -276,12 +276,13 @@ ROWS_TABLE = [
         [X(2, 4, 5, 5), P(4, 2, 2, 2)],
         "unfold",
     ),
-    row("max_pool2d", lambda x: F.max_pool2d(x, 2), [PD(2, 3, 4, 6)], ("unfold", "amax", "fold")),
+    row("max_pool2d", lambda x: F.max_pool2d(x, 2), [PD(2, 3, 4, 6)], ("reshape", "amax")),
+    row("max_pool2d_trim", lambda x: F.max_pool2d(x, 2), [PD(2, 3, 5, 7)], ("getitem", "amax")),
     row(
         "max_pool2d_pad",
         lambda x: F.max_pool2d(x, 3, stride=2, padding=1),
         [PD(1, 2, 5, 5)],
-        ("unfold", "amax"),
+        ("unfold", "amax", "fold"),
     ),
     # --- softmax family, losses, normalization ---
     row("softmax", lambda x: x.softmax(-1), [P(3, 5)], "softmax"),

@@ -76,3 +76,27 @@ def test_small_results_and_results_without_out_run_whole():
     np.testing.assert_array_equal(
         kernels.relu_grad(small, small, out=np.empty_like(small)), np.where(small > 0, small, 0)
     )
+
+
+@pytest.mark.parametrize("dims", [(3, 5), (4, 5)])
+@pytest.mark.parametrize("name", ["amax", "amin"])
+def test_pooling_reductions_by_cells_equal_numpy_reductions(name, dims):
+    """Over a small window of a large result, amax/amin and their gradient compare one
+    strided slice per window cell; they must equal NumPy's reductions, ties included (the
+    gradient is shared evenly between tied extremes)."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, (16, 8, 6, 2, 6, 2)).astype(np.float64)  # many ties
+    assert kernels._window_cells(x, dims, False) is not None
+    reduce = np.maximum if name == "amax" else np.minimum
+    y = getattr(kernels, name)(x, dims, False)
+    np.testing.assert_array_equal(y, reduce.reduce(x, axis=dims))
+    out = np.empty(y.shape)
+    assert getattr(kernels, name)(x, dims, False, out=out) is out
+    np.testing.assert_array_equal(out, y)
+    g = rng.standard_normal(y.shape)
+    hits = x == np.expand_dims(y, dims)
+    expected = hits * np.expand_dims(g / hits.sum(axis=dims), dims)
+    out = np.full(x.shape, np.nan)
+    assert kernels.extreme_grad(x, y, g, dims, False, out=out) is out
+    np.testing.assert_allclose(out, expected, rtol=1e-15)
+    np.testing.assert_allclose(kernels.extreme_grad(x, y, g, dims, False), expected, rtol=1e-15)

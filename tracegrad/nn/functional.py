@@ -136,11 +136,12 @@ def conv2d(
     n, _, oh, ow = cols.shape[:4]
     cols = cols.reshape(n, groups, group_channels, oh, ow, kh, kw)
     # The window copy (im2col) as its own op, so compiled code writes it into a reused buffer.
-    cols = call("contiguous", cols.permute(1, 0, 3, 4, 2, 5, 6))
-    cols = cols.reshape(groups, n * oh * ow, -1)
-    kernels = weight.reshape(groups, out_channels // groups, -1).transpose(1, 2)
-    out = (cols @ kernels).reshape(groups, n, oh, ow, out_channels // groups)
-    out = out.permute(1, 0, 4, 2, 3).reshape(n, out_channels, oh, ow)
+    # Rows of output positions stay innermost: the copy moves whole image rows, the matmul
+    # per sample gives (N, C, H, W) directly, and the gradient's fold adds whole rows.
+    cols = call("contiguous", cols.permute(0, 1, 2, 5, 6, 3, 4))
+    cols = cols.reshape(n, groups, group_channels * kh * kw, oh * ow)
+    kernels = weight.reshape(groups, out_channels // groups, -1)
+    out = (kernels @ cols).reshape(n, out_channels, oh, ow)
     return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
 
 
@@ -193,16 +194,23 @@ def max_pool2d(
         return max_pool2d(input.unsqueeze(0), kernel_size, stride, padding, dilation)[0]
     kernel = _pair(kernel_size)
     stride = _pair(stride) if stride is not None else kernel
-    padding = _pair(padding)
+    padding, dilation = _pair(padding), _pair(dilation)
     if any(p > k // 2 for p, k in zip(padding, kernel, strict=True)):
         raise ValueError(f"max_pool2d: padding {padding} must be at most half the kernel {kernel}")
+    if stride == kernel and padding == (0, 0) and dilation == (1, 1):
+        # Windows that tile the input are a reshape of it: no strided windows, and the
+        # gradient lands in the input's layout without a fold.
+        (kh, kw), (n, c, h, w) = kernel, input.shape
+        oh, ow = h // kh, w // kw
+        tiled = input if (h, w) == (oh * kh, ow * kw) else input[:, :, : oh * kh, : ow * kw]
+        return tiled.reshape(n, c, oh, kh, ow, kw).amax(dim=(3, 5))
     cols = call(
         "unfold",
         input,
         kernel=kernel,
         stride=stride,
         padding=padding,
-        dilation=_pair(dilation),
+        dilation=dilation,
         pad_value=-math.inf,
     )
     return cols.amax(dim=(4, 5))

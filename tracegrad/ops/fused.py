@@ -215,5 +215,6 @@ fused(
     kernels.extreme_grad,
     extreme_reference,
     "rt.extreme_grad({0}, {1}, {2}, {dims}, {keepdim})",
+    out="rt.extreme_grad({0}, {1}, {2}, {dims}, {keepdim}, out={out})",
     infer=_input_type,
 )

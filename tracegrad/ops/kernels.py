@@ -428,23 +428,31 @@ def layer_norm_grad(x, y, g, ndims, eps, out=None):
 
 
 def _window_cells(x, dims, keepdim):
-    """The cells of a small trailing window being reduced (pooling), else None: NumPy reduces
-    a few trailing strided elements far slower than it compares whole strided slices."""
-    k = len(dims)
-    if keepdim or not k or tuple(dims) != tuple(range(x.ndim - k, x.ndim)):
+    """Index tuples of the cells of a small window being reduced over a large result
+    (pooling), else None: NumPy reduces a few strided elements far slower than it compares
+    whole strided slices, one per cell."""
+    window = [x.shape[d] for d in dims]
+    cells = math.prod(window)
+    if keepdim or not dims or not 1 < cells <= 64 or x.size // cells < 1024:
         return None
-    window = x.shape[x.ndim - k :]
-    return list(np.ndindex(*window)) if 1 < np.prod(window) <= 64 else None
+    indexes = []
+    for cell in np.ndindex(*window):
+        index = [slice(None)] * x.ndim
+        for d, i in zip(dims, cell, strict=True):
+            index[d] = i
+        indexes.append(tuple(index))
+    return indexes
 
 
 def _extreme(ufunc, x, dims, keepdim, out):
     cells = _window_cells(x, dims, keepdim)
     if cells is None:
         return ufunc.reduce(x, axis=tuple(dims), keepdims=keepdim, out=out)
-    out = np.empty(x.shape[: x.ndim - len(dims)], x.dtype) if out is None else out
-    np.copyto(out, x[(Ellipsis, *cells[0])])
+    if out is None:
+        out = np.empty([n for d, n in enumerate(x.shape) if d not in dims], x.dtype)
+    np.copyto(out, x[cells[0]])
     for cell in cells[1:]:
-        ufunc(out, x[(Ellipsis, *cell)], out=out)
+        ufunc(out, x[cell], out=out)
     return out
 
 
@@ -456,23 +464,23 @@ def amin(x, dims, keepdim, out=None):
     return _extreme(np.minimum, x, dims, keepdim, out)
 
 
-def extreme_grad(x, y, g, dims, keepdim):
+def extreme_grad(x, y, g, dims, keepdim, out=None):
     """amax/amin: the gradient shared evenly between tied extremes."""
     cells = _window_cells(x, dims, keepdim)
     if cells is not None:
-        grad = np.empty(x.shape, x.dtype)
+        grad = np.empty(x.shape, x.dtype) if out is None else out
         count = np.zeros(y.shape, x.dtype)
         for cell in cells:
-            where = (Ellipsis, *cell)
-            np.equal(x[where], y, out=grad[where], casting="unsafe")
-            count += grad[where]
-        share = g / count
+            np.equal(x[cell], y, out=grad[cell], casting="unsafe")
+            count += grad[cell]
+        share = np.divide(g, count, out=count)
         for cell in cells:
-            grad[(Ellipsis, *cell)] *= share
+            grad[cell] *= share
         return grad
     if not keepdim:
         y, g = np.expand_dims(y, dims), np.expand_dims(g, dims)
-    hits = (x == y).astype(x.dtype)
+    hits = np.equal(x, y, out=out, casting="unsafe") if out is not None else (x == y)
+    hits = hits.astype(x.dtype, copy=False)
     hits *= g / hits.sum(axis=dims, keepdims=True)
     return hits
 
