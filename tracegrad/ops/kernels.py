@@ -171,18 +171,42 @@ def fold(cols, size, kernel, stride, padding, dilation, out=None):
     return out
 
 
+@functools.cache
+def _filled(n: int, dtype: np.dtype, value: float) -> np.ndarray:
+    return np.full(n, value, dtype)  # shared, never written
+
+
+def row_sum(x, dims, scale=1.0):
+    """``scale`` times the sum over ``dims`` (keeping them; scale 1/n makes a mean). Over the
+    trailing dims of a contiguous float array it is rows @ [scale, ...]: a BLAS
+    matrix-vector product, 3-4x faster than np.sum along short rows."""
+    dims = tuple(d % x.ndim for d in (dims if isinstance(dims, tuple) else (dims,)))
+    kept = x.ndim - len(dims)
+    fast = x.dtype in (np.float32, np.float64) and x.flags.c_contiguous and kept > 0
+    if fast and dims == tuple(range(kept, x.ndim)):
+        rows = x.reshape(math.prod(x.shape[:kept]), -1)
+        total = np.matmul(rows, _filled(rows.shape[1], x.dtype, scale))
+        return total.reshape(x.shape[:kept] + (1,) * len(dims))
+    total = np.sum(x, axis=dims, keepdims=True)
+    return total * x.dtype.type(scale) if scale != 1.0 else total
+
+
+def _mean(x, dims):
+    return row_sum(x, dims, 1.0 / math.prod(x.shape[d] for d in dims))
+
+
 def softmax(x, dim, out=None):
     """Stable: exp(x - max) / sum. ``out`` may be ``x``."""
     out = np.subtract(x, np.amax(x, axis=dim, keepdims=True), out=out)
     np.exp(out, out=out)
-    out /= np.sum(out, axis=dim, keepdims=True)
+    out /= row_sum(out, dim)
     return out
 
 
 def log_softmax(x, dim, out=None):
     """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``."""
     out = np.subtract(x, np.amax(x, axis=dim, keepdims=True), out=out)
-    out -= np.log(np.sum(np.exp(out), axis=dim, keepdims=True))
+    out -= np.log(row_sum(np.exp(out), dim))
     return out
 
 
@@ -205,7 +229,7 @@ def _rows(n: int) -> np.ndarray:
 def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
     if logits.ndim == 2 and not label_smoothing:  # the common case, in few NumPy calls
         shifted = np.subtract(logits, logits.max(1, keepdims=True), out=scratch(logits, "ce"))
-        lse = np.exp(shifted, out=scratch(logits, "ce.exp")).sum(1)
+        lse = row_sum(np.exp(shifted, out=scratch(logits, "ce.exp")), 1)[:, 0]
         np.log(lse, out=lse)
         valid = target != ignore_index
         if valid.all():
@@ -226,9 +250,9 @@ def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
 def layer_norm(x, ndims, eps, out=None):
     """(x - mean) / sqrt(var + eps) over the last ``ndims`` dims. ``out`` may be ``x``."""
     axes = tuple(range(x.ndim - ndims, x.ndim))
-    out = np.subtract(x, x.mean(axis=axes, keepdims=True), out=out)
+    out = np.subtract(x, _mean(x, axes), out=out)
     square = np.multiply(out, out, out=scratch(x, "layer_norm"))
-    out /= np.sqrt(square.mean(axis=axes, keepdims=True) + eps)
+    out /= np.sqrt(_mean(square, axes) + eps)
     return out
 
 
@@ -357,14 +381,14 @@ def gelu_grad(x, g, approximate, out=None):
 def softmax_grad(y, g, dim, out=None):
     """y * (g - sum(g * y)) over ``dim``."""
     gy = np.multiply(g, y, out=scratch(y, "softmax_grad"))
-    total = np.sum(gy, axis=dim, keepdims=True)
+    total = row_sum(gy, dim)
     np.subtract(g, total, out=gy)
     return np.multiply(y, gy, out=out)
 
 
 def log_softmax_grad(y, g, dim, out=None):
     """g - exp(y) * sum(g) over ``dim``."""
-    total = np.sum(g, axis=dim, keepdims=True)
+    total = row_sum(g, dim)
     scaled = np.exp(y, out=scratch(y, "log_softmax_grad"))
     scaled *= total
     return np.subtract(g, scaled, out=out)
@@ -381,7 +405,7 @@ def _cross_entropy_grad_rows(logits, target, g, ignore_index, reduction):
         weight = weight / grad.dtype.type(len(target) if every else np.count_nonzero(valid))
     if weight.ndim:
         weight = weight[:, None]
-    factor = np.divide(weight, grad.sum(1, keepdims=True))
+    factor = np.divide(weight, row_sum(grad, 1))
     grad *= factor
     rows = _rows(len(target))
     if every:
@@ -416,14 +440,14 @@ def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reducti
 def layer_norm_grad(x, y, g, ndims, eps, out=None):
     """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
     axes = tuple(range(x.ndim - ndims, x.ndim))
-    centered = np.subtract(x, x.mean(axis=axes, keepdims=True), out=scratch(x, "layer_norm_grad"))
+    centered = np.subtract(x, _mean(x, axes), out=scratch(x, "layer_norm_grad"))
     centered *= centered
-    rstd = 1.0 / np.sqrt(centered.mean(axis=axes, keepdims=True) + eps)
+    rstd = 1.0 / np.sqrt(_mean(centered, axes) + eps)
     np.multiply(g, y, out=centered)
-    projection = centered.mean(axis=axes, keepdims=True)
+    projection = _mean(centered, axes)
     np.multiply(y, projection, out=centered)
     np.subtract(g, centered, out=centered)
-    centered -= g.mean(axis=axes, keepdims=True)
+    centered -= _mean(g, axes)
     return np.multiply(centered, rstd, out=out)
 
 

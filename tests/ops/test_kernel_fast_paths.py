@@ -1,6 +1,10 @@
-"""Elementwise kernels run in cache-sized pieces of rows when their result is large
-(``kernels.chunked``): the pieces must give exactly what one whole-array call gives, with
-inputs that broadcast along the rows, 0-d arrays, and ``out`` being one of the inputs."""
+"""The kernels' fast paths give what the plain NumPy computation gives:
+
+- elementwise kernels run in cache-sized pieces of rows when their result is large
+  (``kernels.chunked``), with inputs that broadcast along the rows, 0-d arrays, and ``out``
+  being one of the inputs;
+- pooling reductions compare one strided slice per window cell;
+- sums and means over trailing dims are BLAS matrix-vector products (``kernels.row_sum``)."""
 
 from __future__ import annotations
 
@@ -100,3 +104,22 @@ def test_pooling_reductions_by_cells_equal_numpy_reductions(name, dims):
     assert kernels.extreme_grad(x, y, g, dims, False, out=out) is out
     np.testing.assert_allclose(out, expected, rtol=1e-15)
     np.testing.assert_allclose(kernels.extreme_grad(x, y, g, dims, False), expected, rtol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "shape, dims",
+    [((16, 4, 9, 7), (3,)), ((6, 5, 4), (1, 2)), ((6, 5, 4), (-1,)), ((3, 4), (0,)), ((5,), (0,))],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_sums_and_means_equal_numpy(shape, dims, dtype):
+    x = np.random.default_rng(5).standard_normal(shape).astype(dtype)
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    expected = np.sum(x, axis=dims, keepdims=True)
+    np.testing.assert_allclose(kernels.row_sum(x, dims), expected, rtol=rtol, atol=rtol)
+    mean = kernels.row_sum(x, dims, 0.25)
+    assert mean.dtype == dtype and mean.shape == expected.shape
+    np.testing.assert_allclose(mean, 0.25 * expected, rtol=rtol, atol=rtol)
+    strided = x[..., ::2] if x.ndim > 1 else x[::2]  # not contiguous: NumPy's own sum
+    np.testing.assert_allclose(
+        kernels.row_sum(strided, dims), np.sum(strided, axis=dims, keepdims=True), rtol=rtol
+    )
