@@ -493,13 +493,16 @@ def extreme_grad(x, y, g, dims, keepdim, out=None):
     cells = _window_cells(x, dims, keepdim)
     if cells is not None:
         grad = np.empty(x.shape, x.dtype) if out is None else out
-        count = np.zeros(y.shape, x.dtype)
-        for cell in cells:
-            np.equal(x[cell], y, out=grad[cell], casting="unsafe")
-            count += grad[cell]
-        share = np.divide(g, count, out=count)
-        for cell in cells:
-            grad[cell] *= share
+        hits = scratch((len(cells), *y.shape), "extreme_grad.hits", bool)
+        count = scratch(y.shape, "extreme_grad.count", np.uint8)  # at most 64 cells
+        count[...] = 0
+        for hit, cell in zip(hits, cells, strict=True):
+            np.equal(x[cell], y, out=hit)
+            np.add(count, hit.view(np.uint8), out=count)  # a view: no casting loop
+        untied = count.min() == 1 == count.max()
+        share = g if untied else g / count
+        for hit, cell in zip(hits, cells, strict=True):
+            np.multiply(share, hit, out=grad[cell])
         return grad
     if not keepdim:
         y, g = np.expand_dims(y, dims), np.expand_dims(g, dims)
