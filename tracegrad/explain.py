@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tracegrad.codegen.emit import row_loops
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.memory import peak_bytes
 from tracegrad.passes.pipeline import PassResult
@@ -73,6 +74,15 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
             f"buffers; estimated peak {_size(peak_bytes(before))} before, "
             f"{_size(peak_bytes(after))} after"
         )
+        if after.meta.get("hoisted"):
+            lines.append(f"    schedule: {after.meta['hoisted']} scalar update nodes run first")
+        loops = row_loops(after)
+        if loops:
+            members = sum(stop - start for start, stop in loops)
+            lines.append(
+                f"    row loops: {len(loops)} loops run {members} elementwise nodes piece by "
+                "piece of rows, each piece in cache"
+            )
     if report.saved:
         total = sum(v.type.nbytes for v, _ in report.saved)
         lines += ["", f"saved for the backward ({len(report.saved)} values, {_size(total)}):"]

@@ -109,6 +109,14 @@ class Program:
             return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
 
 
+def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> Graph:
+    """The planning passes of the pipeline, in order, on a copy of one function's graph."""
+    graph = graph.copy()
+    for name in pipeline.planning(passes_spec):
+        graph = plan(graph, persistent) if name == "memory" else pipeline.PASSES[name].fn(graph)
+    return graph
+
+
 def generate(
     parts: list[tuple[str, Graph]],
     title: str,
@@ -120,8 +128,7 @@ def generate(
     """Emit one module holding a function per (name, graph) part and load it. Planning passes
     (the memory plan) run on each part first; ``persistent`` outputs may use planned memory."""
     unplanned = parts
-    if "memory" in pipeline.planning(passes_spec):
-        parts = [(name, plan(graph.copy(), persistent)) for name, graph in parts]
+    parts = [(name, _plan(graph, passes_spec, persistent)) for name, graph in parts]
     if report is not None:
         report.unplanned, report.planned = unplanned, parts
     sources, uses_rng, constants = [], {}, {}

@@ -19,7 +19,9 @@ import numpy as np
 import tracegrad
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
 from tracegrad.ir.graph import Graph, body_of
-from tracegrad.ops import OPS
+from tracegrad.ops import ELEMENTWISE, OPS, VIEW
+from tracegrad.ops import kernels as rt
+from tracegrad.ops.registry import RANDOM
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("tracegrad.codegen", "templates"),
@@ -73,7 +75,7 @@ class Namer:
 
     def __init__(self):
         self.names: dict[int, str] = {}
-        self.taken: set[str] = {"np", "rt", "C", "rng"}
+        self.taken: set[str] = {"np", "rt", "C", "rng", "start", "piece"}
 
     def __call__(self, value, prefix: str = "") -> str:
         if id(value) not in self.names:
@@ -156,32 +158,157 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
         (f"{name}_b{i}", shape, dtype)
         for i, (shape, dtype) in enumerate(graph.meta.get("buffers", []))
     ]
-    for index, node in enumerate(graph.nodes):
-        target = namer(node.outputs[0], prefix="v")
-        args = [namer(v) for v in node.inputs]
+    loops = {} if debug_nans else {start: stop for start, stop in row_loops(graph)}
+    index = 0
+    while index < len(graph.nodes):
+        node = graph.nodes[index]
         title = _section_of(node)
         if not sections or sections[-1].title != title:
             sections.append(Section(title))
         lines = sections[-1].lines
-        out = _destination(node, args, buffers)
-        if node.op == FUSED:
-            kernels.append(emit_kernel(node, f"{name}_kernel{len(kernels)}"))
-            node.meta["kernel"] = kernels[-1].name
-        rhs = expression(node, args, constants, target, out)
-        lines.append(f"{target} = {rhs}{_comment(node)}")
+        stop = loops.get(index, index + 1)
+        members = graph.nodes[index:stop]
+        for member in members:
+            if member.op == FUSED:
+                kernels.append(emit_kernel(member, f"{name}_kernel{len(kernels)}"))
+                member.meta["kernel"] = kernels[-1].name
+        if stop > index + 1:
+            lines += _row_loop(members, namer, buffers)
+        else:
+            target = namer(node.outputs[0], prefix="v")
+            args = [namer(v) for v in node.inputs]
+            rhs = expression(node, args, constants, target, _destination(node, args, buffers))
+            lines.append(f"{target} = {rhs}{_comment(node)}")
         # where/masked_fill outputs may hold an intended -inf (attention masks): not checked
         if debug_nans and node.op not in (CONSTANT, "where"):
+            target = namer(node.outputs[0], prefix="v")
             where = f"{node.location.filename}:{node.location.lineno}" if node.location else "?"
             phase = "backward" if title == "backward" else "forward"
             lines.append(
                 f"rt.check_finite({target}, {node.origin or node.op!r}, {phase!r}, {where!r})"
             )
-        dead = [namer(v) for v in node.inputs if last_use.get(id(v)) == index and id(v) not in keep]
+        dead = [
+            namer(v)
+            for i in range(index, stop)
+            for v in graph.nodes[i].inputs
+            if last_use.get(id(v)) == i and id(v) not in keep
+        ]
         if dead:
             lines.append(f"del {', '.join(dict.fromkeys(dead))}")
+        index = stop
     returns = [namer(v) for v in graph.outputs]
     sections = sections or [Section("nothing to compute")]
     return FunctionSource(name, params, sections, returns, constants, buffers, kernels)
+
+
+# --- row loops ------------------------------------------------------------------------------------
+#
+# Neighbouring elementwise nodes over one large shape, each writing into planned memory, run
+# together in one loop over pieces of rows (CHUNK elements a piece): a piece's arrays stay in
+# cache from the first node of the loop to the last, instead of streaming whole arrays through
+# memory once per node (an optimizer's moment and parameter updates, say).
+
+
+def row_loops(graph: Graph) -> list[tuple[int, int]]:
+    """(start, stop) index ranges of the nodes that run together in row loops."""
+    memory = _memory_of(graph)
+    loops, start = [], None
+    for index, node in enumerate(graph.nodes):
+        if start is not None and not _joins(graph.nodes[start : index + 1], memory):
+            if index - start > 1:
+                loops.append((start, index))
+            start = None
+        if start is None and _row_candidate(node):
+            start = index
+    if start is not None and len(graph.nodes) - start > 1:
+        loops.append((start, len(graph.nodes)))
+    return loops
+
+
+def _row_candidate(node) -> bool:
+    op = OPS.get(node.op)
+    elementwise = node.op == FUSED or (op is not None and ELEMENTWISE in op.props)
+    if not elementwise or (op is not None and (RANDOM in op.props or op.out is None)):
+        return False
+    shape = node.outputs[0].type.shape
+    planned = "inplace" in node.meta or "buffer" in node.meta
+    return planned and len(shape) > 0 and shape[0] > 1 and math.prod(shape) > rt.CHUNK
+
+
+def _joins(members, memory: _Memory) -> bool:
+    """Whether ``members`` may run piece by piece: all candidates of one shape, and no member
+    reads memory a member writes other than row for row (the same array, same rows)."""
+    shape = members[0].outputs[0].type.shape
+    if not all(_row_candidate(m) and m.outputs[0].type.shape == shape for m in members):
+        return False
+    written = {memory.home[id(m.outputs[0])] for m in members}
+    inside = {id(m.outputs[0]) for m in members}
+    for member in members:
+        for value in member.inputs:
+            if id(value) in inside or memory.home[id(value)] not in written:
+                continue
+            if value.type.shape != shape or id(value) in memory.views:
+                return False  # a view or a broadcast of memory the loop overwrites
+    return True
+
+
+@dataclass
+class _Memory:
+    """Where values live: id(value) -> a planned buffer, a view's or an in-place write's base,
+    or its own (a graph input or a fresh array); and which values are views."""
+
+    home: dict[int, tuple] = field(default_factory=dict)
+    views: set[int] = field(default_factory=set)
+
+
+def _memory_of(graph: Graph) -> _Memory:
+    memory = _Memory({id(v): ("own", id(v)) for v in graph.inputs})
+    home = memory.home
+    for node in graph.nodes:
+        out = node.outputs[0]
+        op = OPS.get(node.op)
+        if "buffer" in node.meta:
+            home[id(out)] = ("buffer", node.meta["buffer"])
+        elif "inplace" in node.meta:
+            home[id(out)] = home[id(node.inputs[node.meta["inplace"]])]
+        elif op is not None and VIEW in op.props and node.inputs:
+            home[id(out)] = home[id(node.inputs[0])]
+            memory.views.add(id(out))
+        for v in node.outputs:
+            home.setdefault(id(v), ("own", id(v)))
+    return memory
+
+
+def _row_loop(members, namer: Namer, buffers) -> list[str]:
+    """The loop running ``members`` piece by piece, then each member's value bound to the
+    whole array it wrote."""
+    shape = members[0].outputs[0].type.shape
+    step = max(1, rt.CHUNK * shape[0] // math.prod(shape))
+    written = {}  # id(member output) -> the whole array it writes
+    body = []
+    for member in members:
+        args = [_piece(v, shape, namer, written) for v in member.inputs]
+        whole = _destination(member, [namer(v) for v in member.inputs], buffers)
+        for k, v in enumerate(member.inputs):  # an in-place write goes where its input lives
+            if member.meta.get("inplace") == k and id(v) in written:
+                whole = written[id(v)]
+        written[id(member.outputs[0])] = whole
+        rhs = expression(member, args, {}, "", f"{whole}[piece]")
+        body.append(f"    {rhs}{_comment(member)}")
+    header = [
+        f"for start in range(0, {shape[0]}, {step}):  # rows of {shape} in pieces of {step}",
+        f"    piece = slice(start, start + {step})",
+    ]
+    binds = [f"{namer(m.outputs[0], prefix='v')} = {written[id(m.outputs[0])]}" for m in members]
+    return header + body + binds
+
+
+def _piece(value, shape, namer: Namer, written) -> str:
+    """How a loop member reads ``value``: the piece of a whole array as long as the loop's
+    shape along axis 0, else whole (a scalar, or an array broadcast along the rows)."""
+    name = written.get(id(value), namer(value))
+    rows = len(value.type.shape) == len(shape) and value.type.shape[0] == shape[0]
+    return f"{name}[piece]" if rows else name
 
 
 def _destination(node, args: list[str], buffers) -> str | None:

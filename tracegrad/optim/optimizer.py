@@ -6,6 +6,7 @@ Updates run on the parameters' NumPy buffers in place (no tape, like PyTorch's u
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -58,9 +59,8 @@ class Optimizer:
             with tape.enable_grad():
                 loss = closure()
         tracer = active_tracer()
-        if tracer is not None:
-            tracer.note_optimizer(self)
-        with tape.no_grad():
+        traced = tracer.optimizer_step(self) if tracer is not None else contextlib.nullcontext()
+        with traced, tape.no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:

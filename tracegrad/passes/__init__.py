@@ -3,7 +3,17 @@
 Importing this package registers them all; ``DEFAULT_PIPELINE`` lists the default order.
 """
 
-from tracegrad.passes import autodiff, cse, dce, fold, fuse, horizontal, memory, simplify
+from tracegrad.passes import (
+    autodiff,
+    cse,
+    dce,
+    fold,
+    fuse,
+    horizontal,
+    memory,
+    schedule,
+    simplify,
+)
 from tracegrad.passes.pipeline import (
     DEFAULT_PIPELINE,
     PASSES,

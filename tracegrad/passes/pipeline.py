@@ -74,11 +74,12 @@ DEFAULT_PIPELINE = [
     "horizontal",  # sibling matmuls on one input become one wider matmul
     "fuse",  # chains of elementwise ops become one kernel each (before the memory plan)
     "dce",  # drop nodes whose values nobody reads
+    "schedule",  # scalars as early as possible; runs on each generated function
     "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]
 # Planning passes annotate the final graph of each generated function (after reverse mode and
 # the split into forward and backward), so tg.compile runs them last, part by part.
-PLANNING = ("memory",)
+PLANNING = ("schedule", "memory")
 
 
 def transforms(passes) -> list[str]:

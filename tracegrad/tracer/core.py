@@ -67,6 +67,7 @@ class Tracer:
         self.constants: dict[int, tuple[Tensor, Value]] = {}
         self.mutated: dict[int, tuple[Tensor, np.ndarray]] = {}
         self.optimizers: list = []
+        self.updating = False  # inside an optimizer's step: its nodes are the update section
         self.optimizer_state: list[dict] = []  # each optimizer's state as tracing found it
         self._taken_names: set[str] = set()
         self._counter = itertools.count(1)
@@ -133,6 +134,8 @@ class Tracer:
         origin = tape.current_backward()
         if origin is not None:
             node.origin = f"grad of {origin.name}"  # names it in NaN reports and pictures
+        elif self.updating:
+            node.origin = "update"
         self.nodes.append(node)
         return out
 
@@ -186,11 +189,18 @@ class Tracer:
             value = self._emit("cast", [value], target.tensor_type, {"dtype": target.dtype.name})
         target._data = Symbol(value)
 
-    def note_optimizer(self, optimizer) -> None:
-        """An optimizer stepped inside the trace: its new state is traced, its old kept."""
+    @contextlib.contextmanager
+    def optimizer_step(self, optimizer):
+        """An optimizer steps inside the trace: its new state is traced, its old kept, and the
+        nodes it records are marked as the update."""
         if all(o is not optimizer for o in self.optimizers):
             self.optimizers.append(optimizer)
             self.optimizer_state.append({p: dict(s) for p, s in optimizer.state.items()})
+        outer, self.updating = self.updating, True
+        try:
+            yield
+        finally:
+            self.updating = outer
 
     def restore(self) -> None:
         """Give every tensor mutated during tracing its real data back, and every optimizer

@@ -1,0 +1,110 @@
+"""Row loops: neighbouring elementwise nodes over one large shape, each writing planned
+memory, run together piece of rows by piece of rows (``tracegrad.codegen.emit.row_loops``).
+The loop must compute what the nodes compute one after the other, and must not form where a
+member reads, through a view or a broadcast, memory another member overwrites."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import nn, optim
+from tracegrad.codegen.emit import row_loops
+from tracegrad.ir.graph import Graph
+from tracegrad.ir.interpreter import interpret
+from tracegrad.ops import kernels
+from tracegrad.passes.memory import plan
+from tracegrad.passes.schedule import schedule
+from tracegrad.specialize import generate
+
+TOL = 1e-10
+
+
+def adam_training(compiled: bool, steps: int = 4):
+    """Linear(300, 256) has 76800 weights, more than one piece (kernels.CHUNK)."""
+    tg.manual_seed(3)
+    model = nn.Sequential(nn.Linear(300, 256), nn.Tanh(), nn.Linear(256, 4)).to(tg.float64)
+    assert model[0].weight.numel() > kernels.CHUNK
+    opt = optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = tg.compile(train_step) if compiled else train_step
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(steps):
+        x = tg.tensor(rng.standard_normal((8, 300)))
+        y = tg.tensor(rng.integers(0, 4, 8))
+        losses.append(step(x, y).item())
+    return model, opt, losses, step
+
+
+def test_adam_updates_of_a_large_weight_run_in_one_row_loop_and_equal_eager():
+    model_e, opt_e, losses_e, _ = adam_training(compiled=False)
+    model_c, opt_c, losses_c, step = adam_training(compiled=True)
+    np.testing.assert_allclose(losses_c, losses_e, rtol=TOL, atol=TOL)
+    for (name, p), q in zip(model_c.named_parameters(), model_e.parameters(), strict=True):
+        np.testing.assert_allclose(
+            p.detach().numpy(), q.detach().numpy(), rtol=TOL, atol=TOL, err_msg=name
+        )
+        state_c, state_e = opt_c.state[p], opt_e.state[q]
+        for key in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_allclose(
+                state_c[key].numpy(), state_e[key].numpy(), rtol=TOL, atol=TOL, err_msg=key
+            )
+    rows = kernels.CHUNK * 256 // model_c[0].weight.numel()  # 218 rows: two pieces
+    assert f"for start in range(0, 256, {rows}):" in step.code
+    loop = step.code.split(f"for start in range(0, 256, {rows}):")[1].split("\n    v")[0]
+    assert "rt.lerp(" in loop and "rt.ema_square(" in loop and "rt.adam_step(" in loop
+    assert "row loops: 1 loops" in step.explain()
+
+
+def planned(fn, *args):
+    graph = tg.trace(fn, *args)
+    return plan(schedule(graph.copy()))
+
+
+def test_a_loop_forms_over_neighbouring_large_elementwise_nodes():
+    x = tg.randn(300, 300, dtype=tg.float64)
+    graph = planned(lambda x: ((x * 2.0).tanh() * 3.0).sum(), x)
+    assert row_loops(graph), "mul, tanh and mul over 90000 elements run in one loop"
+
+
+VIEW_HAZARD = """graph(%x:f64[300,300]) {
+  %1:f64[300,300] = exp %x
+  %2:f64[300,300] = permute[dims=(1, 0)] %1
+  %3:f64[300,300] = tanh %x
+  %4:f64[300,300] = add %3, %2
+  %5:f64[300,300] = mul %1, %4
+  %6:f64[] = sum[dims=(0, 1), keepdim=False] %5
+  return %6
+}"""
+
+
+def test_no_loop_reads_a_transposed_view_of_memory_it_writes():
+    """%4 reads %2, a transposed view of %1, and %5 writes in place where %1 lives: run
+    piece by piece, %4 would read columns of %1 whose earlier rows %5 already overwrote.
+    %3 and %4 may share a loop; %5 must not join it."""
+    graph = plan(Graph.parse(VIEW_HAZARD))
+    assert graph.nodes[4].meta.get("inplace") == 0, "the plan writes %5 where %1 lives"
+    assert row_loops(graph) == [(2, 4)]
+    program = generate([("f", graph)], "row loop test", False, None)
+    x = np.random.default_rng(2).standard_normal((300, 300)) * 0.1
+    (got,) = program.call("f", [x.copy()])
+    (want,) = interpret(graph, x)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_small_arrays_and_debug_nans_run_node_by_node():
+    x = tg.randn(30, 30, dtype=tg.float64)
+    assert not row_loops(planned(lambda x: ((x * 2.0).tanh() * 3.0).sum(), x))
+    big = tg.randn(300, 300, dtype=tg.float64)
+    compiled = tg.compile(lambda x: ((x * 2.0).tanh() * 3.0).sum(), debug_nans=True)
+    compiled(big)
+    assert "for start in range" not in compiled.code
