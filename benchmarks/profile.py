@@ -19,10 +19,20 @@ from benchmarks import workloads
 
 
 def statements(code: str) -> list[str]:
-    """The assignments of the generated ``step`` function, without their comments."""
+    """The statements of the generated ``step`` function, without their comments; a row loop
+    (a ``for`` line and its indented body) is one statement."""
     body = code.split("\ndef step(")[1].split("\n")[1:]
-    lines = [line.strip().split("  #")[0] for line in body]
-    return [line for line in lines if line and not line.startswith(("#", "del ", "return"))]
+    result: list[str] = []
+    for line in body:
+        text = line.split("  #")[0].rstrip()
+        stripped = text.strip()
+        if not stripped or stripped.startswith(("#", "del ", "return")):
+            continue
+        if line.startswith("        ") and result:  # the body of a row loop
+            result[-1] += "\n" + text[4:]
+        else:
+            result.append(stripped)
+    return result
 
 
 def profile(name: str, unoptimized: bool = False, repeat: int = 3) -> list[tuple[float, str]]:
@@ -54,7 +64,7 @@ def main(argv=None) -> None:
     rows = profile(args.workload, args.none)
     print(f"{sum(ms for ms, _ in rows):.2f} ms in {len(rows)} statements")
     for ms, statement in rows[: args.top]:
-        print(f"{ms:9.3f} ms  {statement[:110]}")
+        print(f"{ms:9.3f} ms  {statement.splitlines()[0][:110]}")
 
 
 if __name__ == "__main__":

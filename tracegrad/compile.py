@@ -26,6 +26,7 @@ from tracegrad.specialize import (
     argument_names,
     check_recompiles,
     generate,
+    input_label,
     log,
     signature_diff,
     tensor_guards,
@@ -124,7 +125,7 @@ class CompiledModule:
     def signature(self, args) -> Signature:
         guards = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
-            guards += tensor_guards(f"input {i}", a)
+            guards += tensor_guards(input_label(i), a)
         for name, p in self.module.named_parameters():
             meta = (tuple(p.shape), p.dtype.name, p.requires_grad, id(p))  # id: replaced objects
             guards.append((f"parameter {name}", meta))

@@ -46,6 +46,11 @@ Signature = tuple  # of (label, value) pairs
 
 
 @functools.cache
+def input_label(index: int) -> str:
+    return f"input {index}"
+
+
+@functools.cache
 def _tensor_labels(label: str) -> tuple[str, str, str]:
     return f"{label} shape", f"{label} dtype", f"{label} requires_grad"
 

@@ -30,6 +30,7 @@ from tracegrad.specialize import (
     check_recompiles,
     dtype_name,
     generate,
+    input_label,
     log,
     signature_diff,
     tensor_guards,
@@ -114,6 +115,7 @@ class Sink:
     kind: str  # "grad" (a tensor's .grad) or "state" (an optimizer state entry)
     owner: object  # the tensor, or the optimizer state dict of one parameter
     key: str | None = None
+    last: Tensor | None = None  # the tensor the last run stored into
 
     def store(self, array: np.ndarray, planned: bool) -> None:
         """Without a copy when ``array`` is one of the program's planned buffers: the tensor
@@ -122,6 +124,10 @@ class Sink:
         of theirs) and is written into; anything else is copied, since it may be an input
         or memory shared with another result."""
         current = self.owner.grad if self.kind == "grad" else self.owner.get(self.key)
+        if current is self.last and current is not None and current._data is array:
+            current._version[0] += 1  # the run wrote the tensor's own memory: nothing to move
+            return
+        self.last = current
         fits = (
             isinstance(current, Tensor)
             and current._data.shape == array.shape
@@ -134,7 +140,7 @@ class Sink:
                 np.copyto(current._data, array)
             current._version[0] += 1
             return
-        new = Tensor._wrap(array if planned else array.copy())
+        new = self.last = Tensor._wrap(array if planned else array.copy())
         if planned:
             _placed[id(new)] = new
         if self.kind == "grad":
@@ -228,7 +234,7 @@ class CompiledFunction:
     def signature(self, args) -> Signature:
         guards = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
-            guards += tensor_guards(f"input {i}", a)
+            guards += tensor_guards(input_label(i), a)
         for label, t in self._watched_tensors.values():
             grad = None if t.grad is None else t.grad._data.shape
             meta = (t._data.shape, dtype_name(t._data.dtype), t._requires_grad, grad)
@@ -314,9 +320,7 @@ def _optimizer_guard(opt) -> tuple:
     )
     # Which state exists, and which tensor objects hold it (load_state_dict replaces them).
     state = tuple(
-        tuple((k, id(v)) for k, v in opt.state.get(p, {}).items())
-        for g in opt.param_groups
-        for p in g["params"]
+        (id(p), tuple((k, id(v)) for k, v in s.items())) for p, s in opt.state.items() if s
     )
     return groups, state
 
