@@ -180,6 +180,41 @@ def test_inplace_ops_write_through_and_bump_versions():
     assert x._version[0] == 6 and view._version is x._version
 
 
+@pytest.mark.parametrize("method", ["add_", "sub_", "mul_", "div_"])
+@pytest.mark.parametrize(
+    "self_dtype, other",
+    [
+        ("float32", 1.5),
+        ("float32", np.array([[0.5], [2.0]])),  # float64 tensor, broadcast along the rows
+        ("float64", np.array([3.0, -1.0, 0.25], np.float32)),
+        ("int64", 2.5),  # computed in float, cast back as copy_ does
+    ],
+)
+def test_eager_inplace_arithmetic_writes_straight_into_memory_as_the_op_then_copy_(
+    method, self_dtype, other
+):
+    """Outside autograd, x.add_(y) runs np.add(x, y, out=x) (no new array): the same values,
+    dtype and version as computing x + y and copying it back, and the same memory."""
+    start = np.array([[1.0, -2.0, 4.0], [0.5, 3.0, -1.5]]).astype(self_dtype)
+    other = tg.tensor(other) if isinstance(other, np.ndarray) else other
+    binary = {"add_": "__add__", "sub_": "__sub__", "mul_": "__mul__", "div_": "__truediv__"}
+    expected = getattr(tg.tensor(start), binary[method])(other).to(getattr(tg, self_dtype))
+    x = tg.tensor(start.copy())
+    memory = x._data
+    assert getattr(x, method)(other) is x
+    assert x._data is memory and x.dtype == getattr(tg, self_dtype) and x._version[0] == 1
+    np.testing.assert_array_equal(x.numpy(), expected.numpy())
+
+
+def test_eager_inplace_arithmetic_keeps_its_errors():
+    with pytest.raises(RuntimeError, match="does not fit the in-place target"):
+        tg.zeros(3).add_(tg.ones(2, 3))
+    with pytest.raises(tg.ShapeError, match=r"\(3,\).*\(4,\)"):
+        tg.zeros(3).add_(tg.ones(4))
+    with pytest.raises(RuntimeError, match="shares memory between elements"):
+        tg.zeros(3).expand(2, 3).mul_(2.0)
+
+
 def test_inplace_on_leaf_requiring_grad_is_refused_unless_no_grad():
     w = tg.ones(2, requires_grad=True)
     with pytest.raises(RuntimeError, match="leaf"):

@@ -7,6 +7,8 @@ gradients are wanted, record a ``tape.Node`` whose backward applies the op's VJP
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import numbers
 import weakref
@@ -886,17 +888,57 @@ class Tensor:
         if problem:
             raise RuntimeError(at_user_line(f"{name}: {problem}; use the out-of-place op"))
 
+    def _writes_directly(self, *inputs) -> bool:
+        """Whether an in-place op on this tensor may write straight into its memory: eager
+        code that records nothing (an optimizer's update under no_grad, say). Traced code
+        gets a new SSA value instead, and recorded code keeps the old value for backward."""
+        recording = tape.is_grad_enabled() and (
+            self.requires_grad or any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
+        )
+        return (
+            _tracer is None
+            and not recording
+            and self._data.flags.writeable
+            and not any(isinstance(t, Tensor) and is_symbolic(t) for t in inputs)
+        )
+
+    def _ufunc_(self, name: str, ufunc, other, compute) -> Tensor:
+        """``self = ufunc(self, other)`` in place, computed in the promoted dtype and cast
+        back as ``_inplace(name, compute)`` does, which runs when this cannot."""
+        data = other._data if isinstance(other, Tensor) else other
+        if self._writes_directly(other) and _broadcasts_to(np.shape(data), self._data.shape):
+            with np.errstate(all="ignore"):
+                ufunc(self._data, data, out=self._data, casting="unsafe")
+            self._version[0] += 1
+            return self
+        return self._inplace(name, compute)
+
+    def _assign(self, name: str, *inputs, **attrs) -> Tensor:
+        """``self = op(*inputs)`` in place, for an op whose kernel can write into an array:
+        eagerly, straight into this tensor's memory (no new array, no copy); otherwise as
+        copy_ of the op's result."""
+        op = OPS[name]
+        out_type = op.infer(*(t.tensor_type for t in inputs), **attrs)
+        if self._writes_directly(*inputs) and out_type == self.tensor_type and _writes_out(name):
+            with np.errstate(all="ignore"):
+                op.impl(*(t._data for t in inputs), out=self._data, **attrs)
+            self._version[0] += 1
+            return self
+        return self.copy_(apply(op, inputs, attrs))
+
     def add_(self, other, alpha=1):
-        return self._inplace("add_", lambda old: old + (other * alpha if alpha != 1 else other))
+        other = other * alpha if alpha != 1 else other
+        return self._ufunc_("add_", np.add, other, lambda old: old + other)
 
     def sub_(self, other, alpha=1):
-        return self._inplace("sub_", lambda old: old - (other * alpha if alpha != 1 else other))
+        other = other * alpha if alpha != 1 else other
+        return self._ufunc_("sub_", np.subtract, other, lambda old: old - other)
 
     def mul_(self, other):
-        return self._inplace("mul_", lambda old: old * other)
+        return self._ufunc_("mul_", np.multiply, other, lambda old: old * other)
 
     def div_(self, other):
-        return self._inplace("div_", lambda old: old / other)
+        return self._ufunc_("div_", np.true_divide, other, lambda old: old / other)
 
     def clamp_(self, min=None, max=None):
         return self._inplace("clamp_", lambda old: old.clamp(min, max))
@@ -1051,3 +1093,18 @@ def tril(x: Tensor, diagonal: int = 0) -> Tensor:
 
 def triu(x: Tensor, diagonal: int = 0) -> Tensor:
     return _triangle(x, diagonal, lower=False)
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(n in (1, m) for n, m in zip(shape[::-1], target[::-1], strict=False))
+
+
+@functools.cache
+def _writes_out(name: str) -> bool:
+    """Whether op ``name``'s NumPy implementation takes ``out=`` (it can write in place)."""
+    try:
+        return "out" in inspect.signature(OPS[name].impl).parameters
+    except (TypeError, ValueError):
+        return False

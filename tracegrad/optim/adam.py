@@ -5,7 +5,7 @@ from __future__ import annotations
 from tracegrad.creation import zeros_like
 from tracegrad.functions import maximum
 from tracegrad.optim.optimizer import Optimizer
-from tracegrad.tensor import call, tensor
+from tracegrad.tensor import tensor
 
 
 class Adam(Optimizer):
@@ -57,8 +57,8 @@ class Adam(Optimizer):
         state["step"].add_(1)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         # Each update is one kernel (tracegrad/ops/optim.py) that reads its arrays once.
-        exp_avg.copy_(call("lerp", exp_avg, grad, weight=1.0 - beta1))
-        exp_avg_sq.copy_(call("ema_square", exp_avg_sq, grad, beta=beta2))
+        exp_avg._assign("lerp", exp_avg, grad, weight=1.0 - beta1)
+        exp_avg_sq._assign("ema_square", exp_avg_sq, grad, beta=beta2)
         second = exp_avg_sq
         if group["amsgrad"]:
             second = state["max_exp_avg_sq"].copy_(maximum(state["max_exp_avg_sq"], exp_avg_sq))
@@ -68,9 +68,7 @@ class Adam(Optimizer):
         step = state["step"].double()
         step_size = (lr / (1 - beta1**step)).to(param.dtype)
         bias2_sqrt = (1 - beta2**step).sqrt().to(param.dtype)
-        param.copy_(
-            call("adam_step", param, exp_avg, second, step_size, bias2_sqrt, eps=group["eps"])
-        )
+        param._assign("adam_step", param, exp_avg, second, step_size, bias2_sqrt, eps=group["eps"])
 
 
 class AdamW(Adam):
