@@ -266,16 +266,31 @@ def _connect_backward(spec: ModuleProgram, tensors, outputs, saved) -> None:
             else np.zeros(outputs[i].shape, outputs[i].dtype.np)
             for i in spec.differentiable
         ]
-        results = spec.program.call("backward", [*saved, *seeds])
+        arrays = [*saved, *seeds]
+        results = spec.program.call("backward", arrays)
         # As in eager mode, an input no output with a gradient depends on gets None.
         live = set().union(*(spec.reads[j] for j, g in enumerate(grads) if g is not None))
-        return [
-            Tensor._wrap(np.asarray(r)) if k in live else None for k, r in zip(spec.wrt, results)
-        ]
+        return _wrap_gradients(results, [k in live for k in spec.wrt], arrays, spec.program)
 
     node.backward_fn = backward
     for i in spec.differentiable:
         outputs[i].grad_fn, outputs[i]._out_index, outputs[i]._requires_grad = node, i, True
+
+
+def _wrap_gradients(results, wanted, arrays, program) -> list:
+    """The backward's results as tensors (None where not wanted). A result that owns fresh
+    memory (not an input, a constant, a view, planned memory or another result) is marked
+    unshared, so accumulating it into a .grad takes it without a copy."""
+    taken = {id(a) for a in [*arrays, *program.constants.values()]} | program.buffer_ids
+    grads = []
+    for result, want in zip(results, wanted, strict=True):
+        result = np.asarray(result)
+        grad = Tensor._wrap(result) if want else None
+        if grad is not None and result.base is None and id(result) not in taken:
+            tape.mark_unshared(grad)
+        taken.add(id(result))
+        grads.append(grad)
+    return grads
 
 
 # --- entry points ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import weakref
 
 _state = threading.local()
 
@@ -233,10 +234,21 @@ def _route(node, in_grads, pending, leaves) -> None:
             leaves[key] = edge
 
 
+# Gradient tensors whose array no one else holds (a compiled backward's fresh results): the
+# first accumulation takes the array as the leaf's .grad instead of copying it, as PyTorch's
+# AccumulateGrad steals a gradient nothing else references.
+_unshared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def mark_unshared(tensor) -> None:
+    _unshared[id(tensor)] = tensor
+
+
 def accumulate(leaf, grad, create_graph) -> None:
+    unshared = _unshared.pop(id(grad), None) is grad
     if not create_graph:
         grad = grad.detach()
     if leaf.grad is None:
-        leaf.grad = grad if create_graph else grad.clone()
+        leaf.grad = grad if create_graph or unshared else grad.clone()
     else:
         leaf.grad = leaf.grad + grad
