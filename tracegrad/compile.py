@@ -8,6 +8,7 @@ cache; a new signature compiles again and logs why, as a diff of the guard that 
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,9 @@ class ModuleProgram:
     n_saved: int
     report: Report | None = None
     reads: list = field(default_factory=list)  # per output: input positions it depends on
+    # The values saved for the backward live in planned memory, which the next forward
+    # overwrites: the tape node of the last call, and the list its backward reads them from.
+    pending: tuple | None = None
 
 
 class CompiledModule:
@@ -163,6 +167,7 @@ class CompiledModule:
     def _run(self, spec: ModuleProgram, args):
         traced = spec.traced
         tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
+        _keep_pending_saved_values(spec)
         results = spec.program.call("forward", [t._data for t in tensors])
         n_out, n_upd = traced.n_outputs, len(traced.update_targets)
         for target, array in zip(
@@ -172,7 +177,7 @@ class CompiledModule:
             target._version[0] += 1
         outputs = [Tensor._wrap(np.asarray(a)) for a in results[:n_out]]
         if spec.program.backward_graph is not None and spec.wrt:
-            _connect_backward(spec, tensors, outputs, results[n_out + n_upd :])
+            _connect_backward(spec, tensors, outputs, list(results[n_out + n_upd :]))
         return tuple(outputs) if traced.returns_tuple else outputs[0]
 
 
@@ -206,7 +211,11 @@ def build_module_program(
     report.saved = autodiff.saved_values(forward, backward, n_forward)
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
     parts = [("forward", forward), ("backward", backward)]
-    program = generate(parts, "forward and backward", debug_nans, passes_spec, report=report)
+    # Saved values may live in planned memory (a training loop then allocates none), but not
+    # the values the caller gets back, which must outlive the next call.
+    returned = {v.name for v in forward.outputs[:n_forward]}
+    saved = frozenset(v.name for v in forward.outputs[n_forward:]) - returned
+    program = generate(parts, "forward and backward", debug_nans, passes_spec, saved, report)
     n_saved = len(forward.outputs) - n_forward
     return ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
 
@@ -247,7 +256,7 @@ def _check_module(traced: Traced, tensors, wrt, n_out, stages) -> None:
     check_stages(reference, [(joint_name, joint_of(forward_end), joint_results)], arrays)
 
 
-def _connect_backward(spec: ModuleProgram, tensors, outputs, saved) -> None:
+def _connect_backward(spec: ModuleProgram, tensors, outputs, saved: list) -> None:
     """Give the outputs one tape node whose backward runs the generated backward function."""
     inputs = [tensors[i] for i in spec.wrt]
     node = tape.Node("CompiledBackward", inputs, None, n_outputs=len(outputs))
@@ -275,6 +284,19 @@ def _connect_backward(spec: ModuleProgram, tensors, outputs, saved) -> None:
     node.backward_fn = backward
     for i in spec.differentiable:
         outputs[i].grad_fn, outputs[i]._out_index, outputs[i]._requires_grad = node, i, True
+    spec.pending = (weakref.ref(node), saved)
+
+
+def _keep_pending_saved_values(spec: ModuleProgram) -> None:
+    """Before a forward overwrites the planned memory of the saved values: if the last call's
+    backward may still run (its graph is alive and was not freed by a backward, as when two
+    forwards precede one backward), its saved values move to memory of their own."""
+    if spec.pending is None:
+        return
+    node, saved = spec.pending[0](), spec.pending[1]
+    if node is not None and not node.freed:
+        saved[:] = [np.array(a, copy=True) for a in saved]
+    spec.pending = None
 
 
 def _wrap_gradients(results, wanted, arrays, program) -> list:

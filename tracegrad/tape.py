@@ -73,6 +73,7 @@ class Node:
         "name",
         "retained",
         "saved",
+        "__weakref__",  # a compiled module watches whether its last graph is still pending
     )
 
     def __init__(self, name, inputs, backward_fn, n_outputs=1):
