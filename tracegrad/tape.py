@@ -64,6 +64,7 @@ class Node:
     """
 
     __slots__ = (
+        "__weakref__",  # a compiled module watches whether its last graph is still pending
         "backward_fn",
         "edges",
         "freed",
@@ -73,7 +74,6 @@ class Node:
         "name",
         "retained",
         "saved",
-        "__weakref__",  # a compiled module watches whether its last graph is still pending
     )
 
     def __init__(self, name, inputs, backward_fn, n_outputs=1):
