@@ -4,7 +4,8 @@
   (``kernels.chunked``), with inputs that broadcast along the rows, 0-d arrays, and ``out``
   being one of the inputs;
 - pooling reductions compare one strided slice per window cell;
-- sums and means over trailing dims are BLAS matrix-vector products (``kernels.row_sum``)."""
+- sums and means over trailing dims are BLAS matrix-vector products (``kernels.row_sum``);
+- scatter_add along axis 0 by an integer index array sorts and sums groups of equal rows."""
 
 from __future__ import annotations
 
@@ -125,3 +126,21 @@ def test_row_sums_and_means_equal_numpy(shape, dims, dtype):
     np.testing.assert_allclose(
         kernels.row_sum(strided, dims), np.sum(strided, axis=dims, keepdims=True), rtol=rtol
     )
+
+
+@pytest.mark.parametrize("index_shape", [(40,), (5, 8)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scatter_add_by_rows_equals_add_at(index_shape, dtype):
+    """Repeated rows sum, negative indices name the same rows as positive ones, and rows no
+    index names stay zero (as np.add.at into zeros gives)."""
+    rng = np.random.default_rng(6)
+    rows = rng.integers(-7, 7, index_shape)  # -7..6 into 9 rows: repeats, negatives, gaps
+    g = rng.standard_normal((*index_shape, 3, 2)).astype(dtype)
+    expected = np.zeros((9, 3, 2), dtype)
+    np.add.at(expected, rows, g)
+    out = np.full((9, 3, 2), np.nan, dtype)
+    got = kernels.scatter_add(g, (("tensor", 0),), (9, 3, 2), rows, out=out)
+    assert got is out
+    np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    fresh = kernels.scatter_add(g, (("tensor", 0),), (9, 3, 2), rows)
+    np.testing.assert_allclose(fresh, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
