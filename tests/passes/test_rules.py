@@ -229,6 +229,21 @@ CASES = {
         smaller=False,  # stable, not smaller: min(x, 0) - log1p(exp(-|x|))
         gone={"sigmoid", "log"},
     ),
+    # The gradients of q, k and v sliced from one (2, 6) projection: three scatters into
+    # zeros summed become one concatenation.
+    "slice-scatters-cat": Case(
+        graph_of(
+            """  %1:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 0, 2, None)), shape=(2, 6)] %a
+  %2:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 2, 4, None)), shape=(2, 6)] %b
+  %3:f64[2,6] = add %1, %2
+  %4:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 4, 6, None)), shape=(2, 6)] %c
+  %5:f64[2,6] = add %3, %4
+  return %5""",
+            "%a:f64[2,2], %b:f64[2,2], %c:f64[2,2]",
+        ),
+        after={"cat": 1},
+        gone={"scatter_add", "add"},
+    ),
 }
 
 
@@ -425,6 +440,18 @@ NEAR_MISSES = {
     "a transposed product read twice stays": """  %1:f64[2,2] = matmul %x, %y
   %2:f64[2,2] = permute[dims=(1, 0)] %1
   %3:f64[2,2] = add %1, %2
+  return %3""",
+    "scattered slices with a gap between them are no concatenation": """  %1:f64[2,7] = scatter_add[key=(('slice', None, None, None), ('slice', 0, 3, None)), shape=(2, 7)] %x
+  %2:f64[2,7] = scatter_add[key=(('slice', None, None, None), ('slice', 4, 7, None)), shape=(2, 7)] %x
+  %3:f64[2,7] = add %1, %2
+  return %3""",
+    "overlapping scattered slices add where they meet": """  %1:f64[2,5] = scatter_add[key=(('slice', None, None, None), ('slice', 0, 3, None)), shape=(2, 5)] %x
+  %2:f64[2,5] = scatter_add[key=(('slice', None, None, None), ('slice', 2, 5, None)), shape=(2, 5)] %x
+  %3:f64[2,5] = add %1, %2
+  return %3""",
+    "strided scattered slices are no concatenation": """  %1:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 0, 6, 2)), shape=(2, 6)] %x
+  %2:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 1, 6, 2)), shape=(2, 6)] %x
+  %3:f64[2,6] = add %1, %2
   return %3""",
 }
 

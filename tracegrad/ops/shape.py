@@ -91,6 +91,7 @@ register(
     lambda *xs, dim: np.concatenate(xs, axis=dim),
     _cat_grad,
     "np.concatenate([{inputs}], axis={dim})",
+    out="np.concatenate([{inputs}], axis={dim}, out={out})",
 )
 
 # stop_gradient(x) = x with no gradient: what detach() and no_grad() mean inside a traced

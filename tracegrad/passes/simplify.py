@@ -233,6 +233,50 @@ def _log_of_sigmoid(node, rw):
     return _same(node, rw.emit("sub", [rw.emit("minimum", [x, zero]), tail]))
 
 
+# --- gradients of slices that tile an array ---------------------------------------------------
+
+
+def _slice_scatter(node: Node | None):
+    """(g, axis, start, stop) when ``node`` scatters g into zeros at a basic slice of one axis
+    (the gradient of such a slice), else None."""
+    if node is None or node.op != "scatter_add" or len(node.inputs) != 1:
+        return None
+    shape, spans = node.attrs["shape"], []
+    for axis, item in enumerate(node.attrs["key"]):
+        if item[0] != "slice" or item[3] not in (None, 1):
+            return None
+        start, stop, _ = slice(item[1], item[2]).indices(shape[axis])
+        if (start, stop) != (0, shape[axis]):
+            spans.append((axis, start, stop))
+    return (node.inputs[0], *spans[0]) if len(spans) == 1 else None
+
+
+def _cat_parts(value: Value, axis: int, rw) -> list[Value]:
+    inner = rw.producer(value, "cat")
+    return list(inner.inputs) if inner is not None and inner.attrs["dim"] == axis else [value]
+
+
+def _add_of_slice_scatters(node, rw):
+    """q, k and v cut from one projection get their gradients scattered into zeros and
+    summed; side by side, the gradients are one concatenation (one copy, no zero fill)."""
+    a, b = (_slice_scatter(rw.producer(v)) for v in node.inputs)
+    if a is None or b is None or a[1] != b[1]:
+        return None
+    low, high = sorted([a, b], key=lambda span: span[2])
+    if low[3] != high[2]:
+        return None  # a gap or an overlap between the slices
+    axis, shape = low[1], node.outputs[0].type.shape
+    joined = rw.emit(
+        "cat", [*_cat_parts(low[0], axis, rw), *_cat_parts(high[0], axis, rw)], dim=axis
+    )
+    if (low[2], high[3]) == (0, shape[axis]):
+        return _same(node, joined)
+    key = tuple(("slice", None, None, None) for _ in range(axis)) + (
+        ("slice", low[2], high[3], None),
+    )
+    return _same(node, rw.emit("scatter_add", [joined], key=key, shape=shape))
+
+
 RULES = [
     Rule("mul-one", "x * 1 -> x", "mul", _identity_operand(1.0, commutative=True)),
     Rule("add-zero", "x + 0 -> x", "add", _identity_operand(0.0, commutative=True)),
@@ -273,6 +317,12 @@ RULES = [
     Rule("log-softmax", "log(softmax(x)) -> log_softmax(x)", "log", _log_of_softmax),
     Rule("log1p", "log(1 + x) -> log1p(x)", "log", _log_of_one_plus),
     Rule("log-sigmoid", "log(sigmoid(x)) -> min(x, 0) - log1p(exp(-|x|))", "log", _log_of_sigmoid),
+    Rule(
+        "slice-scatters-cat",
+        "scatter(a, [i:j]) + scatter(b, [j:k]) -> cat(a, b) (scattered at [i:k] unless whole)",
+        "add",
+        _add_of_slice_scatters,
+    ),
 ]
 # An elementwise op takes broadcasting operands as they are, so explicit broadcasts go.
 RULES += [
