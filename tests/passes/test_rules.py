@@ -47,6 +47,12 @@ def graph_of(body: str, inputs: str = "%x:f64[2,3]") -> str:
     return f"graph({inputs}) {{\n{body}\n}}"
 
 
+def column_scatter(out: str, source: str, start: int, stop: int, width: int, step=None) -> str:
+    """``%out = scatter_add(%source)`` into zeros of shape (2, width) at columns start:stop."""
+    key = f"(('slice', None, None, None), ('slice', {start}, {stop}, {step}))"
+    return f"  %{out}:f64[2,{width}] = scatter_add[key={key}, shape=(2, {width})] %{source}"
+
+
 CASES = {
     "mul-one": Case(
         graph_of(
@@ -233,12 +239,16 @@ CASES = {
     # zeros summed become one concatenation.
     "slice-scatters-cat": Case(
         graph_of(
-            """  %1:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 0, 2, None)), shape=(2, 6)] %a
-  %2:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 2, 4, None)), shape=(2, 6)] %b
-  %3:f64[2,6] = add %1, %2
-  %4:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 4, 6, None)), shape=(2, 6)] %c
-  %5:f64[2,6] = add %3, %4
-  return %5""",
+            "\n".join(
+                [
+                    column_scatter("1", "a", 0, 2, 6),
+                    column_scatter("2", "b", 2, 4, 6),
+                    "  %3:f64[2,6] = add %1, %2",
+                    column_scatter("4", "c", 4, 6, 6),
+                    "  %5:f64[2,6] = add %3, %4",
+                    "  return %5",
+                ]
+            ),
             "%a:f64[2,2], %b:f64[2,2], %c:f64[2,2]",
         ),
         after={"cat": 1},
@@ -441,18 +451,30 @@ NEAR_MISSES = {
   %2:f64[2,2] = permute[dims=(1, 0)] %1
   %3:f64[2,2] = add %1, %2
   return %3""",
-    "scattered slices with a gap between them are no concatenation": """  %1:f64[2,7] = scatter_add[key=(('slice', None, None, None), ('slice', 0, 3, None)), shape=(2, 7)] %x
-  %2:f64[2,7] = scatter_add[key=(('slice', None, None, None), ('slice', 4, 7, None)), shape=(2, 7)] %x
-  %3:f64[2,7] = add %1, %2
-  return %3""",
-    "overlapping scattered slices add where they meet": """  %1:f64[2,5] = scatter_add[key=(('slice', None, None, None), ('slice', 0, 3, None)), shape=(2, 5)] %x
-  %2:f64[2,5] = scatter_add[key=(('slice', None, None, None), ('slice', 2, 5, None)), shape=(2, 5)] %x
-  %3:f64[2,5] = add %1, %2
-  return %3""",
-    "strided scattered slices are no concatenation": """  %1:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 0, 6, 2)), shape=(2, 6)] %x
-  %2:f64[2,6] = scatter_add[key=(('slice', None, None, None), ('slice', 1, 6, 2)), shape=(2, 6)] %x
-  %3:f64[2,6] = add %1, %2
-  return %3""",
+    "scattered slices with a gap between them are no concatenation": "\n".join(
+        [
+            column_scatter("1", "x", 0, 3, 7),
+            column_scatter("2", "x", 4, 7, 7),
+            "  %3:f64[2,7] = add %1, %2",
+            "  return %3",
+        ]
+    ),
+    "overlapping scattered slices add where they meet": "\n".join(
+        [
+            column_scatter("1", "x", 0, 3, 5),
+            column_scatter("2", "x", 2, 5, 5),
+            "  %3:f64[2,5] = add %1, %2",
+            "  return %3",
+        ]
+    ),
+    "strided scattered slices are no concatenation": "\n".join(
+        [
+            column_scatter("1", "x", 0, 6, 6, step=2),
+            column_scatter("2", "x", 1, 6, 6, step=2),
+            "  %3:f64[2,6] = add %1, %2",
+            "  return %3",
+        ]
+    ),
 }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from tracegrad.creation import zeros_like
 from tracegrad.functions import maximum
 from tracegrad.optim.optimizer import Optimizer
-from tracegrad.tensor import tensor
+from tracegrad.tensor import Tensor, active_tracer, tensor
 
 
 class Adam(Optimizer):
@@ -62,13 +64,27 @@ class Adam(Optimizer):
         second = exp_avg_sq
         if group["amsgrad"]:
             second = state["max_exp_avg_sq"].copy_(maximum(state["max_exp_avg_sq"], exp_avg_sq))
-        # The step count is state (a tensor), so a compiled step reads it instead of baking it
-        # in; bias corrections are computed in float64 like PyTorch's Python floats, then
-        # rounded to the parameter's dtype as PyTorch's scalar arguments are.
-        step = state["step"].double()
-        step_size = (lr / (1 - beta1**step)).to(param.dtype)
-        bias2_sqrt = (1 - beta2**step).sqrt().to(param.dtype)
+        step_size, bias2_sqrt = bias_corrections(state["step"], lr, beta1, beta2, param.dtype)
         param._assign("adam_step", param, exp_avg, second, step_size, bias2_sqrt, eps=group["eps"])
+
+
+def bias_corrections(step: Tensor, lr, beta1, beta2, dtype) -> tuple[Tensor, Tensor]:
+    """lr / (1 - beta1^t) and sqrt(1 - beta2^t), computed in float64 like PyTorch's Python
+    floats and rounded to the parameter's dtype as PyTorch's scalar arguments are.
+
+    Traced, the step count stays a tensor, so a compiled step reads it instead of baking it
+    in. Eagerly, the same float64 arithmetic runs on Python floats (as PyTorch's
+    non-capturable Adam does) instead of a tensor op per term: the same numbers, far faster.
+    """
+    if active_tracer() is not None:
+        t = step.double()
+        return (lr / (1 - beta1**t)).to(dtype), (1 - beta2**t).sqrt().to(dtype)
+    # NumPy's power and sqrt on float64 scalars: the same loops the tensor ops run, so the
+    # same bits (Python's ** may differ from NumPy's in the last place).
+    t = np.float64(step.item())
+    step_size = np.asarray(lr / (1 - np.power(beta1, t)), dtype.np)
+    bias2_sqrt = np.asarray(np.sqrt(1 - np.power(beta2, t)), dtype.np)
+    return Tensor._wrap(step_size), Tensor._wrap(bias2_sqrt)
 
 
 class AdamW(Adam):

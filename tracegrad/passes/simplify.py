@@ -271,9 +271,8 @@ def _add_of_slice_scatters(node, rw):
     )
     if (low[2], high[3]) == (0, shape[axis]):
         return _same(node, joined)
-    key = tuple(("slice", None, None, None) for _ in range(axis)) + (
-        ("slice", low[2], high[3], None),
-    )
+    whole = ("slice", None, None, None)
+    key = (*(whole for _ in range(axis)), ("slice", low[2], high[3], None))
     return _same(node, rw.emit("scatter_add", [joined], key=key, shape=shape))
 
 
