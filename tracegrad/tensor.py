@@ -182,6 +182,10 @@ def _priority(value) -> tuple[DType, int]:
 
 def promote_operands(*values, floating=False) -> list[Tensor]:
     """Apply PyTorch's type promotion: one dtype for all operands, scalars staying weak."""
+    if all(type(v) is Tensor for v in values):  # the common case, on every op: one dtype
+        dtype = values[0].dtype
+        if all(v.dtype is dtype for v in values[1:]) and (dtype.is_floating_point or not floating):
+            return list(values)
     dtype = dtypes.promote(*(_priority(v) for v in values))
     if floating and not dtype.is_floating_point:
         dtype = dtypes.DEFAULT_FLOAT

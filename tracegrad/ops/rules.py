@@ -10,6 +10,9 @@ from tracegrad.errors import DTypeError, ShapeError
 
 
 def broadcast_shape(op: str, *shapes) -> tuple[int, ...]:
+    first = tuple(shapes[0])
+    if all(tuple(s) == first for s in shapes[1:]):
+        return first  # the common case, checked on every op: np.broadcast_shapes is slow
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
