@@ -206,6 +206,19 @@ def test_eager_inplace_arithmetic_writes_straight_into_memory_as_the_op_then_cop
     np.testing.assert_array_equal(x.numpy(), expected.numpy())
 
 
+@pytest.mark.parametrize("method", ["add_", "sub_"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_eager_inplace_with_alpha_equals_the_scaled_op(method, dtype):
+    start = np.array([1.0, -2.0, 4.0]).astype(dtype)
+    other = tg.tensor(np.array([0.3, 0.7, -1.1]).astype(dtype))
+    x = tg.tensor(start.copy())
+    getattr(x, method)(other, alpha=0.01)
+    op = {"add_": "__add__", "sub_": "__sub__"}[method]
+    expected = getattr(tg.tensor(start), op)(other * 0.01)
+    np.testing.assert_array_equal(x.numpy(), expected.numpy())
+    np.testing.assert_array_equal(other.numpy(), np.array([0.3, 0.7, -1.1]).astype(dtype))
+
+
 def test_eager_inplace_arithmetic_keeps_its_errors():
     with pytest.raises(RuntimeError, match="does not fit the in-place target"):
         tg.zeros(3).add_(tg.ones(2, 3))

@@ -906,12 +906,14 @@ class Tensor:
             and not any(isinstance(t, Tensor) and is_symbolic(t) for t in inputs)
         )
 
-    def _ufunc_(self, name: str, ufunc, other, compute) -> Tensor:
-        """``self = ufunc(self, other)`` in place, computed in the promoted dtype and cast
-        back as ``_inplace(name, compute)`` does, which runs when this cannot."""
+    def _ufunc_(self, name: str, ufunc, other, compute, alpha=1) -> Tensor:
+        """``self = ufunc(self, other * alpha)`` in place, computed in the promoted dtype and
+        cast back as ``_inplace(name, compute)`` does, which runs when this cannot."""
         data = other._data if isinstance(other, Tensor) else other
         if self._writes_directly(other) and _broadcasts_to(np.shape(data), self._data.shape):
             with np.errstate(all="ignore"):
+                if alpha != 1:  # a Python scalar stays weak, as in other * alpha
+                    data = np.multiply(data, alpha)
                 ufunc(self._data, data, out=self._data, casting="unsafe")
             self._version[0] += 1
             return self
@@ -931,12 +933,12 @@ class Tensor:
         return self.copy_(apply(op, inputs, attrs))
 
     def add_(self, other, alpha=1):
-        other = other * alpha if alpha != 1 else other
-        return self._ufunc_("add_", np.add, other, lambda old: old + other)
+        scaled = lambda: other * alpha if alpha != 1 else other  # noqa: E731
+        return self._ufunc_("add_", np.add, other, lambda old: old + scaled(), alpha)
 
     def sub_(self, other, alpha=1):
-        other = other * alpha if alpha != 1 else other
-        return self._ufunc_("sub_", np.subtract, other, lambda old: old - other)
+        scaled = lambda: other * alpha if alpha != 1 else other  # noqa: E731
+        return self._ufunc_("sub_", np.subtract, other, lambda old: old - scaled(), alpha)
 
     def mul_(self, other):
         return self._ufunc_("mul_", np.multiply, other, lambda old: old * other)

@@ -49,4 +49,4 @@ class SGD(Optimizer):
             else:
                 buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
             grad = grad + buf * momentum if group["nesterov"] else buf
-        param.sub_(grad * group["lr"])
+        param.sub_(grad, alpha=group["lr"])
