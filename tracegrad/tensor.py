@@ -933,12 +933,12 @@ class Tensor:
         return self.copy_(apply(op, inputs, attrs))
 
     def add_(self, other, alpha=1):
-        scaled = lambda: other * alpha if alpha != 1 else other  # noqa: E731
-        return self._ufunc_("add_", np.add, other, lambda old: old + scaled(), alpha)
+        return self._ufunc_("add_", np.add, other, lambda old: old + _scaled(other, alpha), alpha)
 
     def sub_(self, other, alpha=1):
-        scaled = lambda: other * alpha if alpha != 1 else other  # noqa: E731
-        return self._ufunc_("sub_", np.subtract, other, lambda old: old - scaled(), alpha)
+        return self._ufunc_(
+            "sub_", np.subtract, other, lambda old: old - _scaled(other, alpha), alpha
+        )
 
     def mul_(self, other):
         return self._ufunc_("mul_", np.multiply, other, lambda old: old * other)
@@ -1099,6 +1099,10 @@ def tril(x: Tensor, diagonal: int = 0) -> Tensor:
 
 def triu(x: Tensor, diagonal: int = 0) -> Tensor:
     return _triangle(x, diagonal, lower=False)
+
+
+def _scaled(other, alpha):
+    return other * alpha if alpha != 1 else other
 
 
 def _broadcasts_to(shape: tuple, target: tuple) -> bool:
