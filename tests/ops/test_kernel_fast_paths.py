@@ -144,3 +144,16 @@ def test_scatter_add_by_rows_equals_add_at(index_shape, dtype):
     np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
     fresh = kernels.scatter_add(g, (("tensor", 0),), (9, 3, 2), rows)
     np.testing.assert_allclose(fresh, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize(
+    "shape", [(16, 4, 64, 64), (3, 40, 70), (1024, 10), (700, 32), (300, 65), (5, 7)]
+)
+def test_row_max_equals_numpy_max(shape):
+    """Rows turned into columns (square blocks, or narrow matrices whole) give NumPy's max,
+    infinities included (masked attention scores)."""
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    x[..., 0] = -np.inf
+    got = kernels.row_max(x, -1)
+    np.testing.assert_array_equal(got, x.max(-1, keepdims=True))
+    np.testing.assert_array_equal(kernels.row_max(x, 0), x.max(0, keepdims=True))

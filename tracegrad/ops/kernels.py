@@ -201,9 +201,30 @@ def _mean(x, dims):
     return row_sum(x, dims, 1.0 / math.prod(x.shape[d] for d in dims))
 
 
+def row_max(x, dim):
+    """The max over ``dim`` (kept). Over the last dim of short rows, NumPy reduces each row
+    with a slow inner loop; down columns it compares whole rows at a time. So rows of up to
+    256 are turned into columns first: square blocks (attention scores) one block at a
+    time, which stays in cache, and narrow matrices (logits of a few classes) whole."""
+    dim %= x.ndim
+    n = x.shape[-1] if x.ndim else 0
+    if dim != x.ndim - 1 or x.dtype.kind != "f" or not 1 < n <= 256 or x.size < 4096:
+        return np.amax(x, axis=dim, keepdims=True)
+    if x.ndim >= 3 and x.shape[-2] * n <= 65536:
+        columns = scratch(x.swapaxes(-1, -2).shape, "row_max", x.dtype)
+        np.copyto(columns, x.swapaxes(-1, -2))
+        return np.amax(columns, axis=-2, keepdims=True).swapaxes(-1, -2)
+    if n <= 32:
+        rows = x.reshape(-1, n)
+        columns = scratch((n, rows.shape[0]), "row_max", x.dtype)
+        np.copyto(columns, rows.T)
+        return np.amax(columns, axis=0).reshape(*x.shape[:-1], 1)
+    return np.amax(x, axis=dim, keepdims=True)
+
+
 def softmax(x, dim, out=None):
     """Stable: exp(x - max) / sum. ``out`` may be ``x``."""
-    out = np.subtract(x, np.amax(x, axis=dim, keepdims=True), out=out)
+    out = np.subtract(x, row_max(x, dim), out=out)
     np.exp(out, out=out)
     out /= row_sum(out, dim)
     return out
@@ -211,7 +232,7 @@ def softmax(x, dim, out=None):
 
 def log_softmax(x, dim, out=None):
     """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``."""
-    out = np.subtract(x, np.amax(x, axis=dim, keepdims=True), out=out)
+    out = np.subtract(x, row_max(x, dim), out=out)
     out -= np.log(row_sum(np.exp(out), dim))
     return out
 
@@ -234,7 +255,7 @@ def _rows(n: int) -> np.ndarray:
 
 def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
     if logits.ndim == 2 and not label_smoothing:  # the common case, in few NumPy calls
-        shifted = np.subtract(logits, logits.max(1, keepdims=True), out=scratch(logits, "ce"))
+        shifted = np.subtract(logits, row_max(logits, 1), out=scratch(logits, "ce"))
         lse = row_sum(np.exp(shifted, out=scratch(logits, "ce.exp")), 1)[:, 0]
         np.log(lse, out=lse)
         valid = target != ignore_index
@@ -413,7 +434,7 @@ def log_softmax_grad(y, g, dim, out=None):
 
 def _cross_entropy_grad_rows(logits, target, g, ignore_index, reduction):
     """(N, C) logits: exp(shifted) * (w / sum) - w * onehot, with w = g / count for a mean."""
-    grad = np.subtract(logits, logits.max(1, keepdims=True))
+    grad = np.subtract(logits, row_max(logits, 1))
     np.exp(grad, out=grad)
     valid = target != ignore_index
     every = valid.all()
