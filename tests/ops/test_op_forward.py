@@ -1060,6 +1060,25 @@ def test_where_broadcasting_gradients_property(shapes, seed):
     np.testing.assert_allclose(ty.grad.numpy(), gy, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_where_gives_its_untaken_branch_exact_zeros(compiled):
+    """As in PyTorch, where's gradient is zero wherever a branch was not taken, even when
+    the incoming gradient there is inf or nan (masked attention scores meet -inf)."""
+    cond = tg.tensor(np.array([True, False, True]))
+    weight = tg.tensor(np.array([np.inf, 2.0, np.nan]))
+
+    def loss(a, b):
+        return (tg.where(cond, a, b) * weight).sum()
+
+    a = tg.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    b = tg.tensor(np.array([4.0, 5.0, 6.0]), requires_grad=True)
+    grads = (
+        tg.grad(loss, argnums=(0, 1))(a, b) if compiled else tg.autograd.grad(loss(a, b), [a, b])
+    )
+    np.testing.assert_array_equal(grads[0].numpy(), [np.inf, 0.0, np.nan])
+    np.testing.assert_array_equal(grads[1].numpy(), [0.0, 2.0, 0.0])
+
+
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 @PROPERTY_SETTINGS
 @given(shapes=mutually_broadcastable_shapes(num_shapes=2, max_dims=4, max_side=4))

@@ -238,6 +238,14 @@ register(
 )
 
 
+def _zero(like):
+    """A 0-d zero of ``like``'s dtype: where's untaken branch gets exact zeros, as in PyTorch
+    (``g * 0`` would keep nan and inf), and no pass over ``g``."""
+    from tracegrad.tensor import Tensor  # ops sit below tensors; needed only when running
+
+    return Tensor._wrap(np.zeros((), like.dtype.np))
+
+
 def _where_infer(cond: TensorType, x: TensorType, y: TensorType) -> TensorType:
     if cond.dtype is not dtypes.bool_:
         raise rules.DTypeError(f"where: condition must be bool, got {cond.dtype}")
@@ -252,8 +260,8 @@ register(
     np.where,
     (
         None,
-        lambda c, g: call("where", c.cond, g, g * 0.0),
-        lambda c, g: call("where", c.cond, g * 0.0, g),
+        lambda c, g: call("where", c.cond, g, _zero(g)),
+        lambda c, g: call("where", c.cond, _zero(g), g),
     ),
     "np.where({0}, {1}, {2})",
     saves=("cond",),
