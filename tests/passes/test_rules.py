@@ -235,6 +235,16 @@ CASES = {
         smaller=False,  # stable, not smaller: min(x, 0) - log1p(exp(-|x|))
         gone={"sigmoid", "log"},
     ),
+    # A linear layer on a (batch, time, features) input: one product of all the rows.
+    "rows-times-matrix": Case(
+        graph_of(
+            """  %1:f64[2,3,4] = matmul %a, %w
+  return %1""",
+            "%a:f64[2,3,5], %w:f64[5,4]",
+        ),
+        after={"matmul": 1, "reshape": 2},
+        smaller=False,  # two reshapes (views) around one product
+    ),
     # The gradients of q, k and v sliced from one (2, 6) projection: three scatters into
     # zeros summed become one concatenation.
     "slice-scatters-cat": Case(

@@ -7,6 +7,7 @@ same type as the value it replaces. ``explain()`` lists which rules fired where.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,6 +125,19 @@ def _transpose_of_product(node, rw):
     if a.type.ndim != n or b.type.ndim != n or not rw.only_use(node.inputs[0]):
         return None
     return _same(node, rw.emit("matmul", [_swap_last(rw, b), _swap_last(rw, a)]))
+
+
+def _rows_times_matrix(node, rw):
+    """A stack of matrices times one matrix (a linear layer on (B, T, C)) is one product of
+    all the rows: NumPy multiplies a stack matrix by matrix (1.2-1.4x slower than one BLAS
+    call), and the weight's gradient becomes one product instead of a product per matrix
+    summed over the stack."""
+    a, b = node.inputs
+    if a.type.ndim < 3 or b.type.ndim != 2:
+        return None
+    rows = rw.emit("reshape", [a], shape=(math.prod(a.type.shape[:-1]), a.type.shape[-1]))
+    product = rw.emit("matmul", [rows, b])
+    return _same(node, rw.emit("reshape", [product], shape=node.outputs[0].type.shape))
 
 
 def _reshape_chain(node, rw):
@@ -283,6 +297,12 @@ RULES = [
     Rule("div-one", "x / 1 -> x", "div", _identity_operand(1.0, commutative=False)),
     Rule("neg-neg", "-(-x) -> x", "neg", _double_negation),
     Rule("transpose-of-product", "(a @ b)^T -> b^T @ a^T", "permute", _transpose_of_product),
+    Rule(
+        "rows-times-matrix",
+        "a[..., m, k] @ b[k, n] -> (a.reshape(-1, k) @ b).reshape(..., m, n)",
+        "matmul",
+        _rows_times_matrix,
+    ),
     Rule(
         "permute-chain", "permute(permute(x, p), q) -> permute(x, p[q])", "permute", _permute_chain
     ),
