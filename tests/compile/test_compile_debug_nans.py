@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
+import tracegrad.nn.functional as F
 from tracegrad import nn, optim
 
 
@@ -151,3 +152,19 @@ def test_grad_transform_debug_nans(monkeypatch):
 
     with pytest.raises(FloatingPointError, match=at("MARK-fn-sqrt")):
         tg.grad(f)(tg.tensor([1.0, 0.0]))
+
+
+def test_nan_in_the_optimizer_update_is_named_in_the_update_section():
+    model = nn.Linear(3, 2)
+    opt = optim.SGD(model.parameters(), lr=float("inf"))
+
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()  # lr = inf: the update makes the first Inf
+        return loss
+
+    step = tg.compile(train_step, debug_nans=True)
+    with pytest.raises(FloatingPointError, match=r"Inf produced by mul in the update at .*test_"):
+        step(tg.randn(4, 3), tg.tensor(np.array([0, 1, 0, 1])))

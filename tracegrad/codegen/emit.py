@@ -158,21 +158,17 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
         (f"{name}_b{i}", shape, dtype)
         for i, (shape, dtype) in enumerate(graph.meta.get("buffers", []))
     ]
-    loops = {} if debug_nans else {start: stop for start, stop in row_loops(graph)}
-    index = 0
-    while index < len(graph.nodes):
-        node = graph.nodes[index]
+    for start, stop in _runs(graph, debug_nans):
+        node, members = graph.nodes[start], graph.nodes[start:stop]
         title = _section_of(node)
         if not sections or sections[-1].title != title:
             sections.append(Section(title))
         lines = sections[-1].lines
-        stop = loops.get(index, index + 1)
-        members = graph.nodes[index:stop]
         for member in members:
             if member.op == FUSED:
                 kernels.append(emit_kernel(member, f"{name}_kernel{len(kernels)}"))
                 member.meta["kernel"] = kernels[-1].name
-        if stop > index + 1:
+        if len(members) > 1:
             lines += _row_loop(members, namer, buffers)
         else:
             target = namer(node.outputs[0], prefix="v")
@@ -181,24 +177,35 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
             lines.append(f"{target} = {rhs}{_comment(node)}")
         # where/masked_fill outputs may hold an intended -inf (attention masks): not checked
         if debug_nans and node.op not in (CONSTANT, "where"):
-            target = namer(node.outputs[0], prefix="v")
-            where = f"{node.location.filename}:{node.location.lineno}" if node.location else "?"
-            phase = "backward" if title == "backward" else "forward"
-            lines.append(
-                f"rt.check_finite({target}, {node.origin or node.op!r}, {phase!r}, {where!r})"
-            )
+            lines.append(_finite_check(node, namer(node.outputs[0], prefix="v"), title))
         dead = [
             namer(v)
-            for i in range(index, stop)
+            for i in range(start, stop)
             for v in graph.nodes[i].inputs
             if last_use.get(id(v)) == i and id(v) not in keep
         ]
         if dead:
             lines.append(f"del {', '.join(dict.fromkeys(dead))}")
-        index = stop
     returns = [namer(v) for v in graph.outputs]
     sections = sections or [Section("nothing to compute")]
     return FunctionSource(name, params, sections, returns, constants, buffers, kernels)
+
+
+def _runs(graph: Graph, debug_nans: bool) -> list[tuple[int, int]]:
+    """(start, stop) ranges covering the nodes in order: a row loop's members together, every
+    other node alone (with debug_nans, every node alone, so each gets its check)."""
+    loops = {} if debug_nans else dict(row_loops(graph))
+    runs, index = [], 0
+    while index < len(graph.nodes):
+        runs.append((index, loops.get(index, index + 1)))
+        index = runs[-1][1]
+    return runs
+
+
+def _finite_check(node, target: str, section: str) -> str:
+    where = f"{node.location.filename}:{node.location.lineno}" if node.location else "?"
+    what = node.origin if node.origin and node.origin != "update" else node.op  # "grad of mul"
+    return f"rt.check_finite({target}, {what!r}, {section!r}, {where!r})"
 
 
 # --- row loops ------------------------------------------------------------------------------------
