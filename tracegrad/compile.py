@@ -7,6 +7,7 @@ cache; a new signature compiles again and logs why, as a diff of the guard that 
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tracegrad.specialize import (
     Traced,
     argument_names,
     check_recompiles,
+    dtype_name,
     generate,
     input_label,
     log,
@@ -130,12 +132,23 @@ class CompiledModule:
         guards = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
-        for name, p in self.module.named_parameters():
-            meta = (tuple(p.shape), p.dtype.name, p.requires_grad, id(p))  # id: replaced objects
-            guards.append((f"parameter {name}", meta))
-        for name, b in self.module.named_buffers():
-            guards.append((f"buffer {name}", (tuple(b.shape), b.dtype.name)))
-        guards.append(("training", tuple(m.training for m in self.module.modules())))
+        # One walk over the modules (their parameters, buffers and modes), read from the
+        # arrays: guards are checked on every call.
+        params, buffers, training, seen = [], [], [], set()
+        for prefix, module in self.module.named_modules():
+            training.append(module.training)
+            for table, found in ((module._parameters, params), (module._buffers, buffers)):
+                for name, t in table.items():
+                    if t is not None and id(t) not in seen:
+                        seen.add(id(t))
+                        found.append((prefix, name, t))
+        for prefix, name, p in params:
+            meta = (p._data.shape, dtype_name(p._data.dtype), p._requires_grad, id(p))
+            guards.append((_member_label("parameter", prefix, name), meta))  # id: replaced
+        for prefix, name, b in buffers:
+            meta = (b._data.shape, dtype_name(b._data.dtype))
+            guards.append((_member_label("buffer", prefix, name), meta))
+        guards.append(("training", tuple(training)))
         return tuple(guards)
 
     def __call__(self, *args):
@@ -297,6 +310,11 @@ def _keep_pending_saved_values(spec: ModuleProgram) -> None:
     if node is not None and not node.freed:
         saved[:] = [np.array(a, copy=True) for a in saved]
     spec.pending = None
+
+
+@functools.cache
+def _member_label(kind: str, prefix: str, name: str) -> str:
+    return f"{kind} {prefix}.{name}" if prefix else f"{kind} {name}"
 
 
 def _wrap_gradients(results, wanted, arrays, program) -> list:
