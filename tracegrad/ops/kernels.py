@@ -123,7 +123,8 @@ def sum_to(x, shape, out=None):
         rows = x.reshape(-1, math.prod(shape))
         ones = _ones(rows.shape[0], x.dtype)
         if out is None:
-            return np.matmul(ones, rows).reshape(shape)
+            total = np.matmul(ones, rows)
+            return total if total.shape == tuple(shape) else total.reshape(shape)
         np.matmul(ones, rows, out=out.reshape(-1))
         return out
     if kept:
