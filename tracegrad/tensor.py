@@ -12,6 +12,7 @@ import inspect
 import itertools
 import numbers
 import weakref
+from collections.abc import Hashable
 from typing import NamedTuple
 
 import numpy as np
@@ -924,13 +925,24 @@ class Tensor:
         eagerly, straight into this tensor's memory (no new array, no copy); otherwise as
         copy_ of the op's result."""
         op = OPS[name]
-        out_type = op.infer(*(t.tensor_type for t in inputs), **attrs)
-        if self._writes_directly(*inputs) and out_type == self.tensor_type and _writes_out(name):
+        if self._writes_directly(*inputs) and _writes_out(name) and self._fits(op, inputs, attrs):
             with np.errstate(all="ignore"):
                 op.impl(*(t._data for t in inputs), out=self._data, **attrs)
             self._version[0] += 1
             return self
         return self.copy_(apply(op, inputs, attrs))
+
+    def _fits(self, op: Op, inputs, attrs) -> bool:
+        """Whether op(*inputs) has this tensor's type (the op's rule, remembered per operand
+        shapes and dtypes: an optimizer asks the same question every step)."""
+        key = (op.name, tuple((t._data.shape, t._data.dtype) for t in inputs), _frozen(attrs))
+        out_type = _KNOWN_TYPES.get(key)
+        if out_type is None:
+            out_type = op.infer(*(t.tensor_type for t in inputs), **attrs)
+            if len(_KNOWN_TYPES) > 4096:  # many shapes come and go: start afresh
+                _KNOWN_TYPES.clear()
+            _KNOWN_TYPES[key] = out_type
+        return out_type == TensorType(self._data.shape, self.dtype)
 
     def add_(self, other, alpha=1):
         return self._ufunc_("add_", np.add, other, lambda old: old + _scaled(other, alpha), alpha)
@@ -1099,6 +1111,13 @@ def tril(x: Tensor, diagonal: int = 0) -> Tensor:
 
 def triu(x: Tensor, diagonal: int = 0) -> Tensor:
     return _triangle(x, diagonal, lower=False)
+
+
+_KNOWN_TYPES: dict = {}
+
+
+def _frozen(attrs: dict) -> tuple:
+    return tuple((k, v if isinstance(v, Hashable) else repr(v)) for k, v in sorted(attrs.items()))
 
 
 def _scaled(other, alpha):
