@@ -12,7 +12,6 @@ import inspect
 import itertools
 import numbers
 import weakref
-from collections.abc import Hashable
 from typing import NamedTuple
 
 import numpy as np
@@ -70,7 +69,7 @@ def is_symbolic(t: Tensor) -> bool:
 def apply(op: Op, inputs, attrs) -> Tensor:
     """Run one registry op (or trace it) and record it on the tape when gradients are wanted."""
     try:
-        out_type = op.infer(*(t.tensor_type for t in inputs), **attrs)
+        out_type = result_type(op, inputs, attrs)
     except (ShapeError, DTypeError) as exc:
         raise type(exc)(at_user_line(str(exc))) from None
     if _tracer is not None and _tracer.takes(op, inputs):
@@ -291,7 +290,8 @@ class Tensor:
         self._version = [0]  # shared with views of the same memory
         self._base = None
         self._requires_grad = False
-        self.requires_grad = requires_grad
+        if requires_grad:  # the checks of the setter; a new tensor not requiring grad needs none
+            self.requires_grad = True
 
     # --- metadata --------------------------------------------------------------------------------
 
@@ -933,16 +933,8 @@ class Tensor:
         return self.copy_(apply(op, inputs, attrs))
 
     def _fits(self, op: Op, inputs, attrs) -> bool:
-        """Whether op(*inputs) has this tensor's type (the op's rule, remembered per operand
-        shapes and dtypes: an optimizer asks the same question every step)."""
-        key = (op.name, tuple((t._data.shape, t._data.dtype) for t in inputs), _frozen(attrs))
-        out_type = _KNOWN_TYPES.get(key)
-        if out_type is None:
-            out_type = op.infer(*(t.tensor_type for t in inputs), **attrs)
-            if len(_KNOWN_TYPES) > 4096:  # many shapes come and go: start afresh
-                _KNOWN_TYPES.clear()
-            _KNOWN_TYPES[key] = out_type
-        return out_type == TensorType(self._data.shape, self.dtype)
+        """Whether op(*inputs) has this tensor's type."""
+        return result_type(op, inputs, attrs) == TensorType(self._data.shape, self.dtype)
 
     def add_(self, other, alpha=1):
         return self._ufunc_("add_", np.add, other, lambda old: old + _scaled(other, alpha), alpha)
@@ -1116,8 +1108,26 @@ def triu(x: Tensor, diagonal: int = 0) -> Tensor:
 _KNOWN_TYPES: dict = {}
 
 
+def result_type(op: Op, inputs, attrs) -> TensorType:
+    """The op's type rule on its operands, remembered per operand shapes and dtypes (eager
+    code asks the same question again and again: every step of a training loop). Traced
+    operands, whose data is a symbol, go to the rule every time."""
+    try:
+        key = (op.name, tuple((t._data.shape, t._data.dtype) for t in inputs), _frozen(attrs))
+        hash(key)
+    except (AttributeError, TypeError):  # a symbol, or an attribute that cannot be a key
+        return op.infer(*(t.tensor_type for t in inputs), **attrs)
+    out_type = _KNOWN_TYPES.get(key)
+    if out_type is None:
+        out_type = op.infer(*(t.tensor_type for t in inputs), **attrs)
+        if len(_KNOWN_TYPES) > 4096:  # many shapes come and go: start afresh
+            _KNOWN_TYPES.clear()
+        _KNOWN_TYPES[key] = out_type
+    return out_type
+
+
 def _frozen(attrs: dict) -> tuple:
-    return tuple((k, v if isinstance(v, Hashable) else repr(v)) for k, v in sorted(attrs.items()))
+    return tuple(sorted(attrs.items()))
 
 
 def _scaled(other, alpha):
