@@ -104,8 +104,10 @@ def state_names(modules, optimizers, tensors) -> dict[int, str]:
     return names
 
 
-# Tensors a compiled step created around its own planned memory (see Sink.store).
-_placed: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+# id(planned buffer) -> the tensor living in it. A buffer is the memory of one tensor at a
+# time: while a tensor a step handed out is alive (the user may keep an old .grad, or a view
+# of it), its buffer is not handed to another tensor.
+_holders: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
 
 
 @dataclass
@@ -115,34 +117,49 @@ class Sink:
     kind: str  # "grad" (a tensor's .grad) or "state" (an optimizer state entry)
     owner: object  # the tensor, or the optimizer state dict of one parameter
     key: str | None = None
-    last: Tensor | None = None  # the tensor the last run stored into
+    buffer: int | None = None  # id of the planned buffer the last run stored in
+
+    def current(self):
+        return self.owner.grad if self.kind == "grad" else self.owner.get(self.key)
+
+    def keep_orphan(self) -> None:
+        """Before a run writes this sink's buffer again: a tensor living there that its owner
+        has dropped (zero_grad set .grad to None, the user kept it) moves to memory of its
+        own, so it keeps its value as it would in PyTorch."""
+        holder = _holders.get(self.buffer) if self.buffer is not None else None
+        if holder is not None and holder is not self.current():
+            del _holders[self.buffer]
+            holder._data = holder._data.copy()
 
     def store(self, array: np.ndarray, planned: bool) -> None:
-        """Without a copy when ``array`` is one of the program's planned buffers: the tensor
-        then lives in that buffer, which every later run of the program leaves holding the
-        same value's next result. A tensor the user made keeps its memory (it may be a view
-        of theirs) and is written into; anything else is copied, since it may be an input
-        or memory shared with another result."""
-        current = self.owner.grad if self.kind == "grad" else self.owner.get(self.key)
-        if current is self.last and current is not None and current._data is array:
+        """Without a copy when ``array`` is one of the program's planned buffers and no other
+        live tensor lives in it: the tensor then lives in that buffer, which every later run
+        leaves holding the same value's next result. A tensor the user made keeps its memory
+        (it may be a view of theirs) and is written into; anything else is copied, since it
+        may be an input or memory shared with another result."""
+        current = self.current()
+        if current is not None and current._data is array:
             current._version[0] += 1  # the run wrote the tensor's own memory: nothing to move
             return
-        self.last = current
-        fits = (
+        free = planned and _holders.get(id(array)) is None
+        if (
             isinstance(current, Tensor)
             and current._data.shape == array.shape
             and current._data.dtype == array.dtype
-        )
-        if fits:
-            if planned and _placed.get(id(current)) is current:
+        ):
+            if free and _holders.get(id(current._data)) is current:  # ours: it moves
+                del _holders[id(current._data)]
                 current._data = array
-            elif current._data is not array:
+                _holders[id(array)] = current
+                self.buffer = id(array)
+            else:
                 np.copyto(current._data, array)
             current._version[0] += 1
             return
-        new = self.last = Tensor._wrap(array if planned else array.copy())
-        if planned:
-            _placed[id(new)] = new
+        new = Tensor._wrap(array if free else array.copy())
+        if free:
+            _holders[id(array)] = new
+            self.buffer = id(array)
         if self.kind == "grad":
             self.owner.grad = new
         else:
@@ -298,6 +315,8 @@ class CompiledFunction:
             # A .grad living in this program's memory, read as an input: the run may reuse
             # that memory before reading it.
             arrays = [a.copy() if id(a) in planned else a for a in arrays]
+        for sink in spec.sinks:
+            sink.keep_orphan()
         results = spec.program.call("step", arrays)
         n, n_upd = spec.n_results, len(spec.update_targets)
         for target, array in zip(spec.update_targets, results[n : n + n_upd], strict=True):

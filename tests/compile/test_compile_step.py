@@ -496,3 +496,31 @@ def test_a_grad_in_program_memory_read_by_the_next_run_is_read_intact():
         step = tg.compile(train_step) if compiled else train_step
         results.append([step(x, y).item() for x, y in batches(5, (5, 6), 3)])
     close(np.array(results[1]), np.array(results[0]), "norm of the previous step's gradient")
+
+
+def test_grads_kept_from_earlier_steps_keep_their_values():
+    """zero_grad outside the compiled step drops each .grad; a user who keeps them (to log
+    or average them) sees each step's own gradient, as in PyTorch: the memory a step hands
+    out is not handed out again while a tensor living in it is alive."""
+    runs = []
+    for compiled in (False, True):
+        model = mlp()
+
+        def grads(x, y, model=model):
+            F.cross_entropy(model(x), y).backward()
+
+        step = tg.compile(grads) if compiled else grads
+        kept = []
+        for x, y in batches(4, (5, 6), 3, seed=11):
+            model.zero_grad()  # set_to_none: a new .grad each step
+            step(x, y)
+            kept.append([p.grad for p in model.parameters()])
+        runs.append([[g.numpy().copy() for g in step_grads] for step_grads in kept])
+        if compiled:
+            now = [[g.numpy() for g in step_grads] for step_grads in kept]
+            for a, b in zip(runs[-1], now, strict=True):
+                for x_, y_ in zip(a, b, strict=True):
+                    np.testing.assert_array_equal(x_, y_)
+    for eager_step, compiled_step in zip(*runs, strict=True):
+        for want, got in zip(eager_step, compiled_step, strict=True):
+            close(got, want, "a kept .grad")
