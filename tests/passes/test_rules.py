@@ -235,6 +235,19 @@ CASES = {
         smaller=False,  # stable, not smaller: min(x, 0) - log1p(exp(-|x|))
         gone={"sigmoid", "log"},
     ),
+    # Attention scores scaled by a scalar: the (2, 2) operand is scaled, not the (2, 3, 3)
+    # product (a quarter of the elements here would be the same saving at T = 4d).
+    "scale-into-product": Case(
+        graph_of(
+            """  %1:f64[2,3,3] = matmul %q, %k
+  %2:f64[] = constant[value=0.5]
+  %3:f64[2,3,3] = mul %1, %2
+  return %3""",
+            "%q:f64[2,3,1], %k:f64[2,1,3]",
+        ),
+        after={"constant": 1, "matmul": 1, "mul": 1},
+        smaller=False,  # the same ops, the multiply on the smaller operand
+    ),
     # A linear layer on a (batch, time, features) input: one product of all the rows.
     "rows-times-matrix": Case(
         graph_of(
@@ -821,3 +834,10 @@ def test_reshape_that_is_a_view_of_a_transpose_gets_no_copy():
         )
     )
     assert "copying-reshape" not in {n.kind for n in tg.passes.run_pass("simplify", graph).notes}
+
+
+def test_scale_into_product_scales_the_smaller_operand():
+    graph = Graph.parse(CASES["scale-into-product"].text)
+    _, after = simplified(graph)
+    (mul,) = [n for n in after.nodes if n.op == "mul"]
+    assert mul.outputs[0].type.shape == (2, 3, 1)  # q, not the (2, 3, 3) scores

@@ -197,6 +197,22 @@ def _scalar_chain(node, rw):
     return _same(node, rw.emit("mul", [base, scale]))
 
 
+def _scale_into_product(node, rw):
+    """Attention scores scaled by 1/sqrt(d): scaling q (B, H, T, d) instead of the scores
+    (B, H, T, T) is a quarter of the work at T = 4d, in the forward and in the backward."""
+    for x, c in (node.inputs, node.inputs[::-1]):
+        product = rw.producer(x, "matmul")
+        if product is None or c.type.shape != () or not rw.only_use(x):
+            continue
+        a, b = product.inputs
+        size = math.prod(node.outputs[0].type.shape)
+        if math.prod(a.type.shape) < size:
+            return _same(node, rw.emit("matmul", [rw.emit("mul", [a, c]), b]))
+        if math.prod(b.type.shape) < size:
+            return _same(node, rw.emit("matmul", [a, rw.emit("mul", [b, c])]))
+    return None
+
+
 def _operand_broadcast(node, rw):
     """An elementwise op broadcasts by itself: f(x, broadcast_to(y)) -> f(x, y)."""
     if len(node.inputs) != 2:
@@ -327,6 +343,12 @@ RULES = [
     Rule("exp-log", "exp(log(x)) -> x for x >= 0", "exp", _exp_of_log),
     Rule("log-exp", "log(exp(x)) -> x", "log", _inverse_of("exp")),
     Rule("scalar-chain", "(x * a) * b -> x * (a*b) for scalars a, b", "mul", _scalar_chain),
+    Rule(
+        "scale-into-product",
+        "(a @ b) * c -> (a * c) @ b for a scalar c and an operand smaller than the product",
+        "mul",
+        _scale_into_product,
+    ),
     Rule(
         "sum-of-broadcast",
         "sum_to(broadcast_to(x, S), shape(x)) -> x * |S|/|x|",
