@@ -19,9 +19,10 @@ import numpy as np
 import tracegrad
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
 from tracegrad.ir.graph import Graph, body_of
-from tracegrad.ops import ELEMENTWISE, OPS, VIEW
+from tracegrad.ops import ELEMENTWISE, OPS
 from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
+from tracegrad.passes.memory import aliases, homes
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("tracegrad.codegen", "templates"),
@@ -218,10 +219,11 @@ def _finite_check(node, target: str, section: str) -> str:
 
 def row_loops(graph: Graph) -> list[tuple[int, int]]:
     """(start, stop) index ranges of the nodes that run together in row loops."""
-    memory = _memory_of(graph)
+    root = aliases(graph)
+    home = homes(graph, root)
     loops, start = [], None
     for index, node in enumerate(graph.nodes):
-        if start is not None and not _joins(graph.nodes[start : index + 1], memory):
+        if start is not None and not _joins(graph.nodes[start : index + 1], home, root):
             if index - start > 1:
                 loops.append((start, index))
             start = None
@@ -242,48 +244,21 @@ def _row_candidate(node) -> bool:
     return planned and len(shape) > 0 and shape[0] > 1 and math.prod(shape) > rt.CHUNK
 
 
-def _joins(members, memory: _Memory) -> bool:
+def _joins(members, home: dict, root: dict) -> bool:
     """Whether ``members`` may run piece by piece: all candidates of one shape, and no member
     reads memory a member writes other than row for row (the same array, same rows)."""
     shape = members[0].outputs[0].type.shape
     if not all(_row_candidate(m) and m.outputs[0].type.shape == shape for m in members):
         return False
-    written = {memory.home[id(m.outputs[0])] for m in members}
+    written = {home[id(m.outputs[0])] for m in members}
     inside = {id(m.outputs[0]) for m in members}
     for member in members:
         for value in member.inputs:
-            if id(value) in inside or memory.home[id(value)] not in written:
+            if id(value) in inside or home[id(value)] not in written:
                 continue
-            if value.type.shape != shape or id(value) in memory.views:
+            if value.type.shape != shape or root[id(value)] is not value:
                 return False  # a view or a broadcast of memory the loop overwrites
     return True
-
-
-@dataclass
-class _Memory:
-    """Where values live: id(value) -> a planned buffer, a view's or an in-place write's base,
-    or its own (a graph input or a fresh array); and which values are views."""
-
-    home: dict[int, tuple] = field(default_factory=dict)
-    views: set[int] = field(default_factory=set)
-
-
-def _memory_of(graph: Graph) -> _Memory:
-    memory = _Memory({id(v): ("own", id(v)) for v in graph.inputs})
-    home = memory.home
-    for node in graph.nodes:
-        out = node.outputs[0]
-        op = OPS.get(node.op)
-        if "buffer" in node.meta:
-            home[id(out)] = ("buffer", node.meta["buffer"])
-        elif "inplace" in node.meta:
-            home[id(out)] = home[id(node.inputs[node.meta["inplace"]])]
-        elif op is not None and VIEW in op.props and node.inputs:
-            home[id(out)] = home[id(node.inputs[0])]
-            memory.views.add(id(out))
-        for v in node.outputs:
-            home.setdefault(id(v), ("own", id(v)))
-    return memory
 
 
 def _row_loop(members, namer: Namer, buffers) -> list[str]:

@@ -38,6 +38,24 @@ def aliases(graph: Graph) -> dict[int, object]:
     return root
 
 
+def homes(graph: Graph, root: dict[int, object]) -> dict[int, tuple]:
+    """id(value) -> the memory a planned graph puts it in: ("buffer", k) for a pooled
+    buffer, else ("value", id(v)) of the value whose memory it is: itself for graph inputs
+    and fresh results, the base for views (``root``, from ``aliases``) and in-place writes."""
+    home: dict[int, tuple] = {id(v): ("value", id(v)) for v in graph.inputs}
+    for node in graph.nodes:
+        out = node.outputs[0]
+        if "buffer" in node.meta:
+            home[id(out)] = ("buffer", node.meta["buffer"])
+        elif "inplace" in node.meta:
+            home[id(out)] = home[id(node.inputs[node.meta["inplace"]])]
+        elif root[id(out)] is not out:
+            home[id(out)] = home[id(root[id(out)])]
+        for v in node.outputs:
+            home.setdefault(id(v), ("value", id(v)))
+    return home
+
+
 def last_uses(graph: Graph, root: dict[int, object]) -> dict[int, int]:
     """id(root value) -> index of the last node reading it or a view of it (the node count
     for values the caller reads)."""
