@@ -323,11 +323,9 @@ class CompiledFunction:
             if array is not target._data:  # not already updated in place
                 np.copyto(target._data, array)
             target._version[0] += 1
-        stored: set[int] = set()  # a buffer becomes the memory of one tensor only
         for sink, array in zip(spec.sinks, results[n + n_upd :], strict=True):
             array = np.asarray(array)
-            sink.store(array, id(array) in planned and id(array) not in stored)
-            stored.add(id(array))
+            sink.store(array, id(array) in planned)
         return spec.rebuild([Tensor._wrap(np.asarray(a)) for a in results[:n]])
 
 

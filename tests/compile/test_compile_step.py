@@ -524,3 +524,25 @@ def test_grads_kept_from_earlier_steps_keep_their_values():
     for eager_step, compiled_step in zip(*runs, strict=True):
         for want, got in zip(eager_step, compiled_step, strict=True):
             close(got, want, "a kept .grad")
+
+
+def test_two_grads_of_one_value_get_memory_of_their_own():
+    """Both parameters' gradients are the same computed value (CSE makes them one): each
+    .grad is its own tensor, not two views of one buffer."""
+    a = tg.zeros(3, 4, dtype=tg.float64, requires_grad=True)
+    b = tg.zeros(3, 4, dtype=tg.float64, requires_grad=True)
+
+    @tg.compile
+    def grads(x):
+        a.grad = b.grad = None
+        h = x.tanh()
+        ((a * h).sum() + (b * h).sum()).backward()
+
+    x = tg.tensor(np.random.default_rng(3).standard_normal((3, 4)))
+    for _ in range(2):
+        grads(x)
+        close(a.grad, np.tanh(x.numpy()))
+        close(b.grad, np.tanh(x.numpy()))
+        assert not np.shares_memory(a.grad.numpy(), b.grad.numpy())
+    a.grad.mul_(2.0)
+    close(b.grad, np.tanh(x.numpy()))
