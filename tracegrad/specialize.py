@@ -65,8 +65,11 @@ def tensor_guards(label: str, value) -> list[tuple[str, object]]:
     if isinstance(value, Tensor):
         shape, dtype, requires_grad = _tensor_labels(label)
         data = value._data
-        guards = (shape, data.shape), (dtype, dtype_name(data.dtype))
-        return [*guards, (requires_grad, value._requires_grad)]
+        return [
+            (shape, data.shape),
+            (dtype, dtype_name(data.dtype)),
+            (requires_grad, value._requires_grad),
+        ]
     return [(f"{label} value", value)]
 
 

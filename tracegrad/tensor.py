@@ -1109,25 +1109,20 @@ _KNOWN_TYPES: dict = {}
 
 
 def result_type(op: Op, inputs, attrs) -> TensorType:
-    """The op's type rule on its operands, remembered per operand shapes and dtypes (eager
-    code asks the same question again and again: every step of a training loop). Traced
-    operands, whose data is a symbol, go to the rule every time."""
+    """The op's type rule on its operands, remembered per operand shapes, dtypes and
+    attributes: a rule reads nothing else (traced data, a symbol, has a shape and a dtype
+    too), and eager code asks the same question on every step of a training loop."""
+    key = (op.name, tuple((t._data.shape, t._data.dtype) for t in inputs), *sorted(attrs.items()))
     try:
-        key = (op.name, tuple((t._data.shape, t._data.dtype) for t in inputs), _frozen(attrs))
-        hash(key)
-    except (AttributeError, TypeError):  # a symbol, or an attribute that cannot be a key
+        out_type = _KNOWN_TYPES.get(key)
+    except TypeError:  # an attribute that cannot be a key (an array, a list)
         return op.infer(*(t.tensor_type for t in inputs), **attrs)
-    out_type = _KNOWN_TYPES.get(key)
     if out_type is None:
         out_type = op.infer(*(t.tensor_type for t in inputs), **attrs)
         if len(_KNOWN_TYPES) > 4096:  # many shapes come and go: start afresh
             _KNOWN_TYPES.clear()
         _KNOWN_TYPES[key] = out_type
     return out_type
-
-
-def _frozen(attrs: dict) -> tuple:
-    return tuple(sorted(attrs.items()))
 
 
 def _scaled(other, alpha):

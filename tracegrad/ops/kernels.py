@@ -109,8 +109,8 @@ def sum_to_dims(in_shape, shape):
 
 
 @functools.cache
-def _ones(n: int, dtype: np.dtype) -> np.ndarray:
-    return np.ones(n, dtype)  # shared, never written
+def _filled(n: int, dtype: np.dtype, value: float) -> np.ndarray:
+    return np.full(n, value, dtype)  # shared, never written
 
 
 def sum_to(x, shape, out=None):
@@ -121,7 +121,7 @@ def sum_to(x, shape, out=None):
         # Leading dims summed as ones @ rows: a BLAS matrix-vector product is 1.4-3x faster
         # than np.sum down the columns (a bias gradient, say).
         rows = x.reshape(-1, math.prod(shape))
-        ones = _ones(rows.shape[0], x.dtype)
+        ones = _filled(rows.shape[0], x.dtype, 1.0)
         if out is None:
             total = np.matmul(ones, rows)
             return total if total.shape == tuple(shape) else total.reshape(shape)
@@ -176,11 +176,6 @@ def fold(cols, size, kernel, stride, padding, dilation, out=None):
         return inner
     np.copyto(out, inner)
     return out
-
-
-@functools.cache
-def _filled(n: int, dtype: np.dtype, value: float) -> np.ndarray:
-    return np.full(n, value, dtype)  # shared, never written
 
 
 def row_sum(x, dims, scale=1.0):

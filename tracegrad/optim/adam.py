@@ -73,14 +73,15 @@ def bias_corrections(step: Tensor, lr, beta1, beta2, dtype) -> tuple[Tensor, Ten
     floats and rounded to the parameter's dtype as PyTorch's scalar arguments are.
 
     Traced, the step count stays a tensor, so a compiled step reads it instead of baking it
-    in. Eagerly, the same float64 arithmetic runs on Python floats (as PyTorch's
-    non-capturable Adam does) instead of a tensor op per term: the same numbers, far faster.
+    in. Eagerly, the same float64 arithmetic runs on NumPy scalars, as PyTorch's
+    non-capturable Adam runs it on Python floats, instead of a tensor op per term: the same
+    bits (a test checks them), far faster.
     """
     if active_tracer() is not None:
         t = step.double()
         return (lr / (1 - beta1**t)).to(dtype), (1 - beta2**t).sqrt().to(dtype)
-    # NumPy's power and sqrt on float64 scalars: the same loops the tensor ops run, so the
-    # same bits (Python's ** may differ from NumPy's in the last place).
+    # NumPy's power, not Python's **: the same loop the tensor op runs (they may differ in
+    # the last place).
     t = np.float64(step.item())
     step_size = np.asarray(lr / (1 - np.power(beta1, t)), dtype.np)
     bias2_sqrt = np.asarray(np.sqrt(1 - np.power(beta2, t)), dtype.np)
