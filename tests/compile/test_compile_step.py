@@ -72,17 +72,10 @@ def mlp(dtype=tg.float64):
     return nn.Sequential(*layers).to(dtype)
 
 
-def train(make_opt, compiled, passes="default", steps=STEPS):
+def train(make_step, make_opt, compiled, passes="default", steps=STEPS):
     model = mlp()
     opt = make_opt(model.parameters())
-
-    def train_step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    train_step = make_step(model, opt)
     step = tg.compile(train_step, passes=passes) if compiled else train_step
     losses = []
     for x, y in batches(steps, (5, 6), 3):
@@ -94,9 +87,10 @@ def train(make_opt, compiled, passes="default", steps=STEPS):
 
 @pytest.mark.parametrize("passes", ["default", None], ids=["default", "unoptimized"])
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-def test_compiled_training_steps_equal_eager(opt_name, passes):
-    model_e, opt_e, losses_e, _ = train(OPTIMIZERS[opt_name], compiled=False)
-    model_c, opt_c, losses_c, step = train(OPTIMIZERS[opt_name], compiled=True, passes=passes)
+def test_compiled_training_steps_equal_eager(opt_name, passes, training_step):
+    make_opt = OPTIMIZERS[opt_name]
+    model_e, opt_e, losses_e, _ = train(training_step, make_opt, compiled=False)
+    model_c, opt_c, losses_c, step = train(training_step, make_opt, compiled=True, passes=passes)
     close(losses_c, losses_e, "losses, step by step")
     assert_same_state(model_c, opt_c, model_e, opt_e)
     if opt_name.startswith("adam"):
@@ -405,20 +399,12 @@ def test_parameters_without_gradient_keep_grad_none_in_a_step():
     assert_same_state(model_c, opt_c, model_e, opt_e)
 
 
-def test_adam_step_uses_fused_updates_in_place():
+def test_adam_step_uses_fused_updates_in_place(training_step):
     """Adam's moments and parameter updates are one kernel each, written into the state and
     parameter arrays themselves."""
     model = mlp()
     opt = optim.Adam(model.parameters(), lr=0.01)
-
-    def train_step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    step = tg.compile(train_step)
+    step = tg.compile(training_step(model, opt))
     for x, y in batches(3, (5, 6), 3):
         step(x, y)
     ops = [n.op for n in step.graph.nodes]
@@ -427,11 +413,11 @@ def test_adam_step_uses_fused_updates_in_place():
     assert "out=model_0_weight)" in step.code  # the parameter array is the destination
 
 
-def test_grads_live_in_the_programs_memory_without_a_copy():
+def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
     """A .grad the step created stays the same tensor from step to step, holds each step's
     gradient (equal to eager), and keeps one buffer: the run writes it, nothing copies it."""
-    model_e, opt_e, _, _ = train(OPTIMIZERS["adam"], compiled=False, steps=3)
-    model_c, opt_c, _, step = train(OPTIMIZERS["adam"], compiled=True, steps=3)
+    model_e, opt_e, _, _ = train(training_step, OPTIMIZERS["adam"], compiled=False, steps=3)
+    model_c, opt_c, _, step = train(training_step, OPTIMIZERS["adam"], compiled=True, steps=3)
     grads = [p.grad for p in model_c.parameters()]
     memory = [g._data for g in grads]
     for x, y in batches(3, (5, 6), 3, seed=9):

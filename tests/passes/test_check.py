@@ -68,18 +68,10 @@ def test_check_names_a_broken_pass_and_the_node_it_changed(broken_pass):
     assert f"first changed node: %{broken_pass[0]} = sub" in message
 
 
-def test_check_names_a_broken_pass_in_a_whole_training_step(broken_pass):
+def test_check_names_a_broken_pass_in_a_whole_training_step(broken_pass, training_step):
     model = mlp()
     opt = optim.SGD(model.parameters(), lr=0.1)
-
-    def train_step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    step = tg.compile(train_step, passes=["simplify", BROKEN, "dce"], check=True)
+    step = tg.compile(training_step(model, opt), passes=["simplify", BROKEN, "dce"], check=True)
     before = [p.detach().numpy().copy() for p in model.parameters()]
     with pytest.raises(CheckError) as info:
         step(*batch())

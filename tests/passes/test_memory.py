@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
-import tracegrad.nn.functional as F
 from tracegrad import nn, optim
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
@@ -333,18 +332,11 @@ def test_accepts_a_dead_temporary():
     assert_generated_matches(graph)
 
 
-def sgd_momentum_run(compiled: bool, steps: int = 3):
+def sgd_momentum_run(make_step, compiled: bool, steps: int = 3):
     tg.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def train_step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    train_step = make_step(model, opt)
     step = tg.compile(train_step) if compiled else train_step
     rng = np.random.default_rng(0)
     x, y = tg.tensor(rng.standard_normal((8, 4))), tg.tensor(rng.integers(0, 2, 8))
@@ -354,13 +346,13 @@ def sgd_momentum_run(compiled: bool, steps: int = 3):
     return step, losses, params, buffers
 
 
-def test_accepts_updating_optimizer_state_in_place():
-    step, losses, params, buffers = sgd_momentum_run(compiled=True)
+def test_accepts_updating_optimizer_state_in_place(training_step):
+    step, losses, params, buffers = sgd_momentum_run(training_step, compiled=True)
     # the steady specialization reads the momentum buffers as state inputs
     assert "opt.momentum_buffer0" in step.graph.updates
     assert "out=opt_momentum_buffer0)" in step.code
     assert "out=model_0_weight)" in step.code
-    _, eager_losses, eager_params, eager_buffers = sgd_momentum_run(compiled=False)
+    _, eager_losses, eager_params, eager_buffers = sgd_momentum_run(training_step, compiled=False)
     np.testing.assert_allclose(losses, eager_losses, rtol=1e-12)
     for got, want in zip(params + buffers, eager_params + eager_buffers, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
@@ -369,7 +361,7 @@ def test_accepts_updating_optimizer_state_in_place():
 # --- the issue's memory target: a steady W2 step with default passes vs passes=None ---------
 
 
-def w2_step_peak(passes) -> tuple[int, int]:
+def w2_step_peak(make_step, passes) -> tuple[int, int]:
     """tracemalloc peak (bytes) of one steady compiled W2 step: MLP 1024-2048-2048-10,
     GELU(tanh), batch 256, Adam, float32; and the number of specializations."""
     tg.manual_seed(0)
@@ -381,15 +373,7 @@ def w2_step_peak(passes) -> tuple[int, int]:
     rng = np.random.default_rng(0)
     x = tg.tensor(rng.standard_normal((256, 1024)).astype(np.float32))
     y = tg.tensor(rng.integers(0, 10, 256))
-
-    def train_step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    step = tg.compile(train_step, passes=passes)
+    step = tg.compile(make_step(model, opt), passes=passes)
     for _ in range(2):  # warm-up: compile, create the Adam state, compile with it
         step(x, y)
     compiled = len(step.specializations)
@@ -403,9 +387,9 @@ def w2_step_peak(passes) -> tuple[int, int]:
     return peak
 
 
-def test_w2_step_allocates_at_most_60_percent_of_the_unoptimized_step():
-    optimized = w2_step_peak("default")
-    unoptimized = w2_step_peak(None)
+def test_w2_step_allocates_at_most_60_percent_of_the_unoptimized_step(training_step):
+    optimized = w2_step_peak(training_step, "default")
+    unoptimized = w2_step_peak(training_step, None)
     # sanity: unplanned, the step holds all its gradients at once (24 MiB of float32)
     assert unoptimized > 24 * 2**20
     assert optimized <= 0.6 * unoptimized, (
