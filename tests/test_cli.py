@@ -120,3 +120,32 @@ def test_demo_runs_end_to_end_at_reduced_size(tmp_path):
     accuracy = float(summary.split("test accuracy: ")[1].split("%")[0])
     assert accuracy > 80.0  # three epochs already learn the digits well
     assert (tmp_path / "demo.html").stat().st_size > 1000
+
+
+def test_bench_runs_the_benchmarks_with_their_own_options(tmp_path):
+    """``tracegrad bench ARGS`` is ``python -m benchmarks ARGS`` in the source checkout:
+    its help, a small run that writes the table and JSON, and its errors with their status."""
+
+    def bench(*args):
+        command = [sys.executable, "-m", "tracegrad", "bench", *args]
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+
+    helped = bench("--help")
+    assert helped.returncode == 0 and "usage: python -m benchmarks" in helped.stdout
+    json_path, md_path = tmp_path / "bench.json", tmp_path / "bench.md"
+    ran = bench(
+        "--quick", "--size", "small", "--workloads", "W1", "--impls", "step,handwritten",
+        "-q", "--json", str(json_path), "--markdown", str(md_path),
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    rows = json.loads(json_path.read_text())["workloads"][0]["rows"]
+    assert {r["implementation"] for r in rows} == {"step", "handwritten"}
+    assert "| W1 | tracegrad whole step |" in md_path.read_text()
+    wrong = bench("--rounds", "nope")
+    assert wrong.returncode == 2 and "invalid int value: 'nope'" in wrong.stderr
+
+
+def test_other_commands_still_refuse_unknown_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--bogus"])
+    assert info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -4,6 +4,7 @@
     tracegrad viz FILE.py:NAME -o graph.html|graph.svg|graph.dot
     tracegrad explain FILE.py:NAME
     tracegrad demo [--epochs N] [-o tracegrad-demo.html]
+    tracegrad bench [ARGS...]       (python -m benchmarks ARGS of this source checkout)
 
 FILE.py defines NAME (an nn.Module instance or a function) and ``example_inputs``, a tuple of
 tensors or arrays to trace with. Mistakes are reported in one line, without a traceback.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -96,6 +98,19 @@ def cmd_demo(args) -> str:
     return run_demo(epochs=args.epochs, picture=args.output, batch_size=args.batch_size)
 
 
+def cmd_bench(args) -> int:
+    """``python -m benchmarks`` in its own process (it sets one thread before NumPy loads)
+    from the source checkout this tracegrad is installed from."""
+    root = Path(tracegrad.__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise UsageError(
+            f"the benchmarks live in a source checkout (git clone, then pip install -e .); "
+            f"there is no benchmarks/ folder in {root}"
+        )
+    command = [sys.executable, "-m", "benchmarks", *args.arguments]
+    return subprocess.run(command, cwd=root).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracegrad",
@@ -128,17 +143,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("-o", "--output", default="tracegrad-demo.html")
     demo.set_defaults(run=cmd_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time the four workloads against a hand-written NumPy step (python -m benchmarks)",
+        add_help=False,  # --help goes to the benchmarks, which list their options
+    )
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.arguments = unknown  # all of them are the benchmarks' own options
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        print(args.run(args))
+        result = args.run(args)
     except (UsageError, tracegrad.TraceError, tracegrad.ShapeError, tracegrad.DTypeError) as exc:
         message = " ".join(str(exc).split())
         print(f"tracegrad: error: {message}", file=sys.stderr)
         return 2
+    if isinstance(result, int):  # a command run in its own process: its exit status
+        return result
+    print(result)
     return 0
 
 
