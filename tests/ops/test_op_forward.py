@@ -19,7 +19,7 @@ import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import dtypes
 from tracegrad.errors import DTypeError
-from tracegrad.ops import OPS, VIEW, call, fused
+from tracegrad.ops import OPS, VIEW, call, fused, kernels
 
 FLOATS = [np.float32, np.float64]
 FLOAT_IDS = ["float32", "float64"]
@@ -607,6 +607,36 @@ def test_cross_entropy(shape, target, kwargs, dtype):
     check(F.cross_entropy(tg.tensor(x), tg.tensor(target), **kwargs), expected, dtype)
 
 
+def _loss_attrs(kwargs) -> dict:
+    return {"ignore_index": -100, "label_smoothing": 0.0, "reduction": "mean", **kwargs}
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("shape", "target", "kwargs"), CE_CASES, ids=str)
+def test_nll_loss_of_log_probabilities_is_the_cross_entropy(shape, target, kwargs, dtype):
+    x = rand(shape, dtype, -3, 3)
+    logp = tg.tensor(x).log_softmax(kernels.class_dim(len(shape)))
+    expected = cross_entropy_ref(x.astype(np.float64), target, **kwargs)
+    check(call("nll_loss", logp, tg.tensor(target), **_loss_attrs(kwargs)), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize(("shape", "target", "kwargs"), CE_CASES, ids=str)
+def test_gradient_from_log_probabilities_is_the_cross_entropy_gradient(
+    shape, target, kwargs, dtype
+):
+    """Each kernel path (2-D rows, smoothing, ignored targets, N-D, one sample) of
+    log_softmax_nll_grad agrees with cross_entropy_grad on the same logits."""
+    x, target = tg.tensor(rand(shape, dtype, -3, 3)), tg.tensor(target)
+    attrs = _loss_attrs(kwargs)
+    g = _f(target.shape if attrs["reduction"] == "none" else (), dtype, seed=2)
+    logp = x.log_softmax(kernels.class_dim(len(shape)))
+    got = call("log_softmax_nll_grad", logp, target, g, **attrs)
+    want = call("cross_entropy_grad", x, target, g, **attrs)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol)
+
+
 def layer_norm_ref(x, ndims, w, b, eps):
     axes = tuple(range(x.ndim - ndims, x.ndim))
     mean = x.mean(axes, keepdims=True)
@@ -749,6 +779,14 @@ def _fused_inputs(name, dt):
             "label_smoothing": 0.1,
             "reduction": "mean",
         }
+    if name in ("nll_loss", "log_softmax_nll_grad"):
+        logp = _f((4, 3), dt).log_softmax(1)
+        cotangent = (_f((), dt, seed=1),) if name == "log_softmax_nll_grad" else ()
+        return (logp, tg.tensor([0, 2, 1, 1]), *cotangent), {
+            "ignore_index": 1,
+            "label_smoothing": 0.1,
+            "reduction": "mean",
+        }
     if name == "layer_norm_grad":
         x = _f((3, 4), dt)
         return (x, F.layer_norm(x, (4,)), _f((3, 4), dt, seed=1)), {"ndims": 1, "eps": 1e-5}
@@ -771,6 +809,8 @@ FUSED_REFERENCES = {
     "softmax_grad": fused._softmax_reference,
     "log_softmax_grad": fused._log_softmax_reference,
     "cross_entropy_grad": fused.cross_entropy_reference,
+    "nll_loss": fused._nll_loss_reference,
+    "log_softmax_nll_grad": fused._log_softmax_nll_reference,
     "layer_norm_grad": fused.layer_norm_reference,
     "extreme_grad": fused.extreme_reference,
 }

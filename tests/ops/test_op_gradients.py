@@ -526,6 +526,33 @@ CASES = [
         (normal, labels(3), normal),
     ),
     Case(
+        "nll_loss",  # from log-probabilities (what the compiler keeps for the gradient)
+        ("nll_loss",),
+        lambda logp, t: call(
+            "nll_loss", logp, t, ignore_index=0, label_smoothing=0.2, reduction="mean"
+        ),
+        (((4, 3), (4,)), ((2, 3, 2), (2, 2))),
+        (normal, labels(3)),
+    ),
+    Case(
+        "nll_loss_none",
+        ("nll_loss",),
+        lambda logp, t: call(
+            "nll_loss", logp, t, ignore_index=-100, label_smoothing=0.0, reduction="none"
+        ),
+        (((4, 3), (4,)),),
+        (normal, labels(3)),
+    ),
+    Case(
+        "log_softmax_nll_grad",
+        ("log_softmax_nll_grad",),
+        lambda logp, t, g: call(
+            "log_softmax_nll_grad", logp, t, g, ignore_index=1, label_smoothing=0.1, reduction="sum"
+        ),
+        (((4, 3), (4,), ()),),
+        (normal, labels(3), normal),
+    ),
+    Case(
         "layer_norm_grad",
         ("layer_norm_grad",),
         lambda x, y, g: call("layer_norm_grad", x, y, g, ndims=1, eps=1e-5),

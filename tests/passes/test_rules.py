@@ -53,6 +53,24 @@ def column_scatter(out: str, source: str, start: int, stop: int, width: int, ste
     return f"  %{out}:f64[2,{width}] = scatter_add[key={key}, shape=(2, {width})] %{source}"
 
 
+def cross_entropy_pair(loss_attrs: str, grad_attrs: str | None) -> str:
+    """A cross entropy of %x (4, 3) against %t, and its gradient when ``grad_attrs`` is set."""
+    lines = [f"  %1:f64[] = cross_entropy[{loss_attrs}] %x, %t"]
+    if grad_attrs is not None:
+        lines += [
+            "  %2:f64[] = constant[value=1.0]",
+            f"  %3:f64[4,3] = cross_entropy_grad[{grad_attrs}] %x, %t, %2",
+            "  return %1, %3",
+        ]
+    else:
+        lines.append("  return %1")
+    return graph_of("\n".join(lines), "%x:f64[4,3], %t:i64[4]")
+
+
+LOSS_ATTRS = "ignore_index=-100, label_smoothing=0.1, reduction='mean'"
+CROSS_ENTROPY_AND_GRADIENT = cross_entropy_pair(LOSS_ATTRS, LOSS_ATTRS)
+LOG_PROBS_SHARED = {"constant": 1, "log_softmax": 2, "log_softmax_nll_grad": 1, "nll_loss": 1}
+
 CASES = {
     "mul-one": Case(
         graph_of(
@@ -277,6 +295,20 @@ CASES = {
         after={"cat": 1},
         gone={"scatter_add", "add"},
     ),
+    # The loss and its gradient (a whole training step's graph) share log-probabilities:
+    # the gradient becomes exp(logp) - one-hot instead of a second softmax of the logits.
+    "loss-keeps-log-probs": Case(
+        CROSS_ENTROPY_AND_GRADIENT,
+        after=LOG_PROBS_SHARED,
+        smaller=False,  # one more node (two log_softmax until cse), each one cheaper
+        gone={"cross_entropy", "cross_entropy_grad"},
+    ),
+    "gradient-from-log-probs": Case(
+        CROSS_ENTROPY_AND_GRADIENT,
+        after=LOG_PROBS_SHARED,
+        smaller=False,
+        gone={"cross_entropy", "cross_entropy_grad"},
+    ),
 }
 
 
@@ -287,6 +319,8 @@ def arrays_for(graph: Graph, positive: bool = False, seed: int = 0) -> list[np.n
     for v in graph.inputs:
         if v.type.dtype.name == "bool":
             arrays.append(rng.random(v.type.shape) < 0.5)
+        elif v.type.dtype.name == "int64":  # class indices
+            arrays.append(rng.integers(0, 3, v.type.shape))
         else:
             arrays.append(rng.uniform(low, 2.0, v.type.shape).astype(v.type.dtype.np))
     return arrays
@@ -511,6 +545,21 @@ def test_near_miss_is_left_alone(text):
     assert str(result.graph) == str(graph)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        cross_entropy_pair(LOSS_ATTRS, None),
+        cross_entropy_pair(LOSS_ATTRS, LOSS_ATTRS.replace("'mean'", "'sum'")),
+    ],
+    ids=["a loss without its gradient", "a gradient of another reduction"],
+)
+def test_cross_entropy_keeps_its_logits_unless_its_gradient_is_beside_it(text):
+    graph = Graph.parse(text)
+    result = run_pass("simplify", graph)
+    assert not result.notes
+    assert str(result.graph) == str(graph)
+
+
 # --- numerical stability on extreme inputs ----------------------------------------------------
 
 
@@ -530,6 +579,17 @@ def test_log_of_softmax_is_finite_for_large_logits():
     shifted = x - x.max(1, keepdims=True)
     want = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
     np.testing.assert_allclose(result, want, rtol=1e-12)
+
+
+def test_loss_and_gradient_through_log_probs_stay_finite_for_huge_logits():
+    graph = Graph.parse(CROSS_ENTROPY_AND_GRADIENT)
+    _, after = simplified(graph)
+    x = np.array([[1e4, -1e4, 0.0], [-1e4, 9999.0, 1e4], [0.0, 0.0, 0.0], [1e4, 1e4, -1e4]])
+    t = np.array([1, 2, 0, 0])
+    results = interpret(after, x, t)
+    assert all(np.all(np.isfinite(r)) for r in results)
+    for got, want in zip(results, interpret(graph, x, t), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_log_of_one_plus_tiny_keeps_precision():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from tracegrad import tape
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import kernels, rules
+from tracegrad.ops.nn import class_loss_infer
 from tracegrad.ops.reduce import keep_dims
 from tracegrad.ops.registry import ELEMENTWISE, call, register
 
@@ -139,20 +140,46 @@ def _log_softmax_reference(y, g, dim):
     return g - call("exp", y) * g.sum(dim=dim, keepdim=True)
 
 
-def cross_entropy_reference(logits, target, g, ignore_index, label_smoothing, reduction):
-    """d loss / d logits = softmax(logits) - smoothed one-hot(target), zero where ignored."""
-    dtype = logits.dtype.name
-    dim = kernels.class_dim(logits.ndim)
-    classes = logits.shape[dim]
+def _smoothed_targets(like, target, ignore_index, label_smoothing):
+    """(smoothed one-hot targets laid out like ``like`` (N, C, ...), 1 where counted else 0)."""
+    dtype = like.dtype.name
+    classes = like.shape[kernels.class_dim(like.ndim)]
     keep = target != ignore_index
-    valid = call("cast", keep, dtype=dtype)
     one_hot = call("one_hot", target * keep, num_classes=classes)
-    order = (0, one_hot.ndim - 1, *range(1, one_hot.ndim - 1)) if logits.ndim > 1 else (0,)
+    order = (0, one_hot.ndim - 1, *range(1, one_hot.ndim - 1)) if like.ndim > 1 else (0,)
     one_hot = call("cast", call("permute", one_hot, dims=order), dtype=dtype)
-    wanted = one_hot * (1.0 - label_smoothing) + label_smoothing / classes
+    return one_hot * (1.0 - label_smoothing) + label_smoothing / classes, call(
+        "cast", keep, dtype=dtype
+    )
+
+
+def _class_loss_grad(probs, target, g, ignore_index, label_smoothing, reduction):
+    """(probs - smoothed one-hot(target)) weighted by each sample's share of g."""
+    wanted, valid = _smoothed_targets(probs, target, ignore_index, label_smoothing)
     if reduction == "mean":
         g = g / valid.sum()
-    return (call("softmax", logits, dim=dim) - wanted) * (valid * g).unsqueeze(dim)
+    return (probs - wanted) * (valid * g).unsqueeze(kernels.class_dim(probs.ndim))
+
+
+def cross_entropy_reference(logits, target, g, ignore_index, label_smoothing, reduction):
+    """d loss / d logits = softmax(logits) - smoothed one-hot(target), zero where ignored."""
+    probs = call("softmax", logits, dim=kernels.class_dim(logits.ndim))
+    return _class_loss_grad(probs, target, g, ignore_index, label_smoothing, reduction)
+
+
+def _log_softmax_nll_reference(logp, target, g, ignore_index, label_smoothing, reduction):
+    """d nll_loss(log_softmax(x)) / dx from logp = log_softmax(x): exp(logp) - one-hot."""
+    probs = call("exp", logp)
+    return _class_loss_grad(probs, target, g, ignore_index, label_smoothing, reduction)
+
+
+def _nll_loss_reference(logp, target, ignore_index, label_smoothing, reduction):
+    """-(smoothed one-hot(target) . logp) over the classes, counted samples only, reduced."""
+    wanted, valid = _smoothed_targets(logp, target, ignore_index, label_smoothing)
+    loss = -(wanted * logp).sum(dim=kernels.class_dim(logp.ndim)) * valid
+    if reduction == "none":
+        return loss
+    return loss.sum() / valid.sum() if reduction == "mean" else loss.sum()
 
 
 def layer_norm_reference(x, y, g, ndims, eps):
@@ -199,6 +226,24 @@ fused(
     kernels.cross_entropy_grad,
     cross_entropy_reference,
     "rt.cross_entropy_grad({0}, {1}, {2}, {ignore_index}, {label_smoothing}, {reduction!r})",
+    infer=_cross_entropy_grad_infer,
+)
+fused(
+    "nll_loss",
+    ("logp", "target"),
+    kernels.nll_loss,
+    _nll_loss_reference,
+    "rt.nll_loss({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",
+    infer=class_loss_infer("nll_loss"),
+)
+fused(
+    "log_softmax_nll_grad",
+    ("logp", "target", "g"),
+    kernels.log_softmax_nll_grad,
+    _log_softmax_nll_reference,
+    "rt.log_softmax_nll_grad({0}, {1}, {2}, {ignore_index}, {label_smoothing}, {reduction!r})",
+    "rt.log_softmax_nll_grad({0}, {1}, {2}, {ignore_index}, {label_smoothing}, {reduction!r}, "
+    "out={out})",
     infer=_cross_entropy_grad_infer,
 )
 fused(

@@ -229,7 +229,7 @@ def softmax(x, dim, out=None):
 def log_softmax(x, dim, out=None):
     """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``."""
     out = np.subtract(x, row_max(x, dim), out=out)
-    out -= np.log(row_sum(np.exp(out), dim))
+    out -= np.log(row_sum(np.exp(out, out=scratch(out, "log_softmax")), dim))
     return out
 
 
@@ -261,13 +261,24 @@ def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
             loss = lse - shifted[_rows(len(target)), np.where(valid, target, 0)]
             loss = np.where(valid, loss, 0.0)
         return _reduce_loss(loss.astype(logits.dtype, copy=False), valid, reduction, logits.dtype)
-    dim = class_dim(logits.ndim)
-    logp = np.moveaxis(log_softmax(logits, dim), dim, -1)
+    logp = log_softmax(logits, class_dim(logits.ndim))
+    return nll_loss(logp, target, ignore_index, label_smoothing, reduction)
+
+
+def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
+    """Cross entropy from log-probabilities: -(1 - s) logp[target] - s mean(logp) over the
+    classes, zero where the target is ignored, then reduced."""
     valid = target != ignore_index
-    picked = np.take_along_axis(logp, np.where(valid, target, 0)[..., None], -1)[..., 0]
-    loss = -(1.0 - label_smoothing) * picked - label_smoothing * logp.mean(-1)
-    loss = np.where(valid, loss, 0.0).astype(logits.dtype)
-    return _reduce_loss(loss, valid, reduction, logits.dtype)
+    if logp.ndim == 2 and not label_smoothing:
+        every = valid.all()
+        picked = logp[_rows(len(target)), target if every else np.where(valid, target, 0)]
+        loss = np.negative(picked, out=picked) if every else np.where(valid, -picked, 0.0)
+        return _reduce_loss(loss.astype(logp.dtype, copy=False), valid, reduction, logp.dtype)
+    moved = np.moveaxis(logp, class_dim(logp.ndim), -1)
+    picked = np.take_along_axis(moved, np.where(valid, target, 0)[..., None], -1)[..., 0]
+    loss = -(1.0 - label_smoothing) * picked - label_smoothing * moved.mean(-1)
+    loss = np.where(valid, loss, 0.0).astype(logp.dtype)
+    return _reduce_loss(loss, valid, reduction, logp.dtype)
 
 
 def layer_norm(x, ndims, eps, out=None):
@@ -428,47 +439,62 @@ def log_softmax_grad(y, g, dim, out=None):
     return np.subtract(g, scaled, out=out)
 
 
-def _cross_entropy_grad_rows(logits, target, g, ignore_index, reduction):
-    """(N, C) logits: exp(shifted) * (w / sum) - w * onehot, with w = g / count for a mean."""
-    grad = np.subtract(logits, row_max(logits, 1))
-    np.exp(grad, out=grad)
-    valid = target != ignore_index
-    every = valid.all()
-    weight = np.asarray(g, grad.dtype)
+def _loss_weight(g, valid, every, reduction, dtype):
+    """Each sample's share of the loss's cotangent ``g`` (divided by the count for a mean)."""
+    weight = np.asarray(g, dtype)
     if reduction == "mean":
-        weight = weight / grad.dtype.type(len(target) if every else np.count_nonzero(valid))
-    if weight.ndim:
-        weight = weight[:, None]
-    factor = np.divide(weight, row_sum(grad, 1))
-    grad *= factor
-    rows = _rows(len(target))
-    if every:
-        grad[rows, target] -= weight[:, 0] if weight.ndim else weight
+        weight = weight / dtype.type(valid.size if every else np.count_nonzero(valid))
+    return weight
+
+
+def _subtract_targets(grad, target, valid, every, weight, label_smoothing):
+    """grad -= weight * smoothed one-hot(target) along the class dim, then zero the ignored
+    samples. ``grad`` already holds probabilities times ``weight``."""
+    if grad.ndim == 2 and not label_smoothing:
+        picks = target if every else np.where(valid, target, 0)
+        grad[_rows(len(target)), picks] -= weight
+        if not every:
+            grad *= valid[:, None]
         return grad
-    grad[rows, np.where(valid, target, 0)] -= weight[:, 0] if weight.ndim else weight
-    grad *= valid[:, None]
+    moved = np.moveaxis(grad, class_dim(grad.ndim), -1)
+    share = np.broadcast_to(weight, valid.shape)[..., None]
+    if label_smoothing:
+        moved -= share * (label_smoothing / moved.shape[-1])
+    picks = np.where(valid, target, 0)[..., None]
+    picked = np.take_along_axis(moved, picks, -1)
+    np.put_along_axis(moved, picks, picked - share * (1.0 - label_smoothing), -1)
+    moved *= valid[..., None]
     return grad
+
+
+def _class_weight(weight, ndim):
+    """A per-sample weight shaped to broadcast along the class dim (1 of (N, C, ...))."""
+    return weight if weight.ndim == 0 else np.expand_dims(weight, class_dim(ndim))
 
 
 def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reduction):
     """softmax(logits) - smoothed one-hot(target), weighted by g, zero where ignored."""
-    if logits.ndim == 2 and not label_smoothing:  # the common case, in few NumPy calls
-        return _cross_entropy_grad_rows(logits, target, g, ignore_index, reduction)
-    dim = class_dim(logits.ndim)
-    grad = softmax(logits, dim)
-    classes = grad.shape[dim]
-    moved = np.moveaxis(grad, dim, -1)
-    if label_smoothing:
-        moved -= label_smoothing / classes
     valid = target != ignore_index
-    picks = np.where(valid, target, 0)[..., None]
-    picked = np.take_along_axis(moved, picks, -1)
-    np.put_along_axis(moved, picks, picked - (1.0 - label_smoothing), -1)
-    weight = valid * g
-    if reduction == "mean":
-        weight = weight / valid.sum()
-    moved *= np.asarray(weight, grad.dtype)[..., None]
-    return grad
+    every = bool(valid.all())
+    weight = _loss_weight(g, valid, every, reduction, logits.dtype)
+    dim = class_dim(logits.ndim)
+    grad = np.subtract(logits, row_max(logits, dim))
+    np.exp(grad, out=grad)
+    # softmax times the weight in one pass: exp(shifted) * (w / sum)
+    grad *= np.divide(_class_weight(weight, logits.ndim), row_sum(grad, dim))
+    return _subtract_targets(grad, target, valid, every, weight, label_smoothing)
+
+
+def log_softmax_nll_grad(logp, target, g, ignore_index, label_smoothing, reduction, out=None):
+    """The gradient of nll_loss(log_softmax(x)) with respect to x, from the log-probabilities
+    the forward kept: exp(logp) - smoothed one-hot(target), weighted by g. ``out`` may be
+    ``logp``."""
+    valid = target != ignore_index
+    every = bool(valid.all())
+    weight = _loss_weight(g, valid, every, reduction, logp.dtype)
+    grad = np.exp(logp, out=out)
+    grad *= _class_weight(weight, logp.ndim)
+    return _subtract_targets(grad, target, valid, every, weight, label_smoothing)
 
 
 def layer_norm_grad(x, y, g, ndims, eps, out=None):

@@ -110,34 +110,40 @@ register(
 # --- cross entropy over class indices ------------------------------------------------------------
 
 
-def _cross_entropy_infer(
-    logits: TensorType, target: TensorType, ignore_index, label_smoothing, reduction
-) -> TensorType:
-    rules.floating("cross_entropy", logits)
-    if target.dtype is not dtypes.int64:
-        raise rules.DTypeError(
-            f"cross_entropy: target must hold int64 class indices, got {target.dtype} "
-            f"with shape {target.shape} (for one-hot or soft targets use -(target * "
-            "log_softmax(input, 1)).sum(1).mean())"
-        )
-    dim = kernels.class_dim(logits.ndim)
-    expected = logits.shape[:dim] + logits.shape[dim + 1 :]
-    if logits.ndim == 0 or target.shape != expected:
-        raise ShapeError(
-            f"cross_entropy: input of shape {logits.shape} needs a target of shape {expected}, "
-            f"got {target.shape}"
-        )
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(
-            f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
-        )
-    return TensorType(target.shape if reduction == "none" else (), logits.dtype)
+def class_loss_infer(name: str):
+    """The type rule of a loss over class indices (cross_entropy, nll_loss): logits or
+    log-probabilities (N, C, ...) against int64 targets (N, ...)."""
+
+    def infer(
+        logits: TensorType, target: TensorType, ignore_index, label_smoothing, reduction
+    ) -> TensorType:
+        rules.floating(name, logits)
+        if target.dtype is not dtypes.int64:
+            raise rules.DTypeError(
+                f"{name}: target must hold int64 class indices, got {target.dtype} "
+                f"with shape {target.shape} (for one-hot or soft targets use -(target * "
+                "log_softmax(input, 1)).sum(1).mean())"
+            )
+        dim = kernels.class_dim(logits.ndim)
+        expected = logits.shape[:dim] + logits.shape[dim + 1 :]
+        if logits.ndim == 0 or target.shape != expected:
+            raise ShapeError(
+                f"{name}: input of shape {logits.shape} needs a target of shape {expected}, "
+                f"got {target.shape}"
+            )
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(
+                f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
+            )
+        return TensorType(target.shape if reduction == "none" else (), logits.dtype)
+
+    return infer
 
 
 register(
     "cross_entropy",
     ("logits", "target"),
-    _cross_entropy_infer,
+    class_loss_infer("cross_entropy"),
     kernels.cross_entropy,
     lambda c, g: (call("cross_entropy_grad", c.logits, c.target, g, **c.attrs), None),
     "rt.cross_entropy({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",

@@ -16,7 +16,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph
-from tracegrad.ops import ELEMENTWISE, OPS
+from tracegrad.ops import ELEMENTWISE, OPS, kernels
 from tracegrad.passes.pipeline import note, register_pass, substitute
 
 
@@ -24,9 +24,10 @@ class Rewriter:
     """What a rule sees: producers and constant values of earlier values, and a way to add
     new nodes (placed before the node being rewritten, at its source line)."""
 
-    def __init__(self, producers: dict[int, Node], nodes: list[Node], node: Node, counter, uses):
+    def __init__(self, producers, nodes: list[Node], node: Node, counter, uses, readers):
         self.producers, self.nodes, self.node, self.counter = producers, nodes, node, counter
         self.uses = uses  # id(value) -> how many nodes and outputs read it
+        self.readers = readers  # id(value) -> the nodes that read it (as the round began)
 
     def only_use(self, value: Value) -> bool:
         """Whether the node being rewritten is the only reader of ``value``."""
@@ -263,6 +264,37 @@ def _log_of_sigmoid(node, rw):
     return _same(node, rw.emit("sub", [rw.emit("minimum", [x, zero]), tail]))
 
 
+def _beside(node, rw, partner_op: str) -> bool:
+    """Whether a ``partner_op`` node reads the same logits and targets as ``node``, with the
+    same attributes: a cross entropy and its gradient, both in one graph."""
+    logits, target = node.inputs[:2]
+    return any(
+        other.op == partner_op
+        and other.inputs[0] is logits
+        and other.inputs[1] is target
+        and other.attrs == node.attrs
+        for other in rw.readers.get(id(logits), ())
+    )
+
+
+def _log_probs(node, rw) -> Value:
+    logits = node.inputs[0]
+    return rw.emit("log_softmax", [logits], dim=kernels.class_dim(logits.type.ndim))
+
+
+def _cross_entropy_via_log_probs(node, rw):
+    if not _beside(node, rw, "cross_entropy_grad"):
+        return None
+    return _same(node, rw.emit("nll_loss", [_log_probs(node, rw), node.inputs[1]], **node.attrs))
+
+
+def _gradient_from_log_probs(node, rw):
+    if not _beside(node, rw, "cross_entropy"):
+        return None
+    inputs = [_log_probs(node, rw), *node.inputs[1:]]
+    return _same(node, rw.emit("log_softmax_nll_grad", inputs, **node.attrs))
+
+
 # --- gradients of slices that tile an array ---------------------------------------------------
 
 
@@ -359,6 +391,18 @@ RULES = [
     Rule("log1p", "log(1 + x) -> log1p(x)", "log", _log_of_one_plus),
     Rule("log-sigmoid", "log(sigmoid(x)) -> min(x, 0) - log1p(exp(-|x|))", "log", _log_of_sigmoid),
     Rule(
+        "loss-keeps-log-probs",
+        "cross_entropy(x) -> nll_loss(log_softmax(x)) when its gradient is in the graph too",
+        "cross_entropy",
+        _cross_entropy_via_log_probs,
+    ),
+    Rule(
+        "gradient-from-log-probs",
+        "cross_entropy_grad(x) -> exp(log_softmax(x)) - one-hot, beside the loss's log_softmax",
+        "cross_entropy_grad",
+        _gradient_from_log_probs,
+    ),
+    Rule(
         "slice-scatters-cat",
         "scatter(a, [i:j]) + scatter(b, [j:k]) -> cat(a, b) (scattered at [i:k] unless whole)",
         "add",
@@ -399,9 +443,13 @@ def _rewrite_once(graph: Graph, counter) -> tuple[Graph, bool]:
     uses: dict[int, int] = {}
     for v in [*(v for n in graph.nodes for v in n.inputs), *graph.outputs, *graph.updates.values()]:
         uses[id(v)] = uses.get(id(v), 0) + 1
+    readers: dict[int, list[Node]] = {}
+    for n in graph.nodes:
+        for v in n.inputs:
+            readers.setdefault(id(v), []).append(n)
     for node in graph.nodes:
         node.inputs = [_final(replaced, v) for v in node.inputs]
-        rw = Rewriter(producers, nodes, node, fresh, uses)
+        rw = Rewriter(producers, nodes, node, fresh, uses, readers)
         for rule in _BY_OP.get(node.op, ()):
             mark = len(nodes)
             out = rule.rewrite(node, rw)
