@@ -180,13 +180,19 @@ def test_masked_attention_uses_minus_inf_and_stays_finite(zoo):
     cm = tg.compile(setup.model)
     logits = cm()
     assert np.isfinite(logits.detach().numpy()).all()
-    graph = cm.graph
-    constants = [n.attrs["value"] for n in graph.nodes if n.op == "constant"]
-    assert any(np.isneginf(c).any() for c in constants)
+    traced = tg.compile(setup.model, passes=None)
+    traced()
+    constants = [n.attrs["value"] for n in traced.graph.nodes if n.op == "constant"]
+    assert any(np.isneginf(c).any() for c in constants)  # masked_fill(mask, -inf) as written
+    assert {"softmax", "where"} <= {n.op for n in traced.graph.nodes}
+    graph = cm.graph  # optimized: the fill and the softmax are one masked_softmax
     ops = {n.op for n in graph.nodes}
     ops |= {m.op for n in graph.nodes if n.op == "fused" for m in body_of(n).nodes}
-    assert {"softmax", "layer_norm", "gelu", "where"} <= ops
+    assert {"masked_softmax", "layer_norm", "gelu"} <= ops
+    assert "softmax" not in ops
     assert any(n.op == "gelu" and n.attrs["approximate"] == "tanh" for n in graph.nodes)
+    want = traced().detach().numpy()
+    np.testing.assert_allclose(logits.detach().numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_cross_entropy_loss_module_inside_compiled_model(zoo):

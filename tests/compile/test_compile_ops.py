@@ -109,6 +109,8 @@ def CI(array):
 MASK = np.array(
     [[True, False, True, False], [False, False, True, True], [True, True, False, False]]
 )
+CAUSAL = tg.tensor(np.triu(np.ones((4, 4), bool), 1))  # key after query: masked
+ROW_MASKED_WHOLE = tg.tensor(np.array([[False, True, True], [True, True, True]]))
 ROWS = np.array([2, 0, 2, 1])
 COLS = np.array([3, 3, 0, 1])
 TOKENS = tg.tensor([[1, 5, 1], [0, 2, 5]])  # made before tracing: lifted as a graph input
@@ -288,6 +290,27 @@ ROWS_TABLE = [
     row("softmax", lambda x: x.softmax(-1), [P(3, 5)], "softmax"),
     row("softmax_dim0", lambda x: F.softmax(x, 0), [P(3, 5)], "softmax"),
     row("log_softmax", lambda x: F.log_softmax(x, 1), [P(3, 5)], "log_softmax"),
+    # attention: the passes make these keys-major masked_softmax / softmax over (b^T @ a^T)
+    row(
+        "masked_attention",
+        lambda q, k, v: (
+            (q @ k.transpose(-1, -2)).masked_fill(CAUSAL, float("-inf")).softmax(-1) @ v
+        ),
+        [P(2, 3, 4, 2), P(2, 3, 4, 2), P(2, 3, 4, 2)],
+        ("matmul", "where", "softmax"),
+    ),
+    row(
+        "attention",
+        lambda q, k: (q @ k.transpose(-1, -2) * 0.5).softmax(-1),
+        [P(2, 3, 4, 2), P(2, 3, 4, 2)],
+        ("matmul", "softmax"),
+    ),
+    row(
+        "masked_softmax_row_masked_whole",  # nan in that row, as PyTorch; zero gradient there
+        lambda x: x.masked_fill(ROW_MASKED_WHOLE, float("-inf")).softmax(-1),
+        [P(2, 3)],
+        ("where", "softmax"),
+    ),
     row(
         "cross_entropy",
         lambda x, t: F.cross_entropy(x, t),

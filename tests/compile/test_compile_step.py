@@ -283,6 +283,39 @@ def test_compiled_cnn_step_with_momentum(zoo):
     assert_same_state(model_c, opt_c, model_e, opt_e)
 
 
+def test_compiled_transformer_step_with_the_attention_and_loss_rewrites(zoo):
+    """A whole AdamW step of a causal transformer equals eager, with the rewrites in it:
+    keys-major masked softmax and its gradient, and the loss through log-probabilities."""
+    results = []
+    for compiled in (False, True):
+        setup = zoo.build("transformer")
+        tg.manual_seed(5)
+        # 4 heads of 4 over 8 positions: the 1/sqrt(d) scale moves onto q (smaller than the
+        # scores), which leaves the scores a plain product for the keys-major rewrite.
+        model = zoo.Transformer(heads=4).double()
+        opt = optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+
+        def train_step(tokens, target, model=model, opt=opt, loss_of=setup.loss):
+            opt.zero_grad()
+            loss = loss_of(model(tokens))
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = tg.compile(train_step) if compiled else train_step
+        losses = [step(*setup.inputs, setup.target).item() for _ in range(4)]
+        results.append((model, opt, losses, step))
+    (model_e, opt_e, losses_e, _), (model_c, opt_c, losses_c, step) = results
+    close(np.array(losses_c), np.array(losses_e))
+    assert_same_state(model_c, opt_c, model_e, opt_e)
+    graph = step.latest.program.graph
+    ops = {n.op for n in graph.nodes}
+    assert {"masked_softmax", "masked_softmax_grad", "nll_loss", "log_softmax_nll_grad"} <= ops
+    assert not {"softmax", "softmax_grad", "cross_entropy", "cross_entropy_grad"} & ops
+    down_columns = [n.attrs["dim"] for n in graph.nodes if n.op.startswith("masked_softmax")]
+    assert down_columns and all(d == 2 for d in down_columns)  # keys-major (B, H, Tk, Tq)
+
+
 class Trainer:
     """Holds its model and optimizer: the compiled step is a bound method reaching them
     through ``self`` (no closure, no global)."""

@@ -637,6 +637,23 @@ def test_gradient_from_log_probabilities_is_the_cross_entropy_gradient(
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol)
 
 
+MASK_23 = np.array([[False, True, True], [True, True, True]])  # the second row masked whole
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("dim", [0, 1])
+def test_masked_softmax_is_softmax_of_the_filled_scores(dim, dtype):
+    """Masked entries get exactly 0; a row (or column) masked whole is nan, as PyTorch's
+    softmax of masked_fill(-inf) gives."""
+    x = rand((2, 3), dtype, -3, 3)
+    filled = np.where(MASK_23, -np.inf, x.astype(np.float64))
+    with np.errstate(invalid="ignore"):
+        expected = softmax_ref(filled, dim)
+    got = call("masked_softmax", tg.tensor(x), tg.tensor(MASK_23), dim=dim)
+    check(got, expected, dtype)
+    assert np.all(got.numpy()[MASK_23 & ~np.isnan(expected)] == 0.0)
+
+
 def layer_norm_ref(x, ndims, w, b, eps):
     axes = tuple(range(x.ndim - ndims, x.ndim))
     mean = x.mean(axes, keepdims=True)
@@ -787,6 +804,11 @@ def _fused_inputs(name, dt):
             "label_smoothing": 0.1,
             "reduction": "mean",
         }
+    if name == "masked_softmax_grad":
+        # y is the masked softmax of the same mask: exactly 0 where masked
+        keep_first = tg.tensor(np.array([[False, True, True], [False, False, True]]))
+        y = call("masked_softmax", _f((2, 3), dt), keep_first, dim=1)
+        return (y, _f((2, 3), dt, seed=1), keep_first), {"dim": 1}
     if name == "layer_norm_grad":
         x = _f((3, 4), dt)
         return (x, F.layer_norm(x, (4,)), _f((3, 4), dt, seed=1)), {"ndims": 1, "eps": 1e-5}
@@ -807,6 +829,7 @@ FUSED_REFERENCES = {
     "sigmoid_grad": fused._sigmoid_reference,
     "gelu_grad": fused.gelu_reference,
     "softmax_grad": fused._softmax_reference,
+    "masked_softmax_grad": fused._masked_softmax_reference,
     "log_softmax_grad": fused._log_softmax_reference,
     "cross_entropy_grad": fused.cross_entropy_reference,
     "nll_loss": fused._nll_loss_reference,
@@ -926,6 +949,10 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         dilation=(1, 1),
     ),
     "softmax": lambda dt: (_f((2, 3), dt).softmax(0), _f((4,), dt).softmax(-1)),
+    "masked_softmax": lambda dt: (
+        call("masked_softmax", _f((2, 3), dt), tg.tensor(MASK_23), dim=1),
+        call("masked_softmax", _f((2, 2, 3), dt), tg.tensor(MASK_23), dim=-2),
+    ),
     "log_softmax": lambda dt: _f((2, 3, 2), dt).log_softmax(1),
     "cross_entropy": lambda dt: (
         F.cross_entropy(_f((4, 3), dt), tg.tensor([0, 1, 2, 1])),
@@ -1007,7 +1034,8 @@ def test_infer_agrees_with_the_implementation(name, op_recorder):
             if recorded is not op:
                 continue
             rule = op.infer(*(t.tensor_type for t in inputs), **attrs)
-            raw = np.asarray(op.impl(*(t.numpy() for t in inputs), **attrs))
+            with np.errstate(all="ignore"):  # as the tensor layer calls it (nan, no warning)
+                raw = np.asarray(op.impl(*(t.numpy() for t in inputs), **attrs))
             assert raw.shape == rule.shape, (attrs, [t.shape for t in inputs])
             assert raw.dtype == rule.dtype.np, (attrs, [t.dtype for t in inputs])
             assert tuple(out.shape) == rule.shape and out.dtype is rule.dtype

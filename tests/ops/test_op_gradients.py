@@ -81,6 +81,13 @@ def mask(rng, shape):
     return rng.random(shape) < 0.5
 
 
+def mask_keeping_first(rng, shape):
+    """A random mask that never masks a whole last-dim row (which softmax would make nan)."""
+    m = mask(rng, shape)
+    m[..., 0] = False
+    return m
+
+
 def labels(classes, ignore=None):
     """Class indices in [0, classes); with ``ignore``, the first one is the ignore index."""
 
@@ -352,6 +359,20 @@ CASES = [
     # softmax family and losses
     Case("softmax", ("softmax",), lambda x: x.softmax(-1), (*MATRIX, ((4,),))),
     Case("softmax_dim0", ("softmax",), lambda x: x.softmax(0), MATRIX),
+    Case(
+        "masked_softmax",
+        ("masked_softmax",),
+        lambda x, m: call("masked_softmax", x, m, dim=-1),
+        (((3, 4), (3, 4)), ((2, 3, 4), (3, 4))),
+        (normal, mask_keeping_first),
+    ),
+    Case(
+        "masked_softmax_keys_major",  # down the columns, as the attention rewrite makes it
+        ("masked_softmax",),
+        lambda x, m: call("masked_softmax", x, m, dim=-2),
+        (((2, 4, 3), (4, 3)),),
+        (normal, lambda rng, shape: mask_keeping_first(rng, shape[::-1]).T),
+    ),
     Case("log_softmax", ("log_softmax",), lambda x: x.log_softmax(-1), (*MATRIX, ((4,),))),
     Case("log_softmax_dim1", ("log_softmax",), lambda x: x.log_softmax(1), MATRIX),
     Case("cross_entropy", ("cross_entropy",), _ce(), (*_CE_NC, ((3,), ())), (normal, labels(3))),
@@ -500,6 +521,16 @@ CASES = [
         ("softmax_grad",),
         lambda y, g: call("softmax_grad", y, g, dim=1),
         BINARY[:1],
+    ),
+    Case(
+        "masked_softmax_grad",
+        ("masked_softmax_grad",),
+        # y as the forward makes it (0 where masked), so the kernel meets its precondition
+        lambda x, g, m: call(
+            "masked_softmax_grad", call("masked_softmax", x, m, dim=1), g, m, dim=1
+        ),
+        (((3, 4), (3, 4), (3, 4)),),
+        (normal, normal, mask_keeping_first),
     ),
     Case(
         "log_softmax_grad",

@@ -295,6 +295,64 @@ CASES = {
         after={"cat": 1},
         gone={"scatter_add", "add"},
     ),
+    # masked_fill(mask, -inf) then softmax: one op, in place over the scores.
+    "masked-softmax": Case(
+        graph_of(
+            """  %1:f64[] = constant[value=-inf]
+  %2:f64[2,3] = where %m, %1, %x
+  %3:f64[2,3] = softmax[dim=1] %2
+  return %3""",
+            "%x:f64[2,3], %m:b8[2,3]",
+        ),
+        after={"masked_softmax": 1},
+        gone={"where", "softmax"},
+    ),
+    # Its gradient in a whole step's graph: y is 0 where masked, so the where goes.
+    "masked-softmax-gradient": Case(
+        graph_of(
+            """  %1:f64[2,3] = masked_softmax[dim=1] %x, %m
+  %2:f64[2,3] = softmax_grad[dim=1] %1, %g
+  %3:f64[] = constant[value=0.0]
+  %4:f64[2,3] = where %m, %3, %2
+  return %1, %4""",
+            "%x:f64[2,3], %m:b8[2,3], %g:f64[2,3]",
+        ),
+        after={"masked_softmax": 1, "masked_softmax_grad": 1},
+        gone={"where", "softmax_grad"},
+    ),
+    # Attention scores: the softmax runs down the columns of the transposed product.
+    "keys-major-softmax": Case(
+        graph_of(
+            """  %1:f64[2,3,3] = matmul %a, %b
+  %2:f64[2,3,3] = softmax[dim=2] %1
+  return %2""",
+            "%a:f64[2,3,4], %b:f64[2,4,3]",
+        ),
+        after={"matmul": 1, "permute": 3, "softmax": 1},
+        smaller=False,  # the same product and softmax, plus transposed views
+    ),
+    "keys-major-softmax-gradient": Case(
+        graph_of(
+            """  %1:f64[2,3,3] = permute[dims=(0, 2, 1)] %y
+  %2:f64[2,3,3] = softmax_grad[dim=2] %1, %g
+  return %2""",
+            "%y:f64[2,3,3], %g:f64[2,3,3]",
+        ),
+        after={"permute": 2, "softmax_grad": 1},
+        smaller=False,  # the transposes move to the cotangent and the result
+    ),
+    # The attention gradient scaled by 1/sqrt(d): scale the (2, 3, 1) products, not (2, 3, 3).
+    "scale-out-of-product": Case(
+        graph_of(
+            """  %1:f64[] = constant[value=0.5]
+  %2:f64[2,3,3] = mul %x, %1
+  %3:f64[2,3,1] = matmul %2, %b
+  return %3""",
+            "%x:f64[2,3,3], %b:f64[2,3,1]",
+        ),
+        after={"constant": 1, "matmul": 1, "mul": 1},
+        smaller=False,  # the same ops, the multiply on the smaller product
+    ),
     # The loss and its gradient (a whole training step's graph) share log-probabilities:
     # the gradient becomes exp(logp) - one-hot instead of a second softmax of the logits.
     "loss-keeps-log-probs": Case(
@@ -555,6 +613,60 @@ def test_near_miss_is_left_alone(text):
 )
 def test_cross_entropy_keeps_its_logits_unless_its_gradient_is_beside_it(text):
     graph = Graph.parse(text)
+    result = run_pass("simplify", graph)
+    assert not result.notes
+    assert str(result.graph) == str(graph)
+
+
+ATTENTION_NEAR_MISSES = {
+    "scores read twice stay row-major": (
+        """  %1:f64[2,3,3] = matmul %a, %b
+  %2:f64[2,3,3] = softmax[dim=2] %1
+  %3:f64[2,3,3] = add %1, %2
+  return %3""",
+        "%a:f64[2,3,4], %b:f64[2,4,3]",
+    ),
+    "a softmax over a dim other than the last": (
+        """  %1:f64[2,3,3] = matmul %a, %b
+  %2:f64[2,3,3] = softmax[dim=1] %1
+  return %2""",
+        "%a:f64[2,3,4], %b:f64[2,4,3]",
+    ),
+    "rows longer than 256 are not short": (
+        """  %1:f64[1,2,300] = matmul %a, %b
+  %2:f64[1,2,300] = softmax[dim=2] %1
+  return %2""",
+        "%a:f64[1,2,4], %b:f64[1,4,300]",
+    ),
+    "one matrix (2-D) is left alone": (
+        """  %1:f64[3,3] = matmul %a, %b
+  %2:f64[3,3] = softmax[dim=1] %1
+  return %2""",
+        "%a:f64[3,4], %b:f64[4,3]",
+    ),
+    "a finite fill is no masked softmax": (
+        """  %1:f64[] = constant[value=-1000000000.0]
+  %2:f64[2,3] = where %m, %1, %x
+  %3:f64[2,3] = softmax[dim=1] %2
+  return %3""",
+        "%x:f64[2,3], %m:b8[2,3]",
+    ),
+    "a scaled operand also read elsewhere keeps its scale": (
+        """  %1:f64[] = constant[value=0.5]
+  %2:f64[2,3,3] = mul %x, %1
+  %3:f64[2,3,1] = matmul %2, %b
+  %4:f64[2,3,3] = exp %2
+  return %3, %4""",
+        "%x:f64[2,3,3], %b:f64[2,3,1]",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "inputs"), ATTENTION_NEAR_MISSES.values(), ids=ATTENTION_NEAR_MISSES.keys()
+)
+def test_attention_near_miss_is_left_alone(body, inputs):
+    graph = Graph.parse(graph_of(body, inputs))
     result = run_pass("simplify", graph)
     assert not result.notes
     assert str(result.graph) == str(graph)

@@ -13,7 +13,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.ops import kernels, rules
 from tracegrad.ops.nn import class_loss_infer
 from tracegrad.ops.reduce import keep_dims
-from tracegrad.ops.registry import ELEMENTWISE, call, register
+from tracegrad.ops.registry import ELEMENTWISE, OVERWRITES_INPUT, call, register
 
 
 def reference_vjp(reference):
@@ -45,14 +45,14 @@ def reference_vjp(reference):
     return rule
 
 
-def fused(name, inputs, kernel, reference, emit, out=None, elementwise=False, infer=None):
+def fused(name, inputs, kernel, reference, emit, out=None, elementwise=False, infer=None, props=()):
     """Declare a fused op: its result has the type of its last input (the cotangent) unless
     ``infer`` says otherwise."""
 
     def same_as_cotangent(*types, **attrs) -> TensorType:
         return types[-1]
 
-    props = {ELEMENTWISE} if elementwise else set()
+    props = {*props, ELEMENTWISE} if elementwise else set(props)
     register(
         name,
         inputs,
@@ -136,6 +136,10 @@ def _softmax_reference(y, g, dim):
     return y * (g - (g * y).sum(dim=dim, keepdim=True))
 
 
+def _masked_softmax_reference(y, g, mask, dim):
+    return call("where", mask, y * 0.0, _softmax_reference(y, g, dim))
+
+
 def _log_softmax_reference(y, g, dim):
     return g - call("exp", y) * g.sum(dim=dim, keepdim=True)
 
@@ -213,6 +217,15 @@ fused(
     "rt.softmax_grad({0}, {1}, {dim}, out={out})",
 )
 fused(
+    "masked_softmax_grad",
+    ("y", "g", "mask"),
+    kernels.masked_softmax_grad,
+    _masked_softmax_reference,
+    "rt.masked_softmax_grad({0}, {1}, {2}, {dim})",
+    "rt.masked_softmax_grad({0}, {1}, {2}, {dim}, out={out})",
+    infer=_input_type,
+)
+fused(
     "log_softmax_grad",
     ("y", "g"),
     kernels.log_softmax_grad,
@@ -245,6 +258,7 @@ fused(
     "rt.log_softmax_nll_grad({0}, {1}, {2}, {ignore_index}, {label_smoothing}, {reduction!r}, "
     "out={out})",
     infer=_cross_entropy_grad_infer,
+    props=(OVERWRITES_INPUT,),
 )
 fused(
     "layer_norm_grad",

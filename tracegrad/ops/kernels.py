@@ -189,6 +189,9 @@ def row_sum(x, dims, scale=1.0):
         rows = x.reshape(math.prod(x.shape[:kept]), -1)
         total = np.matmul(rows, _filled(rows.shape[1], x.dtype, scale))
         return total.reshape(x.shape[:kept] + (1,) * len(dims))
+    if fast and x.ndim >= 2 and dims == (x.ndim - 2,):
+        # Down the columns of each matrix (keys-major attention scores): [scale, ...] @ x.
+        return np.matmul(_filled(x.shape[-2], x.dtype, scale)[None], x)
     total = np.sum(x, axis=dims, keepdims=True)
     return total * x.dtype.type(scale) if scale != 1.0 else total
 
@@ -224,6 +227,13 @@ def softmax(x, dim, out=None):
     np.exp(out, out=out)
     out /= row_sum(out, dim)
     return out
+
+
+def masked_softmax(x, mask, dim, out=None):
+    """softmax(where(mask, -inf, x)) over ``dim``: masked entries get probability exactly 0
+    (a row masked whole is nan, as in PyTorch). ``out`` may be ``x``."""
+    out = where(mask, x.dtype.type(-np.inf), x, out=out)
+    return softmax(out, dim, out=out)
 
 
 def log_softmax(x, dim, out=None):
@@ -429,6 +439,18 @@ def softmax_grad(y, g, dim, out=None):
     total = row_sum(gy, dim)
     np.subtract(g, total, out=gy)
     return np.multiply(y, gy, out=out)
+
+
+def masked_softmax_grad(y, g, mask, dim, out=None):
+    """softmax_grad, zero where masked. There y is exactly 0 and so is the product, except in
+    rows masked whole (y is nan there): only those rows are zeroed, without a pass over the
+    rest. (A non-finite ``g`` at a masked entry would give nan there.)"""
+    out = softmax_grad(y, g, dim, out=out)
+    mask = np.reshape(mask, (1,) * (y.ndim - np.ndim(mask)) + np.shape(mask))
+    whole = np.all(mask, axis=dim, keepdims=True)
+    if whole.any():
+        np.copyto(out, 0, where=whole)
+    return out
 
 
 def log_softmax_grad(y, g, dim, out=None):

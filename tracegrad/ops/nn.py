@@ -11,7 +11,7 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import kernels, rules
-from tracegrad.ops.registry import VIEW, call, register
+from tracegrad.ops.registry import OVERWRITES_INPUT, VIEW, call, register
 
 # --- sliding windows: conv2d and max_pool2d are compositions over these -------------------------
 
@@ -95,6 +95,33 @@ register(
     "rt.softmax({0}, {dim})",
     out="rt.softmax({0}, {dim}, out={out})",
     saves=("out",),
+    props=(OVERWRITES_INPUT,),
+)
+
+
+def _masked_softmax_infer(x: TensorType, mask: TensorType, dim) -> TensorType:
+    if mask.dtype is not dtypes.bool_:
+        raise rules.DTypeError(f"masked_softmax: the mask must be bool, got {mask.dtype}")
+    if rules.broadcast_shape("masked_softmax", x.shape, mask.shape) != x.shape:
+        raise ShapeError(
+            f"masked_softmax: a mask of shape {mask.shape} does not broadcast to the input's "
+            f"shape {x.shape}"
+        )
+    return _softmax_infer(x, dim)
+
+
+# softmax(where(mask, -inf, x)), which the attention pattern rewrites to (passes/simplify.py):
+# in place over the scores, and a gradient without a pass for the mask.
+register(
+    "masked_softmax",
+    ("x", "mask"),
+    _masked_softmax_infer,
+    kernels.masked_softmax,
+    lambda c, g: (call("masked_softmax_grad", c.out, g, c.mask, dim=c.dim), None),
+    "rt.masked_softmax({0}, {1}, {dim})",
+    out="rt.masked_softmax({0}, {1}, {dim}, out={out})",
+    saves=("out", "mask"),
+    props=(OVERWRITES_INPUT,),
 )
 register(
     "log_softmax",
@@ -105,6 +132,7 @@ register(
     "rt.log_softmax({0}, {dim})",
     out="rt.log_softmax({0}, {dim}, out={out})",
     saves=("out",),
+    props=(OVERWRITES_INPUT,),
 )
 
 # --- cross entropy over class indices ------------------------------------------------------------
@@ -172,4 +200,5 @@ register(
     "rt.layer_norm({0}, {ndims}, {eps!r})",
     out="rt.layer_norm({0}, {ndims}, {eps!r}, out={out})",
     saves=("x", "out"),
+    props=(OVERWRITES_INPUT,),
 )

@@ -34,6 +34,9 @@ REDUCE = "reduce"
 VIEW = "view"  # output may alias the input's memory
 COMMUTATIVE = "commutative"
 RANDOM = "random"  # draws from the random generator: never folded, always traced
+# Not elementwise, but its kernel reads all of its first input before writing out= (a softmax
+# row by row), so the memory plan may give it that input's memory.
+OVERWRITES_INPUT = "overwrites_input"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from collections import defaultdict
 from tracegrad.dtypes import TensorType, from_name
 from tracegrad.ir.core import CONSTANT, FUSED
 from tracegrad.ir.graph import Graph, body_of
-from tracegrad.ops import ELEMENTWISE, OPS, VIEW
+from tracegrad.ops import ELEMENTWISE, OPS, OVERWRITES_INPUT, VIEW
 from tracegrad.passes.pipeline import note, register_pass
 
 
@@ -127,7 +127,10 @@ class _Planner:
         ours = [v for v in node.inputs if id(v) not in self.protected or id(v) in self.targets]
         if node.op == FUSED:
             ours = [v for v in _read_first_only(node) if v in ours]
-        k = self.writable_input(node, index, ours) if elementwise else None
+        elif not elementwise:
+            overwrites = OVERWRITES_INPUT in op.props
+            ours = [v for v in ours if overwrites and v is node.inputs[0]]
+        k = self.writable_input(node, index, ours)
         if k is not None:
             node.meta["inplace"] = k
             if id(node.inputs[k]) in self.home:

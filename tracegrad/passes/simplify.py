@@ -17,6 +17,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, OPS, kernels
+from tracegrad.passes.dce import live_nodes
 from tracegrad.passes.pipeline import note, register_pass, substitute
 
 
@@ -109,9 +110,13 @@ def _permute_chain(node, rw):
     return rw.emit("permute", [inner.inputs[0]], dims=composed)
 
 
+def _swap_dims(n: int) -> tuple[int, ...]:
+    """The permutation swapping the last two of ``n`` dims (a stack of matrix transposes)."""
+    return (*range(n - 2), n - 1, n - 2)
+
+
 def _swap_last(rw, value: Value) -> Value:
-    n = value.type.ndim
-    return rw.emit("permute", [value], dims=(*range(n - 2), n - 1, n - 2))
+    return rw.emit("permute", [value], dims=_swap_dims(value.type.ndim))
 
 
 def _transpose_of_product(node, rw):
@@ -119,8 +124,7 @@ def _transpose_of_product(node, rw):
     (BLAS reads transposed operands for free), so later elementwise passes run fast."""
     dims, n = tuple(node.attrs["dims"]), len(node.attrs["dims"])
     inner = rw.producer(node.inputs[0], "matmul")
-    # 2-D only: NumPy hands batched products of transposed views to a slow non-BLAS loop
-    if n != 2 or dims != (1, 0) or inner is None:
+    if n < 2 or dims != _swap_dims(n) or inner is None:
         return None
     a, b = inner.inputs
     if a.type.ndim != n or b.type.ndim != n or not rw.only_use(node.inputs[0]):
@@ -295,6 +299,95 @@ def _gradient_from_log_probs(node, rw):
     return _same(node, rw.emit("log_softmax_nll_grad", inputs, **node.attrs))
 
 
+# --- attention ------------------------------------------------------------------------------
+
+# Rows up to this long are short: NumPy reduces along them with a slow inner loop, while down
+# columns it compares and adds whole rows at a time.
+SHORT_ROWS = 256
+
+
+def _masked_softmax(node, rw):
+    """masked_fill(mask, -inf) then softmax: one op, in place over the scores; masked
+    entries get probability exactly 0, so the gradient needs no pass for the mask."""
+    inner = rw.producer(node.inputs[0], "where")
+    if inner is None or not rw.is_const(inner.inputs[1], -np.inf):
+        return None
+    mask, scores = inner.inputs[0], inner.inputs[2]
+    if scores.type.shape != node.outputs[0].type.shape:
+        return None  # the mask broadcasts the scores to a larger shape
+    return _same(node, rw.emit("masked_softmax", [scores, mask], **node.attrs))
+
+
+def _keys_major(node, rw):
+    """softmax over the short last dim of a stack of products a @ b (attention scores) is
+    computed on the transposed product b^T @ a^T, down its columns (the max and sum vectorize
+    along the queries, the sum is one matrix product), and read back as a transposed view,
+    which the next product (probabilities @ values) takes as it is."""
+    x = node.inputs[0]
+    n, dim = x.type.ndim, node.attrs["dim"] % max(x.type.ndim, 1)
+    product = rw.producer(x, "matmul")
+    if product is None or n < 3 or dim != n - 1 or x.type.shape[-1] > SHORT_ROWS:
+        return None
+    if not rw.only_use(x) or any(v.type.ndim < 2 for v in node.inputs[1:]):
+        return None
+    a, b = product.inputs
+    if a.type.ndim != n or b.type.ndim != n:
+        return None
+    transposed = rw.emit("matmul", [_swap_last(rw, b), _swap_last(rw, a)])
+    masks = [_swap_last(rw, m) for m in node.inputs[1:]]
+    down = rw.emit(node.op, [transposed, *masks], dim=n - 2)
+    return _same(node, _swap_last(rw, down))
+
+
+def _masked_softmax_gradient(node, rw):
+    """The gradient through masked_fill(-inf) and softmax, where(mask, 0, softmax_grad(y, g)),
+    once the forward is a masked_softmax: one op, since y is 0 where masked."""
+    cond, zero, inner = node.inputs
+    grad = rw.producer(inner, "softmax_grad")
+    if grad is None or not rw.is_const(zero, 0.0):
+        return None
+    forward = rw.producer(grad.inputs[0], "masked_softmax")
+    if forward is None or forward.inputs[1] is not cond:
+        return None
+    y, g = grad.inputs
+    return _same(node, rw.emit("masked_softmax_grad", [y, g, cond], **grad.attrs))
+
+
+def _keys_major_gradient(node, rw):
+    """The gradient of a keys-major softmax, read as a transposed view: computed keys-major
+    too (its cotangent transposed, usually a product that then comes out transposed)."""
+    y = node.inputs[0]
+    n, dim = y.type.ndim, node.attrs["dim"] % max(y.type.ndim, 1)
+    view = rw.producer(y, "permute")
+    if view is None or n < 3 or dim != n - 1 or tuple(view.attrs["dims"]) != _swap_dims(n):
+        return None
+    if any(v.type.ndim < 2 for v in node.inputs[2:]):
+        return None
+    others = [_swap_last(rw, v) for v in node.inputs[1:]]
+    down = rw.emit(node.op, [view.inputs[0], *others], dim=n - 2)
+    return _same(node, _swap_last(rw, down))
+
+
+def _scale_out_of_product(node, rw):
+    """(x * c) @ b -> (x @ b) * c for a scalar c when the product is smaller than x: the
+    attention gradient scaled by 1/sqrt(d) on (B, H, T, d) results, not on (B, H, T, T)."""
+    for position, operand in enumerate(node.inputs):
+        scaled = rw.producer(operand, "mul")
+        if scaled is None:
+            continue
+        x, c = scaled.inputs
+        if c.type.shape != () or x.type.shape != operand.type.shape:
+            continue
+        if math.prod(node.outputs[0].type.shape) >= math.prod(x.type.shape):
+            continue
+        if any(r.op != "matmul" for r in rw.readers.get(id(operand), ())):
+            continue  # the scaled value is needed anyway
+        inputs = list(node.inputs)
+        inputs[position] = x
+        return _same(node, rw.emit("mul", [rw.emit("matmul", inputs), c]))
+    return None
+
+
 # --- gradients of slices that tile an array ---------------------------------------------------
 
 
@@ -391,6 +484,42 @@ RULES = [
     Rule("log1p", "log(1 + x) -> log1p(x)", "log", _log_of_one_plus),
     Rule("log-sigmoid", "log(sigmoid(x)) -> min(x, 0) - log1p(exp(-|x|))", "log", _log_of_sigmoid),
     Rule(
+        "masked-softmax",
+        "softmax(where(mask, -inf, x)) -> masked_softmax(x, mask)",
+        "softmax",
+        _masked_softmax,
+    ),
+    *(
+        Rule(
+            "keys-major-softmax",
+            "softmax(a @ b, -1) -> softmax(b^T @ a^T, -2)^T over short rows (masks transposed)",
+            op,
+            _keys_major,
+        )
+        for op in ("softmax", "masked_softmax")
+    ),
+    Rule(
+        "masked-softmax-gradient",
+        "where(mask, 0, softmax_grad(masked_softmax(x, mask), g)) -> masked_softmax_grad",
+        "where",
+        _masked_softmax_gradient,
+    ),
+    *(
+        Rule(
+            "keys-major-softmax-gradient",
+            "softmax_grad(y^T, g, -1) -> softmax_grad(y, g^T, -2)^T over short rows",
+            op,
+            _keys_major_gradient,
+        )
+        for op in ("softmax_grad", "masked_softmax_grad")
+    ),
+    Rule(
+        "scale-out-of-product",
+        "(x * c) @ b -> (x @ b) * c for a scalar c and a product smaller than x",
+        "matmul",
+        _scale_out_of_product,
+    ),
+    Rule(
         "loss-keeps-log-probs",
         "cross_entropy(x) -> nll_loss(log_softmax(x)) when its gradient is in the graph too",
         "cross_entropy",
@@ -420,7 +549,7 @@ _BY_OP: dict[str, list[Rule]] = {}
 for _rule in RULES:
     _BY_OP.setdefault(_rule.op, []).append(_rule)
 
-MAX_ROUNDS = 4
+MAX_ROUNDS = 6
 
 
 @register_pass("simplify")
@@ -440,13 +569,16 @@ def _rewrite_once(graph: Graph, counter) -> tuple[Graph, bool]:
     replaced: dict[int, Value] = {}
     taken = {v.name for v in graph.values()}
     fresh = (n for n in counter if f"s{n}" not in taken)
-    uses: dict[int, int] = {}
-    for v in [*(v for n in graph.nodes for v in n.inputs), *graph.outputs, *graph.updates.values()]:
-        uses[id(v)] = uses.get(id(v), 0) + 1
+    # Reads by live nodes only: an earlier rewrite leaves the nodes it replaced dead, and they
+    # must not keep a value from counting as read once.
+    live = live_nodes(graph)
     readers: dict[int, list[Node]] = {}
     for n in graph.nodes:
-        for v in n.inputs:
+        for v in n.inputs if id(n) in live else ():
             readers.setdefault(id(v), []).append(n)
+    uses = {key: len(nodes) for key, nodes in readers.items()}
+    for v in [*graph.outputs, *graph.updates.values()]:
+        uses[id(v)] = uses.get(id(v), 0) + 1
     for node in graph.nodes:
         node.inputs = [_final(replaced, v) for v in node.inputs]
         rw = Rewriter(producers, nodes, node, fresh, uses, readers)
