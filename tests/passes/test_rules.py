@@ -295,6 +295,18 @@ CASES = {
         after={"cat": 1},
         gone={"scatter_add", "add"},
     ),
+    # A bias gradient: the sum over the rows of a (2, 3, 4) product is ones(6) @ rows.
+    "sum-of-rows": Case(
+        graph_of(
+            """  %1:f64[2,3,4] = matmul %a, %b
+  %2:f64[4] = sum_to[shape=(4,)] %1
+  return %2""",
+            "%a:f64[2,3,5], %b:f64[2,5,4]",
+        ),
+        after={"constant": 1, "matmul": 2, "reshape": 1},
+        smaller=False,  # a product with a constant of ones, over a reshaped view
+        gone={"sum_to"},
+    ),
     # masked_fill(mask, -inf) then softmax: one op, in place over the scores.
     "masked-softmax": Case(
         graph_of(
@@ -618,7 +630,23 @@ def test_cross_entropy_keeps_its_logits_unless_its_gradient_is_beside_it(text):
     assert str(result.graph) == str(graph)
 
 
-ATTENTION_NEAR_MISSES = {
+NEAR_MISSES_WITH_INPUTS = {
+    "a sum over a kept size-1 dim is no sum of rows": (
+        """  %1:f64[1,3] = sum_to[shape=(1, 3)] %x
+  return %1""",
+        "%x:f64[2,3]",
+    ),
+    "a sum of a strided view's rows would copy the view": (
+        """  %1:f64[3,2,2] = permute[dims=(2, 1, 0)] %x
+  %2:f64[2] = sum_to[shape=(2,)] %1
+  return %2""",
+        "%x:f64[2,2,3]",
+    ),
+    "an integer sum stays a sum": (
+        """  %1:i64[3] = sum_to[shape=(3,)] %t
+  return %1""",
+        "%t:i64[2,3]",
+    ),
     "scores read twice stay row-major": (
         """  %1:f64[2,3,3] = matmul %a, %b
   %2:f64[2,3,3] = softmax[dim=2] %1
@@ -663,9 +691,9 @@ ATTENTION_NEAR_MISSES = {
 
 
 @pytest.mark.parametrize(
-    ("body", "inputs"), ATTENTION_NEAR_MISSES.values(), ids=ATTENTION_NEAR_MISSES.keys()
+    ("body", "inputs"), NEAR_MISSES_WITH_INPUTS.values(), ids=NEAR_MISSES_WITH_INPUTS.keys()
 )
-def test_attention_near_miss_is_left_alone(body, inputs):
+def test_near_miss_with_its_inputs_is_left_alone(body, inputs):
     graph = Graph.parse(graph_of(body, inputs))
     result = run_pass("simplify", graph)
     assert not result.notes

