@@ -12,6 +12,7 @@ each run.
 from __future__ import annotations
 
 import os
+import sys
 import types
 import weakref
 from dataclasses import dataclass, field
@@ -108,6 +109,14 @@ def state_names(modules, optimizers, tensors) -> dict[int, str]:
 # time: while a tensor a step handed out is alive (the user may keep an old .grad, or a view
 # of it), its buffer is not handed to another tensor.
 _holders: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+# Tensors a step stored as copies: ours, so a later run may move them into planned memory (a
+# tensor the user made keeps its own).
+_copies: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+
+# References to a tensor a sink keeps when nothing else holds it: the sink's attribute, the
+# local name in keep_orphan and sys.getrefcount's own argument.
+_ONLY_THE_SINK = 3
 
 
 @dataclass
@@ -118,52 +127,105 @@ class Sink:
     owner: object  # the tensor, or the optimizer state dict of one parameter
     key: str | None = None
     buffer: int | None = None  # id of the planned buffer the last run stored in
+    kept: Tensor | None = None  # the tensor living in that buffer, stored by the last run
 
     def current(self):
         return self.owner.grad if self.kind == "grad" else self.owner.get(self.key)
 
-    def keep_orphan(self) -> None:
-        """Before a run writes this sink's buffer again: a tensor living there that its owner
-        has dropped (zero_grad set .grad to None, the user kept it) moves to memory of its
-        own, so it keeps its value as it would in PyTorch."""
-        holder = _holders.get(self.buffer) if self.buffer is not None else None
-        if holder is not None and holder is not self.current():
-            del _holders[self.buffer]
-            holder._data = holder._data.copy()
+    def put(self, tensor: Tensor) -> None:
+        if self.kind == "grad":
+            self.owner.grad = tensor
+        else:
+            self.owner[self.key] = tensor
 
-    def store(self, array: np.ndarray, planned: bool) -> None:
-        """Without a copy when ``array`` is one of the program's planned buffers and no other
-        live tensor lives in it: the tensor then lives in that buffer, which every later run
+    def keep_orphan(self) -> None:
+        """Before a run writes this sink's buffer again: the tensor living there, if its
+        owner has dropped it (zero_grad set .grad to None) but the user kept it, moves to
+        memory of its own, so it keeps its value as it would in PyTorch. If nothing but this
+        sink holds it, nobody can see it change: the next store hands it out again."""
+        kept = self.kept
+        if kept is None or kept is self.current():
+            return
+        if sys.getrefcount(kept) > _ONLY_THE_SINK:
+            if _holders.get(self.buffer) is kept:
+                del _holders[self.buffer]
+            kept._data = kept._data.copy()
+            self.kept = None
+
+    def store(self, array: np.ndarray, home: int | None) -> None:
+        """Without a copy when ``array`` is one of the program's planned buffers, or a
+        reshaped view of one whole (``home`` is then that buffer's id), and no other live
+        tensor lives there: the tensor then lives in that buffer, which every later run
         leaves holding the same value's next result. A tensor the user made keeps its memory
         (it may be a view of theirs) and is written into; anything else is copied, since it
         may be an input or memory shared with another result."""
-        current = self.current()
-        if current is not None and current._data is array:
+        current, kept = self.current(), self.kept
+        if current is None and kept is not None and _same_memory(kept._data, array):
+            current = kept  # dropped by zero_grad and held by nobody: it comes back
+            self.put(kept)
+        if current is not None and _same_memory(current._data, array):
             current._version[0] += 1  # the run wrote the tensor's own memory: nothing to move
             return
-        free = planned and _holders.get(id(array)) is None
+        free = home is not None and _holders.get(home) is None
         if (
             isinstance(current, Tensor)
             and current._data.shape == array.shape
             and current._data.dtype == array.dtype
         ):
-            if free and _holders.get(id(current._data)) is current:  # ours: it moves
-                del _holders[id(current._data)]
+            held = _held_in(current)
+            if free and (held is not None or _copies.get(id(current)) is current):  # ours
+                if held is not None:
+                    del _holders[held]
+                _copies.pop(id(current), None)
                 current._data = array
-                _holders[id(array)] = current
-                self.buffer = id(array)
+                self._live_in(home, current)
             else:
                 np.copyto(current._data, array)
             current._version[0] += 1
             return
         new = Tensor._wrap(array if free else array.copy())
         if free:
-            _holders[id(array)] = new
-            self.buffer = id(array)
-        if self.kind == "grad":
-            self.owner.grad = new
+            self._live_in(home, new)
         else:
-            self.owner[self.key] = new
+            _copies[id(new)] = new
+        self.put(new)
+
+    def _live_in(self, home: int, tensor: Tensor) -> None:
+        _holders[home] = tensor
+        self.buffer, self.kept = home, tensor
+
+
+def _held_in(tensor: Tensor) -> int | None:
+    """The planned buffer ``tensor`` lives in (the buffer or a whole view of it), if any."""
+    for array in (tensor._data, tensor._data.base):
+        if array is not None and _holders.get(id(array)) is tensor:
+            return id(array)
+    return None
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays are the same memory seen the same way (each run makes a new
+    reshaped view of a buffer: equal base, shape and strides)."""
+    if a is b:
+        return True
+    base = a.base
+    return base is not None and base is b.base and a.shape == b.shape and a.strides == b.strides
+
+
+def _memory_of(array: np.ndarray) -> int:
+    """The id of the array owning ``array``'s memory."""
+    base = array.base
+    return id(array if base is None else base)
+
+
+def planned_home(array: np.ndarray, planned: frozenset[int]) -> int | None:
+    """The id of the planned buffer ``array`` is, or is a view of all of (reshaped or
+    transposed: a weight's gradient computed as the transposed product of rows)."""
+    if id(array) in planned:
+        return id(array)
+    base = array.base
+    whole = base is not None and array.size == base.size
+    return id(base) if whole and id(base) in planned else None
 
 
 @dataclass
@@ -311,10 +373,10 @@ class CompiledFunction:
         arrays = [a._data for a in args if isinstance(a, Tensor)]
         arrays += [t._data for t in spec.state()]
         planned = spec.program.buffer_ids
-        if not planned.isdisjoint(map(id, arrays)):
+        if not planned.isdisjoint(map(_memory_of, arrays)):
             # A .grad living in this program's memory, read as an input: the run may reuse
             # that memory before reading it.
-            arrays = [a.copy() if id(a) in planned else a for a in arrays]
+            arrays = [a.copy() if _memory_of(a) in planned else a for a in arrays]
         for sink in spec.sinks:
             sink.keep_orphan()
         results = spec.program.call("step", arrays)
@@ -325,7 +387,7 @@ class CompiledFunction:
             target._version[0] += 1
         for sink, array in zip(spec.sinks, results[n + n_upd :], strict=True):
             array = np.asarray(array)
-            sink.store(array, id(array) in planned)
+            sink.store(array, planned_home(array, planned))
         return spec.rebuild([Tensor._wrap(np.asarray(a)) for a in results[:n]])
 
 

@@ -307,6 +307,19 @@ CASES = {
         smaller=False,  # a product with a constant of ones, over a reshaped view
         gone={"sum_to"},
     ),
+    # A linear layer's weight gradient on (2, 3, 4) inputs: the 2 products summed over the
+    # stack are one product over all 6 rows.
+    "batch-summed-product": Case(
+        graph_of(
+            """  %1:f64[2,5,4] = matmul %a, %b
+  %2:f64[5,4] = sum_to[shape=(5, 4)] %1
+  return %2""",
+            "%a:f64[2,5,3], %b:f64[2,3,4]",
+        ),
+        after={"contiguous": 1, "matmul": 1, "permute": 1, "reshape": 2},
+        smaller=False,  # one 2-D product (a copied to (5, 2, 3) here), instead of 2 and a sum
+        gone={"sum_to"},
+    ),
     # masked_fill(mask, -inf) then softmax: one op, in place over the scores.
     "masked-softmax": Case(
         graph_of(
@@ -433,6 +446,39 @@ def test_rule(name):
     assert_same_values(graph, after, arrays_for(graph, case.positive))
     again = run_pass("simplify", result.graph)
     assert not again.notes and str(again.graph) == str(result.graph), "not at a fixed point"
+
+
+def test_weight_gradient_of_a_linear_layer_on_a_stack_is_one_product_of_views():
+    """sum_b x_b^T g_b for x (2, 3, 5): x^T's rows are x's columns, so the one product reads
+    x as a transposed (5, 6) view and g as a (6, 4) view; nothing is copied."""
+    graph = Graph.parse(
+        graph_of(
+            """  %1:f64[2,5,3] = permute[dims=(0, 2, 1)] %x
+  %2:f64[2,5,4] = matmul %1, %g
+  %3:f64[5,4] = sum_to[shape=(5, 4)] %2
+  return %3""",
+            "%x:f64[2,3,5], %g:f64[2,3,4]",
+        )
+    )
+    _, after = simplified(graph)
+    assert after.op_counts() == {"matmul": 1, "permute": 1, "reshape": 2}
+    assert_same_values(graph, after, arrays_for(graph))
+
+
+def test_products_with_a_broadcast_operand_are_no_batch_summed_product():
+    """(5, 3) @ (2, 3, 4) summed over the stack is not one product of rows (the left operand
+    is shared, not stacked); the sum stays a sum (of rows)."""
+    graph = Graph.parse(
+        graph_of(
+            """  %1:f64[2,5,4] = matmul %a, %b
+  %2:f64[5,4] = sum_to[shape=(5, 4)] %1
+  return %2""",
+            "%a:f64[5,3], %b:f64[2,3,4]",
+        )
+    )
+    result, after = simplified(graph)
+    assert {n.kind for n in result.notes} == {"sum-of-rows"}
+    assert_same_values(graph, after, arrays_for(graph))
 
 
 def test_transpose_of_product_ends_in_a_product():

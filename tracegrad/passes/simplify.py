@@ -218,6 +218,27 @@ def _scale_into_product(node, rw):
     return None
 
 
+def _batch_summed_product(node, rw):
+    """A stack of products summed over the stack (the weight gradient of a linear layer on
+    (B, T, C): sum_b x_b^T g_b) is one product of all the rows, x^T g over B*T rows: one BLAS
+    call with a long inner dim instead of B small products and a sum."""
+    product = rw.producer(node.inputs[0], "matmul")
+    shape, out = tuple(node.attrs["shape"]), node.inputs[0].type.shape
+    if product is None or len(out) < 3 or shape != out[-2:] or not rw.only_use(node.inputs[0]):
+        return None
+    a, b = product.inputs
+    batch = out[:-2]
+    if a.type.shape[:-2] != batch or b.type.shape[:-2] != batch:
+        return None  # a broadcast operand: the sum is not over matching pairs
+    n, (m, k), cols = len(out), a.type.shape[-2:], b.type.shape[-1]
+    rows = math.prod(batch) * k
+    # a (..., M, K) -> (M, ..., K) -> (M, rows); b (..., K, N) -> (rows, N)
+    lead = rw.emit("permute", [a], dims=(n - 2, *range(n - 2), n - 1))
+    left = rw.emit("reshape", [lead], shape=(m, rows))
+    right = rw.emit("reshape", [b], shape=(rows, cols))
+    return _same(node, rw.emit("matmul", [left, right]))
+
+
 def _sum_of_rows(node, rw):
     """A sum over leading dims (a bias gradient) is ones @ rows: one BLAS matrix-vector
     product, 1.4-3x faster than np.sum down the columns, emitted as a plain np.matmul."""
@@ -226,7 +247,8 @@ def _sum_of_rows(node, rw):
     if not shape or lead < 1 or x.type.shape[lead:] != shape or x.type.dtype.np.kind != "f":
         return None
     producer = rw.producer(x)
-    if x.type.ndim > 2 and (producer is None or VIEW in OPS[producer.op].props):
+    strided = producer is None or (VIEW in OPS[producer.op].props and producer.op != "reshape")
+    if x.type.ndim > 2 and strided:
         return None  # a reshape of a strided view would copy it first
     rows = math.prod(x.type.shape[:lead])
     if x.type.ndim > 2 or len(shape) > 1:
@@ -498,6 +520,13 @@ RULES = [
         "sum_to(broadcast_to(x, S), shape(x)) -> x * |S|/|x|",
         "sum_to",
         _sum_of_broadcast,
+    ),
+    Rule(
+        "batch-summed-product",
+        "sum_to(a[b, m, k] @ c[b, k, n], (m, n)) -> a.permute(1, 0, 2).reshape(m, b*k) @ "
+        "c.reshape(b*k, n)",
+        "sum_to",
+        _batch_summed_product,
     ),
     Rule(
         "sum-of-rows",
