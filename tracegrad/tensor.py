@@ -897,21 +897,19 @@ class Tensor:
         """Whether an in-place op on this tensor may write straight into its memory: eager
         code that records nothing (an optimizer's update under no_grad, say). Traced code
         gets a new SSA value instead, and recorded code keeps the old value for backward."""
-        recording = tape.is_grad_enabled() and (
+        if _tracer is not None or not self._data.flags.writeable:
+            return False  # (without a tracer, no tensor is symbolic)
+        return not tape.is_grad_enabled() or not (
             self.requires_grad or any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
-        )
-        return (
-            _tracer is None
-            and not recording
-            and self._data.flags.writeable
-            and not any(isinstance(t, Tensor) and is_symbolic(t) for t in inputs)
         )
 
     def _ufunc_(self, name: str, ufunc, other, compute, alpha=1) -> Tensor:
         """``self = ufunc(self, other * alpha)`` in place, computed in the promoted dtype and
         cast back as ``_inplace(name, compute)`` does, which runs when this cannot."""
         data = other._data if isinstance(other, Tensor) else other
-        if self._writes_directly(other) and _broadcasts_to(np.shape(data), self._data.shape):
+        shape = () if isinstance(data, (int, float)) else np.shape(data)
+        fits = shape == self._data.shape or _broadcasts_to(shape, self._data.shape)
+        if fits and self._writes_directly(other):
             with np.errstate(all="ignore"):
                 if alpha != 1:  # a Python scalar stays weak, as in other * alpha
                     data = np.multiply(data, alpha)
@@ -926,15 +924,16 @@ class Tensor:
         copy_ of the op's result."""
         op = OPS[name]
         if self._writes_directly(*inputs) and _writes_out(name) and self._fits(op, inputs, attrs):
-            with np.errstate(all="ignore"):
-                op.impl(*(t._data for t in inputs), out=self._data, **attrs)
+            # (the optimizers call this under np.errstate(all="ignore") for the whole step)
+            op.impl(*(t._data for t in inputs), out=self._data, **attrs)
             self._version[0] += 1
             return self
         return self.copy_(apply(op, inputs, attrs))
 
     def _fits(self, op: Op, inputs, attrs) -> bool:
         """Whether op(*inputs) has this tensor's type."""
-        return result_type(op, inputs, attrs) == TensorType(self._data.shape, self.dtype)
+        out = result_type(op, inputs, attrs)
+        return out.shape == self._data.shape and out.dtype.np == self._data.dtype
 
     def add_(self, other, alpha=1):
         return self._ufunc_("add_", np.add, other, lambda old: old + _scaled(other, alpha), alpha)

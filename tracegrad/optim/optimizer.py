@@ -60,11 +60,15 @@ class Optimizer:
                 loss = closure()
         tracer = active_tracer()
         traced = tracer.optimizer_step(self) if tracer is not None else contextlib.nullcontext()
-        with traced, tape.no_grad():
+        # inf and nan results, not warnings, as eager ops give (once for the whole update)
+        with traced, tape.no_grad(), np.errstate(all="ignore"):
             for group in self.param_groups:
                 for p in group["params"]:
-                    if p.grad is not None:
-                        self.update(p, p.grad.to(p.dtype), self.state.setdefault(p, {}), group)
+                    grad = p.grad
+                    if grad is not None:
+                        if grad._data.dtype != p._data.dtype:
+                            grad = grad.to(p.dtype)
+                        self.update(p, grad, self.state.setdefault(p, {}), group)
         return loss
 
     def update(self, param: Tensor, grad: Tensor, state: dict, group: dict) -> None:
