@@ -15,12 +15,14 @@ import os
 import sys
 import types
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tracegrad import passes, tape, viz
 from tracegrad.check import check_stages
+from tracegrad.codegen.guards import GuardSpec, build_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.pipeline import transforms
@@ -242,6 +244,8 @@ class StepProgram:
     # anew each run, since code outside the step may replace it (zero_grad, backward).
     grad_of: dict = field(default_factory=dict)
     report: Report | None = None
+    # True for a call with this specialization's signature (generated from it)
+    guard: Callable[[tuple], bool] = field(default=lambda args: False)
 
     def state(self) -> list[Tensor]:
         """The lifted tensors as they are now: a replaced .grad is the one read."""
@@ -350,14 +354,31 @@ class CompiledFunction:
                 for i, a in enumerate(args)
             ]
             return self.fn(*args)
+        spec = self.latest
+        if spec is not None and spec.guard(args):  # the usual call: the same as the last
+            return self._run(spec, args)
         if not self._watched_modules and not self._watched_optimizers:
             self._watch(*reachable_state(self.fn, args))
         signature = self.signature(args)
         spec = next((s for s in reversed(self.specializations) if s.signature == signature), None)
         if spec is None:
+            guard = self._guard(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature)
+            spec.guard = guard
         self.latest = spec
         return self._run(spec, args)
+
+    def _guard(self, args):
+        """The generated guard function of the current call state (see ``signature``)."""
+        state = GuardSpec(
+            tape.is_grad_enabled(),
+            args,
+            [t for _, t in self._watched_tensors.values()],
+            [(opt, _optimizer_guard(opt)) for opt in self._watched_optimizers.values()],
+            [m for modules in self._module_lists.values() for m in modules],
+            _optimizer_guard,
+        )
+        return build_guard(state, getattr(self.fn, "__name__", "function"))
 
     def _compile(self, args, signature) -> StepProgram:
         if self.specializations:

@@ -7,11 +7,11 @@ import hashlib
 import linecache
 
 
-def load(source: str, constants: dict, label: str) -> dict:
-    """Execute ``source`` as a module and return its namespace."""
+def load(source: str, constants: dict, label: str, names: dict | None = None) -> dict:
+    """Execute ``source`` as a module (with ``names`` defined) and return its namespace."""
     digest = hashlib.sha1(source.encode()).hexdigest()[:10]
     filename = f"<tracegrad {label} {digest}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {"C": constants, "__name__": f"tracegrad_generated_{digest}"}
+    namespace = {**(names or {}), "C": constants, "__name__": f"tracegrad_generated_{digest}"}
     exec(compile(source, filename, "exec"), namespace)
     return namespace

@@ -1,0 +1,85 @@
+"""The generated guard of a compiled step accepts exactly the calls whose signature is its
+specialization's: each kind of guard is changed in turn and both answers are compared."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import nn, optim
+
+
+def compiled_step():
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.1), nn.Linear(5, 3)).double()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x, y, scale=1.0):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y) * scale
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = tg.compile(step)
+    x, y = tg.tensor(np.ones((6, 4))), tg.tensor([0, 1, 2, 0, 1, 2])
+    compiled(x, y)
+    compiled(x, y)  # grads exist now: the specialization of the steady state
+    return compiled, model, opt, x, y
+
+
+def matches(compiled, args) -> bool:
+    """What the signature says of a call: its specialization is the latest."""
+    return compiled.signature(args) == compiled.latest.signature
+
+
+CHANGES = {
+    "nothing": lambda model, opt, x, y: (x, y),
+    "an input's shape": lambda model, opt, x, y: (tg.tensor(np.ones((7, 4))), y),
+    "an input's dtype": lambda model, opt, x, y: (x.float(), y),
+    "an input's requires_grad": lambda model, opt, x, y: (x.detach().requires_grad_(), y),
+    "a plain argument": lambda model, opt, x, y: (x, y, 2.0),
+    "a tensor for a plain argument": lambda model, opt, x, y: (x, y, tg.tensor(2.0)),
+    "the number of arguments": lambda model, opt, x, y: (x,),
+    "a parameter's grad dropped": lambda model, opt, x, y: (opt.zero_grad(), x, y)[1:],
+    "a parameter's requires_grad": lambda model, opt, x, y: (
+        model[0].bias.requires_grad_(False),
+        x,
+        y,
+    )[1:],
+    "the learning rate": lambda model, opt, x, y: (
+        opt.param_groups[0].__setitem__("lr", 0.5),
+        x,
+        y,
+    )[1:],
+    "eval mode": lambda model, opt, x, y: (model.eval(), x, y)[1:],
+    "a submodule's mode": lambda model, opt, x, y: (model[1].eval(), x, y)[1:],
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+def test_guard_accepts_exactly_the_calls_the_signature_matches(change):
+    compiled, model, opt, x, y = compiled_step()
+    args = change(model, opt, x, y)
+    assert compiled.latest.guard(args) == matches(compiled, args)
+    assert compiled.latest.guard(args) == (change is CHANGES["nothing"])
+
+
+def test_guard_refuses_calls_under_no_grad():
+    compiled, _, _, x, y = compiled_step()
+    with tg.no_grad():
+        assert not compiled.latest.guard((x, y))
+        assert not matches(compiled, (x, y))
+
+
+def test_a_refused_call_recompiles_and_the_next_steady_call_is_guarded_again():
+    compiled, model, _, x, y = compiled_step()
+    model.eval()
+    compiled(x, y)
+    assert compiled.latest.guard((x, y))
+    model.train()
+    compiled(x, y)  # back to the first specialization, found by its signature
+    assert compiled.latest.guard((x, y)) and matches(compiled, (x, y))
+    assert len(compiled.recompile_reasons) == 2  # optimizer state, then eval mode
