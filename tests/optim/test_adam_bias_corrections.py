@@ -1,5 +1,6 @@
-"""Eagerly, Adam's bias corrections run on Python floats; traced, on tensors (so a compiled
-step reads the step count). Both must give the same numbers, bit for bit."""
+"""Eagerly, Adam's bias corrections run on NumPy float64 scalars and its update on the arrays;
+traced, on tensors (so a compiled step reads the step count). Both must give the same
+numbers, bit for bit."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
+from tracegrad import optim
+from tracegrad.optim import adam
 from tracegrad.optim.adam import bias_corrections
 
 
@@ -23,3 +26,39 @@ def test_python_float_corrections_equal_the_tensor_formula(dtype, betas):
         assert step_size.dtype == dtype and bias2_sqrt.dtype == dtype
         np.testing.assert_array_equal(step_size.numpy(), want_size.numpy())
         np.testing.assert_array_equal(bias2_sqrt.numpy(), want_sqrt.numpy())
+
+
+OPTIONS = {
+    "adam": dict(),
+    "weight decay": dict(weight_decay=0.1),
+    "maximize": dict(maximize=True),
+    "adamw": dict(decoupled=True, weight_decay=0.05),
+}
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_eager_update_on_arrays_equals_the_tensor_ops(monkeypatch, options, dtype):
+    """Adam's eager update runs its kernels on the arrays directly; the tensor-op form (what
+    a compiled step traces) must give the same bits, step after step."""
+    options = dict(options)
+    kind = optim.AdamW if options.pop("decoupled", False) else optim.Adam
+    runs = []
+    for arrays in (True, False):
+        if not arrays:
+            monkeypatch.setattr(adam, "_plain", lambda *args: False)
+        tg.manual_seed(0)
+        params = [tg.randn(3, 4, dtype=dtype, requires_grad=True), tg.randn(5, dtype=dtype)]
+        params[1].requires_grad_()
+        opt = kind(params, lr=0.01, **options)
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            for p in params:
+                p.grad = tg.tensor(rng.standard_normal(p.shape), dtype=dtype)
+            opt.step()
+        runs.append(
+            [p.detach().numpy().copy() for p in params]
+            + [s[k].numpy().copy() for p in params for s in [opt.state[p]] for k in sorted(s)]
+        )
+    for got, want in zip(*runs, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -6,6 +6,7 @@ import numpy as np
 
 from tracegrad.creation import zeros_like
 from tracegrad.functions import maximum
+from tracegrad.ops import kernels
 from tracegrad.optim.optimizer import Optimizer
 from tracegrad.tensor import Tensor, active_tracer, tensor
 
@@ -43,6 +44,15 @@ class Adam(Optimizer):
     def update(self, param, grad, state, group) -> None:
         # m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
         # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+        if not state:
+            state["step"] = tensor(0.0)  # float32, as PyTorch keeps it
+            state["exp_avg"] = zeros_like(param)
+            state["exp_avg_sq"] = zeros_like(param)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = zeros_like(param)
+        if active_tracer() is None and not group["amsgrad"] and _plain(param, grad, state):
+            self._update_arrays(param, grad, state, group)
+            return
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
         if group["maximize"]:
             grad = -grad
@@ -50,12 +60,6 @@ class Adam(Optimizer):
             param.mul_(1 - lr * wd)
         elif wd:
             grad = grad + param * wd
-        if not state:
-            state["step"] = tensor(0.0)  # float32, as PyTorch keeps it
-            state["exp_avg"] = zeros_like(param)
-            state["exp_avg_sq"] = zeros_like(param)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = zeros_like(param)
         state["step"].add_(1)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         # Each update is one kernel (tracegrad/ops/optim.py) that reads its arrays once.
@@ -66,6 +70,45 @@ class Adam(Optimizer):
             second = state["max_exp_avg_sq"].copy_(maximum(state["max_exp_avg_sq"], exp_avg_sq))
         step_size, bias2_sqrt = bias_corrections(state["step"], lr, beta1, beta2, param.dtype)
         param._assign("adam_step", param, exp_avg, second, step_size, bias2_sqrt, eps=group["eps"])
+
+    def _update_arrays(self, param, grad, state, group) -> None:
+        """The update above, eagerly: the same kernels and the same float64 scalars (so the
+        same bits, which a test checks) on the NumPy arrays directly, without a tensor op and
+        its checks per term; what PyTorch's foreach and fused Adam are to its per-tensor
+        loop. Traced steps take the tensor ops, which the compiler sees."""
+        lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+        p, g = param._data, grad._data
+        if group["maximize"]:
+            g = -g
+        if wd and self.decoupled_weight_decay:
+            np.multiply(p, 1 - lr * wd, out=p)
+        elif wd:
+            g = g + p * wd
+        step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        np.add(step._data, 1, out=step._data)
+        kernels.lerp(exp_avg._data, g, 1.0 - beta1, out=exp_avg._data)
+        kernels.ema_square(exp_avg_sq._data, g, beta2, out=exp_avg_sq._data)
+        step_size, bias2_sqrt = _bias_corrections_eager(step._data, lr, beta1, beta2, p.dtype)
+        kernels.adam_step(p, exp_avg._data, exp_avg_sq._data, step_size, bias2_sqrt,
+                          group["eps"], out=p)  # fmt: skip
+        for t in (param, step, exp_avg, exp_avg_sq):
+            t._version[0] += 1
+
+
+def _plain(param, grad, state) -> bool:
+    """Whether the update may run on the arrays: the state is tensors of the parameter's
+    dtype and shape (as the update makes it), the gradient too, and the memory writable."""
+    p = param._data
+    arrays = (grad._data, state["exp_avg"]._data, state["exp_avg_sq"]._data)
+    return p.flags.writeable and all(a.dtype == p.dtype and a.shape == p.shape for a in arrays)
+
+
+def _bias_corrections_eager(step: np.ndarray, lr, beta1, beta2, dtype: np.dtype):
+    """lr / (1 - beta1^t) and sqrt(1 - beta2^t) as NumPy scalars of ``dtype`` (see
+    ``bias_corrections``)."""
+    t = np.float64(step)
+    step_size = np.asarray(lr / (1 - np.power(beta1, t)), dtype)
+    return step_size, np.asarray(np.sqrt(1 - np.power(beta2, t)), dtype)
 
 
 def bias_corrections(step: Tensor, lr, beta1, beta2, dtype) -> tuple[Tensor, Tensor]:
@@ -82,9 +125,7 @@ def bias_corrections(step: Tensor, lr, beta1, beta2, dtype) -> tuple[Tensor, Ten
         return (lr / (1 - beta1**t)).to(dtype), (1 - beta2**t).sqrt().to(dtype)
     # NumPy's power, not Python's **: the same loop the tensor op runs (they may differ in
     # the last place).
-    t = np.float64(step.item())
-    step_size = np.asarray(lr / (1 - np.power(beta1, t)), dtype.np)
-    bias2_sqrt = np.asarray(np.sqrt(1 - np.power(beta2, t)), dtype.np)
+    step_size, bias2_sqrt = _bias_corrections_eager(step._data, lr, beta1, beta2, dtype.np)
     return Tensor._wrap(step_size), Tensor._wrap(bias2_sqrt)
 
 
