@@ -22,6 +22,7 @@ from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS
 from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
+from tracegrad.passes.fuse import is_linear
 from tracegrad.passes.memory import aliases, homes
 
 _ENV = jinja2.Environment(
@@ -236,7 +237,9 @@ def row_loops(graph: Graph) -> list[tuple[int, int]]:
 
 def _row_candidate(node) -> bool:
     op = OPS.get(node.op)
-    elementwise = node.op == FUSED or (op is not None and ELEMENTWISE in op.props)
+    elementwise = (op is not None and ELEMENTWISE in op.props) or (
+        node.op == FUSED and not is_linear(node)
+    )
     if not elementwise or (op is not None and (RANDOM in op.props or op.out is None)):
         return False
     shape = node.outputs[0].type.shape

@@ -5,6 +5,14 @@
 A chain is a run of elementwise nodes of one output type where each value is read only by the
 next member. The kernel (emitted by codegen) works through one buffer with in-place ufunc
 calls (``np.add(out, c, out=out)``), so its intermediates take no memory of their own.
+
+A chain may start with a matrix product: the linear pattern, matmul + bias [+ activation],
+
+    y = relu(x @ w^T + b)   ->   y = fused[matmul, add, relu](x, w^T, b)
+
+whose kernel writes the product into its buffer and adds the bias and applies the activation
+there in place. (Its gradient is the activation's gradient, two products and the bias
+gradient as ``ones @ rows``: nodes of their own.)
 """
 
 from __future__ import annotations
@@ -23,6 +31,20 @@ def _fusable(node) -> bool:
     return len(node.outputs) == 1 and bool(node.outputs[0].type.shape)
 
 
+def _product(node) -> bool:
+    """A matrix product that may head a chain (the linear pattern)."""
+    return node.op == "matmul" and len(node.outputs[0].type.shape) >= 2
+
+
+def is_linear(node) -> bool:
+    """Whether a fused node is the linear pattern (it starts with a product, so its kernel
+    reads all of its inputs before and while writing its buffer: none may share it)."""
+    return node.attrs["kind"].startswith(LINEAR)
+
+
+LINEAR = "linear"
+
+
 def chains(graph: Graph) -> list[list[Node]]:
     """Maximal chains of fusable nodes, each member's value read only by the next member."""
     uses: dict[int, int] = {}
@@ -34,9 +56,12 @@ def chains(graph: Graph) -> list[list[Node]]:
     open_chain: dict[int, list[Node]] = {}  # id(tail value) -> its chain
     by_head: dict[int, list[Node]] = {}  # id(first member) -> the chain as it grows
     for node in graph.nodes:
-        if not _fusable(node) or id(node.outputs[0]) in updates:
-            continue
         out = node.outputs[0]
+        if _product(node) and id(out) not in updates:
+            open_chain[id(out)] = by_head[id(node)] = [node]  # a head, never a member
+            continue
+        if not _fusable(node) or id(out) in updates:
+            continue
         chain = next(
             (
                 open_chain.pop(id(v))
@@ -63,7 +88,8 @@ def fused_node(chain: list[Node]) -> Node:
         stand_in[id(n.outputs[0])] = out
     body = Graph(list(stand_in[id(v)] for v in outer), members, [members[-1].outputs[0]])
     tail = chain[-1]
-    attrs = {"body": str(body), "kind": "elementwise " + " ".join(n.op for n in chain)}
+    kind = LINEAR if _product(chain[0]) else "elementwise"
+    attrs = {"body": str(body), "kind": f"{kind} " + " ".join(n.op for n in chain)}
     origins = ", ".join(dict.fromkeys(n.origin for n in chain if n.origin)) or None
     node = Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, origins)
     node.meta["fused"] = attrs["kind"]

@@ -25,6 +25,7 @@ from tracegrad.dtypes import TensorType, from_name
 from tracegrad.ir.core import CONSTANT, FUSED
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, OVERWRITES_INPUT, VIEW
+from tracegrad.passes.fuse import is_linear
 from tracegrad.passes.pipeline import note, register_pass
 
 
@@ -158,7 +159,10 @@ class _Planner:
 
 def _read_first_only(node) -> list:
     """The inputs of a fused node its kernel reads only in its first member: the kernel writes
-    its buffer from that member on, so only those may share it."""
+    its buffer from that member on, so only those may share it (none for a product, which
+    cannot write over its operands)."""
+    if is_linear(node):
+        return []
     body = body_of(node)
     first, later = body.nodes[0], body.nodes[1:]
     return [

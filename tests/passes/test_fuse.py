@@ -1,0 +1,128 @@
+"""The fuse pass: elementwise chains, and the linear pattern (a product heading a chain of
+bias and activation) as one kernel that writes the product into its buffer and finishes
+there in place."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import nn, optim
+from tracegrad.codegen.emit import row_loops
+from tracegrad.ir.graph import Graph, body_of
+from tracegrad.ir.interpreter import interpret
+from tracegrad.passes import run_pass
+from tracegrad.passes.memory import plan
+
+
+def graph_of(body: str, inputs: str) -> Graph:
+    graph = Graph.parse(f"graph({inputs}) {{\n{body}\n}}")
+    graph.lint()
+    return graph
+
+
+LINEAR_RELU = """  %1:f64[4,3] = permute[dims=(1, 0)] %w
+  %2:f64[5,3] = matmul %x, %1
+  %3:f64[5,3] = add %2, %b
+  %4:f64[5,3] = relu %3
+  return %4"""
+LINEAR_INPUTS = "%x:f64[5,4], %w:f64[3,4], %b:f64[3]"
+
+
+def arrays(graph: Graph, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(v.type.shape) for v in graph.inputs]
+
+
+def test_linear_layer_with_relu_is_one_kernel_headed_by_the_product():
+    graph = graph_of(LINEAR_RELU, LINEAR_INPUTS)
+    fused = run_pass("fuse", graph).graph
+    fused.lint()
+    (node,) = [n for n in fused.nodes if n.op == "fused"]
+    assert node.attrs["kind"] == "linear matmul add relu"
+    assert [m.op for m in body_of(node).nodes] == ["matmul", "add", "relu"]
+    values = arrays(graph)
+    np.testing.assert_allclose(interpret(fused, *values)[0], interpret(graph, *values)[0])
+
+
+def test_a_product_read_twice_heads_no_chain():
+    graph = graph_of(
+        """  %1:f64[5,3] = matmul %x, %w
+  %2:f64[5,3] = add %1, %b
+  %3:f64[5,3] = relu %2
+  %4:f64[5,3] = mul %1, %3
+  return %4""",
+        "%x:f64[5,4], %w:f64[4,3], %b:f64[3]",
+    )
+    fused = run_pass("fuse", graph).graph
+    kinds = [n.attrs["kind"] for n in fused.nodes if n.op == "fused"]
+    assert kinds == ["elementwise add relu mul"]  # the product stays a node of its own
+
+
+def test_a_linear_kernel_never_writes_over_its_operands():
+    """%2 dies at the fused node and has its type, but a product cannot be written over its
+    operand: the kernel gets a buffer of its own."""
+    graph = graph_of(
+        """  %5:f64[5,5] = exp %x
+  %1:f64[5,5] = permute[dims=(1, 0)] %w
+  %2:f64[5,5] = add %5, %5
+  %3:f64[5,5] = matmul %2, %1
+  %4:f64[5,5] = add %3, %b
+  %6:f64[5] = sum_to[shape=(5,)] %4
+  return %6""",
+        "%x:f64[5,5], %w:f64[5,5], %b:f64[5]",
+    )
+    fused = run_pass("fuse", graph).graph
+    planned = plan(fused.copy())
+    (linear,) = [n for n in planned.nodes if n.op == "fused" and "linear" in n.attrs["kind"]]
+    assert "inplace" not in linear.meta and "buffer" in linear.meta
+    values = arrays(graph)
+    np.testing.assert_allclose(interpret(planned, *values)[0], interpret(graph, *values)[0])
+
+
+def test_row_loops_leave_linear_kernels_out():
+    """A product is no elementwise node: a row loop must not cut its operands into pieces
+    (here w has as many rows as x and would be cut too)."""
+    graph = graph_of(
+        """  %3:f64[300,300] = tanh %y
+  %1:f64[300,300] = matmul %x, %w
+  %2:f64[300,300] = add %1, %b
+  %4:f64[300,300] = mul %2, %3
+  %5:f64[300] = sum_to[shape=(300,)] %4
+  return %5""",
+        "%x:f64[300,300], %w:f64[300,300], %b:f64[300], %y:f64[300,300]",
+    )
+    fused = plan(run_pass("fuse", graph).graph)
+    assert any(n.op == "fused" and "linear" in n.attrs["kind"] for n in fused.nodes)
+    for start, stop in row_loops(fused):
+        members = fused.nodes[start:stop]
+        assert not any(n.op == "fused" and "linear" in n.attrs["kind"] for n in members)
+
+
+def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager():
+    results = []
+    for compiled in (False, True):
+        tg.manual_seed(4)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y, model=model, opt=opt):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = tg.compile(step) if compiled else step
+        rng = np.random.default_rng(2)
+        losses = [
+            run(tg.tensor(rng.standard_normal((5, 6))), tg.tensor(rng.integers(0, 3, 5))).item()
+            for _ in range(3)
+        ]
+        results.append((model, losses, run))
+    (model_e, losses_e, _), (model_c, losses_c, run) = results
+    np.testing.assert_allclose(losses_c, losses_e, rtol=1e-12)
+    for p, q in zip(model_c.parameters(), model_e.parameters(), strict=True):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-12)
+    assert "# linear matmul add relu" in run.code
