@@ -182,18 +182,33 @@ def row_sum(x, dims, scale=1.0):
     """``scale`` times the sum over ``dims`` (keeping them; scale 1/n makes a mean). Over the
     trailing dims of a contiguous float array it is rows @ [scale, ...]: a BLAS
     matrix-vector product, 3-4x faster than np.sum along short rows."""
-    dims = tuple(d % x.ndim for d in (dims if isinstance(dims, tuple) else (dims,)))
-    kept = x.ndim - len(dims)
-    fast = x.dtype in (np.float32, np.float64) and x.flags.c_contiguous and kept > 0
-    if fast and dims == tuple(range(kept, x.ndim)):
-        rows = x.reshape(math.prod(x.shape[:kept]), -1)
-        total = np.matmul(rows, _filled(rows.shape[1], x.dtype, scale))
-        return total.reshape(x.shape[:kept] + (1,) * len(dims))
-    if fast and x.ndim >= 2 and dims == (x.ndim - 2,):
-        # Down the columns of each matrix (keys-major attention scores): [scale, ...] @ x.
-        return np.matmul(_filled(x.shape[-2], x.dtype, scale)[None], x)
-    total = np.sum(x, axis=dims, keepdims=True)
-    return total * x.dtype.type(scale) if scale != 1.0 else total
+    plan = _row_sum_plan(x.shape, x.dtype, dims, scale) if x.flags.c_contiguous else None
+    if plan is None:
+        total = np.add.reduce(x, axis=dims, keepdims=True)
+        return total * x.dtype.type(scale) if scale != 1.0 else total
+    rows, weights, shape = plan
+    if rows is None:  # down the columns of each matrix: [scale, ...] @ x
+        return np.matmul(weights, x)
+    return np.matmul(x.reshape(rows), weights).reshape(shape)
+
+
+@functools.lru_cache(maxsize=1024)
+def _row_sum_plan(shape: tuple, dtype: np.dtype, dims, scale: float):
+    """How row_sum reduces a contiguous array (worked out once per shape, as a kernel's
+    Python prologue costs more than its product on small arrays): (rows, weights, result
+    shape) for rows @ weights, (None, weights, None) for weights @ x down the columns of
+    each matrix (keys-major attention scores), or None for np.add.reduce."""
+    ndim = len(shape)
+    dims = tuple(sorted(d % ndim for d in (dims if isinstance(dims, tuple) else (dims,))))
+    kept = ndim - len(dims)
+    if dtype not in (np.float32, np.float64) or kept == 0:
+        return None
+    if dims == tuple(range(kept, ndim)):
+        rows = (math.prod(shape[:kept]), math.prod(shape[kept:]))
+        return rows, _filled(rows[1], dtype, scale), shape[:kept] + (1,) * len(dims)
+    if ndim >= 2 and dims == (ndim - 2,):
+        return None, _filled(shape[-2], dtype, scale)[None], None
+    return None
 
 
 def _mean(x, dims):
@@ -207,18 +222,19 @@ def row_max(x, dim):
     time, which stays in cache, and narrow matrices (logits of a few classes) whole."""
     dim %= x.ndim
     n = x.shape[-1] if x.ndim else 0
+    # (np.maximum.reduce: np.amax's Python wrapper costs more than a small reduction)
     if dim != x.ndim - 1 or x.dtype.kind != "f" or not 1 < n <= 256 or x.size < 4096:
-        return np.amax(x, axis=dim, keepdims=True)
+        return np.maximum.reduce(x, axis=dim, keepdims=True)
     if x.ndim >= 3 and x.shape[-2] * n <= 65536:
         columns = scratch(x.swapaxes(-1, -2).shape, "row_max", x.dtype)
         np.copyto(columns, x.swapaxes(-1, -2))
-        return np.amax(columns, axis=-2, keepdims=True).swapaxes(-1, -2)
+        return np.maximum.reduce(columns, axis=-2, keepdims=True).swapaxes(-1, -2)
     if n <= 32:
         rows = x.reshape(-1, n)
         columns = scratch((n, rows.shape[0]), "row_max", x.dtype)
         np.copyto(columns, rows.T)
-        return np.amax(columns, axis=0).reshape(*x.shape[:-1], 1)
-    return np.amax(x, axis=dim, keepdims=True)
+        return np.maximum.reduce(columns, axis=0).reshape(*x.shape[:-1], 1)
+    return np.maximum.reduce(x, axis=dim, keepdims=True)
 
 
 def softmax(x, dim, out=None):
@@ -285,6 +301,9 @@ def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
     valid = target != ignore_index
     if logp.ndim == 2 and not label_smoothing:
         every = valid.all()
+        if every and reduction != "none":  # the usual case: a pick, a sum and a scalar
+            total = -logp[_rows(len(target)), target].sum(dtype=logp.dtype)
+            return total / logp.dtype.type(len(target)) if reduction == "mean" else total
         picked = logp[_rows(len(target)), target if every else np.where(valid, target, 0)]
         loss = np.negative(picked, out=picked) if every else np.where(valid, -picked, 0.0)
         return _reduce_loss(loss.astype(logp.dtype, copy=False), valid, reduction, logp.dtype)
