@@ -9,7 +9,7 @@ import numpy as np
 
 import tracegrad as tg
 from tracegrad import nn, optim
-from tracegrad.codegen.emit import row_loops
+from tracegrad.codegen.emit import ROW_LOOP_MIN, row_loops
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
 from tracegrad.ops import kernels
@@ -21,17 +21,17 @@ TOL = 1e-10
 
 
 def adam_training(make_step, compiled: bool, steps: int = 4):
-    """Linear(300, 256) has 76800 weights, more than one piece (kernels.CHUNK)."""
+    """Linear(1100, 256) has 281600 weights, enough for a row loop (emit.ROW_LOOP_MIN)."""
     tg.manual_seed(3)
-    model = nn.Sequential(nn.Linear(300, 256), nn.Tanh(), nn.Linear(256, 4)).to(tg.float64)
-    assert model[0].weight.numel() > kernels.CHUNK
+    model = nn.Sequential(nn.Linear(1100, 256), nn.Tanh(), nn.Linear(256, 4)).to(tg.float64)
+    assert model[0].weight.numel() > ROW_LOOP_MIN
     opt = optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
     train_step = make_step(model, opt)
     step = tg.compile(train_step) if compiled else train_step
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(steps):
-        x = tg.tensor(rng.standard_normal((8, 300)))
+        x = tg.tensor(rng.standard_normal((8, 1100)))
         y = tg.tensor(rng.integers(0, 4, 8))
         losses.append(step(x, y).item())
     return model, opt, losses, step
@@ -50,7 +50,7 @@ def test_adam_updates_of_a_large_weight_run_in_one_row_loop_and_equal_eager(trai
             np.testing.assert_allclose(
                 state_c[key].numpy(), state_e[key].numpy(), rtol=TOL, atol=TOL, err_msg=key
             )
-    rows = kernels.CHUNK * 256 // model_c[0].weight.numel()  # 218 rows: two pieces
+    rows = kernels.CHUNK * 256 // model_c[0].weight.numel()  # 59 rows: five pieces
     assert f"for start in range(0, 256, {rows}):" in step.code
     loop = step.code.split(f"for start in range(0, 256, {rows}):")[1].split("\n    v")[0]
     assert "rt.lerp(" in loop and "rt.ema_square(" in loop and "rt.adam_step(" in loop
@@ -63,17 +63,17 @@ def planned(fn, *args):
 
 
 def test_a_loop_forms_over_neighbouring_large_elementwise_nodes():
-    x = tg.randn(300, 300, dtype=tg.float64)
+    x = tg.randn(600, 600, dtype=tg.float64)
     graph = planned(lambda x: ((x * 2.0).tanh() * 3.0).sum(), x)
-    assert row_loops(graph), "mul, tanh and mul over 90000 elements run in one loop"
+    assert row_loops(graph), "mul, tanh and mul over 360000 elements run in one loop"
 
 
-VIEW_HAZARD = """graph(%x:f64[300,300]) {
-  %1:f64[300,300] = exp %x
-  %2:f64[300,300] = permute[dims=(1, 0)] %1
-  %3:f64[300,300] = tanh %x
-  %4:f64[300,300] = add %3, %2
-  %5:f64[300,300] = mul %1, %4
+VIEW_HAZARD = """graph(%x:f64[600,600]) {
+  %1:f64[600,600] = exp %x
+  %2:f64[600,600] = permute[dims=(1, 0)] %1
+  %3:f64[600,600] = tanh %x
+  %4:f64[600,600] = add %3, %2
+  %5:f64[600,600] = mul %1, %4
   %6:f64[] = sum[dims=(0, 1), keepdim=False] %5
   return %6
 }"""
@@ -87,7 +87,7 @@ def test_no_loop_reads_a_transposed_view_of_memory_it_writes():
     assert graph.nodes[4].meta.get("inplace") == 0, "the plan writes %5 where %1 lives"
     assert row_loops(graph) == [(2, 4)]
     program = generate([("f", graph)], "row loop test", False, None)
-    x = np.random.default_rng(2).standard_normal((300, 300)) * 0.1
+    x = np.random.default_rng(2).standard_normal((600, 600)) * 0.1
     (got,) = program.call("f", [x.copy()])
     (want,) = interpret(graph, x)
     np.testing.assert_allclose(got, want, rtol=1e-12)
@@ -96,7 +96,7 @@ def test_no_loop_reads_a_transposed_view_of_memory_it_writes():
 def test_small_arrays_and_debug_nans_run_node_by_node():
     x = tg.randn(30, 30, dtype=tg.float64)
     assert not row_loops(planned(lambda x: ((x * 2.0).tanh() * 3.0).sum(), x))
-    big = tg.randn(300, 300, dtype=tg.float64)
+    big = tg.randn(600, 600, dtype=tg.float64)
     compiled = tg.compile(lambda x: ((x * 2.0).tanh() * 3.0).sum(), debug_nans=True)
     compiled(big)
     assert "for start in range" not in compiled.code

@@ -85,13 +85,13 @@ def test_row_loops_leave_linear_kernels_out():
     """A product is no elementwise node: a row loop must not cut its operands into pieces
     (here w has as many rows as x and would be cut too)."""
     graph = graph_of(
-        """  %3:f64[300,300] = tanh %y
-  %1:f64[300,300] = matmul %x, %w
-  %2:f64[300,300] = add %1, %b
-  %4:f64[300,300] = mul %2, %3
-  %5:f64[300] = sum_to[shape=(300,)] %4
+        """  %3:f64[600,600] = tanh %y
+  %1:f64[600,600] = matmul %x, %w
+  %2:f64[600,600] = add %1, %b
+  %4:f64[600,600] = mul %2, %3
+  %5:f64[600] = sum_to[shape=(600,)] %4
   return %5""",
-        "%x:f64[300,300], %w:f64[300,300], %b:f64[300], %y:f64[300,300]",
+        "%x:f64[600,600], %w:f64[600,600], %b:f64[600], %y:f64[600,600]",
     )
     fused = plan(run_pass("fuse", graph).graph)
     assert any(n.op == "fused" and "linear" in n.attrs["kind"] for n in fused.nodes)
