@@ -13,6 +13,8 @@ import functools
 import threading
 import weakref
 
+import numpy as np
+
 _state = threading.local()
 
 
@@ -138,6 +140,10 @@ def _topological_nodes(roots) -> list[Node]:
 
 def _fit(grad, like):
     """Sum a broadcast cotangent back to ``like``'s shape and give it ``like``'s dtype."""
+    a, b = grad._data, like._data
+    arrays = type(a) is np.ndarray and type(b) is np.ndarray
+    if arrays and a.shape == b.shape and a.dtype == b.dtype:
+        return grad  # the usual case, read off the arrays
     if tuple(grad.shape) != tuple(like.shape):
         grad = grad.sum_to(like.shape)
     if grad.dtype != like.dtype:
