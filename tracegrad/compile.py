@@ -321,12 +321,13 @@ def _wrap_gradients(results, wanted, arrays, program) -> list:
     """The backward's results as tensors (None where not wanted). A result that owns fresh
     memory (not an input, a constant, a view, planned memory or another result) is marked
     unshared, so accumulating it into a .grad takes it without a copy."""
-    taken = {id(a) for a in [*arrays, *program.constants.values()]} | program.buffer_ids
+    taken = {id(a) for a in arrays}
     grads = []
     for result, want in zip(results, wanted, strict=True):
         result = np.asarray(result)
         grad = Tensor._wrap(result) if want else None
-        if grad is not None and result.base is None and id(result) not in taken:
+        ours = id(result) in program.buffer_ids or id(result) in program.constant_ids
+        if grad is not None and result.base is None and id(result) not in taken and not ours:
             tape.mark_unshared(grad)
         taken.add(id(result))
         grads.append(grad)

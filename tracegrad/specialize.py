@@ -102,6 +102,11 @@ class Program:
     # id() of every planned buffer the loaded module allocated: memory only this program writes.
     buffer_ids: frozenset[int] = frozenset()
 
+    @functools.cached_property
+    def constant_ids(self) -> frozenset[int]:
+        """id() of the program's constant arrays (results may be one of them, never fresh)."""
+        return frozenset(id(a) for a in self.constants.values())
+
     def export(self, path, state: list):
         """Write this program as a standalone module; ``state`` are the lifted tensors, the
         last inputs of the first function (their values go into the .npz)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-import weakref
 
 import numpy as np
 
@@ -241,19 +240,16 @@ def _route(node, in_grads, pending, leaves) -> None:
             leaves[key] = edge
 
 
-# Gradient tensors whose array no one else holds (a compiled backward's fresh results): the
-# first accumulation takes the array as the leaf's .grad instead of copying it, as PyTorch's
-# AccumulateGrad steals a gradient nothing else references.
-_unshared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-
-
 def mark_unshared(tensor) -> None:
-    _unshared[id(tensor)] = tensor
+    """Mark a gradient tensor whose array no one else holds (a compiled backward's fresh
+    result): its first accumulation takes the array as the leaf's .grad instead of copying
+    it, as PyTorch's AccumulateGrad steals a gradient nothing else references."""
+    tensor._unshared = True
 
 
 def accumulate(leaf, grad, create_graph) -> None:
-    unshared = _unshared.pop(id(grad), None) is grad
-    if not create_graph:
+    unshared = grad.__dict__.pop("_unshared", False)
+    if not create_graph and (grad.grad_fn is not None or grad._requires_grad):
         grad = grad.detach()
     if leaf.grad is None:
         leaf.grad = grad if create_graph or unshared else grad.clone()
