@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from tracegrad import passes, tape, viz
 from tracegrad.autograd import grad as autograd_grad
 from tracegrad.check import check_stages, seeds_for
+from tracegrad.codegen.guards import module_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.passes import autodiff
@@ -53,6 +55,8 @@ class ModuleProgram:
     # The values saved for the backward live in planned memory, which the next forward
     # overwrites: the tape node of the last call, and the list its backward reads them from.
     pending: tuple | None = None
+    # True for a call with this specialization's signature (generated from it)
+    guard: Callable[[tuple], bool] = field(default=lambda args: False)
 
 
 class CompiledModule:
@@ -146,20 +150,30 @@ class CompiledModule:
             meta = (p._data.shape, dtype_name(p._data.dtype), p._requires_grad, id(p))
             guards.append((_member_label("parameter", prefix, name), meta))  # id: replaced
         for prefix, name, b in buffers:
-            meta = (b._data.shape, dtype_name(b._data.dtype))
+            meta = (b._data.shape, dtype_name(b._data.dtype), id(b))  # id: replaced
             guards.append((_member_label("buffer", prefix, name), meta))
         guards.append(("training", tuple(training)))
         return tuple(guards)
 
     def __call__(self, *args):
+        spec = self.latest
+        if spec is not None and spec.guard(args):  # the usual call: the same as the last
+            return self._run(spec, args)
         signature = self.signature(args)
         key = tuple(value for _, value in signature)
         spec = self._cache.get(key)
         if spec is None:
+            guard = self._guard(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature)
+            spec.guard = guard
             self._cache[key] = spec
         self.latest = spec
         return self._run(spec, args)
+
+    def _guard(self, args):
+        """The generated guard function of the current call state (see ``signature``)."""
+        title = type(self.module).__name__
+        return module_guard(tape.is_grad_enabled(), args, self.module, title)
 
     def _compile(self, args, signature: Signature) -> ModuleProgram:
         if self._signatures:

@@ -22,7 +22,7 @@ import numpy as np
 
 from tracegrad import passes, tape, viz
 from tracegrad.check import check_stages
-from tracegrad.codegen.guards import GuardSpec, build_guard
+from tracegrad.codegen.guards import step_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.pipeline import transforms
@@ -370,15 +370,15 @@ class CompiledFunction:
 
     def _guard(self, args):
         """The generated guard function of the current call state (see ``signature``)."""
-        state = GuardSpec(
+        return step_guard(
             tape.is_grad_enabled(),
             args,
             [t for _, t in self._watched_tensors.values()],
             [(opt, _optimizer_guard(opt)) for opt in self._watched_optimizers.values()],
             [m for modules in self._module_lists.values() for m in modules],
             _optimizer_guard,
+            getattr(self.fn, "__name__", "function"),
         )
-        return build_guard(state, getattr(self.fn, "__name__", "function"))
 
     def _compile(self, args, signature) -> StepProgram:
         if self.specializations:

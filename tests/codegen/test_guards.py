@@ -83,3 +83,89 @@ def test_a_refused_call_recompiles_and_the_next_steady_call_is_guarded_again():
     compiled(x, y)  # back to the first specialization, found by its signature
     assert compiled.latest.guard((x, y)) and matches(compiled, (x, y))
     assert len(compiled.recompile_reasons) == 2  # optimizer state, then eval mode
+
+
+# --- compiled modules ----------------------------------------------------------------------------
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+        self.register_buffer("offset", tg.zeros(3))
+
+    def forward(self, x):
+        return self.net(x) + self.offset
+
+
+def compiled_module():
+    tg.manual_seed(1)
+    module = Scaled().double()
+    compiled = tg.compile(module)
+    x = tg.tensor(np.ones((6, 4)))
+    compiled(x)
+    return compiled, module, x
+
+
+def replace_parameter(module, x):
+    module.net[0].bias = nn.Parameter(tg.zeros(5, dtype=tg.float64))
+    return (x,)
+
+
+def add_submodule(module, x):
+    module.extra = nn.Linear(2, 2)
+    return (x,)
+
+
+MODULE_CHANGES = {
+    "nothing": lambda module, x: (x,),
+    "an input's shape": lambda module, x: (tg.tensor(np.ones((7, 4))),),
+    "an input's dtype": lambda module, x: (x.float(),),
+    "an input's requires_grad": lambda module, x: (x.detach().requires_grad_(),),
+    "a parameter's requires_grad": lambda module, x: (
+        module.net[2].weight.requires_grad_(False),
+        x,
+    )[1:],
+    "a parameter replaced by another tensor": replace_parameter,
+    "a buffer replaced by a tensor of its shape and dtype": lambda module, x: (
+        module.register_buffer("offset", tg.ones(3, dtype=tg.float64)),
+        x,
+    )[1:],
+    "a buffer of another shape": lambda module, x: (
+        module.register_buffer("offset", tg.zeros(1, dtype=tg.float64)),
+        x,
+    )[1:],
+    "a buffer of another dtype": lambda module, x: (
+        module.register_buffer("offset", tg.zeros(3, dtype=tg.float32)),
+        x,
+    )[1:],
+    "a submodule added": add_submodule,
+    "eval mode": lambda module, x: (module.eval(), x)[1:],
+    "a submodule's mode": lambda module, x: (module.net[1].eval(), x)[1:],
+}
+
+
+def module_matches(compiled, args) -> bool:
+    """What a compiled module's signature says of a call: its specialization is the latest."""
+    key = tuple(value for _, value in compiled.signature(args))
+    return compiled._cache.get(key) is compiled.latest
+
+
+@pytest.mark.parametrize("change", MODULE_CHANGES.values(), ids=MODULE_CHANGES.keys())
+def test_module_guard_accepts_exactly_the_calls_the_signature_matches(change):
+    compiled, module, x = compiled_module()
+    args = change(module, x)
+    assert compiled.latest.guard(args) == module_matches(compiled, args)
+    assert compiled.latest.guard(args) == (change is MODULE_CHANGES["nothing"])
+
+
+def test_a_buffer_replaced_by_another_tensor_is_read_by_the_next_call():
+    """The compiled forward reads the buffers it traced: one replaced by another tensor (of
+    the same shape and dtype) is a new specialization, which reads it."""
+    compiled, module, x = compiled_module()
+    before = compiled(x).detach().numpy().copy()
+    module.register_buffer("offset", tg.ones(3, dtype=tg.float64))
+    assert not compiled.latest.guard((x,)) and not module_matches(compiled, (x,))
+    after = compiled(x).detach().numpy()
+    np.testing.assert_allclose(after, before + 1.0, rtol=1e-12)
+    np.testing.assert_allclose(after, module(x).detach().numpy(), rtol=1e-12)

@@ -1,17 +1,18 @@
 """A specialization's guards as generated code.
 
-A compiled function checks on every call that the call matches a specialization: argument
-shapes and dtypes, the watched parameters' metadata, optimizer settings, training flags.
+A compiled function or module checks on every call that the call matches a specialization:
+argument shapes and dtypes, the parameters' metadata, optimizer settings, training flags.
 ``signature()`` computes all of that as a tuple to compare (and to explain a recompile); the
 function generated here makes the same checks straight-line, against the objects and values
 of one specialization, without building anything. A call it accepts has that specialization's
-signature; one it refuses goes the slow way.
+signature; one it refuses goes the slow way (it may refuse more: a module tree rebuilt from
+other objects, say).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracegrad import tape
 from tracegrad.codegen.emit import _ENV
@@ -20,70 +21,110 @@ from tracegrad.tensor import Tensor
 
 
 @dataclass
-class GuardSpec:
-    """What a guard checks: ``args`` (each a Tensor or a plain value), ``tensors`` watched
-    tensors, ``optimizers`` as (optimizer, its guard value), ``modules`` whose training flags
-    are checked, and the function computing an optimizer's guard value."""
-
-    grad_mode: bool
-    args: tuple
-    tensors: list
-    optimizers: list
-    modules: list
-    optimizer_guard: Callable
+class Check:
+    reads: list[str]  # statements binding what the condition reads
+    fails: str  # the condition under which the call does not match
 
 
-def build_guard(spec: GuardSpec, title: str) -> Callable[[tuple], bool]:
-    """The generated guard function for the call state ``spec`` describes (read now)."""
-    namespace: dict = {
-        "Tensor": Tensor,
-        "is_grad_enabled": tape.is_grad_enabled,
-        "optimizer_guard": spec.optimizer_guard,
-    }
-    counts: dict[str, int] = {}
+@dataclass
+class GuardBuilder:
+    """Checks and the names they refer to (objects and values of the specialization)."""
 
-    def constant(prefix: str, value) -> str:
+    checks: list[Check] = field(default_factory=list)
+    names: dict = field(
+        default_factory=lambda: {"Tensor": Tensor, "is_grad_enabled": tape.is_grad_enabled}
+    )
+    counts: dict = field(default_factory=dict)
+
+    def name(self, prefix: str, value) -> str:
         """A name for ``value`` in the guard's namespace: the prefix and a number."""
-        counts[prefix] = counts.get(prefix, -1) + 1
-        name = f"{prefix}{counts[prefix]}"
-        namespace[name] = value
+        self.counts[prefix] = self.counts.get(prefix, -1) + 1
+        name = f"{prefix}{self.counts[prefix]}"
+        self.names[name] = value
         return name
 
-    args = []
-    for a in spec.args:
-        if isinstance(a, Tensor):
-            d = a._data
-            args.append(
-                dict(
-                    tensor=True,
-                    shape=d.shape,
-                    dtype=constant("D", d.dtype),
-                    requires_grad=a._requires_grad,
-                )
-            )
+    def check(self, fails: str, *reads: str) -> None:
+        self.checks.append(Check(list(reads), fails))
+
+    def call(self, args, grad_mode: bool) -> None:
+        """The number of arguments, grad mode, and each argument (tensor_guards' checks)."""
+        self.check(f"len(args) != {len(args)} or is_grad_enabled() is not {grad_mode}")
+        for i, a in enumerate(args):
+            if isinstance(a, Tensor):
+                self.check("not isinstance(a, Tensor)", f"a = args[{i}]")
+                self.check(self.meta("a", a), "d = a._data")
+            else:
+                self.check(f"(a,) != ({self.name('V', a)},)", f"a = args[{i}]")
+
+    def meta(self, tensor: str, t: Tensor) -> str:
+        """The condition that ``tensor`` (its array bound to d) differs from ``t`` now."""
+        d = t._data
+        dims = f"d.shape != {d.shape} or d.dtype != {self.name('D', d.dtype)}"
+        return f"{dims} or {tensor}._requires_grad is not {t._requires_grad}"
+
+    def build(self, title: str) -> Callable[[tuple], bool]:
+        source = _ENV.get_template("guard.py.j2").render(title=title, checks=self.checks)
+        return load(source, {}, f"guards of {title}", self.names)["guard"]
+
+
+def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_guard, title):
+    """The guard of a compiled step: its arguments, the watched ``tensors`` (and whether each
+    has a .grad, of which shape), ``optimizers`` as (optimizer, its guard value) and the
+    training flags of ``modules``, as they are now."""
+    b = GuardBuilder()
+    b.names["optimizer_guard"] = optimizer_guard
+    b.call(args, grad_mode)
+    for t in tensors:
+        name = b.name("T", t)
+        b.check(b.meta(name, t), f"d = {name}._data")
+        if t.grad is None:
+            b.check(f"{name}.grad is not None")
         else:
-            args.append(dict(tensor=False, value=constant("V", a)))
-    tensors = [
-        dict(
-            name=constant("T", t),
-            shape=t._data.shape,
-            dtype=constant("D", t._data.dtype),
-            requires_grad=t._requires_grad,
-            grad_shape=None if t.grad is None else t.grad._data.shape,
-        )
-        for t in spec.tensors
-    ]
-    optimizers = [
-        dict(name=constant("O", opt), expected=constant("E", value))
-        for opt, value in spec.optimizers
-    ]
-    training = [dict(name=constant("M", m), value=m.training) for m in spec.modules]
-    source = _ENV.get_template("guard.py.j2").render(
-        title=title,
-        grad_mode=spec.grad_mode,
-        args=args,
-        tensors=tensors,
-        optimizers=optimizers,
-        training=training,
-    )
-    return load(source, {}, f"guards of {title}", namespace)["guard"]
+            b.check(f"g is None or g._data.shape != {t.grad._data.shape}", f"g = {name}.grad")
+    for opt, expected in optimizers:
+        b.check(f"optimizer_guard({b.name('O', opt)}) != {b.name('E', expected)}")
+    for m in modules:
+        b.check(f"{b.name('M', m)}.training is not {m.training}")
+    return b.build(title)
+
+
+def module_guard(grad_mode, args, module, title):
+    """The guard of a compiled module: its arguments, and its tree as it is now: the same
+    submodules, parameters (the same tensors, each with its shape, dtype and requires_grad)
+    and buffers (the same tensors, each with its shape and dtype), and training flags."""
+    b = GuardBuilder()
+    b.call(args, grad_mode)
+    names = {}
+    for m in dict(module.named_modules()).values():
+        names[id(m)] = names.get(id(m)) or b.name("M", m)
+    seen = set()
+    for m in dict(module.named_modules()).values():
+        mod = names[id(m)]
+        b.check(f"{mod}.training is not {m.training}")
+        for table in ("_modules", "_parameters"):
+            entries = getattr(m, table)
+            for value in entries.values():
+                if value is not None and id(value) not in names:
+                    names[id(value)] = b.name("P", value)
+            same = [f"len({mod}.{table}) != {len(entries)}"]
+            same += [
+                f"{mod}.{table}.get({key!r}) is not {names[id(v)] if v is not None else None}"
+                for key, v in entries.items()
+            ]
+            b.check(" or ".join(same))
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                b.check(b.meta(names[id(p)], p), f"d = {names[id(p)]}._data")
+        b.check(f"len({mod}._buffers) != {len(m._buffers)}")
+        for key, buf in m._buffers.items():
+            if buf is None:
+                b.check(f"{mod}._buffers.get({key!r}) is not None")
+                continue
+            name = names.setdefault(id(buf), b.name("B", buf))
+            b.check(f"{mod}._buffers.get({key!r}) is not {name}")
+            if id(buf) not in seen:
+                seen.add(id(buf))
+                dims = f"d.shape != {buf._data.shape} or d.dtype != {b.name('D', buf._data.dtype)}"
+                b.check(dims, f"d = {name}._data")
+    return b.build(title)
