@@ -285,6 +285,9 @@ def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
         lse = row_sum(np.exp(shifted, out=scratch(logits, "ce.exp")), 1)[:, 0]
         np.log(lse, out=lse)
         valid = target != ignore_index
+        if valid.all() and reduction != "none":  # the usual case: two sums and a scalar
+            total = lse.sum(dtype=logits.dtype) - shifted[_rows(len(target)), target].sum()
+            return total / logits.dtype.type(len(target)) if reduction == "mean" else total
         if valid.all():
             loss = np.subtract(lse, shifted[_rows(len(target)), target], out=lse)
         else:
