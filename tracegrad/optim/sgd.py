@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from tracegrad.ops import kernels
 from tracegrad.optim.optimizer import Optimizer
+from tracegrad.tensor import active_tracer
 
 
 class SGD(Optimizer):
@@ -37,6 +41,14 @@ class SGD(Optimizer):
     def update(self, param, grad, state, group) -> None:
         # g = grad + wd * p;  buf = m * buf + (1 - dampening) * g (buf = g at first);
         # step = g + m * buf (Nesterov) or buf;  p -= lr * step
+        if active_tracer() is None and _plain(param, grad, group):
+            # Eagerly, plain SGD on the arrays (what param.sub_(grad, alpha=lr) computes,
+            # without a tensor op's checks); traced steps take the tensor op below.
+            scaled = kernels.scratch(grad._data, "sgd")
+            np.subtract(param._data, np.multiply(grad._data, group["lr"], out=scaled),
+                        out=param._data)  # fmt: skip
+            param._version[0] += 1
+            return
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"]:
@@ -50,3 +62,13 @@ class SGD(Optimizer):
                 buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
             grad = grad + buf * momentum if group["nesterov"] else buf
         param.sub_(grad, alpha=group["lr"])
+
+
+def _plain(param, grad, group) -> bool:
+    """Plain SGD (no momentum, weight decay or maximize) of a writable parameter by a
+    gradient of its dtype and shape."""
+    p, g = param._data, grad._data
+    options = group["momentum"] or group["weight_decay"] or group["maximize"]
+    if options or type(group["lr"]) not in (int, float) or not p.flags.writeable:
+        return False
+    return g.dtype == p.dtype and g.shape == p.shape

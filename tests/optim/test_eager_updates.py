@@ -1,6 +1,6 @@
-"""Eagerly, Adam's bias corrections run on NumPy float64 scalars and its update on the arrays;
-traced, on tensors (so a compiled step reads the step count). Both must give the same
-numbers, bit for bit."""
+"""Eager optimizer updates run on the arrays (Adam's bias corrections on NumPy float64
+scalars); traced, they are tensor ops (so a compiled step reads the step count). Both must
+give the same numbers, bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import optim
-from tracegrad.optim import adam
+from tracegrad.optim import adam, sgd
 from tracegrad.optim.adam import bias_corrections
 
 
@@ -60,5 +60,28 @@ def test_eager_update_on_arrays_equals_the_tensor_ops(monkeypatch, options, dtyp
             [p.detach().numpy().copy() for p in params]
             + [s[k].numpy().copy() for p in params for s in [opt.state[p]] for k in sorted(s)]
         )
+    for got, want in zip(*runs, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+@pytest.mark.parametrize("lr", [0.1, 3])
+def test_plain_sgd_on_arrays_equals_the_tensor_op(monkeypatch, lr, dtype):
+    """Plain SGD's eager update on the arrays gives the bits of param.sub_(grad, alpha=lr)."""
+    runs = []
+    for arrays in (True, False):
+        if not arrays:
+            monkeypatch.setattr(sgd, "_plain", lambda *args: False)
+        tg.manual_seed(0)
+        params = [tg.randn(3, 4, dtype=dtype), tg.randn(5, dtype=dtype)]
+        for p in params:
+            p.requires_grad_()
+        opt = optim.SGD(params, lr=lr)
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            for p in params:
+                p.grad = tg.tensor(rng.standard_normal(p.shape), dtype=dtype)
+            opt.step()
+        runs.append([p.detach().numpy().copy() for p in params])
     for got, want in zip(*runs, strict=True):
         np.testing.assert_array_equal(got, want)
