@@ -376,7 +376,7 @@ class CompiledFunction:
             [t for _, t in self._watched_tensors.values()],
             [(opt, _optimizer_guard(opt)) for opt in self._watched_optimizers.values()],
             [m for modules in self._module_lists.values() for m in modules],
-            _optimizer_guard,
+            _optimizer_groups,
             getattr(self.fn, "__name__", "function"),
         )
 
@@ -392,12 +392,14 @@ class CompiledFunction:
 
     def _run(self, spec: StepProgram, args):
         arrays = [a._data for a in args if isinstance(a, Tensor)]
+        first = len(arrays)
         arrays += [t._data for t in spec.state()]
         planned = spec.program.buffer_ids
-        if not planned.isdisjoint(map(_memory_of, arrays)):
-            # A .grad living in this program's memory, read as an input: the run may reuse
-            # that memory before reading it.
-            arrays = [a.copy() if _memory_of(a) in planned else a for a in arrays]
+        for index in spec.grad_of:
+            # A .grad living in this program's memory (only sinks put tensors there), read as
+            # an input: the run may reuse that memory before reading it.
+            if _memory_of(arrays[first + index]) in planned:
+                arrays[first + index] = arrays[first + index].copy()
         for sink in spec.sinks:
             sink.keep_orphan()
         results = spec.program.call("step", arrays)
@@ -414,15 +416,20 @@ class CompiledFunction:
 
 def _optimizer_guard(opt) -> tuple:
     """What a traced update depends on: hyperparameters and which state exists per parameter."""
-    groups = tuple(
-        tuple((k, v if type(v) in _PLAIN else repr(v)) for k, v in g.items() if k != "params")
-        for g in opt.param_groups
-    )
+    groups = _optimizer_groups(opt)
     # Which state exists, and which tensor objects hold it (load_state_dict replaces them).
     state = tuple(
         (id(p), tuple((k, id(v)) for k, v in s.items())) for p, s in opt.state.items() if s
     )
     return groups, state
+
+
+def _optimizer_groups(opt) -> tuple:
+    """The hyperparameters of each parameter group."""
+    return tuple(
+        tuple((k, v if type(v) in _PLAIN else repr(v)) for k, v in g.items() if k != "params")
+        for g in opt.param_groups
+    )
 
 
 # Hyperparameter types compared by value; anything else (a tensor learning rate, say) by repr.

@@ -67,6 +67,47 @@ def test_guard_accepts_exactly_the_calls_the_signature_matches(change):
     assert compiled.latest.guard(args) == (change is CHANGES["nothing"])
 
 
+def adam_step():
+    tg.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    opt = optim.Adam(model.parameters(), lr=0.1)
+
+    def step(x, y):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    compiled = tg.compile(step)
+    x, y = tg.tensor(np.ones((6, 4))), tg.tensor([0, 1, 2, 0, 1, 2])
+    compiled(x, y)
+    compiled(x, y)  # the state exists now: the steady specialization
+    return compiled, model, opt, x, y
+
+
+def replace_state_tensor(model, opt):
+    state = opt.state[model.weight]
+    state["exp_avg"] = state["exp_avg"].clone()
+
+
+STATE_CHANGES = {
+    "nothing": lambda model, opt: None,
+    "a state tensor replaced (as load_state_dict does)": replace_state_tensor,
+    "a state entry added": lambda model, opt: opt.state[model.bias].__setitem__(
+        "max_exp_avg_sq", tg.zeros(3, dtype=tg.float64)
+    ),
+    "a parameter's state dropped": lambda model, opt: opt.state[model.bias].clear(),
+    "betas": lambda model, opt: opt.param_groups[0].__setitem__("betas", (0.8, 0.9)),
+}
+
+
+@pytest.mark.parametrize("change", STATE_CHANGES.values(), ids=STATE_CHANGES.keys())
+def test_guard_follows_the_optimizer_state_as_the_signature_does(change):
+    compiled, model, opt, x, y = adam_step()
+    change(model, opt)
+    assert compiled.latest.guard((x, y)) == matches(compiled, (x, y))
+    assert compiled.latest.guard((x, y)) == (change is STATE_CHANGES["nothing"])
+
+
 def test_guard_refuses_calls_under_no_grad():
     compiled, _, _, x, y = compiled_step()
     with tg.no_grad():

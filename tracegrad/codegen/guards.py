@@ -67,12 +67,13 @@ class GuardBuilder:
         return load(source, {}, f"guards of {title}", self.names)["guard"]
 
 
-def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_guard, title):
+def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups, title):
     """The guard of a compiled step: its arguments, the watched ``tensors`` (and whether each
-    has a .grad, of which shape), ``optimizers`` as (optimizer, its guard value) and the
-    training flags of ``modules``, as they are now."""
+    has a .grad, of which shape), ``optimizers`` as (optimizer, its guard value: groups and
+    state) with ``optimizer_groups`` computing the first part, and the training flags of
+    ``modules``, as they are now."""
     b = GuardBuilder()
-    b.names["optimizer_guard"] = optimizer_guard
+    b.names["optimizer_groups"] = optimizer_groups
     b.call(args, grad_mode)
     for t in tensors:
         name = b.name("T", t)
@@ -82,10 +83,27 @@ def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_guard, t
         else:
             b.check(f"g is None or g._data.shape != {t.grad._data.shape}", f"g = {name}.grad")
     for opt, expected in optimizers:
-        b.check(f"optimizer_guard({b.name('O', opt)}) != {b.name('E', expected)}")
+        _optimizer_checks(b, opt, expected)
     for m in modules:
         b.check(f"{b.name('M', m)}.training is not {m.training}")
     return b.build(title)
+
+
+def _optimizer_checks(b: GuardBuilder, opt, expected) -> None:
+    """An optimizer's hyperparameters (as its guard value has them), then its state: the
+    same tensors under the same keys for each parameter (and as many entries)."""
+    groups, _ = expected
+    name = b.name("O", opt)
+    b.check(f"optimizer_groups({name}) != {b.name('E', groups)}")
+    b.check(f"len(st) != {len(opt.state)}", f"st = {name}.state")
+    for p, state in opt.state.items():
+        entry = f"st.get({b.name('K', p)})"
+        if not state:
+            b.check(f"{entry}")  # no state (or none yet) for this parameter
+            continue
+        same = [f"len(s) != {len(state)}"]
+        same += [f"s.get({key!r}) is not {b.name('X', v)}" for key, v in state.items()]
+        b.check("s is None or " + " or ".join(same), f"s = {entry}")
 
 
 def module_guard(grad_mode, args, module, title):

@@ -120,12 +120,16 @@ class _Planner:
         writes_out = node.op == FUSED or (op is not None and op.out is not None)
         if not writes_out or self.root[id(out)] is not out:
             return
-        if not out.type.shape:
-            return  # NumPy hands back 0-d results as scalars, which cannot be written into
         if id(self.root[id(out)]) in self.protected:
             return
         elementwise = node.op == FUSED or ELEMENTWISE in op.props
         ours = [v for v in node.inputs if id(v) not in self.protected or id(v) in self.targets]
+        if not out.type.shape:
+            # NumPy hands back 0-d results as scalars, which cannot be written into later;
+            # a ufunc given out= writes there, so a 0-d state (a step count) is updated in place
+            ours = [v for v in ours if id(v) in self.targets]
+            if not (elementwise and node.op != FUSED and op.out.startswith("np.") and ours):
+                return
         if node.op == FUSED:
             ours = [v for v in _read_first_only(node) if v in ours]
         elif not elementwise:
@@ -140,6 +144,8 @@ class _Planner:
                 self.owner[id(out)] = self.owner.pop(id(node.inputs[k]))
             note("inplace", node)
             return
+        if not out.type.shape:
+            return  # (no buffer: a 0-d result comes back as a scalar)
         key = (out.type.shape, out.type.dtype.name)
         buffer = self.free[key].pop() if self.free[key] else self._new(key)
         node.meta["buffer"] = buffer
