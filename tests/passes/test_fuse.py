@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 import tracegrad as tg
-import tracegrad.nn.functional as F
 from tracegrad import nn, optim
 from tracegrad.codegen.emit import row_loops
 from tracegrad.ir.graph import Graph, body_of
@@ -100,20 +99,12 @@ def test_row_loops_leave_linear_kernels_out():
         assert not any(n.op == "fused" and "linear" in n.attrs["kind"] for n in members)
 
 
-def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager():
+def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager(training_step):
     results = []
     for compiled in (False, True):
         tg.manual_seed(4)
         model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
-        opt = optim.SGD(model.parameters(), lr=0.1)
-
-        def step(x, y, model=model, opt=opt):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
+        step = training_step(model, optim.SGD(model.parameters(), lr=0.1))
         run = tg.compile(step) if compiled else step
         rng = np.random.default_rng(2)
         losses = [
