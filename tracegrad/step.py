@@ -155,12 +155,12 @@ class Sink:
             self.kept = None
 
     def store(self, array: np.ndarray, home: int | None) -> None:
-        """Without a copy when ``array`` is one of the program's planned buffers, or a
-        reshaped view of one whole (``home`` is then that buffer's id), and no other live
-        tensor lives there: the tensor then lives in that buffer, which every later run
-        leaves holding the same value's next result. A tensor the user made keeps its memory
-        (it may be a view of theirs) and is written into; anything else is copied, since it
-        may be an input or memory shared with another result."""
+        """Without a copy when ``array`` is one of the program's planned buffers, or a view of
+        all of one (``home`` is then that buffer's id), and no other live tensor lives there:
+        the tensor then lives in that buffer, which every later run leaves holding the same
+        value's next result. A tensor the user made keeps its memory (it may be a view of
+        theirs) and is written into; anything else is copied, since it may be an input or
+        memory shared with another result."""
         current, kept = self.current(), self.kept
         if current is None and kept is not None and _same_memory(kept._data, array):
             current = kept  # dropped by zero_grad and held by nobody: it comes back
@@ -206,8 +206,8 @@ def _held_in(tensor: Tensor) -> int | None:
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two arrays are the same memory seen the same way (each run makes a new
-    reshaped view of a buffer: equal base, shape and strides)."""
+    """Whether two arrays are the same memory seen the same way (each run makes a new view of
+    a buffer: equal base, shape and strides)."""
     if a is b:
         return True
     base = a.base
