@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -313,14 +312,13 @@ def test_render_picks_the_format_from_the_suffix(mlp, tmp_path):
         viz.render(views, tmp_path / "graph.png")
 
 
-def test_a_24_block_transformer_renders_quickly(transformer, tmp_path):
+def test_a_24_block_transformer_renders_every_node(transformer, tmp_path):
+    """A graph of over 3000 nodes renders whole in each format. (How fast is not asserted
+    here: speed is measured by benchmarks/, never by timed assertions in tests.)"""
     views, code = transformer
     assert sum(len(g.nodes) for _, g in views) > 3000
-    started = time.perf_counter()
     for suffix in (".dot", ".svg", ".html"):
         viz.render(views, tmp_path / f"gpt{suffix}", code=code)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 10, f"rendering took {elapsed:.1f} s"
     nodes = svg_nodes((tmp_path / "gpt.svg").read_text(encoding="utf-8"))
     assert len(nodes) == len(all_node_ids(views))
     dot_nodes, _, _ = parse_dot((tmp_path / "gpt.dot").read_text(encoding="utf-8"))
