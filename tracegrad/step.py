@@ -374,7 +374,7 @@ class CompiledFunction:
             tape.is_grad_enabled(),
             args,
             [t for _, t in self._watched_tensors.values()],
-            [(opt, _optimizer_guard(opt)) for opt in self._watched_optimizers.values()],
+            list(self._watched_optimizers.values()),
             [m for modules in self._module_lists.values() for m in modules],
             _optimizer_groups,
             getattr(self.fn, "__name__", "function"),

@@ -492,6 +492,23 @@ def test_adam_step_uses_fused_updates_in_place(training_step):
     assert "out=model_0_weight)" in step.code  # the parameter array is the destination
 
 
+def test_adam_step_count_is_incremented_in_its_own_array(training_step):
+    """The 0-d step count is a state updated by a ufunc: written where it lives (no copy back
+    after the run), and it still counts the steps."""
+    model = mlp()
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    step = tg.compile(training_step(model, opt))
+    for x, y in batches(3, (5, 6), 3):
+        step(x, y)
+    assert "out=opt_step0)" in step.code
+    counts = [opt.state[p]["step"] for p in model.parameters()]
+    arrays = [c._data for c in counts]
+    for x, y in batches(2, (5, 6), 3, seed=7):
+        step(x, y)
+    assert [c.item() for c in counts] == [5.0] * len(counts)
+    assert all(c._data is a for c, a in zip(counts, arrays, strict=True))
+
+
 def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
     """A .grad the step created stays the same tensor from step to step, holds each step's
     gradient (equal to eager), and keeps one buffer: the run writes it, nothing copies it."""

@@ -69,9 +69,8 @@ class GuardBuilder:
 
 def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups, title):
     """The guard of a compiled step: its arguments, the watched ``tensors`` (and whether each
-    has a .grad, of which shape), ``optimizers`` as (optimizer, its guard value: groups and
-    state) with ``optimizer_groups`` computing the first part, and the training flags of
-    ``modules``, as they are now."""
+    has a .grad, of which shape), the ``optimizers`` (hyperparameters as ``optimizer_groups``
+    computes them, and state) and the training flags of ``modules``, as they are now."""
     b = GuardBuilder()
     b.names["optimizer_groups"] = optimizer_groups
     b.call(args, grad_mode)
@@ -82,17 +81,16 @@ def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups, 
             b.check(f"{name}.grad is not None")
         else:
             b.check(f"g is None or g._data.shape != {t.grad._data.shape}", f"g = {name}.grad")
-    for opt, expected in optimizers:
-        _optimizer_checks(b, opt, expected)
+    for opt in optimizers:
+        _optimizer_checks(b, opt, optimizer_groups(opt))
     for m in modules:
         b.check(f"{b.name('M', m)}.training is not {m.training}")
     return b.build(title)
 
 
-def _optimizer_checks(b: GuardBuilder, opt, expected) -> None:
-    """An optimizer's hyperparameters (as its guard value has them), then its state: the
-    same tensors under the same keys for each parameter (and as many entries)."""
-    groups, _ = expected
+def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
+    """An optimizer's hyperparameters (``groups``, as ``optimizer_groups`` computes them),
+    then its state: the same tensors under the same keys for each parameter."""
     name = b.name("O", opt)
     b.check(f"optimizer_groups({name}) != {b.name('E', groups)}")
     # In the order the optimizer made them (a dict lookup would hash each tensor in Python)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
 from tracegrad.dtypes import TensorType, from_name
 from tracegrad.ir.core import CONSTANT, FUSED
 from tracegrad.ir.graph import Graph, body_of
@@ -128,7 +130,7 @@ class _Planner:
             # NumPy hands back 0-d results as scalars, which cannot be written into later;
             # a ufunc given out= writes there, so a 0-d state (a step count) is updated in place
             ours = [v for v in ours if id(v) in self.targets]
-            if not (elementwise and node.op != FUSED and op.out.startswith("np.") and ours):
+            if op is None or not isinstance(op.impl, np.ufunc) or not ours:
                 return
         if node.op == FUSED:
             ours = [v for v in _read_first_only(node) if v in ours]
