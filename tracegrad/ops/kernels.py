@@ -280,21 +280,9 @@ def _rows(n: int) -> np.ndarray:
 
 
 def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
-    if logits.ndim == 2 and not label_smoothing:  # the common case, in few NumPy calls
-        shifted = np.subtract(logits, row_max(logits, 1), out=scratch(logits, "ce"))
-        lse = row_sum(np.exp(shifted, out=scratch(logits, "ce.exp")), 1)[:, 0]
-        np.log(lse, out=lse)
-        valid = target != ignore_index
-        if valid.all() and reduction != "none":  # the usual case: two sums and a scalar
-            total = lse.sum(dtype=logits.dtype) - shifted[_rows(len(target)), target].sum()
-            return total / logits.dtype.type(len(target)) if reduction == "mean" else total
-        if valid.all():
-            loss = np.subtract(lse, shifted[_rows(len(target)), target], out=lse)
-        else:
-            loss = lse - shifted[_rows(len(target)), np.where(valid, target, 0)]
-            loss = np.where(valid, loss, 0.0)
-        return _reduce_loss(loss.astype(logits.dtype, copy=False), valid, reduction, logits.dtype)
-    logp = log_softmax(logits, class_dim(logits.ndim))
+    """nll_loss of the (stable) log-probabilities, computed into a scratch array: the loss
+    never returns memory of its log-probabilities."""
+    logp = log_softmax(logits, class_dim(logits.ndim), out=scratch(logits, "cross_entropy"))
     return nll_loss(logp, target, ignore_index, label_smoothing, reduction)
 
 
