@@ -19,7 +19,7 @@ import numpy as np
 from tracegrad import dtypes, tape
 from tracegrad.dtypes import DType, TensorType
 from tracegrad.errors import DTypeError, ShapeError, TraceError, at_user_line
-from tracegrad.ops import OPS, VIEW, Op, VJPContext, kernels, registry, vjp
+from tracegrad.ops import OPS, VIEW, Op, VJPContext, registry, vjp
 from tracegrad.ops.index import resolve
 from tracegrad.ops.rules import normalize_dim, normalize_dims
 
@@ -912,7 +912,7 @@ class Tensor:
         if fits and self._writes_directly(other):
             with np.errstate(all="ignore"):
                 if alpha != 1:  # a Python scalar stays weak, as in other * alpha
-                    data = _scaled_array(data, alpha)
+                    data = np.multiply(data, alpha)
                 ufunc(self._data, data, out=self._data, casting="unsafe")
             self._version[0] += 1
             return self
@@ -1122,15 +1122,6 @@ def result_type(op: Op, inputs, attrs) -> TensorType:
             _KNOWN_TYPES.clear()
         _KNOWN_TYPES[key] = out_type
     return out_type
-
-
-def _scaled_array(data, alpha):
-    """``data * alpha`` for an in-place update: into reused memory when ``data`` is an array
-    (a fresh array of a weight's size each step would cost page faults)."""
-    if not isinstance(data, np.ndarray):
-        return np.multiply(data, alpha)
-    out = kernels.scratch(data.shape, "scaled", np.result_type(data, alpha))
-    return np.multiply(data, alpha, out=out)
 
 
 def _scaled(other, alpha):
