@@ -111,9 +111,6 @@ def state_names(modules, optimizers, tensors) -> dict[int, str]:
 # time: while a tensor a step handed out is alive (the user may keep an old .grad, or a view
 # of it), its buffer is not handed to another tensor.
 _holders: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
-# Tensors a step stored as copies: ours, so a later run may move them into planned memory (a
-# tensor the user made keeps its own).
-_copies: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
 
 
 # References to a tensor a sink keeps when nothing else holds it: the sink's attribute, the
@@ -175,10 +172,8 @@ class Sink:
             and current._data.dtype == array.dtype
         ):
             held = _held_in(current)
-            if free and (held is not None or _copies.get(id(current)) is current):  # ours
-                if held is not None:
-                    del _holders[held]
-                _copies.pop(id(current), None)
+            if free and held is not None:  # a tensor some run stored without a copy: it moves
+                del _holders[held]
                 current._data = array
                 self._live_in(home, current)
             else:
@@ -188,8 +183,6 @@ class Sink:
         new = Tensor._wrap(array if free else array.copy())
         if free:
             self._live_in(home, new)
-        else:
-            _copies[id(new)] = new
         self.put(new)
 
     def _live_in(self, home: int, tensor: Tensor) -> None:
