@@ -117,3 +117,37 @@ def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager(tr
     for p, q in zip(model_c.parameters(), model_e.parameters(), strict=True):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-12)
     assert "# linear matmul add relu" in run.code
+
+
+class ResidualMLP(nn.Module):
+    """x + proj(gelu(fc(x))) on (batch, time, features): the transformer's MLP block."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.proj = nn.Linear(4, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return x + self.proj(nn.functional.gelu(self.fc(x), approximate="tanh"))
+
+
+def test_linear_layers_on_a_stack_run_as_linear_kernels_and_equal_eager(training_step):
+    """On (B, T, C) the products run on all B*T rows; the bias (and the residual) join the
+    product in its kernel, and in the backward the GELU gradient joins its product."""
+    results = []
+    for compiled in (False, True):
+        tg.manual_seed(5)
+        model = nn.Sequential(ResidualMLP(), nn.Flatten(), nn.Linear(12, 3)).double()
+        step = training_step(model, optim.Adam(model.parameters(), lr=0.01))
+        run = tg.compile(step) if compiled else step
+        rng = np.random.default_rng(3)
+        losses = [
+            run(tg.tensor(rng.standard_normal((2, 3, 4))), tg.tensor(rng.integers(0, 3, 2))).item()
+            for _ in range(3)
+        ]
+        results.append((model, losses, run))
+    (model_e, losses_e, _), (model_c, losses_c, run) = results
+    np.testing.assert_allclose(losses_c, losses_e, rtol=1e-12)
+    for p, q in zip(model_c.parameters(), model_e.parameters(), strict=True):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-12)
+    for kind in ("linear matmul add", "linear matmul add add", "linear matmul gelu_grad"):
+        assert f"# {kind} (" in run.code, kind

@@ -276,6 +276,21 @@ CASES = {
         after={"matmul": 1, "reshape": 2},
         smaller=False,  # two reshapes (views) around one product
     ),
+    # A linear layer on (2, 3, 5): its bias, the residual and the activation run on the
+    # product's (6, 4) rows (then fuse joins them to the product), one reshape at the end.
+    "elementwise-before-reshape": Case(
+        graph_of(
+            """  %1:f64[6,4] = matmul %a, %w
+  %2:f64[2,3,4] = reshape[shape=(2, 3, 4)] %1
+  %3:f64[2,3,4] = add %2, %b
+  %4:f64[2,3,4] = add %r, %3
+  %5:f64[2,3,4] = relu %4
+  return %5""",
+            "%a:f64[6,5], %w:f64[5,4], %b:f64[4], %r:f64[2,3,4]",
+        ),
+        after={"add": 2, "matmul": 1, "relu": 1, "reshape": 2},  # one of the residual
+        smaller=False,
+    ),
     # The gradients of q, k and v sliced from one (2, 6) projection: three scatters into
     # zeros summed become one concatenation.
     "slice-scatters-cat": Case(
@@ -724,6 +739,34 @@ NEAR_MISSES_WITH_INPUTS = {
   %3:f64[2,3] = softmax[dim=1] %2
   return %3""",
         "%x:f64[2,3], %m:b8[2,3]",
+    ),
+    "a bias along a dim the reshape made stays on the stack": (
+        """  %1:f64[6,4] = matmul %a, %w
+  %2:f64[2,12] = reshape[shape=(2, 12)] %1
+  %3:f64[2,12] = add %2, %b
+  return %3""",
+        "%a:f64[6,5], %w:f64[5,4], %b:f64[12]",
+    ),
+    "an operand of another shape stays on the stack": (
+        """  %1:f64[6,4] = matmul %a, %w
+  %2:f64[2,3,4] = reshape[shape=(2, 3, 4)] %1
+  %3:f64[2,3,4] = add %2, %b
+  return %3""",
+        "%a:f64[6,5], %w:f64[5,4], %b:f64[3,1]",
+    ),
+    "a strided operand is not copied to meet the rows": (
+        """  %1:f64[6,4] = matmul %a, %w
+  %2:f64[2,3,4] = reshape[shape=(2, 3, 4)] %1
+  %3:f64[2,3,4] = permute[dims=(0, 2, 1)] %r
+  %4:f64[2,3,4] = add %2, %3
+  return %4""",
+        "%a:f64[6,5], %w:f64[5,4], %r:f64[2,4,3]",
+    ),
+    "a reshape of an input is left where it is": (
+        """  %1:f64[2,3,4] = reshape[shape=(2, 3, 4)] %a
+  %2:f64[2,3,4] = exp %1
+  return %2""",
+        "%a:f64[6,4]",
     ),
     "a scaled operand also read elsewhere keeps its scale": (
         """  %1:f64[] = constant[value=0.5]

@@ -82,7 +82,10 @@ class Namer:
     def __call__(self, value, prefix: str = "") -> str:
         if id(value) not in self.names:
             base = re.sub(r"\W", "_", value.name)
-            if prefix or base[0].isdigit():
+            # A value named by the IR (7, s7) reads the same wherever it appears: v7, vs7 (a
+            # value saved for the backward is a node's output in the forward function and
+            # an input of the backward function).
+            if prefix or base[0].isdigit() or re.fullmatch(r"[a-z]\d+", base):
                 base = (prefix or "v") + base
             if keyword.iskeyword(base):
                 base += "_"

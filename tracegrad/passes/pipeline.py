@@ -72,8 +72,8 @@ DEFAULT_PIPELINE = [
     "simplify",  # algebraic identities and numerically stable forms
     "cse",  # compute each distinct expression once
     "horizontal",  # sibling matmuls on one input become one wider matmul
+    "dce",  # drop nodes whose values nobody reads (what the rewrites above replaced)
     "fuse",  # chains of elementwise ops become one kernel each (before the memory plan)
-    "dce",  # drop nodes whose values nobody reads
     "schedule",  # scalars as early as possible; runs on each generated function
     "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]

@@ -17,6 +17,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, OPS, VIEW, kernels
+from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.dce import live_nodes
 from tracegrad.passes.pipeline import note, register_pass, substitute
 
@@ -271,6 +272,43 @@ def _operand_broadcast(node, rw):
             inputs[i] = inner.inputs[0]
             return _same(node, rw.emit(node.op, inputs, **node.attrs))
     return None
+
+
+def _elementwise_before_reshape(node, rw):
+    """An elementwise op on the rows of a product seen as a stack, f(reshape(x), y), runs on
+    the rows themselves: a linear layer on (B, T, C) is one product of all the rows, and its
+    bias and activation then join it in one fused kernel, in place over the product."""
+    out = node.outputs[0].type.shape
+    for position, value in enumerate(node.inputs):
+        view = rw.producer(value, "reshape")
+        if view is None or value.type.shape != out:
+            continue
+        rows = view.inputs[0]
+        source = OPS.get(getattr(rw.producer(rows), "op", None))
+        if source is None or not (source.name == "matmul" or ELEMENTWISE in source.props):
+            continue
+        if rows.type.shape[-1:] != out[-1:]:
+            continue  # a bias along the last dim would meet another dim
+        operands = [_on_rows(rw, v, rows) for v in node.inputs]
+        if any(v is None for v in operands):
+            continue
+        operands[position] = rows
+        on_rows = rw.emit(node.op, operands, **node.attrs)
+        return _same(node, rw.emit("reshape", [on_rows], shape=out))
+    return None
+
+
+def _on_rows(rw, value: Value, rows: Value) -> Value | None:
+    """``value`` as an operand beside ``rows`` (the same elements, or broadcast along the
+    last dim), or None when it can't be: a full-size strided view would be copied."""
+    if value.type.ndim <= 1:
+        return value
+    if value.type.numel != rows.type.numel:
+        return None
+    producer = rw.producer(value)
+    if producer is not None and VIEW in OPS[producer.op].props and producer.op != "reshape":
+        return None
+    return rw.emit("reshape", [value], shape=rows.type.shape)
 
 
 def _sum_of_broadcast(node, rw):
@@ -597,6 +635,16 @@ RULES += [
     Rule("operand-broadcast", "f(x, broadcast_to(y)) -> f(x, y)", op, _operand_broadcast)
     for op in sorted(OPS)
     if ELEMENTWISE in OPS[op].props and len(OPS[op].inputs) >= 2 and op != "where"
+]
+RULES += [
+    Rule(
+        "elementwise-before-reshape",
+        "f(reshape(x, S), y) -> reshape(f(x, y'), S) with x rows of a product (y' on x's rows)",
+        op,
+        _elementwise_before_reshape,
+    )
+    for op in sorted(OPS)
+    if ELEMENTWISE in OPS[op].props and RANDOM not in OPS[op].props
 ]
 
 _BY_OP: dict[str, list[Rule]] = {}
