@@ -7,6 +7,7 @@ import numpy as np
 from tracegrad.creation import zeros_like
 from tracegrad.functions import maximum
 from tracegrad.ops import kernels
+from tracegrad.optim.flat import FlatState, small_params
 from tracegrad.optim.optimizer import Optimizer
 from tracegrad.tensor import Tensor, active_tracer, tensor
 
@@ -74,33 +75,61 @@ class Adam(Optimizer):
     def _update_arrays(self, param, grad, state, group) -> None:
         """The update above, eagerly: the same kernels and the same float64 scalars (so the
         same bits, which a test checks) on the NumPy arrays directly, without a tensor op and
-        its checks per term; what PyTorch's foreach and fused Adam are to its per-tensor
-        loop. Traced steps take the tensor ops, which the compiler sees."""
+        its checks per term. Traced steps take the tensor ops, which the compiler sees."""
+        step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        arrays = (param._data, grad._data, step._data, exp_avg._data, exp_avg_sq._data)
+        self._update_on(*arrays, group)
+        for t in (param, step, exp_avg, exp_avg_sq):
+            t._version[0] += 1
+
+    def _update_on(self, p, g, step, m, v, group) -> None:
+        """Adam on arrays in place: one parameter's, or the flat arrays of many parameters at
+        one step count (``step`` then holds each one's count, all equal)."""
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
-        p, g = param._data, grad._data
         if group["maximize"]:
             g = -g
         if wd and self.decoupled_weight_decay:
             np.multiply(p, 1 - lr * wd, out=p)
         elif wd:
             g = g + p * wd
-        step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        np.add(step._data, 1, out=step._data)
-        kernels.lerp(exp_avg._data, g, 1.0 - beta1, out=exp_avg._data)
-        kernels.ema_square(exp_avg_sq._data, g, beta2, out=exp_avg_sq._data)
-        step_size, bias2_sqrt = _bias_corrections_eager(step._data, lr, beta1, beta2, p.dtype)
-        kernels.adam_step(p, exp_avg._data, exp_avg_sq._data, step_size, bias2_sqrt,
-                          group["eps"], out=p)  # fmt: skip
-        for t in (param, step, exp_avg, exp_avg_sq):
-            t._version[0] += 1
+        np.add(step, 1, out=step)
+        t = step.reshape(-1)[0]
+        corrections = _bias_corrections_eager(t, lr, beta1, beta2, p.dtype)
+        kernels.adam_update(p, g, m, v, *corrections, beta1, beta2, group["eps"])
+
+    def _update_together(self, index, group, pairs):
+        """Small parameters at one step count, updated at once on flat arrays (see
+        tracegrad/optim/flat.py); the rest one by one."""
+        small = small_params(pairs) if not group["amsgrad"] else []
+        params = [p for p, _ in small]
+        states = [self.state.get(p, {}) for p in params]
+        flat = self._flat.pop(index, None)
+        if flat is None or not flat.holds(params, states):
+            flat = None  # let go of the old views before the new state is checked
+            flat = FlatState.build(params, states, ("step", "exp_avg", "exp_avg_sq"))
+        if flat is None or len(params) < 2:
+            return pairs
+        self._flat[index] = flat
+        steps = flat.flats["step"]
+        if steps.min() != steps.max():
+            return pairs
+        values = flat.gather([p._data for p in params], flat.values)
+        grads = flat.gather([g._data for _, g in small], flat.grads)
+        self._update_on(values, grads, steps, flat.flats["exp_avg"], flat.flats["exp_avg_sq"],
+                        group)  # fmt: skip
+        flat.scatter_values()
+        done = {id(p) for p in params}
+        return [(p, g) for p, g in pairs if id(p) not in done]
 
 
 def _plain(param, grad, state) -> bool:
     """Whether the update may run on the arrays: the state is tensors of the parameter's
-    dtype and shape (as the update makes it), the gradient too, and the memory writable."""
-    p = param._data
-    arrays = (grad._data, state["exp_avg"]._data, state["exp_avg_sq"]._data)
-    return p.flags.writeable and all(a.dtype == p.dtype and a.shape == p.shape for a in arrays)
+    dtype and shape (as the update makes it), the gradient too, and the memory it writes
+    contiguous and writable."""
+    p, m, v = param._data, state["exp_avg"]._data, state["exp_avg_sq"]._data
+    if not all(a.flags.c_contiguous and a.flags.writeable for a in (p, m, v)):
+        return False
+    return all(a.dtype == p.dtype and a.shape == p.shape for a in (grad._data, m, v))
 
 
 def _bias_corrections_eager(step: np.ndarray, lr, beta1, beta2, dtype: np.dtype):

@@ -19,6 +19,7 @@ class Optimizer:
     def __init__(self, params, defaults: dict):
         self.defaults = defaults
         self.state: dict = {}
+        self._flat: dict = {}  # group index -> the flat state of its small parameters
         self.param_groups: list[dict] = []
         params = list(params)
         if not params:
@@ -62,14 +63,18 @@ class Optimizer:
         traced = tracer.optimizer_step(self) if tracer is not None else contextlib.nullcontext()
         # inf and nan results, not warnings, as eager ops give (once for the whole update)
         with traced, tape.no_grad(), np.errstate(all="ignore"):
-            for group in self.param_groups:
-                for p in group["params"]:
-                    grad = p.grad
-                    if grad is not None:
-                        if grad._data.dtype != p._data.dtype:
-                            grad = grad.to(p.dtype)
-                        self.update(p, grad, self.state.setdefault(p, {}), group)
+            for index, group in enumerate(self.param_groups):
+                pairs = [(p, _grad_for(p)) for p in group["params"] if p.grad is not None]
+                if tracer is None:
+                    pairs = self._update_together(index, group, pairs)
+                for p, grad in pairs:
+                    self.update(p, grad, self.state.setdefault(p, {}), group)
         return loss
+
+    def _update_together(self, index: int, group: dict, pairs: list) -> list:
+        """Eagerly, update some of a group's (parameter, gradient) pairs at once; returns the
+        pairs left for ``update`` one by one (here: all of them)."""
+        return pairs
 
     def update(self, param: Tensor, grad: Tensor, state: dict, group: dict) -> None:
         """Update ``param`` in place from ``grad``; ``state`` holds this parameter's buffers."""
@@ -116,3 +121,9 @@ class Optimizer:
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         return f"{type(self).__name__}({settings})"
+
+
+def _grad_for(param: Tensor) -> Tensor:
+    """``param.grad`` in the parameter's dtype."""
+    grad = param.grad
+    return grad if grad._data.dtype == param._data.dtype else grad.to(param.dtype)
