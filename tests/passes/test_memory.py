@@ -395,3 +395,88 @@ def test_w2_step_allocates_at_most_60_percent_of_the_unoptimized_step(training_s
     assert optimized <= 0.6 * unoptimized, (
         f"peak {optimized} B with default passes vs {unoptimized} B with passes=None"
     )
+
+
+# --- assemblies: results written straight into their place in a copy or concatenation ----------
+
+# Attention's shape of things: two stacks of products (2, 2, 3, 4), their heads merged back
+# (transposed to (2, 3, 2, 4), made contiguous, reshaped to (2, 3, 8)) and concatenated.
+HEADS = "%a:f64[2,2,3,5], %b:f64[2,2,5,4], %c:f64[2,2,5,4]"
+MERGED = """  %1:f64[2,2,3,4] = matmul %a, %b
+  %2:f64[2,3,2,4] = permute[dims=(0, 2, 1, 3)] %1
+  %3:f64[2,3,2,4] = contiguous %2
+  %4:f64[2,3,8] = reshape[shape=(2, 3, 8)] %3
+  %5:f64[2,2,3,4] = matmul %a, %c
+  %6:f64[2,3,2,4] = permute[dims=(0, 2, 1, 3)] %5
+  %7:f64[2,3,8] = reshape[shape=(2, 3, 8)] %6
+  %8:f64[2,3,16] = cat[dim=2] %4, %7"""
+
+
+def assembled(body: str, inputs: str = HEADS) -> Graph:
+    return planned(f"graph({inputs}) {{\n{body}\n}}")
+
+
+def test_products_are_written_into_their_place_in_a_concatenation():
+    """Each product writes into its transposed slice of the concatenation's buffer: the copy
+    and the concatenation copy nothing, and the code equals the interpreter."""
+    graph = assembled(MERGED + "\n  %9:f64[2,3,16] = exp %8\n  return %9")
+    cat, copy = node(graph, "8"), node(graph, "3")
+    assert cat.meta.get("assembled") and copy.meta.get("assembled")
+    buffer = cat.meta["buffer"]
+    for name, view in [("1", "[:, :, 0:8]"), ("5", "[:, :, 8:16]")]:
+        product = node(graph, name).meta
+        assert product["buffer"] == buffer and product["view"].startswith(view)
+    code = generate([("f", graph)], "assembly test", False, None).source
+    assert "concatenate" not in code and "copy_into" not in code
+    assert_generated_matches(graph)
+
+
+def test_a_contiguous_copy_of_a_transposed_product_is_written_transposed():
+    graph = assembled(
+        """  %1:f64[2,2,3,4] = matmul %a, %b
+  %2:f64[2,3,2,4] = permute[dims=(0, 2, 1, 3)] %1
+  %3:f64[2,3,2,4] = contiguous %2
+  %4:f64[2,3,2,4] = exp %3
+  return %4"""
+    )
+    assert node(graph, "1").meta["view"] == ".transpose((0, 2, 1, 3))"
+    assert node(graph, "3").meta.get("assembled")
+    assert_generated_matches(graph)
+
+
+# (graph body, the consumer left alone, the product left in its own memory)
+ASSEMBLY_NEAR_MISSES = {
+    "a product read again elsewhere": (
+        MERGED + "\n  %9:f64[2,2,3,4] = exp %5\n  %10:f64[2,3,16] = exp %8\n  return %9, %10",
+        "8",
+        "5",
+    ),
+    "an input of the graph": (
+        MERGED.replace("%4, %7", "%4, %7, %d").replace("[2,3,16]", "[2,3,24]")
+        + "\n  %9:f64[2,3,24] = exp %8\n  return %9",
+        "8",
+        "5",
+    ),
+    "a concatenation the caller keeps": (MERGED + "\n  return %8", "8", "5"),
+    "rows of a slice that merge only by copying": (
+        """  %1:f64[6,8] = matmul %p, %q
+  %2:f64[2,3,8] = reshape[shape=(2, 3, 8)] %1
+  %3:f64[6,8] = matmul %p, %r
+  %4:f64[2,3,8] = reshape[shape=(2, 3, 8)] %3
+  %5:f64[2,6,8] = cat[dim=1] %2, %4
+  %6:f64[2,6,8] = exp %5
+  return %6""",
+        "5",
+        "1",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "consumer", "product"), ASSEMBLY_NEAR_MISSES.values(), ids=ASSEMBLY_NEAR_MISSES.keys()
+)
+def test_declines_assemblies_it_cannot_write_in_place(body, consumer, product):
+    graph = assembled(body, HEADS + ", %d:f64[2,3,8], %p:f64[6,5], %q:f64[5,8], %r:f64[5,8]")
+    assert not node(graph, consumer).meta.get("assembled")
+    assert "view" not in node(graph, product).meta
+    assert_generated_matches(graph)

@@ -178,7 +178,11 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
         else:
             target = namer(node.outputs[0], prefix="v")
             args = [namer(v) for v in node.inputs]
-            rhs = expression(node, args, constants, target, _destination(node, args, buffers))
+            destination = _destination(node, args, buffers)
+            if node.meta.get("assembled"):  # its inputs were written in place: nothing to copy
+                rhs = destination
+            else:
+                rhs = expression(node, args, constants, target, destination)
             lines.append(f"{target} = {rhs}{_comment(node)}")
         # where/masked_fill outputs may hold an intended -inf (attention masks): not checked
         if debug_nans and node.op not in (CONSTANT, "where"):
@@ -252,7 +256,7 @@ def _row_candidate(node) -> bool:
     if not elementwise or (op is not None and (RANDOM in op.props or op.out is None)):
         return False
     shape = node.outputs[0].type.shape
-    planned = "inplace" in node.meta or "buffer" in node.meta
+    planned = ("inplace" in node.meta or "buffer" in node.meta) and "view" not in node.meta
     return planned and len(shape) > 0 and shape[0] > 1 and math.prod(shape) > ROW_LOOP_MIN
 
 
@@ -309,8 +313,8 @@ def _destination(node, args: list[str], buffers) -> str | None:
     """Where the memory plan says the node writes: an input it overwrites, or a buffer."""
     if "inplace" in node.meta:
         return args[node.meta["inplace"]]
-    if "buffer" in node.meta:
-        return buffers[node.meta["buffer"]][0]
+    if "buffer" in node.meta:  # the whole buffer, or the view of it an assembly writes
+        return buffers[node.meta["buffer"]][0] + node.meta.get("view", "")
     return None
 
 

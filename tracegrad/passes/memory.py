@@ -20,11 +20,12 @@ values the caller keeps (outputs) never live in pooled memory unless listed as `
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from tracegrad.dtypes import TensorType, from_name
-from tracegrad.ir.core import CONSTANT, FUSED
+from tracegrad.ir.core import CONSTANT, FUSED, Node
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, OVERWRITES_INPUT, VIEW
 from tracegrad.passes.fuse import is_linear
@@ -91,6 +92,11 @@ class _Planner:
         self.buffers: list[tuple] = []
         self.free: dict[tuple, list[int]] = defaultdict(list)
         self.owner: dict[int, int] = {}  # id(root value) -> buffer index
+        # id(node) -> its assembly (see _assemblies), for its consumer and the nodes it gathers
+        self.assembly: dict[int, Assembly] = {}
+        for assembly in _assemblies(graph, self.protected, self.root):
+            for node in [assembly.consumer, *assembly.parts]:
+                self.assembly[id(node)] = assembly
 
     def dies_at(self, value, index: int) -> bool:
         return self.last.get(id(self.root[id(value)])) == index
@@ -118,6 +124,10 @@ class _Planner:
         return self.root[id(self.graph.updates[home])] is out
 
     def place(self, node, index: int) -> None:
+        assembly = self.assembly.get(id(node))
+        if assembly is not None:
+            self.place_assembled(node, assembly)
+            return
         op, out = OPS.get(node.op), node.outputs[0]
         writes_out = node.op == FUSED or (op is not None and op.out is not None)
         if not writes_out or self.root[id(out)] is not out:
@@ -153,6 +163,26 @@ class _Planner:
         node.meta["buffer"] = buffer
         self.owner[id(out)] = buffer
 
+    def place_assembled(self, node, assembly: Assembly) -> None:
+        """A node of an assembly writes (or, for a copy it makes unneeded, is) a view of the
+        consumer's buffer, taken from the pool at the first of them and held until the
+        consumer's value dies."""
+        if assembly.buffer is None:
+            key = (
+                assembly.consumer.outputs[0].type.shape,
+                assembly.consumer.outputs[0].type.dtype.name,
+            )
+            assembly.buffer = self.free[key].pop() if self.free[key] else self._new(key)
+        node.meta["buffer"] = assembly.buffer
+        if node is assembly.consumer:
+            node.meta["assembled"] = True
+            self.owner[id(node.outputs[0])] = assembly.buffer
+            note("assembled", node)
+            return
+        node.meta["view"] = assembly.parts[node]
+        if node.op in ASSEMBLERS:
+            node.meta["assembled"] = True
+
     def _new(self, key) -> int:
         self.buffers.append(key)
         return len(self.buffers) - 1
@@ -163,6 +193,97 @@ class _Planner:
             if self.dies_at(v, index) and id(base) in self.owner:
                 buffer = self.owner.pop(id(base))
                 self.free[self.buffers[buffer]].append(buffer)
+
+
+# --- assemblies: results written straight into their place in a copy or concatenation -----
+
+# Ops that only copy their inputs into a fresh array: a contiguous copy of a transposed view
+# (attention's heads merged back) and a concatenation (the gradients of q, k and v).
+ASSEMBLERS = ("contiguous", "cat")
+
+
+@dataclass(eq=False)
+class Assembly:
+    """A copy or concatenation whose inputs are computed straight into their place in its
+    buffer: ``parts`` maps each node on the way (a product, or a copy made unneeded) to the
+    view of the buffer it writes, as a Python suffix (``[:, :, 64:128].reshape(...)``)."""
+
+    consumer: Node
+    parts: dict = field(default_factory=dict)  # Node -> view suffix (str)
+    buffer: int | None = None
+
+
+def _assemblies(graph: Graph, protected: set[int], root: dict) -> list[Assembly]:
+    """The copies and concatenations whose every input can be written in place: each traced
+    back, through reshapes, transposes and copies read by nothing else, to a product or a
+    fused kernel read by nothing else (NumPy writes those into any strided view). The last
+    consumer of a chain claims it first."""
+    producers = {id(v): n for n in graph.nodes for v in n.outputs}
+    reads: dict[int, int] = defaultdict(int)
+    for v in [*(v for n in graph.nodes for v in n.inputs), *graph.outputs]:
+        reads[id(v)] += 1
+    for v in graph.updates.values():
+        reads[id(v)] += 1
+    claimed: set[int] = set()
+    found = []
+    for node in reversed(graph.nodes):
+        out = node.outputs[0] if node.outputs else None
+        if node.op not in ASSEMBLERS or id(node) in claimed or not out.type.shape:
+            continue
+        if id(root[id(out)]) in protected:
+            continue
+        assembly = Assembly(node)
+        probe = np.empty(out.type.shape, np.int8)  # strides only: its pages are never touched
+        offset = 0
+        for value in node.inputs:
+            view, suffix = probe, ""
+            if node.op == "cat":
+                dim, size = node.attrs["dim"] % out.type.ndim, value.type.shape[node.attrs["dim"]]
+                cut = (slice(None),) * dim + (slice(offset, offset + size),)
+                view, suffix = probe[cut], _index_suffix(dim, offset, offset + size)
+                offset += size
+            if not _trace_part(value, view, suffix, assembly, producers, reads, protected, root):
+                break
+        else:
+            claimed.update(id(n) for n in assembly.parts)
+            found.append(assembly)
+    return found
+
+
+def _trace_part(value, view, suffix, assembly, producers, reads, protected, root) -> bool:
+    """Follow ``value`` (to be found in ``view`` of the consumer's buffer) back to the node
+    that can write it there, noting each node on the way in ``assembly.parts``."""
+    while True:
+        node = producers.get(id(value))
+        if node is None or reads[id(value)] != 1 or id(root[id(value)]) in protected:
+            return False
+        if node.op == "reshape":
+            source = node.inputs[0].type.shape
+            reshaped = view.reshape(source)
+            if not np.may_share_memory(reshaped, view):
+                return False  # the buffer's view cannot take the source's shape without a copy
+            view, suffix = reshaped, f"{suffix}.reshape({source})"
+        elif node.op == "permute":
+            inverse = tuple(int(i) for i in np.argsort(node.attrs["dims"]))
+            view, suffix = view.transpose(inverse), f"{suffix}.transpose({inverse})"
+        elif node.op == "contiguous" and node.inputs[0].type == value.type:
+            assembly.parts[node] = suffix
+        elif _writes_anywhere(node) and node.outputs[0].type == value.type:
+            assembly.parts[node] = suffix
+            return True
+        else:
+            return False
+        value = node.inputs[0]
+
+
+def _writes_anywhere(node) -> bool:
+    """Whether the node's kernel writes its result into any strided ``out``: a product (BLAS
+    takes a row stride), and a fused kernel (NumPy calls with ``out``)."""
+    return node.op in ("matmul", FUSED)
+
+
+def _index_suffix(dim: int, start: int, stop: int) -> str:
+    return "[" + ", ".join([":"] * dim + [f"{start}:{stop}"]) + "]"
 
 
 def _read_first_only(node) -> list:
@@ -186,8 +307,8 @@ def plan(graph: Graph, persistent: frozenset[str] = frozenset()) -> Graph:
     ``persistent`` names outputs that may live in planned memory (the caller copies or uses
     them before the next call)."""
     for node in graph.nodes:  # a new plan replaces an earlier one, which may be stale
-        node.meta.pop("inplace", None)
-        node.meta.pop("buffer", None)
+        for key in ("inplace", "buffer", "view", "assembled"):
+            node.meta.pop(key, None)
     planner = _Planner(graph, persistent)
     for index, node in enumerate(graph.nodes):
         planner.place(node, index)
