@@ -54,9 +54,9 @@ def mlp():
 
 @pytest.fixture(scope="module")
 def transformer():
-    """A 24-block transformer (d=32, 2 heads, ctx 16), compiled and run forward + backward."""
+    """A 26-block transformer (d=32, 2 heads, ctx 16), compiled and run forward + backward."""
     tg.manual_seed(0)
-    model = GPT(blocks=24)
+    model = GPT(blocks=26)
     cm = tg.compile(model)
     idx = tg.tensor([[i % 65 for i in range(16)], [(7 * i) % 65 for i in range(16)]])
     loss = F.cross_entropy(cm(idx).reshape(-1, 65), idx.reshape(-1))
@@ -312,7 +312,7 @@ def test_render_picks_the_format_from_the_suffix(mlp, tmp_path):
         viz.render(views, tmp_path / "graph.png")
 
 
-def test_a_24_block_transformer_renders_every_node(transformer, tmp_path):
+def test_a_26_block_transformer_renders_every_node(transformer, tmp_path):
     """A graph of over 3000 nodes renders whole in each format. (How fast is not asserted
     here: speed is measured by benchmarks/, never by timed assertions in tests.)"""
     views, code = transformer

@@ -287,8 +287,8 @@ def _elementwise_before_reshape(node, rw):
         source = OPS.get(getattr(rw.producer(rows), "op", None))
         if source is None or not (source.name == "matmul" or ELEMENTWISE in source.props):
             continue
-        if rows.type.shape[-1:] != out[-1:]:
-            continue  # a bias along the last dim would meet another dim
+        if rows.type.shape[-1:] != out[-1:] or rows.type.ndim >= len(out):
+            continue  # a bias along the last dim would meet another dim; or not a stack of rows
         operands = [_on_rows(rw, v, rows) for v in node.inputs]
         if any(v is None for v in operands):
             continue
