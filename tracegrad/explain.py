@@ -74,6 +74,11 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
             f"buffers; estimated peak {_size(peak_bytes(before))} before, "
             f"{_size(peak_bytes(after))} after"
         )
+        if after.meta.get("moved"):
+            lines.append(
+                f"    schedule: {after.meta['moved']} nodes of results kept for the caller "
+                "run as soon as their inputs exist"
+            )
         if after.meta.get("hoisted"):
             lines.append(f"    schedule: {after.meta['hoisted']} scalar update nodes run first")
         loops = row_loops(after)
