@@ -178,3 +178,17 @@ def test_state_dict_of_flat_state_is_per_parameter(monkeypatch):
         assert state[i]["exp_avg"].shape == p.shape
         assert state[i]["step"].shape == ()
         np.testing.assert_array_equal(state[i]["exp_avg"].numpy(), opt.state[p]["exp_avg"].numpy())
+
+
+def test_a_deep_copy_of_the_optimizer_updates_its_own_state(monkeypatch):
+    """copy.deepcopy copies the flat arrays and the views of them apart: the copy notices and
+    builds flat state of its own, so its state tensors keep following its updates."""
+    import copy
+
+    opt, params = run_adamw(monkeypatch, True, 3)
+    twin = copy.deepcopy({"opt": opt, "params": params})
+    for pair in ((opt, params), (twin["opt"], twin["params"])):
+        for p in pair[1]:
+            p.grad = tg.ones_like(p)
+        pair[0].step()
+    assert_same_updates((opt, params), (twin["opt"], twin["params"]))

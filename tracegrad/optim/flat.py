@@ -87,7 +87,8 @@ class FlatState:
             for key, tensor, view in zip(self.keys, entry, views, strict=True):
                 if state.get(key) is not tensor or tensor._data is not view:
                     return False
-        return True
+        # Still views of these flat arrays (a deep copy of the optimizer copies each apart)
+        return all(v.base is self.flats[k] for k, v in zip(self.keys, self.views[0], strict=True))
 
     def gather(self, arrays: list[np.ndarray], out: np.ndarray) -> np.ndarray:
         return np.concatenate([a.reshape(-1) for a in arrays], out=out)
