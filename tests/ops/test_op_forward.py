@@ -654,6 +654,25 @@ def test_masked_softmax_is_softmax_of_the_filled_scores(dim, dtype):
     assert np.all(got.numpy()[MASK_23 & ~np.isnan(expected)] == 0.0)
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("dim", [1, 2])
+def test_masked_softmax_of_a_broadcast_mask_ignores_any_score_it_masks(dim, dtype):
+    """A mask broadcast over the scores (causal attention's): masked entries get exactly 0
+    whatever their score (+inf and nan too, as masked_fill's -inf hides them); an unmasked
+    nan still makes its row nan."""
+    mask = np.triu(np.ones((4, 4), bool), 1)
+    x = rand((3, 4, 4), dtype, -3, 3)
+    x[0][mask] = np.inf
+    x[1][mask] = np.nan
+    x[2, 3, 0] = np.nan  # unmasked (below the diagonal)
+    filled = np.where(mask, -np.inf, x.astype(np.float64))
+    with np.errstate(invalid="ignore"):
+        expected = softmax_ref(filled, dim)
+    got = call("masked_softmax", tg.tensor(x), tg.tensor(mask), dim=dim)
+    check(got, expected, dtype)
+    assert np.all(got.numpy()[:2][:, mask] == 0.0)
+
+
 def layer_norm_ref(x, ndims, w, b, eps):
     axes = tuple(range(x.ndim - ndims, x.ndim))
     mean = x.mean(axes, keepdims=True)

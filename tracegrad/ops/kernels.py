@@ -239,7 +239,11 @@ def row_max(x, dim):
 
 def softmax(x, dim, out=None):
     """Stable: exp(x - max) / sum. ``out`` may be ``x``."""
-    out = np.subtract(x, row_max(x, dim), out=out)
+    return _softmax_shifted(x, row_max(x, dim), dim, out)
+
+
+def _softmax_shifted(x, peak, dim, out):
+    out = np.subtract(x, peak, out=out)
     np.exp(out, out=out)
     out /= row_sum(out, dim)
     return out
@@ -248,12 +252,20 @@ def softmax(x, dim, out=None):
 def masked_softmax(x, mask, dim, out=None):
     """softmax(where(mask, -inf, x)) over ``dim``: masked entries get probability exactly 0
     (a row masked whole is nan, as in PyTorch). ``out`` may be ``x``."""
-    if np.size(mask) < np.size(x):
-        # A broadcast mask (causal, transposed for keys-major) is small: made contiguous
-        # first, the masked write over the scores reads it 1.6x faster.
-        mask = np.ascontiguousarray(mask)
-    out = where(mask, x.dtype.type(-np.inf), x, out=out)
-    return softmax(out, dim, out=out)
+    if np.size(mask) >= np.size(x):
+        out = where(mask, x.dtype.type(-np.inf), x, out=out)
+        return softmax(out, dim, out=out)
+    # A broadcast mask (causal, transposed for keys-major) is small: added to the scores as a
+    # bias of -inf and 0 it takes one pass, twice as fast as a masked write. A score of +inf
+    # or nan at a masked entry sums to nan there: the max shows it, and then the masked
+    # write (masked_fill's -inf, whatever the score) is made too.
+    bias = np.where(mask, x.dtype.type(-np.inf), x.dtype.type(0))
+    out = np.add(x, bias, out=out)
+    peak = row_max(out, dim)
+    if np.isnan(peak).any():
+        np.copyto(out, x.dtype.type(-np.inf), where=mask)
+        peak = row_max(out, dim)
+    return _softmax_shifted(out, peak, dim, out)
 
 
 def log_softmax(x, dim, out=None):
