@@ -361,7 +361,26 @@ def _expand_and_sum(pool):
     return f"{a}.expand{new!r}.sum({dims!r}, keepdim=True)"
 
 
+def _assembled_products(pool):
+    """Products made contiguous in another dim order, or concatenated (attention's heads
+    merged back, its q/k/v gradients joined): the memory plan writes them in place. (Each
+    product distinct, so CSE leaves them apart; read again by an op, so not an output.)"""
+    a = pool.pick(_at_least(2))
+    if a is None:
+        return None
+    ndim = len(pool.shape(a))
+    at = f"{a}.transpose(-1, -2)"
+    if pool.draw(st.booleans()):
+        dims = tuple(pool.draw(st.permutations(range(ndim))))
+        return f"({a} @ {at}).permute{dims}.contiguous().tanh()"
+    dim = pool.draw(st.integers(-ndim, ndim - 1))
+    parts = [f"({a} @ {at})", f"(({a} + 1.0) @ {at}).relu().exp()"]
+    parts.append(f"(({a} * 0.5) @ {at}).transpose(-1, -2).contiguous()")  # square: same shape
+    return f"tg.cat([{', '.join(parts)}], dim={dim}).tanh()"
+
+
 LINES.update(
+    assembled_products=_assembled_products,
     transposed_product=_transposed_product,
     products_of_one_operand=_products_of_one_operand,
     expand_and_sum=_expand_and_sum,
