@@ -22,7 +22,7 @@ import numpy as np
 
 from tracegrad import passes, tape, viz
 from tracegrad.check import check_stages
-from tracegrad.codegen.guards import step_guard
+from tracegrad.codegen.guards import PLAIN, step_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.pipeline import transforms
@@ -420,13 +420,9 @@ def _optimizer_guard(opt) -> tuple:
 def _optimizer_groups(opt) -> tuple:
     """The hyperparameters of each parameter group."""
     return tuple(
-        tuple((k, v if type(v) in _PLAIN else repr(v)) for k, v in g.items() if k != "params")
+        tuple((k, v if type(v) in PLAIN else repr(v)) for k, v in g.items() if k != "params")
         for g in opt.param_groups
     )
-
-
-# Hyperparameter types compared by value; anything else (a tensor learning rate, say) by repr.
-_PLAIN = frozenset({bool, int, float, str, tuple, type(None)})
 
 
 def _flatten(result):

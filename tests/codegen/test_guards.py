@@ -54,6 +54,21 @@ CHANGES = {
         x,
         y,
     )[1:],
+    "the learning rate, equal but a NumPy float (compared by repr)": lambda model, opt, x, y: (
+        opt.param_groups[0].__setitem__("lr", np.float64(0.1)),
+        x,
+        y,
+    )[1:],
+    "a hyperparameter added": lambda model, opt, x, y: (
+        opt.param_groups[0].__setitem__("lr_scale", 1.0),
+        x,
+        y,
+    )[1:],
+    "a hyperparameter removed": lambda model, opt, x, y: (
+        opt.param_groups[0].pop("dampening"),
+        x,
+        y,
+    )[1:],
     "eval mode": lambda model, opt, x, y: (model.eval(), x, y)[1:],
     "a submodule's mode": lambda model, opt, x, y: (model[1].eval(), x, y)[1:],
 }
@@ -210,3 +225,15 @@ def test_a_buffer_replaced_by_another_tensor_is_read_by_the_next_call():
     after = compiled(x).detach().numpy()
     np.testing.assert_allclose(after, before + 1.0, rtol=1e-12)
     np.testing.assert_allclose(after, module(x).detach().numpy(), rtol=1e-12)
+
+
+def test_guard_compares_a_hyperparameter_of_another_type_as_the_signature_does():
+    """A NumPy float learning rate is no plain value: the guard compares the signature's
+    form of the hyperparameters (its repr), so another value is another specialization."""
+    compiled, _, opt, x, y = compiled_step()
+    opt.param_groups[0]["lr"] = np.float64(0.1)
+    compiled(x, y)
+    opt.param_groups[0]["lr"] = np.float64(0.1)  # another object, the same value
+    assert compiled.latest.guard((x, y)) and matches(compiled, (x, y))
+    opt.param_groups[0]["lr"] = np.float64(0.2)
+    assert not compiled.latest.guard((x, y)) and not matches(compiled, (x, y))

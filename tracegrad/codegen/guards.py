@@ -92,7 +92,10 @@ def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
     """An optimizer's hyperparameters (``groups``, as ``optimizer_groups`` computes them),
     then its state: the same tensors under the same keys for each parameter."""
     name = b.name("O", opt)
-    b.check(f"optimizer_groups({name}) != {b.name('E', groups)}")
+    if all(type(v) in PLAIN for g in opt.param_groups for k, v in g.items() if k != "params"):
+        _hyperparameter_checks(b, name, opt.param_groups)
+    else:
+        b.check(f"optimizer_groups({name}) != {b.name('E', groups)}")
     # In the order the optimizer made them (a dict lookup would hash each tensor in Python)
     b.check(f"len(st) != {len(opt.state)}", f"st = {name}.state")
     ids = b.name("K", [id(p) for p in opt.state])
@@ -101,6 +104,25 @@ def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
         same = [f"len(s) != {len(state)}"]
         same += [f"s.get({key!r}) is not {b.name('X', v)}" for key, v in state.items()]
         b.check(" or ".join(same), f"s = entries[{i}]")
+
+
+# Hyperparameter types a signature compares by value (anything else by repr)
+PLAIN = frozenset({bool, int, float, str, tuple, type(None)})
+
+
+def _hyperparameter_checks(b: GuardBuilder, name: str, groups: list[dict]) -> None:
+    """Each group's hyperparameters read straight from its dict: the same keys, values equal
+    to these and of types compared by value (what the signature's tuple holds), without
+    building that tuple on every call."""
+    b.names["PLAIN"], b.names["MISSING"] = PLAIN, object()
+    b.check(f"len(gs) != {len(groups)}", f"gs = {name}.param_groups")
+    for i, group in enumerate(groups):
+        keys = [k for k in group if k != "params"]
+        read = "".join(f"g.get({k!r}, MISSING), " for k in keys)
+        values = b.name("E", tuple(group[k] for k in keys))
+        fails = [f"len(g) != {len(group)}", f"v != {values}"]
+        fails += [f"type(v[{j}]) not in PLAIN" for j in range(len(keys))]
+        b.check(" or ".join(fails), f"g = gs[{i}]", f"v = ({read})")
 
 
 def module_guard(grad_mode, args, module, title):
