@@ -99,16 +99,21 @@ def test_row_loops_leave_linear_kernels_out():
         assert not any(n.op == "fused" and "linear" in n.attrs["kind"] for n in members)
 
 
-def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager(training_step):
+def compiled_equals_eager(training_step, build, make_opt, input_shape, seed) -> str:
+    """Three training steps of a model built by ``build``, eager and compiled, from the same
+    start and batches: equal losses and parameters. Returns the compiled step's code."""
     results = []
     for compiled in (False, True):
-        tg.manual_seed(4)
-        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
-        step = training_step(model, optim.SGD(model.parameters(), lr=0.1))
+        tg.manual_seed(seed)
+        model = build().double()
+        step = training_step(model, make_opt(model.parameters()))
         run = tg.compile(step) if compiled else step
-        rng = np.random.default_rng(2)
+        rng = np.random.default_rng(seed)
+        batch = input_shape[0]
         losses = [
-            run(tg.tensor(rng.standard_normal((5, 6))), tg.tensor(rng.integers(0, 3, 5))).item()
+            run(
+                tg.tensor(rng.standard_normal(input_shape)), tg.tensor(rng.integers(0, 3, batch))
+            ).item()
             for _ in range(3)
         ]
         results.append((model, losses, run))
@@ -116,7 +121,18 @@ def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager(tr
     np.testing.assert_allclose(losses_c, losses_e, rtol=1e-12)
     for p, q in zip(model_c.parameters(), model_e.parameters(), strict=True):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-12)
-    assert "# linear matmul add relu" in run.code
+    return run.code
+
+
+def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager(training_step):
+    code = compiled_equals_eager(
+        training_step,
+        lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)),
+        lambda params: optim.SGD(params, lr=0.1),
+        (5, 6),
+        seed=4,
+    )
+    assert "# linear matmul add relu" in code
 
 
 class ResidualMLP(nn.Module):
@@ -133,21 +149,12 @@ class ResidualMLP(nn.Module):
 def test_linear_layers_on_a_stack_run_as_linear_kernels_and_equal_eager(training_step):
     """On (B, T, C) the products run on all B*T rows; the bias (and the residual) join the
     product in its kernel, and in the backward the GELU gradient joins its product."""
-    results = []
-    for compiled in (False, True):
-        tg.manual_seed(5)
-        model = nn.Sequential(ResidualMLP(), nn.Flatten(), nn.Linear(12, 3)).double()
-        step = training_step(model, optim.Adam(model.parameters(), lr=0.01))
-        run = tg.compile(step) if compiled else step
-        rng = np.random.default_rng(3)
-        losses = [
-            run(tg.tensor(rng.standard_normal((2, 3, 4))), tg.tensor(rng.integers(0, 3, 2))).item()
-            for _ in range(3)
-        ]
-        results.append((model, losses, run))
-    (model_e, losses_e, _), (model_c, losses_c, run) = results
-    np.testing.assert_allclose(losses_c, losses_e, rtol=1e-12)
-    for p, q in zip(model_c.parameters(), model_e.parameters(), strict=True):
-        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-12)
+    code = compiled_equals_eager(
+        training_step,
+        lambda: nn.Sequential(ResidualMLP(), nn.Flatten(), nn.Linear(12, 3)),
+        lambda params: optim.Adam(params, lr=0.01),
+        (2, 3, 4),
+        seed=5,
+    )
     for kind in ("linear matmul add", "linear matmul add add", "linear matmul gelu_grad"):
-        assert f"# {kind} (" in run.code, kind
+        assert f"# {kind} (" in code, kind
