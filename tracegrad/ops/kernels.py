@@ -399,8 +399,11 @@ def scratch(like, slot: str, dtype=None):
     """A work array shaped like ``like`` (an array, or a shape with ``dtype``), kept between
     calls (slot names keep a kernel's arrays apart), so a steady training step allocates
     nothing for kernel temporaries. Never returned from a kernel."""
-    shape = like if isinstance(like, tuple) else np.shape(like)
-    key = (slot, shape, np.dtype(dtype or like.dtype))
+    if dtype is None and type(like) is np.ndarray:  # the usual call: attribute reads only
+        key = (slot, like.shape, like.dtype)
+    else:
+        shape = like if isinstance(like, tuple) else np.shape(like)
+        key = (slot, shape, np.dtype(dtype or like.dtype))
     array = _SCRATCH.get(key)
     if array is None:
         array = _SCRATCH[key] = np.empty(key[1], key[2])
@@ -630,10 +633,20 @@ def _joint_shape(x, y) -> tuple[int, ...]:
     return shape if shape == np.shape(y) else np.broadcast_shapes(shape, np.shape(y))
 
 
+def _joint_scratch(x, y, slot: str):
+    """A scratch array of the broadcast shape and result dtype of ``x`` and ``y``. Two arrays
+    of one shape and dtype (an optimizer's state and gradient) are looked up directly: the
+    general way costs more than the kernel's own work on a small parameter."""
+    if type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape:
+        if x.dtype == y.dtype:
+            return scratch(x, slot)
+    return scratch(_joint_shape(x, y), slot, np.result_type(x, y))
+
+
 @chunked
 def lerp(x, y, weight, out=None):
     """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5."""
-    step = np.subtract(y, x, out=scratch(_joint_shape(x, y), "lerp", np.result_type(x, y)))
+    step = np.subtract(y, x, out=_joint_scratch(x, y, "lerp"))
     step *= weight
     return np.add(x, step, out=out)
 
@@ -641,10 +654,9 @@ def lerp(x, y, weight, out=None):
 @chunked
 def ema_square(v, g, beta, out=None):
     """beta * v + (1 - beta) * g * g."""
-    shape = _joint_shape(v, g)
-    square = np.multiply(g, g, out=scratch(shape, "ema_square", np.result_type(v, g)))
+    square = np.multiply(g, g, out=_joint_scratch(v, g, "ema_square"))
     square *= 1.0 - beta
-    if np.shape(v) != shape:
+    if np.shape(v) != square.shape:
         return np.add(square, np.multiply(v, beta), out=out)
     out = np.multiply(v, beta, out=out)
     out += square
