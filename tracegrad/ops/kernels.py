@@ -637,9 +637,9 @@ def _joint_scratch(x, y, slot: str):
     """A scratch array of the broadcast shape and result dtype of ``x`` and ``y``. Two arrays
     of one shape and dtype (an optimizer's state and gradient) are looked up directly: the
     general way costs more than the kernel's own work on a small parameter."""
-    if type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape:
-        if x.dtype == y.dtype:
-            return scratch(x, slot)
+    arrays = type(x) is np.ndarray and type(y) is np.ndarray
+    if arrays and x.shape == y.shape and x.dtype == y.dtype:
+        return scratch(x, slot)
     return scratch(_joint_shape(x, y), slot, np.result_type(x, y))
 
 
