@@ -498,6 +498,25 @@ def test_products_with_a_broadcast_operand_are_no_batch_summed_product():
     assert_same_values(graph, after, arrays_for(graph))
 
 
+def test_a_constant_beside_the_rows_of_a_product_moves_with_them():
+    """elementwise-before-reshape with a full-size constant operand (a node of no op in the
+    registry): the constant is reshaped to the rows too, and the values stay."""
+    value = repr(np.arange(24.0).reshape(2, 3, 4).tolist())
+    graph = Graph.parse(
+        graph_of(
+            f"""  %c:f64[2,3,4] = constant[value={value}]
+  %1:f64[6,4] = matmul %a, %w
+  %2:f64[2,3,4] = reshape[shape=(2, 3, 4)] %1
+  %3:f64[2,3,4] = add %2, %c
+  return %3""",
+            "%a:f64[6,5], %w:f64[5,4]",
+        )
+    )
+    result, after = simplified(graph)
+    assert "elementwise-before-reshape" in {n.kind for n in result.notes}
+    assert_same_values(graph, after, arrays_for(graph))
+
+
 def test_transpose_of_product_ends_in_a_product():
     graph = Graph.parse(CASES["transpose-of-product"].text)
     _, after = simplified(graph)

@@ -74,7 +74,7 @@ DEFAULT_PIPELINE = [
     "horizontal",  # sibling matmuls on one input become one wider matmul
     "dce",  # drop nodes whose values nobody reads (what the rewrites above replaced)
     "fuse",  # chains of elementwise ops become one kernel each (before the memory plan)
-    "schedule",  # scalars as early as possible; runs on each generated function
+    "schedule",  # kept results and update scalars early; runs on each generated function
     "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]
 # Planning passes annotate the final graph of each generated function (after reverse mode and

@@ -247,8 +247,7 @@ def _sum_of_rows(node, rw):
     lead = x.type.ndim - len(shape)
     if not shape or lead < 1 or x.type.shape[lead:] != shape or x.type.dtype.np.kind != "f":
         return None
-    producer = rw.producer(x)
-    strided = producer is None or (VIEW in OPS[producer.op].props and producer.op != "reshape")
+    strided = rw.producer(x) is None or _strided_view(rw, x)
     if x.type.ndim > 2 and strided:
         return None  # a reshape of a strided view would copy it first
     rows = math.prod(x.type.shape[:lead])
@@ -305,10 +304,17 @@ def _on_rows(rw, value: Value, rows: Value) -> Value | None:
         return value
     if value.type.numel != rows.type.numel:
         return None
-    producer = rw.producer(value)
-    if producer is not None and VIEW in OPS[producer.op].props and producer.op != "reshape":
+    if _strided_view(rw, value):
         return None
     return rw.emit("reshape", [value], shape=rows.type.shape)
+
+
+def _strided_view(rw, value: Value) -> bool:
+    """Whether ``value`` is a view other than a reshape (a transpose, a slice, a broadcast),
+    which a reshape may have to copy. Constants and fused results are arrays of their own."""
+    producer = rw.producer(value)
+    op = OPS.get(producer.op) if producer is not None else None
+    return op is not None and VIEW in op.props and producer.op != "reshape"
 
 
 def _sum_of_broadcast(node, rw):
