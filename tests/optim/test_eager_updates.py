@@ -192,3 +192,17 @@ def test_a_deep_copy_of_the_optimizer_updates_its_own_state(monkeypatch):
             p.grad = tg.ones_like(p)
         pair[0].step()
     assert_same_updates((opt, params), (twin["opt"], twin["params"]))
+
+
+def test_a_parameter_given_new_data_between_steps_is_updated_there(monkeypatch):
+    """p.data = ... replaces a small parameter's array: the next steps update the new array
+    (together or one by one, the same bits)."""
+
+    def new_data(opt, params):
+        if params[1].grad is not None and opt.state[params[1]]["step"].item() == 2.0:
+            params[1].data = tg.ones(*params[1].shape)
+
+    assert_same_updates(
+        run_adamw(monkeypatch, True, 5, between=new_data),
+        run_adamw(monkeypatch, False, 5, between=new_data),
+    )

@@ -45,6 +45,8 @@ class FlatState:
         size = sum(p._data.size for p in params)
         self.values = np.empty(size, params[0]._data.dtype)
         self.grads = np.empty_like(self.values)
+        # each parameter's part of the gathered values, in its shape
+        self.pieces = self._views(self.values, [p._data for p in params])
 
     @staticmethod
     def _views(flat: np.ndarray, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -75,14 +77,14 @@ class FlatState:
         return cls(params, states, keys)
 
     def holds(self, params, states) -> bool:
-        """Whether ``params`` are still these, with these state tensors on these views (code
-        outside, load_state_dict say, may have replaced any of them)."""
+        """Whether ``params`` are still these, of these shapes, with these state tensors on
+        these views (code outside, load_state_dict say, may have replaced any of them)."""
         if len(params) != len(self.params):
             return False
-        for p, mine, state, entry, views in zip(
-            params, self.params, states, self.entries, self.views, strict=True
+        for p, mine, piece, state, entry, views in zip(
+            params, self.params, self.pieces, states, self.entries, self.views, strict=True
         ):
-            if p is not mine:
+            if p is not mine or p._data.shape != piece.shape:  # (p.data may be replaced)
                 return False
             for key, tensor, view in zip(self.keys, entry, views, strict=True):
                 if state.get(key) is not tensor or tensor._data is not view:
@@ -95,12 +97,8 @@ class FlatState:
 
     def scatter_values(self) -> None:
         """The updated values back into the parameters, and their versions bumped."""
-        start = 0
-        for p in self.params:
-            size = p._data.size
-            np.copyto(p._data, self.values[start : start + size].reshape(p._data.shape))
-            start += size
-        for p, entry in zip(self.params, self.entries, strict=True):
+        for p, piece, entry in zip(self.params, self.pieces, self.entries, strict=True):
+            np.copyto(p._data, piece)
             p._version[0] += 1
             for tensor in entry:
                 tensor._version[0] += 1
