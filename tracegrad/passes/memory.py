@@ -224,6 +224,32 @@ def _assemblies(graph: Graph, protected: set[int], root: dict) -> list[Assembly]
         reads[id(v)] += 1
     for v in graph.updates.values():
         reads[id(v)] += 1
+
+    def trace_part(value, view, suffix, assembly) -> bool:
+        """Follow ``value`` (to be found in ``view`` of the consumer's buffer) back to the
+        node that can write it there, noting each node on the way in ``assembly.parts``."""
+        while True:
+            node = producers.get(id(value))
+            if node is None or reads[id(value)] != 1 or id(root[id(value)]) in protected:
+                return False
+            if node.op == "reshape":
+                source = node.inputs[0].type.shape
+                reshaped = view.reshape(source)
+                if not np.may_share_memory(reshaped, view):
+                    return False  # the buffer's view takes the source's shape only as a copy
+                view, suffix = reshaped, f"{suffix}.reshape({source})"
+            elif node.op == "permute":
+                inverse = tuple(int(i) for i in np.argsort(node.attrs["dims"]))
+                view, suffix = view.transpose(inverse), f"{suffix}.transpose({inverse})"
+            elif node.op == "contiguous" and node.inputs[0].type == value.type:
+                assembly.parts[node] = suffix
+            elif _writes_anywhere(node) and node.outputs[0].type == value.type:
+                assembly.parts[node] = suffix
+                return True
+            else:
+                return False
+            value = node.inputs[0]
+
     claimed: set[int] = set()
     found = []
     for node in reversed(graph.nodes):
@@ -242,38 +268,12 @@ def _assemblies(graph: Graph, protected: set[int], root: dict) -> list[Assembly]
                 cut = (slice(None),) * dim + (slice(offset, offset + size),)
                 view, suffix = probe[cut], _index_suffix(dim, offset, offset + size)
                 offset += size
-            if not _trace_part(value, view, suffix, assembly, producers, reads, protected, root):
+            if not trace_part(value, view, suffix, assembly):
                 break
         else:
             claimed.update(id(n) for n in assembly.parts)
             found.append(assembly)
     return found
-
-
-def _trace_part(value, view, suffix, assembly, producers, reads, protected, root) -> bool:
-    """Follow ``value`` (to be found in ``view`` of the consumer's buffer) back to the node
-    that can write it there, noting each node on the way in ``assembly.parts``."""
-    while True:
-        node = producers.get(id(value))
-        if node is None or reads[id(value)] != 1 or id(root[id(value)]) in protected:
-            return False
-        if node.op == "reshape":
-            source = node.inputs[0].type.shape
-            reshaped = view.reshape(source)
-            if not np.may_share_memory(reshaped, view):
-                return False  # the buffer's view cannot take the source's shape without a copy
-            view, suffix = reshaped, f"{suffix}.reshape({source})"
-        elif node.op == "permute":
-            inverse = tuple(int(i) for i in np.argsort(node.attrs["dims"]))
-            view, suffix = view.transpose(inverse), f"{suffix}.transpose({inverse})"
-        elif node.op == "contiguous" and node.inputs[0].type == value.type:
-            assembly.parts[node] = suffix
-        elif _writes_anywhere(node) and node.outputs[0].type == value.type:
-            assembly.parts[node] = suffix
-            return True
-        else:
-            return False
-        value = node.inputs[0]
 
 
 def _writes_anywhere(node) -> bool:
