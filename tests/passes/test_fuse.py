@@ -135,6 +135,21 @@ def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager(tr
     assert "# linear matmul add relu" in code
 
 
+def test_wide_first_layer_runs_transposed_in_one_kernel_and_equals_eager(training_step):
+    """A batch of 4 through Linear(6, 16): x @ W^T is wider than tall, so wide-product
+    computes (W @ x^T)^T; the bias (a column now) and the relu join the product's kernel,
+    whose buffer is (16, 4), and three steps still match eager."""
+    code = compiled_equals_eager(
+        training_step,
+        lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)),
+        lambda params: optim.SGD(params, lr=0.1),
+        (4, 6),
+        seed=5,
+    )
+    kernel = code[code.index("# linear matmul add relu") :]
+    assert kernel.splitlines()[1].strip().startswith("out = np.empty((16, 4), np.float64)")
+
+
 class ResidualMLP(nn.Module):
     """x + proj(gelu(fc(x))) on (batch, time, features): the transformer's MLP block."""
 

@@ -127,6 +127,32 @@ CASES = {
         after={"exp": 1, "matmul": 1, "permute": 2},
         smaller=False,
     ),
+    # x (2, 5) @ w^T for w (4, 5): computed as (w @ x^T)^T, the exp moving onto the product
+    "wide-product": Case(
+        graph_of(
+            """  %1:f64[5,4] = permute[dims=(1, 0)] %w
+  %2:f64[2,4] = matmul %x, %1
+  %3:f64[2,4] = exp %2
+  return %3""",
+            "%x:f64[2,5], %w:f64[4,5]",
+        ),
+        after={"exp": 1, "matmul": 1, "permute": 2},  # x^T and the result^T
+        smaller=False,
+    ),
+    # a product read twice (so transpose-of-product leaves its transpose): the bias, as a
+    # column, and the relu run on the product's own layout
+    "elementwise-before-transpose": Case(
+        graph_of(
+            """  %1:f64[3,2] = matmul %a, %b
+  %2:f64[2,3] = permute[dims=(1, 0)] %1
+  %3:f64[2,3] = add %2, %c
+  %4:f64[2,3] = relu %3
+  return %4, %1""",
+            "%a:f64[3,5], %b:f64[5,2], %c:f64[3]",
+        ),
+        after={"add": 1, "matmul": 1, "permute": 1, "relu": 1, "reshape": 1},
+        smaller=False,
+    ),
     "permute-chain": Case(
         graph_of(
             """  %1:f64[3,4,2] = permute[dims=(1, 2, 0)] %x
@@ -515,6 +541,61 @@ def test_a_constant_beside_the_rows_of_a_product_moves_with_them():
     result, after = simplified(graph)
     assert "elementwise-before-reshape" in {n.kind for n in result.notes}
     assert_same_values(graph, after, arrays_for(graph))
+
+
+@pytest.mark.parametrize(
+    "rows, columns",
+    [
+        (4, 2),  # taller than wide: already the fast way round
+        (300, 400),  # 120000 elements: a large result keeps its layout
+    ],
+)
+def test_wide_product_leaves_tall_and_large_products(rows, columns):
+    graph = Graph.parse(
+        graph_of(
+            f"""  %1:f64[5,{columns}] = permute[dims=(1, 0)] %w
+  %2:f64[{rows},{columns}] = matmul %x, %1
+  return %2""",
+            f"%x:f64[{rows},5], %w:f64[{columns},5]",
+        )
+    )
+    result, _ = simplified(graph)
+    assert "wide-product" not in {n.kind for n in result.notes}
+
+
+def test_wide_product_needs_a_transposed_matrix():
+    """x @ w with w contiguous (OpenBLAS gains nothing turning it round), and x @ v^T where v
+    is itself a strided view (the turned product would not read a contiguous matrix)."""
+    graph = Graph.parse(
+        graph_of(
+            """  %1:f64[2,4] = matmul %x, %w
+  %2:f64[4,5] = getitem[key=(('slice', None, None, None), ('slice', None, 5, None))] %v
+  %3:f64[5,4] = permute[dims=(1, 0)] %2
+  %4:f64[2,4] = matmul %x, %3
+  return %1, %4""",
+            "%x:f64[2,5], %w:f64[5,4], %v:f64[4,6]",
+        )
+    )
+    result, _ = simplified(graph)
+    assert "wide-product" not in {n.kind for n in result.notes}
+
+
+def test_elementwise_before_transpose_leaves_full_operands_and_views_of_inputs():
+    """f(x^T, y) with y a full matrix stays (moving y could undo another such rewrite), and
+    so does f(v^T, b) with v a graph input (no product to join)."""
+    graph = Graph.parse(
+        graph_of(
+            """  %1:f64[3,2] = matmul %a, %b
+  %2:f64[2,3] = permute[dims=(1, 0)] %1
+  %3:f64[2,3] = add %2, %y
+  %4:f64[2,3] = permute[dims=(1, 0)] %v
+  %5:f64[2,3] = mul %4, %c
+  return %3, %5, %1""",
+            "%a:f64[3,5], %b:f64[5,2], %y:f64[2,3], %v:f64[3,2], %c:f64[3]",
+        )
+    )
+    result, _ = simplified(graph)
+    assert "elementwise-before-transpose" not in {n.kind for n in result.notes}
 
 
 def test_transpose_of_product_ends_in_a_product():

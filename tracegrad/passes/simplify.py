@@ -130,7 +130,32 @@ def _transpose_of_product(node, rw):
     a, b = inner.inputs
     if a.type.ndim != n or b.type.ndim != n or not rw.only_use(node.inputs[0]):
         return None
+    if n == 2 and _runs_transposed(rw, b.type.shape[1], a.type.shape[0], a):
+        return None  # wide-product would turn b^T @ a^T back into (a @ b)^T
     return _same(node, rw.emit("matmul", [_swap_last(rw, b), _swap_last(rw, a)]))
+
+
+def _wide_product(node, rw):
+    """A small product by a transposed matrix, wider than tall, runs with its long side
+    first: x @ W^T = (W @ x^T)^T. OpenBLAS multiplies by a transposed operand 5-35% faster
+    that way round (x (32, 784) @ W^T for W (128, 784): 88 us, (W @ x^T)^T: 68 us); the
+    other layouts gain nothing from it. The result is then a transposed view, and the bias
+    and activation after it move onto the product (elementwise-before-transpose)."""
+    a, b = node.inputs
+    view = rw.producer(b, "permute")
+    if a.type.ndim != 2 or view is None or tuple(view.attrs["dims"]) != (1, 0):
+        return None
+    if not _runs_transposed(rw, a.type.shape[0], b.type.shape[1], view.inputs[0]):
+        return None
+    return _same(node, _swap_last(rw, rw.emit("matmul", [view.inputs[0], _swap_last(rw, a)])))
+
+
+def _runs_transposed(rw, rows: int, columns: int, matrix: Value) -> bool:
+    """Whether a product of ``rows`` x ``columns`` whose right operand is ``matrix``
+    transposed runs as wide-product computes it. Only small results (one chunk): the ops
+    reading them then meet a transposed layout, which costs little while it fits in cache."""
+    small = rows * columns <= kernels.CHUNK
+    return rows < columns and small and matrix.type.ndim == 2 and not _strided_view(rw, matrix)
 
 
 def _rows_times_matrix(node, rw):
@@ -315,6 +340,41 @@ def _strided_view(rw, value: Value) -> bool:
     producer = rw.producer(value)
     op = OPS.get(producer.op) if producer is not None else None
     return op is not None and VIEW in op.props and producer.op != "reshape"
+
+
+def _elementwise_before_transpose(node, rw):
+    """An elementwise op on a transposed matrix computed here, f(x^T, b), runs on x itself
+    when the other operands are scalars or broadcast rows and columns: a product that
+    wide-product turned round keeps its bias and activation in one fused kernel."""
+    out = node.outputs[0].type.shape
+    for position, value in enumerate(node.inputs):
+        view = rw.producer(value, "permute")
+        if len(out) != 2 or view is None or value.type.shape != out:
+            continue
+        inner = view.inputs[0]
+        source = OPS.get(getattr(rw.producer(inner), "op", None))
+        if source is None or not (source.name == "matmul" or ELEMENTWISE in source.props):
+            continue
+        operands = [_transposed_broadcast(rw, v) for v in node.inputs]
+        operands[position] = inner
+        if any(v is None for v in operands):
+            continue
+        return _same(node, _swap_last(rw, rw.emit(node.op, operands, **node.attrs)))
+    return None
+
+
+def _transposed_broadcast(rw, value: Value) -> Value | None:
+    """A scalar, row or column operand of a 2-D elementwise op, shaped to broadcast the
+    same way against the transposed matrix; None for a full matrix, which stays where it is
+    (moving it could undo another such rewrite)."""
+    shape = value.type.shape
+    if len(shape) == 0 or shape == (1,) or shape == (1, 1):
+        return value
+    if len(shape) == 1 or shape[0] == 1:  # broadcast along the rows: a column of the result^T
+        return rw.emit("reshape", [value], shape=(shape[-1], 1))
+    if len(shape) == 2 and shape[1] == 1:
+        return rw.emit("reshape", [value], shape=(1, shape[0]))
+    return None
 
 
 def _sum_of_broadcast(node, rw):
@@ -530,6 +590,12 @@ RULES = [
         _rows_times_matrix,
     ),
     Rule(
+        "wide-product",
+        "a @ b^T -> (b @ a^T)^T for a small product with fewer rows than columns",
+        "matmul",
+        _wide_product,
+    ),
+    Rule(
         "permute-chain", "permute(permute(x, p), q) -> permute(x, p[q])", "permute", _permute_chain
     ),
     Rule(
@@ -648,6 +714,17 @@ RULES += [
         "f(reshape(x, S), y) -> reshape(f(x, y'), S) with x rows of a product (y' on x's rows)",
         op,
         _elementwise_before_reshape,
+    )
+    for op in sorted(OPS)
+    if ELEMENTWISE in OPS[op].props and RANDOM not in OPS[op].props
+]
+
+RULES += [
+    Rule(
+        "elementwise-before-transpose",
+        "f(x^T, b) -> f(x, b')^T for a 2-D x computed here, b scalar or broadcast (b' on x)",
+        op,
+        _elementwise_before_transpose,
     )
     for op in sorted(OPS)
     if ELEMENTWISE in OPS[op].props and RANDOM not in OPS[op].props
