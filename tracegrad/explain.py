@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tracegrad.codegen.emit import row_loops
+from tracegrad.codegen.emit import piece_values, row_loops
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.memory import peak_bytes
 from tracegrad.passes.pipeline import PassResult
@@ -84,9 +84,10 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
         loops = row_loops(after)
         if loops:
             members = sum(stop - start for start, stop in loops)
+            inside = sum(map(len, piece_values(after, dict(loops)).values()))
             lines.append(
                 f"    row loops: {len(loops)} loops run {members} elementwise nodes piece by "
-                "piece of rows, each piece in cache"
+                f"piece of rows, each piece in cache ({inside} values need only a piece)"
             )
     if report.saved:
         total = sum(v.type.nbytes for v, _ in report.saved)

@@ -100,3 +100,59 @@ def test_small_arrays_and_debug_nans_run_node_by_node():
     compiled = tg.compile(lambda x: ((x * 2.0).tanh() * 3.0).sum(), debug_nans=True)
     compiled(big)
     assert "for start in range" not in compiled.code
+
+
+# exp(x) and tanh(y) are read only later in their loop (and not overwritten there): each
+# lives in a buffer of one piece, two at once, so two piece buffers. 90000 elements is
+# below ROW_LOOP_MIN: the loop forms because of them.
+PIECE_LOCALS = """graph(%x:f64[300,300], %y:f64[300,300]) {
+  %1:f64[300,300] = exp %x
+  %2:f64[300,300] = tanh %y
+  %3:f64[300,300] = mul %x, %y
+  %4:f64[300,300] = add %3, %2
+  %5:f64[300,300] = mul %4, %1
+  %6:f64[] = sum[dims=(0, 1), keepdim=False] %5
+  %7:f64[300,300] = sin %x
+  %8:f64[300,300] = mul %7, %y
+  %9:f64[] = sum[dims=(0, 1), keepdim=False] %8
+  return %6, %9
+}"""
+
+
+def test_values_living_inside_a_loop_take_piece_buffers():
+    graph = plan(Graph.parse(PIECE_LOCALS))
+    assert ROW_LOOP_MIN > 300 * 300
+    assert row_loops(graph) == [(0, 5)], "sin and its in-place mul have no such value: no loop"
+    program = generate([("f", graph)], "piece buffers", False, None)
+    rows = kernels.CHUNK // 300
+    assert program.source.count(f"= np.empty(({rows}, 300), np.float64)") == 2
+    assert program.source.count("= np.empty((300, 300), np.float64)") == 1  # %3's, %7's
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((300, 300)), rng.standard_normal((300, 300))
+    for got, want in zip(program.call("f", [x, y]), interpret(graph, x, y), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_sgd_update_of_a_mid_sized_weight_scales_the_gradient_piece_by_piece(training_step):
+    """Linear(784, 128)'s 100352 weights: lr * grad lives in a piece buffer, the parameter is
+    updated piece by piece, and the steps equal eager ones."""
+    runs = []
+    for compiled in (False, True):
+        tg.manual_seed(5)
+        model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+        step = training_step(model, optim.SGD(model.parameters(), lr=0.1))
+        step = tg.compile(step) if compiled else step
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            x = tg.tensor(rng.standard_normal((32, 784)).astype(np.float32))
+            step(x, tg.tensor(rng.integers(0, 10, 32)))
+        runs.append((model, step))
+    (eager, _), (model, step) = runs
+    for p, q in zip(model.parameters(), eager.parameters(), strict=True):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+    rows = kernels.CHUNK * 128 // (128 * 784)
+    assert f"step_p0 = np.empty(({rows}, 784), np.float32)" in step.code
+    assert step.code.count("np.empty((128, 784), np.float32)") == 1  # the gradient's
+    assert "out=step_p0[: 128 - start])" in step.code
+    assert "row loops: 1 loops run 2 elementwise nodes" in step.explain()
+    assert "(1 values need only a piece)" in step.explain()

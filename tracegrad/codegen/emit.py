@@ -163,7 +163,9 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
         (f"{name}_b{i}", shape, dtype)
         for i, (shape, dtype) in enumerate(graph.meta.get("buffers", []))
     ]
-    for start, stop in _runs(graph, debug_nans):
+    loops = {} if debug_nans else dict(row_loops(graph))
+    local = {} if debug_nans else _piece_buffers(graph, loops, name, buffers)
+    for start, stop in _runs(graph, loops):
         node, members = graph.nodes[start], graph.nodes[start:stop]
         title = _section_of(node)
         if not sections or sections[-1].title != title:
@@ -174,7 +176,7 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
                 kernels.append(emit_kernel(member, f"{name}_kernel{len(kernels)}"))
                 member.meta["kernel"] = kernels[-1].name
         if len(members) > 1:
-            lines += _row_loop(members, namer, buffers)
+            lines += _row_loop(members, namer, buffers, local)
         else:
             target = namer(node.outputs[0], prefix="v")
             args = [namer(v) for v in node.inputs]
@@ -191,19 +193,26 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
             namer(v)
             for i in range(start, stop)
             for v in graph.nodes[i].inputs
-            if last_use.get(id(v)) == i and id(v) not in keep
+            if last_use.get(id(v)) == i and id(v) not in keep and id(v) not in local
         ]
         if dead:
             lines.append(f"del {', '.join(dict.fromkeys(dead))}")
     returns = [namer(v) for v in graph.outputs]
     sections = sections or [Section("nothing to compute")]
+    # A whole buffer only values inside row loops were given is never touched: not allocated
+    used = {
+        n.meta["buffer"]
+        for n in graph.nodes
+        if "buffer" in n.meta and id(n.outputs[0]) not in local
+    }
+    planned = len(graph.meta.get("buffers", []))
+    buffers = [b for i, b in enumerate(buffers) if i >= planned or i in used]
     return FunctionSource(name, params, sections, returns, constants, buffers, kernels)
 
 
-def _runs(graph: Graph, debug_nans: bool) -> list[tuple[int, int]]:
+def _runs(graph: Graph, loops: dict[int, int]) -> list[tuple[int, int]]:
     """(start, stop) ranges covering the nodes in order: a row loop's members together, every
-    other node alone (with debug_nans, every node alone, so each gets its check)."""
-    loops = {} if debug_nans else dict(row_loops(graph))
+    other node alone (with debug_nans there are no loops, so each node gets its check)."""
     runs, index = [], 0
     while index < len(graph.nodes):
         runs.append((index, loops.get(index, index + 1)))
@@ -222,12 +231,16 @@ def _finite_check(node, target: str, section: str) -> str:
 # Neighbouring elementwise nodes over one large shape, each writing into planned memory, run
 # together in one loop over pieces of rows (CHUNK elements a piece): a piece's arrays stay in
 # cache from the first node of the loop to the last, instead of streaming whole arrays through
-# memory once per node (an optimizer's moment and parameter updates, say).
+# memory once per node (an optimizer's moment and parameter updates, say). A value only later
+# members of its loop read (lr * g in an SGD update) lives in a buffer of one piece.
 
 
 # Elements a result must exceed for a row loop: pieces pay once the loop's arrays overflow the
 # L2 cache (2 MiB a core here); below, the loop's slicing costs more than it saves (a 100k
-# float SGD update ran 20% slower in pieces than whole).
+# float SGD update ran 20% slower in pieces than whole) unless a value of the loop needs
+# only a piece-sized buffer: then results of more than one piece loop too, as the buffer
+# they no longer stream through memory pays for the slicing (W1's update of its 100352
+# weights: 5-10 us less per step).
 ROW_LOOP_MIN = 4 * rt.CHUNK
 
 
@@ -245,7 +258,76 @@ def row_loops(graph: Graph) -> list[tuple[int, int]]:
             start = index
     if start is not None and len(graph.nodes) - start > 1:
         loops.append((start, len(graph.nodes)))
-    return loops
+    readers = _readers(graph)
+    return [
+        (start, stop)
+        for start, stop in loops
+        if graph.nodes[start].outputs[0].type.numel > ROW_LOOP_MIN
+        or _loop_locals(graph, start, stop, readers, root)
+    ]
+
+
+def _readers(graph: Graph) -> dict[int, list[int]]:
+    """id(value) -> indices of the nodes reading it (len(nodes) for the caller)."""
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            readers.setdefault(id(v), []).append(index)
+    for v in [*graph.outputs, *graph.updates.values()]:
+        readers.setdefault(id(v), []).append(len(graph.nodes))
+    return readers
+
+
+def _loop_locals(graph: Graph, start: int, stop: int, readers, root) -> list:
+    """The values of the loop's members that only later members read, none writing over
+    them in place (its result would live on in that memory): each needs one piece."""
+
+    def local(index: int, value) -> bool:
+        reads = readers.get(id(value), [stop])
+        return all(index < r < stop and not _overwrites(graph.nodes[r], value) for r in reads)
+
+    return [
+        node.outputs[0]
+        for index, node in enumerate(graph.nodes[start:stop], start)
+        if "buffer" in node.meta
+        and "view" not in node.meta
+        and root[id(node.outputs[0])] is node.outputs[0]
+        and local(index, node.outputs[0])
+    ]
+
+
+def _overwrites(node, value) -> bool:
+    k = node.meta.get("inplace")
+    return k is not None and node.inputs[k] is value
+
+
+def piece_values(graph: Graph, loops: dict[int, int]) -> dict[int, list]:
+    """start of each row loop -> the values living inside it (see _loop_locals)."""
+    root, readers = aliases(graph), _readers(graph)
+    return {start: _loop_locals(graph, start, stop, readers, root) for start, stop in loops.items()}
+
+
+def _piece_buffers(graph: Graph, loops: dict[int, int], name: str, buffers) -> dict[int, str]:
+    """id(value) -> the piece-sized buffer (appended to ``buffers``) of each value living
+    inside its row loop. Loops take turns with the same piece buffers."""
+    pieces: dict[tuple, list[str]] = {}
+    local = {}
+    for start, values in piece_values(graph, loops).items():
+        shape = graph.nodes[start].outputs[0].type.shape
+        taken: dict[tuple, int] = {}
+        for value in values:
+            key = ((_piece_rows(shape), *shape[1:]), value.type.dtype.name)
+            names = pieces.setdefault(key, [])
+            taken[key] = taken.get(key, 0) + 1
+            if len(names) < taken[key]:
+                names.append(f"{name}_p{sum(map(len, pieces.values()))}")
+                buffers.append((names[-1], *key))
+            local[id(value)] = names[taken[key] - 1]
+    return local
+
+
+def _piece_rows(shape: tuple) -> int:
+    return max(1, rt.CHUNK * shape[0] // math.prod(shape))
 
 
 def _row_candidate(node) -> bool:
@@ -257,7 +339,7 @@ def _row_candidate(node) -> bool:
         return False
     shape = node.outputs[0].type.shape
     planned = ("inplace" in node.meta or "buffer" in node.meta) and "view" not in node.meta
-    return planned and len(shape) > 0 and shape[0] > 1 and math.prod(shape) > ROW_LOOP_MIN
+    return planned and len(shape) > 0 and shape[0] > 1 and math.prod(shape) > rt.CHUNK
 
 
 def _joins(members, home: dict, root: dict) -> bool:
@@ -277,34 +359,43 @@ def _joins(members, home: dict, root: dict) -> bool:
     return True
 
 
-def _row_loop(members, namer: Namer, buffers) -> list[str]:
+def _row_loop(members, namer: Namer, buffers, local: dict[int, str]) -> list[str]:
     """The loop running ``members`` piece by piece, then each member's value bound to the
-    whole array it wrote."""
+    whole array it wrote (a value living in a piece buffer is dead after the loop)."""
     shape = members[0].outputs[0].type.shape
-    step = max(1, rt.CHUNK * shape[0] // math.prod(shape))
-    written = {}  # id(member output) -> the whole array it writes
+    step = _piece_rows(shape)
+    written = {}  # id(member output) -> the whole array it writes, or its piece of a buffer
     body = []
     for member in members:
         args = [_piece(v, shape, namer, written) for v in member.inputs]
+        out = member.outputs[0]
         whole = _destination(member, [namer(v) for v in member.inputs], buffers)
         for k, v in enumerate(member.inputs):  # an in-place write goes where its input lives
             if member.meta.get("inplace") == k and id(v) in written:
                 whole = written[id(v)]
-        written[id(member.outputs[0])] = whole
-        rhs = expression(member, args, {}, "", f"{whole}[piece]")
+        piece = f"{local[id(out)]}[: {shape[0]} - start]" if id(out) in local else None
+        written[id(out)] = piece or whole
+        rhs = expression(member, args, {}, "", piece or f"{whole}[piece]")
         body.append(f"    {rhs}{_comment(member)}")
     header = [
         f"for start in range(0, {shape[0]}, {step}):  # rows of {shape} in pieces of {step}",
         f"    piece = slice(start, start + {step})",
     ]
-    binds = [f"{namer(m.outputs[0], prefix='v')} = {written[id(m.outputs[0])]}" for m in members]
+    binds = [
+        f"{namer(m.outputs[0], prefix='v')} = {written[id(m.outputs[0])]}"
+        for m in members
+        if id(m.outputs[0]) not in local
+    ]
     return header + body + binds
 
 
 def _piece(value, shape, namer: Namer, written) -> str:
     """How a loop member reads ``value``: the piece of a whole array as long as the loop's
-    shape along axis 0, else whole (a scalar, or an array broadcast along the rows)."""
+    shape along axis 0 (or the piece buffer holding it), else whole (a scalar, or an array
+    broadcast along the rows)."""
     name = written.get(id(value), namer(value))
+    if name.endswith("- start]"):
+        return name
     rows = len(value.type.shape) == len(shape) and value.type.shape[0] == shape[0]
     return f"{name}[piece]" if rows else name
 
