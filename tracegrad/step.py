@@ -11,6 +11,7 @@ each run.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -22,10 +23,11 @@ import numpy as np
 
 from tracegrad import passes, tape, viz
 from tracegrad.check import check_stages
-from tracegrad.codegen.guards import PLAIN, step_guard
+from tracegrad.codegen.guards import PLAIN, GuardBuilder, step_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.pipeline import transforms
+from tracegrad.random import generator
 from tracegrad.specialize import (
     Program,
     Signature,
@@ -232,13 +234,20 @@ class StepProgram:
     sinks: list[Sink]
     n_results: int
     rebuild: object  # turns the result arrays back into what the function returned
-    watched: dict = field(default_factory=dict)
     # Lifted positions holding a tensor's .grad: index -> that tensor. The .grad is read
     # anew each run, since code outside the step may replace it (zero_grad, backward).
     grad_of: dict = field(default_factory=dict)
     report: Report | None = None
-    # True for a call with this specialization's signature (generated from it)
-    guard: Callable[[tuple], bool] = field(default=lambda args: False)
+    tensor_args: tuple[int, ...] = ()  # positions of the arguments that are tensors
+    # run(args, trusted=False): MISS unless the call has this specialization's signature
+    # (its guards, generated from it, are skipped when trusted), else the step's result
+    runner: Callable = field(default=lambda args, trusted=False: MISS)
+    guards: GuardBuilder | None = None  # the runner's guards
+
+    @functools.cached_property
+    def guard(self) -> Callable[[tuple], bool]:
+        """The runner's guards alone, as a function: True for a call the runner runs."""
+        return self.guards.build(self.report.title)
 
     def state(self) -> list[Tensor]:
         """The lifted tensors as they are now: a replaced .grad is the one read."""
@@ -348,21 +357,24 @@ class CompiledFunction:
             ]
             return self.fn(*args)
         spec = self.latest
-        if spec is not None and spec.guard(args):  # the usual call: the same as the last
-            return self._run(spec, args)
+        if spec is not None:  # the usual call: the same as the last
+            result = spec.runner(args)
+            if result is not MISS:
+                return result
         if not self._watched_modules and not self._watched_optimizers:
             self._watch(*reachable_state(self.fn, args))
         signature = self.signature(args)
         spec = next((s for s in reversed(self.specializations) if s.signature == signature), None)
         if spec is None:
-            guard = self._guard(args)  # of the state the signature read, before tracing
+            guards = self._guards(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature)
-            spec.guard = guard
+            spec.guards = guards
+            spec.runner = step_runner(spec, guards, getattr(self.fn, "__name__", "function"))
         self.latest = spec
-        return self._run(spec, args)
+        return spec.runner(args, True)
 
-    def _guard(self, args):
-        """The generated guard function of the current call state (see ``signature``)."""
+    def _guards(self, args):
+        """The guards of the current call state (see ``signature``), for a runner."""
         return step_guard(
             tape.is_grad_enabled(),
             args,
@@ -370,7 +382,6 @@ class CompiledFunction:
             list(self._watched_optimizers.values()),
             [m for modules in self._module_lists.values() for m in modules],
             _optimizer_groups,
-            getattr(self.fn, "__name__", "function"),
         )
 
     def _compile(self, args, signature) -> StepProgram:
@@ -383,28 +394,87 @@ class CompiledFunction:
         self.specializations.append(spec)
         return spec
 
-    def _run(self, spec: StepProgram, args):
-        arrays = [a._data for a in args if isinstance(a, Tensor)]
-        first = len(arrays)
-        arrays += [t._data for t in spec.state()]
-        planned = spec.program.buffer_ids
-        for index in spec.grad_of:
-            # A .grad living in this program's memory (only sinks put tensors there), read as
-            # an input: the run may reuse that memory before reading it.
-            if _memory_of(arrays[first + index]) in planned:
-                arrays[first + index] = arrays[first + index].copy()
-        for sink in spec.sinks:
-            sink.keep_orphan()
-        results = spec.program.call("step", arrays)
-        n, n_upd = spec.n_results, len(spec.update_targets)
-        for target, array in zip(spec.update_targets, results[n : n + n_upd], strict=True):
-            if array is not target._data:  # not already updated in place
-                np.copyto(target._data, array)
-            target._version[0] += 1
-        for sink, array in zip(spec.sinks, results[n + n_upd :], strict=True):
-            array = np.asarray(array)
-            sink.store(array, planned_home(array, planned))
-        return spec.rebuild([Tensor._wrap(np.asarray(a)) for a in results[:n]])
+
+class _Miss:
+    def __repr__(self) -> str:
+        return "MISS"
+
+
+MISS = _Miss()  # what a runner returns for a call its guards refuse
+
+
+def step_runner(spec: StepProgram, guards, title: str) -> Callable:
+    """The generated function running ``spec`` for a call its ``guards`` accept: the
+    arrays of the arguments and of the lifted state go to the step; new values of updated
+    tensors are written back (a copy only where the step did not update in place); each
+    sink stores its value (a .grad still living in the memory written is only told so);
+    then the returned tensors are built."""
+    program = spec.program
+    names = {
+        "MISS": MISS,
+        "step": program.functions["step"],
+        "errstate": np.errstate,
+        "copyto": np.copyto,
+        "asarray": np.asarray,
+        "wrap": Tensor._wrap,
+        "rebuild": spec.rebuild,
+        "planned_home": planned_home,
+        "memory_of": _memory_of,
+        "PLANNED": program.buffer_ids,
+        "generator": generator,
+    }
+    arrays, body = _runner_inputs(spec, names)
+    if program.uses_rng["step"]:
+        arrays.append("generator()")
+    body += ["with errstate(all='ignore'):", f"    r = step({', '.join(arrays)})"]
+    body += _runner_outputs(spec, names)
+    return guards.build_runner(title, body, names)
+
+
+def _runner_inputs(spec: StepProgram, names: dict) -> tuple[list[str], list[str]]:
+    """The step's arguments (expressions), and the lines preparing them: a .grad read as an
+    input is copied when it lives in the step's memory, and a sink's tensor the user kept
+    after its owner dropped it moves to memory of its own (``Sink.keep_orphan``)."""
+    arrays = [f"args[{i}]._data" for i in spec.tensor_args]
+    lines = []
+    for j, t in enumerate(spec.lifted):
+        names[f"lifted{j}"] = spec.grad_of.get(j, t)
+        if j not in spec.grad_of:
+            arrays.append(f"lifted{j}._data")
+            continue
+        # A .grad living in this program's memory (only sinks put tensors there), read as
+        # an input: the run may reuse that memory before reading it.
+        lines += [f"g{j} = lifted{j}.grad._data", f"if memory_of(g{j}) in PLANNED:"]
+        lines.append(f"    g{j} = g{j}.copy()")
+        arrays.append(f"g{j}")
+    for k, sink in enumerate(spec.sinks):
+        names[f"sink{k}"] = sink
+        if sink.kind == "grad":  # the usual case: the .grad is the tensor the last run kept
+            names[f"owner{k}"] = sink.owner
+            lines += [f"if sink{k}.kept is not owner{k}.grad:", f"    sink{k}.keep_orphan()"]
+        else:
+            lines.append(f"sink{k}.keep_orphan()")
+    return arrays, lines
+
+
+def _runner_outputs(spec: StepProgram, names: dict) -> list[str]:
+    """The lines handling the step's results ``r``: updated tensors, sinks, the return."""
+    lines = []
+    n, n_upd = spec.n_results, len(spec.update_targets)
+    for i, target in enumerate(spec.update_targets):
+        names[f"updated{i}"] = target
+        lines += [f"a = r[{n + i}]", f"if a is not updated{i}._data:"]
+        lines += [f"    copyto(updated{i}._data, a)", f"updated{i}._version[0] += 1"]
+    for k, sink in enumerate(spec.sinks):
+        lines.append(f"a = r[{n + n_upd + k}]")
+        store = f"sink{k}.store(asarray(a), planned_home(a, PLANNED))"
+        if sink.kind == "grad":  # the run wrote the .grad's own memory: only its version moves
+            lines += [f"g = owner{k}.grad", "if g is not None and g._data is a:"]
+            lines += ["    g._version[0] += 1", "else:", f"    {store}"]
+        else:
+            lines.append(store)
+    lines.append(f"return rebuild([{''.join(f'wrap(asarray(r[{i}])), ' for i in range(n))}])")
+    return lines
 
 
 def _optimizer_guard(opt) -> tuple:
@@ -514,9 +584,9 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         sinks,
         len(results),
         rebuild,
-        {},
         grad_of,
         report,
+        tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
     )
 
 

@@ -1,5 +1,7 @@
 """The generated guard of a compiled step accepts exactly the calls whose signature is its
-specialization's: each kind of guard is changed in turn and both answers are compared."""
+specialization's: each kind of guard is changed in turn and both answers are compared. The
+step's runner makes the same checks before it runs the step: a call it refuses goes the slow
+way (recompiling, or tracing through when the call is inside another trace)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn, optim
+from tracegrad import step as step_module
 
 
 def compiled_step():
@@ -237,3 +240,32 @@ def test_guard_compares_a_hyperparameter_of_another_type_as_the_signature_does()
     assert compiled.latest.guard((x, y)) and matches(compiled, (x, y))
     opt.param_groups[0]["lr"] = np.float64(0.2)
     assert not compiled.latest.guard((x, y)) and not matches(compiled, (x, y))
+
+
+def test_runner_refuses_a_symbolic_argument_of_the_specialized_shape():
+    """A compiled function called inside another trace, with a tensor of the very shape and
+    dtype it was compiled for: its runner must not run the step on the symbolic value; the
+    outer trace records the function's ops instead."""
+    compiled = tg.compile(lambda x: (x * 3.0).exp())
+    x = tg.tensor(np.linspace(0.0, 1.0, 6))
+    compiled(x)
+    assert compiled.latest.runner((x,)) is not step_module.MISS  # the steady call runs
+    graph = tg.trace(lambda x: compiled(x) + 1.0, x)
+    assert {"mul", "exp", "add"} <= set(graph.op_counts())
+    assert len(compiled.specializations) == 1
+    np.testing.assert_allclose(
+        tg.compile(lambda x: compiled(x) + 1.0)(x).numpy(), np.exp(3.0 * x.numpy()) + 1.0
+    )
+
+
+def test_a_guarded_run_updates_parameters_in_place_and_keeps_the_grad_tensors():
+    """A steady call (through the runner's guards): the weight is updated in place (its
+    version moves once), and its .grad stays the tensor living in the step's memory."""
+    compiled, model, _, x, y = compiled_step()
+    weight, grad = model[0].weight, model[0].weight.grad
+    before = weight.detach().numpy().copy()
+    version = weight._version[0]
+    compiled(x, y)
+    assert model[0].weight.grad is grad, "the .grad living in planned memory stays the tensor"
+    np.testing.assert_allclose(weight.detach().numpy(), before - 0.1 * grad.numpy())
+    assert weight._version[0] == version + 1

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tracegrad import tape
 from tracegrad.codegen.emit import _ENV
 from tracegrad.codegen.loader import load
@@ -32,7 +34,11 @@ class GuardBuilder:
 
     checks: list[Check] = field(default_factory=list)
     names: dict = field(
-        default_factory=lambda: {"Tensor": Tensor, "is_grad_enabled": tape.is_grad_enabled}
+        default_factory=lambda: {
+            "Tensor": Tensor,
+            "ndarray": np.ndarray,
+            "is_grad_enabled": tape.is_grad_enabled,
+        }
     )
     counts: dict = field(default_factory=dict)
 
@@ -52,7 +58,8 @@ class GuardBuilder:
         for i, a in enumerate(args):
             if isinstance(a, Tensor):
                 self.check("not isinstance(a, Tensor)", f"a = args[{i}]")
-                self.check(self.meta("a", a), "d = a._data")
+                # (a tensor being traced holds a symbolic value, never an ndarray)
+                self.check(f"not isinstance(d, ndarray) or {self.meta('a', a)}", "d = a._data")
             else:
                 self.check(f"(a,) != ({self.name('V', a)},)", f"a = args[{i}]")
 
@@ -66,11 +73,20 @@ class GuardBuilder:
         source = _ENV.get_template("guard.py.j2").render(title=title, checks=self.checks)
         return load(source, {}, f"guards of {title}", self.names)["guard"]
 
+    def build_runner(self, title: str, body: list[str], names: dict) -> Callable:
+        """A function ``run(args, trusted=False)``: these checks (MISS when one fails, skipped
+        when ``trusted``), then the ``body`` lines (which see ``names``)."""
+        source = _ENV.get_template("runner.py.j2").render(
+            title=title, checks=self.checks, body=body
+        )
+        return load(source, {}, f"runner of {title}", {**self.names, **names})["run"]
 
-def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups, title):
-    """The guard of a compiled step: its arguments, the watched ``tensors`` (and whether each
-    has a .grad, of which shape), the ``optimizers`` (hyperparameters as ``optimizer_groups``
-    computes them, and state) and the training flags of ``modules``, as they are now."""
+
+def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups) -> GuardBuilder:
+    """The guards of a compiled step (for its runner): its arguments, the watched ``tensors``
+    (and whether each has a .grad, of which shape), the ``optimizers`` (hyperparameters as
+    ``optimizer_groups`` computes them, and state) and the training flags of ``modules``, as
+    they are now."""
     b = GuardBuilder()
     b.names["optimizer_groups"] = optimizer_groups
     b.call(args, grad_mode)
@@ -85,7 +101,7 @@ def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups, 
         _optimizer_checks(b, opt, optimizer_groups(opt))
     for m in modules:
         b.check(f"{b.name('M', m)}.training is not {m.training}")
-    return b.build(title)
+    return b
 
 
 def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
