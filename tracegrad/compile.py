@@ -332,18 +332,21 @@ def _member_label(kind: str, prefix: str, name: str) -> str:
 
 
 def _wrap_gradients(results, wanted, arrays, program) -> list:
-    """The backward's results as tensors (None where not wanted). A result that owns fresh
-    memory (not an input, a constant, a view, planned memory or another result) is marked
-    unshared, so accumulating it into a .grad takes it without a copy."""
+    """The backward's results as tensors (None where not wanted). A result that is fresh
+    memory, or a view of all of it (a transposed product, a reshaped sum), and not an input,
+    a constant, planned memory or memory of another result, is marked unshared, so
+    accumulating it into a .grad takes it without a copy."""
     taken = {id(a) for a in arrays}
     grads = []
     for result, want in zip(results, wanted, strict=True):
         result = np.asarray(result)
         grad = Tensor._wrap(result) if want else None
-        ours = id(result) in program.buffer_ids or id(result) in program.constant_ids
-        if grad is not None and result.base is None and id(result) not in taken and not ours:
+        memory = result if result.base is None else result.base
+        whole = memory.base is None and memory.size == result.size
+        ours = id(memory) in program.buffer_ids or id(memory) in program.constant_ids
+        if grad is not None and whole and id(memory) not in taken and not ours:
             tape.mark_unshared(grad)
-        taken.add(id(result))
+        taken.add(id(memory))
         grads.append(grad)
     return grads
 

@@ -67,3 +67,28 @@ def test_accumulated_gradients_equal_eager():
         results.append([p.grad.numpy().copy() for p in model.parameters()])
     for got, want in zip(*results, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_a_gradient_that_is_a_whole_view_of_fresh_memory_is_taken_without_a_copy():
+    """A batch of 2 through Linear(3, 8): the product runs transposed (wide-product), so the
+    next layer's weight gradient comes out as a transposed view of a fresh product. It
+    becomes .grad as it is, each call's in new memory, and equals eager."""
+    grads = []
+    for compiled in (False, True):
+        tg.manual_seed(2)
+        model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)).to(tg.float64)
+        forward = tg.compile(model) if compiled else model
+        x = tg.randn(2, 3, dtype=tg.float64)
+        forward(x).sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for got, want in zip(*grads, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+    # A copy would be an array of its own; taken as they are, they are views.
+    views = [g for g in grads[1] if g._data.base is not None]
+    assert [g.shape for g in views] == [(2, 8)], "the transposed weight gradient"
+    first = [g._data for g in grads[1]]
+    for p in model.parameters():
+        p.grad = None
+    forward(x).sum().backward()
+    for old, p in zip(first, model.parameters(), strict=True):
+        assert not np.shares_memory(old, p.grad._data)

@@ -350,6 +350,19 @@ CASES = {
         smaller=False,  # a product with a constant of ones, over a reshaped view
         gone={"sum_to"},
     ),
+    # The bias gradient of a product computed transposed: (4, 2, 3) summed to (4, 1, 1) is
+    # rows (4, 6) @ ones(6).
+    "sum-of-columns": Case(
+        graph_of(
+            """  %1:f64[4,2,3] = matmul %a, %b
+  %2:f64[4,1,1] = sum_to[shape=(4, 1, 1)] %1
+  return %2""",
+            "%a:f64[4,2,5], %b:f64[4,5,3]",
+        ),
+        after={"constant": 1, "matmul": 2, "reshape": 2},
+        smaller=False,  # a product with a constant of ones, between two reshapes
+        gone={"sum_to"},
+    ),
     # A linear layer's weight gradient on (2, 3, 4) inputs: the 2 products summed over the
     # stack are one product over all 6 rows.
     "batch-summed-product": Case(
@@ -521,6 +534,27 @@ def test_products_with_a_broadcast_operand_are_no_batch_summed_product():
     )
     result, after = simplified(graph)
     assert {n.kind for n in result.notes} == {"sum-of-rows"}
+    assert_same_values(graph, after, arrays_for(graph))
+
+
+@pytest.mark.parametrize(
+    "shape, to",
+    [
+        ("4,2,3", "1,2,3"),  # a leading dim summed: sum-of-rows' case, not this rule's
+        ("4,2,3", "4,1,3"),  # a middle dim: no rows and columns
+        ("4,2,3", "1,1,1"),  # everything: a total
+    ],
+)
+def test_sum_of_columns_leaves_other_sums(shape, to):
+    graph = Graph.parse(
+        graph_of(
+            f"""  %1:f64[{to}] = sum_to[shape=({to},)] %x
+  return %1""".replace(",)]", ")]"),
+            f"%x:f64[{shape}]",
+        )
+    )
+    result, after = simplified(graph)
+    assert "sum-of-columns" not in {n.kind for n in result.notes}
     assert_same_values(graph, after, arrays_for(graph))
 
 

@@ -7,6 +7,7 @@ same type as the value it replaces. ``explain()`` lists which rules fired where.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -282,6 +283,21 @@ def _sum_of_rows(node, rw):
     if len(shape) > 1:
         total = rw.emit("reshape", [total], shape=shape)
     return _same(node, total)
+
+
+def _sum_of_columns(node, rw):
+    """A sum over trailing dims kept as 1s (the bias gradient of a product computed
+    transposed, (C, N) summed to (C, 1)) is rows @ ones: a BLAS matrix-vector product."""
+    x, shape = node.inputs[0], tuple(node.attrs["shape"])
+    n = len(shape)
+    kept = n - len(tuple(itertools.takewhile(lambda size: size == 1, reversed(shape))))
+    if n != x.type.ndim or kept in (0, n) or x.type.dtype.np.kind != "f":
+        return None
+    if shape[:kept] != x.type.shape[:kept] or _strided_view(rw, x):
+        return None
+    rows = rw.emit("reshape", [x], shape=(math.prod(shape[:kept]), math.prod(x.type.shape[kept:])))
+    ones = rw.constant(np.ones(rows.type.shape[1]), x.type.dtype)
+    return _same(node, rw.emit("reshape", [rw.emit("matmul", [rows, ones])], shape=shape))
 
 
 def _operand_broadcast(node, rw):
@@ -643,6 +659,12 @@ RULES = [
         "sum_to(x[r, ...], shape) over leading dims -> ones(r) @ x.reshape(r, -1)",
         "sum_to",
         _sum_of_rows,
+    ),
+    Rule(
+        "sum-of-columns",
+        "sum_to(x[r, c], (r, 1)) over trailing dims -> x.reshape(r, -1) @ ones(c)",
+        "sum_to",
+        _sum_of_columns,
     ),
     Rule("log-softmax", "log(softmax(x)) -> log_softmax(x)", "log", _log_of_softmax),
     Rule("log1p", "log(1 + x) -> log1p(x)", "log", _log_of_one_plus),
