@@ -35,6 +35,9 @@ CASES = {
     "tanh_grad": lambda a, b, c: ((np.tanh(a), b), {}),
     "sigmoid_grad": lambda a, b, c: ((1 / (1 + np.exp(-a)), b), {}),
     "gelu_grad": lambda a, b, c: ((a, b), {"approximate": "tanh"}),
+    "gelu_tanh": lambda a, b, c: ((a,), {}),
+    "gelu_with_tanh": lambda a, b, c: ((a, np.tanh(b)), {}),
+    "gelu_grad_with_tanh": lambda a, b, c: ((a, np.tanh(b), c), {}),
     "lerp": lambda a, b, c: ((a, b), {"weight": 0.1}),
     "ema_square": lambda a, b, c: ((a * a, b), {"beta": 0.999}),
     "adam_step": lambda a, b, c: (
@@ -54,7 +57,10 @@ def test_pieces_equal_one_whole_call(name):
     np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize("name", ["lerp", "ema_square", "adam_step", "relu_grad"])
+@pytest.mark.parametrize(
+    "name",
+    ["lerp", "ema_square", "adam_step", "relu_grad", "gelu_with_tanh", "gelu_grad_with_tanh"],
+)
 def test_pieces_write_in_place_into_an_input(name):
     kernel = getattr(kernels, name)
     args, attrs = CASES[name](*arrays(1))

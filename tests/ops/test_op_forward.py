@@ -831,6 +831,12 @@ def _fused_inputs(name, dt):
     if name == "layer_norm_grad":
         x = _f((3, 4), dt)
         return (x, F.layer_norm(x, (4,)), _f((3, 4), dt, seed=1)), {"ndims": 1, "eps": 1e-5}
+    if name == "gelu_tanh":
+        return (_f((2, 3), dt),), {}
+    if name in ("gelu_with_tanh", "gelu_grad_with_tanh"):
+        x = _f((2, 3), dt)
+        cotangent = (_f((2, 3), dt, seed=1),) if name == "gelu_grad_with_tanh" else ()
+        return (x, call("gelu_tanh", x), *cotangent), {}
     if name == "extreme_grad":
         x = _f((3, 4), dt)
         return (x, x.amax(1), _f((3,), dt, seed=1)), {"dims": (1,), "keepdim": False}
@@ -847,6 +853,9 @@ FUSED_REFERENCES = {
     "tanh_grad": fused._tanh_reference,
     "sigmoid_grad": fused._sigmoid_reference,
     "gelu_grad": fused.gelu_reference,
+    "gelu_tanh": fused._gelu_tanh_reference,
+    "gelu_with_tanh": fused._gelu_with_tanh_reference,
+    "gelu_grad_with_tanh": fused._gelu_grad_with_tanh_reference,
     "softmax_grad": fused._softmax_reference,
     "masked_softmax_grad": fused._masked_softmax_reference,
     "log_softmax_grad": fused._log_softmax_reference,

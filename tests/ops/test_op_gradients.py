@@ -516,6 +516,16 @@ CASES = [
         lambda x, g: call("gelu_grad", x, g, approximate="tanh"),
         BINARY[:1],
     ),
+    # gelu's tanh form in pieces (a compiled step keeps t for the backward); x and t are
+    # independent inputs here
+    Case("gelu_tanh op", ("gelu_tanh",), lambda x: call("gelu_tanh", x), UNARY),
+    Case("gelu_with_tanh", ("gelu_with_tanh",), lambda x, t: call("gelu_with_tanh", x, t), BINARY),
+    Case(
+        "gelu_grad_with_tanh",
+        ("gelu_grad_with_tanh",),
+        lambda x, t, g: call("gelu_grad_with_tanh", x, t, g),
+        (((2, 3), (2, 3), (2, 3)), ((3, 1), (1, 4), (3, 4))),
+    ),
     Case(
         "softmax_grad",
         ("softmax_grad",),

@@ -163,7 +163,8 @@ class ResidualMLP(nn.Module):
 
 def test_linear_layers_on_a_stack_run_as_linear_kernels_and_equal_eager(training_step):
     """On (B, T, C) the products run on all B*T rows; the bias (and the residual) join the
-    product in its kernel, and in the backward the GELU gradient joins its product."""
+    product in its kernel, and in the backward the GELU gradient (from the t the forward
+    kept) joins its product."""
     code = compiled_equals_eager(
         training_step,
         lambda: nn.Sequential(ResidualMLP(), nn.Flatten(), nn.Linear(12, 3)),
@@ -171,5 +172,7 @@ def test_linear_layers_on_a_stack_run_as_linear_kernels_and_equal_eager(training
         (2, 3, 4),
         seed=5,
     )
-    for kind in ("linear matmul add", "linear matmul add add", "linear matmul gelu_grad"):
+    kinds = ("linear matmul add", "linear matmul add add", "linear matmul gelu_grad_with_tanh")
+    for kind in kinds:
         assert f"# {kind} (" in code, kind
+    assert "rt.gelu_tanh(" in code and "rt.gelu_with_tanh(" in code

@@ -70,6 +70,14 @@ def cross_entropy_pair(loss_attrs: str, grad_attrs: str | None) -> str:
 LOSS_ATTRS = "ignore_index=-100, label_smoothing=0.1, reduction='mean'"
 CROSS_ENTROPY_AND_GRADIENT = cross_entropy_pair(LOSS_ATTRS, LOSS_ATTRS)
 LOG_PROBS_SHARED = {"constant": 1, "log_softmax": 2, "log_softmax_nll_grad": 1, "nll_loss": 1}
+# gelu's tanh form and its gradient on one input: both read one t (two gelu_tanh until cse)
+GELU_AND_GRADIENT = graph_of(
+    """  %1:f64[2,3] = gelu[approximate='tanh'] %x
+  %2:f64[2,3] = gelu_grad[approximate='tanh'] %x, %g
+  return %1, %2""",
+    "%x:f64[2,3], %g:f64[2,3]",
+)
+TANH_KEPT = {"gelu_grad_with_tanh": 1, "gelu_tanh": 2, "gelu_with_tanh": 1}
 
 CASES = {
     "mul-one": Case(
@@ -442,6 +450,12 @@ CASES = {
         smaller=False,  # one more node (two log_softmax until cse), each one cheaper
         gone={"cross_entropy", "cross_entropy_grad"},
     ),
+    "gelu-keeps-tanh": Case(
+        GELU_AND_GRADIENT, after=TANH_KEPT, smaller=False, gone={"gelu", "gelu_grad"}
+    ),
+    "gelu-gradient-from-tanh": Case(
+        GELU_AND_GRADIENT, after=TANH_KEPT, smaller=False, gone={"gelu", "gelu_grad"}
+    ),
     "gradient-from-log-probs": Case(
         CROSS_ENTROPY_AND_GRADIENT,
         after=LOG_PROBS_SHARED,
@@ -630,6 +644,25 @@ def test_elementwise_before_transpose_leaves_full_operands_and_views_of_inputs()
     )
     result, _ = simplified(graph)
     assert "elementwise-before-transpose" not in {n.kind for n in result.notes}
+
+
+def test_gelu_and_its_gradient_share_t_through_a_transpose():
+    """The gelu moved onto a product's own layout reads x, its gradient x^T: they still
+    share one t, which the gradient reads transposed."""
+    graph = Graph.parse(
+        graph_of(
+            """  %1:f64[3,2] = permute[dims=(1, 0)] %x
+  %2:f64[2,3] = gelu[approximate='tanh'] %x
+  %3:f64[3,2] = gelu_grad[approximate='tanh'] %1, %g
+  return %2, %3""",
+            "%x:f64[2,3], %g:f64[3,2]",
+        )
+    )
+    result, after = simplified(graph)
+    assert {"gelu-keeps-tanh", "gelu-gradient-from-tanh"} <= {n.kind for n in result.notes}
+    merged = tg.passes.run(after, ["cse", "dce"])
+    assert merged.op_counts()["gelu_tanh"] == 1
+    assert_same_values(graph, merged, arrays_for(graph))
 
 
 def test_transpose_of_product_ends_in_a_product():
@@ -828,6 +861,23 @@ def test_cross_entropy_keeps_its_logits_unless_its_gradient_is_beside_it(text):
 
 
 NEAR_MISSES_WITH_INPUTS = {
+    "gelu without its gradient (inference) computes t inside its kernel": (
+        """  %1:f64[2,3] = gelu[approximate='tanh'] %x
+  return %1""",
+        "%x:f64[2,3]",
+    ),
+    "gelu's exact form has no tanh to keep": (
+        """  %1:f64[2,3] = gelu[approximate='none'] %x
+  %2:f64[2,3] = gelu_grad[approximate='none'] %x, %g
+  return %1, %2""",
+        "%x:f64[2,3], %g:f64[2,3]",
+    ),
+    "the gradient of another input's gelu": (
+        """  %1:f64[2,3] = gelu[approximate='tanh'] %x
+  %2:f64[2,3] = gelu_grad[approximate='tanh'] %g, %x
+  return %1, %2""",
+        "%x:f64[2,3], %g:f64[2,3]",
+    ),
     "a sum over a kept size-1 dim is no sum of rows": (
         """  %1:f64[1,3] = sum_to[shape=(1, 3)] %x
   return %1""",

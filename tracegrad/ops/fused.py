@@ -129,6 +129,51 @@ fused(
     elementwise=True,
 )
 
+# --- gelu's tanh form in pieces: a training step keeps t = tanh(...) for its backward -----------
+
+
+def _gelu_tanh_reference(x):
+    return call("tanh", kernels.SQRT_2_OVER_PI * (x + kernels.GELU_TANH_COEF * x * x * x))
+
+
+def _gelu_with_tanh_reference(x, t):
+    return 0.5 * x * (1.0 + t)
+
+
+def _gelu_grad_with_tanh_reference(x, t, g):
+    """The tanh branch of gelu_reference, with x and t independent inputs."""
+    dinner = kernels.SQRT_2_OVER_PI * (1.0 + 3.0 * kernels.GELU_TANH_COEF * x * x)
+    return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
+
+
+fused(
+    "gelu_tanh",
+    ("x",),
+    kernels.gelu_tanh,
+    _gelu_tanh_reference,
+    "rt.gelu_tanh({0})",
+    "rt.gelu_tanh({0}, out={out})",
+    elementwise=True,
+)
+fused(
+    "gelu_with_tanh",
+    ("x", "t"),
+    kernels.gelu_with_tanh,
+    _gelu_with_tanh_reference,
+    "rt.gelu_with_tanh({0}, {1})",
+    "rt.gelu_with_tanh({0}, {1}, out={out})",
+    elementwise=True,
+)
+fused(
+    "gelu_grad_with_tanh",
+    ("x", "t", "g"),
+    kernels.gelu_grad_with_tanh,
+    _gelu_grad_with_tanh_reference,
+    "rt.gelu_grad_with_tanh({0}, {1}, {2})",
+    "rt.gelu_grad_with_tanh({0}, {1}, {2}, out={out})",
+    elementwise=True,
+)
+
 # --- softmax family and normalization ---------------------------------------------------------
 
 

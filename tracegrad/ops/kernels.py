@@ -84,10 +84,35 @@ def gelu(x, approximate, out=None):
     """x * Phi(x); with ``approximate='tanh'`` PyTorch's tanh form. ``out`` may be ``x``."""
     if approximate != "tanh":
         return np.multiply(0.5 * x, 1.0 + erf(x / math.sqrt(2.0)), out=out)
-    inner = _tanh_argument(x, scratch(x, "gelu"))
-    np.tanh(inner, out=inner)
-    inner += 1.0
+    t = _gelu_tanh(x, out=scratch(x, "gelu"))
+    return _gelu_with_tanh(x, t, out=out, work=t)  # t is ours: 1 + t goes in its place
+
+
+def _gelu_tanh(x, out=None):
+    return np.tanh(_tanh_argument(x, _buffer(x, out)), out=out)
+
+
+def _gelu_with_tanh(x, t, out=None, work=None):
+    inner = np.add(t, 1.0, out=_joint_scratch(x, t, "gelu_with_tanh") if work is None else work)
     out = np.multiply(x, inner, out=out)
+    out *= 0.5
+    return out
+
+
+@chunked
+def gelu_tanh(x, out=None):
+    """t = tanh(c (x + k x^3)), the tanh in gelu's tanh form (its gradient reads it too)."""
+    return _gelu_tanh(x, out=out)
+
+
+@chunked
+def gelu_with_tanh(x, t, out=None):
+    """gelu(x) = x (1 + t) / 2 from t = gelu_tanh(x). ``out`` may be ``x`` or ``t``; unless
+    it is ``x``, 1 + t is made there (no scratch pass)."""
+    if out is None or np.may_share_memory(out, x) or np.shape(out) != np.shape(t):
+        return _gelu_with_tanh(x, t, out=out)
+    out = np.add(t, 1.0, out=out)
+    out *= x
     out *= 0.5
     return out
 
@@ -435,30 +460,39 @@ def sigmoid_grad(y, g, out=None):
 @chunked
 def gelu_grad(x, g, approximate, out=None):
     """d gelu(x) = Phi(x) + x phi(x) (Phi in PyTorch's tanh form when asked)."""
-    square = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
-    slope = scratch(x, "gelu_grad.slope")
     if approximate == "tanh":
-        # With t = tanh(c (x + k x^3)) and q = x (c/2 + 3ck/2 x^2):
-        # gelu'(x) = (1 + t)/2 + (1 - t^2) q = (1 + t) (1/2 + (1 - t) q).
-        t = np.tanh(_tanh_argument(x, scratch(x, "gelu_grad.t")), out=scratch(x, "gelu_grad.t"))
-        square *= 1.5 * SQRT_2_OVER_PI * GELU_TANH_COEF
-        square += 0.5 * SQRT_2_OVER_PI
-        square *= x
-        np.subtract(1.0, t, out=slope)
-        slope *= square
-        slope += 0.5
-        t += 1.0
-        slope *= t
-    else:
-        square *= -0.5
-        np.exp(square, out=square)
-        square *= INV_SQRT_2PI
-        square *= x
-        np.multiply(x, INV_SQRT_2, out=slope)
-        slope[...] = erf(slope)
-        slope += 1.0
-        slope *= 0.5
-        slope += square
+        t = _gelu_tanh(x, out=scratch(x, "gelu_grad.t"))
+        return _gelu_grad_with_tanh(x, t, g, out=out)
+    density = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
+    density *= -0.5
+    np.exp(density, out=density)
+    density *= INV_SQRT_2PI
+    density *= x
+    slope = np.multiply(x, INV_SQRT_2, out=scratch(x, "gelu_grad.slope"))
+    slope[...] = erf(slope)
+    slope += 1.0
+    slope *= 0.5
+    slope += density
+    return np.multiply(g, slope, out=out)
+
+
+@chunked
+def gelu_grad_with_tanh(x, t, g, out=None):
+    """g * d gelu(x) in the tanh form, from t = gelu_tanh(x) kept from the forward.
+    ``out`` may be ``g``."""
+    return _gelu_grad_with_tanh(x, t, g, out=out)
+
+
+def _gelu_grad_with_tanh(x, t, g, out=None):
+    # With q = x (c/2 + 3ck/2 x^2): gelu'(x) = (1 + t)/2 + (1 - t^2) q = (1 + t) (1/2 + (1 - t) q)
+    q = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
+    q *= 1.5 * SQRT_2_OVER_PI * GELU_TANH_COEF
+    q += 0.5 * SQRT_2_OVER_PI
+    q *= x
+    slope = np.subtract(1.0, t, out=_joint_scratch(x, t, "gelu_grad.slope"))
+    slope *= q
+    slope += 0.5
+    slope *= np.add(t, 1.0, out=q) if np.shape(t) == q.shape else np.add(t, 1.0)
     return np.multiply(g, slope, out=out)
 
 
