@@ -188,9 +188,10 @@ def test_masked_attention_uses_minus_inf_and_stays_finite(zoo):
     graph = cm.graph  # optimized: the fill and the softmax are one masked_softmax
     ops = {n.op for n in graph.nodes}
     ops |= {m.op for n in graph.nodes if n.op == "fused" for m in body_of(n).nodes}
-    # gelu's tanh form with its gradient in the joint graph: t is made once and kept
-    assert {"masked_softmax", "layer_norm", "gelu_tanh", "gelu_with_tanh"} <= ops
-    assert "softmax" not in ops and "gelu" not in ops
+    # gelu's tanh form and layer norm with their gradients in the joint graph: t and std are
+    # made once and kept
+    assert {"masked_softmax", "layer_norm_std", "gelu_tanh", "gelu_with_tanh"} <= ops
+    assert not {"softmax", "gelu", "layer_norm"} & ops
     want = traced().detach().numpy()
     np.testing.assert_allclose(logits.detach().numpy(), want, rtol=1e-5, atol=1e-6)
 

@@ -837,6 +837,14 @@ def _fused_inputs(name, dt):
         x = _f((2, 3), dt)
         cotangent = (_f((2, 3), dt, seed=1),) if name == "gelu_grad_with_tanh" else ()
         return (x, call("gelu_tanh", x), *cotangent), {}
+    if name == "layer_norm_center":
+        return (_f((3, 4), dt),), {"ndims": 1}
+    if name == "layer_norm_std":
+        return (call("layer_norm_center", _f((2, 3, 4), dt), ndims=2),), {"ndims": 2, "eps": 1e-5}
+    if name == "layer_norm_grad_from_std":
+        x = _f((3, 4), dt)
+        std = call("layer_norm_std", call("layer_norm_center", x, ndims=1), ndims=1, eps=1e-5)
+        return (F.layer_norm(x, (4,)), _f((3, 4), dt, seed=1), std), {"ndims": 1}
     if name == "extreme_grad":
         x = _f((3, 4), dt)
         return (x, x.amax(1), _f((3,), dt, seed=1)), {"dims": (1,), "keepdim": False}
@@ -863,6 +871,9 @@ FUSED_REFERENCES = {
     "nll_loss": fused._nll_loss_reference,
     "log_softmax_nll_grad": fused._log_softmax_nll_reference,
     "layer_norm_grad": fused.layer_norm_reference,
+    "layer_norm_center": fused._layer_norm_center_reference,
+    "layer_norm_std": fused._layer_norm_std_reference,
+    "layer_norm_grad_from_std": fused._layer_norm_grad_from_std_reference,
     "extreme_grad": fused.extreme_reference,
 }
 

@@ -599,6 +599,26 @@ CASES = [
         lambda x, y, g: call("layer_norm_grad", x, y, g, ndims=1, eps=1e-5),
         (((3, 4), (3, 4), (3, 4)),),
     ),
+    # layer norm in pieces (a compiled step keeps std): each piece's inputs independent
+    Case(
+        "layer_norm_center",
+        ("layer_norm_center",),
+        lambda x: call("layer_norm_center", x, ndims=1),
+        (((3, 4),), ((2, 3, 4),)),
+    ),
+    Case(
+        "layer_norm_std",
+        ("layer_norm_std",),
+        lambda x: call("layer_norm_std", x, ndims=2, eps=1e-5),
+        (((2, 3, 4),),),
+    ),
+    Case(
+        "layer_norm_grad_from_std",
+        ("layer_norm_grad_from_std",),
+        lambda y, g, std: call("layer_norm_grad_from_std", y, g, std, ndims=1),
+        (((3, 4), (3, 4), (3, 1)),),
+        (normal, normal, positive),
+    ),
     Case(
         "extreme_grad",
         ("extreme_grad",),

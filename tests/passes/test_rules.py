@@ -78,6 +78,14 @@ GELU_AND_GRADIENT = graph_of(
     "%x:f64[2,3], %g:f64[2,3]",
 )
 TANH_KEPT = {"gelu_grad_with_tanh": 1, "gelu_tanh": 2, "gelu_with_tanh": 1}
+# a layer norm over the last dim and its gradient: both read one std (two of each until cse)
+LAYER_NORM_AND_GRADIENT = graph_of(
+    """  %1:f64[2,3] = layer_norm[ndims=1, eps=1e-05] %x
+  %2:f64[2,3] = layer_norm_grad[ndims=1, eps=1e-05] %x, %1, %g
+  return %1, %2""",
+    "%x:f64[2,3], %g:f64[2,3]",
+)
+STD_KEPT = {"div": 1, "layer_norm_center": 2, "layer_norm_grad_from_std": 1, "layer_norm_std": 2}
 
 CASES = {
     "mul-one": Case(
@@ -449,6 +457,18 @@ CASES = {
         after=LOG_PROBS_SHARED,
         smaller=False,  # one more node (two log_softmax until cse), each one cheaper
         gone={"cross_entropy", "cross_entropy_grad"},
+    ),
+    "layer-norm-keeps-std": Case(
+        LAYER_NORM_AND_GRADIENT,
+        after=STD_KEPT,
+        smaller=False,
+        gone={"layer_norm", "layer_norm_grad"},
+    ),
+    "layer-norm-gradient-from-std": Case(
+        LAYER_NORM_AND_GRADIENT,
+        after=STD_KEPT,
+        smaller=False,
+        gone={"layer_norm", "layer_norm_grad"},
     ),
     "gelu-keeps-tanh": Case(
         GELU_AND_GRADIENT, after=TANH_KEPT, smaller=False, gone={"gelu", "gelu_grad"}
@@ -865,6 +885,17 @@ NEAR_MISSES_WITH_INPUTS = {
         """  %1:f64[2,3] = gelu[approximate='tanh'] %x
   return %1""",
         "%x:f64[2,3]",
+    ),
+    "a layer norm without its gradient (inference) stays one kernel": (
+        """  %1:f64[2,3] = layer_norm[ndims=1, eps=1e-05] %x
+  return %1""",
+        "%x:f64[2,3]",
+    ),
+    "the gradient of a layer norm with another eps": (
+        """  %1:f64[2,3] = layer_norm[ndims=1, eps=1e-05] %x
+  %2:f64[2,3] = layer_norm_grad[ndims=1, eps=0.001] %x, %1, %g
+  return %1, %2""",
+        "%x:f64[2,3], %g:f64[2,3]",
     ),
     "gelu's exact form has no tanh to keep": (
         """  %1:f64[2,3] = gelu[approximate='none'] %x

@@ -239,6 +239,25 @@ def layer_norm_reference(x, y, g, ndims, eps):
     return rstd * (g - g.mean(dim=axes, keepdim=True) - y * (g * y).mean(dim=axes, keepdim=True))
 
 
+def _layer_norm_center_reference(x, ndims):
+    return x - x.mean(dim=tuple(range(x.ndim - ndims, x.ndim)), keepdim=True)
+
+
+def _layer_norm_std_reference(centered, ndims, eps):
+    axes = tuple(range(centered.ndim - ndims, centered.ndim))
+    return call("sqrt", (centered * centered).mean(dim=axes, keepdim=True) + eps)
+
+
+def _layer_norm_grad_from_std_reference(y, g, std, ndims):
+    axes = tuple(range(y.ndim - ndims, y.ndim))
+    return (g - g.mean(dim=axes, keepdim=True) - y * (g * y).mean(dim=axes, keepdim=True)) / std
+
+
+def _std_infer(centered: TensorType, ndims, eps) -> TensorType:
+    """The statistics' type: the last ``ndims`` dims kept as 1s."""
+    return TensorType((*centered.shape[: centered.ndim - ndims], *(1,) * ndims), centered.dtype)
+
+
 def extreme_reference(x, y, g, dims, keepdim):
     """amax/amin share the gradient evenly between tied extremes, as torch.amax does."""
     hits = call("cast", call("eq", x, keep_dims(y, x.shape, dims, keepdim)), dtype=x.dtype.name)
@@ -312,6 +331,35 @@ fused(
     layer_norm_reference,
     "rt.layer_norm_grad({0}, {1}, {2}, {ndims}, {eps!r})",
     "rt.layer_norm_grad({0}, {1}, {2}, {ndims}, {eps!r}, out={out})",
+)
+# A training step keeps layer norm's std for the backward: the forward is x - mean (centered),
+# std = sqrt(mean(centered^2) + eps) and centered / std, and the gradient reads y and std.
+fused(
+    "layer_norm_center",
+    ("x",),
+    kernels.layer_norm_center,
+    _layer_norm_center_reference,
+    "rt.layer_norm_center({0}, {ndims})",
+    "rt.layer_norm_center({0}, {ndims}, out={out})",
+    props=(OVERWRITES_INPUT,),
+)
+fused(
+    "layer_norm_std",
+    ("centered",),
+    kernels.layer_norm_std,
+    _layer_norm_std_reference,
+    "rt.layer_norm_std({0}, {ndims}, {eps!r})",
+    "rt.layer_norm_std({0}, {ndims}, {eps!r}, out={out})",
+    infer=_std_infer,
+)
+fused(
+    "layer_norm_grad_from_std",
+    ("y", "g", "std"),
+    kernels.layer_norm_grad_from_std,
+    _layer_norm_grad_from_std_reference,
+    "rt.layer_norm_grad_from_std({0}, {1}, {2}, {ndims})",
+    "rt.layer_norm_grad_from_std({0}, {1}, {2}, {ndims}, out={out})",
+    infer=_input_type,
 )
 fused(
     "extreme_grad",

@@ -344,11 +344,25 @@ def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
 
 def layer_norm(x, ndims, eps, out=None):
     """(x - mean) / sqrt(var + eps) over the last ``ndims`` dims. ``out`` may be ``x``."""
-    axes = tuple(range(x.ndim - ndims, x.ndim))
-    out = np.subtract(x, _mean(x, axes), out=out)
-    square = np.multiply(out, out, out=scratch(x, "layer_norm"))
-    out /= np.sqrt(_mean(square, axes) + eps)
+    out = layer_norm_center(x, ndims, out=out)
+    out /= layer_norm_std(out, ndims, eps)
     return out
+
+
+def layer_norm_center(x, ndims, out=None):
+    """x - mean(x) over the last ``ndims`` dims. ``out`` may be ``x``."""
+    return np.subtract(x, _mean(x, _last(x.ndim, ndims)), out=out)
+
+
+def layer_norm_std(centered, ndims, eps, out=None):
+    """sqrt(mean(centered^2) + eps) over the last ``ndims`` dims (kept, as 1s)."""
+    square = np.multiply(centered, centered, out=scratch(centered, "layer_norm"))
+    variance = np.add(_mean(square, _last(centered.ndim, ndims)), eps, out=out)
+    return np.sqrt(variance, out=variance)
+
+
+def _last(ndim: int, ndims: int) -> tuple[int, ...]:
+    return tuple(range(ndim - ndims, ndim))
 
 
 def index(key, *index_arrays):
@@ -584,16 +598,20 @@ def log_softmax_nll_grad(logp, target, g, ignore_index, label_smoothing, reducti
 
 def layer_norm_grad(x, y, g, ndims, eps, out=None):
     """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
-    axes = tuple(range(x.ndim - ndims, x.ndim))
-    centered = np.subtract(x, _mean(x, axes), out=scratch(x, "layer_norm_grad"))
-    centered *= centered
-    rstd = 1.0 / np.sqrt(_mean(centered, axes) + eps)
-    np.multiply(g, y, out=centered)
-    projection = _mean(centered, axes)
-    np.multiply(y, projection, out=centered)
-    np.subtract(g, centered, out=centered)
-    centered -= _mean(g, axes)
-    return np.multiply(centered, rstd, out=out)
+    centered = layer_norm_center(x, ndims, out=scratch(x, "layer_norm_grad"))
+    return layer_norm_grad_from_std(y, g, layer_norm_std(centered, ndims, eps), ndims, out=out)
+
+
+def layer_norm_grad_from_std(y, g, std, ndims, out=None):
+    """layer_norm_grad with the forward's std = sqrt(var + eps) kept: nothing of x is needed."""
+    axes = _last(y.ndim, ndims)
+    rstd = 1.0 / std
+    work = np.multiply(g, y, out=scratch(y, "layer_norm_grad"))
+    projection = _mean(work, axes)
+    np.multiply(y, projection, out=work)
+    np.subtract(g, work, out=work)
+    work -= _mean(g, axes)
+    return np.multiply(work, rstd, out=out)
 
 
 def _window_cells(x, dims, keepdim):

@@ -429,16 +429,16 @@ def _log_of_sigmoid(node, rw):
     return _same(node, rw.emit("sub", [rw.emit("minimum", [x, zero]), tail]))
 
 
-def _beside(node, rw, partner_op: str) -> bool:
-    """Whether a ``partner_op`` node reads the same logits and targets as ``node``, with the
-    same attributes: a cross entropy and its gradient, both in one graph."""
-    logits, target = node.inputs[:2]
+def _beside(node, rw, partner_op: str, shared: int = 2) -> bool:
+    """Whether a ``partner_op`` node reads the same first ``shared`` inputs as ``node``, with
+    the same attributes: an op and its gradient (a cross entropy's logits and targets, a
+    layer norm's input), both in one graph."""
+    mine = node.inputs[:shared]
     return any(
         other.op == partner_op
-        and other.inputs[0] is logits
-        and other.inputs[1] is target
+        and all(a is b for a, b in zip(other.inputs[:shared], mine, strict=True))
         and other.attrs == node.attrs
-        for other in rw.readers.get(id(logits), ())
+        for other in rw.readers.get(id(mine[0]), ())
     )
 
 
@@ -458,6 +458,30 @@ def _gradient_from_log_probs(node, rw):
         return None
     inputs = [_log_probs(node, rw), *node.inputs[1:]]
     return _same(node, rw.emit("log_softmax_nll_grad", inputs, **node.attrs))
+
+
+def _layer_norm_keeps_std(node, rw):
+    """A layer norm with its gradient in the graph: the forward's std = sqrt(var + eps) is
+    kept, y = (x - mean) / std, and the gradient reads y and std instead of centering x and
+    reducing it again (a third of its work: W4's five layer norms, 0.2 ms a step)."""
+    if not _beside(node, rw, "layer_norm_grad", shared=1):
+        return None
+    centered, std = _layer_norm_stats(rw, node.inputs[0], node.attrs)
+    return _same(node, rw.emit("div", [centered, std]))
+
+
+def _layer_norm_gradient_from_std(node, rw):
+    if not _beside(node, rw, "layer_norm", shared=1):
+        return None
+    x, y, g = node.inputs
+    std = _layer_norm_stats(rw, x, node.attrs)[1]
+    return _same(node, rw.emit("layer_norm_grad_from_std", [y, g, std], ndims=node.attrs["ndims"]))
+
+
+def _layer_norm_stats(rw, x: Value, attrs) -> tuple[Value, Value]:
+    """x - mean and its std (one pair for the layer norm and its gradient once cse merges)."""
+    centered = rw.emit("layer_norm_center", [x], ndims=attrs["ndims"])
+    return centered, rw.emit("layer_norm_std", [centered], **attrs)
 
 
 def _untransposed(rw, value: Value) -> tuple[Value, tuple | None]:
@@ -764,6 +788,19 @@ RULES = [
         "cross_entropy_grad(x) -> exp(log_softmax(x)) - one-hot, beside the loss's log_softmax",
         "cross_entropy_grad",
         _gradient_from_log_probs,
+    ),
+    Rule(
+        "layer-norm-keeps-std",
+        "layer_norm(x) -> (x - mean) / std, std = sqrt(mean((x - mean)^2) + eps), when its "
+        "gradient is in the graph too",
+        "layer_norm",
+        _layer_norm_keeps_std,
+    ),
+    Rule(
+        "layer-norm-gradient-from-std",
+        "layer_norm_grad(x, y, g) -> layer_norm_grad_from_std(y, g, std), beside the forward's std",
+        "layer_norm_grad",
+        _layer_norm_gradient_from_std,
     ),
     Rule(
         "gelu-keeps-tanh",
