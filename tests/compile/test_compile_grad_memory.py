@@ -55,32 +55,40 @@ def test_a_gradient_that_is_the_callers_array_is_copied():
     np.testing.assert_array_equal(seed.numpy(), [0.5, -1.0, 2.0])
 
 
-def test_accumulated_gradients_equal_eager():
-    results = []
+def eager_and_compiled(seed: int, layers, batch: int, steps):
+    """For an eager and then a compiled float64 nn.Sequential(*layers()) from one seed:
+    ``steps(forward, x)`` on a (batch, inputs) input, then the parameters' .grad tensors.
+    Returns both lists of .grad tensors and the compiled forward, its model and input."""
+    grads = []
     for compiled in (False, True):
-        tg.manual_seed(4)
-        model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)).to(tg.float64)
+        tg.manual_seed(seed)
+        model = nn.Sequential(*layers()).to(tg.float64)
         forward = tg.compile(model) if compiled else model
-        x = tg.randn(3, 5, dtype=tg.float64)
-        for _ in range(3):  # no zero_grad: the later steps add into the first .grad
+        x = tg.randn(batch, model[0].in_features, dtype=tg.float64)
+        steps(forward, x)
+        grads.append([p.grad for p in model.parameters()])
+    return grads, forward, model, x
+
+
+def test_accumulated_gradients_equal_eager():
+    def three_steps(forward, x):  # no zero_grad: the later steps add into the first .grad
+        for _ in range(3):
             (forward(x) ** 2).sum().backward()
-        results.append([p.grad.numpy().copy() for p in model.parameters()])
-    for got, want in zip(*results, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+    layers = lambda: (nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    (eager, compiled), *_ = eager_and_compiled(4, layers, 3, three_steps)
+    for got, want in zip(compiled, eager, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
 
 
 def test_a_gradient_that_is_a_whole_view_of_fresh_memory_is_taken_without_a_copy():
     """A batch of 2 through Linear(3, 8): the product runs transposed (wide-product), so the
     next layer's weight gradient comes out as a transposed view of a fresh product. It
     becomes .grad as it is, each call's in new memory, and equals eager."""
-    grads = []
-    for compiled in (False, True):
-        tg.manual_seed(2)
-        model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)).to(tg.float64)
-        forward = tg.compile(model) if compiled else model
-        x = tg.randn(2, 3, dtype=tg.float64)
-        forward(x).sum().backward()
-        grads.append([p.grad for p in model.parameters()])
+    layers = lambda: (nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    grads, forward, model, x = eager_and_compiled(
+        2, layers, 2, lambda forward, x: forward(x).sum().backward()
+    )
     for got, want in zip(*grads, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
     # A copy would be an array of its own; taken as they are, they are views.

@@ -828,27 +828,27 @@ RULES += [
     for op in sorted(OPS)
     if ELEMENTWISE in OPS[op].props and len(OPS[op].inputs) >= 2 and op != "where"
 ]
-RULES += [
-    Rule(
-        "elementwise-before-reshape",
-        "f(reshape(x, S), y) -> reshape(f(x, y'), S) with x rows of a product (y' on x's rows)",
-        op,
-        _elementwise_before_reshape,
-    )
-    for op in sorted(OPS)
-    if ELEMENTWISE in OPS[op].props and RANDOM not in OPS[op].props
-]
 
-RULES += [
-    Rule(
-        "elementwise-before-transpose",
-        "f(x^T, b) -> f(x, b')^T for a 2-D x computed here, b scalar or broadcast (b' on x)",
-        op,
-        _elementwise_before_transpose,
-    )
-    for op in sorted(OPS)
-    if ELEMENTWISE in OPS[op].props and RANDOM not in OPS[op].props
-]
+
+def _for_elementwise_ops(name: str, algebra: str, rewrite) -> list[Rule]:
+    """One rule per deterministic elementwise op (rules moving an op past a view)."""
+    return [
+        Rule(name, algebra, op, rewrite)
+        for op in sorted(OPS)
+        if ELEMENTWISE in OPS[op].props and RANDOM not in OPS[op].props
+    ]
+
+
+RULES += _for_elementwise_ops(
+    "elementwise-before-reshape",
+    "f(reshape(x, S), y) -> reshape(f(x, y'), S) with x rows of a product (y' on x's rows)",
+    _elementwise_before_reshape,
+)
+RULES += _for_elementwise_ops(
+    "elementwise-before-transpose",
+    "f(x^T, b) -> f(x, b')^T for a 2-D x computed here, b scalar or broadcast (b' on x)",
+    _elementwise_before_transpose,
+)
 
 _BY_OP: dict[str, list[Rule]] = {}
 for _rule in RULES:
