@@ -379,7 +379,19 @@ def _assembled_products(pool):
     return f"tg.cat([{', '.join(parts)}], dim={dim}).tanh()"
 
 
+def _normalized(pool):
+    """A layer norm over the last dim, or gelu's tanh form: with their gradients in the joint
+    graph, the rules keeping std and t fire."""
+    a = pool.pick(_at_least(1))
+    if a is None:
+        return None
+    if pool.draw(st.booleans()):
+        return f"tg.nn.functional.layer_norm({a}, {pool.shape(a)[-1:]!r})"
+    return f"tg.nn.functional.gelu({a} * 2.0, approximate='tanh')"
+
+
 LINES.update(
+    normalized=_normalized,
     assembled_products=_assembled_products,
     transposed_product=_transposed_product,
     products_of_one_operand=_products_of_one_operand,
