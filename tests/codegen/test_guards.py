@@ -72,6 +72,11 @@ CHANGES = {
         x,
         y,
     )[1:],
+    "an optimizer state entry appears": lambda model, opt, x, y: (
+        opt.state[model[0].bias].__setitem__("momentum_buffer", tg.zeros(5, dtype=tg.float64)),
+        x,
+        y,
+    )[1:],
     "eval mode": lambda model, opt, x, y: (model.eval(), x, y)[1:],
     "a submodule's mode": lambda model, opt, x, y: (model[1].eval(), x, y)[1:],
 }
@@ -124,6 +129,15 @@ def test_guard_follows_the_optimizer_state_as_the_signature_does(change):
     change(model, opt)
     assert compiled.latest.guard((x, y)) == matches(compiled, (x, y))
     assert compiled.latest.guard((x, y)) == (change is STATE_CHANGES["nothing"])
+
+
+def test_empty_optimizer_state_entries_are_no_state():
+    """Plain SGD keeps no state: an empty entry made for another tensor changes neither the
+    signature nor the guard's answer."""
+    compiled, _, opt, x, y = compiled_step()
+    assert not any(opt.state.values())
+    opt.state[tg.zeros(2)] = {}  # (the optimizer makes one per parameter it steps)
+    assert matches(compiled, (x, y)) and compiled.latest.guard((x, y))
 
 
 def test_guard_refuses_calls_under_no_grad():
