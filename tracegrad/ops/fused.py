@@ -1,4 +1,6 @@
-"""Fused gradient ops: one NumPy kernel each, where the plain VJP would take many small ops.
+"""Fused ops: one NumPy kernel each, where the plain VJP would take many small ops, and the
+pieces a compiled training step splits gelu and layer norm into, so the backward reads what
+the forward computed (t, std) instead of computing it again.
 
 NOTE: each is declared with a *reference* written in tracegrad ops (the formula its kernel
 computes). The reference is its specification and also its derivative: the VJP of a fused op is
