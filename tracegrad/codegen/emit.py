@@ -367,37 +367,34 @@ def _row_loop(members, namer: Namer, buffers, local: dict[int, str]) -> list[str
     written = {}  # id(member output) -> the whole array it writes, or its piece of a buffer
     body = []
     for member in members:
-        args = [_piece(v, shape, namer, written) for v in member.inputs]
+        args = [written.get(id(v)) or _piece(v, shape, namer) for v in member.inputs]
         out = member.outputs[0]
         whole = _destination(member, [namer(v) for v in member.inputs], buffers)
         for k, v in enumerate(member.inputs):  # an in-place write goes where its input lives
             if member.meta.get("inplace") == k and id(v) in written:
-                whole = written[id(v)]
+                whole = written[id(v)].removesuffix("[piece]")
         piece = f"{local[id(out)]}[: {shape[0]} - start]" if id(out) in local else None
-        written[id(out)] = piece or whole
-        rhs = expression(member, args, {}, "", piece or f"{whole}[piece]")
+        written[id(out)] = piece or f"{whole}[piece]"
+        rhs = expression(member, args, {}, "", written[id(out)])
         body.append(f"    {rhs}{_comment(member)}")
     header = [
         f"for start in range(0, {shape[0]}, {step}):  # rows of {shape} in pieces of {step}",
         f"    piece = slice(start, start + {step})",
     ]
     binds = [
-        f"{namer(m.outputs[0], prefix='v')} = {written[id(m.outputs[0])]}"
+        f"{namer(m.outputs[0], prefix='v')} = {written[id(m.outputs[0])].removesuffix('[piece]')}"
         for m in members
         if id(m.outputs[0]) not in local
     ]
     return header + body + binds
 
 
-def _piece(value, shape, namer: Namer, written) -> str:
-    """How a loop member reads ``value``: the piece of a whole array as long as the loop's
-    shape along axis 0 (or the piece buffer holding it), else whole (a scalar, or an array
-    broadcast along the rows)."""
-    name = written.get(id(value), namer(value))
-    if name.endswith("- start]"):
-        return name
+def _piece(value, shape, namer: Namer) -> str:
+    """How a loop member reads ``value`` from outside the loop: the piece of a whole array as
+    long as the loop's shape along axis 0, else whole (a scalar, or an array broadcast along
+    the rows)."""
     rows = len(value.type.shape) == len(shape) and value.type.shape[0] == shape[0]
-    return f"{name}[piece]" if rows else name
+    return f"{namer(value)}[piece]" if rows else namer(value)
 
 
 def _destination(node, args: list[str], buffers) -> str | None:
