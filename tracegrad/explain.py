@@ -22,10 +22,13 @@ class Report:
     unplanned: list[tuple[str, Graph]] = field(default_factory=list)
     planned: list[tuple[str, Graph]] = field(default_factory=list)
     saved: list = field(default_factory=list)
+    # the buffers each generated function allocates, (shape, dtype name): the memory plan's,
+    # less whole buffers that row loops replaced by buffers of one piece
+    allocated: dict[str, list[tuple]] = field(default_factory=dict)
     unplanned_traced: Graph | None = None  # a whole step's graph as traced
 
 
-def _size(nbytes: int) -> str:
+def format_bytes(nbytes: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if nbytes < 1024 or unit == "GiB":
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
@@ -68,11 +71,12 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
         lines.append(f"  {name}: {len(after.nodes)} nodes ({counts})")
         inplace = sum("inplace" in n.meta for n in after.nodes)
         pooled = sum("buffer" in n.meta for n in after.nodes)
-        buffers = len(after.meta.get("buffers", []))
+        allocated = report.allocated.get(name)
+        buffers = len(after.meta.get("buffers", []) if allocated is None else allocated)
         lines.append(
             f"    memory plan: {inplace} in-place writes, {pooled} values in {buffers} reused "
-            f"buffers; estimated peak {_size(peak_bytes(before))} before, "
-            f"{_size(peak_bytes(after))} after"
+            f"buffers; estimated peak {format_bytes(peak_bytes(before))} before, "
+            f"{format_bytes(peak_bytes(after, allocated))} after"
         )
         if after.meta.get("moved"):
             lines.append(
@@ -91,9 +95,10 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
             )
     if report.saved:
         total = sum(v.type.nbytes for v, _ in report.saved)
-        lines += ["", f"saved for the backward ({len(report.saved)} values, {_size(total)}):"]
+        count = len(report.saved)
+        lines += ["", f"saved for the backward ({count} values, {format_bytes(total)}):"]
         lines += [
-            f"  %{v.name}: {v.type} ({_size(v.type.nbytes)}), read by {', '.join(why)}"
+            f"  %{v.name}: {v.type} ({format_bytes(v.type.nbytes)}), read by {', '.join(why)}"
             for v, why in report.saved
         ]
     recomputed = [n for _, g in report.unplanned for n in g.meta.get("recomputed", [])]

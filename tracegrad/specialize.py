@@ -147,6 +147,8 @@ def generate(
     sources, uses_rng, constants = [], {}, {}
     for name, graph in parts:
         fn = codegen.emit_function(graph, name, debug_nans=debug_nans)
+        if report is not None:
+            report.allocated[name] = [(shape, dtype) for _, shape, dtype in fn.buffers]
         uses_rng[name] = any(RANDOM in OPS[n.op].props for n in graph.nodes if n.op in OPS)
         if uses_rng[name]:
             fn.params.append("rng")

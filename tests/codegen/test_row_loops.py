@@ -10,10 +10,11 @@ import numpy as np
 import tracegrad as tg
 from tracegrad import nn, optim
 from tracegrad.codegen.emit import ROW_LOOP_MIN, row_loops
+from tracegrad.explain import format_bytes
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
 from tracegrad.ops import kernels
-from tracegrad.passes.memory import plan
+from tracegrad.passes.memory import peak_bytes, plan
 from tracegrad.passes.schedule import schedule
 from tracegrad.specialize import generate
 
@@ -156,3 +157,9 @@ def test_sgd_update_of_a_mid_sized_weight_scales_the_gradient_piece_by_piece(tra
     assert "out=step_p0[: 128 - start])" in step.code
     assert "row loops: 1 loops run 2 elementwise nodes" in step.explain()
     assert "(1 values need only a piece)" in step.explain()
+    # the estimated peak counts the piece buffer, not the whole one the plan had
+    graph = step.latest.report.planned[0][1]
+    allocated = step.latest.report.allocated["step"]
+    saved = (128 - rows) * 784 * 4
+    assert peak_bytes(graph) - peak_bytes(graph, allocated) == saved
+    assert f"{format_bytes(peak_bytes(graph, allocated))} after" in step.explain()

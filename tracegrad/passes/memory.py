@@ -323,14 +323,14 @@ def memory(graph: Graph) -> Graph:
     return plan(graph)
 
 
-def peak_bytes(graph: Graph) -> int:
+def peak_bytes(graph: Graph, buffers: list[tuple] | None = None) -> int:
     """Estimated peak of memory the program allocates (graph inputs not counted): planned
-    buffers once, plus every other value from its definition to its last use."""
+    buffers once (``buffers``, (shape, dtype name) pairs, when the generated code allocates
+    others than the plan's), plus every other value from its definition to its last use."""
     root = aliases(graph)
     last = last_uses(graph, root)
-    pool = sum(
-        TensorType(shape, from_name(dtype)).nbytes for shape, dtype in graph.meta.get("buffers", [])
-    )
+    buffers = graph.meta.get("buffers", []) if buffers is None else buffers
+    pool = sum(TensorType(shape, from_name(dtype)).nbytes for shape, dtype in buffers)
     live: dict[int, int] = {}
     peak = 0
     for index, node in enumerate(graph.nodes):
