@@ -144,6 +144,21 @@ CASES = {
         smaller=False,
     ),
     # x (2, 5) @ w^T for w (4, 5): computed as (w @ x^T)^T, the exp moving onto the product
+    # a linear layer after one computed transposed: logits (4, 2) from two transposed views;
+    # the log-probabilities are made down the columns of the transposed logits
+    "classes-major-log-softmax": Case(
+        graph_of(
+            """  %1:f64[4,3] = permute[dims=(1, 0)] %h
+  %2:f64[3,2] = permute[dims=(1, 0)] %w
+  %3:f64[4,2] = matmul %1, %2
+  %4:f64[4,2] = add %3, %c
+  %5:f64[4,2] = log_softmax[dim=1] %4
+  return %5""",
+            "%h:f64[3,4], %w:f64[2,3], %c:f64[2]",
+        ),
+        after={"add": 1, "log_softmax": 1, "matmul": 1, "permute": 1, "reshape": 1},
+        smaller=False,  # the two transposes become one, and the bias a column
+    ),
     "wide-product": Case(
         graph_of(
             """  %1:f64[5,4] = permute[dims=(1, 0)] %w
@@ -885,6 +900,30 @@ NEAR_MISSES_WITH_INPUTS = {
         """  %1:f64[2,3] = gelu[approximate='tanh'] %x
   return %1""",
         "%x:f64[2,3]",
+    ),
+    "log-probabilities of a product of contiguous operands stay row-major": (
+        """  %1:f64[3,2] = permute[dims=(1, 0)] %w
+  %2:f64[4,2] = matmul %h, %1
+  %3:f64[4,2] = log_softmax[dim=1] %2
+  return %3""",
+        "%h:f64[4,3], %w:f64[2,3]",
+    ),
+    "log-probabilities over many classes stay row-major": (
+        """  %1:f64[400,3] = permute[dims=(1, 0)] %h
+  %2:f64[3,300] = permute[dims=(1, 0)] %w
+  %3:f64[400,300] = matmul %1, %2
+  %4:f64[400,300] = log_softmax[dim=1] %3
+  return %4""",
+        "%h:f64[3,400], %w:f64[300,3]",
+    ),
+    "logits read by something else too": (
+        """  %1:f64[4,3] = permute[dims=(1, 0)] %h
+  %2:f64[3,2] = permute[dims=(1, 0)] %w
+  %3:f64[4,2] = matmul %1, %2
+  %4:f64[4,2] = log_softmax[dim=1] %3
+  %5:f64[4,2] = exp %3
+  return %4, %5""",
+        "%h:f64[3,4], %w:f64[2,3]",
     ),
     "a layer norm without its gradient (inference) stays one kernel": (
         """  %1:f64[2,3] = layer_norm[ndims=1, eps=1e-05] %x

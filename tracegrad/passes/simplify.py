@@ -572,6 +572,33 @@ def _keys_major(node, rw):
     return _same(node, _swap_last(rw, down))
 
 
+def _classes_major(node, rw):
+    """log_softmax over the few classes of a linear layer's logits, (a @ b + bias) with a and
+    b transposed views (a layer after one that wide-product turned round), is computed on
+    the transposed logits b^T @ a^T + bias^T, down their columns: the max and the sum
+    vectorize along the samples, and the product reads both operands contiguous."""
+    x = node.inputs[0]
+    if x.type.ndim != 2 or node.attrs["dim"] % 2 != 1 or x.type.shape[1] > SHORT_ROWS:
+        return None
+    add = rw.producer(x, "add")
+    product = rw.producer(add.inputs[0] if add else x, "matmul")
+    # (the loss and its gradient each make a log_softmax of x, one once cse merges them)
+    readers = rw.readers.get(id(x), ())
+    alone = all(r.op == node.op and r.attrs == node.attrs for r in readers)
+    if product is None or not alone or (add and not rw.only_use(add.inputs[0])):
+        return None
+    a, b = (rw.producer(v, "permute") for v in product.inputs)
+    if a is None or b is None or a.inputs[0].type.ndim != 2 or b.inputs[0].type.ndim != 2:
+        return None
+    logits = rw.emit("matmul", [b.inputs[0], a.inputs[0]])
+    if add is not None:
+        bias = _transposed_broadcast(rw, add.inputs[1])
+        if bias is None:
+            return None
+        logits = rw.emit("add", [logits, bias])
+    return _same(node, _swap_last(rw, rw.emit("log_softmax", [logits], dim=0)))
+
+
 def _masked_softmax_gradient(node, rw):
     """The gradient through masked_fill(-inf) and softmax, where(mask, 0, softmax_grad(y, g)),
     once the forward is a masked_softmax: one op, since y is 0 where masked."""
@@ -755,6 +782,12 @@ RULES = [
             _keys_major,
         )
         for op in ("softmax", "masked_softmax")
+    ),
+    Rule(
+        "classes-major-log-softmax",
+        "log_softmax(a^T' @ b^T' + c, 1) -> log_softmax(b' @ a' + c^T, 0)^T over few classes",
+        "log_softmax",
+        _classes_major,
     ),
     Rule(
         "masked-softmax-gradient",
