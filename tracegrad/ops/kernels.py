@@ -326,9 +326,8 @@ def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
 def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
     """Cross entropy from log-probabilities: -(1 - s) logp[target] - s mean(logp) over the
     classes, zero where the target is ignored, then reduced."""
-    valid = target != ignore_index
+    valid, every = _valid_targets(target, ignore_index)
     if logp.ndim == 2 and not label_smoothing:
-        every = valid.all()
         if every and reduction != "none":  # the usual case: a pick, a sum and a scalar
             total = -logp[_rows(len(target)), target].sum(dtype=logp.dtype)
             return total / logp.dtype.type(len(target)) if reduction == "mean" else total
@@ -538,6 +537,20 @@ def log_softmax_grad(y, g, dim, out=None):
     return np.subtract(g, scaled, out=out)
 
 
+def _valid_targets(target, ignore_index) -> tuple[np.ndarray, bool]:
+    """(the mask of targets not ignored, whether that is all of them). A negative
+    ignore_index (PyTorch's -100) below every target needs only the smallest to say so."""
+    if ignore_index < 0 and target.size and target.min() > ignore_index:
+        return _all_true(target.shape), True
+    valid = target != ignore_index
+    return valid, bool(valid.all())
+
+
+@functools.cache
+def _all_true(shape: tuple) -> np.ndarray:
+    return np.ones(shape, bool)  # shared, never written
+
+
 def _loss_weight(g, valid, every, reduction, dtype):
     """Each sample's share of the loss's cotangent ``g`` (divided by the count for a mean)."""
     weight = np.asarray(g, dtype)
@@ -573,8 +586,7 @@ def _class_weight(weight, ndim):
 
 def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reduction):
     """softmax(logits) - smoothed one-hot(target), weighted by g, zero where ignored."""
-    valid = target != ignore_index
-    every = bool(valid.all())
+    valid, every = _valid_targets(target, ignore_index)
     weight = _loss_weight(g, valid, every, reduction, logits.dtype)
     dim = class_dim(logits.ndim)
     grad = np.subtract(logits, row_max(logits, dim))
@@ -588,8 +600,7 @@ def log_softmax_nll_grad(logp, target, g, ignore_index, label_smoothing, reducti
     """The gradient of nll_loss(log_softmax(x)) with respect to x, from the log-probabilities
     the forward kept: exp(logp) - smoothed one-hot(target), weighted by g. ``out`` may be
     ``logp``."""
-    valid = target != ignore_index
-    every = bool(valid.all())
+    valid, every = _valid_targets(target, ignore_index)
     weight = _loss_weight(g, valid, every, reduction, logp.dtype)
     grad = np.exp(logp, out=out)
     grad *= _class_weight(weight, logp.ndim)
