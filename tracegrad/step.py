@@ -420,6 +420,7 @@ def step_runner(spec: StepProgram, guards, title: str) -> Callable:
         "rebuild": spec.rebuild,
         "planned_home": planned_home,
         "memory_of": _memory_of,
+        "same_memory": _same_memory,
         "PLANNED": program.buffer_ids,
         "generator": generator,
     }
@@ -469,11 +470,14 @@ def _runner_outputs(spec: StepProgram, names: dict) -> list[str]:
         lines.append(f"a = r[{n + n_upd + k}]")
         store = f"sink{k}.store(asarray(a), planned_home(a, PLANNED))"
         if sink.kind == "grad":  # the run wrote the .grad's own memory: only its version moves
-            lines += [f"g = owner{k}.grad", "if g is not None and g._data is a:"]
+            lines += [f"g = owner{k}.grad", "if g is not None and same_memory(g._data, a):"]
             lines += ["    g._version[0] += 1", "else:", f"    {store}"]
         else:
             lines.append(store)
-    lines.append(f"return rebuild([{''.join(f'wrap(asarray(r[{i}])), ' for i in range(n))}])")
+    if spec.rebuild is _only:  # the function returned one tensor
+        lines.append("return wrap(asarray(r[0]))")
+    else:
+        lines.append(f"return rebuild([{''.join(f'wrap(asarray(r[{i}])), ' for i in range(n))}])")
     return lines
 
 
@@ -495,11 +499,15 @@ def _optimizer_groups(opt) -> tuple:
     )
 
 
+def _only(tensors):
+    return tensors[0]
+
+
 def _flatten(result):
     """Tensors in a returned value (a tensor, or a tuple/list/dict of them and plain values)
     and a function rebuilding the value from new tensors."""
     if isinstance(result, Tensor):
-        return [result], lambda ts: ts[0]
+        return [result], _only
     if isinstance(result, (tuple, list)):
         parts = [_flatten(r) for r in result]
         sizes = [len(p[0]) for p in parts]
