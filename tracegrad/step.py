@@ -477,7 +477,7 @@ def _runner_outputs(spec: StepProgram, names: dict) -> list[str]:
     if spec.rebuild is _only:  # the function returned one tensor
         lines.append("return wrap(asarray(r[0]))")
     else:
-        lines.append(f"return rebuild([{''.join(f'wrap(asarray(r[{i}])), ' for i in range(n))}])")
+        lines.append(f"return rebuild([{', '.join(f'wrap(asarray(r[{i}]))' for i in range(n))}])")
     return lines
 
 
