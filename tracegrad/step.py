@@ -470,7 +470,8 @@ def _runner_outputs(spec: StepProgram, names: dict) -> list[str]:
         lines.append(f"a = r[{n + n_upd + k}]")
         store = f"sink{k}.store(asarray(a), planned_home(a, PLANNED))"
         if sink.kind == "grad":  # the run wrote the .grad's own memory: only its version moves
-            lines += [f"g = owner{k}.grad", "if g is not None and same_memory(g._data, a):"]
+            same = "(g._data is a or same_memory(g._data, a))"  # (no call when it is the array)
+            lines += [f"g = owner{k}.grad", f"if g is not None and {same}:"]
             lines += ["    g._version[0] += 1", "else:", f"    {store}"]
         else:
             lines.append(store)
