@@ -898,6 +898,23 @@ def test_fused_kernel_equals_its_reference(name, dt):
     assert fused_out.dtype == reference.dtype
 
 
+@pytest.mark.parametrize("ignore_index", [-100, 7])  # below every target; above, absent
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+def test_usual_class_loss_kernels_equal_their_references(ignore_index, reduction, dt):
+    """No target ignored, no smoothing, a scalar loss: the loss and gradient kernels take
+    their short path, and still compute what their references state."""
+    logp = _f((5, 3), dt).log_softmax(1)
+    target = tg.tensor([0, 2, 1, 1, 0])
+    attrs = {"ignore_index": ignore_index, "label_smoothing": 0.0, "reduction": reduction}
+    g = _f((), dt, seed=1)
+    tol = 1e-12 if dt == np.float64 else 1e-5
+    for name, inputs in (("nll_loss", (logp, target)), ("log_softmax_nll_grad", (logp, target, g))):
+        got = call(name, *inputs, **attrs).numpy()
+        want = FUSED_REFERENCES[name](*inputs, **attrs).numpy()
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
+
+
 REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through the public API
     **{
         name: _method_call(name)

@@ -240,6 +240,11 @@ def _mean(x, dims):
     return row_sum(x, dims, 1.0 / math.prod(x.shape[d] for d in dims))
 
 
+# Arrays below this many elements are reduced by plain NumPy calls: the faster ways for large
+# ones cost more in Python than they save.
+SMALL_REDUCTION = 4096
+
+
 def row_max(x, dim):
     """The max over ``dim`` (kept). Over the last dim of short rows, NumPy reduces each row
     with a slow inner loop; down columns it compares whole rows at a time. So rows of up to
@@ -248,7 +253,7 @@ def row_max(x, dim):
     dim %= x.ndim
     n = x.shape[-1] if x.ndim else 0
     # (np.maximum.reduce: np.amax's Python wrapper costs more than a small reduction)
-    if dim != x.ndim - 1 or x.dtype.kind != "f" or not 1 < n <= 256 or x.size < 4096:
+    if dim != x.ndim - 1 or x.dtype.kind != "f" or not 1 < n <= 256 or x.size < SMALL_REDUCTION:
         return np.maximum.reduce(x, axis=dim, keepdims=True)
     if x.ndim >= 3 and x.shape[-2] * n <= 65536:
         columns = scratch(x.swapaxes(-1, -2).shape, "row_max", x.dtype)
@@ -294,9 +299,15 @@ def masked_softmax(x, mask, dim, out=None):
 
 
 def log_softmax(x, dim, out=None):
-    """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``."""
-    out = np.subtract(x, row_max(x, dim), out=out)
-    out -= np.log(row_sum(np.exp(out, out=scratch(out, "log_softmax")), dim))
+    """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``. Logits of a few
+    thousand elements take plain NumPy reductions: row_max's and row_sum's ways pay for their
+    Python calls only on larger arrays (a training step's cross entropy on W1's (32, 10)
+    logits runs in a cold cache, where every call counts)."""
+    small = x.size < SMALL_REDUCTION
+    peak = np.maximum.reduce(x, axis=dim, keepdims=True) if small else row_max(x, dim)
+    out = np.subtract(x, peak, out=out)
+    exp = np.exp(out, out=scratch(out, "log_softmax"))
+    out -= np.log(np.add.reduce(exp, axis=dim, keepdims=True) if small else row_sum(exp, dim))
     return out
 
 
@@ -326,11 +337,12 @@ def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
 def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
     """Cross entropy from log-probabilities: -(1 - s) logp[target] - s mean(logp) over the
     classes, zero where the target is ignored, then reduced."""
-    valid, every = _valid_targets(target, ignore_index)
+    if _usual_loss(logp, target, ignore_index, label_smoothing, reduction):
+        total = -logp[_rows(len(target)), target].sum(dtype=logp.dtype)  # a pick and a sum
+        return total / logp.dtype.type(len(target)) if reduction == "mean" else total
+    valid = target != ignore_index
+    every = bool(valid.all())
     if logp.ndim == 2 and not label_smoothing:
-        if every and reduction != "none":  # the usual case: a pick, a sum and a scalar
-            total = -logp[_rows(len(target)), target].sum(dtype=logp.dtype)
-            return total / logp.dtype.type(len(target)) if reduction == "mean" else total
         picked = logp[_rows(len(target)), target if every else np.where(valid, target, 0)]
         loss = np.negative(picked, out=picked) if every else np.where(valid, -picked, 0.0)
         return _reduce_loss(loss.astype(logp.dtype, copy=False), valid, reduction, logp.dtype)
@@ -537,18 +549,15 @@ def log_softmax_grad(y, g, dim, out=None):
     return np.subtract(g, scaled, out=out)
 
 
-def _valid_targets(target, ignore_index) -> tuple[np.ndarray, bool]:
-    """(the mask of targets not ignored, whether that is all of them). A negative
-    ignore_index (PyTorch's -100) below every target needs only the smallest to say so."""
+def _usual_loss(logp, target, ignore_index, label_smoothing, reduction) -> bool:
+    """Whether a class loss is the usual one: (N, C) log-probabilities, no smoothing, reduced
+    to a scalar, and no target ignored (a negative ignore_index, PyTorch's -100, below every
+    target: the smallest target says so). Its kernels then take a short path."""
+    if logp.ndim != 2 or label_smoothing or reduction == "none":
+        return False
     if ignore_index < 0 and target.size and target.min() > ignore_index:
-        return _all_true(target.shape), True
-    valid = target != ignore_index
-    return valid, bool(valid.all())
-
-
-@functools.cache
-def _all_true(shape: tuple) -> np.ndarray:
-    return np.ones(shape, bool)  # shared, never written
+        return True
+    return bool((target != ignore_index).all())
 
 
 def _loss_weight(g, valid, every, reduction, dtype):
@@ -586,7 +595,8 @@ def _class_weight(weight, ndim):
 
 def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reduction):
     """softmax(logits) - smoothed one-hot(target), weighted by g, zero where ignored."""
-    valid, every = _valid_targets(target, ignore_index)
+    valid = target != ignore_index
+    every = bool(valid.all())
     weight = _loss_weight(g, valid, every, reduction, logits.dtype)
     dim = class_dim(logits.ndim)
     grad = np.subtract(logits, row_max(logits, dim))
@@ -600,7 +610,17 @@ def log_softmax_nll_grad(logp, target, g, ignore_index, label_smoothing, reducti
     """The gradient of nll_loss(log_softmax(x)) with respect to x, from the log-probabilities
     the forward kept: exp(logp) - smoothed one-hot(target), weighted by g. ``out`` may be
     ``logp``."""
-    valid, every = _valid_targets(target, ignore_index)
+    if _usual_loss(logp, target, ignore_index, label_smoothing, reduction):
+        # (what the general way below computes then, without its helpers' calls)
+        n = len(target)
+        weight = np.asarray(g, logp.dtype)
+        weight = weight / logp.dtype.type(n) if reduction == "mean" else weight
+        grad = np.exp(logp, out=out)
+        grad *= weight
+        grad[_rows(n), target] -= weight
+        return grad
+    valid = target != ignore_index
+    every = bool(valid.all())
     weight = _loss_weight(g, valid, every, reduction, logp.dtype)
     grad = np.exp(logp, out=out)
     grad *= _class_weight(weight, logp.ndim)
