@@ -449,8 +449,8 @@ def scratch(like, slot: str, dtype=None):
     """A work array shaped like ``like`` (an array, or a shape with ``dtype``), kept between
     calls (slot names keep a kernel's arrays apart), so a steady training step allocates
     nothing for kernel temporaries. Never returned from a kernel."""
-    if dtype is None and type(like) is np.ndarray:  # the usual call: attribute reads only
-        key = (slot, like.shape, like.dtype)
+    if type(like) is np.ndarray:  # the usual call: attribute reads only
+        key = (slot, like.shape, like.dtype if dtype is None else dtype)
     else:
         shape = like if isinstance(like, tuple) else np.shape(like)
         key = (slot, shape, np.dtype(dtype or like.dtype))
