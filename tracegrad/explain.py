@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tracegrad.codegen.emit import piece_values, row_loops
+from tracegrad.codegen.emit import loop_plan
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.memory import peak_bytes
 from tracegrad.passes.pipeline import PassResult
@@ -85,10 +85,10 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
             )
         if after.meta.get("hoisted"):
             lines.append(f"    schedule: {after.meta['hoisted']} scalar update nodes run first")
-        loops = row_loops(after)
+        loops = loop_plan(after)
         if loops:
-            members = sum(stop - start for start, stop in loops)
-            inside = sum(map(len, piece_values(after, dict(loops)).values()))
+            members = sum(stop - start for start, stop, _ in loops)
+            inside = sum(len(values) for _, _, values in loops)
             lines.append(
                 f"    row loops: {len(loops)} loops run {members} elementwise nodes piece by "
                 f"piece of rows, each piece in cache ({inside} values need only a piece)"

@@ -163,8 +163,9 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
         (f"{name}_b{i}", shape, dtype)
         for i, (shape, dtype) in enumerate(graph.meta.get("buffers", []))
     ]
-    loops = {} if debug_nans else dict(row_loops(graph))
-    local = {} if debug_nans else _piece_buffers(graph, loops, name, buffers)
+    plan = [] if debug_nans else loop_plan(graph)
+    loops = {start: stop for start, stop, _ in plan}
+    local = _piece_buffers(graph, plan, name, buffers)
     for start, stop in _runs(graph, loops):
         node, members = graph.nodes[start], graph.nodes[start:stop]
         title = _section_of(node)
@@ -246,6 +247,13 @@ ROW_LOOP_MIN = 4 * rt.CHUNK
 
 def row_loops(graph: Graph) -> list[tuple[int, int]]:
     """(start, stop) index ranges of the nodes that run together in row loops."""
+    return [(start, stop) for start, stop, _ in loop_plan(graph)]
+
+
+def loop_plan(graph: Graph) -> list[tuple[int, int, list]]:
+    """(start, stop, values living inside) of each row loop: the values only later members
+    of the loop read, none writing over them in place (its result would live on in that
+    memory): each needs a buffer of one piece."""
     root = aliases(graph)
     home = homes(graph, root)
     loops, start = [], None
@@ -258,41 +266,34 @@ def row_loops(graph: Graph) -> list[tuple[int, int]]:
             start = index
     if start is not None and len(graph.nodes) - start > 1:
         loops.append((start, len(graph.nodes)))
-    readers = _readers(graph)
-    return [
-        (start, stop)
+    users = graph.users()
+    kept = {id(v) for v in [*graph.outputs, *graph.updates.values()]}
+    plan = [
+        (start, stop, _loop_locals(graph.nodes[start:stop], users, kept, root))
         for start, stop in loops
-        if graph.nodes[start].outputs[0].type.numel > ROW_LOOP_MIN
-        or _loop_locals(graph, start, stop, readers, root)
     ]
+    big = [start for start, _, _ in plan if graph.nodes[start].outputs[0].type.numel > ROW_LOOP_MIN]
+    return [(start, stop, local) for start, stop, local in plan if local or start in big]
 
 
-def _readers(graph: Graph) -> dict[int, list[int]]:
-    """id(value) -> indices of the nodes reading it (len(nodes) for the caller)."""
-    readers: dict[int, list[int]] = {}
-    for index, node in enumerate(graph.nodes):
-        for v in node.inputs:
-            readers.setdefault(id(v), []).append(index)
-    for v in [*graph.outputs, *graph.updates.values()]:
-        readers.setdefault(id(v), []).append(len(graph.nodes))
-    return readers
+def _loop_locals(members, users, kept: set[int], root) -> list:
+    position = {id(n): i for i, n in enumerate(members)}
 
-
-def _loop_locals(graph: Graph, start: int, stop: int, readers, root) -> list:
-    """The values of the loop's members that only later members read, none writing over
-    them in place (its result would live on in that memory): each needs one piece."""
-
-    def local(index: int, value) -> bool:
-        reads = readers.get(id(value), [stop])
-        return all(index < r < stop and not _overwrites(graph.nodes[r], value) for r in reads)
+    def local(i: int, value) -> bool:
+        readers = users.get(id(value), [])
+        return (
+            bool(readers)
+            and id(value) not in kept
+            and all(position.get(id(r), -1) > i and not _overwrites(r, value) for r in readers)
+        )
 
     return [
         node.outputs[0]
-        for index, node in enumerate(graph.nodes[start:stop], start)
+        for i, node in enumerate(members)
         if "buffer" in node.meta
         and "view" not in node.meta
         and root[id(node.outputs[0])] is node.outputs[0]
-        and local(index, node.outputs[0])
+        and local(i, node.outputs[0])
     ]
 
 
@@ -301,18 +302,12 @@ def _overwrites(node, value) -> bool:
     return k is not None and node.inputs[k] is value
 
 
-def piece_values(graph: Graph, loops: dict[int, int]) -> dict[int, list]:
-    """start of each row loop -> the values living inside it (see _loop_locals)."""
-    root, readers = aliases(graph), _readers(graph)
-    return {start: _loop_locals(graph, start, stop, readers, root) for start, stop in loops.items()}
-
-
-def _piece_buffers(graph: Graph, loops: dict[int, int], name: str, buffers) -> dict[int, str]:
+def _piece_buffers(graph: Graph, plan, name: str, buffers) -> dict[int, str]:
     """id(value) -> the piece-sized buffer (appended to ``buffers``) of each value living
     inside its row loop. Loops take turns with the same piece buffers."""
     pieces: dict[tuple, list[str]] = {}
     local = {}
-    for start, values in piece_values(graph, loops).items():
+    for start, _, values in plan:
         shape = graph.nodes[start].outputs[0].type.shape
         taken: dict[tuple, int] = {}
         for value in values:
