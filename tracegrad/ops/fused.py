@@ -235,23 +235,23 @@ def _nll_loss_reference(logp, target, ignore_index, label_smoothing, reduction):
 
 def layer_norm_reference(x, y, g, ndims, eps):
     """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
-    axes = tuple(range(x.ndim - ndims, x.ndim))
+    axes = kernels.layer_norm_axes(x.ndim, ndims)
     centered = x - x.mean(dim=axes, keepdim=True)
     rstd = 1.0 / call("sqrt", (centered * centered).mean(dim=axes, keepdim=True) + eps)
     return rstd * (g - g.mean(dim=axes, keepdim=True) - y * (g * y).mean(dim=axes, keepdim=True))
 
 
 def _layer_norm_center_reference(x, ndims):
-    return x - x.mean(dim=tuple(range(x.ndim - ndims, x.ndim)), keepdim=True)
+    return x - x.mean(dim=kernels.layer_norm_axes(x.ndim, ndims), keepdim=True)
 
 
 def _layer_norm_std_reference(centered, ndims, eps):
-    axes = tuple(range(centered.ndim - ndims, centered.ndim))
+    axes = kernels.layer_norm_axes(centered.ndim, ndims)
     return call("sqrt", (centered * centered).mean(dim=axes, keepdim=True) + eps)
 
 
 def _layer_norm_grad_from_std_reference(y, g, std, ndims):
-    axes = tuple(range(y.ndim - ndims, y.ndim))
+    axes = kernels.layer_norm_axes(y.ndim, ndims)
     return (g - g.mean(dim=axes, keepdim=True) - y * (g * y).mean(dim=axes, keepdim=True)) / std
 
 

@@ -93,6 +93,7 @@ def _gelu_tanh(x, out=None):
 
 
 def _gelu_with_tanh(x, t, out=None, work=None):
+    """x (1 + t) / 2, with 1 + t made in ``work`` (a scratch array unless given)."""
     inner = np.add(t, 1.0, out=_joint_scratch(x, t, "gelu_with_tanh") if work is None else work)
     out = np.multiply(x, inner, out=out)
     out *= 0.5
@@ -109,12 +110,8 @@ def gelu_tanh(x, out=None):
 def gelu_with_tanh(x, t, out=None):
     """gelu(x) = x (1 + t) / 2 from t = gelu_tanh(x). ``out`` may be ``x`` or ``t``; unless
     it is ``x``, 1 + t is made there (no scratch pass)."""
-    if out is None or np.may_share_memory(out, x) or np.shape(out) != np.shape(t):
-        return _gelu_with_tanh(x, t, out=out)
-    out = np.add(t, 1.0, out=out)
-    out *= x
-    out *= 0.5
-    return out
+    free = out is not None and not np.may_share_memory(out, x) and np.shape(out) == np.shape(t)
+    return _gelu_with_tanh(x, t, out=out, work=out if free else None)
 
 
 def _tanh_argument(x, out):
@@ -362,17 +359,18 @@ def layer_norm(x, ndims, eps, out=None):
 
 def layer_norm_center(x, ndims, out=None):
     """x - mean(x) over the last ``ndims`` dims. ``out`` may be ``x``."""
-    return np.subtract(x, _mean(x, _last(x.ndim, ndims)), out=out)
+    return np.subtract(x, _mean(x, layer_norm_axes(x.ndim, ndims)), out=out)
 
 
 def layer_norm_std(centered, ndims, eps, out=None):
     """sqrt(mean(centered^2) + eps) over the last ``ndims`` dims (kept, as 1s)."""
     square = np.multiply(centered, centered, out=scratch(centered, "layer_norm"))
-    variance = np.add(_mean(square, _last(centered.ndim, ndims)), eps, out=out)
+    variance = np.add(_mean(square, layer_norm_axes(centered.ndim, ndims)), eps, out=out)
     return np.sqrt(variance, out=variance)
 
 
-def _last(ndim: int, ndims: int) -> tuple[int, ...]:
+def layer_norm_axes(ndim: int, ndims: int) -> tuple[int, ...]:
+    """The last ``ndims`` of ``ndim`` dims: the ones a layer norm normalizes."""
     return tuple(range(ndim - ndims, ndim))
 
 
@@ -635,7 +633,7 @@ def layer_norm_grad(x, y, g, ndims, eps, out=None):
 
 def layer_norm_grad_from_std(y, g, std, ndims, out=None):
     """layer_norm_grad with the forward's std = sqrt(var + eps) kept: nothing of x is needed."""
-    axes = _last(y.ndim, ndims)
+    axes = layer_norm_axes(y.ndim, ndims)
     rstd = 1.0 / std
     work = np.multiply(g, y, out=scratch(y, "layer_norm_grad"))
     projection = _mean(work, axes)

@@ -181,10 +181,6 @@ register(
 # --- layer norm (without the affine part, which is an ordinary mul and add) ----------------------
 
 
-def _layer_norm_axes(ndim: int, ndims: int) -> tuple[int, ...]:
-    return tuple(range(ndim - ndims, ndim))
-
-
 def _layer_norm_infer(x: TensorType, ndims, eps) -> TensorType:
     if not 1 <= ndims <= x.ndim:
         raise ShapeError(f"layer_norm: cannot normalize the last {ndims} dims of shape {x.shape}")
