@@ -425,6 +425,8 @@ def step_runner(spec: StepProgram, guards, title: str) -> Callable:
         "generator": generator,
     }
     arrays, body = _runner_inputs(spec, names)
+    # Program.call's work (NumPy errors as inf and nan, the generator for random ops) written
+    # out: the runner calls the step itself, without building an argument list per call.
     if program.uses_rng["step"]:
         arrays.append("generator()")
     body += ["with errstate(all='ignore'):", f"    r = step({', '.join(arrays)})"]
@@ -450,7 +452,8 @@ def _runner_inputs(spec: StepProgram, names: dict) -> tuple[list[str], list[str]
         arrays.append(f"g{j}")
     for k, sink in enumerate(spec.sinks):
         names[f"sink{k}"] = sink
-        if sink.kind == "grad":  # the usual case: the .grad is the tensor the last run kept
+        if sink.kind == "grad":  # Sink.keep_orphan's first case inline: the .grad is the
+            # tensor the last run kept
             names[f"owner{k}"] = sink.owner
             lines += [f"if sink{k}.kept is not owner{k}.grad:", f"    sink{k}.keep_orphan()"]
         else:
@@ -469,7 +472,8 @@ def _runner_outputs(spec: StepProgram, names: dict) -> list[str]:
     for k, sink in enumerate(spec.sinks):
         lines.append(f"a = r[{n + n_upd + k}]")
         store = f"sink{k}.store(asarray(a), planned_home(a, PLANNED))"
-        if sink.kind == "grad":  # the run wrote the .grad's own memory: only its version moves
+        if sink.kind == "grad":  # Sink.store's first case inline: the run wrote the .grad's
+            # own memory, so only its version moves
             same = "(g._data is a or same_memory(g._data, a))"  # (no call when it is the array)
             lines += [f"g = owner{k}.grad", f"if g is not None and {same}:"]
             lines += ["    g._version[0] += 1", "else:", f"    {store}"]
