@@ -5,6 +5,7 @@ there in place."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import tracegrad as tg
 from tracegrad import nn, optim
@@ -124,30 +125,28 @@ def compiled_equals_eager(training_step, build, make_opt, input_shape, seed) -> 
     return run.code
 
 
-def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager(training_step):
+@pytest.mark.parametrize(
+    "batch, hidden, buffer",
+    [
+        (10, 8, (10, 8)),  # taller than wide: the product as written
+        (4, 16, (16, 4)),  # wider than tall: wide-product computes (W @ x^T)^T
+    ],
+)
+def test_compiled_mlp_step_runs_its_layers_as_linear_kernels_and_equals_eager(
+    training_step, batch, hidden, buffer
+):
+    """The first layer's product, bias and relu are one kernel (the bias a column when the
+    product runs transposed), whose buffer has the product's layout; three steps match
+    eager."""
     code = compiled_equals_eager(
         training_step,
-        lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)),
+        lambda: nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, 3)),
         lambda params: optim.SGD(params, lr=0.1),
-        (5, 6),
+        (batch, 6),
         seed=4,
     )
-    assert "# linear matmul add relu" in code
-
-
-def test_wide_first_layer_runs_transposed_in_one_kernel_and_equals_eager(training_step):
-    """A batch of 4 through Linear(6, 16): x @ W^T is wider than tall, so wide-product
-    computes (W @ x^T)^T; the bias (a column now) and the relu join the product's kernel,
-    whose buffer is (16, 4), and three steps still match eager."""
-    code = compiled_equals_eager(
-        training_step,
-        lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)),
-        lambda params: optim.SGD(params, lr=0.1),
-        (4, 6),
-        seed=5,
-    )
     kernel = code[code.index("# linear matmul add relu") :]
-    assert kernel.splitlines()[1].strip().startswith("out = np.empty((16, 4), np.float64)")
+    assert kernel.splitlines()[1].strip().startswith(f"out = np.empty({buffer}, np.float64)")
 
 
 class ResidualMLP(nn.Module):
