@@ -70,7 +70,8 @@ def tensor_guards(label: str, value) -> list[tuple[str, object]]:
             (dtype, dtype_name(data.dtype)),
             (requires_grad, value._requires_grad),
         ]
-    return [(f"{label} value", value)]
+    # By type as well: 2 and 2.0 are equal, but x * 2 keeps an integer tensor's dtype.
+    return [(f"{label} type", type(value).__name__), (f"{label} value", value)]
 
 
 def signature_diff(old: Signature, new: Signature) -> str:

@@ -345,3 +345,30 @@ def test_optimizer_load_state_dict_is_seen_by_a_compiled_step():
     for p, q in zip(model_c.parameters(), model_e.parameters(), strict=True):
         close(p, q, "parameters")
         close(opt_c.state[p]["momentum_buffer"], opt_e.state[q]["momentum_buffer"], "momentum")
+
+
+def test_a_plain_argument_is_guarded_by_type_as_well_as_value():
+    # 2 == 2.0, but an integer tensor times 2 stays integer and times 2.0 does not
+    def scaled(x, s):
+        return x * s
+
+    compiled = tg.compile(scaled)
+    x = tg.tensor([1, 2, 3])
+    for s in (2, 2.0, 2, True):
+        out, expected = compiled(x, s), scaled(x, s)
+        assert out.dtype == expected.dtype
+        np.testing.assert_array_equal(out.numpy(), expected.numpy())
+    assert "input 1 type int -> float" in compiled.recompile_reasons[0]
+
+
+def test_a_tensor_where_a_plain_argument_was_recompiles():
+    # (the guard must not compare a tensor of several elements with the plain value)
+    def scaled(x, s):
+        return x * s
+
+    compiled = tg.compile(scaled)
+    x = tg.tensor([1.0, 2.0, 3.0])
+    compiled(x, 2.0)
+    s = tg.tensor([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(compiled(x, s).numpy(), [1.0, 4.0, 9.0])
+    assert "input 1 type float -> <absent>" in compiled.recompile_reasons[0]

@@ -61,7 +61,11 @@ class GuardBuilder:
                 # (a tensor being traced holds a symbolic value, never an ndarray)
                 self.check(f"not isinstance(d, ndarray) or {self.meta('a', a)}", "d = a._data")
             else:
-                self.check(f"(a,) != ({self.name('V', a)},)", f"a = args[{i}]")
+                # (by type first: a tensor or an array would compare elementwise)
+                fails = (
+                    f"type(a) is not {self.name('C', type(a))} or (a,) != ({self.name('V', a)},)"
+                )
+                self.check(fails, f"a = args[{i}]")
 
     def meta(self, tensor: str, t: Tensor) -> str:
         """The condition that ``tensor`` (its array bound to d) differs from ``t`` now."""
