@@ -345,6 +345,11 @@ class CompiledFunction:
     # --- calling --------------------------------------------------------------------------------
 
     def __call__(self, *args):
+        spec = self.latest
+        if spec is not None:  # the usual call: the same as the last (a symbolic argument is not)
+            result = spec.runner(args)
+            if result is not MISS:
+                return result
         if any(isinstance(a, Tensor) and is_symbolic(a) for a in args):
             # Inside another trace: trace straight through. The arguments to differentiate
             # must require grad, as they do when this function is traced on its own; one that
@@ -356,11 +361,6 @@ class CompiledFunction:
                 for i, a in enumerate(args)
             ]
             return self.fn(*args)
-        spec = self.latest
-        if spec is not None:  # the usual call: the same as the last
-            result = spec.runner(args)
-            if result is not MISS:
-                return result
         if not self._watched_modules and not self._watched_optimizers:
             self._watch(*reachable_state(self.fn, args))
         signature = self.signature(args)
