@@ -14,15 +14,23 @@ import threading
 
 import numpy as np
 
-_state = threading.local()
+
+class _ThreadState(threading.local):
+    """Per thread: grad mode, and the node whose backward is running (for create_graph)."""
+
+    grad_enabled = True
+    backward_node = None
+
+
+thread_state = _ThreadState()
 
 
 def is_grad_enabled() -> bool:
-    return getattr(_state, "grad_enabled", True)
+    return thread_state.grad_enabled
 
 
 def set_grad_enabled(mode: bool) -> None:
-    _state.grad_enabled = bool(mode)
+    thread_state.grad_enabled = bool(mode)
 
 
 class _GradMode(contextlib.ContextDecorator):
@@ -117,7 +125,7 @@ class Node:
 
 def current_backward() -> Node | None:
     """The node whose backward is running (tracing names gradient ops after it)."""
-    return getattr(_state, "backward_node", None)
+    return thread_state.backward_node
 
 
 def _topological_nodes(roots) -> list[Node]:
@@ -185,11 +193,11 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
             if all(g is None for g in out_grads):
                 continue
             node.check_saved()
-            outer, _state.backward_node = current_backward(), node
+            outer, thread_state.backward_node = current_backward(), node
             try:
                 _route(node, node.backward_fn(out_grads), pending, leaves)
             finally:
-                _state.backward_node = outer
+                thread_state.backward_node = outer
             if not retain_graph:
                 node.freed = True
     for key, leaf in leaves.items():

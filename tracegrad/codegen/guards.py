@@ -37,7 +37,7 @@ class GuardBuilder:
         default_factory=lambda: {
             "Tensor": Tensor,
             "ndarray": np.ndarray,
-            "is_grad_enabled": tape.is_grad_enabled,
+            "THREAD": tape.thread_state,
         }
     )
     counts: dict = field(default_factory=dict)
@@ -54,7 +54,7 @@ class GuardBuilder:
 
     def call(self, args, grad_mode: bool) -> None:
         """The number of arguments, grad mode, and each argument (tensor_guards' checks)."""
-        self.check(f"len(args) != {len(args)} or is_grad_enabled() is not {grad_mode}")
+        self.check(f"len(args) != {len(args)} or THREAD.grad_enabled is not {grad_mode}")
         for i, a in enumerate(args):
             if isinstance(a, Tensor):
                 self.check("not isinstance(a, Tensor)", f"a = args[{i}]")
