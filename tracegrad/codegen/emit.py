@@ -19,7 +19,7 @@ import numpy as np
 import tracegrad
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
 from tracegrad.ir.graph import Graph, body_of
-from tracegrad.ops import ELEMENTWISE, OPS
+from tracegrad.ops import ELEMENTWISE, LAYOUT_VIEW, OPS
 from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.fuse import is_linear
@@ -49,6 +49,7 @@ class FunctionSource:
     constants: dict[str, np.ndarray]
     buffers: list[tuple[str, tuple, str]] = field(default_factory=list)  # name, shape, dtype
     kernels: list[FunctionSource] = field(default_factory=list)  # fused kernels it calls
+    views: list[tuple[str, str]] = field(default_factory=list)  # name, expression of buffers
     returns_tuple: bool = True  # a kernel returns its one array as it is
 
 
@@ -166,6 +167,8 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
     plan = [] if debug_nans else loop_plan(graph)
     loops = {start: stop for start, stop, _ in plan}
     local = _piece_buffers(graph, plan, name, buffers)
+    whole = _whole_buffers(graph, buffers, local)
+    views: list[tuple[str, str]] = []
     for start, stop in _runs(graph, loops):
         node, members = graph.nodes[start], graph.nodes[start:stop]
         title = _section_of(node)
@@ -184,6 +187,14 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
             destination = _destination(node, args, buffers)
             if node.meta.get("assembled"):  # its inputs were written in place: nothing to copy
                 rhs = destination
+            elif _layout_view_of_buffer(node, whole):
+                views.append(
+                    (
+                        f"{name}_v{len(views)}",
+                        expression(node, [whole[id(node.inputs[0])]], constants, target),
+                    )
+                )
+                rhs = views[-1][0]
             else:
                 rhs = expression(node, args, constants, target, destination)
             lines.append(f"{target} = {rhs}{_comment(node)}")
@@ -208,7 +219,32 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
     }
     planned = len(graph.meta.get("buffers", []))
     buffers = [b for i, b in enumerate(buffers) if i >= planned or i in used]
-    return FunctionSource(name, params, sections, returns, constants, buffers, kernels)
+    return FunctionSource(name, params, sections, returns, constants, buffers, kernels, views)
+
+
+def _whole_buffers(graph: Graph, buffers, local: dict[int, str]) -> dict[int, str]:
+    """id(value) -> the name of the planned buffer it is, whole: written there by its node,
+    or in place over a value that is (the same array on every call)."""
+    whole = {}
+    for node in graph.nodes:
+        out = node.outputs[0]
+        if id(out) in local or "view" in node.meta:
+            continue
+        if "buffer" in node.meta:
+            buffer, shape, _ = buffers[node.meta["buffer"]]
+            if tuple(out.type.shape) == tuple(shape):
+                whole[id(out)] = buffer
+        elif "inplace" in node.meta:
+            written = node.inputs[node.meta["inplace"]]
+            if id(written) in whole and written.type.shape == out.type.shape:
+                whole[id(out)] = whole[id(written)]
+    return whole
+
+
+def _layout_view_of_buffer(node, whole: dict[int, str]) -> bool:
+    """Whether ``node`` is a layout view of a whole buffer: made once, beside the buffers."""
+    op = OPS.get(node.op)
+    return op is not None and LAYOUT_VIEW in op.props and id(node.inputs[0]) in whole
 
 
 def _runs(graph: Graph, loops: dict[int, int]) -> list[tuple[int, int]]:

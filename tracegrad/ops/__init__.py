@@ -4,6 +4,7 @@ from tracegrad.ops import elementwise, fused, index, linalg, nn, optim, random, 
 from tracegrad.ops.registry import (
     COMMUTATIVE,
     ELEMENTWISE,
+    LAYOUT_VIEW,
     OPS,
     OVERWRITES_INPUT,
     REDUCE,
@@ -19,6 +20,7 @@ from tracegrad.ops.registry import (
 __all__ = [
     "COMMUTATIVE",
     "ELEMENTWISE",
+    "LAYOUT_VIEW",
     "OPS",
     "OVERWRITES_INPUT",
     "REDUCE",

@@ -32,6 +32,9 @@ from tracegrad.dtypes import TensorType
 ELEMENTWISE = "elementwise"
 REDUCE = "reduce"
 VIEW = "view"  # output may alias the input's memory
+# Always a view of its one input, laid out from shapes alone (a transpose, a broadcast, a
+# reshape of contiguous memory): made of a planned buffer once, it serves every call.
+LAYOUT_VIEW = "layout_view"
 COMMUTATIVE = "commutative"
 RANDOM = "random"  # draws from the random generator: never folded, always traced
 # Not elementwise, but its kernel reads all of its first input before writing out= (a softmax
