@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from hypothesis.extra.numpy import mutually_broadcastable_shapes
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import dtypes
+from tracegrad.codegen.emit import expression
 from tracegrad.errors import DTypeError
 from tracegrad.ops import OPS, VIEW, call, fused, kernels
 
@@ -1098,6 +1100,32 @@ def test_infer_agrees_with_the_implementation(name, op_recorder):
             # passes trust VIEW ("the output may alias an input"): no undeclared aliasing
             if any(np.may_share_memory(raw, t.numpy()) for t in inputs):
                 assert VIEW in op.props, f"{name} returned a view of its input"
+            checked += 1
+    assert checked, f"the representative calls never reached {name!r}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in OPS.items() if op.out is not None))
+def test_the_out_form_writes_into_out_and_returns_it(name, op_recorder):
+    """Generated code trusts an op's out= form: the result lands in ``out`` and ``out`` itself
+    comes back (a view of a buffer made once reads it there, an update written in place is
+    the parameter's own array)."""
+    op = OPS[name]
+    checked = 0
+    for dt in [np.float32, np.float64] + ([np.int64] if name in INTEGER_OK else []):
+        with op_recorder() as calls:
+            REPRESENTATIVE[name](dt)
+        for recorded, inputs, attrs, result in calls:
+            if recorded is not op:
+                continue
+            arrays = {f"a{i}": t.numpy().copy() for i, t in enumerate(inputs)}
+            out = np.full(result.shape, 7, result.dtype.np)
+            node = SimpleNamespace(op=name, attrs=attrs)
+            source = expression(node, list(arrays), {}, "result", "out")
+            with np.errstate(all="ignore"):
+                expected = op.impl(*arrays.values(), **attrs)
+                returned = eval(source, {"np": np, "rt": kernels, "out": out, **arrays})
+            assert returned is out, source
+            np.testing.assert_allclose(out, expected, rtol=1e-6, err_msg=source)
             checked += 1
     assert checked, f"the representative calls never reached {name!r}"
 
