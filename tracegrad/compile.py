@@ -196,11 +196,11 @@ class CompiledModule:
         tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
         _keep_pending_saved_values(spec)
         results = spec.program.call("forward", [t._data for t in tensors])
-        n_out, n_upd = traced.n_outputs, len(traced.update_targets)
-        for target, array in zip(
-            traced.update_targets, results[n_out : n_out + n_upd], strict=True
-        ):
-            np.copyto(target._data, array)
+        targets = traced.update_targets + [args[i] for i in traced.updated_args]
+        n_out, n_upd = traced.n_outputs, len(targets)
+        for target, array in zip(targets, results[n_out : n_out + n_upd], strict=True):
+            if array is not target._data:
+                np.copyto(target._data, array)
             target._version[0] += 1
         outputs = [Tensor._wrap(np.asarray(a)) for a in results[:n_out]]
         if spec.program.backward_graph is not None and spec.wrt:

@@ -203,6 +203,26 @@ class Traced:
     update_targets: list[Tensor]
     n_outputs: int
     returns_tuple: bool
+    updated_args: tuple[int, ...] = ()  # arguments updated in place, after update_targets
+
+
+def traced_updates(tracer: Tracer, symbolic: list) -> tuple[list, tuple, list, dict]:
+    """What a traced call left updated in place: the lifted tensors it mutated, the positions
+    of the tensor arguments it mutated, their new values (in that order) and the graph's
+    updates (input name -> new value)."""
+    targets = [t for t, _ in tracer.mutated.values()]
+    new_values = [tracer.value_of(t) for t in targets]
+    lifted = {id(t): v for t, v in tracer.lifted.values()}
+    updates = {lifted[id(t)].name: v for t, v in zip(targets, new_values, strict=True)}
+    positions = [i for i, a in enumerate(symbolic) if isinstance(a, Tensor)]
+    updated_args = []
+    for i, given in zip(positions, tracer.inputs):  # (added first, in order)
+        now = symbolic[i]._data.value
+        if now is not given:
+            updated_args.append(i)
+            new_values.append(now)
+            updates[given.name] = now
+    return targets, tuple(updated_args), new_values, updates
 
 
 def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
@@ -217,13 +237,11 @@ def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
         ]
         outs, returns_tuple = flatten_outputs(fn(*symbolic))
         outputs = [tracer.value_of(t) for t in outs]
-        targets = [t for t, _ in tracer.mutated.values()]
-        new_values = [tracer.value_of(t) for t in targets]
-        lifted = {id(t): v for t, v in tracer.lifted.values()}
-        updates = {lifted[id(t)].name: v for t, v in zip(targets, new_values, strict=True)}
+        targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
         graph = tracer.graph(outputs + new_values, updates)
     log("graph", lambda: f"traced {len(graph.nodes)} nodes\n{graph}")
-    return Traced(graph, [t for t, _ in tracer.lifted.values()], targets, len(outs), returns_tuple)
+    lifted = [t for t, _ in tracer.lifted.values()]
+    return Traced(graph, lifted, targets, len(outs), returns_tuple, updated_args)
 
 
 def check_recompiles(reasons: list[str], limit, reason: str) -> None:

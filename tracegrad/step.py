@@ -26,6 +26,7 @@ from tracegrad.check import check_stages
 from tracegrad.codegen.guards import PLAIN, GuardBuilder, step_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
+from tracegrad.passes.memory import aliases, homes
 from tracegrad.passes.pipeline import transforms
 from tracegrad.random import generator
 from tracegrad.specialize import (
@@ -39,6 +40,7 @@ from tracegrad.specialize import (
     log,
     signature_diff,
     tensor_guards,
+    traced_updates,
 )
 from tracegrad.tensor import Tensor, is_symbolic
 from tracegrad.tracer import Tracer, tracing
@@ -239,6 +241,11 @@ class StepProgram:
     grad_of: dict = field(default_factory=dict)
     report: Report | None = None
     tensor_args: tuple[int, ...] = ()  # positions of the arguments that are tensors
+    # Positions of the tensor arguments the function updated in place: their new values
+    # follow those of update_targets among the step's results
+    updated_args: tuple[int, ...] = ()
+    # Positions among those updates the step writes in place: it returns their own arrays
+    updated_in_place: frozenset[int] = frozenset()
     # run(args, trusted=False): MISS unless the call has this specialization's signature
     # (its guards, generated from it, are skipped when trusted), else the step's result
     runner: Callable = field(default=lambda args, trusted=False: MISS)
@@ -464,11 +471,17 @@ def _runner_inputs(spec: StepProgram, names: dict) -> tuple[list[str], list[str]
 def _runner_outputs(spec: StepProgram, names: dict) -> list[str]:
     """The lines handling the step's results ``r``: updated tensors, sinks, the return."""
     lines = []
-    n, n_upd = spec.n_results, len(spec.update_targets)
+    n = spec.n_results
     for i, target in enumerate(spec.update_targets):
         names[f"updated{i}"] = target
-        lines += [f"a = r[{n + i}]", f"if a is not updated{i}._data:"]
-        lines += [f"    copyto(updated{i}._data, a)", f"updated{i}._version[0] += 1"]
+    targets = [f"updated{i}" for i in range(len(spec.update_targets))]
+    targets += [f"args[{k}]" for k in spec.updated_args]
+    for i, target in enumerate(targets):
+        if i not in spec.updated_in_place:
+            lines += [f"a = r[{n + i}]", f"if a is not {target}._data:"]
+            lines.append(f"    copyto({target}._data, a)")
+        lines.append(f"{target}._version[0] += 1")
+    n_upd = len(targets)
     for k, sink in enumerate(spec.sinks):
         lines.append(f"a = r[{n + n_upd + k}]")
         store = f"sink{k}.store(asarray(a), planned_home(a, PLANNED))"
@@ -554,11 +567,8 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         ]
         leaves, rebuild = _flatten(compiled.fn(*symbolic))
         results = [tracer.value_of(t) for t in leaves]
-        targets = [t for t, _ in tracer.mutated.values()]
-        new_values = [tracer.value_of(t) for t in targets]
+        targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
         sinks, sink_values = _collect_sinks(tracer, symbolic, args)
-        lifted = {id(t): v for t, v in tracer.lifted.values()}
-        updates = {lifted[id(t)].name: v for t, v in zip(targets, new_values, strict=True)}
         graph = tracer.graph(results + new_values + sink_values, updates)
     _restore_grads(sinks, grads_before)
     log("graph", lambda: f"traced step: {len(graph.nodes)} nodes\n{graph}")
@@ -600,6 +610,25 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         grad_of,
         report,
         tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
+        updated_args,
+        _written_in_place(program.graph, len(results)),
+    )
+
+
+def _written_in_place(graph: Graph, first: int) -> frozenset[int]:
+    """Positions of the outputs from ``first`` on (the updates) that are an input's own
+    memory, whole: written in place over that input, whose array the step then returns (an
+    op's out= form returns ``out``)."""
+    root = aliases(graph)
+    home = homes(graph, root)
+    inputs = {id(v): v for v in graph.inputs}
+    return frozenset(
+        i
+        for i, v in enumerate(graph.outputs[first:])
+        if root[id(v)] is v
+        and home[id(v)][0] == "value"
+        and home[id(v)][1] in inputs
+        and inputs[home[id(v)][1]].type == v.type
     )
 
 

@@ -274,6 +274,30 @@ def test_buffer_updated_in_forward_without_gradient_involvement():
     close(results[1][1], results[0][1], F64, "running mean buffer")
 
 
+class ScalesItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x):
+        x.mul_(2.0)  # the caller's tensor: it sees the new values, as in eager mode
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("passes", ["default", None], ids=["default", "unoptimized"])
+def test_an_input_updated_in_place_in_forward_is_updated_like_eager(passes):
+    tg.manual_seed(0)
+    model = ScalesItsInput().double()
+    compiled = tg.compile(model, passes=passes)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = rng.standard_normal((4, 3))
+        x_e, x_c = tg.tensor(x), tg.tensor(x)
+        close(compiled(x_c), model(x_e), F64, "outputs")
+        close(x_c, x_e, F64, "the input")
+        assert x_c._version == x_e._version
+
+
 class Tied(nn.Module):
     """One weight used by two layers (as tied embedding and output weights are)."""
 

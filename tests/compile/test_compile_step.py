@@ -250,6 +250,27 @@ def test_model_and_optimizer_passed_as_arguments():
     assert_same_state(model_c, opt_c, model_e, opt_e)
 
 
+@pytest.mark.parametrize("passes", ["default", None], ids=["default", "unoptimized"])
+def test_a_parameter_passed_in_and_updated_in_place_is_updated_like_eager(passes):
+    def sgd_step(w, x, y):
+        loss = ((x @ w - y) ** 2).mean()
+        loss.backward()
+        with tg.no_grad():
+            w.sub_(0.1 * w.grad)
+        w.grad = None
+        return loss
+
+    rng = np.random.default_rng(4)
+    x, y = tg.tensor(rng.standard_normal((8, 3))), tg.tensor(rng.standard_normal(8))
+    compiled = tg.compile(sgd_step, passes=passes)
+    w_e, w_c = (tg.zeros(3, dtype=tg.float64, requires_grad=True) for _ in range(2))
+    for _ in range(4):
+        close(compiled(w_c, x, y), sgd_step(w_e, x, y))
+        close(w_c, w_e)
+        assert w_c._version == w_e._version and w_c.grad is None
+    assert len(compiled.specializations) == 1
+
+
 def test_step_returns_what_the_function_returns():
     model = mlp()
     opt = optim.SGD(model.parameters(), lr=0.1)
