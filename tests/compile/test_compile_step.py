@@ -530,6 +530,21 @@ def test_adam_step_count_is_incremented_in_its_own_array(training_step):
     assert all(c._data is a for c, a in zip(counts, arrays, strict=True))
 
 
+@pytest.mark.parametrize("passes", ["default", None], ids=["default", "unoptimized"])
+def test_updates_written_in_place_are_not_copied_back(training_step, passes):
+    """With the memory plan, Adam writes every parameter and state array where it lives: the
+    runner copies none back and the arrays stay the same; without it, each is copied."""
+    *_, step = train(training_step, OPTIMIZERS["adam"], compiled=True, passes=passes)
+    spec = step.latest
+    written = spec.updated_in_place
+    everything = frozenset(range(len(spec.update_targets)))
+    assert written == (everything if passes else frozenset())
+    arrays = [t._data for t in spec.update_targets]
+    for x, y in batches(2, (5, 6), 3, seed=7):
+        step(x, y)
+    assert all(t._data is a for t, a in zip(spec.update_targets, arrays, strict=True))
+
+
 def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
     """A .grad the step created stays the same tensor from step to step, holds each step's
     gradient (equal to eager), and keeps one buffer: the run writes it, nothing copies it."""
