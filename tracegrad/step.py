@@ -375,10 +375,22 @@ class CompiledFunction:
         if spec is None:
             guards = self._guards(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature)
-            spec.guards = guards
-            spec.runner = step_runner(spec, guards, getattr(self.fn, "__name__", "function"))
+            self._use_guards(spec, guards)
+        elif spec is not self.latest and (result := spec.runner(args)) is not MISS:
+            self.latest = spec
+            return result
+        else:
+            # Its runner refuses a call of its signature: the guards name objects since
+            # replaced by equal ones (a parameter group dict, say). They are made again, or
+            # every call would come this slow way.
+            self._use_guards(spec, self._guards(args))
         self.latest = spec
         return spec.runner(args, True)
+
+    def _use_guards(self, spec: StepProgram, guards) -> None:
+        spec.guards = guards
+        spec.runner = step_runner(spec, guards, getattr(self.fn, "__name__", "function"))
+        spec.__dict__.pop("guard", None)  # (a cached function of the guards replaced)
 
     def _guards(self, args):
         """The guards of the current call state (see ``signature``), for a runner."""

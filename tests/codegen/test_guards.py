@@ -77,8 +77,18 @@ CHANGES = {
         x,
         y,
     )[1:],
+    "a group replaced by a plain dict": lambda model, opt, x, y: (
+        opt.param_groups.__setitem__(0, dict(opt.param_groups[0], lr=0.5)),
+        x,
+        y,
+    )[1:],
     "eval mode": lambda model, opt, x, y: (model.eval(), x, y)[1:],
     "a submodule's mode": lambda model, opt, x, y: (model[1].eval(), x, y)[1:],
+    "a submodule's flag set": lambda model, opt, x, y: (
+        setattr(model[1], "training", False),
+        x,
+        y,
+    )[1:],
 }
 
 
@@ -283,3 +293,31 @@ def test_a_guarded_run_updates_parameters_in_place_and_keeps_the_grad_tensors():
     assert model[0].weight.grad is grad, "the .grad living in planned memory stays the tensor"
     np.testing.assert_allclose(weight.detach().numpy(), before - 0.1 * grad.numpy())
     assert weight._version[0] == version + 1
+
+
+def test_settings_changed_and_changed_back_are_accepted_again():
+    # (the guard reads training flags and hyperparameters again whenever their count moves)
+    compiled, model, opt, x, y = compiled_step()
+    for change, undo in [
+        (lambda: model.eval(), lambda: model.train()),
+        (lambda: opt.param_groups[0].update(lr=0.3), lambda: opt.param_groups[0].update(lr=0.1)),
+    ]:
+        change()
+        assert not compiled.latest.guard((x, y))
+        undo()
+        assert compiled.latest.guard((x, y))
+        assert compiled.latest.guard((x, y))  # (now without reading them)
+
+
+def test_a_plain_dict_group_is_read_on_every_call():
+    compiled, _, opt, x, y = compiled_step()
+    specializations = len(compiled.specializations)
+    opt.param_groups[0] = dict(opt.param_groups[0])  # not counted, and not the dict guarded
+    compiled(x, y)  # the same signature: its guards are made again, naming the new dict
+    runner = compiled.latest.runner
+    compiled(x, y)
+    assert compiled.latest.runner is runner
+    assert len(compiled.specializations) == specializations
+    assert compiled.latest.guard((x, y))
+    opt.param_groups[0]["lr"] = 0.5  # (changes no count)
+    assert not compiled.latest.guard((x, y))

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracegrad import tape
+from tracegrad import changes, tape
+from tracegrad.changes import CountedDict
 from tracegrad.codegen.emit import _ENV
 from tracegrad.codegen.loader import load
 from tracegrad.tensor import Tensor
@@ -33,11 +34,14 @@ class GuardBuilder:
     """Checks and the names they refer to (objects and values of the specialization)."""
 
     checks: list[Check] = field(default_factory=list)
+    # Checks of settings whose changes tracegrad.changes counts: made when the count moved
+    settings: list[Check] = field(default_factory=list)
     names: dict = field(
         default_factory=lambda: {
             "Tensor": Tensor,
             "ndarray": np.ndarray,
             "THREAD": tape.thread_state,
+            "CHANGES": changes.count,
         }
     )
     counts: dict = field(default_factory=dict)
@@ -51,6 +55,10 @@ class GuardBuilder:
 
     def check(self, fails: str, *reads: str) -> None:
         self.checks.append(Check(list(reads), fails))
+
+    def setting(self, fails: str, *reads: str) -> None:
+        """A check of a counted setting (a training flag, a counted hyperparameter)."""
+        self.settings.append(Check(list(reads), fails))
 
     def call(self, args, grad_mode: bool) -> None:
         """The number of arguments, grad mode, and each argument (tensor_guards' checks)."""
@@ -74,16 +82,22 @@ class GuardBuilder:
         return f"{dims} or {tensor}._requires_grad is not {t._requires_grad}"
 
     def build(self, title: str) -> Callable[[tuple], bool]:
-        source = _ENV.get_template("guard.py.j2").render(title=title, checks=self.checks)
-        return load(source, {}, f"guards of {title}", self.names)["guard"]
+        source = _ENV.get_template("guard.py.j2").render(
+            title=title, checks=self.checks, settings=self.settings
+        )
+        return load(source, {}, f"guards of {title}", self._own_names())["guard"]
 
     def build_runner(self, title: str, body: list[str], names: dict) -> Callable:
         """A function ``run(args, trusted=False)``: these checks (MISS when one fails, skipped
         when ``trusted``), then the ``body`` lines (which see ``names``)."""
         source = _ENV.get_template("runner.py.j2").render(
-            title=title, checks=self.checks, body=body
+            title=title, checks=self.checks, settings=self.settings, body=body
         )
-        return load(source, {}, f"runner of {title}", {**self.names, **names})["run"]
+        return load(source, {}, f"runner of {title}", {**self._own_names(), **names})["run"]
+
+    def _own_names(self) -> dict:
+        # Each function built remembers the count at which its settings last passed
+        return {**self.names, "SEEN": [None]}
 
 
 def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups) -> GuardBuilder:
@@ -104,7 +118,7 @@ def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups) 
     for opt in optimizers:
         _optimizer_checks(b, opt, optimizer_groups(opt))
     for m in modules:
-        b.check(f"{b.name('M', m)}.training is not {m.training}")
+        b.setting(f"{b.name('M', m)}.training is not {m.training}")
     return b
 
 
@@ -140,14 +154,20 @@ def _hyperparameter_checks(b: GuardBuilder, name: str, groups: list[dict]) -> No
     to these and of types compared by value (what the signature's tuple holds), without
     building that tuple on every call."""
     b.names["PLAIN"], b.names["MISSING"] = PLAIN, object()
-    b.check(f"len(gs) != {len(groups)}", f"gs = {name}.param_groups")
+    fails = [f"len(gs) != {len(groups)}"]
+    counted = all(type(g) is CountedDict for g in groups)
+    if counted:  # the same group dicts; what they hold is read when the count moves
+        held = [b.name("G", g) for g in groups]
+        fails += [f"gs[{i}] is not {g}" for i, g in enumerate(held)]
+    b.check(" or ".join(fails), f"gs = {name}.param_groups")
     for i, group in enumerate(groups):
         keys = [k for k in group if k != "params"]
         read = "".join(f"g.get({k!r}, MISSING), " for k in keys)
         values = b.name("E", tuple(group[k] for k in keys))
         fails = [f"len(g) != {len(group)}", f"v != {values}"]
         fails.append("not PLAIN.issuperset(map(type, v))")  # (others compare by repr)
-        b.check(" or ".join(fails), f"g = gs[{i}]", f"v = ({read})")
+        reads = (f"g = {held[i]}" if counted else f"g = gs[{i}]", f"v = ({read})")
+        (b.setting if counted else b.check)(" or ".join(fails), *reads)
 
 
 def module_guard(grad_mode, args, module, title):
@@ -162,7 +182,7 @@ def module_guard(grad_mode, args, module, title):
     seen = set()
     for m in dict(module.named_modules()).values():
         mod = names[id(m)]
-        b.check(f"{mod}.training is not {m.training}")
+        b.setting(f"{mod}.training is not {m.training}")
         for table in ("_modules", "_parameters"):
             entries = getattr(m, table)
             for value in entries.values():

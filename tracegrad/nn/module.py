@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tracegrad import dtypes
+from tracegrad import changes, dtypes
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor
 
@@ -55,6 +55,8 @@ class Module:
             (self._parameters if name in self._parameters else self._modules)[name] = None
         else:
             object.__setattr__(self, name, value)
+            if name == "training":
+                changes.note()
 
     def _forget(self, name: str) -> None:
         for table in (self._parameters, self._buffers, self._modules):
@@ -151,6 +153,7 @@ class Module:
     def train(self, mode: bool = True) -> Module:
         for module in self.modules():
             object.__setattr__(module, "training", mode)
+        changes.note()
         return self
 
     def eval(self) -> Module:

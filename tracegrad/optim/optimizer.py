@@ -12,6 +12,7 @@ import copy
 import numpy as np
 
 from tracegrad import tape
+from tracegrad.changes import CountedDict
 from tracegrad.tensor import Tensor, active_tracer
 
 
@@ -29,7 +30,7 @@ class Optimizer:
             self.add_param_group(group)
 
     def add_param_group(self, group: dict) -> None:
-        group = dict(group)
+        group = CountedDict(group)  # compiled steps' guards count changes to hyperparameters
         group["params"] = (
             [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
         )
