@@ -131,6 +131,14 @@ CASES = {
         ),
         after={"exp": 1},
     ),
+    "pow-one": Case(
+        graph_of(
+            """  %1:f64[2,3] = pow_scalar[exponent=1.0] %x
+  %2:f64[2,3] = exp %1
+  return %2"""
+        ),
+        after={"exp": 1},
+    ),
     "transpose-of-product": Case(
         graph_of(
             """  %1:f64[2,4] = matmul %a, %b
@@ -814,6 +822,8 @@ def test_operand_broadcast_keeps_a_broadcast_that_sets_the_shape():
 
 ONES = repr(np.ones((4, 2, 3)).tolist())
 NEAR_MISSES = {
+    "a power other than one": """  %1:f64[2,3] = pow_scalar[exponent=2.0] %x
+  return %1""",
     "0 - x is not x": """  %1:f64[] = constant[value=0.0]
   %2:f64[2,3] = sub %1, %x
   return %2""",

@@ -99,6 +99,10 @@ def _same_type_op(node, rw):
     return _same(node, node.inputs[0])
 
 
+def _power_one(node, rw):
+    return _same(node, node.inputs[0]) if node.attrs["exponent"] == 1.0 else None
+
+
 def _permute_chain(node, rw):
     dims = tuple(node.attrs["dims"])
     if dims == tuple(range(len(dims))):
@@ -697,6 +701,7 @@ RULES = [
     Rule("sub-zero", "x - 0 -> x", "sub", _identity_operand(0.0, commutative=False)),
     Rule("div-one", "x / 1 -> x", "div", _identity_operand(1.0, commutative=False)),
     Rule("neg-neg", "-(-x) -> x", "neg", _double_negation),
+    Rule("pow-one", "x ** 1 -> x", "pow_scalar", _power_one),
     Rule("transpose-of-product", "(a @ b)^T -> b^T @ a^T", "permute", _transpose_of_product),
     Rule(
         "rows-times-matrix",
