@@ -1079,29 +1079,33 @@ def test_every_op_has_a_representative_call():
     assert set(REPRESENTATIVE) == set(OPS)
 
 
+def recorded_calls(name: str, op_recorder) -> list:
+    """(inputs, attrs, result) of every call of the op its representative calls make, in each
+    dtype it takes."""
+    op, found = OPS[name], []
+    for dt in [np.float32, np.float64] + ([np.int64] if name in INTEGER_OK else []):
+        with op_recorder() as calls:
+            REPRESENTATIVE[name](dt)
+        found += [(inputs, attrs, out) for recorded, inputs, attrs, out in calls if recorded is op]
+    assert found, f"the representative calls never reached {name!r}"
+    return found
+
+
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_infer_agrees_with_the_implementation(name, op_recorder):
     """For every recorded call of the op: the raw NumPy result has exactly the shape and dtype
     the rule predicts (the tensor layer would silently cast a dtype mismatch away)."""
     op = OPS[name]
-    checked = 0
-    for dt in [np.float32, np.float64] + ([np.int64] if name in INTEGER_OK else []):
-        with op_recorder() as calls:
-            REPRESENTATIVE[name](dt)
-        for recorded, inputs, attrs, out in calls:
-            if recorded is not op:
-                continue
-            rule = op.infer(*(t.tensor_type for t in inputs), **attrs)
-            with np.errstate(all="ignore"):  # as the tensor layer calls it (nan, no warning)
-                raw = np.asarray(op.impl(*(t.numpy() for t in inputs), **attrs))
-            assert raw.shape == rule.shape, (attrs, [t.shape for t in inputs])
-            assert raw.dtype == rule.dtype.np, (attrs, [t.dtype for t in inputs])
-            assert tuple(out.shape) == rule.shape and out.dtype is rule.dtype
-            # passes trust VIEW ("the output may alias an input"): no undeclared aliasing
-            if any(np.may_share_memory(raw, t.numpy()) for t in inputs):
-                assert VIEW in op.props, f"{name} returned a view of its input"
-            checked += 1
-    assert checked, f"the representative calls never reached {name!r}"
+    for inputs, attrs, out in recorded_calls(name, op_recorder):
+        rule = op.infer(*(t.tensor_type for t in inputs), **attrs)
+        with np.errstate(all="ignore"):  # as the tensor layer calls it (nan, no warning)
+            raw = np.asarray(op.impl(*(t.numpy() for t in inputs), **attrs))
+        assert raw.shape == rule.shape, (attrs, [t.shape for t in inputs])
+        assert raw.dtype == rule.dtype.np, (attrs, [t.dtype for t in inputs])
+        assert tuple(out.shape) == rule.shape and out.dtype is rule.dtype
+        # passes trust VIEW ("the output may alias an input"): no undeclared aliasing
+        if any(np.may_share_memory(raw, t.numpy()) for t in inputs):
+            assert VIEW in op.props, f"{name} returned a view of its input"
 
 
 @pytest.mark.parametrize("name", sorted(n for n, op in OPS.items() if op.out is not None))
@@ -1110,24 +1114,15 @@ def test_the_out_form_writes_into_out_and_returns_it(name, op_recorder):
     comes back (a view of a buffer made once reads it there, an update written in place is
     the parameter's own array)."""
     op = OPS[name]
-    checked = 0
-    for dt in [np.float32, np.float64] + ([np.int64] if name in INTEGER_OK else []):
-        with op_recorder() as calls:
-            REPRESENTATIVE[name](dt)
-        for recorded, inputs, attrs, result in calls:
-            if recorded is not op:
-                continue
-            arrays = {f"a{i}": t.numpy().copy() for i, t in enumerate(inputs)}
-            out = np.full(result.shape, 7, result.dtype.np)
-            node = SimpleNamespace(op=name, attrs=attrs)
-            source = expression(node, list(arrays), {}, "result", "out")
-            with np.errstate(all="ignore"):
-                expected = op.impl(*arrays.values(), **attrs)
-                returned = eval(source, {"np": np, "rt": kernels, "out": out, **arrays})
-            assert returned is out, source
-            np.testing.assert_allclose(out, expected, rtol=1e-6, err_msg=source)
-            checked += 1
-    assert checked, f"the representative calls never reached {name!r}"
+    for inputs, attrs, result in recorded_calls(name, op_recorder):
+        arrays = {f"a{i}": t.numpy().copy() for i, t in enumerate(inputs)}
+        out = np.full(result.shape, 7, result.dtype.np)
+        source = expression(SimpleNamespace(op=name, attrs=attrs), list(arrays), {}, "r", "out")
+        with np.errstate(all="ignore"):
+            expected = op.impl(*arrays.values(), **attrs)
+            returned = eval(source, {"np": np, "rt": kernels, "out": out, **arrays})
+        assert returned is out, source
+        np.testing.assert_allclose(out, expected, rtol=1e-6, err_msg=source)
 
 
 # --- property tests: broadcasting binary ops ----------------------------------------------------
