@@ -31,6 +31,7 @@ from tracegrad.specialize import (
     check_recompiles,
     dtype_name,
     generate,
+    identity,
     input_label,
     log,
     signature_diff,
@@ -141,6 +142,8 @@ class CompiledModule:
         params, buffers, training, seen = [], [], [], set()
         for prefix, module in self.module.named_modules():
             training.append(module.training)
+            # (by identity: the program is the forward this submodule traced)
+            guards.append((f"module {prefix or type(module).__name__}", identity(module)))
             for table, found in ((module._parameters, params), (module._buffers, buffers)):
                 for name, t in table.items():
                     if t is not None and id(t) not in seen:

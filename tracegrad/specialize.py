@@ -74,6 +74,11 @@ def tensor_guards(label: str, value) -> list[tuple[str, object]]:
     return [(f"{label} type", type(value).__name__), (f"{label} value", value)]
 
 
+def identity(obj) -> str:
+    """A guard's value for an object the program depends on by identity (a submodule)."""
+    return f"{type(obj).__name__} at {id(obj):#x}"
+
+
 def signature_diff(old: Signature, new: Signature) -> str:
     """Which guards changed, as "label old -> new" lines (labels only in one side included)."""
     before, after = dict(old), dict(new)

@@ -36,6 +36,7 @@ from tracegrad.specialize import (
     check_recompiles,
     dtype_name,
     generate,
+    identity,
     input_label,
     log,
     signature_diff,
@@ -281,7 +282,6 @@ class CompiledFunction:
         self._watched_tensors: dict[int, tuple[str, Tensor]] = {}
         self._watched_optimizers: dict[str, object] = {}
         self._watched_modules: dict[str, object] = {}
-        self._module_lists: dict[str, list] = {}
 
     @property
     def graph(self):
@@ -327,27 +327,37 @@ class CompiledFunction:
         guards = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
-        for label, t in self._watched_tensors.values():
+        for label, t in self._state_tensors().values():
             grad = None if t.grad is None else t.grad._data.shape
-            meta = (t._data.shape, dtype_name(t._data.dtype), t._requires_grad, grad)
+            # (by identity too: the program reads and updates these very tensors)
+            meta = (t._data.shape, dtype_name(t._data.dtype), t._requires_grad, grad, id(t))
             guards.append((label, meta))
         for name, opt in self._watched_optimizers.items():
             guards.append((f"optimizer {name}", _optimizer_guard(opt)))
-        for label, modules in self._module_lists.items():
-            guards.append((label, tuple(m.training for m in modules)))
+        for name, module in self._watched_modules.items():
+            modules = dict(module.named_modules())
+            guards.append((f"module {name} training", tuple(m.training for m in modules.values())))
+            # Each submodule and buffer by identity: the program is the forward they traced
+            members = [*modules.items(), *module.named_buffers()]
+            guards += [(f"member {name}.{path}", identity(m)) for path, m in members]
         return tuple(guards)
 
     def _watch(self, modules, optimizers, tensors) -> None:
         self._watched_modules.update(modules)
         self._watched_optimizers.update(optimizers)
-        # Submodules are listed once, as parameters are: their training flags are guarded.
-        for name, module in modules.items():
-            self._module_lists[f"module {name} training"] = list(module.modules())
-        for module_name, module in modules.items():
-            for n, p in module.named_parameters():
-                self._watched_tensors.setdefault(id(p), (f"state {module_name}.{n}", p))
         for name, t in tensors.items():
             self._watched_tensors.setdefault(id(t), (f"state {name}", t))
+
+    def _state_tensors(self) -> dict[int, tuple[str, Tensor]]:
+        """id -> (label, tensor) of the state the program may read: the watched modules'
+        parameters as they are now (one may have been replaced), then the tensors it read."""
+        state = {}
+        for module_name, module in self._watched_modules.items():
+            for n, p in module.named_parameters():
+                state.setdefault(id(p), (f"state {module_name}.{n}", p))
+        for key, entry in self._watched_tensors.items():
+            state.setdefault(key, entry)
+        return state
 
     # --- calling --------------------------------------------------------------------------------
 
@@ -397,9 +407,9 @@ class CompiledFunction:
         return step_guard(
             tape.is_grad_enabled(),
             args,
-            [t for _, t in self._watched_tensors.values()],
+            [t for _, t in self._state_tensors().values()],
             list(self._watched_optimizers.values()),
-            [m for modules in self._module_lists.values() for m in modules],
+            list(self._watched_modules.values()),
             _optimizer_groups,
         )
 
@@ -561,7 +571,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     """Trace one call of a training step and generate its single function."""
     reachable = reachable_state(compiled.fn, args)
     names = state_names(*reachable)
-    known = [t for _, t in compiled._watched_tensors.values()] + list(reachable[2].values())
+    known = [t for _, t in compiled._state_tensors().values()] + list(reachable[2].values())
     known += [p for module in reachable[0].values() for p in module.parameters()]
     grads_before = {id(t): (t, t.grad) for t in known}
     tracer = Tracer(mode="inline", names=names)

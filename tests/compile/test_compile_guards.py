@@ -318,6 +318,59 @@ def test_replaced_parameter_is_not_stale():
     assert_same(forward_backward(model, cm, x), forward_backward(model, model, x))
 
 
+def test_a_replaced_submodule_without_parameters_recompiles():
+    model = net()
+    cm = tg.compile(model)
+    x = data(4)
+    cm(x)
+    model.drop = nn.Tanh()  # the same parameters, another forward
+    assert_same(forward_backward(model, cm, x), forward_backward(model, model, x))
+    assert "module drop Dropout at" in cm.recompile_reasons[0]
+
+
+def sgd_step_of(model):
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return train_step
+
+
+MODEL_SURGERY = {
+    "a submodule without parameters": lambda model: setattr(model, "drop", nn.Tanh()),
+    "a parameter the optimizer does not hold": lambda model: setattr(
+        model.fc2, "bias", nn.Parameter(tg.tensor(np.full(3, 0.5)))
+    ),
+    "a layer the optimizer does not hold": lambda model: setattr(
+        model, "fc2", nn.Linear(16, 3).double()
+    ),
+}
+
+
+@pytest.mark.parametrize("surgery", MODEL_SURGERY.values(), ids=MODEL_SURGERY.keys())
+def test_a_whole_step_follows_its_model_through_surgery_like_eager(surgery):
+    losses, finals = [], []
+    for compiled in (False, True):
+        model = net()
+        step = sgd_step_of(model)
+        step = tg.compile(step) if compiled else step
+        x, y = data(6), tg.tensor([0, 1, 2, 0, 1, 2])
+        run = [step(x, y).item() for _ in range(2)]
+        tg.manual_seed(5)
+        surgery(model)
+        run += [step(x, y).item() for _ in range(2)]
+        losses.append(run)
+        finals.append([p.detach().numpy().copy() for p in model.parameters()])
+    close(np.array(losses[1]), np.array(losses[0]), "losses")
+    for c, e in zip(finals[1], finals[0], strict=True):
+        close(c, e, "parameters")
+
+
 def test_optimizer_load_state_dict_is_seen_by_a_compiled_step():
     finals = []
     for compiled in (False, True):

@@ -334,6 +334,17 @@ def test_sequential_from_ordered_dict_uses_the_names():
     assert isinstance(seq.act, nn.Tanh) and isinstance(seq[0], nn.Linear)
 
 
+@pytest.mark.parametrize("container", [nn.Sequential, lambda *ms: nn.ModuleList(ms)])
+def test_an_item_assigned_replaces_the_module_in_its_place_like_pytorch(container):
+    seq = container(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    seq[1] = nn.Tanh()
+    seq[-1] = nn.Linear(2, 3)
+    assert [type(m).__name__ for m in seq] == ["Linear", "Tanh", "Linear"]
+    assert list(seq.state_dict())[-1] == "2.bias" and seq[2].out_features == 3
+    with pytest.raises(IndexError, match="index 3 is out of range for 3 modules"):
+        seq[3] = nn.ReLU()
+
+
 def test_module_list_registers_and_indexes():
     ml = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
     assert len(ml) == 3 and len(list(ml.parameters())) == 6

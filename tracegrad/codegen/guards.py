@@ -117,9 +117,42 @@ def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups) 
             b.check(f"g is None or g._data.shape != {t.grad._data.shape}", f"g = {name}.grad")
     for opt in optimizers:
         _optimizer_checks(b, opt, optimizer_groups(opt))
-    for m in modules:
-        b.setting(f"{b.name('M', m)}.training is not {m.training}")
+    names = {}
+    for module in modules:
+        _module_tree(b, module, names)
     return b
+
+
+def _module_tree(b: GuardBuilder, module, names: dict) -> tuple[list, list]:
+    """Settings checks of ``module``'s tree as it is now: each submodule's training flag and
+    the same submodules, parameters and buffers under the same names (every change to those
+    is counted: see tracegrad.nn.Module). Returns the parameters and the buffers, each once,
+    for checks of their metadata; ``names`` maps id() to the guard's name for each member."""
+    modules = list(dict(module.named_modules()).values())
+    for m in modules:
+        names[id(m)] = names.get(id(m)) or b.name("M", m)
+    params, buffers = [], []
+    for m in modules:
+        mod = names[id(m)]
+        b.setting(f"{mod}.training is not {m.training}")
+        for table, prefix, found in (
+            ("_modules", "M", None),
+            ("_parameters", "P", params),
+            ("_buffers", "B", buffers),
+        ):
+            entries = getattr(m, table)
+            for value in entries.values():
+                if value is not None and id(value) not in names:
+                    names[id(value)] = b.name(prefix, value)
+                    if found is not None:
+                        found.append(value)
+            same = [f"len({mod}.{table}) != {len(entries)}"]
+            same += [
+                f"{mod}.{table}.get({key!r}) is not {names[id(v)] if v is not None else None}"
+                for key, v in entries.items()
+            ]
+            b.setting(" or ".join(same))
+    return params, buffers
 
 
 def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
@@ -177,36 +210,10 @@ def module_guard(grad_mode, args, module, title):
     b = GuardBuilder()
     b.call(args, grad_mode)
     names = {}
-    for m in dict(module.named_modules()).values():
-        names[id(m)] = names.get(id(m)) or b.name("M", m)
-    seen = set()
-    for m in dict(module.named_modules()).values():
-        mod = names[id(m)]
-        b.setting(f"{mod}.training is not {m.training}")
-        for table in ("_modules", "_parameters"):
-            entries = getattr(m, table)
-            for value in entries.values():
-                if value is not None and id(value) not in names:
-                    names[id(value)] = b.name("P", value)
-            same = [f"len({mod}.{table}) != {len(entries)}"]
-            same += [
-                f"{mod}.{table}.get({key!r}) is not {names[id(v)] if v is not None else None}"
-                for key, v in entries.items()
-            ]
-            b.check(" or ".join(same))
-        for p in m._parameters.values():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
-                b.check(b.meta(names[id(p)], p), f"d = {names[id(p)]}._data")
-        b.check(f"len({mod}._buffers) != {len(m._buffers)}")
-        for key, buf in m._buffers.items():
-            if buf is None:
-                b.check(f"{mod}._buffers.get({key!r}) is not None")
-                continue
-            name = names.setdefault(id(buf), b.name("B", buf))
-            b.check(f"{mod}._buffers.get({key!r}) is not {name}")
-            if id(buf) not in seen:
-                seen.add(id(buf))
-                dims = f"d.shape != {buf._data.shape} or d.dtype != {b.name('D', buf._data.dtype)}"
-                b.check(dims, f"d = {name}._data")
+    params, buffers = _module_tree(b, module, names)
+    for p in params:
+        b.check(b.meta(names[id(p)], p), f"d = {names[id(p)]}._data")
+    for buf in buffers:
+        dims = f"d.shape != {buf._data.shape} or d.dtype != {b.name('D', buf._data.dtype)}"
+        b.check(dims, f"d = {names[id(buf)]}._data")
     return b.build(title)

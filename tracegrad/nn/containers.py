@@ -7,7 +7,28 @@ from collections import OrderedDict
 from tracegrad.nn.module import Module
 
 
-class Sequential(Module):
+class _ModuleSequence(Module):
+    """Modules in order, each under a name ("0", "1", ... unless given)."""
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __setitem__(self, index: int, module: Module) -> None:
+        """Replace the module at ``index`` (negative counts from the end); it keeps its name."""
+        names = list(self._modules)
+        if not -len(names) <= index < len(names):
+            raise IndexError(f"index {index} is out of range for {len(names)} modules")
+        self.add_module(names[index], module)
+
+    def append(self, module: Module):
+        self.add_module(str(len(self)), module)
+        return self
+
+
+class Sequential(_ModuleSequence):
     """Calls its modules in order; built from modules or an OrderedDict of named modules."""
 
     def __init__(self, *modules):
@@ -29,26 +50,12 @@ class Sequential(Module):
             return Sequential(OrderedDict(list(self._modules.items())[index]))
         return list(self._modules.values())[index]
 
-    def __len__(self) -> int:
-        return len(self._modules)
 
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module: Module) -> Sequential:
-        self.add_module(str(len(self)), module)
-        return self
-
-
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     def __init__(self, modules=None):
         super().__init__()
         for module in modules or []:
             self.append(module)
-
-    def append(self, module: Module) -> ModuleList:
-        self.add_module(str(len(self)), module)
-        return self
 
     def extend(self, modules) -> ModuleList:
         for module in modules:
@@ -58,12 +65,6 @@ class ModuleList(Module):
     def __getitem__(self, index):
         modules = list(self._modules.values())
         return ModuleList(modules[index]) if isinstance(index, slice) else modules[index]
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
 
 
 class ModuleDict(Module):

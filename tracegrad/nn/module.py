@@ -55,8 +55,9 @@ class Module:
             (self._parameters if name in self._parameters else self._modules)[name] = None
         else:
             object.__setattr__(self, name, value)
-            if name == "training":
-                changes.note()
+            if name != "training":
+                return  # a plain attribute
+        changes.note()  # a member registered or replaced, or the training flag set
 
     def _forget(self, name: str) -> None:
         for table in (self._parameters, self._buffers, self._modules):
@@ -74,11 +75,13 @@ class Module:
         for table in (self._parameters, self._buffers, self._modules):
             if name in table:
                 del table[name]
+                changes.note()
                 return
         object.__delattr__(self, name)
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         self._parameters[name] = param
+        changes.note()
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
         # A dotted or reused name would make state_dict keys or attribute lookup ambiguous.
@@ -87,6 +90,7 @@ class Module:
         if name not in self._buffers and (hasattr(self, name) or name in self._modules):
             raise KeyError(f"attribute '{name}' already exists")
         self._buffers[name] = tensor
+        changes.note()
         if persistent:
             self._non_persistent.discard(name)  # re-registering can make a buffer persistent
         else:
@@ -94,6 +98,7 @@ class Module:
 
     def add_module(self, name: str, module: Module | None) -> None:
         self._modules[name] = module
+        changes.note()
 
     register_module = add_module
 
