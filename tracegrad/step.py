@@ -67,20 +67,29 @@ def _holds_state(obj) -> bool:
     return plain and hasattr(obj, "__dict__") and not is_module(obj) and not _is_optimizer(obj)
 
 
-def reachable_state(fn, args) -> tuple[dict[str, object], dict[str, object]]:
+def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
     """Modules and optimizers the function can reach (closure, globals it names, default
     arguments, the object of a bound method, arguments, and the attributes of plain objects
-    among those, such as a trainer holding its model and optimizer), by the name it uses for
-    them: they give inputs readable names and are guarded."""
-    found = {}
+    among those, such as a trainer holding its model and optimizer), and tensors requiring
+    grad, by the name it uses for them: they give inputs readable names and are guarded.
+    Last, for the names that can be bound to another object later (a global, a closure
+    variable, an attribute of such a trainer), where to read them again: name -> (the
+    namespace, a format string reading the name from it)."""
+    found, readers = {}, {}
     owner = getattr(fn, "__self__", None)
     if owner is not None:
         found["self"] = owner
     code = getattr(fn, "__code__", None)
     if code is not None:
         cells = fn.__closure__ or ()
-        found.update(zip(code.co_freevars, (c.cell_contents for c in cells), strict=False))
-        found.update((n, fn.__globals__[n]) for n in code.co_names if n in fn.__globals__)
+        for name, cell in zip(code.co_freevars, cells, strict=False):
+            found[name], readers[name] = cell.cell_contents, (cell, "{}.cell_contents")
+        for name in code.co_names:
+            if name in fn.__globals__:
+                found[name], readers[name] = (
+                    fn.__globals__[name],
+                    (fn.__globals__, f"{{}}.get({name!r})"),
+                )
         defaults = fn.__defaults__ or ()
         positional = code.co_varnames[: code.co_argcount]
         found.update(zip(positional[len(positional) - len(defaults) :], defaults, strict=True))
@@ -89,12 +98,18 @@ def reachable_state(fn, args) -> tuple[dict[str, object], dict[str, object]]:
     for name, obj in list(found.items()):
         if _holds_state(obj):
             for key, value in vars(obj).items():
-                found.setdefault(f"{name}.{key}", value)
+                if f"{name}.{key}" not in found:
+                    found[f"{name}.{key}"] = value
+                    readers[f"{name}.{key}"] = (obj, f"{{}}.__dict__.get({key!r})")
     found = {n: o for n, o in found.items() if not isinstance(o, type)}  # classes are no state
     modules = {n: o for n, o in found.items() if is_module(o)}
     optimizers = {n: o for n, o in found.items() if _is_optimizer(o)}
     tensors = {n: o for n, o in found.items() if isinstance(o, Tensor) and o.requires_grad}
-    return modules, optimizers, tensors
+    state = {**modules, **optimizers, **tensors}
+    # a holder of state is read again too (a new trainer may hold a new model)
+    holders = {n.rpartition(".")[0] for n in state if "." in n}
+    bound = {n: (*readers[n], found[n]) for n in [*state, *holders] if n in readers}
+    return modules, optimizers, tensors, bound
 
 
 def state_names(modules, optimizers, tensors) -> dict[int, str]:
@@ -279,9 +294,14 @@ class CompiledFunction:
         self.specializations: list[StepProgram] = []
         self.recompile_reasons: list[str] = []
         self.latest: StepProgram | None = None
-        self._watched_tensors: dict[int, tuple[str, Tensor]] = {}
-        self._watched_optimizers: dict[str, object] = {}
+        # The state the function reaches by name, as the last slow call found it (a name may
+        # be bound to a new model later), and where each rebindable name is read
         self._watched_modules: dict[str, object] = {}
+        self._watched_optimizers: dict[str, object] = {}
+        self._bindings: dict[str, tuple] = {}
+        # Tensors requiring grad it reached or read, and optimizers its tracing stepped
+        self._watched_tensors: dict[int, tuple[str, Tensor]] = {}
+        self._traced_optimizers: dict[str, object] = {}
 
     @property
     def graph(self):
@@ -332,8 +352,9 @@ class CompiledFunction:
             # (by identity too: the program reads and updates these very tensors)
             meta = (t._data.shape, dtype_name(t._data.dtype), t._requires_grad, grad, id(t))
             guards.append((label, meta))
-        for name, opt in self._watched_optimizers.items():
+        for name, opt in self._optimizers().items():
             guards.append((f"optimizer {name}", _optimizer_guard(opt)))
+        guards += [(f"binding {name}", identity(b[-1])) for name, b in self._bindings.items()]
         for name, module in self._watched_modules.items():
             modules = dict(module.named_modules())
             guards.append((f"module {name} training", tuple(m.training for m in modules.values())))
@@ -342,11 +363,21 @@ class CompiledFunction:
             guards += [(f"member {name}.{path}", identity(m)) for path, m in members]
         return tuple(guards)
 
-    def _watch(self, modules, optimizers, tensors) -> None:
-        self._watched_modules.update(modules)
-        self._watched_optimizers.update(optimizers)
+    def _watch(self, modules, optimizers, tensors, bindings) -> None:
+        """What the function reaches now (see reachable_state)."""
+        self._watched_modules, self._watched_optimizers = modules, optimizers
+        self._bindings = bindings
         for name, t in tensors.items():
             self._watched_tensors.setdefault(id(t), (f"state {name}", t))
+
+    def _optimizers(self) -> dict[str, object]:
+        """The optimizers reached by name, then those found only by tracing the function."""
+        reached = self._watched_optimizers
+        seen = {id(o) for o in reached.values()}
+        return {
+            **reached,
+            **{n: o for n, o in self._traced_optimizers.items() if id(o) not in seen},
+        }
 
     def _state_tensors(self) -> dict[int, tuple[str, Tensor]]:
         """id -> (label, tensor) of the state the program may read: the watched modules'
@@ -378,8 +409,7 @@ class CompiledFunction:
                 for i, a in enumerate(args)
             ]
             return self.fn(*args)
-        if not self._watched_modules and not self._watched_optimizers:
-            self._watch(*reachable_state(self.fn, args))
+        self._watch(*reachable_state(self.fn, args))
         signature = self.signature(args)
         spec = next((s for s in reversed(self.specializations) if s.signature == signature), None)
         if spec is None:
@@ -408,9 +438,10 @@ class CompiledFunction:
             tape.is_grad_enabled(),
             args,
             [t for _, t in self._state_tensors().values()],
-            list(self._watched_optimizers.values()),
+            list(self._optimizers().values()),
             list(self._watched_modules.values()),
             _optimizer_groups,
+            [(namespace, read, obj) for namespace, read, obj in self._bindings.values()],
         )
 
     def _compile(self, args, signature) -> StepProgram:
@@ -570,7 +601,7 @@ def _flatten(result):
 def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     """Trace one call of a training step and generate its single function."""
     reachable = reachable_state(compiled.fn, args)
-    names = state_names(*reachable)
+    names = state_names(*reachable[:3])
     known = [t for _, t in compiled._state_tensors().values()] + list(reachable[2].values())
     known += [p for module in reachable[0].values() for p in module.parameters()]
     grads_before = {id(t): (t, t.grad) for t in known}
@@ -618,7 +649,9 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     # Tensors that require grad and were read, however the function reached them: their
     # .grad (present or not) decides what the program computes, so it is guarded.
     read = {value.name: t for t, value in tracer.lifted.values() if t.requires_grad}
-    compiled._watch({}, {n: o for n, o in noted.items() if o not in reachable[1].values()}, read)
+    for name, t in read.items():
+        compiled._watched_tensors.setdefault(id(t), (f"state {name}", t))
+    compiled._traced_optimizers.update(noted)
     owners = {id(grad): t for t, grad in grads_before.values() if grad is not None}
     grad_of = {i: owners[id(t)] for i, t in enumerate(lifted_tensors) if id(t) in owners}
     return StepProgram(

@@ -425,3 +425,91 @@ def test_a_tensor_where_a_plain_argument_was_recompiles():
     s = tg.tensor([1.0, 2.0, 3.0])
     np.testing.assert_array_equal(compiled(x, s).numpy(), [1.0, 4.0, 9.0])
     assert "input 1 type float -> <absent>" in compiled.recompile_reasons[0]
+
+
+# Names a whole step finds its state by, bound to new objects between calls (a notebook cell
+# run again): the next call trains what the names hold now, as the eager step would.
+model_global = None
+opt_global = None
+
+
+def global_step(x, y):
+    opt_global.zero_grad()
+    loss = F.cross_entropy(model_global(x), y)
+    loss.backward()
+    opt_global.step()
+    return loss
+
+
+class Trainer:
+    def __init__(self, model):
+        self.model = model
+        self.opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def step(self, x, y):
+        self.opt.zero_grad()
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
+def rebind_globals(model):
+    global model_global, opt_global
+    model_global, opt_global = model, optim.SGD(model.parameters(), lr=0.1)
+    return global_step
+
+
+def rebind_trainer_attributes():
+    trainer = Trainer(net())
+
+    def make(model):
+        trainer.model, trainer.opt = model, optim.SGD(model.parameters(), lr=0.1)
+        return trainer.step
+
+    return make
+
+
+def rebind_closure_variables():
+    model = opt = None
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def make(new_model):
+        nonlocal model, opt
+        model, opt = new_model, optim.SGD(new_model.parameters(), lr=0.1)
+        return step
+
+    return make
+
+
+REBINDINGS = {
+    "globals": lambda: rebind_globals,
+    "closure variables": rebind_closure_variables,
+    "a trainer's attributes": rebind_trainer_attributes,
+}
+
+
+@pytest.mark.parametrize("rebinding", REBINDINGS.values(), ids=REBINDINGS.keys())
+def test_a_step_follows_names_bound_to_a_new_model(rebinding):
+    x, y = data(6), tg.tensor([0, 1, 2, 0, 1, 2])
+    make = rebinding()
+    first = make(net())
+    compiled = tg.compile(first)
+    for _ in range(2):
+        compiled(x, y)
+    fresh = net()
+    step = make(fresh)  # the same function (or method) reads the new model and optimizer now
+    before = [p.detach().numpy().copy() for p in fresh.parameters()]
+    loss = compiled(x, y).item()
+    moved = [p.detach().numpy() for p in fresh.parameters()]
+    assert all(not np.array_equal(b, m) for b, m in zip(before, moved, strict=True))
+    eager_step = make(net())  # a twin of the fresh model, in eager mode
+    assert eager_step == step
+    close(loss, eager_step(x, y).item(), "loss of the new model's first step")
+    assert "binding" in compiled.recompile_reasons[-1]

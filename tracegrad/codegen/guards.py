@@ -100,14 +100,22 @@ class GuardBuilder:
         return {**self.names, "SEEN": [None]}
 
 
-def step_guard(grad_mode, args, tensors, optimizers, modules, optimizer_groups) -> GuardBuilder:
-    """The guards of a compiled step (for its runner): its arguments, the watched ``tensors``
-    (and whether each has a .grad, of which shape), the ``optimizers`` (hyperparameters as
-    ``optimizer_groups`` computes them, and state) and the training flags of ``modules``, as
-    they are now."""
+def step_guard(
+    grad_mode, args, tensors, optimizers, modules, optimizer_groups, bindings
+) -> GuardBuilder:
+    """The guards of a compiled step (for its runner): its arguments, the names it reaches its
+    state by (``bindings``: (namespace, a format string reading the name, the object it
+    holds now) each), the watched ``tensors`` (and whether each has a .grad, of which shape),
+    the ``optimizers`` (hyperparameters as ``optimizer_groups`` computes them, and state)
+    and the trees of ``modules``, as they are now."""
     b = GuardBuilder()
     b.names["optimizer_groups"] = optimizer_groups
     b.call(args, grad_mode)
+    rebound = [
+        f"{read.format(b.name('N', ns))} is not {b.name('R', obj)}" for ns, read, obj in bindings
+    ]
+    if rebound:  # (a global bound to a new model, say)
+        b.check(" or ".join(rebound))
     for t in tensors:
         name = b.name("T", t)
         b.check(b.meta(name, t), f"d = {name}._data")
