@@ -441,7 +441,7 @@ class CompiledFunction:
             list(self._optimizers().values()),
             list(self._watched_modules.values()),
             _optimizer_groups,
-            [(namespace, read, obj) for namespace, read, obj in self._bindings.values()],
+            list(self._bindings.values()),
         )
 
     def _compile(self, args, signature) -> StepProgram:

@@ -188,13 +188,9 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
             if node.meta.get("assembled"):  # its inputs were written in place: nothing to copy
                 rhs = destination
             elif _layout_view_of_buffer(node, whole):
-                views.append(
-                    (
-                        f"{name}_v{len(views)}",
-                        expression(node, [whole[id(node.inputs[0])]], constants, target),
-                    )
-                )
-                rhs = views[-1][0]
+                rhs = f"{name}_v{len(views)}"
+                buffer = whole[id(node.inputs[0])]
+                views.append((rhs, expression(node, [buffer], constants, target)))
             else:
                 rhs = expression(node, args, constants, target, destination)
             lines.append(f"{target} = {rhs}{_comment(node)}")

@@ -6,7 +6,8 @@ argument shapes and dtypes, the parameters' metadata, optimizer settings, traini
 function generated here makes the same checks straight-line, against the objects and values
 of one specialization, without building anything. A call it accepts has that specialization's
 signature; one it refuses goes the slow way (it may refuse more: a module tree rebuilt from
-other objects, say).
+other objects, say). Module trees, training flags and hyperparameters are read only when
+``tracegrad.changes`` counted a change since they last passed.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class GuardBuilder:
         self.checks.append(Check(list(reads), fails))
 
     def setting(self, fails: str, *reads: str) -> None:
-        """A check of a counted setting (a training flag, a counted hyperparameter)."""
+        """A check of a counted setting (a module tree, a training flag, a hyperparameter)."""
         self.settings.append(Check(list(reads), fails))
 
     def call(self, args, grad_mode: bool) -> None:
