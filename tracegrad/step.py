@@ -666,24 +666,24 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         report,
         tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
         updated_args,
-        _written_in_place(program.graph, len(results)),
+        _written_in_place(program.graph, len(results), list(updates)),
     )
 
 
-def _written_in_place(graph: Graph, first: int) -> frozenset[int]:
-    """Positions of the outputs from ``first`` on (the updates) that are an input's own
-    memory, whole: written in place over that input, whose array the step then returns (an
-    op's out= form returns ``out``)."""
+def _written_in_place(graph: Graph, first: int, targets: list[str]) -> frozenset[int]:
+    """Positions of the updates (the outputs from ``first`` on, of the inputs named
+    ``targets``) that are their own input's memory, whole: written in place over it, whose
+    array the step then returns (an op's out= form returns ``out``)."""
     root = aliases(graph)
     home = homes(graph, root)
-    inputs = {id(v): v for v in graph.inputs}
+    inputs = {v.name: v for v in graph.inputs}
+    updates = zip(targets, graph.outputs[first:], strict=False)
     return frozenset(
         i
-        for i, v in enumerate(graph.outputs[first:])
+        for i, (name, v) in enumerate(updates)
         if root[id(v)] is v
-        and home[id(v)][0] == "value"
-        and home[id(v)][1] in inputs
-        and inputs[home[id(v)][1]].type == v.type
+        and home[id(v)] == ("value", id(inputs[name]))
+        and inputs[name].type == v.type
     )
 
 
