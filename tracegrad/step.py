@@ -360,7 +360,7 @@ class CompiledFunction:
             guards.append((f"module {name} training", tuple(m.training for m in modules.values())))
             # Each submodule and buffer by identity: the program is the forward they traced
             members = [*modules.items(), *module.named_buffers()]
-            guards += [(f"member {name}.{path}", identity(m)) for path, m in members]
+            guards += [(f"member {name}.{path}".rstrip("."), identity(m)) for path, m in members]
         return tuple(guards)
 
     def _watch(self, modules, optimizers, tensors, bindings) -> None:
