@@ -328,19 +328,6 @@ def test_a_replaced_submodule_without_parameters_recompiles():
     assert "module drop Dropout at" in cm.recompile_reasons[0]
 
 
-def sgd_step_of(model):
-    opt = optim.SGD(model.parameters(), lr=0.1)
-
-    def train_step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return train_step
-
-
 MODEL_SURGERY = {
     "a submodule without parameters": lambda model: setattr(model, "drop", nn.Tanh()),
     "a parameter the optimizer does not hold": lambda model: setattr(
@@ -353,11 +340,11 @@ MODEL_SURGERY = {
 
 
 @pytest.mark.parametrize("surgery", MODEL_SURGERY.values(), ids=MODEL_SURGERY.keys())
-def test_a_whole_step_follows_its_model_through_surgery_like_eager(surgery):
+def test_a_whole_step_follows_its_model_through_surgery_like_eager(surgery, training_step):
     losses, finals = [], []
     for compiled in (False, True):
         model = net()
-        step = sgd_step_of(model)
+        step = training_step(model, optim.SGD(model.parameters(), lr=0.1))
         step = tg.compile(step) if compiled else step
         x, y = data(6), tg.tensor([0, 1, 2, 0, 1, 2])
         run = [step(x, y).item() for _ in range(2)]
@@ -433,12 +420,16 @@ model_global = None
 opt_global = None
 
 
-def global_step(x, y):
-    opt_global.zero_grad()
-    loss = F.cross_entropy(model_global(x), y)
+def sgd_update(model, opt, x, y):
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
     loss.backward()
-    opt_global.step()
+    opt.step()
     return loss
+
+
+def global_step(x, y):
+    return sgd_update(model_global, opt_global, x, y)
 
 
 class Trainer:
@@ -447,11 +438,7 @@ class Trainer:
         self.opt = optim.SGD(model.parameters(), lr=0.1)
 
     def step(self, x, y):
-        self.opt.zero_grad()
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.opt.step()
-        return loss
+        return sgd_update(self.model, self.opt, x, y)
 
 
 def rebind_globals(model):
@@ -474,11 +461,7 @@ def rebind_closure_variables():
     model = opt = None
 
     def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+        return sgd_update(model, opt, x, y)
 
     def make(new_model):
         nonlocal model, opt
