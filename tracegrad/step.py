@@ -298,6 +298,7 @@ class CompiledFunction:
         # be bound to a new model later), and where each rebindable name is read
         self._watched_modules: dict[str, object] = {}
         self._watched_optimizers: dict[str, object] = {}
+        self._reached_tensors: dict[str, Tensor] = {}
         self._bindings: dict[str, tuple] = {}
         # Tensors requiring grad it reached or read, and optimizers its tracing stepped
         self._watched_tensors: dict[int, tuple[str, Tensor]] = {}
@@ -366,7 +367,7 @@ class CompiledFunction:
     def _watch(self, modules, optimizers, tensors, bindings) -> None:
         """What the function reaches now (see reachable_state)."""
         self._watched_modules, self._watched_optimizers = modules, optimizers
-        self._bindings = bindings
+        self._reached_tensors, self._bindings = tensors, bindings
         for name, t in tensors.items():
             self._watched_tensors.setdefault(id(t), (f"state {name}", t))
 
@@ -599,12 +600,13 @@ def _flatten(result):
 
 
 def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
-    """Trace one call of a training step and generate its single function."""
-    reachable = reachable_state(compiled.fn, args)
-    names = state_names(*reachable[:3])
-    known = [t for _, t in compiled._state_tensors().values()] + list(reachable[2].values())
-    known += [p for module in reachable[0].values() for p in module.parameters()]
-    grads_before = {id(t): (t, t.grad) for t in known}
+    """Trace one call of a training step and generate its single function (the state it
+    reaches is the one ``compiled._watch`` took in for this call)."""
+    names = state_names(
+        compiled._watched_modules, compiled._watched_optimizers, compiled._reached_tensors
+    )
+    # (its watched modules' parameters and every tensor it reached or read before)
+    grads_before = {id(t): (t, t.grad) for _, t in compiled._state_tensors().values()}
     tracer = Tracer(mode="inline", names=names)
     arg_names = argument_names(compiled.fn, len(args))
     with tracing(tracer), tape.enable_grad():
