@@ -1,10 +1,11 @@
-"""A count of changes to the settings compiled code specializes on but reads from plain
-Python objects: modules' training flags and optimizers' hyperparameters.
+"""A count of changes to what compiled code specializes on but reads from plain Python
+objects: module trees (the submodules, parameters and buffers each module holds), modules'
+training flags and optimizers' hyperparameters.
 
-Both are set rarely (``model.eval()``, a learning-rate schedule) and read on every call of a
-compiled step, by guards that would otherwise touch every module and every parameter group
-each time. A guard reads them again only when the count has moved since it last did (see
-``tracegrad.codegen.guards``).
+All are changed rarely (``model.eval()``, a new head, a learning-rate schedule) and read on
+every call of a compiled step, by guards that would otherwise touch every module and every
+parameter group each time. A guard reads them again only when the count has moved since it
+last did (see ``tracegrad.codegen.guards``).
 """
 
 from __future__ import annotations
