@@ -190,3 +190,12 @@ def build(name: str, dtype=tg.float64, batch: int = 4) -> Setup:
 # xfail marks; none at the moment).
 MODELS = ["mlp", "cnn", "transformer", "transformer_prompted", "ste"]
 MODEL_BUGS: dict[str, str] = {}
+
+
+def train_step(model, opt, x, y):
+    """The training step a PyTorch user writes, taking its model and optimizer as arguments."""
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss

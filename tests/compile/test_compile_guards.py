@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from compile_zoo import train_step
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
@@ -420,16 +421,8 @@ model_global = None
 opt_global = None
 
 
-def sgd_update(model, opt, x, y):
-    opt.zero_grad()
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss
-
-
 def global_step(x, y):
-    return sgd_update(model_global, opt_global, x, y)
+    return train_step(model_global, opt_global, x, y)
 
 
 class Trainer:
@@ -438,7 +431,7 @@ class Trainer:
         self.opt = optim.SGD(model.parameters(), lr=0.1)
 
     def step(self, x, y):
-        return sgd_update(self.model, self.opt, x, y)
+        return train_step(self.model, self.opt, x, y)
 
 
 def rebind_globals(model):
@@ -461,7 +454,7 @@ def rebind_closure_variables():
     model = opt = None
 
     def step(x, y):
-        return sgd_update(model, opt, x, y)
+        return train_step(model, opt, x, y)
 
     def make(new_model):
         nonlocal model, opt

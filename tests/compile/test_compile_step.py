@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from compile_zoo import train_step
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
@@ -234,14 +235,6 @@ def test_model_and_optimizer_passed_as_arguments():
     for compiled in (False, True):
         model = mlp()
         opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        def train_step(model, opt, x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
         step = tg.compile(train_step) if compiled else train_step
         losses = [step(model, opt, x, y).item() for x, y in batches(6, (5, 6), 3)]
         results.append((model, opt, losses))
