@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import dtypes
-from tracegrad.random import generator
-from tracegrad.tensor import Tensor, _shape_args, tensor
+from tracegrad.tensor import Tensor, _shape_args, call, tensor
 
 
 def _make(array, dtype, requires_grad) -> Tensor:
@@ -71,24 +70,30 @@ def eye(n, m=None, dtype=None, requires_grad=False, device=None) -> Tensor:
     return _make(np.eye(n, m), dtype, requires_grad)
 
 
+def _draw(op: str, shape, dtype, requires_grad=False, **args) -> Tensor:
+    """A random draw as an op: traced code draws anew on every run, from the same stream."""
+    dtype = dtypes.to_dtype(dtype) if dtype is not None else dtypes.DEFAULT_FLOAT
+    out = call(op, shape=shape, dtype=dtype.name, **args)
+    return out.requires_grad_() if requires_grad else out
+
+
 def randn(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(generator().standard_normal(_shape_args(size)), dtype, requires_grad)
+    return _draw("random_normal", _shape_args(size), dtype, requires_grad)
 
 
 def rand(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(generator().random(_shape_args(size)), dtype, requires_grad)
+    return _draw("random_uniform", _shape_args(size), dtype, requires_grad)
 
 
 def randint(low, high=None, size=(), dtype=None, requires_grad=False, device=None) -> Tensor:
     if high is None:
         low, high = 0, low
-    return _make(
-        generator().integers(low, high, _shape_args((size,))), dtype or dtypes.int64, False
-    )
+    shape = _shape_args((size,))
+    return _draw("random_integers", shape, dtype or dtypes.int64, low=int(low), high=int(high))
 
 
 def randperm(n, dtype=None, device=None) -> Tensor:
-    return _make(generator().permutation(n), dtype or dtypes.int64, False)
+    return _draw("random_permutation", (int(n),), dtype or dtypes.int64)
 
 
 def randn_like(x, dtype=None, requires_grad=False) -> Tensor:

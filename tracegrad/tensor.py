@@ -76,6 +76,8 @@ def apply(op: Op, inputs, attrs) -> Tensor:
         out = _tracer.record(op, inputs, attrs, out_type)
     else:
         out = _run(op, inputs, attrs, out_type)
+    if _tracer is not None and VIEW in op.props:
+        _tracer.note_view(op, inputs, attrs, out)
     if op.differentiable and tape.is_grad_enabled() and any(t.requires_grad for t in inputs):
         _record(op, inputs, attrs, out)
     return out
@@ -366,13 +368,14 @@ class Tensor:
             self.grad_fn.retained[self._out_index] = weakref.ref(self)
 
     def detach(self) -> Tensor:
-        if is_symbolic(self) and _tracer.mode == "capture":
+        if _tracer is not None and _tracer.mode == "capture" and _tracer.traced(self):
             # a captured forward is differentiated later by replay: record where it stops
             with tape.no_grad():
                 return call("stop_gradient", self)
         out = Tensor._wrap(self._data)
         out._version, out._base = self._version, self._base
-        out._serial = self._serial  # the same data: as old as the tensor it comes from
+        if _tracer is not None:
+            _tracer.note_alias(self, out)  # the same memory: a write to one shows in the other
         return out
 
     def detach_(self) -> Tensor:
@@ -381,11 +384,25 @@ class Tensor:
 
     @property
     def data(self) -> Tensor:
+        if _tracer is not None:
+            return self.detach()  # (which the tracer sees as a view of all of this tensor)
         return Tensor._wrap(self._data)
 
     @data.setter
     def data(self, value: Tensor) -> None:
-        self._data = as_tensor(value)._data
+        value = as_tensor(value)
+        if _tracer is not None and (_tracer.traced(self) or _tracer.traced(value)):
+            if tuple(value.shape) != tuple(self.shape) or value.dtype != self.dtype:
+                raise TraceError(
+                    at_user_line(
+                        f".data = a tensor of another type ({value.tensor_type} for "
+                        f"{self.tensor_type}) cannot be compiled; copy_ values of the same shape"
+                    )
+                )
+            _tracer.rebind(self, value)
+            self._version[0] += 1
+            return
+        self._data = value._data
 
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None) -> None:
         """Accumulate d(self)/d(leaf), times ``gradient``, into each leaf's ``.grad``."""
@@ -985,11 +1002,16 @@ class Tensor:
                     "build the result with tracegrad.where or tracegrad.cat"
                 )
             )
-        self._concrete("item assignment")
         key, index_tensors = index_key(item, self.ndim)
-        self._data[resolve(key, [t._data for t in index_tensors])] = np.asarray(
-            as_tensor(value)._data, self.dtype.np
-        )
+        value = as_tensor(value)
+        if _tracer is not None and (
+            _tracer.traced(self) or _tracer.traced(value) or any(map(_tracer.traced, index_tensors))
+        ):
+            _tracer.assign(self, key, index_tensors, value)
+        else:
+            self._data[resolve(key, [t._data for t in index_tensors])] = np.asarray(
+                value._data, self.dtype.np
+            )
         self._version[0] += 1
 
     # --- NumPy protocol --------------------------------------------------------------------------

@@ -142,6 +142,26 @@ def _no_grad_scale(x):
     return x * scale
 
 
+_DRAWS = ("random_normal", "random_uniform", "random_integers", "random_permutation")
+
+
+def _random_draws(x):
+    """Draws made inside the forward: drawn anew on every call, as eagerly."""
+    noise = tg.randn_like(x) + tg.rand(4, dtype=x.dtype)
+    picks = tg.randint(0, 3, (2,))
+    return (x + noise)[tg.randperm(3)][picks]
+
+
+def _write_through_views(x):
+    """In-place writes through a slice, a transpose and item assignment of a local."""
+    with tg.no_grad():
+        z = x * 1.0
+        z[0].add_(z[1])
+        z.t()[1:, 0].mul_(3.0)
+        z[:, 1] = 0.5
+    return x * z
+
+
 def _tanh_approx(x):
     return F.gelu(x, approximate="tanh")
 
@@ -338,6 +358,7 @@ ROWS_TABLE = [
     ),
     row("layer_norm_2d", lambda x: F.layer_norm(x, (3, 4)), [P(2, 3, 4)], "layer_norm"),
     row("dropout", lambda x: F.dropout(x, 0.4), [P(6, 8)], "dropout_mask", seed=3),
+    row("random_draws", _random_draws, [P(3, 4)], _DRAWS, seed=5),
     row(
         "embedding_input_indices",
         lambda w, i: F.embedding(i, w),
@@ -353,6 +374,7 @@ ROWS_TABLE = [
     ),
     row("detach_traced", lambda x: x * x.detach(), [X(3, 4)], "mul"),
     row("no_grad_block", _no_grad_scale, [X(3, 4)], "mul"),
+    row("write_through_views", _write_through_views, [X(3, 4)], "view_update"),
     row("detach_parameter", lambda x: x * x.detach() + x.data, [P(3, 4)], "mul"),
     # --- reductions ---
     row("sum_all", lambda x: x.sum(), [P(3, 4)], ("sum", "broadcast_to")),

@@ -979,6 +979,10 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         ),
         call("scatter_add", _f((2,), dt), key=(("int", 1), ("slice", 0, 2, None)), shape=(3, 3)),
     ),
+    "view_update": lambda dt: (
+        call("view_update", _f((2, 3), dt), _f((2,), dt), tg.tensor([[5, 1], [0, 2]])),
+        call("view_update", _f((4,), dt), _f((), dt), tg.tensor([3])),
+    ),
     "one_hot": lambda dt: F.one_hot(tg.tensor([[1, 0, 3]]), 5),
     "matmul": lambda dt: tuple(_f(a, dt) @ _f(b, dt) for a, b in MATMUL_SHAPES),
     "einsum": lambda dt: tuple(
@@ -1017,6 +1021,10 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         F.cross_entropy(_f((2, 3, 2), dt), tg.tensor([[0, 1], [2, 1]]), reduction="none"),
         F.cross_entropy(_f((3,), dt), tg.tensor(1), reduction="sum"),
     ),
+    "random_normal": lambda dt: tg.randn(3, 4, dtype=dt),
+    "random_uniform": lambda dt: tg.rand(2, dtype=dt),
+    "random_integers": lambda dt: tg.randint(-3, 7, (2, 5)),
+    "random_permutation": lambda dt: tg.randperm(6),
     "dropout_mask": lambda dt: call("dropout_mask", shape=(3, 4), p=0.25, dtype=np.dtype(dt).name),
     "layer_norm": lambda dt: (
         F.layer_norm(_f((2, 3), dt), (3,)),

@@ -29,6 +29,7 @@ NONDIFFERENTIABLE = frozenset(
         *("logical_and", "logical_or", "logical_xor", "logical_not"),
         *("argmax", "argmin", "one_hot"),
         "dropout_mask",
+        *("random_normal", "random_uniform", "random_integers", "random_permutation"),
         "stop_gradient",  # detach() inside traced code: no gradient by definition
         *("lerp", "ema_square", "adam_step"),  # optimizer updates run under no_grad
     }
@@ -309,6 +310,12 @@ CASES = [
     Case("getitem_mask", ("getitem",), lambda x: x[_pattern(x.shape)], MATRIX),
     Case("getitem_row_mask", ("getitem",), lambda x: x[tg.tensor([True, False])], MATRIX[::2]),
     Case("scatter_add", ("scatter_add",), _scatter_add, (((3,),), ((3, 2),))),
+    Case(
+        "view_update",  # a write through a view: values at flat positions of base
+        ("view_update",),
+        lambda base, values: call("view_update", base, values, tg.tensor([[4, 0], [5, 2]])),
+        (((2, 3), (2, 2)), ((3, 2), (2,)), ((6,), ())),
+    ),
     Case("scatter_add_basic", ("scatter_add",), _scatter_add_basic, (((2,),), ((3, 2),))),
     Case(
         "embedding",

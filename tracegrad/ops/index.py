@@ -13,6 +13,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import kernels, rules
+from tracegrad.ops.elementwise import _zero
 from tracegrad.ops.registry import VIEW, call, register
 
 
@@ -69,6 +70,38 @@ register(
     lambda c, g: (call("getitem", g, *c.inputs[1:], key=c.key),) + (None,) * (len(c.inputs) - 1),
     "rt.scatter_add({0}, {key!r}, {shape}, {indices})",
     out="rt.scatter_add({0}, {key!r}, {shape}, out={out}, *[{indices}])",
+)
+
+
+def _flat(g):
+    return call("reshape", g, shape=(int(np.prod(g.shape)),))
+
+
+def _view_update_infer(base: TensorType, values: TensorType, positions: TensorType) -> TensorType:
+    rules.integer("view_update", positions, "positions")
+    rules.broadcast_shape("view_update", values.shape, positions.shape)
+    return base
+
+
+# view_update(base, values, positions): base with the elements at flat positions set to values,
+# how a traced program writes in place through a view (x[0].add_(1), x.t().mul_(2), x[i] = v).
+# d/dbase: g with those elements zeroed; d/dvalues: g at those elements.
+register(
+    "view_update",
+    ("base", "values", "positions"),
+    _view_update_infer,
+    kernels.view_update,
+    (
+        lambda c, g: call("view_update", g, _zero(g), c.positions),
+        lambda c, g: call(
+            "getitem",
+            call("reshape", g, shape=(int(np.prod(g.shape)),)),
+            c.positions,
+            key=(("tensor", 0),),
+        ),
+        None,
+    ),
+    "rt.view_update({0}, {1}, {2})",
 )
 
 

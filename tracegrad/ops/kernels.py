@@ -766,3 +766,11 @@ def adam_update(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, eps):
         first(mm, gg, 1.0 - beta1, out=mm)
         second(vv, gg, beta2, out=vv)
         update(pp, mm, vv, step_size, bias2_sqrt, eps, out=pp)
+
+
+def view_update(base, values, positions):
+    """``base`` with the elements at flat ``positions`` set to ``values`` (broadcast to the
+    positions' shape): an in-place write through a view, as a new array."""
+    out = np.array(base, order="C", copy=True)
+    np.put(out, positions, np.broadcast_to(values, positions.shape))
+    return out

@@ -5,13 +5,23 @@ While a ``Tracer`` is active (``with tracing(tracer):``), ``tensor.apply`` hands
 that touches a traced tensor. Tensors that existed before tracing began (parameters, buffers,
 optimizer state, ``.grad``) are lifted to graph inputs when first read — never baked in — and
 in-place updates of them become new SSA values recorded as ``updates``. Tensors made during
-tracing from constants stay concrete and enter the graph as ``constant`` nodes.
+tracing from constants stay concrete and enter the graph as ``constant`` nodes: a copy of
+their value when read, made again after an in-place change, so a later write never reaches an
+earlier reader.
+
+Mutation is functionalized. Every view made while tracing (a slice, a transpose, ``.data``,
+``.detach()``) is recorded as an ``Alias``: the tensor it views (its root) and the view ops
+leading there. An in-place op on a view writes the root (``view_update`` at the view's element
+positions) and bumps the root's write count; any alias of that root is derived again from the
+root's new value when next read. Readers before a write keep the value they read, as SSA
+values do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,7 +30,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation, TraceError, at_user_line, user_frame
 from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
 from tracegrad.ir.graph import Graph
-from tracegrad.ops import Op
+from tracegrad.ops import OPS, Op
 from tracegrad.ops.registry import RANDOM
 from tracegrad.tensor import Tensor, is_symbolic, next_serial, set_tracer
 
@@ -50,6 +60,15 @@ class Symbol:
         return self.value.type.numel
 
 
+@dataclass
+class Alias:
+    """A tensor viewing another's memory while tracing: writes to one are seen by the other."""
+
+    root: Tensor  # the tensor owning the memory (never itself an alias)
+    chain: tuple  # ((op name, attrs, index tensors, out type), ...) from the root to the view
+    version: int  # the root's write count when this alias's value was last derived
+
+
 class Tracer:
     """Records ops on traced tensors into a graph.
 
@@ -66,6 +85,11 @@ class Tracer:
         self.lifted: dict[int, tuple[Tensor, Value]] = {}
         self.constants: dict[int, tuple[Tensor, Value]] = {}
         self.mutated: dict[int, tuple[Tensor, np.ndarray]] = {}
+        self.aliases: dict[int, Alias] = {}  # id(view) -> what it views
+        self.writes: dict[int, int] = {}  # id(root) -> how often it was written
+        self._kept: list[
+            Tensor
+        ] = []  # the aliases' and written roots' tensors (their ids stay theirs)
         self.optimizers: list = []
         self.updating = False  # inside an optimizer's step: its nodes are the update section
         self.optimizer_state: list[dict] = []  # each optimizer's state as tracing found it
@@ -94,26 +118,39 @@ class Tracer:
     def preexisting(self, t: Tensor) -> bool:
         return not is_symbolic(t) and t._serial < self.start
 
+    def traced(self, t: Tensor) -> bool:
+        """Whether ``t``'s value is only known when the program runs: symbolic, lifted, or a
+        view of such a tensor."""
+        if is_symbolic(t) or self.preexisting(t):
+            return True
+        alias = self.aliases.get(id(t))
+        return alias is not None and (is_symbolic(alias.root) or self.preexisting(alias.root))
+
     def takes(self, op: Op, inputs) -> bool:
         """Whether an op becomes a node: it reads a traced or lifted tensor, or draws randoms."""
-        return RANDOM in op.props or any(is_symbolic(t) or self.preexisting(t) for t in inputs)
+        return RANDOM in op.props or any(self.traced(t) for t in inputs)
 
     def value_of(self, t: Tensor) -> Value:
+        alias = self.aliases.get(id(t))
+        if alias is not None and alias.version != self.writes.get(id(alias.root), 0):
+            self._derive(t, alias)
         if is_symbolic(t):
             return t._data.value
         if self.preexisting(t):
             return self._lift(t)
-        if id(t) not in self.constants:
-            self.constants[id(t)] = (t, self._constant(t._data))
-        return self.constants[id(t)][1]
+        known = self.constants.get(id(t))
+        if known is None or known[2] != t._version[0]:  # (written in place since it was read)
+            known = self.constants[id(t)] = (t, self._constant(t._data), t._version[0])
+        return known[1]
 
     def _constant(self, array: np.ndarray) -> Value:
-        """A constant node; a big array holding one value (zeros for new optimizer state, say)
-        becomes that scalar broadcast, instead of megabytes stored in the graph."""
+        """A constant node holding a copy of ``array`` (the tensor may be written later); a big
+        array holding one value (zeros for new optimizer state, say) becomes that scalar
+        broadcast, instead of megabytes stored in the graph."""
         type_ = TensorType(array.shape, dtypes.from_numpy(array.dtype))
         flat = array.reshape(-1)
         if flat.size <= 1024 or not (flat == flat[0]).all():
-            return self._emit(CONSTANT, [], type_, {"value": array})
+            return self._emit(CONSTANT, [], type_, {"value": array.copy()})
         scalar = self._emit(CONSTANT, [], TensorType((), type_.dtype), {"value": np.array(flat[0])})
         return self._emit("broadcast_to", [scalar], type_, {"shape": array.shape})
 
@@ -177,17 +214,119 @@ class Tracer:
     # --- in-place updates -----------------------------------------------------------------------
 
     def rebinds(self, target: Tensor, result: Tensor) -> bool:
-        return is_symbolic(result) or is_symbolic(target) or self.preexisting(target)
+        return self.traced(result) or self.traced(target)
 
     def rebind(self, target: Tensor, result: Tensor) -> None:
-        """``target`` now holds ``result``'s value: a new SSA value, restored after tracing."""
-        if self.preexisting(target):
-            self._lift(target)
-            self.mutated.setdefault(id(target), (target, target._data))
-        value = self.value_of(result)
-        if value.type != target.tensor_type:
-            value = self._emit("cast", [value], target.tensor_type, {"dtype": target.dtype.name})
-        target._data = Symbol(value)
+        """``target`` now holds ``result``'s value: a new SSA value, restored after tracing.
+        Written through a view, the new value goes into the memory the view shows."""
+        value = self._cast(self.value_of(result), target.tensor_type)
+        alias = self.aliases.get(id(target))
+        positions = None if alias is None else self._positions(alias.root, alias.chain)
+        if positions is None:  # (not a view after all: the write stays in it)
+            self.aliases.pop(id(target), None)
+            self._write(target, value)
+            return
+        root = alias.root
+        if positions is not _WHOLE:
+            index = self.value_of(Tensor._wrap(positions))
+            value = self._emit(
+                "view_update", [self.value_of(root), value, index], root.tensor_type, {}
+            )
+        self._write(root, value)
+        self.value_of(target)  # (derived again from the root's new value)
+
+    def assign(self, target: Tensor, key, index_tensors, value: Tensor) -> None:
+        """``target[key] = value`` as a new value of the memory ``target`` shows."""
+        alias = self.aliases.get(id(target))
+        root, chain = (target, ()) if alias is None else (alias.root, alias.chain)
+        step = ("getitem", {"key": key}, tuple(index_tensors), None)
+        positions = self._positions(root, (*chain, step), copy_ok=True)
+        values = self._cast(self.value_of(value), target.tensor_type)
+        index = self.value_of(Tensor._wrap(positions))
+        new = self._emit("view_update", [self.value_of(root), values, index], root.tensor_type, {})
+        self._write(root, new)
+
+    def _cast(self, value: Value, type_: TensorType) -> Value:
+        if value.type.dtype != type_.dtype:
+            cast_type = TensorType(value.type.shape, type_.dtype)
+            value = self._emit("cast", [value], cast_type, {"dtype": type_.dtype.name})
+        return value
+
+    def _write(self, root: Tensor, value: Value) -> None:
+        if self.preexisting(root):
+            self._lift(root)
+            self.mutated.setdefault(id(root), (root, root._data))
+        if value.type.shape != root.tensor_type.shape:
+            value = self._emit("broadcast_to", [value], root.tensor_type, {"shape": root.shape})
+        root._data = Symbol(value)
+        self.writes[id(root)] = self.writes.get(id(root), 0) + 1
+        self._kept.append(root)
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def note_view(self, op: Op, inputs, attrs, out: Tensor) -> None:
+        """``out = op(*inputs)`` may view its first input's memory: remember how."""
+        if op.name == "getitem" and len(inputs) > 1:
+            return  # indexed by tensors: a copy, as in NumPy
+        source = inputs[0]
+        if not (is_symbolic(out) or out._base is not None):
+            return  # run eagerly into memory of its own
+        step = (op.name, dict(attrs), tuple(inputs[1:]), out.tensor_type)
+        self._alias(source, out, (step,))
+
+    def note_alias(self, source: Tensor, out: Tensor) -> None:
+        """``out`` shows all of ``source``'s memory as it is (``.data``, ``detach()``)."""
+        self._alias(source, out, ())
+        if self.traced(out):
+            self._derive(out, self.aliases[id(out)])
+
+    def _alias(self, source: Tensor, out: Tensor, steps: tuple) -> None:
+        outer = self.aliases.get(id(source))
+        root, chain = (source, ()) if outer is None else (outer.root, outer.chain)
+        self.aliases[id(out)] = Alias(root, chain + steps, self.writes.get(id(root), 0))
+        self._kept += [out, root]
+        out._base = root  # (as eager views say: in-place on them is checked)
+
+    def _derive(self, t: Tensor, alias: Alias) -> None:
+        """Give an alias its value from its root's current one, replaying the view ops."""
+        value = self.value_of(alias.root)
+        for op, attrs, index_tensors, out_type in alias.chain:
+            inputs = [value, *(self.value_of(i) for i in index_tensors)]
+            value = self._emit(op, inputs, out_type, dict(attrs))
+        alias.version = self.writes.get(id(alias.root), 0)
+        t._data = Symbol(value)
+
+    def _positions(self, root: Tensor, chain, copy_ok=False):
+        """Where the elements ``chain`` shows sit in ``root``: flat indices shaped like the
+        view, _WHOLE for all of it as it is, or None when the chain copies (a reshape that
+        NumPy cannot make a view of): a write then stays in the copy, as it does eagerly."""
+        if not chain:
+            return _WHOLE
+        probe = np.arange(int(np.prod(root.shape)), dtype=np.int64).reshape(root.shape)
+        shown = probe
+        for op, attrs, index_tensors, _ in chain:
+            if any(self.traced(i) for i in index_tensors):
+                raise TraceError(
+                    at_user_line(
+                        "writing through an index computed by the traced program cannot be "
+                        "compiled; build the result with tracegrad.where or scatter_add"
+                    )
+                )
+            shown = OPS[op].impl(shown, *(i._data for i in index_tensors), **attrs)
+        shown = np.asarray(shown)
+        same = shown.shape == probe.shape and shown.strides == probe.strides
+        if same and _start(shown) == _start(probe):
+            return _WHOLE  # (a detach, or a reshape to the same shape)
+        if not copy_ok and not np.may_share_memory(shown, probe):
+            return None
+        if not copy_ok and not shown.flags.writeable:
+            raise RuntimeError(
+                at_user_line(
+                    "in-place write: the target shares memory between elements (an expanded "
+                    "or window view); use the out-of-place op"
+                )
+            )
+        return np.ascontiguousarray(shown)
 
     @contextlib.contextmanager
     def optimizer_step(self, optimizer):
@@ -214,6 +353,13 @@ class Tracer:
 
     def graph(self, outputs, updates=None) -> Graph:
         return Graph(self.inputs, self.nodes, outputs, updates or {})
+
+
+_WHOLE = object()  # a view of all of its root's memory, as it is
+
+
+def _start(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,320 @@
+"""A compiled call computes what the eager call computes: values, gradients, mutated state and
+random draws. Each test is a program that compiled code once got silently wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import nn
+
+
+def _calls(fn, make_args, n=3):
+    """Results of ``n`` calls, as arrays, each on fresh arguments from ``make_args``."""
+    return [np.asarray(fn(*make_args()).detach().numpy()).copy() for _ in range(n)]
+
+
+def _linear_sgd_by_data(update):
+    """A Linear trained by writing its parameters through ``.data`` (``update(p)``)."""
+    tg.manual_seed(0)
+    fc = nn.Linear(3, 1)
+    x, y = tg.randn(4, 3), tg.randn(4, 1)
+
+    def step(x, y):
+        fc.zero_grad()
+        loss = ((fc(x) - y) ** 2).mean()
+        loss.backward()
+        for p in fc.parameters():
+            update(p)
+        return loss
+
+    return fc, step, (x, y)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        lambda p: p.data.add_(-0.1 * p.grad),
+        lambda p: p.data.copy_(p.data - 0.1 * p.grad),
+        lambda p: p.data.sub_(p.grad, alpha=0.1),
+    ],
+    ids=["data_add_", "data_copy_", "data_sub_alpha"],
+)
+def test_updates_through_data_reach_the_parameters(update):
+    fc_e, eager, args = _linear_sgd_by_data(update)
+    losses_e = [float(eager(*args)) for _ in range(3)]
+    fc_c, step, args = _linear_sgd_by_data(update)
+    compiled = tg.compile(step)
+    losses_c = [float(compiled(*args)) for _ in range(3)]
+    assert losses_c == pytest.approx(losses_e, rel=1e-6)
+    assert losses_c[0] != losses_c[2]  # the parameters moved
+    np.testing.assert_allclose(fc_c.weight.detach().numpy(), fc_e.weight.detach().numpy(), 1e-6)
+
+
+def test_data_assignment_of_the_same_shape_is_an_update():
+    def update(p):
+        p.data = p.data - 0.1 * p.grad
+
+    fc_e, eager, args = _linear_sgd_by_data(update)
+    losses_e = [float(eager(*args)) for _ in range(3)]
+    _, step, args = _linear_sgd_by_data(update)
+    compiled = tg.compile(step)
+    assert [float(compiled(*args)) for _ in range(3)] == pytest.approx(losses_e, rel=1e-6)
+
+
+def test_data_assignment_of_another_shape_is_refused_at_the_users_line():
+    p = nn.Parameter(tg.ones(3))
+
+    def f(x):
+        p.data = tg.zeros(4)
+        return x * 2
+
+    with pytest.raises(tg.TraceError, match="test_compile_soundness.py"):
+        tg.compile(f)(tg.ones(2))
+
+
+@pytest.mark.parametrize("write", ["fill_", "mul_", "setitem", "view"])
+def test_a_write_to_a_local_does_not_reach_earlier_readers(write):
+    def f(x):
+        label = tg.full((3,), 1.0)
+        before = (x - label).sum()
+        if write == "fill_":
+            label.fill_(0.0)
+        elif write == "mul_":
+            label.mul_(5)
+        elif write == "setitem":
+            label[1] = 7.0
+        else:
+            label[:2].add_(x[:2])
+        return before + (x * label).sum()
+
+    x = tg.tensor([1.0, 2.0, 3.0])
+    expected = f(x).item()
+    assert tg.compile(f)(x).item() == pytest.approx(expected)
+    assert tg.compile(f, passes=None)(x).item() == pytest.approx(expected)
+
+
+def test_a_reused_label_tensor_in_a_training_step_gives_the_eager_gradients():
+    """A GAN discriminator step filling one label tensor with 1, then 0."""
+
+    def run(compiled):
+        tg.manual_seed(3)
+        disc = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())
+        real, fake = tg.randn(5, 4), tg.randn(5, 4)
+
+        def step(real, fake):
+            disc.zero_grad()
+            label = tg.full((5, 1), 1.0)
+            loss_real = ((disc(real) - label) ** 2).mean()
+            label.fill_(0.0)
+            loss_fake = ((disc(fake) - label) ** 2).mean()
+            (loss_real + loss_fake).backward()
+            return loss_real
+
+        fn = tg.compile(step) if compiled else step
+        losses = [fn(real, fake).item() for _ in range(2)]
+        return losses, disc[0].weight.grad.numpy().copy()
+
+    losses_e, grad_e = run(False)
+    losses_c, grad_c = run(True)
+    assert losses_c == pytest.approx(losses_e, rel=1e-6)
+    np.testing.assert_allclose(grad_c, grad_e, rtol=1e-5, atol=1e-7)
+
+
+def test_random_draws_are_drawn_anew_on_every_call_as_eagerly():
+    tg.manual_seed(0)
+    lin = nn.Linear(3, 2)
+
+    def f(x):
+        return lin(x) + tg.randn_like(x[:, :2]) + tg.rand(2) * tg.randint(0, 4, (1,))
+
+    x = tg.randn(2, 3)
+    compiled = tg.compile(f)
+    tg.manual_seed(7)
+    eager = [f(x).detach().numpy().copy() for _ in range(3)]
+    tg.manual_seed(7)
+    got = [compiled(x).detach().numpy().copy() for _ in range(3)]
+    assert not np.array_equal(got[0], got[1])
+    for a, b in zip(got, eager, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_vae_reparameterization_step_matches_eager_draws_and_updates():
+    def run(compiled):
+        tg.manual_seed(1)
+        enc, dec = nn.Linear(6, 4), nn.Linear(2, 6)
+        opt = tg.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-2)
+        x = tg.randn(3, 6)
+
+        def step(x):
+            opt.zero_grad()
+            mu, logvar = enc(x).chunk(2, dim=1)
+            z = mu + tg.randn_like(mu) * (0.5 * logvar).exp()
+            loss = ((dec(z) - x) ** 2).sum() - 0.5 * (1 + logvar - mu**2 - logvar.exp()).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        fn = tg.compile(step) if compiled else step
+        tg.manual_seed(11)
+        return [fn(x).item() for _ in range(4)], dec.weight.detach().numpy().copy()
+
+    losses_e, w_e = run(False)
+    losses_c, w_c = run(True)
+    assert losses_c == pytest.approx(losses_e, rel=1e-5)
+    np.testing.assert_allclose(w_c, w_e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda x: x[0].add_(1.0),
+        lambda x: x.reshape(4).mul_(3.0),
+        lambda x: x.t().mul_(2.0),
+        lambda x: x.t()[0].sub_(1.0),
+        lambda x: x[:, 1].fill_(5.0),
+        lambda x: x.__setitem__((1, 0), 9.0),
+        lambda x: x.__setitem__(tg.tensor([1, 0, 1]), tg.tensor([2.0, 3.0])),
+        lambda x: x.data[1].zero_(),
+        lambda x: x.detach()[0, 1].add_(4.0),
+    ],
+    ids=[
+        "row",
+        "reshape",
+        "transpose",
+        "row_of_transpose",
+        "column",
+        "item",
+        "rows",
+        "data",
+        "detach",
+    ],
+)
+def test_writes_through_views_of_an_argument_reach_it_and_later_reads(write):
+    def f(x):
+        with tg.no_grad():
+            write(x)
+        return x * 2
+
+    x_e, x_c = tg.ones(2, 2), tg.ones(2, 2)
+    out_e = f(x_e)
+    out_c = tg.compile(f)(x_c)
+    np.testing.assert_array_equal(out_c.numpy(), out_e.numpy())
+    np.testing.assert_array_equal(x_c.numpy(), x_e.numpy())
+
+
+def test_a_view_taken_before_a_write_sees_it():
+    def f(x):
+        row = x[0]
+        x.mul_(3.0)
+        return row + 1
+
+    x_e, x_c = tg.tensor([[1.0, 2.0], [3.0, 4.0]]), tg.tensor([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(tg.compile(f)(x_c).numpy(), f(x_e).numpy())
+    np.testing.assert_array_equal(x_c.numpy(), x_e.numpy())
+
+
+def test_a_write_to_a_reshape_copy_stays_in_the_copy():
+    def f(x):
+        flat = x.t().reshape(4)  # NumPy cannot view a transpose flat: a copy
+        flat.add_(10.0)
+        return flat + x.reshape(4)
+
+    x_e, x_c = tg.tensor([[1.0, 2.0], [3.0, 4.0]]), tg.tensor([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(tg.compile(f)(x_c).numpy(), f(x_e).numpy())
+    np.testing.assert_array_equal(x_c.numpy(), x_e.numpy())
+
+
+class _RunningStats(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("stats", tg.zeros(2, 3))
+
+    def forward(self, x):
+        y = self.lin(x)
+        with tg.no_grad():
+            self.stats[0].mul_(0.5).add_(y.mean(0) * 0.5)
+            self.stats[1, :2] = y[0, :2]
+        return y * 2
+
+
+def test_buffer_rows_updated_as_moving_averages():
+    tg.manual_seed(0)
+    eager, compiled = _RunningStats(), _RunningStats()
+    compiled.load_state_dict(eager.state_dict())
+    cm = tg.compile(compiled)
+    for _ in range(3):
+        x = tg.randn(4, 3)
+        eager(x).sum().backward()
+        cm(x).sum().backward()
+    np.testing.assert_allclose(compiled.stats.numpy(), eager.stats.numpy(), rtol=1e-6)
+    assert np.abs(compiled.stats.numpy()).sum() > 0
+    np.testing.assert_allclose(
+        compiled.lin.weight.grad.numpy(), eager.lin.weight.grad.numpy(), rtol=1e-6
+    )
+
+
+def test_an_embedding_row_zeroed_after_the_update_in_a_step():
+    def run(compiled):
+        tg.manual_seed(2)
+        emb = nn.Embedding(5, 3)
+        opt = tg.optim.SGD(emb.parameters(), lr=0.5)
+        idx = tg.tensor([1, 0, 3])
+
+        def step(idx):
+            opt.zero_grad()
+            loss = (emb(idx) ** 2).sum()
+            loss.backward()
+            opt.step()
+            with tg.no_grad():
+                emb.weight[0].zero_()
+            return loss
+
+        fn = tg.compile(step) if compiled else step
+        return [fn(idx).item() for _ in range(3)], emb.weight.detach().numpy().copy()
+
+    losses_e, w_e = run(False)
+    losses_c, w_c = run(True)
+    assert losses_c == pytest.approx(losses_e, rel=1e-6)
+    np.testing.assert_allclose(w_c, w_e, rtol=1e-6)
+    assert not w_c[0].any()
+
+
+def test_an_in_place_write_through_a_broadcast_view_is_refused_as_eagerly():
+    def f(x):
+        with tg.no_grad():
+            x.expand(3, 2)[0].add_(1.0)
+        return x
+
+    with pytest.raises(RuntimeError, match="shares memory between elements"):
+        f(tg.ones(1, 2))
+    with pytest.raises(RuntimeError, match="shares memory between elements"):
+        tg.compile(f)(tg.ones(1, 2))
+
+
+def test_writing_through_an_index_the_program_computes_is_refused():
+    def f(x):
+        out = tg.zeros(3)
+        out[x.argmax()] = 1.0
+        return out
+
+    assert f(tg.tensor([0.0, 5.0, 1.0])).tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(tg.TraceError, match="test_compile_soundness.py"):
+        tg.compile(f)(tg.tensor([0.0, 5.0, 1.0]))
+
+
+def test_cross_entropy_on_a_copy_is_unaffected_by_later_writes():
+    def f(logits, target):
+        loss = F.cross_entropy(logits, target)
+        with tg.no_grad():
+            logits.mul_(0.0)
+        return loss
+
+    logits = tg.tensor([[1.0, 2.0, 0.5], [0.1, 0.2, 3.0]])
+    target = tg.tensor([1, 2])
+    expected = f(logits.clone(), target).item()
+    got = tg.compile(f)(logits.clone(), target).item()
+    assert got == pytest.approx(expected)
