@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracegrad import codegen, tape
+from tracegrad import codegen, pytree, tape
 from tracegrad.codegen.export import export_program
-from tracegrad.errors import TraceError
+from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes import pipeline
-from tracegrad.passes.memory import plan
+from tracegrad.passes.memory import aliases, plan
 from tracegrad.random import generator
 from tracegrad.tensor import Tensor
 from tracegrad.tracer import Tracer, tracing
@@ -128,6 +128,34 @@ class Program:
             return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
 
 
+def returned_in_own_memory(graph: Graph, n_returned: int) -> Graph:
+    """A copy of ``graph`` whose first ``n_returned`` outputs are memory of their own: one
+    that is an input (or a view of one) or a constant, as passes may leave it (``x * 1`` is
+    ``x``), is copied. The caller may keep and write what a call returns, as eagerly; that
+    must reach neither the arguments nor the program's constants."""
+    root = aliases(graph)
+    producers = graph.producers()
+    inputs = {id(v) for v in graph.inputs}
+
+    def shared(v) -> bool:
+        base = root[id(v)]
+        node = producers.get(id(base))
+        return id(base) in inputs or (node is not None and node.op == CONSTANT)
+
+    copied = [i for i, v in enumerate(graph.outputs[:n_returned]) if shared(v)]
+    if not copied:
+        return graph
+    graph = graph.copy()
+    outputs = list(graph.outputs)
+    for i in copied:
+        v = outputs[i]
+        copy = Value(f"{v.name}_copy{i}", v.type)
+        graph.nodes.append(Node("contiguous", [v], [copy], {}, None))
+        outputs[i] = copy
+    graph.outputs = outputs
+    return graph
+
+
 def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> Graph:
     """The planning passes of the pipeline, in order, on a copy of one function's graph."""
     graph = graph.copy()
@@ -188,17 +216,6 @@ def argument_names(fn, count: int) -> list[str]:
     return params[:count]
 
 
-def flatten_outputs(result) -> tuple[list[Tensor], bool]:
-    if isinstance(result, Tensor):
-        return [result], False
-    if isinstance(result, (tuple, list)) and all(isinstance(t, Tensor) for t in result):
-        return list(result), True
-    raise TraceError(
-        "a compiled forward must return a Tensor or a tuple of Tensors, "
-        f"got {type(result).__name__}"
-    )
-
-
 @dataclass
 class Traced:
     """A traced forward: its graph, the tensors lifted to inputs and those updated in place."""
@@ -207,7 +224,7 @@ class Traced:
     lifted: list[Tensor]
     update_targets: list[Tensor]
     n_outputs: int
-    returns_tuple: bool
+    structure: object  # of what the function returned (tracegrad.pytree)
     updated_args: tuple[int, ...] = ()  # arguments updated in place, after update_targets
 
 
@@ -240,13 +257,13 @@ def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
             tracer.add_input(a.tensor_type, name) if isinstance(a, Tensor) else a
             for a, name in zip(args, arg_names, strict=True)
         ]
-        outs, returns_tuple = flatten_outputs(fn(*symbolic))
+        outs, structure = pytree.flatten(fn(*symbolic))
         outputs = [tracer.value_of(t) for t in outs]
         targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
         graph = tracer.graph(outputs + new_values, updates)
     log("graph", lambda: f"traced {len(graph.nodes)} nodes\n{graph}")
     lifted = [t for t, _ in tracer.lifted.values()]
-    return Traced(graph, lifted, targets, len(outs), returns_tuple, updated_args)
+    return Traced(graph, lifted, targets, len(outs), structure, updated_args)
 
 
 def check_recompiles(reasons: list[str], limit, reason: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracegrad import passes, tape, viz
+from tracegrad import passes, pytree, tape, viz
 from tracegrad.check import check_stages
 from tracegrad.codegen.guards import PLAIN, GuardBuilder, step_guard
 from tracegrad.explain import Report, render
@@ -39,6 +39,7 @@ from tracegrad.specialize import (
     identity,
     input_label,
     log,
+    returned_in_own_memory,
     signature_diff,
     tensor_guards,
     traced_updates,
@@ -303,6 +304,10 @@ class CompiledFunction:
         # Tensors requiring grad it reached or read, and optimizers its tracing stepped
         self._watched_tensors: dict[int, tuple[str, Tensor]] = {}
         self._traced_optimizers: dict[str, object] = {}
+        # One compiled function per structure of containers and keywords it was called with
+        self._by_structure: dict[object, CompiledFunction] = {}
+        self.state_fn = fn  # where the state it reaches is looked for (closure, globals)
+        self.arg_names: list[str] | None = None  # the inputs' names, when not fn's parameters
 
     @property
     def graph(self):
@@ -393,7 +398,9 @@ class CompiledFunction:
 
     # --- calling --------------------------------------------------------------------------------
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        if kwargs or any(type(a) in _STRUCTURED for a in args):
+            return self._call_structured(args, kwargs)
         spec = self.latest
         if spec is not None:  # the usual call: the same as the last (a symbolic argument is not)
             result = spec.runner(args)
@@ -410,7 +417,7 @@ class CompiledFunction:
                 for i, a in enumerate(args)
             ]
             return self.fn(*args)
-        self._watch(*reachable_state(self.fn, args))
+        self._watch(*reachable_state(self.state_fn, args))
         signature = self.signature(args)
         spec = next((s for s in reversed(self.specializations) if s.signature == signature), None)
         if spec is None:
@@ -427,6 +434,36 @@ class CompiledFunction:
             self._use_guards(spec, self._guards(args))
         self.latest = spec
         return spec.runner(args, True)
+
+    def _call_structured(self, args, kwargs):
+        """A call with containers, NumPy arrays or keyword arguments: one compiled function of
+        the tensors in them per structure, which rebuilds the arguments and calls ``fn``."""
+        leaves, structure = pytree.flatten((args, kwargs))
+        inner = self._by_structure.get(structure)
+        if inner is None:
+            inner = self._by_structure[structure] = self._for_structure(structure)
+        try:
+            return inner(*leaves)
+        finally:
+            self.latest, self.recompile_reasons = inner.latest, inner.recompile_reasons
+
+    def _for_structure(self, structure) -> CompiledFunction:
+        fn = self.fn
+
+        def rebuilt(*leaves):
+            args, kwargs = pytree.unflatten(structure, leaves)
+            return fn(*args, **kwargs)
+
+        rebuilt.__name__ = getattr(fn, "__name__", "function")
+        # the leaves of the arguments to differentiate are differentiated
+        owners = [i for i, s in enumerate(structure[1][0][1]) for _ in range(pytree.count(s))]
+        grads = tuple(k for k, i in enumerate(owners) if i in self.grad_argnums)
+        inner = CompiledFunction(rebuilt, passes=self.passes, debug_nans=self.debug_nans,
+                                 max_recompiles=self.max_recompiles, check=self.check,
+                                 grad_argnums=grads)  # fmt: skip
+        inner.state_fn = fn
+        inner.arg_names = _leaf_names(fn, structure)
+        return inner
 
     def _use_guards(self, spec: StepProgram, guards) -> None:
         spec.guards = guards
@@ -553,6 +590,36 @@ def _runner_outputs(spec: StepProgram, names: dict) -> list[str]:
     return lines
 
 
+_STRUCTURED = (tuple, list, dict, np.ndarray)  # arguments calls are flattened for
+
+
+def _leaf_names(fn, structure) -> list[str]:
+    """Input names for the tensors of a structured call: the parameter's name, then the
+    position or key within it (``batch_0``, ``batch_x``, ``state_h``)."""
+    args, kwargs = structure[1]
+    names = argument_names(fn, len(args[1]))
+    found: list[str] = []
+    for name, part in [*zip(names, args[1], strict=True), *zip(kwargs[1], kwargs[2], strict=True)]:
+        _name_leaves(str(name), part, found)
+    return found
+
+
+def _name_leaves(prefix: str, structure, found: list[str]) -> None:
+    if structure == pytree.TENSOR:
+        found.append(prefix)
+        return
+    kind = structure[0]
+    if kind in ("tuple", "list"):
+        children = list(enumerate(structure[1]))
+    elif kind in ("dict", "namedtuple"):
+        keys = structure[1] if kind == "dict" else structure[1]._fields
+        children = list(zip(keys, structure[2], strict=True))
+    else:
+        return
+    for key, child in children:
+        _name_leaves(f"{prefix}_{key}", child, found)
+
+
 def _optimizer_guard(opt) -> tuple:
     """What a traced update depends on: hyperparameters and which state exists per parameter."""
     groups = _optimizer_groups(opt)
@@ -608,7 +675,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     # (its watched modules' parameters and every tensor it reached or read before)
     grads_before = {id(t): (t, t.grad) for _, t in compiled._state_tensors().values()}
     tracer = Tracer(mode="inline", names=names)
-    arg_names = argument_names(compiled.fn, len(args))
+    arg_names = compiled.arg_names or argument_names(compiled.fn, len(args))
     with tracing(tracer), tape.enable_grad():
         symbolic = [
             tracer.add_input(
@@ -630,6 +697,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
     pass_results: list = []
     traced_graph, graph = graph, passes.run(graph, transforms(compiled.passes), pass_results)
+    graph = returned_in_own_memory(graph, len(results))
     report.unplanned_traced = traced_graph
     stage = "traced step (forward, backward and update)"
     report.stages.append((stage, pass_results))
