@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from tracegrad import tape, viz
+from tracegrad import pytree, tape, viz
 from tracegrad.autograd import grad as autograd_grad
 from tracegrad.codegen.guards import module_guard
 from tracegrad.explain import Report, render
@@ -30,7 +30,7 @@ from tracegrad.specialize import (
     tensor_guards,
     trace_call,
 )
-from tracegrad.step import CompiledFunction, is_module
+from tracegrad.step import STRUCTURED, CompiledFunction, calling_with, is_module, leaf_names
 from tracegrad.tensor import Tensor
 
 
@@ -88,11 +88,7 @@ class CompiledModule:
 
     def views(self) -> list[tuple[str, Graph]]:
         """The graphs pictures show: optimized forward and backward, and the traced forward."""
-        spec = self._latest()
-        views = [("forward (optimized)", spec.program.parts[0][1])]
-        if len(spec.program.parts) > 1:
-            views.append(("backward (optimized)", spec.program.parts[1][1]))
-        return [*views, ("forward (traced, before passes)", spec.traced.graph)]
+        return self._latest().views()
 
     def visualize(self, path):
         """Write a picture of the latest specialization; the suffix picks the format: .html
@@ -132,16 +128,22 @@ class CompiledModule:
         guards.append(("training", tuple(training)))
         return tuple(guards)
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        structure = None  # of containers, NumPy arrays and keywords: their tensors are inputs
+        if kwargs or any(type(a) in STRUCTURED for a in args):
+            leaves, structure = pytree.flatten((args, kwargs))
+            args = tuple(leaves)
         spec = self.latest
-        if spec is not None and spec.guard(args):  # the usual call: the same as the last
-            return self._run(spec, args)
+        if spec is not None and spec.structure == structure and spec.guard(args):
+            return self._run(spec, args)  # the usual call: the same as the last
         signature = self.signature(args)
+        if structure is not None:
+            signature += (("argument structure", structure),)
         key = tuple(value for _, value in signature)
         spec = self._cache.get(key)
         if spec is None:
             guard = self._guard(args)  # of the state the signature read, before tracing
-            spec = self._compile(args, signature)
+            spec = self._compile(args, signature, structure)
             spec.guard = guard
             self._cache[key] = spec
         self.latest = spec
@@ -152,7 +154,7 @@ class CompiledModule:
         title = type(self.module).__name__
         return module_guard(tape.is_grad_enabled(), args, self.module, title)
 
-    def _compile(self, args, signature: Signature) -> ModuleProgram:
+    def _compile(self, args, signature: Signature, structure) -> ModuleProgram:
         if self._signatures:
             reason = signature_diff(self._signatures[-1], signature)
             self.recompile_reasons.append(reason)
@@ -161,11 +163,17 @@ class CompiledModule:
         self._signatures.append(signature)
         names = {id(t): n for n, t in self.module.named_parameters()}
         names.update({id(t): n for n, t in self.module.named_buffers()})
-        arg_names = argument_names(self.module.forward, len(args))
-        traced = trace_call(self.module, args, names, arg_names)
+        if structure is None:
+            target, arg_names = self.module, argument_names(self.module.forward, len(args))
+        else:
+            target, arg_names = (
+                calling_with(self.module, structure),
+                leaf_names(self.module.forward, structure),
+            )
+        traced = trace_call(target, args, names, arg_names)
         report = Report(f"compiled {type(self.module).__name__}", signature)
         spec = build_module_program(traced, args, self.passes, self.debug_nans, report, self.check)
-        spec.report = report
+        spec.report, spec.structure = report, structure
         return spec
 
     def _run(self, spec: ModuleProgram, args):

@@ -37,6 +37,14 @@ class ModuleProgram:
     pending: tuple | None = None
     # True for a call with this specialization's signature (generated from it)
     guard: Callable[[tuple], bool] = field(default=lambda args: False)
+    structure: object = None  # of the arguments, when they came in containers or keywords
+
+    def views(self) -> list[tuple[str, Graph]]:
+        """The graphs pictures show: optimized forward and backward, and the traced forward."""
+        views = [("forward (optimized)", self.program.parts[0][1])]
+        if len(self.program.parts) > 1:
+            views.append(("backward (optimized)", self.program.parts[1][1]))
+        return [*views, ("forward (traced, before passes)", self.traced.graph)]
 
 
 def build_module_program(

@@ -26,6 +26,7 @@ from tracegrad.check import check_stages
 from tracegrad.codegen.guards import PLAIN, GuardBuilder, step_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
+from tracegrad.module_program import ModuleProgram, build_module_program, run_module_program
 from tracegrad.passes.memory import aliases, homes
 from tracegrad.passes.pipeline import transforms
 from tracegrad.random import generator
@@ -42,6 +43,7 @@ from tracegrad.specialize import (
     returned_in_own_memory,
     signature_diff,
     tensor_guards,
+    trace_call,
     traced_updates,
 )
 from tracegrad.tensor import Tensor, is_symbolic
@@ -252,7 +254,7 @@ class StepProgram:
     update_targets: list[Tensor]
     sinks: list[Sink]
     n_results: int
-    rebuild: object  # turns the result arrays back into what the function returned
+    rebuild: Callable  # turns the result tensors back into what the function returned
     # Lifted positions holding a tensor's .grad: index -> that tensor. The .grad is read
     # anew each run, since code outside the step may replace it (zero_grad, backward).
     grad_of: dict = field(default_factory=dict)
@@ -267,6 +269,9 @@ class StepProgram:
     # (its guards, generated from it, are skipped when trusted), else the step's result
     runner: Callable = field(default=lambda args, trusted=False: MISS)
     guards: GuardBuilder | None = None  # the runner's guards
+    # For a function that calls no backward(): its program with a generated backward, which
+    # its outputs carry gradients to
+    module: ModuleProgram | None = None
 
     @functools.cached_property
     def guard(self) -> Callable[[tuple], bool]:
@@ -315,7 +320,8 @@ class CompiledFunction:
 
     @property
     def backward_graph(self):
-        return None  # the whole step is one graph: forward, backward and update sections
+        # a whole step is one graph: forward, backward and update sections
+        return self._latest().program.backward_graph
 
     @property
     def code(self) -> str:
@@ -323,6 +329,8 @@ class CompiledFunction:
 
     def views(self) -> list[tuple[str, Graph]]:
         spec = self._latest()
+        if spec.module is not None:
+            return spec.module.views()
         return [
             ("training step (optimized)", spec.program.parts[0][1]),
             ("training step (traced, before passes)", spec.report.unplanned_traced),
@@ -399,7 +407,7 @@ class CompiledFunction:
     # --- calling --------------------------------------------------------------------------------
 
     def __call__(self, *args, **kwargs):
-        if kwargs or any(type(a) in _STRUCTURED for a in args):
+        if kwargs or any(type(a) in STRUCTURED for a in args):
             return self._call_structured(args, kwargs)
         spec = self.latest
         if spec is not None:  # the usual call: the same as the last (a symbolic argument is not)
@@ -449,12 +457,7 @@ class CompiledFunction:
 
     def _for_structure(self, structure) -> CompiledFunction:
         fn = self.fn
-
-        def rebuilt(*leaves):
-            args, kwargs = pytree.unflatten(structure, leaves)
-            return fn(*args, **kwargs)
-
-        rebuilt.__name__ = getattr(fn, "__name__", "function")
+        rebuilt = calling_with(fn, structure)
         # the leaves of the arguments to differentiate are differentiated
         owners = [i for i, s in enumerate(structure[1][0][1]) for _ in range(pytree.count(s))]
         grads = tuple(k for k, i in enumerate(owners) if i in self.grad_argnums)
@@ -462,13 +465,16 @@ class CompiledFunction:
                                  max_recompiles=self.max_recompiles, check=self.check,
                                  grad_argnums=grads)  # fmt: skip
         inner.state_fn = fn
-        inner.arg_names = _leaf_names(fn, structure)
+        inner.arg_names = leaf_names(fn, structure)
         return inner
 
     def _use_guards(self, spec: StepProgram, guards) -> None:
         spec.guards = guards
-        spec.runner = step_runner(spec, guards, getattr(self.fn, "__name__", "function"))
         spec.__dict__.pop("guard", None)  # (a cached function of the guards replaced)
+        if spec.module is not None:
+            spec.runner = _function_runner(spec)
+        else:
+            spec.runner = step_runner(spec, guards, getattr(self.fn, "__name__", "function"))
 
     def _guards(self, args):
         """The guards of the current call state (see ``signature``), for a runner."""
@@ -532,6 +538,18 @@ def step_runner(spec: StepProgram, guards, title: str) -> Callable:
     return guards.build_runner(title, body, names)
 
 
+def _function_runner(spec: StepProgram) -> Callable:
+    """The runner of a function calling no backward(): its guards, then its program."""
+    guard, module = spec.guard, spec.module
+
+    def run(args, trusted=False):
+        if not trusted and not guard(args):
+            return MISS
+        return run_module_program(module, args)
+
+    return run
+
+
 def _runner_inputs(spec: StepProgram, names: dict) -> tuple[list[str], list[str]]:
     """The step's arguments (expressions), and the lines preparing them: a .grad read as an
     input is copied when it lives in the step's memory, and a sink's tensor the user kept
@@ -583,17 +601,28 @@ def _runner_outputs(spec: StepProgram, names: dict) -> list[str]:
             lines += ["    g._version[0] += 1", "else:", f"    {store}"]
         else:
             lines.append(store)
-    if spec.rebuild is _only:  # the function returned one tensor
+    if spec.rebuild.args == (pytree.TENSOR,):  # the function returned one tensor
         lines.append("return wrap(asarray(r[0]))")
     else:
         lines.append(f"return rebuild([{', '.join(f'wrap(asarray(r[{i}]))' for i in range(n))}])")
     return lines
 
 
-_STRUCTURED = (tuple, list, dict, np.ndarray)  # arguments calls are flattened for
+STRUCTURED = (tuple, list, dict, np.ndarray)  # arguments calls are flattened for
 
 
-def _leaf_names(fn, structure) -> list[str]:
+def calling_with(fn, structure) -> Callable:
+    """``fn`` taking the tensors of arguments of ``structure`` (see tracegrad.pytree)."""
+
+    def rebuilt(*leaves):
+        args, kwargs = pytree.unflatten(structure, leaves)
+        return fn(*args, **kwargs)
+
+    rebuilt.__name__ = getattr(fn, "__name__", type(fn).__name__)
+    return rebuilt
+
+
+def leaf_names(fn, structure) -> list[str]:
     """Input names for the tensors of a structured call: the parameter's name, then the
     position or key within it (``batch_0``, ``batch_x``, ``state_h``)."""
     args, kwargs = structure[1]
@@ -638,34 +667,6 @@ def _optimizer_groups(opt) -> tuple:
     )
 
 
-def _only(tensors):
-    return tensors[0]
-
-
-def _flatten(result):
-    """Tensors in a returned value (a tensor, or a tuple/list/dict of them and plain values)
-    and a function rebuilding the value from new tensors."""
-    if isinstance(result, Tensor):
-        return [result], _only
-    if isinstance(result, (tuple, list)):
-        parts = [_flatten(r) for r in result]
-        sizes = [len(p[0]) for p in parts]
-
-        def rebuild(ts):
-            out, start = [], 0
-            for (_, build), size in zip(parts, sizes, strict=True):
-                out.append(build(ts[start : start + size]))
-                start += size
-            return type(result)(out)
-
-        return [t for p in parts for t in p[0]], rebuild
-    if isinstance(result, dict):
-        keys = list(result)
-        tensors, build = _flatten([result[k] for k in keys])
-        return tensors, lambda ts: dict(zip(keys, build(ts), strict=True))
-    return [], lambda ts: result
-
-
 def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     """Trace one call of a training step and generate its single function (the state it
     reaches is the one ``compiled._watch`` took in for this call)."""
@@ -687,12 +688,14 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
             else a
             for i, (a, name) in enumerate(zip(args, arg_names, strict=True))
         ]
-        leaves, rebuild = _flatten(compiled.fn(*symbolic))
+        leaves, structure = pytree.flatten(compiled.fn(*symbolic))
         results = [tracer.value_of(t) for t in leaves]
         targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
         sinks, sink_values = _collect_sinks(tracer, symbolic, args)
         graph = tracer.graph(results + new_values + sink_values, updates)
     _restore_grads(sinks, grads_before)
+    if not (tracer.backward_calls or tracer.optimizers):
+        return trace_function(compiled, args, signature, names)
     log("graph", lambda: f"traced step: {len(graph.nodes)} nodes\n{graph}")
     report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
     pass_results: list = []
@@ -731,12 +734,42 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         targets,
         sinks,
         len(results),
-        rebuild,
+        functools.partial(pytree.unflatten, structure),
         grad_of,
         report,
         tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
         updated_args,
         _written_in_place(program.graph, len(results), list(updates)),
+    )
+
+
+def trace_function(compiled: CompiledFunction, args, signature, names) -> StepProgram:
+    """Trace a function that calls no backward(): a forward and a generated backward, so that
+    its outputs carry gradients to the inputs and state it read, as in eager mode."""
+    arg_names = compiled.arg_names or argument_names(compiled.fn, len(args))
+    traced = trace_call(compiled.fn, args, names, arg_names)
+    title = f"compiled function {getattr(compiled.fn, '__name__', '')}"
+    report = Report(title, signature)
+    report.unplanned_traced = traced.graph
+    module = build_module_program(
+        traced, args, compiled.passes, compiled.debug_nans, report, compiled.check
+    )
+    module.report = report
+    for t, value in zip(traced.lifted, traced.graph.inputs[-len(traced.lifted) :], strict=False):
+        if t.requires_grad:
+            compiled._watched_tensors.setdefault(id(t), (f"state {value.name}", t))
+    return StepProgram(
+        module.program,
+        signature,
+        traced.lifted,
+        traced.update_targets,
+        [],
+        traced.n_outputs,
+        functools.partial(pytree.unflatten, traced.structure),
+        report=report,
+        tensor_args=tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
+        updated_args=traced.updated_args,
+        module=module,
     )
 
 

@@ -1034,6 +1034,8 @@ def install_numpy_protocol(ufunc_handler, function_handler) -> None:
 
 def backward(tensors, grad_tensors, retain_graph=None, create_graph=False, inputs=None) -> None:
     """Accumulate gradients of ``tensors`` into the ``.grad`` of the leaves (or of ``inputs``)."""
+    if _tracer is not None:
+        _tracer.backward_calls += 1  # (a traced function calling this is a training step)
     seeds = [seed_gradient(t, g) for t, g in zip(tensors, grad_tensors, strict=True)]
     retain = create_graph if retain_graph is None else retain_graph
     if inputs is None:

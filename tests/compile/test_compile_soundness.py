@@ -318,3 +318,112 @@ def test_cross_entropy_on_a_copy_is_unaffected_by_later_writes():
     expected = f(logits.clone(), target).item()
     got = tg.compile(f)(logits.clone(), target).item()
     assert got == pytest.approx(expected)
+
+
+# --- containers, NumPy arrays, keyword arguments -------------------------------------------------
+
+
+def test_numpy_arguments_are_read_fresh_on_every_call():
+    vg = tg.value_and_grad(lambda x, w: np.sum(x * w))
+    x, w = np.ones(3), np.arange(3.0)
+    value, grad = vg(x, w)
+    kept = grad.numpy().copy()
+    w[0] = 5.0
+    value2, grad2 = vg(x, w)
+    assert value.item() == 3.0 and value2.item() == 8.0
+    np.testing.assert_array_equal(grad2.numpy(), [5.0, 1.0, 2.0])
+    np.testing.assert_array_equal(grad.numpy(), kept)  # what a call returned is its own
+    other = tg.grad(lambda x, w: np.sum(x * w))
+    np.testing.assert_array_equal(other(np.ones(4), np.arange(4.0)).numpy(), np.arange(4.0))
+    np.testing.assert_array_equal(other(np.ones(4), np.arange(4.0) + 1).numpy(), np.arange(4.0) + 1)
+
+
+def test_a_zero_d_numpy_argument_mutated_between_calls():
+    scale = np.array(2.0)
+    f = tg.compile(lambda x, s: x * s)
+    assert f(tg.ones(2), scale).tolist() == [2.0, 2.0]
+    scale[...] = 3.0
+    assert f(tg.ones(2), scale).tolist() == [3.0, 3.0]
+
+
+def test_a_compiled_module_takes_a_numpy_array_like_the_eager_one():
+    tg.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    np.testing.assert_allclose(tg.compile(model)(x).detach().numpy(), model(x).detach().numpy())
+
+
+def test_nested_containers_and_keywords_in_and_out():
+    def f(batch, state, *, scale=1.0):
+        h, c = state
+        out = (batch["x"] @ h) * scale + c
+        return {"out": out, "state": (h * 2, [c.sum(), batch["y"][0]])}
+
+    x, h, c = tg.randn(2, 3), tg.randn(3, 3), tg.randn(3)
+    batch = {"x": x, "y": (tg.ones(2),)}
+    compiled = tg.compile(f)
+    for scale in (1.0, 2.0, 2.0):
+        got, want = compiled(batch, (h, c), scale=scale), f(batch, (h, c), scale=scale)
+        assert got.keys() == want.keys() and isinstance(got["state"][1], list)
+        np.testing.assert_allclose(got["out"].numpy(), want["out"].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(got["state"][1][0].numpy(), want["state"][1][0].numpy())
+    batch2 = {"x": tg.randn(2, 3), "y": (tg.ones(2),)}  # a new dict of new tensors
+    np.testing.assert_allclose(
+        compiled(batch2, (h, c))["out"].numpy(), f(batch2, (h, c))["out"].numpy(), rtol=1e-6
+    )
+
+
+def test_a_batch_passed_as_a_list_to_a_training_step():
+    def run(compiled):
+        tg.manual_seed(4)
+        model = nn.Linear(3, 1)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(batch):
+            x, y = batch
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        fn = tg.compile(step) if compiled else step
+        data = [[tg.randn(4, 3), tg.randn(4, 1)] for _ in range(3)]
+        return [fn(b).item() for b in data]
+
+    assert run(True) == pytest.approx(run(False), rel=1e-6)
+
+
+# --- compiled functions compose with eager code ------------------------------------------------
+
+
+def test_a_compiled_function_carries_gradients_back():
+    x = tg.randn(3, requires_grad=True)
+    y = tg.compile(lambda v: (v * v).sum())(x)
+    assert y.requires_grad and y.grad_fn is not None
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.detach().numpy(), rtol=1e-6)
+
+
+def test_compiled_plus_eager_gives_the_gradients_of_both_parts():
+    tg.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    x = tg.randn(4, 3, requires_grad=True)
+
+    def part(v):
+        return lin(v).tanh().sum()
+
+    (part(x) + (x**2).sum()).backward()
+    want_x, want_w = x.grad.numpy().copy(), lin.weight.grad.numpy().copy()
+    x.grad, lin.weight.grad = None, None
+    (tg.compile(part)(x) + (x**2).sum()).backward()
+    np.testing.assert_allclose(x.grad.numpy(), want_x, rtol=1e-5)
+    np.testing.assert_allclose(lin.weight.grad.numpy(), want_w, rtol=1e-5)
+
+
+def test_a_compiled_function_backpropagates_into_the_history_it_reads():
+    w = tg.randn(3, requires_grad=True)
+    saved = [w * 2, w.exp()]  # tensors with autograd history, read from a closure
+    f = tg.compile(lambda: tg.stack(saved).sum())
+    f().backward()
+    np.testing.assert_allclose(w.grad.numpy(), 2 + w.detach().exp().numpy(), rtol=1e-6)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tracegrad import tape
-from tracegrad.tensor import Tensor, seed_gradient
+from tracegrad.tensor import Tensor, active_tracer, seed_gradient
 from tracegrad.tensor import backward as tensor_backward
 
 
@@ -24,6 +24,9 @@ def grad(
 ):
     """The gradients of ``outputs`` with respect to ``inputs``, without touching ``.grad``."""
     outputs, inputs = _as_list(outputs), _as_list(inputs)
+    tracer = active_tracer()
+    if tracer is not None:
+        tracer.backward_calls += 1
     grad_outputs = _as_list(grad_outputs) or [None] * len(outputs)
     for t in inputs:
         if not t.requires_grad:

@@ -91,6 +91,7 @@ class Tracer:
             Tensor
         ] = []  # the aliases' and written roots' tensors (their ids stay theirs)
         self.optimizers: list = []
+        self.backward_calls = 0  # backward() and autograd.grad() calls on traced values
         self.updating = False  # inside an optimizer's step: its nodes are the update section
         self.optimizer_state: list[dict] = []  # each optimizer's state as tracing found it
         self._taken_names: set[str] = set()
