@@ -15,6 +15,7 @@ import numpy as np
 from tracegrad import pytree, tape, viz
 from tracegrad.autograd import grad as autograd_grad
 from tracegrad.codegen.guards import module_guard
+from tracegrad.creation import zeros_like
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.module_program import ModuleProgram, build_module_program, run_module_program
@@ -223,31 +224,47 @@ def _as_example(value):
     return Tensor._wrap(value) if isinstance(value, np.ndarray) else value
 
 
-def value_and_grad(fn, argnums=0):
+def value_and_grad(fn, argnums=0, has_aux=False):
     """``fn``'s value and its gradient with respect to the argument(s) ``argnums``, compiled.
 
-    Called inside another trace (``tg.grad(tg.grad(f))``) it traces through, so higher-order
-    gradients compile into one program."""
+    An argument may be a container of tensors (its gradient is a container alike); an
+    argument the value does not depend on gets zeros, as in JAX. With ``has_aux``, ``fn``
+    returns ``(value, aux)`` and this returns ``((value, aux), gradient)``. Called inside
+    another trace (``tg.grad(tg.grad(f))``) it traces through, so higher-order gradients
+    compile into one program."""
     positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def value_and_gradient(*args):
-        wrt = [args[i] for i in positions]
-        value = fn(*args)
-        grads = autograd_grad(value, wrt, create_graph=True)
-        return value, grads[0] if isinstance(argnums, int) else tuple(grads)
+        out = fn(*args)
+        value = out[0] if has_aux else out
+        wrt = [pytree.flatten(args[i]) for i in positions]
+        leaves = [t for found, _ in wrt for t in found]
+        grads = [None] * len(leaves)
+        if isinstance(value, Tensor) and value.requires_grad and leaves:
+            grads = autograd_grad(value, leaves, create_graph=True, allow_unused=True)
+        grads = iter(
+            [zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)]
+        )
+        trees = [
+            pytree.unflatten(structure, [next(grads) for _ in found]) for found, structure in wrt
+        ]
+        return out, trees[0] if isinstance(argnums, int) else tuple(trees)
 
     value_and_gradient.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
     compiled = CompiledFunction(value_and_gradient, grad_argnums=positions)
+    compiled.state_fn = fn
     compiled.wrapped = fn
     return compiled
 
 
-def grad(fn, argnums=0):
-    """The gradient of scalar-valued ``fn`` with respect to argument(s) ``argnums``, compiled."""
-    inner = value_and_grad(fn, argnums)
+def grad(fn, argnums=0, has_aux=False):
+    """The gradient of scalar-valued ``fn`` with respect to argument(s) ``argnums``, compiled
+    (with ``has_aux``: ``(gradient, aux)``)."""
+    inner = value_and_grad(fn, argnums, has_aux)
 
-    def gradient(*args):
-        return inner(*args)[1]
+    def gradient(*args, **kwargs):
+        out, grads = inner(*args, **kwargs)
+        return (grads, out[1]) if has_aux else grads
 
     gradient.__name__ = f"grad_{getattr(fn, '__name__', 'fn')}"
     gradient.compiled = inner

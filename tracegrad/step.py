@@ -46,7 +46,7 @@ from tracegrad.specialize import (
     trace_call,
     traced_updates,
 )
-from tracegrad.tensor import Tensor, is_symbolic
+from tracegrad.tensor import Tensor, active_tracer, is_symbolic
 from tracegrad.tracer import Tracer, tracing
 
 
@@ -407,6 +407,8 @@ class CompiledFunction:
     # --- calling --------------------------------------------------------------------------------
 
     def __call__(self, *args, **kwargs):
+        if active_tracer() is not None:
+            return self._trace_through(args, kwargs)
         if kwargs or any(type(a) in STRUCTURED for a in args):
             return self._call_structured(args, kwargs)
         spec = self.latest
@@ -414,17 +416,6 @@ class CompiledFunction:
             result = spec.runner(args)
             if result is not MISS:
                 return result
-        if any(isinstance(a, Tensor) and is_symbolic(a) for a in args):
-            # Inside another trace: trace straight through. The arguments to differentiate
-            # must require grad, as they do when this function is traced on its own; one that
-            # does not has no history to keep, so a differentiable alias of it will do.
-            args = [
-                a.detach().requires_grad_()
-                if i in self.grad_argnums and isinstance(a, Tensor) and not a.requires_grad
-                else a
-                for i, a in enumerate(args)
-            ]
-            return self.fn(*args)
         self._watch(*reachable_state(self.state_fn, args))
         signature = self.signature(args)
         spec = next((s for s in reversed(self.specializations) if s.signature == signature), None)
@@ -442,6 +433,21 @@ class CompiledFunction:
             self._use_guards(spec, self._guards(args))
         self.latest = spec
         return spec.runner(args, True)
+
+    def _trace_through(self, args, kwargs):
+        """Called inside another trace (tg.grad(tg.grad(f)), a compiled piece of a compiled
+        step): trace ``fn`` in, so the outer program computes it, reading the outer values it
+        closes over. The arguments to differentiate must require grad, as they do when this
+        function is traced on its own; one that does not has no history to keep, so a
+        differentiable alias of it will do."""
+        leaves, structure = pytree.flatten((args, kwargs))
+        owners = [i for i, s in enumerate(structure[1][0][1]) for _ in range(pytree.count(s))]
+        leaves = [
+            t.detach().requires_grad_() if owner in self.grad_argnums and not t.requires_grad else t
+            for t, owner in zip(leaves, owners + [None] * (len(leaves) - len(owners)), strict=True)
+        ]
+        args, kwargs = pytree.unflatten(structure, leaves)
+        return self.fn(*args, **kwargs)
 
     def _call_structured(self, args, kwargs):
         """A call with containers, NumPy arrays or keyword arguments: one compiled function of

@@ -427,3 +427,32 @@ def test_a_compiled_function_backpropagates_into_the_history_it_reads():
     f = tg.compile(lambda: tg.stack(saved).sum())
     f().backward()
     np.testing.assert_allclose(w.grad.numpy(), 2 + w.detach().exp().numpy(), rtol=1e-6)
+
+
+# --- function transforms --------------------------------------------------------------------
+
+
+def test_grad_of_an_unused_argument_or_a_constant_is_zero():
+    both = tg.grad(lambda x, y: (x * 2).sum(), argnums=(0, 1))(tg.ones(2), tg.ones(3))
+    assert both[0].tolist() == [2.0, 2.0] and both[1].tolist() == [0.0, 0.0, 0.0]
+    assert tg.grad(lambda x: tg.tensor(3.0))(tg.ones(2)).tolist() == [0.0, 0.0]
+
+
+def test_grad_of_containers_with_aux():
+    def f(params):
+        w, extra = params
+        return (w * extra["b"]).sum(), "aux"
+
+    grads, aux = tg.grad(f, has_aux=True)([tg.ones(2), {"b": tg.tensor([3.0, 4.0])}])
+    assert aux == "aux"
+    assert grads[0].tolist() == [3.0, 4.0] and grads[1]["b"].tolist() == [1.0, 1.0]
+    (value, aux), g = tg.value_and_grad(f, has_aux=True)([tg.ones(2), {"b": tg.ones(2)}])
+    assert value.item() == 2.0 and aux == "aux"
+
+
+def test_nested_transforms_closing_over_an_outer_traced_value():
+    def outer(x):
+        return x * tg.grad(lambda y: x * y)(tg.tensor(2.0))
+
+    assert tg.grad(outer)(tg.tensor(1.0)).item() == 2.0  # d/dx x * x
+    assert tg.grad(outer)(tg.tensor(3.0)).item() == 6.0
