@@ -14,12 +14,13 @@ import numpy as np
 
 from tracegrad import pytree, tape, viz
 from tracegrad.autograd import grad as autograd_grad
-from tracegrad.codegen.guards import module_guard
+from tracegrad.codegen.guards import module_guard, plain_attributes
 from tracegrad.creation import zeros_like
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.module_program import ModuleProgram, build_module_program, run_module_program
 from tracegrad.specialize import (
+    NO_CHANGE,
     Signature,
     argument_names,
     check_recompiles,
@@ -30,6 +31,7 @@ from tracegrad.specialize import (
     signature_diff,
     tensor_guards,
     trace_call,
+    unchanged,
 )
 from tracegrad.step import STRUCTURED, CompiledFunction, calling_with, is_module, leaf_names
 from tracegrad.tensor import Tensor
@@ -113,6 +115,8 @@ class CompiledModule:
         params, buffers, training, seen = [], [], [], set()
         for prefix, module in self.module.named_modules():
             training.append(module.training)
+            for key, value in plain_attributes(module):
+                guards.append((_member_label("attribute", prefix, key), value))
             # (by identity: the program is the forward this submodule traced)
             guards.append((f"module {prefix or type(module).__name__}", identity(module)))
             for table, found in ((module._parameters, params), (module._buffers, buffers)):
@@ -135,14 +139,19 @@ class CompiledModule:
             leaves, structure = pytree.flatten((args, kwargs))
             args = tuple(leaves)
         spec = self.latest
-        if spec is not None and spec.structure == structure and spec.guard(args):
+        if (
+            spec is not None
+            and spec.structure == structure
+            and spec.guard(args)
+            and (not spec.traced.values_read or unchanged(spec.traced.values_read))
+        ):
             return self._run(spec, args)  # the usual call: the same as the last
         signature = self.signature(args)
         if structure is not None:
             signature += (("argument structure", structure),)
         key = tuple(value for _, value in signature)
         spec = self._cache.get(key)
-        if spec is None:
+        if spec is None or not unchanged(spec.traced.values_read):
             guard = self._guard(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature, structure)
             spec.guard = guard
@@ -158,6 +167,8 @@ class CompiledModule:
     def _compile(self, args, signature: Signature, structure) -> ModuleProgram:
         if self._signatures:
             reason = signature_diff(self._signatures[-1], signature)
+            if reason == NO_CHANGE:
+                reason = "the value of a tensor Python read while tracing changed"
             self.recompile_reasons.append(reason)
             log("recompiles", f"recompiling {type(self.module).__name__}: {reason}")
             check_recompiles(self.recompile_reasons, self.max_recompiles, reason)

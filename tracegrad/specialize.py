@@ -87,7 +87,10 @@ def signature_diff(old: Signature, new: Signature) -> str:
         for label in dict.fromkeys([*before, *after])
         if before.get(label, "<absent>") != after.get(label, "<absent>")
     ]
-    return "; ".join(changes) or "no guard changed"
+    return "; ".join(changes) or NO_CHANGE
+
+
+NO_CHANGE = "no guard changed"
 
 
 # --- programs -------------------------------------------------------------------------------------
@@ -226,6 +229,17 @@ class Traced:
     n_outputs: int
     structure: object  # of what the function returned (tracegrad.pytree)
     updated_args: tuple[int, ...] = ()  # arguments updated in place, after update_targets
+    values_read: tuple = ()  # (tensor, version) of outside tensors whose value Python read
+
+
+def values_read(tracer: Tracer) -> tuple:
+    """The tensors from outside whose value Python read while tracing, with their versions as
+    tracing left them: the program is right while they keep them."""
+    return tuple((t, t._version[0]) for t, _ in tracer.values_read.values())
+
+
+def unchanged(read: tuple) -> bool:
+    return all(t._version[0] == version for t, version in read)
 
 
 def traced_updates(tracer: Tracer, symbolic: list) -> tuple[list, tuple, list, dict]:
@@ -263,7 +277,8 @@ def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
         graph = tracer.graph(outputs + new_values, updates)
     log("graph", lambda: f"traced {len(graph.nodes)} nodes\n{graph}")
     lifted = [t for t, _ in tracer.lifted.values()]
-    return Traced(graph, lifted, targets, len(outs), structure, updated_args)
+    read = values_read(tracer)
+    return Traced(graph, lifted, targets, len(outs), structure, updated_args, read)
 
 
 def check_recompiles(reasons: list[str], limit, reason: str) -> None:

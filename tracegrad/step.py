@@ -23,7 +23,7 @@ import numpy as np
 
 from tracegrad import passes, pytree, tape, viz
 from tracegrad.check import check_stages
-from tracegrad.codegen.guards import PLAIN, GuardBuilder, step_guard
+from tracegrad.codegen.guards import PLAIN, GuardBuilder, plain_attributes, step_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.module_program import ModuleProgram, build_module_program, run_module_program
@@ -31,6 +31,7 @@ from tracegrad.passes.memory import aliases, homes
 from tracegrad.passes.pipeline import transforms
 from tracegrad.random import generator
 from tracegrad.specialize import (
+    NO_CHANGE,
     Program,
     Signature,
     argument_names,
@@ -45,6 +46,8 @@ from tracegrad.specialize import (
     tensor_guards,
     trace_call,
     traced_updates,
+    unchanged,
+    values_read,
 )
 from tracegrad.tensor import Tensor, active_tracer, is_symbolic
 from tracegrad.tracer import Tracer, tracing
@@ -272,6 +275,7 @@ class StepProgram:
     # For a function that calls no backward(): its program with a generated backward, which
     # its outputs carry gradients to
     module: ModuleProgram | None = None
+    values_read: tuple = ()  # (tensor, version) of outside tensors whose value Python read
 
     @functools.cached_property
     def guard(self) -> Callable[[tuple], bool]:
@@ -372,6 +376,11 @@ class CompiledFunction:
         for name, module in self._watched_modules.items():
             modules = dict(module.named_modules())
             guards.append((f"module {name} training", tuple(m.training for m in modules.values())))
+            guards += [
+                (f"attribute {name}.{path}.{key}".replace("..", "."), value)
+                for path, m in modules.items()
+                for key, value in plain_attributes(m)
+            ]
             # Each submodule and buffer by identity: the program is the forward they traced
             members = [*modules.items(), *module.named_buffers()]
             guards += [(f"member {name}.{path}".rstrip("."), identity(m)) for path, m in members]
@@ -418,7 +427,14 @@ class CompiledFunction:
                 return result
         self._watch(*reachable_state(self.state_fn, args))
         signature = self.signature(args)
-        spec = next((s for s in reversed(self.specializations) if s.signature == signature), None)
+        spec = next(
+            (
+                s
+                for s in reversed(self.specializations)
+                if s.signature == signature and unchanged(s.values_read)
+            ),
+            None,
+        )
         if spec is None:
             guards = self._guards(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature)
@@ -481,6 +497,8 @@ class CompiledFunction:
             spec.runner = _function_runner(spec)
         else:
             spec.runner = step_runner(spec, guards, getattr(self.fn, "__name__", "function"))
+        if spec.values_read:
+            spec.runner = _checking_values(spec.runner, spec.values_read)
 
     def _guards(self, args):
         """The guards of the current call state (see ``signature``), for a runner."""
@@ -497,6 +515,8 @@ class CompiledFunction:
     def _compile(self, args, signature) -> StepProgram:
         if self.specializations:
             reason = signature_diff(self.specializations[-1].signature, signature)
+            if reason == NO_CHANGE:
+                reason = "the value of a tensor Python read while tracing changed"
             self.recompile_reasons.append(reason)
             log("recompiles", f"recompiling {getattr(self.fn, '__name__', 'function')}: {reason}")
             check_recompiles(self.recompile_reasons, self.max_recompiles, reason)
@@ -542,6 +562,15 @@ def step_runner(spec: StepProgram, guards, title: str) -> Callable:
     body += ["with errstate(all='ignore'):", f"    r = step({', '.join(arrays)})"]
     body += _runner_outputs(spec, names)
     return guards.build_runner(title, body, names)
+
+
+def _checking_values(runner: Callable, read: tuple) -> Callable:
+    """``runner``, refusing calls once a tensor whose value Python read has changed."""
+
+    def run(args, trusted=False):
+        return runner(args, trusted) if unchanged(read) else MISS
+
+    return run
 
 
 def _function_runner(spec: StepProgram) -> Callable:
@@ -700,6 +729,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         sinks, sink_values = _collect_sinks(tracer, symbolic, args)
         graph = tracer.graph(results + new_values + sink_values, updates)
     _restore_grads(sinks, grads_before)
+    python_reads = values_read(tracer)
     if not (tracer.backward_calls or tracer.optimizers):
         return trace_function(compiled, args, signature, names)
     log("graph", lambda: f"traced step: {len(graph.nodes)} nodes\n{graph}")
@@ -746,6 +776,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
         updated_args,
         _written_in_place(program.graph, len(results), list(updates)),
+        values_read=python_reads,
     )
 
 
@@ -776,6 +807,7 @@ def trace_function(compiled: CompiledFunction, args, signature, names) -> StepPr
         tensor_args=tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
         updated_args=traced.updated_args,
         module=module,
+        values_read=traced.values_read,
     )
 
 

@@ -412,6 +412,11 @@ class Tensor:
 
     def _concrete(self, what: str) -> np.ndarray:
         """The data, or a TraceError when it is only known when the compiled code runs."""
+        if _tracer is not None and _tracer.traced(self):
+            _tracer.value_of(self)  # (a view of memory written since is made symbolic)
+            if not is_symbolic(self):  # a parameter, buffer or captured tensor: the program
+                _tracer.note_read(self)  # holds for this value, and its guards check it
+                return self._data
         if is_symbolic(self):
             raise TraceError(
                 at_user_line(
@@ -469,6 +474,8 @@ class Tensor:
         return id(self)
 
     def __repr__(self) -> str:
+        if is_symbolic(self):
+            return f"tensor(<traced {self.tensor_type}>)"
         body = np.array2string(self._data, separator=", ", prefix="tensor(")
         extras = []
         if self.dtype not in (dtypes.float32, dtypes.int64, dtypes.bool_):

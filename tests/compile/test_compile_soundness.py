@@ -456,3 +456,58 @@ def test_nested_transforms_closing_over_an_outer_traced_value():
 
     assert tg.grad(outer)(tg.tensor(1.0)).item() == 2.0  # d/dx x * x
     assert tg.grad(outer)(tg.tensor(3.0)).item() == 6.0
+
+
+# --- values Python reads while tracing -------------------------------------------------------
+
+
+class _Flagged(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("flag", tg.tensor(0.0))
+        self.scale = 2.0
+        self.drop = nn.Dropout(0.0)
+
+    def forward(self, x):
+        y = x * self.scale
+        if self.flag:  # Python control flow on a buffer's value
+            y = y + 100.0
+        return self.drop(y) * (float(self.flag) + 1)
+
+
+def test_python_reads_of_a_buffer_and_plain_attributes_are_guarded():
+    model = _Flagged()
+    cm = tg.compile(model)
+    x = tg.ones(2)
+    assert cm(x).tolist() == model(x).tolist() == [2.0, 2.0]
+    model.flag.fill_(1.0)
+    assert cm(x).tolist() == model(x).tolist() == [204.0, 204.0]
+    model.scale = 3.0
+    assert cm(x).tolist() == model(x).tolist() == [206.0, 206.0]
+    model.drop.p = 1.0  # dropout drops everything in train mode
+    assert cm(x).tolist() == model(x).tolist() == [0.0, 0.0]
+    assert any("changed" in r or "attribute" in r for r in cm.recompile_reasons)
+
+
+def test_a_python_read_in_a_compiled_function_is_guarded():
+    threshold = tg.tensor(1.0)
+
+    def f(x):
+        return x * 2 if float(threshold) > 0 else x * 3
+
+    compiled = tg.compile(f)
+    assert compiled(tg.ones(1)).item() == 2.0
+    threshold.fill_(-1.0)
+    assert compiled(tg.ones(1)).item() == 3.0
+    assert "tensor Python read" in compiled.recompile_reasons[-1]
+
+
+def test_repr_of_a_traced_tensor():
+    seen = []
+
+    def f(x):
+        seen.append(repr(x[0]))
+        return x * 2
+
+    tg.compile(f)(tg.ones(3))
+    assert seen[-1] == "tensor(<traced f32[]>)"

@@ -141,9 +141,11 @@ def _module_tree(b: GuardBuilder, module, names: dict) -> tuple[list, list]:
     for m in modules:
         names[id(m)] = names.get(id(m)) or b.name("M", m)
     params, buffers = [], []
+    b.names["plain_attributes"] = plain_attributes
     for m in modules:
         mod = names[id(m)]
         b.setting(f"{mod}.training is not {m.training}")
+        b.setting(f"plain_attributes({mod}) != {b.name('A', plain_attributes(m))}")
         for table, prefix, found in (
             ("_modules", "M", None),
             ("_parameters", "P", params),
@@ -162,6 +164,24 @@ def _module_tree(b: GuardBuilder, module, names: dict) -> tuple[list, list]:
             ]
             b.setting(" or ".join(same))
     return params, buffers
+
+
+def plain_attributes(module) -> tuple:
+    """What a traced forward may have read from ``module`` besides its parameters, buffers
+    and submodules: its plain attributes (numbers, flags, strings; ``eps``, ``p``) by value
+    and its tensor attributes (a mask kept unregistered) by identity. Setting one is counted
+    (see tracegrad.nn.Module)."""
+    return tuple(
+        (key, ("tensor", id(value)) if isinstance(value, Tensor) else value)
+        for key, value in vars(module).items()
+        if key != "training" and (isinstance(value, Tensor) or _plain_value(value))
+    )
+
+
+def _plain_value(value) -> bool:
+    if type(value) is tuple:
+        return all(map(_plain_value, value))
+    return type(value) in PLAIN
 
 
 def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:

@@ -55,9 +55,9 @@ class Module:
             (self._parameters if name in self._parameters else self._modules)[name] = None
         else:
             object.__setattr__(self, name, value)
-            if name != "training":
-                return  # a plain attribute
-        changes.note()  # a member registered or replaced, or the training flag set
+        # A member registered or replaced, the training flag or a plain attribute set: a
+        # compiled forward may have read it
+        changes.note()
 
     def _forget(self, name: str) -> None:
         for table in (self._parameters, self._buffers, self._modules):

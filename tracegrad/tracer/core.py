@@ -91,6 +91,7 @@ class Tracer:
             Tensor
         ] = []  # the aliases' and written roots' tensors (their ids stay theirs)
         self.optimizers: list = []
+        self.values_read: dict[int, tuple[Tensor, int]] = {}  # by Python: id -> (t, version)
         self.backward_calls = 0  # backward() and autograd.grad() calls on traced values
         self.updating = False  # inside an optimizer's step: its nodes are the update section
         self.optimizer_state: list[dict] = []  # each optimizer's state as tracing found it
@@ -143,6 +144,11 @@ class Tracer:
         if known is None or known[2] != t._version[0]:  # (written in place since it was read)
             known = self.constants[id(t)] = (t, self._constant(t._data), t._version[0])
         return known[1]
+
+    def note_read(self, t: Tensor) -> None:
+        """Python read the value of ``t``, a tensor from outside (``if self.flag:``): the
+        program is right while ``t`` keeps the version it has now."""
+        self.values_read.setdefault(id(t), (t, t._version[0]))
 
     def _constant(self, array: np.ndarray) -> Value:
         """A constant node holding a copy of ``array`` (the tensor may be written later); a big
