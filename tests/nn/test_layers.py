@@ -108,6 +108,15 @@ def test_linear_float32_by_default():
     assert out.dtype == tg.float32 and tuple(out.shape) == (4, 2)
 
 
+def test_linear_without_inputs_warns_and_outputs_the_bias():
+    # As in PyTorch: kaiming init of a zero-element weight is a no-op with a warning, and the
+    # bias bound 1/sqrt(fan_in) is taken as 0.
+    with pytest.warns(UserWarning, match="Initializing zero-element tensors is a no-op"):
+        lin = nn.Linear(0, 3)
+    assert tuple(lin.weight.shape) == (3, 0) and lin.bias.tolist() == [0.0, 0.0, 0.0]
+    assert lin(tg.randn(2, 0)).tolist() == [[0.0] * 3] * 2
+
+
 def test_linear_shape_mismatch_names_both_shapes():
     lin = nn.Linear(4, 3)
     with pytest.raises(tg.ShapeError) as info:
