@@ -14,6 +14,22 @@ def _dims(axis):
     return tuple(axis) if isinstance(axis, (list, tuple)) else axis
 
 
+def _dot(a, b, out=None):
+    """NumPy's dot, which is not matmul for N-d operands: it contracts a's last axis with b's
+    second-to-last (b's only axis when 1-d), and the result has a's other axes then b's, with
+    no broadcasting. A 0-d operand makes it a product. Written as one einsum."""
+    if out is not None:
+        raise TypeError("np.dot on tensors: unsupported argument 'out'")
+    if np.ndim(a) == 0 or np.ndim(b) == 0:
+        return binary("mul", a, b)
+    a, b = as_tensor(a), as_tensor(b)
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY")
+    a_free = "".join(next(letters) for _ in range(a.ndim - 1))
+    b_free = [next(letters) for _ in range(b.ndim - 1)]
+    b_subs = "".join(b_free[:-1]) + "Z" + "".join(b_free[-1:])
+    return fn.einsum(f"{a_free}Z,{b_subs}->{a_free}{''.join(b_free)}", a, b)
+
+
 UFUNCS = {
     np.add: lambda x, y: binary("add", x, y),
     np.subtract: lambda x, y: binary("sub", x, y),
@@ -70,7 +86,7 @@ FUNCTIONS = {
     np.stack: lambda arrays, axis=0: fn.stack(arrays, axis),
     np.where: lambda c, x, y: fn.where(c, x, y),
     np.matmul: fn.matmul,
-    np.dot: fn.matmul,
+    np.dot: _dot,
     np.einsum: lambda equation, *operands: fn.einsum(equation, *operands),
     np.clip: lambda a, a_min=None, a_max=None: as_tensor(a).clamp(a_min, a_max),
     np.exp: fn.exp,
