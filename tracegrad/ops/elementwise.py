@@ -182,7 +182,7 @@ binary(
     np.multiply,
     (lambda c, g: g * c.y, lambda c, g: g * c.x),
     "{0} * {1}",
-    saves=("x", "y"),
+    saves={"x": ("y",), "y": ("x",)},
     props={COMMUTATIVE},
 )
 binary(
@@ -190,14 +190,14 @@ binary(
     np.divide,
     (lambda c, g: g / c.y, lambda c, g: -g * c.out / c.y),
     "{0} / {1}",
-    saves=("y", "out"),
+    saves={"x": ("y",), "y": ("y", "out")},
 )
 binary(
     "pow",
     np.power,
     (_pow_grad_x, _pow_grad_y),
     "np.power({0}, {1})",
-    saves=("x", "y", "out"),
+    saves={"x": ("x", "y"), "y": ("x", "y", "out")},
 )
 binary(
     "maximum",
