@@ -7,11 +7,28 @@ import numpy as np
 
 from tracegrad import functions as fn
 from tracegrad.errors import TraceError, at_user_line
+from tracegrad.ops.reduce import std_of_var
 from tracegrad.tensor import Tensor, as_tensor, binary, install_numpy_protocol, is_symbolic
 
 
 def _dims(axis):
     return tuple(axis) if isinstance(axis, (list, tuple)) else axis
+
+
+def _dot(a, b, out=None):
+    """NumPy's dot, which is not matmul for N-d operands: it contracts a's last axis with b's
+    second-to-last (b's only axis when 1-d), and the result has a's other axes then b's, with
+    no broadcasting. A 0-d operand makes it a product. Written as one einsum."""
+    if out is not None:
+        raise TypeError("np.dot on tensors: unsupported argument 'out'")
+    if np.ndim(a) == 0 or np.ndim(b) == 0:
+        return binary("mul", a, b)
+    a, b = as_tensor(a), as_tensor(b)
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY")
+    a_free = "".join(next(letters) for _ in range(a.ndim - 1))
+    b_free = [next(letters) for _ in range(b.ndim - 1)]
+    b_subs = "".join(b_free[:-1]) + "Z" + "".join(b_free[-1:])
+    return fn.einsum(f"{a_free}Z,{b_subs}->{a_free}{''.join(b_free)}", a, b)
 
 
 UFUNCS = {
@@ -52,8 +69,8 @@ FUNCTIONS = {
     np.var: lambda a, axis=None, ddof=0, keepdims=False: as_tensor(a).var(
         _dims(axis), keepdim=keepdims, correction=ddof
     ),
-    np.std: lambda a, axis=None, ddof=0, keepdims=False: as_tensor(a).std(
-        _dims(axis), keepdim=keepdims, correction=ddof
+    np.std: lambda a, axis=None, ddof=0, keepdims=False: std_of_var(
+        as_tensor(a).var(_dims(axis), keepdim=keepdims, correction=ddof)
     ),
     np.max: lambda a, axis=None, keepdims=False: as_tensor(a).amax(_dims(axis), keepdims),
     np.amax: lambda a, axis=None, keepdims=False: as_tensor(a).amax(_dims(axis), keepdims),
@@ -70,7 +87,7 @@ FUNCTIONS = {
     np.stack: lambda arrays, axis=0: fn.stack(arrays, axis),
     np.where: lambda c, x, y: fn.where(c, x, y),
     np.matmul: fn.matmul,
-    np.dot: fn.matmul,
+    np.dot: _dot,
     np.einsum: lambda equation, *operands: fn.einsum(equation, *operands),
     np.clip: lambda a, a_min=None, a_max=None: as_tensor(a).clamp(a_min, a_max),
     np.exp: fn.exp,

@@ -103,15 +103,18 @@ def _record(op: Op, inputs, attrs, out: Tensor) -> None:
     node = tape.Node(op.name, inputs, None)
     if _tracer is not None:
         node.location = _tracer.location()
-    saved_out = out._data if "out" in op.saves else None
+    # Which inputs get a gradient is fixed now, as in PyTorch; only what their rules read is
+    # saved (and so guarded against in-place changes).
+    needs = tuple(t.requires_grad for t in inputs)
+    saves = op.saved_for(needs)
+    saved_out = out._data if "out" in saves else None
 
     def backward(grads):
-        needs = [t.requires_grad for t in inputs]
         out_tensor = Tensor._wrap(saved_out, grad_fn=node) if saved_out is not None else None
         return vjp(op, VJPContext(op, inputs, out_tensor, attrs, needs), grads[0])
 
     node.backward_fn = backward
-    for name in op.saves:
+    for name in saves:
         if name == "out":
             node.save("output", out)
         elif name in op.inputs:

@@ -168,6 +168,42 @@ def test_unsaved_value_may_change_in_place():
     assert x.grad.tolist() == [1.0, 1.0, 1.0]
 
 
+INPLACE_THROUGH_A_CONSTANT = {
+    # v - 2 v: sub_ scales its operand, and mul by a constant needs only the constant
+    "sub_ with alpha": lambda v, eye: v.sub_(v, alpha=2),
+    "add_ of v * 1": lambda v, eye: v.add_(v * 1),
+    "matmul by a constant": lambda v, eye: v.add_(v @ eye),
+}
+
+
+@pytest.mark.parametrize(
+    "update", INPLACE_THROUGH_A_CONSTANT.values(), ids=list(INPLACE_THROUGH_A_CONSTANT)
+)
+def test_values_only_a_constants_gradient_reads_may_change_in_place(update):
+    # PyTorch saves only what the rules that will run read: v * c for a constant c keeps c, not
+    # v, so changing v in place afterwards is no error, and the gradient is the same.
+    torch = pytest.importorskip("torch")
+    start = np.array([0.5, -1.0, 2.0])
+    grads = []
+    for lib in (tg, torch):
+        leaf = lib.tensor(start, requires_grad=True)
+        v = leaf.clone()
+        update(v, lib.eye(3, dtype=lib.float64) if lib is torch else tg.tensor(np.eye(3)))
+        (v * v).sum().backward()
+        grads.append(leaf.grad.numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
+
+
+def test_a_value_the_other_operands_gradient_reads_is_still_guarded():
+    x = tg.ones(3, requires_grad=True)
+    w = tg.ones(3, requires_grad=True)
+    h = x * 1
+    z = w * h  # w's gradient reads h
+    h.sub_(h, alpha=2)
+    with pytest.raises(RuntimeError, match=r"input 'y' of 'mul'"):
+        z.sum().backward()
+
+
 def test_retain_grad_keeps_gradient_of_intermediate():
     x = tg.tensor([1.0, 2.0], requires_grad=True)
     h = x * 3

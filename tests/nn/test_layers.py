@@ -108,6 +108,15 @@ def test_linear_float32_by_default():
     assert out.dtype == tg.float32 and tuple(out.shape) == (4, 2)
 
 
+def test_linear_without_inputs_warns_and_outputs_the_bias():
+    # As in PyTorch: kaiming init of a zero-element weight is a no-op with a warning, and the
+    # bias bound 1/sqrt(fan_in) is taken as 0.
+    with pytest.warns(UserWarning, match="Initializing zero-element tensors is a no-op"):
+        lin = nn.Linear(0, 3)
+    assert tuple(lin.weight.shape) == (3, 0) and lin.bias.tolist() == [0.0, 0.0, 0.0]
+    assert lin(tg.randn(2, 0)).tolist() == [[0.0] * 3] * 2
+
+
 def test_linear_shape_mismatch_names_both_shapes():
     lin = nn.Linear(4, 3)
     with pytest.raises(tg.ShapeError) as info:
@@ -285,6 +294,81 @@ def test_embedding_errors():
         emb(tg.tensor([-1]))
     with pytest.raises(TypeError, match="float32"):
         emb(tg.tensor([1.0, 2.0]))
+
+
+class _Lookup(nn.Module):
+    """An embedding followed by a class loss: both read indices only known at run time."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 3)
+
+    def forward(self, tokens, target):
+        return F.cross_entropy(self.emb(tokens), target)
+
+
+def _lookup_step(model, opt, tokens, target):
+    opt.zero_grad()
+    loss = model(tokens, target)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+BAD_INDICES = {
+    # (tokens, target, what the message names)
+    "token -1": ([1, -1], [0, 1], "index -1 is out of range for a table of 5 rows"),
+    "token 5": ([5, 1], [0, 1], "index 5 is out of range for a table of 5 rows"),
+    "target -1": ([1, 2], [0, -1], "Target -1 is out of bounds"),
+    "target 3": ([1, 2], [3, 0], r"Target 3 is out of bounds: class indices must lie in \[0, 3\)"),
+}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "target", "message"), BAD_INDICES.values(), ids=list(BAD_INDICES)
+)
+@pytest.mark.parametrize("form", ["eager", "compiled module", "compiled step"])
+def test_out_of_range_indices_raise_in_eager_and_generated_code(form, tokens, target, message):
+    # NumPy reads -1 as the last row or class; PyTorch raises IndexError, and so must the
+    # generated code, which sees the values only when it runs (compiled with good ones first).
+    torch = pytest.importorskip("torch")
+    with pytest.raises(IndexError, match=r"out of bounds|out of range"):
+        torch.nn.functional.cross_entropy(
+            torch.nn.functional.embedding(torch.tensor(tokens), torch.randn(5, 3)),
+            torch.tensor(target),
+        )
+    model = _Lookup()
+    opt = tg.optim.SGD(model.parameters(), lr=0.1)
+    step = tg.compile(_lookup_step)
+    run = {
+        "eager": model,
+        "compiled module": tg.compile(model),
+        "compiled step": lambda *args: step(model, opt, *args),
+    }[form]
+    good = (tg.tensor([1, 4]), tg.tensor([2, -100]))  # ignore_index stays allowed
+    loss = run(*good)
+    assert np.isfinite(loss.item())
+    weights = model.emb.weight.detach().numpy().copy()
+    with pytest.raises(IndexError, match=message):
+        run(tg.tensor(tokens), tg.tensor(target))
+    assert np.array_equal(model.emb.weight.detach().numpy(), weights)  # no update happened
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_matches_torch_and_checks_targets(reduction):
+    torch = pytest.importorskip("torch")
+    logp = np.log(RNG.dirichlet(np.ones(4), size=3))
+    target = np.array([3, -100, 0])
+    x = t64(logp, requires_grad=True)
+    ours = F.nll_loss(x, tg.tensor(target), reduction=reduction)
+    xt = torch.tensor(logp, requires_grad=True)
+    theirs = torch.nn.functional.nll_loss(xt, torch.tensor(target), reduction=reduction)
+    np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), rtol=1e-12)
+    ours.sum().backward()
+    theirs.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
+    with pytest.raises(IndexError, match="nll_loss: Target -1 is out of bounds"):
+        F.nll_loss(x, tg.tensor([3, -1, 0]))
 
 
 def test_embedding_padding_idx_gets_zero_row_and_no_gradient():

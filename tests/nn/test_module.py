@@ -266,7 +266,9 @@ def test_load_state_dict_size_mismatch_message():
 
 def test_load_state_dict_bumps_version_so_saved_values_are_caught():
     lin = nn.Linear(2, 1)
-    loss = (lin(tg.randn(4, 2)) ** 2).sum()
+    # the input needs grad, so its rule reads the weight (as in PyTorch, the weight is saved
+    # only when some gradient that will be computed reads it)
+    loss = (lin(tg.randn(4, 2, requires_grad=True)) ** 2).sum()
     lin.load_state_dict({k: v.detach().numpy() * 2 for k, v in lin.state_dict().items()})
     with pytest.raises(RuntimeError):
         loss.backward()

@@ -101,6 +101,11 @@ def labels(classes, ignore=None):
     return gen
 
 
+def _zeros_and_twos(shape):
+    """A constant base of alternating 0s and 2s."""
+    return tg.tensor(np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape) % 2 * 2.0)
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 
@@ -214,6 +219,8 @@ CASES = [
     Case("mul", ("mul",), lambda x, y: x * y, BINARY),
     Case("div", ("div",), lambda x, y: x / y, BINARY, (normal, away_from(0, gap=0.5))),
     Case("pow", ("pow",), lambda x, y: x**y, BINARY, (positive, normal)),
+    # a constant base with zeros: 0**y is flat for y > 0, to every order
+    Case("pow_zero_base", ("pow",), lambda y: _zeros_and_twos(y.shape) ** y, UNARY, (positive,)),
     Case(
         "maximum",
         ("maximum",),
@@ -781,6 +788,29 @@ def test_pow_at_zero_base_and_zero_exponent_has_finite_gradients():
     gx, gy = _grad(lambda x, y: x**y, [0.0, 0.0, 2.0], [0.0, 2.0, 3.0])
     np.testing.assert_allclose(gx, [0.0, 0.0, 12.0])
     np.testing.assert_allclose(gy, [0.0, 0.0, 8.0 * np.log(2.0)])
+
+
+def test_pow_of_zero_base_is_flat_in_the_exponent_to_every_order():
+    # 0**y = 0 for y > 0: the first and second derivatives in y are 0, not 0 * log(0) = nan
+    def f(y):
+        return tg.tensor(0.0, dtype=tg.float64) ** y
+
+    y = tg.tensor([0.5, 1.0, 3.0], dtype=tg.float64)
+    first = tg.grad(lambda y: f(y).sum())(y)
+    second = tg.grad(lambda y: tg.grad(lambda y: f(y).sum())(y).sum())(y)
+    np.testing.assert_array_equal(first.numpy(), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(second.numpy(), [0.0, 0.0, 0.0])
+    leaf = y.detach().requires_grad_()
+    (g,) = tg.autograd.grad(f(leaf).sum(), leaf, create_graph=True)
+    (gg,) = tg.autograd.grad(g.sum(), leaf)
+    np.testing.assert_array_equal(gg.numpy(), [0.0, 0.0, 0.0])
+    # d/dx x**y is taken as the constant 0 where y == 0 (PyTorch's convention), so its
+    # derivative in y is 0 there too, also at x = 0 (PyTorch: 0 * inf = nan)
+    x = tg.tensor([0.0, 2.0], dtype=tg.float64, requires_grad=True)
+    e = tg.tensor([0.0, 0.0], dtype=tg.float64, requires_grad=True)
+    (gx,) = tg.autograd.grad((x**e).sum(), x, create_graph=True)
+    (gxe,) = tg.autograd.grad(gx.sum(), e)
+    np.testing.assert_array_equal(gxe.numpy(), [0.0, 0.0])
 
 
 def test_getitem_repeated_indices_accumulate():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
-import numpy as np
-
 from tracegrad import dtypes
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
-from tracegrad.tensor import Tensor, as_tensor, call, is_symbolic, where
+from tracegrad.tensor import Tensor, as_tensor, call, where
 
 
 def _pair(value) -> tuple[int, int]:
@@ -71,22 +70,35 @@ def cross_entropy(
     """Cross entropy between logits (N, C, ...) and int64 class indices (N, ...)."""
     if weight is not None:
         raise NotImplementedError("cross_entropy: per-class weight is not supported yet")
-    return call(
-        "cross_entropy",
-        input,
-        as_tensor(target),
-        ignore_index=int(ignore_index),
-        label_smoothing=float(label_smoothing),
-        reduction=reduction,
-    )
+    return _class_loss("cross_entropy", input, target, ignore_index, label_smoothing, reduction)
 
 
 def nll_loss(input: Tensor, target: Tensor, ignore_index: int = -100, reduction="mean") -> Tensor:
-    valid = target != ignore_index
-    picked = input[Tensor._wrap(np.arange(input.shape[0])), target * valid] * valid
-    if reduction == "none":
-        return -picked
-    return -picked.sum() / (valid.sum() if reduction == "mean" else 1)
+    """The loss of log-probabilities (N, C, ...) against int64 class indices (N, ...)."""
+    return _class_loss("nll_loss", input, target, ignore_index, 0.0, reduction)
+
+
+def _class_loss(name, input, target, ignore_index, label_smoothing, reduction) -> Tensor:
+    # the kernel checks the targets (here when eager, in generated code on every call)
+    with _naming_bad_indices(name):
+        return call(
+            name,
+            input,
+            as_tensor(target),
+            ignore_index=int(ignore_index),
+            label_smoothing=float(label_smoothing),
+            reduction=reduction,
+        )
+
+
+@contextlib.contextmanager
+def _naming_bad_indices(function: str):
+    """An index error raised by a kernel while running eagerly, with the function's name and
+    the user's line added."""
+    try:
+        yield
+    except IndexError as exc:
+        raise IndexError(at_user_line(f"{function}: {exc}")) from None
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -239,18 +251,10 @@ def embedding(input: Tensor, weight: Tensor, padding_idx=None) -> Tensor:
                 f"embedding: indices must be int64, got {input.dtype} of shape {tuple(input.shape)}"
             )
         )
-    rows = weight.shape[0]
-    # Indices are only known here when running eagerly; compiled code indexes with NumPy,
-    # which raises on an out-of-range index itself.
-    data = input._data if not is_symbolic(input) else np.zeros(0, np.int64)
-    bad = data[(data < 0) | (data >= rows)]
-    if bad.size:
-        raise IndexError(
-            at_user_line(
-                f"embedding: index {int(bad[0])} is out of range for a table of {rows} rows"
-            )
-        )
-    rows = weight[input]
+    # A "rows" index is checked against the table when it is resolved: here when running
+    # eagerly, and by the generated code on every call (index values are known only then).
+    with _naming_bad_indices("embedding"):
+        rows = call("getitem", weight, input, key=(("rows", 0, weight.shape[0]),))
     if padding_idx is None:
         return rows
     # The padding row is read as usual but gets no gradient, as in PyTorch.

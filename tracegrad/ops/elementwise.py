@@ -157,15 +157,21 @@ def _pow_scalar_grad(c, g):
 
 def _pow_grad_x(c, g):
     # d/dx x**y = y * x**(y - 1), taken as 0 where y == 0 (the formula gives nan at x == 0),
-    # as PyTorch does.
-    slope = c.y * call("pow", c.x, c.y - 1.0)
-    return g * call("where", c.y == 0, c.y * 0.0, slope)
+    # as PyTorch does. The masked places compute with y = 1 instead: a where passes a zero
+    # cotangent to its untaken branch, and that branch's own derivatives must be finite there
+    # for 0 * them to be 0 (the "double where" guard).
+    flat = c.y == 0
+    y = call("where", flat, _one(c.y), c.y)
+    return g * call("where", flat, _zero(c.y), y * call("pow", c.x, y - 1.0))
 
 
 def _pow_grad_y(c, g):
-    # d/dy x**y = x**y * log(x); PyTorch takes it as 0 where x == 0 and y >= 0.
-    zero_base = (c.x == 0) & (c.y >= 0)
-    return g * call("where", zero_base, c.x * 0.0, c.out * call("log", c.x))
+    # d/dy x**y = x**y * log(x); PyTorch takes it as 0 where x == 0 and y >= 0, where the
+    # function is flat. log reads x = 1 there, so that higher derivatives are 0 and not
+    # 0 * log(0) = nan (the double where guard, as in _pow_grad_x).
+    flat = (c.x == 0) & (c.y >= 0)
+    x = call("where", flat, _one(c.x), c.x)
+    return g * call("where", flat, _zero(c.x), c.out * call("log", x))
 
 
 def _maximum_mask(c, picks_x):
@@ -182,7 +188,7 @@ binary(
     np.multiply,
     (lambda c, g: g * c.y, lambda c, g: g * c.x),
     "{0} * {1}",
-    saves=("x", "y"),
+    saves={"x": ("y",), "y": ("x",)},
     props={COMMUTATIVE},
 )
 binary(
@@ -190,14 +196,14 @@ binary(
     np.divide,
     (lambda c, g: g / c.y, lambda c, g: -g * c.out / c.y),
     "{0} / {1}",
-    saves=("y", "out"),
+    saves={"x": ("y",), "y": ("y", "out")},
 )
 binary(
     "pow",
     np.power,
     (_pow_grad_x, _pow_grad_y),
     "np.power({0}, {1})",
-    saves=("x", "y", "out"),
+    saves={"x": ("x", "y"), "y": ("x", "y", "out")},
 )
 binary(
     "maximum",
@@ -244,6 +250,13 @@ def _zero(like):
     from tracegrad.tensor import Tensor  # ops sit below tensors; needed only when running
 
     return Tensor._wrap(np.zeros((), like.dtype.np))
+
+
+def _one(like):
+    """A 0-d one of ``like``'s dtype."""
+    from tracegrad.tensor import Tensor
+
+    return Tensor._wrap(np.ones((), like.dtype.np))
 
 
 def _where_infer(cond: TensorType, x: TensorType, y: TensorType) -> TensorType:

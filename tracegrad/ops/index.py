@@ -3,7 +3,10 @@
 An index is stored as a ``key``: a tuple with one entry per indexing item,
 ``("slice", start, stop, step)``, ``("int", i)``, ``("none",)``, ``("ellipsis",)`` or
 ``("tensor", k)`` for the k-th int64 index tensor, which is an input of the op (so the
-graph sees it). Boolean masks are turned into integer indices before they get here.
+graph sees it), or ``("rows", k, size)`` for one whose values must lie in [0, size), checked
+when the index is resolved, eagerly and in generated code alike (an embedding's lookup, where
+-1 is an error rather than the last row). Boolean masks are turned into integer indices
+before they get here.
 """
 
 from __future__ import annotations

@@ -331,9 +331,24 @@ def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
     return nll_loss(logp, target, ignore_index, label_smoothing, reduction)
 
 
+def check_targets(target, classes, ignore_index):
+    """IndexError, as in PyTorch, for a target outside [0, classes) other than ignore_index:
+    NumPy would read -1 as the last class. Checked on every call of a class loss, in
+    generated code too, since targets are data."""
+    if not target.size or (target.min() >= 0 and target.max() < classes):
+        return
+    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
+    if bad.any():
+        raise IndexError(
+            f"Target {target[bad].flat[0]} is out of bounds: class indices must lie in "
+            f"[0, {classes}) or equal ignore_index ({ignore_index})"
+        )
+
+
 def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
     """Cross entropy from log-probabilities: -(1 - s) logp[target] - s mean(logp) over the
     classes, zero where the target is ignored, then reduced."""
+    check_targets(target, logp.shape[class_dim(logp.ndim)], ignore_index)
     if _usual_loss(logp, target, ignore_index, label_smoothing, reduction):
         total = -logp[_rows(len(target)), target].sum(dtype=logp.dtype)  # a pick and a sum
         return total / logp.dtype.type(len(target)) if reduction == "mean" else total
@@ -386,9 +401,22 @@ def index(key, *index_arrays):
             items.append(None)
         elif kind == "ellipsis":
             items.append(Ellipsis)
+        elif kind == "rows":
+            items.append(check_rows(index_arrays[args[0]], args[1]))
         else:
             items.append(index_arrays[args[0]])
     return tuple(items)
+
+
+def check_rows(rows, size):
+    """``rows`` when every value is in [0, size), else IndexError naming the first that is
+    not: an embedding's lookup, where -1 is a bad token and not the last row."""
+    if rows.size and (rows.min() < 0 or rows.max() >= size):
+        bad = rows[(rows < 0) | (rows >= size)].flat[0]
+        raise IndexError(
+            f"index {bad} is out of range for a table of {size} rows (0 to {size - 1})"
+        )
+    return rows
 
 
 def scatter_add(g, key, shape, *index_arrays, out=None):
@@ -397,7 +425,8 @@ def scatter_add(g, key, shape, *index_arrays, out=None):
         out = np.zeros(shape, g.dtype)
     else:
         out[...] = 0
-    if key == (("tensor", 0),) and index_arrays[0].dtype.kind in "iu" and index_arrays[0].size:
+    rows = len(key) == 1 and key[0][0] in ("tensor", "rows")  # x[i] for one index array
+    if rows and index_arrays[0].dtype.kind in "iu" and index_arrays[0].size:
         _add_rows(out, index_arrays[0], g)
         return out
     where = index(key, *index_arrays)

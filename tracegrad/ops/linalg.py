@@ -53,7 +53,7 @@ register(
     np.matmul,
     (_matmul_grad_a, _matmul_grad_b),
     "{0} @ {1}",
-    saves=("a", "b"),
+    saves={"a": ("b",), "b": ("a",)},  # a's rule reads only b's data, and b's only a's
     out="np.matmul({0}, {1}, out={out})",
 )
 

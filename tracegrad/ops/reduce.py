@@ -25,6 +25,15 @@ def keep_dims(g, x_shape, dims, keepdim):
     return call("reshape", g, shape=rules.reduced_shape(x_shape, dims, True))
 
 
+def std_of_var(var):
+    """sqrt(var), with the gradient taken as 0 where var == 0 (constant values, or a single
+    one), as PyTorch's std rule does: sqrt's own derivative there is inf, and the variance's
+    zero derivative times inf is nan. Where var == 0 the sqrt reads 1 instead, so that the
+    untaken branch's derivatives are finite and 0 * them is 0 (the double where guard)."""
+    flat = var == 0
+    return call("where", flat, var * 0.0, call("sqrt", call("where", flat, var + 1.0, var)))
+
+
 def _sum_grad(c, g):
     return call("broadcast_to", keep_dims(g, c.x.shape, c.dims, c.keepdim), shape=c.x.shape)
 

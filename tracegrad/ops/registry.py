@@ -14,7 +14,10 @@ An ``Op`` entry holds, side by side:
   ``{name}`` for the attributes; ``out``: the same writing into a given buffer ``{out}``
   (for ops NumPy can compute in place), used by the memory plan;
 - ``saves``: which values the rule reads (input names and ``"out"``), checked against in-place
-  modification and used to choose saved activations;
+  modification and used to choose saved activations. Either a tuple (any rule may read them) or
+  a dict from each input to the values its own rule reads (``mul``: ``{"x": ("y",), "y":
+  ("x",)}``), so the tape saves only what the rules that will run read, as PyTorch does: ``v *
+  2`` for a ``v`` needing grad keeps no reference to ``v``, and ``v`` may then change in place;
 - ``props``: property sets passes query instead of listing op names.
 
 Ops are called through ``call(name, *inputs, **attrs)``, which hands them to the dispatcher
@@ -50,9 +53,18 @@ class Op:
     impl: Callable
     vjp: tuple | Callable | None = None
     emit: str | None = None
-    saves: tuple[str, ...] = ()
+    saves: tuple[str, ...] = ()  # every value some rule reads
     props: frozenset[str] = field(default_factory=frozenset)
     out: str | None = None
+    # (input, values its rule reads) pairs when declared per input; empty: any rule reads saves
+    reads: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def saved_for(self, needs_input_grad) -> tuple[str, ...]:
+        """The values read by the rules of the inputs that need a gradient."""
+        if not self.reads:
+            return self.saves
+        needed = (names for (_, names), need in zip(self.reads, needs_input_grad) if need)
+        return tuple(dict.fromkeys(name for names in needed for name in names))
 
     @property
     def variadic(self) -> bool:
@@ -73,7 +85,11 @@ def register(name, inputs, infer, impl, vjp=None, emit=None, saves=(), props=(),
     """Declare a primitive; the declaration is the only place the op is described."""
     if name in OPS:
         raise ValueError(f"op {name!r} is declared twice")
-    op = Op(name, tuple(inputs), infer, impl, vjp, emit, tuple(saves), frozenset(props), out)
+    reads = ()
+    if isinstance(saves, dict):
+        reads = tuple((arg, tuple(saves.get(arg, ()))) for arg in inputs)
+        saves = dict.fromkeys(value for _, values in reads for value in values)
+    op = Op(name, tuple(inputs), infer, impl, vjp, emit, tuple(saves), frozenset(props), out, reads)
     OPS[name] = op
     return op
 
