@@ -7,7 +7,6 @@ import numpy as np
 
 from tracegrad import functions as fn
 from tracegrad.errors import TraceError, at_user_line
-from tracegrad.ops.reduce import std_of_var
 from tracegrad.tensor import Tensor, as_tensor, binary, install_numpy_protocol, is_symbolic
 
 
@@ -69,8 +68,8 @@ FUNCTIONS = {
     np.var: lambda a, axis=None, ddof=0, keepdims=False: as_tensor(a).var(
         _dims(axis), keepdim=keepdims, correction=ddof
     ),
-    np.std: lambda a, axis=None, ddof=0, keepdims=False: std_of_var(
-        as_tensor(a).var(_dims(axis), keepdim=keepdims, correction=ddof)
+    np.std: lambda a, axis=None, ddof=0, keepdims=False: as_tensor(a).std(
+        _dims(axis), keepdim=keepdims, correction=ddof
     ),
     np.max: lambda a, axis=None, keepdims=False: as_tensor(a).amax(_dims(axis), keepdims),
     np.amax: lambda a, axis=None, keepdims=False: as_tensor(a).amax(_dims(axis), keepdims),

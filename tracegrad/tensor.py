@@ -21,6 +21,7 @@ from tracegrad.dtypes import DType, TensorType
 from tracegrad.errors import DTypeError, ShapeError, TraceError, at_user_line
 from tracegrad.ops import OPS, VIEW, Op, VJPContext, registry, vjp
 from tracegrad.ops.index import resolve
+from tracegrad.ops.reduce import std_of_var
 from tracegrad.ops.rules import normalize_dim, normalize_dims
 
 Number = numbers.Number
@@ -717,10 +718,12 @@ class Tensor:
         dims = normalize_dims("var", dim, self.ndim)
         count = int(np.prod([self.shape[d] for d in dims], dtype=np.int64))
         centered = self - self.mean(dims, keepdim=True)
-        return (centered * centered).sum(dims, keepdim) * (1.0 / max(count - correction, 0))
+        # no degrees of freedom left: nan, as in PyTorch and NumPy
+        scale = 1.0 / (count - correction) if count > correction else float("nan")
+        return (centered * centered).sum(dims, keepdim) * scale
 
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
-        return self.var(dim, unbiased, keepdim, correction=correction).sqrt()
+        return std_of_var(self.var(dim, unbiased, keepdim, correction=correction))
 
     def _extreme(self, name, arg_name, dim, keepdim):
         if isinstance(dim, Tensor):

@@ -511,3 +511,14 @@ def test_repr_of_a_traced_tensor():
 
     tg.compile(f)(tg.ones(3))
     assert seen[-1] == "tensor(<traced f32[]>)"
+
+
+def test_std_of_constant_values_has_a_zero_gradient_eagerly_and_compiled():
+    def grad_of_std(compiled):
+        x = tg.tensor([2.0, 2.0, 2.0], dtype=tg.float64, requires_grad=True)
+        f = (lambda v: v.std()) if not compiled else tg.compile(lambda v: v.std())
+        f(x).backward()
+        return x.grad.tolist()
+
+    assert grad_of_std(False) == grad_of_std(True) == [0.0, 0.0, 0.0]
+    assert np.isnan(tg.tensor([1.0]).var().item())  # no degrees of freedom left
