@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from tracegrad import pytree, tape, viz
+from tracegrad import captures, pytree, tape, viz
 from tracegrad.autograd import grad as autograd_grad
 from tracegrad.codegen.guards import module_guard, plain_attributes
 from tracegrad.creation import zeros_like
@@ -31,7 +31,6 @@ from tracegrad.specialize import (
     signature_diff,
     tensor_guards,
     trace_call,
-    unchanged,
 )
 from tracegrad.step import STRUCTURED, CompiledFunction, calling_with, is_module, leaf_names
 from tracegrad.tensor import Tensor
@@ -143,7 +142,7 @@ class CompiledModule:
             spec is not None
             and spec.structure == structure
             and spec.guard(args)
-            and (not spec.traced.values_read or unchanged(spec.traced.values_read))
+            and (not (spec.traced.values_read or spec.captured) or spec.still_valid())
         ):
             return self._run(spec, args)  # the usual call: the same as the last
         signature = self.signature(args)
@@ -151,7 +150,7 @@ class CompiledModule:
             signature += (("argument structure", structure),)
         key = tuple(value for _, value in signature)
         spec = self._cache.get(key)
-        if spec is None or not unchanged(spec.traced.values_read):
+        if spec is None or not spec.still_valid():
             guard = self._guard(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature, structure)
             spec.guard = guard
@@ -168,7 +167,7 @@ class CompiledModule:
         if self._signatures:
             reason = signature_diff(self._signatures[-1], signature)
             if reason == NO_CHANGE:
-                reason = "the value of a tensor Python read while tracing changed"
+                reason = "a captured tensor, or the value of one Python read, changed"
             self.recompile_reasons.append(reason)
             log("recompiles", f"recompiling {type(self.module).__name__}: {reason}")
             check_recompiles(self.recompile_reasons, self.max_recompiles, reason)
@@ -186,6 +185,8 @@ class CompiledModule:
         report = Report(f"compiled {type(self.module).__name__}", signature)
         spec = build_module_program(traced, args, self.passes, self.debug_nans, report, self.check)
         spec.report, spec.structure = report, structure
+        owned = {id(t) for t in [*self.module.parameters(), *self.module.buffers()]}
+        spec.captured = tuple(captures.find(self.module.forward, traced.lifted, owned))
         return spec
 
     def _run(self, spec: ModuleProgram, args):

@@ -17,7 +17,14 @@ from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
 from tracegrad.passes import autodiff
 from tracegrad.passes.pipeline import transforms
-from tracegrad.specialize import Program, Traced, generate, log, returned_in_own_memory
+from tracegrad.specialize import (
+    Program,
+    Traced,
+    generate,
+    log,
+    returned_in_own_memory,
+    unchanged,
+)
 from tracegrad.tensor import Tensor
 
 
@@ -38,6 +45,12 @@ class ModuleProgram:
     # True for a call with this specialization's signature (generated from it)
     guard: Callable[[tuple], bool] = field(default=lambda args: False)
     structure: object = None  # of the arguments, when they came in containers or keywords
+    captured: tuple = ()  # captures.Capture of tensors read through names (a global mask)
+
+    def still_valid(self) -> bool:
+        """Whether the tensors Python read keep their versions and the names the forward
+        captured tensors by still hold them (what guards made before tracing cannot know)."""
+        return unchanged(self.traced.values_read) and all(c.holds() for c in self.captured)
 
     def views(self) -> list[tuple[str, Graph]]:
         """The graphs pictures show: optimized forward and backward, and the traced forward."""

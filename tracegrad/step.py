@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracegrad import passes, pytree, tape, viz
+from tracegrad import captures, passes, pytree, tape, viz
 from tracegrad.check import check_stages
 from tracegrad.codegen.guards import PLAIN, GuardBuilder, plain_attributes, step_guard
+from tracegrad.errors import TraceError
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.module_program import ModuleProgram, build_module_program, run_module_program
@@ -276,6 +277,18 @@ class StepProgram:
     # its outputs carry gradients to
     module: ModuleProgram | None = None
     values_read: tuple = ()  # (tensor, version) of outside tensors whose value Python read
+    captured: tuple = ()  # captures.Capture of the tensors it reads through names and items
+
+    def still_valid(self) -> bool:
+        """Whether the tensors Python read keep their versions and the names it captured
+        tensors by still hold them (what guards made before tracing cannot know)."""
+        return unchanged(self.values_read) and all(c.holds() for c in self.captured)
+
+    def invalid_reason(self) -> str:
+        lost = [c.label for c in self.captured if not c.holds()]
+        if lost:
+            return f"captured {lost[0]} is another tensor (or gone)"
+        return "the value of a tensor Python read while tracing changed"
 
     @functools.cached_property
     def guard(self) -> Callable[[tuple], bool]:
@@ -431,7 +444,7 @@ class CompiledFunction:
             (
                 s
                 for s in reversed(self.specializations)
-                if s.signature == signature and unchanged(s.values_read)
+                if s.signature == signature and s.still_valid()
             ),
             None,
         )
@@ -497,8 +510,8 @@ class CompiledFunction:
             spec.runner = _function_runner(spec)
         else:
             spec.runner = step_runner(spec, guards, getattr(self.fn, "__name__", "function"))
-        if spec.values_read:
-            spec.runner = _checking_values(spec.runner, spec.values_read)
+        if spec.values_read or spec.captured:
+            spec.runner = _checking(spec.runner, spec.still_valid)
 
     def _guards(self, args):
         """The guards of the current call state (see ``signature``), for a runner."""
@@ -516,7 +529,7 @@ class CompiledFunction:
         if self.specializations:
             reason = signature_diff(self.specializations[-1].signature, signature)
             if reason == NO_CHANGE:
-                reason = "the value of a tensor Python read while tracing changed"
+                reason = self.specializations[-1].invalid_reason()
             self.recompile_reasons.append(reason)
             log("recompiles", f"recompiling {getattr(self.fn, '__name__', 'function')}: {reason}")
             check_recompiles(self.recompile_reasons, self.max_recompiles, reason)
@@ -564,11 +577,11 @@ def step_runner(spec: StepProgram, guards, title: str) -> Callable:
     return guards.build_runner(title, body, names)
 
 
-def _checking_values(runner: Callable, read: tuple) -> Callable:
-    """``runner``, refusing calls once a tensor whose value Python read has changed."""
+def _checking(runner: Callable, still_valid: Callable[[], bool]) -> Callable:
+    """``runner``, refusing calls once its specialization is no longer valid."""
 
     def run(args, trusted=False):
-        return runner(args, trusted) if unchanged(read) else MISS
+        return runner(args, trusted) if still_valid() else MISS
 
     return run
 
@@ -732,6 +745,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     python_reads = values_read(tracer)
     if not (tracer.backward_calls or tracer.optimizers):
         return trace_function(compiled, args, signature, names)
+    _refuse_outside_history(tracer)
     log("graph", lambda: f"traced step: {len(graph.nodes)} nodes\n{graph}")
     report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
     pass_results: list = []
@@ -777,7 +791,20 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         updated_args,
         _written_in_place(program.graph, len(results), list(updates)),
         values_read=python_reads,
+        captured=_captures(compiled, lifted_tensors),
     )
+
+
+def _refuse_outside_history(tracer: Tracer) -> None:
+    """A step whose backward() would run into autograd history recorded outside it (a loss
+    computed before the call) cannot be compiled: that history is not part of the program."""
+    outside = [value.name for t, value in tracer.lifted.values() if t.grad_fn is not None]
+    if outside:
+        raise TraceError(
+            f"the training step reads {', '.join(outside)}, computed outside it with autograd "
+            "history; backward() inside a compiled step cannot run into that history: compute "
+            "them inside the step, pass them detached, or compile the part without backward()"
+        )
 
 
 def trace_function(compiled: CompiledFunction, args, signature, names) -> StepProgram:
@@ -808,7 +835,21 @@ def trace_function(compiled: CompiledFunction, args, signature, names) -> StepPr
         updated_args=traced.updated_args,
         module=module,
         values_read=traced.values_read,
+        captured=_captures(compiled, traced.lifted),
     )
+
+
+def _captures(compiled: CompiledFunction, lifted: list[Tensor]) -> tuple:
+    """Where the function finds the lifted tensors that are not state it guards already
+    (parameters and buffers of the modules it reaches, tensors bound to its names, optimizer
+    state, .grad)."""
+    state = [*compiled._reached_tensors.values()]  # (bound to names the guards read again)
+    for module in compiled._watched_modules.values():
+        state += [*module.parameters(), *module.buffers()]
+    owned = {id(t) for t in state} | {id(t.grad) for t in [*state, *lifted] if t.grad is not None}
+    for opt in compiled._optimizers().values():
+        owned.update(id(v) for st in opt.state.values() for v in st.values())
+    return tuple(captures.find(compiled.state_fn, lifted, owned))
 
 
 def _written_in_place(graph: Graph, first: int, targets: list[str]) -> frozenset[int]:
