@@ -447,7 +447,7 @@ def test_grad_of_containers_with_aux():
     assert aux == "aux"
     assert grads[0].tolist() == [3.0, 4.0] and grads[1]["b"].tolist() == [1.0, 1.0]
     (value, aux), g = tg.value_and_grad(f, has_aux=True)([tg.ones(2), {"b": tg.ones(2)}])
-    assert value.item() == 2.0 and aux == "aux"
+    assert value.item() == 2.0 and aux == "aux" and g[1]["b"].tolist() == [1.0, 1.0]
 
 
 def test_nested_transforms_closing_over_an_outer_traced_value():
