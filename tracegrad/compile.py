@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import numpy as np
 
@@ -51,6 +52,7 @@ class CompiledModule:
         self._signatures: list[Signature] = []
         self.latest: ModuleProgram | None = None
         self.recompile_reasons: list[str] = []
+        self._lock = threading.RLock()
 
     # --- delegation: a compiled module still is the module for parameters, modes and state ---
 
@@ -133,6 +135,12 @@ class CompiledModule:
         return tuple(guards)
 
     def __call__(self, *args, **kwargs):
+        # One call at a time: a specialization's planned memory serves every call, and the
+        # cache and the latest specialization are shared
+        with self._lock:
+            return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
         structure = None  # of containers, NumPy arrays and keywords: their tensors are inputs
         if kwargs or any(type(a) in STRUCTURED for a in args):
             leaves, structure = pytree.flatten((args, kwargs))
@@ -184,6 +192,7 @@ class CompiledModule:
         traced = trace_call(target, args, names, arg_names)
         report = Report(f"compiled {type(self.module).__name__}", signature)
         spec = build_module_program(traced, args, self.passes, self.debug_nans, report, self.check)
+        spec.lock = self._lock
         spec.report, spec.structure = report, structure
         owned = {id(t) for t in [*self.module.parameters(), *self.module.buffers()]}
         spec.captured = tuple(captures.find(self.module.forward, traced.lifted, owned))

@@ -5,6 +5,7 @@ backward and goes on into the eager history of whatever they read."""
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ class ModuleProgram:
     guard: Callable[[tuple], bool] = field(default=lambda args: False)
     structure: object = None  # of the arguments, when they came in containers or keywords
     captured: tuple = ()  # captures.Capture of tensors read through names (a global mask)
+    # Held while the generated code runs (forward, and the backward its outputs lead to):
+    # the compiled module's or function's, so threads never share planned memory at once
+    lock: object = field(default_factory=threading.RLock)
 
     def still_valid(self) -> bool:
         """Whether the tensors Python read keep their versions and the names the forward
@@ -165,27 +169,31 @@ def _connect_backward(spec: ModuleProgram, tensors, outputs, saved: list) -> Non
         node.save("input", t)
 
     def backward(grads):
-        if tape.is_grad_enabled():
-            raise RuntimeError(
-                "create_graph=True through a compiled module is not supported; differentiate "
-                "twice with tg.grad(tg.grad(f)), which compiles higher-order gradients"
-            )
-        seeds = [
-            grads[i]._data
-            if grads[i] is not None
-            else np.zeros(outputs[i].shape, outputs[i].dtype.np)
-            for i in spec.differentiable
-        ]
-        arrays = [*saved, *seeds]
-        results = spec.program.call("backward", arrays)
-        # As in eager mode, an input no output with a gradient depends on gets None.
-        live = set().union(*(spec.reads[j] for j, g in enumerate(grads) if g is not None))
-        return _wrap_gradients(results, [k in live for k in spec.wrt], arrays, spec.program)
+        with spec.lock:
+            return _run_backward(spec, outputs, saved, grads)
 
     node.backward_fn = backward
     for i in spec.differentiable:
         outputs[i].grad_fn, outputs[i]._out_index, outputs[i]._requires_grad = node, i, True
     spec.pending = (weakref.ref(node), saved)
+
+
+def _run_backward(spec: ModuleProgram, outputs, saved: list, grads) -> list:
+    """The generated backward on the saved values and the outputs' gradients."""
+    if tape.is_grad_enabled():
+        raise RuntimeError(
+            "create_graph=True through a compiled module is not supported; differentiate "
+            "twice with tg.grad(tg.grad(f)), which compiles higher-order gradients"
+        )
+    seeds = [
+        grads[i]._data if grads[i] is not None else np.zeros(outputs[i].shape, outputs[i].dtype.np)
+        for i in spec.differentiable
+    ]
+    arrays = [*saved, *seeds]
+    results = spec.program.call("backward", arrays)
+    # As in eager mode, an input no output with a gradient depends on gets None.
+    live = set().union(*(spec.reads[j] for j, g in enumerate(grads) if g is not None))
+    return _wrap_gradients(results, [k in live for k in spec.wrt], arrays, spec.program)
 
 
 def _keep_pending_saved_values(spec: ModuleProgram) -> None:

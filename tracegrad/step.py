@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import types
 import weakref
 from collections.abc import Callable
@@ -329,6 +330,7 @@ class CompiledFunction:
         # One compiled function per structure of containers and keywords it was called with
         self._by_structure: dict[object, CompiledFunction] = {}
         self.state_fn = fn  # where the state it reaches is looked for (closure, globals)
+        self._lock = threading.RLock()
         self.arg_names: list[str] | None = None  # the inputs' names, when not fn's parameters
 
     @property
@@ -431,6 +433,12 @@ class CompiledFunction:
     def __call__(self, *args, **kwargs):
         if active_tracer() is not None:
             return self._trace_through(args, kwargs)
+        # One call at a time: a specialization's planned memory serves every call, and its
+        # runner writes state back
+        with self._lock:
+            return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
         if kwargs or any(type(a) in STRUCTURED for a in args):
             return self._call_structured(args, kwargs)
         spec = self.latest
@@ -818,7 +826,7 @@ def trace_function(compiled: CompiledFunction, args, signature, names) -> StepPr
     module = build_module_program(
         traced, args, compiled.passes, compiled.debug_nans, report, compiled.check
     )
-    module.report = report
+    module.report, module.lock = report, compiled._lock
     for t, value in zip(traced.lifted, traced.graph.inputs[-len(traced.lifted) :], strict=False):
         if t.requires_grad:
             compiled._watched_tensors.setdefault(id(t), (f"state {value.name}", t))
