@@ -8,7 +8,6 @@ last use so memory is released as the function runs. jinja2 lays out the module
 
 from __future__ import annotations
 
-import keyword
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import jinja2
 import numpy as np
 
 import tracegrad
+from tracegrad.codegen import names as safe
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, LAYOUT_VIEW, OPS
@@ -32,6 +32,8 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
 )
+# Text from outside tracegrad enters templates only through these (tracegrad.codegen.names)
+_ENV.filters.update(comment=safe.comment, literal=safe.literal)
 
 
 @dataclass
@@ -74,27 +76,24 @@ def literal(value):
 
 
 class Namer:
-    """Python identifiers for IR values: inputs keep their (sanitized) names, nodes get v<N>."""
+    """Python identifiers for IR values: inputs keep their (sanitized) names, nodes get v<N>.
+    No name starts with ``function_``: the module-level buffers, views and kernels the
+    function reads are named so."""
 
-    def __init__(self):
+    def __init__(self, function: str):
         self.names: dict[int, str] = {}
         self.taken: set[str] = {"np", "rt", "C", "rng", "start", "piece"}
+        self.reserved = (function + "_",)
 
     def __call__(self, value, prefix: str = "") -> str:
         if id(value) not in self.names:
-            base = re.sub(r"\W", "_", value.name)
+            base = value.name
             # A value named by the IR (7, s7) reads the same wherever it appears: v7, vs7 (a
             # value saved for the backward is a node's output in the forward function and
             # an input of the backward function).
-            if prefix or base[0].isdigit() or re.fullmatch(r"[a-z]\d+", base):
+            if prefix or base[:1].isdigit() or re.fullmatch(r"[a-z]\d+", base):
                 base = (prefix or "v") + base
-            if keyword.iskeyword(base):
-                base += "_"
-            name, k = base, 1
-            while name in self.taken:
-                name, k = f"{base}_{k}", k + 1
-            self.taken.add(name)
-            self.names[id(value)] = name
+            self.names[id(value)] = safe.identifier(base, self.taken, self.reserved)
         return self.names[id(value)]
 
 
@@ -111,7 +110,7 @@ def _comment(node) -> str:
         parts.append(f"{node.location.filename}:{node.location.lineno}")
     if node.origin:
         parts.append(f"({node.origin})")
-    return f"  # {' '.join(parts)}" if parts else ""
+    return f"  # {safe.comment(' '.join(parts))}" if parts else ""
 
 
 def expression(node, args: list[str], constants: dict, target: str, out: str | None = None):
@@ -122,7 +121,7 @@ def expression(node, args: list[str], constants: dict, target: str, out: str | N
             text = repr(literal(value.item()))
             return f"np.{value.dtype.name}({text})"
         constants[target] = value
-        return f"C[{target!r}]"
+        return f"C[{safe.literal(target)}]"
     if node.op == CUSTOM:
         raise ValueError("codegen: expand custom nodes first (passes.inline_custom)")
     if node.op == FUSED:
@@ -153,7 +152,7 @@ def emit_kernel(node, name: str) -> FunctionSource:
 
 
 def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> FunctionSource:
-    namer = Namer()
+    namer = Namer(name)
     params = [namer(v) for v in graph.inputs]
     last_use = _last_uses(graph)
     keep = {id(v) for v in graph.outputs}
@@ -256,7 +255,8 @@ def _runs(graph: Graph, loops: dict[int, int]) -> list[tuple[int, int]]:
 def _finite_check(node, target: str, section: str) -> str:
     where = f"{node.location.filename}:{node.location.lineno}" if node.location else "?"
     what = node.origin if node.origin and node.origin != "update" else node.op  # "grad of mul"
-    return f"rt.check_finite({target}, {what!r}, {section!r}, {where!r})"
+    texts = ", ".join(safe.literal(t) for t in (what, section, where))
+    return f"rt.check_finite({target}, {texts})"
 
 
 # --- row loops ------------------------------------------------------------------------------------
