@@ -27,7 +27,7 @@ are skipped)::
 
 A value named with any other character (``layer-1.weight``, a space, a quote, Unicode, or the
 empty name) prints QUOTED: a double-quoted Python string literal, characters that are not
-printable written as escapes (``%"layer-1.weight"``, ``%"w\u2028"``). A location's filename
+printable written as escapes (``%"layer-1.weight"``, ``%"w\\u2028"``). A location's filename
 prints QUOTED the same way when it holds a character that is not printable or starts with a
 quote; otherwise as is.
 
