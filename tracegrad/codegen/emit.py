@@ -75,15 +75,17 @@ def literal(value):
     return value
 
 
-class Namer:
-    """Python identifiers for IR values: inputs keep their (sanitized) names, nodes get v<N>.
-    No name starts with ``function_``: the module-level buffers, views and kernels the
-    function reads are named so."""
+# Names of a function's module-level buffers, piece buffers, views and kernels (forward_b0,
+# step_kernel1): a value named so would hide them inside the function.
+GLOBALS = re.compile(r"\w+_(?:b|p|v|kernel)\d+")
 
-    def __init__(self, function: str):
+
+class Namer:
+    """Python identifiers for IR values: inputs keep their (sanitized) names, nodes get v<N>."""
+
+    def __init__(self):
         self.names: dict[int, str] = {}
         self.taken: set[str] = {"np", "rt", "C", "rng", "start", "piece"}
-        self.reserved = (function + "_",)
 
     def __call__(self, value, prefix: str = "") -> str:
         if id(value) not in self.names:
@@ -93,7 +95,7 @@ class Namer:
             # an input of the backward function).
             if prefix or base[:1].isdigit() or re.fullmatch(r"[a-z]\d+", base):
                 base = (prefix or "v") + base
-            self.names[id(value)] = safe.identifier(base, self.taken, self.reserved)
+            self.names[id(value)] = safe.identifier(base, self.taken, GLOBALS)
         return self.names[id(value)]
 
 
@@ -152,7 +154,7 @@ def emit_kernel(node, name: str) -> FunctionSource:
 
 
 def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> FunctionSource:
-    namer = Namer(name)
+    namer = Namer()
     params = [namer(v) for v in graph.inputs]
     last_use = _last_uses(graph)
     keep = {id(v) for v in graph.outputs}

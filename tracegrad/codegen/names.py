@@ -28,15 +28,16 @@ def comment(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
-def identifier(name: str, taken: set[str], reserved: tuple[str, ...] = ()) -> str:
-    """An ASCII Python identifier for ``name``, not in ``taken`` (it is added there) and not
-    starting with a ``reserved`` prefix. Characters outside ``[A-Za-z0-9_]`` become ``_`` (so
-    ``model.0.weight`` reads ``model_0_weight``), and a clash takes a suffix ``_1``, ``_2``...
+def identifier(name: str, taken: set[str], reserved: re.Pattern | None = None) -> str:
+    """An ASCII Python identifier for ``name``, not in ``taken`` (it is added there).
+    Characters outside ``[A-Za-z0-9_]`` become ``_`` (so ``model.0.weight`` reads
+    ``model_0_weight``); a name the ``reserved`` pattern matches whole gets a leading ``_``,
+    and a clash a suffix ``_1``, ``_2``...
 
     ASCII only: Python folds identifiers with NFKC, so two distinct Unicode names (``fi`` and
     ``\\ufb01``) could otherwise become one variable."""
     base = re.sub(r"[^A-Za-z0-9_]", "_", name) or "_"
-    if base[0].isdigit() or base.startswith(reserved):
+    if base[0].isdigit() or (reserved is not None and reserved.fullmatch(base)):
         base = "_" + base
     if keyword.iskeyword(base):
         base += "_"
