@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 
 import numpy as np
 import pytest
@@ -238,3 +239,18 @@ def test_comment_and_literal_keep_text_on_one_line(text):
     namespace = {}
     exec(compile(line, "<test>", "exec"), namespace)
     assert namespace["x"] == text
+
+
+@pytest.mark.parametrize("payload", [PAYLOADS[0], f'x"); {STATEMENT}; ("', "\u2028\ufb01"])
+def test_export_with_awkward_names(payload, tmp_path):
+    """A standalone export of a model whose names and file name hold the payload runs (without
+    running the payload) and gives the compiled forward's values."""
+    model = with_members(payload, "register_parameter").double()
+    model.__class__ = type(type_name(payload), (Net,), {})
+    compiled = assert_compiles_like_eager(model)
+    x = tg.randn(4, 3).double()
+    expected = compiled(x).item()
+    path = compiled.export(tmp_path / f"m{type_name(payload).replace('/', '|')}.py")
+    exported = runpy.run_path(str(path))
+    params = list(exported["PARAMETERS"].values())
+    np.testing.assert_allclose(exported["forward"](x.numpy(), *params)[0], expected, rtol=1e-12)
