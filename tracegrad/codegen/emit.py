@@ -68,6 +68,10 @@ class Literal:
 
 
 def literal(value):
+    """An attribute value as op templates print it: a subclass of bool, int, float or str as
+    its base type (its own repr or str could print any text), non-finite floats as NumPy's."""
+    base = next((t for t in (bool, int, float, str) if isinstance(value, t)), None)
+    value = base(value) if base is not None else value
     if isinstance(value, float) and not math.isfinite(value):
         return Literal("np.nan" if math.isnan(value) else ("np.inf" if value > 0 else "-np.inf"))
     if isinstance(value, tuple):
