@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ir_graphs import at, node, val
 
+import tracegrad as tg
+from tracegrad import nn
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.text import IRParseError, format_name
 
@@ -59,3 +61,18 @@ def test_plain_names_print_bare_and_others_quoted():
 def test_a_quoted_name_must_close():
     with pytest.raises(IRParseError, match="declarations"):
         Graph.parse('graph(%"x:f32[2]) {\n  return\n}')
+
+
+def test_traced_module_dict_keys_round_trip():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = nn.ModuleDict({"layer-1": nn.Linear(2, 2), 'w\u00b2 "q"': nn.Linear(2, 2)})
+
+        def forward(self, x):
+            return self.d['w\u00b2 "q"'](self.d["layer-1"](x)).sum()
+
+    g = tg.trace(Net(), tg.randn(3, 2))
+    assert '%"d.layer-1.weight"' in str(g) and '%"d.w\u00b2 \\"q\\".bias"' in str(g)
+    assert Graph.parse(str(g)) == g
+    assert Graph.from_json(g.to_json()) == g
