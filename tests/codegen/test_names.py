@@ -254,3 +254,33 @@ def test_export_with_awkward_names(payload, tmp_path):
     exported = runpy.run_path(str(path))
     params = list(exported["PARAMETERS"].values())
     np.testing.assert_allclose(exported["forward"](x.numpy(), *params)[0], expected, rtol=1e-12)
+
+
+def trainer_step():
+    """A training step reaching its model through a trainer object that also holds the model
+    under a name with braces (the step's guard reads it again to check it is the same)."""
+
+    class Trainer:
+        pass
+
+    tg.manual_seed(0)
+    trainer = Trainer()
+    trainer.model = Net().double()
+    trainer.opt = optim.SGD(trainer.model.parameters(), lr=0.01)
+    setattr(trainer, "{0.__class__}{", trainer.model)
+
+    def step(x):
+        trainer.opt.zero_grad()
+        loss = trainer.model(x)
+        loss.backward()
+        trainer.opt.step()
+        return loss
+
+    return step
+
+
+def test_state_held_under_attribute_names_with_braces():
+    eager, compiled, x = trainer_step(), tg.compile(trainer_step()), tg.randn(4, 3).double()
+    for _ in range(3):
+        np.testing.assert_allclose(compiled(x).item(), eager(x).item(), rtol=1e-12)
+    assert len(compiled.specializations) <= 2
