@@ -8,7 +8,6 @@ last use so memory is released as the function runs. jinja2 lays out the module
 
 from __future__ import annotations
 
-import keyword
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import jinja2
 import numpy as np
 
 import tracegrad
+from tracegrad.codegen import names as safe
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, LAYOUT_VIEW, OPS
@@ -32,6 +32,8 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
 )
+# Text from outside tracegrad enters templates only through these (tracegrad.codegen.names)
+_ENV.filters.update(comment=safe.comment, literal=safe.literal)
 
 
 @dataclass
@@ -66,11 +68,20 @@ class Literal:
 
 
 def literal(value):
+    """An attribute value as op templates print it: a subclass of bool, int, float or str as
+    its base type (its own repr or str could print any text), non-finite floats as NumPy's."""
+    base = next((t for t in (bool, int, float, str) if isinstance(value, t)), None)
+    value = base(value) if base is not None else value
     if isinstance(value, float) and not math.isfinite(value):
         return Literal("np.nan" if math.isnan(value) else ("np.inf" if value > 0 else "-np.inf"))
     if isinstance(value, tuple):
         return tuple(literal(v) for v in value)
     return value
+
+
+# Names of a function's module-level buffers, piece buffers, views and kernels (forward_b0,
+# step_kernel1): a value named so would hide them inside the function.
+GLOBALS = re.compile(r"\w+_(?:b|p|v|kernel)\d+")
 
 
 class Namer:
@@ -82,19 +93,13 @@ class Namer:
 
     def __call__(self, value, prefix: str = "") -> str:
         if id(value) not in self.names:
-            base = re.sub(r"\W", "_", value.name)
+            base = value.name
             # A value named by the IR (7, s7) reads the same wherever it appears: v7, vs7 (a
             # value saved for the backward is a node's output in the forward function and
             # an input of the backward function).
-            if prefix or base[0].isdigit() or re.fullmatch(r"[a-z]\d+", base):
+            if prefix or base[:1].isdigit() or re.fullmatch(r"[a-z]\d+", base):
                 base = (prefix or "v") + base
-            if keyword.iskeyword(base):
-                base += "_"
-            name, k = base, 1
-            while name in self.taken:
-                name, k = f"{base}_{k}", k + 1
-            self.taken.add(name)
-            self.names[id(value)] = name
+            self.names[id(value)] = safe.identifier(base, self.taken, GLOBALS)
         return self.names[id(value)]
 
 
@@ -111,7 +116,7 @@ def _comment(node) -> str:
         parts.append(f"{node.location.filename}:{node.location.lineno}")
     if node.origin:
         parts.append(f"({node.origin})")
-    return f"  # {' '.join(parts)}" if parts else ""
+    return f"  # {safe.comment(' '.join(parts))}" if parts else ""
 
 
 def expression(node, args: list[str], constants: dict, target: str, out: str | None = None):
@@ -122,7 +127,7 @@ def expression(node, args: list[str], constants: dict, target: str, out: str | N
             text = repr(literal(value.item()))
             return f"np.{value.dtype.name}({text})"
         constants[target] = value
-        return f"C[{target!r}]"
+        return f"C[{safe.literal(target)}]"
     if node.op == CUSTOM:
         raise ValueError("codegen: expand custom nodes first (passes.inline_custom)")
     if node.op == FUSED:
@@ -256,7 +261,8 @@ def _runs(graph: Graph, loops: dict[int, int]) -> list[tuple[int, int]]:
 def _finite_check(node, target: str, section: str) -> str:
     where = f"{node.location.filename}:{node.location.lineno}" if node.location else "?"
     what = node.origin if node.origin and node.origin != "update" else node.op  # "grad of mul"
-    return f"rt.check_finite({target}, {what!r}, {section!r}, {where!r})"
+    texts = ", ".join(safe.literal(t) for t in (what, section, where))
+    return f"rt.check_finite({target}, {texts})"
 
 
 # --- row loops ------------------------------------------------------------------------------------

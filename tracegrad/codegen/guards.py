@@ -19,6 +19,7 @@ import numpy as np
 
 from tracegrad import changes, tape
 from tracegrad.changes import CountedDict
+from tracegrad.codegen import names as safe
 from tracegrad.codegen.emit import _ENV
 from tracegrad.codegen.loader import load
 from tracegrad.tensor import Tensor
@@ -54,6 +55,11 @@ class GuardBuilder:
         self.names[name] = value
         return name
 
+    def key(self, key) -> str:
+        """A dict key in a check: its literal when a str or int, else a name standing for it
+        (the repr of another object could be any text)."""
+        return safe.literal(key) if type(key) in (str, int) else self.name("Y", key)
+
     def check(self, fails: str, *reads: str) -> None:
         self.checks.append(Check(list(reads), fails))
 
@@ -86,7 +92,7 @@ class GuardBuilder:
         source = _ENV.get_template("guard.py.j2").render(
             title=title, checks=self.checks, settings=self.settings
         )
-        return load(source, {}, f"guards of {title}", self._own_names())["guard"]
+        return load(source, {}, safe.comment(f"guards of {title}"), self._own_names())["guard"]
 
     def build_runner(self, title: str, body: list[str], names: dict) -> Callable:
         """A function ``run(args, trusted=False)``: these checks (MISS when one fails, skipped
@@ -94,7 +100,8 @@ class GuardBuilder:
         source = _ENV.get_template("runner.py.j2").render(
             title=title, checks=self.checks, settings=self.settings, body=body
         )
-        return load(source, {}, f"runner of {title}", {**self._own_names(), **names})["run"]
+        label = safe.comment(f"runner of {title}")
+        return load(source, {}, label, {**self._own_names(), **names})["run"]
 
     def _own_names(self) -> dict:
         # Each function built remembers the count at which its settings last passed
@@ -112,8 +119,10 @@ def step_guard(
     b = GuardBuilder()
     b.names["optimizer_groups"] = optimizer_groups
     b.call(args, grad_mode)
+    # (replace, not format: the key a read names may hold braces)
     rebound = [
-        f"{read.format(b.name('N', ns))} is not {b.name('R', obj)}" for ns, read, obj in bindings
+        f"{read.replace('{}', b.name('N', ns), 1)} is not {b.name('R', obj)}"
+        for ns, read, obj in bindings
     ]
     if rebound:  # (a global bound to a new model, say)
         b.check(" or ".join(rebound))
@@ -159,7 +168,7 @@ def _module_tree(b: GuardBuilder, module, names: dict) -> tuple[list, list]:
                         found.append(value)
             same = [f"len({mod}.{table}) != {len(entries)}"]
             same += [
-                f"{mod}.{table}.get({key!r}) is not {names[id(v)] if v is not None else None}"
+                f"{mod}.{table}.get({b.key(key)}) is not {names[id(v)] if v is not None else None}"
                 for key, v in entries.items()
             ]
             b.setting(" or ".join(same))
@@ -203,7 +212,7 @@ def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
     b.check(f"list(map(id, st)) != {ids}", "entries = list(st.values())")
     for i, state in enumerate(opt.state.values()):
         same = [f"len(s) != {len(state)}"]
-        same += [f"s.get({key!r}) is not {b.name('X', v)}" for key, v in state.items()]
+        same += [f"s.get({b.key(key)}) is not {b.name('X', v)}" for key, v in state.items()]
         b.check(" or ".join(same), f"s = entries[{i}]")
 
 
@@ -224,7 +233,7 @@ def _hyperparameter_checks(b: GuardBuilder, name: str, groups: list[dict]) -> No
     b.check(" or ".join(fails), f"gs = {name}.param_groups")
     for i, group in enumerate(groups):
         keys = [k for k in group if k != "params"]
-        read = "".join(f"g.get({k!r}, MISSING), " for k in keys)
+        read = "".join(f"g.get({b.key(k)}, MISSING), " for k in keys)
         values = b.name("E", tuple(group[k] for k in keys))
         fails = [f"len(g) != {len(group)}", f"v != {values}"]
         fails.append("not PLAIN.issuperset(map(type, v))")  # (others compare by repr)

@@ -20,10 +20,16 @@ are skipped)::
     line     := node | "return" refs? | "update" ref "<-" ref
     node     := decls? "=" OP attrs? refs? ("#" (FILENAME ":" LINENO)? ("(" ORIGIN ")")?)?
     decls    := decl {"," decl}*          decl := ref ":" type
-    refs     := ref {"," ref}*            ref  := "%" NAME       NAME := [A-Za-z0-9_.]+
+    refs     := ref {"," ref}*            ref  := "%" (NAME | QUOTED)   NAME := [A-Za-z0-9_.]+
     type     := DTYPE "[" dims? "]"       DTYPE is f32, f64, i64 or b8; "f32[]" is a scalar
     attrs    := "[" KEY "=" literal {"," KEY "=" literal}* "]"   KEYs are Python identifiers,
                                                                  printed in sorted order
+
+A value named with any other character (``layer-1.weight``, a space, a quote, Unicode, or the
+empty name) prints QUOTED: a double-quoted Python string literal, characters that are not
+printable written as escapes (``%"layer-1.weight"``, ``%"w\\u2028"``). A location's filename
+prints QUOTED the same way when it holds a character that is not printable or starts with a
+quote; otherwise as is.
 
 A ``literal`` is Python-literal-like text: ints, floats (``inf``, ``-inf`` and ``nan`` for the
 non-finite ones), ``True``/``False``, ``None``, strings, and tuples, lists and dicts of these.
@@ -38,9 +44,8 @@ It is read by a small walker over ``ast.parse(..., mode="eval")`` that accepts n
 
 A reference may name a value defined further down (broken graphs print and parse too, so lint
 can report on them); with duplicate names the first definition wins. The location's source
-``line`` text is not printed, and its filename is printed as is (so it must not hold a line
-break). NumPy arrays outside a constant's ``value`` print as plain lists, and NaN signs and
-payloads are not kept.
+``line`` text is not printed. NumPy arrays outside a constant's ``value`` print as plain
+lists, and NaN signs and payloads are not kept.
 """
 
 from __future__ import annotations
@@ -57,7 +62,9 @@ from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
 
-NAME = r"[A-Za-z0-9_.]+"
+BARE = r"[A-Za-z0-9_.]+"
+QUOTED = r'"(?:[^"\\\n]|\\.)*"'  # a double-quoted string literal: escapes, no line break
+NAME = rf"(?:{BARE}|{QUOTED})"
 _DECL = rf"%({NAME}):([A-Za-z0-9]+)\[([^\]]*)\]"
 _DECLS = rf"{_DECL}(?:\s*,\s*{_DECL})*"
 _REFS = rf"%{NAME}(?:\s*,\s*%{NAME})*"
@@ -85,7 +92,10 @@ def print_graph(graph) -> str:
     lines = [f"graph({_decls(graph.inputs)}) {{"]
     lines += ["  " + format_node(node) for node in graph.nodes]
     lines.append("  return" + (" " + _refs(graph.outputs) if graph.outputs else ""))
-    lines += [f"  update %{key} <- %{value.name}" for key, value in graph.updates.items()]
+    lines += [
+        f"  update %{format_name(key)} <- %{format_name(value.name)}"
+        for key, value in graph.updates.items()
+    ]
     lines.append("}")
     return "\n".join(lines)
 
@@ -99,7 +109,7 @@ def format_node(node: Node) -> str:
         text += " " + _refs(node.inputs)
     notes = []
     if node.location is not None:
-        notes.append(f"{node.location.filename}:{node.location.lineno}")
+        notes.append(f"{_format_filename(node.location.filename)}:{node.location.lineno}")
     if node.origin:
         notes.append(f"({node.origin})")
     return text + "  # " + " ".join(notes) if notes else text
@@ -162,11 +172,37 @@ def _format_item(item: np.generic) -> str:
 
 
 def _decls(values) -> str:
-    return ", ".join(f"%{v.name}:{v.type}" for v in values)
+    return ", ".join(f"%{format_name(v.name)}:{v.type}" for v in values)
 
 
 def _refs(values) -> str:
-    return ", ".join(f"%{v.name}" for v in values)
+    return ", ".join(f"%{format_name(v.name)}" for v in values)
+
+
+def format_name(name: str) -> str:
+    """A value's name as it follows ``%``: as is when ``[A-Za-z0-9_.]+``, else QUOTED."""
+    return name if re.fullmatch(BARE, name) else _quote(name)
+
+
+def _format_filename(filename: str) -> str:
+    plain = filename.isprintable() and not filename.startswith('"')
+    return filename if plain else _quote(filename)
+
+
+def _quote(text: str) -> str:
+    """A double-quoted literal of ``text`` on one line (``_unquote`` reads it back)."""
+    return '"' + "".join(map(_escape, text)) + '"'
+
+
+def _escape(char: str) -> str:
+    if char in '\\"':
+        return "\\" + char
+    return char if char.isprintable() else repr(char)[1:-1]
+
+
+def _unquote(name: str) -> str:
+    """A NAME as ``format_name`` or ``_format_filename`` wrote it -> the name."""
+    return ast.literal_eval(name) if name.startswith('"') else name
 
 
 def class_path(cls: type) -> str:
@@ -291,7 +327,7 @@ def _parse_decls(lineno: int, text: str, decls: str) -> list[Value]:
     if not re.fullmatch(_DECLS, decls):
         raise IRParseError(lineno, text, "expected '%name:type' declarations like %x:f32[2,3]")
     return [
-        Value(name, _parse_type(lineno, text, dtype, dims))
+        Value(_unquote(name), _parse_type(lineno, text, dtype, dims))
         for name, dtype, dims in re.findall(_DECL, decls)
     ]
 
@@ -320,11 +356,14 @@ def _parse_node(lineno: int, text: str):
             raise IRParseError(lineno, text, "the attributes' '[' is never closed")
         attrs = _parse_node_attrs(lineno, text, rest[1:end])
         rest = rest[end + 1 :]
-    refs, has_comment, comment = rest.partition("#")
-    location, origin = _parse_comment(lineno, text, comment) if has_comment else (None, None)
+    refs = re.match(rf"\s*(?:{_REFS})?", rest)  # (a quoted name may hold a '#')
+    tail = rest[refs.end() :].strip()
+    if tail and not tail.startswith("#"):
+        raise IRParseError(lineno, text, "expected value references like '%x, %1'")
+    location, origin = _parse_comment(lineno, text, tail[1:]) if tail else (None, None)
     node = Node(head["op"], [], outputs, attrs, location, origin)
     _rebuild_attrs(lineno, text, node)
-    return node, (lineno, text, _parse_refs(lineno, text, refs))
+    return node, (lineno, text, _parse_refs(lineno, text, refs[0]))
 
 
 def _closing_bracket(text: str) -> int | None:
@@ -387,8 +426,8 @@ def _parse_comment(lineno: int, text: str, comment: str):
 def _parse_location(lineno: int, text: str, comment: str) -> SourceLocation:
     filename, _, number = comment.rpartition(":")
     try:
-        return SourceLocation(filename, int(number))
-    except ValueError:
+        return SourceLocation(_unquote(filename), int(number))
+    except (ValueError, SyntaxError):
         raise IRParseError(lineno, text, "expected a location '# filename:lineno'") from None
 
 
@@ -398,7 +437,7 @@ def _parse_refs(lineno: int, text: str, refs: str) -> list[str]:
         return []
     if not re.fullmatch(_REFS, refs):
         raise IRParseError(lineno, text, "expected value references like '%x, %1'")
-    return re.findall(rf"%({NAME})", refs)
+    return [_unquote(name) for name in re.findall(rf"%({NAME})", refs)]
 
 
 def _definitions(inputs, nodes) -> dict[str, Value]:
@@ -440,4 +479,4 @@ def _parse_update(lineno: int, text: str, values: dict[str, Value]) -> tuple[str
     match = _UPDATE.fullmatch(text.strip())
     if not match:
         raise IRParseError(lineno, text, "expected 'update %input <- %value'")
-    return match["key"], _lookup(values, match["value"], lineno, text)
+    return _unquote(match["key"]), _lookup(values, _unquote(match["value"]), lineno, text)

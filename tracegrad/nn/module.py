@@ -39,6 +39,8 @@ class Module:
                 "super().__init__() first in your module's __init__"
             )
         if isinstance(value, (Parameter, Module)):
+            if isinstance(value, Parameter):
+                _check_name("parameter", name)
             table = self._parameters if isinstance(value, Parameter) else self._modules
             if name not in table:  # a replacement keeps its place, as in PyTorch
                 self._forget(name)
@@ -80,13 +82,12 @@ class Module:
         object.__delattr__(self, name)
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
+        _check_name("parameter", name)
         self._parameters[name] = param
         changes.note()
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
-        # A dotted or reused name would make state_dict keys or attribute lookup ambiguous.
-        if not name or "." in name:
-            raise KeyError(f"buffer name must be non-empty and contain no '.', got {name!r}")
+        _check_name("buffer", name)
         if name not in self._buffers and (hasattr(self, name) or name in self._modules):
             raise KeyError(f"attribute '{name}' already exists")
         self._buffers[name] = tensor
@@ -97,6 +98,7 @@ class Module:
             self._non_persistent.add(name)
 
     def add_module(self, name: str, module: Module | None) -> None:
+        _check_name("module", name)
         self._modules[name] = module
         changes.note()
 
@@ -271,3 +273,14 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _check_name(kind: str, name) -> None:
+    """PyTorch's rules for a member's name: a string, not empty (it would make the dotted
+    names of state_dict ambiguous) and without a dot (it would read as a submodule's)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name should be a string. Got {type(name).__name__}")
+    if not name:
+        raise KeyError(f'{kind} name can\'t be empty string ""')
+    if "." in name:
+        raise KeyError(f'{kind} name can\'t contain "."')

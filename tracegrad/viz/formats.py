@@ -7,8 +7,10 @@ the view's position, so the same graph shown twice keeps unique ids.
 from __future__ import annotations
 
 import os
+import re
 
 import jinja2
+import markupsafe
 
 from tracegrad.viz.codelinks import first_lines, link_code
 from tracegrad.viz.draw import Drawing, draw
@@ -24,6 +26,20 @@ def _dot_quote(text) -> str:
     return '"' + escaped.replace("\r", "").replace("\n", "\\n") + '"'
 
 
+# Characters XML 1.0 cannot hold: C0 controls other than tab, newline and carriage return,
+# lone surrogates (which UTF-8 cannot encode either), U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_safe(value):
+    """Every value a template prints: names and source text may hold any character, and those
+    XML cannot hold are written as their Python escapes (``\\x0b``). Markup (a macro's
+    output, JSON) was made of values already seen here."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return _NOT_XML.sub(lambda found: repr(found.group())[1:-1], value)
+    return value
+
+
 def _px(value: float) -> str:
     return f"{value:.1f}"
 
@@ -35,6 +51,7 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
     autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2", "svg.j2")),
+    finalize=_xml_safe,
 )
 _ENV.filters.update(dot=_dot_quote, px=_px)
 _ENV.globals.update(kinds=KINDS, title_height=TITLE_HEIGHT)

@@ -1,0 +1,45 @@
+"""Names from the user's program in the pictures: escaped in HTML and SVG (never markup or
+script), the SVG still well-formed XML whatever characters they hold."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+import markupsafe
+import pytest
+
+import tracegrad as tg
+from tracegrad import nn
+
+SCRIPT = "<script>alert(1)</script>"
+NAMES = [SCRIPT, '"><img src=x onerror=alert(1)>', "a\x0bb\x00c\x1c\ud800", "w\u00b2 \u2028"]
+
+
+def model_named(name: str) -> nn.Module:
+    tg.manual_seed(0)
+    cls = type(f"Net{SCRIPT}", (nn.Module,), {"forward": lambda self, x: self.d[name](x).sum()})
+    model = cls()
+    model.d = nn.ModuleDict({name: nn.Linear(2, 2)})
+    model.register_parameter(name.replace(".", ","), nn.Parameter(tg.ones(2)))
+    return model
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pictures_escape_names(name, tmp_path):
+    compiled = tg.compile(model_named(name))
+    compiled(tg.randn(3, 2)).backward()
+    page = compiled.visualize(tmp_path / "g.html").read_text(encoding="utf-8")
+    assert SCRIPT not in page and "<img" not in page
+    assert len(re.findall("<script", page)) == 2  # the page's own: its data and its code
+    svg = compiled.visualize(tmp_path / "g.svg").read_text(encoding="utf-8")
+    root = ET.fromstring(svg.encode("utf-8"))  # well-formed XML
+    assert not list(root.iter("{http://www.w3.org/2000/svg}script"))
+    assert "<script" not in svg and "<img" not in svg
+    # what XML cannot hold shows as its escape
+    shown = markupsafe.escape(
+        "".join(repr(c)[1:-1] if c in "\x00\x0b\x1c\ud800" else c for c in name)
+    )
+    assert shown in page and shown in svg
+    dot = compiled.visualize(tmp_path / "g.dot").read_text(encoding="utf-8")
+    assert dot.startswith("// Generated")
