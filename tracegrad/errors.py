@@ -46,7 +46,10 @@ def user_frame() -> SourceLocation | None:
 
 
 def _line(frame) -> str:
-    return linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+    try:
+        return linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+    except (UnicodeError, OSError):  # (a file name no file system can hold)
+        return ""
 
 
 def at_user_line(message: str) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 
 from tracegrad import captures, passes, pytree, tape, viz
 from tracegrad.check import check_stages
+from tracegrad.codegen import names
 from tracegrad.codegen.guards import PLAIN, GuardBuilder, plain_attributes, step_guard
 from tracegrad.errors import TraceError
 from tracegrad.explain import Report, render
@@ -96,7 +97,7 @@ def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
             if name in fn.__globals__:
                 found[name], readers[name] = (
                     fn.__globals__[name],
-                    (fn.__globals__, f"{{}}.get({name!r})"),
+                    (fn.__globals__, f"{{}}.get({names.literal(name)})"),
                 )
         defaults = fn.__defaults__ or ()
         positional = code.co_varnames[: code.co_argcount]
@@ -106,9 +107,10 @@ def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
     for name, obj in list(found.items()):
         if _holds_state(obj):
             for key, value in vars(obj).items():
-                if f"{name}.{key}" not in found:
+                if isinstance(key, str) and f"{name}.{key}" not in found:
                     found[f"{name}.{key}"] = value
-                    readers[f"{name}.{key}"] = (obj, f"{{}}.__dict__.get({key!r})")
+                    read = f"{{}}.__dict__.get({names.literal(str(key))})"
+                    readers[f"{name}.{key}"] = (obj, read)
     found = {n: o for n, o in found.items() if not isinstance(o, type)}  # classes are no state
     modules = {n: o for n, o in found.items() if is_module(o)}
     optimizers = {n: o for n, o in found.items() if _is_optimizer(o)}
