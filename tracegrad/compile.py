@@ -75,6 +75,7 @@ class CompiledModule:
         self._signatures: list[Signature] = []
         self.latest: ModuleProgram | None = None
         self.recompile_reasons: list[str] = []
+        self.ran_eagerly = False  # whether a call past the cache's bound ran the module
 
     # --- delegation: a compiled module still is the module for parameters, modes and state ---
 
@@ -168,6 +169,8 @@ class CompiledModule:
         if spec is None:
             guard = self._guard(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature)
+            if spec is None:
+                return self.module(*args)
             spec.guard = guard
             self._cache[key] = spec
         self.latest = spec
@@ -178,12 +181,14 @@ class CompiledModule:
         title = type(self.module).__name__
         return module_guard(tape.is_grad_enabled(), args, self.module, title)
 
-    def _compile(self, args, signature: Signature) -> ModuleProgram:
+    def _compile(self, args, signature: Signature) -> ModuleProgram | None:
+        """A new specialization for the call, or None when the cache is full (see
+        check_recompiles)."""
         if self._signatures:
             reason = signature_diff(self._signatures[-1], signature)
-            self.recompile_reasons.append(reason)
-            log("recompiles", f"recompiling {type(self.module).__name__}: {reason}")
-            check_recompiles(self.recompile_reasons, self.max_recompiles, reason)
+            title = type(self.module).__name__
+            if not check_recompiles(self, reason, len(self._cache), title):
+                return None
         self._signatures.append(signature)
         names = {id(t): n for n, t in self.module.named_parameters()}
         names.update({id(t): n for n, t in self.module.named_buffers()})
