@@ -263,3 +263,14 @@ def test_max_recompiles_stays_the_bound_when_given():
     assert len(step.specializations) == 10
     with pytest.raises(tg.RecompileError, match="max_recompiles=9"):
         step(xs[10])
+
+
+def test_a_group_replaced_by_an_equal_dict_is_read_in_its_place():
+    eager, compiled = Run(OPTIMIZERS["adam"], False), Run(OPTIMIZERS["adam"], True)
+    for i in range(4):
+        for run in (eager, compiled):
+            # (a plain dict, as a user may put there: its changes are not counted)
+            run.opt.param_groups[0] = {**run.opt.param_groups[0], "lr": 0.01 / (i + 1)}
+        assert np.array_equal(compiled(), eager())
+        assert_identical(compiled, eager, f"step {i}")
+    assert len(compiled.step.specializations) == 2

@@ -206,7 +206,8 @@ class Tracer:
         groups = self.hyperparameters.setdefault(id(optimizer), {})
         for i, group in enumerate(optimizer.param_groups):
             if id(group) not in groups:  # (one view per group: a second step reads the same)
-                groups[id(group)] = TracedGroup(group, numbers, f"{name}.{{}}{i}", self._lift_as)
+                names = f"{name}.{{}}{i}"
+                groups[id(group)] = TracedGroup(optimizer, i, numbers, names, self._lift_as)
         outer, self.updating = self.updating, True
         try:
             yield [groups[id(group)] for group in optimizer.param_groups]

@@ -26,17 +26,18 @@ def is_number(value) -> bool:
 
 
 class Hyperparameter(Tensor):
-    """``group[key]`` (its entry ``index`` for a tuple) as a 0-d float64 tensor, read anew
-    every time its data is."""
+    """``optimizer.param_groups[group][key]`` (its entry ``index`` for a tuple) as a 0-d float64
+    tensor, read anew every time its data is (from the group in that place: code outside may
+    put an equal group dict there)."""
 
-    def __init__(self, group: dict, key: str, index: int | None = None):
+    def __init__(self, optimizer, group: int, key: str, index: int | None = None):
         self._init_autograd(False)
-        self.group, self.key, self.index = group, key, index
+        self.optimizer, self.group, self.key, self.index = optimizer, group, key, index
         self._value = self._array = None
 
     @property
     def _data(self) -> np.ndarray:
-        value = self.group[self.key]
+        value = self.optimizer.param_groups[self.group][self.key]
         if self.index is not None:
             value = value[self.index]
         if value is not self._value:  # (a new array only when the group holds a new number)
@@ -51,17 +52,19 @@ class TracedGroup(dict):
     ``Hyperparameter`` and returns the tensor standing for it; ``names`` formats its name
     from the key (``"opt.{}0"``)."""
 
-    def __init__(self, group: dict, numbers, names: str, lift):
+    def __init__(self, optimizer, index: int, numbers, names: str, lift):
+        group = optimizer.param_groups[index]
         super().__init__((k, v) for k, v in group.items() if k not in numbers or not is_number(v))
         self.group, self.names, self.lift = group, names, lift
+        self.source = (optimizer, index)  # where its Hyperparameters read
 
     def __missing__(self, key):
         value = self.group[key]
         if type(value) is tuple:
-            entries = [(Hyperparameter(self.group, key, j), f"_{j}") for j in range(len(value))]
+            entries = [(Hyperparameter(*self.source, key, j), f"_{j}") for j in range(len(value))]
             lifted = tuple(self.lift(h, self.names.format(key) + tail) for h, tail in entries)
         else:
-            lifted = self.lift(Hyperparameter(self.group, key), self.names.format(key))
+            lifted = self.lift(Hyperparameter(*self.source, key), self.names.format(key))
         self[key] = lifted
         return lifted
 
