@@ -28,7 +28,6 @@ from tracegrad.specialize import (
     dtype_name,
     identity,
     input_label,
-    log,
     signature_diff,
     tensor_guards,
     trace_call,
@@ -53,6 +52,7 @@ class CompiledModule:
         self.latest: ModuleProgram | None = None
         self.recompile_reasons: list[str] = []
         self._lock = threading.RLock()
+        self.ran_eagerly = False  # whether a call past the cache's bound ran the module
 
     # --- delegation: a compiled module still is the module for parameters, modes and state ---
 
@@ -141,6 +141,7 @@ class CompiledModule:
             return self._call(args, kwargs)
 
     def _call(self, args, kwargs):
+        original_args = args
         structure = None  # of containers, NumPy arrays and keywords: their tensors are inputs
         if kwargs or any(type(a) in STRUCTURED for a in args):
             leaves, structure = pytree.flatten((args, kwargs))
@@ -161,6 +162,8 @@ class CompiledModule:
         if spec is None or not spec.still_valid():
             guard = self._guard(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature, structure)
+            if spec is None:
+                return self.module(*original_args, **kwargs)
             spec.guard = guard
             self._cache[key] = spec
         self.latest = spec
@@ -171,14 +174,16 @@ class CompiledModule:
         title = type(self.module).__name__
         return module_guard(tape.is_grad_enabled(), args, self.module, title)
 
-    def _compile(self, args, signature: Signature, structure) -> ModuleProgram:
+    def _compile(self, args, signature: Signature, structure) -> ModuleProgram | None:
+        """A new specialization for the call, or None when the cache is full (see
+        check_recompiles)."""
         if self._signatures:
             reason = signature_diff(self._signatures[-1], signature)
             if reason == NO_CHANGE:
                 reason = "a captured tensor, or the value of one Python read, changed"
-            self.recompile_reasons.append(reason)
-            log("recompiles", f"recompiling {type(self.module).__name__}: {reason}")
-            check_recompiles(self.recompile_reasons, self.max_recompiles, reason)
+            title = type(self.module).__name__
+            if not check_recompiles(self, reason, len(self._cache), title):
+                return None
         self._signatures.append(signature)
         names = {id(t): n for n, t in self.module.named_parameters()}
         names.update({id(t): n for n, t in self.module.named_buffers()})

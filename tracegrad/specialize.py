@@ -281,14 +281,33 @@ def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
     return Traced(graph, lifted, targets, len(outs), structure, updated_args, read)
 
 
-def check_recompiles(reasons: list[str], limit, reason: str) -> None:
-    if limit is not None and len(reasons) > limit:
+# How many specializations a compiled module or function keeps: a call of a new signature
+# past them runs eagerly (PyTorch's torch._dynamo.config.cache_size_limit). Read at each call.
+CACHE_SIZE_LIMIT = 8
+
+
+def check_recompiles(compiled, reason: str, cached: int, title: str) -> bool:
+    """Whether ``compiled`` (holding ``cached`` specializations) compiles one more for a call
+    whose guards failed because ``reason``; recorded in its ``recompile_reasons`` when it does.
+    With ``max_recompiles`` set, that is the bound: a recompile past it raises. Without, past
+    CACHE_SIZE_LIMIT specializations the call runs eagerly, as in PyTorch: False, with a
+    warning the first time."""
+    limit = compiled.max_recompiles
+    if limit is None and cached >= CACHE_SIZE_LIMIT:
+        if not compiled.ran_eagerly:
+            warnings.warn(
+                f"tracegrad: {title} has {cached} specializations (CACHE_SIZE_LIMIT in "
+                f"tracegrad.specialize); calls of new signatures run eagerly. Last recompile "
+                f"would have been because {reason}",
+                stacklevel=4,
+            )
+        compiled.ran_eagerly = True
+        return False
+    compiled.recompile_reasons.append(reason)
+    log("recompiles", f"recompiling {title}: {reason}")
+    if limit is not None and len(compiled.recompile_reasons) > limit:
         raise RecompileError(
-            f"recompile {len(reasons)} exceeds max_recompiles={limit}; guard that failed: {reason}"
+            f"recompile {len(compiled.recompile_reasons)} exceeds max_recompiles={limit}; "
+            f"guard that failed: {reason}"
         )
-    if limit is None and len(reasons) == 9:
-        warnings.warn(
-            f"tracegrad recompiled 9 times (last because {reason}); pass dynamic shapes as "
-            "fixed sizes or set max_recompiles to make this an error",
-            stacklevel=4,
-        )
+    return True

@@ -54,6 +54,7 @@ from tracegrad.specialize import (
 )
 from tracegrad.tensor import Tensor, active_tracer, is_symbolic
 from tracegrad.tracer import Tracer, tracing
+from tracegrad.tracer.hyperparameters import is_number
 
 
 def is_module(obj) -> bool:
@@ -319,6 +320,7 @@ class CompiledFunction:
         self.grad_argnums = tuple(grad_argnums)
         self.specializations: list[StepProgram] = []
         self.recompile_reasons: list[str] = []
+        self.ran_eagerly = False  # whether a call past the cache's bound ran the function
         self.latest: StepProgram | None = None
         # The state the function reaches by name, as the last slow call found it (a name may
         # be bound to a new model later), and where each rebindable name is read
@@ -383,12 +385,9 @@ class CompiledFunction:
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
         for label, t in self._state_tensors().values():
-            grad = None if t.grad is None else t.grad._data.shape
-            # (by identity too: the program reads and updates these very tensors)
-            meta = (t._data.shape, dtype_name(t._data.dtype), t._requires_grad, grad, id(t))
-            guards.append((label, meta))
+            guards.append((label, _state_meta(t)))
         for name, opt in self._optimizers().items():
-            guards.append((f"optimizer {name}", _optimizer_guard(opt)))
+            guards += _optimizer_guards(name, opt)
         guards += [(f"binding {name}", identity(b[-1])) for name, b in self._bindings.items()]
         for name, module in self._watched_modules.items():
             modules = dict(module.named_modules())
@@ -461,6 +460,8 @@ class CompiledFunction:
         if spec is None:
             guards = self._guards(args)  # of the state the signature read, before tracing
             spec = self._compile(args, signature)
+            if spec is None:
+                return self.fn(*args)
             self._use_guards(spec, guards)
         elif spec is not self.latest and (result := spec.runner(args)) is not MISS:
             self.latest = spec
@@ -535,14 +536,16 @@ class CompiledFunction:
             list(self._bindings.values()),
         )
 
-    def _compile(self, args, signature) -> StepProgram:
+    def _compile(self, args, signature) -> StepProgram | None:
+        """A new specialization for the call, or None when the cache is full (see
+        check_recompiles)."""
         if self.specializations:
             reason = signature_diff(self.specializations[-1].signature, signature)
             if reason == NO_CHANGE:
                 reason = self.specializations[-1].invalid_reason()
-            self.recompile_reasons.append(reason)
-            log("recompiles", f"recompiling {getattr(self.fn, '__name__', 'function')}: {reason}")
-            check_recompiles(self.recompile_reasons, self.max_recompiles, reason)
+            title = getattr(self.fn, "__name__", "function")
+            if not check_recompiles(self, reason, len(self.specializations), title):
+                return None
         spec = trace_step(self, args, signature)
         self.specializations.append(spec)
         return spec
@@ -707,22 +710,64 @@ def _name_leaves(prefix: str, structure, found: list[str]) -> None:
         _name_leaves(f"{prefix}_{key}", child, found)
 
 
-def _optimizer_guard(opt) -> tuple:
-    """What a traced update depends on: hyperparameters and which state exists per parameter."""
-    groups = _optimizer_groups(opt)
+def _state_meta(t: Tensor) -> Shown:
+    """A state tensor's guard: its type, requires_grad, its .grad's shape and (the program
+    reads and updates these very tensors) its identity."""
+    d, grad = t._data, None if t.grad is None else t.grad._data.shape
+    dtype = dtype_name(d.dtype)
+    meta = (d.shape, dtype, t._requires_grad, grad, id(t))
+    needs = "requires grad" if t._requires_grad else "no grad"
+    return Shown(meta, f"{dtype}{list(d.shape)} {needs}, .grad {grad or 'none'}, at {id(t):#x}")
+
+
+def _optimizer_guards(name: str, opt) -> list[tuple[str, object]]:
+    """What a traced update depends on, labelled: each group's settings (see
+    ``_optimizer_groups``) and which state exists per parameter."""
+    guards = [
+        (f"optimizer {name} group {i} {key}", fact)
+        for i, facts in enumerate(_optimizer_groups(opt))
+        for key, fact in facts
+    ]
     # Which state exists, and which tensor objects hold it (load_state_dict replaces them).
     state = tuple(
         (id(p), tuple((k, id(v)) for k, v in s.items())) for p, s in opt.state.items() if s
     )
-    return groups, state
+    kinds = ", ".join(dict.fromkeys(k for s in opt.state.values() for k in s)) or "none"
+    guards.append((f"optimizer {name} state", Shown(state, f"{kinds} for {len(state)} params")))
+    return guards
 
 
 def _optimizer_groups(opt) -> tuple:
-    """The hyperparameters of each parameter group."""
+    """What the traced update depends on in each parameter group: of a number it reads as an
+    input (``opt.numbers``), only that it is one, and for those ``opt.zero_tested`` whether
+    it is 0; any other setting by its value."""
+    numbers = getattr(opt, "numbers", ())
+    zero_tested = getattr(opt, "zero_tested", ())
     return tuple(
-        tuple((k, v if type(v) in PLAIN else repr(v)) for k, v in g.items() if k != "params")
+        tuple((k, _setting(k, v, numbers, zero_tested)) for k, v in g.items() if k != "params")
         for g in opt.param_groups
     )
+
+
+def _setting(key: str, value, numbers, zero_tested):
+    if key in numbers and is_number(value):
+        fact = ("nonzero", value != 0) if key in zero_tested else ("number", type(value) is tuple)
+        return Shown(fact, repr(value))
+    return value if type(value) in PLAIN else repr(value)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A guard's value compared by ``fact`` (a number by whether it is 0, say) and shown as
+    ``text`` (the number) in recompile reasons."""
+
+    fact: object
+    text: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
 
 
 def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
@@ -731,6 +776,8 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     names = state_names(
         compiled._watched_modules, compiled._watched_optimizers, compiled._reached_tensors
     )
+    # (optimizers by name too: their hyperparameters are inputs named after them)
+    names.update((id(o), n) for n, o in compiled._optimizers().items())
     # (its watched modules' parameters and every tensor it reached or read before)
     grads_before = {id(t): (t, t.grad) for _, t in compiled._state_tensors().values()}
     tracer = Tracer(mode="inline", names=names)

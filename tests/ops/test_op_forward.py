@@ -797,6 +797,11 @@ def _f(shape, dtype, low=-2.0, high=2.0, seed=0):
     return tg.tensor(rand(shape, dtype, low, high, seed))
 
 
+def _hyper(value):
+    """An optimizer update op's hyperparameter input: 0-d float64, as a compiled step passes it."""
+    return tg.tensor(np.float64(value))
+
+
 def _method_call(name):
     return lambda dt: getattr(_f((2, 3), dt, 0.1, 2.0), name)()
 
@@ -1033,13 +1038,15 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
     **{name: _fused_call(name) for name in FUSED_REFERENCES},
     "stop_gradient": lambda dt: call("stop_gradient", _f((3,), dt)),
     "contiguous": lambda dt: call("contiguous", _f((2, 3), dt).T),
-    "lerp": lambda dt: call("lerp", _f((2, 3), dt), _f((2, 3), dt, seed=1), weight=0.1),
-    "ema_square": lambda dt: call("ema_square", _f((2, 3), dt), _f((2, 3), dt, seed=1), beta=0.9),
+    "lerp": lambda dt: call("lerp", _f((2, 3), dt), _f((2, 3), dt, seed=1), _hyper(0.1)),
+    "ema_square": lambda dt: call(
+        "ema_square", _f((2, 3), dt), _f((2, 3), dt, seed=1), _hyper(0.9)
+    ),
     "adam_step": lambda dt: call(
         "adam_step",
         *(_f((2, 3), dt, 0.1, 1.0, seed=s) for s in range(3)),
         *(_f((), dt, 0.5, 1.0, seed=s) for s in (3, 4)),
-        eps=1e-8,
+        _hyper(1e-8),
     ),
 }
 INTEGER_OK = {
@@ -1251,12 +1258,12 @@ def test_broadcast_result_shapes_and_dtypes_property(dtype, shapes):
 @pytest.mark.parametrize("dt", FLOATS, ids=FLOAT_IDS)
 def test_optimizer_update_ops_match_their_formulas(dt):
     x, y, v = (rand((3, 4), dt, 0.1, 1.0, seed) for seed in range(3))
-    lerp = call("lerp", tg.tensor(x), tg.tensor(y), weight=0.1).numpy()
+    lerp = call("lerp", tg.tensor(x), tg.tensor(y), _hyper(0.1)).numpy()
     np.testing.assert_allclose(lerp, x + 0.1 * (y - x), rtol=1e-6)
-    ema = call("ema_square", tg.tensor(v), tg.tensor(y), beta=0.99).numpy()
+    ema = call("ema_square", tg.tensor(v), tg.tensor(y), _hyper(0.99)).numpy()
     np.testing.assert_allclose(ema, 0.99 * v + 0.01 * y * y, rtol=1e-6)
     step, bias = np.asarray(0.3, dt), np.asarray(0.7, dt)
     args = (tg.tensor(x), tg.tensor(y), tg.tensor(v), tg.tensor(step), tg.tensor(bias))
-    update = call("adam_step", *args, eps=1e-8).numpy()
+    update = call("adam_step", *args, _hyper(1e-8)).numpy()
     np.testing.assert_allclose(update, x - 0.3 * y / (np.sqrt(v) / 0.7 + 1e-8), rtol=1e-5)
     assert update.dtype == dt

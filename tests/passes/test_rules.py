@@ -719,12 +719,9 @@ def test_transpose_of_product_ends_in_a_product():
 
 # Attributes the ops need to build a node; an op joining the rule without an entry here
 # fails operand_dtype() with a message saying so.
-ATTRS = {
-    "gelu_grad": {"approximate": "tanh"},
-    "lerp": {"weight": 0.1},
-    "ema_square": {"beta": 0.999},
-    "adam_step": {"eps": 1e-8},
-}
+ATTRS = {"gelu_grad": {"approximate": "tanh"}}
+# The optimizer update ops' last inputs are hyperparameters: 0-d float64, never broadcast
+HYPERPARAMETERS = {"lerp": 1, "ema_square": 1, "adam_step": 1}
 POSITIVE = {"pow", "adam_step"}  # x ** y needs x > 0; adam_step takes sqrt(v)
 
 
@@ -733,7 +730,15 @@ def broadcast_ops() -> list[str]:
 
 
 def arity(op: str) -> int:
-    return len(tg.ops.OPS[op].inputs)
+    """The number of the op's array operands (its hyperparameters left out)."""
+    return len(tg.ops.OPS[op].inputs) - HYPERPARAMETERS.get(op, 0)
+
+
+def hyperparameters(op: str) -> list[Value]:
+    return [
+        Value(f"h{i}", TensorType((), from_name("float64")))
+        for i in range(HYPERPARAMETERS.get(op, 0))
+    ]
 
 
 def operand_dtype(op: str):
@@ -742,7 +747,7 @@ def operand_dtype(op: str):
     for name in ("float64", "bool"):
         t = TensorType((2, 3), from_name(name))
         try:
-            tg.ops.OPS[op].infer(*[t] * arity(op), **attrs)
+            tg.ops.OPS[op].infer(*[t] * arity(op), *(h.type for h in hyperparameters(op)), **attrs)
         except (DTypeError, ShapeError, TypeError):
             continue
         return from_name(name)
@@ -755,14 +760,15 @@ def broadcast_graph(op: str, position: int) -> Graph:
     dtype = operand_dtype(op)
     xs = [Value(f"x{i}", TensorType((2, 3), dtype)) for i in range(arity(op) - 1)]
     y, wide = Value("y", TensorType((3,), dtype)), Value("1", TensorType((2, 3), dtype))
-    operands = [*xs[:position], wide, *xs[position:]]
+    hypers = hyperparameters(op)
+    operands = [*xs[:position], wide, *xs[position:], *hypers]
     attrs = ATTRS.get(op, {})
     out = Value("2", tg.ops.OPS[op].infer(*(v.type for v in operands), **attrs))
     nodes = [
         Node("broadcast_to", [y], [wide], {"shape": (2, 3)}),
         Node(op, operands, [out], dict(attrs)),
     ]
-    return Graph([*xs, y], nodes, [out])
+    return Graph([*xs, y, *hypers], nodes, [out])
 
 
 def takes_broadcast_operands(graph: Graph) -> bool:
@@ -789,7 +795,7 @@ def test_operand_broadcast(op, position):
     graph.lint()
     result, after = simplified(graph)
     fired = BROADCAST_RULE in {n.kind for n in result.notes}
-    if arity(op) == 2 and takes_broadcast_operands(graph):
+    if len(tg.ops.OPS[op].inputs) == 2 and takes_broadcast_operands(graph):
         assert fired, f"{op} with a broadcast operand {position}"
     if not fired:
         assert not result.notes and str(result.graph) == str(graph)

@@ -114,7 +114,8 @@ def step_guard(
     """The guards of a compiled step (for its runner): its arguments, the names it reaches its
     state by (``bindings``: (namespace, a format string reading the name, the object it
     holds now) each), the watched ``tensors`` (and whether each has a .grad, of which shape),
-    the ``optimizers`` (hyperparameters as ``optimizer_groups`` computes them, and state)
+    the ``optimizers`` (their groups' settings as ``optimizer_groups`` computes them, and
+    state)
     and the trees of ``modules``, as they are now."""
     b = GuardBuilder()
     b.names["optimizer_groups"] = optimizer_groups
@@ -194,13 +195,18 @@ def _plain_value(value) -> bool:
 
 
 def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
-    """An optimizer's hyperparameters (``groups``, as ``optimizer_groups`` computes them),
-    then its state: the same tensors under the same keys for each parameter."""
+    """An optimizer's parameter groups (what ``optimizer_groups`` computes from them, equal to
+    ``groups``), then its state: the same tensors under the same keys for each parameter."""
     name = b.name("O", opt)
-    if all(type(v) in PLAIN for g in opt.param_groups for k, v in g.items() if k != "params"):
-        _hyperparameter_checks(b, name, opt.param_groups)
+    facts = f"optimizer_groups({name}) != {b.name('E', groups)}"
+    if all(type(g) is CountedDict for g in opt.param_groups):
+        # The same group dicts; what they hold is read when the count moves
+        held = [b.name("G", g) for g in opt.param_groups]
+        same = [f"len(gs) != {len(held)}", *(f"gs[{i}] is not {g}" for i, g in enumerate(held))]
+        b.check(" or ".join(same), f"gs = {name}.param_groups")
+        b.setting(facts)
     else:
-        b.check(f"optimizer_groups({name}) != {b.name('E', groups)}")
+        b.check(facts)
     if not any(opt.state.values()):
         # No state yet (plain SGD never has any): the signature lists none, whatever entries
         # the optimizer made empty.
@@ -218,27 +224,6 @@ def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
 
 # Hyperparameter types a signature compares by value (anything else by repr)
 PLAIN = frozenset({bool, int, float, str, tuple, type(None)})
-
-
-def _hyperparameter_checks(b: GuardBuilder, name: str, groups: list[dict]) -> None:
-    """Each group's hyperparameters read straight from its dict: the same keys, values equal
-    to these and of types compared by value (what the signature's tuple holds), without
-    building that tuple on every call."""
-    b.names["PLAIN"], b.names["MISSING"] = PLAIN, object()
-    fails = [f"len(gs) != {len(groups)}"]
-    counted = all(type(g) is CountedDict for g in groups)
-    if counted:  # the same group dicts; what they hold is read when the count moves
-        held = [b.name("G", g) for g in groups]
-        fails += [f"gs[{i}] is not {g}" for i, g in enumerate(held)]
-    b.check(" or ".join(fails), f"gs = {name}.param_groups")
-    for i, group in enumerate(groups):
-        keys = [k for k in group if k != "params"]
-        read = "".join(f"g.get({b.key(k)}, MISSING), " for k in keys)
-        values = b.name("E", tuple(group[k] for k in keys))
-        fails = [f"len(g) != {len(group)}", f"v != {values}"]
-        fails.append("not PLAIN.issuperset(map(type, v))")  # (others compare by repr)
-        reads = (f"g = {held[i]}" if counted else f"g = gs[{i}]", f"v = ({read})")
-        (b.setting if counted else b.check)(" or ".join(fails), *reads)
 
 
 def module_guard(grad_mode, args, module, title):

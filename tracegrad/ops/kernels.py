@@ -755,15 +755,18 @@ def _joint_scratch(x, y, slot: str):
 
 @chunked
 def lerp(x, y, weight, out=None):
-    """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5."""
+    """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5. (Hyperparameters
+    here are Python floats, weak scalars rounded to the arrays' dtype, whether given so or as
+    a compiled step's 0-d float64 input.)"""
     step = np.subtract(y, x, out=_joint_scratch(x, y, "lerp"))
-    step *= weight
+    step *= float(weight)
     return np.add(x, step, out=out)
 
 
 @chunked
 def ema_square(v, g, beta, out=None):
     """beta * v + (1 - beta) * g * g."""
+    beta = float(beta)
     square = np.multiply(g, g, out=_joint_scratch(v, g, "ema_square"))
     square *= 1.0 - beta
     if np.shape(v) != square.shape:
@@ -778,7 +781,7 @@ def adam_step(p, m, v, step_size, bias2_sqrt, eps, out=None):
     """p - step_size * m / (sqrt(v) / bias2_sqrt + eps), PyTorch's Adam parameter update."""
     denom = np.sqrt(v, out=scratch(v, "adam_step"))
     denom /= bias2_sqrt
-    denom += eps
+    denom += float(eps)
     np.divide(m, denom, out=denom)
     denom *= step_size
     return np.subtract(p, denom, out=out)

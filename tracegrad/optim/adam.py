@@ -8,12 +8,14 @@ from tracegrad.creation import zeros_like
 from tracegrad.functions import maximum
 from tracegrad.ops import kernels
 from tracegrad.optim.flat import FlatState, small_params
-from tracegrad.optim.optimizer import Optimizer
+from tracegrad.optim.optimizer import Optimizer, number, scalar
 from tracegrad.tensor import Tensor, active_tracer, tensor
 
 
 class Adam(Optimizer):
     decoupled_weight_decay = False
+    numbers = ("lr", "betas", "eps", "weight_decay")
+    zero_tested = ("weight_decay",)
 
     def __init__(
         self,
@@ -42,35 +44,36 @@ class Adam(Optimizer):
             ),
         )
 
-    def update(self, param, grad, state, group) -> None:
+    def update(self, param, grad, state, group, settings) -> None:
         # m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
         # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
         if not state:
             state["step"] = tensor(0.0)  # float32, as PyTorch keeps it
             state["exp_avg"] = zeros_like(param)
             state["exp_avg_sq"] = zeros_like(param)
-            if group["amsgrad"]:
+            if settings["amsgrad"]:
                 state["max_exp_avg_sq"] = zeros_like(param)
-        if active_tracer() is None and not group["amsgrad"] and _plain(param, grad, state):
+        if active_tracer() is None and not settings["amsgrad"] and _plain(param, grad, state):
             self._update_arrays(param, grad, state, group)
             return
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
-        if group["maximize"]:
+        if settings["maximize"]:
             grad = -grad
-        if wd and self.decoupled_weight_decay:
-            param.mul_(1 - lr * wd)
-        elif wd:
-            grad = grad + param * wd
+        if settings["weight_decay"] and self.decoupled_weight_decay:
+            param.mul_(scalar(1 - lr * wd, param.dtype))
+        elif settings["weight_decay"]:
+            grad = grad + param * scalar(wd, param.dtype)
         state["step"].add_(1)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         # Each update is one kernel (tracegrad/ops/optim.py) that reads its arrays once.
-        exp_avg._assign("lerp", exp_avg, grad, weight=1.0 - beta1)
-        exp_avg_sq._assign("ema_square", exp_avg_sq, grad, beta=beta2)
+        exp_avg._assign("lerp", exp_avg, grad, number(1.0 - beta1))
+        exp_avg_sq._assign("ema_square", exp_avg_sq, grad, number(beta2))
         second = exp_avg_sq
-        if group["amsgrad"]:
+        if settings["amsgrad"]:
             second = state["max_exp_avg_sq"].copy_(maximum(state["max_exp_avg_sq"], exp_avg_sq))
         step_size, bias2_sqrt = bias_corrections(state["step"], lr, beta1, beta2, param.dtype)
-        param._assign("adam_step", param, exp_avg, second, step_size, bias2_sqrt, eps=group["eps"])
+        eps = number(group["eps"])
+        param._assign("adam_step", param, exp_avg, second, step_size, bias2_sqrt, eps)
 
     def _update_arrays(self, param, grad, state, group) -> None:
         """The update above, eagerly: the same kernels and the same float64 scalars (so the
@@ -144,8 +147,9 @@ def bias_corrections(step: Tensor, lr, beta1, beta2, dtype) -> tuple[Tensor, Ten
     """lr / (1 - beta1^t) and sqrt(1 - beta2^t), computed in float64 like PyTorch's Python
     floats and rounded to the parameter's dtype as PyTorch's scalar arguments are.
 
-    Traced, the step count stays a tensor, so a compiled step reads it instead of baking it
-    in. Eagerly, the same float64 arithmetic runs on NumPy scalars, as PyTorch's
+    Traced, the step count, ``lr`` and the betas are tensors (the step count optimizer
+    state, the others the step's inputs), so a compiled step reads them instead of baking
+    them in. Eagerly, the same float64 arithmetic runs on NumPy scalars, as PyTorch's
     non-capturable Adam runs it on Python floats, instead of a tensor op per term: the same
     bits (a test checks them), far faster.
     """

@@ -17,6 +17,14 @@ from tracegrad.tensor import Tensor, active_tracer
 
 
 class Optimizer:
+    # The hyperparameters the update uses as numbers (each entry of a tuple such as Adam's
+    # betas): a compiled step reads them from the group as inputs on every call, so a new
+    # learning rate compiles nothing (see tracegrad/tracer/hyperparameters.py).
+    numbers: tuple[str, ...] = ()
+    # Those of the numbers whose being 0 decides what the update computes (a momentum buffer,
+    # a weight decay term): a compiled step is specialized on that, not on their values.
+    zero_tested: tuple[str, ...] = ()
+
     def __init__(self, params, defaults: dict):
         self.defaults = defaults
         self.state: dict = {}
@@ -61,15 +69,17 @@ class Optimizer:
             with tape.enable_grad():
                 loss = closure()
         tracer = active_tracer()
-        traced = tracer.optimizer_step(self) if tracer is not None else contextlib.nullcontext()
+        eager = contextlib.nullcontext(self.param_groups)
+        # Traced, the groups' numbers are the compiled step's inputs
+        traced = tracer.optimizer_step(self) if tracer is not None else eager
         # inf and nan results, not warnings, as eager ops give (once for the whole update)
-        with traced, tape.no_grad(), np.errstate(all="ignore"):
-            for index, group in enumerate(self.param_groups):
+        with traced as read, tape.no_grad(), np.errstate(all="ignore"):
+            for index, (group, numbers) in enumerate(zip(self.param_groups, read, strict=True)):
                 pairs = [(p, _grad_for(p)) for p in group["params"] if p.grad is not None]
                 if tracer is None:
                     pairs = self._update_together(index, group, pairs)
                 for p, grad in pairs:
-                    self.update(p, grad, self.state.setdefault(p, {}), group)
+                    self.update(p, grad, self.state.setdefault(p, {}), numbers, group)
         return loss
 
     def _update_together(self, index: int, group: dict, pairs: list) -> list:
@@ -77,8 +87,10 @@ class Optimizer:
         pairs left for ``update`` one by one (here: all of them)."""
         return pairs
 
-    def update(self, param: Tensor, grad: Tensor, state: dict, group: dict) -> None:
-        """Update ``param`` in place from ``grad``; ``state`` holds this parameter's buffers."""
+    def update(self, param: Tensor, grad: Tensor, state: dict, group: dict, settings: dict):
+        """Update ``param`` in place from ``grad``; ``state`` holds this parameter's buffers.
+        Its numbers come from ``group`` (Python numbers, or a compiled step's inputs when
+        traced), what decides the code from ``settings`` (the parameter group itself)."""
         raise NotImplementedError
 
     # --- state ----------------------------------------------------------------------------------
@@ -122,6 +134,27 @@ class Optimizer:
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         return f"{type(self).__name__}({settings})"
+
+
+def scalar(value, dtype):
+    """A hyperparameter as the operand of an op on tensors of ``dtype``: a Python number as
+    it is (NumPy rounds a weak scalar to the dtype), a traced one (a float64 input) rounded
+    to the dtype in the graph: the same bits."""
+    return value.to(dtype) if isinstance(value, Tensor) else value
+
+
+def number(value) -> Tensor:
+    """A hyperparameter as the 0-d float64 tensor an update op takes (tracegrad/ops/optim.py)."""
+    return value if isinstance(value, Tensor) else Tensor._wrap(np.array(value, np.float64))
+
+
+def add_scaled(target: Tensor, other: Tensor, alpha, sign: int = 1) -> Tensor:
+    """``target += sign * alpha * other`` in place (``add_`` or ``sub_`` with ``alpha``): a
+    traced alpha, a tensor, scales ``other`` first, as add_ does with a Python one."""
+    method = target.add_ if sign > 0 else target.sub_
+    if isinstance(alpha, Tensor):
+        return method(other * alpha.to(target.dtype))
+    return method(other, alpha=alpha)
 
 
 def _grad_for(param: Tensor) -> Tensor:

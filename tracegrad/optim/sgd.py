@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad.ops import kernels
-from tracegrad.optim.optimizer import Optimizer
+from tracegrad.optim.optimizer import Optimizer, add_scaled, scalar
 from tracegrad.tensor import active_tracer
 
 
 class SGD(Optimizer):
+    numbers = ("lr", "momentum", "dampening", "weight_decay")
+    zero_tested = ("momentum", "weight_decay")
+
     def __init__(
         self,
         params,
@@ -38,7 +41,7 @@ class SGD(Optimizer):
             ),
         )
 
-    def update(self, param, grad, state, group) -> None:
+    def update(self, param, grad, state, group, settings) -> None:
         # g = grad + wd * p;  buf = m * buf + (1 - dampening) * g (buf = g at first);
         # step = g + m * buf (Nesterov) or buf;  p -= lr * step
         if active_tracer() is None and _plain(param, grad, group):
@@ -49,19 +52,20 @@ class SGD(Optimizer):
                         out=param._data)  # fmt: skip
             param._version[0] += 1
             return
-        if group["maximize"]:
+        dtype = param.dtype
+        if settings["maximize"]:
             grad = -grad
-        if group["weight_decay"]:
-            grad = grad + param * group["weight_decay"]
-        momentum = group["momentum"]
-        if momentum:
+        if settings["weight_decay"]:
+            grad = grad + param * scalar(group["weight_decay"], dtype)
+        if settings["momentum"]:
+            momentum = scalar(group["momentum"], dtype)
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = grad.clone()
             else:
-                buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-            grad = grad + buf * momentum if group["nesterov"] else buf
-        param.sub_(grad, alpha=group["lr"])
+                add_scaled(buf.mul_(momentum), grad, 1 - group["dampening"])
+            grad = grad + buf * momentum if settings["nesterov"] else buf
+        add_scaled(param, grad, group["lr"], sign=-1)
 
 
 def _plain(param, grad, group) -> bool:

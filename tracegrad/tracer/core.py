@@ -33,6 +33,7 @@ from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, Op
 from tracegrad.ops.registry import RANDOM
 from tracegrad.tensor import Tensor, is_symbolic, next_serial, set_tracer
+from tracegrad.tracer.hyperparameters import TracedGroup
 
 
 class Symbol:
@@ -95,6 +96,8 @@ class Tracer:
         self.backward_calls = 0  # backward() and autograd.grad() calls on traced values
         self.updating = False  # inside an optimizer's step: its nodes are the update section
         self.optimizer_state: list[dict] = []  # each optimizer's state as tracing found it
+        # id(optimizer) -> id(group) -> the group as the update reads it (numbers as inputs)
+        self.hyperparameters: dict[int, dict[int, TracedGroup]] = {}
         self._taken_names: set[str] = set()
         self._counter = itertools.count(1)
         self.location_override: SourceLocation | None = None  # set while replaying a graph
@@ -338,15 +341,29 @@ class Tracer:
     @contextlib.contextmanager
     def optimizer_step(self, optimizer):
         """An optimizer steps inside the trace: its new state is traced, its old kept, and the
-        nodes it records are marked as the update."""
+        nodes it records are marked as the update. Yields its parameter groups as the update
+        reads them: their numbers are inputs of the step (see tracer/hyperparameters.py), such
+        as ``opt.lr0`` for group 0 of the optimizer ``names`` calls ``opt``."""
         if all(o is not optimizer for o in self.optimizers):
             self.optimizers.append(optimizer)
             self.optimizer_state.append({p: dict(s) for p, s in optimizer.state.items()})
+        name = self.names.get(id(optimizer), f"optimizer{len(self.optimizers) - 1}")
+        numbers = getattr(optimizer, "numbers", ())
+        groups = self.hyperparameters.setdefault(id(optimizer), {})
+        for i, group in enumerate(optimizer.param_groups):
+            if id(group) not in groups:  # (one view per group: a second step reads the same)
+                names = f"{name}.{{}}{i}"
+                groups[id(group)] = TracedGroup(optimizer, i, numbers, names, self._lift_as)
         outer, self.updating = self.updating, True
         try:
-            yield
+            yield [groups[id(group)] for group in optimizer.param_groups]
         finally:
             self.updating = outer
+
+    def _lift_as(self, t: Tensor, name: str) -> Tensor:
+        """The symbolic tensor standing for ``t``, lifted as an input named ``name``."""
+        self.names[id(t)] = name
+        return Tensor._wrap(Symbol(self._lift(t)))
 
     def restore(self) -> None:
         """Give every tensor mutated during tracing its real data back, and every optimizer

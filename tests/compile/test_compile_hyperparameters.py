@@ -1,0 +1,276 @@
+"""Optimizer hyperparameters in compiled training steps: the numbers of each parameter group are
+inputs read on every call (a learning-rate schedule compiles nothing, and the compiled update
+uses the new value with the eager update's bits), the step is specialized only on what decides
+its code (a momentum of 0 or not, switches), and the specialization cache is bounded."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import tracegrad as tg
+from tracegrad import nn, optim, specialize
+
+OPTIMIZERS = {
+    "sgd": lambda ps: optim.SGD(ps, lr=0.1),
+    "sgd-momentum": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+    "sgd-dampening": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.8, dampening=0.3),
+    "sgd-nesterov": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+    "sgd-weight-decay": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.5, weight_decay=0.01),
+    "sgd-maximize": lambda ps: optim.SGD(ps, lr=0.1, weight_decay=0.1, maximize=True),
+    "adam": lambda ps: optim.Adam(ps, lr=0.01),
+    "adam-weight-decay": lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1),
+    "adam-amsgrad": lambda ps: optim.Adam(ps, lr=0.01, amsgrad=True),
+    "adamw": lambda ps: optim.AdamW(ps, lr=0.01),
+}
+
+
+class Run:
+    """A float32 model, its optimizer and a training step, eager or compiled; the same
+    weights and data on every instance."""
+
+    def __init__(self, make_opt, compiled: bool, groups: bool = False):
+        tg.manual_seed(0)
+        self.model = model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        params = list(model.parameters())
+        if groups:  # the first layer in a group of its own
+            params = [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}]
+        self.opt = opt = make_opt(params)
+        rng = np.random.default_rng(1)
+        self.x = tg.tensor(rng.standard_normal((16, 6)).astype(np.float32))
+        self.y = tg.tensor(rng.standard_normal((16, 3)).astype(np.float32))
+
+        def train_step(x, y):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        self.step = tg.compile(train_step) if compiled else train_step
+
+    def __call__(self):
+        return self.step(self.x, self.y).detach().numpy().copy()
+
+    def state(self) -> list[np.ndarray]:
+        """Parameters, then every optimizer state tensor, as arrays."""
+        arrays = [p.detach().numpy().copy() for p in self.model.parameters()]
+        for p in self.model.parameters():
+            for key in sorted(self.opt.state.get(p, {})):
+                arrays.append(self.opt.state[p][key].detach().numpy().copy())
+        return arrays
+
+
+def assert_identical(compiled: Run, eager: Run, what: str) -> None:
+    got, want = compiled.state(), eager.state()
+    assert len(got) == len(want), what
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g.dtype == w.dtype == np.float32, what
+        assert np.array_equal(g, w), f"{what}: array {i} differs by {np.abs(g - w).max()}"
+
+
+def set_all(opt, key, value):
+    for group in opt.param_groups:
+        group[key] = value
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_a_new_learning_rate_every_step_is_used_bit_for_bit_without_recompiling(name):
+    eager, compiled = Run(OPTIMIZERS[name], False), Run(OPTIMIZERS[name], True)
+    for i in range(6):
+        for run in (eager, compiled):
+            set_all(run.opt, "lr", 0.1 / (i + 1))
+        assert np.array_equal(compiled(), eager())
+        assert_identical(compiled, eager, f"{name}, step {i}")
+    # The first call, then the second, which sees .grad and the optimizer state exist
+    assert len(compiled.step.specializations) == 2
+    assert all("lr" not in reason for reason in compiled.step.recompile_reasons)
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "values"),
+    [
+        ("sgd-momentum", "momentum", [0.9, 0.5, 0.99]),
+        ("sgd-dampening", "dampening", [0.3, 0.0, 0.7]),
+        ("sgd-weight-decay", "weight_decay", [0.01, 0.2, 1e-4]),
+        ("adam", "betas", [(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)]),
+        ("adam", "eps", [1e-8, 1e-3, 0.5]),
+        ("adam-weight-decay", "weight_decay", [0.1, 0.3, 1e-3]),
+        ("adamw", "weight_decay", [0.01, 0.5, 0.1]),
+    ],
+)
+def test_every_number_of_a_group_is_read_on_each_call(name, key, values):
+    """A number the update reads baked in would leave the compiled step on its old value."""
+    eager, compiled = Run(OPTIMIZERS[name], False), Run(OPTIMIZERS[name], True)
+    for i, value in enumerate(values * 2):
+        for run in (eager, compiled):
+            set_all(run.opt, key, value)
+        assert np.array_equal(compiled(), eager())
+        assert_identical(compiled, eager, f"{name} with {key}={value}, step {i}")
+    assert len(compiled.step.specializations) == 2
+
+
+def test_groups_have_their_own_learning_rates():
+    eager, compiled = (Run(OPTIMIZERS["sgd-momentum"], c, groups=True) for c in (False, True))
+    for i in range(4):
+        for run in (eager, compiled):
+            run.opt.param_groups[0]["lr"] = 0.1 * (i + 1)
+            run.opt.param_groups[1]["lr"] = 0.01 / (i + 1)
+        assert np.array_equal(compiled(), eager())
+        assert_identical(compiled, eager, f"step {i}")
+    assert len(compiled.step.specializations) == 2
+
+
+def test_a_two_hundred_step_schedule_compiles_twice():
+    compiled = Run(OPTIMIZERS["sgd-momentum"], True)
+    for i in range(200):
+        set_all(compiled.opt, "lr", 0.1 * 0.98**i)
+        compiled()
+    assert len(compiled.step.specializations) == 2
+    (reason,) = compiled.step.recompile_reasons  # .grad and the momentum buffers appeared
+    assert "optimizer opt state none for 0 params -> momentum_buffer for 4 params" in reason
+    assert "lr" not in reason
+
+
+def test_adam_over_many_steps_equals_eager_exactly():
+    """Adam's step count is state the compiled step updates, and its bias corrections are
+    computed from it as the eager update does."""
+    eager, compiled = Run(OPTIMIZERS["adam"], False), Run(OPTIMIZERS["adam"], True)
+    for i in range(60):
+        assert np.array_equal(compiled(), eager()), f"loss of step {i}"
+    assert_identical(compiled, eager, "after 60 steps")
+    steps = {float(s["step"].item()) for s in compiled.opt.state.values()}
+    assert steps == {60.0}
+    assert len(compiled.step.specializations) == 2
+
+
+def test_hyperparameters_are_named_inputs_of_the_generated_step():
+    compiled = Run(OPTIMIZERS["adam-weight-decay"], True)
+    compiled()
+    header = compiled.step.code.split("def step(")[1].split(")")[0]
+    for name in ("opt_lr0", "opt_betas0_0", "opt_betas0_1", "opt_eps0", "opt_weight_decay0"):
+        assert name in header.split(", ")
+    assert "0.01" not in compiled.step.code  # the learning rate is nowhere baked in
+
+
+def test_a_number_the_update_does_not_read_is_no_input():
+    compiled = Run(OPTIMIZERS["sgd"], True)  # momentum, dampening and weight decay are 0
+    compiled()
+    header = compiled.step.code.split("def step(")[1].split(")")[0]
+    assert "opt_lr0" in header
+    for name in ("opt_momentum0", "opt_dampening0", "opt_weight_decay0"):
+        assert name not in header
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value", "reason", "count"),
+    [
+        # (the momentum buffer the new code makes is one more recompile)
+        ("sgd", "momentum", 0.9, "optimizer opt group 0 momentum 0.0 -> 0.9", 4),
+        ("sgd-momentum", "momentum", 0.0, "optimizer opt group 0 momentum 0.9 -> 0.0", 3),
+        ("sgd", "weight_decay", 0.01, "optimizer opt group 0 weight_decay 0.0 -> 0.01", 3),
+        ("sgd-momentum", "nesterov", True, "optimizer opt group 0 nesterov False -> True", 3),
+        ("adam-amsgrad", "amsgrad", False, "optimizer opt group 0 amsgrad True -> False", 3),
+        ("adam", "maximize", True, "optimizer opt group 0 maximize False -> True", 3),
+    ],
+)
+def test_a_change_to_the_update_s_code_recompiles_with_a_short_reason(
+    name, key, value, reason, count
+):
+    eager, compiled = Run(OPTIMIZERS[name], False), Run(OPTIMIZERS[name], True)
+    for i in range(5):
+        if i == 3:
+            for run in (eager, compiled):
+                set_all(run.opt, key, value)
+        assert np.array_equal(compiled(), eager())
+        assert_identical(compiled, eager, f"step {i}")
+    assert compiled.step.recompile_reasons[1] == reason
+    assert len(compiled.step.specializations) == count
+
+
+# --- the bound on the cache ------------------------------------------------------------------
+
+
+def linear_step():
+    tg.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def train_step(x):
+        opt.zero_grad()
+        loss = (model(x) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, train_step
+
+
+def batches(n):
+    return [tg.ones(b, 4) for b in range(1, n + 1)]
+
+
+def test_past_the_cache_limit_new_signatures_run_eagerly_with_one_warning():
+    model, train_step = linear_step()
+    eager_model, eager_step = linear_step()
+    step = tg.compile(train_step)
+    limit = specialize.CACHE_SIZE_LIMIT
+    assert limit == 8
+    xs = batches(limit + 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for x in xs[:limit]:
+            step(x)
+            eager_step(x)
+        assert not caught
+        for x in xs[limit:] + xs[limit:]:  # new signatures, twice
+            assert np.array_equal(step(x).detach().numpy(), eager_step(x).detach().numpy())
+    assert len(step.specializations) == limit
+    assert step.ran_eagerly
+    assert len(caught) == 1  # once per compiled function
+    assert "8 specializations" in str(caught[0].message)
+    assert "run eagerly" in str(caught[0].message)
+    for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
+        assert np.array_equal(p.detach().numpy(), q.detach().numpy())
+    step(xs[0])  # a cached signature still runs its specialization
+    assert len(step.specializations) == limit
+
+
+def test_the_cache_limit_of_a_compiled_module(monkeypatch):
+    monkeypatch.setattr(specialize, "CACHE_SIZE_LIMIT", 2)
+    model = nn.Linear(4, 2)
+    cm = tg.compile(model)
+    with pytest.warns(UserWarning, match="2 specializations"):
+        outs = [cm(x) for x in batches(4)]
+    assert len(cm._cache) == 2
+    for x, out in zip(batches(4), outs, strict=True):
+        np.testing.assert_array_equal(out.detach().numpy(), model(x).detach().numpy())
+    out = cm(tg.ones(4, 4))  # past the bound, still differentiable (the eager module ran)
+    out.sum().backward()
+    assert model.weight.grad is not None
+
+
+def test_max_recompiles_stays_the_bound_when_given():
+    """max_recompiles is an explicit bound: past it, an error, and up to it, compiles (even
+    past the cache limit)."""
+    _, train_step = linear_step()
+    step = tg.compile(train_step, max_recompiles=9)
+    xs = batches(11)
+    for x in xs[:10]:
+        step(x)
+    assert len(step.specializations) == 10
+    with pytest.raises(tg.RecompileError, match="max_recompiles=9"):
+        step(xs[10])
+
+
+def test_a_group_replaced_by_an_equal_dict_is_read_in_its_place():
+    eager, compiled = Run(OPTIMIZERS["adam"], False), Run(OPTIMIZERS["adam"], True)
+    for i in range(4):
+        for run in (eager, compiled):
+            # (a plain dict, as a user may put there: its changes are not counted)
+            run.opt.param_groups[0] = {**run.opt.param_groups[0], "lr": 0.01 / (i + 1)}
+        assert np.array_equal(compiled(), eager())
+        assert_identical(compiled, eager, f"step {i}")
+    assert len(compiled.step.specializations) == 2
