@@ -597,3 +597,19 @@ def test_a_compiled_module_reads_a_rebound_global_tensor():
     assert cm(tg.ones(2)).tolist() == [1.0, 0.0]
     _MASK = tg.tensor([0.0, 3.0])
     assert cm(tg.ones(2)).tolist() == [0.0, 3.0]
+
+
+def test_a_product_of_an_input_with_its_own_gram_matrix():
+    """x @ (x.T @ x): the forward's x.T @ x and the gradient's x.T @ g share x.T, but one
+    product cannot serve both (the forward would read the backward's input)."""
+
+    class Gram(nn.Module):
+        def forward(self, x):
+            return x @ (x.T @ x)
+
+    x = tg.randn(3, 3, dtype=tg.float64, requires_grad=True)
+    Gram()(x).sum().backward()
+    want = x.grad.numpy().copy()
+    x.grad = None
+    tg.compile(Gram())(x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-12)
