@@ -31,6 +31,7 @@ from tracegrad.specialize import (
     signature_diff,
     tensor_guards,
     trace_call,
+    user_lines,
 )
 from tracegrad.step import STRUCTURED, CompiledFunction, calling_with, is_module, leaf_names
 from tracegrad.tensor import Tensor
@@ -137,7 +138,7 @@ class CompiledModule:
     def __call__(self, *args, **kwargs):
         # One call at a time: a specialization's planned memory serves every call, and the
         # cache and the latest specialization are shared
-        with self._lock:
+        with self._lock, user_lines():
             return self._call(args, kwargs)
 
     def _call(self, args, kwargs):

@@ -25,6 +25,7 @@ from tracegrad.specialize import (
     log,
     returned_in_own_memory,
     unchanged,
+    user_lines,
 )
 from tracegrad.tensor import Tensor
 
@@ -169,7 +170,7 @@ def _connect_backward(spec: ModuleProgram, tensors, outputs, saved: list) -> Non
         node.save("input", t)
 
     def backward(grads):
-        with spec.lock:
+        with spec.lock, user_lines():
             return _run_backward(spec, outputs, saved, grads)
 
     node.backward_fn = backward

@@ -50,6 +50,7 @@ from tracegrad.specialize import (
     trace_call,
     traced_updates,
     unchanged,
+    user_lines,
     values_read,
 )
 from tracegrad.tensor import Tensor, active_tracer, is_symbolic
@@ -436,7 +437,7 @@ class CompiledFunction:
             return self._trace_through(args, kwargs)
         # One call at a time: a specialization's planned memory serves every call, and its
         # runner writes state back
-        with self._lock:
+        with self._lock, user_lines():
             return self._call(args, kwargs)
 
     def _call(self, args, kwargs):

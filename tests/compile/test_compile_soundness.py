@@ -613,3 +613,25 @@ def test_a_product_of_an_input_with_its_own_gram_matrix():
     x.grad = None
     tg.compile(Gram())(x).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-12)
+
+
+# --- errors in compiled code name the user's line ------------------------------------------------
+
+
+def test_an_index_out_of_range_in_compiled_code_names_the_users_line():
+    def pick(x, i):
+        return x[i] * 2  # the line the error names
+
+    compiled = tg.compile(pick)
+    compiled(tg.ones(3), tg.tensor([0]))
+    with pytest.raises(IndexError, match=r"test_compile_soundness\.py:\d+") as info:
+        compiled(tg.ones(3), tg.tensor([7]))
+    assert "out of bounds" in str(info.value)
+
+
+def test_an_embedding_index_out_of_range_in_a_compiled_module():
+    emb = nn.Embedding(5, 3)
+    cm = tg.compile(emb)
+    cm(tg.tensor([1, 2]))
+    with pytest.raises(IndexError, match="out of range"):
+        cm(tg.tensor([1, 7]))
