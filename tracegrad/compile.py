@@ -34,7 +34,7 @@ from tracegrad.specialize import (
     user_lines,
 )
 from tracegrad.step import STRUCTURED, CompiledFunction, calling_with, is_module, leaf_names
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, active_tracer
 
 
 class CompiledModule:
@@ -135,7 +135,11 @@ class CompiledModule:
         guards.append(("training", tuple(training)))
         return tuple(guards)
 
+    is_compiled_module = True  # (a Module holds it as a submodule: net.enc = tg.compile(net.enc))
+
     def __call__(self, *args, **kwargs):
+        if active_tracer() is not None:  # a piece of a program being traced: traced in
+            return self.module(*args, **kwargs)
         # One call at a time: a specialization's planned memory serves every call, and the
         # cache and the latest specialization are shared
         with self._lock, user_lines():

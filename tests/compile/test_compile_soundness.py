@@ -635,3 +635,28 @@ def test_an_embedding_index_out_of_range_in_a_compiled_module():
     cm(tg.tensor([1, 2]))
     with pytest.raises(IndexError, match="out of range"):
         cm(tg.tensor([1, 7]))
+
+
+def test_a_compiled_submodule_assigned_into_its_parent():
+    def run(compile_encoder):
+        tg.manual_seed(0)
+        net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+        if compile_encoder:
+            net[0] = tg.compile(net[0])
+        opt = tg.optim.SGD(net.parameters(), lr=0.1)
+        x = tg.randn(5, 3)
+
+        def step(x):
+            opt.zero_grad()
+            loss = net(x).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        eager = [step(x).item() for _ in range(2)]
+        compiled = tg.compile(step)
+        return eager + [compiled(x).item() for _ in range(2)], list(net.state_dict())
+
+    plain, keys = run(False)
+    wrapped, wrapped_keys = run(True)
+    assert wrapped == pytest.approx(plain, rel=1e-6) and wrapped_keys == keys

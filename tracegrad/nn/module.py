@@ -14,6 +14,12 @@ from tracegrad.tensor import Tensor
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+def _compiled(value) -> bool:
+    """A compiled module (``net.enc = tg.compile(net.enc)``): held as the module it wraps
+    is, its parameters and submodules seen through it."""
+    return getattr(type(value), "is_compiled_module", False)
+
+
 class Module:
     """Assigning a Parameter or a Module to an attribute registers it, as in PyTorch."""
 
@@ -38,7 +44,7 @@ class Module:
                 f"cannot assign {name!r} before Module.__init__() is called: call "
                 "super().__init__() first in your module's __init__"
             )
-        if isinstance(value, (Parameter, Module)):
+        if isinstance(value, (Parameter, Module)) or _compiled(value):
             if isinstance(value, Parameter):
                 _check_name("parameter", name)
             table = self._parameters if isinstance(value, Parameter) else self._modules
