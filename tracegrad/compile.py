@@ -25,11 +25,11 @@ from tracegrad.specialize import (
     Signature,
     argument_names,
     check_recompiles,
-    dtype_name,
     identity,
     input_label,
     signature_diff,
     tensor_guards,
+    tensor_meta,
     trace_call,
     user_lines,
 )
@@ -127,11 +127,9 @@ class CompiledModule:
                         seen.add(id(t))
                         found.append((prefix, name, t))
         for prefix, name, p in params:
-            meta = (p._data.shape, dtype_name(p._data.dtype), p._requires_grad, id(p))
-            guards.append((_member_label("parameter", prefix, name), meta))  # id: replaced
+            guards.append((_member_label("parameter", prefix, name), tensor_meta(p)))
         for prefix, name, b in buffers:
-            meta = (b._data.shape, dtype_name(b._data.dtype), id(b))  # id: replaced
-            guards.append((_member_label("buffer", prefix, name), meta))
+            guards.append((_member_label("buffer", prefix, name), tensor_meta(b)))
         guards.append(("training", tuple(training)))
         return tuple(guards)
 

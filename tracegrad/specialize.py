@@ -76,20 +76,61 @@ def tensor_guards(label: str, value) -> list[tuple[str, object]]:
     return [(f"{label} type", type(value).__name__), (f"{label} value", value)]
 
 
-def identity(obj) -> str:
+def identity(obj) -> Shown:
     """A guard's value for an object the program depends on by identity (a submodule)."""
-    return f"{type(obj).__name__} at {id(obj):#x}"
+    return Shown(id(obj), type(obj).__name__)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A guard's value compared by ``fact`` (a number by whether it is 0, say) and shown as
+    ``text`` (the number) in recompile reasons."""
+
+    fact: object
+    text: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+
+def tensor_meta(t) -> Shown:
+    """A module member's guard: the same tensor (the program reads this very one), of its
+    type and requires_grad."""
+    d = t._data
+    needs = " requires grad" if t._requires_grad else ""
+    meta = (d.shape, dtype_name(d.dtype), t._requires_grad, id(t))
+    return Shown(meta, f"{dtype_name(d.dtype)}{list(d.shape)}{needs}")
 
 
 def signature_diff(old: Signature, new: Signature) -> str:
-    """Which guards changed, as "label old -> new" lines (labels only in one side included)."""
-    before, after = dict(old), dict(new)
-    changes = [
-        f"{label} {before.get(label, '<absent>')} -> {after.get(label, '<absent>')}"
-        for label in dict.fromkeys([*before, *after])
-        if before.get(label, "<absent>") != after.get(label, "<absent>")
-    ]
+    """Which guards changed, in words: "label old -> new", or "label replaced" for an object
+    now another one of the same kind (labels only in one side included)."""
+    before, after = _unique_labels(old), _unique_labels(new)
+    changes = []
+    for label in dict.fromkeys([*before, *after]):
+        was, now = before.get(label, "<absent>"), after.get(label, "<absent>")
+        if was == now:
+            continue
+        same_text = isinstance(was, Shown) and isinstance(now, Shown) and str(was) == str(now)
+        changes.append(
+            f"{label} replaced by another {now}" if same_text else f"{label} {was} -> {now}"
+        )
     return "; ".join(changes) or NO_CHANGE
+
+
+def _unique_labels(signature: Signature) -> dict:
+    """The signature as a dict; a label seen again is numbered (two tensors both named
+    state m.bias, a replaced one and its successor, stay apart)."""
+    found: dict = {}
+    for label, value in signature:
+        key, n = label, 1
+        while key in found:
+            n += 1
+            key = f"{label} ({n})"
+        found[key] = value
+    return found
 
 
 NO_CHANGE = "no guard changed"

@@ -36,6 +36,7 @@ from tracegrad.random import generator
 from tracegrad.specialize import (
     NO_CHANGE,
     Program,
+    Shown,
     Signature,
     argument_names,
     check_recompiles,
@@ -718,7 +719,7 @@ def _state_meta(t: Tensor) -> Shown:
     dtype = dtype_name(d.dtype)
     meta = (d.shape, dtype, t._requires_grad, grad, id(t))
     needs = "requires grad" if t._requires_grad else "no grad"
-    return Shown(meta, f"{dtype}{list(d.shape)} {needs}, .grad {grad or 'none'}, at {id(t):#x}")
+    return Shown(meta, f"{dtype}{list(d.shape)} {needs}, .grad {grad or 'none'}")
 
 
 def _optimizer_guards(name: str, opt) -> list[tuple[str, object]]:
@@ -755,20 +756,6 @@ def _setting(key: str, value, numbers, zero_tested):
         fact = ("nonzero", value != 0) if key in zero_tested else ("number", type(value) is tuple)
         return Shown(fact, repr(value))
     return value if type(value) in PLAIN else repr(value)
-
-
-@dataclass(frozen=True)
-class Shown:
-    """A guard's value compared by ``fact`` (a number by whether it is 0, say) and shown as
-    ``text`` (the number) in recompile reasons."""
-
-    fact: object
-    text: str = field(compare=False)
-
-    def __str__(self) -> str:
-        return self.text
-
-    __repr__ = __str__
 
 
 def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:

@@ -660,3 +660,17 @@ def test_a_compiled_submodule_assigned_into_its_parent():
     plain, keys = run(False)
     wrapped, wrapped_keys = run(True)
     assert wrapped == pytest.approx(plain, rel=1e-6) and wrapped_keys == keys
+
+
+def test_recompile_reasons_say_in_words_what_changed():
+    model = nn.Linear(3, 2)
+    cm = tg.compile(model)
+    cm(tg.randn(4, 3))
+    model.weight = nn.Parameter(tg.randn(2, 3))
+    cm(tg.randn(4, 3))
+    model.eval()
+    cm(tg.randn(5, 3))
+    first, second = cm.recompile_reasons
+    assert first == "parameter weight replaced by another float32[2, 3] requires grad"
+    assert "input 0 shape (4, 3) -> (5, 3)" in second and "training (True,) -> (False,)" in second
+    assert "0x" not in first + second
