@@ -8,17 +8,17 @@ import functools
 import math
 
 import numpy as np
+from scipy import special
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_TANH_COEF = 0.044715
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def erf(x):
-    # A ufunc from frompyfunc returns a bare Python float for 0-d input; asarray keeps it an array.
-    return np.asarray(_erf(x)).astype(x.dtype)
+    """The error function, vectorized (SciPy's ufunc keeps float32 as float32)."""
+    return np.asarray(special.erf(x))
 
 
 def where(cond, x, y, out=None):
