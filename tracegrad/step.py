@@ -284,6 +284,7 @@ class StepProgram:
     module: ModuleProgram | None = None
     values_read: tuple = ()  # (tensor, version) of outside tensors whose value Python read
     captured: tuple = ()  # captures.Capture of the tensors it reads through names and items
+    arg_grads: tuple[int, ...] = ()  # tensor arguments whose .grad is an input (accumulated)
 
     def still_valid(self) -> bool:
         """Whether the tensors Python read keep their versions and the names it captured
@@ -386,6 +387,9 @@ class CompiledFunction:
         guards = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
+            if isinstance(a, Tensor) and a._requires_grad:  # (backward accumulates into it)
+                grad = None if a.grad is None else a.grad._data.shape
+                guards.append((f"{input_label(i)} .grad", grad))
         for label, t in self._state_tensors().values():
             guards.append((label, _state_meta(t)))
         for name, opt in self._optimizers().items():
@@ -619,6 +623,10 @@ def _runner_inputs(spec: StepProgram, names: dict) -> tuple[list[str], list[str]
     after its owner dropped it moves to memory of its own (``Sink.keep_orphan``)."""
     arrays = [f"args[{i}]._data" for i in spec.tensor_args]
     lines = []
+    for i in spec.arg_grads:  # (copied when in the step's memory, as the lifted .grad below)
+        lines += [f"ga{i} = args[{i}].grad._data", f"if memory_of(ga{i}) in PLANNED:"]
+        lines.append(f"    ga{i} = ga{i}.copy()")
+        arrays.append(f"ga{i}")
     for j, t in enumerate(spec.lifted):
         names[f"lifted{j}"] = spec.grad_of.get(j, t)
         if j not in spec.grad_of:
@@ -781,12 +789,15 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
             else a
             for i, (a, name) in enumerate(zip(args, arg_names, strict=True))
         ]
+        arg_grads = _trace_argument_grads(tracer, args, symbolic, arg_names)
         leaves, structure = pytree.flatten(compiled.fn(*symbolic))
         results = [tracer.value_of(t) for t in leaves]
         targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
         sinks, sink_values = _collect_sinks(tracer, symbolic, args)
         graph = tracer.graph(results + new_values + sink_values, updates)
-    _restore_grads(sinks, grads_before)
+    _restore_grads(
+        sinks, {**grads_before, **{id(a): (a, a.grad) for a in args if isinstance(a, Tensor)}}
+    )
     python_reads = values_read(tracer)
     if not (tracer.backward_calls or tracer.optimizers):
         return trace_function(compiled, args, signature, names)
@@ -801,6 +812,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     report.stages.append((stage, pass_results))
     if compiled.check:
         arrays = [a._data for a in args if isinstance(a, Tensor)]
+        arrays += [args[i].grad._data for i in arg_grads]
         arrays += [t._data for t, _ in tracer.lifted.values()]
         check_stages(traced_graph, [(stage, traced_graph, pass_results)], arrays)
     persistent = frozenset(v.name for v in graph.outputs[len(results) :])
@@ -837,7 +849,21 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         _written_in_place(program.graph, len(results), list(updates)),
         values_read=python_reads,
         captured=_captures(compiled, lifted_tensors),
+        arg_grads=arg_grads,
     )
+
+
+def _trace_argument_grads(tracer: Tracer, args, symbolic, arg_names) -> tuple[int, ...]:
+    """Tensor arguments requiring grad that have a .grad: it is an input (after the
+    arguments), which backward() accumulates into, as eagerly. Their positions."""
+    positions = tuple(
+        i
+        for i, a in enumerate(args)
+        if isinstance(a, Tensor) and a.requires_grad and a.grad is not None
+    )
+    for i in positions:
+        symbolic[i].grad = tracer.add_input(args[i].grad.tensor_type, f"{arg_names[i]}.grad")
+    return positions
 
 
 def _refuse_outside_history(tracer: Tracer) -> None:

@@ -674,3 +674,25 @@ def test_recompile_reasons_say_in_words_what_changed():
     assert first == "parameter weight replaced by another float32[2, 3] requires grad"
     assert "input 0 shape (4, 3) -> (5, 3)" in second and "training (True,) -> (False,)" in second
     assert "0x" not in first + second
+
+
+def test_a_step_accumulates_into_an_arguments_grad_as_eagerly():
+    def step(x, w):
+        loss = ((x @ w) ** 2).sum()
+        loss.backward()
+        return loss
+
+    def run(fn):
+        tg.manual_seed(0)
+        x = tg.randn(3, 4, dtype=tg.float64, requires_grad=True)
+        w = tg.randn(4, 2, dtype=tg.float64)
+        grads = []
+        for _ in range(3):
+            fn(x, w)
+            grads.append(x.grad.numpy().copy())
+        return grads
+
+    eager, compiled = run(step), run(tg.compile(step))
+    for e, c in zip(eager, compiled, strict=True):
+        np.testing.assert_allclose(c, e, rtol=1e-12)
+    np.testing.assert_allclose(compiled[2], 3 * compiled[0], rtol=1e-12)

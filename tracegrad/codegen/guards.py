@@ -120,6 +120,14 @@ def step_guard(
     b = GuardBuilder()
     b.names["optimizer_groups"] = optimizer_groups
     b.call(args, grad_mode)
+    for i, a in enumerate(args):  # backward() accumulates into an argument's .grad
+        if isinstance(a, Tensor) and a._requires_grad:
+            if a.grad is None:
+                b.check(f"args[{i}].grad is not None")
+            else:
+                b.check(
+                    f"g is None or g._data.shape != {a.grad._data.shape}", f"g = args[{i}].grad"
+                )
     # (replace, not format: the key a read names may hold braces)
     rebound = [
         f"{read.replace('{}', b.name('N', ns), 1)} is not {b.name('R', obj)}"
