@@ -17,7 +17,7 @@ import numpy as np
 
 from tracegrad import passes, tape, viz
 from tracegrad.autograd import grad as autograd_grad
-from tracegrad.check import check_stages, seeds_for
+from tracegrad.check import check_generated_module, check_stages, seeds_for
 from tracegrad.codegen.guards import module_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
@@ -236,8 +236,6 @@ def build_module_program(
     report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
     n_forward = len(graph.outputs)
     forward, backward = autodiff.split(joint, n_forward, seeds)
-    if check:
-        _check_module(traced, tensors, wrt, n_out, report.stages)
     report.saved = autodiff.saved_values(forward, backward, n_forward)
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
     parts = [("forward", forward), ("backward", backward)]
@@ -247,6 +245,8 @@ def build_module_program(
     saved = frozenset(v.name for v in forward.outputs[n_forward:]) - returned
     program = generate(parts, "forward and backward", debug_nans, passes_spec, saved, report)
     n_saved = len(forward.outputs) - n_forward
+    if check:
+        _check_module(traced, tensors, wrt, n_out, report.stages, program)
     return ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
 
 
@@ -270,8 +270,9 @@ def _dependencies(graph: Graph, n_out: int) -> list[set[int]]:
     return reads
 
 
-def _check_module(traced: Traced, tensors, wrt, n_out, stages) -> None:
-    """check=True: every pass snapshot, differentiated, against the unoptimized program."""
+def _check_module(traced: Traced, tensors, wrt, n_out, stages, program: Program) -> None:
+    """check=True: every pass snapshot, differentiated, then the generated forward and
+    backward, against the unoptimized program."""
     names = [traced.graph.inputs[i].name for i in wrt]
 
     def joint_of(graph):
@@ -284,6 +285,7 @@ def _check_module(traced: Traced, tensors, wrt, n_out, stages) -> None:
     forward_end = forward_results[-1].graph if forward_results else traced.graph
     check_stages(reference, [(forward_name, traced.graph, forward_results)], arrays, joint_of)
     check_stages(reference, [(joint_name, joint_of(forward_end), joint_results)], arrays)
+    check_generated_module(reference, program, arrays, len(tensors), names)
 
 
 def _connect_backward(spec: ModuleProgram, tensors, outputs, saved: list) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracegrad import passes, tape, viz
-from tracegrad.check import check_stages
+from tracegrad.check import check_generated, check_stages, step_labels
 from tracegrad.codegen.guards import PLAIN, GuardBuilder, step_guard
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
@@ -633,10 +633,6 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     report.unplanned_traced = traced_graph
     stage = "traced step (forward, backward and update)"
     report.stages.append((stage, pass_results))
-    if compiled.check:
-        arrays = [a._data for a in args if isinstance(a, Tensor)]
-        arrays += [t._data for t, _ in tracer.lifted.values()]
-        check_stages(traced_graph, [(stage, traced_graph, pass_results)], arrays)
     persistent = frozenset(v.name for v in graph.outputs[len(results) :])
     program = generate(
         [("step", graph)],
@@ -646,6 +642,13 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         persistent,
         report=report,
     )
+    if compiled.check:
+        arrays = [a._data for a in args if isinstance(a, Tensor)]
+        arrays += [t._data for t, _ in tracer.lifted.values()]
+        check_stages(traced_graph, [(stage, traced_graph, pass_results)], arrays)
+        run = functools.partial(program.call, "step")
+        labels = step_labels(traced_graph, len(results))
+        check_generated(traced_graph, run, arrays, "training step", labels)
     lifted_tensors = [t for t, _ in tracer.lifted.values()]
     noted = {f"optimizer{i}": o for i, o in enumerate(tracer.optimizers)}
     # Tensors that require grad and were read, however the function reached them: their
