@@ -17,12 +17,16 @@ from tracegrad.passes.pipeline import note, register_pass
 
 
 def _groups(graph: Graph) -> list[list[Node]]:
-    by_left: dict[int, list[Node]] = defaultdict(list)
+    """Products sharing their left operand, forward and backward apart: a joint graph is cut
+    into a forward and a backward function, and a forward product joined with a backward one
+    would need the cotangent before the backward runs."""
+    by_left: dict[tuple, list[Node]] = defaultdict(list)
     for node in graph.nodes:
         if node.op == "matmul":
             left, right = node.inputs
             if right.type.ndim == 2 and left.type.ndim >= 2:
-                by_left[id(left)].append(node)
+                backward = (node.origin or "").startswith("grad of")
+                by_left[id(left), backward].append(node)
     return [
         nodes
         for nodes in by_left.values()
