@@ -73,14 +73,18 @@ def reads_of(node) -> list[tuple[object, bool]]:
     where its kernel reads the element before writing that same element, and nothing else
     after (an elementwise op; the first member alone of a fused kernel; the input a row-wise
     kernel such as softmax overwrites). Anything else it reads while or after writing: the
-    later members of a fused kernel, the operands of a product, a mask or a gradient."""
+    later members of a fused kernel, the operands of a product, a mask or a gradient, and an
+    array given twice (a kernel of several steps may read its second operand after writing)."""
     if node.op == FUSED:
         first = set(map(id, _read_first_only(node)))
         return [(v, id(v) in first) for v in node.inputs]
     props = OPS[node.op].props if node.op in OPS else frozenset()
+    once = [sum(u is v for u in node.inputs) == 1 for v in node.inputs]
     if ELEMENTWISE in props:
-        return [(v, True) for v in node.inputs]
-    return [(v, k == 0 and OVERWRITES_INPUT in props) for k, v in enumerate(node.inputs)]
+        return list(zip(node.inputs, once, strict=True))
+    return [
+        (v, k == 0 and once[k] and OVERWRITES_INPUT in props) for k, v in enumerate(node.inputs)
+    ]
 
 
 def clobbers(reads, written, shape: tuple, home: dict, root: dict) -> bool:
@@ -354,9 +358,9 @@ def _index_suffix(dim: int, start: int, stop: int) -> str:
 
 
 def _read_first_only(node) -> list:
-    """The inputs of a fused node its kernel reads only in its first member: the kernel writes
-    its buffer from that member on, so only those may share it (none for a product, which
-    cannot write over its operands)."""
+    """The inputs of a fused node its kernel reads only in its first member, once: the kernel
+    writes its buffer from that member on, so only those may share it (none for a product,
+    which cannot write over its operands)."""
     if is_linear(node):
         return []
     body = body_of(node)
@@ -364,7 +368,8 @@ def _read_first_only(node) -> list:
     return [
         v
         for v, b in zip(node.inputs, body.inputs, strict=True)
-        if any(b is i for i in first.inputs) and not any(b is i for m in later for i in m.inputs)
+        if sum(b is i for i in first.inputs) == 1
+        and not any(b is i for m in later for i in m.inputs)
     ]
 
 
