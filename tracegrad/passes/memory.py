@@ -15,6 +15,12 @@ Case 1 sets ``meta["inplace"] = k`` (write into input k); case 2 sets
 ``meta["buffer"] = b``, an index into ``graph.meta["buffers"]`` (shape, dtype name) which the
 generated module allocates once. Graph inputs are never written except as declared updates, and
 values the caller keeps (outputs) never live in pooled memory unless listed as ``persistent``.
+
+One aliasing rule (``clobbers``) decides whether a write may go where it would: the node must
+not read that memory through a view (a transpose, reshape, slice or broadcast of it, or a view
+made once beside the buffers), nor after its kernel started writing it (a later member of a
+fused kernel). Row loops ask the same rule (``tracegrad.codegen.emit``), and ``verify`` checks
+every finished plan against it.
 """
 
 from __future__ import annotations
