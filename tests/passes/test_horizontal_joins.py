@@ -1,9 +1,10 @@
-"""Horizontal fusion keeps forward and backward apart.
+"""What horizontal fusion does not join: forward with backward products, live with dead ones.
 
 In ``F.linear(x, w, b).T @ x`` the gradient has a product ``x @ g.T`` sharing its left operand
 ``x`` with the forward's ``x @ w.T``. Joined, the forward would need the cotangent ``g``: a
 compiled module, whose joint graph is cut into a forward and a backward function, could not
-be built.
+be built. A dead product joined with a live one would be computed, and the live result would
+depend on its operand (check=True then compared gradients of different inputs).
 """
 
 import numpy as np
@@ -47,3 +48,13 @@ def test_compiled_module_gradients_equal_eager():
         grads.append([x.grad.numpy(), *(p.grad.numpy() for p in model.parameters())])
     for got, want in zip(*grads, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_a_dead_product_is_not_joined_with_a_live_one():
+    def program(x, w):
+        unused = w @ x  # noqa: F841  (dead: DCE runs after horizontal fusion)
+        return w @ w
+
+    graph = tg.trace(program, np.ones((2, 2)), np.eye(2))
+    result = run_pass("horizontal", graph)
+    assert "cat" not in [n.op for n in result.graph.nodes]
