@@ -1,5 +1,6 @@
 """``tg.compile(..., check=True)``: run every stage of compilation on the first call's inputs and
-name the first pass whose graph computes something else than the unoptimized one."""
+name the first stage that computes something else than the unoptimized program: a pass (its
+graph, interpreted), or the memory plan and code generation (the generated code, run)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ def first_changed_node(before: Graph, after: Graph, arrays) -> str | None:
     return None
 
 
-def first_difference(graph: Graph, got, want) -> str | None:
-    """A description of the first output of ``graph`` whose value differs, else None."""
+def first_difference(graph: Graph, got, want, labels=None) -> str | None:
+    """A description of the first output of ``graph`` whose value differs, else None;
+    ``labels`` name the outputs (their positions otherwise)."""
     producers = graph.producers()
     tol = _tolerance(graph)
     for index, (value, a, b) in enumerate(zip(graph.outputs, got, want, strict=True)):
@@ -69,7 +71,8 @@ def first_difference(graph: Graph, got, want) -> str | None:
             at = f" at {loc.filename}:{loc.lineno}" if loc else ""
             where = f" (node %{value.name} = {node.op}{at})"
         worst = np.max(np.abs(a - b)) if a.shape == b.shape else f"shape {a.shape} vs {b.shape}"
-        return f"output {index}{where} differs by {worst}"
+        label = f"output {index}" if labels is None else f"output {index}, {labels[index]},"
+        return f"{label}{where} differs by {worst}"
     return None
 
 
@@ -94,11 +97,54 @@ def check_stages(reference: Graph, stages, arrays, differentiate=None) -> None:
             before = result.graph
 
 
-def check_generated(graph: Graph, got, arrays, what: str) -> None:
-    """Compare what the generated code returned with the interpreter on the same graph."""
-    problem = first_difference(graph, [np.asarray(a) for a in got], _run(graph, arrays))
+def check_generated(reference: Graph, run, arrays, what: str, labels=None) -> None:
+    """Run the generated code, ``run(arrays)``, on copies of ``arrays`` (it updates state in
+    place) and compare what it returns with the unoptimized ``reference`` interpreted on
+    ``arrays``: the memory plan and code generation are checked as the passes are."""
+    want = _run(reference, arrays)
+    rng = generator()
+    state = rng.bit_generator.state  # (random draws as in the reference run)
+    try:
+        got = [np.asarray(a) for a in run([np.array(a, copy=True) for a in arrays])]
+    finally:
+        rng.bit_generator.state = state
+    problem = first_difference(reference, got, want, labels)
     if problem:
-        raise CheckError(f"check=True: the generated {what} code differs: {problem}")
+        raise CheckError(
+            f"check=True: memory plan / generated code ({what}) computes something else than "
+            f"the unoptimized program: {problem}"
+        )
+
+
+def check_generated_module(reference: Graph, program, arrays, n_inputs: int, wrt) -> None:
+    """``check_generated`` for a compiled module: its generated forward on the first
+    ``n_inputs`` arrays, then its backward on the values saved and the cotangents (the rest),
+    against the joint ``reference`` (forward outputs, then gradients of the inputs ``wrt``)."""
+    n_forward = len(reference.outputs) - len(wrt)
+
+    def run(copies):
+        forward = program.call("forward", copies[:n_inputs])
+        outputs = [np.array(a, copy=True) for a in forward]  # (out of planned memory)
+        seeds = copies[n_inputs:]
+        return outputs[:n_forward] + list(program.call("backward", outputs[n_forward:] + seeds))
+
+    labels = [f"forward output {i}" for i in range(n_forward)]
+    labels += [f"gradient of {name}" for name in wrt]
+    check_generated(reference, run, arrays, "forward and backward", labels)
+
+
+def step_labels(graph: Graph, n_results: int) -> list[str]:
+    """Names of a whole step's outputs: the values it returns, new values of the state it
+    updates, then the values it stores (.grad of tensors, optimizer state)."""
+    updated = {id(v): name for name, v in graph.updates.items()}
+    return [
+        f"returned value {i}"
+        if i < n_results
+        else f"new value of {updated[id(v)]}"
+        if id(v) in updated
+        else "a stored .grad or optimizer state"
+        for i, v in enumerate(graph.outputs)
+    ]
 
 
 def seeds_for(graph: Graph, n_inputs: int) -> list[np.ndarray]:

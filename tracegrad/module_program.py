@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracegrad import passes, pytree, tape
-from tracegrad.check import check_stages, seeds_for
+from tracegrad.check import check_generated_module, check_stages, seeds_for
 from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
 from tracegrad.passes import autodiff
@@ -92,8 +92,6 @@ def build_module_program(
     n_forward = len(graph.outputs)
     forward, backward = autodiff.split(joint, n_forward, seeds)
     forward = returned_in_own_memory(forward, n_out)
-    if check:
-        _check_module(traced, tensors, wrt, n_out, report.stages)
     report.saved = autodiff.saved_values(forward, backward, n_forward)
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
     parts = [("forward", forward), ("backward", backward)]
@@ -103,6 +101,8 @@ def build_module_program(
     saved = frozenset(v.name for v in forward.outputs[n_forward:]) - returned
     program = generate(parts, "forward and backward", debug_nans, passes_spec, saved, report)
     n_saved = len(forward.outputs) - n_forward
+    if check:
+        _check_module(traced, tensors, wrt, n_out, report.stages, program)
     return ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
 
 
@@ -146,8 +146,9 @@ def _dependencies(graph: Graph, n_out: int) -> list[set[int]]:
     return reads
 
 
-def _check_module(traced: Traced, tensors, wrt, n_out, stages) -> None:
-    """check=True: every pass snapshot, differentiated, against the unoptimized program."""
+def _check_module(traced: Traced, tensors, wrt, n_out, stages, program: Program) -> None:
+    """check=True: every pass snapshot, differentiated, then the generated forward and
+    backward, against the unoptimized program."""
     names = [traced.graph.inputs[i].name for i in wrt]
 
     def joint_of(graph):
@@ -160,6 +161,7 @@ def _check_module(traced: Traced, tensors, wrt, n_out, stages) -> None:
     forward_end = forward_results[-1].graph if forward_results else traced.graph
     check_stages(reference, [(forward_name, traced.graph, forward_results)], arrays, joint_of)
     check_stages(reference, [(joint_name, joint_of(forward_end), joint_results)], arrays)
+    check_generated_module(reference, program, arrays, len(tensors), names)
 
 
 def _connect_backward(spec: ModuleProgram, tensors, outputs, saved: list) -> None:

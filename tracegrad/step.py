@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracegrad import captures, passes, pytree, tape, viz
-from tracegrad.check import check_stages
+from tracegrad.check import check_generated, check_stages, step_labels
 from tracegrad.codegen import names
 from tracegrad.codegen.guards import PLAIN, GuardBuilder, plain_attributes, step_guard
 from tracegrad.errors import TraceError
@@ -810,11 +810,6 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     report.unplanned_traced = traced_graph
     stage = "traced step (forward, backward and update)"
     report.stages.append((stage, pass_results))
-    if compiled.check:
-        arrays = [a._data for a in args if isinstance(a, Tensor)]
-        arrays += [args[i].grad._data for i in arg_grads]
-        arrays += [t._data for t, _ in tracer.lifted.values()]
-        check_stages(traced_graph, [(stage, traced_graph, pass_results)], arrays)
     persistent = frozenset(v.name for v in graph.outputs[len(results) :])
     program = generate(
         [("step", graph)],
@@ -824,6 +819,14 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         persistent,
         report=report,
     )
+    if compiled.check:
+        arrays = [a._data for a in args if isinstance(a, Tensor)]
+        arrays += [args[i].grad._data for i in arg_grads]
+        arrays += [t._data for t, _ in tracer.lifted.values()]
+        check_stages(traced_graph, [(stage, traced_graph, pass_results)], arrays)
+        run = functools.partial(program.call, "step")
+        labels = step_labels(traced_graph, len(results))
+        check_generated(traced_graph, run, arrays, "training step", labels)
     lifted_tensors = [t for t, _ in tracer.lifted.values()]
     noted = {f"optimizer{i}": o for i, o in enumerate(tracer.optimizers)}
     # Tensors that require grad and were read, however the function reached them: their

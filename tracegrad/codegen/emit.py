@@ -23,7 +23,7 @@ from tracegrad.ops import ELEMENTWISE, LAYOUT_VIEW, OPS
 from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.fuse import is_linear
-from tracegrad.passes.memory import aliases, homes
+from tracegrad.passes.memory import aliases, clobbers, homes
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("tracegrad.codegen", "templates"),
@@ -377,19 +377,15 @@ def _row_candidate(node) -> bool:
 
 def _joins(members, home: dict, root: dict) -> bool:
     """Whether ``members`` may run piece by piece: all candidates of one shape, and no member
-    reads memory a member writes other than row for row (the same array, same rows)."""
+    reads memory a member writes other than row for row (the same array, same rows: each
+    member's own reads the memory plan allowed already; across members, a piece is read
+    before any member writes that piece over)."""
     shape = members[0].outputs[0].type.shape
     if not all(_row_candidate(m) and m.outputs[0].type.shape == shape for m in members):
         return False
     written = {home[id(m.outputs[0])] for m in members}
-    inside = {id(m.outputs[0]) for m in members}
-    for member in members:
-        for value in member.inputs:
-            if id(value) in inside or home[id(value)] not in written:
-                continue
-            if value.type.shape != shape or root[id(value)] is not value:
-                return False  # a view or a broadcast of memory the loop overwrites
-    return True
+    reads = [(value, True) for member in members for value in member.inputs]
+    return not clobbers(reads, written, shape, home, root)
 
 
 def _row_loop(members, namer: Namer, buffers, local: dict[int, str]) -> list[str]:

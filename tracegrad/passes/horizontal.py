@@ -13,15 +13,19 @@ from collections import defaultdict
 from tracegrad.dtypes import TensorType
 from tracegrad.ir.core import Node, Value
 from tracegrad.ir.graph import Graph
+from tracegrad.passes.dce import live_nodes
 from tracegrad.passes.pipeline import note, register_pass
 
 
 def _groups(graph: Graph) -> list[list[Node]]:
-    """Matmuls sharing their left operand, of one phase: a forward product joined with a
-    gradient's would make the forward wait for (and, split off, read) the backward's inputs."""
+    """Live products sharing their left operand, forward and backward apart: a joint graph is
+    cut into a forward and a backward function, and a forward product joined with a backward
+    one would need the cotangent before the backward runs. (A dead product joined with a live
+    one would be computed, and make the live result depend on its operand.)"""
+    live = live_nodes(graph)
     by_left: dict[tuple, list[Node]] = defaultdict(list)
     for node in graph.nodes:
-        if node.op == "matmul":
+        if node.op == "matmul" and id(node) in live:
             left, right = node.inputs
             if right.type.ndim == 2 and left.type.ndim >= 2:
                 backward = (node.origin or "").startswith("grad of")

@@ -15,6 +15,12 @@ Case 1 sets ``meta["inplace"] = k`` (write into input k); case 2 sets
 ``meta["buffer"] = b``, an index into ``graph.meta["buffers"]`` (shape, dtype name) which the
 generated module allocates once. Graph inputs are never written except as declared updates, and
 values the caller keeps (outputs) never live in pooled memory unless listed as ``persistent``.
+
+One aliasing rule (``clobbers``) decides whether a write may go where it would: the node must
+not read that memory through a view (a transpose, reshape, slice or broadcast of it, or a view
+made once beside the buffers), nor after its kernel started writing it (a later member of a
+fused kernel). Row loops ask the same rule (``tracegrad.codegen.emit``), and ``verify`` checks
+every finished plan against it.
 """
 
 from __future__ import annotations
@@ -48,16 +54,85 @@ def homes(graph: Graph, root: dict[int, object]) -> dict[int, tuple]:
     and fresh results, the base for views (``root``, from ``aliases``) and in-place writes."""
     home: dict[int, tuple] = {id(v): ("value", id(v)) for v in graph.inputs}
     for node in graph.nodes:
-        out = node.outputs[0]
-        if "buffer" in node.meta:
-            home[id(out)] = ("buffer", node.meta["buffer"])
-        elif "inplace" in node.meta:
-            home[id(out)] = home[id(node.inputs[node.meta["inplace"]])]
-        elif root[id(out)] is not out:
-            home[id(out)] = home[id(root[id(out)])]
-        for v in node.outputs:
-            home.setdefault(id(v), ("value", id(v)))
+        settle(node, home, root)
     return home
+
+
+def settle(node, home: dict[int, tuple], root: dict[int, object]) -> None:
+    """Enter in ``home`` (see ``homes``) the memory the plan gave ``node``'s outputs."""
+    out = node.outputs[0]
+    if "buffer" in node.meta:
+        home[id(out)] = ("buffer", node.meta["buffer"])
+    elif "inplace" in node.meta:
+        home[id(out)] = home[id(node.inputs[node.meta["inplace"]])]
+    elif root[id(out)] is not out:
+        home[id(out)] = home[id(root[id(out)])]
+    for v in node.outputs:
+        home.setdefault(id(v), ("value", id(v)))
+
+
+# --- the aliasing rule: what a write may not destroy ------------------------------------------
+
+
+def reads_of(node) -> list[tuple[object, bool]]:
+    """(input, read at the index written) for each input of ``node`` written into memory: True
+    where its kernel reads the element before writing that same element, and nothing else
+    after (an elementwise op; the first member alone of a fused kernel; the input a row-wise
+    kernel such as softmax overwrites). Anything else it reads while or after writing: the
+    later members of a fused kernel, the operands of a product, a mask or a gradient, and an
+    array given twice (a kernel of several steps may read its second operand after writing)."""
+    if node.op == FUSED:
+        first = set(map(id, _read_first_only(node)))
+        return [(v, id(v) in first) for v in node.inputs]
+    props = OPS[node.op].props if node.op in OPS else frozenset()
+    once = [sum(u is v for u in node.inputs) == 1 for v in node.inputs]
+    if ELEMENTWISE in props:
+        return list(zip(node.inputs, once, strict=True))
+    return [
+        (v, k == 0 and once[k] and OVERWRITES_INPUT in props) for k, v in enumerate(node.inputs)
+    ]
+
+
+def clobbers(reads, written, shape: tuple, home: dict, root: dict) -> bool:
+    """The aliasing rule every write into planned memory obeys: whether writing a result of
+    ``shape`` into the memories ``written`` (homes, see ``homes``) destroys something of
+    ``reads`` ((value, read at the index written) pairs, see ``reads_of``) before it is read.
+
+    A value living in written memory is safe only read at the index written, and only as that
+    memory itself, whole: its own array, of the result's shape. Read through any view of it
+    (transposed, reshaped, broadcast, sliced, or a view made once beside the buffers), its
+    elements are read elsewhere than written, some after they were overwritten. (A value that
+    is no view lives in its memory whole: the parts of an assembly, which do not, are read by
+    their assembly alone.)"""
+    return any(
+        home[id(value)] in written
+        and not (same_index and root[id(value)] is value and value.type.shape == shape)
+        for value, same_index in reads
+    )
+
+
+def verify(graph: Graph) -> None:
+    """Check a planned graph against the aliasing rule (``clobbers``): no node writes memory
+    that one of its inputs is read from elsewhere than at the index written."""
+    root = aliases(graph)
+    home = {id(v): ("value", id(v)) for v in graph.inputs}
+    for node in graph.nodes:
+        settle(node, home, root)
+        out = node.outputs[0]
+        # (an assembly's nodes write views of its buffer that nothing else reads, or nothing)
+        planned = ("inplace" in node.meta or "buffer" in node.meta) and not (
+            "view" in node.meta or "assembled" in node.meta
+        )
+        if planned and clobbers(reads_of(node), {home[id(out)]}, out.type.shape, home, root):
+            raise PlanError(
+                f"memory plan: %{out.name} = {node.op} is written into memory one of its "
+                "inputs is read from through a view (or after it is written); fix the "
+                "plan's aliasing rule (passes/memory.py clobbers)"
+            )
+
+
+class PlanError(RuntimeError):
+    """A memory plan writes over values before they are read."""
 
 
 def last_uses(graph: Graph, root: dict[int, object]) -> dict[int, int]:
@@ -89,6 +164,8 @@ class _Planner:
         # back into its input after the run, which would overwrite it first.
         self.home = {id(v): name for name, v in targets.items()}
         self.results = {id(self.root[id(v)]) for v in [*graph.outputs, *graph.updates.values()]}
+        # id(value) -> its memory (see ``homes``), for the nodes planned so far
+        self.where: dict[int, tuple] = {id(v): ("value", id(v)) for v in graph.inputs}
         self.buffers: list[tuple] = []
         self.free: dict[tuple, list[int]] = defaultdict(list)
         self.owner: dict[int, int] = {}  # id(root value) -> buffer index
@@ -103,18 +180,24 @@ class _Planner:
 
     def writable_input(self, node, index: int, candidates) -> int | None:
         """Position of an input the node may overwrite: one of ``candidates``, not a view,
-        read by nothing later, of the output's type, and not read twice by this node."""
+        read by nothing later, of the output's type, and none of the node's reads destroyed
+        by writing there (``clobbers``)."""
+        out = node.outputs[0]
         for k, value in enumerate(node.inputs):
             if (
                 value in candidates
                 and self.root[id(value)] is value
                 and self.dies_at(value, index)
-                and value.type == node.outputs[0].type
-                and sum(v is value for v in node.inputs) == 1
-                and self.may_hold(value, node.outputs[0])
+                and value.type == out.type
+                and self.may_hold(value, out)
+                and not self.clobbers(node, self.where[id(value)])
             ):
                 return k
         return None
+
+    def clobbers(self, node, memory) -> bool:
+        shape = node.outputs[0].type.shape
+        return clobbers(reads_of(node), {memory}, shape, self.where, self.root)
 
     def may_hold(self, value, out) -> bool:
         """Whether ``out`` may be written into ``value``'s memory (see ``self.home``)."""
@@ -134,7 +217,6 @@ class _Planner:
             return
         if id(self.root[id(out)]) in self.protected:
             return
-        elementwise = node.op == FUSED or ELEMENTWISE in op.props
         ours = [v for v in node.inputs if id(v) not in self.protected or id(v) in self.targets]
         if not out.type.shape:
             # NumPy hands back 0-d results as scalars, which cannot be written into later;
@@ -142,11 +224,6 @@ class _Planner:
             ours = [v for v in ours if id(v) in self.targets]
             if op is None or not isinstance(op.impl, np.ufunc) or not ours:
                 return
-        if node.op == FUSED:
-            ours = [v for v in _read_first_only(node) if v in ours]
-        elif not elementwise:
-            overwrites = OVERWRITES_INPUT in op.props
-            ours = [v for v in ours if overwrites and v is node.inputs[0]]
         k = self.writable_input(node, index, ours)
         if k is not None:
             node.meta["inplace"] = k
@@ -287,9 +364,9 @@ def _index_suffix(dim: int, start: int, stop: int) -> str:
 
 
 def _read_first_only(node) -> list:
-    """The inputs of a fused node its kernel reads only in its first member: the kernel writes
-    its buffer from that member on, so only those may share it (none for a product, which
-    cannot write over its operands)."""
+    """The inputs of a fused node its kernel reads only in its first member, once: the kernel
+    writes its buffer from that member on, so only those may share it (none for a product,
+    which cannot write over its operands)."""
     if is_linear(node):
         return []
     body = body_of(node)
@@ -297,7 +374,8 @@ def _read_first_only(node) -> list:
     return [
         v
         for v, b in zip(node.inputs, body.inputs, strict=True)
-        if any(b is i for i in first.inputs) and not any(b is i for m in later for i in m.inputs)
+        if sum(b is i for i in first.inputs) == 1
+        and not any(b is i for m in later for i in m.inputs)
     ]
 
 
@@ -312,8 +390,10 @@ def plan(graph: Graph, persistent: frozenset[str] = frozenset()) -> Graph:
     planner = _Planner(graph, persistent)
     for index, node in enumerate(graph.nodes):
         planner.place(node, index)
+        settle(node, planner.where, planner.root)
         planner.release(node, index)
     graph.meta["buffers"] = planner.buffers
+    verify(graph)
     return graph
 
 
