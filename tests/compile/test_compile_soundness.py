@@ -696,3 +696,25 @@ def test_a_step_accumulates_into_an_arguments_grad_as_eagerly():
     for e, c in zip(eager, compiled, strict=True):
         np.testing.assert_allclose(c, e, rtol=1e-12)
     np.testing.assert_allclose(compiled[2], 3 * compiled[0], rtol=1e-12)
+
+
+def test_an_unused_draw_in_a_compiled_module_still_advances_the_stream():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            F.dropout(x, 0.5)  # drawn, not used
+            return self.lin(x) + tg.randn(3)
+
+    def run(compiled):
+        tg.manual_seed(0)
+        model = Unused()
+        fn = tg.compile(model) if compiled else model
+        x = tg.randn(2, 3, requires_grad=True)
+        tg.manual_seed(9)
+        return [fn(x).detach().numpy().copy() for _ in range(2)]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -14,6 +14,7 @@ from tracegrad import tape
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import OPS
+from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.pipeline import register_pass
 from tracegrad.tensor import Tensor, apply
 from tracegrad.tracer import Tracer, tracing
@@ -107,7 +108,9 @@ def split(joint: Graph, n_forward: int, seed_names: list[str]) -> tuple[Graph, G
     values the backward reads, saved) and a backward graph (saved values and cotangents in,
     gradients out)."""
     seeds = set(seed_names)
-    forward_nodes = _ancestors(joint, joint.outputs[:n_forward])
+    # (a draw nothing reads is made all the same: later draws take the numbers after it)
+    draws = [v for n in joint.nodes if n.op in OPS and RANDOM in OPS[n.op].props for v in n.outputs]
+    forward_nodes = _ancestors(joint, [*joint.outputs[:n_forward], *draws])
     in_forward = {id(n) for n in forward_nodes}
     backward_nodes = [
         n for n in _ancestors(joint, joint.outputs[n_forward:]) if id(n) not in in_forward
