@@ -24,6 +24,7 @@ from tracegrad.specialize import (
     generate,
     log,
     returned_in_own_memory,
+    show_views,
     unchanged,
     user_lines,
 )
@@ -120,6 +121,9 @@ def run_module_program(spec: ModuleProgram, args):
         if array is not target._data:
             np.copyto(target._data, array)
         target._version[0] += 1
+    results = list(results)
+    if traced.views:  # (after the writes back: a view of an updated input shows its new value)
+        show_views(results, [t._data for t in tensors], traced.views)
     outputs = [Tensor._wrap(np.asarray(a)) for a in results[:n_out]]
     if spec.program.backward_graph is not None and spec.wrt:
         _connect_backward(spec, tensors, outputs, list(results[n_out + n_upd :]))

@@ -240,6 +240,43 @@ def returned_in_own_memory(graph: Graph, n_returned: int) -> Graph:
     return graph
 
 
+# View ops whose eager result shares its input's memory (a getitem with index tensors copies)
+_SHOWING = frozenset({"getitem", "reshape", "permute", "broadcast_to", "stop_gradient"})
+
+
+def eager_views(graph: Graph, n_returned: int) -> tuple:
+    """The returned values that eagerly are views of an input's memory (``return x.t()``, also
+    of an input updated in place first: ``x.mul_(2); return x[0]``): (output index, input
+    position, the view ops from the input's memory) each. The compiled call returns them as
+    the same views of the input's memory, so later writes to it show in them as eagerly."""
+    producers = graph.producers()
+    position = {id(v): i for i, v in enumerate(graph.inputs)}
+    names = {v.name: i for i, v in enumerate(graph.inputs)}
+    for name, new in graph.updates.items():
+        position.setdefault(id(new), names[name])
+    found = []
+    for k, out in enumerate(graph.outputs[:n_returned]):
+        chain, value = [], out
+        while id(value) not in position:
+            node = producers.get(id(value))
+            if node is None or node.op not in _SHOWING or len(node.inputs) != 1:
+                break
+            chain.append((node.op, dict(node.attrs)))
+            value = node.inputs[0]
+        if id(value) in position:
+            found.append((k, position[id(value)], tuple(reversed(chain))))
+    return tuple(found)
+
+
+def show_views(results: list, inputs: list, views: tuple) -> None:
+    """Replace the results ``eager_views`` named by those views of the inputs' arrays."""
+    for k, i, chain in views:
+        array = inputs[i]
+        for op, attrs in chain:
+            array = OPS[op].impl(array, **attrs)
+        results[k] = array
+
+
 def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> Graph:
     """The planning passes of the pipeline, in order, on a copy of one function's graph."""
     graph = graph.copy()
@@ -311,6 +348,7 @@ class Traced:
     structure: object  # of what the function returned (tracegrad.pytree)
     updated_args: tuple[int, ...] = ()  # arguments updated in place, after update_targets
     values_read: tuple = ()  # (tensor, version) of outside tensors whose value Python read
+    views: tuple = ()  # returned values that are views of an input's memory (eager_views)
 
 
 def values_read(tracer: Tracer) -> tuple:
@@ -359,7 +397,8 @@ def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
     log("graph", lambda: f"traced {len(graph.nodes)} nodes\n{graph}")
     lifted = [t for t, _ in tracer.lifted.values()]
     read = values_read(tracer)
-    return Traced(graph, lifted, targets, len(outs), structure, updated_args, read)
+    views = eager_views(graph, len(outs))
+    return Traced(graph, lifted, targets, len(outs), structure, updated_args, read, views)
 
 
 # How many specializations a compiled module or function keeps: a call of a new signature

@@ -41,11 +41,13 @@ from tracegrad.specialize import (
     argument_names,
     check_recompiles,
     dtype_name,
+    eager_views,
     generate,
     identity,
     input_label,
     log,
     returned_in_own_memory,
+    show_views,
     signature_diff,
     tensor_guards,
     trace_call,
@@ -285,6 +287,7 @@ class StepProgram:
     values_read: tuple = ()  # (tensor, version) of outside tensors whose value Python read
     captured: tuple = ()  # captures.Capture of the tensors it reads through names and items
     arg_grads: tuple[int, ...] = ()  # tensor arguments whose .grad is an input (accumulated)
+    views: tuple = ()  # returned values that are views of an input's memory (eager_views)
 
     def still_valid(self) -> bool:
         """Whether the tensors Python read keep their versions and the names it captured
@@ -529,6 +532,8 @@ class CompiledFunction:
             spec.runner = step_runner(spec, guards, getattr(self.fn, "__name__", "function"))
         if spec.values_read or spec.captured:
             spec.runner = _checking(spec.runner, spec.still_valid)
+        if spec.views and spec.module is None:
+            spec.runner = _showing_views(spec.runner, spec)
 
     def _guards(self, args):
         """The guards of the current call state (see ``signature``), for a runner."""
@@ -601,6 +606,27 @@ def _checking(runner: Callable, still_valid: Callable[[], bool]) -> Callable:
 
     def run(args, trusted=False):
         return runner(args, trusted) if still_valid() else MISS
+
+    return run
+
+
+def _showing_views(runner: Callable, spec: StepProgram) -> Callable:
+    """``runner``, whose results that are eagerly views of an argument's or state's memory
+    are those views (see specialize.eager_views)."""
+
+    def run(args, trusted=False):
+        result = runner(args, trusted)
+        if result is MISS:
+            return result
+        leaves = pytree.flatten(result)[0]
+        inputs = [args[i]._data for i in spec.tensor_args]
+        inputs += [args[i].grad._data for i in spec.arg_grads]
+        inputs += [t._data for t in spec.state()]
+        arrays = [t._data for t in leaves]
+        show_views(arrays, inputs, spec.views)
+        for leaf, array in zip(leaves, arrays, strict=True):
+            leaf._data = array
+        return result
 
     return run
 
@@ -853,6 +879,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         values_read=python_reads,
         captured=_captures(compiled, lifted_tensors),
         arg_grads=arg_grads,
+        views=eager_views(traced_graph, len(results)),
     )
 
 

@@ -718,3 +718,23 @@ def test_an_unused_draw_in_a_compiled_module_still_advances_the_stream():
 
     for got, want in zip(run(True), run(False), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("compile_as", ["function", "step"])
+def test_a_returned_view_of_an_argument_shows_later_writes_as_eagerly(compile_as):
+    def f(x, w):
+        with tg.no_grad():
+            x.mul_(2.0)
+        if compile_as == "step":
+            (w * 3).sum().backward()
+        return x.t(), x[0], x * 1.0
+
+    def run(fn):
+        x, w = tg.tensor([[1.0, 2.0], [3.0, 4.0]]), tg.ones(2, requires_grad=True)
+        out = fn(x, w)
+        with tg.no_grad():
+            x.add_(100.0)  # the caller writes the argument afterwards
+        return [o.numpy().copy() for o in out]
+
+    for got, want in zip(run(tg.compile(f)), run(f), strict=True):
+        np.testing.assert_array_equal(got, want)
