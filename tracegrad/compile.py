@@ -30,6 +30,7 @@ from tracegrad.specialize import (
     argument_names,
     check_recompiles,
     dtype_name,
+    gc_paused,
     generate,
     identity,
     input_label,
@@ -178,6 +179,7 @@ class CompiledModule:
         title = type(self.module).__name__
         return module_guard(tape.is_grad_enabled(), args, self.module, title)
 
+    @gc_paused
     def _compile(self, args, signature: Signature) -> ModuleProgram:
         if self._signatures:
             reason = signature_diff(self._signatures[-1], signature)

@@ -35,6 +35,7 @@ from tracegrad.specialize import (
     argument_names,
     check_recompiles,
     dtype_name,
+    gc_paused,
     generate,
     identity,
     input_label,
@@ -445,6 +446,7 @@ class CompiledFunction:
             list(self._bindings.values()),
         )
 
+    @gc_paused
     def _compile(self, args, signature) -> StepProgram:
         if self.specializations:
             reason = signature_diff(self.specializations[-1].signature, signature)
