@@ -9,6 +9,7 @@ bound of 5 catches.
 from __future__ import annotations
 
 import cProfile
+import gc
 import pstats
 from pathlib import Path
 
@@ -103,3 +104,30 @@ def test_no_compiler_function_runs_superlinearly_often(compile_chain):
         if calls > LINEAR * max(short.get((file, line, name), 0), LONG)
     }
     assert not superlinear, f"calls at {SHORT} links -> at {LONG} links: {sorted(superlinear)}"
+
+
+class Branchy(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+def test_compiling_pauses_the_garbage_collector_and_restores_it():
+    seen = []
+
+    class Watching(nn.Module):
+        def forward(self, x):
+            seen.append(gc.isenabled())
+            return x * 2
+
+    tg.compile(Watching())(tg.randn(3))
+    assert seen == [False]
+    assert gc.isenabled()
+    with pytest.raises(tg.TraceError):
+        tg.compile(Branchy())(tg.randn(3))
+    assert gc.isenabled()
+    gc.disable()  # as the user left it
+    try:
+        tg.compile(Watching())(tg.randn(4))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
