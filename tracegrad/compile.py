@@ -25,6 +25,7 @@ from tracegrad.specialize import (
     Signature,
     argument_names,
     check_recompiles,
+    gc_paused,
     identity,
     input_label,
     signature_diff,
@@ -177,6 +178,7 @@ class CompiledModule:
         title = type(self.module).__name__
         return module_guard(tape.is_grad_enabled(), args, self.module, title)
 
+    @gc_paused
     def _compile(self, args, signature: Signature, structure) -> ModuleProgram | None:
         """A new specialization for the call, or None when the cache is full (see
         check_recompiles)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import linecache
 import os
@@ -29,6 +30,26 @@ from tracegrad.tracer import Tracer, tracing
 
 class RecompileError(RuntimeError):
     """A compiled module or function needed more recompiles than ``max_recompiles`` allows."""
+
+
+def gc_paused(compile_fn):
+    """Run ``compile_fn`` with the cyclic garbage collector off. Compiling makes several
+    objects per graph node that live until it ends, and the collector's full passes, each
+    over the whole heap, then come about once per so many new objects: together quadratic
+    in the graph (half of a 20,000-node compile), for little garbage freed (a module's
+    peak memory rose 8% without them). Reference counting still frees what it can."""
+
+    @functools.wraps(compile_fn)
+    def compile_without_collector(*args, **kwargs):
+        if not gc.isenabled():
+            return compile_fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return compile_fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return compile_without_collector
 
 
 def log_kinds() -> set[str]:

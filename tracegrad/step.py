@@ -42,6 +42,7 @@ from tracegrad.specialize import (
     check_recompiles,
     dtype_name,
     eager_views,
+    gc_paused,
     generate,
     identity,
     input_label,
@@ -547,6 +548,7 @@ class CompiledFunction:
             list(self._bindings.values()),
         )
 
+    @gc_paused
     def _compile(self, args, signature) -> StepProgram | None:
         """A new specialization for the call, or None when the cache is full (see
         check_recompiles)."""

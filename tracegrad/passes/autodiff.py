@@ -159,26 +159,29 @@ def rematerialize(forward_nodes, forward_inputs, saved, returned=frozenset()) ->
     (other saved values, graph inputs, constants) are recomputed there instead of kept, which
     lowers the memory held between forward and backward. Returns the new saved list and the
     nodes to run first in the backward, in order. ``returned`` values (forward outputs) are
-    kept whatever they cost."""
+    kept whatever they cost.
+
+    One pass over the candidates, in saved order: what the backward holds only shrinks as
+    values move out (the graph inputs a plan reads were held already), so a value that cannot
+    be recomputed now never can later, and no candidate needs a second look."""
     producers = {id(v): n for n in forward_nodes for v in n.outputs}
     inputs = {id(v) for v in forward_inputs}
-    saved = list(saved)
+    kept = {id(v): v for v in saved}  # the saved list, in order, by id
+    held = set(kept) | inputs
+    fixed = inputs | returned
     moved: dict[int, object] = {}
-    progress = True
-    while progress:
-        progress = False
-        for value in [v for v in saved if id(v) not in inputs | returned]:
-            held = {id(v) for v in saved if v is not value} | inputs
-            plan = _recompute_plan(value, held, producers, depth=4)
-            if plan:
-                saved.remove(value)
-                moved.update((id(n), n) for n in plan)
-                used = {id(v): v for n in plan for v in n.inputs if id(v) in inputs}
-                saved += [v for v in used.values() if all(v is not s for s in saved)]
-                progress = True
-                break
+    for value in [v for v in saved if id(v) not in fixed]:
+        held.discard(id(value))
+        plan = _recompute_plan(value, held, producers, depth=4)
+        if not plan:
+            held.add(id(value))
+            continue
+        del kept[id(value)]
+        moved.update((id(n), n) for n in plan)
+        for v in (v for n in plan for v in n.inputs if id(v) in inputs):
+            kept.setdefault(id(v), v)
     order = {id(n): i for i, n in enumerate(forward_nodes)}
-    return saved, sorted(moved.values(), key=lambda n: order[id(n)])
+    return list(kept.values()), sorted(moved.values(), key=lambda n: order[id(n)])
 
 
 def _recompute_plan(value, held, producers, depth: int) -> list | None:
