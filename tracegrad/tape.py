@@ -34,10 +34,10 @@ class _GradMode:
 
     mode: bool | None = True  # None: leave the grad mode as it is
 
-    def __new__(cls, *args, **kwargs):
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return cls()(args[0])  # used as @no_grad
-        return super().__new__(cls)
+    def __new__(cls, fn=None, /, **kwargs):
+        if fn is None or not callable(fn):  # no_grad(), or set_grad_enabled(False)
+            return object.__new__(cls)
+        return cls()(fn)  # used as @no_grad
 
     def __enter__(self):
         self.previous = is_grad_enabled()
@@ -84,9 +84,6 @@ class inference_mode(_GradMode):  # noqa: N801
 class set_grad_enabled(_GradMode):  # noqa: N801
     """``set_grad_enabled(False)`` turns gradients off at once; used as a context manager (or
     decorator) it also restores the mode that was set before it when the block ends."""
-
-    def __new__(cls, mode):
-        return object.__new__(cls)
 
     def __init__(self, mode: bool):
         self.mode = bool(mode)
