@@ -106,3 +106,14 @@ def test_the_cuda_module_says_no_gpu():
     tg.cuda.manual_seed_all(0)
     device = tg.device("cuda" if tg.cuda.is_available() else "cpu")
     assert tg.randn(2, device=device).device == device
+
+
+def test_as_tensor_takes_dtype_and_device_and_copies_only_when_it_must():
+    obs = np.arange(3.0)
+    t = tg.as_tensor(obs, device="cpu")
+    assert t.dtype is tg.float64 and np.shares_memory(t.numpy(), obs)
+    assert tg.as_tensor(t) is t and tg.as_tensor(t, dtype=tg.float32).dtype is tg.float32
+    assert tg.as_tensor(obs, dtype=tg.float32, device=tg.device("cpu")).dtype is tg.float32
+    assert tg.as_tensor([1, 2]).dtype is tg.int64
+    with pytest.raises(RuntimeError, match="CPU only"):
+        tg.as_tensor(obs, device="cuda")

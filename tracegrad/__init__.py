@@ -9,6 +9,7 @@ from tracegrad.creation import (
     FloatTensor,
     LongTensor,
     arange,
+    as_tensor,
     empty,
     empty_like,
     eye,
@@ -40,7 +41,7 @@ from tracegrad.tape import (
     no_grad,
     set_grad_enabled,
 )
-from tracegrad.tensor import Size, Tensor, as_tensor, tensor
+from tracegrad.tensor import Size, Tensor, tensor
 
 float = float32
 double = float64

@@ -121,6 +121,17 @@ def LongTensor(data) -> Tensor:  # noqa: N802
     return tensor(data, dtype=dtypes.int64)
 
 
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """PyTorch's ``torch.as_tensor``: a tensor as it is and a NumPy array of a tensor dtype
+    are not copied (``as_tensor(obs, dtype=tg.float32, device=device)`` in an RL loop)."""
+    devices.check(device)
+    if isinstance(data, Tensor):
+        return data if dtype is None else data.to(dtype)
+    if isinstance(data, np.ndarray) and dtype is None:
+        return from_numpy(data)
+    return tensor(data, dtype=dtype)
+
+
 def from_numpy(array: np.ndarray) -> Tensor:
     """A tensor sharing memory with ``array`` (other dtypes are converted, so copied)."""
     dtype = dtypes.from_numpy(array.dtype)
