@@ -3,12 +3,13 @@
 ``import tracegrad as tg``: tensors and eager autograd, ``tg.nn``, ``tg.optim``, ``tg.data``.
 """
 
-from tracegrad import autograd, dtypes, numpy_interop
+from tracegrad import autograd, cuda, dtypes, numpy_interop
 from tracegrad.creation import (
     DoubleTensor,
     FloatTensor,
     LongTensor,
     arange,
+    as_tensor,
     empty,
     empty_like,
     eye,
@@ -27,20 +28,28 @@ from tracegrad.creation import (
     zeros,
     zeros_like,
 )
+from tracegrad.devices import device
 from tracegrad.dtypes import DType, float32, float64, int64
 from tracegrad.dtypes import bool_ as bool
 from tracegrad.errors import DTypeError, ShapeError, TraceError
 from tracegrad.functions import *  # noqa: F403
 from tracegrad.random import manual_seed
-from tracegrad.tape import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from tracegrad.tensor import Size, Tensor, as_tensor, tensor
+from tracegrad.tape import (
+    enable_grad,
+    inference_mode,
+    is_grad_enabled,
+    no_grad,
+    set_grad_enabled,
+)
+from tracegrad.tensor import Size, Tensor, tensor
 
 float = float32
 double = float64
 long = int64
 
-from tracegrad import data, ir, nn, optim, passes
+from tracegrad import data, distributions, ir, nn, optim, passes
 from tracegrad.compile import CompiledModule, compile, grad, trace, value_and_grad
+from tracegrad.serialization import SerializationError, load, save
 from tracegrad.specialize import RecompileError
 from tracegrad.step import CompiledFunction
 

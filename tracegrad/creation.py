@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracegrad import dtypes
+from tracegrad import devices, dtypes
 from tracegrad.tensor import Tensor, _shape_args, call, tensor
 
 
-def _make(array, dtype, requires_grad) -> Tensor:
+def _make(array, dtype, requires_grad, device) -> Tensor:
+    devices.check(device)
     dtype = dtypes.to_dtype(dtype) if dtype is not None else dtypes.DEFAULT_FLOAT
     return Tensor._wrap(np.asarray(array, dtype.np), requires_grad=requires_grad)
 
 
 def zeros(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(np.zeros(_shape_args(size)), dtype, requires_grad)
+    return _make(np.zeros(_shape_args(size)), dtype, requires_grad, device)
 
 
 def ones(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(np.ones(_shape_args(size)), dtype, requires_grad)
+    return _make(np.ones(_shape_args(size)), dtype, requires_grad, device)
 
 
 def empty(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return zeros(*size, dtype=dtype, requires_grad=requires_grad)
+    return zeros(*size, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
 def full(size, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
     dtype = dtype if dtype is not None else dtypes.of_scalar(fill_value)
-    return _make(np.full(_shape_args((size,)), fill_value), dtype, requires_grad)
+    return _make(np.full(_shape_args((size,)), fill_value), dtype, requires_grad, device)
 
 
 def _like(x: Tensor, dtype):
@@ -36,21 +37,21 @@ def _like(x: Tensor, dtype):
 
 def zeros_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     shape, dtype = _like(x, dtype)
-    return zeros(shape, dtype=dtype, requires_grad=requires_grad)
+    return zeros(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
 def ones_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     shape, dtype = _like(x, dtype)
-    return ones(shape, dtype=dtype, requires_grad=requires_grad)
+    return ones(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
 def full_like(x, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
     shape, dtype = _like(x, dtype)
-    return full(shape, fill_value, dtype=dtype, requires_grad=requires_grad)
+    return full(shape, fill_value, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
 def empty_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return zeros_like(x, dtype, requires_grad)
+    return zeros_like(x, dtype, requires_grad, device)
 
 
 def arange(start, end=None, step=1, dtype=None, requires_grad=False, device=None) -> Tensor:
@@ -59,51 +60,53 @@ def arange(start, end=None, step=1, dtype=None, requires_grad=False, device=None
     if dtype is None:
         integral = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
         dtype = dtypes.int64 if integral else dtypes.DEFAULT_FLOAT
-    return _make(np.arange(start, end, step), dtype, requires_grad)
+    return _make(np.arange(start, end, step), dtype, requires_grad, device)
 
 
 def linspace(start, end, steps, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(np.linspace(start, end, steps), dtype, requires_grad)
+    return _make(np.linspace(start, end, steps), dtype, requires_grad, device)
 
 
 def eye(n, m=None, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(np.eye(n, m), dtype, requires_grad)
+    return _make(np.eye(n, m), dtype, requires_grad, device)
 
 
-def _draw(op: str, shape, dtype, requires_grad=False, **args) -> Tensor:
+def _draw(op: str, shape, dtype, device, requires_grad=False, **args) -> Tensor:
     """A random draw as an op: traced code draws anew on every run, from the same stream."""
+    devices.check(device)
     dtype = dtypes.to_dtype(dtype) if dtype is not None else dtypes.DEFAULT_FLOAT
     out = call(op, shape=shape, dtype=dtype.name, **args)
     return out.requires_grad_() if requires_grad else out
 
 
 def randn(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _draw("random_normal", _shape_args(size), dtype, requires_grad)
+    return _draw("random_normal", _shape_args(size), dtype, device, requires_grad)
 
 
 def rand(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _draw("random_uniform", _shape_args(size), dtype, requires_grad)
+    return _draw("random_uniform", _shape_args(size), dtype, device, requires_grad)
 
 
 def randint(low, high=None, size=(), dtype=None, requires_grad=False, device=None) -> Tensor:
     if high is None:
         low, high = 0, low
     shape = _shape_args((size,))
-    return _draw("random_integers", shape, dtype or dtypes.int64, low=int(low), high=int(high))
+    dtype = dtype or dtypes.int64
+    return _draw("random_integers", shape, dtype, device, low=int(low), high=int(high))
 
 
 def randperm(n, dtype=None, device=None) -> Tensor:
-    return _draw("random_permutation", (int(n),), dtype or dtypes.int64)
+    return _draw("random_permutation", (int(n),), dtype or dtypes.int64, device)
 
 
-def randn_like(x, dtype=None, requires_grad=False) -> Tensor:
+def randn_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     shape, dtype = _like(x, dtype)
-    return randn(shape, dtype=dtype, requires_grad=requires_grad)
+    return randn(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def rand_like(x, dtype=None, requires_grad=False) -> Tensor:
+def rand_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     shape, dtype = _like(x, dtype)
-    return rand(shape, dtype=dtype, requires_grad=requires_grad)
+    return rand(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
 def FloatTensor(data) -> Tensor:  # noqa: N802  (PyTorch's name)
@@ -116,6 +119,17 @@ def DoubleTensor(data) -> Tensor:  # noqa: N802
 
 def LongTensor(data) -> Tensor:  # noqa: N802
     return tensor(data, dtype=dtypes.int64)
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """PyTorch's ``torch.as_tensor``: a tensor as it is and a NumPy array of a tensor dtype
+    are not copied (``as_tensor(obs, dtype=tg.float32, device=device)`` in an RL loop)."""
+    devices.check(device)
+    if isinstance(data, Tensor):
+        return data if dtype is None else data.to(dtype)
+    if isinstance(data, np.ndarray) and dtype is None:
+        return from_numpy(data)
+    return tensor(data, dtype=dtype)
 
 
 def from_numpy(array: np.ndarray) -> Tensor:

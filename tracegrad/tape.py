@@ -8,7 +8,6 @@ cotangents of its inputs, sum them back to each input's shape, accumulate.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 
@@ -29,31 +28,37 @@ def is_grad_enabled() -> bool:
     return thread_state.grad_enabled
 
 
-def set_grad_enabled(mode: bool) -> None:
-    thread_state.grad_enabled = bool(mode)
+class _GradMode:
+    """Sets grad mode on entry and restores the previous one on exit; as a decorator, around
+    each call. ``@no_grad`` works without parentheses too, as in PyTorch."""
 
+    mode: bool | None = True  # None: leave the grad mode as it is
 
-class _GradMode(contextlib.ContextDecorator):
-    """Context manager and decorator setting grad mode, restoring the previous one on exit."""
-
-    mode = True
+    def __new__(cls, fn=None, /, **kwargs):
+        if fn is None or not callable(fn):  # no_grad(), or set_grad_enabled(False)
+            return object.__new__(cls)
+        return cls()(fn)  # used as @no_grad
 
     def __enter__(self):
         self.previous = is_grad_enabled()
-        set_grad_enabled(self.mode)
+        if self.mode is not None:
+            thread_state.grad_enabled = self.mode
         return self
 
     def __exit__(self, *exc):
-        set_grad_enabled(self.previous)
+        thread_state.grad_enabled = self.previous
         return False
 
     def __call__(self, fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with type(self)():
+            with self._clone():  # a fresh context per call: calls may nest or run in threads
                 return fn(*args, **kwargs)
 
         return wrapper
+
+    def _clone(self):
+        return type(self)()
 
 
 class no_grad(_GradMode):  # noqa: N801  (PyTorch's name)
@@ -62,6 +67,39 @@ class no_grad(_GradMode):  # noqa: N801  (PyTorch's name)
 
 class enable_grad(_GradMode):  # noqa: N801
     mode = True
+
+
+class inference_mode(_GradMode):  # noqa: N801
+    """``inference_mode()`` is ``no_grad()`` here (tracegrad has no inference tensors);
+    ``inference_mode(False)`` leaves the grad mode as it is, as in PyTorch."""
+
+    def __init__(self, mode: bool = True):
+        self.mode = False if mode else None
+        self.enabled = bool(mode)
+
+    def _clone(self):
+        return type(self)(self.enabled)
+
+
+class set_grad_enabled(_GradMode):  # noqa: N801
+    """``set_grad_enabled(False)`` turns gradients off at once; used as a context manager (or
+    decorator) it also restores the mode that was set before it when the block ends."""
+
+    def __init__(self, mode: bool):
+        self.mode = bool(mode)
+        self.before = is_grad_enabled()
+        thread_state.grad_enabled = self.mode
+
+    def __call__(self, fn):
+        thread_state.grad_enabled = self.before  # decorating sets nothing until a call
+        return super().__call__(fn)
+
+    def __exit__(self, *exc):
+        thread_state.grad_enabled = self.before
+        return False
+
+    def _clone(self):
+        return type(self)(self.mode)
 
 
 class Node:

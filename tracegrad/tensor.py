@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tracegrad import dtypes, tape
+from tracegrad import devices, dtypes, tape
 from tracegrad.dtypes import DType, TensorType
 from tracegrad.errors import DTypeError, ShapeError, TraceError, at_user_line
 from tracegrad.ops import OPS, VIEW, Op, VJPContext, registry, vjp
@@ -166,6 +166,7 @@ def _flat(data):
 
 def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """A new tensor holding a copy of ``data`` (PyTorch's ``torch.tensor``)."""
+    devices.check(device)
     return Tensor._wrap(_as_array(data, dtype), requires_grad=requires_grad)
 
 
@@ -332,8 +333,12 @@ class Tensor:
         return self.shape[0]
 
     @property
-    def device(self) -> str:
-        return "cpu"
+    def device(self) -> devices.device:
+        return devices.CPU
+
+    @property
+    def is_cuda(self) -> bool:
+        return False
 
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
@@ -491,8 +496,8 @@ class Tensor:
         return "tensor(" + ", ".join([body, *extras]) + ")"
 
     def to(self, *args, **kwargs) -> Tensor:
-        """``to(dtype)``; devices are accepted and ignored (everything runs on the CPU)."""
-        dtype = dtypes.requested(args, kwargs)
+        """``to(dtype)``, ``to("cpu")``, ``to(device, dtype)``: the CPU is the only device."""
+        dtype = dtypes.requested(*devices.without_devices(args, kwargs))
         return self if dtype is None else _to_dtype(self, dtype)
 
     def float(self) -> Tensor:
@@ -512,6 +517,9 @@ class Tensor:
 
     def cpu(self) -> Tensor:
         return self
+
+    def cuda(self, device=None) -> Tensor:
+        raise devices.unavailable("cuda" if device is None else device)
 
     def contiguous(self) -> Tensor:
         return self

@@ -6,7 +6,13 @@ The tape and the backward engine live in ``tracegrad.tape``; this package is the
 from tracegrad.autograd.function import Function, FunctionCtx
 from tracegrad.autograd.functional import backward, grad
 from tracegrad.autograd.gradcheck import GradcheckError, gradcheck, gradgradcheck
-from tracegrad.tape import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from tracegrad.tape import (
+    enable_grad,
+    inference_mode,
+    is_grad_enabled,
+    no_grad,
+    set_grad_enabled,
+)
 
 __all__ = [
     "Function",
@@ -17,6 +23,7 @@ __all__ = [
     "grad",
     "gradcheck",
     "gradgradcheck",
+    "inference_mode",
     "is_grad_enabled",
     "no_grad",
     "set_grad_enabled",

@@ -6,26 +6,27 @@ import math
 
 import numpy as np
 
-from tracegrad import dtypes
+from tracegrad import devices, dtypes
 from tracegrad.nn import functional as F
 from tracegrad.nn import init
 from tracegrad.nn.module import Module
 from tracegrad.nn.parameter import Parameter
 
 
-def _empty(*shape, dtype=None) -> Parameter:
+def _empty(*shape, device=None, dtype=None) -> Parameter:
+    devices.check(device)
     dtype = dtypes.to_dtype(dtype) if dtype is not None else dtypes.DEFAULT_FLOAT
     return Parameter(np.zeros(shape, dtype.np))
 
 
 class Linear(Module):
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, dtype=None, device=None
+        self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None
     ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = _empty(out_features, in_features, dtype=dtype)
-        self.bias = _empty(out_features, dtype=dtype) if bias else None
+        self.weight = _empty(out_features, in_features, device=device, dtype=dtype)
+        self.bias = _empty(out_features, device=device, dtype=dtype) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -54,8 +55,8 @@ class Conv2d(Module):
         dilation=1,
         groups=1,
         bias=True,
-        dtype=None,
         device=None,
+        dtype=None,
     ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
@@ -65,8 +66,10 @@ class Conv2d(Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = F._pair(kernel_size)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self.weight = _empty(out_channels, in_channels // groups, *self.kernel_size, dtype=dtype)
-        self.bias = _empty(out_channels, dtype=dtype) if bias else None
+        self.weight = _empty(
+            out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype
+        )
+        self.bias = _empty(out_channels, device=device, dtype=dtype) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -189,8 +192,8 @@ class LayerNorm(Module):
         eps: float = 1e-5,
         elementwise_affine: bool = True,
         bias: bool = True,
-        dtype=None,
         device=None,
+        dtype=None,
     ):
         super().__init__()
         shape = (
@@ -199,10 +202,10 @@ class LayerNorm(Module):
         self.normalized_shape, self.eps = shape, eps
         self.weight = self.bias = None
         if elementwise_affine:
-            self.weight = _empty(*shape, dtype=dtype)
+            self.weight = _empty(*shape, device=device, dtype=dtype)
             init.ones_(self.weight)
             if bias:
-                self.bias = _empty(*shape, dtype=dtype)
+                self.bias = _empty(*shape, device=device, dtype=dtype)
 
     def forward(self, x):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -214,14 +217,14 @@ class LayerNorm(Module):
 
 class Embedding(Module):
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, padding_idx=None, dtype=None, device=None
+        self, num_embeddings: int, embedding_dim: int, padding_idx=None, device=None, dtype=None
     ):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
             raise ValueError(f"padding_idx {padding_idx} is out of range for {num_embeddings} rows")
         self.padding_idx = padding_idx
-        self.weight = _empty(num_embeddings, embedding_dim, dtype=dtype)
+        self.weight = _empty(num_embeddings, embedding_dim, device=device, dtype=dtype)
         init.normal_(self.weight)
         if padding_idx is not None:
             self.weight._data[padding_idx] = 0  # PyTorch starts the padding row at zero

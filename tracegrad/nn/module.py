@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tracegrad import changes, dtypes
+from tracegrad import changes, devices, dtypes
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor
 
@@ -248,8 +248,8 @@ class Module:
         return IncompatibleKeys(missing, unexpected)
 
     def to(self, *args, **kwargs) -> Module:
-        """Convert floating-point parameters and buffers to a dtype; devices are ignored."""
-        dtype = dtypes.requested(args, kwargs)
+        """Convert floating-point parameters and buffers to a dtype; the CPU is the only device."""
+        dtype = dtypes.requested(*devices.without_devices(args, kwargs))
         if dtype is None:
             return self
         for t in [*self.parameters(), *self.buffers()]:
@@ -267,6 +267,9 @@ class Module:
 
     def cpu(self) -> Module:
         return self
+
+    def cuda(self, device=None) -> Module:
+        raise devices.unavailable("cuda" if device is None else device)
 
     # --- printing -------------------------------------------------------------------------------
 
