@@ -79,7 +79,9 @@ def find(fn, tensors: list[Tensor], owned: set[int]) -> list[Capture]:
 
 
 def _children(label: str, obj, steps: tuple) -> list:
-    if isinstance(obj, (Tensor, types.ModuleType, type, types.FunctionType)):
+    if isinstance(obj, types.FunctionType):  # a function the traced code called: its names
+        return _function_children(label, obj, steps)
+    if isinstance(obj, (Tensor, types.ModuleType, type)):
         return []
     if isinstance(obj, (list, tuple)):
         return [
@@ -99,6 +101,23 @@ def _children(label: str, obj, steps: tuple) -> list:
         (f"{label}.{key}", value, (*steps, ("attribute", key, None)))
         for key, value in list(attributes.items())[:_WIDE]
     ]
+
+
+def _function_children(label: str, fn, steps: tuple) -> list:
+    code = fn.__code__
+    found = []
+    for k, (name, cell) in enumerate(zip(code.co_freevars, fn.__closure__ or (), strict=False)):
+        try:
+            found.append((f"{label}.<{name}>", cell.cell_contents, (*steps, ("closure", k, None))))
+        except ValueError:  # an empty cell
+            continue
+    namespace = fn.__globals__
+    found += [
+        (f"{label}.<{name}>", namespace[name], (*steps, ("function global", name, None)))
+        for name in code.co_names
+        if name in namespace
+    ]
+    return found
 
 
 def _root_reader(fn, name: str) -> tuple:
@@ -136,6 +155,10 @@ def _step(obj, kind: str, key, size):
         return namespace.get(name, _GONE)
     if kind == "attribute":
         return vars(obj).get(key, _GONE)
+    if kind == "closure":
+        return obj.__closure__[key].cell_contents
+    if kind == "function global":
+        return obj.__globals__.get(key, _GONE)
     if len(obj) != size:  # (a list refilled with more or fewer items)
         return _GONE
     return obj[key]

@@ -233,11 +233,13 @@ class Program:
             return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
 
 
-def returned_in_own_memory(graph: Graph, n_returned: int) -> Graph:
-    """A copy of ``graph`` whose first ``n_returned`` outputs are memory of their own: one
-    that is an input (or a view of one) or a constant, as passes may leave it (``x * 1`` is
-    ``x``), is copied. The caller may keep and write what a call returns, as eagerly; that
-    must reach neither the arguments nor the program's constants."""
+def returned_in_own_memory(graph: Graph, n_returned: int, kept=range(0)) -> Graph:
+    """A copy of ``graph`` whose first ``n_returned`` outputs, and those at positions ``kept``
+    (a step's .grad and optimizer state), are memory of their own: one that is an input (or a
+    view of one) or a constant, as passes may leave it (``x * 1`` is ``x``, the gradient of
+    ``x * w`` is ``w``), is copied. The caller may keep and write what a call returns, and the
+    step may update that input in place, as eagerly; neither must reach the other, nor the
+    program's constants."""
     root = aliases(graph)
     producers = graph.producers()
     inputs = {id(v) for v in graph.inputs}
@@ -247,7 +249,8 @@ def returned_in_own_memory(graph: Graph, n_returned: int) -> Graph:
         node = producers.get(id(base))
         return id(base) in inputs or (node is not None and node.op == CONSTANT)
 
-    copied = [i for i, v in enumerate(graph.outputs[:n_returned]) if shared(v)]
+    positions = [*range(n_returned), *kept]
+    copied = [i for i in positions if shared(graph.outputs[i])]
     if not copied:
         return graph
     graph = graph.copy()

@@ -834,7 +834,8 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
     pass_results: list = []
     traced_graph, graph = graph, passes.run(graph, transforms(compiled.passes), pass_results)
-    graph = returned_in_own_memory(graph, len(results))
+    stored = range(len(results) + len(new_values), len(graph.outputs))  # (.grad, state)
+    graph = returned_in_own_memory(graph, len(results), stored)
     report.unplanned_traced = traced_graph
     stage = "traced step (forward, backward and update)"
     report.stages.append((stage, pass_results))
