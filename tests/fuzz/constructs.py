@@ -96,7 +96,7 @@ def setitem(b: Builder) -> None:
         b.prologue.append("x1[0] = 0.5")
         return
     t = clone_of(b, b.matrix(), detached=True)
-    r, c = t.shape
+    r = t.shape[0]
     same = b.pick(shape=t.shape, exclude=(t.name,))
     targets = [f"{t.name}[:, 0] = 0.0", f"{t.name}[tg.tensor([{r - 1}])] = 1.5"]
     if same is not None:
@@ -119,22 +119,30 @@ def random_draws(b: Builder) -> None:
 
 
 def closure_tensor(b: Builder) -> None:
-    """A tensor of ``setup`` the function closes over; the caller updates it in place or
-    rebinds the name between calls."""
+    """A tensor of ``setup`` the function closes over; the caller updates it in place."""
+    name = _closure(b)
+    b.add_between(f"{name}.mul_(0.5).add_(0.25)")
+
+
+def closure_rebind(b: Builder) -> None:
+    """A tensor of ``setup`` the function closes over; the caller binds the name to a new
+    tensor between calls."""
+    name = _closure(b)
+    b.nonlocals.append(name)
+    b.add_between(f"{name} = {b.setup[-1].split(' = ', 1)[1]}")
+
+
+def _closure(b: Builder) -> str:
+    """A closure tensor (requiring grad or not) read by one statement; its name."""
     r, c = b.rows, b.cols
     name = b.fresh("c")
-    grad = b.rng.random() < 0.5
-    new = f"tg.randn({r}, {c}, dtype=tg.float64)" + (".requires_grad_()" if grad else "")
-    b.add_setup(f"{name} = {new}")
+    grad = ".requires_grad_()" if b.rng.random() < 0.5 else ""
+    b.add_setup(f"{name} = tg.randn({r}, {c}, dtype=tg.float64){grad}")
     b.state.append(name)
-    if b.rng.random() < 0.5:
-        b.add_between(f"{name}.mul_(0.5).add_(0.25)")
-    else:
-        b.nonlocals.append(name)
-        b.add_between(f"{name} = {new}")
     b.pool.append(Var(name, (r, c)))
     x = b.pick(shape=(r, c), exclude=(name,))
     b.let(f"{x.name} * {name}", (r, c))
+    return name
 
 
 def closure_list(b: Builder) -> None:
@@ -208,6 +216,7 @@ def _construct_list() -> list[Construct]:
         ("setitem", "inplace", setitem),
         ("random", "random", random_draws),
         ("closure_tensor", "closures", closure_tensor),
+        ("closure_rebind", "closures", closure_rebind),
         ("closure_list", "closures", closure_list),
         ("numpy_arg", "arguments", numpy_arg),
         ("no_grad", "control", no_grad),

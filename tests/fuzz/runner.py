@@ -138,7 +138,8 @@ def difference(a, b, path: str = "") -> str | None:
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         if type(a) is not type(b) or len(a) != len(b):
             return f"{path}: {type(a).__name__}[{len(a)}] != {type(b).__name__}[{len(b)}]"
-        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := difference(x, y, f"{path}[{i}]"))), None)  # fmt: skip
+        found = (difference(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
+        return next((d for d in found if d), None)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return _array_difference(a, b, path)
     return None if a == b else f"{path}: {a!r} != {b!r}"
@@ -152,7 +153,10 @@ def _array_difference(a, b, path: str) -> str | None:
     if np.allclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True):
         return None
     worst = np.nanmax(np.abs(a.astype(float) - b.astype(float)))
-    return f"{path}: values differ (max abs {worst:.3g})\n  eager    {a.ravel()[:6]}\n  compiled {b.ravel()[:6]}"
+    return (
+        f"{path}: values differ (max abs {worst:.3g})\n"
+        f"  eager    {a.ravel()[:6]}\n  compiled {b.ravel()[:6]}"
+    )
 
 
 def run_program(program: Program) -> Outcome:
