@@ -36,9 +36,11 @@ def inplace_local(b: Builder) -> None:
     """``t.add_``, ``mul_``, ``fill_``, ``zero_``, ``copy_`` on a local, a result taken
     from it first (the update must not leak into it)."""
     t = clone_of(b, b.matrix())
-    if b.rng.random() < 0.5:
-        b.let(b.rng.choice(["{x} + 0.5", "{x}.sum(0, keepdim=True)", "-{x}"]).format(x=t.name),
-              t.shape if "sum" not in b.body[-1] else (1, t.shape[1]))  # fmt: skip
+    if b.rng.random() < 0.5:  # a result taken before the update
+        r, c = t.shape
+        taken = [("{x} + 0.5", (r, c)), ("{x}.sum(0, keepdim=True)", (1, c)), ("-{x}", (r, c))]
+        expr, shape = b.rng.choice(taken)
+        b.let(expr.format(x=t.name), shape)
     y = b.partner(t)
     updates = [
         "sub_(0.5)",
