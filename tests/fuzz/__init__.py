@@ -24,6 +24,8 @@ KNOWN_BROKEN: dict[str, str] = {
     "containers": "dict/list arguments crash (TypeError: unhashable type: 'dict')",
     "caller_backward": "tg.compile(fn) of a non-step function returns results without grad",
     "mixed": "compiled(x) + eager(x) then backward: the compiled half adds no gradient",
-    "step": "an argument's .grad is not accumulated across compiled steps as eager does",
-    "linalg": "module variant: KeyError in Graph.copy for x.t() @ x and x @ w.t() returned",
+    "step": "an argument's .grad is overwritten, not accumulated; with passes it reads the "
+    "parameters after opt.step updated them",
+    "linalg": "compiled module returning v.t() @ v and v @ w.t() (v = x * w): KeyError in "
+    "Graph.copy",
 }

@@ -32,6 +32,12 @@ def clone_of(b: Builder, var: Var, detached: bool = False) -> Var:
     return b.let(spelling.format(x=var.name), var.shape, prefix="t")
 
 
+def updates_arguments(b: Builder) -> bool:
+    """Whether the body may update ``x1`` in place: not when it runs twice per call (mixed),
+    since the second run's update would break the first one's saved values."""
+    return not b.mixed
+
+
 def inplace_local(b: Builder) -> None:
     """``t.add_``, ``mul_``, ``fill_``, ``zero_``, ``copy_`` on a local, a result taken
     from it first (the update must not leak into it)."""
@@ -59,7 +65,7 @@ def inplace_view(b: Builder) -> None:
     """An in-place update through a view of a local (``x[0].add_(1)``, ``x.t().mul_(2)``,
     ``x.reshape(-1).mul_()``), sometimes through a view taken before and read after; or an
     update of an argument through a view at the top of the body."""
-    if b.rng.random() < 0.2:
+    if b.rng.random() < 0.2 and updates_arguments(b):
         b.prologue.append(b.rng.choice(["x1[0].add_(1.0)", "x1.t()[0].mul_(2.0)"]))
         return
     t = clone_of(b, b.matrix(), detached=True)
@@ -94,7 +100,7 @@ def data_update(b: Builder) -> None:
 def setitem(b: Builder) -> None:
     """Item assignment into a local (rows, columns, integer-array rows), or into an argument
     at the top of the body."""
-    if b.rng.random() < 0.2:
+    if b.rng.random() < 0.2 and updates_arguments(b):
         b.prologue.append("x1[0] = 0.5")
         return
     t = clone_of(b, b.matrix(), detached=True)
@@ -170,7 +176,7 @@ def numpy_arg(b: Builder) -> None:
     b.state.append(name)
     b.add_between(f"{name}[...] = {name} * 0.5 + 0.25")
     spelling = b.rng.choice(["tg.as_tensor({a})", "tg.tensor({a})", "{x} * tg.as_tensor({a})"])
-    b.let(spelling.format(a=name, x=b.matrix().name), (r, c))
+    b.let(spelling.format(a=name, x=b.pick(shape=(r, c)).name), (r, c))
 
 
 def no_grad(b: Builder) -> None:
