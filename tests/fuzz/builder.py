@@ -40,6 +40,7 @@ class Builder:
     pool: list[Var] = field(default_factory=list)
     prologue: list[str] = field(default_factory=list)  # body statements run before any other
     nonlocals: list[str] = field(default_factory=list)  # closure names between() rebinds
+    made: set[str] = field(default_factory=set)  # the pool names the body itself defined
     indent: int = 2
     count: int = 0
     step: bool = False  # fn calls backward (a whole training step)
@@ -59,6 +60,7 @@ class Builder:
         var = Var(self.fresh(prefix), tuple(shape))
         self.line(f"{var.name} = {expr}")
         self.pool.append(var)
+        self.made.add(var.name)
         return var
 
     def pick(self, ndim: int | None = None, shape=None, exclude=()) -> Var | None:

@@ -48,17 +48,30 @@ def inplace_local(b: Builder) -> None:
         expr, shape = b.rng.choice(taken)
         b.let(expr.format(x=t.name), shape)
     y = b.partner(t)
-    updates = [
-        "sub_(0.5)",
-        "mul_(2.0)",
-        "div_(4.0)",
-        "fill_(0.5)",
-        "zero_()",
-        "mul_(2.0).add_(1.0)",
-    ]
+    updates = ["sub_(0.5)", "mul_(2.0)", "div_(4.0)", "fill_(0.5)", "zero_()"]
+    updates.append("mul_(2.0).add_(1.0)")
     if y is not None:
-        updates += [f"add_({y.name})", f"copy_({y.name})", f"mul_({y.name}.tanh())"]
+        updates += [f"add_({y.name})", f"mul_({y.name}.tanh())"]
+    if y is not None and y.name in b.made:  # copies of inputs: see copy_input
+        updates.append(f"copy_({y.name})")
     b.line(f"{t.name}.{b.rng.choice(updates)}")
+
+
+def update_argument(b: Builder) -> None:
+    """An in-place update of the argument ``x1`` at the top of the body: the caller sees it,
+    and results that are views of ``x1`` keep aliasing it."""
+    if updates_arguments(b):
+        b.prologue.append(b.rng.choice(["x1.mul_(2.0)", "x1.add_(0.5)", "x1.copy_(x1 * x1)"]))
+    r, c = b.rows, b.cols
+    b.let(*b.rng.choice([("x1.t()", (c, r)), ("x1[1:]", (r - 1, c)), ("x1 * 1.0", (r, c))]))
+
+
+def copy_input(b: Builder) -> None:
+    """``t.copy_(x)`` of an argument, parameter or closure tensor into a local that is then
+    returned: the result must not share the input's memory."""
+    t = clone_of(b, b.pick(shape=(b.rows, b.cols)))
+    sources = [v for v in b.pool if v.name not in b.made and v.shape == t.shape]
+    b.line(f"{t.name}.copy_({b.rng.choice(sources).name})")
 
 
 def inplace_view(b: Builder) -> None:
@@ -83,7 +96,7 @@ def inplace_view(b: Builder) -> None:
     ]
     row = b.pick(shape=(1, c))
     if row is not None:
-        updates.append(f"{t.name}[-1:].add_({row.name})")
+        updates.append(f"{t.name}[-1:].add_({row.name}.detach())")
     b.line(b.rng.choice(updates))
 
 
@@ -219,10 +232,13 @@ def _construct_list() -> list[Construct]:
         ("index", "ops", ops.index),
         ("linalg", "ops", ops.linalg),
         ("inplace_local", "inplace", inplace_local),
+        ("update_argument", "inplace", update_argument),
+        ("copy_input", "inplace", copy_input),
         ("inplace_view", "inplace", inplace_view),
         ("data_update", "inplace", data_update),
         ("setitem", "inplace", setitem),
         ("random", "random", random_draws),
+        ("train_eval", "random", models.train_eval),
         ("closure_tensor", "closures", closure_tensor),
         ("closure_rebind", "closures", closure_rebind),
         ("closure_list", "closures", closure_list),

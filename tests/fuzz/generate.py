@@ -84,6 +84,7 @@ def _step_tail(b: Builder, results: list[str], data_step: bool) -> list[str]:
     else:
         b.add_setup(f"opt = {b.rng.choice(OPTIMIZERS)}")
         b.state.append("opt")
+        b.add_between('opt.param_groups[0]["lr"] *= 0.5')  # a schedule's decay
         zero, update = "opt.zero_grad()", b.rng.choice(["opt.step()"] * 4 + ["pass"])
     return [zero, f"loss = {loss}", "loss.backward()", *update.split("\n")]
 

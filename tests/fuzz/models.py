@@ -92,6 +92,23 @@ def buffer_ema(b: Builder) -> None:
     b.let(f"{x.name} - m.{buf}", x.shape)
 
 
+def module_swap(b: Builder) -> None:
+    """A linear layer the caller replaces by a new one between calls (a new head)."""
+    x, c = _input(b), b.cols
+    lin = _module(b, f"nn.Linear({c}, {c}).double()")
+    b.add_between(f"{lin} = nn.Linear({c}, {c}).double()")
+    b.let(f"{lin}({x.name})", x.shape)
+
+
+def train_eval(b: Builder) -> None:
+    """A dropout module the caller switches between eval and train mode between calls."""
+    x = _input(b)
+    drop = _module(b, "nn.Dropout(0.25)")
+    b.add_setup(f"{drop}.eval()")
+    b.add_between(f"{drop}.train(i % 2 == 0)")
+    b.let(f"{drop}({x.name})", x.shape)
+
+
 IDIOMS = {
     "attention": attention,
     "linear_b1": linear_b1,
@@ -101,4 +118,5 @@ IDIOMS = {
     "layer_norm": layer_norm,
     "residual": residual,
     "buffer_ema": buffer_ema,
+    "module_swap": module_swap,
 }
