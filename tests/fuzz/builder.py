@@ -46,6 +46,7 @@ class Builder:
     step: bool = False  # fn calls backward (a whole training step)
     mixed: bool = False  # fn calls a compiled piece and eager code itself
     backward: bool = False  # the caller backpropagates through the results
+    keep: bool = False  # the caller keeps each call's results and checks them at the end
     containers: bool = False  # arguments and results are nested containers
 
     def fresh(self, prefix: str = "v") -> str:

@@ -60,6 +60,7 @@ def inplace_local(b: Builder) -> None:
 def update_argument(b: Builder) -> None:
     """An in-place update of the argument ``x1`` at the top of the body: the caller sees it,
     and results that are views of ``x1`` keep aliasing it."""
+    b.keep = True
     if updates_arguments(b):
         b.prologue.append(b.rng.choice(["x1.mul_(2.0)", "x1.add_(0.5)", "x1.copy_(x1 * x1)"]))
     r, c = b.rows, b.cols
@@ -69,6 +70,7 @@ def update_argument(b: Builder) -> None:
 def copy_input(b: Builder) -> None:
     """``t.copy_(x)`` of an argument, parameter or closure tensor into a local that is then
     returned: the result must not share the input's memory."""
+    b.keep = True
     t = clone_of(b, b.pick(shape=(b.rows, b.cols)))
     sources = [v for v in b.pool if v.name not in b.made and v.shape == t.shape]
     b.line(f"{t.name}.copy_({b.rng.choice(sources).name})")
@@ -213,6 +215,17 @@ def mixed(b: Builder) -> None:
     b.mixed = b.backward = True
 
 
+def keep_results(b: Builder) -> None:
+    """The caller keeps every call's results and compares them after the last call: a later
+    call, or the caller's updates of its arguments, must change them only where they change
+    eager's results (views of what was updated). Writes a result that is an input's value
+    (``x1 * 1.0``, ``-(-x1)``), which must still be a tensor of its own."""
+    b.keep = True
+    source = b.rng.choice([v for v in b.pool if v.name not in b.made])
+    spelling = b.rng.choice(["{x} * 1.0", "-(-{x})", "{x} + 0.0", "{x}.clone()", "{x}.t().t()"])
+    b.let(spelling.format(x=source.name), source.shape)
+
+
 def caller_backward(b: Builder) -> None:
     """The caller backpropagates through the results of a function that is not a step (they
     must carry gradients back to the arguments, parameters and closure tensors)."""
@@ -244,6 +257,7 @@ def _construct_list() -> list[Construct]:
         ("closure_list", "closures", closure_list),
         ("numpy_arg", "arguments", numpy_arg),
         ("no_grad", "control", no_grad),
+        ("keep_results", "control", keep_results),
         *((name, "models", emit) for name, emit in models.IDIOMS.items()),
     ]
     frames = [

@@ -131,9 +131,10 @@ def _source(b: Builder, seed: int, chosen: list[str]) -> str:
         ]
     lines += _between(b)
     state = ", ".join(f"{n}={n}" for n in ["m", "x0", "x1", *b.state])
+    flags = f"step={b.step}, mixed={b.mixed}, backward={b.backward and not b.step}, keep={b.keep}"
     lines.append(
         f"    return Case(fn=fn, args=({', '.join(args)},), holder=m, state=lambda: dict({state}),"
-        f" between=between, step={b.step}, mixed={b.mixed}, backward={b.backward and not b.step})"
+        f" between=between, {flags})"
     )
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,7 @@ class Case:
     step: bool = False  # fn calls backward itself
     mixed: bool = False  # fn mixes a compiled piece with eager code; it is never compiled
     backward: bool = False  # the caller backpropagates through the results
+    keep: bool = False  # the caller keeps each call's results and checks them at the end
 
 
 def tree_add(a, b):
