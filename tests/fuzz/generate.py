@@ -3,10 +3,10 @@
 Every program opens the same way: a Holder ``m`` with parameters ``w0`` (rows x cols) and
 ``w1`` (cols x cols), arguments ``x0`` (requires grad) and ``x1`` (does not), and a first
 statement that reads them all. Then a few statements from the chosen constructs, mixed with
-op-family statements as glue, and the results: the last values the body made. A program that
-is not a training step has its results' gradients taken by the runner; between calls the
-caller moves the arguments, takes an SGD step on ``m`` by hand, and does what the constructs
-asked (refill a list, update an array, rebind a closure).
+op-family statements as glue, and the results: the last values the body made. Between calls
+the caller moves the arguments, takes an SGD step on ``m`` by hand (unless ``fn`` is a step
+itself), and does what the constructs asked (refill a list, update an array, rebind a
+closure, swap a layer).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _write_body(b: Builder, chosen: list[str], names: list[str]) -> None:
 
 def _results(b: Builder) -> list[str]:
     """The last one to three values the body made (never an input read as it is)."""
-    made = [v.name for v in b.pool[3:] if not v.name.startswith(("c", "m."))]
+    made = [v.name for v in b.pool if v.name in b.made]
     return made[-b.rng.randint(1, 3) :]
 
 
