@@ -1,0 +1,188 @@
+"""Runs a program eagerly and compiled, three calls each, and compares what each call shows.
+
+Variants: ``eager``; ``fn`` (``tg.compile(fn)``, a whole step when fn calls backward);
+``module`` (fn as the forward of an ``nn.Module`` holding the program's parameters, compiled
+as a module; not for steps, nor for programs that mix compiled and eager code themselves);
+``nopasses`` (``tg.compile(fn, passes=None)``). Each variant builds its own state from the
+program's seed and runs under the same ``tg.manual_seed`` per call, so random draws agree.
+With the ``caller_backward`` construct, the runner backpropagates a fixed weighting of the
+results after each call.
+What is compared after every call: the results (values, shapes, dtypes, requires_grad), and
+every parameter, buffer, argument, closure tensor, array and optimizer state, with ``.grad``;
+with the ``keep_results`` construct, after the last call the results of every call again.
+"""
+
+from __future__ import annotations
+
+import linecache
+from dataclasses import dataclass
+
+import numpy as np
+
+import tracegrad as tg
+import tracegrad.nn.functional as F
+from tracegrad import nn, optim
+
+from .generate import Program
+from .harness import NAMESPACE, Case, Wrapped
+
+CALLS = 3
+VARIANTS = ("fn", "module", "nopasses")
+# (rtol, atol) per variant: the optimized program reassociates sums and fuses kernels; without
+# passes it runs eager's own kernels in eager's order, so it must agree to the last bit.
+TOLERANCE = {"fn": (1e-9, 1e-11), "module": (1e-9, 1e-11), "nopasses": (0.0, 0.0)}
+
+
+@dataclass
+class Outcome:
+    """``matched``, ``refused`` (a compiled variant raised tg.TraceError), ``mismatched``
+    (numbers differ), ``crashed`` (a compiled variant raised anything else) or ``invalid``
+    (the eager run itself raised: a generator bug). ``detail`` says where and what."""
+
+    kind: str
+    detail: str = ""
+
+
+def build(program: Program, compile_) -> Case:
+    """Execute the program's source and call its setup."""
+    filename = f"<fuzz seed {program.seed}>"
+    linecache.cache[filename] = (
+        len(program.source),
+        None,
+        program.source.splitlines(True),
+        filename,
+    )
+    namespace = {**NAMESPACE, "F": F, "np": np, "optim": optim, "nn": nn, "tg": tg}
+    exec(compile(program.source, filename, "exec"), namespace)
+    return namespace["setup"](compile_)
+
+
+def compiler(variant: str):
+    """What ``compile_`` means inside a program, and how the runner wraps ``fn``."""
+    if variant == "eager":
+        return lambda f: f
+    passes = None if variant == "nopasses" else "default"
+    return lambda f: tg.compile(f, passes=passes)
+
+
+def target(case: Case, variant: str):
+    if variant == "eager" or case.mixed:
+        return case.fn
+    if variant == "module":
+        return tg.compile(Wrapped(case.fn, case.holder))
+    return compiler(variant)(case.fn)
+
+
+def applies(case: Case, variant: str) -> bool:
+    return variant != "module" or not (case.step or case.mixed)
+
+
+def observe(program: Program, variant: str):
+    """The list of per-call observations of ``program`` run as ``variant`` (None if the
+    variant does not apply)."""
+    case = build(program, compiler(variant))
+    if not applies(case, variant):
+        return None
+    run = target(case, variant)
+    seen, kept = [], []
+    for i in range(CALLS):
+        tg.manual_seed(1000 + i)
+        result = run(*case.args)
+        if case.backward:
+            backprop(result)
+        else:  # nothing reads the results' gradients: requires_grad is not compared
+            result = [t.detach() if isinstance(t, tg.Tensor) else t for t in flatten(result)]
+        seen.append({"result": snapshot(result), "state": snapshot(case.state())})
+        kept.append(result)
+        case.between(i)
+    if case.keep:  # kept results change only where eager's do (views of what changed)
+        seen.append({"kept results": [snapshot(r) for r in kept]})
+    return seen
+
+
+def backprop(result) -> None:
+    """Backward from a fixed weighting of the results that require grad."""
+    leaves = [t for t in flatten(result) if isinstance(t, tg.Tensor) and t.requires_grad]
+    if leaves:
+        sum((t * (0.5 + k)).sum() for k, t in enumerate(leaves)).backward()
+
+
+def flatten(tree):
+    if isinstance(tree, dict):
+        return [leaf for v in tree.values() for leaf in flatten(v)]
+    if isinstance(tree, list | tuple):
+        return [leaf for v in tree for leaf in flatten(v)]
+    return [tree]
+
+
+def snapshot(obj):
+    """Plain, copied data: tensors as (array, dtype, requires_grad, grad), modules as their
+    named parameters and buffers, optimizers as their state."""
+    if isinstance(obj, tg.Tensor):
+        grad = None if obj.grad is None else obj.grad.detach().numpy().copy()
+        return ("tensor", obj.detach().numpy().copy(), str(obj.dtype), obj.requires_grad, grad)
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, nn.Module):
+        named = [*obj.named_parameters(), *obj.named_buffers()]
+        return {name: snapshot(t) for name, t in named}
+    if isinstance(obj, optim.Optimizer):
+        return snapshot(obj.state_dict()["state"])
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+def difference(a, b, path: str = "", tol=(0.0, 0.0)) -> str | None:
+    """Where two snapshots differ first (arrays beyond ``tol``, (rtol, atol)), or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return f"{path}: keys {sorted(a)} != {sorted(b)}"
+        found = (difference(a[k], b[k], f"{path}.{k}", tol) for k in a)
+        return next((d for d in found if d), None)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        if type(a) is not type(b) or len(a) != len(b):
+            return f"{path}: {type(a).__name__}[{len(a)}] != {type(b).__name__}[{len(b)}]"
+        found = (difference(x, y, f"{path}[{i}]", tol) for i, (x, y) in enumerate(zip(a, b)))
+        return next((d for d in found if d), None)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return _array_difference(a, b, path, tol)
+    return None if a == b else f"{path}: {a!r} != {b!r}"
+
+
+def _array_difference(a, b, path: str, tol) -> str | None:
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return f"{path}: {type(a).__name__} != {type(b).__name__}"
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return f"{path}: {a.dtype}{list(a.shape)} != {b.dtype}{list(b.shape)}"
+    if np.allclose(a, b, rtol=tol[0], atol=tol[1], equal_nan=True):
+        return None
+    worst = np.nanmax(np.abs(a.astype(float) - b.astype(float)))
+    return (
+        f"{path}: values differ (max abs {worst:.3g})\n"
+        f"  eager    {a.ravel()[:6]}\n  compiled {b.ravel()[:6]}"
+    )
+
+
+def run_program(program: Program) -> Outcome:
+    """Run ``program`` in every variant and compare each with the eager run."""
+    try:
+        expected = observe(program, "eager")
+    except Exception as error:  # any eager failure: the generator wrote a bad program
+        return Outcome("invalid", f"eager: {type(error).__name__}: {error}")
+    refused = []
+    for variant in VARIANTS:
+        try:
+            got = observe(program, variant)
+        except tg.TraceError as error:
+            refused.append(f"{variant}: {str(error).splitlines()[0]}")
+            continue
+        except Exception as error:  # the contract allows tg.TraceError only
+            return Outcome("crashed", f"{variant}: {type(error).__name__}: {error}")
+        for call, (want, have) in enumerate(zip(expected, got or expected)):
+            where = difference(want, have, f"call {call}", TOLERANCE[variant])
+            if where is not None:
+                return Outcome("mismatched", f"{variant}: {where}")
+    return Outcome("refused", "; ".join(refused)) if refused else Outcome("matched")
