@@ -25,6 +25,9 @@ def _grads(parameters) -> list[Tensor]:
 
 def _vector_norm(x: Tensor, norm_type: float) -> Tensor:
     """The ``norm_type``-norm of all of x's entries (torch.linalg.vector_norm)."""
+    # Flat, in C order: a sum's rounding depends on the order it adds in, and a gradient may
+    # be a transposed view eagerly and a row-major buffer in a compiled step, or the reverse
+    x = x.reshape(-1)
     if norm_type == math.inf:
         return x.abs().amax()
     if norm_type == -math.inf:
