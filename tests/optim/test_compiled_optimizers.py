@@ -194,3 +194,16 @@ def test_lbfgs_inside_a_compiled_step_says_to_compile_the_closure():
     with pytest.raises(tg.TraceError, match=r"compile the closure instead") as error:
         step()
     assert "test_compiled_optimizers.py" in str(error.value)
+
+
+def test_lbfgs_resumes_from_its_state_dict():
+    _, opt, closure = lbfgs_problem(max_iter=3)
+    for _ in range(3):
+        opt.step(closure)
+    model, other, other_closure = lbfgs_problem(max_iter=3)
+    for p, q in zip(model.parameters(), opt.param_groups[0]["params"], strict=True):
+        p.data = q.detach().clone()
+    other.load_state_dict(opt.state_dict())
+    for i in range(3):
+        assert opt.step(closure).item() == other.step(other_closure).item(), f"step {i}"
+    assert other.state_dict()["state"][0]["n_iter"] == opt.state_dict()["state"][0]["n_iter"]
