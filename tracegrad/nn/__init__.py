@@ -1,6 +1,6 @@
 """Neural-network building blocks with PyTorch's names: ``from tracegrad import nn``."""
 
-from tracegrad.nn import functional, init
+from tracegrad.nn import functional, init, utils
 from tracegrad.nn.containers import ModuleDict, ModuleList, Sequential
 from tracegrad.nn.layers import (
     GELU,
@@ -47,4 +47,5 @@ __all__ = [
     "Tanh",
     "functional",
     "init",
+    "utils",
 ]

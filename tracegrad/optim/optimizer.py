@@ -161,3 +161,21 @@ def _grad_for(param: Tensor) -> Tensor:
     """``param.grad`` in the parameter's dtype."""
     grad = param.grad
     return grad if grad._data.dtype == param._data.dtype else grad.to(param.dtype)
+
+
+def ascent_decayed(param: Tensor, grad: Tensor, group: dict, settings: dict) -> Tensor:
+    """The gradient PyTorch's Adagrad, RMSprop and Adadelta step along: negated for
+    ``maximize``, plus ``weight_decay * param`` (L2 decay, when the group has one)."""
+    if settings["maximize"]:
+        grad = -grad
+    if settings["weight_decay"]:
+        grad = grad + param * scalar(group["weight_decay"], param.dtype)
+    return grad
+
+
+def check_settings(name: str, **values) -> None:
+    """PyTorch's argument checks: every value given must be at least 0."""
+    bad = {k: v for k, v in values.items() if not v >= 0}
+    if bad:
+        settings = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise ValueError(f"invalid {name} settings (each must be >= 0): {settings}")
