@@ -11,6 +11,7 @@ import functools
 import inspect
 import itertools
 import numbers
+import threading
 import weakref
 from typing import NamedTuple
 
@@ -42,16 +43,21 @@ class MaxResult(NamedTuple):
     indices: Tensor
 
 
-# The active tracer (set by tracegrad.tracer while a function is traced): ops on traced tensors
-# become graph nodes instead of running.
-_tracer = None
+class _Tracing(threading.local):
+    """The active tracer of each thread (set by tracegrad.tracer while a function is traced):
+    ops on traced tensors become graph nodes instead of running. Another thread's eager code
+    meanwhile runs eagerly."""
+
+    tracer = None  # (a class attribute: every thread starts with none)
+
+
+_TRACING = _Tracing()
 _serials = itertools.count()
 
 
 def set_tracer(tracer):
-    """Install ``tracer`` (or None); returns the previous one."""
-    global _tracer
-    previous, _tracer = _tracer, tracer
+    """Install ``tracer`` (or None) for this thread; returns the previous one."""
+    previous, _TRACING.tracer = _TRACING.tracer, tracer
     return previous
 
 
@@ -60,7 +66,7 @@ def next_serial() -> int:
 
 
 def active_tracer():
-    return _tracer
+    return _TRACING.tracer
 
 
 def is_symbolic(t: Tensor) -> bool:
@@ -73,12 +79,13 @@ def apply(op: Op, inputs, attrs) -> Tensor:
         out_type = result_type(op, inputs, attrs)
     except (ShapeError, DTypeError) as exc:
         raise type(exc)(at_user_line(str(exc))) from None
-    if _tracer is not None and _tracer.takes(op, inputs):
-        out = _tracer.record(op, inputs, attrs, out_type)
+    tracer = _TRACING.tracer
+    if tracer is not None and tracer.takes(op, inputs):
+        out = tracer.record(op, inputs, attrs, out_type)
     else:
         out = _run(op, inputs, attrs, out_type)
-    if _tracer is not None and VIEW in op.props:
-        _tracer.note_view(op, inputs, attrs, out)
+    if tracer is not None and VIEW in op.props:
+        tracer.note_view(op, inputs, attrs, out)
     if op.differentiable and tape.is_grad_enabled() and any(t.requires_grad for t in inputs):
         _record(op, inputs, attrs, out)
     return out
@@ -102,8 +109,9 @@ def _run(op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
 def _record(op: Op, inputs, attrs, out: Tensor) -> None:
     inputs = tuple(inputs)
     node = tape.Node(op.name, inputs, None)
-    if _tracer is not None:
-        node.location = _tracer.location()
+    tracer = _TRACING.tracer
+    if tracer is not None:
+        node.location = tracer.location()
     # Which inputs get a gradient is fixed now, as in PyTorch; only what their rules read is
     # saved (and so guarded against in-place changes).
     needs = tuple(t.requires_grad for t in inputs)
@@ -377,14 +385,15 @@ class Tensor:
             self.grad_fn.retained[self._out_index] = weakref.ref(self)
 
     def detach(self) -> Tensor:
-        if _tracer is not None and _tracer.mode == "capture" and _tracer.traced(self):
+        tracer = _TRACING.tracer
+        if tracer is not None and tracer.mode == "capture" and tracer.traced(self):
             # a captured forward is differentiated later by replay: record where it stops
             with tape.no_grad():
                 return call("stop_gradient", self)
         out = Tensor._wrap(self._data)
         out._version, out._base = self._version, self._base
-        if _tracer is not None:
-            _tracer.note_alias(self, out)  # the same memory: a write to one shows in the other
+        if tracer is not None:
+            tracer.note_alias(self, out)  # the same memory: a write to one shows in the other
         return out
 
     def detach_(self) -> Tensor:
@@ -393,14 +402,15 @@ class Tensor:
 
     @property
     def data(self) -> Tensor:
-        if _tracer is not None:
+        if _TRACING.tracer is not None:
             return self.detach()  # (which the tracer sees as a view of all of this tensor)
         return Tensor._wrap(self._data)
 
     @data.setter
     def data(self, value: Tensor) -> None:
         value = as_tensor(value)
-        if _tracer is not None and (_tracer.traced(self) or _tracer.traced(value)):
+        tracer = _TRACING.tracer
+        if tracer is not None and (tracer.traced(self) or tracer.traced(value)):
             if tuple(value.shape) != tuple(self.shape) or value.dtype != self.dtype:
                 raise TraceError(
                     at_user_line(
@@ -408,7 +418,7 @@ class Tensor:
                         f"{self.tensor_type}) cannot be compiled; copy_ values of the same shape"
                     )
                 )
-            _tracer.rebind(self, value)
+            tracer.rebind(self, value)
             self._version[0] += 1
             return
         self._data = value._data
@@ -421,10 +431,11 @@ class Tensor:
 
     def _concrete(self, what: str) -> np.ndarray:
         """The data, or a TraceError when it is only known when the compiled code runs."""
-        if _tracer is not None and _tracer.traced(self):
-            _tracer.value_of(self)  # (a view of memory written since is made symbolic)
+        tracer = _TRACING.tracer
+        if tracer is not None and tracer.traced(self):
+            tracer.value_of(self)  # (a view of memory written since is made symbolic)
             if not is_symbolic(self):  # a parameter, buffer or captured tensor: the program
-                _tracer.note_read(self)  # holds for this value, and its guards check it
+                tracer.note_read(self)  # holds for this value, and its guards check it
                 return self._data
         if is_symbolic(self):
             raise TraceError(
@@ -907,8 +918,9 @@ class Tensor:
             old._out_index = self._out_index
         result = compute(old)
         self._check_writable(name, result, tracking and result.requires_grad)
-        if _tracer is not None and _tracer.rebinds(self, result):
-            _tracer.rebind(self, result)  # a traced program gets a new SSA value instead
+        tracer = _TRACING.tracer
+        if tracer is not None and tracer.rebinds(self, result):
+            tracer.rebind(self, result)  # a traced program gets a new SSA value instead
         else:
             np.copyto(self._data, result._data, casting="unsafe")
         self._version[0] += 1
@@ -935,7 +947,7 @@ class Tensor:
         """Whether an in-place op on this tensor may write straight into its memory: eager
         code that records nothing (an optimizer's update under no_grad, say). Traced code
         gets a new SSA value instead, and recorded code keeps the old value for backward."""
-        if _tracer is not None or not self._data.flags.writeable:
+        if _TRACING.tracer is not None or not self._data.flags.writeable:
             return False  # (without a tracer, no tensor is symbolic)
         return not tape.is_grad_enabled() or not (
             self.requires_grad or any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
@@ -1025,10 +1037,11 @@ class Tensor:
             )
         key, index_tensors = index_key(item, self.ndim)
         value = as_tensor(value)
-        if _tracer is not None and (
-            _tracer.traced(self) or _tracer.traced(value) or any(map(_tracer.traced, index_tensors))
+        tracer = _TRACING.tracer
+        if tracer is not None and (
+            tracer.traced(self) or tracer.traced(value) or any(map(tracer.traced, index_tensors))
         ):
-            _tracer.assign(self, key, index_tensors, value)
+            tracer.assign(self, key, index_tensors, value)
         else:
             self._data[resolve(key, [t._data for t in index_tensors])] = np.asarray(
                 value._data, self.dtype.np
@@ -1055,8 +1068,9 @@ def install_numpy_protocol(ufunc_handler, function_handler) -> None:
 
 def backward(tensors, grad_tensors, retain_graph=None, create_graph=False, inputs=None) -> None:
     """Accumulate gradients of ``tensors`` into the ``.grad`` of the leaves (or of ``inputs``)."""
-    if _tracer is not None:
-        _tracer.backward_calls += 1  # (a traced function calling this is a training step)
+    tracer = _TRACING.tracer
+    if tracer is not None:
+        tracer.backward_calls += 1  # (a traced function calling this is a training step)
     seeds = [seed_gradient(t, g) for t, g in zip(tensors, grad_tensors, strict=True)]
     retain = create_graph if retain_graph is None else retain_graph
     if inputs is None:

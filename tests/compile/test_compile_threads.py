@@ -54,3 +54,27 @@ def test_a_compiled_function_with_backward_under_threads():
         (want,) = tg.autograd.grad(out, [x])
         assert value == np.float32(out.item()) or abs(value - out.item()) < 1e-3
         np.testing.assert_allclose(grad, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_eager_code_in_another_thread_runs_eagerly_while_one_traces():
+    import threading
+
+    w = tg.ones(2)
+    started, done = threading.Event(), threading.Event()
+    seen = []
+
+    def other():
+        started.wait(5)
+        seen.append((tg.ones(2) * 3 + w).numpy().copy())  # reads a tensor made before the trace
+        done.set()
+
+    def f(x):
+        started.set()
+        done.wait(5)  # (the other thread computes while this one traces)
+        return x * 2
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert tg.compile(f)(tg.ones(2)).tolist() == [2.0, 2.0]
+    thread.join()
+    np.testing.assert_array_equal(seen[0], [4.0, 4.0])
