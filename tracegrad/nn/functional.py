@@ -329,8 +329,10 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
 
 def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     # exp of the non-positive part only: exp(x) of a large x would overflow in the unused branch
-    # and its gradient (0 * inf) would be nan
-    return where(input > 0, input, (input.minimum(0.0).exp() - 1.0) * alpha)
+    # and its gradient (0 * inf) would be nan. (where, not minimum, which would halve the
+    # gradient at 0 between the tied arguments.)
+    negative = where(input > 0, 0.0, input)
+    return where(input > 0, input, (negative.exp() - 1.0) * alpha)
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:

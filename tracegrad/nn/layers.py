@@ -427,18 +427,6 @@ class _NormBase(Module):
             init.ones_(self.weight)
             init.zeros_(self.bias)
 
-    def _momentum(self):
-        """The factor the running statistics move by in a training call, counting the call:
-        ``momentum``, or for ``momentum=None`` 1 / (calls so far), a cumulative average. The
-        count stays a tensor (a compiled forward reads it on every call, not once)."""
-        if not (self.training and self.track_running_stats):
-            return self.momentum or 0.0
-        with no_grad():
-            self.num_batches_tracked.add_(1)
-        if self.momentum is not None:
-            return self.momentum
-        return 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
-
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -460,6 +448,18 @@ class _BatchNorm(_NormBase):
         device=None,
     ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+
+    def _momentum(self):
+        """The factor the running statistics move by in a training call, counting the call:
+        ``momentum``, or for ``momentum=None`` 1 / (calls so far), a cumulative average. The
+        count stays a tensor (a compiled forward reads it on every call, not once)."""
+        if not (self.training and self.track_running_stats):
+            return self.momentum or 0.0
+        with no_grad():
+            self.num_batches_tracked.add_(1)
+        if self.momentum is not None:
+            return self.momentum
+        return 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
 
     def forward(self, x):
         if x.ndim not in self.dims:
@@ -513,7 +513,8 @@ class InstanceNorm2d(_NormBase):
             )
         if x.ndim == 3:  # one unbatched sample (C, H, W)
             return self.forward(x.unsqueeze(0))[0]
-        momentum = self._momentum()
+        # as in PyTorch, no count of batches here: momentum=None leaves the statistics be
+        momentum = self.momentum if self.momentum is not None else 0.0
         return F.instance_norm(
             x,
             self.running_mean,
