@@ -573,4 +573,10 @@ def kl_div(
         loss = target * (where(target == 0, 1.0, target).log() - input)
     if reduction == "batchmean":
         return loss.sum() / (input.shape[0] if input.ndim else 1)
+    if reduction == "mean":
+        warnings.warn(
+            "kl_div: reduction='mean' divides the sum by the number of elements, not the "
+            "batch size; reduction='batchmean' gives the KL divergence",
+            stacklevel=2,
+        )
     return _reduce(loss, reduction)
