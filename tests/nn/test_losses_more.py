@@ -152,9 +152,14 @@ def test_bce_matches_torch(reduction, weighted):
 def test_bce_clamps_the_log_of_certain_probabilities_like_torch():
     torch = pytest.importorskip("torch")
     p, t = np.array([0.0, 1.0, 0.0, 1.0, 1e-60]), np.array([0.0, 1.0, 1.0, 0.0, 1.0])
-    ours = nn.BCELoss(reduction="none")(tg.tensor(p), tg.tensor(t)).numpy()
-    theirs = torch.nn.BCELoss(reduction="none")(torch.tensor(p), torch.tensor(t)).numpy()
-    np.testing.assert_array_equal(ours, theirs)  # 0, 0, 100, 100, 100
+    ours_p = tg.tensor(p, requires_grad=True)
+    ours = nn.BCELoss(reduction="none")(ours_p, tg.tensor(t))
+    theirs = torch.nn.BCELoss(reduction="none")(torch.tensor(p), torch.tensor(t))
+    np.testing.assert_array_equal(ours.detach().numpy(), theirs.detach().numpy())  # 0 0 100 ...
+    ours.sum().backward()
+    # The derivative of the clamped loss: -log(1 - p) has slope 1 at p = 0, and where the log
+    # is clamped, 0. (PyTorch's formula (p - t) / max(p (1 - p), 1e-12) gives 0 and +-1e12.)
+    np.testing.assert_array_equal(ours_p.grad.numpy(), [1.0, -1.0, 0.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

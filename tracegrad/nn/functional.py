@@ -508,11 +508,15 @@ def instance_norm(
 def binary_cross_entropy(input: Tensor, target: Tensor, weight=None, reduction: str = "mean"):
     target = as_tensor(target)
     _same_shape("binary_cross_entropy", input, target)
-    # PyTorch clamps the logs at -100 so that a probability of exactly 0 or 1 gives a finite loss
-    log_p = input.log().clamp(min=-100.0)
-    log_q = (1.0 - input).log().clamp(min=-100.0)
-    loss = -(target * log_p + (1.0 - target) * log_q)
+    loss = -(target * _clamped_log(input) + (1.0 - target) * _clamped_log(1.0 - input))
     return _reduce(loss * weight if weight is not None else loss, reduction)
+
+
+def _clamped_log(p: Tensor) -> Tensor:
+    """log(p), at least -100, as in PyTorch's binary cross entropy: a probability of exactly
+    0 or 1 gives a finite loss. log(0) is kept out of the gradient too (0 * 1/0 would be nan)."""
+    positive = p > 0
+    return where(positive, where(positive, p, 1.0).log().clamp(min=-100.0), -100.0)
 
 
 def binary_cross_entropy_with_logits(
