@@ -26,10 +26,10 @@ ACTIVATIONS = {
     "silu": (F.silu, lambda tf, x: tf.silu(x), nn.SiLU(), []),
     "softplus": (F.softplus, lambda tf, x: tf.softplus(x), nn.Softplus(), [20.0]),
     "softplus_beta": (
-        lambda x: F.softplus(x, 2.0, 5.0),
-        lambda tf, x: tf.softplus(x, 2.0, 5.0),
-        nn.Softplus(2.0, 5.0),
-        [2.5],
+        lambda x: F.softplus(x, 3.0, 6.0),
+        lambda tf, x: tf.softplus(x, 3.0, 6.0),
+        nn.Softplus(3.0, 6.0),
+        [2.0],
     ),
     "mish": (F.mish, lambda tf, x: tf.mish(x), nn.Mish(), []),
     "hardtanh": (
@@ -44,7 +44,7 @@ ACTIVATIONS = {
 }
 
 # exact kinks and bounds, zero, tiny values, and magnitudes where a naive exp overflows
-EDGES = [0.0, -0.0, 1e-9, -1e-9, -0.5, 2.0, 2.5, 6.0, 20.0, 30.0, -30.0, 50.0, -50.0, 800.0, -800.0]
+EDGES = [0.0, -0.0, 1e-9, -1e-9, -0.5, 2.0, 6.0, 20.0, 30.0, -30.0, 50.0, -50.0, 800.0, -800.0]
 
 
 def edge_input():

@@ -72,7 +72,9 @@ def cross_entropy(
     """Cross entropy between logits (N, C, ...) and int64 class indices (N, ...)."""
     if weight is not None:
         logp = input.log_softmax(1)
-        return _weighted_class_loss(logp, target, weight, ignore_index, label_smoothing, reduction)
+        return _weighted_class_loss(
+            "cross_entropy", logp, target, weight, ignore_index, label_smoothing, reduction
+        )
     return _class_loss("cross_entropy", input, target, ignore_index, label_smoothing, reduction)
 
 
@@ -81,11 +83,11 @@ def nll_loss(
 ) -> Tensor:
     """The loss of log-probabilities (N, C, ...) against int64 class indices (N, ...)."""
     if weight is not None:
-        return _weighted_class_loss(input, target, weight, ignore_index, 0.0, reduction)
+        return _weighted_class_loss("nll_loss", input, target, weight, ignore_index, 0.0, reduction)
     return _class_loss("nll_loss", input, target, ignore_index, 0.0, reduction)
 
 
-def _weighted_class_loss(logp, target, weight, ignore_index, label_smoothing, reduction):
+def _weighted_class_loss(name, logp, target, weight, ignore_index, label_smoothing, reduction):
     """nll_loss with per-class weights, composed from indexing (the primitive has none).
 
     As in PyTorch, element i weighs weight[target[i]], 'mean' divides by the sum of the
@@ -96,7 +98,7 @@ def _weighted_class_loss(logp, target, weight, ignore_index, label_smoothing, re
     if tuple(weight.shape) != (classes,):
         raise ShapeError(
             at_user_line(
-                f"cross_entropy: weight of shape {tuple(weight.shape)} must have one entry "
+                f"{name}: weight of shape {tuple(weight.shape)} must have one entry "
                 f"for each of the {classes} classes of input of shape {tuple(logp.shape)}"
             )
         )
@@ -104,7 +106,7 @@ def _weighted_class_loss(logp, target, weight, ignore_index, label_smoothing, re
     safe = where(valid, target, 0)
     last = logp.permute(0, *range(2, logp.ndim), 1).reshape(-1, classes)  # (N*..., C)
     # "rows" indices are checked to lie in [0, C): a target of -1 is an error, not class C-1
-    with _naming_bad_indices("cross_entropy"):
+    with _naming_bad_indices(name):
         picked = call(
             "getitem",
             last,
@@ -348,7 +350,7 @@ def _softplus(x: Tensor) -> Tensor:
 def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     scaled = input * beta
     # above the threshold, PyTorch returns x itself (the two differ by less than exp(-20))
-    return where(scaled > threshold, input, _softplus(scaled) * (1.0 / beta))
+    return where(scaled > threshold, input, _softplus(scaled) / beta)
 
 
 def mish(input: Tensor, inplace: bool = False) -> Tensor:
