@@ -55,18 +55,18 @@ class Wrapped(nn.Module):
         return self.layer(self.pre(x))
 
 
-def build(name):
+def build(name, dtype=tg.float64):
     factory, shape = LAYERS[name]
     tg.manual_seed(0)
-    model = Wrapped(factory(), shape).double()
+    model = Wrapped(factory(), shape).to(dtype)
     for p in model.layer.parameters():  # off their initial values, so that errors show
         p.data = p.data + tg.tensor(np.random.default_rng(1).uniform(0.1, 0.5, tuple(p.shape)))
     return model, shape
 
 
-def close(actual, expected, what):
+def close(actual, expected, what, tol=TOL):
     np.testing.assert_allclose(
-        np.asarray(actual), np.asarray(expected), rtol=TOL, atol=TOL, err_msg=what
+        np.asarray(actual), np.asarray(expected), rtol=tol, atol=tol, err_msg=what
     )
 
 
@@ -78,7 +78,8 @@ def run(model, target, shape, modes):
     for training in modes:
         model.train(training)
         model.zero_grad()
-        x = tg.tensor(rng.standard_normal(shape) * 2 + 0.5, requires_grad=True)
+        data = rng.standard_normal(shape) * 2 + 0.5
+        x = tg.tensor(data.astype(model.pre.weight.dtype.np), requires_grad=True)
         out = target(x)
         (out * tg.tensor(rng.standard_normal(tuple(out.shape)))).sum().backward()
         record = {"out": out.detach().numpy().copy(), "x.grad": x.grad.numpy().copy()}
@@ -103,6 +104,19 @@ def test_compiled_layer_matches_eager(name, passes):
             close(a[key], e[key], f"call {i}: {key}")
     # train and eval are one specialization each
     assert len(compiled.recompile_reasons) <= 1, compiled.recompile_reasons
+
+
+@pytest.mark.parametrize("name", ["Softplus", "Mish", "BatchNorm2d", "GroupNorm"])
+def test_compiled_layer_matches_eager_in_float32(name):
+    modes = [True, False, True]
+    eager, shape = build(name, tg.float32)
+    expected = run(eager, eager, shape, modes)
+    model, _ = build(name, tg.float32)
+    actual = run(model, tg.compile(model), shape, modes)
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        for key in e:
+            assert a[key].dtype == e[key].dtype, key
+            close(a[key], e[key], f"call {i}: {key}", tol=1e-5)
 
 
 # --- losses --------------------------------------------------------------------------------------

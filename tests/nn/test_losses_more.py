@@ -91,6 +91,10 @@ def test_nll_loss_matches_torch(shapes, reduction, weighted):
     layer = nn.NLLLoss(None if weight is None else tg.tensor(weight), reduction=reduction)
     ref = torch.nn.NLLLoss(None if weight is None else torch.tensor(weight), reduction=reduction)
     compare(layer, ref, (log_probabilities(*input_shape),), (target,))
+    assert gradcheck(
+        lambda x: layer(x, tg.tensor(target)),
+        tg.tensor(log_probabilities(*input_shape), requires_grad=True),
+    )
 
 
 def test_weighted_cross_entropy_without_weights_equals_the_unweighted_primitive():
