@@ -8,13 +8,14 @@ import math
 import numpy as np
 
 from tracegrad import dtypes
+from tracegrad.creation import ones, zeros
 from tracegrad.errors import ShapeError, at_user_line
 from tracegrad.nn import functional as F
 from tracegrad.nn import init
 from tracegrad.nn.module import Module
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tape import no_grad
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import tensor
 
 
 def _empty(*shape, dtype=None) -> Parameter:
@@ -407,9 +408,9 @@ class _NormBase(Module):
         self.weight = _empty(num_features, dtype=dtype) if affine else None
         self.bias = _empty(num_features, dtype=dtype) if affine else None
         if track_running_stats:
-            self.register_buffer("running_mean", _empty(num_features, dtype=dtype).detach())
-            self.register_buffer("running_var", _empty(num_features, dtype=dtype).detach())
-            self.register_buffer("num_batches_tracked", Tensor(np.zeros((), np.int64)))
+            self.register_buffer("running_mean", zeros(num_features, dtype=dtype))
+            self.register_buffer("running_var", ones(num_features, dtype=dtype))
+            self.register_buffer("num_batches_tracked", tensor(0))  # int64
         else:
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 self.register_buffer(name, None)
