@@ -7,7 +7,9 @@ import math
 import warnings
 
 from tracegrad import dtypes
+from tracegrad.creation import arange
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
+from tracegrad.tape import no_grad
 from tracegrad.tensor import Tensor, as_tensor, call, where
 
 
@@ -69,13 +71,60 @@ def cross_entropy(
 ) -> Tensor:
     """Cross entropy between logits (N, C, ...) and int64 class indices (N, ...)."""
     if weight is not None:
-        raise NotImplementedError("cross_entropy: per-class weight is not supported yet")
+        logp = input.log_softmax(1)
+        return _weighted_class_loss(
+            "cross_entropy", logp, target, weight, ignore_index, label_smoothing, reduction
+        )
     return _class_loss("cross_entropy", input, target, ignore_index, label_smoothing, reduction)
 
 
-def nll_loss(input: Tensor, target: Tensor, ignore_index: int = -100, reduction="mean") -> Tensor:
+def nll_loss(
+    input: Tensor, target: Tensor, weight=None, ignore_index: int = -100, reduction="mean"
+) -> Tensor:
     """The loss of log-probabilities (N, C, ...) against int64 class indices (N, ...)."""
+    if weight is not None:
+        return _weighted_class_loss("nll_loss", input, target, weight, ignore_index, 0.0, reduction)
     return _class_loss("nll_loss", input, target, ignore_index, 0.0, reduction)
+
+
+def _weighted_class_loss(name, logp, target, weight, ignore_index, label_smoothing, reduction):
+    """nll_loss with per-class weights, composed from indexing (the primitive has none).
+
+    As in PyTorch, element i weighs weight[target[i]], 'mean' divides by the sum of the
+    weights of the targets not ignored, and label smoothing adds the weighted mean over
+    classes: (1 - s) * nll + s / C * sum_c(-weight[c] * logp[c])."""
+    target, weight = as_tensor(target), as_tensor(weight)
+    classes = logp.shape[1]
+    if tuple(weight.shape) != (classes,):
+        raise ShapeError(
+            at_user_line(
+                f"{name}: weight of shape {tuple(weight.shape)} must have one entry "
+                f"for each of the {classes} classes of input of shape {tuple(logp.shape)}"
+            )
+        )
+    valid = target != ignore_index
+    safe = where(valid, target, 0)
+    last = logp.permute(0, *range(2, logp.ndim), 1).reshape(-1, classes)  # (N*..., C)
+    # "rows" indices are checked to lie in [0, C): a target of -1 is an error, not class C-1
+    with _naming_bad_indices(name):
+        picked = call(
+            "getitem",
+            last,
+            arange(last.shape[0]),
+            safe.reshape(-1),
+            key=(("tensor", 0), ("rows", 1, classes)),
+        ).reshape(*target.shape)
+        target_weight = where(
+            valid, call("getitem", weight, safe, key=(("rows", 0, classes),)), 0.0
+        )
+    loss = -picked * target_weight
+    if label_smoothing:
+        per_class = weight.reshape(-1, *[1] * (logp.ndim - 2))
+        smooth = where(valid, -(logp * per_class).sum(1), 0.0)
+        loss = loss * (1 - label_smoothing) + smooth * (label_smoothing / classes)
+    if reduction == "mean":
+        return loss.sum() / target_weight.sum()
+    return _reduce(loss, reduction)
 
 
 def _class_loss(name, input, target, ignore_index, label_smoothing, reduction) -> Tensor:
@@ -271,3 +320,269 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     # The mask is an op (not data) so a compiled step draws a fresh one every run.
     mask = call("dropout_mask", shape=tuple(input.shape), p=float(p), dtype=input.dtype.name)
     return input * mask
+
+
+# --- more activations: composites of existing ops, so gradients and compiling come free ----------
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    return where(input > 0, input, input * negative_slope)
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    # exp of the non-positive part only: exp(x) of a large x would overflow in the unused branch
+    # and its gradient (0 * inf) would be nan. (where, not minimum, which would halve the
+    # gradient at 0 between the tied arguments.)
+    negative = where(input > 0, 0.0, input)
+    return where(input > 0, input, (negative.exp() - 1.0) * alpha)
+
+
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    return input * input.sigmoid()
+
+
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), which never overflows. -|x| is taken by
+    where rather than abs so that the gradient at 0 is sigmoid(0) = 1/2, not 0."""
+    return x.relu() + where(x > 0, -x, x).exp().log1p()
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    scaled = input * beta
+    # above the threshold, PyTorch returns x itself (the two differ by less than exp(-20))
+    return where(scaled > threshold, input, _softplus(scaled) / beta)
+
+
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    return input * _softplus(input).tanh()
+
+
+def hardtanh(
+    input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False
+) -> Tensor:
+    if min_val > max_val:
+        raise ValueError(f"hardtanh: min_val {min_val} must not exceed max_val {max_val}")
+    # PyTorch passes no gradient at the bounds themselves (clamp passes it there)
+    inside = (input > min_val) & (input < max_val)
+    return where(inside, input, input.clamp(min_val, max_val).detach())
+
+
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    return hardtanh(input, 0.0, 6.0)
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    """max(0, x) + weight * min(0, x), one weight per channel (dim 1), or one for all."""
+    if weight.numel() != 1:
+        channels = input.shape[1] if input.ndim >= 2 else input.shape[0]
+        if weight.numel() != channels:
+            raise ShapeError(
+                at_user_line(
+                    f"prelu: {weight.numel()} parameters for input of shape "
+                    f"{tuple(input.shape)} with {channels} channels"
+                )
+            )
+        if input.ndim >= 2:
+            weight = weight.reshape(-1, *[1] * (input.ndim - 2))
+    return where(input > 0, input, input * weight)
+
+
+def softsign(input: Tensor) -> Tensor:
+    return input / (input.abs() + 1.0)
+
+
+def logsigmoid(input: Tensor) -> Tensor:
+    return -_softplus(-input)
+
+
+# --- normalization -------------------------------------------------------------------------------
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training: bool = False,
+    momentum=0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Normalize each channel (dim 1) over the other dims. Training normalizes by the batch's
+    mean and biased variance and moves the running statistics (under no_grad, in place)
+    towards the mean and unbiased variance by ``momentum``, a number or a 0-d tensor;
+    otherwise the running statistics normalize."""
+    dims = (0, *range(2, input.ndim))
+    if training:
+        count = input.numel() // input.shape[1]
+        if count <= 1:
+            raise ValueError(
+                at_user_line(
+                    f"batch_norm: expected more than 1 value per channel when training, got "
+                    f"input of shape {tuple(input.shape)}"
+                )
+            )
+        mean, var = _moments(input, dims)
+        if running_mean is not None:
+            _update_running(running_mean, running_var, mean, var * (count / (count - 1)), momentum)
+    else:
+        mean, var = running_mean, running_var
+    return _normalize(input, mean, var, weight, bias, eps, dims)
+
+
+def _moments(input: Tensor, dims) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over ``dims``, kept as size-1 dims."""
+    mean = input.mean(dims, keepdim=True)
+    centered = input - mean
+    return mean, (centered * centered).mean(dims, keepdim=True)
+
+
+def _update_running(running_mean, running_var, mean, unbiased_var, momentum) -> None:
+    """running = (1 - momentum) * running + momentum * batch, in place (as PyTorch does, so
+    the buffers are the same tensors after the call)."""
+    shape = tuple(running_mean.shape)
+    with no_grad():
+        running_mean.mul_(1 - momentum).add_(mean.detach().reshape(shape) * momentum)
+        running_var.mul_(1 - momentum).add_(unbiased_var.detach().reshape(shape) * momentum)
+
+
+def _normalize(input, mean, var, weight, bias, eps, dims) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias, with per-channel statistics, weight and
+    bias (of shape (C,) or already broadcastable) spread over the dims after the channels."""
+    channel = (-1, *[1] * (input.ndim - 2))
+    out = (input - mean.reshape(channel)) / (var.reshape(channel) + eps).sqrt()
+    if weight is not None:
+        out = out * weight.reshape(channel)
+    return out + bias.reshape(channel) if bias is not None else out
+
+
+def group_norm(input: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
+    """Normalize each sample's channels in ``num_groups`` groups, over the group's channels
+    and every other dim; then a per-channel affine map."""
+    n, channels = input.shape[0], input.shape[1]
+    if channels % num_groups:
+        raise ShapeError(
+            at_user_line(
+                f"group_norm: {channels} channels of input of shape {tuple(input.shape)} "
+                f"do not divide into {num_groups} groups"
+            )
+        )
+    grouped = input.reshape(n, num_groups, -1)
+    mean, var = _moments(grouped, (2,))
+    out = ((grouped - mean) / (var + eps).sqrt()).reshape(*input.shape)
+    channel = (-1, *[1] * (input.ndim - 2))
+    if weight is not None:
+        out = out * weight.reshape(channel)
+    return out + bias.reshape(channel) if bias is not None else out
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean=None,
+    running_var=None,
+    weight=None,
+    bias=None,
+    use_input_stats: bool = True,
+    momentum=0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Normalize each (sample, channel) over the remaining dims. With running statistics and
+    input statistics in use, they move towards the batch's mean of the per-instance means
+    and unbiased variances, as PyTorch does."""
+    dims = tuple(range(2, input.ndim))
+    if not use_input_stats:
+        return _normalize(input, running_mean, running_var, weight, bias, eps, (0, *dims))
+    count = math.prod(input.shape[2:])
+    mean, var = _moments(input, dims)
+    if running_mean is not None:
+        unbiased = var * (count / (count - 1)) if count > 1 else var * float("nan")
+        _update_running(running_mean, running_var, mean.mean(0), unbiased.mean(0), momentum)
+    out = (input - mean) / (var + eps).sqrt()
+    channel = (-1, *[1] * (input.ndim - 2))
+    if weight is not None:
+        out = out * weight.reshape(channel)
+    return out + bias.reshape(channel) if bias is not None else out
+
+
+# --- more losses ---------------------------------------------------------------------------------
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor, weight=None, reduction: str = "mean"):
+    target = as_tensor(target)
+    _same_shape("binary_cross_entropy", input, target)
+    loss = -(target * _clamped_log(input) + (1.0 - target) * _clamped_log(1.0 - input))
+    return _reduce(loss * weight if weight is not None else loss, reduction)
+
+
+def _clamped_log(p: Tensor) -> Tensor:
+    """log(p), at least -100, as in PyTorch's binary cross entropy: a probability of exactly
+    0 or 1 gives a finite loss. log(0) is kept out of the gradient too (0 * 1/0 would be nan)."""
+    positive = p > 0
+    return where(positive, where(positive, p, 1.0).log().clamp(min=-100.0), -100.0)
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor, target: Tensor, weight=None, reduction: str = "mean", pos_weight=None
+) -> Tensor:
+    """-[pos_weight * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x))], from
+    log(1 - sigmoid(x)) = -x - softplus(-x): (1 - t) * x + (1 + (pos_weight - 1) * t) *
+    softplus(-x), stable for any x."""
+    target = as_tensor(target)
+    _same_shape("binary_cross_entropy_with_logits", input, target)
+    scale = 1.0 if pos_weight is None else (as_tensor(pos_weight) - 1.0) * target + 1.0
+    loss = (1.0 - target) * input + _softplus(-input) * scale
+    return _reduce(loss * weight if weight is not None else loss, reduction)
+
+
+def _same_shape(function: str, input: Tensor, target: Tensor) -> None:
+    if tuple(input.shape) != tuple(target.shape):
+        raise ShapeError(
+            at_user_line(
+                f"{function}: target of shape {tuple(target.shape)} must have the shape of "
+                f"input {tuple(input.shape)}"
+            )
+        )
+
+
+def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean", beta: float = 1.0):
+    """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (|d| for beta = 0)."""
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
+    if beta == 0:  # 0.5 d^2 / 0 in the unused branch would make its gradient nan
+        return l1_loss(input, target, reduction)
+    return _reduce(_huber(input - target, beta) * (1.0 / beta), reduction)
+
+
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0):
+    """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta): smooth_l1_loss times delta."""
+    if delta <= 0:
+        raise ValueError(f"huber_loss: delta must be positive, got {delta}")
+    return _reduce(_huber(input - target, delta), reduction)
+
+
+def _huber(diff: Tensor, delta: float) -> Tensor:
+    size = diff.abs()
+    return where(size < delta, diff * diff * 0.5, (size - 0.5 * delta) * delta)
+
+
+def kl_div(
+    input: Tensor, target: Tensor, reduction: str = "mean", log_target: bool = False
+) -> Tensor:
+    """target * (log target - input) for log-probabilities ``input`` (0 where target is 0),
+    or exp(target) * (target - input) when the target is given as log-probabilities.
+    'batchmean' divides the sum by the batch size, the true KL divergence per sample."""
+    target = as_tensor(target)
+    if log_target:
+        loss = target.exp() * (target - input)
+    else:
+        # t log t as 0 at t = 0 with no nan in the gradient: t log(1) there
+        loss = target * (where(target == 0, 1.0, target).log() - input)
+    if reduction == "batchmean":
+        return loss.sum() / (input.shape[0] if input.ndim else 1)
+    if reduction == "mean":
+        warnings.warn(
+            "kl_div: reduction='mean' divides the sum by the number of elements, not the "
+            "batch size; reduction='batchmean' gives the KL divergence",
+            stacklevel=2,
+        )
+    return _reduce(loss, reduction)
