@@ -338,6 +338,7 @@ class CompiledFunction:
         # Tensors requiring grad it reached or read, and optimizers its tracing stepped
         self._watched_tensors: dict[int, tuple[str, Tensor]] = {}
         self._traced_optimizers: dict[str, object] = {}
+        self._stepped: list = []  # the optimizers whose step() a trace went through
         # One compiled function per structure of containers and keywords it was called with
         self._by_structure: dict[object, CompiledFunction] = {}
         self.state_fn = fn  # where the state it reaches is looked for (closure, globals)
@@ -396,8 +397,9 @@ class CompiledFunction:
                 guards.append((f"{input_label(i)} .grad", grad))
         for label, t in self._state_tensors().values():
             guards.append((label, _state_meta(t)))
+        stepped = self._stepped_optimizers()
         for name, opt in self._optimizers().items():
-            guards += _optimizer_guards(name, opt)
+            guards += _optimizer_guards(name, opt, any(opt is o for o in stepped))
         guards += [(f"binding {name}", identity(b[-1])) for name, b in self._bindings.items()]
         for name, module in self._watched_modules.items():
             modules = dict(module.named_modules())
@@ -546,7 +548,13 @@ class CompiledFunction:
             list(self._watched_modules.values()),
             _optimizer_groups,
             list(self._bindings.values()),
+            self._stepped_optimizers(),
         )
+
+    def _stepped_optimizers(self) -> list:
+        """The optimizers whose step() a trace went through (before the first trace, all it
+        reaches may be)."""
+        return self._stepped if self.specializations else list(self._optimizers().values())
 
     @gc_paused
     def _compile(self, args, signature) -> StepProgram | None:
@@ -758,14 +766,17 @@ def _state_meta(t: Tensor) -> Shown:
     return Shown(meta, f"{dtype}{list(d.shape)} {needs}, .grad {grad or 'none'}")
 
 
-def _optimizer_guards(name: str, opt) -> list[tuple[str, object]]:
+def _optimizer_guards(name: str, opt, stepped: bool) -> list[tuple[str, object]]:
     """What a traced update depends on, labelled: each group's settings (see
-    ``_optimizer_groups``) and which state exists per parameter."""
+    ``_optimizer_groups``) and, for an optimizer whose step the program traced, which state
+    exists per parameter (one only reached, for its zero_grad say, keeps its own)."""
     guards = [
         (f"optimizer {name} group {i} {key}", fact)
         for i, facts in enumerate(_optimizer_groups(opt))
         for key, fact in facts
     ]
+    if not stepped:
+        return guards
     # Which state exists, and which tensor objects hold it (load_state_dict replaces them).
     state = tuple(
         (id(p), tuple((k, id(v)) for k, v in s.items())) for p, s in opt.state.items() if s
@@ -864,6 +875,9 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
     for name, t in read.items():
         compiled._watched_tensors.setdefault(id(t), (f"state {name}", t))
     compiled._traced_optimizers.update(noted)
+    compiled._stepped += [
+        o for o in tracer.optimizers if all(o is not s for s in compiled._stepped)
+    ]
     owners = {id(grad): t for t, grad in grads_before.values() if grad is not None}
     grad_of = {i: owners[id(t)] for i, t in enumerate(lifted_tensors) if id(t) in owners}
     return StepProgram(

@@ -153,12 +153,9 @@ def lbfgs_runs(steps, **kwargs):
     return runs
 
 
-# Past 8 specializations (see the xfail below) the closure runs eagerly, with a warning
-@pytest.mark.filterwarnings("ignore:tracegrad. closure has 8 specializations")
 @pytest.mark.parametrize("zero_grad", ["opt", "model"])
 @pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
 def test_lbfgs_with_a_compiled_closure_equals_eager(line_search_fn, zero_grad):
-    # (3 steps: a closure zeroing by opt.zero_grad() recompiles each step, see below)
     eager, compiled = lbfgs_runs(3, zero_grad=zero_grad, max_iter=4, line_search_fn=line_search_fn)
     (eager_model, _, eager_losses, _), (model, opt, losses, step) = eager, compiled
     assert losses == eager_losses
@@ -166,8 +163,7 @@ def test_lbfgs_with_a_compiled_closure_equals_eager(line_search_fn, zero_grad):
     for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
         assert np.array_equal(p.detach().numpy(), q.detach().numpy())
     assert opt.state_dict()["state"][0]["func_evals"] > 3  # the closure ran many times
-    if zero_grad == "model":
-        assert len(step.specializations) <= 2
+    assert len(step.specializations) <= 2
 
 
 def test_lbfgs_compiled_closure_keeps_two_specializations_over_many_steps():
@@ -176,14 +172,8 @@ def test_lbfgs_compiled_closure_keeps_two_specializations_over_many_steps():
     assert len(compiled[3].specializations) <= 2
 
 
-@pytest.mark.filterwarnings("ignore:tracegrad. closure has 8 specializations")
-@pytest.mark.xfail(
-    strict=True,
-    reason="a compiled function reaching an optimizer guards the identity of every entry of "
-    "its state (tracegrad/step.py _optimizer_guards), and LBFGS's counts and history are "
-    "new objects each step: a closure calling opt.zero_grad() recompiles every step",
-)
 def test_lbfgs_closure_zeroing_by_the_optimizer_does_not_recompile():
+    # (an optimizer the closure only reaches, for its zero_grad, keeps its state unguarded)
     _, compiled = lbfgs_runs(4, zero_grad="opt", max_iter=4)
     assert len(compiled[3].specializations) <= 2
 

@@ -109,14 +109,14 @@ class GuardBuilder:
 
 
 def step_guard(
-    grad_mode, args, tensors, optimizers, modules, optimizer_groups, bindings
+    grad_mode, args, tensors, optimizers, modules, optimizer_groups, bindings, stepped=()
 ) -> GuardBuilder:
     """The guards of a compiled step (for its runner): its arguments, the names it reaches its
     state by (``bindings``: (namespace, a format string reading the name, the object it
     holds now) each), the watched ``tensors`` (and whether each has a .grad, of which shape),
     the ``optimizers`` (their groups' settings as ``optimizer_groups`` computes them, and
-    state)
-    and the trees of ``modules``, as they are now."""
+    the state of those ``stepped``, whose update the program traced) and the trees of
+    ``modules``, as they are now."""
     b = GuardBuilder()
     b.names["optimizer_groups"] = optimizer_groups
     b.call(args, grad_mode)
@@ -143,7 +143,7 @@ def step_guard(
         else:
             b.check(f"g is None or g._data.shape != {t.grad._data.shape}", f"g = {name}.grad")
     for opt in optimizers:
-        _optimizer_checks(b, opt, optimizer_groups(opt))
+        _optimizer_checks(b, opt, optimizer_groups(opt), state=opt in stepped)
     names = {}
     for module in modules:
         _module_tree(b, module, names)
@@ -202,7 +202,7 @@ def _plain_value(value) -> bool:
     return type(value) in PLAIN
 
 
-def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
+def _optimizer_checks(b: GuardBuilder, opt, groups, state: bool = True) -> None:
     """An optimizer's parameter groups (what ``optimizer_groups`` computes from them, equal to
     ``groups``), then its state: the same tensors under the same keys for each parameter."""
     name = b.name("O", opt)
@@ -215,6 +215,8 @@ def _optimizer_checks(b: GuardBuilder, opt, groups) -> None:
         b.setting(facts)
     else:
         b.check(facts)
+    if not state:
+        return
     if not any(opt.state.values()):
         # No state yet (plain SGD never has any): the signature lists none, whatever entries
         # the optimizer made empty.
