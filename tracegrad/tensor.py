@@ -175,6 +175,9 @@ def _flat(data):
 def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """A new tensor holding a copy of ``data`` (PyTorch's ``torch.tensor``)."""
     devices.check(device)
+    if isinstance(data, Tensor):  # (as a copy in traced code too: data may be traced)
+        copied = data.detach().to(dtype) if dtype is not None else data.detach()
+        return copied.clone().requires_grad_(requires_grad)
     return Tensor._wrap(_as_array(data, dtype), requires_grad=requires_grad)
 
 

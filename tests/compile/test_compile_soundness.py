@@ -738,3 +738,40 @@ def test_a_returned_view_of_an_argument_shows_later_writes_as_eagerly(compile_as
 
     for got, want in zip(run(tg.compile(f)), run(f), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_local_overwritten_with_an_argument_is_its_own_memory():
+    def f(x, y):
+        t = x * 1.0
+        t.copy_(y)  # t holds y's values in memory of its own
+        return t, tg.tensor(y)  # (tg.tensor of a tensor copies too)
+
+    x, y = tg.ones(2), tg.full((2,), 3.0)
+    results = tg.compile(f)(x, y)
+    with tg.no_grad():
+        y.add_(5.0)
+    assert [r.tolist() for r in results] == [[3.0, 3.0], [3.0, 3.0]]
+
+
+def test_a_parameter_written_through_data_in_a_forward_keeps_its_gradient():
+    """Eagerly the parameter stays the leaf its .grad belongs to; the compiled module and a
+    compiled function must send the gradient of the new value to it too."""
+
+    def run(compile_as):
+        tg.manual_seed(5)
+        lin = nn.Linear(3, 2)
+        x = tg.randn(4, 3, requires_grad=True)
+
+        def forward(x):
+            lin.weight.data.mul_(0.5)
+            with tg.no_grad():
+                lin.bias[0] = 1.0
+            return lin(x).tanh().sum()
+
+        fn = {"eager": forward, "function": tg.compile(forward)}[compile_as]
+        fn(x).backward()
+        return [t.numpy().copy() for t in (lin.weight.grad, lin.bias.grad, x.grad, lin.weight)]
+
+    want = run("eager")
+    for got, expected in zip(run("function"), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)

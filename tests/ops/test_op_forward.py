@@ -984,6 +984,7 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         ),
         call("scatter_add", _f((2,), dt), key=(("int", 1), ("slice", 0, 2, None)), shape=(3, 3)),
     ),
+    "keep_gradient": lambda dt: call("keep_gradient", _f((2, 3), dt), _f((2, 3), dt, seed=1)),
     "view_update": lambda dt: (
         call("view_update", _f((2, 3), dt), _f((2,), dt), tg.tensor([[5, 1], [0, 2]])),
         call("view_update", _f((4,), dt), _f((), dt), tg.tensor([3])),

@@ -736,9 +736,25 @@ def test_row_runs_the_ops_it_claims(case, op_recorder):
     assert set(case.ops) <= {op.name for op, *_ in calls}
 
 
+# Ops whose gradient rule is by design not the derivative of their forward, each with its own
+# test of the rule
+NOT_A_DERIVATIVE = {
+    "keep_gradient": "the value of one input, the gradient of the other (a write under no_grad)",
+}
+
+
+def test_keep_gradient_passes_the_value_and_sends_the_gradient_to_the_leaf():
+    value = tg.tensor([1.0, 2.0], dtype=tg.float64, requires_grad=True)
+    leaf = tg.tensor([5.0, 7.0], dtype=tg.float64, requires_grad=True)
+    out = call("keep_gradient", value, leaf)
+    assert out.tolist() == [1.0, 2.0]
+    (out * tg.tensor([3.0, 4.0], dtype=tg.float64)).sum().backward()
+    assert value.grad is None and leaf.grad.tolist() == [3.0, 4.0]
+
+
 def test_every_op_has_a_gradient_row_or_is_declared_nondifferentiable():
     covered = {name for case in CASES for name in case.ops}
-    missing = set(OPS) - covered - NONDIFFERENTIABLE
+    missing = set(OPS) - covered - NONDIFFERENTIABLE - set(NOT_A_DERIVATIVE)
     assert not missing, f"ops without a gradient test row: {sorted(missing)}"
     assert not covered & NONDIFFERENTIABLE
     assert set(OPS) >= NONDIFFERENTIABLE, sorted(NONDIFFERENTIABLE - set(OPS))

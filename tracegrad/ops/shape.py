@@ -106,6 +106,19 @@ register(
     props={VIEW},
 )
 
+# keep_gradient(value, leaf) = value, whose gradient goes to leaf instead: in a traced forward,
+# a tensor written while gradients are not recorded (under no_grad, through .data) keeps the
+# gradient path it had, as eagerly (a parameter stays the leaf its .grad belongs to).
+register(
+    "keep_gradient",
+    ("value", "leaf"),
+    lambda value, leaf: value,
+    lambda value, leaf: value,
+    (None, lambda c, g: g),
+    "{0}",
+    props={VIEW},
+)
+
 # contiguous(x): x copied in row-major order. Its result has memory of its own (never a view),
 # so the memory plan can give it a reused buffer: the im2col copy of a convolution, say.
 register(

@@ -31,7 +31,7 @@ from tracegrad.errors import SourceLocation, TraceError, at_user_line, user_fram
 from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, Op
-from tracegrad.ops.registry import RANDOM
+from tracegrad.ops.registry import RANDOM, VIEW
 from tracegrad.tensor import Tensor, is_symbolic, next_serial, set_tracer
 from tracegrad.tracer.hyperparameters import TracedGroup
 
@@ -88,9 +88,9 @@ class Tracer:
         self.mutated: dict[int, tuple[Tensor, np.ndarray]] = {}
         self.aliases: dict[int, Alias] = {}  # id(view) -> what it views
         self.writes: dict[int, int] = {}  # id(root) -> how often it was written
-        self._kept: list[
-            Tensor
-        ] = []  # the aliases' and written roots' tensors (their ids stay theirs)
+        # the aliases' and written roots' tensors (their ids stay theirs)
+        self._kept: list[Tensor] = []
+        self._not_own: set[int] = set()  # ids of values that are inputs or views of others
         self.optimizers: list = []
         self.values_read: dict[int, tuple[Tensor, int]] = {}  # by Python: id -> (t, version)
         self.backward_calls = 0  # backward() and autograd.grad() calls on traced values
@@ -115,6 +115,7 @@ class Tracer:
     def add_input(self, type_: TensorType, name: str, requires_grad: bool = False) -> Tensor:
         value = Value(self._name(name), type_)
         self.inputs.append(value)
+        self._not_own.add(id(value))
         t = Tensor._wrap(Symbol(value))
         if requires_grad:
             t.requires_grad = True
@@ -170,6 +171,7 @@ class Tracer:
                 self._name(self.names.get(id(t), f"state{len(self.lifted)}")), t.tensor_type
             )
             self.inputs.append(value)
+            self._not_own.add(id(value))
             self.lifted[id(t)] = (t, value)
         return self.lifted[id(t)][1]
 
@@ -177,6 +179,8 @@ class Tracer:
 
     def _emit(self, op: str, inputs, out_type, attrs) -> Value:
         out = Value(self._name(), out_type)
+        if op in OPS and VIEW in OPS[op].props:
+            self._not_own.add(id(out))
         node = Node(op, list(inputs), [out], attrs, self.location())
         origin = tape.current_backward()
         if origin is not None:
@@ -232,9 +236,13 @@ class Tracer:
         value = self._cast(self.value_of(result), target.tensor_type)
         alias = self.aliases.get(id(target))
         positions = None if alias is None else self._positions(alias.root, alias.chain)
+        detached = self.mode == "capture" and (
+            not tape.is_grad_enabled()
+            or (alias is not None and any(step[0] == "stop_gradient" for step in alias.chain))
+        )
         if positions is None:  # (not a view after all: the write stays in it)
             self.aliases.pop(id(target), None)
-            self._write(target, value)
+            self._write(target, value, detached)
             return
         root = alias.root
         if positions is not _WHOLE:
@@ -242,7 +250,7 @@ class Tracer:
             value = self._emit(
                 "view_update", [self.value_of(root), value, index], root.tensor_type, {}
             )
-        self._write(root, value)
+        self._write(root, value, detached)
         self.value_of(target)  # (derived again from the root's new value)
 
     def assign(self, target: Tensor, key, index_tensors, value: Tensor) -> None:
@@ -254,7 +262,7 @@ class Tracer:
         values = self._cast(self.value_of(value), target.tensor_type)
         index = self.value_of(Tensor._wrap(positions))
         new = self._emit("view_update", [self.value_of(root), values, index], root.tensor_type, {})
-        self._write(root, new)
+        self._write(root, new, detached=self.mode == "capture")  # (as eagerly: never recorded)
 
     def _cast(self, value: Value, type_: TensorType) -> Value:
         if value.type.dtype != type_.dtype:
@@ -262,12 +270,22 @@ class Tracer:
             value = self._emit("cast", [value], cast_type, {"dtype": type_.dtype.name})
         return value
 
-    def _write(self, root: Tensor, value: Value) -> None:
+    def _write(self, root: Tensor, value: Value, detached: bool = False) -> None:
+        """``root`` now holds ``value``. Written ``detached`` (while a captured forward records
+        no gradient, or through .data), it keeps the gradient path of the value it had: the
+        replaying reverse-mode pass then differentiates it as eager autograd does."""
+        if value.type.shape != root.tensor_type.shape:
+            value = self._emit("broadcast_to", [value], root.tensor_type, {"shape": root.shape})
+        if id(value) in self._not_own:  # (copy_ of an input, fill_ of a broadcast scalar: the
+            # written tensor's memory is its own, not a view's)
+            value = self._emit("contiguous", [value], value.type, {})
+        if detached:
+            old = self.value_of(root)
+            value = self._emit("stop_gradient", [value], value.type, {})
+            value = self._emit("keep_gradient", [value, old], value.type, {})
         if self.preexisting(root):
             self._lift(root)
             self.mutated.setdefault(id(root), (root, root._data))
-        if value.type.shape != root.tensor_type.shape:
-            value = self._emit("broadcast_to", [value], root.tensor_type, {"shape": root.shape})
         root._data = Symbol(value)
         self.writes[id(root)] = self.writes.get(id(root), 0) + 1
         self._kept.append(root)
