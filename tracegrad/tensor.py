@@ -1014,7 +1014,8 @@ class Tensor:
 
     def copy_(self, src):
         src = as_tensor(src).to(self.dtype)
-        return self._inplace("copy_", lambda old: src.expand(self.shape))
+        # (a copy of the same shape is a node of its own: the target is no leaf afterwards)
+        return self._inplace("copy_", lambda old: _copied(src, self.shape))
 
     def __iadd__(self, other):
         return self.add_(other)
@@ -1116,6 +1117,11 @@ def seed_gradient(output: Tensor, gradient) -> Tensor:
 
 
 # --- module-level functions ---------------------------------------------------------------------
+
+
+def _copied(src: Tensor, shape) -> Tensor:
+    expanded = src.expand(shape)
+    return expanded.clone() if expanded is src and src.requires_grad else expanded
 
 
 def where(condition, x, y) -> Tensor:
