@@ -16,6 +16,7 @@ from tracegrad import passes, pytree, tape
 from tracegrad.check import check_generated_module, check_stages, seeds_for
 from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
+from tracegrad.ops import OPS
 from tracegrad.passes import autodiff
 from tracegrad.passes.pipeline import transforms
 from tracegrad.specialize import (
@@ -48,6 +49,8 @@ class ModuleProgram:
     # True for a call with this specialization's signature (generated from it)
     guard: Callable[[tuple], bool] = field(default=lambda args: False)
     structure: object = None  # of the arguments, when they came in containers or keywords
+    # Outputs that require grad eagerly though passes left them no gradient to carry
+    without_gradient: list = field(default_factory=list)
     captured: tuple = ()  # captures.Capture of tensors read through names (a global mask)
     # Held while the generated code runs (forward, and the backward its outputs lead to):
     # the compiled module's or function's, so threads never share planned memory at once
@@ -85,13 +88,16 @@ def build_module_program(
     joint, seeds, differentiable, reached = autodiff.differentiate(
         graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out, zero_fill=False
     )
+    # outputs that require grad as eagerly: before passes drop a dependency (where(True, a, b))
+    eager_outputs = _requiring_grad(traced.graph, n_out, set(wrt))
     wrt = [wrt[i] for i in reached]  # as in eager mode, unreached parameters keep grad None
     reads = _dependencies(traced.graph, n_out)  # before passes fuse outputs together
     joint_results: list = []
     joint = passes.run(joint, transforms(passes_spec), joint_results)
     report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
     n_forward = len(graph.outputs)
-    forward, backward = autodiff.split(joint, n_forward, seeds)
+    changing = frozenset(traced.graph.updates)  # (inputs written after the forward)
+    forward, backward = autodiff.split(joint, n_forward, seeds, changing)
     forward = returned_in_own_memory(forward, n_out)
     report.saved = autodiff.saved_values(forward, backward, n_forward)
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
@@ -104,7 +110,9 @@ def build_module_program(
     n_saved = len(forward.outputs) - n_forward
     if check:
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
-    return ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
+    spec = ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
+    spec.without_gradient = [i for i in eager_outputs if i not in differentiable]
+    return spec
 
 
 def run_module_program(spec: ModuleProgram, args):
@@ -127,7 +135,35 @@ def run_module_program(spec: ModuleProgram, args):
     outputs = [Tensor._wrap(np.asarray(a)) for a in results[:n_out]]
     if spec.program.backward_graph is not None and spec.wrt:
         _connect_backward(spec, tensors, outputs, list(results[n_out + n_upd :]))
+    for k, i, chain in traced.views:  # returned as it was given (a Dropout in eval mode): the
+        if not chain:  # very tensor, a leaf gets its .grad itself
+            outputs[k] = tensors[i]
     return pytree.unflatten(traced.structure, outputs)
+
+
+def _requiring_grad(graph: Graph, n_out: int, wrt: set[int]) -> list[int]:
+    """The first ``n_out`` outputs that eagerly require grad: they depend on an input in
+    ``wrt`` through differentiable ops (not through stop_gradient, a comparison, or the
+    value side of keep_gradient)."""
+    position = {id(v): i for i, v in enumerate(graph.inputs)}
+    producers = graph.producers()
+    found = []
+    for k, out in enumerate(graph.outputs[:n_out]):
+        seen, stack = set(), [out]
+        while stack:
+            value = stack.pop()
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if position.get(id(value)) in wrt:
+                found.append(k)
+                break
+            node = producers.get(id(value))
+            op = OPS.get(node.op) if node is not None else None
+            if node is None or (op is not None and not op.differentiable):
+                continue
+            stack.extend(node.inputs[1:] if node.op == "keep_gradient" else node.inputs)
+    return found
 
 
 def _dependencies(graph: Graph, n_out: int) -> list[set[int]]:
@@ -182,6 +218,10 @@ def _connect_backward(spec: ModuleProgram, tensors, outputs, saved: list) -> Non
     node.backward_fn = backward
     for i in spec.differentiable:
         outputs[i].grad_fn, outputs[i]._out_index, outputs[i]._requires_grad = node, i, True
+    if spec.without_gradient:  # (a node sending nothing on: no leaf takes their gradient)
+        none = tape.Node("CompiledBackward", [], lambda grads: [], n_outputs=len(outputs))
+        for i in spec.without_gradient:
+            outputs[i].grad_fn, outputs[i]._out_index, outputs[i]._requires_grad = none, i, True
     spec.pending = (weakref.ref(node), saved)
 
 

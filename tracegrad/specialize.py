@@ -235,14 +235,15 @@ class Program:
 
 def returned_in_own_memory(graph: Graph, n_returned: int, kept=range(0)) -> Graph:
     """A copy of ``graph`` whose first ``n_returned`` outputs, and those at positions ``kept``
-    (a step's .grad and optimizer state), are memory of their own: one that is an input (or a
-    view of one) or a constant, as passes may leave it (``x * 1`` is ``x``, the gradient of
-    ``x * w`` is ``w``), is copied. The caller may keep and write what a call returns, and the
-    step may update that input in place, as eagerly; neither must reach the other, nor the
-    program's constants."""
+    (a step's .grad and optimizer state), are memory of their own: one that is an input, the
+    new value of an input updated in place, a view of those, or a constant, as passes may
+    leave it (``x * 1`` is ``x``, the gradient of ``x * w`` is ``w``), is copied. The caller
+    may keep and write what a call returns, and the step may update that input in place, as
+    eagerly; neither must reach the other, nor the program's constants."""
     root = aliases(graph)
     producers = graph.producers()
-    inputs = {id(v) for v in graph.inputs}
+    # inputs, and new values of inputs (written into the input's memory after the call)
+    inputs = {id(v) for v in graph.inputs} | {id(root[id(v)]) for v in graph.updates.values()}
 
     def shared(v) -> bool:
         base = root[id(v)]
@@ -255,12 +256,21 @@ def returned_in_own_memory(graph: Graph, n_returned: int, kept=range(0)) -> Grap
         return graph
     graph = graph.copy()
     outputs = list(graph.outputs)
+    after: dict[int, list[Node]] = {}  # id(node) (or None: the start) -> copies made after it
+    producers = graph.producers()
     for i in copied:
         v = outputs[i]
         copy = Value(f"{v.name}_copy{i}", v.type)
-        graph.nodes.append(Node("contiguous", [v], [copy], {}, None))
+        # right where the value is made: before anything after writes the memory it is in
+        node = producers.get(id(v))
+        after.setdefault(None if node is None else id(node), []).append(
+            Node("contiguous", [v], [copy], {}, None)
+        )
         outputs[i] = copy
-    graph.outputs = outputs
+    nodes = after.get(None, [])
+    for node in graph.nodes:
+        nodes += [node, *after.get(id(node), [])]
+    graph.nodes, graph.outputs = nodes, outputs
     return graph
 
 
@@ -287,9 +297,19 @@ def eager_views(graph: Graph, n_returned: int) -> tuple:
                 break
             chain.append((node.op, dict(node.attrs)))
             value = node.inputs[0]
-        if id(value) in position:
-            found.append((k, position[id(value)], tuple(reversed(chain))))
+        chain = tuple(reversed(chain))
+        if id(value) in position and _shares(graph.inputs[position[id(value)]].type.shape, chain):
+            found.append((k, position[id(value)], chain))
     return tuple(found)
+
+
+def _shares(shape, chain) -> bool:
+    """Whether the view ops of ``chain`` show memory of their input (a reshape of a broadcast
+    copies), tried on a stand-in array of ``shape``."""
+    probe = array = np.zeros(shape)
+    for op, attrs in chain:
+        array = OPS[op].impl(array, **attrs)
+    return np.may_share_memory(array, probe)
 
 
 def show_views(results: list, inputs: list, views: tuple) -> None:
@@ -298,7 +318,8 @@ def show_views(results: list, inputs: list, views: tuple) -> None:
         array = inputs[i]
         for op, attrs in chain:
             array = OPS[op].impl(array, **attrs)
-        results[k] = array
+        if np.may_share_memory(array, inputs[i]):  # (this input's layout may make a copy)
+            results[k] = array
 
 
 def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> Graph:
@@ -411,7 +432,7 @@ def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
     # computes under no_grad can be marked as such in the graph.
     with tracing(tracer), tape.enable_grad():
         symbolic = [
-            tracer.add_input(a.tensor_type, name) if isinstance(a, Tensor) else a
+            tracer.add_input(a.tensor_type, name, a.requires_grad) if isinstance(a, Tensor) else a
             for a, name in zip(args, arg_names, strict=True)
         ]
         outs, structure = pytree.flatten(fn(*symbolic))

@@ -920,6 +920,10 @@ class Tensor:
             old = Tensor._wrap(data, grad_fn=self.grad_fn)
             old._out_index = self._out_index
         result = compute(old)
+        if tracking and self.requires_grad and not result.requires_grad:
+            # A value without history written over one with it: the tensor still requires
+            # grad, as in PyTorch, and its old value gets zero gradient (where's exact zeros)
+            result = where(Tensor._wrap(np.array(True)), result, old)
         self._check_writable(name, result, tracking and result.requires_grad)
         tracer = _TRACING.tracer
         if tracer is not None and tracer.rebinds(self, result):

@@ -777,3 +777,23 @@ def test_a_parameter_written_through_data_in_a_forward_keeps_its_gradient():
     want = run("eager")
     for got, expected in zip(run("function"), want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_an_argument_updated_in_a_forward_is_saved_as_it_was_for_backward():
+    def fn(x0, x1):
+        x1.copy_(x1 * x1)  # written back after the forward; the backward reads the new value
+        return tg.mm(x1.t(), x0)
+
+    def run(compiled):
+        tg.manual_seed(84)
+        x0 = tg.randn(2, 4, dtype=tg.float64).requires_grad_()
+        x1 = tg.randn(2, 4, dtype=tg.float64)
+        f = fn if compiled is False else tg.compile(fn, passes=compiled)
+        f(x0, x1).sum().backward()
+        return x0.grad.numpy().copy(), x1.numpy().copy()
+
+    want = run(False)
+    for passes in ("default", None):
+        got = run(passes)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+        np.testing.assert_array_equal(got[1], want[1])

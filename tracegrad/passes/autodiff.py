@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import tape
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
+from tracegrad.passes.memory import aliases
 from tracegrad.passes.pipeline import register_pass
 from tracegrad.tensor import Tensor, apply
 from tracegrad.tracer import Tracer, tracing
@@ -103,10 +104,14 @@ def _zeros(t: Tensor) -> Tensor:
     return Tensor._wrap(np.zeros(t.shape, t.dtype.np))
 
 
-def split(joint: Graph, n_forward: int, seed_names: list[str]) -> tuple[Graph, Graph]:
+def split(
+    joint: Graph, n_forward: int, seed_names: list[str], changing=frozenset()
+) -> tuple[Graph, Graph]:
     """Partition a joint graph into a forward graph (its first ``n_forward`` outputs plus the
     values the backward reads, saved) and a backward graph (saved values and cotangents in,
-    gradients out)."""
+    gradients out). Inputs named in ``changing`` are written after the forward (an argument
+    updated in place): the backward recomputes nothing from them, and one it reads is saved
+    as a copy made before the write."""
     seeds = set(seed_names)
     # (a draw nothing reads is made all the same: later draws take the numbers after it)
     draws = [v for n in joint.nodes if n.op in OPS and RANDOM in OPS[n.op].props for v in n.outputs]
@@ -125,8 +130,15 @@ def split(joint: Graph, n_forward: int, seed_names: list[str]) -> tuple[Graph, G
             saved.append(value)
     forward_inputs = [v for v in joint.inputs if v.name not in seeds]
     returned = {id(v) for v in joint.outputs[:n_forward]}
-    saved, recomputed = rematerialize(forward_nodes, forward_inputs, saved, returned)
-    forward = Graph(forward_inputs, forward_nodes, joint.outputs[:n_forward] + saved)
+    steady = [v for v in forward_inputs if v.name not in changing]
+    saved, recomputed = rematerialize(forward_nodes, steady, saved, returned)
+    root = aliases(joint)
+    written = [v for v in saved if root[id(v)].name in changing]  # (or views of those)
+    copies = {id(v): Node("contiguous", [v], [Value(f"{v.name}_saved", v.type)], {}, None)
+              for v in written}  # fmt: skip
+    outputs = [copies[id(v)].outputs[0] if id(v) in copies else v for v in saved]
+    nodes = _after_definitions(forward_nodes, list(copies.values()))
+    forward = Graph(forward_inputs, nodes, joint.outputs[:n_forward] + outputs)
     backward_inputs = saved + [v for v in joint.inputs if v.name in seeds]
     backward = Graph(backward_inputs, recomputed + backward_nodes, joint.outputs[n_forward:])
     backward.meta["recomputed"] = [n.outputs[0].name for n in recomputed]
@@ -198,6 +210,19 @@ def _recompute_plan(value, held, producers, depth: int) -> list | None:
             return None
         plan += sub
     return [*plan, node]
+
+
+def _after_definitions(nodes: list, copies: list) -> list:
+    """``nodes`` with each copy placed right after the node defining what it copies (first,
+    for an input): before anything writes that memory."""
+    defined_by = {id(v): i for i, n in enumerate(nodes) for v in n.outputs}
+    after: dict[int, list] = {}
+    for copy in copies:
+        after.setdefault(defined_by.get(id(copy.inputs[0]), -1), []).append(copy)
+    placed = list(after.get(-1, []))
+    for i, node in enumerate(nodes):
+        placed += [node, *after.get(i, [])]
+    return placed
 
 
 def _ancestors(graph: Graph, values) -> list:

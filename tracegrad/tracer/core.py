@@ -276,9 +276,10 @@ class Tracer:
         replaying reverse-mode pass then differentiates it as eager autograd does."""
         if value.type.shape != root.tensor_type.shape:
             value = self._emit("broadcast_to", [value], root.tensor_type, {"shape": root.shape})
-        if id(value) in self._not_own:  # (copy_ of an input, fill_ of a broadcast scalar: the
-            # written tensor's memory is its own, not a view's)
+        if id(value) in self._not_own:  # (copy_ of an input, fill_ of a broadcast scalar, or
+            # of a value another tensor holds: the written tensor's memory is its own)
             value = self._emit("contiguous", [value], value.type, {})
+        self._not_own.add(id(value))  # (now this tensor's memory)
         if detached:
             old = self.value_of(root)
             value = self._emit("stop_gradient", [value], value.type, {})
@@ -300,6 +301,13 @@ class Tracer:
         if not (is_symbolic(out) or out._base is not None):
             return  # run eagerly into memory of its own
         step = (op.name, dict(attrs), tuple(inputs[1:]), out.tensor_type)
+        outer = self.aliases.get(id(source))
+        # NumPy reshapes a view (a transpose, a broadcast) by copying when it must; a root's
+        # memory is taken to be row-major, as fresh results are
+        reshaped_view = op.name == "reshape" and outer is not None and is_symbolic(out)
+        chain = () if outer is None else (*outer.chain, step)
+        if reshaped_view and self._positions(outer.root, chain, for_write=False) is None:
+            return
         self._alias(source, out, (step,))
 
     def note_alias(self, source: Tensor, out: Tensor) -> None:
@@ -324,7 +332,7 @@ class Tracer:
         alias.version = self.writes.get(id(alias.root), 0)
         t._data = Symbol(value)
 
-    def _positions(self, root: Tensor, chain, copy_ok=False):
+    def _positions(self, root: Tensor, chain, copy_ok=False, for_write=True):
         """Where the elements ``chain`` shows sit in ``root``: flat indices shaped like the
         view, _WHOLE for all of it as it is, or None when the chain copies (a reshape that
         NumPy cannot make a view of): a write then stays in the copy, as it does eagerly."""
@@ -347,7 +355,7 @@ class Tracer:
             return _WHOLE  # (a detach, or a reshape to the same shape)
         if not copy_ok and not np.may_share_memory(shown, probe):
             return None
-        if not copy_ok and not shown.flags.writeable:
+        if for_write and not copy_ok and not shown.flags.writeable:
             raise RuntimeError(
                 at_user_line(
                     "in-place write: the target shares memory between elements (an expanded "
