@@ -18,6 +18,7 @@ from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
 from tracegrad.passes import autodiff
+from tracegrad.passes.memory import aliases
 from tracegrad.passes.pipeline import transforms
 from tracegrad.specialize import (
     Program,
@@ -51,6 +52,9 @@ class ModuleProgram:
     structure: object = None  # of the arguments, when they came in containers or keywords
     # Outputs that require grad eagerly though passes left them no gradient to carry
     without_gradient: list = field(default_factory=list)
+    # (saved position, update position): a saved value that is a tensor's new value is read
+    # from that tensor's memory, as eager autograd reads the tensors it saved
+    saved_updates: list = field(default_factory=list)
     captured: tuple = ()  # captures.Capture of tensors read through names (a global mask)
     # Held while the generated code runs (forward, and the backward its outputs lead to):
     # the compiled module's or function's, so threads never share planned memory at once
@@ -112,6 +116,14 @@ def build_module_program(
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
     spec = ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
     spec.without_gradient = [i for i in eager_outputs if i not in differentiable]
+    root = aliases(forward)  # (a saved value and an update alike in memory and type)
+    updates = [root[id(v)] for v in forward.outputs[n_out:n_forward]]
+    spec.saved_updates = [
+        (j, u)
+        for j, v in enumerate(forward.outputs[n_forward:])
+        for u, w in enumerate(updates)
+        if root[id(v)] is w and v.type == forward.outputs[n_out + u].type
+    ]
     return spec
 
 
@@ -134,7 +146,10 @@ def run_module_program(spec: ModuleProgram, args):
         show_views(results, [t._data for t in tensors], traced.views)
     outputs = [Tensor._wrap(np.asarray(a)) for a in results[:n_out]]
     if spec.program.backward_graph is not None and spec.wrt:
-        _connect_backward(spec, tensors, outputs, list(results[n_out + n_upd :]))
+        saved = list(results[n_out + n_upd :])
+        for j, u in spec.saved_updates:
+            saved[j] = targets[u]._data
+        _connect_backward(spec, tensors, outputs, saved)
     for k, i, chain in traced.views:  # returned as it was given (a Dropout in eval mode): the
         if not chain:  # very tensor, a leaf gets its .grad itself
             outputs[k] = tensors[i]

@@ -97,13 +97,16 @@ def _run(op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
     data = np.asarray(data)
     if data.dtype != out_type.dtype.np:
         data = data.astype(out_type.dtype.np)
-    out = Tensor._wrap(data)
     if VIEW in op.props:  # only view ops may return memory of an input (the op tests check)
+        out = Tensor._wrap(data)
         for t in inputs:
             if np.may_share_memory(data, t._data):
                 out._version, out._base = t._version, t._base if t._base is not None else t
                 break
-    return out
+        return out
+    # A result of its own is row-major (NumPy keeps a transposed operand's layout): whether a
+    # later reshape views it or copies it then does not depend on that, as traced code assumes
+    return Tensor._wrap(data if data.flags.c_contiguous else np.ascontiguousarray(data))
 
 
 def _record(op: Op, inputs, attrs, out: Tensor) -> None:
