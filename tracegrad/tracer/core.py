@@ -257,12 +257,25 @@ class Tracer:
         """``target[key] = value`` as a new value of the memory ``target`` shows."""
         alias = self.aliases.get(id(target))
         root, chain = (target, ()) if alias is None else (alias.root, alias.chain)
-        step = ("getitem", {"key": key}, tuple(index_tensors), None)
-        positions = self._positions(root, (*chain, step), copy_ok=True)
+        if any(self.traced(t) for t in index_tensors):
+            index = self._traced_positions(root, chain, key, index_tensors)
+        else:
+            step = ("getitem", {"key": key}, tuple(index_tensors), None)
+            index = self.value_of(Tensor._wrap(self._positions(root, (*chain, step), True)))
         values = self._cast(self.value_of(value), target.tensor_type)
-        index = self.value_of(Tensor._wrap(positions))
         new = self._emit("view_update", [self.value_of(root), values, index], root.tensor_type, {})
         self._write(root, new, detached=self.mode == "capture")  # (as eagerly: never recorded)
+
+    def _traced_positions(self, root: Tensor, chain, key, index_tensors) -> Value:
+        """The positions ``target[key]`` writes when the index is computed by the program:
+        the indexing itself, in the program, of the positions the target shows."""
+        shown = self._positions(root, chain, copy_ok=True)
+        if shown is _WHOLE:
+            shown = np.arange(int(np.prod(root.shape)), dtype=np.int64).reshape(root.shape)
+        base = self.value_of(Tensor._wrap(shown))
+        indices = [self.value_of(t) for t in index_tensors]
+        out_type = OPS["getitem"].infer(base.type, *(v.type for v in indices), key=key)
+        return self._emit("getitem", [base, *indices], out_type, {"key": key})
 
     def _cast(self, value: Value, type_: TensorType) -> Value:
         if value.type.dtype != type_.dtype:
