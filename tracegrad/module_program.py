@@ -18,7 +18,6 @@ from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
 from tracegrad.passes import autodiff
-from tracegrad.passes.memory import aliases
 from tracegrad.passes.pipeline import transforms
 from tracegrad.specialize import (
     Program,
@@ -29,6 +28,7 @@ from tracegrad.specialize import (
     show_views,
     unchanged,
     user_lines,
+    views_of,
 )
 from tracegrad.tensor import Tensor
 
@@ -52,9 +52,10 @@ class ModuleProgram:
     structure: object = None  # of the arguments, when they came in containers or keywords
     # Outputs that require grad eagerly though passes left them no gradient to carry
     without_gradient: list = field(default_factory=list)
-    # (saved position, update position): a saved value that is a tensor's new value is read
-    # from that tensor's memory, as eager autograd reads the tensors it saved
-    saved_updates: list = field(default_factory=list)
+    # (output position, update position, view ops): a saved value that is a tensor's new
+    # value, or a view of it, is read from that tensor's memory, as eager autograd reads the
+    # tensors it saved
+    saved_updates: tuple = ()
     captured: tuple = ()  # captures.Capture of tensors read through names (a global mask)
     # Held while the generated code runs (forward, and the backward its outputs lead to):
     # the compiled module's or function's, so threads never share planned memory at once
@@ -101,7 +102,7 @@ def build_module_program(
     report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
     n_forward = len(graph.outputs)
     changing = frozenset(traced.graph.updates)  # (inputs written after the forward)
-    forward, backward = autodiff.split(joint, n_forward, seeds, changing)
+    forward, backward = autodiff.split(joint, n_forward, seeds, changing, n_out)
     forward = returned_in_own_memory(forward, n_out)
     report.saved = autodiff.saved_values(forward, backward, n_forward)
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
@@ -116,14 +117,10 @@ def build_module_program(
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
     spec = ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
     spec.without_gradient = [i for i in eager_outputs if i not in differentiable]
-    root = aliases(forward)  # (a saved value and an update alike in memory and type)
-    updates = [root[id(v)] for v in forward.outputs[n_out:n_forward]]
-    spec.saved_updates = [
-        (j, u)
-        for j, v in enumerate(forward.outputs[n_forward:])
-        for u, w in enumerate(updates)
-        if root[id(v)] is w and v.type == forward.outputs[n_out + u].type
-    ]
+    updates = {id(v): u for u, v in enumerate(forward.outputs[n_out:n_forward])}
+    shapes = [v.type.shape for v in forward.outputs[n_out:n_forward]]
+    saved_at = range(n_forward, len(forward.outputs))
+    spec.saved_updates = views_of(forward, saved_at, updates, shapes)
     return spec
 
 
@@ -147,8 +144,8 @@ def run_module_program(spec: ModuleProgram, args):
     outputs = [Tensor._wrap(np.asarray(a)) for a in results[:n_out]]
     if spec.program.backward_graph is not None and spec.wrt:
         saved = list(results[n_out + n_upd :])
-        for j, u in spec.saved_updates:
-            saved[j] = targets[u]._data
+        updated = [t._data for t in targets]  # (saved views of them read their memory)
+        show_views(saved, updated, [(k - n_out - n_upd, u, c) for k, u, c in spec.saved_updates])
         _connect_backward(spec, tensors, outputs, saved)
     for k, i, chain in traced.views:  # returned as it was given (a Dropout in eval mode): the
         if not chain:  # very tensor, a leaf gets its .grad itself

@@ -283,23 +283,30 @@ def eager_views(graph: Graph, n_returned: int) -> tuple:
     of an input updated in place first: ``x.mul_(2); return x[0]``): (output index, input
     position, the view ops from the input's memory) each. The compiled call returns them as
     the same views of the input's memory, so later writes to it show in them as eagerly."""
-    producers = graph.producers()
     position = {id(v): i for i, v in enumerate(graph.inputs)}
     names = {v.name: i for i, v in enumerate(graph.inputs)}
     for name, new in graph.updates.items():
         position.setdefault(id(new), names[name])
+    shapes = [v.type.shape for v in graph.inputs]
+    return views_of(graph, range(n_returned), position, shapes)
+
+
+def views_of(graph: Graph, positions, bases: dict, shapes: list) -> tuple:
+    """The outputs at ``positions`` that are views of a base (``bases``: id(value) -> its
+    number, ``shapes`` by number): (output index, base number, the view ops from the base)."""
+    producers = graph.producers()
     found = []
-    for k, out in enumerate(graph.outputs[:n_returned]):
-        chain, value = [], out
-        while id(value) not in position:
+    for k in positions:
+        chain, value = [], graph.outputs[k]
+        while id(value) not in bases:
             node = producers.get(id(value))
             if node is None or node.op not in _SHOWING or len(node.inputs) != 1:
                 break
             chain.append((node.op, dict(node.attrs)))
             value = node.inputs[0]
         chain = tuple(reversed(chain))
-        if id(value) in position and _shares(graph.inputs[position[id(value)]].type.shape, chain):
-            found.append((k, position[id(value)], chain))
+        if id(value) in bases and _shares(shapes[bases[id(value)]], chain):
+            found.append((k, bases[id(value)], chain))
     return tuple(found)
 
 

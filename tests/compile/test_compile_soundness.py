@@ -811,3 +811,25 @@ def test_a_reshape_of_a_result_computed_from_a_transpose_is_a_view_alike():
     w = tg.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     np.testing.assert_array_equal(tg.compile(f)(w).numpy(), f(w).numpy())
     assert f(w).numpy()[0, 0] == 0.5
+
+
+def test_data_writes_between_a_compiled_forward_and_its_backward_show_as_eagerly():
+    """Eager autograd reads a tensor it saved as it is at backward time; so does the compiled
+    backward for the tensors its forward wrote (and views of them)."""
+
+    def run(compiled):
+        tg.manual_seed(40156)
+        w0 = nn.Parameter(tg.randn(3, 3, dtype=tg.float64))
+        lin = nn.Linear(3, 3).double()
+        x0 = tg.randn(3, 3, dtype=tg.float64).requires_grad_()
+
+        def piece(x0):
+            w0.data.add_(0.125)
+            return (x0 * w0) / (w0.square() + 1) + lin(w0[1:])
+
+        first = tg.compile(piece) if compiled else piece
+        (first(x0).sum() + piece(x0).sum()).backward()  # the eager piece writes w0 again
+        return [t.numpy().copy() for t in (w0.grad, x0.grad, lin.weight.grad)]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -105,13 +105,15 @@ def _zeros(t: Tensor) -> Tensor:
 
 
 def split(
-    joint: Graph, n_forward: int, seed_names: list[str], changing=frozenset()
+    joint: Graph, n_forward: int, seed_names: list[str], changing=frozenset(), n_results=None
 ) -> tuple[Graph, Graph]:
     """Partition a joint graph into a forward graph (its first ``n_forward`` outputs plus the
     values the backward reads, saved) and a backward graph (saved values and cotangents in,
     gradients out). Inputs named in ``changing`` are written after the forward (an argument
     updated in place): the backward recomputes nothing from them, and one it reads is saved
-    as a copy made before the write."""
+    as a copy made before the write. Forward outputs after the first ``n_results`` are new
+    values of tensors, which may change before the backward runs (eager autograd reads such
+    a tensor as it is then): nothing is recomputed from them either."""
     seeds = set(seed_names)
     # (a draw nothing reads is made all the same: later draws take the numbers after it)
     draws = [v for n in joint.nodes if n.op in OPS and RANDOM in OPS[n.op].props for v in n.outputs]
@@ -131,7 +133,10 @@ def split(
     forward_inputs = [v for v in joint.inputs if v.name not in seeds]
     returned = {id(v) for v in joint.outputs[:n_forward]}
     steady = [v for v in forward_inputs if v.name not in changing]
-    saved, recomputed = rematerialize(forward_nodes, steady, saved, returned)
+    volatile = {
+        id(v) for v in joint.outputs[n_forward if n_results is None else n_results : n_forward]
+    }
+    saved, recomputed = rematerialize(forward_nodes, steady, saved, returned, volatile)
     root = aliases(joint)
     written = [v for v in saved if root[id(v)].name in changing]  # (or views of those)
     copies = {id(v): Node("contiguous", [v], [Value(f"{v.name}_saved", v.type)], {}, None)
@@ -166,12 +171,14 @@ CHEAP = frozenset(
 )
 
 
-def rematerialize(forward_nodes, forward_inputs, saved, returned=frozenset()) -> tuple[list, list]:
+def rematerialize(
+    forward_nodes, forward_inputs, saved, returned=frozenset(), volatile=frozenset()
+) -> tuple[list, list]:
     """Saved values that a few cheap forward ops compute from what the backward has anyway
     (other saved values, graph inputs, constants) are recomputed there instead of kept, which
     lowers the memory held between forward and backward. Returns the new saved list and the
     nodes to run first in the backward, in order. ``returned`` values (forward outputs) are
-    kept whatever they cost.
+    kept whatever they cost; ``volatile`` ones are kept but recompute nothing.
 
     One pass over the candidates, in saved order: what the backward holds only shrinks as
     values move out (the graph inputs a plan reads were held already), so a value that cannot
@@ -179,8 +186,8 @@ def rematerialize(forward_nodes, forward_inputs, saved, returned=frozenset()) ->
     producers = {id(v): n for n in forward_nodes for v in n.outputs}
     inputs = {id(v) for v in forward_inputs}
     kept = {id(v): v for v in saved}  # the saved list, in order, by id
-    held = set(kept) | inputs
-    fixed = inputs | returned
+    held = (set(kept) | inputs) - volatile
+    fixed = inputs | returned | volatile
     moved: dict[int, object] = {}
     for value in [v for v in saved if id(v) not in fixed]:
         held.discard(id(value))
