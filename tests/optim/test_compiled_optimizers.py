@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from compiled_runs import Run, assert_identical
 
 import tracegrad as tg
 from tracegrad import nn, optim
@@ -23,49 +24,6 @@ OPTIMIZERS = {
     "adadelta": lambda ps: optim.Adadelta(ps),
     "adadelta-options": lambda ps: optim.Adadelta(ps, lr=0.5, rho=0.8, weight_decay=0.05),
 }
-
-
-class Run:
-    """A model of ``dtype``, its optimizer and a training step, eager or compiled; the same
-    weights and data on every instance."""
-
-    def __init__(self, make_opt, compiled: bool, dtype=np.float32):
-        tg.manual_seed(0)
-        self.model = model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-        if dtype == np.float64:
-            model.double()
-        self.opt = opt = make_opt(list(model.parameters()))
-        rng = np.random.default_rng(1)
-        self.x = tg.tensor(rng.standard_normal((16, 6)).astype(dtype))
-        self.y = tg.tensor(rng.standard_normal((16, 3)).astype(dtype))
-
-        def train_step(x, y):
-            opt.zero_grad()
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            opt.step()
-            return loss
-
-        self.step = tg.compile(train_step) if compiled else train_step
-
-    def __call__(self):
-        return self.step(self.x, self.y).detach().numpy().copy()
-
-    def state(self) -> list[np.ndarray]:
-        """Parameters, then every optimizer state tensor, as arrays."""
-        arrays = [p.detach().numpy().copy() for p in self.model.parameters()]
-        for p in self.model.parameters():
-            for key in sorted(self.opt.state.get(p, {})):
-                arrays.append(self.opt.state[p][key].detach().numpy().copy())
-        return arrays
-
-
-def assert_identical(compiled: Run, eager: Run, what: str) -> None:
-    got, want = compiled.state(), eager.state()
-    assert len(got) == len(want), what
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert g.dtype == w.dtype, what
-        assert np.array_equal(g, w), f"{what}: array {i} differs by {np.abs(g - w).max()}"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

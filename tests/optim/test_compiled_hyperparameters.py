@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from compiled_runs import Run, assert_identical
 
 import tracegrad as tg
 from tracegrad import nn, optim, specialize
@@ -25,50 +26,6 @@ OPTIMIZERS = {
     "adam-amsgrad": lambda ps: optim.Adam(ps, lr=0.01, amsgrad=True),
     "adamw": lambda ps: optim.AdamW(ps, lr=0.01),
 }
-
-
-class Run:
-    """A float32 model, its optimizer and a training step, eager or compiled; the same
-    weights and data on every instance."""
-
-    def __init__(self, make_opt, compiled: bool, groups: bool = False):
-        tg.manual_seed(0)
-        self.model = model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-        params = list(model.parameters())
-        if groups:  # the first layer in a group of its own
-            params = [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}]
-        self.opt = opt = make_opt(params)
-        rng = np.random.default_rng(1)
-        self.x = tg.tensor(rng.standard_normal((16, 6)).astype(np.float32))
-        self.y = tg.tensor(rng.standard_normal((16, 3)).astype(np.float32))
-
-        def train_step(x, y):
-            opt.zero_grad()
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            opt.step()
-            return loss
-
-        self.step = tg.compile(train_step) if compiled else train_step
-
-    def __call__(self):
-        return self.step(self.x, self.y).detach().numpy().copy()
-
-    def state(self) -> list[np.ndarray]:
-        """Parameters, then every optimizer state tensor, as arrays."""
-        arrays = [p.detach().numpy().copy() for p in self.model.parameters()]
-        for p in self.model.parameters():
-            for key in sorted(self.opt.state.get(p, {})):
-                arrays.append(self.opt.state[p][key].detach().numpy().copy())
-        return arrays
-
-
-def assert_identical(compiled: Run, eager: Run, what: str) -> None:
-    got, want = compiled.state(), eager.state()
-    assert len(got) == len(want), what
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert g.dtype == w.dtype == np.float32, what
-        assert np.array_equal(g, w), f"{what}: array {i} differs by {np.abs(g - w).max()}"
 
 
 def set_all(opt, key, value):
