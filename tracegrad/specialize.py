@@ -17,8 +17,8 @@ import numpy as np
 
 from tracegrad import codegen, pytree, tape
 from tracegrad.codegen.export import export_program
-from tracegrad.ir.core import CONSTANT, Node, Value
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.core import CONSTANT
+from tracegrad.ir.graph import Graph, copies_where_made
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes import pipeline
@@ -256,20 +256,10 @@ def returned_in_own_memory(graph: Graph, n_returned: int, kept=range(0)) -> Grap
         return graph
     graph = graph.copy()
     outputs = list(graph.outputs)
-    after: dict[int, list[Node]] = {}  # id(node) (or None: the start) -> copies made after it
-    producers = graph.producers()
-    for i in copied:
-        v = outputs[i]
-        copy = Value(f"{v.name}_copy{i}", v.type)
-        # right where the value is made: before anything after writes the memory it is in
-        node = producers.get(id(v))
-        after.setdefault(None if node is None else id(node), []).append(
-            Node("contiguous", [v], [copy], {}, None)
-        )
+    names = [f"{outputs[i].name}_copy{i}" for i in copied]
+    nodes, copies = copies_where_made(graph.nodes, [outputs[i] for i in copied], names)
+    for i, copy in zip(copied, copies, strict=True):
         outputs[i] = copy
-    nodes = after.get(None, [])
-    for node in graph.nodes:
-        nodes += [node, *after.get(id(node), [])]
     graph.nodes, graph.outputs = nodes, outputs
     return graph
 

@@ -32,6 +32,25 @@ from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 __all__ = ["CONSTANT", "CUSTOM", "FUSED", "Graph", "Node", "Value", "body_of", "structure"]
 
 
+def copies_where_made(nodes: list[Node], values: list[Value], names: list[str]) -> tuple:
+    """``nodes`` with a copy (a ``contiguous`` node) of each of ``values`` right after the
+    node making it (first, for an input), before anything after can write the memory it is
+    in; and the copies' values (named ``names``)."""
+    made_by = {id(v): i for i, n in enumerate(nodes) for v in n.outputs}
+    after: dict[int, list[Node]] = {}
+    copies = []
+    for value, name in zip(values, names, strict=True):
+        copy = Value(name, value.type)
+        after.setdefault(made_by.get(id(value), -1), []).append(
+            Node("contiguous", [value], [copy], {}, None)
+        )
+        copies.append(copy)
+    placed = list(after.get(-1, []))
+    for i, node in enumerate(nodes):
+        placed += [node, *after.get(i, [])]
+    return placed, copies
+
+
 class Graph:
     """A typed SSA graph of nodes in topological order (see the module docstring)."""
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import tape
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
-from tracegrad.ir.graph import Graph, body_of
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
+from tracegrad.ir.graph import Graph, body_of, copies_where_made
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.memory import aliases
@@ -139,10 +139,9 @@ def split(
     saved, recomputed = rematerialize(forward_nodes, steady, saved, returned, volatile)
     root = aliases(joint)
     written = [v for v in saved if root[id(v)].name in changing]  # (or views of those)
-    copies = {id(v): Node("contiguous", [v], [Value(f"{v.name}_saved", v.type)], {}, None)
-              for v in written}  # fmt: skip
-    outputs = [copies[id(v)].outputs[0] if id(v) in copies else v for v in saved]
-    nodes = _after_definitions(forward_nodes, list(copies.values()))
+    nodes, copies = copies_where_made(forward_nodes, written, [f"{v.name}_saved" for v in written])
+    copy_of = {id(v): c for v, c in zip(written, copies, strict=True)}
+    outputs = [copy_of.get(id(v), v) for v in saved]
     forward = Graph(forward_inputs, nodes, joint.outputs[:n_forward] + outputs)
     backward_inputs = saved + [v for v in joint.inputs if v.name in seeds]
     backward = Graph(backward_inputs, recomputed + backward_nodes, joint.outputs[n_forward:])
@@ -217,19 +216,6 @@ def _recompute_plan(value, held, producers, depth: int) -> list | None:
             return None
         plan += sub
     return [*plan, node]
-
-
-def _after_definitions(nodes: list, copies: list) -> list:
-    """``nodes`` with each copy placed right after the node defining what it copies (first,
-    for an input): before anything writes that memory."""
-    defined_by = {id(v): i for i, n in enumerate(nodes) for v in n.outputs}
-    after: dict[int, list] = {}
-    for copy in copies:
-        after.setdefault(defined_by.get(id(copy.inputs[0]), -1), []).append(copy)
-    placed = list(after.get(-1, []))
-    for i, node in enumerate(nodes):
-        placed += [node, *after.get(i, [])]
-    return placed
 
 
 def _ancestors(graph: Graph, values) -> list:
