@@ -52,6 +52,8 @@ class ModuleProgram:
     structure: object = None  # of the arguments, when they came in containers or keywords
     # Outputs that require grad eagerly though passes left them no gradient to carry
     without_gradient: list = field(default_factory=list)
+    # Differentiable outputs that require grad eagerly too: those the tape connects
+    connected: list = field(default_factory=list)
     # (output position, update position, view ops): a saved value that is a tensor's new
     # value, or a view of it, is read from that tensor's memory, as eager autograd reads the
     # tensors it saved
@@ -117,6 +119,7 @@ def build_module_program(
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
     spec = ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
     spec.without_gradient = [i for i in eager_outputs if i not in differentiable]
+    spec.connected = [i for i in differentiable if i in eager_outputs]
     updates = {id(v): u for u, v in enumerate(forward.outputs[n_out:n_forward])}
     shapes = [v.type.shape for v in forward.outputs[n_out:n_forward]]
     saved_at = range(n_forward, len(forward.outputs))
@@ -228,7 +231,7 @@ def _connect_backward(spec: ModuleProgram, tensors, outputs, saved: list) -> Non
             return _run_backward(spec, outputs, saved, grads)
 
     node.backward_fn = backward
-    for i in spec.differentiable:
+    for i in spec.connected:  # (what passes joined to a differentiable value stays apart)
         outputs[i].grad_fn, outputs[i]._out_index, outputs[i]._requires_grad = node, i, True
     if spec.without_gradient:  # (a node sending nothing on: no leaf takes their gradient)
         none = tape.Node("CompiledBackward", [], lambda grads: [], n_outputs=len(outputs))
