@@ -43,3 +43,24 @@ def test_pictures_escape_names(name, tmp_path):
     assert shown in page and shown in svg
     dot = compiled.visualize(tmp_path / "g.dot").read_text(encoding="utf-8")
     assert dot.startswith("// Generated")
+
+
+def test_a_large_view_is_drawn_collapsed_by_source_line():
+    from tracegrad.viz.scene import GROUP, build_scene, collapse
+
+    def chain(x, w):
+        for _ in range(30):
+            x = (x * w).tanh() + x  # one line: one group of 90 ops
+        return x.sum()
+
+    graph = tg.trace(chain, tg.ones(3), tg.ones(3))
+    scene = build_scene("chain", graph, 0)
+    assert collapse(scene, limit=10_000) is scene  # small views are drawn as they are
+    small = collapse(scene, limit=20)
+    groups = [b for b in small.boxes if b.op == GROUP]
+    assert len(groups) == len(small.boxes) <= 20
+    assert sum(int(b.details[0][1].split()[0]) for b in groups) == len(list(scene.leaves()))
+    assert any("test_viz_names.py" in b.label for b in groups)
+    ids = [b.id for b in small.boxes]
+    assert all(ids.index(e.src) < ids.index(e.dst) for e in small.edges)  # no cycle
+    assert tg.viz.to_svg([("chain", graph)]).count("<svg") >= 1

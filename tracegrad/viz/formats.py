@@ -14,7 +14,7 @@ import markupsafe
 
 from tracegrad.viz.codelinks import first_lines, link_code
 from tracegrad.viz.draw import Drawing, draw
-from tracegrad.viz.scene import KINDS, Scene, build_scene
+from tracegrad.viz.scene import KINDS, Scene, build_scene, collapse
 
 TITLE_HEIGHT = 30  # room above each drawing for its title
 VIEW_GAP = 40  # between views shown side by side
@@ -58,7 +58,8 @@ _ENV.globals.update(kinds=KINDS, title_height=TITLE_HEIGHT)
 
 
 def scenes(views) -> list[Scene]:
-    return [build_scene(title, graph, i) for i, (title, graph) in enumerate(views)]
+    """A scene per view; a very large one collapsed into groups (see scene.collapse)."""
+    return [collapse(build_scene(title, graph, i)) for i, (title, graph) in enumerate(views)]
 
 
 def to_dot(views) -> str:

@@ -9,6 +9,7 @@ prefixed per view (``g0_12``, ``g1_grad_7``); members of a fused node are named 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -46,6 +47,7 @@ KINDS = {
 _FAMILY_KINDS = {"linalg": "linalg", "nn": "nn", "random": "nn", "shape": "view", "index": "view"}
 
 
+@functools.cache
 def kind_of(op: str) -> str:
     """The colour class of an op: special node kinds, then family, then property sets."""
     if op in (CONSTANT, CUSTOM, FUSED):
@@ -269,3 +271,79 @@ def code_vars(graph: Graph) -> dict[str, str]:
         if node.outputs:
             names[node.outputs[0].name] = namer(node.outputs[0], prefix="v")
     return names
+
+
+# A view with more leaf boxes than this is drawn collapsed (see ``collapse``): a picture of
+# tens of thousands of boxes takes minutes and gigabytes to lay out and no one can read it.
+COLLAPSE_AT = 5000
+GROUP = "group"
+
+
+def collapse(scene: Scene, limit: int = COLLAPSE_AT) -> Scene:
+    """``scene`` itself when it is small; else one box per run of consecutive nodes made by
+    one source line and phase (``model.py:12 · 340 ops``), the graph inputs as one box, and
+    the edges between those groups. Runs follow the graph's order, so the groups' graph has
+    no cycle; more runs than ``limit`` are merged a few at a time."""
+    leaves = list(scene.leaves())
+    if len(leaves) <= limit:
+        return scene
+    runs = _runs(scene.boxes)
+    per = -(-len(runs) // limit)
+    groups = [[b for run in runs[i : i + per] for b in run] for i in range(0, len(runs), per)]
+    group_of, boxes = {}, []
+    for k, members in enumerate(groups):
+        box = _group_box(scene.prefix, k, members)
+        boxes.append(box)
+        for member in members:
+            for leaf in _leaf_boxes(member):
+                group_of[leaf.id] = box.id
+    edges = _EdgeSet()
+    for edge in scene.edges:
+        src, dst = group_of[edge.src], group_of[edge.dst]
+        if src != dst:
+            edges.add(src, dst, "")
+    return Scene(
+        f"{scene.title} (collapsed: {len(leaves)} boxes)", scene.prefix, boxes, edges.items()
+    )
+
+
+def _runs(boxes: list[Box]) -> list[list[Box]]:
+    """Consecutive top-level boxes sharing a source line and phase; the inputs are one run."""
+    runs: list[list[Box]] = []
+    last = None
+    for box in boxes:
+        key = "input" if box.op == "input" else (_detail(box, "source"), _detail(box, "origin"))
+        if key != last:
+            runs.append([])
+            last = key
+        runs[-1].append(box)
+    return runs
+
+
+def _group_box(prefix: str, k: int, members: list[Box]) -> Box:
+    leaves = [leaf for m in members for leaf in _leaf_boxes(m)]
+    counts: dict[str, int] = {}
+    for leaf in leaves:
+        counts[leaf.op] = counts.get(leaf.op, 0) + 1
+    ops = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda i: -i[1])[:6])
+    inputs = all(m.op == "input" for m in members)
+    where = "graph inputs" if inputs else (_detail(members[0], "source") or "?")
+    phase = _detail(members[0], "origin")
+    label = f"{where} · {len(leaves)} {'inputs' if inputs else 'ops'}"
+    details = [("group of", f"{len(leaves)} boxes"), ("ops", ops), ("source", where)]
+    if phase:
+        details.append(("origin", phase))
+    kind = "input" if inputs else kind_of(max(counts, key=counts.get))
+    return Box(f"{prefix}group{k}", f"group{k}", GROUP, kind, label, "", details)
+
+
+def _leaf_boxes(box: Box):
+    if box.op == FUSED:
+        for member in box.members:
+            yield from _leaf_boxes(member)
+    else:
+        yield box
+
+
+def _detail(box: Box, key: str) -> str:
+    return next((value for k, value in box.details if k == key), "")
