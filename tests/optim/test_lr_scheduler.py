@@ -8,9 +8,10 @@ import math
 
 import numpy as np
 import pytest
+from compiled_runs import Run
 
 import tracegrad as tg
-from tracegrad import nn, optim
+from tracegrad import optim
 
 STEPS = 50
 
@@ -174,50 +175,29 @@ def test_reduce_on_plateau_takes_a_tensor_metric_and_respects_min_lr():
 # --- compiled training steps under a schedule ----------------------------------------------------
 
 
-class Run:
-    """A float32 model, an optimizer, a scheduler, a training step eager or compiled."""
+class ScheduledRun(Run):
+    """A compiled-runs model in two parameter groups, an optimizer and a scheduler stepped
+    after each training step."""
 
     def __init__(self, name: str, compiled: bool, optimizer: str):
-        tg.manual_seed(0)
-        self.model = model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-        params = list(model.parameters())
-        groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}]
         make = {
-            "sgd": lambda: optim.SGD(groups, lr=0.1, momentum=0.9),
-            "adam": lambda: optim.Adam(groups, lr=0.01),
-            "rmsprop": lambda: optim.RMSprop(groups, lr=0.01, momentum=0.9),
+            "sgd": lambda groups: optim.SGD(groups, lr=0.1, momentum=0.9),
+            "adam": lambda groups: optim.Adam(groups, lr=0.01),
+            "rmsprop": lambda groups: optim.RMSprop(groups, lr=0.01, momentum=0.9),
         }
-        self.opt = opt = make[optimizer]()
-        self.scheduler = SCHEDULERS[name](tg, opt)
-        rng = np.random.default_rng(1)
-        self.x = tg.tensor(rng.standard_normal((16, 6)).astype(np.float32))
-        self.y = tg.tensor(rng.standard_normal((16, 3)).astype(np.float32))
-
-        def train_step(x, y):
-            opt.zero_grad()
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            opt.step()
-            return loss
-
-        self.step = tg.compile(train_step) if compiled else train_step
+        super().__init__(make[optimizer], compiled, groups=True)
+        self.scheduler = SCHEDULERS[name](tg, self.opt)
 
     def __call__(self, i: int) -> np.ndarray:
-        loss = self.step(self.x, self.y).detach().numpy().copy()
+        loss = super().__call__()
         step_scheduler(self.scheduler, i)
         return loss
-
-    def state(self) -> list[np.ndarray]:
-        arrays = [p.detach().numpy().copy() for p in self.model.parameters()]
-        for p in self.model.parameters():
-            arrays += [t.detach().numpy().copy() for _, t in sorted(self.opt.state[p].items())]
-        return arrays
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_a_schedule_never_recompiles_a_compiled_step(name, optimizer):
-    eager, compiled = Run(name, False, optimizer), Run(name, True, optimizer)
+    eager, compiled = ScheduledRun(name, False, optimizer), ScheduledRun(name, True, optimizer)
     rates = set()
     for i in range(STEPS - 1):
         assert np.array_equal(compiled(i), eager(i)), f"loss of step {i}"
