@@ -24,6 +24,7 @@ from tracegrad.specialize import (
     NO_CHANGE,
     Signature,
     argument_names,
+    at_users_line,
     check_recompiles,
     gc_paused,
     identity,
@@ -32,7 +33,6 @@ from tracegrad.specialize import (
     tensor_guards,
     tensor_meta,
     trace_call,
-    user_lines,
 )
 from tracegrad.step import STRUCTURED, CompiledFunction, calling_with, is_module, leaf_names
 from tracegrad.tensor import Tensor, active_tracer
@@ -141,8 +141,11 @@ class CompiledModule:
             return self.module(*args, **kwargs)
         # One call at a time: a specialization's planned memory serves every call, and the
         # cache and the latest specialization are shared
-        with self._lock, user_lines():
-            return self._call(args, kwargs)
+        with self._lock:
+            try:
+                return self._call(args, kwargs)
+            except Exception as exc:
+                at_users_line(exc)
 
     def _call(self, args, kwargs):
         original_args = args

@@ -22,12 +22,12 @@ from tracegrad.passes.pipeline import transforms
 from tracegrad.specialize import (
     Program,
     Traced,
+    at_users_line,
     generate,
     log,
     returned_in_own_memory,
     show_views,
     unchanged,
-    user_lines,
     views_of,
 )
 from tracegrad.tensor import Tensor
@@ -227,8 +227,11 @@ def _connect_backward(spec: ModuleProgram, tensors, outputs, saved: list) -> Non
         node.save("input", t)
 
     def backward(grads):
-        with spec.lock, user_lines():
-            return _run_backward(spec, outputs, saved, grads)
+        with spec.lock:
+            try:
+                return _run_backward(spec, outputs, saved, grads)
+            except Exception as exc:
+                at_users_line(exc)
 
     node.backward_fn = backward
     for i in spec.connected:  # (what passes joined to a differentiable value stays apart)

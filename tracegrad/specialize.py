@@ -3,7 +3,6 @@ generating plus loading the code of one specialization."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import inspect
@@ -163,24 +162,21 @@ NO_CHANGE = "no guard changed"
 _REBUILT = (IndexError, KeyError, ValueError, TypeError, ArithmeticError, RuntimeError)
 
 
-@contextlib.contextmanager
-def user_lines():
-    """An exception raised inside generated code (an index out of range, a NaN with
-    debug_nans) is raised again, of the same type, naming the user's line the failing
-    statement came from, instead of a traceback deep inside generated code."""
+def at_users_line(exc: Exception) -> None:
+    """Called in an ``except`` clause of the calls running generated code: an exception
+    raised inside it (an index out of range) is raised again, of the same type, naming the
+    user's line the failing statement came from, instead of a traceback deep inside generated
+    code. Any other exception is raised as it is."""
+    where = _generated_origin(exc.__traceback__) if isinstance(exc, _REBUILT) else None
+    if where is None or where in str(exc) or isinstance(exc, FloatingPointError):
+        raise exc  # (debug_nans names the op and the line itself)
+    message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else exc
     try:
-        yield
-    except _REBUILT as exc:
-        where = _generated_origin(exc.__traceback__)
-        if where is None or where in str(exc) or isinstance(exc, FloatingPointError):
-            raise  # (debug_nans names the op and the line itself)
-        message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else exc
-        try:
-            rebuilt = type(exc)(f"{message}\n  at {where} (in compiled code)")
-        except Exception:  # (a constructor of another shape: the note says it)
-            exc.add_note(f"  at {where} (in compiled code)")
-            raise exc from None
-        raise rebuilt from None
+        rebuilt = type(exc)(f"{message}\n  at {where} (in compiled code)")
+    except Exception:  # (a constructor of another shape: the note says it)
+        exc.add_note(f"  at {where} (in compiled code)")
+        raise exc from None
+    raise rebuilt from None
 
 
 def _generated_origin(tb) -> str | None:

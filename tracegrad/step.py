@@ -39,6 +39,7 @@ from tracegrad.specialize import (
     Shown,
     Signature,
     argument_names,
+    at_users_line,
     check_recompiles,
     dtype_name,
     eager_views,
@@ -54,7 +55,6 @@ from tracegrad.specialize import (
     trace_call,
     traced_updates,
     unchanged,
-    user_lines,
     values_read,
 )
 from tracegrad.tensor import Tensor, active_tracer, is_symbolic
@@ -448,8 +448,11 @@ class CompiledFunction:
             return self._trace_through(args, kwargs)
         # One call at a time: a specialization's planned memory serves every call, and its
         # runner writes state back
-        with self._lock, user_lines():
-            return self._call(args, kwargs)
+        with self._lock:
+            try:
+                return self._call(args, kwargs)
+            except Exception as exc:
+                at_users_line(exc)
 
     def _call(self, args, kwargs):
         if kwargs or any(type(a) in STRUCTURED for a in args):
