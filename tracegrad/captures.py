@@ -162,3 +162,24 @@ def _step(obj, kind: str, key, size):
     if len(obj) != size:  # (a list refilled with more or fewer items)
         return _GONE
     return obj[key]
+
+
+def unchanged(read: tuple) -> bool:
+    """Whether the tensors Python read while tracing, ``(tensor, version)`` each, keep the
+    versions tracing left them with."""
+    return all(t._version[0] == version for t, version in read)
+
+
+def still_hold(values_read: tuple, captured: tuple) -> bool:
+    """Whether a program is still right about what guards made before tracing cannot know:
+    the tensors Python read keep their versions and the names it captured tensors by still
+    hold them."""
+    return unchanged(values_read) and all(c.holds() for c in captured)
+
+
+def what_changed(captured: tuple) -> str:
+    """Why ``still_hold`` failed, in words, for a recompile reason."""
+    lost = [c.label for c in captured if not c.holds()]
+    if lost:
+        return f"captured {lost[0]} is another tensor (or gone)"
+    return "the value of a tensor Python read while tracing changed"

@@ -1,60 +1,49 @@
-"""``tg.compile``: compiled modules (generated forward and backward) and the entry points.
+"""``tg.compile``: the entry points (``compile``, ``trace``, ``grad``, ``value_and_grad``)
+and the module target of the Specializer, ``CompiledModule`` (generated forward and backward).
 
-A *specialization* is the generated program for one signature (input shapes, dtypes and
-requires_grad, parameter metadata, train/eval, grad mode). Calls look their signature up in a
-cache; a new signature compiles again and logs why, as a diff of the guard that changed.
+A module's signature lists its inputs, its parameters' and buffers' metadata, its submodules
+by identity, their plain attributes and train/eval, and grad mode (see tracegrad.specialize
+for the cache and recompile policy shared with compiled functions).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import threading
 
 import numpy as np
 
-from tracegrad import captures, pytree, tape, viz
+from tracegrad import captures, pytree, tape
 from tracegrad.autograd import grad as autograd_grad
 from tracegrad.codegen.guards import module_guard, plain_attributes
 from tracegrad.creation import zeros_like
-from tracegrad.explain import Report, render
+from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
 from tracegrad.module_program import ModuleProgram, build_module_program, run_module_program
-from tracegrad.specialize import (
-    NO_CHANGE,
-    Signature,
-    argument_names,
-    at_users_line,
-    check_recompiles,
-    gc_paused,
-    identity,
-    input_label,
-    signature_diff,
-    tensor_guards,
-    tensor_meta,
-    trace_call,
-)
-from tracegrad.step import STRUCTURED, CompiledFunction, calling_with, is_module, leaf_names
+from tracegrad.signature import Signature, identity, input_label, tensor_guards, tensor_meta
+from tracegrad.specialize import Specializer
+from tracegrad.state import ReachedState, is_module
+from tracegrad.step import CompiledFunction
 from tracegrad.tensor import Tensor, active_tracer
+from tracegrad.traced import STRUCTURED, argument_names, calling_with, leaf_names, trace_call
+from tracegrad.users_line import at_users_line
 
 
-class CompiledModule:
-    """A compiled ``nn.Module``: shares the module's parameters; its outputs carry gradients
-    back through the generated backward."""
+class CompiledModule(Specializer):
+    """The module target of the Specializer: a compiled ``nn.Module``, sharing the module's
+    parameters; its outputs carry gradients back through the generated backward."""
+
+    kind = "module"
 
     def __init__(self, module, *, passes="default", debug_nans=False, max_recompiles=None,
                  check=False):  # fmt: skip
         self.module = module
-        self.passes = passes
-        self.debug_nans = debug_nans or os.environ.get("TRACEGRAD_DEBUG_NANS") == "1"
-        self.max_recompiles = max_recompiles
-        self.check = check
-        self._cache: dict[tuple, ModuleProgram] = {}
-        self._signatures: list[Signature] = []
-        self.latest: ModuleProgram | None = None
-        self.recompile_reasons: list[str] = []
-        self._lock = threading.RLock()
-        self.ran_eagerly = False  # whether a call past the cache's bound ran the module
+        super().__init__(
+            passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles, check=check
+        )
+
+    @property
+    def title(self) -> str:
+        return type(self.module).__name__
 
     # --- delegation: a compiled module still is the module for parameters, modes and state ---
 
@@ -67,45 +56,6 @@ class CompiledModule:
 
     def eval(self):
         return self.train(False)
-
-    # --- the public views of the latest specialization ----------------------------------------
-
-    def _latest(self) -> ModuleProgram:
-        if self.latest is None:
-            raise RuntimeError("call the compiled module once first: nothing is compiled yet")
-        return self.latest
-
-    @property
-    def graph(self) -> Graph:
-        return self._latest().program.graph
-
-    @property
-    def backward_graph(self) -> Graph | None:
-        return self._latest().program.backward_graph
-
-    @property
-    def code(self) -> str:
-        return self._latest().program.source
-
-    def explain(self) -> str:
-        """What compiling the latest specialization did: guards, passes and their changes,
-        generated functions with their memory plan, saved activations, recompiles."""
-        return render(self._latest().report, self.recompile_reasons)
-
-    def views(self) -> list[tuple[str, Graph]]:
-        """The graphs pictures show: optimized forward and backward, and the traced forward."""
-        return self._latest().views()
-
-    def visualize(self, path):
-        """Write a picture of the latest specialization; the suffix picks the format: .html
-        (forward and backward, before and after passes, with the code), .svg or .dot."""
-        return viz.render(self.views(), path, code=self.code)
-
-    def export(self, path):
-        """Write the latest specialization's forward and backward as a standalone NumPy module
-        at ``path``, with the parameters in a .npz beside it."""
-        spec = self._latest()
-        return spec.program.export(path, spec.traced.lifted)
 
     # --- calling ------------------------------------------------------------------------------
 
@@ -139,8 +89,6 @@ class CompiledModule:
     def __call__(self, *args, **kwargs):
         if active_tracer() is not None:  # a piece of a program being traced: traced in
             return self.module(*args, **kwargs)
-        # One call at a time: a specialization's planned memory serves every call, and the
-        # cache and the latest specialization are shared
         with self._lock:
             try:
                 return self._call(args, kwargs)
@@ -160,39 +108,25 @@ class CompiledModule:
             and spec.guard(args)
             and (not (spec.traced.values_read or spec.captured) or spec.still_valid())
         ):
-            return self._run(spec, args)  # the usual call: the same as the last
+            return run_module_program(spec, args)  # the usual call: the same as the last
         signature = self.signature(args)
         if structure is not None:
             signature += (("argument structure", structure),)
-        key = tuple(value for _, value in signature)
-        spec = self._cache.get(key)
-        if spec is None or not spec.still_valid():
+        spec = self.cached(signature)
+        if spec is None:
             guard = self._guard(args)  # of the state the signature read, before tracing
-            spec = self._compile(args, signature, structure)
+            spec = self.specialize(signature, args, structure)
             if spec is None:
                 return self.module(*original_args, **kwargs)
             spec.guard = guard
-            self._cache[key] = spec
         self.latest = spec
-        return self._run(spec, args)
+        return run_module_program(spec, args)
 
     def _guard(self, args):
         """The generated guard function of the current call state (see ``signature``)."""
-        title = type(self.module).__name__
-        return module_guard(tape.is_grad_enabled(), args, self.module, title)
+        return module_guard(tape.is_grad_enabled(), args, self.module, self.title)
 
-    @gc_paused
-    def _compile(self, args, signature: Signature, structure) -> ModuleProgram | None:
-        """A new specialization for the call, or None when the cache is full (see
-        check_recompiles)."""
-        if self._signatures:
-            reason = signature_diff(self._signatures[-1], signature)
-            if reason == NO_CHANGE:
-                reason = "a captured tensor, or the value of one Python read, changed"
-            title = type(self.module).__name__
-            if not check_recompiles(self, reason, len(self._cache), title):
-                return None
-        self._signatures.append(signature)
+    def _compile(self, signature: Signature, args, structure) -> ModuleProgram:
         names = {id(t): n for n, t in self.module.named_parameters()}
         names.update({id(t): n for n, t in self.module.named_buffers()})
         if structure is None:
@@ -203,16 +137,13 @@ class CompiledModule:
                 leaf_names(self.module.forward, structure),
             )
         traced = trace_call(target, args, names, arg_names)
-        report = Report(f"compiled {type(self.module).__name__}", signature)
+        report = Report(f"compiled {self.title}", signature)
         spec = build_module_program(traced, args, self.passes, self.debug_nans, report, self.check)
-        spec.lock = self._lock
+        spec.lock, spec.signature = self._lock, signature
         spec.report, spec.structure = report, structure
         owned = {id(t) for t in [*self.module.parameters(), *self.module.buffers()]}
         spec.captured = tuple(captures.find(self.module.forward, traced.lifted, owned))
         return spec
-
-    def _run(self, spec: ModuleProgram, args):
-        return run_module_program(spec, args)
 
 
 @functools.cache
@@ -286,7 +217,7 @@ def value_and_grad(fn, argnums=0, has_aux=False):
 
     value_and_gradient.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
     compiled = CompiledFunction(value_and_gradient, grad_argnums=positions)
-    compiled.state_fn = fn
+    compiled.state = ReachedState(fn)
     compiled.wrapped = fn
     return compiled
 

@@ -12,25 +12,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracegrad import passes, pytree, tape
+from tracegrad import captures, passes, pytree, tape
 from tracegrad.check import check_generated_module, check_stages, seeds_for
 from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
+from tracegrad.logs import log
 from tracegrad.ops import OPS
 from tracegrad.passes import autodiff
 from tracegrad.passes.pipeline import transforms
-from tracegrad.specialize import (
-    Program,
-    Traced,
-    at_users_line,
-    generate,
-    log,
-    returned_in_own_memory,
-    show_views,
-    unchanged,
-    views_of,
-)
+from tracegrad.program import Program, generate
+from tracegrad.signature import Signature
 from tracegrad.tensor import Tensor
+from tracegrad.traced import Traced
+from tracegrad.users_line import at_users_line
+from tracegrad.views import returned_in_own_memory, show_views, views_of
 
 
 @dataclass
@@ -62,11 +57,17 @@ class ModuleProgram:
     # Held while the generated code runs (forward, and the backward its outputs lead to):
     # the compiled module's or function's, so threads never share planned memory at once
     lock: object = field(default_factory=threading.RLock)
+    signature: Signature = ()  # of the calls it serves
 
     def still_valid(self) -> bool:
-        """Whether the tensors Python read keep their versions and the names the forward
-        captured tensors by still hold them (what guards made before tracing cannot know)."""
-        return unchanged(self.traced.values_read) and all(c.holds() for c in self.captured)
+        return captures.still_hold(self.traced.values_read, self.captured)
+
+    def invalid_reason(self) -> str:
+        return captures.what_changed(self.captured)
+
+    def state(self) -> list[Tensor]:
+        """The lifted tensors (parameters, buffers, captured tensors), exported as data."""
+        return self.traced.lifted
 
     def views(self) -> list[tuple[str, Graph]]:
         """The graphs pictures show: optimized forward and backward, and the traced forward."""

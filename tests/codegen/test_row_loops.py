@@ -16,7 +16,7 @@ from tracegrad.ir.interpreter import interpret
 from tracegrad.ops import kernels
 from tracegrad.passes.memory import peak_bytes, plan
 from tracegrad.passes.schedule import schedule
-from tracegrad.specialize import generate
+from tracegrad.program import generate
 
 TOL = 1e-10
 

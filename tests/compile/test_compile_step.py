@@ -12,7 +12,7 @@ from compile_zoo import train_step
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn, optim
-from tracegrad.step import planned_home
+from tracegrad.buffers import planned_home
 
 TOL = 1e-10
 STEPS = 20

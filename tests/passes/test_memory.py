@@ -22,7 +22,7 @@ from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
 from tracegrad.ops import OPS, VIEW
 from tracegrad.passes.memory import plan
-from tracegrad.specialize import generate
+from tracegrad.program import generate
 
 
 def planned(text: str, persistent=frozenset()) -> Graph:

@@ -92,19 +92,11 @@ class GuardBuilder:
         source = _ENV.get_template("guard.py.j2").render(
             title=title, checks=self.checks, settings=self.settings
         )
-        return load(source, {}, safe.comment(f"guards of {title}"), self._own_names())["guard"]
+        return load(source, {}, safe.comment(f"guards of {title}"), self.namespace())["guard"]
 
-    def build_runner(self, title: str, body: list[str], names: dict) -> Callable:
-        """A function ``run(args, trusted=False)``: these checks (MISS when one fails, skipped
-        when ``trusted``), then the ``body`` lines (which see ``names``)."""
-        source = _ENV.get_template("runner.py.j2").render(
-            title=title, checks=self.checks, settings=self.settings, body=body
-        )
-        label = safe.comment(f"runner of {title}")
-        return load(source, {}, label, {**self._own_names(), **names})["run"]
-
-    def _own_names(self) -> dict:
-        # Each function built remembers the count at which its settings last passed
+    def namespace(self) -> dict:
+        """The names the checks refer to, for a function made of them (each function built
+        remembers the count at which its settings last passed)."""
         return {**self.names, "SEEN": [None]}
 
 

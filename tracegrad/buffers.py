@@ -1,0 +1,143 @@
+"""Runtime buffers of compiled steps: where a step's results that outlive a run (a
+parameter's ``.grad``, an optimizer state entry) are stored, and the planned memory they may
+live in without a copy.
+
+A step's program owns planned buffers that every run writes again. A ``Sink`` stores one
+result after each run: without a copy when the result is a planned buffer no other live
+tensor lives in (the tensor then lives there, and the next run writes its next value in
+place), else into the tensor's own memory or a copy. ``_holders`` records which tensor lives
+in which buffer, so one buffer is never handed to two tensors at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracegrad.tensor import Tensor
+
+# id(planned buffer) -> the tensor living in it. A buffer is the memory of one tensor at a
+# time: while a tensor a step handed out is alive (the user may keep an old .grad, or a view
+# of it), its buffer is not handed to another tensor.
+_holders: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+
+# References to a tensor a sink keeps when nothing else holds it: the sink's attribute, the
+# local name in keep_orphan and sys.getrefcount's own argument.
+_ONLY_THE_SINK = 3
+
+
+@dataclass
+class Sink:
+    """Where a value computed by the step is stored after each run."""
+
+    kind: str  # "grad" (a tensor's .grad) or "state" (an optimizer state entry)
+    owner: object  # the tensor, or the optimizer state dict of one parameter
+    key: str | None = None
+    buffer: int | None = None  # id of the planned buffer the last run stored in
+    kept: Tensor | None = None  # the tensor living in that buffer, stored by the last run
+
+    def current(self):
+        return self.owner.grad if self.kind == "grad" else self.owner.get(self.key)
+
+    def put(self, tensor: Tensor) -> None:
+        if self.kind == "grad":
+            self.owner.grad = tensor
+        else:
+            self.owner[self.key] = tensor
+
+    def keep_orphan(self) -> None:
+        """Before a run writes this sink's buffer again: the tensor living there, if its
+        owner has dropped it (zero_grad set .grad to None) but the user kept it, moves to
+        memory of its own, so it keeps its value as it would in PyTorch. If nothing but this
+        sink holds it, nobody can see it change: the next store hands it out again."""
+        kept = self.kept
+        if kept is None or kept is self.current():
+            return
+        if sys.getrefcount(kept) > _ONLY_THE_SINK:
+            if _holders.get(self.buffer) is kept:
+                del _holders[self.buffer]
+            kept._data = kept._data.copy()
+            self.kept = None
+
+    def store(self, array: np.ndarray, home: int | None) -> None:
+        """Without a copy when ``array`` is one of the program's planned buffers, or a view of
+        all of one (``home`` is then that buffer's id), and no other live tensor lives there:
+        the tensor then lives in that buffer, which every later run leaves holding the same
+        value's next result. A tensor the user made keeps its memory (it may be a view of
+        theirs) and is written into; anything else is copied, since it may be an input or
+        memory shared with another result."""
+        current, kept = self.current(), self.kept
+        if current is None and kept is not None and same_memory(kept._data, array):
+            current = kept  # dropped by zero_grad and held by nobody: it comes back
+            self.put(kept)
+        if current is not None and same_memory(current._data, array):
+            current._version[0] += 1  # the run wrote the tensor's own memory: nothing to move
+            return
+        free = home is not None and _holders.get(home) is None
+        if (
+            isinstance(current, Tensor)
+            and current._data.shape == array.shape
+            and current._data.dtype == array.dtype
+        ):
+            held = _held_in(current)
+            if free and held is not None:  # a tensor some run stored without a copy: it moves
+                del _holders[held]
+                current._data = array
+                self._live_in(home, current)
+            else:
+                np.copyto(current._data, array)
+            current._version[0] += 1
+            return
+        new = Tensor._wrap(array if free else array.copy())
+        if free:
+            self._live_in(home, new)
+        self.put(new)
+
+    def _live_in(self, home: int, tensor: Tensor) -> None:
+        _holders[home] = tensor
+        self.buffer, self.kept = home, tensor
+
+
+def _held_in(tensor: Tensor) -> int | None:
+    """The planned buffer ``tensor`` lives in (the buffer or a whole view of it), if any."""
+    for array in (tensor._data, tensor._data.base):
+        if array is not None and _holders.get(id(array)) is tensor:
+            return id(array)
+    return None
+
+
+def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays are the same memory seen the same way (each run makes a new view of
+    a buffer: equal base, shape and strides)."""
+    if a is b:
+        return True
+    base = a.base
+    return base is not None and base is b.base and a.shape == b.shape and a.strides == b.strides
+
+
+def memory_of(array: np.ndarray) -> int:
+    """The id of the array owning ``array``'s memory."""
+    base = array.base
+    return id(array if base is None else base)
+
+
+def planned_home(array: np.ndarray, planned: frozenset[int]) -> int | None:
+    """The id of the planned buffer ``array`` is, or is a view of all of (reshaped or
+    transposed: a weight's gradient computed as the transposed product of rows)."""
+    if id(array) in planned:
+        return id(array)
+    base = array.base
+    whole = base is not None and array.size == base.size
+    return id(base) if whole and id(base) in planned else None
+
+
+def restore_grads(sinks: list[Sink], before: dict) -> None:
+    """Put back the ``.grad`` each tensor had before tracing (optimizer state is restored by
+    the tracer); the program's first run then stores the real values."""
+    for sink in sinks:
+        if sink.kind == "grad":
+            sink.owner.grad = before.get(id(sink.owner), (None, None))[1]

@@ -1,0 +1,101 @@
+"""A ``Program``: one specialization's graphs planned, emitted as one module of generated
+functions, and loaded (``generate``)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracegrad import codegen
+from tracegrad.codegen.export import export_program
+from tracegrad.ir.graph import Graph
+from tracegrad.logs import log
+from tracegrad.ops import OPS
+from tracegrad.ops.registry import RANDOM
+from tracegrad.passes import pipeline
+from tracegrad.passes.memory import plan
+from tracegrad.random import generator
+
+
+@dataclass
+class Program:
+    """One specialization: the graphs, the generated source and its loaded functions."""
+
+    graph: Graph
+    backward_graph: Graph | None
+    source: str
+    functions: dict
+    uses_rng: dict[str, bool]
+    constants: dict = field(default_factory=dict)
+    parts: list = field(default_factory=list)  # (FunctionSource, Graph) per function
+    title: str = ""
+    # id() of every planned buffer the loaded module allocated: memory only this program writes.
+    buffer_ids: frozenset[int] = frozenset()
+
+    @functools.cached_property
+    def constant_ids(self) -> frozenset[int]:
+        """id() of the program's constant arrays (results may be one of them, never fresh)."""
+        return frozenset(id(a) for a in self.constants.values())
+
+    def export(self, path, state: list):
+        """Write this program as a standalone module; ``state`` are the lifted tensors, the
+        last inputs of the first function (their values go into the .npz)."""
+        fn = self.parts[0][0]
+        params = [p for p in fn.params if p != "rng"]
+        names = params[len(params) - len(state) :]
+        arrays = {n: t.detach().numpy() for n, t in zip(names, state, strict=True)}
+        return export_program(path, self, arrays)
+
+    def call(self, name: str, arrays):
+        fn = self.functions[name]
+        with np.errstate(all="ignore"):  # as eager ops: inf and nan results, not warnings
+            return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
+
+
+def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> Graph:
+    """The planning passes of the pipeline, in order, on a copy of one function's graph."""
+    graph = graph.copy()
+    for name in pipeline.planning(passes_spec):
+        graph = plan(graph, persistent) if name == "memory" else pipeline.PASSES[name].fn(graph)
+    return graph
+
+
+def generate(
+    parts: list[tuple[str, Graph]],
+    title: str,
+    debug_nans: bool,
+    passes_spec="default",
+    persistent: frozenset[str] = frozenset(),
+    report=None,
+) -> Program:
+    """Emit one module holding a function per (name, graph) part and load it. Planning passes
+    (the memory plan) run on each part first; ``persistent`` outputs may use planned memory."""
+    unplanned = parts
+    parts = [(name, _plan(graph, passes_spec, persistent)) for name, graph in parts]
+    if report is not None:
+        report.unplanned, report.planned = unplanned, parts
+    sources, uses_rng, constants = [], {}, {}
+    for name, graph in parts:
+        fn = codegen.emit_function(graph, name, debug_nans=debug_nans)
+        if report is not None:
+            report.allocated[name] = [(shape, dtype) for _, shape, dtype in fn.buffers]
+        uses_rng[name] = any(RANDOM in OPS[n.op].props for n in graph.nodes if n.op in OPS)
+        if uses_rng[name]:
+            fn.params.append("rng")
+        constants.update(fn.constants)
+        sources.append(fn)
+    source = codegen.render_module(
+        sources, title, codegen.RUNTIME_IMPORT, [graph for _, graph in parts]
+    )
+    log("code", "\n" + source)
+    namespace = codegen.load(source, constants, title)
+    functions = {name: namespace[name] for name, _ in parts}
+    forward = parts[0][1]
+    backward = parts[1][1] if len(parts) > 1 else None
+    pairs = list(zip(sources, [graph for _, graph in parts], strict=True))
+    buffer_ids = frozenset(id(namespace[b]) for fn in sources for b, _, _ in fn.buffers)
+    return Program(
+        forward, backward, source, functions, uses_rng, constants, pairs, title, buffer_ids
+    )

@@ -1,0 +1,251 @@
+"""The state a compiled function reaches: the modules, optimizers and tensors it can name
+(closure, globals, defaults, ``self``, arguments, and the attributes of a plain object
+holding them, such as a trainer), what each is called in the graph, and the part of a call's
+signature they make (their metadata, optimizer settings and state, module trees, and the
+names that may be bound to other objects later).
+
+Everything here is state, never a constant: the program reads these tensors anew on every
+call, and guards make a change to what they are recompile.
+"""
+
+from __future__ import annotations
+
+import types
+
+from tracegrad.codegen import names as safe
+from tracegrad.codegen.guards import PLAIN, plain_attributes
+from tracegrad.signature import Shown, dtype_name, identity
+from tracegrad.tensor import Tensor
+from tracegrad.tracer.hyperparameters import is_number
+
+
+def is_module(obj) -> bool:
+    """An nn.Module, recognised by its interface (nn sits above the compiler)."""
+    return callable(getattr(obj, "named_parameters", None)) and callable(
+        getattr(obj, "forward", None)
+    )
+
+
+def _is_optimizer(obj) -> bool:
+    return isinstance(getattr(obj, "param_groups", None), list) and hasattr(obj, "state")
+
+
+def _holds_state(obj) -> bool:
+    """A plain object (an instance of a user class) whose attributes may be modules or
+    optimizers; modules, classes, functions and tensors are not looked into."""
+    plain = not isinstance(
+        obj, (types.ModuleType, type, types.FunctionType, types.MethodType, Tensor)
+    )
+    return plain and hasattr(obj, "__dict__") and not is_module(obj) and not _is_optimizer(obj)
+
+
+def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
+    """Modules and optimizers the function can reach (closure, globals it names, default
+    arguments, the object of a bound method, arguments, and the attributes of plain objects
+    among those, such as a trainer holding its model and optimizer), and tensors requiring
+    grad, by the name it uses for them: they give inputs readable names and are guarded.
+    Last, for the names that can be bound to another object later (a global, a closure
+    variable, an attribute of such a trainer), where to read them again: name -> (the
+    namespace, a format string reading the name from it)."""
+    found, readers = {}, {}
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:
+        found["self"] = owner
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        cells = fn.__closure__ or ()
+        for name, cell in zip(code.co_freevars, cells, strict=False):
+            found[name], readers[name] = cell.cell_contents, (cell, "{}.cell_contents")
+        for name in code.co_names:
+            if name in fn.__globals__:
+                found[name], readers[name] = (
+                    fn.__globals__[name],
+                    (fn.__globals__, f"{{}}.get({safe.literal(name)})"),
+                )
+        defaults = fn.__defaults__ or ()
+        positional = code.co_varnames[: code.co_argcount]
+        found.update(zip(positional[len(positional) - len(defaults) :], defaults, strict=True))
+        found.update(fn.__kwdefaults__ or {})
+    found.update((f"arg{i}", a) for i, a in enumerate(args))
+    for name, obj in list(found.items()):
+        if _holds_state(obj):
+            for key, value in vars(obj).items():
+                if isinstance(key, str) and f"{name}.{key}" not in found:
+                    found[f"{name}.{key}"] = value
+                    read = f"{{}}.__dict__.get({safe.literal(str(key))})"
+                    readers[f"{name}.{key}"] = (obj, read)
+    found = {n: o for n, o in found.items() if not isinstance(o, type)}  # classes are no state
+    modules = {n: o for n, o in found.items() if is_module(o)}
+    optimizers = {n: o for n, o in found.items() if _is_optimizer(o)}
+    tensors = {n: o for n, o in found.items() if isinstance(o, Tensor) and o.requires_grad}
+    state = {**modules, **optimizers, **tensors}
+    # a holder of state is read again too (a new trainer may hold a new model)
+    holders = {n.rpartition(".")[0] for n in state if "." in n}
+    bound = {n: (*readers[n], found[n]) for n in [*state, *holders] if n in readers}
+    return modules, optimizers, tensors, bound
+
+
+def state_names(modules, optimizers, tensors) -> dict[int, str]:
+    names = {id(t): n for n, t in tensors.items()}
+    for prefix, opt in optimizers.items():
+        for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, Tensor):
+                    names[id(value)] = f"{prefix}.{key}{i}"
+    for prefix, module in modules.items():
+        for n, t in [*module.named_parameters(), *module.named_buffers()]:
+            names[id(t)] = f"{prefix}.{n}"
+            if t.grad is not None:
+                names[id(t.grad)] = f"{prefix}.{n}.grad"
+    return names
+
+
+class ReachedState:
+    """What a compiled function reaches, as its last slow call found it (a name may be bound
+    to a new model later), and what its traces read and stepped."""
+
+    def __init__(self, fn):
+        self.fn = fn  # where the state is looked for (closure, globals)
+        self.modules: dict[str, object] = {}
+        self.named_optimizers: dict[str, object] = {}
+        self.tensors: dict[str, Tensor] = {}  # requiring grad, by the name reaching them
+        self.bindings: dict[str, tuple] = {}  # rebindable name -> (namespace, read, object)
+        # Tensors requiring grad it reached or read, and optimizers its tracing stepped
+        self.watched_tensors: dict[int, tuple[str, Tensor]] = {}
+        self.traced_optimizers: dict[str, object] = {}
+        self.stepped: list = []  # the optimizers whose step() a trace went through
+
+    def watch(self, args) -> None:
+        """Take in what the function reaches now (see reachable_state)."""
+        self.modules, self.named_optimizers, self.tensors, self.bindings = reachable_state(
+            self.fn, args
+        )
+        for name, t in self.tensors.items():
+            self.watch_tensor(name, t)
+
+    def watch_tensor(self, name: str, t: Tensor) -> None:
+        self.watched_tensors.setdefault(id(t), (f"state {name}", t))
+
+    def optimizers(self) -> dict[str, object]:
+        """The optimizers reached by name, then those found only by tracing the function."""
+        reached = self.named_optimizers
+        seen = {id(o) for o in reached.values()}
+        found = {n: o for n, o in self.traced_optimizers.items() if id(o) not in seen}
+        return {**reached, **found}
+
+    def state_tensors(self) -> dict[int, tuple[str, Tensor]]:
+        """id -> (label, tensor) of the state the program may read: the watched modules'
+        parameters as they are now (one may have been replaced), then the tensors it read."""
+        state = {}
+        for module_name, module in self.modules.items():
+            for n, p in module.named_parameters():
+                state.setdefault(id(p), (f"state {module_name}.{n}", p))
+        for key, entry in self.watched_tensors.items():
+            state.setdefault(key, entry)
+        return state
+
+    def stepped_optimizers(self, traced_before: bool) -> list:
+        """The optimizers whose step() a trace went through (before the first trace, all it
+        reaches may be)."""
+        return self.stepped if traced_before else list(self.optimizers().values())
+
+    def note_stepped(self, optimizers) -> None:
+        """A trace went through the step() of ``optimizers``."""
+        self.traced_optimizers.update((f"optimizer{i}", o) for i, o in enumerate(optimizers))
+        self.stepped += [o for o in optimizers if all(o is not s for s in self.stepped)]
+
+    def names(self) -> dict[int, str]:
+        """id -> the name of each state tensor, and of each optimizer (its hyperparameters are
+        inputs named after it), for the graph's inputs."""
+        found = state_names(self.modules, self.named_optimizers, self.tensors)
+        found.update((id(o), n) for n, o in self.optimizers().items())
+        return found
+
+    def owned(self, lifted: list[Tensor]) -> set[int]:
+        """id() of the lifted tensors this state already guards (parameters and buffers of
+        the modules, tensors bound to names, optimizer state, .grad)."""
+        state = [*self.tensors.values()]
+        for module in self.modules.values():
+            state += [*module.parameters(), *module.buffers()]
+        owned = {id(t) for t in state}
+        owned |= {id(t.grad) for t in [*state, *lifted] if t.grad is not None}
+        for opt in self.optimizers().values():
+            owned.update(id(v) for st in opt.state.values() for v in st.values())
+        return owned
+
+    def signature(self, traced_before: bool) -> list[tuple[str, object]]:
+        """The state's part of a call's signature: each tensor's metadata, each optimizer's
+        settings (and state, for one whose step was traced), the rebindable names and the
+        module trees."""
+        guards = [(label, _state_meta(t)) for label, t in self.state_tensors().values()]
+        stepped = self.stepped_optimizers(traced_before)
+        for name, opt in self.optimizers().items():
+            guards += _optimizer_guards(name, opt, any(opt is o for o in stepped))
+        guards += [(f"binding {name}", identity(b[-1])) for name, b in self.bindings.items()]
+        for name, module in self.modules.items():
+            guards += _module_guards(name, module)
+        return guards
+
+
+def _module_guards(name: str, module) -> list[tuple[str, object]]:
+    """A reached module's training flags, plain attributes, and each submodule and buffer by
+    identity (the program is the forward they traced)."""
+    modules = dict(module.named_modules())
+    guards = [(f"module {name} training", tuple(m.training for m in modules.values()))]
+    guards += [
+        (f"attribute {name}.{path}.{key}".replace("..", "."), value)
+        for path, m in modules.items()
+        for key, value in plain_attributes(m)
+    ]
+    members = [*modules.items(), *module.named_buffers()]
+    guards += [(f"member {name}.{path}".rstrip("."), identity(m)) for path, m in members]
+    return guards
+
+
+def _state_meta(t: Tensor) -> Shown:
+    """A state tensor's guard: its type, requires_grad, its .grad's shape and (the program
+    reads and updates these very tensors) its identity."""
+    d, grad = t._data, None if t.grad is None else t.grad._data.shape
+    dtype = dtype_name(d.dtype)
+    meta = (d.shape, dtype, t._requires_grad, grad, id(t))
+    needs = "requires grad" if t._requires_grad else "no grad"
+    return Shown(meta, f"{dtype}{list(d.shape)} {needs}, .grad {grad or 'none'}")
+
+
+def _optimizer_guards(name: str, opt, stepped: bool) -> list[tuple[str, object]]:
+    """What a traced update depends on, labelled: each group's settings (see
+    ``optimizer_groups``) and, for an optimizer whose step the program traced, which state
+    exists per parameter (one only reached, for its zero_grad say, keeps its own)."""
+    guards = [
+        (f"optimizer {name} group {i} {key}", fact)
+        for i, facts in enumerate(optimizer_groups(opt))
+        for key, fact in facts
+    ]
+    if not stepped:
+        return guards
+    # Which state exists, and which tensor objects hold it (load_state_dict replaces them).
+    state = tuple(
+        (id(p), tuple((k, id(v)) for k, v in s.items())) for p, s in opt.state.items() if s
+    )
+    kinds = ", ".join(dict.fromkeys(k for s in opt.state.values() for k in s)) or "none"
+    guards.append((f"optimizer {name} state", Shown(state, f"{kinds} for {len(state)} params")))
+    return guards
+
+
+def optimizer_groups(opt) -> tuple:
+    """What the traced update depends on in each parameter group: of a number it reads as an
+    input (``opt.numbers``), only that it is one, and for those ``opt.zero_tested`` whether
+    it is 0; any other setting by its value."""
+    numbers = getattr(opt, "numbers", ())
+    zero_tested = getattr(opt, "zero_tested", ())
+    return tuple(
+        tuple((k, _setting(k, v, numbers, zero_tested)) for k, v in g.items() if k != "params")
+        for g in opt.param_groups
+    )
+
+
+def _setting(key: str, value, numbers, zero_tested):
+    if key in numbers and is_number(value):
+        fact = ("nonzero", value != 0) if key in zero_tested else ("number", type(value) is tuple)
+        return Shown(fact, repr(value))
+    return value if type(value) in PLAIN else repr(value)

@@ -1,0 +1,291 @@
+"""A compiled function's specialization, and tracing one call of the function into it.
+
+A function that calls ``backward()`` (or steps an optimizer) is a whole training step, traced
+with the tape recording, so ``loss.backward()`` runs the backward engine on symbolic tensors
+(each op's VJP rule emitting backward nodes) and ``opt.step()`` traces the optimizer's tensor
+ops, into ONE generated function. Everything the step changes is state, never a baked-in
+constant: parameters and optimizer buffers updated in place become ``updates`` written back
+into the same arrays; new ``.grad`` tensors and new optimizer state become extra outputs that
+sinks (tracegrad.buffers) store after each run. Any other function is traced like a module:
+a forward and a generated backward (tracegrad.module_program).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tracegrad import captures, passes, pytree, tape
+from tracegrad.buffers import Sink, restore_grads
+from tracegrad.check import check_generated, check_stages, step_labels
+from tracegrad.codegen.guards import GuardBuilder
+from tracegrad.codegen.runner import MISS
+from tracegrad.errors import TraceError
+from tracegrad.explain import Report
+from tracegrad.ir.graph import Graph
+from tracegrad.logs import log
+from tracegrad.module_program import ModuleProgram, build_module_program
+from tracegrad.passes.memory import aliases, homes
+from tracegrad.passes.pipeline import transforms
+from tracegrad.program import Program, generate
+from tracegrad.signature import Signature
+from tracegrad.tensor import Tensor, is_symbolic
+from tracegrad.traced import argument_names, trace_call, traced_updates, values_read
+from tracegrad.tracer import Tracer, tracing
+from tracegrad.views import eager_views, returned_in_own_memory
+
+
+@dataclass
+class StepProgram:
+    """A compiled function's specialization: its program, the state it reads and writes, and
+    the runner calling it (see tracegrad.step)."""
+
+    program: Program
+    signature: Signature
+    lifted: list[Tensor]
+    update_targets: list[Tensor]
+    sinks: list[Sink]
+    n_results: int
+    rebuild: Callable  # turns the result tensors back into what the function returned
+    # Lifted positions holding a tensor's .grad: index -> that tensor. The .grad is read
+    # anew each run, since code outside the step may replace it (zero_grad, backward).
+    grad_of: dict = field(default_factory=dict)
+    report: Report | None = None
+    tensor_args: tuple[int, ...] = ()  # positions of the arguments that are tensors
+    # Positions of the tensor arguments the function updated in place: their new values
+    # follow those of update_targets among the step's results
+    updated_args: tuple[int, ...] = ()
+    # Positions among those updates the step writes in place: it returns their own arrays
+    updated_in_place: frozenset[int] = frozenset()
+    # run(args, trusted=False): MISS unless the call has this specialization's signature
+    # (its guards, generated from it, are skipped when trusted), else the step's result
+    runner: Callable = field(default=lambda args, trusted=False: MISS)
+    guards: GuardBuilder | None = None  # the runner's guards
+    # For a function that calls no backward(): its program with a generated backward, which
+    # its outputs carry gradients to
+    module: ModuleProgram | None = None
+    values_read: tuple = ()  # (tensor, version) of outside tensors whose value Python read
+    captured: tuple = ()  # captures.Capture of the tensors it reads through names and items
+    arg_grads: tuple[int, ...] = ()  # tensor arguments whose .grad is an input (accumulated)
+    # Returned values that are views of an input's memory (eager_views)
+    returned_views: tuple = ()
+
+    def still_valid(self) -> bool:
+        return captures.still_hold(self.values_read, self.captured)
+
+    def invalid_reason(self) -> str:
+        return captures.what_changed(self.captured)
+
+    @functools.cached_property
+    def guard(self) -> Callable[[tuple], bool]:
+        """The runner's guards alone, as a function: True for a call the runner runs."""
+        return self.guards.build(self.report.title)
+
+    def state(self) -> list[Tensor]:
+        """The lifted tensors as they are now: a replaced .grad is the one read."""
+        lifted = list(self.lifted)
+        for index, owner in self.grad_of.items():
+            lifted[index] = owner.grad
+        return lifted
+
+    def views(self) -> list[tuple[str, Graph]]:
+        """The graphs pictures show (those of the module program, for a function calling no
+        backward())."""
+        if self.module is not None:
+            return self.module.views()
+        return [
+            ("training step (optimized)", self.program.parts[0][1]),
+            ("training step (traced, before passes)", self.report.unplanned_traced),
+        ]
+
+
+def trace_step(compiled, args, signature) -> StepProgram:
+    """Trace one call of a training step and generate its single function (the state it
+    reaches is the one ``compiled.state`` took in for this call)."""
+    names = compiled.state.names()
+    # (its watched modules' parameters and every tensor it reached or read before)
+    grads_before = {id(t): (t, t.grad) for _, t in compiled.state.state_tensors().values()}
+    tracer = Tracer(mode="inline", names=names)
+    arg_names = compiled.arg_names or argument_names(compiled.fn, len(args))
+    with tracing(tracer), tape.enable_grad():
+        symbolic = [
+            tracer.add_input(
+                a.tensor_type,
+                name,
+                requires_grad=a.requires_grad or (i in compiled.grad_argnums),
+            )
+            if isinstance(a, Tensor)
+            else a
+            for i, (a, name) in enumerate(zip(args, arg_names, strict=True))
+        ]
+        arg_grads = _trace_argument_grads(tracer, args, symbolic, arg_names)
+        leaves, structure = pytree.flatten(compiled.fn(*symbolic))
+        results = [tracer.value_of(t) for t in leaves]
+        targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
+        sinks, sink_values = _collect_sinks(tracer, symbolic, args)
+        graph = tracer.graph(results + new_values + sink_values, updates)
+    restore_grads(
+        sinks, {**grads_before, **{id(a): (a, a.grad) for a in args if isinstance(a, Tensor)}}
+    )
+    python_reads = values_read(tracer)
+    if not (tracer.backward_calls or tracer.optimizers):
+        return trace_function(compiled, args, signature, names)
+    _refuse_outside_history(tracer)
+    log("graph", lambda: f"traced step: {len(graph.nodes)} nodes\n{graph}")
+    report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
+    pass_results: list = []
+    traced_graph, graph = graph, passes.run(graph, transforms(compiled.passes), pass_results)
+    stored = range(len(results) + len(new_values), len(graph.outputs))  # (.grad, state)
+    graph = returned_in_own_memory(graph, len(results), stored)
+    report.unplanned_traced = traced_graph
+    stage = "traced step (forward, backward and update)"
+    report.stages.append((stage, pass_results))
+    persistent = frozenset(v.name for v in graph.outputs[len(results) :])
+    program = generate(
+        [("step", graph)],
+        "training step",
+        compiled.debug_nans,
+        compiled.passes,
+        persistent,
+        report=report,
+    )
+    if compiled.check:
+        arrays = [a._data for a in args if isinstance(a, Tensor)]
+        arrays += [args[i].grad._data for i in arg_grads]
+        arrays += [t._data for t, _ in tracer.lifted.values()]
+        check_stages(traced_graph, [(stage, traced_graph, pass_results)], arrays)
+        run = functools.partial(program.call, "step")
+        labels = step_labels(traced_graph, len(results))
+        check_generated(traced_graph, run, arrays, "training step", labels)
+    lifted_tensors = [t for t, _ in tracer.lifted.values()]
+    # Tensors that require grad and were read, however the function reached them: their
+    # .grad (present or not) decides what the program computes, so it is guarded.
+    read = {value.name: t for t, value in tracer.lifted.values() if t.requires_grad}
+    for name, t in read.items():
+        compiled.state.watch_tensor(name, t)
+    compiled.state.note_stepped(tracer.optimizers)
+    owners = {id(grad): t for t, grad in grads_before.values() if grad is not None}
+    grad_of = {i: owners[id(t)] for i, t in enumerate(lifted_tensors) if id(t) in owners}
+    return StepProgram(
+        program,
+        signature,
+        lifted_tensors,
+        targets,
+        sinks,
+        len(results),
+        functools.partial(pytree.unflatten, structure),
+        grad_of,
+        report,
+        tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
+        updated_args,
+        _written_in_place(program.graph, len(results), list(updates)),
+        values_read=python_reads,
+        captured=_captures(compiled, lifted_tensors),
+        arg_grads=arg_grads,
+        returned_views=eager_views(traced_graph, len(results)),
+    )
+
+
+def _trace_argument_grads(tracer: Tracer, args, symbolic, arg_names) -> tuple[int, ...]:
+    """Tensor arguments requiring grad that have a .grad: it is an input (after the
+    arguments), which backward() accumulates into, as eagerly. Their positions."""
+    positions = tuple(
+        i
+        for i, a in enumerate(args)
+        if isinstance(a, Tensor) and a.requires_grad and a.grad is not None
+    )
+    for i in positions:
+        symbolic[i].grad = tracer.add_input(args[i].grad.tensor_type, f"{arg_names[i]}.grad")
+    return positions
+
+
+def _refuse_outside_history(tracer: Tracer) -> None:
+    """A step whose backward() would run into autograd history recorded outside it (a loss
+    computed before the call) cannot be compiled: that history is not part of the program."""
+    outside = [value.name for t, value in tracer.lifted.values() if t.grad_fn is not None]
+    if outside:
+        raise TraceError(
+            f"the training step reads {', '.join(outside)}, computed outside it with autograd "
+            "history; backward() inside a compiled step cannot run into that history: compute "
+            "them inside the step, pass them detached, or compile the part without backward()"
+        )
+
+
+def trace_function(compiled, args, signature, names) -> StepProgram:
+    """Trace a function that calls no backward(): a forward and a generated backward, so that
+    its outputs carry gradients to the inputs and state it read, as in eager mode."""
+    arg_names = compiled.arg_names or argument_names(compiled.fn, len(args))
+    traced = trace_call(compiled.fn, args, names, arg_names)
+    title = f"compiled function {getattr(compiled.fn, '__name__', '')}"
+    report = Report(title, signature)
+    report.unplanned_traced = traced.graph
+    module = build_module_program(
+        traced, args, compiled.passes, compiled.debug_nans, report, compiled.check
+    )
+    module.report, module.lock = report, compiled._lock
+    for t, value in zip(traced.lifted, traced.graph.inputs[-len(traced.lifted) :], strict=False):
+        if t.requires_grad:
+            compiled.state.watch_tensor(value.name, t)
+    return StepProgram(
+        module.program,
+        signature,
+        traced.lifted,
+        traced.update_targets,
+        [],
+        traced.n_outputs,
+        functools.partial(pytree.unflatten, traced.structure),
+        report=report,
+        tensor_args=tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
+        updated_args=traced.updated_args,
+        module=module,
+        values_read=traced.values_read,
+        captured=_captures(compiled, traced.lifted),
+    )
+
+
+def _captures(compiled, lifted: list[Tensor]) -> tuple:
+    """Where the function finds the lifted tensors that are not state it guards already
+    (parameters and buffers of the modules it reaches, tensors bound to its names, optimizer
+    state, .grad)."""
+    owned = compiled.state.owned(lifted)
+    return tuple(captures.find(compiled.state.fn, lifted, owned))
+
+
+def _written_in_place(graph: Graph, first: int, targets: list[str]) -> frozenset[int]:
+    """Positions of the updates (the outputs from ``first`` on, of the inputs named
+    ``targets``) that are their own input's memory, whole: written in place over it, whose
+    array the step then returns (an op's out= form returns ``out``)."""
+    root = aliases(graph)
+    home = homes(graph, root)
+    inputs = {v.name: v for v in graph.inputs}
+    updates = zip(targets, graph.outputs[first:], strict=False)
+    return frozenset(
+        i
+        for i, (name, v) in enumerate(updates)
+        if root[id(v)] is v
+        and home[id(v)] == ("value", id(inputs[name]))
+        and inputs[name].type == v.type
+    )
+
+
+def _collect_sinks(tracer: Tracer, symbolic, args) -> tuple[list[Sink], list]:
+    """Traced values left in persistent places: ``.grad`` of lifted tensors and arguments,
+    and optimizer state entries."""
+    sinks, values = [], []
+    owners = [t for t, _ in tracer.lifted.values()]
+    owners += [(s, a) for s, a in zip(symbolic, args, strict=True) if isinstance(a, Tensor)]
+    for owner in owners:
+        traced, real = owner if isinstance(owner, tuple) else (owner, owner)
+        if traced.grad is not None and (
+            is_symbolic(traced.grad) or not tracer.preexisting(traced.grad)
+        ):
+            sinks.append(Sink("grad", real))
+            values.append(tracer.value_of(traced.grad))
+    for opt, before in zip(tracer.optimizers, tracer.optimizer_state, strict=True):
+        for p, state in opt.state.items():
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value is not before.get(p, {}).get(key):
+                    sinks.append(Sink("state", state, key))  # new or replaced state entry
+                    values.append(tracer.value_of(value))
+    return sinks, values
