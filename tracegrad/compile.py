@@ -217,7 +217,7 @@ def value_and_grad(fn, argnums=0, has_aux=False):
 
     value_and_gradient.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
     compiled = CompiledFunction(value_and_gradient, grad_argnums=positions)
-    compiled.state = ReachedState(fn)
+    compiled.reached = ReachedState(fn)
     compiled.wrapped = fn
     return compiled
 

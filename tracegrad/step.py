@@ -35,7 +35,7 @@ class CompiledFunction(Specializer):
         )
         self.fn = fn
         self.grad_argnums = tuple(grad_argnums)
-        self.state = ReachedState(fn)
+        self.reached = ReachedState(fn)
         # One compiled function per structure of containers and keywords it was called with
         self._by_structure: dict[object, CompiledFunction] = {}
         self.arg_names: list[str] | None = None  # the inputs' names, when not fn's parameters
@@ -51,7 +51,7 @@ class CompiledFunction(Specializer):
             if isinstance(a, Tensor) and a._requires_grad:  # (backward accumulates into it)
                 grad = None if a.grad is None else a.grad._data.shape
                 guards.append((f"{input_label(i)} .grad", grad))
-        return tuple(guards + self.state.signature(bool(self._cache)))
+        return tuple(guards + self.reached.signature(bool(self._cache)))
 
     # --- calling --------------------------------------------------------------------------------
 
@@ -73,7 +73,7 @@ class CompiledFunction(Specializer):
             result = spec.runner(args)
             if result is not MISS:
                 return result
-        self.state.watch(args)
+        self.reached.watch(args)
         signature = self.signature(args)
         spec = self.cached(signature)
         if spec is None:
@@ -132,7 +132,7 @@ class CompiledFunction(Specializer):
         inner = CompiledFunction(rebuilt, passes=self.passes, debug_nans=self.debug_nans,
                                  max_recompiles=self.max_recompiles, check=self.check,
                                  grad_argnums=grads)  # fmt: skip
-        inner.state = ReachedState(self.state.fn)
+        inner.reached = ReachedState(self.reached.fn)
         inner.arg_names = leaf_names(fn, structure)
         return inner
 
@@ -140,7 +140,7 @@ class CompiledFunction(Specializer):
 
     def _guards(self, args):
         """The guards of the current call state (see ``signature``), for a runner."""
-        state = self.state
+        state = self.reached
         return step_guard(
             tape.is_grad_enabled(),
             args,

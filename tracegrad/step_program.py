@@ -100,12 +100,71 @@ class StepProgram:
         ]
 
 
+@dataclass
+class _TracedStep:
+    """One call of a training step, traced: its graph returns the function's results, then
+    the new values of the tensors it updated in place, then the values its sinks store."""
+
+    graph: Graph
+    tracer: Tracer
+    n_results: int
+    structure: object  # of what the function returned (tracegrad.pytree)
+    targets: list[Tensor]  # lifted tensors updated in place
+    updated_args: tuple[int, ...]  # tensor arguments updated in place
+    updated: list[str]  # the inputs updated in place, by name (graph.updates' keys)
+    sinks: list[Sink]
+    arg_grads: tuple[int, ...]  # tensor arguments whose .grad is an input
+
+
 def trace_step(compiled, args, signature) -> StepProgram:
     """Trace one call of a training step and generate its single function (the state it
-    reaches is the one ``compiled.state`` took in for this call)."""
-    names = compiled.state.names()
+    reaches is the one ``compiled.reached`` took in for this call); a function calling no
+    backward() gets a forward and backward instead (``trace_function``)."""
+    reached = compiled.reached
+    names = reached.names()
     # (its watched modules' parameters and every tensor it reached or read before)
-    grads_before = {id(t): (t, t.grad) for _, t in compiled.state.state_tensors().values()}
+    grads_before = {id(t): (t, t.grad) for _, t in reached.state_tensors().values()}
+    traced = _trace_call(compiled, args, names)
+    arg_grads = {id(a): (a, a.grad) for a in args if isinstance(a, Tensor)}
+    restore_grads(traced.sinks, {**grads_before, **arg_grads})
+    tracer = traced.tracer
+    python_reads = values_read(tracer)
+    if not (tracer.backward_calls or tracer.optimizers):
+        return trace_function(compiled, args, signature, names)
+    _refuse_outside_history(tracer)
+    program, report = _generate_step(compiled, traced, signature, args)
+    lifted = [t for t, _ in tracer.lifted.values()]
+    # Tensors that require grad and were read, however the function reached them: their
+    # .grad (present or not) decides what the program computes, so it is guarded.
+    for t, value in tracer.lifted.values():
+        if t.requires_grad:
+            reached.watch_tensor(value.name, t)
+    reached.note_stepped(tracer.optimizers)
+    owners = {id(grad): t for t, grad in grads_before.values() if grad is not None}
+    n = traced.n_results
+    return StepProgram(
+        program,
+        signature,
+        lifted,
+        traced.targets,
+        traced.sinks,
+        n,
+        functools.partial(pytree.unflatten, traced.structure),
+        {i: owners[id(t)] for i, t in enumerate(lifted) if id(t) in owners},
+        report,
+        tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
+        traced.updated_args,
+        _written_in_place(program.graph, n, traced.updated),
+        values_read=python_reads,
+        captured=_captures(compiled, lifted),
+        arg_grads=traced.arg_grads,
+        returned_views=eager_views(traced.graph, n),
+    )
+
+
+def _trace_call(compiled, args, names: dict[int, str]) -> _TracedStep:
+    """Run the function on symbolic tensors with the tape recording (backward() and
+    optimizer steps are traced too)."""
     tracer = Tracer(mode="inline", names=names)
     arg_names = compiled.arg_names or argument_names(compiled.fn, len(args))
     with tracing(tracer), tape.enable_grad():
@@ -125,66 +184,46 @@ def trace_step(compiled, args, signature) -> StepProgram:
         targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
         sinks, sink_values = _collect_sinks(tracer, symbolic, args)
         graph = tracer.graph(results + new_values + sink_values, updates)
-    restore_grads(
-        sinks, {**grads_before, **{id(a): (a, a.grad) for a in args if isinstance(a, Tensor)}}
-    )
-    python_reads = values_read(tracer)
-    if not (tracer.backward_calls or tracer.optimizers):
-        return trace_function(compiled, args, signature, names)
-    _refuse_outside_history(tracer)
-    log("graph", lambda: f"traced step: {len(graph.nodes)} nodes\n{graph}")
+    return _TracedStep(
+        graph, tracer, len(results), structure, targets, updated_args, list(updates), sinks,
+        arg_grads,
+    )  # fmt: skip
+
+
+def _generate_step(compiled, traced: _TracedStep, signature, args) -> tuple[Program, Report]:
+    """The passes, then the step's one generated function (checked against the traced graph
+    with ``check=True``), and the report of what they did."""
+    log("graph", lambda: f"traced step: {len(traced.graph.nodes)} nodes\n{traced.graph}")
     report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
     pass_results: list = []
-    traced_graph, graph = graph, passes.run(graph, transforms(compiled.passes), pass_results)
-    stored = range(len(results) + len(new_values), len(graph.outputs))  # (.grad, state)
-    graph = returned_in_own_memory(graph, len(results), stored)
-    report.unplanned_traced = traced_graph
-    stage = "traced step (forward, backward and update)"
-    report.stages.append((stage, pass_results))
-    persistent = frozenset(v.name for v in graph.outputs[len(results) :])
+    graph = passes.run(traced.graph, transforms(compiled.passes), pass_results)
+    n = traced.n_results
+    stored = range(n + len(traced.updated), len(graph.outputs))  # (.grad, state)
+    graph = returned_in_own_memory(graph, n, stored)
+    report.unplanned_traced = traced.graph
+    report.stages.append((_STAGE, pass_results))
+    persistent = frozenset(v.name for v in graph.outputs[n:])
     program = generate(
-        [("step", graph)],
-        "training step",
-        compiled.debug_nans,
-        compiled.passes,
-        persistent,
+        [("step", graph)], "training step", compiled.debug_nans, compiled.passes, persistent,
         report=report,
-    )
+    )  # fmt: skip
     if compiled.check:
-        arrays = [a._data for a in args if isinstance(a, Tensor)]
-        arrays += [args[i].grad._data for i in arg_grads]
-        arrays += [t._data for t, _ in tracer.lifted.values()]
-        check_stages(traced_graph, [(stage, traced_graph, pass_results)], arrays)
-        run = functools.partial(program.call, "step")
-        labels = step_labels(traced_graph, len(results))
-        check_generated(traced_graph, run, arrays, "training step", labels)
-    lifted_tensors = [t for t, _ in tracer.lifted.values()]
-    # Tensors that require grad and were read, however the function reached them: their
-    # .grad (present or not) decides what the program computes, so it is guarded.
-    read = {value.name: t for t, value in tracer.lifted.values() if t.requires_grad}
-    for name, t in read.items():
-        compiled.state.watch_tensor(name, t)
-    compiled.state.note_stepped(tracer.optimizers)
-    owners = {id(grad): t for t, grad in grads_before.values() if grad is not None}
-    grad_of = {i: owners[id(t)] for i, t in enumerate(lifted_tensors) if id(t) in owners}
-    return StepProgram(
-        program,
-        signature,
-        lifted_tensors,
-        targets,
-        sinks,
-        len(results),
-        functools.partial(pytree.unflatten, structure),
-        grad_of,
-        report,
-        tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
-        updated_args,
-        _written_in_place(program.graph, len(results), list(updates)),
-        values_read=python_reads,
-        captured=_captures(compiled, lifted_tensors),
-        arg_grads=arg_grads,
-        returned_views=eager_views(traced_graph, len(results)),
-    )
+        _check_step(traced, program, pass_results, args)
+    return program, report
+
+
+_STAGE = "traced step (forward, backward and update)"
+
+
+def _check_step(traced: _TracedStep, program: Program, pass_results, args) -> None:
+    """check=True: every pass snapshot, then the generated step, against the traced graph."""
+    arrays = [a._data for a in args if isinstance(a, Tensor)]
+    arrays += [args[i].grad._data for i in traced.arg_grads]
+    arrays += [t._data for t, _ in traced.tracer.lifted.values()]
+    check_stages(traced.graph, [(_STAGE, traced.graph, pass_results)], arrays)
+    run = functools.partial(program.call, "step")
+    labels = step_labels(traced.graph, traced.n_results)
+    check_generated(traced.graph, run, arrays, "training step", labels)
 
 
 def _trace_argument_grads(tracer: Tracer, args, symbolic, arg_names) -> tuple[int, ...]:
@@ -226,7 +265,7 @@ def trace_function(compiled, args, signature, names) -> StepProgram:
     module.report, module.lock = report, compiled._lock
     for t, value in zip(traced.lifted, traced.graph.inputs[-len(traced.lifted) :], strict=False):
         if t.requires_grad:
-            compiled.state.watch_tensor(value.name, t)
+            compiled.reached.watch_tensor(value.name, t)
     return StepProgram(
         module.program,
         signature,
@@ -248,8 +287,8 @@ def _captures(compiled, lifted: list[Tensor]) -> tuple:
     """Where the function finds the lifted tensors that are not state it guards already
     (parameters and buffers of the modules it reaches, tensors bound to its names, optimizer
     state, .grad)."""
-    owned = compiled.state.owned(lifted)
-    return tuple(captures.find(compiled.state.fn, lifted, owned))
+    owned = compiled.reached.owned(lifted)
+    return tuple(captures.find(compiled.reached.fn, lifted, owned))
 
 
 def _written_in_place(graph: Graph, first: int, targets: list[str]) -> frozenset[int]:
