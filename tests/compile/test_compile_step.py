@@ -210,7 +210,7 @@ def test_grads_that_are_views_of_program_memory_accumulate_like_eager():
     assert_same_state(model_c, opt_c, model_e, opt_e)
     fresh_step(*batches(1, (5, 6), 3)[0])
     planned = fresh_step.latest.program.buffer_ids
-    grad = model_c.scale.grad._data
+    grad = model_c.scale.grad.numpy()
     assert grad.base is not None and planned_home(grad, planned) is not None
 
 
@@ -516,11 +516,11 @@ def test_adam_step_count_is_incremented_in_its_own_array(training_step):
         step(x, y)
     assert "out=opt_step0)" in step.code
     counts = [opt.state[p]["step"] for p in model.parameters()]
-    arrays = [c._data for c in counts]
+    arrays = [c.numpy() for c in counts]
     for x, y in batches(2, (5, 6), 3, seed=7):
         step(x, y)
     assert [c.item() for c in counts] == [5.0] * len(counts)
-    assert all(c._data is a for c, a in zip(counts, arrays, strict=True))
+    assert all(np.shares_memory(c.numpy(), a) for c, a in zip(counts, arrays, strict=True))
 
 
 @pytest.mark.parametrize("passes", ["default", None], ids=["default", "unoptimized"])
@@ -532,10 +532,11 @@ def test_updates_written_in_place_are_not_copied_back(training_step, passes):
     written = spec.updated_in_place
     everything = frozenset(range(len(spec.update_targets)))
     assert written == (everything if passes else frozenset())
-    arrays = [t._data for t in spec.update_targets]
+    arrays = [t.detach().numpy() for t in spec.update_targets]
     for x, y in batches(2, (5, 6), 3, seed=7):
         step(x, y)
-    assert all(t._data is a for t, a in zip(spec.update_targets, arrays, strict=True))
+    updated = zip(spec.update_targets, arrays, strict=True)
+    assert all(np.shares_memory(t.detach().numpy(), a) for t, a in updated)
 
 
 def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
@@ -544,7 +545,7 @@ def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
     model_e, opt_e, _, _ = train(training_step, OPTIMIZERS["adam"], compiled=False, steps=3)
     model_c, opt_c, _, step = train(training_step, OPTIMIZERS["adam"], compiled=True, steps=3)
     grads = [p.grad for p in model_c.parameters()]
-    memory = [g._data for g in grads]
+    memory = [g.numpy() for g in grads]
     for x, y in batches(3, (5, 6), 3, seed=9):
         for model, opt, fn in ((model_e, opt_e, None), (model_c, opt_c, step)):
             if fn is None:
@@ -554,12 +555,14 @@ def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
             else:
                 fn(x, y)
     assert_same_state(model_c, opt_c, model_e, opt_e)
+    # each .grad is the same tensor in the same memory, holding the last step's gradient
     for p, grad, array in zip(model_c.parameters(), grads, memory, strict=True):
-        assert p.grad is grad and p.grad._data is array
+        assert p.grad is grad and np.shares_memory(p.grad.numpy(), array)
+        np.testing.assert_array_equal(p.grad.numpy(), array)
     planned = step.latest.program.buffer_ids
     # each .grad is a planned buffer, or a view of all of one (a weight's gradient
     # computed as rows @ rows)
-    assert all(planned_home(g._data, planned) is not None for g in grads)
+    assert all(planned_home(g.numpy(), planned) is not None for g in grads)
 
 
 def test_a_grad_the_user_placed_keeps_its_memory():
