@@ -23,9 +23,8 @@ from tracegrad.signature import Signature, identity, input_label, tensor_guards,
 from tracegrad.specialize import Specializer
 from tracegrad.state import ReachedState, is_module
 from tracegrad.step import CompiledFunction
-from tracegrad.tensor import Tensor, active_tracer
+from tracegrad.tensor import Tensor
 from tracegrad.traced import STRUCTURED, argument_names, calling_with, leaf_names, trace_call
-from tracegrad.users_line import at_users_line
 
 
 class CompiledModule(Specializer):
@@ -86,14 +85,8 @@ class CompiledModule(Specializer):
 
     is_compiled_module = True  # (a Module holds it as a submodule: net.enc = tg.compile(net.enc))
 
-    def __call__(self, *args, **kwargs):
-        if active_tracer() is not None:  # a piece of a program being traced: traced in
-            return self.module(*args, **kwargs)
-        with self._lock:
-            try:
-                return self._call(args, kwargs)
-            except Exception as exc:
-                at_users_line(exc)
+    def _trace_through(self, args, kwargs):
+        return self.module(*args, **kwargs)
 
     def _call(self, args, kwargs):
         original_args = args

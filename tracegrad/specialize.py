@@ -27,6 +27,8 @@ from tracegrad.explain import render
 from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
 from tracegrad.signature import NO_CHANGE, Signature, signature_diff
+from tracegrad.tensor import active_tracer
+from tracegrad.users_line import at_users_line
 
 # How many specializations a compiled module or function keeps: a call of a new signature
 # past them runs eagerly (PyTorch's torch._dynamo.config.cache_size_limit). Read at each call.
@@ -127,6 +129,25 @@ class Specializer:
         spec = self._latest()
         return spec.program.export(path, spec.state())
 
+    # --- calling --------------------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        if active_tracer() is not None:  # a piece of a program being traced: traced in
+            return self._trace_through(args, kwargs)
+        with self._lock:  # one call at a time (see __init__)
+            try:
+                return self._call(args, kwargs)
+            except Exception as exc:
+                at_users_line(exc)
+
+    def _trace_through(self, args, kwargs):
+        raise NotImplementedError
+
+    def _call(self, args, kwargs):
+        """Run the call: the latest specialization when its guards accept it, else the one
+        cached for the call's signature, else a new one (or eagerly, past the policy)."""
+        raise NotImplementedError
+
     # --- the cache ------------------------------------------------------------------------------
 
     def cached(self, signature: Signature):
@@ -166,7 +187,7 @@ class Specializer:
                     f"tracegrad: {self.title} has {cached} specializations (CACHE_SIZE_LIMIT "
                     f"in tracegrad.specialize); calls of new signatures run eagerly. Last "
                     f"recompile would have been because {reason}",
-                    stacklevel=5,
+                    stacklevel=6,  # (the caller of the compiled callable)
                 )
             self.ran_eagerly = True
             return False

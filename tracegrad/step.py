@@ -19,9 +19,8 @@ from tracegrad.signature import Signature, input_label, tensor_guards
 from tracegrad.specialize import Specializer
 from tracegrad.state import ReachedState, optimizer_groups
 from tracegrad.step_program import StepProgram, trace_step
-from tracegrad.tensor import Tensor, active_tracer
+from tracegrad.tensor import Tensor
 from tracegrad.traced import STRUCTURED, calling_with, leaf_names
-from tracegrad.users_line import at_users_line
 from tracegrad.views import show_views
 
 
@@ -54,16 +53,6 @@ class CompiledFunction(Specializer):
         return tuple(guards + self.reached.signature(bool(self._cache)))
 
     # --- calling --------------------------------------------------------------------------------
-
-    def __call__(self, *args, **kwargs):
-        if active_tracer() is not None:
-            return self._trace_through(args, kwargs)
-        # One call at a time: the runner writes state back
-        with self._lock:
-            try:
-                return self._call(args, kwargs)
-            except Exception as exc:
-                at_users_line(exc)
 
     def _call(self, args, kwargs):
         if kwargs or any(type(a) in STRUCTURED for a in args):
