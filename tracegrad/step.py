@@ -147,18 +147,19 @@ class CompiledFunction(Specializer):
         if spec.module is not None:
             spec.runner = _function_runner(spec)
         else:
-            spec.runner = build_runner(guards, _bindings(spec), self.title)
+            spec.runner = build_runner(_bindings(spec, guards), self.title)
         if spec.values_read or spec.captured:
             spec.runner = _checking(spec.runner, spec.still_valid)
         if spec.returned_views and spec.module is None:
             spec.runner = _showing_views(spec.runner, spec)
 
 
-def _bindings(spec: StepProgram) -> RunnerBindings:
-    """What the runner of a whole step reads and writes."""
+def _bindings(spec: StepProgram, guards) -> RunnerBindings:
+    """What the runner of a whole step checks, reads and writes."""
     program = spec.program
     one_tensor = spec.rebuild.args == (pytree.TENSOR,)  # (the function returned one tensor)
     return RunnerBindings(
+        guards=guards,
         step=program.functions["step"],
         planned=program.buffer_ids,
         tensor_args=spec.tensor_args,

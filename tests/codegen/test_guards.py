@@ -10,8 +10,9 @@ import pytest
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
-from tracegrad import nn, optim
-from tracegrad.codegen.runner import MISS
+from tracegrad import nn, optim, tape
+from tracegrad.codegen.guards import GuardBuilder
+from tracegrad.codegen.runner import MISS, RunnerBindings, build_runner
 
 
 def compiled_step():
@@ -336,3 +337,40 @@ def test_a_plain_dict_group_is_read_on_every_call():
     assert compiled.latest.guard((x, y))
     opt.param_groups[0]["momentum"] = 0.5  # (changes no count either)
     assert not compiled.latest.guard((x, y))
+
+
+def test_a_runner_is_rendered_from_its_bindings():
+    """A runner made from hand-written bindings: its guards refuse a call of another shape
+    (unless trusted); it passes the arrays of the arguments and the state to the step, writes
+    the new value of an updated tensor back into its memory (moving its version) and returns
+    the one result as a tensor."""
+    w = tg.tensor(np.array([1.0, 2.0]))
+    memory, version = w.numpy(), w._version[0]
+    guards = GuardBuilder()
+    guards.call((w,), tape.is_grad_enabled())
+    bindings = RunnerBindings(
+        guards=guards,
+        step=lambda x, state: (x + state, state * 2.0),
+        planned=frozenset(),
+        tensor_args=(0,),
+        arg_grads=(),
+        state=[w],
+        grad_of=frozenset(),
+        n_results=1,
+        updated=[w],
+        updated_args=(),
+        written_in_place=frozenset(),
+        sinks=[],
+        uses_rng=False,
+        rebuild=None,
+    )
+    run = build_runner(bindings, "hand-made")
+    assert run((tg.ones(3),)) is MISS
+    out = run((tg.tensor(np.array([10.0, 20.0])),))
+    np.testing.assert_array_equal(out.numpy(), [11.0, 22.0])
+    np.testing.assert_array_equal(w.numpy(), [2.0, 4.0])
+    assert np.shares_memory(w.numpy(), memory) and w._version[0] == version + 1
+    needing_grad = tg.ones(2, dtype=tg.float64, requires_grad=True)
+    assert run((needing_grad,)) is MISS
+    out = run((needing_grad,), trusted=True)  # (a trusted call skips the guards)
+    np.testing.assert_array_equal(out.numpy(), [3.0, 5.0])

@@ -1,10 +1,11 @@
 """The runner of a compiled step: one generated function per specialization that checks the
 call against its guards and runs the step.
 
-``RunnerBindings`` lists what the runner reads and writes, by position: the tensor arguments
-and the lifted state passed to the generated step (a ``.grad`` read through its owner, since
-code outside may replace it), the results written back into updated tensors, and those stored
-by sinks (tracegrad.buffers). ``build_runner`` renders ``runner.py.j2`` from them and loads it.
+``RunnerBindings`` lists what the runner checks (the guards), reads and writes, by position:
+the tensor arguments and the lifted state passed to the generated step (a ``.grad`` read
+through its owner, since code outside may replace it), the results written back into updated
+tensors, and those stored by sinks (tracegrad.buffers). ``build_runner`` renders
+``runner.py.j2`` from them and loads it: only codegen writes Python source.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ MISS = _Miss()  # what a runner returns for a call its guards refuse
 
 @dataclass
 class RunnerBindings:
-    """What a step's runner passes to the generated step and does with its results."""
+    """What a step's runner checks, passes to the generated step and does with its
+    results."""
 
+    guards: GuardBuilder  # its specialization's checks, made unless the call is trusted
     step: Callable  # the generated step
     planned: frozenset[int]  # id() of its planned buffers
     tensor_args: tuple[int, ...]  # argument positions passed as arrays, first
@@ -52,10 +55,11 @@ class RunnerBindings:
     rebuild: Callable | None  # the returned structure from the results; None for one tensor
 
 
-def build_runner(guards: GuardBuilder, bindings: RunnerBindings, title: str) -> Callable:
-    """A function ``run(args, trusted=False)``: the ``guards`` (MISS when one fails, skipped
-    when ``trusted``), then the step on the call's arrays, writing back and storing results,
-    and returning what the function returned."""
+def build_runner(bindings: RunnerBindings, title: str) -> Callable:
+    """A function ``run(args, trusted=False)``: the guards (MISS when one fails, skipped when
+    ``trusted``), then the step on the call's arrays, writing back and storing results, and
+    returning what the function returned."""
+    guards = bindings.guards
     source = _ENV.get_template("runner.py.j2").render(
         title=title,
         checks=guards.checks,
