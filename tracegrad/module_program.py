@@ -79,7 +79,10 @@ class ModuleProgram:
 
 def build_module_program(
     traced: Traced, args, passes_spec, debug_nans: bool, report: Report, check: bool = False
-):
+) -> ModuleProgram:
+    """The passes on the traced forward; then, with no gradient to compute, a forward alone,
+    else reverse mode, the passes on the joint graph, and a forward and a backward split from
+    it (checked against the traced graph with ``check=True``)."""
     forward_results: list = []
     graph = passes.run(traced.graph, transforms(passes_spec), forward_results)
     report.stages.append(("traced forward graph", forward_results))
@@ -100,24 +103,13 @@ def build_module_program(
     eager_outputs = _requiring_grad(traced.graph, n_out, set(wrt))
     wrt = [wrt[i] for i in reached]  # as in eager mode, unreached parameters keep grad None
     reads = _dependencies(traced.graph, n_out)  # before passes fuse outputs together
-    joint_results: list = []
-    joint = passes.run(joint, transforms(passes_spec), joint_results)
-    report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
     n_forward = len(graph.outputs)
-    changing = frozenset(traced.graph.updates)  # (inputs written after the forward)
-    forward, backward = autodiff.split(joint, n_forward, seeds, changing, n_out)
-    forward = returned_in_own_memory(forward, n_out)
-    report.saved = autodiff.saved_values(forward, backward, n_forward)
-    log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
-    parts = [("forward", forward), ("backward", backward)]
-    # Saved values may live in planned memory (a training loop then allocates none), but not
-    # the values the caller gets back, which must outlive the next call.
-    returned = {v.name for v in forward.outputs[:n_forward]}
-    saved = frozenset(v.name for v in forward.outputs[n_forward:]) - returned
-    program = generate(parts, "forward and backward", debug_nans, passes_spec, saved, report)
-    n_saved = len(forward.outputs) - n_forward
+    forward, backward = _split(traced, joint, seeds, n_forward, passes_spec, report)
+    program = _generate_forward_and_backward(forward, backward, n_forward, debug_nans,
+                                             passes_spec, report)  # fmt: skip
     if check:
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
+    n_saved = len(forward.outputs) - n_forward
     spec = ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
     spec.without_gradient = [i for i in eager_outputs if i not in differentiable]
     spec.connected = [i for i in differentiable if i in eager_outputs]
@@ -126,6 +118,32 @@ def build_module_program(
     saved_at = range(n_forward, len(forward.outputs))
     spec.saved_updates = views_of(forward, saved_at, updates, shapes)
     return spec
+
+
+def _split(traced: Traced, joint: Graph, seeds, n_forward: int, passes_spec, report: Report):
+    """The passes on the joint graph, then its forward and backward: the forward returns
+    the function's results, its updates, then the values the backward reads (saved)."""
+    joint_results: list = []
+    joint = passes.run(joint, transforms(passes_spec), joint_results)
+    report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
+    n_out = traced.n_outputs
+    changing = frozenset(traced.graph.updates)  # (inputs written after the forward)
+    forward, backward = autodiff.split(joint, n_forward, seeds, changing, n_out)
+    forward = returned_in_own_memory(forward, n_out)
+    report.saved = autodiff.saved_values(forward, backward, n_forward)
+    log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
+    return forward, backward
+
+
+def _generate_forward_and_backward(
+    forward: Graph, backward: Graph, n_forward: int, debug_nans: bool, passes_spec, report
+) -> Program:
+    parts = [("forward", forward), ("backward", backward)]
+    # Saved values may live in planned memory (a training loop then allocates none), but not
+    # the values the caller gets back, which must outlive the next call.
+    returned = {v.name for v in forward.outputs[:n_forward]}
+    saved = frozenset(v.name for v in forward.outputs[n_forward:]) - returned
+    return generate(parts, "forward and backward", debug_nans, passes_spec, saved, report)
 
 
 def run_module_program(spec: ModuleProgram, args):
