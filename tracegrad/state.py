@@ -11,12 +11,23 @@ call, and guards make a change to what they are recompile.
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass
 
-from tracegrad.codegen import names as safe
 from tracegrad.codegen.guards import PLAIN, plain_attributes
 from tracegrad.signature import Shown, dtype_name, identity
 from tracegrad.tensor import Tensor
 from tracegrad.tracer.hyperparameters import is_number
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A name the function reaches state by that may be bound to another object later (a
+    global, a closure variable, an attribute of a trainer), and where to read it again."""
+
+    namespace: object  # a closure cell, a globals dict, or the object holding the attribute
+    kind: str  # "cell", "global" or "attribute"
+    key: str  # the name in that namespace
+    held: object  # what it holds now
 
 
 def is_module(obj) -> bool:
@@ -45,8 +56,8 @@ def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
     among those, such as a trainer holding its model and optimizer), and tensors requiring
     grad, by the name it uses for them: they give inputs readable names and are guarded.
     Last, for the names that can be bound to another object later (a global, a closure
-    variable, an attribute of such a trainer), where to read them again: name -> (the
-    namespace, a format string reading the name from it)."""
+    variable, an attribute of such a trainer), where to read them again: name -> its
+    ``Binding``."""
     found, readers = {}, {}
     owner = getattr(fn, "__self__", None)
     if owner is not None:
@@ -55,13 +66,11 @@ def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
     if code is not None:
         cells = fn.__closure__ or ()
         for name, cell in zip(code.co_freevars, cells, strict=False):
-            found[name], readers[name] = cell.cell_contents, (cell, "{}.cell_contents")
+            found[name], readers[name] = cell.cell_contents, (cell, "cell", name)
         for name in code.co_names:
             if name in fn.__globals__:
-                found[name], readers[name] = (
-                    fn.__globals__[name],
-                    (fn.__globals__, f"{{}}.get({safe.literal(name)})"),
-                )
+                found[name] = fn.__globals__[name]
+                readers[name] = (fn.__globals__, "global", name)
         defaults = fn.__defaults__ or ()
         positional = code.co_varnames[: code.co_argcount]
         found.update(zip(positional[len(positional) - len(defaults) :], defaults, strict=True))
@@ -72,8 +81,7 @@ def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
             for key, value in vars(obj).items():
                 if isinstance(key, str) and f"{name}.{key}" not in found:
                     found[f"{name}.{key}"] = value
-                    read = f"{{}}.__dict__.get({safe.literal(str(key))})"
-                    readers[f"{name}.{key}"] = (obj, read)
+                    readers[f"{name}.{key}"] = (obj, "attribute", key)
     found = {n: o for n, o in found.items() if not isinstance(o, type)}  # classes are no state
     modules = {n: o for n, o in found.items() if is_module(o)}
     optimizers = {n: o for n, o in found.items() if _is_optimizer(o)}
@@ -81,7 +89,7 @@ def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
     state = {**modules, **optimizers, **tensors}
     # a holder of state is read again too (a new trainer may hold a new model)
     holders = {n.rpartition(".")[0] for n in state if "." in n}
-    bound = {n: (*readers[n], found[n]) for n in [*state, *holders] if n in readers}
+    bound = {n: Binding(*readers[n], found[n]) for n in [*state, *holders] if n in readers}
     return modules, optimizers, tensors, bound
 
 
@@ -109,7 +117,7 @@ class ReachedState:
         self.modules: dict[str, object] = {}
         self.named_optimizers: dict[str, object] = {}
         self.tensors: dict[str, Tensor] = {}  # requiring grad, by the name reaching them
-        self.bindings: dict[str, tuple] = {}  # rebindable name -> (namespace, read, object)
+        self.bindings: dict[str, Binding] = {}  # by the rebindable name
         # Tensors requiring grad it reached or read, and optimizers its tracing stepped
         self.watched_tensors: dict[int, tuple[str, Tensor]] = {}
         self.traced_optimizers: dict[str, object] = {}
@@ -181,7 +189,7 @@ class ReachedState:
         stepped = self.stepped_optimizers(traced_before)
         for name, opt in self.optimizers().items():
             guards += _optimizer_guards(name, opt, any(opt is o for o in stepped))
-        guards += [(f"binding {name}", identity(b[-1])) for name, b in self.bindings.items()]
+        guards += [(f"binding {name}", identity(b.held)) for name, b in self.bindings.items()]
         for name, module in self.modules.items():
             guards += _module_guards(name, module)
         return guards

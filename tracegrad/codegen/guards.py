@@ -104,11 +104,11 @@ def step_guard(
     grad_mode, args, tensors, optimizers, modules, optimizer_groups, bindings, stepped=()
 ) -> GuardBuilder:
     """The guards of a compiled step (for its runner): its arguments, the names it reaches its
-    state by (``bindings``: (namespace, a format string reading the name, the object it
-    holds now) each), the watched ``tensors`` (and whether each has a .grad, of which shape),
-    the ``optimizers`` (their groups' settings as ``optimizer_groups`` computes them, and
-    the state of those ``stepped``, whose update the program traced) and the trees of
-    ``modules``, as they are now."""
+    state by (``bindings``: a tracegrad.state.Binding each, read again), the watched
+    ``tensors`` (and whether each has a .grad, of which shape), the ``optimizers`` (their
+    groups' settings as ``optimizer_groups`` computes them, and the state of those
+    ``stepped``, whose update the program traced) and the trees of ``modules``, as they are
+    now."""
     b = GuardBuilder()
     b.names["optimizer_groups"] = optimizer_groups
     b.call(args, grad_mode)
@@ -120,10 +120,9 @@ def step_guard(
                 b.check(
                     f"g is None or g._data.shape != {a.grad._data.shape}", f"g = args[{i}].grad"
                 )
-    # (replace, not format: the key a read names may hold braces)
     rebound = [
-        f"{read.replace('{}', b.name('N', ns), 1)} is not {b.name('R', obj)}"
-        for ns, read, obj in bindings
+        f"{_read_again(b.name('N', bound.namespace), bound)} is not {b.name('R', bound.held)}"
+        for bound in bindings
     ]
     if rebound:  # (a global bound to a new model, say)
         b.check(" or ".join(rebound))
@@ -140,6 +139,15 @@ def step_guard(
     for module in modules:
         _module_tree(b, module, names)
     return b
+
+
+def _read_again(namespace: str, bound) -> str:
+    """The expression reading a tracegrad.state.Binding anew from its ``namespace``."""
+    if bound.kind == "cell":
+        return f"{namespace}.cell_contents"
+    if bound.kind == "global":
+        return f"{namespace}.get({safe.literal(bound.key)})"
+    return f"{namespace}.__dict__.get({safe.literal(bound.key)})"
 
 
 def _module_tree(b: GuardBuilder, module, names: dict) -> tuple[list, list]:
