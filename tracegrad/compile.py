@@ -99,7 +99,8 @@ class CompiledModule:
     def visualize(self, path):
         """Write a picture of the latest specialization; the suffix picks the format: .html
         (forward and backward, before and after passes, with the code), .svg or .dot."""
-        return viz.render(self.views(), path, code=self.code)
+        parts = self._latest().program.parts
+        return viz.render(self.views(), path, code=self.code, generated=parts)
 
     def export(self, path):
         """Write the latest specialization's forward and backward as a standalone NumPy module

@@ -21,7 +21,7 @@ from tracegrad.ir.graph import Graph, copies_where_made
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes import pipeline
-from tracegrad.passes.memory import aliases, plan
+from tracegrad.passes.memory import MemoryPlan, aliases, plan_memory
 from tracegrad.random import generator
 from tracegrad.tensor import Tensor
 from tracegrad.tracer import Tracer, tracing
@@ -239,12 +239,12 @@ def returned_in_own_memory(graph: Graph, n_returned: int, kept=range(0)) -> Grap
     root = aliases(graph)
     producers = graph.producers()
     # inputs, and new values of inputs (written into the input's memory after the call)
-    inputs = {id(v) for v in graph.inputs} | {id(root[id(v)]) for v in graph.updates.values()}
+    inputs = set(graph.inputs) | {root[v] for v in graph.updates.values()}
 
     def shared(v) -> bool:
-        base = root[id(v)]
+        base = root[v]
         node = producers.get(id(base))
-        return id(base) in inputs or (node is not None and node.op == CONSTANT)
+        return base in inputs or (node is not None and node.op == CONSTANT)
 
     positions = [*range(n_returned), *kept]
     copied = [i for i in positions if shared(graph.outputs[i])]
@@ -315,12 +315,17 @@ def show_views(results: list, inputs: list, views: tuple) -> None:
             results[k] = array
 
 
-def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> Graph:
-    """The planning passes of the pipeline, in order, on a copy of one function's graph."""
+def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> tuple[Graph, MemoryPlan]:
+    """The planning passes of the pipeline on a copy of one function's graph, and its memory
+    plan (every result in fresh memory when the pipeline has no ``memory`` pass)."""
     graph = graph.copy()
-    for name in pipeline.planning(passes_spec):
-        graph = plan(graph, persistent) if name == "memory" else pipeline.PASSES[name].fn(graph)
-    return graph
+    names = pipeline.planning(passes_spec)
+    for name in names:
+        if name != "memory":
+            graph = pipeline.PASSES[name].fn(graph)
+    if "memory" in names:
+        return graph, plan_memory(graph, persistent)
+    return graph, MemoryPlan.fresh(graph)
 
 
 def generate(
@@ -334,14 +339,15 @@ def generate(
     """Emit one module holding a function per (name, graph) part and load it. Planning passes
     (the memory plan) run on each part first; ``persistent`` outputs may use planned memory."""
     unplanned = parts
-    parts = [(name, _plan(graph, passes_spec, persistent)) for name, graph in parts]
+    planned = [(name, *_plan(graph, passes_spec, persistent)) for name, graph in parts]
+    parts = [(name, graph) for name, graph, _ in planned]
     if report is not None:
         report.unplanned, report.planned = unplanned, parts
     sources, uses_rng, constants = [], {}, {}
-    for name, graph in parts:
-        fn = codegen.emit_function(graph, name, debug_nans=debug_nans)
+    for name, graph, memory in planned:
+        fn = codegen.emit_function(graph, name, memory, debug_nans=debug_nans)
         if report is not None:
-            report.allocated[name] = [(shape, dtype) for _, shape, dtype in fn.buffers]
+            report.emitted[name] = fn
         uses_rng[name] = any(RANDOM in OPS[n.op].props for n in graph.nodes if n.op in OPS)
         if uses_rng[name]:
             fn.params.append("rng")

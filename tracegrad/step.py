@@ -30,7 +30,7 @@ from tracegrad.errors import TraceError
 from tracegrad.explain import Report, render
 from tracegrad.ir.graph import Graph
 from tracegrad.module_program import ModuleProgram, build_module_program, run_module_program
-from tracegrad.passes.memory import aliases, homes
+from tracegrad.passes.memory import MemoryPlan
 from tracegrad.passes.pipeline import transforms
 from tracegrad.random import generator
 from tracegrad.specialize import (
@@ -369,7 +369,8 @@ class CompiledFunction:
 
     def visualize(self, path):
         """Write a picture of the latest specialization's step (.html, .svg or .dot)."""
-        return viz.render(self.views(), path, code=self.code)
+        parts = self._latest().program.parts
+        return viz.render(self.views(), path, code=self.code, generated=parts)
 
     def explain(self) -> str:
         """What compiling the latest specialization did (see CompiledModule.explain)."""
@@ -895,7 +896,7 @@ def trace_step(compiled: CompiledFunction, args, signature) -> StepProgram:
         report,
         tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
         updated_args,
-        _written_in_place(program.graph, len(results), list(updates)),
+        _written_in_place(program.graph, program.parts[0][0].plan, len(results), list(updates)),
         values_read=python_reads,
         captured=_captures(compiled, lifted_tensors),
         arg_grads=arg_grads,
@@ -973,21 +974,15 @@ def _captures(compiled: CompiledFunction, lifted: list[Tensor]) -> tuple:
     return tuple(captures.find(compiled.state_fn, lifted, owned))
 
 
-def _written_in_place(graph: Graph, first: int, targets: list[str]) -> frozenset[int]:
+def _written_in_place(
+    graph: Graph, plan: MemoryPlan, first: int, targets: list[str]
+) -> frozenset[int]:
     """Positions of the updates (the outputs from ``first`` on, of the inputs named
     ``targets``) that are their own input's memory, whole: written in place over it, whose
     array the step then returns (an op's out= form returns ``out``)."""
-    root = aliases(graph)
-    home = homes(graph, root)
     inputs = {v.name: v for v in graph.inputs}
     updates = zip(targets, graph.outputs[first:], strict=False)
-    return frozenset(
-        i
-        for i, (name, v) in enumerate(updates)
-        if root[id(v)] is v
-        and home[id(v)] == ("value", id(inputs[name]))
-        and inputs[name].type == v.type
-    )
+    return frozenset(i for i, (name, v) in enumerate(updates) if plan.is_whole(v, inputs[name]))
 
 
 def _collect_sinks(tracer: Tracer, symbolic, args) -> tuple[list[Sink], list]:

@@ -82,12 +82,13 @@ def test_the_plan_is_verified_against_the_aliasing_rule():
     """A plan written by hand, putting the fused kernel's result over its first input (which
     its second input reads transposed), is refused by name."""
     graph = tg.passes.run(tg.trace(lambda x: x - x.T, batch().detach()), transforms("default"))
-    graph = memory.plan(graph)
+    plan = memory.plan_memory(graph)
     kernel = next(n for n in graph.nodes if n.op in (FUSED, "sub"))
-    kernel.meta.pop("buffer", None)
-    kernel.meta["inplace"] = [v.name for v in kernel.inputs].index("x")
+    placements = dict(plan.placements)
+    placements[kernel.outputs[0]] = memory.InPlace([v.name for v in kernel.inputs].index("x"))
+    bad = memory.MemoryPlan.of(graph, placements, plan.buffers)
     with pytest.raises(memory.PlanError, match=f"%{kernel.outputs[0].name} = {kernel.op}"):
-        memory.verify(graph)
+        memory.verify_plan(graph, bad)
 
 
 def test_check_updates_state_once_and_keeps_the_random_stream():

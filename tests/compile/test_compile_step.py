@@ -12,7 +12,7 @@ from compile_zoo import train_step
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn, optim
-from tracegrad.step import planned_home
+from tracegrad.passes.memory import Pooled
 
 TOL = 1e-10
 STEPS = 20
@@ -209,9 +209,21 @@ def test_grads_that_are_views_of_program_memory_accumulate_like_eager():
     close(np.array(losses_c), np.array(losses_e))
     assert_same_state(model_c, opt_c, model_e, opt_e)
     fresh_step(*batches(1, (5, 6), 3)[0])
-    planned = fresh_step.latest.program.buffer_ids
-    grad = model_c.scale.grad._data
-    assert grad.base is not None and planned_home(grad, planned) is not None
+    gradient, viewed = planned_grads(fresh_step.latest)[id(model_c.scale)]
+    assert isinstance(gradient, Pooled) and viewed, "the plan: a view of a pooled buffer"
+
+
+def planned_grads(spec) -> dict[int, tuple]:
+    """id(tensor) -> (the memory the step's plan gives its new .grad, whether as a view),
+    for every .grad the compiled step ``spec`` stores (its last outputs are the stored
+    values, one per sink)."""
+    fn, graph = spec.program.parts[0]
+    stored = graph.outputs[len(graph.outputs) - len(spec.sinks) :]
+    return {
+        id(sink.owner): (fn.plan.memory_of(value), fn.plan.root[value] is not value)
+        for sink, value in zip(spec.sinks, stored, strict=True)
+        if sink.kind == "grad"
+    }
 
 
 def test_backward_only_without_zero_grad_accumulates_like_eager():
@@ -516,11 +528,11 @@ def test_adam_step_count_is_incremented_in_its_own_array(training_step):
         step(x, y)
     assert "out=opt_step0)" in step.code
     counts = [opt.state[p]["step"] for p in model.parameters()]
-    arrays = [c._data for c in counts]
+    arrays = [c.numpy() for c in counts]
     for x, y in batches(2, (5, 6), 3, seed=7):
         step(x, y)
     assert [c.item() for c in counts] == [5.0] * len(counts)
-    assert all(c._data is a for c, a in zip(counts, arrays, strict=True))
+    assert all(np.shares_memory(c.numpy(), a) for c, a in zip(counts, arrays, strict=True))
 
 
 @pytest.mark.parametrize("passes", ["default", None], ids=["default", "unoptimized"])
@@ -532,10 +544,11 @@ def test_updates_written_in_place_are_not_copied_back(training_step, passes):
     written = spec.updated_in_place
     everything = frozenset(range(len(spec.update_targets)))
     assert written == (everything if passes else frozenset())
-    arrays = [t._data for t in spec.update_targets]
+    arrays = [t.detach().numpy() for t in spec.update_targets]
     for x, y in batches(2, (5, 6), 3, seed=7):
         step(x, y)
-    assert all(t._data is a for t, a in zip(spec.update_targets, arrays, strict=True))
+    targets = [t.detach().numpy() for t in spec.update_targets]
+    assert all(np.shares_memory(t, a) for t, a in zip(targets, arrays, strict=True))
 
 
 def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
@@ -544,7 +557,7 @@ def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
     model_e, opt_e, _, _ = train(training_step, OPTIMIZERS["adam"], compiled=False, steps=3)
     model_c, opt_c, _, step = train(training_step, OPTIMIZERS["adam"], compiled=True, steps=3)
     grads = [p.grad for p in model_c.parameters()]
-    memory = [g._data for g in grads]
+    memory = [g.numpy() for g in grads]
     for x, y in batches(3, (5, 6), 3, seed=9):
         for model, opt, fn in ((model_e, opt_e, None), (model_c, opt_c, step)):
             if fn is None:
@@ -555,11 +568,11 @@ def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
                 fn(x, y)
     assert_same_state(model_c, opt_c, model_e, opt_e)
     for p, grad, array in zip(model_c.parameters(), grads, memory, strict=True):
-        assert p.grad is grad and p.grad._data is array
-    planned = step.latest.program.buffer_ids
-    # each .grad is a planned buffer, or a view of all of one (a weight's gradient
+        assert p.grad is grad and np.shares_memory(p.grad.numpy(), array)
+    # the plan puts each .grad in a pooled buffer, or a view of one (a weight's gradient
     # computed as rows @ rows)
-    assert all(planned_home(g._data, planned) is not None for g in grads)
+    memories = planned_grads(step.latest).values()
+    assert all(isinstance(memory, Pooled) for memory, _ in memories)
 
 
 def test_a_grad_the_user_placed_keeps_its_memory():
