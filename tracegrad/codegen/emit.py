@@ -205,7 +205,8 @@ def emit_function(
     plan = MemoryPlan.fresh(graph) if plan is None else plan
     namer = Namer()
     params = [namer(v) for v in graph.inputs]
-    kernel_names = {n: f"{name}_kernel{i}" for i, n in enumerate(_fused_nodes(graph))}
+    fused = [node for node in graph.nodes if node.op == FUSED]
+    kernel_names = {node: f"{name}_kernel{i}" for i, node in enumerate(fused)}
     buffers = [(f"{name}_b{i}", shape, dtype) for i, (shape, dtype) in enumerate(plan.buffers)]
     loops = [] if debug_nans else loop_plan(graph, plan)
     local = _piece_buffers(graph, loops, name, buffers)
@@ -213,20 +214,22 @@ def emit_function(
     frame = _Frame(graph, plan, name, namer, kernel_names, buffers, local, whole)
     sections = _sections(frame, loops, debug_nans)
     returns = [namer(v) for v in graph.outputs]
-    # A whole buffer only values inside row loops were given is never touched: not allocated
-    used = {p.buffer for v, p in plan.placements.items() if isinstance(p, InBuffer)
-            and v not in local}  # fmt: skip
-    planned = len(plan.buffers)
-    buffers = [b for i, b in enumerate(buffers) if i >= planned or i in used]
     kernels = [emit_kernel(node, kernel) for node, kernel in kernel_names.items()]
     return FunctionSource(
-        name, params, sections, returns, frame.constants, buffers, kernels, frame.views,
-        names=namer.names, kernel_names=kernel_names, row_loops=loops, plan=plan,
+        name, params, sections, returns, frame.constants, _allocated(plan, buffers, local),
+        kernels, frame.views, names=namer.names, kernel_names=kernel_names, row_loops=loops,
+        plan=plan,
     )  # fmt: skip
 
 
-def _fused_nodes(graph: Graph) -> list[Node]:
-    return [node for node in graph.nodes if node.op == FUSED]
+def _allocated(plan: MemoryPlan, buffers: list, local: dict[Value, str]) -> list:
+    """The buffers the module allocates: every piece buffer, and each planned buffer some
+    value outside row loops lives in (one that only values inside loops were given is never
+    touched)."""
+    placed = plan.placements.items()
+    used = {p.buffer for v, p in placed if isinstance(p, InBuffer) and v not in local}
+    planned = len(plan.buffers)
+    return [b for i, b in enumerate(buffers) if i >= planned or i in used]
 
 
 def _sections(frame: _Frame, loops: list[RowLoop], debug_nans: bool) -> list[Section]:

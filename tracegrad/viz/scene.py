@@ -196,6 +196,8 @@ def _mark_memory(box: Box, plan: MemoryPlan, value) -> None:
     memory = plan.memory_of(value)
     if placement is not None and isinstance(memory, Pooled):
         box.buffer = memory.buffer
+    if box.badges:
+        box.details.append(("memory plan", " · ".join(box.badges)))
 
 
 def _fill_fused(box: Box, node, where: dict, edges: _EdgeSet) -> None:
