@@ -375,16 +375,14 @@ def loop_plan(graph: Graph, plan: MemoryPlan) -> list[RowLoop]:
 
 
 def _loop_locals(members, users, kept: set[Value], plan: MemoryPlan) -> list[Value]:
-    position = {id(n): i for i, n in enumerate(members)}
+    position = {n: i for i, n in enumerate(members)}
 
     def local(i: int, value) -> bool:
         readers = users.get(id(value), [])
         return (
             bool(readers)
             and value not in kept
-            and all(
-                position.get(id(r), -1) > i and not _overwrites(r, value, plan) for r in readers
-            )
+            and all(position.get(r, -1) > i and not _overwrites(r, value, plan) for r in readers)
         )
 
     return [

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tracegrad.codegen.emit import FunctionSource, Namer
-from tracegrad.ir.core import CONSTANT, CUSTOM
+from tracegrad.ir.core import CONSTANT, CUSTOM, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, REDUCE, VIEW, ops_with
 from tracegrad.passes.memory import InPlace, MemoryPlan, Pooled
@@ -131,18 +131,18 @@ def build_scene(
     else:
         variables = {value.name: name for value, name in emitted.names.items()}
         plan = emitted.plan
-    outputs = {id(v) for v in graph.outputs} | {id(v) for v in graph.updates.values()}
-    outputs |= {id(v) for v in graph.inputs if v.name in graph.updates}
-    where: dict[int, str] = {}  # id(value) -> id of the leaf box producing it
-    boxes = [_input_box(v, prefix, variables, id(v) in outputs) for v in graph.inputs]
+    outputs = {*graph.outputs, *graph.updates.values()}
+    outputs |= {v for v in graph.inputs if v.name in graph.updates}
+    where: dict[Value, str] = {}  # value -> id of the leaf box producing it
+    boxes = [_input_box(v, prefix, variables, v in outputs) for v in graph.inputs]
     for v, box in zip(graph.inputs, boxes, strict=True):
-        where[id(v)] = box.id
+        where[v] = box.id
     edges = _EdgeSet()
     for node in graph.nodes:
         box = _node_box(node, prefix, variables, where, edges)
         if plan is not None and node.outputs:
             _mark_memory(box, plan, node.outputs[0])
-        box.output = any(id(v) in outputs for v in node.outputs)
+        box.output = any(v in outputs for v in node.outputs)
         boxes.append(box)
     return Scene(title, prefix, boxes, edges.items())
 
@@ -182,9 +182,9 @@ def _node_box(node, prefix: str, variables: dict, where: dict, edges: _EdgeSet) 
         _fill_fused(box, node, where, edges)
         return box
     for v in node.inputs:
-        edges.add(where[id(v)], box.id, str(v.type))
+        edges.add(where[v], box.id, str(v.type))
     for v in node.outputs:
-        where[id(v)] = box.id
+        where[v] = box.id
     return box
 
 
@@ -206,7 +206,7 @@ def _fill_fused(box: Box, node, where: dict, edges: _EdgeSet) -> None:
     body: Graph = body_of(node)
     inner = dict(where)
     for outer, v in zip(node.inputs, body.inputs, strict=True):
-        inner[id(v)] = where[id(outer)]
+        inner[v] = where[outer]
     internal = _EdgeSet()
     for member in body.nodes:
         collected = _EdgeSet()
@@ -216,7 +216,7 @@ def _fill_fused(box: Box, node, where: dict, edges: _EdgeSet) -> None:
             (internal if inside else edges).add(edge.src, edge.dst, edge.label)
     box.member_edges = internal.items()
     for outer, v in zip(node.outputs, body.outputs, strict=True):
-        where[id(outer)] = inner[id(v)]
+        where[outer] = inner[v]
 
 
 def _input_box(v, prefix: str, variables: dict, output: bool) -> Box:
