@@ -2,12 +2,12 @@
 
 A *view* is a titled Graph, with the generated function (``FunctionSource``) that computes it
 when there is one: then the boxes take the code's variable names and the memory plan's badges
-from what the code generator recorded. Its scene
-has one ``Box`` per graph input and per IR node (a fused node's box holds the boxes of its
-body's nodes as ``members``) and one ``Edge`` per producer -> consumer pair between leaf boxes.
-Box ids are the value name of the node's first output, prefixed per view (``g0_12``,
-``g1_grad_7``); members of a fused node are named after it (``g0_15/3``). Every output format
-(DOT, SVG, HTML) is drawn from this one description.
+from what the code generator recorded. Its scene has one ``Box`` per graph input and per IR
+node (a fused node's box holds the boxes of its body's nodes as ``members``) and one ``Edge``
+per producer -> consumer pair between leaf boxes. Box ids are the value name of the node's
+first output, prefixed per view (``g0_12``, ``g1_grad_7``); members of a fused node are named
+after it (``g0_15/3``). Every output format (DOT, SVG, HTML) is drawn from this one
+description.
 """
 
 from __future__ import annotations
