@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tracegrad.codegen.emit import loop_plan
+from tracegrad.codegen.emit import FunctionSource
 from tracegrad.ir.graph import Graph
-from tracegrad.passes.memory import peak_bytes
+from tracegrad.passes.memory import InBuffer, InPlace, peak_bytes
 from tracegrad.passes.pipeline import PassResult
 
 
 @dataclass
 class Report:
     """Collected while compiling: passes per stage, the generated parts before and after the
-    memory plan, and the values saved for the backward."""
+    planning passes, what was emitted for each (its memory plan, buffers and row loops), and
+    the values saved for the backward."""
 
     title: str
     signature: tuple
@@ -22,9 +23,7 @@ class Report:
     unplanned: list[tuple[str, Graph]] = field(default_factory=list)
     planned: list[tuple[str, Graph]] = field(default_factory=list)
     saved: list = field(default_factory=list)
-    # the buffers each generated function allocates, (shape, dtype name): the memory plan's,
-    # less whole buffers that row loops replaced by buffers of one piece
-    allocated: dict[str, list[tuple]] = field(default_factory=dict)
+    emitted: dict[str, FunctionSource] = field(default_factory=dict)  # by function name
     unplanned_traced: Graph | None = None  # a whole step's graph as traced
 
 
@@ -58,6 +57,30 @@ def _pass_lines(result: PassResult) -> list[str]:
     return lines
 
 
+def _emitted_lines(fn: FunctionSource, before: Graph, after: Graph) -> list[str]:
+    """The memory plan of one generated function, and the buffers its code allocates (the
+    plan's, less whole buffers that row loops replaced by buffers of one piece)."""
+    plan = fn.plan
+    allocated = [(shape, dtype) for _, shape, dtype in fn.buffers]
+    return [
+        f"    memory plan: {plan.count(InPlace)} in-place writes, {plan.count(InBuffer)} values "
+        f"in {len(allocated)} reused buffers; estimated peak "
+        f"{format_bytes(peak_bytes(before))} before, "
+        f"{format_bytes(peak_bytes(after, plan, allocated))} after"
+    ]
+
+
+def _row_loop_lines(fn: FunctionSource) -> list[str]:
+    if not fn.row_loops:
+        return []
+    members = sum(loop.stop - loop.start for loop in fn.row_loops)
+    inside = sum(len(loop.inside) for loop in fn.row_loops)
+    return [
+        f"    row loops: {len(fn.row_loops)} loops run {members} elementwise nodes piece by "
+        f"piece of rows, each piece in cache ({inside} values need only a piece)"
+    ]
+
+
 def render(report: Report, recompile_reasons: list[str]) -> str:
     lines = [f"tracegrad explain: {report.title}", "", "guards (the signature this code is for):"]
     lines += [f"  {label} = {value}" for label, value in report.signature]
@@ -69,15 +92,7 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
     for (name, before), (_, after) in zip(report.unplanned, report.planned, strict=True):
         counts = ", ".join(f"{op} {n}" for op, n in after.op_counts().items())
         lines.append(f"  {name}: {len(after.nodes)} nodes ({counts})")
-        inplace = sum("inplace" in n.meta for n in after.nodes)
-        pooled = sum("buffer" in n.meta for n in after.nodes)
-        allocated = report.allocated.get(name)
-        buffers = len(after.meta.get("buffers", []) if allocated is None else allocated)
-        lines.append(
-            f"    memory plan: {inplace} in-place writes, {pooled} values in {buffers} reused "
-            f"buffers; estimated peak {format_bytes(peak_bytes(before))} before, "
-            f"{format_bytes(peak_bytes(after, allocated))} after"
-        )
+        lines += _emitted_lines(report.emitted[name], before, after)
         if after.meta.get("moved"):
             lines.append(
                 f"    schedule: {after.meta['moved']} nodes of results kept for the caller "
@@ -85,14 +100,7 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
             )
         if after.meta.get("hoisted"):
             lines.append(f"    schedule: {after.meta['hoisted']} scalar update nodes run first")
-        loops = loop_plan(after)
-        if loops:
-            members = sum(stop - start for start, stop, _ in loops)
-            inside = sum(len(values) for _, _, values in loops)
-            lines.append(
-                f"    row loops: {len(loops)} loops run {members} elementwise nodes piece by "
-                f"piece of rows, each piece in cache ({inside} values need only a piece)"
-            )
+        lines += _row_loop_lines(report.emitted[name])
     if report.saved:
         total = sum(v.type.nbytes for v, _ in report.saved)
         count = len(report.saved)

@@ -15,7 +15,7 @@ from tracegrad.logs import log
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes import pipeline
-from tracegrad.passes.memory import plan
+from tracegrad.passes.memory import MemoryPlan, plan_memory
 from tracegrad.random import generator
 
 
@@ -54,12 +54,17 @@ class Program:
             return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
 
 
-def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> Graph:
-    """The planning passes of the pipeline, in order, on a copy of one function's graph."""
+def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> tuple[Graph, MemoryPlan]:
+    """The planning passes of the pipeline on a copy of one function's graph, and its memory
+    plan (every result in fresh memory when the pipeline has no ``memory`` pass)."""
     graph = graph.copy()
-    for name in pipeline.planning(passes_spec):
-        graph = plan(graph, persistent) if name == "memory" else pipeline.PASSES[name].fn(graph)
-    return graph
+    names = pipeline.planning(passes_spec)
+    for name in names:
+        if name != "memory":
+            graph = pipeline.PASSES[name].fn(graph)
+    if "memory" in names:
+        return graph, plan_memory(graph, persistent)
+    return graph, MemoryPlan.fresh(graph)
 
 
 def generate(
@@ -73,14 +78,15 @@ def generate(
     """Emit one module holding a function per (name, graph) part and load it. Planning passes
     (the memory plan) run on each part first; ``persistent`` outputs may use planned memory."""
     unplanned = parts
-    parts = [(name, _plan(graph, passes_spec, persistent)) for name, graph in parts]
+    planned = [(name, *_plan(graph, passes_spec, persistent)) for name, graph in parts]
+    parts = [(name, graph) for name, graph, _ in planned]
     if report is not None:
         report.unplanned, report.planned = unplanned, parts
     sources, uses_rng, constants = [], {}, {}
-    for name, graph in parts:
-        fn = codegen.emit_function(graph, name, debug_nans=debug_nans)
+    for name, graph, memory in planned:
+        fn = codegen.emit_function(graph, name, memory, debug_nans=debug_nans)
         if report is not None:
-            report.allocated[name] = [(shape, dtype) for _, shape, dtype in fn.buffers]
+            report.emitted[name] = fn
         uses_rng[name] = any(RANDOM in OPS[n.op].props for n in graph.nodes if n.op in OPS)
         if uses_rng[name]:
             fn.params.append("rng")

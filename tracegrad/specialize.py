@@ -121,7 +121,8 @@ class Specializer:
     def visualize(self, path):
         """Write a picture of the latest specialization; the suffix picks the format: .html
         (its graphs, before and after passes, with the code), .svg or .dot."""
-        return viz.render(self.views(), path, code=self.code)
+        parts = self._latest().program.parts
+        return viz.render(self.views(), path, code=self.code, generated=parts)
 
     def export(self, path):
         """Write the latest specialization as a standalone NumPy module at ``path``, with the

@@ -26,7 +26,7 @@ from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
 from tracegrad.module_program import ModuleProgram, build_module_program
-from tracegrad.passes.memory import aliases, homes
+from tracegrad.passes.memory import MemoryPlan
 from tracegrad.passes.pipeline import transforms
 from tracegrad.program import Program, generate
 from tracegrad.signature import Signature
@@ -154,7 +154,7 @@ def trace_step(compiled, args, signature) -> StepProgram:
         report,
         tuple(i for i, a in enumerate(args) if isinstance(a, Tensor)),
         traced.updated_args,
-        _written_in_place(program.graph, n, traced.updated),
+        _written_in_place(program.graph, program.parts[0][0].plan, n, traced.updated),
         values_read=python_reads,
         captured=_captures(compiled, lifted),
         arg_grads=traced.arg_grads,
@@ -291,21 +291,15 @@ def _captures(compiled, lifted: list[Tensor]) -> tuple:
     return tuple(captures.find(compiled.reached.fn, lifted, owned))
 
 
-def _written_in_place(graph: Graph, first: int, targets: list[str]) -> frozenset[int]:
+def _written_in_place(
+    graph: Graph, plan: MemoryPlan, first: int, targets: list[str]
+) -> frozenset[int]:
     """Positions of the updates (the outputs from ``first`` on, of the inputs named
     ``targets``) that are their own input's memory, whole: written in place over it, whose
     array the step then returns (an op's out= form returns ``out``)."""
-    root = aliases(graph)
-    home = homes(graph, root)
     inputs = {v.name: v for v in graph.inputs}
     updates = zip(targets, graph.outputs[first:], strict=False)
-    return frozenset(
-        i
-        for i, (name, v) in enumerate(updates)
-        if root[id(v)] is v
-        and home[id(v)] == ("value", id(inputs[name]))
-        and inputs[name].type == v.type
-    )
+    return frozenset(i for i, (name, v) in enumerate(updates) if plan.is_whole(v, inputs[name]))
 
 
 def _collect_sinks(tracer: Tracer, symbolic, args) -> tuple[list[Sink], list]:

@@ -22,12 +22,12 @@ def returned_in_own_memory(graph: Graph, n_returned: int, kept=range(0)) -> Grap
     root = aliases(graph)
     producers = graph.producers()
     # inputs, and new values of inputs (written into the input's memory after the call)
-    inputs = {id(v) for v in graph.inputs} | {id(root[id(v)]) for v in graph.updates.values()}
+    inputs = set(graph.inputs) | {root[v] for v in graph.updates.values()}
 
     def shared(v) -> bool:
-        base = root[id(v)]
+        base = root[v]
         node = producers.get(id(base))
-        return id(base) in inputs or (node is not None and node.op == CONSTANT)
+        return base in inputs or (node is not None and node.op == CONSTANT)
 
     positions = [*range(n_returned), *kept]
     copied = [i for i in positions if shared(graph.outputs[i])]

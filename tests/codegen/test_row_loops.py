@@ -14,7 +14,7 @@ from tracegrad.explain import format_bytes
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
 from tracegrad.ops import kernels
-from tracegrad.passes.memory import peak_bytes, plan
+from tracegrad.passes.memory import InPlace, peak_bytes, plan_memory
 from tracegrad.passes.schedule import schedule
 from tracegrad.program import generate
 
@@ -58,15 +58,19 @@ def test_adam_updates_of_a_large_weight_run_in_one_row_loop_and_equal_eager(trai
     assert "row loops: 1 loops" in step.explain()
 
 
-def planned(fn, *args):
-    graph = tg.trace(fn, *args)
-    return plan(schedule(graph.copy()))
+def loops_of(graph: Graph) -> list[tuple[int, int]]:
+    return row_loops(graph, plan_memory(graph))
+
+
+def traced_loops(fn, *args) -> list[tuple[int, int]]:
+    return loops_of(schedule(tg.trace(fn, *args)))
 
 
 def test_a_loop_forms_over_neighbouring_large_elementwise_nodes():
     x = tg.randn(600, 600, dtype=tg.float64)
-    graph = planned(lambda x: ((x * 2.0).tanh() * 3.0).sum(), x)
-    assert row_loops(graph), "mul, tanh and mul over 360000 elements run in one loop"
+    assert traced_loops(lambda x: ((x * 2.0).tanh() * 3.0).sum(), x), (
+        "mul, tanh and mul over 360000 elements run in one loop"
+    )
 
 
 VIEW_HAZARD = """graph(%x:f64[600,600]) {
@@ -84,10 +88,11 @@ def test_no_loop_reads_a_transposed_view_of_memory_it_writes():
     """%4 reads %2, a transposed view of %1, and %5 writes in place where %1 lives: run
     piece by piece, %4 would read columns of %1 whose earlier rows %5 already overwrote.
     %3 and %4 may share a loop; %5 must not join it."""
-    graph = plan(Graph.parse(VIEW_HAZARD))
-    assert graph.nodes[4].meta.get("inplace") == 0, "the plan writes %5 where %1 lives"
-    assert row_loops(graph) == [(2, 4)]
-    program = generate([("f", graph)], "row loop test", False, None)
+    graph = Graph.parse(VIEW_HAZARD)
+    plan = plan_memory(graph)
+    assert plan.placement(graph.nodes[4].outputs[0]) == InPlace(0), "%5 goes where %1 lives"
+    assert row_loops(graph, plan) == [(2, 4)]
+    program = generate([("f", graph)], "row loop test", False, ["memory"])
     x = np.random.default_rng(2).standard_normal((600, 600)) * 0.1
     (got,) = program.call("f", [x.copy()])
     (want,) = interpret(graph, x)
@@ -96,7 +101,7 @@ def test_no_loop_reads_a_transposed_view_of_memory_it_writes():
 
 def test_small_arrays_and_debug_nans_run_node_by_node():
     x = tg.randn(30, 30, dtype=tg.float64)
-    assert not row_loops(planned(lambda x: ((x * 2.0).tanh() * 3.0).sum(), x))
+    assert not traced_loops(lambda x: ((x * 2.0).tanh() * 3.0).sum(), x)
     big = tg.randn(600, 600, dtype=tg.float64)
     compiled = tg.compile(lambda x: ((x * 2.0).tanh() * 3.0).sum(), debug_nans=True)
     compiled(big)
@@ -121,10 +126,10 @@ PIECE_LOCALS = """graph(%x:f64[300,300], %y:f64[300,300]) {
 
 
 def test_values_living_inside_a_loop_take_piece_buffers():
-    graph = plan(Graph.parse(PIECE_LOCALS))
+    graph = Graph.parse(PIECE_LOCALS)
     assert ROW_LOOP_MIN > 300 * 300
-    assert row_loops(graph) == [(0, 5)], "sin and its in-place mul have no such value: no loop"
-    program = generate([("f", graph)], "piece buffers", False, None)
+    assert loops_of(graph) == [(0, 5)], "sin and its in-place mul have no such value: no loop"
+    program = generate([("f", graph)], "piece buffers", False, ["memory"])
     rows = kernels.CHUNK // 300
     assert program.source.count(f"= np.empty(({rows}, 300), np.float64)") == 2
     assert program.source.count("= np.empty((300, 300), np.float64)") == 1  # %3's, %7's
@@ -158,8 +163,8 @@ def test_sgd_update_of_a_mid_sized_weight_scales_the_gradient_piece_by_piece(tra
     assert "row loops: 1 loops run 2 elementwise nodes" in step.explain()
     assert "(1 values need only a piece)" in step.explain()
     # the estimated peak counts the piece buffer, not the whole one the plan had
-    graph = step.latest.report.planned[0][1]
-    allocated = step.latest.report.allocated["step"]
+    fn, graph = step.latest.program.parts[0]
+    allocated = [(shape, dtype) for _, shape, dtype in fn.buffers]
     saved = (128 - rows) * 784 * 4
-    assert peak_bytes(graph) - peak_bytes(graph, allocated) == saved
-    assert f"{format_bytes(peak_bytes(graph, allocated))} after" in step.explain()
+    assert peak_bytes(graph, fn.plan) - peak_bytes(graph, fn.plan, allocated) == saved
+    assert f"{format_bytes(peak_bytes(graph, fn.plan, allocated))} after" in step.explain()

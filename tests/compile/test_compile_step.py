@@ -12,7 +12,7 @@ from compile_zoo import train_step
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn, optim
-from tracegrad.buffers import planned_home
+from tracegrad.passes.memory import Pooled
 
 TOL = 1e-10
 STEPS = 20
@@ -209,9 +209,21 @@ def test_grads_that_are_views_of_program_memory_accumulate_like_eager():
     close(np.array(losses_c), np.array(losses_e))
     assert_same_state(model_c, opt_c, model_e, opt_e)
     fresh_step(*batches(1, (5, 6), 3)[0])
-    planned = fresh_step.latest.program.buffer_ids
-    grad = model_c.scale.grad.numpy()
-    assert grad.base is not None and planned_home(grad, planned) is not None
+    gradient, viewed = planned_grads(fresh_step.latest)[id(model_c.scale)]
+    assert isinstance(gradient, Pooled) and viewed, "the plan: a view of a pooled buffer"
+
+
+def planned_grads(spec) -> dict[int, tuple]:
+    """id(tensor) -> (the memory the step's plan gives its new .grad, whether as a view),
+    for every .grad the compiled step ``spec`` stores (its last outputs are the stored
+    values, one per sink)."""
+    fn, graph = spec.program.parts[0]
+    stored = graph.outputs[len(graph.outputs) - len(spec.sinks) :]
+    return {
+        id(sink.owner): (fn.plan.memory_of(value), fn.plan.root[value] is not value)
+        for sink, value in zip(spec.sinks, stored, strict=True)
+        if sink.kind == "grad"
+    }
 
 
 def test_backward_only_without_zero_grad_accumulates_like_eager():
@@ -535,8 +547,8 @@ def test_updates_written_in_place_are_not_copied_back(training_step, passes):
     arrays = [t.detach().numpy() for t in spec.update_targets]
     for x, y in batches(2, (5, 6), 3, seed=7):
         step(x, y)
-    updated = zip(spec.update_targets, arrays, strict=True)
-    assert all(np.shares_memory(t.detach().numpy(), a) for t, a in updated)
+    targets = [t.detach().numpy() for t in spec.update_targets]
+    assert all(np.shares_memory(t, a) for t, a in zip(targets, arrays, strict=True))
 
 
 def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
@@ -559,10 +571,10 @@ def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
     for p, grad, array in zip(model_c.parameters(), grads, memory, strict=True):
         assert p.grad is grad and np.shares_memory(p.grad.numpy(), array)
         np.testing.assert_array_equal(p.grad.numpy(), array)
-    planned = step.latest.program.buffer_ids
-    # each .grad is a planned buffer, or a view of all of one (a weight's gradient
+    # the plan puts each .grad in a pooled buffer, or a view of one (a weight's gradient
     # computed as rows @ rows)
-    assert all(planned_home(g.numpy(), planned) is not None for g in grads)
+    memories = planned_grads(step.latest).values()
+    assert all(isinstance(memory, Pooled) for memory, _ in memories)
 
 
 def test_a_grad_the_user_placed_keeps_its_memory():

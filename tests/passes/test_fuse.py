@@ -13,7 +13,8 @@ from tracegrad.codegen.emit import row_loops
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ir.interpreter import interpret
 from tracegrad.passes import run_pass
-from tracegrad.passes.memory import plan
+from tracegrad.passes.memory import InBuffer, plan_memory
+from tracegrad.program import generate
 
 
 def graph_of(body: str, inputs: str) -> Graph:
@@ -74,11 +75,12 @@ def test_a_linear_kernel_never_writes_over_its_operands():
         "%x:f64[5,5], %w:f64[5,5], %b:f64[5]",
     )
     fused = run_pass("fuse", graph).graph
-    planned = plan(fused.copy())
-    (linear,) = [n for n in planned.nodes if n.op == "fused" and "linear" in n.attrs["kind"]]
-    assert "inplace" not in linear.meta and "buffer" in linear.meta
+    plan = plan_memory(fused)
+    (linear,) = [n for n in fused.nodes if n.op == "fused" and "linear" in n.attrs["kind"]]
+    assert isinstance(plan.placement(linear.outputs[0]), InBuffer)
+    program = generate([("f", fused)], "linear kernel", False, ["memory"])
     values = arrays(graph)
-    np.testing.assert_allclose(interpret(planned, *values)[0], interpret(graph, *values)[0])
+    np.testing.assert_allclose(program.call("f", values)[0], interpret(graph, *values)[0])
 
 
 def test_row_loops_leave_linear_kernels_out():
@@ -93,9 +95,9 @@ def test_row_loops_leave_linear_kernels_out():
   return %5""",
         "%x:f64[600,600], %w:f64[600,600], %b:f64[600], %y:f64[600,600]",
     )
-    fused = plan(run_pass("fuse", graph).graph)
+    fused = run_pass("fuse", graph).graph
     assert any(n.op == "fused" and "linear" in n.attrs["kind"] for n in fused.nodes)
-    for start, stop in row_loops(fused):
+    for start, stop in row_loops(fused, plan_memory(fused)):
         members = fused.nodes[start:stop]
         assert not any(n.op == "fused" and "linear" in n.attrs["kind"] for n in members)
 

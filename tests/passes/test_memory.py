@@ -1,17 +1,18 @@
 """The memory plan: which in-place writes it must decline and which it must make, and what
 it saves on a real training step.
 
-``plan(graph)`` marks a node ``meta["inplace"] = k`` (write into input k) or
-``meta["buffer"] = b`` (a pooled buffer). A write into a value's memory is only safe when
-nothing reads that value afterwards, directly or through a view, and when the value is not
-memory the program does not own (inputs, constants) or hands out (outputs, values saved for
-the backward). The cases also run the generated code (which follows the plan) twice and
-compare it with the interpreter, which ignores the plan.
+``plan_memory(graph)`` places a value ``InPlace(k)`` (written into its node's input k) or
+``InBuffer(b)`` (a pooled buffer), or leaves it in fresh memory. A write into a value's
+memory is only safe when nothing reads that value afterwards, directly or through a view, and
+when the value is not memory the program does not own (inputs, constants) or hands out
+(outputs, values saved for the backward). The cases also run the generated code (which
+follows the plan) twice and compare it with the interpreter, which ignores the plan.
 """
 
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -20,47 +21,42 @@ import tracegrad as tg
 from tracegrad import nn, optim
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
-from tracegrad.ops import OPS, VIEW
-from tracegrad.passes.memory import plan
+from tracegrad.passes.memory import Assembled, InBuffer, InPlace, MemoryPlan, Pooled, plan_memory
 from tracegrad.program import generate
 
 
-def planned(text: str, persistent=frozenset()) -> Graph:
+@dataclass
+class Planned:
+    """A graph and its memory plan, read by value name: ``planned["2"]`` is the placement of
+    %2 (None: fresh memory), ``planned.memory("2")`` the memory it lives in, by name."""
+
+    graph: Graph
+    plan: MemoryPlan
+
+    def value(self, name: str):
+        return next(v for v in self.graph.values() if v.name == name)
+
+    def __getitem__(self, name: str):
+        return self.plan.placement(self.value(name))
+
+    def memory(self, name: str):
+        memory = self.plan.memory_of(self.value(name))
+        return ("buffer", memory.buffer) if isinstance(memory, Pooled) else memory.name
+
+
+def planned(text: str, persistent=frozenset()) -> Planned:
     graph = Graph.parse(text)
     graph.lint()
-    return plan(graph, frozenset(persistent))
+    return Planned(graph, plan_memory(graph, frozenset(persistent)))
 
 
-def node(graph: Graph, name: str):
-    """The node defining value ``name``."""
-    return next(n for n in graph.nodes if n.outputs[0].name == name)
-
-
-def memory(graph: Graph) -> dict[str, object]:
-    """Value name -> where its array lives, as the plan has it: its own allocation, a pooled
-    buffer, or (views and in-place writes) the memory of an earlier value."""
-    home: dict[str, object] = {v.name: v.name for v in graph.inputs}
-    for n in graph.nodes:
-        out = n.outputs[0].name
-        op = OPS.get(n.op)
-        if op is not None and VIEW in op.props:
-            home[out] = home[n.inputs[0].name]
-        elif "inplace" in n.meta:
-            home[out] = home[n.inputs[n.meta["inplace"]].name]
-        elif "buffer" in n.meta:
-            home[out] = ("buffer", n.meta["buffer"])
-        else:
-            home[out] = out
-    return home
-
-
-def overwritten_after(graph: Graph, name: str) -> list[str]:
+def overwritten_after(planned: Planned, name: str) -> list[str]:
     """Values written, after ``name`` is defined, into the memory ``name`` lives in."""
-    home = memory(graph)
+    graph = planned.graph
     names = [v.name for v in graph.inputs] + [n.outputs[0].name for n in graph.nodes]
     later = names[names.index(name) + 1 :]
-    writes = {n.outputs[0].name for n in graph.nodes if n.meta.keys() & {"inplace", "buffer"}}
-    return [v for v in later if v in writes and home[v] == home[name]]
+    writes = {v.name for v in planned.plan.placements}
+    return [v for v in later if v in writes and planned.memory(v) == planned.memory(name)]
 
 
 def arrays_for(graph: Graph, seed: int = 0) -> list[np.ndarray]:
@@ -69,9 +65,9 @@ def arrays_for(graph: Graph, seed: int = 0) -> list[np.ndarray]:
 
 
 def assert_generated_matches(graph: Graph) -> None:
-    """The generated code (following the plan) equals the interpreter, on two calls in a row,
-    leaves its inputs alone, and a first call's outputs survive the second call."""
-    program = generate([("f", graph)], "memory plan test", False, None)
+    """The generated code (following its memory plan) equals the interpreter, on two calls in
+    a row, leaves its inputs alone, and a first call's outputs survive the second call."""
+    program = generate([("f", graph)], "memory plan test", False, ["memory"])
     arrays = arrays_for(graph)
     want = interpret(graph, *arrays)
     first = None
@@ -100,10 +96,10 @@ def test_declines_a_value_read_later():
   return %4
 }"""
     )
-    assert "inplace" not in node(graph, "2").meta  # %1 is read again by %3
-    assert node(graph, "3").meta.get("inplace") in (0, 1)  # both operands die at %3
+    assert not isinstance(graph["2"], InPlace)  # %1 is read again by %3
+    assert graph["3"] in (InPlace(0), InPlace(1))  # both operands die at %3
     assert set(overwritten_after(graph, "1")) <= {"3"}  # only by its last reader
-    assert_generated_matches(graph)
+    assert_generated_matches(graph.graph)
 
 
 VIEWS = {
@@ -127,9 +123,9 @@ def test_declines_a_buffer_with_a_live_view(view):
   return %4
 }}"""
     )
-    assert "inplace" not in node(graph, "3").meta  # %1 dies at %3, but its view %2 does not
+    assert not isinstance(graph["3"], InPlace)  # %1 dies at %3, but its view %2 does not
     assert "3" not in overwritten_after(graph, "1")
-    assert_generated_matches(graph)
+    assert_generated_matches(graph.graph)
 
 
 def test_declines_graph_inputs():
@@ -141,10 +137,10 @@ def test_declines_graph_inputs():
   return %3
 }"""
     )
-    assert "inplace" not in node(graph, "1").meta
-    assert "inplace" not in node(graph, "2").meta  # %x dies here, but it is the caller's
+    assert not isinstance(graph["1"], InPlace)
+    assert not isinstance(graph["2"], InPlace)  # %x dies here, but it is the caller's
     assert overwritten_after(graph, "x") == [] and overwritten_after(graph, "y") == []
-    assert_generated_matches(graph)
+    assert_generated_matches(graph.graph)
 
 
 def test_declines_graph_outputs_and_keeps_them_out_of_the_pool():
@@ -157,10 +153,10 @@ def test_declines_graph_outputs_and_keeps_them_out_of_the_pool():
   return %1, %4
 }"""
     )
-    assert "inplace" not in node(graph, "2").meta  # %1 is returned
-    assert not node(graph, "1").meta and not node(graph, "3").meta  # own memory, no pool
+    assert not isinstance(graph["2"], InPlace)  # %1 is returned
+    assert graph["1"] is None and graph["3"] is None  # own memory, no pool
     assert overwritten_after(graph, "1") == []
-    assert_generated_matches(graph)
+    assert_generated_matches(graph.graph)
 
 
 def test_persistent_outputs_may_live_in_planned_memory():
@@ -169,8 +165,8 @@ def test_persistent_outputs_may_live_in_planned_memory():
   %2:f64[2,3] = neg %1
   return %2
 }"""
-    assert "inplace" not in node(planned(text), "2").meta
-    assert node(planned(text, {"2"}), "2").meta == {"inplace": 0}
+    assert not isinstance(planned(text)["2"], InPlace)
+    assert planned(text, {"2"})["2"] == InPlace(0)
 
 
 def test_declines_constants():
@@ -183,10 +179,9 @@ def test_declines_constants():
   return %3
 }}"""
     )
-    assert "inplace" not in node(graph, "2").meta  # the constant dies here; still not ours
-    assert "buffer" in node(graph, "2").meta
+    assert isinstance(graph["2"], InBuffer)  # the constant dies here; still not ours
     assert overwritten_after(graph, "1") == []
-    assert_generated_matches(graph)  # a second call would see a clobbered constant
+    assert_generated_matches(graph.graph)  # a second call would see a clobbered constant
 
 
 class Saver(nn.Module):
@@ -215,14 +210,15 @@ def test_saved_values_survive_the_forward_and_a_second_forward():
     rng = np.random.default_rng(0)
     x1, x2 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
     out1 = cm(tg.tensor(x1))
-    forward = cm.graph
-    home = memory(forward)
-    saved = forward.outputs[1:]
+    fn, graph = cm.latest.program.parts[0]
+    forward = Planned(graph, fn.plan)
+    saved = graph.outputs[1:]
     assert saved, "nothing saved for the backward"
     for value in saved:
         assert overwritten_after(forward, value.name) == [], f"saved %{value.name} overwritten"
-    assert any(isinstance(home[v.name], tuple) for v in saved), "saved values in planned memory"
-    assert any(n.meta for n in forward.nodes), "the plan did nothing at all"
+    pooled = [v for v in saved if isinstance(forward.memory(v.name), tuple)]
+    assert pooled, "saved values in planned memory"
+    assert fn.plan.placements, "the plan did nothing at all"
     cm(tg.tensor(x2))  # a second forward before the first backward: out1's values move out
     out1.sum().backward()
     for got, want in zip(model.parameters(), eager_grads(model, x1), strict=True):
@@ -273,8 +269,7 @@ def test_state_memory_never_holds_another_states_new_value():
 }""",
         persistent={"2", "4"},
     )
-    home = memory(graph)
-    assert home["2"] != "q" and home["4"] != "p"
+    assert graph.memory("2") != "q" and graph.memory("4") != "p"
     p = tg.tensor(np.array([1.0, 2.0]), requires_grad=True)
     q = tg.tensor(np.array([10.0, 20.0]), requires_grad=True)
 
@@ -290,24 +285,23 @@ def test_state_memory_never_holds_another_states_new_value():
     np.testing.assert_array_equal(q.detach().numpy(), [3.0, 6.0])
 
 
-def annotations(graph: Graph) -> tuple:
-    return [dict(n.meta) for n in graph.nodes], graph.meta.get("buffers")
-
-
-def test_a_new_plan_replaces_a_stale_one():
-    """Planned, then CSE makes the first abs the output: its pooled buffer must go."""
-    graph = Graph.parse(
-        """graph(%x:f64[3]) {
+def test_the_memory_pass_leaves_no_plan_behind_in_the_graph():
+    """The plan is returned, never written into the graph: run as a pass, ``memory`` leaves
+    the graph as it was, so a graph rewritten after planning (CSE makes the first abs the
+    output) is planned afresh, its pooled buffer gone."""
+    text = """graph(%x:f64[3]) {
   %1:f64[3] = abs %x
   %2:f64[3] = abs %x
   %3:f64[3] = abs %x
   return %3
 }"""
-    )
-    assert node(tg.passes.run(graph, ["memory"]), "1").meta == {"buffer": 0}
+    graph = Graph.parse(text)
+    assert planned(text)["1"] == InBuffer(0)
+    after = tg.passes.run(graph, ["memory"])
+    assert str(after) == str(graph) and all(not n.meta for n in after.nodes)
     replanned = tg.passes.run(graph, ["memory", "cse", "memory"])
-    assert annotations(replanned) == ([{}], [])
-    assert annotations(replanned) == annotations(tg.passes.run(graph, ["cse", "memory"]))
+    plan = plan_memory(replanned)
+    assert (plan.placements, plan.buffers) == ({}, [])
     assert_generated_matches(replanned)
 
 
@@ -324,12 +318,12 @@ def test_accepts_a_dead_temporary():
   return %4
 }"""
     )
-    assert node(graph, "1").meta == {"buffer": 0}
-    assert node(graph, "2").meta == {"inplace": 0}
-    assert node(graph, "3").meta == {"inplace": 0}
-    assert memory(graph)["3"] == ("buffer", 0)
-    assert graph.meta["buffers"] == [((2, 3), "float64")]
-    assert_generated_matches(graph)
+    assert graph["1"] == InBuffer(0)
+    assert graph["2"] == InPlace(0)
+    assert graph["3"] == InPlace(0)
+    assert graph.memory("3") == ("buffer", 0)
+    assert graph.plan.buffers == [((2, 3), "float64")]
+    assert_generated_matches(graph.graph)
 
 
 def sgd_momentum_run(make_step, compiled: bool, steps: int = 3):
@@ -412,7 +406,7 @@ MERGED = """  %1:f64[2,2,3,4] = matmul %a, %b
   %8:f64[2,3,16] = cat[dim=2] %4, %7"""
 
 
-def assembled(body: str, inputs: str = HEADS) -> Graph:
+def assembled(body: str, inputs: str = HEADS) -> Planned:
     return planned(f"graph({inputs}) {{\n{body}\n}}")
 
 
@@ -420,15 +414,15 @@ def test_products_are_written_into_their_place_in_a_concatenation():
     """Each product writes into its transposed slice of the concatenation's buffer: the copy
     and the concatenation copy nothing, and the code equals the interpreter."""
     graph = assembled(MERGED + "\n  %9:f64[2,3,16] = exp %8\n  return %9")
-    cat, copy = node(graph, "8"), node(graph, "3")
-    assert cat.meta.get("assembled") and copy.meta.get("assembled")
-    buffer = cat.meta["buffer"]
+    cat, copy = graph["8"], graph["3"]
+    assert isinstance(cat, Assembled) and isinstance(copy, Assembled)
     for name, view in [("1", "[:, :, 0:8]"), ("5", "[:, :, 8:16]")]:
-        product = node(graph, name).meta
-        assert product["buffer"] == buffer and product["view"].startswith(view)
-    code = generate([("f", graph)], "assembly test", False, None).source
+        product = graph[name]
+        assert type(product) is InBuffer
+        assert product.buffer == cat.buffer and product.view.startswith(view)
+    code = generate([("f", graph.graph)], "assembly test", False, ["memory"]).source
     assert "concatenate" not in code and "copy_into" not in code
-    assert_generated_matches(graph)
+    assert_generated_matches(graph.graph)
 
 
 def test_a_contiguous_copy_of_a_transposed_product_is_written_transposed():
@@ -439,9 +433,9 @@ def test_a_contiguous_copy_of_a_transposed_product_is_written_transposed():
   %4:f64[2,3,2,4] = exp %3
   return %4"""
     )
-    assert node(graph, "1").meta["view"] == ".transpose((0, 2, 1, 3))"
-    assert node(graph, "3").meta.get("assembled")
-    assert_generated_matches(graph)
+    assert graph["1"].view == ".transpose((0, 2, 1, 3))"
+    assert isinstance(graph["3"], Assembled)
+    assert_generated_matches(graph.graph)
 
 
 # (graph body, the consumer left alone, the product left in its own memory)
@@ -477,6 +471,6 @@ ASSEMBLY_NEAR_MISSES = {
 )
 def test_declines_assemblies_it_cannot_write_in_place(body, consumer, product):
     graph = assembled(body, HEADS + ", %d:f64[2,3,8], %p:f64[6,5], %q:f64[5,8], %r:f64[5,8]")
-    assert not node(graph, consumer).meta.get("assembled")
-    assert "view" not in node(graph, product).meta
-    assert_generated_matches(graph)
+    assert not isinstance(graph[consumer], Assembled)
+    assert not isinstance(graph[product], InBuffer) or not graph[product].view
+    assert_generated_matches(graph.graph)

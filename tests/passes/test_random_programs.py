@@ -34,6 +34,7 @@ from tracegrad.ir.graph import structure
 from tracegrad.ir.interpreter import interpret
 from tracegrad.passes import DEFAULT_PIPELINE, PASSES
 from tracegrad.passes.autodiff import differentiate
+from tracegrad.passes.memory import plan_memory
 from tracegrad.passes.pipeline import transforms
 
 EXAMPLES = int(os.environ.get("TRACEGRAD_PASSES_EXAMPLES", "200"))
@@ -75,9 +76,12 @@ def assert_agree(got, want, rtol: float, what: str) -> None:
 
 
 def annotations(graph) -> tuple:
-    """What the memory plan decided (not part of the printed text)."""
+    """What the memory plan of ``graph`` decides (by value name), and what the graph carries
+    beside its printed text (nothing of the plan)."""
+    plan = plan_memory(graph)
+    placed = tuple((value.name, placement) for value, placement in plan.placements.items())
     per_node = tuple(tuple(sorted(node.meta.items())) for node in graph.nodes)
-    return per_node, tuple(graph.meta.get("buffers", []))
+    return placed, tuple(plan.buffers), per_node
 
 
 def check_passes(graph, arrays, what: str) -> None:

@@ -14,7 +14,7 @@ from viz_helpers import (
     TagBalance,
     all_node_ids,
     data_edges,
-    fused_graph,
+    fused_view,
     leaf_ids,
     odd_graph,
     parse_dot,
@@ -69,7 +69,8 @@ def transformer():
     return views, cm.code
 
 
-FUSED = [("fused", fused_graph())]
+FUSED_TITLE, FUSED_GRAPH, FUSED_CODE = fused_view()
+FUSED = [(FUSED_TITLE, FUSED_GRAPH)]
 ODD = [('odd <&> "names"', odd_graph()), ("empty", Graph())]
 
 
@@ -128,7 +129,7 @@ def test_dot_has_one_node_per_input_and_ir_node_and_the_data_edges(mlp):
 
 
 def test_dot_draws_a_fused_node_as_a_cluster_of_its_members():
-    text = viz.to_dot(FUSED)
+    text = viz.to_dot(FUSED, FUSED_CODE)
     nodes, edges, clusters = parse_dot(text)
     assert sorted(nodes) == sorted(leaf_ids(FUSED))
     assert "cluster_g0_4" in clusters
@@ -188,7 +189,7 @@ def test_svg_tooltips_have_op_shape_source_and_origin(mlp):
 
 
 def test_svg_frames_fused_members_and_marks_buffer_reuse():
-    nodes = {g.get("id"): g for g in svg_nodes(viz.to_svg(FUSED))}
+    nodes = {g.get("id"): g for g in svg_nodes(viz.to_svg(FUSED, FUSED_CODE))}
     assert sorted(nodes) == sorted(all_node_ids(FUSED))
     assert "group" in nodes["g0_4"].get("class").split()
     assert "inplace" in nodes["g0_5"].get("class").split()
@@ -281,7 +282,7 @@ def test_html_is_self_contained_and_shows_every_node(mlp):
 
 
 def test_html_without_code_and_with_fused_groups():
-    page = viz.to_html(FUSED)
+    page = viz.to_html(FUSED, generated=FUSED_CODE)
     check_page(page, FUSED)
     assert 'id="code"' not in page
     assert "in-place ← input 0 · buf 1" in page

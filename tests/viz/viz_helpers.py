@@ -14,10 +14,12 @@ import numpy as np
 
 import tracegrad as tg
 from tracegrad import dtypes, nn
+from tracegrad.codegen.emit import FunctionSource
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import Node, Value
 from tracegrad.ir.graph import Graph, body_of
+from tracegrad.passes.memory import InBuffer, InPlace, MemoryPlan
 
 # --- models and graphs ---------------------------------------------------------------------------
 
@@ -69,8 +71,11 @@ def value(name: str, spec: str) -> Value:
     return Value(name, TensorType(shape, dtypes.from_name(dtype)))
 
 
-def fused_graph() -> Graph:
-    """permute, matmul, then a fused add+relu kernel, then an in-place neg with buffers."""
+def fused_view() -> tuple[str, Graph, list]:
+    """permute, matmul, then a fused add+relu kernel, then an in-place neg, with the memory
+    plan of its generated function: the product and the kernel in buffers 0 and 1, the neg
+    written over the kernel's result (so in buffer 1 too). Returns the title, the graph and
+    the ``generated`` argument of the viz functions."""
     where = SourceLocation("model.py", 7, "y = (x @ w.T + b).relu()")
     types = {"x": "f32[4,3]", "fc.weight": "f32[2,3]", "fc.bias": "f32[2]", "1": "f32[3,2]",
              "2": "f32[4,2]", "4": "f32[4,2]", "5": "f32[4,2]", "p": "f32[4,2]", "q": "f32[2]",
@@ -83,7 +88,7 @@ def fused_graph() -> Graph:
     )
     nodes = [
         Node("permute", [v["fc.weight"]], [v["1"]], {"dims": (1, 0)}, where),
-        Node("matmul", [v["x"], v["1"]], [v["2"]], {}, where, None, {"buffer": 0}),
+        Node("matmul", [v["x"], v["1"]], [v["2"]], {}, where),
         Node(
             "fused",
             [v["2"], v["fc.bias"]],
@@ -91,11 +96,14 @@ def fused_graph() -> Graph:
             {"body": body},
             where,
             None,
-            {"fused": "elementwise", "buffer": 1},
+            {"fused": "elementwise"},
         ),
-        Node("neg", [v["4"]], [v["5"]], {}, where, "grad of relu", {"inplace": 0, "buffer": 1}),
+        Node("neg", [v["4"]], [v["5"]], {}, where, "grad of relu"),
     ]
-    return Graph([v["x"], v["fc.weight"], v["fc.bias"]], nodes, [v["5"]])
+    graph = Graph([v["x"], v["fc.weight"], v["fc.bias"]], nodes, [v["5"]])
+    placements = {v["2"]: InBuffer(0), v["4"]: InBuffer(1), v["5"]: InPlace(0)}
+    plan = MemoryPlan.of(graph, placements, [((4, 2), "float32")] * 2)
+    return "fused", graph, [(FunctionSource("forward", [], [], [], {}, plan=plan), graph)]
 
 
 def leaf_ids(views) -> list[str]:

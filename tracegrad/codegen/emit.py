@@ -17,13 +17,13 @@ import numpy as np
 
 import tracegrad
 from tracegrad.codegen import names as safe
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, LAYOUT_VIEW, OPS
 from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.fuse import is_linear
-from tracegrad.passes.memory import aliases, clobbers, homes
+from tracegrad.passes.memory import Assembled, InBuffer, InPlace, MemoryPlan, clobbers
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("tracegrad.codegen", "templates"),
@@ -42,8 +42,24 @@ class Section:
     lines: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RowLoop:
+    """Nodes ``start`` to ``stop`` (graph indices) run piece of rows by piece of rows; the
+    values ``inside`` are read only by later members and live in buffers of one piece."""
+
+    start: int
+    stop: int
+    inside: list[Value]
+
+
 @dataclass
 class FunctionSource:
+    """One generated function and what it emitted: the template's data (name, parameters,
+    sections of statements, returns, constants, buffers, kernels, views of buffers) and the
+    record that explain() and pictures read: the Python name of each value (``names``), the
+    kernel each fused node calls (``kernel_names``), the row loops, and the memory plan
+    the code follows."""
+
     name: str
     params: list[str]
     sections: list[Section]
@@ -53,6 +69,10 @@ class FunctionSource:
     kernels: list[FunctionSource] = field(default_factory=list)  # fused kernels it calls
     views: list[tuple[str, str]] = field(default_factory=list)  # name, expression of buffers
     returns_tuple: bool = True  # a kernel returns its one array as it is
+    names: dict[Value, str] = field(default_factory=dict)
+    kernel_names: dict[Node, str] = field(default_factory=dict)
+    row_loops: list[RowLoop] = field(default_factory=list)
+    plan: MemoryPlan | None = None
 
 
 class Literal:
@@ -88,19 +108,19 @@ class Namer:
     """Python identifiers for IR values: inputs keep their (sanitized) names, nodes get v<N>."""
 
     def __init__(self):
-        self.names: dict[int, str] = {}
+        self.names: dict[Value, str] = {}
         self.taken: set[str] = {"np", "rt", "C", "rng", "start", "piece"}
 
     def __call__(self, value, prefix: str = "") -> str:
-        if id(value) not in self.names:
+        if value not in self.names:
             base = value.name
             # A value named by the IR (7, s7) reads the same wherever it appears: v7, vs7 (a
             # value saved for the backward is a node's output in the forward function and
             # an input of the backward function).
             if prefix or base[:1].isdigit() or re.fullmatch(r"[a-z]\d+", base):
                 base = (prefix or "v") + base
-            self.names[id(value)] = safe.identifier(base, self.taken, GLOBALS)
-        return self.names[id(value)]
+            self.names[value] = safe.identifier(base, self.taken, GLOBALS)
+        return self.names[value]
 
 
 def _section_of(node) -> str:
@@ -119,8 +139,11 @@ def _comment(node) -> str:
     return f"  # {safe.comment(' '.join(parts))}" if parts else ""
 
 
-def expression(node, args: list[str], constants: dict, target: str, out: str | None = None):
-    """The right-hand side for one node; with ``out``, the op writes into that array."""
+def expression(
+    node, args: list[str], constants: dict, target: str, out: str | None = None, kernel=None
+):
+    """The right-hand side for one node; with ``out``, the op writes into that array. A fused
+    node calls the function named ``kernel``."""
     if node.op == CONSTANT:
         value = node.attrs["value"]
         if value.ndim == 0:
@@ -132,7 +155,7 @@ def expression(node, args: list[str], constants: dict, target: str, out: str | N
         raise ValueError("codegen: expand custom nodes first (passes.inline_custom)")
     if node.op == FUSED:
         destination = f", out={out}" if out is not None else ""
-        return f"{node.meta['kernel']}({', '.join(args)}{destination})"
+        return f"{kernel}({', '.join(args)}{destination})"
     op = OPS[node.op]
     attrs = {k: literal(v) for k, v in node.attrs.items()}
     template = op.emit if out is None else op.out
@@ -145,60 +168,87 @@ def emit_kernel(node, name: str) -> FunctionSource:
     """The function computing a fused chain: each member writes into ``out`` in turn, so the
     chain's intermediates need no memory of their own."""
     body = body_of(node)
-    names = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
+    names = {v: f"a{i}" for i, v in enumerate(body.inputs)}
     result = node.outputs[0].type
     lines = [f"out = np.empty({result.shape}, np.{result.dtype.name}) if out is None else out"]
     for member in body.nodes:
-        args = [names[id(v)] for v in member.inputs]
+        args = [names[v] for v in member.inputs]
         lines.append(f"out = {expression(member, args, {}, 'out', 'out')}")
-        names[id(member.outputs[0])] = "out"
-    params = [*(names[id(v)] for v in body.inputs), "out=None"]
+        names[member.outputs[0]] = "out"
+    params = [*(names[v] for v in body.inputs), "out=None"]
     section = Section(f"{node.attrs['kind']} (one buffer, in place)", lines)
     return FunctionSource(name, params, [section], ["out"], {}, returns_tuple=False)
 
 
-def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> FunctionSource:
+@dataclass
+class _Frame:
+    """What the statements of one function are written against: its graph and memory plan,
+    the names of values, kernels and buffers, and the values living in row loops' pieces."""
+
+    graph: Graph
+    plan: MemoryPlan
+    name: str
+    namer: Namer
+    kernel_names: dict[Node, str]
+    buffers: list[tuple[str, tuple, str]]
+    local: dict[Value, str]  # value -> the piece buffer it lives in, inside its row loop
+    whole: dict[Value, str]  # value -> the planned buffer it is, whole
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    views: list[tuple[str, str]] = field(default_factory=list)
+
+
+def emit_function(
+    graph: Graph, name: str, plan: MemoryPlan | None = None, *, debug_nans: bool = False
+) -> FunctionSource:
+    """The function computing ``graph``, writing where ``plan`` says (no plan: every result
+    in fresh memory)."""
+    plan = MemoryPlan.fresh(graph) if plan is None else plan
     namer = Namer()
     params = [namer(v) for v in graph.inputs]
+    fused = [node for node in graph.nodes if node.op == FUSED]
+    kernel_names = {node: f"{name}_kernel{i}" for i, node in enumerate(fused)}
+    buffers = [(f"{name}_b{i}", shape, dtype) for i, (shape, dtype) in enumerate(plan.buffers)]
+    loops = [] if debug_nans else loop_plan(graph, plan)
+    local = _piece_buffers(graph, loops, name, buffers)
+    whole = _whole_buffers(graph, plan, buffers, local)
+    frame = _Frame(graph, plan, name, namer, kernel_names, buffers, local, whole)
+    sections = _sections(frame, loops, debug_nans)
+    returns = [namer(v) for v in graph.outputs]
+    kernels = [emit_kernel(node, kernel) for node, kernel in kernel_names.items()]
+    return FunctionSource(
+        name, params, sections, returns, frame.constants, _allocated(plan, buffers, local),
+        kernels, frame.views, names=namer.names, kernel_names=kernel_names, row_loops=loops,
+        plan=plan,
+    )  # fmt: skip
+
+
+def _allocated(plan: MemoryPlan, buffers: list, local: dict[Value, str]) -> list:
+    """The buffers the module allocates: every piece buffer, and each planned buffer some
+    value outside row loops lives in (one that only values inside loops were given is never
+    touched)."""
+    placed = plan.placements.items()
+    used = {p.buffer for v, p in placed if isinstance(p, InBuffer) and v not in local}
+    planned = len(plan.buffers)
+    return [b for i, b in enumerate(buffers) if i >= planned or i in used]
+
+
+def _sections(frame: _Frame, loops: list[RowLoop], debug_nans: bool) -> list[Section]:
+    """The function's statements, in ``# forward``, ``# backward`` and ``# update`` sections:
+    one per node (a row loop's members together), each value deleted after its last use."""
+    graph, namer = frame.graph, frame.namer
     last_use = _last_uses(graph)
-    keep = {id(v) for v in graph.outputs}
-    constants: dict[str, np.ndarray] = {}
+    keep = set(graph.outputs)
     sections: list[Section] = []
-    kernels: list[FunctionSource] = []
-    buffers = [
-        (f"{name}_b{i}", shape, dtype)
-        for i, (shape, dtype) in enumerate(graph.meta.get("buffers", []))
-    ]
-    plan = [] if debug_nans else loop_plan(graph)
-    loops = {start: stop for start, stop, _ in plan}
-    local = _piece_buffers(graph, plan, name, buffers)
-    whole = _whole_buffers(graph, buffers, local)
-    views: list[tuple[str, str]] = []
-    for start, stop in _runs(graph, loops):
+    for start, stop in _runs(graph, {loop.start: loop.stop for loop in loops}):
         node, members = graph.nodes[start], graph.nodes[start:stop]
         title = _section_of(node)
         if not sections or sections[-1].title != title:
             sections.append(Section(title))
         lines = sections[-1].lines
-        for member in members:
-            if member.op == FUSED:
-                kernels.append(emit_kernel(member, f"{name}_kernel{len(kernels)}"))
-                member.meta["kernel"] = kernels[-1].name
         if len(members) > 1:
-            lines += _row_loop(members, namer, buffers, local)
+            lines += _row_loop(members, frame)
         else:
-            target = namer(node.outputs[0], prefix="v")
-            args = [namer(v) for v in node.inputs]
-            destination = _destination(node, args, buffers)
-            if node.meta.get("assembled"):  # its inputs were written in place: nothing to copy
-                rhs = destination
-            elif _layout_view_of_buffer(node, whole):
-                rhs = f"{name}_v{len(views)}"
-                buffer = whole[id(node.inputs[0])]
-                views.append((rhs, expression(node, [buffer], constants, target)))
-            else:
-                rhs = expression(node, args, constants, target, destination)
-            lines.append(f"{target} = {rhs}{_comment(node)}")
+            lines.append(_statement(node, frame))
         # where/masked_fill outputs may hold an intended -inf (attention masks): not checked
         if debug_nans and node.op not in (CONSTANT, "where"):
             lines.append(_finite_check(node, namer(node.outputs[0], prefix="v"), title))
@@ -206,46 +256,55 @@ def emit_function(graph: Graph, name: str, *, debug_nans: bool = False) -> Funct
             namer(v)
             for i in range(start, stop)
             for v in graph.nodes[i].inputs
-            if last_use.get(id(v)) == i and id(v) not in keep and id(v) not in local
+            if last_use.get(v) == i and v not in keep and v not in frame.local
         ]
         if dead:
             lines.append(f"del {', '.join(dict.fromkeys(dead))}")
-    returns = [namer(v) for v in graph.outputs]
-    sections = sections or [Section("nothing to compute")]
-    # A whole buffer only values inside row loops were given is never touched: not allocated
-    used = {
-        n.meta["buffer"]
-        for n in graph.nodes
-        if "buffer" in n.meta and id(n.outputs[0]) not in local
-    }
-    planned = len(graph.meta.get("buffers", []))
-    buffers = [b for i, b in enumerate(buffers) if i >= planned or i in used]
-    return FunctionSource(name, params, sections, returns, constants, buffers, kernels, views)
+    return sections or [Section("nothing to compute")]
 
 
-def _whole_buffers(graph: Graph, buffers, local: dict[int, str]) -> dict[int, str]:
-    """id(value) -> the name of the planned buffer it is, whole: written there by its node,
-    or in place over a value that is (the same array on every call)."""
+def _statement(node, frame: _Frame) -> str:
+    """The one statement computing ``node``'s value where the plan puts it."""
+    namer = frame.namer
+    target = namer(node.outputs[0], prefix="v")
+    args = [namer(v) for v in node.inputs]
+    destination = _destination(node, args, frame)
+    if isinstance(frame.plan.placement(node.outputs[0]), Assembled):
+        rhs = destination  # its inputs were written in place: nothing to copy
+    elif _layout_view_of_buffer(node, frame.whole):
+        rhs = f"{frame.name}_v{len(frame.views)}"
+        buffer = frame.whole[node.inputs[0]]
+        frame.views.append((rhs, expression(node, [buffer], frame.constants, target)))
+    else:
+        kernel = frame.kernel_names.get(node)
+        rhs = expression(node, args, frame.constants, target, destination, kernel)
+    return f"{target} = {rhs}{_comment(node)}"
+
+
+def _whole_buffers(graph: Graph, plan: MemoryPlan, buffers, local: dict) -> dict[Value, str]:
+    """Value -> the name of the planned buffer it is, whole: written there by its node, or in
+    place over a value that is (the same array on every call)."""
     whole = {}
     for node in graph.nodes:
         out = node.outputs[0]
-        if id(out) in local or "view" in node.meta:
+        placement = plan.placement(out)
+        if out in local or (isinstance(placement, InBuffer) and placement.view):
             continue
-        if "buffer" in node.meta:
-            buffer, shape, _ = buffers[node.meta["buffer"]]
+        if isinstance(placement, InBuffer):
+            buffer, shape, _ = buffers[placement.buffer]
             if tuple(out.type.shape) == tuple(shape):
-                whole[id(out)] = buffer
-        elif "inplace" in node.meta:
-            written = node.inputs[node.meta["inplace"]]
-            if id(written) in whole and written.type.shape == out.type.shape:
-                whole[id(out)] = whole[id(written)]
+                whole[out] = buffer
+        elif isinstance(placement, InPlace):
+            written = node.inputs[placement.input]
+            if written in whole and written.type.shape == out.type.shape:
+                whole[out] = whole[written]
     return whole
 
 
-def _layout_view_of_buffer(node, whole: dict[int, str]) -> bool:
+def _layout_view_of_buffer(node, whole: dict[Value, str]) -> bool:
     """Whether ``node`` is a layout view of a whole buffer: made once, beside the buffers."""
     op = OPS.get(node.op)
-    return op is not None and LAYOUT_VIEW in op.props and id(node.inputs[0]) in whole
+    return op is not None and LAYOUT_VIEW in op.props and node.inputs[0] in whole
 
 
 def _runs(graph: Graph, loops: dict[int, int]) -> list[tuple[int, int]]:
@@ -283,79 +342,83 @@ def _finite_check(node, target: str, section: str) -> str:
 ROW_LOOP_MIN = 4 * rt.CHUNK
 
 
-def row_loops(graph: Graph) -> list[tuple[int, int]]:
+def row_loops(graph: Graph, plan: MemoryPlan) -> list[tuple[int, int]]:
     """(start, stop) index ranges of the nodes that run together in row loops."""
-    return [(start, stop) for start, stop, _ in loop_plan(graph)]
+    return [(loop.start, loop.stop) for loop in loop_plan(graph, plan)]
 
 
-def loop_plan(graph: Graph) -> list[tuple[int, int, list]]:
-    """(start, stop, values living inside) of each row loop: the values only later members
-    of the loop read, none writing over them in place (its result would live on in that
-    memory): each needs a buffer of one piece."""
-    root = aliases(graph)
-    home = homes(graph, root)
+def loop_plan(graph: Graph, plan: MemoryPlan) -> list[RowLoop]:
+    """The row loops of ``graph`` under ``plan``, each with the values living inside it: those
+    only later members of the loop read, none writing over them in place (its result would
+    live on in that memory): each needs a buffer of one piece."""
     loops, start = [], None
     for index, node in enumerate(graph.nodes):
-        if start is not None and not _joins(graph.nodes[start : index + 1], home, root):
+        if start is not None and not _joins(graph.nodes[start : index + 1], plan):
             if index - start > 1:
                 loops.append((start, index))
             start = None
-        if start is None and _row_candidate(node):
+        if start is None and _row_candidate(node, plan):
             start = index
     if start is not None and len(graph.nodes) - start > 1:
         loops.append((start, len(graph.nodes)))
     users = graph.users()
-    kept = {id(v) for v in [*graph.outputs, *graph.updates.values()]}
-    plan = [
-        (start, stop, _loop_locals(graph.nodes[start:stop], users, kept, root))
+    kept = {*graph.outputs, *graph.updates.values()}
+    found = [
+        RowLoop(start, stop, _loop_locals(graph.nodes[start:stop], users, kept, plan))
         for start, stop in loops
     ]
-    big = [start for start, _, _ in plan if graph.nodes[start].outputs[0].type.numel > ROW_LOOP_MIN]
-    return [(start, stop, local) for start, stop, local in plan if local or start in big]
+    return [
+        loop
+        for loop in found
+        if loop.inside or graph.nodes[loop.start].outputs[0].type.numel > ROW_LOOP_MIN
+    ]
 
 
-def _loop_locals(members, users, kept: set[int], root) -> list:
-    position = {id(n): i for i, n in enumerate(members)}
+def _loop_locals(members, users, kept: set[Value], plan: MemoryPlan) -> list[Value]:
+    position = {n: i for i, n in enumerate(members)}
 
     def local(i: int, value) -> bool:
         readers = users.get(id(value), [])
         return (
             bool(readers)
-            and id(value) not in kept
-            and all(position.get(id(r), -1) > i and not _overwrites(r, value) for r in readers)
+            and value not in kept
+            and all(position.get(r, -1) > i and not _overwrites(r, value, plan) for r in readers)
         )
 
     return [
         node.outputs[0]
         for i, node in enumerate(members)
-        if "buffer" in node.meta
-        and "view" not in node.meta
-        and root[id(node.outputs[0])] is node.outputs[0]
+        if _whole_in_buffer(plan.placement(node.outputs[0]))
+        and plan.root[node.outputs[0]] is node.outputs[0]
         and local(i, node.outputs[0])
     ]
 
 
-def _overwrites(node, value) -> bool:
-    k = node.meta.get("inplace")
-    return k is not None and node.inputs[k] is value
+def _whole_in_buffer(placement) -> bool:
+    return isinstance(placement, InBuffer) and not placement.view
 
 
-def _piece_buffers(graph: Graph, plan, name: str, buffers) -> dict[int, str]:
-    """id(value) -> the piece-sized buffer (appended to ``buffers``) of each value living
-    inside its row loop. Loops take turns with the same piece buffers."""
+def _overwrites(node, value, plan: MemoryPlan) -> bool:
+    placement = plan.placement(node.outputs[0])
+    return isinstance(placement, InPlace) and node.inputs[placement.input] is value
+
+
+def _piece_buffers(graph: Graph, loops: list[RowLoop], name: str, buffers) -> dict[Value, str]:
+    """Value -> the piece-sized buffer (appended to ``buffers``) of each value living inside
+    its row loop. Loops take turns with the same piece buffers."""
     pieces: dict[tuple, list[str]] = {}
     local = {}
-    for start, _, values in plan:
-        shape = graph.nodes[start].outputs[0].type.shape
+    for loop in loops:
+        shape = graph.nodes[loop.start].outputs[0].type.shape
         taken: dict[tuple, int] = {}
-        for value in values:
+        for value in loop.inside:
             key = ((_piece_rows(shape), *shape[1:]), value.type.dtype.name)
             names = pieces.setdefault(key, [])
             taken[key] = taken.get(key, 0) + 1
             if len(names) < taken[key]:
                 names.append(f"{name}_p{sum(map(len, pieces.values()))}")
                 buffers.append((names[-1], *key))
-            local[id(value)] = names[taken[key] - 1]
+            local[value] = names[taken[key] - 1]
     return local
 
 
@@ -363,7 +426,7 @@ def _piece_rows(shape: tuple) -> int:
     return max(1, rt.CHUNK * shape[0] // math.prod(shape))
 
 
-def _row_candidate(node) -> bool:
+def _row_candidate(node, plan: MemoryPlan) -> bool:
     op = OPS.get(node.op)
     elementwise = (op is not None and ELEMENTWISE in op.props) or (
         node.op == FUSED and not is_linear(node)
@@ -371,49 +434,53 @@ def _row_candidate(node) -> bool:
     if not elementwise or (op is not None and (RANDOM in op.props or op.out is None)):
         return False
     shape = node.outputs[0].type.shape
-    planned = ("inplace" in node.meta or "buffer" in node.meta) and "view" not in node.meta
+    placement = plan.placement(node.outputs[0])
+    planned = isinstance(placement, InPlace) or _whole_in_buffer(placement)
     return planned and len(shape) > 0 and shape[0] > 1 and math.prod(shape) > rt.CHUNK
 
 
-def _joins(members, home: dict, root: dict) -> bool:
+def _joins(members, plan: MemoryPlan) -> bool:
     """Whether ``members`` may run piece by piece: all candidates of one shape, and no member
     reads memory a member writes other than row for row (the same array, same rows: each
     member's own reads the memory plan allowed already; across members, a piece is read
     before any member writes that piece over)."""
     shape = members[0].outputs[0].type.shape
-    if not all(_row_candidate(m) and m.outputs[0].type.shape == shape for m in members):
+    if not all(_row_candidate(m, plan) and m.outputs[0].type.shape == shape for m in members):
         return False
-    written = {home[id(m.outputs[0])] for m in members}
+    written = {plan.memory_of(m.outputs[0]) for m in members}
     reads = [(value, True) for member in members for value in member.inputs]
-    return not clobbers(reads, written, shape, home, root)
+    return not clobbers(reads, written, shape, plan)
 
 
-def _row_loop(members, namer: Namer, buffers, local: dict[int, str]) -> list[str]:
+def _row_loop(members, frame: _Frame) -> list[str]:
     """The loop running ``members`` piece by piece, then each member's value bound to the
     whole array it wrote (a value living in a piece buffer is dead after the loop)."""
+    namer, local = frame.namer, frame.local
     shape = members[0].outputs[0].type.shape
     step = _piece_rows(shape)
-    written = {}  # id(member output) -> the whole array it writes, or its piece of a buffer
+    written = {}  # member output -> the whole array it writes, or its piece of a buffer
     body = []
     for member in members:
-        args = [written.get(id(v)) or _piece(v, shape, namer) for v in member.inputs]
+        args = [written.get(v) or _piece(v, shape, namer) for v in member.inputs]
         out = member.outputs[0]
-        whole = _destination(member, [namer(v) for v in member.inputs], buffers)
-        for k, v in enumerate(member.inputs):  # an in-place write goes where its input lives
-            if member.meta.get("inplace") == k and id(v) in written:
-                whole = written[id(v)].removesuffix("[piece]")
-        piece = f"{local[id(out)]}[: {shape[0]} - start]" if id(out) in local else None
-        written[id(out)] = piece or f"{whole}[piece]"
-        rhs = expression(member, args, {}, "", written[id(out)])
+        whole = _destination(member, [namer(v) for v in member.inputs], frame)
+        placement = frame.plan.placement(out)
+        if isinstance(placement, InPlace) and member.inputs[placement.input] in written:
+            # an in-place write goes where its input lives
+            whole = written[member.inputs[placement.input]].removesuffix("[piece]")
+        piece = f"{local[out]}[: {shape[0]} - start]" if out in local else None
+        written[out] = piece or f"{whole}[piece]"
+        kernel = frame.kernel_names.get(member)
+        rhs = expression(member, args, {}, "", written[out], kernel)
         body.append(f"    {rhs}{_comment(member)}")
     header = [
         f"for start in range(0, {shape[0]}, {step}):  # rows of {shape} in pieces of {step}",
         f"    piece = slice(start, start + {step})",
     ]
     binds = [
-        f"{namer(m.outputs[0], prefix='v')} = {written[id(m.outputs[0])].removesuffix('[piece]')}"
+        f"{namer(m.outputs[0], prefix='v')} = {written[m.outputs[0]].removesuffix('[piece]')}"
         for m in members
-        if id(m.outputs[0]) not in local
+        if m.outputs[0] not in local
     ]
     return header + body + binds
 
@@ -426,20 +493,22 @@ def _piece(value, shape, namer: Namer) -> str:
     return f"{namer(value)}[piece]" if rows else namer(value)
 
 
-def _destination(node, args: list[str], buffers) -> str | None:
-    """Where the memory plan says the node writes: an input it overwrites, or a buffer."""
-    if "inplace" in node.meta:
-        return args[node.meta["inplace"]]
-    if "buffer" in node.meta:  # the whole buffer, or the view of it an assembly writes
-        return buffers[node.meta["buffer"]][0] + node.meta.get("view", "")
+def _destination(node, args: list[str], frame: _Frame) -> str | None:
+    """Where the memory plan says the node writes: an input it overwrites, or a buffer (the
+    whole buffer, or the view of it an assembly writes)."""
+    placement = frame.plan.placement(node.outputs[0])
+    if isinstance(placement, InPlace):
+        return args[placement.input]
+    if isinstance(placement, InBuffer):
+        return frame.buffers[placement.buffer][0] + placement.view
     return None
 
 
-def _last_uses(graph: Graph) -> dict[int, int]:
+def _last_uses(graph: Graph) -> dict[Value, int]:
     last = {}
     for index, node in enumerate(graph.nodes):
         for v in node.inputs:
-            last[id(v)] = index
+            last[v] = index
     return last
 
 

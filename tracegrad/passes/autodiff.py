@@ -138,7 +138,7 @@ def split(
     }
     saved, recomputed = rematerialize(forward_nodes, steady, saved, returned, volatile)
     root = aliases(joint)
-    written = [v for v in saved if root[id(v)].name in changing]  # (or views of those)
+    written = [v for v in saved if root[v].name in changing]  # (or views of those)
     nodes, copies = copies_where_made(forward_nodes, written, [f"{v.name}_saved" for v in written])
     copy_of = {id(v): c for v, c in zip(written, copies, strict=True)}
     outputs = [copy_of.get(id(v), v) for v in saved]

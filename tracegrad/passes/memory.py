@@ -1,4 +1,4 @@
-"""Buffer planning: in-place writes and a pool of preallocated buffers.
+"""Buffer planning: in-place writes and a pool of preallocated buffers, as a typed plan.
 
 Liveness runs over the whole program (forward, backward and update in one graph, or each part
 of a compiled module). Alias analysis comes first: view ops (reshape, permute, broadcast_to,
@@ -11,16 +11,19 @@ template) gets, in this order of preference:
    optimizer buffer) once nothing reads its old value — so updates happen in place;
 2. a buffer from a pool keyed by shape and dtype, reused once its previous value is dead.
 
-Case 1 sets ``meta["inplace"] = k`` (write into input k); case 2 sets
-``meta["buffer"] = b``, an index into ``graph.meta["buffers"]`` (shape, dtype name) which the
-generated module allocates once. Graph inputs are never written except as declared updates, and
+``plan_memory(graph)`` returns a ``MemoryPlan``: per value its ``Placement`` (``InPlace`` for
+case 1, ``InBuffer`` for case 2, ``Assembled`` for a copy or concatenation whose inputs were
+computed straight into its buffer, no entry for a value in fresh memory), the buffers (shape,
+dtype name) the generated module allocates once, and ``memory_of(value)``: the one alias
+analysis that codegen, row loops and the compiled step ask which memory a value lives in. The
+graph itself is not changed. Graph inputs are never written except as declared updates, and
 values the caller keeps (outputs) never live in pooled memory unless listed as ``persistent``.
 
 One aliasing rule (``clobbers``) decides whether a write may go where it would: the node must
 not read that memory through a view (a transpose, reshape, slice or broadcast of it, or a view
 made once beside the buffers), nor after its kernel started writing it (a later member of a
-fused kernel). Row loops ask the same rule (``tracegrad.codegen.emit``), and ``verify`` checks
-every finished plan against it.
+fused kernel). Row loops ask the same rule (``tracegrad.codegen.emit``), and ``verify_plan``
+checks every finished plan against it and the in-place rule.
 """
 
 from __future__ import annotations
@@ -31,50 +34,131 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracegrad.dtypes import TensorType, from_name
-from tracegrad.ir.core import CONSTANT, FUSED, Node
+from tracegrad.ir.core import CONSTANT, FUSED, Node, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, OVERWRITES_INPUT, VIEW
 from tracegrad.passes.fuse import is_linear
 from tracegrad.passes.pipeline import note, register_pass
 
+# --- the plan ---------------------------------------------------------------------------------
 
-def aliases(graph: Graph) -> dict[int, object]:
-    """id(value) -> the value whose memory it lives in (itself unless produced by a view)."""
-    root: dict[int, object] = {id(v): v for v in graph.values()}
+
+@dataclass(frozen=True)
+class InPlace:
+    """Written into the memory of the node's input number ``input``, which dies there."""
+
+    input: int
+
+
+@dataclass(frozen=True)
+class InBuffer:
+    """Written into pooled buffer number ``buffer``: whole, or into ``view`` of it, a Python
+    suffix (``[:, :, 64:128].reshape(...)``) naming the place an assembly gives its part."""
+
+    buffer: int
+    view: str = ""
+
+
+@dataclass(frozen=True)
+class Assembled(InBuffer):
+    """Nothing to compute: its inputs were written in place into (``view`` of) the buffer, so
+    it is that buffer (the consumer of an assembly, or a copy the assembly made unneeded)."""
+
+
+Placement = InPlace | InBuffer
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """The memory of pooled buffer number ``buffer`` (a value's own memory is the Value)."""
+
+    buffer: int
+
+
+Memory = Value | Pooled
+
+
+@dataclass
+class MemoryPlan:
+    """Where each value of one graph lives (see the module docstring).
+
+    ``placements`` holds the first output of every node written into planned memory (a value
+    absent from it gets fresh memory, or is a view); ``buffers`` the (shape, dtype name) of each
+    pooled buffer; ``root`` maps each value to the value whose memory it shares as a view (itself
+    when it is none, see ``aliases``); ``persistent`` names the outputs allowed in pooled memory.
+    """
+
+    placements: dict[Value, Placement]
+    buffers: list[tuple[tuple, str]]
+    root: dict[Value, Value]
+    persistent: frozenset[str] = frozenset()
+    memory: dict[Value, Memory] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.memory = {}
+        for value in self.root:
+            if self.root[value] is value and value not in self.placements:
+                self.memory[value] = value
+
+    @classmethod
+    def fresh(cls, graph: Graph) -> MemoryPlan:
+        """No planned memory: every result in memory of its own (``passes=None``)."""
+        return cls.of(graph, {}, [])
+
+    @classmethod
+    def of(cls, graph: Graph, placements, buffers, persistent=frozenset()) -> MemoryPlan:
+        """The plan of ``graph`` with these placements, its memories settled node by node."""
+        plan = cls(placements, buffers, aliases(graph), persistent)
+        for node in graph.nodes:
+            plan.settle(node)
+        return plan
+
+    def placement(self, value) -> Placement | None:
+        return self.placements.get(value)
+
+    def memory_of(self, value) -> Memory:
+        """The memory ``value`` lives in: a pooled buffer, or the value whose own memory it is
+        (itself for graph inputs and fresh results, the base of a view, the input an in-place
+        write went into)."""
+        return self.memory[value]
+
+    def settle(self, node) -> None:
+        """Enter the memory of ``node``'s outputs (those of its inputs are settled)."""
+        out = node.outputs[0]
+        placement = self.placements.get(out)
+        if isinstance(placement, InBuffer):
+            self.memory[out] = Pooled(placement.buffer)
+        elif isinstance(placement, InPlace):
+            self.memory[out] = self.memory[node.inputs[placement.input]]
+        elif self.root[out] is not out:
+            self.memory[out] = self.memory[self.root[out]]
+
+    def is_whole(self, value, owner) -> bool:
+        """Whether ``value`` is ``owner``'s memory, whole: no view, of its type, living there
+        (an update written in place over its state input)."""
+        return (
+            self.root[value] is value and self.memory[value] is owner and owner.type == value.type
+        )
+
+    def count(self, kind: type) -> int:
+        """How many values have a placement of ``kind`` (``InPlace``, ``InBuffer``)."""
+        return sum(isinstance(p, kind) for p in self.placements.values())
+
+
+def aliases(graph: Graph) -> dict[Value, Value]:
+    """Each value -> the value whose memory it lives in (itself unless produced by a view)."""
+    root: dict[Value, Value] = {v: v for v in graph.values()}
     for node in graph.nodes:
         op = OPS.get(node.op)
         if op is not None and VIEW in op.props and node.inputs:
-            root[id(node.outputs[0])] = root[id(node.inputs[0])]
+            root[node.outputs[0]] = root[node.inputs[0]]
     return root
-
-
-def homes(graph: Graph, root: dict[int, object]) -> dict[int, tuple]:
-    """id(value) -> the memory a planned graph puts it in: ("buffer", k) for a pooled
-    buffer, else ("value", id(v)) of the value whose memory it is: itself for graph inputs
-    and fresh results, the base for views (``root``, from ``aliases``) and in-place writes."""
-    home: dict[int, tuple] = {id(v): ("value", id(v)) for v in graph.inputs}
-    for node in graph.nodes:
-        settle(node, home, root)
-    return home
-
-
-def settle(node, home: dict[int, tuple], root: dict[int, object]) -> None:
-    """Enter in ``home`` (see ``homes``) the memory the plan gave ``node``'s outputs."""
-    out = node.outputs[0]
-    if "buffer" in node.meta:
-        home[id(out)] = ("buffer", node.meta["buffer"])
-    elif "inplace" in node.meta:
-        home[id(out)] = home[id(node.inputs[node.meta["inplace"]])]
-    elif root[id(out)] is not out:
-        home[id(out)] = home[id(root[id(out)])]
-    for v in node.outputs:
-        home.setdefault(id(v), ("value", id(v)))
 
 
 # --- the aliasing rule: what a write may not destroy ------------------------------------------
 
 
-def reads_of(node) -> list[tuple[object, bool]]:
+def reads_of(node) -> list[tuple[Value, bool]]:
     """(input, read at the index written) for each input of ``node`` written into memory: True
     where its kernel reads the element before writing that same element, and nothing else
     after (an elementwise op; the first member alone of a fused kernel; the input a row-wise
@@ -82,8 +166,8 @@ def reads_of(node) -> list[tuple[object, bool]]:
     later members of a fused kernel, the operands of a product, a mask or a gradient, and an
     array given twice (a kernel of several steps may read its second operand after writing)."""
     if node.op == FUSED:
-        first = set(map(id, _read_first_only(node)))
-        return [(v, id(v) in first) for v in node.inputs]
+        first = set(_read_first_only(node))
+        return [(v, v in first) for v in node.inputs]
     props = OPS[node.op].props if node.op in OPS else frozenset()
     once = [sum(u is v for u in node.inputs) == 1 for v in node.inputs]
     if ELEMENTWISE in props:
@@ -93,10 +177,10 @@ def reads_of(node) -> list[tuple[object, bool]]:
     ]
 
 
-def clobbers(reads, written, shape: tuple, home: dict, root: dict) -> bool:
+def clobbers(reads, written, shape: tuple, plan: MemoryPlan) -> bool:
     """The aliasing rule every write into planned memory obeys: whether writing a result of
-    ``shape`` into the memories ``written`` (homes, see ``homes``) destroys something of
-    ``reads`` ((value, read at the index written) pairs, see ``reads_of``) before it is read.
+    ``shape`` into the memories ``written`` (see ``MemoryPlan.memory_of``) destroys something
+    of ``reads`` ((value, read at the index written) pairs, see ``reads_of``) before it is read.
 
     A value living in written memory is safe only read at the index written, and only as that
     memory itself, whole: its own array, of the result's shape. Read through any view of it
@@ -105,78 +189,178 @@ def clobbers(reads, written, shape: tuple, home: dict, root: dict) -> bool:
     is no view lives in its memory whole: the parts of an assembly, which do not, are read by
     their assembly alone.)"""
     return any(
-        home[id(value)] in written
-        and not (same_index and root[id(value)] is value and value.type.shape == shape)
+        plan.memory_of(value) in written
+        and not (same_index and plan.root[value] is value and value.type.shape == shape)
         for value, same_index in reads
     )
-
-
-def verify(graph: Graph) -> None:
-    """Check a planned graph against the aliasing rule (``clobbers``): no node writes memory
-    that one of its inputs is read from elsewhere than at the index written."""
-    root = aliases(graph)
-    home = {id(v): ("value", id(v)) for v in graph.inputs}
-    for node in graph.nodes:
-        settle(node, home, root)
-        out = node.outputs[0]
-        # (an assembly's nodes write views of its buffer that nothing else reads, or nothing)
-        planned = ("inplace" in node.meta or "buffer" in node.meta) and not (
-            "view" in node.meta or "assembled" in node.meta
-        )
-        if planned and clobbers(reads_of(node), {home[id(out)]}, out.type.shape, home, root):
-            raise PlanError(
-                f"memory plan: %{out.name} = {node.op} is written into memory one of its "
-                "inputs is read from through a view (or after it is written); fix the "
-                "plan's aliasing rule (passes/memory.py clobbers)"
-            )
 
 
 class PlanError(RuntimeError):
     """A memory plan writes over values before they are read."""
 
 
-def last_uses(graph: Graph, root: dict[int, object]) -> dict[int, int]:
-    """id(root value) -> index of the last node reading it or a view of it (the node count
-    for values the caller reads)."""
-    last: dict[int, int] = {}
+def last_uses(graph: Graph, root: dict[Value, Value]) -> dict[Value, int]:
+    """Root value -> index of the last node reading it or a view of it (the node count for
+    values the caller reads)."""
+    last: dict[Value, int] = {}
     for index, node in enumerate(graph.nodes):
         for v in node.inputs:
-            last[id(root[id(v)])] = index
+            last[root[v]] = index
     for v in [*graph.outputs, *graph.updates.values()]:
-        last[id(root[id(v)])] = len(graph.nodes)
+        last[root[v]] = len(graph.nodes)
     return last
+
+
+def verify_plan(graph: Graph, plan: MemoryPlan) -> None:
+    """Check ``plan`` against the rules every memory plan of ``graph`` obeys, and raise
+    ``PlanError`` naming the first node that breaks one:
+
+    1. the in-place rule: a memory is written only when every reader of the value living there
+       (or of a view of it) has run; the writing node itself reads it only at the index it
+       writes, as that memory whole (the aliasing rule, ``clobbers``);
+    2. graph inputs are written only where declared as updates (``graph.updates``), and a state
+       input's memory holds no result but its own new value; constants are never written;
+    3. a buffer holds one live value at a time (the parts of an assembly, written into views
+       of it, count as one);
+    4. an output the caller keeps lives in no pooled buffer unless it is ``persistent``.
+
+    Views are read only while their base is live, as a view's readers count as its base's."""
+    last = last_uses(graph, plan.root)
+    protected = _protection(graph, plan)
+    occupants: dict[Memory, list[Value]] = {}  # the values living in a memory, as roots
+    parts: dict[Memory, set[Value]] = defaultdict(set)  # an assembly's parts written so far
+    for index, node in enumerate(graph.nodes):
+        out = node.outputs[0] if node.outputs else None
+        placement = plan.placement(out)
+        if placement is None:
+            continue
+        memory = plan.memory_of(out)
+        living = occupants.get(memory, _owner(memory))
+        if placement_view(placement):  # (the assembly's earlier parts stay)
+            living = [v for v in living if v not in parts[memory]]
+        problem = (
+            protected(out, memory)
+            or _overwritten(graph, living, last, index)
+            or _clobbered(node, placement, memory, plan)
+        )
+        if problem is not None:
+            raise PlanError(
+                f"memory plan: %{out.name} = {node.op} {problem}; fix the plan "
+                "(passes/memory.py: the planner, or its aliasing rule clobbers)"
+            )
+        if placement_view(placement):
+            parts[memory].add(out)
+            occupants[memory] = list(parts[memory])
+        else:
+            parts.pop(memory, None)
+            occupants[memory] = [out]
+
+
+def _overwritten(graph: Graph, living: list[Value], last: dict, index: int) -> str | None:
+    """Rules 1 and 3 before the writing node: no value living in the memory is read later."""
+    for value in living:
+        end = last.get(value, -1)
+        if end > index:
+            reader = graph.nodes[end] if end < len(graph.nodes) else None
+            who = "the caller" if reader is None else f"%{reader.outputs[0].name} = {reader.op}"
+            return (
+                f"overwrites %{value.name}, which {who} reads later (a memory is written only "
+                "once every reader of the value living there has run)"
+            )
+    return None
+
+
+def _clobbered(node, placement: Placement, memory: Memory, plan: MemoryPlan) -> str | None:
+    """Rule 1 at the writing node: a node computing its result into the whole memory of its
+    placement (not a view of a buffer, nor assembled by others) reads it as it writes."""
+    computed = isinstance(placement, InPlace) or (
+        type(placement) is InBuffer and not placement.view
+    )
+    out = node.outputs[0]
+    if computed and clobbers(reads_of(node), {memory}, out.type.shape, plan):
+        return (
+            "reads the memory it writes through a view, or after writing it (an in-place "
+            "write reads each element only where it writes it)"
+        )
+    return None
+
+
+def placement_view(placement: Placement) -> str:
+    """The view of its buffer a placement writes ("" for the buffer whole, or in place)."""
+    return placement.view if isinstance(placement, InBuffer) else ""
+
+
+def _owner(memory: Memory) -> list[Value]:
+    """Who lives in a memory before the program writes it: a value in its own memory."""
+    return [memory] if isinstance(memory, Value) else []
+
+
+def _protection(graph: Graph, plan: MemoryPlan):
+    """``check(out, memory)``: what rules 2 and 4 of ``verify_plan`` say against writing
+    ``out`` into ``memory`` (None when nothing)."""
+    inputs = set(graph.inputs)
+    constants = {n.outputs[0] for n in graph.nodes if n.op == CONSTANT}
+    kept = {plan.root[v] for v in graph.outputs if v.name not in plan.persistent}
+    results = {plan.root[v] for v in [*graph.outputs, *graph.updates.values()]}
+
+    def check(out, memory: Memory) -> str | None:
+        if isinstance(memory, Pooled):
+            if plan.root[out] in kept:
+                return (
+                    f"is kept by the caller, but lives in pooled buffer {memory.buffer} (only "
+                    "persistent outputs may)"
+                )
+            return None
+        if memory in constants:
+            return f"writes constant %{memory.name} (constants are never written)"
+        if memory not in inputs:
+            return None
+        if memory.name not in graph.updates:
+            return (
+                f"writes graph input %{memory.name}, which the program does not update (graph "
+                "inputs are written only where declared as updates)"
+            )
+        own = plan.root[graph.updates[memory.name]]
+        if plan.root[out] in results and plan.root[out] is not own:
+            return (
+                f"puts a result in the memory of %{memory.name}, which holds its own new value "
+                "(written back there after the run)"
+            )
+        return None
+
+    return check
+
+
+# --- the planner --------------------------------------------------------------------------------
 
 
 class _Planner:
     def __init__(self, graph: Graph, persistent: frozenset[str]):
         self.graph = graph
-        self.root = aliases(graph)
+        self.plan = MemoryPlan.of(graph, {}, [], persistent)
+        self.root = self.plan.root
         self.last = last_uses(graph, self.root)
         kept = [v for v in graph.outputs if v.name not in persistent]
         constants = [n.outputs[0] for n in graph.nodes if n.op == CONSTANT]
-        self.protected = {id(v) for v in [*graph.inputs, *constants]}
-        self.protected |= {id(self.root[id(v)]) for v in kept}
+        self.protected = {*graph.inputs, *constants} | {self.root[v] for v in kept}
         # A state input's old value may be overwritten once dead: its new value goes there.
         targets = {v.name: v for v in graph.inputs if v.name in graph.updates}
-        self.targets = {id(v) for v in targets.values()}
-        # id(value) -> the state input whose memory it lives in. That memory may hold the
-        # input's own new value, never another result: the caller writes each new value
-        # back into its input after the run, which would overwrite it first.
-        self.home = {id(v): name for name, v in targets.items()}
-        self.results = {id(self.root[id(v)]) for v in [*graph.outputs, *graph.updates.values()]}
-        # id(value) -> its memory (see ``homes``), for the nodes planned so far
-        self.where: dict[int, tuple] = {id(v): ("value", id(v)) for v in graph.inputs}
-        self.buffers: list[tuple] = []
+        self.targets = set(targets.values())
+        # value -> the state input whose memory it lives in. That memory may hold the input's
+        # own new value, never another result: the caller writes each new value back into its
+        # input after the run, which would overwrite it first.
+        self.home = {v: name for name, v in targets.items()}
+        self.results = {self.root[v] for v in [*graph.outputs, *graph.updates.values()]}
         self.free: dict[tuple, list[int]] = defaultdict(list)
-        self.owner: dict[int, int] = {}  # id(root value) -> buffer index
-        # id(node) -> its assembly (see _assemblies), for its consumer and the nodes it gathers
-        self.assembly: dict[int, Assembly] = {}
+        self.owner: dict[Value, int] = {}  # root value -> buffer index
+        # node -> its assembly (see _assemblies), for its consumer and the nodes it gathers
+        self.assembly: dict[Node, Assembly] = {}
         for assembly in _assemblies(graph, self.protected, self.root):
             for node in [assembly.consumer, *assembly.parts]:
-                self.assembly[id(node)] = assembly
+                self.assembly[node] = assembly
 
     def dies_at(self, value, index: int) -> bool:
-        return self.last.get(id(self.root[id(value)])) == index
+        return self.last.get(self.root[value]) == index
 
     def writable_input(self, node, index: int, candidates) -> int | None:
         """Position of an input the node may overwrite: one of ``candidates``, not a view,
@@ -186,90 +370,89 @@ class _Planner:
         for k, value in enumerate(node.inputs):
             if (
                 value in candidates
-                and self.root[id(value)] is value
+                and self.root[value] is value
                 and self.dies_at(value, index)
                 and value.type == out.type
                 and self.may_hold(value, out)
-                and not self.clobbers(node, self.where[id(value)])
+                and not self.clobbers(node, self.plan.memory_of(value))
             ):
                 return k
         return None
 
     def clobbers(self, node, memory) -> bool:
         shape = node.outputs[0].type.shape
-        return clobbers(reads_of(node), {memory}, shape, self.where, self.root)
+        return clobbers(reads_of(node), {memory}, shape, self.plan)
 
     def may_hold(self, value, out) -> bool:
         """Whether ``out`` may be written into ``value``'s memory (see ``self.home``)."""
-        home = self.home.get(id(value))
-        if home is None or id(out) not in self.results:
+        home = self.home.get(value)
+        if home is None or out not in self.results:
             return True
-        return self.root[id(self.graph.updates[home])] is out
+        return self.root[self.graph.updates[home]] is out
 
     def place(self, node, index: int) -> None:
-        assembly = self.assembly.get(id(node))
+        assembly = self.assembly.get(node)
         if assembly is not None:
             self.place_assembled(node, assembly)
             return
         op, out = OPS.get(node.op), node.outputs[0]
         writes_out = node.op == FUSED or (op is not None and op.out is not None)
-        if not writes_out or self.root[id(out)] is not out:
+        if not writes_out or self.root[out] is not out or out in self.protected:
             return
-        if id(self.root[id(out)]) in self.protected:
-            return
-        ours = [v for v in node.inputs if id(v) not in self.protected or id(v) in self.targets]
+        ours = [v for v in node.inputs if v not in self.protected or v in self.targets]
         if not out.type.shape:
             # NumPy hands back 0-d results as scalars, which cannot be written into later;
             # a ufunc given out= writes there, so a 0-d state (a step count) is updated in place
-            ours = [v for v in ours if id(v) in self.targets]
+            ours = [v for v in ours if v in self.targets]
             if op is None or not isinstance(op.impl, np.ufunc) or not ours:
                 return
         k = self.writable_input(node, index, ours)
         if k is not None:
-            node.meta["inplace"] = k
-            if id(node.inputs[k]) in self.home:
-                self.home[id(out)] = self.home[id(node.inputs[k])]
-            if id(node.inputs[k]) in self.owner:
-                self.owner[id(out)] = self.owner.pop(id(node.inputs[k]))
-            note("inplace", node)
-            return
-        if not out.type.shape:
-            return  # (no buffer: a 0-d result comes back as a scalar)
-        key = (out.type.shape, out.type.dtype.name)
-        buffer = self.free[key].pop() if self.free[key] else self._new(key)
-        node.meta["buffer"] = buffer
-        self.owner[id(out)] = buffer
+            self.place_in(node, k)
+        elif out.type.shape:  # (no buffer for a 0-d result: it comes back as a scalar)
+            key = (out.type.shape, out.type.dtype.name)
+            self.plan.placements[out] = InBuffer(self.take(key))
+            self.owner[out] = self.plan.placements[out].buffer
+
+    def place_in(self, node, k: int) -> None:
+        """Write ``node``'s result over its input ``k``, whose memory (and owner) it takes."""
+        out, written = node.outputs[0], node.inputs[k]
+        self.plan.placements[out] = InPlace(k)
+        if written in self.home:
+            self.home[out] = self.home[written]
+        if written in self.owner:
+            self.owner[out] = self.owner.pop(written)
+        note("inplace", node)
 
     def place_assembled(self, node, assembly: Assembly) -> None:
         """A node of an assembly writes (or, for a copy it makes unneeded, is) a view of the
         consumer's buffer, taken from the pool at the first of them and held until the
         consumer's value dies."""
         if assembly.buffer is None:
-            key = (
-                assembly.consumer.outputs[0].type.shape,
-                assembly.consumer.outputs[0].type.dtype.name,
-            )
-            assembly.buffer = self.free[key].pop() if self.free[key] else self._new(key)
-        node.meta["buffer"] = assembly.buffer
+            result = assembly.consumer.outputs[0].type
+            assembly.buffer = self.take((result.shape, result.dtype.name))
+        out = node.outputs[0]
         if node is assembly.consumer:
-            node.meta["assembled"] = True
-            self.owner[id(node.outputs[0])] = assembly.buffer
+            self.plan.placements[out] = Assembled(assembly.buffer)
+            self.owner[out] = assembly.buffer
             note("assembled", node)
             return
-        node.meta["view"] = assembly.parts[node]
-        if node.op in ASSEMBLERS:
-            node.meta["assembled"] = True
+        kind = Assembled if node.op in ASSEMBLERS else InBuffer
+        self.plan.placements[out] = kind(assembly.buffer, assembly.parts[node])
 
-    def _new(self, key) -> int:
-        self.buffers.append(key)
-        return len(self.buffers) - 1
+    def take(self, key) -> int:
+        """A free buffer of ``key`` (shape, dtype name), or a new one."""
+        if self.free[key]:
+            return self.free[key].pop()
+        self.plan.buffers.append(key)
+        return len(self.plan.buffers) - 1
 
     def release(self, node, index: int) -> None:
         for v in node.inputs:
-            base = self.root[id(v)]
-            if self.dies_at(v, index) and id(base) in self.owner:
-                buffer = self.owner.pop(id(base))
-                self.free[self.buffers[buffer]].append(buffer)
+            base = self.root[v]
+            if self.dies_at(v, index) and base in self.owner:
+                buffer = self.owner.pop(base)
+                self.free[self.plan.buffers[buffer]].append(buffer)
 
 
 # --- assemblies: results written straight into their place in a copy or concatenation -----
@@ -286,28 +469,28 @@ class Assembly:
     view of the buffer it writes, as a Python suffix (``[:, :, 64:128].reshape(...)``)."""
 
     consumer: Node
-    parts: dict = field(default_factory=dict)  # Node -> view suffix (str)
+    parts: dict[Node, str] = field(default_factory=dict)  # node -> view suffix
     buffer: int | None = None
 
 
-def _assemblies(graph: Graph, protected: set[int], root: dict) -> list[Assembly]:
+def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembly]:
     """The copies and concatenations whose every input can be written in place: each traced
     back, through reshapes, transposes and copies read by nothing else, to a product or a
     fused kernel read by nothing else (NumPy writes those into any strided view). The last
     consumer of a chain claims it first."""
-    producers = {id(v): n for n in graph.nodes for v in n.outputs}
-    reads: dict[int, int] = defaultdict(int)
+    producers = {v: n for n in graph.nodes for v in n.outputs}
+    reads: dict[Value, int] = defaultdict(int)
     for v in [*(v for n in graph.nodes for v in n.inputs), *graph.outputs]:
-        reads[id(v)] += 1
+        reads[v] += 1
     for v in graph.updates.values():
-        reads[id(v)] += 1
+        reads[v] += 1
 
     def trace_part(value, view, suffix, assembly) -> bool:
         """Follow ``value`` (to be found in ``view`` of the consumer's buffer) back to the
         node that can write it there, noting each node on the way in ``assembly.parts``."""
         while True:
-            node = producers.get(id(value))
-            if node is None or reads[id(value)] != 1 or id(root[id(value)]) in protected:
+            node = producers.get(value)
+            if node is None or reads[value] != 1 or root[value] in protected:
                 return False
             if node.op == "reshape":
                 source = node.inputs[0].type.shape
@@ -327,13 +510,13 @@ def _assemblies(graph: Graph, protected: set[int], root: dict) -> list[Assembly]
                 return False
             value = node.inputs[0]
 
-    claimed: set[int] = set()
+    claimed: set[Node] = set()
     found = []
     for node in reversed(graph.nodes):
         out = node.outputs[0] if node.outputs else None
-        if node.op not in ASSEMBLERS or id(node) in claimed or not out.type.shape:
+        if node.op not in ASSEMBLERS or node in claimed or not out.type.shape:
             continue
-        if id(root[id(out)]) in protected:
+        if root[out] in protected:
             continue
         assembly = Assembly(node)
         probe = np.empty(out.type.shape, np.int8)  # strides only: its pages are never touched
@@ -348,7 +531,7 @@ def _assemblies(graph: Graph, protected: set[int], root: dict) -> list[Assembly]
             if not trace_part(value, view, suffix, assembly):
                 break
         else:
-            claimed.update(id(n) for n in assembly.parts)
+            claimed.update(assembly.parts)
             found.append(assembly)
     return found
 
@@ -379,47 +562,47 @@ def _read_first_only(node) -> list:
     ]
 
 
-def plan(graph: Graph, persistent: frozenset[str] = frozenset()) -> Graph:
-    """Annotate ``graph`` in place with in-place writes and pooled buffers (see above).
-
-    ``persistent`` names outputs that may live in planned memory (the caller copies or uses
-    them before the next call)."""
-    for node in graph.nodes:  # a new plan replaces an earlier one, which may be stale
-        for key in ("inplace", "buffer", "view", "assembled"):
-            node.meta.pop(key, None)
+def plan_memory(graph: Graph, persistent: frozenset[str] = frozenset()) -> MemoryPlan:
+    """The memory plan of ``graph`` (see above), checked by ``verify_plan``; the graph is not
+    changed. ``persistent`` names outputs that may live in planned memory (the caller copies
+    or uses them before the next call)."""
     planner = _Planner(graph, persistent)
     for index, node in enumerate(graph.nodes):
         planner.place(node, index)
-        settle(node, planner.where, planner.root)
+        planner.plan.settle(node)
         planner.release(node, index)
-    graph.meta["buffers"] = planner.buffers
-    verify(graph)
-    return graph
+    verify_plan(graph, planner.plan)
+    return planner.plan
 
 
 @register_pass("memory")
 def memory(graph: Graph) -> Graph:
-    """Plan in-place writes and pooled buffers from liveness over the whole program."""
-    return plan(graph)
+    """Plan in-place writes and pooled buffers from liveness over the whole program.
+
+    As a pass in a pipeline it plans and checks the plan, and leaves the graph as it is:
+    tg.compile takes each generated function's plan from ``plan_memory``."""
+    plan_memory(graph)
+    return graph
 
 
-def peak_bytes(graph: Graph, buffers: list[tuple] | None = None) -> int:
-    """Estimated peak of memory the program allocates (graph inputs not counted): planned
-    buffers once (``buffers``, (shape, dtype name) pairs, when the generated code allocates
-    others than the plan's), plus every other value from its definition to its last use."""
-    root = aliases(graph)
-    last = last_uses(graph, root)
-    buffers = graph.meta.get("buffers", []) if buffers is None else buffers
+def peak_bytes(graph: Graph, plan: MemoryPlan | None = None, buffers=None) -> int:
+    """Estimated peak of memory the program allocates (graph inputs not counted): the buffers
+    of ``plan`` once (or ``buffers``, (shape, dtype name) pairs, when the generated code
+    allocates others than the plan's), plus every other value from its definition to its
+    last use."""
+    plan = MemoryPlan.fresh(graph) if plan is None else plan
+    last = last_uses(graph, plan.root)
+    buffers = plan.buffers if buffers is None else buffers
     pool = sum(TensorType(shape, from_name(dtype)).nbytes for shape, dtype in buffers)
-    live: dict[int, int] = {}
+    live: dict[Value, int] = {}
     peak = 0
     for index, node in enumerate(graph.nodes):
         for out in node.outputs:
-            owns = root[id(out)] is out and "inplace" not in node.meta and "buffer" not in node.meta
+            owns = plan.root[out] is out and plan.placement(node.outputs[0]) is None
             if owns and node.op != CONSTANT:
-                live[id(out)] = out.type.nbytes
+                live[out] = out.type.nbytes
         peak = max(peak, sum(live.values()))
         for v in node.inputs:
-            if last.get(id(root[id(v)])) == index:
-                live.pop(id(root[id(v)]), None)
+            if last.get(plan.root[v]) == index:
+                live.pop(plan.root[v], None)
     return pool + peak

@@ -6,6 +6,10 @@ Every function takes ``views``, a list of ``(title, Graph)`` pairs, for example:
              ("forward (traced)", tg.trace(model, x))]
     tracegrad.viz.render(views, "graph.html", code=cm.code)
 
+and optionally ``generated``, the (FunctionSource, Graph) pairs of a compiled program: the
+views of those graphs then show the code's variable names and the memory plan's badges as the
+code generator recorded them.
+
 Each graph input and each IR node becomes one box whose id is the value name of its (first)
 output prefixed by its view's position: ``g0_12``, ``g1_grad_7``; members of a fused node are
 ``<fused id>/<name>``. Boxes are coloured by the kind of their op (``scene.KINDS``). The SVG

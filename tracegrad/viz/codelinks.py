@@ -1,10 +1,11 @@
 """Linking generated source to the boxes of a picture.
 
 The code generator names each node's value after its IR name (``v12 = np.exp(v11)`` defines
-IR value ``12``) and each function's parameters after the graph's inputs. A statement
-``NAME = ...`` inside ``def f(params):`` is linked to the node whose variable is NAME in every
-view whose inputs are named ``params`` (the traced and the optimized forward graph both match
-``forward``); when no view matches the signature, every view is searched.
+IR value ``12``) and each function's parameters after the graph's inputs; a box's variable is
+the name the generator recorded for its value (``FunctionSource.names``, see ``scene``). A
+statement ``NAME = ...`` inside ``def f(params):`` is linked to the node whose variable is
+NAME in every view whose inputs are named ``params`` (the traced and the optimized forward
+graph both match ``forward``); when no view matches the signature, every view is searched.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """The three output formats, each one template over the same scenes and drawings.
 
 ``views`` is always a list of ``(title, Graph)`` pairs; box ids get the prefix ``g<i>_`` of
-the view's position, so the same graph shown twice keeps unique ids.
+the view's position, so the same graph shown twice keeps unique ids. ``generated`` (optional,
+a compiled program's ``parts``: (FunctionSource, Graph) pairs) gives the views of generated
+graphs the code's variable names and the memory plan's badges, as the code generator recorded
+them.
 """
 
 from __future__ import annotations
@@ -57,19 +60,23 @@ _ENV.filters.update(dot=_dot_quote, px=_px)
 _ENV.globals.update(kinds=KINDS, title_height=TITLE_HEIGHT)
 
 
-def scenes(views) -> list[Scene]:
+def scenes(views, generated=()) -> list[Scene]:
     """A scene per view; a very large one collapsed into groups (see scene.collapse)."""
-    return [collapse(build_scene(title, graph, i)) for i, (title, graph) in enumerate(views)]
+    emitted = {id(graph): fn for fn, graph in generated}
+    return [
+        collapse(build_scene(title, graph, i, emitted.get(id(graph))))
+        for i, (title, graph) in enumerate(views)
+    ]
 
 
-def to_dot(views) -> str:
+def to_dot(views, generated=()) -> str:
     """Graphviz DOT text (no Graphviz needed to write it)."""
-    return _ENV.get_template("graph.dot.j2").render(scenes=scenes(views))
+    return _ENV.get_template("graph.dot.j2").render(scenes=scenes(views, generated))
 
 
-def to_svg(views) -> str:
+def to_svg(views, generated=()) -> str:
     """A standalone SVG with the views side by side, laid out by tracegrad itself."""
-    drawings = [draw(scene) for scene in scenes(views)]
+    drawings = [draw(scene) for scene in scenes(views, generated)]
     placed, offset = [], 0.0
     for d in drawings:
         placed.append((offset, d))
@@ -80,9 +87,9 @@ def to_svg(views) -> str:
     )
 
 
-def to_html(views, code: str | None = None) -> str:
+def to_html(views, code: str | None = None, generated=()) -> str:
     """One self-contained page: tabs per view, details on hover, code linked to nodes."""
-    drawings = [draw(scene) for scene in scenes(views)]
+    drawings = [draw(scene) for scene in scenes(views, generated)]
     lines = link_code(code, [d.scene for d in drawings]) if code else []
     return _ENV.get_template("page.html.j2").render(
         drawings=drawings,
@@ -110,7 +117,7 @@ def _node_table(drawings: list[Drawing], lines: dict[str, int]) -> dict:
 _WRITERS = {".dot": to_dot, ".gv": to_dot, ".svg": to_svg, ".html": to_html, ".htm": to_html}
 
 
-def render(views, path, code: str | None = None):
+def render(views, path, code: str | None = None, generated=()):
     """Write ``views`` to ``path`` in the format its suffix names; returns ``path``."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in _WRITERS:
@@ -118,7 +125,7 @@ def render(views, path, code: str | None = None):
             f"cannot tell the format from {os.fspath(path)!r}: use one of {sorted(_WRITERS)}"
         )
     writer = _WRITERS[suffix]
-    text = writer(views, code) if writer is to_html else writer(views)
+    text = to_html(views, code, generated) if writer is to_html else writer(views, generated)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return path

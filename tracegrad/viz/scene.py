@@ -1,10 +1,13 @@
 """What a picture shows, before any geometry: boxes, edges and fused groups of one view.
 
-A *view* is a titled Graph. Its scene has one ``Box`` per graph input and per IR node (a fused
-node's box holds the boxes of its body's nodes as ``members``) and one ``Edge`` per producer ->
-consumer pair between leaf boxes. Box ids are the value name of the node's first output,
-prefixed per view (``g0_12``, ``g1_grad_7``); members of a fused node are named after it
-(``g0_15/3``). Every output format (DOT, SVG, HTML) is drawn from this one description.
+A *view* is a titled Graph, with the generated function (``FunctionSource``) that computes it
+when there is one: then the boxes take the code's variable names and the memory plan's badges
+from what the code generator recorded. Its scene has one ``Box`` per graph input and per IR
+node (a fused node's box holds the boxes of its body's nodes as ``members``) and one ``Edge``
+per producer -> consumer pair between leaf boxes. Box ids are the value name of the node's
+first output, prefixed per view (``g0_12``, ``g1_grad_7``); members of a fused node are named
+after it (``g0_15/3``). Every output format (DOT, SVG, HTML) is drawn from this one
+description.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tracegrad.codegen.emit import Namer
-from tracegrad.ir.core import CONSTANT, CUSTOM
+from tracegrad.codegen.emit import FunctionSource, Namer
+from tracegrad.ir.core import CONSTANT, CUSTOM, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, REDUCE, VIEW, ops_with
+from tracegrad.passes.memory import InPlace, MemoryPlan, Pooled
 
 FUSED = "fused"
 
@@ -76,8 +80,8 @@ class Box:
     details: list[tuple[str, str]]  # rows for tooltips and the side panel
     var: str | None = None  # the generated-code variable holding the value
     output: bool = False  # a graph output (or an updated input)
-    inplace: int | None = None  # meta["inplace"]
-    buffer: object = None  # meta["buffer"]
+    inplace: int | None = None  # the input it is written over, by the memory plan
+    buffer: int | None = None  # the pooled buffer it lives in, by the memory plan
     members: list[Box] = field(default_factory=list)
     member_edges: list[Edge] = field(default_factory=list)
 
@@ -117,19 +121,28 @@ class Scene:
                 yield box
 
 
-def build_scene(title: str, graph: Graph, index: int) -> Scene:
+def build_scene(
+    title: str, graph: Graph, index: int, emitted: FunctionSource | None = None
+) -> Scene:
+    """The scene of one view (see the module docstring)."""
     prefix = f"g{index}_"
-    variables = code_vars(graph)
-    outputs = {id(v) for v in graph.outputs} | {id(v) for v in graph.updates.values()}
-    outputs |= {id(v) for v in graph.inputs if v.name in graph.updates}
-    where: dict[int, str] = {}  # id(value) -> id of the leaf box producing it
-    boxes = [_input_box(v, prefix, variables, id(v) in outputs) for v in graph.inputs]
+    if emitted is None:
+        variables, plan = code_vars(graph), None
+    else:
+        variables = {value.name: name for value, name in emitted.names.items()}
+        plan = emitted.plan
+    outputs = {*graph.outputs, *graph.updates.values()}
+    outputs |= {v for v in graph.inputs if v.name in graph.updates}
+    where: dict[Value, str] = {}  # value -> id of the leaf box producing it
+    boxes = [_input_box(v, prefix, variables, v in outputs) for v in graph.inputs]
     for v, box in zip(graph.inputs, boxes, strict=True):
-        where[id(v)] = box.id
+        where[v] = box.id
     edges = _EdgeSet()
     for node in graph.nodes:
         box = _node_box(node, prefix, variables, where, edges)
-        box.output = any(id(v) in outputs for v in node.outputs)
+        if plan is not None and node.outputs:
+            _mark_memory(box, plan, node.outputs[0])
+        box.output = any(v in outputs for v in node.outputs)
         boxes.append(box)
     return Scene(title, prefix, boxes, edges.items())
 
@@ -164,17 +177,27 @@ def _node_box(node, prefix: str, variables: dict, where: dict, edges: _EdgeSet) 
         type=str(node.outputs[0].type) if node.outputs else "",
         details=_node_details(node),
         var=variables.get(name),
-        inplace=node.meta.get("inplace"),
-        buffer=node.meta.get("buffer"),
     )
     if node.op == FUSED:
         _fill_fused(box, node, where, edges)
         return box
     for v in node.inputs:
-        edges.add(where[id(v)], box.id, str(v.type))
+        edges.add(where[v], box.id, str(v.type))
     for v in node.outputs:
-        where[id(v)] = box.id
+        where[v] = box.id
     return box
+
+
+def _mark_memory(box: Box, plan: MemoryPlan, value) -> None:
+    """Badges from the memory plan: the input written over, the pooled buffer lived in."""
+    placement = plan.placement(value)
+    if isinstance(placement, InPlace):
+        box.inplace = placement.input
+    memory = plan.memory_of(value)
+    if placement is not None and isinstance(memory, Pooled):
+        box.buffer = memory.buffer
+    if box.badges:
+        box.details.append(("memory plan", " · ".join(box.badges)))
 
 
 def _fill_fused(box: Box, node, where: dict, edges: _EdgeSet) -> None:
@@ -183,7 +206,7 @@ def _fill_fused(box: Box, node, where: dict, edges: _EdgeSet) -> None:
     body: Graph = body_of(node)
     inner = dict(where)
     for outer, v in zip(node.inputs, body.inputs, strict=True):
-        inner[id(v)] = where[id(outer)]
+        inner[v] = where[outer]
     internal = _EdgeSet()
     for member in body.nodes:
         collected = _EdgeSet()
@@ -193,7 +216,7 @@ def _fill_fused(box: Box, node, where: dict, edges: _EdgeSet) -> None:
             (internal if inside else edges).add(edge.src, edge.dst, edge.label)
     box.member_edges = internal.items()
     for outer, v in zip(node.outputs, body.outputs, strict=True):
-        where[id(outer)] = inner[id(v)]
+        where[outer] = inner[v]
 
 
 def _input_box(v, prefix: str, variables: dict, output: bool) -> Box:

@@ -1,0 +1,61 @@
+"""What a generated function records of what it emitted (``FunctionSource``: the Python name
+of each value, the kernel each fused node calls, the row loops, the memory plan) agrees with
+the source it wrote, and codegen leaves the graph it reads as it was."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+import tracegrad as tg
+from tracegrad import nn, optim
+from tracegrad.ir.core import FUSED
+from tracegrad.passes.memory import InBuffer, InPlace
+
+
+def compiled_adam_step(training_step):
+    """A step with fused kernels, in-place updates, pooled buffers and a row loop (the
+    first weight has 281600 elements)."""
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1100, 256), nn.Tanh(), nn.Linear(256, 4)).double()
+    step = tg.compile(training_step(model, optim.Adam(model.parameters(), lr=0.01)))
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        step(tg.tensor(rng.standard_normal((8, 1100))), tg.tensor(rng.integers(0, 4, 8)))
+    return step
+
+
+def test_the_record_names_what_the_code_defines(training_step):
+    step = compiled_adam_step(training_step)
+    fn, graph = step.latest.program.parts[0]
+    code = step.code
+    defined = set(re.findall(r"^\s+(\w+) = ", code, re.M))
+    inside = {v for loop in fn.row_loops for v in loop.inside}  # (live in piece buffers)
+    for value in (n.outputs[0] for n in graph.nodes if n.outputs[0] not in inside):
+        assert fn.names[value] in defined, f"%{value.name} is not named"
+    assert fn.params[: len(graph.inputs)] == [fn.names[v] for v in graph.inputs]
+    fused = [n for n in graph.nodes if n.op == FUSED]
+    assert fused and list(fn.kernel_names) == fused
+    body = code.split("def step(")[1]
+    for kernel in fn.kernel_names.values():
+        assert f"def {kernel}(" in code and f"{kernel}(" in body
+
+
+def test_the_record_holds_the_row_loops_and_plan_the_code_follows(training_step):
+    step = compiled_adam_step(training_step)
+    fn, graph = step.latest.program.parts[0]
+    assert fn.row_loops and len(fn.row_loops) == step.code.count("for start in range(")
+    assert fn.plan.count(InPlace) > 0 and fn.plan.count(InBuffer) > 0
+    writes = re.findall(r"out=(\w+)", step.code)
+    for value, placement in fn.plan.placements.items():
+        if isinstance(placement, InPlace):  # the op writes over the input the plan names
+            node = next(n for n in graph.nodes if n.outputs[0] is value)
+            assert fn.names[node.inputs[placement.input]] in writes
+
+
+def test_codegen_leaves_the_graph_it_reads_as_it_was(training_step):
+    step = compiled_adam_step(training_step)
+    _, graph = step.latest.program.parts[0]
+    assert all(set(node.meta) <= {"fused"} for node in graph.nodes)
+    assert not {"buffers", "kernel"} & set(graph.meta)
