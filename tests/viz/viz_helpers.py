@@ -16,7 +16,7 @@ import tracegrad as tg
 from tracegrad import dtypes, nn
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
-from tracegrad.ir.core import Node, Value
+from tracegrad.ir.core import Node, Phase, Value
 from tracegrad.ir.graph import Graph, body_of
 
 # --- models and graphs ---------------------------------------------------------------------------
@@ -83,17 +83,25 @@ def fused_graph() -> Graph:
     )
     nodes = [
         Node("permute", [v["fc.weight"]], [v["1"]], {"dims": (1, 0)}, where),
-        Node("matmul", [v["x"], v["1"]], [v["2"]], {}, where, None, {"buffer": 0}),
+        Node("matmul", [v["x"], v["1"]], [v["2"]], {}, where, meta={"buffer": 0}),
         Node(
             "fused",
             [v["2"], v["fc.bias"]],
             [v["4"]],
             {"body": body},
             where,
-            None,
-            {"fused": "elementwise", "buffer": 1},
+            meta={"fused": "elementwise", "buffer": 1},
         ),
-        Node("neg", [v["4"]], [v["5"]], {}, where, "grad of relu", {"inplace": 0, "buffer": 1}),
+        Node(
+            "neg",
+            [v["4"]],
+            [v["5"]],
+            {},
+            where,
+            phase=Phase.BACKWARD,
+            grad_of="relu",
+            meta={"inplace": 0, "buffer": 1},
+        ),
     ]
     return Graph([v["x"], v["fc.weight"], v["fc.bias"]], nodes, [v["5"]])
 

@@ -97,8 +97,9 @@ class Graph:
                 [mapping[id(v)] for v in n.outputs],
                 dict(n.attrs),
                 n.location,
-                n.origin,
-                dict(n.meta),
+                phase=n.phase,
+                grad_of=n.grad_of,
+                meta=dict(n.meta),
             )
             for n in self.nodes
         ]
@@ -162,7 +163,8 @@ def _attr_key(value):
 
 
 def structure(graph: Graph) -> tuple:
-    """Everything that makes two graphs equal: names, types, ops, attributes, locations."""
+    """Everything that makes two graphs equal: names, types, ops, attributes, locations,
+    phases."""
 
     def loc(node):
         return (node.location.filename, node.location.lineno) if node.location else None
@@ -176,7 +178,8 @@ def structure(graph: Graph) -> tuple:
                 tuple((v.name, v.type) for v in n.outputs),
                 tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
                 loc(n),
-                n.origin,
+                n.phase,
+                n.grad_of,
             )
             for n in graph.nodes
         ),

@@ -7,7 +7,7 @@ JSON layout::
      "nodes":   [{"op": "matmul", "inputs": ["x", "1"],
                   "outputs": [{"name": "2", "dtype": "f32", "shape": [32, 128]}],
                   "attrs": {...}, "location": {"filename": "model.py", "lineno": 12} | null,
-                  "origin": "grad of ..." (only when set)}, ...],
+                  "origin": "grad of relu" | "update" (only when not forward)}, ...],
      "outputs": ["2"],
      "updates": {"fc1.weight": "1"}}
 
@@ -35,7 +35,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
-from tracegrad.ir.core import Node, Value
+from tracegrad.ir.core import Node, Value, phase_of_origin
 from tracegrad.ir.text import class_path, format_attrs, resolve_class
 
 FORMAT, VERSION = "tracegrad-ir", 1
@@ -71,9 +71,8 @@ def _node_json(node: Node) -> dict:
         "attrs": {key: encode(value) for key, value in node.attrs.items()},
         "location": {"filename": where.filename, "lineno": where.lineno} if where else None,
     }
-    origin = getattr(node, "origin", None)
-    if origin is not None:
-        data["origin"] = origin  # e.g. "grad of matmul", for codegen's sections
+    if node.origin is not None:
+        data["origin"] = node.origin  # the phase as the text form notes it: "grad of matmul"
     return data
 
 
@@ -171,16 +170,16 @@ def _value_from(data: dict) -> Value:
 def _node_from(data: dict) -> Node:
     """A node without its inputs, which are linked once every value is known."""
     where = data["location"]
-    node = Node(
+    phase, grad_of = phase_of_origin(data.get("origin"))
+    return Node(
         data["op"],
         [],
         [_value_from(v) for v in data["outputs"]],
         {key: decode(value) for key, value in data["attrs"].items()},
         SourceLocation(where["filename"], where["lineno"]) if where else None,
+        phase=phase,
+        grad_of=grad_of,
     )
-    if data.get("origin") is not None:
-        node.origin = data["origin"]
-    return node
 
 
 def _definitions(inputs, nodes) -> dict[str, Value]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracegrad.ir.core import CONSTANT, Node
+from tracegrad.ir.core import CONSTANT
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
@@ -38,7 +38,7 @@ def fold(graph: Graph) -> Graph:
             out = node.outputs[0]
             value = np.ascontiguousarray(value, dtype=out.type.dtype.np).reshape(out.type.shape)
             constants[id(out)] = value
-            node = Node(CONSTANT, [], [out], {"value": value}, node.location, node.origin)
+            node = node.derive(CONSTANT, [], [out], {"value": value})
             note("folded", node)
         nodes.append(node)
     return Graph(graph.inputs, nodes, graph.outputs, graph.updates)

@@ -17,7 +17,7 @@ gradient as ``ones @ rows``: nodes of their own.)
 
 from __future__ import annotations
 
-from tracegrad.ir.core import FUSED, Node, Value
+from tracegrad.ir.core import FUSED, Node, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, OPS
 from tracegrad.ops.registry import RANDOM
@@ -90,10 +90,20 @@ def fused_node(chain: list[Node]) -> Node:
     tail = chain[-1]
     kind = LINEAR if _product(chain[0]) else "elementwise"
     attrs = {"body": str(body), "kind": f"{kind} " + " ".join(n.op for n in chain)}
-    origins = ", ".join(dict.fromkeys(n.origin for n in chain if n.origin)) or None
-    node = Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, origins)
+    phase, grad_of = _phase(chain)
+    node = Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, phase=phase, grad_of=grad_of)
     node.meta["fused"] = attrs["kind"]
     return node
+
+
+def _phase(chain: list[Node]) -> tuple[Phase, str | None]:
+    """A kernel's phase and the gradients it computes: backward if a member is (a forward
+    member read only by a gradient joins it there), else the update if a member is."""
+    gradients = dict.fromkeys(n.grad_of for n in chain if n.phase is Phase.BACKWARD)
+    if gradients:
+        return Phase.BACKWARD, ", ".join(gradients)
+    update = any(n.phase is Phase.UPDATE for n in chain)
+    return (Phase.UPDATE if update else Phase.FORWARD), None
 
 
 @register_pass("fuse")

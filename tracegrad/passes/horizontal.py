@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from tracegrad.dtypes import TensorType
-from tracegrad.ir.core import Node, Value
+from tracegrad.ir.core import Node, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.dce import live_nodes
 from tracegrad.passes.pipeline import note, register_pass
@@ -28,8 +28,7 @@ def _groups(graph: Graph) -> list[list[Node]]:
         if node.op == "matmul" and id(node) in live:
             left, right = node.inputs
             if right.type.ndim == 2 and left.type.ndim >= 2:
-                backward = (node.origin or "").startswith("grad of")
-                by_left[id(left), backward].append(node)
+                by_left[id(left), node.phase is Phase.BACKWARD].append(node)
     return [
         nodes
         for nodes in by_left.values()
@@ -47,16 +46,16 @@ def _fuse(group: list[Node], fresh) -> list[Node]:
     width = sum(r.type.shape[1] for r in rights)
     joined = Value(next(fresh), TensorType((k, width), dtype))
     wide = Value(next(fresh), TensorType((*left.type.shape[:-1], width), dtype))
-    where, origin = group[0].location, group[0].origin
+    first = group[0]
     nodes = [
-        Node("cat", rights, [joined], {"dim": 1}, where, origin),
-        Node("matmul", [left, joined], [wide], {}, where, origin),
+        first.derive("cat", rights, [joined], {"dim": 1}),
+        first.derive("matmul", [left, joined], [wide]),
     ]
     start = 0
     for node, right in zip(group, rights, strict=True):
         stop = start + right.type.shape[1]
         key = (("ellipsis",), ("slice", start, stop, None))
-        nodes.append(Node("getitem", [wide], [node.outputs[0]], {"key": key}, where, origin))
+        nodes.append(first.derive("getitem", [wide], [node.outputs[0]], {"key": key}))
         start = stop
         note("horizontal", node)
     return nodes

@@ -21,7 +21,7 @@ import math
 
 import networkx as nx
 
-from tracegrad.ir.core import CUSTOM
+from tracegrad.ir.core import CUSTOM, Phase
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, VIEW
 from tracegrad.ops.registry import RANDOM
@@ -68,12 +68,12 @@ def _early_results(graph: Graph) -> dict[int, float]:
         """Kept for the caller, and read only by the update (directly or through views)."""
         seen = readers.get(id(value), ())
         views = [nodes[r].outputs[0] for r in seen if VIEW in _props(nodes[r])]
-        direct = all(nodes[r].origin == "update" or VIEW in _props(nodes[r]) for r in seen)
+        direct = all(nodes[r].phase is Phase.UPDATE or VIEW in _props(nodes[r]) for r in seen)
         return direct and (id(value) in kept or bool(views)) and all(map(for_the_caller, views))
 
     places: dict[int, float] = {}
     for i, node in enumerate(nodes):
-        if node.origin == "update" or not _movable(node) or VIEW in _props(node):
+        if node.phase is Phase.UPDATE or not _movable(node) or VIEW in _props(node):
             continue
         big = any(math.prod(v.type.shape) > 1 for v in node.outputs)
         if not big or not all(map(for_the_caller, node.outputs)):
@@ -126,7 +126,7 @@ def schedule(graph: Graph) -> Graph:
         note("moved", graph.nodes[i])
     graph.nodes = [graph.nodes[i] for i in order]
     graph.meta["moved"] = len(moved)
-    start = next((i for i, n in enumerate(graph.nodes) if n.origin == "update"), None)
+    start = next((i for i, n in enumerate(graph.nodes) if n.phase is Phase.UPDATE), None)
     if start is None:
         return graph
     tail = graph.nodes[start:]

@@ -52,7 +52,7 @@ class Rewriter:
         if type_ is None:
             type_ = OPS[op].infer(*(v.type for v in inputs), **attrs)
         out = Value(f"s{next(self.counter)}", type_)
-        node = Node(op, list(inputs), [out], attrs, self.node.location, self.node.origin)
+        node = self.node.derive(op, inputs, [out], attrs)
         self.nodes.append(node)
         self.producers[id(out)] = node
         return out

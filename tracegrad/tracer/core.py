@@ -28,7 +28,7 @@ import numpy as np
 from tracegrad import dtypes, tape
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation, TraceError, at_user_line, user_frame
-from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, Op
 from tracegrad.ops.registry import RANDOM, VIEW
@@ -182,11 +182,12 @@ class Tracer:
         if op in OPS and VIEW in OPS[op].props:
             self._not_own.add(id(out))
         node = Node(op, list(inputs), [out], attrs, self.location())
-        origin = tape.current_backward()
-        if origin is not None:
-            node.origin = f"grad of {origin.name}"  # names it in NaN reports and pictures
+        differentiated = tape.current_backward()
+        if differentiated is not None:
+            node.phase = Phase.BACKWARD
+            node.grad_of = differentiated.name  # names it in NaN reports and pictures
         elif self.updating:
-            node.origin = "update"
+            node.phase = Phase.UPDATE
         self.nodes.append(node)
         return out
 
