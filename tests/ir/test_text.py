@@ -12,7 +12,7 @@ from ir_graphs import ZOO, Twice, at, constant, inf, mlp, node, val
 from tracegrad.ir.core import Phase
 from tracegrad.ir.graph import Graph, structure
 from tracegrad.ir.lint import GraphLintError
-from tracegrad.ir.text import IRParseError, parse_parts, print_graph
+from tracegrad.ir.text import IRParseError, print_graph
 
 
 class Swap:
@@ -24,7 +24,7 @@ def dedent(text: str) -> str:
 
 
 def roundtrip(graph: Graph) -> Graph:
-    return Graph(*parse_parts(print_graph(graph)))
+    return Graph.parse(print_graph(graph))
 
 
 # --- expect-tests: the exact text --------------------------------------------------------------
@@ -163,6 +163,27 @@ def test_phases_print_as_origin_notes_and_read_back():
         (Phase.UPDATE, None),
     ]
     assert str(graph) == source and roundtrip(graph) == graph
+
+
+def test_a_fused_body_prints_as_its_text_and_reads_back_as_a_graph():
+    graph = ZOO["fused"]()
+    body = (
+        "graph(%a0:f32[4,2], %a1:f32[2]) {\\n  %s:f32[4,2] = add %a0, %a1\\n"
+        "  %r:f32[4,2] = relu %s\\n  return %r\\n}"
+    )
+    assert str(graph).split("\n")[1] == (
+        f"  %y:f32[4,2] = fused[body='{body}', kind='elementwise add relu'] %x, %b  # model.py:3"
+    )
+    back = Graph.parse(str(graph))
+    assert isinstance(back.nodes[0].attrs["body"], Graph)
+    assert back.nodes[0].attrs["body"] == graph.nodes[0].attrs["body"]
+
+
+def test_a_bad_fused_body_is_a_parse_error_naming_the_node():
+    source = str(ZOO["fused"]()).replace("relu %s", "relu %q")
+    with pytest.raises(IRParseError, match="%q is not defined") as caught:
+        Graph.parse(source)
+    assert "in the body of the fused node defining [%y:f32[4,2]]" in caught.value.__notes__
 
 
 # --- parse errors ------------------------------------------------------------------------------

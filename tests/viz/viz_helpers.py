@@ -88,9 +88,9 @@ def fused_graph() -> Graph:
             "fused",
             [v["2"], v["fc.bias"]],
             [v["4"]],
-            {"body": body},
+            {"body": body, "kind": "elementwise add relu"},
             where,
-            meta={"fused": "elementwise", "buffer": 1},
+            meta={"buffer": 1},
         ),
         Node(
             "neg",

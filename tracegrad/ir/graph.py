@@ -7,8 +7,9 @@ defined once, by a graph input or a node). Node op kinds:
 - a registry op (``tracegrad.ops.OPS``): ``add``, ``matmul``, ``softmax``...;
 - ``constant``: no inputs, ``attrs["value"]`` holds a NumPy array;
 - ``fused``: a chain of elementwise nodes computed by one generated kernel; ``attrs["body"]``
-  is the text form of the chain's own graph (inputs in the node's input order, one output),
-  ``attrs["kind"]`` says what was fused (``body_of(node)`` reads it back);
+  is the chain's own Graph (inputs in the node's input order, one output; ``body_of(node)``),
+  ``attrs["kind"]`` says what was fused (``"linear matmul add relu"``). The text form and
+  JSON write the body as the string of its text form, and reading them builds the Graph;
 - ``custom``: a user ``autograd.Function`` kept whole, ``attrs["fn"]`` the class and
   ``attrs["args"]`` its non-tensor arguments with tensor positions marked; it can have several
   outputs. The reverse-mode pass traces the user's forward and backward in.
@@ -88,7 +89,8 @@ class Graph:
         return dict(sorted(counts.items()))
 
     def copy(self) -> Graph:
-        """A deep copy with fresh Value and Node objects (constants' arrays are shared)."""
+        """A deep copy with fresh Value and Node objects (constants' arrays and fused nodes'
+        bodies are shared: passes never change them)."""
         mapping = {id(v): Value(v.name, v.type) for v in self.values()}
         nodes = [
             Node(
@@ -127,14 +129,14 @@ class Graph:
     @classmethod
     def parse(cls, source: str) -> Graph:
         """Read the text form back: ``Graph.parse(str(g)) == g``."""
-        return cls(*text.parse_parts(source))
+        return _read_bodies(cls(*text.parse_parts(source)))
 
     def to_json(self) -> str:
         return serialize.to_json(self)
 
     @classmethod
     def from_json(cls, source: str) -> Graph:
-        return cls(*serialize.parts_from_json(source))
+        return _read_bodies(cls(*serialize.parts_from_json(source)))
 
     def to_networkx(self) -> nx.DiGraph:
         return serialize.to_networkx(self)
@@ -148,7 +150,23 @@ class Graph:
         return f"<Graph: {sizes}>"
 
 
+def _read_bodies(graph: Graph) -> Graph:
+    """Build the Graph of each fused node's body from its text (as the text form and JSON
+    hold it)."""
+    for node in graph.nodes:
+        body = node.attrs.get("body")
+        if node.op == FUSED and isinstance(body, str):
+            try:
+                node.attrs["body"] = Graph.parse(body)
+            except ValueError as exc:
+                exc.add_note(f"in the body of the fused node defining {node.outputs}")
+                raise
+    return graph
+
+
 def _attr_key(value):
+    if isinstance(value, Graph):  # a fused node's body
+        return ("graph", structure(value))
     if isinstance(value, np.ndarray):
         return ("array", str(value.dtype), value.shape, value.tobytes())
     if isinstance(value, (tuple, list)):
@@ -188,14 +206,6 @@ def structure(graph: Graph) -> tuple:
     )
 
 
-_BODIES: dict[str, Graph] = {}
-
-
 def body_of(node: Node) -> Graph:
-    """The graph of a fused node's members (parsed once per distinct body)."""
-    text = node.attrs["body"]
-    if isinstance(text, Graph):  # built by hand rather than by the fuse pass
-        return text
-    if text not in _BODIES:
-        _BODIES[text] = Graph.parse(text)
-    return _BODIES[text]
+    """The graph of a fused node's members."""
+    return node.attrs["body"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
-from tracegrad.ir.graph import body_of
 from tracegrad.ops import OPS
 
 
@@ -36,7 +35,7 @@ def _run(node, arrays):
     if node.op == CUSTOM:
         raise ValueError("interpret: expand custom nodes first (tracegrad.passes.inline_custom)")
     if node.op == FUSED:
-        return interpret(body_of(node), *arrays)[0]
+        return interpret(node.attrs["body"], *arrays)[0]
     out = np.asarray(OPS[node.op].impl(*arrays, **node.attrs))
     expected = node.outputs[0].type.dtype.np
     return out if out.dtype == expected else out.astype(expected)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import types as types_module
 from typing import NoReturn
 
 import numpy as np
@@ -16,7 +15,7 @@ import numpy as np
 from tracegrad.dtypes import ALL as DTYPES
 from tracegrad.dtypes import TensorType
 from tracegrad.ir import text
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value
 from tracegrad.ops import OPS
 
 _NAME = re.compile(r"[A-Za-z0-9_.]+")
@@ -40,10 +39,13 @@ def lint(graph) -> None:
     4. a registry op node has one output, an input count that fits ``op.inputs`` (a ``*name``
        takes any number) and an output type equal to ``op.infer(*input types, **attrs)``;
        a constant has no inputs, one output and a NumPy array ``attrs["value"]`` with the
-       output's shape and dtype;
+       output's shape and dtype; a fused node's ``attrs["body"]`` is a Graph that passes
+       lint itself, whose inputs and outputs are typed as the node's;
     5. graph outputs are defined values;
     6. each ``updates`` key names a graph input, and its value is a defined value of the
-       same type as that input.
+       same type as that input;
+    7. each node's ``phase`` is a ``Phase``; a backward node names the op it is the
+       gradient of in ``grad_of`` (a non-empty string), and no other node sets it.
     """
     defined: dict[int, str] = {}  # id(value) -> who defines it, for "defined before use"
     names: dict[str, str] = {}  # name -> who defines it, for uniqueness
@@ -54,6 +56,7 @@ def lint(graph) -> None:
         _check_op(node, where)
         _check_inputs_defined(index, node, where, defined, graph)
         _check_types(node, where)
+        _check_phase(node, where)
         for value in node.outputs:
             _define(value, where, defined, names)
     _check_outputs(graph, defined)
@@ -170,9 +173,12 @@ def _check_types(node: Node, where: str) -> None:
 
 
 def _check_fused(node: Node, where: str) -> None:
-    parts = text.parse_parts(node.attrs["body"])
-    fields = ("inputs", "nodes", "outputs", "updates")
-    body = types_module.SimpleNamespace(**dict(zip(fields, parts, strict=True)))
+    body = node.attrs.get("body")
+    if not text.is_graph(body):
+        _fail(
+            f"{where}: a fused node's attrs['body'] is {type(body).__name__}, not a Graph; "
+            "set it to the Graph of the chain it computes (Graph.parse reads its text)"
+        )
     lint(body)
     typed = [v.type for v in body.inputs], [v.type for v in body.outputs]
     if typed != ([v.type for v in node.inputs], [v.type for v in node.outputs]):
@@ -225,6 +231,25 @@ def _check_constant(node: Node, where: str) -> None:
         _fail(
             f"{where}: attrs['value'] is a {value.dtype}{list(value.shape)} array but the "
             f"output is typed {type_}; make the array and the output's type agree"
+        )
+
+
+# --- (7) phases ------------------------------------------------------------------------------
+
+
+def _check_phase(node: Node, where: str) -> None:
+    if not isinstance(node.phase, Phase):
+        _fail(f"{where}: phase is {node.phase!r}; set it to a tracegrad.ir.core.Phase member")
+    backward = node.phase is Phase.BACKWARD
+    if backward and not (isinstance(node.grad_of, str) and node.grad_of):
+        _fail(
+            f"{where}: a backward node has grad_of={node.grad_of!r}; set it to the name of "
+            "the forward op it is the gradient of"
+        )
+    if not backward and node.grad_of is not None:
+        _fail(
+            f"{where}: a {node.phase.value} node has grad_of={node.grad_of!r}; only backward "
+            "nodes are gradients of an op: set phase=Phase.BACKWARD or grad_of=None"
         )
 
 

@@ -36,7 +36,7 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import Node, Value, phase_of_origin
-from tracegrad.ir.text import class_path, format_attrs, resolve_class
+from tracegrad.ir.text import class_path, format_attrs, is_graph, print_graph, resolve_class
 
 FORMAT, VERSION = "tracegrad-ir", 1
 
@@ -101,6 +101,8 @@ def encode(value):
         return encode(value.item())
     if isinstance(value, type):
         return {"class": class_path(value)}
+    if is_graph(value):  # a fused node's body, as its text (ir.graph reads it back)
+        return print_graph(value)
     raise TypeError(f"cannot write a {type(value).__name__} attribute as JSON: {value!r}")
 
 

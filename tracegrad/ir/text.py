@@ -147,7 +147,15 @@ def format_value(value) -> str:
         return format_value(value.item())
     if isinstance(value, type):
         return repr(class_path(value))
+    if is_graph(value):
+        return repr(print_graph(value))
     raise TypeError(f"cannot write a {type(value).__name__} attribute in the IR text: {value!r}")
+
+
+def is_graph(value) -> bool:
+    """Whether an attribute is a graph (a fused node's body). Told by its parts: this module
+    sits below ``ir.graph``, which prints and parses through it."""
+    return all(hasattr(value, part) for part in ("inputs", "nodes", "outputs", "updates"))
 
 
 def _format_float(x: float) -> str:

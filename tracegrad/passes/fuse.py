@@ -89,11 +89,9 @@ def fused_node(chain: list[Node]) -> Node:
     body = Graph(list(stand_in[id(v)] for v in outer), members, [members[-1].outputs[0]])
     tail = chain[-1]
     kind = LINEAR if _product(chain[0]) else "elementwise"
-    attrs = {"body": str(body), "kind": f"{kind} " + " ".join(n.op for n in chain)}
+    attrs = {"body": body, "kind": f"{kind} " + " ".join(n.op for n in chain)}
     phase, grad_of = _phase(chain)
-    node = Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, phase=phase, grad_of=grad_of)
-    node.meta["fused"] = attrs["kind"]
-    return node
+    return Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, phase=phase, grad_of=grad_of)
 
 
 def _phase(chain: list[Node]) -> tuple[Phase, str | None]:
