@@ -315,7 +315,7 @@ def _loop_locals(members, users, kept: set[int], root) -> list:
     position = {id(n): i for i, n in enumerate(members)}
 
     def local(i: int, value) -> bool:
-        readers = users.get(id(value), [])
+        readers = users.get(value, [])
         return (
             bool(readers)
             and id(value) not in kept

@@ -8,6 +8,8 @@ as the node's ORIGIN note: nothing for the forward, ``(grad of log)``, ``(update
 from __future__ import annotations
 
 import enum
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tracegrad.dtypes import TensorType
@@ -99,6 +101,30 @@ class Node:
     def __repr__(self) -> str:
         outs = ", ".join(map(repr, self.outputs))
         return f"<Node {outs} = {self.op} {', '.join('%' + v.name for v in self.inputs)}>"
+
+
+class Namespace:
+    """Fresh value names: a prefix and the next number of one counter (shared by every
+    prefix), skipping names already taken."""
+
+    def __init__(self, taken: Iterable[str] = ()):
+        self.taken = set(taken)
+        self._numbers = itertools.count(1)
+
+    def fresh(self, prefix: str = "") -> str:
+        """``prefix`` and the next number giving a name not taken: ``h1``, ``7``."""
+        name = f"{prefix}{next(self._numbers)}"
+        while name in self.taken:
+            name = f"{prefix}{next(self._numbers)}"
+        self.taken.add(name)
+        return name
+
+    def claim(self, name: str) -> str:
+        """``name`` itself when it is free, else a fresh ``name_<number>``."""
+        if name in self.taken:
+            return self.fresh(f"{name}_")
+        self.taken.add(name)
+        return name
 
 
 def phase_of_origin(origin: str | None) -> tuple[Phase, str | None]:

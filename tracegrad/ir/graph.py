@@ -28,7 +28,7 @@ import numpy as np
 
 from tracegrad.ir import lint as lint_module
 from tracegrad.ir import serialize, text
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Namespace, Node, Value
 
 __all__ = ["CONSTANT", "CUSTOM", "FUSED", "Graph", "Node", "Value", "body_of", "structure"]
 
@@ -37,12 +37,12 @@ def copies_where_made(nodes: list[Node], values: list[Value], names: list[str]) 
     """``nodes`` with a copy (a ``contiguous`` node) of each of ``values`` right after the
     node making it (first, for an input), before anything after can write the memory it is
     in; and the copies' values (named ``names``)."""
-    made_by = {id(v): i for i, n in enumerate(nodes) for v in n.outputs}
+    made_by = {v: i for i, n in enumerate(nodes) for v in n.outputs}
     after: dict[int, list[Node]] = {}
     copies = []
     for value, name in zip(values, names, strict=True):
         copy = Value(name, value.type)
-        after.setdefault(made_by.get(id(value), -1), []).append(
+        after.setdefault(made_by.get(value, -1), []).append(
             Node("contiguous", [value], [copy], {}, None)
         )
         copies.append(copy)
@@ -62,6 +62,7 @@ class Graph:
         self.updates: dict[str, Value] = dict(updates or {})
         # Planning results (e.g. the memory plan's buffers); not part of the graph's meaning.
         self.meta: dict = {}
+        self._names: Namespace | None = None  # the names fresh() avoids, once it is called
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -70,17 +71,68 @@ class Graph:
         for node in self.nodes:
             yield from node.outputs
 
-    def producers(self) -> dict[int, Node]:
-        """id(value) -> the node defining it."""
-        return {id(v): node for node in self.nodes for v in node.outputs}
+    def producers(self) -> dict[Value, Node]:
+        """Each value a node defines -> that node (graph inputs have none)."""
+        return {v: node for node in self.nodes for v in node.outputs}
 
-    def users(self) -> dict[int, list[Node]]:
-        """id(value) -> the nodes reading it, in order."""
-        table: dict[int, list[Node]] = {}
+    def users(self) -> dict[Value, list[Node]]:
+        """Each value read by a node -> the nodes reading it, in order (once per read)."""
+        table: dict[Value, list[Node]] = {}
         for node in self.nodes:
             for v in node.inputs:
-                table.setdefault(id(v), []).append(node)
+                table.setdefault(v, []).append(node)
         return table
+
+    def kept(self) -> set[Value]:
+        """The values the caller receives: graph outputs and the new values of updates."""
+        return {*self.outputs, *self.updates.values()}
+
+    def ancestors(self, values: Iterable[Value]) -> set[Value]:
+        """``values`` and every value they are computed from (graph inputs included)."""
+        producers = self.producers()
+        found: set[Value] = set()
+        todo = list(values)
+        while todo:
+            value = todo.pop()
+            if value not in found:
+                found.add(value)
+                node = producers.get(value)
+                todo += node.inputs if node is not None else ()
+        return found
+
+    def last_uses(self) -> dict[Value, int]:
+        """Each value read -> the index of the last node reading it; outputs and new values
+        of updates live to the end (``len(self.nodes)``). Values nothing reads are absent."""
+        last = {v: index for index, node in enumerate(self.nodes) for v in node.inputs}
+        last.update((v, len(self.nodes)) for v in self.kept())
+        return last
+
+    # --- editing -------------------------------------------------------------------------------
+
+    def fresh(self, prefix: str = "") -> str:
+        """A value name no value of the graph has, nor any name ``fresh`` gave before:
+        ``prefix`` and a number (``h1``, ``h2``...). The names in use are read at the first
+        call: name values added later with ``fresh`` too."""
+        if self._names is None:
+            self._names = Namespace(v.name for v in self.values())
+        return self._names.fresh(prefix)
+
+    def replace_all_uses(self, replacements: dict[Value, Value]) -> None:
+        """Make every read of a replaced value (node inputs, outputs, updates) read its
+        replacement instead, following chains: with ``a -> b`` and ``b -> c``, ``a`` reads
+        ``c``."""
+        if not replacements:
+            return
+
+        def final(value: Value) -> Value:
+            while value in replacements:
+                value = replacements[value]
+            return value
+
+        for node in self.nodes:
+            node.inputs = [final(v) for v in node.inputs]
+        self.outputs = [final(v) for v in self.outputs]
+        self.updates = {key: final(v) for key, v in self.updates.items()}
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -91,12 +143,12 @@ class Graph:
     def copy(self) -> Graph:
         """A deep copy with fresh Value and Node objects (constants' arrays and fused nodes'
         bodies are shared: passes never change them)."""
-        mapping = {id(v): Value(v.name, v.type) for v in self.values()}
+        mapping = {v: Value(v.name, v.type) for v in self.values()}
         nodes = [
             Node(
                 n.op,
-                [mapping[id(v)] for v in n.inputs],
-                [mapping[id(v)] for v in n.outputs],
+                [mapping[v] for v in n.inputs],
+                [mapping[v] for v in n.outputs],
                 dict(n.attrs),
                 n.location,
                 phase=n.phase,
@@ -106,10 +158,10 @@ class Graph:
             for n in self.nodes
         ]
         copied = Graph(
-            [mapping[id(v)] for v in self.inputs],
+            [mapping[v] for v in self.inputs],
             nodes,
-            [mapping[id(v)] for v in self.outputs],
-            {k: mapping[id(v)] for k, v in self.updates.items()},
+            [mapping[v] for v in self.outputs],
+            {k: mapping[v] for k, v in self.updates.items()},
         )
         copied.meta = dict(self.meta)
         return copied

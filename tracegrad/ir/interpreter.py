@@ -17,15 +17,15 @@ def interpret(graph, *arrays, updates: bool = False, values: dict | None = None)
     With ``values``, every value's array is also stored there by name."""
     if len(arrays) != len(graph.inputs):
         raise ValueError(f"graph takes {len(graph.inputs)} inputs, got {len(arrays)}")
-    env = {id(v): np.asarray(a) for v, a in zip(graph.inputs, arrays, strict=True)}
+    env = {v: np.asarray(a) for v, a in zip(graph.inputs, arrays, strict=True)}
     with np.errstate(all="ignore"):
         for node in graph.nodes:
-            env[id(node.outputs[0])] = _run(node, [env[id(v)] for v in node.inputs])
+            env[node.outputs[0]] = _run(node, [env[v] for v in node.inputs])
     if values is not None:
-        values.update((v.name, env[id(v)]) for v in graph.values())
-    outputs = [env[id(v)] for v in graph.outputs]
+        values.update((v.name, env[v]) for v in graph.values())
+    outputs = [env[v] for v in graph.outputs]
     if updates:
-        return outputs, {name: env[id(v)] for name, v in graph.updates.items()}
+        return outputs, {name: env[v] for name, v in graph.updates.items()}
     return outputs
 
 

@@ -47,7 +47,7 @@ def lint(graph) -> None:
     7. each node's ``phase`` is a ``Phase``; a backward node names the op it is the
        gradient of in ``grad_of`` (a non-empty string), and no other node sets it.
     """
-    defined: dict[int, str] = {}  # id(value) -> who defines it, for "defined before use"
+    defined: dict[Value, str] = {}  # value -> who defines it, for "defined before use"
     names: dict[str, str] = {}  # name -> who defines it, for uniqueness
     for position, value in enumerate(graph.inputs):
         _define(value, f"graph input {position}", defined, names)
@@ -104,7 +104,7 @@ def _define(value: Value, where: str, defined: dict, names: dict) -> None:
             "rename one of them (value names are unique in a graph)"
         )
     names[value.name] = where
-    defined[id(value)] = where
+    defined[value] = where
 
 
 def _check_value(value: Value, where: str) -> None:
@@ -134,7 +134,7 @@ def _check_inputs_defined(index: int, node: Node, where: str, defined: dict, gra
     for value in node.inputs:
         if not isinstance(value, Value):
             _fail(f"{where}: input {value!r} is not a Value; pass the Value that holds it")
-        if id(value) not in defined:
+        if value not in defined:
             fix = _undefined_fix(value, index, graph)
             _fail(f"{where}: uses %{value.name} before it is defined; {fix}")
 
@@ -256,9 +256,13 @@ def _check_phase(node: Node, where: str) -> None:
 # --- (5) outputs and (6) updates -------------------------------------------------------------
 
 
+def _is_defined(value, defined: dict) -> bool:
+    return isinstance(value, Value) and value in defined
+
+
 def _check_outputs(graph, defined: dict) -> None:
     for position, value in enumerate(graph.outputs):
-        if id(value) not in defined:
+        if not _is_defined(value, defined):
             _fail(
                 f"graph output {position} (%{value.name}) is not defined by a graph input or a "
                 "node; add the node that computes it, or remove it from graph.outputs"
@@ -271,7 +275,7 @@ def _check_updates(graph, defined: dict) -> None:
         where = f"update %{key} <- %{getattr(value, 'name', value)}"
         if key not in inputs:
             _fail(f"{where}: %{key} is not a graph input; updates may only overwrite inputs")
-        if id(value) not in defined:
+        if not _is_defined(value, defined):
             _fail(f"{where}: the new value is not defined in the graph; add the node computing it")
         if value.type != inputs[key].type:
             _fail(

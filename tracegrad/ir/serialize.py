@@ -238,13 +238,13 @@ def _node_attributes(node: Node) -> dict:
 
 def _edges(graph) -> dict[tuple[int, int], list[str]]:
     """(producer index, consumer index) -> names of the values passed, in first-use order."""
-    producer = {id(v): i for i, node in enumerate(graph.nodes) for v in node.outputs}
+    producer = {v: i for i, node in enumerate(graph.nodes) for v in node.outputs}
     edges: dict[tuple[int, int], list[str]] = {}
     for consumer, node in enumerate(graph.nodes):
         for value in node.inputs:
-            if id(value) not in producer:
+            if value not in producer:
                 continue  # a graph input: no node produces it
-            names = edges.setdefault((producer[id(value)], consumer), [])
+            names = edges.setdefault((producer[value], consumer), [])
             if value.name not in names:
                 names.append(value.name)
     return edges

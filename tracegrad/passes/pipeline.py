@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tracegrad.ir.core import Value
 from tracegrad.ir.graph import Graph
 
 
@@ -136,16 +137,9 @@ def run(graph: Graph, names, report: list[PassResult] | None = None) -> Graph:
     return result
 
 
-def substitute(graph: Graph, replaced: dict[int, object]) -> Graph:
-    """Make every use of a replaced value (by id) use its replacement instead."""
-
-    def final(value):
-        while id(value) in replaced:
-            value = replaced[id(value)]
-        return value
-
-    for node in graph.nodes:
-        node.inputs = [final(v) for v in node.inputs]
-    graph.outputs = [final(v) for v in graph.outputs]
-    graph.updates = {k: final(v) for k, v in graph.updates.items()}
+def substitute(graph: Graph, replaced: dict[int, Value]) -> Graph:
+    """``graph.replace_all_uses`` for a mapping keyed by ``id(value)``; returns ``graph``."""
+    read = [*(v for node in graph.nodes for v in node.inputs), *graph.outputs]
+    candidates = [*read, *graph.updates.values(), *replaced.values()]  # (chains pass these)
+    graph.replace_all_uses({v: replaced[id(v)] for v in candidates if id(v) in replaced})
     return graph

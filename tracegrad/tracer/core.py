@@ -20,7 +20,6 @@ values do.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ import numpy as np
 from tracegrad import dtypes, tape
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation, TraceError, at_user_line, user_frame
-from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Phase, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, Namespace, Node, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, Op
 from tracegrad.ops.registry import RANDOM, VIEW
@@ -98,19 +97,14 @@ class Tracer:
         self.optimizer_state: list[dict] = []  # each optimizer's state as tracing found it
         # id(optimizer) -> id(group) -> the group as the update reads it (numbers as inputs)
         self.hyperparameters: dict[int, dict[int, TracedGroup]] = {}
-        self._taken_names: set[str] = set()
-        self._counter = itertools.count(1)
+        self._namespace = Namespace()  # value names: "1", "2"... and the inputs' own
         self.location_override: SourceLocation | None = None  # set while replaying a graph
         self.start = next_serial()
 
     # --- values ---------------------------------------------------------------------------------
 
     def _name(self, hint: str | None = None) -> str:
-        name = hint or str(next(self._counter))
-        while name in self._taken_names:
-            name = f"{hint}_{next(self._counter)}" if hint else str(next(self._counter))
-        self._taken_names.add(name)
-        return name
+        return self._namespace.claim(hint) if hint else self._namespace.fresh()
 
     def add_input(self, type_: TensorType, name: str, requires_grad: bool = False) -> Tensor:
         value = Value(self._name(name), type_)
