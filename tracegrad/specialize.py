@@ -320,6 +320,7 @@ def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> Graph:
     graph = graph.copy()
     for name in pipeline.planning(passes_spec):
         graph = plan(graph, persistent) if name == "memory" else pipeline.PASSES[name].fn(graph)
+        pipeline.checked(graph, f"after the {name} pass")
     return graph
 
 

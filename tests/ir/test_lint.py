@@ -47,8 +47,8 @@ def duplicate_name(g):
     g.nodes[2].outputs[0].name = "1"
 
 
-def badly_spelled_name(g):
-    g.nodes[3].outputs[0].name = "relu-out"
+def name_not_a_string(g):
+    g.nodes[3].outputs[0].name = 4
 
 
 def negative_dim(g):
@@ -151,7 +151,7 @@ BROKEN = [
     (unknown_op, ["node 1 (matmull -> %2, at model.py:12)", "did you mean 'matmul'", "register"]),
     (custom_fn_not_a_class, ["node 7 (custom -> %c)", "'gone.module:Fn'", "not a class"]),
     (duplicate_name, ["node 2 (add -> %1", "already defined by node 0", "rename one"]),
-    (badly_spelled_name, ["node 3 (relu -> %relu-out", "[A-Za-z0-9_.]+", "rename it"]),
+    (name_not_a_string, ["node 3 (relu -> %4", "value name 4 is not a string", "with a str"]),
     (negative_dim, ["graph input 0: %x", "non-negative ints"]),
     (
         used_before_defined,

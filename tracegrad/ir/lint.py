@@ -7,7 +7,6 @@ op, first output, source location) and says how to fix the graph.
 from __future__ import annotations
 
 import difflib
-import re
 from typing import NoReturn
 
 import numpy as np
@@ -18,8 +17,6 @@ from tracegrad.ir import text
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value
 from tracegrad.ops import OPS
 
-_NAME = re.compile(r"[A-Za-z0-9_.]+")
-
 
 class GraphLintError(ValueError):
     """A graph breaks one of the invariants listed in ``lint``."""
@@ -28,12 +25,12 @@ class GraphLintError(ValueError):
 def lint(graph) -> None:
     """Raise GraphLintError at the first broken invariant of ``graph``. It checks that:
 
-    1. every node's op is known: a registry op (``tracegrad.ops.OPS``), ``constant`` or
-       ``custom``; a custom node's ``attrs["fn"]`` is a class (a ``'module:qualname'`` string
-       there means the parser could not import it);
-    2. value names are unique across graph inputs and node outputs and spelled
-       ``[A-Za-z0-9_.]+`` (so the text form reads back); each value's type is a TensorType
-       of a tracegrad dtype with non-negative int dims;
+    1. every node's op is known: a registry op (``tracegrad.ops.OPS``), ``constant``,
+       ``fused`` or ``custom``; a custom node's ``attrs["fn"]`` is a class (a
+       ``'module:qualname'`` string there means the parser could not import it);
+    2. value names are strings, unique across graph inputs and node outputs (any characters:
+       the text form quotes a name that is not ``[A-Za-z0-9_.]+``); each value's type is a
+       TensorType of a tracegrad dtype with non-negative int dims;
     3. each node's inputs are defined before use, by a graph input or an earlier node's
        output (the very Value object, not a namesake); this also makes the graph acyclic;
     4. a registry op node has one output, an input count that fits ``op.inputs`` (a ``*name``
@@ -108,11 +105,8 @@ def _define(value: Value, where: str, defined: dict, names: dict) -> None:
 
 
 def _check_value(value: Value, where: str) -> None:
-    if not isinstance(value.name, str) or not _NAME.fullmatch(value.name):
-        _fail(
-            f"{where}: value name {value.name!r} is not spelled [A-Za-z0-9_.]+; rename it "
-            "(e.g. replace other characters with '_') so the text form can be read back"
-        )
+    if not isinstance(value.name, str):
+        _fail(f"{where}: value name {value.name!r} is not a string; name the value with a str")
     type_ = value.type
     good = (
         isinstance(type_, TensorType)

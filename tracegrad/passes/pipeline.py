@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tracegrad.ir.core import Value
 from tracegrad.ir.graph import Graph
+from tracegrad.ir.lint import GraphLintError
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class PassResult:
 
 PASSES: dict[str, Pass] = {}
 _notes: list[Note] | None = None
+
+# Lint the graph each pass returns (and the graph a pipeline starts from): the test suite
+# switches this on (tests/conftest.py), a user with TRACEGRAD_LINT_PASSES=1.
+LINT_AFTER_EACH_PASS = os.environ.get("TRACEGRAD_LINT_PASSES") == "1"
 
 
 def register_pass(name: str):
@@ -114,15 +119,24 @@ def run_pass(name: str, graph: Graph) -> PassResult:
         notes = _notes
     finally:
         _notes = outer
-    if os.environ.get("TRACEGRAD_LINT_PASSES") == "1":
-        result.lint()
+    checked(result, f"after the {name} pass")
     return PassResult(name, len(graph.nodes), len(result.nodes), notes, result)
+
+
+def checked(graph: Graph, when: str) -> Graph:
+    """``graph``, linted first when LINT_AFTER_EACH_PASS is on; errors say ``when``."""
+    if LINT_AFTER_EACH_PASS:
+        try:
+            graph.lint()
+        except GraphLintError as exc:
+            raise GraphLintError(f"{when}: {exc}") from None
+    return graph
 
 
 def run(graph: Graph, names, report: list[PassResult] | None = None) -> Graph:
     """Apply the named passes in order; ``graph`` is left unchanged. With ``report``, append
     one PassResult per pass."""
-    result = graph.copy()
+    result = checked(graph, "before the first pass").copy()
     for name in resolve(names):
         outcome = run_pass(name, result)
         result = outcome.graph

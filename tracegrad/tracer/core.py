@@ -89,7 +89,7 @@ class Tracer:
         self.writes: dict[int, int] = {}  # id(root) -> how often it was written
         # the aliases' and written roots' tensors (their ids stay theirs)
         self._kept: list[Tensor] = []
-        self._not_own: set[int] = set()  # ids of values that are inputs or views of others
+        self._not_own: set[Value] = set()  # values that are inputs or views of others
         self.optimizers: list = []
         self.values_read: dict[int, tuple[Tensor, int]] = {}  # by Python: id -> (t, version)
         self.backward_calls = 0  # backward() and autograd.grad() calls on traced values
@@ -109,7 +109,7 @@ class Tracer:
     def add_input(self, type_: TensorType, name: str, requires_grad: bool = False) -> Tensor:
         value = Value(self._name(name), type_)
         self.inputs.append(value)
-        self._not_own.add(id(value))
+        self._not_own.add(value)
         t = Tensor._wrap(Symbol(value))
         if requires_grad:
             t.requires_grad = True
@@ -165,7 +165,7 @@ class Tracer:
                 self._name(self.names.get(id(t), f"state{len(self.lifted)}")), t.tensor_type
             )
             self.inputs.append(value)
-            self._not_own.add(id(value))
+            self._not_own.add(value)
             self.lifted[id(t)] = (t, value)
         return self.lifted[id(t)][1]
 
@@ -174,7 +174,7 @@ class Tracer:
     def _emit(self, op: str, inputs, out_type, attrs) -> Value:
         out = Value(self._name(), out_type)
         if op in OPS and VIEW in OPS[op].props:
-            self._not_own.add(id(out))
+            self._not_own.add(out)
         node = Node(op, list(inputs), [out], attrs, self.location())
         differentiated = tape.current_backward()
         if differentiated is not None:
@@ -284,10 +284,10 @@ class Tracer:
         replaying reverse-mode pass then differentiates it as eager autograd does."""
         if value.type.shape != root.tensor_type.shape:
             value = self._emit("broadcast_to", [value], root.tensor_type, {"shape": root.shape})
-        if id(value) in self._not_own:  # (copy_ of an input, fill_ of a broadcast scalar, or
+        if value in self._not_own:  # (copy_ of an input, fill_ of a broadcast scalar, or
             # of a value another tensor holds: the written tensor's memory is its own)
             value = self._emit("contiguous", [value], value.type, {})
-        self._not_own.add(id(value))  # (now this tensor's memory)
+        self._not_own.add(value)  # (now this tensor's memory)
         if detached:
             old = self.value_of(root)
             value = self._emit("stop_gradient", [value], value.type, {})
