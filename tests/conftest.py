@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 
 import tracegrad.nn.functional as F
+from tracegrad.passes import pipeline
+
+# Every graph a pass returns, in every test, must pass lint (tracegrad.ir.lint).
+pipeline.LINT_AFTER_EACH_PASS = True
 
 
 @pytest.fixture

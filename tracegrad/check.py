@@ -64,7 +64,7 @@ def first_difference(graph: Graph, got, want, labels=None) -> str | None:
         finite = np.isfinite(b) if a.shape == b.shape else None
         if finite is not None and np.allclose(a[finite], b[finite], rtol=tol, atol=tol):
             continue
-        node = producers.get(id(value))
+        node = producers.get(value)
         where = ""
         if node is not None:
             loc = node.location

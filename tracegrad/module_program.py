@@ -192,7 +192,7 @@ def _requiring_grad(graph: Graph, n_out: int, wrt: set[int]) -> list[int]:
             if position.get(id(value)) in wrt:
                 found.append(k)
                 break
-            node = producers.get(id(value))
+            node = producers.get(value)
             op = OPS.get(node.op) if node is not None else None
             if node is None or (op is not None and not op.differentiable):
                 continue
@@ -214,7 +214,7 @@ def _dependencies(graph: Graph, n_out: int) -> list[set[int]]:
             seen.add(id(value))
             if id(value) in position:
                 found.add(position[id(value)])
-            node = producers.get(id(value))
+            node = producers.get(value)
             stack.extend(node.inputs if node is not None else ())
         reads.append(found)
     return reads

@@ -62,6 +62,7 @@ def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> tuple[Graph,
     for name in names:
         if name != "memory":
             graph = pipeline.PASSES[name].fn(graph)
+            pipeline.checked(graph, f"after the {name} pass")
     if "memory" in names:
         return graph, plan_memory(graph, persistent)
     return graph, MemoryPlan.fresh(graph)

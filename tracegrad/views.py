@@ -26,7 +26,7 @@ def returned_in_own_memory(graph: Graph, n_returned: int, kept=range(0)) -> Grap
 
     def shared(v) -> bool:
         base = root[v]
-        node = producers.get(id(base))
+        node = producers.get(base)
         return base in inputs or (node is not None and node.op == CONSTANT)
 
     positions = [*range(n_returned), *kept]
@@ -68,7 +68,7 @@ def views_of(graph: Graph, positions, bases: dict, shapes: list) -> tuple:
     for k in positions:
         chain, value = [], graph.outputs[k]
         while id(value) not in bases:
-            node = producers.get(id(value))
+            node = producers.get(value)
             if node is None or node.op not in _SHOWING or len(node.inputs) != 1:
                 break
             chain.append((node.op, dict(node.attrs)))

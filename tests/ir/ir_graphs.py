@@ -13,7 +13,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
-from tracegrad.ir.core import Node, Value
+from tracegrad.ir.core import Node, Phase, Value
 from tracegrad.ir.graph import Graph
 
 inf, nan = float("inf"), float("nan")
@@ -105,6 +105,25 @@ def odd_attrs() -> Graph:
     return Graph([x], [custom], [], {})
 
 
+def fused() -> Graph:
+    """A fused kernel (its body a graph of its own) and the backward and update phases."""
+    x, b, w = val("x", "f32[4,2]"), val("b", "f32[2]"), val("w", "f32[2]")
+    a0, a1, s, r = (
+        val("a0", "f32[4,2]"),
+        val("a1", "f32[2]"),
+        val("s", "f32[4,2]"),
+        val("r", "f32[4,2]"),
+    )
+    body = Graph([a0, a1], [node("add", [a0, a1], [s]), node("relu", [s], [r])], [r])
+    y, g, w2 = val("y", "f32[4,2]"), val("g", "f32[4,2]"), val("w2", "f32[2]")
+    kernel = node("fused", [x, b], [y], at(3), body=body, kind="elementwise add relu")
+    grad = node("relu_grad", [y, x], [g], at(3))
+    grad.phase, grad.grad_of = Phase.BACKWARD, "relu"
+    update = node("sub", [w, b], [w2], at(9, "optim.py"))
+    update.phase = Phase.UPDATE
+    return Graph([x, b, w], [kernel, grad, update], [y, g], {"w": w2})
+
+
 def empty() -> Graph:
     return Graph()
 
@@ -114,5 +133,6 @@ ZOO = {
     "updates": mlp_with_updates,
     "constants": constants,
     "odd_attrs": odd_attrs,
+    "fused": fused,
     "empty": empty,
 }

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ir_graphs import ZOO, Twice, mlp, node, val
+from ir_graphs import ZOO, Twice, fused, mlp, node, val
 
 from tracegrad.dtypes import TensorType, float32
-from tracegrad.ir.core import Value
+from tracegrad.ir.core import Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.lint import GraphLintError, lint
 
@@ -47,8 +47,8 @@ def duplicate_name(g):
     g.nodes[2].outputs[0].name = "1"
 
 
-def badly_spelled_name(g):
-    g.nodes[3].outputs[0].name = "relu-out"
+def name_not_a_string(g):
+    g.nodes[3].outputs[0].name = 4
 
 
 def negative_dim(g):
@@ -120,11 +120,38 @@ def update_changes_type(g):
     g.updates["fc1.weight"] = g.nodes[0].outputs[0]
 
 
+def _fused_reading(g, inputs, body):
+    out = val("k", "f32[4,2]")
+    g.nodes.append(node("fused", inputs, [out], body=body, kind="elementwise add relu"))
+
+
+def fused_body_is_text(g):
+    _fused_reading(g, [g.nodes[2].outputs[0], g.inputs[2]], str(fused().nodes[0].attrs["body"]))
+
+
+def fused_body_typed_unlike_node(g):
+    _fused_reading(
+        g, [g.nodes[2].outputs[0], g.nodes[2].outputs[0]], fused().nodes[0].attrs["body"]
+    )
+
+
+def phase_not_a_phase(g):
+    g.nodes[3].phase = "backward"
+
+
+def backward_without_grad_of(g):
+    g.nodes[3].phase = Phase.BACKWARD
+
+
+def grad_of_on_a_forward_node(g):
+    g.nodes[3].grad_of = "relu"
+
+
 BROKEN = [
     (unknown_op, ["node 1 (matmull -> %2, at model.py:12)", "did you mean 'matmul'", "register"]),
     (custom_fn_not_a_class, ["node 7 (custom -> %c)", "'gone.module:Fn'", "not a class"]),
     (duplicate_name, ["node 2 (add -> %1", "already defined by node 0", "rename one"]),
-    (badly_spelled_name, ["node 3 (relu -> %relu-out", "[A-Za-z0-9_.]+", "rename it"]),
+    (name_not_a_string, ["node 3 (relu -> %4", "value name 4 is not a string", "with a str"]),
     (negative_dim, ["graph input 0: %x", "non-negative ints"]),
     (
         used_before_defined,
@@ -145,6 +172,11 @@ BROKEN = [
     (update_of_non_input, ["update %fc2.weight <- %1", "not a graph input"]),
     (update_with_undefined_value, ["update %fc1.bias <- %stray", "not defined"]),
     (update_changes_type, ["update %fc1.weight <- %1", "typed f32[3,2]", "keep the input's type"]),
+    (fused_body_is_text, ["node 7 (fused -> %k)", "is str, not a Graph", "Graph.parse"]),
+    (fused_body_typed_unlike_node, ["node 7 (fused -> %k)", "does not match the node's"]),
+    (phase_not_a_phase, ["node 3 (relu", "phase is 'backward'", "Phase member"]),
+    (backward_without_grad_of, ["node 3 (relu", "grad_of=None", "forward op it is the gradient"]),
+    (grad_of_on_a_forward_node, ["node 3 (relu", "a forward node has grad_of='relu'"]),
 ]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from ir_graphs import ZOO, Twice, mlp, node, val
 
+from tracegrad.ir.core import Phase
 from tracegrad.ir.graph import Graph, structure
 from tracegrad.ir.serialize import decode, encode, parts_from_json, to_json, to_networkx
 
@@ -24,7 +25,7 @@ class Kind(str, enum.Enum):  # noqa: UP042 (a mixin, whose str() is its name)
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_json_roundtrip_equal_structure(name):
     graph = ZOO[name]()
-    back = Graph(*parts_from_json(to_json(graph)))
+    back = Graph.from_json(to_json(graph))
     assert structure(back) == structure(graph)
     assert to_json(back) == to_json(graph)
 
@@ -132,8 +133,12 @@ def test_networkx_of_empty_graph():
     assert g.number_of_nodes() == 0 and g.graph["inputs"] == [] and g.graph["outputs"] == []
 
 
-def test_json_keeps_the_origin_of_backward_nodes():
+def test_json_keeps_the_phase_of_backward_and_update_nodes():
     graph = mlp()
-    graph.nodes[3].origin = "grad of relu"
-    back = Graph.from_json(graph.to_json())
-    assert [n.origin for n in back.nodes] == [n.origin for n in graph.nodes]
+    graph.nodes[3].phase, graph.nodes[3].grad_of = Phase.BACKWARD, "relu"
+    graph.nodes[4].phase = Phase.UPDATE
+    text = graph.to_json()
+    assert '"origin": "grad of relu"' in text and '"origin": "update"' in text
+    back = Graph.from_json(text)
+    assert [(n.phase, n.grad_of) for n in back.nodes] == [(n.phase, n.grad_of) for n in graph.nodes]
+    assert back == graph

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from ir_graphs import ZOO, Twice, at, constant, inf, mlp, node, val
 
+from tracegrad.ir.core import Phase
 from tracegrad.ir.graph import Graph, structure
 from tracegrad.ir.lint import GraphLintError
-from tracegrad.ir.text import IRParseError, parse_parts, print_graph
+from tracegrad.ir.text import IRParseError, print_graph
 
 
 class Swap:
@@ -23,7 +24,7 @@ def dedent(text: str) -> str:
 
 
 def roundtrip(graph: Graph) -> Graph:
-    return Graph(*parse_parts(print_graph(graph)))
+    return Graph.parse(print_graph(graph))
 
 
 # --- expect-tests: the exact text --------------------------------------------------------------
@@ -143,6 +144,48 @@ def test_graph_parse_reads_hand_written_text():
     graph.lint()
 
 
+def test_phases_print_as_origin_notes_and_read_back():
+    source = dedent("""
+        graph(%x:f32[2], %w:f32[2]) {
+          %1:f32[2] = exp %x  # model.py:3
+          %2:f32[2] = mul %1, %x  # model.py:3 (grad of exp)
+          %3:f32[2] = neg %2  # (grad of exp, grad of mul)
+          %4:f32[2] = sub %w, %3  # optim.py:9 (update)
+          return %1
+          update %w <- %4
+        }
+    """)
+    graph = Graph.parse(source)
+    assert [(n.phase, n.grad_of) for n in graph.nodes] == [
+        (Phase.FORWARD, None),
+        (Phase.BACKWARD, "exp"),
+        (Phase.BACKWARD, "exp, mul"),
+        (Phase.UPDATE, None),
+    ]
+    assert str(graph) == source and roundtrip(graph) == graph
+
+
+def test_a_fused_body_prints_as_its_text_and_reads_back_as_a_graph():
+    graph = ZOO["fused"]()
+    body = (
+        "graph(%a0:f32[4,2], %a1:f32[2]) {\\n  %s:f32[4,2] = add %a0, %a1\\n"
+        "  %r:f32[4,2] = relu %s\\n  return %r\\n}"
+    )
+    assert str(graph).split("\n")[1] == (
+        f"  %y:f32[4,2] = fused[body='{body}', kind='elementwise add relu'] %x, %b  # model.py:3"
+    )
+    back = Graph.parse(str(graph))
+    assert isinstance(back.nodes[0].attrs["body"], Graph)
+    assert back.nodes[0].attrs["body"] == graph.nodes[0].attrs["body"]
+
+
+def test_a_bad_fused_body_is_a_parse_error_naming_the_node():
+    source = str(ZOO["fused"]()).replace("relu %s", "relu %q")
+    with pytest.raises(IRParseError, match="%q is not defined") as caught:
+        Graph.parse(source)
+    assert "in the body of the fused node defining [%y:f32[4,2]]" in caught.value.__notes__
+
+
 # --- parse errors ------------------------------------------------------------------------------
 
 HEADER = "graph(%x:f32[2]) {"
@@ -167,6 +210,7 @@ HEADER = "graph(%x:f32[2]) {"
         (["update %x <- %x", "update %x <- %x", "}"], 3, "%x is updated twice"),
         (["%y:f32[2] = neg[a={[1]: 2}] %x", "}"], 2, "bad attributes"),
         (["return %x", "}", "%y:f32[2] = neg %x"], 4, "after the graph's closing"),
+        (["%y:f32[2] = neg %x  # (backward)", "}"], 2, "unknown origin 'backward'"),
     ],
 )
 def test_parse_errors_name_the_line_and_text(body, lineno, message):

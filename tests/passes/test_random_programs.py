@@ -9,7 +9,8 @@ traces them. For each program:
     no arithmetic of their own, 1e-10 where rewrites may change rounding);
 (b) the same on the joint forward+backward graph from ``autodiff.differentiate``, and along
     the way ``tg.compile`` takes (optimize, differentiate, optimize);
-(c) ``lint()`` passes after every pass (inside ``tg.compile`` too);
+(c) ``lint()`` passes after every pass (inside ``tg.compile`` too: tests/conftest.py lints
+    every pass in every test);
 (d) running a pass twice gives what running it once gave (text, and memory-plan annotations),
     and a new memory plan replaces an old one;
 (e) ``tg.passes.run`` leaves its input as it was (text, structure and annotations);
@@ -23,7 +24,6 @@ The examples are derandomized: every run checks the same programs. CI runs 200 p
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -153,23 +153,8 @@ def numpy(tensors) -> list[np.ndarray]:
     return [t.detach().numpy() for t in tensors]
 
 
-@contextmanager
-def lint_after_every_pass():
-    """tg.compile's own pipelines lint each pass's result (``run_pass`` reads this)."""
-    old = os.environ.get("TRACEGRAD_LINT_PASSES")
-    os.environ["TRACEGRAD_LINT_PASSES"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TRACEGRAD_LINT_PASSES"]
-        else:
-            os.environ["TRACEGRAD_LINT_PASSES"] = old
-
-
 @random_programs
 @given(programs(bind_inputs=False))
-@lint_after_every_pass()
 def test_generated_code_equals_the_interpreter_on_random_programs(program):
     want = interpret(program.traced(), *program.arrays)
     eager = numpy(as_tuple(program.fn(*program.tensors())))
@@ -185,7 +170,6 @@ def test_generated_code_equals_the_interpreter_on_random_programs(program):
 
 @random_programs
 @given(programs(bind_inputs=False))
-@lint_after_every_pass()
 def test_generated_training_step_equals_eager_on_random_programs(program):
     """A whole step (forward, backward into .grad) through the memory plan and codegen."""
     rng = np.random.default_rng(2)

@@ -17,7 +17,7 @@ from tracegrad import dtypes, nn
 from tracegrad.codegen.emit import FunctionSource
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
-from tracegrad.ir.core import Node, Value
+from tracegrad.ir.core import Node, Phase, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.passes.memory import InBuffer, InPlace, MemoryPlan
 
@@ -93,12 +93,10 @@ def fused_view() -> tuple[str, Graph, list]:
             "fused",
             [v["2"], v["fc.bias"]],
             [v["4"]],
-            {"body": body},
+            {"body": body, "kind": "elementwise add relu"},
             where,
-            None,
-            {"fused": "elementwise"},
         ),
-        Node("neg", [v["4"]], [v["5"]], {}, where, "grad of relu"),
+        Node("neg", [v["4"]], [v["5"]], {}, where, phase=Phase.BACKWARD, grad_of="relu"),
     ]
     graph = Graph([v["x"], v["fc.weight"], v["fc.bias"]], nodes, [v["5"]])
     placements = {v["2"]: InBuffer(0), v["4"]: InBuffer(1), v["5"]: InPlace(0)}

@@ -17,7 +17,7 @@ import numpy as np
 
 import tracegrad
 from tracegrad.codegen import names as safe
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, LAYOUT_VIEW, OPS
 from tracegrad.ops import kernels as rt
@@ -124,10 +124,7 @@ class Namer:
 
 
 def _section_of(node) -> str:
-    origin = node.origin or ""
-    if origin.startswith("grad of"):
-        return "backward"
-    return "update" if origin == "update" else "forward"
+    return node.phase.value  # "forward", "backward" or "update"
 
 
 def _comment(node) -> str:
@@ -319,7 +316,7 @@ def _runs(graph: Graph, loops: dict[int, int]) -> list[tuple[int, int]]:
 
 def _finite_check(node, target: str, section: str) -> str:
     where = f"{node.location.filename}:{node.location.lineno}" if node.location else "?"
-    what = node.origin if node.origin and node.origin != "update" else node.op  # "grad of mul"
+    what = node.origin if node.phase is Phase.BACKWARD else node.op  # "grad of mul"
     texts = ", ".join(safe.literal(t) for t in (what, section, where))
     return f"rt.check_finite({target}, {texts})"
 
@@ -378,7 +375,7 @@ def _loop_locals(members, users, kept: set[Value], plan: MemoryPlan) -> list[Val
     position = {n: i for i, n in enumerate(members)}
 
     def local(i: int, value) -> bool:
-        readers = users.get(id(value), [])
+        readers = users.get(value, [])
         return (
             bool(readers)
             and value not in kept

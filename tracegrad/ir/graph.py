@@ -7,8 +7,9 @@ defined once, by a graph input or a node). Node op kinds:
 - a registry op (``tracegrad.ops.OPS``): ``add``, ``matmul``, ``softmax``...;
 - ``constant``: no inputs, ``attrs["value"]`` holds a NumPy array;
 - ``fused``: a chain of elementwise nodes computed by one generated kernel; ``attrs["body"]``
-  is the text form of the chain's own graph (inputs in the node's input order, one output),
-  ``attrs["kind"]`` says what was fused (``body_of(node)`` reads it back);
+  is the chain's own Graph (inputs in the node's input order, one output; ``body_of(node)``),
+  ``attrs["kind"]`` says what was fused (``"linear matmul add relu"``). The text form and
+  JSON write the body as the string of its text form, and reading them builds the Graph;
 - ``custom``: a user ``autograd.Function`` kept whole, ``attrs["fn"]`` the class and
   ``attrs["args"]`` its non-tensor arguments with tensor positions marked; it can have several
   outputs. The reverse-mode pass traces the user's forward and backward in.
@@ -27,7 +28,7 @@ import numpy as np
 
 from tracegrad.ir import lint as lint_module
 from tracegrad.ir import serialize, text
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Namespace, Node, Value
 
 __all__ = ["CONSTANT", "CUSTOM", "FUSED", "Graph", "Node", "Value", "body_of", "structure"]
 
@@ -36,12 +37,12 @@ def copies_where_made(nodes: list[Node], values: list[Value], names: list[str]) 
     """``nodes`` with a copy (a ``contiguous`` node) of each of ``values`` right after the
     node making it (first, for an input), before anything after can write the memory it is
     in; and the copies' values (named ``names``)."""
-    made_by = {id(v): i for i, n in enumerate(nodes) for v in n.outputs}
+    made_by = {v: i for i, n in enumerate(nodes) for v in n.outputs}
     after: dict[int, list[Node]] = {}
     copies = []
     for value, name in zip(values, names, strict=True):
         copy = Value(name, value.type)
-        after.setdefault(made_by.get(id(value), -1), []).append(
+        after.setdefault(made_by.get(value, -1), []).append(
             Node("contiguous", [value], [copy], {}, None)
         )
         copies.append(copy)
@@ -61,6 +62,7 @@ class Graph:
         self.updates: dict[str, Value] = dict(updates or {})
         # Planning results (e.g. the memory plan's buffers); not part of the graph's meaning.
         self.meta: dict = {}
+        self._names: Namespace | None = None  # the names fresh() avoids, once it is called
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -69,17 +71,68 @@ class Graph:
         for node in self.nodes:
             yield from node.outputs
 
-    def producers(self) -> dict[int, Node]:
-        """id(value) -> the node defining it."""
-        return {id(v): node for node in self.nodes for v in node.outputs}
+    def producers(self) -> dict[Value, Node]:
+        """Each value a node defines -> that node (graph inputs have none)."""
+        return {v: node for node in self.nodes for v in node.outputs}
 
-    def users(self) -> dict[int, list[Node]]:
-        """id(value) -> the nodes reading it, in order."""
-        table: dict[int, list[Node]] = {}
+    def users(self) -> dict[Value, list[Node]]:
+        """Each value read by a node -> the nodes reading it, in order (once per read)."""
+        table: dict[Value, list[Node]] = {}
         for node in self.nodes:
             for v in node.inputs:
-                table.setdefault(id(v), []).append(node)
+                table.setdefault(v, []).append(node)
         return table
+
+    def kept(self) -> set[Value]:
+        """The values the caller receives: graph outputs and the new values of updates."""
+        return {*self.outputs, *self.updates.values()}
+
+    def ancestors(self, values: Iterable[Value]) -> set[Value]:
+        """``values`` and every value they are computed from (graph inputs included)."""
+        producers = self.producers()
+        found: set[Value] = set()
+        todo = list(values)
+        while todo:
+            value = todo.pop()
+            if value not in found:
+                found.add(value)
+                node = producers.get(value)
+                todo += node.inputs if node is not None else ()
+        return found
+
+    def last_uses(self) -> dict[Value, int]:
+        """Each value read -> the index of the last node reading it; outputs and new values
+        of updates live to the end (``len(self.nodes)``). Values nothing reads are absent."""
+        last = {v: index for index, node in enumerate(self.nodes) for v in node.inputs}
+        last.update((v, len(self.nodes)) for v in self.kept())
+        return last
+
+    # --- editing -------------------------------------------------------------------------------
+
+    def fresh(self, prefix: str = "") -> str:
+        """A value name no value of the graph has, nor any name ``fresh`` gave before:
+        ``prefix`` and a number (``h1``, ``h2``...). The names in use are read at the first
+        call: name values added later with ``fresh`` too."""
+        if self._names is None:
+            self._names = Namespace(v.name for v in self.values())
+        return self._names.fresh(prefix)
+
+    def replace_all_uses(self, replacements: dict[Value, Value]) -> None:
+        """Make every read of a replaced value (node inputs, outputs, updates) read its
+        replacement instead, following chains: with ``a -> b`` and ``b -> c``, ``a`` reads
+        ``c``."""
+        if not replacements:
+            return
+
+        def final(value: Value) -> Value:
+            while value in replacements:
+                value = replacements[value]
+            return value
+
+        for node in self.nodes:
+            node.inputs = [final(v) for v in node.inputs]
+        self.outputs = [final(v) for v in self.outputs]
+        self.updates = {key: final(v) for key, v in self.updates.items()}
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -88,25 +141,27 @@ class Graph:
         return dict(sorted(counts.items()))
 
     def copy(self) -> Graph:
-        """A deep copy with fresh Value and Node objects (constants' arrays are shared)."""
-        mapping = {id(v): Value(v.name, v.type) for v in self.values()}
+        """A deep copy with fresh Value and Node objects (constants' arrays and fused nodes'
+        bodies are shared: passes never change them)."""
+        mapping = {v: Value(v.name, v.type) for v in self.values()}
         nodes = [
             Node(
                 n.op,
-                [mapping[id(v)] for v in n.inputs],
-                [mapping[id(v)] for v in n.outputs],
+                [mapping[v] for v in n.inputs],
+                [mapping[v] for v in n.outputs],
                 dict(n.attrs),
                 n.location,
-                n.origin,
-                dict(n.meta),
+                phase=n.phase,
+                grad_of=n.grad_of,
+                meta=dict(n.meta),
             )
             for n in self.nodes
         ]
         copied = Graph(
-            [mapping[id(v)] for v in self.inputs],
+            [mapping[v] for v in self.inputs],
             nodes,
-            [mapping[id(v)] for v in self.outputs],
-            {k: mapping[id(v)] for k, v in self.updates.items()},
+            [mapping[v] for v in self.outputs],
+            {k: mapping[v] for k, v in self.updates.items()},
         )
         copied.meta = dict(self.meta)
         return copied
@@ -126,14 +181,14 @@ class Graph:
     @classmethod
     def parse(cls, source: str) -> Graph:
         """Read the text form back: ``Graph.parse(str(g)) == g``."""
-        return cls(*text.parse_parts(source))
+        return _read_bodies(cls(*text.parse_parts(source)))
 
     def to_json(self) -> str:
         return serialize.to_json(self)
 
     @classmethod
     def from_json(cls, source: str) -> Graph:
-        return cls(*serialize.parts_from_json(source))
+        return _read_bodies(cls(*serialize.parts_from_json(source)))
 
     def to_networkx(self) -> nx.DiGraph:
         return serialize.to_networkx(self)
@@ -147,7 +202,23 @@ class Graph:
         return f"<Graph: {sizes}>"
 
 
+def _read_bodies(graph: Graph) -> Graph:
+    """Build the Graph of each fused node's body from its text (as the text form and JSON
+    hold it)."""
+    for node in graph.nodes:
+        body = node.attrs.get("body")
+        if node.op == FUSED and isinstance(body, str):
+            try:
+                node.attrs["body"] = Graph.parse(body)
+            except ValueError as exc:
+                exc.add_note(f"in the body of the fused node defining {node.outputs}")
+                raise
+    return graph
+
+
 def _attr_key(value):
+    if isinstance(value, Graph):  # a fused node's body
+        return ("graph", structure(value))
     if isinstance(value, np.ndarray):
         return ("array", str(value.dtype), value.shape, value.tobytes())
     if isinstance(value, (tuple, list)):
@@ -162,7 +233,8 @@ def _attr_key(value):
 
 
 def structure(graph: Graph) -> tuple:
-    """Everything that makes two graphs equal: names, types, ops, attributes, locations."""
+    """Everything that makes two graphs equal: names, types, ops, attributes, locations,
+    phases."""
 
     def loc(node):
         return (node.location.filename, node.location.lineno) if node.location else None
@@ -176,7 +248,8 @@ def structure(graph: Graph) -> tuple:
                 tuple((v.name, v.type) for v in n.outputs),
                 tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
                 loc(n),
-                n.origin,
+                n.phase,
+                n.grad_of,
             )
             for n in graph.nodes
         ),
@@ -185,14 +258,6 @@ def structure(graph: Graph) -> tuple:
     )
 
 
-_BODIES: dict[str, Graph] = {}
-
-
 def body_of(node: Node) -> Graph:
-    """The graph of a fused node's members (parsed once per distinct body)."""
-    text = node.attrs["body"]
-    if isinstance(text, Graph):  # built by hand rather than by the fuse pass
-        return text
-    if text not in _BODIES:
-        _BODIES[text] = Graph.parse(text)
-    return _BODIES[text]
+    """The graph of a fused node's members."""
+    return node.attrs["body"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
-from tracegrad.ir.graph import body_of
 from tracegrad.ops import OPS
 
 
@@ -18,15 +17,15 @@ def interpret(graph, *arrays, updates: bool = False, values: dict | None = None)
     With ``values``, every value's array is also stored there by name."""
     if len(arrays) != len(graph.inputs):
         raise ValueError(f"graph takes {len(graph.inputs)} inputs, got {len(arrays)}")
-    env = {id(v): np.asarray(a) for v, a in zip(graph.inputs, arrays, strict=True)}
+    env = {v: np.asarray(a) for v, a in zip(graph.inputs, arrays, strict=True)}
     with np.errstate(all="ignore"):
         for node in graph.nodes:
-            env[id(node.outputs[0])] = _run(node, [env[id(v)] for v in node.inputs])
+            env[node.outputs[0]] = _run(node, [env[v] for v in node.inputs])
     if values is not None:
-        values.update((v.name, env[id(v)]) for v in graph.values())
-    outputs = [env[id(v)] for v in graph.outputs]
+        values.update((v.name, env[v]) for v in graph.values())
+    outputs = [env[v] for v in graph.outputs]
     if updates:
-        return outputs, {name: env[id(v)] for name, v in graph.updates.items()}
+        return outputs, {name: env[v] for name, v in graph.updates.items()}
     return outputs
 
 
@@ -36,7 +35,7 @@ def _run(node, arrays):
     if node.op == CUSTOM:
         raise ValueError("interpret: expand custom nodes first (tracegrad.passes.inline_custom)")
     if node.op == FUSED:
-        return interpret(body_of(node), *arrays)[0]
+        return interpret(node.attrs["body"], *arrays)[0]
     out = np.asarray(OPS[node.op].impl(*arrays, **node.attrs))
     expected = node.outputs[0].type.dtype.np
     return out if out.dtype == expected else out.astype(expected)

@@ -7,8 +7,6 @@ op, first output, source location) and says how to fix the graph.
 from __future__ import annotations
 
 import difflib
-import re
-import types as types_module
 from typing import NoReturn
 
 import numpy as np
@@ -16,10 +14,8 @@ import numpy as np
 from tracegrad.dtypes import ALL as DTYPES
 from tracegrad.dtypes import TensorType
 from tracegrad.ir import text
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value
 from tracegrad.ops import OPS
-
-_NAME = re.compile(r"[A-Za-z0-9_.]+")
 
 
 class GraphLintError(ValueError):
@@ -29,23 +25,26 @@ class GraphLintError(ValueError):
 def lint(graph) -> None:
     """Raise GraphLintError at the first broken invariant of ``graph``. It checks that:
 
-    1. every node's op is known: a registry op (``tracegrad.ops.OPS``), ``constant`` or
-       ``custom``; a custom node's ``attrs["fn"]`` is a class (a ``'module:qualname'`` string
-       there means the parser could not import it);
-    2. value names are unique across graph inputs and node outputs and spelled
-       ``[A-Za-z0-9_.]+`` (so the text form reads back); each value's type is a TensorType
-       of a tracegrad dtype with non-negative int dims;
+    1. every node's op is known: a registry op (``tracegrad.ops.OPS``), ``constant``,
+       ``fused`` or ``custom``; a custom node's ``attrs["fn"]`` is a class (a
+       ``'module:qualname'`` string there means the parser could not import it);
+    2. value names are strings, unique across graph inputs and node outputs (any characters:
+       the text form quotes a name that is not ``[A-Za-z0-9_.]+``); each value's type is a
+       TensorType of a tracegrad dtype with non-negative int dims;
     3. each node's inputs are defined before use, by a graph input or an earlier node's
        output (the very Value object, not a namesake); this also makes the graph acyclic;
     4. a registry op node has one output, an input count that fits ``op.inputs`` (a ``*name``
        takes any number) and an output type equal to ``op.infer(*input types, **attrs)``;
        a constant has no inputs, one output and a NumPy array ``attrs["value"]`` with the
-       output's shape and dtype;
+       output's shape and dtype; a fused node's ``attrs["body"]`` is a Graph that passes
+       lint itself, whose inputs and outputs are typed as the node's;
     5. graph outputs are defined values;
     6. each ``updates`` key names a graph input, and its value is a defined value of the
-       same type as that input.
+       same type as that input;
+    7. each node's ``phase`` is a ``Phase``; a backward node names the op it is the
+       gradient of in ``grad_of`` (a non-empty string), and no other node sets it.
     """
-    defined: dict[int, str] = {}  # id(value) -> who defines it, for "defined before use"
+    defined: dict[Value, str] = {}  # value -> who defines it, for "defined before use"
     names: dict[str, str] = {}  # name -> who defines it, for uniqueness
     for position, value in enumerate(graph.inputs):
         _define(value, f"graph input {position}", defined, names)
@@ -54,6 +53,7 @@ def lint(graph) -> None:
         _check_op(node, where)
         _check_inputs_defined(index, node, where, defined, graph)
         _check_types(node, where)
+        _check_phase(node, where)
         for value in node.outputs:
             _define(value, where, defined, names)
     _check_outputs(graph, defined)
@@ -101,15 +101,12 @@ def _define(value: Value, where: str, defined: dict, names: dict) -> None:
             "rename one of them (value names are unique in a graph)"
         )
     names[value.name] = where
-    defined[id(value)] = where
+    defined[value] = where
 
 
 def _check_value(value: Value, where: str) -> None:
-    if not isinstance(value.name, str) or not _NAME.fullmatch(value.name):
-        _fail(
-            f"{where}: value name {value.name!r} is not spelled [A-Za-z0-9_.]+; rename it "
-            "(e.g. replace other characters with '_') so the text form can be read back"
-        )
+    if not isinstance(value.name, str):
+        _fail(f"{where}: value name {value.name!r} is not a string; name the value with a str")
     type_ = value.type
     good = (
         isinstance(type_, TensorType)
@@ -131,7 +128,7 @@ def _check_inputs_defined(index: int, node: Node, where: str, defined: dict, gra
     for value in node.inputs:
         if not isinstance(value, Value):
             _fail(f"{where}: input {value!r} is not a Value; pass the Value that holds it")
-        if id(value) not in defined:
+        if value not in defined:
             fix = _undefined_fix(value, index, graph)
             _fail(f"{where}: uses %{value.name} before it is defined; {fix}")
 
@@ -170,9 +167,12 @@ def _check_types(node: Node, where: str) -> None:
 
 
 def _check_fused(node: Node, where: str) -> None:
-    parts = text.parse_parts(node.attrs["body"])
-    fields = ("inputs", "nodes", "outputs", "updates")
-    body = types_module.SimpleNamespace(**dict(zip(fields, parts, strict=True)))
+    body = node.attrs.get("body")
+    if not text.is_graph(body):
+        _fail(
+            f"{where}: a fused node's attrs['body'] is {type(body).__name__}, not a Graph; "
+            "set it to the Graph of the chain it computes (Graph.parse reads its text)"
+        )
     lint(body)
     typed = [v.type for v in body.inputs], [v.type for v in body.outputs]
     if typed != ([v.type for v in node.inputs], [v.type for v in node.outputs]):
@@ -228,12 +228,35 @@ def _check_constant(node: Node, where: str) -> None:
         )
 
 
+# --- (7) phases ------------------------------------------------------------------------------
+
+
+def _check_phase(node: Node, where: str) -> None:
+    if not isinstance(node.phase, Phase):
+        _fail(f"{where}: phase is {node.phase!r}; set it to a tracegrad.ir.core.Phase member")
+    backward = node.phase is Phase.BACKWARD
+    if backward and not (isinstance(node.grad_of, str) and node.grad_of):
+        _fail(
+            f"{where}: a backward node has grad_of={node.grad_of!r}; set it to the name of "
+            "the forward op it is the gradient of"
+        )
+    if not backward and node.grad_of is not None:
+        _fail(
+            f"{where}: a {node.phase.value} node has grad_of={node.grad_of!r}; only backward "
+            "nodes are gradients of an op: set phase=Phase.BACKWARD or grad_of=None"
+        )
+
+
 # --- (5) outputs and (6) updates -------------------------------------------------------------
+
+
+def _is_defined(value, defined: dict) -> bool:
+    return isinstance(value, Value) and value in defined
 
 
 def _check_outputs(graph, defined: dict) -> None:
     for position, value in enumerate(graph.outputs):
-        if id(value) not in defined:
+        if not _is_defined(value, defined):
             _fail(
                 f"graph output {position} (%{value.name}) is not defined by a graph input or a "
                 "node; add the node that computes it, or remove it from graph.outputs"
@@ -246,7 +269,7 @@ def _check_updates(graph, defined: dict) -> None:
         where = f"update %{key} <- %{getattr(value, 'name', value)}"
         if key not in inputs:
             _fail(f"{where}: %{key} is not a graph input; updates may only overwrite inputs")
-        if id(value) not in defined:
+        if not _is_defined(value, defined):
             _fail(f"{where}: the new value is not defined in the graph; add the node computing it")
         if value.type != inputs[key].type:
             _fail(

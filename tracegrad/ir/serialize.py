@@ -7,7 +7,7 @@ JSON layout::
      "nodes":   [{"op": "matmul", "inputs": ["x", "1"],
                   "outputs": [{"name": "2", "dtype": "f32", "shape": [32, 128]}],
                   "attrs": {...}, "location": {"filename": "model.py", "lineno": 12} | null,
-                  "origin": "grad of ..." (only when set)}, ...],
+                  "origin": "grad of relu" | "update" (only when not forward)}, ...],
      "outputs": ["2"],
      "updates": {"fc1.weight": "1"}}
 
@@ -35,8 +35,8 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
-from tracegrad.ir.core import Node, Value
-from tracegrad.ir.text import class_path, format_attrs, resolve_class
+from tracegrad.ir.core import Node, Value, phase_of_origin
+from tracegrad.ir.text import class_path, format_attrs, is_graph, print_graph, resolve_class
 
 FORMAT, VERSION = "tracegrad-ir", 1
 
@@ -71,9 +71,8 @@ def _node_json(node: Node) -> dict:
         "attrs": {key: encode(value) for key, value in node.attrs.items()},
         "location": {"filename": where.filename, "lineno": where.lineno} if where else None,
     }
-    origin = getattr(node, "origin", None)
-    if origin is not None:
-        data["origin"] = origin  # e.g. "grad of matmul", for codegen's sections
+    if node.origin is not None:
+        data["origin"] = node.origin  # the phase as the text form notes it: "grad of matmul"
     return data
 
 
@@ -102,6 +101,8 @@ def encode(value):
         return encode(value.item())
     if isinstance(value, type):
         return {"class": class_path(value)}
+    if is_graph(value):  # a fused node's body, as its text (ir.graph reads it back)
+        return print_graph(value)
     raise TypeError(f"cannot write a {type(value).__name__} attribute as JSON: {value!r}")
 
 
@@ -171,16 +172,16 @@ def _value_from(data: dict) -> Value:
 def _node_from(data: dict) -> Node:
     """A node without its inputs, which are linked once every value is known."""
     where = data["location"]
-    node = Node(
+    phase, grad_of = phase_of_origin(data.get("origin"))
+    return Node(
         data["op"],
         [],
         [_value_from(v) for v in data["outputs"]],
         {key: decode(value) for key, value in data["attrs"].items()},
         SourceLocation(where["filename"], where["lineno"]) if where else None,
+        phase=phase,
+        grad_of=grad_of,
     )
-    if data.get("origin") is not None:
-        node.origin = data["origin"]
-    return node
 
 
 def _definitions(inputs, nodes) -> dict[str, Value]:
@@ -237,13 +238,13 @@ def _node_attributes(node: Node) -> dict:
 
 def _edges(graph) -> dict[tuple[int, int], list[str]]:
     """(producer index, consumer index) -> names of the values passed, in first-use order."""
-    producer = {id(v): i for i, node in enumerate(graph.nodes) for v in node.outputs}
+    producer = {v: i for i, node in enumerate(graph.nodes) for v in node.outputs}
     edges: dict[tuple[int, int], list[str]] = {}
     for consumer, node in enumerate(graph.nodes):
         for value in node.inputs:
-            if id(value) not in producer:
+            if value not in producer:
                 continue  # a graph input: no node produces it
-            names = edges.setdefault((producer[id(value)], consumer), [])
+            names = edges.setdefault((producer[value], consumer), [])
             if value.name not in names:
                 names.append(value.name)
     return edges

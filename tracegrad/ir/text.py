@@ -24,6 +24,9 @@ are skipped)::
     type     := DTYPE "[" dims? "]"       DTYPE is f32, f64, i64 or b8; "f32[]" is a scalar
     attrs    := "[" KEY "=" literal {"," KEY "=" literal}* "]"   KEYs are Python identifiers,
                                                                  printed in sorted order
+    ORIGIN   := "update" | "grad of " OP {", grad of " OP}*      the node's phase (see
+                                                                 ``ir.core.Phase``); none
+                                                                 for a forward node
 
 A value named with any other character (``layer-1.weight``, a space, a quote, Unicode, or the
 empty name) prints QUOTED: a double-quoted Python string literal, characters that are not
@@ -60,7 +63,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
-from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value, phase_of_origin
 
 BARE = r"[A-Za-z0-9_.]+"
 QUOTED = r'"(?:[^"\\\n]|\\.)*"'  # a double-quoted string literal: escapes, no line break
@@ -144,7 +147,15 @@ def format_value(value) -> str:
         return format_value(value.item())
     if isinstance(value, type):
         return repr(class_path(value))
+    if is_graph(value):
+        return repr(print_graph(value))
     raise TypeError(f"cannot write a {type(value).__name__} attribute in the IR text: {value!r}")
+
+
+def is_graph(value) -> bool:
+    """Whether an attribute is a graph (a fused node's body). Told by its parts: this module
+    sits below ``ir.graph``, which prints and parses through it."""
+    return all(hasattr(value, part) for part in ("inputs", "nodes", "outputs", "updates"))
 
 
 def _format_float(x: float) -> str:
@@ -361,7 +372,11 @@ def _parse_node(lineno: int, text: str):
     if tail and not tail.startswith("#"):
         raise IRParseError(lineno, text, "expected value references like '%x, %1'")
     location, origin = _parse_comment(lineno, text, tail[1:]) if tail else (None, None)
-    node = Node(head["op"], [], outputs, attrs, location, origin)
+    try:
+        phase, grad_of = phase_of_origin(origin)
+    except ValueError as exc:
+        raise IRParseError(lineno, text, str(exc)) from None
+    node = Node(head["op"], [], outputs, attrs, location, phase=phase, grad_of=grad_of)
     _rebuild_attrs(lineno, text, node)
     return node, (lineno, text, _parse_refs(lineno, text, refs[0]))
 

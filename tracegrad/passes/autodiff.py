@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import tape
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 from tracegrad.ir.graph import Graph, body_of, copies_where_made
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
@@ -23,29 +23,30 @@ from tracegrad.tracer import Tracer, tracing
 
 def replay(graph: Graph, tracer: Tracer, requires_grad=frozenset()):
     """Re-run ``graph`` under ``tracer``; returns tensors for its outputs and its inputs."""
-    env = {}
+    env: dict[Value, Tensor] = {}
     for v in graph.inputs:
         wants = v.name in requires_grad and v.type.dtype.is_floating_point
-        env[id(v)] = tracer.add_input(v.type, v.name, requires_grad=wants)
-    inputs = [env[id(v)] for v in graph.inputs]
+        env[v] = tracer.add_input(v.type, v.name, requires_grad=wants)
+    inputs = [env[v] for v in graph.inputs]
     for node in graph.nodes:
         tracer.location_override = node.location
-        outs = _replay_node(node, [env[id(v)] for v in node.inputs])
-        env.update((id(v), t) for v, t in zip(node.outputs, outs, strict=True))
+        outs = _replay_node(node, [env[v] for v in node.inputs])
+        env.update(zip(node.outputs, outs, strict=True))
     tracer.location_override = None
-    return [env[id(v)] for v in graph.outputs], inputs
+    return [env[v] for v in graph.outputs], inputs
 
 
 def _replay_node(node, inputs) -> tuple[Tensor, ...]:
     if node.op == CONSTANT:
         return (Tensor._wrap(node.attrs["value"]),)
     if node.op == FUSED:  # differentiate the members one by one
-        env = dict(zip((id(v) for v in body_of(node).inputs), inputs, strict=True))
-        for member in body_of(node).nodes:
-            env[id(member.outputs[0])] = apply(
-                OPS[member.op], [env[id(v)] for v in member.inputs], member.attrs
+        body = body_of(node)
+        env = dict(zip(body.inputs, inputs, strict=True))
+        for member in body.nodes:
+            env[member.outputs[0]] = apply(
+                OPS[member.op], [env[v] for v in member.inputs], member.attrs
             )
-        return (env[id(body_of(node).outputs[0])],)
+        return (env[body.outputs[0]],)
     if node.op == CUSTOM:
         tensors = iter(inputs)
         args = [next(tensors) if slot[0] == "t" else slot[1] for slot in node.attrs["args"]]
@@ -117,31 +118,26 @@ def split(
     seeds = set(seed_names)
     # (a draw nothing reads is made all the same: later draws take the numbers after it)
     draws = [v for n in joint.nodes if n.op in OPS and RANDOM in OPS[n.op].props for v in n.outputs]
-    forward_nodes = _ancestors(joint, [*joint.outputs[:n_forward], *draws])
-    in_forward = {id(n) for n in forward_nodes}
+    forward_nodes = _computing(joint, [*joint.outputs[:n_forward], *draws])
+    in_forward = set(forward_nodes)
     backward_nodes = [
-        n for n in _ancestors(joint, joint.outputs[n_forward:]) if id(n) not in in_forward
+        n for n in _computing(joint, joint.outputs[n_forward:]) if n not in in_forward
     ]
-    defined_in_backward = {id(v) for n in backward_nodes for v in n.outputs} | {
-        id(v) for v in joint.inputs if v.name in seeds
+    defined_in_backward = {v for n in backward_nodes for v in n.outputs} | {
+        v for v in joint.inputs if v.name in seeds
     }
-    saved, seen = [], set()
-    for value in [v for n in backward_nodes for v in n.inputs] + joint.outputs[n_forward:]:
-        if id(value) not in defined_in_backward and id(value) not in seen:
-            seen.add(id(value))
-            saved.append(value)
+    read = [v for n in backward_nodes for v in n.inputs] + joint.outputs[n_forward:]
+    saved = [v for v in dict.fromkeys(read) if v not in defined_in_backward]
     forward_inputs = [v for v in joint.inputs if v.name not in seeds]
-    returned = {id(v) for v in joint.outputs[:n_forward]}
+    returned = set(joint.outputs[:n_forward])
     steady = [v for v in forward_inputs if v.name not in changing]
-    volatile = {
-        id(v) for v in joint.outputs[n_forward if n_results is None else n_results : n_forward]
-    }
+    volatile = set(joint.outputs[n_forward if n_results is None else n_results : n_forward])
     saved, recomputed = rematerialize(forward_nodes, steady, saved, returned, volatile)
     root = aliases(joint)
     written = [v for v in saved if root[v].name in changing]  # (or views of those)
     nodes, copies = copies_where_made(forward_nodes, written, [f"{v.name}_saved" for v in written])
-    copy_of = {id(v): c for v, c in zip(written, copies, strict=True)}
-    outputs = [copy_of.get(id(v), v) for v in saved]
+    copy_of = dict(zip(written, copies, strict=True))
+    outputs = [copy_of.get(v, v) for v in saved]
     forward = Graph(forward_inputs, nodes, joint.outputs[:n_forward] + outputs)
     backward_inputs = saved + [v for v in joint.inputs if v.name in seeds]
     backward = Graph(backward_inputs, recomputed + backward_nodes, joint.outputs[n_forward:])
@@ -182,31 +178,31 @@ def rematerialize(
     One pass over the candidates, in saved order: what the backward holds only shrinks as
     values move out (the graph inputs a plan reads were held already), so a value that cannot
     be recomputed now never can later, and no candidate needs a second look."""
-    producers = {id(v): n for n in forward_nodes for v in n.outputs}
-    inputs = {id(v) for v in forward_inputs}
-    kept = {id(v): v for v in saved}  # the saved list, in order, by id
+    producers = {v: n for n in forward_nodes for v in n.outputs}
+    inputs = set(forward_inputs)
+    kept = dict.fromkeys(saved)  # the saved list, in order
     held = (set(kept) | inputs) - volatile
     fixed = inputs | returned | volatile
-    moved: dict[int, object] = {}
-    for value in [v for v in saved if id(v) not in fixed]:
-        held.discard(id(value))
+    moved: dict[Node, None] = {}
+    for value in [v for v in saved if v not in fixed]:
+        held.discard(value)
         plan = _recompute_plan(value, held, producers, depth=4)
         if not plan:
-            held.add(id(value))
+            held.add(value)
             continue
-        del kept[id(value)]
-        moved.update((id(n), n) for n in plan)
-        for v in (v for n in plan for v in n.inputs if id(v) in inputs):
-            kept.setdefault(id(v), v)
-    order = {id(n): i for i, n in enumerate(forward_nodes)}
-    return list(kept.values()), sorted(moved.values(), key=lambda n: order[id(n)])
+        del kept[value]
+        moved.update(dict.fromkeys(plan))
+        for v in (v for n in plan for v in n.inputs if v in inputs):
+            kept.setdefault(v)
+    order = {n: i for i, n in enumerate(forward_nodes)}
+    return list(kept), sorted(moved, key=order.get)
 
 
 def _recompute_plan(value, held, producers, depth: int) -> list | None:
     """The cheap nodes that recompute ``value`` from ``held`` values and constants, or None."""
-    if id(value) in held:
+    if value in held:
         return []
-    node = producers.get(id(value))
+    node = producers.get(value)
     if node is None or depth == 0 or (node.op not in CHEAP and node.op != CONSTANT):
         return None
     plan = []
@@ -218,14 +214,10 @@ def _recompute_plan(value, held, producers, depth: int) -> list | None:
     return [*plan, node]
 
 
-def _ancestors(graph: Graph, values) -> list:
-    needed = {id(v) for v in values}
-    kept = []
-    for node in reversed(graph.nodes):
-        if any(id(v) in needed for v in node.outputs):
-            kept.append(node)
-            needed.update(id(v) for v in node.inputs)
-    return kept[::-1]
+def _computing(graph: Graph, values) -> list[Node]:
+    """The nodes ``values`` are computed by, in graph order."""
+    needed = graph.ancestors(values)
+    return [node for node in graph.nodes if any(v in needed for v in node.outputs)]
 
 
 def saved_values(forward: Graph, backward: Graph, n_forward: int) -> list[tuple]:

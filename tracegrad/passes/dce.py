@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tracegrad.ir.core import Node
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
@@ -14,24 +15,19 @@ def _has_effect(node) -> bool:
     return op is not None and RANDOM in op.props
 
 
-def live_nodes(graph: Graph) -> set[int]:
-    """id() of the nodes some of whose outputs reach a graph output or an in-place update."""
-    live = {id(v) for v in graph.outputs} | {id(v) for v in graph.updates.values()}
-    kept = set()
-    for node in reversed(graph.nodes):
-        if _has_effect(node) or any(id(v) in live for v in node.outputs):
-            kept.add(id(node))
-            live.update(id(v) for v in node.inputs)
-    return kept
+def live(graph: Graph) -> set[Node]:
+    """The nodes some of whose outputs reach a graph output or an in-place update, and the
+    random draws (with what they read)."""
+    draws = [v for node in graph.nodes if _has_effect(node) for v in node.outputs]
+    needed = graph.ancestors([*graph.kept(), *draws])
+    return {node for node in graph.nodes if any(v in needed for v in node.outputs)}
 
 
 @register_pass("dce")
 def dce(graph: Graph) -> Graph:
     """Remove nodes none of whose outputs reach a graph output or an in-place update."""
-    live = live_nodes(graph)
+    kept = live(graph)
     for node in graph.nodes:
-        if id(node) not in live:
+        if node not in kept:
             note("removed", node)
-    return Graph(
-        graph.inputs, [n for n in graph.nodes if id(n) in live], graph.outputs, graph.updates
-    )
+    return Graph(graph.inputs, [n for n in graph.nodes if n in kept], graph.outputs, graph.updates)

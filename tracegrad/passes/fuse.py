@@ -17,7 +17,9 @@ gradient as ``ones @ rows``: nodes of their own.)
 
 from __future__ import annotations
 
-from tracegrad.ir.core import FUSED, Node, Value
+from collections import Counter
+
+from tracegrad.ir.core import FUSED, Node, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, OPS
 from tracegrad.ops.registry import RANDOM
@@ -47,53 +49,60 @@ LINEAR = "linear"
 
 def chains(graph: Graph) -> list[list[Node]]:
     """Maximal chains of fusable nodes, each member's value read only by the next member."""
-    uses: dict[int, int] = {}
-    for v in [*(v for n in graph.nodes for v in n.inputs), *graph.outputs, *graph.updates.values()]:
-        uses[id(v)] = uses.get(id(v), 0) + 1
+    uses = Counter([*(v for n in graph.nodes for v in n.inputs), *graph.outputs])
+    uses.update(graph.updates.values())
     # A new value of a state input is best written straight into that input by the memory
     # plan, which a fused kernel reading the input later could not allow: leave those alone.
-    updates = {id(v) for v in graph.updates.values()}
-    open_chain: dict[int, list[Node]] = {}  # id(tail value) -> its chain
-    by_head: dict[int, list[Node]] = {}  # id(first member) -> the chain as it grows
+    updates = set(graph.updates.values())
+    open_chain: dict[Value, list[Node]] = {}  # tail value -> its chain
+    by_head: dict[Node, list[Node]] = {}  # first member -> the chain as it grows
     for node in graph.nodes:
         out = node.outputs[0]
-        if _product(node) and id(out) not in updates:
-            open_chain[id(out)] = by_head[id(node)] = [node]  # a head, never a member
+        if _product(node) and out not in updates:
+            open_chain[out] = by_head[node] = [node]  # a head, never a member
             continue
-        if not _fusable(node) or id(out) in updates:
+        if not _fusable(node) or out in updates:
             continue
         chain = next(
             (
-                open_chain.pop(id(v))
+                open_chain.pop(v)
                 for v in node.inputs
-                if id(v) in open_chain and uses[id(v)] == 1 and v.type == out.type
+                if v in open_chain and uses[v] == 1 and v.type == out.type
             ),
             None,
         )
         chain = [*chain, node] if chain else [node]
-        by_head[id(chain[0])] = chain
-        open_chain[id(out)] = chain
+        by_head[chain[0]] = chain
+        open_chain[out] = chain
     return [chain for chain in by_head.values() if len(chain) > 1]
 
 
 def fused_node(chain: list[Node]) -> Node:
     """One node computing ``chain``: its inputs are what the members read from outside."""
-    inside = {id(n.outputs[0]) for n in chain}
-    outer = list({id(v): v for n in chain for v in n.inputs if id(v) not in inside}.values())
-    stand_in = {id(v): Value(f"a{i}", v.type) for i, v in enumerate(outer)}
+    inside = {n.outputs[0] for n in chain}
+    outer = list(dict.fromkeys(v for n in chain for v in n.inputs if v not in inside))
+    stand_in = {v: Value(f"a{i}", v.type) for i, v in enumerate(outer)}
     members = []
     for n in chain:
         out = Value(n.outputs[0].name, n.outputs[0].type)
-        members.append(Node(n.op, [stand_in[id(v)] for v in n.inputs], [out], dict(n.attrs)))
-        stand_in[id(n.outputs[0])] = out
-    body = Graph(list(stand_in[id(v)] for v in outer), members, [members[-1].outputs[0]])
+        members.append(Node(n.op, [stand_in[v] for v in n.inputs], [out], dict(n.attrs)))
+        stand_in[n.outputs[0]] = out
+    body = Graph([stand_in[v] for v in outer], members, [members[-1].outputs[0]])
     tail = chain[-1]
     kind = LINEAR if _product(chain[0]) else "elementwise"
-    attrs = {"body": str(body), "kind": f"{kind} " + " ".join(n.op for n in chain)}
-    origins = ", ".join(dict.fromkeys(n.origin for n in chain if n.origin)) or None
-    node = Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, origins)
-    node.meta["fused"] = attrs["kind"]
-    return node
+    attrs = {"body": body, "kind": f"{kind} " + " ".join(n.op for n in chain)}
+    phase, grad_of = _phase(chain)
+    return Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, phase=phase, grad_of=grad_of)
+
+
+def _phase(chain: list[Node]) -> tuple[Phase, str | None]:
+    """A kernel's phase and the gradients it computes: backward if a member is (a forward
+    member read only by a gradient joins it there), else the update if a member is."""
+    gradients = dict.fromkeys(n.grad_of for n in chain if n.phase is Phase.BACKWARD)
+    if gradients:
+        return Phase.BACKWARD, ", ".join(gradients)
+    update = any(n.phase is Phase.UPDATE for n in chain)
+    return (Phase.UPDATE if update else Phase.FORWARD), None
 
 
 @register_pass("fuse")
@@ -102,13 +111,13 @@ def fuse(graph: Graph) -> Graph:
     found = chains(graph)
     if not found:
         return graph
-    tail_of = {id(chain[-1]): chain for chain in found}
-    members = {id(n) for chain in found for n in chain}
+    tail_of = {chain[-1]: chain for chain in found}
+    members = {n for chain in found for n in chain}
     nodes = []
     for node in graph.nodes:
-        if id(node) in tail_of:
-            nodes.append(fused_node(tail_of[id(node)]))
+        if node in tail_of:
+            nodes.append(fused_node(tail_of[node]))
             note("fused", node)
-        elif id(node) not in members:
+        elif node not in members:
             nodes.append(node)
     return Graph(graph.inputs, nodes, graph.outputs, graph.updates)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from tracegrad.dtypes import TensorType
-from tracegrad.ir.core import Node, Value
+from tracegrad.ir.core import Node, Phase, Value
 from tracegrad.ir.graph import Graph
-from tracegrad.passes.dce import live_nodes
+from tracegrad.passes.dce import live
 from tracegrad.passes.pipeline import note, register_pass
 
 
@@ -22,14 +22,13 @@ def _groups(graph: Graph) -> list[list[Node]]:
     cut into a forward and a backward function, and a forward product joined with a backward
     one would need the cotangent before the backward runs. (A dead product joined with a live
     one would be computed, and make the live result depend on its operand.)"""
-    live = live_nodes(graph)
+    needed = live(graph)
     by_left: dict[tuple, list[Node]] = defaultdict(list)
     for node in graph.nodes:
-        if node.op == "matmul" and id(node) in live:
+        if node.op == "matmul" and node in needed:
             left, right = node.inputs
             if right.type.ndim == 2 and left.type.ndim >= 2:
-                backward = (node.origin or "").startswith("grad of")
-                by_left[id(left), backward].append(node)
+                by_left[left, node.phase is Phase.BACKWARD].append(node)
     return [
         nodes
         for nodes in by_left.values()
@@ -39,24 +38,24 @@ def _groups(graph: Graph) -> list[list[Node]]:
     ]
 
 
-def _fuse(group: list[Node], fresh) -> list[Node]:
+def _fuse(group: list[Node], graph: Graph) -> list[Node]:
     """Nodes computing the whole group; the slices define the members' own output values."""
     left = group[0].inputs[0]
     rights = [n.inputs[1] for n in group]
     k, dtype = rights[0].type.shape[0], rights[0].type.dtype
     width = sum(r.type.shape[1] for r in rights)
-    joined = Value(next(fresh), TensorType((k, width), dtype))
-    wide = Value(next(fresh), TensorType((*left.type.shape[:-1], width), dtype))
-    where, origin = group[0].location, group[0].origin
+    joined = Value(graph.fresh("h"), TensorType((k, width), dtype))
+    wide = Value(graph.fresh("h"), TensorType((*left.type.shape[:-1], width), dtype))
+    first = group[0]
     nodes = [
-        Node("cat", rights, [joined], {"dim": 1}, where, origin),
-        Node("matmul", [left, joined], [wide], {}, where, origin),
+        first.derive("cat", rights, [joined], {"dim": 1}),
+        first.derive("matmul", [left, joined], [wide]),
     ]
     start = 0
     for node, right in zip(group, rights, strict=True):
         stop = start + right.type.shape[1]
         key = (("ellipsis",), ("slice", start, stop, None))
-        nodes.append(Node("getitem", [wide], [node.outputs[0]], {"key": key}, where, origin))
+        nodes.append(first.derive("getitem", [wide], [node.outputs[0]], {"key": key}))
         start = stop
         note("horizontal", node)
     return nodes
@@ -65,16 +64,15 @@ def _fuse(group: list[Node], fresh) -> list[Node]:
 def _hoistable(group, index, producers) -> list[Node] | None:
     """Producers of later members' right operands that can move before the first member (their
     own inputs are defined there already), or None if some cannot."""
-    first = min(index[id(n)] for n in group)
-    defined = {id(v) for n in group for v in n.outputs}
+    first = min(index[n] for n in group)
+    defined = {v for n in group for v in n.outputs}
     moved = []
     for node in group:
-        producer = producers.get(id(node.inputs[1]))
-        if producer is None or index[id(producer)] < first:
+        producer = producers.get(node.inputs[1])
+        if producer is None or index[producer] < first:
             continue
-        if id(node.inputs[1]) in defined or any(  # x @ (x @ a): a member reads a member
-            id(v) in defined or index.get(id(producers.get(id(v))), -1) >= first
-            for v in producer.inputs
+        if node.inputs[1] in defined or any(  # x @ (x @ a): a member reads a member
+            v in defined or index.get(producers.get(v), -1) >= first for v in producer.inputs
         ):
             return None
         moved.append(producer)
@@ -87,22 +85,20 @@ def horizontal(graph: Graph) -> Graph:
     groups = _groups(graph)
     if not groups:
         return graph
-    taken = {v.name for v in graph.values()}
-    fresh = (f"h{i}" for i in range(1, 1 << 62) if f"h{i}" not in taken)
-    index = {id(n): i for i, n in enumerate(graph.nodes)}
+    index = {n: i for i, n in enumerate(graph.nodes)}
     producers = graph.producers()
-    placed: dict[int, list[Node]] = {}
-    dropped: set[int] = set()
+    placed: dict[Node, list[Node]] = {}
+    dropped: set[Node] = set()
     for group in groups:
         hoisted = _hoistable(group, index, producers)
         if hoisted is None:
             continue
-        first = min(group, key=lambda n: index[id(n)])
-        placed[id(first)] = hoisted + _fuse(group, fresh)
-        dropped |= {id(n) for n in [*group, *hoisted]}
+        first = min(group, key=index.get)
+        placed[first] = hoisted + _fuse(group, graph)
+        dropped.update(group, hoisted)
     nodes = []
     for node in graph.nodes:
-        nodes += placed.get(id(node), [])
-        if id(node) not in dropped:
+        nodes += placed.get(node, [])
+        if node not in dropped:
             nodes.append(node)
     return Graph(graph.inputs, nodes, graph.outputs, graph.updates)

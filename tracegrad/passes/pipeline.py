@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tracegrad.ir.core import Value
 from tracegrad.ir.graph import Graph
+from tracegrad.ir.lint import GraphLintError
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class PassResult:
 
 PASSES: dict[str, Pass] = {}
 _notes: list[Note] | None = None
+
+# Lint the graph each pass returns (and the graph a pipeline starts from): the test suite
+# switches this on (tests/conftest.py), a user with TRACEGRAD_LINT_PASSES=1.
+LINT_AFTER_EACH_PASS = os.environ.get("TRACEGRAD_LINT_PASSES") == "1"
 
 
 def register_pass(name: str):
@@ -113,15 +119,24 @@ def run_pass(name: str, graph: Graph) -> PassResult:
         notes = _notes
     finally:
         _notes = outer
-    if os.environ.get("TRACEGRAD_LINT_PASSES") == "1":
-        result.lint()
+    checked(result, f"after the {name} pass")
     return PassResult(name, len(graph.nodes), len(result.nodes), notes, result)
+
+
+def checked(graph: Graph, when: str) -> Graph:
+    """``graph``, linted first when LINT_AFTER_EACH_PASS is on; errors say ``when``."""
+    if LINT_AFTER_EACH_PASS:
+        try:
+            graph.lint()
+        except GraphLintError as exc:
+            raise GraphLintError(f"{when}: {exc}") from None
+    return graph
 
 
 def run(graph: Graph, names, report: list[PassResult] | None = None) -> Graph:
     """Apply the named passes in order; ``graph`` is left unchanged. With ``report``, append
     one PassResult per pass."""
-    result = graph.copy()
+    result = checked(graph, "before the first pass").copy()
     for name in resolve(names):
         outcome = run_pass(name, result)
         result = outcome.graph
@@ -136,16 +151,9 @@ def run(graph: Graph, names, report: list[PassResult] | None = None) -> Graph:
     return result
 
 
-def substitute(graph: Graph, replaced: dict[int, object]) -> Graph:
-    """Make every use of a replaced value (by id) use its replacement instead."""
-
-    def final(value):
-        while id(value) in replaced:
-            value = replaced[id(value)]
-        return value
-
-    for node in graph.nodes:
-        node.inputs = [final(v) for v in node.inputs]
-    graph.outputs = [final(v) for v in graph.outputs]
-    graph.updates = {k: final(v) for k, v in graph.updates.items()}
+def substitute(graph: Graph, replaced: dict[int, Value]) -> Graph:
+    """``graph.replace_all_uses`` for a mapping keyed by ``id(value)``; returns ``graph``."""
+    read = [*(v for node in graph.nodes for v in node.inputs), *graph.outputs]
+    candidates = [*read, *graph.updates.values(), *replaced.values()]  # (chains pass these)
+    graph.replace_all_uses({v: replaced[id(v)] for v in candidates if id(v) in replaced})
     return graph

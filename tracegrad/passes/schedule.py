@@ -21,7 +21,7 @@ import math
 
 import networkx as nx
 
-from tracegrad.ir.core import CUSTOM
+from tracegrad.ir.core import CUSTOM, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, VIEW
 from tracegrad.ops.registry import RANDOM
@@ -41,49 +41,51 @@ def _scalar(node) -> bool:
 
 
 def _dependencies(nodes) -> nx.DiGraph:
-    producer = {id(v): i for i, node in enumerate(nodes) for v in node.outputs}
+    producer = _positions(nodes)
     dependencies = nx.DiGraph()
     dependencies.add_nodes_from(range(len(nodes)))
     dependencies.add_edges_from(
-        (producer[id(v)], i)
-        for i, node in enumerate(nodes)
-        for v in node.inputs
-        if id(v) in producer
+        (producer[v], i) for i, node in enumerate(nodes) for v in node.inputs if v in producer
     )
     return dependencies
+
+
+def _positions(nodes) -> dict:
+    """Each value the nodes define -> the position of the node defining it."""
+    return {v: i for i, node in enumerate(nodes) for v in node.outputs}
 
 
 def _early_results(graph: Graph) -> dict[int, float]:
     """Position -> the place of a result kept for the caller (and of the views it reads):
     just after the last of its other inputs."""
     nodes = graph.nodes
-    producer = {id(v): i for i, node in enumerate(nodes) for v in node.outputs}
-    readers: dict[int, list[int]] = {}
+    producer = _positions(nodes)
+    readers: dict[Value, list[int]] = {}
     for i, node in enumerate(nodes):
         for v in node.inputs:
-            readers.setdefault(id(v), []).append(i)
-    kept = {id(v) for v in [*graph.outputs, *graph.updates.values()]}
+            readers.setdefault(v, []).append(i)
+    kept = graph.kept()
 
     def for_the_caller(value) -> bool:
         """Kept for the caller, and read only by the update (directly or through views)."""
-        seen = readers.get(id(value), ())
+        seen = readers.get(value, ())
         views = [nodes[r].outputs[0] for r in seen if VIEW in _props(nodes[r])]
-        direct = all(nodes[r].origin == "update" or VIEW in _props(nodes[r]) for r in seen)
-        return direct and (id(value) in kept or bool(views)) and all(map(for_the_caller, views))
+        direct = all(nodes[r].phase is Phase.UPDATE or VIEW in _props(nodes[r]) for r in seen)
+        return direct and (value in kept or bool(views)) and all(map(for_the_caller, views))
 
     places: dict[int, float] = {}
     for i, node in enumerate(nodes):
-        if node.origin == "update" or not _movable(node) or VIEW in _props(node):
+        if node.phase is Phase.UPDATE or not _movable(node) or VIEW in _props(node):
             continue
         big = any(math.prod(v.type.shape) > 1 for v in node.outputs)
         if not big or not all(map(for_the_caller, node.outputs)):
             continue
         cone = _view_cone(nodes, i, producer, readers)
         outside = [
-            producer[id(v)]
+            producer[v]
             for k in cone
             for v in nodes[k].inputs
-            if id(v) in producer and producer[id(v)] not in cone
+            if v in producer and producer[v] not in cone
         ]
         # (every such node gets its place, moved or not, so a second run changes nothing;
         # a view of the cone already earlier stays where it is)
@@ -97,10 +99,10 @@ def _view_cone(nodes, index, producer, readers) -> list[int]:
     cone, todo = {index}, [index]
     while todo:
         for v in nodes[todo.pop()].inputs:
-            k = producer.get(id(v))
+            k = producer.get(v)
             if k is None or k in cone or VIEW not in _props(nodes[k]):
                 continue
-            if all(r in cone for r in readers.get(id(v), ())):
+            if all(r in cone for r in readers.get(v, ())):
                 cone.add(k)
                 todo.append(k)
     return sorted(cone)
@@ -126,7 +128,7 @@ def schedule(graph: Graph) -> Graph:
         note("moved", graph.nodes[i])
     graph.nodes = [graph.nodes[i] for i in order]
     graph.meta["moved"] = len(moved)
-    start = next((i for i, n in enumerate(graph.nodes) if n.origin == "update"), None)
+    start = next((i for i, n in enumerate(graph.nodes) if n.phase is Phase.UPDATE), None)
     if start is None:
         return graph
     tail = graph.nodes[start:]

@@ -19,7 +19,7 @@ from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, OPS, VIEW, kernels
 from tracegrad.ops.registry import RANDOM
-from tracegrad.passes.dce import live_nodes
+from tracegrad.passes.dce import live
 from tracegrad.passes.pipeline import note, register_pass, substitute
 
 
@@ -52,7 +52,7 @@ class Rewriter:
         if type_ is None:
             type_ = OPS[op].infer(*(v.type for v in inputs), **attrs)
         out = Value(f"s{next(self.counter)}", type_)
-        node = Node(op, list(inputs), [out], attrs, self.node.location, self.node.origin)
+        node = self.node.derive(op, inputs, [out], attrs)
         self.nodes.append(node)
         self.producers[id(out)] = node
         return out
@@ -914,10 +914,10 @@ def _rewrite_once(graph: Graph, counter) -> tuple[Graph, bool]:
     fresh = (n for n in counter if f"s{n}" not in taken)
     # Reads by live nodes only: an earlier rewrite leaves the nodes it replaced dead, and they
     # must not keep a value from counting as read once.
-    live = live_nodes(graph)
+    needed = live(graph)
     readers: dict[int, list[Node]] = {}
     for n in graph.nodes:
-        for v in n.inputs if id(n) in live else ():
+        for v in n.inputs if n in needed else ():
             readers.setdefault(id(v), []).append(n)
     uses = {key: len(nodes) for key, nodes in readers.items()}
     for v in [*graph.outputs, *graph.updates.values()]:

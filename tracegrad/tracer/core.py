@@ -20,7 +20,6 @@ values do.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ import numpy as np
 from tracegrad import dtypes, tape
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation, TraceError, at_user_line, user_frame
-from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, Namespace, Node, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, Op
 from tracegrad.ops.registry import RANDOM, VIEW
@@ -90,7 +89,7 @@ class Tracer:
         self.writes: dict[int, int] = {}  # id(root) -> how often it was written
         # the aliases' and written roots' tensors (their ids stay theirs)
         self._kept: list[Tensor] = []
-        self._not_own: set[int] = set()  # ids of values that are inputs or views of others
+        self._not_own: set[Value] = set()  # values that are inputs or views of others
         self.optimizers: list = []
         self.values_read: dict[int, tuple[Tensor, int]] = {}  # by Python: id -> (t, version)
         self.backward_calls = 0  # backward() and autograd.grad() calls on traced values
@@ -98,24 +97,19 @@ class Tracer:
         self.optimizer_state: list[dict] = []  # each optimizer's state as tracing found it
         # id(optimizer) -> id(group) -> the group as the update reads it (numbers as inputs)
         self.hyperparameters: dict[int, dict[int, TracedGroup]] = {}
-        self._taken_names: set[str] = set()
-        self._counter = itertools.count(1)
+        self._namespace = Namespace()  # value names: "1", "2"... and the inputs' own
         self.location_override: SourceLocation | None = None  # set while replaying a graph
         self.start = next_serial()
 
     # --- values ---------------------------------------------------------------------------------
 
     def _name(self, hint: str | None = None) -> str:
-        name = hint or str(next(self._counter))
-        while name in self._taken_names:
-            name = f"{hint}_{next(self._counter)}" if hint else str(next(self._counter))
-        self._taken_names.add(name)
-        return name
+        return self._namespace.claim(hint) if hint else self._namespace.fresh()
 
     def add_input(self, type_: TensorType, name: str, requires_grad: bool = False) -> Tensor:
         value = Value(self._name(name), type_)
         self.inputs.append(value)
-        self._not_own.add(id(value))
+        self._not_own.add(value)
         t = Tensor._wrap(Symbol(value))
         if requires_grad:
             t.requires_grad = True
@@ -171,7 +165,7 @@ class Tracer:
                 self._name(self.names.get(id(t), f"state{len(self.lifted)}")), t.tensor_type
             )
             self.inputs.append(value)
-            self._not_own.add(id(value))
+            self._not_own.add(value)
             self.lifted[id(t)] = (t, value)
         return self.lifted[id(t)][1]
 
@@ -180,13 +174,14 @@ class Tracer:
     def _emit(self, op: str, inputs, out_type, attrs) -> Value:
         out = Value(self._name(), out_type)
         if op in OPS and VIEW in OPS[op].props:
-            self._not_own.add(id(out))
+            self._not_own.add(out)
         node = Node(op, list(inputs), [out], attrs, self.location())
-        origin = tape.current_backward()
-        if origin is not None:
-            node.origin = f"grad of {origin.name}"  # names it in NaN reports and pictures
+        differentiated = tape.current_backward()
+        if differentiated is not None:
+            node.phase = Phase.BACKWARD
+            node.grad_of = differentiated.name  # names it in NaN reports and pictures
         elif self.updating:
-            node.origin = "update"
+            node.phase = Phase.UPDATE
         self.nodes.append(node)
         return out
 
@@ -289,10 +284,10 @@ class Tracer:
         replaying reverse-mode pass then differentiates it as eager autograd does."""
         if value.type.shape != root.tensor_type.shape:
             value = self._emit("broadcast_to", [value], root.tensor_type, {"shape": root.shape})
-        if id(value) in self._not_own:  # (copy_ of an input, fill_ of a broadcast scalar, or
+        if value in self._not_own:  # (copy_ of an input, fill_ of a broadcast scalar, or
             # of a value another tensor holds: the written tensor's memory is its own)
             value = self._emit("contiguous", [value], value.type, {})
-        self._not_own.add(id(value))  # (now this tensor's memory)
+        self._not_own.add(value)  # (now this tensor's memory)
         if detached:
             old = self.value_of(root)
             value = self._emit("stop_gradient", [value], value.type, {})

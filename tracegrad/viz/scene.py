@@ -235,7 +235,7 @@ def _label(node) -> str:
         fn = node.attrs.get("fn")
         return getattr(fn, "__name__", "custom")
     if node.op == FUSED:
-        return f"fused {node.meta.get('fused', '')}".strip()
+        return f"fused {node.attrs.get('kind', '')}".strip()
     return node.op
 
 
