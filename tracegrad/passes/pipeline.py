@@ -69,7 +69,10 @@ def note(kind: str, node) -> None:
 # runs inside tg.compile between the forward and the joint pipelines.
 DEFAULT_PIPELINE = [
     "fold",  # evaluate nodes whose inputs are all constants
-    "simplify",  # algebraic identities and numerically stable forms
+    "canonicalize",  # algebraic identities: x * 1 -> x, chains of views, copies
+    "stabilize",  # numerically stable forms: log(softmax(x)) -> log_softmax(x)
+    "specialize_numpy",  # NumPy layout and BLAS choices (with the fusions they expose)
+    "fuse_training_step",  # an op beside its gradient keeps what the gradient reads
     "cse",  # compute each distinct expression once
     "horizontal",  # sibling matmuls on one input become one wider matmul
     "dce",  # drop nodes whose values nobody reads (what the rewrites above replaced)
