@@ -37,6 +37,7 @@ the graph as the round began: ``m.readers(v)`` and ``m.only_use(v)`` count live 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -46,7 +47,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
-from tracegrad.passes.dce import live_nodes
+from tracegrad.passes.dce import _has_effect
 from tracegrad.passes.pipeline import note, substitute
 
 ROOT = "root"  # the capture name of the value being rewritten (and its node)
@@ -76,20 +77,37 @@ class Pat:
     def match(self, value: Value, m: Match) -> Iterator[None]:
         """Yield once per way ``value`` matches, with the captures recorded in ``m``."""
         node = m.producer(value)
-        if self.where is not None and not self.where(value):
-            return
-        if self.ops is not None and (node is None or node.op not in self.ops):
-            return
-        if self.ops is not None and not self._attrs_hold(node):
-            return
-        if CONSTANT in (self.ops or ()) and not _elements_equal(node, self.constant):
-            return
-        with m.capturing(self.name, value, node) as bound:
-            if bound:
-                yield from self._match_inputs(node, m)
+        if self._fits(value, node):
+            yield from _bound(m, self.name, (value, node), lambda: self._match_inputs(node, m))
 
-    def _attrs_hold(self, node: Node) -> bool:
-        return all(_holds(want, node.attrs.get(key)) for key, want in self.attrs.items())
+    def _fits(self, value: Value, node: Node | None) -> bool:
+        """Whether the value itself (not its inputs) fits: predicate, op, attributes."""
+        if self.where is not None and not self.where(value):
+            return False
+        if self.ops is None:
+            return True
+        if node is None or node.op not in self.ops:
+            return False
+        if not all(_holds(want, node.attrs.get(key)) for key, want in self.attrs.items()):
+            return False
+        return node.op != CONSTANT or _elements_equal(node, self.constant)
+
+    def may_match(self, value: Value, m: Match) -> bool:
+        """Whether ``value`` fits the pattern's ops, attributes and predicates at every level,
+        captures aside: a quick test, without the search, that most nodes fail."""
+        node = m.producer(value)
+        if not self._fits(value, node):
+            return False
+        if self.some is not None:
+            return any(self.some.may_match(v, m) for v in node.inputs)
+        if self.inputs is None:
+            return True
+        if not self._arity_fits(node):
+            return False
+        values = node.inputs[: len(self.inputs)]
+        if _all_may_match(self.inputs, values, m):
+            return True
+        return self.commutative and _all_may_match(self.inputs, values[::-1], m)
 
     def _match_inputs(self, node: Node | None, m: Match) -> Iterator[None]:
         if self.some is not None:
@@ -100,15 +118,41 @@ class Pat:
         if self.inputs is None:
             yield
             return
-        count = len(self.inputs)
-        if len(node.inputs) < count or (self.rest is None and len(node.inputs) != count):
+        if not self._arity_fits(node):
             return
-        orders = [node.inputs[:count]]
+        count = len(self.inputs)
+        rest = (tuple(node.inputs[count:]), None)
+        yield from _bound(m, self.rest, rest, lambda: self._in_orders(node.inputs[:count], m))
+
+    def _arity_fits(self, node: Node) -> bool:
+        """As many inputs as patterns for them, or more with ``rest`` to take the others."""
+        count = len(self.inputs)
+        return len(node.inputs) == count or (self.rest is not None and len(node.inputs) > count)
+
+    def _in_orders(self, values, m: Match) -> Iterator[None]:
+        yield from _match_all(self.inputs, values, m)
         if self.commutative:
-            orders.append(node.inputs[:count][::-1])
-        with m.capturing(self.rest, tuple(node.inputs[count:]), None) as bound:
-            for values in orders if bound else ():
-                yield from _match_all(self.inputs, values, m)
+            yield from _match_all(self.inputs, values[::-1], m)
+
+
+def _all_may_match(patterns: tuple[Pat, ...], values: list[Value], m: Match) -> bool:
+    return all(p.may_match(v, m) for p, v in zip(patterns, values, strict=True))
+
+
+def _bound(m: Match, name: str | None, capture: tuple, then) -> Iterator[None]:
+    """The matches of ``then()`` with ``name`` bound to ``capture`` (value, node) meanwhile;
+    a name bound already must hold the same value."""
+    if name is None:
+        yield from then()
+    elif name in m.captures:
+        if m.captures[name][0] is capture[0]:
+            yield from then()
+    else:
+        m.captures[name] = capture
+        try:
+            yield from then()
+        finally:
+            del m.captures[name]
 
 
 class AnyOf(Pat):
@@ -121,6 +165,9 @@ class AnyOf(Pat):
     def match(self, value: Value, m: Match) -> Iterator[None]:
         for alternative in self.alternatives:
             yield from alternative.match(value, m)
+
+    def may_match(self, value: Value, m: Match) -> bool:
+        return any(alternative.may_match(value, m) for alternative in self.alternatives)
 
 
 def _holds(want, value) -> bool:
@@ -194,6 +241,8 @@ class Rule:
     def apply(self, m: Match) -> Value | None:
         """The replacement of ``m.root``'s output, or None; a declined attempt leaves no nodes."""
         out_type = m.root.outputs[0].type
+        if not self.pattern.may_match(m.root.outputs[0], m):
+            return None
         for _ in self.pattern.match(m.root.outputs[0], m):
             mark = len(m.nodes)
             if self.when(m):
@@ -225,13 +274,8 @@ class Match:
     def const(self, name: str) -> np.ndarray:
         return self.node(name).attrs["value"]
 
-    def capturing(self, name, value, node) -> _Capture:
-        return _Capture(self, name, value, node)
-
     def producer(self, value: Value, op: str | None = None) -> Node | None:
-        """The node making ``value`` (the node being rewritten for its own output)."""
-        root = self.root if value is self.root.outputs[0] else None
-        node = root or self.rewrite.producers.get(id(value))
+        node = self.rewrite.producers.get(id(value))
         return node if node is not None and (op is None or node.op == op) else None
 
     def readers(self, value: Value) -> list[Node]:
@@ -263,41 +307,50 @@ class Match:
         del self.nodes[mark:]
 
 
-class _Capture:
-    """Binds a name while the patterns under it match; a name bound already must agree."""
-
-    def __init__(self, m: Match, name, value, node):
-        self.m, self.name, self.value, self.node = m, name, value, node
-        self.fresh = name is not None and name not in m.captures
-
-    def __enter__(self) -> bool:
-        if self.fresh:
-            self.m.captures[self.name] = (self.value, self.node)
-            return True
-        return self.name is None or self.m.captures[self.name][0] is self.value
-
-    def __exit__(self, *exc) -> None:
-        if self.fresh:
-            del self.m.captures[self.name]
-
-
 class _Rewrite:
-    """One round over a graph: the nodes kept or emitted so far, and use counts as it began."""
+    """One round over a graph: the nodes kept or emitted so far; readers and use counts of the
+    values as the round began (found when a rule first asks: most rules never do)."""
 
-    def __init__(self, graph: Graph, fresh):
+    def __init__(self, graph: Graph, counter):
         self.producers: dict[int, Node] = {}
         self.nodes: list[Node] = []
-        self.fresh = fresh
-        # Reads by live nodes only: an earlier rewrite leaves the nodes it replaced dead, and
-        # they must not keep a value from counting as read once.
-        live = live_nodes(graph)
-        self.readers: dict[int, list[Node]] = {}
-        for n in graph.nodes:
-            for v in n.inputs if id(n) in live else ():
-                self.readers.setdefault(id(v), []).append(n)
-        self.uses = {key: len(nodes) for key, nodes in self.readers.items()}
-        for v in [*graph.outputs, *graph.updates.values()]:
-            self.uses[id(v)] = self.uses.get(id(v), 0) + 1
+        self.graph, self.counter = graph, counter
+        # (a rewrite gives a node new input lists; these are the ones the round began with)
+        self.inputs = [(node, node.inputs) for node in graph.nodes]
+
+    @functools.cached_property
+    def fresh(self) -> Iterator[int]:
+        """Numbers n for new value names s<n> that no value of the graph has."""
+        taken = {v.name for v in self.graph.values()}
+        return (n for n in self.counter if f"s{n}" not in taken)
+
+    @functools.cached_property
+    def readers(self) -> dict[int, list[Node]]:
+        """id(value) -> the live nodes reading it. Reads by live nodes only (as dce finds
+        them): an earlier rewrite leaves the nodes it replaced dead, and they must not keep a
+        value from counting as read once."""
+        live = {id(v) for v in self.roots}
+        readers: dict[int, list[Node]] = {}
+        for node, inputs in reversed(self.inputs):
+            if _has_effect(node) or any(id(v) in live for v in node.outputs):
+                live.update(id(v) for v in inputs)
+                for v in inputs:
+                    readers.setdefault(id(v), []).append(node)
+        for nodes in readers.values():
+            nodes.reverse()  # (in graph order)
+        return readers
+
+    @functools.cached_property
+    def uses(self) -> dict[int, int]:
+        """id(value) -> how many live nodes and outputs read it."""
+        uses = {key: len(nodes) for key, nodes in self.readers.items()}
+        for v in self.roots:
+            uses[id(v)] = uses.get(id(v), 0) + 1
+        return uses
+
+    @property
+    def roots(self) -> list[Value]:
+        return [*self.graph.outputs, *self.graph.updates.values()]
 
 
 def by_op(rules: list[Rule]) -> dict[str, list[Rule]]:
@@ -323,22 +376,35 @@ def rewrite(graph: Graph, rules: dict[str, list[Rule]]) -> Graph:
 
 
 def _rewrite_once(graph: Graph, rules, counter) -> tuple[Graph, bool]:
-    taken = {v.name for v in graph.values()}
-    state = _Rewrite(graph, (n for n in counter if f"s{n}" not in taken))
+    state = _Rewrite(graph, counter)
     replaced: dict[int, Value] = {}
     for node in graph.nodes:
-        node.inputs = [_final(replaced, v) for v in node.inputs]
-        for rule in rules.get(node.op, ()):
-            out = rule.apply(Match(state, node))
-            if out is not None:
-                replaced[id(node.outputs[0])] = out
-                note(rule.name, node)
-                break
-        else:
+        if replaced:
+            node.inputs = [_final(replaced, v) for v in node.inputs]
+        for v in node.outputs:
+            state.producers[id(v)] = node
+        here = rules.get(node.op)
+        fired = _first_firing(here, Match(state, node)) if here else None
+        if fired is None:
             state.nodes.append(node)
-            state.producers.update((id(v), node) for v in node.outputs)
+            continue
+        rule, out = fired
+        replaced[id(node.outputs[0])] = out
+        for v in node.outputs:  # (replaced: nothing reads the node any more)
+            del state.producers[id(v)]
+        note(rule.name, node)
+    if not replaced:
+        return graph, False
     graph = Graph(graph.inputs, state.nodes, graph.outputs, graph.updates)
-    return substitute(graph, replaced), bool(replaced)
+    return substitute(graph, replaced), True
+
+
+def _first_firing(rules: list[Rule], m: Match) -> tuple[Rule, Value] | None:
+    for rule in rules:
+        out = rule.apply(m)
+        if out is not None:
+            return rule, out
+    return None
 
 
 def _final(replaced: dict[int, Value], value: Value) -> Value:
