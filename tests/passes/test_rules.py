@@ -40,8 +40,8 @@ from tracegrad.passes.fold import MAX_FOLDED_ELEMENTS
 PHASES = {
     "canonicalize": canonicalize.RULES,
     "stabilize": stabilize.RULES,
-    "specialize_numpy": specialize_numpy.RULES,
     "fuse_training_step": fuse_training_step.RULES,
+    "specialize_numpy": specialize_numpy.RULES,
 }
 RULES = [rule for rules in PHASES.values() for rule in rules]
 PASS_OF = {rule.name: name for name, rules in PHASES.items() for rule in rules}
@@ -738,6 +738,24 @@ def test_elementwise_before_transpose_leaves_full_operands_and_views_of_inputs()
     )
     result, _ = simplified(graph)
     assert "elementwise-before-transpose" not in {n.kind for n in result.notes}
+
+
+def test_elementwise_before_transpose_untransposes_a_transposed_operand():
+    """f(x^T, y^T) with x a product: y^T is read as y (a gelu's kept tanh beside its input)."""
+    graph = Graph.parse(
+        graph_of(
+            """  %1:f64[3,2] = matmul %a, %b
+  %2:f64[2,3] = permute[dims=(1, 0)] %1
+  %3:f64[2,3] = permute[dims=(1, 0)] %y
+  %4:f64[2,3] = mul %2, %3
+  return %4""",
+            "%a:f64[3,5], %b:f64[5,2], %y:f64[3,2]",
+        )
+    )
+    result, after = simplified(graph, ["specialize_numpy"])
+    assert "elementwise-before-transpose" in {n.kind for n in result.notes}
+    assert after.op_counts() == {"matmul": 1, "mul": 1, "permute": 1}
+    assert_same_values(graph, after, arrays_for(graph))
 
 
 def test_gelu_and_its_gradient_share_t_through_a_transpose():

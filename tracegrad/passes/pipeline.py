@@ -71,8 +71,8 @@ DEFAULT_PIPELINE = [
     "fold",  # evaluate nodes whose inputs are all constants
     "canonicalize",  # algebraic identities: x * 1 -> x, chains of views, copies
     "stabilize",  # numerically stable forms: log(softmax(x)) -> log_softmax(x)
-    "specialize_numpy",  # NumPy layout and BLAS choices (with the fusions they expose)
     "fuse_training_step",  # an op beside its gradient keeps what the gradient reads
+    "specialize_numpy",  # NumPy layout and BLAS choices: long side first, one product of rows
     "cse",  # compute each distinct expression once
     "horizontal",  # sibling matmuls on one input become one wider matmul
     "dce",  # drop nodes whose values nobody reads (what the rewrites above replaced)

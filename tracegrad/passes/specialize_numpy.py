@@ -18,7 +18,7 @@ from tracegrad.ir.core import Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, OPS, VIEW, kernels
 from tracegrad.ops.registry import RANDOM
-from tracegrad.passes import canonicalize, fuse_training_step
+from tracegrad.passes import canonicalize
 from tracegrad.passes.patterns import AnyOf, Match, Pat, Rule, V, by_op, rewrite
 from tracegrad.passes.pipeline import register_pass
 
@@ -276,6 +276,15 @@ def _transposed_broadcast(m: Match, value: Value) -> Value | None:
     return None
 
 
+def _beside_the_transpose(m: Match, value: Value) -> Value | None:
+    """An operand of f(x^T, ...) as one of f(x, ...): a transposed matrix is its source (a
+    gelu's kept tanh, made beside its transposed input), else as ``_transposed_broadcast``."""
+    view = m.producer(value, "permute")
+    if view is not None and value.type.ndim == 2 and tuple(view.attrs["dims"]) == (1, 0):
+        return view.inputs[0]
+    return _transposed_broadcast(m, value)
+
+
 def _transpose_of_a_matrix(m: Match) -> bool:
     out = m.root.outputs[0].type.shape
     return len(out) == 2 and m["view"].type.shape == out
@@ -285,7 +294,7 @@ def _elementwise_untransposed(m: Match) -> Value | None:
     """An elementwise op on a transposed matrix computed here, f(x^T, b), runs on x itself
     when the other operands are scalars or broadcast rows and columns: a product that
     wide-product turned round keeps its bias and activation in one fused kernel."""
-    operands = [_transposed_broadcast(m, v) for v in m.root.inputs]
+    operands = [_beside_the_transpose(m, v) for v in m.root.inputs]
     operands[m.position] = m["x"]
     if any(v is None for v in operands):
         return None
@@ -481,7 +490,8 @@ RULES = [
     ),
     Rule(
         "elementwise-before-transpose",
-        "f(x^T, b) -> f(x, b')^T for a 2-D x computed here, b scalar or broadcast (b' on x)",
+        "f(x^T, b) -> f(x, b')^T for a 2-D x computed here, b scalar, broadcast or a "
+        "transpose (b' on x)",
         Pat(
             ELEMENTWISE_OPS, some=Pat("permute", Pat(MATMUL_OR_ELEMENTWISE, name="x"), name="view")
         ),
@@ -490,15 +500,12 @@ RULES = [
     ),
 ]
 
-# One rewrite runs the layout choices with the identities, which cancel the chains of views
-# they leave, and with the training-step fusions, because the two expose each other: the
-# few-classes log_softmax is the one the loss fusion makes, and a gelu moved onto its
-# product's layout is the one that then keeps its tanh beside its gradient.
-_BY_OP = by_op([*canonicalize.RULES, *RULES, *fuse_training_step.RULES])
+# The identities run with the layout choices, to cancel the chains of views those leave.
+_BY_OP = by_op([*canonicalize.RULES, *RULES])
 
 
 @register_pass("specialize_numpy")
 def specialize_numpy(graph: Graph) -> Graph:
-    """Apply the NumPy layout and BLAS choices (and the rewrites they expose) until none
+    """Apply the NumPy layout and BLAS choices (and the identities they expose) until none
     fires."""
     return rewrite(graph, _BY_OP)
