@@ -4,7 +4,7 @@
     python -m benchmarks.compile_scaling --max-nodes 10000
 
 The model is a chain of links ``x = tanh(x * w_i) + x``, one parameter per link, so every node
-is live, distinct and not constant: fold, simplify, CSE and DCE keep them all, and the graph
+is live, distinct and not constant: fold, the rewrites, CSE and DCE keep them all, and the graph
 grows with the number of links. Two compilations are timed per size: the compiled module
 (forward, reverse mode and backward, on its first call) and a whole training step (forward,
 backward and an SGD update traced into one function). ``nodes`` is the size of the graph the

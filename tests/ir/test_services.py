@@ -6,7 +6,6 @@ from ir_graphs import mlp, mlp_with_updates, val
 
 from tracegrad.ir.core import Namespace
 from tracegrad.ir.graph import Graph
-from tracegrad.passes.pipeline import substitute
 
 # mlp(): 0 permute -> %1, 1 matmul -> %2, 2 add -> %3, 3 relu -> %4, 4 constant -> %5,
 #        5 sum -> %6, 6 mul -> %7; inputs %x, %fc1.weight, %fc1.bias; output %7.
@@ -51,15 +50,6 @@ def test_replace_all_uses_follows_chains_into_outputs_and_updates():
     assert graph.nodes[6].inputs == [c, v["5"]]  # %6 -> %7 -> c
     assert graph.outputs == [c]
     assert graph.updates["fc1.weight"] is w
-
-
-def test_substitute_takes_a_mapping_by_id_and_follows_chains():
-    graph = mlp()
-    v = values_named(graph)
-    c = val("c", "f32[]")
-    substitute(graph, {id(v["7"]): v["6"], id(v["6"]): c})
-    assert graph.outputs == [c]
-    assert graph.nodes[6].inputs == [c, v["5"]]
 
 
 def test_ancestors_are_the_values_computed_from():

@@ -34,7 +34,7 @@ def test_the_joint_graph_still_splits_after_horizontal_fusion():
     model, x = inputs()
     graph = tg.trace(model, x)
     joint, seeds, _ = differentiate(graph, [v.name for v in graph.inputs])
-    fused = run_pass("horizontal", run_pass("simplify", joint).graph).graph
+    fused = tg.passes.run(joint, ["simplify", "specialize_numpy", "horizontal"])
     forward, _ = split(fused, len(graph.outputs), seeds)
     assert not {v.name for v in forward.inputs} & set(seeds)
 

@@ -1,12 +1,13 @@
-"""The rewrite rules of ``simplify``, one test each, and unit tests of fold, cse and dce.
+"""The rewrite rules of the rewrite passes, one test each, and unit tests of fold, cse and dce.
 
-Each rule has a case: a minimal IR graph (in the text form) where it fires. The test checks
-that ``simplify`` notes the rule, that the result (after ``dce``) has the expected ops and is
+Each rule has a case: a minimal IR graph (in the text form) where it fires. The test runs the
+pass the rule belongs to (canonicalize, stabilize, specialize_numpy or fuse_training_step) and
+checks that it notes the rule, that the result (after ``dce``) has the expected ops and is
 smaller (or, for rules that trade size for stability or contiguous results, free of the ops
-they replace), that it computes the same values, and that a second ``simplify`` finds nothing
+they replace), that it computes the same values in float64, and that a second run finds nothing
 left to do. A rule without a case fails ``test_every_rule_has_a_case`` and its own
-parametrized test. Near misses (patterns a rule must leave alone), the stable forms on
-extreme inputs, and unit tests of fold, cse, dce (and horizontal's one trap) follow.
+parametrized test. Near misses (patterns no rule of any rewrite pass may touch), the stable
+forms on extreme inputs, and unit tests of fold, cse, dce (and horizontal's one trap) follow.
 """
 
 from __future__ import annotations
@@ -24,12 +25,28 @@ from tracegrad.errors import DTypeError, ShapeError
 from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
-from tracegrad.passes import run_pass
+from tracegrad.passes import (
+    PassResult,
+    canonicalize,
+    fuse_training_step,
+    run_pass,
+    simplify,
+    specialize_numpy,
+    stabilize,
+)
 from tracegrad.passes.fold import MAX_FOLDED_ELEMENTS
-from tracegrad.passes.simplify import RULES
 
+# The rewrite passes, in pipeline order, and the rules each owns
+PHASES = {
+    "canonicalize": canonicalize.RULES,
+    "stabilize": stabilize.RULES,
+    "fuse_training_step": fuse_training_step.RULES,
+    "specialize_numpy": specialize_numpy.RULES,
+}
+RULES = [rule for rules in PHASES.values() for rule in rules]
+PASS_OF = {rule.name: name for name, rules in PHASES.items() for rule in rules}
 ALGEBRA = {rule.name: rule.algebra for rule in RULES}
-BROADCAST_RULE = "operand-broadcast"  # one Rule per elementwise binary op; tested per op
+BROADCAST_RULE = "operand-broadcast"  # one rule for every elementwise binary op; tested per op
 
 
 @dataclass
@@ -201,6 +218,22 @@ CASES = {
             "%x:f64[2,3,4]",
         ),
         after={"permute": 1},  # %2 is %x; %3 is one permute of %x
+    ),
+    "identity-permute": Case(
+        graph_of(
+            """  %1:f64[2,3] = permute[dims=(0, 1)] %x
+  %2:f64[2,3] = exp %1
+  return %2"""
+        ),
+        after={"exp": 1},
+    ),
+    "same-reshape": Case(
+        graph_of(
+            """  %1:f64[2,3] = reshape[shape=(2, 3)] %x
+  %2:f64[2,3] = exp %1
+  return %2"""
+        ),
+        after={"exp": 1},
     ),
     "reshape-chain": Case(
         graph_of(
@@ -529,10 +562,18 @@ def assert_same_values(before: Graph, after: Graph, arrays, rtol=1e-12) -> None:
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
 
 
-def simplified(graph: Graph):
-    """simplify's PassResult, and its graph after dce (rewrites leave the old nodes dead)."""
-    result = run_pass("simplify", graph)
-    result.graph.lint()
+def rewritten(graph: Graph, passes=tuple(PHASES)) -> PassResult:
+    """The rewrite passes run in order on ``graph``: the last graph, with every pass's notes."""
+    report: list[PassResult] = []
+    after = tg.passes.run(graph, passes, report)
+    after.lint()
+    notes = [note for result in report for note in result.notes]
+    return PassResult("+".join(passes), len(graph.nodes), len(after.nodes), notes, after)
+
+
+def simplified(graph: Graph, passes=tuple(PHASES)):
+    """The rewrite passes' result, and its graph after dce (rewrites leave the old nodes dead)."""
+    result = rewritten(graph, passes)
     return result, tg.passes.run(result.graph, ["dce"])
 
 
@@ -544,20 +585,30 @@ def test_every_rule_has_a_case():
     assert set(CASES) | {BROADCAST_RULE} == set(ALGEBRA)
 
 
+def test_rule_names_are_unique():
+    assert len(ALGEBRA) == len(RULES)
+
+
+def test_simplify_is_canonicalize_and_stabilize():
+    """The pass DESIGN.md names runs the algebra and the stable forms, nothing else."""
+    assert [*canonicalize.RULES, *stabilize.RULES] == simplify.RULES
+
+
 @pytest.mark.parametrize("name", sorted(set(ALGEBRA) - {BROADCAST_RULE}), ids=rule_id)
 def test_rule(name):
-    """The rule (its algebra is in the test id) fires, simplifies, and keeps the values."""
-    case = CASES[name]
+    """The rule (its algebra is in the test id) fires in its own pass, simplifies, and keeps
+    the values."""
+    case, phase = CASES[name], PASS_OF[name]
     graph = Graph.parse(case.text)
     graph.lint()
-    result, after = simplified(graph)
+    result, after = simplified(graph, [phase])
     assert name in {n.kind for n in result.notes}, f"{name} did not fire: {result.notes}"
     assert after.op_counts() == case.after, f"{ALGEBRA[name]}:\n{after}"
     if case.smaller:
         assert len(after.nodes) < len(graph.nodes)
     assert not case.gone & set(after.op_counts())
     assert_same_values(graph, after, arrays_for(graph, case.positive))
-    again = run_pass("simplify", result.graph)
+    again = run_pass(phase, result.graph)
     assert not again.notes and str(again.graph) == str(result.graph), "not at a fixed point"
 
 
@@ -689,6 +740,24 @@ def test_elementwise_before_transpose_leaves_full_operands_and_views_of_inputs()
     assert "elementwise-before-transpose" not in {n.kind for n in result.notes}
 
 
+def test_elementwise_before_transpose_untransposes_a_transposed_operand():
+    """f(x^T, y^T) with x a product: y^T is read as y (a gelu's kept tanh beside its input)."""
+    graph = Graph.parse(
+        graph_of(
+            """  %1:f64[3,2] = matmul %a, %b
+  %2:f64[2,3] = permute[dims=(1, 0)] %1
+  %3:f64[2,3] = permute[dims=(1, 0)] %y
+  %4:f64[2,3] = mul %2, %3
+  return %4""",
+            "%a:f64[3,5], %b:f64[5,2], %y:f64[3,2]",
+        )
+    )
+    result, after = simplified(graph, ["specialize_numpy"])
+    assert "elementwise-before-transpose" in {n.kind for n in result.notes}
+    assert after.op_counts() == {"matmul": 1, "mul": 1, "permute": 1}
+    assert_same_values(graph, after, arrays_for(graph))
+
+
 def test_gelu_and_its_gradient_share_t_through_a_transpose():
     """The gelu moved onto a product's own layout reads x, its gradient x^T: they still
     share one t, which the gradient reads transposed."""
@@ -726,7 +795,8 @@ POSITIVE = {"pow", "adam_step"}  # x ** y needs x > 0; adam_step takes sqrt(v)
 
 
 def broadcast_ops() -> list[str]:
-    return sorted(rule.op for rule in RULES if rule.name == BROADCAST_RULE)
+    (rule,) = [rule for rule in RULES if rule.name == BROADCAST_RULE]
+    return sorted(rule.pattern.ops)
 
 
 def arity(op: str) -> int:
@@ -891,7 +961,7 @@ def test_near_miss_is_left_alone(text):
     """No rule fires, and none leaves nodes behind (the graph prints the same)."""
     graph = Graph.parse(graph_of(text, "%x:f64[2,3], %y:f64[3,2]"))
     graph.lint()
-    result = run_pass("simplify", graph)
+    result = rewritten(graph)
     assert not result.notes
     assert str(result.graph) == str(graph)
 
@@ -906,7 +976,7 @@ def test_near_miss_is_left_alone(text):
 )
 def test_cross_entropy_keeps_its_logits_unless_its_gradient_is_beside_it(text):
     graph = Graph.parse(text)
-    result = run_pass("simplify", graph)
+    result = rewritten(graph)
     assert not result.notes
     assert str(result.graph) == str(graph)
 
@@ -1056,7 +1126,7 @@ NEAR_MISSES_WITH_INPUTS = {
 )
 def test_near_miss_with_its_inputs_is_left_alone(body, inputs):
     graph = Graph.parse(graph_of(body, inputs))
-    result = run_pass("simplify", graph)
+    result = rewritten(graph)
     assert not result.notes
     assert str(result.graph) == str(graph)
 
@@ -1394,7 +1464,7 @@ def test_reshape_that_is_a_view_of_a_transpose_gets_no_copy():
   return %2"""
         )
     )
-    assert "copying-reshape" not in {n.kind for n in tg.passes.run_pass("simplify", graph).notes}
+    assert "copying-reshape" not in {n.kind for n in rewritten(graph).notes}
 
 
 def test_scale_into_product_scales_the_smaller_operand():

@@ -110,7 +110,7 @@ def _masked_softmax_infer(x: TensorType, mask: TensorType, dim) -> TensorType:
     return _softmax_infer(x, dim)
 
 
-# softmax(where(mask, -inf, x)), which the attention pattern rewrites to (passes/simplify.py):
+# softmax(where(mask, -inf, x)), which the attention pattern rewrites to (passes/stabilize.py):
 # in place over the scores, and a gradient without a pass for the mask.
 register(
     "masked_softmax",

@@ -5,14 +5,18 @@ Importing this package registers them all; ``DEFAULT_PIPELINE`` lists the defaul
 
 from tracegrad.passes import (
     autodiff,
+    canonicalize,
     cse,
     dce,
     fold,
     fuse,
+    fuse_training_step,
     horizontal,
     memory,
     schedule,
     simplify,
+    specialize_numpy,
+    stabilize,
 )
 from tracegrad.passes.pipeline import (
     DEFAULT_PIPELINE,

@@ -9,7 +9,7 @@ from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.pipeline import note, register_pass
 
 
-def _has_effect(node) -> bool:
+def has_effect(node) -> bool:
     # A random draw advances the generator: dropping it would shift every later draw.
     op = OPS.get(node.op)
     return op is not None and RANDOM in op.props
@@ -18,7 +18,7 @@ def _has_effect(node) -> bool:
 def live(graph: Graph) -> set[Node]:
     """The nodes some of whose outputs reach a graph output or an in-place update, and the
     random draws (with what they read)."""
-    draws = [v for node in graph.nodes if _has_effect(node) for v in node.outputs]
+    draws = [v for node in graph.nodes if has_effect(node) for v in node.outputs]
     needed = graph.ancestors([*graph.kept(), *draws])
     return {node for node in graph.nodes if any(v in needed for v in node.outputs)}
 

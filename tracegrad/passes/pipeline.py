@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tracegrad.ir.core import Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.lint import GraphLintError
 
@@ -75,7 +74,10 @@ def note(kind: str, node) -> None:
 # runs inside tg.compile between the forward and the joint pipelines.
 DEFAULT_PIPELINE = [
     "fold",  # evaluate nodes whose inputs are all constants
-    "simplify",  # algebraic identities and numerically stable forms
+    "canonicalize",  # algebraic identities: x * 1 -> x, chains of views, copies
+    "stabilize",  # numerically stable forms: log(softmax(x)) -> log_softmax(x)
+    "fuse_training_step",  # an op beside its gradient keeps what the gradient reads
+    "specialize_numpy",  # NumPy layout and BLAS choices: long side first, one product of rows
     "cse",  # compute each distinct expression once
     "horizontal",  # sibling matmuls on one input become one wider matmul
     "dce",  # drop nodes whose values nobody reads (what the rewrites above replaced)
@@ -149,11 +151,3 @@ def run(graph: Graph, names, report: list[PassResult] | None = None) -> Graph:
                 file=sys.stderr,
             )
     return result
-
-
-def substitute(graph: Graph, replaced: dict[int, Value]) -> Graph:
-    """``graph.replace_all_uses`` for a mapping keyed by ``id(value)``; returns ``graph``."""
-    read = [*(v for node in graph.nodes for v in node.inputs), *graph.outputs]
-    candidates = [*read, *graph.updates.values(), *replaced.values()]  # (chains pass these)
-    graph.replace_all_uses({v: replaced[id(v)] for v in candidates if id(v) in replaced})
-    return graph

@@ -1,0 +1,198 @@
+"""``canonicalize``: algebraic identities, as rewrite rules (the language is in patterns.py).
+
+Each rule replaces a value by a simpler one that equals it for every input: neutral operands,
+inverse ops, chains of views, copies of immutable values, broadcasts an elementwise op does by
+itself. ``explain()`` lists which rules fired at which of the user's lines.
+"""
+
+from __future__ import annotations
+
+from tracegrad.ir.core import Node, Value
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import ELEMENTWISE, OPS
+from tracegrad.passes.patterns import Const, Match, Pat, Rule, V, by_op, rewrite
+from tracegrad.passes.pipeline import register_pass
+
+
+def _identity(dims) -> bool:
+    return tuple(dims) == tuple(range(len(dims)))
+
+
+def _composed_permutes(m: Match) -> Value:
+    dims = tuple(m.node("inner").attrs["dims"][d] for d in m.root.attrs["dims"])
+    if _identity(dims):
+        return m["x"]
+    return m.emit("permute", [m["x"]], dims=dims)
+
+
+def _reshape_of_reshape(m: Match) -> Value:
+    if m["x"].type.shape == m.root.outputs[0].type.shape:
+        return m["x"]
+    return m.emit("reshape", [m["x"]], shape=m.root.attrs["shape"])
+
+
+# Ops whose results are never negative: for them exp(log(y)) is y (elsewhere log gives nan).
+NON_NEGATIVE = frozenset({"exp", "sqrt", "abs", "relu", "sigmoid", "softmax"})
+
+
+def _scalar_constant(value: Value) -> bool:
+    return value.type.numel == 1
+
+
+def _product_of_scalars(m: Match) -> Value:
+    scale = m.const("a").item() * m.const("b").item()
+    return m.emit("mul", [m["x"], m.constant(scale, m.root.outputs[0].type.dtype)])
+
+
+def _summed_copies(m: Match) -> Value:
+    x = m["x"]
+    copies = m["b"].type.numel // max(x.type.numel, 1)
+    return m.emit("mul", [x, m.constant(copies, x.type.dtype)])
+
+
+def _sums_its_broadcast_back(m: Match) -> bool:
+    return m["x"].type.shape == tuple(m.root.attrs["shape"])
+
+
+def _other_operand_sets_the_shape(m: Match) -> bool:
+    if len(m.root.inputs) != 2:
+        return False
+    other = m.root.inputs[1 - m.position]
+    return other.type.shape == m.root.outputs[0].type.shape
+
+
+def _without_broadcast(m: Match) -> Value:
+    inputs = list(m.root.inputs)
+    inputs[m.position] = m["y"]
+    return m.emit(m.root.op, inputs, **m.root.attrs)
+
+
+# --- gradients of slices that tile an array ---------------------------------------------------
+
+
+def _slice_scatter(node: Node):
+    """(g, axis, start, stop) when ``node`` scatters g into zeros at a basic slice of one axis
+    (the gradient of such a slice), else None."""
+    if len(node.inputs) != 1:
+        return None
+    shape, spans = node.attrs["shape"], []
+    for axis, item in enumerate(node.attrs["key"]):
+        if item[0] != "slice" or item[3] not in (None, 1):
+            return None
+        start, stop, _ = slice(item[1], item[2]).indices(shape[axis])
+        if (start, stop) != (0, shape[axis]):
+            spans.append((axis, start, stop))
+    return (node.inputs[0], *spans[0]) if len(spans) == 1 else None
+
+
+def _adjacent_spans(m: Match):
+    """The two slice scatters, lower first, when they tile one axis side by side, else None."""
+    a, b = _slice_scatter(m.node("a")), _slice_scatter(m.node("b"))
+    if a is None or b is None or a[1] != b[1]:
+        return None
+    low, high = sorted([a, b], key=lambda span: span[2])
+    return (low, high) if low[3] == high[2] else None  # no gap, no overlap
+
+
+def _cat_parts(m: Match, value: Value, axis: int) -> list[Value]:
+    inner = m.producer(value, "cat")
+    return list(inner.inputs) if inner is not None and inner.attrs["dim"] == axis else [value]
+
+
+def _joined_gradients(m: Match) -> Value:
+    low, high = _adjacent_spans(m)
+    axis, shape = low[1], m.root.outputs[0].type.shape
+    joined = m.emit("cat", [*_cat_parts(m, low[0], axis), *_cat_parts(m, high[0], axis)], dim=axis)
+    if (low[2], high[3]) == (0, shape[axis]):
+        return joined
+    whole = ("slice", None, None, None)
+    key = (*(whole for _ in range(axis)), ("slice", low[2], high[3], None))
+    return m.emit("scatter_add", [joined], key=key, shape=shape)
+
+
+# Elementwise ops of two or more operands (where's condition is not broadcast away).
+BINARY_ELEMENTWISE = frozenset(
+    op for op in OPS if ELEMENTWISE in OPS[op].props and len(OPS[op].inputs) >= 2 and op != "where"
+)
+
+RULES = [
+    Rule("mul-one", "x * 1 -> x", Pat("mul", V("x"), Const(1.0), commutative=True), "x"),
+    Rule("add-zero", "x + 0 -> x", Pat("add", V("x"), Const(0.0), commutative=True), "x"),
+    Rule("sub-zero", "x - 0 -> x", Pat("sub", V("x"), Const(0.0)), "x"),
+    Rule("div-one", "x / 1 -> x", Pat("div", V("x"), Const(1.0)), "x"),
+    Rule("neg-neg", "-(-x) -> x", Pat("neg", Pat("neg", V("x"))), "x"),
+    Rule("pow-one", "x ** 1 -> x", Pat("pow_scalar", V("x"), attrs={"exponent": 1.0}), "x"),
+    Rule(
+        "identity-permute",
+        "permute(x, (0, 1, ...)) -> x",
+        Pat("permute", V("x"), attrs={"dims": _identity}),
+        "x",
+    ),
+    Rule(
+        "permute-chain",
+        "permute(permute(x, p), q) -> permute(x, p[q])",
+        Pat("permute", Pat("permute", V("x"), name="inner")),
+        _composed_permutes,
+    ),
+    Rule(
+        "reshape-chain",
+        "reshape(reshape(x), S) -> reshape(x, S)",
+        Pat("reshape", Pat("reshape", V("x"))),
+        _reshape_of_reshape,
+    ),
+    # (the engine keeps a replacement only when its type is the value's: the shapes agree)
+    Rule("same-reshape", "reshape(x, shape(x)) -> x", Pat("reshape", V("x")), "x"),
+    Rule("same-cast", "cast(x: t, t) -> x", Pat("cast", V("x")), "x"),
+    # Graph values are never modified in place, so a copy is the value itself (eager code
+    # clones to keep .grad tensors apart; the memory plan decides on in-place writes).
+    Rule("clone", "clone(x) -> x", Pat("clone", V("x")), "x"),
+    Rule("same-broadcast", "broadcast_to(x, shape(x)) -> x", Pat("broadcast_to", V("x")), "x"),
+    Rule("same-sum-to", "sum_to(x, shape(x)) -> x", Pat("sum_to", V("x")), "x"),
+    Rule(
+        "exp-log",
+        "exp(log(x)) -> x for x >= 0",
+        Pat("exp", Pat("log", Pat(NON_NEGATIVE, name="x"))),
+        "x",
+    ),
+    Rule("log-exp", "log(exp(x)) -> x", Pat("log", Pat("exp", V("x"))), "x"),
+    Rule(
+        "scalar-chain",
+        "(x * a) * b -> x * (a*b) for scalars a, b",
+        Pat(
+            "mul",
+            Pat("mul", V("x"), Const(name="a", where=_scalar_constant)),
+            Const(name="b", where=_scalar_constant),
+        ),
+        _product_of_scalars,
+    ),
+    Rule(
+        "sum-of-broadcast",
+        "sum_to(broadcast_to(x, S), shape(x)) -> x * |S|/|x|",
+        Pat("sum_to", Pat("broadcast_to", V("x"), name="b")),
+        _summed_copies,
+        when=_sums_its_broadcast_back,
+    ),
+    Rule(
+        "slice-scatters-cat",
+        "scatter(a, [i:j]) + scatter(b, [j:k]) -> cat(a, b) (scattered at [i:k] unless whole)",
+        Pat("add", Pat("scatter_add", name="a"), Pat("scatter_add", name="b")),
+        _joined_gradients,
+        when=lambda m: _adjacent_spans(m) is not None,
+    ),
+    # An elementwise op takes broadcasting operands as they are, so explicit broadcasts go.
+    Rule(
+        "operand-broadcast",
+        "f(x, broadcast_to(y)) -> f(x, y)",
+        Pat(BINARY_ELEMENTWISE, some=Pat("broadcast_to", V("y"))),
+        _without_broadcast,
+        when=_other_operand_sets_the_shape,
+    ),
+]
+
+_BY_OP = by_op(RULES)
+
+
+@register_pass("canonicalize")
+def canonicalize(graph: Graph) -> Graph:
+    """Apply the algebraic identities until none fires."""
+    return rewrite(graph, _BY_OP)

@@ -1,0 +1,414 @@
+"""The rewrite-rule language: patterns over the value graph, templates, and the one engine.
+
+A ``Rule`` is data: a name, its algebra (``log(softmax(x)) -> log_softmax(x)``), a left side
+``Pat``, an optional side condition ``when(m)`` and a right side. The engine runs exactly that:
+it matches the pattern at each node, checks the condition on the captures and builds the
+right side; a replacement must have the type of the value it replaces.
+
+Patterns (models: tinygrad's ``UPat``, PyTensor's ``PatternNodeRewriter``)::
+
+    Pat("mul", V("x"), Const(1.0), commutative=True)   # x * 1 or 1 * x, x captured
+    Pat("log", Pat("softmax", V("x"), name="s"))       # the softmax node captured as "s"
+    Pat(ELEMENTWISE_OPS, some=Pat("reshape"))          # one operand at any position
+    V("x", where=is_scalar)                            # any value passing a predicate
+
+- ``Pat(op, *inputs)``: a value made by a node whose op is ``op`` (a name or a set of names;
+  None for any op). ``inputs`` match the node's inputs in order and fix their number; with
+  none given the inputs are not looked at. ``rest="masks"`` captures the inputs after those
+  as a tuple. ``some=p``: one input, at any position, matches ``p`` (``m.position``).
+- ``attrs={"dims": (1, 0)}`` constrains attributes (a value, or a predicate on it).
+- ``name`` captures the value (``m["x"]``) and its producer (``m.node("x")``); a name used
+  twice must capture the same value. ``V(name)`` matches any value, graph inputs included.
+- ``AnyOf(p, q)``: what ``p`` matches, or else ``q``.
+- ``Const(number)``: a constant whose elements all equal ``number``; ``Const(name=...)`` any
+  constant (its array is ``m.const(name)``).
+
+Alternatives (operand orders, positions) are tried in order; the first whose side condition
+holds and whose right side builds wins. A right side is a capture name (the value itself), an
+``Emit`` template of new nodes, or a function ``build(m) -> Value | None`` for choices that need
+code (None: the rule declines after all, and the nodes it emitted are dropped).
+
+The engine (``rewrite``) walks the nodes in order, trying the rules of each node's op in
+their list order; the first that fires replaces the node's output (later readers read the
+replacement, the node is left dead for ``dce``) and is noted under its name for
+``explain()``. Rounds repeat until none fires (at most ``MAX_ROUNDS``). Side conditions see
+the graph as the round began: ``m.readers(v)`` and ``m.only_use(v)`` count live readers.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracegrad.dtypes import TensorType
+from tracegrad.ir.core import CONSTANT, Node, Value
+from tracegrad.ir.graph import Graph
+from tracegrad.ops import OPS
+from tracegrad.passes.dce import has_effect
+from tracegrad.passes.pipeline import note
+
+ROOT = "root"  # the capture name of the value being rewritten (and its node)
+
+
+class Pat:
+    """The left side of a rule, or a part of it (see the module docstring)."""
+
+    def __init__(
+        self,
+        ops: str | frozenset[str] | None = None,
+        *inputs: Pat,
+        name: str | None = None,
+        attrs: dict | None = None,
+        commutative: bool = False,
+        some: Pat | None = None,
+        rest: str | None = None,
+        where: Callable[[Value], bool] | None = None,
+        constant=None,
+    ):
+        self.ops = frozenset([ops]) if isinstance(ops, str) else ops and frozenset(ops)
+        self.inputs = inputs or None
+        self.name, self.attrs, self.commutative = name, attrs or {}, commutative
+        self.some, self.rest, self.where = some, rest, where
+        self.constant = constant  # for Const: the number every element equals (None: any)
+
+    def match(self, value: Value, m: Match) -> Iterator[None]:
+        """Yield once per way ``value`` matches, with the captures recorded in ``m``."""
+        node = m.producer(value)
+        if self._fits(value, node):
+            yield from _bound(m, self.name, (value, node), lambda: self._match_inputs(node, m))
+
+    def _fits(self, value: Value, node: Node | None) -> bool:
+        """Whether the value itself (not its inputs) fits: predicate, op, attributes."""
+        if self.where is not None and not self.where(value):
+            return False
+        if self.ops is None:
+            return True
+        if node is None or node.op not in self.ops:
+            return False
+        if not all(_holds(want, node.attrs.get(key)) for key, want in self.attrs.items()):
+            return False
+        return node.op != CONSTANT or _elements_equal(node, self.constant)
+
+    def may_match(self, value: Value, m: Match) -> bool:
+        """Whether ``value`` fits the pattern's ops, attributes and predicates at every level,
+        captures aside: a quick test, without the search, that most nodes fail."""
+        node = m.producer(value)
+        if not self._fits(value, node):
+            return False
+        if self.some is not None:
+            return any(self.some.may_match(v, m) for v in node.inputs)
+        if self.inputs is None:
+            return True
+        if not self._arity_fits(node):
+            return False
+        values = node.inputs[: len(self.inputs)]
+        if _all_may_match(self.inputs, values, m):
+            return True
+        return self.commutative and _all_may_match(self.inputs, values[::-1], m)
+
+    def _match_inputs(self, node: Node | None, m: Match) -> Iterator[None]:
+        if self.some is not None:
+            for position, value in enumerate(node.inputs):
+                m.position = position
+                yield from self.some.match(value, m)
+            return
+        if self.inputs is None:
+            yield
+            return
+        if not self._arity_fits(node):
+            return
+        count = len(self.inputs)
+        rest = (tuple(node.inputs[count:]), None)
+        yield from _bound(m, self.rest, rest, lambda: self._in_orders(node.inputs[:count], m))
+
+    def _arity_fits(self, node: Node) -> bool:
+        """As many inputs as patterns for them, or more with ``rest`` to take the others."""
+        count = len(self.inputs)
+        return len(node.inputs) == count or (self.rest is not None and len(node.inputs) > count)
+
+    def _in_orders(self, values, m: Match) -> Iterator[None]:
+        yield from _match_all(self.inputs, values, m)
+        if self.commutative:
+            yield from _match_all(self.inputs, values[::-1], m)
+
+
+def _all_may_match(patterns: tuple[Pat, ...], values: list[Value], m: Match) -> bool:
+    return all(p.may_match(v, m) for p, v in zip(patterns, values, strict=True))
+
+
+def _bound(m: Match, name: str | None, capture: tuple, then) -> Iterator[None]:
+    """The matches of ``then()`` with ``name`` bound to ``capture`` (value, node) meanwhile;
+    a name bound already must hold the same value."""
+    if name is None:
+        yield from then()
+    elif name in m.captures:
+        if m.captures[name][0] is capture[0]:
+            yield from then()
+    else:
+        m.captures[name] = capture
+        try:
+            yield from then()
+        finally:
+            del m.captures[name]
+
+
+class AnyOf(Pat):
+    """Matches what any of its alternatives matches, trying them in order."""
+
+    def __init__(self, *alternatives: Pat):
+        super().__init__(frozenset().union(*(p.ops for p in alternatives)))
+        self.alternatives = alternatives
+
+    def match(self, value: Value, m: Match) -> Iterator[None]:
+        for alternative in self.alternatives:
+            yield from alternative.match(value, m)
+
+    def may_match(self, value: Value, m: Match) -> bool:
+        return any(alternative.may_match(value, m) for alternative in self.alternatives)
+
+
+def _holds(want, value) -> bool:
+    return want(value) if callable(want) else value == want
+
+
+def _match_all(patterns, values, m: Match) -> Iterator[None]:
+    if not patterns:
+        yield
+        return
+    for _ in patterns[0].match(values[0], m):
+        yield from _match_all(patterns[1:], values[1:], m)
+
+
+def _elements_equal(node: Node, number) -> bool:
+    return number is None or bool(np.all(node.attrs["value"] == number))
+
+
+def V(name: str | None = None, where: Callable[[Value], bool] | None = None) -> Pat:  # noqa: N802
+    """Any value (a graph input too), captured as ``name``."""
+    return Pat(None, name=name, where=where)
+
+
+def Const(number=None, name: str | None = None, where=None) -> Pat:  # noqa: N802
+    """A constant whose elements all equal ``number`` (any constant when None)."""
+    return Pat(CONSTANT, name=name, constant=number, where=where)
+
+
+class Emit:
+    """A right side written as a template: ``op`` applied to captures (by name) or nested
+    templates; ``attrs_of`` copies a captured node's attributes, ``attrs`` adds fixed ones."""
+
+    def __init__(self, op: str, *args, attrs_of: str | None = None, **attrs):
+        self.op, self.args, self.attrs_of, self.attrs = op, args, attrs_of, attrs
+
+    def __call__(self, m: Match) -> Value:
+        inputs = [build(arg, m) for arg in self.args]
+        copied = m.node(self.attrs_of).attrs if self.attrs_of else {}
+        return m.emit(self.op, inputs, **copied, **self.attrs)
+
+
+@dataclass(frozen=True)
+class Zero:
+    """A right-side template for the constant 0 in the dtype of the capture ``like``."""
+
+    like: str
+
+    def __call__(self, m: Match) -> Value:
+        return m.constant(0.0, m[self.like].type.dtype)
+
+
+def build(right, m: Match) -> Value | None:
+    """The value a right side stands for: a capture, or what a template or builder makes."""
+    return m[right] if isinstance(right, str) else right(m)
+
+
+def always(m: Match) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rewrite rule: where it matches, when it applies and what replaces the match."""
+
+    name: str
+    algebra: str
+    pattern: Pat
+    right: object  # a capture name, an Emit template or build(m) -> Value | None
+    when: Callable[[Match], bool] = always
+
+    def apply(self, m: Match) -> Value | None:
+        """The replacement of ``m.root``'s output, or None; a declined attempt leaves no nodes."""
+        out_type = m.root.outputs[0].type
+        if not self.pattern.may_match(m.root.outputs[0], m):
+            return None
+        for _ in self.pattern.match(m.root.outputs[0], m):
+            mark = len(m.nodes)
+            if self.when(m):
+                out = build(self.right, m)
+                if out is not None and out.type == out_type:
+                    return out
+            m.drop_from(mark)
+        return None
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+class Match:
+    """What a rule sees while it matches and builds at one node: the captures, producers and
+    readers of earlier values, and a way to add nodes (before the node, at its source line)."""
+
+    def __init__(self, rewrite: _Rewrite, root: Node):
+        self.rewrite, self.root, self.nodes = rewrite, root, rewrite.nodes
+        self.captures: dict[str, tuple[Value, Node | None]] = {ROOT: (root.outputs[0], root)}
+        self.position = 0  # of the input a ``some`` pattern matched
+
+    def __getitem__(self, name: str) -> Value:
+        return self.captures[name][0]
+
+    def node(self, name: str) -> Node:
+        return self.captures[name][1]
+
+    def const(self, name: str) -> np.ndarray:
+        return self.node(name).attrs["value"]
+
+    def producer(self, value: Value, op: str | None = None) -> Node | None:
+        node = self.rewrite.producers.get(value)
+        return node if node is not None and (op is None or node.op == op) else None
+
+    def readers(self, value: Value) -> list[Node]:
+        """The live nodes reading ``value`` as this round began."""
+        return self.rewrite.readers.get(value, [])
+
+    def only_use(self, value: Value) -> bool:
+        """Whether the node being rewritten is the only reader of ``value``."""
+        return self.rewrite.uses.get(value, 0) == 1
+
+    def emit(self, op: str, inputs, type_: TensorType | None = None, **attrs) -> Value:
+        if type_ is None:
+            type_ = OPS[op].infer(*(v.type for v in inputs), **attrs)
+        out = Value(f"s{next(self.rewrite.fresh)}", type_)
+        node = self.root.derive(op, inputs, [out], attrs)
+        self.nodes.append(node)
+        self.rewrite.producers[out] = node
+        return out
+
+    def constant(self, array, dtype) -> Value:
+        array = np.asarray(array, dtype.np)
+        return self.emit(CONSTANT, [], TensorType(array.shape, dtype), value=array)
+
+    def drop_from(self, mark: int) -> None:
+        """Forget the nodes emitted since ``mark`` (an attempt that declined)."""
+        for node in self.nodes[mark:]:
+            for v in node.outputs:
+                self.rewrite.producers.pop(v, None)
+        del self.nodes[mark:]
+
+
+class _Rewrite:
+    """One round over a graph: the nodes kept or emitted so far; readers and use counts of the
+    values as the round began (found when a rule first asks: most rules never do)."""
+
+    def __init__(self, graph: Graph, counter):
+        self.producers: dict[Value, Node] = {}
+        self.nodes: list[Node] = []
+        self.graph, self.counter = graph, counter
+        # (a rewrite gives a node new input lists; these are the ones the round began with)
+        self.inputs = [(node, node.inputs) for node in graph.nodes]
+
+    @functools.cached_property
+    def fresh(self) -> Iterator[int]:
+        """Numbers n for new value names s<n> that no value of the graph has."""
+        taken = {v.name for v in self.graph.values()}
+        return (n for n in self.counter if f"s{n}" not in taken)
+
+    @functools.cached_property
+    def readers(self) -> dict[Value, list[Node]]:
+        """Each value -> the live nodes reading it. Reads by live nodes only (as dce finds
+        them): an earlier rewrite leaves the nodes it replaced dead, and they must not keep a
+        value from counting as read once."""
+        live = set(self.roots)
+        readers: dict[Value, list[Node]] = {}
+        for node, inputs in reversed(self.inputs):
+            if has_effect(node) or any(v in live for v in node.outputs):
+                live.update(inputs)
+                for v in inputs:
+                    readers.setdefault(v, []).append(node)
+        for nodes in readers.values():
+            nodes.reverse()  # (in graph order)
+        return readers
+
+    @functools.cached_property
+    def uses(self) -> dict[Value, int]:
+        """Each value -> how many live nodes and outputs read it."""
+        uses = {key: len(nodes) for key, nodes in self.readers.items()}
+        for v in self.roots:
+            uses[v] = uses.get(v, 0) + 1
+        return uses
+
+    @property
+    def roots(self) -> list[Value]:
+        return [*self.graph.outputs, *self.graph.updates.values()]
+
+
+def by_op(rules: list[Rule]) -> dict[str, list[Rule]]:
+    """The rules to try at a node of each op, in the order of ``rules``."""
+    index: dict[str, list[Rule]] = {}
+    for rule in rules:
+        for op in sorted(rule.pattern.ops):
+            index.setdefault(op, []).append(rule)
+    return index
+
+
+MAX_ROUNDS = 6
+
+
+def rewrite(graph: Graph, rules: dict[str, list[Rule]]) -> Graph:
+    """Apply ``rules`` (from ``by_op``) until none fires, noting each rule that fires."""
+    counter = iter(range(1, 1 << 62))
+    for _ in range(MAX_ROUNDS):
+        graph, fired = _rewrite_once(graph, rules, counter)
+        if not fired:
+            break
+    return graph
+
+
+def _rewrite_once(graph: Graph, rules, counter) -> tuple[Graph, bool]:
+    state = _Rewrite(graph, counter)
+    replaced: dict[Value, Value] = {}
+    for node in graph.nodes:
+        if replaced:
+            node.inputs = [_final(replaced, v) for v in node.inputs]
+        for v in node.outputs:
+            state.producers[v] = node
+        here = rules.get(node.op)
+        fired = _first_firing(here, Match(state, node)) if here else None
+        if fired is None:
+            state.nodes.append(node)
+            continue
+        rule, out = fired
+        replaced[node.outputs[0]] = out
+        for v in node.outputs:  # (replaced: nothing reads the node any more)
+            del state.producers[v]
+        note(rule.name, node)
+    if not replaced:
+        return graph, False
+    graph = Graph(graph.inputs, state.nodes, graph.outputs, graph.updates)
+    graph.replace_all_uses(replaced)
+    return graph, True
+
+
+def _first_firing(rules: list[Rule], m: Match) -> tuple[Rule, Value] | None:
+    for rule in rules:
+        out = rule.apply(m)
+        if out is not None:
+            return rule, out
+    return None
+
+
+def _final(replaced: dict[Value, Value], value: Value) -> Value:
+    while value in replaced:
+        value = replaced[value]
+    return value
