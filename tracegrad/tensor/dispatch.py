@@ -155,11 +155,15 @@ def _writes_directly(target: Tensor, inputs) -> bool:
     )
 
 
-@functools.cache
 def _takes_out(op: Op) -> bool:
     """Whether the op's NumPy implementation takes ``out=`` (it can write in place)."""
+    return _impl_takes_out(op.name)
+
+
+@functools.cache  # (by name: hashing an Op hashes all its fields)
+def _impl_takes_out(name: str) -> bool:
     try:
-        return "out" in inspect.signature(op.impl).parameters
+        return "out" in inspect.signature(OPS[name].impl).parameters
     except (TypeError, ValueError):
         return False
 
