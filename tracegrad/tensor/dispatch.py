@@ -113,7 +113,8 @@ def result_type(op: Op, inputs, attrs) -> TensorType:
     """The op's type rule on its operands, remembered per operand shapes, dtypes and
     attributes: a rule reads nothing else (traced data, a symbol, has a shape and a dtype
     too), and eager code asks the same question on every step of a training loop."""
-    key = (op.name, tuple((t._data.shape, t._data.dtype) for t in inputs), *sorted(attrs.items()))
+    operands = tuple([(t._data.shape, t._data.dtype) for t in inputs])
+    key = (op.name, operands, *sorted(attrs.items())) if attrs else (op.name, operands)
     try:
         out_type = _KNOWN_TYPES.get(key)
     except TypeError:  # an attribute that cannot be a key (an array, a list)

@@ -21,14 +21,38 @@ def _priority(value) -> tuple[DType, int]:
 
 def promote_operands(*values, floating=False) -> list[Tensor]:
     """Apply PyTorch's type promotion: one dtype for all operands, scalars staying weak."""
-    if all(type(v) is Tensor for v in values):  # the common case, on every op: one dtype
-        dtype = values[0].dtype
-        if all(v.dtype is dtype for v in values[1:]) and (dtype.is_floating_point or not floating):
-            return list(values)
-    dtype = dtypes.promote(*(_priority(v) for v in values))
+    dtype = _shared_dtype(values)  # the common case, on every op: the tensors' one dtype
+    if dtype is None:
+        dtype = dtypes.promote(*(_priority(v) for v in values))
     if floating and not dtype.is_floating_point:
         dtype = dtypes.DEFAULT_FLOAT
-    return [to_dtype(v, dtype) for v in values]
+    wanted = dtype.np
+    return [
+        v if type(v) is Tensor and v._data.dtype == wanted else to_dtype(v, dtype) for v in values
+    ]
+
+
+# The category (dtypes.DType.category) of a Python scalar's type
+_SCALAR_CATEGORY = {bool: 0, int: 1, float: 2}
+
+
+def _shared_dtype(values) -> DType | None:
+    """The dtype of the tensors among ``values`` when they all have it and the other values
+    are Python scalars of its category or a lower one (which take it); else None."""
+    array_dtype = None
+    for v in values:
+        if isinstance(v, Tensor):
+            if array_dtype is None:
+                array_dtype = v._data.dtype
+            elif v._data.dtype != array_dtype:
+                return None
+    if array_dtype is None:
+        return None
+    dtype = dtypes.from_numpy(array_dtype)
+    for v in values:
+        if not isinstance(v, Tensor) and _SCALAR_CATEGORY.get(type(v), 3) > dtype.category:
+            return None
+    return dtype
 
 
 def to_dtype(value, dtype: DType) -> Tensor:
