@@ -25,7 +25,7 @@ import numpy as np
 from tracegrad import tape
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
-from tracegrad.ops import OPS, VIEW, Op, VJPContext, vjp
+from tracegrad.ops import LAYOUT_VIEW, OPS, VIEW, Op, VJPContext, vjp
 from tracegrad.tensor.core import Tensor, is_symbolic, wrap
 from tracegrad.tensor.promotion import promote_operands
 from tracegrad.tensor.tracing import active_tracer
@@ -142,7 +142,10 @@ def _write(target: Tensor, op: Op, inputs, attrs, method: str) -> Tensor:
 
 def _with_old(op: Op, inputs, attrs, target: Tensor, old: Tensor) -> Tensor:
     """op(*inputs) where ``old`` stands for the target's value before the write."""
-    return apply(op, [old if t is target else t for t in inputs], attrs)
+    inputs = [old if t is target else t for t in inputs]
+    if LAYOUT_VIEW in op.props and result_type(op, inputs, attrs) == inputs[0].tensor_type:
+        return inputs[0]  # (a view as it is: no op, as Tensor.expand gives it; copy_ writes it)
+    return apply(op, inputs, attrs)
 
 
 def _writes_directly(target: Tensor, inputs) -> bool:
