@@ -11,6 +11,8 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import optim
+from tracegrad.optim import grouped
+from tracegrad.optim import optimizer as optimizer_module
 
 SHAPES = [(3, 4), (5,), (2, 2, 2), (70_000,)]
 
@@ -93,3 +95,54 @@ def test_a_parameter_given_new_data_between_steps_is_updated_there():
     opt, params = adamw_run(5, between=new_data)
     assert not np.array_equal(params[1].detach().numpy(), np.ones(params[1].shape))
     assert opt.state[params[1]]["step"].item() == 5.0
+
+
+# --- small parameters updated together (tracegrad/optim/grouped.py) ---------------------------
+
+KINDS = {
+    "adamw": lambda params: optim.AdamW(params, lr=0.01, weight_decay=0.1),
+    "adam amsgrad": lambda params: optim.Adam(params, lr=0.01, amsgrad=True, maximize=True),
+    "sgd momentum": lambda params: optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True),
+    "rmsprop": lambda params: optim.RMSprop(params, lr=0.01, momentum=0.5, centered=True),
+    "adagrad": lambda params: optim.Adagrad(params, lr=0.1, lr_decay=0.01),
+    "adadelta": lambda params: optim.Adadelta(params, weight_decay=0.1),
+}
+
+
+def run_kind(monkeypatch, make, elementwise: bool, steps: int = 5):
+    """Parameters of several shapes (one 0-d, one float64, one past SMALL); the first skips
+    step 2, so its state falls out of step with the others'. Returns the values and the
+    state, and how many parameters were updated together at each step."""
+    tg.manual_seed(5)
+    shapes = [(3, 4), (5,), (2, 2, 2), (), (70_000,)]
+    params = [tg.randn(*shape).requires_grad_() for shape in shapes]
+    params.append(tg.randn(4, dtype=tg.float64).requires_grad_())
+    opt = make(params)
+    together = []
+
+    def counting(optimizer, pairs, group, settings):
+        left = grouped.update_grouped(optimizer, pairs, group, settings)
+        together.append(len(pairs) - len(left))
+        return left
+
+    rng = np.random.default_rng(6)
+    with monkeypatch.context() as patch:
+        patch.setattr(type(opt), "elementwise", elementwise)
+        patch.setattr(optimizer_module, "update_grouped", counting)
+        for step in range(steps):
+            for i, p in enumerate(params):
+                g = rng.standard_normal(p.shape)
+                p.grad = None if (step == 2 and i == 0) else tg.tensor(g, dtype=p.dtype)
+            opt.step()
+    values = [p.detach().numpy() for p in params]
+    return values + [entry.numpy() for p in params for entry in opt.state[p].values()], together
+
+
+@pytest.mark.parametrize("make", KINDS.values(), ids=KINDS.keys())
+def test_parameters_updated_together_get_the_bits_of_one_by_one(monkeypatch, make):
+    (together, counts), (alone, _) = (run_kind(monkeypatch, make, e) for e in (True, False))
+    # the small float32 ones (the first too, once its state agrees with theirs again)
+    assert counts[0] == 3 and 2 in counts
+    assert len(together) == len(alone)
+    for got, want in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -12,6 +12,7 @@ from tracegrad.tensor import Tensor, active_tracer, call, tensor
 
 
 class Adam(Optimizer):
+    elementwise = True
     decoupled_weight_decay = False
     numbers = ("lr", "betas", "eps", "weight_decay")
     zero_tested = ("weight_decay",)

@@ -21,6 +21,7 @@ def _step_count():
 
 
 class Adagrad(Optimizer):
+    elementwise = True
     numbers = ("lr", "lr_decay", "weight_decay", "eps")
     zero_tested = ("weight_decay",)
 
@@ -75,6 +76,7 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
+    elementwise = True
     numbers = ("lr", "alpha", "eps", "weight_decay", "momentum")
     zero_tested = ("weight_decay", "momentum")
 
@@ -131,6 +133,7 @@ class RMSprop(Optimizer):
 
 
 class Adadelta(Optimizer):
+    elementwise = True
     numbers = ("lr", "rho", "eps", "weight_decay")
     zero_tested = ("weight_decay",)
 

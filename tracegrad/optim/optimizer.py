@@ -14,6 +14,7 @@ import numpy as np
 
 from tracegrad import tape
 from tracegrad.changes import CountedDict
+from tracegrad.optim.grouped import update_grouped
 from tracegrad.tensor import Tensor, active_tracer, wrap
 
 
@@ -25,6 +26,9 @@ class Optimizer:
     # Those of the numbers whose being 0 decides what the update computes (a momentum buffer,
     # a weight decay term): a compiled step is specialized on that, not on their values.
     zero_tested: tuple[str, ...] = ()
+    # Whether ``update`` is elementwise in the parameter and its state (0-d state entries
+    # aside): eagerly, small parameters are then updated together (tracegrad/optim/grouped.py)
+    elementwise = False
 
     def __init__(self, params, defaults: dict):
         self.defaults = defaults
@@ -75,9 +79,11 @@ class Optimizer:
         # inf and nan results, not warnings, as eager ops give (once for the whole update)
         with traced as read, tape.no_grad(), np.errstate(all="ignore"):
             for group, numbers in zip(self.param_groups, read, strict=True):
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self.update(p, _grad_for(p), self.state.setdefault(p, {}), numbers, group)
+                pairs = [(p, _grad_for(p)) for p in group["params"] if p.grad is not None]
+                if tracer is None and self.elementwise:
+                    pairs = update_grouped(self, pairs, numbers, group)
+                for p, grad in pairs:
+                    self.update(p, grad, self.state.setdefault(p, {}), numbers, group)
         return loss
 
     def update(self, param: Tensor, grad: Tensor, state: dict, group: dict, settings: dict):

@@ -6,6 +6,7 @@ from tracegrad.optim.optimizer import Optimizer, add_scaled, scalar
 
 
 class SGD(Optimizer):
+    elementwise = True
     numbers = ("lr", "momentum", "dampening", "weight_decay")
     zero_tested = ("momentum", "weight_decay")
 
