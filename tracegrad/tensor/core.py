@@ -5,7 +5,8 @@ This is the small surface every layer reads; the ops on tensors are installed as
 
 The internal protocol between tensors and the rest of tracegrad is three names:
 
-- ``t.array``: the tensor's storage (a NumPy array; while tracing, a symbolic value);
+- ``t.array``: the tensor's storage (a NumPy array; while tracing, a symbolic value), which
+  ``t.array = storage`` rebinds as it is;
 - ``t.version`` and ``t.bump_version()``: the count of in-place writes, shared with the views
   of the same memory, which the tape checks saved values against;
 - ``wrap(array, grad_fn=None, requires_grad=False)``: a tensor over ``array`` without a copy.
@@ -89,6 +90,12 @@ class Tensor:
     def array(self):
         """The storage: a NumPy array, or while tracing possibly a symbolic value."""
         return self._data
+
+    @array.setter
+    def array(self, storage) -> None:
+        """Rebind the storage as it is (the tracer's symbols, a compiled step's buffers): no
+        checks and no version count, unlike the public ``.data =``."""
+        self._data = storage
 
     @property
     def version(self) -> int:
