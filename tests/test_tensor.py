@@ -1,9 +1,14 @@
 """Tensor API: construction, dtypes and promotion, metadata, conversions, views, in-place."""
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import tracegrad as tg
+from tracegrad.tensor import call, dispatch
+from tracegrad.tensor.methods import ONE_OP_METHODS
 
 
 def test_tensor_keeps_numpy_dtypes_and_python_scalars_follow_pytorch():
@@ -177,7 +182,7 @@ def test_inplace_ops_write_through_and_bump_versions():
     x.zero_()
     x.copy_(tg.tensor([1.0, 2.0, 3.0]))
     assert x.tolist() == [1.0, 2.0, 3.0]
-    assert x._version[0] == 6 and view._version is x._version
+    assert x.version == 6 and view.version == 6  # (a view counts the writes to its memory)
 
 
 @pytest.mark.parametrize("method", ["add_", "sub_", "mul_", "div_"])
@@ -200,9 +205,9 @@ def test_eager_inplace_arithmetic_writes_straight_into_memory_as_the_op_then_cop
     binary = {"add_": "__add__", "sub_": "__sub__", "mul_": "__mul__", "div_": "__truediv__"}
     expected = getattr(tg.tensor(start), binary[method])(other).to(getattr(tg, self_dtype))
     x = tg.tensor(start.copy())
-    memory = x._data
+    memory = x.array
     assert getattr(x, method)(other) is x
-    assert x._data is memory and x.dtype == getattr(tg, self_dtype) and x._version[0] == 1
+    assert x.array is memory and x.dtype == getattr(tg, self_dtype) and x.version == 1
     np.testing.assert_array_equal(x.numpy(), expected.numpy())
 
 
@@ -262,3 +267,54 @@ def test_module_level_functions_mirror_methods():
     np.testing.assert_allclose(tg.einsum("ij,jk->ik", x, x).numpy(), x.numpy() @ x.numpy())
     np.testing.assert_allclose(tg.maximum(x, tg.zeros(1)).numpy(), np.maximum(x.numpy(), 0))
     np.testing.assert_allclose(tg.softmax(x, 1).sum(1).numpy(), [1.0, 1.0], rtol=1e-6)
+
+
+def test_apply_with_out_writes_an_ops_result_into_the_tensors_memory():
+    """Eagerly and recording nothing, an op with a NumPy out= form writes straight into the
+    target; an op without one computes its result and copies it in. Both count the write."""
+    x, y = tg.tensor([1.0, 2.0]), tg.tensor([3.0, 5.0])
+    memory = x.array
+    assert call("lerp", x, y, tg.tensor(0.5, dtype=tg.float64), out=x) is x
+    assert x.array is memory and x.tolist() == [2.0, 3.5] and x.version == 1
+    call("clamp", x, min=None, max=3.0, out=x)
+    assert x.array is memory and x.tolist() == [2.0, 3.0] and x.version == 2
+
+
+def test_apply_with_out_keeps_autograd_semantics():
+    w = tg.tensor([1.0, 2.0], requires_grad=True)
+    h = w * 1.0
+    call("mul", h, w, out=h)  # h = (w * 1) * w: its history now ends in the write
+    h.sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), [2.0, 4.0])
+    with pytest.raises(RuntimeError, match="mul_: a leaf tensor that requires grad"):
+        call("mul", w, w, out=w)
+
+
+def test_one_op_methods_run_their_op(monkeypatch):
+    applied = []
+    run = dispatch.apply
+
+    def spy(op, inputs, attrs, **write):
+        applied.append(op.name)
+        return run(op, inputs, attrs, **write)
+
+    monkeypatch.setattr(dispatch, "apply", spy)
+    monkeypatch.setattr(tg.Tensor, "apply_op", staticmethod(spy))
+    x, y = tg.tensor([0.5, 2.0]), tg.tensor([1.0, 3.0])
+    for method, (op, form) in ONE_OP_METHODS.items():
+        getattr(x, method)(*(() if form.endswith("unary") else (y,)))
+        assert applied[-1] == op, method
+
+
+def test_ops_and_ir_never_import_tensors():
+    """The registry reaches the tensor layer through Tensor.apply_op, not an import."""
+    root = Path(tg.__file__).parent
+    for path in [*root.glob("ops/*.py"), *root.glob("ir/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.startswith("tracegrad.tensor") for n in names), path

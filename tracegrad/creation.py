@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import devices, dtypes
-from tracegrad.tensor import Tensor, _shape_args, call, tensor
+from tracegrad.tensor import Tensor, call, shape_args, tensor, wrap
 
 
 def _make(array, dtype, requires_grad, device) -> Tensor:
     devices.check(device)
     dtype = dtypes.to_dtype(dtype) if dtype is not None else dtypes.DEFAULT_FLOAT
-    return Tensor._wrap(np.asarray(array, dtype.np), requires_grad=requires_grad)
+    return wrap(np.asarray(array, dtype.np), requires_grad=requires_grad)
 
 
 def zeros(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(np.zeros(_shape_args(size)), dtype, requires_grad, device)
+    return _make(np.zeros(shape_args(size)), dtype, requires_grad, device)
 
 
 def ones(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(np.ones(_shape_args(size)), dtype, requires_grad, device)
+    return _make(np.ones(shape_args(size)), dtype, requires_grad, device)
 
 
 def empty(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
@@ -28,7 +28,7 @@ def empty(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
 
 def full(size, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
     dtype = dtype if dtype is not None else dtypes.of_scalar(fill_value)
-    return _make(np.full(_shape_args((size,)), fill_value), dtype, requires_grad, device)
+    return _make(np.full(shape_args((size,)), fill_value), dtype, requires_grad, device)
 
 
 def _like(x: Tensor, dtype):
@@ -80,17 +80,17 @@ def _draw(op: str, shape, dtype, device, requires_grad=False, **args) -> Tensor:
 
 
 def randn(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _draw("random_normal", _shape_args(size), dtype, device, requires_grad)
+    return _draw("random_normal", shape_args(size), dtype, device, requires_grad)
 
 
 def rand(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _draw("random_uniform", _shape_args(size), dtype, device, requires_grad)
+    return _draw("random_uniform", shape_args(size), dtype, device, requires_grad)
 
 
 def randint(low, high=None, size=(), dtype=None, requires_grad=False, device=None) -> Tensor:
     if high is None:
         low, high = 0, low
-    shape = _shape_args((size,))
+    shape = shape_args((size,))
     dtype = dtype or dtypes.int64
     return _draw("random_integers", shape, dtype, device, low=int(low), high=int(high))
 
@@ -135,4 +135,4 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
 def from_numpy(array: np.ndarray) -> Tensor:
     """A tensor sharing memory with ``array`` (other dtypes are converted, so copied)."""
     dtype = dtypes.from_numpy(array.dtype)
-    return Tensor._wrap(array if array.dtype == dtype.np else array.astype(dtype.np))
+    return wrap(array if array.dtype == dtype.np else array.astype(dtype.np))

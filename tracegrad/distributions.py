@@ -24,10 +24,10 @@ from tracegrad.errors import at_user_line
 from tracegrad.tensor import (
     Size,
     Tensor,
-    _shape_args,
     active_tracer,
     as_tensor,
     promote_operands,
+    shape_args,
     stack,
     triu,
     where,
@@ -46,7 +46,7 @@ class Distribution:
         self._validate_args = validate_args is not False
 
     def _extended_shape(self, sample_shape) -> tuple:
-        return _shape_args((sample_shape,)) + self.batch_shape + self.event_shape
+        return shape_args((sample_shape,)) + self.batch_shape + self.event_shape
 
     def sample(self, sample_shape=()) -> Tensor:
         with tape.no_grad():

@@ -120,12 +120,12 @@ def is_tensor(x) -> bool:
 
 
 def allclose(x, y, rtol=1e-5, atol=1e-8) -> bool:
-    return bool(np.allclose(as_tensor(x).detach()._data, as_tensor(y).detach()._data, rtol, atol))
+    return bool(np.allclose(as_tensor(x).detach().array, as_tensor(y).detach().array, rtol, atol))
 
 
 def equal(x, y) -> bool:
     x, y = as_tensor(x), as_tensor(y)
-    return tuple(x.shape) == tuple(y.shape) and bool((x == y).detach()._data.all())
+    return tuple(x.shape) == tuple(y.shape) and bool((x == y).detach().array.all())
 
 
 __all__ += [

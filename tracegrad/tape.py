@@ -137,7 +137,7 @@ class Node:
         self.location = None  # the user's source line, when recorded while tracing
 
     def save(self, description: str, tensor) -> None:
-        self.saved.append((description, tensor, tensor._version[0]))
+        self.saved.append((description, tensor, tensor.version))
 
     def check_saved(self) -> None:
         if self.freed:
@@ -147,11 +147,11 @@ class Node:
                 "first backward() or autograd.grad() call if you need to backward twice."
             )
         for description, tensor, version in self.saved:
-            if tensor._version[0] != version:
+            if tensor.version != version:
                 raise RuntimeError(
                     "one of the variables needed for gradient computation has been modified by "
                     f"an inplace operation: the {description} of '{self.name}' is at version "
-                    f"{tensor._version[0]}; expected version {version} instead."
+                    f"{tensor.version}; expected version {version} instead."
                 )
 
     def __repr__(self) -> str:
@@ -185,7 +185,7 @@ def _topological_nodes(roots) -> list[Node]:
 
 def _fit(grad, like):
     """Sum a broadcast cotangent back to ``like``'s shape and give it ``like``'s dtype."""
-    a, b = grad._data, like._data
+    a, b = grad.array, like.array
     arrays = type(a) is np.ndarray and type(b) is np.ndarray
     if arrays and a.shape == b.shape and a.dtype == b.dtype:
         return grad  # the usual case, read off the arrays

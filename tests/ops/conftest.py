@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 
 import pytest
 
-from tracegrad.ops import registry
-
-# ``tracegrad.tensor`` the attribute is the tensor() factory; the module has to be looked up.
-tensor_module = importlib.import_module("tracegrad.tensor")
+from tracegrad.tensor import Tensor, dispatch
 
 
 @contextlib.contextmanager
 def recording_ops():
     """Yield a list that collects ``(op, input tensors, attrs, out)`` for every op dispatched.
 
-    Tensor methods reach ops through ``tracegrad.tensor.apply`` and VJP rules through the
-    registry's dispatcher; both are wrapped so nothing slips past.
+    Tensor methods reach ops through ``tracegrad.tensor.dispatch.apply`` and VJP rules through
+    ``Tensor.apply_op``; both are wrapped so nothing slips past.
     """
     calls = []
-    original = tensor_module.apply
+    original = dispatch.apply
 
-    def spy(op, inputs, attrs):
-        out = original(op, inputs, attrs)
+    def spy(op, inputs, attrs, **write):
+        out = original(op, inputs, attrs, **write)
         calls.append((op, tuple(inputs), dict(attrs), out))
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tensor_module, "apply", spy)
-        mp.setattr(registry, "_dispatcher", spy)
+        mp.setattr(dispatch, "apply", spy)
+        mp.setattr(Tensor, "apply_op", staticmethod(spy))
         yield calls
 
 

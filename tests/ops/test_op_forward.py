@@ -21,7 +21,8 @@ import tracegrad.nn.functional as F
 from tracegrad import dtypes
 from tracegrad.codegen.emit import expression
 from tracegrad.errors import DTypeError
-from tracegrad.ops import OPS, VIEW, call, fused, kernels
+from tracegrad.ops import OPS, VIEW, fused, kernels
+from tracegrad.tensor import call
 
 FLOATS = [np.float32, np.float64]
 FLOAT_IDS = ["float32", "float64"]

@@ -20,7 +20,8 @@ import pytest
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad.autograd import gradcheck, gradgradcheck
-from tracegrad.ops import OPS, call
+from tracegrad.ops import OPS
+from tracegrad.tensor import call
 
 # Ops without a gradient: bool or integer results, piecewise constant, or random constants.
 NONDIFFERENTIABLE = frozenset(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tracegrad.tensor import Tensor, _as_array
+from tracegrad.tensor import Tensor, as_array
 
 
 class Parameter(Tensor):
     """A tensor that is a module parameter; requires grad unless told otherwise."""
 
     def __init__(self, data=None, requires_grad: bool = True):
-        array = data._data if isinstance(data, Tensor) else _as_array(data, None)
+        array = data._data if isinstance(data, Tensor) else as_array(data, None)
         super().__init__(None, requires_grad=False)
         self._data = array
         self.requires_grad = requires_grad

@@ -247,16 +247,12 @@ register(
 def _zero(like):
     """A 0-d zero of ``like``'s dtype: where's untaken branch gets exact zeros, as in PyTorch
     (``g * 0`` would keep nan and inf), and no pass over ``g``."""
-    from tracegrad.tensor import Tensor  # ops sit below tensors; needed only when running
-
-    return Tensor._wrap(np.zeros((), like.dtype.np))
+    return like.new_zeros(())
 
 
 def _one(like):
     """A 0-d one of ``like``'s dtype."""
-    from tracegrad.tensor import Tensor
-
-    return Tensor._wrap(np.ones((), like.dtype.np))
+    return like.new_ones(())
 
 
 def _where_infer(cond: TensorType, x: TensorType, y: TensorType) -> TensorType:

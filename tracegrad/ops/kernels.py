@@ -787,19 +787,6 @@ def adam_step(p, m, v, step_size, bias2_sqrt, eps, out=None):
     return np.subtract(p, denom, out=out)
 
 
-def adam_update(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, eps):
-    """lerp, ema_square and adam_step over contiguous ``p``, ``m`` and ``v`` in place (the ops
-    of a traced step, so the same bits), piece by piece: each piece's arrays stay in cache
-    through all three instead of streaming through memory once per kernel."""
-    first, second, update = lerp.__wrapped__, ema_square.__wrapped__, adam_step.__wrapped__
-    flat = [a.reshape(-1) for a in (p, g, m, v)]
-    for start in range(0, flat[0].size, CHUNK):
-        pp, gg, mm, vv = (a[start : start + CHUNK] for a in flat)
-        first(mm, gg, 1.0 - beta1, out=mm)
-        second(vv, gg, beta2, out=vv)
-        update(pp, mm, vv, step_size, bias2_sqrt, eps, out=pp)
-
-
 def view_update(base, values, positions):
     """``base`` with the elements at flat ``positions`` set to ``values`` (broadcast to the
     positions' shape): an in-place write through a view, as a new array."""

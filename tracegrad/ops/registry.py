@@ -20,8 +20,8 @@ An ``Op`` entry holds, side by side:
   2`` for a ``v`` needing grad keeps no reference to ``v``, and ``v`` may then change in place;
 - ``props``: property sets passes query instead of listing op names.
 
-Ops are called through ``call(name, *inputs, **attrs)``, which hands them to the dispatcher
-installed by the tensor layer (eager execution now, tracing later).
+Ops are called through ``call(name, *inputs, **attrs)``, which hands them to the inputs'
+``apply_op`` (the tensor layer's dispatcher: eager execution, or tracing).
 """
 
 from __future__ import annotations
@@ -128,15 +128,10 @@ def vjp(op: Op, ctx: VJPContext, g):
     )
 
 
-_dispatcher: Callable | None = None
-
-
-def set_dispatcher(dispatch: Callable) -> None:
-    """Installed by ``tracegrad.tensor``: ``dispatch(op, inputs, attrs)`` runs one op."""
-    global _dispatcher
-    _dispatcher = dispatch
-
-
 def call(name: str, *inputs, **attrs):
-    """Run op ``name`` on tensors; VJP rules use this to reach ops without Tensor methods."""
-    return _dispatcher(OPS[name], inputs, attrs)
+    """Run op ``name`` on tensors; VJP rules use this to reach ops without Tensor methods.
+
+    The ops know no tensor class: the class of the first input applies the op through its
+    ``apply_op(op, inputs, attrs)`` (as NumPy hands a function to ``__array_function__``), so
+    this layer never imports the tensor layer above it."""
+    return type(inputs[0]).apply_op(OPS[name], inputs, attrs)

@@ -13,7 +13,7 @@ from tracegrad.optim.optimizer import (
     number,
     scalar,
 )
-from tracegrad.tensor import tensor
+from tracegrad.tensor import call, tensor
 
 
 def _step_count():
@@ -21,6 +21,7 @@ def _step_count():
 
 
 class Adagrad(Optimizer):
+    elementwise = True
     numbers = ("lr", "lr_decay", "weight_decay", "eps")
     zero_tested = ("weight_decay",)
 
@@ -75,6 +76,7 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
+    elementwise = True
     numbers = ("lr", "alpha", "eps", "weight_decay", "momentum")
     zero_tested = ("weight_decay", "momentum")
 
@@ -116,10 +118,10 @@ class RMSprop(Optimizer):
         grad = ascent_decayed(param, grad, group, settings)
         state["step"].add_(1)
         square_avg = state["square_avg"]
-        square_avg._assign("ema_square", square_avg, grad, number(group["alpha"]))
+        call("ema_square", square_avg, grad, number(group["alpha"]), out=square_avg)
         if settings["centered"]:
             grad_avg = state["grad_avg"]
-            grad_avg._assign("lerp", grad_avg, grad, number(1 - group["alpha"]))
+            call("lerp", grad_avg, grad, number(1 - group["alpha"]), out=grad_avg)
             avg = (square_avg - grad_avg * grad_avg).sqrt()
         else:
             avg = square_avg.sqrt()
@@ -131,6 +133,7 @@ class RMSprop(Optimizer):
 
 
 class Adadelta(Optimizer):
+    elementwise = True
     numbers = ("lr", "rho", "eps", "weight_decay")
     zero_tested = ("weight_decay",)
 
@@ -152,7 +155,7 @@ class Adadelta(Optimizer):
         state["step"].add_(1)
         square_avg, acc_delta = state["square_avg"], state["acc_delta"]
         rho, eps = number(group["rho"]), scalar(group["eps"], param.dtype)
-        square_avg._assign("ema_square", square_avg, grad, rho)
+        call("ema_square", square_avg, grad, rho, out=square_avg)
         delta = (acc_delta + eps).sqrt() / (square_avg + eps).sqrt() * grad
-        acc_delta._assign("ema_square", acc_delta, delta, rho)
+        call("ema_square", acc_delta, delta, rho, out=acc_delta)
         add_scaled(param, delta, group["lr"], sign=-1)

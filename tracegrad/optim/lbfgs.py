@@ -13,7 +13,7 @@ import numpy as np
 from tracegrad import tape
 from tracegrad.errors import TraceError, at_user_line
 from tracegrad.optim.optimizer import Optimizer, check_settings
-from tracegrad.tensor import Tensor, active_tracer
+from tracegrad.tensor import Tensor, active_tracer, wrap
 
 # The state entries that are vectors or lists of them (tensors in the state dict)
 _VECTORS = ("d", "H_diag", "prev_flat_grad")
@@ -53,9 +53,9 @@ class LBFGS(Optimizer):
     # --- the parameters as one flat vector --------------------------------------------------------
 
     def _flat_grad(self) -> np.ndarray:
-        dtype = self._params[0]._data.dtype
+        dtype = self._params[0].array.dtype
         return np.concatenate([
-            np.zeros(p._data.size, dtype) if p.grad is None else p.grad._data.reshape(-1)
+            np.zeros(p.array.size, dtype) if p.grad is None else p.grad.array.reshape(-1)
             for p in self._params
         ]).astype(dtype, copy=False)  # fmt: skip
 
@@ -63,9 +63,9 @@ class LBFGS(Optimizer):
         """p += step_size * update, piece by piece."""
         offset = 0
         for p in self._params:
-            piece = update[offset : offset + p._data.size].reshape(p._data.shape)
-            p.add_(Tensor._wrap(piece), alpha=step_size)
-            offset += p._data.size
+            piece = update[offset : offset + p.array.size].reshape(p.array.shape)
+            p.add_(wrap(piece), alpha=step_size)
+            offset += p.array.size
 
     def _directional_evaluate(self, closure, x, t, d):
         """The loss and flat gradient at x + t d; the parameters are left at x."""
@@ -73,7 +73,7 @@ class LBFGS(Optimizer):
         loss = float(_evaluate(closure))
         flat_grad = self._flat_grad()
         for p, value in zip(self._params, x, strict=True):
-            p.copy_(Tensor._wrap(value))
+            p.copy_(wrap(value))
         return loss, flat_grad
 
     # --- the step ---------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ class LBFGS(Optimizer):
 
             ls_func_evals = 0
             if group["line_search_fn"] is not None:
-                x_init = [p._data.copy() for p in self._params]
+                x_init = [p.array.copy() for p in self._params]
 
                 def obj_func(x, t, d):
                     return self._directional_evaluate(closure, x, t, d)
@@ -209,7 +209,7 @@ def _arrays(value):
     if isinstance(value, list):
         return [_arrays(v) for v in value]
     if isinstance(value, Tensor):
-        data = value._data
+        data = value.array
         return data[()] if data.ndim == 0 else data.copy()
     return value
 
@@ -219,7 +219,7 @@ def _tensors(value):
     if isinstance(value, list):
         return [_tensors(v) for v in value]
     if isinstance(value, np.ndarray | np.generic):
-        return Tensor._wrap(np.array(value))
+        return wrap(np.array(value))
     return value
 
 

@@ -1,7 +1,8 @@
 """Optimizer base: parameter groups, per-parameter state, zero_grad, state_dict.
 
-Updates run on the parameters' NumPy buffers in place (no tape, like PyTorch's updates under
-``no_grad``), and bump each parameter's version counter, so a stale saved value is caught.
+Updates are tensor ops writing in place under ``no_grad``, as PyTorch's are: eagerly they write
+into the parameters' and the state's memory and bump their version counters (so a stale saved
+value is caught); traced, the same code records the compiled step's update.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 
 from tracegrad import tape
 from tracegrad.changes import CountedDict
-from tracegrad.tensor import Tensor, active_tracer
+from tracegrad.optim.grouped import update_grouped
+from tracegrad.tensor import Tensor, active_tracer, wrap
 
 
 class Optimizer:
@@ -24,11 +26,13 @@ class Optimizer:
     # Those of the numbers whose being 0 decides what the update computes (a momentum buffer,
     # a weight decay term): a compiled step is specialized on that, not on their values.
     zero_tested: tuple[str, ...] = ()
+    # Whether ``update`` is elementwise in the parameter and its state (0-d state entries
+    # aside): eagerly, small parameters are then updated together (tracegrad/optim/grouped.py)
+    elementwise = False
 
     def __init__(self, params, defaults: dict):
         self.defaults = defaults
         self.state: dict = {}
-        self._flat: dict = {}  # group index -> the flat state of its small parameters
         self.param_groups: list[dict] = []
         params = list(params)
         if not params:
@@ -58,7 +62,7 @@ class Optimizer:
                 if set_to_none:
                     p.grad = None
                 elif p.grad is not None:
-                    p.grad = Tensor._wrap(np.zeros_like(p.grad._data))
+                    p.grad = wrap(np.zeros_like(p.grad.array))
 
     def step(self, closure=None):
         """Apply one update to every parameter that has a gradient; returns closure's loss.
@@ -74,18 +78,13 @@ class Optimizer:
         traced = tracer.optimizer_step(self) if tracer is not None else eager
         # inf and nan results, not warnings, as eager ops give (once for the whole update)
         with traced as read, tape.no_grad(), np.errstate(all="ignore"):
-            for index, (group, numbers) in enumerate(zip(self.param_groups, read, strict=True)):
+            for group, numbers in zip(self.param_groups, read, strict=True):
                 pairs = [(p, _grad_for(p)) for p in group["params"] if p.grad is not None]
-                if tracer is None:
-                    pairs = self._update_together(index, group, pairs)
+                if tracer is None and self.elementwise:
+                    pairs = update_grouped(self, pairs, numbers, group)
                 for p, grad in pairs:
                     self.update(p, grad, self.state.setdefault(p, {}), numbers, group)
         return loss
-
-    def _update_together(self, index: int, group: dict, pairs: list) -> list:
-        """Eagerly, update some of a group's (parameter, gradient) pairs at once; returns the
-        pairs left for ``update`` one by one (here: all of them)."""
-        return pairs
 
     def update(self, param: Tensor, grad: Tensor, state: dict, group: dict, settings: dict):
         """Update ``param`` in place from ``grad``; ``state`` holds this parameter's buffers.
@@ -145,7 +144,7 @@ def scalar(value, dtype):
 
 def number(value) -> Tensor:
     """A hyperparameter as the 0-d float64 tensor an update op takes (tracegrad/ops/optim.py)."""
-    return value if isinstance(value, Tensor) else Tensor._wrap(np.array(value, np.float64))
+    return value if isinstance(value, Tensor) else wrap(np.array(value, np.float64))
 
 
 def add_scaled(target: Tensor, other: Tensor, alpha, sign: int = 1) -> Tensor:
@@ -160,7 +159,7 @@ def add_scaled(target: Tensor, other: Tensor, alpha, sign: int = 1) -> Tensor:
 def _grad_for(param: Tensor) -> Tensor:
     """``param.grad`` in the parameter's dtype."""
     grad = param.grad
-    return grad if grad._data.dtype == param._data.dtype else grad.to(param.dtype)
+    return grad if grad.dtype is param.dtype else grad.to(param.dtype)
 
 
 def ascent_decayed(param: Tensor, grad: Tensor, group: dict, settings: dict) -> Tensor:

@@ -1,0 +1,421 @@
+"""The Tensor class: an array, its autograd attributes and its version counter.
+
+This is the small surface every layer reads; the ops on tensors are installed as methods by
+``tracegrad.tensor.methods`` (which ``tracegrad.tensor`` imports with this module).
+
+The internal protocol between tensors and the rest of tracegrad is three names:
+
+- ``t.array``: the tensor's storage (a NumPy array; while tracing, a symbolic value), which
+  ``t.array = storage`` rebinds as it is;
+- ``t.version`` and ``t.bump_version()``: the count of in-place writes, shared with the views
+  of the same memory, which the tape checks saved values against;
+- ``wrap(array, grad_fn=None, requires_grad=False)``: a tensor over ``array`` without a copy.
+"""
+
+from __future__ import annotations
+
+import numbers
+import weakref
+from typing import NamedTuple
+
+import numpy as np
+
+from tracegrad import devices, dtypes, tape
+from tracegrad.dtypes import DType, TensorType
+from tracegrad.errors import DTypeError, ShapeError, TraceError, at_user_line
+from tracegrad.ops import registry
+from tracegrad.ops.rules import normalize_dim
+from tracegrad.tensor.tracing import active_tracer, next_serial
+
+Number = numbers.Number
+
+
+class Size(tuple):
+    """A shape; a tuple that prints like PyTorch's."""
+
+    def __repr__(self) -> str:
+        return f"tracegrad.Size({list(self)})"
+
+    def numel(self) -> int:
+        return int(np.prod(self, dtype=np.int64))
+
+
+class MaxResult(NamedTuple):
+    values: Tensor
+    indices: Tensor
+
+
+def is_symbolic(t: Tensor) -> bool:
+    """Whether ``t`` holds a traced value (known only when compiled code runs)."""
+    return not isinstance(t._data, np.ndarray)
+
+
+def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
+    """A tensor over ``array`` itself (no copy, no dtype conversion)."""
+    t = object.__new__(Tensor)
+    t._data = array
+    t._init_autograd(requires_grad)
+    t.grad_fn = grad_fn
+    if grad_fn is not None:
+        t.requires_grad = True
+    return t
+
+
+class Tensor:
+    """An n-dimensional array that can record the operations applied to it for autograd."""
+
+    __array_priority__ = 1000  # NumPy defers binary operators to us
+
+    def __init__(self, data=None, *, requires_grad=False):
+        self._data = as_array(data if data is not None else [], None)
+        self._init_autograd(requires_grad)
+
+    # (callers outside the tensor package not yet on ``wrap``)
+    _wrap = staticmethod(wrap)
+
+    def _init_autograd(self, requires_grad) -> None:
+        self._serial = next_serial()  # creation order: tracing lifts tensors older than itself
+        self.grad = None
+        self.grad_fn = None
+        self._out_index = 0
+        self._version = [0]  # shared with views of the same memory
+        self._base = None
+        self._requires_grad = False
+        if requires_grad:  # the checks of the setter; a new tensor not requiring grad needs none
+            self.requires_grad = True
+
+    # --- storage and version (the internal protocol) ----------------------------------------------
+
+    @property
+    def array(self):
+        """The storage: a NumPy array, or while tracing possibly a symbolic value."""
+        return self._data
+
+    @array.setter
+    def array(self, storage) -> None:
+        """Rebind the storage as it is (the tracer's symbols, a compiled step's buffers): no
+        checks and no version count, unlike the public ``.data =``."""
+        self._data = storage
+
+    @property
+    def version(self) -> int:
+        return self._version[0]
+
+    def bump_version(self) -> None:
+        """Count one in-place write (views of the same memory see it too)."""
+        self._version[0] += 1
+
+    # --- metadata --------------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> Size:
+        return Size(self._data.shape)
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[normalize_dim("size", dim, self.ndim)]
+
+    @property
+    def dtype(self) -> DType:
+        return dtypes.from_numpy(self._data.dtype)
+
+    @property
+    def tensor_type(self) -> TensorType:
+        return TensorType(self._data.shape, self.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return int(self._data.size)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    @property
+    def device(self) -> devices.device:
+        return devices.CPU
+
+    @property
+    def is_cuda(self) -> bool:
+        return False
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    # --- autograd attributes ---------------------------------------------------------------------
+
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if value and not self.dtype.is_floating_point:
+            raise DTypeError(
+                at_user_line(
+                    f"only tensors of floating point dtype can require gradients, got {self.dtype}"
+                )
+            )
+        if not value and self.grad_fn is not None:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables; use detach() "
+                "to get a tensor that does not require grad"
+            )
+        self._requires_grad = bool(value)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self) -> None:
+        if self.grad_fn is not None:
+            self.grad_fn.retained[self._out_index] = weakref.ref(self)
+
+    def detach(self) -> Tensor:
+        tracer = active_tracer()
+        if tracer is not None and tracer.mode == "capture" and tracer.traced(self):
+            # a captured forward is differentiated later by replay: record where it stops
+            with tape.no_grad():
+                return registry.call("stop_gradient", self)
+        out = wrap(self._data)
+        out._version, out._base = self._version, self._base
+        if tracer is not None:
+            tracer.note_alias(self, out)  # the same memory: a write to one shows in the other
+        return out
+
+    def detach_(self) -> Tensor:
+        self.grad_fn, self._requires_grad = None, False
+        return self
+
+    @property
+    def data(self) -> Tensor:
+        if active_tracer() is not None:
+            return self.detach()  # (which the tracer sees as a view of all of this tensor)
+        return wrap(self._data)
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        value = as_tensor(value)
+        tracer = active_tracer()
+        if tracer is not None and (tracer.traced(self) or tracer.traced(value)):
+            if tuple(value.shape) != tuple(self.shape) or value.dtype != self.dtype:
+                raise TraceError(
+                    at_user_line(
+                        f".data = a tensor of another type ({value.tensor_type} for "
+                        f"{self.tensor_type}) cannot be compiled; copy_ values of the same shape"
+                    )
+                )
+            tracer.rebind(self, value)
+            self.bump_version()
+            return
+        self._data = value._data
+
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None) -> None:
+        """Accumulate d(self)/d(leaf), times ``gradient``, into each leaf's ``.grad``."""
+        backward([self], [gradient], retain_graph, create_graph, inputs)
+
+    # --- conversion -------------------------------------------------------------------------------
+
+    def _concrete(self, what: str) -> np.ndarray:
+        """The data, or a TraceError when it is only known when the compiled code runs."""
+        tracer = active_tracer()
+        if tracer is not None and tracer.traced(self):
+            tracer.value_of(self)  # (a view of memory written since is made symbolic)
+            if not is_symbolic(self):  # a parameter, buffer or captured tensor: the program
+                tracer.note_read(self)  # holds for this value, and its guards check it
+                return self._data
+        if is_symbolic(self):
+            raise TraceError(
+                at_user_line(
+                    f"{what} needs the value of a traced tensor, which is only known when the "
+                    "compiled code runs: Python control flow on tensor values cannot be "
+                    "compiled; use tracegrad.where(cond, a, b) to select values instead"
+                )
+            )
+        return self._data
+
+    def numpy(self) -> np.ndarray:
+        self._concrete("numpy()")
+        if self.requires_grad:
+            raise RuntimeError(
+                "Can't call numpy() on Tensor that requires grad. "
+                "Use tensor.detach().numpy() instead."
+            )
+        return self._data
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.numpy()
+        if dtype is not None and array.dtype != dtype:
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+    def item(self):
+        self._concrete("item()")
+        if self.numel() != 1:
+            raise ValueError(
+                f"a Tensor with {self.numel()} elements cannot be converted to a Python scalar"
+            )
+        return self._data.reshape(()).item()
+
+    def tolist(self):
+        return self._concrete("tolist()").tolist()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype is not dtypes.int64 or self.numel() != 1:
+            raise TypeError("only integer tensors of a single element can be used as an index")
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        self._concrete("bool(tensor) (an if or while on a tensor)")
+        if self.numel() != 1:
+            raise RuntimeError(f"Boolean value of Tensor with {self.numel()} elements is ambiguous")
+        return bool(self.item())
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        if is_symbolic(self):
+            return f"tensor(<traced {self.tensor_type}>)"
+        body = np.array2string(self._data, separator=", ", prefix="tensor(")
+        extras = []
+        if self.dtype not in (dtypes.float32, dtypes.int64, dtypes.bool_):
+            extras.append(f"dtype={self.dtype!r}")
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn={self.grad_fn!r}")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + ", ".join([body, *extras]) + ")"
+
+    # --- NumPy protocol --------------------------------------------------------------------------
+
+    # NumPy calls these for ufuncs and functions on tensors; tracegrad.numpy_interop installs
+    # the tables that map them to tracegrad ops.
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _numpy_protocol["ufunc"](ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return _numpy_protocol["function"](func, args, kwargs)
+
+
+_numpy_protocol: dict = {}
+
+
+def install_numpy_protocol(ufunc_handler, function_handler) -> None:
+    _numpy_protocol.update(ufunc=ufunc_handler, function=function_handler)
+
+
+# --- turning Python values into tensors -----------------------------------------------------------
+
+
+def _array_dtype(data) -> DType:
+    if isinstance(data, (np.ndarray, np.generic)):
+        return dtypes.from_numpy(data.dtype)
+    array = np.asarray(data)
+    if array.dtype == object:
+        raise TypeError(f"cannot make a tensor from {type(data).__name__} holding mixed objects")
+    if array.dtype.kind == "f":
+        return dtypes.DEFAULT_FLOAT  # Python floats become float32, as in PyTorch
+    return dtypes.from_numpy(array.dtype)
+
+
+def as_array(data, dtype: DType | None) -> np.ndarray:
+    """A new NumPy array of ``data`` (nested lists may hold tensors), of ``dtype`` or the
+    dtype PyTorch gives such data."""
+    if isinstance(data, Tensor):
+        data = data._data
+    elif isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
+        data = [d._data if isinstance(d, Tensor) else d for d in data]
+    dtype = dtypes.to_dtype(dtype) if dtype is not None else _array_dtype(data)
+    return np.array(data, dtype=dtype.np)
+
+
+def _flat(data):
+    for item in data:
+        if isinstance(item, (list, tuple)):
+            yield from _flat(item)
+        else:
+            yield item
+
+
+def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
+    """A new tensor holding a copy of ``data`` (PyTorch's ``torch.tensor``)."""
+    devices.check(device)
+    if isinstance(data, Tensor):  # (as a copy in traced code too: data may be traced)
+        copied = data.detach().to(dtype) if dtype is not None else data.detach()
+        return copied.clone().requires_grad_(requires_grad)
+    return wrap(as_array(data, dtype), requires_grad=requires_grad)
+
+
+def as_tensor(value, like: Tensor | None = None) -> Tensor:
+    """Tensors pass through; Python numbers become 0-d tensors (of ``like``'s dtype when given)."""
+    if isinstance(value, Tensor):
+        return value
+    if like is not None and isinstance(value, Number) and not isinstance(value, (np.ndarray,)):
+        return wrap(np.asarray(value, like.dtype.np))
+    return tensor(value)
+
+
+# --- backward ------------------------------------------------------------------------------------
+
+
+def backward(tensors, grad_tensors, retain_graph=None, create_graph=False, inputs=None) -> None:
+    """Accumulate gradients of ``tensors`` into the ``.grad`` of the leaves (or of ``inputs``)."""
+    tracer = active_tracer()
+    if tracer is not None:
+        tracer.backward_calls += 1  # (a traced function calling this is a training step)
+    seeds = [seed_gradient(t, g) for t, g in zip(tensors, grad_tensors, strict=True)]
+    retain = create_graph if retain_graph is None else retain_graph
+    if inputs is None:
+        tape.run_backward(tensors, seeds, retain_graph=retain, create_graph=create_graph)
+        return
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    grads = tape.run_backward(
+        tensors, seeds, retain_graph=retain, create_graph=create_graph, capture=inputs
+    )
+    for t, g in zip(inputs, grads, strict=True):
+        if g is not None:
+            tape.accumulate(t, g, create_graph)
+
+
+def seed_gradient(output: Tensor, gradient) -> Tensor:
+    """The cotangent backward() starts from: ones for a scalar, else the given ``gradient``."""
+    if not output.requires_grad:
+        raise RuntimeError(
+            at_user_line("element 0 of tensors does not require grad and does not have a grad_fn")
+        )
+    if gradient is None:
+        if output.numel() != 1:
+            raise RuntimeError(
+                at_user_line(
+                    "grad can be implicitly created only for scalar outputs; this output has "
+                    f"shape {tuple(output.shape)}, so pass gradient= (a tensor of that shape) "
+                    "to backward() for a vector-Jacobian product"
+                )
+            )
+        return wrap(np.ones(output._data.shape, output.dtype.np))
+    gradient = as_tensor(gradient).to(output.dtype)
+    if tuple(gradient.shape) != tuple(output.shape):
+        raise ShapeError(
+            at_user_line(
+                f"backward: gradient of shape {tuple(gradient.shape)} does not match the "
+                f"output's shape {tuple(output.shape)}"
+            )
+        )
+    return gradient

@@ -1,0 +1,549 @@
+"""The Tensor methods: the ops on tensors, PyTorch's names and signatures.
+
+A method that is one op on ``self`` (and, for a binary one, the other operand promoted with
+it) is an entry of ``ONE_OP_METHODS``: adding such an op adds its method by one line. The
+others, which read shapes, normalize arguments or compose several ops, are written out in
+``TensorMethods``. ``install()`` puts both on ``Tensor`` (``tracegrad.tensor`` imports this
+module, so every Tensor has them).
+
+The in-place methods (``add_``, ``copy_``, ``clamp_``...) are ``apply(op, ..., out=self)``:
+the dispatcher writes the op's result into this tensor (see ``tracegrad.tensor.dispatch``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracegrad import devices, dtypes, tape
+from tracegrad.errors import DTypeError, ShapeError, at_user_line
+from tracegrad.ops import OPS
+from tracegrad.ops.index import resolve
+from tracegrad.ops.reduce import std_of_var
+from tracegrad.ops.rules import normalize_dim, normalize_dims
+from tracegrad.tensor.core import MaxResult, Number, Tensor, as_tensor, wrap
+from tracegrad.tensor.dispatch import apply, call
+from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
+from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
+from tracegrad.tensor.tracing import active_tracer
+
+
+class TensorMethods:
+    """The methods written out (installed on Tensor)."""
+
+    def to(self, *args, **kwargs) -> Tensor:
+        """``to(dtype)``, ``to("cpu")``, ``to(device, dtype)``: the CPU is the only device."""
+        dtype = dtypes.requested(*devices.without_devices(args, kwargs))
+        return self if dtype is None else to_dtype(self, dtype)
+
+    def float(self) -> Tensor:
+        return self.to(dtypes.float32)
+
+    def double(self) -> Tensor:
+        return self.to(dtypes.float64)
+
+    def long(self) -> Tensor:
+        return self.to(dtypes.int64)
+
+    def bool(self) -> Tensor:
+        return self.to(dtypes.bool_)
+
+    def type_as(self, other: Tensor) -> Tensor:
+        return self.to(other.dtype)
+
+    def cpu(self) -> Tensor:
+        return self
+
+    def cuda(self, device=None) -> Tensor:
+        raise devices.unavailable("cuda" if device is None else device)
+
+    def contiguous(self) -> Tensor:
+        return self
+
+    def clone(self) -> Tensor:
+        return call("clone", self)
+
+    def new_full(self, size, fill_value) -> Tensor:
+        """A constant of this tensor's dtype (a constant in traced code too)."""
+        return wrap(np.full(shape_args((size,)), fill_value, self.dtype.np))
+
+    def new_zeros(self, *size) -> Tensor:
+        return self.new_full(shape_args(size), 0)
+
+    def new_ones(self, *size) -> Tensor:
+        return self.new_full(shape_args(size), 1)
+
+    # --- arithmetic (the one-op operators are in ONE_OP_METHODS) ---------------------------------
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Number) and not isinstance(exponent, bool):
+            base = (
+                self if self.dtype.is_floating_point or isinstance(exponent, int) else self.float()
+            )
+            if not base.dtype.is_floating_point:
+                return binary("pow", base, exponent)
+            return call("pow_scalar", base, exponent=float(exponent))
+        return binary("pow", self, exponent)
+
+    def __matmul__(self, other):
+        return call("matmul", *promote_operands(self, other))
+
+    def __rmatmul__(self, other):
+        return call("matmul", *promote_operands(other, self))
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return self.abs()
+
+    def _logical(self, name, other):
+        if self.dtype is not dtypes.bool_ or as_tensor(other).dtype is not dtypes.bool_:
+            raise DTypeError(at_user_line(f"{name} needs bool tensors, got {self.dtype}"))
+        return call(name, self, as_tensor(other))
+
+    def __and__(self, other):
+        return self._logical("logical_and", other)
+
+    __rand__ = __and__
+
+    def __or__(self, other):
+        return self._logical("logical_or", other)
+
+    __ror__ = __or__
+
+    def __xor__(self, other):
+        return self._logical("logical_xor", other)
+
+    def __invert__(self):
+        if self.dtype is not dtypes.bool_:
+            raise DTypeError(at_user_line(f"~ is defined for bool tensors, got {self.dtype}"))
+        return call("logical_not", self)
+
+    def logical_not(self):
+        return call("logical_not", self.bool())
+
+    # --- elementwise math ------------------------------------------------------------------------
+
+    def rsqrt(self):
+        return 1.0 / self.sqrt()
+
+    def square(self):
+        return self * self
+
+    def pow(self, exponent):
+        return self**exponent
+
+    def clamp(self, min=None, max=None):
+        return call("clamp", self, **_clamp_bounds(min, max))
+
+    clip = clamp
+
+    def where(self, condition, other):
+        return where(condition, self, other)
+
+    def masked_fill(self, mask, value):
+        return where(mask, value, self)
+
+    def softmax(self, dim):
+        return call("softmax", self, dim=normalize_dim("softmax", dim, self.ndim))
+
+    def log_softmax(self, dim):
+        return call("log_softmax", self, dim=normalize_dim("log_softmax", dim, self.ndim))
+
+    # --- reductions ------------------------------------------------------------------------------
+
+    def sum(self, dim=None, keepdim=False, dtype=None):
+        x = self.to(dtype) if dtype is not None else self
+        if not x.dtype.is_floating_point and x.dtype is not dtypes.int64:
+            x = x.long()
+        return call("sum", x, dims=normalize_dims("sum", dim, x.ndim), keepdim=keepdim)
+
+    def sum_to(self, shape):
+        """Sum broadcast dims away so the result has ``shape`` (the inverse of expand)."""
+        shape = tuple(shape)
+        return self if shape == tuple(self.shape) else call("sum_to", self, shape=shape)
+
+    def mean(self, dim=None, keepdim=False, dtype=None):
+        x = self.to(dtype) if dtype is not None else self
+        if not x.dtype.is_floating_point:
+            raise DTypeError(
+                at_user_line(f"mean(): input dtype must be floating point, got {x.dtype}")
+            )
+        dims = normalize_dims("mean", dim, x.ndim)
+        count = int(np.prod([x.shape[d] for d in dims], dtype=np.int64))
+        return x.sum(dims, keepdim) * (1.0 / count if count else float("nan"))
+
+    def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        if correction is None:
+            correction = 1 if unbiased is None or unbiased else 0
+        dims = normalize_dims("var", dim, self.ndim)
+        count = int(np.prod([self.shape[d] for d in dims], dtype=np.int64))
+        centered = self - self.mean(dims, keepdim=True)
+        # no degrees of freedom left: nan, as in PyTorch and NumPy
+        scale = 1.0 / (count - correction) if count > correction else float("nan")
+        return (centered * centered).sum(dims, keepdim) * scale
+
+    def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        return std_of_var(self.var(dim, unbiased, keepdim, correction=correction))
+
+    def _extreme(self, name, arg_name, dim, keepdim):
+        if isinstance(dim, Tensor):
+            return binary("maximum" if name == "amax" else "minimum", self, dim)
+        if dim is None:
+            return call(name, self, dims=tuple(range(self.ndim)), keepdim=False)
+        dim = normalize_dim(name, dim, self.ndim)
+        values = call(name, self, dims=(dim,), keepdim=keepdim)
+        return MaxResult(values, call(arg_name, self, dim=dim, keepdim=keepdim))
+
+    def max(self, dim=None, keepdim=False):
+        return self._extreme("amax", "argmax", dim, keepdim)
+
+    def min(self, dim=None, keepdim=False):
+        return self._extreme("amin", "argmin", dim, keepdim)
+
+    def amax(self, dim=None, keepdim=False):
+        return call("amax", self, dims=normalize_dims("amax", dim, self.ndim), keepdim=keepdim)
+
+    def amin(self, dim=None, keepdim=False):
+        return call("amin", self, dims=normalize_dims("amin", dim, self.ndim), keepdim=keepdim)
+
+    def argmax(self, dim=None, keepdim=False):
+        if dim is not None:
+            dim = normalize_dim("argmax", dim, self.ndim)
+        return call("argmax", self, dim=dim, keepdim=keepdim)
+
+    def argmin(self, dim=None, keepdim=False):
+        if dim is not None:
+            dim = normalize_dim("argmin", dim, self.ndim)
+        return call("argmin", self, dim=dim, keepdim=keepdim)
+
+    def logsumexp(self, dim, keepdim=False):
+        peak = self.amax(dim, keepdim=True).detach()
+        out = (self - peak).exp().sum(dim, keepdim=True).log() + peak
+        return out if keepdim else out.squeeze(dim)
+
+    # --- shapes ----------------------------------------------------------------------------------
+
+    def reshape(self, *shape):
+        shape = infer_shape(shape_args(shape), self.numel())
+        return self if shape == self.shape else call("reshape", self, shape=shape)
+
+    view = reshape
+
+    def view_as(self, other):
+        return self.reshape(other.shape)
+
+    def reshape_as(self, other):
+        return self.reshape(other.shape)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        if self.ndim == 0:
+            return self.reshape(1)
+        start = normalize_dim("flatten", start_dim, self.ndim)
+        end = normalize_dim("flatten", end_dim, self.ndim)
+        return self.reshape(*self.shape[:start], -1, *self.shape[end + 1 :])
+
+    def unflatten(self, dim, sizes):
+        dim = normalize_dim("unflatten", dim, self.ndim)
+        return self.reshape(*self.shape[:dim], *sizes, *self.shape[dim + 1 :])
+
+    def permute(self, *dims):
+        dims = tuple(normalize_dim("permute", d, self.ndim) for d in shape_args(dims))
+        return call("permute", self, dims=dims)
+
+    def transpose(self, dim0, dim1):
+        order = list(range(self.ndim))
+        d0, d1 = (
+            normalize_dim("transpose", dim0, self.ndim),
+            normalize_dim("transpose", dim1, self.ndim),
+        )
+        order[d0], order[d1] = order[d1], order[d0]
+        return call("permute", self, dims=tuple(order))
+
+    def t(self):
+        if self.ndim > 2:
+            raise ShapeError(at_user_line(f"t() expects a tensor with <= 2 dims, got {self.shape}"))
+        return self.transpose(0, 1) if self.ndim == 2 else self
+
+    @property
+    def T(self):  # noqa: N802  (PyTorch's name)
+        return call("permute", self, dims=tuple(reversed(range(self.ndim))))
+
+    @property
+    def mT(self):  # noqa: N802
+        return self.transpose(-2, -1)
+
+    def unsqueeze(self, dim):
+        dim = normalize_dim("unsqueeze", dim, self.ndim + 1)
+        return self.reshape(*self.shape[:dim], 1, *self.shape[dim:])
+
+    def squeeze(self, dim=None):
+        if dim is None:
+            dims = [i for i, s in enumerate(self.shape) if s == 1]
+        else:
+            dims = normalize_dims("squeeze", dim, self.ndim)
+        return self.reshape(*(s for i, s in enumerate(self.shape) if not (i in dims and s == 1)))
+
+    def expand(self, *sizes):
+        sizes = shape_args(sizes)
+        lead = len(sizes) - self.ndim
+        shape = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
+        return self if shape == self.shape else call("broadcast_to", self, shape=shape)
+
+    def expand_as(self, other):
+        return self.expand(other.shape)
+
+    def broadcast_to(self, shape):
+        return self.expand(shape)
+
+    def repeat(self, *sizes):
+        """Tile: each dim d of size s becomes sizes[d] * s, via broadcast then reshape."""
+        sizes = shape_args(sizes)
+        shape = (1,) * (len(sizes) - self.ndim) + tuple(self.shape)
+        spread = [n for pair in zip((1,) * len(sizes), shape, strict=True) for n in pair]
+        tiled = [n for pair in zip(sizes, shape, strict=True) for n in pair]
+        out = self.reshape(spread).expand(tiled)
+        return out.reshape([r * s for r, s in zip(sizes, shape, strict=True)])
+
+    def split(self, split_size, dim=0):
+        dim = normalize_dim("split", dim, self.ndim)
+        size = self.shape[dim]
+        if isinstance(split_size, int):
+            sizes = [split_size] * (size // split_size) + [size % split_size] * bool(
+                size % split_size
+            )
+        else:
+            sizes = list(split_size)
+        pieces, start = [], 0
+        for n in sizes:
+            pieces.append(self[(slice(None),) * dim + (slice(start, start + n),)])
+            start += n
+        return tuple(pieces)
+
+    def chunk(self, chunks, dim=0):
+        size = self.shape[normalize_dim("chunk", dim, self.ndim)]
+        return self.split(-(-size // chunks), dim)
+
+    def __getitem__(self, item):
+        key, index_tensors = index_key(item, self.ndim)
+        return call("getitem", self, *index_tensors, key=key)
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    def tril(self, diagonal=0):
+        return tril(self, diagonal)
+
+    def triu(self, diagonal=0):
+        return triu(self, diagonal)
+
+    # --- in-place ops: the dispatcher writes the op's result into self --------------------------
+
+    def add_(self, other, alpha=1):
+        return _write_binary(self, "add", _scaled(other, alpha), "add_")
+
+    def sub_(self, other, alpha=1):
+        return _write_binary(self, "sub", _scaled(other, alpha), "sub_")
+
+    def mul_(self, other):
+        return _write_binary(self, "mul", other, "mul_")
+
+    def div_(self, other):
+        return _write_binary(self, "div", other, "div_")
+
+    def clamp_(self, min=None, max=None):
+        return apply(OPS["clamp"], (self,), _clamp_bounds(min, max), out=self, method="clamp_")
+
+    def zero_(self):
+        return self.fill_(0)
+
+    def fill_(self, value):
+        filled = as_tensor(value, like=self).to(self.dtype)
+        return _write_value(self, filled, "fill_")
+
+    def copy_(self, src):
+        src = as_tensor(src).to(self.dtype)
+        if tuple(src.shape) == tuple(self.shape) and src.requires_grad:
+            # (a copy of its own: the target gets a node of its own, it is no leaf afterwards)
+            return apply(OPS["clone"], (src,), {}, out=self, method="copy_")
+        return _write_value(self, src, "copy_")
+
+    def __iadd__(self, other):
+        return self.add_(other)
+
+    def __isub__(self, other):
+        return self.sub_(other)
+
+    def __imul__(self, other):
+        return self.mul_(other)
+
+    def __itruediv__(self, other):
+        return self.div_(other)
+
+    def __setitem__(self, item, value):
+        if tape.is_grad_enabled() and (
+            self.requires_grad or getattr(value, "requires_grad", False)
+        ):
+            raise RuntimeError(
+                at_user_line(
+                    "assigning into a tensor that takes part in autograd is not supported; "
+                    "build the result with tracegrad.where or tracegrad.cat"
+                )
+            )
+        key, index_tensors = index_key(item, self.ndim)
+        value = as_tensor(value)
+        tracer = active_tracer()
+        if tracer is not None and (
+            tracer.traced(self) or tracer.traced(value) or any(map(tracer.traced, index_tensors))
+        ):
+            tracer.assign(self, key, index_tensors, value)
+        else:
+            self._data[resolve(key, [t._data for t in index_tensors])] = np.asarray(
+                value._data, self.dtype.np
+            )
+        self.bump_version()
+
+
+def _clamp_bounds(min, max) -> dict:
+    if min is None and max is None:
+        raise ValueError("clamp needs at least one of min and max")
+    return {"min": min, "max": max}
+
+
+def _scaled(other, alpha):
+    return other * alpha if alpha != 1 else other
+
+
+def _write_binary(target: Tensor, name: str, other, method: str) -> Tensor:
+    """``target = target <op> other``, computed in the promoted dtype and cast back."""
+    operands = promote_operands(target, other, floating=name == "div")
+    return apply(OPS[name], operands, {}, out=target, method=method)
+
+
+def _write_value(target: Tensor, value: Tensor, method: str) -> Tensor:
+    """``target = value`` broadcast to the target's shape."""
+    return apply(OPS["broadcast_to"], (value,), {"shape": tuple(target.shape)}, out=target,
+                 method=method)  # fmt: skip
+
+
+# --- module-level functions the methods share ---------------------------------------------
+
+
+def where(condition, x, y) -> Tensor:
+    condition = as_tensor(condition)
+    if condition.dtype is not dtypes.bool_:
+        raise DTypeError(
+            at_user_line(f"where: condition must be a bool tensor, got {condition.dtype}")
+        )
+    return call("where", condition, *promote_operands(x, y))
+
+
+def cat(tensors, dim=0) -> Tensor:
+    tensors = promote_operands(*tensors)
+    dim = normalize_dim("cat", dim, tensors[0].ndim)
+    return tensors[0] if len(tensors) == 1 else call("cat", *tensors, dim=dim)
+
+
+def stack(tensors, dim=0) -> Tensor:
+    tensors = list(tensors)
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ShapeError(at_user_line(f"stack expects tensors of one shape, got {sorted(shapes)}"))
+    dim = normalize_dim("stack", dim, tensors[0].ndim + 1)
+    return cat([t.unsqueeze(dim) for t in tensors], dim)
+
+
+def einsum(equation: str, *operands) -> Tensor:
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = operands[0]
+    return call("einsum", *promote_operands(*operands), equation=equation)
+
+
+def _triangle(x: Tensor, diagonal: int, lower: bool) -> Tensor:
+    rows, cols = x.shape[-2:]
+    keep = (
+        np.tri(rows, cols, diagonal, dtype=bool)
+        if lower
+        else ~np.tri(rows, cols, diagonal - 1, dtype=bool)
+    )
+    return where(wrap(keep), x, wrap(np.zeros((), x.dtype.np)))
+
+
+def tril(x: Tensor, diagonal: int = 0) -> Tensor:
+    return _triangle(x, diagonal, lower=True)
+
+
+def triu(x: Tensor, diagonal: int = 0) -> Tensor:
+    return _triangle(x, diagonal, lower=False)
+
+
+# --- methods that are one op each --------------------------------------------------------------
+
+# method name -> (op name, how the operands are formed):
+#   "unary"        op(self)
+#   "float_unary"  op(self), self made the default float first if it is an integer
+#   "binary"       op(self, other), promoted to one dtype ("float_binary": a float one)
+#   "reflected"    op(other, self), promoted (Python's __r*__ operators)
+ONE_OP_METHODS = {
+    "__neg__": ("neg", "unary"),
+    "relu": ("relu", "unary"),
+    "abs": ("abs", "unary"),
+    "sign": ("sign", "unary"),
+    "exp": ("exp", "float_unary"),
+    "log": ("log", "float_unary"),
+    "log1p": ("log1p", "float_unary"),
+    "sqrt": ("sqrt", "float_unary"),
+    "tanh": ("tanh", "float_unary"),
+    "sigmoid": ("sigmoid", "float_unary"),
+    "sin": ("sin", "float_unary"),
+    "cos": ("cos", "float_unary"),
+    "erf": ("erf", "float_unary"),
+    "__add__": ("add", "binary"),
+    "__sub__": ("sub", "binary"),
+    "__mul__": ("mul", "binary"),
+    "__truediv__": ("div", "float_binary"),
+    "__eq__": ("eq", "binary"),
+    "__ne__": ("ne", "binary"),
+    "__lt__": ("lt", "binary"),
+    "__le__": ("le", "binary"),
+    "__gt__": ("gt", "binary"),
+    "__ge__": ("ge", "binary"),
+    "maximum": ("maximum", "binary"),
+    "minimum": ("minimum", "binary"),
+    "__radd__": ("add", "reflected"),
+    "__rsub__": ("sub", "reflected"),
+    "__rmul__": ("mul", "reflected"),
+    "__rtruediv__": ("div", "float_reflected"),
+    "__rpow__": ("pow", "reflected"),
+}
+
+
+def _one_op_method(op: str, form: str):
+    if form == "unary":
+        return lambda self: call(op, self)
+    if form == "float_unary":
+        return lambda self: float_unary(op, self)
+    floating = form.startswith("float_")
+    if form.endswith("reflected"):
+        return lambda self, other: binary(op, other, self, floating)
+    return lambda self, other: binary(op, self, other, floating)
+
+
+# what every class body has (__module__, __dict__, __doc__...), not methods
+_CLASS_BOOKKEEPING = frozenset(vars(type("Empty", (), {})))
+
+
+def install() -> None:
+    """Put the methods on Tensor: those written out, then one per ONE_OP_METHODS entry."""
+    for name, member in vars(TensorMethods).items():
+        if name not in _CLASS_BOOKKEEPING:
+            setattr(Tensor, name, member)
+    for name, (op, form) in ONE_OP_METHODS.items():
+        method = _one_op_method(op, form)
+        method.__name__ = method.__qualname__ = name
+        setattr(Tensor, name, method)
+
+
+install()
