@@ -49,8 +49,7 @@ long = int64
 
 from tracegrad import data, distributions, ir, nn, optim, passes
 from tracegrad.compile import CompiledModule, compile, grad, trace, value_and_grad
+from tracegrad.compiled.function import CompiledFunction
+from tracegrad.compiled.specializer import RecompileError
 from tracegrad.serialization import SerializationError, load, save
-from tracegrad.specialize import RecompileError
-from tracegrad.step import CompiledFunction
-
-__version__ = "0.1.0"
+from tracegrad.version import __version__

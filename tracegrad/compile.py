@@ -1,148 +1,22 @@
-"""``tg.compile``: the entry points (``compile``, ``trace``, ``grad``, ``value_and_grad``)
-and the module target of the Specializer, ``CompiledModule`` (generated forward and backward).
-
-A module's signature lists its inputs, its parameters' and buffers' metadata, its submodules
-by identity, their plain attributes and train/eval, and grad mode (see tracegrad.specialize
-for the cache and recompile policy shared with compiled functions).
-"""
+"""``tg.compile`` and its siblings: the public entry points (``compile``, ``trace``,
+``grad``, ``value_and_grad``) onto the compiled callables of ``tracegrad.compiled``."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from tracegrad import captures, pytree, tape
+from tracegrad import pytree
 from tracegrad.autograd import grad as autograd_grad
-from tracegrad.codegen.guards import module_guard, plain_attributes
+from tracegrad.compiled.function import CompiledFunction
+from tracegrad.compiled.module import CompiledModule
+from tracegrad.compiled.state import ReachedState, is_module
+from tracegrad.compiled.traced import (
+    argument_names,
+    trace_call,
+)
 from tracegrad.creation import zeros_like
-from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
-from tracegrad.module_program import ModuleProgram, build_module_program, run_module_program
-from tracegrad.signature import Signature, identity, input_label, tensor_guards, tensor_meta
-from tracegrad.specialize import Specializer
-from tracegrad.state import ReachedState, is_module
-from tracegrad.step import CompiledFunction
 from tracegrad.tensor import Tensor
-from tracegrad.traced import STRUCTURED, argument_names, calling_with, leaf_names, trace_call
-
-
-class CompiledModule(Specializer):
-    """The module target of the Specializer: a compiled ``nn.Module``, sharing the module's
-    parameters; its outputs carry gradients back through the generated backward."""
-
-    kind = "module"
-
-    def __init__(self, module, *, passes="default", debug_nans=False, max_recompiles=None,
-                 check=False):  # fmt: skip
-        self.module = module
-        super().__init__(
-            passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles, check=check
-        )
-
-    @property
-    def title(self) -> str:
-        return type(self.module).__name__
-
-    # --- delegation: a compiled module still is the module for parameters, modes and state ---
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["module"], name)
-
-    def train(self, mode: bool = True):
-        self.module.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    # --- calling ------------------------------------------------------------------------------
-
-    def signature(self, args) -> Signature:
-        guards = [("grad mode", tape.is_grad_enabled())]
-        for i, a in enumerate(args):
-            guards += tensor_guards(input_label(i), a)
-        # One walk over the modules (their parameters, buffers and modes), read from the
-        # arrays: guards are checked on every call.
-        params, buffers, training, seen = [], [], [], set()
-        for prefix, module in self.module.named_modules():
-            training.append(module.training)
-            for key, value in plain_attributes(module):
-                guards.append((_member_label("attribute", prefix, key), value))
-            # (by identity: the program is the forward this submodule traced)
-            guards.append((f"module {prefix or type(module).__name__}", identity(module)))
-            for table, found in ((module._parameters, params), (module._buffers, buffers)):
-                for name, t in table.items():
-                    if t is not None and id(t) not in seen:
-                        seen.add(id(t))
-                        found.append((prefix, name, t))
-        for prefix, name, p in params:
-            guards.append((_member_label("parameter", prefix, name), tensor_meta(p)))
-        for prefix, name, b in buffers:
-            guards.append((_member_label("buffer", prefix, name), tensor_meta(b)))
-        guards.append(("training", tuple(training)))
-        return tuple(guards)
-
-    is_compiled_module = True  # (a Module holds it as a submodule: net.enc = tg.compile(net.enc))
-
-    def _trace_through(self, args, kwargs):
-        return self.module(*args, **kwargs)
-
-    def _call(self, args, kwargs):
-        original_args = args
-        structure = None  # of containers, NumPy arrays and keywords: their tensors are inputs
-        if kwargs or any(type(a) in STRUCTURED for a in args):
-            leaves, structure = pytree.flatten((args, kwargs))
-            args = tuple(leaves)
-        spec = self.latest
-        if (
-            spec is not None
-            and spec.structure == structure
-            and spec.guard(args)
-            and (not (spec.traced.values_read or spec.captured) or spec.still_valid())
-        ):
-            return run_module_program(spec, args)  # the usual call: the same as the last
-        signature = self.signature(args)
-        if structure is not None:
-            signature += (("argument structure", structure),)
-        spec = self.cached(signature)
-        if spec is None:
-            guard = self._guard(args)  # of the state the signature read, before tracing
-            spec = self.specialize(signature, args, structure)
-            if spec is None:
-                return self.module(*original_args, **kwargs)
-            spec.guard = guard
-        self.latest = spec
-        return run_module_program(spec, args)
-
-    def _guard(self, args):
-        """The generated guard function of the current call state (see ``signature``)."""
-        return module_guard(tape.is_grad_enabled(), args, self.module, self.title)
-
-    def _compile(self, signature: Signature, args, structure) -> ModuleProgram:
-        names = {id(t): n for n, t in self.module.named_parameters()}
-        names.update({id(t): n for n, t in self.module.named_buffers()})
-        if structure is None:
-            target, arg_names = self.module, argument_names(self.module.forward, len(args))
-        else:
-            target, arg_names = (
-                calling_with(self.module, structure),
-                leaf_names(self.module.forward, structure),
-            )
-        traced = trace_call(target, args, names, arg_names)
-        report = Report(f"compiled {self.title}", signature)
-        spec = build_module_program(traced, args, self.passes, self.debug_nans, report, self.check)
-        spec.lock, spec.signature = self._lock, signature
-        spec.report, spec.structure = report, structure
-        owned = {id(t) for t in [*self.module.parameters(), *self.module.buffers()]}
-        spec.captured = tuple(captures.find(self.module.forward, traced.lifted, owned))
-        return spec
-
-
-@functools.cache
-def _member_label(kind: str, prefix: str, name: str) -> str:
-    return f"{kind} {prefix}.{name}" if prefix else f"{kind} {name}"
-
 
 # --- entry points ---------------------------------------------------------------------------------
 

@@ -10,13 +10,13 @@ import numpy as np
 import tracegrad as tg
 from tracegrad import nn, optim
 from tracegrad.codegen.emit import ROW_LOOP_MIN, row_loops
-from tracegrad.explain import format_bytes
+from tracegrad.compiled.explain import format_bytes
+from tracegrad.compiled.program import generate
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
 from tracegrad.ops import kernels
 from tracegrad.passes.memory import InPlace, peak_bytes, plan_memory
 from tracegrad.passes.schedule import schedule
-from tracegrad.program import generate
 
 TOL = 1e-10
 

@@ -16,8 +16,8 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import nn, optim
-from tracegrad.check import CheckError
 from tracegrad.codegen import emit
+from tracegrad.compiled.check import CheckError
 from tracegrad.ir.core import FUSED
 from tracegrad.passes import memory
 from tracegrad.passes.pipeline import transforms

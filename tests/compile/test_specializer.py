@@ -7,7 +7,7 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import nn
-from tracegrad.specialize import Specializer
+from tracegrad.compiled.specializer import Specializer
 
 
 def targets():

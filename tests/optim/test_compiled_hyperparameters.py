@@ -12,7 +12,8 @@ import pytest
 from compiled_runs import Run, assert_identical
 
 import tracegrad as tg
-from tracegrad import nn, optim, specialize
+from tracegrad import nn, optim
+from tracegrad.compiled import specializer as specialize
 
 OPTIMIZERS = {
     "sgd": lambda ps: optim.SGD(ps, lr=0.1),

@@ -17,7 +17,7 @@ import pytest
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn, optim
-from tracegrad.check import CheckError
+from tracegrad.compiled.check import CheckError
 from tracegrad.passes import DEFAULT_PIPELINE, PASSES
 from tracegrad.passes.autodiff import differentiate
 from tracegrad.passes.pipeline import register_pass, transforms

@@ -10,11 +10,11 @@ import pytest
 import tracegrad as tg
 from tracegrad import nn, optim
 from tracegrad.codegen.emit import row_loops
+from tracegrad.compiled.program import generate
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ir.interpreter import interpret
 from tracegrad.passes import run_pass
 from tracegrad.passes.memory import InBuffer, plan_memory
-from tracegrad.program import generate
 
 
 def graph_of(body: str, inputs: str) -> Graph:

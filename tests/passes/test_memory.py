@@ -19,10 +19,10 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import nn, optim
+from tracegrad.compiled.program import generate
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
 from tracegrad.passes.memory import Assembled, InBuffer, InPlace, MemoryPlan, Pooled, plan_memory
-from tracegrad.program import generate
 
 
 @dataclass

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import jinja2
 import numpy as np
 
-import tracegrad
 from tracegrad.codegen import names as safe
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value
 from tracegrad.ir.graph import Graph, body_of
@@ -24,6 +23,7 @@ from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.fuse import is_linear
 from tracegrad.passes.memory import Assembled, InBuffer, InPlace, MemoryPlan, clobbers
+from tracegrad.version import __version__
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("tracegrad.codegen", "templates"),
@@ -516,7 +516,7 @@ def render_module(functions: list[FunctionSource], title: str, runtime: str, gra
         header.append(f"{fn.name}: {len(graph.nodes)} nodes ({counts})")
         header.append(f"  {fn.name}({', '.join(fn.params)}) -> ({', '.join(fn.returns)})")
     return _ENV.get_template("module.py.j2").render(
-        version=tracegrad.__version__,
+        version=__version__,
         title=title,
         header=header,
         runtime=runtime,

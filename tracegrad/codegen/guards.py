@@ -104,7 +104,7 @@ def step_guard(
     grad_mode, args, tensors, optimizers, modules, optimizer_groups, bindings, stepped=()
 ) -> GuardBuilder:
     """The guards of a compiled step (for its runner): its arguments, the names it reaches its
-    state by (``bindings``: a tracegrad.state.Binding each, read again), the watched
+    state by (``bindings``: a tracegrad.compiled.state.Binding each, read again), the watched
     ``tensors`` (and whether each has a .grad, of which shape), the ``optimizers`` (their
     groups' settings as ``optimizer_groups`` computes them, and the state of those
     ``stepped``, whose update the program traced) and the trees of ``modules``, as they are
@@ -142,7 +142,7 @@ def step_guard(
 
 
 def _read_again(namespace: str, bound) -> str:
-    """The expression reading a tracegrad.state.Binding anew from its ``namespace``."""
+    """The expression reading a tracegrad.compiled.state.Binding anew from its ``namespace``."""
     if bound.kind == "cell":
         return f"{namespace}.cell_contents"
     if bound.kind == "global":

@@ -4,7 +4,7 @@ call against its guards and runs the step.
 ``RunnerBindings`` lists what the runner checks (the guards), reads and writes, by position:
 the tensor arguments and the lifted state passed to the generated step (a ``.grad`` read
 through its owner, since code outside may replace it), the results written back into updated
-tensors, and those stored by sinks (tracegrad.buffers). ``build_runner`` renders
+tensors, and those stored by sinks (tracegrad.codegen.buffers). ``build_runner`` renders
 ``runner.py.j2`` from them and loads it: only codegen writes Python source.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracegrad.buffers import memory_of, planned_home, same_memory
 from tracegrad.codegen import names as safe
+from tracegrad.codegen.buffers import memory_of, planned_home, same_memory
 from tracegrad.codegen.emit import _ENV
 from tracegrad.codegen.guards import GuardBuilder
 from tracegrad.codegen.loader import load
@@ -50,7 +50,7 @@ class RunnerBindings:
     updated: list[Tensor]  # tensors whose new values follow, written back
     updated_args: tuple[int, ...]  # argument positions whose new values follow those
     written_in_place: frozenset[int]  # positions among the updates the step wrote in place
-    sinks: list  # a tracegrad.buffers.Sink per result after the updates
+    sinks: list  # a tracegrad.codegen.buffers.Sink per result after the updates
     uses_rng: bool  # whether the step takes the generator last
     rebuild: Callable | None  # the returned structure from the results; None for one tensor
 

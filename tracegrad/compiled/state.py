@@ -14,7 +14,7 @@ import types
 from dataclasses import dataclass
 
 from tracegrad.codegen.guards import PLAIN, plain_attributes
-from tracegrad.signature import Shown, dtype_name, identity
+from tracegrad.compiled.signature import Shown, dtype_name, identity
 from tracegrad.tensor import Tensor
 from tracegrad.tracer.hyperparameters import is_number
 

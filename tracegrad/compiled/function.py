@@ -1,9 +1,9 @@
 """``tg.compile(fn)``: the function target of the Specializer.
 
-A ``CompiledFunction`` finds the state the function reaches (tracegrad.state), computes each
-call's signature from it, traces a call into a ``StepProgram`` (tracegrad.step_program) and
-runs it through a generated runner (tracegrad.codegen.runner) that checks the call's guards
-and calls the program in one function. ``tg.grad`` and ``tg.value_and_grad`` are compiled
+A ``CompiledFunction`` finds the state the function reaches (``state.py``), computes each
+call's signature from it, traces a call into a ``StepProgram`` (``step_program.py``) and runs
+it through a generated runner (tracegrad.codegen.runner) that checks the call's guards and
+calls the program in one function. ``tg.grad`` and ``tg.value_and_grad`` are compiled
 functions too.
 """
 
@@ -14,14 +14,14 @@ from collections.abc import Callable
 from tracegrad import pytree, tape
 from tracegrad.codegen.guards import step_guard
 from tracegrad.codegen.runner import MISS, RunnerBindings, build_runner
-from tracegrad.module_program import run_module_program
-from tracegrad.signature import Signature, input_label, tensor_guards
-from tracegrad.specialize import Specializer
-from tracegrad.state import ReachedState, optimizer_groups
-from tracegrad.step_program import StepProgram, trace_step
+from tracegrad.compiled.module_program import run_module_program
+from tracegrad.compiled.signature import Signature, input_label, tensor_guards
+from tracegrad.compiled.specializer import Specializer
+from tracegrad.compiled.state import ReachedState, optimizer_groups
+from tracegrad.compiled.step_program import StepProgram, trace_step
+from tracegrad.compiled.traced import STRUCTURED, calling_with, leaf_names
+from tracegrad.compiled.views import show_views
 from tracegrad.tensor import Tensor
-from tracegrad.traced import STRUCTURED, calling_with, leaf_names
-from tracegrad.views import show_views
 
 
 class CompiledFunction(Specializer):
@@ -187,7 +187,7 @@ def _checking(runner: Callable, still_valid: Callable[[], bool]) -> Callable:
 
 def _showing_views(runner: Callable, spec: StepProgram) -> Callable:
     """``runner``, whose results that are eagerly views of an argument's or state's memory
-    are those views (see tracegrad.views.eager_views)."""
+    are those views (see tracegrad.compiled.views.eager_views)."""
 
     def run(args, trusted=False):
         result = runner(args, trusted)

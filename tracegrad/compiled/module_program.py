@@ -12,20 +12,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracegrad import captures, passes, pytree, tape
-from tracegrad.check import check_generated_module, check_stages, seeds_for
-from tracegrad.explain import Report
+from tracegrad import passes, pytree, tape
+from tracegrad.compiled import captures
+from tracegrad.compiled.check import check_generated_module, check_stages, seeds_for
+from tracegrad.compiled.explain import Report
+from tracegrad.compiled.program import Program, generate
+from tracegrad.compiled.signature import Signature
+from tracegrad.compiled.traced import Traced
+from tracegrad.compiled.users_line import at_users_line
+from tracegrad.compiled.views import returned_in_own_memory, show_views, views_of
 from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
 from tracegrad.ops import OPS
 from tracegrad.passes import autodiff
 from tracegrad.passes.pipeline import transforms
-from tracegrad.program import Program, generate
-from tracegrad.signature import Signature
 from tracegrad.tensor import Tensor
-from tracegrad.traced import Traced
-from tracegrad.users_line import at_users_line
-from tracegrad.views import returned_in_own_memory, show_views, views_of
 
 
 @dataclass

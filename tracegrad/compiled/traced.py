@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracegrad import pytree, tape
+from tracegrad.compiled.views import eager_views
 from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
 from tracegrad.tensor import Tensor
 from tracegrad.tracer import Tracer, tracing
-from tracegrad.views import eager_views
 
 
 def argument_names(fn, count: int) -> list[str]:

@@ -1,15 +1,15 @@
 """The ``Specializer``: what every compiled callable shares, whatever it compiles.
 
-A *specialization* is the program generated for one signature (see tracegrad.signature).
+A *specialization* is the program generated for one signature (see ``signature.py``).
 A specializer keeps them in a cache by signature, decides whether a call of a new signature
 may compile one more (its recompile policy: ``max_recompiles``, else at most
 ``CACHE_SIZE_LIMIT`` specializations, past which calls run eagerly), records why each
 recompile happened, and shows its latest specialization: ``graph``, ``backward_graph``,
 ``code``, ``explain()``, ``views()``, ``visualize()``, ``export()``.
 
-Two targets build on it: ``CompiledModule`` (tracegrad.compile), a module's forward and
-backward, and ``CompiledFunction`` (tracegrad.step), a function, typically a whole training
-step. A target computes signatures, traces a call into a specialization and runs it; every
+Two targets build on it: ``CompiledModule`` (``module.py``), a module's forward and
+backward, and ``CompiledFunction`` (``function.py``), a function, typically a whole
+training step. A target computes signatures, traces a call into a specialization and runs it; every
 specialization it makes has ``signature``, ``program``, ``report``, ``views()``, ``state()``
 (the lifted tensors, exported beside the code), ``still_valid()`` and ``invalid_reason()``.
 """
@@ -23,12 +23,12 @@ import threading
 import warnings
 
 from tracegrad import viz
-from tracegrad.explain import render
+from tracegrad.compiled.explain import render
+from tracegrad.compiled.signature import NO_CHANGE, Signature, signature_diff
+from tracegrad.compiled.users_line import at_users_line
 from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
-from tracegrad.signature import NO_CHANGE, Signature, signature_diff
 from tracegrad.tensor import active_tracer
-from tracegrad.users_line import at_users_line
 
 # How many specializations a compiled module or function keeps: a call of a new signature
 # past them runs eagerly (PyTorch's torch._dynamo.config.cache_size_limit). Read at each call.
@@ -185,8 +185,8 @@ class Specializer:
         if limit is None and cached >= CACHE_SIZE_LIMIT:
             if not self.ran_eagerly:
                 warnings.warn(
-                    f"tracegrad: {self.title} has {cached} specializations (CACHE_SIZE_LIMIT "
-                    f"in tracegrad.specialize); calls of new signatures run eagerly. Last "
+                    f"tracegrad: {self.title} has {cached} specializations (CACHE_SIZE_LIMIT in "
+                    "tracegrad.compiled.specializer); calls of new signatures run eagerly. Last "
                     f"recompile would have been because {reason}",
                     stacklevel=6,  # (the caller of the compiled callable)
                 )

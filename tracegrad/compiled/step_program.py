@@ -6,8 +6,8 @@ with the tape recording, so ``loss.backward()`` runs the backward engine on symb
 ops, into ONE generated function. Everything the step changes is state, never a baked-in
 constant: parameters and optimizer buffers updated in place become ``updates`` written back
 into the same arrays; new ``.grad`` tensors and new optimizer state become extra outputs that
-sinks (tracegrad.buffers) store after each run. Any other function is traced like a module:
-a forward and a generated backward (tracegrad.module_program).
+sinks (tracegrad.codegen.buffers) store after each run. Any other function is traced like a module:
+a forward and a generated backward (tracegrad.compiled.module_program).
 """
 
 from __future__ import annotations
@@ -16,30 +16,31 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tracegrad import captures, passes, pytree, tape
-from tracegrad.buffers import Sink, restore_grads
-from tracegrad.check import check_generated, check_stages, step_labels
+from tracegrad import passes, pytree, tape
+from tracegrad.codegen.buffers import Sink, restore_grads
 from tracegrad.codegen.guards import GuardBuilder
 from tracegrad.codegen.runner import MISS
+from tracegrad.compiled import captures
+from tracegrad.compiled.check import check_generated, check_stages, step_labels
+from tracegrad.compiled.explain import Report
+from tracegrad.compiled.module_program import ModuleProgram, build_module_program
+from tracegrad.compiled.program import Program, generate
+from tracegrad.compiled.signature import Signature
+from tracegrad.compiled.traced import argument_names, trace_call, traced_updates, values_read
+from tracegrad.compiled.views import eager_views, returned_in_own_memory
 from tracegrad.errors import TraceError
-from tracegrad.explain import Report
 from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
-from tracegrad.module_program import ModuleProgram, build_module_program
 from tracegrad.passes.memory import MemoryPlan
 from tracegrad.passes.pipeline import transforms
-from tracegrad.program import Program, generate
-from tracegrad.signature import Signature
 from tracegrad.tensor import Tensor, is_symbolic
-from tracegrad.traced import argument_names, trace_call, traced_updates, values_read
 from tracegrad.tracer import Tracer, tracing
-from tracegrad.views import eager_views, returned_in_own_memory
 
 
 @dataclass
 class StepProgram:
     """A compiled function's specialization: its program, the state it reads and writes, and
-    the runner calling it (see tracegrad.step)."""
+    the runner calling it (see tracegrad.compiled.function)."""
 
     program: Program
     signature: Signature
