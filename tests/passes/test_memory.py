@@ -326,12 +326,38 @@ def test_accepts_a_dead_temporary():
     assert_generated_matches(graph.graph)
 
 
-def sgd_momentum_run(make_step, compiled: bool, steps: int = 3):
+def test_inplace_alone_plans_the_in_place_writes_and_pools_nothing():
+    text = """graph(%x:f64[2,3]) {
+  %1:f64[2,3] = exp %x
+  %2:f64[2,3] = neg %1
+  %3:f64[2,3] = tanh %2
+  %4:f64[3] = sum[dims=(0,), keepdim=False] %3
+  return %4
+}"""
+    graph = Graph.parse(text)
+    plan = plan_memory(graph, pooled=False)
+    # %1 gets fresh memory (no pool), which %2 and %3 then overwrite
+    assert (plan.placement(graph.nodes[0].outputs[0]), plan.buffers) == (None, [])
+    assert [plan.placement(n.outputs[0]) for n in graph.nodes[1:3]] == [InPlace(0), InPlace(0)]
+    assert tg.passes.run(graph, ["inplace"]) == graph  # as a pass: plans, checks, changes nothing
+
+
+def test_a_step_compiled_with_inplace_alone_matches_the_default(training_step):
+    runs = [sgd_momentum_run(training_step, True, passes=p) for p in (["inplace"], None)]
+    (step, *planned_only), (_, *unplanned) = runs
+    np.testing.assert_allclose(planned_only[0], unplanned[0], rtol=1e-12)  # losses
+    for got, want in zip(planned_only[1] + planned_only[2], unplanned[1] + unplanned[2]):
+        np.testing.assert_allclose(got, want, rtol=1e-12)  # parameters, momentum buffers
+    fn, _ = step.latest.program.parts[0]
+    assert fn.plan.count(InPlace) > 0 and not fn.plan.buffers
+
+
+def sgd_momentum_run(make_step, compiled: bool, steps: int = 3, passes="default"):
     tg.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     train_step = make_step(model, opt)
-    step = tg.compile(train_step) if compiled else train_step
+    step = tg.compile(train_step, passes=passes) if compiled else train_step
     rng = np.random.default_rng(0)
     x, y = tg.tensor(rng.standard_normal((8, 4))), tg.tensor(rng.integers(0, 2, 8))
     losses = [step(x, y).item() for _ in range(steps)]

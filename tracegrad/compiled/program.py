@@ -18,6 +18,9 @@ from tracegrad.passes import pipeline
 from tracegrad.passes.memory import MemoryPlan, plan_memory
 from tracegrad.random import generator
 
+# The planning passes that make the memory plan (``memory`` pools buffers too).
+MEMORY_PLANS = ("inplace", "memory")
+
 
 @dataclass
 class Program:
@@ -60,11 +63,11 @@ def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> tuple[Graph,
     graph = graph.copy()
     names = pipeline.planning(passes_spec)
     for name in names:
-        if name != "memory":
+        if name not in MEMORY_PLANS:
             graph = pipeline.PASSES[name].fn(graph)
             pipeline.checked(graph, f"after the {name} pass")
-    if "memory" in names:
-        return graph, plan_memory(graph, persistent)
+    if "memory" in names or "inplace" in names:
+        return graph, plan_memory(graph, persistent, pooled="memory" in names)
     return graph, MemoryPlan.fresh(graph)
 
 

@@ -1,23 +1,14 @@
 """Graph passes: each a named Graph -> Graph function, run in order by ``tracegrad.passes.run``.
 
-Importing this package registers them all; ``DEFAULT_PIPELINE`` lists the default order.
+Every module of this package is imported here, so a pass registers itself by being a file:
+adding a pass is its file (a function under ``@register_pass("name")``) and its line in
+``DEFAULT_PIPELINE``.
 """
 
-from tracegrad.passes import (
-    autodiff,
-    canonicalize,
-    cse,
-    dce,
-    fold,
-    fuse,
-    fuse_training_step,
-    horizontal,
-    memory,
-    schedule,
-    simplify,
-    specialize_numpy,
-    stabilize,
-)
+import importlib
+import pkgutil
+
+from tracegrad.passes import autodiff
 from tracegrad.passes.pipeline import (
     DEFAULT_PIPELINE,
     PASSES,
@@ -27,6 +18,9 @@ from tracegrad.passes.pipeline import (
     run,
     run_pass,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "DEFAULT_PIPELINE",

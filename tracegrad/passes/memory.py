@@ -335,8 +335,8 @@ def _protection(graph: Graph, plan: MemoryPlan):
 
 
 class _Planner:
-    def __init__(self, graph: Graph, persistent: frozenset[str]):
-        self.graph = graph
+    def __init__(self, graph: Graph, persistent: frozenset[str], pooled: bool):
+        self.graph, self.pooled = graph, pooled
         self.plan = MemoryPlan.of(graph, {}, [], persistent)
         self.root = self.plan.root
         self.last = last_uses(graph, self.root)
@@ -355,7 +355,7 @@ class _Planner:
         self.owner: dict[Value, int] = {}  # root value -> buffer index
         # node -> its assembly (see _assemblies), for its consumer and the nodes it gathers
         self.assembly: dict[Node, Assembly] = {}
-        for assembly in _assemblies(graph, self.protected, self.root):
+        for assembly in _assemblies(graph, self.protected, self.root) if pooled else ():
             for node in [assembly.consumer, *assembly.parts]:
                 self.assembly[node] = assembly
 
@@ -409,7 +409,7 @@ class _Planner:
         k = self.writable_input(node, index, ours)
         if k is not None:
             self.place_in(node, k)
-        elif out.type.shape:  # (no buffer for a 0-d result: it comes back as a scalar)
+        elif self.pooled and out.type.shape:  # (a 0-d result comes back as a scalar)
             key = (out.type.shape, out.type.dtype.name)
             self.plan.placements[out] = InBuffer(self.take(key))
             self.owner[out] = self.plan.placements[out].buffer
@@ -562,17 +562,29 @@ def _read_first_only(node) -> list:
     ]
 
 
-def plan_memory(graph: Graph, persistent: frozenset[str] = frozenset()) -> MemoryPlan:
+def plan_memory(
+    graph: Graph, persistent: frozenset[str] = frozenset(), pooled: bool = True
+) -> MemoryPlan:
     """The memory plan of ``graph`` (see above), checked by ``verify_plan``; the graph is not
     changed. ``persistent`` names outputs that may live in planned memory (the caller copies
-    or uses them before the next call)."""
-    planner = _Planner(graph, persistent)
+    or uses them before the next call). Without ``pooled``, only in-place writes: every other
+    result gets fresh memory."""
+    planner = _Planner(graph, persistent, pooled)
     for index, node in enumerate(graph.nodes):
         planner.place(node, index)
         planner.plan.settle(node)
         planner.release(node, index)
     verify_plan(graph, planner.plan)
     return planner.plan
+
+
+@register_pass("inplace")
+def inplace(graph: Graph) -> Graph:
+    """Plan in-place writes: a result overwrites an input nothing reads later (no pooling).
+
+    ``memory`` plans these too; as a pass it plans, checks the plan and leaves the graph."""
+    plan_memory(graph, pooled=False)
+    return graph
 
 
 @register_pass("memory")

@@ -87,7 +87,7 @@ DEFAULT_PIPELINE = [
 ]
 # Planning passes annotate the final graph of each generated function (after reverse mode and
 # the split into forward and backward), so tg.compile runs them last, part by part.
-PLANNING = ("schedule", "memory")
+PLANNING = ("schedule", "inplace", "memory")
 
 
 def transforms(passes) -> list[str]:
