@@ -136,12 +136,12 @@ def check_generated_module(reference: Graph, program, arrays, n_inputs: int, wrt
 def step_labels(graph: Graph, n_results: int) -> list[str]:
     """Names of a whole step's outputs: the values it returns, new values of the state it
     updates, then the values it stores (.grad of tensors, optimizer state)."""
-    updated = {id(v): name for name, v in graph.updates.items()}
+    updated = {v: name for name, v in graph.updates.items()}
     return [
         f"returned value {i}"
         if i < n_results
-        else f"new value of {updated[id(v)]}"
-        if id(v) in updated
+        else f"new value of {updated[v]}"
+        if v in updated
         else "a stored .grad or optimizer state"
         for i, v in enumerate(graph.outputs)
     ]

@@ -114,7 +114,7 @@ def build_module_program(
     spec = ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
     spec.without_gradient = [i for i in eager_outputs if i not in differentiable]
     spec.connected = [i for i in differentiable if i in eager_outputs]
-    updates = {id(v): u for u, v in enumerate(forward.outputs[n_out:n_forward])}
+    updates = {v: u for u, v in enumerate(forward.outputs[n_out:n_forward])}
     shapes = [v.type.shape for v in forward.outputs[n_out:n_forward]]
     saved_at = range(n_forward, len(forward.outputs))
     spec.saved_updates = views_of(forward, saved_at, updates, shapes)
@@ -180,17 +180,17 @@ def _requiring_grad(graph: Graph, n_out: int, wrt: set[int]) -> list[int]:
     """The first ``n_out`` outputs that eagerly require grad: they depend on an input in
     ``wrt`` through differentiable ops (not through stop_gradient, a comparison, or the
     value side of keep_gradient)."""
-    position = {id(v): i for i, v in enumerate(graph.inputs)}
+    position = {v: i for i, v in enumerate(graph.inputs)}
     producers = graph.producers()
     found = []
     for k, out in enumerate(graph.outputs[:n_out]):
         seen, stack = set(), [out]
         while stack:
             value = stack.pop()
-            if id(value) in seen:
+            if value in seen:
                 continue
-            seen.add(id(value))
-            if position.get(id(value)) in wrt:
+            seen.add(value)
+            if position.get(value) in wrt:
                 found.append(k)
                 break
             node = producers.get(value)
@@ -203,22 +203,11 @@ def _requiring_grad(graph: Graph, n_out: int, wrt: set[int]) -> list[int]:
 
 def _dependencies(graph: Graph, n_out: int) -> list[set[int]]:
     """For each of the first ``n_out`` outputs, the positions of the graph inputs it reads."""
-    position = {id(v): i for i, v in enumerate(graph.inputs)}
-    producers = graph.producers()
-    reads = []
-    for out in graph.outputs[:n_out]:
-        seen, stack, found = set(), [out], set()
-        while stack:
-            value = stack.pop()
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-            if id(value) in position:
-                found.add(position[id(value)])
-            node = producers.get(value)
-            stack.extend(node.inputs if node is not None else ())
-        reads.append(found)
-    return reads
+    position = {v: i for i, v in enumerate(graph.inputs)}
+    return [
+        {position[v] for v in graph.ancestors([out]) if v in position}
+        for out in graph.outputs[:n_out]
+    ]
 
 
 def _check_module(traced: Traced, tensors, wrt, n_out, stages, program: Program) -> None:

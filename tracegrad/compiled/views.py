@@ -52,30 +52,30 @@ def eager_views(graph: Graph, n_returned: int) -> tuple:
     of an input updated in place first: ``x.mul_(2); return x[0]``): (output index, input
     position, the view ops from the input's memory) each. The compiled call returns them as
     the same views of the input's memory, so later writes to it show in them as eagerly."""
-    position = {id(v): i for i, v in enumerate(graph.inputs)}
+    position = {v: i for i, v in enumerate(graph.inputs)}
     names = {v.name: i for i, v in enumerate(graph.inputs)}
     for name, new in graph.updates.items():
-        position.setdefault(id(new), names[name])
+        position.setdefault(new, names[name])
     shapes = [v.type.shape for v in graph.inputs]
     return views_of(graph, range(n_returned), position, shapes)
 
 
 def views_of(graph: Graph, positions, bases: dict, shapes: list) -> tuple:
-    """The outputs at ``positions`` that are views of a base (``bases``: id(value) -> its
+    """The outputs at ``positions`` that are views of a base (``bases``: value -> its
     number, ``shapes`` by number): (output index, base number, the view ops from the base)."""
     producers = graph.producers()
     found = []
     for k in positions:
         chain, value = [], graph.outputs[k]
-        while id(value) not in bases:
+        while value not in bases:
             node = producers.get(value)
             if node is None or node.op not in _SHOWING or len(node.inputs) != 1:
                 break
             chain.append((node.op, dict(node.attrs)))
             value = node.inputs[0]
         chain = tuple(reversed(chain))
-        if id(value) in bases and _shares(shapes[bases[id(value)]], chain):
-            found.append((k, bases[id(value)], chain))
+        if value in bases and _shares(shapes[bases[value]], chain):
+            found.append((k, bases[value], chain))
     return tuple(found)
 
 
