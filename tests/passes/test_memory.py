@@ -254,11 +254,8 @@ def test_saved_values_stay_in_planned_memory_through_a_training_loop():
         np.testing.assert_allclose(got.grad.numpy(), want, rtol=1e-12)
 
 
-def test_state_memory_never_holds_another_states_new_value():
-    """p <- 2q and q <- 3p: q's old memory must not hold p's new value (the values are
-    written back into p and q after the run, p first, which would clobber it)."""
-    graph = planned(
-        """graph(%p:f64[2], %q:f64[2]) {
+# p <- 2q and q <- 3p
+SWAP = """graph(%p:f64[2], %q:f64[2]) {
   %1:f64[] = constant[value=2.0]
   %2:f64[2] = mul %q, %1
   %3:f64[] = constant[value=3.0]
@@ -266,9 +263,13 @@ def test_state_memory_never_holds_another_states_new_value():
   return %2, %4
   update %p <- %2
   update %q <- %4
-}""",
-        persistent={"2", "4"},
-    )
+}"""
+
+
+def test_state_memory_never_holds_another_states_new_value():
+    """p <- 2q and q <- 3p: q's old memory must not hold p's new value (the values are
+    written back into p and q after the run, p first, which would clobber it)."""
+    graph = planned(SWAP, persistent={"2", "4"})
     assert graph.memory("2") != "q" and graph.memory("4") != "p"
     p = tg.tensor(np.array([1.0, 2.0]), requires_grad=True)
     q = tg.tensor(np.array([10.0, 20.0]), requires_grad=True)
@@ -308,16 +309,18 @@ def test_the_memory_pass_leaves_no_plan_behind_in_the_graph():
 # --- accepted -------------------------------------------------------------------------------
 
 
-def test_accepts_a_dead_temporary():
-    graph = planned(
-        """graph(%x:f64[2,3]) {
+# exp, then neg and tanh, each the last reader of the one before
+DEAD_TEMPORARIES = """graph(%x:f64[2,3]) {
   %1:f64[2,3] = exp %x
   %2:f64[2,3] = neg %1
   %3:f64[2,3] = tanh %2
   %4:f64[3] = sum[dims=(0,), keepdim=False] %3
   return %4
 }"""
-    )
+
+
+def test_accepts_a_dead_temporary():
+    graph = planned(DEAD_TEMPORARIES)
     assert graph["1"] == InBuffer(0)
     assert graph["2"] == InPlace(0)
     assert graph["3"] == InPlace(0)
@@ -327,14 +330,7 @@ def test_accepts_a_dead_temporary():
 
 
 def test_inplace_alone_plans_the_in_place_writes_and_pools_nothing():
-    text = """graph(%x:f64[2,3]) {
-  %1:f64[2,3] = exp %x
-  %2:f64[2,3] = neg %1
-  %3:f64[2,3] = tanh %2
-  %4:f64[3] = sum[dims=(0,), keepdim=False] %3
-  return %4
-}"""
-    graph = Graph.parse(text)
+    graph = Graph.parse(DEAD_TEMPORARIES)
     plan = plan_memory(graph, pooled=False)
     # %1 gets fresh memory (no pool), which %2 and %3 then overwrite
     assert (plan.placement(graph.nodes[0].outputs[0]), plan.buffers) == (None, [])

@@ -8,6 +8,7 @@ Each case is a graph, the placements by value name, and words of the expected er
 from __future__ import annotations
 
 import pytest
+from test_memory import DEAD_TEMPORARIES, SWAP
 
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.memory import (
@@ -53,16 +54,6 @@ CONSTANT = """graph(%x:f64[2]) {
   %2:f64[2] = mul %1, %x
   %3:f64[] = sum[dims=(0,), keepdim=False] %2
   return %3
-}"""
-
-SWAP = """graph(%p:f64[2], %q:f64[2]) {
-  %1:f64[] = constant[value=2.0]
-  %2:f64[2] = mul %q, %1
-  %3:f64[] = constant[value=3.0]
-  %4:f64[2] = mul %p, %3
-  return %2, %4
-  update %p <- %2
-  update %q <- %4
 }"""
 
 TWO_IN_ONE_BUFFER = """graph(%x:f64[2,3]) {
@@ -136,15 +127,7 @@ def test_the_planners_plans_pass(text):
 
 def test_a_hand_written_plan_keeping_the_rules_passes():
     """exp into a buffer, neg and tanh over it in turn (each the last reader): one buffer."""
-    graph = Graph.parse(
-        """graph(%x:f64[2,3]) {
-  %1:f64[2,3] = exp %x
-  %2:f64[2,3] = neg %1
-  %3:f64[2,3] = tanh %2
-  %4:f64[3] = sum[dims=(0,), keepdim=False] %3
-  return %4
-}"""
-    )
+    graph = Graph.parse(DEAD_TEMPORARIES)
     plan = plan_of(graph, {"1": InBuffer(0), "2": InPlace(0), "3": InPlace(0)})
     verify_plan(graph, plan)
     assert plan.memory_of(graph.nodes[2].outputs[0]) == plan.memory_of(graph.nodes[0].outputs[0])
