@@ -44,7 +44,7 @@ def profile(name: str, unoptimized: bool = False, repeat: int = 3) -> list[tuple
     fn = spec.program.functions["step"]
     names = dict(fn.__globals__)
     x, y = impl.batches[0]
-    arrays = [x._data, y._data] + [t._data.copy() for t in spec.state()]
+    arrays = [x.array, y.array] + [t.array.copy() for t in spec.state()]
     names.update(zip(inspect.signature(fn).parameters, arrays))
     names.setdefault("rng", np.random.default_rng(0))  # steps with dropout take a generator
     rows = []

@@ -25,7 +25,7 @@ import tracegrad
 from tracegrad import viz
 from tracegrad.compile import compile as compile_model
 from tracegrad.demo import run_demo
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import wrap
 
 
 class UsageError(Exception):
@@ -49,7 +49,7 @@ def load_target(spec: str):
         raise UsageError(f"{path} defines no example_inputs (a tuple of tensors or arrays)")
     inputs = namespace["example_inputs"]
     inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-    return namespace[name], [Tensor._wrap(a) if isinstance(a, np.ndarray) else a for a in inputs]
+    return namespace[name], [wrap(a) if isinstance(a, np.ndarray) else a for a in inputs]
 
 
 def compiled(spec: str, passes="default"):

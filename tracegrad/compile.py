@@ -16,7 +16,7 @@ from tracegrad.compiled.traced import (
 )
 from tracegrad.creation import zeros_like
 from tracegrad.ir.graph import Graph
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, wrap
 
 # --- entry points ---------------------------------------------------------------------------------
 
@@ -53,7 +53,7 @@ def trace(fn_or_module, *example_inputs) -> Graph:
 
 
 def _as_example(value):
-    return Tensor._wrap(value) if isinstance(value, np.ndarray) else value
+    return wrap(value) if isinstance(value, np.ndarray) else value
 
 
 def value_and_grad(fn, argnums=0, has_aux=False):

@@ -29,7 +29,7 @@ import numpy as np
 
 from tracegrad import devices, dtypes
 from tracegrad.nn.parameter import Parameter
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, wrap
 
 FORMAT, VERSION = "tracegrad", 1
 STRUCTURE = "tracegrad/structure.json"
@@ -189,7 +189,7 @@ def _tensor(array: np.ndarray, body: dict) -> Tensor:
     dtypes.from_numpy(array.dtype)  # a dtype tensors have, or a clear error
     if body.get("parameter"):
         return Parameter(array, requires_grad=body["requires_grad"])
-    return Tensor._wrap(array, requires_grad=body["requires_grad"])
+    return wrap(array, requires_grad=body["requires_grad"])
 
 
 # --- files and errors -----------------------------------------------------------------------------

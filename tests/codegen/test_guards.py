@@ -299,11 +299,11 @@ def test_a_guarded_run_updates_parameters_in_place_and_keeps_the_grad_tensors():
     compiled, model, _, x, y = compiled_step()
     weight, grad = model[0].weight, model[0].weight.grad
     before = weight.detach().numpy().copy()
-    version = weight._version[0]
+    version = weight.version
     compiled(x, y)
     assert model[0].weight.grad is grad, "the .grad living in planned memory stays the tensor"
     np.testing.assert_allclose(weight.detach().numpy(), before - 0.1 * grad.numpy())
-    assert weight._version[0] == version + 1
+    assert weight.version == version + 1
 
 
 def test_settings_changed_and_changed_back_are_accepted_again():
@@ -345,7 +345,7 @@ def test_a_runner_is_rendered_from_its_bindings():
     the new value of an updated tensor back into its memory (moving its version) and returns
     the one result as a tensor."""
     w = tg.tensor(np.array([1.0, 2.0]))
-    memory, version = w.numpy(), w._version[0]
+    memory, version = w.numpy(), w.version
     guards = GuardBuilder()
     guards.call((w,), tape.is_grad_enabled())
     bindings = RunnerBindings(
@@ -369,7 +369,7 @@ def test_a_runner_is_rendered_from_its_bindings():
     out = run((tg.tensor(np.array([10.0, 20.0])),))
     np.testing.assert_array_equal(out.numpy(), [11.0, 22.0])
     np.testing.assert_array_equal(w.numpy(), [2.0, 4.0])
-    assert np.shares_memory(w.numpy(), memory) and w._version[0] == version + 1
+    assert np.shares_memory(w.numpy(), memory) and w.version == version + 1
     needing_grad = tg.ones(2, dtype=tg.float64, requires_grad=True)
     assert run((needing_grad,)) is MISS
     out = run((needing_grad,), trusted=True)  # (a trusted call skips the guards)

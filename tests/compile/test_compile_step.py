@@ -272,7 +272,7 @@ def test_a_parameter_passed_in_and_updated_in_place_is_updated_like_eager(passes
     for _ in range(4):
         close(compiled(w_c, x, y), sgd_step(w_e, x, y))
         close(w_c, w_e)
-        assert w_c._version == w_e._version and w_c.grad is None
+        assert w_c.version == w_e.version and w_c.grad is None
     assert len(compiled.specializations) == 1
 
 
@@ -585,8 +585,7 @@ def test_a_grad_the_user_placed_keeps_its_memory():
     flat = np.zeros(sum(p.numel() for p in params))
     start = 0
     for p in params:
-        p.grad = tg.tensor(flat[start : start + p.numel()].reshape(p.shape))
-        p.grad._data = flat[start : start + p.numel()].reshape(p.shape)
+        p.grad = tg.from_numpy(flat[start : start + p.numel()].reshape(p.shape))
         start += p.numel()
 
     @tg.compile

@@ -6,7 +6,7 @@ import numpy as np
 
 from tracegrad import tape
 from tracegrad.errors import ShapeError
-from tracegrad.tensor import Tensor, active_tracer, is_symbolic
+from tracegrad.tensor import Tensor, active_tracer, is_symbolic, wrap
 
 
 class FunctionCtx:
@@ -21,18 +21,18 @@ class FunctionCtx:
         self.non_differentiable: set[int] = set()
 
     def save_for_backward(self, *tensors) -> None:
-        self._saved = [(t, t._version[0] if t is not None else 0) for t in tensors]
+        self._saved = [(t, t.version if t is not None else 0) for t in tensors]
 
     @property
     def saved_tensors(self) -> tuple:
         if self._node is not None and self._node.freed:
             self._node.check_saved()  # raises the "backward twice" error
         for i, (t, version) in enumerate(self._saved):
-            if t is not None and t._version[0] != version:
+            if t is not None and t.version != version:
                 raise RuntimeError(
                     "one of the variables needed for gradient computation has been modified by "
                     f"an inplace operation: saved tensor {i} of '{self._name}' is at version "
-                    f"{t._version[0]}; expected version {version} instead."
+                    f"{t.version}; expected version {version} instead."
                 )
         return tuple(t for t, _ in self._saved)
 
@@ -111,7 +111,7 @@ def _record(cls, ctx: FunctionCtx, args, outputs) -> None:
 
 def _materialize(grad, output, ctx):
     if grad is None and ctx.materialize_grads and isinstance(output, Tensor):
-        return Tensor._wrap(np.zeros(output._data.shape, output.dtype.np))
+        return wrap(np.zeros(output.array.shape, output.dtype.np))
     return grad
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from tracegrad import dtypes, tape
 from tracegrad.autograd.functional import grad
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, wrap
 
 
 class GradcheckError(RuntimeError):
@@ -21,7 +21,7 @@ class GradcheckError(RuntimeError):
 def _fresh(inputs, requires_grad: bool):
     """Copies of the tensor inputs (never perturb what the user passed in)."""
     return [
-        Tensor._wrap(a._data.copy(), requires_grad=requires_grad and a.requires_grad)
+        wrap(a.array.copy(), requires_grad=requires_grad and a.requires_grad)
         if isinstance(a, Tensor)
         else a
         for a in inputs
@@ -37,14 +37,14 @@ def _outputs(fn, inputs) -> list[Tensor]:
 def _numerical(fn, inputs, i, eps) -> list[np.ndarray]:
     """d outputs / d inputs[i] by central differences: one (out.size, in.size) matrix per output."""
     base = _fresh(inputs, requires_grad=True)  # fn may itself differentiate (gradgradcheck)
-    flat = base[i]._data.reshape(-1)
+    flat = base[i].array.reshape(-1)
     columns = []
     for k in range(flat.size):
         original = flat[k]
         flat[k] = original + eps
-        plus = [o._data.astype(np.float64).ravel() for o in _outputs(fn, base)]
+        plus = [o.array.astype(np.float64).ravel() for o in _outputs(fn, base)]
         flat[k] = original - eps
-        minus = [o._data.astype(np.float64).ravel() for o in _outputs(fn, base)]
+        minus = [o.array.astype(np.float64).ravel() for o in _outputs(fn, base)]
         flat[k] = original
         columns.append([(p - m) / (2 * eps) for p, m in zip(plus, minus, strict=True)])
     n_out = len(_outputs(fn, base))
@@ -59,16 +59,16 @@ def _analytic(fn, inputs, i) -> list[np.ndarray]:
     for out in outs:
         rows = []
         for k in range(out.numel()):
-            seed = np.zeros(out._data.shape, out.dtype.np)
+            seed = np.zeros(out.array.shape, out.dtype.np)
             seed.reshape(-1)[k] = 1.0
             if not out.requires_grad:
-                rows.append(np.zeros(xs[i]._data.size))
+                rows.append(np.zeros(xs[i].array.size))
                 continue
-            (g,) = grad(out, xs[i], Tensor._wrap(seed), retain_graph=True, allow_unused=True)
+            (g,) = grad(out, xs[i], wrap(seed), retain_graph=True, allow_unused=True)
             rows.append(
-                np.zeros(xs[i]._data.size) if g is None else g._data.astype(np.float64).ravel()
+                np.zeros(xs[i].array.size) if g is None else g.array.astype(np.float64).ravel()
             )
-        jacobians.append(np.array(rows).reshape(out.numel(), xs[i]._data.size))
+        jacobians.append(np.array(rows).reshape(out.numel(), xs[i].array.size))
     return jacobians
 
 
@@ -116,7 +116,7 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3)
         outs = _outputs(fn, _fresh(inputs, requires_grad=False))
     rng = np.random.default_rng(0)
     if grad_outputs is None:
-        grad_outputs = [Tensor._wrap(rng.standard_normal(o._data.shape)) for o in outs]
+        grad_outputs = [wrap(rng.standard_normal(o.array.shape)) for o in outs]
     positions = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
 
     def first_order(*xs):

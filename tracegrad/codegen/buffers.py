@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, wrap
 
 # id(planned buffer) -> the tensor living in it. A buffer is the memory of one tensor at a
 # time: while a tensor a step handed out is alive (the user may keep an old .grad, or a view
@@ -60,7 +60,7 @@ class Sink:
         if sys.getrefcount(kept) > _ONLY_THE_SINK:
             if _holders.get(self.buffer) is kept:
                 del _holders[self.buffer]
-            kept._data = kept._data.copy()
+            kept.array = kept.array.copy()
             self.kept = None
 
     def store(self, array: np.ndarray, home: int | None) -> None:
@@ -71,28 +71,28 @@ class Sink:
         theirs) and is written into; anything else is copied, since it may be an input or
         memory shared with another result."""
         current, kept = self.current(), self.kept
-        if current is None and kept is not None and same_memory(kept._data, array):
+        if current is None and kept is not None and same_memory(kept.array, array):
             current = kept  # dropped by zero_grad and held by nobody: it comes back
             self.put(kept)
-        if current is not None and same_memory(current._data, array):
-            current._version[0] += 1  # the run wrote the tensor's own memory: nothing to move
+        if current is not None and same_memory(current.array, array):
+            current.bump_version()  # the run wrote the tensor's own memory: nothing to move
             return
         free = home is not None and _holders.get(home) is None
         if (
             isinstance(current, Tensor)
-            and current._data.shape == array.shape
-            and current._data.dtype == array.dtype
+            and current.array.shape == array.shape
+            and current.array.dtype == array.dtype
         ):
             held = _held_in(current)
             if free and held is not None:  # a tensor some run stored without a copy: it moves
                 del _holders[held]
-                current._data = array
+                current.array = array
                 self._live_in(home, current)
             else:
-                np.copyto(current._data, array)
-            current._version[0] += 1
+                np.copyto(current.array, array)
+            current.bump_version()
             return
-        new = Tensor._wrap(array if free else array.copy())
+        new = wrap(array if free else array.copy())
         if free:
             self._live_in(home, new)
         self.put(new)
@@ -104,7 +104,7 @@ class Sink:
 
 def _held_in(tensor: Tensor) -> int | None:
     """The planned buffer ``tensor`` lives in (the buffer or a whole view of it), if any."""
-    for array in (tensor._data, tensor._data.base):
+    for array in (tensor.array, tensor.array.base):
         if array is not None and _holders.get(id(array)) is tensor:
             return id(array)
     return None

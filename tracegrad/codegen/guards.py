@@ -74,7 +74,7 @@ class GuardBuilder:
             if isinstance(a, Tensor):
                 self.check("not isinstance(a, Tensor)", f"a = args[{i}]")
                 # (a tensor being traced holds a symbolic value, never an ndarray)
-                self.check(f"not isinstance(d, ndarray) or {self.meta('a', a)}", "d = a._data")
+                self.check(f"not isinstance(d, ndarray) or {self.meta('a', a)}", "d = a.array")
             else:
                 # (by type first: a tensor or an array would compare elementwise)
                 fails = (
@@ -84,7 +84,7 @@ class GuardBuilder:
 
     def meta(self, tensor: str, t: Tensor) -> str:
         """The condition that ``tensor`` (its array bound to d) differs from ``t`` now."""
-        d = t._data
+        d = t.array
         dims = f"d.shape != {d.shape} or d.dtype != {self.name('D', d.dtype)}"
         return f"{dims} or {tensor}._requires_grad is not {t._requires_grad}"
 
@@ -118,7 +118,7 @@ def step_guard(
                 b.check(f"args[{i}].grad is not None")
             else:
                 b.check(
-                    f"g is None or g._data.shape != {a.grad._data.shape}", f"g = args[{i}].grad"
+                    f"g is None or g.array.shape != {a.grad.array.shape}", f"g = args[{i}].grad"
                 )
     rebound = [
         f"{_read_again(b.name('N', bound.namespace), bound)} is not {b.name('R', bound.held)}"
@@ -128,11 +128,11 @@ def step_guard(
         b.check(" or ".join(rebound))
     for t in tensors:
         name = b.name("T", t)
-        b.check(b.meta(name, t), f"d = {name}._data")
+        b.check(b.meta(name, t), f"d = {name}.array")
         if t.grad is None:
             b.check(f"{name}.grad is not None")
         else:
-            b.check(f"g is None or g._data.shape != {t.grad._data.shape}", f"g = {name}.grad")
+            b.check(f"g is None or g.array.shape != {t.grad.array.shape}", f"g = {name}.grad")
     for opt in optimizers:
         _optimizer_checks(b, opt, optimizer_groups(opt), state=opt in stepped)
     names = {}
@@ -245,8 +245,8 @@ def module_guard(grad_mode, args, module, title):
     names = {}
     params, buffers = _module_tree(b, module, names)
     for p in params:
-        b.check(b.meta(names[id(p)], p), f"d = {names[id(p)]}._data")
+        b.check(b.meta(names[id(p)], p), f"d = {names[id(p)]}.array")
     for buf in buffers:
-        dims = f"d.shape != {buf._data.shape} or d.dtype != {b.name('D', buf._data.dtype)}"
-        b.check(dims, f"d = {names[id(buf)]}._data")
+        dims = f"d.shape != {buf.array.shape} or d.dtype != {b.name('D', buf.array.dtype)}"
+        b.check(dims, f"d = {names[id(buf)]}.array")
     return b.build(title)

@@ -21,7 +21,7 @@ from tracegrad.codegen.emit import _ENV
 from tracegrad.codegen.guards import GuardBuilder
 from tracegrad.codegen.loader import load
 from tracegrad.random import generator
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, wrap
 
 
 class _Miss:
@@ -74,9 +74,9 @@ def build_runner(bindings: RunnerBindings, title: str) -> Callable:
 
 def _arguments(b: RunnerBindings) -> list[str]:
     """The step's arguments, as expressions the runner evaluates."""
-    arrays = [f"args[{i}]._data" for i in b.tensor_args]
+    arrays = [f"args[{i}].array" for i in b.tensor_args]
     arrays += [f"ga{i}" for i in b.arg_grads]
-    arrays += [f"g{j}" if j in b.grad_of else f"lifted{j}._data" for j in range(len(b.state))]
+    arrays += [f"g{j}" if j in b.grad_of else f"lifted{j}.array" for j in range(len(b.state))]
     return [*arrays, "generator()"] if b.uses_rng else arrays
 
 
@@ -95,7 +95,7 @@ def _names(b: RunnerBindings) -> dict:
         "errstate": np.errstate,
         "copyto": np.copyto,
         "asarray": np.asarray,
-        "wrap": Tensor._wrap,
+        "wrap": wrap,
         "rebuild": b.rebuild,
         "planned_home": planned_home,
         "memory_of": memory_of,

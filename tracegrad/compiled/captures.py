@@ -167,7 +167,7 @@ def _step(obj, kind: str, key, size):
 def unchanged(read: tuple) -> bool:
     """Whether the tensors Python read while tracing, ``(tensor, version)`` each, keep the
     versions tracing left them with."""
-    return all(t._version[0] == version for t, version in read)
+    return all(t.version == version for t, version in read)
 
 
 def still_hold(values_read: tuple, captured: tuple) -> bool:

@@ -48,7 +48,7 @@ class CompiledFunction(Specializer):
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
             if isinstance(a, Tensor) and a._requires_grad:  # (backward accumulates into it)
-                grad = None if a.grad is None else a.grad._data.shape
+                grad = None if a.grad is None else a.grad.array.shape
                 guards.append((f"{input_label(i)} .grad", grad))
         return tuple(guards + self.reached.signature(bool(self._cache)))
 
@@ -194,13 +194,13 @@ def _showing_views(runner: Callable, spec: StepProgram) -> Callable:
         if result is MISS:
             return result
         leaves = pytree.flatten(result)[0]
-        inputs = [args[i]._data for i in spec.tensor_args]
-        inputs += [args[i].grad._data for i in spec.arg_grads]
-        inputs += [t._data for t in spec.state()]
-        arrays = [t._data for t in leaves]
+        inputs = [args[i].array for i in spec.tensor_args]
+        inputs += [args[i].grad.array for i in spec.arg_grads]
+        inputs += [t.array for t in spec.state()]
+        arrays = [t.array for t in leaves]
         show_views(arrays, inputs, spec.returned_views)
         for leaf, array in zip(leaves, arrays, strict=True):
-            leaf._data = array
+            leaf.array = array
         return result
 
     return run

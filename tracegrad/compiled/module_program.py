@@ -26,7 +26,7 @@ from tracegrad.logs import log
 from tracegrad.ops import OPS
 from tracegrad.passes import autodiff
 from tracegrad.passes.pipeline import transforms
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, wrap
 
 
 @dataclass
@@ -154,20 +154,20 @@ def run_module_program(spec: ModuleProgram, args):
     traced = spec.traced
     tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
     _keep_pending_saved_values(spec)
-    results = spec.program.call("forward", [t._data for t in tensors])
+    results = spec.program.call("forward", [t.array for t in tensors])
     targets = traced.update_targets + [args[i] for i in traced.updated_args]
     n_out, n_upd = traced.n_outputs, len(targets)
     for target, array in zip(targets, results[n_out : n_out + n_upd], strict=True):
-        if array is not target._data:
-            np.copyto(target._data, array)
-        target._version[0] += 1
+        if array is not target.array:
+            np.copyto(target.array, array)
+        target.bump_version()
     results = list(results)
     if traced.views:  # (after the writes back: a view of an updated input shows its new value)
-        show_views(results, [t._data for t in tensors], traced.views)
-    outputs = [Tensor._wrap(np.asarray(a)) for a in results[:n_out]]
+        show_views(results, [t.array for t in tensors], traced.views)
+    outputs = [wrap(np.asarray(a)) for a in results[:n_out]]
     if spec.program.backward_graph is not None and spec.wrt:
         saved = list(results[n_out + n_upd :])
-        updated = [t._data for t in targets]  # (saved views of them read their memory)
+        updated = [t.array for t in targets]  # (saved views of them read their memory)
         show_views(saved, updated, [(k - n_out - n_upd, u, c) for k, u, c in spec.saved_updates])
         _connect_backward(spec, tensors, outputs, saved)
     for k, i, chain in traced.views:  # returned as it was given (a Dropout in eval mode): the
@@ -219,7 +219,7 @@ def _check_module(traced: Traced, tensors, wrt, n_out, stages, program: Program)
         return autodiff.differentiate(graph, names, n_differentiable=n_out, zero_fill=False)[0]
 
     reference = joint_of(traced.graph)
-    arrays = [t._data for t in tensors]
+    arrays = [t.array for t in tensors]
     arrays += seeds_for(reference, len(arrays))
     (forward_name, forward_results), (joint_name, joint_results) = stages[-2], stages[-1]
     forward_end = forward_results[-1].graph if forward_results else traced.graph
@@ -260,7 +260,7 @@ def _run_backward(spec: ModuleProgram, outputs, saved: list, grads) -> list:
             "twice with tg.grad(tg.grad(f)), which compiles higher-order gradients"
         )
     seeds = [
-        grads[i]._data if grads[i] is not None else np.zeros(outputs[i].shape, outputs[i].dtype.np)
+        grads[i].array if grads[i] is not None else np.zeros(outputs[i].shape, outputs[i].dtype.np)
         for i in spec.differentiable
     ]
     arrays = [*saved, *seeds]
@@ -291,7 +291,7 @@ def _wrap_gradients(results, wanted, arrays, program) -> list:
     grads = []
     for result, want in zip(results, wanted, strict=True):
         result = np.asarray(result)
-        grad = Tensor._wrap(result) if want else None
+        grad = wrap(result) if want else None
         memory = result if result.base is None else result.base
         whole = memory.base is None and memory.size == result.size
         ours = id(memory) in program.buffer_ids or id(memory) in program.constant_ids

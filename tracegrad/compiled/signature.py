@@ -38,7 +38,7 @@ def tensor_guards(label: str, value) -> list[tuple[str, object]]:
     # Read from the array and cached labels: guards are checked on every call.
     if isinstance(value, Tensor):
         shape, dtype, requires_grad = _tensor_labels(label)
-        data = value._data
+        data = value.array
         return [
             (shape, data.shape),
             (dtype, dtype_name(data.dtype)),
@@ -70,7 +70,7 @@ class Shown:
 def tensor_meta(t) -> Shown:
     """A module member's guard: the same tensor (the program reads this very one), of its
     type and requires_grad."""
-    d = t._data
+    d = t.array
     needs = " requires grad" if t._requires_grad else ""
     meta = (d.shape, dtype_name(d.dtype), t._requires_grad, id(t))
     return Shown(meta, f"{dtype_name(d.dtype)}{list(d.shape)}{needs}")

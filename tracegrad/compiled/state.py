@@ -213,7 +213,7 @@ def _module_guards(name: str, module) -> list[tuple[str, object]]:
 def _state_meta(t: Tensor) -> Shown:
     """A state tensor's guard: its type, requires_grad, its .grad's shape and (the program
     reads and updates these very tensors) its identity."""
-    d, grad = t._data, None if t.grad is None else t.grad._data.shape
+    d, grad = t.array, None if t.grad is None else t.grad.array.shape
     dtype = dtype_name(d.dtype)
     meta = (d.shape, dtype, t._requires_grad, grad, id(t))
     needs = "requires grad" if t._requires_grad else "no grad"

@@ -218,9 +218,9 @@ _STAGE = "traced step (forward, backward and update)"
 
 def _check_step(traced: _TracedStep, program: Program, pass_results, args) -> None:
     """check=True: every pass snapshot, then the generated step, against the traced graph."""
-    arrays = [a._data for a in args if isinstance(a, Tensor)]
-    arrays += [args[i].grad._data for i in traced.arg_grads]
-    arrays += [t._data for t, _ in traced.tracer.lifted.values()]
+    arrays = [a.array for a in args if isinstance(a, Tensor)]
+    arrays += [args[i].grad.array for i in traced.arg_grads]
+    arrays += [t.array for t, _ in traced.tracer.lifted.values()]
     check_stages(traced.graph, [(_STAGE, traced.graph, pass_results)], arrays)
     run = functools.partial(program.call, "step")
     labels = step_labels(traced.graph, traced.n_results)

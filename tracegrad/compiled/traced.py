@@ -49,7 +49,7 @@ class Traced:
 def values_read(tracer: Tracer) -> tuple:
     """The tensors from outside whose value Python read while tracing, with their versions as
     tracing left them: the program is right while they keep them."""
-    return tuple((t, t._version[0]) for t, _ in tracer.values_read.values())
+    return tuple((t, t.version) for t, _ in tracer.values_read.values())
 
 
 def traced_updates(tracer: Tracer, symbolic: list) -> tuple[list, tuple, list, dict]:
@@ -63,7 +63,7 @@ def traced_updates(tracer: Tracer, symbolic: list) -> tuple[list, tuple, list, d
     positions = [i for i, a in enumerate(symbolic) if isinstance(a, Tensor)]
     updated_args = []
     for i, given in zip(positions, tracer.inputs):  # (added first, in order)
-        now = symbolic[i]._data.value
+        now = symbolic[i].array.value
         if now is not given:
             updated_args.append(i)
             new_values.append(now)

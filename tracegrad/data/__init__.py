@@ -8,7 +8,7 @@ from tracegrad import dtypes
 from tracegrad.data.digits import load_digits
 from tracegrad.errors import ShapeError
 from tracegrad.random import generator
-from tracegrad.tensor import Tensor, as_tensor, stack, tensor
+from tracegrad.tensor import Tensor, as_tensor, stack, tensor, wrap
 
 __all__ = ["DataLoader", "Dataset", "TensorDataset", "load_digits"]
 
@@ -63,7 +63,7 @@ class DataLoader:
 
     def _batch(self, indices: np.ndarray):
         if isinstance(self.dataset, TensorDataset):
-            index = Tensor._wrap(indices.astype(np.int64))
+            index = wrap(indices.astype(np.int64))
             return [t[index] for t in self.dataset.tensors]
         samples = [self.dataset[int(i)] for i in indices]
         return collate(samples)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tracegrad.random import generator
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import wrap
 
 _PATH = Path(__file__).with_name("digits.npz")
 
@@ -21,5 +21,4 @@ def load_digits(test_fraction: float = 0.2, shuffle: bool = True):
     x = (images.reshape(len(labels), -1)[order] / 16.0).astype(np.float32)
     y = labels[order]
     n_test = round(len(y) * test_fraction)
-    wrap = Tensor._wrap
     return wrap(x[n_test:]), wrap(y[n_test:]), wrap(x[:n_test]), wrap(y[:n_test])

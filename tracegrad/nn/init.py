@@ -12,8 +12,8 @@ from tracegrad.tensor import Tensor
 
 
 def _fill(tensor: Tensor, values) -> Tensor:
-    np.copyto(tensor._data, np.asarray(values), casting="unsafe")
-    tensor._version[0] += 1
+    np.copyto(tensor.array, np.asarray(values), casting="unsafe")
+    tensor.bump_version()
     return tensor
 
 

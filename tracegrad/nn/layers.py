@@ -232,7 +232,7 @@ class Embedding(Module):
         self.weight = _empty(num_embeddings, embedding_dim, device=device, dtype=dtype)
         init.normal_(self.weight)
         if padding_idx is not None:
-            self.weight._data[padding_idx] = 0  # PyTorch starts the padding row at zero
+            self.weight.array[padding_idx] = 0  # PyTorch starts the padding row at zero
 
     def forward(self, indices):
         return F.embedding(indices, self.weight, self.padding_idx)

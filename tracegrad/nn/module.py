@@ -9,7 +9,7 @@ import numpy as np
 
 from tracegrad import changes, devices, dtypes
 from tracegrad.nn.parameter import Parameter
-from tracegrad.tensor import Tensor
+from tracegrad.tensor import Tensor, wrap
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -182,7 +182,7 @@ class Module:
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
-                p.grad = Tensor._wrap(np.zeros_like(p.grad._data))
+                p.grad = wrap(np.zeros_like(p.grad.array))
 
     def apply(self, fn) -> Module:
         for module in self.children():
@@ -230,7 +230,7 @@ class Module:
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            value = value.detach()._data if isinstance(value, Tensor) else np.asarray(value)
+            value = value.detach().array if isinstance(value, Tensor) else np.asarray(value)
             if value.shape != tuple(target.shape):
                 errors.append(
                     f"size mismatch for {name}: copying a param with shape {value.shape} from "
@@ -243,8 +243,8 @@ class Module:
                 + "\n\t".join(errors)
             )
         for name, value in values.items():
-            np.copyto(own[name]._data, value, casting="unsafe")
-            own[name]._version[0] += 1
+            np.copyto(own[name].array, value, casting="unsafe")
+            own[name].bump_version()
         return IncompatibleKeys(missing, unexpected)
 
     def to(self, *args, **kwargs) -> Module:
@@ -254,7 +254,7 @@ class Module:
             return self
         for t in [*self.parameters(), *self.buffers()]:
             if t.dtype.is_floating_point:
-                t._data = t._data.astype(dtype.np)
+                t.array = t.array.astype(dtype.np)
                 if t.grad is not None:
                     t.grad = t.grad.to(dtype)
         return self

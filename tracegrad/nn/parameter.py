@@ -9,9 +9,9 @@ class Parameter(Tensor):
     """A tensor that is a module parameter; requires grad unless told otherwise."""
 
     def __init__(self, data=None, requires_grad: bool = True):
-        array = data._data if isinstance(data, Tensor) else as_array(data, None)
+        array = data.array if isinstance(data, Tensor) else as_array(data, None)
         super().__init__(None, requires_grad=False)
-        self._data = array
+        self.array = array
         self.requires_grad = requires_grad
 
     def __repr__(self) -> str:

@@ -67,7 +67,7 @@ def _check_finite(total: Tensor, norm_type: float) -> None:
             "compiled step cannot: pass error_if_nonfinite=False there (tg.compile(..., "
             "debug_nans=True) reports the first non-finite value instead)"
         ))  # fmt: skip
-    if not np.isfinite(total._data):
+    if not np.isfinite(total.array):
         raise RuntimeError(at_user_line(
             f"The total norm of order {norm_type} for gradients from `parameters` is "
             "non-finite, so it cannot be clipped. To disable this error and scale the "

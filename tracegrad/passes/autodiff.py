@@ -17,7 +17,7 @@ from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.memory import aliases
 from tracegrad.passes.pipeline import register_pass
-from tracegrad.tensor import Tensor, apply
+from tracegrad.tensor import Tensor, apply, wrap
 from tracegrad.tracer import Tracer, tracing
 
 
@@ -38,7 +38,7 @@ def replay(graph: Graph, tracer: Tracer, requires_grad=frozenset()):
 
 def _replay_node(node, inputs) -> tuple[Tensor, ...]:
     if node.op == CONSTANT:
-        return (Tensor._wrap(node.attrs["value"]),)
+        return (wrap(node.attrs["value"]),)
     if node.op == FUSED:  # differentiate the members one by one
         body = body_of(node)
         env = dict(zip(body.inputs, inputs, strict=True))
@@ -96,13 +96,13 @@ def differentiate(
         outputs = [tracer.value_of(t) for t in [*outs, *grads] if t is not None]
     reached = [i for i, g in enumerate(grads) if g is not None]
     joint = tracer.graph(outputs)
-    return (joint, [s._data.value.name for s in seeds], positions) + (
+    return (joint, [s.array.value.name for s in seeds], positions) + (
         () if zero_fill else (reached,)
     )
 
 
 def _zeros(t: Tensor) -> Tensor:
-    return Tensor._wrap(np.zeros(t.shape, t.dtype.np))
+    return wrap(np.zeros(t.shape, t.dtype.np))
 
 
 def split(

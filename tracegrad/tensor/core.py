@@ -3,12 +3,16 @@
 This is the small surface every layer reads; the ops on tensors are installed as methods by
 ``tracegrad.tensor.methods`` (which ``tracegrad.tensor`` imports with this module).
 
-The internal protocol between tensors and the rest of tracegrad is three names:
+The internal protocol between tensors and the rest of tracegrad is a few names:
 
-- ``t.array``: the tensor's storage (a NumPy array; while tracing, a symbolic value), which
-  ``t.array = storage`` rebinds as it is;
+- ``t.array``: the tensor's storage (a NumPy array; while tracing, a symbolic value). A plain
+  attribute, not a property: a compiled call reads it for every tensor it passes, and a
+  property would cost a Python call each time. ``t.array = storage`` rebinds it as it is (the
+  tracer's symbols, a compiled step's buffers): no checks and no version count, unlike the
+  public ``.data =``;
 - ``t.version`` and ``t.bump_version()``: the count of in-place writes, shared with the views
-  of the same memory, which the tape checks saved values against;
+  of the same memory, which the tape checks saved values against. The count lives in
+  ``t.version_counter``, a one-element list a view shares; generated code bumps it inline;
 - ``wrap(array, grad_fn=None, requires_grad=False)``: a tensor over ``array`` without a copy.
 """
 
@@ -47,13 +51,13 @@ class MaxResult(NamedTuple):
 
 def is_symbolic(t: Tensor) -> bool:
     """Whether ``t`` holds a traced value (known only when compiled code runs)."""
-    return not isinstance(t._data, np.ndarray)
+    return not isinstance(t.array, np.ndarray)
 
 
 def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
     """A tensor over ``array`` itself (no copy, no dtype conversion)."""
     t = object.__new__(Tensor)
-    t._data = array
+    t.array = array
     t._init_autograd(requires_grad)
     t.grad_fn = grad_fn
     if grad_fn is not None:
@@ -67,70 +71,56 @@ class Tensor:
     __array_priority__ = 1000  # NumPy defers binary operators to us
 
     def __init__(self, data=None, *, requires_grad=False):
-        self._data = as_array(data if data is not None else [], None)
+        self.array = as_array(data if data is not None else [], None)
         self._init_autograd(requires_grad)
-
-    # (callers outside the tensor package not yet on ``wrap``)
-    _wrap = staticmethod(wrap)
 
     def _init_autograd(self, requires_grad) -> None:
         self._serial = next_serial()  # creation order: tracing lifts tensors older than itself
         self.grad = None
         self.grad_fn = None
         self._out_index = 0
-        self._version = [0]  # shared with views of the same memory
+        self.version_counter = [0]  # shared with views of the same memory
         self._base = None
         self._requires_grad = False
         if requires_grad:  # the checks of the setter; a new tensor not requiring grad needs none
             self.requires_grad = True
 
-    # --- storage and version (the internal protocol) ----------------------------------------------
-
-    @property
-    def array(self):
-        """The storage: a NumPy array, or while tracing possibly a symbolic value."""
-        return self._data
-
-    @array.setter
-    def array(self, storage) -> None:
-        """Rebind the storage as it is (the tracer's symbols, a compiled step's buffers): no
-        checks and no version count, unlike the public ``.data =``."""
-        self._data = storage
+    # --- version ---------------------------------------------------------------------------------
 
     @property
     def version(self) -> int:
-        return self._version[0]
+        return self.version_counter[0]
 
     def bump_version(self) -> None:
         """Count one in-place write (views of the same memory see it too)."""
-        self._version[0] += 1
+        self.version_counter[0] += 1
 
     # --- metadata --------------------------------------------------------------------------------
 
     @property
     def shape(self) -> Size:
-        return Size(self._data.shape)
+        return Size(self.array.shape)
 
     def size(self, dim: int | None = None):
         return self.shape if dim is None else self.shape[normalize_dim("size", dim, self.ndim)]
 
     @property
     def dtype(self) -> DType:
-        return dtypes.from_numpy(self._data.dtype)
+        return dtypes.from_numpy(self.array.dtype)
 
     @property
     def tensor_type(self) -> TensorType:
-        return TensorType(self._data.shape, self.dtype)
+        return TensorType(self.array.shape, self.dtype)
 
     @property
     def ndim(self) -> int:
-        return self._data.ndim
+        return self.array.ndim
 
     def dim(self) -> int:
         return self.ndim
 
     def numel(self) -> int:
-        return int(self._data.size)
+        return int(self.array.size)
 
     def __len__(self) -> int:
         if self.ndim == 0:
@@ -187,8 +177,8 @@ class Tensor:
             # a captured forward is differentiated later by replay: record where it stops
             with tape.no_grad():
                 return registry.call("stop_gradient", self)
-        out = wrap(self._data)
-        out._version, out._base = self._version, self._base
+        out = wrap(self.array)
+        out.version_counter, out._base = self.version_counter, self._base
         if tracer is not None:
             tracer.note_alias(self, out)  # the same memory: a write to one shows in the other
         return out
@@ -201,7 +191,7 @@ class Tensor:
     def data(self) -> Tensor:
         if active_tracer() is not None:
             return self.detach()  # (which the tracer sees as a view of all of this tensor)
-        return wrap(self._data)
+        return wrap(self.array)
 
     @data.setter
     def data(self, value: Tensor) -> None:
@@ -218,7 +208,7 @@ class Tensor:
             tracer.rebind(self, value)
             self.bump_version()
             return
-        self._data = value._data
+        self.array = value.array
 
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None) -> None:
         """Accumulate d(self)/d(leaf), times ``gradient``, into each leaf's ``.grad``."""
@@ -233,7 +223,7 @@ class Tensor:
             tracer.value_of(self)  # (a view of memory written since is made symbolic)
             if not is_symbolic(self):  # a parameter, buffer or captured tensor: the program
                 tracer.note_read(self)  # holds for this value, and its guards check it
-                return self._data
+                return self.array
         if is_symbolic(self):
             raise TraceError(
                 at_user_line(
@@ -242,7 +232,7 @@ class Tensor:
                     "compiled; use tracegrad.where(cond, a, b) to select values instead"
                 )
             )
-        return self._data
+        return self.array
 
     def numpy(self) -> np.ndarray:
         self._concrete("numpy()")
@@ -251,7 +241,7 @@ class Tensor:
                 "Can't call numpy() on Tensor that requires grad. "
                 "Use tensor.detach().numpy() instead."
             )
-        return self._data
+        return self.array
 
     def __array__(self, dtype=None, copy=None):
         array = self.numpy()
@@ -265,7 +255,7 @@ class Tensor:
             raise ValueError(
                 f"a Tensor with {self.numel()} elements cannot be converted to a Python scalar"
             )
-        return self._data.reshape(()).item()
+        return self.array.reshape(()).item()
 
     def tolist(self):
         return self._concrete("tolist()").tolist()
@@ -293,7 +283,7 @@ class Tensor:
     def __repr__(self) -> str:
         if is_symbolic(self):
             return f"tensor(<traced {self.tensor_type}>)"
-        body = np.array2string(self._data, separator=", ", prefix="tensor(")
+        body = np.array2string(self.array, separator=", ", prefix="tensor(")
         extras = []
         if self.dtype not in (dtypes.float32, dtypes.int64, dtypes.bool_):
             extras.append(f"dtype={self.dtype!r}")
@@ -339,9 +329,9 @@ def as_array(data, dtype: DType | None) -> np.ndarray:
     """A new NumPy array of ``data`` (nested lists may hold tensors), of ``dtype`` or the
     dtype PyTorch gives such data."""
     if isinstance(data, Tensor):
-        data = data._data
+        data = data.array
     elif isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
-        data = [d._data if isinstance(d, Tensor) else d for d in data]
+        data = [d.array if isinstance(d, Tensor) else d for d in data]
     dtype = dtypes.to_dtype(dtype) if dtype is not None else _array_dtype(data)
     return np.array(data, dtype=dtype.np)
 
@@ -409,7 +399,7 @@ def seed_gradient(output: Tensor, gradient) -> Tensor:
                     "to backward() for a vector-Jacobian product"
                 )
             )
-        return wrap(np.ones(output._data.shape, output.dtype.np))
+        return wrap(np.ones(output.array.shape, output.dtype.np))
     gradient = as_tensor(gradient).to(output.dtype)
     if tuple(gradient.shape) != tuple(output.shape):
         raise ShapeError(

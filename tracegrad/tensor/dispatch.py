@@ -62,15 +62,16 @@ Tensor.apply_op = staticmethod(apply)
 
 def _run(op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
     with np.errstate(all="ignore"):
-        data = op.impl(*(t._data for t in inputs), **attrs)
+        data = op.impl(*(t.array for t in inputs), **attrs)
     data = np.asarray(data)
     if data.dtype != out_type.dtype.np:
         data = data.astype(out_type.dtype.np)
     if VIEW in op.props:  # only view ops may return memory of an input (the op tests check)
         out = wrap(data)
         for t in inputs:
-            if np.may_share_memory(data, t._data):
-                out._version, out._base = t._version, t._base if t._base is not None else t
+            if np.may_share_memory(data, t.array):
+                out.version_counter = t.version_counter
+                out._base = t._base if t._base is not None else t
                 break
         return out
     # A result of its own is row-major (NumPy keeps a transposed operand's layout): whether a
@@ -88,7 +89,7 @@ def _record(op: Op, inputs, attrs, out: Tensor) -> None:
     # saved (and so guarded against in-place changes).
     needs = tuple(t.requires_grad for t in inputs)
     saves = op.saved_for(needs)
-    saved_out = out._data if "out" in saves else None
+    saved_out = out.array if "out" in saves else None
 
     def backward(grads):
         out_tensor = wrap(saved_out, grad_fn=node) if saved_out is not None else None
@@ -113,7 +114,7 @@ def result_type(op: Op, inputs, attrs) -> TensorType:
     """The op's type rule on its operands, remembered per operand shapes, dtypes and
     attributes: a rule reads nothing else (traced data, a symbol, has a shape and a dtype
     too), and eager code asks the same question on every step of a training loop."""
-    operands = tuple([(t._data.shape, t._data.dtype) for t in inputs])
+    operands = tuple([(t.array.shape, t.array.dtype) for t in inputs])
     key = (op.name, operands, *sorted(attrs.items())) if attrs else (op.name, operands)
     try:
         out_type = _KNOWN_TYPES.get(key)
@@ -134,7 +135,7 @@ def _write(target: Tensor, op: Op, inputs, attrs, method: str) -> Tensor:
     """``target = op(*inputs)`` in place (``inputs`` may include ``target`` itself)."""
     if _writes_directly(target, inputs) and _takes_out(op) and _fits(target, op, inputs, attrs):
         with np.errstate(all="ignore"):
-            op.impl(*(t._data for t in inputs), out=target._data, **attrs)
+            op.impl(*(t.array for t in inputs), out=target.array, **attrs)
         target.bump_version()
         return target
     return _overwrite(target, method, lambda old: _with_old(op, inputs, attrs, target, old))
@@ -152,7 +153,7 @@ def _writes_directly(target: Tensor, inputs) -> bool:
     """Whether a write may go straight into the target's memory: eager code that records
     nothing (an optimizer's update under no_grad, say). Traced code gets a new SSA value
     instead, and recorded code keeps the old value for backward."""
-    if active_tracer() is not None or not target._data.flags.writeable:
+    if active_tracer() is not None or not target.array.flags.writeable:
         return False  # (without a tracer, no tensor is symbolic)
     return not tape.is_grad_enabled() or not (
         target.requires_grad or any(t.requires_grad for t in inputs)
@@ -175,7 +176,7 @@ def _impl_takes_out(name: str) -> bool:
 def _fits(target: Tensor, op: Op, inputs, attrs) -> bool:
     """Whether op(*inputs) has the target's type."""
     out = result_type(op, inputs, attrs)
-    return out.shape == target._data.shape and out.dtype.np == target._data.dtype
+    return out.shape == target.array.shape and out.dtype.np == target.array.dtype
 
 
 def _overwrite(target: Tensor, method: str, compute) -> Tensor:
@@ -192,7 +193,7 @@ def _overwrite(target: Tensor, method: str, compute) -> Tensor:
     old = target
     if tracking and target.requires_grad:
         # The old value may be read by the new node's backward: keep it as its own tensor.
-        data = target._data if is_symbolic(target) else target._data.copy()
+        data = target.array if is_symbolic(target) else target.array.copy()
         old = wrap(data, grad_fn=target.grad_fn)
         old._out_index = target._out_index
     result = compute(old)
@@ -205,7 +206,7 @@ def _overwrite(target: Tensor, method: str, compute) -> Tensor:
     if tracer is not None and tracer.rebinds(target, result):
         tracer.rebind(target, result)  # a traced program gets a new SSA value instead
     else:
-        np.copyto(target._data, result._data, casting="unsafe")
+        np.copyto(target.array, result.array, casting="unsafe")
     target.bump_version()
     if tracking and result.requires_grad:
         target.grad_fn, target._out_index = result.grad_fn, result._out_index
@@ -222,7 +223,7 @@ def _check_writable(target: Tensor, method: str, result: Tensor, recording: bool
             f"result of shape {tuple(result.shape)} does not fit the in-place target of "
             f"shape {tuple(target.shape)}"
         )
-    elif not is_symbolic(target) and not target._data.flags.writeable:
+    elif not is_symbolic(target) and not target.array.flags.writeable:
         problem = "the target shares memory between elements (an expanded or window view)"
     if problem:
         raise RuntimeError(at_user_line(f"{method}: {problem}; use the out-of-place op"))

@@ -400,8 +400,8 @@ class TensorMethods:
         ):
             tracer.assign(self, key, index_tensors, value)
         else:
-            self._data[resolve(key, [t._data for t in index_tensors])] = np.asarray(
-                value._data, self.dtype.np
+            self.array[resolve(key, [t.array for t in index_tensors])] = np.asarray(
+                value.array, self.dtype.np
             )
         self.bump_version()
 

@@ -28,7 +28,7 @@ def promote_operands(*values, floating=False) -> list[Tensor]:
         dtype = dtypes.DEFAULT_FLOAT
     wanted = dtype.np
     return [
-        v if type(v) is Tensor and v._data.dtype == wanted else to_dtype(v, dtype) for v in values
+        v if type(v) is Tensor and v.array.dtype == wanted else to_dtype(v, dtype) for v in values
     ]
 
 
@@ -43,8 +43,8 @@ def _shared_dtype(values) -> DType | None:
     for v in values:
         if isinstance(v, Tensor):
             if array_dtype is None:
-                array_dtype = v._data.dtype
-            elif v._data.dtype != array_dtype:
+                array_dtype = v.array.dtype
+            elif v.array.dtype != array_dtype:
                 return None
     if array_dtype is None:
         return None

@@ -31,7 +31,7 @@ from tracegrad.ir.core import CONSTANT, CUSTOM, Namespace, Node, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, Op
 from tracegrad.ops.registry import RANDOM, VIEW
-from tracegrad.tensor import Tensor, is_symbolic, next_serial, set_tracer
+from tracegrad.tensor import Tensor, is_symbolic, next_serial, set_tracer, wrap
 from tracegrad.tracer.hyperparameters import TracedGroup
 
 
@@ -110,7 +110,7 @@ class Tracer:
         value = Value(self._name(name), type_)
         self.inputs.append(value)
         self._not_own.add(value)
-        t = Tensor._wrap(Symbol(value))
+        t = wrap(Symbol(value))
         if requires_grad:
             t.requires_grad = True
         return t
@@ -135,18 +135,18 @@ class Tracer:
         if alias is not None and alias.version != self.writes.get(id(alias.root), 0):
             self._derive(t, alias)
         if is_symbolic(t):
-            return t._data.value
+            return t.array.value
         if self.preexisting(t):
             return self._lift(t)
         known = self.constants.get(id(t))
-        if known is None or known[2] != t._version[0]:  # (written in place since it was read)
-            known = self.constants[id(t)] = (t, self._constant(t._data), t._version[0])
+        if known is None or known[2] != t.version:  # (written in place since it was read)
+            known = self.constants[id(t)] = (t, self._constant(t.array), t.version)
         return known[1]
 
     def note_read(self, t: Tensor) -> None:
         """Python read the value of ``t``, a tensor from outside (``if self.flag:``): the
         program is right while ``t`` keeps the version it has now."""
-        self.values_read.setdefault(id(t), (t, t._version[0]))
+        self.values_read.setdefault(id(t), (t, t.version))
 
     def _constant(self, array: np.ndarray) -> Value:
         """A constant node holding a copy of ``array`` (the tensor may be written later); a big
@@ -197,7 +197,7 @@ class Tracer:
         if self.mode == "capture" and not tape.is_grad_enabled() and op.differentiable:
             # computed under no_grad: the replaying reverse-mode pass must not differentiate it
             out = self._emit("stop_gradient", [out], out_type, {})
-        return Tensor._wrap(Symbol(out))
+        return wrap(Symbol(out))
 
     def record_custom(self, cls, ctx, args, kwargs) -> tuple[Tensor, ...]:
         """A custom Function kept whole: its forward is traced only to learn output types."""
@@ -217,7 +217,7 @@ class Tracer:
         values = [Value(self._name(), o.tensor_type) for o in outs]
         attrs = {"fn": cls, "args": slots}
         self.nodes.append(Node(CUSTOM, inputs, values, attrs, self.location()))
-        wrapped = tuple(Tensor._wrap(Symbol(v)) for v in values)
+        wrapped = tuple(wrap(Symbol(v)) for v in values)
         return wrapped if isinstance(result, tuple) else wrapped[0]
 
     # --- in-place updates -----------------------------------------------------------------------
@@ -241,7 +241,7 @@ class Tracer:
             return
         root = alias.root
         if positions is not _WHOLE:
-            index = self.value_of(Tensor._wrap(positions))
+            index = self.value_of(wrap(positions))
             value = self._emit(
                 "view_update", [self.value_of(root), value, index], root.tensor_type, {}
             )
@@ -256,7 +256,7 @@ class Tracer:
             index = self._traced_positions(root, chain, key, index_tensors)
         else:
             step = ("getitem", {"key": key}, tuple(index_tensors), None)
-            index = self.value_of(Tensor._wrap(self._positions(root, (*chain, step), True)))
+            index = self.value_of(wrap(self._positions(root, (*chain, step), True)))
         values = self._cast(self.value_of(value), target.tensor_type)
         new = self._emit("view_update", [self.value_of(root), values, index], root.tensor_type, {})
         self._write(root, new, detached=self.mode == "capture")  # (as eagerly: never recorded)
@@ -267,7 +267,7 @@ class Tracer:
         shown = self._positions(root, chain, copy_ok=True)
         if shown is _WHOLE:
             shown = np.arange(int(np.prod(root.shape)), dtype=np.int64).reshape(root.shape)
-        base = self.value_of(Tensor._wrap(shown))
+        base = self.value_of(wrap(shown))
         indices = [self.value_of(t) for t in index_tensors]
         out_type = OPS["getitem"].infer(base.type, *(v.type for v in indices), key=key)
         return self._emit("getitem", [base, *indices], out_type, {"key": key})
@@ -294,8 +294,8 @@ class Tracer:
             value = self._emit("keep_gradient", [value, old], value.type, {})
         if self.preexisting(root):
             self._lift(root)
-            self.mutated.setdefault(id(root), (root, root._data))
-        root._data = Symbol(value)
+            self.mutated.setdefault(id(root), (root, root.array))
+        root.array = Symbol(value)
         self.writes[id(root)] = self.writes.get(id(root), 0) + 1
         self._kept.append(root)
 
@@ -338,7 +338,7 @@ class Tracer:
             inputs = [value, *(self.value_of(i) for i in index_tensors)]
             value = self._emit(op, inputs, out_type, dict(attrs))
         alias.version = self.writes.get(id(alias.root), 0)
-        t._data = Symbol(value)
+        t.array = Symbol(value)
 
     def _positions(self, root: Tensor, chain, copy_ok=False, for_write=True):
         """Where the elements ``chain`` shows sit in ``root``: flat indices shaped like the
@@ -356,7 +356,7 @@ class Tracer:
                         "compiled; build the result with tracegrad.where or scatter_add"
                     )
                 )
-            shown = OPS[op].impl(shown, *(i._data for i in index_tensors), **attrs)
+            shown = OPS[op].impl(shown, *(i.array for i in index_tensors), **attrs)
         shown = np.asarray(shown)
         same = shown.shape == probe.shape and shown.strides == probe.strides
         if same and _start(shown) == _start(probe):
@@ -397,13 +397,13 @@ class Tracer:
     def _lift_as(self, t: Tensor, name: str) -> Tensor:
         """The symbolic tensor standing for ``t``, lifted as an input named ``name``."""
         self.names[id(t)] = name
-        return Tensor._wrap(Symbol(self._lift(t)))
+        return wrap(Symbol(self._lift(t)))
 
     def restore(self) -> None:
         """Give every tensor mutated during tracing its real data back, and every optimizer
         the state entries it had (the dicts themselves are kept: results are stored in them)."""
         for t, original in self.mutated.values():
-            t._data = original
+            t.array = original
         for optimizer, before in zip(self.optimizers, self.optimizer_state, strict=True):
             for p, state in optimizer.state.items():
                 state.clear()

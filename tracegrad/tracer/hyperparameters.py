@@ -36,7 +36,7 @@ class Hyperparameter(Tensor):
         self._value = self._array = None
 
     @property
-    def _data(self) -> np.ndarray:
+    def array(self) -> np.ndarray:
         value = self.optimizer.param_groups[self.group][self.key]
         if self.index is not None:
             value = value[self.index]
