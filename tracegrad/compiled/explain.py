@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from tracegrad.codegen.emit import FunctionSource
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.memory import InBuffer, InPlace, peak_bytes
-from tracegrad.passes.pipeline import PassResult
+from tracegrad.passes.pipeline import BACKEND_CHOICES, PassResult
 
 
 @dataclass
@@ -81,6 +81,19 @@ def _row_loop_lines(fn: FunctionSource) -> list[str]:
     ]
 
 
+def _backend_choice_lines(report: Report) -> list[str]:
+    """Where the rewrites of backend passes (layout choices) show, when any ran: not in the
+    graph users read."""
+    ran = {r.name for _, results in report.stages for r in results if r.changed}
+    chosen = [name for name in BACKEND_CHOICES if name in ran]
+    if not chosen:
+        return []
+    return [
+        f"  ({', '.join(chosen)} chose NumPy layouts for the code below: they show in cm.code "
+        "and the 'generated' views, not in cm.graph)"
+    ]
+
+
 def render(report: Report, recompile_reasons: list[str]) -> str:
     lines = [f"tracegrad explain: {report.title}", "", "guards (the signature this code is for):"]
     lines += [f"  {label} = {value}" for label, value in report.signature]
@@ -88,7 +101,7 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
         lines += ["", f"passes on the {stage}:"]
         for result in results:
             lines += _pass_lines(result)
-    lines += ["", "generated functions:"]
+    lines += ["", "generated functions:", *_backend_choice_lines(report)]
     for (name, before), (_, after) in zip(report.unplanned, report.planned, strict=True):
         counts = ", ".join(f"{op} {n}" for op, n in after.op_counts().items())
         lines.append(f"  {name}: {len(after.nodes)} nodes ({counts})")

@@ -5,6 +5,7 @@ backward and goes on into the eager history of whatever they read."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
 from tracegrad.ops import OPS
 from tracegrad.passes import autodiff
-from tracegrad.passes.pipeline import transforms
+from tracegrad.passes.pipeline import BACKEND_CHOICES, transforms
 from tracegrad.tensor import Tensor, wrap
 
 
@@ -38,6 +39,8 @@ class ModuleProgram:
     wrt: list[int]  # graph-input positions that get gradients
     differentiable: list[int]  # output positions that take cotangents
     n_saved: int
+    # () -> the readable forward and backward (``readable``), derived when first asked for
+    derive_readable: Callable[[], tuple[Graph, Graph | None]]
     report: Report | None = None
     reads: list = field(default_factory=list)  # per output: input positions it depends on
     # The values saved for the backward live in planned memory, which the next forward
@@ -70,48 +73,89 @@ class ModuleProgram:
         """The lifted tensors (parameters, buffers, captured tensors), exported as data."""
         return self.traced.lifted
 
+    @functools.cached_property
+    def readable(self) -> tuple[Graph, Graph | None]:
+        """The forward and backward users read (``cm.graph``, ``cm.backward_graph``): made by
+        the same passes and reverse mode, less the backend's layout choices."""
+        return self.derive_readable()
+
     def views(self) -> list[tuple[str, Graph]]:
-        """The graphs pictures show: optimized forward and backward, and the traced forward."""
-        views = [("forward (optimized)", self.program.parts[0][1])]
-        if len(self.program.parts) > 1:
-            views.append(("backward (optimized)", self.program.parts[1][1]))
+        """The graphs pictures show: optimized forward and backward, those generated (with the
+        backend's layout choices and memory plan), and the traced forward."""
+        forward, backward = self.readable
+        views = [("forward (optimized)", forward)]
+        if backward is not None:
+            views.append(("backward (optimized)", backward))
+        views += [(f"generated {fn.name}", graph) for fn, graph in self.program.parts]
         return [*views, ("forward (traced, before passes)", self.traced.graph)]
+
+
+@dataclass
+class Derived:
+    """The forward (and backward) graphs a pipeline makes of a traced forward."""
+
+    forward: Graph
+    backward: Graph | None
+    n_forward: int  # the forward's outputs before the values saved for the backward
+    differentiable: list[int] = field(default_factory=list)  # outputs taking cotangents
+    reached: list[int] = field(default_factory=list)  # positions in wrt that get gradients
+
+
+def derive(traced: Traced, wrt: list[int], names: list[str], stages: list) -> Derived:
+    """The passes ``names`` on the traced forward; then, with no input in ``wrt`` (graph-input
+    positions) to differentiate, the passes again with custom functions inlined, else reverse
+    mode, the passes on the joint graph and its split into a forward and a backward (the
+    forward returns the results, its updates, then the values the backward reads). Each run
+    of the passes appends its (stage, PassResults) to ``stages``."""
+    forward_results: list = []
+    graph = passes.run(traced.graph, names, forward_results)
+    stages.append(("traced forward graph", forward_results))
+    n_out, n_forward = traced.n_outputs, len(graph.outputs)
+    if not wrt:
+        forward = passes.run(autodiff.inline_custom(graph), names)
+        return Derived(returned_in_own_memory(forward, n_out), None, n_forward)
+    joint, seeds, differentiable, reached = autodiff.differentiate(
+        graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out, zero_fill=False
+    )
+    joint_results: list = []
+    joint = passes.run(joint, names, joint_results)
+    stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
+    changing = frozenset(traced.graph.updates)  # (inputs written after the forward)
+    forward, backward = autodiff.split(joint, n_forward, seeds, changing, n_out)
+    forward = returned_in_own_memory(forward, n_out)
+    return Derived(forward, backward, n_forward, differentiable, reached)
 
 
 def build_module_program(
     traced: Traced, args, passes_spec, debug_nans: bool, report: Report, check: bool = False
 ) -> ModuleProgram:
-    """The passes on the traced forward; then, with no gradient to compute, a forward alone,
-    else reverse mode, the passes on the joint graph, and a forward and a backward split from
-    it (checked against the traced graph with ``check=True``)."""
-    forward_results: list = []
-    graph = passes.run(traced.graph, transforms(passes_spec), forward_results)
-    report.stages.append(("traced forward graph", forward_results))
+    """The forward and backward ``derive`` makes with the whole pipeline, generated (checked
+    against the traced graph with ``check=True``); those it makes without the backend's
+    layout choices are the readable graphs, derived when first asked for."""
     tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
     wrt = [i for i, t in enumerate(tensors) if t.requires_grad] if tape.is_grad_enabled() else []
-    if not wrt:
-        forward = passes.run(autodiff.inline_custom(graph), transforms(passes_spec))
-        forward = returned_in_own_memory(forward, traced.n_outputs)
+    derived = derive(traced, wrt, transforms(passes_spec), report.stages)
+    readable_passes = transforms(passes_spec, without=BACKEND_CHOICES)
+    readable = functools.partial(_readable, traced, wrt, readable_passes)
+    if derived.backward is None:
         program = generate(
-            [("forward", forward)], "forward", debug_nans, passes_spec, report=report
+            [("forward", derived.forward)], "forward", debug_nans, passes_spec, report=report
         )
-        return ModuleProgram(program, traced, [], [], 0)
-    n_out = traced.n_outputs
-    joint, seeds, differentiable, reached = autodiff.differentiate(
-        graph, [graph.inputs[i].name for i in wrt], n_differentiable=n_out, zero_fill=False
-    )
+        return ModuleProgram(program, traced, [], [], 0, readable)
+    n_out, n_forward, forward = traced.n_outputs, derived.n_forward, derived.forward
     # outputs that require grad as eagerly: before passes drop a dependency (where(True, a, b))
     eager_outputs = _requiring_grad(traced.graph, n_out, set(wrt))
-    wrt = [wrt[i] for i in reached]  # as in eager mode, unreached parameters keep grad None
+    wrt = [wrt[i] for i in derived.reached]  # as eagerly, unreached parameters keep grad None
     reads = _dependencies(traced.graph, n_out)  # before passes fuse outputs together
-    n_forward = len(graph.outputs)
-    forward, backward = _split(traced, joint, seeds, n_forward, passes_spec, report)
-    program = _generate_forward_and_backward(forward, backward, n_forward, debug_nans,
+    report.saved = autodiff.saved_values(forward, derived.backward, n_forward)
+    log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{derived.backward}")
+    program = _generate_forward_and_backward(forward, derived.backward, n_forward, debug_nans,
                                              passes_spec, report)  # fmt: skip
     if check:
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
     n_saved = len(forward.outputs) - n_forward
-    spec = ModuleProgram(program, traced, wrt, differentiable, n_saved, reads=reads)
+    differentiable = derived.differentiable
+    spec = ModuleProgram(program, traced, wrt, differentiable, n_saved, readable, reads=reads)
     spec.without_gradient = [i for i in eager_outputs if i not in differentiable]
     spec.connected = [i for i in differentiable if i in eager_outputs]
     updates = {v: u for u, v in enumerate(forward.outputs[n_out:n_forward])}
@@ -121,19 +165,9 @@ def build_module_program(
     return spec
 
 
-def _split(traced: Traced, joint: Graph, seeds, n_forward: int, passes_spec, report: Report):
-    """The passes on the joint graph, then its forward and backward: the forward returns
-    the function's results, its updates, then the values the backward reads (saved)."""
-    joint_results: list = []
-    joint = passes.run(joint, transforms(passes_spec), joint_results)
-    report.stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
-    n_out = traced.n_outputs
-    changing = frozenset(traced.graph.updates)  # (inputs written after the forward)
-    forward, backward = autodiff.split(joint, n_forward, seeds, changing, n_out)
-    forward = returned_in_own_memory(forward, n_out)
-    report.saved = autodiff.saved_values(forward, backward, n_forward)
-    log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{backward}")
-    return forward, backward
+def _readable(traced: Traced, wrt: list[int], names: list[str]) -> tuple[Graph, Graph | None]:
+    derived = derive(traced, wrt, names, [])
+    return derived.forward, derived.backward
 
 
 def _generate_forward_and_backward(

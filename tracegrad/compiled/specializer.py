@@ -10,7 +10,8 @@ recompile happened, and shows its latest specialization: ``graph``, ``backward_g
 Two targets build on it: ``CompiledModule`` (``module.py``), a module's forward and
 backward, and ``CompiledFunction`` (``function.py``), a function, typically a whole
 training step. A target computes signatures, traces a call into a specialization and runs it; every
-specialization it makes has ``signature``, ``program``, ``report``, ``views()``, ``state()``
+specialization it makes has ``signature``, ``program`` (the generated one), ``readable`` (the
+graphs ``graph`` and ``backward_graph`` show), ``report``, ``views()``, ``state()``
 (the lifted tensors, exported beside the code), ``still_valid()`` and ``invalid_reason()``.
 """
 
@@ -98,12 +99,16 @@ class Specializer:
 
     @property
     def graph(self) -> Graph:
-        return self._latest().program.graph
+        """The optimized forward as the user wrote it: the NumPy layout choices (passes in
+        BACKEND_CHOICES) show only in ``code`` and the "generated" ``views()``, whose graphs
+        are ``program.graph`` and ``program.backward_graph`` of a specialization. Derived
+        when first read."""
+        return self._latest().readable[0]
 
     @property
     def backward_graph(self) -> Graph | None:
         # (a whole step is one graph: forward, backward and update sections; it has none)
-        return self._latest().program.backward_graph
+        return self._latest().readable[1]
 
     @property
     def code(self) -> str:
@@ -115,7 +120,7 @@ class Specializer:
         return render(self._latest().report, self.recompile_reasons)
 
     def views(self) -> list[tuple[str, Graph]]:
-        """The graphs pictures show: optimized and traced, forward and backward."""
+        """The graphs pictures show: optimized, generated and traced, forward and backward."""
         return self._latest().views()
 
     def visualize(self, path):

@@ -32,7 +32,7 @@ from tracegrad.errors import TraceError
 from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
 from tracegrad.passes.memory import MemoryPlan
-from tracegrad.passes.pipeline import transforms
+from tracegrad.passes.pipeline import BACKEND_CHOICES, transforms
 from tracegrad.tensor import Tensor, is_symbolic
 from tracegrad.tracer import Tracer, tracing
 
@@ -43,6 +43,8 @@ class StepProgram:
     the runner calling it (see tracegrad.compiled.function)."""
 
     program: Program
+    # () -> the readable step graph (``readable``), derived when first asked for
+    derive_readable: Callable[[], Graph] | None
     signature: Signature
     lifted: list[Tensor]
     update_targets: list[Tensor]
@@ -90,13 +92,24 @@ class StepProgram:
             lifted[index] = owner.grad
         return lifted
 
+    @functools.cached_property
+    def readable(self) -> tuple[Graph, None]:
+        """The graph users read (``cm.graph``; a whole step has no backward graph of its own):
+        made by the same passes, less the backend's layout choices (those of the module
+        program, for a function calling no backward())."""
+        if self.module is not None:
+            return self.module.readable
+        return self.derive_readable(), None
+
     def views(self) -> list[tuple[str, Graph]]:
         """The graphs pictures show (those of the module program, for a function calling no
-        backward())."""
+        backward()): optimized, generated (with the backend's layout choices and memory plan),
+        and traced."""
         if self.module is not None:
             return self.module.views()
         return [
-            ("training step (optimized)", self.program.parts[0][1]),
+            ("training step (optimized)", self.readable[0]),
+            ("generated training step", self.program.parts[0][1]),
             ("training step (traced, before passes)", self.report.unplanned_traced),
         ]
 
@@ -134,6 +147,9 @@ def trace_step(compiled, args, signature) -> StepProgram:
         return trace_function(compiled, args, signature, names)
     _refuse_outside_history(tracer)
     program, report = _generate_step(compiled, traced, signature, args)
+    readable = functools.partial(
+        _readable_step, traced.graph, traced.n_results, len(traced.updated), compiled.passes
+    )
     lifted = [t for t, _ in tracer.lifted.values()]
     # Tensors that require grad and were read, however the function reached them: their
     # .grad (present or not) decides what the program computes, so it is guarded.
@@ -145,6 +161,7 @@ def trace_step(compiled, args, signature) -> StepProgram:
     n = traced.n_results
     return StepProgram(
         program,
+        readable,
         signature,
         lifted,
         traced.targets,
@@ -197,10 +214,8 @@ def _generate_step(compiled, traced: _TracedStep, signature, args) -> tuple[Prog
     log("graph", lambda: f"traced step: {len(traced.graph.nodes)} nodes\n{traced.graph}")
     report = Report(f"compiled step {getattr(compiled.fn, '__name__', '')}", signature)
     pass_results: list = []
-    graph = passes.run(traced.graph, transforms(compiled.passes), pass_results)
-    n = traced.n_results
-    stored = range(n + len(traced.updated), len(graph.outputs))  # (.grad, state)
-    graph = returned_in_own_memory(graph, n, stored)
+    n, n_updated = traced.n_results, len(traced.updated)
+    graph = _optimized_step(traced.graph, n, n_updated, transforms(compiled.passes), pass_results)
     report.unplanned_traced = traced.graph
     report.stages.append((_STAGE, pass_results))
     persistent = frozenset(v.name for v in graph.outputs[n:])
@@ -211,6 +226,20 @@ def _generate_step(compiled, traced: _TracedStep, signature, args) -> tuple[Prog
     if compiled.check:
         _check_step(traced, program, pass_results, args)
     return program, report
+
+
+def _optimized_step(traced: Graph, n: int, n_updated: int, names: list[str], results: list):
+    """The passes ``names`` on a traced step returning ``n`` results then ``n_updated`` new
+    values of its inputs; the values it returns and stores (.grad, optimizer state, after
+    those) in memory of their own. Each pass appends its PassResult to ``results``."""
+    graph = passes.run(traced, names, results)
+    stored = range(n + n_updated, len(graph.outputs))
+    return returned_in_own_memory(graph, n, stored)
+
+
+def _readable_step(traced: Graph, n: int, n_updated: int, passes_spec) -> Graph:
+    names = transforms(passes_spec, without=BACKEND_CHOICES)
+    return _optimized_step(traced, n, n_updated, names, [])
 
 
 _STAGE = "traced step (forward, backward and update)"
@@ -269,6 +298,7 @@ def trace_function(compiled, args, signature, names) -> StepProgram:
             compiled.reached.watch_tensor(value.name, t)
     return StepProgram(
         module.program,
+        None,  # (its module program derives them)
         signature,
         traced.lifted,
         traced.update_targets,

@@ -88,11 +88,15 @@ DEFAULT_PIPELINE = [
 # Planning passes annotate the final graph of each generated function (after reverse mode and
 # the split into forward and backward), so tg.compile runs them last, part by part.
 PLANNING = ("schedule", "inplace", "memory")
+# Passes whose rewrites are choices of the NumPy backend, not of the user's program: the
+# generated code is made with them, the graphs users read (cm.graph) without them.
+BACKEND_CHOICES = ("specialize_numpy",)
 
 
-def transforms(passes) -> list[str]:
-    """The graph-rewriting passes of a pipeline spec (planning passes left out)."""
-    return [name for name in resolve(passes) if name not in PLANNING]
+def transforms(passes, without=()) -> list[str]:
+    """The graph-rewriting passes of a pipeline spec (planning passes left out), less those
+    named in ``without`` (``transforms(spec, without=BACKEND_CHOICES)``: the readable ones)."""
+    return [name for name in resolve(passes) if name not in PLANNING and name not in without]
 
 
 def planning(passes) -> list[str]:
