@@ -76,12 +76,10 @@ def assert_agree(got, want, rtol: float, what: str) -> None:
 
 
 def annotations(graph) -> tuple:
-    """What the memory plan of ``graph`` decides (by value name), and what the graph carries
-    beside its printed text (nothing of the plan)."""
+    """What the memory plan of ``graph`` decides (by value name)."""
     plan = plan_memory(graph)
     placed = tuple((value.name, placement) for value, placement in plan.placements.items())
-    per_node = tuple(tuple(sorted(node.meta.items())) for node in graph.nodes)
-    return placed, tuple(plan.buffers), per_node
+    return placed, tuple(plan.buffers)
 
 
 def check_passes(graph, arrays, what: str) -> None:

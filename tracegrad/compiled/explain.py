@@ -24,6 +24,8 @@ class Report:
     planned: list[tuple[str, Graph]] = field(default_factory=list)
     saved: list = field(default_factory=list)
     emitted: dict[str, FunctionSource] = field(default_factory=dict)  # by function name
+    planning: dict[str, list[PassResult]] = field(default_factory=dict)  # by function name
+    recomputed: list[str] = field(default_factory=list)  # forward values the backward remakes
     unplanned_traced: Graph | None = None  # a whole step's graph as traced
 
 
@@ -94,6 +96,21 @@ def _backend_choice_lines(report: Report) -> list[str]:
     ]
 
 
+SCHEDULE_NOTES = {
+    "moved": "nodes of results kept for the caller run as soon as their inputs exist",
+    "hoisted": "scalar update nodes run first",
+}
+
+
+def _schedule_lines(planning: list[PassResult]) -> list[str]:
+    counts = Counter(note.kind for result in planning for note in result.notes)
+    return [
+        f"    schedule: {counts[kind]} {what}"
+        for kind, what in SCHEDULE_NOTES.items()
+        if counts[kind]
+    ]
+
+
 def render(report: Report, recompile_reasons: list[str]) -> str:
     lines = [f"tracegrad explain: {report.title}", "", "guards (the signature this code is for):"]
     lines += [f"  {label} = {value}" for label, value in report.signature]
@@ -106,13 +123,7 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
         counts = ", ".join(f"{op} {n}" for op, n in after.op_counts().items())
         lines.append(f"  {name}: {len(after.nodes)} nodes ({counts})")
         lines += _emitted_lines(report.emitted[name], before, after)
-        if after.meta.get("moved"):
-            lines.append(
-                f"    schedule: {after.meta['moved']} nodes of results kept for the caller "
-                "run as soon as their inputs exist"
-            )
-        if after.meta.get("hoisted"):
-            lines.append(f"    schedule: {after.meta['hoisted']} scalar update nodes run first")
+        lines += _schedule_lines(report.planning.get(name, []))
         lines += _row_loop_lines(report.emitted[name])
     if report.saved:
         total = sum(v.type.nbytes for v, _ in report.saved)
@@ -122,11 +133,10 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
             f"  %{v.name}: {v.type} ({format_bytes(v.type.nbytes)}), read by {', '.join(why)}"
             for v, why in report.saved
         ]
-    recomputed = [n for _, g in report.unplanned for n in g.meta.get("recomputed", [])]
-    if recomputed:
+    if report.recomputed:
         lines.append(
             "recomputed in the backward instead of saved (cheap ops on saved values): "
-            + ", ".join(f"%{name}" for name in recomputed)
+            + ", ".join(f"%{name}" for name in report.recomputed)
         )
     lines += ["", f"recompiles: {len(recompile_reasons)}"]
     lines += [f"  {i + 1}. {reason}" for i, reason in enumerate(recompile_reasons)]

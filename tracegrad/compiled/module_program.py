@@ -99,6 +99,7 @@ class Derived:
     n_forward: int  # the forward's outputs before the values saved for the backward
     differentiable: list[int] = field(default_factory=list)  # outputs taking cotangents
     reached: list[int] = field(default_factory=list)  # positions in wrt that get gradients
+    recomputed: list[str] = field(default_factory=list)  # forward values the backward remakes
 
 
 def derive(traced: Traced, wrt: list[int], names: list[str], stages: list) -> Derived:
@@ -121,9 +122,9 @@ def derive(traced: Traced, wrt: list[int], names: list[str], stages: list) -> De
     joint = passes.run(joint, names, joint_results)
     stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
     changing = frozenset(traced.graph.updates)  # (inputs written after the forward)
-    forward, backward = autodiff.split(joint, n_forward, seeds, changing, n_out)
+    forward, backward, recomputed = autodiff.split(joint, n_forward, seeds, changing, n_out)
     forward = returned_in_own_memory(forward, n_out)
-    return Derived(forward, backward, n_forward, differentiable, reached)
+    return Derived(forward, backward, n_forward, differentiable, reached, recomputed)
 
 
 def build_module_program(
@@ -148,6 +149,7 @@ def build_module_program(
     wrt = [wrt[i] for i in derived.reached]  # as eagerly, unreached parameters keep grad None
     reads = _dependencies(traced.graph, n_out)  # before passes fuse outputs together
     report.saved = autodiff.saved_values(forward, derived.backward, n_forward)
+    report.recomputed = derived.recomputed
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{derived.backward}")
     program = _generate_forward_and_backward(forward, derived.backward, n_forward, debug_nans,
                                              passes_spec, report)  # fmt: skip

@@ -16,6 +16,7 @@ from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes import pipeline
 from tracegrad.passes.memory import MemoryPlan, plan_memory
+from tracegrad.passes.pipeline import PassResult
 from tracegrad.random import generator
 
 # The planning passes that make the memory plan (``memory`` pools buffers too).
@@ -57,18 +58,21 @@ class Program:
             return fn(*arrays, generator()) if self.uses_rng[name] else fn(*arrays)
 
 
-def _plan(graph: Graph, passes_spec, persistent: frozenset[str]) -> tuple[Graph, MemoryPlan]:
-    """The planning passes of the pipeline on a copy of one function's graph, and its memory
-    plan (every result in fresh memory when the pipeline has no ``memory`` pass)."""
-    graph = graph.copy()
+def _plan(
+    graph: Graph, passes_spec, persistent: frozenset[str]
+) -> tuple[Graph, MemoryPlan, list[PassResult]]:
+    """The planning passes of the pipeline on one function's graph: the graph they leave, its
+    memory plan (every result in fresh memory when the pipeline plans none) and what each
+    graph-changing planning pass did."""
     names = pipeline.planning(passes_spec)
+    results = []
     for name in names:
         if name not in MEMORY_PLANS:
-            graph = pipeline.PASSES[name].fn(graph)
-            pipeline.checked(graph, f"after the {name} pass")
+            results.append(pipeline.run_pass(name, graph))
+            graph = results[-1].graph
     if "memory" in names or "inplace" in names:
-        return graph, plan_memory(graph, persistent, pooled="memory" in names)
-    return graph, MemoryPlan.fresh(graph)
+        return graph, plan_memory(graph, persistent, pooled="memory" in names), results
+    return graph, MemoryPlan.fresh(graph), results
 
 
 def generate(
@@ -83,14 +87,15 @@ def generate(
     (the memory plan) run on each part first; ``persistent`` outputs may use planned memory."""
     unplanned = parts
     planned = [(name, *_plan(graph, passes_spec, persistent)) for name, graph in parts]
-    parts = [(name, graph) for name, graph, _ in planned]
+    parts = [(name, graph) for name, graph, _, _ in planned]
     if report is not None:
         report.unplanned, report.planned = unplanned, parts
     sources, uses_rng, constants = [], {}, {}
-    for name, graph, memory in planned:
+    for name, graph, memory, planning in planned:
         fn = codegen.emit_function(graph, name, memory, debug_nans=debug_nans)
         if report is not None:
             report.emitted[name] = fn
+            report.planning[name] = planning
         uses_rng[name] = any(RANDOM in OPS[n.op].props for n in graph.nodes if n.op in OPS)
         if uses_rng[name]:
             fn.params.append("rng")

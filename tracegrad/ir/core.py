@@ -65,10 +65,6 @@ class Node:
     location: SourceLocation | None = None
     phase: Phase = field(default=Phase.FORWARD, kw_only=True)
     grad_of: str | None = field(default=None, kw_only=True)
-    # Annotations from planning passes, not part of the op's meaning (not printed):
-    # "inplace" (index of the input whose buffer the output reuses), "buffer" (buffer id from
-    # the memory plan).
-    meta: dict = field(default_factory=dict, kw_only=True)
 
     @property
     def output(self) -> Value:

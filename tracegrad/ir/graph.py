@@ -60,8 +60,6 @@ class Graph:
         self.nodes: list[Node] = list(nodes)
         self.outputs: list[Value] = list(outputs)
         self.updates: dict[str, Value] = dict(updates or {})
-        # Planning results (e.g. the memory plan's buffers); not part of the graph's meaning.
-        self.meta: dict = {}
         self._names: Namespace | None = None  # the names fresh() avoids, once it is called
 
     # --- queries ---------------------------------------------------------------------------------
@@ -153,7 +151,6 @@ class Graph:
                 n.location,
                 phase=n.phase,
                 grad_of=n.grad_of,
-                meta=dict(n.meta),
             )
             for n in self.nodes
         ]
@@ -163,7 +160,6 @@ class Graph:
             [mapping[v] for v in self.outputs],
             {k: mapping[v] for k, v in self.updates.items()},
         )
-        copied.meta = dict(self.meta)
         return copied
 
     # --- comparison and text -------------------------------------------------------------------

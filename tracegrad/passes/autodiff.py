@@ -8,6 +8,8 @@ traced in when the engine reaches it.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from tracegrad import tape
@@ -105,9 +107,15 @@ def _zeros(t: Tensor) -> Tensor:
     return wrap(np.zeros(t.shape, t.dtype.np))
 
 
+class Split(NamedTuple):
+    forward: Graph
+    backward: Graph
+    recomputed: list[str]  # forward values the backward computes again instead of reading
+
+
 def split(
     joint: Graph, n_forward: int, seed_names: list[str], changing=frozenset(), n_results=None
-) -> tuple[Graph, Graph]:
+) -> Split:
     """Partition a joint graph into a forward graph (its first ``n_forward`` outputs plus the
     values the backward reads, saved) and a backward graph (saved values and cotangents in,
     gradients out). Inputs named in ``changing`` are written after the forward (an argument
@@ -141,8 +149,7 @@ def split(
     forward = Graph(forward_inputs, nodes, joint.outputs[:n_forward] + outputs)
     backward_inputs = saved + [v for v in joint.inputs if v.name in seeds]
     backward = Graph(backward_inputs, recomputed + backward_nodes, joint.outputs[n_forward:])
-    backward.meta["recomputed"] = [n.outputs[0].name for n in recomputed]
-    return forward.copy(), backward.copy()
+    return Split(forward.copy(), backward.copy(), [n.outputs[0].name for n in recomputed])
 
 
 # Ops cheap enough to run again in the backward rather than keep their result alive from the

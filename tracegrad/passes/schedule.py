@@ -127,7 +127,6 @@ def schedule(graph: Graph) -> Graph:
     for i in moved:
         note("moved", graph.nodes[i])
     graph.nodes = [graph.nodes[i] for i in order]
-    graph.meta["moved"] = len(moved)
     start = next((i for i, n in enumerate(graph.nodes) if n.phase is Phase.UPDATE), None)
     if start is None:
         return graph
@@ -139,12 +138,10 @@ def schedule(graph: Graph) -> Graph:
             _dependencies(tail), key=lambda i: (not _scalar(tail[i]), i)
         )
     )
-    latest, hoisted = -1, 0
+    latest = -1
     for i in order:
         if i < latest:
             note("hoisted", tail[i])
-            hoisted += 1
         latest = max(latest, i)
-    graph.meta["hoisted"] = hoisted
     graph.nodes = graph.nodes[:start] + [tail[i] for i in order]
     return graph

@@ -251,7 +251,6 @@ def _node_details(node) -> list[tuple[str, str]]:
     if node.origin:
         rows.append(("origin", node.origin))
     rows += [(key, _short(value)) for key, value in node.attrs.items() if key != "body"]
-    rows += [(f"meta {key}", _short(value)) for key, value in node.meta.items()]
     return rows
 
 
