@@ -2,9 +2,11 @@
 
 from tracegrad.ops import elementwise, fused, index, linalg, nn, optim, random, reduce, shape
 from tracegrad.ops.registry import (
+    CHEAP,
     COMMUTATIVE,
     ELEMENTWISE,
     LAYOUT_VIEW,
+    NON_NEGATIVE,
     OPS,
     OVERWRITES_INPUT,
     REDUCE,
@@ -18,9 +20,11 @@ from tracegrad.ops.registry import (
 )
 
 __all__ = [
+    "CHEAP",
     "COMMUTATIVE",
     "ELEMENTWISE",
     "LAYOUT_VIEW",
+    "NON_NEGATIVE",
     "OPS",
     "OVERWRITES_INPUT",
     "REDUCE",

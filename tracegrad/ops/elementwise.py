@@ -13,7 +13,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import kernels, rules
-from tracegrad.ops.registry import COMMUTATIVE, ELEMENTWISE, call, register
+from tracegrad.ops.registry import CHEAP, COMMUTATIVE, ELEMENTWISE, NON_NEGATIVE, call, register
 
 
 def ufunc_out(impl, arity: int) -> str | None:
@@ -24,9 +24,9 @@ def ufunc_out(impl, arity: int) -> str | None:
     return f"np.{impl.__name__}({args}, out={{out}})"
 
 
-def unary(name, impl, rule, emit, saves=(), floats=True, check=None, out=None):
+def unary(name, impl, rule, emit, saves=(), floats=True, check=None, out=None, props=()):
     """A one-input elementwise op; ``floats`` requires a floating-point operand, ``check(x,
-    **attrs)`` validates the attributes against the operand."""
+    **attrs)`` validates the attributes against the operand; ``props`` add to ELEMENTWISE."""
 
     def infer(x: TensorType, **attrs) -> TensorType:
         if check is not None:
@@ -36,10 +36,12 @@ def unary(name, impl, rule, emit, saves=(), floats=True, check=None, out=None):
     # No rule means no gradient at all (not a rule-less entry), so the tape never records it.
     vjp = (rule,) if rule is not None else None
     out = out or ufunc_out(impl, 1)
-    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE}, out)
+    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE, *props}, out)
 
 
 def binary(name, impl, rules_xy, emit, saves=(), props=()):
+    """A two-input elementwise op with broadcasting; ``props`` add to ELEMENTWISE."""
+
     def infer(x: TensorType, y: TensorType) -> TensorType:
         return rules.elementwise(name, x, y)
 
@@ -55,11 +57,18 @@ def comparison(name, impl, emit):
 
 
 # --- unary math:  name, NumPy implementation, VJP rule (d/dx), emit template ----------------
-unary("neg", np.negative, lambda c, g: -g, "np.negative({0})", floats=False)
-unary("exp", np.exp, lambda c, g: g * c.out, "np.exp({0})", saves=("out",))
+unary("neg", np.negative, lambda c, g: -g, "np.negative({0})", floats=False, props={CHEAP})
+unary("exp", np.exp, lambda c, g: g * c.out, "np.exp({0})", saves=("out",), props={NON_NEGATIVE})
 unary("log", np.log, lambda c, g: g / c.x, "np.log({0})", saves=("x",))
 unary("log1p", np.log1p, lambda c, g: g / (1.0 + c.x), "np.log1p({0})", saves=("x",))
-unary("sqrt", np.sqrt, lambda c, g: g / (2.0 * c.out), "np.sqrt({0})", saves=("out",))
+unary(
+    "sqrt",
+    np.sqrt,
+    lambda c, g: g / (2.0 * c.out),
+    "np.sqrt({0})",
+    saves=("out",),
+    props={NON_NEGATIVE},
+)
 unary("tanh", np.tanh, lambda c, g: call("tanh_grad", c.out, g), "np.tanh({0})", saves=("out",))
 unary(
     "sigmoid",
@@ -68,6 +77,7 @@ unary(
     "rt.sigmoid({0})",
     saves=("out",),
     out="rt.sigmoid({0}, out={out})",
+    props={NON_NEGATIVE},
 )
 # d relu(x) = [x > 0]; the output is as good a witness as the input and is kept anyway.
 unary(
@@ -78,8 +88,17 @@ unary(
     saves=("out",),
     floats=False,
     out="np.maximum({0}, 0, out={out})",
+    props={NON_NEGATIVE, CHEAP},
 )
-unary("abs", np.abs, lambda c, g: g * call("sign", c.x), "np.abs({0})", saves=("x",), floats=False)
+unary(
+    "abs",
+    np.abs,
+    lambda c, g: g * call("sign", c.x),
+    "np.abs({0})",
+    saves=("x",),
+    floats=False,
+    props={NON_NEGATIVE},
+)
 # sign is flat almost everywhere: a zero gradient, as in PyTorch (the output still tracks grad)
 unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False)
 unary(
@@ -181,15 +200,15 @@ def _maximum_mask(c, picks_x):
 
 
 # --- binary arithmetic:  name, impl, (d/dx, d/dy), emit ---------------------------------------
-binary("add", np.add, (lambda c, g: g, lambda c, g: g), "{0} + {1}", props={COMMUTATIVE})
-binary("sub", np.subtract, (lambda c, g: g, lambda c, g: -g), "{0} - {1}")
+binary("add", np.add, (lambda c, g: g, lambda c, g: g), "{0} + {1}", props={COMMUTATIVE, CHEAP})
+binary("sub", np.subtract, (lambda c, g: g, lambda c, g: -g), "{0} - {1}", props={CHEAP})
 binary(
     "mul",
     np.multiply,
     (lambda c, g: g * c.y, lambda c, g: g * c.x),
     "{0} * {1}",
     saves={"x": ("y",), "y": ("x",)},
-    props={COMMUTATIVE},
+    props={COMMUTATIVE, CHEAP},
 )
 binary(
     "div",
@@ -197,6 +216,7 @@ binary(
     (lambda c, g: g / c.y, lambda c, g: -g * c.out / c.y),
     "{0} / {1}",
     saves={"x": ("y",), "y": ("y", "out")},
+    props={CHEAP},
 )
 binary(
     "pow",
@@ -211,7 +231,7 @@ binary(
     (lambda c, g: g * _maximum_mask(c, True), lambda c, g: g * (1.0 - _maximum_mask(c, True))),
     "np.maximum({0}, {1})",
     saves=("x", "y"),
-    props={COMMUTATIVE},
+    props={COMMUTATIVE, CHEAP},
 )
 binary(
     "minimum",
@@ -219,7 +239,7 @@ binary(
     (lambda c, g: g * _maximum_mask(c, False), lambda c, g: g * (1.0 - _maximum_mask(c, False))),
     "np.minimum({0}, {1})",
     saves=("x", "y"),
-    props={COMMUTATIVE},
+    props={COMMUTATIVE, CHEAP},
 )
 
 # --- comparisons and logic: bool results, no gradient -----------------------------------------
@@ -285,6 +305,6 @@ register(
     lambda x, dtype: x.astype(dtypes.from_name(dtype).np),
     (lambda c, g: call("cast", g, dtype=c.x.dtype.name) if c.x.dtype.is_floating_point else None,),
     "{0}.astype(np.{dtype})",
-    props={ELEMENTWISE},
+    props={ELEMENTWISE, CHEAP},
     out="rt.copy_into({0}, {out})",
 )

@@ -11,7 +11,7 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import kernels, rules
-from tracegrad.ops.registry import OVERWRITES_INPUT, VIEW, call, register
+from tracegrad.ops.registry import NON_NEGATIVE, OVERWRITES_INPUT, VIEW, call, register
 
 # --- sliding windows: conv2d and max_pool2d are compositions over these -------------------------
 
@@ -95,7 +95,7 @@ register(
     "rt.softmax({0}, {dim})",
     out="rt.softmax({0}, {dim}, out={out})",
     saves=("out",),
-    props=(OVERWRITES_INPUT,),
+    props=(OVERWRITES_INPUT, NON_NEGATIVE),
 )
 
 

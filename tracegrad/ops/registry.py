@@ -43,6 +43,11 @@ RANDOM = "random"  # draws from the random generator: never folded, always trace
 # Not elementwise, but its kernel reads all of its first input before writing out= (a softmax
 # row by row), so the memory plan may give it that input's memory.
 OVERWRITES_INPUT = "overwrites_input"
+# Its result is never negative, for every input: for it exp(log(y)) is y (elsewhere log gives nan).
+NON_NEGATIVE = "non_negative"
+# Cheap enough to run again in the backward rather than keep its result alive from the forward
+# (views cost nothing; elementwise arithmetic one pass).
+CHEAP = "cheap"
 
 
 @dataclass(frozen=True)
