@@ -9,11 +9,88 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import special
 
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
-from tracegrad.ops import kernels, rules
+from tracegrad.ops import rules
 from tracegrad.ops.registry import CHEAP, COMMUTATIVE, ELEMENTWISE, NON_NEGATIVE, call, register
+from tracegrad.ops.runtime import chunked, joint_scratch, kernel, out_or_new, scratch
+
+# --- kernels: the NumPy code the ops below run, eagerly and as rt.<name> in generated code
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+GELU_TANH_COEF = 0.044715
+
+
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+
+
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@kernel
+def erf(x):
+    """The error function, vectorized (SciPy's ufunc keeps float32 as float32)."""
+    return np.asarray(special.erf(x))
+
+
+@kernel
+def where(cond, x, y, out=None):
+    """np.where into ``out``, which may be ``x`` or ``y`` (masking attention in place)."""
+    if out is None:
+        return np.where(cond, x, y)
+    if out is x:
+        keep = np.logical_not(cond, out=scratch(np.shape(cond), "where", bool))
+        np.copyto(out, y, where=keep)
+        return out
+    if out is not y:
+        np.copyto(out, y)
+    np.copyto(out, x, where=cond)
+    return out
+
+
+@kernel
+@chunked
+def sigmoid(x, out=None):
+    """1 / (1 + exp(-x)); ``out`` may be ``x``."""
+    out = np.negative(x, out=out_or_new(x, out))
+    np.exp(out, out=out)
+    out += 1.0
+    return np.reciprocal(out, out=out)
+
+
+@kernel
+@chunked
+def gelu(x, approximate, out=None):
+    """x * Phi(x); with ``approximate='tanh'`` PyTorch's tanh form. ``out`` may be ``x``."""
+    if approximate != "tanh":
+        return np.multiply(0.5 * x, 1.0 + erf(x / math.sqrt(2.0)), out=out)
+    t = gelu_tanh_into(x, out=scratch(x, "gelu"))
+    return gelu_from_tanh(x, t, out=out, work=t)  # t is ours: 1 + t goes in its place
+
+
+def gelu_tanh_into(x, out=None):
+    return np.tanh(_tanh_argument(x, out_or_new(x, out)), out=out)
+
+
+def gelu_from_tanh(x, t, out=None, work=None):
+    """x (1 + t) / 2, with 1 + t made in ``work`` (a scratch array unless given)."""
+    inner = np.add(t, 1.0, out=joint_scratch(x, t, "gelu_with_tanh") if work is None else work)
+    out = np.multiply(x, inner, out=out)
+    out *= 0.5
+    return out
+
+
+def _tanh_argument(x, out):
+    """c (x + k x^3) as (c k x^2 + c) x: four passes (np.power is far slower)."""
+    np.multiply(x, x, out=out)
+    out *= SQRT_2_OVER_PI * GELU_TANH_COEF
+    out += SQRT_2_OVER_PI
+    out *= x
+    return out
 
 
 def ufunc_out(impl, arity: int) -> str | None:
@@ -72,7 +149,7 @@ unary(
 unary("tanh", np.tanh, lambda c, g: call("tanh_grad", c.out, g), "np.tanh({0})", saves=("out",))
 unary(
     "sigmoid",
-    kernels.sigmoid,
+    sigmoid,
     lambda c, g: call("sigmoid_grad", c.out, g),
     "rt.sigmoid({0})",
     saves=("out",),
@@ -103,7 +180,7 @@ unary(
 unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False)
 unary(
     "erf",
-    kernels.erf,
+    erf,
     lambda c, g: g * (2.0 / math.sqrt(math.pi)) * call("exp", -c.x * c.x),
     "rt.erf({0})",
     saves=("x",),
@@ -113,7 +190,7 @@ unary("cos", np.cos, lambda c, g: -g * call("sin", c.x), "np.cos({0})", saves=("
 # gelu(x) = x * Phi(x); 'tanh' uses PyTorch's approximation of Phi.
 unary(
     "gelu",
-    kernels.gelu,
+    gelu,
     lambda c, g: call("gelu_grad", c.x, g, approximate=c.approximate),
     "rt.gelu({0}, {approximate!r})",
     saves=("x",),
