@@ -17,80 +17,11 @@ from tracegrad.ops import rules
 from tracegrad.ops.registry import CHEAP, COMMUTATIVE, ELEMENTWISE, NON_NEGATIVE, call, register
 from tracegrad.ops.runtime import chunked, joint_scratch, kernel, out_or_new, scratch
 
-# --- kernels: the NumPy code the ops below run, eagerly and as rt.<name> in generated code
-
+# The constants of gelu's two forms (its fused gradients in tracegrad/ops/fused.py read them too)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
 GELU_TANH_COEF = 0.044715
-
-
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-
-
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-@kernel
-def erf(x):
-    """The error function, vectorized (SciPy's ufunc keeps float32 as float32)."""
-    return np.asarray(special.erf(x))
-
-
-@kernel
-def where(cond, x, y, out=None):
-    """np.where into ``out``, which may be ``x`` or ``y`` (masking attention in place)."""
-    if out is None:
-        return np.where(cond, x, y)
-    if out is x:
-        keep = np.logical_not(cond, out=scratch(np.shape(cond), "where", bool))
-        np.copyto(out, y, where=keep)
-        return out
-    if out is not y:
-        np.copyto(out, y)
-    np.copyto(out, x, where=cond)
-    return out
-
-
-@kernel
-@chunked
-def sigmoid(x, out=None):
-    """1 / (1 + exp(-x)); ``out`` may be ``x``."""
-    out = np.negative(x, out=out_or_new(x, out))
-    np.exp(out, out=out)
-    out += 1.0
-    return np.reciprocal(out, out=out)
-
-
-@kernel
-@chunked
-def gelu(x, approximate, out=None):
-    """x * Phi(x); with ``approximate='tanh'`` PyTorch's tanh form. ``out`` may be ``x``."""
-    if approximate != "tanh":
-        return np.multiply(0.5 * x, 1.0 + erf(x / math.sqrt(2.0)), out=out)
-    t = gelu_tanh_into(x, out=scratch(x, "gelu"))
-    return gelu_from_tanh(x, t, out=out, work=t)  # t is ours: 1 + t goes in its place
-
-
-def gelu_tanh_into(x, out=None):
-    return np.tanh(_tanh_argument(x, out_or_new(x, out)), out=out)
-
-
-def gelu_from_tanh(x, t, out=None, work=None):
-    """x (1 + t) / 2, with 1 + t made in ``work`` (a scratch array unless given)."""
-    inner = np.add(t, 1.0, out=joint_scratch(x, t, "gelu_with_tanh") if work is None else work)
-    out = np.multiply(x, inner, out=out)
-    out *= 0.5
-    return out
-
-
-def _tanh_argument(x, out):
-    """c (x + k x^3) as (c k x^2 + c) x: four passes (np.power is far slower)."""
-    np.multiply(x, x, out=out)
-    out *= SQRT_2_OVER_PI * GELU_TANH_COEF
-    out += SQRT_2_OVER_PI
-    out *= x
-    return out
 
 
 def ufunc_out(impl, arity: int) -> str | None:
@@ -147,6 +78,18 @@ unary(
     props={NON_NEGATIVE},
 )
 unary("tanh", np.tanh, lambda c, g: call("tanh_grad", c.out, g), "np.tanh({0})", saves=("out",))
+
+
+@kernel
+@chunked
+def sigmoid(x, out=None):
+    """1 / (1 + exp(-x)); ``out`` may be ``x``."""
+    out = np.negative(x, out=out_or_new(x, out))
+    np.exp(out, out=out)
+    out += 1.0
+    return np.reciprocal(out, out=out)
+
+
 unary(
     "sigmoid",
     sigmoid,
@@ -178,6 +121,14 @@ unary(
 )
 # sign is flat almost everywhere: a zero gradient, as in PyTorch (the output still tracks grad)
 unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False)
+
+
+@kernel
+def erf(x):
+    """The error function, vectorized (SciPy's ufunc keeps float32 as float32)."""
+    return np.asarray(special.erf(x))
+
+
 unary(
     "erf",
     erf,
@@ -187,6 +138,40 @@ unary(
 )
 unary("sin", np.sin, lambda c, g: g * call("cos", c.x), "np.sin({0})", saves=("x",))
 unary("cos", np.cos, lambda c, g: -g * call("sin", c.x), "np.cos({0})", saves=("x",))
+
+
+@kernel
+@chunked
+def gelu(x, approximate, out=None):
+    """x * Phi(x); with ``approximate='tanh'`` PyTorch's tanh form. ``out`` may be ``x``."""
+    if approximate != "tanh":
+        return np.multiply(0.5 * x, 1.0 + erf(x / math.sqrt(2.0)), out=out)
+    t = gelu_tanh_into(x, out=scratch(x, "gelu"))
+    return gelu_from_tanh(x, t, out=out, work=t)  # t is ours: 1 + t goes in its place
+
+
+def gelu_tanh_into(x, out=None):
+    """t = tanh(c (x + k x^3)), the tanh of gelu's tanh form, into ``out`` (new unless given)."""
+    return np.tanh(_tanh_argument(x, out_or_new(x, out)), out=out)
+
+
+def gelu_from_tanh(x, t, out=None, work=None):
+    """x (1 + t) / 2, with 1 + t made in ``work`` (a scratch array unless given)."""
+    inner = np.add(t, 1.0, out=joint_scratch(x, t, "gelu_with_tanh") if work is None else work)
+    out = np.multiply(x, inner, out=out)
+    out *= 0.5
+    return out
+
+
+def _tanh_argument(x, out):
+    """c (x + k x^3) as (c k x^2 + c) x: four passes (np.power is far slower)."""
+    np.multiply(x, x, out=out)
+    out *= SQRT_2_OVER_PI * GELU_TANH_COEF
+    out += SQRT_2_OVER_PI
+    out *= x
+    return out
+
+
 # gelu(x) = x * Phi(x); 'tanh' uses PyTorch's approximation of Phi.
 unary(
     "gelu",
@@ -357,6 +342,21 @@ def _where_infer(cond: TensorType, x: TensorType, y: TensorType) -> TensorType:
         raise rules.DTypeError(f"where: condition must be bool, got {cond.dtype}")
     dtype = rules.same_dtype("where", x, y)
     return TensorType(rules.broadcast_shape("where", cond.shape, x.shape, y.shape), dtype)
+
+
+@kernel
+def where(cond, x, y, out=None):
+    """np.where into ``out``, which may be ``x`` or ``y`` (masking attention in place)."""
+    if out is None:
+        return np.where(cond, x, y)
+    if out is x:
+        keep = np.logical_not(cond, out=scratch(np.shape(cond), "where", bool))
+        np.copyto(out, y, where=keep)
+        return out
+    if out is not y:
+        np.copyto(out, y)
+    np.copyto(out, x, where=cond)
+    return out
 
 
 register(

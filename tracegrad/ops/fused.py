@@ -6,6 +6,9 @@ NOTE: each is declared with a *reference* written in tracegrad ops (the formula 
 computes). The reference is its specification and also its derivative: the VJP of a fused op is
 the VJP of its reference, so gradients of gradients stay exact without hand-written
 second-order rules.
+
+Each kernel sits above its op's declaration and is safe when ``out`` is one of its inputs: an
+input is read only before ``out`` is written, or copied first.
 """
 
 from __future__ import annotations
@@ -45,233 +48,6 @@ from tracegrad.ops.runtime import (
     row_sum,
     scratch,
 )
-
-# --- kernels. Each is safe when ``out`` is one of its inputs: an input is read only before
-# ``out`` is written, or copied first.
-
-
-@kernel
-@chunked
-def gelu_tanh(x, out=None):
-    """t = tanh(c (x + k x^3)), the tanh in gelu's tanh form (its gradient reads it too)."""
-    return gelu_tanh_into(x, out=out)
-
-
-@kernel
-@chunked
-def gelu_with_tanh(x, t, out=None):
-    """gelu(x) = x (1 + t) / 2 from t = gelu_tanh(x). ``out`` may be ``x`` or ``t``; unless
-    it is ``x``, 1 + t is made there (no scratch pass)."""
-    free = out is not None and not np.may_share_memory(out, x) and np.shape(out) == np.shape(t)
-    return gelu_from_tanh(x, t, out=out, work=out if free else None)
-
-
-@kernel
-@chunked
-def relu_grad(y, g, out=None):
-    return np.multiply(g, np.greater(y, 0, out=scratch(y, "relu_grad", bool)), out=out)
-
-
-@kernel
-@chunked
-def tanh_grad(y, g, out=None):
-    slope = np.multiply(y, y, out=scratch(y, "tanh_grad"))
-    np.subtract(1.0, slope, out=slope)
-    return np.multiply(g, slope, out=out)
-
-
-@kernel
-@chunked
-def sigmoid_grad(y, g, out=None):
-    slope = np.subtract(1.0, y, out=scratch(y, "sigmoid_grad"))
-    slope *= y
-    return np.multiply(g, slope, out=out)
-
-
-@kernel
-@chunked
-def gelu_grad(x, g, approximate, out=None):
-    """d gelu(x) = Phi(x) + x phi(x) (Phi in PyTorch's tanh form when asked)."""
-    if approximate == "tanh":
-        t = gelu_tanh_into(x, out=scratch(x, "gelu_grad.t"))
-        return _gelu_grad_with_tanh(x, t, g, out=out)
-    density = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
-    density *= -0.5
-    np.exp(density, out=density)
-    density *= INV_SQRT_2PI
-    density *= x
-    slope = np.multiply(x, INV_SQRT_2, out=scratch(x, "gelu_grad.slope"))
-    slope[...] = erf(slope)
-    slope += 1.0
-    slope *= 0.5
-    slope += density
-    return np.multiply(g, slope, out=out)
-
-
-@kernel
-@chunked
-def gelu_grad_with_tanh(x, t, g, out=None):
-    """g * d gelu(x) in the tanh form, from t = gelu_tanh(x) kept from the forward.
-    ``out`` may be ``g``."""
-    return _gelu_grad_with_tanh(x, t, g, out=out)
-
-
-def _gelu_grad_with_tanh(x, t, g, out=None):
-    # With q = x (c/2 + 3ck/2 x^2): gelu'(x) = (1 + t)/2 + (1 - t^2) q = (1 + t) (1/2 + (1 - t) q)
-    q = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
-    q *= 1.5 * SQRT_2_OVER_PI * GELU_TANH_COEF
-    q += 0.5 * SQRT_2_OVER_PI
-    q *= x
-    slope = np.subtract(1.0, t, out=joint_scratch(x, t, "gelu_grad.slope"))
-    slope *= q
-    slope += 0.5
-    slope *= np.add(t, 1.0, out=q) if np.shape(t) == q.shape else np.add(t, 1.0)
-    return np.multiply(g, slope, out=out)
-
-
-@kernel
-def softmax_grad(y, g, dim, out=None):
-    """y * (g - sum(g * y)) over ``dim``."""
-    gy = np.multiply(g, y, out=scratch(y, "softmax_grad"))
-    total = row_sum(gy, dim)
-    np.subtract(g, total, out=gy)
-    return np.multiply(y, gy, out=out)
-
-
-@kernel
-def masked_softmax_grad(y, g, mask, dim, out=None):
-    """softmax_grad, zero where masked. There y is exactly 0 and so is the product, except in
-    rows masked whole (y is nan there): only those rows are zeroed, without a pass over the
-    rest. (A non-finite ``g`` at a masked entry would give nan there.)"""
-    out = softmax_grad(y, g, dim, out=out)
-    mask = np.reshape(mask, (1,) * (y.ndim - np.ndim(mask)) + np.shape(mask))
-    whole = np.all(mask, axis=dim, keepdims=True)
-    if whole.any():
-        np.copyto(out, 0, where=whole)
-    return out
-
-
-@kernel
-def log_softmax_grad(y, g, dim, out=None):
-    """g - exp(y) * sum(g) over ``dim``."""
-    total = row_sum(g, dim)
-    scaled = np.exp(y, out=scratch(y, "log_softmax_grad"))
-    scaled *= total
-    return np.subtract(g, scaled, out=out)
-
-
-def _loss_weight(g, valid, every, reduction, dtype):
-    """Each sample's share of the loss's cotangent ``g`` (divided by the count for a mean)."""
-    weight = np.asarray(g, dtype)
-    if reduction == "mean":
-        weight = weight / dtype.type(valid.size if every else np.count_nonzero(valid))
-    return weight
-
-
-def _subtract_targets(grad, target, valid, every, weight, label_smoothing):
-    """grad -= weight * smoothed one-hot(target) along the class dim, then zero the ignored
-    samples. ``grad`` already holds probabilities times ``weight``."""
-    if grad.ndim == 2 and not label_smoothing:
-        picks = target if every else np.where(valid, target, 0)
-        grad[row_numbers(len(target)), picks] -= weight
-        if not every:
-            grad *= valid[:, None]
-        return grad
-    moved = np.moveaxis(grad, class_dim(grad.ndim), -1)
-    share = np.broadcast_to(weight, valid.shape)[..., None]
-    if label_smoothing:
-        moved -= share * (label_smoothing / moved.shape[-1])
-    picks = np.where(valid, target, 0)[..., None]
-    picked = np.take_along_axis(moved, picks, -1)
-    np.put_along_axis(moved, picks, picked - share * (1.0 - label_smoothing), -1)
-    moved *= valid[..., None]
-    return grad
-
-
-def _class_weight(weight, ndim):
-    """A per-sample weight shaped to broadcast along the class dim (1 of (N, C, ...))."""
-    return weight if weight.ndim == 0 else np.expand_dims(weight, class_dim(ndim))
-
-
-@kernel
-def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reduction):
-    """softmax(logits) - smoothed one-hot(target), weighted by g, zero where ignored."""
-    valid = target != ignore_index
-    every = bool(valid.all())
-    weight = _loss_weight(g, valid, every, reduction, logits.dtype)
-    dim = class_dim(logits.ndim)
-    grad = np.subtract(logits, row_max(logits, dim))
-    np.exp(grad, out=grad)
-    # softmax times the weight in one pass: exp(shifted) * (w / sum)
-    grad *= np.divide(_class_weight(weight, logits.ndim), row_sum(grad, dim))
-    return _subtract_targets(grad, target, valid, every, weight, label_smoothing)
-
-
-@kernel
-def log_softmax_nll_grad(logp, target, g, ignore_index, label_smoothing, reduction, out=None):
-    """The gradient of nll_loss(log_softmax(x)) with respect to x, from the log-probabilities
-    the forward kept: exp(logp) - smoothed one-hot(target), weighted by g. ``out`` may be
-    ``logp``."""
-    if usual_class_loss(logp, target, ignore_index, label_smoothing, reduction):
-        # (what the general way below computes then, without its helpers' calls)
-        n = len(target)
-        weight = np.asarray(g, logp.dtype)
-        weight = weight / logp.dtype.type(n) if reduction == "mean" else weight
-        grad = np.exp(logp, out=out)
-        grad *= weight
-        grad[row_numbers(n), target] -= weight
-        return grad
-    valid = target != ignore_index
-    every = bool(valid.all())
-    weight = _loss_weight(g, valid, every, reduction, logp.dtype)
-    grad = np.exp(logp, out=out)
-    grad *= _class_weight(weight, logp.ndim)
-    return _subtract_targets(grad, target, valid, every, weight, label_smoothing)
-
-
-@kernel
-def layer_norm_grad(x, y, g, ndims, eps, out=None):
-    """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
-    centered = layer_norm_center(x, ndims, out=scratch(x, "layer_norm_grad"))
-    return layer_norm_grad_from_std(y, g, layer_norm_std(centered, ndims, eps), ndims, out=out)
-
-
-@kernel
-def layer_norm_grad_from_std(y, g, std, ndims, out=None):
-    """layer_norm_grad with the forward's std = sqrt(var + eps) kept: nothing of x is needed."""
-    axes = layer_norm_axes(y.ndim, ndims)
-    rstd = 1.0 / std
-    work = np.multiply(g, y, out=scratch(y, "layer_norm_grad"))
-    projection = row_mean(work, axes)
-    np.multiply(y, projection, out=work)
-    np.subtract(g, work, out=work)
-    work -= row_mean(g, axes)
-    return np.multiply(work, rstd, out=out)
-
-
-@kernel
-def extreme_grad(x, y, g, dims, keepdim, out=None):
-    """amax/amin: the gradient shared evenly between tied extremes."""
-    cells = window_cells(x, dims, keepdim)
-    if cells is not None:
-        grad = np.empty(x.shape, x.dtype) if out is None else out
-        hits = scratch((len(cells), *y.shape), "extreme_grad.hits", bool)
-        count = scratch(y.shape, "extreme_grad.count", np.uint8)  # at most 64 cells
-        count[...] = 0
-        for hit, cell in zip(hits, cells, strict=True):
-            np.equal(x[cell], y, out=hit)
-            np.add(count, hit.view(np.uint8), out=count)  # a view: no casting loop
-        untied = count.min() == 1 == count.max()
-        share = g if untied else g / count
-        for hit, cell in zip(hits, cells, strict=True):
-            np.multiply(share, hit, out=grad[cell])
-        return grad
-    if not keepdim:
-        y, g = np.expand_dims(y, dims), np.expand_dims(g, dims)
-    hits = np.equal(x, y, out=out, casting="unsafe") if out is not None else (x == y)
-    hits = hits.astype(x.dtype, copy=False)
-    hits *= g / hits.sum(axis=dims, keepdims=True)
-    return hits
 
 
 def reference_vjp(reference):
@@ -350,6 +126,12 @@ def gelu_reference(x, g, approximate):
     return g * (cdf + x * pdf)
 
 
+@kernel
+@chunked
+def relu_grad(y, g, out=None):
+    return np.multiply(g, np.greater(y, 0, out=scratch(y, "relu_grad", bool)), out=out)
+
+
 fused(
     "relu_grad",
     ("y", "g"),
@@ -359,6 +141,16 @@ fused(
     "rt.relu_grad({0}, {1}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def tanh_grad(y, g, out=None):
+    slope = np.multiply(y, y, out=scratch(y, "tanh_grad"))
+    np.subtract(1.0, slope, out=slope)
+    return np.multiply(g, slope, out=out)
+
+
 fused(
     "tanh_grad",
     ("y", "g"),
@@ -368,6 +160,16 @@ fused(
     "rt.tanh_grad({0}, {1}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def sigmoid_grad(y, g, out=None):
+    slope = np.subtract(1.0, y, out=scratch(y, "sigmoid_grad"))
+    slope *= y
+    return np.multiply(g, slope, out=out)
+
+
 fused(
     "sigmoid_grad",
     ("y", "g"),
@@ -377,6 +179,28 @@ fused(
     "rt.sigmoid_grad({0}, {1}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def gelu_grad(x, g, approximate, out=None):
+    """d gelu(x) = Phi(x) + x phi(x) (Phi in PyTorch's tanh form when asked)."""
+    if approximate == "tanh":
+        t = gelu_tanh_into(x, out=scratch(x, "gelu_grad.t"))
+        return _gelu_grad_with_tanh(x, t, g, out=out)
+    density = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
+    density *= -0.5
+    np.exp(density, out=density)
+    density *= INV_SQRT_2PI
+    density *= x
+    slope = np.multiply(x, INV_SQRT_2, out=scratch(x, "gelu_grad.slope"))
+    slope[...] = erf(slope)
+    slope += 1.0
+    slope *= 0.5
+    slope += density
+    return np.multiply(g, slope, out=out)
+
+
 fused(
     "gelu_grad",
     ("x", "g"),
@@ -404,6 +228,13 @@ def _gelu_grad_with_tanh_reference(x, t, g):
     return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
 
 
+@kernel
+@chunked
+def gelu_tanh(x, out=None):
+    """t = tanh(c (x + k x^3)), the tanh in gelu's tanh form (its gradient reads it too)."""
+    return gelu_tanh_into(x, out=out)
+
+
 fused(
     "gelu_tanh",
     ("x",),
@@ -413,6 +244,17 @@ fused(
     "rt.gelu_tanh({0}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def gelu_with_tanh(x, t, out=None):
+    """gelu(x) = x (1 + t) / 2 from t = gelu_tanh(x). ``out`` may be ``x`` or ``t``; unless
+    it is ``x``, 1 + t is made there (no scratch pass)."""
+    free = out is not None and not np.may_share_memory(out, x) and np.shape(out) == np.shape(t)
+    return gelu_from_tanh(x, t, out=out, work=out if free else None)
+
+
 fused(
     "gelu_with_tanh",
     ("x", "t"),
@@ -422,6 +264,29 @@ fused(
     "rt.gelu_with_tanh({0}, {1}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def gelu_grad_with_tanh(x, t, g, out=None):
+    """g * d gelu(x) in the tanh form, from t = gelu_tanh(x) kept from the forward.
+    ``out`` may be ``g``."""
+    return _gelu_grad_with_tanh(x, t, g, out=out)
+
+
+def _gelu_grad_with_tanh(x, t, g, out=None):
+    # With q = x (c/2 + 3ck/2 x^2): gelu'(x) = (1 + t)/2 + (1 - t^2) q = (1 + t) (1/2 + (1 - t) q)
+    q = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
+    q *= 1.5 * SQRT_2_OVER_PI * GELU_TANH_COEF
+    q += 0.5 * SQRT_2_OVER_PI
+    q *= x
+    slope = np.subtract(1.0, t, out=joint_scratch(x, t, "gelu_grad.slope"))
+    slope *= q
+    slope += 0.5
+    slope *= np.add(t, 1.0, out=q) if np.shape(t) == q.shape else np.add(t, 1.0)
+    return np.multiply(g, slope, out=out)
+
+
 fused(
     "gelu_grad_with_tanh",
     ("x", "t", "g"),
@@ -530,6 +395,15 @@ def _cross_entropy_grad_infer(logits, target, g, **attrs) -> TensorType:
     return rules.floating("cross_entropy_grad", logits)
 
 
+@kernel
+def softmax_grad(y, g, dim, out=None):
+    """y * (g - sum(g * y)) over ``dim``."""
+    gy = np.multiply(g, y, out=scratch(y, "softmax_grad"))
+    total = row_sum(gy, dim)
+    np.subtract(g, total, out=gy)
+    return np.multiply(y, gy, out=out)
+
+
 fused(
     "softmax_grad",
     ("y", "g"),
@@ -538,6 +412,21 @@ fused(
     "rt.softmax_grad({0}, {1}, {dim})",
     "rt.softmax_grad({0}, {1}, {dim}, out={out})",
 )
+
+
+@kernel
+def masked_softmax_grad(y, g, mask, dim, out=None):
+    """softmax_grad, zero where masked. There y is exactly 0 and so is the product, except in
+    rows masked whole (y is nan there): only those rows are zeroed, without a pass over the
+    rest. (A non-finite ``g`` at a masked entry would give nan there.)"""
+    out = softmax_grad(y, g, dim, out=out)
+    mask = np.reshape(mask, (1,) * (y.ndim - np.ndim(mask)) + np.shape(mask))
+    whole = np.all(mask, axis=dim, keepdims=True)
+    if whole.any():
+        np.copyto(out, 0, where=whole)
+    return out
+
+
 fused(
     "masked_softmax_grad",
     ("y", "g", "mask"),
@@ -547,6 +436,50 @@ fused(
     "rt.masked_softmax_grad({0}, {1}, {2}, {dim}, out={out})",
     infer=_input_type,
 )
+
+
+@kernel
+def log_softmax_grad(y, g, dim, out=None):
+    """g - exp(y) * sum(g) over ``dim``."""
+    total = row_sum(g, dim)
+    scaled = np.exp(y, out=scratch(y, "log_softmax_grad"))
+    scaled *= total
+    return np.subtract(g, scaled, out=out)
+
+
+def _loss_weight(g, valid, every, reduction, dtype):
+    """Each sample's share of the loss's cotangent ``g`` (divided by the count for a mean)."""
+    weight = np.asarray(g, dtype)
+    if reduction == "mean":
+        weight = weight / dtype.type(valid.size if every else np.count_nonzero(valid))
+    return weight
+
+
+def _subtract_targets(grad, target, valid, every, weight, label_smoothing):
+    """grad -= weight * smoothed one-hot(target) along the class dim, then zero the ignored
+    samples. ``grad`` already holds probabilities times ``weight``."""
+    if grad.ndim == 2 and not label_smoothing:
+        picks = target if every else np.where(valid, target, 0)
+        grad[row_numbers(len(target)), picks] -= weight
+        if not every:
+            grad *= valid[:, None]
+        return grad
+    moved = np.moveaxis(grad, class_dim(grad.ndim), -1)
+    share = np.broadcast_to(weight, valid.shape)[..., None]
+    if label_smoothing:
+        moved -= share * (label_smoothing / moved.shape[-1])
+    picks = np.where(valid, target, 0)[..., None]
+    picked = np.take_along_axis(moved, picks, -1)
+    np.put_along_axis(moved, picks, picked - share * (1.0 - label_smoothing), -1)
+    moved *= valid[..., None]
+    return grad
+
+
+def _class_weight(weight, ndim):
+    """A per-sample weight shaped to broadcast along the class dim (1 of (N, C, ...))."""
+    return weight if weight.ndim == 0 else np.expand_dims(weight, class_dim(ndim))
+
+
 fused(
     "log_softmax_grad",
     ("y", "g"),
@@ -555,6 +488,22 @@ fused(
     "rt.log_softmax_grad({0}, {1}, {dim})",
     "rt.log_softmax_grad({0}, {1}, {dim}, out={out})",
 )
+
+
+@kernel
+def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reduction):
+    """softmax(logits) - smoothed one-hot(target), weighted by g, zero where ignored."""
+    valid = target != ignore_index
+    every = bool(valid.all())
+    weight = _loss_weight(g, valid, every, reduction, logits.dtype)
+    dim = class_dim(logits.ndim)
+    grad = np.subtract(logits, row_max(logits, dim))
+    np.exp(grad, out=grad)
+    # softmax times the weight in one pass: exp(shifted) * (w / sum)
+    grad *= np.divide(_class_weight(weight, logits.ndim), row_sum(grad, dim))
+    return _subtract_targets(grad, target, valid, every, weight, label_smoothing)
+
+
 fused(
     "cross_entropy_grad",
     ("logits", "target", "g"),
@@ -571,6 +520,30 @@ fused(
     "rt.nll_loss({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",
     infer=class_loss_infer("nll_loss"),
 )
+
+
+@kernel
+def log_softmax_nll_grad(logp, target, g, ignore_index, label_smoothing, reduction, out=None):
+    """The gradient of nll_loss(log_softmax(x)) with respect to x, from the log-probabilities
+    the forward kept: exp(logp) - smoothed one-hot(target), weighted by g. ``out`` may be
+    ``logp``."""
+    if usual_class_loss(logp, target, ignore_index, label_smoothing, reduction):
+        # (what the general way below computes then, without its helpers' calls)
+        n = len(target)
+        weight = np.asarray(g, logp.dtype)
+        weight = weight / logp.dtype.type(n) if reduction == "mean" else weight
+        grad = np.exp(logp, out=out)
+        grad *= weight
+        grad[row_numbers(n), target] -= weight
+        return grad
+    valid = target != ignore_index
+    every = bool(valid.all())
+    weight = _loss_weight(g, valid, every, reduction, logp.dtype)
+    grad = np.exp(logp, out=out)
+    grad *= _class_weight(weight, logp.ndim)
+    return _subtract_targets(grad, target, valid, every, weight, label_smoothing)
+
+
 fused(
     "log_softmax_nll_grad",
     ("logp", "target", "g"),
@@ -582,6 +555,15 @@ fused(
     infer=_cross_entropy_grad_infer,
     props=(OVERWRITES_INPUT,),
 )
+
+
+@kernel
+def layer_norm_grad(x, y, g, ndims, eps, out=None):
+    """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
+    centered = layer_norm_center(x, ndims, out=scratch(x, "layer_norm_grad"))
+    return layer_norm_grad_from_std(y, g, layer_norm_std(centered, ndims, eps), ndims, out=out)
+
+
 fused(
     "layer_norm_grad",
     ("x", "y", "g"),
@@ -610,6 +592,21 @@ fused(
     "rt.layer_norm_std({0}, {ndims}, {eps!r}, out={out})",
     infer=_std_infer,
 )
+
+
+@kernel
+def layer_norm_grad_from_std(y, g, std, ndims, out=None):
+    """layer_norm_grad with the forward's std = sqrt(var + eps) kept: nothing of x is needed."""
+    axes = layer_norm_axes(y.ndim, ndims)
+    rstd = 1.0 / std
+    work = np.multiply(g, y, out=scratch(y, "layer_norm_grad"))
+    projection = row_mean(work, axes)
+    np.multiply(y, projection, out=work)
+    np.subtract(g, work, out=work)
+    work -= row_mean(g, axes)
+    return np.multiply(work, rstd, out=out)
+
+
 fused(
     "layer_norm_grad_from_std",
     ("y", "g", "std"),
@@ -619,6 +616,33 @@ fused(
     "rt.layer_norm_grad_from_std({0}, {1}, {2}, {ndims}, out={out})",
     infer=_input_type,
 )
+
+
+@kernel
+def extreme_grad(x, y, g, dims, keepdim, out=None):
+    """amax/amin: the gradient shared evenly between tied extremes."""
+    cells = window_cells(x, dims, keepdim)
+    if cells is not None:
+        grad = np.empty(x.shape, x.dtype) if out is None else out
+        hits = scratch((len(cells), *y.shape), "extreme_grad.hits", bool)
+        count = scratch(y.shape, "extreme_grad.count", np.uint8)  # at most 64 cells
+        count[...] = 0
+        for hit, cell in zip(hits, cells, strict=True):
+            np.equal(x[cell], y, out=hit)
+            np.add(count, hit.view(np.uint8), out=count)  # a view: no casting loop
+        untied = count.min() == 1 == count.max()
+        share = g if untied else g / count
+        for hit, cell in zip(hits, cells, strict=True):
+            np.multiply(share, hit, out=grad[cell])
+        return grad
+    if not keepdim:
+        y, g = np.expand_dims(y, dims), np.expand_dims(g, dims)
+    hits = np.equal(x, y, out=out, casting="unsafe") if out is not None else (x == y)
+    hits = hits.astype(x.dtype, copy=False)
+    hits *= g / hits.sum(axis=dims, keepdims=True)
+    return hits
+
+
 fused(
     "extreme_grad",
     ("x", "y", "g"),

@@ -20,7 +20,36 @@ from tracegrad.ops.elementwise import _zero
 from tracegrad.ops.registry import VIEW, call, register
 from tracegrad.ops.runtime import kernel
 
-# --- kernels: the NumPy code the ops below run, eagerly and as rt.<name> in generated code
+
+def resolve(key, index_arrays) -> tuple:
+    """Turn a stored key back into a NumPy index."""
+    return index(key, *index_arrays)
+
+
+def _getitem_infer(x: TensorType, *indices: TensorType, key) -> TensorType:
+    for t in indices:
+        rules.integer("getitem", t, "index tensors")
+    # Index a zero-strided stand-in of x's shape with zero-strided stand-in indices: NumPy's
+    # own rules then give the result shape, without data.
+    probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.bool_), x.shape, (0,) * x.ndim)
+    stand_ins = [np.zeros(t.shape, np.int64) for t in indices]
+    try:
+        shape = probe[resolve(key, stand_ins)].shape
+    except IndexError as exc:
+        raise rules.ShapeError(f"getitem: cannot index shape {x.shape}: {exc}") from None
+    return TensorType(shape, x.dtype)
+
+
+def _getitem_impl(x, *indices, key):
+    return x[resolve(key, indices)]
+
+
+def _scatter_add_infer(g: TensorType, *indices: TensorType, key, shape) -> TensorType:
+    return TensorType(tuple(shape), g.dtype)
+
+
+def _scatter_add_impl(g, *indices, key, shape):
+    return scatter_add(g, key, shape, *indices)
 
 
 @kernel
@@ -54,6 +83,21 @@ def check_rows(rows, size):
     return rows
 
 
+# Basic indexing (slices, ints, None, ...) returns a view of x, as in NumPy and PyTorch.
+register(
+    "getitem",
+    ("x", "*indices"),
+    _getitem_infer,
+    _getitem_impl,
+    lambda c, g: (
+        (call("scatter_add", g, *c.inputs[1:], key=c.key, shape=c.x.shape),)
+        + (None,) * (len(c.inputs) - 1)
+    ),
+    "{0}[rt.index({key!r}, {indices})]",
+    props={VIEW},
+)
+
+
 @kernel
 def scatter_add(g, key, shape, *index_arrays, out=None):
     """Add ``g`` into zeros(shape) at ``index(key)``; repeated indices accumulate."""
@@ -85,64 +129,6 @@ def _add_rows(out, rows, g):
     out[ordered[starts]] = sums
 
 
-@kernel
-def one_hot(t, num_classes):
-    return (t[..., None] == np.arange(num_classes)).astype(np.int64)
-
-
-@kernel
-def view_update(base, values, positions):
-    """``base`` with the elements at flat ``positions`` set to ``values`` (broadcast to the
-    positions' shape): an in-place write through a view, as a new array."""
-    out = np.array(base, order="C", copy=True)
-    np.put(out, positions, np.broadcast_to(values, positions.shape))
-    return out
-
-
-def resolve(key, index_arrays) -> tuple:
-    """Turn a stored key back into a NumPy index."""
-    return index(key, *index_arrays)
-
-
-def _getitem_infer(x: TensorType, *indices: TensorType, key) -> TensorType:
-    for t in indices:
-        rules.integer("getitem", t, "index tensors")
-    # Index a zero-strided stand-in of x's shape with zero-strided stand-in indices: NumPy's
-    # own rules then give the result shape, without data.
-    probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.bool_), x.shape, (0,) * x.ndim)
-    stand_ins = [np.zeros(t.shape, np.int64) for t in indices]
-    try:
-        shape = probe[resolve(key, stand_ins)].shape
-    except IndexError as exc:
-        raise rules.ShapeError(f"getitem: cannot index shape {x.shape}: {exc}") from None
-    return TensorType(shape, x.dtype)
-
-
-def _getitem_impl(x, *indices, key):
-    return x[resolve(key, indices)]
-
-
-def _scatter_add_infer(g: TensorType, *indices: TensorType, key, shape) -> TensorType:
-    return TensorType(tuple(shape), g.dtype)
-
-
-def _scatter_add_impl(g, *indices, key, shape):
-    return scatter_add(g, key, shape, *indices)
-
-
-# Basic indexing (slices, ints, None, ...) returns a view of x, as in NumPy and PyTorch.
-register(
-    "getitem",
-    ("x", "*indices"),
-    _getitem_infer,
-    _getitem_impl,
-    lambda c, g: (
-        (call("scatter_add", g, *c.inputs[1:], key=c.key, shape=c.x.shape),)
-        + (None,) * (len(c.inputs) - 1)
-    ),
-    "{0}[rt.index({key!r}, {indices})]",
-    props={VIEW},
-)
 # scatter_add(g, idx) adds g into zeros(shape) at x[idx]: the transpose of getitem.
 register(
     "scatter_add",
@@ -163,6 +149,15 @@ def _view_update_infer(base: TensorType, values: TensorType, positions: TensorTy
     rules.integer("view_update", positions, "positions")
     rules.broadcast_shape("view_update", values.shape, positions.shape)
     return base
+
+
+@kernel
+def view_update(base, values, positions):
+    """``base`` with the elements at flat ``positions`` set to ``values`` (broadcast to the
+    positions' shape): an in-place write through a view, as a new array."""
+    out = np.array(base, order="C", copy=True)
+    np.put(out, positions, np.broadcast_to(values, positions.shape))
+    return out
 
 
 # view_update(base, values, positions): base with the elements at flat positions set to values,
@@ -190,6 +185,11 @@ register(
 def _one_hot_infer(t: TensorType, num_classes) -> TensorType:
     rules.integer("one_hot", t, "the input")
     return TensorType((*t.shape, num_classes), dtypes.int64)
+
+
+@kernel
+def one_hot(t, num_classes):
+    return (t[..., None] == np.arange(num_classes)).astype(np.int64)
 
 
 register(

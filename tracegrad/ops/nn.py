@@ -27,7 +27,29 @@ from tracegrad.ops.runtime import (
     scratch,
 )
 
-# --- kernels: the NumPy code the ops below run, eagerly and as rt.<name> in generated code
+# --- sliding windows: conv2d and max_pool2d are compositions over these -------------------------
+
+
+def window_out_size(size, kernel, stride, padding, dilation) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _unfold_infer(x: TensorType, kernel, stride, padding, dilation, pad_value) -> TensorType:
+    if x.ndim != 4:
+        raise ShapeError(f"unfold: expected a 4-D (N, C, H, W) input, got shape {x.shape}")
+    out = tuple(
+        window_out_size(*args) for args in zip(x.shape[2:], kernel, stride, padding, dilation)
+    )
+    if min(out) < 1:
+        raise ShapeError(
+            f"unfold: kernel {tuple(kernel)} with dilation {tuple(dilation)} does not fit "
+            f"input {x.shape[2:]} padded by {tuple(padding)}"
+        )
+    return TensorType((*x.shape[:2], *out, *kernel), x.dtype)
+
+
+def _fold_infer(cols: TensorType, size, kernel, stride, padding, dilation) -> TensorType:
+    return TensorType((*cols.shape[:2], *size), cols.dtype)
 
 
 @kernel
@@ -46,6 +68,27 @@ def unfold(x, kernel, stride, padding, dilation, pad_value):
         (s_n, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw),
         writeable=False,
     )
+
+
+register(
+    "unfold",
+    ("x",),
+    _unfold_infer,
+    unfold,
+    (
+        lambda c, g: call(
+            "fold",
+            g,
+            size=c.x.shape[2:],
+            kernel=c.kernel,
+            stride=c.stride,
+            padding=c.padding,
+            dilation=c.dilation,
+        ),
+    ),
+    "rt.unfold({0}, {kernel}, {stride}, {padding}, {dilation}, {pad_value!r})",
+    props={VIEW},  # without padding the windows are a strided view of x
+)
 
 
 @kernel
@@ -73,180 +116,6 @@ def fold(cols, size, kernel, stride, padding, dilation, out=None):
     return out
 
 
-@kernel
-def softmax(x, dim, out=None):
-    """Stable: exp(x - max) / sum. ``out`` may be ``x``."""
-    return _softmax_shifted(x, row_max(x, dim), dim, out)
-
-
-def _softmax_shifted(x, peak, dim, out):
-    out = np.subtract(x, peak, out=out)
-    np.exp(out, out=out)
-    out /= row_sum(out, dim)
-    return out
-
-
-@kernel
-def masked_softmax(x, mask, dim, out=None):
-    """softmax(where(mask, -inf, x)) over ``dim``: masked entries get probability exactly 0
-    (a row masked whole is nan, as in PyTorch). ``out`` may be ``x``."""
-    if np.size(mask) >= np.size(x):
-        out = where(mask, x.dtype.type(-np.inf), x, out=out)
-        return softmax(out, dim, out=out)
-    # A broadcast mask (causal, transposed for keys-major) is small: added to the scores as a
-    # bias of -inf and 0 it takes one pass, twice as fast as a masked write. A score of +inf
-    # or nan at a masked entry sums to nan there: the max shows it, and then the masked
-    # write (masked_fill's -inf, whatever the score) is made too.
-    bias = np.where(mask, x.dtype.type(-np.inf), x.dtype.type(0))
-    out = np.add(x, bias, out=out)
-    peak = row_max(out, dim)
-    if np.isnan(peak).any():
-        np.copyto(out, x.dtype.type(-np.inf), where=mask)
-        peak = row_max(out, dim)
-    return _softmax_shifted(out, peak, dim, out)
-
-
-@kernel
-def log_softmax(x, dim, out=None):
-    """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``. Logits of a few
-    thousand elements take plain NumPy reductions: row_max's and row_sum's ways pay for their
-    Python calls only on larger arrays (a training step's cross entropy on W1's (32, 10)
-    logits runs in a cold cache, where every call counts)."""
-    small = x.size < SMALL_REDUCTION
-    peak = np.maximum.reduce(x, axis=dim, keepdims=True) if small else row_max(x, dim)
-    out = np.subtract(x, peak, out=out)
-    exp = np.exp(out, out=scratch(out, "log_softmax"))
-    out -= np.log(np.add.reduce(exp, axis=dim, keepdims=True) if small else row_sum(exp, dim))
-    return out
-
-
-def _reduce_loss(loss, valid, reduction, dtype):
-    if reduction == "none":
-        return loss
-    total = loss.sum(dtype=dtype)
-    return total / dtype.type(np.count_nonzero(valid)) if reduction == "mean" else total
-
-
-@kernel
-def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
-    """nll_loss of the (stable) log-probabilities, computed into a scratch array: the loss
-    never returns memory of its log-probabilities."""
-    logp = log_softmax(logits, class_dim(logits.ndim), out=scratch(logits, "cross_entropy"))
-    return nll_loss(logp, target, ignore_index, label_smoothing, reduction)
-
-
-def check_targets(target, classes, ignore_index):
-    """IndexError, as in PyTorch, for a target outside [0, classes) other than ignore_index:
-    NumPy would read -1 as the last class. Checked on every call of a class loss, in
-    generated code too, since targets are data."""
-    if not target.size or (target.min() >= 0 and target.max() < classes):
-        return
-    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
-    if bad.any():
-        raise IndexError(
-            f"Target {target[bad].flat[0]} is out of bounds: class indices must lie in "
-            f"[0, {classes}) or equal ignore_index ({ignore_index})"
-        )
-
-
-def usual_class_loss(logp, target, ignore_index, label_smoothing, reduction) -> bool:
-    """Whether a class loss is the usual one: (N, C) log-probabilities, no smoothing, reduced
-    to a scalar, and no target ignored (a negative ignore_index, PyTorch's -100, below every
-    target: the smallest target says so). Its kernels then take a short path."""
-    if logp.ndim != 2 or label_smoothing or reduction == "none":
-        return False
-    if ignore_index < 0 and target.size and target.min() > ignore_index:
-        return True
-    return bool((target != ignore_index).all())
-
-
-@kernel
-def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
-    """Cross entropy from log-probabilities: -(1 - s) logp[target] - s mean(logp) over the
-    classes, zero where the target is ignored, then reduced."""
-    check_targets(target, logp.shape[class_dim(logp.ndim)], ignore_index)
-    if usual_class_loss(logp, target, ignore_index, label_smoothing, reduction):
-        total = -logp[row_numbers(len(target)), target].sum(dtype=logp.dtype)  # a pick and a sum
-        return total / logp.dtype.type(len(target)) if reduction == "mean" else total
-    valid = target != ignore_index
-    every = bool(valid.all())
-    if logp.ndim == 2 and not label_smoothing:
-        picked = logp[row_numbers(len(target)), target if every else np.where(valid, target, 0)]
-        loss = np.negative(picked, out=picked) if every else np.where(valid, -picked, 0.0)
-        return _reduce_loss(loss.astype(logp.dtype, copy=False), valid, reduction, logp.dtype)
-    moved = np.moveaxis(logp, class_dim(logp.ndim), -1)
-    picked = np.take_along_axis(moved, np.where(valid, target, 0)[..., None], -1)[..., 0]
-    loss = -(1.0 - label_smoothing) * picked - label_smoothing * moved.mean(-1)
-    loss = np.where(valid, loss, 0.0).astype(logp.dtype)
-    return _reduce_loss(loss, valid, reduction, logp.dtype)
-
-
-@kernel
-def layer_norm(x, ndims, eps, out=None):
-    """(x - mean) / sqrt(var + eps) over the last ``ndims`` dims. ``out`` may be ``x``."""
-    out = layer_norm_center(x, ndims, out=out)
-    out /= layer_norm_std(out, ndims, eps)
-    return out
-
-
-@kernel
-def layer_norm_center(x, ndims, out=None):
-    """x - mean(x) over the last ``ndims`` dims. ``out`` may be ``x``."""
-    return np.subtract(x, row_mean(x, layer_norm_axes(x.ndim, ndims)), out=out)
-
-
-@kernel
-def layer_norm_std(centered, ndims, eps, out=None):
-    """sqrt(mean(centered^2) + eps) over the last ``ndims`` dims (kept, as 1s)."""
-    square = np.multiply(centered, centered, out=scratch(centered, "layer_norm"))
-    variance = np.add(row_mean(square, layer_norm_axes(centered.ndim, ndims)), eps, out=out)
-    return np.sqrt(variance, out=variance)
-
-
-# --- sliding windows: conv2d and max_pool2d are compositions over these -------------------------
-
-
-def window_out_size(size, kernel, stride, padding, dilation) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _unfold_infer(x: TensorType, kernel, stride, padding, dilation, pad_value) -> TensorType:
-    if x.ndim != 4:
-        raise ShapeError(f"unfold: expected a 4-D (N, C, H, W) input, got shape {x.shape}")
-    out = tuple(
-        window_out_size(*args) for args in zip(x.shape[2:], kernel, stride, padding, dilation)
-    )
-    if min(out) < 1:
-        raise ShapeError(
-            f"unfold: kernel {tuple(kernel)} with dilation {tuple(dilation)} does not fit "
-            f"input {x.shape[2:]} padded by {tuple(padding)}"
-        )
-    return TensorType((*x.shape[:2], *out, *kernel), x.dtype)
-
-
-def _fold_infer(cols: TensorType, size, kernel, stride, padding, dilation) -> TensorType:
-    return TensorType((*cols.shape[:2], *size), cols.dtype)
-
-
-register(
-    "unfold",
-    ("x",),
-    _unfold_infer,
-    unfold,
-    (
-        lambda c, g: call(
-            "fold",
-            g,
-            size=c.x.shape[2:],
-            kernel=c.kernel,
-            stride=c.stride,
-            padding=c.padding,
-            dilation=c.dilation,
-        ),
-    ),
-    "rt.unfold({0}, {kernel}, {stride}, {padding}, {dilation}, {pad_value!r})",
-    props={VIEW},  # without padding the windows are a strided view of x
-)
 register(
     "fold",
     ("cols",),
@@ -275,6 +144,19 @@ def _softmax_infer(x: TensorType, dim) -> TensorType:
     return rules.floating("softmax", x)
 
 
+@kernel
+def softmax(x, dim, out=None):
+    """Stable: exp(x - max) / sum. ``out`` may be ``x``."""
+    return _softmax_shifted(x, row_max(x, dim), dim, out)
+
+
+def _softmax_shifted(x, peak, dim, out):
+    out = np.subtract(x, peak, out=out)
+    np.exp(out, out=out)
+    out /= row_sum(out, dim)
+    return out
+
+
 # Their gradients are fused ops (tracegrad/ops/fused.py).
 register(
     "softmax",
@@ -300,6 +182,26 @@ def _masked_softmax_infer(x: TensorType, mask: TensorType, dim) -> TensorType:
     return _softmax_infer(x, dim)
 
 
+@kernel
+def masked_softmax(x, mask, dim, out=None):
+    """softmax(where(mask, -inf, x)) over ``dim``: masked entries get probability exactly 0
+    (a row masked whole is nan, as in PyTorch). ``out`` may be ``x``."""
+    if np.size(mask) >= np.size(x):
+        out = where(mask, x.dtype.type(-np.inf), x, out=out)
+        return softmax(out, dim, out=out)
+    # A broadcast mask (causal, transposed for keys-major) is small: added to the scores as a
+    # bias of -inf and 0 it takes one pass, twice as fast as a masked write. A score of +inf
+    # or nan at a masked entry sums to nan there: the max shows it, and then the masked
+    # write (masked_fill's -inf, whatever the score) is made too.
+    bias = np.where(mask, x.dtype.type(-np.inf), x.dtype.type(0))
+    out = np.add(x, bias, out=out)
+    peak = row_max(out, dim)
+    if np.isnan(peak).any():
+        np.copyto(out, x.dtype.type(-np.inf), where=mask)
+        peak = row_max(out, dim)
+    return _softmax_shifted(out, peak, dim, out)
+
+
 # softmax(where(mask, -inf, x)), which the attention pattern rewrites to (passes/stabilize.py):
 # in place over the scores, and a gradient without a pass for the mask.
 register(
@@ -313,6 +215,29 @@ register(
     saves=("out", "mask"),
     props=(OVERWRITES_INPUT,),
 )
+
+
+@kernel
+def log_softmax(x, dim, out=None):
+    """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``. Logits of a few
+    thousand elements take plain NumPy reductions: row_max's and row_sum's ways pay for their
+    Python calls only on larger arrays (a training step's cross entropy on W1's (32, 10)
+    logits runs in a cold cache, where every call counts)."""
+    small = x.size < SMALL_REDUCTION
+    peak = np.maximum.reduce(x, axis=dim, keepdims=True) if small else row_max(x, dim)
+    out = np.subtract(x, peak, out=out)
+    exp = np.exp(out, out=scratch(out, "log_softmax"))
+    out -= np.log(np.add.reduce(exp, axis=dim, keepdims=True) if small else row_sum(exp, dim))
+    return out
+
+
+def _reduce_loss(loss, valid, reduction, dtype):
+    if reduction == "none":
+        return loss
+    total = loss.sum(dtype=dtype)
+    return total / dtype.type(np.count_nonzero(valid)) if reduction == "mean" else total
+
+
 register(
     "log_softmax",
     ("x",),
@@ -358,6 +283,62 @@ def class_loss_infer(name: str):
     return infer
 
 
+@kernel
+def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
+    """nll_loss of the (stable) log-probabilities, computed into a scratch array: the loss
+    never returns memory of its log-probabilities."""
+    logp = log_softmax(logits, class_dim(logits.ndim), out=scratch(logits, "cross_entropy"))
+    return nll_loss(logp, target, ignore_index, label_smoothing, reduction)
+
+
+# The kernel of the fused nll_loss op (tracegrad/ops/fused.py), here beside cross_entropy's, which
+# runs it.
+@kernel
+def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
+    """Cross entropy from log-probabilities: -(1 - s) logp[target] - s mean(logp) over the
+    classes, zero where the target is ignored, then reduced."""
+    check_targets(target, logp.shape[class_dim(logp.ndim)], ignore_index)
+    if usual_class_loss(logp, target, ignore_index, label_smoothing, reduction):
+        total = -logp[row_numbers(len(target)), target].sum(dtype=logp.dtype)  # a pick and a sum
+        return total / logp.dtype.type(len(target)) if reduction == "mean" else total
+    valid = target != ignore_index
+    every = bool(valid.all())
+    if logp.ndim == 2 and not label_smoothing:
+        picked = logp[row_numbers(len(target)), target if every else np.where(valid, target, 0)]
+        loss = np.negative(picked, out=picked) if every else np.where(valid, -picked, 0.0)
+        return _reduce_loss(loss.astype(logp.dtype, copy=False), valid, reduction, logp.dtype)
+    moved = np.moveaxis(logp, class_dim(logp.ndim), -1)
+    picked = np.take_along_axis(moved, np.where(valid, target, 0)[..., None], -1)[..., 0]
+    loss = -(1.0 - label_smoothing) * picked - label_smoothing * moved.mean(-1)
+    loss = np.where(valid, loss, 0.0).astype(logp.dtype)
+    return _reduce_loss(loss, valid, reduction, logp.dtype)
+
+
+def check_targets(target, classes, ignore_index):
+    """IndexError, as in PyTorch, for a target outside [0, classes) other than ignore_index:
+    NumPy would read -1 as the last class. Checked on every call of a class loss, in
+    generated code too, since targets are data."""
+    if not target.size or (target.min() >= 0 and target.max() < classes):
+        return
+    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
+    if bad.any():
+        raise IndexError(
+            f"Target {target[bad].flat[0]} is out of bounds: class indices must lie in "
+            f"[0, {classes}) or equal ignore_index ({ignore_index})"
+        )
+
+
+def usual_class_loss(logp, target, ignore_index, label_smoothing, reduction) -> bool:
+    """Whether a class loss is the usual one: (N, C) log-probabilities, no smoothing, reduced
+    to a scalar, and no target ignored (a negative ignore_index, PyTorch's -100, below every
+    target: the smallest target says so). Its kernels then take a short path."""
+    if logp.ndim != 2 or label_smoothing or reduction == "none":
+        return False
+    if ignore_index < 0 and target.size and target.min() > ignore_index:
+        return True
+    return bool((target != ignore_index).all())
+
+
 register(
     "cross_entropy",
     ("logits", "target"),
@@ -375,6 +356,30 @@ def _layer_norm_infer(x: TensorType, ndims, eps) -> TensorType:
     if not 1 <= ndims <= x.ndim:
         raise ShapeError(f"layer_norm: cannot normalize the last {ndims} dims of shape {x.shape}")
     return rules.floating("layer_norm", x)
+
+
+# Kernels of the fused layer_norm_center and layer_norm_std ops (tracegrad/ops/fused.py), here
+# beside layer_norm's, which runs them.
+@kernel
+def layer_norm_center(x, ndims, out=None):
+    """x - mean(x) over the last ``ndims`` dims. ``out`` may be ``x``."""
+    return np.subtract(x, row_mean(x, layer_norm_axes(x.ndim, ndims)), out=out)
+
+
+@kernel
+def layer_norm_std(centered, ndims, eps, out=None):
+    """sqrt(mean(centered^2) + eps) over the last ``ndims`` dims (kept, as 1s)."""
+    square = np.multiply(centered, centered, out=scratch(centered, "layer_norm"))
+    variance = np.add(row_mean(square, layer_norm_axes(centered.ndim, ndims)), eps, out=out)
+    return np.sqrt(variance, out=variance)
+
+
+@kernel
+def layer_norm(x, ndims, eps, out=None):
+    """(x - mean) / sqrt(var + eps) over the last ``ndims`` dims. ``out`` may be ``x``."""
+    out = layer_norm_center(x, ndims, out=out)
+    out /= layer_norm_std(out, ndims, eps)
+    return out
 
 
 register(

@@ -16,45 +16,6 @@ from tracegrad.ops import rules
 from tracegrad.ops.registry import ELEMENTWISE, register
 from tracegrad.ops.runtime import chunked, joint_scratch, kernel, scratch
 
-# --- kernels; ``out`` may be an input.
-
-
-@kernel
-@chunked
-def lerp(x, y, weight, out=None):
-    """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5. (Hyperparameters
-    here are Python floats, weak scalars rounded to the arrays' dtype, whether given so or as
-    a compiled step's 0-d float64 input.)"""
-    step = np.subtract(y, x, out=joint_scratch(x, y, "lerp"))
-    step *= float(weight)
-    return np.add(x, step, out=out)
-
-
-@kernel
-@chunked
-def ema_square(v, g, beta, out=None):
-    """beta * v + (1 - beta) * g * g."""
-    beta = float(beta)
-    square = np.multiply(g, g, out=joint_scratch(v, g, "ema_square"))
-    square *= 1.0 - beta
-    if np.shape(v) != square.shape:
-        return np.add(square, np.multiply(v, beta), out=out)
-    out = np.multiply(v, beta, out=out)
-    out += square
-    return out
-
-
-@kernel
-@chunked
-def adam_step(p, m, v, step_size, bias2_sqrt, eps, out=None):
-    """p - step_size * m / (sqrt(v) / bias2_sqrt + eps), PyTorch's Adam parameter update."""
-    denom = np.sqrt(v, out=scratch(v, "adam_step"))
-    denom /= bias2_sqrt
-    denom += float(eps)
-    np.divide(m, denom, out=denom)
-    denom *= step_size
-    return np.subtract(p, denom, out=out)
-
 
 def _same_as_first(name, n_scalars):
     """The type rule of an update whose last ``n_scalars`` inputs are hyperparameters: 0-d
@@ -72,6 +33,18 @@ def _same_as_first(name, n_scalars):
     return infer
 
 
+# The update kernels may write ``out`` over one of their inputs.
+@kernel
+@chunked
+def lerp(x, y, weight, out=None):
+    """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5. (Hyperparameters
+    here are Python floats, weak scalars rounded to the arrays' dtype, whether given so or as
+    a compiled step's 0-d float64 input.)"""
+    step = np.subtract(y, x, out=joint_scratch(x, y, "lerp"))
+    step *= float(weight)
+    return np.add(x, step, out=out)
+
+
 # lerp(x, y, w) = x + w * (y - x): Adam's first moment (PyTorch's exp_avg.lerp_).
 register(
     "lerp",
@@ -83,6 +56,22 @@ register(
     props={ELEMENTWISE},
     out="rt.lerp({0}, {1}, {2}, out={out})",
 )
+
+
+@kernel
+@chunked
+def ema_square(v, g, beta, out=None):
+    """beta * v + (1 - beta) * g * g."""
+    beta = float(beta)
+    square = np.multiply(g, g, out=joint_scratch(v, g, "ema_square"))
+    square *= 1.0 - beta
+    if np.shape(v) != square.shape:
+        return np.add(square, np.multiply(v, beta), out=out)
+    out = np.multiply(v, beta, out=out)
+    out += square
+    return out
+
+
 # ema_square(v, g, b) = b * v + (1 - b) * g * g: Adam's second moment.
 register(
     "ema_square",
@@ -94,6 +83,20 @@ register(
     props={ELEMENTWISE},
     out="rt.ema_square({0}, {1}, {2}, out={out})",
 )
+
+
+@kernel
+@chunked
+def adam_step(p, m, v, step_size, bias2_sqrt, eps, out=None):
+    """p - step_size * m / (sqrt(v) / bias2_sqrt + eps), PyTorch's Adam parameter update."""
+    denom = np.sqrt(v, out=scratch(v, "adam_step"))
+    denom /= bias2_sqrt
+    denom += float(eps)
+    np.divide(m, denom, out=denom)
+    denom *= step_size
+    return np.subtract(p, denom, out=out)
+
+
 # adam_step(p, m, v, step_size, bias2_sqrt, eps) = p - step_size * m / (sqrt(v) / bias2_sqrt + eps)
 register(
     "adam_step",

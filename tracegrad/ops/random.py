@@ -9,8 +9,6 @@ from tracegrad.ops.registry import RANDOM, register
 from tracegrad.ops.runtime import kernel
 from tracegrad.random import generator
 
-# --- kernels: the NumPy code the ops below run, eagerly and as rt.<name> in generated code
-
 
 @kernel
 def dropout_mask(shape, p, dtype, rng):
