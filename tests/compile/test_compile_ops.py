@@ -8,6 +8,11 @@ outputs plus the ``.grad`` of every parameter and input must agree: to 1e-10 in 
 1e-5 in float32. The same function also goes through ``tg.grad`` and is compared with
 ``tg.autograd.grad`` on the eager tape. A final test checks that the compiled forward and
 backward graphs of the table, together, contain every op of ``tracegrad.ops.OPS``.
+
+A new op's row: ``row(id, fn, args, covers)`` in ``ROWS_TABLE`` under its family's heading, with
+argument specs from the helpers below (``P`` parameter, ``X`` input, ``POS`` positive, ``PD``
+distinct values for max-like ops, ``CI`` int64 indices). An op that only a VJP rule emits needs
+no row of its own when the row of the op it differentiates reaches it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ input's shape) and generators that keep inputs inside the op's domain and away f
 Every row is checked against central differences in float64; smooth rows to second order too.
 A final test fails when an op in ``tracegrad.ops.OPS`` declared with a VJP rule has no row, so
 a new op cannot arrive untested.
+
+A new op's row: a ``Case`` in ``CASES`` under its family's heading (unary math, binary
+arithmetic, reductions, ...), naming the ops it reaches, with the shape sets of its kind
+(``UNARY``, ``BINARY``, ...) and a generator keeping inputs in its domain (``positive``,
+``away_from(kink)``); ``smooth=False`` where it has kinks (no second-order check).
 """
 
 from __future__ import annotations
