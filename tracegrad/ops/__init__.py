@@ -11,8 +11,8 @@ under the names generated code calls (``rt.<name>``).
 What adding an op touches, with softplus (log(1 + exp(x))) as the worked example:
 
 1. One entry in its family file, ``elementwise.py``: ``unary("softplus", impl, vjp, emit,
-   saves=("x",), props={NON_NEGATIVE})`` with the VJP rule ``lambda c, g: g * call("sigmoid",
-   c.x)`` written in ops. A property puts it in every pass that asks: ``NON_NEGATIVE`` lets
+   saves=("x",), props={NON_NEGATIVE})``, the VJP rule written in ops (``lambda c, g: g *
+   call("sigmoid", c.x)``). A property puts it in every pass that asks: ``NON_NEGATIVE`` lets
    canonicalize drop ``exp(log(softplus(x)))``; ``CHEAP`` would let the backward recompute it
    instead of saving it. If the NumPy code is more than an expression for the emit template
    (softplus wants the stable ``np.logaddexp(x, 0)`` into ``out=``), write it as a function
@@ -22,11 +22,13 @@ What adding an op touches, with softplus (log(1 + exp(x))) as the worked example
 2. The public names: ``F.softplus`` in ``nn/functional.py`` (``call("softplus", x)``), the
    ``nn.Softplus`` module in ``nn/layers.py`` and its export in ``nn/__init__.py``; a Tensor
    method is one line of ``ONE_OP_METHODS`` in ``tensor/methods.py``.
-3. A row in each test table, each of which fails until the row is there:
-   ``tests/ops/test_op_gradients.py`` (a ``Case`` in ``CASES``: gradients against finite
-   differences; ops declared without a VJP rule need none), ``tests/ops/test_op_forward.py``
-   (a ``REPRESENTATIVE`` call, plus values against NumPy in ``UNARY``) and
-   ``tests/compile/test_compile_ops.py`` (a ``row`` in ``ROWS_TABLE``: compiled == eager).
+3. Test rows, each table failing until the op has one. Gradients
+   (``tests/ops/test_op_gradients.py``): generated from the entry's ``samples=`` (inputs in
+   [-2, 2], smooth, unless declared otherwise: ``POSITIVE``, kinks, attributes), as for the
+   whole unary family; ops of other families add a ``Case`` to ``CASES``. Forward values
+   (``tests/ops/test_op_forward.py``): a ``REPRESENTATIVE`` call and a line of ``UNARY``
+   against NumPy. Compiled == eager (``tests/compile/test_compile_ops.py``): a ``row`` in
+   ``ROWS_TABLE``.
 """
 
 from tracegrad.ops import elementwise, fused, index, linalg, nn, optim, random, reduce, shape

@@ -14,7 +14,16 @@ from scipy import special
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import rules
-from tracegrad.ops.registry import CHEAP, COMMUTATIVE, ELEMENTWISE, NON_NEGATIVE, call, register
+from tracegrad.ops.registry import (
+    CHEAP,
+    COMMUTATIVE,
+    ELEMENTWISE,
+    NON_NEGATIVE,
+    POSITIVE,
+    Sample,
+    call,
+    register,
+)
 from tracegrad.ops.runtime import chunked, joint_scratch, kernel, out_or_new, scratch
 
 # The constants of gelu's two forms (its fused gradients in tracegrad/ops/fused.py read them too)
@@ -32,9 +41,12 @@ def ufunc_out(impl, arity: int) -> str | None:
     return f"np.{impl.__name__}({args}, out={{out}})"
 
 
-def unary(name, impl, rule, emit, saves=(), floats=True, check=None, out=None, props=()):
+def unary(
+    name, impl, rule, emit, saves=(), floats=True, check=None, out=None, props=(), samples=None
+):
     """A one-input elementwise op; ``floats`` requires a floating-point operand, ``check(x,
-    **attrs)`` validates the attributes against the operand; ``props`` add to ELEMENTWISE."""
+    **attrs)`` validates the attributes against the operand; ``props`` add to ELEMENTWISE;
+    ``samples`` default to inputs in [-2, 2] where the op is smooth."""
 
     def infer(x: TensorType, **attrs) -> TensorType:
         if check is not None:
@@ -44,7 +56,8 @@ def unary(name, impl, rule, emit, saves=(), floats=True, check=None, out=None, p
     # No rule means no gradient at all (not a rule-less entry), so the tape never records it.
     vjp = (rule,) if rule is not None else None
     out = out or ufunc_out(impl, 1)
-    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE, *props}, out)
+    samples = (Sample(),) if samples is None else samples
+    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE, *props}, out, samples)
 
 
 def binary(name, impl, rules_xy, emit, saves=(), props=()):
@@ -64,11 +77,21 @@ def comparison(name, impl, emit):
     register(name, ("x", "y"), infer, impl, None, emit, (), {ELEMENTWISE}, ufunc_out(impl, 2))
 
 
+# Relu-like ops: inputs kept away from the kink at 0, checked to first order only.
+KINK_AT_ZERO = Sample(kinks=(0.0,), smooth=False)
+
 # --- unary math:  name, NumPy implementation, VJP rule (d/dx), emit template ----------------
 unary("neg", np.negative, lambda c, g: -g, "np.negative({0})", floats=False, props={CHEAP})
 unary("exp", np.exp, lambda c, g: g * c.out, "np.exp({0})", saves=("out",), props={NON_NEGATIVE})
-unary("log", np.log, lambda c, g: g / c.x, "np.log({0})", saves=("x",))
-unary("log1p", np.log1p, lambda c, g: g / (1.0 + c.x), "np.log1p({0})", saves=("x",))
+unary("log", np.log, lambda c, g: g / c.x, "np.log({0})", saves=("x",), samples=(POSITIVE,))
+unary(
+    "log1p",
+    np.log1p,
+    lambda c, g: g / (1.0 + c.x),
+    "np.log1p({0})",
+    saves=("x",),
+    samples=(POSITIVE,),
+)
 unary(
     "sqrt",
     np.sqrt,
@@ -76,6 +99,7 @@ unary(
     "np.sqrt({0})",
     saves=("out",),
     props={NON_NEGATIVE},
+    samples=(POSITIVE,),
 )
 unary("tanh", np.tanh, lambda c, g: call("tanh_grad", c.out, g), "np.tanh({0})", saves=("out",))
 
@@ -109,6 +133,7 @@ unary(
     floats=False,
     out="np.maximum({0}, 0, out={out})",
     props={NON_NEGATIVE, CHEAP},
+    samples=(KINK_AT_ZERO,),
 )
 unary(
     "abs",
@@ -118,9 +143,10 @@ unary(
     saves=("x",),
     floats=False,
     props={NON_NEGATIVE},
+    samples=(KINK_AT_ZERO,),
 )
 # sign is flat almost everywhere: a zero gradient, as in PyTorch (the output still tracks grad)
-unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False)
+unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False, samples=(KINK_AT_ZERO,))
 
 
 @kernel
@@ -180,6 +206,7 @@ unary(
     "rt.gelu({0}, {approximate!r})",
     saves=("x",),
     out="rt.gelu({0}, {approximate!r}, out={out})",
+    samples=(Sample({"approximate": "none"}), Sample({"approximate": "tanh"})),
 )
 # clamp passes the gradient where min <= x <= max, as PyTorch does.
 unary(
@@ -191,6 +218,11 @@ unary(
     floats=False,
     check=lambda x, min, max: _integral_bounds(x, min, max),
     out="np.clip({0}, {min!r}, {max!r}, out={out})",
+    samples=(
+        Sample({"min": -0.5, "max": 0.7}, kinks=(-0.5, 0.7), smooth=False),
+        Sample({"min": 0.3, "max": None}, kinks=(0.3,), smooth=False),
+        Sample({"min": None, "max": -0.2}, kinks=(-0.2,), smooth=False),
+    ),
 )
 unary(
     "pow_scalar",
@@ -199,6 +231,11 @@ unary(
     "np.power({0}, {exponent!r})",
     saves=("x",),
     out="np.power({0}, {exponent!r}, out={out})",
+    samples=(
+        Sample({"exponent": 2.5}, low=0.5),
+        Sample({"exponent": -1.5}, low=0.5),
+        *(Sample({"exponent": p}) for p in (3.0, 1.0, 0.0)),
+    ),
 )
 unary("clone", np.copy, lambda c, g: g, "{0}.copy()", floats=False, out="rt.copy_into({0}, {out})")
 
