@@ -54,7 +54,7 @@ def _scatter_add_impl(g, *indices, key, shape):
 
 @kernel
 def index(key, *index_arrays):
-    """Turn an index key (see tracegrad.ops.index) back into a NumPy index."""
+    """Turn an index key (the module docstring gives its form) back into a NumPy index."""
     items = []
     for kind, *args in key:
         if kind == "slice":
