@@ -22,6 +22,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pytest
@@ -30,7 +31,6 @@ import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn
 from tracegrad.ops import OPS
-from tracegrad.ops.registry import Sample
 from tracegrad.tensor import call
 
 DTYPES = {"float64": (tg.float64, 1e-10), "float32": (tg.float32, 1e-5)}
@@ -171,18 +171,6 @@ def _write_through_views(x):
     return x * z
 
 
-def _sampled(shape, sample: Sample):
-    """Values drawn as an op's declared sample says: uniform in [low, high], away from kinks."""
-
-    def make(rng):
-        while True:
-            x = rng.uniform(sample.low, sample.high, shape)
-            if all(np.all(np.abs(x - k) >= sample.gap) for k in sample.kinks):
-                return x
-
-    return make
-
-
 def _calling(name: str, attrs: dict):
     return lambda *xs: call(name, *xs, **attrs)
 
@@ -193,9 +181,8 @@ def declared_rows() -> list[Row]:
     rows = []
     for name, op in OPS.items():
         for sample in op.samples:
-            label = "-".join([name, *(f"{k}={v}" for k, v in sample.attrs.items())])
-            args = [Arg("param", _sampled(shape, sample)) for shape in sample.shapes[0]]
-            rows.append(row(label, _calling(name, sample.attrs), args, name))
+            args = [Arg("param", partial(sample.draw, shape=shape)) for shape in sample.shapes[0]]
+            rows.append(row(sample.label(name), _calling(name, sample.attrs), args, name))
     return rows
 
 

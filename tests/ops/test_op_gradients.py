@@ -28,7 +28,7 @@ import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad.autograd import gradcheck, gradgradcheck
 from tracegrad.ops import OPS
-from tracegrad.ops.registry import UNARY_SHAPES, Sample
+from tracegrad.ops.registry import UNARY_SHAPES
 from tracegrad.tensor import call
 
 # Ops declared without a VJP rule (bool or integer results, random draws, detach, optimizer
@@ -180,19 +180,6 @@ def _pattern(shape):
 _CE_NC = (((4, 3), (4,)), ((1, 5), (1,)))
 
 
-def sampled(sample: Sample):
-    """The generator of a sample declared with an op: uniform in [low, high], redrawn until
-    ``gap`` away from each kink."""
-
-    def gen(rng, shape):
-        while True:
-            x = rng.uniform(sample.low, sample.high, shape)
-            if all(np.all(np.abs(x - k) >= sample.gap) for k in sample.kinks):
-                return x
-
-    return gen
-
-
 def _calling(name: str, attrs: dict):
     return lambda *xs: call(name, *xs, **attrs)
 
@@ -202,9 +189,9 @@ def declared_cases() -> list[Case]:
     cases = []
     for name, op in OPS.items():
         for sample in op.samples:
-            label = "-".join([name, *(f"{k}={v}" for k, v in sample.attrs.items())])
-            gens = (sampled(sample),) * len(sample.shapes[0])
+            gens = (sample.draw,) * len(sample.shapes[0])
             fn = _calling(name, sample.attrs)
+            label = sample.label(name)
             cases.append(Case(label, (name,), fn, sample.shapes, gens, sample.smooth, sample.tol))
     return cases
 

@@ -72,6 +72,17 @@ class Sample:
     smooth: bool = True
     tol: dict = field(default_factory=dict)
 
+    def draw(self, rng, shape):
+        """One input of ``shape`` as the sample says (``rng``: a NumPy Generator)."""
+        while True:
+            x = rng.uniform(self.low, self.high, shape)
+            if all((abs(x - k) >= self.gap).all() for k in self.kinks):
+                return x
+
+    def label(self, op: str) -> str:
+        """A test id: the op's name and the sample's attributes."""
+        return "-".join([op, *(f"{k}={v}" for k, v in self.attrs.items())])
+
 
 POSITIVE = Sample(low=0.5, high=2.0)
 
