@@ -447,6 +447,16 @@ def log_softmax_grad(y, g, dim, out=None):
     return np.subtract(g, scaled, out=out)
 
 
+fused(
+    "log_softmax_grad",
+    ("y", "g"),
+    log_softmax_grad,
+    _log_softmax_reference,
+    "rt.log_softmax_grad({0}, {1}, {dim})",
+    "rt.log_softmax_grad({0}, {1}, {dim}, out={out})",
+)
+
+
 def _loss_weight(g, valid, every, reduction, dtype):
     """Each sample's share of the loss's cotangent ``g`` (divided by the count for a mean)."""
     weight = np.asarray(g, dtype)
@@ -478,16 +488,6 @@ def _subtract_targets(grad, target, valid, every, weight, label_smoothing):
 def _class_weight(weight, ndim):
     """A per-sample weight shaped to broadcast along the class dim (1 of (N, C, ...))."""
     return weight if weight.ndim == 0 else np.expand_dims(weight, class_dim(ndim))
-
-
-fused(
-    "log_softmax_grad",
-    ("y", "g"),
-    log_softmax_grad,
-    _log_softmax_reference,
-    "rt.log_softmax_grad({0}, {1}, {dim})",
-    "rt.log_softmax_grad({0}, {1}, {dim}, out={out})",
-)
 
 
 @kernel
