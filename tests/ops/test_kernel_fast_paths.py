@@ -1,10 +1,10 @@
 """The kernels' fast paths give what the plain NumPy computation gives:
 
 - elementwise kernels run in cache-sized pieces of rows when their result is large
-  (``kernels.chunked``), with inputs that broadcast along the rows, 0-d arrays, and ``out``
+  (``runtime.chunked``), with inputs that broadcast along the rows, 0-d arrays, and ``out``
   being one of the inputs;
 - pooling reductions compare one strided slice per window cell;
-- sums and means over trailing dims are BLAS matrix-vector products (``kernels.row_sum``);
+- sums and means over trailing dims are BLAS matrix-vector products (``runtime.row_sum``);
 - scatter_add along axis 0 by an integer index array sorts and sums groups of equal rows."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracegrad.ops import kernels
+from tracegrad.ops import kernels, runtime
+from tracegrad.ops.reduce import window_cells
 
 ROWS, COLS = 301, 517  # several pieces of rows, the last one short
 assert ROWS * COLS > 2 * kernels.CHUNK
@@ -99,7 +100,7 @@ def test_pooling_reductions_by_cells_equal_numpy_reductions(name, dims, ties):
     rng = np.random.default_rng(4)
     shape = (16, 8, 6, 2, 6, 2)
     x = rng.integers(0, 3, shape).astype(np.float64) if ties else rng.standard_normal(shape)
-    assert kernels._window_cells(x, dims, False) is not None
+    assert window_cells(x, dims, False) is not None
     reduce = np.maximum if name == "amax" else np.minimum
     y = getattr(kernels, name)(x, dims, False)
     np.testing.assert_array_equal(y, reduce.reduce(x, axis=dims))
@@ -124,13 +125,13 @@ def test_row_sums_and_means_equal_numpy(shape, dims, dtype):
     x = np.random.default_rng(5).standard_normal(shape).astype(dtype)
     rtol = 1e-5 if dtype == np.float32 else 1e-13
     expected = np.sum(x, axis=dims, keepdims=True)
-    np.testing.assert_allclose(kernels.row_sum(x, dims), expected, rtol=rtol, atol=rtol)
-    mean = kernels.row_sum(x, dims, 0.25)
+    np.testing.assert_allclose(runtime.row_sum(x, dims), expected, rtol=rtol, atol=rtol)
+    mean = runtime.row_sum(x, dims, 0.25)
     assert mean.dtype == dtype and mean.shape == expected.shape
     np.testing.assert_allclose(mean, 0.25 * expected, rtol=rtol, atol=rtol)
     strided = x[..., ::2] if x.ndim > 1 else x[::2]  # not contiguous: NumPy's own sum
     np.testing.assert_allclose(
-        kernels.row_sum(strided, dims), np.sum(strided, axis=dims, keepdims=True), rtol=rtol
+        runtime.row_sum(strided, dims), np.sum(strided, axis=dims, keepdims=True), rtol=rtol
     )
 
 
@@ -160,6 +161,6 @@ def test_row_max_equals_numpy_max(shape):
     infinities included (masked attention scores)."""
     x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
     x[..., 0] = -np.inf
-    got = kernels.row_max(x, -1)
+    got = runtime.row_max(x, -1)
     np.testing.assert_array_equal(got, x.max(-1, keepdims=True))
-    np.testing.assert_array_equal(kernels.row_max(x, 0), x.max(0, keepdims=True))
+    np.testing.assert_array_equal(runtime.row_max(x, 0), x.max(0, keepdims=True))

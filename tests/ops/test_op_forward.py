@@ -1,6 +1,11 @@
 """Forward values of every op against NumPy, naive loops or closed forms, in float32 and
 float64; inputs at the edge of the float range staying finite; each op's shape/dtype rule
 agreeing with what its implementation returns; and property tests of broadcasting ops.
+
+A new op's rows: a call through the public API in ``REPRESENTATIVE`` (a test fails until every
+op of ``tracegrad.ops.OPS`` has one; ``INTEGER_OK`` if it takes int64 too), and its values
+against NumPy or a closed form in its family's table (``UNARY``, ``BINARY``, ``COMPARISONS``)
+or a test of its own.
 """
 
 from __future__ import annotations

@@ -1,10 +1,43 @@
-"""The op registry. Importing this package declares every primitive (one file per family)."""
+"""The op registry. Importing this package declares every primitive (one file per family).
+
+Families: ``elementwise`` (unary math, binary arithmetic, comparisons, where, cast), ``reduce``,
+``shape`` (views, cat), ``index`` (getitem, scatter_add, one_hot), ``linalg`` (matmul, einsum),
+``nn`` (windows, softmax, losses, layer_norm), ``random``, ``optim`` (fused optimizer updates)
+and ``fused`` (one-kernel gradients and the pieces a training step splits ops into).
+``registry`` holds the ``Op`` entry and the property names passes ask (``ops_with(PROP)``);
+``runtime`` what the NumPy kernels of several families share; ``kernels`` gathers the kernels
+under the names generated code calls (``rt.<name>``).
+
+What adding an op touches, with softplus (log(1 + exp(x))) as the worked example:
+
+1. One entry in its family file, ``elementwise.py``: ``unary("softplus", impl, vjp, emit,
+   saves=("x",), props={NON_NEGATIVE})``, the VJP rule written in ops (``lambda c, g: g *
+   call("sigmoid", c.x)``). A property puts it in every pass that asks: ``NON_NEGATIVE`` lets
+   canonicalize drop ``exp(log(softplus(x)))``; ``CHEAP`` would let the backward recompute it
+   instead of saving it. If the NumPy code is more than an expression for the emit template
+   (softplus wants the stable ``np.logaddexp(x, 0)`` into ``out=``), write it as a function
+   marked ``@kernel`` right above the entry and emit ``"rt.softplus({0})"``: generated code
+   finds it under that name and ``cm.export()`` copies it, with what it reads, into the
+   standalone module. Nothing in ``kernels.py``, ``passes/`` or ``codegen/`` changes.
+2. The public names: ``F.softplus`` in ``nn/functional.py`` (``call("softplus", x)``), the
+   ``nn.Softplus`` module in ``nn/layers.py`` and its export in ``nn/__init__.py``; a Tensor
+   method is one line of ``ONE_OP_METHODS`` in ``tensor/methods.py``.
+3. Test rows, each table failing until the op has one. Gradients
+   (``tests/ops/test_op_gradients.py``) and compiled == eager
+   (``tests/compile/test_compile_ops.py``): generated from the entry's ``samples=`` (inputs
+   in [-2, 2], smooth, unless declared otherwise: ``POSITIVE``, kinks, attributes), as for
+   the whole unary family; ops of other families add a ``Case`` to ``CASES`` and a ``row`` to
+   ``ROWS_TABLE``. Forward values (``tests/ops/test_op_forward.py``): a ``REPRESENTATIVE``
+   call and a line of ``UNARY`` against NumPy.
+"""
 
 from tracegrad.ops import elementwise, fused, index, linalg, nn, optim, random, reduce, shape
 from tracegrad.ops.registry import (
+    CHEAP,
     COMMUTATIVE,
     ELEMENTWISE,
     LAYOUT_VIEW,
+    NON_NEGATIVE,
     OPS,
     OVERWRITES_INPUT,
     REDUCE,
@@ -18,9 +51,11 @@ from tracegrad.ops.registry import (
 )
 
 __all__ = [
+    "CHEAP",
     "COMMUTATIVE",
     "ELEMENTWISE",
     "LAYOUT_VIEW",
+    "NON_NEGATIVE",
     "OPS",
     "OVERWRITES_INPUT",
     "REDUCE",

@@ -9,11 +9,28 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import special
 
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
-from tracegrad.ops import kernels, rules
-from tracegrad.ops.registry import COMMUTATIVE, ELEMENTWISE, call, register
+from tracegrad.ops import rules
+from tracegrad.ops.registry import (
+    CHEAP,
+    COMMUTATIVE,
+    ELEMENTWISE,
+    NON_NEGATIVE,
+    POSITIVE,
+    Sample,
+    call,
+    register,
+)
+from tracegrad.ops.runtime import chunked, joint_scratch, kernel, out_or_new, scratch
+
+# The constants of gelu's two forms (its fused gradients in tracegrad/ops/fused.py read them too)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_TANH_COEF = 0.044715
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def ufunc_out(impl, arity: int) -> str | None:
@@ -24,9 +41,12 @@ def ufunc_out(impl, arity: int) -> str | None:
     return f"np.{impl.__name__}({args}, out={{out}})"
 
 
-def unary(name, impl, rule, emit, saves=(), floats=True, check=None, out=None):
+def unary(
+    name, impl, rule, emit, saves=(), floats=True, check=None, out=None, props=(), samples=None
+):
     """A one-input elementwise op; ``floats`` requires a floating-point operand, ``check(x,
-    **attrs)`` validates the attributes against the operand."""
+    **attrs)`` validates the attributes against the operand; ``props`` add to ELEMENTWISE;
+    ``samples`` default to inputs in [-2, 2] where the op is smooth."""
 
     def infer(x: TensorType, **attrs) -> TensorType:
         if check is not None:
@@ -36,10 +56,13 @@ def unary(name, impl, rule, emit, saves=(), floats=True, check=None, out=None):
     # No rule means no gradient at all (not a rule-less entry), so the tape never records it.
     vjp = (rule,) if rule is not None else None
     out = out or ufunc_out(impl, 1)
-    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE}, out)
+    samples = (Sample(),) if samples is None else samples
+    register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE, *props}, out, samples)
 
 
 def binary(name, impl, rules_xy, emit, saves=(), props=()):
+    """A two-input elementwise op with broadcasting; ``props`` add to ELEMENTWISE."""
+
     def infer(x: TensorType, y: TensorType) -> TensorType:
         return rules.elementwise(name, x, y)
 
@@ -54,20 +77,51 @@ def comparison(name, impl, emit):
     register(name, ("x", "y"), infer, impl, None, emit, (), {ELEMENTWISE}, ufunc_out(impl, 2))
 
 
+# Relu-like ops: inputs kept away from the kink at 0, checked to first order only.
+KINK_AT_ZERO = Sample(kinks=(0.0,), smooth=False)
+
 # --- unary math:  name, NumPy implementation, VJP rule (d/dx), emit template ----------------
-unary("neg", np.negative, lambda c, g: -g, "np.negative({0})", floats=False)
-unary("exp", np.exp, lambda c, g: g * c.out, "np.exp({0})", saves=("out",))
-unary("log", np.log, lambda c, g: g / c.x, "np.log({0})", saves=("x",))
-unary("log1p", np.log1p, lambda c, g: g / (1.0 + c.x), "np.log1p({0})", saves=("x",))
-unary("sqrt", np.sqrt, lambda c, g: g / (2.0 * c.out), "np.sqrt({0})", saves=("out",))
+unary("neg", np.negative, lambda c, g: -g, "np.negative({0})", floats=False, props={CHEAP})
+unary("exp", np.exp, lambda c, g: g * c.out, "np.exp({0})", saves=("out",), props={NON_NEGATIVE})
+unary("log", np.log, lambda c, g: g / c.x, "np.log({0})", saves=("x",), samples=(POSITIVE,))
+unary(
+    "log1p",
+    np.log1p,
+    lambda c, g: g / (1.0 + c.x),
+    "np.log1p({0})",
+    saves=("x",),
+    samples=(POSITIVE,),
+)
+unary(
+    "sqrt",
+    np.sqrt,
+    lambda c, g: g / (2.0 * c.out),
+    "np.sqrt({0})",
+    saves=("out",),
+    props={NON_NEGATIVE},
+    samples=(POSITIVE,),
+)
 unary("tanh", np.tanh, lambda c, g: call("tanh_grad", c.out, g), "np.tanh({0})", saves=("out",))
+
+
+@kernel
+@chunked
+def sigmoid(x, out=None):
+    """1 / (1 + exp(-x)); ``out`` may be ``x``."""
+    out = np.negative(x, out=out_or_new(x, out))
+    np.exp(out, out=out)
+    out += 1.0
+    return np.reciprocal(out, out=out)
+
+
 unary(
     "sigmoid",
-    kernels.sigmoid,
+    sigmoid,
     lambda c, g: call("sigmoid_grad", c.out, g),
     "rt.sigmoid({0})",
     saves=("out",),
     out="rt.sigmoid({0}, out={out})",
+    props={NON_NEGATIVE},
 )
 # d relu(x) = [x > 0]; the output is as good a witness as the input and is kept anyway.
 unary(
@@ -78,27 +132,81 @@ unary(
     saves=("out",),
     floats=False,
     out="np.maximum({0}, 0, out={out})",
+    props={NON_NEGATIVE, CHEAP},
+    samples=(KINK_AT_ZERO,),
 )
-unary("abs", np.abs, lambda c, g: g * call("sign", c.x), "np.abs({0})", saves=("x",), floats=False)
+unary(
+    "abs",
+    np.abs,
+    lambda c, g: g * call("sign", c.x),
+    "np.abs({0})",
+    saves=("x",),
+    floats=False,
+    props={NON_NEGATIVE},
+    samples=(KINK_AT_ZERO,),
+)
 # sign is flat almost everywhere: a zero gradient, as in PyTorch (the output still tracks grad)
-unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False)
+unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False, samples=(KINK_AT_ZERO,))
+
+
+@kernel
+def erf(x):
+    """The error function, vectorized (SciPy's ufunc keeps float32 as float32)."""
+    return np.asarray(special.erf(x))
+
+
 unary(
     "erf",
-    kernels.erf,
+    erf,
     lambda c, g: g * (2.0 / math.sqrt(math.pi)) * call("exp", -c.x * c.x),
     "rt.erf({0})",
     saves=("x",),
 )
 unary("sin", np.sin, lambda c, g: g * call("cos", c.x), "np.sin({0})", saves=("x",))
 unary("cos", np.cos, lambda c, g: -g * call("sin", c.x), "np.cos({0})", saves=("x",))
+
+
+@kernel
+@chunked
+def gelu(x, approximate, out=None):
+    """x * Phi(x); with ``approximate='tanh'`` PyTorch's tanh form. ``out`` may be ``x``."""
+    if approximate != "tanh":
+        return np.multiply(0.5 * x, 1.0 + erf(x / math.sqrt(2.0)), out=out)
+    t = gelu_tanh_into(x, out=scratch(x, "gelu"))
+    return gelu_from_tanh(x, t, out=out, work=t)  # t is ours: 1 + t goes in its place
+
+
+def gelu_tanh_into(x, out=None):
+    """t = tanh(c (x + k x^3)), the tanh of gelu's tanh form, into ``out`` (new unless given)."""
+    return np.tanh(_tanh_argument(x, out_or_new(x, out)), out=out)
+
+
+def gelu_from_tanh(x, t, out=None, work=None):
+    """x (1 + t) / 2, with 1 + t made in ``work`` (a scratch array unless given)."""
+    inner = np.add(t, 1.0, out=joint_scratch(x, t, "gelu_with_tanh") if work is None else work)
+    out = np.multiply(x, inner, out=out)
+    out *= 0.5
+    return out
+
+
+def _tanh_argument(x, out):
+    """c (x + k x^3) as (c k x^2 + c) x: four passes (np.power is far slower)."""
+    np.multiply(x, x, out=out)
+    out *= SQRT_2_OVER_PI * GELU_TANH_COEF
+    out += SQRT_2_OVER_PI
+    out *= x
+    return out
+
+
 # gelu(x) = x * Phi(x); 'tanh' uses PyTorch's approximation of Phi.
 unary(
     "gelu",
-    kernels.gelu,
+    gelu,
     lambda c, g: call("gelu_grad", c.x, g, approximate=c.approximate),
     "rt.gelu({0}, {approximate!r})",
     saves=("x",),
     out="rt.gelu({0}, {approximate!r}, out={out})",
+    samples=(Sample({"approximate": "none"}), Sample({"approximate": "tanh"})),
 )
 # clamp passes the gradient where min <= x <= max, as PyTorch does.
 unary(
@@ -110,6 +218,11 @@ unary(
     floats=False,
     check=lambda x, min, max: _integral_bounds(x, min, max),
     out="np.clip({0}, {min!r}, {max!r}, out={out})",
+    samples=(
+        Sample({"min": -0.5, "max": 0.7}, kinks=(-0.5, 0.7), smooth=False),
+        Sample({"min": 0.3, "max": None}, kinks=(0.3,), smooth=False),
+        Sample({"min": None, "max": -0.2}, kinks=(-0.2,), smooth=False),
+    ),
 )
 unary(
     "pow_scalar",
@@ -118,6 +231,11 @@ unary(
     "np.power({0}, {exponent!r})",
     saves=("x",),
     out="np.power({0}, {exponent!r}, out={out})",
+    samples=(
+        Sample({"exponent": 2.5}, low=0.5),
+        Sample({"exponent": -1.5}, low=0.5),
+        *(Sample({"exponent": p}) for p in (3.0, 1.0, 0.0)),
+    ),
 )
 unary("clone", np.copy, lambda c, g: g, "{0}.copy()", floats=False, out="rt.copy_into({0}, {out})")
 
@@ -181,15 +299,15 @@ def _maximum_mask(c, picks_x):
 
 
 # --- binary arithmetic:  name, impl, (d/dx, d/dy), emit ---------------------------------------
-binary("add", np.add, (lambda c, g: g, lambda c, g: g), "{0} + {1}", props={COMMUTATIVE})
-binary("sub", np.subtract, (lambda c, g: g, lambda c, g: -g), "{0} - {1}")
+binary("add", np.add, (lambda c, g: g, lambda c, g: g), "{0} + {1}", props={COMMUTATIVE, CHEAP})
+binary("sub", np.subtract, (lambda c, g: g, lambda c, g: -g), "{0} - {1}", props={CHEAP})
 binary(
     "mul",
     np.multiply,
     (lambda c, g: g * c.y, lambda c, g: g * c.x),
     "{0} * {1}",
     saves={"x": ("y",), "y": ("x",)},
-    props={COMMUTATIVE},
+    props={COMMUTATIVE, CHEAP},
 )
 binary(
     "div",
@@ -197,6 +315,7 @@ binary(
     (lambda c, g: g / c.y, lambda c, g: -g * c.out / c.y),
     "{0} / {1}",
     saves={"x": ("y",), "y": ("y", "out")},
+    props={CHEAP},
 )
 binary(
     "pow",
@@ -211,7 +330,7 @@ binary(
     (lambda c, g: g * _maximum_mask(c, True), lambda c, g: g * (1.0 - _maximum_mask(c, True))),
     "np.maximum({0}, {1})",
     saves=("x", "y"),
-    props={COMMUTATIVE},
+    props={COMMUTATIVE, CHEAP},
 )
 binary(
     "minimum",
@@ -219,7 +338,7 @@ binary(
     (lambda c, g: g * _maximum_mask(c, False), lambda c, g: g * (1.0 - _maximum_mask(c, False))),
     "np.minimum({0}, {1})",
     saves=("x", "y"),
-    props={COMMUTATIVE},
+    props={COMMUTATIVE, CHEAP},
 )
 
 # --- comparisons and logic: bool results, no gradient -----------------------------------------
@@ -262,6 +381,21 @@ def _where_infer(cond: TensorType, x: TensorType, y: TensorType) -> TensorType:
     return TensorType(rules.broadcast_shape("where", cond.shape, x.shape, y.shape), dtype)
 
 
+@kernel
+def where(cond, x, y, out=None):
+    """np.where into ``out``, which may be ``x`` or ``y`` (masking attention in place)."""
+    if out is None:
+        return np.where(cond, x, y)
+    if out is x:
+        keep = np.logical_not(cond, out=scratch(np.shape(cond), "where", bool))
+        np.copyto(out, y, where=keep)
+        return out
+    if out is not y:
+        np.copyto(out, y)
+    np.copyto(out, x, where=cond)
+    return out
+
+
 register(
     "where",
     ("cond", "x", "y"),
@@ -285,6 +419,6 @@ register(
     lambda x, dtype: x.astype(dtypes.from_name(dtype).np),
     (lambda c, g: call("cast", g, dtype=c.x.dtype.name) if c.x.dtype.is_floating_point else None,),
     "{0}.astype(np.{dtype})",
-    props={ELEMENTWISE},
+    props={ELEMENTWISE, CHEAP},
     out="rt.copy_into({0}, {out})",
 )

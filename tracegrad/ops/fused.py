@@ -6,16 +6,48 @@ NOTE: each is declared with a *reference* written in tracegrad ops (the formula 
 computes). The reference is its specification and also its derivative: the VJP of a fused op is
 the VJP of its reference, so gradients of gradients stay exact without hand-written
 second-order rules.
+
+Each kernel sits above its op's declaration and is safe when ``out`` is one of its inputs: an
+input is read only before ``out`` is written, or copied first.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from tracegrad import tape
 from tracegrad.dtypes import TensorType
-from tracegrad.ops import kernels, rules
-from tracegrad.ops.nn import class_loss_infer
-from tracegrad.ops.reduce import keep_dims
+from tracegrad.ops import rules
+from tracegrad.ops.elementwise import (
+    GELU_TANH_COEF,
+    INV_SQRT_2,
+    INV_SQRT_2PI,
+    SQRT_2_OVER_PI,
+    erf,
+    gelu_from_tanh,
+    gelu_tanh_into,
+)
+from tracegrad.ops.nn import (
+    class_loss_infer,
+    layer_norm_center,
+    layer_norm_std,
+    nll_loss,
+    usual_class_loss,
+)
+from tracegrad.ops.reduce import keep_dims, window_cells
 from tracegrad.ops.registry import ELEMENTWISE, OVERWRITES_INPUT, call, register
+from tracegrad.ops.runtime import (
+    chunked,
+    class_dim,
+    joint_scratch,
+    kernel,
+    layer_norm_axes,
+    row_max,
+    row_mean,
+    row_numbers,
+    row_sum,
+    scratch,
+)
 
 
 def reference_vjp(reference):
@@ -86,45 +118,93 @@ def _sigmoid_reference(y, g):
 def gelu_reference(x, g, approximate):
     """d gelu(x) = Phi(x) + x phi(x), with Phi in PyTorch's tanh form when asked."""
     if approximate == "tanh":
-        t = call("tanh", kernels.SQRT_2_OVER_PI * (x + kernels.GELU_TANH_COEF * x * x * x))
-        dinner = kernels.SQRT_2_OVER_PI * (1.0 + 3.0 * kernels.GELU_TANH_COEF * x * x)
+        t = call("tanh", SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x))
+        dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * x * x)
         return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
-    cdf = 0.5 * (1.0 + call("erf", x * kernels.INV_SQRT_2))
-    pdf = call("exp", -0.5 * x * x) * kernels.INV_SQRT_2PI
+    cdf = 0.5 * (1.0 + call("erf", x * INV_SQRT_2))
+    pdf = call("exp", -0.5 * x * x) * INV_SQRT_2PI
     return g * (cdf + x * pdf)
+
+
+@kernel
+@chunked
+def relu_grad(y, g, out=None):
+    return np.multiply(g, np.greater(y, 0, out=scratch(y, "relu_grad", bool)), out=out)
 
 
 fused(
     "relu_grad",
     ("y", "g"),
-    kernels.relu_grad,
+    relu_grad,
     _relu_reference,
     "rt.relu_grad({0}, {1})",
     "rt.relu_grad({0}, {1}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def tanh_grad(y, g, out=None):
+    slope = np.multiply(y, y, out=scratch(y, "tanh_grad"))
+    np.subtract(1.0, slope, out=slope)
+    return np.multiply(g, slope, out=out)
+
+
 fused(
     "tanh_grad",
     ("y", "g"),
-    kernels.tanh_grad,
+    tanh_grad,
     _tanh_reference,
     "rt.tanh_grad({0}, {1})",
     "rt.tanh_grad({0}, {1}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def sigmoid_grad(y, g, out=None):
+    slope = np.subtract(1.0, y, out=scratch(y, "sigmoid_grad"))
+    slope *= y
+    return np.multiply(g, slope, out=out)
+
+
 fused(
     "sigmoid_grad",
     ("y", "g"),
-    kernels.sigmoid_grad,
+    sigmoid_grad,
     _sigmoid_reference,
     "rt.sigmoid_grad({0}, {1})",
     "rt.sigmoid_grad({0}, {1}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def gelu_grad(x, g, approximate, out=None):
+    """d gelu(x) = Phi(x) + x phi(x) (Phi in PyTorch's tanh form when asked)."""
+    if approximate == "tanh":
+        t = gelu_tanh_into(x, out=scratch(x, "gelu_grad.t"))
+        return _gelu_grad_with_tanh(x, t, g, out=out)
+    density = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
+    density *= -0.5
+    np.exp(density, out=density)
+    density *= INV_SQRT_2PI
+    density *= x
+    slope = np.multiply(x, INV_SQRT_2, out=scratch(x, "gelu_grad.slope"))
+    slope[...] = erf(slope)
+    slope += 1.0
+    slope *= 0.5
+    slope += density
+    return np.multiply(g, slope, out=out)
+
+
 fused(
     "gelu_grad",
     ("x", "g"),
-    kernels.gelu_grad,
+    gelu_grad,
     gelu_reference,
     "rt.gelu_grad({0}, {1}, {approximate!r})",
     "rt.gelu_grad({0}, {1}, {approximate!r}, out={out})",
@@ -135,7 +215,7 @@ fused(
 
 
 def _gelu_tanh_reference(x):
-    return call("tanh", kernels.SQRT_2_OVER_PI * (x + kernels.GELU_TANH_COEF * x * x * x))
+    return call("tanh", SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x))
 
 
 def _gelu_with_tanh_reference(x, t):
@@ -144,32 +224,73 @@ def _gelu_with_tanh_reference(x, t):
 
 def _gelu_grad_with_tanh_reference(x, t, g):
     """The tanh branch of gelu_reference, with x and t independent inputs."""
-    dinner = kernels.SQRT_2_OVER_PI * (1.0 + 3.0 * kernels.GELU_TANH_COEF * x * x)
+    dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * x * x)
     return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
+
+
+@kernel
+@chunked
+def gelu_tanh(x, out=None):
+    """t = tanh(c (x + k x^3)), the tanh in gelu's tanh form (its gradient reads it too)."""
+    return gelu_tanh_into(x, out=out)
 
 
 fused(
     "gelu_tanh",
     ("x",),
-    kernels.gelu_tanh,
+    gelu_tanh,
     _gelu_tanh_reference,
     "rt.gelu_tanh({0})",
     "rt.gelu_tanh({0}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def gelu_with_tanh(x, t, out=None):
+    """gelu(x) = x (1 + t) / 2 from t = gelu_tanh(x). ``out`` may be ``x`` or ``t``; unless
+    it is ``x``, 1 + t is made there (no scratch pass)."""
+    free = out is not None and not np.may_share_memory(out, x) and np.shape(out) == np.shape(t)
+    return gelu_from_tanh(x, t, out=out, work=out if free else None)
+
+
 fused(
     "gelu_with_tanh",
     ("x", "t"),
-    kernels.gelu_with_tanh,
+    gelu_with_tanh,
     _gelu_with_tanh_reference,
     "rt.gelu_with_tanh({0}, {1})",
     "rt.gelu_with_tanh({0}, {1}, out={out})",
     elementwise=True,
 )
+
+
+@kernel
+@chunked
+def gelu_grad_with_tanh(x, t, g, out=None):
+    """g * d gelu(x) in the tanh form, from t = gelu_tanh(x) kept from the forward.
+    ``out`` may be ``g``."""
+    return _gelu_grad_with_tanh(x, t, g, out=out)
+
+
+def _gelu_grad_with_tanh(x, t, g, out=None):
+    # With q = x (c/2 + 3ck/2 x^2): gelu'(x) = (1 + t)/2 + (1 - t^2) q = (1 + t) (1/2 + (1 - t) q)
+    q = np.multiply(x, x, out=scratch(x, "gelu_grad.square"))
+    q *= 1.5 * SQRT_2_OVER_PI * GELU_TANH_COEF
+    q += 0.5 * SQRT_2_OVER_PI
+    q *= x
+    slope = np.subtract(1.0, t, out=joint_scratch(x, t, "gelu_grad.slope"))
+    slope *= q
+    slope += 0.5
+    slope *= np.add(t, 1.0, out=q) if np.shape(t) == q.shape else np.add(t, 1.0)
+    return np.multiply(g, slope, out=out)
+
+
 fused(
     "gelu_grad_with_tanh",
     ("x", "t", "g"),
-    kernels.gelu_grad_with_tanh,
+    gelu_grad_with_tanh,
     _gelu_grad_with_tanh_reference,
     "rt.gelu_grad_with_tanh({0}, {1}, {2})",
     "rt.gelu_grad_with_tanh({0}, {1}, {2}, out={out})",
@@ -194,7 +315,7 @@ def _log_softmax_reference(y, g, dim):
 def _smoothed_targets(like, target, ignore_index, label_smoothing):
     """(smoothed one-hot targets laid out like ``like`` (N, C, ...), 1 where counted else 0)."""
     dtype = like.dtype.name
-    classes = like.shape[kernels.class_dim(like.ndim)]
+    classes = like.shape[class_dim(like.ndim)]
     keep = target != ignore_index
     one_hot = call("one_hot", target * keep, num_classes=classes)
     order = (0, one_hot.ndim - 1, *range(1, one_hot.ndim - 1)) if like.ndim > 1 else (0,)
@@ -209,12 +330,12 @@ def _class_loss_grad(probs, target, g, ignore_index, label_smoothing, reduction)
     wanted, valid = _smoothed_targets(probs, target, ignore_index, label_smoothing)
     if reduction == "mean":
         g = g / valid.sum()
-    return (probs - wanted) * (valid * g).unsqueeze(kernels.class_dim(probs.ndim))
+    return (probs - wanted) * (valid * g).unsqueeze(class_dim(probs.ndim))
 
 
 def cross_entropy_reference(logits, target, g, ignore_index, label_smoothing, reduction):
     """d loss / d logits = softmax(logits) - smoothed one-hot(target), zero where ignored."""
-    probs = call("softmax", logits, dim=kernels.class_dim(logits.ndim))
+    probs = call("softmax", logits, dim=class_dim(logits.ndim))
     return _class_loss_grad(probs, target, g, ignore_index, label_smoothing, reduction)
 
 
@@ -227,7 +348,7 @@ def _log_softmax_nll_reference(logp, target, g, ignore_index, label_smoothing, r
 def _nll_loss_reference(logp, target, ignore_index, label_smoothing, reduction):
     """-(smoothed one-hot(target) . logp) over the classes, counted samples only, reduced."""
     wanted, valid = _smoothed_targets(logp, target, ignore_index, label_smoothing)
-    loss = -(wanted * logp).sum(dim=kernels.class_dim(logp.ndim)) * valid
+    loss = -(wanted * logp).sum(dim=class_dim(logp.ndim)) * valid
     if reduction == "none":
         return loss
     return loss.sum() / valid.sum() if reduction == "mean" else loss.sum()
@@ -235,23 +356,23 @@ def _nll_loss_reference(logp, target, ignore_index, label_smoothing, reduction):
 
 def layer_norm_reference(x, y, g, ndims, eps):
     """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
-    axes = kernels.layer_norm_axes(x.ndim, ndims)
+    axes = layer_norm_axes(x.ndim, ndims)
     centered = x - x.mean(dim=axes, keepdim=True)
     rstd = 1.0 / call("sqrt", (centered * centered).mean(dim=axes, keepdim=True) + eps)
     return rstd * (g - g.mean(dim=axes, keepdim=True) - y * (g * y).mean(dim=axes, keepdim=True))
 
 
 def _layer_norm_center_reference(x, ndims):
-    return x - x.mean(dim=kernels.layer_norm_axes(x.ndim, ndims), keepdim=True)
+    return x - x.mean(dim=layer_norm_axes(x.ndim, ndims), keepdim=True)
 
 
 def _layer_norm_std_reference(centered, ndims, eps):
-    axes = kernels.layer_norm_axes(centered.ndim, ndims)
+    axes = layer_norm_axes(centered.ndim, ndims)
     return call("sqrt", (centered * centered).mean(dim=axes, keepdim=True) + eps)
 
 
 def _layer_norm_grad_from_std_reference(y, g, std, ndims):
-    axes = kernels.layer_norm_axes(y.ndim, ndims)
+    axes = layer_norm_axes(y.ndim, ndims)
     return (g - g.mean(dim=axes, keepdim=True) - y * (g * y).mean(dim=axes, keepdim=True)) / std
 
 
@@ -274,35 +395,119 @@ def _cross_entropy_grad_infer(logits, target, g, **attrs) -> TensorType:
     return rules.floating("cross_entropy_grad", logits)
 
 
+@kernel
+def softmax_grad(y, g, dim, out=None):
+    """y * (g - sum(g * y)) over ``dim``."""
+    gy = np.multiply(g, y, out=scratch(y, "softmax_grad"))
+    total = row_sum(gy, dim)
+    np.subtract(g, total, out=gy)
+    return np.multiply(y, gy, out=out)
+
+
 fused(
     "softmax_grad",
     ("y", "g"),
-    kernels.softmax_grad,
+    softmax_grad,
     _softmax_reference,
     "rt.softmax_grad({0}, {1}, {dim})",
     "rt.softmax_grad({0}, {1}, {dim}, out={out})",
 )
+
+
+@kernel
+def masked_softmax_grad(y, g, mask, dim, out=None):
+    """softmax_grad, zero where masked. There y is exactly 0 and so is the product, except in
+    rows masked whole (y is nan there): only those rows are zeroed, without a pass over the
+    rest. (A non-finite ``g`` at a masked entry would give nan there.)"""
+    out = softmax_grad(y, g, dim, out=out)
+    mask = np.reshape(mask, (1,) * (y.ndim - np.ndim(mask)) + np.shape(mask))
+    whole = np.all(mask, axis=dim, keepdims=True)
+    if whole.any():
+        np.copyto(out, 0, where=whole)
+    return out
+
+
 fused(
     "masked_softmax_grad",
     ("y", "g", "mask"),
-    kernels.masked_softmax_grad,
+    masked_softmax_grad,
     _masked_softmax_reference,
     "rt.masked_softmax_grad({0}, {1}, {2}, {dim})",
     "rt.masked_softmax_grad({0}, {1}, {2}, {dim}, out={out})",
     infer=_input_type,
 )
+
+
+@kernel
+def log_softmax_grad(y, g, dim, out=None):
+    """g - exp(y) * sum(g) over ``dim``."""
+    total = row_sum(g, dim)
+    scaled = np.exp(y, out=scratch(y, "log_softmax_grad"))
+    scaled *= total
+    return np.subtract(g, scaled, out=out)
+
+
 fused(
     "log_softmax_grad",
     ("y", "g"),
-    kernels.log_softmax_grad,
+    log_softmax_grad,
     _log_softmax_reference,
     "rt.log_softmax_grad({0}, {1}, {dim})",
     "rt.log_softmax_grad({0}, {1}, {dim}, out={out})",
 )
+
+
+def _loss_weight(g, valid, every, reduction, dtype):
+    """Each sample's share of the loss's cotangent ``g`` (divided by the count for a mean)."""
+    weight = np.asarray(g, dtype)
+    if reduction == "mean":
+        weight = weight / dtype.type(valid.size if every else np.count_nonzero(valid))
+    return weight
+
+
+def _subtract_targets(grad, target, valid, every, weight, label_smoothing):
+    """grad -= weight * smoothed one-hot(target) along the class dim, then zero the ignored
+    samples. ``grad`` already holds probabilities times ``weight``."""
+    if grad.ndim == 2 and not label_smoothing:
+        picks = target if every else np.where(valid, target, 0)
+        grad[row_numbers(len(target)), picks] -= weight
+        if not every:
+            grad *= valid[:, None]
+        return grad
+    moved = np.moveaxis(grad, class_dim(grad.ndim), -1)
+    share = np.broadcast_to(weight, valid.shape)[..., None]
+    if label_smoothing:
+        moved -= share * (label_smoothing / moved.shape[-1])
+    picks = np.where(valid, target, 0)[..., None]
+    picked = np.take_along_axis(moved, picks, -1)
+    np.put_along_axis(moved, picks, picked - share * (1.0 - label_smoothing), -1)
+    moved *= valid[..., None]
+    return grad
+
+
+def _class_weight(weight, ndim):
+    """A per-sample weight shaped to broadcast along the class dim (1 of (N, C, ...))."""
+    return weight if weight.ndim == 0 else np.expand_dims(weight, class_dim(ndim))
+
+
+@kernel
+def cross_entropy_grad(logits, target, g, ignore_index, label_smoothing, reduction):
+    """softmax(logits) - smoothed one-hot(target), weighted by g, zero where ignored."""
+    valid = target != ignore_index
+    every = bool(valid.all())
+    weight = _loss_weight(g, valid, every, reduction, logits.dtype)
+    dim = class_dim(logits.ndim)
+    grad = np.subtract(logits, row_max(logits, dim))
+    np.exp(grad, out=grad)
+    # softmax times the weight in one pass: exp(shifted) * (w / sum)
+    grad *= np.divide(_class_weight(weight, logits.ndim), row_sum(grad, dim))
+    return _subtract_targets(grad, target, valid, every, weight, label_smoothing)
+
+
 fused(
     "cross_entropy_grad",
     ("logits", "target", "g"),
-    kernels.cross_entropy_grad,
+    cross_entropy_grad,
     cross_entropy_reference,
     "rt.cross_entropy_grad({0}, {1}, {2}, {ignore_index}, {label_smoothing}, {reduction!r})",
     infer=_cross_entropy_grad_infer,
@@ -310,15 +515,39 @@ fused(
 fused(
     "nll_loss",
     ("logp", "target"),
-    kernels.nll_loss,
+    nll_loss,
     _nll_loss_reference,
     "rt.nll_loss({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",
     infer=class_loss_infer("nll_loss"),
 )
+
+
+@kernel
+def log_softmax_nll_grad(logp, target, g, ignore_index, label_smoothing, reduction, out=None):
+    """The gradient of nll_loss(log_softmax(x)) with respect to x, from the log-probabilities
+    the forward kept: exp(logp) - smoothed one-hot(target), weighted by g. ``out`` may be
+    ``logp``."""
+    if usual_class_loss(logp, target, ignore_index, label_smoothing, reduction):
+        # (what the general way below computes then, without its helpers' calls)
+        n = len(target)
+        weight = np.asarray(g, logp.dtype)
+        weight = weight / logp.dtype.type(n) if reduction == "mean" else weight
+        grad = np.exp(logp, out=out)
+        grad *= weight
+        grad[row_numbers(n), target] -= weight
+        return grad
+    valid = target != ignore_index
+    every = bool(valid.all())
+    weight = _loss_weight(g, valid, every, reduction, logp.dtype)
+    grad = np.exp(logp, out=out)
+    grad *= _class_weight(weight, logp.ndim)
+    return _subtract_targets(grad, target, valid, every, weight, label_smoothing)
+
+
 fused(
     "log_softmax_nll_grad",
     ("logp", "target", "g"),
-    kernels.log_softmax_nll_grad,
+    log_softmax_nll_grad,
     _log_softmax_nll_reference,
     "rt.log_softmax_nll_grad({0}, {1}, {2}, {ignore_index}, {label_smoothing}, {reduction!r})",
     "rt.log_softmax_nll_grad({0}, {1}, {2}, {ignore_index}, {label_smoothing}, {reduction!r}, "
@@ -326,10 +555,19 @@ fused(
     infer=_cross_entropy_grad_infer,
     props=(OVERWRITES_INPUT,),
 )
+
+
+@kernel
+def layer_norm_grad(x, y, g, ndims, eps, out=None):
+    """With y = (x - mean) * rstd: dx = rstd * (g - mean(g) - y * mean(g * y))."""
+    centered = layer_norm_center(x, ndims, out=scratch(x, "layer_norm_grad"))
+    return layer_norm_grad_from_std(y, g, layer_norm_std(centered, ndims, eps), ndims, out=out)
+
+
 fused(
     "layer_norm_grad",
     ("x", "y", "g"),
-    kernels.layer_norm_grad,
+    layer_norm_grad,
     layer_norm_reference,
     "rt.layer_norm_grad({0}, {1}, {2}, {ndims}, {eps!r})",
     "rt.layer_norm_grad({0}, {1}, {2}, {ndims}, {eps!r}, out={out})",
@@ -339,7 +577,7 @@ fused(
 fused(
     "layer_norm_center",
     ("x",),
-    kernels.layer_norm_center,
+    layer_norm_center,
     _layer_norm_center_reference,
     "rt.layer_norm_center({0}, {ndims})",
     "rt.layer_norm_center({0}, {ndims}, out={out})",
@@ -348,25 +586,67 @@ fused(
 fused(
     "layer_norm_std",
     ("centered",),
-    kernels.layer_norm_std,
+    layer_norm_std,
     _layer_norm_std_reference,
     "rt.layer_norm_std({0}, {ndims}, {eps!r})",
     "rt.layer_norm_std({0}, {ndims}, {eps!r}, out={out})",
     infer=_std_infer,
 )
+
+
+@kernel
+def layer_norm_grad_from_std(y, g, std, ndims, out=None):
+    """layer_norm_grad with the forward's std = sqrt(var + eps) kept: nothing of x is needed."""
+    axes = layer_norm_axes(y.ndim, ndims)
+    rstd = 1.0 / std
+    work = np.multiply(g, y, out=scratch(y, "layer_norm_grad"))
+    projection = row_mean(work, axes)
+    np.multiply(y, projection, out=work)
+    np.subtract(g, work, out=work)
+    work -= row_mean(g, axes)
+    return np.multiply(work, rstd, out=out)
+
+
 fused(
     "layer_norm_grad_from_std",
     ("y", "g", "std"),
-    kernels.layer_norm_grad_from_std,
+    layer_norm_grad_from_std,
     _layer_norm_grad_from_std_reference,
     "rt.layer_norm_grad_from_std({0}, {1}, {2}, {ndims})",
     "rt.layer_norm_grad_from_std({0}, {1}, {2}, {ndims}, out={out})",
     infer=_input_type,
 )
+
+
+@kernel
+def extreme_grad(x, y, g, dims, keepdim, out=None):
+    """amax/amin: the gradient shared evenly between tied extremes."""
+    cells = window_cells(x, dims, keepdim)
+    if cells is not None:
+        grad = np.empty(x.shape, x.dtype) if out is None else out
+        hits = scratch((len(cells), *y.shape), "extreme_grad.hits", bool)
+        count = scratch(y.shape, "extreme_grad.count", np.uint8)  # at most 64 cells
+        count[...] = 0
+        for hit, cell in zip(hits, cells, strict=True):
+            np.equal(x[cell], y, out=hit)
+            np.add(count, hit.view(np.uint8), out=count)  # a view: no casting loop
+        untied = count.min() == 1 == count.max()
+        share = g if untied else g / count
+        for hit, cell in zip(hits, cells, strict=True):
+            np.multiply(share, hit, out=grad[cell])
+        return grad
+    if not keepdim:
+        y, g = np.expand_dims(y, dims), np.expand_dims(g, dims)
+    hits = np.equal(x, y, out=out, casting="unsafe") if out is not None else (x == y)
+    hits = hits.astype(x.dtype, copy=False)
+    hits *= g / hits.sum(axis=dims, keepdims=True)
+    return hits
+
+
 fused(
     "extreme_grad",
     ("x", "y", "g"),
-    kernels.extreme_grad,
+    extreme_grad,
     extreme_reference,
     "rt.extreme_grad({0}, {1}, {2}, {dims}, {keepdim})",
     out="rt.extreme_grad({0}, {1}, {2}, {dims}, {keepdim}, out={out})",

@@ -15,14 +15,15 @@ import numpy as np
 
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
-from tracegrad.ops import kernels, rules
+from tracegrad.ops import rules
 from tracegrad.ops.elementwise import _zero
 from tracegrad.ops.registry import VIEW, call, register
+from tracegrad.ops.runtime import kernel
 
 
 def resolve(key, index_arrays) -> tuple:
     """Turn a stored key back into a NumPy index."""
-    return kernels.index(key, *index_arrays)
+    return index(key, *index_arrays)
 
 
 def _getitem_infer(x: TensorType, *indices: TensorType, key) -> TensorType:
@@ -48,7 +49,38 @@ def _scatter_add_infer(g: TensorType, *indices: TensorType, key, shape) -> Tenso
 
 
 def _scatter_add_impl(g, *indices, key, shape):
-    return kernels.scatter_add(g, key, shape, *indices)
+    return scatter_add(g, key, shape, *indices)
+
+
+@kernel
+def index(key, *index_arrays):
+    """Turn an index key (the module docstring gives its form) back into a NumPy index."""
+    items = []
+    for kind, *args in key:
+        if kind == "slice":
+            items.append(slice(*args))
+        elif kind == "int":
+            items.append(args[0])
+        elif kind == "none":
+            items.append(None)
+        elif kind == "ellipsis":
+            items.append(Ellipsis)
+        elif kind == "rows":
+            items.append(check_rows(index_arrays[args[0]], args[1]))
+        else:
+            items.append(index_arrays[args[0]])
+    return tuple(items)
+
+
+def check_rows(rows, size):
+    """``rows`` when every value is in [0, size), else IndexError naming the first that is
+    not: an embedding's lookup, where -1 is a bad token and not the last row."""
+    if rows.size and (rows.min() < 0 or rows.max() >= size):
+        bad = rows[(rows < 0) | (rows >= size)].flat[0]
+        raise IndexError(
+            f"index {bad} is out of range for a table of {size} rows (0 to {size - 1})"
+        )
+    return rows
 
 
 # Basic indexing (slices, ints, None, ...) returns a view of x, as in NumPy and PyTorch.
@@ -64,6 +96,39 @@ register(
     "{0}[rt.index({key!r}, {indices})]",
     props={VIEW},
 )
+
+
+@kernel
+def scatter_add(g, key, shape, *index_arrays, out=None):
+    """Add ``g`` into zeros(shape) at ``index(key)``; repeated indices accumulate."""
+    if out is None:
+        out = np.zeros(shape, g.dtype)
+    else:
+        out[...] = 0
+    rows = len(key) == 1 and key[0][0] in ("tensor", "rows")  # x[i] for one index array
+    if rows and index_arrays[0].dtype.kind in "iu" and index_arrays[0].size:
+        _add_rows(out, index_arrays[0], g)
+        return out
+    where = index(key, *index_arrays)
+    if index_arrays:
+        np.add.at(out, where, g)
+    else:
+        out[where] = g
+    return out
+
+
+def _add_rows(out, rows, g):
+    """out[rows] += g for an index array along axis 0 (an embedding's gradient), repeated
+    rows summed: a stable sort groups equal rows, np.add.reduceat sums each group in the
+    original order (np.add.at is 4x slower)."""
+    rows = rows.reshape(-1) % out.shape[0]  # -1 and n - 1 name the same row
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    sums = np.add.reduceat(g.reshape(rows.size, *out.shape[1:])[order], starts, axis=0)
+    out[ordered[starts]] = sums
+
+
 # scatter_add(g, idx) adds g into zeros(shape) at x[idx]: the transpose of getitem.
 register(
     "scatter_add",
@@ -86,6 +151,15 @@ def _view_update_infer(base: TensorType, values: TensorType, positions: TensorTy
     return base
 
 
+@kernel
+def view_update(base, values, positions):
+    """``base`` with the elements at flat ``positions`` set to ``values`` (broadcast to the
+    positions' shape): an in-place write through a view, as a new array."""
+    out = np.array(base, order="C", copy=True)
+    np.put(out, positions, np.broadcast_to(values, positions.shape))
+    return out
+
+
 # view_update(base, values, positions): base with the elements at flat positions set to values,
 # how a traced program writes in place through a view (x[0].add_(1), x.t().mul_(2), x[i] = v).
 # d/dbase: g with those elements zeroed; d/dvalues: g at those elements.
@@ -93,7 +167,7 @@ register(
     "view_update",
     ("base", "values", "positions"),
     _view_update_infer,
-    kernels.view_update,
+    view_update,
     (
         lambda c, g: call("view_update", g, _zero(g), c.positions),
         lambda c, g: call(
@@ -113,11 +187,16 @@ def _one_hot_infer(t: TensorType, num_classes) -> TensorType:
     return TensorType((*t.shape, num_classes), dtypes.int64)
 
 
+@kernel
+def one_hot(t, num_classes):
+    return (t[..., None] == np.arange(num_classes)).astype(np.int64)
+
+
 register(
     "one_hot",
     ("t",),
     _one_hot_infer,
-    kernels.one_hot,
+    one_hot,
     None,
     "rt.one_hot({0}, {num_classes})",
 )

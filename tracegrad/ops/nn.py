@@ -7,11 +7,25 @@ VJPs are both cheaper and more accurate than differentiating the naive formulas.
 
 from __future__ import annotations
 
+import numpy as np
+
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
-from tracegrad.ops import kernels, rules
-from tracegrad.ops.registry import OVERWRITES_INPUT, VIEW, call, register
+from tracegrad.ops import rules
+from tracegrad.ops.elementwise import where
+from tracegrad.ops.registry import NON_NEGATIVE, OVERWRITES_INPUT, VIEW, call, register
+from tracegrad.ops.runtime import (
+    SMALL_REDUCTION,
+    class_dim,
+    kernel,
+    layer_norm_axes,
+    row_max,
+    row_mean,
+    row_numbers,
+    row_sum,
+    scratch,
+)
 
 # --- sliding windows: conv2d and max_pool2d are compositions over these -------------------------
 
@@ -38,11 +52,29 @@ def _fold_infer(cols: TensorType, size, kernel, stride, padding, dilation) -> Te
     return TensorType((*cols.shape[:2], *size), cols.dtype)
 
 
+@kernel
+def unfold(x, kernel, stride, padding, dilation, pad_value):
+    """(N, C, H, W) -> (N, C, OH, OW, KH, KW) windows: a strided view of the padded input."""
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    n, c, h, w = x.shape
+    oh = (h - dh * (kernel[0] - 1) - 1) // sh + 1
+    ow = (w - dw * (kernel[1] - 1) - 1) // sw + 1
+    s_n, s_c, s_h, s_w = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x,
+        (n, c, oh, ow, *kernel),
+        (s_n, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw),
+        writeable=False,
+    )
+
+
 register(
     "unfold",
     ("x",),
     _unfold_infer,
-    kernels.unfold,
+    unfold,
     (
         lambda c, g: call(
             "fold",
@@ -57,11 +89,38 @@ register(
     "rt.unfold({0}, {kernel}, {stride}, {padding}, {dilation}, {pad_value!r})",
     props={VIEW},  # without padding the windows are a strided view of x
 )
+
+
+@kernel
+def fold(cols, size, kernel, stride, padding, dilation, out=None):
+    """The transpose of ``unfold``: add every window back where it came from."""
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    n, c, oh, ow = cols.shape[:4]
+    padded = (n, c, size[0] + 2 * ph, size[1] + 2 * pw)
+    if out is not None and not (ph or pw):
+        sums = out  # without padding the sums land in the result directly
+    elif out is not None:
+        sums = scratch(padded, "fold", cols.dtype)
+    else:
+        sums = np.empty(padded, cols.dtype)
+    sums[...] = 0
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            columns = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            sums[:, :, rows, columns] += cols[:, :, :, :, i, j]
+    inner = sums[:, :, ph : ph + size[0], pw : pw + size[1]]
+    if out is None or inner is out:
+        return inner
+    np.copyto(out, inner)
+    return out
+
+
 register(
     "fold",
     ("cols",),
     _fold_infer,
-    kernels.fold,
+    fold,
     (
         lambda c, g: call(
             "unfold",
@@ -85,17 +144,30 @@ def _softmax_infer(x: TensorType, dim) -> TensorType:
     return rules.floating("softmax", x)
 
 
+@kernel
+def softmax(x, dim, out=None):
+    """Stable: exp(x - max) / sum. ``out`` may be ``x``."""
+    return _softmax_shifted(x, row_max(x, dim), dim, out)
+
+
+def _softmax_shifted(x, peak, dim, out):
+    out = np.subtract(x, peak, out=out)
+    np.exp(out, out=out)
+    out /= row_sum(out, dim)
+    return out
+
+
 # Their gradients are fused ops (tracegrad/ops/fused.py).
 register(
     "softmax",
     ("x",),
     _softmax_infer,
-    kernels.softmax,
+    softmax,
     (lambda c, g: call("softmax_grad", c.out, g, dim=c.dim),),
     "rt.softmax({0}, {dim})",
     out="rt.softmax({0}, {dim}, out={out})",
     saves=("out",),
-    props=(OVERWRITES_INPUT,),
+    props=(OVERWRITES_INPUT, NON_NEGATIVE),
 )
 
 
@@ -110,24 +182,67 @@ def _masked_softmax_infer(x: TensorType, mask: TensorType, dim) -> TensorType:
     return _softmax_infer(x, dim)
 
 
+@kernel
+def masked_softmax(x, mask, dim, out=None):
+    """softmax(where(mask, -inf, x)) over ``dim``: masked entries get probability exactly 0
+    (a row masked whole is nan, as in PyTorch). ``out`` may be ``x``."""
+    if np.size(mask) >= np.size(x):
+        out = where(mask, x.dtype.type(-np.inf), x, out=out)
+        return softmax(out, dim, out=out)
+    # A broadcast mask (causal, transposed for keys-major) is small: added to the scores as a
+    # bias of -inf and 0 it takes one pass, twice as fast as a masked write. A score of +inf
+    # or nan at a masked entry sums to nan there: the max shows it, and then the masked
+    # write (masked_fill's -inf, whatever the score) is made too.
+    bias = np.where(mask, x.dtype.type(-np.inf), x.dtype.type(0))
+    out = np.add(x, bias, out=out)
+    peak = row_max(out, dim)
+    if np.isnan(peak).any():
+        np.copyto(out, x.dtype.type(-np.inf), where=mask)
+        peak = row_max(out, dim)
+    return _softmax_shifted(out, peak, dim, out)
+
+
 # softmax(where(mask, -inf, x)), which the attention pattern rewrites to (passes/stabilize.py):
 # in place over the scores, and a gradient without a pass for the mask.
 register(
     "masked_softmax",
     ("x", "mask"),
     _masked_softmax_infer,
-    kernels.masked_softmax,
+    masked_softmax,
     lambda c, g: (call("masked_softmax_grad", c.out, g, c.mask, dim=c.dim), None),
     "rt.masked_softmax({0}, {1}, {dim})",
     out="rt.masked_softmax({0}, {1}, {dim}, out={out})",
     saves=("out", "mask"),
     props=(OVERWRITES_INPUT,),
 )
+
+
+@kernel
+def log_softmax(x, dim, out=None):
+    """Stable: (x - max) - log(sum(exp(x - max))). ``out`` may be ``x``. Logits of a few
+    thousand elements take plain NumPy reductions: row_max's and row_sum's ways pay for their
+    Python calls only on larger arrays (a training step's cross entropy on W1's (32, 10)
+    logits runs in a cold cache, where every call counts)."""
+    small = x.size < SMALL_REDUCTION
+    peak = np.maximum.reduce(x, axis=dim, keepdims=True) if small else row_max(x, dim)
+    out = np.subtract(x, peak, out=out)
+    exp = np.exp(out, out=scratch(out, "log_softmax"))
+    out -= np.log(np.add.reduce(exp, axis=dim, keepdims=True) if small else row_sum(exp, dim))
+    return out
+
+
+def _reduce_loss(loss, valid, reduction, dtype):
+    if reduction == "none":
+        return loss
+    total = loss.sum(dtype=dtype)
+    return total / dtype.type(np.count_nonzero(valid)) if reduction == "mean" else total
+
+
 register(
     "log_softmax",
     ("x",),
     _softmax_infer,
-    kernels.log_softmax,
+    log_softmax,
     (lambda c, g: call("log_softmax_grad", c.out, g, dim=c.dim),),
     "rt.log_softmax({0}, {dim})",
     out="rt.log_softmax({0}, {dim}, out={out})",
@@ -152,7 +267,7 @@ def class_loss_infer(name: str):
                 f"with shape {target.shape} (for one-hot or soft targets use -(target * "
                 "log_softmax(input, 1)).sum(1).mean())"
             )
-        dim = kernels.class_dim(logits.ndim)
+        dim = class_dim(logits.ndim)
         expected = logits.shape[:dim] + logits.shape[dim + 1 :]
         if logits.ndim == 0 or target.shape != expected:
             raise ShapeError(
@@ -168,11 +283,67 @@ def class_loss_infer(name: str):
     return infer
 
 
+@kernel
+def cross_entropy(logits, target, ignore_index, label_smoothing, reduction):
+    """nll_loss of the (stable) log-probabilities, computed into a scratch array: the loss
+    never returns memory of its log-probabilities."""
+    logp = log_softmax(logits, class_dim(logits.ndim), out=scratch(logits, "cross_entropy"))
+    return nll_loss(logp, target, ignore_index, label_smoothing, reduction)
+
+
+# The kernel of the fused nll_loss op (tracegrad/ops/fused.py), here beside cross_entropy's, which
+# runs it.
+@kernel
+def nll_loss(logp, target, ignore_index, label_smoothing, reduction):
+    """Cross entropy from log-probabilities: -(1 - s) logp[target] - s mean(logp) over the
+    classes, zero where the target is ignored, then reduced."""
+    check_targets(target, logp.shape[class_dim(logp.ndim)], ignore_index)
+    if usual_class_loss(logp, target, ignore_index, label_smoothing, reduction):
+        total = -logp[row_numbers(len(target)), target].sum(dtype=logp.dtype)  # a pick and a sum
+        return total / logp.dtype.type(len(target)) if reduction == "mean" else total
+    valid = target != ignore_index
+    every = bool(valid.all())
+    if logp.ndim == 2 and not label_smoothing:
+        picked = logp[row_numbers(len(target)), target if every else np.where(valid, target, 0)]
+        loss = np.negative(picked, out=picked) if every else np.where(valid, -picked, 0.0)
+        return _reduce_loss(loss.astype(logp.dtype, copy=False), valid, reduction, logp.dtype)
+    moved = np.moveaxis(logp, class_dim(logp.ndim), -1)
+    picked = np.take_along_axis(moved, np.where(valid, target, 0)[..., None], -1)[..., 0]
+    loss = -(1.0 - label_smoothing) * picked - label_smoothing * moved.mean(-1)
+    loss = np.where(valid, loss, 0.0).astype(logp.dtype)
+    return _reduce_loss(loss, valid, reduction, logp.dtype)
+
+
+def check_targets(target, classes, ignore_index):
+    """IndexError, as in PyTorch, for a target outside [0, classes) other than ignore_index:
+    NumPy would read -1 as the last class. Checked on every call of a class loss, in
+    generated code too, since targets are data."""
+    if not target.size or (target.min() >= 0 and target.max() < classes):
+        return
+    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
+    if bad.any():
+        raise IndexError(
+            f"Target {target[bad].flat[0]} is out of bounds: class indices must lie in "
+            f"[0, {classes}) or equal ignore_index ({ignore_index})"
+        )
+
+
+def usual_class_loss(logp, target, ignore_index, label_smoothing, reduction) -> bool:
+    """Whether a class loss is the usual one: (N, C) log-probabilities, no smoothing, reduced
+    to a scalar, and no target ignored (a negative ignore_index, PyTorch's -100, below every
+    target: the smallest target says so). Its kernels then take a short path."""
+    if logp.ndim != 2 or label_smoothing or reduction == "none":
+        return False
+    if ignore_index < 0 and target.size and target.min() > ignore_index:
+        return True
+    return bool((target != ignore_index).all())
+
+
 register(
     "cross_entropy",
     ("logits", "target"),
     class_loss_infer("cross_entropy"),
-    kernels.cross_entropy,
+    cross_entropy,
     lambda c, g: (call("cross_entropy_grad", c.logits, c.target, g, **c.attrs), None),
     "rt.cross_entropy({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",
     saves=("logits", "target"),
@@ -187,11 +358,35 @@ def _layer_norm_infer(x: TensorType, ndims, eps) -> TensorType:
     return rules.floating("layer_norm", x)
 
 
+# Kernels of the fused layer_norm_center and layer_norm_std ops (tracegrad/ops/fused.py), here
+# beside layer_norm's, which runs them.
+@kernel
+def layer_norm_center(x, ndims, out=None):
+    """x - mean(x) over the last ``ndims`` dims. ``out`` may be ``x``."""
+    return np.subtract(x, row_mean(x, layer_norm_axes(x.ndim, ndims)), out=out)
+
+
+@kernel
+def layer_norm_std(centered, ndims, eps, out=None):
+    """sqrt(mean(centered^2) + eps) over the last ``ndims`` dims (kept, as 1s)."""
+    square = np.multiply(centered, centered, out=scratch(centered, "layer_norm"))
+    variance = np.add(row_mean(square, layer_norm_axes(centered.ndim, ndims)), eps, out=out)
+    return np.sqrt(variance, out=variance)
+
+
+@kernel
+def layer_norm(x, ndims, eps, out=None):
+    """(x - mean) / sqrt(var + eps) over the last ``ndims`` dims. ``out`` may be ``x``."""
+    out = layer_norm_center(x, ndims, out=out)
+    out /= layer_norm_std(out, ndims, eps)
+    return out
+
+
 register(
     "layer_norm",
     ("x",),
     _layer_norm_infer,
-    kernels.layer_norm,
+    layer_norm,
     (lambda c, g: call("layer_norm_grad", c.x, c.out, g, **c.attrs),),
     "rt.layer_norm({0}, {ndims}, {eps!r})",
     out="rt.layer_norm({0}, {ndims}, {eps!r}, out={out})",

@@ -8,10 +8,13 @@ an eager update passes them, so both round alike."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
-from tracegrad.ops import kernels, rules
+from tracegrad.ops import rules
 from tracegrad.ops.registry import ELEMENTWISE, register
+from tracegrad.ops.runtime import chunked, joint_scratch, kernel, scratch
 
 
 def _same_as_first(name, n_scalars):
@@ -30,34 +33,76 @@ def _same_as_first(name, n_scalars):
     return infer
 
 
+# The update kernels may write ``out`` over one of their inputs.
+@kernel
+@chunked
+def lerp(x, y, weight, out=None):
+    """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5. (Hyperparameters
+    here are Python floats, weak scalars rounded to the arrays' dtype, whether given so or as
+    a compiled step's 0-d float64 input.)"""
+    step = np.subtract(y, x, out=joint_scratch(x, y, "lerp"))
+    step *= float(weight)
+    return np.add(x, step, out=out)
+
+
 # lerp(x, y, w) = x + w * (y - x): Adam's first moment (PyTorch's exp_avg.lerp_).
 register(
     "lerp",
     ("x", "y", "weight"),
     _same_as_first("lerp", 1),
-    kernels.lerp,
+    lerp,
     None,
     "rt.lerp({0}, {1}, {2})",
     props={ELEMENTWISE},
     out="rt.lerp({0}, {1}, {2}, out={out})",
 )
+
+
+@kernel
+@chunked
+def ema_square(v, g, beta, out=None):
+    """beta * v + (1 - beta) * g * g."""
+    beta = float(beta)
+    square = np.multiply(g, g, out=joint_scratch(v, g, "ema_square"))
+    square *= 1.0 - beta
+    if np.shape(v) != square.shape:
+        return np.add(square, np.multiply(v, beta), out=out)
+    out = np.multiply(v, beta, out=out)
+    out += square
+    return out
+
+
 # ema_square(v, g, b) = b * v + (1 - b) * g * g: Adam's second moment.
 register(
     "ema_square",
     ("v", "g", "beta"),
     _same_as_first("ema_square", 1),
-    kernels.ema_square,
+    ema_square,
     None,
     "rt.ema_square({0}, {1}, {2})",
     props={ELEMENTWISE},
     out="rt.ema_square({0}, {1}, {2}, out={out})",
 )
+
+
+@kernel
+@chunked
+def adam_step(p, m, v, step_size, bias2_sqrt, eps, out=None):
+    """p - step_size * m / (sqrt(v) / bias2_sqrt + eps), PyTorch's Adam parameter update."""
+    denom = np.sqrt(v, out=scratch(v, "adam_step"))
+    denom /= bias2_sqrt
+    denom += float(eps)
+    np.divide(m, denom, out=denom)
+    denom *= step_size
+    return np.subtract(p, denom, out=out)
+
+
 # adam_step(p, m, v, step_size, bias2_sqrt, eps) = p - step_size * m / (sqrt(v) / bias2_sqrt + eps)
 register(
     "adam_step",
     ("p", "m", "v", "step_size", "bias2_sqrt", "eps"),
     _same_as_first("adam_step", 1),
-    kernels.adam_step,
+    adam_step,
     None,
     "rt.adam_step({0}, {1}, {2}, {3}, {4}, {5})",
     props={ELEMENTWISE},

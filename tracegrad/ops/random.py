@@ -5,16 +5,25 @@ from __future__ import annotations
 
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
-from tracegrad.ops import kernels
 from tracegrad.ops.registry import RANDOM, register
+from tracegrad.ops.runtime import kernel
 from tracegrad.random import generator
+
+
+@kernel
+def dropout_mask(shape, p, dtype, rng):
+    """Keep each element with probability 1 - p, scaled by 1 / (1 - p) so the mean is kept."""
+    keep = rng.random(shape) >= p
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    return (keep * scale).astype(dtype)
+
 
 # dropout_mask: keep with probability 1 - p, scaled by 1 / (1 - p); no gradient (a constant).
 register(
     "dropout_mask",
     (),
     lambda shape, p, dtype: TensorType(tuple(shape), dtypes.from_name(dtype)),
-    lambda shape, p, dtype: kernels.dropout_mask(shape, p, dtypes.from_name(dtype).np, generator()),
+    lambda shape, p, dtype: dropout_mask(shape, p, dtypes.from_name(dtype).np, generator()),
     None,
     "rt.dropout_mask({shape}, {p!r}, np.{dtype}, rng)",
     props={RANDOM},

@@ -18,7 +18,10 @@ An ``Op`` entry holds, side by side:
   a dict from each input to the values its own rule reads (``mul``: ``{"x": ("y",), "y":
   ("x",)}``), so the tape saves only what the rules that will run read, as PyTorch does: ``v *
   2`` for a ``v`` needing grad keeps no reference to ``v``, and ``v`` may then change in place;
-- ``props``: property sets passes query instead of listing op names.
+- ``props``: property sets passes query instead of listing op names;
+- ``samples``: the inputs the op's generated test rows draw (``Sample``: attributes, the
+  interval inputs come from, points to stay away from, input shapes, whether the op is smooth
+  there). Ops declared with samples need no hand-written gradient row.
 
 Ops are called through ``call(name, *inputs, **attrs)``, which hands them to the inputs'
 ``apply_op`` (the tensor layer's dispatcher: eager execution, or tracing).
@@ -43,6 +46,45 @@ RANDOM = "random"  # draws from the random generator: never folded, always trace
 # Not elementwise, but its kernel reads all of its first input before writing out= (a softmax
 # row by row), so the memory plan may give it that input's memory.
 OVERWRITES_INPUT = "overwrites_input"
+# Its result is never negative, for every input: for it exp(log(y)) is y (elsewhere log gives nan).
+NON_NEGATIVE = "non_negative"
+# Cheap enough to run again in the backward rather than keep its result alive from the forward
+# (views cost nothing; elementwise arithmetic one pass).
+CHEAP = "cheap"
+
+
+# Shape sets a one-input op is tested on: a matrix, a 0-d value, and a 3-d one with a size-1 dim.
+UNARY_SHAPES = (((2, 3),), ((),), ((4, 1, 2),))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Inputs a generated test row of an op draws, with its attributes: uniform in [low, high],
+    redrawn until ``gap`` away from each of ``kinks`` (where finite differences cannot decide);
+    ``smooth`` ops are also checked to second order there; ``tol`` overrides gradcheck's."""
+
+    attrs: dict = field(default_factory=dict)
+    low: float = -2.0
+    high: float = 2.0
+    kinks: tuple[float, ...] = ()
+    gap: float = 0.15
+    shapes: tuple = UNARY_SHAPES  # shape sets: one shape per input
+    smooth: bool = True
+    tol: dict = field(default_factory=dict)
+
+    def draw(self, rng, shape):
+        """One input of ``shape`` as the sample says (``rng``: a NumPy Generator)."""
+        while True:
+            x = rng.uniform(self.low, self.high, shape)
+            if all((abs(x - k) >= self.gap).all() for k in self.kinks):
+                return x
+
+    def label(self, op: str) -> str:
+        """A test id: the op's name and the sample's attributes."""
+        return "-".join([op, *(f"{k}={v}" for k, v in self.attrs.items())])
+
+
+POSITIVE = Sample(low=0.5, high=2.0)
 
 
 @dataclass(frozen=True)
@@ -58,6 +100,7 @@ class Op:
     out: str | None = None
     # (input, values its rule reads) pairs when declared per input; empty: any rule reads saves
     reads: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    samples: tuple[Sample, ...] = field(default=(), compare=False)
 
     def saved_for(self, needs_input_grad) -> tuple[str, ...]:
         """The values read by the rules of the inputs that need a gradient."""
@@ -81,7 +124,9 @@ class Op:
 OPS: dict[str, Op] = {}
 
 
-def register(name, inputs, infer, impl, vjp=None, emit=None, saves=(), props=(), out=None) -> Op:
+def register(
+    name, inputs, infer, impl, vjp=None, emit=None, saves=(), props=(), out=None, samples=()
+) -> Op:
     """Declare a primitive; the declaration is the only place the op is described."""
     if name in OPS:
         raise ValueError(f"op {name!r} is declared twice")
@@ -89,7 +134,8 @@ def register(name, inputs, infer, impl, vjp=None, emit=None, saves=(), props=(),
     if isinstance(saves, dict):
         reads = tuple((arg, tuple(saves.get(arg, ()))) for arg in inputs)
         saves = dict.fromkeys(value for _, values in reads for value in values)
-    op = Op(name, tuple(inputs), infer, impl, vjp, emit, tuple(saves), frozenset(props), out, reads)
+    saves, props = tuple(saves), frozenset(props)
+    op = Op(name, tuple(inputs), infer, impl, vjp, emit, saves, props, out, reads, tuple(samples))
     OPS[name] = op
     return op
 

@@ -7,7 +7,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import ELEMENTWISE, LAYOUT_VIEW, VIEW, call, register
+from tracegrad.ops.registry import CHEAP, ELEMENTWISE, LAYOUT_VIEW, VIEW, call, register
 
 
 def _reshape_infer(x: TensorType, shape) -> TensorType:
@@ -39,7 +39,7 @@ register(
     lambda x, shape: np.reshape(x, shape),
     (lambda c, g: call("reshape", g, shape=c.x.shape),),
     "{0}.reshape({shape})",
-    props={VIEW, LAYOUT_VIEW},
+    props={VIEW, LAYOUT_VIEW, CHEAP},
 )
 register(
     "permute",
@@ -48,7 +48,7 @@ register(
     lambda x, dims: np.transpose(x, dims),
     (lambda c, g: call("permute", g, dims=tuple(np.argsort(c.dims).tolist())),),
     "{0}.transpose({dims})",
-    props={VIEW, LAYOUT_VIEW},
+    props={VIEW, LAYOUT_VIEW, CHEAP},
 )
 register(
     "broadcast_to",
@@ -57,7 +57,7 @@ register(
     lambda x, shape: np.broadcast_to(x, shape),
     (lambda c, g: call("sum_to", g, shape=c.x.shape),),
     "np.broadcast_to({0}, {shape})",
-    props={VIEW, LAYOUT_VIEW},
+    props={VIEW, LAYOUT_VIEW, CHEAP},
 )
 
 
@@ -103,7 +103,7 @@ register(
     lambda x: x,
     None,
     "{0}",
-    props={VIEW},
+    props={VIEW, CHEAP},
 )
 
 # keep_gradient(value, leaf) = value, whose gradient goes to leaf instead: in a traced forward,

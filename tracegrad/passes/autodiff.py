@@ -15,7 +15,7 @@ import numpy as np
 from tracegrad import tape
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 from tracegrad.ir.graph import Graph, body_of, copies_where_made
-from tracegrad.ops import OPS
+from tracegrad.ops import CHEAP, OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.memory import aliases
 from tracegrad.passes.pipeline import register_pass
@@ -152,27 +152,6 @@ def split(
     return Split(forward.copy(), backward.copy(), [n.outputs[0].name for n in recomputed])
 
 
-# Ops cheap enough to run again in the backward rather than keep their result alive from the
-# forward (views cost nothing; elementwise arithmetic one pass).
-CHEAP = frozenset(
-    {
-        "add",
-        "sub",
-        "mul",
-        "div",
-        "neg",
-        "cast",
-        "relu",
-        "maximum",
-        "minimum",
-        "reshape",
-        "permute",
-        "broadcast_to",
-        "stop_gradient",
-    }
-)
-
-
 def rematerialize(
     forward_nodes, forward_inputs, saved, returned=frozenset(), volatile=frozenset()
 ) -> tuple[list, list]:
@@ -205,12 +184,17 @@ def rematerialize(
     return list(kept), sorted(moved, key=order.get)
 
 
+def _cheap(node: Node) -> bool:
+    """Whether the backward may run ``node`` again rather than keep its result."""
+    return node.op == CONSTANT or (node.op in OPS and CHEAP in OPS[node.op].props)
+
+
 def _recompute_plan(value, held, producers, depth: int) -> list | None:
     """The cheap nodes that recompute ``value`` from ``held`` values and constants, or None."""
     if value in held:
         return []
     node = producers.get(value)
-    if node is None or depth == 0 or (node.op not in CHEAP and node.op != CONSTANT):
+    if node is None or depth == 0 or not _cheap(node):
         return None
     plan = []
     for v in node.inputs:

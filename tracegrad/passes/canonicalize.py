@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tracegrad.ir.core import Node, Value
 from tracegrad.ir.graph import Graph
-from tracegrad.ops import ELEMENTWISE, OPS
+from tracegrad.ops import ELEMENTWISE, NON_NEGATIVE, OPS, ops_with
 from tracegrad.passes.patterns import Const, Match, Pat, Rule, V, by_op, rewrite
 from tracegrad.passes.pipeline import register_pass
 
@@ -29,10 +29,6 @@ def _reshape_of_reshape(m: Match) -> Value:
     if m["x"].type.shape == m.root.outputs[0].type.shape:
         return m["x"]
     return m.emit("reshape", [m["x"]], shape=m.root.attrs["shape"])
-
-
-# Ops whose results are never negative: for them exp(log(y)) is y (elsewhere log gives nan).
-NON_NEGATIVE = frozenset({"exp", "sqrt", "abs", "relu", "sigmoid", "softmax"})
 
 
 def _scalar_constant(value: Value) -> bool:
@@ -151,7 +147,7 @@ RULES = [
     Rule(
         "exp-log",
         "exp(log(x)) -> x for x >= 0",
-        Pat("exp", Pat("log", Pat(NON_NEGATIVE, name="x"))),
+        Pat("exp", Pat("log", Pat(ops_with(NON_NEGATIVE), name="x"))),
         "x",
     ),
     Rule("log-exp", "log(exp(x)) -> x", Pat("log", Pat("exp", V("x"))), "x"),
