@@ -186,6 +186,7 @@ ROWS_TABLE = [
     row("gelu_tanh", _tanh_approx, [P(3, 4)], "gelu"),
     row("clamp", lambda x: x.clamp(-0.55, 0.75), [PD(3, 4)], "clamp"),
     row("clamp_min", lambda x: tg.clamp(x, min=0.05), [PD(3, 4)], "clamp"),
+    row("add_scaled", lambda x, y: (x + 1.0).sub_(y, alpha=0.5), [P(3, 4), P(3, 4)], "add_scaled"),
     row("pow_scalar_3", lambda x: x**3, [P(3, 4)], "pow_scalar"),
     row("pow_scalar_half", lambda x: x**0.5, [POS(3, 4)], "pow_scalar"),
     row("square", lambda x: x.square() + x.pow(2), [P(3, 4)], ("mul", "pow_scalar")),

@@ -208,6 +208,13 @@ CASES = [
     ),
     Case("clamp_min", ("clamp",), lambda x: x.clamp(min=0.3), UNARY, (away_from(0.3),), False),
     Case("clamp_max", ("clamp",), lambda x: x.clamp(max=-0.2), UNARY, (away_from(-0.2),), False),
+    Case("add_scaled", ("add_scaled",), lambda x, y: call("add_scaled", x, y, alpha=-0.7), BINARY),
+    Case(
+        "add_scaled_method",
+        ("add_scaled",),
+        lambda x, y: (x * 1.0).sub_(y, alpha=2.5),
+        (((2, 3), (2, 3)),),
+    ),
     Case("pow_scalar", ("pow_scalar",), lambda x: x**2.5, UNARY, (positive,)),
     Case("pow_scalar_int", ("pow_scalar",), lambda x: x**3, UNARY),
     Case("pow_scalar_neg", ("pow_scalar",), lambda x: x**-1.5, UNARY, (positive,)),

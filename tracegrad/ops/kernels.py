@@ -754,6 +754,14 @@ def _joint_scratch(x, y, slot: str):
 
 
 @chunked
+def add_scaled(x, y, alpha, out=None):
+    """x + alpha * y (``add_(y, alpha=...)``, an SGD step), alpha * y made in a scratch array
+    so a write into ``out`` allocates nothing; ``out`` may be ``x`` or ``y``."""
+    scaled = np.multiply(y, alpha, out=scratch(y, "add_scaled"))
+    return np.add(x, scaled, out=out)
+
+
+@chunked
 def lerp(x, y, weight, out=None):
     """x + weight * (y - x), rounded like PyTorch's lerp for weight < 0.5. (Hyperparameters
     here are Python floats, weak scalars rounded to the arrays' dtype, whether given so or as
