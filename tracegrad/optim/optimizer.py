@@ -34,6 +34,8 @@ class Optimizer:
         self.defaults = defaults
         self.state: dict = {}
         self.param_groups: list[dict] = []
+        # group index -> its small parameters updated together (tracegrad/optim/grouped.py)
+        self.flat_groups: dict = {}
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
@@ -78,10 +80,10 @@ class Optimizer:
         traced = tracer.optimizer_step(self) if tracer is not None else eager
         # inf and nan results, not warnings, as eager ops give (once for the whole update)
         with traced as read, tape.no_grad(), np.errstate(all="ignore"):
-            for group, numbers in zip(self.param_groups, read, strict=True):
+            for index, (group, numbers) in enumerate(zip(self.param_groups, read, strict=True)):
                 pairs = [(p, _grad_for(p)) for p in group["params"] if p.grad is not None]
                 if tracer is None and self.elementwise:
-                    pairs = update_grouped(self, pairs, numbers, group)
+                    pairs = update_grouped(self, index, pairs, numbers, group)
                 for p, grad in pairs:
                     self.update(p, grad, self.state.setdefault(p, {}), numbers, group)
         return loss

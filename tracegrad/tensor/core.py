@@ -8,7 +8,8 @@ The internal protocol between tensors and the rest of tracegrad is three names:
 - ``t.array``: the tensor's storage (a NumPy array; while tracing, a symbolic value), which
   ``t.array = storage`` rebinds as it is;
 - ``t.version`` and ``t.bump_version()``: the count of in-place writes, shared with the views
-  of the same memory, which the tape checks saved values against;
+  of the same memory (``t.count_writes_with(base)`` for a view made outside the ops), which
+  the tape checks saved values against;
 - ``wrap(array, grad_fn=None, requires_grad=False)``: a tensor over ``array`` without a copy.
 """
 
@@ -104,6 +105,11 @@ class Tensor:
     def bump_version(self) -> None:
         """Count one in-place write (views of the same memory see it too)."""
         self._version[0] += 1
+
+    def count_writes_with(self, base: Tensor) -> None:
+        """Share ``base``'s version counter: this tensor's storage is a view of ``base``'s,
+        so a write to either is a write to both (as views made by ops share it)."""
+        self._version = base._version
 
     # --- metadata --------------------------------------------------------------------------------
 
