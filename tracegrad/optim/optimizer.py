@@ -15,7 +15,7 @@ import numpy as np
 from tracegrad import tape
 from tracegrad.changes import CountedDict
 from tracegrad.optim.grouped import update_grouped
-from tracegrad.tensor import Tensor, active_tracer, wrap
+from tracegrad.tensor import Tensor, active_tracer, float_errors_ignored, wrap
 
 
 class Optimizer:
@@ -79,7 +79,7 @@ class Optimizer:
         # Traced, the groups' numbers are the compiled step's inputs
         traced = tracer.optimizer_step(self) if tracer is not None else eager
         # inf and nan results, not warnings, as eager ops give (once for the whole update)
-        with traced as read, tape.no_grad(), np.errstate(all="ignore"):
+        with traced as read, tape.no_grad(), float_errors_ignored():
             for index, (group, numbers) in enumerate(zip(self.param_groups, read, strict=True)):
                 pairs = [(p, _grad_for(p)) for p in group["params"] if p.grad is not None]
                 if tracer is None and self.elementwise:
