@@ -161,7 +161,7 @@ def add_scaled(target: Tensor, other: Tensor, alpha, sign: int = 1) -> Tensor:
 def _grad_for(param: Tensor) -> Tensor:
     """``param.grad`` in the parameter's dtype."""
     grad = param.grad
-    return grad if grad.dtype is param.dtype else grad.to(param.dtype)
+    return grad if grad.array.dtype == param.array.dtype else grad.to(param.dtype)
 
 
 def ascent_decayed(param: Tensor, grad: Tensor, group: dict, settings: dict) -> Tensor:

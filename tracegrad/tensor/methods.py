@@ -426,13 +426,10 @@ def _write_scaled(target: Tensor, name: str, other, alpha, method: str) -> Tenso
 
 
 def _scales_in_one_op(target: Tensor, other, alpha) -> bool:
-    return (
-        isinstance(other, Tensor)
-        and isinstance(alpha, (int, float))
-        and not isinstance(alpha, bool)
-        and other.array.dtype == target.array.dtype
-        and target.dtype.is_floating_point
-    )
+    if not isinstance(other, Tensor) or type(alpha) not in (int, float):
+        return False
+    dtype = target.array.dtype
+    return other.array.dtype == dtype and dtype.kind == "f"
 
 
 def _write_binary(target: Tensor, name: str, other, method: str) -> Tensor:
