@@ -149,6 +149,16 @@ def test_parameters_updated_together_get_the_bits_of_one_by_one(monkeypatch, mak
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("make", KINDS.values(), ids=KINDS.keys())
+def test_large_parameters_updated_in_pieces_get_the_bits_of_whole_ones(monkeypatch, make):
+    """With pieces of 5,000 elements, the (70,000,) parameter is updated in 14 pieces (its
+    step count counted once); values and state equal the one-by-one update's."""
+    monkeypatch.setattr(grouped, "PIECE", 5_000)
+    (pieces, _), (whole, _) = (run_kind(monkeypatch, make, e) for e in (True, False))
+    for got, want in zip(pieces, whole, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 IN_PLACE_KINDS = {
     "adamw": KINDS["adamw"],
     "sgd": lambda params: optim.SGD(params, lr=0.1),

@@ -7,7 +7,10 @@ element, the bits they give on each parameter. Eagerly, a tensor op costs micros
 whatever its size, so for a transformer's 30 small parameters the op count is most of the
 update: ``update_grouped`` runs ``optimizer.update`` once on flat tensors of the small
 parameters of a group whose state agrees (what PyTorch's foreach optimizers do about the same
-cost). Traced steps update one by one, so the compiler sees each parameter.
+cost). A large parameter, the other way round, is updated piece by piece: the update's few
+passes over a piece find it in cache, as a fused kernel's would, instead of streaming the
+whole arrays through memory once per op. Traced steps update one by one, so the compiler sees
+each parameter (and the generated code loops over row pieces of its own).
 
 A ``FlatGroup`` keeps such a set between steps. Its members' state entries are views of the
 flat state tensors the update writes (their tensors keep their identity, and count their
@@ -30,11 +33,18 @@ from tracegrad.tensor import Tensor, wrap
 # Parameters up to this size are grouped: past it, a parameter's own ops cost far less than
 # its memory traffic, which gathering it would add to.
 SMALL = CHUNK
+# Parameters past this size are updated in pieces of it: about 1 MiB per float32 array, so a
+# piece's arrays stay in cache across the update's ops while the ops' own cost (microseconds
+# each) stays small beside a piece's (Adam on W2: 8% faster than whole arrays; a fourth of
+# this: 5%).
+PIECE = 4 * CHUNK
 
 
 def update_grouped(optimizer, index: int, pairs: list, group: dict, settings: dict) -> list:
     """Update the (parameter, gradient) pairs of parameter group ``index`` that can go
-    together at once; returns the pairs left for the one-by-one update."""
+    together at once, and the large ones in pieces; returns the pairs left for the one-by-one
+    update."""
+    pairs = [(p, g) for p, g in pairs if not _updated_in_pieces(optimizer, p, g, group, settings)]
     flat = optimizer.flat_groups.get(index)
     grads = flat.gradients(pairs, optimizer.state) if flat is not None else None
     if grads is None:
@@ -131,6 +141,43 @@ class FlatGroup:
             if key in self.counts and not _all_equal(self.counts[key]):
                 return False
         return True
+
+
+def _updated_in_pieces(optimizer, param: Tensor, grad: Tensor, group, settings) -> bool:
+    """Update a large parameter piece by piece if ``_in_pieces`` allows; whether it did."""
+    state = optimizer.state.get(param)
+    arrays = _in_pieces(param, grad, state)
+    if arrays is None:
+        return False
+    shaped = [k for k, e in state.items() if e.ndim]
+    counts = {k: e for k, e in state.items() if not e.ndim}  # (a step count)
+    before = {k: e.array.copy() for k, e in counts.items()}
+    for start in range(0, param.numel(), PIECE):
+        piece = slice(start, start + PIECE)
+        for key, entry in counts.items():  # each piece counts the same step from the same value
+            np.copyto(entry.array, before[key])
+        value, gradient, *entries = (wrap(a[piece]) for a in arrays)
+        pieces = {**counts, **dict(zip(shaped, entries, strict=True))}
+        optimizer.update(value, gradient, pieces, group, settings)
+    for t in (param, *(state[k] for k in shaped)):
+        t.bump_version()
+    return True
+
+
+def _in_pieces(param: Tensor, grad: Tensor, state: dict | None) -> list[np.ndarray] | None:
+    """The flat arrays of a large parameter, its gradient and its shaped state entries, when
+    its state is made (the first update makes it whole) and every array is contiguous, of the
+    parameter's shape (and writable, but the gradient); else None."""
+    if param.numel() <= PIECE or not state:
+        return None
+    if not all(isinstance(e, Tensor) for e in state.values()):
+        return None
+    arrays = [param.array, grad.array, *(e.array for e in state.values() if e.ndim)]
+    if any(a.shape != param.array.shape or not a.flags.c_contiguous for a in arrays):
+        return None
+    if not all(a.flags.writeable for a in arrays[:1] + arrays[2:]):
+        return None
+    return [a.reshape(-1) for a in arrays]
 
 
 def _cut(flat: np.ndarray, shapes: list) -> list[np.ndarray]:
