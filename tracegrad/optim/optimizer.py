@@ -27,7 +27,8 @@ class Optimizer:
     # a weight decay term): a compiled step is specialized on that, not on their values.
     zero_tested: tuple[str, ...] = ()
     # Whether ``update`` is elementwise in the parameter and its state (0-d state entries
-    # aside): eagerly, small parameters are then updated together (tracegrad/optim/grouped.py)
+    # aside, which it changes alike whatever the values): eagerly, small parameters are then
+    # updated together and large ones in pieces (tracegrad/optim/grouped.py)
     elementwise = False
 
     def __init__(self, params, defaults: dict):
