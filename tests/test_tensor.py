@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
-from tracegrad.tensor import call, dispatch
+from tracegrad.tensor import Tensor, call, dispatch
 from tracegrad.tensor.methods import ONE_OP_METHODS
 
 
@@ -278,6 +278,31 @@ def test_apply_with_out_writes_an_ops_result_into_the_tensors_memory():
     assert x.array is memory and x.tolist() == [2.0, 3.5] and x.version == 1
     call("clamp", x, min=None, max=3.0, out=x)
     assert x.array is memory and x.tolist() == [2.0, 3.0] and x.version == 2
+
+
+def test_add_and_sub_with_a_number_alpha_write_one_op_without_a_temporary(monkeypatch):
+    """``add_(y, alpha=a)`` (an SGD step) is one op writing into the target's memory; the
+    same bits as forming ``y * a`` first. Integer targets keep the two-op form."""
+    x, y = tg.randn(5), tg.randn(5)
+    memory, expected = x.array, (x - y * 0.1).numpy()
+    monkeypatch.setattr(Tensor, "__mul__", None)  # (no y * 0.1 formed on the way)
+    x.sub_(y, alpha=0.1)
+    monkeypatch.undo()
+    assert x.array is memory and x.version == 1
+    np.testing.assert_array_equal(x.numpy(), expected)
+    n = tg.tensor([1, 2])
+    n.add_(tg.tensor([3, 4]), alpha=2)
+    assert n.tolist() == [7, 10]
+
+
+def test_float_errors_ignored_runs_ops_without_warnings_and_restores_the_state():
+    x = tg.tensor([1.0, 0.0])
+    with np.errstate(all="raise"):
+        with dispatch.float_errors_ignored():
+            assert (x / 0.0).tolist()[0] == float("inf")
+            assert np.geterr()["divide"] == "ignore"
+        assert np.geterr()["divide"] == "raise"
+        assert x.log().tolist()[1] == float("-inf")  # each op ignores them on its own
 
 
 def test_apply_with_out_keeps_autograd_semantics():

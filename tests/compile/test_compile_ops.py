@@ -190,6 +190,7 @@ ROWS_TABLE = [
     # --- unary math: the ops declared with samples get generated rows; composites here ---
     *declared_rows(),
     row("rsqrt", lambda x: x.rsqrt(), [POS(3, 4)], ("sqrt", "div")),
+    row("add_scaled", lambda x, y: (x + 1.0).sub_(y, alpha=0.5), [P(3, 4), P(3, 4)], "add_scaled"),
     row("square", lambda x: x.square() + x.pow(2), [P(3, 4)], ("mul", "pow_scalar")),
     # --- binary arithmetic, broadcasting both ways, Python scalars ---
     row("add", lambda x, y: x + y, [P(3, 4), X(4)], ("add", "sum_to")),

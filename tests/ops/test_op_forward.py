@@ -1045,6 +1045,11 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
     **{name: _fused_call(name) for name in FUSED_REFERENCES},
     "stop_gradient": lambda dt: call("stop_gradient", _f((3,), dt)),
     "contiguous": lambda dt: call("contiguous", _f((2, 3), dt).T),
+    "add_scaled": lambda dt: (
+        _f((2, 3), dt).add_(_f((2, 3), dt, seed=1), alpha=0.5),
+        _f((2, 3), dt).sub_(_f((2, 3), dt, seed=1), alpha=3),
+        call("add_scaled", _f((), dt), _f((2, 3), dt, seed=1), alpha=-0.25),
+    ),
     "lerp": lambda dt: call("lerp", _f((2, 3), dt), _f((2, 3), dt, seed=1), _hyper(0.1)),
     "ema_square": lambda dt: call(
         "ema_square", _f((2, 3), dt), _f((2, 3), dt, seed=1), _hyper(0.9)

@@ -200,6 +200,13 @@ CASES = [
     # ops declared with samples (the unary elementwise family): rows generated from them
     *declared_cases(),
     Case("contiguous", ("contiguous",), lambda x: call("contiguous", x.T) * x.T, MATRIX[:2]),
+    Case("add_scaled", ("add_scaled",), lambda x, y: call("add_scaled", x, y, alpha=-0.7), BINARY),
+    Case(
+        "add_scaled_method",
+        ("add_scaled",),
+        lambda x, y: (x * 1.0).sub_(y, alpha=2.5),
+        (((2, 3), (2, 3)),),
+    ),
     # binary arithmetic, broadcasting
     Case("add", ("add",), lambda x, y: x + y, BINARY),
     Case("sub", ("sub",), lambda x, y: x - y, BINARY),

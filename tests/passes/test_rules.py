@@ -788,7 +788,7 @@ def test_transpose_of_product_ends_in_a_product():
 
 # Attributes the ops need to build a node; an op joining the rule without an entry here
 # fails operand_dtype() with a message saying so.
-ATTRS = {"gelu_grad": {"approximate": "tanh"}}
+ATTRS = {"gelu_grad": {"approximate": "tanh"}, "add_scaled": {"alpha": -0.5}}
 # The optimizer update ops' last inputs are hyperparameters: 0-d float64, never broadcast
 HYPERPARAMETERS = {"lerp": 1, "ema_square": 1, "adam_step": 1}
 POSITIVE = {"pow", "adam_step"}  # x ** y needs x > 0; adam_step takes sqrt(v)

@@ -15,7 +15,7 @@ import numpy as np
 from tracegrad import tape
 from tracegrad.changes import CountedDict
 from tracegrad.optim.grouped import update_grouped
-from tracegrad.tensor import Tensor, active_tracer, wrap
+from tracegrad.tensor import Tensor, active_tracer, float_errors_ignored, wrap
 
 
 class Optimizer:
@@ -27,13 +27,16 @@ class Optimizer:
     # a weight decay term): a compiled step is specialized on that, not on their values.
     zero_tested: tuple[str, ...] = ()
     # Whether ``update`` is elementwise in the parameter and its state (0-d state entries
-    # aside): eagerly, small parameters are then updated together (tracegrad/optim/grouped.py)
+    # aside, which it changes alike whatever the values): eagerly, small parameters are then
+    # updated together and large ones in pieces (tracegrad/optim/grouped.py)
     elementwise = False
 
     def __init__(self, params, defaults: dict):
         self.defaults = defaults
         self.state: dict = {}
         self.param_groups: list[dict] = []
+        # group index -> its small parameters updated together (tracegrad/optim/grouped.py)
+        self.flat_groups: dict = {}
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
@@ -77,11 +80,11 @@ class Optimizer:
         # Traced, the groups' numbers are the compiled step's inputs
         traced = tracer.optimizer_step(self) if tracer is not None else eager
         # inf and nan results, not warnings, as eager ops give (once for the whole update)
-        with traced as read, tape.no_grad(), np.errstate(all="ignore"):
-            for group, numbers in zip(self.param_groups, read, strict=True):
+        with traced as read, tape.no_grad(), float_errors_ignored():
+            for index, (group, numbers) in enumerate(zip(self.param_groups, read, strict=True)):
                 pairs = [(p, _grad_for(p)) for p in group["params"] if p.grad is not None]
                 if tracer is None and self.elementwise:
-                    pairs = update_grouped(self, pairs, numbers, group)
+                    pairs = update_grouped(self, index, pairs, numbers, group)
                 for p, grad in pairs:
                     self.update(p, grad, self.state.setdefault(p, {}), numbers, group)
         return loss
@@ -159,7 +162,7 @@ def add_scaled(target: Tensor, other: Tensor, alpha, sign: int = 1) -> Tensor:
 def _grad_for(param: Tensor) -> Tensor:
     """``param.grad`` in the parameter's dtype."""
     grad = param.grad
-    return grad if grad.dtype is param.dtype else grad.to(param.dtype)
+    return grad if grad.array.dtype == param.array.dtype else grad.to(param.dtype)
 
 
 def ascent_decayed(param: Tensor, grad: Tensor, group: dict, settings: dict) -> Tensor:

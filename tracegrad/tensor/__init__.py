@@ -24,7 +24,7 @@ from tracegrad.tensor.core import (
     tensor,
     wrap,
 )
-from tracegrad.tensor.dispatch import apply, call, result_type
+from tracegrad.tensor.dispatch import apply, call, float_errors_ignored, result_type
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
 from tracegrad.tensor.methods import cat, einsum, stack, tril, triu, where
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
@@ -43,6 +43,7 @@ __all__ = [
     "call",
     "cat",
     "einsum",
+    "float_errors_ignored",
     "float_unary",
     "index_key",
     "infer_shape",

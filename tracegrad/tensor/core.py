@@ -11,8 +11,9 @@ The internal protocol between tensors and the rest of tracegrad is a few names:
   tracer's symbols, a compiled step's buffers): no checks and no version count, unlike the
   public ``.data =``;
 - ``t.version`` and ``t.bump_version()``: the count of in-place writes, shared with the views
-  of the same memory, which the tape checks saved values against. The count lives in
-  ``t.version_counter``, a one-element list a view shares; generated code bumps it inline;
+  of the same memory (``t.count_writes_with(base)`` for a view made outside the ops), which
+  the tape checks saved values against. The count lives in ``t.version_counter``, a
+  one-element list a view shares; generated code bumps it inline;
 - ``wrap(array, grad_fn=None, requires_grad=False)``: a tensor over ``array`` without a copy.
 """
 
@@ -94,6 +95,11 @@ class Tensor:
     def bump_version(self) -> None:
         """Count one in-place write (views of the same memory see it too)."""
         self.version_counter[0] += 1
+
+    def count_writes_with(self, base: Tensor) -> None:
+        """Share ``base``'s version counter: this tensor's storage is a view of ``base``'s,
+        so a write to either is a write to both (as views made by ops share it)."""
+        self.version_counter = base.version_counter
 
     # --- metadata --------------------------------------------------------------------------------
 

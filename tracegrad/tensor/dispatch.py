@@ -11,14 +11,20 @@ record, straight into its memory through the op's NumPy ``out=`` form; otherwise
 is computed and becomes the target's new value and history (traced: a new SSA value, the
 functionalized write). Either way the target's version counter counts the write.
 
+Eager ops give inf and nan results without warnings, each under its own ``np.errstate``;
+code running many small ops in a row (an optimizer's update) enters ``float_errors_ignored()``
+once instead, which saves that cost on every op inside.
+
 The op registry reaches this module through ``Tensor.apply_op`` (installed below), so the ops
 layer never imports tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import threading
 
 import numpy as np
 
@@ -60,10 +66,36 @@ def call(name: str, *inputs, out: Tensor | None = None, **attrs) -> Tensor:
 Tensor.apply_op = staticmethod(apply)
 
 
-def _run(op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
+class _FloatErrors(threading.local):
+    ignored = False  # (a class attribute: every thread starts outside)
+
+
+_FLOAT_ERRORS = _FloatErrors()
+
+
+@contextlib.contextmanager
+def float_errors_ignored():
+    """Run the eager ops inside under one ``np.errstate(all="ignore")`` instead of one each
+    (entering it costs more than a small op's NumPy call)."""
+    previous = _FLOAT_ERRORS.ignored
     with np.errstate(all="ignore"):
-        data = op.impl(*(t.array for t in inputs), **attrs)
-    data = np.asarray(data)
+        _FLOAT_ERRORS.ignored = True
+        try:
+            yield
+        finally:
+            _FLOAT_ERRORS.ignored = previous
+
+
+def _impl(op: Op, arrays, attrs):
+    """The op's NumPy implementation on ``arrays``: inf and nan results, no warnings."""
+    if _FLOAT_ERRORS.ignored:
+        return op.impl(*arrays, **attrs)
+    with np.errstate(all="ignore"):
+        return op.impl(*arrays, **attrs)
+
+
+def _run(op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
+    data = np.asarray(_impl(op, [t.array for t in inputs], attrs))
     if data.dtype != out_type.dtype.np:
         data = data.astype(out_type.dtype.np)
     if VIEW in op.props:  # only view ops may return memory of an input (the op tests check)
@@ -134,8 +166,7 @@ def result_type(op: Op, inputs, attrs) -> TensorType:
 def _write(target: Tensor, op: Op, inputs, attrs, method: str) -> Tensor:
     """``target = op(*inputs)`` in place (``inputs`` may include ``target`` itself)."""
     if _writes_directly(target, inputs) and _takes_out(op) and _fits(target, op, inputs, attrs):
-        with np.errstate(all="ignore"):
-            op.impl(*(t.array for t in inputs), out=target.array, **attrs)
+        _impl(op, [t.array for t in inputs], {**attrs, "out": target.array})
         target.bump_version()
         return target
     return _overwrite(target, method, lambda old: _with_old(op, inputs, attrs, target, old))

@@ -342,10 +342,10 @@ class TensorMethods:
     # --- in-place ops: the dispatcher writes the op's result into self --------------------------
 
     def add_(self, other, alpha=1):
-        return _write_binary(self, "add", _scaled(other, alpha), "add_")
+        return _write_scaled(self, "add", other, alpha, "add_")
 
     def sub_(self, other, alpha=1):
-        return _write_binary(self, "sub", _scaled(other, alpha), "sub_")
+        return _write_scaled(self, "sub", other, alpha, "sub_")
 
     def mul_(self, other):
         return _write_binary(self, "mul", other, "mul_")
@@ -412,8 +412,24 @@ def _clamp_bounds(min, max) -> dict:
     return {"min": min, "max": max}
 
 
-def _scaled(other, alpha):
-    return other * alpha if alpha != 1 else other
+def _write_scaled(target: Tensor, name: str, other, alpha, method: str) -> Tensor:
+    """``target = target <name> alpha * other`` (``name``: add or sub). A tensor of the
+    target's float dtype scaled by a number is one op, ``add_scaled``, which writes without a
+    temporary; otherwise ``other * alpha`` is formed first, in ``other``'s own precision."""
+    if alpha == 1:
+        return _write_binary(target, name, other, method)
+    if _scales_in_one_op(target, other, alpha):
+        signed = float(alpha) if name == "add" else -float(alpha)  # (exact: the same bits)
+        return apply(OPS["add_scaled"], (target, other), {"alpha": signed}, out=target,
+                     method=method)  # fmt: skip
+    return _write_binary(target, name, other * alpha, method)
+
+
+def _scales_in_one_op(target: Tensor, other, alpha) -> bool:
+    if not isinstance(other, Tensor) or type(alpha) not in (int, float):
+        return False
+    dtype = target.array.dtype
+    return other.array.dtype == dtype and dtype.kind == "f"
 
 
 def _write_binary(target: Tensor, name: str, other, method: str) -> Tensor:
