@@ -88,7 +88,7 @@ class Pat:
             return True
         if node is None or node.op not in self.ops:
             return False
-        if not all(_holds(want, node.attrs.get(key)) for key, want in self.attrs.items()):
+        if self.attrs and not all(_holds(w, node.attrs.get(k)) for k, w in self.attrs.items()):
             return False
         return node.op != CONSTANT or _elements_equal(node, self.constant)
 
