@@ -238,6 +238,12 @@ class Rule:
     right: object  # a capture name, an Emit template or build(m) -> Value | None
     when: Callable[[Match], bool] = always
 
+    @functools.cached_property
+    def needs(self) -> frozenset[str] | None:
+        """Ops of which the rewritten node must read at least one value (None: no such
+        need): a test on the node's inputs alone that skips most rules at most nodes."""
+        return _needs(self.pattern)
+
     def apply(self, m: Match) -> Value | None:
         """The replacement of ``m.root``'s output, or None; a declined attempt leaves no nodes."""
         out_type = m.root.outputs[0].type
@@ -401,11 +407,27 @@ def _rewrite_once(graph: Graph, rules, counter) -> tuple[Graph, bool]:
 
 
 def _first_firing(rules: list[Rule], m: Match) -> tuple[Rule, Value] | None:
+    producers = m.rewrite.producers
+    read = {node.op for node in map(producers.get, m.root.inputs) if node is not None}
     for rule in rules:
+        needs = rule.needs
+        if needs is not None and needs.isdisjoint(read):
+            continue
         out = rule.apply(m)
         if out is not None:
             return rule, out
     return None
+
+
+def _needs(pattern: Pat) -> frozenset[str] | None:
+    """The ops one input of a node matching ``pattern`` must be made by (see Rule.needs)."""
+    if isinstance(pattern, AnyOf):
+        needs = [_needs(p) for p in pattern.alternatives]
+        return None if None in needs else frozenset().union(*needs)
+    if pattern.some is not None:
+        return pattern.some.ops
+    constrained = [p.ops for p in pattern.inputs or () if p.ops is not None]
+    return constrained[0] if constrained else None
 
 
 def _final(replaced: dict[Value, Value], value: Value) -> Value:
