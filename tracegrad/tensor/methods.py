@@ -66,6 +66,27 @@ class TensorMethods:
         """A constant of this tensor's dtype (a constant in traced code too)."""
         return wrap(np.full(shape_args((size,)), fill_value, self.dtype.np))
 
+    def new_empty(self, *size) -> Tensor:
+        """Uninitialized in PyTorch; zeros here (any contents are allowed)."""
+        return self.new_full(shape_args(size), 0)
+
+    def new_tensor(self, data, dtype=None) -> Tensor:
+        """A copy of ``data`` (a tensor's values too) as a constant, of this tensor's dtype."""
+        values = data.detach().numpy() if isinstance(data, Tensor) else data
+        dtype = dtypes.to_dtype(dtype) if dtype is not None else self.dtype
+        return wrap(np.array(values, dtype=dtype.np))
+
+    def nelement(self) -> int:
+        return self.numel()
+
+    def element_size(self) -> int:
+        """Bytes per element."""
+        return np.dtype(self.dtype.np).itemsize
+
+    @property
+    def is_xpu(self) -> bool:
+        return False
+
     def new_zeros(self, *size) -> Tensor:
         return self.new_full(shape_args(size), 0)
 
@@ -89,6 +110,20 @@ class TensorMethods:
 
     def __rmatmul__(self, other):
         return call("matmul", *promote_operands(other, self))
+
+    def _checked_matmul(self, name, other, ndim):
+        """``mm`` (ndim 2) and ``bmm`` (ndim 3): matmul without broadcasting."""
+        a, b = tuple(self.shape), tuple(other.shape)
+        batch_ok = ndim == 2 or a[0] == b[0]
+        if self.ndim != ndim or other.ndim != ndim or not batch_ok or a[-1] != b[-2]:
+            raise ShapeError(at_user_line(f"{name}: cannot multiply shapes {a} and {b}"))
+        return self @ other
+
+    def mm(self, mat2):
+        return self._checked_matmul("mm", mat2, 2)
+
+    def bmm(self, mat2):
+        return self._checked_matmul("bmm", mat2, 3)
 
     def __pos__(self):
         return self
@@ -185,6 +220,22 @@ class TensorMethods:
 
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
         return std_of_var(self.var(dim, unbiased, keepdim, correction=correction))
+
+    def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
+        """The vector p-norm over ``dim`` (all dims if None); "fro" is p=2."""
+        x = self.to(dtype) if dtype is not None else self
+        dims = normalize_dims("norm", dim, x.ndim)
+        if p in ("fro", 2):
+            return std_of_var((x * x).sum(dims, keepdim))
+        if p == float("inf"):
+            return x.abs().amax(dims, keepdim)
+        if p == -float("inf"):
+            return x.abs().amin(dims, keepdim)
+        if p == 0:
+            return (x != 0).to(x.dtype).sum(dims, keepdim)
+        if p == 1:
+            return x.abs().sum(dims, keepdim)
+        return (x.abs() ** p).sum(dims, keepdim) ** (1.0 / p)
 
     def _extreme(self, name, arg_name, dim, keepdim):
         if isinstance(dim, Tensor):
@@ -324,6 +375,63 @@ class TensorMethods:
         size = self.shape[normalize_dim("chunk", dim, self.ndim)]
         return self.split(-(-size // chunks), dim)
 
+    def unbind(self, dim=0):
+        dim = normalize_dim("unbind", dim, self.ndim)
+        return tuple(self.select(dim, i) for i in range(self.shape[dim]))
+
+    def select(self, dim, index):
+        return self[(slice(None),) * normalize_dim("select", dim, self.ndim) + (index,)]
+
+    def narrow(self, dim, start, length):
+        dim = normalize_dim("narrow", dim, self.ndim)
+        size = self.shape[dim]
+        start = start + size if start < 0 else start
+        if not 0 <= start <= start + length <= size or length < 0:
+            raise ShapeError(
+                at_user_line(
+                    f"narrow: start {start} + length {length} exceeds dim {dim} of shape "
+                    f"{tuple(self.shape)}"
+                )
+            )
+        return self[(slice(None),) * dim + (slice(start, start + length),)]
+
+    def index_select(self, dim, index):
+        if index.ndim > 1 or index.dtype.is_floating_point:
+            raise ShapeError(
+                at_user_line(
+                    f"index_select: index must be a 1-d integer tensor, got shape "
+                    f"{tuple(index.shape)} of {index.dtype}"
+                )
+            )
+        dim = normalize_dim("index_select", dim, self.ndim)
+        return self[(slice(None),) * dim + (index.reshape(-1),)]
+
+    def flip(self, *dims):
+        dims = normalize_dims("flip", shape_args(dims), self.ndim)
+        return self[
+            tuple(slice(None, None, -1) if d in dims else slice(None) for d in range(self.ndim))
+        ]
+
+    def roll(self, shifts, dims=None):
+        """Shift elements along ``dims`` cyclically; no dims: along the flattened tensor."""
+        if dims is None:
+            return self.flatten().roll(shifts, 0).reshape(self.shape)
+        shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        if len(shifts) != len(dims):
+            raise ValueError(f"roll: {len(shifts)} shifts for {len(dims)} dims")
+        out = self
+        for shift, dim in zip(shifts, dims, strict=True):
+            dim = normalize_dim("roll", dim, self.ndim)
+            cut = -shift % self.shape[dim] if self.shape[dim] else 0
+            out = cat([out.narrow(dim, cut, self.shape[dim] - cut), out.narrow(dim, 0, cut)], dim)
+        return out
+
+    def tile(self, *dims):
+        """``repeat`` with fewer sizes than dims allowed (the missing leading ones are 1)."""
+        dims = shape_args(dims)
+        return self.repeat((1,) * (self.ndim - len(dims)) + tuple(dims))
+
     def __getitem__(self, item):
         key, index_tensors = index_key(item, self.ndim)
         return call("getitem", self, *index_tensors, key=key)
@@ -362,6 +470,31 @@ class TensorMethods:
     def fill_(self, value):
         filled = as_tensor(value, like=self).to(self.dtype)
         return _write_value(self, filled, "fill_")
+
+    def normal_(self, mean=0.0, std=1.0):
+        draw = call("random_normal", shape=tuple(self.shape), dtype=self.dtype.name)
+        return _write_value(self, draw * std + mean, "normal_")
+
+    def uniform_(self, from_=0.0, to=1.0):
+        draw = call("random_uniform", shape=tuple(self.shape), dtype=self.dtype.name)
+        return _write_value(self, draw * (to - from_) + from_, "uniform_")
+
+    def fill_diagonal_(self, fill_value, wrap=False):
+        """Fill the main diagonal; a tall 2-d matrix's restarts below it if ``wrap``."""
+        if self.ndim < 2 or (self.ndim > 2 and len(set(self.shape)) > 1):
+            raise ShapeError(
+                at_user_line(
+                    "fill_diagonal_: needs 2 dims, or all dims of one length, got shape "
+                    f"{tuple(self.shape)}"
+                )
+            )
+        strides = np.cumprod((1, *self.shape[:0:-1]))
+        numel = self.numel()
+        end = numel if wrap or self.ndim > 2 else self.shape[1] * min(self.shape)
+        mask = np.zeros(numel, dtype=bool)
+        mask[: end : int(strides.sum())] = True
+        filled = self.masked_fill(as_tensor(mask.reshape(self.shape)), fill_value)
+        return _write_value(self, filled, "fill_diagonal_")
 
     def copy_(self, src):
         src = as_tensor(src).to(self.dtype)
@@ -520,6 +653,13 @@ ONE_OP_METHODS = {
     "__sub__": ("sub", "binary"),
     "__mul__": ("mul", "binary"),
     "__truediv__": ("div", "float_binary"),
+    "neg": ("neg", "unary"),
+    "eq": ("eq", "binary"),
+    "ne": ("ne", "binary"),
+    "lt": ("lt", "binary"),
+    "le": ("le", "binary"),
+    "gt": ("gt", "binary"),
+    "ge": ("ge", "binary"),
     "__eq__": ("eq", "binary"),
     "__ne__": ("ne", "binary"),
     "__lt__": ("lt", "binary"),
