@@ -386,7 +386,7 @@ class TensorMethods:
         dim = normalize_dim("narrow", dim, self.ndim)
         size = self.shape[dim]
         start = start + size if start < 0 else start
-        if not 0 <= start <= start + length <= size or length < 0:
+        if not 0 <= start <= start + length <= size:
             raise ShapeError(
                 at_user_line(
                     f"narrow: start {start} + length {length} exceeds dim {dim} of shape "
@@ -419,12 +419,14 @@ class TensorMethods:
         shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
         dims = (dims,) if isinstance(dims, int) else tuple(dims)
         if len(shifts) != len(dims):
-            raise ValueError(f"roll: {len(shifts)} shifts for {len(dims)} dims")
+            raise ValueError(at_user_line(f"roll: {len(shifts)} shifts for {len(dims)} dims"))
         out = self
         for shift, dim in zip(shifts, dims, strict=True):
             dim = normalize_dim("roll", dim, self.ndim)
             cut = -shift % self.shape[dim] if self.shape[dim] else 0
-            out = cat([out.narrow(dim, cut, self.shape[dim] - cut), out.narrow(dim, 0, cut)], dim)
+            if cut:  # (a shift by a multiple of the length moves nothing)
+                head, tail = out.narrow(dim, cut, self.shape[dim] - cut), out.narrow(dim, 0, cut)
+                out = cat([head, tail], dim)
         return out
 
     def tile(self, *dims):
