@@ -1467,6 +1467,23 @@ def test_reshape_that_is_a_view_of_a_transpose_gets_no_copy():
     assert "copying-reshape" not in {n.kind for n in rewritten(graph).notes}
 
 
+def test_scale_into_product_leaves_a_product_read_elsewhere():
+    """A weight gradient kept as .grad and scaled by the learning rate for the update (x @ W + b
+    with SGD): scaling an operand instead would compute the product twice."""
+    graph = Graph.parse(
+        graph_of(
+            """  %1:f64[2,3,3] = matmul %q, %k
+  %2:f64[] = constant[value=0.5]
+  %3:f64[2,3,3] = mul %1, %2
+  return %3, %1""",
+            "%q:f64[2,3,1], %k:f64[2,1,3]",
+        )
+    )
+    result, after = simplified(graph)
+    assert "scale-into-product" not in {n.kind for n in result.notes}
+    assert after.op_counts()["matmul"] == 1
+
+
 def test_scale_into_product_scales_the_smaller_operand():
     graph = Graph.parse(CASES["scale-into-product"].text)
     _, after = simplified(graph)
