@@ -15,6 +15,7 @@ import numpy as np
 from tracegrad import tape
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 from tracegrad.ir.graph import Graph, body_of, copies_where_made
+from tracegrad.logs import timed
 from tracegrad.ops import CHEAP, OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.memory import aliases
@@ -68,6 +69,7 @@ def inline_custom(graph: Graph) -> Graph:
     return tracer.graph(outputs)
 
 
+@timed("autodiff")
 def differentiate(
     graph: Graph, wrt: list[str], n_differentiable: int | None = None, zero_fill: bool = True
 ):
@@ -113,6 +115,7 @@ class Split(NamedTuple):
     recomputed: list[str]  # forward values the backward computes again instead of reading
 
 
+@timed("autodiff split")
 def split(
     joint: Graph, n_forward: int, seed_names: list[str], changing=frozenset(), n_results=None
 ) -> Split:

@@ -9,12 +9,12 @@ because ``run`` hands each pass its own copy, so the caller's graph and the snap
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.lint import GraphLintError
+from tracegrad.logs import log, timed
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ class PassResult:
     @property
     def changed(self) -> bool:
         return bool(self.notes) or self.nodes_before != self.nodes_after
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {self.nodes_before} -> {self.nodes_after} nodes, "
+            f"{len(self.notes)} changes"
+        )
 
 
 PASSES: dict[str, Pass] = {}
@@ -116,6 +122,7 @@ def resolve(passes) -> list[str]:
     return names
 
 
+@timed(lambda name, graph: f"pass {name}")
 def run_pass(name: str, graph: Graph) -> PassResult:
     """Apply one pass to a copy of ``graph``."""
     global _notes
@@ -148,10 +155,6 @@ def run(graph: Graph, names, report: list[PassResult] | None = None) -> Graph:
         result = outcome.graph
         if report is not None:
             report.append(outcome)
-        if outcome.changed and "passes" in os.environ.get("TRACEGRAD_LOGS", ""):
-            print(
-                f"[tracegrad:passes] {name}: {outcome.nodes_before} -> {outcome.nodes_after} "
-                f"nodes, {len(outcome.notes)} changes",
-                file=sys.stderr,
-            )
+        if outcome.changed:
+            log("passes", outcome.summary())
     return result

@@ -19,7 +19,17 @@ Modules: ``scene`` (what is shown), ``layout`` (layered DAG layout), ``draw`` (g
 ``codelinks`` (statements <-> nodes), ``formats`` (the templates in ``templates/``).
 """
 
-from tracegrad.viz.formats import render, to_dot, to_html, to_svg
+from tracegrad.viz.formats import SUFFIXES, render, to_dot, to_html, to_svg
 from tracegrad.viz.scene import KINDS, build_scene, code_vars, kind_of
 
-__all__ = ["render", "to_dot", "to_svg", "to_html", "KINDS", "build_scene", "code_vars", "kind_of"]
+__all__ = [
+    "SUFFIXES",
+    "render",
+    "to_dot",
+    "to_svg",
+    "to_html",
+    "KINDS",
+    "build_scene",
+    "code_vars",
+    "kind_of",
+]

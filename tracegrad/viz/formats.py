@@ -115,6 +115,7 @@ def _node_table(drawings: list[Drawing], lines: dict[str, int]) -> dict:
 
 
 _WRITERS = {".dot": to_dot, ".gv": to_dot, ".svg": to_svg, ".html": to_html, ".htm": to_html}
+SUFFIXES = tuple(_WRITERS)  # the file suffixes ``render`` knows
 
 
 def render(views, path, code: str | None = None, generated=()):
