@@ -38,11 +38,20 @@ def user_frame() -> SourceLocation | None:
     """The innermost stack frame outside the tracegrad package: where the user called us."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_PACKAGE_DIR) and not filename.startswith("<frozen"):
-            return SourceLocation(frame.f_code.co_filename, frame.f_lineno, _line(frame))
+        if outside_tracegrad(frame):
+            return frame_location(frame)
         frame = frame.f_back
     return None
+
+
+def outside_tracegrad(frame) -> bool:
+    """Whether a stack frame runs the user's code (not tracegrad's, nor Python's own)."""
+    filename = os.path.abspath(frame.f_code.co_filename)
+    return not filename.startswith(_PACKAGE_DIR) and not filename.startswith("<frozen")
+
+
+def frame_location(frame) -> SourceLocation:
+    return SourceLocation(frame.f_code.co_filename, frame.f_lineno, _line(frame))
 
 
 def _line(frame) -> str:

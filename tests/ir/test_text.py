@@ -165,6 +165,27 @@ def test_phases_print_as_origin_notes_and_read_back():
     assert str(graph) == source and roundtrip(graph) == graph
 
 
+def test_scopes_print_before_the_location_and_read_back():
+    graph = ZOO["scoped"]()
+    assert str(graph) == dedent("""\
+        graph(%x:f32[4,2], %w:f32[2,2]) {
+          %y:f32[4,2] = matmul %x, %w  # blocks.0.mlp.0 (Linear) model.py:7
+          %r:f32[4,2] = relu %y  # "heads-1.a b" (ReLU)
+          %g:f32[4,2] = relu_grad %r, %y  # blocks.0.mlp.0 (Linear) model.py:3 (grad of relu)
+          %s:f32[4,2] = neg %g  # "my (odd) file.py":30
+          return %s
+        }""")
+    back = roundtrip(graph)
+    assert [n.scope for n in back.nodes] == [n.scope for n in graph.nodes]
+    assert back.nodes[3].location.filename == "my (odd) file.py" and back.nodes[3].scope is None
+    assert back == graph
+
+
+def test_a_lone_origin_is_not_read_as_a_scope():
+    graph = Graph.parse("graph(%x:f32[2]) {\n  %1:f32[2] = neg %x  # (update)\n  return %1\n}")
+    assert graph.nodes[0].scope is None and graph.nodes[0].phase is Phase.UPDATE
+
+
 def test_a_fused_body_prints_as_its_text_and_reads_back_as_a_graph():
     graph = ZOO["fused"]()
     body = (

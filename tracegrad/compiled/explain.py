@@ -38,8 +38,10 @@ def format_bytes(nbytes: int) -> str:
 
 
 def _where(note) -> str:
+    """The module call and the line a pass changed: ``fc1 (Linear) model.py:12``."""
     loc = note.location
-    return f"{loc.filename.rsplit('/', 1)[-1]}:{loc.lineno}" if loc is not None else "?"
+    line = f"{loc.filename.rsplit('/', 1)[-1]}:{loc.lineno}" if loc is not None else "?"
+    return f"{note.scope} {line}" if note.scope is not None else line
 
 
 def _pass_lines(result: PassResult) -> list[str]:

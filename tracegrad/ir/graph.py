@@ -16,7 +16,8 @@ defined once, by a graph input or a node). Node op kinds:
 
 ``updates`` maps an input Value's name to the output Value that overwrites it after a run
 (parameters, optimizer state and ``.grad`` updated in place by a compiled training step).
-Every node keeps ``location``, the user's source line it came from.
+Every node keeps ``location``, the user's source line it came from, and ``scope``, the module
+call that made it.
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ class Graph:
                 n.location,
                 phase=n.phase,
                 grad_of=n.grad_of,
+                scope=n.scope,
             )
             for n in self.nodes
         ]
@@ -230,7 +232,7 @@ def _attr_key(value):
 
 def structure(graph: Graph) -> tuple:
     """Everything that makes two graphs equal: names, types, ops, attributes, locations,
-    phases."""
+    scopes, phases."""
 
     def loc(node):
         return (node.location.filename, node.location.lineno) if node.location else None
@@ -244,6 +246,7 @@ def structure(graph: Graph) -> tuple:
                 tuple((v.name, v.type) for v in n.outputs),
                 tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
                 loc(n),
+                n.scope,
                 n.phase,
                 n.grad_of,
             )

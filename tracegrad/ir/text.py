@@ -3,8 +3,8 @@
 One line per node, so a graph reads top to bottom like a program::
 
     graph(%x:f32[32,784], %fc1.weight:f32[128,784]) {
-      %1:f32[784,128] = permute[dims=(1, 0)] %fc1.weight  # model.py:12
-      %2:f32[32,128] = matmul %x, %1  # model.py:12
+      %1:f32[784,128] = permute[dims=(1, 0)] %fc1.weight  # fc1 (Linear) model.py:12
+      %2:f32[32,128] = matmul %x, %1  # fc1 (Linear) model.py:12
       %3:f32[] = constant[value=2.5]
       %4:f32[32,128], %5:f32[32,128] = custom[args=(('t',), ('t',)), fn='pkg.mod:Swap'] %2, %2
       %6:f32[32,128] = mul %4, %3
@@ -18,7 +18,9 @@ are skipped)::
 
     graph    := "graph(" decls? ")" "{" line* "}"
     line     := node | "return" refs? | "update" ref "<-" ref
-    node     := decls? "=" OP attrs? refs? ("#" (FILENAME ":" LINENO)? ("(" ORIGIN ")")?)?
+    node     := decls? "=" OP attrs? refs? ("#" scope? (FILENAME ":" LINENO)? ("(" ORIGIN ")")?)?
+    scope    := (NAME | QUOTED) "(" CLASS ")"   the module call that made the node: its path
+                                                and class (``tracegrad.scopes``)
     decls    := decl {"," decl}*          decl := ref ":" type
     refs     := ref {"," ref}*            ref  := "%" (NAME | QUOTED)   NAME := [A-Za-z0-9_.]+
     type     := DTYPE "[" dims? "]"       DTYPE is f32, f64, i64 or b8; "f32[]" is a scalar
@@ -30,9 +32,10 @@ are skipped)::
 
 A value named with any other character (``layer-1.weight``, a space, a quote, Unicode, or the
 empty name) prints QUOTED: a double-quoted Python string literal, characters that are not
-printable written as escapes (``%"layer-1.weight"``, ``%"w\\u2028"``). A location's filename
-prints QUOTED the same way when it holds a character that is not printable or starts with a
-quote; otherwise as is.
+printable written as escapes (``%"layer-1.weight"``, ``%"w\\u2028"``). A scope's path prints
+the same way. A location's filename prints QUOTED when it holds a character that is not
+printable, starts with a quote or holds " (" (which would read as a scope); otherwise as is.
+The scope's ``outer`` calls are not written (JSON keeps them).
 
 A ``literal`` is Python-literal-like text: ints, floats (``inf``, ``-inf`` and ``nan`` for the
 non-finite ones), ``True``/``False``, ``None``, strings, and tuples, lists and dicts of these.
@@ -64,6 +67,7 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value, phase_of_origin
+from tracegrad.scopes import Scope
 
 BARE = r"[A-Za-z0-9_.]+"
 QUOTED = r'"(?:[^"\\\n]|\\.)*"'  # a double-quoted string literal: escapes, no line break
@@ -74,6 +78,7 @@ _REFS = rf"%{NAME}(?:\s*,\s*%{NAME})*"
 _NODE_HEAD = re.compile(rf"(?P<outs>{_DECLS})?\s*=\s*(?P<op>[A-Za-z_][A-Za-z0-9_.]*)")
 _HEADER = re.compile(r"graph\((?P<decls>.*)\)\s*\{")
 _UPDATE = re.compile(rf"update\s+%(?P<key>{NAME})\s*<-\s*%(?P<value>{NAME})")
+_SCOPE = re.compile(rf"(?P<path>{NAME}) \((?P<kind>[A-Za-z_][A-Za-z0-9_]*)\)(?: (?P<rest>.*)|$)")
 
 
 class IRParseError(ValueError):
@@ -111,6 +116,8 @@ def format_node(node: Node) -> str:
     if node.inputs:
         text += " " + _refs(node.inputs)
     notes = []
+    if node.scope is not None:
+        notes.append(f"{format_name(node.scope.path)} ({node.scope.kind})")
     if node.location is not None:
         notes.append(f"{_format_filename(node.location.filename)}:{node.location.lineno}")
     if node.origin:
@@ -196,7 +203,7 @@ def format_name(name: str) -> str:
 
 
 def _format_filename(filename: str) -> str:
-    plain = filename.isprintable() and not filename.startswith('"')
+    plain = filename.isprintable() and not filename.startswith('"') and " (" not in filename
     return filename if plain else _quote(filename)
 
 
@@ -371,12 +378,12 @@ def _parse_node(lineno: int, text: str):
     tail = rest[refs.end() :].strip()
     if tail and not tail.startswith("#"):
         raise IRParseError(lineno, text, "expected value references like '%x, %1'")
-    location, origin = _parse_comment(lineno, text, tail[1:]) if tail else (None, None)
+    scope, location, origin = _parse_comment(lineno, text, tail[1:]) if tail else (None,) * 3
     try:
         phase, grad_of = phase_of_origin(origin)
     except ValueError as exc:
         raise IRParseError(lineno, text, str(exc)) from None
-    node = Node(head["op"], [], outputs, attrs, location, phase=phase, grad_of=grad_of)
+    node = Node(head["op"], [], outputs, attrs, location, phase=phase, grad_of=grad_of, scope=scope)
     _rebuild_attrs(lineno, text, node)
     return node, (lineno, text, _parse_refs(lineno, text, refs[0]))
 
@@ -430,12 +437,34 @@ def _rebuild_array(lineno: int, text: str, value, type_: TensorType) -> np.ndarr
 
 
 def _parse_comment(lineno: int, text: str, comment: str):
-    """``file.py:12 (grad of log)``: a location, an origin in parentheses, or both."""
-    body, origin = comment.removeprefix(" "), None
+    """``fc1 (Linear) file.py:12 (grad of log)``: a scope, a location and an origin in
+    parentheses, each optional."""
+    body, origin = _split_origin(comment.removeprefix(" "))
+    scope = None
+    written = _SCOPE.fullmatch(body)
+    if written:
+        scope, body = Scope(_unquote(written["path"]), written["kind"]), written["rest"] or ""
+    return scope, (_parse_location(lineno, text, body) if body else None), origin
+
+
+def _split_origin(body: str) -> tuple[str, str | None]:
+    """The comment without its trailing ``(ORIGIN)``, and the origin. A comment that is a
+    scope alone (``fc1 (Linear)``) has none."""
     start = body.rfind("(") if body.endswith(")") else -1
-    if start == 0 or (start > 0 and body[start - 1] == " "):
-        body, origin = body[: max(start - 1, 0)], body[start + 1 : -1]
-    return (_parse_location(lineno, text, body) if body else None), origin
+    if start < 0 or (start > 0 and body[start - 1] != " "):
+        return body, None
+    origin = body[start + 1 : -1]
+    if start > 0 and _SCOPE.fullmatch(body) and not _is_origin(origin):
+        return body, None
+    return body[: max(start - 1, 0)], origin
+
+
+def _is_origin(text: str) -> bool:
+    try:
+        phase_of_origin(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_location(lineno: int, text: str, comment: str) -> SourceLocation:

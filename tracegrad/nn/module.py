@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tracegrad import changes, devices, dtypes
+from tracegrad import changes, devices, dtypes, scopes
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor, wrap
 
@@ -34,7 +34,10 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if not scopes.recording():
+            return self.forward(*args, **kwargs)
+        with scopes.entered(self):  # (the tracer records which module made each op)
+            return self.forward(*args, **kwargs)
 
     # --- registration ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ traced in when the engine reaches it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import numpy as np
@@ -32,20 +33,22 @@ def replay(graph: Graph, tracer: Tracer, requires_grad=frozenset()):
         env[v] = tracer.add_input(v.type, v.name, requires_grad=wants)
     inputs = [env[v] for v in graph.inputs]
     for node in graph.nodes:
-        tracer.location_override = node.location
-        outs = _replay_node(node, [env[v] for v in node.inputs])
+        tracer.replayed = node
+        outs = _replay_node(node, [env[v] for v in node.inputs], tracer)
         env.update(zip(node.outputs, outs, strict=True))
-    tracer.location_override = None
+    tracer.replayed = None
     return [env[v] for v in graph.outputs], inputs
 
 
-def _replay_node(node, inputs) -> tuple[Tensor, ...]:
+def _replay_node(node, inputs, tracer: Tracer) -> tuple[Tensor, ...]:
     if node.op == CONSTANT:
         return (wrap(node.attrs["value"]),)
     if node.op == FUSED:  # differentiate the members one by one
         body = body_of(node)
         env = dict(zip(body.inputs, inputs, strict=True))
         for member in body.nodes:
+            # (its nodes and their gradients keep the member's own scope, the kernel's line)
+            tracer.replayed = dataclasses.replace(member, location=node.location)
             env[member.outputs[0]] = apply(
                 OPS[member.op], [env[v] for v in member.inputs], member.attrs
             )

@@ -29,6 +29,7 @@ class Note:
     kind: str  # "merged", "folded", "removed", a rewrite rule's name...
     op: str
     location: object
+    scope: object = None  # the module call that made the node
 
 
 @dataclass
@@ -73,7 +74,7 @@ def register_pass(name: str):
 def note(kind: str, node) -> None:
     """Record that the running pass changed ``node`` (for explain() and the logs)."""
     if _notes is not None:
-        _notes.append(Note(kind, node.op, node.location))
+        _notes.append(Note(kind, node.op, node.location, node.scope))
 
 
 # The default pipeline, in order: a table of contents of the optimizer. The reverse-mode pass
