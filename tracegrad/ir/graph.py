@@ -22,7 +22,7 @@ call that made it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import networkx as nx
 import numpy as np
@@ -32,6 +32,10 @@ from tracegrad.ir import serialize, text
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Namespace, Node, Value
 
 __all__ = ["CONSTANT", "CUSTOM", "FUSED", "Graph", "Node", "Value", "body_of", "structure"]
+
+# How a notebook draws a graph, by format ("html", "svg"): tracegrad.viz, a layer above the
+# IR, fills this in when it is imported (as importing tracegrad does).
+PICTURES: dict[str, Callable[[Graph], str]] = {}
 
 
 def copies_where_made(nodes: list[Node], values: list[Value], names: list[str]) -> tuple:
@@ -198,6 +202,18 @@ class Graph:
     def __repr__(self) -> str:
         sizes = f"{len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.outputs)} outputs"
         return f"<Graph: {sizes}>"
+
+    # --- notebooks ---------------------------------------------------------------------------
+
+    def _repr_html_(self) -> str | None:
+        """The interactive picture (tracegrad.viz's page), inline."""
+        draw = PICTURES.get("html")
+        return draw(self) if draw is not None else None
+
+    def _repr_svg_(self) -> str | None:
+        """The static picture, for frontends without HTML."""
+        draw = PICTURES.get("svg")
+        return draw(self) if draw is not None else None
 
 
 def _read_bodies(graph: Graph) -> Graph:
