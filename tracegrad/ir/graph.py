@@ -8,8 +8,9 @@ defined once, by a graph input or a node). Node op kinds:
 - ``constant``: no inputs, ``attrs["value"]`` holds a NumPy array;
 - ``fused``: a chain of elementwise nodes computed by one generated kernel; ``attrs["body"]``
   is the chain's own Graph (inputs in the node's input order, one output; ``body_of(node)``),
-  ``attrs["kind"]`` says what was fused (``"linear matmul add relu"``). The text form and
-  JSON write the body as the string of its text form, and reading them builds the Graph;
+  ``attrs["kind"]`` says what was fused (``"linear matmul add relu"``). The text form nests
+  the body's text below the node's line, JSON writes it as a string of that text, and
+  reading them builds the Graph;
 - ``custom``: a user ``autograd.Function`` kept whole, ``attrs["fn"]`` the class and
   ``attrs["args"]`` its non-tensor arguments with tensor positions marked; it can have several
   outputs. The reverse-mode pass traces the user's forward and backward in.
@@ -184,6 +185,11 @@ class Graph:
     def parse(cls, source: str) -> Graph:
         """Read the text form back: ``Graph.parse(str(g)) == g``."""
         return _read_bodies(cls(*text.parse_parts(source)))
+
+    def constant(self, name: str) -> np.ndarray:
+        """The values of the constant defining ``%name`` (the text form prints a constant of
+        more than a few elements as ``value=...``, with its values last)."""
+        return text.constant_value(self, name)
 
     def to_json(self) -> str:
         return serialize.to_json(self)
