@@ -223,3 +223,21 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     dump.stdout.close()  # as `| head -1` does
     err = dump.stderr.read().decode()
     assert dump.wait() == 0 and err == ""
+
+
+def test_a_program_is_warned_once_about_an_unknown_log_name(monkeypatch):
+    import warnings
+
+    import tracegrad as tg
+    from tracegrad import logs
+
+    monkeypatch.setenv("TRACEGRAD_LOGS", "recompiles,graphs")
+    monkeypatch.setattr(logs, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = tg.compile(lambda x: x * 2.0)
+        compiled(tg.ones(2))
+        compiled(tg.ones(3))
+    messages = [str(w.message) for w in caught]
+    assert messages == ["TRACEGRAD_LOGS names no log graphs: use graph, passes, code, "
+                        "recompiles, timing or all"]  # fmt: skip

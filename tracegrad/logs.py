@@ -7,7 +7,8 @@
     timing      how long each stage took: trace, each pass, autodiff, codegen, load
     all         every kind above
 
-A name outside these is a mistake the ``tracegrad`` command reports (``unknown_log_kinds``).
+A name outside these is a mistake: the ``tracegrad`` command reports it as an error, a program
+with a warning the first time it logs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 
 LOG_KINDS = ("graph", "passes", "code", "recompiles", "timing")
@@ -31,9 +33,20 @@ def unknown_log_kinds() -> list[str]:
     return sorted(log_kinds() - set(LOG_KINDS))
 
 
+_warned: set[str] = set()  # unknown names already warned about
+
+
 def log(kind: str, text) -> None:
     """Print a stage of compilation when TRACEGRAD_LOGS names its kind. ``text`` may be a
     function making the text, so big graphs are only printed when asked for."""
+    unknown = set(unknown_log_kinds()) - _warned
+    if unknown:
+        _warned.update(unknown)
+        warnings.warn(
+            f"TRACEGRAD_LOGS names no log {', '.join(sorted(unknown))}: use "
+            f"{', '.join(LOG_KINDS)} or all",
+            stacklevel=2,
+        )
     if kind in log_kinds():
         print(f"[tracegrad:{kind}] {text() if callable(text) else text}", file=sys.stderr)
 
