@@ -1,5 +1,6 @@
-"""Smoke test of an installed package (wheel or sdist), run by .ci/run in a fresh virtual environment: the package
-imports from site-packages and one compiled training step equals the eager step."""
+"""Smoke test of an installed package (wheel or sdist), run by .ci/run in a fresh virtual
+environment: the package imports from site-packages and compiled training steps equal eager
+ones."""
 
 import numpy as np
 
