@@ -50,9 +50,27 @@ def _section(name: str, member) -> str:
 def _signature(member) -> str:
     function = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
     try:
-        return str(inspect.signature(function)).replace("(self, ", "(").replace("(self)", "()")
+        signature = inspect.signature(function)
     except (TypeError, ValueError):
         return "(...)"
+    parameters = [_unquoted(p) for name, p in signature.parameters.items() if name != "self"]
+    returns = signature.return_annotation
+    returns = _Annotation(returns) if isinstance(returns, str) else returns
+    return str(signature.replace(parameters=parameters, return_annotation=returns))
+
+
+class _Annotation(str):
+    """An annotation kept as text (``from __future__ import annotations``), shown unquoted."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _unquoted(parameter: inspect.Parameter) -> inspect.Parameter:
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        return parameter.replace(annotation=_Annotation(annotation))
+    return parameter
 
 
 def _markdown(doc: str) -> str:
