@@ -32,3 +32,7 @@ def test_signatures_leave_self_out_and_docstrings_come_along():
     assert "`detach() -> Tensor`" in page
     assert "`shape` (property)" in page
     assert tg.Tensor.backward.__doc__.split("\n")[0].strip() in page
+
+
+def test_every_public_member_has_a_docstring():
+    assert "No docstring yet." not in generated_page()
