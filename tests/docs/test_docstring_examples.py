@@ -17,6 +17,7 @@ from tracegrad import nn, optim
 
 MODULES = [
     "tracegrad.blas",
+    "tracegrad.compile",
     "tracegrad.tensor.core",
     "tracegrad.tensor.methods",
 ]
