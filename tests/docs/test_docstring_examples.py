@@ -18,6 +18,10 @@ from tracegrad import nn, optim
 MODULES = [
     "tracegrad.blas",
     "tracegrad.compile",
+    "tracegrad.optim.adam",
+    "tracegrad.optim.adaptive",
+    "tracegrad.optim.lbfgs",
+    "tracegrad.optim.sgd",
     "tracegrad.tensor.core",
     "tracegrad.tensor.methods",
 ]
