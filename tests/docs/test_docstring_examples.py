@@ -18,6 +18,7 @@ from tracegrad import nn, optim
 MODULES = [
     "tracegrad.blas",
     "tracegrad.compile",
+    "tracegrad.nn.functional",
     "tracegrad.nn.layers",
     "tracegrad.optim.adam",
     "tracegrad.optim.adaptive",
