@@ -18,6 +18,8 @@ from tracegrad import nn, optim
 MODULES = [
     "tracegrad.blas",
     "tracegrad.compile",
+    "tracegrad.creation",
+    "tracegrad.functions",
     "tracegrad.nn.functional",
     "tracegrad.nn.layers",
     "tracegrad.optim.adam",

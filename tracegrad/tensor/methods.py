@@ -1099,6 +1099,21 @@ def _write_value(target: Tensor, value: Tensor, method: str) -> Tensor:
 
 
 def where(condition, x, y) -> Tensor:
+    """``x`` where ``condition`` is True, ``y`` elsewhere; the three broadcast together.
+
+    Args:
+        condition: a bool tensor.
+        x: a tensor or a number.
+        y: a tensor or a number.
+
+    Raises:
+        DTypeError: if ``condition`` is not a bool tensor.
+
+    Example:
+        >>> x = tg.tensor([1.0, -2.0])
+        >>> tg.where(x > 0, x, 0.0)
+        tensor([1., 0.])
+    """
     condition = as_tensor(condition)
     if condition.dtype is not dtypes.bool_:
         raise DTypeError(
@@ -1108,12 +1123,39 @@ def where(condition, x, y) -> Tensor:
 
 
 def cat(tensors, dim=0) -> Tensor:
+    """The tensors joined along an existing dimension ``dim``, promoted to one dtype.
+
+    Args:
+        tensors: a sequence of tensors, equal in shape except along ``dim``.
+        dim: the dimension to join along.
+
+    Raises:
+        ShapeError: if the other dimensions differ.
+
+    Example:
+        >>> tg.cat([tg.zeros(1, 2), tg.ones(2, 2)]).shape
+        tracegrad.Size([3, 2])
+    """
     tensors = promote_operands(*tensors)
     dim = normalize_dim("cat", dim, tensors[0].ndim)
     return tensors[0] if len(tensors) == 1 else call("cat", *tensors, dim=dim)
 
 
 def stack(tensors, dim=0) -> Tensor:
+    """The tensors stacked along a new dimension ``dim``.
+
+    Args:
+        tensors: a sequence of tensors of one shape.
+        dim: where the new dimension goes.
+
+    Raises:
+        ShapeError: if the shapes differ.
+
+    Example:
+        >>> tg.stack([tg.zeros(2), tg.ones(2)], dim=1)
+        tensor([[0., 1.],
+                [0., 1.]])
+    """
     tensors = list(tensors)
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
@@ -1123,6 +1165,16 @@ def stack(tensors, dim=0) -> Tensor:
 
 
 def einsum(equation: str, *operands) -> Tensor:
+    """Einstein summation over the operands, as ``torch.einsum`` (and ``numpy.einsum``).
+
+    Args:
+        equation: the subscripts, such as ``"ij,jk->ik"``.
+        *operands: the tensors (or one list of them).
+
+    Example:
+        >>> tg.einsum("ij,j->i", tg.ones(2, 3), tg.tensor([1.0, 2.0, 3.0]))
+        tensor([6., 6.])
+    """
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = operands[0]
     return call("einsum", *promote_operands(*operands), equation=equation)
@@ -1139,10 +1191,24 @@ def _triangle(x: Tensor, diagonal: int, lower: bool) -> Tensor:
 
 
 def tril(x: Tensor, diagonal: int = 0) -> Tensor:
+    """The lower triangle of the last two dimensions of ``x`` (see ``Tensor.tril``).
+
+    Example:
+        >>> tg.tril(tg.ones(2, 2), diagonal=-1)
+        tensor([[0., 0.],
+                [1., 0.]])
+    """
     return _triangle(x, diagonal, lower=True)
 
 
 def triu(x: Tensor, diagonal: int = 0) -> Tensor:
+    """The upper triangle of the last two dimensions of ``x`` (see ``Tensor.triu``).
+
+    Example:
+        >>> tg.triu(tg.ones(2, 2))
+        tensor([[1., 1.],
+                [0., 1.]])
+    """
     return _triangle(x, diagonal, lower=False)
 
 
