@@ -16,9 +16,13 @@ import tracegrad.nn.functional as F
 from tracegrad import nn, optim
 
 MODULES = [
+    "tracegrad.autograd.function",
+    "tracegrad.autograd.functional",
+    "tracegrad.autograd.gradcheck",
     "tracegrad.blas",
     "tracegrad.compile",
     "tracegrad.creation",
+    "tracegrad.data",
     "tracegrad.functions",
     "tracegrad.nn.containers",
     "tracegrad.nn.functional",
@@ -28,6 +32,8 @@ MODULES = [
     "tracegrad.optim.adaptive",
     "tracegrad.optim.lbfgs",
     "tracegrad.optim.sgd",
+    "tracegrad.random",
+    "tracegrad.serialization",
     "tracegrad.tensor.core",
     "tracegrad.tensor.methods",
 ]
