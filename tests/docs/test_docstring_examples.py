@@ -21,6 +21,8 @@ MODULES = [
     "tracegrad.autograd.gradcheck",
     "tracegrad.blas",
     "tracegrad.compile",
+    "tracegrad.compiled.function",
+    "tracegrad.compiled.module",
     "tracegrad.creation",
     "tracegrad.data",
     "tracegrad.functions",
@@ -34,6 +36,7 @@ MODULES = [
     "tracegrad.optim.sgd",
     "tracegrad.random",
     "tracegrad.serialization",
+    "tracegrad.tape",
     "tracegrad.tensor.core",
     "tracegrad.tensor.methods",
 ]
