@@ -33,7 +33,7 @@ def set_num_threads(n: int) -> None:
         TypeError: if ``n`` is not an integer.
         ValueError: if ``n`` is less than 1.
 
-    Example:
+    Examples:
         >>> import tracegrad as tg
         >>> previous = tg.get_num_threads()
         >>> tg.set_num_threads(1)
@@ -60,7 +60,7 @@ def get_num_threads() -> int:
         The largest thread count among the BLAS libraries loaded in the process; 1 when none
         is loaded (NumPy then multiplies matrices on the calling thread).
 
-    Example:
+    Examples:
         >>> import tracegrad as tg
         >>> tg.get_num_threads() >= 1
         True

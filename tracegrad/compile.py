@@ -54,7 +54,7 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
         ValueError: for a backend other than ``"numpy"`` or an unknown pass name.
         NotImplementedError: for ``dynamic=True``.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(3, 2)
         >>> cm = tg.compile(model)
         >>> x = tg.randn(4, 3)
@@ -91,7 +91,7 @@ def trace(fn_or_module, *example_inputs) -> Graph:
     Raises:
         TraceError: on Python control flow that depends on a traced value.
 
-    Example:
+    Examples:
         >>> graph = tg.trace(lambda x: (x * 2).sum(), tg.zeros(3))
         >>> [node.op for node in graph.nodes]
         ['constant', 'mul', 'sum']
@@ -121,7 +121,7 @@ def value_and_grad(fn, argnums=0, has_aux=False):
     Returns:
         A compiled function of ``fn``'s arguments returning ``(value, gradient)``.
 
-    Example:
+    Examples:
         >>> value, gradient = tg.value_and_grad(lambda w: (w * w).sum())(tg.tensor([3.0]))
         >>> value, gradient
         (tensor(9.), tensor([6.]))
@@ -164,7 +164,7 @@ def grad(fn, argnums=0, has_aux=False):
         A function of ``fn``'s arguments returning the gradient (a tuple for a tuple of
         ``argnums``); it composes, ``tg.grad(tg.grad(f))`` included.
 
-    Example:
+    Examples:
         >>> df = tg.grad(lambda w: (w**3).sum())
         >>> df(tg.tensor([1.0, 2.0]))
         tensor([ 3., 12.])

@@ -26,7 +26,7 @@ def zeros(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.zeros(2, 3).shape
         tracegrad.Size([2, 3])
     """
@@ -45,7 +45,7 @@ def ones(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.ones(2)
         tensor([1., 1.])
     """
@@ -64,7 +64,7 @@ def empty(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.empty(2).shape
         tracegrad.Size([2])
     """
@@ -84,7 +84,7 @@ def full(size, fill_value, dtype=None, requires_grad=False, device=None) -> Tens
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.full((2,), 7)
         tensor([7, 7])
     """
@@ -108,7 +108,7 @@ def zeros_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.zeros_like(tg.ones(2, dtype=tg.float64))
         tensor([0., 0.], dtype=tracegrad.float64)
     """
@@ -128,7 +128,7 @@ def ones_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.ones_like(tg.tensor([1, 2]))
         tensor([1, 1])
     """
@@ -149,7 +149,7 @@ def full_like(x, fill_value, dtype=None, requires_grad=False, device=None) -> Te
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.full_like(tg.zeros(2), 0.5)
         tensor([0.5, 0.5])
     """
@@ -169,7 +169,7 @@ def empty_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.empty_like(tg.zeros(3)).shape
         tracegrad.Size([3])
     """
@@ -190,7 +190,7 @@ def arange(start, end=None, step=1, dtype=None, requires_grad=False, device=None
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.arange(5)
         tensor([0, 1, 2, 3, 4])
     """
@@ -216,7 +216,7 @@ def linspace(start, end, steps, dtype=None, requires_grad=False, device=None) ->
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.linspace(0, 1, 3)
         tensor([0. , 0.5, 1. ])
     """
@@ -236,7 +236,7 @@ def eye(n, m=None, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.eye(2)
         tensor([[1., 0.],
                 [0., 1.]])
@@ -265,7 +265,7 @@ def randn(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.randn(2, 3).shape
         tracegrad.Size([2, 3])
     """
@@ -284,7 +284,7 @@ def rand(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> x = tg.rand(100)
         >>> x.min().item() >= 0 and x.max().item() < 1
         True
@@ -306,7 +306,7 @@ def randint(low, high=None, size=(), dtype=None, requires_grad=False, device=Non
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.randint(0, 10, (3,)).dtype
         tracegrad.int64
     """
@@ -325,7 +325,7 @@ def randperm(n, dtype=None, device=None) -> Tensor:
         dtype: the dtype (default int64).
         device: None or "cpu".
 
-    Example:
+    Examples:
         >>> sorted(tg.randperm(4).tolist())
         [0, 1, 2, 3]
     """
@@ -344,7 +344,7 @@ def randn_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.randn_like(tg.zeros(2, 2)).shape
         tracegrad.Size([2, 2])
     """
@@ -364,7 +364,7 @@ def rand_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     Raises:
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.rand_like(tg.zeros(3)).shape
         tracegrad.Size([3])
     """
@@ -375,7 +375,7 @@ def rand_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
 def FloatTensor(data) -> Tensor:  # noqa: N802  (PyTorch's name)
     """A float32 tensor of ``data`` (PyTorch's legacy constructor).
 
-    Example:
+    Examples:
         >>> tg.FloatTensor([1, 2])
         tensor([1., 2.])
     """
@@ -385,7 +385,7 @@ def FloatTensor(data) -> Tensor:  # noqa: N802  (PyTorch's name)
 def DoubleTensor(data) -> Tensor:  # noqa: N802
     """A float64 tensor of ``data`` (PyTorch's legacy constructor).
 
-    Example:
+    Examples:
         >>> tg.DoubleTensor([1]).dtype
         tracegrad.float64
     """
@@ -395,7 +395,7 @@ def DoubleTensor(data) -> Tensor:  # noqa: N802
 def LongTensor(data) -> Tensor:  # noqa: N802
     """An int64 tensor of ``data`` (PyTorch's legacy constructor).
 
-    Example:
+    Examples:
         >>> tg.LongTensor([1.0, 2.0])
         tensor([1, 2])
     """

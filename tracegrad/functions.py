@@ -70,7 +70,7 @@ for _name in _METHODS:
 def max(x, dim=None, keepdim=False):
     """The maximum of ``x``, or ``(values, indices)`` along ``dim``: ``x.max(dim, keepdim)``.
 
-    Example:
+    Examples:
         >>> tg.max(tg.tensor([1.0, 3.0]))
         tensor(3.)
     """
@@ -80,7 +80,7 @@ def max(x, dim=None, keepdim=False):
 def min(x, dim=None, keepdim=False):
     """The minimum of ``x``, or ``(values, indices)`` along ``dim``: ``x.min(dim, keepdim)``.
 
-    Example:
+    Examples:
         >>> tg.min(tg.tensor([1.0, 3.0]))
         tensor(1.)
     """
@@ -95,7 +95,7 @@ def add(x, y, alpha=1):
         y: a tensor or a number, broadcast with ``x``.
         alpha: a scale of ``y``.
 
-    Example:
+    Examples:
         >>> tg.add(tg.ones(2), tg.ones(2), alpha=2)
         tensor([3., 3.])
     """
@@ -110,7 +110,7 @@ def sub(x, y, alpha=1):
         y: a tensor or a number, broadcast with ``x``.
         alpha: a scale of ``y``.
 
-    Example:
+    Examples:
         >>> tg.sub(tg.ones(2), 1)
         tensor([0., 0.])
     """
@@ -124,7 +124,7 @@ def mul(x, y):
         x: a tensor or a number.
         y: a tensor or a number, broadcast with ``x``.
 
-    Example:
+    Examples:
         >>> tg.mul(tg.tensor([1, 2]), 3)
         tensor([3, 6])
     """
@@ -138,7 +138,7 @@ def div(x, y):
         x: a tensor or a number.
         y: a tensor or a number, broadcast with ``x``.
 
-    Example:
+    Examples:
         >>> tg.div(tg.tensor([1, 2]), 2)
         tensor([0.5, 1. ])
     """
@@ -148,7 +148,7 @@ def div(x, y):
 def neg(x):
     """``-x`` elementwise.
 
-    Example:
+    Examples:
         >>> tg.neg(tg.tensor([1.0]))
         tensor([-1.])
     """
@@ -162,7 +162,7 @@ def maximum(x, y):
         x: a tensor or a number.
         y: a tensor or a number, broadcast with ``x``.
 
-    Example:
+    Examples:
         >>> tg.maximum(tg.tensor([1.0, 5.0]), tg.tensor([3.0, 2.0]))
         tensor([3., 5.])
     """
@@ -176,7 +176,7 @@ def minimum(x, y):
         x: a tensor or a number.
         y: a tensor or a number, broadcast with ``x``.
 
-    Example:
+    Examples:
         >>> tg.minimum(tg.tensor([1.0, 5.0]), tg.tensor([3.0, 2.0]))
         tensor([1., 2.])
     """
@@ -190,7 +190,7 @@ def matmul(x, y):
     Raises:
         ShapeError: if the inner sizes differ.
 
-    Example:
+    Examples:
         >>> tg.matmul(tg.ones(2, 3), tg.ones(3)).shape
         tracegrad.Size([2])
     """
@@ -200,7 +200,7 @@ def matmul(x, y):
 def mm(x, y):
     """The matrix product of two matrices (``x @ y``); ``tg.bmm`` is the same for batches.
 
-    Example:
+    Examples:
         >>> tg.mm(tg.ones(2, 3), tg.ones(3, 4)).shape
         tracegrad.Size([2, 4])
     """
@@ -213,7 +213,7 @@ bmm = mm
 def outer(x, y):
     """The outer product of two vectors: ``x[i] * y[j]``.
 
-    Example:
+    Examples:
         >>> tg.outer(tg.tensor([1, 2]), tg.tensor([1, 10]))
         tensor([[ 1, 10],
                 [ 2, 20]])
@@ -224,7 +224,7 @@ def outer(x, y):
 def is_tensor(x) -> bool:
     """Whether ``x`` is a tracegrad tensor.
 
-    Example:
+    Examples:
         >>> tg.is_tensor(tg.zeros(1)), tg.is_tensor([0.0])
         (True, False)
     """
@@ -240,7 +240,7 @@ def allclose(x, y, rtol=1e-5, atol=1e-8) -> bool:
         rtol: the relative tolerance.
         atol: the absolute tolerance.
 
-    Example:
+    Examples:
         >>> tg.allclose(tg.tensor([1.0]), tg.tensor([1.0 + 1e-7]))
         True
     """
@@ -250,7 +250,7 @@ def allclose(x, y, rtol=1e-5, atol=1e-8) -> bool:
 def equal(x, y) -> bool:
     """Whether ``x`` and ``y`` have the same shape and the same elements.
 
-    Example:
+    Examples:
         >>> tg.equal(tg.tensor([1, 2]), tg.tensor([1, 2]))
         True
     """

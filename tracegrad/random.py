@@ -19,7 +19,7 @@ def manual_seed(seed: int) -> np.random.Generator:
     Returns:
         The NumPy generator now in use.
 
-    Example:
+    Examples:
         >>> _ = tg.manual_seed(0)
         >>> first = tg.randn(2)
         >>> _ = tg.manual_seed(0)

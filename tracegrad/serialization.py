@@ -54,7 +54,7 @@ def save(obj, f, pickle_module=None, pickle_protocol=None, **_pytorch_options) -
     Raises:
         TypeError: for a value of another type, naming where in ``obj`` it is.
 
-    Example:
+    Examples:
         >>> import io
         >>> buffer = io.BytesIO()
         >>> tg.save({"w": tg.ones(2), "step": 3}, buffer)

@@ -27,7 +27,7 @@ thread_state = _ThreadState()
 def is_grad_enabled() -> bool:
     """Whether operations are recorded for autograd in this thread.
 
-    Example:
+    Examples:
         >>> with tg.no_grad():
         ...     tg.is_grad_enabled()
         False
@@ -71,7 +71,7 @@ class _GradMode:
 class no_grad(_GradMode):  # noqa: N801  (PyTorch's name)
     """Turn gradient recording off in a ``with`` block or a decorated function.
 
-    Example:
+    Examples:
         >>> w = tg.ones(2, requires_grad=True)
         >>> with tg.no_grad():
         ...     y = w * 2

@@ -52,7 +52,7 @@ class Function:
     (``ctx.saved_tensors``); ``ctx.needs_input_grad`` says which inputs need a gradient;
     ``backward`` returns one gradient (or None) per input of ``forward``.
 
-    Example:
+    Examples:
         >>> class Square(tg.autograd.Function):
         ...     @staticmethod
         ...     def forward(ctx, x):

@@ -43,7 +43,7 @@ def grad(
         RuntimeError: for an unused input without ``allow_unused``, or a non-scalar output
             without ``grad_outputs``.
 
-    Example:
+    Examples:
         >>> x = tg.tensor([1.0, 2.0], requires_grad=True)
         >>> tg.autograd.grad((x**2).sum(), x)
         (tensor([2., 4.]),)

@@ -107,7 +107,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
         GradcheckError: on a mismatch, naming the input and the largest difference (with
             ``raise_exception``).
 
-    Example:
+    Examples:
         >>> x = tg.randn(3, dtype=tg.float64, requires_grad=True)
         >>> tg.autograd.gradcheck(lambda x: (x.sin() * x).sum(), (x,))
         True

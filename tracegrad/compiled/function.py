@@ -32,7 +32,7 @@ class CompiledFunction(Specializer):
     in place, and the result is what the eager function returns. A function without
     ``backward()`` compiles like a module: its outputs carry gradients back.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(3, 1)
         >>> opt = optim.SGD(model.parameters(), lr=0.1)
         >>> def train_step(x, y):

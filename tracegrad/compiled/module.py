@@ -46,7 +46,7 @@ class CompiledModule(Specializer):
     ``visualize(path)`` and ``export(path)`` show the latest one; ``recompile_reasons``
     says why each recompile happened.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
         >>> cm = tg.compile(model)
         >>> cm(tg.randn(2, 3)).sum().backward()

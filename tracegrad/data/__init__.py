@@ -27,7 +27,7 @@ class TensorDataset(Dataset):
     Raises:
         ShapeError: if the tensors' first dimensions differ.
 
-    Example:
+    Examples:
         >>> data = tg.data.TensorDataset(tg.zeros(4, 2), tg.arange(4))
         >>> len(data), data[1][1]
         (4, tensor(1))
@@ -59,7 +59,7 @@ class DataLoader:
         drop_last: leave out a last batch smaller than ``batch_size`` (which would compile
             a second specialization of a compiled step).
 
-    Example:
+    Examples:
         >>> data = tg.data.TensorDataset(tg.arange(5), tg.arange(5) * 10)
         >>> [y.tolist() for _, y in tg.data.DataLoader(data, batch_size=2)]
         [[0, 10], [20, 30], [40]]

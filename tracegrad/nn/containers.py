@@ -34,7 +34,7 @@ class Sequential(_ModuleSequence):
     Submodules are named ``"0"``, ``"1"``... (or by the dict's keys); indexing and slicing
     give them back.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> model(tg.zeros(3, 4)).shape, len(model), type(model[1]).__name__
         (tracegrad.Size([3, 2]), 3, 'ReLU')
@@ -63,7 +63,7 @@ class Sequential(_ModuleSequence):
 class ModuleList(_ModuleSequence):
     """A list of submodules, registered so their parameters belong to the parent.
 
-    Example:
+    Examples:
         >>> layers = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
         >>> len(list(layers.parameters()))
         6
@@ -88,7 +88,7 @@ class ModuleList(_ModuleSequence):
 class ModuleDict(Module):
     """A dict of submodules by name, registered so their parameters belong to the parent.
 
-    Example:
+    Examples:
         >>> heads = nn.ModuleDict({"a": nn.Linear(2, 1), "b": nn.Linear(2, 3)})
         >>> list(heads.keys()), heads["b"].out_features
         (['a', 'b'], 3)

@@ -31,7 +31,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     Raises:
         ShapeError: if the feature sizes do not agree.
 
-    Example:
+    Examples:
         >>> F.linear(tg.ones(2, 3), tg.ones(4, 3), tg.zeros(4)).shape
         tracegrad.Size([2, 4])
     """
@@ -51,7 +51,7 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
 
     The function form of ``nn.ReLU``.
 
-    Example:
+    Examples:
         >>> F.relu(tg.tensor([-1.0, 2.0]))
         tensor([0., 2.])
     """
@@ -63,7 +63,7 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 
     The function form of ``nn.GELU``.
 
-    Example:
+    Examples:
         >>> F.gelu(tg.tensor([0.0]), approximate='tanh')
         tensor([0.])
     """
@@ -75,7 +75,7 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 def tanh(input: Tensor) -> Tensor:
     """``tanh(input)`` elementwise.
 
-    Example:
+    Examples:
         >>> F.tanh(tg.tensor([0.0]))
         tensor([0.])
     """
@@ -85,7 +85,7 @@ def tanh(input: Tensor) -> Tensor:
 def sigmoid(input: Tensor) -> Tensor:
     """``1 / (1 + exp(-input))`` elementwise.
 
-    Example:
+    Examples:
         >>> F.sigmoid(tg.tensor([0.0]))
         tensor([0.5])
     """
@@ -97,7 +97,7 @@ def softmax(input: Tensor, dim: int) -> Tensor:
 
     The function form of ``nn.Softmax``.
 
-    Example:
+    Examples:
         >>> F.softmax(tg.zeros(2), dim=0)
         tensor([0.5, 0.5])
     """
@@ -109,7 +109,7 @@ def log_softmax(input: Tensor, dim: int) -> Tensor:
 
     The function form of ``nn.LogSoftmax``.
 
-    Example:
+    Examples:
         >>> F.log_softmax(tg.zeros(2), dim=0).exp()
         tensor([0.5, 0.5])
     """
@@ -126,7 +126,7 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
     Returns:
         An int64 tensor of shape ``tensor.shape + (num_classes,)``.
 
-    Example:
+    Examples:
         >>> F.one_hot(tg.tensor([0, 2]), 3)
         tensor([[1, 0, 0],
                 [0, 0, 1]])
@@ -162,7 +162,7 @@ def cross_entropy(
     Raises:
         ShapeError: if the target's shape does not fit the input's.
 
-    Example:
+    Examples:
         >>> round(F.cross_entropy(tg.zeros(2, 4), tg.tensor([0, 3])).item(), 4)
         1.3863
     """
@@ -182,7 +182,7 @@ def nll_loss(
 
     The function form of ``nn.NLLLoss``.
 
-    Example:
+    Examples:
         >>> F.nll_loss(tg.tensor([[-1.0, -2.0]]), tg.tensor([1]))
         tensor(2.)
     """
@@ -269,7 +269,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 
     The function form of ``nn.MSELoss``.
 
-    Example:
+    Examples:
         >>> F.mse_loss(tg.tensor([1.0, 3.0]), tg.zeros(2))
         tensor(5.)
     """
@@ -289,7 +289,7 @@ def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 
     The function form of ``nn.L1Loss``.
 
-    Example:
+    Examples:
         >>> F.l1_loss(tg.tensor([1.0, -3.0]), tg.zeros(2))
         tensor(2.)
     """
@@ -316,7 +316,7 @@ def conv2d(
     Raises:
         ShapeError: if the channels do not agree or the kernel does not fit the input.
 
-    Example:
+    Examples:
         >>> F.conv2d(tg.ones(1, 1, 4, 4), tg.ones(2, 1, 3, 3)).shape
         tracegrad.Size([1, 2, 2, 2])
     """
@@ -402,7 +402,7 @@ def max_pool2d(
     Raises:
         NotImplementedError: for ``ceil_mode`` or ``return_indices``.
 
-    Example:
+    Examples:
         >>> F.max_pool2d(tg.arange(16.0).reshape(1, 1, 4, 4), 2)
         tensor([[[[ 5.,  7.],
                   [13., 15.]]]])
@@ -449,7 +449,7 @@ def layer_norm(input: Tensor, normalized_shape, weight=None, bias=None, eps: flo
     Raises:
         ShapeError: if the trailing shape does not match.
 
-    Example:
+    Examples:
         >>> F.layer_norm(tg.tensor([[1.0, 3.0]]), (2,))
         tensor([[-0.999995,  0.999995]])
     """
@@ -481,7 +481,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx=None) -> Tensor:
     Raises:
         IndexError: for an index outside the table.
 
-    Example:
+    Examples:
         >>> F.embedding(tg.tensor([2, 0]), tg.arange(6.0).reshape(3, 2))
         tensor([[4., 5.],
                 [0., 1.]])
@@ -517,7 +517,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     Raises:
         ValueError: if ``p`` is not in [0, 1].
 
-    Example:
+    Examples:
         >>> F.dropout(tg.ones(3), p=0.5, training=False)
         tensor([1., 1., 1.])
     """
@@ -538,7 +538,7 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
 
     The function form of ``nn.LeakyReLU``.
 
-    Example:
+    Examples:
         >>> F.leaky_relu(tg.tensor([-1.0]), 0.5)
         tensor([-0.5])
     """
@@ -550,7 +550,7 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
 
     The function form of ``nn.ELU``.
 
-    Example:
+    Examples:
         >>> F.elu(tg.tensor([2.0]))
         tensor([2.])
     """
@@ -566,7 +566,7 @@ def silu(input: Tensor, inplace: bool = False) -> Tensor:
 
     The function form of ``nn.SiLU``.
 
-    Example:
+    Examples:
         >>> F.silu(tg.tensor([0.0]))
         tensor([0.])
     """
@@ -584,7 +584,7 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
 
     The function form of ``nn.Softplus``.
 
-    Example:
+    Examples:
         >>> F.softplus(tg.tensor([0.0]))
         tensor([0.6931472])
     """
@@ -598,7 +598,7 @@ def mish(input: Tensor, inplace: bool = False) -> Tensor:
 
     The function form of ``nn.Mish``.
 
-    Example:
+    Examples:
         >>> F.mish(tg.tensor([0.0]))
         tensor([0.])
     """
@@ -612,7 +612,7 @@ def hardtanh(
 
     The function form of ``nn.Hardtanh``.
 
-    Example:
+    Examples:
         >>> F.hardtanh(tg.tensor([-2.0, 2.0]))
         tensor([-1.,  1.])
     """
@@ -628,7 +628,7 @@ def relu6(input: Tensor, inplace: bool = False) -> Tensor:
 
     The function form of ``nn.ReLU6``.
 
-    Example:
+    Examples:
         >>> F.relu6(tg.tensor([8.0]))
         tensor([6.])
     """
@@ -641,7 +641,7 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
 
     The function form of ``nn.PReLU``.
 
-    Example:
+    Examples:
         >>> F.prelu(tg.tensor([-2.0]), tg.tensor([0.25]))
         tensor([-0.5])
     """
@@ -664,7 +664,7 @@ def softsign(input: Tensor) -> Tensor:
 
     The function form of ``nn.Softsign``.
 
-    Example:
+    Examples:
         >>> F.softsign(tg.tensor([1.0]))
         tensor([0.5])
     """
@@ -676,7 +676,7 @@ def logsigmoid(input: Tensor) -> Tensor:
 
     The function form of ``nn.LogSigmoid``.
 
-    Example:
+    Examples:
         >>> F.logsigmoid(tg.tensor([0.0])).exp()
         tensor([0.5])
     """
@@ -799,7 +799,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight=None, reduction: 
     """Binary cross entropy between probabilities and targets in [0, 1], the log clamped at
     -100 (``weight``, ``reduction`` as in ``nn.BCELoss``).
 
-    Example:
+    Examples:
         >>> round(F.binary_cross_entropy(tg.tensor([0.5]), tg.tensor([1.0])).item(), 4)
         0.6931
     """

@@ -40,7 +40,7 @@ class Linear(Module):
     Raises:
         ShapeError: on an input whose last dimension is not ``in_features``.
 
-    Example:
+    Examples:
         >>> layer = nn.Linear(3, 2)
         >>> layer(tg.zeros(4, 3)).shape, layer.weight.shape
         (tracegrad.Size([4, 2]), tracegrad.Size([2, 3]))
@@ -88,7 +88,7 @@ class Conv2d(Module):
     Raises:
         ShapeError: on an input that is not ``(N, in_channels, H, W)`` or smaller than the kernel.
 
-    Example:
+    Examples:
         >>> conv = nn.Conv2d(1, 4, kernel_size=3, padding=1)
         >>> conv(tg.zeros(2, 1, 8, 8)).shape
         tracegrad.Size([2, 4, 8, 8])
@@ -156,7 +156,7 @@ class MaxPool2d(Module):
         padding: an int or a pair of implicit ``-inf`` padding.
         dilation: an int or a pair.
 
-    Example:
+    Examples:
         >>> nn.MaxPool2d(2)(tg.zeros(1, 3, 8, 8)).shape
         tracegrad.Size([1, 3, 4, 4])
     """
@@ -187,7 +187,7 @@ class Flatten(Module):
         start_dim: the first dimension to merge.
         end_dim: the last dimension to merge.
 
-    Example:
+    Examples:
         >>> nn.Flatten()(tg.zeros(2, 3, 4)).shape
         tracegrad.Size([2, 12])
     """
@@ -209,7 +209,7 @@ class ReLU(Module):
     Args:
         inplace: accepted for PyTorch's signature; the result is a new tensor.
 
-    Example:
+    Examples:
         >>> nn.ReLU()(tg.tensor([-1.0, 2.0]))
         tensor([0., 2.])
     """
@@ -227,7 +227,7 @@ class GELU(Module):
     Args:
         approximate: ``'none'`` (exact, with erf) or ``'tanh'``.
 
-    Example:
+    Examples:
         >>> nn.GELU()(tg.tensor([0.0]))
         tensor([0.])
     """
@@ -246,7 +246,7 @@ class GELU(Module):
 class Tanh(Module):
     """``tanh(x)`` elementwise.
 
-    Example:
+    Examples:
         >>> nn.Tanh()(tg.tensor([0.0]))
         tensor([0.])
     """
@@ -258,7 +258,7 @@ class Tanh(Module):
 class Sigmoid(Module):
     """``1 / (1 + exp(-x))`` elementwise.
 
-    Example:
+    Examples:
         >>> nn.Sigmoid()(tg.tensor([0.0]))
         tensor([0.5])
     """
@@ -270,7 +270,7 @@ class Sigmoid(Module):
 class Identity(Module):
     """Returns its input; takes and ignores any arguments, as PyTorch's.
 
-    Example:
+    Examples:
         >>> nn.Identity(54, unused=1)(tg.tensor([1.0]))
         tensor([1.])
     """
@@ -288,7 +288,7 @@ class Softmax(Module):
     Args:
         dim: the dimension to normalize over.
 
-    Example:
+    Examples:
         >>> nn.Softmax(dim=1)(tg.zeros(1, 4))
         tensor([[0.25, 0.25, 0.25, 0.25]])
     """
@@ -310,7 +310,7 @@ class LogSoftmax(Softmax):
     Args:
         dim: the dimension to normalize over.
 
-    Example:
+    Examples:
         >>> nn.LogSoftmax(dim=0)(tg.zeros(2)).exp()
         tensor([0.5, 0.5])
     """
@@ -334,7 +334,7 @@ class LayerNorm(Module):
     Raises:
         ShapeError: if the input's trailing shape is not ``normalized_shape``.
 
-    Example:
+    Examples:
         >>> y = nn.LayerNorm(4)(tg.tensor([[1.0, 2.0, 3.0, 4.0]]))
         >>> round(y.mean().item(), 6), round(y.var(unbiased=False).item(), 3)
         (0.0, 1.0)
@@ -383,7 +383,7 @@ class Embedding(Module):
     Raises:
         ValueError: if ``padding_idx`` is out of range.
 
-    Example:
+    Examples:
         >>> table = nn.Embedding(10, 3)
         >>> table(tg.tensor([[1, 2], [3, 4]])).shape
         tracegrad.Size([2, 2, 3])
@@ -421,7 +421,7 @@ class Dropout(Module):
     Raises:
         ValueError: if ``p`` is not in [0, 1].
 
-    Example:
+    Examples:
         >>> drop = nn.Dropout(0.5).eval()
         >>> drop(tg.ones(3))
         tensor([1., 1., 1.])
@@ -446,7 +446,7 @@ class MSELoss(Module):
     Args:
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
 
-    Example:
+    Examples:
         >>> nn.MSELoss()(tg.tensor([1.0, 3.0]), tg.tensor([0.0, 0.0]))
         tensor(5.)
     """
@@ -472,7 +472,7 @@ class CrossEntropyLoss(Module):
     Raises:
         ShapeError: if the target's shape does not fit the input's.
 
-    Example:
+    Examples:
         >>> loss = nn.CrossEntropyLoss()(tg.zeros(2, 4), tg.tensor([0, 3]))
         >>> round(loss.item(), 4)
         1.3863
@@ -505,7 +505,7 @@ class LeakyReLU(Module):
         negative_slope: the slope for negative inputs.
         inplace: accepted for PyTorch's signature.
 
-    Example:
+    Examples:
         >>> nn.LeakyReLU(0.1)(tg.tensor([-1.0, 2.0]))
         tensor([-0.1,  2. ])
     """
@@ -528,7 +528,7 @@ class ELU(Module):
         alpha: the scale of the negative part.
         inplace: accepted for PyTorch's signature.
 
-    Example:
+    Examples:
         >>> nn.ELU()(tg.tensor([0.0, 2.0]))
         tensor([0., 2.])
     """
@@ -547,7 +547,7 @@ class ELU(Module):
 class SiLU(Module):
     """``x * sigmoid(x)`` elementwise (swish).
 
-    Example:
+    Examples:
         >>> nn.SiLU()(tg.tensor([0.0]))
         tensor([0.])
     """
@@ -566,7 +566,7 @@ class Softplus(Module):
         beta: the sharpness.
         threshold: above ``beta * x > threshold`` the result is ``x``.
 
-    Example:
+    Examples:
         >>> nn.Softplus()(tg.tensor([0.0]))
         tensor([0.6931472])
     """
@@ -585,7 +585,7 @@ class Softplus(Module):
 class Mish(Module):
     """``x * tanh(softplus(x))`` elementwise.
 
-    Example:
+    Examples:
         >>> nn.Mish()(tg.tensor([0.0]))
         tensor([0.])
     """
@@ -605,7 +605,7 @@ class Hardtanh(Module):
         max_val: the upper bound.
         inplace: accepted for PyTorch's signature.
 
-    Example:
+    Examples:
         >>> nn.Hardtanh()(tg.tensor([-2.0, 0.5, 2.0]))
         tensor([-1. ,  0.5,  1. ])
     """
@@ -626,7 +626,7 @@ class Hardtanh(Module):
 class ReLU6(Hardtanh):
     """``min(max(x, 0), 6)`` elementwise.
 
-    Example:
+    Examples:
         >>> nn.ReLU6()(tg.tensor([-1.0, 8.0]))
         tensor([0., 6.])
     """
@@ -644,7 +644,7 @@ class PReLU(Module):
         dtype: the parameter's dtype.
         device: None or "cpu".
 
-    Example:
+    Examples:
         >>> nn.PReLU()(tg.tensor([-1.0, 2.0]))
         tensor([-0.25,  2.  ], grad_fn=<...>)
     """
@@ -669,7 +669,7 @@ class PReLU(Module):
 class Softsign(Module):
     """``x / (1 + |x|)`` elementwise.
 
-    Example:
+    Examples:
         >>> nn.Softsign()(tg.tensor([1.0]))
         tensor([0.5])
     """
@@ -681,7 +681,7 @@ class Softsign(Module):
 class LogSigmoid(Module):
     """``log(sigmoid(x))`` elementwise, computed stably.
 
-    Example:
+    Examples:
         >>> nn.LogSigmoid()(tg.tensor([0.0])).exp()
         tensor([0.5])
     """
@@ -697,7 +697,7 @@ class Unflatten(Module):
         dim: the dimension to split.
         unflattened_size: the sizes it becomes.
 
-    Example:
+    Examples:
         >>> nn.Unflatten(1, (3, 4))(tg.zeros(2, 12)).shape
         tracegrad.Size([2, 3, 4])
     """
@@ -823,7 +823,7 @@ class BatchNorm1d(_BatchNorm):
     Raises:
         ShapeError: on an input of another rank or channel count.
 
-    Example:
+    Examples:
         >>> bn = nn.BatchNorm1d(3)
         >>> bn(tg.randn(8, 3)).shape, bn.running_mean.shape
         (tracegrad.Size([8, 3]), tracegrad.Size([3]))
@@ -835,7 +835,7 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch normalization over ``(N, C, H, W)`` inputs (see ``BatchNorm1d`` for the arguments).
 
-    Example:
+    Examples:
         >>> nn.BatchNorm2d(3)(tg.randn(2, 3, 4, 4)).shape
         tracegrad.Size([2, 3, 4, 4])
     """
@@ -856,7 +856,7 @@ class InstanceNorm2d(_NormBase):
         dtype: the parameters' dtype.
         device: None or "cpu".
 
-    Example:
+    Examples:
         >>> nn.InstanceNorm2d(3)(tg.randn(2, 3, 4, 4)).shape
         tracegrad.Size([2, 3, 4, 4])
     """
@@ -908,7 +908,7 @@ class GroupNorm(Module):
     Raises:
         ValueError: if ``num_groups`` does not divide ``num_channels``.
 
-    Example:
+    Examples:
         >>> nn.GroupNorm(2, 4)(tg.randn(3, 4, 5)).shape
         tracegrad.Size([3, 4, 5])
     """
@@ -966,7 +966,7 @@ class NLLLoss(_WeightedLoss):
         ignore_index: a target index that contributes nothing.
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
 
-    Example:
+    Examples:
         >>> nn.NLLLoss()(tg.tensor([[-1.0, -2.0]]), tg.tensor([1]))
         tensor(2.)
     """
@@ -986,7 +986,7 @@ class BCELoss(_WeightedLoss):
         weight: a weight per element (broadcast), or None.
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
 
-    Example:
+    Examples:
         >>> round(nn.BCELoss()(tg.tensor([0.5]), tg.tensor([1.0])).item(), 4)
         0.6931
     """
@@ -1003,7 +1003,7 @@ class BCEWithLogitsLoss(_WeightedLoss):
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
         pos_weight: a weight of the positive term per class, or None.
 
-    Example:
+    Examples:
         >>> round(nn.BCEWithLogitsLoss()(tg.tensor([0.0]), tg.tensor([1.0])).item(), 4)
         0.6931
     """
@@ -1024,7 +1024,7 @@ class L1Loss(_Loss):
     Args:
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
 
-    Example:
+    Examples:
         >>> nn.L1Loss()(tg.tensor([1.0, -3.0]), tg.zeros(2))
         tensor(2.)
     """
@@ -1040,7 +1040,7 @@ class SmoothL1Loss(_Loss):
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
         beta: where the loss turns from squared to absolute.
 
-    Example:
+    Examples:
         >>> nn.SmoothL1Loss()(tg.tensor([0.5, 3.0]), tg.zeros(2))
         tensor(1.3125)
     """
@@ -1060,7 +1060,7 @@ class HuberLoss(_Loss):
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
         delta: where the loss turns from squared to linear.
 
-    Example:
+    Examples:
         >>> nn.HuberLoss(delta=1.0)(tg.tensor([0.5, 3.0]), tg.zeros(2))
         tensor(1.3125)
     """
@@ -1082,7 +1082,7 @@ class KLDivLoss(_Loss):
             ``'sum'`` or ``'none'``.
         log_target: the target is given as log-probabilities.
 
-    Example:
+    Examples:
         >>> p = tg.tensor([[0.5, 0.5]])
         >>> nn.KLDivLoss(reduction="batchmean")(p.log(), p)
         tensor(0.)

@@ -28,7 +28,7 @@ class Module:
     Subclasses call ``super().__init__()`` first and define ``forward``; calling the module
     runs ``forward``. Modules compile with ``tg.compile(module)``.
 
-    Example:
+    Examples:
         >>> class TwoLayer(nn.Module):
         ...     def __init__(self):
         ...         super().__init__()
@@ -125,7 +125,7 @@ class Module:
             tensor: the tensor, or None.
             persistent: whether ``state_dict()`` includes it.
 
-        Example:
+        Examples:
             >>> m = nn.Module()
             >>> m.register_buffer("count", tg.zeros(1))
             >>> list(m.state_dict())
@@ -195,7 +195,7 @@ class Module:
             prefix: prepended to every name.
             recurse: include submodules' parameters.
 
-        Example:
+        Examples:
             >>> [name for name, _ in nn.Sequential(nn.Linear(2, 2)).named_parameters()]
             ['0.weight', '0.bias']
         """
@@ -205,7 +205,7 @@ class Module:
     def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
         """The parameters of this module and (with ``recurse``) its submodules, each once.
 
-        Example:
+        Examples:
             >>> sum(p.numel() for p in nn.Linear(3, 2).parameters())
             8
         """
@@ -230,7 +230,7 @@ class Module:
         Returns:
             This module.
 
-        Example:
+        Examples:
             >>> nn.Dropout().train(False).training
             False
         """
@@ -256,7 +256,7 @@ class Module:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset every parameter's gradient: to None (``set_to_none``, the default) or to zeros.
 
-        Example:
+        Examples:
             >>> layer = nn.Linear(2, 1)
             >>> layer(tg.ones(1, 2)).sum().backward()
             >>> layer.zero_grad()

@@ -27,7 +27,7 @@ class Adam(Optimizer):
     Raises:
         ValueError: for a negative ``lr``, ``eps`` or ``weight_decay``, or a beta outside [0, 1).
 
-    Example:
+    Examples:
         >>> w = nn.Parameter(tg.tensor([1.0]))
         >>> opt = optim.Adam([w], lr=0.1)
         >>> (w * w).sum().backward()
@@ -137,7 +137,7 @@ class AdamW(Adam):
     Raises:
         ValueError: for a negative ``lr``, ``eps`` or ``weight_decay``, or a beta outside [0, 1).
 
-    Example:
+    Examples:
         >>> w = nn.Parameter(tg.tensor([1.0]))
         >>> opt = optim.AdamW([w], lr=0.1, weight_decay=0.5)
         >>> w.grad = tg.zeros(1)

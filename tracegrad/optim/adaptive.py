@@ -35,7 +35,7 @@ class Adagrad(Optimizer):
     Raises:
         ValueError: for a negative setting.
 
-    Example:
+    Examples:
         >>> w = nn.Parameter(tg.tensor([1.0]))
         >>> opt = optim.Adagrad([w], lr=0.5)
         >>> w.grad = tg.tensor([2.0])
@@ -116,7 +116,7 @@ class RMSprop(Optimizer):
     Raises:
         ValueError: for a negative setting.
 
-    Example:
+    Examples:
         >>> w = nn.Parameter(tg.tensor([1.0]))
         >>> opt = optim.RMSprop([w], lr=0.01)
         >>> w.grad = tg.tensor([1.0])
@@ -196,7 +196,7 @@ class Adadelta(Optimizer):
     Raises:
         ValueError: for a negative setting or ``rho`` outside [0, 1].
 
-    Example:
+    Examples:
         >>> w = nn.Parameter(tg.tensor([1.0]))
         >>> opt = optim.Adadelta([w])
         >>> w.grad = tg.tensor([1.0])

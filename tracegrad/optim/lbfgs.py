@@ -39,7 +39,7 @@ class LBFGS(Optimizer):
     Raises:
         ValueError: for a negative ``lr`` or an unknown ``line_search_fn``.
 
-    Example:
+    Examples:
         >>> w = nn.Parameter(tg.tensor([3.0]))
         >>> opt = optim.LBFGS([w], line_search_fn="strong_wolfe")
         >>> def closure():

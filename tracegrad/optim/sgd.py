@@ -25,7 +25,7 @@ class SGD(Optimizer):
         ValueError: for a negative ``lr``, ``momentum`` or ``weight_decay``, or Nesterov
             without momentum or with dampening.
 
-    Example:
+    Examples:
         >>> w = nn.Parameter(tg.tensor([1.0, -1.0]))
         >>> opt = optim.SGD([w], lr=0.1)
         >>> (w * w).sum().backward()

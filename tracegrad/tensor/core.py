@@ -95,7 +95,7 @@ class Tensor:
         Autograd compares it at backward time: a tensor saved for backward and modified in place
         since raises RuntimeError.
 
-        Example:
+        Examples:
             >>> x = tg.zeros(3)
             >>> x.add_(1).version
             1
@@ -117,7 +117,7 @@ class Tensor:
     def shape(self) -> Size:
         """The size of each dimension, as a ``tg.Size`` (a tuple).
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 3).shape
             tracegrad.Size([2, 3])
         """
@@ -135,7 +135,7 @@ class Tensor:
         Raises:
             ShapeError: if ``dim`` is out of range.
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 3).size(-1)
             3
         """
@@ -145,7 +145,7 @@ class Tensor:
     def dtype(self) -> DType:
         """The element type: ``tg.float32``, ``tg.float64``, ``tg.int64`` or ``tg.bool``.
 
-        Example:
+        Examples:
             >>> tg.tensor([1, 2]).dtype
             tracegrad.int64
         """
@@ -160,7 +160,7 @@ class Tensor:
     def ndim(self) -> int:
         """The number of dimensions.
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 3).ndim
             2
         """
@@ -173,7 +173,7 @@ class Tensor:
     def numel(self) -> int:
         """The number of elements.
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 3).numel()
             6
         """
@@ -197,7 +197,7 @@ class Tensor:
     def is_floating_point(self) -> bool:
         """Whether the dtype is ``float32`` or ``float64``.
 
-        Example:
+        Examples:
             >>> tg.tensor([1.0]).is_floating_point(), tg.tensor([1]).is_floating_point()
             (True, False)
         """
@@ -252,7 +252,7 @@ class Tensor:
         Raises:
             DTypeError: if asked on a tensor that is not floating point.
 
-        Example:
+        Examples:
             >>> tg.zeros(2).requires_grad_().requires_grad
             True
         """
@@ -262,7 +262,7 @@ class Tensor:
     def retain_grad(self) -> None:
         """Keep this non-leaf tensor's gradient in ``.grad`` at the next backward.
 
-        Example:
+        Examples:
             >>> x = tg.ones(2, requires_grad=True)
             >>> y = x * 2
             >>> y.retain_grad()
@@ -279,7 +279,7 @@ class Tensor:
         Returns:
             A new tensor that does not require grad; in-place writes to either show in both.
 
-        Example:
+        Examples:
             >>> x = tg.ones(2, requires_grad=True)
             >>> (x * 2).detach().requires_grad
             False
@@ -351,7 +351,7 @@ class Tensor:
                 saved for backward was modified in place since, or on a second backward
                 through a graph already freed.
 
-        Example:
+        Examples:
             >>> w = tg.tensor([1.0, 2.0], requires_grad=True)
             >>> (w * w).sum().backward()
             >>> w.grad
@@ -389,7 +389,7 @@ class Tensor:
             RuntimeError: if the tensor requires grad (use ``t.detach().numpy()``).
             TraceError: on a traced tensor, whose value is known only when compiled code runs.
 
-        Example:
+        Examples:
             >>> tg.tensor([1.0, 2.0]).numpy()
             array([1., 2.], dtype=float32)
         """
@@ -417,7 +417,7 @@ class Tensor:
             ValueError: if the tensor has more than one element.
             TraceError: on a traced tensor (use ``tg.where`` for control flow on values).
 
-        Example:
+        Examples:
             >>> tg.tensor([[2.5]]).item()
             2.5
         """
@@ -434,7 +434,7 @@ class Tensor:
         Raises:
             TraceError: on a traced tensor.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1, 2], [3, 4]]).tolist()
             [[1, 2], [3, 4]]
         """
@@ -541,7 +541,7 @@ def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor
         DTypeError: if ``requires_grad`` is asked for a tensor that is not floating point.
         RuntimeError: for a device other than the CPU.
 
-    Example:
+    Examples:
         >>> tg.tensor([[1, 2], [3, 4]], dtype=tg.float64)
         tensor([[1., 2.],
                 [3., 4.]], dtype=tracegrad.float64)

@@ -38,7 +38,7 @@ class TensorMethods:
     def float(self) -> Tensor:
         """This tensor as ``float32`` (itself when it already is).
 
-        Example:
+        Examples:
             >>> tg.tensor([1, 2]).float()
             tensor([1., 2.])
         """
@@ -47,7 +47,7 @@ class TensorMethods:
     def double(self) -> Tensor:
         """This tensor as ``float64`` (itself when it already is).
 
-        Example:
+        Examples:
             >>> tg.tensor([1, 2]).double().dtype
             tracegrad.float64
         """
@@ -56,7 +56,7 @@ class TensorMethods:
     def long(self) -> Tensor:
         """This tensor as ``int64``, truncating toward zero.
 
-        Example:
+        Examples:
             >>> tg.tensor([1.7, -1.7]).long()
             tensor([ 1, -1])
         """
@@ -65,7 +65,7 @@ class TensorMethods:
     def bool(self) -> Tensor:
         """This tensor as ``bool``: nonzero elements become True.
 
-        Example:
+        Examples:
             >>> tg.tensor([0.0, 2.0]).bool()
             tensor([False,  True])
         """
@@ -77,7 +77,7 @@ class TensorMethods:
         Args:
             other: the tensor whose dtype to take.
 
-        Example:
+        Examples:
             >>> tg.tensor([1, 2]).type_as(tg.zeros(1, dtype=tg.float64)).dtype
             tracegrad.float64
         """
@@ -102,7 +102,7 @@ class TensorMethods:
     def clone(self) -> Tensor:
         """A copy with memory of its own; gradients flow back to this tensor.
 
-        Example:
+        Examples:
             >>> x = tg.zeros(2)
             >>> y = x.clone()
             >>> y.add_(1)
@@ -145,7 +145,7 @@ class TensorMethods:
         Args:
             *size: the shape, as ints or one tuple.
 
-        Example:
+        Examples:
             >>> tg.tensor([1, 2]).new_zeros(2, 2)
             tensor([[0, 0],
                     [0, 0]])
@@ -158,7 +158,7 @@ class TensorMethods:
         Args:
             *size: the shape, as ints or one tuple.
 
-        Example:
+        Examples:
             >>> tg.zeros(1).new_ones(3)
             tensor([1., 1., 1.])
         """
@@ -202,7 +202,7 @@ class TensorMethods:
         Raises:
             ShapeError: if either is not 2-d or the inner sizes differ.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1.0, 2.0]]).mm(tg.tensor([[3.0], [4.0]]))
             tensor([[11.]])
         """
@@ -220,7 +220,7 @@ class TensorMethods:
         Raises:
             ShapeError: if either is not 3-d or the sizes do not agree.
 
-        Example:
+        Examples:
             >>> tg.ones(2, 1, 3).bmm(tg.ones(2, 3, 1)).shape
             tracegrad.Size([2, 1, 1])
         """
@@ -258,7 +258,7 @@ class TensorMethods:
     def logical_not(self):
         """Elementwise NOT, as a bool tensor (``~`` on bool tensors).
 
-        Example:
+        Examples:
             >>> tg.tensor([True, False]).logical_not()
             tensor([False,  True])
         """
@@ -269,7 +269,7 @@ class TensorMethods:
     def rsqrt(self):
         """Elementwise ``1 / sqrt(x)``.
 
-        Example:
+        Examples:
             >>> tg.tensor([4.0]).rsqrt()
             tensor([0.5])
         """
@@ -278,7 +278,7 @@ class TensorMethods:
     def square(self):
         """Elementwise ``x * x``.
 
-        Example:
+        Examples:
             >>> tg.tensor([3.0]).square()
             tensor([9.])
         """
@@ -290,7 +290,7 @@ class TensorMethods:
         Args:
             exponent: a number or a tensor broadcasting with this one.
 
-        Example:
+        Examples:
             >>> tg.tensor([2.0, 3.0]).pow(2)
             tensor([4., 9.])
         """
@@ -306,7 +306,7 @@ class TensorMethods:
         Returns:
             A tensor of the same shape; the gradient is 1 inside the bounds and 0 outside.
 
-        Example:
+        Examples:
             >>> tg.tensor([-2.0, 0.5, 2.0]).clamp(-1, 1)
             tensor([-1. ,  0.5,  1. ])
         """
@@ -321,7 +321,7 @@ class TensorMethods:
             condition: a bool tensor broadcasting with both.
             other: the values where ``condition`` is False.
 
-        Example:
+        Examples:
             >>> x = tg.tensor([1.0, -1.0])
             >>> x.where(x > 0, tg.zeros(2))
             tensor([1., 0.])
@@ -338,7 +338,7 @@ class TensorMethods:
         Raises:
             DTypeError: if ``mask`` is not a bool tensor.
 
-        Example:
+        Examples:
             >>> tg.zeros(3).masked_fill(tg.tensor([True, False, True]), 5.0)
             tensor([5., 0., 5.])
         """
@@ -350,7 +350,7 @@ class TensorMethods:
         Args:
             dim: the dimension whose entries sum to 1.
 
-        Example:
+        Examples:
             >>> tg.tensor([0.0, 0.0]).softmax(0)
             tensor([0.5, 0.5])
         """
@@ -362,7 +362,7 @@ class TensorMethods:
         Args:
             dim: the dimension to normalize over.
 
-        Example:
+        Examples:
             >>> tg.tensor([0.0, 0.0]).log_softmax(0).exp()
             tensor([0.5, 0.5])
         """
@@ -384,7 +384,7 @@ class TensorMethods:
         Raises:
             ShapeError: if a dimension is out of range.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1.0, 2.0], [3.0, 4.0]]).sum(dim=0)
             tensor([4., 6.])
         """
@@ -409,7 +409,7 @@ class TensorMethods:
         Raises:
             ShapeError: if a dimension is out of range.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1.0, 2.0], [3.0, 4.0]]).mean(dim=1)
             tensor([1.5, 3.5])
         """
@@ -431,7 +431,7 @@ class TensorMethods:
             keepdim: keep the reduced dimensions with size 1.
             correction: ``n - correction`` is the divisor (overrides ``unbiased``).
 
-        Example:
+        Examples:
             >>> tg.tensor([1.0, 2.0, 3.0, 4.0]).var()
             tensor(1.6666667)
         """
@@ -447,7 +447,7 @@ class TensorMethods:
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
         """The standard deviation: the square root of ``var`` with the same arguments.
 
-        Example:
+        Examples:
             >>> tg.tensor([1.0, 3.0]).std()
             tensor(1.4142135)
         """
@@ -489,7 +489,7 @@ class TensorMethods:
             A 0-d tensor when ``dim`` is None; else a named pair ``(values, indices)``.
             Tied maxima share the gradient evenly.
 
-        Example:
+        Examples:
             >>> values, indices = tg.tensor([[1.0, 5.0], [7.0, 2.0]]).max(dim=1)
             >>> values, indices
             (tensor([5., 7.]), tensor([1, 0]))
@@ -499,7 +499,7 @@ class TensorMethods:
     def min(self, dim=None, keepdim=False):
         """The minimum of all elements, or ``(values, indices)`` along ``dim`` (as ``max``).
 
-        Example:
+        Examples:
             >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).min()
             tensor(1.)
         """
@@ -508,7 +508,7 @@ class TensorMethods:
     def amax(self, dim=None, keepdim=False):
         """The maximum along ``dim`` (a dimension or tuple; None: all), values only.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).amax(dim=0)
             tensor([7., 5.])
         """
@@ -517,7 +517,7 @@ class TensorMethods:
     def amin(self, dim=None, keepdim=False):
         """The minimum along ``dim`` (a dimension or tuple; None: all), values only.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).amin(dim=0)
             tensor([1., 2.])
         """
@@ -530,7 +530,7 @@ class TensorMethods:
             dim: None for an index into the flattened tensor, else the dimension to reduce.
             keepdim: keep the reduced dimension with size 1.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).argmax(dim=1)
             tensor([1, 0])
         """
@@ -541,7 +541,7 @@ class TensorMethods:
     def argmin(self, dim=None, keepdim=False):
         """The index of the minimum, in the flattened tensor or along ``dim``.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).argmin()
             tensor(0)
         """
@@ -556,7 +556,7 @@ class TensorMethods:
             dim: the dimension (or tuple) to reduce.
             keepdim: keep the reduced dimensions with size 1.
 
-        Example:
+        Examples:
             >>> tg.tensor([0.0, 0.0]).logsumexp(0).exp()
             tensor(2.)
         """
@@ -575,7 +575,7 @@ class TensorMethods:
         Raises:
             ShapeError: if the number of elements differs.
 
-        Example:
+        Examples:
             >>> tg.arange(6).reshape(2, -1)
             tensor([[0, 1, 2],
                     [3, 4, 5]])
@@ -600,7 +600,7 @@ class TensorMethods:
             start_dim: the first dimension to merge.
             end_dim: the last dimension to merge (inclusive).
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 3, 4).flatten(1).shape
             tracegrad.Size([2, 12])
         """
@@ -613,7 +613,7 @@ class TensorMethods:
     def unflatten(self, dim, sizes):
         """Split dimension ``dim`` into ``sizes`` (one may be -1).
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 12).unflatten(1, (3, 4)).shape
             tracegrad.Size([2, 3, 4])
         """
@@ -629,7 +629,7 @@ class TensorMethods:
         Raises:
             ShapeError: if ``dims`` is not a permutation of the dimensions.
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 3, 4).permute(2, 0, 1).shape
             tracegrad.Size([4, 2, 3])
         """
@@ -639,7 +639,7 @@ class TensorMethods:
     def transpose(self, dim0, dim1):
         """A view with dimensions ``dim0`` and ``dim1`` swapped.
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 3).transpose(0, 1).shape
             tracegrad.Size([3, 2])
         """
@@ -657,7 +657,7 @@ class TensorMethods:
         Raises:
             ShapeError: for more than 2 dimensions.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1, 2]]).t()
             tensor([[1],
                     [2]])
@@ -670,7 +670,7 @@ class TensorMethods:
     def T(self):  # noqa: N802  (PyTorch's name)
         """The dimensions reversed (for a matrix, its transpose).
 
-        Example:
+        Examples:
             >>> tg.zeros(2, 3, 4).T.shape
             tracegrad.Size([4, 3, 2])
         """
@@ -680,7 +680,7 @@ class TensorMethods:
     def mT(self):  # noqa: N802
         """The last two dimensions swapped (a batch of transposed matrices).
 
-        Example:
+        Examples:
             >>> tg.zeros(5, 2, 3).mT.shape
             tracegrad.Size([5, 3, 2])
         """
@@ -692,7 +692,7 @@ class TensorMethods:
         Raises:
             ShapeError: if ``dim`` is out of range for the result.
 
-        Example:
+        Examples:
             >>> tg.zeros(3).unsqueeze(0).shape
             tracegrad.Size([1, 3])
         """
@@ -702,7 +702,7 @@ class TensorMethods:
     def squeeze(self, dim=None):
         """A view without dimensions of size 1 (only ``dim``'s, if given).
 
-        Example:
+        Examples:
             >>> tg.zeros(1, 3, 1).squeeze().shape
             tracegrad.Size([3])
         """
@@ -718,7 +718,7 @@ class TensorMethods:
         Raises:
             ShapeError: if a size other than 1 would change.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1], [2]]).expand(2, 3)
             tensor([[1, 1, 1],
                     [2, 2, 2]])
@@ -760,7 +760,7 @@ class TensorMethods:
         Returns:
             A tuple of views.
 
-        Example:
+        Examples:
             >>> [p.tolist() for p in tg.arange(5).split(2)]
             [[0, 1], [2, 3], [4]]
         """
@@ -781,7 +781,7 @@ class TensorMethods:
     def chunk(self, chunks, dim=0):
         """``chunks`` pieces of (nearly) equal size along ``dim``.
 
-        Example:
+        Examples:
             >>> len(tg.arange(6).chunk(3))
             3
         """
@@ -791,7 +791,7 @@ class TensorMethods:
     def unbind(self, dim=0):
         """The slices along ``dim``, as a tuple of tensors without that dimension.
 
-        Example:
+        Examples:
             >>> tg.tensor([[1, 2], [3, 4]]).unbind(1)
             (tensor([1, 3]), tensor([2, 4]))
         """
@@ -801,7 +801,7 @@ class TensorMethods:
     def select(self, dim, index):
         """The slice at ``index`` along ``dim``, without that dimension (``x[:, index]`` for dim 1).
 
-        Example:
+        Examples:
             >>> tg.tensor([[1, 2], [3, 4]]).select(1, 0)
             tensor([1, 3])
         """
@@ -813,7 +813,7 @@ class TensorMethods:
         Raises:
             ShapeError: if the range falls outside the dimension.
 
-        Example:
+        Examples:
             >>> tg.arange(6).narrow(0, 2, 3)
             tensor([2, 3, 4])
         """
@@ -832,7 +832,7 @@ class TensorMethods:
     def index_select(self, dim, index):
         """The entries at the integer positions ``index`` (a 1-d int64 tensor) along ``dim``.
 
-        Example:
+        Examples:
             >>> tg.tensor([10, 20, 30]).index_select(0, tg.tensor([2, 0]))
             tensor([30, 10])
         """
@@ -849,7 +849,7 @@ class TensorMethods:
     def flip(self, *dims):
         """A copy with the order of the entries reversed along ``dims``.
 
-        Example:
+        Examples:
             >>> tg.arange(3).flip(0)
             tensor([2, 1, 0])
         """
@@ -895,7 +895,7 @@ class TensorMethods:
         Args:
             diagonal: 0 keeps the main diagonal, k > 0 also k diagonals above it, k < 0 fewer.
 
-        Example:
+        Examples:
             >>> tg.ones(2, 2).tril()
             tensor([[1., 0.],
                     [1., 1.]])
@@ -921,7 +921,7 @@ class TensorMethods:
         Raises:
             RuntimeError: on a leaf that requires grad while gradients are recorded.
 
-        Example:
+        Examples:
             >>> tg.zeros(2).add_(tg.ones(2), alpha=3)
             tensor([3., 3.])
         """
@@ -930,7 +930,7 @@ class TensorMethods:
     def sub_(self, other, alpha=1):
         """In place: ``self -= alpha * other``; returns this tensor.
 
-        Example:
+        Examples:
             >>> tg.ones(2).sub_(1)
             tensor([0., 0.])
         """
@@ -939,7 +939,7 @@ class TensorMethods:
     def mul_(self, other):
         """In place: ``self *= other``; returns this tensor.
 
-        Example:
+        Examples:
             >>> tg.ones(2).mul_(4)
             tensor([4., 4.])
         """
@@ -948,7 +948,7 @@ class TensorMethods:
     def div_(self, other):
         """In place: ``self /= other``; returns this tensor.
 
-        Example:
+        Examples:
             >>> tg.ones(2).div_(4)
             tensor([0.25, 0.25])
         """
@@ -961,7 +961,7 @@ class TensorMethods:
     def zero_(self):
         """In place: every element becomes 0; returns this tensor.
 
-        Example:
+        Examples:
             >>> tg.ones(2).zero_()
             tensor([0., 0.])
         """
@@ -970,7 +970,7 @@ class TensorMethods:
     def fill_(self, value):
         """In place: every element becomes ``value``; returns this tensor.
 
-        Example:
+        Examples:
             >>> tg.zeros(2).fill_(7)
             tensor([7., 7.])
         """
@@ -1011,7 +1011,7 @@ class TensorMethods:
         Returns:
             This tensor.
 
-        Example:
+        Examples:
             >>> tg.zeros(2).copy_(tg.tensor([1, 2]))
             tensor([1., 2.])
         """
@@ -1109,7 +1109,7 @@ def where(condition, x, y) -> Tensor:
     Raises:
         DTypeError: if ``condition`` is not a bool tensor.
 
-    Example:
+    Examples:
         >>> x = tg.tensor([1.0, -2.0])
         >>> tg.where(x > 0, x, 0.0)
         tensor([1., 0.])
@@ -1132,7 +1132,7 @@ def cat(tensors, dim=0) -> Tensor:
     Raises:
         ShapeError: if the other dimensions differ.
 
-    Example:
+    Examples:
         >>> tg.cat([tg.zeros(1, 2), tg.ones(2, 2)]).shape
         tracegrad.Size([3, 2])
     """
@@ -1151,7 +1151,7 @@ def stack(tensors, dim=0) -> Tensor:
     Raises:
         ShapeError: if the shapes differ.
 
-    Example:
+    Examples:
         >>> tg.stack([tg.zeros(2), tg.ones(2)], dim=1)
         tensor([[0., 1.],
                 [0., 1.]])
@@ -1171,7 +1171,7 @@ def einsum(equation: str, *operands) -> Tensor:
         equation: the subscripts, such as ``"ij,jk->ik"``.
         *operands: the tensors (or one list of them).
 
-    Example:
+    Examples:
         >>> tg.einsum("ij,j->i", tg.ones(2, 3), tg.tensor([1.0, 2.0, 3.0]))
         tensor([6., 6.])
     """
@@ -1193,7 +1193,7 @@ def _triangle(x: Tensor, diagonal: int, lower: bool) -> Tensor:
 def tril(x: Tensor, diagonal: int = 0) -> Tensor:
     """The lower triangle of the last two dimensions of ``x`` (see ``Tensor.tril``).
 
-    Example:
+    Examples:
         >>> tg.tril(tg.ones(2, 2), diagonal=-1)
         tensor([[0., 0.],
                 [1., 0.]])
@@ -1204,7 +1204,7 @@ def tril(x: Tensor, diagonal: int = 0) -> Tensor:
 def triu(x: Tensor, diagonal: int = 0) -> Tensor:
     """The upper triangle of the last two dimensions of ``x`` (see ``Tensor.triu``).
 
-    Example:
+    Examples:
         >>> tg.triu(tg.ones(2, 2))
         tensor([[1., 1.],
                 [0., 1.]])
