@@ -404,7 +404,15 @@ def LongTensor(data) -> Tensor:  # noqa: N802
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
     """PyTorch's ``torch.as_tensor``: a tensor as it is and a NumPy array of a tensor dtype
-    are not copied (``as_tensor(obs, dtype=tg.float32, device=device)`` in an RL loop)."""
+    are not copied (``as_tensor(obs, dtype=tg.float32, device=device)`` in an RL loop).
+
+    Examples:
+        >>> array = np.zeros(2, dtype=np.float32)
+        >>> t = tg.as_tensor(array)
+        >>> array[0] = 5
+        >>> t
+        tensor([5., 0.])
+    """
     devices.check(device)
     if isinstance(data, Tensor):
         return data if dtype is None else data.to(dtype)
@@ -414,6 +422,11 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
 
 
 def from_numpy(array: np.ndarray) -> Tensor:
-    """A tensor sharing memory with ``array`` (other dtypes are converted, so copied)."""
+    """A tensor sharing memory with ``array`` (other dtypes are converted, so copied).
+
+    Examples:
+        >>> tg.from_numpy(np.arange(3)).dtype
+        tracegrad.int64
+    """
     dtype = dtypes.from_numpy(array.dtype)
     return wrap(array if array.dtype == dtype.np else array.astype(dtype.np))

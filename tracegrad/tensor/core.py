@@ -36,7 +36,13 @@ Number = numbers.Number
 
 
 class Size(tuple):
-    """A shape; a tuple that prints like PyTorch's."""
+    """A shape; a tuple that prints like PyTorch's.
+
+    Examples:
+        >>> shape = tg.zeros(2, 3).shape
+        >>> shape, shape == (2, 3), shape.numel()
+        (tracegrad.Size([2, 3]), True, 6)
+    """
 
     def __repr__(self) -> str:
         return f"tracegrad.Size({list(self)})"
@@ -67,7 +73,20 @@ def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
 
 
 class Tensor:
-    """An n-dimensional array that can record the operations applied to it for autograd."""
+    """An n-dimensional array that can record the operations applied to it for autograd.
+
+    Make tensors with ``tg.tensor`` and the factories (``tg.zeros``, ``tg.randn``...). The
+    methods, operators and indexing follow PyTorch's; every method is listed on the Tensor
+    methods page of the API reference.
+
+    Examples:
+        >>> x = tg.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+        >>> y = (x @ x.T)[0, 1]
+        >>> y.backward()
+        >>> y, x.grad
+        (tensor(11., grad_fn=<...>), tensor([[3., 4.],
+                [1., 2.]]))
+    """
 
     __array_priority__ = 1000  # NumPy defers binary operators to us
 
