@@ -93,3 +93,17 @@ def test_the_demo_runs_with_the_threads_asked_and_says_so(restore_threads, tmp_p
 def test_the_demo_command_refuses_zero_threads(capsys):
     assert main(["demo", "--threads", "0"]) == 2
     assert "--threads needs at least 1 thread, got 0" in capsys.readouterr().err
+
+
+def test_the_demo_command_hands_its_thread_count_to_the_demo(monkeypatch, capsys):
+    asked = {}
+
+    def fake_demo(**kwargs):
+        asked.update(kwargs)
+        return "summary"
+
+    monkeypatch.setattr("tracegrad.cli.run_demo", fake_demo)
+    assert main(["demo", "--threads", "3", "--epochs", "1"]) == 0
+    assert asked["threads"] == 3 and asked["epochs"] == 1
+    assert main(["demo"]) == 0 and asked["threads"] is None  # the process's setting is kept
+    assert capsys.readouterr().out == "summary\nsummary\n"
