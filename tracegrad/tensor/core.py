@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -72,7 +72,13 @@ def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
     return t
 
 
-class Tensor:
+if TYPE_CHECKING:  # the methods ``tensor.methods`` installs, as type checkers see them
+    from tracegrad.tensor.methods import TensorMethods as _InstalledMethods
+else:
+    _InstalledMethods = object
+
+
+class Tensor(_InstalledMethods):
     """An n-dimensional array that can record the operations applied to it for autograd.
 
     Make tensors with ``tg.tensor`` and the factories (``tg.zeros``, ``tg.randn``...). The
