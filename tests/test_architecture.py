@@ -30,6 +30,7 @@ LAYERS = {
         "changes",
         "logs",
         "scopes",
+        "blas",
     ],
     "ops": ["ops"],
     "ir": ["ir"],

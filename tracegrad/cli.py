@@ -3,7 +3,7 @@
     tracegrad dump FILE.py:NAME --format text|json|code|dot [--passes a,b | --no-passes]
     tracegrad viz FILE.py:NAME -o graph.html|graph.svg|graph.dot
     tracegrad explain FILE.py:NAME
-    tracegrad demo [--epochs N] [-o tracegrad-demo.html]
+    tracegrad demo [--epochs N] [--threads N] [-o tracegrad-demo.html]
     tracegrad bench [ARGS...]       (python -m benchmarks ARGS of this source checkout)
 
 FILE.py defines NAME (an nn.Module instance or a function) and ``example_inputs``, a tuple of
@@ -128,7 +128,11 @@ def cmd_explain(args) -> str:
 
 
 def cmd_demo(args) -> str:
-    return run_demo(epochs=args.epochs, picture=args.output, batch_size=args.batch_size)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads needs at least 1 thread, got {args.threads}")
+    return run_demo(
+        epochs=args.epochs, picture=args.output, batch_size=args.batch_size, threads=args.threads
+    )
 
 
 def cmd_bench(args) -> int:
@@ -178,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("-o", "--output", default="tracegrad-demo.html")
+    demo.add_argument(
+        "--threads", type=int, help="BLAS threads (default: the process's, one per core)"
+    )
     demo.set_defaults(run=cmd_demo)
 
     bench = commands.add_parser(

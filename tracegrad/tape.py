@@ -25,6 +25,13 @@ thread_state = _ThreadState()
 
 
 def is_grad_enabled() -> bool:
+    """Whether operations are recorded for autograd in this thread.
+
+    Examples:
+        >>> with tg.no_grad():
+        ...     tg.is_grad_enabled()
+        False
+    """
     return thread_state.grad_enabled
 
 
@@ -62,10 +69,23 @@ class _GradMode:
 
 
 class no_grad(_GradMode):  # noqa: N801  (PyTorch's name)
+    """Turn gradient recording off in a ``with`` block or a decorated function.
+
+    Examples:
+        >>> w = tg.ones(2, requires_grad=True)
+        >>> with tg.no_grad():
+        ...     y = w * 2
+        >>> y.requires_grad
+        False
+    """
+
     mode = False
 
 
 class enable_grad(_GradMode):  # noqa: N801
+    """Turn gradient recording on in a ``with`` block or a decorated function (inside
+    ``no_grad``, say)."""
+
     mode = True
 
 
