@@ -411,9 +411,10 @@ class _BackwardBoundary:
     def __init__(self, module: Module, args: tuple):
         self.module, self.args = module, args
         self.grad_outputs = None
-        self.positions = [
-            i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad
-        ]
+        # Every tensor argument, when one needs a gradient (the others get zeros, as in PyTorch)
+        tensors = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+        needed = any(args[i].requires_grad for i in tensors)
+        self.positions = tensors if needed else []
 
     def inputs(self) -> tuple:
         if not self.positions:
@@ -456,6 +457,11 @@ class _BackwardBoundary:
             if result is None:
                 continue
             result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+            if not self.positions and any(g is not None for g in result):
+                raise RuntimeError(
+                    f"backward hook of {type(self.module).__name__}: no input requires a "
+                    "gradient, so the hook should return None (or None for every gradient)"
+                )
             if len(result) != len(grad_input):
                 raise RuntimeError(
                     f"backward hook of {type(self.module).__name__} returned "
@@ -467,13 +473,14 @@ class _BackwardBoundary:
 
 class _Identity(Function):
     """Passes tensors through; its backward hands their gradients to ``after`` and returns
-    what it gives back (gradients never computed stay None)."""
+    what it gives back. Tensors that need no gradient stay so (and get zeros)."""
 
     @staticmethod
     def forward(ctx, after, *tensors):
         ctx.after = after
-        ctx.set_materialize_grads(False)
-        return tensors if len(tensors) > 1 else tensors[0]
+        outputs = tuple(t.detach() for t in tensors)
+        ctx.mark_non_differentiable(*(o for o, t in zip(outputs, tensors) if not t.requires_grad))
+        return outputs if len(outputs) > 1 else outputs[0]
 
     @staticmethod
     def backward(ctx, *grads):
