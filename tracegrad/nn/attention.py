@@ -121,7 +121,7 @@ class MultiheadAttention(Module):
             )
         if is_causal and key_padding_mask is None and not need_weights:
             # As PyTorch: the hint replaces the mask (the same one when the hint is true)
-            attn_mask = ~F.causal_mask(query.shape[0], key.shape[0])
+            attn_mask = ~F._causal_mask(query.shape[0], key.shape[0])
         output, weights = self._attend(query, key, value, key_padding_mask, attn_mask)
         if not batched:
             output, weights = output.squeeze(1), weights.squeeze(0)

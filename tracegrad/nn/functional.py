@@ -617,13 +617,13 @@ def scaled_dot_product_attention(
                 "scaled_dot_product_attention: an explicit attn_mask should not be set when "
                 "is_causal=True"
             )
-        attn_mask = causal_mask(query.shape[-2], key.shape[-2])
+        attn_mask = _causal_mask(query.shape[-2], key.shape[-2])
     if attn_mask is not None:
         scores = _masked_scores(scores, attn_mask)
     return dropout(scores.softmax(-1), dropout_p) @ value
 
 
-def causal_mask(query_length: int, key_length: int) -> Tensor:
+def _causal_mask(query_length: int, key_length: int) -> Tensor:
     """The bool (L, S) mask letting query i attend to keys j <= i (PyTorch's tril of ones)."""
     return arange(query_length).unsqueeze(1) >= arange(key_length).unsqueeze(0)
 
