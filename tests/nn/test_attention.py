@@ -250,6 +250,7 @@ def test_multihead_attention_dropout_only_in_training():
     "call, error, words",
     [
         (lambda m, x: m(x, x[:, :2], x), ShapeError, "same length and batch"),
+        (lambda m, x: m(x, x[:, :2], x[:, :2]), ShapeError, "query and key of the same batch"),
         (lambda m, x: m(x[..., :4], x, x), ShapeError, "embed_dim=8"),
         (lambda m, x: m(x[0], x, x), ShapeError, "3-d"),
         (lambda m, x: m(x, x, x, attn_mask=tg.zeros(4, 3)), ShapeError, r"should be \(4, 4\)"),

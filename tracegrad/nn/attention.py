@@ -134,6 +134,7 @@ class MultiheadAttention(Module):
     def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> bool:
         """Whether the inputs are batched; raises on shapes that do not fit."""
         shapes = f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+        batch_dim = 0 if self.batch_first else 1
         if query.ndim not in (2, 3) or key.ndim != query.ndim or value.ndim != query.ndim:
             problem = "expects 3-d (batched) or 2-d (unbatched) query, key and value alike"
         elif query.shape[-1] != self.embed_dim:
@@ -142,9 +143,7 @@ class MultiheadAttention(Module):
             problem = f"expects key with kdim={self.kdim} and value with vdim={self.vdim} features"
         elif key.shape[:-1] != value.shape[:-1]:
             problem = "expects key and value of the same length and batch"
-        elif (
-            query.ndim == 3 and query.shape[1 - self.batch_first] != key.shape[1 - self.batch_first]
-        ):
+        elif query.ndim == 3 and query.shape[batch_dim] != key.shape[batch_dim]:
             problem = f"expects query and key of the same batch (batch_first={self.batch_first})"
         else:
             return query.ndim == 3
