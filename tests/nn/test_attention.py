@@ -316,6 +316,24 @@ def test_decoder_layer_matches_torch(settings):
     compare(torch, ours, theirs, [rng(2).standard_normal(s) for s in shapes], forward)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_layers_gradcheck(norm_first):
+    tg.manual_seed(0)
+    settings = {"dim_feedforward": 6, "dropout": 0.0, "norm_first": norm_first}
+    encoder = nn.TransformerEncoderLayer(4, 2, activation="gelu", **settings).double()
+    decoder = nn.TransformerDecoderLayer(4, 2, **settings).double()
+    mask = nn.Transformer.generate_square_subsequent_mask(3, dtype=tg.float64)
+    padding = tg.tensor(np.array([[False, False, True, False], [False, False, False, False]]))
+
+    def encode_decode(tgt, src):
+        memory = encoder(src, src_key_padding_mask=padding)
+        return decoder(tgt, memory, tgt_mask=mask, memory_key_padding_mask=padding)
+
+    shapes = ((3, 2, 4), (4, 2, 4))
+    inputs = [tg.tensor(rng(8).standard_normal(s), requires_grad=True) for s in shapes]
+    assert gradcheck(encode_decode, inputs)
+
+
 def test_stacks_and_transformer_match_torch():
     torch = pytest.importorskip("torch")
     settings = {"dim_feedforward": 16, "dropout": 0.0}
