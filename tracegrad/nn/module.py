@@ -1,4 +1,5 @@
-"""Module: the base of layers and models, with PyTorch's registration and traversal API."""
+"""Module: the base of layers and models, with PyTorch's registration and traversal API and
+its forward and backward hooks."""
 
 from __future__ import annotations
 
@@ -44,16 +45,18 @@ class Module:
         return self._call_with_hooks(args, kwargs)
 
     # --- hooks ----------------------------------------------------------------------------------
-    # Hooks run when the module is called (``module(x)``, not ``module.forward(x)``). Inside
-    # tg.compile they run while the forward is traced, once per specialization: a hook that
-    # changes inputs or outputs is compiled into the graph, its other effects (printing,
-    # recording) happen at trace time only. Registering or removing one recompiles.
+    # Hooks run when the module is called (``module(x)``, not ``module.forward(x)``), in the
+    # order registered (``prepend`` puts one first). Registering or removing one recompiles.
 
     def register_forward_pre_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False):
         """``hook(module, args)`` (or ``hook(module, args, kwargs)`` with ``with_kwargs``)
         runs before ``forward``; a result that is not None replaces the positional arguments
         (a single value is taken as a 1-tuple), or ``(args, kwargs)`` with ``with_kwargs``.
-        Returns a handle whose ``remove()`` takes the hook out."""
+        Returns a handle whose ``remove()`` takes the hook out.
+
+        Inside ``tg.compile`` forward hooks run while the forward is traced, once per
+        specialization: what they do to inputs and outputs is compiled into the graph, their
+        other effects (printing, recording) happen at trace time only."""
         return self._add_hook("_forward_pre_hooks", (hook, with_kwargs, False), prepend)
 
     def register_forward_hook(
@@ -61,14 +64,17 @@ class Module:
     ):
         """``hook(module, args, output)`` (or ``hook(module, args, kwargs, output)`` with
         ``with_kwargs``) runs after ``forward``; a result that is not None replaces the output.
-        With ``always_call`` it runs even when forward raised. Returns a removable handle."""
+        With ``always_call`` it runs even when forward raised. Returns a removable handle.
+        Inside ``tg.compile`` it runs while tracing, as a pre-hook does (see there)."""
         return self._add_hook("_forward_hooks", (hook, with_kwargs, always_call), prepend)
 
     def register_full_backward_hook(self, hook, prepend: bool = False):
         """``hook(module, grad_input, grad_output)`` runs when the gradients with respect to
         the module's positional inputs are computed: ``grad_input`` holds one entry per
-        positional argument (None where it is not a tensor requiring grad), ``grad_output``
-        one per output tensor. A result that is not None replaces ``grad_input``. Runs in
+        positional argument (None for a non-tensor; zeros for a tensor needing no gradient
+        while another does; all None, the hook running right after ``grad_output`` is known,
+        when none does), ``grad_output`` one per output tensor, as in PyTorch. A result that
+        is not None replaces ``grad_input``. Runs in
         eager backward passes; inside tg.compile it runs while the backward is traced, so
         only a hook that computes new gradients from its arguments has its effect compiled.
         Returns a removable handle."""
