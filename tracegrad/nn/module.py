@@ -12,7 +12,7 @@ import numpy as np
 from tracegrad import changes, devices, dtypes, tape
 from tracegrad.autograd import Function
 from tracegrad.nn.parameter import Parameter
-from tracegrad.tensor import Tensor, wrap
+from tracegrad.tensor import Tensor, active_tracer, wrap
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -40,6 +40,9 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
+        tracer = active_tracer()
+        if tracer is not None:
+            tracer.module_called(self)
         if not (self._forward_pre_hooks or self._forward_hooks or self._backward_hooks):
             return self.forward(*args, **kwargs)
         return self._call_with_hooks(args, kwargs)
