@@ -54,14 +54,17 @@ SDPA_CASES = {
     "bool_mask": {"attn_mask": np.eye(4, 6, dtype=bool) | (rng(2).random((4, 6)) > 0.5)},
     "bool_mask_per_head": {"attn_mask": rng(3).random((3, 4, 6)) > 0.3},
     "float_mask_batched": {"attn_mask": rng(4).standard_normal((2, 1, 4, 6))},
+    "grouped_query": {"enable_gqa": True, "is_causal": True},
 }
+# Grouped-query attention: one key and value head serves all three query heads
+SHAPES = {"grouped_query": (Q, (2, 1, 6, 5), (2, 1, 6, 7))}
 
 
 @pytest.mark.parametrize("case", list(SDPA_CASES))
 def test_sdpa_matches_torch_with_gradients(case):
     torch = pytest.importorskip("torch")
     kwargs = SDPA_CASES[case]
-    arrays = [rng(5).standard_normal(s) for s in (Q, K, V)]
+    arrays = [rng(5).standard_normal(s) for s in SHAPES.get(case, (Q, K, V))]
     ours = [tg.tensor(a, requires_grad=True) for a in arrays]
     theirs = [torch.tensor(a, requires_grad=True) for a in arrays]
     out = F.scaled_dot_product_attention(*ours, **{k: to_tg(v) for k, v in kwargs.items()})
@@ -77,10 +80,11 @@ def test_sdpa_matches_torch_with_gradients(case):
         close(a.grad.numpy(), b.grad.numpy(), f"gradient of {name}")
 
 
-@pytest.mark.parametrize("case", ["plain", "causal", "float_mask", "bool_mask"])
+@pytest.mark.parametrize("case", ["plain", "causal", "float_mask", "bool_mask", "grouped_query"])
 def test_sdpa_gradcheck(case):
     kwargs = {k: to_tg(v) for k, v in SDPA_CASES[case].items()}
-    inputs = [tg.tensor(rng(7).standard_normal(s), requires_grad=True) for s in (Q, K, V)]
+    shapes = SHAPES.get(case, (Q, K, V))
+    inputs = [tg.tensor(rng(7).standard_normal(s), requires_grad=True) for s in shapes]
     assert gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **kwargs), inputs)
 
 
@@ -102,6 +106,7 @@ def test_sdpa_causal_is_the_lower_triangular_bool_mask_and_dropout_zeroes_weight
         ((Q, K, V), {"attn_mask": np.zeros((5, 6))}, ShapeError, "does not broadcast"),
         ((Q, K, V), {"attn_mask": np.zeros((4, 6), np.int64)}, DTypeError, "bool or floating"),
         ((Q, K, V), {"attn_mask": np.zeros((4, 6)), "is_causal": True}, ValueError, "is_causal"),
+        ((Q, (2, 2, 6, 5), V), {"enable_gqa": True}, ShapeError, "dividing the query's"),
     ],
 )
 def test_sdpa_errors_name_the_problem(shapes, kwargs, error, words):

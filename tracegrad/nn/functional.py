@@ -599,6 +599,7 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     scale: float | None = None,
+    enable_gqa: bool = False,
 ) -> Tensor:
     """softmax(query @ key^T * scale + mask) @ value over (..., L, E), (..., S, E), (..., S, Ev)
     giving (..., L, Ev); ``scale`` defaults to 1 / sqrt(E).
@@ -607,7 +608,11 @@ def scaled_dot_product_attention(
     one is added to the scores; both broadcast to (..., L, S). ``is_causal`` lets query i see
     keys j <= i. As in PyTorch, ``dropout_p`` applies whatever the module's mode: pass 0.0 to
     evaluate. A query whose keys are all masked out gets nan, as in PyTorch's reference.
+    With ``enable_gqa`` (grouped-query attention), key and value may have fewer heads (dim
+    -3) than the query, a divisor of its count; each then serves consecutive query heads.
     """
+    if enable_gqa:
+        key, value = _shared_heads(query, key), _shared_heads(query, value)
     _check_attention_inputs(query, key, value)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     scores = (query @ key.transpose(-2, -1)) * scale
@@ -626,6 +631,23 @@ def scaled_dot_product_attention(
 def _causal_mask(query_length: int, key_length: int) -> Tensor:
     """The bool (L, S) mask letting query i attend to keys j <= i (PyTorch's tril of ones)."""
     return arange(query_length).unsqueeze(1) >= arange(key_length).unsqueeze(0)
+
+
+def _shared_heads(query: Tensor, kv: Tensor) -> Tensor:
+    """Key or value heads repeated to the query's count: head h serves query heads
+    h * group ... (h + 1) * group - 1 (PyTorch's repeat_interleave over dim -3)."""
+    if min(query.ndim, kv.ndim) < 3 or query.shape[-3] % kv.shape[-3]:
+        raise ShapeError(
+            at_user_line(
+                f"scaled_dot_product_attention with enable_gqa needs key and value heads (dim "
+                f"-3) dividing the query's, got query {tuple(query.shape)}, key or value "
+                f"{tuple(kv.shape)}"
+            )
+        )
+    group, heads = query.shape[-3] // kv.shape[-3], kv.shape[-3]
+    shape = tuple(kv.shape)
+    grouped = kv.unsqueeze(-3).expand(*shape[:-2], group, *shape[-2:])
+    return grouped.reshape(*shape[:-3], heads * group, *shape[-2:])
 
 
 def _check_attention_inputs(query: Tensor, key: Tensor, value: Tensor) -> None:
