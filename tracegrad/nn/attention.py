@@ -218,9 +218,6 @@ class MultiheadAttention(Module):
             mask = padding if mask is None else mask + padding
         return mask
 
-    def extra_repr(self) -> str:
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
-
 
 def _as_float(name: str, mask, dtype) -> Tensor:
     """PyTorch's canonical form of an attention mask: bool True (masked out) becomes -inf, a
