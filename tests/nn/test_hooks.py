@@ -1,6 +1,6 @@
 """Module hooks: forward pre-hooks and forward hooks (replacing inputs and outputs, order,
-prepend, with_kwargs, always_call, removal), full backward hooks (grad_input and grad_output
-as PyTorch gives them, replacing gradients), against PyTorch; and forward hooks inside
+prepend, with_kwargs, always_call, removal), full backward hooks and pre-hooks (grad_input and
+grad_output as PyTorch gives them, replacing gradients), against PyTorch; and forward hooks inside
 tg.compile, running while tracing, in compiled modules and whole compiled steps."""
 
 from __future__ import annotations
@@ -170,6 +170,29 @@ def test_full_backward_hook_sees_what_torch_gives_and_can_replace_it(y_requires_
             close(a, b)
 
 
+def backward_pre_hook_run(lib):
+    """A pre-hook doubling the second output's gradient, and the full hook seeing it."""
+    module, seen = Mix.build(lib), []
+    module.register_full_backward_pre_hook(
+        lambda m, grad_output: (grad_output[0], grad_output[1] * 2)
+    )
+    module.register_full_backward_hook(lambda m, gi, go: seen.append([arrays(g) for g in go]))
+    x = lib.tensor(np.linspace(-1, 1, 6).reshape(2, 3), requires_grad=True)
+    a, b = module(x, lib.tensor(np.array([[2.0, -1.0], [0.5, 3.0]])), 3)
+    ((a * a).sum() + (b * b).sum()).backward()
+    return seen[0], arrays(x.grad), arrays(module.linear.weight.grad)
+
+
+def test_full_backward_pre_hook_replaces_grad_output_as_in_torch():
+    torch = pytest.importorskip("torch")
+    (seen, *grads), (expected, *torch_grads) = (
+        backward_pre_hook_run(tg),
+        backward_pre_hook_run(torch),
+    )
+    for got, want in zip([*seen, *grads], [*expected, *torch_grads], strict=True):
+        close(got, want)
+
+
 def test_backward_hook_without_inputs_needing_grad_gets_none():
     layer, seen = numbers(tg), []
     layer.register_full_backward_hook(lambda m, gi, go: seen.append((gi, len(go))))
@@ -204,6 +227,7 @@ def hooked_model(trace_log):
     model[2].register_forward_pre_hook(lambda m, args: args[0] + 1)
     # A hook that only computes new gradients: compiled into the backward too
     model[0].register_full_backward_hook(lambda m, gi, go: None if gi[0] is None else (gi[0] / 2,))
+    model[2].register_full_backward_pre_hook(lambda m, grad_output: (grad_output[0] * 3,))
     return model
 
 

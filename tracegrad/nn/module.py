@@ -43,7 +43,7 @@ class Module:
         tracer = active_tracer()
         if tracer is not None:
             tracer.module_called(self)
-        if not (self._forward_pre_hooks or self._forward_hooks or self._backward_hooks):
+        if not any(self.__dict__[table] for table in _HOOK_TABLES):
             return self.forward(*args, **kwargs)
         return self._call_with_hooks(args, kwargs)
 
@@ -83,6 +83,13 @@ class Module:
         Returns a removable handle."""
         return self._add_hook("_backward_hooks", hook, prepend)
 
+    def register_full_backward_pre_hook(self, hook, prepend: bool = False):
+        """``hook(module, grad_output)`` runs when the gradients of the module's outputs are
+        known, before those of its inputs are computed; a result that is not None replaces
+        ``grad_output`` (full backward hooks then see the new one). Runs as full backward
+        hooks do, in eager and compiled backward passes. Returns a removable handle."""
+        return self._add_hook("_backward_pre_hooks", hook, prepend)
+
     def _add_hook(self, table: str, entry, prepend: bool) -> RemovableHandle:
         handle = RemovableHandle(self, table)
         hooks = getattr(self, table)
@@ -100,7 +107,7 @@ class Module:
     def _call_with_hooks(self, args: tuple, kwargs: dict):
         args, kwargs = self._run_pre_hooks(args, kwargs)
         boundary = None
-        if self._backward_hooks and tape.is_grad_enabled():
+        if (self._backward_hooks or self._backward_pre_hooks) and tape.is_grad_enabled():
             boundary = _BackwardBoundary(self, args)
             args = boundary.inputs()
         try:
@@ -380,7 +387,7 @@ class Module:
         return head + "\n  " + "\n  ".join(lines) + "\n)"
 
 
-_HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks")
+_HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
 
 
 class RemovableHandle:
@@ -448,6 +455,10 @@ class _BackwardBoundary:
         return type(output)(items) if many else items[0]
 
     def _after_outputs(self, grads: tuple) -> tuple:
+        for hook in list(self.module._backward_pre_hooks.values()):
+            result = hook(self.module, grads)
+            if result is not None:
+                grads = _same_count(self.module, "pre-hook", result, len(grads), "output")
         self.grad_outputs = grads
         if not self.positions:  # no input needs a gradient: the hooks run now, as PyTorch's
             self._run_hooks((None,) * len(self.args))
@@ -465,19 +476,25 @@ class _BackwardBoundary:
             result = hook(self.module, grad_input, self.grad_outputs)
             if result is None:
                 continue
-            result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+            result = _same_count(self.module, "hook", result, len(grad_input), "input")
             if not self.positions and any(g is not None for g in result):
                 raise RuntimeError(
                     f"backward hook of {type(self.module).__name__}: no input requires a "
                     "gradient, so the hook should return None (or None for every gradient)"
                 )
-            if len(result) != len(grad_input):
-                raise RuntimeError(
-                    f"backward hook of {type(self.module).__name__} returned "
-                    f"{len(result)} gradients, expected {len(grad_input)} (one per input)"
-                )
             grad_input = result
         return grad_input
+
+
+def _same_count(module: Module, kind: str, result, count: int, what: str) -> tuple:
+    """A backward hook's result as a tuple of as many gradients as it replaces."""
+    result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+    if len(result) != count:
+        raise RuntimeError(
+            f"backward {kind} of {type(module).__name__} returned {len(result)} gradients, "
+            f"expected {count} (one per {what})"
+        )
+    return result
 
 
 class _Identity(Function):
