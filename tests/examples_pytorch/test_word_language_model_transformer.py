@@ -169,3 +169,21 @@ def test_training_mode_with_dropout_compiled_runs_equal_eager():
         assert_runs_close(runs[mode], runs["eager"], 1e-5, 1e-6, f"{mode} vs eager")
     dropless = run(tg, "eager", make_factory(False, False), step, batches(), initial, 3)
     assert not np.allclose(runs["eager"].losses, dropless.losses)  # dropout did act
+
+
+def evaluate_step(lib, state, data, targets):
+    """main.py's evaluate() body for one batch: eval mode, no gradients."""
+    model, criterion = state["model"], state["criterion"]
+    model.eval()
+    with lib.no_grad():
+        output = model(data)
+        output = output.view(-1, NTOKENS)
+        return criterion(output, targets)
+
+
+def test_evaluation_agrees_with_torch_in_every_mode():
+    # run_port asserts the losses agree; evaluation changes no parameter
+    runs = run_port(make_factory(True, False), evaluate_step, batches(seed=2))
+    initial = run_port(make_factory(True, False), evaluate_step, [])["eager"].states
+    for name, value in runs["step"].states["model"].items():
+        np.testing.assert_array_equal(value, initial["model"][name], err_msg=name)
