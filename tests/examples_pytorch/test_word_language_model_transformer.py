@@ -2,8 +2,9 @@
 ``TransformerModel`` (a subclass of ``nn.Transformer`` keeping only the encoder) and
 ``PositionalEncoding`` from model.py, and main.py's training step (``model.zero_grad()``, NLL
 loss, ``clip_grad_norm_``, then ``p.data.add_(p.grad, alpha=-lr)``, or AdamW with
-``--use-optimizer``), written once for ``lib`` with only the import changed; sizes shrunk,
-tokens drawn from a NumPy generator and cut as ``batchify`` and ``get_batch`` cut them.
+``--use-optimizer``) and its ``evaluate()`` body, written once for ``lib`` with only the
+import changed; sizes shrunk, tokens drawn from a NumPy generator and cut as ``batchify`` and
+``get_batch`` cut them.
 
 The Transformer's layers take their dropout from ``nn.Transformer``'s default (0.1: the
 example passes its ``--dropout`` only to the positional encoding), so against PyTorch, whose
