@@ -1,6 +1,14 @@
 """Neural-network building blocks with PyTorch's names: ``from tracegrad import nn``."""
 
 from tracegrad.nn import functional, init, utils
+from tracegrad.nn.attention import (
+    MultiheadAttention,
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 from tracegrad.nn.containers import ModuleDict, ModuleList, Sequential
 from tracegrad.nn.layers import (
     ELU,
@@ -92,4 +100,10 @@ __all__ = [
     "functional",
     "init",
     "utils",
+    "MultiheadAttention",
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
 ]
