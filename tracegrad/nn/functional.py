@@ -686,6 +686,19 @@ def logsigmoid(input: Tensor) -> Tensor:
 # --- normalization -------------------------------------------------------------------------------
 
 
+def _check_channels(name: str, input: Tensor, *per_channel) -> None:
+    """Per-channel statistics and affine parameters fit dim 1 of the input."""
+    known = [t for t in per_channel if t is not None]
+    if input.ndim < 2 or any(t.shape != (input.shape[1],) for t in known):
+        expected = tuple(known[0].shape) if known else "(C,)"
+        raise ShapeError(
+            at_user_line(
+                f"{name}: expected input of shape (N, C, ...) with C matching the {expected} "
+                f"per-channel parameters, got input of shape {tuple(input.shape)}"
+            )
+        )
+
+
 def batch_norm(
     input: Tensor,
     running_mean,
@@ -701,6 +714,7 @@ def batch_norm(
     towards the mean and unbiased variance by ``momentum``, a number or a 0-d tensor;
     otherwise the running statistics normalize."""
     dims = (0, *range(2, input.ndim))
+    _check_channels("batch_norm", input, running_mean, weight)
     if training:
         count = input.numel() // input.shape[1]
         if count <= 1:
