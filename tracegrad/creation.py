@@ -14,16 +14,30 @@ def _make(array, dtype, requires_grad, device) -> Tensor:
     return wrap(np.asarray(array, dtype.np), requires_grad=requires_grad)
 
 
-def zeros(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(np.zeros(shape_args(size)), dtype, requires_grad, device)
+def _sizes(size, kwargs) -> tuple[int, ...]:
+    """The shape given as ``f(2, 3)``, ``f((2, 3))`` or, as PyTorch also takes, ``f(size=...)``
+    (a keyword that cannot share its name with ``*size``, so it comes in ``kwargs``)."""
+    unknown = set(kwargs) - {"size"}
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+    if "size" in kwargs:
+        if size:
+            raise TypeError("pass the size either positionally or as size=, not both")
+        size = (kwargs["size"],)
+    return shape_args(size)
 
 
-def ones(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _make(np.ones(shape_args(size)), dtype, requires_grad, device)
+def zeros(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
+    return _make(np.zeros(_sizes(size, kwargs)), dtype, requires_grad, device)
 
 
-def empty(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return zeros(*size, dtype=dtype, requires_grad=requires_grad, device=device)
+def ones(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
+    return _make(np.ones(_sizes(size, kwargs)), dtype, requires_grad, device)
+
+
+def empty(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
+    """Uninitialized in PyTorch; zeros here."""
+    return zeros(*size, dtype=dtype, requires_grad=requires_grad, device=device, **kwargs)
 
 
 def full(size, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:

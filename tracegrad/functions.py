@@ -58,6 +58,15 @@ _METHODS = [
     "numel",
     "split",
     "chunk",
+    "cumsum",
+    "cumprod",
+    "sort",
+    "argsort",
+    "topk",
+    "gather",
+    "scatter",
+    "scatter_add",
+    "masked_scatter",
 ]
 for _name in _METHODS:
     globals()[_name] = _method(_name)

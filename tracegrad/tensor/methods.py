@@ -15,12 +15,20 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import devices, dtypes, tape
-from tracegrad.errors import DTypeError, ShapeError, at_user_line
+from tracegrad.errors import DTypeError, ShapeError, TraceError, at_user_line
 from tracegrad.ops import OPS
 from tracegrad.ops.index import resolve
 from tracegrad.ops.reduce import std_of_var
 from tracegrad.ops.rules import normalize_dim, normalize_dims
-from tracegrad.tensor.core import MaxResult, Number, Tensor, as_tensor, wrap
+from tracegrad.tensor.core import (
+    MaxResult,
+    Number,
+    SortResult,
+    Tensor,
+    as_tensor,
+    is_symbolic,
+    wrap,
+)
 from tracegrad.tensor.dispatch import apply, call
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
@@ -434,6 +442,87 @@ class TensorMethods:
         dims = shape_args(dims)
         return self.repeat((1,) * (self.ndim - len(dims)) + tuple(dims))
 
+    # --- scans, sorts, gathers and scatters along a dim ------------------------------------------
+
+    def cumsum(self, dim, dtype=None):
+        return _scan("cumsum", self, dim, dtype)
+
+    def cumprod(self, dim, dtype=None):
+        return _scan("cumprod", self, dim, dtype)
+
+    def argsort(self, dim=-1, descending=False, *, stable=False):
+        """Indices that sort along ``dim``; always a stable sort (``stable`` is accepted)."""
+        if self.ndim == 0:
+            return self.reshape(1).argsort(dim, descending).reshape(())
+        dim = normalize_dim("argsort", dim, self.ndim)
+        return call("argsort", self, dim=dim, descending=bool(descending))
+
+    def sort(self, dim=-1, descending=False, *, stable=False):
+        """(values, indices) sorted along ``dim``, equal values kept in their order."""
+        indices = self.argsort(dim, descending)
+        return SortResult(self.gather(dim, indices) if self.ndim else self * 1, indices)
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """The ``k`` largest (smallest) along ``dim``, sorted; ties go to the first."""
+        dim = normalize_dim("topk", dim, self.ndim)
+        size = self.shape[dim] if self.ndim else 1
+        if not 0 <= k <= size:
+            raise ShapeError(
+                at_user_line(f"topk: k={k} is out of range for dim {dim} of shape {self.shape}")
+            )
+        indices = self.argsort(dim, descending=largest)
+        indices = indices.narrow(dim, 0, k) if self.ndim else indices
+        return SortResult(self.gather(dim, indices) if self.ndim else self * 1, indices)
+
+    def gather(self, dim, index):
+        """``out[i][j][k] = self[i][index[i][j][k]][k]`` (dim 1): values picked along ``dim``."""
+        dim = normalize_dim("gather", dim, self.ndim)
+        key, tensors = _along_dim_index("gather", self, dim, index)
+        return call("getitem", self, *tensors, key=key)
+
+    def scatter(self, dim, index, src=None, *, value=None, reduce=None):
+        """A copy with ``src`` (or ``value``) written along ``dim`` at ``index``, the
+        inverse of gather; ``reduce="add"`` adds instead of writing."""
+        values = _scatter_values(self, index, value if src is None else src)
+        if reduce == "add":
+            return self.scatter_add(dim, index, values)
+        if reduce is not None:
+            raise ValueError(
+                at_user_line(f"scatter: reduce={reduce!r} is not supported; use 'add'")
+            )
+        return call("view_update", self, values, _flat_positions(self, dim, index))
+
+    def scatter_add(self, dim, index, src):
+        """A copy with ``src`` added along ``dim`` at ``index``; repeated indices add up."""
+        values = _scatter_values(self, index, src)
+        positions = _flat_positions(self, dim, index)
+        added = call(
+            "scatter_add",
+            values.reshape(-1),
+            positions.reshape(-1),
+            key=(("tensor", 0),),
+            shape=(self.numel(),),
+        )
+        return self + added.reshape(self.shape)
+
+    def masked_scatter(self, mask, source):
+        """A copy with the positions where ``mask`` is True filled, in order, from the
+        first elements of ``source``."""
+        mask = as_tensor(mask)
+        if mask.dtype is not dtypes.bool_:
+            raise DTypeError(at_user_line(f"masked_scatter: mask must be bool, got {mask.dtype}"))
+        where_true = np.broadcast_to(mask._concrete("masked_scatter's mask"), self.shape)
+        positions = np.flatnonzero(where_true)
+        if source.numel() < positions.size:
+            raise ShapeError(
+                at_user_line(
+                    f"masked_scatter: the mask selects {positions.size} elements but source of "
+                    f"shape {tuple(source.shape)} has {source.numel()}"
+                )
+            )
+        values = source.to(self.dtype).reshape(-1)[: positions.size]
+        return call("view_update", self, values, wrap(positions.astype(np.int64)))
+
     def __getitem__(self, item):
         key, index_tensors = index_key(item, self.ndim)
         return call("getitem", self, *index_tensors, key=key)
@@ -497,6 +586,12 @@ class TensorMethods:
         mask[: end : int(strides.sum())] = True
         filled = self.masked_fill(as_tensor(mask.reshape(self.shape)), fill_value)
         return _write_value(self, filled, "fill_diagonal_")
+
+    def squeeze_(self, dim=None):
+        return _reshape_in_place(self, self.squeeze(dim))
+
+    def unsqueeze_(self, dim):
+        return _reshape_in_place(self, self.unsqueeze(dim))
 
     def copy_(self, src):
         src = as_tensor(src).to(self.dtype)
@@ -577,6 +672,89 @@ def _write_value(target: Tensor, value: Tensor, method: str) -> Tensor:
     """``target = value`` broadcast to the target's shape."""
     return apply(OPS["broadcast_to"], (value,), {"shape": tuple(target.shape)}, out=target,
                  method=method)  # fmt: skip
+
+
+def _reshape_in_place(target: Tensor, reshaped: Tensor) -> Tensor:
+    """``target`` becomes ``reshaped`` (a view of itself of another shape), as PyTorch's
+    in-place view ops change a tensor's shape; a leaf stays a leaf."""
+    if tape.is_grad_enabled() and target.is_leaf and target.requires_grad:
+        raise RuntimeError(
+            at_user_line(
+                "a leaf tensor that requires grad is being used in an in-place operation; "
+                "wrap the update in tracegrad.no_grad()"
+            )
+        )
+    tracer = active_tracer()
+    if tracer is not None and not is_symbolic(target) and tracer.traced(target):
+        raise TraceError(
+            at_user_line(
+                "squeeze_/unsqueeze_ of a tensor made outside the compiled function changes "
+                "its shape, which cannot be compiled; use squeeze()/unsqueeze()"
+            )
+        )
+    target.array = reshaped.array
+    if not target.is_leaf:
+        target.grad_fn, target._out_index = reshaped.grad_fn, reshaped._out_index
+    return target
+
+
+def _scan(name: str, x: Tensor, dim, dtype) -> Tensor:
+    """cumsum/cumprod: integers and bools accumulate as int64, as in PyTorch."""
+    x = x.to(dtype) if dtype is not None else x
+    if not x.dtype.is_floating_point and x.dtype is not dtypes.int64:
+        x = x.long()
+    dim = normalize_dim(name, dim, x.ndim)
+    if x.ndim == 0:
+        return call(name, x.reshape(1), dim=0).reshape(())
+    return call(name, x, dim=dim)
+
+
+def _along_dim_index(name: str, x: Tensor, dim: int, index: Tensor) -> tuple[tuple, list]:
+    """The getitem key and index tensors picking ``x[..., index[i, j, k], ...]`` along
+    ``dim``: ``index`` there, the positions themselves along the other dims (where index
+    may be shorter). Its values are checked to lie in [0, size) like an embedding's rows."""
+    index = as_tensor(index)
+    fits = all(n <= m for d, (n, m) in enumerate(zip(index.shape, x.shape)) if d != dim)
+    if index.ndim != x.ndim or not fits:
+        raise ShapeError(
+            at_user_line(
+                f"{name}: index of shape {tuple(index.shape)} does not fit input of shape "
+                f"{tuple(x.shape)} along dim {dim} (same number of dims, no larger elsewhere)"
+            )
+        )
+    key, tensors = [], []
+    for d, n in enumerate(index.shape):
+        if d == dim:
+            key.append(("rows", d, x.shape[d]))
+            tensors.append(index)
+        else:
+            key.append(("tensor", d))
+            spread = [n if e == d else 1 for e in range(index.ndim)]
+            tensors.append(wrap(np.arange(n).reshape(spread)))
+    return tuple(key), tensors
+
+
+def _flat_positions(x: Tensor, dim, index) -> Tensor:
+    """The flat positions in ``x`` that ``x.gather(dim, index)`` reads."""
+    dim = normalize_dim("scatter", dim, x.ndim)
+    table = wrap(np.arange(x.numel(), dtype=np.int64).reshape(x.shape))
+    key, tensors = _along_dim_index("scatter", x, dim, index)
+    return call("getitem", table, *tensors, key=key)
+
+
+def _scatter_values(x: Tensor, index, src) -> Tensor:
+    """``src`` cut to ``index``'s shape (a number: broadcast to it), of ``x``'s dtype."""
+    index = as_tensor(index)
+    if not isinstance(src, Tensor):
+        return as_tensor(src, like=x).expand(index.shape)
+    if src.ndim != index.ndim or any(n > m for n, m in zip(index.shape, src.shape)):
+        raise ShapeError(
+            at_user_line(
+                f"scatter: src of shape {tuple(src.shape)} is smaller than index of shape "
+                f"{tuple(index.shape)}"
+            )
+        )
+    return src.to(x.dtype)[tuple(slice(0, n) for n in index.shape)]
 
 
 # --- module-level functions the methods share ---------------------------------------------
