@@ -237,3 +237,295 @@ def test_values_and_gradients_match_torch(case):
     out_ours.sum().backward()
     out_theirs.sum().backward()
     np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-10)
+
+
+# --- sorts, scans, gathers and scatters ------------------------------------------------------
+
+TIES = np.array([[3.0, 1.0, 2.0, 1.0], [0.0, 5.0, 5.0, -1.0], [2.0, 2.0, 2.0, 2.0]])
+IDX = np.array([[0, 3], [2, 2], [1, 0]])  # gather/scatter along dim 1 of a (3, 4) tensor
+UNIQUE_IDX = np.array([[0, 3], [2, 1], [1, 0]])  # no repeats in a row: one writer each
+MASK = np.array([True, False, True, True])
+
+
+def _take(a, dim, index):
+    return np.take_along_axis(a, index, dim)
+
+
+def _scatter_np(a, dim, index, src, add=False):
+    out = a.copy()
+    for pos in np.ndindex(index.shape):
+        target = list(pos)
+        target[dim] = index[pos]
+        if add:
+            out[tuple(target)] += src[pos]
+        else:
+            out[tuple(target)] = src[pos]
+    return out
+
+
+def _stable_descending(a, dim):
+    n = a.shape[dim]
+    return (n - 1) - np.flip(np.argsort(np.flip(a, dim), dim, kind="stable"), dim)
+
+
+# method call on a tensor of TIES -> the same on NumPy's array
+SORT_CASES = {
+    "sort": (lambda x: x.sort().values, lambda a: np.sort(a, -1)),
+    "sort_indices_stable": (lambda x: x.sort(0).indices, lambda a: np.argsort(a, 0, kind="stable")),
+    "sort_descending": (
+        lambda x: x.sort(1, descending=True).indices,
+        lambda a: _stable_descending(a, 1),
+    ),
+    "argsort": (lambda x: x.argsort(dim=0), lambda a: np.argsort(a, 0, kind="stable")),
+    "topk": (lambda x: x.topk(2).values, lambda a: -np.sort(-a, -1)[:, :2]),
+    "topk_indices": (lambda x: x.topk(2).indices, lambda a: _stable_descending(a, 1)[:, :2]),
+    "topk_smallest": (
+        lambda x: x.topk(2, dim=0, largest=False).indices,
+        lambda a: np.argsort(a, 0, kind="stable")[:2],
+    ),
+    "cumsum": (lambda x: x.cumsum(1), lambda a: np.cumsum(a, 1)),
+    "cumsum_negative_dim": (lambda x: x.cumsum(-2), lambda a: np.cumsum(a, 0)),
+    "cumprod": (lambda x: x.cumprod(0), lambda a: np.cumprod(a, 0)),
+    "gather": (lambda x: x.gather(1, tg.tensor(IDX)), lambda a: _take(a, 1, IDX)),
+    "gather_shorter": (
+        lambda x: x.gather(0, tg.tensor(IDX[:2].T % 3)),
+        lambda a: _take(a[:, :2], 0, IDX[:2].T % 3),
+    ),
+    "scatter": (
+        lambda x: tg.zeros(3, 4, dtype=x.dtype).scatter(1, tg.tensor(UNIQUE_IDX), x),
+        lambda a: _scatter_np(np.zeros((3, 4)), 1, UNIQUE_IDX, a),
+    ),
+    "scatter_value": (
+        lambda x: x.scatter(1, tg.tensor(IDX), 7.0),
+        lambda a: _scatter_np(a, 1, IDX, np.full(IDX.shape, 7.0)),
+    ),
+    "scatter_add": (
+        lambda x: x.scatter_add(1, tg.tensor(IDX), x * 10),
+        lambda a: _scatter_np(a, 1, IDX, a * 10, add=True),
+    ),
+    "scatter_reduce_add": (
+        lambda x: x.scatter(1, tg.tensor(IDX), x, reduce="add"),
+        lambda a: _scatter_np(a, 1, IDX, a, add=True),
+    ),
+    "masked_scatter": (
+        lambda x: x.masked_scatter(tg.tensor(MASK), x * 10),
+        lambda a: np.where(
+            MASK, (a * 10).reshape(-1)[: MASK.sum() * 3].reshape(3, 3)[:, np.cumsum(MASK) - 1], a
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SORT_CASES))
+def test_sort_scan_gather_values_match_numpy(case):
+    method, expected = SORT_CASES[case]
+    out = method(tg.tensor(TIES, dtype=tg.float64))
+    np.testing.assert_allclose(out.numpy(), expected(TIES), rtol=1e-12)
+
+
+def test_sort_and_topk_return_named_tuples():
+    x = tg.tensor(TIES, dtype=tg.float32)
+    values, indices = x.sort(1)
+    assert indices.dtype is tg.int64 and values.dtype is tg.float32
+    top = tg.topk(x, 1, dim=0)
+    assert type(top).__name__ == "SortResult" and top.indices.tolist() == [[0, 1, 1, 2]]
+    assert tg.sort(tg.tensor(3.0)).indices.item() == 0 and x[0].topk(0).values.shape == (0,)
+
+
+def test_scans_of_integers_are_int64_and_take_a_dtype():
+    assert tg.tensor([True, True, False]).cumsum(0).tolist() == [1, 2, 2]
+    assert tg.tensor([1, 2, 3]).cumprod(0).dtype is tg.int64
+    assert tg.tensor([1, 2, 3]).cumsum(0, dtype=tg.float64).dtype is tg.float64
+    assert tg.cumsum(tg.tensor(2.0), 0).item() == 2.0
+
+
+def test_in_place_squeeze_and_unsqueeze_change_the_shape():
+    x = tg.zeros(3, 1)
+    assert x.unsqueeze_(0) is x and x.shape == (1, 3, 1)
+    assert x.squeeze_().shape == (3,)
+    leaf = tg.ones(2, 1, requires_grad=True)
+    y = leaf * 3.0
+    y.squeeze_(1).sum().backward()
+    assert leaf.grad.tolist() == [[3.0], [3.0]]
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        leaf.unsqueeze_(0)
+
+
+def test_legacy_constructor_and_empty_with_size():
+    made = tg.Tensor(2, 3)
+    assert made.shape == (2, 3) and made.dtype is tg.float32
+    assert tg.Tensor(tg.Size([4])).shape == (4,) and tg.Tensor().shape == (0,)
+    data = tg.Tensor([1, 2])
+    assert data.tolist() == [1.0, 2.0] and data.dtype is tg.float32
+    assert tg.empty(size=(2, 3)).shape == (2, 3) and tg.zeros(size=[4]).shape == (4,)
+    with pytest.raises(TypeError, match="not both"):
+        tg.ones(2, size=(2,))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [range(0, 2), [1, 0], (slice(None), range(2, 0, -1)), ([1, 0], [2, 1]), [], (0, [2, 1])],
+    ids=["range", "list", "range_negative_step", "two_lists", "empty_list", "int_and_list"],
+)
+def test_indexing_with_ranges_and_lists(item):
+    def numpy_item(i):
+        return np.arange(i.start, i.stop, i.step) if isinstance(i, range) else i
+
+    expected = A[tuple(map(numpy_item, item)) if isinstance(item, tuple) else numpy_item(item)]
+    np.testing.assert_array_equal(tg.tensor(A)[item].numpy(), expected)
+
+
+def test_assignment_through_ranges_and_lists():
+    x = tg.zeros(3, 4)
+    x[range(2)] = 1.0
+    x[[0, 2], 1] = 5.0
+    expected = np.zeros((3, 4))
+    expected[:2] = 1.0
+    expected[[0, 2], 1] = 5.0
+    np.testing.assert_array_equal(x.numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda x: x.gather(1, tg.tensor([[4]])), IndexError, "4 is out of range"),
+        (lambda x: x.gather(1, tg.tensor([[-1]])), IndexError, "-1 is out of range"),
+        (lambda x: x.gather(1, tg.tensor([0])), tg.ShapeError, r"index of shape \(1,\)"),
+        (lambda x: x.gather(1, tg.zeros(4, 1, dtype=tg.int64)), tg.ShapeError, r"\(4, 1\)"),
+        (lambda x: x.gather(0, tg.tensor([[0.0]])), tg.DTypeError, "int64"),
+        (lambda x: x.scatter(1, tg.tensor([[0, 1]]), x[:1, :1]), tg.ShapeError, "src of shape"),
+        (lambda x: x.scatter(1, tg.tensor([[0]]), 1.0, reduce="max"), ValueError, "'max'"),
+        (lambda x: x.topk(5), tg.ShapeError, "k=5"),
+        (lambda x: x.masked_scatter(x > 0, x[0]), tg.ShapeError, "has 4"),
+        (lambda x: x.masked_scatter(tg.ones(4), x), tg.DTypeError, "bool"),
+        (lambda x: x.cumsum(2), tg.ShapeError, "dim 2"),
+    ],
+)
+def test_sort_scan_gather_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call(tg.tensor(TIES + 0.5))
+
+
+# functions of a float64 tensor of the shape of TIES, no ties (gradients are unique there)
+SORT_GRAD_CASES = {
+    "sort": lambda x: x.sort(1, descending=True).values,
+    "topk": lambda x: x.topk(2, dim=0).values,
+    "cumsum": lambda x: x.cumsum(1) * x.cumsum(0),
+    "cumprod": lambda x: x.cumprod(1),
+    "gather": lambda x: x.gather(1, tg.tensor(IDX)),
+    "scatter": lambda x: x.scatter(1, tg.tensor(UNIQUE_IDX), x[:, 1:] * 3),
+    "scatter_add": lambda x: x.scatter_add(0, tg.tensor(IDX.T[:, :3] % 3), x * x),
+    "masked_scatter": lambda x: x.masked_scatter(tg.tensor(MASK), x.flip(0) * 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SORT_GRAD_CASES))
+def test_sort_scan_gather_gradients(case):
+    distinct = RNG.permutation(12).reshape(3, 4) * 0.3 - 1.5
+    assert gradcheck(SORT_GRAD_CASES[case], (t64(distinct),))
+
+
+def test_cumprod_gradient_with_zeros_matches_torch_and_finite_differences():
+    torch = pytest.importorskip("torch")
+    values = np.array([[2.0, 0.0, 3.0, 0.0, 1.5], [0.0, -1.0, 2.0, 0.5, 3.0]])
+    assert gradcheck(lambda x: x.cumprod(1), (t64(values),))
+    ours, theirs = t64(values), torch.tensor(values, requires_grad=True)
+    weights = RNG.standard_normal(values.shape)
+    (ours.cumprod(1) * tg.tensor(weights)).sum().backward()
+    (theirs.cumprod(1) * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-12)
+
+
+SORT_TORCH_CASES = {
+    "sort_desc": lambda x, lib: x.sort(dim=1, descending=True),
+    "sort_dim0": lambda x, lib: lib.sort(x, 0),
+    "argsort": lambda x, lib: (x.argsort(dim=1),),
+    "topk": lambda x, lib: x.topk(3, dim=1),
+    "topk_smallest": lambda x, lib: lib.topk(x, 2, dim=0, largest=False),
+    "cumsum": lambda x, lib: (x.cumsum(0),),
+    "cumprod": lambda x, lib: (lib.cumprod(x, 1),),
+    "gather": lambda x, lib: (x.gather(1, lib.tensor(IDX)),),
+    # (src of index's shape: torch's backward rejects a larger one)
+    "scatter": lambda x, lib: (lib.zeros_like(x).scatter(1, lib.tensor(UNIQUE_IDX), x[:, :2]),),
+    "scatter_value": lambda x, lib: (x.scatter(1, lib.tensor(IDX), 2.5),),
+    "scatter_add": lambda x, lib: (lib.scatter_add(x, 1, lib.tensor(IDX), x[:, 1:3] ** 2),),
+    "masked_scatter": lambda x, lib: (x.masked_scatter(lib.tensor(MASK), x * 2),),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SORT_TORCH_CASES))
+def test_sort_scan_gather_match_torch(case):
+    torch = pytest.importorskip("torch")
+    values = np.array([[3.0, 1.0, 2.0, 0.5], [0.0, 5.0, 4.0, -1.0], [2.0, -2.0, 1.0, 0.0]])
+    ours, theirs = t64(values), torch.tensor(values, requires_grad=True)
+    out_ours = SORT_TORCH_CASES[case](ours, tg)
+    out_theirs = SORT_TORCH_CASES[case](theirs, torch)
+    for got, want in zip(out_ours, out_theirs, strict=True):
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-12)
+    weights = RNG.standard_normal(values.shape)
+    first, first_t = out_ours[0], out_theirs[0]
+    if first.dtype is tg.float64:
+        (first * tg.tensor(weights[: first.shape[0], : first.shape[1]])).sum().backward()
+        (first_t * torch.tensor(weights[: first.shape[0], : first.shape[1]])).sum().backward()
+        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-12)
+
+
+def _sorted_scanned(x, w):
+    top = x.topk(2, dim=1).values
+    order = x.argsort(dim=0, descending=True)
+    picked = x.gather(0, order) * w
+    scattered = x.scatter(1, tg.tensor(UNIQUE_IDX), top) + x.scatter_add(1, tg.tensor(IDX), x)
+    masked = x.masked_scatter(tg.tensor(MASK), picked)
+    return (x.cumsum(1).cumprod(0) * scattered).sum() + masked.norm() + x.sort(1).values[:, 0].sum()
+
+
+def test_sorts_scans_and_scatters_compiled_match_eager_with_backward():
+    def step(x, w):
+        loss = _sorted_scanned(x, w)
+        loss.backward()
+        return loss
+
+    values = RNG.standard_normal((3, 4))
+    values[1, 2] = 0.0  # a zero in cumprod
+    xs, ws = [t64(values) for _ in range(2)], [t64(RNG.standard_normal((3, 4)))] * 1
+    ws.append(t64(ws[0].detach().numpy()))
+    eager = step(xs[0], ws[0])
+    compiled = tg.compile(step)(xs[1], ws[1])
+    np.testing.assert_allclose(compiled.item(), eager.item(), rtol=1e-12)
+    np.testing.assert_allclose(xs[1].grad.numpy(), xs[0].grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ws[1].grad.numpy(), ws[0].grad.numpy(), rtol=1e-12)
+
+
+class _TopKHead(tg.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = tg.nn.Linear(4, 6)
+
+    def forward(self, x):
+        scores = self.linear(x).cumsum(-1)
+        return scores.topk(3, dim=-1).values.sum(-1) + scores.sort(-1).values[..., 0]
+
+
+def test_compiled_module_and_training_step_match_eager():
+    tg.manual_seed(0)
+    models = [_TopKHead() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = tg.tensor(RNG.standard_normal((5, 4)), dtype=tg.float32)
+    eager_out, compiled_out = models[0](x), tg.compile(models[1])(x)
+    np.testing.assert_allclose(compiled_out.detach().numpy(), eager_out.detach().numpy(), 1e-6)
+
+    def train_step(model, opt):
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    opts = [tg.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    compiled_step = tg.compile(train_step)
+    for _ in range(3):
+        want = train_step(models[0], opts[0])
+        got = compiled_step(models[1], opts[1])
+        np.testing.assert_allclose(got.item(), want.item(), rtol=1e-5)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-7)

@@ -392,6 +392,14 @@ ROWS_TABLE = [
     ),
     row("amax_tie", lambda x: x.amax(1), [Arg("param", lambda rng: np.ones((2, 3)))], "amax"),
     row("logsumexp", lambda x: x.logsumexp(1), [P(3, 4)], ("amax", "exp", "log")),
+    row("cumsum", lambda x: x.cumsum(0) * x.cumsum(1, dtype=x.dtype), [P(3, 4)], "cumsum"),
+    row("cumprod", lambda x: x.cumprod(1) + x.cumprod(0), [P(3, 4)], "cumprod"),
+    row(
+        "sort_topk",
+        lambda x: x.sort(1, descending=True).values * 2 + x.topk(3, dim=0).values.sum(0),
+        [PD(3, 4)],
+        ("argsort", "getitem"),
+    ),
     # --- shapes ---
     row("reshape_view", lambda x: x.reshape(4, 3) @ x.view(3, 4), [P(3, 4)], "reshape"),
     row(

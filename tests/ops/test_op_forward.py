@@ -1060,8 +1060,14 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         *(_f((), dt, 0.5, 1.0, seed=s) for s in (3, 4)),
         _hyper(1e-8),
     ),
+    "cumsum": lambda dt: (_f((2, 3), dt).cumsum(1), _f((4,), dt).cumsum(0)),
+    "cumprod": lambda dt: (_f((2, 3), dt).cumprod(0), _f((3, 1, 2), dt).cumprod(-1)),
+    "argsort": lambda dt: (_f((2, 3), dt).argsort(), _f((4, 2), dt).sort(0, descending=True)),
 }
 INTEGER_OK = {
+    "cumsum",
+    "cumprod",
+    "argsort",
     "neg",
     "relu",
     "abs",

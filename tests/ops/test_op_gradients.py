@@ -69,6 +69,11 @@ def distinct(rng, shape):
     return spaced.reshape(shape)
 
 
+def with_zeros(rng, shape):
+    """Standard normals with about a third of them exactly 0."""
+    return rng.standard_normal(shape) * (rng.random(shape) > 0.35)
+
+
 def integral(rng, shape):
     return rng.integers(-3, 4, shape).astype(np.float64)
 
@@ -258,6 +263,10 @@ CASES = [
         (((2, 3),), ((2, 3, 4),)),
     ),
     Case("mean", ("sum", "mul"), lambda x: x.mean(-1), MATRIX),
+    # scans along a dim; cumprod also at zeros, where x_i divides nothing
+    Case("cumsum", ("cumsum",), lambda x: x.cumsum(-1) * x.cumsum(0), MATRIX),
+    Case("cumprod", ("cumprod",), lambda x: x.cumprod(1), MATRIX),
+    Case("cumprod_zeros", ("cumprod",), lambda x: x.cumprod(0), MATRIX, (with_zeros,)),
     Case("mean_all", ("sum", "mul"), lambda x: x.mean(), UNARY),
     Case("var", ("sub", "mul", "sum"), lambda x: x.var(1), MATRIX),
     Case(

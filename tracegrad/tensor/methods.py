@@ -588,10 +588,10 @@ class TensorMethods:
         return _write_value(self, filled, "fill_diagonal_")
 
     def squeeze_(self, dim=None):
-        return _reshape_in_place(self, self.squeeze(dim))
+        return _reshape_in_place(self, lambda old: old.squeeze(dim))
 
     def unsqueeze_(self, dim):
-        return _reshape_in_place(self, self.unsqueeze(dim))
+        return _reshape_in_place(self, lambda old: old.unsqueeze(dim))
 
     def copy_(self, src):
         src = as_tensor(src).to(self.dtype)
@@ -674,9 +674,9 @@ def _write_value(target: Tensor, value: Tensor, method: str) -> Tensor:
                  method=method)  # fmt: skip
 
 
-def _reshape_in_place(target: Tensor, reshaped: Tensor) -> Tensor:
-    """``target`` becomes ``reshaped`` (a view of itself of another shape), as PyTorch's
-    in-place view ops change a tensor's shape; a leaf stays a leaf."""
+def _reshape_in_place(target: Tensor, reshape) -> Tensor:
+    """``target`` becomes ``reshape(target)`` (a view of itself of another shape), as
+    PyTorch's in-place view ops change a tensor's shape; a leaf stays a leaf."""
     if tape.is_grad_enabled() and target.is_leaf and target.requires_grad:
         raise RuntimeError(
             at_user_line(
@@ -692,6 +692,10 @@ def _reshape_in_place(target: Tensor, reshaped: Tensor) -> Tensor:
                 "its shape, which cannot be compiled; use squeeze()/unsqueeze()"
             )
         )
+    # The reshape reads the old value as its own tensor: its backward needs the old shape.
+    old = wrap(target.array, grad_fn=target.grad_fn)
+    old._out_index, old.version_counter = target._out_index, target.version_counter
+    reshaped = reshape(old)
     target.array = reshaped.array
     if not target.is_leaf:
         target.grad_fn, target._out_index = reshaped.grad_fn, reshaped._out_index
