@@ -529,3 +529,19 @@ def test_compiled_module_and_training_step_match_eager():
         np.testing.assert_allclose(got.item(), want.item(), rtol=1e-5)
     for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
         np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_in_place_squeeze_compiles_on_locals_and_refuses_inputs():
+    def local(x):
+        y = x * 2.0
+        y.unsqueeze_(0)
+        return y
+
+    assert tg.compile(local)(tg.ones(3)).shape == (1, 3)
+
+    def of_input(x):
+        x.unsqueeze_(0)
+        return x * 1.0
+
+    with pytest.raises(tg.TraceError, match="cannot be compiled"):
+        tg.compile(of_input)(tg.ones(3))

@@ -685,7 +685,10 @@ def _reshape_in_place(target: Tensor, reshape) -> Tensor:
             )
         )
     tracer = active_tracer()
-    if tracer is not None and not is_symbolic(target) and tracer.traced(target):
+    outside = tracer is not None and (
+        tracer.preexisting(target) or (is_symbolic(target) and target.array.value in tracer.inputs)
+    )
+    if outside:
         raise TraceError(
             at_user_line(
                 "squeeze_/unsqueeze_ of a tensor made outside the compiled function changes "
