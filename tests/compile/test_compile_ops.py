@@ -204,6 +204,8 @@ ROWS_TABLE = [
     row("rpow", lambda x: 2.0**x, [P(3, 4)], "pow"),
     row("maximum", lambda x, y: tg.maximum(x, y), [PD(3, 4), XD(3, 4)], "maximum"),
     row("minimum", lambda x, y: tg.minimum(x, y), [PD(3, 4), XD(3, 4)], "minimum"),
+    row("atan2", lambda x, y: tg.atan2(x, y), [P(3, 4), POS(4, role="input")], "atan2"),
+    row("remainder", lambda x, y: x % y + 5.5 % y, [P(3, 4), POS(4, role="input")], "remainder"),
     # --- comparisons and logic select values through where ---
     row(
         "where_gt",
@@ -394,6 +396,7 @@ ROWS_TABLE = [
     row("logsumexp", lambda x: x.logsumexp(1), [P(3, 4)], ("amax", "exp", "log")),
     row("cumsum", lambda x: x.cumsum(0) * x.cumsum(1, dtype=x.dtype), [P(3, 4)], "cumsum"),
     row("cumprod", lambda x: x.cumprod(1) + x.cumprod(0), [P(3, 4)], "cumprod"),
+    row("prod", lambda x: x.prod(1) * x.prod(), [P(3, 4)], "prod"),
     row(
         "sort_topk",
         lambda x: x.sort(1, descending=True).values * 2 + x.topk(3, dim=0).values.sum(0),

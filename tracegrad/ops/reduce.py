@@ -290,3 +290,38 @@ register(
     None,
     "rt.argsort({0}, {dim}, {descending})",
 )
+
+
+def _exclusive_cumprod(x, dim):
+    """prod_{k < i} x_k along ``dim`` (1 at i = 0)."""
+    ones = call("reshape", x.new_ones(()), shape=(1,) * x.ndim)
+    head = call("broadcast_to", ones, shape=(*x.shape[:dim], 1, *x.shape[dim + 1 :]))
+    cut = (("slice", None, None, None),) * dim + (("slice", None, -1, None),)
+    return call("cat", head, call("getitem", call("cumprod", x, dim=dim), key=cut), dim=dim)
+
+
+def _prod_grad(c, g):
+    """d/dx_i = g * prod_{k < i} x_k * prod_{k > i} x_k: no division by x, so right at
+    zeros; both products are cumprods (differentiable again)."""
+    before = _exclusive_cumprod(c.x, c.dim)
+    after = reverse(_exclusive_cumprod(reverse(c.x, c.dim), c.dim), c.dim)
+    return keep_dims(g, c.x.shape, (c.dim,), c.keepdim) * before * after
+
+
+def _prod_infer(x: TensorType, dim, keepdim) -> TensorType:
+    _along_dim_infer("prod")(x, dim)
+    return TensorType(rules.reduced_shape(x.shape, (dim,), keepdim), x.dtype)
+
+
+# prod over one dim (the tensor layer flattens several into one first).
+register(
+    "prod",
+    ("x",),
+    _prod_infer,
+    lambda x, dim, keepdim: np.prod(x, axis=dim, keepdims=keepdim),
+    (_prod_grad,),
+    "np.prod({0}, axis={dim}, keepdims={keepdim})",
+    saves=("x",),
+    out="np.prod({0}, axis={dim}, keepdims={keepdim}, out={out})",
+    props={REDUCE},
+)

@@ -30,6 +30,7 @@ from tracegrad.tensor.core import (
     wrap,
 )
 from tracegrad.tensor.dispatch import apply, call
+from tracegrad.tensor.einsum_forms import plain_einsum
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
 from tracegrad.tensor.tracing import active_tracer
@@ -791,9 +792,10 @@ def stack(tensors, dim=0) -> Tensor:
     return cat([t.unsqueeze(dim) for t in tensors], dim)
 
 
-def einsum(equation: str, *operands) -> Tensor:
-    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
-        operands = operands[0]
+def einsum(*args) -> Tensor:
+    """``einsum(equation, *operands)`` or the sublist form; ``...`` and repeated subscripts
+    (diagonals) are rewritten into a plain equation first (``tracegrad.tensor.einsum_forms``)."""
+    equation, operands = plain_einsum(args)
     return call("einsum", *promote_operands(*operands), equation=equation)
 
 
@@ -860,6 +862,32 @@ ONE_OP_METHODS = {
     "__rmul__": ("mul", "reflected"),
     "__rtruediv__": ("div", "float_reflected"),
     "__rpow__": ("pow", "reflected"),
+    "tan": ("tan", "float_unary"),
+    "asin": ("asin", "float_unary"),
+    "arcsin": ("asin", "float_unary"),
+    "acos": ("acos", "float_unary"),
+    "arccos": ("acos", "float_unary"),
+    "atan": ("atan", "float_unary"),
+    "arctan": ("atan", "float_unary"),
+    "sinh": ("sinh", "float_unary"),
+    "cosh": ("cosh", "float_unary"),
+    "asinh": ("asinh", "float_unary"),
+    "arcsinh": ("asinh", "float_unary"),
+    "acosh": ("acosh", "float_unary"),
+    "arccosh": ("acosh", "float_unary"),
+    "atanh": ("atanh", "float_unary"),
+    "arctanh": ("atanh", "float_unary"),
+    "expm1": ("expm1", "float_unary"),
+    "exp2": ("exp2", "float_unary"),
+    "log2": ("log2", "float_unary"),
+    "log10": ("log10", "float_unary"),
+    "floor": ("floor", "float_unary"),
+    "ceil": ("ceil", "float_unary"),
+    "atan2": ("atan2", "float_binary"),
+    "arctan2": ("atan2", "float_binary"),
+    "remainder": ("remainder", "binary"),
+    "__mod__": ("remainder", "binary"),
+    "__rmod__": ("remainder", "reflected"),
 }
 
 
