@@ -1089,8 +1089,22 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
     **{
         name: _method_call(name)
         for name in (
-            "tan asin acos atan sinh cosh asinh acosh atanh expm1 exp2 log2 log10 floor ceil"
-        ).split()
+            "tan",
+            "asin",
+            "acos",
+            "atan",
+            "sinh",
+            "cosh",
+            "asinh",
+            "acosh",
+            "atanh",
+            "expm1",
+            "exp2",
+            "log2",
+            "log10",
+            "floor",
+            "ceil",
+        )
     },
 }
 INTEGER_OK = {
