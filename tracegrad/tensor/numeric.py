@@ -17,7 +17,7 @@ from tracegrad.ops.rules import normalize_dim
 from tracegrad.tensor.core import Tensor, as_tensor, wrap
 from tracegrad.tensor.dispatch import call
 from tracegrad.tensor.methods import einsum, where
-from tracegrad.tensor.promotion import binary
+from tracegrad.tensor.promotion import binary, promote_operands
 
 
 class NumericMethods:
@@ -188,12 +188,9 @@ class NumericMethods:
         )
 
 
-def _floats(x, y) -> tuple[Tensor, Tensor]:
-    """Both operands as one floating dtype (PyTorch's promotion, then float if integral)."""
-    x, y = as_tensor(x), as_tensor(y, like=x)
-    if not x.dtype.is_floating_point:
-        x = x.float()
-    return x, y.to(x.dtype) if y.dtype is not x.dtype else y
+def _floats(x, y) -> list[Tensor]:
+    """Both operands promoted to one floating dtype, as PyTorch's binary float ops do."""
+    return promote_operands(x, y, floating=True)
 
 
 def _nan_ignoring(op: str, x, y) -> Tensor:
