@@ -416,6 +416,7 @@ SORT_GRAD_CASES = {
     "scatter": lambda x: x.scatter(1, tg.tensor(UNIQUE_IDX), x[:, 1:] * 3),
     "scatter_add": lambda x: x.scatter_add(0, tg.tensor(IDX.T[:, :3] % 3), x * x),
     "masked_scatter": lambda x: x.masked_scatter(tg.tensor(MASK), x.flip(0) * 2),
+    "index_add": lambda x: x.index_add(0, tg.tensor([2, 2]), x[:2] ** 2),
 }
 
 
@@ -450,6 +451,7 @@ SORT_TORCH_CASES = {
     "scatter_value": lambda x, lib: (x.scatter(1, lib.tensor(IDX), 2.5),),
     "scatter_add": lambda x, lib: (lib.scatter_add(x, 1, lib.tensor(IDX), x[:, 1:3] ** 2),),
     "masked_scatter": lambda x, lib: (x.masked_scatter(lib.tensor(MASK), x * 2),),
+    "index_add": lambda x, lib: (x.index_add(1, lib.tensor([0, 2, 0]), x[:, 1:] * 2, alpha=3),),
 }
 
 
@@ -545,3 +547,11 @@ def test_in_place_squeeze_compiles_on_locals_and_refuses_inputs():
 
     with pytest.raises(tg.TraceError, match="cannot be compiled"):
         tg.compile(of_input)(tg.ones(3))
+
+
+def test_index_add_in_place_and_its_errors():
+    x = tg.zeros(3, 2)
+    assert x.index_add_(0, tg.tensor([2, 0, 2]), tg.ones(3, 2)) is x
+    assert x.tolist() == [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]]
+    with pytest.raises(tg.ShapeError, match=r"index of shape \(2,\)"):
+        x.index_add(0, tg.tensor([0, 1]), tg.ones(3, 2))

@@ -45,26 +45,35 @@ def full(size, fill_value, dtype=None, requires_grad=False, device=None) -> Tens
     return _make(np.full(shape_args((size,)), fill_value), dtype, requires_grad, device)
 
 
+# PyTorch's memory formats: NumPy arrays made here are always C-contiguous, so the
+# ``memory_format=`` of the ``*_like`` factories is accepted and has nothing to choose.
+preserve_format = "preserve_format"
+contiguous_format = "contiguous_format"
+legacy_contiguous_format = "legacy_contiguous_format"
+
+
 def _like(x: Tensor, dtype):
     return x.shape, dtype if dtype is not None else x.dtype
 
 
-def zeros_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def zeros_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     shape, dtype = _like(x, dtype)
     return zeros(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def ones_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def ones_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     shape, dtype = _like(x, dtype)
     return ones(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def full_like(x, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
+def full_like(
+    x, fill_value, dtype=None, requires_grad=False, device=None, memory_format=None
+) -> Tensor:
     shape, dtype = _like(x, dtype)
     return full(shape, fill_value, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def empty_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def empty_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     return zeros_like(x, dtype, requires_grad, device)
 
 
@@ -113,12 +122,12 @@ def randperm(n, dtype=None, device=None) -> Tensor:
     return _draw("random_permutation", (int(n),), dtype or dtypes.int64, device)
 
 
-def randn_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def randn_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     shape, dtype = _like(x, dtype)
     return randn(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def rand_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def rand_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     shape, dtype = _like(x, dtype)
     return rand(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 

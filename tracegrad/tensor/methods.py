@@ -506,6 +506,22 @@ class TensorMethods:
         )
         return self + added.reshape(self.shape)
 
+    def index_add(self, dim, index, source, *, alpha=1):
+        """A copy with ``alpha * source``'s slices along ``dim`` added at the positions
+        ``index`` names (a 1-d int64 tensor; repeats add up)."""
+        dim = normalize_dim("index_add", dim, self.ndim)
+        index = as_tensor(index)
+        if index.ndim != 1 or source.ndim != self.ndim or source.shape[dim] != index.shape[0]:
+            raise ShapeError(
+                at_user_line(
+                    f"index_add: index of shape {tuple(index.shape)} and source of shape "
+                    f"{tuple(source.shape)} do not fit dim {dim} of shape {tuple(self.shape)}"
+                )
+            )
+        spread = [-1 if d == dim else 1 for d in range(self.ndim)]
+        along = index.reshape(spread).expand(source.shape)
+        return self.scatter_add(dim, along, source * alpha if alpha != 1 else source)
+
     def masked_scatter(self, mask, source):
         """A copy with the positions where ``mask`` is True filled, in order, from the
         first elements of ``source``."""
@@ -593,6 +609,9 @@ class TensorMethods:
 
     def unsqueeze_(self, dim):
         return _reshape_in_place(self, lambda old: old.unsqueeze(dim))
+
+    def index_add_(self, dim, index, source, *, alpha=1):
+        return _write_value(self, self.index_add(dim, index, source, alpha=alpha), "index_add_")
 
     def copy_(self, src):
         src = as_tensor(src).to(self.dtype)
