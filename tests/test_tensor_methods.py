@@ -555,3 +555,64 @@ def test_index_add_in_place_and_its_errors():
     assert x.tolist() == [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]]
     with pytest.raises(tg.ShapeError, match=r"index of shape \(2,\)"):
         x.index_add(0, tg.tensor([0, 1]), tg.ones(3, 2))
+
+
+# --- math methods PyTorch and NumPy share, against PyTorch ---------------------------------
+
+# function of (x, y, lib) with x of shape (3, 4) in (-0.9, 0.9) and y of shape (4,) in
+# (0.5, 1.5), written once for tracegrad and torch (same names)
+MATH_TORCH_CASES = {
+    "tan": lambda x, y, lib: x.tan(),
+    "asin_acos_atan": lambda x, y, lib: x.asin() + x.arccos() * x.atan(),
+    "sinh_cosh_tanh": lambda x, y, lib: x.sinh() * x.cosh(),
+    "asinh_acosh_atanh": lambda x, y, lib: x.asinh() + (y + 1).acosh() + x.arctanh(),
+    "expm1_exp2": lambda x, y, lib: x.expm1() + x.exp2(),
+    "log2_log10": lambda x, y, lib: y.log2() * y.log10(),
+    "floor_ceil": lambda x, y, lib: (x * 3).floor() * x + (x * 3).ceil(),
+    "atan2": lambda x, y, lib: lib.atan2(x, y) + x.arctan2(-y),
+    "remainder": lambda x, y, lib: x.remainder(y) + (x * 5) % y + lib.remainder(x, 0.3),
+    "reciprocal": lambda x, y, lib: y.reciprocal(),
+    "logaddexp": lambda x, y, lib: x.logaddexp(y) + lib.logaddexp2(x, y * 2),
+    "hypot": lambda x, y, lib: x.hypot(y),
+    "fmax_fmin": lambda x, y, lib: x.fmax(y - 1) + lib.fmin(x, y - 1),
+    "deg2rad_rad2deg": lambda x, y, lib: x.deg2rad() + x.rad2deg(),
+    "sinc": lambda x, y, lib: (x * 3).sinc(),
+    "prod": lambda x, y, lib: x.prod(1) + x.prod(0, keepdim=True).sum() + x.prod(),
+    "diagonal": lambda x, y, lib: x.diagonal(1) + lib.diagonal(x, -1)[:2].sum(),
+    "diag_vector": lambda x, y, lib: lib.diag(y, -1),
+    "diag_matrix": lambda x, y, lib: x.diag(1),
+    "trace": lambda x, y, lib: x.trace(),
+    "kron": lambda x, y, lib: x.kron(y.reshape(2, 2)),
+    "outer_inner": lambda x, y, lib: y.outer(y) + lib.inner(x, y).sum(),
+    "tensordot": lambda x, y, lib: lib.tensordot(x, x, dims=([0], [0])),
+    "diff": lambda x, y, lib: x.diff(dim=0) * 2 + x.diff(2, dim=1).sum(),
+    "movedim": lambda x, y, lib: (
+        x.reshape(3, 2, 2).movedim(0, 2) + x.reshape(3, 2, 2).moveaxis([0, 1], [1, 0]).sum()
+    ),
+    "swapaxes": lambda x, y, lib: x.swapaxes(0, 1),
+    "fliplr_flipud_rot90": lambda x, y, lib: x.fliplr().flipud().rot90() + x.rot90(-1),
+    "nan_to_num": lambda x, y, lib: (x.log()).nan_to_num(nan=0.5, neginf=-3.0),
+    "ravel": lambda x, y, lib: x.ravel() * 2,
+    "einsum_ellipsis_diagonal": lambda x, y, lib: (
+        lib.einsum("ii->i", x[:, :3]) + lib.einsum("...j,j->...", x, y).sum()
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MATH_TORCH_CASES))
+def test_math_methods_match_torch(case):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x, y = rng.uniform(-0.9, 0.9, (3, 4)), rng.uniform(0.5, 1.5, 4)
+    ours = [t64(v) for v in (x, y)]
+    theirs = [torch.tensor(v, requires_grad=True) for v in (x, y)]
+    out = MATH_TORCH_CASES[case](*ours, tg)
+    out_t = MATH_TORCH_CASES[case](*theirs, torch)
+    np.testing.assert_allclose(out.detach().numpy(), out_t.detach().numpy(), rtol=1e-10)
+    weights = rng.standard_normal(tuple(out.shape))
+    (out * tg.tensor(weights)).sum().backward()
+    (out_t * torch.tensor(weights)).sum().backward()
+    for mine, torch_leaf in zip(ours, theirs, strict=True):
+        want = torch_leaf.grad.numpy() if torch_leaf.grad is not None else np.zeros_like(x)
+        got = mine.grad.numpy() if mine.grad is not None else np.zeros_like(want)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
