@@ -1,8 +1,11 @@
 """Tensor methods that compose existing ops (mm, narrow, norm, roll, fill_diagonal_...):
 values against NumPy and PyTorch, gradients by gradcheck, compiled runs against eager ones."""
 
+import math
+
 import numpy as np
 import pytest
+from scipy import special
 
 import tracegrad as tg
 from tracegrad.autograd import gradcheck
@@ -616,3 +619,18 @@ def test_math_methods_match_torch(case):
         want = torch_leaf.grad.numpy() if torch_leaf.grad is not None else np.zeros_like(x)
         got = mine.grad.numpy() if mine.grad is not None else np.zeros_like(want)
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_exact_gelu_runs_vectorized(monkeypatch):
+    """F.gelu's exact form (PyTorch's default) takes erf from SciPy's ufunc, not math.erf
+    element by element."""
+
+    def refuse(_):
+        raise AssertionError("math.erf called per element")
+
+    monkeypatch.setattr(math, "erf", refuse)
+    x = tg.tensor(RNG.standard_normal(1000), requires_grad=True)
+    out = tg.nn.functional.gelu(x, approximate="none")
+    out.sum().backward()
+    a = x.detach().numpy()
+    np.testing.assert_allclose(out.detach().numpy(), a * 0.5 * (1 + special.erf(a / np.sqrt(2))))

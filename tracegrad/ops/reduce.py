@@ -1,4 +1,6 @@
-"""Reductions over dims. Attributes hold normalized dims (sorted, non-negative) and keepdim."""
+"""Reductions over dims (attributes: normalized dims, sorted and non-negative, and keepdim),
+and the ops along one dim (attribute ``dim``): the scans ``cumsum``/``cumprod``, the stable
+``argsort`` sorts and topk are made of, and ``prod``."""
 
 from __future__ import annotations
 
