@@ -613,6 +613,16 @@ class TensorMethods:
     def index_add_(self, dim, index, source, *, alpha=1):
         return _write_value(self, self.index_add(dim, index, source, alpha=alpha), "index_add_")
 
+    def scatter_(self, dim, index, src=None, *, value=None, reduce=None):
+        scattered = self.scatter(dim, index, src, value=value, reduce=reduce)
+        return _write_value(self, scattered, "scatter_")
+
+    def scatter_add_(self, dim, index, src):
+        return _write_value(self, self.scatter_add(dim, index, src), "scatter_add_")
+
+    def masked_scatter_(self, mask, source):
+        return _write_value(self, self.masked_scatter(mask, source), "masked_scatter_")
+
     def copy_(self, src):
         src = as_tensor(src).to(self.dtype)
         if tuple(src.shape) == tuple(self.shape) and src.requires_grad:
