@@ -361,6 +361,9 @@ def test_legacy_constructor_and_empty_with_size():
     data = tg.Tensor([1, 2])
     assert data.tolist() == [1.0, 2.0] and data.dtype is tg.float32
     assert tg.empty(size=(2, 3)).shape == (2, 3) and tg.zeros(size=[4]).shape == (4,)
+    assert tg.randn(size=(3,)).shape == (3,) and tg.rand(size=(1, 2)).shape == (1, 2)
+    with pytest.raises(TypeError, match="'shape'"):
+        tg.zeros(shape=(2,))
     with pytest.raises(TypeError, match="not both"):
         tg.ones(2, size=(2,))
 

@@ -102,12 +102,12 @@ def _draw(op: str, shape, dtype, device, requires_grad=False, **args) -> Tensor:
     return out.requires_grad_() if requires_grad else out
 
 
-def randn(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _draw("random_normal", shape_args(size), dtype, device, requires_grad)
+def randn(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
+    return _draw("random_normal", _sizes(size, kwargs), dtype, device, requires_grad)
 
 
-def rand(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return _draw("random_uniform", shape_args(size), dtype, device, requires_grad)
+def rand(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
+    return _draw("random_uniform", _sizes(size, kwargs), dtype, device, requires_grad)
 
 
 def randint(low, high=None, size=(), dtype=None, requires_grad=False, device=None) -> Tensor:
