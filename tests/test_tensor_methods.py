@@ -266,6 +266,15 @@ def _scatter_np(a, dim, index, src, add=False):
     return out
 
 
+def _scatter_multiply_np(a, dim, index, src):
+    out = a.copy()
+    for pos in np.ndindex(index.shape):
+        target = list(pos)
+        target[dim] = index[pos]
+        out[tuple(target)] *= src[pos]
+    return out
+
+
 def _stable_descending(a, dim):
     n = a.shape[dim]
     return (n - 1) - np.flip(np.argsort(np.flip(a, dim), dim, kind="stable"), dim)
@@ -305,6 +314,10 @@ SORT_CASES = {
     "scatter_add": (
         lambda x: x.scatter_add(1, tg.tensor(IDX), x * 10),
         lambda a: _scatter_np(a, 1, IDX, a * 10, add=True),
+    ),
+    "scatter_reduce_multiply": (
+        lambda x: (x + 2).scatter(1, tg.tensor(IDX), x, reduce="multiply"),
+        lambda a: _scatter_multiply_np(a + 2, 1, IDX, a),
     ),
     "scatter_reduce_add": (
         lambda x: x.scatter(1, tg.tensor(IDX), x, reduce="add"),
@@ -423,6 +436,7 @@ SORT_GRAD_CASES = {
     "scatter_add": lambda x: x.scatter_add(0, tg.tensor(IDX.T[:, :3] % 3), x * x),
     "masked_scatter": lambda x: x.masked_scatter(tg.tensor(MASK), x.flip(0) * 2),
     "index_add": lambda x: x.index_add(0, tg.tensor([2, 2]), x[:2] ** 2),
+    "scatter_multiply": lambda x: x.scatter(1, tg.tensor(IDX), x[:, 1:] * 2, reduce="multiply"),
 }
 
 
@@ -669,3 +683,28 @@ def test_in_place_scatter_compiled_with_backward():
     assert gradcheck(
         lambda x: (x * 1.0).scatter_(1, tg.tensor(UNIQUE_IDX), x[:, 1:3]), (t64(A[0]),)
     )
+
+
+@pytest.mark.filterwarnings("ignore:The reduce argument of torch.scatter")
+def test_scatter_multiply_matches_torch_and_compiles():
+    torch = pytest.importorskip("torch")
+    values = RNG.standard_normal((3, 4))
+    values[0, 0] = 0.0
+    index = np.array([[0, 0, 3], [1, 1, 1], [2, 0, 2]])
+
+    def scatter(lib, x):
+        return x.scatter(1, lib.tensor(index), x[:, 1:] * 3, reduce="multiply")
+
+    expected = scatter(torch, torch.tensor(values)).numpy()
+    np.testing.assert_allclose(scatter(tg, tg.tensor(values)).numpy(), expected, rtol=1e-12)
+    compiled = tg.compile(lambda x: scatter(tg, x))(tg.tensor(values))
+    np.testing.assert_allclose(compiled.numpy(), expected, rtol=1e-12)
+
+    def step(x):
+        loss = scatter(tg, x).square().sum()
+        loss.backward()
+        return loss
+
+    xs = [t64(values) for _ in range(2)]
+    np.testing.assert_allclose(tg.compile(step)(xs[1]).item(), step(xs[0]).item(), rtol=1e-12)
+    np.testing.assert_allclose(xs[1].grad.numpy(), xs[0].grad.numpy(), rtol=1e-12)

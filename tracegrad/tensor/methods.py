@@ -487,11 +487,16 @@ class TensorMethods:
         values = _scatter_values(self, index, value if src is None else src)
         if reduce == "add":
             return self.scatter_add(dim, index, values)
+        positions = _flat_positions(self, dim, index)
+        if reduce == "multiply":
+            return _scatter_multiply(self, values, positions)
         if reduce is not None:
             raise ValueError(
-                at_user_line(f"scatter: reduce={reduce!r} is not supported; use 'add'")
+                at_user_line(
+                    f"scatter: reduce={reduce!r} is not supported; use 'add' or 'multiply'"
+                )
             )
-        return call("view_update", self, values, _flat_positions(self, dim, index))
+        return call("view_update", self, values, positions)
 
     def scatter_add(self, dim, index, src):
         """A copy with ``src`` added along ``dim`` at ``index``; repeated indices add up."""
@@ -777,6 +782,19 @@ def _flat_positions(x: Tensor, dim, index) -> Tensor:
     table = wrap(np.arange(x.numel(), dtype=np.int64).reshape(x.shape))
     key, tensors = _along_dim_index("scatter", x, dim, index)
     return call("getitem", table, *tensors, key=key)
+
+
+def _scatter_multiply(x: Tensor, values: Tensor, positions: Tensor) -> Tensor:
+    """x with each position multiplied by every value scattered to it. NOTE: each value's
+    group product is a product over all n values (an n x n mask), so memory grows as the
+    square of index.numel(); it needs no sort and has gradients (zeros included)."""
+    positions, values = positions.reshape(-1), values.reshape(-1)
+    same = positions.unsqueeze(1) == positions.unsqueeze(0)
+    products = x.reshape(-1)[positions] * where(same, values.unsqueeze(0), 1.0).prod(1)
+    # Repeats of a position write the same product; only its first carries the gradient.
+    earlier = wrap(np.tri(len(positions), k=-1, dtype=bool))
+    first = (same & earlier).sum(1) == 0
+    return call("view_update", x, where(first, products, products.detach()), positions)
 
 
 def _scatter_values(x: Tensor, index, src) -> Tensor:
