@@ -798,6 +798,12 @@ def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
             "4-D inputs (use dropout instead)",
             stacklevel=2,
         )
+    if input.ndim == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D "
+            "dropout behavior is desired - input is interpreted as shape (N, C, L)",
+            stacklevel=2,
+        )
     if not training or p == 0.0:
         return input
     shape = (*input.shape[:2], *[1] * (input.ndim - 2))
