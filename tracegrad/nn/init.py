@@ -97,3 +97,17 @@ def xavier_uniform_(tensor, gain: float = 1.0) -> Tensor:
 def xavier_normal_(tensor, gain: float = 1.0) -> Tensor:
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
     return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def orthogonal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
+    """A (semi-)orthogonal matrix of the tensor's first dim by the rest, times ``gain``: the Q
+    of a normal matrix's QR, its columns' signs fixed by R's diagonal, as in PyTorch."""
+    if tensor.ndim < 2:
+        raise ValueError("Only tensors with 2 or more dimensions are supported")
+    rows = tensor.shape[0]
+    cols = tensor.numel() // rows if rows else 0
+    normal = generator().normal(0.0, 1.0, (rows, cols))
+    tall = normal if rows >= cols else normal.T
+    q, r = np.linalg.qr(tall)
+    q *= np.sign(np.diag(r))
+    return _fill(tensor, (q if rows >= cols else q.T).reshape(tensor.shape) * gain)
