@@ -66,6 +66,16 @@ FUNCTIONAL = {
     "pad_circular": (lambda f, x: f.pad(x, (-1, 2, 1, 1), "circular"), [(2, 3, 4, 5)]),
     "nearest_scale": (lambda f, x: f.interpolate(x, scale_factor=2), [(2, 3, 4, 5)]),
     "nearest_fraction": (lambda f, x: f.interpolate(x, scale_factor=(1.7, 0.6)), [(2, 3, 6, 7)]),
+    "nearest_recomputed_scale": (
+        lambda f, x: f.interpolate(x, scale_factor=1.7, recompute_scale_factor=True),
+        [(2, 3, 6, 7)],
+    ),
+    "bilinear_recomputed_scale": (
+        lambda f, x: f.interpolate(
+            x, scale_factor=1.7, mode="bilinear", recompute_scale_factor=True
+        ),
+        [(2, 3, 6, 7)],
+    ),
     "nearest_size": (lambda f, x: f.interpolate(x, size=(5, 9)), [(2, 3, 6, 7)]),
     "nearest_1d": (lambda f, x: f.interpolate(x, size=8), [(2, 3, 5)]),
     "bilinear_scale": (
@@ -424,6 +434,7 @@ BAD_CALLS = [
     (lambda: F.avg_pool2d(tg.ones(2, 3), 2), ShapeError, "avg_pool2d: expected a 3-D or 4-D"),
     (lambda: F.avg_pool2d(tg.ones(1, 1, 4, 4), 2, padding=2), ValueError, "at most half"),
     (lambda: F.avg_pool2d(tg.ones(1, 1, 2, 2), 3), ShapeError, "does not fit"),
+    (lambda: F.avg_pool2d(tg.ones(1, 1, 4, 4), 3, ceil_mode=True), NotImplementedError, "ceil"),
     (lambda: F.adaptive_avg_pool2d(tg.ones(1, 2, 4, 4), 0), ShapeError, "must be positive"),
     (lambda: F.pad(tg.ones(2, 3), (1, 1, 1)), ValueError, "pairs"),
     (lambda: F.pad(tg.ones(2, 3, 4), (1, 1), "bogus"), ValueError, "mode must be one of"),
