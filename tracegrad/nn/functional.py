@@ -902,7 +902,7 @@ def interpolate(
     for i, (out_size, scale) in enumerate(zip(sizes, scales, strict=True)):
         dim, in_size = 2 + i, input.shape[2 + i]
         if mode == "nearest":
-            out = out.index_select(dim, tensor(_nearest_index(in_size, out_size, scale)))
+            out = _pick_along(out, dim, _nearest_index(in_size, out_size, scale))
         else:
             out = _linear_along(out, dim, in_size, out_size, scale, bool(align_corners))
     return out
@@ -953,6 +953,18 @@ def _nearest_index(in_size: int, out_size: int, scale_factor) -> np.ndarray:
     scale = np.float32(1.0 / scale_factor if scale_factor else in_size / out_size)
     source = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
     return np.minimum(source, in_size - 1)
+
+
+def _pick_along(x: Tensor, dim: int, index: np.ndarray) -> Tensor:
+    """x.index_select(dim, index); an index repeating each position r times in order is a
+    broadcast instead, whose gradient is a sum (a gather's is a slower scatter)."""
+    repeats = len(index) // x.shape[dim]
+    if repeats < 1 or not np.array_equal(index, np.arange(len(index)) // repeats):
+        return x.index_select(dim, tensor(index))
+    shape = list(x.shape)
+    spread = x.unsqueeze(dim + 1).expand(*shape[: dim + 1], repeats, *shape[dim + 1 :])
+    shape[dim] *= repeats
+    return spread.reshape(shape)
 
 
 def _linear_along(x: Tensor, dim, in_size, out_size, scale_factor, align_corners) -> Tensor:
