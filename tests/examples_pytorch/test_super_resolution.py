@@ -9,6 +9,7 @@ from harness import run_port
 import tracegrad as tg
 
 UPSCALE = 3
+LR = 0.001  # main.py --lr (default 0.01, at which the first steps on random images overshoot)
 
 
 def make_net(lib, upscale_factor):
@@ -46,7 +47,7 @@ def make_net(lib, upscale_factor):
 def make(lib):
     model = make_net(lib, upscale_factor=UPSCALE)
     criterion = lib.nn.MSELoss()
-    optimizer = lib.optim.Adam(model.parameters(), lr=0.01)
+    optimizer = lib.optim.Adam(model.parameters(), lr=LR)
     return {"model": model, "criterion": criterion, "optimizer": optimizer}
 
 
