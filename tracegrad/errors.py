@@ -39,16 +39,24 @@ def user_frame() -> SourceLocation | None:
     """The innermost stack frame outside the tracegrad package: where the user called us."""
     frame = sys._getframe(1)
     while frame is not None:
-        if not _is_ours(frame.f_code.co_filename):
-            return SourceLocation(frame.f_code.co_filename, frame.f_lineno, _line(frame))
+        if outside_tracegrad(frame):
+            return frame_location(frame)
         frame = frame.f_back
     return None
 
 
+def outside_tracegrad(frame) -> bool:
+    """Whether a stack frame runs the user's code (not tracegrad's, nor Python's own)."""
+    return not _is_ours(frame.f_code.co_filename)
+
+
 @functools.cache  # (asked for every recorded op, of the same few files)
 def _is_ours(filename: str) -> bool:
-    """Whether code of ``filename`` is tracegrad's own (or Python's frozen modules)."""
     return os.path.abspath(filename).startswith(_PACKAGE_DIR) or filename.startswith("<frozen")
+
+
+def frame_location(frame) -> SourceLocation:
+    return SourceLocation(frame.f_code.co_filename, frame.f_lineno, _line(frame))
 
 
 def _line(frame) -> str:

@@ -121,6 +121,7 @@ class Node:
         "name",
         "retained",
         "saved",
+        "scope",
     )
 
     def __init__(self, name, inputs, backward_fn, n_outputs=1):
@@ -135,6 +136,7 @@ class Node:
         self.freed = False
         self.retained: dict = {}
         self.location = None  # the user's source line, when recorded while tracing
+        self.scope = None  # the module call that made it, when recorded while tracing
 
     def save(self, description: str, tensor) -> None:
         self.saved.append((description, tensor, tensor.version))

@@ -88,7 +88,7 @@ def _record(cls, ctx: FunctionCtx, args, outputs) -> None:
     node = tape.Node(cls.__name__, inputs, None, n_outputs=len(outputs))
     tracer = active_tracer()
     if tracer is not None:
-        node.location = tracer.location()
+        tracer.stamp(node)
     ctx._node = node
 
     def backward(grads):

@@ -25,6 +25,7 @@ from tracegrad.compiled.signature import (
     input_label,
     tensor_guards,
     tensor_meta,
+    training_modes,
 )
 from tracegrad.compiled.specializer import Specializer
 from tracegrad.compiled.traced import (
@@ -89,7 +90,7 @@ class CompiledModule(Specializer):
             guards.append((_member_label("parameter", prefix, name), tensor_meta(p)))
         for prefix, name, b in buffers:
             guards.append((_member_label("buffer", prefix, name), tensor_meta(b)))
-        guards.append(("training", tuple(training)))
+        guards.append(("training", training_modes(tuple(training))))
         return tuple(guards)
 
     is_compiled_module = True  # (a Module holds it as a submodule: net.enc = tg.compile(net.enc))

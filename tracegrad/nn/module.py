@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tracegrad import changes, devices, dtypes
+from tracegrad import changes, devices, dtypes, scopes
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor, active_tracer, wrap
 
@@ -34,10 +34,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        tracer = active_tracer()
-        if tracer is not None:
-            tracer.module_called(self)
-        return self.forward(*args, **kwargs)
+        if not scopes.recording():
+            return self.forward(*args, **kwargs)
+        active_tracer().module_called(self)
+        with scopes.entered(self):  # (the tracer records which module made each op)
+            return self.forward(*args, **kwargs)
 
     # --- registration ---------------------------------------------------------------------------
 
