@@ -772,17 +772,16 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     if h % oh == 0 and w % ow == 0:
         out = x.reshape(n, c, oh, h // oh, ow, w // ow).mean((3, 5))
     else:
-        rows, columns = _bin_means(h, oh, x.dtype), _bin_means(w, ow, x.dtype)
-        out = rows @ x @ columns.T
+        out = _matrix_along(_matrix_along(x, 2, _bin_means(h, oh)), 3, _bin_means(w, ow))
     return out[0] if unbatched else out
 
 
-def _bin_means(size: int, out: int, dtype) -> Tensor:
+def _bin_means(size: int, out: int) -> np.ndarray:
     """The (out, size) matrix whose row i averages adaptive bin i."""
     index = np.arange(out)
     starts, ends = index * size // out, -(-(index + 1) * size // out)
     inside = (np.arange(size) >= starts[:, None]) & (np.arange(size) < ends[:, None])
-    return tensor((inside / (ends - starts)[:, None]).astype(dtype.np))
+    return inside / (ends - starts)[:, None]
 
 
 def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False):
@@ -822,14 +821,10 @@ def pad(input: Tensor, pad, mode: str = "constant", value=None) -> Tensor:
     for dim, (before, after) in pairs:
         start, stop = max(-before, 0), out.shape[dim] - max(-after, 0)
         out = out.narrow(dim, start, stop - start)  # negative sizes crop first
-        before, after = max(before, 0), max(after, 0)
-        if mode == "constant":
-            fill = 0.0 if value is None else value
-            pieces = [_constant_block(out, dim, before, fill), out]
-            pieces.append(_constant_block(out, dim, after, fill))
-            out = cat([piece for piece in pieces if piece is not None], dim)
-        elif before or after:
-            out = out.index_select(dim, tensor(_pad_index(mode, out.shape[dim], before, after)))
+        fill = 0.0 if value is None else value
+        pieces = [_pad_edge(out, dim, before, mode, fill, leading=True), out]
+        pieces.append(_pad_edge(out, dim, after, mode, fill, leading=False))
+        out = cat([piece for piece in pieces if piece is not None], dim)
     return out
 
 
@@ -864,22 +859,23 @@ def _pad_pairs(input: Tensor, pad, mode) -> list[tuple[int, tuple[int, int]]]:
     return pairs
 
 
-def _constant_block(x: Tensor, dim: int, size: int, value) -> Tensor | None:
+def _pad_edge(x: Tensor, dim: int, size: int, mode: str, value, leading: bool):
+    """What padding adds on one side of ``dim`` (None for nothing), made of slices of x, not
+    gathers (whose gradient is a slow scatter): a block of ``value``; the positions next to
+    the edge, mirrored (reflect); the edge repeated (replicate); the other end (circular)."""
     if size <= 0:
         return None
-    shape = list(x.shape)
-    shape[dim] = size
-    return full(tuple(shape), value, dtype=x.dtype)
-
-
-def _pad_index(mode: str, size: int, before: int, after: int) -> np.ndarray:
-    """The source index of each position of one padded dim."""
-    index = np.arange(-before, size + after)
+    length = x.shape[dim]
+    if mode == "constant":
+        shape = list(x.shape)
+        shape[dim] = size
+        return full(tuple(shape), value, dtype=x.dtype)
+    if mode == "reflect":
+        return x.narrow(dim, 1 if leading else length - 1 - size, size).flip(dim)
     if mode == "replicate":
-        return np.clip(index, 0, size - 1)
-    if mode == "circular":
-        return index % size
-    return (size - 1) - np.abs((size - 1) - np.abs(index))  # reflect about both edges
+        edge = x.narrow(dim, 0 if leading else length - 1, 1)
+        return edge.expand(*x.shape[:dim], size, *x.shape[dim + 1 :])
+    return x.narrow(dim, length - size if leading else 0, size)  # circular
 
 
 INTERPOLATE_MODES = {"nearest": None, "linear": 1, "bilinear": 2}
@@ -968,7 +964,9 @@ def _pick_along(x: Tensor, dim: int, index: np.ndarray) -> Tensor:
 
 
 def _linear_along(x: Tensor, dim, in_size, out_size, scale_factor, align_corners) -> Tensor:
-    """Linear interpolation along ``dim``: x[lo] + (x[hi] - x[lo]) * weight."""
+    """Linear interpolation along ``dim``: a matmul with the (out, in) matrix whose row i
+    weighs the two source positions around PyTorch's source coordinate of output i (BLAS
+    beats two gathers, and their gradients' scatters, at the sizes images have)."""
     dst = np.arange(out_size, dtype=np.float64)
     if align_corners:
         source = dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
@@ -977,11 +975,16 @@ def _linear_along(x: Tensor, dim, in_size, out_size, scale_factor, align_corners
         source = np.maximum(scale * (dst + 0.5) - 0.5, 0.0)
     lo = np.minimum(source.astype(np.int64), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
-    shape = [1] * x.ndim
-    shape[dim] = out_size
-    weight = tensor((source - lo).astype(x.dtype.np).reshape(shape))
-    low = x.index_select(dim, tensor(lo))
-    return low + (x.index_select(dim, tensor(hi)) - low) * weight
+    weights = np.zeros((out_size, in_size))
+    np.add.at(weights, (np.arange(out_size), lo), 1.0 - (source - lo))
+    np.add.at(weights, (np.arange(out_size), hi), source - lo)
+    return _matrix_along(x, dim, weights)
+
+
+def _matrix_along(x: Tensor, dim: int, matrix: np.ndarray) -> Tensor:
+    """Each line of x along ``dim`` (one of the last two) times the (out, in) ``matrix``."""
+    matrix = tensor(matrix.astype(x.dtype.np))
+    return x @ matrix.T if dim == x.ndim - 1 else matrix @ x
 
 
 def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:
