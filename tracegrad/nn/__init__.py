@@ -52,6 +52,21 @@ from tracegrad.nn.layers import (
 )
 from tracegrad.nn.module import Module
 from tracegrad.nn.parameter import Parameter
+from tracegrad.nn.spatial import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    ConstantPad2d,
+    Conv1d,
+    ConvTranspose2d,
+    CosineEmbeddingLoss,
+    Dropout2d,
+    PixelShuffle,
+    ReflectionPad2d,
+    ReplicationPad2d,
+    TripletMarginLoss,
+    Upsample,
+    ZeroPad2d,
+)
 
 __all__ = [
     "BCELoss",
@@ -106,4 +121,18 @@ __all__ = [
     "TransformerDecoderLayer",
     "TransformerEncoder",
     "TransformerEncoderLayer",
+    # spatial layers and embedding losses
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "ConstantPad2d",
+    "Conv1d",
+    "ConvTranspose2d",
+    "CosineEmbeddingLoss",
+    "Dropout2d",
+    "PixelShuffle",
+    "ReflectionPad2d",
+    "ReplicationPad2d",
+    "TripletMarginLoss",
+    "Upsample",
+    "ZeroPad2d",
 ]
