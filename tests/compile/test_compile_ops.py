@@ -10,7 +10,7 @@ outputs plus the ``.grad`` of every parameter and input must agree: to 1e-10 in 
 backward graphs of the table, together, contain every op of ``tracegrad.ops.OPS``.
 
 A new op's row: an op declared with ``samples`` (``tracegrad.ops.registry.Sample``: the whole
-unary elementwise family) gets its rows generated from them. Any other op needs a
+elementwise families, one input or two) gets its rows generated from them. Any other op needs a
 ``row(id, fn, args, covers)`` in ``ROWS_TABLE`` under its family's heading, with
 argument specs from the helpers below (``P`` parameter, ``X`` input, ``POS`` positive, ``PD``
 distinct values for max-like ops, ``CI`` int64 indices). An op that only a VJP rule emits needs
@@ -181,7 +181,11 @@ def declared_rows() -> list[Row]:
     rows = []
     for name, op in OPS.items():
         for sample in op.samples:
-            args = [Arg("param", partial(sample.draw, shape=shape)) for shape in sample.shapes[0]]
+            shapes = sample.shapes[0]
+            args = [
+                Arg("param", partial(draw, shape=shape))
+                for draw, shape in zip(sample.drawers(), shapes, strict=True)
+            ]
             rows.append(row(sample.label(name), _calling(name, sample.attrs), args, name))
     return rows
 
@@ -193,18 +197,18 @@ ROWS_TABLE = [
     row("add_scaled", lambda x, y: (x + 1.0).sub_(y, alpha=0.5), [P(3, 4), P(3, 4)], "add_scaled"),
     row("square", lambda x: x.square() + x.pow(2), [P(3, 4)], ("mul", "pow_scalar")),
     # --- binary arithmetic, broadcasting both ways, Python scalars ---
-    row("add", lambda x, y: x + y, [P(3, 4), X(4)], ("add", "sum_to")),
+    row("add_input_broadcast", lambda x, y: x + y, [P(3, 4), X(4)], ("add", "sum_to")),
     row("add_scalar", lambda x: 2.5 + x + 1, [P(3, 4)], "add"),
-    row("sub", lambda x, y: x - y, [P(3, 1), X(1, 4)], ("sub", "sum_to", "neg")),
+    row("sub_outer_broadcast", lambda x, y: x - y, [P(3, 1), X(1, 4)], ("sub", "sum_to", "neg")),
     row("rsub", lambda x: 1.0 - x, [P(3, 4)], "sub"),
-    row("mul", lambda x, y: x * y, [P(2, 3, 4), X(3, 1)], ("mul", "sum_to")),
-    row("div", lambda x, y: x / y, [P(3, 4), POS(4, role="input")], ("div", "sum_to")),
+    row("mul_input_broadcast", lambda x, y: x * y, [P(2, 3, 4), X(3, 1)], ("mul", "sum_to")),
+    row("div_by_input", lambda x, y: x / y, [P(3, 4), POS(4, role="input")], ("div", "sum_to")),
     row("rdiv", lambda x: 2.0 / x, [POS(3, 4)], "div"),
-    row("pow", lambda x, y: x**y, [POS(3, 4), X(3, 4)], ("pow", "log", "where")),
+    row("pow_of_input", lambda x, y: x**y, [POS(3, 4), X(3, 4)], ("pow", "log", "where")),
     row("rpow", lambda x: 2.0**x, [P(3, 4)], "pow"),
     row("maximum", lambda x, y: tg.maximum(x, y), [PD(3, 4), XD(3, 4)], "maximum"),
     row("minimum", lambda x, y: tg.minimum(x, y), [PD(3, 4), XD(3, 4)], "minimum"),
-    row("atan2", lambda x, y: tg.atan2(x, y), [P(3, 4), POS(4, role="input")], "atan2"),
+    row("atan2_by_input", lambda x, y: tg.atan2(x, y), [P(3, 4), POS(4, role="input")], "atan2"),
     row("remainder", lambda x, y: x % y + 5.5 % y, [P(3, 4), POS(4, role="input")], "remainder"),
     # --- comparisons and logic select values through where ---
     row(

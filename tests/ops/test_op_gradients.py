@@ -7,9 +7,9 @@ Every row is checked against central differences in float64; smooth rows to seco
 A final test fails when an op in ``tracegrad.ops.OPS`` declared with a VJP rule has no row, so
 a new op cannot arrive untested.
 
-A new op's row: an op declared with ``samples`` (``tracegrad.ops.registry.Sample``: the whole
-unary elementwise family) gets its rows generated from them, calling the op directly. Any other
-op needs a ``Case`` in ``CASES`` under its family's heading (binary arithmetic, reductions,
+A new op's row: an op declared with ``samples`` (``tracegrad.ops.registry.Sample``: the
+elementwise families, one input or two) gets its rows generated from them, calling the op
+directly. Any other op needs a ``Case`` in ``CASES`` under its family's heading (reductions,
 ...), naming the ops it reaches, with the shape sets of its kind (``UNARY``, ``BINARY``, ...)
 and a generator keeping inputs in its domain (``positive``, ``away_from(kink)``);
 ``smooth=False`` where it has kinks (no second-order check).
@@ -28,7 +28,7 @@ import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad.autograd import gradcheck, gradgradcheck
 from tracegrad.ops import OPS
-from tracegrad.ops.registry import UNARY_SHAPES
+from tracegrad.ops.registry import BINARY_SHAPES, UNARY_SHAPES
 from tracegrad.tensor import call
 
 # Ops declared without a VJP rule (bool or integer results, random draws, detach, optimizer
@@ -135,13 +135,7 @@ class Case:
 
 
 UNARY = UNARY_SHAPES  # a matrix, a 0-d value, a 3-d one with a size-1 dim
-BINARY = (
-    ((2, 3), (2, 3)),
-    ((3, 1), (1, 4)),
-    ((2, 3), (3,)),
-    ((), (2, 3)),
-    ((2, 1, 3), (4, 1)),
-)
+BINARY = BINARY_SHAPES
 WHERE = (((2, 3), (2, 3), (2, 3)), ((3, 1), (1, 4), ()), ((2, 3), (3,), (2, 1)))
 MATRIX = (((2, 3),), ((3, 4),), ((2, 3, 2),))
 
@@ -203,7 +197,7 @@ def declared_cases() -> list[Case]:
     cases = []
     for name, op in OPS.items():
         for sample in op.samples:
-            gens = (sample.draw,) * len(sample.shapes[0])
+            gens = sample.drawers()
             fn = _calling(name, sample.attrs)
             label = sample.label(name)
             cases.append(Case(label, (name,), fn, sample.shapes, gens, sample.smooth, sample.tol))
@@ -211,7 +205,7 @@ def declared_cases() -> list[Case]:
 
 
 CASES = [
-    # ops declared with samples (the unary elementwise family): rows generated from them
+    # ops declared with samples (the elementwise families): rows generated from them
     *declared_cases(),
     Case("contiguous", ("contiguous",), lambda x: call("contiguous", x.T) * x.T, MATRIX[:2]),
     Case("add_scaled", ("add_scaled",), lambda x, y: call("add_scaled", x, y, alpha=-0.7), BINARY),
@@ -221,12 +215,7 @@ CASES = [
         lambda x, y: (x * 1.0).sub_(y, alpha=2.5),
         (((2, 3), (2, 3)),),
     ),
-    # binary arithmetic, broadcasting
-    Case("add", ("add",), lambda x, y: x + y, BINARY),
-    Case("sub", ("sub",), lambda x, y: x - y, BINARY),
-    Case("mul", ("mul",), lambda x, y: x * y, BINARY),
-    Case("div", ("div",), lambda x, y: x / y, BINARY, (normal, away_from(0, gap=0.5))),
-    Case("pow", ("pow",), lambda x, y: x**y, BINARY, (positive, normal)),
+    # binary arithmetic (add sub mul div pow atan2: rows generated from their declarations)
     # a constant base with zeros: 0**y is flat for y > 0, to every order
     Case("pow_zero_base", ("pow",), lambda y: _zeros_and_twos(y.shape) ** y, UNARY, (positive,)),
     Case(
@@ -245,7 +234,6 @@ CASES = [
         (integral, half_integral),
         smooth=False,
     ),
-    Case("atan2", ("atan2",), lambda x, y: tg.atan2(x, y), BINARY, (normal, away_from(0, gap=0.5))),
     # x / y stays 0.06 or more from an integer, where remainder jumps
     Case(
         "remainder", ("remainder",), lambda x, y: x % y, BINARY, (near_thirds, around_three), False

@@ -26,10 +26,11 @@ What adding an op touches, with softplus (log(1 + exp(x))) as the worked example
 3. Test rows, each table failing until the op has one. Gradients
    (``tests/ops/test_op_gradients.py``) and compiled == eager
    (``tests/compile/test_compile_ops.py``): generated from the entry's ``samples=`` (inputs
-   in [-2, 2], smooth, unless declared otherwise: ``POSITIVE``, kinks, attributes), as for
-   the whole unary family; ops of other families add a ``Case`` to ``CASES`` and a ``row`` to
-   ``ROWS_TABLE``. Forward values (``tests/ops/test_op_forward.py``): a ``REPRESENTATIVE``
-   call and a line of ``UNARY`` against NumPy.
+   in [-2, 2], smooth, unless declared otherwise: ``POSITIVE``, kinks, attributes, a sample
+   per input), as for the elementwise families (one input or two); ops of other families add
+   a ``Case`` to ``CASES`` and a ``row`` to ``ROWS_TABLE``. Forward values
+   (``tests/ops/test_op_forward.py``): a ``REPRESENTATIVE`` call and a line of ``UNARY``
+   against NumPy.
 """
 
 from tracegrad.ops import elementwise, fused, index, linalg, nn, optim, random, reduce, shape

@@ -15,6 +15,8 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import rules
 from tracegrad.ops.registry import (
+    AWAY_FROM_ZERO,
+    BINARY_SHAPES,
     CHEAP,
     COMMUTATIVE,
     ELEMENTWISE,
@@ -60,14 +62,17 @@ def unary(
     register(name, ("x",), infer, impl, vjp, emit, saves, {ELEMENTWISE, *props}, out, samples)
 
 
-def binary(name, impl, rules_xy, emit, saves=(), props=()):
-    """A two-input elementwise op with broadcasting; ``props`` add to ELEMENTWISE."""
+def binary(name, impl, rules_xy, emit, saves=(), props=(), samples=None):
+    """A two-input elementwise op with broadcasting; ``props`` add to ELEMENTWISE; test
+    ``samples`` draw both inputs in [-2, 2] on BINARY_SHAPES unless given."""
 
     def infer(x: TensorType, y: TensorType) -> TensorType:
         return rules.elementwise(name, x, y)
 
     out = ufunc_out(impl, 2)
-    register(name, ("x", "y"), infer, impl, rules_xy, emit, saves, {ELEMENTWISE, *props}, out)
+    samples = (Sample(shapes=BINARY_SHAPES),) if samples is None else samples
+    props = {ELEMENTWISE, *props}
+    register(name, ("x", "y"), infer, impl, rules_xy, emit, saves, props, out, samples)
 
 
 def comparison(name, impl, emit):
@@ -316,6 +321,7 @@ binary(
     "{0} / {1}",
     saves={"x": ("y",), "y": ("y", "out")},
     props={CHEAP},
+    samples=(Sample(shapes=BINARY_SHAPES, inputs=(Sample(), AWAY_FROM_ZERO)),),
 )
 binary(
     "pow",
@@ -323,6 +329,7 @@ binary(
     (_pow_grad_x, _pow_grad_y),
     "np.power({0}, {1})",
     saves={"x": ("x", "y"), "y": ("x", "y", "out")},
+    samples=(Sample(shapes=BINARY_SHAPES, inputs=(POSITIVE, Sample())),),
 )
 binary(
     "maximum",
@@ -331,6 +338,7 @@ binary(
     "np.maximum({0}, {1})",
     saves=("x", "y"),
     props={COMMUTATIVE, CHEAP},
+    samples=(),  # (ties need draws kept apart: the test tables' own rows)
 )
 binary(
     "minimum",
@@ -339,6 +347,7 @@ binary(
     "np.minimum({0}, {1})",
     saves=("x", "y"),
     props={COMMUTATIVE, CHEAP},
+    samples=(),  # (as maximum)
 )
 
 # --- comparisons and logic: bool results, no gradient -----------------------------------------
@@ -470,6 +479,7 @@ binary(
     (lambda c, g: g * c.y * _atan2_scale(c), lambda c, g: -g * c.x * _atan2_scale(c)),
     "np.arctan2({0}, {1})",
     saves=("x", "y"),
+    samples=(Sample(shapes=BINARY_SHAPES, inputs=(Sample(), AWAY_FROM_ZERO)),),
 )
 # remainder(x, y) = x - floor(x / y) * y, the sign of y's (Python's %, NumPy's remainder).
 binary(
@@ -478,4 +488,5 @@ binary(
     (lambda c, g: g, lambda c, g: -g * call("floor", c.x / c.y)),
     "np.remainder({0}, {1})",
     saves={"y": ("x", "y")},
+    samples=(),  # (x / y kept from integers, where it jumps: the test tables' own rows)
 )

@@ -55,6 +55,14 @@ CHEAP = "cheap"
 
 # Shape sets a one-input op is tested on: a matrix, a 0-d value, and a 3-d one with a size-1 dim.
 UNARY_SHAPES = (((2, 3),), ((),), ((4, 1, 2),))
+# ... and a two-input one: equal shapes, then broadcasting each way, from 0-d, across ranks.
+BINARY_SHAPES = (
+    ((2, 3), (2, 3)),
+    ((3, 1), (1, 4)),
+    ((2, 3), (3,)),
+    ((), (2, 3)),
+    ((2, 1, 3), (4, 1)),
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,11 @@ class Sample:
     shapes: tuple = UNARY_SHAPES  # shape sets: one shape per input
     smooth: bool = True
     tol: dict = field(default_factory=dict)
+    inputs: tuple = ()  # a Sample per input, drawing it (default: this one draws every input)
+
+    def drawers(self) -> tuple:
+        """One ``draw(rng, shape)`` per input of the op."""
+        return tuple(s.draw for s in self.inputs) or (self.draw,) * len(self.shapes[0])
 
     def draw(self, rng, shape):
         """One input of ``shape`` as the sample says (``rng``: a NumPy Generator)."""
@@ -85,6 +98,7 @@ class Sample:
 
 
 POSITIVE = Sample(low=0.5, high=2.0)
+AWAY_FROM_ZERO = Sample(kinks=(0.0,), gap=0.5)
 
 
 @dataclass(frozen=True)
