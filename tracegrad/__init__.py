@@ -53,3 +53,4 @@ from tracegrad.compiled.function import CompiledFunction
 from tracegrad.compiled.specializer import RecompileError
 from tracegrad.serialization import SerializationError, load, save
 from tracegrad.version import __version__
+from tracegrad import distributed  # tg.distributed: training over processes with MPI

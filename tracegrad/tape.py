@@ -19,6 +19,10 @@ class _ThreadState(threading.local):
 
     grad_enabled = True
     backward_node = None
+    final_callbacks: list  # set per thread in __init__
+
+    def __init__(self):
+        self.final_callbacks = []
 
 
 thread_state = _ThreadState()
@@ -221,6 +225,7 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
     nodes = _topological_nodes([o.grad_fn for o in outputs if o.grad_fn is not None])
     if capture is not None:
         nodes = _leading_to(nodes, wanted)  # like PyTorch: only what the inputs need
+    remaining = _leaf_uses(nodes)
     with enable_grad() if create_graph else no_grad():
         for node in nodes:
             out_grads = [pending.pop((id(node), i), None) for i in range(node.n_outputs)]
@@ -230,16 +235,10 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
                 retained = node.retained.get(i)
                 if retained is not None and retained() is not None and grad is not None:
                     retained().grad = grad if create_graph else grad.detach()
-            if all(g is None for g in out_grads):
-                continue
-            node.check_saved()
-            outer, thread_state.backward_node = current_backward(), node
-            try:
-                _route(node, node.backward_fn(out_grads), pending, leaves)
-            finally:
-                thread_state.backward_node = outer
-            if not retain_graph:
-                node.freed = True
+            if any(g is not None for g in out_grads):
+                _run_node(node, out_grads, pending, leaves, retain_graph)
+            if capture is None:
+                _accumulate_finished_leaves(node, remaining, pending, leaves, create_graph)
     for key, leaf in leaves.items():
         grad = pending.get(key)
         if key in wanted:
@@ -247,10 +246,46 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
         elif capture is None and grad is not None and leaf.requires_grad:
             accumulate(leaf, grad, create_graph)
     if capture is None:
+        _run_final_callbacks()
         return None
     for key in wanted:  # wanted values whose producers did not need to run
         captured.setdefault(key, pending.get(key))
     return [captured.get(_key(t)) for t in capture]
+
+
+def _run_node(node, out_grads, pending, leaves, retain_graph) -> None:
+    node.check_saved()
+    outer, thread_state.backward_node = current_backward(), node
+    try:
+        _route(node, node.backward_fn(out_grads), pending, leaves)
+    finally:
+        thread_state.backward_node = outer
+    if not retain_graph:
+        node.freed = True
+
+
+def _leaf_uses(nodes: list[Node]) -> dict[int, int]:
+    """How many edges of ``nodes`` lead to each leaf."""
+    uses: dict[int, int] = {}
+    for node in nodes:
+        for edge in node.edges:
+            if not isinstance(edge, tuple):
+                uses[id(edge)] = uses.get(id(edge), 0) + 1
+    return uses
+
+
+def _accumulate_finished_leaves(node, remaining, pending, leaves, create_graph) -> None:
+    """Accumulate the gradient of each leaf that no later node can add to, as soon as the last
+    edge to it is done, so that post-accumulate hooks (data parallelism's bucket allreduces)
+    start while the rest of the backward still runs."""
+    for edge in node.edges:
+        if isinstance(edge, tuple):
+            continue
+        key = id(edge)
+        remaining[key] -= 1
+        if remaining[key] == 0 and key in leaves and edge.requires_grad:
+            del leaves[key]
+            accumulate(edge, pending.pop(key), create_graph)
 
 
 def _leading_to(nodes: list[Node], wanted: dict) -> list[Node]:
@@ -303,3 +338,18 @@ def accumulate(leaf, grad, create_graph) -> None:
         leaf.grad = grad if create_graph or unshared else grad.clone()
     else:
         leaf.grad = leaf.grad + grad
+    for hook in leaf.__dict__.get("_post_accumulate_grad_hooks", {}).values():
+        hook(leaf)
+
+
+def queue_callback(callback) -> None:
+    """Run ``callback()`` once when the running backward pass has accumulated every gradient
+    (PyTorch's ``Variable._execution_engine.queue_callback``; data parallelism waits on its
+    gradient averaging there, before backward() returns)."""
+    thread_state.final_callbacks.append(callback)
+
+
+def _run_final_callbacks() -> None:
+    callbacks, thread_state.final_callbacks = thread_state.final_callbacks, []
+    for callback in callbacks:
+        callback()
