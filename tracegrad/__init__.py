@@ -47,10 +47,9 @@ float = float32
 double = float64
 long = int64
 
-from tracegrad import data, distributions, ir, nn, optim, passes
+from tracegrad import data, distributed, distributions, ir, nn, optim, passes
 from tracegrad.compile import CompiledModule, compile, grad, trace, value_and_grad
 from tracegrad.compiled.function import CompiledFunction
 from tracegrad.compiled.specializer import RecompileError
 from tracegrad.serialization import SerializationError, load, save
 from tracegrad.version import __version__
-from tracegrad import distributed  # tg.distributed: training over processes with MPI

@@ -9,6 +9,7 @@ cotangents of its inputs, sum them back to each input's shape, accumulate.
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 
 import numpy as np
@@ -106,6 +107,9 @@ class set_grad_enabled(_GradMode):  # noqa: N801
         return type(self)(self.mode)
 
 
+_node_serials = itertools.count()
+
+
 class Node:
     """One recorded application of an op or a custom Function.
 
@@ -126,6 +130,7 @@ class Node:
         "retained",
         "saved",
         "scope",
+        "serial",
     )
 
     def __init__(self, name, inputs, backward_fn, n_outputs=1):
@@ -141,6 +146,7 @@ class Node:
         self.retained: dict = {}
         self.location = None  # the user's source line, when recorded while tracing
         self.scope = None  # the module call that made it, when recorded while tracing
+        self.serial = next(_node_serials)  # creation order: consumers come after producers
 
     def save(self, description: str, tensor) -> None:
         self.saved.append((description, tensor, tensor.version))
@@ -225,6 +231,8 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
     nodes = _topological_nodes([o.grad_fn for o in outputs if o.grad_fn is not None])
     if capture is not None:
         nodes = _leading_to(nodes, wanted)  # like PyTorch: only what the inputs need
+    else:  # latest first, as PyTorch: a layer's weights finish before earlier layers start
+        nodes.sort(key=lambda node: node.serial, reverse=True)
     remaining = _leaf_uses(nodes)
     with enable_grad() if create_graph else no_grad():
         for node in nodes:

@@ -93,3 +93,4 @@ __all__ = [
     "init",
     "utils",
 ]
+from tracegrad.nn import parallel  # DistributedDataParallel
