@@ -3,7 +3,9 @@
 This module knows tensors only through their attributes (``grad_fn``, ``requires_grad``,
 ``grad``, ``shape``...) so it sits below ``tracegrad.tensor``; ``tracegrad.autograd`` exposes it.
 The engine is one generic loop: visit nodes in reverse topological order, ask each node for the
-cotangents of its inputs, sum them back to each input's shape, accumulate.
+cotangents of its inputs, sum them back to each input's shape, accumulate. A leaf's gradient is
+accumulated as soon as its last edge is done, and its post-accumulate hooks run then (data
+parallelism starts averaging there); callbacks queued during a pass run at its end.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 
 
 class _ThreadState(threading.local):
-    """Per thread: grad mode, and the node whose backward is running (for create_graph)."""
+    """Per thread: grad mode, the node whose backward is running (for create_graph), and the
+    callbacks queued for the end of the running backward pass."""
 
     grad_enabled = True
     backward_node = None
