@@ -54,9 +54,9 @@ def train_parallel(build, data, mode: str, micro: int) -> np.ndarray:
 
 def main(name: str, mode: str) -> None:
     dist.init_process_group()
-    build, sample_shape = MODELS[name]
+    build, inputs = MODELS[name]
     micro = 2 if mode == "no_sync" else 1
-    data = batches(sample_shape, STEPS, GLOBAL_BATCH * micro)
+    data = batches(inputs, STEPS, GLOBAL_BATCH * micro)
     state = train_parallel(build, data, mode, micro)
     gathered = [tg.zeros(state.shape, dtype=tg.float64) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, tg.tensor(state))

@@ -1,6 +1,7 @@
 """The scripts of this directory run as two processes under ``mpiexec -n 2`` (skipped when
 mpiexec or mpi4py is missing): data-parallel training equals one process on the global
-batch, the collectives, the sampler's partition, and a raising rank ending the job."""
+batch (an MLP, a CNN, a small transformer), the collectives, the sampler's partition, and a
+raising rank ending the job."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def assert_both_ranks_say(result: subprocess.CompletedProcess, words: str) -> No
 
 
 @pytest.mark.parametrize("mode", ["eager", "compiled", "no_sync"])
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
 def test_data_parallel_equals_one_process_on_the_global_batch(model, mode):
     result = run_two("ddp_equivalence.py", model, mode)
     assert_both_ranks_say(result, f"{model} {mode} ok")
