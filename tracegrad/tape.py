@@ -353,6 +353,20 @@ def accumulate(leaf, grad, create_graph) -> None:
         hook(leaf)
 
 
+class RemovableHandle:
+    """Keeps one hook in a table of hooks; ``remove()`` takes it out."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: dict, hook):
+        RemovableHandle._next_id += 1
+        self.id, self.hooks = RemovableHandle._next_id, hooks
+        hooks[self.id] = hook
+
+    def remove(self) -> None:
+        self.hooks.pop(self.id, None)
+
+
 def queue_callback(callback) -> None:
     """Run ``callback()`` once when the running backward pass has accumulated every gradient
     (PyTorch's ``Variable._execution_engine.queue_callback``; data parallelism waits on its

@@ -66,20 +66,6 @@ def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
     return t
 
 
-class RemovableHandle:
-    """Keeps one hook in a table of hooks; ``remove()`` takes it out."""
-
-    _next_id = 0
-
-    def __init__(self, hooks: dict, hook):
-        RemovableHandle._next_id += 1
-        self.id, self.hooks = RemovableHandle._next_id, hooks
-        hooks[self.id] = hook
-
-    def remove(self) -> None:
-        self.hooks.pop(self.id, None)
-
-
 class Tensor:
     """An n-dimensional array that can record the operations applied to it for autograd."""
 
@@ -191,16 +177,6 @@ class Tensor:
         if self.grad_fn is not None:
             self.grad_fn.retained[self._out_index] = weakref.ref(self)
 
-    def register_post_accumulate_grad_hook(self, hook) -> RemovableHandle:
-        """Call ``hook(self)`` each time a backward pass has accumulated into this leaf's
-        ``.grad``; returns a handle whose ``remove()`` unregisters it."""
-        if self.grad_fn is not None:
-            raise RuntimeError(
-                "post accumulate grad hooks cannot be registered on non-leaf tensors"
-            )
-        hooks = self.__dict__.setdefault("_post_accumulate_grad_hooks", {})
-        return RemovableHandle(hooks, hook)
-
     def detach(self) -> Tensor:
         tracer = active_tracer()
         if tracer is not None and tracer.mode == "capture" and tracer.traced(self):
@@ -243,6 +219,16 @@ class Tensor:
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None) -> None:
         """Accumulate d(self)/d(leaf), times ``gradient``, into each leaf's ``.grad``."""
         backward([self], [gradient], retain_graph, create_graph, inputs)
+
+    def register_post_accumulate_grad_hook(self, hook) -> tape.RemovableHandle:
+        """Call ``hook(self)`` each time a backward pass has accumulated into this leaf's
+        ``.grad``; returns a handle whose ``remove()`` unregisters it."""
+        if self.grad_fn is not None:
+            raise RuntimeError(
+                "post accumulate grad hooks cannot be registered on non-leaf tensors"
+            )
+        hooks = self.__dict__.setdefault("_post_accumulate_grad_hooks", {})
+        return tape.RemovableHandle(hooks, hook)
 
     # --- conversion -------------------------------------------------------------------------------
 
