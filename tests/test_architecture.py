@@ -40,7 +40,15 @@ LAYERS = {
     "codegen": ["codegen"],
     "pictures": ["viz"],
     "compiled": ["compiled"],
-    "library": ["nn", "optim", "data", "distributions", "serialization", "numpy_interop"],
+    "library": [
+        "distributed",
+        "nn",
+        "optim",
+        "data",
+        "distributions",
+        "serialization",
+        "numpy_interop",
+    ],
     "entry points": ["compile", "cli", "demo", "__main__", ""],
 }
 

@@ -3,22 +3,30 @@
 This module knows tensors only through their attributes (``grad_fn``, ``requires_grad``,
 ``grad``, ``shape``...) so it sits below ``tracegrad.tensor``; ``tracegrad.autograd`` exposes it.
 The engine is one generic loop: visit nodes in reverse topological order, ask each node for the
-cotangents of its inputs, sum them back to each input's shape, accumulate.
+cotangents of its inputs, sum them back to each input's shape, accumulate. A leaf's gradient is
+accumulated as soon as its last edge is done, and its post-accumulate hooks run then (data
+parallelism starts averaging there); callbacks queued during a pass run at its end.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 
 import numpy as np
 
 
 class _ThreadState(threading.local):
-    """Per thread: grad mode, and the node whose backward is running (for create_graph)."""
+    """Per thread: grad mode, the node whose backward is running (for create_graph), and the
+    callbacks queued for the end of the running backward pass."""
 
     grad_enabled = True
     backward_node = None
+    final_callbacks: list  # set per thread in __init__
+
+    def __init__(self):
+        self.final_callbacks = []
 
 
 thread_state = _ThreadState()
@@ -122,6 +130,9 @@ class set_grad_enabled(_GradMode):  # noqa: N801
         return type(self)(self.mode)
 
 
+_node_serials = itertools.count()
+
+
 class Node:
     """One recorded application of an op or a custom Function.
 
@@ -142,6 +153,7 @@ class Node:
         "retained",
         "saved",
         "scope",
+        "serial",
     )
 
     def __init__(self, name, inputs, backward_fn, n_outputs=1):
@@ -157,6 +169,7 @@ class Node:
         self.retained: dict = {}
         self.location = None  # the user's source line, when recorded while tracing
         self.scope = None  # the module call that made it, when recorded while tracing
+        self.serial = next(_node_serials)  # creation order: consumers come after producers
 
     def save(self, description: str, tensor) -> None:
         self.saved.append((description, tensor, tensor.version))
@@ -241,6 +254,9 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
     nodes = _topological_nodes([o.grad_fn for o in outputs if o.grad_fn is not None])
     if capture is not None:
         nodes = _leading_to(nodes, wanted)  # like PyTorch: only what the inputs need
+    else:  # latest first, as PyTorch: a layer's weights finish before earlier layers start
+        nodes.sort(key=lambda node: node.serial, reverse=True)
+    remaining = _leaf_uses(nodes)
     with enable_grad() if create_graph else no_grad():
         for node in nodes:
             out_grads = [pending.pop((id(node), i), None) for i in range(node.n_outputs)]
@@ -250,16 +266,10 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
                 retained = node.retained.get(i)
                 if retained is not None and retained() is not None and grad is not None:
                     retained().grad = grad if create_graph else grad.detach()
-            if all(g is None for g in out_grads):
-                continue
-            node.check_saved()
-            outer, thread_state.backward_node = current_backward(), node
-            try:
-                _route(node, node.backward_fn(out_grads), pending, leaves)
-            finally:
-                thread_state.backward_node = outer
-            if not retain_graph:
-                node.freed = True
+            if any(g is not None for g in out_grads):
+                _run_node(node, out_grads, pending, leaves, retain_graph)
+            if capture is None:
+                _accumulate_finished_leaves(node, remaining, pending, leaves, create_graph)
     for key, leaf in leaves.items():
         grad = pending.get(key)
         if key in wanted:
@@ -267,10 +277,46 @@ def run_backward(outputs, grads, *, retain_graph, create_graph, capture=None):
         elif capture is None and grad is not None and leaf.requires_grad:
             accumulate(leaf, grad, create_graph)
     if capture is None:
+        _run_final_callbacks()
         return None
     for key in wanted:  # wanted values whose producers did not need to run
         captured.setdefault(key, pending.get(key))
     return [captured.get(_key(t)) for t in capture]
+
+
+def _run_node(node, out_grads, pending, leaves, retain_graph) -> None:
+    node.check_saved()
+    outer, thread_state.backward_node = current_backward(), node
+    try:
+        _route(node, node.backward_fn(out_grads), pending, leaves)
+    finally:
+        thread_state.backward_node = outer
+    if not retain_graph:
+        node.freed = True
+
+
+def _leaf_uses(nodes: list[Node]) -> dict[int, int]:
+    """How many edges of ``nodes`` lead to each leaf."""
+    uses: dict[int, int] = {}
+    for node in nodes:
+        for edge in node.edges:
+            if not isinstance(edge, tuple):
+                uses[id(edge)] = uses.get(id(edge), 0) + 1
+    return uses
+
+
+def _accumulate_finished_leaves(node, remaining, pending, leaves, create_graph) -> None:
+    """Accumulate the gradient of each leaf that no later node can add to, as soon as the last
+    edge to it is done, so that post-accumulate hooks (data parallelism's bucket allreduces)
+    start while the rest of the backward still runs."""
+    for edge in node.edges:
+        if isinstance(edge, tuple):
+            continue
+        key = id(edge)
+        remaining[key] -= 1
+        if remaining[key] == 0 and key in leaves and edge.requires_grad:
+            del leaves[key]
+            accumulate(edge, pending.pop(key), create_graph)
 
 
 def _leading_to(nodes: list[Node], wanted: dict) -> list[Node]:
@@ -323,3 +369,47 @@ def accumulate(leaf, grad, create_graph) -> None:
         leaf.grad = grad if create_graph or unshared else grad.clone()
     else:
         leaf.grad = leaf.grad + grad
+    for hook in leaf.__dict__.get("_post_accumulate_grad_hooks", {}).values():
+        hook(leaf)
+
+
+class RemovableHandle:
+    """What ``register_*_hook`` returns: it keeps one hook in a table of hooks (first, with
+    ``prepend``); ``remove()`` takes it out (a second call does nothing) and tells
+    ``on_change``, as adding it did; as a context manager it removes the hook on exit."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, hooks: dict, hook, prepend: bool = False, on_change=None):
+        self.id, self.hooks, self.on_change = next(RemovableHandle._ids), hooks, on_change
+        hooks[self.id] = hook
+        if prepend:  # (an OrderedDict)
+            hooks.move_to_end(self.id, last=False)
+        self._changed()
+
+    def remove(self) -> None:
+        if self.hooks.pop(self.id, None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def __enter__(self) -> RemovableHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def queue_callback(callback) -> None:
+    """Run ``callback()`` once when the running backward pass has accumulated every gradient
+    (PyTorch's ``Variable._execution_engine.queue_callback``; data parallelism waits on its
+    gradient averaging there, before backward() returns)."""
+    thread_state.final_callbacks.append(callback)
+
+
+def _run_final_callbacks() -> None:
+    callbacks, thread_state.final_callbacks = thread_state.final_callbacks, []
+    for callback in callbacks:
+        callback()

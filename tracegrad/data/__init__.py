@@ -6,11 +6,12 @@ import numpy as np
 
 from tracegrad import dtypes
 from tracegrad.data.digits import load_digits
+from tracegrad.data.sampler import DistributedSampler
 from tracegrad.errors import ShapeError
 from tracegrad.random import generator
 from tracegrad.tensor import Tensor, as_tensor, stack, tensor, wrap
 
-__all__ = ["DataLoader", "Dataset", "TensorDataset", "load_digits"]
+__all__ = ["DataLoader", "Dataset", "DistributedSampler", "TensorDataset", "load_digits"]
 
 
 class Dataset:
@@ -50,7 +51,8 @@ class TensorDataset(Dataset):
 
 
 class DataLoader:
-    """Iterates over batches; with ``shuffle``, a new order each epoch from tracegrad's seed.
+    """Iterates over batches; with ``shuffle``, a new order each epoch from tracegrad's seed;
+    with a ``sampler`` (a ``DistributedSampler``...), in the order of its indices.
 
     Args:
         dataset: a ``TensorDataset`` (or anything with ``len`` and integer indexing).
@@ -58,6 +60,7 @@ class DataLoader:
         shuffle: draw a new order at the start of each epoch.
         drop_last: leave out a last batch smaller than ``batch_size`` (which would compile
             a second specialization of a compiled step).
+        sampler: the indices to draw, in order, each epoch (not with ``shuffle``).
 
     Examples:
         >>> data = tg.data.TensorDataset(tg.arange(5), tg.arange(5) * 10)
@@ -66,20 +69,32 @@ class DataLoader:
     """
 
     def __init__(
-        self, dataset, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False
+        self,
+        dataset,
+        batch_size: int = 1,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        *,
+        sampler=None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size should be a positive integer, got {batch_size}")
+        if sampler is not None and shuffle:
+            raise ValueError("sampler option is mutually exclusive with shuffle")
         self.dataset, self.batch_size = dataset, batch_size
-        self.shuffle, self.drop_last = shuffle, drop_last
+        self.shuffle, self.drop_last, self.sampler = shuffle, drop_last, sampler
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        n = len(self.dataset)
-        order = generator().permutation(n) if self.shuffle else np.arange(n)
+        if self.sampler is not None:
+            order = np.fromiter(self.sampler, np.int64)
+        elif self.shuffle:
+            order = generator().permutation(len(self.dataset))
+        else:
+            order = np.arange(len(self.dataset))
         for b in range(len(self)):
             yield self._batch(order[b * self.batch_size : (b + 1) * self.batch_size])
 

@@ -136,3 +136,4 @@ __all__ = [
     "Upsample",
     "ZeroPad2d",
 ]
+from tracegrad.nn import parallel  # DistributedDataParallel

@@ -3,7 +3,6 @@ its forward and backward hooks."""
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
 
@@ -120,14 +119,8 @@ class Module:
         hooks do, in eager and compiled backward passes. Returns a removable handle."""
         return self._add_hook("_backward_pre_hooks", hook, prepend)
 
-    def _add_hook(self, table: str, entry, prepend: bool) -> RemovableHandle:
-        handle = RemovableHandle(self, table)
-        hooks = getattr(self, table)
-        hooks[handle.id] = entry
-        if prepend:
-            hooks.move_to_end(handle.id, last=False)
-        self._hooks_changed()
-        return handle
+    def _add_hook(self, table: str, entry, prepend: bool) -> tape.RemovableHandle:
+        return tape.RemovableHandle(getattr(self, table), entry, prepend, self._hooks_changed)
 
     def _hooks_changed(self) -> None:
         # A plain attribute: compiled code guards on it, so a new or removed hook recompiles
@@ -493,29 +486,6 @@ class Module:
 
 
 _HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
-
-
-class RemovableHandle:
-    """What ``register_*_hook`` returns: ``remove()`` takes the hook out (a second call does
-    nothing); as a context manager it removes the hook on exit."""
-
-    _ids = itertools.count()
-
-    def __init__(self, module: Module, table: str):
-        self.id = next(RemovableHandle._ids)
-        self._module, self._table = module, table
-
-    def remove(self) -> None:
-        hooks = getattr(self._module, self._table)
-        if self.id in hooks:
-            del hooks[self.id]
-            self._module._hooks_changed()
-
-    def __enter__(self) -> RemovableHandle:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 def _call_forward_hook(module, hook, with_kwargs, args, kwargs, output):

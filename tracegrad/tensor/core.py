@@ -394,6 +394,16 @@ class Tensor(_InstalledMethods):
         """
         backward([self], [gradient], retain_graph, create_graph, inputs)
 
+    def register_post_accumulate_grad_hook(self, hook) -> tape.RemovableHandle:
+        """Call ``hook(self)`` each time a backward pass has accumulated into this leaf's
+        ``.grad``; returns a handle whose ``remove()`` unregisters it."""
+        if self.grad_fn is not None:
+            raise RuntimeError(
+                "post accumulate grad hooks cannot be registered on non-leaf tensors"
+            )
+        hooks = self.__dict__.setdefault("_post_accumulate_grad_hooks", {})
+        return tape.RemovableHandle(hooks, hook)
+
     # --- conversion -------------------------------------------------------------------------------
 
     def _concrete(self, what: str) -> np.ndarray:

@@ -1,0 +1,62 @@
+"""The scripts of this directory run as two processes under ``mpiexec -n 2`` (skipped when
+mpiexec or mpi4py is missing): data-parallel training equals one process on the global
+batch (an MLP, a CNN, a small transformer), the collectives, the sampler's partition, and a
+raising rank ending the job."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tracegrad import distributed
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("mpiexec") is None or not distributed.is_available(),
+    reason="needs mpiexec and mpi4py: pip install 'tracegrad[mpi]'",
+)
+
+
+def run_two(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = ["mpiexec", "-n", "2", sys.executable, str(HERE / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_both_ranks_say(result: subprocess.CompletedProcess, words: str) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: {words}" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled", "no_sync"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
+def test_data_parallel_equals_one_process_on_the_global_batch(model, mode):
+    result = run_two("ddp_equivalence.py", model, mode)
+    assert_both_ranks_say(result, f"{model} {mode} ok")
+
+
+def test_collectives_buffers_and_shape_mismatch():
+    assert_both_ranks_say(run_two("collectives.py"), "collectives ok")
+
+
+def test_distributed_sampler_partitions_the_dataset():
+    assert_both_ranks_say(run_two("sampler_partition.py"), "sampler ok")
+
+
+def test_a_raising_rank_ends_every_rank_with_its_message():
+    result = run_two("raising_rank.py", timeout=120)
+    ended = time.time()
+    raised = float(re.search(r"raising at ([0-9.]+)", result.stdout).group(1))
+    assert result.returncode != 0
+    assert "[rank 1]" in result.stderr and "rank one failed on purpose" in result.stderr
+    assert ended - raised < 10, f"the job took {ended - raised:.1f} s to end after the raise"
