@@ -44,6 +44,7 @@ from tracegrad.nn.layers import (
 )
 from tracegrad.nn.module import Module
 from tracegrad.nn.parameter import Parameter
+from tracegrad.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 
 __all__ = [
     "BCELoss",
@@ -92,4 +93,13 @@ __all__ = [
     "functional",
     "init",
     "utils",
+    # recurrent layers
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "RNN",
+    "RNNBase",
+    "RNNCell",
+    "RNNCellBase",
 ]
