@@ -350,11 +350,9 @@ class RNN(RNNBase):
             _rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias, batch_first,
             dropout, bidirectional, device, dtype,
         )  # fmt: skip
-        self.nonlinearity = nonlinearity
-
-    def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text if self.nonlinearity == "tanh" else f"{text}, nonlinearity={self.nonlinearity}"
+        self.nonlinearity = (
+            nonlinearity  # (PyTorch's repr of RNN leaves it out; its cell's shows it)
+        )
 
 
 class LSTM(RNNBase):
