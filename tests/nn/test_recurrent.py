@@ -252,10 +252,54 @@ def test_cell_matches_torch(name, bias):
     compare_with_torch(torch, ours, theirs, (N, H_IN), None, kind)
 
 
+PROJECTED = [
+    dict(proj_size=2),
+    dict(proj_size=3, num_layers=2, bidirectional=True, batch_first=True),
+]
+
+
+@pytest.mark.parametrize("options", PROJECTED, ids=option_id)
+def test_lstm_with_projections_matches_torch(options):
+    torch = pytest.importorskip("torch")
+    tg.manual_seed(0)
+    ours = nn.LSTM(H_IN, H, **options).double()
+    assert tuple(ours.weight_hr_l0.shape) == (options["proj_size"], H)
+    theirs = torch_twin(torch, ours, "LSTM", {}, options)
+    layers = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
+    h, c = (layers, N, options["proj_size"]), (layers, N, H)
+    for batched, shapes in ((True, (h, c)), (False, (h[::2], c[::2]))):
+        x = rng(3).standard_normal(
+            input_shape({"batch_first": options.get("batch_first")}, batched)
+        )
+        results = []
+        for lib, module in ((tg, ours), (torch, theirs)):
+            module.zero_grad()
+            xt = lib.tensor(x, requires_grad=True)
+            hx = tuple(
+                lib.tensor(rng(i).standard_normal(s), requires_grad=True)
+                for i, s in enumerate(shapes)
+            )
+            result = module(xt, hx)
+            weighted_sum(result).backward()
+            grads = [xt.grad, *(part.grad for part in hx), *(p.grad for p in module.parameters())]
+            results.append([numpy_of(t) for t in flat(result) + grads])
+        for i, (a, e) in enumerate(zip(*results, strict=True)):
+            assert a.shape == e.shape
+            close(a, e, f"{batched}: tensor {i}")
+
+
+def test_lstm_with_projections_gradcheck():
+    layer = small_layer("LSTM", proj_size=1, num_layers=2, bidirectional=True)
+    x = tg.tensor(rng().standard_normal((2, 2, 2)))
+    call, weights = with_parameters(layer, lambda module, x: weighted_sum(module(x)))
+    assert gradcheck(call, [x, *weights])
+
+
 def test_repr_matches_torch():
     torch = pytest.importorskip("torch")
     pairs = [
         ("LSTM", (4, 6, 2), dict(batch_first=True, dropout=0.5, bidirectional=True)),
+        ("LSTM", (4, 6), dict(proj_size=3)),
         ("RNN", (4, 6), dict(nonlinearity="relu", bias=False)),
         ("GRU", (4, 6), {}),
         ("RNNCell", (4, 6), dict(nonlinearity="relu")),
@@ -337,7 +381,8 @@ class Tagger(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(7, H_IN)
         self.rnn = KINDS[kind][0](**options)
-        self.head = nn.Linear(H * (2 if options.get("bidirectional") else 1), 3)
+        features = self.rnn.real_hidden_size * (2 if options.get("bidirectional") else 1)
+        self.head = nn.Linear(features, 3)
 
     def forward(self, tokens, hx=None):
         out, state = self.rnn(self.embed(tokens), hx)
@@ -413,9 +458,11 @@ def train_step(model, opt):
 
 
 @pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", [*KINDS, "LSTM_projected"])
 def test_compiled_training_step_equals_eager(kind, optimizer):
     options = dict(num_layers=2, bidirectional=kind in ("LSTM", "GRU"), batch_first=True)
+    if kind == "LSTM_projected":
+        kind, options = "LSTM", dict(options, proj_size=2, bidirectional=True)
     make_opt = {
         "SGD": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
         "Adam": lambda ps: optim.Adam(ps, lr=0.01),
@@ -539,7 +586,9 @@ def test_bad_constructor_arguments():
         nn.LSTM(3, 0)
     with pytest.raises(ValueError, match="num_layers must be a positive integer"):
         nn.LSTM(3, 4, num_layers=0)
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        nn.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+        nn.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+        nn.RNNBase("GRU", 3, 4, proj_size=2)
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         nn.LSTM(3, 4, dropout=0.5)

@@ -115,13 +115,13 @@ def _check_dtype(name: str, input, weight) -> None:
         )
 
 
-def _initial_state(kind: _Kind, hx, shape: tuple, like) -> tuple:
+def _initial_state(kind: _Kind, hx, shapes: tuple, like) -> tuple:
     """The state tuple from the user's ``hx`` (a tensor, or LSTM's ``(h, c)``), zeros if None;
-    each part checked against ``shape``."""
+    each part checked against its shape in ``shapes``."""
     if hx is None:
-        return tuple(zeros(*shape, dtype=like.dtype) for _ in range(kind.state_size))
+        return tuple(zeros(*shape, dtype=like.dtype) for shape in shapes)
     parts = _state_parts(kind, hx)
-    for index, part in enumerate(parts):
+    for index, (part, shape) in enumerate(zip(parts, shapes, strict=True)):
         _check_state_part(kind, index, part, shape)
     return parts
 
@@ -186,15 +186,48 @@ def _check_sizes(input_size, hidden_size) -> None:
 # --- the layers --------------------------------------------------------------------------------
 
 
-def _run_direction(kind: _Kind, projected, state: tuple, w_hh, b_hh, reverse: bool):
+def _run_direction(kind: _Kind, projected, state: tuple, weights: dict, reverse: bool):
     """One direction of one layer over the time steps of ``projected`` (L, N, gates*H), the
-    input already projected. Returns the outputs h_t stacked in time order and the last state."""
+    input already projected. Returns the outputs h_t stacked in time order and the last state.
+    With LSTM's ``weight_hr`` each h_t is projected (``proj_size``) before it is used."""
+    w_hh, b_hh, w_hr = (weights.get(n) for n in ("weight_hh", "bias_hh", "weight_hr"))
     steps = projected.unbind(0)
     outputs = [None] * len(steps)
     for t in reversed(range(len(steps))) if reverse else range(len(steps)):
         state = kind.step(steps[t], F.linear(state[0], w_hh, b_hh), state)
+        if w_hr is not None:
+            state = (F.linear(state[0], w_hr), *state[1:])
         outputs[t] = state[0]
     return stack(outputs), state
+
+
+def _check_layer_options(mode: str, hidden_size, num_layers, dropout, proj_size) -> None:
+    if not isinstance(num_layers, int) or num_layers <= 0:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    if isinstance(dropout, bool) or not 0.0 <= dropout <= 1.0:
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of "
+            f"an element being zeroed, got {dropout!r}"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero "
+            f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+            f"num_layers={num_layers}",
+            stacklevel=4,
+        )
+    if not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(
+            f"proj_size should be a positive integer or zero to disable projections, got "
+            f"{proj_size!r}"
+        )
+    if proj_size and mode != "LSTM":
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
+            f"hidden_size={hidden_size}"
+        )
 
 
 class RNNBase(Module):
@@ -213,29 +246,18 @@ class RNNBase(Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        proj_size: int = 0,
         device=None,
         dtype=None,
     ):
         super().__init__()
         _check_sizes(input_size, hidden_size)
-        if not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
-        if isinstance(dropout, bool) or not 0.0 <= dropout <= 1.0:
-            raise ValueError(
-                "dropout should be a number in range [0, 1] representing the probability of "
-                f"an element being zeroed, got {dropout!r}"
-            )
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero "
-                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
-                f"num_layers={num_layers}",
-                stacklevel=2,
-            )
+        _check_layer_options(mode, hidden_size, num_layers, dropout, proj_size)
         self.mode, self.kind = mode, _KINDS[mode]
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first = bias, batch_first
         self.dropout, self.bidirectional = float(dropout), bidirectional
+        self.proj_size = proj_size
         self._all_weights = [
             self._add_weights(layer, direction, device, dtype)
             for layer in range(num_layers)
@@ -247,14 +269,21 @@ class RNNBase(Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def real_hidden_size(self) -> int:
+        """The size of h: ``proj_size`` when LSTM projects it, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
     def _add_weights(self, layer: int, direction: int, device, dtype) -> list[str]:
         """Register one layer-direction's parameters in PyTorch's order; return their names."""
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-        rows = self.kind.gates * self.hidden_size
-        columns = self.input_size if layer == 0 else self.hidden_size * self.num_directions
-        shapes = {"weight_ih": (rows, columns), "weight_hh": (rows, self.hidden_size)}
+        rows, h_size = self.kind.gates * self.hidden_size, self.real_hidden_size
+        columns = self.input_size if layer == 0 else h_size * self.num_directions
+        shapes = {"weight_ih": (rows, columns), "weight_hh": (rows, h_size)}
         if self.bias:
             shapes.update(bias_ih=(rows,), bias_hh=(rows,))
+        if self.proj_size:
+            shapes.update(weight_hr=(self.proj_size, self.hidden_size))
         for name, shape in shapes.items():
             setattr(self, name + suffix, _empty(*shape, device=device, dtype=dtype))
         return [name + suffix for name in shapes]
@@ -272,10 +301,9 @@ class RNNBase(Module):
         """Per layer and direction, its parameters in order (PyTorch's ``all_weights``)."""
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
-    def _weights(self, index: int) -> tuple:
-        """(w_ih, w_hh, b_ih, b_hh) of layer-direction ``index``; biases None without bias."""
-        found = [getattr(self, name) for name in self._all_weights[index]]
-        return tuple(found) if self.bias else (*found, None, None)
+    def _weights(self, index: int) -> dict:
+        """Layer-direction ``index``'s parameters by kind ("weight_ih", "bias_hh"...)."""
+        return {name.rpartition("_l")[0]: getattr(self, name) for name in self._all_weights[index]}
 
     def forward(self, input, hx=None):
         name = self.kind.name
@@ -286,8 +314,10 @@ class RNNBase(Module):
             input, hx = input.unsqueeze(1), _map_state(hx, lambda part: part.unsqueeze(1))
         elif self.batch_first:
             input = input.transpose(0, 1)
-        shape = (self.num_layers * self.num_directions, input.shape[1], self.hidden_size)
-        output, state = self._layers(input, _initial_state(self.kind, hx, shape, input))
+        layers = self.num_layers * self.num_directions
+        shapes = [(layers, input.shape[1], self.real_hidden_size)]
+        shapes += [(layers, input.shape[1], self.hidden_size)] * (self.kind.state_size - 1)
+        output, state = self._layers(input, _initial_state(self.kind, hx, shapes, input))
         if not batched:
             output, state = output.squeeze(1), tuple(part.squeeze(1) for part in state)
         elif self.batch_first:
@@ -304,10 +334,10 @@ class RNNBase(Module):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                w_ih, w_hh, b_ih, b_hh = self._weights(index)
+                weights = self._weights(index)
                 state = tuple(part[index] for part in initial)
-                projected = F.linear(x, w_ih, b_ih)
-                out, final = _run_direction(self.kind, projected, state, w_hh, b_hh, direction)
+                projected = F.linear(x, weights["weight_ih"], weights.get("bias_ih"))
+                out, final = _run_direction(self.kind, projected, state, weights, direction)
                 outputs.append(out)
                 finals.append(final)
             x = outputs[0] if len(outputs) == 1 else cat(outputs, dim=2)
@@ -316,6 +346,8 @@ class RNNBase(Module):
     def extra_repr(self) -> str:
         # PyTorch's text: only the settings that differ from their defaults
         text = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            text += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             text += f", num_layers={self.num_layers}"
         if self.bias is not True:
@@ -348,7 +380,7 @@ class RNN(RNNBase):
     ):
         super().__init__(
             _rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias, batch_first,
-            dropout, bidirectional, device, dtype,
+            dropout, bidirectional, 0, device, dtype,
         )  # fmt: skip
         self.nonlinearity = (
             nonlinearity  # (PyTorch's repr of RNN leaves it out; its cell's shows it)
@@ -357,7 +389,8 @@ class RNN(RNNBase):
 
 class LSTM(RNNBase):
     """Long short-term memory; ``forward(input, (h_0, c_0)=None)`` returns
-    ``(output, (h_n, c_n))``. PyTorch's ``proj_size`` is not supported (only 0)."""
+    ``(output, (h_n, c_n))``. With ``proj_size > 0`` each h_t is projected to that size by
+    ``weight_hr_l{k}`` (h_0, h_n and the output then have ``proj_size`` features)."""
 
     def __init__(
         self,
@@ -372,16 +405,10 @@ class LSTM(RNNBase):
         device=None,
         dtype=None,
     ):
-        if proj_size != 0:
-            raise NotImplementedError(
-                f"LSTM(proj_size={proj_size}): projections are not supported; use proj_size=0 "
-                "and an nn.Linear on the output"
-            )
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, device, dtype,
+            bidirectional, proj_size, device, dtype,
         )  # fmt: skip
-        self.proj_size = 0
 
 
 class GRU(RNNBase):
@@ -401,7 +428,7 @@ class GRU(RNNBase):
     ):
         super().__init__(
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, device, dtype,
+            bidirectional, 0, device, dtype,
         )  # fmt: skip
 
 
@@ -434,8 +461,8 @@ class RNNCellBase(Module):
         _check_state_rank(self.kind, hx, batched, 2)
         if not batched:
             input, hx = input.unsqueeze(0), _map_state(hx, lambda part: part.unsqueeze(0))
-        shape = (input.shape[0], self.hidden_size)
-        state = _initial_state(self.kind, hx, shape, input)
+        shapes = [(input.shape[0], self.hidden_size)] * self.kind.state_size
+        state = _initial_state(self.kind, hx, shapes, input)
         projected = F.linear(input, self.weight_ih, self.bias_ih)
         state = self.kind.step(projected, F.linear(state[0], self.weight_hh, self.bias_hh), state)
         if not batched:
