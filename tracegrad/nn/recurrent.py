@@ -15,6 +15,8 @@ The cell updates, one function per kind, shared by the layers and the cells (PyT
           h' = sigmoid(o) tanh(c')
     GRU   r, z, n = chunks of xi and of hh;  r = sigmoid(xi_r + hh_r), z = sigmoid(xi_z + hh_z),
           n = tanh(xi_n + r * hh_n);  h' = (1 - z) n + z h
+
+LSTM's ``proj_size`` adds one step after the update: h' = h' @ W_hr^T.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def _map_state(hx, fn):
 
 def _reset_uniform(module: Module, hidden_size: int) -> None:
     # PyTorch's default: every weight and bias from U(-1/sqrt(hidden), 1/sqrt(hidden)).
-    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
+    bound = 1.0 / math.sqrt(hidden_size)
     for weight in module.parameters():
         init.uniform_(weight, -bound, bound)
 
