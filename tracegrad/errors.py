@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import sys
@@ -38,11 +39,16 @@ def user_frame() -> SourceLocation | None:
     """The innermost stack frame outside the tracegrad package: where the user called us."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_PACKAGE_DIR) and not filename.startswith("<frozen"):
+        if not _is_ours(frame.f_code.co_filename):
             return SourceLocation(frame.f_code.co_filename, frame.f_lineno, _line(frame))
         frame = frame.f_back
     return None
+
+
+@functools.cache  # (asked for every recorded op, of the same few files)
+def _is_ours(filename: str) -> bool:
+    """Whether code of ``filename`` is tracegrad's own (or Python's frozen modules)."""
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR) or filename.startswith("<frozen")
 
 
 def _line(frame) -> str:

@@ -1,7 +1,7 @@
 """Random programs from an integer seed (``random.Random(seed)``, so a seed names a program).
 
 Every program opens the same way: a Holder ``m`` with parameters ``w0`` (rows x cols) and
-``w1`` (cols x cols), arguments ``x0`` (requires grad) and ``x1`` (does not), and a first
+``w1`` (cols x cols), arguments ``x0`` (requiring grad or not) and ``x1`` (not), and a first
 statement that reads them all. Then a few statements from the chosen constructs, mixed with
 op-family statements as glue, and the results: the last values the body made. Between calls
 the caller moves the arguments, takes an SGD step on ``m`` by hand (unless ``fn`` is a step
@@ -16,6 +16,26 @@ from dataclasses import dataclass
 
 from .builder import Builder, Var
 from .constructs import CONSTRUCTS, GROUPS
+
+# How a step reaches its optimizer: by name, through a dict or a list, or only through helper
+# functions whose closures hold it (tracing its step() is the first sign of it).
+OPTIMIZER_PATHS = {
+    "name": ([], "opt.zero_grad()", "opt.step()"),
+    "dict": (['kit = {"opt": opt}'], 'kit["opt"].zero_grad()', 'kit["opt"].step()'),
+    "list": (["kit = [opt]"], "kit[0].zero_grad()", "kit[0].step()"),
+    "helpers": (
+        ["def zero():", "    opt.zero_grad()", "def update():", "    opt.step()"],
+        "zero()",
+        "update()",
+    ),
+}
+
+# How the function reaches the Holder ``m``: by name, through a dict, or through a helper.
+HOLDER_PATHS = {
+    "name": ([], []),
+    "dict": (['box = {"m": m}'], ['m = box["m"]']),
+    "helper": (["def holder():", "    return m"], ["m = holder()"]),
+}
 
 OPTIMIZERS = [
     "optim.SGD(m.parameters(), lr=0.05, momentum=0.9)",
@@ -83,9 +103,12 @@ def _step_tail(b: Builder, results: list[str], data_step: bool) -> list[str]:
         zero, update = "m.zero_grad()", "for p in m.parameters():\n    p.data.add_(-0.05 * p.grad)"
     else:
         b.add_setup(f"opt = {b.rng.choice(OPTIMIZERS)}")
+        setup, zero, update = OPTIMIZER_PATHS[b.rng.choice(sorted(OPTIMIZER_PATHS))]
+        for line in setup:
+            b.add_setup(line)
         b.state.append("opt")
         b.add_between('opt.param_groups[0]["lr"] *= 0.5')  # a schedule's decay
-        zero, update = "opt.zero_grad()", b.rng.choice(["opt.step()"] * 4 + ["pass"])
+        update = b.rng.choice([update] * 4 + ["pass"])
     return [zero, f"loss = {loss}", "loss.backward()", *update.split("\n")]
 
 
@@ -105,7 +128,10 @@ def _source(b: Builder, seed: int, chosen: list[str]) -> str:
         unpack += [f'{p} = pack["more"][{i}]' for i, p in enumerate(params[2:])]
         params = ["x0", "pack"]
     fn_name = "piece" if b.mixed else "fn"
-    body = [*unpack, *b.prologue]
+    # (an argument requiring grad gets a .grad, whose guard alone would notice a new state)
+    x0_grad = b.rng.choice([".requires_grad_()", ""])
+    holder_setup, holder_read = HOLDER_PATHS[b.rng.choice(sorted(HOLDER_PATHS))]
+    body = [*holder_read, *unpack, *b.prologue]
     lines = [
         f"# fuzz program: seed {seed}, constructs {', '.join(sorted(chosen))}",
         "def setup(compile_):",
@@ -113,10 +139,11 @@ def _source(b: Builder, seed: int, chosen: list[str]) -> str:
         "    m = Holder()",
         f"    m.w0 = nn.Parameter(tg.randn({b.rows}, {b.cols}, dtype=tg.float64))",
         f"    m.w1 = nn.Parameter(tg.randn({b.cols}, {b.cols}, dtype=tg.float64))",
-        f"    x0 = tg.randn({b.rows}, {b.cols}, dtype=tg.float64).requires_grad_()",
+        f"    x0 = tg.randn({b.rows}, {b.cols}, dtype=tg.float64){x0_grad}",
         f"    x1 = tg.randn({b.rows}, {b.cols}, dtype=tg.float64)",
         *b.setup,
         "    m.to(tg.float64)",
+        *("    " + line for line in holder_setup),
         f"    def {fn_name}({', '.join(params)}):",
         *("        " + line for line in body),
         *b.body,

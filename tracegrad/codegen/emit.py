@@ -31,6 +31,9 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=True,
+    # Compiling the templates costs ~15 ms; their bytecode is cached on disk (per user, keyed
+    # by each template's source) so only a machine's first process pays it.
+    bytecode_cache=jinja2.FileSystemBytecodeCache(),
 )
 # Text from outside tracegrad enters templates only through these (tracegrad.codegen.names)
 _ENV.filters.update(comment=safe.comment, literal=safe.literal)

@@ -145,8 +145,11 @@ def _read_again(namespace: str, bound) -> str:
     """The expression reading a tracegrad.compiled.state.Binding anew from its ``namespace``."""
     if bound.kind == "cell":
         return f"{namespace}.cell_contents"
-    if bound.kind == "global":
+    if bound.kind == "global" or (bound.kind == "item" and isinstance(bound.namespace, dict)):
         return f"{namespace}.get({safe.literal(bound.key)})"
+    if bound.kind == "item":  # of a list or tuple: one made shorter holds nothing there
+        i = bound.key
+        return f"({namespace}[{i}] if len({namespace}) > {i} else None)"
     return f"{namespace}.__dict__.get({safe.literal(bound.key)})"
 
 

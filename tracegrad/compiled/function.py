@@ -67,10 +67,16 @@ class CompiledFunction(Specializer):
         spec = self.cached(signature)
         if spec is None:
             guards = self._guards(args)  # of the state the signature read, before tracing
+            guarded = self.reached.guarded()
             spec = self.specialize(signature, args)
             if spec is None:
                 return self.fn(*args)
             self._use_guards(spec, guards)
+            if not self.reached.guarded() <= guarded:
+                # Its guards cannot tell when the state tracing found changes (the optimizer
+                # state this call created, say): it runs this call only; the next call's
+                # signature includes that state.
+                spec.runner = _this_call_only(spec.runner)
         elif spec is not self.latest and (result := spec.runner(args)) is not MISS:
             self.latest = spec
             return result
@@ -135,7 +141,7 @@ class CompiledFunction(Specializer):
             args,
             [t for _, t in state.state_tensors().values()],
             list(state.optimizers().values()),
-            list(state.modules.values()),
+            list(state.all_modules().values()),
             optimizer_groups,
             list(state.bindings.values()),
             state.stepped_optimizers(bool(self._cache)),
@@ -181,6 +187,15 @@ def _checking(runner: Callable, still_valid: Callable[[], bool]) -> Callable:
 
     def run(args, trusted=False):
         return runner(args, trusted) if still_valid() else MISS
+
+    return run
+
+
+def _this_call_only(runner: Callable) -> Callable:
+    """``runner``, refusing every call but the one that compiled it (which is trusted)."""
+
+    def run(args, trusted=False):
+        return runner(args, trusted) if trusted else MISS
 
     return run
 

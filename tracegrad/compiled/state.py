@@ -22,11 +22,13 @@ from tracegrad.tracer.hyperparameters import is_number
 @dataclass(frozen=True)
 class Binding:
     """A name the function reaches state by that may be bound to another object later (a
-    global, a closure variable, an attribute of a trainer), and where to read it again."""
+    global, a closure variable, an attribute of a trainer, an item of a dict), and where to
+    read it again."""
 
-    namespace: object  # a closure cell, a globals dict, or the object holding the attribute
-    kind: str  # "cell", "global" or "attribute"
-    key: str  # the name in that namespace
+    namespace: object  # a closure cell, a globals dict, the object holding the attribute, or
+    # the container holding the item
+    kind: str  # "cell", "global", "attribute" or "item"
+    key: str | int  # the name in that namespace, or the item's key or index
     held: object  # what it holds now
 
 
@@ -50,14 +52,35 @@ def _holds_state(obj) -> bool:
     return plain and hasattr(obj, "__dict__") and not is_module(obj) and not _is_optimizer(obj)
 
 
+_WIDE = 64  # items looked into per container holding state
+
+
+def _held(name: str, obj) -> list[tuple[str, tuple, object]]:
+    """What a holder of state holds: (name, reader, value) for each attribute of a plain
+    object, each item of a dict with string keys, of a list or of a tuple."""
+    if isinstance(obj, dict):
+        items = [(k, v) for k, v in list(obj.items())[:_WIDE] if isinstance(k, str)]
+        return [(f"{name}[{k!r}]", (obj, "item", k), v) for k, v in items]
+    if isinstance(obj, (list, tuple)):
+        return [(f"{name}[{i}]", (obj, "item", i), v) for i, v in enumerate(obj[:_WIDE])]
+    if _holds_state(obj):
+        return [
+            (f"{name}.{k}", (obj, "attribute", k), v)
+            for k, v in vars(obj).items()
+            if isinstance(k, str)
+        ]
+    return []
+
+
 def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
     """Modules and optimizers the function can reach (closure, globals it names, default
-    arguments, the object of a bound method, arguments, and the attributes of plain objects
-    among those, such as a trainer holding its model and optimizer), and tensors requiring
-    grad, by the name it uses for them: they give inputs readable names and are guarded.
-    Last, for the names that can be bound to another object later (a global, a closure
-    variable, an attribute of such a trainer), where to read them again: name -> its
-    ``Binding``."""
+    arguments, the object of a bound method, arguments, and what those hold one step down:
+    the attributes of plain objects, such as a trainer holding its model and optimizer, and
+    the items of dicts, lists and tuples, such as ``{"model": m, "opt": o}``), and tensors
+    requiring grad, by the name it uses for them: they give inputs readable names and are
+    guarded. Last, for the names that can be bound to another object later (a global, a
+    closure variable, an attribute or item of such a holder), where to read them again: name
+    -> its ``Binding``."""
     found, readers = {}, {}
     owner = getattr(fn, "__self__", None)
     if owner is not None:
@@ -76,19 +99,19 @@ def reachable_state(fn, args) -> tuple[dict, dict, dict, dict]:
         found.update(zip(positional[len(positional) - len(defaults) :], defaults, strict=True))
         found.update(fn.__kwdefaults__ or {})
     found.update((f"arg{i}", a) for i, a in enumerate(args))
+    holder_of = {}
     for name, obj in list(found.items()):
-        if _holds_state(obj):
-            for key, value in vars(obj).items():
-                if isinstance(key, str) and f"{name}.{key}" not in found:
-                    found[f"{name}.{key}"] = value
-                    readers[f"{name}.{key}"] = (obj, "attribute", key)
+        for held_name, reader, value in _held(name, obj):
+            if held_name not in found:
+                found[held_name], readers[held_name] = value, reader
+                holder_of[held_name] = name
     found = {n: o for n, o in found.items() if not isinstance(o, type)}  # classes are no state
     modules = {n: o for n, o in found.items() if is_module(o)}
     optimizers = {n: o for n, o in found.items() if _is_optimizer(o)}
     tensors = {n: o for n, o in found.items() if isinstance(o, Tensor) and o.requires_grad}
     state = {**modules, **optimizers, **tensors}
     # a holder of state is read again too (a new trainer may hold a new model)
-    holders = {n.rpartition(".")[0] for n in state if "." in n}
+    holders = {holder_of[n] for n in state if n in holder_of}
     bound = {n: Binding(*readers[n], found[n]) for n in [*state, *holders] if n in readers}
     return modules, optimizers, tensors, bound
 
@@ -114,13 +137,14 @@ class ReachedState:
 
     def __init__(self, fn):
         self.fn = fn  # where the state is looked for (closure, globals)
-        self.modules: dict[str, object] = {}
+        self.modules: dict[str, object] = {}  # reached by name
         self.named_optimizers: dict[str, object] = {}
         self.tensors: dict[str, Tensor] = {}  # requiring grad, by the name reaching them
         self.bindings: dict[str, Binding] = {}  # by the rebindable name
         # Tensors requiring grad it reached or read, and optimizers its tracing stepped
         self.watched_tensors: dict[int, tuple[str, Tensor]] = {}
         self.traced_optimizers: dict[str, object] = {}
+        self.traced_modules: dict[str, object] = {}  # called while tracing, not reached by name
         self.stepped: list = []  # the optimizers whose step() a trace went through
 
     def watch(self, args) -> None:
@@ -145,7 +169,7 @@ class ReachedState:
         """id -> (label, tensor) of the state the program may read: the watched modules'
         parameters as they are now (one may have been replaced), then the tensors it read."""
         state = {}
-        for module_name, module in self.modules.items():
+        for module_name, module in self.all_modules().items():
             for n, p in module.named_parameters():
                 state.setdefault(id(p), (f"state {module_name}.{n}", p))
         for key, entry in self.watched_tensors.items():
@@ -157,10 +181,30 @@ class ReachedState:
         reaches may be)."""
         return self.stepped if traced_before else list(self.optimizers().values())
 
+    def all_modules(self) -> dict[str, object]:
+        """The modules reached by name, then those a trace called that are no part of them
+        (their guards check the whole tree of each)."""
+        return {**self.modules, **_outside(self.traced_modules, self.modules.values())}
+
+    def note_called(self, modules) -> None:
+        """A trace called ``modules`` (in the order first called)."""
+        known = {id(m) for m in self.traced_modules.values()}
+        fresh = [m for m in modules if id(m) not in known]
+        count = len(self.traced_modules)
+        self.traced_modules.update((f"module{count + i}", m) for i, m in enumerate(fresh))
+
     def note_stepped(self, optimizers) -> None:
         """A trace went through the step() of ``optimizers``."""
         self.traced_optimizers.update((f"optimizer{i}", o) for i, o in enumerate(optimizers))
         self.stepped += [o for o in optimizers if all(o is not s for s in self.stepped)]
+
+    def guarded(self) -> frozenset[int]:
+        """id() of what a call's guards check now: the state tensors, the optimizers and
+        those whose state is checked. A trace that reaches more (an optimizer only its step()
+        call led to) made a program whose guards were written without it."""
+        stepped = self.stepped_optimizers(traced_before=True)
+        ids = [*self.state_tensors(), *map(id, self.optimizers().values()), *map(id, stepped)]
+        return frozenset([*ids, *map(id, self.all_modules().values())])
 
     def names(self) -> dict[int, str]:
         """id -> the name of each state tensor, and of each optimizer (its hyperparameters are
@@ -173,7 +217,7 @@ class ReachedState:
         """id() of the lifted tensors this state already guards (parameters and buffers of
         the modules, tensors bound to names, optimizer state, .grad)."""
         state = [*self.tensors.values()]
-        for module in self.modules.values():
+        for module in self.all_modules().values():
             state += [*module.parameters(), *module.buffers()]
         owned = {id(t) for t in state}
         owned |= {id(t.grad) for t in [*state, *lifted] if t.grad is not None}
@@ -190,9 +234,18 @@ class ReachedState:
         for name, opt in self.optimizers().items():
             guards += _optimizer_guards(name, opt, any(opt is o for o in stepped))
         guards += [(f"binding {name}", identity(b.held)) for name, b in self.bindings.items()]
-        for name, module in self.modules.items():
+        for name, module in self.all_modules().items():
             guards += _module_guards(name, module)
         return guards
+
+
+def _outside(modules: dict[str, object], owners) -> dict[str, object]:
+    """Those of ``modules`` that are not in the tree of an owner or of another of them."""
+    inside = {id(sub) for owner in owners for sub in owner.modules() if sub is not owner}
+    inside |= {id(owner) for owner in owners}
+    for m in modules.values():
+        inside |= {id(sub) for sub in m.modules() if sub is not m}
+    return {name: m for name, m in modules.items() if id(m) not in inside}
 
 
 def _module_guards(name: str, module) -> list[tuple[str, object]]:

@@ -157,6 +157,7 @@ def trace_step(compiled, args, signature) -> StepProgram:
         if t.requires_grad:
             reached.watch_tensor(value.name, t)
     reached.note_stepped(tracer.optimizers)
+    reached.note_called(tracer.modules_called)
     owners = {id(grad): t for t, grad in grads_before.values() if grad is not None}
     n = traced.n_results
     return StepProgram(
@@ -296,6 +297,7 @@ def trace_function(compiled, args, signature, names) -> StepProgram:
     for t, value in zip(traced.lifted, traced.graph.inputs[-len(traced.lifted) :], strict=False):
         if t.requires_grad:
             compiled.reached.watch_tensor(value.name, t)
+    compiled.reached.note_called(traced.modules_called)
     return StepProgram(
         module.program,
         None,  # (its module program derives them)

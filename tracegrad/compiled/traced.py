@@ -44,6 +44,7 @@ class Traced:
     updated_args: tuple[int, ...] = ()  # arguments updated in place, after update_targets
     values_read: tuple = ()  # (tensor, version) of outside tensors whose value Python read
     views: tuple = ()  # returned values that are views of an input's memory (eager_views)
+    modules_called: tuple = ()  # the modules whose forward ran while tracing
 
 
 def values_read(tracer: Tracer) -> tuple:
@@ -89,7 +90,8 @@ def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
     lifted = [t for t, _ in tracer.lifted.values()]
     read = values_read(tracer)
     views = eager_views(graph, len(outs))
-    return Traced(graph, lifted, targets, len(outs), structure, updated_args, read, views)
+    called = tuple(tracer.modules_called)
+    return Traced(graph, lifted, targets, len(outs), structure, updated_args, read, views, called)
 
 
 STRUCTURED = (tuple, list, dict, np.ndarray)  # arguments calls are flattened for

@@ -9,7 +9,7 @@ import numpy as np
 
 from tracegrad import changes, devices, dtypes
 from tracegrad.nn.parameter import Parameter
-from tracegrad.tensor import Tensor, wrap
+from tracegrad.tensor import Tensor, active_tracer, wrap
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -34,6 +34,9 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
+        tracer = active_tracer()
+        if tracer is not None:
+            tracer.module_called(self)
         return self.forward(*args, **kwargs)
 
     # --- registration ---------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class Tracer:
         self._kept: list[Tensor] = []
         self._not_own: set[Value] = set()  # values that are inputs or views of others
         self.optimizers: list = []
+        self.modules_called: list = []  # each module called while tracing, once
         self.values_read: dict[int, tuple[Tensor, int]] = {}  # by Python: id -> (t, version)
         self.backward_calls = 0  # backward() and autograd.grad() calls on traced values
         self.updating = False  # inside an optimizer's step: its nodes are the update section
@@ -371,6 +372,12 @@ class Tracer:
                 )
             )
         return np.ascontiguousarray(shown)
+
+    def module_called(self, module) -> None:
+        """A module's forward runs inside the trace: what it read of its own settings (its
+        training flag, say) the program's guards must check."""
+        if all(m is not module for m in self.modules_called):
+            self.modules_called.append(module)
 
     @contextlib.contextmanager
     def optimizer_step(self, optimizer):
