@@ -5,7 +5,10 @@ after each, on synthetic 28x28 images."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 from harness import (
     MODES,
     Run,
@@ -20,6 +23,12 @@ from harness import (
 )
 
 import tracegrad as tg
+
+# The example's Dropout2d comes with the spatial layers, merged separately: until then the port
+# cannot run as written.
+pytestmark = pytest.mark.skipif(
+    not hasattr(tg.nn, "Dropout2d"), reason="nn.Dropout2d is not merged yet"
+)
 
 
 def net_class(lib):
@@ -95,7 +104,7 @@ def run_epochs(lib, mode, batches, initial, epochs=3) -> Run:
     for _ in range(epochs):
         losses += [loss_value(step(*as_batch(lib, batch))) for batch in batches]
         state["scheduler"].step()
-    assert state["optimizer"].param_groups[0]["lr"] == 0.1 * 0.7**epochs
+    assert math.isclose(state["optimizer"].param_groups[0]["lr"], 0.1 * 0.7**epochs)
     return Run(losses, module_states(state))
 
 
