@@ -97,7 +97,7 @@ def flat_hidden(lib, h):
     return [h] if isinstance(h, lib.Tensor) else list(h)
 
 
-def maker(rnn_type, tied=False, dropout=0.0):
+def maker(rnn_type, tied=False, dropout=0.0, use_optimizer=False):
     def make(lib):
         emsize = nhid = 8
         if not tied:
@@ -105,16 +105,22 @@ def maker(rnn_type, tied=False, dropout=0.0):
         model = rnn_model_class(lib)(rnn_type, NTOKEN, emsize, nhid, 2, dropout, tied)
         model.train()
         # train() starts every epoch from init_hidden; the port's batches are one epoch
-        return {"model": model, "criterion": lib.nn.NLLLoss(), "hidden": model.init_hidden(BSZ)}
+        state = {"model": model, "criterion": lib.nn.NLLLoss(), "hidden": model.init_hidden(BSZ)}
+        if use_optimizer:  # main.py --use-optimizer
+            state["optimizer"] = lib.optim.AdamW(model.parameters(), lr=0.01)
+        return state
 
     return make
 
 
 def train_step(lib, state, data, targets):
     """The body of main.py's train() loop for one batch."""
-    model, criterion = state["model"], state["criterion"]
+    model, criterion, optimizer = state["model"], state["criterion"], state.get("optimizer")
     # Starting each batch, we detach the hidden state from how it was previously produced.
-    model.zero_grad()
+    if optimizer is not None:
+        optimizer.zero_grad()
+    else:
+        model.zero_grad()
     hidden = repackage_hidden(lib, state["hidden"])
     output, hidden = model(data, hidden)
     loss = criterion(output, targets)
@@ -122,8 +128,11 @@ def train_step(lib, state, data, targets):
 
     # `clip_grad_norm` helps prevent the exploding gradient problem in RNNs / LSTMs.
     lib.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-    for p in model.parameters():
-        p.data.add_(p.grad, alpha=-LR)
+    if optimizer is not None:
+        optimizer.step()
+    else:
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-LR)
     carry_hidden(lib, state["hidden"], hidden)  # (after backward, which reads the old state)
     return loss
 
@@ -161,6 +170,14 @@ def test_word_language_model(rnn_type):
     assert "rnn.weight_hh_l1" in runs["step"].states["model"]
     fresh = run_port(maker(rnn_type), fresh_state_step, batches(), modes=())
     assert not np.allclose(fresh["eager"].losses[1:], runs["eager"].losses[1:], rtol=1e-4)
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "RNN_TANH"])
+def test_word_language_model_with_adamw(rnn_type):
+    """main.py --use-optimizer: AdamW's state is carried by the compiled step too."""
+    runs = run_port(maker(rnn_type, use_optimizer=True), train_step, batches())
+    manual = run_port(maker(rnn_type), train_step, batches(), modes=())
+    assert not np.allclose(runs["step"].losses[1:], manual["eager"].losses[1:], rtol=1e-4)
 
 
 @pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
