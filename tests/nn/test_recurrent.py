@@ -418,12 +418,16 @@ COMPILED_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("options", COMPILED_OPTIONS, ids=option_id)
+@pytest.mark.parametrize(
+    ("options", "passes"),
+    [(options, "default") for options in COMPILED_OPTIONS] + [(COMPILED_OPTIONS[0], None)],
+    ids=lambda value: option_id(value) if isinstance(value, dict) else str(value),
+)
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_compiled_module_equals_eager(kind, options):
+def test_compiled_module_equals_eager(kind, options, passes):
     hx_shape = (options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1), N, H)
     eager_model, compiled_model = tagger(kind, **options), tagger(kind, **options)
-    compiled = tg.compile(compiled_model)
+    compiled = tg.compile(compiled_model, passes=passes)
     for call in range(2):  # in train mode: dropout draws equal under the same seed
         tg.manual_seed(10 + call)
         expected = call_record(eager_model, eager_model, kind, hx_shape)
@@ -433,6 +437,13 @@ def test_compiled_module_equals_eager(kind, options):
         for key in expected:
             close(actual[key], expected[key], f"call {call}: {key}")
     assert not compiled.recompile_reasons
+
+
+def test_the_traced_graph_grows_linearly_with_the_sequence_length():
+    """The layer is unrolled: each time step adds the same nodes (README's note on scaling)."""
+    lstm = nn.LSTM(H_IN, H, 2)
+    counts = [len(tg.trace(lstm, tg.randn(length, N, H_IN)).nodes) for length in (4, 8, 12)]
+    assert counts[2] - counts[1] == counts[1] - counts[0] > 0
 
 
 def test_a_new_sequence_length_compiles_a_new_specialization():
