@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from ir_graphs import mlp, mlp_with_updates, val
 
-from tracegrad.ir.core import Namespace
+from tracegrad.ir.core import Namespace, Value
 from tracegrad.ir.graph import Graph
+from tracegrad.ir.lint import GraphLintError
 
 # mlp(): 0 permute -> %1, 1 matmul -> %2, 2 add -> %3, 3 relu -> %4, 4 constant -> %5,
 #        5 sum -> %6, 6 mul -> %7; inputs %x, %fc1.weight, %fc1.bias; output %7.
@@ -71,3 +73,67 @@ def test_last_uses_keep_outputs_and_updates_to_the_end():
     assert last[v["7"]] == end and last[v["w2"]] == end and last[v["b2"]] == end
     assert last[v["fc1.weight"]] == 7  # read by its update's neg
     assert graph.kept() == {v["7"], v["w2"], v["b2"]}
+
+
+def test_users_are_maintained_by_insert_and_replace():
+    graph = mlp()
+    v = values_named(graph)
+    users = graph.users()
+    relu = graph.nodes[3]
+    with graph.inserting_before(relu):
+        doubled = graph.insert(relu.derive("mul", [v["2"], v["2"]], [Value("d", v["3"].type)]))
+        negated = graph.insert(relu.derive("neg", [doubled.outputs[0]], [Value("n", v["3"].type)]))
+    assert [n.op for n in graph.nodes[1:6]] == ["matmul", "add", "mul", "neg", "relu"]
+    assert graph.users() is users  # (the same table, kept current)
+    assert users[v["2"]] == [graph.nodes[2], doubled, doubled]
+    graph.replace_all_uses({v["3"]: negated.outputs[0]})
+    assert graph.users()[negated.outputs[0]] == [relu]
+    assert v["3"] not in graph.users()
+    graph.lint()
+
+
+def test_inserting_after_places_nodes_in_order_and_at_the_start():
+    graph = mlp()
+    v = values_named(graph)
+    first = graph.nodes[0]
+    with graph.inserting_after(None):
+        a = graph.insert(first.derive("neg", [v["x"]], [Value("a", v["x"].type)]))
+        b = graph.insert(first.derive("neg", [a.outputs[0]], [Value("b", v["x"].type)]))
+    assert graph.nodes[:3] == [a, b, first]
+    graph.lint()
+
+
+def test_erase_refuses_a_node_still_read_and_updates_users():
+    graph = mlp()
+    v = values_named(graph)
+    relu = graph.nodes[3]
+    with pytest.raises(ValueError, match="still read"):
+        graph.erase(relu)
+    with graph.inserting_after(relu):
+        extra = graph.insert(relu.derive("neg", [v["4"]], [Value("e", v["4"].type)]))
+    assert extra in graph.users()[v["4"]]
+    graph.erase(extra)
+    assert extra not in graph.users()[v["4"]] and extra not in graph.nodes
+    graph.lint()
+
+
+def test_copy_where_made_copies_right_after_each_maker_in_order():
+    graph = mlp()
+    v = values_named(graph)
+    copies = graph.copy_where_made([v["3"], v["x"], v["3"]], ["c1", "c2", "c3"])
+    ops = [(n.op, n.outputs[0].name) for n in graph.nodes]
+    assert ops[0] == ("contiguous", "c2")
+    assert ops[3:6] == [("add", "3"), ("contiguous", "c1"), ("contiguous", "c3")]
+    assert [c.name for c in copies] == ["c1", "c2", "c3"]
+    graph.lint()
+
+
+def test_lint_notices_users_left_stale_by_a_hand_edit():
+    graph = mlp()
+    v = values_named(graph)
+    graph.users()
+    graph.nodes[3].inputs = [v["2"]]  # by hand: the table still says relu reads %3
+    with pytest.raises(GraphLintError, match="stale"):
+        graph.lint()
+    graph.nodes = list(graph.nodes)  # assigning the nodes rebuilds the table when asked
+    graph.lint()

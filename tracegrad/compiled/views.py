@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad.ir.core import CONSTANT
-from tracegrad.ir.graph import Graph, copies_where_made
+from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS
 from tracegrad.passes.memory import aliases
 
@@ -36,10 +36,10 @@ def returned_in_own_memory(graph: Graph, n_returned: int, kept=range(0)) -> Grap
     graph = graph.copy()
     outputs = list(graph.outputs)
     names = [f"{outputs[i].name}_copy{i}" for i in copied]
-    nodes, copies = copies_where_made(graph.nodes, [outputs[i] for i in copied], names)
+    copies = graph.copy_where_made([outputs[i] for i in copied], names)
     for i, copy in zip(copied, copies, strict=True):
         outputs[i] = copy
-    graph.nodes, graph.outputs = nodes, outputs
+    graph.outputs = outputs
     return graph
 
 

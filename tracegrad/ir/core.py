@@ -133,3 +133,12 @@ def phase_of_origin(origin: str | None) -> tuple[Phase, str | None]:
     if all(part.startswith(GRAD_OF) and len(part) > len(GRAD_OF) for part in parts):
         return Phase.BACKWARD, ", ".join(part.removeprefix(GRAD_OF) for part in parts)
     raise ValueError(f"unknown origin {origin!r}: write 'grad of <op>' or 'update'")
+
+
+def users_of(nodes: Iterable[Node]) -> dict[Value, list[Node]]:
+    """Each value read by one of ``nodes`` -> the nodes reading it, in order."""
+    table: dict[Value, list[Node]] = {}
+    for node in nodes:
+        for v in node.inputs:
+            table.setdefault(v, []).append(node)
+    return table

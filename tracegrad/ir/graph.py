@@ -21,6 +21,8 @@ Every node keeps ``location``, the user's source line it came from.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 from collections.abc import Iterable
 
 import networkx as nx
@@ -28,28 +30,9 @@ import numpy as np
 
 from tracegrad.ir import lint as lint_module
 from tracegrad.ir import serialize, text
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Namespace, Node, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Namespace, Node, Value, users_of
 
 __all__ = ["CONSTANT", "CUSTOM", "FUSED", "Graph", "Node", "Value", "body_of", "structure"]
-
-
-def copies_where_made(nodes: list[Node], values: list[Value], names: list[str]) -> tuple:
-    """``nodes`` with a copy (a ``contiguous`` node) of each of ``values`` right after the
-    node making it (first, for an input), before anything after can write the memory it is
-    in; and the copies' values (named ``names``)."""
-    made_by = {v: i for i, n in enumerate(nodes) for v in n.outputs}
-    after: dict[int, list[Node]] = {}
-    copies = []
-    for value, name in zip(values, names, strict=True):
-        copy = Value(name, value.type)
-        after.setdefault(made_by.get(value, -1), []).append(
-            Node("contiguous", [value], [copy], {}, None)
-        )
-        copies.append(copy)
-    placed = list(after.get(-1, []))
-    for i, node in enumerate(nodes):
-        placed += [node, *after.get(i, [])]
-    return placed, copies
 
 
 class Graph:
@@ -57,10 +40,23 @@ class Graph:
 
     def __init__(self, inputs=(), nodes=(), outputs=(), updates=None):
         self.inputs: list[Value] = list(inputs)
-        self.nodes: list[Node] = list(nodes)
+        self.nodes = nodes
         self.outputs: list[Value] = list(outputs)
         self.updates: dict[str, Value] = dict(updates or {})
         self._names: Namespace | None = None  # the names fresh() avoids, once it is called
+        self._insert_at: list[int] = []  # the insertion points open (see inserting_after)
+
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes in topological order. Read it freely; to change the graph, assign a new
+        list or use the editing methods, which keep ``users()`` current (a node's
+        ``inputs`` changed by hand leave it stale: ``lint`` notices)."""
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, nodes: Iterable[Node]) -> None:
+        self._nodes: list[Node] = list(nodes)
+        self._users: dict[Value, list[Node]] | None = None  # built at the first users()
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -74,12 +70,11 @@ class Graph:
         return {v: node for node in self.nodes for v in node.outputs}
 
     def users(self) -> dict[Value, list[Node]]:
-        """Each value read by a node -> the nodes reading it, in order (once per read)."""
-        table: dict[Value, list[Node]] = {}
-        for node in self.nodes:
-            for v in node.inputs:
-                table.setdefault(v, []).append(node)
-        return table
+        """Each value read by a node -> the nodes reading it, in order (once per read).
+        Built once, then maintained by the editing methods; do not change it."""
+        if self._users is None:
+            self._users = users_of(self._nodes)
+        return self._users
 
     def kept(self) -> set[Value]:
         """The values the caller receives: graph outputs and the new values of updates."""
@@ -131,6 +126,67 @@ class Graph:
             node.inputs = [final(v) for v in node.inputs]
         self.outputs = [final(v) for v in self.outputs]
         self.updates = {key: final(v) for key, v in self.updates.items()}
+        if self._users is not None:  # (every node was visited: rebuilding costs no more)
+            self._users = users_of(self._nodes)
+
+    @contextlib.contextmanager
+    def inserting_after(self, node: Node | None):
+        """Within this block ``insert`` places nodes right after ``node`` (None: before the
+        first node), each after the one inserted before it, as torch.fx's insertion points."""
+        self._insert_at.append(0 if node is None else self._nodes.index(node) + 1)
+        try:
+            yield self
+        finally:
+            self._insert_at.pop()
+
+    def inserting_before(self, node: Node):
+        """Within this block ``insert`` places nodes right before ``node``."""
+        index = self._nodes.index(node)
+        return self.inserting_after(self._nodes[index - 1] if index else None)
+
+    def insert(self, node: Node) -> Node:
+        """Add ``node`` at the open insertion point (at the end without one); its inputs
+        must be defined before that point."""
+        if self._insert_at:
+            index = self._insert_at[-1]
+            self._insert_at[-1] += 1
+        else:
+            index = len(self._nodes)
+        self._nodes.insert(index, node)
+        if self._users is not None:
+            for v in dict.fromkeys(node.inputs):
+                readers = self._users.setdefault(v, [])
+                at = bisect.bisect(readers, index, key=self._nodes.index)
+                readers[at:at] = [node] * node.inputs.count(v)
+        return node
+
+    def erase(self, node: Node) -> None:
+        """Remove ``node``, which nothing may read any more."""
+        read = [v for v in node.outputs if self.users().get(v) or v in self.kept()]
+        if read:
+            raise ValueError(f"cannot erase {node}: {read[0]} is still read")
+        self._nodes.remove(node)
+        for v in node.inputs:
+            self._users[v].remove(node)
+            if not self._users[v]:
+                del self._users[v]
+
+    def copy_where_made(self, values: list[Value], names: list[str]) -> list[Value]:
+        """Insert a copy (a ``contiguous`` node) of each of ``values`` right after the node
+        making it (first, for an input), before anything after can write the memory it is
+        in; return the copies' values (named ``names``)."""
+        producers = self.producers()
+        copies = [Value(name, value.type) for value, name in zip(values, names, strict=True)]
+        by_maker: dict[Node | None, list[Node]] = {}
+        for value, copy in zip(values, copies, strict=True):
+            by_maker.setdefault(producers.get(value), []).append(
+                Node("contiguous", [value], [copy], {}, None)
+            )
+        for maker, made in by_maker.items():
+            with self.inserting_after(maker):
+                for node in made:
+                    self.insert(node)
+        return copies
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

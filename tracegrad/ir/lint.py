@@ -14,7 +14,7 @@ import numpy as np
 from tracegrad.dtypes import ALL as DTYPES
 from tracegrad.dtypes import TensorType
 from tracegrad.ir import text
-from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value
+from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value, users_of
 from tracegrad.ops import OPS
 
 
@@ -42,7 +42,10 @@ def lint(graph) -> None:
     6. each ``updates`` key names a graph input, and its value is a defined value of the
        same type as that input;
     7. each node's ``phase`` is a ``Phase``; a backward node names the op it is the
-       gradient of in ``grad_of`` (a non-empty string), and no other node sets it.
+       gradient of in ``grad_of`` (a non-empty string), and no other node sets it;
+    8. the graph's maintained ``users()`` table, once built, says who reads each value (a
+       node's inputs changed by hand, not through the Graph's editing methods, leave it
+       stale).
     """
     defined: dict[Value, str] = {}  # value -> who defines it, for "defined before use"
     names: dict[str, str] = {}  # name -> who defines it, for uniqueness
@@ -58,6 +61,7 @@ def lint(graph) -> None:
             _define(value, where, defined, names)
     _check_outputs(graph, defined)
     _check_updates(graph, defined)
+    _check_users(graph)
 
 
 def describe(index: int, node: Node) -> str:
@@ -275,4 +279,19 @@ def _check_updates(graph, defined: dict) -> None:
             _fail(
                 f"{where}: the new value is typed {value.type} but the input is "
                 f"{inputs[key].type}; an update must keep the input's type"
+            )
+
+
+def _check_users(graph) -> None:
+    maintained = getattr(graph, "_users", None)
+    if maintained is None:
+        return
+    actual = users_of(graph.nodes)
+    for value in {*maintained, *actual}:
+        if maintained.get(value, []) != actual.get(value, []):
+            _fail(
+                f"users() of %{value.name} is stale: it lists {maintained.get(value, [])}, "
+                f"the nodes read it as {actual.get(value, [])}; change a graph's nodes "
+                "through its editing methods (insert, erase, replace_all_uses) or assign "
+                "graph.nodes"
             )

@@ -14,7 +14,7 @@ import numpy as np
 
 from tracegrad import tape
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
-from tracegrad.ir.graph import Graph, body_of, copies_where_made
+from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import CHEAP, OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.memory import aliases
@@ -143,10 +143,10 @@ def split(
     saved, recomputed = rematerialize(forward_nodes, steady, saved, returned, volatile)
     root = aliases(joint)
     written = [v for v in saved if root[v].name in changing]  # (or views of those)
-    nodes, copies = copies_where_made(forward_nodes, written, [f"{v.name}_saved" for v in written])
+    forward = Graph(forward_inputs, forward_nodes)
+    copies = forward.copy_where_made(written, [f"{v.name}_saved" for v in written])
     copy_of = dict(zip(written, copies, strict=True))
-    outputs = [copy_of.get(v, v) for v in saved]
-    forward = Graph(forward_inputs, nodes, joint.outputs[:n_forward] + outputs)
+    forward.outputs = joint.outputs[:n_forward] + [copy_of.get(v, v) for v in saved]
     backward_inputs = saved + [v for v in joint.inputs if v.name in seeds]
     backward = Graph(backward_inputs, recomputed + backward_nodes, joint.outputs[n_forward:])
     return Split(forward.copy(), backward.copy(), [n.outputs[0].name for n in recomputed])

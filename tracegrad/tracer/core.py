@@ -92,6 +92,7 @@ class Tracer:
         self._not_own: set[Value] = set()  # values that are inputs or views of others
         self.optimizers: list = []
         self.modules_called: list = []  # each module called while tracing, once
+        self._called_ids: set[int] = set()
         self.values_read: dict[int, tuple[Tensor, int]] = {}  # by Python: id -> (t, version)
         self.backward_calls = 0  # backward() and autograd.grad() calls on traced values
         self.updating = False  # inside an optimizer's step: its nodes are the update section
@@ -376,7 +377,8 @@ class Tracer:
     def module_called(self, module) -> None:
         """A module's forward runs inside the trace: what it read of its own settings (its
         training flag, say) the program's guards must check."""
-        if all(m is not module for m in self.modules_called):
+        if id(module) not in self._called_ids:
+            self._called_ids.add(id(module))
             self.modules_called.append(module)
 
     @contextlib.contextmanager
