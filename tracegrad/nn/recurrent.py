@@ -235,8 +235,10 @@ def _check_layer_options(mode: str, hidden_size, num_layers, dropout, proj_size)
 class RNNBase(Module):
     """The multi-layer, optionally bidirectional recurrent layer of a given mode ("RNN_TANH",
     "RNN_RELU", "LSTM", "GRU"). Parameters are named as PyTorch names them: ``weight_ih_l{k}``,
-    ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, with ``_reverse`` for the backward
-    direction; gates are stacked in PyTorch's order (LSTM i, f, g, o; GRU r, z, n)."""
+    ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and LSTM's ``weight_hr_l{k}``), with
+    ``_reverse`` for the backward direction; gates are stacked in PyTorch's order (LSTM i, f, g,
+    o; GRU r, z, n). Input (L, N, H_in), (N, L, H_in) with ``batch_first``, or unbatched
+    (L, H_in)."""
 
     def __init__(
         self,
