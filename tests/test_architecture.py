@@ -20,7 +20,18 @@ PACKAGE = Path(tracegrad.__file__).parent
 # Bottom to top. A module may import modules of its own layer or of layers below; the first
 # prefix that matches a module names its layer.
 LAYERS = {
-    "base": ["version", "errors", "dtypes", "random", "tape", "devices", "changes", "logs"],
+    "base": [
+        "version",
+        "errors",
+        "dtypes",
+        "random",
+        "tape",
+        "devices",
+        "changes",
+        "logs",
+        "scopes",
+        "blas",
+    ],
     "ops": ["ops"],
     "ir": ["ir"],
     "tensors": ["tensor", "autograd", "creation", "functions", "pytree", "cuda"],

@@ -149,3 +149,95 @@ def test_other_commands_still_refuse_unknown_options(capsys):
     with pytest.raises(SystemExit) as info:
         main(["demo", "--bogus"])
     assert info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_the_model_file_imports_modules_beside_it(capsys, tmp_path):
+    (tmp_path / "layers_beside.py").write_text("WIDTH = 6\n")
+    path = tmp_path / "uses_sibling.py"
+    path.write_text(MODEL_FILE + "from layers_beside import WIDTH\nwide = nn.Linear(4, WIDTH)\n")
+    code, out, err = run(capsys, "dump", f"{path}:wide")
+    assert code == 0, err
+    assert "f32[5,6]" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["viz", "{file}:model", "-o", "{tmp}/graph.png"], "cannot tell the picture format"),
+        (["dump", "{file}:model", "--format", "yaml"], "invalid choice: 'yaml'"),
+        (["dump", "{file}:model", "--bogus"], "unrecognized arguments: --bogus"),
+        (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+    ],
+)
+def test_bad_flags_and_suffixes_give_one_line_and_status_2(capsys, model_file, tmp_path, argv,
+                                                           message):  # fmt: skip
+    argv = [a.format(file=model_file, tmp=tmp_path) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's way out
+        code = exit_.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "graph.png").exists()
+
+
+def test_unknown_log_name_is_a_one_line_error(capsys, model_file, monkeypatch):
+    monkeypatch.setenv("TRACEGRAD_LOGS", "graph,recompile")
+    code, out, err = run(capsys, "dump", f"{model_file}:model")
+    assert code == 2 and out == ""
+    assert "TRACEGRAD_LOGS names no log 'recompile'" in err and err.count("\n") == 1
+
+
+def test_logs_all_and_timing_of_each_stage(capsys, model_file, monkeypatch):
+    monkeypatch.setenv("TRACEGRAD_LOGS", "timing")
+    code, _, err = run(capsys, "dump", f"{model_file}:model")
+    stages = [line.split("] ")[1].split(":")[0] for line in err.splitlines()]
+    assert code == 0 and all(line.startswith("[tracegrad:timing] ") for line in err.splitlines())
+    for stage in ("trace", "pass fuse", "autodiff", "codegen forward", "codegen backward"):
+        assert stage in stages
+    assert any(s.startswith("load ") for s in stages)
+    monkeypatch.setenv("TRACEGRAD_LOGS", "all")
+    code, _, err = run(capsys, "dump", f"{model_file}:model")
+    kinds = {line.split("]")[0] for line in err.splitlines() if line.startswith("[tracegrad:")}
+    assert kinds == {f"[tracegrad:{k}" for k in ("graph", "passes", "code", "timing")}
+
+
+def test_headings_say_which_passes_made_the_graphs(capsys, model_file):
+    _, plain, _ = run(capsys, "dump", f"{model_file}:model", "--no-passes")
+    assert "# forward (no passes)" in plain and "(optimized)" not in plain
+    _, some, _ = run(capsys, "dump", f"{model_file}:model", "--passes", "dce,cse")
+    assert "# forward (passes dce,cse)" in some and "(optimized)" not in some
+    _, function, _ = run(capsys, "dump", f"{model_file}:scaled_sum")
+    assert "# forward (optimized)" in function and "training step" not in function
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    path = tmp_path / "deep.py"  # its dump is larger than a pipe holds
+    path.write_text(MODEL_FILE + "deep = nn.Sequential(*[nn.Linear(4, 4) for _ in range(150)])\n")
+    dump = subprocess.Popen(
+        [sys.executable, "-m", "tracegrad", "dump", f"{path}:deep", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    dump.stdout.readline()
+    dump.stdout.close()  # as `| head -1` does
+    err = dump.stderr.read().decode()
+    assert dump.wait() == 0 and err == ""
+
+
+def test_a_program_is_warned_once_about_an_unknown_log_name(monkeypatch):
+    import warnings
+
+    import tracegrad as tg
+    from tracegrad import logs
+
+    monkeypatch.setenv("TRACEGRAD_LOGS", "recompiles,graphs")
+    monkeypatch.setattr(logs, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = tg.compile(lambda x: x * 2.0)
+        compiled(tg.ones(2))
+        compiled(tg.ones(3))
+    messages = [str(w.message) for w in caught]
+    assert messages == ["TRACEGRAD_LOGS names no log graphs: use graph, passes, code, "
+                        "recompiles, timing or all"]  # fmt: skip

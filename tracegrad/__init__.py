@@ -48,6 +48,7 @@ double = float64
 long = int64
 
 from tracegrad import data, distributions, ir, nn, optim, passes
+from tracegrad.blas import get_num_threads, set_num_threads
 from tracegrad.compile import CompiledModule, compile, grad, trace, value_and_grad
 from tracegrad.compiled.function import CompiledFunction
 from tracegrad.compiled.specializer import RecompileError

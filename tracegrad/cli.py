@@ -3,17 +3,21 @@
     tracegrad dump FILE.py:NAME --format text|json|code|dot [--passes a,b | --no-passes]
     tracegrad viz FILE.py:NAME -o graph.html|graph.svg|graph.dot
     tracegrad explain FILE.py:NAME
-    tracegrad demo [--epochs N] [-o tracegrad-demo.html]
+    tracegrad demo [--epochs N] [--threads N] [-o tracegrad-demo.html]
     tracegrad bench [ARGS...]       (python -m benchmarks ARGS of this source checkout)
 
 FILE.py defines NAME (an nn.Module instance or a function) and ``example_inputs``, a tuple of
-tensors or arrays to trace with. Mistakes are reported in one line, without a traceback.
+tensors or arrays to trace with; it may import modules beside it. Mistakes (a bad flag, an
+unknown picture suffix or TRACEGRAD_LOGS name, a failing model) are reported in one line,
+without a traceback, with status 2. ``TRACEGRAD_LOGS`` (see ``tracegrad.logs``) prints stages
+as they run, ``timing`` how long each took.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -25,11 +29,19 @@ import tracegrad
 from tracegrad import viz
 from tracegrad.compile import compile as compile_model
 from tracegrad.demo import run_demo
+from tracegrad.logs import LOG_KINDS, unknown_log_kinds
 from tracegrad.tensor import wrap
 
 
 class UsageError(Exception):
     """A mistake in what the user asked for: reported in one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad flag or argument in one line with status 2, as other mistakes are."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def load_target(spec: str):
@@ -39,6 +51,9 @@ def load_target(spec: str):
         raise UsageError(f"expected FILE.py:NAME, got {spec!r}")
     if not Path(path).is_file():
         raise UsageError(f"no such file: {path}")
+    folder = str(Path(path).resolve().parent)
+    if folder not in sys.path:  # its imports of modules beside it, as `python FILE.py` has
+        sys.path.insert(0, folder)
     try:
         namespace = runpy.run_path(path, run_name="__tracegrad_target__")
     except Exception as exc:  # the user's file failed: say how, in one line
@@ -73,9 +88,21 @@ def _passes(args):
     return args.passes.split(",") if args.passes else "default"
 
 
+def _headed(views, args) -> list:
+    """The views with titles saying which passes made them: "(optimized)" only when the
+    default pipeline ran."""
+    if args.no_passes:
+        made_by = "(no passes)"
+    elif args.passes:
+        made_by = f"(passes {args.passes})"
+    else:
+        return views
+    return [(title.replace("(optimized)", made_by), graph) for title, graph in views]
+
+
 def cmd_dump(args) -> str:
     program = compiled(args.target, _passes(args))
-    views = program.views()
+    views = _headed(program.views(), args)
     if args.format == "code":
         return program.code
     if args.format == "dot":
@@ -86,8 +113,14 @@ def cmd_dump(args) -> str:
 
 
 def cmd_viz(args) -> str:
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in viz.SUFFIXES:  # said before the model is compiled
+        known = ", ".join(viz.SUFFIXES)
+        raise UsageError(f"cannot tell the picture format from {args.output!r}: use {known}")
     program = compiled(args.target, _passes(args))
-    return f"wrote {program.visualize(args.output)}"
+    path = viz.render(_headed(program.views(), args), args.output, code=program.code,
+                      generated=program.latest.program.parts)  # fmt: skip
+    return f"wrote {path}"
 
 
 def cmd_explain(args) -> str:
@@ -95,7 +128,11 @@ def cmd_explain(args) -> str:
 
 
 def cmd_demo(args) -> str:
-    return run_demo(epochs=args.epochs, picture=args.output, batch_size=args.batch_size)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads needs at least 1 thread, got {args.threads}")
+    return run_demo(
+        epochs=args.epochs, picture=args.output, batch_size=args.batch_size, threads=args.threads
+    )
 
 
 def cmd_bench(args) -> int:
@@ -112,12 +149,15 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tracegrad",
         description="PyTorch-style autodiff that compiles models to readable NumPy code.",
+        epilog=f"TRACEGRAD_LOGS={','.join(LOG_KINDS)} or all prints those stages as they run.",
     )
     parser.add_argument("--version", action="version", version=f"tracegrad {tracegrad.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
 
     def target_command(name, help_text, fn):
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -142,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("-o", "--output", default="tracegrad-demo.html")
+    demo.add_argument(
+        "--threads", type=int, help="BLAS threads (default: the process's, one per core)"
+    )
     demo.set_defaults(run=cmd_demo)
 
     bench = commands.add_parser(
@@ -153,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_logs() -> None:
+    unknown = unknown_log_kinds()
+    if unknown:
+        raise UsageError(
+            f"TRACEGRAD_LOGS names no log {', '.join(map(repr, unknown))}: use "
+            f"{', '.join(LOG_KINDS)} or all"
+        )
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -161,6 +213,7 @@ def main(argv=None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        _check_logs()
         result = args.run(args)
     except (UsageError, tracegrad.TraceError, tracegrad.ShapeError, tracegrad.DTypeError) as exc:
         message = " ".join(str(exc).split())
@@ -168,7 +221,18 @@ def main(argv=None) -> int:
         return 2
     if isinstance(result, int):  # a command run in its own process: its exit status
         return result
-    print(result)
+    return _print_quietly(result)
+
+
+def _print_quietly(text: str) -> int:
+    """Print the result; a reader that stops early (``tracegrad dump ... | head``) ends the
+    command quietly, as other command line tools do."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at nothing so that flush is quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -23,7 +23,44 @@ from tracegrad.tensor import Tensor, wrap
 
 def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, check=False,
             debug_nans=False, max_recompiles=None):  # fmt: skip
-    """Compile an ``nn.Module`` (forward and backward) or a function (a whole training step)."""
+    """Compile an ``nn.Module`` (forward and backward) or a function (a whole training step).
+
+    A module compiles to a ``CompiledModule`` sharing its parameters: calling it runs the
+    generated forward, and its outputs carry gradients back through the generated backward,
+    so ``loss.backward(); opt.step()`` work as on the module. A function that calls
+    ``backward()`` and ``opt.step()`` compiles to a ``CompiledFunction`` whose forward,
+    backward and update are one generated function; parameters, ``.grad`` and optimizer
+    state are updated in place as eagerly. Each call signature (shapes, dtypes, modes...)
+    compiles once and is cached.
+
+    Args:
+        model_or_fn: an ``nn.Module`` or a callable.
+        passes: ``"default"`` (the whole pipeline), None (no optimization: the reference
+            for optimized == unoptimized) or a list of pass names.
+        backend: the code generator; ``"numpy"`` is the only one.
+        dynamic: shapes as symbols; not supported (each shape compiles), only False.
+        check: on each specialization's first call, run every pass's output against the
+            unoptimized program and raise naming the first pass that diverged.
+        debug_nans: the first NaN or infinity raises ``FloatingPointError`` naming the op,
+            forward or backward, and the user's line.
+        max_recompiles: past this many recompiles, a recompile raises ``RecompileError``
+            (None: past 8 specializations, calls run eagerly with a warning).
+
+    Returns:
+        A ``CompiledModule`` for a module, a ``CompiledFunction`` for a function.
+
+    Raises:
+        TypeError: if ``model_or_fn`` is neither a module nor callable.
+        ValueError: for a backend other than ``"numpy"`` or an unknown pass name.
+        NotImplementedError: for ``dynamic=True``.
+
+    Examples:
+        >>> model = nn.Linear(3, 2)
+        >>> cm = tg.compile(model)
+        >>> x = tg.randn(4, 3)
+        >>> tg.allclose(cm(x), model(x))
+        True
+    """
     if backend != "numpy":
         raise ValueError(f"unknown backend {backend!r}: tracegrad generates NumPy code ('numpy')")
     if dynamic:
@@ -42,7 +79,23 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
 def trace(fn_or_module, *example_inputs) -> Graph:
     """The unoptimized forward graph of ``fn_or_module`` on inputs like ``example_inputs``
     (like ``jax.make_jaxpr``). Parameters and captured tensors become named inputs; custom
-    Functions stay whole as ``custom`` nodes."""
+    Functions stay whole as ``custom`` nodes.
+
+    Args:
+        fn_or_module: an ``nn.Module`` or a function of tensors.
+        *example_inputs: tensors or NumPy arrays of the shapes and dtypes to trace with.
+
+    Returns:
+        A ``tg.ir.Graph``; ``print(graph)`` shows one line per node.
+
+    Raises:
+        TraceError: on Python control flow that depends on a traced value.
+
+    Examples:
+        >>> graph = tg.trace(lambda x: (x * 2).sum(), tg.zeros(3))
+        >>> [node.op for node in graph.nodes]
+        ['constant', 'mul', 'sum']
+    """
     args = [_as_example(a) for a in example_inputs]
     target = fn_or_module.forward if is_module(fn_or_module) else fn_or_module
     names = {}
@@ -63,7 +116,16 @@ def value_and_grad(fn, argnums=0, has_aux=False):
     argument the value does not depend on gets zeros, as in JAX. With ``has_aux``, ``fn``
     returns ``(value, aux)`` and this returns ``((value, aux), gradient)``. Called inside
     another trace (``tg.grad(tg.grad(f))``) it traces through, so higher-order gradients
-    compile into one program."""
+    compile into one program.
+
+    Returns:
+        A compiled function of ``fn``'s arguments returning ``(value, gradient)``.
+
+    Examples:
+        >>> value, gradient = tg.value_and_grad(lambda w: (w * w).sum())(tg.tensor([3.0]))
+        >>> value, gradient
+        (tensor(9.), tensor([6.]))
+    """
     positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def value_and_gradient(*args):
@@ -91,7 +153,22 @@ def value_and_grad(fn, argnums=0, has_aux=False):
 
 def grad(fn, argnums=0, has_aux=False):
     """The gradient of scalar-valued ``fn`` with respect to argument(s) ``argnums``, compiled
-    (with ``has_aux``: ``(gradient, aux)``)."""
+    (with ``has_aux``: ``(gradient, aux)``).
+
+    Args:
+        fn: a function returning a scalar tensor (and an auxiliary value with ``has_aux``).
+        argnums: the position, or a tuple of positions, of the arguments to differentiate.
+        has_aux: ``fn`` returns ``(value, aux)``.
+
+    Returns:
+        A function of ``fn``'s arguments returning the gradient (a tuple for a tuple of
+        ``argnums``); it composes, ``tg.grad(tg.grad(f))`` included.
+
+    Examples:
+        >>> df = tg.grad(lambda w: (w**3).sum())
+        >>> df(tg.tensor([1.0, 2.0]))
+        tensor([ 3., 12.])
+    """
     inner = value_and_grad(fn, argnums, has_aux)
 
     def gradient(*args, **kwargs):

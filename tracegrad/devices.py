@@ -36,7 +36,15 @@ _OTHER_TYPES = frozenset(
 
 
 class device:  # noqa: N801  (PyTorch's name)
-    """``tg.device("cpu")``, ``tg.device("cpu:0")`` or ``tg.device("cpu", 0)``."""
+    """``tg.device("cpu")``, ``tg.device("cpu:0")`` or ``tg.device("cpu", 0)``.
+
+    Raises:
+        RuntimeError: for any device but the CPU, naming it.
+
+    Examples:
+        >>> tg.zeros(2, device=tg.device("cpu")).device
+        device(type='cpu')
+    """
 
     __slots__ = ("index",)
 

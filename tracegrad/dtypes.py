@@ -13,7 +13,15 @@ import numpy as np
 
 
 class DType:
-    """An element type. Compares equal to itself and to the NumPy dtype it stands for."""
+    """An element type. Compares equal to itself and to the NumPy dtype it stands for.
+
+    The four are ``tg.float32`` (the default float, also ``tg.float``), ``tg.float64``
+    (``tg.double``), ``tg.int64`` (``tg.long``) and ``tg.bool``.
+
+    Examples:
+        >>> tg.float64 == np.float64, tg.float32.is_floating_point
+        (True, True)
+    """
 
     def __init__(self, name: str, short: str, np_dtype: type, category: int):
         self.name = name

@@ -12,16 +12,42 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class ShapeError(RuntimeError, ValueError):
-    """Operand shapes do not fit the op. A RuntimeError as in PyTorch, and a ValueError."""
+    """Operand shapes do not fit the op. A RuntimeError as in PyTorch, and a ValueError.
+
+    Examples:
+        >>> try:
+        ...     tg.ones(2) + tg.ones(3)
+        ... except tg.ShapeError as error:
+        ...     print(str(error).splitlines()[0])
+        add: shapes (2,) and (3,) cannot be broadcast together
+    """
 
 
 class DTypeError(RuntimeError, TypeError):
-    """An operand has a dtype the op cannot take. A RuntimeError as in PyTorch, and a TypeError."""
+    """An operand has a dtype the op cannot take. A RuntimeError as in PyTorch, and a TypeError.
+
+    Examples:
+        >>> try:
+        ...     tg.tensor([1, 2], requires_grad=True)
+        ... except tg.DTypeError as error:
+        ...     print(str(error).splitlines()[0])
+        only tensors of floating point dtype can require gradients, got tracegrad.int64
+    """
 
 
 class TraceError(RuntimeError):
     """Tracing met something a graph cannot capture (data-dependent control flow, an
-    unsupported operation); the message names the user's source line."""
+    unsupported operation); the message names the user's source line.
+
+    Examples:
+        >>> def f(x):
+        ...     return x * 2 if x.sum() > 0 else x
+        >>> try:
+        ...     tg.compile(f)(tg.ones(2))
+        ... except tg.TraceError as error:
+        ...     print(str(error).split(", which")[0])
+        bool(tensor) (an if or while on a tensor) needs the value of a traced tensor
+    """
 
 
 @dataclass(frozen=True)
@@ -39,16 +65,24 @@ def user_frame() -> SourceLocation | None:
     """The innermost stack frame outside the tracegrad package: where the user called us."""
     frame = sys._getframe(1)
     while frame is not None:
-        if not _is_ours(frame.f_code.co_filename):
-            return SourceLocation(frame.f_code.co_filename, frame.f_lineno, _line(frame))
+        if outside_tracegrad(frame):
+            return frame_location(frame)
         frame = frame.f_back
     return None
 
 
+def outside_tracegrad(frame) -> bool:
+    """Whether a stack frame runs the user's code (not tracegrad's, nor Python's own)."""
+    return not _is_ours(frame.f_code.co_filename)
+
+
 @functools.cache  # (asked for every recorded op, of the same few files)
 def _is_ours(filename: str) -> bool:
-    """Whether code of ``filename`` is tracegrad's own (or Python's frozen modules)."""
     return os.path.abspath(filename).startswith(_PACKAGE_DIR) or filename.startswith("<frozen")
+
+
+def frame_location(frame) -> SourceLocation:
+    return SourceLocation(frame.f_code.co_filename, frame.f_lineno, _line(frame))
 
 
 def _line(frame) -> str:

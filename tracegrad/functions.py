@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from tracegrad.tensor import Tensor, as_tensor, binary, cat, einsum, stack, tril, triu, where
@@ -14,7 +16,8 @@ def _method(name: str):
         return getattr(as_tensor(x), name)(*args, **kwargs)
 
     function.__name__ = name
-    function.__doc__ = f"``tracegrad.{name}(x, ...)`` is ``x.{name}(...)``."
+    method = inspect.getdoc(getattr(Tensor, name)) or ""
+    function.__doc__ = f"``tracegrad.{name}(x, ...)`` is ``x.{name}(...)``:\n\n{method}"
     return function
 
 
@@ -65,46 +68,142 @@ for _name in _METHODS:
 
 
 def max(x, dim=None, keepdim=False):
+    """The maximum of ``x``, or ``(values, indices)`` along ``dim``: ``x.max(dim, keepdim)``.
+
+    Examples:
+        >>> tg.max(tg.tensor([1.0, 3.0]))
+        tensor(3.)
+    """
     return as_tensor(x).max(dim, keepdim)
 
 
 def min(x, dim=None, keepdim=False):
+    """The minimum of ``x``, or ``(values, indices)`` along ``dim``: ``x.min(dim, keepdim)``.
+
+    Examples:
+        >>> tg.min(tg.tensor([1.0, 3.0]))
+        tensor(1.)
+    """
     return as_tensor(x).min(dim, keepdim)
 
 
 def add(x, y, alpha=1):
+    """``x + alpha * y`` elementwise, broadcast and promoted as in PyTorch.
+
+    Args:
+        x: a tensor or a number.
+        y: a tensor or a number, broadcast with ``x``.
+        alpha: a scale of ``y``.
+
+    Examples:
+        >>> tg.add(tg.ones(2), tg.ones(2), alpha=2)
+        tensor([3., 3.])
+    """
     return binary("add", x, y * alpha if alpha != 1 else y)
 
 
 def sub(x, y, alpha=1):
+    """``x - alpha * y`` elementwise, broadcast and promoted as in PyTorch.
+
+    Args:
+        x: a tensor or a number.
+        y: a tensor or a number, broadcast with ``x``.
+        alpha: a scale of ``y``.
+
+    Examples:
+        >>> tg.sub(tg.ones(2), 1)
+        tensor([0., 0.])
+    """
     return binary("sub", x, y * alpha if alpha != 1 else y)
 
 
 def mul(x, y):
+    """``x * y`` elementwise, broadcast and promoted as in PyTorch.
+
+    Args:
+        x: a tensor or a number.
+        y: a tensor or a number, broadcast with ``x``.
+
+    Examples:
+        >>> tg.mul(tg.tensor([1, 2]), 3)
+        tensor([3, 6])
+    """
     return binary("mul", x, y)
 
 
 def div(x, y):
+    """``x / y`` elementwise, always floating (true division).
+
+    Args:
+        x: a tensor or a number.
+        y: a tensor or a number, broadcast with ``x``.
+
+    Examples:
+        >>> tg.div(tg.tensor([1, 2]), 2)
+        tensor([0.5, 1. ])
+    """
     return binary("div", x, y, floating=True)
 
 
 def neg(x):
+    """``-x`` elementwise.
+
+    Examples:
+        >>> tg.neg(tg.tensor([1.0]))
+        tensor([-1.])
+    """
     return -as_tensor(x)
 
 
 def maximum(x, y):
+    """The larger of ``x`` and ``y`` elementwise (ties share the gradient).
+
+    Args:
+        x: a tensor or a number.
+        y: a tensor or a number, broadcast with ``x``.
+
+    Examples:
+        >>> tg.maximum(tg.tensor([1.0, 5.0]), tg.tensor([3.0, 2.0]))
+        tensor([3., 5.])
+    """
     return binary("maximum", x, y)
 
 
 def minimum(x, y):
+    """The smaller of ``x`` and ``y`` elementwise.
+
+    Args:
+        x: a tensor or a number.
+        y: a tensor or a number, broadcast with ``x``.
+
+    Examples:
+        >>> tg.minimum(tg.tensor([1.0, 5.0]), tg.tensor([3.0, 2.0]))
+        tensor([1., 2.])
+    """
     return binary("minimum", x, y)
 
 
 def matmul(x, y):
+    """The matrix product ``x @ y`` with NumPy's rules: 1-d operands are vectors, batch
+    dimensions broadcast.
+
+    Raises:
+        ShapeError: if the inner sizes differ.
+
+    Examples:
+        >>> tg.matmul(tg.ones(2, 3), tg.ones(3)).shape
+        tracegrad.Size([2])
+    """
     return as_tensor(x) @ y
 
 
 def mm(x, y):
+    """The matrix product of two matrices (``x @ y``); ``tg.bmm`` is the same for batches.
+
+    Examples:
+        >>> tg.mm(tg.ones(2, 3), tg.ones(3, 4)).shape
+        tracegrad.Size([2, 4])
+    """
     return as_tensor(x) @ y
 
 
@@ -112,18 +211,49 @@ bmm = mm
 
 
 def outer(x, y):
+    """The outer product of two vectors: ``x[i] * y[j]``.
+
+    Examples:
+        >>> tg.outer(tg.tensor([1, 2]), tg.tensor([1, 10]))
+        tensor([[ 1, 10],
+                [ 2, 20]])
+    """
     return as_tensor(x).unsqueeze(-1) * as_tensor(y)
 
 
 def is_tensor(x) -> bool:
+    """Whether ``x`` is a tracegrad tensor.
+
+    Examples:
+        >>> tg.is_tensor(tg.zeros(1)), tg.is_tensor([0.0])
+        (True, False)
+    """
     return isinstance(x, Tensor)
 
 
 def allclose(x, y, rtol=1e-5, atol=1e-8) -> bool:
+    """Whether ``|x - y| <= atol + rtol * |y|`` everywhere (NumPy's ``allclose``).
+
+    Args:
+        x: a tensor.
+        y: a tensor broadcast with ``x``.
+        rtol: the relative tolerance.
+        atol: the absolute tolerance.
+
+    Examples:
+        >>> tg.allclose(tg.tensor([1.0]), tg.tensor([1.0 + 1e-7]))
+        True
+    """
     return bool(np.allclose(as_tensor(x).detach().array, as_tensor(y).detach().array, rtol, atol))
 
 
 def equal(x, y) -> bool:
+    """Whether ``x`` and ``y`` have the same shape and the same elements.
+
+    Examples:
+        >>> tg.equal(tg.tensor([1, 2]), tg.tensor([1, 2]))
+        True
+    """
     x, y = as_tensor(x), as_tensor(y)
     return tuple(x.shape) == tuple(y.shape) and bool((x == y).detach().array.all())
 

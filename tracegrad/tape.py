@@ -25,6 +25,13 @@ thread_state = _ThreadState()
 
 
 def is_grad_enabled() -> bool:
+    """Whether operations are recorded for autograd in this thread.
+
+    Examples:
+        >>> with tg.no_grad():
+        ...     tg.is_grad_enabled()
+        False
+    """
     return thread_state.grad_enabled
 
 
@@ -62,10 +69,23 @@ class _GradMode:
 
 
 class no_grad(_GradMode):  # noqa: N801  (PyTorch's name)
+    """Turn gradient recording off in a ``with`` block or a decorated function.
+
+    Examples:
+        >>> w = tg.ones(2, requires_grad=True)
+        >>> with tg.no_grad():
+        ...     y = w * 2
+        >>> y.requires_grad
+        False
+    """
+
     mode = False
 
 
 class enable_grad(_GradMode):  # noqa: N801
+    """Turn gradient recording on in a ``with`` block or a decorated function (inside
+    ``no_grad``, say)."""
+
     mode = True
 
 
@@ -121,6 +141,7 @@ class Node:
         "name",
         "retained",
         "saved",
+        "scope",
     )
 
     def __init__(self, name, inputs, backward_fn, n_outputs=1):
@@ -135,6 +156,7 @@ class Node:
         self.freed = False
         self.retained: dict = {}
         self.location = None  # the user's source line, when recorded while tracing
+        self.scope = None  # the module call that made it, when recorded while tracing
 
     def save(self, description: str, tensor) -> None:
         self.saved.append((description, tensor, tensor.version))

@@ -353,4 +353,4 @@ def test_non_tensor_arguments_are_guarded_by_value(zoo):
     for args in ((2.0,), (3.0,), (2.0, True), (2.0,)):
         close(cm(x, *args), model(x, *args), F64, str(args))
     assert len(cm.recompile_reasons) == 2
-    assert "input 1 value 2.0 -> 3.0" in cm.recompile_reasons[0]
+    assert "input 1: value 2.0 -> 3.0" in cm.recompile_reasons[0]

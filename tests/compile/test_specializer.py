@@ -32,7 +32,7 @@ def test_both_targets_share_cache_policy_and_views(kind, tmp_path):
     compiled(tg.ones(4, 3))
     assert len(compiled.specializations) == 1 and compiled.recompile_reasons == []
     compiled(tg.ones(5, 3))
-    assert compiled.recompile_reasons == ["input 0 shape (4, 3) -> (5, 3)"]
+    assert compiled.recompile_reasons == ["input 0: shape (4, 3) -> (5, 3)"]
     with pytest.raises(tg.RecompileError, match="max_recompiles=1"):
         compiled(tg.ones(6, 3))
     assert "def " in compiled.code and compiled.graph.outputs

@@ -15,6 +15,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import Node, Phase, Value
 from tracegrad.ir.graph import Graph
+from tracegrad.scopes import Scope
 
 inf, nan = float("inf"), float("nan")
 
@@ -124,6 +125,24 @@ def fused() -> Graph:
     return Graph([x, b, w], [kernel, grad, update], [y, g], {"w": w2})
 
 
+def scoped() -> Graph:
+    """Nodes made by module calls (nested ones, a path that needs quotes, a scope with and
+    without a location and origin) and one outside any module."""
+    x, w = val("x", "f32[4,2]"), val("w", "f32[2,2]")
+    blocks = Scope("blocks", "Sequential")
+    inner = blocks.inside("blocks.0", "Block").inside("blocks.0.mlp.0", "Linear")
+    y, r, g, s = (val(n, "f32[4,2]") for n in ("y", "r", "g", "s"))
+    made = [
+        node("matmul", [x, w], [y], at(7)),
+        node("relu", [y], [r]),
+        node("relu_grad", [r, y], [g], at(3)),
+        node("neg", [g], [s], at(30, "my (odd) file.py")),
+    ]
+    made[0].scope, made[1].scope = inner, Scope("heads-1.a b", "ReLU")
+    made[2].scope, made[2].phase, made[2].grad_of = inner, Phase.BACKWARD, "relu"
+    return Graph([x, w], made, [s], {})
+
+
 def empty() -> Graph:
     return Graph()
 
@@ -134,5 +153,6 @@ ZOO = {
     "constants": constants,
     "odd_attrs": odd_attrs,
     "fused": fused,
+    "scoped": scoped,
     "empty": empty,
 }

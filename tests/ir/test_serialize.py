@@ -116,9 +116,23 @@ def test_networkx_node_attributes():
         "dtype": "float32",
         "attrs": "dims=(1, 0)",
         "location": "model.py:12",
+        "scope": None,
+        "module_path": None,
     }
     assert g.nodes[4]["attrs"] == "value=0.5"
     assert g.nodes[4]["location"] is None
+
+
+def test_json_and_networkx_carry_scopes_with_the_calls_they_are_in():
+    graph = ZOO["scoped"]()
+    back = Graph.from_json(graph.to_json())
+    linear = back.nodes[0].scope
+    assert [(s.path, s.kind) for s in linear.chain()] == [
+        ("blocks", "Sequential"), ("blocks.0", "Block"), ("blocks.0.mlp.0", "Linear"),
+    ]  # fmt: skip
+    g = graph.to_networkx()
+    assert g.nodes[0]["scope"] == "blocks.0.mlp.0 (Linear)"
+    assert g.nodes[1]["module_path"] == "heads-1.a b" and g.nodes[3]["scope"] is None
 
 
 def test_networkx_names_every_value_one_node_passes_to_another():

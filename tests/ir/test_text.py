@@ -165,18 +165,93 @@ def test_phases_print_as_origin_notes_and_read_back():
     assert str(graph) == source and roundtrip(graph) == graph
 
 
-def test_a_fused_body_prints_as_its_text_and_reads_back_as_a_graph():
+def test_scopes_print_before_the_location_and_read_back():
+    graph = ZOO["scoped"]()
+    assert str(graph) == dedent("""\
+        graph(%x:f32[4,2], %w:f32[2,2]) {
+          %y:f32[4,2] = matmul %x, %w  # blocks.0.mlp.0 (Linear) model.py:7
+          %r:f32[4,2] = relu %y  # "heads-1.a b" (ReLU)
+          %g:f32[4,2] = relu_grad %r, %y  # blocks.0.mlp.0 (Linear) model.py:3 (grad of relu)
+          %s:f32[4,2] = neg %g  # "my (odd) file.py":30
+          return %s
+        }""")
+    back = roundtrip(graph)
+    assert [n.scope for n in back.nodes] == [n.scope for n in graph.nodes]
+    assert back.nodes[3].location.filename == "my (odd) file.py" and back.nodes[3].scope is None
+    assert back == graph
+
+
+def test_a_lone_origin_is_not_read_as_a_scope():
+    graph = Graph.parse("graph(%x:f32[2]) {\n  %1:f32[2] = neg %x  # (update)\n  return %1\n}")
+    assert graph.nodes[0].scope is None and graph.nodes[0].phase is Phase.UPDATE
+
+
+def test_a_fused_body_prints_nested_below_its_node_and_reads_back_as_a_graph():
     graph = ZOO["fused"]()
-    body = (
-        "graph(%a0:f32[4,2], %a1:f32[2]) {\\n  %s:f32[4,2] = add %a0, %a1\\n"
-        "  %r:f32[4,2] = relu %s\\n  return %r\\n}"
-    )
-    assert str(graph).split("\n")[1] == (
-        f"  %y:f32[4,2] = fused[body='{body}', kind='elementwise add relu'] %x, %b  # model.py:3"
-    )
+    assert str(graph).split("\n")[1:8] == [
+        "  %y:f32[4,2] = fused[kind='elementwise add relu'] %x, %b  # model.py:3",
+        "    graph(%a0:f32[4,2], %a1:f32[2]) {",
+        "      %s:f32[4,2] = add %a0, %a1",
+        "      %r:f32[4,2] = relu %s",
+        "      return %r",
+        "    }",
+        "  %g:f32[4,2] = relu_grad %y, %x  # model.py:3 (grad of relu)",
+    ]
     back = Graph.parse(str(graph))
     assert isinstance(back.nodes[0].attrs["body"], Graph)
-    assert back.nodes[0].attrs["body"] == graph.nodes[0].attrs["body"]
+    assert back.nodes[0].attrs["body"] == graph.nodes[0].attrs["body"] and back == graph
+
+
+def test_a_body_written_as_a_string_attribute_still_reads_back():
+    graph = ZOO["fused"]()
+    body = str(graph.nodes[0].attrs["body"]).replace("\n", "\\n")
+    old_form = dedent(f"""\
+        graph(%x:f32[4,2], %b:f32[2], %w:f32[2]) {{
+          %y:f32[4,2] = fused[body='{body}', kind='elementwise add relu'] %x, %b  # model.py:3
+          return %y
+        }}""")
+    assert Graph.parse(old_form).nodes[0].attrs["body"] == graph.nodes[0].attrs["body"]
+
+
+def test_fused_bodies_nest_inside_fused_bodies():
+    inner = ZOO["fused"]()
+    outer = Graph(inner.inputs[:2], [inner.nodes[0]], inner.outputs[:1])
+    wrapper = node("fused", inner.inputs[:2], [val("z", "f32[4,2]")], body=outer, kind="outer")
+    graph = Graph(inner.inputs[:2], [wrapper], wrapper.outputs)
+    assert str(graph).count("graph(") == 3 and "        %s:f32[4,2] = add %a0, %a1" in str(graph)
+    assert roundtrip(graph) == graph
+
+
+def test_a_constant_of_many_elements_prints_its_values_last():
+    mask = np.tril(np.ones((16, 16), np.float32))
+    x, out = val("x", "f32[16,16]"), val("y", "f32[16,16]")
+    graph = Graph([x], [constant("mask", mask), node("mul", [x, val("mask", "f32[16,16]")], [out])])
+    graph.nodes[1].inputs[1] = graph.nodes[0].outputs[0]
+    graph.outputs = [out]
+    lines = str(graph).split("\n")
+    assert lines[1] == "  %mask:f32[16,16] = constant[value=...]"
+    assert lines[-2].startswith("  const %mask = [[1.0, 0.0, ") and max(map(len, lines[:-2])) < 60
+    back = roundtrip(graph)
+    assert back == graph and np.array_equal(back.constant("mask"), mask)
+    assert back.constant("mask").dtype == np.float32 and np.array_equal(
+        graph.constant("mask"), mask
+    )
+    with pytest.raises(KeyError, match="no constant node defines %y"):
+        graph.constant("y")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("  const %nope = [1.0]", "no constant node of that name"),
+        ("  const %c = [1.0, ", "bad constant values"),
+        ("  const c = 1", "expected 'const %name = \\[values\\]'"),
+    ],
+)
+def test_bad_const_lines_are_parse_errors(line, message):
+    source = "graph() {\n  %c:f32[9] = constant[value=...]\n  return %c\n" + line + "\n}"
+    with pytest.raises(IRParseError, match=message):
+        Graph.parse(source)
 
 
 def test_a_bad_fused_body_is_a_parse_error_naming_the_node():

@@ -88,7 +88,7 @@ def test_a_two_hundred_step_schedule_compiles_twice():
         compiled()
     assert len(compiled.step.specializations) == 2
     (reason,) = compiled.step.recompile_reasons  # .grad and the momentum buffers appeared
-    assert "optimizer opt state none for 0 params -> momentum_buffer for 4 params" in reason
+    assert "optimizer opt (SGD): state for 4 parameters (momentum_buffer) now exists" in reason
     assert "lr" not in reason
 
 
@@ -126,12 +126,12 @@ def test_a_number_the_update_does_not_read_is_no_input():
     ("name", "key", "value", "reason", "count"),
     [
         # (the momentum buffer the new code makes is one more recompile)
-        ("sgd", "momentum", 0.9, "optimizer opt group 0 momentum 0.0 -> 0.9", 4),
-        ("sgd-momentum", "momentum", 0.0, "optimizer opt group 0 momentum 0.9 -> 0.0", 3),
-        ("sgd", "weight_decay", 0.01, "optimizer opt group 0 weight_decay 0.0 -> 0.01", 3),
-        ("sgd-momentum", "nesterov", True, "optimizer opt group 0 nesterov False -> True", 3),
-        ("adam-amsgrad", "amsgrad", False, "optimizer opt group 0 amsgrad True -> False", 3),
-        ("adam", "maximize", True, "optimizer opt group 0 maximize False -> True", 3),
+        ("sgd", "momentum", 0.9, "optimizer opt group 0 momentum: 0.0 -> 0.9", 4),
+        ("sgd-momentum", "momentum", 0.0, "optimizer opt group 0 momentum: 0.9 -> 0.0", 3),
+        ("sgd", "weight_decay", 0.01, "optimizer opt group 0 weight_decay: 0.0 -> 0.01", 3),
+        ("sgd-momentum", "nesterov", True, "optimizer opt group 0 nesterov: False -> True", 3),
+        ("adam-amsgrad", "amsgrad", False, "optimizer opt group 0 amsgrad: True -> False", 3),
+        ("adam", "maximize", True, "optimizer opt group 0 maximize: False -> True", 3),
     ],
 )
 def test_a_change_to_the_update_s_code_recompiles_with_a_short_reason(

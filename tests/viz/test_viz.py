@@ -374,6 +374,53 @@ def test_page_in_headless_chromium(mlp, tmp_path):
     assert f"<td>{node.origin}</td>" in dom
 
 
+# Opens the page in a frame, then, as a user would, clicks every tab, zooms in and fits; it
+# writes what each click left (panes shown, the drawing's width) and any error into #log.
+CLICK_THROUGH = """<!DOCTYPE html><html><body><pre id="log">not loaded</pre>
+<iframe id="page" src="graph.html" width="1100" height="700"></iframe>
+<script>
+var frame = document.getElementById("page");
+frame.addEventListener("load", function () {
+  var win = frame.contentWindow, doc = frame.contentDocument, log = [];
+  win.addEventListener("error", function (e) { log.push("error " + e.message); });
+  doc.querySelectorAll("#tabs button").forEach(function (tab) {
+    tab.click();
+    var shown = doc.querySelectorAll("#canvas > .pane:not([hidden])");
+    var svg = shown[0].querySelector("svg");
+    doc.getElementById("zoom-in").click();
+    var zoomed = svg.getAttribute("width");
+    doc.getElementById("zoom-fit").click();
+    log.push(["tab", tab.dataset.view, shown.length, svg.dataset.w, zoomed,
+              svg.getAttribute("width")].join(" "));
+  });
+  log.push("legend view key hidden " + doc.querySelector(".key.view").hidden);
+  document.getElementById("log").textContent = log.join("\\n");
+});
+</script></body></html>"""
+
+
+def test_every_tab_zooms_and_fits_in_headless_chromium(mlp, tmp_path):
+    """Zoom and fit act on the drawing of every tab (the kind class ``view`` of view nodes
+    and their legend key is not taken for a tab's pane), with no error on the console."""
+    binary = browser()
+    views, code = mlp
+    viz.render(views, tmp_path / "graph.html", code=code)
+    (tmp_path / "click.html").write_text(CLICK_THROUGH)
+    dom = run_browser(
+        binary, f"file://{tmp_path / 'click.html'}", tmp_path, "--dump-dom",
+        "--allow-file-access-from-files", "--virtual-time-budget=5000",
+    ).stdout  # fmt: skip
+    log = re.search(r'<pre id="log">(.*?)</pre>', dom, re.S).group(1).splitlines()
+    assert "error" not in " ".join(log), log
+    tabs = [line.split() for line in log if line.startswith("tab ")]
+    assert [t[1] for t in tabs] == ["0", "1", "2", "all"]
+    for _, view, shown, natural, zoomed, fitted in tabs:
+        assert int(shown) == (len(views) if view == "all" else 1)
+        assert float(zoomed) == pytest.approx(float(natural) * 1.25)  # zoom in acted
+        assert float(fitted) <= float(natural)  # fit to the frame's width acted
+    assert log[-1] == "legend view key hidden false"
+
+
 def test_fused_kernels_from_the_pass_are_drawn_as_boxes_around_their_members():
     tg.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))

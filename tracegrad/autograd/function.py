@@ -45,7 +45,28 @@ class FunctionCtx:
 
 class Function:
     """Subclass with static ``forward(ctx, *args)`` and ``backward(ctx, *grad_outputs)``;
-    call ``YourFunction.apply(*args)``. Your backward replaces the derived one."""
+    call ``YourFunction.apply(*args)``. Your backward replaces the derived one, eagerly and
+    in compiled graphs (where the function stays one ``custom`` node).
+
+    ``ctx.save_for_backward(*tensors)`` keeps tensors for the backward
+    (``ctx.saved_tensors``); ``ctx.needs_input_grad`` says which inputs need a gradient;
+    ``backward`` returns one gradient (or None) per input of ``forward``.
+
+    Examples:
+        >>> class Square(tg.autograd.Function):
+        ...     @staticmethod
+        ...     def forward(ctx, x):
+        ...         ctx.save_for_backward(x)
+        ...         return x * x
+        ...
+        ...     @staticmethod
+        ...     def backward(ctx, grad):
+        ...         (x,) = ctx.saved_tensors
+        ...         return 2 * x * grad
+        >>> x = tg.tensor([3.0], requires_grad=True)
+        >>> Square.apply(x).backward()
+        >>> x.grad
+        tensor([6.])"""
 
     @staticmethod
     def forward(ctx, *args, **kwargs):
@@ -88,7 +109,7 @@ def _record(cls, ctx: FunctionCtx, args, outputs) -> None:
     node = tape.Node(cls.__name__, inputs, None, n_outputs=len(outputs))
     tracer = active_tracer()
     if tracer is not None:
-        node.location = tracer.location()
+        tracer.stamp(node)
     ctx._node = node
 
     def backward(grads):

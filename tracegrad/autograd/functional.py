@@ -22,7 +22,32 @@ def grad(
     allow_unused=None,
     materialize_grads=False,
 ):
-    """The gradients of ``outputs`` with respect to ``inputs``, without touching ``.grad``."""
+    """The gradients of ``outputs`` with respect to ``inputs``, without touching ``.grad``.
+
+    Args:
+        outputs: a tensor or a sequence of them.
+        inputs: a tensor or a sequence of tensors that require grad.
+        grad_outputs: the vectors of the vector-Jacobian product, one per output (None for
+            scalar outputs).
+        retain_graph: keep the recorded graph for another backward (default: as
+            ``create_graph``).
+        create_graph: record the computation, for gradients of gradients.
+        allow_unused: return None (instead of raising) for an input the outputs do not
+            depend on.
+        materialize_grads: return zeros instead of None for such inputs.
+
+    Returns:
+        A tuple with one gradient per input.
+
+    Raises:
+        RuntimeError: for an unused input without ``allow_unused``, or a non-scalar output
+            without ``grad_outputs``.
+
+    Examples:
+        >>> x = tg.tensor([1.0, 2.0], requires_grad=True)
+        >>> tg.autograd.grad((x**2).sum(), x)
+        (tensor([2., 4.]),)
+    """
     outputs, inputs = _as_list(outputs), _as_list(inputs)
     tracer = active_tracer()
     if tracer is not None:

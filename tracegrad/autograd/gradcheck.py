@@ -91,6 +91,26 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
     """Check reverse-mode gradients of ``fn`` at ``inputs`` against central differences.
 
     Inputs that require grad are checked; they should be float64 so that ``eps`` is meaningful.
+
+    Args:
+        fn: a function of the inputs returning a tensor (or a tuple of tensors).
+        inputs: a tensor or a tuple of them.
+        eps: the finite-difference step.
+        atol: the absolute tolerance.
+        rtol: the relative tolerance.
+        raise_exception: raise on a mismatch instead of returning False.
+
+    Returns:
+        True when every gradient agrees.
+
+    Raises:
+        GradcheckError: on a mismatch, naming the input and the largest difference (with
+            ``raise_exception``).
+
+    Examples:
+        >>> x = tg.randn(3, dtype=tg.float64, requires_grad=True)
+        >>> tg.autograd.gradcheck(lambda x: (x.sin() * x).sum(), (x,))
+        True
     """
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     for i, x in enumerate(inputs):

@@ -18,6 +18,7 @@ import numpy as np
 from tracegrad.codegen import names as safe
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value
 from tracegrad.ir.graph import Graph, body_of
+from tracegrad.logs import timed
 from tracegrad.ops import ELEMENTWISE, LAYOUT_VIEW, OPS
 from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
@@ -197,6 +198,7 @@ class _Frame:
     views: list[tuple[str, str]] = field(default_factory=list)
 
 
+@timed(lambda graph, name, *args, **kwargs: f"codegen {name}")
 def emit_function(
     graph: Graph, name: str, plan: MemoryPlan | None = None, *, debug_nans: bool = False
 ) -> FunctionSource:

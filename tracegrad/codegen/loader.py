@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import linecache
 
+from tracegrad.logs import timed
 
+
+@timed(lambda source, constants, label, *args, **kwargs: f"load {label}")
 def load(source: str, constants: dict, label: str, names: dict | None = None) -> dict:
     """Execute ``source`` as a module (with ``names`` defined) and return its namespace."""
     digest = hashlib.sha1(source.encode()).hexdigest()[:10]

@@ -9,6 +9,7 @@ from tracegrad.codegen.emit import FunctionSource
 from tracegrad.ir.graph import Graph
 from tracegrad.passes.memory import InBuffer, InPlace, peak_bytes
 from tracegrad.passes.pipeline import BACKEND_CHOICES, PassResult
+from tracegrad.viz.notebook import report_html
 
 
 @dataclass
@@ -38,8 +39,10 @@ def format_bytes(nbytes: int) -> str:
 
 
 def _where(note) -> str:
+    """The module call and the line a pass changed: ``fc1 (Linear) model.py:12``."""
     loc = note.location
-    return f"{loc.filename.rsplit('/', 1)[-1]}:{loc.lineno}" if loc is not None else "?"
+    line = f"{loc.filename.rsplit('/', 1)[-1]}:{loc.lineno}" if loc is not None else "?"
+    return f"{note.scope} {line}" if note.scope is not None else line
 
 
 def _pass_lines(result: PassResult) -> list[str]:
@@ -111,7 +114,21 @@ def _schedule_lines(planning: list[PassResult]) -> list[str]:
     ]
 
 
-def render(report: Report, recompile_reasons: list[str]) -> str:
+class Explanation(str):
+    """``explain()``'s report: a str (print it, search it) that shows as its lines, not as
+    an escaped one-line string, when a notebook cell ends with it, and as HTML where it can."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        return report_html(str(self))
+
+
+def render(report: Report, recompile_reasons: list[str]) -> Explanation:
     lines = [f"tracegrad explain: {report.title}", "", "guards (the signature this code is for):"]
     lines += [f"  {label} = {value}" for label, value in report.signature]
     for stage, results in report.stages:
@@ -140,4 +157,4 @@ def render(report: Report, recompile_reasons: list[str]) -> str:
         )
     lines += ["", f"recompiles: {len(recompile_reasons)}"]
     lines += [f"  {i + 1}. {reason}" for i, reason in enumerate(recompile_reasons)]
-    return "\n".join(lines)
+    return Explanation("\n".join(lines))

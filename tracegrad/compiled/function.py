@@ -25,7 +25,28 @@ from tracegrad.tensor import Tensor
 
 
 class CompiledFunction(Specializer):
-    """``tg.compile(fn)`` for a plain function, typically a whole training step."""
+    """``tg.compile(fn)`` for a plain function, typically a whole training step.
+
+    A function calling ``loss.backward()`` and ``opt.step()`` compiles into one generated
+    function; parameters, ``.grad`` and optimizer state (captured or passed in) are updated
+    in place, and the result is what the eager function returns. A function without
+    ``backward()`` compiles like a module: its outputs carry gradients back.
+
+    Examples:
+        >>> model = nn.Linear(3, 1)
+        >>> opt = optim.SGD(model.parameters(), lr=0.1)
+        >>> def train_step(x, y):
+        ...     opt.zero_grad()
+        ...     loss = F.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     opt.step()
+        ...     return loss
+        >>> step = tg.compile(train_step)
+        >>> x, y = tg.randn(8, 3), tg.randn(8, 1)
+        >>> losses = [step(x, y).item() for _ in range(5)]
+        >>> losses[-1] < losses[0]
+        True
+    """
 
     def __init__(self, fn, *, passes="default", debug_nans=False, max_recompiles=None,
                  check=False, grad_argnums=()):  # fmt: skip
@@ -44,6 +65,7 @@ class CompiledFunction(Specializer):
         return getattr(self.fn, "__name__", "function")
 
     def signature(self, args) -> Signature:
+        """What a call with ``args`` is specialized on: the guards its program relies on."""
         guards = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)

@@ -25,6 +25,7 @@ from tracegrad.compiled.signature import (
     input_label,
     tensor_guards,
     tensor_meta,
+    training_modes,
 )
 from tracegrad.compiled.specializer import Specializer
 from tracegrad.compiled.traced import (
@@ -38,7 +39,21 @@ from tracegrad.compiled.traced import (
 
 class CompiledModule(Specializer):
     """The module target of the Specializer: a compiled ``nn.Module``, sharing the module's
-    parameters; its outputs carry gradients back through the generated backward."""
+    parameters; its outputs carry gradients back through the generated backward.
+
+    Made by ``tg.compile(module)``. Each call signature (input shapes, dtypes and
+    ``requires_grad``, train/eval, grad mode, parameter metadata) compiles once; the
+    specializations are cached. ``graph``, ``backward_graph``, ``code``, ``explain()``,
+    ``visualize(path)`` and ``export(path)`` show the latest one; ``recompile_reasons``
+    says why each recompile happened.
+
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+        >>> cm = tg.compile(model)
+        >>> cm(tg.randn(2, 3)).sum().backward()
+        >>> model[0].weight.grad.shape, len(cm.specializations)
+        (tracegrad.Size([4, 3]), 1)
+    """
 
     kind = "module"
 
@@ -59,15 +74,18 @@ class CompiledModule(Specializer):
         return getattr(self.__dict__["module"], name)
 
     def train(self, mode: bool = True):
+        """Set the wrapped module's training mode (a new mode is a new specialization)."""
         self.module.train(mode)
         return self
 
     def eval(self):
+        """``train(False)``; returns this compiled module."""
         return self.train(False)
 
     # --- calling ------------------------------------------------------------------------------
 
     def signature(self, args) -> Signature:
+        """What a call with ``args`` is specialized on: the guards its program relies on."""
         guards = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
@@ -89,7 +107,7 @@ class CompiledModule(Specializer):
             guards.append((_member_label("parameter", prefix, name), tensor_meta(p)))
         for prefix, name, b in buffers:
             guards.append((_member_label("buffer", prefix, name), tensor_meta(b)))
-        guards.append(("training", tuple(training)))
+        guards.append(("training", training_modes(tuple(training))))
         return tuple(guards)
 
     is_compiled_module = True  # (a Module holds it as a submodule: net.enc = tg.compile(net.enc))

@@ -24,7 +24,7 @@ import threading
 import warnings
 
 from tracegrad import viz
-from tracegrad.compiled.explain import render
+from tracegrad.compiled.explain import Explanation, render
 from tracegrad.compiled.signature import NO_CHANGE, Signature, signature_diff
 from tracegrad.compiled.users_line import at_users_line
 from tracegrad.ir.graph import Graph
@@ -114,7 +114,7 @@ class Specializer:
     def code(self) -> str:
         return self._latest().program.source
 
-    def explain(self) -> str:
+    def explain(self) -> Explanation:
         """What compiling the latest specialization did: guards, passes and their changes,
         generated functions with their memory plan, saved activations, recompiles."""
         return render(self._latest().report, self.recompile_reasons)
@@ -134,6 +134,32 @@ class Specializer:
         state it reads (parameters, optimizer state) in a .npz beside it."""
         spec = self._latest()
         return spec.program.export(path, spec.state())
+
+    # --- what it is, in a shell and in a notebook -----------------------------------------------
+
+    def __repr__(self) -> str:
+        n = len(self._cache)
+        return f"{type(self).__name__}({self.title}, {n} specialization{'s' * (n != 1)})"
+
+    def _repr_html_(self) -> str:
+        """A summary card: specializations, the generated functions' node counts, the last
+        recompile and why."""
+        return viz.notebook.summary_card(repr(self), self._summary())
+
+    def _summary(self) -> list[tuple[str, str]]:
+        rows = [("specializations", str(len(self._cache)))]
+        if self.latest is None:
+            return [*rows, ("latest", "nothing compiled yet: call it once")]
+        rows += [
+            (f"generated {fn.name}", f"{len(graph.nodes)} nodes")
+            for fn, graph in self.latest.program.parts
+        ]
+        rows.append(("recompiles", str(len(self.recompile_reasons))))
+        if self.recompile_reasons:
+            rows.append(("last recompile", self.recompile_reasons[-1]))
+        if self.ran_eagerly:
+            rows.append(("past the cache", "calls of new signatures run eagerly"))
+        return rows
 
     # --- calling --------------------------------------------------------------------------------
 

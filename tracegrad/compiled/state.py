@@ -14,7 +14,7 @@ import types
 from dataclasses import dataclass
 
 from tracegrad.codegen.guards import PLAIN, plain_attributes
-from tracegrad.compiled.signature import Shown, dtype_name, identity
+from tracegrad.compiled.signature import Shown, dtype_name, identity, training_modes
 from tracegrad.tensor import Tensor
 from tracegrad.tracer.hyperparameters import is_number
 
@@ -124,6 +124,7 @@ def state_names(modules, optimizers, tensors) -> dict[int, str]:
                 if isinstance(value, Tensor):
                     names[id(value)] = f"{prefix}.{key}{i}"
     for prefix, module in modules.items():
+        names[id(module)] = prefix  # (its scope's path in the graph)
         for n, t in [*module.named_parameters(), *module.named_buffers()]:
             names[id(t)] = f"{prefix}.{n}"
             if t.grad is not None:
@@ -252,7 +253,9 @@ def _module_guards(name: str, module) -> list[tuple[str, object]]:
     """A reached module's training flags, plain attributes, and each submodule and buffer by
     identity (the program is the forward they traced)."""
     modules = dict(module.named_modules())
-    guards = [(f"module {name} training", tuple(m.training for m in modules.values()))]
+    guards = [
+        (f"module {name} training", training_modes(tuple(m.training for m in modules.values())))
+    ]
     guards += [
         (f"attribute {name}.{path}.{key}".replace("..", "."), value)
         for path, m in modules.items()
@@ -270,7 +273,10 @@ def _state_meta(t: Tensor) -> Shown:
     dtype = dtype_name(d.dtype)
     meta = (d.shape, dtype, t._requires_grad, grad, id(t))
     needs = "requires grad" if t._requires_grad else "no grad"
-    return Shown(meta, f"{dtype}{list(d.shape)} {needs}, .grad {grad or 'none'}")
+    return Shown(meta, f"{dtype}{list(d.shape)} {needs}, .grad {grad or 'none'}", STATE_ASPECTS)
+
+
+STATE_ASPECTS = ("shape", "dtype", "requires_grad", ".grad", "tensor")  # of _state_meta's fact
 
 
 def _optimizer_guards(name: str, opt, stepped: bool) -> list[tuple[str, object]]:
@@ -288,8 +294,10 @@ def _optimizer_guards(name: str, opt, stepped: bool) -> list[tuple[str, object]]
     state = tuple(
         (id(p), tuple((k, id(v)) for k, v in s.items())) for p, s in opt.state.items() if s
     )
-    kinds = ", ".join(dict.fromkeys(k for s in opt.state.values() for k in s)) or "none"
-    guards.append((f"optimizer {name} state", Shown(state, f"{kinds} for {len(state)} params")))
+    kinds = ", ".join(dict.fromkeys(k for s in opt.state.values() for k in s))
+    held = f"for {len(state)} parameters ({kinds})" if state else None
+    shown = Shown((held, state), f"{kinds or 'none'} for {len(state)} params", ("state", "tensors"))
+    guards.append((f"optimizer {name} ({type(opt).__name__}) state", shown))
     return guards
 
 

@@ -30,7 +30,7 @@ from tracegrad.compiled.traced import argument_names, trace_call, traced_updates
 from tracegrad.compiled.views import eager_views, returned_in_own_memory
 from tracegrad.errors import TraceError
 from tracegrad.ir.graph import Graph
-from tracegrad.logs import log
+from tracegrad.logs import log, timed
 from tracegrad.passes.memory import MemoryPlan
 from tracegrad.passes.pipeline import BACKEND_CHOICES, transforms
 from tracegrad.tensor import Tensor, is_symbolic
@@ -181,6 +181,7 @@ def trace_step(compiled, args, signature) -> StepProgram:
     )
 
 
+@timed("trace")
 def _trace_call(compiled, args, names: dict[int, str]) -> _TracedStep:
     """Run the function on symbolic tensors with the tape recording (backward() and
     optimizer steps are traced too)."""

@@ -14,7 +14,7 @@ import numpy as np
 from tracegrad import pytree, tape
 from tracegrad.compiled.views import eager_views
 from tracegrad.ir.graph import Graph
-from tracegrad.logs import log
+from tracegrad.logs import log, timed
 from tracegrad.tensor import Tensor
 from tracegrad.tracer import Tracer, tracing
 
@@ -72,6 +72,7 @@ def traced_updates(tracer: Tracer, symbolic: list) -> tuple[list, tuple, list, d
     return targets, tuple(updated_args), new_values, updates
 
 
+@timed("trace")
 def trace_call(fn, args, names: dict[int, str], arg_names: list[str]) -> Traced:
     """Trace ``fn(*args)``; tensors in ``args`` become inputs (custom Functions stay whole)."""
     tracer = Tracer(mode="capture", names=names)

@@ -22,7 +22,16 @@ class Dataset:
 
 
 class TensorDataset(Dataset):
-    """Samples are the i-th rows of each tensor, which must share their first dim."""
+    """Samples are the i-th rows of each tensor, which must share their first dim.
+
+    Raises:
+        ShapeError: if the tensors' first dimensions differ.
+
+    Examples:
+        >>> data = tg.data.TensorDataset(tg.zeros(4, 2), tg.arange(4))
+        >>> len(data), data[1][1]
+        (4, tensor(1))
+    """
 
     def __init__(self, *tensors):
         self.tensors = tuple(as_tensor(t) for t in tensors)
@@ -41,7 +50,20 @@ class TensorDataset(Dataset):
 
 
 class DataLoader:
-    """Iterates over batches; with ``shuffle``, a new order each epoch from tracegrad's seed."""
+    """Iterates over batches; with ``shuffle``, a new order each epoch from tracegrad's seed.
+
+    Args:
+        dataset: a ``TensorDataset`` (or anything with ``len`` and integer indexing).
+        batch_size: samples per batch.
+        shuffle: draw a new order at the start of each epoch.
+        drop_last: leave out a last batch smaller than ``batch_size`` (which would compile
+            a second specialization of a compiled step).
+
+    Examples:
+        >>> data = tg.data.TensorDataset(tg.arange(5), tg.arange(5) * 10)
+        >>> [y.tolist() for _, y in tg.data.DataLoader(data, batch_size=2)]
+        [[0, 10], [20, 30], [40]]
+    """
 
     def __init__(
         self, dataset, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False

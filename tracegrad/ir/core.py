@@ -2,7 +2,9 @@
 
 A node records which part of a compiled step it belongs to as a ``Phase``; a backward node
 also names the forward op it is the gradient of (``grad_of``). The text form writes the two
-as the node's ORIGIN note: nothing for the forward, ``(grad of log)``, ``(update)``.
+as the node's ORIGIN note: nothing for the forward, ``(grad of log)``, ``(update)``. A node
+also records the module call that made it (its ``scope``, see ``tracegrad.scopes``) beside
+the user's source line (its ``location``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
+from tracegrad.scopes import Scope
 
 CONSTANT = "constant"
 CUSTOM = "custom"
@@ -55,7 +58,9 @@ class Node:
     """One op applied to input Values, defining output Values (op kinds: see ir.graph).
 
     ``grad_of`` is set on backward nodes only: the forward op they differentiate (a fused
-    node of several gradients names each, joined by ", ": ``"matmul, gelu"``).
+    node of several gradients names each, joined by ", ": ``"matmul, gelu"``). ``scope`` is
+    the module call that made the node (a backward node: the one of the node it
+    differentiates), None outside modules.
     """
 
     op: str
@@ -65,6 +70,7 @@ class Node:
     location: SourceLocation | None = None
     phase: Phase = field(default=Phase.FORWARD, kw_only=True)
     grad_of: str | None = field(default=None, kw_only=True)
+    scope: Scope | None = field(default=None, kw_only=True)
 
     @property
     def output(self) -> Value:
@@ -83,7 +89,8 @@ class Node:
         return None
 
     def derive(self, op: str, inputs, outputs, attrs: dict | None = None) -> Node:
-        """A new node computing (part of) what this one did: same location, phase and grad_of."""
+        """A new node computing (part of) what this one did: same location, scope, phase and
+        grad_of."""
         return Node(
             op,
             list(inputs),
@@ -92,6 +99,7 @@ class Node:
             self.location,
             phase=self.phase,
             grad_of=self.grad_of,
+            scope=self.scope,
         )
 
     def __repr__(self) -> str:

@@ -8,22 +8,24 @@ defined once, by a graph input or a node). Node op kinds:
 - ``constant``: no inputs, ``attrs["value"]`` holds a NumPy array;
 - ``fused``: a chain of elementwise nodes computed by one generated kernel; ``attrs["body"]``
   is the chain's own Graph (inputs in the node's input order, one output; ``body_of(node)``),
-  ``attrs["kind"]`` says what was fused (``"linear matmul add relu"``). The text form and
-  JSON write the body as the string of its text form, and reading them builds the Graph;
+  ``attrs["kind"]`` says what was fused (``"linear matmul add relu"``). The text form nests
+  the body's text below the node's line, JSON writes it as a string of that text, and
+  reading them builds the Graph;
 - ``custom``: a user ``autograd.Function`` kept whole, ``attrs["fn"]`` the class and
   ``attrs["args"]`` its non-tensor arguments with tensor positions marked; it can have several
   outputs. The reverse-mode pass traces the user's forward and backward in.
 
 ``updates`` maps an input Value's name to the output Value that overwrites it after a run
 (parameters, optimizer state and ``.grad`` updated in place by a compiled training step).
-Every node keeps ``location``, the user's source line it came from.
+Every node keeps ``location``, the user's source line it came from, and ``scope``, the module
+call that made it.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import networkx as nx
 import numpy as np
@@ -33,6 +35,10 @@ from tracegrad.ir import serialize, text
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Namespace, Node, Value, users_of
 
 __all__ = ["CONSTANT", "CUSTOM", "FUSED", "Graph", "Node", "Value", "body_of", "structure"]
+
+# How a notebook draws a graph, by format ("html", "svg"): tracegrad.viz, a layer above the
+# IR, fills this in when it is imported (as importing tracegrad does).
+PICTURES: dict[str, Callable[[Graph], str]] = {}
 
 
 class Graph:
@@ -207,6 +213,7 @@ class Graph:
                 n.location,
                 phase=n.phase,
                 grad_of=n.grad_of,
+                scope=n.scope,
             )
             for n in self.nodes
         ]
@@ -235,6 +242,11 @@ class Graph:
         """Read the text form back: ``Graph.parse(str(g)) == g``."""
         return _read_bodies(cls(*text.parse_parts(source)))
 
+    def constant(self, name: str) -> np.ndarray:
+        """The values of the constant defining ``%name`` (the text form prints a constant of
+        more than a few elements as ``value=...``, with its values last)."""
+        return text.constant_value(self, name)
+
     def to_json(self) -> str:
         return serialize.to_json(self)
 
@@ -252,6 +264,18 @@ class Graph:
     def __repr__(self) -> str:
         sizes = f"{len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.outputs)} outputs"
         return f"<Graph: {sizes}>"
+
+    # --- notebooks ---------------------------------------------------------------------------
+
+    def _repr_html_(self) -> str | None:
+        """The interactive picture (tracegrad.viz's page), inline."""
+        draw = PICTURES.get("html")
+        return draw(self) if draw is not None else None
+
+    def _repr_svg_(self) -> str | None:
+        """The static picture, for frontends without HTML."""
+        draw = PICTURES.get("svg")
+        return draw(self) if draw is not None else None
 
 
 def _read_bodies(graph: Graph) -> Graph:
@@ -286,7 +310,7 @@ def _attr_key(value):
 
 def structure(graph: Graph) -> tuple:
     """Everything that makes two graphs equal: names, types, ops, attributes, locations,
-    phases."""
+    scopes, phases."""
 
     def loc(node):
         return (node.location.filename, node.location.lineno) if node.location else None
@@ -300,6 +324,7 @@ def structure(graph: Graph) -> tuple:
                 tuple((v.name, v.type) for v in n.outputs),
                 tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
                 loc(n),
+                n.scope,
                 n.phase,
                 n.grad_of,
             )

@@ -7,7 +7,9 @@ JSON layout::
      "nodes":   [{"op": "matmul", "inputs": ["x", "1"],
                   "outputs": [{"name": "2", "dtype": "f32", "shape": [32, 128]}],
                   "attrs": {...}, "location": {"filename": "model.py", "lineno": 12} | null,
-                  "origin": "grad of relu" | "update" (only when not forward)}, ...],
+                  "origin": "grad of relu" | "update" (only when not forward),
+                  "scope": [["blocks", "Sequential"], ["blocks.0", "Block"]] (the module
+                  calls that made it, outermost first; only when there is one)}, ...],
      "outputs": ["2"],
      "updates": {"fc1.weight": "1"}}
 
@@ -37,6 +39,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import Node, Value, phase_of_origin
 from tracegrad.ir.text import class_path, format_attrs, is_graph, print_graph, resolve_class
+from tracegrad.scopes import Scope
 
 FORMAT, VERSION = "tracegrad-ir", 1
 
@@ -73,7 +76,17 @@ def _node_json(node: Node) -> dict:
     }
     if node.origin is not None:
         data["origin"] = node.origin  # the phase as the text form notes it: "grad of matmul"
+    if node.scope is not None:
+        data["scope"] = [[s.path, s.kind] for s in node.scope.chain()]  # outermost first
     return data
+
+
+def _scope_from(chain) -> Scope | None:
+    """A scope from its JSON: the calls [path, class] from the outermost one."""
+    scope = None
+    for path, kind in chain or ():
+        scope = Scope(path, kind) if scope is None else scope.inside(path, kind)
+    return scope
 
 
 def encode(value):
@@ -181,6 +194,7 @@ def _node_from(data: dict) -> Node:
         SourceLocation(where["filename"], where["lineno"]) if where else None,
         phase=phase,
         grad_of=grad_of,
+        scope=_scope_from(data.get("scope")),
     )
 
 
@@ -206,7 +220,9 @@ def to_networkx(graph) -> nx.DiGraph:
 
     Node attributes: ``op``; ``outputs`` (value names); ``shape`` and ``dtype`` of the first
     output as strings (``"(32, 128)"``, ``"float32"``; None without outputs); ``attrs`` as text
-    (``"dims=(1, 0)"``, ``""`` for none); ``location`` as ``"file:line"`` or None. An edge
+    (``"dims=(1, 0)"``, ``""`` for none); ``location`` as ``"file:line"`` or None; ``scope``,
+    the module call that made it, as ``"fc1 (Linear)"`` or None, and ``module_path`` its path
+    (``"fc1"``) or None. An edge
     producer -> consumer carries ``value``, the name of the value passed (names joined with
     ``", "`` when one node passes several values to another). Graph attributes: ``inputs`` and
     ``outputs`` (value names) and ``updates`` (input name -> value name).
@@ -233,6 +249,8 @@ def _node_attributes(node: Node) -> dict:
         "dtype": first.dtype.name if first else None,
         "attrs": format_attrs(node.attrs),
         "location": f"{where.filename}:{where.lineno}" if where else None,
+        "scope": str(node.scope) if node.scope else None,
+        "module_path": node.scope.path if node.scope else None,
     }
 
 

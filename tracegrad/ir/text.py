@@ -3,8 +3,8 @@
 One line per node, so a graph reads top to bottom like a program::
 
     graph(%x:f32[32,784], %fc1.weight:f32[128,784]) {
-      %1:f32[784,128] = permute[dims=(1, 0)] %fc1.weight  # model.py:12
-      %2:f32[32,128] = matmul %x, %1  # model.py:12
+      %1:f32[784,128] = permute[dims=(1, 0)] %fc1.weight  # fc1 (Linear) model.py:12
+      %2:f32[32,128] = matmul %x, %1  # fc1 (Linear) model.py:12
       %3:f32[] = constant[value=2.5]
       %4:f32[32,128], %5:f32[32,128] = custom[args=(('t',), ('t',)), fn='pkg.mod:Swap'] %2, %2
       %6:f32[32,128] = mul %4, %3
@@ -17,8 +17,11 @@ Grammar (``[...]?`` optional, ``{...}*`` repeated; blank lines and lines startin
 are skipped)::
 
     graph    := "graph(" decls? ")" "{" line* "}"
-    line     := node | "return" refs? | "update" ref "<-" ref
-    node     := decls? "=" OP attrs? refs? ("#" (FILENAME ":" LINENO)? ("(" ORIGIN ")")?)?
+    line     := node body? | "return" refs? | "update" ref "<-" ref | "const" ref "=" literal
+    body     := graph                      a fused node's body, on the lines below it
+    node     := decls? "=" OP attrs? refs? ("#" scope? (FILENAME ":" LINENO)? ("(" ORIGIN ")")?)?
+    scope    := (NAME | QUOTED) "(" CLASS ")"   the module call that made the node: its path
+                                                and class (``tracegrad.scopes``)
     decls    := decl {"," decl}*          decl := ref ":" type
     refs     := ref {"," ref}*            ref  := "%" (NAME | QUOTED)   NAME := [A-Za-z0-9_.]+
     type     := DTYPE "[" dims? "]"       DTYPE is f32, f64, i64 or b8; "f32[]" is a scalar
@@ -30,9 +33,10 @@ are skipped)::
 
 A value named with any other character (``layer-1.weight``, a space, a quote, Unicode, or the
 empty name) prints QUOTED: a double-quoted Python string literal, characters that are not
-printable written as escapes (``%"layer-1.weight"``, ``%"w\\u2028"``). A location's filename
-prints QUOTED the same way when it holds a character that is not printable or starts with a
-quote; otherwise as is.
+printable written as escapes (``%"layer-1.weight"``, ``%"w\\u2028"``). A scope's path prints
+the same way. A location's filename prints QUOTED when it holds a character that is not
+printable, starts with a quote or holds " (" (which would read as a scope); otherwise as is.
+The scope's ``outer`` calls are not written (JSON keeps them).
 
 A ``literal`` is Python-literal-like text: ints, floats (``inf``, ``-inf`` and ``nan`` for the
 non-finite ones), ``True``/``False``, ``None``, strings, and tuples, lists and dicts of these.
@@ -40,7 +44,9 @@ It is read by a small walker over ``ast.parse(..., mode="eval")`` that accepts n
 (never ``eval``). Two attribute kinds need the node to be read back:
 
 - a ``constant``'s ``value`` array prints as the nested list of its items (a bare number for
-  0-d); the parser rebuilds the array with the node's output dtype and shape;
+  0-d); the parser rebuilds the array with the node's output dtype and shape. Of more than
+  ``INLINE_ELEMENTS`` items it prints ``value=...``, its items in a ``const`` line at the
+  end of the graph (``Graph.constant(name)`` gives them), so node lines stay short;
 - a Python class (a ``custom`` node's ``fn``) prints as the string ``'module:qualname'``; the
   parser imports the module and walks the qualname, and keeps the string when that fails so
   ``lint`` can say the class is missing. Parsing therefore imports the modules a graph names.
@@ -64,6 +70,7 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value, phase_of_origin
+from tracegrad.scopes import Scope
 
 BARE = r"[A-Za-z0-9_.]+"
 QUOTED = r'"(?:[^"\\\n]|\\.)*"'  # a double-quoted string literal: escapes, no line break
@@ -74,6 +81,8 @@ _REFS = rf"%{NAME}(?:\s*,\s*%{NAME})*"
 _NODE_HEAD = re.compile(rf"(?P<outs>{_DECLS})?\s*=\s*(?P<op>[A-Za-z_][A-Za-z0-9_.]*)")
 _HEADER = re.compile(r"graph\((?P<decls>.*)\)\s*\{")
 _UPDATE = re.compile(rf"update\s+%(?P<key>{NAME})\s*<-\s*%(?P<value>{NAME})")
+_CONST = re.compile(rf"const\s+%(?P<name>{NAME})\s*=\s*(?P<value>.*)")
+_SCOPE = re.compile(rf"(?P<path>{NAME}) \((?P<kind>[A-Za-z_][A-Za-z0-9_]*)\)(?: (?P<rest>.*)|$)")
 
 
 class IRParseError(ValueError):
@@ -90,27 +99,65 @@ class IRParseError(ValueError):
 # --- printing --------------------------------------------------------------------------------
 
 
+# A constant of more elements than this prints ``value=...`` on its node's line, and its
+# values in a ``const`` line at the end of the graph.
+INLINE_ELEMENTS = 8
+
+
 def print_graph(graph) -> str:
     """The text form of ``graph`` (any object with ``inputs nodes outputs updates``)."""
+    return "\n".join(_graph_lines(graph))
+
+
+def _graph_lines(graph) -> list[str]:
     lines = [f"graph({_decls(graph.inputs)}) {{"]
-    lines += ["  " + format_node(node) for node in graph.nodes]
+    for node in graph.nodes:
+        lines.append("  " + format_node(node))
+        body = node.attrs.get("body")
+        if is_graph(body):  # a fused node's body, nested below its line
+            lines += ["    " + line for line in _graph_lines(body)]
     lines.append("  return" + (" " + _refs(graph.outputs) if graph.outputs else ""))
     lines += [
         f"  update %{format_name(key)} <- %{format_name(value.name)}"
         for key, value in graph.updates.items()
     ]
+    lines += [
+        f"  const %{format_name(node.outputs[0].name)} = {format_value(node.attrs['value'])}"
+        for node in graph.nodes
+        if _elided(node)
+    ]
     lines.append("}")
-    return "\n".join(lines)
+    return lines
+
+
+def _elided(node: Node) -> bool:
+    """Whether a constant's values print at the end of its graph (more than a few)."""
+    value = node.attrs.get("value")
+    return node.op == CONSTANT and isinstance(value, np.ndarray) and value.size > INLINE_ELEMENTS
+
+
+def constant_value(graph, name: str) -> np.ndarray:
+    """The array of the constant node defining the value ``name``."""
+    for node in graph.nodes:
+        if node.op == CONSTANT and node.outputs and node.outputs[0].name == name:
+            return node.attrs["value"]
+    raise KeyError(f"no constant node defines %{name}")
 
 
 def format_node(node: Node) -> str:
-    """One node's line, without indentation: ``%2:f32[3] = add %0, %1  # file.py:7``."""
+    """One node's line, without indentation: ``%2:f32[3] = add %0, %1  # file.py:7``. A
+    fused node's body and a constant's many values are left to ``print_graph``."""
     text = f"{_decls(node.outputs)} = {node.op}".lstrip()
-    if node.attrs:
-        text += f"[{format_attrs(node.attrs)}]"
+    attrs = {k: v for k, v in node.attrs.items() if not (k == "body" and is_graph(v))}
+    if _elided(node):
+        attrs["value"] = ...
+    if attrs:
+        text += f"[{format_attrs(attrs)}]"
     if node.inputs:
         text += " " + _refs(node.inputs)
     notes = []
+    if node.scope is not None:
+        notes.append(f"{format_name(node.scope.path)} ({node.scope.kind})")
     if node.location is not None:
         notes.append(f"{_format_filename(node.location.filename)}:{node.location.lineno}")
     if node.origin:
@@ -131,6 +178,8 @@ def format_value(value) -> str:
             return base.__repr__(value)
     if value is None:
         return "None"
+    if value is ...:  # (a constant's values, printed at the end of the graph)
+        return "..."
     if isinstance(value, float):
         return _format_float(float(value))
     if isinstance(value, tuple):
@@ -196,7 +245,7 @@ def format_name(name: str) -> str:
 
 
 def _format_filename(filename: str) -> str:
-    plain = filename.isprintable() and not filename.startswith('"')
+    plain = filename.isprintable() and not filename.startswith('"') and " (" not in filename
     return filename if plain else _quote(filename)
 
 
@@ -258,7 +307,7 @@ def literal(node: ast.AST):
 
 
 def _is_plain_constant(value) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
+    return value is None or value is ... or isinstance(value, (bool, int, float, str))
 
 
 def parse_attrs(text: str) -> dict:
@@ -278,18 +327,22 @@ def parse_parts(source: str):
     if not lines:
         raise IRParseError(1, source, "expected 'graph(...) {'")
     inputs = _parse_header(*lines[0])
-    nodes, returns, update_lines = _classify(_body(lines))
+    nodes, returns, update_lines, const_lines = _classify(_body(lines))
     values = _definitions(inputs, nodes)
     _link_inputs(nodes, values)
     outputs = _parse_return(returns[0], values) if returns else []
     updates = _parse_updates(update_lines, values)
+    _parse_constants(const_lines, nodes)
     return inputs, [node for node, _ in nodes], outputs, updates
 
 
 def _classify(body):
-    """Sort the body's lines into parsed nodes, the return line and the update lines."""
-    nodes, returns, updates = [], [], []
-    for lineno, text in body:
+    """Sort the body's lines into parsed nodes, the return line, the update lines and the
+    const lines. A fused node's nested body (the lines from ``graph(`` to its ``}``) becomes
+    its ``body`` attribute, as text (``ir.graph`` reads it into a Graph)."""
+    nodes, returns, updates, constants = [], [], [], []
+    lines = iter(body)
+    for lineno, text in lines:
         stripped = text.strip()
         if _is_keyword(stripped, "return"):
             if returns:
@@ -297,9 +350,48 @@ def _classify(body):
             returns.append((lineno, text))
         elif _is_keyword(stripped, "update"):
             updates.append((lineno, text))
+        elif _is_keyword(stripped, "const"):
+            constants.append((lineno, text))
+        elif stripped.startswith("graph("):
+            if not nodes or nodes[-1][0].op != "fused" or "body" in nodes[-1][0].attrs:
+                raise IRParseError(lineno, text, "a nested graph must follow a fused node")
+            nodes[-1][0].attrs["body"] = "\n".join([text, *_nested(lines, lineno, text)])
         else:
             nodes.append(_parse_node(lineno, text))
-    return nodes, returns, updates
+    return nodes, returns, updates, constants
+
+
+def _nested(lines, lineno: int, header: str) -> list[str]:
+    """The lines of a nested graph after its header, up to its closing brace."""
+    found, depth = [], 1
+    for _, text in lines:
+        found.append(text)
+        depth += _depth_change(text)
+        if depth == 0:
+            return found
+    raise IRParseError(lineno, header, "missing the closing '}' of the nested graph")
+
+
+def _depth_change(text: str) -> int:
+    stripped = text.strip()
+    return 1 if stripped.startswith("graph(") else -1 if stripped == "}" else 0
+
+
+def _parse_constants(lines, nodes) -> None:
+    """``const %3 = [[...]]``: the values of a constant printed ``value=...``."""
+    elided = {node.outputs[0].name: node for node, _ in nodes if node.attrs.get("value") is ...}
+    for lineno, text in lines:
+        match = _CONST.fullmatch(text.strip())
+        if not match:
+            raise IRParseError(lineno, text, "expected 'const %name = [values]'")
+        node = elided.pop(_unquote(match["name"]), None)
+        if node is None:
+            raise IRParseError(lineno, text, "no constant node of that name prints value=...")
+        try:
+            value = literal(ast.parse(match["value"], mode="eval").body)
+        except (SyntaxError, ValueError) as exc:
+            raise IRParseError(lineno, text, f"bad constant values ({exc})") from None
+        node.attrs["value"] = _rebuild_array(lineno, text, value, node.outputs[0].type)
 
 
 def _numbered_lines(source: str) -> list[tuple[int, str]]:
@@ -321,9 +413,12 @@ def _parse_header(lineno: int, text: str) -> list[Value]:
 
 
 def _body(lines):
-    """The lines between the header and the closing brace, which must end the text."""
+    """The lines between the header and the closing brace, which must end the text (nested
+    graphs, fused nodes' bodies, have braces of their own)."""
+    depth = 0
     for i, (_, text) in enumerate(lines[1:], start=1):
-        if text.strip() == "}":
+        depth += _depth_change(text)
+        if depth < 0:
             if i + 1 < len(lines):
                 raise IRParseError(*lines[i + 1], "text after the graph's closing '}'")
             return lines[1:i]
@@ -371,12 +466,12 @@ def _parse_node(lineno: int, text: str):
     tail = rest[refs.end() :].strip()
     if tail and not tail.startswith("#"):
         raise IRParseError(lineno, text, "expected value references like '%x, %1'")
-    location, origin = _parse_comment(lineno, text, tail[1:]) if tail else (None, None)
+    scope, location, origin = _parse_comment(lineno, text, tail[1:]) if tail else (None,) * 3
     try:
         phase, grad_of = phase_of_origin(origin)
     except ValueError as exc:
         raise IRParseError(lineno, text, str(exc)) from None
-    node = Node(head["op"], [], outputs, attrs, location, phase=phase, grad_of=grad_of)
+    node = Node(head["op"], [], outputs, attrs, location, phase=phase, grad_of=grad_of, scope=scope)
     _rebuild_attrs(lineno, text, node)
     return node, (lineno, text, _parse_refs(lineno, text, refs[0]))
 
@@ -413,7 +508,12 @@ def _parse_node_attrs(lineno: int, text: str, attrs: str) -> dict:
 def _rebuild_attrs(lineno: int, text: str, node: Node) -> None:
     """Turn a constant's nested list back into its array and a custom's fn into its class."""
     value = node.attrs.get("value")
-    if node.op == CONSTANT and "value" in node.attrs and len(node.outputs) == 1:
+    if (
+        node.op == CONSTANT
+        and value is not ...
+        and "value" in node.attrs
+        and len(node.outputs) == 1
+    ):
         node.attrs["value"] = _rebuild_array(lineno, text, value, node.outputs[0].type)
     fn = node.attrs.get("fn")
     if node.op == CUSTOM and isinstance(fn, str):
@@ -430,12 +530,34 @@ def _rebuild_array(lineno: int, text: str, value, type_: TensorType) -> np.ndarr
 
 
 def _parse_comment(lineno: int, text: str, comment: str):
-    """``file.py:12 (grad of log)``: a location, an origin in parentheses, or both."""
-    body, origin = comment.removeprefix(" "), None
+    """``fc1 (Linear) file.py:12 (grad of log)``: a scope, a location and an origin in
+    parentheses, each optional."""
+    body, origin = _split_origin(comment.removeprefix(" "))
+    scope = None
+    written = _SCOPE.fullmatch(body)
+    if written:
+        scope, body = Scope(_unquote(written["path"]), written["kind"]), written["rest"] or ""
+    return scope, (_parse_location(lineno, text, body) if body else None), origin
+
+
+def _split_origin(body: str) -> tuple[str, str | None]:
+    """The comment without its trailing ``(ORIGIN)``, and the origin. A comment that is a
+    scope alone (``fc1 (Linear)``) has none."""
     start = body.rfind("(") if body.endswith(")") else -1
-    if start == 0 or (start > 0 and body[start - 1] == " "):
-        body, origin = body[: max(start - 1, 0)], body[start + 1 : -1]
-    return (_parse_location(lineno, text, body) if body else None), origin
+    if start < 0 or (start > 0 and body[start - 1] != " "):
+        return body, None
+    origin = body[start + 1 : -1]
+    if start > 0 and _SCOPE.fullmatch(body) and not _is_origin(origin):
+        return body, None
+    return body[: max(start - 1, 0)], origin
+
+
+def _is_origin(text: str) -> bool:
+    try:
+        phase_of_origin(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_location(lineno: int, text: str, comment: str) -> SourceLocation:

@@ -29,7 +29,16 @@ class _ModuleSequence(Module):
 
 
 class Sequential(_ModuleSequence):
-    """Calls its modules in order; built from modules or an OrderedDict of named modules."""
+    """Calls its modules in order; built from modules or an OrderedDict of named modules.
+
+    Submodules are named ``"0"``, ``"1"``... (or by the dict's keys); indexing and slicing
+    give them back.
+
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> model(tg.zeros(3, 4)).shape, len(model), type(model[1]).__name__
+        (tracegrad.Size([3, 2]), 3, 'ReLU')
+    """
 
     def __init__(self, *modules):
         super().__init__()
@@ -52,12 +61,21 @@ class Sequential(_ModuleSequence):
 
 
 class ModuleList(_ModuleSequence):
+    """A list of submodules, registered so their parameters belong to the parent.
+
+    Examples:
+        >>> layers = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
+        >>> len(list(layers.parameters()))
+        6
+    """
+
     def __init__(self, modules=None):
         super().__init__()
         for module in modules or []:
             self.append(module)
 
     def extend(self, modules) -> ModuleList:
+        """Append every module of ``modules``; returns this list."""
         for module in modules:
             self.append(module)
         return self
@@ -68,6 +86,14 @@ class ModuleList(_ModuleSequence):
 
 
 class ModuleDict(Module):
+    """A dict of submodules by name, registered so their parameters belong to the parent.
+
+    Examples:
+        >>> heads = nn.ModuleDict({"a": nn.Linear(2, 1), "b": nn.Linear(2, 3)})
+        >>> list(heads.keys()), heads["b"].out_features
+        (['a', 'b'], 3)
+    """
+
     def __init__(self, modules=None):
         super().__init__()
         for name, module in (modules or {}).items():
@@ -86,10 +112,13 @@ class ModuleDict(Module):
         return iter(self._modules)
 
     def keys(self):
+        """The names, in insertion order."""
         return self._modules.keys()
 
     def values(self):
+        """The modules, in insertion order."""
         return self._modules.values()
 
     def items(self):
+        """``(name, module)`` pairs, in insertion order."""
         return self._modules.items()

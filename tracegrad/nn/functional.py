@@ -18,6 +18,23 @@ def _pair(value) -> tuple[int, int]:
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``input @ weight^T + bias``, as ``torch.nn.functional.linear``.
+
+    Args:
+        input: a tensor of shape ``(*, in_features)``.
+        weight: a tensor of shape ``(out_features, in_features)``.
+        bias: a tensor of shape ``(out_features,)``, or None.
+
+    Returns:
+        A tensor of shape ``(*, out_features)``.
+
+    Raises:
+        ShapeError: if the feature sizes do not agree.
+
+    Examples:
+        >>> F.linear(tg.ones(2, 3), tg.ones(4, 3), tg.zeros(4)).shape
+        tracegrad.Size([2, 4])
+    """
     if input.shape[-1] != weight.shape[-1]:
         raise ShapeError(
             at_user_line(
@@ -30,32 +47,90 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """``max(input, 0)`` elementwise (``inplace`` is accepted; the result is new).
+
+    The function form of ``nn.ReLU``.
+
+    Examples:
+        >>> F.relu(tg.tensor([-1.0, 2.0]))
+        tensor([0., 2.])
+    """
     return input.relu()
 
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """The Gaussian error linear unit; ``approximate='tanh'`` uses the tanh form.
+
+    The function form of ``nn.GELU``.
+
+    Examples:
+        >>> F.gelu(tg.tensor([0.0]), approximate='tanh')
+        tensor([0.])
+    """
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     return call("gelu", input, approximate=approximate)
 
 
 def tanh(input: Tensor) -> Tensor:
+    """``tanh(input)`` elementwise.
+
+    Examples:
+        >>> F.tanh(tg.tensor([0.0]))
+        tensor([0.])
+    """
     return input.tanh()
 
 
 def sigmoid(input: Tensor) -> Tensor:
+    """``1 / (1 + exp(-input))`` elementwise.
+
+    Examples:
+        >>> F.sigmoid(tg.tensor([0.0]))
+        tensor([0.5])
+    """
     return input.sigmoid()
 
 
 def softmax(input: Tensor, dim: int) -> Tensor:
+    """Softmax along ``dim``, computed stably.
+
+    The function form of ``nn.Softmax``.
+
+    Examples:
+        >>> F.softmax(tg.zeros(2), dim=0)
+        tensor([0.5, 0.5])
+    """
     return input.softmax(dim)
 
 
 def log_softmax(input: Tensor, dim: int) -> Tensor:
+    """``log(softmax(input))`` along ``dim``, computed stably.
+
+    The function form of ``nn.LogSoftmax``.
+
+    Examples:
+        >>> F.log_softmax(tg.zeros(2), dim=0).exp()
+        tensor([0.5, 0.5])
+    """
     return input.log_softmax(dim)
 
 
 def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
+    """Class indices as one-hot rows of ``num_classes`` (by default the largest index + 1).
+
+    Args:
+        tensor: an int64 tensor of class indices.
+        num_classes: the length of each row, or -1.
+
+    Returns:
+        An int64 tensor of shape ``tensor.shape + (num_classes,)``.
+
+    Examples:
+        >>> F.one_hot(tg.tensor([0, 2]), 3)
+        tensor([[1, 0, 0],
+                [0, 0, 1]])
+    """
     if num_classes < 0:
         num_classes = int(tensor.max().item()) + 1
     return call("one_hot", tensor, num_classes=num_classes)
@@ -69,7 +144,28 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> Tensor:
-    """Cross entropy between logits (N, C, ...) and int64 class indices (N, ...)."""
+    """Cross entropy between logits and int64 class indices, as
+    ``torch.nn.functional.cross_entropy``: ``log_softmax`` over dimension 1, then the negative
+    log-likelihood, computed as one stable op.
+
+    Args:
+        input: logits of shape ``(N, C)`` or ``(N, C, d...)``.
+        target: int64 class indices of shape ``(N,)`` or ``(N, d...)``.
+        weight: a weight per class, or None.
+        ignore_index: a target index contributing neither loss nor gradient.
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'``.
+        label_smoothing: the amount of smoothing in [0, 1].
+
+    Returns:
+        The loss: a scalar, or one per sample with ``reduction='none'``.
+
+    Raises:
+        ShapeError: if the target's shape does not fit the input's.
+
+    Examples:
+        >>> round(F.cross_entropy(tg.zeros(2, 4), tg.tensor([0, 3])).item(), 4)
+        1.3863
+    """
     if weight is not None:
         logp = input.log_softmax(1)
         return _weighted_class_loss(
@@ -81,7 +177,15 @@ def cross_entropy(
 def nll_loss(
     input: Tensor, target: Tensor, weight=None, ignore_index: int = -100, reduction="mean"
 ) -> Tensor:
-    """The loss of log-probabilities (N, C, ...) against int64 class indices (N, ...)."""
+    """The negative log-likelihood of int64 class indices under log-probabilities
+    ``(N, C, ...)`` (``weight``, ``ignore_index`` and ``reduction`` as in ``cross_entropy``).
+
+    The function form of ``nn.NLLLoss``.
+
+    Examples:
+        >>> F.nll_loss(tg.tensor([[-1.0, -2.0]]), tg.tensor([1]))
+        tensor(2.)
+    """
     if weight is not None:
         return _weighted_class_loss("nll_loss", input, target, weight, ignore_index, 0.0, reduction)
     return _class_loss("nll_loss", input, target, ignore_index, 0.0, reduction)
@@ -161,6 +265,14 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """The mean squared error; ``reduction`` is ``'mean'``, ``'sum'`` or ``'none'``.
+
+    The function form of ``nn.MSELoss``.
+
+    Examples:
+        >>> F.mse_loss(tg.tensor([1.0, 3.0]), tg.zeros(2))
+        tensor(5.)
+    """
     target = as_tensor(target)
     if tuple(input.shape) != tuple(target.shape):
         warnings.warn(
@@ -173,13 +285,41 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 
 
 def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """The mean absolute error; ``reduction`` is ``'mean'``, ``'sum'`` or ``'none'``.
+
+    The function form of ``nn.L1Loss``.
+
+    Examples:
+        >>> F.l1_loss(tg.tensor([1.0, -3.0]), tg.zeros(2))
+        tensor(2.)
+    """
     return _reduce((input - target).abs(), reduction)
 
 
 def conv2d(
     input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, dilation=1, groups: int = 1
 ) -> Tensor:
-    """2-D convolution as windows (a strided view) times the weight, one matmul per group."""
+    """A 2-d convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    Args:
+        input: a tensor of shape ``(N, C_in, H, W)``.
+        weight: a tensor of shape ``(C_out, C_in / groups, kh, kw)``.
+        bias: a tensor of shape ``(C_out,)``, or None.
+        stride: an int or a pair.
+        padding: an int, a pair, or ``'valid'`` / ``'same'``.
+        dilation: an int or a pair.
+        groups: split the channels into this many independent groups.
+
+    Returns:
+        A tensor of shape ``(N, C_out, H_out, W_out)``.
+
+    Raises:
+        ShapeError: if the channels do not agree or the kernel does not fit the input.
+
+    Examples:
+        >>> F.conv2d(tg.ones(1, 1, 4, 4), tg.ones(2, 1, 3, 3)).shape
+        tracegrad.Size([1, 2, 2, 2])
+    """
     if input.ndim == 3:
         return conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups)[0]
     stride, dilation = _pair(stride), _pair(dilation)
@@ -248,7 +388,25 @@ def max_pool2d(
     ceil_mode: bool = False,
     return_indices: bool = False,
 ) -> Tensor:
-    """Max over windows: windows of the input padded with -inf, then amax."""
+    """2-d max pooling, as ``torch.nn.functional.max_pool2d``; tied maxima share the gradient.
+
+    Args:
+        input: a tensor of shape ``(N, C, H, W)`` or ``(C, H, W)``.
+        kernel_size: an int or a pair.
+        stride: an int or a pair (default: ``kernel_size``).
+        padding: an int or a pair of implicit ``-inf`` padding.
+        dilation: an int or a pair.
+        ceil_mode: must be False (rounding the output size up is not supported).
+        return_indices: must be False (returning the positions is not supported).
+
+    Raises:
+        NotImplementedError: for ``ceil_mode`` or ``return_indices``.
+
+    Examples:
+        >>> F.max_pool2d(tg.arange(16.0).reshape(1, 1, 4, 4), 2)
+        tensor([[[[ 5.,  7.],
+                  [13., 15.]]]])
+    """
     if ceil_mode or return_indices:
         raise NotImplementedError("max_pool2d: ceil_mode and return_indices are not supported")
     if input.ndim == 3:
@@ -278,6 +436,23 @@ def max_pool2d(
 
 
 def layer_norm(input: Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """Normalize over the trailing ``normalized_shape`` dimensions, then scale by ``weight`` and
+    shift by ``bias``, as ``torch.nn.functional.layer_norm``.
+
+    Args:
+        input: a tensor whose trailing shape is ``normalized_shape``.
+        normalized_shape: an int or a tuple.
+        weight: a scale of that shape, or None.
+        bias: a shift of that shape, or None.
+        eps: added to the variance for numerical stability.
+
+    Raises:
+        ShapeError: if the trailing shape does not match.
+
+    Examples:
+        >>> F.layer_norm(tg.tensor([[1.0, 3.0]]), (2,))
+        tensor([[-0.999995,  0.999995]])
+    """
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if tuple(input.shape[input.ndim - len(shape) :]) != shape:
         raise ShapeError(
@@ -293,6 +468,24 @@ def layer_norm(input: Tensor, normalized_shape, weight=None, bias=None, eps: flo
 
 
 def embedding(input: Tensor, weight: Tensor, padding_idx=None) -> Tensor:
+    """The rows of ``weight`` at the indices ``input``, as ``torch.nn.functional.embedding``.
+
+    Args:
+        input: an int64 tensor of indices.
+        weight: the table, of shape ``(num_embeddings, embedding_dim)``.
+        padding_idx: a row that gets no gradient, or None.
+
+    Returns:
+        A tensor of shape ``input.shape + (embedding_dim,)``.
+
+    Raises:
+        IndexError: for an index outside the table.
+
+    Examples:
+        >>> F.embedding(tg.tensor([2, 0]), tg.arange(6.0).reshape(3, 2))
+        tensor([[4., 5.],
+                [0., 1.]])
+    """
     input = as_tensor(input)
     if input.dtype is not dtypes.int64:
         raise DTypeError(
@@ -312,7 +505,22 @@ def embedding(input: Tensor, weight: Tensor, padding_idx=None) -> Tensor:
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
-    """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p)."""
+    """In training, zero each element with probability ``p`` and scale the rest by
+    ``1 / (1 - p)``; the identity when ``training`` is False.
+
+    Args:
+        input: any tensor.
+        p: the probability of zeroing an element.
+        training: whether to drop (a layer passes its own mode).
+        inplace: accepted for PyTorch's signature; the result is a new tensor.
+
+    Raises:
+        ValueError: if ``p`` is not in [0, 1].
+
+    Examples:
+        >>> F.dropout(tg.ones(3), p=0.5, training=False)
+        tensor([1., 1., 1.])
+    """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
@@ -326,10 +534,26 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
 
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """``input`` where positive, ``negative_slope * input`` elsewhere.
+
+    The function form of ``nn.LeakyReLU``.
+
+    Examples:
+        >>> F.leaky_relu(tg.tensor([-1.0]), 0.5)
+        tensor([-0.5])
+    """
     return where(input > 0, input, input * negative_slope)
 
 
 def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """``input`` where positive, ``alpha * (exp(input) - 1)`` elsewhere.
+
+    The function form of ``nn.ELU``.
+
+    Examples:
+        >>> F.elu(tg.tensor([2.0]))
+        tensor([2.])
+    """
     # exp of the non-positive part only: exp(x) of a large x would overflow in the unused branch
     # and its gradient (0 * inf) would be nan. (where, not minimum, which would halve the
     # gradient at 0 between the tied arguments.)
@@ -338,6 +562,14 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    """``input * sigmoid(input)`` elementwise.
+
+    The function form of ``nn.SiLU``.
+
+    Examples:
+        >>> F.silu(tg.tensor([0.0]))
+        tensor([0.])
+    """
     return input * input.sigmoid()
 
 
@@ -348,18 +580,42 @@ def _softplus(x: Tensor) -> Tensor:
 
 
 def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """``log(1 + exp(beta * input)) / beta``, linear above ``threshold``.
+
+    The function form of ``nn.Softplus``.
+
+    Examples:
+        >>> F.softplus(tg.tensor([0.0]))
+        tensor([0.6931472])
+    """
     scaled = input * beta
     # above the threshold, PyTorch returns x itself (the two differ by less than exp(-20))
     return where(scaled > threshold, input, _softplus(scaled) / beta)
 
 
 def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    """``input * tanh(softplus(input))`` elementwise.
+
+    The function form of ``nn.Mish``.
+
+    Examples:
+        >>> F.mish(tg.tensor([0.0]))
+        tensor([0.])
+    """
     return input * _softplus(input).tanh()
 
 
 def hardtanh(
     input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False
 ) -> Tensor:
+    """``input`` clamped to ``[min_val, max_val]``.
+
+    The function form of ``nn.Hardtanh``.
+
+    Examples:
+        >>> F.hardtanh(tg.tensor([-2.0, 2.0]))
+        tensor([-1.,  1.])
+    """
     if min_val > max_val:
         raise ValueError(f"hardtanh: min_val {min_val} must not exceed max_val {max_val}")
     # PyTorch passes no gradient at the bounds themselves (clamp passes it there)
@@ -368,11 +624,27 @@ def hardtanh(
 
 
 def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    """``min(max(input, 0), 6)`` elementwise.
+
+    The function form of ``nn.ReLU6``.
+
+    Examples:
+        >>> F.relu6(tg.tensor([8.0]))
+        tensor([6.])
+    """
     return hardtanh(input, 0.0, 6.0)
 
 
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
-    """max(0, x) + weight * min(0, x), one weight per channel (dim 1), or one for all."""
+    """``input`` where positive, ``weight * input`` elsewhere (``weight``: one slope, or one
+    per channel, dimension 1).
+
+    The function form of ``nn.PReLU``.
+
+    Examples:
+        >>> F.prelu(tg.tensor([-2.0]), tg.tensor([0.25]))
+        tensor([-0.5])
+    """
     if weight.numel() != 1:
         channels = input.shape[1] if input.ndim >= 2 else input.shape[0]
         if weight.numel() != channels:
@@ -388,10 +660,26 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
 
 
 def softsign(input: Tensor) -> Tensor:
+    """``input / (1 + |input|)`` elementwise.
+
+    The function form of ``nn.Softsign``.
+
+    Examples:
+        >>> F.softsign(tg.tensor([1.0]))
+        tensor([0.5])
+    """
     return input / (input.abs() + 1.0)
 
 
 def logsigmoid(input: Tensor) -> Tensor:
+    """``log(sigmoid(input))`` elementwise, computed stably.
+
+    The function form of ``nn.LogSigmoid``.
+
+    Examples:
+        >>> F.logsigmoid(tg.tensor([0.0])).exp()
+        tensor([0.5])
+    """
     return -_softplus(-input)
 
 
@@ -508,6 +796,13 @@ def instance_norm(
 
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight=None, reduction: str = "mean"):
+    """Binary cross entropy between probabilities and targets in [0, 1], the log clamped at
+    -100 (``weight``, ``reduction`` as in ``nn.BCELoss``).
+
+    Examples:
+        >>> round(F.binary_cross_entropy(tg.tensor([0.5]), tg.tensor([1.0])).item(), 4)
+        0.6931
+    """
     target = as_tensor(target)
     _same_shape("binary_cross_entropy", input, target)
     loss = -(target * _clamped_log(input) + (1.0 - target) * _clamped_log(1.0 - input))

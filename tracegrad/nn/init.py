@@ -97,3 +97,48 @@ def xavier_uniform_(tensor, gain: float = 1.0) -> Tensor:
 def xavier_normal_(tensor, gain: float = 1.0) -> Tensor:
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
     return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def eye_(tensor: Tensor) -> Tensor:
+    """Fill a 2-D tensor with the identity (ones on the diagonal of a rectangle too)."""
+    if tensor.ndim != 2:
+        raise ValueError(f"eye_ needs a 2-D tensor, got shape {tuple(tensor.shape)}")
+    return _fill(tensor, np.eye(*tensor.shape))
+
+
+def orthogonal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
+    """Fill ``tensor`` with a (semi-)orthogonal matrix times ``gain``, as PyTorch does: its
+    first dim are the rows, the others flattened the columns; rows orthonormal when there are
+    fewer rows than columns, columns otherwise (the Q of a QR factorisation of a normal draw,
+    signs fixed so the draw decides Q uniquely)."""
+    if tensor.ndim < 2:
+        raise ValueError(
+            f"orthogonal_ needs a tensor of at least 2 dims, got shape {tuple(tensor.shape)}"
+        )
+    if tensor.numel() == 0:
+        return tensor
+    rows = tensor.shape[0]
+    columns = tensor.numel() // rows
+    flat = generator().normal(0.0, 1.0, (rows, columns))
+    if rows < columns:
+        flat = flat.T
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))
+    if rows < columns:
+        q = q.T
+    return _fill(tensor, gain * q.reshape(tensor.shape))
+
+
+def trunc_normal_(
+    tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0
+) -> Tensor:
+    """Fill ``tensor`` from the normal distribution of ``mean`` and ``std`` truncated to
+    [a, b] (absolute bounds, as in PyTorch): draws outside are drawn again."""
+    if not a < b:
+        raise ValueError(f"trunc_normal_ needs a < b, got a={a}, b={b}")
+    values = generator().normal(mean, std, tensor.shape)
+    outside = (values < a) | (values > b)
+    while outside.any():
+        values[outside] = generator().normal(mean, std, int(outside.sum()))
+        outside = (values < a) | (values > b)
+    return _fill(tensor, values)

@@ -25,6 +25,27 @@ def _empty(*shape, device=None, dtype=None) -> Parameter:
 
 
 class Linear(Module):
+    """An affine map ``y = x @ W^T + b``, with PyTorch's initialisation and parameter names.
+
+    Args:
+        in_features: the size of each input's last dimension.
+        out_features: the size of each output's last dimension.
+        bias: whether to add a learned bias.
+        device: None or "cpu".
+        dtype: the parameters' dtype (default float32).
+
+    Shape:
+        Input ``(*, in_features)``, output ``(*, out_features)``.
+
+    Raises:
+        ShapeError: on an input whose last dimension is not ``in_features``.
+
+    Examples:
+        >>> layer = nn.Linear(3, 2)
+        >>> layer(tg.zeros(4, 3)).shape, layer.weight.shape
+        (tracegrad.Size([4, 2]), tracegrad.Size([2, 3]))
+    """
+
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None
     ):
@@ -50,6 +71,29 @@ class Linear(Module):
 
 
 class Conv2d(Module):
+    """A 2-d convolution (cross-correlation) over ``(N, C, H, W)`` inputs, as PyTorch's.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output.
+        kernel_size: an int or a pair ``(kh, kw)``.
+        stride: an int or a pair.
+        padding: an int or a pair of zero padding on each side.
+        dilation: an int or a pair.
+        groups: split the channels into this many independent groups.
+        bias: whether to add a learned bias per output channel.
+        device: None or "cpu".
+        dtype: the parameters' dtype (default float32).
+
+    Raises:
+        ShapeError: on an input that is not ``(N, in_channels, H, W)`` or smaller than the kernel.
+
+    Examples:
+        >>> conv = nn.Conv2d(1, 4, kernel_size=3, padding=1)
+        >>> conv(tg.zeros(2, 1, 8, 8)).shape
+        tracegrad.Size([2, 4, 8, 8])
+    """
+
     def __init__(
         self,
         in_channels,
@@ -104,6 +148,19 @@ class Conv2d(Module):
 
 
 class MaxPool2d(Module):
+    """2-d max pooling over ``(N, C, H, W)`` inputs; tied maxima share the gradient.
+
+    Args:
+        kernel_size: an int or a pair.
+        stride: an int or a pair (default: ``kernel_size``).
+        padding: an int or a pair of implicit ``-inf`` padding.
+        dilation: an int or a pair.
+
+    Examples:
+        >>> nn.MaxPool2d(2)(tg.zeros(1, 3, 8, 8)).shape
+        tracegrad.Size([1, 3, 4, 4])
+    """
+
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
         super().__init__()
         self.kernel_size, self.stride, self.padding, self.dilation = (
@@ -124,6 +181,17 @@ class MaxPool2d(Module):
 
 
 class Flatten(Module):
+    """Merge dimensions ``start_dim`` to ``end_dim`` (by default all but the batch).
+
+    Args:
+        start_dim: the first dimension to merge.
+        end_dim: the last dimension to merge.
+
+    Examples:
+        >>> nn.Flatten()(tg.zeros(2, 3, 4)).shape
+        tracegrad.Size([2, 12])
+    """
+
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
@@ -136,6 +204,16 @@ class Flatten(Module):
 
 
 class ReLU(Module):
+    """``max(x, 0)`` elementwise.
+
+    Args:
+        inplace: accepted for PyTorch's signature; the result is a new tensor.
+
+    Examples:
+        >>> nn.ReLU()(tg.tensor([-1.0, 2.0]))
+        tensor([0., 2.])
+    """
+
     def __init__(self, inplace: bool = False):
         super().__init__()
 
@@ -144,6 +222,16 @@ class ReLU(Module):
 
 
 class GELU(Module):
+    """The Gaussian error linear unit, ``x * Phi(x)``; ``approximate='tanh'`` uses the tanh form.
+
+    Args:
+        approximate: ``'none'`` (exact, with erf) or ``'tanh'``.
+
+    Examples:
+        >>> nn.GELU()(tg.tensor([0.0]))
+        tensor([0.])
+    """
+
     def __init__(self, approximate: str = "none"):
         super().__init__()
         self.approximate = approximate
@@ -156,16 +244,37 @@ class GELU(Module):
 
 
 class Tanh(Module):
+    """``tanh(x)`` elementwise.
+
+    Examples:
+        >>> nn.Tanh()(tg.tensor([0.0]))
+        tensor([0.])
+    """
+
     def forward(self, x):
         return F.tanh(x)
 
 
 class Sigmoid(Module):
+    """``1 / (1 + exp(-x))`` elementwise.
+
+    Examples:
+        >>> nn.Sigmoid()(tg.tensor([0.0]))
+        tensor([0.5])
+    """
+
     def forward(self, x):
         return F.sigmoid(x)
 
 
 class Identity(Module):
+    """Returns its input; takes and ignores any arguments, as PyTorch's.
+
+    Examples:
+        >>> nn.Identity(54, unused=1)(tg.tensor([1.0]))
+        tensor([1.])
+    """
+
     def __init__(self, *args, **kwargs):
         super().__init__()
 
@@ -174,6 +283,16 @@ class Identity(Module):
 
 
 class Softmax(Module):
+    """Softmax along ``dim``: the entries along it are positive and sum to 1.
+
+    Args:
+        dim: the dimension to normalize over.
+
+    Examples:
+        >>> nn.Softmax(dim=1)(tg.zeros(1, 4))
+        tensor([[0.25, 0.25, 0.25, 0.25]])
+    """
+
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
@@ -186,11 +305,41 @@ class Softmax(Module):
 
 
 class LogSoftmax(Softmax):
+    """``log(softmax(x))`` along ``dim``, computed stably.
+
+    Args:
+        dim: the dimension to normalize over.
+
+    Examples:
+        >>> nn.LogSoftmax(dim=0)(tg.zeros(2)).exp()
+        tensor([0.5, 0.5])
+    """
+
     def forward(self, x):
         return F.log_softmax(x, self.dim)
 
 
 class LayerNorm(Module):
+    """Layer normalization over the last ``len(normalized_shape)`` dimensions, with a learned
+    elementwise scale and shift, as PyTorch's.
+
+    Args:
+        normalized_shape: an int or the trailing shape to normalize over.
+        eps: added to the variance for numerical stability.
+        elementwise_affine: learn ``weight`` (ones) and ``bias`` (zeros).
+        bias: learn a bias too (with ``elementwise_affine``).
+        device: None or "cpu".
+        dtype: the parameters' dtype.
+
+    Raises:
+        ShapeError: if the input's trailing shape is not ``normalized_shape``.
+
+    Examples:
+        >>> y = nn.LayerNorm(4)(tg.tensor([[1.0, 2.0, 3.0, 4.0]]))
+        >>> round(y.mean().item(), 6), round(y.var(unbiased=False).item(), 3)
+        (0.0, 1.0)
+    """
+
     def __init__(
         self,
         normalized_shape,
@@ -221,6 +370,25 @@ class LayerNorm(Module):
 
 
 class Embedding(Module):
+    """A lookup table of ``num_embeddings`` vectors of size ``embedding_dim``, initialised from
+    N(0, 1); row ``padding_idx`` is zero and gets no gradient.
+
+    Args:
+        num_embeddings: the number of rows.
+        embedding_dim: the size of each vector.
+        padding_idx: a row kept at zero, or None.
+        device: None or "cpu".
+        dtype: the table's dtype.
+
+    Raises:
+        ValueError: if ``padding_idx`` is out of range.
+
+    Examples:
+        >>> table = nn.Embedding(10, 3)
+        >>> table(tg.tensor([[1, 2], [3, 4]])).shape
+        tracegrad.Size([2, 2, 3])
+    """
+
     def __init__(
         self, num_embeddings: int, embedding_dim: int, padding_idx=None, device=None, dtype=None
     ):
@@ -242,6 +410,23 @@ class Embedding(Module):
 
 
 class Dropout(Module):
+    """In training mode, zero each element with probability ``p`` and scale the rest by
+    ``1 / (1 - p)``; in eval mode, the identity. Draws come from tracegrad's generator, so compiled
+    and eager runs agree under ``tg.manual_seed``.
+
+    Args:
+        p: the probability of zeroing an element.
+        inplace: accepted for PyTorch's signature; the result is a new tensor.
+
+    Raises:
+        ValueError: if ``p`` is not in [0, 1].
+
+    Examples:
+        >>> drop = nn.Dropout(0.5).eval()
+        >>> drop(tg.ones(3))
+        tensor([1., 1., 1.])
+    """
+
     def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
@@ -256,6 +441,16 @@ class Dropout(Module):
 
 
 class MSELoss(Module):
+    """The mean squared error between input and target.
+
+    Args:
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
+
+    Examples:
+        >>> nn.MSELoss()(tg.tensor([1.0, 3.0]), tg.tensor([0.0, 0.0]))
+        tensor(5.)
+    """
+
     def __init__(self, reduction: str = "mean"):
         super().__init__()
         self.reduction = reduction
@@ -265,6 +460,24 @@ class MSELoss(Module):
 
 
 class CrossEntropyLoss(Module):
+    """Cross entropy between logits ``(N, C)`` (or ``(N, C, d...)``) and class indices or
+    probabilities, as PyTorch's: ``log_softmax`` then negative log-likelihood.
+
+    Args:
+        weight: a weight per class, or None.
+        ignore_index: a target index that contributes neither loss nor gradient.
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'``.
+        label_smoothing: the amount of smoothing in [0, 1].
+
+    Raises:
+        ShapeError: if the target's shape does not fit the input's.
+
+    Examples:
+        >>> loss = nn.CrossEntropyLoss()(tg.zeros(2, 4), tg.tensor([0, 3]))
+        >>> round(loss.item(), 4)
+        1.3863
+    """
+
     def __init__(
         self,
         weight=None,
@@ -286,6 +499,17 @@ class CrossEntropyLoss(Module):
 
 
 class LeakyReLU(Module):
+    """``x`` where positive, ``negative_slope * x`` elsewhere.
+
+    Args:
+        negative_slope: the slope for negative inputs.
+        inplace: accepted for PyTorch's signature.
+
+    Examples:
+        >>> nn.LeakyReLU(0.1)(tg.tensor([-1.0, 2.0]))
+        tensor([-0.1,  2. ])
+    """
+
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         super().__init__()
         self.negative_slope = negative_slope
@@ -298,6 +522,17 @@ class LeakyReLU(Module):
 
 
 class ELU(Module):
+    """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere.
+
+    Args:
+        alpha: the scale of the negative part.
+        inplace: accepted for PyTorch's signature.
+
+    Examples:
+        >>> nn.ELU()(tg.tensor([0.0, 2.0]))
+        tensor([0., 2.])
+    """
+
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
         super().__init__()
         self.alpha = alpha
@@ -310,6 +545,13 @@ class ELU(Module):
 
 
 class SiLU(Module):
+    """``x * sigmoid(x)`` elementwise (swish).
+
+    Examples:
+        >>> nn.SiLU()(tg.tensor([0.0]))
+        tensor([0.])
+    """
+
     def __init__(self, inplace: bool = False):
         super().__init__()
 
@@ -318,6 +560,17 @@ class SiLU(Module):
 
 
 class Softplus(Module):
+    """``log(1 + exp(beta * x)) / beta``, linear above ``threshold``.
+
+    Args:
+        beta: the sharpness.
+        threshold: above ``beta * x > threshold`` the result is ``x``.
+
+    Examples:
+        >>> nn.Softplus()(tg.tensor([0.0]))
+        tensor([0.6931472])
+    """
+
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__()
         self.beta, self.threshold = beta, threshold
@@ -330,6 +583,13 @@ class Softplus(Module):
 
 
 class Mish(Module):
+    """``x * tanh(softplus(x))`` elementwise.
+
+    Examples:
+        >>> nn.Mish()(tg.tensor([0.0]))
+        tensor([0.])
+    """
+
     def __init__(self, inplace: bool = False):
         super().__init__()
 
@@ -338,6 +598,18 @@ class Mish(Module):
 
 
 class Hardtanh(Module):
+    """``x`` clamped to ``[min_val, max_val]``.
+
+    Args:
+        min_val: the lower bound.
+        max_val: the upper bound.
+        inplace: accepted for PyTorch's signature.
+
+    Examples:
+        >>> nn.Hardtanh()(tg.tensor([-2.0, 0.5, 2.0]))
+        tensor([-1. ,  0.5,  1. ])
+    """
+
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
         super().__init__()
         if min_val > max_val:
@@ -352,11 +624,31 @@ class Hardtanh(Module):
 
 
 class ReLU6(Hardtanh):
+    """``min(max(x, 0), 6)`` elementwise.
+
+    Examples:
+        >>> nn.ReLU6()(tg.tensor([-1.0, 8.0]))
+        tensor([0., 6.])
+    """
+
     def __init__(self, inplace: bool = False):
         super().__init__(0.0, 6.0)
 
 
 class PReLU(Module):
+    """``x`` where positive, ``a * x`` elsewhere, with ``a`` learned (one, or one per channel).
+
+    Args:
+        num_parameters: 1, or the number of channels (dimension 1 of the input).
+        init: the initial slope.
+        dtype: the parameter's dtype.
+        device: None or "cpu".
+
+    Examples:
+        >>> nn.PReLU()(tg.tensor([-1.0, 2.0]))
+        tensor([-0.25,  2.  ], grad_fn=<...>)
+    """
+
     def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype=None, device=None):
         super().__init__()
         self.num_parameters = num_parameters
@@ -375,16 +667,41 @@ class PReLU(Module):
 
 
 class Softsign(Module):
+    """``x / (1 + |x|)`` elementwise.
+
+    Examples:
+        >>> nn.Softsign()(tg.tensor([1.0]))
+        tensor([0.5])
+    """
+
     def forward(self, x):
         return F.softsign(x)
 
 
 class LogSigmoid(Module):
+    """``log(sigmoid(x))`` elementwise, computed stably.
+
+    Examples:
+        >>> nn.LogSigmoid()(tg.tensor([0.0])).exp()
+        tensor([0.5])
+    """
+
     def forward(self, x):
         return F.logsigmoid(x)
 
 
 class Unflatten(Module):
+    """Split dimension ``dim`` into ``unflattened_size``.
+
+    Args:
+        dim: the dimension to split.
+        unflattened_size: the sizes it becomes.
+
+    Examples:
+        >>> nn.Unflatten(1, (3, 4))(tg.zeros(2, 12)).shape
+        tracegrad.Size([2, 3, 4])
+    """
+
     def __init__(self, dim: int, unflattened_size):
         super().__init__()
         self.dim, self.unflattened_size = dim, tuple(unflattened_size)
@@ -490,14 +807,60 @@ class _BatchNorm(_NormBase):
 
 
 class BatchNorm1d(_BatchNorm):
+    """Batch normalization over ``(N, C)`` or ``(N, C, L)`` inputs, as PyTorch's: in training mode
+    the batch's statistics normalize and update the running ones in place; in eval mode the
+    running statistics normalize.
+
+    Args:
+        num_features: the channels ``C``.
+        eps: added to the variance for numerical stability.
+        momentum: the running statistics' update rate (None: a cumulative average).
+        affine: learn a scale and shift per channel.
+        track_running_stats: keep running statistics (in buffers).
+        dtype: the parameters' and buffers' dtype.
+        device: None or "cpu".
+
+    Raises:
+        ShapeError: on an input of another rank or channel count.
+
+    Examples:
+        >>> bn = nn.BatchNorm1d(3)
+        >>> bn(tg.randn(8, 3)).shape, bn.running_mean.shape
+        (tracegrad.Size([8, 3]), tracegrad.Size([3]))
+    """
+
     dims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
+    """Batch normalization over ``(N, C, H, W)`` inputs (see ``BatchNorm1d`` for the arguments).
+
+    Examples:
+        >>> nn.BatchNorm2d(3)(tg.randn(2, 3, 4, 4)).shape
+        tracegrad.Size([2, 3, 4, 4])
+    """
+
     dims = (4,)
 
 
 class InstanceNorm2d(_NormBase):
+    """Normalization of each sample's channel over ``(H, W)``, as PyTorch's (no affine and
+    no running statistics by default).
+
+    Args:
+        num_features: the channels ``C``.
+        eps: added to the variance for numerical stability.
+        momentum: the running statistics' update rate.
+        affine: learn a scale and shift per channel.
+        track_running_stats: keep running statistics.
+        dtype: the parameters' dtype.
+        device: None or "cpu".
+
+    Examples:
+        >>> nn.InstanceNorm2d(3)(tg.randn(2, 3, 4, 4)).shape
+        tracegrad.Size([2, 3, 4, 4])
+    """
+
     def __init__(
         self,
         num_features: int,
@@ -532,6 +895,24 @@ class InstanceNorm2d(_NormBase):
 
 
 class GroupNorm(Module):
+    """Normalization over groups of channels of each sample, as PyTorch's.
+
+    Args:
+        num_groups: the number of groups (dividing ``num_channels``).
+        num_channels: the channels ``C``.
+        eps: added to the variance for numerical stability.
+        affine: learn a scale and shift per channel.
+        dtype: the parameters' dtype.
+        device: None or "cpu".
+
+    Raises:
+        ValueError: if ``num_groups`` does not divide ``num_channels``.
+
+    Examples:
+        >>> nn.GroupNorm(2, 4)(tg.randn(3, 4, 5)).shape
+        tracegrad.Size([3, 4, 5])
+    """
+
     def __init__(
         self,
         num_groups: int,
@@ -578,6 +959,18 @@ class _WeightedLoss(_Loss):
 
 
 class NLLLoss(_WeightedLoss):
+    """The negative log-likelihood of class indices under log-probabilities ``(N, C)``.
+
+    Args:
+        weight: a weight per class, or None.
+        ignore_index: a target index that contributes nothing.
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
+
+    Examples:
+        >>> nn.NLLLoss()(tg.tensor([[-1.0, -2.0]]), tg.tensor([1]))
+        tensor(2.)
+    """
+
     def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__(weight, reduction)
         self.ignore_index = ignore_index
@@ -587,11 +980,34 @@ class NLLLoss(_WeightedLoss):
 
 
 class BCELoss(_WeightedLoss):
+    """Binary cross entropy between probabilities and targets in [0, 1] (the log clamped at -100).
+
+    Args:
+        weight: a weight per element (broadcast), or None.
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
+
+    Examples:
+        >>> round(nn.BCELoss()(tg.tensor([0.5]), tg.tensor([1.0])).item(), 4)
+        0.6931
+    """
+
     def forward(self, input, target):
         return F.binary_cross_entropy(input, target, self.weight, self.reduction)
 
 
 class BCEWithLogitsLoss(_WeightedLoss):
+    """``sigmoid`` then binary cross entropy, computed stably from logits.
+
+    Args:
+        weight: a weight per element (broadcast), or None.
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
+        pos_weight: a weight of the positive term per class, or None.
+
+    Examples:
+        >>> round(nn.BCEWithLogitsLoss()(tg.tensor([0.0]), tg.tensor([1.0])).item(), 4)
+        0.6931
+    """
+
     def __init__(self, weight=None, reduction: str = "mean", pos_weight=None):
         super().__init__(weight, reduction)
         self.register_buffer("pos_weight", pos_weight)
@@ -603,11 +1019,32 @@ class BCEWithLogitsLoss(_WeightedLoss):
 
 
 class L1Loss(_Loss):
+    """The mean absolute error between input and target.
+
+    Args:
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
+
+    Examples:
+        >>> nn.L1Loss()(tg.tensor([1.0, -3.0]), tg.zeros(2))
+        tensor(2.)
+    """
+
     def forward(self, input, target):
         return F.l1_loss(input, target, self.reduction)
 
 
 class SmoothL1Loss(_Loss):
+    """Squared error ``0.5 d^2 / beta`` below ``beta``, absolute error ``|d| - 0.5 beta`` above.
+
+    Args:
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
+        beta: where the loss turns from squared to absolute.
+
+    Examples:
+        >>> nn.SmoothL1Loss()(tg.tensor([0.5, 3.0]), tg.zeros(2))
+        tensor(1.3125)
+    """
+
     def __init__(self, reduction: str = "mean", beta: float = 1.0):
         super().__init__(reduction)
         self.beta = beta
@@ -617,6 +1054,17 @@ class SmoothL1Loss(_Loss):
 
 
 class HuberLoss(_Loss):
+    """Squared error ``0.5 d^2`` below ``delta``, ``delta (|d| - 0.5 delta)`` above.
+
+    Args:
+        reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per element).
+        delta: where the loss turns from squared to linear.
+
+    Examples:
+        >>> nn.HuberLoss(delta=1.0)(tg.tensor([0.5, 3.0]), tg.zeros(2))
+        tensor(1.3125)
+    """
+
     def __init__(self, reduction: str = "mean", delta: float = 1.0):
         super().__init__(reduction)
         self.delta = delta
@@ -626,6 +1074,20 @@ class HuberLoss(_Loss):
 
 
 class KLDivLoss(_Loss):
+    """The Kullback-Leibler divergence ``target * (log(target) - input)``, ``input`` being
+    log-probabilities.
+
+    Args:
+        reduction: ``'mean'`` (warns, as PyTorch), ``'batchmean'`` (the true KL divergence),
+            ``'sum'`` or ``'none'``.
+        log_target: the target is given as log-probabilities.
+
+    Examples:
+        >>> p = tg.tensor([[0.5, 0.5]])
+        >>> nn.KLDivLoss(reduction="batchmean")(p.log(), p)
+        tensor(0.)
+    """
+
     def __init__(self, reduction: str = "mean", log_target: bool = False):
         super().__init__(reduction)
         self.log_target = log_target

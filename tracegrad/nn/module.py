@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tracegrad import changes, devices, dtypes
+from tracegrad import changes, devices, dtypes, scopes
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor, active_tracer, wrap
 
@@ -21,7 +21,26 @@ def _compiled(value) -> bool:
 
 
 class Module:
-    """Assigning a Parameter or a Module to an attribute registers it, as in PyTorch."""
+    """The base of layers and models, as ``torch.nn.Module``: assigning a Parameter or a
+    Module to an attribute registers it, and ``parameters()``, ``state_dict()``, ``train()``
+    and the rest traverse what is registered.
+
+    Subclasses call ``super().__init__()`` first and define ``forward``; calling the module
+    runs ``forward``. Modules compile with ``tg.compile(module)``.
+
+    Examples:
+        >>> class TwoLayer(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.hidden = nn.Linear(4, 8)
+        ...         self.out = nn.Linear(8, 2)
+        ...
+        ...     def forward(self, x):
+        ...         return self.out(self.hidden(x).relu())
+        >>> model = TwoLayer()
+        >>> model(tg.zeros(3, 4)).shape, list(model.state_dict())[:2]
+        (tracegrad.Size([3, 2]), ['hidden.weight', 'hidden.bias'])
+    """
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -31,13 +50,19 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def forward(self, *args, **kwargs):
+        """The computation of the module; subclasses define it, and calling the module runs it.
+
+        Raises:
+            NotImplementedError: if the subclass defines none.
+        """
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        tracer = active_tracer()
-        if tracer is not None:
-            tracer.module_called(self)
-        return self.forward(*args, **kwargs)
+        if not scopes.recording():
+            return self.forward(*args, **kwargs)
+        active_tracer().module_called(self)
+        with scopes.entered(self):  # (the tracer records which module made each op)
+            return self.forward(*args, **kwargs)
 
     # --- registration ---------------------------------------------------------------------------
 
@@ -91,11 +116,25 @@ class Module:
         object.__delattr__(self, name)
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Register ``param`` (or None) under ``name``, as assigning a Parameter attribute does."""
         _check_name("parameter", name)
         self._parameters[name] = param
         changes.note()
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """Register a tensor that is state but not a parameter (running statistics, masks).
+
+        Args:
+            name: the attribute name.
+            tensor: the tensor, or None.
+            persistent: whether ``state_dict()`` includes it.
+
+        Examples:
+            >>> m = nn.Module()
+            >>> m.register_buffer("count", tg.zeros(1))
+            >>> list(m.state_dict())
+            ['count']
+        """
         _check_name("buffer", name)
         if name not in self._buffers and (hasattr(self, name) or name in self._modules):
             raise KeyError(f"attribute '{name}' already exists")
@@ -107,6 +146,7 @@ class Module:
             self._non_persistent.add(name)
 
     def add_module(self, name: str, module: Module | None) -> None:
+        """Register a submodule (or None) under ``name``, as assigning a Module attribute does."""
         _check_name("module", name)
         self._modules[name] = module
         changes.note()
@@ -116,6 +156,7 @@ class Module:
     # --- traversal ------------------------------------------------------------------------------
 
     def named_modules(self, memo=None, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and every module under it, once each, with dotted names ("" for itself)."""
         memo = set() if memo is None else memo
         if id(self) in memo:
             return
@@ -126,15 +167,18 @@ class Module:
                 yield from module.named_modules(memo, f"{prefix}.{name}" if prefix else name)
 
     def modules(self) -> Iterator[Module]:
+        """This module and every module under it, once each."""
         for _, module in self.named_modules():
             yield module
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
+        """The direct submodules with their names."""
         for name, module in self._modules.items():
             if module is not None:
                 yield name, module
 
     def children(self) -> Iterator[Module]:
+        """The direct submodules."""
         for _, module in self.named_children():
             yield module
 
@@ -149,38 +193,80 @@ class Module:
                 yield (f"{prefix}.{name}" if prefix else name), value
 
     def named_parameters(self, prefix: str = "", recurse: bool = True):
+        """The parameters of this module and (with ``recurse``) its submodules, by dotted name.
+
+        Args:
+            prefix: prepended to every name.
+            recurse: include submodules' parameters.
+
+        Examples:
+            >>> [name for name, _ in nn.Sequential(nn.Linear(2, 2)).named_parameters()]
+            ['0.weight', '0.bias']
+        """
         for name, p in self._named_members("_parameters", recurse):
             yield (f"{prefix}.{name}" if prefix else name), p
 
     def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        """The parameters of this module and (with ``recurse``) its submodules, each once.
+
+        Examples:
+            >>> sum(p.numel() for p in nn.Linear(3, 2).parameters())
+            8
+        """
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
     def named_buffers(self, prefix: str = "", recurse: bool = True):
+        """The buffers of this module and (with ``recurse``) its submodules, by dotted name."""
         for name, b in self._named_members("_buffers", recurse):
             yield (f"{prefix}.{name}" if prefix else name), b
 
     def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
+        """The buffers of this module and (with ``recurse``) its submodules."""
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
     # --- modes and gradients --------------------------------------------------------------------
 
     def train(self, mode: bool = True) -> Module:
+        """Set training mode (``mode=True``) or eval mode on this module and its submodules.
+
+        Returns:
+            This module.
+
+        Examples:
+            >>> nn.Dropout().train(False).training
+            False
+        """
         for module in self.modules():
             object.__setattr__(module, "training", mode)
         changes.note()
         return self
 
     def eval(self) -> Module:
+        """Set eval mode (``train(False)``): dropout off, batch norm using running statistics.
+
+        Returns:
+            This module.
+        """
         return self.train(False)
 
     def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Set ``requires_grad`` on every parameter; returns this module."""
         for p in self.parameters():
             p.requires_grad_(requires_grad)
         return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset every parameter's gradient: to None (``set_to_none``, the default) or to zeros.
+
+        Examples:
+            >>> layer = nn.Linear(2, 1)
+            >>> layer(tg.ones(1, 2)).sum().backward()
+            >>> layer.zero_grad()
+            >>> layer.weight.grad is None
+            True
+        """
         for p in self.parameters():
             if set_to_none:
                 p.grad = None
@@ -188,6 +274,11 @@ class Module:
                 p.grad = wrap(np.zeros_like(p.grad.array))
 
     def apply(self, fn) -> Module:
+        """Call ``fn`` on every submodule and then on this module (to initialise weights, say).
+
+        Returns:
+            This module.
+        """
         for module in self.children():
             module.apply(fn)
         fn(self)
@@ -263,20 +354,29 @@ class Module:
         return self
 
     def double(self) -> Module:
+        """Convert floating-point parameters and buffers to float64; returns this module."""
         return self.to(dtypes.float64)
 
     def float(self) -> Module:
+        """Convert floating-point parameters and buffers to float32; returns this module."""
         return self.to(dtypes.float32)
 
     def cpu(self) -> Module:
+        """This module (the CPU is the only device)."""
         return self
 
     def cuda(self, device=None) -> Module:
+        """Always raises: tracegrad runs on the CPU only.
+
+        Raises:
+            RuntimeError: naming the device.
+        """
         raise devices.unavailable("cuda" if device is None else device)
 
     # --- printing -------------------------------------------------------------------------------
 
     def extra_repr(self) -> str:
+        """The text inside this module's ``repr`` parentheses; layers override it."""
         return ""
 
     def __repr__(self) -> str:

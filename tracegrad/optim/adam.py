@@ -12,6 +12,30 @@ from tracegrad.tensor import Tensor, active_tracer, call, tensor
 
 
 class Adam(Optimizer):
+    """Adam, with PyTorch's update rule, arguments and state (``step``, ``exp_avg``,
+    ``exp_avg_sq``, and ``max_exp_avg_sq`` with ``amsgrad``).
+
+    Args:
+        params: an iterable of parameters, or of dicts defining parameter groups.
+        lr: the learning rate.
+        betas: the decay rates of the first and second moment averages.
+        eps: added to the denominator for numerical stability.
+        weight_decay: L2 penalty added to the gradient (see ``AdamW`` for decoupled decay).
+        amsgrad: use the maximum of past second moments.
+        maximize: ascend instead of descend.
+
+    Raises:
+        ValueError: for a negative ``lr``, ``eps`` or ``weight_decay``, or a beta outside [0, 1).
+
+    Examples:
+        >>> w = nn.Parameter(tg.tensor([1.0]))
+        >>> opt = optim.Adam([w], lr=0.1)
+        >>> (w * w).sum().backward()
+        >>> opt.step()
+        >>> round(w.item(), 4), opt.state_dict()["state"][0]["step"]
+        (0.9, tensor(1.))
+    """
+
     elementwise = True
     decoupled_weight_decay = False
     numbers = ("lr", "betas", "eps", "weight_decay")
@@ -98,7 +122,30 @@ def _known_corrections(count: float, lr, beta1, beta2, dtype) -> tuple[Tensor, T
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay: p *= 1 - lr * wd before the Adam step."""
+    """Adam with decoupled weight decay: ``p *= 1 - lr * weight_decay`` before the Adam step,
+    as PyTorch's AdamW (whose ``weight_decay`` defaults to 0.01).
+
+    Args:
+        params: an iterable of parameters, or of dicts defining parameter groups.
+        lr: the learning rate.
+        betas: the decay rates of the first and second moment averages.
+        eps: added to the denominator for numerical stability.
+        weight_decay: the decoupled weight decay.
+        amsgrad: use the maximum of past second moments.
+        maximize: ascend instead of descend.
+
+    Raises:
+        ValueError: for a negative ``lr``, ``eps`` or ``weight_decay``, or a beta outside [0, 1).
+
+    Examples:
+        >>> w = nn.Parameter(tg.tensor([1.0]))
+        >>> opt = optim.AdamW([w], lr=0.1, weight_decay=0.5)
+        >>> w.grad = tg.zeros(1)
+        >>> opt.step()
+        >>> w
+        Parameter containing:
+        tensor([0.95], requires_grad=True)
+    """
 
     decoupled_weight_decay = True
 

@@ -21,6 +21,30 @@ def _step_count():
 
 
 class Adagrad(Optimizer):
+    """Adagrad, with PyTorch's update rule, arguments and state (``step``, ``sum``).
+
+    Args:
+        params: an iterable of parameters, or of dicts defining parameter groups.
+        lr: the learning rate.
+        lr_decay: the learning rate's decay per step, ``lr / (1 + (step - 1) * lr_decay)``.
+        weight_decay: L2 penalty added to the gradient.
+        initial_accumulator_value: the starting value of the sum of squared gradients.
+        eps: added to the denominator for numerical stability.
+        maximize: ascend instead of descend.
+
+    Raises:
+        ValueError: for a negative setting.
+
+    Examples:
+        >>> w = nn.Parameter(tg.tensor([1.0]))
+        >>> opt = optim.Adagrad([w], lr=0.5)
+        >>> w.grad = tg.tensor([2.0])
+        >>> opt.step()
+        >>> w
+        Parameter containing:
+        tensor([0.5], requires_grad=True)
+    """
+
     elementwise = True
     numbers = ("lr", "lr_decay", "weight_decay", "eps")
     zero_tested = ("weight_decay",)
@@ -76,6 +100,31 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
+    """RMSprop, with PyTorch's update rule, arguments and state (``step``, ``square_avg``,
+    ``momentum_buffer`` with momentum, ``grad_avg`` when centered).
+
+    Args:
+        params: an iterable of parameters, or of dicts defining parameter groups.
+        lr: the learning rate.
+        alpha: the smoothing constant of the squared-gradient average.
+        eps: added to the denominator for numerical stability.
+        weight_decay: L2 penalty added to the gradient.
+        momentum: the momentum factor (0 for none).
+        centered: normalize by an estimate of the gradient's variance.
+        maximize: ascend instead of descend.
+
+    Raises:
+        ValueError: for a negative setting.
+
+    Examples:
+        >>> w = nn.Parameter(tg.tensor([1.0]))
+        >>> opt = optim.RMSprop([w], lr=0.01)
+        >>> w.grad = tg.tensor([1.0])
+        >>> opt.step()
+        >>> round(w.item(), 4)
+        0.9
+    """
+
     elementwise = True
     numbers = ("lr", "alpha", "eps", "weight_decay", "momentum")
     zero_tested = ("weight_decay", "momentum")
@@ -133,6 +182,29 @@ class RMSprop(Optimizer):
 
 
 class Adadelta(Optimizer):
+    """Adadelta, with PyTorch's update rule, arguments and state (``step``, ``square_avg``,
+    ``acc_delta``).
+
+    Args:
+        params: an iterable of parameters, or of dicts defining parameter groups.
+        lr: a scale of the computed update.
+        rho: the decay rate of the running averages.
+        eps: added for numerical stability.
+        weight_decay: L2 penalty added to the gradient.
+        maximize: ascend instead of descend.
+
+    Raises:
+        ValueError: for a negative setting or ``rho`` outside [0, 1].
+
+    Examples:
+        >>> w = nn.Parameter(tg.tensor([1.0]))
+        >>> opt = optim.Adadelta([w])
+        >>> w.grad = tg.tensor([1.0])
+        >>> opt.step()
+        >>> w.item() < 1.0
+        True
+    """
+
     elementwise = True
     numbers = ("lr", "rho", "eps", "weight_decay")
     zero_tested = ("weight_decay",)

@@ -21,6 +21,37 @@ _LISTS = ("old_dirs", "old_stps", "ro", "al")
 
 
 class LBFGS(Optimizer):
+    """L-BFGS, with PyTorch's algorithm, arguments and state; ``step(closure)`` runs it.
+
+    It runs eagerly (its control flow depends on values); the closure it calls may be a compiled
+    function.
+
+    Args:
+        params: an iterable of parameters (one group).
+        lr: the learning rate (step size).
+        max_iter: iterations per ``step``.
+        max_eval: function evaluations per ``step`` (default ``max_iter * 1.25``).
+        tolerance_grad: stop when the gradient's largest entry is at most this.
+        tolerance_change: stop when the loss or the step changes by at most this.
+        history_size: how many updates the Hessian approximation keeps.
+        line_search_fn: None or ``"strong_wolfe"``.
+
+    Raises:
+        ValueError: for a negative ``lr`` or an unknown ``line_search_fn``.
+
+    Examples:
+        >>> w = nn.Parameter(tg.tensor([3.0]))
+        >>> opt = optim.LBFGS([w], line_search_fn="strong_wolfe")
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = ((w - 1) ** 2).sum()
+        ...     loss.backward()
+        ...     return loss
+        >>> _ = opt.step(closure)
+        >>> round(w.item(), 4)
+        1.0
+    """
+
     def __init__(
         self,
         params,

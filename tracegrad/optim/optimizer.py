@@ -19,6 +19,18 @@ from tracegrad.tensor import Tensor, active_tracer, float_errors_ignored, wrap
 
 
 class Optimizer:
+    """The base of the optimizers: parameter groups, state, ``zero_grad``, ``step`` and
+    state dicts in PyTorch's layout.
+
+    A subclass writes its update once in in-place tensor ops; the same code runs eagerly and when
+    a whole training step is compiled.
+
+    Args:
+        params: an iterable of parameters, or of dicts defining parameter groups (each may
+            override the defaults).
+        defaults: the hyperparameters of groups that do not set their own.
+    """
+
     # The hyperparameters the update uses as numbers (each entry of a tuple such as Adam's
     # betas): a compiled step reads them from the group as inputs on every call, so a new
     # learning rate compiles nothing (see tracegrad/tracer/hyperparameters.py).

@@ -6,6 +6,35 @@ from tracegrad.optim.optimizer import Optimizer, add_scaled, scalar
 
 
 class SGD(Optimizer):
+    """Stochastic gradient descent, with PyTorch's update rule, arguments and state.
+
+    With momentum ``mu``, dampening ``tau`` and weight decay ``wd``, each step computes
+    ``g = grad + wd * p``, ``b = mu * b + (1 - tau) * g`` (``b = g`` at the first step),
+    ``g = g + mu * b`` with Nesterov or ``g = b`` otherwise, and ``p -= lr * g``.
+
+    Args:
+        params: an iterable of parameters, or of dicts defining parameter groups.
+        lr: the learning rate.
+        momentum: the momentum factor (0 for none).
+        dampening: dampening of the momentum.
+        weight_decay: L2 penalty added to the gradient.
+        nesterov: use Nesterov momentum (needs a momentum and zero dampening).
+        maximize: ascend instead of descend.
+
+    Raises:
+        ValueError: for a negative ``lr``, ``momentum`` or ``weight_decay``, or Nesterov
+            without momentum or with dampening.
+
+    Examples:
+        >>> w = nn.Parameter(tg.tensor([1.0, -1.0]))
+        >>> opt = optim.SGD([w], lr=0.1)
+        >>> (w * w).sum().backward()
+        >>> opt.step()
+        >>> w
+        Parameter containing:
+        tensor([ 0.8, -0.8], requires_grad=True)
+    """
+
     elementwise = True
     numbers = ("lr", "momentum", "dampening", "weight_decay")
     zero_tested = ("momentum", "weight_decay")

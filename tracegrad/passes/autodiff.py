@@ -8,6 +8,7 @@ traced in when the engine reaches it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from tracegrad import tape
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Value
 from tracegrad.ir.graph import Graph, body_of
+from tracegrad.logs import timed
 from tracegrad.ops import CHEAP, OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.memory import aliases
@@ -31,20 +33,22 @@ def replay(graph: Graph, tracer: Tracer, requires_grad=frozenset()):
         env[v] = tracer.add_input(v.type, v.name, requires_grad=wants)
     inputs = [env[v] for v in graph.inputs]
     for node in graph.nodes:
-        tracer.location_override = node.location
-        outs = _replay_node(node, [env[v] for v in node.inputs])
+        tracer.replayed = node
+        outs = _replay_node(node, [env[v] for v in node.inputs], tracer)
         env.update(zip(node.outputs, outs, strict=True))
-    tracer.location_override = None
+    tracer.replayed = None
     return [env[v] for v in graph.outputs], inputs
 
 
-def _replay_node(node, inputs) -> tuple[Tensor, ...]:
+def _replay_node(node, inputs, tracer: Tracer) -> tuple[Tensor, ...]:
     if node.op == CONSTANT:
         return (wrap(node.attrs["value"]),)
     if node.op == FUSED:  # differentiate the members one by one
         body = body_of(node)
         env = dict(zip(body.inputs, inputs, strict=True))
         for member in body.nodes:
+            # (its nodes and their gradients keep the member's own scope, the kernel's line)
+            tracer.replayed = dataclasses.replace(member, location=node.location)
             env[member.outputs[0]] = apply(
                 OPS[member.op], [env[v] for v in member.inputs], member.attrs
             )
@@ -68,6 +72,7 @@ def inline_custom(graph: Graph) -> Graph:
     return tracer.graph(outputs)
 
 
+@timed("autodiff")
 def differentiate(
     graph: Graph, wrt: list[str], n_differentiable: int | None = None, zero_fill: bool = True
 ):
@@ -113,6 +118,7 @@ class Split(NamedTuple):
     recomputed: list[str]  # forward values the backward computes again instead of reading
 
 
+@timed("autodiff split")
 def split(
     joint: Graph, n_forward: int, seed_names: list[str], changing=frozenset(), n_results=None
 ) -> Split:

@@ -24,6 +24,7 @@ from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, OPS
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.pipeline import note, register_pass
+from tracegrad.scopes import common_scope
 
 
 def _fusable(node) -> bool:
@@ -85,14 +86,20 @@ def fused_node(chain: list[Node]) -> Node:
     members = []
     for n in chain:
         out = Value(n.outputs[0].name, n.outputs[0].type)
-        members.append(Node(n.op, [stand_in[v] for v in n.inputs], [out], dict(n.attrs)))
+        members.append(
+            Node(n.op, [stand_in[v] for v in n.inputs], [out], dict(n.attrs), scope=n.scope)
+        )
         stand_in[n.outputs[0]] = out
     body = Graph([stand_in[v] for v in outer], members, [members[-1].outputs[0]])
     tail = chain[-1]
     kind = LINEAR if _product(chain[0]) else "elementwise"
     attrs = {"body": body, "kind": f"{kind} " + " ".join(n.op for n in chain)}
     phase, grad_of = _phase(chain)
-    return Node(FUSED, outer, [tail.outputs[0]], attrs, tail.location, phase=phase, grad_of=grad_of)
+    scope = common_scope(n.scope for n in chain)
+    return Node(
+        FUSED, outer, [tail.outputs[0]], attrs, tail.location,
+        phase=phase, grad_of=grad_of, scope=scope,
+    )  # fmt: skip
 
 
 def _phase(chain: list[Node]) -> tuple[Phase, str | None]:
@@ -117,7 +124,7 @@ def fuse(graph: Graph) -> Graph:
     for node in graph.nodes:
         if node in tail_of:
             nodes.append(fused_node(tail_of[node]))
-            note("fused", node)
+            note("fused", nodes[-1])  # (with its members' common scope)
         elif node not in members:
             nodes.append(node)
     return Graph(graph.inputs, nodes, graph.outputs, graph.updates)

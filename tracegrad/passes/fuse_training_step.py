@@ -138,6 +138,7 @@ RULES = [
         Pat("cross_entropy"),
         _loss_from_log_probs,
         when=_beside("cross_entropy_grad"),
+        extra_passes=1,  # the log-probabilities are written once, for loss and gradient both
     ),
     Rule(
         "gradient-from-log-probs",
@@ -145,6 +146,7 @@ RULES = [
         Pat("cross_entropy_grad"),
         _gradient_from_log_probs,
         when=_beside("cross_entropy"),
+        extra_passes=1,  # reads the loss's log-probabilities instead of recomputing a softmax
     ),
     Rule(
         "layer-norm-keeps-std",
@@ -153,6 +155,7 @@ RULES = [
         Pat("layer_norm", V("x")),
         _normalized_by_std,
         when=_beside("layer_norm_grad", shared=1),
+        extra_passes=2,  # the centred input and its std are kept for the gradient
     ),
     Rule(
         "layer-norm-gradient-from-std",
@@ -160,6 +163,7 @@ RULES = [
         Pat("layer_norm_grad", V("x"), V("y"), V("g")),
         _layer_norm_gradient_from_std,
         when=_beside("layer_norm", shared=1),
+        extra_passes=2,  # reads the forward's kept std instead of normalizing again
     ),
     Rule(
         "gelu-keeps-tanh",
@@ -168,6 +172,7 @@ RULES = [
         Pat("gelu", V("x"), attrs=TANH),
         _gelu_with_tanh,
         when=_tanh_form_beside("gelu_grad"),
+        extra_passes=2,  # t is written once and read twice; the gradient skips its own tanh
     ),
     Rule(
         "gelu-gradient-from-tanh",
@@ -175,6 +180,7 @@ RULES = [
         Pat("gelu_grad", V("x"), V("g"), attrs=TANH),
         _gelu_gradient_with_tanh,
         when=_tanh_form_beside("gelu"),
+        extra_passes=2,  # reads the forward's t (written once, read twice)
     ),
 ]
 

@@ -45,8 +45,9 @@ import numpy as np
 
 from tracegrad.dtypes import TensorType
 from tracegrad.ir.core import CONSTANT, Node, Value
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.graph import Graph, _attr_key
 from tracegrad.ops import OPS
+from tracegrad.passes.cost import node_cost
 from tracegrad.passes.dce import has_effect
 from tracegrad.passes.pipeline import note
 
@@ -237,6 +238,10 @@ class Rule:
     pattern: Pat
     right: object  # a capture name, an Emit template or build(m) -> Value | None
     when: Callable[[Match], bool] = always
+    # Elementwise passes over the rewritten value a firing may add (a stable form computing
+    # more than the form it replaces, a copy NumPy would make anyway); the rule's entry says
+    # why. Products and reductions no firing may add.
+    extra_passes: int = 0
 
     @functools.cached_property
     def needs(self) -> frozenset[str] | None:
@@ -253,10 +258,58 @@ class Rule:
             mark = len(m.nodes)
             if self.when(m):
                 out = build(self.right, m)
-                if out is not None and out.type == out_type:
+                if out is not None and out.type == out_type and not self._adds_work(m, mark):
                     return out
             m.drop_from(mark)
         return None
+
+    def _adds_work(self, m: Match, mark: int) -> bool:
+        """Whether the nodes a firing emitted (from ``mark``) compute more in products and
+        reductions than the nodes it leaves dead: a product another reader still needs,
+        computed again in a new form. Such a firing is declined (the rule tests check the
+        rest of the cost: tests/passes/test_rule_costs.py)."""
+        added = sum(node_cost(node).reduction_operations for node in m.nodes[mark:])
+        return added > 0 and added > sum(node_cost(n).reduction_operations for n in _dying(m))
+
+
+_DYING_DEPTH = 6  # producers looked through for nodes a firing leaves dead (patterns are shallow)
+
+
+def _dying(m: Match) -> set[Node]:
+    """The rewritten node, its twins (nodes computing the same from the same inputs: the rule
+    rewrites them alike and cse merges the results) and the producers (a few steps up) whose
+    values only dying nodes read: as many reads by dying nodes as the round began with (the
+    rewritten node may be new this round, standing in for the reader it replaced)."""
+    uses, kept = m.rewrite.uses, m.rewrite.kept
+    root = m.root
+    twins = {r for v in root.inputs[:1] for r in m.readers(v) if _same_computation(r, root)}
+    dying = {root, *twins}
+    frontier = list(dying)
+    reads: dict[Value, int] = {}
+    for _ in range(_DYING_DEPTH):
+        found = []
+        for node in frontier:
+            for value in node.inputs:
+                reads[value] = reads.get(value, 0) + 1
+        for node in frontier:
+            for value in node.inputs:
+                producer = m.producer(value)
+                if producer is None or producer in dying or value in kept:
+                    continue
+                if reads[value] >= uses.get(value, 0):
+                    dying.add(producer)
+                    found.append(producer)
+        frontier = found
+    return dying
+
+
+def _same_computation(node: Node, other: Node) -> bool:
+    if (node.op, node.inputs) != (
+        other.op,
+        other.inputs,
+    ) or node.attrs.keys() != other.attrs.keys():
+        return False
+    return all(_attr_key(node.attrs[k]) == _attr_key(other.attrs[k]) for k in node.attrs)
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -287,6 +340,10 @@ class Match:
     def readers(self, value: Value) -> list[Node]:
         """The live nodes reading ``value`` as this round began."""
         return self.rewrite.readers.get(value, [])
+
+    def returned(self, value: Value) -> bool:
+        """Whether the caller receives ``value`` (a graph output or an update's new value)."""
+        return value in self.rewrite.kept
 
     def only_use(self, value: Value) -> bool:
         """Whether the node being rewritten is the only reader of ``value``."""
@@ -353,6 +410,10 @@ class _Rewrite:
         for v in self.roots:
             uses[v] = uses.get(v, 0) + 1
         return uses
+
+    @functools.cached_property
+    def kept(self) -> frozenset[Value]:
+        return frozenset(self.roots)
 
     @property
     def roots(self) -> list[Value]:

@@ -9,12 +9,12 @@ because ``run`` hands each pass its own copy, so the caller's graph and the snap
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.lint import GraphLintError
+from tracegrad.logs import log, timed
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Note:
     kind: str  # "merged", "folded", "removed", a rewrite rule's name...
     op: str
     location: object
+    scope: object = None  # the module call that made the node
 
 
 @dataclass
@@ -44,6 +45,12 @@ class PassResult:
     @property
     def changed(self) -> bool:
         return bool(self.notes) or self.nodes_before != self.nodes_after
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {self.nodes_before} -> {self.nodes_after} nodes, "
+            f"{len(self.notes)} changes"
+        )
 
 
 PASSES: dict[str, Pass] = {}
@@ -67,7 +74,7 @@ def register_pass(name: str):
 def note(kind: str, node) -> None:
     """Record that the running pass changed ``node`` (for explain() and the logs)."""
     if _notes is not None:
-        _notes.append(Note(kind, node.op, node.location))
+        _notes.append(Note(kind, node.op, node.location, node.scope))
 
 
 # The default pipeline, in order: a table of contents of the optimizer. The reverse-mode pass
@@ -116,6 +123,7 @@ def resolve(passes) -> list[str]:
     return names
 
 
+@timed(lambda name, graph: f"pass {name}")
 def run_pass(name: str, graph: Graph) -> PassResult:
     """Apply one pass to a copy of ``graph``."""
     global _notes
@@ -148,10 +156,6 @@ def run(graph: Graph, names, report: list[PassResult] | None = None) -> Graph:
         result = outcome.graph
         if report is not None:
             report.append(outcome)
-        if outcome.changed and "passes" in os.environ.get("TRACEGRAD_LOGS", ""):
-            print(
-                f"[tracegrad:passes] {name}: {outcome.nodes_before} -> {outcome.nodes_after} "
-                f"nodes, {len(outcome.notes)} changes",
-                file=sys.stderr,
-            )
+        if outcome.changed:
+            log("passes", outcome.summary())
     return result

@@ -122,13 +122,13 @@ def _scale_the_smaller_operand(m: Match) -> Value:
 
 def _product_is_smaller_than_scaled(m: Match) -> bool:
     """(x * c) @ b with a scalar c, a product smaller than x, and x * c read only by products
-    (otherwise the scaled value is needed anyway)."""
+    and not returned (otherwise the scaled value is needed anyway)."""
     x, operand = m["x"], m["scaled"]
     if x.type.shape != operand.type.shape:
         return False
     if math.prod(m.root.outputs[0].type.shape) >= math.prod(x.type.shape):
         return False
-    return all(r.op == "matmul" for r in m.readers(operand))
+    return not m.returned(operand) and all(r.op == "matmul" for r in m.readers(operand))
 
 
 def _scale_the_product(m: Match) -> Value:
@@ -413,6 +413,7 @@ RULES = [
         Pat("reshape", Pat("permute", V("x"), name="p")),
         _copy_then_reshape,
         when=_reshape_copies,
+        extra_passes=1,  # the copy NumPy's reshape of a permuted array makes anyway, made once
     ),
     Rule(
         "scale-into-product",

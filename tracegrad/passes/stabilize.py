@@ -41,6 +41,7 @@ RULES = [
             Emit("minimum", "x", Zero("x")),
             Emit("log1p", Emit("exp", Emit("neg", Emit("abs", "x")))),
         ),
+        extra_passes=5,  # finite for very negative x, at five more elementwise passes
     ),
     # One op, in place over the scores; masked entries get probability exactly 0, so the
     # gradient needs no pass for the mask.
@@ -50,6 +51,7 @@ RULES = [
         Pat("softmax", Pat("where", V("mask"), Const(-np.inf), V("scores"))),
         Emit("masked_softmax", "scores", "mask", attrs_of=ROOT),
         when=_scores_keep_their_shape,
+        extra_passes=1,  # reads the mask again when the masked scores are needed elsewhere
     ),
 ]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -36,7 +36,13 @@ Number = numbers.Number
 
 
 class Size(tuple):
-    """A shape; a tuple that prints like PyTorch's."""
+    """A shape; a tuple that prints like PyTorch's.
+
+    Examples:
+        >>> shape = tg.zeros(2, 3).shape
+        >>> shape, shape == (2, 3), shape.numel()
+        (tracegrad.Size([2, 3]), True, 6)
+    """
 
     def __repr__(self) -> str:
         return f"tracegrad.Size({list(self)})"
@@ -66,8 +72,27 @@ def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
     return t
 
 
-class Tensor:
-    """An n-dimensional array that can record the operations applied to it for autograd."""
+if TYPE_CHECKING:  # the methods ``tensor.methods`` installs, as type checkers see them
+    from tracegrad.tensor.methods import TensorMethods as _InstalledMethods
+else:
+    _InstalledMethods = object
+
+
+class Tensor(_InstalledMethods):
+    """An n-dimensional array that can record the operations applied to it for autograd.
+
+    Make tensors with ``tg.tensor`` and the factories (``tg.zeros``, ``tg.randn``...). The
+    methods, operators and indexing follow PyTorch's; every method is listed on the Tensor
+    methods page of the API reference.
+
+    Examples:
+        >>> x = tg.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+        >>> y = (x @ x.T)[0, 1]
+        >>> y.backward()
+        >>> y, x.grad
+        (tensor(11., grad_fn=<...>), tensor([[3., 4.],
+                [1., 2.]]))
+    """
 
     __array_priority__ = 1000  # NumPy defers binary operators to us
 
@@ -90,6 +115,16 @@ class Tensor:
 
     @property
     def version(self) -> int:
+        """The number of in-place writes to this tensor's memory (views share the count).
+
+        Autograd compares it at backward time: a tensor saved for backward and modified in place
+        since raises RuntimeError.
+
+        Examples:
+            >>> x = tg.zeros(3)
+            >>> x.add_(1).version
+            1
+        """
         return self.version_counter[0]
 
     def bump_version(self) -> None:
@@ -105,27 +140,68 @@ class Tensor:
 
     @property
     def shape(self) -> Size:
+        """The size of each dimension, as a ``tg.Size`` (a tuple).
+
+        Examples:
+            >>> tg.zeros(2, 3).shape
+            tracegrad.Size([2, 3])
+        """
         return Size(self.array.shape)
 
     def size(self, dim: int | None = None):
+        """The shape, or the size of one dimension, as ``torch.Tensor.size``.
+
+        Args:
+            dim: a dimension (negative counts from the end), or None for the whole shape.
+
+        Returns:
+            A ``tg.Size`` when ``dim`` is None, else an int.
+
+        Raises:
+            ShapeError: if ``dim`` is out of range.
+
+        Examples:
+            >>> tg.zeros(2, 3).size(-1)
+            3
+        """
         return self.shape if dim is None else self.shape[normalize_dim("size", dim, self.ndim)]
 
     @property
     def dtype(self) -> DType:
+        """The element type: ``tg.float32``, ``tg.float64``, ``tg.int64`` or ``tg.bool``.
+
+        Examples:
+            >>> tg.tensor([1, 2]).dtype
+            tracegrad.int64
+        """
         return dtypes.from_numpy(self.array.dtype)
 
     @property
     def tensor_type(self) -> TensorType:
+        """The shape and dtype together (the type a graph value has when traced)."""
         return TensorType(self.array.shape, self.dtype)
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions.
+
+        Examples:
+            >>> tg.zeros(2, 3).ndim
+            2
+        """
         return self.array.ndim
 
     def dim(self) -> int:
+        """The number of dimensions (``ndim``), as ``torch.Tensor.dim``."""
         return self.ndim
 
     def numel(self) -> int:
+        """The number of elements.
+
+        Examples:
+            >>> tg.zeros(2, 3).numel()
+            6
+        """
         return int(self.array.size)
 
     def __len__(self) -> int:
@@ -135,19 +211,35 @@ class Tensor:
 
     @property
     def device(self) -> devices.device:
+        """Where the tensor lives: always ``tg.device("cpu")``."""
         return devices.CPU
 
     @property
     def is_cuda(self) -> bool:
+        """Always False: tracegrad runs on the CPU only."""
         return False
 
     def is_floating_point(self) -> bool:
+        """Whether the dtype is ``float32`` or ``float64``.
+
+        Examples:
+            >>> tg.tensor([1.0]).is_floating_point(), tg.tensor([1]).is_floating_point()
+            (True, False)
+        """
         return self.dtype.is_floating_point
 
     # --- autograd attributes ---------------------------------------------------------------------
 
     @property
     def requires_grad(self) -> bool:
+        """Whether autograd records operations on this tensor.
+
+        Setting it on a leaf turns recording on or off, as in PyTorch.
+
+        Raises:
+            DTypeError: when set to True on a tensor that is not floating point.
+            RuntimeError: when set to False on a tensor made by a recorded operation (not a leaf).
+        """
         return self._requires_grad
 
     @requires_grad.setter
@@ -167,17 +259,56 @@ class Tensor:
 
     @property
     def is_leaf(self) -> bool:
+        """Whether no recorded operation made this tensor (its ``grad_fn`` is None).
+
+        Leaves that require grad get their gradient in ``.grad`` from ``backward()``.
+        """
         return self.grad_fn is None
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Set ``requires_grad`` in place and return this tensor.
+
+        Args:
+            requires_grad: whether autograd should record operations on it.
+
+        Returns:
+            This tensor.
+
+        Raises:
+            DTypeError: if asked on a tensor that is not floating point.
+
+        Examples:
+            >>> tg.zeros(2).requires_grad_().requires_grad
+            True
+        """
         self.requires_grad = requires_grad
         return self
 
     def retain_grad(self) -> None:
+        """Keep this non-leaf tensor's gradient in ``.grad`` at the next backward.
+
+        Examples:
+            >>> x = tg.ones(2, requires_grad=True)
+            >>> y = x * 2
+            >>> y.retain_grad()
+            >>> y.sum().backward()
+            >>> y.grad
+            tensor([1., 1.])
+        """
         if self.grad_fn is not None:
             self.grad_fn.retained[self._out_index] = weakref.ref(self)
 
     def detach(self) -> Tensor:
+        """A tensor sharing this one's memory, cut from autograd.
+
+        Returns:
+            A new tensor that does not require grad; in-place writes to either show in both.
+
+        Examples:
+            >>> x = tg.ones(2, requires_grad=True)
+            >>> (x * 2).detach().requires_grad
+            False
+        """
         tracer = active_tracer()
         if tracer is not None and tracer.mode == "capture" and tracer.traced(self):
             # a captured forward is differentiated later by replay: record where it stops
@@ -190,11 +321,23 @@ class Tensor:
         return out
 
     def detach_(self) -> Tensor:
+        """Cut this tensor from autograd in place (it becomes a leaf not requiring grad).
+
+        Returns:
+            This tensor.
+        """
         self.grad_fn, self._requires_grad = None, False
         return self
 
     @property
     def data(self) -> Tensor:
+        """The tensor's values as a tensor outside autograd, sharing its memory.
+
+        Assigning ``t.data = other`` replaces the values without recording anything, as in PyTorch.
+
+        Raises:
+            TraceError: when assigned, in compiled code, a tensor of another shape or dtype.
+        """
         if active_tracer() is not None:
             return self.detach()  # (which the tracer sees as a view of all of this tensor)
         return wrap(self.array)
@@ -217,7 +360,28 @@ class Tensor:
         self.array = value.array
 
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None) -> None:
-        """Accumulate d(self)/d(leaf), times ``gradient``, into each leaf's ``.grad``."""
+        """Accumulate d(self)/d(leaf), times ``gradient``, into each leaf's ``.grad``.
+
+        Args:
+            gradient: the vector of the vector-Jacobian product, of this tensor's shape;
+                may be omitted for a scalar (it is then 1).
+            retain_graph: keep the recorded graph for another backward (default: as
+                ``create_graph``).
+            create_graph: record the backward itself, for gradients of gradients.
+            inputs: only accumulate into these tensors' ``.grad``.
+
+        Raises:
+            RuntimeError: without ``gradient`` on a tensor of more than one element
+                ("grad can be implicitly created only for scalar outputs"), when a tensor
+                saved for backward was modified in place since, or on a second backward
+                through a graph already freed.
+
+        Examples:
+            >>> w = tg.tensor([1.0, 2.0], requires_grad=True)
+            >>> (w * w).sum().backward()
+            >>> w.grad
+            tensor([2., 4.])
+        """
         backward([self], [gradient], retain_graph, create_graph, inputs)
 
     # --- conversion -------------------------------------------------------------------------------
@@ -241,6 +405,19 @@ class Tensor:
         return self.array
 
     def numpy(self) -> np.ndarray:
+        """The values as a NumPy array sharing this tensor's memory.
+
+        Returns:
+            A ``numpy.ndarray`` (writes to it show in the tensor).
+
+        Raises:
+            RuntimeError: if the tensor requires grad (use ``t.detach().numpy()``).
+            TraceError: on a traced tensor, whose value is known only when compiled code runs.
+
+        Examples:
+            >>> tg.tensor([1.0, 2.0]).numpy()
+            array([1., 2.], dtype=float32)
+        """
         self._concrete("numpy()")
         if self.requires_grad:
             raise RuntimeError(
@@ -256,6 +433,19 @@ class Tensor:
         return array.copy() if copy else array
 
     def item(self):
+        """The value of a one-element tensor as a Python number.
+
+        Returns:
+            A float, int or bool.
+
+        Raises:
+            ValueError: if the tensor has more than one element.
+            TraceError: on a traced tensor (use ``tg.where`` for control flow on values).
+
+        Examples:
+            >>> tg.tensor([[2.5]]).item()
+            2.5
+        """
         self._concrete("item()")
         if self.numel() != 1:
             raise ValueError(
@@ -264,6 +454,15 @@ class Tensor:
         return self.array.reshape(()).item()
 
     def tolist(self):
+        """The values as (nested) Python lists of numbers.
+
+        Raises:
+            TraceError: on a traced tensor.
+
+        Examples:
+            >>> tg.tensor([[1, 2], [3, 4]]).tolist()
+            [[1, 2], [3, 4]]
+        """
         return self._concrete("tolist()").tolist()
 
     def __float__(self) -> float:
@@ -351,7 +550,27 @@ def _flat(data):
 
 
 def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
-    """A new tensor holding a copy of ``data`` (PyTorch's ``torch.tensor``)."""
+    """A new tensor holding a copy of ``data`` (PyTorch's ``torch.tensor``).
+
+    Args:
+        data: a number, a (nested) list or tuple, a NumPy array or a tensor.
+        dtype: the dtype; by default a NumPy array keeps its float32, float64, int64 or bool
+            dtype, Python floats become float32, ints int64 and bools bool.
+        requires_grad: whether autograd records operations on the result.
+        device: None or "cpu" (the only device).
+
+    Returns:
+        A new leaf tensor with memory of its own.
+
+    Raises:
+        DTypeError: if ``requires_grad`` is asked for a tensor that is not floating point.
+        RuntimeError: for a device other than the CPU.
+
+    Examples:
+        >>> tg.tensor([[1, 2], [3, 4]], dtype=tg.float64)
+        tensor([[1., 2.],
+                [3., 4.]], dtype=tracegrad.float64)
+    """
     devices.check(device)
     if isinstance(data, Tensor):  # (as a copy in traced code too: data may be traced)
         copied = data.detach().to(dtype) if dtype is not None else data.detach()

@@ -116,7 +116,7 @@ def _record(op: Op, inputs, attrs, out: Tensor) -> None:
     node = tape.Node(op.name, inputs, None)
     tracer = active_tracer()
     if tracer is not None:
-        node.location = tracer.location()
+        tracer.stamp(node)
     # Which inputs get a gradient is fixed now, as in PyTorch; only what their rules read is
     # saved (and so guarded against in-place changes).
     needs = tuple(t.requires_grad for t in inputs)

@@ -36,30 +36,80 @@ class TensorMethods:
         return self if dtype is None else to_dtype(self, dtype)
 
     def float(self) -> Tensor:
+        """This tensor as ``float32`` (itself when it already is).
+
+        Examples:
+            >>> tg.tensor([1, 2]).float()
+            tensor([1., 2.])
+        """
         return self.to(dtypes.float32)
 
     def double(self) -> Tensor:
+        """This tensor as ``float64`` (itself when it already is).
+
+        Examples:
+            >>> tg.tensor([1, 2]).double().dtype
+            tracegrad.float64
+        """
         return self.to(dtypes.float64)
 
     def long(self) -> Tensor:
+        """This tensor as ``int64``, truncating toward zero.
+
+        Examples:
+            >>> tg.tensor([1.7, -1.7]).long()
+            tensor([ 1, -1])
+        """
         return self.to(dtypes.int64)
 
     def bool(self) -> Tensor:
+        """This tensor as ``bool``: nonzero elements become True.
+
+        Examples:
+            >>> tg.tensor([0.0, 2.0]).bool()
+            tensor([False,  True])
+        """
         return self.to(dtypes.bool_)
 
     def type_as(self, other: Tensor) -> Tensor:
+        """This tensor converted to ``other``'s dtype.
+
+        Args:
+            other: the tensor whose dtype to take.
+
+        Examples:
+            >>> tg.tensor([1, 2]).type_as(tg.zeros(1, dtype=tg.float64)).dtype
+            tracegrad.float64
+        """
         return self.to(other.dtype)
 
     def cpu(self) -> Tensor:
+        """This tensor (the CPU is the only device)."""
         return self
 
     def cuda(self, device=None) -> Tensor:
+        """Always raises: tracegrad runs on the CPU only.
+
+        Raises:
+            RuntimeError: naming the device asked for.
+        """
         raise devices.unavailable("cuda" if device is None else device)
 
     def contiguous(self) -> Tensor:
+        """A tensor with the same values in row-major memory (a copy only when needed)."""
         return self
 
     def clone(self) -> Tensor:
+        """A copy with memory of its own; gradients flow back to this tensor.
+
+        Examples:
+            >>> x = tg.zeros(2)
+            >>> y = x.clone()
+            >>> y.add_(1)
+            tensor([1., 1.])
+            >>> x
+            tensor([0., 0.])
+        """
         return call("clone", self)
 
     def new_full(self, size, fill_value) -> Tensor:
@@ -77,6 +127,7 @@ class TensorMethods:
         return wrap(np.array(values, dtype=dtype.np))
 
     def nelement(self) -> int:
+        """The number of elements (``numel``)."""
         return self.numel()
 
     def element_size(self) -> int:
@@ -85,12 +136,32 @@ class TensorMethods:
 
     @property
     def is_xpu(self) -> bool:
+        """Always False: tracegrad runs on the CPU only."""
         return False
 
     def new_zeros(self, *size) -> Tensor:
+        """Zeros of the given size with this tensor's dtype.
+
+        Args:
+            *size: the shape, as ints or one tuple.
+
+        Examples:
+            >>> tg.tensor([1, 2]).new_zeros(2, 2)
+            tensor([[0, 0],
+                    [0, 0]])
+        """
         return self.new_full(shape_args(size), 0)
 
     def new_ones(self, *size) -> Tensor:
+        """Ones of the given size with this tensor's dtype.
+
+        Args:
+            *size: the shape, as ints or one tuple.
+
+        Examples:
+            >>> tg.zeros(1).new_ones(3)
+            tensor([1., 1., 1.])
+        """
         return self.new_full(shape_args(size), 1)
 
     # --- arithmetic (the one-op operators are in ONE_OP_METHODS) ---------------------------------
@@ -120,9 +191,39 @@ class TensorMethods:
         return self @ other
 
     def mm(self, mat2):
+        """The matrix product of two 2-d tensors (no broadcasting).
+
+        Args:
+            mat2: a tensor of shape (m, p) for this tensor's (n, m).
+
+        Returns:
+            A tensor of shape (n, p).
+
+        Raises:
+            ShapeError: if either is not 2-d or the inner sizes differ.
+
+        Examples:
+            >>> tg.tensor([[1.0, 2.0]]).mm(tg.tensor([[3.0], [4.0]]))
+            tensor([[11.]])
+        """
         return self._checked_matmul("mm", mat2, 2)
 
     def bmm(self, mat2):
+        """The batched matrix product of two 3-d tensors (no broadcasting).
+
+        Args:
+            mat2: a tensor of shape (b, m, p) for this tensor's (b, n, m).
+
+        Returns:
+            A tensor of shape (b, n, p).
+
+        Raises:
+            ShapeError: if either is not 3-d or the sizes do not agree.
+
+        Examples:
+            >>> tg.ones(2, 1, 3).bmm(tg.ones(2, 3, 1)).shape
+            tracegrad.Size([2, 1, 1])
+        """
         return self._checked_matmul("bmm", mat2, 3)
 
     def __pos__(self):
@@ -155,39 +256,138 @@ class TensorMethods:
         return call("logical_not", self)
 
     def logical_not(self):
+        """Elementwise NOT, as a bool tensor (``~`` on bool tensors).
+
+        Examples:
+            >>> tg.tensor([True, False]).logical_not()
+            tensor([False,  True])
+        """
         return call("logical_not", self.bool())
 
     # --- elementwise math ------------------------------------------------------------------------
 
     def rsqrt(self):
+        """Elementwise ``1 / sqrt(x)``.
+
+        Examples:
+            >>> tg.tensor([4.0]).rsqrt()
+            tensor([0.5])
+        """
         return 1.0 / self.sqrt()
 
     def square(self):
+        """Elementwise ``x * x``.
+
+        Examples:
+            >>> tg.tensor([3.0]).square()
+            tensor([9.])
+        """
         return self * self
 
     def pow(self, exponent):
+        """Elementwise power, ``self ** exponent``.
+
+        Args:
+            exponent: a number or a tensor broadcasting with this one.
+
+        Examples:
+            >>> tg.tensor([2.0, 3.0]).pow(2)
+            tensor([4., 9.])
+        """
         return self**exponent
 
     def clamp(self, min=None, max=None):
+        """Elementwise limit to ``[min, max]`` (either may be None).
+
+        Args:
+            min: the lower bound, or None.
+            max: the upper bound, or None.
+
+        Returns:
+            A tensor of the same shape; the gradient is 1 inside the bounds and 0 outside.
+
+        Examples:
+            >>> tg.tensor([-2.0, 0.5, 2.0]).clamp(-1, 1)
+            tensor([-1. ,  0.5,  1. ])
+        """
         return call("clamp", self, **_clamp_bounds(min, max))
 
     clip = clamp
 
     def where(self, condition, other):
+        """``condition ? self : other`` elementwise, as ``tg.where(condition, self, other)``.
+
+        Args:
+            condition: a bool tensor broadcasting with both.
+            other: the values where ``condition`` is False.
+
+        Examples:
+            >>> x = tg.tensor([1.0, -1.0])
+            >>> x.where(x > 0, tg.zeros(2))
+            tensor([1., 0.])
+        """
         return where(condition, self, other)
 
     def masked_fill(self, mask, value):
+        """A copy with ``value`` wherever ``mask`` is True.
+
+        Args:
+            mask: a bool tensor broadcasting with this one.
+            value: a number (or a 0-d tensor).
+
+        Raises:
+            DTypeError: if ``mask`` is not a bool tensor.
+
+        Examples:
+            >>> tg.zeros(3).masked_fill(tg.tensor([True, False, True]), 5.0)
+            tensor([5., 0., 5.])
+        """
         return where(mask, value, self)
 
     def softmax(self, dim):
+        """Softmax along ``dim``: ``exp(x) / exp(x).sum(dim)``, computed stably.
+
+        Args:
+            dim: the dimension whose entries sum to 1.
+
+        Examples:
+            >>> tg.tensor([0.0, 0.0]).softmax(0)
+            tensor([0.5, 0.5])
+        """
         return call("softmax", self, dim=normalize_dim("softmax", dim, self.ndim))
 
     def log_softmax(self, dim):
+        """``log(softmax(x))`` along ``dim``, computed stably.
+
+        Args:
+            dim: the dimension to normalize over.
+
+        Examples:
+            >>> tg.tensor([0.0, 0.0]).log_softmax(0).exp()
+            tensor([0.5, 0.5])
+        """
         return call("log_softmax", self, dim=normalize_dim("log_softmax", dim, self.ndim))
 
     # --- reductions ------------------------------------------------------------------------------
 
     def sum(self, dim=None, keepdim=False, dtype=None):
+        """The sum of all elements, or along ``dim``.
+
+        Args:
+            dim: a dimension or tuple of them; None sums everything.
+            keepdim: keep the summed dimensions with size 1.
+            dtype: the result's dtype (bool and integer tensors sum to int64 by default).
+
+        Returns:
+            A tensor; 0-d when everything is summed.
+
+        Raises:
+            ShapeError: if a dimension is out of range.
+
+        Examples:
+            >>> tg.tensor([[1.0, 2.0], [3.0, 4.0]]).sum(dim=0)
+            tensor([4., 6.])
+        """
         x = self.to(dtype) if dtype is not None else self
         if not x.dtype.is_floating_point and x.dtype is not dtypes.int64:
             x = x.long()
@@ -199,6 +399,20 @@ class TensorMethods:
         return self if shape == tuple(self.shape) else call("sum_to", self, shape=shape)
 
     def mean(self, dim=None, keepdim=False, dtype=None):
+        """The mean of all elements, or along ``dim``.
+
+        Args:
+            dim: a dimension or tuple of them; None averages everything.
+            keepdim: keep the reduced dimensions with size 1.
+            dtype: the result's dtype.
+
+        Raises:
+            ShapeError: if a dimension is out of range.
+
+        Examples:
+            >>> tg.tensor([[1.0, 2.0], [3.0, 4.0]]).mean(dim=1)
+            tensor([1.5, 3.5])
+        """
         x = self.to(dtype) if dtype is not None else self
         if not x.dtype.is_floating_point:
             raise DTypeError(
@@ -209,6 +423,18 @@ class TensorMethods:
         return x.sum(dims, keepdim) * (1.0 / count if count else float("nan"))
 
     def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """The variance of all elements, or along ``dim``.
+
+        Args:
+            dim: a dimension or tuple of them; None uses every element.
+            unbiased: divide by ``n - 1`` (the default) rather than ``n``.
+            keepdim: keep the reduced dimensions with size 1.
+            correction: ``n - correction`` is the divisor (overrides ``unbiased``).
+
+        Examples:
+            >>> tg.tensor([1.0, 2.0, 3.0, 4.0]).var()
+            tensor(1.6666667)
+        """
         if correction is None:
             correction = 1 if unbiased is None or unbiased else 0
         dims = normalize_dims("var", dim, self.ndim)
@@ -219,6 +445,12 @@ class TensorMethods:
         return (centered * centered).sum(dims, keepdim) * scale
 
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """The standard deviation: the square root of ``var`` with the same arguments.
+
+        Examples:
+            >>> tg.tensor([1.0, 3.0]).std()
+            tensor(1.4142135)
+        """
         return std_of_var(self.var(dim, unbiased, keepdim, correction=correction))
 
     def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
@@ -247,28 +479,87 @@ class TensorMethods:
         return MaxResult(values, call(arg_name, self, dim=dim, keepdim=keepdim))
 
     def max(self, dim=None, keepdim=False):
+        """The maximum of all elements, or ``(values, indices)`` along ``dim``.
+
+        Args:
+            dim: None for the maximum of everything, else the dimension to reduce.
+            keepdim: keep the reduced dimension with size 1.
+
+        Returns:
+            A 0-d tensor when ``dim`` is None; else a named pair ``(values, indices)``.
+            Tied maxima share the gradient evenly.
+
+        Examples:
+            >>> values, indices = tg.tensor([[1.0, 5.0], [7.0, 2.0]]).max(dim=1)
+            >>> values, indices
+            (tensor([5., 7.]), tensor([1, 0]))
+        """
         return self._extreme("amax", "argmax", dim, keepdim)
 
     def min(self, dim=None, keepdim=False):
+        """The minimum of all elements, or ``(values, indices)`` along ``dim`` (as ``max``).
+
+        Examples:
+            >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).min()
+            tensor(1.)
+        """
         return self._extreme("amin", "argmin", dim, keepdim)
 
     def amax(self, dim=None, keepdim=False):
+        """The maximum along ``dim`` (a dimension or tuple; None: all), values only.
+
+        Examples:
+            >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).amax(dim=0)
+            tensor([7., 5.])
+        """
         return call("amax", self, dims=normalize_dims("amax", dim, self.ndim), keepdim=keepdim)
 
     def amin(self, dim=None, keepdim=False):
+        """The minimum along ``dim`` (a dimension or tuple; None: all), values only.
+
+        Examples:
+            >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).amin(dim=0)
+            tensor([1., 2.])
+        """
         return call("amin", self, dims=normalize_dims("amin", dim, self.ndim), keepdim=keepdim)
 
     def argmax(self, dim=None, keepdim=False):
+        """The index of the maximum, in the flattened tensor or along ``dim``.
+
+        Args:
+            dim: None for an index into the flattened tensor, else the dimension to reduce.
+            keepdim: keep the reduced dimension with size 1.
+
+        Examples:
+            >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).argmax(dim=1)
+            tensor([1, 0])
+        """
         if dim is not None:
             dim = normalize_dim("argmax", dim, self.ndim)
         return call("argmax", self, dim=dim, keepdim=keepdim)
 
     def argmin(self, dim=None, keepdim=False):
+        """The index of the minimum, in the flattened tensor or along ``dim``.
+
+        Examples:
+            >>> tg.tensor([[1.0, 5.0], [7.0, 2.0]]).argmin()
+            tensor(0)
+        """
         if dim is not None:
             dim = normalize_dim("argmin", dim, self.ndim)
         return call("argmin", self, dim=dim, keepdim=keepdim)
 
     def logsumexp(self, dim, keepdim=False):
+        """``log(exp(x).sum(dim))``, computed stably.
+
+        Args:
+            dim: the dimension (or tuple) to reduce.
+            keepdim: keep the reduced dimensions with size 1.
+
+        Examples:
+            >>> tg.tensor([0.0, 0.0]).logsumexp(0).exp()
+            tensor(2.)
+        """
         peak = self.amax(dim, keepdim=True).detach()
         out = (self - peak).exp().sum(dim, keepdim=True).log() + peak
         return out if keepdim else out.squeeze(dim)
@@ -276,18 +567,43 @@ class TensorMethods:
     # --- shapes ----------------------------------------------------------------------------------
 
     def reshape(self, *shape):
+        """The same elements in a new shape (a view when possible).
+
+        Args:
+            *shape: the new shape, as ints or one tuple; one entry may be -1 (inferred).
+
+        Raises:
+            ShapeError: if the number of elements differs.
+
+        Examples:
+            >>> tg.arange(6).reshape(2, -1)
+            tensor([[0, 1, 2],
+                    [3, 4, 5]])
+        """
         shape = infer_shape(shape_args(shape), self.numel())
         return self if shape == self.shape else call("reshape", self, shape=shape)
 
     view = reshape
 
     def view_as(self, other):
+        """``view`` to ``other``'s shape."""
         return self.reshape(other.shape)
 
     def reshape_as(self, other):
+        """``reshape`` to ``other``'s shape."""
         return self.reshape(other.shape)
 
     def flatten(self, start_dim=0, end_dim=-1):
+        """Merge dimensions ``start_dim`` to ``end_dim`` into one.
+
+        Args:
+            start_dim: the first dimension to merge.
+            end_dim: the last dimension to merge (inclusive).
+
+        Examples:
+            >>> tg.zeros(2, 3, 4).flatten(1).shape
+            tracegrad.Size([2, 12])
+        """
         if self.ndim == 0:
             return self.reshape(1)
         start = normalize_dim("flatten", start_dim, self.ndim)
@@ -295,14 +611,38 @@ class TensorMethods:
         return self.reshape(*self.shape[:start], -1, *self.shape[end + 1 :])
 
     def unflatten(self, dim, sizes):
+        """Split dimension ``dim`` into ``sizes`` (one may be -1).
+
+        Examples:
+            >>> tg.zeros(2, 12).unflatten(1, (3, 4)).shape
+            tracegrad.Size([2, 3, 4])
+        """
         dim = normalize_dim("unflatten", dim, self.ndim)
         return self.reshape(*self.shape[:dim], *sizes, *self.shape[dim + 1 :])
 
     def permute(self, *dims):
+        """A view with the dimensions in the order ``dims``.
+
+        Args:
+            *dims: a permutation of the dimensions, as ints or one tuple.
+
+        Raises:
+            ShapeError: if ``dims`` is not a permutation of the dimensions.
+
+        Examples:
+            >>> tg.zeros(2, 3, 4).permute(2, 0, 1).shape
+            tracegrad.Size([4, 2, 3])
+        """
         dims = tuple(normalize_dim("permute", d, self.ndim) for d in shape_args(dims))
         return call("permute", self, dims=dims)
 
     def transpose(self, dim0, dim1):
+        """A view with dimensions ``dim0`` and ``dim1`` swapped.
+
+        Examples:
+            >>> tg.zeros(2, 3).transpose(0, 1).shape
+            tracegrad.Size([3, 2])
+        """
         order = list(range(self.ndim))
         d0, d1 = (
             normalize_dim("transpose", dim0, self.ndim),
@@ -312,23 +652,60 @@ class TensorMethods:
         return call("permute", self, dims=tuple(order))
 
     def t(self):
+        """The transpose of a tensor of at most 2 dimensions.
+
+        Raises:
+            ShapeError: for more than 2 dimensions.
+
+        Examples:
+            >>> tg.tensor([[1, 2]]).t()
+            tensor([[1],
+                    [2]])
+        """
         if self.ndim > 2:
             raise ShapeError(at_user_line(f"t() expects a tensor with <= 2 dims, got {self.shape}"))
         return self.transpose(0, 1) if self.ndim == 2 else self
 
     @property
     def T(self):  # noqa: N802  (PyTorch's name)
+        """The dimensions reversed (for a matrix, its transpose).
+
+        Examples:
+            >>> tg.zeros(2, 3, 4).T.shape
+            tracegrad.Size([4, 3, 2])
+        """
         return call("permute", self, dims=tuple(reversed(range(self.ndim))))
 
     @property
     def mT(self):  # noqa: N802
+        """The last two dimensions swapped (a batch of transposed matrices).
+
+        Examples:
+            >>> tg.zeros(5, 2, 3).mT.shape
+            tracegrad.Size([5, 3, 2])
+        """
         return self.transpose(-2, -1)
 
     def unsqueeze(self, dim):
+        """A view with a new dimension of size 1 at ``dim``.
+
+        Raises:
+            ShapeError: if ``dim`` is out of range for the result.
+
+        Examples:
+            >>> tg.zeros(3).unsqueeze(0).shape
+            tracegrad.Size([1, 3])
+        """
         dim = normalize_dim("unsqueeze", dim, self.ndim + 1)
         return self.reshape(*self.shape[:dim], 1, *self.shape[dim:])
 
     def squeeze(self, dim=None):
+        """A view without dimensions of size 1 (only ``dim``'s, if given).
+
+        Examples:
+            >>> tg.zeros(1, 3, 1).squeeze().shape
+            tracegrad.Size([3])
+        """
         if dim is None:
             dims = [i for i, s in enumerate(self.shape) if s == 1]
         else:
@@ -336,15 +713,31 @@ class TensorMethods:
         return self.reshape(*(s for i, s in enumerate(self.shape) if not (i in dims and s == 1)))
 
     def expand(self, *sizes):
+        """A view broadcasting dimensions of size 1 to ``sizes`` (-1 keeps a size).
+
+        Raises:
+            ShapeError: if a size other than 1 would change.
+
+        Examples:
+            >>> tg.tensor([[1], [2]]).expand(2, 3)
+            tensor([[1, 1, 1],
+                    [2, 2, 2]])
+        """
         sizes = shape_args(sizes)
         lead = len(sizes) - self.ndim
         shape = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
         return self if shape == self.shape else call("broadcast_to", self, shape=shape)
 
     def expand_as(self, other):
+        """``expand`` to ``other``'s shape."""
         return self.expand(other.shape)
 
     def broadcast_to(self, shape):
+        """A view broadcast to ``shape`` with NumPy's rules.
+
+        Raises:
+            ShapeError: if the shapes cannot be broadcast.
+        """
         return self.expand(shape)
 
     def repeat(self, *sizes):
@@ -357,6 +750,20 @@ class TensorMethods:
         return out.reshape([r * s for r, s in zip(sizes, shape, strict=True)])
 
     def split(self, split_size, dim=0):
+        """Pieces along ``dim``: of ``split_size`` each (the last may be smaller), or of the
+        sizes listed.
+
+        Args:
+            split_size: an int, or a list of sizes adding up to the dimension's size.
+            dim: the dimension to cut.
+
+        Returns:
+            A tuple of views.
+
+        Examples:
+            >>> [p.tolist() for p in tg.arange(5).split(2)]
+            [[0, 1], [2, 3], [4]]
+        """
         dim = normalize_dim("split", dim, self.ndim)
         size = self.shape[dim]
         if isinstance(split_size, int):
@@ -372,17 +779,44 @@ class TensorMethods:
         return tuple(pieces)
 
     def chunk(self, chunks, dim=0):
+        """``chunks`` pieces of (nearly) equal size along ``dim``.
+
+        Examples:
+            >>> len(tg.arange(6).chunk(3))
+            3
+        """
         size = self.shape[normalize_dim("chunk", dim, self.ndim)]
         return self.split(-(-size // chunks), dim)
 
     def unbind(self, dim=0):
+        """The slices along ``dim``, as a tuple of tensors without that dimension.
+
+        Examples:
+            >>> tg.tensor([[1, 2], [3, 4]]).unbind(1)
+            (tensor([1, 3]), tensor([2, 4]))
+        """
         dim = normalize_dim("unbind", dim, self.ndim)
         return tuple(self.select(dim, i) for i in range(self.shape[dim]))
 
     def select(self, dim, index):
+        """The slice at ``index`` along ``dim``, without that dimension (``x[:, index]`` for dim 1).
+
+        Examples:
+            >>> tg.tensor([[1, 2], [3, 4]]).select(1, 0)
+            tensor([1, 3])
+        """
         return self[(slice(None),) * normalize_dim("select", dim, self.ndim) + (index,)]
 
     def narrow(self, dim, start, length):
+        """A view of ``length`` entries from ``start`` along ``dim``.
+
+        Raises:
+            ShapeError: if the range falls outside the dimension.
+
+        Examples:
+            >>> tg.arange(6).narrow(0, 2, 3)
+            tensor([2, 3, 4])
+        """
         dim = normalize_dim("narrow", dim, self.ndim)
         size = self.shape[dim]
         start = start + size if start < 0 else start
@@ -396,6 +830,12 @@ class TensorMethods:
         return self[(slice(None),) * dim + (slice(start, start + length),)]
 
     def index_select(self, dim, index):
+        """The entries at the integer positions ``index`` (a 1-d int64 tensor) along ``dim``.
+
+        Examples:
+            >>> tg.tensor([10, 20, 30]).index_select(0, tg.tensor([2, 0]))
+            tensor([30, 10])
+        """
         if index.ndim > 1 or index.dtype.is_floating_point:
             raise ShapeError(
                 at_user_line(
@@ -407,6 +847,12 @@ class TensorMethods:
         return self[(slice(None),) * dim + (index.reshape(-1),)]
 
     def flip(self, *dims):
+        """A copy with the order of the entries reversed along ``dims``.
+
+        Examples:
+            >>> tg.arange(3).flip(0)
+            tensor([2, 1, 0])
+        """
         dims = normalize_dims("flip", shape_args(dims), self.ndim)
         return self[
             tuple(slice(None, None, -1) if d in dims else slice(None) for d in range(self.ndim))
@@ -444,40 +890,101 @@ class TensorMethods:
         return (self[i] for i in range(self.shape[0]))
 
     def tril(self, diagonal=0):
+        """The lower triangle of the last two dimensions; the rest is zero.
+
+        Args:
+            diagonal: 0 keeps the main diagonal, k > 0 also k diagonals above it, k < 0 fewer.
+
+        Examples:
+            >>> tg.ones(2, 2).tril()
+            tensor([[1., 0.],
+                    [1., 1.]])
+        """
         return tril(self, diagonal)
 
     def triu(self, diagonal=0):
+        """The upper triangle of the last two dimensions; the rest is zero (see ``tril``)."""
         return triu(self, diagonal)
 
     # --- in-place ops: the dispatcher writes the op's result into self --------------------------
 
     def add_(self, other, alpha=1):
+        """In place: ``self += alpha * other``.
+
+        Args:
+            other: a tensor broadcasting to this one's shape, or a number.
+            alpha: a scale of ``other``.
+
+        Returns:
+            This tensor.
+
+        Raises:
+            RuntimeError: on a leaf that requires grad while gradients are recorded.
+
+        Examples:
+            >>> tg.zeros(2).add_(tg.ones(2), alpha=3)
+            tensor([3., 3.])
+        """
         return _write_scaled(self, "add", other, alpha, "add_")
 
     def sub_(self, other, alpha=1):
+        """In place: ``self -= alpha * other``; returns this tensor.
+
+        Examples:
+            >>> tg.ones(2).sub_(1)
+            tensor([0., 0.])
+        """
         return _write_scaled(self, "sub", other, alpha, "sub_")
 
     def mul_(self, other):
+        """In place: ``self *= other``; returns this tensor.
+
+        Examples:
+            >>> tg.ones(2).mul_(4)
+            tensor([4., 4.])
+        """
         return _write_binary(self, "mul", other, "mul_")
 
     def div_(self, other):
+        """In place: ``self /= other``; returns this tensor.
+
+        Examples:
+            >>> tg.ones(2).div_(4)
+            tensor([0.25, 0.25])
+        """
         return _write_binary(self, "div", other, "div_")
 
     def clamp_(self, min=None, max=None):
+        """In place ``clamp``; returns this tensor."""
         return apply(OPS["clamp"], (self,), _clamp_bounds(min, max), out=self, method="clamp_")
 
     def zero_(self):
+        """In place: every element becomes 0; returns this tensor.
+
+        Examples:
+            >>> tg.ones(2).zero_()
+            tensor([0., 0.])
+        """
         return self.fill_(0)
 
     def fill_(self, value):
+        """In place: every element becomes ``value``; returns this tensor.
+
+        Examples:
+            >>> tg.zeros(2).fill_(7)
+            tensor([7., 7.])
+        """
         filled = as_tensor(value, like=self).to(self.dtype)
         return _write_value(self, filled, "fill_")
 
     def normal_(self, mean=0.0, std=1.0):
+        """In place: draws from a normal distribution of ``mean`` and ``std`` (from
+        tracegrad's generator, so ``tg.manual_seed`` decides them); returns this tensor."""
         draw = call("random_normal", shape=tuple(self.shape), dtype=self.dtype.name)
         return _write_value(self, draw * std + mean, "normal_")
 
     def uniform_(self, from_=0.0, to=1.0):
+        """In place: draws uniformly from ``[from_, to)`` (tracegrad's generator)."""
         draw = call("random_uniform", shape=tuple(self.shape), dtype=self.dtype.name)
         return _write_value(self, draw * (to - from_) + from_, "uniform_")
 
@@ -499,6 +1006,15 @@ class TensorMethods:
         return _write_value(self, filled, "fill_diagonal_")
 
     def copy_(self, src):
+        """In place: the values of ``src`` (broadcast and converted to this dtype).
+
+        Returns:
+            This tensor.
+
+        Examples:
+            >>> tg.zeros(2).copy_(tg.tensor([1, 2]))
+            tensor([1., 2.])
+        """
         src = as_tensor(src).to(self.dtype)
         if tuple(src.shape) == tuple(self.shape) and src.requires_grad:
             # (a copy of its own: the target gets a node of its own, it is no leaf afterwards)
@@ -583,6 +1099,21 @@ def _write_value(target: Tensor, value: Tensor, method: str) -> Tensor:
 
 
 def where(condition, x, y) -> Tensor:
+    """``x`` where ``condition`` is True, ``y`` elsewhere; the three broadcast together.
+
+    Args:
+        condition: a bool tensor.
+        x: a tensor or a number.
+        y: a tensor or a number.
+
+    Raises:
+        DTypeError: if ``condition`` is not a bool tensor.
+
+    Examples:
+        >>> x = tg.tensor([1.0, -2.0])
+        >>> tg.where(x > 0, x, 0.0)
+        tensor([1., 0.])
+    """
     condition = as_tensor(condition)
     if condition.dtype is not dtypes.bool_:
         raise DTypeError(
@@ -592,12 +1123,39 @@ def where(condition, x, y) -> Tensor:
 
 
 def cat(tensors, dim=0) -> Tensor:
+    """The tensors joined along an existing dimension ``dim``, promoted to one dtype.
+
+    Args:
+        tensors: a sequence of tensors, equal in shape except along ``dim``.
+        dim: the dimension to join along.
+
+    Raises:
+        ShapeError: if the other dimensions differ.
+
+    Examples:
+        >>> tg.cat([tg.zeros(1, 2), tg.ones(2, 2)]).shape
+        tracegrad.Size([3, 2])
+    """
     tensors = promote_operands(*tensors)
     dim = normalize_dim("cat", dim, tensors[0].ndim)
     return tensors[0] if len(tensors) == 1 else call("cat", *tensors, dim=dim)
 
 
 def stack(tensors, dim=0) -> Tensor:
+    """The tensors stacked along a new dimension ``dim``.
+
+    Args:
+        tensors: a sequence of tensors of one shape.
+        dim: where the new dimension goes.
+
+    Raises:
+        ShapeError: if the shapes differ.
+
+    Examples:
+        >>> tg.stack([tg.zeros(2), tg.ones(2)], dim=1)
+        tensor([[0., 1.],
+                [0., 1.]])
+    """
     tensors = list(tensors)
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
@@ -607,6 +1165,16 @@ def stack(tensors, dim=0) -> Tensor:
 
 
 def einsum(equation: str, *operands) -> Tensor:
+    """Einstein summation over the operands, as ``torch.einsum`` (and ``numpy.einsum``).
+
+    Args:
+        equation: the subscripts, such as ``"ij,jk->ik"``.
+        *operands: the tensors (or one list of them).
+
+    Examples:
+        >>> tg.einsum("ij,j->i", tg.ones(2, 3), tg.tensor([1.0, 2.0, 3.0]))
+        tensor([6., 6.])
+    """
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = operands[0]
     return call("einsum", *promote_operands(*operands), equation=equation)
@@ -623,10 +1191,24 @@ def _triangle(x: Tensor, diagonal: int, lower: bool) -> Tensor:
 
 
 def tril(x: Tensor, diagonal: int = 0) -> Tensor:
+    """The lower triangle of the last two dimensions of ``x`` (see ``Tensor.tril``).
+
+    Examples:
+        >>> tg.tril(tg.ones(2, 2), diagonal=-1)
+        tensor([[0., 0.],
+                [1., 0.]])
+    """
     return _triangle(x, diagonal, lower=True)
 
 
 def triu(x: Tensor, diagonal: int = 0) -> Tensor:
+    """The upper triangle of the last two dimensions of ``x`` (see ``Tensor.triu``).
+
+    Examples:
+        >>> tg.triu(tg.ones(2, 2))
+        tensor([[1., 1.],
+                [0., 1.]])
+    """
     return _triangle(x, diagonal, lower=False)
 
 
@@ -689,6 +1271,19 @@ def _one_op_method(op: str, form: str):
     return lambda self, other: binary(op, self, other, floating)
 
 
+def _one_op_doc(op: str, form: str) -> str:
+    """The docstring of a one-op method, from its op and form."""
+    if form.endswith("unary"):
+        made_float = ", an integer tensor made float32 first" if form == "float_unary" else ""
+        return f"Elementwise ``{op}`` of this tensor{made_float}.\n\nReturns:\n    A new tensor."
+    return (
+        f"Elementwise ``{op}`` of this tensor and ``other``, broadcast together and promoted "
+        "to one dtype as in PyTorch.\n\nArgs:\n    other: a tensor or a number.\n\n"
+        "Returns:\n    A new tensor.\n\nRaises:\n    ShapeError: if the shapes cannot be "
+        "broadcast together."
+    )
+
+
 # what every class body has (__module__, __dict__, __doc__...), not methods
 _CLASS_BOOKKEEPING = frozenset(vars(type("Empty", (), {})))
 
@@ -701,6 +1296,7 @@ def install() -> None:
     for name, (op, form) in ONE_OP_METHODS.items():
         method = _one_op_method(op, form)
         method.__name__ = method.__qualname__ = name
+        method.__doc__ = _one_op_doc(op, form)
         setattr(Tensor, name, method)
 
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracegrad import dtypes, tape
+from tracegrad import dtypes, scopes, tape
 from tracegrad.dtypes import TensorType
-from tracegrad.errors import SourceLocation, TraceError, at_user_line, user_frame
+from tracegrad.errors import SourceLocation, TraceError, at_user_line
 from tracegrad.ir.core import CONSTANT, CUSTOM, Namespace, Node, Phase, Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, Op
@@ -100,7 +100,7 @@ class Tracer:
         # id(optimizer) -> id(group) -> the group as the update reads it (numbers as inputs)
         self.hyperparameters: dict[int, dict[int, TracedGroup]] = {}
         self._namespace = Namespace()  # value names: "1", "2"... and the inputs' own
-        self.location_override: SourceLocation | None = None  # set while replaying a graph
+        self.replayed: Node | None = None  # while replaying a graph: its node being replayed
         self.start = next_serial()
 
     # --- values ---------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class Tracer:
         out = Value(self._name(), out_type)
         if op in OPS and VIEW in OPS[op].props:
             self._not_own.add(out)
-        node = Node(op, list(inputs), [out], attrs, self.location())
+        node = Node(op, list(inputs), [out], attrs, self.location(), scope=self.scope())
         differentiated = tape.current_backward()
         if differentiated is not None:
             node.phase = Phase.BACKWARD
@@ -191,7 +191,23 @@ class Tracer:
         node = tape.current_backward()
         if node is not None and node.location is not None:
             return node.location  # a gradient op belongs to the line of the op it differentiates
-        return self.location_override or user_frame()
+        if self.replayed is not None:
+            return self.replayed.location
+        return scopes.op_location()
+
+    def scope(self) -> scopes.Scope | None:
+        """The module call making the op being recorded (a gradient op: the one that made the
+        op it differentiates)."""
+        node = tape.current_backward()
+        if node is not None:
+            return node.scope
+        if self.replayed is not None:
+            return self.replayed.scope
+        return scopes.current()
+
+    def stamp(self, record) -> None:
+        """Note on a tape record where its op is made: its gradient's nodes will say so."""
+        record.location, record.scope = self.location(), self.scope()
 
     def record(self, op: Op, inputs, attrs, out_type: TensorType) -> Tensor:
         values = [self.value_of(t) for t in inputs]
@@ -218,7 +234,7 @@ class Tracer:
         inputs = [self.value_of(a) for a in args if isinstance(a, Tensor)]
         values = [Value(self._name(), o.tensor_type) for o in outs]
         attrs = {"fn": cls, "args": slots}
-        self.nodes.append(Node(CUSTOM, inputs, values, attrs, self.location()))
+        self.nodes.append(Node(CUSTOM, inputs, values, attrs, self.location(), scope=self.scope()))
         wrapped = tuple(wrap(Symbol(v)) for v in values)
         return wrapped if isinstance(result, tuple) else wrapped[0]
 
@@ -434,7 +450,8 @@ def tracing(tracer: Tracer):
     """Make ``tracer`` record ops; restores mutated tensors and the previous tracer on exit."""
     previous = set_tracer(tracer)
     try:
-        yield tracer
+        with scopes.record_scopes(tracer.names):
+            yield tracer
     finally:
         set_tracer(previous)
         tracer.restore()

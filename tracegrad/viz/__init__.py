@@ -16,10 +16,25 @@ output prefixed by its view's position: ``g0_12``, ``g1_grad_7``; members of a f
 layout is tracegrad's own (``viz.layout``), so no Graphviz binary is needed for any format.
 
 Modules: ``scene`` (what is shown), ``layout`` (layered DAG layout), ``draw`` (geometry),
-``codelinks`` (statements <-> nodes), ``formats`` (the templates in ``templates/``).
+``codelinks`` (statements <-> nodes), ``formats`` (the templates in ``templates/``),
+``notebook`` (what notebooks show: graphs, compiled callables' cards, explain() reports).
 """
 
-from tracegrad.viz.formats import render, to_dot, to_html, to_svg
+from tracegrad.ir import graph as _graph
+from tracegrad.viz.formats import SUFFIXES, render, to_dot, to_html, to_svg
+from tracegrad.viz.notebook import graph_html, graph_svg
 from tracegrad.viz.scene import KINDS, build_scene, code_vars, kind_of
 
-__all__ = ["render", "to_dot", "to_svg", "to_html", "KINDS", "build_scene", "code_vars", "kind_of"]
+_graph.PICTURES.update(html=graph_html, svg=graph_svg)  # (a Graph in a notebook: its picture)
+
+__all__ = [
+    "SUFFIXES",
+    "render",
+    "to_dot",
+    "to_svg",
+    "to_html",
+    "KINDS",
+    "build_scene",
+    "code_vars",
+    "kind_of",
+]

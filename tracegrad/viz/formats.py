@@ -106,15 +106,22 @@ def _count(drawing: Drawing) -> str:
 
 
 def _node_table(drawings: list[Drawing], lines: dict[str, int]) -> dict:
-    """What the page's script needs per box: detail rows, its code line, its view."""
+    """What the page's script needs per box: detail rows, its code line, its view, and the
+    module calls that made it (``scope``: [path, class] pairs, outermost first)."""
     return {
-        n.box.id: {"rows": n.box.details, "line": lines.get(n.box.id), "view": index}
+        n.box.id: {
+            "rows": n.box.details,
+            "line": lines.get(n.box.id),
+            "view": index,
+            "scope": [[s.path, s.kind] for s in n.box.scope.chain()] if n.box.scope else [],
+        }
         for index, d in enumerate(drawings)
         for n in d.nodes
     }
 
 
 _WRITERS = {".dot": to_dot, ".gv": to_dot, ".svg": to_svg, ".html": to_html, ".htm": to_html}
+SUFFIXES = tuple(_WRITERS)  # the file suffixes ``render`` knows
 
 
 def render(views, path, code: str | None = None, generated=()):

@@ -23,6 +23,7 @@ from tracegrad.ir.core import CONSTANT, CUSTOM, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, REDUCE, VIEW, ops_with
 from tracegrad.passes.memory import InPlace, MemoryPlan, Pooled
+from tracegrad.scopes import Scope
 
 FUSED = "fused"
 
@@ -84,6 +85,7 @@ class Box:
     buffer: int | None = None  # the pooled buffer it lives in, by the memory plan
     members: list[Box] = field(default_factory=list)
     member_edges: list[Edge] = field(default_factory=list)
+    scope: Scope | None = None  # the module call that made the node (ir.core.Node.scope)
 
     @property
     def badges(self) -> list[str]:
@@ -177,6 +179,7 @@ def _node_box(node, prefix: str, variables: dict, where: dict, edges: _EdgeSet) 
         type=str(node.outputs[0].type) if node.outputs else "",
         details=_node_details(node),
         var=variables.get(name),
+        scope=node.scope,
     )
     if node.op == FUSED:
         _fill_fused(box, node, where, edges)
@@ -241,6 +244,8 @@ def _label(node) -> str:
 
 def _node_details(node) -> list[tuple[str, str]]:
     rows = [("op", node.op)]
+    if node.scope is not None:
+        rows.append(("module", str(node.scope)))
     if node.outputs:
         rows.append(("name", ", ".join(v.name for v in node.outputs)))
         rows += _type_details(node.outputs[0].type)

@@ -1,10 +1,11 @@
 // Behaviour of the graph page: tabs, zoom, the details panel and code <-> node links.
-// Plain DOM, no dependencies. Data: #nodes maps a box id to {rows, line, view}.
+// Plain DOM, no dependencies. Data: #nodes maps a box id to {rows, line, view}. A view's
+// drawing sits in a .pane (the class .view is the kind of op of view nodes and their key).
 (function () {
   "use strict";
   var nodes = JSON.parse(document.getElementById("nodes").textContent);
   var canvas = document.getElementById("canvas");
-  var views = Array.prototype.slice.call(document.querySelectorAll(".view"));
+  var views = Array.prototype.slice.call(document.querySelectorAll("#canvas > .pane"));
   var tabs = Array.prototype.slice.call(document.querySelectorAll("#tabs button"));
   var details = document.querySelector("#details tbody");
   var state = { view: "0", zoom: 1, pinned: null };
