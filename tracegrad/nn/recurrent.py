@@ -366,8 +366,39 @@ class RNNBase(Module):
 
 
 class RNN(RNNBase):
-    """Elman RNN: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` (or relu).
-    ``forward(input, h_0=None)`` returns ``(output, h_n)``."""
+    """Elman RNN: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` (or relu), with
+    PyTorch's parameters (``weight_ih_l0``...) and initialisation U(-1/sqrt(H), 1/sqrt(H)).
+
+    Args:
+        input_size: the features of each time step of the input.
+        hidden_size: the features H of the hidden state.
+        num_layers: recurrent layers stacked, each reading the previous one's outputs.
+        nonlinearity: "tanh" or "relu".
+        bias: whether the layers add ``b_ih`` and ``b_hh``.
+        batch_first: input and output as (N, L, features) instead of (L, N, features).
+        dropout: dropout probability on the outputs of every layer but the last (in training).
+        bidirectional: run a second direction over the reversed sequence; outputs concatenate.
+        device: None or "cpu".
+        dtype: the parameters' dtype (default float32).
+
+    Shape:
+        ``forward(input, h_0=None)`` returns ``(output, h_n)``. Input (L, N, input_size), or
+        unbatched (L, input_size); h_0 and h_n (D * num_layers, N, H), D = 2 if bidirectional
+        else 1; output (L, N, D * H).
+
+    Raises:
+        ShapeError: on an input or h_0 of the wrong rank or size, naming both shapes.
+        DTypeError: on an input whose dtype is not the parameters'.
+
+    Compiled, the loop over time steps is unrolled: each sequence length is its own
+    specialization.
+
+    Examples:
+        >>> rnn = nn.RNN(3, 5, num_layers=2, nonlinearity="relu")
+        >>> output, h_n = rnn(tg.zeros(7, 4, 3))
+        >>> output.shape, h_n.shape
+        (tracegrad.Size([7, 4, 5]), tracegrad.Size([2, 4, 5]))
+    """
 
     def __init__(
         self,
@@ -392,9 +423,23 @@ class RNN(RNNBase):
 
 
 class LSTM(RNNBase):
-    """Long short-term memory; ``forward(input, (h_0, c_0)=None)`` returns
-    ``(output, (h_n, c_n))``. With ``proj_size > 0`` each h_t is projected to that size by
-    ``weight_hr_l{k}`` (h_0, h_n and the output then have ``proj_size`` features)."""
+    """Long short-term memory with PyTorch's gates (i, f, g, o stacked in ``weight_ih_l{k}``),
+    parameters and initialisation. The arguments are `RNN`'s (no ``nonlinearity``), and:
+
+    Args:
+        proj_size: if > 0, each h_t is projected to this size by ``weight_hr_l{k}``; h_0, h_n
+            and the output then have ``proj_size`` features instead of H.
+
+    Shape:
+        ``forward(input, (h_0, c_0)=None)`` returns ``(output, (h_n, c_n))``; c_0 and c_n are
+        (D * num_layers, N, H), the rest as in `RNN`.
+
+    Examples:
+        >>> lstm = nn.LSTM(3, 5, num_layers=2, batch_first=True)
+        >>> output, (h_n, c_n) = lstm(tg.zeros(4, 7, 3))
+        >>> output.shape, h_n.shape, c_n.shape
+        (tracegrad.Size([4, 7, 5]), tracegrad.Size([2, 4, 5]), tracegrad.Size([2, 4, 5]))
+    """
 
     def __init__(
         self,
@@ -416,7 +461,17 @@ class LSTM(RNNBase):
 
 
 class GRU(RNNBase):
-    """Gated recurrent unit; ``forward(input, h_0=None)`` returns ``(output, h_n)``."""
+    """Gated recurrent unit with PyTorch's gates (r, z, n; ``n = tanh(W_in x + b_in + r *
+    (W_hn h + b_hn))``), parameters and initialisation. The arguments and shapes are
+    `RNN`'s (no ``nonlinearity``): ``forward(input, h_0=None)`` returns
+    ``(output, h_n)``.
+
+    Examples:
+        >>> gru = nn.GRU(3, 5, bidirectional=True)
+        >>> output, h_n = gru(tg.zeros(7, 3))  # unbatched
+        >>> output.shape, h_n.shape
+        (tracegrad.Size([7, 10]), tracegrad.Size([2, 5]))
+    """
 
     def __init__(
         self,
@@ -479,7 +534,27 @@ class RNNCellBase(Module):
 
 
 class RNNCell(RNNCellBase):
-    """``h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (or relu); returns ``h'``."""
+    """One RNN step: ``h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (or relu).
+
+    Args:
+        input_size: the features of the input.
+        hidden_size: the features H of the hidden state.
+        bias: whether to add ``bias_ih`` and ``bias_hh``.
+        nonlinearity: "tanh" or "relu".
+        device: None or "cpu".
+        dtype: the parameters' dtype (default float32).
+
+    Shape:
+        ``forward(input, h=None)`` returns h'. Input (N, input_size) or unbatched
+        (input_size,); h and h' (N, H) or (H,); h defaults to zeros.
+
+    Raises:
+        ShapeError: on an input or state of the wrong rank or size.
+
+    Examples:
+        >>> nn.RNNCell(3, 5)(tg.zeros(4, 3)).shape
+        tracegrad.Size([4, 5])
+    """
 
     def __init__(
         self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
@@ -494,7 +569,14 @@ class RNNCell(RNNCellBase):
 
 
 class LSTMCell(RNNCellBase):
-    """One LSTM step; ``forward(input, (h, c)=None)`` returns ``(h', c')``."""
+    """One LSTM step; the arguments are `RNNCell`'s (no ``nonlinearity``), and
+    ``forward(input, (h, c)=None)`` returns ``(h', c')``.
+
+    Examples:
+        >>> h, c = nn.LSTMCell(3, 5)(tg.zeros(4, 3))
+        >>> h.shape, c.shape
+        (tracegrad.Size([4, 5]), tracegrad.Size([4, 5]))
+    """
 
     def __init__(
         self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None
@@ -503,7 +585,13 @@ class LSTMCell(RNNCellBase):
 
 
 class GRUCell(RNNCellBase):
-    """One GRU step; ``forward(input, h=None)`` returns ``h'``."""
+    """One GRU step; the arguments are `RNNCell`'s (no ``nonlinearity``), and
+    ``forward(input, h=None)`` returns h'.
+
+    Examples:
+        >>> nn.GRUCell(3, 5)(tg.zeros(3)).shape
+        tracegrad.Size([5])
+    """
 
     def __init__(
         self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None
