@@ -254,3 +254,11 @@ def test_instance_norm_matches_torch(affine, track):
     _run_like_torch(ours, theirs, inputs, [True, True, False, True])
     x = tg.tensor(RNG.standard_normal((2, 2, 3, 2)), requires_grad=True)
     assert gradcheck(lambda x: F.instance_norm(x), x)
+
+
+@pytest.mark.parametrize(
+    "layer, shape", [(nn.BatchNorm1d(3), (4, 5)), (nn.BatchNorm2d(3), (4, 5, 2, 2))]
+)
+def test_batch_norm_names_a_channel_count_that_does_not_fit(layer, shape):
+    with pytest.raises(tg.ShapeError, match=r"C matching the \(3,\).*\(4, 5"):
+        layer(tg.randn(*shape))

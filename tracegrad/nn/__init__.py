@@ -1,6 +1,14 @@
 """Neural-network building blocks with PyTorch's names: ``from tracegrad import nn``."""
 
 from tracegrad.nn import functional, init, utils
+from tracegrad.nn.attention import (
+    MultiheadAttention,
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 from tracegrad.nn.containers import ModuleDict, ModuleList, Sequential
 from tracegrad.nn.layers import (
     ELU,
@@ -102,4 +110,11 @@ __all__ = [
     "RNNBase",
     "RNNCell",
     "RNNCellBase",
+    # attention and transformer layers
+    "MultiheadAttention",
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
 ]

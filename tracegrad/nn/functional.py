@@ -686,6 +686,19 @@ def logsigmoid(input: Tensor) -> Tensor:
 # --- normalization -------------------------------------------------------------------------------
 
 
+def _check_channels(name: str, input: Tensor, *per_channel) -> None:
+    """Per-channel statistics and affine parameters fit dim 1 of the input."""
+    known = [t for t in per_channel if t is not None]
+    if input.ndim < 2 or any(t.shape != (input.shape[1],) for t in known):
+        expected = tuple(known[0].shape) if known else "(C,)"
+        raise ShapeError(
+            at_user_line(
+                f"{name}: expected input of shape (N, C, ...) with C matching the {expected} "
+                f"per-channel parameters, got input of shape {tuple(input.shape)}"
+            )
+        )
+
+
 def batch_norm(
     input: Tensor,
     running_mean,
@@ -701,6 +714,7 @@ def batch_norm(
     towards the mean and unbiased variance by ``momentum``, a number or a 0-d tensor;
     otherwise the running statistics normalize."""
     dims = (0, *range(2, input.ndim))
+    _check_channels("batch_norm", input, running_mean, weight)
     if training:
         count = input.numel() // input.shape[1]
         if count <= 1:
@@ -881,3 +895,103 @@ def kl_div(
             stacklevel=2,
         )
     return _reduce(loss, reduction)
+
+
+# --- attention -----------------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    """softmax(query @ key^T * scale + mask) @ value over (..., L, E), (..., S, E), (..., S, Ev)
+    giving (..., L, Ev); ``scale`` defaults to 1 / sqrt(E).
+
+    A bool ``attn_mask`` says which keys each query may attend to (True takes part), a float
+    one is added to the scores; both broadcast to (..., L, S). ``is_causal`` lets query i see
+    keys j <= i. As in PyTorch, ``dropout_p`` applies whatever the module's mode: pass 0.0 to
+    evaluate. A query whose keys are all masked out gets nan, as in PyTorch's reference.
+    With ``enable_gqa`` (grouped-query attention), key and value may have fewer heads (dim
+    -3) than the query, a divisor of its count; each then serves consecutive query heads.
+    """
+    if enable_gqa:
+        key, value = _shared_heads(query, key), _shared_heads(query, value)
+    _check_attention_inputs(query, key, value)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = (query @ key.transpose(-2, -1)) * scale
+    if is_causal:
+        if attn_mask is not None:
+            raise ValueError(
+                "scaled_dot_product_attention: an explicit attn_mask should not be set when "
+                "is_causal=True"
+            )
+        attn_mask = _causal_mask(query.shape[-2], key.shape[-2])
+    if attn_mask is not None:
+        scores = _masked_scores(scores, attn_mask)
+    return dropout(scores.softmax(-1), dropout_p) @ value
+
+
+def _causal_mask(query_length: int, key_length: int) -> Tensor:
+    """The bool (L, S) mask letting query i attend to keys j <= i (PyTorch's tril of ones)."""
+    return arange(query_length).unsqueeze(1) >= arange(key_length).unsqueeze(0)
+
+
+def _shared_heads(query: Tensor, kv: Tensor) -> Tensor:
+    """Key or value heads repeated to the query's count: head h serves query heads
+    h * group ... (h + 1) * group - 1 (PyTorch's repeat_interleave over dim -3)."""
+    if min(query.ndim, kv.ndim) < 3 or query.shape[-3] % kv.shape[-3]:
+        raise ShapeError(
+            at_user_line(
+                f"scaled_dot_product_attention with enable_gqa needs key and value heads (dim "
+                f"-3) dividing the query's, got query {tuple(query.shape)}, key or value "
+                f"{tuple(kv.shape)}"
+            )
+        )
+    group, heads = query.shape[-3] // kv.shape[-3], kv.shape[-3]
+    shape = tuple(kv.shape)
+    grouped = kv.unsqueeze(-3).expand(*shape[:-2], group, *shape[-2:])
+    return grouped.reshape(*shape[:-3], heads * group, *shape[-2:])
+
+
+def _check_attention_inputs(query: Tensor, key: Tensor, value: Tensor) -> None:
+    shapes = f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+    if min(query.ndim, key.ndim, value.ndim) < 2:
+        problem = "needs at least 2 dims (..., length, features) in"
+    elif query.shape[-1] != key.shape[-1]:
+        problem = "needs query and key with the same number of features, got"
+    elif key.shape[-2] != value.shape[-2]:
+        problem = "needs key and value of the same length, got"
+    else:
+        return
+    raise ShapeError(at_user_line(f"scaled_dot_product_attention {problem} {shapes}"))
+
+
+def _masked_scores(scores: Tensor, attn_mask: Tensor) -> Tensor:
+    """Scores with a bool mask's False positions at -inf, or a float mask added."""
+    attn_mask = as_tensor(attn_mask)
+    if not _broadcasts_to(tuple(attn_mask.shape), tuple(scores.shape)):
+        raise ShapeError(
+            at_user_line(
+                f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                f"the attention scores' shape {tuple(scores.shape)} (..., L, S)"
+            )
+        )
+    if attn_mask.dtype is dtypes.bool_:
+        return scores.masked_fill(~attn_mask, float("-inf"))
+    if not attn_mask.dtype.is_floating_point:
+        raise DTypeError(
+            at_user_line(f"attention: attn_mask must be bool or floating, got {attn_mask.dtype}")
+        )
+    return scores + attn_mask
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(n in (1, m) for n, m in zip(reversed(shape), reversed(target), strict=False))

@@ -1,13 +1,16 @@
-"""Module: the base of layers and models, with PyTorch's registration and traversal API."""
+"""Module: the base of layers and models, with PyTorch's registration and traversal API and
+its forward and backward hooks."""
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
 
 import numpy as np
 
-from tracegrad import changes, devices, dtypes, scopes
+from tracegrad import changes, devices, dtypes, scopes, tape
+from tracegrad.autograd import Function
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor, active_tracer, wrap
 
@@ -48,6 +51,9 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "training", True)
+        for table in _HOOK_TABLES:
+            object.__setattr__(self, table, OrderedDict())
+        object.__setattr__(self, "_hooks_version", 0)
 
     def forward(self, *args, **kwargs):
         """The computation of the module; subclasses define it, and calling the module runs it.
@@ -58,11 +64,110 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
+        tracer = active_tracer()
+        if tracer is not None:
+            tracer.module_called(self)
         if not scopes.recording():
-            return self.forward(*args, **kwargs)
-        active_tracer().module_called(self)
+            return self._run(args, kwargs)
         with scopes.entered(self):  # (the tracer records which module made each op)
+            return self._run(args, kwargs)
+
+    def _run(self, args, kwargs):
+        if not any(self.__dict__[table] for table in _HOOK_TABLES):
             return self.forward(*args, **kwargs)
+        return self._call_with_hooks(args, kwargs)
+
+    # --- hooks ----------------------------------------------------------------------------------
+    # Hooks run when the module is called (``module(x)``, not ``module.forward(x)``), in the
+    # order registered (``prepend`` puts one first). Registering or removing one recompiles.
+
+    def register_forward_pre_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False):
+        """``hook(module, args)`` (or ``hook(module, args, kwargs)`` with ``with_kwargs``)
+        runs before ``forward``; a result that is not None replaces the positional arguments
+        (a single value is taken as a 1-tuple), or ``(args, kwargs)`` with ``with_kwargs``.
+        Returns a handle whose ``remove()`` takes the hook out.
+
+        Inside ``tg.compile`` forward hooks run while the forward is traced, once per
+        specialization: what they do to inputs and outputs is compiled into the graph, their
+        other effects (printing, recording) happen at trace time only."""
+        return self._add_hook("_forward_pre_hooks", (hook, with_kwargs, False), prepend)
+
+    def register_forward_hook(
+        self, hook, *, prepend: bool = False, with_kwargs: bool = False, always_call: bool = False
+    ):
+        """``hook(module, args, output)`` (or ``hook(module, args, kwargs, output)`` with
+        ``with_kwargs``) runs after ``forward``; a result that is not None replaces the output.
+        With ``always_call`` it runs even when forward raised. Returns a removable handle.
+        Inside ``tg.compile`` it runs while tracing, as a pre-hook does (see there)."""
+        return self._add_hook("_forward_hooks", (hook, with_kwargs, always_call), prepend)
+
+    def register_full_backward_hook(self, hook, prepend: bool = False):
+        """``hook(module, grad_input, grad_output)`` runs when the gradients with respect to
+        the module's positional inputs are computed: ``grad_input`` holds one entry per
+        positional argument (None for a non-tensor; zeros for a tensor needing no gradient
+        while another does; all None, the hook running right after ``grad_output`` is known,
+        when none does), ``grad_output`` one per output tensor, as in PyTorch. A result that
+        is not None replaces ``grad_input``. Runs in
+        eager backward passes; inside tg.compile it runs while the backward is traced, so
+        only a hook that computes new gradients from its arguments has its effect compiled.
+        Returns a removable handle."""
+        return self._add_hook("_backward_hooks", hook, prepend)
+
+    def register_full_backward_pre_hook(self, hook, prepend: bool = False):
+        """``hook(module, grad_output)`` runs when the gradients of the module's outputs are
+        known, before those of its inputs are computed; a result that is not None replaces
+        ``grad_output`` (full backward hooks then see the new one). Runs as full backward
+        hooks do, in eager and compiled backward passes. Returns a removable handle."""
+        return self._add_hook("_backward_pre_hooks", hook, prepend)
+
+    def _add_hook(self, table: str, entry, prepend: bool) -> RemovableHandle:
+        handle = RemovableHandle(self, table)
+        hooks = getattr(self, table)
+        hooks[handle.id] = entry
+        if prepend:
+            hooks.move_to_end(handle.id, last=False)
+        self._hooks_changed()
+        return handle
+
+    def _hooks_changed(self) -> None:
+        # A plain attribute: compiled code guards on it, so a new or removed hook recompiles
+        object.__setattr__(self, "_hooks_version", self._hooks_version + 1)
+        changes.note()
+
+    def _call_with_hooks(self, args: tuple, kwargs: dict):
+        args, kwargs = self._run_pre_hooks(args, kwargs)
+        boundary = None
+        if (self._backward_hooks or self._backward_pre_hooks) and tape.is_grad_enabled():
+            boundary = _BackwardBoundary(self, args)
+            args = boundary.inputs()
+        try:
+            output = self.forward(*args, **kwargs)
+        except Exception:
+            for hook, with_kwargs, always_call in list(self._forward_hooks.values()):
+                if always_call:
+                    _call_forward_hook(self, hook, with_kwargs, args, kwargs, None)
+            raise
+        for hook, with_kwargs, _ in list(self._forward_hooks.values()):
+            result = _call_forward_hook(self, hook, with_kwargs, args, kwargs, output)
+            output = output if result is None else result
+        return boundary.outputs(output) if boundary is not None else output
+
+    def _run_pre_hooks(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        for hook, with_kwargs, _ in list(self._forward_pre_hooks.values()):
+            if with_kwargs:
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+            else:
+                result = hook(self, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
+        return args, kwargs
+
+    def share_memory(self) -> Module:
+        """PyTorch moves tensors to shared memory for multiprocessing; tracegrad's tensors are
+        NumPy arrays on the CPU of one process, so there is nothing to move: returns self."""
+        return self
 
     # --- registration ---------------------------------------------------------------------------
 
@@ -385,6 +490,132 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+_HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+class RemovableHandle:
+    """What ``register_*_hook`` returns: ``remove()`` takes the hook out (a second call does
+    nothing); as a context manager it removes the hook on exit."""
+
+    _ids = itertools.count()
+
+    def __init__(self, module: Module, table: str):
+        self.id = next(RemovableHandle._ids)
+        self._module, self._table = module, table
+
+    def remove(self) -> None:
+        hooks = getattr(self._module, self._table)
+        if self.id in hooks:
+            del hooks[self.id]
+            self._module._hooks_changed()
+
+    def __enter__(self) -> RemovableHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _call_forward_hook(module, hook, with_kwargs, args, kwargs, output):
+    if with_kwargs:
+        return hook(module, args, kwargs, output)
+    return hook(module, args, output)
+
+
+class _BackwardBoundary:
+    """Identity functions around one call of a module with full backward hooks: the one on
+    its outputs records their gradients, the one on its inputs calls the hooks with the
+    gradients of the inputs and those of the outputs, as PyTorch's BackwardHook does."""
+
+    def __init__(self, module: Module, args: tuple):
+        self.module, self.args = module, args
+        self.grad_outputs = None
+        # Every tensor argument, when one needs a gradient (the others get zeros, as in PyTorch)
+        tensors = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+        needed = any(args[i].requires_grad for i in tensors)
+        self.positions = tensors if needed else []
+
+    def inputs(self) -> tuple:
+        if not self.positions:
+            return self.args
+        marked = _Identity.apply(self._after_inputs, *(self.args[i] for i in self.positions))
+        marked = marked if isinstance(marked, tuple) else (marked,)
+        args = list(self.args)
+        for i, tensor in zip(self.positions, marked, strict=True):
+            args[i] = tensor
+        return tuple(args)
+
+    def outputs(self, output):
+        many = isinstance(output, (tuple, list))
+        items = list(output) if many else [output]
+        places = [i for i, o in enumerate(items) if isinstance(o, Tensor) and o.requires_grad]
+        if not places:
+            return output
+        marked = _Identity.apply(self._after_outputs, *(items[i] for i in places))
+        marked = marked if isinstance(marked, tuple) else (marked,)
+        for i, tensor in zip(places, marked, strict=True):
+            items[i] = tensor
+        return type(output)(items) if many else items[0]
+
+    def _after_outputs(self, grads: tuple) -> tuple:
+        for hook in list(self.module._backward_pre_hooks.values()):
+            result = hook(self.module, grads)
+            if result is not None:
+                grads = _same_count(self.module, "pre-hook", result, len(grads), "output")
+        self.grad_outputs = grads
+        if not self.positions:  # no input needs a gradient: the hooks run now, as PyTorch's
+            self._run_hooks((None,) * len(self.args))
+        return grads
+
+    def _after_inputs(self, grads: tuple) -> tuple:
+        grad_input = [None] * len(self.args)
+        for i, g in zip(self.positions, grads, strict=True):
+            grad_input[i] = g
+        grad_input = self._run_hooks(tuple(grad_input))
+        return tuple(grad_input[i] for i in self.positions)
+
+    def _run_hooks(self, grad_input: tuple) -> tuple:
+        for hook in list(self.module._backward_hooks.values()):
+            result = hook(self.module, grad_input, self.grad_outputs)
+            if result is None:
+                continue
+            result = _same_count(self.module, "hook", result, len(grad_input), "input")
+            if not self.positions and any(g is not None for g in result):
+                raise RuntimeError(
+                    f"backward hook of {type(self.module).__name__}: no input requires a "
+                    "gradient, so the hook should return None (or None for every gradient)"
+                )
+            grad_input = result
+        return grad_input
+
+
+def _same_count(module: Module, kind: str, result, count: int, what: str) -> tuple:
+    """A backward hook's result as a tuple of as many gradients as it replaces."""
+    result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+    if len(result) != count:
+        raise RuntimeError(
+            f"backward {kind} of {type(module).__name__} returned {len(result)} gradients, "
+            f"expected {count} (one per {what})"
+        )
+    return result
+
+
+class _Identity(Function):
+    """Passes tensors through; its backward hands their gradients to ``after`` and returns
+    what it gives back. Tensors that need no gradient stay so (and get zeros)."""
+
+    @staticmethod
+    def forward(ctx, after, *tensors):
+        ctx.after = after
+        outputs = tuple(t.detach() for t in tensors)
+        ctx.mark_non_differentiable(*(o for o, t in zip(outputs, tensors) if not t.requires_grad))
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, *ctx.after(grads))
 
 
 def _check_name(kind: str, name) -> None:
