@@ -1,6 +1,6 @@
 """``python -m benchmarks``: time the DESIGN.md workloads and write the Markdown table and JSON.
 
-python -m benchmarks                       # all four workloads, full settings
+python -m benchmarks                       # every workload (W1 in three layouts), full settings
 python -m benchmarks --workloads W1 --rounds 5
 python -m benchmarks --quick               # a fast smoke run (few steps; loss@10)
 python -m benchmarks --quick --size small  # reduced model sizes too
@@ -34,9 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Time tracegrad's compiled training steps against a hand-written NumPy step "
-        "and PyTorch eager, one thread, on the four workloads of DESIGN.md.",
+        "and PyTorch eager, one thread, on the workloads of DESIGN.md (W1 also written "
+        "x @ W + b and with F.linear).",
     )
-    p.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated (default: all)")
+    p.add_argument(
+        "--workloads", default="W1,W1X,W1F,W2,W3,W4", help="comma-separated (default: all)"
+    )
     p.add_argument(
         "--impls",
         default=",".join(W.DEFAULT_IMPLEMENTATIONS),

@@ -45,6 +45,8 @@ QUICK = dict(rounds=2, steps_per_round=3, loss_steps=10, alloc_steps=2)
 # Reduced configurations (``--size small``) for smoke tests; the full sizes are DESIGN.md's.
 SMALL = {
     "W1": {},
+    "W1X": {},
+    "W1F": {},
     "W2": dict(inputs=256, hidden=256, batch=32),
     "W3": dict(batch=8),
     "W4": dict(batch=4, ctx=32, layers=1),

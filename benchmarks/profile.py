@@ -57,7 +57,7 @@ def profile(name: str, unoptimized: bool = False, repeat: int = 3) -> list[tuple
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", choices=["W1", "W2", "W3", "W4"])
+    parser.add_argument("workload", choices=sorted(workloads.WORKLOADS))
     parser.add_argument("--none", action="store_true", help="profile the passes=None step")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)

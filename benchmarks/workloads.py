@@ -1,4 +1,5 @@
-"""The four workloads of DESIGN.md and their implementations.
+"""The workloads of DESIGN.md (W1 also in two other layouts: W1X written x @ W + b with
+weights stored (in, out), W1F with F.linear on its own parameters) and their implementations.
 
 For each workload: a tracegrad model (built once, with a fixed seed), its optimizer and loss,
 synthetic data of the right shapes (a fixed seed, labels from a random "teacher" so the loss
@@ -64,6 +65,46 @@ def mlp_gelu(cfg) -> nn.Module:
         nn.GELU(approximate="tanh"),
         nn.Linear(h, c),
     )
+
+
+class MatmulMLP(nn.Module):
+    """W1 as NumPy and JAX users write it: weights stored (in, out), ``x @ W + b``."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        linear = mlp_relu(cfg)  # (the same initial values as W1's layers)
+        self.w1 = nn.Parameter(linear[0].weight.detach().t().contiguous())
+        self.b1 = nn.Parameter(linear[0].bias.detach().clone())
+        self.w2 = nn.Parameter(linear[2].weight.detach().t().contiguous())
+        self.b2 = nn.Parameter(linear[2].bias.detach().clone())
+
+    def forward(self, x):
+        return F.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+
+
+class FunctionalMLP(nn.Module):
+    """W1 written with ``F.linear`` on parameters of its own, no nn.Linear."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        linear = mlp_relu(cfg)
+        self.w1, self.b1 = linear[0].weight, linear[0].bias
+        self.w2, self.b2 = linear[2].weight, linear[2].bias
+
+    def forward(self, x):
+        return F.linear(F.relu(F.linear(x, self.w1, self.b1)), self.w2, self.b2)
+
+
+def linear_names(init: dict[str, np.ndarray], transposed: bool) -> dict[str, np.ndarray]:
+    """A W1-layout model's parameters under nn.Sequential's names and shapes (for the
+    hand-written step and PyTorch, which hold W1 as two nn.Linear)."""
+    weight = (lambda w: np.ascontiguousarray(w.T)) if transposed else (lambda w: w)
+    return {
+        "0.weight": weight(init["w1"]),
+        "0.bias": init["b1"],
+        "2.weight": weight(init["w2"]),
+        "2.bias": init["b2"],
+    }
 
 
 def cnn(cfg) -> nn.Module:
@@ -222,6 +263,8 @@ class Workload:
     torch_loss: Callable  # (torch, outputs, targets) -> loss
     targets: dict = field(default_factory=dict)
     data_seed: int = 1234
+    # The model's initial parameters as the hand-written step and PyTorch's model name them
+    linear_layout: Callable[[dict], dict] = lambda init: init
 
 
 def _sgd(cfg, params):
@@ -398,6 +441,38 @@ WORKLOADS: dict[str, Workload] = {
         targets=dict(step_ratio=1.10, module_ratio=2.0, first_call_s=0.5, alloc_mib=2.0),
         data_seed=1001,
     ),
+    "W1X": Workload(
+        "W1X",
+        "W1 written x @ W + b, weights stored (in, out)",
+        dict(inputs=784, hidden=128, classes=10, batch=32, lr=0.01, n_batches=50),
+        MatmulMLP,
+        _sgd,
+        classification_loss,
+        w1_data,
+        _hw_w1,
+        _torch_mlp_relu,
+        _torch_sgd,
+        _torch_classification_loss,
+        targets=dict(step_ratio=1.10, module_ratio=2.0, first_call_s=0.5, alloc_mib=2.0),
+        data_seed=1001,
+        linear_layout=lambda init: linear_names(init, transposed=True),
+    ),
+    "W1F": Workload(
+        "W1F",
+        "W1 written with F.linear on its own parameters",
+        dict(inputs=784, hidden=128, classes=10, batch=32, lr=0.01, n_batches=50),
+        FunctionalMLP,
+        _sgd,
+        classification_loss,
+        w1_data,
+        _hw_w1,
+        _torch_mlp_relu,
+        _torch_sgd,
+        _torch_classification_loss,
+        targets=dict(step_ratio=1.10, module_ratio=2.0, first_call_s=0.5, alloc_mib=2.0),
+        data_seed=1001,
+        linear_layout=lambda init: linear_names(init, transposed=False),
+    ),
     "W2": Workload(
         "W2",
         "MLP 1024-2048-2048-10 GELU(tanh), batch 256, Adam",
@@ -566,7 +641,8 @@ class HandwrittenImplementation(Implementation):
 
     def __init__(self, setup: Setup):
         wl = setup.workload
-        self.impl = wl.make_handwritten(wl.config, {k: v.copy() for k, v in setup.init.items()})
+        init = wl.linear_layout(setup.init)
+        self.impl = wl.make_handwritten(wl.config, {k: v.copy() for k, v in init.items()})
         self.batches = setup.batches
 
     def step(self, i: int):
@@ -603,7 +679,7 @@ class TorchImplementation(Implementation):
         model = wl.torch_model(torch, cfg)
         with torch.no_grad():
             for name, p in model.named_parameters():
-                p.copy_(torch.from_numpy(setup.init[name]))
+                p.copy_(torch.from_numpy(wl.linear_layout(setup.init)[name]))
         opt = wl.torch_optimizer(torch, cfg, model.parameters())
         self.model = model
         self.batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in setup.batches]

@@ -1,8 +1,11 @@
 """Tensor methods that compose existing ops (mm, narrow, norm, roll, fill_diagonal_...):
 values against NumPy and PyTorch, gradients by gradcheck, compiled runs against eager ones."""
 
+import math
+
 import numpy as np
 import pytest
+from scipy import special
 
 import tracegrad as tg
 from tracegrad.autograd import gradcheck
@@ -237,3 +240,471 @@ def test_values_and_gradients_match_torch(case):
     out_ours.sum().backward()
     out_theirs.sum().backward()
     np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-10)
+
+
+# --- sorts, scans, gathers and scatters ------------------------------------------------------
+
+TIES = np.array([[3.0, 1.0, 2.0, 1.0], [0.0, 5.0, 5.0, -1.0], [2.0, 2.0, 2.0, 2.0]])
+IDX = np.array([[0, 3], [2, 2], [1, 0]])  # gather/scatter along dim 1 of a (3, 4) tensor
+UNIQUE_IDX = np.array([[0, 3], [2, 1], [1, 0]])  # no repeats in a row: one writer each
+MASK = np.array([True, False, True, True])
+
+
+def _take(a, dim, index):
+    return np.take_along_axis(a, index, dim)
+
+
+def _scatter_np(a, dim, index, src, add=False):
+    out = a.copy()
+    for pos in np.ndindex(index.shape):
+        target = list(pos)
+        target[dim] = index[pos]
+        if add:
+            out[tuple(target)] += src[pos]
+        else:
+            out[tuple(target)] = src[pos]
+    return out
+
+
+def _scatter_multiply_np(a, dim, index, src):
+    out = a.copy()
+    for pos in np.ndindex(index.shape):
+        target = list(pos)
+        target[dim] = index[pos]
+        out[tuple(target)] *= src[pos]
+    return out
+
+
+def _stable_descending(a, dim):
+    n = a.shape[dim]
+    return (n - 1) - np.flip(np.argsort(np.flip(a, dim), dim, kind="stable"), dim)
+
+
+# method call on a tensor of TIES -> the same on NumPy's array
+SORT_CASES = {
+    "sort": (lambda x: x.sort().values, lambda a: np.sort(a, -1)),
+    "sort_indices_stable": (lambda x: x.sort(0).indices, lambda a: np.argsort(a, 0, kind="stable")),
+    "sort_descending": (
+        lambda x: x.sort(1, descending=True).indices,
+        lambda a: _stable_descending(a, 1),
+    ),
+    "argsort": (lambda x: x.argsort(dim=0), lambda a: np.argsort(a, 0, kind="stable")),
+    "topk": (lambda x: x.topk(2).values, lambda a: -np.sort(-a, -1)[:, :2]),
+    "topk_indices": (lambda x: x.topk(2).indices, lambda a: _stable_descending(a, 1)[:, :2]),
+    "topk_smallest": (
+        lambda x: x.topk(2, dim=0, largest=False).indices,
+        lambda a: np.argsort(a, 0, kind="stable")[:2],
+    ),
+    "cumsum": (lambda x: x.cumsum(1), lambda a: np.cumsum(a, 1)),
+    "cumsum_negative_dim": (lambda x: x.cumsum(-2), lambda a: np.cumsum(a, 0)),
+    "cumprod": (lambda x: x.cumprod(0), lambda a: np.cumprod(a, 0)),
+    "gather": (lambda x: x.gather(1, tg.tensor(IDX)), lambda a: _take(a, 1, IDX)),
+    "gather_shorter": (
+        lambda x: x.gather(0, tg.tensor(IDX[:2].T % 3)),
+        lambda a: _take(a[:, :2], 0, IDX[:2].T % 3),
+    ),
+    "scatter": (
+        lambda x: tg.zeros(3, 4, dtype=x.dtype).scatter(1, tg.tensor(UNIQUE_IDX), x),
+        lambda a: _scatter_np(np.zeros((3, 4)), 1, UNIQUE_IDX, a),
+    ),
+    "scatter_value": (
+        lambda x: x.scatter(1, tg.tensor(IDX), 7.0),
+        lambda a: _scatter_np(a, 1, IDX, np.full(IDX.shape, 7.0)),
+    ),
+    "scatter_add": (
+        lambda x: x.scatter_add(1, tg.tensor(IDX), x * 10),
+        lambda a: _scatter_np(a, 1, IDX, a * 10, add=True),
+    ),
+    "scatter_reduce_multiply": (
+        lambda x: (x + 2).scatter(1, tg.tensor(IDX), x, reduce="multiply"),
+        lambda a: _scatter_multiply_np(a + 2, 1, IDX, a),
+    ),
+    "scatter_reduce_add": (
+        lambda x: x.scatter(1, tg.tensor(IDX), x, reduce="add"),
+        lambda a: _scatter_np(a, 1, IDX, a, add=True),
+    ),
+    "masked_scatter": (
+        lambda x: x.masked_scatter(tg.tensor(MASK), x * 10),
+        lambda a: np.where(
+            MASK, (a * 10).reshape(-1)[: MASK.sum() * 3].reshape(3, 3)[:, np.cumsum(MASK) - 1], a
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SORT_CASES))
+def test_sort_scan_gather_values_match_numpy(case):
+    method, expected = SORT_CASES[case]
+    out = method(tg.tensor(TIES, dtype=tg.float64))
+    np.testing.assert_allclose(out.numpy(), expected(TIES), rtol=1e-12)
+
+
+def test_sort_and_topk_return_named_tuples():
+    x = tg.tensor(TIES, dtype=tg.float32)
+    values, indices = x.sort(1)
+    assert indices.dtype is tg.int64 and values.dtype is tg.float32
+    top = tg.topk(x, 1, dim=0)
+    assert type(top).__name__ == "SortResult" and top.indices.tolist() == [[0, 1, 1, 2]]
+    assert tg.sort(tg.tensor(3.0)).indices.item() == 0 and x[0].topk(0).values.shape == (0,)
+
+
+def test_scans_of_integers_are_int64_and_take_a_dtype():
+    assert tg.tensor([True, True, False]).cumsum(0).tolist() == [1, 2, 2]
+    assert tg.tensor([1, 2, 3]).cumprod(0).dtype is tg.int64
+    assert tg.tensor([1, 2, 3]).cumsum(0, dtype=tg.float64).dtype is tg.float64
+    assert tg.cumsum(tg.tensor(2.0), 0).item() == 2.0
+
+
+def test_in_place_squeeze_and_unsqueeze_change_the_shape():
+    x = tg.zeros(3, 1)
+    assert x.unsqueeze_(0) is x and x.shape == (1, 3, 1)
+    assert x.squeeze_().shape == (3,)
+    leaf = tg.ones(2, 1, requires_grad=True)
+    y = leaf * 3.0
+    y.squeeze_(1).sum().backward()
+    assert leaf.grad.tolist() == [[3.0], [3.0]]
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        leaf.unsqueeze_(0)
+
+
+def test_legacy_constructor_and_empty_with_size():
+    made = tg.Tensor(2, 3)
+    assert made.shape == (2, 3) and made.dtype is tg.float32
+    assert tg.Tensor(tg.Size([4])).shape == (4,) and tg.Tensor().shape == (0,)
+    data = tg.Tensor([1, 2])
+    assert data.tolist() == [1.0, 2.0] and data.dtype is tg.float32
+    assert tg.empty(size=(2, 3)).shape == (2, 3) and tg.zeros(size=[4]).shape == (4,)
+    assert tg.randn(size=(3,)).shape == (3,) and tg.rand(size=(1, 2)).shape == (1, 2)
+    with pytest.raises(TypeError, match="'shape'"):
+        tg.zeros(shape=(2,))
+    with pytest.raises(TypeError, match="not both"):
+        tg.ones(2, size=(2,))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [range(0, 2), [1, 0], (slice(None), range(2, 0, -1)), ([1, 0], [2, 1]), [], (0, [2, 1])],
+    ids=["range", "list", "range_negative_step", "two_lists", "empty_list", "int_and_list"],
+)
+def test_indexing_with_ranges_and_lists(item):
+    def numpy_item(i):
+        return np.arange(i.start, i.stop, i.step) if isinstance(i, range) else i
+
+    expected = A[tuple(map(numpy_item, item)) if isinstance(item, tuple) else numpy_item(item)]
+    np.testing.assert_array_equal(tg.tensor(A)[item].numpy(), expected)
+
+
+def test_assignment_through_ranges_and_lists():
+    x = tg.zeros(3, 4)
+    x[range(2)] = 1.0
+    x[[0, 2], 1] = 5.0
+    expected = np.zeros((3, 4))
+    expected[:2] = 1.0
+    expected[[0, 2], 1] = 5.0
+    np.testing.assert_array_equal(x.numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda x: x.gather(1, tg.tensor([[4]])), IndexError, "4 is out of range"),
+        (lambda x: x.gather(1, tg.tensor([[-1]])), IndexError, "-1 is out of range"),
+        (lambda x: x.gather(1, tg.tensor([0])), tg.ShapeError, r"index of shape \(1,\)"),
+        (lambda x: x.gather(1, tg.zeros(4, 1, dtype=tg.int64)), tg.ShapeError, r"\(4, 1\)"),
+        (lambda x: x.gather(0, tg.tensor([[0.0]])), tg.DTypeError, "int64"),
+        (lambda x: x.scatter(1, tg.tensor([[0, 1]]), x[:1, :1]), tg.ShapeError, "src of shape"),
+        (lambda x: x.scatter(1, tg.tensor([[0]]), 1.0, reduce="max"), ValueError, "'max'"),
+        (lambda x: x.topk(5), tg.ShapeError, "k=5"),
+        (lambda x: x.masked_scatter(x > 0, x[0]), tg.ShapeError, "has 4"),
+        (lambda x: x.masked_scatter(tg.ones(4), x), tg.DTypeError, "bool"),
+        (lambda x: x.cumsum(2), tg.ShapeError, "dim 2"),
+    ],
+)
+def test_sort_scan_gather_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call(tg.tensor(TIES + 0.5))
+
+
+# functions of a float64 tensor of the shape of TIES, no ties (gradients are unique there)
+SORT_GRAD_CASES = {
+    "sort": lambda x: x.sort(1, descending=True).values,
+    "topk": lambda x: x.topk(2, dim=0).values,
+    "cumsum": lambda x: x.cumsum(1) * x.cumsum(0),
+    "cumprod": lambda x: x.cumprod(1),
+    "gather": lambda x: x.gather(1, tg.tensor(IDX)),
+    "scatter": lambda x: x.scatter(1, tg.tensor(UNIQUE_IDX), x[:, 1:] * 3),
+    "scatter_add": lambda x: x.scatter_add(0, tg.tensor(IDX.T[:, :3] % 3), x * x),
+    "masked_scatter": lambda x: x.masked_scatter(tg.tensor(MASK), x.flip(0) * 2),
+    "index_add": lambda x: x.index_add(0, tg.tensor([2, 2]), x[:2] ** 2),
+    "scatter_multiply": lambda x: x.scatter(1, tg.tensor(IDX), x[:, 1:] * 2, reduce="multiply"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SORT_GRAD_CASES))
+def test_sort_scan_gather_gradients(case):
+    distinct = RNG.permutation(12).reshape(3, 4) * 0.3 - 1.5
+    assert gradcheck(SORT_GRAD_CASES[case], (t64(distinct),))
+
+
+def test_cumprod_gradient_with_zeros_matches_torch_and_finite_differences():
+    torch = pytest.importorskip("torch")
+    values = np.array([[2.0, 0.0, 3.0, 0.0, 1.5], [0.0, -1.0, 2.0, 0.5, 3.0]])
+    assert gradcheck(lambda x: x.cumprod(1), (t64(values),))
+    ours, theirs = t64(values), torch.tensor(values, requires_grad=True)
+    weights = RNG.standard_normal(values.shape)
+    (ours.cumprod(1) * tg.tensor(weights)).sum().backward()
+    (theirs.cumprod(1) * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-12)
+
+
+SORT_TORCH_CASES = {
+    "sort_desc": lambda x, lib: x.sort(dim=1, descending=True),
+    "sort_dim0": lambda x, lib: lib.sort(x, 0),
+    "argsort": lambda x, lib: (x.argsort(dim=1),),
+    "topk": lambda x, lib: x.topk(3, dim=1),
+    "topk_smallest": lambda x, lib: lib.topk(x, 2, dim=0, largest=False),
+    "cumsum": lambda x, lib: (x.cumsum(0),),
+    "cumprod": lambda x, lib: (lib.cumprod(x, 1),),
+    "gather": lambda x, lib: (x.gather(1, lib.tensor(IDX)),),
+    # (src of index's shape: torch's backward rejects a larger one)
+    "scatter": lambda x, lib: (lib.zeros_like(x).scatter(1, lib.tensor(UNIQUE_IDX), x[:, :2]),),
+    "scatter_value": lambda x, lib: (x.scatter(1, lib.tensor(IDX), 2.5),),
+    "scatter_add": lambda x, lib: (lib.scatter_add(x, 1, lib.tensor(IDX), x[:, 1:3] ** 2),),
+    "masked_scatter": lambda x, lib: (x.masked_scatter(lib.tensor(MASK), x * 2),),
+    "index_add": lambda x, lib: (x.index_add(1, lib.tensor([0, 2, 0]), x[:, 1:] * 2, alpha=3),),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SORT_TORCH_CASES))
+def test_sort_scan_gather_match_torch(case):
+    torch = pytest.importorskip("torch")
+    values = np.array([[3.0, 1.0, 2.0, 0.5], [0.0, 5.0, 4.0, -1.0], [2.0, -2.0, 1.0, 0.0]])
+    ours, theirs = t64(values), torch.tensor(values, requires_grad=True)
+    out_ours = SORT_TORCH_CASES[case](ours, tg)
+    out_theirs = SORT_TORCH_CASES[case](theirs, torch)
+    for got, want in zip(out_ours, out_theirs, strict=True):
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-12)
+    weights = RNG.standard_normal(values.shape)
+    first, first_t = out_ours[0], out_theirs[0]
+    if first.dtype is tg.float64:
+        (first * tg.tensor(weights[: first.shape[0], : first.shape[1]])).sum().backward()
+        (first_t * torch.tensor(weights[: first.shape[0], : first.shape[1]])).sum().backward()
+        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-12)
+
+
+def _sorted_scanned(x, w):
+    top = x.topk(2, dim=1).values
+    order = x.argsort(dim=0, descending=True)
+    picked = x.gather(0, order) * w
+    scattered = x.scatter(1, tg.tensor(UNIQUE_IDX), top) + x.scatter_add(1, tg.tensor(IDX), x)
+    masked = x.masked_scatter(tg.tensor(MASK), picked)
+    return (x.cumsum(1).cumprod(0) * scattered).sum() + masked.norm() + x.sort(1).values[:, 0].sum()
+
+
+def test_sorts_scans_and_scatters_compiled_match_eager_with_backward():
+    def step(x, w):
+        loss = _sorted_scanned(x, w)
+        loss.backward()
+        return loss
+
+    values = RNG.standard_normal((3, 4))
+    values[1, 2] = 0.0  # a zero in cumprod
+    xs, ws = [t64(values) for _ in range(2)], [t64(RNG.standard_normal((3, 4)))] * 1
+    ws.append(t64(ws[0].detach().numpy()))
+    eager = step(xs[0], ws[0])
+    compiled = tg.compile(step)(xs[1], ws[1])
+    np.testing.assert_allclose(compiled.item(), eager.item(), rtol=1e-12)
+    np.testing.assert_allclose(xs[1].grad.numpy(), xs[0].grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ws[1].grad.numpy(), ws[0].grad.numpy(), rtol=1e-12)
+
+
+class _TopKHead(tg.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = tg.nn.Linear(4, 6)
+
+    def forward(self, x):
+        scores = self.linear(x).cumsum(-1)
+        return scores.topk(3, dim=-1).values.sum(-1) + scores.sort(-1).values[..., 0]
+
+
+def test_compiled_module_and_training_step_match_eager():
+    tg.manual_seed(0)
+    models = [_TopKHead() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = tg.tensor(RNG.standard_normal((5, 4)), dtype=tg.float32)
+    eager_out, compiled_out = models[0](x), tg.compile(models[1])(x)
+    np.testing.assert_allclose(compiled_out.detach().numpy(), eager_out.detach().numpy(), 1e-6)
+
+    def train_step(model, opt):
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    opts = [tg.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    compiled_step = tg.compile(train_step)
+    for _ in range(3):
+        want = train_step(models[0], opts[0])
+        got = compiled_step(models[1], opts[1])
+        np.testing.assert_allclose(got.item(), want.item(), rtol=1e-5)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_in_place_squeeze_compiles_on_locals_and_refuses_inputs():
+    def local(x):
+        y = x * 2.0
+        y.unsqueeze_(0)
+        return y
+
+    assert tg.compile(local)(tg.ones(3)).shape == (1, 3)
+
+    def of_input(x):
+        x.unsqueeze_(0)
+        return x * 1.0
+
+    with pytest.raises(tg.TraceError, match="cannot be compiled"):
+        tg.compile(of_input)(tg.ones(3))
+
+
+def test_index_add_in_place_and_its_errors():
+    x = tg.zeros(3, 2)
+    assert x.index_add_(0, tg.tensor([2, 0, 2]), tg.ones(3, 2)) is x
+    assert x.tolist() == [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]]
+    with pytest.raises(tg.ShapeError, match=r"index of shape \(2,\)"):
+        x.index_add(0, tg.tensor([0, 1]), tg.ones(3, 2))
+
+
+# --- math methods PyTorch and NumPy share, against PyTorch ---------------------------------
+
+# function of (x, y, lib) with x of shape (3, 4) in (-0.9, 0.9) and y of shape (4,) in
+# (0.5, 1.5), written once for tracegrad and torch (same names)
+MATH_TORCH_CASES = {
+    "tan": lambda x, y, lib: x.tan(),
+    "asin_acos_atan": lambda x, y, lib: x.asin() + x.arccos() * x.atan(),
+    "sinh_cosh_tanh": lambda x, y, lib: x.sinh() * x.cosh(),
+    "asinh_acosh_atanh": lambda x, y, lib: x.asinh() + (y + 1).acosh() + x.arctanh(),
+    "expm1_exp2": lambda x, y, lib: x.expm1() + x.exp2(),
+    "log2_log10": lambda x, y, lib: y.log2() * y.log10(),
+    "floor_ceil": lambda x, y, lib: (x * 3).floor() * x + (x * 3).ceil(),
+    "atan2": lambda x, y, lib: lib.atan2(x, y) + x.arctan2(-y),
+    "remainder": lambda x, y, lib: x.remainder(y) + (x * 5) % y + lib.remainder(x, 0.3),
+    "reciprocal": lambda x, y, lib: y.reciprocal(),
+    "logaddexp": lambda x, y, lib: x.logaddexp(y) + lib.logaddexp2(x, y * 2),
+    "hypot": lambda x, y, lib: x.hypot(y),
+    "fmax_fmin": lambda x, y, lib: x.fmax(y - 1) + lib.fmin(x, y - 1),
+    "deg2rad_rad2deg": lambda x, y, lib: x.deg2rad() + x.rad2deg(),
+    "sinc": lambda x, y, lib: (x * 3).sinc(),
+    "prod": lambda x, y, lib: x.prod(1) + x.prod(0, keepdim=True).sum() + x.prod(),
+    "diagonal": lambda x, y, lib: x.diagonal(1) + lib.diagonal(x, -1)[:2].sum(),
+    "diag_vector": lambda x, y, lib: lib.diag(y, -1),
+    "diag_matrix": lambda x, y, lib: x.diag(1),
+    "trace": lambda x, y, lib: x.trace(),
+    "kron": lambda x, y, lib: x.kron(y.reshape(2, 2)),
+    "outer_inner": lambda x, y, lib: y.outer(y) + lib.inner(x, y).sum(),
+    "tensordot": lambda x, y, lib: lib.tensordot(x, x, dims=([0], [0])),
+    "diff": lambda x, y, lib: x.diff(dim=0) * 2 + x.diff(2, dim=1).sum(),
+    "movedim": lambda x, y, lib: (
+        x.reshape(3, 2, 2).movedim(0, 2) + x.reshape(3, 2, 2).moveaxis([0, 1], [1, 0]).sum()
+    ),
+    "swapaxes": lambda x, y, lib: x.swapaxes(0, 1),
+    "fliplr_flipud_rot90": lambda x, y, lib: x.fliplr().flipud().rot90() + x.rot90(-1),
+    "nan_to_num": lambda x, y, lib: (x.log()).nan_to_num(nan=0.5, neginf=-3.0),
+    "ravel": lambda x, y, lib: x.ravel() * 2,
+    "einsum_ellipsis_diagonal": lambda x, y, lib: (
+        lib.einsum("ii->i", x[:, :3]) + lib.einsum("...j,j->...", x, y).sum()
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MATH_TORCH_CASES))
+def test_math_methods_match_torch(case):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x, y = rng.uniform(-0.9, 0.9, (3, 4)), rng.uniform(0.5, 1.5, 4)
+    ours = [t64(v) for v in (x, y)]
+    theirs = [torch.tensor(v, requires_grad=True) for v in (x, y)]
+    out = MATH_TORCH_CASES[case](*ours, tg)
+    out_t = MATH_TORCH_CASES[case](*theirs, torch)
+    np.testing.assert_allclose(out.detach().numpy(), out_t.detach().numpy(), rtol=1e-10)
+    weights = rng.standard_normal(tuple(out.shape))
+    (out * tg.tensor(weights)).sum().backward()
+    (out_t * torch.tensor(weights)).sum().backward()
+    for mine, torch_leaf in zip(ours, theirs, strict=True):
+        want = torch_leaf.grad.numpy() if torch_leaf.grad is not None else np.zeros_like(x)
+        got = mine.grad.numpy() if mine.grad is not None else np.zeros_like(want)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_exact_gelu_runs_vectorized(monkeypatch):
+    """F.gelu's exact form (PyTorch's default) takes erf from SciPy's ufunc, not math.erf
+    element by element."""
+
+    def refuse(_):
+        raise AssertionError("math.erf called per element")
+
+    monkeypatch.setattr(math, "erf", refuse)
+    x = tg.tensor(RNG.standard_normal(1000), requires_grad=True)
+    out = tg.nn.functional.gelu(x, approximate="none")
+    out.sum().backward()
+    a = x.detach().numpy()
+    np.testing.assert_allclose(out.detach().numpy(), a * 0.5 * (1 + special.erf(a / np.sqrt(2))))
+
+
+def test_in_place_scatters_match_torch():
+    torch = pytest.importorskip("torch")
+    labels = np.array([2, 0, 3])
+
+    def fill(lib):
+        one_hot = lib.zeros(3, 4).scatter_(1, lib.tensor(labels).unsqueeze(1), 1)
+        added = lib.ones(3, 4).scatter_add_(1, lib.tensor(IDX), lib.full((3, 2), 2.0))
+        masked = lib.zeros(3, 4).masked_scatter_(lib.tensor(MASK), lib.arange(12.0).view(3, 4))
+        return one_hot, added, masked
+
+    for ours, theirs in zip(fill(tg), fill(torch), strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_in_place_scatter_compiled_with_backward():
+    def step(x):
+        y = x * 1.0
+        y.scatter_(1, tg.tensor(UNIQUE_IDX), x[:, :2] * 3)
+        y.scatter_add_(0, tg.tensor([[1, 0, 2, 1]]), x[:1] ** 2)
+        loss = (y * y).sum()
+        loss.backward()
+        return loss
+
+    xs = [t64(A[0]) for _ in range(2)]
+    eager, compiled = step(xs[0]), tg.compile(step)(xs[1])
+    np.testing.assert_allclose(compiled.item(), eager.item(), rtol=1e-12)
+    np.testing.assert_allclose(xs[1].grad.numpy(), xs[0].grad.numpy(), rtol=1e-12)
+    assert gradcheck(
+        lambda x: (x * 1.0).scatter_(1, tg.tensor(UNIQUE_IDX), x[:, 1:3]), (t64(A[0]),)
+    )
+
+
+@pytest.mark.filterwarnings("ignore:The reduce argument of torch.scatter")
+def test_scatter_multiply_matches_torch_and_compiles():
+    torch = pytest.importorskip("torch")
+    values = RNG.standard_normal((3, 4))
+    values[0, 0] = 0.0
+    index = np.array([[0, 0, 3], [1, 1, 1], [2, 0, 2]])
+
+    def scatter(lib, x):
+        return x.scatter(1, lib.tensor(index), x[:, 1:] * 3, reduce="multiply")
+
+    expected = scatter(torch, torch.tensor(values)).numpy()
+    np.testing.assert_allclose(scatter(tg, tg.tensor(values)).numpy(), expected, rtol=1e-12)
+    compiled = tg.compile(lambda x: scatter(tg, x))(tg.tensor(values))
+    np.testing.assert_allclose(compiled.numpy(), expected, rtol=1e-12)
+
+    def step(x):
+        loss = scatter(tg, x).square().sum()
+        loss.backward()
+        return loss
+
+    xs = [t64(values) for _ in range(2)]
+    np.testing.assert_allclose(tg.compile(step)(xs[1]).item(), step(xs[0]).item(), rtol=1e-12)
+    np.testing.assert_allclose(xs[1].grad.numpy(), xs[0].grad.numpy(), rtol=1e-12)

@@ -14,11 +14,24 @@ def _make(array, dtype, requires_grad, device) -> Tensor:
     return wrap(np.asarray(array, dtype.np), requires_grad=requires_grad)
 
 
-def zeros(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+def _sizes(size, kwargs) -> tuple[int, ...]:
+    """The shape given as ``f(2, 3)``, ``f((2, 3))`` or, as PyTorch also takes, ``f(size=...)``
+    (a keyword that cannot share its name with ``*size``, so it comes in ``kwargs``)."""
+    unknown = set(kwargs) - {"size"}
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+    if "size" in kwargs:
+        if size:
+            raise TypeError("pass the size either positionally or as size=, not both")
+        size = (kwargs["size"],)
+    return shape_args(size)
+
+
+def zeros(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
     """A tensor of zeros.
 
     Args:
-        *size: the shape, as ints or one tuple.
+        *size: the shape, as ints or one tuple (or ``size=`` as a keyword).
         dtype: the dtype (default float32).
         requires_grad: whether autograd records operations on the result.
         device: None or "cpu" (the only device).
@@ -30,14 +43,14 @@ def zeros(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
         >>> tg.zeros(2, 3).shape
         tracegrad.Size([2, 3])
     """
-    return _make(np.zeros(shape_args(size)), dtype, requires_grad, device)
+    return _make(np.zeros(_sizes(size, kwargs)), dtype, requires_grad, device)
 
 
-def ones(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+def ones(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
     """A tensor of ones.
 
     Args:
-        *size: the shape, as ints or one tuple.
+        *size: the shape, as ints or one tuple (or ``size=`` as a keyword).
         dtype: the dtype (default float32).
         requires_grad: whether autograd records operations on the result.
         device: None or "cpu" (the only device).
@@ -49,14 +62,14 @@ def ones(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
         >>> tg.ones(2)
         tensor([1., 1.])
     """
-    return _make(np.ones(shape_args(size)), dtype, requires_grad, device)
+    return _make(np.ones(_sizes(size, kwargs)), dtype, requires_grad, device)
 
 
-def empty(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+def empty(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
     """A tensor whose contents may be anything (here zeros), as ``torch.empty``.
 
     Args:
-        *size: the shape, as ints or one tuple.
+        *size: the shape, as ints or one tuple (or ``size=`` as a keyword).
         dtype: the dtype (default float32).
         requires_grad: whether autograd records operations on the result.
         device: None or "cpu" (the only device).
@@ -68,7 +81,7 @@ def empty(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
         >>> tg.empty(2).shape
         tracegrad.Size([2])
     """
-    return zeros(*size, dtype=dtype, requires_grad=requires_grad, device=device)
+    return zeros(*size, dtype=dtype, requires_grad=requires_grad, device=device, **kwargs)
 
 
 def full(size, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
@@ -92,11 +105,18 @@ def full(size, fill_value, dtype=None, requires_grad=False, device=None) -> Tens
     return _make(np.full(shape_args((size,)), fill_value), dtype, requires_grad, device)
 
 
+# PyTorch's memory formats: NumPy arrays made here are always C-contiguous, so the
+# ``memory_format=`` of the ``*_like`` factories is accepted and has nothing to choose.
+preserve_format = "preserve_format"
+contiguous_format = "contiguous_format"
+legacy_contiguous_format = "legacy_contiguous_format"
+
+
 def _like(x: Tensor, dtype):
     return x.shape, dtype if dtype is not None else x.dtype
 
 
-def zeros_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def zeros_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     """Zeros of ``x``'s shape and dtype.
 
     Args:
@@ -116,7 +136,7 @@ def zeros_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     return zeros(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def ones_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def ones_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     """Ones of ``x``'s shape and dtype.
 
     Args:
@@ -136,7 +156,9 @@ def ones_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     return ones(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def full_like(x, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
+def full_like(
+    x, fill_value, dtype=None, requires_grad=False, device=None, memory_format=None
+) -> Tensor:
     """``fill_value`` in ``x``'s shape and dtype.
 
     Args:
@@ -157,7 +179,7 @@ def full_like(x, fill_value, dtype=None, requires_grad=False, device=None) -> Te
     return full(shape, fill_value, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def empty_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def empty_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     """A tensor of ``x``'s shape and dtype whose contents may be anything (zeros).
 
     Args:
@@ -252,12 +274,12 @@ def _draw(op: str, shape, dtype, device, requires_grad=False, **args) -> Tensor:
     return out.requires_grad_() if requires_grad else out
 
 
-def randn(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+def randn(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
     """Draws from the standard normal distribution, from tracegrad's generator
     (``tg.manual_seed``); compiled code draws anew on every call.
 
     Args:
-        *size: the shape, as ints or one tuple.
+        *size: the shape, as ints or one tuple (or ``size=`` as a keyword).
         dtype: the dtype (default float32).
         requires_grad: whether autograd records operations on the result.
         device: None or "cpu" (the only device).
@@ -269,14 +291,14 @@ def randn(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
         >>> tg.randn(2, 3).shape
         tracegrad.Size([2, 3])
     """
-    return _draw("random_normal", shape_args(size), dtype, device, requires_grad)
+    return _draw("random_normal", _sizes(size, kwargs), dtype, device, requires_grad)
 
 
-def rand(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
+def rand(*size, dtype=None, requires_grad=False, device=None, **kwargs) -> Tensor:
     """Draws from the uniform distribution on [0, 1), from tracegrad's generator.
 
     Args:
-        *size: the shape, as ints or one tuple.
+        *size: the shape, as ints or one tuple (or ``size=`` as a keyword).
         dtype: the dtype (default float32).
         requires_grad: whether autograd records operations on the result.
         device: None or "cpu" (the only device).
@@ -289,7 +311,7 @@ def rand(*size, dtype=None, requires_grad=False, device=None) -> Tensor:
         >>> x.min().item() >= 0 and x.max().item() < 1
         True
     """
-    return _draw("random_uniform", shape_args(size), dtype, device, requires_grad)
+    return _draw("random_uniform", _sizes(size, kwargs), dtype, device, requires_grad)
 
 
 def randint(low, high=None, size=(), dtype=None, requires_grad=False, device=None) -> Tensor:
@@ -332,7 +354,7 @@ def randperm(n, dtype=None, device=None) -> Tensor:
     return _draw("random_permutation", (int(n),), dtype or dtypes.int64, device)
 
 
-def randn_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def randn_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     """Standard normal draws in ``x``'s shape and dtype.
 
     Args:
@@ -352,7 +374,7 @@ def randn_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
     return randn(shape, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def rand_like(x, dtype=None, requires_grad=False, device=None) -> Tensor:
+def rand_like(x, dtype=None, requires_grad=False, device=None, memory_format=None) -> Tensor:
     """Uniform draws on [0, 1) in ``x``'s shape and dtype.
 
     Args:

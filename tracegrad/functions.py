@@ -6,9 +6,20 @@ import inspect
 
 import numpy as np
 
-from tracegrad.tensor import Tensor, as_tensor, binary, cat, einsum, stack, tril, triu, where
+from tracegrad.tensor import (
+    Tensor,
+    as_tensor,
+    binary,
+    cat,
+    einsum,
+    stack,
+    tensordot,
+    tril,
+    triu,
+    where,
+)
 
-__all__ = ["cat", "einsum", "stack", "tril", "triu", "where"]
+__all__ = ["cat", "einsum", "stack", "tensordot", "tril", "triu", "where"]
 
 
 def _method(name: str):
@@ -61,6 +72,64 @@ _METHODS = [
     "numel",
     "split",
     "chunk",
+    "cumsum",
+    "cumprod",
+    "sort",
+    "argsort",
+    "topk",
+    "gather",
+    "scatter",
+    "scatter_add",
+    "masked_scatter",
+    "tan",
+    "asin",
+    "arcsin",
+    "acos",
+    "arccos",
+    "atan",
+    "arctan",
+    "sinh",
+    "cosh",
+    "asinh",
+    "arcsinh",
+    "acosh",
+    "arccosh",
+    "atanh",
+    "arctanh",
+    "expm1",
+    "exp2",
+    "log2",
+    "log10",
+    "floor",
+    "ceil",
+    "atan2",
+    "arctan2",
+    "remainder",
+    "reciprocal",
+    "logaddexp",
+    "logaddexp2",
+    "hypot",
+    "fmax",
+    "fmin",
+    "deg2rad",
+    "rad2deg",
+    "sinc",
+    "prod",
+    "diagonal",
+    "diag",
+    "trace",
+    "kron",
+    "inner",
+    "diff",
+    "movedim",
+    "moveaxis",
+    "swapaxes",
+    "swapdims",
+    "fliplr",
+    "flipud",
+    "rot90",
+    "nan_to_num",
+    "ravel",
 ]
 for _name in _METHODS:
     globals()[_name] = _method(_name)

@@ -1,13 +1,34 @@
 """NumPy's protocols for tensors: ufuncs and array functions dispatch to tracegrad ops, so
-``np.exp(t)`` or ``np.sum(t, axis=0)`` is differentiated (and, later, traced) like ``t.exp()``."""
+``np.exp(t)`` or ``np.sum(t, axis=0)`` is differentiated (and traced) like ``t.exp()``.
+
+``UFUNCS`` and ``FUNCTIONS`` map NumPy's callables to tensor code with NumPy's signatures
+(``axis``, ``keepdims``, NumPy's defaults); each returns tensors, differentiable where
+NumPy's function is. A NumPy function missing from them raises a TypeError naming it.
+
+One difference stays: ``tensor.size`` is PyTorch's method (``t.size()`` is the shape,
+``t.size(0)`` one length), not NumPy's attribute (the element count): ``np.size(t)`` and
+``t.numel()`` give the count.
+"""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
+from tracegrad import dtypes
 from tracegrad import functions as fn
-from tracegrad.errors import TraceError, at_user_line
-from tracegrad.tensor import Tensor, as_tensor, binary, install_numpy_protocol, is_symbolic
+from tracegrad.errors import ShapeError, TraceError, at_user_line
+from tracegrad.tensor import (
+    Tensor,
+    as_tensor,
+    binary,
+    install_numpy_protocol,
+    is_symbolic,
+    promote_operands,
+    tensordot,
+    wrap,
+)
 
 
 def _dims(axis):
@@ -62,6 +83,45 @@ UFUNCS = {
     np.logical_not: lambda x: ~as_tensor(x),
 }
 
+
+def _method(name: str):
+    """``x.<name>(*rest)``, ``x`` made a tensor (NumPy passes arrays and numbers as they are)."""
+    return lambda x, *rest: getattr(as_tensor(x), name)(*rest)
+
+
+UFUNCS.update(
+    {
+        np.arcsin: _method("asin"),
+        np.arccos: _method("acos"),
+        np.arctan: _method("atan"),
+        np.arcsinh: _method("asinh"),
+        np.arccosh: _method("acosh"),
+        np.arctanh: _method("atanh"),
+        np.sinh: _method("sinh"),
+        np.cosh: _method("cosh"),
+        np.tan: _method("tan"),
+        np.expm1: _method("expm1"),
+        np.exp2: _method("exp2"),
+        np.log2: _method("log2"),
+        np.log10: _method("log10"),
+        np.floor: _method("floor"),
+        np.ceil: _method("ceil"),
+        np.fabs: fn.abs,
+        np.reciprocal: _method("reciprocal"),
+        np.deg2rad: _method("deg2rad"),
+        np.radians: _method("deg2rad"),
+        np.rad2deg: _method("rad2deg"),
+        np.degrees: _method("rad2deg"),
+        np.arctan2: lambda x, y: binary("atan2", x, y, floating=True),
+        np.remainder: lambda x, y: binary("remainder", x, y),
+        np.logaddexp: lambda x, y: fn.logaddexp(x, y),
+        np.logaddexp2: lambda x, y: fn.logaddexp2(x, y),
+        np.hypot: lambda x, y: fn.hypot(x, y),
+        np.fmax: lambda x, y: fn.fmax(x, y),
+        np.fmin: lambda x, y: fn.fmin(x, y),
+    }
+)
+
 FUNCTIONS = {
     np.sum: lambda a, axis=None, keepdims=False: as_tensor(a).sum(_dims(axis), keepdims),
     np.mean: lambda a, axis=None, keepdims=False: as_tensor(a).mean(_dims(axis), keepdims),
@@ -87,7 +147,6 @@ FUNCTIONS = {
     np.where: lambda c, x, y: fn.where(c, x, y),
     np.matmul: fn.matmul,
     np.dot: _dot,
-    np.einsum: lambda equation, *operands: fn.einsum(equation, *operands),
     np.clip: lambda a, a_min=None, a_max=None: as_tensor(a).clamp(a_min, a_max),
     np.exp: fn.exp,
     np.log: fn.log,
@@ -98,6 +157,235 @@ FUNCTIONS = {
     np.ndim: lambda a: as_tensor(a).ndim,
     np.size: lambda a: as_tensor(a).numel(),
 }
+
+
+# --- NumPy's functions with NumPy's signatures, written in tensor methods -----------------
+
+
+def _dtype(dtype):
+    return None if dtype is None else dtypes.from_numpy(np.dtype(dtype))
+
+
+def _flat_unless(a, axis):
+    """(tensor, axis): NumPy's axis=None means the flattened array."""
+    a = as_tensor(a)
+    return (a.reshape(-1), 0) if axis is None else (a, axis)
+
+
+def _scan(name):
+    def scan(a, axis=None, dtype=None):
+        a, axis = _flat_unless(a, axis)
+        return getattr(a, name)(axis, dtype=_dtype(dtype))
+
+    return scan
+
+
+def _prod(a, axis=None, dtype=None, keepdims=False):
+    a = as_tensor(a).to(_dtype(dtype)) if dtype is not None else as_tensor(a)
+    if axis is None and not keepdims:
+        return a.prod()
+    axes = range(a.ndim) if axis is None else (axis,) if isinstance(axis, int) else axis
+    for d in sorted((d % a.ndim for d in axes), reverse=True):
+        a = a.prod(d, keepdim=keepdims)
+    return a
+
+
+def _sort(name):
+    def sort(a, axis=-1, kind=None, order=None):
+        if order is not None:
+            raise TypeError(f"np.{name} on tensors: unsupported argument 'order'")
+        a, axis = _flat_unless(a, axis)
+        indices = a.argsort(axis)  # (always stable, as kind="stable")
+        return indices if name == "argsort" else a.gather(axis, indices)
+
+    return sort
+
+
+def _flip(m, axis=None):
+    m = as_tensor(m)
+    return m.flip(tuple(range(m.ndim)) if axis is None else axis)
+
+
+def _repeat(a, repeats, axis=None):
+    """NumPy's repeat (each element ``repeats`` times in a row), not PyTorch's (tiling)."""
+    a, axis = _flat_unless(a, axis)
+    axis %= a.ndim
+    source = np.repeat(np.arange(a.shape[axis]), repeats)
+    return a[(slice(None),) * axis + (wrap(source),)]
+
+
+def _pad(array, pad_width, mode="constant", constant_values=0):
+    """np.pad's constant, edge, reflect, symmetric and wrap modes: each padded axis reads
+    its source positions (np.pad of the positions themselves), constants where there are none."""
+    x = as_tensor(array)
+    if mode not in ("constant", "edge", "reflect", "symmetric", "wrap"):
+        raise TypeError(f"np.pad on tensors: mode {mode!r} is not supported")
+    if np.ndim(constant_values):
+        raise TypeError("np.pad on tensors: constant_values must be one number")
+    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (x.ndim, 2))
+    for axis, (before, after) in enumerate(widths):
+        if before or after:
+            extra = {"constant_values": -1} if mode == "constant" else {"mode": mode}
+            source = np.pad(np.arange(x.shape[axis]), (before, after), **extra)
+            picked = x[(slice(None),) * axis + (wrap(np.maximum(source, 0)),)]
+            inside = wrap((source >= 0).reshape((-1,) + (1,) * (x.ndim - axis - 1)))
+            x = fn.where(inside, picked, constant_values) if mode == "constant" else picked
+    return x
+
+
+def _section_bounds(n: int, sections, equal: bool) -> list[int]:
+    """Where np.split / np.array_split cut an axis of length ``n``."""
+    if not isinstance(sections, int):
+        return [0, *sections, n]
+    if equal and n % sections:
+        raise ShapeError(f"np.split: length {n} does not divide into {sections} equal sections")
+    each, extra = divmod(n, sections)
+    sizes = [each + 1] * extra + [each] * (sections - extra)
+    return [int(b) for b in np.cumsum([0, *sizes])]
+
+
+def _splitter(axis_of, equal=True):
+    def split(ary, indices_or_sections, axis=0):
+        ary = as_tensor(ary)
+        axis = axis_of(ary, axis)
+        bounds = _section_bounds(ary.shape[axis], indices_or_sections, equal)
+        lead = (slice(None),) * axis
+        return [ary[(*lead, slice(a, b))] for a, b in pairwise(bounds)]
+
+    return split
+
+
+def _grown_shape(shape, ndim):
+    """NumPy's atleast_2d/3d shapes: (n,) -> (1, n) and (1, n, 1); (m, n) -> (m, n, 1)."""
+    if not shape:
+        return (1,) * ndim
+    if len(shape) == 1:
+        return (1, *shape) if ndim == 2 else (1, *shape, 1)
+    return (*shape, 1)
+
+
+def _at_least(ndim):
+    def at_least(*arys):
+        grown = []
+        for a in map(as_tensor, arys):
+            grown.append(a if a.ndim >= ndim else a.reshape(_grown_shape(tuple(a.shape), ndim)))
+        return grown[0] if len(grown) == 1 else tuple(grown)
+
+    return at_least
+
+
+def _hstack(tup):
+    arrays = [_at_least(1)(a) for a in tup]
+    return fn.cat(arrays, 0 if arrays[0].ndim == 1 else 1)
+
+
+def _column_stack(tup):
+    columns = [as_tensor(a) for a in tup]
+    return fn.cat([c.reshape(-1, 1) if c.ndim < 2 else c for c in columns], 1)
+
+
+def _linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0):
+    if retstep:
+        raise TypeError("np.linspace on tensors: unsupported argument 'retstep'")
+    start, stop = promote_operands(start, stop, floating=True)
+    steps = np.arange(num) / max(num - 1 if endpoint else num, 1)
+    ndim = max(start.ndim, stop.ndim)
+    out = start + (stop - start) * wrap(steps.reshape((num,) + (1,) * ndim).astype(start.dtype.np))
+    out = out.movedim(0, axis) if axis else out
+    return out.astype(dtype) if dtype is not None else out
+
+
+def _norm(x, ord=None, axis=None, keepdims=False):
+    """np.linalg.norm: vector norms over one axis (or a flat vector), and the matrix norms
+    'fro', 1, -1, inf, -inf over two (2, -2 and 'nuc' need an SVD tracegrad lacks)."""
+    x = as_tensor(x)
+    if axis is None and (ord is None or x.ndim == 1):
+        return x.norm(2 if ord is None else ord, None, keepdims)
+    axes = tuple(range(x.ndim)) if axis is None else (axis,) if isinstance(axis, int) else axis
+    if len(axes) == 1:
+        return x.norm(2 if ord is None else ord, axes[0], keepdims)
+    return _matrix_norm(x, ord, *(a % x.ndim for a in axes), keepdims)
+
+
+def _matrix_norm(x, ord, rows, cols, keepdims):
+    if ord in (None, "fro"):
+        return x.norm("fro", (rows, cols), keepdims)
+    if ord not in (1, -1, np.inf, -np.inf):
+        raise TypeError(f"np.linalg.norm on tensors: matrix norm ord={ord!r} is not supported")
+    summed, across = (rows, cols) if ord in (1, -1) else (cols, rows)
+    sums = x.abs().sum(summed, keepdim=True)
+    out = sums.amax(across, keepdim=True) if ord > 0 else sums.amin(across, keepdim=True)
+    return out if keepdims else out.squeeze((rows, cols))
+
+
+def _select(condlist, choicelist, default=0):
+    """The first choice whose condition holds, else ``default``."""
+    out = default
+    for condition, choice in reversed(list(zip(condlist, choicelist, strict=True))):
+        out = fn.where(condition, choice, out)
+    return as_tensor(out)
+
+
+def _values(a):
+    return a.detach().numpy() if isinstance(a, Tensor) else a
+
+
+FUNCTIONS.update(
+    {
+        np.cumsum: _scan("cumsum"),
+        np.cumprod: _scan("cumprod"),
+        np.prod: _prod,
+        np.sort: _sort("sort"),
+        np.argsort: _sort("argsort"),
+        np.diag: lambda v, k=0: as_tensor(v).diag(k),
+        np.diagonal: lambda a, offset=0, axis1=0, axis2=1: as_tensor(a).diagonal(
+            offset, axis1, axis2
+        ),
+        np.trace: lambda a, offset=0, axis1=0, axis2=1: (
+            as_tensor(a).diagonal(offset, axis1, axis2).sum(-1)
+        ),
+        np.outer: lambda a, b: as_tensor(a).outer(b),
+        np.inner: lambda a, b: as_tensor(a).inner(b),
+        np.tensordot: lambda a, b, axes=2: tensordot(a, b, axes),
+        np.kron: lambda a, b: as_tensor(a).kron(b),
+        np.tril: lambda m, k=0: fn.tril(as_tensor(m), k),
+        np.triu: lambda m, k=0: fn.triu(as_tensor(m), k),
+        np.pad: _pad,
+        np.tile: lambda a, reps: as_tensor(a).tile(reps),
+        np.repeat: _repeat,
+        np.roll: lambda a, shift, axis=None: as_tensor(a).roll(shift, axis),
+        np.flip: _flip,
+        np.fliplr: lambda m: as_tensor(m).fliplr(),
+        np.flipud: lambda m: as_tensor(m).flipud(),
+        np.rot90: lambda m, k=1, axes=(0, 1): as_tensor(m).rot90(k, axes),
+        np.moveaxis: lambda a, source, destination: as_tensor(a).movedim(source, destination),
+        np.swapaxes: lambda a, axis1, axis2: as_tensor(a).swapaxes(axis1, axis2),
+        np.split: _splitter(lambda a, axis: axis),
+        np.array_split: _splitter(lambda a, axis: axis, equal=False),
+        np.hsplit: _splitter(lambda a, _: 1 if a.ndim > 1 else 0),
+        np.vsplit: _splitter(lambda a, _: 0),
+        np.dsplit: _splitter(lambda a, _: 2),
+        np.hstack: _hstack,
+        np.vstack: lambda tup: fn.cat([_at_least(2)(a) for a in tup], 0),
+        np.column_stack: _column_stack,
+        np.atleast_1d: _at_least(1),
+        np.atleast_2d: _at_least(2),
+        np.atleast_3d: _at_least(3),
+        np.linspace: _linspace,
+        np.diff: lambda a, n=1, axis=-1: as_tensor(a).diff(n, axis),
+        np.ravel: lambda a: as_tensor(a).ravel(),
+        np.linalg.norm: _norm,
+        np.select: _select,
+        np.nan_to_num: lambda x, copy=True, nan=0.0, posinf=None, neginf=None: as_tensor(
+            x
+        ).nan_to_num(nan, posinf, neginf),
+        np.allclose: lambda a, b, rtol=1e-05, atol=1e-08, equal_nan=False: bool(
+            np.allclose(_values(a), _values(b), rtol, atol, equal_nan)
+        ),
+        np.sinc: lambda x: as_tensor(x).sinc(),
+        np.einsum: lambda *args: fn.einsum(*args),
+    }
+)
 
 
 def _unsupported(args, message: str):

@@ -157,3 +157,23 @@ def test_parameters_match_eager(name, other):
         moved = np.abs(value - setup.init[key]).max()
         assert ours[key].shape == value.shape, key
         assert np.abs(ours[key] - value).max() <= 2e-2 * moved + 1e-7, key
+
+
+@pytest.mark.parametrize("layout", ["W1X", "W1F"])
+@pytest.mark.parametrize("impl", ["eager", "step", "handwritten"])
+def test_w1_layouts_train_exactly_as_w1(layout, impl):
+    """W1 written x @ W + b and with F.linear starts from W1's weights and sees its batches:
+    every implementation's losses and final weights (under nn.Linear's names) are W1's."""
+    runs = {}
+    for name in ("W1", layout):
+        setup = W.make_setup(W.get_workload(name))
+        impl_of = W.make_implementation(impl, setup)
+        losses = [impl_of.loss_value(impl_of.step(i)) for i in range(3)]
+        params = impl_of.parameters()  # (the hand-written step holds nn.Linear's already)
+        if impl != "handwritten":
+            params = setup.workload.linear_layout(params)
+        runs[name] = losses, params
+    (losses, params), (layout_losses, layout_params) = runs["W1"], runs[layout]
+    assert layout_losses == pytest.approx(losses, rel=1e-5)
+    for key, value in params.items():
+        np.testing.assert_allclose(layout_params[key], value, rtol=1e-4, atol=1e-6, err_msg=key)

@@ -204,6 +204,8 @@ ROWS_TABLE = [
     row("rpow", lambda x: 2.0**x, [P(3, 4)], "pow"),
     row("maximum", lambda x, y: tg.maximum(x, y), [PD(3, 4), XD(3, 4)], "maximum"),
     row("minimum", lambda x, y: tg.minimum(x, y), [PD(3, 4), XD(3, 4)], "minimum"),
+    row("atan2", lambda x, y: tg.atan2(x, y), [P(3, 4), POS(4, role="input")], "atan2"),
+    row("remainder", lambda x, y: x % y + 5.5 % y, [P(3, 4), POS(4, role="input")], "remainder"),
     # --- comparisons and logic select values through where ---
     row(
         "where_gt",
@@ -392,6 +394,15 @@ ROWS_TABLE = [
     ),
     row("amax_tie", lambda x: x.amax(1), [Arg("param", lambda rng: np.ones((2, 3)))], "amax"),
     row("logsumexp", lambda x: x.logsumexp(1), [P(3, 4)], ("amax", "exp", "log")),
+    row("cumsum", lambda x: x.cumsum(0) * x.cumsum(1, dtype=x.dtype), [P(3, 4)], "cumsum"),
+    row("cumprod", lambda x: x.cumprod(1) + x.cumprod(0), [P(3, 4)], "cumprod"),
+    row("prod", lambda x: x.prod(1) * x.prod(), [P(3, 4)], "prod"),
+    row(
+        "sort_topk",
+        lambda x: x.sort(1, descending=True).values * 2 + x.topk(3, dim=0).values.sum(0),
+        [PD(3, 4)],
+        ("argsort", "getitem"),
+    ),
     # --- shapes ---
     row("reshape_view", lambda x: x.reshape(4, 3) @ x.view(3, 4), [P(3, 4)], "reshape"),
     row(

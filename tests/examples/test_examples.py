@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-NAMES = ["mlp_digits", "cnn_digits", "char_transformer", "custom_function"]
+NAMES = ["mlp_digits", "cnn_digits", "char_transformer", "custom_function", "resnet_digits"]
 NAMES += ["char_lstm"]
 
 
@@ -92,6 +92,16 @@ def test_help(name):
         timeout=60,
     )
     assert done.returncode == 0 and "--quick" in done.stdout
+
+
+def test_resnet_digits():
+    out = run_example("resnet_digits")
+    first = figure(r"^epoch\s+1\s+loss (\d+\.\d+)", out)
+    last = figure(r"^epoch\s+4\s+loss (\d+\.\d+)", out)
+    assert last < first / 4  # about 1.65 -> 0.05 in 4 epochs
+    assert figure(r"^test accuracy: (\d+\.\d+)%", out) >= 90.0  # about 98% after 4 epochs
+    assert "compiled whole step" in out
+    assert figure(r"^recompiles: (\d+)", out) <= 1
 
 
 def test_char_lstm():

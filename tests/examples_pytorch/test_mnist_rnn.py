@@ -24,11 +24,9 @@ from harness import (
 
 import tracegrad as tg
 
-# The example's Dropout2d comes with the spatial layers, merged separately: until then the port
-# cannot run as written.
-pytestmark = pytest.mark.skipif(
-    not hasattr(tg.nn, "Dropout2d"), reason="nn.Dropout2d is not merged yet"
-)
+# The example hands Dropout2d a 2-D input (N, 64); both libraries warn that it is meant for 3-D
+# or 4-D inputs, and apply it elementwise.
+pytestmark = pytest.mark.filterwarnings("ignore:dropout2d")
 
 
 def net_class(lib):

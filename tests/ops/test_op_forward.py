@@ -87,6 +87,21 @@ UNARY = [
     ("pow_scalar_int", lambda x: x**3, lambda x: x * x * x, -2, 2),
     ("pow_scalar_neg", lambda x: x**-0.5, lambda x: 1 / np.sqrt(x), 0.1, 3),
     ("clone", lambda x: x.clone(), lambda x: x, -2, 2),
+    ("tan", lambda x: x.tan(), np.tan, -1.4, 1.4),
+    ("asin", lambda x: x.asin(), np.arcsin, -0.99, 0.99),
+    ("acos", lambda x: x.arccos(), np.arccos, -0.99, 0.99),
+    ("atan", lambda x: x.atan(), np.arctan, -4, 4),
+    ("sinh", lambda x: x.sinh(), np.sinh, -4, 4),
+    ("cosh", lambda x: x.cosh(), np.cosh, -4, 4),
+    ("asinh", lambda x: x.asinh(), np.arcsinh, -4, 4),
+    ("acosh", lambda x: x.acosh(), np.arccosh, 1, 5),
+    ("atanh", lambda x: x.arctanh(), np.arctanh, -0.99, 0.99),
+    ("expm1", lambda x: x.expm1(), np.expm1, -1e-3, 1e-3),
+    ("exp2", lambda x: x.exp2(), np.exp2, -4, 4),
+    ("log2", lambda x: x.log2(), np.log2, 0.1, 5),
+    ("log10", lambda x: x.log10(), np.log10, 0.1, 5),
+    ("floor", lambda x: x.floor(), np.floor, -3, 3),
+    ("ceil", lambda x: x.ceil(), np.ceil, -3, 3),
 ]
 
 
@@ -139,6 +154,8 @@ BINARY = [
     ("pow", operator.pow, np.power, "positive_base"),
     ("maximum", tg.maximum, np.maximum, None),
     ("minimum", tg.minimum, np.minimum, None),
+    ("atan2", tg.atan2, np.arctan2, None),
+    ("remainder", operator.mod, np.remainder, "nonzero"),
 ]
 BROADCAST_SHAPES = [
     ((2, 3), (2, 3)),
@@ -168,6 +185,7 @@ def test_integer_binary_ops():
         (tg.maximum(tx, ty), np.maximum(x, y)),
         (tg.minimum(tx, ty), np.minimum(x, y)),
         (tx ** tg.tensor([2, 3, 0]), x ** np.array([2, 3, 0])),
+        (tx % ty, x % y),
     ]:
         assert result.dtype == tg.int64
         np.testing.assert_array_equal(result.numpy(), expected)
@@ -1060,8 +1078,41 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         *(_f((), dt, 0.5, 1.0, seed=s) for s in (3, 4)),
         _hyper(1e-8),
     ),
+    "cumsum": lambda dt: (_f((2, 3), dt).cumsum(1), _f((4,), dt).cumsum(0)),
+    "cumprod": lambda dt: (_f((2, 3), dt).cumprod(0), _f((3, 1, 2), dt).cumprod(-1)),
+    "argsort": lambda dt: (_f((2, 3), dt).argsort(), _f((4, 2), dt).sort(0, descending=True)),
+    "prod": lambda dt: (
+        _f((2, 3), dt).prod(1),
+        _f((2, 3), dt).prod(0, keepdim=True),
+        _f((), dt).prod(),
+    ),
+    **{
+        name: _method_call(name)
+        for name in (
+            "tan",
+            "asin",
+            "acos",
+            "atan",
+            "sinh",
+            "cosh",
+            "asinh",
+            "acosh",
+            "atanh",
+            "expm1",
+            "exp2",
+            "log2",
+            "log10",
+            "floor",
+            "ceil",
+        )
+    },
 }
 INTEGER_OK = {
+    "remainder",
+    "prod",
+    "cumsum",
+    "cumprod",
+    "argsort",
     "neg",
     "relu",
     "abs",

@@ -69,6 +69,20 @@ def distinct(rng, shape):
     return spaced.reshape(shape)
 
 
+def with_zeros(rng, shape):
+    """Standard normals with about a third of them exactly 0."""
+    return rng.standard_normal(shape) * (rng.random(shape) > 0.35)
+
+
+def near_thirds(rng, shape):
+    """Integers and 0.3, for ``around_three``: x / y stays away from the integers."""
+    return rng.integers(-3, 4, shape) + 0.3
+
+
+def around_three(rng, shape):
+    return rng.uniform(2.9, 3.1, shape)
+
+
 def integral(rng, shape):
     return rng.integers(-3, 4, shape).astype(np.float64)
 
@@ -231,6 +245,11 @@ CASES = [
         (integral, half_integral),
         smooth=False,
     ),
+    Case("atan2", ("atan2",), lambda x, y: tg.atan2(x, y), BINARY, (normal, away_from(0, gap=0.5))),
+    # x / y stays 0.06 or more from an integer, where remainder jumps
+    Case(
+        "remainder", ("remainder",), lambda x, y: x % y, BINARY, (near_thirds, around_three), False
+    ),
     Case("where", ("where",), lambda c, x, y: tg.where(c, x, y), WHERE, (mask,)),
     # cast's gradient is a cast back; float32 rounding needs a coarser step than 1e-6
     Case(
@@ -258,6 +277,13 @@ CASES = [
         (((2, 3),), ((2, 3, 4),)),
     ),
     Case("mean", ("sum", "mul"), lambda x: x.mean(-1), MATRIX),
+    # scans along a dim; cumprod also at zeros, where x_i divides nothing
+    Case("cumsum", ("cumsum",), lambda x: x.cumsum(-1) * x.cumsum(0), MATRIX),
+    Case("cumprod", ("cumprod",), lambda x: x.cumprod(1), MATRIX),
+    Case("cumprod_zeros", ("cumprod",), lambda x: x.cumprod(0), MATRIX, (with_zeros,)),
+    Case("prod_dim", ("prod",), lambda x: x.prod(1), MATRIX),
+    Case("prod_all", ("prod",), lambda x: x.prod(), UNARY),
+    Case("prod_zeros", ("prod",), lambda x: x.prod(0, keepdim=True), MATRIX, (with_zeros,)),
     Case("mean_all", ("sum", "mul"), lambda x: x.mean(), UNARY),
     Case("var", ("sub", "mul", "sum"), lambda x: x.var(1), MATRIX),
     Case(

@@ -232,3 +232,25 @@ def test_a_group_replaced_by_an_equal_dict_is_read_in_its_place():
         assert np.array_equal(compiled(), eager())
         assert_identical(compiled, eager, f"step {i}")
     assert len(compiled.step.specializations) == 2
+
+
+@pytest.mark.parametrize(
+    "make_scheduler",
+    [
+        lambda opt: optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+        lambda opt: optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=20),
+        lambda opt: optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5),
+    ],
+)
+def test_a_scheduler_created_after_the_step_compiled_recompiles_nothing(make_scheduler):
+    eager, compiled = Run(OPTIMIZERS["sgd-momentum"], False), Run(OPTIMIZERS["sgd-momentum"], True)
+    for run in (eager, compiled):
+        run()
+        run()
+    schedulers = [make_scheduler(run.opt) for run in (eager, compiled)]
+    for i in range(6):
+        assert np.array_equal(compiled(), eager())
+        assert_identical(compiled, eager, f"step {i}")
+        for scheduler in schedulers:
+            scheduler.step()
+    assert len(compiled.step.specializations) == 2  # the first call's and the steady one

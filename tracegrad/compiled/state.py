@@ -304,11 +304,13 @@ def _optimizer_guards(name: str, opt, stepped: bool) -> list[tuple[str, object]]
 def optimizer_groups(opt) -> tuple:
     """What the traced update depends on in each parameter group: of a number it reads as an
     input (``opt.numbers``), only that it is one, and for those ``opt.zero_tested`` whether
-    it is 0; any other setting by its value."""
+    it is 0; any other setting by its value (not the entries schedulers keep for themselves,
+    ``opt.schedule_keys``)."""
     numbers = getattr(opt, "numbers", ())
     zero_tested = getattr(opt, "zero_tested", ())
+    unread = {"params", *getattr(opt, "schedule_keys", ())}
     return tuple(
-        tuple((k, _setting(k, v, numbers, zero_tested)) for k, v in g.items() if k != "params")
+        tuple((k, _setting(k, v, numbers, zero_tested)) for k, v in g.items() if k not in unread)
         for g in opt.param_groups
     )
 

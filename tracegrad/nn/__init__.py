@@ -53,6 +53,21 @@ from tracegrad.nn.layers import (
 from tracegrad.nn.module import Module
 from tracegrad.nn.parameter import Parameter
 from tracegrad.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
+from tracegrad.nn.spatial import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    ConstantPad2d,
+    Conv1d,
+    ConvTranspose2d,
+    CosineEmbeddingLoss,
+    Dropout2d,
+    PixelShuffle,
+    ReflectionPad2d,
+    ReplicationPad2d,
+    TripletMarginLoss,
+    Upsample,
+    ZeroPad2d,
+)
 
 __all__ = [
     "BCELoss",
@@ -117,4 +132,18 @@ __all__ = [
     "TransformerDecoderLayer",
     "TransformerEncoder",
     "TransformerEncoderLayer",
+    # spatial layers and embedding losses
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "ConstantPad2d",
+    "Conv1d",
+    "ConvTranspose2d",
+    "CosineEmbeddingLoss",
+    "Dropout2d",
+    "PixelShuffle",
+    "ReflectionPad2d",
+    "ReplicationPad2d",
+    "TripletMarginLoss",
+    "Upsample",
+    "ZeroPad2d",
 ]

@@ -6,11 +6,13 @@ import contextlib
 import math
 import warnings
 
+import numpy as np
+
 from tracegrad import dtypes
-from tracegrad.creation import arange
+from tracegrad.creation import arange, full
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
 from tracegrad.tape import no_grad
-from tracegrad.tensor import Tensor, as_tensor, call, where
+from tracegrad.tensor import Tensor, as_tensor, call, cat, tensor, where
 
 
 def _pair(value) -> tuple[int, int]:
@@ -995,3 +997,498 @@ def _broadcasts_to(shape: tuple, target: tuple) -> bool:
     if len(shape) > len(target):
         return False
     return all(n in (1, m) for n, m in zip(reversed(shape), reversed(target), strict=False))
+
+
+# --- convolution, pooling, padding and resampling: compositions of windows, matmuls and gathers --
+
+
+def _single(value) -> int:
+    return value if isinstance(value, int) else value[0]
+
+
+def _spatial_error(function: str, message: str, input: Tensor):
+    return ShapeError(
+        at_user_line(f"{function}: {message}, got input of shape {tuple(input.shape)}")
+    )
+
+
+def conv1d(
+    input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, dilation=1, groups: int = 1
+) -> Tensor:
+    """1-D convolution of (N, C, L) or (C, L): conv2d over a height of 1."""
+    if (
+        input.ndim not in (2, 3)
+        or weight.ndim != 3
+        or input.shape[-2] != weight.shape[1] * groups
+        or weight.shape[0] % groups
+    ):
+        raise ShapeError(
+            at_user_line(
+                f"conv1d: expected an input (N, C, L) or (C, L) and a weight (out_channels, "
+                f"C / groups, kernel) with groups={groups}, got shapes {tuple(input.shape)} "
+                f"and {tuple(weight.shape)}"
+            )
+        )
+    padding = padding if isinstance(padding, str) else (0, _single(padding))
+    out = conv2d(
+        input.unsqueeze(-2),
+        weight.unsqueeze(-2),
+        bias,
+        (1, _single(stride)),
+        padding,
+        (1, _single(dilation)),
+        groups,
+    )
+    return out.squeeze(-2)
+
+
+def conv_transpose2d(
+    input: Tensor,
+    weight: Tensor,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups: int = 1,
+    dilation=1,
+) -> Tensor:
+    """The gradient of conv2d with respect to its input: each input pixel times the kernel
+    (one matmul per group), the windows added into the output (fold). ``weight`` is
+    (in_channels, out_channels / groups, kH, kW)."""
+    if input.ndim == 3:
+        args = (stride, padding, output_padding, groups, dilation)
+        return conv_transpose2d(input.unsqueeze(0), weight, bias, *args)[0]
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    output_padding = _pair(output_padding)
+    group_in, group_out, kh, kw = _check_conv_transpose(input, weight, groups)
+    n, _, h, w = input.shape
+    full = _transposed_size((h, w), (kh, kw), stride, dilation)
+    size = tuple(f - 2 * p + o for f, p, o in zip(full, padding, output_padding, strict=True))
+    _check_output_padding(output_padding, stride, dilation, size, input)
+    x = input.reshape(n, groups, group_in, h * w)
+    kernels = weight.reshape(groups, group_in, group_out * kh * kw).transpose(1, 2)
+    cols = (kernels @ x).reshape(n, groups * group_out, kh, kw, h, w).permute(0, 1, 4, 5, 2, 3)
+    windows = {"kernel": (kh, kw), "stride": stride, "dilation": dilation}
+    if output_padding == (0, 0):  # the padding crops both sides evenly: fold does it
+        out = call("fold", cols, size=size, padding=padding, **windows)
+    else:  # crop the full result unevenly: (a negative pad crops)
+        out = call("fold", cols, size=full, padding=(0, 0), **windows)
+        (ph, pw), (oh, ow) = padding, output_padding
+        out = pad(out, (-pw, ow - pw, -ph, oh - ph))
+    return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
+
+
+def _transposed_size(size, kernel, stride, dilation) -> tuple[int, ...]:
+    """The extent every window of a transposed convolution covers, before padding."""
+    return tuple(
+        (i - 1) * s + d * (k - 1) + 1 for i, k, s, d in zip(size, kernel, stride, dilation)
+    )
+
+
+def _check_conv_transpose(input: Tensor, weight: Tensor, groups: int):
+    if input.ndim != 4 or weight.ndim != 4:
+        raise ShapeError(
+            at_user_line(
+                f"conv_transpose2d: expected a 4-D input (N, C, H, W) and 4-D weight, got "
+                f"shapes {tuple(input.shape)} and {tuple(weight.shape)}"
+            )
+        )
+    in_channels, group_out, kh, kw = weight.shape
+    if input.shape[1] != in_channels or in_channels % groups:
+        raise ShapeError(
+            at_user_line(
+                f"conv_transpose2d: input of shape {tuple(input.shape)} has {input.shape[1]} "
+                f"channels, but weight of shape {tuple(weight.shape)} with groups={groups} "
+                f"expects {in_channels} (a multiple of groups)"
+            )
+        )
+    return in_channels // groups, group_out, kh, kw
+
+
+def _check_output_padding(output_padding, stride, dilation, size, input) -> None:
+    for o, s, d in zip(output_padding, stride, dilation, strict=True):
+        if not (o < s or o < d):
+            raise ValueError(
+                at_user_line(
+                    f"conv_transpose2d: output_padding {output_padding} must be smaller than "
+                    f"either stride {stride} or dilation {dilation}"
+                )
+            )
+    if min(size) < 1:
+        raise _spatial_error("conv_transpose2d", f"the output size {size} is too small", input)
+
+
+def _batched(function, input: Tensor, spatial: int) -> tuple[Tensor, bool]:
+    """``input`` with a batch dim (added if it has only channel and ``spatial`` dims), and
+    whether one was added."""
+    if input.ndim not in (spatial + 1, spatial + 2):
+        raise _spatial_error(
+            function, f"expected a {spatial + 1}-D or {spatial + 2}-D input", input
+        )
+    unbatched = input.ndim == spatial + 1
+    return (input.unsqueeze(0) if unbatched else input), unbatched
+
+
+def avg_pool2d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override=None,
+) -> Tensor:
+    """Mean over windows: the windows of the input padded with zeros, summed, divided by the
+    window size (or by the count of unpadded elements, or by ``divisor_override``)."""
+    if ceil_mode:
+        raise NotImplementedError("avg_pool2d: ceil_mode is not supported")
+    x, unbatched = _batched("avg_pool2d", input, 2)
+    kernel = _pair(kernel_size)
+    stride = _pair(stride) if stride is not None else kernel
+    padding = _pair(padding)
+    if any(p > k // 2 for p, k in zip(padding, kernel, strict=True)):
+        raise ValueError(f"avg_pool2d: padding {padding} must be at most half the kernel {kernel}")
+    windows = call(
+        "unfold", x, kernel=kernel, stride=stride, padding=padding, dilation=(1, 1), pad_value=0.0
+    )
+    total = windows.sum((4, 5))
+    if divisor_override is not None:
+        out = total / divisor_override
+    elif count_include_pad or padding == (0, 0):
+        out = total / (kernel[0] * kernel[1])
+    else:
+        counts = [_window_counts(*args) for args in zip(x.shape[2:], kernel, stride, padding)]
+        out = total / tensor(np.outer(*counts).astype(x.dtype.np))
+    return out[0] if unbatched else out
+
+
+def _window_counts(size, kernel, stride, padding) -> np.ndarray:
+    """How many elements of the unpadded input each window along one dim holds."""
+    starts = np.arange((size + 2 * padding - kernel) // stride + 1) * stride - padding
+    return np.minimum(starts + kernel, size) - np.maximum(starts, 0)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """Mean over PyTorch's adaptive bins: output i along a dim of size n averages
+    [floor(i n / out), ceil((i + 1) n / out)). Bins that tile the input are a reshape and a
+    mean; others (overlapping or uneven) are a matmul with the averaging matrix per dim."""
+    x, unbatched = _batched("adaptive_avg_pool2d", input, 2)
+    n, c, h, w = x.shape
+    sizes = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    oh, ow = (s if s is not None else d for s, d in zip(sizes, (h, w), strict=True))
+    if min(oh, ow) < 1:
+        raise _spatial_error("adaptive_avg_pool2d", f"output_size {sizes} must be positive", x)
+    if h % oh == 0 and w % ow == 0:
+        out = x.reshape(n, c, oh, h // oh, ow, w // ow).mean((3, 5))
+    else:
+        out = _matrix_along(_matrix_along(x, 2, _bin_means(h, oh)), 3, _bin_means(w, ow))
+    return out[0] if unbatched else out
+
+
+def _bin_means(size: int, out: int) -> np.ndarray:
+    """The (out, size) matrix whose row i averages adaptive bin i."""
+    index = np.arange(out)
+    starts, ends = index * size // out, -(-(index + 1) * size // out)
+    inside = (np.arange(size) >= starts[:, None]) & (np.arange(size) < ends[:, None])
+    return inside / (ends - starts)[:, None]
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False):
+    """Zero whole channels (dim 1) with probability ``p``, scaling the rest by 1 / (1 - p).
+    As in PyTorch, a 3-D input is read as (N, C, L)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if input.ndim < 2:
+        raise _spatial_error("dropout2d", "expected an input with a channel dim (N, C, ...)", input)
+    if input.ndim not in (3, 4):
+        warnings.warn(
+            f"dropout2d: Received a {input.ndim}-D input to dropout2d; it exists for 3-D or "
+            "4-D inputs (use dropout instead)",
+            stacklevel=2,
+        )
+    if input.ndim == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D "
+            "dropout behavior is desired - input is interpreted as shape (N, C, L)",
+            stacklevel=2,
+        )
+    if not training or p == 0.0:
+        return input
+    shape = (*input.shape[:2], *[1] * (input.ndim - 2))
+    mask = call("dropout_mask", shape=shape, p=float(p), dtype=input.dtype.name)
+    return input * mask
+
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def pad(input: Tensor, pad, mode: str = "constant", value=None) -> Tensor:
+    """Pad (or, with negative sizes, crop) the last len(pad) // 2 dims; ``pad`` lists
+    (before, after) pairs from the last dim backwards, as in PyTorch."""
+    pairs = _pad_pairs(input, pad, mode)
+    out = input
+    for dim, (before, after) in pairs:
+        start, stop = max(-before, 0), out.shape[dim] - max(-after, 0)
+        out = out.narrow(dim, start, stop - start)  # negative sizes crop first
+        fill = 0.0 if value is None else value
+        pieces = [_pad_edge(out, dim, before, mode, fill, leading=True), out]
+        pieces.append(_pad_edge(out, dim, after, mode, fill, leading=False))
+        out = cat([piece for piece in pieces if piece is not None], dim)
+    return out
+
+
+def _pad_pairs(input: Tensor, pad, mode) -> list[tuple[int, tuple[int, int]]]:
+    """(dim, (before, after)) for each padded dim, after checking them."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad: mode must be one of {PAD_MODES}, got {mode!r}")
+    pad, dims = tuple(pad), len(pad) // 2
+    if len(pad) % 2 or dims > input.ndim:
+        raise ValueError(
+            at_user_line(
+                f"pad: padding {pad} must hold (before, after) pairs for at most the "
+                f"{input.ndim} dims of input of shape {tuple(input.shape)}"
+            )
+        )
+    if mode != "constant" and input.ndim not in (dims + 1, dims + 2):
+        raise _spatial_error(
+            "pad",
+            f"{mode} padding of {dims} dims needs a {dims + 1}-D or {dims + 2}-D input",
+            input,
+        )
+    pairs = [(input.ndim - 1 - i, pad[2 * i : 2 * i + 2]) for i in range(dims)]
+    for dim, (before, after) in pairs:
+        size = input.shape[dim] + min(before, 0) + min(after, 0)  # after cropping
+        if size + max(before, 0) + max(after, 0) < 0 or (mode != "constant" and size <= 0):
+            raise _spatial_error("pad", f"padding {pad} leaves nothing of dim {dim}", input)
+        limit = size - 1 if mode == "reflect" else size
+        if mode in ("reflect", "circular") and max(before, after) > limit:
+            raise _spatial_error(
+                "pad", f"{mode} padding {pad} must be at most {limit} for dim {dim}", input
+            )
+    return pairs
+
+
+def _pad_edge(x: Tensor, dim: int, size: int, mode: str, value, leading: bool):
+    """What padding adds on one side of ``dim`` (None for nothing), made of slices of x, not
+    gathers (whose gradient is a slow scatter): a block of ``value``; the positions next to
+    the edge, mirrored (reflect); the edge repeated (replicate); the other end (circular)."""
+    if size <= 0:
+        return None
+    length = x.shape[dim]
+    if mode == "constant":
+        shape = list(x.shape)
+        shape[dim] = size
+        return full(tuple(shape), value, dtype=x.dtype)
+    if mode == "reflect":
+        return x.narrow(dim, 1 if leading else length - 1 - size, size).flip(dim)
+    if mode == "replicate":
+        edge = x.narrow(dim, 0 if leading else length - 1, 1)
+        return edge.expand(*x.shape[:dim], size, *x.shape[dim + 1 :])
+    return x.narrow(dim, length - size if leading else 0, size)  # circular
+
+
+INTERPOLATE_MODES = {"nearest": None, "linear": 1, "bilinear": 2}
+
+
+def interpolate(
+    input: Tensor,
+    size=None,
+    scale_factor=None,
+    mode: str = "nearest",
+    align_corners=None,
+    recompute_scale_factor=None,
+    antialias: bool = False,
+) -> Tensor:
+    """Resample the spatial dims (after N and C), one dim at a time: nearest picks a source
+    index, linear blends the two neighbours; indices and weights follow PyTorch's."""
+    spatial = _interpolate_spatial(input, mode, align_corners, antialias)
+    sizes, scales = _interpolate_sizes(input, spatial, size, scale_factor, recompute_scale_factor)
+    out = input
+    for i, (out_size, scale) in enumerate(zip(sizes, scales, strict=True)):
+        dim, in_size = 2 + i, input.shape[2 + i]
+        if mode == "nearest":
+            out = _pick_along(out, dim, _nearest_index(in_size, out_size, scale))
+        else:
+            out = _linear_along(out, dim, in_size, out_size, scale, bool(align_corners))
+    return out
+
+
+def _interpolate_spatial(input: Tensor, mode, align_corners, antialias) -> int:
+    if mode not in INTERPOLATE_MODES:
+        raise NotImplementedError(
+            f"interpolate: mode {mode!r} is not supported (use one of {list(INTERPOLATE_MODES)})"
+        )
+    if antialias:
+        raise NotImplementedError("interpolate: antialias is not supported")
+    if mode == "nearest" and align_corners is not None:
+        raise ValueError(
+            "align_corners option can only be set with the interpolating modes: linear | "
+            "bilinear | bicubic | trilinear"
+        )
+    spatial = input.ndim - 2
+    if spatial < 1 or INTERPOLATE_MODES[mode] not in (None, spatial):
+        raise _spatial_error("interpolate", f"mode {mode!r} does not fit the input", input)
+    return spatial
+
+
+def _interpolate_sizes(input, spatial, size, scale_factor, recompute_scale_factor):
+    """Output sizes, and the scales (source per output step) PyTorch derives from
+    ``scale_factor`` (None where the sizes set them)."""
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: exactly one of size or scale_factor should be defined")
+    given = size if size is not None else scale_factor
+    given = tuple(given) if isinstance(given, (tuple, list)) else (given,) * spatial
+    if len(given) != spatial:
+        raise _spatial_error(
+            "interpolate", f"size or scale_factor {given} must have {spatial} entries", input
+        )
+    in_sizes = input.shape[2:]
+    if size is not None:
+        sizes, scales = tuple(int(s) for s in given), (None,) * spatial
+    else:
+        sizes = tuple(math.floor(n * s) for n, s in zip(in_sizes, given, strict=True))
+        scales = (None,) * spatial if recompute_scale_factor else given
+    if min(sizes) < 1:
+        raise _spatial_error("interpolate", f"the output size {sizes} must be positive", input)
+    return sizes, scales
+
+
+def _nearest_index(in_size: int, out_size: int, scale_factor) -> np.ndarray:
+    """floor(dst * scale), in float32 as PyTorch computes it."""
+    scale = np.float32(1.0 / scale_factor if scale_factor else in_size / out_size)
+    source = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(source, in_size - 1)
+
+
+def _pick_along(x: Tensor, dim: int, index: np.ndarray) -> Tensor:
+    """x.index_select(dim, index); an index repeating each position r times in order is a
+    broadcast instead, whose gradient is a sum (a gather's is a slower scatter)."""
+    repeats = len(index) // x.shape[dim]
+    if repeats < 1 or not np.array_equal(index, np.arange(len(index)) // repeats):
+        return x.index_select(dim, tensor(index))
+    shape = list(x.shape)
+    spread = x.unsqueeze(dim + 1).expand(*shape[: dim + 1], repeats, *shape[dim + 1 :])
+    shape[dim] *= repeats
+    return spread.reshape(shape)
+
+
+def _linear_along(x: Tensor, dim, in_size, out_size, scale_factor, align_corners) -> Tensor:
+    """Linear interpolation along ``dim``: a matmul with the (out, in) matrix whose row i
+    weighs the two source positions around PyTorch's source coordinate of output i (BLAS
+    beats two gathers, and their gradients' scatters, at the sizes images have)."""
+    dst = np.arange(out_size, dtype=np.float64)
+    if align_corners:
+        source = dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+    else:
+        scale = 1.0 / scale_factor if scale_factor else in_size / out_size
+        source = np.maximum(scale * (dst + 0.5) - 0.5, 0.0)
+    lo = np.minimum(source.astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    weights = np.zeros((out_size, in_size))
+    np.add.at(weights, (np.arange(out_size), lo), 1.0 - (source - lo))
+    np.add.at(weights, (np.arange(out_size), hi), source - lo)
+    return _matrix_along(x, dim, weights)
+
+
+def _matrix_along(x: Tensor, dim: int, matrix: np.ndarray) -> Tensor:
+    """Each line of x along ``dim`` (one of the last two) times the (out, in) ``matrix``."""
+    matrix = tensor(matrix.astype(x.dtype.np))
+    return x @ matrix.T if dim == x.ndim - 1 else matrix @ x
+
+
+def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:
+    """(*, C r^2, H, W) -> (*, C, H r, W r): each group of r^2 channels becomes an r x r
+    block of pixels."""
+    r = upscale_factor
+    if input.ndim < 3 or input.shape[-3] % (r * r):
+        raise _spatial_error(
+            "pixel_shuffle",
+            f"expected at least 3 dims and channels divisible by upscale_factor^2 = {r * r}",
+            input,
+        )
+    *batch, c, h, w = input.shape
+    blocks = input.reshape(*batch, c // (r * r), r, r, h, w)
+    lead = len(batch)
+    order = (*range(lead), lead, lead + 3, lead + 1, lead + 4, lead + 2)
+    return blocks.permute(*order).reshape(*batch, c // (r * r), h * r, w * r)
+
+
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12, out=None):
+    """input / max(||input||_p over ``dim``, eps)."""
+    if out is not None:
+        raise NotImplementedError("normalize: out= is not supported")
+    return input / input.norm(p, dim, keepdim=True).clamp(min=eps)
+
+
+def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6, keepdim=False):
+    """||x1 - x2 + eps||_p over the last dim."""
+    return (x1 - x2 + eps).norm(p, -1, keepdim)
+
+
+def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+    """PyTorch's reading of the deprecated size_average and reduce arguments."""
+    if size_average is None and reduce is None:
+        return reduction
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+def cosine_embedding_loss(
+    input1: Tensor,
+    input2: Tensor,
+    target: Tensor,
+    margin: float = 0.0,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
+    """1 - cos(x1, x2) where target is 1, max(0, cos(x1, x2) - margin) where it is -1."""
+    target = as_tensor(target)
+    if target.ndim > 1 or input1.ndim != target.ndim + 1 or input2.shape != input1.shape:
+        raise ShapeError(
+            at_user_line(
+                f"cosine_embedding_loss: a {target.ndim}-D target of shape "
+                f"{tuple(target.shape)} needs two {target.ndim + 1}-D inputs of one shape, "
+                f"got {tuple(input1.shape)} and {tuple(input2.shape)}"
+            )
+        )
+    dim = target.ndim
+    tiny = 1e-12  # PyTorch's EPSILON, kept off zero vectors
+    squares = ((input1 * input1).sum(dim) + tiny) * ((input2 * input2).sum(dim) + tiny)
+    cos = (input1 * input2).sum(dim) / squares.sqrt()
+    loss = where(target == 1, 1.0 - cos, 0.0) + where(
+        target == -1, (cos - margin).clamp(min=0.0), 0.0
+    )
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def triplet_margin_loss(
+    anchor: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float = 1.0,
+    p: float = 2,
+    eps: float = 1e-6,
+    swap: bool = False,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
+    """max(d(a, p) - d(a, n) + margin, 0) with d the pairwise p-norm distance; ``swap``
+    uses d(p, n) when it is smaller than d(a, n)."""
+    shapes = {tuple(t.shape) for t in (anchor, positive, negative)}
+    if len(shapes) > 1 or anchor.ndim not in (1, 2):
+        raise ShapeError(
+            at_user_line(
+                f"triplet_margin_loss: anchor, positive and negative must be 1-D or 2-D of "
+                f"one shape, got {tuple(anchor.shape)}, {tuple(positive.shape)} and "
+                f"{tuple(negative.shape)}"
+            )
+        )
+    to_positive = pairwise_distance(anchor, positive, p, eps)
+    to_negative = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        to_negative = to_negative.minimum(pairwise_distance(positive, negative, p, eps))
+    loss = (to_positive - to_negative + margin).clamp(min=0.0)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))

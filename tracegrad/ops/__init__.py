@@ -1,9 +1,10 @@
 """The op registry. Importing this package declares every primitive (one file per family).
 
-Families: ``elementwise`` (unary math, binary arithmetic, comparisons, where, cast), ``reduce``,
-``shape`` (views, cat), ``index`` (getitem, scatter_add, one_hot), ``linalg`` (matmul, einsum),
-``nn`` (windows, softmax, losses, layer_norm), ``random``, ``optim`` (fused optimizer updates)
-and ``fused`` (one-kernel gradients and the pieces a training step splits ops into).
+Families: ``elementwise`` (unary math, binary arithmetic, comparisons, where, cast), ``reduce``
+(and the scans, sorts and prod along a dim), ``shape`` (views, cat), ``index`` (getitem,
+scatter_add, one_hot), ``linalg`` (matmul, einsum), ``nn`` (windows, softmax, losses,
+layer_norm), ``random``, ``optim`` (fused optimizer updates) and ``fused`` (one-kernel
+gradients and the pieces a training step splits ops into).
 ``registry`` holds the ``Op`` entry and the property names passes ask (``ops_with(PROP)``);
 ``runtime`` what the NumPy kernels of several families share; ``kernels`` gathers the kernels
 under the names generated code calls (``rt.<name>``).

@@ -422,3 +422,60 @@ register(
     props={ELEMENTWISE, CHEAP},
     out="rt.copy_into({0}, {out})",
 )
+
+
+# --- more unary math (NumPy's ufuncs and PyTorch's methods of the same names) ---------------
+# Inputs kept inside each domain: (-1, 1) for asin/acos/atanh, > 1 for acosh, tan off its poles.
+INSIDE_ONE = Sample(low=-0.9, high=0.9)
+LN2, LN10 = math.log(2.0), math.log(10.0)
+
+unary("tan", np.tan, lambda c, g: g * (1.0 + c.out * c.out), "np.tan({0})", saves=("out",),
+      samples=(Sample(low=-1.2, high=1.2),))  # fmt: skip
+unary("asin", np.arcsin, lambda c, g: g / call("sqrt", 1.0 - c.x * c.x), "np.arcsin({0})",
+      saves=("x",), samples=(INSIDE_ONE,))  # fmt: skip
+unary("acos", np.arccos, lambda c, g: -g / call("sqrt", 1.0 - c.x * c.x), "np.arccos({0})",
+      saves=("x",), samples=(INSIDE_ONE,))  # fmt: skip
+unary("atan", np.arctan, lambda c, g: g / (1.0 + c.x * c.x), "np.arctan({0})", saves=("x",))
+unary("sinh", np.sinh, lambda c, g: g * call("cosh", c.x), "np.sinh({0})", saves=("x",))
+unary("cosh", np.cosh, lambda c, g: g * call("sinh", c.x), "np.cosh({0})", saves=("x",),
+      props={NON_NEGATIVE})  # fmt: skip
+unary("asinh", np.arcsinh, lambda c, g: g / call("sqrt", c.x * c.x + 1.0), "np.arcsinh({0})",
+      saves=("x",))  # fmt: skip
+unary("acosh", np.arccosh, lambda c, g: g / call("sqrt", c.x * c.x - 1.0), "np.arccosh({0})",
+      saves=("x",), samples=(Sample(low=1.2, high=3.0),))  # fmt: skip
+unary("atanh", np.arctanh, lambda c, g: g / (1.0 - c.x * c.x), "np.arctanh({0})", saves=("x",),
+      samples=(INSIDE_ONE,))  # fmt: skip
+unary("expm1", np.expm1, lambda c, g: g * (c.out + 1.0), "np.expm1({0})", saves=("out",))
+unary("exp2", np.exp2, lambda c, g: g * c.out * LN2, "np.exp2({0})", saves=("out",),
+      props={NON_NEGATIVE})  # fmt: skip
+unary("log2", np.log2, lambda c, g: g / (c.x * LN2), "np.log2({0})", saves=("x",),
+      samples=(POSITIVE,))  # fmt: skip
+unary("log10", np.log10, lambda c, g: g / (c.x * LN10), "np.log10({0})", saves=("x",),
+      samples=(POSITIVE,))  # fmt: skip
+# floor and ceil are flat between integers: a zero gradient, as in PyTorch.
+STEPS = Sample(kinks=(-2.0, -1.0, 0.0, 1.0, 2.0), gap=0.1, smooth=False)
+unary("floor", np.floor, lambda c, g: g * 0.0, "np.floor({0})", samples=(STEPS,))
+unary("ceil", np.ceil, lambda c, g: g * 0.0, "np.ceil({0})", samples=(STEPS,))
+
+
+def _atan2_scale(c):
+    return 1.0 / (c.x * c.x + c.y * c.y)
+
+
+# atan2(x, y) = the angle of the point (y, x), atan(x / y) in the right quadrant (PyTorch's
+# atan2(input, other), NumPy's arctan2(x1, x2)): d/dx = y / r^2, d/dy = -x / r^2.
+binary(
+    "atan2",
+    np.arctan2,
+    (lambda c, g: g * c.y * _atan2_scale(c), lambda c, g: -g * c.x * _atan2_scale(c)),
+    "np.arctan2({0}, {1})",
+    saves=("x", "y"),
+)
+# remainder(x, y) = x - floor(x / y) * y, the sign of y's (Python's %, NumPy's remainder).
+binary(
+    "remainder",
+    np.remainder,
+    (lambda c, g: g, lambda c, g: -g * call("floor", c.x / c.y)),
+    "np.remainder({0}, {1})",
+    saves={"y": ("x", "y")},
+)

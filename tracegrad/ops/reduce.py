@@ -1,4 +1,6 @@
-"""Reductions over dims. Attributes hold normalized dims (sorted, non-negative) and keepdim."""
+"""Reductions over dims (attributes: normalized dims, sorted and non-negative, and keepdim),
+and the ops along one dim (attribute ``dim``): the scans ``cumsum``/``cumprod``, the stable
+``argsort`` sorts and topk are made of, and ``prod``."""
 
 from __future__ import annotations
 
@@ -192,5 +194,136 @@ register(
     (lambda c, g: call("broadcast_to", g, shape=c.x.shape),),
     "rt.sum_to({0}, {shape})",
     out="rt.sum_to({0}, {shape}, out={out})",
+    props={REDUCE},
+)
+
+
+# --- scans and sorts along one dim (attribute ``dim``, non-negative; inputs of >= 1 dim) ---
+
+
+def _along_dim_infer(name, out_dtype=None):
+    def infer(x: TensorType, dim, **_) -> TensorType:
+        if x.ndim == 0:
+            raise rules.ShapeError(f"{name}: expected a tensor of at least 1 dim, got shape ()")
+        rules.normalize_dim(name, dim, x.ndim)
+        return TensorType(x.shape, out_dtype or x.dtype)
+
+    return infer
+
+
+def reverse(x, dim):
+    """``x`` reversed along ``dim`` (a view)."""
+    key = (("slice", None, None, None),) * dim + (("slice", None, None, -1),)
+    return call("getitem", x, key=key)
+
+
+def move_dim_last(x, dim):
+    """(``x`` with ``dim`` moved last, the permutation that moves it back)."""
+    order = [d for d in range(x.ndim) if d != dim] + [dim]
+    back = tuple(order.index(d) for d in range(x.ndim))
+    return call("permute", x, dims=tuple(order)), back
+
+
+# cumsum: d/dx_i = sum_{j >= i} g_j, a cumsum of g from the end.
+register(
+    "cumsum",
+    ("x",),
+    _along_dim_infer("cumsum"),
+    lambda x, dim: np.cumsum(x, axis=dim),
+    (lambda c, g: reverse(call("cumsum", reverse(g, c.dim), dim=c.dim), c.dim),),
+    "np.cumsum({0}, axis={dim})",
+    out="np.cumsum({0}, axis={dim}, out={out})",
+)
+
+
+def _cumprod_grad(c, g):
+    """d/dx_i = sum_{j >= i} g_j prod_{k <= j, k != i} x_k
+              = out_{i-1} * sum_{j >= i} g_j Q_ij,  Q_ij = prod_{i < k <= j} x_k.
+
+    NOTE: written without dividing by x (the usual g-cumsum of out / x), so it holds where x
+    has zeros, and in ops, so it has gradients itself; Q is an (n, n) matrix per row along dim,
+    the cumprod of x masked to 1 at k <= i."""
+    x, back = move_dim_last(c.x, c.dim)
+    out, _ = move_dim_last(c.out, c.dim)
+    g_last, _ = move_dim_last(g, c.dim)
+    n = x.shape[-1]
+    after = x.new_tensor(np.triu(np.ones((n, n), bool), 1), dtype=dtypes.bool_)  # [i, j]: j > i
+    rows = call("reshape", x, shape=(*x.shape[:-1], 1, n))
+    q = call("cumprod", call("where", after, rows, x.new_ones(())), dim=x.ndim)
+    from_i = x.new_tensor(np.triu(np.ones((n, n), bool)), dtype=dtypes.bool_)  # [i, j]: j >= i
+    weighted = call("where", from_i, call("reshape", g_last, shape=rows.shape) * q, g.new_zeros(()))
+    total = call("sum", weighted, dims=(x.ndim,), keepdim=False)
+    before = call("cat", x.new_ones((*x.shape[:-1], 1)), _drop_last(out), dim=x.ndim - 1)
+    return call("permute", before * total, dims=back)
+
+
+def _drop_last(x):
+    return call("getitem", x, key=(("ellipsis",), ("slice", None, -1, None)))
+
+
+register(
+    "cumprod",
+    ("x",),
+    _along_dim_infer("cumprod"),
+    lambda x, dim: np.cumprod(x, axis=dim),
+    (_cumprod_grad,),
+    "np.cumprod({0}, axis={dim})",
+    saves=("x", "out"),
+    out="np.cumprod({0}, axis={dim}, out={out})",
+)
+
+
+@kernel
+def argsort(x, dim, descending):
+    """Stable argsort along ``dim``; descending keeps equal values in their order too (a
+    stable ascending sort of the reversed values, read backwards), NaN counted largest."""
+    if not descending:
+        return np.argsort(x, axis=dim, kind="stable")
+    n = x.shape[dim]
+    flipped = np.argsort(np.flip(x, dim), axis=dim, kind="stable")
+    return (n - 1) - np.flip(flipped, dim)
+
+
+register(
+    "argsort",
+    ("x",),
+    _along_dim_infer("argsort", dtypes.int64),
+    argsort,
+    None,
+    "rt.argsort({0}, {dim}, {descending})",
+)
+
+
+def _exclusive_cumprod(x, dim):
+    """prod_{k < i} x_k along ``dim`` (1 at i = 0)."""
+    ones = call("reshape", x.new_ones(()), shape=(1,) * x.ndim)
+    head = call("broadcast_to", ones, shape=(*x.shape[:dim], 1, *x.shape[dim + 1 :]))
+    cut = (("slice", None, None, None),) * dim + (("slice", None, -1, None),)
+    return call("cat", head, call("getitem", call("cumprod", x, dim=dim), key=cut), dim=dim)
+
+
+def _prod_grad(c, g):
+    """d/dx_i = g * prod_{k < i} x_k * prod_{k > i} x_k: no division by x, so right at
+    zeros; both products are cumprods (differentiable again)."""
+    before = _exclusive_cumprod(c.x, c.dim)
+    after = reverse(_exclusive_cumprod(reverse(c.x, c.dim), c.dim), c.dim)
+    return keep_dims(g, c.x.shape, (c.dim,), c.keepdim) * before * after
+
+
+def _prod_infer(x: TensorType, dim, keepdim) -> TensorType:
+    _along_dim_infer("prod")(x, dim)
+    return TensorType(rules.reduced_shape(x.shape, (dim,), keepdim), x.dtype)
+
+
+# prod over one dim (the tensor layer flattens several into one first).
+register(
+    "prod",
+    ("x",),
+    _prod_infer,
+    lambda x, dim, keepdim: np.prod(x, axis=dim, keepdims=keepdim),
+    (_prod_grad,),
+    "np.prod({0}, axis={dim}, keepdims={keepdim})",
+    saves=("x",),
+    out="np.prod({0}, axis={dim}, keepdims={keepdim}, out={out})",
     props={REDUCE},
 )

@@ -31,6 +31,10 @@ class Optimizer:
         defaults: the hyperparameters of groups that do not set their own.
     """
 
+    # Group entries learning-rate schedulers keep for themselves. No update reads them, so a
+    # compiled step's guards leave them out: creating a scheduler recompiles nothing.
+    schedule_keys = frozenset({"initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum"})
+
     # The hyperparameters the update uses as numbers (each entry of a tuple such as Adam's
     # betas): a compiled step reads them from the group as inputs on every call, so a new
     # learning rate compiles nothing (see tracegrad/tracer/hyperparameters.py).

@@ -8,7 +8,8 @@ Layers, each importing only those before it:
 - ``promotion``: PyTorch's type promotion of operands;
 - ``dispatch``: applying an op, eagerly or to the tracer, optionally writing into a tensor;
 - ``indexing``: Python index expressions and shape arguments as the ops take them;
-- ``methods``: the Tensor methods, installed on import.
+- ``methods``: the Tensor methods, installed on import;
+- ``numeric``: composite math methods PyTorch and NumPy share, installed on import.
 """
 
 from tracegrad.tensor.core import (
@@ -27,6 +28,7 @@ from tracegrad.tensor.core import (
 from tracegrad.tensor.dispatch import apply, call, float_errors_ignored, result_type
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
 from tracegrad.tensor.methods import cat, einsum, stack, tril, triu, where
+from tracegrad.tensor.numeric import tensordot
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
 from tracegrad.tensor.tracing import active_tracer, next_serial, set_tracer
 
@@ -56,6 +58,7 @@ __all__ = [
     "set_tracer",
     "shape_args",
     "stack",
+    "tensordot",
     "tensor",
     "to_dtype",
     "tril",

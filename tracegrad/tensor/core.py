@@ -56,6 +56,13 @@ class MaxResult(NamedTuple):
     indices: Tensor
 
 
+class SortResult(NamedTuple):
+    """What ``sort`` and ``topk`` return, as PyTorch's named tuples: values, then indices."""
+
+    values: Tensor
+    indices: Tensor
+
+
 def is_symbolic(t: Tensor) -> bool:
     """Whether ``t`` holds a traced value (known only when compiled code runs)."""
     return not isinstance(t.array, np.ndarray)
@@ -96,8 +103,11 @@ class Tensor(_InstalledMethods):
 
     __array_priority__ = 1000  # NumPy defers binary operators to us
 
-    def __init__(self, data=None, *, requires_grad=False):
-        self.array = as_array(data if data is not None else [], None)
+    def __init__(self, *args, requires_grad=False):
+        """PyTorch's legacy constructor: ``Tensor(2, 3)`` (or a Size) is an uninitialized
+        default-float tensor of that shape (zeros here), ``Tensor([1, 2])`` a copy of the
+        data as the default float dtype, ``Tensor()`` an empty one."""
+        self.array = _legacy_array(args)
         self._init_autograd(requires_grad)
 
     def _init_autograd(self, requires_grad) -> None:
@@ -539,6 +549,19 @@ def as_array(data, dtype: DType | None) -> np.ndarray:
         data = [d.array if isinstance(d, Tensor) else d for d in data]
     dtype = dtypes.to_dtype(dtype) if dtype is not None else _array_dtype(data)
     return np.array(data, dtype=dtype.np)
+
+
+def _legacy_array(args) -> np.ndarray:
+    """The storage of ``Tensor(*args)``: sizes give zeros of that shape, else the data."""
+    if len(args) == 1 and isinstance(args[0], Size):
+        args = tuple(args[0])
+    if not args:
+        return np.zeros(0, dtypes.DEFAULT_FLOAT.np)
+    if all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in args):
+        return np.zeros(args, dtypes.DEFAULT_FLOAT.np)
+    if len(args) > 1:
+        raise TypeError(f"Tensor(): expected sizes (ints) or one sequence of data, got {args!r}")
+    return as_array(args[0], dtypes.DEFAULT_FLOAT)
 
 
 def _flat(data):

@@ -21,8 +21,8 @@ def index_key(item, ndim: int) -> tuple[tuple, list[Tensor]]:
     items = item if isinstance(item, tuple) else (item,)
     key, tensors = [], []
     for it in items:
-        if isinstance(it, (list, np.ndarray)):
-            it = tensor(it)
+        if isinstance(it, (list, range, np.ndarray)):
+            it = _index_tensor(it)
         if isinstance(it, Tensor) and it.dtype is dtypes.bool_:
             # A mask selects its True positions; how many is known only from its data.
             for nz in np.nonzero(it._concrete("indexing with a boolean mask")):
@@ -42,6 +42,15 @@ def index_key(item, ndim: int) -> tuple[tuple, list[Tensor]]:
         else:
             key.append(("int", _index_int(it)))
     return tuple(key), tensors
+
+
+def _index_tensor(items) -> Tensor:
+    """A list, range or array index as a tensor; an empty one selects nothing (int64)."""
+    if isinstance(items, range):
+        return wrap(np.arange(items.start, items.stop, items.step, dtype=np.int64))
+    if len(items) == 0:
+        return wrap(np.zeros(0, np.int64))
+    return tensor(items)
 
 
 def _index_int(value):

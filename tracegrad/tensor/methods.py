@@ -15,13 +15,22 @@ from __future__ import annotations
 import numpy as np
 
 from tracegrad import devices, dtypes, tape
-from tracegrad.errors import DTypeError, ShapeError, at_user_line
+from tracegrad.errors import DTypeError, ShapeError, TraceError, at_user_line
 from tracegrad.ops import OPS
 from tracegrad.ops.index import resolve
 from tracegrad.ops.reduce import std_of_var
 from tracegrad.ops.rules import normalize_dim, normalize_dims
-from tracegrad.tensor.core import MaxResult, Number, Tensor, as_tensor, wrap
+from tracegrad.tensor.core import (
+    MaxResult,
+    Number,
+    SortResult,
+    Tensor,
+    as_tensor,
+    is_symbolic,
+    wrap,
+)
 from tracegrad.tensor.dispatch import apply, call
+from tracegrad.tensor.einsum_forms import plain_einsum
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
 from tracegrad.tensor.tracing import active_tracer
@@ -880,6 +889,111 @@ class TensorMethods:
         dims = shape_args(dims)
         return self.repeat((1,) * (self.ndim - len(dims)) + tuple(dims))
 
+    # --- scans, sorts, gathers and scatters along a dim ------------------------------------------
+
+    def cumsum(self, dim, dtype=None):
+        """Running sums along ``dim`` (integers and bools accumulate as int64), as
+        ``torch.cumsum``."""
+        return _scan("cumsum", self, dim, dtype)
+
+    def cumprod(self, dim, dtype=None):
+        """Running products along ``dim``; its gradient is right where the input has zeros."""
+        return _scan("cumprod", self, dim, dtype)
+
+    def argsort(self, dim=-1, descending=False, *, stable=False):
+        """Indices that sort along ``dim``; always a stable sort (``stable`` is accepted)."""
+        if self.ndim == 0:
+            return self.reshape(1).argsort(dim, descending).reshape(())
+        dim = normalize_dim("argsort", dim, self.ndim)
+        return call("argsort", self, dim=dim, descending=bool(descending))
+
+    def sort(self, dim=-1, descending=False, *, stable=False):
+        """(values, indices) sorted along ``dim``, equal values kept in their order."""
+        indices = self.argsort(dim, descending)
+        return SortResult(self.gather(dim, indices) if self.ndim else self * 1, indices)
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """The ``k`` largest (smallest) along ``dim``, sorted; ties go to the first."""
+        dim = normalize_dim("topk", dim, self.ndim)
+        size = self.shape[dim] if self.ndim else 1
+        if not 0 <= k <= size:
+            raise ShapeError(
+                at_user_line(f"topk: k={k} is out of range for dim {dim} of shape {self.shape}")
+            )
+        indices = self.argsort(dim, descending=largest)
+        indices = indices.narrow(dim, 0, k) if self.ndim else indices
+        return SortResult(self.gather(dim, indices) if self.ndim else self * 1, indices)
+
+    def gather(self, dim, index):
+        """``out[i][j][k] = self[i][index[i][j][k]][k]`` (dim 1): values picked along ``dim``."""
+        dim = normalize_dim("gather", dim, self.ndim)
+        key, tensors = _along_dim_index("gather", self, dim, index)
+        return call("getitem", self, *tensors, key=key)
+
+    def scatter(self, dim, index, src=None, *, value=None, reduce=None):
+        """A copy with ``src`` (or ``value``) written along ``dim`` at ``index``, the
+        inverse of gather; ``reduce="add"`` adds instead of writing."""
+        values = _scatter_values(self, index, value if src is None else src)
+        if reduce == "add":
+            return self.scatter_add(dim, index, values)
+        positions = _flat_positions(self, dim, index)
+        if reduce == "multiply":
+            return _scatter_multiply(self, values, positions)
+        if reduce is not None:
+            raise ValueError(
+                at_user_line(
+                    f"scatter: reduce={reduce!r} is not supported; use 'add' or 'multiply'"
+                )
+            )
+        return call("view_update", self, values, positions)
+
+    def scatter_add(self, dim, index, src):
+        """A copy with ``src`` added along ``dim`` at ``index``; repeated indices add up."""
+        values = _scatter_values(self, index, src)
+        positions = _flat_positions(self, dim, index)
+        added = call(
+            "scatter_add",
+            values.reshape(-1),
+            positions.reshape(-1),
+            key=(("tensor", 0),),
+            shape=(self.numel(),),
+        )
+        return self + added.reshape(self.shape)
+
+    def index_add(self, dim, index, source, *, alpha=1):
+        """A copy with ``alpha * source``'s slices along ``dim`` added at the positions
+        ``index`` names (a 1-d int64 tensor; repeats add up)."""
+        dim = normalize_dim("index_add", dim, self.ndim)
+        index = as_tensor(index)
+        if index.ndim != 1 or source.ndim != self.ndim or source.shape[dim] != index.shape[0]:
+            raise ShapeError(
+                at_user_line(
+                    f"index_add: index of shape {tuple(index.shape)} and source of shape "
+                    f"{tuple(source.shape)} do not fit dim {dim} of shape {tuple(self.shape)}"
+                )
+            )
+        spread = [-1 if d == dim else 1 for d in range(self.ndim)]
+        along = index.reshape(spread).expand(source.shape)
+        return self.scatter_add(dim, along, source * alpha if alpha != 1 else source)
+
+    def masked_scatter(self, mask, source):
+        """A copy with the positions where ``mask`` is True filled, in order, from the
+        first elements of ``source``."""
+        mask = as_tensor(mask)
+        if mask.dtype is not dtypes.bool_:
+            raise DTypeError(at_user_line(f"masked_scatter: mask must be bool, got {mask.dtype}"))
+        where_true = np.broadcast_to(mask._concrete("masked_scatter's mask"), self.shape)
+        positions = np.flatnonzero(where_true)
+        if source.numel() < positions.size:
+            raise ShapeError(
+                at_user_line(
+                    f"masked_scatter: the mask selects {positions.size} elements but source of "
+                    f"shape {tuple(source.shape)} has {source.numel()}"
+                )
+            )
+        values = source.to(self.dtype).reshape(-1)[: positions.size]
+        return call("view_update", self, values, wrap(positions.astype(np.int64)))
+
     def __getitem__(self, item):
         key, index_tensors = index_key(item, self.ndim)
         return call("getitem", self, *index_tensors, key=key)
@@ -1005,6 +1119,32 @@ class TensorMethods:
         filled = self.masked_fill(as_tensor(mask.reshape(self.shape)), fill_value)
         return _write_value(self, filled, "fill_diagonal_")
 
+    def squeeze_(self, dim=None):
+        """In place: drop the dims of size 1 (or only ``dim``), as ``torch.Tensor.squeeze_``."""
+        return _reshape_in_place(self, lambda old: old.squeeze(dim))
+
+    def unsqueeze_(self, dim):
+        """In place: insert a dim of size 1 at ``dim``, as ``torch.Tensor.unsqueeze_``."""
+        return _reshape_in_place(self, lambda old: old.unsqueeze(dim))
+
+    def index_add_(self, dim, index, source, *, alpha=1):
+        """In place: ``source`` scaled by ``alpha`` added at ``index`` along ``dim``."""
+        return _write_value(self, self.index_add(dim, index, source, alpha=alpha), "index_add_")
+
+    def scatter_(self, dim, index, src=None, *, value=None, reduce=None):
+        """In place: ``src`` (or ``value``) written at ``index`` along ``dim``, optionally
+        reduced."""
+        scattered = self.scatter(dim, index, src, value=value, reduce=reduce)
+        return _write_value(self, scattered, "scatter_")
+
+    def scatter_add_(self, dim, index, src):
+        """In place: ``src`` added at ``index`` along ``dim``."""
+        return _write_value(self, self.scatter_add(dim, index, src), "scatter_add_")
+
+    def masked_scatter_(self, mask, source):
+        """In place: the positions where ``mask`` is True take ``source``'s elements in order."""
+        return _write_value(self, self.masked_scatter(mask, source), "masked_scatter_")
+
     def copy_(self, src):
         """In place: the values of ``src`` (broadcast and converted to this dtype).
 
@@ -1095,6 +1235,109 @@ def _write_value(target: Tensor, value: Tensor, method: str) -> Tensor:
                  method=method)  # fmt: skip
 
 
+def _reshape_in_place(target: Tensor, reshape) -> Tensor:
+    """``target`` becomes ``reshape(target)`` (a view of itself of another shape), as
+    PyTorch's in-place view ops change a tensor's shape; a leaf stays a leaf."""
+    if tape.is_grad_enabled() and target.is_leaf and target.requires_grad:
+        raise RuntimeError(
+            at_user_line(
+                "a leaf tensor that requires grad is being used in an in-place operation; "
+                "wrap the update in tracegrad.no_grad()"
+            )
+        )
+    tracer = active_tracer()
+    outside = tracer is not None and (
+        tracer.preexisting(target) or (is_symbolic(target) and target.array.value in tracer.inputs)
+    )
+    if outside:
+        raise TraceError(
+            at_user_line(
+                "squeeze_/unsqueeze_ of a tensor made outside the compiled function changes "
+                "its shape, which cannot be compiled; use squeeze()/unsqueeze()"
+            )
+        )
+    # The reshape reads the old value as its own tensor: its backward needs the old shape.
+    old = wrap(target.array, grad_fn=target.grad_fn)
+    old._out_index, old.version_counter = target._out_index, target.version_counter
+    reshaped = reshape(old)
+    target.array = reshaped.array
+    if not target.is_leaf:
+        target.grad_fn, target._out_index = reshaped.grad_fn, reshaped._out_index
+    return target
+
+
+def _scan(name: str, x: Tensor, dim, dtype) -> Tensor:
+    """cumsum/cumprod: integers and bools accumulate as int64, as in PyTorch."""
+    x = x.to(dtype) if dtype is not None else x
+    if not x.dtype.is_floating_point and x.dtype is not dtypes.int64:
+        x = x.long()
+    dim = normalize_dim(name, dim, x.ndim)
+    if x.ndim == 0:
+        return call(name, x.reshape(1), dim=0).reshape(())
+    return call(name, x, dim=dim)
+
+
+def _along_dim_index(name: str, x: Tensor, dim: int, index: Tensor) -> tuple[tuple, list]:
+    """The getitem key and index tensors picking ``x[..., index[i, j, k], ...]`` along
+    ``dim``: ``index`` there, the positions themselves along the other dims (where index
+    may be shorter). Its values are checked to lie in [0, size) like an embedding's rows."""
+    index = as_tensor(index)
+    fits = all(n <= m for d, (n, m) in enumerate(zip(index.shape, x.shape)) if d != dim)
+    if index.ndim != x.ndim or not fits:
+        raise ShapeError(
+            at_user_line(
+                f"{name}: index of shape {tuple(index.shape)} does not fit input of shape "
+                f"{tuple(x.shape)} along dim {dim} (same number of dims, no larger elsewhere)"
+            )
+        )
+    key, tensors = [], []
+    for d, n in enumerate(index.shape):
+        if d == dim:
+            key.append(("rows", d, x.shape[d]))
+            tensors.append(index)
+        else:
+            key.append(("tensor", d))
+            spread = [n if e == d else 1 for e in range(index.ndim)]
+            tensors.append(wrap(np.arange(n).reshape(spread)))
+    return tuple(key), tensors
+
+
+def _flat_positions(x: Tensor, dim, index) -> Tensor:
+    """The flat positions in ``x`` that ``x.gather(dim, index)`` reads."""
+    dim = normalize_dim("scatter", dim, x.ndim)
+    table = wrap(np.arange(x.numel(), dtype=np.int64).reshape(x.shape))
+    key, tensors = _along_dim_index("scatter", x, dim, index)
+    return call("getitem", table, *tensors, key=key)
+
+
+def _scatter_multiply(x: Tensor, values: Tensor, positions: Tensor) -> Tensor:
+    """x with each position multiplied by every value scattered to it. NOTE: each value's
+    group product is a product over all n values (an n x n mask), so memory grows as the
+    square of index.numel(); it needs no sort and has gradients (zeros included)."""
+    positions, values = positions.reshape(-1), values.reshape(-1)
+    same = positions.unsqueeze(1) == positions.unsqueeze(0)
+    products = x.reshape(-1)[positions] * where(same, values.unsqueeze(0), 1.0).prod(1)
+    # Repeats of a position write the same product; only its first carries the gradient.
+    earlier = wrap(np.tri(len(positions), k=-1, dtype=bool))
+    first = (same & earlier).sum(1) == 0
+    return call("view_update", x, where(first, products, products.detach()), positions)
+
+
+def _scatter_values(x: Tensor, index, src) -> Tensor:
+    """``src`` cut to ``index``'s shape (a number: broadcast to it), of ``x``'s dtype."""
+    index = as_tensor(index)
+    if not isinstance(src, Tensor):
+        return as_tensor(src, like=x).expand(index.shape)
+    if src.ndim != index.ndim or any(n > m for n, m in zip(index.shape, src.shape)):
+        raise ShapeError(
+            at_user_line(
+                f"scatter: src of shape {tuple(src.shape)} is smaller than index of shape "
+                f"{tuple(index.shape)}"
+            )
+        )
+    return src.to(x.dtype)[tuple(slice(0, n) for n in index.shape)]
+
+
 # --- module-level functions the methods share ---------------------------------------------
 
 
@@ -1164,19 +1407,20 @@ def stack(tensors, dim=0) -> Tensor:
     return cat([t.unsqueeze(dim) for t in tensors], dim)
 
 
-def einsum(equation: str, *operands) -> Tensor:
-    """Einstein summation over the operands, as ``torch.einsum`` (and ``numpy.einsum``).
+def einsum(*args) -> Tensor:
+    """Einstein summation over the operands, as ``torch.einsum`` (and ``numpy.einsum``):
+    ``einsum(equation, *operands)`` or the sublist form; ``...`` and repeated subscripts
+    (diagonals) are rewritten into a plain equation first (``tracegrad.tensor.einsum_forms``).
 
     Args:
-        equation: the subscripts, such as ``"ij,jk->ik"``.
-        *operands: the tensors (or one list of them).
+        *args: the subscripts, such as ``"ij,jk->ik"``, then the tensors (or one list of
+            them); or operands each followed by its list of subscripts.
 
     Examples:
         >>> tg.einsum("ij,j->i", tg.ones(2, 3), tg.tensor([1.0, 2.0, 3.0]))
         tensor([6., 6.])
     """
-    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
-        operands = operands[0]
+    equation, operands = plain_einsum(args)
     return call("einsum", *promote_operands(*operands), equation=equation)
 
 
@@ -1257,6 +1501,32 @@ ONE_OP_METHODS = {
     "__rmul__": ("mul", "reflected"),
     "__rtruediv__": ("div", "float_reflected"),
     "__rpow__": ("pow", "reflected"),
+    "tan": ("tan", "float_unary"),
+    "asin": ("asin", "float_unary"),
+    "arcsin": ("asin", "float_unary"),
+    "acos": ("acos", "float_unary"),
+    "arccos": ("acos", "float_unary"),
+    "atan": ("atan", "float_unary"),
+    "arctan": ("atan", "float_unary"),
+    "sinh": ("sinh", "float_unary"),
+    "cosh": ("cosh", "float_unary"),
+    "asinh": ("asinh", "float_unary"),
+    "arcsinh": ("asinh", "float_unary"),
+    "acosh": ("acosh", "float_unary"),
+    "arccosh": ("acosh", "float_unary"),
+    "atanh": ("atanh", "float_unary"),
+    "arctanh": ("atanh", "float_unary"),
+    "expm1": ("expm1", "float_unary"),
+    "exp2": ("exp2", "float_unary"),
+    "log2": ("log2", "float_unary"),
+    "log10": ("log10", "float_unary"),
+    "floor": ("floor", "float_unary"),
+    "ceil": ("ceil", "float_unary"),
+    "atan2": ("atan2", "float_binary"),
+    "arctan2": ("atan2", "float_binary"),
+    "remainder": ("remainder", "binary"),
+    "__mod__": ("remainder", "binary"),
+    "__rmod__": ("remainder", "reflected"),
 }
 
 
