@@ -40,7 +40,7 @@ def sequence_class(lib):
                 h_t2, c_t2 = self.lstm2(h_t, (h_t2, c_t2))
                 output = self.linear(h_t2)
                 outputs += [output]
-            for i in range(future):  # if we should predict the future  # noqa: B007
+            for i in range(future):  # if we should predict the future
                 h_t, c_t = self.lstm1(output, (h_t, c_t))
                 h_t2, c_t2 = self.lstm2(h_t, (h_t2, c_t2))
                 output = self.linear(h_t2)
