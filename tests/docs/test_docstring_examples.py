@@ -33,6 +33,7 @@ MODULES = [
     "tracegrad.nn.functional",
     "tracegrad.nn.layers",
     "tracegrad.nn.module",
+    "tracegrad.nn.recurrent",
     "tracegrad.optim.adam",
     "tracegrad.optim.adaptive",
     "tracegrad.optim.lbfgs",

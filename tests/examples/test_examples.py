@@ -9,6 +9,7 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAMES = ["mlp_digits", "cnn_digits", "char_transformer", "custom_function", "resnet_digits"]
+NAMES += ["char_lstm"]
 
 
 def run_example(name: str, *args: str) -> str:
@@ -101,3 +102,14 @@ def test_resnet_digits():
     assert figure(r"^test accuracy: (\d+\.\d+)%", out) >= 90.0  # about 98% after 4 epochs
     assert "compiled whole step" in out
     assert figure(r"^recompiles: (\d+)", out) <= 1
+
+
+def test_char_lstm():
+    out = run_example("char_lstm")
+    first = figure(r"^first loss (\d+\.\d+)", out)
+    last = figure(r"last 10 steps' mean (\d+\.\d+)", out)
+    assert last < first - 1.0  # about 3.97 -> 2.2 in 60 steps
+    assert figure(r"^compiled step: (\d+) nodes", out) > 0
+    figure(r"\((\d+\.\d+) ms/step\)", out)
+    sample = out.split("sample:\n", 1)[1].rstrip("\n")
+    assert sample.startswith("Four score") and len(sample) == len("Four score") + 40

@@ -52,6 +52,7 @@ from tracegrad.nn.layers import (
 )
 from tracegrad.nn.module import Module
 from tracegrad.nn.parameter import Parameter
+from tracegrad.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 from tracegrad.nn.spatial import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -115,6 +116,16 @@ __all__ = [
     "functional",
     "init",
     "utils",
+    # recurrent layers
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "RNN",
+    "RNNBase",
+    "RNNCell",
+    "RNNCellBase",
+    # attention and transformer layers
     "MultiheadAttention",
     "Transformer",
     "TransformerDecoder",
