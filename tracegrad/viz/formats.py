@@ -17,6 +17,7 @@ import markupsafe
 
 from tracegrad.viz.codelinks import first_lines, link_code
 from tracegrad.viz.draw import Drawing, draw
+from tracegrad.viz.modules import Pane, panes
 from tracegrad.viz.scene import KINDS, Scene, build_scene, collapse
 
 TITLE_HEIGHT = 30  # room above each drawing for its title
@@ -88,36 +89,48 @@ def to_svg(views, generated=()) -> str:
 
 
 def to_html(views, code: str | None = None, generated=()) -> str:
-    """One self-contained page: tabs per view, details on hover, code linked to nodes."""
-    drawings = [draw(scene) for scene in scenes(views, generated)]
-    lines = link_code(code, [d.scene for d in drawings]) if code else []
+    """One self-contained page: tabs per view, modules as boxes to open, details on hover,
+    code linked to nodes. Each view holds several drawings (``viz.modules.panes``)."""
+    emitted = {id(graph): fn for fn, graph in generated}
+    built = [build_scene(title, graph, i, emitted.get(id(graph))) for i, (title, graph) in enumerate(views)]
+    shown = [[_drawn(pane) for pane in panes(scene)] for scene in built]
+    lines = link_code(code, built) if code else []
     return _ENV.get_template("page.html.j2").render(
-        drawings=drawings,
-        counts=[_count(d) for d in drawings],
+        views=shown,
+        titles=[scene.title for scene in built],
+        counts=[_count(scene) for scene in built],
         lines=lines,
-        nodes=_node_table(drawings, first_lines(lines)),
+        nodes=_node_table(shown, first_lines(lines)),
     )
 
 
-def _count(drawing: Drawing) -> str:
-    boxes = list(drawing.scene.leaves())
+def _drawn(pane: Pane) -> tuple[Pane, Drawing]:
+    return pane, draw(collapse(pane.scene))
+
+
+def _count(scene: Scene) -> str:
+    boxes = list(scene.leaves())
     inputs = sum(b.op == "input" for b in boxes)
     return f"{len(boxes) - inputs} nodes"
 
 
-def _node_table(drawings: list[Drawing], lines: dict[str, int]) -> dict:
-    """What the page's script needs per box: detail rows, its code line, its view, and the
-    module calls that made it (``scope``: [path, class] pairs, outermost first)."""
-    return {
-        n.box.id: {
-            "rows": n.box.details,
-            "line": lines.get(n.box.id),
-            "view": index,
-            "scope": [[s.path, s.kind] for s in n.box.scope.chain()] if n.box.scope else [],
-        }
-        for index, d in enumerate(drawings)
-        for n in d.nodes
-    }
+def _node_table(shown: list[list[tuple[Pane, Drawing]]], lines: dict[str, int]) -> dict:
+    """What the page's script needs per box: detail rows, its code line, its view, the pane
+    it is drawn in with modules collapsed, and the module calls that made it (``scope``:
+    [path, class] pairs, outermost first)."""
+    table = {}
+    for index, view in enumerate(shown):
+        # The expanded pane last: a box's pane is one that shows it with modules collapsed.
+        for pane, d in sorted(view, key=lambda item: item[0].key == "expanded"):
+            for n in d.nodes:
+                table.setdefault(n.box.id, {
+                    "rows": n.box.details,
+                    "line": lines.get(n.box.id),
+                    "view": index,
+                    "pane": pane.key,
+                    "scope": [[s.path, s.kind] for s in n.box.scope.chain()] if n.box.scope else [],
+                })  # fmt: skip
+    return table
 
 
 _WRITERS = {".dot": to_dot, ".gv": to_dot, ".svg": to_svg, ".html": to_html, ".htm": to_html}

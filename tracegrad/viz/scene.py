@@ -26,6 +26,7 @@ from tracegrad.passes.memory import InPlace, MemoryPlan, Pooled
 from tracegrad.scopes import Scope
 
 FUSED = "fused"
+MODULE = "module"  # a box of the nodes one module call made (see viz.modules)
 
 
 class Kind(NamedTuple):
@@ -45,6 +46,7 @@ KINDS = {
     "nn": Kind("nn op", "#e2d8fb", "#6a4cc0"),
     "custom": Kind("custom Function", "#f9d3e8", "#b33b7c"),
     "fused": Kind("fused kernel", "#fff3e6", "#e06c00"),
+    "module": Kind("module (click to open)", "#f3f8ee", "#4f7a28"),
     "other": Kind("other", "#ffffff", "#555555"),
 }
 
@@ -86,6 +88,12 @@ class Box:
     members: list[Box] = field(default_factory=list)
     member_edges: list[Edge] = field(default_factory=list)
     scope: Scope | None = None  # the module call that made the node (ir.core.Node.scope)
+    collapsed: bool = False  # a module box drawn as one box, its members hidden
+
+    @property
+    def framed(self) -> bool:
+        """Drawn as a frame around its members: a fused kernel, or an open module box."""
+        return self.op == FUSED or (self.op == MODULE and not self.collapsed)
 
     @property
     def badges(self) -> list[str]:
@@ -114,13 +122,17 @@ class Scene:
 
     def leaves(self):
         """Every box that stands for one graph input or one non-fused IR node."""
-        stack = list(reversed(self.boxes))
-        while stack:
-            box = stack.pop()
-            if box.op == FUSED:
-                stack.extend(reversed(box.members))
-            else:
-                yield box
+        for box in self.boxes:
+            yield from leaf_boxes(box)
+
+
+def leaf_boxes(box: Box):
+    """The boxes in ``box`` (itself, when it holds none) standing for one input or node."""
+    if box.op in (FUSED, MODULE):
+        for member in box.members:
+            yield from leaf_boxes(member)
+    else:
+        yield box
 
 
 def build_scene(
@@ -322,7 +334,7 @@ def collapse(scene: Scene, limit: int = COLLAPSE_AT) -> Scene:
         box = _group_box(scene.prefix, k, members)
         boxes.append(box)
         for member in members:
-            for leaf in _leaf_boxes(member):
+            for leaf in leaf_boxes(member):
                 group_of[leaf.id] = box.id
     edges = _EdgeSet()
     for edge in scene.edges:
@@ -348,7 +360,7 @@ def _runs(boxes: list[Box]) -> list[list[Box]]:
 
 
 def _group_box(prefix: str, k: int, members: list[Box]) -> Box:
-    leaves = [leaf for m in members for leaf in _leaf_boxes(m)]
+    leaves = [leaf for m in members for leaf in leaf_boxes(m)]
     counts: dict[str, int] = {}
     for leaf in leaves:
         counts[leaf.op] = counts.get(leaf.op, 0) + 1
@@ -362,14 +374,6 @@ def _group_box(prefix: str, k: int, members: list[Box]) -> Box:
         details.append(("origin", phase))
     kind = "input" if inputs else kind_of(max(counts, key=counts.get))
     return Box(f"{prefix}group{k}", f"group{k}", GROUP, kind, label, "", details)
-
-
-def _leaf_boxes(box: Box):
-    if box.op == FUSED:
-        for member in box.members:
-            yield from _leaf_boxes(member)
-    else:
-        yield box
 
 
 def _detail(box: Box, key: str) -> str:
