@@ -387,10 +387,11 @@ frame.addEventListener("load", function () {
     tab.click();
     var shown = doc.querySelectorAll("#canvas > .pane:not([hidden])");
     var svg = shown[0].querySelector("svg");
+    var opened = svg.getAttribute("width");
     doc.getElementById("zoom-in").click();
     var zoomed = svg.getAttribute("width");
     doc.getElementById("zoom-fit").click();
-    log.push(["tab", tab.dataset.view, shown.length, svg.dataset.w, zoomed,
+    log.push(["tab", tab.dataset.view, shown.length, svg.dataset.w, opened, zoomed,
               svg.getAttribute("width")].join(" "));
   });
   log.push("legend view key hidden " + doc.querySelector(".key.view").hidden);
@@ -414,10 +415,11 @@ def test_every_tab_zooms_and_fits_in_headless_chromium(mlp, tmp_path):
     assert "error" not in " ".join(log), log
     tabs = [line.split() for line in log if line.startswith("tab ")]
     assert [t[1] for t in tabs] == ["0", "1", "2", "all"]
-    for _, view, shown, natural, zoomed, fitted in tabs:
+    for _, view, shown, natural, opened, zoomed, fitted in tabs:
         assert int(shown) == (len(views) if view == "all" else 1)
-        assert float(zoomed) == pytest.approx(float(natural) * 1.25)  # zoom in acted
-        assert float(fitted) <= float(natural)  # fit to the frame's width acted
+        assert float(opened) <= float(natural)  # a tab opens fitted, never enlarged
+        assert float(zoomed) == pytest.approx(float(opened) * 1.25)  # zoom in acted
+        assert float(fitted) == pytest.approx(float(opened))  # fit to the frame acted
     assert log[-1] == "legend view key hidden false"
 
 

@@ -48,7 +48,8 @@
     var svgs = shownPanes().map(function (p) { return p.querySelector("svg"); });
     var width = svgs.reduce(function (sum, s) { return sum + Number(s.dataset.w) + 24; }, 0);
     var height = Math.max.apply(null, svgs.map(function (s) { return Number(s.dataset.h) + 40; }));
-    setZoom(Math.min(1, (canvas.clientWidth - 8) / width, (canvas.clientHeight - 8) / height));
+    // offsetWidth counts the scroll bars, so the fit does not depend on whether they are shown.
+    setZoom(Math.min(1, (canvas.offsetWidth - 24) / width, (canvas.offsetHeight - 24) / height));
   }
 
   // Zooms keeping the drawing's point under (x, y) of the canvas where it is.
