@@ -4,8 +4,6 @@ a 24-block transformer, read back by hand-written readers; the page opened in Ch
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -13,6 +11,7 @@ from viz_helpers import (
     GPT,
     TagBalance,
     all_node_ids,
+    browser,
     data_edges,
     fused_view,
     leaf_ids,
@@ -20,6 +19,7 @@ from viz_helpers import (
     parse_dot,
     pixel_counts,
     read_png,
+    run_browser,
 )
 
 import tracegrad as tg
@@ -330,27 +330,6 @@ def test_a_26_block_transformer_renders_every_node(transformer, tmp_path):
 
 
 # --- in a browser --------------------------------------------------------------------------------
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def browser() -> str:
-    found = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-    if found is None:
-        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)})")
-    return found
-
-
-def run_browser(binary, page, tmp_path, *flags) -> subprocess.CompletedProcess:
-    command = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,800",
-        "--enable-logging=stderr", "--v=0", *flags, page,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert "Uncaught" not in result.stderr, result.stderr
-    return result
 
 
 def test_page_in_headless_chromium(mlp, tmp_path):

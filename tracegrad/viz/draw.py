@@ -1,8 +1,8 @@
 """Geometry of a scene: box sizes, the layout, placed boxes and SVG path data for templates.
 
-A fused box, or an open module box, is laid out recursively: its members get their own layout, and the box is made
-big enough to frame it. Edges that enter or leave a fused group attach to the group's frame;
-edges between members are drawn inside it.
+A fused box, or an open module box, is laid out recursively: its members get their own
+layout, and the box is made big enough to frame it. Edges that enter or leave such a group
+attach to the group's frame; edges between members are drawn inside it.
 """
 
 from __future__ import annotations

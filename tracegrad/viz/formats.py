@@ -61,13 +61,18 @@ _ENV.filters.update(dot=_dot_quote, px=_px)
 _ENV.globals.update(kinds=KINDS, title_height=TITLE_HEIGHT)
 
 
-def scenes(views, generated=()) -> list[Scene]:
-    """A scene per view; a very large one collapsed into groups (see scene.collapse)."""
+def built_scenes(views, generated=()) -> list[Scene]:
+    """A scene per view, every box in it."""
     emitted = {id(graph): fn for fn, graph in generated}
     return [
-        collapse(build_scene(title, graph, i, emitted.get(id(graph))))
+        build_scene(title, graph, i, emitted.get(id(graph)))
         for i, (title, graph) in enumerate(views)
     ]
+
+
+def scenes(views, generated=()) -> list[Scene]:
+    """A scene per view; a very large one collapsed into groups (see scene.collapse)."""
+    return [collapse(scene) for scene in built_scenes(views, generated)]
 
 
 def to_dot(views, generated=()) -> str:
@@ -91,8 +96,7 @@ def to_svg(views, generated=()) -> str:
 def to_html(views, code: str | None = None, generated=()) -> str:
     """One self-contained page: tabs per view, modules as boxes to open, details on hover,
     code linked to nodes. Each view holds several drawings (``viz.modules.panes``)."""
-    emitted = {id(graph): fn for fn, graph in generated}
-    built = [build_scene(title, graph, i, emitted.get(id(graph))) for i, (title, graph) in enumerate(views)]
+    built = built_scenes(views, generated)
     shown = [[_drawn(pane) for pane in panes(scene)] for scene in built]
     lines = link_code(code, built) if code else []
     return _ENV.get_template("page.html.j2").render(

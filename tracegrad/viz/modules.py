@@ -3,7 +3,7 @@
 ``group(scene)`` puts every top-level box made inside a module call (``Box.scope``) into a
 box of kind ``module`` for that call, inside the boxes of the calls around it. Such a box is
 drawn either *expanded* (a frame around its members, as a fused kernel is) or *collapsed*
-(one box showing the module's class, parameter count and output types, with edges to the
+(one box showing the module's class, its weights' count and output types, with edges to the
 outside only). ``panes(scene)`` gives the drawings the page holds for one view:
 
 - the whole view with every module expanded, when it has at most ``EXPAND_AT`` boxes;
@@ -102,9 +102,9 @@ def _describe(box: Box, edges: list[Edge], inputs: list[Box]) -> None:
     params = [b for b in inputs if b.name.startswith(box.name + ".")]
     count = sum(prod(ast.literal_eval(_row(b, "shape"))) for b in params)
     box.details = [("module", str(box.scope)), ("boxes", str(len(inside)))]
-    if params:
-        box.details.append(("parameters", f"{count:,} in {len(params)} tensors"))
-        box.label += f" · {_short_count(count)} params"
+    if params:  # the graph does not tell parameters from buffers: both are counted
+        box.details.append(("weights", f"{count:,} in {len(params)} parameters and buffers"))
+        box.label += f" · {_short_count(count)} weights"
     if leaving:
         box.details.append(("outputs", box.type))
 
