@@ -5,7 +5,7 @@ A specializer keeps them in a cache by signature, decides whether a call of a ne
 may compile one more (its recompile policy: ``max_recompiles``, else at most
 ``CACHE_SIZE_LIMIT`` specializations, past which calls run eagerly), records why each
 recompile happened, and shows its latest specialization: ``graph``, ``backward_graph``,
-``code``, ``explain()``, ``views()``, ``visualize()``, ``export()``.
+``code``, ``explain()``, ``views()``, ``passes_history()``, ``visualize()``, ``export()``.
 
 Two targets build on it: ``CompiledModule`` (``module.py``), a module's forward and
 backward, and ``CompiledFunction`` (``function.py``), a function, typically a whole
@@ -24,7 +24,7 @@ import threading
 import warnings
 
 from tracegrad import viz
-from tracegrad.compiled.explain import Explanation, render
+from tracegrad.compiled.explain import Explanation, Snapshot, history, render
 from tracegrad.compiled.signature import NO_CHANGE, Signature, signature_diff
 from tracegrad.compiled.users_line import at_users_line
 from tracegrad.ir.graph import Graph
@@ -122,6 +122,12 @@ class Specializer:
     def views(self) -> list[tuple[str, Graph]]:
         """The graphs pictures show: optimized, generated and traced, forward and backward."""
         return self._latest().views()
+
+    def passes_history(self) -> list[Snapshot]:
+        """The latest specialization's graph through the pipeline: as traced, after each
+        pass that changed it (with the rules that fired and the nodes added, removed and
+        rewritten) and as planned (see ``explain.Snapshot``)."""
+        return history(self._latest().report)
 
     def visualize(self, path):
         """Write a picture of the latest specialization; the suffix picks the format: .html
