@@ -200,6 +200,19 @@ frame.addEventListener("load", function () {
   var painted = 0;
   for (var i = 3; i < pixels.length; i += 4) { if (pixels[i] > 0) { painted += 1; } }
   log.minimap = painted;
+  log.steps = [];
+  var step = doc.getElementById("step");
+  if (step) {
+    doc.querySelector('#tabs button[data-view="passes"]').click();
+    for (var s = 0; s <= Number(step.max); s++) {
+      step.value = String(s);
+      step.dispatchEvent(new win.Event("input"));
+      log.steps.push([shown().dataset.view, shown().querySelectorAll(".node.added").length,
+                      shown().querySelectorAll(".node.rewritten").length,
+                      doc.getElementById("step-text").textContent,
+                      doc.getElementById("timeline").hidden]);
+    }
+  }
   document.getElementById("log").textContent = JSON.stringify(log);
 });
 </script></body></html>"""
@@ -219,9 +232,9 @@ def walk(page, tmp_path) -> dict:
     )
 
 
-def check_walk(log: dict, views: int) -> None:
+def check_walk(log: dict, tabs: list[str]) -> None:
     assert log["errors"] == []
-    assert [t[0] for t in log["tabs"]] == [str(i) for i in range(views)] + ["all"]
+    assert [t[0] for t in log["tabs"]] == tabs
     for _, before, wheeled, fitted in log["tabs"]:
         assert wheeled > before * 1.2  # the wheel zoomed in
         assert fitted == pytest.approx(before)  # fit went back to the fitted opening
@@ -246,14 +259,23 @@ def test_a_12_block_transformer_page_in_headless_chromium(gpt12, tmp_path):
     opened = log["opened"]
     assert opened["pane"] == "root"  # blocks collapsed
     assert opened["width"] <= opened["canvas"] and opened["height"] <= opened["canvasHeight"]
-    check_walk(log, len(cm.views()))
+    check_walk(log, [str(i) for i in range(len(cm.views()))] + ["all"])
+    assert log["steps"] == []  # no history given: no time line
 
 
 def test_a_small_model_page_in_headless_chromium(tmp_path):
     model, _ = nested_model()
     cm = tg.compile(model)
     cm(tg.randn(5, 4)).sum().backward()
-    path = viz.render(cm.views(), tmp_path / "small.html", code=cm.code)
+    path = cm.visualize(tmp_path / "small.html")
     log = walk(path, tmp_path)
     assert log["opened"]["pane"] == "expanded"  # few boxes: every module open
-    check_walk(log, len(cm.views()))
+    views = len(cm.views())
+    check_walk(log, [str(i) for i in range(views)] + ["all", "passes"])
+    history = cm.passes_history()
+    assert [int(view) for view, *_ in log["steps"]] == list(range(views, views + len(history)))
+    for snapshot, (_, added, rewritten, caption, hidden) in zip(history, log["steps"], strict=True):
+        assert not hidden and caption.startswith(snapshot.title)
+        assert added == len(set(snapshot.added))  # each node the pass added is marked
+        assert rewritten == len(set(snapshot.rewritten))
+    assert any(added for _, added, *_ in log["steps"])

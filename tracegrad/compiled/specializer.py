@@ -131,9 +131,11 @@ class Specializer:
 
     def visualize(self, path):
         """Write a picture of the latest specialization; the suffix picks the format: .html
-        (its graphs, before and after passes, with the code), .svg or .dot."""
+        (its graphs, before and after passes, with the code and a time line over
+        ``passes_history()``), .svg or .dot."""
         parts = self._latest().program.parts
-        return viz.render(self.views(), path, code=self.code, generated=parts)
+        return viz.render(self.views(), path, code=self.code, generated=parts,
+                          history=self.passes_history())  # fmt: skip
 
     def export(self, path):
         """Write the latest specialization as a standalone NumPy module at ``path``, with the

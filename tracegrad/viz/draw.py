@@ -48,6 +48,7 @@ class Placed:
         names = ["node", b.kind, "group" if self.group else "leaf"]
         names += ["output"] * b.output + ["inplace"] * (b.inplace is not None)
         names += ["buffer"] * (b.buffer is not None) + ["collapsed"] * b.collapsed
+        names += [b.change] if b.change else []
         return " ".join(names)
 
 

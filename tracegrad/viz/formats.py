@@ -93,19 +93,54 @@ def to_svg(views, generated=()) -> str:
     )
 
 
-def to_html(views, code: str | None = None, generated=()) -> str:
+# Snapshots of the pipeline with more nodes than this are left out of a page's time line:
+# each snapshot is a whole drawing, and a big graph's dozen of them would make pages of
+# hundreds of megabytes.
+HISTORY_LIMIT = 400
+
+
+def to_html(views, code: str | None = None, generated=(), history=()) -> str:
     """One self-contained page: tabs per view, modules as boxes to open, details on hover,
-    code linked to nodes. Each view holds several drawings (``viz.modules.panes``)."""
+    code linked to nodes. Each view holds several drawings (``viz.modules.panes``).
+
+    ``history`` (``passes_history()`` of a compiled callable: snapshots with ``title``,
+    ``graph``, ``pass_name``, ``rules``, ``added``, ``removed``, ``rewritten``) adds a
+    "passes" tab: a time line over the snapshots of at most HISTORY_LIMIT nodes, the nodes
+    each pass added or rewrote marked."""
     built = built_scenes(views, generated)
+    steps = [s for s in history if len(s.graph.nodes) <= HISTORY_LIMIT]
+    built += [_snapshot_scene(s, len(built) + k) for k, s in enumerate(steps)]
     shown = [[_drawn(pane) for pane in panes(scene)] for scene in built]
-    lines = link_code(code, built) if code else []
+    lines = link_code(code, built[: len(views)]) if code else []
     return _ENV.get_template("page.html.j2").render(
         views=shown,
         titles=[scene.title for scene in built],
+        tabs=len(views),
         counts=[_count(scene) for scene in built],
+        steps=[_step_text(s) for s in steps],
+        left_out=len(history) - len(steps),
+        history_limit=HISTORY_LIMIT,
         lines=lines,
         nodes=_node_table(shown, first_lines(lines)),
     )
+
+
+def _snapshot_scene(snapshot, index: int) -> Scene:
+    scene = build_scene(snapshot.title, snapshot.graph, index)
+    marks = dict.fromkeys(snapshot.added, "added") | dict.fromkeys(snapshot.rewritten, "rewritten")
+    for box in scene.boxes:
+        box.change = marks.get(box.name)
+    return scene
+
+
+def _step_text(snapshot) -> str:
+    """The time line's caption of a snapshot: the rules that fired and the node counts."""
+    text = f"{snapshot.title} ({len(snapshot.graph.nodes)} nodes)"
+    if snapshot.pass_name is None:
+        return text
+    rules = ", ".join(f"{rule} x{n}" for rule, n in snapshot.rules.items()) or "nodes moved"
+    counts = f"+{len(snapshot.added)} added, -{len(snapshot.removed)} removed, "
+    return f"{text}: {rules}; {counts}{len(snapshot.rewritten)} rewritten"
 
 
 def _drawn(pane: Pane) -> tuple[Pane, Drawing]:
@@ -141,15 +176,19 @@ _WRITERS = {".dot": to_dot, ".gv": to_dot, ".svg": to_svg, ".html": to_html, ".h
 SUFFIXES = tuple(_WRITERS)  # the file suffixes ``render`` knows
 
 
-def render(views, path, code: str | None = None, generated=()):
-    """Write ``views`` to ``path`` in the format its suffix names; returns ``path``."""
+def render(views, path, code: str | None = None, generated=(), history=()):
+    """Write ``views`` to ``path`` in the format its suffix names; returns ``path``. The
+    page (.html) also shows ``code`` and a time line over ``history`` (see ``to_html``)."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in _WRITERS:
         raise ValueError(
             f"cannot tell the format from {os.fspath(path)!r}: use one of {sorted(_WRITERS)}"
         )
     writer = _WRITERS[suffix]
-    text = to_html(views, code, generated) if writer is to_html else writer(views, generated)
+    if writer is to_html:
+        text = to_html(views, code, generated, history)
+    else:
+        text = writer(views, generated)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return path

@@ -89,6 +89,7 @@ class Box:
     member_edges: list[Edge] = field(default_factory=list)
     scope: Scope | None = None  # the module call that made the node (ir.core.Node.scope)
     collapsed: bool = False  # a module box drawn as one box, its members hidden
+    change: str | None = None  # "added" or "rewritten" by the pass a snapshot shows
 
     @property
     def framed(self) -> bool:

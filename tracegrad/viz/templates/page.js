@@ -13,6 +13,13 @@
   var minimap = document.getElementById("minimap");
   var search = document.getElementById("search");
   var state = { view: "0", zoom: 1, pinned: null, pane: {}, found: [], next: 0 };
+  // The pipeline's snapshots are the views from timeline.dataset.first on, shown by the
+  // "passes" tab one at a time, as the slider #step picks.
+  var timeline = document.getElementById("timeline");
+  var first = timeline ? Number(timeline.dataset.first) : Infinity;
+  var step = document.getElementById("step");
+  var steps = timeline ? JSON.parse(document.getElementById("steps").textContent) : [];
+  function isSnapshot(view) { return view !== "all" && Number(view) >= first; }
   panes.forEach(function (p) {
     if (!(p.dataset.view in state.pane)) { state.pane[p.dataset.view] = p.dataset.pane; }
   });
@@ -22,9 +29,12 @@
   function layout() {
     panes.forEach(function (p) {
       var view = p.dataset.view;
-      p.hidden = (state.view !== "all" && view !== state.view) || state.pane[view] !== p.dataset.pane;
+      var wanted = state.view === "all" ? !isSnapshot(view) : view === state.view;
+      p.hidden = !wanted || state.pane[view] !== p.dataset.pane;
     });
-    tabs.forEach(function (t) { t.classList.toggle("on", t.dataset.view === state.view); });
+    var current = isSnapshot(state.view) ? "passes" : state.view;
+    tabs.forEach(function (t) { t.classList.toggle("on", t.dataset.view === current); });
+    if (timeline) { timeline.hidden = current !== "passes"; }
     canvas.classList.toggle("all", state.view === "all");
     drawMinimap();
   }
@@ -248,7 +258,19 @@
 
   search.addEventListener("input", function () { find(search.value); });
   search.addEventListener("keydown", function (event) { if (event.key === "Enter") { nextFound(); } });
-  tabs.forEach(function (t) { t.addEventListener("click", function () { showView(t.dataset.view); fit(); }); });
+  function showStep() {
+    document.getElementById("step-text").textContent = steps[Number(step.value)];
+    showView(String(first + Number(step.value)));
+    fit();
+  }
+  if (step) { step.addEventListener("input", showStep); }
+  tabs.forEach(function (t) {
+    t.addEventListener("click", function () {
+      if (t.dataset.view === "passes") { showStep(); return; }
+      showView(t.dataset.view);
+      fit();
+    });
+  });
   document.getElementById("zoom-in").addEventListener("click", function () { setZoom(state.zoom * 1.25); });
   document.getElementById("zoom-out").addEventListener("click", function () { setZoom(state.zoom / 1.25); });
   document.getElementById("zoom-reset").addEventListener("click", function () { setZoom(1); });
