@@ -131,6 +131,28 @@ def test_a_12_block_transformer_opens_with_its_blocks_collapsed(gpt12):
         assert len(drawing.nodes) < 40 and drawing.height < 1000  # readable at a glance
 
 
+def test_backward_values_are_labelled_with_what_they_are(tmp_path):
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    cm = tg.compile(model)
+    cm(tg.randn(5, 4)).sum().backward()
+    wrt = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    for forward, backward in (cm.latest.readable, (cm.latest.program.graph,
+                                                   cm.latest.program.backward_graph)):  # fmt: skip
+        roles = viz.backward_roles(forward, backward, wrt)
+        grads = [roles[v.name].label for v in backward.outputs]
+        assert grads == [f"grad of {name}" for name in wrt]
+        texts = {roles[v.name].text for v in backward.inputs}
+        assert "saved output of relu in 1 (ReLU)" in texts  # inside the fused kernel
+        assert "saved input x" in texts
+    text = cm.visualize(tmp_path / "page.html").read_text(encoding="utf-8")
+    scene = build_scene("backward", cm.backward_graph, 1, roles=cm._roles()[id(cm.backward_graph)])
+    boxes = {b.name: b for b in scene.leaves()}
+    grad = boxes[cm.backward_graph.outputs[0].name]
+    assert grad.label == "grad of 0.weight" and grad.details[0] == ("is", "gradient of 0.weight")
+    assert ">grad of 0.weight</text>" in text and ">saved relu</text>" in text
+
+
 # --- in a browser --------------------------------------------------------------------------------
 
 # Opens the page in a frame and uses it as a person would, writing what each step left into

@@ -135,7 +135,22 @@ class Specializer:
         ``passes_history()``), .svg or .dot."""
         parts = self._latest().program.parts
         return viz.render(self.views(), path, code=self.code, generated=parts,
-                          history=self.passes_history())  # fmt: skip
+                          history=self.passes_history(), roles=self._roles())  # fmt: skip
+
+    def _roles(self) -> dict:
+        """What the backward graphs' values are (``viz.backward_roles``), by id of graph."""
+        spec = self._latest()
+        forward, backward = spec.readable
+        if backward is None:  # (a whole step: one graph)
+            return {}
+        wrt = [spec.traced.graph.inputs[i].name for i in spec.wrt]
+        program = spec.program
+        return {
+            id(backward): viz.backward_roles(forward, backward, wrt),
+            id(program.backward_graph): viz.backward_roles(
+                program.graph, program.backward_graph, wrt
+            ),
+        }
 
     def export(self, path):
         """Write the latest specialization as a standalone NumPy module at ``path``, with the

@@ -23,7 +23,7 @@ Modules: ``scene`` (what is shown), ``layout`` (layered DAG layout), ``draw`` (g
 from tracegrad.ir import graph as _graph
 from tracegrad.viz.formats import SUFFIXES, render, to_dot, to_html, to_svg
 from tracegrad.viz.notebook import graph_html, graph_svg
-from tracegrad.viz.scene import KINDS, build_scene, code_vars, kind_of
+from tracegrad.viz.scene import KINDS, backward_roles, build_scene, code_vars, kind_of
 
 _graph.PICTURES.update(html=graph_html, svg=graph_svg)  # (a Graph in a notebook: its picture)
 
@@ -35,6 +35,7 @@ __all__ = [
     "to_html",
     "KINDS",
     "build_scene",
+    "backward_roles",
     "code_vars",
     "kind_of",
 ]

@@ -61,11 +61,13 @@ _ENV.filters.update(dot=_dot_quote, px=_px)
 _ENV.globals.update(kinds=KINDS, title_height=TITLE_HEIGHT)
 
 
-def built_scenes(views, generated=()) -> list[Scene]:
-    """A scene per view, every box in it."""
+def built_scenes(views, generated=(), roles=None) -> list[Scene]:
+    """A scene per view, every box in it; ``roles`` (id of a backward graph -> its
+    ``scene.backward_roles``) label the values of backward graphs."""
     emitted = {id(graph): fn for fn, graph in generated}
+    roles = roles or {}
     return [
-        build_scene(title, graph, i, emitted.get(id(graph)))
+        build_scene(title, graph, i, emitted.get(id(graph)), roles.get(id(graph)))
         for i, (title, graph) in enumerate(views)
     ]
 
@@ -99,15 +101,16 @@ def to_svg(views, generated=()) -> str:
 HISTORY_LIMIT = 400
 
 
-def to_html(views, code: str | None = None, generated=(), history=()) -> str:
+def to_html(views, code: str | None = None, generated=(), history=(), roles=None) -> str:
     """One self-contained page: tabs per view, modules as boxes to open, details on hover,
     code linked to nodes. Each view holds several drawings (``viz.modules.panes``).
 
     ``history`` (``passes_history()`` of a compiled callable: snapshots with ``title``,
     ``graph``, ``pass_name``, ``rules``, ``added``, ``removed``, ``rewritten``) adds a
     "passes" tab: a time line over the snapshots of at most HISTORY_LIMIT nodes, the nodes
-    each pass added or rewrote marked."""
-    built = built_scenes(views, generated)
+    each pass added or rewrote marked. ``roles`` label backward graphs' values (see
+    ``built_scenes``)."""
+    built = built_scenes(views, generated, roles)
     steps = [s for s in history if len(s.graph.nodes) <= HISTORY_LIMIT]
     built += [_snapshot_scene(s, len(built) + k) for k, s in enumerate(steps)]
     shown = [[_drawn(pane) for pane in panes(scene)] for scene in built]
@@ -176,9 +179,10 @@ _WRITERS = {".dot": to_dot, ".gv": to_dot, ".svg": to_svg, ".html": to_html, ".h
 SUFFIXES = tuple(_WRITERS)  # the file suffixes ``render`` knows
 
 
-def render(views, path, code: str | None = None, generated=(), history=()):
+def render(views, path, code: str | None = None, generated=(), history=(), roles=None):
     """Write ``views`` to ``path`` in the format its suffix names; returns ``path``. The
-    page (.html) also shows ``code`` and a time line over ``history`` (see ``to_html``)."""
+    page (.html) also shows ``code``, a time line over ``history`` and backward values
+    labelled by ``roles`` (see ``to_html``)."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in _WRITERS:
         raise ValueError(
@@ -186,7 +190,7 @@ def render(views, path, code: str | None = None, generated=(), history=()):
         )
     writer = _WRITERS[suffix]
     if writer is to_html:
-        text = to_html(views, code, generated, history)
+        text = to_html(views, code, generated, history, roles)
     else:
         text = writer(views, generated)
     with open(path, "w", encoding="utf-8") as f:

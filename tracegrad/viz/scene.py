@@ -136,10 +136,56 @@ def leaf_boxes(box: Box):
         yield box
 
 
+class Role(NamedTuple):
+    """What a value of a backward graph is, for its box: ``label`` in the box, ``text`` in
+    its details (``grad of fc1.weight``; ``saved relu``, ``saved output of relu in block.2``)."""
+
+    label: str
+    text: str
+
+
+def backward_roles(forward: Graph, backward: Graph, wrt: list[str]) -> dict[str, Role]:
+    """Value name -> Role for the backward's inputs (values saved by ``forward``, its inputs,
+    and the gradients flowing in) and outputs (the gradients of the inputs named ``wrt``, in
+    order)."""
+    made = {v.name: node for node in forward.nodes for v in node.outputs}
+    inputs = {v.name for v in forward.inputs}
+    roles = {}
+    for v in backward.inputs:
+        node = _maker(made.get(v.name), v.name)
+        if node is not None:
+            where = f" in {node.scope}" if node.scope is not None else ""
+            roles[v.name] = Role(f"saved {_label(node)}", f"saved output of {_label(node)}{where}")
+        elif v.name in inputs:
+            roles[v.name] = Role(f"saved {v.name}", f"saved input {v.name}")
+        elif v.name.startswith("grad_"):
+            name = v.name.removeprefix("grad_")
+            roles[v.name] = Role(
+                f"grad of output {name}", f"gradient of the forward's output {name}"
+            )
+    for v, name in zip(backward.outputs, wrt, strict=False):
+        roles.setdefault(v.name, Role(f"grad of {name}", f"gradient of {name}"))
+    return roles
+
+
+def _maker(node, name: str):
+    """The node that made value ``name``: in a fused node, the member making it."""
+    if node is None or node.op != FUSED:
+        return node
+    body = body_of(node)
+    inner = body.outputs[[v.name for v in node.outputs].index(name)]
+    return next((m for m in body.nodes if inner in m.outputs), node)
+
+
 def build_scene(
-    title: str, graph: Graph, index: int, emitted: FunctionSource | None = None
+    title: str,
+    graph: Graph,
+    index: int,
+    emitted: FunctionSource | None = None,
+    roles: dict[str, Role] | None = None,
 ) -> Scene:
-    """The scene of one view (see the module docstring)."""
+    """The scene of one view (see the module docstring); ``roles`` (``backward_roles``)
+    label the values of a backward graph with what they are."""
     prefix = f"g{index}_"
     if emitted is None:
         variables, plan = code_vars(graph), None
@@ -159,7 +205,16 @@ def build_scene(
             _mark_memory(box, plan, node.outputs[0])
         box.output = any(v in outputs for v in node.outputs)
         boxes.append(box)
+    for box in boxes if roles else ():
+        _mark_role(box, roles)
     return Scene(title, prefix, boxes, edges.items())
+
+
+def _mark_role(box: Box, roles: dict[str, Role]) -> None:
+    role = roles.get(box.name)
+    if role is not None:
+        box.label = role.label
+        box.details.insert(0, ("is", role.text))
 
 
 class _EdgeSet:

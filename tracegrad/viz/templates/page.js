@@ -172,7 +172,7 @@
     if (!pane) { return; }
     var svg = pane.querySelector("svg");
     var scale = Math.min(minimap.width / svg.dataset.w, minimap.height / svg.dataset.h);
-    pane.querySelectorAll(".node > .shape").forEach(function (shape) {
+    pane.querySelectorAll(".node.leaf > .shape").forEach(function (shape) {
       var box = shape.getBBox();
       ctx.fillStyle = getComputedStyle(shape).stroke;
       ctx.fillRect(box.x * scale, (box.y + 30) * scale, Math.max(1, box.width * scale), Math.max(1, box.height * scale));
