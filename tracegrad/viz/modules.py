@@ -22,6 +22,7 @@ from math import prod
 from tracegrad.viz.scene import MODULE, Box, Edge, Scene, leaf_boxes
 
 EXPAND_AT = 300  # boxes; a view with more opens with its modules collapsed
+MAX_TYPES = 2  # output types written in a collapsed box
 
 
 @dataclasses.dataclass
@@ -43,12 +44,14 @@ def group(scene: Scene) -> Scene:
     of a topological order only have edges to later runs, so the drawing stays acyclic. A
     module whose nodes are interleaved with others' (a pass moved them, or the backward
     graph mixes layers) gets one box per run, ``part 2`` and on. A graph input named after
-    a module (its parameter ``blocks.0.fc.weight``) goes in the module's first box; inputs
-    have no incoming edges, so that cannot make a cycle either."""
+    a module (its parameter ``blocks.0.fc.weight``) goes in the module's first box, any
+    other (a value saved for the backward) in the innermost box holding all its readers;
+    inputs have no incoming edges, so that cannot make a cycle either."""
     root: list[Box] = []
     opened: list[Box] = []  # the module boxes the last box went into, outermost first
     parts: dict[str, int] = {}
     made: list[Box] = []
+    inside: dict[str, tuple[Box, ...]] = {}  # leaf id -> the module boxes it is in
     inputs = [b for b in scene.boxes if b.op == "input"]
     for box in scene.boxes:
         if box.op == "input":
@@ -64,9 +67,13 @@ def group(scene: Scene) -> Scene:
             opened.append(module)
             made.append(module)
         (opened[-1].members if opened else root).append(box)
+        inside.update(dict.fromkeys((leaf.id for leaf in leaf_boxes(box)), tuple(opened)))
     first = {m.name: m for m in reversed(made)}
+    readers: dict[str, list[str]] = {}
+    for edge in scene.edges:
+        readers.setdefault(edge.src, []).append(edge.dst)
     for box in reversed(inputs):
-        owner = _owner(box.name, first)
+        owner = _owner(box.name, first) or _common(inside[r] for r in readers.get(box.id, ()))
         (owner.members if owner else root).insert(0, box)
     for module in made:
         _describe(module, scene.edges, inputs)
@@ -81,6 +88,16 @@ def _owner(name: str, modules: dict[str, Box]) -> Box | None:
         if owner is not None:
             return owner
     return None
+
+
+def _common(chains) -> Box | None:
+    """The innermost module box in every one of ``chains`` (module boxes, outermost first)."""
+    common = None
+    for boxes in zip(*chains, strict=False):
+        if any(b is not boxes[0] for b in boxes):
+            break
+        common = boxes[0]
+    return common
 
 
 def _module_box(prefix: str, call, parts: dict[str, int]) -> Box:
@@ -98,7 +115,10 @@ def _describe(box: Box, edges: list[Edge], inputs: list[Box]) -> None:
     box.member_edges = [e for e in edges if e.src in inside and e.dst in inside]
     leaving = dict.fromkeys(e.label for e in edges if e.src in inside and e.dst not in inside)
     leaving.update(dict.fromkeys(leaf.type for leaf in leaves if leaf.output))
-    box.type = ", ".join(leaving)
+    shown = list(leaving)[:MAX_TYPES]  # (the details list them all)
+    box.type = ", ".join(shown) + (
+        f" +{len(leaving) - len(shown)}" if len(leaving) > len(shown) else ""
+    )
     params = [b for b in inputs if b.name.startswith(box.name + ".")]
     count = sum(prod(ast.literal_eval(_row(b, "shape"))) for b in params)
     box.details = [("module", str(box.scope)), ("boxes", str(len(inside)))]
@@ -106,7 +126,7 @@ def _describe(box: Box, edges: list[Edge], inputs: list[Box]) -> None:
         box.details.append(("weights", f"{count:,} in {len(params)} parameters and buffers"))
         box.label += f" · {_short_count(count)} weights"
     if leaving:
-        box.details.append(("outputs", box.type))
+        box.details.append(("outputs", ", ".join(leaving)))
 
 
 def _row(box: Box, key: str) -> str:
