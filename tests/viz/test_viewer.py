@@ -151,6 +151,10 @@ def test_backward_values_are_labelled_with_what_they_are(tmp_path):
     grad = boxes[cm.backward_graph.outputs[0].name]
     assert grad.label == "grad of 0.weight" and grad.details[0] == ("is", "gradient of 0.weight")
     assert ">grad of 0.weight</text>" in text and ">saved relu</text>" in text
+    # a saved value read only inside one module is drawn in that module's box
+    linear = next(b for b in group(scene).boxes if b.op == MODULE and b.name == "0")
+    assert "x" in [b.name for b in linear.members]
+    assert "x" in [b.name for b in group(build_scene("forward", cm.graph, 0)).boxes]
 
 
 # --- in a browser --------------------------------------------------------------------------------

@@ -44,8 +44,8 @@ def group(scene: Scene) -> Scene:
     of a topological order only have edges to later runs, so the drawing stays acyclic. A
     module whose nodes are interleaved with others' (a pass moved them, or the backward
     graph mixes layers) gets one box per run, ``part 2`` and on. A graph input named after
-    a module (its parameter ``blocks.0.fc.weight``) goes in the module's first box, any
-    other (a value saved for the backward) in the innermost box holding all its readers;
+    a module (its parameter ``blocks.0.fc.weight``) goes in the module's first box, a value
+    the forward saved for the backward in the innermost box holding all its readers;
     inputs have no incoming edges, so that cannot make a cycle either."""
     root: list[Box] = []
     opened: list[Box] = []  # the module boxes the last box went into, outermost first
@@ -73,7 +73,9 @@ def group(scene: Scene) -> Scene:
     for edge in scene.edges:
         readers.setdefault(edge.src, []).append(edge.dst)
     for box in reversed(inputs):
-        owner = _owner(box.name, first) or _common(inside[r] for r in readers.get(box.id, ()))
+        owner = _owner(box.name, first)
+        if owner is None and box.role is not None and box.role.saved:
+            owner = _common(inside[r] for r in readers.get(box.id, ()))
         (owner.members if owner else root).insert(0, box)
     for module in made:
         _describe(module, scene.edges, inputs)

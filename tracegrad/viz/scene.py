@@ -90,6 +90,7 @@ class Box:
     scope: Scope | None = None  # the module call that made the node (ir.core.Node.scope)
     collapsed: bool = False  # a module box drawn as one box, its members hidden
     change: str | None = None  # "added" or "rewritten" by the pass a snapshot shows
+    role: Role | None = None  # what a backward graph's value is (see backward_roles)
 
     @property
     def framed(self) -> bool:
@@ -138,10 +139,12 @@ def leaf_boxes(box: Box):
 
 class Role(NamedTuple):
     """What a value of a backward graph is, for its box: ``label`` in the box, ``text`` in
-    its details (``grad of fc1.weight``; ``saved relu``, ``saved output of relu in block.2``)."""
+    its details (``grad of fc1.weight``; ``saved relu``, ``saved output of relu in block.2``)
+    and whether it is a value the forward saved (``saved``)."""
 
     label: str
     text: str
+    saved: bool = False
 
 
 def backward_roles(forward: Graph, backward: Graph, wrt: list[str]) -> dict[str, Role]:
@@ -155,9 +158,10 @@ def backward_roles(forward: Graph, backward: Graph, wrt: list[str]) -> dict[str,
         node = _maker(made.get(v.name), v.name)
         if node is not None:
             where = f" in {node.scope}" if node.scope is not None else ""
-            roles[v.name] = Role(f"saved {_label(node)}", f"saved output of {_label(node)}{where}")
+            text = f"saved output of {_label(node)}{where}"
+            roles[v.name] = Role(f"saved {_label(node)}", text, saved=True)
         elif v.name in inputs:
-            roles[v.name] = Role(f"saved {v.name}", f"saved input {v.name}")
+            roles[v.name] = Role(f"saved {v.name}", f"saved input {v.name}", saved=True)
         elif v.name.startswith("grad_"):
             name = v.name.removeprefix("grad_")
             roles[v.name] = Role(
@@ -211,7 +215,7 @@ def build_scene(
 
 
 def _mark_role(box: Box, roles: dict[str, Role]) -> None:
-    role = roles.get(box.name)
+    role = box.role = roles.get(box.name)
     if role is not None:
         box.label = role.label
         box.details.insert(0, ("is", role.text))
