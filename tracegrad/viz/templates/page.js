@@ -39,7 +39,11 @@
     drawMinimap();
   }
 
-  function showView(which) { state.view = which; layout(); }
+  function showView(which) {
+    state.view = which;
+    layout();
+    if (search.value) { find(search.value); }
+  }
 
   function openPane(view, key) { state.pane[view] = key; layout(); fit(); }
 
@@ -131,8 +135,12 @@
 
   function boxOf(target) { return target.closest ? target.closest("g.node") : null; }
 
-  // Search: boxes whose id, name, op or module path holds the text; module boxes holding a
-  // match are marked too. Enter goes to the next match.
+  // Search: boxes of the shown view (of every tab's view side by side) whose id, name, op
+  // or module path holds the text; module boxes holding a match are marked too. Enter goes
+  // to the next match.
+  function searched(view) {
+    return state.view === "all" ? !isSnapshot(String(view)) : String(view) === state.view;
+  }
   function find(text) {
     text = text.trim().toLowerCase();
     var hits = [];
@@ -140,6 +148,7 @@
     if (text) {
       Object.keys(nodes).forEach(function (id) {
         var info = nodes[id];
+        if (!searched(info.view)) { return; }
         var words = [id].concat(info.rows.filter(function (r) { return r[0] === "op" || r[0] === "name" || r[0] === "module"; })
           .map(function (r) { return r[1]; }));
         if (words.join(" ").toLowerCase().indexOf(text) < 0) { return; }
