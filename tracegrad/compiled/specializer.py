@@ -140,6 +140,7 @@ class Specializer:
     def _roles(self) -> dict:
         """What the backward graphs' values are (``viz.backward_roles``), by id of graph."""
         spec = self._latest()
+        spec = getattr(spec, "module", None) or spec  # (a function calling no backward())
         forward, backward = spec.readable
         if backward is None:  # (a whole step: one graph)
             return {}
