@@ -99,6 +99,21 @@ def test_interleaved_modules_get_one_box_per_run_and_no_cycle():
     assert nx.is_directed_acyclic_graph(edges)
 
 
+def test_a_parameter_read_before_its_module_stays_outside_it():
+    """``a.weight`` read first by a node outside ``a`` (a step's clone of it) whose result
+    ``a`` reads: inside ``a``'s box it would make a -> clone -> a."""
+    v = {n: value(n, "f32[2]") for n in ("x", "a.weight", "1", "2", "3")}
+    nodes = [
+        Node("neg", [v["a.weight"]], [v["1"]]),
+        Node("add", [v["x"], v["1"]], [v["2"]], scope=scoped("a")),
+        Node("mul", [v["2"], v["a.weight"]], [v["3"]], scope=scoped("a")),
+    ]
+    scene = build_scene("step", Graph([v["x"], v["a.weight"]], nodes), 0)
+    assert [b.name for b in group(scene).boxes] == ["x", "a.weight", "1", "a"]
+    root = draw(panes(scene)[1].scene)  # lays out: no cycle
+    assert {n.box.name for n in root.nodes} == {"x", "a.weight", "1", "a"}
+
+
 @pytest.fixture(scope="module")
 def gpt12(tmp_path_factory):
     """A 12-block transformer compiled, run forward and backward, and its page written."""

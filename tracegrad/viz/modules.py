@@ -45,15 +45,16 @@ def group(scene: Scene) -> Scene:
     module whose nodes are interleaved with others' (a pass moved them, or the backward
     graph mixes layers) gets one box per run, ``part 2`` and on. A graph input named after
     a module (its parameter ``blocks.0.fc.weight``) goes in the module's first box, a value
-    the forward saved for the backward in the innermost box holding all its readers;
-    inputs have no incoming edges, so that cannot make a cycle either."""
+    the forward saved for the backward in the innermost box holding all its readers, when
+    that box cannot reach a reader outside it (it ends before every such reader, so the
+    drawing stays acyclic); else it stays at the top."""
     root: list[Box] = []
-    opened: list[Box] = []  # the module boxes the last box went into, outermost first
-    parts: dict[str, int] = {}
     made: list[Box] = []
     inside: dict[str, tuple[Box, ...]] = {}  # leaf id -> the module boxes it is in
-    inputs = [b for b in scene.boxes if b.op == "input"]
-    for box in scene.boxes:
+    order: dict[str, int] = {}  # leaf id -> position of its box in graph order
+    opened: list[Box] = []  # the module boxes the last box went into, outermost first
+    parts: dict[str, int] = {}
+    for position, box in enumerate(scene.boxes):
         if box.op == "input":
             continue
         calls = box.scope.chain() if box.scope is not None else ()
@@ -67,19 +68,35 @@ def group(scene: Scene) -> Scene:
             opened.append(module)
             made.append(module)
         (opened[-1].members if opened else root).append(box)
-        inside.update(dict.fromkeys((leaf.id for leaf in leaf_boxes(box)), tuple(opened)))
-    first = {m.name: m for m in reversed(made)}
-    readers: dict[str, list[str]] = {}
-    for edge in scene.edges:
-        readers.setdefault(edge.src, []).append(edge.dst)
-    for box in reversed(inputs):
-        owner = _owner(box.name, first)
-        if owner is None and box.role is not None and box.role.saved:
-            owner = _common(inside[r] for r in readers.get(box.id, ()))
-        (owner.members if owner else root).insert(0, box)
+        for leaf in leaf_boxes(box):
+            inside[leaf.id], order[leaf.id] = tuple(opened), position
+    inputs = [b for b in scene.boxes if b.op == "input"]
+    _place_inputs(inputs, root, made, scene.edges, inside, order)
     for module in made:
         _describe(module, scene.edges, inputs)
     return Scene(scene.title, scene.prefix, root, scene.edges)
+
+
+def _place_inputs(inputs, root, made, edges, inside, order) -> None:
+    """Each input in the module box it belongs to (see ``group``), else at the top."""
+    first = {m.name: m for m in reversed(made)}
+    ends = {}  # id of a module box -> the last position of a leaf in it
+    for leaf, boxes in inside.items():
+        for box in boxes:
+            ends[id(box)] = max(ends.get(id(box), -1), order[leaf])
+    readers: dict[str, list[str]] = {}
+    for edge in edges:
+        readers.setdefault(edge.src, []).append(edge.dst)
+    for box in reversed(inputs):
+        read = readers.get(box.id, [])
+        owner = _owner(box.name, first)
+        if owner is None and box.role is not None and box.role.saved:
+            owner = _common(inside[r] for r in read)
+        if owner is not None and not all(
+            any(b is owner for b in inside[r]) or order[r] > ends[id(owner)] for r in read
+        ):
+            owner = None  # (a reader before its end and outside it would close a cycle)
+        (owner.members if owner else root).insert(0, box)
 
 
 def _owner(name: str, modules: dict[str, Box]) -> Box | None:
