@@ -15,7 +15,8 @@ output prefixed by its view's position: ``g0_12``, ``g1_grad_7``; members of a f
 ``<fused id>/<name>``. Boxes are coloured by the kind of their op (``scene.KINDS``). The SVG
 layout is tracegrad's own (``viz.layout``), so no Graphviz binary is needed for any format.
 
-Modules: ``scene`` (what is shown), ``layout`` (layered DAG layout), ``draw`` (geometry),
+Modules: ``scene`` (what is shown), ``modules`` (boxes by module call, the page's drawings
+of each view), ``layout`` (layered DAG layout), ``draw`` (geometry),
 ``codelinks`` (statements <-> nodes), ``formats`` (the templates in ``templates/``),
 ``notebook`` (what notebooks show: graphs, compiled callables' cards, explain() reports).
 """
