@@ -4,8 +4,6 @@ a 24-block transformer, read back by hand-written readers; the page opened in Ch
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -13,6 +11,7 @@ from viz_helpers import (
     GPT,
     TagBalance,
     all_node_ids,
+    browser,
     data_edges,
     fused_view,
     leaf_ids,
@@ -20,6 +19,7 @@ from viz_helpers import (
     parse_dot,
     pixel_counts,
     read_png,
+    run_browser,
 )
 
 import tracegrad as tg
@@ -331,27 +331,6 @@ def test_a_26_block_transformer_renders_every_node(transformer, tmp_path):
 
 # --- in a browser --------------------------------------------------------------------------------
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def browser() -> str:
-    found = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-    if found is None:
-        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)})")
-    return found
-
-
-def run_browser(binary, page, tmp_path, *flags) -> subprocess.CompletedProcess:
-    command = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,800",
-        "--enable-logging=stderr", "--v=0", *flags, page,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert "Uncaught" not in result.stderr, result.stderr
-    return result
-
 
 def test_page_in_headless_chromium(mlp, tmp_path):
     binary = browser()
@@ -387,10 +366,11 @@ frame.addEventListener("load", function () {
     tab.click();
     var shown = doc.querySelectorAll("#canvas > .pane:not([hidden])");
     var svg = shown[0].querySelector("svg");
+    var opened = svg.getAttribute("width");
     doc.getElementById("zoom-in").click();
     var zoomed = svg.getAttribute("width");
     doc.getElementById("zoom-fit").click();
-    log.push(["tab", tab.dataset.view, shown.length, svg.dataset.w, zoomed,
+    log.push(["tab", tab.dataset.view, shown.length, svg.dataset.w, opened, zoomed,
               svg.getAttribute("width")].join(" "));
   });
   log.push("legend view key hidden " + doc.querySelector(".key.view").hidden);
@@ -414,10 +394,11 @@ def test_every_tab_zooms_and_fits_in_headless_chromium(mlp, tmp_path):
     assert "error" not in " ".join(log), log
     tabs = [line.split() for line in log if line.startswith("tab ")]
     assert [t[1] for t in tabs] == ["0", "1", "2", "all"]
-    for _, view, shown, natural, zoomed, fitted in tabs:
+    for _, view, shown, natural, opened, zoomed, fitted in tabs:
         assert int(shown) == (len(views) if view == "all" else 1)
-        assert float(zoomed) == pytest.approx(float(natural) * 1.25)  # zoom in acted
-        assert float(fitted) <= float(natural)  # fit to the frame's width acted
+        assert float(opened) <= float(natural)  # a tab opens fitted, never enlarged
+        assert float(zoomed) == pytest.approx(float(opened) * 1.25)  # zoom in acted
+        assert float(fitted) == pytest.approx(float(opened))  # fit to the frame acted
     assert log[-1] == "legend view key hidden false"
 
 

@@ -31,7 +31,8 @@ def test_pictures_escape_names(name, tmp_path):
     compiled(tg.randn(3, 2)).backward()
     page = compiled.visualize(tmp_path / "g.html").read_text(encoding="utf-8")
     assert SCRIPT not in page and "<img" not in page
-    assert len(re.findall("<script", page)) == 2  # the page's own: its data and its code
+    # the page's own: its data, the time line's captions and its code
+    assert len(re.findall("<script", page)) == 3
     svg = compiled.visualize(tmp_path / "g.svg").read_text(encoding="utf-8")
     root = ET.fromstring(svg.encode("utf-8"))  # well-formed XML
     assert not list(root.iter("{http://www.w3.org/2000/svg}script"))

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import struct
+import subprocess
 import zlib
 from html.parser import HTMLParser
 
 import numpy as np
+import pytest
 
 import tracegrad as tg
 from tracegrad import dtypes, nn
@@ -301,3 +304,27 @@ def odd_graph() -> Graph:
         Node("constant", [], [k], {"value": np.array(float("-inf"), np.float32)}),
     ]
     return Graph([x, unused], nodes, [c, k])
+
+
+# --- in a browser --------------------------------------------------------------------------------
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def browser() -> str:
+    found = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    if found is None:
+        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)})")
+    return found
+
+
+def run_browser(binary, page, tmp_path, *flags) -> subprocess.CompletedProcess:
+    command = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,800",
+        "--enable-logging=stderr", "--v=0", *flags, page,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert "Uncaught" not in result.stderr, result.stderr
+    return result

@@ -30,6 +30,63 @@ class Report:
     unplanned_traced: Graph | None = None  # a whole step's graph as traced
 
 
+@dataclass
+class Snapshot:
+    """One graph of the pipeline, for ``passes_history()``: as traced (or as a stage began),
+    after a pass that changed it (``pass_name``; ``rules``: how often each rule or kind of
+    change fired; the nodes ``added``, ``removed`` and ``rewritten``, by the value name of
+    their first output: same name, other op or inputs), or as planned for code generation."""
+
+    title: str
+    graph: Graph
+    pass_name: str | None = None
+    rules: dict[str, int] = field(default_factory=dict)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rewritten: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        changes = f" +{len(self.added)} -{len(self.removed)} ~{len(self.rewritten)}"
+        return f"<Snapshot {self.title!r}: {len(self.graph.nodes)} nodes" + (
+            changes + ">" if self.pass_name else ">"
+        )
+
+
+def history(report: Report) -> list[Snapshot]:
+    """Each stage's graph as it began, then after each pass that changed it (the planning
+    passes of each generated function too), then each generated function's planned graph."""
+    snapshots = []
+    stages = [*report.stages, *((f"planning {n}", r) for n, r in report.planning.items())]
+    for stage, results in stages:
+        if not results:
+            continue
+        snapshots.append(Snapshot(stage, results[0].before))
+        snapshots += [_after(stage, r) for r in results if r.changed]
+    return snapshots + [Snapshot(f"planned {name}", graph) for name, graph in report.planned]
+
+
+def _after(stage: str, result: PassResult) -> Snapshot:
+    before, after = _node_keys(result.before), _node_keys(result.graph)
+    return Snapshot(
+        f"{stage}: after {result.name}",
+        result.graph,
+        result.name,
+        dict(Counter(note.kind for note in result.notes).most_common()),
+        [name for name in after if name not in before],
+        [name for name in before if name not in after],
+        [name for name, key in after.items() if name in before and before[name] != key],
+    )
+
+
+def _node_keys(graph: Graph) -> dict[str, tuple]:
+    """First output name -> what the node computes from what (op and input names)."""
+    return {
+        node.outputs[0].name: (node.op, tuple(v.name for v in node.inputs))
+        for node in graph.nodes
+        if node.outputs
+    }
+
+
 def format_bytes(nbytes: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if nbytes < 1024 or unit == "GiB":

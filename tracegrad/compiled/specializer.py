@@ -5,7 +5,7 @@ A specializer keeps them in a cache by signature, decides whether a call of a ne
 may compile one more (its recompile policy: ``max_recompiles``, else at most
 ``CACHE_SIZE_LIMIT`` specializations, past which calls run eagerly), records why each
 recompile happened, and shows its latest specialization: ``graph``, ``backward_graph``,
-``code``, ``explain()``, ``views()``, ``visualize()``, ``export()``.
+``code``, ``explain()``, ``views()``, ``passes_history()``, ``visualize()``, ``export()``.
 
 Two targets build on it: ``CompiledModule`` (``module.py``), a module's forward and
 backward, and ``CompiledFunction`` (``function.py``), a function, typically a whole
@@ -24,7 +24,7 @@ import threading
 import warnings
 
 from tracegrad import viz
-from tracegrad.compiled.explain import Explanation, render
+from tracegrad.compiled.explain import Explanation, Snapshot, history, render
 from tracegrad.compiled.signature import NO_CHANGE, Signature, signature_diff
 from tracegrad.compiled.users_line import at_users_line
 from tracegrad.ir.graph import Graph
@@ -123,11 +123,35 @@ class Specializer:
         """The graphs pictures show: optimized, generated and traced, forward and backward."""
         return self._latest().views()
 
+    def passes_history(self) -> list[Snapshot]:
+        """The latest specialization's graph through the pipeline: as traced, after each
+        pass that changed it (with the rules that fired and the nodes added, removed and
+        rewritten) and as planned (see ``explain.Snapshot``)."""
+        return history(self._latest().report)
+
     def visualize(self, path):
         """Write a picture of the latest specialization; the suffix picks the format: .html
-        (its graphs, before and after passes, with the code), .svg or .dot."""
+        (its graphs, before and after passes, with the code and a time line over
+        ``passes_history()``), .svg or .dot."""
         parts = self._latest().program.parts
-        return viz.render(self.views(), path, code=self.code, generated=parts)
+        return viz.render(self.views(), path, code=self.code, generated=parts,
+                          history=self.passes_history(), roles=self._roles())  # fmt: skip
+
+    def _roles(self) -> dict:
+        """What the backward graphs' values are (``viz.backward_roles``), by id of graph."""
+        spec = self._latest()
+        spec = getattr(spec, "module", None) or spec  # (a function calling no backward())
+        forward, backward = spec.readable
+        if backward is None:  # (a whole step: one graph)
+            return {}
+        wrt = [spec.traced.graph.inputs[i].name for i in spec.wrt]
+        program = spec.program
+        return {
+            id(backward): viz.backward_roles(forward, backward, wrt),
+            id(program.backward_graph): viz.backward_roles(
+                program.graph, program.backward_graph, wrt
+            ),
+        }
 
     def export(self, path):
         """Write the latest specialization as a standalone NumPy module at ``path``, with the

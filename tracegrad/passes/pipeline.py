@@ -41,6 +41,7 @@ class PassResult:
     nodes_after: int
     notes: list[Note] = field(default_factory=list)
     graph: Graph | None = None
+    before: Graph | None = None  # the graph the pass was given (kept for passes_history)
 
     @property
     def changed(self) -> bool:
@@ -134,7 +135,7 @@ def run_pass(name: str, graph: Graph) -> PassResult:
     finally:
         _notes = outer
     checked(result, f"after the {name} pass")
-    return PassResult(name, len(graph.nodes), len(result.nodes), notes, result)
+    return PassResult(name, len(graph.nodes), len(result.nodes), notes, result, graph)
 
 
 def checked(graph: Graph, when: str) -> Graph:

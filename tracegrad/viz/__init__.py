@@ -15,7 +15,8 @@ output prefixed by its view's position: ``g0_12``, ``g1_grad_7``; members of a f
 ``<fused id>/<name>``. Boxes are coloured by the kind of their op (``scene.KINDS``). The SVG
 layout is tracegrad's own (``viz.layout``), so no Graphviz binary is needed for any format.
 
-Modules: ``scene`` (what is shown), ``layout`` (layered DAG layout), ``draw`` (geometry),
+Modules: ``scene`` (what is shown), ``modules`` (boxes by module call, the page's drawings
+of each view), ``layout`` (layered DAG layout), ``draw`` (geometry),
 ``codelinks`` (statements <-> nodes), ``formats`` (the templates in ``templates/``),
 ``notebook`` (what notebooks show: graphs, compiled callables' cards, explain() reports).
 """
@@ -23,7 +24,7 @@ Modules: ``scene`` (what is shown), ``layout`` (layered DAG layout), ``draw`` (g
 from tracegrad.ir import graph as _graph
 from tracegrad.viz.formats import SUFFIXES, render, to_dot, to_html, to_svg
 from tracegrad.viz.notebook import graph_html, graph_svg
-from tracegrad.viz.scene import KINDS, build_scene, code_vars, kind_of
+from tracegrad.viz.scene import KINDS, backward_roles, build_scene, code_vars, kind_of
 
 _graph.PICTURES.update(html=graph_html, svg=graph_svg)  # (a Graph in a notebook: its picture)
 
@@ -35,6 +36,7 @@ __all__ = [
     "to_html",
     "KINDS",
     "build_scene",
+    "backward_roles",
     "code_vars",
     "kind_of",
 ]

@@ -1,8 +1,8 @@
 """Geometry of a scene: box sizes, the layout, placed boxes and SVG path data for templates.
 
-A fused box is laid out recursively: its members get their own layout, and the box is made
-big enough to frame it. Edges that enter or leave a fused group attach to the group's frame;
-edges between members are drawn inside it.
+A fused box, or an open module box, is laid out recursively: its members get their own
+layout, and the box is made big enough to frame it. Edges that enter or leave such a group
+attach to the group's frame; edges between members are drawn inside it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from itertools import pairwise
 import networkx as nx
 
 from tracegrad.viz.layout import Layout, layout
-from tracegrad.viz.scene import FUSED, Box, Edge, Scene
+from tracegrad.viz.scene import MODULE, Box, Edge, Scene
 
 CHAR_WIDTH = 6.8  # of the 11px monospace font the templates use
 BOX_HEIGHT = 34
@@ -47,7 +47,8 @@ class Placed:
         b = self.box
         names = ["node", b.kind, "group" if self.group else "leaf"]
         names += ["output"] * b.output + ["inplace"] * (b.inplace is not None)
-        names += ["buffer"] * (b.buffer is not None)
+        names += ["buffer"] * (b.buffer is not None) + ["collapsed"] * b.collapsed
+        names += [b.change] if b.change else []
         return " ".join(names)
 
 
@@ -88,7 +89,7 @@ def draw(scene: Scene) -> Drawing:
 
 
 def _frame(boxes: list[Box], edges: list[Edge]) -> _Frame:
-    inner = {b.id: _frame(b.members, b.member_edges) for b in boxes if b.op == FUSED}
+    inner = {b.id: _frame(b.members, b.member_edges) for b in boxes if b.framed}
     sizes = {b.id: _size(b, inner.get(b.id)) for b in boxes}
     top = {leaf: b.id for b in boxes for leaf in _leaf_ids(b)}
     dag = nx.DiGraph()
@@ -120,8 +121,10 @@ def _size(box: Box, inner: _Frame | None) -> tuple[float, float]:
 
 
 def _label(box: Box) -> str:
-    if box.op == FUSED:
+    if box.framed:
         text, limit = f"{box.label} · {box.type}", MAX_GROUP_LABEL
+    elif box.op == MODULE:
+        text, limit = box.label, MAX_GROUP_LABEL
     else:
         text, limit = box.label, MAX_LABEL
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -26,6 +26,7 @@ from tracegrad.passes.memory import InPlace, MemoryPlan, Pooled
 from tracegrad.scopes import Scope
 
 FUSED = "fused"
+MODULE = "module"  # a box of the nodes one module call made (see viz.modules)
 
 
 class Kind(NamedTuple):
@@ -45,6 +46,7 @@ KINDS = {
     "nn": Kind("nn op", "#e2d8fb", "#6a4cc0"),
     "custom": Kind("custom Function", "#f9d3e8", "#b33b7c"),
     "fused": Kind("fused kernel", "#fff3e6", "#e06c00"),
+    "module": Kind("module (click to open)", "#f3f8ee", "#4f7a28"),
     "other": Kind("other", "#ffffff", "#555555"),
 }
 
@@ -86,6 +88,14 @@ class Box:
     members: list[Box] = field(default_factory=list)
     member_edges: list[Edge] = field(default_factory=list)
     scope: Scope | None = None  # the module call that made the node (ir.core.Node.scope)
+    collapsed: bool = False  # a module box drawn as one box, its members hidden
+    change: str | None = None  # "added" or "rewritten" by the pass a snapshot shows
+    role: Role | None = None  # what a backward graph's value is (see backward_roles)
+
+    @property
+    def framed(self) -> bool:
+        """Drawn as a frame around its members: a fused kernel, or an open module box."""
+        return self.op == FUSED or (self.op == MODULE and not self.collapsed)
 
     @property
     def badges(self) -> list[str]:
@@ -114,19 +124,72 @@ class Scene:
 
     def leaves(self):
         """Every box that stands for one graph input or one non-fused IR node."""
-        stack = list(reversed(self.boxes))
-        while stack:
-            box = stack.pop()
-            if box.op == FUSED:
-                stack.extend(reversed(box.members))
-            else:
-                yield box
+        for box in self.boxes:
+            yield from leaf_boxes(box)
+
+
+def leaf_boxes(box: Box):
+    """The boxes in ``box`` (itself, when it holds none) standing for one input or node."""
+    if box.op in (FUSED, MODULE):
+        for member in box.members:
+            yield from leaf_boxes(member)
+    else:
+        yield box
+
+
+class Role(NamedTuple):
+    """What a value of a backward graph is, for its box: ``label`` in the box, ``text`` in
+    its details (``grad of fc1.weight``; ``saved relu``, ``saved output of relu in block.2``)
+    and whether it is a value the forward saved (``saved``)."""
+
+    label: str
+    text: str
+    saved: bool = False
+
+
+def backward_roles(forward: Graph, backward: Graph, wrt: list[str]) -> dict[str, Role]:
+    """Value name -> Role for the backward's inputs (values saved by ``forward``, its inputs,
+    and the gradients flowing in) and outputs (the gradients of the inputs named ``wrt``, in
+    order)."""
+    made = {v.name: node for node in forward.nodes for v in node.outputs}
+    inputs = {v.name for v in forward.inputs}
+    roles = {}
+    for v in backward.inputs:
+        node = _maker(made.get(v.name), v.name)
+        if node is not None:
+            where = f" in {node.scope}" if node.scope is not None else ""
+            text = f"saved output of {_label(node)}{where}"
+            roles[v.name] = Role(f"saved {_label(node)}", text, saved=True)
+        elif v.name in inputs:
+            roles[v.name] = Role(f"saved {v.name}", f"saved input {v.name}", saved=True)
+        elif v.name.startswith("grad_"):
+            name = v.name.removeprefix("grad_")
+            roles[v.name] = Role(
+                f"grad of output {name}", f"gradient of the forward's output {name}"
+            )
+    for v, name in zip(backward.outputs, wrt, strict=False):
+        roles.setdefault(v.name, Role(f"grad of {name}", f"gradient of {name}"))
+    return roles
+
+
+def _maker(node, name: str):
+    """The node that made value ``name``: in a fused node, the member making it."""
+    if node is None or node.op != FUSED:
+        return node
+    body = body_of(node)
+    inner = body.outputs[[v.name for v in node.outputs].index(name)]
+    return next((m for m in body.nodes if inner in m.outputs), node)
 
 
 def build_scene(
-    title: str, graph: Graph, index: int, emitted: FunctionSource | None = None
+    title: str,
+    graph: Graph,
+    index: int,
+    emitted: FunctionSource | None = None,
+    roles: dict[str, Role] | None = None,
 ) -> Scene:
-    """The scene of one view (see the module docstring)."""
+    """The scene of one view (see the module docstring); ``roles`` (``backward_roles``)
+    label the values of a backward graph with what they are."""
     prefix = f"g{index}_"
     if emitted is None:
         variables, plan = code_vars(graph), None
@@ -146,7 +209,16 @@ def build_scene(
             _mark_memory(box, plan, node.outputs[0])
         box.output = any(v in outputs for v in node.outputs)
         boxes.append(box)
+    for box in boxes if roles else ():
+        _mark_role(box, roles)
     return Scene(title, prefix, boxes, edges.items())
+
+
+def _mark_role(box: Box, roles: dict[str, Role]) -> None:
+    role = box.role = roles.get(box.name)
+    if role is not None:
+        box.label = role.label
+        box.details.insert(0, ("is", role.text))
 
 
 class _EdgeSet:
@@ -322,7 +394,7 @@ def collapse(scene: Scene, limit: int = COLLAPSE_AT) -> Scene:
         box = _group_box(scene.prefix, k, members)
         boxes.append(box)
         for member in members:
-            for leaf in _leaf_boxes(member):
+            for leaf in leaf_boxes(member):
                 group_of[leaf.id] = box.id
     edges = _EdgeSet()
     for edge in scene.edges:
@@ -348,7 +420,7 @@ def _runs(boxes: list[Box]) -> list[list[Box]]:
 
 
 def _group_box(prefix: str, k: int, members: list[Box]) -> Box:
-    leaves = [leaf for m in members for leaf in _leaf_boxes(m)]
+    leaves = [leaf for m in members for leaf in leaf_boxes(m)]
     counts: dict[str, int] = {}
     for leaf in leaves:
         counts[leaf.op] = counts.get(leaf.op, 0) + 1
@@ -362,14 +434,6 @@ def _group_box(prefix: str, k: int, members: list[Box]) -> Box:
         details.append(("origin", phase))
     kind = "input" if inputs else kind_of(max(counts, key=counts.get))
     return Box(f"{prefix}group{k}", f"group{k}", GROUP, kind, label, "", details)
-
-
-def _leaf_boxes(box: Box):
-    if box.op == FUSED:
-        for member in box.members:
-            yield from _leaf_boxes(member)
-    else:
-        yield box
 
 
 def _detail(box: Box, key: str) -> str:
