@@ -78,6 +78,23 @@ def find(fn, tensors: list[Tensor], owned: set[int]) -> list[Capture]:
     return list(found.values())
 
 
+def reachable_objects(fn, args=()):
+    """(label, object) for what ``fn``'s names and ``args`` reach within ``_DEPTH`` steps of
+    items and attributes, each object once."""
+    frontier = [(name, obj, ()) for name, obj in roots(fn).items()]
+    frontier += [(f"argument {i}", a, ()) for i, a in enumerate(args)]
+    seen: set[int] = set()
+    for _ in range(_DEPTH + 1):
+        following = []
+        for label, obj, steps in frontier:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            yield label, obj
+            following += _children(label, obj, steps)
+        frontier = following
+
+
 def _children(label: str, obj, steps: tuple) -> list:
     if isinstance(obj, types.FunctionType):  # a function the traced code called: its names
         return _function_children(label, obj, steps)

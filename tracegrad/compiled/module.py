@@ -19,6 +19,7 @@ from tracegrad.compiled.module_program import (
     build_module_program,
     run_module_program,
 )
+from tracegrad.compiled.side_effects import refuse_escaped_tensors
 from tracegrad.compiled.signature import (
     Signature,
     identity,
@@ -157,6 +158,7 @@ class CompiledModule(Specializer):
                 leaf_names(self.module.forward, structure),
             )
         traced = trace_call(target, args, names, arg_names)
+        refuse_escaped_tensors(self.module.forward, args)
         report = Report(f"compiled {self.title}", signature)
         spec = build_module_program(traced, args, self.passes, self.debug_nans, report, self.check)
         spec.lock, spec.signature = self._lock, signature

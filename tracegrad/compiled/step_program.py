@@ -25,6 +25,11 @@ from tracegrad.compiled.check import check_generated, check_stages, step_labels
 from tracegrad.compiled.explain import Report
 from tracegrad.compiled.module_program import ModuleProgram, build_module_program
 from tracegrad.compiled.program import Program, generate
+from tracegrad.compiled.side_effects import (
+    group_settings,
+    refuse_changed_groups,
+    refuse_escaped_tensors,
+)
 from tracegrad.compiled.signature import Signature
 from tracegrad.compiled.traced import argument_names, trace_call, traced_updates, values_read
 from tracegrad.compiled.views import eager_views, returned_in_own_memory
@@ -138,7 +143,10 @@ def trace_step(compiled, args, signature) -> StepProgram:
     names = reached.names()
     # (its watched modules' parameters and every tensor it reached or read before)
     grads_before = {id(t): (t, t.grad) for _, t in reached.state_tensors().values()}
+    groups_before = group_settings(reached.optimizers().values())
     traced = _trace_call(compiled, args, names)
+    refuse_changed_groups(groups_before + traced.tracer.groups_read)
+    refuse_escaped_tensors(compiled.fn, args)
     arg_grads = {id(a): (a, a.grad) for a in args if isinstance(a, Tensor)}
     restore_grads(traced.sinks, {**grads_before, **arg_grads})
     tracer = traced.tracer

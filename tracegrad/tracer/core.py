@@ -32,7 +32,7 @@ from tracegrad.ir.graph import Graph
 from tracegrad.ops import OPS, Op
 from tracegrad.ops.registry import RANDOM, VIEW
 from tracegrad.tensor import Tensor, is_symbolic, next_serial, set_tracer, wrap
-from tracegrad.tracer.hyperparameters import TracedGroup
+from tracegrad.tracer.hyperparameters import TracedGroup, group_settings
 
 
 class Symbol:
@@ -91,6 +91,7 @@ class Tracer:
         self._kept: list[Tensor] = []
         self._not_own: set[Value] = set()  # values that are inputs or views of others
         self.optimizers: list = []
+        self.groups_read: list = []  # each stepped optimizer's group settings, as first read
         self.modules_called: list = []  # each module called while tracing, once
         self._called_ids: set[int] = set()
         self.values_read: dict[int, tuple[Tensor, int]] = {}  # by Python: id -> (t, version)
@@ -404,6 +405,7 @@ class Tracer:
         reads them: their numbers are inputs of the step (see tracer/hyperparameters.py), such
         as ``opt.lr0`` for group 0 of the optimizer ``names`` calls ``opt``."""
         if all(o is not optimizer for o in self.optimizers):
+            self.groups_read += group_settings([optimizer])  # (what a scheduler may change)
             self.optimizers.append(optimizer)
             self.optimizer_state.append({p: dict(s) for p, s in optimizer.state.items()})
         name = self.names.get(id(optimizer), f"optimizer{len(self.optimizers) - 1}")

@@ -70,3 +70,11 @@ class TracedGroup(dict):
 
     def get(self, key, default=None):
         return self[key] if key in self.group else default
+
+
+def group_settings(optimizers) -> list[tuple[object, list[dict]]]:
+    """Each optimizer with the settings of its parameter groups now (not their tensors)."""
+    return [
+        (opt, [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+        for opt in optimizers
+    ]
