@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tracegrad.ir.core import CONSTANT, FUSED, Node
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import OPS
-from tracegrad.ops.registry import REDUCE, VIEW
+from tracegrad.ops.registry import ELEMENTWISE, REDUCE, VIEW
 
 # Ops that compute each output element from many input elements (beyond REDUCE's sums)
 _REDUCING = frozenset(
@@ -92,6 +92,14 @@ def node_cost(node: Node) -> Cost:
     if node.op in _REDUCING or (op is not None and REDUCE in op.props):
         return Cost(elements, 0, elements, moved)
     return Cost(elements, 0, 0, moved)
+
+
+def reduction_operations(node: Node) -> int:
+    """``node_cost(node).reduction_operations``, at once for the many nodes that do none."""
+    op = OPS.get(node.op)
+    if node.op == CONSTANT or (op is not None and ({VIEW, ELEMENTWISE} & op.props)):
+        return 0
+    return node_cost(node).reduction_operations
 
 
 def graph_cost(graph: Graph) -> Cost:

@@ -47,7 +47,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph, _attr_key
 from tracegrad.ops import OPS
-from tracegrad.passes.cost import node_cost
+from tracegrad.passes.cost import reduction_operations
 from tracegrad.passes.dce import has_effect
 from tracegrad.passes.pipeline import note
 
@@ -268,8 +268,8 @@ class Rule:
         reductions than the nodes it leaves dead: a product another reader still needs,
         computed again in a new form. Such a firing is declined (the rule tests check the
         rest of the cost: tests/passes/test_rule_costs.py)."""
-        added = sum(node_cost(node).reduction_operations for node in m.nodes[mark:])
-        return added > 0 and added > sum(node_cost(n).reduction_operations for n in _dying(m))
+        added = sum(reduction_operations(node) for node in m.nodes[mark:])
+        return added > 0 and added > sum(reduction_operations(n) for n in _dying(m))
 
 
 _DYING_DEPTH = 6  # producers looked through for nodes a firing leaves dead (patterns are shallow)
