@@ -425,6 +425,27 @@ def _hw_w4(cfg, init):
     )
 
 
+def _w1_written(name: str, title: str, model: Callable, transposed: bool) -> Workload:
+    """W1 (its data, optimizer, hand-written step and PyTorch model) with another model
+    class: the same network written another way."""
+    return Workload(
+        name,
+        title,
+        dict(inputs=784, hidden=128, classes=10, batch=32, lr=0.01, n_batches=50),
+        model,
+        _sgd,
+        classification_loss,
+        w1_data,
+        _hw_w1,
+        _torch_mlp_relu,
+        _torch_sgd,
+        _torch_classification_loss,
+        targets=dict(step_ratio=1.10, module_ratio=2.0, first_call_s=0.5, alloc_mib=2.0),
+        data_seed=1001,
+        linear_layout=lambda init: linear_names(init, transposed),
+    )
+
+
 WORKLOADS: dict[str, Workload] = {
     "W1": Workload(
         "W1",
@@ -441,37 +462,9 @@ WORKLOADS: dict[str, Workload] = {
         targets=dict(step_ratio=1.10, module_ratio=2.0, first_call_s=0.5, alloc_mib=2.0),
         data_seed=1001,
     ),
-    "W1X": Workload(
-        "W1X",
-        "W1 written x @ W + b, weights stored (in, out)",
-        dict(inputs=784, hidden=128, classes=10, batch=32, lr=0.01, n_batches=50),
-        MatmulMLP,
-        _sgd,
-        classification_loss,
-        w1_data,
-        _hw_w1,
-        _torch_mlp_relu,
-        _torch_sgd,
-        _torch_classification_loss,
-        targets=dict(step_ratio=1.10, module_ratio=2.0, first_call_s=0.5, alloc_mib=2.0),
-        data_seed=1001,
-        linear_layout=lambda init: linear_names(init, transposed=True),
-    ),
-    "W1F": Workload(
-        "W1F",
-        "W1 written with F.linear on its own parameters",
-        dict(inputs=784, hidden=128, classes=10, batch=32, lr=0.01, n_batches=50),
-        FunctionalMLP,
-        _sgd,
-        classification_loss,
-        w1_data,
-        _hw_w1,
-        _torch_mlp_relu,
-        _torch_sgd,
-        _torch_classification_loss,
-        targets=dict(step_ratio=1.10, module_ratio=2.0, first_call_s=0.5, alloc_mib=2.0),
-        data_seed=1001,
-        linear_layout=lambda init: linear_names(init, transposed=False),
+    "W1X": _w1_written("W1X", "W1 written x @ W + b, weights stored (in, out)", MatmulMLP, True),
+    "W1F": _w1_written(
+        "W1F", "W1 written with F.linear on its own parameters", FunctionalMLP, False
     ),
     "W2": Workload(
         "W2",
