@@ -708,3 +708,14 @@ def test_scatter_multiply_matches_torch_and_compiles():
     xs = [t64(values) for _ in range(2)]
     np.testing.assert_allclose(tg.compile(step)(xs[1]).item(), step(xs[0]).item(), rtol=1e-12)
     np.testing.assert_allclose(xs[1].grad.numpy(), xs[0].grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["any", "all"])
+@pytest.mark.parametrize("dim, keepdim", [(None, False), (0, False), (1, True), (-1, False)])
+def test_any_and_all_reduce_like_numpy_eagerly_and_compiled(name, dim, keepdim):
+    data = np.array([[0.0, 2.0, 0.0], [1.0, 3.0, 0.0]])
+    expected = getattr(np, name)(data != 0, axis=dim, keepdims=keepdim)
+    method = lambda x: getattr(x, name)(dim, keepdim=keepdim)
+    np.testing.assert_array_equal(method(tg.tensor(data)).numpy(), expected)
+    np.testing.assert_array_equal(tg.compile(method)(tg.tensor(data)).numpy(), expected)
+    assert getattr(tg, name)(tg.tensor(data)).item() == bool(getattr(np, name)(data != 0))

@@ -58,6 +58,8 @@ _METHODS = [
     "amax",
     "amin",
     "argmax",
+    "any",
+    "all",
     "argmin",
     "logsumexp",
     "reshape",

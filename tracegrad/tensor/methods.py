@@ -532,6 +532,24 @@ class TensorMethods:
         """
         return call("amin", self, dims=normalize_dims("amin", dim, self.ndim), keepdim=keepdim)
 
+    def any(self, dim=None, keepdim=False):
+        """Whether any element (along ``dim``; None: of all) is non-zero, as bools.
+
+        Examples:
+            >>> tg.tensor([[0.0, 2.0], [0.0, 0.0]]).any(dim=1)
+            tensor([ True, False])
+        """
+        return self.ne(0).long().sum(dim, keepdim=keepdim) > 0
+
+    def all(self, dim=None, keepdim=False):
+        """Whether every element (along ``dim``; None: of all) is non-zero, as bools.
+
+        Examples:
+            >>> tg.tensor([[1.0, 2.0], [0.0, 3.0]]).all(dim=1)
+            tensor([ True, False])
+        """
+        return self.eq(0).long().sum(dim, keepdim=keepdim) == 0
+
     def argmax(self, dim=None, keepdim=False):
         """The index of the maximum, in the flattened tensor or along ``dim``.
 
