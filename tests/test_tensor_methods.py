@@ -719,3 +719,17 @@ def test_any_and_all_reduce_like_numpy_eagerly_and_compiled(name, dim, keepdim):
     np.testing.assert_array_equal(method(tg.tensor(data)).numpy(), expected)
     np.testing.assert_array_equal(tg.compile(method)(tg.tensor(data)).numpy(), expected)
     assert getattr(tg, name)(tg.tensor(data)).item() == bool(getattr(np, name)(data != 0))
+
+
+def test_contiguous_copies_a_transposed_tensor_into_row_major_memory_and_keeps_gradients():
+    x = tg.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    assert x.contiguous() is x and x.is_contiguous()
+    transposed = x.t()
+    assert not transposed.is_contiguous()
+    copied = transposed.contiguous()
+    assert copied.is_contiguous() and copied.array.flags.c_contiguous
+    np.testing.assert_array_equal(copied.detach().numpy(), np.arange(6.0).reshape(2, 3).T)
+    (copied * tg.tensor(np.arange(6.0).reshape(3, 2))).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.arange(6.0).reshape(3, 2).T)
+    torch = pytest.importorskip("torch")
+    assert torch.ones(2, 3).t().is_contiguous() is False

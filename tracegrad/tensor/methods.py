@@ -104,9 +104,22 @@ class TensorMethods:
         """
         raise devices.unavailable("cuda" if device is None else device)
 
+    def is_contiguous(self) -> bool:
+        """Whether the values lie in row-major memory without gaps (while tracing: True, the
+        layout being the compiler's to choose)."""
+        return is_symbolic(self) or bool(self.array.flags.c_contiguous)
+
     def contiguous(self) -> Tensor:
-        """A tensor with the same values in row-major memory (a copy only when needed)."""
-        return self
+        """A tensor with the same values in row-major memory: itself when it is already, else
+        a copy (gradients flow back). While tracing, memory layout is the compiler's to choose.
+
+        Examples:
+            >>> tg.ones(2, 3).t().contiguous().is_contiguous()
+            True
+        """
+        if is_symbolic(self) or self.array.flags.c_contiguous:
+            return self
+        return call("contiguous", self)
 
     def clone(self) -> Tensor:
         """A copy with memory of its own; gradients flow back to this tensor.
