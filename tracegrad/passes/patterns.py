@@ -249,6 +249,17 @@ class Rule:
         need): a test on the node's inputs alone that skips most rules at most nodes."""
         return _needs(self.pattern)
 
+    @functools.cached_property
+    def passes_through(self) -> int | None:
+        """The input position whose value is the replacement, when the right side names a
+        capture that is one input of the pattern as it is (``x * 1 -> x``): the rule can only
+        fire where that input has the root's type, a test on the node alone."""
+        pattern, right = self.pattern, self.right
+        if not isinstance(right, str) or pattern.inputs is None or pattern.commutative:
+            return None
+        positions = [i for i, p in enumerate(pattern.inputs) if p.name == right]
+        return positions[0] if len(positions) == 1 else None
+
     def apply(self, m: Match) -> Value | None:
         """The replacement of ``m.root``'s output, or None; a declined attempt leaves no nodes."""
         out_type = m.root.outputs[0].type
@@ -468,11 +479,14 @@ def _rewrite_once(graph: Graph, rules, counter) -> tuple[Graph, bool]:
 
 
 def _first_firing(rules: list[Rule], m: Match) -> tuple[Rule, Value] | None:
-    producers = m.rewrite.producers
-    read = {node.op for node in map(producers.get, m.root.inputs) if node is not None}
+    producers, root = m.rewrite.producers, m.root
+    read = {node.op for node in map(producers.get, root.inputs) if node is not None}
+    out_type = root.outputs[0].type
     for rule in rules:
-        needs = rule.needs
+        needs, through = rule.needs, rule.passes_through
         if needs is not None and needs.isdisjoint(read):
+            continue
+        if through is not None and root.inputs[through].type != out_type:
             continue
         out = rule.apply(m)
         if out is not None:
