@@ -154,3 +154,33 @@ def test_double_backward_through_a_custom_function():
     (g,) = tg.autograd.grad(Cube.apply(x), x, create_graph=True)
     (gg,) = tg.autograd.grad(g, x)
     assert g.item() == 12.0 and gg.item() == 12.0
+
+
+class TrailingNones(tg.autograd.Function):
+    """A backward returning more gradients than inputs, the extra ones None (PyTorch allows
+    it); ``extra`` says what the extra gradient is."""
+
+    @staticmethod
+    def forward(ctx, x, extra=None):
+        ctx.extra = extra
+        return x * 3.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 3.0, None, ctx.extra
+
+
+def test_trailing_none_gradients_beyond_the_inputs_are_dropped_as_in_pytorch():
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    TrailingNones.apply(x).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+    compiled = tg.compile(lambda x: TrailingNones.apply(x))
+    y = tg.tensor([1.0, 2.0], requires_grad=True)
+    compiled(y).sum().backward()
+    np.testing.assert_array_equal(y.grad.numpy(), [3.0, 3.0])
+
+
+def test_an_extra_gradient_that_is_not_none_is_an_error():
+    x = tg.tensor([1.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="incorrect number of gradients"):
+        TrailingNones.apply(x, tg.ones(1)).sum().backward()

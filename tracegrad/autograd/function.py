@@ -116,6 +116,8 @@ def _record(cls, ctx: FunctionCtx, args, outputs) -> None:
         grads = [_materialize(g, o, ctx) for g, o in zip(grads, outputs, strict=True)]
         result = cls.backward(ctx, *grads)
         result = result if isinstance(result, tuple) else (result,)
+        if len(result) > len(args) and all(g is None for g in result[len(args) :]):
+            result = result[: len(args)]  # (trailing Nones beyond the inputs, as PyTorch allows)
         if len(result) != len(args):
             raise RuntimeError(
                 f"function {cls.__name__}.backward returned an incorrect number of gradients "
