@@ -409,7 +409,20 @@ class Embedding(Module):
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
-class Dropout(Module):
+class _DropoutNd(Module):
+    """What the dropout layers share (PyTorch's ``_DropoutNd``): ``p`` checked, the repr."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p = p
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace=False"
+
+
+class Dropout(_DropoutNd):
     """In training mode, zero each element with probability ``p`` and scale the rest by
     ``1 / (1 - p)``; in eval mode, the identity. Draws come from tracegrad's generator, so compiled
     and eager runs agree under ``tg.manual_seed``.
@@ -427,17 +440,8 @@ class Dropout(Module):
         tensor([1., 1., 1.])
     """
 
-    def __init__(self, p: float = 0.5, inplace: bool = False):
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        self.p = p
-
     def forward(self, x):
         return F.dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace=False"
 
 
 class MSELoss(Module):

@@ -6,7 +6,7 @@ embeddings CosineEmbeddingLoss and TripletMarginLoss. Each forwards to its funct
 from __future__ import annotations
 
 from tracegrad.nn import functional as F
-from tracegrad.nn.layers import Conv2d, _empty
+from tracegrad.nn.layers import Conv2d, _DropoutNd, _empty
 from tracegrad.nn.module import Module
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -219,20 +219,12 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={self.output_size}"
 
 
-class Dropout2d(Module):
-    """Zeroes whole channels in training; the identity in eval mode."""
-
-    def __init__(self, p: float = 0.5, inplace: bool = False):
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        self.p = p
+class Dropout2d(_DropoutNd):
+    """Zeroes whole channels in training; the identity in eval mode (arguments as Dropout's:
+    ``p``, ``inplace``)."""
 
     def forward(self, input):
         return F.dropout2d(input, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace=False"
 
 
 class _Pad2d(Module):
