@@ -361,14 +361,24 @@ def mark_unshared(tensor) -> None:
     tensor._unshared = True
 
 
+def _accumulates_in_place(existing, grad) -> bool:
+    """Whether ``existing`` (a .grad) can take ``grad`` in place: of its dtype, and writable
+    (a broadcast view a user set is not; a traced value always is)."""
+    flags = getattr(existing.array, "flags", None)
+    return existing.dtype == grad.dtype and (flags is None or flags.writeable)
+
+
 def accumulate(leaf, grad, create_graph) -> None:
     unshared = grad.__dict__.pop("_unshared", False)
     if not create_graph and (grad.grad_fn is not None or grad._requires_grad):
         grad = grad.detach()
     if leaf.grad is None:
         leaf.grad = grad if create_graph or unshared else grad.clone()
-    else:
+    elif create_graph or not _accumulates_in_place(leaf.grad, grad):
         leaf.grad = leaf.grad + grad
+    else:  # in place, as PyTorch's AccumulateGrad: a .grad that is a view keeps receiving
+        with no_grad():
+            leaf.grad.add_(grad)
     for hook in leaf.__dict__.get("_post_accumulate_grad_hooks", {}).values():
         hook(leaf)
 

@@ -552,12 +552,13 @@ def test_updates_written_in_place_are_not_copied_back(training_step, passes):
 
 
 def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
-    """A .grad the step created stays the same tensor from step to step, holds each step's
-    gradient (equal to eager), and keeps one buffer: the run writes it, nothing copies it."""
+    """A .grad the step created, which nobody else holds, lives in the same memory from step
+    to step, holds each step's gradient (equal to eager), and keeps one buffer: the run
+    writes it, nothing copies it. (A .grad the user keeps keeps its values instead: see
+    test_grads_kept_from_earlier_steps_keep_their_values.)"""
     model_e, opt_e, _, _ = train(training_step, OPTIMIZERS["adam"], compiled=False, steps=3)
     model_c, opt_c, _, step = train(training_step, OPTIMIZERS["adam"], compiled=True, steps=3)
-    grads = [p.grad for p in model_c.parameters()]
-    memory = [g.numpy() for g in grads]
+    memory = [p.grad.numpy() for p in model_c.parameters()]  # (the arrays, not the tensors)
     for x, y in batches(3, (5, 6), 3, seed=9):
         for model, opt, fn in ((model_e, opt_e, None), (model_c, opt_c, step)):
             if fn is None:
@@ -567,9 +568,9 @@ def test_grads_live_in_the_programs_memory_without_a_copy(training_step):
             else:
                 fn(x, y)
     assert_same_state(model_c, opt_c, model_e, opt_e)
-    # each .grad is the same tensor in the same memory, holding the last step's gradient
-    for p, grad, array in zip(model_c.parameters(), grads, memory, strict=True):
-        assert p.grad is grad and np.shares_memory(p.grad.numpy(), array)
+    # each .grad is in the same memory, holding the last step's gradient
+    for p, array in zip(model_c.parameters(), memory, strict=True):
+        assert np.shares_memory(p.grad.numpy(), array)
         np.testing.assert_array_equal(p.grad.numpy(), array)
     # the plan puts each .grad in a pooled buffer, or a view of one (a weight's gradient
     # computed as rows @ rows)
@@ -625,23 +626,29 @@ def test_a_grad_in_program_memory_read_by_the_next_run_is_read_intact():
     close(np.array(results[1]), np.array(results[0]), "norm of the previous step's gradient")
 
 
-def test_grads_kept_from_earlier_steps_keep_their_values():
-    """zero_grad outside the compiled step drops each .grad; a user who keeps them (to log
-    or average them) sees each step's own gradient, as in PyTorch: the memory a step hands
-    out is not handed out again while a tensor living in it is alive."""
+@pytest.mark.parametrize("inside", [False, True], ids=["zero_grad_outside", "zero_grad_inside"])
+def test_grads_kept_from_earlier_steps_keep_their_values(inside):
+    """zero_grad, outside the compiled step or inside it, drops each .grad; a user who keeps
+    them (to log or average them) sees each step's own gradient in its own tensor, as in
+    PyTorch: the memory a step hands out is not handed out again while a tensor living in it
+    is alive."""
     runs = []
     for compiled in (False, True):
         model = mlp()
 
         def grads(x, y, model=model):
+            if inside:
+                model.zero_grad()
             F.cross_entropy(model(x), y).backward()
 
         step = tg.compile(grads) if compiled else grads
         kept = []
         for x, y in batches(4, (5, 6), 3, seed=11):
-            model.zero_grad()  # set_to_none: a new .grad each step
+            if not inside:
+                model.zero_grad()  # set_to_none: a new .grad each step
             step(x, y)
             kept.append([p.grad for p in model.parameters()])
+        assert all(a is not b for a, b in zip(kept[0], kept[1], strict=True))
         runs.append([[g.numpy().copy() for g in step_grads] for step_grads in kept])
         if compiled:
             now = [[g.numpy() for g in step_grads] for step_grads in kept]

@@ -39,9 +39,17 @@ HOLDER_PATHS = {
 
 OPTIMIZERS = [
     "optim.SGD(m.parameters(), lr=0.05, momentum=0.9)",
+    "optim.SGD(m.parameters(), lr=0.05, momentum=0.9, dampening=0.3)",
     "optim.Adam(m.parameters(), lr=0.01)",
     "optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.1)",
+    # (an eps far above rounding: these divide by the gradient's size, and a gradient that is
+    # 0 but for rounding, such as a key projection's bias under softmax, would be its sign)
+    "optim.RMSprop(m.parameters(), lr=0.01, momentum=0.5, centered=True, eps=1e-3)",
+    "optim.Adagrad(m.parameters(), lr=0.05, eps=1e-3)",
 ]
+
+# Where a step drops its .grad: first (the usual loop), last, or never (it accumulates)
+ZERO_GRAD_PLACES = ["first", "first", "last", "never"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,13 @@ def _step_tail(b: Builder, results: list[str], data_step: bool) -> list[str]:
         b.state.append("opt")
         b.add_between('opt.param_groups[0]["lr"] *= 0.5')  # a schedule's decay
         update = b.rng.choice([update] * 4 + ["pass"])
-    return [zero, f"loss = {loss}", "loss.backward()", *update.split("\n")]
+    body = [f"loss = {loss}", "loss.backward()", *update.split("\n")]
+    if b.rng.random() < 0.3:  # the caller's own backward: a .grad exists as a call starts
+        b.add_between("with tg.enable_grad(): (m.w0 * m.w0).sum().backward()")
+    place = b.rng.choice(ZERO_GRAD_PLACES)
+    if place == "never":
+        return body
+    return [zero, *body] if place == "first" else [*body, zero]
 
 
 def _source(b: Builder, seed: int, chosen: list[str]) -> str:

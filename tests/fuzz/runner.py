@@ -8,8 +8,11 @@ program's seed and runs under the same ``tg.manual_seed`` per call, so random dr
 With the ``caller_backward`` construct, the runner backpropagates a fixed weighting of the
 results after each call.
 What is compared after every call: the results (values, shapes, dtypes, requires_grad), and
-every parameter, buffer, argument, closure tensor, array and optimizer state, with ``.grad``;
-with the ``keep_results`` construct, after the last call the results of every call again.
+every parameter, buffer, argument, closure tensor, array and optimizer state, with ``.grad``,
+and whether each parameter's ``.grad`` is the tensor it held before the call; with the
+``keep_results`` construct, after the last call the results of every call again; last, the
+values of the ``.grad`` tensors the caller kept as each call began (eagerly a kept ``.grad``
+keeps its values unless the step accumulated into it in place).
 """
 
 from __future__ import annotations
@@ -88,19 +91,28 @@ def observe(program: Program, variant: str):
     if not applies(case, variant):
         return None
     run = target(case, variant)
-    seen, kept = [], []
+    seen, kept, grads = [], [], []
     for i in range(CALLS):
         tg.manual_seed(1000 + i)
+        held = [p.grad for p in case.holder.parameters()]  # as a user logging them would
         result = run(*case.args)
         if case.backward:
             backprop(result)
         else:  # nothing reads the results' gradients: requires_grad is not compared
             result = [t.detach() if isinstance(t, tg.Tensor) else t for t in flatten(result)]
-        seen.append({"result": snapshot(result), "state": snapshot(case.state())})
+        now = [p.grad for p in case.holder.parameters()]
+        seen.append({
+            "result": snapshot(result),
+            "state": snapshot(case.state()),
+            "same .grad tensor as before the call": [a is b for a, b in zip(held, now)],
+        })  # fmt: skip
         kept.append(result)
+        grads.append(held)
         case.between(i)
     if case.keep:  # kept results change only where eager's do (views of what changed)
         seen.append({"kept results": [snapshot(r) for r in kept]})
+    # a .grad kept from before a call keeps the values eager's keeps
+    seen.append({"kept .grad tensors": [snapshot(g) for g in grads]})
     return seen
 
 

@@ -42,8 +42,12 @@ def test_a_new_learning_rate_every_step_is_used_bit_for_bit_without_recompiling(
             set_all(run.opt, "lr", 0.1 / (i + 1))
         assert np.array_equal(compiled(), eager())
         assert_identical(compiled, eager, f"{name}, step {i}")
-    # The first call, then the second, which sees .grad and the optimizer state exist
-    assert len(compiled.step.specializations) == 2
+    # One: the first call is traced with the optimizer state it makes (made ahead) and
+    # without the .grad its zero_grad() drops, so every later call has its signature (with
+    # dampening, SGD's first step makes its momentum buffer from the gradient: the state
+    # cannot be made ahead, and the second call compiles for it)
+    count = 2 if name == "sgd-dampening" else 1
+    assert len(compiled.step.specializations) == count, compiled.step.recompile_reasons
     assert all("lr" not in reason for reason in compiled.step.recompile_reasons)
 
 
@@ -67,7 +71,9 @@ def test_every_number_of_a_group_is_read_on_each_call(name, key, values):
             set_all(run.opt, key, value)
         assert np.array_equal(compiled(), eager())
         assert_identical(compiled, eager, f"{name} with {key}={value}, step {i}")
-    assert len(compiled.step.specializations) == 2
+    # (with dampening, SGD's first step makes its momentum buffer from the gradient: the
+    # state cannot be made ahead, and the second call compiles for it)
+    assert len(compiled.step.specializations) == (2 if name == "sgd-dampening" else 1)
 
 
 def test_groups_have_their_own_learning_rates():
@@ -78,18 +84,16 @@ def test_groups_have_their_own_learning_rates():
             run.opt.param_groups[1]["lr"] = 0.01 / (i + 1)
         assert np.array_equal(compiled(), eager())
         assert_identical(compiled, eager, f"step {i}")
-    assert len(compiled.step.specializations) == 2
+    assert len(compiled.step.specializations) == 1
 
 
-def test_a_two_hundred_step_schedule_compiles_twice():
+def test_a_two_hundred_step_schedule_compiles_once():
     compiled = Run(OPTIMIZERS["sgd-momentum"], True)
     for i in range(200):
         set_all(compiled.opt, "lr", 0.1 * 0.98**i)
         compiled()
-    assert len(compiled.step.specializations) == 2
-    (reason,) = compiled.step.recompile_reasons  # .grad and the momentum buffers appeared
-    assert "optimizer opt (SGD): state for 4 parameters (momentum_buffer) now exists" in reason
-    assert "lr" not in reason
+    assert len(compiled.step.specializations) == 1
+    assert compiled.step.recompile_reasons == []
 
 
 def test_adam_over_many_steps_equals_eager_exactly():
@@ -101,7 +105,7 @@ def test_adam_over_many_steps_equals_eager_exactly():
     assert_identical(compiled, eager, "after 60 steps")
     steps = {float(s["step"].item()) for s in compiled.opt.state.values()}
     assert steps == {60.0}
-    assert len(compiled.step.specializations) == 2
+    assert len(compiled.step.specializations) == 1
 
 
 def test_hyperparameters_are_named_inputs_of_the_generated_step():
@@ -125,13 +129,13 @@ def test_a_number_the_update_does_not_read_is_no_input():
 @pytest.mark.parametrize(
     ("name", "key", "value", "reason", "count"),
     [
-        # (the momentum buffer the new code makes is one more recompile)
-        ("sgd", "momentum", 0.9, "optimizer opt group 0 momentum: 0.0 -> 0.9", 4),
-        ("sgd-momentum", "momentum", 0.0, "optimizer opt group 0 momentum: 0.9 -> 0.0", 3),
-        ("sgd", "weight_decay", 0.01, "optimizer opt group 0 weight_decay: 0.0 -> 0.01", 3),
-        ("sgd-momentum", "nesterov", True, "optimizer opt group 0 nesterov: False -> True", 3),
-        ("adam-amsgrad", "amsgrad", False, "optimizer opt group 0 amsgrad: True -> False", 3),
-        ("adam", "maximize", True, "optimizer opt group 0 maximize: False -> True", 3),
+        # (the momentum buffer the new code makes is made ahead: no recompile of its own)
+        ("sgd", "momentum", 0.9, "optimizer opt group 0 momentum: 0.0 -> 0.9", 2),
+        ("sgd-momentum", "momentum", 0.0, "optimizer opt group 0 momentum: 0.9 -> 0.0", 2),
+        ("sgd", "weight_decay", 0.01, "optimizer opt group 0 weight_decay: 0.0 -> 0.01", 2),
+        ("sgd-momentum", "nesterov", True, "optimizer opt group 0 nesterov: False -> True", 2),
+        ("adam-amsgrad", "amsgrad", False, "optimizer opt group 0 amsgrad: True -> False", 2),
+        ("adam", "maximize", True, "optimizer opt group 0 maximize: False -> True", 2),
     ],
 )
 def test_a_change_to_the_update_s_code_recompiles_with_a_short_reason(
@@ -144,7 +148,8 @@ def test_a_change_to_the_update_s_code_recompiles_with_a_short_reason(
                 set_all(run.opt, key, value)
         assert np.array_equal(compiled(), eager())
         assert_identical(compiled, eager, f"step {i}")
-    assert compiled.step.recompile_reasons[1] == reason
+    (said,) = compiled.step.recompile_reasons
+    assert said.startswith(reason)  # (SGD's new momentum buffers, made ahead, are named next)
     assert len(compiled.step.specializations) == count
 
 
@@ -231,7 +236,7 @@ def test_a_group_replaced_by_an_equal_dict_is_read_in_its_place():
             run.opt.param_groups[0] = {**run.opt.param_groups[0], "lr": 0.01 / (i + 1)}
         assert np.array_equal(compiled(), eager())
         assert_identical(compiled, eager, f"step {i}")
-    assert len(compiled.step.specializations) == 2
+    assert len(compiled.step.specializations) == 1
 
 
 @pytest.mark.parametrize(
@@ -253,4 +258,4 @@ def test_a_scheduler_created_after_the_step_compiled_recompiles_nothing(make_sch
         assert_identical(compiled, eager, f"step {i}")
         for scheduler in schedulers:
             scheduler.step()
-    assert len(compiled.step.specializations) == 2  # the first call's and the steady one
+    assert len(compiled.step.specializations) == 1  # the first call's is the steady one

@@ -133,11 +133,3 @@ def planned_home(array: np.ndarray, planned: frozenset[int]) -> int | None:
     base = array.base
     whole = base is not None and array.size == base.size
     return id(base) if whole and id(base) in planned else None
-
-
-def restore_grads(sinks: list[Sink], before: dict) -> None:
-    """Put back the ``.grad`` each tensor had before tracing (optimizer state is restored by
-    the tracer); the program's first run then stores the real values."""
-    for sink in sinks:
-        if sink.kind == "grad":
-            sink.owner.grad = before.get(id(sink.owner), (None, None))[1]

@@ -101,11 +101,13 @@ class GuardBuilder:
 
 
 def step_guard(
-    grad_mode, args, tensors, optimizers, modules, optimizer_groups, bindings, stepped=()
-) -> GuardBuilder:
+    grad_mode, args, tensors, optimizers, modules, optimizer_groups, bindings, stepped=(),
+    grads_unread=frozenset(),
+) -> GuardBuilder:  # fmt: skip
     """The guards of a compiled step (for its runner): its arguments, the names it reaches its
     state by (``bindings``: a tracegrad.compiled.state.Binding each, read again), the watched
-    ``tensors`` (and whether each has a .grad, of which shape), the ``optimizers`` (their
+    ``tensors`` (and whether each has a .grad, of which shape, but for those whose id() is in
+    ``grads_unread``: the program does not read it), the ``optimizers`` (their
     groups' settings as ``optimizer_groups`` computes them, and the state of those
     ``stepped``, whose update the program traced) and the trees of ``modules``, as they are
     now."""
@@ -129,6 +131,8 @@ def step_guard(
     for t in tensors:
         name = b.name("T", t)
         b.check(b.meta(name, t), f"d = {name}.array")
+        if id(t) in grads_unread:
+            continue
         if t.grad is None:
             b.check(f"{name}.grad is not None")
         else:

@@ -48,9 +48,15 @@ class RunnerBindings:
     grad_of: frozenset[int]
     n_results: int  # returned values, the step's first results
     updated: list[Tensor]  # tensors whose new values follow, written back
+    # Of those, the ones that are a .grad: update index -> the position in ``state`` of the
+    # tensor whose .grad it is (written back into the .grad that tensor had as the run began)
+    updated_grads: dict[int, int]
     updated_args: tuple[int, ...]  # argument positions whose new values follow those
     written_in_place: frozenset[int]  # positions among the updates the step wrote in place
     sinks: list  # a tracegrad.codegen.buffers.Sink per result after the updates
+    # Tensors, then argument positions, whose .grad the step replaces: dropped before it runs
+    grads_replaced: tuple[Tensor, ...]
+    arg_grads_replaced: tuple[int, ...]
     uses_rng: bool  # whether the step takes the generator last
     rebuild: Callable | None  # the returned structure from the results; None for one tensor
 
@@ -82,7 +88,10 @@ def _arguments(b: RunnerBindings) -> list[str]:
 
 def _updated(b: RunnerBindings) -> list[tuple[str, bool]]:
     """The tensors updated, as expressions, each with whether the step wrote it in place."""
-    targets = [f"updated{i}" for i in range(len(b.updated))]
+    targets = [
+        f"grad{b.updated_grads[i]}" if i in b.updated_grads else f"updated{i}"
+        for i in range(len(b.updated))
+    ]
     targets += [f"args[{k}]" for k in b.updated_args]
     return [(target, i in b.written_in_place) for i, target in enumerate(targets)]
 
@@ -105,6 +114,7 @@ def _names(b: RunnerBindings) -> dict:
     }
     names.update((f"lifted{j}", t) for j, t in enumerate(b.state))
     names.update((f"updated{i}", t) for i, t in enumerate(b.updated))
+    names.update((f"replaced{i}", t) for i, t in enumerate(b.grads_replaced))
     for k, sink in enumerate(b.sinks):
         names[f"sink{k}"] = sink
         if sink.kind == "grad":

@@ -17,7 +17,12 @@ from tracegrad.codegen.runner import MISS, RunnerBindings, build_runner
 from tracegrad.compiled.module_program import run_module_program
 from tracegrad.compiled.signature import Signature, input_label, tensor_guards
 from tracegrad.compiled.specializer import Specializer
-from tracegrad.compiled.state import ReachedState, optimizer_groups
+from tracegrad.compiled.state import (
+    ReachedState,
+    optimizer_groups,
+    prime_optimizer_state,
+    unprime,
+)
 from tracegrad.compiled.step_program import StepProgram, trace_step
 from tracegrad.compiled.traced import STRUCTURED, calling_with, leaf_names
 from tracegrad.compiled.views import show_views
@@ -88,17 +93,9 @@ class CompiledFunction(Specializer):
         signature = self.signature(args)
         spec = self.cached(signature)
         if spec is None:
-            guards = self._guards(args)  # of the state the signature read, before tracing
-            guarded = self.reached.guarded()
-            spec = self.specialize(signature, args)
+            spec = self._specialize_primed(signature, args)
             if spec is None:
                 return self.fn(*args)
-            self._use_guards(spec, guards)
-            if not self.reached.guarded() <= guarded:
-                # Its guards cannot tell when the state tracing found changes (the optimizer
-                # state this call created, say): it runs this call only; the next call's
-                # signature includes that state.
-                spec.runner = _this_call_only(spec.runner)
         elif spec is not self.latest and (result := spec.runner(args)) is not MISS:
             self.latest = spec
             return result
@@ -109,6 +106,44 @@ class CompiledFunction(Specializer):
             self._use_guards(spec, self._guards(args))
         self.latest = spec
         return spec.runner(args, True)
+
+    def _specialize_primed(self, signature: Signature, args) -> StepProgram | None:
+        """A new specialization for a call of ``signature`` (None past the recompile policy).
+
+        The optimizer state this call's update will make is made first, as the update would
+        (``prime_optimizer_state``; taken back for the parameters it turns out not to step),
+        and the specialization is kept under the signature it has after tracing (less the
+        .grad no trace read): so the next call of a training loop, which has that state and
+        a .grad, finds it, and the loop compiles once."""
+        primed = prime_optimizer_state(self.reached.optimizers().values())
+        if primed and self.cached(self.signature(args)) is None:
+            signature = self.signature(args)
+        else:  # (one is compiled for the primed state already: this call makes another)
+            unprime(primed, set())
+            primed = []
+        guarded = self.reached.guarded()
+        try:
+            spec = self.specialize(signature, args)
+        except BaseException:
+            unprime(primed, set())
+            raise
+        if spec is None:
+            unprime(primed, set())
+            return None
+        unprime(primed, {id(t) for t in spec.lifted})
+        self._use_guards(spec, self._guards(args))
+        if not self.reached.guarded() <= guarded:
+            # Its guards cannot tell when the state tracing found changes (the optimizer
+            # state this call created, say): it runs this call only, and stays under a
+            # signature no later call has (theirs include that state).
+            spec.runner = _this_call_only(spec.runner)
+            return spec
+        settled = self.signature(args)
+        if settled != signature:
+            del self._cache[signature]
+            self._cache[settled] = spec
+            spec.signature = spec.report.signature = settled
+        return spec
 
     def _compile(self, signature: Signature, args) -> StepProgram:
         return trace_step(self, args, signature)
@@ -167,6 +202,7 @@ class CompiledFunction(Specializer):
             optimizer_groups,
             list(state.bindings.values()),
             state.stepped_optimizers(bool(self._cache)),
+            state.grads_unread,
         )
 
     def _use_guards(self, spec: StepProgram, guards) -> None:
@@ -196,9 +232,17 @@ def _bindings(spec: StepProgram, guards) -> RunnerBindings:
         grad_of=frozenset(spec.grad_of),
         n_results=spec.n_results,
         updated=spec.update_targets,
+        updated_grads={
+            i: j
+            for i, t in enumerate(spec.update_targets)
+            for j in spec.grad_of
+            if spec.lifted[j] is t
+        },
         updated_args=spec.updated_args,
         written_in_place=spec.updated_in_place,
         sinks=spec.sinks,
+        grads_replaced=spec.grads_replaced,
+        arg_grads_replaced=spec.arg_grads_replaced,
         uses_rng=program.uses_rng["step"],
         rebuild=None if one_tensor else spec.rebuild,
     )
@@ -227,13 +271,15 @@ def _showing_views(runner: Callable, spec: StepProgram) -> Callable:
     are those views (see tracegrad.compiled.views.eager_views)."""
 
     def run(args, trusted=False):
+        # (as the run finds them: it may drop a .grad it reads)
+        inputs = [args[i].array for i in spec.tensor_args]
+        # (None where a guard will refuse the call: a .grad it reads is missing)
+        inputs += [_array_of(args[i].grad) for i in spec.arg_grads]
+        inputs += [_array_of(t) for t in spec.state()]
         result = runner(args, trusted)
         if result is MISS:
             return result
         leaves = pytree.flatten(result)[0]
-        inputs = [args[i].array for i in spec.tensor_args]
-        inputs += [args[i].grad.array for i in spec.arg_grads]
-        inputs += [t.array for t in spec.state()]
         arrays = [t.array for t in leaves]
         show_views(arrays, inputs, spec.returned_views)
         for leaf, array in zip(leaves, arrays, strict=True):
@@ -241,6 +287,10 @@ def _showing_views(runner: Callable, spec: StepProgram) -> Callable:
         return result
 
     return run
+
+
+def _array_of(t: Tensor | None):
+    return None if t is None else t.array
 
 
 def _function_runner(spec: StepProgram) -> Callable:

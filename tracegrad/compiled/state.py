@@ -147,6 +147,10 @@ class ReachedState:
         self.traced_optimizers: dict[str, object] = {}
         self.traced_modules: dict[str, object] = {}  # called while tracing, not reached by name
         self.stepped: list = []  # the optimizers whose step() a trace went through
+        # id() of the state tensors whose .grad, as a call starts, some trace looked at, and
+        # of those no trace did (zero_grad() drops it first): the signature leaves that out
+        self.grads_looked_at: set[int] = set()
+        self.grads_unread: frozenset[int] = frozenset()
 
     def watch(self, args) -> None:
         """Take in what the function reaches now (see reachable_state)."""
@@ -199,6 +203,14 @@ class ReachedState:
         self.traced_optimizers.update((f"optimizer{i}", o) for i, o in enumerate(optimizers))
         self.stepped += [o for o in optimizers if all(o is not s for s in self.stepped)]
 
+    def note_grads_read(self, looked_at: set[int]) -> None:
+        """A trace looked at the .grad of ``looked_at`` (id()s) as its call found it. A
+        program is right whatever .grad a tensor has that it never looked at (its runner
+        drops what it replaces), so the signature leaves out .grad of the state tensors no
+        trace looked at."""
+        self.grads_looked_at |= looked_at
+        self.grads_unread = frozenset(self.state_tensors()) - self.grads_looked_at
+
     def guarded(self) -> frozenset[int]:
         """id() of what a call's guards check now: the state tensors, the optimizers and
         those whose state is checked. A trace that reaches more (an optimizer only its step()
@@ -230,7 +242,11 @@ class ReachedState:
         """The state's part of a call's signature: each tensor's metadata, each optimizer's
         settings (and state, for one whose step was traced), the rebindable names and the
         module trees."""
-        guards = [(label, _state_meta(t)) for label, t in self.state_tensors().values()]
+        unread = self.grads_unread
+        guards = [
+            (label, _state_meta(t, id(t) not in unread))
+            for label, t in self.state_tensors().values()
+        ]
         stepped = self.stepped_optimizers(traced_before)
         for name, opt in self.optimizers().items():
             guards += _optimizer_guards(name, opt, any(opt is o for o in stepped))
@@ -266,14 +282,18 @@ def _module_guards(name: str, module) -> list[tuple[str, object]]:
     return guards
 
 
-def _state_meta(t: Tensor) -> Shown:
-    """A state tensor's guard: its type, requires_grad, its .grad's shape and (the program
-    reads and updates these very tensors) its identity."""
-    d, grad = t.array, None if t.grad is None else t.grad.array.shape
+def _state_meta(t: Tensor, with_grad: bool = True) -> Shown:
+    """A state tensor's guard: its type, requires_grad, its .grad's shape (unless no program
+    reads it: ``with_grad``) and (the program reads and updates these very tensors) its
+    identity."""
+    d, grad = t.array, None if t._grad is None else t._grad.array.shape
     dtype = dtype_name(d.dtype)
+    shown = f".grad {grad or 'none'}" if with_grad else "any .grad"
+    if not with_grad:
+        grad = "any"
     meta = (d.shape, dtype, t._requires_grad, grad, id(t))
     needs = "requires grad" if t._requires_grad else "no grad"
-    return Shown(meta, f"{dtype}{list(d.shape)} {needs}, .grad {grad or 'none'}", STATE_ASPECTS)
+    return Shown(meta, f"{dtype}{list(d.shape)} {needs}, {shown}", STATE_ASPECTS)
 
 
 STATE_ASPECTS = ("shape", "dtype", "requires_grad", ".grad", "tensor")  # of _state_meta's fact
@@ -320,3 +340,47 @@ def _setting(key: str, value, numbers, zero_tested):
         fact = ("nonzero", value != 0) if key in zero_tested else ("number", type(value) is tuple)
         return Shown(fact, repr(value))
     return value if type(value) in PLAIN else repr(value)
+
+
+@dataclass
+class Primed:
+    """State made ahead of a compiled step's first trace: ``entries`` of ``optimizer``'s
+    state for ``param`` (see ``prime_optimizer_state``)."""
+
+    optimizer: object
+    param: Tensor
+    entries: dict
+
+
+def prime_optimizer_state(optimizers) -> list[Primed]:
+    """Make the state each optimizer's first update of each of its parameters starts from
+    (``Optimizer.initial_state``), where it has none, so a step traced now is the step of
+    every later call. Only for parameters requiring grad; the caller takes back what the
+    traced program turns out not to read (``unprime``): that parameter was not stepped."""
+    primed = []
+    for opt in optimizers:
+        initial = getattr(opt, "initial_state", None)
+        for group in opt.param_groups if initial is not None else ():
+            for p in group["params"]:
+                if not (p.requires_grad and not opt.state.get(p)):
+                    continue
+                entries = initial(p, group)
+                if entries:
+                    opt.state.setdefault(p, {}).update(entries)
+                    primed.append(Primed(opt, p, entries))
+    return primed
+
+
+def unprime(primed: list[Primed], read: set[int]) -> bool:
+    """Take back the primed state of each parameter none of whose entries are in ``read``
+    (id()s of the tensors the traced program reads); whether any was taken back."""
+    taken = False
+    for entry in primed:
+        if not any(id(v) in read for v in entry.entries.values()):
+            state = entry.optimizer.state
+            for key in entry.entries:
+                state[entry.param].pop(key, None)
+            if not state[entry.param]:
+                del state[entry.param]
+            taken = True
+    return taken

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracegrad import passes, pytree, tape
-from tracegrad.codegen.buffers import Sink, restore_grads
+from tracegrad.codegen.buffers import Sink
 from tracegrad.codegen.guards import GuardBuilder
 from tracegrad.codegen.runner import MISS
 from tracegrad.compiled import captures
@@ -78,6 +78,9 @@ class StepProgram:
     arg_grads: tuple[int, ...] = ()  # tensor arguments whose .grad is an input (accumulated)
     # Returned values that are views of an input's memory (eager_views)
     returned_views: tuple = ()
+    # Tensors, then argument positions, whose .grad each run drops before storing its own
+    grads_replaced: tuple[Tensor, ...] = ()
+    arg_grads_replaced: tuple[int, ...] = ()
 
     def still_valid(self) -> bool:
         return captures.still_hold(self.values_read, self.captured)
@@ -133,6 +136,8 @@ class _TracedStep:
     updated: list[str]  # the inputs updated in place, by name (graph.updates' keys)
     sinks: list[Sink]
     arg_grads: tuple[int, ...]  # tensor arguments whose .grad is an input
+    grads_replaced: list[Tensor]  # tensors whose .grad each run replaces (_replaced_grads)
+    arg_grads_replaced: tuple[int, ...]  # tensor arguments whose .grad each run replaces
 
 
 def trace_step(compiled, args, signature) -> StepProgram:
@@ -147,8 +152,6 @@ def trace_step(compiled, args, signature) -> StepProgram:
     traced = _trace_call(compiled, args, names)
     refuse_changed_groups(groups_before + traced.tracer.groups_read)
     refuse_escaped_tensors(compiled.fn, args)
-    arg_grads = {id(a): (a, a.grad) for a in args if isinstance(a, Tensor)}
-    restore_grads(traced.sinks, {**grads_before, **arg_grads})
     tracer = traced.tracer
     python_reads = values_read(tracer)
     if not (tracer.backward_calls or tracer.optimizers):
@@ -166,6 +169,7 @@ def trace_step(compiled, args, signature) -> StepProgram:
             reached.watch_tensor(value.name, t)
     reached.note_stepped(tracer.optimizers)
     reached.note_called(tracer.modules_called)
+    reached.note_grads_read(tracer.grads_seen)
     owners = {id(grad): t for t, grad in grads_before.values() if grad is not None}
     n = traced.n_results
     return StepProgram(
@@ -186,6 +190,8 @@ def trace_step(compiled, args, signature) -> StepProgram:
         captured=_captures(compiled, lifted),
         arg_grads=traced.arg_grads,
         returned_views=eager_views(traced.graph, n),
+        grads_replaced=tuple(traced.grads_replaced),
+        arg_grads_replaced=traced.arg_grads_replaced,
     )
 
 
@@ -207,15 +213,29 @@ def _trace_call(compiled, args, names: dict[int, str]) -> _TracedStep:
             for i, (a, name) in enumerate(zip(args, arg_names, strict=True))
         ]
         arg_grads = _trace_argument_grads(tracer, args, symbolic, arg_names)
-        leaves, structure = pytree.flatten(compiled.fn(*symbolic))
+        with tracer.watch_grads():
+            leaves, structure = pytree.flatten(compiled.fn(*symbolic))
         results = [tracer.value_of(t) for t in leaves]
         targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
         sinks, sink_values = _collect_sinks(tracer, symbolic, args)
         graph = tracer.graph(results + new_values + sink_values, updates)
+        replaced = _replaced_grads(tracer, symbolic)
     return _TracedStep(
         graph, tracer, len(results), structure, targets, updated_args, list(updates), sinks,
-        arg_grads,
+        arg_grads, *replaced,
     )  # fmt: skip
+
+
+def _replaced_grads(tracer: Tracer, symbolic) -> tuple[list[Tensor], tuple[int, ...]]:
+    """The tensors made before the call, then the argument positions, whose .grad the
+    function replaced (zero_grad() dropping it, backward() storing a new one): each run drops
+    the .grad they hold first, as the function does, so a .grad the user kept from an earlier
+    call keeps its values and a .grad the function left None is None."""
+    position = {id(s): i for i, s in enumerate(symbolic) if isinstance(s, Tensor)}
+    written = [(t, before) for t, before in tracer.grads_written.values() if t._grad is not before]
+    # (made before it: a parameter the update wrote holds a traced value by now)
+    state = [t for t, _ in written if id(t) not in position and t._serial < tracer.start]
+    return state, tuple(position[id(t)] for t, _ in written if id(t) in position)
 
 
 def _generate_step(compiled, traced: _TracedStep, signature, args) -> tuple[Program, Report]:

@@ -68,15 +68,19 @@ class Adam(Optimizer):
             ),
         )
 
+    def initial_state(self, param, settings) -> dict:
+        state = {"step": tensor(0.0)}  # float32, as PyTorch keeps it
+        state["exp_avg"] = zeros_like(param)
+        state["exp_avg_sq"] = zeros_like(param)
+        if settings["amsgrad"]:
+            state["max_exp_avg_sq"] = zeros_like(param)
+        return state
+
     def update(self, param, grad, state, group, settings) -> None:
         # m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
         # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
         if not state:
-            state["step"] = tensor(0.0)  # float32, as PyTorch keeps it
-            state["exp_avg"] = zeros_like(param)
-            state["exp_avg_sq"] = zeros_like(param)
-            if settings["amsgrad"]:
-                state["max_exp_avg_sq"] = zeros_like(param)
+            state.update(self.initial_state(param, settings))
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
         if settings["maximize"]:
             grad = -grad

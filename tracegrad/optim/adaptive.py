@@ -79,17 +79,18 @@ class Adagrad(Optimizer):
         # PyTorch fills Adagrad's state when it is built, not at the first step
         for group in self.param_groups:
             for p in group["params"]:
-                self._init_state(p, self.state.setdefault(p, {}), group)
+                self.state[p] = self.initial_state(p, group)
 
-    @staticmethod
-    def _init_state(param, state, settings) -> None:
-        state["step"] = _step_count()
-        state["sum"] = full_like(param, settings["initial_accumulator_value"])
+    def initial_state(self, param, settings) -> dict:
+        return {
+            "step": _step_count(),
+            "sum": full_like(param, settings["initial_accumulator_value"]),
+        }
 
     def update(self, param, grad, state, group, settings) -> None:
         # sum += g^2;  p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(sum) + eps)
         if not state:
-            self._init_state(param, state, settings)
+            state.update(self.initial_state(param, settings))
         grad = ascent_decayed(param, grad, group, settings)
         state["step"].add_(1)
         state["sum"].add_(grad * grad)
@@ -154,16 +155,19 @@ class RMSprop(Optimizer):
         )
         super().__init__(params, defaults)
 
+    def initial_state(self, param, settings) -> dict:
+        state = {"step": _step_count(), "square_avg": zeros_like(param)}
+        if settings["momentum"]:
+            state["momentum_buffer"] = zeros_like(param)
+        if settings["centered"]:
+            state["grad_avg"] = zeros_like(param)
+        return state
+
     def update(self, param, grad, state, group, settings) -> None:
         # v = a v + (1 - a) g^2;  avg = sqrt(v - mean(g)^2 (centered) or v) + eps;
         # buf = m buf + g / avg, p -= lr buf (momentum) or p -= lr g / avg
         if not state:
-            state["step"] = _step_count()
-            state["square_avg"] = zeros_like(param)
-            if settings["momentum"]:
-                state["momentum_buffer"] = zeros_like(param)
-            if settings["centered"]:
-                state["grad_avg"] = zeros_like(param)
+            state.update(self.initial_state(param, settings))
         grad = ascent_decayed(param, grad, group, settings)
         state["step"].add_(1)
         square_avg = state["square_avg"]
@@ -216,13 +220,18 @@ class Adadelta(Optimizer):
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
 
+    def initial_state(self, param, settings) -> dict:
+        return {
+            "step": _step_count(),
+            "square_avg": zeros_like(param),
+            "acc_delta": zeros_like(param),
+        }
+
     def update(self, param, grad, state, group, settings) -> None:
         # v = rho v + (1 - rho) g^2;  delta = sqrt(u + eps) / sqrt(v + eps) * g;
         # u = rho u + (1 - rho) delta^2;  p -= lr delta
         if not state:
-            state["step"] = _step_count()
-            state["square_avg"] = zeros_like(param)
-            state["acc_delta"] = zeros_like(param)
+            state.update(self.initial_state(param, settings))
         grad = ascent_decayed(param, grad, group, settings)
         state["step"].add_(1)
         square_avg, acc_delta = state["square_avg"], state["acc_delta"]

@@ -105,6 +105,15 @@ class Optimizer:
                     self.update(p, grad, self.state.setdefault(p, {}), numbers, group)
         return loss
 
+    def initial_state(self, param: Tensor, settings: dict) -> dict | None:
+        """The state this optimizer's first update of ``param`` starts from, when that update
+        is its every later update run on this state; its ``update`` makes the state here.
+        A compiled training step makes it before its first call traces (only for the
+        parameters that call steps), so that call already has the state of every later call
+        and a training loop compiles once. None when the first update is different (it
+        makes its state from the gradient, say) or makes none."""
+        return None
+
     def update(self, param: Tensor, grad: Tensor, state: dict, group: dict, settings: dict):
         """Update ``param`` in place from ``grad``; ``state`` holds this parameter's buffers.
         Its numbers come from ``group`` (Python numbers, or a compiled step's inputs when

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tracegrad.creation import zeros_like
 from tracegrad.optim.optimizer import Optimizer, add_scaled, scalar
 
 
@@ -67,6 +68,12 @@ class SGD(Optimizer):
             ),
         )
 
+    def initial_state(self, param, settings) -> dict | None:
+        # Without dampening, the first step's b = g is the rule's b = mu * 0 + g
+        if settings["momentum"] and settings["dampening"] == 0:
+            return {"momentum_buffer": zeros_like(param)}
+        return None
+
     def update(self, param, grad, state, group, settings) -> None:
         # g = grad + wd * p;  buf = m * buf + (1 - dampening) * g (buf = g at first);
         # step = g + m * buf (Nesterov) or buf;  p -= lr * step
@@ -77,6 +84,8 @@ class SGD(Optimizer):
             grad = grad + param * scalar(group["weight_decay"], dtype)
         if settings["momentum"]:
             momentum = scalar(group["momentum"], dtype)
+            if not state:
+                state.update(self.initial_state(param, settings) or {})
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = grad.clone()

@@ -112,7 +112,7 @@ class Tensor(_InstalledMethods):
 
     def _init_autograd(self, requires_grad) -> None:
         self._serial = next_serial()  # creation order: tracing lifts tensors older than itself
-        self.grad = None
+        self._grad = None
         self.grad_fn = None
         self._out_index = 0
         self.version_counter = [0]  # shared with views of the same memory
@@ -239,6 +239,25 @@ class Tensor(_InstalledMethods):
         return self.dtype.is_floating_point
 
     # --- autograd attributes ---------------------------------------------------------------------
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The gradient ``backward()`` accumulated into this leaf (None before any).
+
+        While a step is traced, reading and writing it are noted (``Tracer.grad_read``): a
+        compiled step is specialized on the ``.grad`` a call starts with only when its trace
+        looked at it before replacing it."""
+        tracer = active_tracer()
+        if tracer is not None:
+            tracer.grad_read(self)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        tracer = active_tracer()
+        if tracer is not None:
+            tracer.grad_written(self)
+        self._grad = value
 
     @property
     def requires_grad(self) -> bool:

@@ -103,6 +103,11 @@ class Tracer:
         self._namespace = Namespace()  # value names: "1", "2"... and the inputs' own
         self.replayed: Node | None = None  # while replaying a graph: its node being replayed
         self.start = next_serial()
+        # While the traced function runs (``watching_grads``): the tensors made before it
+        # whose .grad it looked at before writing one, and those whose .grad it wrote
+        self.watching_grads = False
+        self.grads_seen: set[int] = set()
+        self.grads_written: dict[int, tuple[Tensor, Tensor | None]] = {}  # id -> (t, .grad before)
 
     # --- values ---------------------------------------------------------------------------------
 
@@ -117,6 +122,25 @@ class Tracer:
         if requires_grad:
             t.requires_grad = True
         return t
+
+    def grad_read(self, t: Tensor) -> None:
+        """``t.grad`` was read: the traced function looked at the .grad its call started with,
+        unless it wrote one first."""
+        if self.watching_grads and id(t) not in self.grads_written and t._serial < self.start:
+            self.grads_seen.add(id(t))
+
+    def grad_written(self, t: Tensor) -> None:
+        if self.watching_grads and id(t) not in self.grads_written:
+            self.grads_written[id(t)] = (t, t._grad)
+
+    @contextlib.contextmanager
+    def watch_grads(self):
+        """Note which tensors' .grad the code run inside looks at and writes."""
+        self.watching_grads = True
+        try:
+            yield
+        finally:
+            self.watching_grads = False
 
     def preexisting(self, t: Tensor) -> bool:
         return not is_symbolic(t) and t._serial < self.start
@@ -427,10 +451,13 @@ class Tracer:
         return wrap(Symbol(self._lift(t)))
 
     def restore(self) -> None:
-        """Give every tensor mutated during tracing its real data back, and every optimizer
-        the state entries it had (the dicts themselves are kept: results are stored in them)."""
+        """Give every tensor mutated during tracing its real data and its .grad back, and
+        every optimizer the state entries it had (the dicts themselves are kept: results are
+        stored in them)."""
         for t, original in self.mutated.values():
             t.array = original
+        for t, grad in self.grads_written.values():
+            t._grad = grad
         for optimizer, before in zip(self.optimizers, self.optimizer_state, strict=True):
             for p, state in optimizer.state.items():
                 state.clear()
