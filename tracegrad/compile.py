@@ -46,18 +46,23 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
             forward or backward, and the user's line.
         max_recompiles: past this many recompiles, a recompile raises ``RecompileError``
             (None: past 8 specializations, calls run eagerly with a warning).
-        memory_budget: None, or the bytes the program's estimated peak (its planned buffers
-            and the values in fresh memory, graph inputs not counted) must fit: the backward
-            then recomputes the forward values it reads that cost least per byte, until it
-            fits; ``explain()`` shows which. Needs the ``recompute`` and ``memory`` passes
-            (the default pipeline).
+        memory_budget: ``None | bytes``: the bytes the program's estimated peak (its pooled
+            buffers plus the values in fresh memory at the worst moment, graph inputs not
+            counted) must fit. The backward then recomputes forward values it would keep,
+            the fewest operations per byte first, and values of some shapes get fresh
+            memory instead of pooled buffers, until it fits; the same results. ``explain()``
+            shows the choice, the peak before and after, the extra operations. A module's
+            choice is made on its joint forward and backward. Needs the ``recompute`` and
+            ``memory`` passes (the default pipeline).
 
     Returns:
         A ``CompiledModule`` for a module, a ``CompiledFunction`` for a function.
 
     Raises:
-        TypeError: if ``model_or_fn`` is neither a module nor callable.
-        ValueError: for a backend other than ``"numpy"`` or an unknown pass name.
+        TypeError: if ``model_or_fn`` is neither a module nor callable, or for a
+            ``memory_budget`` that is not an int.
+        ValueError: for a backend other than ``"numpy"``, an unknown pass name, or a
+            ``memory_budget`` that is not positive or whose passes are left out.
         NotImplementedError: for ``dynamic=True``.
         MemoryBudgetError: (on the first call) when even recomputing every forward value
             that helps leaves the estimated peak above ``memory_budget``; it names the
