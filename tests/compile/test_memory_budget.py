@@ -19,6 +19,8 @@ from tracegrad import nn, optim
 from tracegrad.ir.core import Phase
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
+from tracegrad.ops import OPS
+from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.recompute import choose, estimate, recompute
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,3 +230,39 @@ def test_recompute_is_a_pure_graph_transformation_with_a_text_form():
     arrays = [np.random.default_rng(1).standard_normal(v.type.shape) for v in graph.inputs]
     want, got = interpret(graph, *arrays), interpret(result, *arrays)
     np.testing.assert_array_equal(got[0], want[0])
+
+
+def dropout_step(seed: int, budget):
+    """A step through a dropout layer, compiled with ``budget``, from ``seed``."""
+    tg.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(32, 256), nn.Tanh(), nn.Dropout(0.3), nn.Linear(256, 256), nn.Tanh(),
+        nn.Linear(256, 10),
+    )  # fmt: skip
+    opt = optim.SGD(model.parameters(), lr=0.01)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return tg.compile(step, memory_budget=budget)
+
+
+def test_random_draws_are_not_drawn_again():
+    """A dropout mask is kept, never recomputed (a second draw would differ): the budgeted
+    step computes the same losses as the unbudgeted one from the same seed."""
+    x, y = tg.randn(1024, 32), tg.randn(1024, 10)
+    with pytest.raises(tg.MemoryBudgetError) as caught:
+        dropout_step(0, 1024)(x, y)
+    plain, budgeted = dropout_step(7, None), dropout_step(7, caught.value.smallest)
+    tg.manual_seed(1)
+    want = [plain(x, y).item() for _ in range(3)]
+    tg.manual_seed(1)
+    got = [budgeted(x, y).item() for _ in range(3)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    recomputed = [n for n in budgeted.graph.nodes if n.phase is Phase.RECOMPUTE]
+    assert recomputed and not any(RANDOM in OPS[n.op].props for n in recomputed if n.op in OPS)
+    assert any(RANDOM in OPS[n.op].props for n in budgeted.graph.nodes if n.op in OPS)
