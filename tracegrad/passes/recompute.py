@@ -7,12 +7,15 @@ the named forward values again, each just before its first reader there (its pro
 second time, as a node whose origin says "recomputed", on the values the original read or
 their recomputed copies), so the originals die in the forward. ``choose(graph, budget)``
 picks those values greedily, as PyTorch's partitioner and JAX's checkpoint policies trade
-compute for memory: candidates in order of bytes freed per operation spent, each kept when
+compute for memory: candidates in order of operations spent per byte freed, each kept when
 the estimated peak (``passes.memory``: the memory plan's buffers and the values in fresh
-memory) drops, or stays and the memory held over time drops (a step toward freeing a chain);
-then, once the peak fits, every choice the fit does not need is dropped again, the most
-expensive first. The ``recompute`` pass runs this on each generated function when
-``tg.compile`` has a ``memory_budget``; without one it changes nothing.
+memory) drops, or stays and the memory held over time drops (a step toward freeing a chain).
+A pool of buffers holds each shape's worst case for the whole run, so the choice may also
+leave a shape's values out of the pool (fresh memory, allocated on each call). Once the peak
+fits, every choice the fit does not need is dropped again: pools first, then the values
+costing most operations. ``tg.compile`` with a ``memory_budget`` chooses on each generated
+function (a module: on its joint graph) and runs the ``recompute`` pass with the choice;
+without one the pass changes nothing.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def recompute(graph: Graph, names) -> Graph:
 
     def make(value) -> Value:
         node = producers.get(value)
-        if value in copies or node is None or value.name not in chosen:
+        if value in copies or value.name not in chosen or not recomputable(node):
             return copies.get(value, value)
         inputs = [make(v) for v in node.inputs]
         outputs = [Value(result.fresh(f"{v.name}_r"), v.type) for v in node.outputs]
@@ -64,7 +67,7 @@ def recompute(graph: Graph, names) -> Graph:
                     phase=Phase.RECOMPUTE, scope=node.scope)  # fmt: skip
         nodes.append(copy)
         copies.update(zip(node.outputs, outputs, strict=True))
-        return outputs[0] if len(outputs) == 1 else copies[value]
+        return copies[value]
 
     for node in result.nodes:
         if node.phase is not Phase.FORWARD:
@@ -79,9 +82,11 @@ def is_view(node: Node) -> bool:
     return op is not None and VIEW in op.props
 
 
-def recomputable(node: Node) -> bool:
+def recomputable(node: Node | None) -> bool:
     """A forward node the backward may run again: the same result from the same inputs (no
     random draw, no user's Function, no constant, which costs no memory)."""
+    if node is None:  # (a graph input)
+        return False
     op = OPS.get(node.op)
     random = op is not None and RANDOM in op.props
     return node.phase is Phase.FORWARD and node.op not in (CONSTANT, CUSTOM) and not random
@@ -113,8 +118,7 @@ def candidates(graph: Graph) -> list[tuple[str, ...]]:
             continue
         for v in node.inputs:
             base = root[v]
-            maker = producers.get(base)
-            if maker is None or base in kept or not recomputable(maker):
+            if base in kept or not recomputable(producers.get(base)):
                 continue
             names = read_back.setdefault(base, [base.name])
             names += [u.name for u in _views_between(v, base, producers) if u.name not in names]
