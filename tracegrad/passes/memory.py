@@ -570,19 +570,25 @@ def _read_first_only(node) -> list:
 
 
 def plan_memory(
-    graph: Graph, persistent: frozenset[str] = frozenset(), pooled: bool = True, unpooled=()
+    graph: Graph,
+    persistent: frozenset[str] = frozenset(),
+    pooled: bool = True,
+    unpooled=(),
+    verify: bool = True,
 ) -> MemoryPlan:
-    """The memory plan of ``graph`` (see above), checked by ``verify_plan``; the graph is not
-    changed. ``persistent`` names outputs that may live in planned memory (the caller copies
-    or uses them before the next call). Without ``pooled``, only in-place writes: every other
-    result gets fresh memory; so do results whose ``pool_key`` is in ``unpooled`` (a memory
+    """The memory plan of ``graph`` (see above), checked by ``verify_plan`` (unless
+    ``verify`` is False: a plan only estimated, never run); the graph is not changed.
+    ``persistent`` names outputs that may live in planned memory (the caller copies or uses
+    them before the next call). Without ``pooled``, only in-place writes: every other result
+    gets fresh memory; so do results whose ``pool_key`` is in ``unpooled`` (a memory
     budget's choice: a pool holds its buffers for the whole run)."""
     planner = _Planner(graph, persistent, pooled, unpooled)
     for index, node in enumerate(graph.nodes):
         planner.place(node, index)
         planner.plan.settle(node)
         planner.release(node, index)
-    verify_plan(graph, planner.plan)
+    if verify:
+        verify_plan(graph, planner.plan)
     return planner.plan
 
 
@@ -621,13 +627,14 @@ def peak_bytes(graph: Graph, plan: MemoryPlan | None = None, buffers=None) -> in
     for v in [*graph.outputs, *graph.updates.values()]:
         last[plan.memory_of(v)] = len(graph.nodes)
     live: dict[Memory, int] = {}
-    peak = 0
+    held = peak = 0
     for index, node in enumerate(graph.nodes):
         for out in node.outputs:
             if plan.memory_of(out) is out and node.op != CONSTANT:
                 live[out] = out.type.nbytes
-        peak = max(peak, sum(live.values()))
+                held += out.type.nbytes
+        peak = max(peak, held)
         for v in node.inputs:
             if last.get(plan.memory_of(v)) == index:
-                live.pop(plan.memory_of(v), None)
+                held -= live.pop(plan.memory_of(v), 0)
     return pool + peak
