@@ -21,6 +21,7 @@ from tracegrad.ir.graph import Graph
 from tracegrad.ir.interpreter import interpret
 from tracegrad.ops import OPS
 from tracegrad.ops.registry import RANDOM
+from tracegrad.passes.memory import InPlace, peak_bytes, plan_memory
 from tracegrad.passes.recompute import choose, estimate, recompute
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,3 +267,24 @@ def test_random_draws_are_not_drawn_again():
     recomputed = [n for n in budgeted.graph.nodes if n.phase is Phase.RECOMPUTE]
     assert recomputed and not any(RANDOM in OPS[n.op].props for n in recomputed if n.op in OPS)
     assert any(RANDOM in OPS[n.op].props for n in budgeted.graph.nodes if n.op in OPS)
+
+
+IN_PLACE = """
+graph(%x:f32[256,256]) {
+  %a:f32[256,256] = exp %x
+  %b:f32[256,256] = neg %a
+  %c:f32[256,256] = exp %x
+  %d:f32[256,256] = add %b, %c
+  return %d
+}
+"""
+
+
+def test_the_peak_counts_a_memory_while_a_result_written_in_place_there_lives():
+    """%b is written over %a, which dies there: that memory stays held until %d reads %b,
+    when %b, %c and %d (the returned result, in memory of its own) are live at once."""
+    graph = Graph.parse(IN_PLACE)
+    plan = plan_memory(graph, pooled=False)
+    b = graph.nodes[1].outputs[0]
+    assert plan.placement(b) == InPlace(0)
+    assert peak_bytes(graph, plan) == 3 * 256 * 256 * 4
