@@ -34,7 +34,7 @@ from tracegrad.creation import (
 from tracegrad.devices import device
 from tracegrad.dtypes import DType, float32, float64, int64
 from tracegrad.dtypes import bool_ as bool
-from tracegrad.errors import DTypeError, ShapeError, TraceError
+from tracegrad.errors import DTypeError, MemoryBudgetError, ShapeError, TraceError
 from tracegrad.functions import *  # noqa: F403
 from tracegrad.random import manual_seed
 from tracegrad.tape import (

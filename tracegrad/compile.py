@@ -16,13 +16,14 @@ from tracegrad.compiled.traced import (
 )
 from tracegrad.creation import zeros_like
 from tracegrad.ir.graph import Graph
+from tracegrad.passes.pipeline import planning
 from tracegrad.tensor import Tensor, wrap
 
 # --- entry points ---------------------------------------------------------------------------------
 
 
 def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, check=False,
-            debug_nans=False, max_recompiles=None):  # fmt: skip
+            debug_nans=False, max_recompiles=None, memory_budget=None):  # fmt: skip
     """Compile an ``nn.Module`` (forward and backward) or a function (a whole training step).
 
     A module compiles to a ``CompiledModule`` sharing its parameters: calling it runs the
@@ -45,14 +46,27 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
             forward or backward, and the user's line.
         max_recompiles: past this many recompiles, a recompile raises ``RecompileError``
             (None: past 8 specializations, calls run eagerly with a warning).
+        memory_budget: ``None | bytes``: the bytes the program's estimated peak (its pooled
+            buffers plus the values in fresh memory at the worst moment, graph inputs not
+            counted) must fit. The backward then recomputes forward values it would keep,
+            the fewest operations per byte first, and values of some shapes get fresh
+            memory instead of pooled buffers, until it fits; the same results. ``explain()``
+            shows the choice, the peak before and after, the extra operations. A module's
+            choice is made on its joint forward and backward. Needs the ``recompute`` and
+            ``memory`` passes (the default pipeline).
 
     Returns:
         A ``CompiledModule`` for a module, a ``CompiledFunction`` for a function.
 
     Raises:
-        TypeError: if ``model_or_fn`` is neither a module nor callable.
-        ValueError: for a backend other than ``"numpy"`` or an unknown pass name.
+        TypeError: if ``model_or_fn`` is neither a module nor callable, or for a
+            ``memory_budget`` that is not an int.
+        ValueError: for a backend other than ``"numpy"``, an unknown pass name, or a
+            ``memory_budget`` that is not positive or whose passes are left out.
         NotImplementedError: for ``dynamic=True``.
+        MemoryBudgetError: (on the first call) when even recomputing every forward value
+            that helps leaves the estimated peak above ``memory_budget``; it names the
+            smallest feasible budget.
 
     Examples:
         >>> model = nn.Linear(3, 2)
@@ -65,15 +79,31 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
         raise ValueError(f"unknown backend {backend!r}: tracegrad generates NumPy code ('numpy')")
     if dynamic:
         raise NotImplementedError("dynamic shapes are not supported yet: each shape compiles")
+    _check_budget(memory_budget, passes)
+    options = dict(passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles,
+                   check=check, memory_budget=memory_budget)  # fmt: skip
     if is_module(model_or_fn):
-        return CompiledModule(model_or_fn, passes=passes, debug_nans=debug_nans,
-                              max_recompiles=max_recompiles, check=check)  # fmt: skip
+        return CompiledModule(model_or_fn, **options)
     if callable(model_or_fn):
-        return CompiledFunction(model_or_fn, passes=passes, debug_nans=debug_nans,
-                                max_recompiles=max_recompiles, check=check)  # fmt: skip
+        return CompiledFunction(model_or_fn, **options)
     raise TypeError(
         f"tg.compile expects an nn.Module or a function, got {type(model_or_fn).__name__}"
     )
+
+
+def _check_budget(memory_budget, passes) -> None:
+    if memory_budget is None:
+        return
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | np.integer):
+        raise TypeError(f"memory_budget must be a number of bytes (int), got {memory_budget!r}")
+    if memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    missing = {"recompute", "memory"} - set(planning(passes))
+    if missing:
+        raise ValueError(
+            f"memory_budget needs the passes {sorted(missing)} (the default pipeline has them), "
+            f"which passes={passes!r} leaves out"
+        )
 
 
 def trace(fn_or_module, *example_inputs) -> Graph:

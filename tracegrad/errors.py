@@ -50,6 +50,26 @@ class TraceError(RuntimeError):
     """
 
 
+class MemoryBudgetError(ValueError):
+    """``tg.compile(..., memory_budget=...)``: even recomputing every forward value that
+    helps, the estimated peak of the program stays above the budget. ``smallest`` is the
+    smallest budget it fits (bytes), ``budget`` the one asked for, ``unbudgeted`` the peak
+    without recomputation."""
+
+    def __init__(self, budget: int, smallest: int, unbudgeted: int):
+        self.budget, self.smallest, self.unbudgeted = budget, smallest, unbudgeted
+        super().__init__(
+            f"memory_budget={budget} bytes ({_mib(budget)}) is below the smallest feasible "
+            f"budget, {smallest} bytes ({_mib(smallest)}): recomputing every forward value "
+            f"that helps brings the estimated peak from {_mib(unbudgeted)} down to "
+            f"{_mib(smallest)} and no lower; pass memory_budget >= {smallest}"
+        )
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.2f} MiB"
+
+
 @dataclass(frozen=True)
 class SourceLocation:
     filename: str

@@ -128,7 +128,7 @@ class Namer:
 
 
 def _section_of(node) -> str:
-    return node.phase.value  # "forward", "backward" or "update"
+    return node.phase.value  # "forward", "backward", "update" or "recompute"
 
 
 def _comment(node) -> str:

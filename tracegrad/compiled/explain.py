@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from tracegrad.codegen.emit import FunctionSource
 from tracegrad.ir.graph import Graph
+from tracegrad.passes.cost import graph_cost
 from tracegrad.passes.memory import InBuffer, InPlace, peak_bytes
 from tracegrad.passes.pipeline import BACKEND_CHOICES, PassResult
+from tracegrad.passes.recompute import Recomputation, is_view, saved_by_backward
 from tracegrad.viz.notebook import report_html
 
 
@@ -28,6 +30,8 @@ class Report:
     planning: dict[str, list[PassResult]] = field(default_factory=dict)  # by function name
     recomputed: list[str] = field(default_factory=list)  # forward values the backward remakes
     unplanned_traced: Graph | None = None  # a whole step's graph as traced
+    # What a memory budget made each generated function recompute, by function name
+    recomputations: dict[str, Recomputation] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,6 +175,47 @@ def _schedule_lines(planning: list[PassResult]) -> list[str]:
     ]
 
 
+def _budget_lines(report: Report) -> list[str]:
+    """What a memory budget chose for each program it was estimated on (a whole step, or a
+    module's joint forward and backward): the peak before and after, the operations it added,
+    the forward values recomputed, and (for a step) those still saved."""
+    planned = dict(report.planned)
+    lines = []
+    for name, choice in report.recomputations.items():
+        graph = planned.get(name, planned.get("forward"))
+        total = graph_cost(graph).operations + (
+            graph_cost(planned["backward"]).operations if "backward" in planned else 0
+        )
+        extra = choice.extra_operations
+        lines += [
+            "",
+            f"memory budget ({name}): {format_bytes(choice.budget)}; estimated peak "
+            f"{format_bytes(choice.peak_before)} before, {format_bytes(choice.peak_after)} "
+            f"after; {extra:,} extra operations ({100 * extra / max(total - extra, 1):.1f}% more)",
+        ]
+        if choice.unpooled:
+            pools = ", ".join(f"{dtype}{list(shape)}" for shape, dtype in sorted(choice.unpooled))
+            lines.append(f"  in fresh memory instead of reused buffers: {pools}")
+        producers = {v.name: n for n in graph.nodes for v in n.outputs}
+        recomputed = [producers[n] for n in choice.recomputed if n in producers]
+        values = [n.outputs[0] for n in recomputed if not is_view(n)]
+        lines += _value_list("recomputed in the backward", values, producers)
+        if name in planned:  # (a module's saved values are listed below)
+            lines += _value_list("saved for the backward", saved_by_backward(graph), producers)
+    return lines
+
+
+def _value_list(title: str, values, producers) -> list[str]:
+    """``title`` with the count and size of ``values``, then each with its op and scope."""
+    size = format_bytes(sum(v.type.nbytes for v in values))
+    lines = [f"  {title} ({len(values)} values, {size}):"]
+    for v in values:
+        maker = producers[v.name]
+        scope = f" in {maker.scope}" if maker.scope is not None else ""
+        lines.append(f"    %{v.name}: {v.type} = {maker.op}{scope}")
+    return lines
+
+
 class Explanation(str):
     """``explain()``'s report: a str (print it, search it) that shows as its lines, not as
     an escaped one-line string, when a notebook cell ends with it, and as HTML where it can."""
@@ -212,6 +257,7 @@ def render(report: Report, recompile_reasons: list[str]) -> Explanation:
             "recomputed in the backward instead of saved (cheap ops on saved values): "
             + ", ".join(f"%{name}" for name in report.recomputed)
         )
+    lines += _budget_lines(report)
     lines += ["", f"recompiles: {len(recompile_reasons)}"]
     lines += [f"  {i + 1}. {reason}" for i, reason in enumerate(recompile_reasons)]
     return Explanation("\n".join(lines))

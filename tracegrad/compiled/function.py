@@ -54,10 +54,11 @@ class CompiledFunction(Specializer):
     """
 
     def __init__(self, fn, *, passes="default", debug_nans=False, max_recompiles=None,
-                 check=False, grad_argnums=()):  # fmt: skip
+                 check=False, grad_argnums=(), memory_budget=None):  # fmt: skip
         super().__init__(
-            passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles, check=check
-        )
+            passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles, check=check,
+            memory_budget=memory_budget,
+        )  # fmt: skip
         self.fn = fn
         self.grad_argnums = tuple(grad_argnums)
         self.reached = ReachedState(fn)

@@ -59,11 +59,12 @@ class CompiledModule(Specializer):
     kind = "module"
 
     def __init__(self, module, *, passes="default", debug_nans=False, max_recompiles=None,
-                 check=False):  # fmt: skip
+                 check=False, memory_budget=None):  # fmt: skip
         self.module = module
         super().__init__(
-            passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles, check=check
-        )
+            passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles, check=check,
+            memory_budget=memory_budget,
+        )  # fmt: skip
 
     @property
     def title(self) -> str:
@@ -160,7 +161,9 @@ class CompiledModule(Specializer):
         traced = trace_call(target, args, names, arg_names)
         refuse_escaped_tensors(self.module.forward, args)
         report = Report(f"compiled {self.title}", signature)
-        spec = build_module_program(traced, args, self.passes, self.debug_nans, report, self.check)
+        spec = build_module_program(
+            traced, args, self.passes, self.debug_nans, report, self.check, self.memory_budget
+        )
         spec.lock, spec.signature = self._lock, signature
         spec.report, spec.structure = report, structure
         owned = {id(t) for t in [*self.module.parameters(), *self.module.buffers()]}

@@ -27,6 +27,7 @@ from tracegrad.logs import log
 from tracegrad.ops import OPS
 from tracegrad.passes import autodiff
 from tracegrad.passes.pipeline import BACKEND_CHOICES, transforms
+from tracegrad.passes.recompute import Recomputation, choose, recompute
 from tracegrad.tensor import Tensor, wrap
 
 
@@ -100,14 +101,23 @@ class Derived:
     differentiable: list[int] = field(default_factory=list)  # outputs taking cotangents
     reached: list[int] = field(default_factory=list)  # positions in wrt that get gradients
     recomputed: list[str] = field(default_factory=list)  # forward values the backward remakes
+    recomputation: Recomputation | None = None  # what a memory budget chose
 
 
-def derive(traced: Traced, wrt: list[int], names: list[str], stages: list) -> Derived:
+# What explain() calls the program a module's memory budget is estimated on
+JOINT = "joint forward and backward"
+
+
+def derive(
+    traced: Traced, wrt: list[int], names: list[str], stages: list, budget=None, recomputed=()
+) -> Derived:
     """The passes ``names`` on the traced forward; then, with no input in ``wrt`` (graph-input
     positions) to differentiate, the passes again with custom functions inlined, else reverse
     mode, the passes on the joint graph and its split into a forward and a backward (the
     forward returns the results, its updates, then the values the backward reads). Each run
-    of the passes appends its (stage, PassResults) to ``stages``."""
+    of the passes appends its (stage, PassResults) to ``stages``. With a memory ``budget``
+    (bytes), the backward recomputes the forward values ``choose`` picks on the joint graph
+    (by name, ``recomputed``: those)."""
     forward_results: list = []
     graph = passes.run(traced.graph, names, forward_results)
     stages.append(("traced forward graph", forward_results))
@@ -121,23 +131,37 @@ def derive(traced: Traced, wrt: list[int], names: list[str], stages: list) -> De
     joint_results: list = []
     joint = passes.run(joint, names, joint_results)
     stages.append(("joint forward + backward graph (after reverse mode)", joint_results))
+    recomputation = None if budget is None else choose(joint, budget, pooled=False)
+    if recomputation is not None:
+        recomputed = recomputation.recomputed
+    joint = recompute(joint, recomputed)
     changing = frozenset(traced.graph.updates)  # (inputs written after the forward)
-    forward, backward, recomputed = autodiff.split(joint, n_forward, seeds, changing, n_out)
+    forward, backward, cheap = autodiff.split(joint, n_forward, seeds, changing, n_out)
     forward = returned_in_own_memory(forward, n_out)
-    return Derived(forward, backward, n_forward, differentiable, reached, recomputed)
+    return Derived(forward, backward, n_forward, differentiable, reached, cheap, recomputation)
 
 
 def build_module_program(
-    traced: Traced, args, passes_spec, debug_nans: bool, report: Report, check: bool = False
+    traced: Traced,
+    args,
+    passes_spec,
+    debug_nans: bool,
+    report: Report,
+    check: bool = False,
+    memory_budget: int | None = None,
 ) -> ModuleProgram:
-    """The forward and backward ``derive`` makes with the whole pipeline, generated (checked
-    against the traced graph with ``check=True``); those it makes without the backend's
-    layout choices are the readable graphs, derived when first asked for."""
+    """The forward and backward ``derive`` makes with the whole pipeline (and the memory
+    budget), generated (checked against the traced graph with ``check=True``); those it makes
+    without the backend's layout choices are the readable graphs, derived when first asked
+    for."""
     tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
     wrt = [i for i, t in enumerate(tensors) if t.requires_grad] if tape.is_grad_enabled() else []
-    derived = derive(traced, wrt, transforms(passes_spec), report.stages)
+    derived = derive(traced, wrt, transforms(passes_spec), report.stages, memory_budget)
     readable_passes = transforms(passes_spec, without=BACKEND_CHOICES)
-    readable = functools.partial(_readable, traced, wrt, readable_passes)
+    chosen = derived.recomputation.recomputed if derived.recomputation is not None else ()
+    readable = functools.partial(_readable, traced, wrt, readable_passes, chosen)
+    if derived.recomputation is not None:
+        report.recomputations[JOINT] = derived.recomputation
     if derived.backward is None:
         program = generate(
             [("forward", derived.forward)], "forward", debug_nans, passes_spec, report=report
@@ -167,8 +191,8 @@ def build_module_program(
     return spec
 
 
-def _readable(traced: Traced, wrt: list[int], names: list[str]) -> tuple[Graph, Graph | None]:
-    derived = derive(traced, wrt, names, [])
+def _readable(traced: Traced, wrt: list[int], names: list[str], recomputed=()):
+    derived = derive(traced, wrt, names, [], recomputed=recomputed)
     return derived.forward, derived.backward
 
 

@@ -17,6 +17,7 @@ from tracegrad.ops.registry import RANDOM
 from tracegrad.passes import pipeline
 from tracegrad.passes.memory import MemoryPlan, plan_memory
 from tracegrad.passes.pipeline import PassResult
+from tracegrad.passes.recompute import Recomputation, choose
 from tracegrad.random import generator
 
 # The planning passes that make the memory plan (``memory`` pools buffers too).
@@ -59,20 +60,27 @@ class Program:
 
 
 def _plan(
-    graph: Graph, passes_spec, persistent: frozenset[str]
-) -> tuple[Graph, MemoryPlan, list[PassResult]]:
+    graph: Graph, passes_spec, persistent: frozenset[str], memory_budget: int | None = None
+) -> tuple[Graph, MemoryPlan, list[PassResult], Recomputation | None]:
     """The planning passes of the pipeline on one function's graph: the graph they leave, its
-    memory plan (every result in fresh memory when the pipeline plans none) and what each
-    graph-changing planning pass did."""
+    memory plan (every result in fresh memory when the pipeline plans none), what each
+    graph-changing planning pass did, and what a ``memory_budget`` made recompute."""
     names = pipeline.planning(passes_spec)
-    results = []
+    results, recomputation = [], None
     for name in names:
-        if name not in MEMORY_PLANS:
-            results.append(pipeline.run_pass(name, graph))
-            graph = results[-1].graph
+        if name in MEMORY_PLANS:
+            continue
+        options = {}
+        if name == "recompute" and memory_budget is not None:
+            recomputation = choose(graph, memory_budget, persistent)
+            options = {"names": recomputation.recomputed}
+        results.append(pipeline.run_pass(name, graph, **options))
+        graph = results[-1].graph
     if "memory" in names or "inplace" in names:
-        return graph, plan_memory(graph, persistent, pooled="memory" in names), results
-    return graph, MemoryPlan.fresh(graph), results
+        unpooled = recomputation.unpooled if recomputation is not None else ()
+        plan = plan_memory(graph, persistent, pooled="memory" in names, unpooled=unpooled)
+        return graph, plan, results, recomputation
+    return graph, MemoryPlan.fresh(graph), results, recomputation
 
 
 def generate(
@@ -82,20 +90,26 @@ def generate(
     passes_spec="default",
     persistent: frozenset[str] = frozenset(),
     report=None,
+    memory_budget: int | None = None,
 ) -> Program:
     """Emit one module holding a function per (name, graph) part and load it. Planning passes
-    (the memory plan) run on each part first; ``persistent`` outputs may use planned memory."""
+    (the memory plan) run on each part first; ``persistent`` outputs may use planned memory;
+    with a ``memory_budget`` (bytes), each part recomputes forward values to fit it."""
     unplanned = parts
-    planned = [(name, *_plan(graph, passes_spec, persistent)) for name, graph in parts]
-    parts = [(name, graph) for name, graph, _, _ in planned]
+    planned = [
+        (name, *_plan(graph, passes_spec, persistent, memory_budget)) for name, graph in parts
+    ]
+    parts = [(name, graph) for name, graph, *_ in planned]
     if report is not None:
         report.unplanned, report.planned = unplanned, parts
     sources, uses_rng, constants = [], {}, {}
-    for name, graph, memory, planning in planned:
+    for name, graph, memory, planning, recomputation in planned:
         fn = codegen.emit_function(graph, name, memory, debug_nans=debug_nans)
         if report is not None:
             report.emitted[name] = fn
             report.planning[name] = planning
+            if recomputation is not None:
+                report.recomputations[name] = recomputation
         uses_rng[name] = any(RANDOM in OPS[n.op].props for n in graph.nodes if n.op in OPS)
         if uses_rng[name]:
             fn.params.append("rng")

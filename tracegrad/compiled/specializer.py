@@ -67,8 +67,9 @@ class Specializer:
     kind = "function"  # what the error of a view asked for before any call names
 
     def __init__(self, *, passes="default", debug_nans=False, max_recompiles=None,
-                 check=False):  # fmt: skip
+                 check=False, memory_budget=None):  # fmt: skip
         self.passes = passes
+        self.memory_budget = memory_budget  # bytes, or None (see tg.compile)
         self.debug_nans = debug_nans or os.environ.get("TRACEGRAD_DEBUG_NANS") == "1"
         self.max_recompiles = max_recompiles
         self.check = check

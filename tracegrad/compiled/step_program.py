@@ -38,6 +38,7 @@ from tracegrad.ir.graph import Graph
 from tracegrad.logs import log, timed
 from tracegrad.passes.memory import MemoryPlan
 from tracegrad.passes.pipeline import BACKEND_CHOICES, transforms
+from tracegrad.passes.recompute import recompute
 from tracegrad.tensor import Tensor, is_symbolic
 from tracegrad.tracer import Tracer, tracing
 
@@ -158,9 +159,11 @@ def trace_step(compiled, args, signature) -> StepProgram:
         return trace_function(compiled, args, signature, names)
     _refuse_outside_history(tracer)
     program, report = _generate_step(compiled, traced, signature, args)
+    recomputation = report.recomputations.get("step")
     readable = functools.partial(
-        _readable_step, traced.graph, traced.n_results, len(traced.updated), compiled.passes
-    )
+        _readable_step, traced.graph, traced.n_results, len(traced.updated), compiled.passes,
+        recomputation.recomputed if recomputation is not None else (),
+    )  # fmt: skip
     lifted = [t for t, _ in tracer.lifted.values()]
     # Tensors that require grad and were read, however the function reached them: their
     # .grad (present or not) decides what the program computes, so it is guarded.
@@ -251,7 +254,7 @@ def _generate_step(compiled, traced: _TracedStep, signature, args) -> tuple[Prog
     persistent = frozenset(v.name for v in graph.outputs[n:])
     program = generate(
         [("step", graph)], "training step", compiled.debug_nans, compiled.passes, persistent,
-        report=report,
+        report=report, memory_budget=compiled.memory_budget,
     )  # fmt: skip
     if compiled.check:
         _check_step(traced, program, pass_results, args)
@@ -267,9 +270,11 @@ def _optimized_step(traced: Graph, n: int, n_updated: int, names: list[str], res
     return returned_in_own_memory(graph, n, stored)
 
 
-def _readable_step(traced: Graph, n: int, n_updated: int, passes_spec) -> Graph:
+def _readable_step(traced: Graph, n: int, n_updated: int, passes_spec, recomputed=()) -> Graph:
+    """The step as ``cm.graph`` shows it: its passes less the backend's layout choices,
+    with the forward values a memory budget recomputes (by name) recomputed."""
     names = transforms(passes_spec, without=BACKEND_CHOICES)
-    return _optimized_step(traced, n, n_updated, names, [])
+    return recompute(_optimized_step(traced, n, n_updated, names, []), recomputed)
 
 
 _STAGE = "traced step (forward, backward and update)"
@@ -320,8 +325,9 @@ def trace_function(compiled, args, signature, names) -> StepProgram:
     report = Report(title, signature)
     report.unplanned_traced = traced.graph
     module = build_module_program(
-        traced, args, compiled.passes, compiled.debug_nans, report, compiled.check
-    )
+        traced, args, compiled.passes, compiled.debug_nans, report, compiled.check,
+        compiled.memory_budget,
+    )  # fmt: skip
     module.report, module.lock = report, compiled._lock
     for t, value in zip(traced.lifted, traced.graph.inputs[-len(traced.lifted) :], strict=False):
         if t.requires_grad:

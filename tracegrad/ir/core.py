@@ -2,7 +2,8 @@
 
 A node records which part of a compiled step it belongs to as a ``Phase``; a backward node
 also names the forward op it is the gradient of (``grad_of``). The text form writes the two
-as the node's ORIGIN note: nothing for the forward, ``(grad of log)``, ``(update)``. A node
+as the node's ORIGIN note: nothing for the forward, ``(grad of log)``, ``(update)``,
+``(recomputed)`` for a forward op the backward runs again (under a memory budget). A node
 also records the module call that made it (its ``scope``, see ``tracegrad.scopes``) beside
 the user's source line (its ``location``).
 """
@@ -29,9 +30,11 @@ class Phase(enum.Enum):
     FORWARD = "forward"
     BACKWARD = "backward"  # a gradient: emitted by a VJP rule while the backward runs
     UPDATE = "update"  # the optimizer's step: parameters and optimizer state
+    RECOMPUTE = "recompute"  # a forward op run again by the backward (a memory budget's choice)
 
 
 GRAD_OF = "grad of "
+RECOMPUTED = "recomputed"
 
 
 @dataclass(eq=False)
@@ -80,9 +83,12 @@ class Node:
 
     @property
     def origin(self) -> str | None:
-        """The phase as the text form notes it: None (forward), "grad of log", "update"."""
+        """The phase as the text form notes it: None (forward), "grad of log", "update",
+        "recomputed"."""
         if self.phase is Phase.UPDATE:
             return "update"
+        if self.phase is Phase.RECOMPUTE:
+            return RECOMPUTED
         if self.phase is Phase.BACKWARD:
             names = (self.grad_of or "?").split(", ")
             return ", ".join(GRAD_OF + name for name in names)
@@ -137,6 +143,8 @@ def phase_of_origin(origin: str | None) -> tuple[Phase, str | None]:
         return Phase.FORWARD, None
     if origin == "update":
         return Phase.UPDATE, None
+    if origin == RECOMPUTED:
+        return Phase.RECOMPUTE, None
     parts = origin.split(", ")
     if all(part.startswith(GRAD_OF) and len(part) > len(GRAD_OF) for part in parts):
         return Phase.BACKWARD, ", ".join(part.removeprefix(GRAD_OF) for part in parts)

@@ -27,7 +27,7 @@ are skipped)::
     type     := DTYPE "[" dims? "]"       DTYPE is f32, f64, i64 or b8; "f32[]" is a scalar
     attrs    := "[" KEY "=" literal {"," KEY "=" literal}* "]"   KEYs are Python identifiers,
                                                                  printed in sorted order
-    ORIGIN   := "update" | "grad of " OP {", grad of " OP}*      the node's phase (see
+    ORIGIN   := "update" | "recomputed" | "grad of " OP {", grad of " OP}*  the phase (see
                                                                  ``ir.core.Phase``); none
                                                                  for a forward node
 

@@ -335,8 +335,8 @@ def _protection(graph: Graph, plan: MemoryPlan):
 
 
 class _Planner:
-    def __init__(self, graph: Graph, persistent: frozenset[str], pooled: bool):
-        self.graph, self.pooled = graph, pooled
+    def __init__(self, graph: Graph, persistent: frozenset[str], pooled: bool, unpooled=()):
+        self.graph, self.pooled, self.unpooled = graph, pooled, frozenset(unpooled)
         self.plan = MemoryPlan.of(graph, {}, [], persistent)
         self.root = self.plan.root
         self.last = last_uses(graph, self.root)
@@ -356,6 +356,8 @@ class _Planner:
         # node -> its assembly (see _assemblies), for its consumer and the nodes it gathers
         self.assembly: dict[Node, Assembly] = {}
         for assembly in _assemblies(graph, self.protected, self.root) if pooled else ():
+            if pool_key(assembly.consumer.outputs[0]) in self.unpooled:
+                continue
             for node in [assembly.consumer, *assembly.parts]:
                 self.assembly[node] = assembly
 
@@ -409,9 +411,9 @@ class _Planner:
         k = self.writable_input(node, index, ours)
         if k is not None:
             self.place_in(node, k)
-        elif self.pooled and out.type.shape:  # (a 0-d result comes back as a scalar)
-            key = (out.type.shape, out.type.dtype.name)
-            self.plan.placements[out] = InBuffer(self.take(key))
+        elif self.pooled and out.type.shape and pool_key(out) not in self.unpooled:
+            # (a 0-d result comes back as a scalar)
+            self.plan.placements[out] = InBuffer(self.take(pool_key(out)))
             self.owner[out] = self.plan.placements[out].buffer
 
     def place_in(self, node, k: int) -> None:
@@ -453,6 +455,11 @@ class _Planner:
             if self.dies_at(v, index) and base in self.owner:
                 buffer = self.owner.pop(base)
                 self.free[self.plan.buffers[buffer]].append(buffer)
+
+
+def pool_key(value) -> tuple[tuple, str]:
+    """The pool a value's buffer comes from: its (shape, dtype name)."""
+    return value.type.shape, value.type.dtype.name
 
 
 # --- assemblies: results written straight into their place in a copy or concatenation -----
@@ -563,18 +570,25 @@ def _read_first_only(node) -> list:
 
 
 def plan_memory(
-    graph: Graph, persistent: frozenset[str] = frozenset(), pooled: bool = True
+    graph: Graph,
+    persistent: frozenset[str] = frozenset(),
+    pooled: bool = True,
+    unpooled=(),
+    verify: bool = True,
 ) -> MemoryPlan:
-    """The memory plan of ``graph`` (see above), checked by ``verify_plan``; the graph is not
-    changed. ``persistent`` names outputs that may live in planned memory (the caller copies
-    or uses them before the next call). Without ``pooled``, only in-place writes: every other
-    result gets fresh memory."""
-    planner = _Planner(graph, persistent, pooled)
+    """The memory plan of ``graph`` (see above), checked by ``verify_plan`` (unless
+    ``verify`` is False: a plan only estimated, never run); the graph is not changed.
+    ``persistent`` names outputs that may live in planned memory (the caller copies or uses
+    them before the next call). Without ``pooled``, only in-place writes: every other result
+    gets fresh memory; so do results whose ``pool_key`` is in ``unpooled`` (a memory
+    budget's choice: a pool holds its buffers for the whole run)."""
+    planner = _Planner(graph, persistent, pooled, unpooled)
     for index, node in enumerate(graph.nodes):
         planner.place(node, index)
         planner.plan.settle(node)
         planner.release(node, index)
-    verify_plan(graph, planner.plan)
+    if verify:
+        verify_plan(graph, planner.plan)
     return planner.plan
 
 
@@ -600,21 +614,27 @@ def memory(graph: Graph) -> Graph:
 def peak_bytes(graph: Graph, plan: MemoryPlan | None = None, buffers=None) -> int:
     """Estimated peak of memory the program allocates (graph inputs not counted): the buffers
     of ``plan`` once (or ``buffers``, (shape, dtype name) pairs, when the generated code
-    allocates others than the plan's), plus every other value from its definition to its
-    last use."""
+    allocates others than the plan's), plus every other memory (a fresh result's, holding
+    the results written in place over it too) from its making to the last read of a value
+    living in it."""
     plan = MemoryPlan.fresh(graph) if plan is None else plan
-    last = last_uses(graph, plan.root)
     buffers = plan.buffers if buffers is None else buffers
     pool = sum(TensorType(shape, from_name(dtype)).nbytes for shape, dtype in buffers)
-    live: dict[Value, int] = {}
-    peak = 0
+    last: dict[Memory, int] = {}
+    for index, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            last[plan.memory_of(v)] = index
+    for v in [*graph.outputs, *graph.updates.values()]:
+        last[plan.memory_of(v)] = len(graph.nodes)
+    live: dict[Memory, int] = {}
+    held = peak = 0
     for index, node in enumerate(graph.nodes):
         for out in node.outputs:
-            owns = plan.root[out] is out and plan.placement(node.outputs[0]) is None
-            if owns and node.op != CONSTANT:
+            if plan.memory_of(out) is out and node.op != CONSTANT:
                 live[out] = out.type.nbytes
-        peak = max(peak, sum(live.values()))
+                held += out.type.nbytes
+        peak = max(peak, held)
         for v in node.inputs:
-            if last.get(plan.root[v]) == index:
-                live.pop(plan.root[v], None)
+            if last.get(plan.memory_of(v)) == index:
+                held -= live.pop(plan.memory_of(v), 0)
     return pool + peak

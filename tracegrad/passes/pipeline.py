@@ -91,11 +91,12 @@ DEFAULT_PIPELINE = [
     "dce",  # drop nodes whose values nobody reads (what the rewrites above replaced)
     "fuse",  # chains of elementwise ops become one kernel each (before the memory plan)
     "schedule",  # kept results and update scalars early; runs on each generated function
+    "recompute",  # under a memory budget: forward values the backward computes again
     "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]
 # Planning passes annotate the final graph of each generated function (after reverse mode and
 # the split into forward and backward), so tg.compile runs them last, part by part.
-PLANNING = ("schedule", "inplace", "memory")
+PLANNING = ("schedule", "recompute", "inplace", "memory")
 # Passes whose rewrites are choices of the NumPy backend, not of the user's program: the
 # generated code is made with them, the graphs users read (cm.graph) without them.
 BACKEND_CHOICES = ("specialize_numpy",)
@@ -124,13 +125,13 @@ def resolve(passes) -> list[str]:
     return names
 
 
-@timed(lambda name, graph: f"pass {name}")
-def run_pass(name: str, graph: Graph) -> PassResult:
-    """Apply one pass to a copy of ``graph``."""
+@timed(lambda name, graph, **options: f"pass {name}")
+def run_pass(name: str, graph: Graph, **options) -> PassResult:
+    """Apply one pass to a copy of ``graph`` (``options``: the pass's keyword arguments)."""
     global _notes
     outer, _notes = _notes, []
     try:
-        result = PASSES[name].fn(graph.copy())
+        result = PASSES[name].fn(graph.copy(), **options)
         notes = _notes
     finally:
         _notes = outer
