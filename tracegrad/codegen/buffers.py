@@ -39,6 +39,8 @@ class Sink:
     key: str | None = None
     buffer: int | None = None  # id of the planned buffer the last run stored in
     kept: Tensor | None = None  # the tensor living in that buffer, stored by the last run
+    # For the .grad of an argument: its position (each run points ``owner`` at its argument)
+    argument: int | None = None
 
     def current(self):
         return self.owner.grad if self.kind == "grad" else self.owner.get(self.key)

@@ -117,6 +117,6 @@ def _names(b: RunnerBindings) -> dict:
     names.update((f"replaced{i}", t) for i, t in enumerate(b.grads_replaced))
     for k, sink in enumerate(b.sinks):
         names[f"sink{k}"] = sink
-        if sink.kind == "grad":
+        if sink.kind == "grad" and sink.argument is None:
             names[f"owner{k}"] = sink.owner
     return names

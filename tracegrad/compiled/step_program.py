@@ -374,14 +374,13 @@ def _collect_sinks(tracer: Tracer, symbolic, args) -> tuple[list[Sink], list]:
     """Traced values left in persistent places: ``.grad`` of lifted tensors and arguments,
     and optimizer state entries."""
     sinks, values = [], []
-    owners = [t for t, _ in tracer.lifted.values()]
-    owners += [(s, a) for s, a in zip(symbolic, args, strict=True) if isinstance(a, Tensor)]
-    for owner in owners:
-        traced, real = owner if isinstance(owner, tuple) else (owner, owner)
+    owners = [(t, t, None) for t, _ in tracer.lifted.values()]
+    owners += [(s, a, i) for i, (s, a) in enumerate(zip(symbolic, args)) if isinstance(a, Tensor)]
+    for traced, real, position in owners:
         if traced.grad is not None and (
             is_symbolic(traced.grad) or not tracer.preexisting(traced.grad)
         ):
-            sinks.append(Sink("grad", real))
+            sinks.append(Sink("grad", real, argument=position))
             values.append(tracer.value_of(traced.grad))
     for opt, before in zip(tracer.optimizers, tracer.optimizer_state, strict=True):
         for p, state in opt.state.items():
