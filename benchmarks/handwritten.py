@@ -51,8 +51,9 @@ class FlatParams:
         for name, n in sizes.items():
             offsets[name] = total
             total += -(-n // ALIGN) * ALIGN
-        self.flat = np.zeros(total, F32)
-        self.grad_flat = np.zeros(total, F32)
+        dtype = next(iter(arrays.values())).dtype  # float32 (float64 in exactness tests)
+        self.flat = np.zeros(total, dtype)
+        self.grad_flat = np.zeros(total, dtype)
         self.p: dict[str, np.ndarray] = {}
         self.g: dict[str, np.ndarray] = {}
         for name, a in arrays.items():
@@ -68,20 +69,29 @@ class FlatParams:
 
 
 class SGD:
-    """``p -= lr * g``, or with momentum ``buf = m * buf + g`` (``buf = g`` at first)."""
+    """``p -= lr * g``, or with momentum ``buf = m * buf + g`` (``buf = g`` at first); with
+    ``weight_decay`` the gradient is ``g + wd * p`` first (PyTorch's SGD)."""
 
-    def __init__(self, params: FlatParams, lr: float, momentum: float = 0.0):
-        self.lr, self.momentum = lr, momentum
+    def __init__(
+        self, params: FlatParams, lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+    ):
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buf = np.zeros_like(params.flat) if momentum else None
+        self.tmp = np.empty(min(CHUNK, params.size), params.flat.dtype) if weight_decay else None
         self.first = True
         flats = (params.flat, params.grad_flat) + ((self.buf,) if momentum else ())
         self.pieces = params.chunks(*flats)
 
     def step(self) -> None:
-        lr, momentum = self.lr, self.momentum
+        lr, momentum, wd = self.lr, self.momentum, self.weight_decay
         for piece in self.pieces:
+            p, g = piece[:2]
+            if wd:
+                tmp = self.tmp[: p.size]
+                np.multiply(p, wd, out=tmp)
+                np.add(g, tmp, out=g)
             if momentum:
-                p, g, buf = piece
+                buf = piece[2]
                 if self.first:
                     np.copyto(buf, g)
                 else:
@@ -89,10 +99,19 @@ class SGD:
                     np.add(buf, g, out=buf)
                 np.multiply(buf, lr, out=g)  # the gradient buffer is free now: reuse it
             else:
-                p, g = piece
                 np.multiply(g, lr, out=g)
             np.subtract(p, g, out=p)
         self.first = False
+
+
+def clip_grad_norm(params: FlatParams, max_norm: float) -> None:
+    """Scale all gradients by min(1, max_norm / (norm + 1e-6)), as ``clip_grad_norm_``: the
+    total 2-norm is one BLAS dot product over the flat gradient buffer (its padding is zero)."""
+    g = params.grad_flat
+    norm = math.sqrt(float(np.dot(g, g)))
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    if coef < 1.0:
+        np.multiply(g, g.dtype.type(coef), out=g)
 
 
 class Adam:
@@ -154,16 +173,16 @@ class LinearCrossEntropy:
     shifted logits, their exponentials, and finally the gradient.
     """
 
-    def __init__(self, n: int, c: int):
+    def __init__(self, n: int, c: int, dtype=F32):
         self.n = n
         self.cols = np.arange(n)
         self.flat_index = np.empty(n, np.int64)
-        self.buf = np.empty((c, n), F32)
-        self.mx = np.empty((1, n), F32)
-        self.s = np.empty(n, F32)
-        self.log_s = np.empty(n, F32)
-        self.picked = np.empty(n, F32)
-        self.ones_c = np.ones(c, F32)
+        self.buf = np.empty((c, n), dtype)
+        self.mx = np.empty((1, n), dtype)
+        self.s = np.empty(n, dtype)
+        self.log_s = np.empty(n, dtype)
+        self.picked = np.empty(n, dtype)
+        self.ones_c = np.ones(c, dtype)
 
     def __call__(self, h, w, b, y, dw, db, dh, ones_n) -> float:
         """Loss of ``h @ w.T + b`` against ``y``; gradients into dw, db and dh (if not None)."""
@@ -178,11 +197,12 @@ class LinearCrossEntropy:
         np.exp(z, out=z)
         np.matmul(self.ones_c, z, out=s)
         np.log(s, out=self.log_s)
-        loss = (self.log_s.sum(dtype=F32) - self.picked.sum(dtype=F32)) / F32(n)
+        dtype = z.dtype.type
+        loss = (self.log_s.sum(dtype=dtype) - self.picked.sum(dtype=dtype)) / dtype(n)
         # d loss / d logits = (softmax - onehot) / n, with 1/n folded into the normalizer
         np.multiply(s, n, out=s)
         np.divide(z, s, out=z)
-        z[y, self.cols] -= F32(1.0 / n)
+        z[y, self.cols] -= dtype(1.0 / n)
         np.matmul(z, h, out=dw)
         np.matmul(z, ones_n, out=db)
         if dh is not None:
@@ -694,3 +714,282 @@ class CharTransformerAdamW:
 
     def parameters(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.params.p.items()}
+
+
+# --- W5: LSTM language model, 2 layers, SGD with gradient clipping -------------------------------
+
+
+class _LSTMLayerBuffers:
+    """One LSTM layer's saved forward state (time-major, h and c with the zero initial state at
+    t = 0) and its backward buffers."""
+
+    def __init__(self, T, B, H, dtype):
+        self.pre = np.empty((T, B, 4 * H), dtype)  # input projections, both biases added
+        self.act = np.empty((T, B, 4 * H), dtype)  # activated gates i, f, g, o
+        self.h = np.zeros((T + 1, B, H), dtype)
+        self.c = np.zeros((T + 1, B, H), dtype)
+        self.tanh_c = np.empty((T, B, H), dtype)
+        self.d_pre = np.empty((T, B, 4 * H), dtype)
+
+
+class LSTMLanguageModelSGD:
+    """word_language_model's LSTM model: Embedding - LSTM (layers) - Linear decoder, mean
+    cross-entropy over all positions, gradient norm clipping, plain SGD; time-major (T, B).
+
+    Each layer projects the whole input sequence in one matmul (``X W_ih^T + b_ih + b_hh``); the
+    time loop then does one (B, H) x (H, 4H) product and a few ufuncs over whole (B, 4H) rows:
+    every gate goes through ``tanh`` at once, the sigmoid gates as 0.5 tanh(x / 2) + 0.5, with
+    per-column scale and shift vectors. The backward loop keeps the pre-activation gradients of
+    all steps, so the weight gradients are one matmul each over the whole sequence.
+    """
+
+    def __init__(self, init, batch, ctx, layers, lr, clip):
+        self.params = P = FlatParams(init)
+        V, E = init["encoder.weight"].shape
+        H = init["rnn.weight_hh_l0"].shape[1]
+        dtype = P.flat.dtype
+        T, B = ctx, batch
+        self.dims = (T, B, E, H, V)
+        self.lr, self.clip = lr, clip
+        self.layers = [
+            tuple(P.p[f"rnn.{k}_l{i}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for i in range(layers)
+        ]
+        self.grads = [
+            tuple(P.g[f"rnn.{k}_l{i}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for i in range(layers)
+        ]
+        self.buffers = [_LSTMLayerBuffers(T, B, H, dtype) for _ in range(layers)]
+        self.bias = np.empty(4 * H, dtype)
+        # gate columns i, f, o are sigmoids: 0.5 tanh(0.5 x) + 0.5; g is tanh
+        half = np.full(4 * H, 0.5, dtype)
+        half[2 * H : 3 * H] = 1.0
+        self.gate_scale = half
+        self.gate_shift = np.where(half == 0.5, 0.5, 0.0).astype(dtype)
+        self.tanh_columns = (half == 1.0).astype(dtype)
+        self.x = np.empty((T * B, E), dtype)
+        self.dx = np.empty((T * B, max(E, H)), dtype)
+        self.dh = np.empty((B, H), dtype)
+        self.dc = np.empty((B, H), dtype)
+        self.tmp = np.empty((B, H), dtype)
+        self.tmp4 = np.empty((B, 4 * H), dtype)
+        self.ones = np.ones(T * B, dtype)
+        self.onehot_t = np.zeros((V, T * B), dtype)
+        self.rows = np.arange(T * B)
+        self.head = LinearCrossEntropy(T * B, V, dtype)
+
+    def step(self, idx: np.ndarray, y: np.ndarray) -> float:
+        T, B, _, H, _ = self.dims
+        p, g = self.params.p, self.params.g
+        flat_idx = idx.reshape(-1)
+        np.take(p["encoder.weight"], flat_idx, axis=0, out=self.x)
+        inp = self.x
+        for weights, buf in zip(self.layers, self.buffers):
+            self._layer_forward(inp, weights, buf)
+            inp = buf.h[1:].reshape(T * B, H)
+        d_top = self.dx[:, :H]
+        loss = self.head(
+            inp,
+            p["decoder.weight"],
+            p["decoder.bias"],
+            y.reshape(-1),
+            g["decoder.weight"],
+            g["decoder.bias"],
+            d_top,
+            self.ones,
+        )
+        d_out = d_top
+        for i in range(len(self.layers) - 1, -1, -1):
+            below = self.buffers[i - 1].h[1:].reshape(T * B, H) if i else self.x
+            d_in = self.dx[:, : below.shape[1]]
+            self._layer_backward(d_out.reshape(T, B, H), below, i, d_in)
+            d_out = d_in
+        # the embedding gradient: a one-hot matmul sums the rows of equal tokens
+        self.onehot_t[flat_idx, self.rows] = 1.0
+        np.matmul(self.onehot_t, d_out, out=g["encoder.weight"])
+        self.onehot_t[flat_idx, self.rows] = 0.0
+        clip_grad_norm(self.params, self.clip)
+        self._sgd()
+        return loss
+
+    def _sgd(self):
+        p, g = self.params.flat, self.params.grad_flat
+        np.multiply(g, self.lr, out=g)
+        np.subtract(p, g, out=p)
+
+    def _layer_forward(self, x, weights, buf):
+        T, B, _, H, _ = self.dims
+        w_ih, w_hh, b_ih, b_hh = weights
+        np.add(b_ih, b_hh, out=self.bias)
+        pre = buf.pre.reshape(T * B, 4 * H)
+        linear_forward(x, w_ih, self.bias, pre)
+        scale, shift, tmp = self.gate_scale, self.gate_shift, self.tmp
+        for t in range(T):
+            a = buf.act[t]
+            np.matmul(buf.h[t], w_hh.T, out=a)
+            np.add(a, buf.pre[t], out=a)
+            np.multiply(a, scale, out=a)
+            np.tanh(a, out=a)
+            np.multiply(a, scale, out=a)
+            np.add(a, shift, out=a)
+            i, f, gg, o = (a[:, k * H : (k + 1) * H] for k in range(4))
+            c = buf.c[t + 1]
+            np.multiply(f, buf.c[t], out=c)
+            np.multiply(i, gg, out=tmp)
+            np.add(c, tmp, out=c)
+            np.tanh(c, out=buf.tanh_c[t])
+            np.multiply(o, buf.tanh_c[t], out=buf.h[t + 1])
+
+    def _layer_backward(self, d_out, x, layer, d_in):
+        """Gradients of layer ``layer`` given d_out (T, B, H), its input x (T*B, In); the input
+        gradient goes to ``d_in``."""
+        T, B, _, H, _ = self.dims
+        w_ih, w_hh, _, _ = self.layers[layer]
+        dw_ih, dw_hh, db_ih, db_hh = self.grads[layer]
+        buf = self.buffers[layer]
+        dh, dc, tmp, tmp4 = self.dh, self.dc, self.tmp, self.tmp4
+        dh.fill(0.0)
+        dc.fill(0.0)
+        for t in range(T - 1, -1, -1):
+            a, da = buf.act[t], buf.d_pre[t]
+            i, f, gg, o = (a[:, k * H : (k + 1) * H] for k in range(4))
+            di, df, dg, do = (da[:, k * H : (k + 1) * H] for k in range(4))
+            np.add(dh, d_out[t], out=dh)
+            tc = buf.tanh_c[t]
+            np.multiply(dh, tc, out=do)
+            # dc += dh * o * (1 - tanh(c)^2)
+            np.multiply(tc, tc, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
+            np.multiply(tmp, o, out=tmp)
+            np.multiply(tmp, dh, out=tmp)
+            np.add(dc, tmp, out=dc)
+            np.multiply(dc, gg, out=di)
+            np.multiply(dc, i, out=dg)
+            np.multiply(dc, buf.c[t], out=df)
+            np.multiply(dc, f, out=dc)  # the cell gradient carried to t - 1
+            # through the activations, whole rows: sigmoid' = (1 - s) s on i, f, o and
+            # tanh' = (1 - g)(1 + g) on g
+            np.subtract(1.0, a, out=tmp4)
+            np.multiply(da, tmp4, out=da)
+            np.add(a, self.tanh_columns, out=tmp4)
+            np.multiply(da, tmp4, out=da)
+            np.matmul(da, w_hh, out=dh)
+        d_pre = buf.d_pre.reshape(T * B, 4 * H)
+        np.matmul(d_pre.T, x, out=dw_ih)
+        np.matmul(d_pre.T, buf.h[:-1].reshape(T * B, H), out=dw_hh)
+        np.matmul(self.ones, d_pre, out=db_ih)
+        np.copyto(db_hh, db_ih)
+        np.matmul(d_pre, w_ih, out=d_in)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.params.p.items()}
+
+
+# --- W7: VAE 784-400-20, Adam ---------------------------------------------------------------------
+
+
+class VAEAdam:
+    """PyTorch's VAE example: fc1 784-400 relu, fc21/fc22 400-20 (mu, logvar), z = mu + eps *
+    exp(logvar / 2), fc3 20-400 relu, fc4 400-784 sigmoid; loss = BCE (sum) + KL; Adam.
+
+    ``eps`` is drawn from tracegrad's generator exactly as ``tg.randn_like`` draws it (NumPy's
+    float64 normals, cast), so a step seeded like tracegrad's sees the same noise. fc21 and
+    fc22 are held as one (40, 400) layer "fc2" (stacked in the flat buffer): one matmul makes
+    [mu | logvar], and one makes their gradients. The BCE of r = sigmoid(a) comes from the
+    sigmoid's own denominator e = 1 + exp(-a): BCE = sum(log e) + sum(a) - x . a (a BLAS dot),
+    and its gradient with respect to a is r - x.
+    """
+
+    def __init__(self, init, batch, lr, generator):
+        stacked = {
+            "fc2.weight": np.concatenate([init["fc21.weight"], init["fc22.weight"]]),
+            "fc2.bias": np.concatenate([init["fc21.bias"], init["fc22.bias"]]),
+        }
+        names = ("fc1.weight", "fc1.bias", "fc3.weight", "fc3.bias", "fc4.weight", "fc4.bias")
+        self.params = P = FlatParams({**{k: init[k] for k in names}, **stacked})
+        self.generator = generator
+        B = batch
+        hidden, D = init["fc1.weight"].shape
+        L = init["fc21.weight"].shape[0]
+        dtype = P.flat.dtype
+        self.dims = (B, D, hidden, L)
+        self.h1 = np.empty((B, hidden), dtype)
+        self.ml = np.empty((B, 2 * L), dtype)  # [mu | logvar]
+        self.eps = np.empty((B, L), dtype)
+        self.std = np.empty((B, L), dtype)
+        self.var = np.empty((B, L), dtype)
+        self.z = np.empty((B, L), dtype)
+        self.h3 = np.empty((B, hidden), dtype)
+        self.a = np.empty((B, D), dtype)
+        self.e = np.empty((B, D), dtype)
+        self.log_e = np.empty((B, D), dtype)
+        self.dh = np.empty((B, hidden), dtype)
+        self.dml = np.empty((B, 2 * L), dtype)
+        self.dz = np.empty((B, L), dtype)
+        self.mask = np.empty((B, hidden), bool)
+        self.ones = np.ones(B, dtype)
+        self.opt = Adam(P, lr=lr)
+
+    def step(self, x: np.ndarray, _target: np.ndarray) -> float:
+        B, _, _, L = self.dims
+        p, g = self.params.p, self.params.g
+        h1, ml, std, var, z = self.h1, self.ml, self.std, self.var, self.z
+        h3, a, e, dh, mask, ones = self.h3, self.a, self.e, self.dh, self.mask, self.ones
+        mu, logvar = ml[:, :L], ml[:, L:]
+        # encoder
+        linear_forward(x, p["fc1.weight"], p["fc1.bias"], h1)
+        np.maximum(h1, 0.0, out=h1)
+        linear_forward(h1, p["fc2.weight"], p["fc2.bias"], ml)
+        # reparameterization, drawn as tg.randn_like draws
+        np.copyto(self.eps, self.generator().standard_normal((B, L)))
+        np.multiply(logvar, 0.5, out=std)
+        np.exp(std, out=std)
+        np.multiply(self.eps, std, out=z)
+        np.add(z, mu, out=z)
+        # decoder; a holds the logits of the reconstruction
+        linear_forward(z, p["fc3.weight"], p["fc3.bias"], h3)
+        np.maximum(h3, 0.0, out=h3)
+        linear_forward(h3, p["fc4.weight"], p["fc4.bias"], a)
+        np.negative(a, out=e)
+        np.exp(e, out=e)
+        np.add(e, 1.0, out=e)
+        np.log(e, out=self.log_e)
+        bce = self.log_e.sum() + a.sum() - np.vdot(x, a)
+        np.multiply(std, std, out=var)  # exp(logvar)
+        kl = -0.5 * (B * L + logvar.sum() - np.vdot(mu, mu) - var.sum())
+        loss = float(bce + kl)
+        # backward: d a = sigmoid(a) - x = 1 / e - x
+        np.divide(1.0, e, out=e)
+        np.subtract(e, x, out=e)
+        linear_backward_params(e, h3, g["fc4.weight"], g["fc4.bias"], ones)
+        np.matmul(e, p["fc4.weight"], out=dh)
+        np.greater(h3, 0.0, out=mask)
+        np.multiply(dh, mask, out=dh)
+        linear_backward_params(dh, z, g["fc3.weight"], g["fc3.bias"], ones)
+        np.matmul(dh, p["fc3.weight"], out=self.dz)
+        # d mu = dz + mu; d logvar = (dz eps std + exp(logvar) - 1) / 2
+        dmu, dlogvar = self.dml[:, :L], self.dml[:, L:]
+        np.add(self.dz, mu, out=dmu)
+        np.multiply(self.dz, self.eps, out=dlogvar)
+        np.multiply(dlogvar, std, out=dlogvar)
+        np.add(dlogvar, var, out=dlogvar)
+        np.subtract(dlogvar, 1.0, out=dlogvar)
+        np.multiply(dlogvar, 0.5, out=dlogvar)
+        linear_backward_params(self.dml, h1, g["fc2.weight"], g["fc2.bias"], ones)
+        np.matmul(self.dml, p["fc2.weight"], out=dh)
+        np.greater(h1, 0.0, out=mask)
+        np.multiply(dh, mask, out=dh)
+        linear_backward_params(dh, x, g["fc1.weight"], g["fc1.bias"], ones)
+        self.opt.step()
+        return loss
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        p, L = self.params.p, self.dims[3]
+        split = {
+            "fc21.weight": p["fc2.weight"][:L],
+            "fc22.weight": p["fc2.weight"][L:],
+            "fc21.bias": p["fc2.bias"][:L],
+            "fc22.bias": p["fc2.bias"][L:],
+        }
+        rest = {k: v for k, v in p.items() if not k.startswith("fc2.")}
+        return {k: v.copy() for k, v in {**rest, **split}.items()}

@@ -31,7 +31,9 @@ import numpy as np
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from benchmarks import handwritten
+from tracegrad import dtypes as tg_dtypes
 from tracegrad import nn, optim
+from tracegrad import random as tg_random
 
 IMPLEMENTATIONS = ("module", "step", "step_nopasses", "handwritten", "torch", "eager")
 LABELS = {
@@ -199,6 +201,69 @@ def sequence_loss(logits, y):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
+class LSTMLanguageModel(nn.Module):
+    """word_language_model's RNNModel with an LSTM (no dropout, untied weights): encoder
+    embedding, ``nn.LSTM``, linear decoder; time-major (T, B) tokens in, (T, B, V) logits out."""
+
+    def __init__(self, vocab: int, emb: int, hidden: int, layers: int):
+        super().__init__()
+        self.encoder = nn.Embedding(vocab, emb)
+        self.rnn = nn.LSTM(emb, hidden, layers)
+        self.decoder = nn.Linear(hidden, vocab)
+        # the example's init_weights
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, idx):
+        output, _ = self.rnn(self.encoder(idx))
+        return self.decoder(output)
+
+
+def lstm_language_model(cfg) -> nn.Module:
+    return LSTMLanguageModel(cfg["vocab"], cfg["emb"], cfg["hidden"], cfg["layers"])
+
+
+class VAE(nn.Module):
+    """PyTorch's examples/vae model: 784-400 relu, 400-20 (mu, logvar), a reparameterized
+    sample, 20-400 relu, 400-784 sigmoid; forward returns (reconstruction, mu, logvar)."""
+
+    def __init__(self, inputs: int, hidden: int, latent: int):
+        super().__init__()
+        self.inputs = inputs
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.fc21 = nn.Linear(hidden, latent)
+        self.fc22 = nn.Linear(hidden, latent)
+        self.fc3 = nn.Linear(latent, hidden)
+        self.fc4 = nn.Linear(hidden, inputs)
+
+    def encode(self, x):
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = tg.exp(0.5 * logvar)
+        return mu + tg.randn_like(std) * std
+
+    def decode(self, z):
+        return tg.sigmoid(self.fc4(F.relu(self.fc3(z))))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, self.inputs))
+        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+
+
+def vae(cfg) -> nn.Module:
+    return VAE(cfg["inputs"], cfg["hidden"], cfg["latent"])
+
+
+def vae_loss(outputs, x):
+    """The example's loss: reconstruction BCE summed over the batch plus the KL divergence."""
+    recon, mu, logvar = outputs
+    bce = F.binary_cross_entropy(recon, x.view(-1, recon.shape[-1]), reduction="sum")
+    return bce - 0.5 * tg.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
 # --- synthetic data -------------------------------------------------------------------------------
 
 
@@ -243,6 +308,26 @@ def w3_data(cfg, rng):
 
 def w4_data(cfg, rng):
     return markov_text_batches(rng, cfg["n_batches"], cfg["batch"], cfg["ctx"], cfg["vocab"])
+
+
+def w5_data(cfg, rng):
+    """W4's kind of text, time-major (T, B) as word_language_model batches it."""
+    batches = markov_text_batches(rng, cfg["n_batches"], cfg["batch"], cfg["ctx"], cfg["vocab"])
+    return [(x.T.copy(), y.T.copy()) for x, y in batches]
+
+
+def w7_data(cfg, rng):
+    """Images in [0, 1] from a random 2-layer generator of the VAE's own shape (learnable:
+    they lie near a low-dimensional manifold); the input is its own target."""
+    n, d, latent = cfg["batch"], cfg["inputs"], cfg["latent"]
+    basis = rng.standard_normal((latent, 64)) / math.sqrt(latent)
+    pixels = rng.standard_normal((64, d)) * (3.0 / math.sqrt(64))
+    batches = []
+    for _ in range(cfg["n_batches"]):
+        code = np.tanh(rng.standard_normal((n, latent)) @ basis)
+        x = (1.0 / (1.0 + np.exp(-(code @ pixels)))).astype(np.float32)
+        batches.append((x, x))
+    return batches
 
 
 # --- workload table -----------------------------------------------------------------------------
@@ -401,6 +486,53 @@ def _torch_char_transformer(torch, cfg):
     return TorchCharTransformer()
 
 
+def _torch_lstm_language_model(torch, cfg):
+    tnn = torch.nn
+
+    class TorchLSTMLanguageModel(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = tnn.Embedding(cfg["vocab"], cfg["emb"])
+            self.rnn = tnn.LSTM(cfg["emb"], cfg["hidden"], cfg["layers"])
+            self.decoder = tnn.Linear(cfg["hidden"], cfg["vocab"])
+
+        def forward(self, idx):
+            output, _ = self.rnn(self.encoder(idx))
+            return self.decoder(output)
+
+    return TorchLSTMLanguageModel()
+
+
+def _torch_vae(torch, cfg):
+    tnn, tF = torch.nn, torch.nn.functional
+    d, h, latent = cfg["inputs"], cfg["hidden"], cfg["latent"]
+
+    class TorchVAE(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = tnn.Linear(d, h)
+            self.fc21 = tnn.Linear(h, latent)
+            self.fc22 = tnn.Linear(h, latent)
+            self.fc3 = tnn.Linear(latent, h)
+            self.fc4 = tnn.Linear(h, d)
+
+        def forward(self, x):
+            h1 = tF.relu(self.fc1(x.view(-1, d)))
+            mu, logvar = self.fc21(h1), self.fc22(h1)
+            std = torch.exp(0.5 * logvar)
+            z = mu + torch.randn_like(std) * std
+            return torch.sigmoid(self.fc4(tF.relu(self.fc3(z)))), mu, logvar
+
+    return TorchVAE()
+
+
+def _torch_vae_loss(torch, outputs, x):
+    recon, mu, logvar = outputs
+    tF = torch.nn.functional
+    bce = tF.binary_cross_entropy(recon, x.view(-1, recon.shape[-1]), reduction="sum")
+    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
 def _hw_w1(cfg, init):
     return handwritten.MLPReLUSGD(init, cfg["batch"], cfg["lr"])
 
@@ -423,6 +555,16 @@ def _hw_w4(cfg, init):
         cfg["lr"],
         cfg["weight_decay"],
     )
+
+
+def _hw_w5(cfg, init):
+    return handwritten.LSTMLanguageModelSGD(
+        init, cfg["batch"], cfg["ctx"], cfg["layers"], cfg["lr"], cfg["clip"]
+    )
+
+
+def _hw_w7(cfg, init):
+    return handwritten.VAEAdam(init, cfg["batch"], cfg["lr"], tg_random.generator)
 
 
 def _w1_written(name: str, title: str, model: Callable, transposed: bool) -> Workload:
@@ -531,6 +673,47 @@ WORKLOADS: dict[str, Workload] = {
         targets=dict(step_ratio=1.10, module_ratio=1.3, first_call_s=2.0, alloc_mib=2.0),
         data_seed=1004,
     ),
+    "W5": Workload(
+        "W5",
+        "LSTM language model: vocab 96, embedding 256, 2-layer LSTM 256, seq 64, batch 32, SGD "
+        "with gradient clipping",
+        dict(
+            vocab=96,
+            emb=256,
+            hidden=256,
+            layers=2,
+            ctx=64,
+            batch=32,
+            lr=20.0,
+            clip=0.25,
+            n_batches=50,
+        ),
+        lstm_language_model,
+        _sgd,
+        sequence_loss,
+        w5_data,
+        _hw_w5,
+        _torch_lstm_language_model,
+        _torch_sgd,
+        _torch_sequence_loss,
+        targets=dict(step_ratio=1.00, module_ratio=1.1, first_call_s=5.0, alloc_mib=2.0),
+        data_seed=1005,
+    ),
+    "W7": Workload(
+        "W7",
+        "VAE 784-400-20-400-784, reparameterized sample, BCE (sum) + KL, batch 128, Adam",
+        dict(inputs=784, hidden=400, latent=20, batch=128, lr=1e-3, n_batches=50),
+        vae,
+        _adam,
+        vae_loss,
+        w7_data,
+        _hw_w7,
+        _torch_vae,
+        _torch_adam,
+        _torch_vae_loss,
+        targets=dict(step_ratio=1.00, module_ratio=1.1, first_call_s=1.0, alloc_mib=2.0),
+        data_seed=1007,
+    ),
 }
 
 
@@ -555,14 +738,22 @@ class Setup:
     workload: Workload
     init: dict[str, np.ndarray]
     batches: list[tuple[np.ndarray, np.ndarray]]
+    dtype: type = np.float32  # of the weights and the floating-point data
 
 
-def make_setup(workload: Workload) -> Setup:
+def make_setup(workload: Workload, dtype=np.float32) -> Setup:
+    """The starting point; ``dtype=np.float64`` runs everything in double precision (the tests
+    that check implementations against each other to float64 rounding)."""
     tg.manual_seed(MODEL_SEED)
     model = workload.build_model(workload.config)
-    init = {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+    init = {name: p.detach().numpy().astype(dtype) for name, p in model.named_parameters()}
     batches = workload.make_data(workload.config, np.random.default_rng(workload.data_seed))
-    return Setup(workload, init, batches)
+    batches = [tuple(_as_float(a, dtype) for a in batch) for batch in batches]
+    return Setup(workload, init, batches, dtype)
+
+
+def _as_float(a: np.ndarray, dtype) -> np.ndarray:
+    return a.astype(dtype) if a.dtype.kind == "f" and a.dtype != dtype else a
 
 
 # --- implementations ----------------------------------------------------------------------------
@@ -591,33 +782,28 @@ class TracegradImplementation(Implementation):
         self.key = key
         wl, cfg = setup.workload, setup.workload.config
         tg.manual_seed(MODEL_SEED)
-        model = wl.build_model(cfg)
+        model = wl.build_model(cfg).to(tg_dtypes.from_numpy(setup.dtype))
         model.load_state_dict(setup.init, strict=False)
         opt = wl.make_optimizer(cfg, model.parameters())
         loss_fn = wl.loss_fn
         self.model = model
         self.batches = [(tg.tensor(x), tg.tensor(y)) for x, y in setup.batches]
+        forward = tg.compile(model) if key == "module" else model
+        clip = cfg.get("clip")
+
+        def train_step(x, y):
+            opt.zero_grad()
+            loss = loss_fn(forward(x), y)
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            return loss
+
         if key in ("eager", "module"):
-            forward = model if key == "eager" else tg.compile(model)
             self.compiled = forward if key == "module" else None
-
-            def train_step(x, y):
-                opt.zero_grad()
-                loss = loss_fn(forward(x), y)
-                loss.backward()
-                opt.step()
-                return loss
-
             self.train_step = train_step
         else:
-
-            def train_step(x, y):
-                opt.zero_grad()
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-                return loss
-
             passes = "default" if key == "step" else None
             self.compiled = self.train_step = tg.compile(train_step, passes=passes)
 
@@ -677,10 +863,14 @@ class TorchImplementation(Implementation):
         self.model = model
         self.batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in setup.batches]
 
+        clip = cfg.get("clip")
+
         def train_step(x, y):
             opt.zero_grad()
             loss = wl.torch_loss(torch, model(x), y)
             loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             return loss
 
