@@ -993,3 +993,260 @@ class VAEAdam:
         }
         rest = {k: v for k, v in p.items() if not k.startswith("fc2.")}
         return {k: v.copy() for k, v in {**rest, **split}.items()}
+
+
+# --- W6: ResNet-style CNN with BatchNorm, SGD momentum + weight decay -----------------------------
+
+
+def im2col_strided(src: np.ndarray, cols: np.ndarray, stride: int) -> None:
+    """src (C, B, H, W), already padded -> cols (C, k, k, B, OH, OW), one copy per tap."""
+    k, oh, ow = cols.shape[1], cols.shape[4], cols.shape[5]
+    for i in range(k):
+        for j in range(k):
+            window = src[
+                :, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
+            ]
+            np.copyto(cols[:, i, j], window)
+
+
+def col2im_add(cols: np.ndarray, dst: np.ndarray, stride: int) -> None:
+    """The transpose of ``im2col_strided``, ADDED into dst (padded like the source was)."""
+    k, oh, ow = cols.shape[1], cols.shape[4], cols.shape[5]
+    for i in range(k):
+        for j in range(k):
+            target = dst[
+                :, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
+            ]
+            np.add(target, cols[:, i, j], out=target)
+
+
+class ConvBatchNorm:
+    """A bias-free convolution followed by training-mode batch norm, channel-major.
+
+    The convolution is im2col + one matmul ``W (Cout, Cin*k*k) @ cols``; the batch statistics
+    are matrix-vector products of the (Cout, N) rows with a vector of 1/N (long contiguous
+    rows). The backward uses the closed form dz = w rstd (dy - sum(dy)/N - xhat sum(dy xhat)/N),
+    whose two sums are the bias's and the weight's gradients.
+    """
+
+    def __init__(self, P, conv, bn, src_shape, stride, out_hw, eps=1e-5, momentum=0.1):
+        self.w = P.p[f"{conv}.weight"]
+        self.dw = P.g[f"{conv}.weight"]
+        self.gamma, self.beta = P.p[f"{bn}.weight"], P.p[f"{bn}.bias"]
+        self.dgamma, self.dbeta = P.g[f"{bn}.weight"], P.g[f"{bn}.bias"]
+        dtype = P.flat.dtype
+        cout, cin, k, _ = self.w.shape
+        B = src_shape[1]
+        N = B * out_hw * out_hw
+        self.stride, self.eps, self.momentum, self.n = stride, eps, momentum, N
+        self.out_shape = (cout, B, out_hw, out_hw)
+        self.w2d, self.dw2d = self.w.reshape(cout, -1), self.dw.reshape(cout, -1)
+        self.cols = np.empty((cin, k, k, B, out_hw, out_hw), dtype)
+        self.cols2d = self.cols.reshape(cin * k * k, N)
+        self.dcols = np.empty_like(self.cols)
+        self.xhat = np.empty((cout, N), dtype)
+        self.tmp = np.empty((cout, N), dtype)
+        self.mean = np.empty(cout, dtype)
+        self.var = np.empty(cout, dtype)
+        self.rstd = np.empty(cout, dtype)
+        self.coef = np.empty(cout, dtype)
+        self.inv_n = np.full(N, 1.0 / N, dtype)
+        self.running_mean = np.zeros(cout, dtype)
+        self.running_var = np.ones(cout, dtype)
+
+    def forward(self, src, out):
+        """out (Cout, B, OH, OW), any strides: the normalized, scaled and shifted convolution."""
+        xhat, mean, var, rstd, m = self.xhat, self.mean, self.var, self.rstd, self.momentum
+        im2col_strided(src, self.cols, self.stride)
+        np.matmul(self.w2d, self.cols2d, out=xhat)
+        np.matmul(xhat, self.inv_n, out=mean)
+        np.subtract(xhat, mean[:, None], out=xhat)
+        np.multiply(xhat, xhat, out=self.tmp)
+        np.matmul(self.tmp, self.inv_n, out=var)
+        # running statistics: the unbiased variance, as PyTorch keeps it
+        self.running_mean *= 1.0 - m
+        self.running_mean += m * mean
+        self.running_var *= 1.0 - m
+        self.running_var += (m * self.n / (self.n - 1)) * var
+        np.add(var, self.eps, out=rstd)
+        np.sqrt(rstd, out=rstd)
+        np.divide(1.0, rstd, out=rstd)
+        np.multiply(xhat, rstd[:, None], out=xhat)
+        out4 = xhat.reshape(self.out_shape)
+        np.multiply(out4, self.gamma[:, None, None, None], out=out)
+        np.add(out, self.beta[:, None, None, None], out=out)
+
+    def backward(self, dy, dsrc):
+        """dy (Cout, N) contiguous; parameter gradients, and the input gradient ADDED into
+        ``dsrc`` (padded as the source was; None: not needed)."""
+        xhat, tmp, n = self.xhat, self.tmp, self.n
+        np.multiply(dy, xhat, out=tmp)
+        np.matmul(tmp, self.inv_n, out=self.dgamma)  # mean(dy xhat); scaled by N below
+        np.matmul(dy, self.inv_n, out=self.dbeta)  # mean(dy)
+        # dz = gamma rstd (dy - mean(dy) - xhat mean(dy xhat))
+        np.multiply(xhat, self.dgamma[:, None], out=tmp)
+        np.subtract(dy, tmp, out=tmp)
+        np.subtract(tmp, self.dbeta[:, None], out=tmp)
+        np.multiply(self.gamma, self.rstd, out=self.coef)
+        np.multiply(tmp, self.coef[:, None], out=tmp)
+        self.dgamma *= n
+        self.dbeta *= n
+        np.matmul(tmp, self.cols2d.T, out=self.dw2d)
+        if dsrc is not None:
+            np.matmul(self.w2d.T, tmp, out=self.dcols.reshape(self.cols2d.shape))
+            col2im_add(self.dcols, dsrc, self.stride)
+
+
+def _interior(padded: np.ndarray) -> np.ndarray:
+    return padded[:, :, 1:-1, 1:-1]
+
+
+class _ResidualBlock:
+    """A BasicBlock: conv3x3-bn-relu, conv3x3-bn, plus the input or its 1x1 conv-bn, relu.
+    Its input arrives padded by one (for its first conv); its hidden activation is kept padded
+    too (for the second)."""
+
+    def __init__(self, P, prefix, cin, cout, stride, B, hw, dtype):
+        out_hw = hw // stride
+        src_shape = (cin, B, hw + 2, hw + 2)
+        self.stride = stride
+        self.conv1 = ConvBatchNorm(P, f"{prefix}.conv1", f"{prefix}.bn1", src_shape, stride, out_hw)
+        hidden_shape = (cout, B, out_hw + 2, out_hw + 2)
+        self.conv2 = ConvBatchNorm(P, f"{prefix}.conv2", f"{prefix}.bn2", hidden_shape, 1, out_hw)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = ConvBatchNorm(
+                P, f"{prefix}.shortcut.0", f"{prefix}.shortcut.1", src_shape, stride, out_hw
+            )
+            self.sc_out = np.empty((cout, B, out_hw, out_hw), dtype)
+        self.h_pad = np.zeros(hidden_shape, dtype)
+        self.dh_pad = np.zeros(hidden_shape, dtype)
+        self.y2 = np.empty((cout, B, out_hw, out_hw), dtype)
+        self.dsum = np.empty((cout, B * out_hw * out_hw), dtype)
+        self.mask_out = np.empty((cout, B, out_hw, out_hw), bool)
+        self.mask_h = np.empty((cout, B, out_hw, out_hw), bool)
+        self.dh = np.empty((cout, B * out_hw * out_hw), dtype)
+
+    def forward(self, x_pad, out):
+        h = _interior(self.h_pad)
+        self.conv1.forward(x_pad, h)
+        np.maximum(h, 0.0, out=h)
+        self.conv2.forward(self.h_pad, self.y2)
+        if self.shortcut is None:
+            np.add(self.y2, _interior(x_pad), out=self.y2)
+        else:
+            self.shortcut.forward(_interior(x_pad), self.sc_out)
+            np.add(self.y2, self.sc_out, out=self.y2)
+        np.maximum(self.y2, 0.0, out=out)
+        self.out = out
+
+    def backward(self, d_out, dx_pad):
+        """d_out: the gradient of the block's output; the input's gradient is ADDED into
+        ``dx_pad`` (padded like the input)."""
+        dsum = self.dsum.reshape(self.y2.shape)
+        np.greater(self.out, 0.0, out=self.mask_out)
+        np.multiply(d_out, self.mask_out, out=dsum)
+        self.dh_pad.fill(0.0)
+        self.conv2.backward(self.dsum, self.dh_pad)
+        dh = self.dh.reshape(self.y2.shape)
+        np.greater(_interior(self.h_pad), 0.0, out=self.mask_h)
+        np.multiply(_interior(self.dh_pad), self.mask_h, out=dh)
+        self.conv1.backward(self.dh, dx_pad)
+        if self.shortcut is None:
+            dx = _interior(dx_pad)
+            np.add(dx, dsum, out=dx)
+        else:
+            self.shortcut.backward(self.dsum, _interior(dx_pad))
+
+    def convs(self):
+        return [self.conv1, self.conv2] + ([self.shortcut] if self.shortcut else [])
+
+
+class ResNetSGD:
+    """conv3x3-bn-relu stem, residual BasicBlocks, global average pool, linear; mean
+    cross-entropy; SGD with momentum and weight decay; batch norm in training mode (batch
+    statistics, running statistics updated).
+
+    Activations are channel-major (C, B, H, W) and every block input is kept zero-padded by
+    one, so each 3x3 convolution is nine strided copies and one matmul (see ``ConvBatchNorm``),
+    and its input gradient one matmul and nine adds into a padded gradient buffer.
+    """
+
+    def __init__(self, init, batch, image, widths, strides, lr, momentum, weight_decay):
+        self.params = P = FlatParams(init)
+        dtype = P.flat.dtype
+        B, hw = batch, image
+        cin = init["conv1.weight"].shape[1]
+        self.x_pad = np.zeros((cin, B, hw + 2, hw + 2), dtype)
+        c0 = init["conv1.weight"].shape[0]
+        self.stem = ConvBatchNorm(P, "conv1", "bn1", self.x_pad.shape, 1, hw)
+        self.blocks, self.pads = [], []  # the blocks and their padded inputs
+        c = c0
+        for i, (width, stride) in enumerate(zip(widths, strides)):
+            self.blocks.append(_ResidualBlock(P, f"layers.{i}", c, width, stride, B, hw, dtype))
+            self.pads.append(np.zeros((c, B, hw + 2, hw + 2), dtype))
+            c, hw = width, hw // stride
+        self.dpads = [np.zeros_like(pad) for pad in self.pads]
+        self.dims = (B, c, hw)
+        self.last = np.empty((c, B, hw, hw), dtype)
+        self.inv_hw = np.full(hw * hw, 1.0 / (hw * hw), dtype)
+        self.pooled_t = np.empty((c, B), dtype)
+        self.pooled = np.empty((B, c), dtype)
+        self.dpooled = np.empty((B, c), dtype)
+        self.d_last = np.empty((c, B, hw, hw), dtype)
+        self.stem_mask = np.empty(self.stem.out_shape, bool)
+        self.d_stem = np.empty((c0, self.stem.n), dtype)
+        self.ones_b = np.ones(B, dtype)
+        self.head = LinearCrossEntropy(B, init["linear.weight"].shape[0], dtype)
+        self.opt = SGD(P, lr, momentum, weight_decay)
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        B, c, hw = self.dims
+        p, g = self.params.p, self.params.g
+        np.copyto(_interior(self.x_pad), x.transpose(1, 0, 2, 3))
+        stem_out = _interior(self.pads[0])
+        self.stem.forward(self.x_pad, stem_out)
+        np.maximum(stem_out, 0.0, out=stem_out)
+        outs = [_interior(pad) for pad in self.pads[1:]] + [self.last]
+        for block, src, out in zip(self.blocks, self.pads, outs):
+            block.forward(src, out)
+        np.matmul(self.last.reshape(c * B, hw * hw), self.inv_hw, out=self.pooled_t.reshape(-1))
+        np.copyto(self.pooled, self.pooled_t.T)
+        loss = self.head(
+            self.pooled,
+            p["linear.weight"],
+            p["linear.bias"],
+            y,
+            g["linear.weight"],
+            g["linear.bias"],
+            self.dpooled,
+            self.ones_b,
+        )
+        # the pool's gradient: each position gets 1/(hw*hw) of its channel's
+        np.multiply(self.dpooled.T[:, :, None, None], self.inv_hw[0], out=self.d_last)
+        d_out = self.d_last
+        for i in range(len(self.blocks) - 1, -1, -1):
+            self.dpads[i].fill(0.0)
+            self.blocks[i].backward(d_out, self.dpads[i])
+            d_out = _interior(self.dpads[i])
+        d_stem = self.d_stem.reshape(self.stem.out_shape)
+        np.greater(stem_out, 0.0, out=self.stem_mask)
+        np.multiply(d_out, self.stem_mask, out=d_stem)
+        self.stem.backward(self.d_stem, None)
+        self.opt.step()
+        return loss
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.params.p.items()}
+
+    def running_stats(self) -> dict[str, np.ndarray]:
+        """Each batch norm's running mean and variance under the model's buffer names."""
+        layers = {"bn1": self.stem}
+        for i, block in enumerate(self.blocks):
+            names = ("bn1", "bn2", "shortcut.1")
+            layers.update({f"layers.{i}.{n}": conv for n, conv in zip(names, block.convs())})
+        stats = {}
+        for name, conv in layers.items():
+            stats[f"{name}.running_mean"] = conv.running_mean.copy()
+            stats[f"{name}.running_var"] = conv.running_var.copy()
+        return stats

@@ -220,6 +220,52 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(output)
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: conv3x3-bn-relu, conv3x3-bn, plus the input (or its 1x1 conv-bn
+    when the shape changes), relu."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A small CIFAR-style ResNet: conv3x3-bn-relu stem, BasicBlocks, global average pool,
+    linear."""
+
+    def __init__(self, channels: int, stem: int, widths, strides, classes: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, stem, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        blocks, cin = [], stem
+        for width, stride in zip(widths, strides):
+            blocks.append(BasicBlock(cin, width, stride))
+            cin = width
+        self.layers = nn.Sequential(*blocks)
+        self.linear = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(out.mean(dim=(2, 3)))
+
+
+def resnet(cfg) -> nn.Module:
+    return ResNet(cfg["channels"], cfg["stem"], cfg["widths"], cfg["strides"], cfg["classes"])
+
+
 def lstm_language_model(cfg) -> nn.Module:
     return LSTMLanguageModel(cfg["vocab"], cfg["emb"], cfg["hidden"], cfg["layers"])
 
@@ -316,6 +362,11 @@ def w5_data(cfg, rng):
     return [(x.T.copy(), y.T.copy()) for x, y in batches]
 
 
+def w6_data(cfg, rng):
+    shape = (cfg["batch"], cfg["channels"], cfg["image"], cfg["image"])
+    return teacher_batches(rng, cfg["n_batches"], shape, cfg["classes"])
+
+
 def w7_data(cfg, rng):
     """Images in [0, 1] from a random 2-layer generator of the VAE's own shape (learnable:
     they lie near a low-dimensional manifold); the input is its own target."""
@@ -353,7 +404,12 @@ class Workload:
 
 
 def _sgd(cfg, params):
-    return optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.0))
+    return optim.SGD(
+        params,
+        lr=cfg["lr"],
+        momentum=cfg.get("momentum", 0.0),
+        weight_decay=cfg.get("weight_decay", 0.0),
+    )
 
 
 def _adam(cfg, params):
@@ -365,7 +421,12 @@ def _adamw(cfg, params):
 
 
 def _torch_sgd(torch, cfg, params):
-    return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.0))
+    return torch.optim.SGD(
+        params,
+        lr=cfg["lr"],
+        momentum=cfg.get("momentum", 0.0),
+        weight_decay=cfg.get("weight_decay", 0.0),
+    )
 
 
 def _torch_adam(torch, cfg, params):
@@ -503,6 +564,47 @@ def _torch_lstm_language_model(torch, cfg):
     return TorchLSTMLanguageModel()
 
 
+def _torch_resnet(torch, cfg):
+    """``ResNet`` in PyTorch, with the same parameter and buffer names."""
+    tnn, tF = torch.nn, torch.nn.functional
+
+    class TorchBasicBlock(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.shortcut = tnn.Sequential()
+            if stride != 1 or cin != cout:
+                self.shortcut = tnn.Sequential(
+                    tnn.Conv2d(cin, cout, 1, stride=stride, bias=False), tnn.BatchNorm2d(cout)
+                )
+
+        def forward(self, x):
+            out = tF.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return tF.relu(out + self.shortcut(x))
+
+    class TorchResNet(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cfg["channels"], cfg["stem"], 3, padding=1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cfg["stem"])
+            blocks, cin = [], cfg["stem"]
+            for width, stride in zip(cfg["widths"], cfg["strides"]):
+                blocks.append(TorchBasicBlock(cin, width, stride))
+                cin = width
+            self.layers = tnn.Sequential(*blocks)
+            self.linear = tnn.Linear(cin, cfg["classes"])
+
+        def forward(self, x):
+            out = self.layers(tF.relu(self.bn1(self.conv1(x))))
+            return self.linear(out.mean(dim=(2, 3)))
+
+    return TorchResNet()
+
+
 def _torch_vae(torch, cfg):
     tnn, tF = torch.nn, torch.nn.functional
     d, h, latent = cfg["inputs"], cfg["hidden"], cfg["latent"]
@@ -560,6 +662,19 @@ def _hw_w4(cfg, init):
 def _hw_w5(cfg, init):
     return handwritten.LSTMLanguageModelSGD(
         init, cfg["batch"], cfg["ctx"], cfg["layers"], cfg["lr"], cfg["clip"]
+    )
+
+
+def _hw_w6(cfg, init):
+    return handwritten.ResNetSGD(
+        init,
+        cfg["batch"],
+        cfg["image"],
+        cfg["widths"],
+        cfg["strides"],
+        cfg["lr"],
+        cfg["momentum"],
+        cfg["weight_decay"],
     )
 
 
@@ -698,6 +813,34 @@ WORKLOADS: dict[str, Workload] = {
         _torch_sequence_loss,
         targets=dict(step_ratio=1.00, module_ratio=1.1, first_call_s=5.0, alloc_mib=2.0),
         data_seed=1005,
+    ),
+    "W6": Workload(
+        "W6",
+        "ResNet: conv-bn-relu stem 16, 4 BasicBlocks 16-32-64-64 with BatchNorm (train mode), "
+        "avg pool, linear; 32x32x3, batch 64, SGD momentum 0.9, weight decay 5e-4",
+        dict(
+            image=32,
+            channels=3,
+            stem=16,
+            widths=(16, 32, 64, 64),
+            strides=(1, 2, 2, 1),
+            classes=10,
+            batch=64,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            n_batches=50,
+        ),
+        resnet,
+        _sgd,
+        classification_loss,
+        w6_data,
+        _hw_w6,
+        _torch_resnet,
+        _torch_sgd,
+        _torch_classification_loss,
+        targets=dict(step_ratio=1.00, module_ratio=1.1, first_call_s=2.0, alloc_mib=2.0),
+        data_seed=1006,
     ),
     "W7": Workload(
         "W7",
