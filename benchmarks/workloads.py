@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import benchmarks
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from benchmarks import handwritten
@@ -980,12 +981,12 @@ class HandwrittenImplementation(Implementation):
 
 
 def torch_module():
-    """PyTorch, limited to one thread, or None when it is not installed."""
+    """PyTorch, limited to the benchmark's thread count, or None when it is not installed."""
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(1)
+    torch.set_num_threads(benchmarks.THREADS)
     return torch
 
 
