@@ -1,4 +1,4 @@
-"""Hand-written NumPy training steps for W1-W4: the practical limit the compiler is measured
+"""Hand-written NumPy training steps for W1-W7: the practical limit the compiler is measured
 against.
 
 Each class computes exactly the math of the tracegrad model of the same workload (same initial

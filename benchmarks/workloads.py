@@ -1,5 +1,6 @@
 """The workloads of DESIGN.md (W1 also in two other layouts: W1X written x @ W + b with
-weights stored (in, out), W1F with F.linear on its own parameters) and their implementations.
+weights stored (in, out), W1F with F.linear on its own parameters), W5 (LSTM language model),
+W6 (ResNet with BatchNorm) and W7 (VAE), and their implementations.
 
 For each workload: a tracegrad model (built once, with a fixed seed), its optimizer and loss,
 synthetic data of the right shapes (a fixed seed, labels from a random "teacher" so the loss
@@ -862,8 +863,8 @@ WORKLOADS: dict[str, Workload] = {
 
 
 def get_workload(name: str, **overrides) -> Workload:
-    """The workload ``name`` ('W1'..'W4'), with config entries replaced by ``overrides``
-    (e.g. ``batch=8`` for a reduced smoke-test size)."""
+    """The workload ``name`` ('W1'..'W7', 'W1X', 'W1F'), with config entries replaced by
+    ``overrides`` (e.g. ``batch=8`` for a reduced smoke-test size)."""
     base = WORKLOADS[name.upper()]
     unknown = set(overrides) - set(base.config)
     if unknown:
