@@ -1,7 +1,8 @@
-"""tracegrad benchmarks: the four workloads of DESIGN.md, timed side by side in one run.
+"""tracegrad benchmarks: the workloads of DESIGN.md and more, timed side by side in one run.
 
-Run ``python -m benchmarks`` (``--help`` for the options). One thread: the BLAS/OpenMP thread
-counts are set here, before anything imports NumPy (importing this package first is enough).
+Run ``python -m benchmarks`` (``--help`` for the options). One thread unless ``--threads N``:
+the BLAS/OpenMP thread counts are set here, before anything imports NumPy (importing this
+package first is enough), from the ``--threads`` option of the command line being run.
 """
 
 import os
@@ -13,8 +14,25 @@ THREAD_VARIABLES = (
     "MKL_NUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+
+
+def requested_threads(argv: list[str]) -> int:
+    """The N of ``--threads N`` (or ``--threads=N``) in ``argv``; 1 without it. Read here, not
+    by argparse, because the thread counts must be set before NumPy loads."""
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--threads="):
+            value = arg.partition("=")[2]
+        else:
+            continue
+        return int(value) if value.isdigit() and int(value) > 0 else 1
+    return 1
+
+
+THREADS = requested_threads(sys.argv)
 for _name in THREAD_VARIABLES:
-    os.environ[_name] = "1"
+    os.environ[_name] = str(THREADS)
 
 # When NumPy was imported before this package (e.g. by a test runner), its BLAS may already have
 # started its threads; the harness records this in the results.

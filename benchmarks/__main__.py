@@ -4,28 +4,26 @@ python -m benchmarks                       # every workload (W1 in three layouts
 python -m benchmarks --workloads W1 --rounds 5
 python -m benchmarks --quick               # a fast smoke run (few steps; loss@10)
 python -m benchmarks --quick --size small  # reduced model sizes too
+python -m benchmarks --threads 2           # BLAS and PyTorch on two threads
 """
 
-# One thread: set before NumPy (or anything importing it) is loaded.
+# The thread counts (one, or --threads N) are set by the package, before NumPy is loaded.
+import benchmarks  # isort: skip
+
+import argparse
+import datetime
+import json
 import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
-for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_name] = "1"
+import numpy as np
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import benchmarks  # noqa: E402
-import tracegrad  # noqa: E402
-from benchmarks import harness  # noqa: E402
-from benchmarks import workloads as W  # noqa: E402
+import tracegrad
+from benchmarks import harness
+from benchmarks import workloads as W
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,11 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Time tracegrad's compiled training steps against a hand-written NumPy step "
-        "and PyTorch eager, one thread, on the workloads of DESIGN.md (W1 also written "
-        "x @ W + b and with F.linear).",
+        "and PyTorch eager, on one thread (or --threads N), on the workloads of DESIGN.md (W1 "
+        "also written x @ W + b and with F.linear) and W5-W7.",
     )
     p.add_argument(
-        "--workloads", default="W1,W1X,W1F,W2,W3,W4", help="comma-separated (default: all)"
+        "--workloads",
+        default="W1,W1X,W1F,W2,W3,W4,W5,W6,W7",
+        help="comma-separated (default: all)",
     )
     p.add_argument(
         "--impls",
@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("full", "small"),
         default="full",
         help="'small' runs reduced model/batch sizes (for smoke tests)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for BLAS (NumPy, tracegrad) and PyTorch (default 1)",
     )
     p.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="JSON output path")
     p.add_argument("--markdown", type=Path, default=RESULTS / "latest.md", help="Markdown path")
@@ -123,6 +129,8 @@ def metadata(settings: harness.Settings, args) -> dict:
         "cpu_count": os.cpu_count(),
         "load_before": _load(),
         "threads": {k: os.environ.get(k) for k in benchmarks.THREAD_VARIABLES},
+        "num_threads": args.threads,
+        "blas_threads": tracegrad.get_num_threads(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "numpy_loaded_before_thread_settings": benchmarks.NUMPY_LOADED_BEFORE_THREAD_SETTINGS,
         "settings": {
@@ -140,6 +148,9 @@ def metadata(settings: harness.Settings, args) -> dict:
 def run(argv=None) -> dict:
     """Parse ``argv``, run, write the outputs; returns the results dict."""
     args = build_parser().parse_args(argv)
+    if args.threads != benchmarks.THREADS:  # (run() called with other arguments than argv's)
+        raise SystemExit(f"--threads {args.threads}: the thread count is read from sys.argv")
+    tracegrad.set_num_threads(args.threads)
     settings = settings_from(args)
     names = [n.strip().upper() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in W.WORKLOADS]

@@ -1,4 +1,4 @@
-"""Hand-written NumPy training steps for W1-W4: the practical limit the compiler is measured
+"""Hand-written NumPy training steps for W1-W7: the practical limit the compiler is measured
 against.
 
 Each class computes exactly the math of the tracegrad model of the same workload (same initial
@@ -51,8 +51,9 @@ class FlatParams:
         for name, n in sizes.items():
             offsets[name] = total
             total += -(-n // ALIGN) * ALIGN
-        self.flat = np.zeros(total, F32)
-        self.grad_flat = np.zeros(total, F32)
+        dtype = next(iter(arrays.values())).dtype  # float32 (float64 in exactness tests)
+        self.flat = np.zeros(total, dtype)
+        self.grad_flat = np.zeros(total, dtype)
         self.p: dict[str, np.ndarray] = {}
         self.g: dict[str, np.ndarray] = {}
         for name, a in arrays.items():
@@ -68,20 +69,29 @@ class FlatParams:
 
 
 class SGD:
-    """``p -= lr * g``, or with momentum ``buf = m * buf + g`` (``buf = g`` at first)."""
+    """``p -= lr * g``, or with momentum ``buf = m * buf + g`` (``buf = g`` at first); with
+    ``weight_decay`` the gradient is ``g + wd * p`` first (PyTorch's SGD)."""
 
-    def __init__(self, params: FlatParams, lr: float, momentum: float = 0.0):
-        self.lr, self.momentum = lr, momentum
+    def __init__(
+        self, params: FlatParams, lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+    ):
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buf = np.zeros_like(params.flat) if momentum else None
+        self.tmp = np.empty(min(CHUNK, params.size), params.flat.dtype) if weight_decay else None
         self.first = True
         flats = (params.flat, params.grad_flat) + ((self.buf,) if momentum else ())
         self.pieces = params.chunks(*flats)
 
     def step(self) -> None:
-        lr, momentum = self.lr, self.momentum
+        lr, momentum, wd = self.lr, self.momentum, self.weight_decay
         for piece in self.pieces:
+            p, g = piece[:2]
+            if wd:
+                tmp = self.tmp[: p.size]
+                np.multiply(p, wd, out=tmp)
+                np.add(g, tmp, out=g)
             if momentum:
-                p, g, buf = piece
+                buf = piece[2]
                 if self.first:
                     np.copyto(buf, g)
                 else:
@@ -89,10 +99,19 @@ class SGD:
                     np.add(buf, g, out=buf)
                 np.multiply(buf, lr, out=g)  # the gradient buffer is free now: reuse it
             else:
-                p, g = piece
                 np.multiply(g, lr, out=g)
             np.subtract(p, g, out=p)
         self.first = False
+
+
+def clip_grad_norm(params: FlatParams, max_norm: float) -> None:
+    """Scale all gradients by min(1, max_norm / (norm + 1e-6)), as ``clip_grad_norm_``: the
+    total 2-norm is one BLAS dot product over the flat gradient buffer (its padding is zero)."""
+    g = params.grad_flat
+    norm = math.sqrt(float(np.dot(g, g)))
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    if coef < 1.0:
+        np.multiply(g, g.dtype.type(coef), out=g)
 
 
 class Adam:
@@ -154,16 +173,16 @@ class LinearCrossEntropy:
     shifted logits, their exponentials, and finally the gradient.
     """
 
-    def __init__(self, n: int, c: int):
+    def __init__(self, n: int, c: int, dtype=F32):
         self.n = n
         self.cols = np.arange(n)
         self.flat_index = np.empty(n, np.int64)
-        self.buf = np.empty((c, n), F32)
-        self.mx = np.empty((1, n), F32)
-        self.s = np.empty(n, F32)
-        self.log_s = np.empty(n, F32)
-        self.picked = np.empty(n, F32)
-        self.ones_c = np.ones(c, F32)
+        self.buf = np.empty((c, n), dtype)
+        self.mx = np.empty((1, n), dtype)
+        self.s = np.empty(n, dtype)
+        self.log_s = np.empty(n, dtype)
+        self.picked = np.empty(n, dtype)
+        self.ones_c = np.ones(c, dtype)
 
     def __call__(self, h, w, b, y, dw, db, dh, ones_n) -> float:
         """Loss of ``h @ w.T + b`` against ``y``; gradients into dw, db and dh (if not None)."""
@@ -178,11 +197,12 @@ class LinearCrossEntropy:
         np.exp(z, out=z)
         np.matmul(self.ones_c, z, out=s)
         np.log(s, out=self.log_s)
-        loss = (self.log_s.sum(dtype=F32) - self.picked.sum(dtype=F32)) / F32(n)
+        dtype = z.dtype.type
+        loss = (self.log_s.sum(dtype=dtype) - self.picked.sum(dtype=dtype)) / dtype(n)
         # d loss / d logits = (softmax - onehot) / n, with 1/n folded into the normalizer
         np.multiply(s, n, out=s)
         np.divide(z, s, out=z)
-        z[y, self.cols] -= F32(1.0 / n)
+        z[y, self.cols] -= dtype(1.0 / n)
         np.matmul(z, h, out=dw)
         np.matmul(z, ones_n, out=db)
         if dh is not None:
@@ -694,3 +714,539 @@ class CharTransformerAdamW:
 
     def parameters(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.params.p.items()}
+
+
+# --- W5: LSTM language model, 2 layers, SGD with gradient clipping -------------------------------
+
+
+class _LSTMLayerBuffers:
+    """One LSTM layer's saved forward state (time-major, h and c with the zero initial state at
+    t = 0) and its backward buffers."""
+
+    def __init__(self, T, B, H, dtype):
+        self.pre = np.empty((T, B, 4 * H), dtype)  # input projections, both biases added
+        self.act = np.empty((T, B, 4 * H), dtype)  # activated gates i, f, g, o
+        self.h = np.zeros((T + 1, B, H), dtype)
+        self.c = np.zeros((T + 1, B, H), dtype)
+        self.tanh_c = np.empty((T, B, H), dtype)
+        self.d_pre = np.empty((T, B, 4 * H), dtype)
+
+
+class LSTMLanguageModelSGD:
+    """word_language_model's LSTM model: Embedding - LSTM (layers) - Linear decoder, mean
+    cross-entropy over all positions, gradient norm clipping, plain SGD; time-major (T, B).
+
+    Each layer projects the whole input sequence in one matmul (``X W_ih^T + b_ih + b_hh``); the
+    time loop then does one (B, H) x (H, 4H) product and a few ufuncs over whole (B, 4H) rows:
+    every gate goes through ``tanh`` at once, the sigmoid gates as 0.5 tanh(x / 2) + 0.5, with
+    per-column scale and shift vectors. The backward loop keeps the pre-activation gradients of
+    all steps, so the weight gradients are one matmul each over the whole sequence.
+    """
+
+    def __init__(self, init, batch, ctx, layers, lr, clip):
+        self.params = P = FlatParams(init)
+        V, E = init["encoder.weight"].shape
+        H = init["rnn.weight_hh_l0"].shape[1]
+        dtype = P.flat.dtype
+        T, B = ctx, batch
+        self.dims = (T, B, E, H, V)
+        self.lr, self.clip = lr, clip
+        self.layers = [
+            tuple(P.p[f"rnn.{k}_l{i}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for i in range(layers)
+        ]
+        self.grads = [
+            tuple(P.g[f"rnn.{k}_l{i}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for i in range(layers)
+        ]
+        self.buffers = [_LSTMLayerBuffers(T, B, H, dtype) for _ in range(layers)]
+        self.bias = np.empty(4 * H, dtype)
+        # gate columns i, f, o are sigmoids: 0.5 tanh(0.5 x) + 0.5; g is tanh
+        half = np.full(4 * H, 0.5, dtype)
+        half[2 * H : 3 * H] = 1.0
+        self.gate_scale = half
+        self.gate_shift = np.where(half == 0.5, 0.5, 0.0).astype(dtype)
+        self.tanh_columns = (half == 1.0).astype(dtype)
+        self.x = np.empty((T * B, E), dtype)
+        self.dx = np.empty((T * B, max(E, H)), dtype)
+        self.dh = np.empty((B, H), dtype)
+        self.dc = np.empty((B, H), dtype)
+        self.tmp = np.empty((B, H), dtype)
+        self.tmp4 = np.empty((B, 4 * H), dtype)
+        self.ones = np.ones(T * B, dtype)
+        self.onehot_t = np.zeros((V, T * B), dtype)
+        self.rows = np.arange(T * B)
+        self.head = LinearCrossEntropy(T * B, V, dtype)
+
+    def step(self, idx: np.ndarray, y: np.ndarray) -> float:
+        T, B, _, H, _ = self.dims
+        p, g = self.params.p, self.params.g
+        flat_idx = idx.reshape(-1)
+        np.take(p["encoder.weight"], flat_idx, axis=0, out=self.x)
+        inp = self.x
+        for weights, buf in zip(self.layers, self.buffers):
+            self._layer_forward(inp, weights, buf)
+            inp = buf.h[1:].reshape(T * B, H)
+        d_top = self.dx[:, :H]
+        loss = self.head(
+            inp,
+            p["decoder.weight"],
+            p["decoder.bias"],
+            y.reshape(-1),
+            g["decoder.weight"],
+            g["decoder.bias"],
+            d_top,
+            self.ones,
+        )
+        d_out = d_top
+        for i in range(len(self.layers) - 1, -1, -1):
+            below = self.buffers[i - 1].h[1:].reshape(T * B, H) if i else self.x
+            d_in = self.dx[:, : below.shape[1]]
+            self._layer_backward(d_out.reshape(T, B, H), below, i, d_in)
+            d_out = d_in
+        # the embedding gradient: a one-hot matmul sums the rows of equal tokens
+        self.onehot_t[flat_idx, self.rows] = 1.0
+        np.matmul(self.onehot_t, d_out, out=g["encoder.weight"])
+        self.onehot_t[flat_idx, self.rows] = 0.0
+        clip_grad_norm(self.params, self.clip)
+        self._sgd()
+        return loss
+
+    def _sgd(self):
+        p, g = self.params.flat, self.params.grad_flat
+        np.multiply(g, self.lr, out=g)
+        np.subtract(p, g, out=p)
+
+    def _layer_forward(self, x, weights, buf):
+        T, B, _, H, _ = self.dims
+        w_ih, w_hh, b_ih, b_hh = weights
+        np.add(b_ih, b_hh, out=self.bias)
+        pre = buf.pre.reshape(T * B, 4 * H)
+        linear_forward(x, w_ih, self.bias, pre)
+        scale, shift, tmp = self.gate_scale, self.gate_shift, self.tmp
+        for t in range(T):
+            a = buf.act[t]
+            np.matmul(buf.h[t], w_hh.T, out=a)
+            np.add(a, buf.pre[t], out=a)
+            np.multiply(a, scale, out=a)
+            np.tanh(a, out=a)
+            np.multiply(a, scale, out=a)
+            np.add(a, shift, out=a)
+            i, f, gg, o = (a[:, k * H : (k + 1) * H] for k in range(4))
+            c = buf.c[t + 1]
+            np.multiply(f, buf.c[t], out=c)
+            np.multiply(i, gg, out=tmp)
+            np.add(c, tmp, out=c)
+            np.tanh(c, out=buf.tanh_c[t])
+            np.multiply(o, buf.tanh_c[t], out=buf.h[t + 1])
+
+    def _layer_backward(self, d_out, x, layer, d_in):
+        """Gradients of layer ``layer`` given d_out (T, B, H), its input x (T*B, In); the input
+        gradient goes to ``d_in``."""
+        T, B, _, H, _ = self.dims
+        w_ih, w_hh, _, _ = self.layers[layer]
+        dw_ih, dw_hh, db_ih, db_hh = self.grads[layer]
+        buf = self.buffers[layer]
+        dh, dc, tmp, tmp4 = self.dh, self.dc, self.tmp, self.tmp4
+        dh.fill(0.0)
+        dc.fill(0.0)
+        for t in range(T - 1, -1, -1):
+            a, da = buf.act[t], buf.d_pre[t]
+            i, f, gg, o = (a[:, k * H : (k + 1) * H] for k in range(4))
+            di, df, dg, do = (da[:, k * H : (k + 1) * H] for k in range(4))
+            np.add(dh, d_out[t], out=dh)
+            tc = buf.tanh_c[t]
+            np.multiply(dh, tc, out=do)
+            # dc += dh * o * (1 - tanh(c)^2)
+            np.multiply(tc, tc, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
+            np.multiply(tmp, o, out=tmp)
+            np.multiply(tmp, dh, out=tmp)
+            np.add(dc, tmp, out=dc)
+            np.multiply(dc, gg, out=di)
+            np.multiply(dc, i, out=dg)
+            np.multiply(dc, buf.c[t], out=df)
+            np.multiply(dc, f, out=dc)  # the cell gradient carried to t - 1
+            # through the activations, whole rows: sigmoid' = (1 - s) s on i, f, o and
+            # tanh' = (1 - g)(1 + g) on g
+            np.subtract(1.0, a, out=tmp4)
+            np.multiply(da, tmp4, out=da)
+            np.add(a, self.tanh_columns, out=tmp4)
+            np.multiply(da, tmp4, out=da)
+            np.matmul(da, w_hh, out=dh)
+        d_pre = buf.d_pre.reshape(T * B, 4 * H)
+        np.matmul(d_pre.T, x, out=dw_ih)
+        np.matmul(d_pre.T, buf.h[:-1].reshape(T * B, H), out=dw_hh)
+        np.matmul(self.ones, d_pre, out=db_ih)
+        np.copyto(db_hh, db_ih)
+        np.matmul(d_pre, w_ih, out=d_in)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.params.p.items()}
+
+
+# --- W7: VAE 784-400-20, Adam ---------------------------------------------------------------------
+
+
+class VAEAdam:
+    """PyTorch's VAE example: fc1 784-400 relu, fc21/fc22 400-20 (mu, logvar), z = mu + eps *
+    exp(logvar / 2), fc3 20-400 relu, fc4 400-784 sigmoid; loss = BCE (sum) + KL; Adam.
+
+    ``eps`` is drawn from tracegrad's generator exactly as ``tg.randn_like`` draws it (NumPy's
+    float64 normals, cast), so a step seeded like tracegrad's sees the same noise. fc21 and
+    fc22 are held as one (40, 400) layer "fc2" (stacked in the flat buffer): one matmul makes
+    [mu | logvar], and one makes their gradients. The BCE of r = sigmoid(a) comes from the
+    sigmoid's own denominator e = 1 + exp(-a): BCE = sum(log e) + sum(a) - x . a (a BLAS dot),
+    and its gradient with respect to a is r - x.
+    """
+
+    def __init__(self, init, batch, lr, generator):
+        stacked = {
+            "fc2.weight": np.concatenate([init["fc21.weight"], init["fc22.weight"]]),
+            "fc2.bias": np.concatenate([init["fc21.bias"], init["fc22.bias"]]),
+        }
+        names = ("fc1.weight", "fc1.bias", "fc3.weight", "fc3.bias", "fc4.weight", "fc4.bias")
+        self.params = P = FlatParams({**{k: init[k] for k in names}, **stacked})
+        self.generator = generator
+        B = batch
+        hidden, D = init["fc1.weight"].shape
+        L = init["fc21.weight"].shape[0]
+        dtype = P.flat.dtype
+        self.dims = (B, D, hidden, L)
+        self.h1 = np.empty((B, hidden), dtype)
+        self.ml = np.empty((B, 2 * L), dtype)  # [mu | logvar]
+        self.eps = np.empty((B, L), dtype)
+        self.std = np.empty((B, L), dtype)
+        self.var = np.empty((B, L), dtype)
+        self.z = np.empty((B, L), dtype)
+        self.h3 = np.empty((B, hidden), dtype)
+        self.a = np.empty((B, D), dtype)
+        self.e = np.empty((B, D), dtype)
+        self.log_e = np.empty((B, D), dtype)
+        self.dh = np.empty((B, hidden), dtype)
+        self.dml = np.empty((B, 2 * L), dtype)
+        self.dz = np.empty((B, L), dtype)
+        self.mask = np.empty((B, hidden), bool)
+        self.ones = np.ones(B, dtype)
+        self.opt = Adam(P, lr=lr)
+
+    def step(self, x: np.ndarray, _target: np.ndarray) -> float:
+        B, _, _, L = self.dims
+        p, g = self.params.p, self.params.g
+        h1, ml, std, var, z = self.h1, self.ml, self.std, self.var, self.z
+        h3, a, e, dh, mask, ones = self.h3, self.a, self.e, self.dh, self.mask, self.ones
+        mu, logvar = ml[:, :L], ml[:, L:]
+        # encoder
+        linear_forward(x, p["fc1.weight"], p["fc1.bias"], h1)
+        np.maximum(h1, 0.0, out=h1)
+        linear_forward(h1, p["fc2.weight"], p["fc2.bias"], ml)
+        # reparameterization, drawn as tg.randn_like draws
+        np.copyto(self.eps, self.generator().standard_normal((B, L)))
+        np.multiply(logvar, 0.5, out=std)
+        np.exp(std, out=std)
+        np.multiply(self.eps, std, out=z)
+        np.add(z, mu, out=z)
+        # decoder; a holds the logits of the reconstruction
+        linear_forward(z, p["fc3.weight"], p["fc3.bias"], h3)
+        np.maximum(h3, 0.0, out=h3)
+        linear_forward(h3, p["fc4.weight"], p["fc4.bias"], a)
+        np.negative(a, out=e)
+        np.exp(e, out=e)
+        np.add(e, 1.0, out=e)
+        np.log(e, out=self.log_e)
+        bce = self.log_e.sum() + a.sum() - np.vdot(x, a)
+        np.multiply(std, std, out=var)  # exp(logvar)
+        kl = -0.5 * (B * L + logvar.sum() - np.vdot(mu, mu) - var.sum())
+        loss = float(bce + kl)
+        # backward: d a = sigmoid(a) - x = 1 / e - x
+        np.divide(1.0, e, out=e)
+        np.subtract(e, x, out=e)
+        linear_backward_params(e, h3, g["fc4.weight"], g["fc4.bias"], ones)
+        np.matmul(e, p["fc4.weight"], out=dh)
+        np.greater(h3, 0.0, out=mask)
+        np.multiply(dh, mask, out=dh)
+        linear_backward_params(dh, z, g["fc3.weight"], g["fc3.bias"], ones)
+        np.matmul(dh, p["fc3.weight"], out=self.dz)
+        # d mu = dz + mu; d logvar = (dz eps std + exp(logvar) - 1) / 2
+        dmu, dlogvar = self.dml[:, :L], self.dml[:, L:]
+        np.add(self.dz, mu, out=dmu)
+        np.multiply(self.dz, self.eps, out=dlogvar)
+        np.multiply(dlogvar, std, out=dlogvar)
+        np.add(dlogvar, var, out=dlogvar)
+        np.subtract(dlogvar, 1.0, out=dlogvar)
+        np.multiply(dlogvar, 0.5, out=dlogvar)
+        linear_backward_params(self.dml, h1, g["fc2.weight"], g["fc2.bias"], ones)
+        np.matmul(self.dml, p["fc2.weight"], out=dh)
+        np.greater(h1, 0.0, out=mask)
+        np.multiply(dh, mask, out=dh)
+        linear_backward_params(dh, x, g["fc1.weight"], g["fc1.bias"], ones)
+        self.opt.step()
+        return loss
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        p, L = self.params.p, self.dims[3]
+        split = {
+            "fc21.weight": p["fc2.weight"][:L],
+            "fc22.weight": p["fc2.weight"][L:],
+            "fc21.bias": p["fc2.bias"][:L],
+            "fc22.bias": p["fc2.bias"][L:],
+        }
+        rest = {k: v for k, v in p.items() if not k.startswith("fc2.")}
+        return {k: v.copy() for k, v in {**rest, **split}.items()}
+
+
+# --- W6: ResNet-style CNN with BatchNorm, SGD momentum + weight decay -----------------------------
+
+
+def im2col_strided(src: np.ndarray, cols: np.ndarray, stride: int) -> None:
+    """src (C, B, H, W), already padded -> cols (C, k, k, B, OH, OW), one copy per tap."""
+    k, oh, ow = cols.shape[1], cols.shape[4], cols.shape[5]
+    for i in range(k):
+        for j in range(k):
+            window = src[
+                :, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
+            ]
+            np.copyto(cols[:, i, j], window)
+
+
+def col2im_add(cols: np.ndarray, dst: np.ndarray, stride: int) -> None:
+    """The transpose of ``im2col_strided``, ADDED into dst (padded like the source was)."""
+    k, oh, ow = cols.shape[1], cols.shape[4], cols.shape[5]
+    for i in range(k):
+        for j in range(k):
+            target = dst[
+                :, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
+            ]
+            np.add(target, cols[:, i, j], out=target)
+
+
+class ConvBatchNorm:
+    """A bias-free convolution followed by training-mode batch norm, channel-major.
+
+    The convolution is im2col + one matmul ``W (Cout, Cin*k*k) @ cols``; the batch statistics
+    are matrix-vector products of the (Cout, N) rows with a vector of 1/N (long contiguous
+    rows). The backward uses the closed form dz = w rstd (dy - sum(dy)/N - xhat sum(dy xhat)/N),
+    whose two sums are the bias's and the weight's gradients.
+    """
+
+    def __init__(self, P, conv, bn, src_shape, stride, out_hw, eps=1e-5, momentum=0.1):
+        self.w = P.p[f"{conv}.weight"]
+        self.dw = P.g[f"{conv}.weight"]
+        self.gamma, self.beta = P.p[f"{bn}.weight"], P.p[f"{bn}.bias"]
+        self.dgamma, self.dbeta = P.g[f"{bn}.weight"], P.g[f"{bn}.bias"]
+        dtype = P.flat.dtype
+        cout, cin, k, _ = self.w.shape
+        B = src_shape[1]
+        N = B * out_hw * out_hw
+        self.stride, self.eps, self.momentum, self.n = stride, eps, momentum, N
+        self.out_shape = (cout, B, out_hw, out_hw)
+        self.w2d, self.dw2d = self.w.reshape(cout, -1), self.dw.reshape(cout, -1)
+        self.cols = np.empty((cin, k, k, B, out_hw, out_hw), dtype)
+        self.cols2d = self.cols.reshape(cin * k * k, N)
+        self.dcols = np.empty_like(self.cols)
+        self.xhat = np.empty((cout, N), dtype)
+        self.tmp = np.empty((cout, N), dtype)
+        self.mean = np.empty(cout, dtype)
+        self.var = np.empty(cout, dtype)
+        self.rstd = np.empty(cout, dtype)
+        self.coef = np.empty(cout, dtype)
+        self.inv_n = np.full(N, 1.0 / N, dtype)
+        self.running_mean = np.zeros(cout, dtype)
+        self.running_var = np.ones(cout, dtype)
+
+    def forward(self, src, out):
+        """out (Cout, B, OH, OW), any strides: the normalized, scaled and shifted convolution."""
+        xhat, mean, var, rstd, m = self.xhat, self.mean, self.var, self.rstd, self.momentum
+        im2col_strided(src, self.cols, self.stride)
+        np.matmul(self.w2d, self.cols2d, out=xhat)
+        np.matmul(xhat, self.inv_n, out=mean)
+        np.subtract(xhat, mean[:, None], out=xhat)
+        np.multiply(xhat, xhat, out=self.tmp)
+        np.matmul(self.tmp, self.inv_n, out=var)
+        # running statistics: the unbiased variance, as PyTorch keeps it
+        self.running_mean *= 1.0 - m
+        self.running_mean += m * mean
+        self.running_var *= 1.0 - m
+        self.running_var += (m * self.n / (self.n - 1)) * var
+        np.add(var, self.eps, out=rstd)
+        np.sqrt(rstd, out=rstd)
+        np.divide(1.0, rstd, out=rstd)
+        np.multiply(xhat, rstd[:, None], out=xhat)
+        out4 = xhat.reshape(self.out_shape)
+        np.multiply(out4, self.gamma[:, None, None, None], out=out)
+        np.add(out, self.beta[:, None, None, None], out=out)
+
+    def backward(self, dy, dsrc):
+        """dy (Cout, N) contiguous; parameter gradients, and the input gradient ADDED into
+        ``dsrc`` (padded as the source was; None: not needed)."""
+        xhat, tmp, n = self.xhat, self.tmp, self.n
+        np.multiply(dy, xhat, out=tmp)
+        np.matmul(tmp, self.inv_n, out=self.dgamma)  # mean(dy xhat); scaled by N below
+        np.matmul(dy, self.inv_n, out=self.dbeta)  # mean(dy)
+        # dz = gamma rstd (dy - mean(dy) - xhat mean(dy xhat))
+        np.multiply(xhat, self.dgamma[:, None], out=tmp)
+        np.subtract(dy, tmp, out=tmp)
+        np.subtract(tmp, self.dbeta[:, None], out=tmp)
+        np.multiply(self.gamma, self.rstd, out=self.coef)
+        np.multiply(tmp, self.coef[:, None], out=tmp)
+        self.dgamma *= n
+        self.dbeta *= n
+        np.matmul(tmp, self.cols2d.T, out=self.dw2d)
+        if dsrc is not None:
+            np.matmul(self.w2d.T, tmp, out=self.dcols.reshape(self.cols2d.shape))
+            col2im_add(self.dcols, dsrc, self.stride)
+
+
+def _interior(padded: np.ndarray) -> np.ndarray:
+    return padded[:, :, 1:-1, 1:-1]
+
+
+class _ResidualBlock:
+    """A BasicBlock: conv3x3-bn-relu, conv3x3-bn, plus the input or its 1x1 conv-bn, relu.
+    Its input arrives padded by one (for its first conv); its hidden activation is kept padded
+    too (for the second)."""
+
+    def __init__(self, P, prefix, cin, cout, stride, B, hw, dtype):
+        out_hw = hw // stride
+        src_shape = (cin, B, hw + 2, hw + 2)
+        self.stride = stride
+        self.conv1 = ConvBatchNorm(P, f"{prefix}.conv1", f"{prefix}.bn1", src_shape, stride, out_hw)
+        hidden_shape = (cout, B, out_hw + 2, out_hw + 2)
+        self.conv2 = ConvBatchNorm(P, f"{prefix}.conv2", f"{prefix}.bn2", hidden_shape, 1, out_hw)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = ConvBatchNorm(
+                P, f"{prefix}.shortcut.0", f"{prefix}.shortcut.1", src_shape, stride, out_hw
+            )
+            self.sc_out = np.empty((cout, B, out_hw, out_hw), dtype)
+        self.h_pad = np.zeros(hidden_shape, dtype)
+        self.dh_pad = np.zeros(hidden_shape, dtype)
+        self.y2 = np.empty((cout, B, out_hw, out_hw), dtype)
+        self.dsum = np.empty((cout, B * out_hw * out_hw), dtype)
+        self.mask_out = np.empty((cout, B, out_hw, out_hw), bool)
+        self.mask_h = np.empty((cout, B, out_hw, out_hw), bool)
+        self.dh = np.empty((cout, B * out_hw * out_hw), dtype)
+
+    def forward(self, x_pad, out):
+        h = _interior(self.h_pad)
+        self.conv1.forward(x_pad, h)
+        np.maximum(h, 0.0, out=h)
+        self.conv2.forward(self.h_pad, self.y2)
+        if self.shortcut is None:
+            np.add(self.y2, _interior(x_pad), out=self.y2)
+        else:
+            self.shortcut.forward(_interior(x_pad), self.sc_out)
+            np.add(self.y2, self.sc_out, out=self.y2)
+        np.maximum(self.y2, 0.0, out=out)
+        self.out = out
+
+    def backward(self, d_out, dx_pad):
+        """d_out: the gradient of the block's output; the input's gradient is ADDED into
+        ``dx_pad`` (padded like the input)."""
+        dsum = self.dsum.reshape(self.y2.shape)
+        np.greater(self.out, 0.0, out=self.mask_out)
+        np.multiply(d_out, self.mask_out, out=dsum)
+        self.dh_pad.fill(0.0)
+        self.conv2.backward(self.dsum, self.dh_pad)
+        dh = self.dh.reshape(self.y2.shape)
+        np.greater(_interior(self.h_pad), 0.0, out=self.mask_h)
+        np.multiply(_interior(self.dh_pad), self.mask_h, out=dh)
+        self.conv1.backward(self.dh, dx_pad)
+        if self.shortcut is None:
+            dx = _interior(dx_pad)
+            np.add(dx, dsum, out=dx)
+        else:
+            self.shortcut.backward(self.dsum, _interior(dx_pad))
+
+    def convs(self):
+        return [self.conv1, self.conv2] + ([self.shortcut] if self.shortcut else [])
+
+
+class ResNetSGD:
+    """conv3x3-bn-relu stem, residual BasicBlocks, global average pool, linear; mean
+    cross-entropy; SGD with momentum and weight decay; batch norm in training mode (batch
+    statistics, running statistics updated).
+
+    Activations are channel-major (C, B, H, W) and every block input is kept zero-padded by
+    one, so each 3x3 convolution is nine strided copies and one matmul (see ``ConvBatchNorm``),
+    and its input gradient one matmul and nine adds into a padded gradient buffer.
+    """
+
+    def __init__(self, init, batch, image, widths, strides, lr, momentum, weight_decay):
+        self.params = P = FlatParams(init)
+        dtype = P.flat.dtype
+        B, hw = batch, image
+        cin = init["conv1.weight"].shape[1]
+        self.x_pad = np.zeros((cin, B, hw + 2, hw + 2), dtype)
+        c0 = init["conv1.weight"].shape[0]
+        self.stem = ConvBatchNorm(P, "conv1", "bn1", self.x_pad.shape, 1, hw)
+        self.blocks, self.pads = [], []  # the blocks and their padded inputs
+        c = c0
+        for i, (width, stride) in enumerate(zip(widths, strides)):
+            self.blocks.append(_ResidualBlock(P, f"layers.{i}", c, width, stride, B, hw, dtype))
+            self.pads.append(np.zeros((c, B, hw + 2, hw + 2), dtype))
+            c, hw = width, hw // stride
+        self.dpads = [np.zeros_like(pad) for pad in self.pads]
+        self.dims = (B, c, hw)
+        self.last = np.empty((c, B, hw, hw), dtype)
+        self.inv_hw = np.full(hw * hw, 1.0 / (hw * hw), dtype)
+        self.pooled_t = np.empty((c, B), dtype)
+        self.pooled = np.empty((B, c), dtype)
+        self.dpooled = np.empty((B, c), dtype)
+        self.d_last = np.empty((c, B, hw, hw), dtype)
+        self.stem_mask = np.empty(self.stem.out_shape, bool)
+        self.d_stem = np.empty((c0, self.stem.n), dtype)
+        self.ones_b = np.ones(B, dtype)
+        self.head = LinearCrossEntropy(B, init["linear.weight"].shape[0], dtype)
+        self.opt = SGD(P, lr, momentum, weight_decay)
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        B, c, hw = self.dims
+        p, g = self.params.p, self.params.g
+        np.copyto(_interior(self.x_pad), x.transpose(1, 0, 2, 3))
+        stem_out = _interior(self.pads[0])
+        self.stem.forward(self.x_pad, stem_out)
+        np.maximum(stem_out, 0.0, out=stem_out)
+        outs = [_interior(pad) for pad in self.pads[1:]] + [self.last]
+        for block, src, out in zip(self.blocks, self.pads, outs):
+            block.forward(src, out)
+        np.matmul(self.last.reshape(c * B, hw * hw), self.inv_hw, out=self.pooled_t.reshape(-1))
+        np.copyto(self.pooled, self.pooled_t.T)
+        loss = self.head(
+            self.pooled,
+            p["linear.weight"],
+            p["linear.bias"],
+            y,
+            g["linear.weight"],
+            g["linear.bias"],
+            self.dpooled,
+            self.ones_b,
+        )
+        # the pool's gradient: each position gets 1/(hw*hw) of its channel's
+        np.multiply(self.dpooled.T[:, :, None, None], self.inv_hw[0], out=self.d_last)
+        d_out = self.d_last
+        for i in range(len(self.blocks) - 1, -1, -1):
+            self.dpads[i].fill(0.0)
+            self.blocks[i].backward(d_out, self.dpads[i])
+            d_out = _interior(self.dpads[i])
+        d_stem = self.d_stem.reshape(self.stem.out_shape)
+        np.greater(stem_out, 0.0, out=self.stem_mask)
+        np.multiply(d_out, self.stem_mask, out=d_stem)
+        self.stem.backward(self.d_stem, None)
+        self.opt.step()
+        return loss
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.params.p.items()}
+
+    def running_stats(self) -> dict[str, np.ndarray]:
+        """Each batch norm's running mean and variance under the model's buffer names."""
+        layers = {"bn1": self.stem}
+        for i, block in enumerate(self.blocks):
+            names = ("bn1", "bn2", "shortcut.1")
+            layers.update({f"layers.{i}.{n}": conv for n, conv in zip(names, block.convs())})
+        stats = {}
+        for name, conv in layers.items():
+            stats[f"{name}.running_mean"] = conv.running_mean.copy()
+            stats[f"{name}.running_var"] = conv.running_var.copy()
+        return stats

@@ -50,6 +50,9 @@ SMALL = {
     "W2": dict(inputs=256, hidden=256, batch=32),
     "W3": dict(batch=8),
     "W4": dict(batch=4, ctx=32, layers=1),
+    "W5": dict(batch=4, ctx=8, emb=16, hidden=32),
+    "W6": dict(batch=4, image=8),
+    "W7": dict(batch=16),
 }
 
 
@@ -277,6 +280,11 @@ def _fmt(value, spec: str, missing: str = "—") -> str:
     return missing if value is None else format(value, spec)
 
 
+def _threads_text(meta: dict) -> str:
+    n = meta.get("num_threads", 1)
+    return "One thread" if n == 1 else f"{n} threads (BLAS and PyTorch)"
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     loss_steps = meta["settings"]["loss_steps"]
@@ -288,7 +296,7 @@ def markdown(results: dict) -> str:
         f"PyTorch {meta['torch'] or 'not installed'} · tracegrad {meta['tracegrad']}"
         + (f" ({meta['git_commit'][:10]})" if meta.get("git_commit") else ""),
         "",
-        f"One thread. {meta['settings']['rounds']} interleaved rounds x "
+        f"{_threads_text(meta)}. {meta['settings']['rounds']} interleaved rounds x "
         f"{meta['settings']['steps_per_round']} steps per implementation; ratio = median step "
         f"time / hand-written NumPy median (same run); first call = step 0 including "
         f"tracing and compiling; peak alloc = tracemalloc peak above the start of a steady step "

@@ -1,5 +1,6 @@
 """The workloads of DESIGN.md (W1 also in two other layouts: W1X written x @ W + b with
-weights stored (in, out), W1F with F.linear on its own parameters) and their implementations.
+weights stored (in, out), W1F with F.linear on its own parameters), W5 (LSTM language model),
+W6 (ResNet with BatchNorm) and W7 (VAE), and their implementations.
 
 For each workload: a tracegrad model (built once, with a fixed seed), its optimizer and loss,
 synthetic data of the right shapes (a fixed seed, labels from a random "teacher" so the loss
@@ -28,10 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import benchmarks
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from benchmarks import handwritten
+from tracegrad import dtypes as tg_dtypes
 from tracegrad import nn, optim
+from tracegrad import random as tg_random
 
 IMPLEMENTATIONS = ("module", "step", "step_nopasses", "handwritten", "torch", "eager")
 LABELS = {
@@ -199,6 +203,115 @@ def sequence_loss(logits, y):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
+class LSTMLanguageModel(nn.Module):
+    """word_language_model's RNNModel with an LSTM (no dropout, untied weights): encoder
+    embedding, ``nn.LSTM``, linear decoder; time-major (T, B) tokens in, (T, B, V) logits out."""
+
+    def __init__(self, vocab: int, emb: int, hidden: int, layers: int):
+        super().__init__()
+        self.encoder = nn.Embedding(vocab, emb)
+        self.rnn = nn.LSTM(emb, hidden, layers)
+        self.decoder = nn.Linear(hidden, vocab)
+        # the example's init_weights
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, idx):
+        output, _ = self.rnn(self.encoder(idx))
+        return self.decoder(output)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: conv3x3-bn-relu, conv3x3-bn, plus the input (or its 1x1 conv-bn
+    when the shape changes), relu."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A small CIFAR-style ResNet: conv3x3-bn-relu stem, BasicBlocks, global average pool,
+    linear."""
+
+    def __init__(self, channels: int, stem: int, widths, strides, classes: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, stem, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        blocks, cin = [], stem
+        for width, stride in zip(widths, strides):
+            blocks.append(BasicBlock(cin, width, stride))
+            cin = width
+        self.layers = nn.Sequential(*blocks)
+        self.linear = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(out.mean(dim=(2, 3)))
+
+
+def resnet(cfg) -> nn.Module:
+    return ResNet(cfg["channels"], cfg["stem"], cfg["widths"], cfg["strides"], cfg["classes"])
+
+
+def lstm_language_model(cfg) -> nn.Module:
+    return LSTMLanguageModel(cfg["vocab"], cfg["emb"], cfg["hidden"], cfg["layers"])
+
+
+class VAE(nn.Module):
+    """PyTorch's examples/vae model: 784-400 relu, 400-20 (mu, logvar), a reparameterized
+    sample, 20-400 relu, 400-784 sigmoid; forward returns (reconstruction, mu, logvar)."""
+
+    def __init__(self, inputs: int, hidden: int, latent: int):
+        super().__init__()
+        self.inputs = inputs
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.fc21 = nn.Linear(hidden, latent)
+        self.fc22 = nn.Linear(hidden, latent)
+        self.fc3 = nn.Linear(latent, hidden)
+        self.fc4 = nn.Linear(hidden, inputs)
+
+    def encode(self, x):
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = tg.exp(0.5 * logvar)
+        return mu + tg.randn_like(std) * std
+
+    def decode(self, z):
+        return tg.sigmoid(self.fc4(F.relu(self.fc3(z))))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, self.inputs))
+        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+
+
+def vae(cfg) -> nn.Module:
+    return VAE(cfg["inputs"], cfg["hidden"], cfg["latent"])
+
+
+def vae_loss(outputs, x):
+    """The example's loss: reconstruction BCE summed over the batch plus the KL divergence."""
+    recon, mu, logvar = outputs
+    bce = F.binary_cross_entropy(recon, x.view(-1, recon.shape[-1]), reduction="sum")
+    return bce - 0.5 * tg.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
 # --- synthetic data -------------------------------------------------------------------------------
 
 
@@ -245,6 +358,31 @@ def w4_data(cfg, rng):
     return markov_text_batches(rng, cfg["n_batches"], cfg["batch"], cfg["ctx"], cfg["vocab"])
 
 
+def w5_data(cfg, rng):
+    """W4's kind of text, time-major (T, B) as word_language_model batches it."""
+    batches = markov_text_batches(rng, cfg["n_batches"], cfg["batch"], cfg["ctx"], cfg["vocab"])
+    return [(x.T.copy(), y.T.copy()) for x, y in batches]
+
+
+def w6_data(cfg, rng):
+    shape = (cfg["batch"], cfg["channels"], cfg["image"], cfg["image"])
+    return teacher_batches(rng, cfg["n_batches"], shape, cfg["classes"])
+
+
+def w7_data(cfg, rng):
+    """Images in [0, 1] from a random 2-layer generator of the VAE's own shape (learnable:
+    they lie near a low-dimensional manifold); the input is its own target."""
+    n, d, latent = cfg["batch"], cfg["inputs"], cfg["latent"]
+    basis = rng.standard_normal((latent, 64)) / math.sqrt(latent)
+    pixels = rng.standard_normal((64, d)) * (3.0 / math.sqrt(64))
+    batches = []
+    for _ in range(cfg["n_batches"]):
+        code = np.tanh(rng.standard_normal((n, latent)) @ basis)
+        x = (1.0 / (1.0 + np.exp(-(code @ pixels)))).astype(np.float32)
+        batches.append((x, x))
+    return batches
+
+
 # --- workload table -----------------------------------------------------------------------------
 
 
@@ -268,7 +406,12 @@ class Workload:
 
 
 def _sgd(cfg, params):
-    return optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.0))
+    return optim.SGD(
+        params,
+        lr=cfg["lr"],
+        momentum=cfg.get("momentum", 0.0),
+        weight_decay=cfg.get("weight_decay", 0.0),
+    )
 
 
 def _adam(cfg, params):
@@ -280,7 +423,12 @@ def _adamw(cfg, params):
 
 
 def _torch_sgd(torch, cfg, params):
-    return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.0))
+    return torch.optim.SGD(
+        params,
+        lr=cfg["lr"],
+        momentum=cfg.get("momentum", 0.0),
+        weight_decay=cfg.get("weight_decay", 0.0),
+    )
 
 
 def _torch_adam(torch, cfg, params):
@@ -401,6 +549,94 @@ def _torch_char_transformer(torch, cfg):
     return TorchCharTransformer()
 
 
+def _torch_lstm_language_model(torch, cfg):
+    tnn = torch.nn
+
+    class TorchLSTMLanguageModel(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = tnn.Embedding(cfg["vocab"], cfg["emb"])
+            self.rnn = tnn.LSTM(cfg["emb"], cfg["hidden"], cfg["layers"])
+            self.decoder = tnn.Linear(cfg["hidden"], cfg["vocab"])
+
+        def forward(self, idx):
+            output, _ = self.rnn(self.encoder(idx))
+            return self.decoder(output)
+
+    return TorchLSTMLanguageModel()
+
+
+def _torch_resnet(torch, cfg):
+    """``ResNet`` in PyTorch, with the same parameter and buffer names."""
+    tnn, tF = torch.nn, torch.nn.functional
+
+    class TorchBasicBlock(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.shortcut = tnn.Sequential()
+            if stride != 1 or cin != cout:
+                self.shortcut = tnn.Sequential(
+                    tnn.Conv2d(cin, cout, 1, stride=stride, bias=False), tnn.BatchNorm2d(cout)
+                )
+
+        def forward(self, x):
+            out = tF.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return tF.relu(out + self.shortcut(x))
+
+    class TorchResNet(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cfg["channels"], cfg["stem"], 3, padding=1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cfg["stem"])
+            blocks, cin = [], cfg["stem"]
+            for width, stride in zip(cfg["widths"], cfg["strides"]):
+                blocks.append(TorchBasicBlock(cin, width, stride))
+                cin = width
+            self.layers = tnn.Sequential(*blocks)
+            self.linear = tnn.Linear(cin, cfg["classes"])
+
+        def forward(self, x):
+            out = self.layers(tF.relu(self.bn1(self.conv1(x))))
+            return self.linear(out.mean(dim=(2, 3)))
+
+    return TorchResNet()
+
+
+def _torch_vae(torch, cfg):
+    tnn, tF = torch.nn, torch.nn.functional
+    d, h, latent = cfg["inputs"], cfg["hidden"], cfg["latent"]
+
+    class TorchVAE(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = tnn.Linear(d, h)
+            self.fc21 = tnn.Linear(h, latent)
+            self.fc22 = tnn.Linear(h, latent)
+            self.fc3 = tnn.Linear(latent, h)
+            self.fc4 = tnn.Linear(h, d)
+
+        def forward(self, x):
+            h1 = tF.relu(self.fc1(x.view(-1, d)))
+            mu, logvar = self.fc21(h1), self.fc22(h1)
+            std = torch.exp(0.5 * logvar)
+            z = mu + torch.randn_like(std) * std
+            return torch.sigmoid(self.fc4(tF.relu(self.fc3(z)))), mu, logvar
+
+    return TorchVAE()
+
+
+def _torch_vae_loss(torch, outputs, x):
+    recon, mu, logvar = outputs
+    tF = torch.nn.functional
+    bce = tF.binary_cross_entropy(recon, x.view(-1, recon.shape[-1]), reduction="sum")
+    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
 def _hw_w1(cfg, init):
     return handwritten.MLPReLUSGD(init, cfg["batch"], cfg["lr"])
 
@@ -423,6 +659,29 @@ def _hw_w4(cfg, init):
         cfg["lr"],
         cfg["weight_decay"],
     )
+
+
+def _hw_w5(cfg, init):
+    return handwritten.LSTMLanguageModelSGD(
+        init, cfg["batch"], cfg["ctx"], cfg["layers"], cfg["lr"], cfg["clip"]
+    )
+
+
+def _hw_w6(cfg, init):
+    return handwritten.ResNetSGD(
+        init,
+        cfg["batch"],
+        cfg["image"],
+        cfg["widths"],
+        cfg["strides"],
+        cfg["lr"],
+        cfg["momentum"],
+        cfg["weight_decay"],
+    )
+
+
+def _hw_w7(cfg, init):
+    return handwritten.VAEAdam(init, cfg["batch"], cfg["lr"], tg_random.generator)
 
 
 def _w1_written(name: str, title: str, model: Callable, transposed: bool) -> Workload:
@@ -531,12 +790,81 @@ WORKLOADS: dict[str, Workload] = {
         targets=dict(step_ratio=1.10, module_ratio=1.3, first_call_s=2.0, alloc_mib=2.0),
         data_seed=1004,
     ),
+    "W5": Workload(
+        "W5",
+        "LSTM language model: vocab 96, embedding 256, 2-layer LSTM 256, seq 64, batch 32, SGD "
+        "with gradient clipping",
+        dict(
+            vocab=96,
+            emb=256,
+            hidden=256,
+            layers=2,
+            ctx=64,
+            batch=32,
+            lr=20.0,
+            clip=0.25,
+            n_batches=50,
+        ),
+        lstm_language_model,
+        _sgd,
+        sequence_loss,
+        w5_data,
+        _hw_w5,
+        _torch_lstm_language_model,
+        _torch_sgd,
+        _torch_sequence_loss,
+        targets=dict(step_ratio=1.00, module_ratio=1.1, first_call_s=5.0, alloc_mib=2.0),
+        data_seed=1005,
+    ),
+    "W6": Workload(
+        "W6",
+        "ResNet: conv-bn-relu stem 16, 4 BasicBlocks 16-32-64-64 with BatchNorm (train mode), "
+        "avg pool, linear; 32x32x3, batch 64, SGD momentum 0.9, weight decay 5e-4",
+        dict(
+            image=32,
+            channels=3,
+            stem=16,
+            widths=(16, 32, 64, 64),
+            strides=(1, 2, 2, 1),
+            classes=10,
+            batch=64,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            n_batches=50,
+        ),
+        resnet,
+        _sgd,
+        classification_loss,
+        w6_data,
+        _hw_w6,
+        _torch_resnet,
+        _torch_sgd,
+        _torch_classification_loss,
+        targets=dict(step_ratio=1.00, module_ratio=1.1, first_call_s=2.0, alloc_mib=2.0),
+        data_seed=1006,
+    ),
+    "W7": Workload(
+        "W7",
+        "VAE 784-400-20-400-784, reparameterized sample, BCE (sum) + KL, batch 128, Adam",
+        dict(inputs=784, hidden=400, latent=20, batch=128, lr=1e-3, n_batches=50),
+        vae,
+        _adam,
+        vae_loss,
+        w7_data,
+        _hw_w7,
+        _torch_vae,
+        _torch_adam,
+        _torch_vae_loss,
+        targets=dict(step_ratio=1.00, module_ratio=1.1, first_call_s=1.0, alloc_mib=2.0),
+        data_seed=1007,
+    ),
 }
 
 
 def get_workload(name: str, **overrides) -> Workload:
-    """The workload ``name`` ('W1'..'W4'), with config entries replaced by ``overrides``
-    (e.g. ``batch=8`` for a reduced smoke-test size)."""
+    """The workload ``name`` ('W1'..'W7', 'W1X', 'W1F'), with config entries replaced by
+    ``overrides`` (e.g. ``batch=8`` for a reduced smoke-test size)."""
     base = WORKLOADS[name.upper()]
     unknown = set(overrides) - set(base.config)
     if unknown:
@@ -555,14 +883,22 @@ class Setup:
     workload: Workload
     init: dict[str, np.ndarray]
     batches: list[tuple[np.ndarray, np.ndarray]]
+    dtype: type = np.float32  # of the weights and the floating-point data
 
 
-def make_setup(workload: Workload) -> Setup:
+def make_setup(workload: Workload, dtype=np.float32) -> Setup:
+    """The starting point; ``dtype=np.float64`` runs everything in double precision (the tests
+    that check implementations against each other to float64 rounding)."""
     tg.manual_seed(MODEL_SEED)
     model = workload.build_model(workload.config)
-    init = {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+    init = {name: p.detach().numpy().astype(dtype) for name, p in model.named_parameters()}
     batches = workload.make_data(workload.config, np.random.default_rng(workload.data_seed))
-    return Setup(workload, init, batches)
+    batches = [tuple(_as_float(a, dtype) for a in batch) for batch in batches]
+    return Setup(workload, init, batches, dtype)
+
+
+def _as_float(a: np.ndarray, dtype) -> np.ndarray:
+    return a.astype(dtype) if a.dtype.kind == "f" and a.dtype != dtype else a
 
 
 # --- implementations ----------------------------------------------------------------------------
@@ -591,33 +927,28 @@ class TracegradImplementation(Implementation):
         self.key = key
         wl, cfg = setup.workload, setup.workload.config
         tg.manual_seed(MODEL_SEED)
-        model = wl.build_model(cfg)
+        model = wl.build_model(cfg).to(tg_dtypes.from_numpy(setup.dtype))
         model.load_state_dict(setup.init, strict=False)
         opt = wl.make_optimizer(cfg, model.parameters())
         loss_fn = wl.loss_fn
         self.model = model
         self.batches = [(tg.tensor(x), tg.tensor(y)) for x, y in setup.batches]
+        forward = tg.compile(model) if key == "module" else model
+        clip = cfg.get("clip")
+
+        def train_step(x, y):
+            opt.zero_grad()
+            loss = loss_fn(forward(x), y)
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            return loss
+
         if key in ("eager", "module"):
-            forward = model if key == "eager" else tg.compile(model)
             self.compiled = forward if key == "module" else None
-
-            def train_step(x, y):
-                opt.zero_grad()
-                loss = loss_fn(forward(x), y)
-                loss.backward()
-                opt.step()
-                return loss
-
             self.train_step = train_step
         else:
-
-            def train_step(x, y):
-                opt.zero_grad()
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-                return loss
-
             passes = "default" if key == "step" else None
             self.compiled = self.train_step = tg.compile(train_step, passes=passes)
 
@@ -651,12 +982,12 @@ class HandwrittenImplementation(Implementation):
 
 
 def torch_module():
-    """PyTorch, limited to one thread, or None when it is not installed."""
+    """PyTorch, limited to the benchmark's thread count, or None when it is not installed."""
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(1)
+    torch.set_num_threads(benchmarks.THREADS)
     return torch
 
 
@@ -677,10 +1008,14 @@ class TorchImplementation(Implementation):
         self.model = model
         self.batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in setup.batches]
 
+        clip = cfg.get("clip")
+
         def train_step(x, y):
             opt.zero_grad()
             loss = wl.torch_loss(torch, model(x), y)
             loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             return loss
 

@@ -395,14 +395,26 @@ def where(cond, x, y, out=None):
     """np.where into ``out``, which may be ``x`` or ``y`` (masking attention in place)."""
     if out is None:
         return np.where(cond, x, y)
-    if out is x:
+    if _same_elements(out, x):
         keep = np.logical_not(cond, out=scratch(np.shape(cond), "where", bool))
         np.copyto(out, y, where=keep)
         return out
-    if out is not y:
+    if not _same_elements(out, y):
         np.copyto(out, y)
     np.copyto(out, x, where=cond)
     return out
+
+
+def _same_elements(a, b) -> bool:
+    """Whether ``a`` and ``b`` are the same elements in the same layout: the same array, or
+    two views of it, as a row loop in generated code passes ``out`` and an input (each
+    ``buffer[piece]`` is a new view object)."""
+    if a is b:
+        return True
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return False
+    same_start = a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    return same_start and a.shape == b.shape and a.strides == b.strides
 
 
 register(
