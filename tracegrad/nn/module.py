@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
@@ -14,6 +15,15 @@ from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor, active_tracer, wrap
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+P = ParamSpec("P")
+R = TypeVar("R", covariant=True)
+
+
+class _Forward(Protocol[P, R]):
+    """A module as ``__call__`` sees it for type checkers: its forward's arguments and result."""
+
+    def forward(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
 
 def _compiled(value) -> bool:
@@ -62,14 +72,20 @@ class Module:
         """
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def __call__(self, *args, **kwargs):
-        tracer = active_tracer()
-        if tracer is not None:
-            tracer.module_called(self)
-        if not scopes.recording():
-            return self._run(args, kwargs)
-        with scopes.entered(self):  # (the tracer records which module made each op)
-            return self._run(args, kwargs)
+    if TYPE_CHECKING:  # calling a module returns what its forward returns (Tensor: a layer's)
+
+        def __call__(self: _Forward[P, R], *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    else:
+
+        def __call__(self, *args, **kwargs):
+            tracer = active_tracer()
+            if tracer is not None:
+                tracer.module_called(self)
+            if not scopes.recording():
+                return self._run(args, kwargs)
+            with scopes.entered(self):  # (the tracer records which module made each op)
+                return self._run(args, kwargs)
 
     def _run(self, args, kwargs):
         if not any(self.__dict__[table] for table in _HOOK_TABLES):

@@ -80,7 +80,7 @@ def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
 
 
 if TYPE_CHECKING:  # the methods ``tensor.methods`` installs, as type checkers see them
-    from tracegrad.tensor.methods import TensorMethods as _InstalledMethods
+    from tracegrad.tensor.numeric import NumericMethods as _InstalledMethods
 else:
     _InstalledMethods = object
 

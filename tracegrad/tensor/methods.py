@@ -12,6 +12,8 @@ the dispatcher writes the op's result into this tensor (see ``tracegrad.tensor.d
 
 from __future__ import annotations
 
+import builtins
+
 import numpy as np
 
 from tracegrad import devices, dtypes, tape
@@ -33,13 +35,15 @@ from tracegrad.tensor.dispatch import apply, call
 from tracegrad.tensor.einsum_forms import plain_einsum
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
+from tracegrad.tensor.signatures import OneOpMethods, Operand, TensorSelf
 from tracegrad.tensor.tracing import active_tracer
 
 
-class TensorMethods:
-    """The methods written out (installed on Tensor)."""
+class TensorMethods(OneOpMethods):
+    """The methods written out (installed on Tensor). The base declares the one-op methods for
+    type checkers; ``install()`` copies only this class's own members."""
 
-    def to(self, *args, **kwargs) -> Tensor:
+    def to(self: TensorSelf, *args, **kwargs) -> Tensor:
         """``to(dtype)``, ``to("cpu")``, ``to(device, dtype)``: the CPU is the only device."""
         dtype = dtypes.requested(*devices.without_devices(args, kwargs))
         return self if dtype is None else to_dtype(self, dtype)
@@ -92,7 +96,7 @@ class TensorMethods:
         """
         return self.to(other.dtype)
 
-    def cpu(self) -> Tensor:
+    def cpu(self: TensorSelf) -> Tensor:
         """This tensor (the CPU is the only device)."""
         return self
 
@@ -104,12 +108,12 @@ class TensorMethods:
         """
         raise devices.unavailable("cuda" if device is None else device)
 
-    def is_contiguous(self) -> bool:
+    def is_contiguous(self: TensorSelf) -> builtins.bool:
         """Whether the values lie in row-major memory without gaps (while tracing: True, the
         layout being the compiler's to choose)."""
         return is_symbolic(self) or bool(self.array.flags.c_contiguous)
 
-    def contiguous(self) -> Tensor:
+    def contiguous(self: TensorSelf) -> Tensor:
         """A tensor with the same values in row-major memory: itself when it is already, else
         a copy (gradients flow back). While tracing, memory layout is the compiler's to choose.
 
@@ -134,7 +138,7 @@ class TensorMethods:
         """
         return call("clone", self)
 
-    def new_full(self, size, fill_value) -> Tensor:
+    def new_full(self: TensorSelf, size, fill_value) -> Tensor:
         """A constant of this tensor's dtype (a constant in traced code too)."""
         return wrap(np.full(shape_args((size,)), fill_value, self.dtype.np))
 
@@ -142,22 +146,22 @@ class TensorMethods:
         """Uninitialized in PyTorch; zeros here (any contents are allowed)."""
         return self.new_full(shape_args(size), 0)
 
-    def new_tensor(self, data, dtype=None) -> Tensor:
+    def new_tensor(self: TensorSelf, data, dtype=None) -> Tensor:
         """A copy of ``data`` (a tensor's values too) as a constant, of this tensor's dtype."""
         values = data.detach().numpy() if isinstance(data, Tensor) else data
         dtype = dtypes.to_dtype(dtype) if dtype is not None else self.dtype
         return wrap(np.array(values, dtype=dtype.np))
 
-    def nelement(self) -> int:
+    def nelement(self: TensorSelf) -> int:
         """The number of elements (``numel``)."""
         return self.numel()
 
-    def element_size(self) -> int:
+    def element_size(self: TensorSelf) -> int:
         """Bytes per element."""
         return np.dtype(self.dtype.np).itemsize
 
     @property
-    def is_xpu(self) -> bool:
+    def is_xpu(self) -> builtins.bool:
         """Always False: tracegrad runs on the CPU only."""
         return False
 
@@ -1192,16 +1196,16 @@ class TensorMethods:
             return apply(OPS["clone"], (src,), {}, out=self, method="copy_")
         return _write_value(self, src, "copy_")
 
-    def __iadd__(self, other):
+    def __iadd__(self, other: Operand) -> Tensor:
         return self.add_(other)
 
-    def __isub__(self, other):
+    def __isub__(self, other: Operand) -> Tensor:
         return self.sub_(other)
 
-    def __imul__(self, other):
+    def __imul__(self, other: Operand) -> Tensor:
         return self.mul_(other)
 
-    def __itruediv__(self, other):
+    def __itruediv__(self, other: Operand) -> Tensor:
         return self.div_(other)
 
     def __setitem__(self, item, value):
