@@ -10,6 +10,8 @@ last did (see ``tracegrad.codegen.guards``).
 
 from __future__ import annotations
 
+from typing import Self
+
 count = [0]  # a list: generated guards read it by name, without a call
 
 
@@ -29,7 +31,7 @@ class CountedDict(dict):
         super().__delitem__(key)
         note()
 
-    def __ior__(self, other):
+    def __ior__(self, other) -> Self:
         result = super().__ior__(other)
         note()
         return result

@@ -135,7 +135,7 @@ def step_guard(
             b.check(f"g is None or g.array.shape != {t.grad.array.shape}", f"g = {name}.grad")
     for opt in optimizers:
         _optimizer_checks(b, opt, optimizer_groups(opt), state=opt in stepped)
-    names = {}
+    names: dict[int, str] = {}
     for module in modules:
         _module_tree(b, module, names)
     return b
@@ -161,7 +161,8 @@ def _module_tree(b: GuardBuilder, module, names: dict) -> tuple[list, list]:
     modules = list(dict(module.named_modules()).values())
     for m in modules:
         names[id(m)] = names.get(id(m)) or b.name("M", m)
-    params, buffers = [], []
+    params: list[Tensor] = []
+    buffers: list[Tensor] = []
     b.names["plain_attributes"] = plain_attributes
     for m in modules:
         mod = names[id(m)]
@@ -229,9 +230,9 @@ def _optimizer_checks(b: GuardBuilder, opt, groups, state: bool = True) -> None:
     b.check(f"len(st) != {len(opt.state)}", f"st = {name}.state")
     ids = b.name("K", [id(p) for p in opt.state])
     b.check(f"list(map(id, st)) != {ids}", "entries = list(st.values())")
-    for i, state in enumerate(opt.state.values()):
-        same = [f"len(s) != {len(state)}"]
-        same += [f"s.get({b.key(key)}) is not {b.name('X', v)}" for key, v in state.items()]
+    for i, entries in enumerate(opt.state.values()):
+        same = [f"len(s) != {len(entries)}"]
+        same += [f"s.get({b.key(key)}) is not {b.name('X', v)}" for key, v in entries.items()]
         b.check(" or ".join(same), f"s = entries[{i}]")
 
 

@@ -66,7 +66,7 @@ class CompiledFunction(Specializer):
 
     def signature(self, args) -> Signature:
         """What a call with ``args`` is specialized on: the guards its program relies on."""
-        guards = [("grad mode", tape.is_grad_enabled())]
+        guards: list[tuple[str, object]] = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
             if isinstance(a, Tensor) and a._requires_grad:  # (backward accumulates into it)

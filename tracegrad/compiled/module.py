@@ -87,7 +87,7 @@ class CompiledModule(Specializer):
 
     def signature(self, args) -> Signature:
         """What a call with ``args`` is specialized on: the guards its program relies on."""
-        guards = [("grad mode", tape.is_grad_enabled())]
+        guards: list[tuple[str, object]] = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
         # One walk over the modules (their parameters, buffers and modes), read from the

@@ -230,7 +230,9 @@ class ReachedState:
         """The state's part of a call's signature: each tensor's metadata, each optimizer's
         settings (and state, for one whose step was traced), the rebindable names and the
         module trees."""
-        guards = [(label, _state_meta(t)) for label, t in self.state_tensors().values()]
+        guards: list[tuple[str, object]] = [
+            (label, _state_meta(t)) for label, t in self.state_tensors().values()
+        ]
         stepped = self.stepped_optimizers(traced_before)
         for name, opt in self.optimizers().items():
             guards += _optimizer_guards(name, opt, any(opt is o for o in stepped))

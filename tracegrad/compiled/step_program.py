@@ -98,7 +98,7 @@ class StepProgram:
         return lifted
 
     @functools.cached_property
-    def readable(self) -> tuple[Graph, None]:
+    def readable(self) -> tuple[Graph, Graph | None]:
         """The graph users read (``cm.graph``; a whole step has no backward graph of its own):
         made by the same passes, less the backend's layout choices (those of the module
         program, for a function calling no backward())."""
@@ -348,7 +348,7 @@ def _collect_sinks(tracer: Tracer, symbolic, args) -> tuple[list[Sink], list]:
     """Traced values left in persistent places: ``.grad`` of lifted tensors and arguments,
     and optimizer state entries."""
     sinks, values = [], []
-    owners = [t for t, _ in tracer.lifted.values()]
+    owners: list[Tensor | tuple[Tensor, Tensor]] = [t for t, _ in tracer.lifted.values()]
     owners += [(s, a) for s, a in zip(symbolic, args, strict=True) if isinstance(a, Tensor)]
     for owner in owners:
         traced, real = owner if isinstance(owner, tuple) else (owner, owner)

@@ -1325,7 +1325,8 @@ def _along_dim_index(name: str, x: Tensor, dim: int, index: Tensor) -> tuple[tup
                 f"{tuple(x.shape)} along dim {dim} (same number of dims, no larger elsewhere)"
             )
         )
-    key, tensors = [], []
+    key: list[tuple] = []
+    tensors: list[Tensor] = []
     for d, n in enumerate(index.shape):
         if d == dim:
             key.append(("rows", d, x.shape[d]))
