@@ -60,16 +60,23 @@ def history(report: Report) -> list[Snapshot]:
     for stage, results in stages:
         if not results:
             continue
-        snapshots.append(Snapshot(stage, results[0].before))
+        snapshots.append(Snapshot(stage, _graphs(results[0])[0]))
         snapshots += [_after(stage, r) for r in results if r.changed]
     return snapshots + [Snapshot(f"planned {name}", graph) for name, graph in report.planned]
 
 
+def _graphs(result: PassResult) -> tuple[Graph, Graph]:
+    """The graph a pipeline pass was given and the one it made (run_pass records both)."""
+    assert result.before is not None and result.graph is not None
+    return result.before, result.graph
+
+
 def _after(stage: str, result: PassResult) -> Snapshot:
-    before, after = _node_keys(result.before), _node_keys(result.graph)
+    given, made = _graphs(result)
+    before, after = _node_keys(given), _node_keys(made)
     return Snapshot(
         f"{stage}: after {result.name}",
-        result.graph,
+        made,
         result.name,
         dict(Counter(note.kind for note in result.notes).most_common()),
         [name for name in after if name not in before],
@@ -123,6 +130,7 @@ def _emitted_lines(fn: FunctionSource, before: Graph, after: Graph) -> list[str]
     """The memory plan of one generated function, and the buffers its code allocates (the
     plan's, less whole buffers that row loops replaced by buffers of one piece)."""
     plan = fn.plan
+    assert plan is not None  # (a generated function has one; only its kernels have none)
     allocated = [(shape, dtype) for _, shape, dtype in fn.buffers]
     return [
         f"    memory plan: {plan.count(InPlace)} in-place writes, {plan.count(InBuffer)} values "

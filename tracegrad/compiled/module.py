@@ -36,6 +36,7 @@ from tracegrad.compiled.traced import (
     leaf_names,
     trace_call,
 )
+from tracegrad.tensor import Tensor
 
 
 class CompiledModule(Specializer):
@@ -92,7 +93,9 @@ class CompiledModule(Specializer):
             guards += tensor_guards(input_label(i), a)
         # One walk over the modules (their parameters, buffers and modes), read from the
         # arrays: guards are checked on every call.
-        params, buffers, training, seen = [], [], [], set()
+        params: list[tuple[str, str, Tensor]] = []
+        buffers: list[tuple[str, str, Tensor]] = []
+        training, seen = [], set()
         for prefix, module in self.module.named_modules():
             training.append(module.training)
             for key, value in plain_attributes(module):

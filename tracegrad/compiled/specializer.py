@@ -22,6 +22,7 @@ import gc
 import os
 import threading
 import warnings
+from typing import Protocol
 
 from tracegrad import viz
 from tracegrad.compiled.explain import Explanation, Snapshot, history, render
@@ -60,6 +61,12 @@ def gc_paused(compile_fn):
     return compile_without_collector
 
 
+class Specialization(Protocol):
+    """What the cache holds for one signature: a ModuleProgram or a StepProgram."""
+
+    def still_valid(self) -> bool: ...
+
+
 class Specializer:
     """The cache of specializations of one compiled callable, its recompile policy and the
     public views of its latest specialization."""
@@ -72,7 +79,7 @@ class Specializer:
         self.debug_nans = debug_nans or os.environ.get("TRACEGRAD_DEBUG_NANS") == "1"
         self.max_recompiles = max_recompiles
         self.check = check
-        self._cache: dict[Signature, object] = {}
+        self._cache: dict[Signature, Specialization] = {}
         self._last_compiled = None  # (recompile reasons are diffs against its signature)
         self.latest = None  # the specialization the last call ran
         self.recompile_reasons: list[str] = []

@@ -55,7 +55,9 @@ class StepProgram:
     update_targets: list[Tensor]
     sinks: list[Sink]
     n_results: int
-    rebuild: Callable  # turns the result tensors back into what the function returned
+    # pytree.unflatten bound to a structure: turns the result tensors back into what the
+    # function returned
+    rebuild: functools.partial
     # Lifted positions holding a tensor's .grad: index -> that tensor. The .grad is read
     # anew each run, since code outside the step may replace it (zero_grad, backward).
     grad_of: dict = field(default_factory=dict)
@@ -88,6 +90,7 @@ class StepProgram:
     @functools.cached_property
     def guard(self) -> Callable[[tuple], bool]:
         """The runner's guards alone, as a function: True for a call the runner runs."""
+        assert self.guards is not None and self.report is not None  # (set once it is built)
         return self.guards.build(self.report.title)
 
     def state(self) -> list[Tensor]:
@@ -104,6 +107,7 @@ class StepProgram:
         program, for a function calling no backward())."""
         if self.module is not None:
             return self.module.readable
+        assert self.derive_readable is not None  # (None only beside a module program)
         return self.derive_readable(), None
 
     def views(self) -> list[tuple[str, Graph]]:
@@ -112,6 +116,7 @@ class StepProgram:
         and traced."""
         if self.module is not None:
             return self.module.views()
+        assert self.report is not None and self.report.unplanned_traced is not None
         return [
             ("training step (optimized)", self.readable[0]),
             ("generated training step", self.program.parts[0][1]),

@@ -936,7 +936,7 @@ class GroupNorm(Module):
         self.eps, self.affine = eps, affine
         self.weight = _empty(num_channels, dtype=dtype) if affine else None
         self.bias = _empty(num_channels, dtype=dtype) if affine else None
-        if affine:
+        if self.weight is not None:
             init.ones_(self.weight)
 
     def forward(self, x):

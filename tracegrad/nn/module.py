@@ -517,7 +517,7 @@ class _BackwardBoundary:
 
     def __init__(self, module: Module, args: tuple):
         self.module, self.args = module, args
-        self.grad_outputs = None
+        self.grad_outputs: tuple | None = None
         # Every tensor argument, when one needs a gradient (the others get zeros, as in PyTorch)
         tensors = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         needed = any(args[i].requires_grad for i in tensors)
@@ -556,11 +556,11 @@ class _BackwardBoundary:
         return grads
 
     def _after_inputs(self, grads: tuple) -> tuple:
-        grad_input = [None] * len(self.args)
+        grad_input: list[Tensor | None] = [None] * len(self.args)
         for i, g in zip(self.positions, grads, strict=True):
             grad_input[i] = g
-        grad_input = self._run_hooks(tuple(grad_input))
-        return tuple(grad_input[i] for i in self.positions)
+        hooked = self._run_hooks(tuple(grad_input))
+        return tuple(hooked[i] for i in self.positions)
 
     def _run_hooks(self, grad_input: tuple) -> tuple:
         for hook in list(self.module._backward_hooks.values()):

@@ -16,7 +16,7 @@ class _ConvNd(Module):
     """What every convolution shares: checked channels and groups, a weight of
     ``weight_shape`` and a bias, and PyTorch's initialization (as Conv2d's)."""
 
-    SHOWN_AFTER_BIAS = ()
+    SHOWN_AFTER_BIAS: tuple[tuple[str, object], ...] = ()
 
     reset_parameters = Conv2d.reset_parameters
 
