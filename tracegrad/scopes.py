@@ -141,7 +141,7 @@ def _name_in(parent, module) -> str:
 
 
 def _caller_frame():
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and not outside_tracegrad(frame):
         frame = frame.f_back
     return frame

@@ -246,7 +246,7 @@ def module_guard(grad_mode, args, module, title):
     and buffers (the same tensors, each with its shape and dtype), and training flags."""
     b = GuardBuilder()
     b.call(args, grad_mode)
-    names = {}
+    names: dict[int, str] = {}
     params, buffers = _module_tree(b, module, names)
     for p in params:
         b.check(b.meta(names[id(p)], p), f"d = {names[id(p)]}.array")

@@ -28,7 +28,7 @@ from tracegrad.compiled.signature import (
     tensor_meta,
     training_modes,
 )
-from tracegrad.compiled.specializer import Specializer
+from tracegrad.compiled.specializer import P, R, Specializer
 from tracegrad.compiled.traced import (
     STRUCTURED,
     argument_names,
@@ -39,7 +39,7 @@ from tracegrad.compiled.traced import (
 from tracegrad.tensor import Tensor
 
 
-class CompiledModule(Specializer):
+class CompiledModule(Specializer[P, R]):
     """The module target of the Specializer: a compiled ``nn.Module``, sharing the module's
     parameters; its outputs carry gradients back through the generated backward.
 

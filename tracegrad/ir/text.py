@@ -345,7 +345,11 @@ def _classify(body):
     """Sort the body's lines into parsed nodes, the return line, the update lines and the
     const lines. A fused node's nested body (the lines from ``graph(`` to its ``}``) becomes
     its ``body`` attribute, as text (``ir.graph`` reads it into a Graph)."""
-    nodes, returns, updates, constants = [], [], [], []
+    nodes: list[tuple[Node, tuple]] = []  # (node, where its inputs are named)
+    # (lineno, text) of each line of a kind
+    returns: list[tuple[int, str]] = []
+    updates: list[tuple[int, str]] = []
+    constants: list[tuple[int, str]] = []
     lines = iter(body)
     for lineno, text in lines:
         stripped = text.strip()

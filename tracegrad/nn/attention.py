@@ -310,7 +310,9 @@ class TransformerEncoderLayer(_Blocks, Module):
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         self.activation = _activation(activation)
 
-    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
+    def forward(
+        self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False
+    ) -> Tensor:
         x = src
         if self.norm_first:
             x = x + self._sa_block(
@@ -422,7 +424,9 @@ class TransformerEncoder(Module):
         self.num_layers, self.norm = num_layers, norm
         self.enable_nested_tensor, self.mask_check = enable_nested_tensor, mask_check
 
-    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal: bool | None = None):
+    def forward(
+        self, src, mask=None, src_key_padding_mask=None, is_causal: bool | None = None
+    ) -> Tensor:
         # An undeclared hint (None) stays off: the mask itself gives the same result.
         output = src
         for layer in self.layers:

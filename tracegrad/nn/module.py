@@ -20,7 +20,7 @@ P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
 
 
-class _Forward(Protocol[P, R]):
+class HasForward(Protocol[P, R]):
     """A module as ``__call__`` sees it for type checkers: its forward's arguments and result."""
 
     def forward(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
@@ -74,7 +74,7 @@ class Module:
 
     if TYPE_CHECKING:  # calling a module returns what its forward returns (Tensor: a layer's)
 
-        def __call__(self: _Forward[P, R], *args: P.args, **kwargs: P.kwargs) -> R: ...
+        def __call__(self: HasForward[P, R], *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     else:
 

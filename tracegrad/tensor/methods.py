@@ -13,6 +13,7 @@ the dispatcher writes the op's result into this tensor (see ``tracegrad.tensor.d
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -192,7 +193,7 @@ class TensorMethods(OneOpMethods):
 
     # --- arithmetic (the one-op operators are in ONE_OP_METHODS) ---------------------------------
 
-    def __pow__(self, exponent):
+    def __pow__(self: TensorSelf, exponent: Operand) -> Tensor:
         if isinstance(exponent, Number) and not isinstance(exponent, bool):
             base = (
                 self if self.dtype.is_floating_point or isinstance(exponent, int) else self.float()
@@ -202,10 +203,10 @@ class TensorMethods(OneOpMethods):
             return call("pow_scalar", base, exponent=float(exponent))
         return binary("pow", self, exponent)
 
-    def __matmul__(self, other):
+    def __matmul__(self: TensorSelf, other: Tensor) -> Tensor:
         return call("matmul", *promote_operands(self, other))
 
-    def __rmatmul__(self, other):
+    def __rmatmul__(self: TensorSelf, other: Tensor) -> Tensor:
         return call("matmul", *promote_operands(other, self))
 
     def _checked_matmul(self, name, other, ndim):
@@ -252,10 +253,10 @@ class TensorMethods(OneOpMethods):
         """
         return self._checked_matmul("bmm", mat2, 3)
 
-    def __pos__(self):
+    def __pos__(self: TensorSelf) -> Tensor:
         return self
 
-    def __abs__(self):
+    def __abs__(self: TensorSelf) -> Tensor:
         return self.abs()
 
     def _logical(self, name, other):
@@ -263,20 +264,20 @@ class TensorMethods(OneOpMethods):
             raise DTypeError(at_user_line(f"{name} needs bool tensors, got {self.dtype}"))
         return call(name, self, as_tensor(other))
 
-    def __and__(self, other):
+    def __and__(self: TensorSelf, other: Operand) -> Tensor:
         return self._logical("logical_and", other)
 
     __rand__ = __and__
 
-    def __or__(self, other):
+    def __or__(self: TensorSelf, other: Operand) -> Tensor:
         return self._logical("logical_or", other)
 
     __ror__ = __or__
 
-    def __xor__(self, other):
+    def __xor__(self: TensorSelf, other: Operand) -> Tensor:
         return self._logical("logical_xor", other)
 
-    def __invert__(self):
+    def __invert__(self: TensorSelf) -> Tensor:
         if self.dtype is not dtypes.bool_:
             raise DTypeError(at_user_line(f"~ is defined for bool tensors, got {self.dtype}"))
         return call("logical_not", self)
@@ -711,7 +712,7 @@ class TensorMethods(OneOpMethods):
         return self.transpose(0, 1) if self.ndim == 2 else self
 
     @property
-    def T(self):  # noqa: N802  (PyTorch's name)
+    def T(self: TensorSelf) -> Tensor:  # noqa: N802  (PyTorch's name)
         """The dimensions reversed (for a matrix, its transpose).
 
         Examples:
@@ -721,7 +722,7 @@ class TensorMethods(OneOpMethods):
         return call("permute", self, dims=tuple(reversed(range(self.ndim))))
 
     @property
-    def mT(self):  # noqa: N802
+    def mT(self: TensorSelf) -> Tensor:  # noqa: N802
         """The last two dimensions swapped (a batch of transposed matrices).
 
         Examples:
@@ -1029,11 +1030,11 @@ class TensorMethods(OneOpMethods):
         values = source.to(self.dtype).reshape(-1)[: positions.size]
         return call("view_update", self, values, wrap(positions.astype(np.int64)))
 
-    def __getitem__(self, item):
+    def __getitem__(self: TensorSelf, item: object) -> Tensor:
         key, index_tensors = index_key(item, self.ndim)
         return call("getitem", self, *index_tensors, key=key)
 
-    def __iter__(self):
+    def __iter__(self: TensorSelf) -> Iterator[Tensor]:
         if self.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
         return (self[i] for i in range(self.shape[0]))
@@ -1208,7 +1209,7 @@ class TensorMethods(OneOpMethods):
     def __itruediv__(self, other: Operand) -> Tensor:
         return self.div_(other)
 
-    def __setitem__(self, item, value):
+    def __setitem__(self: TensorSelf, item: object, value: Operand) -> None:
         if tape.is_grad_enabled() and (
             self.requires_grad or getattr(value, "requires_grad", False)
         ):

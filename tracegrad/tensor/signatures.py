@@ -13,11 +13,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from tracegrad.tensor.core import Tensor
 
-# what a binary method takes beside ``self``: a tensor or a Python number (int and bool are
-# floats to a type checker)
-Operand: TypeAlias = "Tensor | float"
+# what a binary method takes beside ``self``: a tensor, a Python number (int and bool are floats
+# to a type checker) or a NumPy array or scalar
+Operand: TypeAlias = "Tensor | float | np.ndarray | np.generic"
 
 # ``self`` of a written-out method whose body uses it as a Tensor: a mixin's ``self`` cannot be
 # typed as the class the mixin is installed on (mypy requires a supertype), so it is Any inside
