@@ -80,7 +80,9 @@ def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
     return t
 
 
-if TYPE_CHECKING:  # the methods ``tensor.methods`` installs, as type checkers see them
+if TYPE_CHECKING:  # the methods ``tensor.methods`` and ``tensor.numeric`` install, as type
+    # checkers see them (NumericMethods derives from TensorMethods, which derives from the
+    # one-op declarations of ``tensor.signatures``)
     from tracegrad.tensor.numeric import NumericMethods as _InstalledMethods
 else:
     _InstalledMethods = object

@@ -203,10 +203,10 @@ class TensorMethods(OneOpMethods):
             return call("pow_scalar", base, exponent=float(exponent))
         return binary("pow", self, exponent)
 
-    def __matmul__(self: TensorSelf, other: Tensor) -> Tensor:
+    def __matmul__(self: TensorSelf, other: Tensor | np.ndarray) -> Tensor:
         return call("matmul", *promote_operands(self, other))
 
-    def __rmatmul__(self: TensorSelf, other: Tensor) -> Tensor:
+    def __rmatmul__(self: TensorSelf, other: Tensor | np.ndarray) -> Tensor:
         return call("matmul", *promote_operands(other, self))
 
     def _checked_matmul(self, name, other, ndim):
