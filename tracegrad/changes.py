@@ -10,6 +10,9 @@ last did (see ``tracegrad.codegen.guards``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Self
+
 count = [0]  # a list: generated guards read it by name, without a call
 
 
@@ -29,7 +32,9 @@ class CountedDict(dict):
         super().__delitem__(key)
         note()
 
-    def __ior__(self, other):
+    # (mypy checks an override of dict's |= against dict's overloaded |, which only a
+    # stub's overloads match)
+    def __ior__(self, other: Mapping) -> Self:  # type: ignore[override, misc]
         result = super().__ior__(other)
         note()
         return result

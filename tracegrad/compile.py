@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar, overload
+
 import numpy as np
 
 from tracegrad import pytree
@@ -16,10 +19,41 @@ from tracegrad.compiled.traced import (
 )
 from tracegrad.creation import zeros_like
 from tracegrad.ir.graph import Graph
+from tracegrad.nn.module import HasForward
 from tracegrad.passes.pipeline import planning
 from tracegrad.tensor import Tensor, wrap
 
+P = ParamSpec("P")
+R = TypeVar("R")
+Passes = str | list[str] | None  # "default", None (no optimization) or pass names
+
 # --- entry points ---------------------------------------------------------------------------------
+
+
+@overload
+def compile(
+    model_or_fn: HasForward[P, R],
+    *,
+    passes: Passes = ...,
+    backend: str = ...,
+    dynamic: bool = ...,
+    check: bool = ...,
+    debug_nans: bool = ...,
+    max_recompiles: int | None = ...,
+) -> CompiledModule[P, R]: ...
+
+
+@overload
+def compile(
+    model_or_fn: Callable[P, R],
+    *,
+    passes: Passes = ...,
+    backend: str = ...,
+    dynamic: bool = ...,
+    check: bool = ...,
+    debug_nans: bool = ...,
+    max_recompiles: int | None = ...,
+) -> CompiledFunction[P, R]: ...
 
 
 def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, check=False,

@@ -52,6 +52,15 @@ class Distribution:
         with tape.no_grad():
             return self.rsample(sample_shape)
 
+    def rsample(self, sample_shape=()) -> Tensor:
+        """A sample gradients flow through; PyTorch's name, defined by the distributions that
+        have one (``has_rsample``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no reparameterized sample")
+
+    @property
+    def variance(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} defines no variance")
+
     @property
     def stddev(self) -> Tensor:
         return self.variance.sqrt()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 
 class DType:
@@ -45,7 +47,7 @@ class DType:
         if isinstance(other, DType):
             return self is other
         try:
-            return self.np == np.dtype(other)
+            return self.np == np.dtype(cast(DTypeLike, other))  # (TypeError if it names none)
         except TypeError:
             return False
 

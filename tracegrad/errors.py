@@ -7,6 +7,7 @@ import linecache
 import os
 import sys
 from dataclasses import dataclass
+from types import FrameType
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -83,7 +84,7 @@ class SourceLocation:
 
 def user_frame() -> SourceLocation | None:
     """The innermost stack frame outside the tracegrad package: where the user called us."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if outside_tracegrad(frame):
             return frame_location(frame)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -136,6 +137,209 @@ _METHODS = [
 for _name in _METHODS:
     globals()[_name] = _method(_name)
     __all__.append(_name)
+
+if TYPE_CHECKING:  # the functions made above as type checkers see them: the method, unbound
+    # (listed again for ``from tracegrad.functions import *``: type checkers cannot run the loop)
+    __all__ += [
+        "exp",
+        "log",
+        "log1p",
+        "sqrt",
+        "rsqrt",
+        "tanh",
+        "sigmoid",
+        "sin",
+        "cos",
+        "erf",
+        "relu",
+        "abs",
+        "sign",
+        "square",
+        "clamp",
+        "clip",
+        "softmax",
+        "log_softmax",
+        "sum",
+        "mean",
+        "var",
+        "std",
+        "amax",
+        "amin",
+        "argmax",
+        "any",
+        "all",
+        "argmin",
+        "logsumexp",
+        "reshape",
+        "flatten",
+        "permute",
+        "transpose",
+        "unsqueeze",
+        "squeeze",
+        "masked_fill",
+        "pow",
+        "t",
+        "numel",
+        "split",
+        "chunk",
+        "cumsum",
+        "cumprod",
+        "sort",
+        "argsort",
+        "topk",
+        "gather",
+        "scatter",
+        "scatter_add",
+        "masked_scatter",
+        "tan",
+        "asin",
+        "arcsin",
+        "acos",
+        "arccos",
+        "atan",
+        "arctan",
+        "sinh",
+        "cosh",
+        "asinh",
+        "arcsinh",
+        "acosh",
+        "arccosh",
+        "atanh",
+        "arctanh",
+        "expm1",
+        "exp2",
+        "log2",
+        "log10",
+        "floor",
+        "ceil",
+        "atan2",
+        "arctan2",
+        "remainder",
+        "reciprocal",
+        "logaddexp",
+        "logaddexp2",
+        "hypot",
+        "fmax",
+        "fmin",
+        "deg2rad",
+        "rad2deg",
+        "sinc",
+        "prod",
+        "diagonal",
+        "diag",
+        "trace",
+        "kron",
+        "inner",
+        "diff",
+        "movedim",
+        "moveaxis",
+        "swapaxes",
+        "swapdims",
+        "fliplr",
+        "flipud",
+        "rot90",
+        "nan_to_num",
+        "ravel",
+    ]
+    exp = Tensor.exp
+    log = Tensor.log
+    log1p = Tensor.log1p
+    sqrt = Tensor.sqrt
+    rsqrt = Tensor.rsqrt
+    tanh = Tensor.tanh
+    sigmoid = Tensor.sigmoid
+    sin = Tensor.sin
+    cos = Tensor.cos
+    erf = Tensor.erf
+    relu = Tensor.relu
+    abs = Tensor.abs
+    sign = Tensor.sign
+    square = Tensor.square
+    clamp = Tensor.clamp
+    clip = Tensor.clip
+    softmax = Tensor.softmax
+    log_softmax = Tensor.log_softmax
+    sum = Tensor.sum
+    mean = Tensor.mean
+    var = Tensor.var
+    std = Tensor.std
+    amax = Tensor.amax
+    amin = Tensor.amin
+    argmax = Tensor.argmax
+    any = Tensor.any
+    all = Tensor.all
+    argmin = Tensor.argmin
+    logsumexp = Tensor.logsumexp
+    reshape = Tensor.reshape
+    flatten = Tensor.flatten
+    permute = Tensor.permute
+    transpose = Tensor.transpose
+    unsqueeze = Tensor.unsqueeze
+    squeeze = Tensor.squeeze
+    masked_fill = Tensor.masked_fill
+    pow = Tensor.pow
+    t = Tensor.t
+    numel = Tensor.numel
+    split = Tensor.split
+    chunk = Tensor.chunk
+    cumsum = Tensor.cumsum
+    cumprod = Tensor.cumprod
+    sort = Tensor.sort
+    argsort = Tensor.argsort
+    topk = Tensor.topk
+    gather = Tensor.gather
+    scatter = Tensor.scatter
+    scatter_add = Tensor.scatter_add
+    masked_scatter = Tensor.masked_scatter
+    tan = Tensor.tan
+    asin = Tensor.asin
+    arcsin = Tensor.arcsin
+    acos = Tensor.acos
+    arccos = Tensor.arccos
+    atan = Tensor.atan
+    arctan = Tensor.arctan
+    sinh = Tensor.sinh
+    cosh = Tensor.cosh
+    asinh = Tensor.asinh
+    arcsinh = Tensor.arcsinh
+    acosh = Tensor.acosh
+    arccosh = Tensor.arccosh
+    atanh = Tensor.atanh
+    arctanh = Tensor.arctanh
+    expm1 = Tensor.expm1
+    exp2 = Tensor.exp2
+    log2 = Tensor.log2
+    log10 = Tensor.log10
+    floor = Tensor.floor
+    ceil = Tensor.ceil
+    atan2 = Tensor.atan2
+    arctan2 = Tensor.arctan2
+    remainder = Tensor.remainder
+    reciprocal = Tensor.reciprocal
+    logaddexp = Tensor.logaddexp
+    logaddexp2 = Tensor.logaddexp2
+    hypot = Tensor.hypot
+    fmax = Tensor.fmax
+    fmin = Tensor.fmin
+    deg2rad = Tensor.deg2rad
+    rad2deg = Tensor.rad2deg
+    sinc = Tensor.sinc
+    prod = Tensor.prod
+    diagonal = Tensor.diagonal
+    diag = Tensor.diag
+    trace = Tensor.trace
+    kron = Tensor.kron
+    inner = Tensor.inner
+    diff = Tensor.diff
+    movedim = Tensor.movedim
+    moveaxis = Tensor.moveaxis
+    swapaxes = Tensor.swapaxes
+    swapdims = Tensor.swapdims
+    fliplr = Tensor.fliplr
+    flipud = Tensor.flipud
+    rot90 = Tensor.rot90
+    nan_to_num = Tensor.nan_to_num
+    ravel = Tensor.ravel
 
 
 def max(x, dim=None, keepdim=False):

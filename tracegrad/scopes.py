@@ -17,6 +17,8 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
 
 from tracegrad.errors import SourceLocation, frame_location, outside_tracegrad, user_frame
 
@@ -56,7 +58,7 @@ def common_scope(scopes) -> Scope | None:
 
 @dataclass
 class _Entry:
-    module: object
+    module: Any  # the nn.Module (a layer above this one)
     scope: Scope | None  # None for an outermost call the tracer has no name for
     caller: object  # the frame outside tracegrad that called the outermost module
 
@@ -139,7 +141,7 @@ def _name_in(parent, module) -> str:
 
 
 def _caller_frame():
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and not outside_tracegrad(frame):
         frame = frame.f_back
     return frame
@@ -155,7 +157,7 @@ def op_location() -> SourceLocation | None:
     entry = _STACK.entries[-1]
     forward = getattr(type(entry.module).forward, "__code__", None)
     inside = None  # the line in the innermost module's forward
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if outside_tracegrad(frame):
             if frame is entry.caller and inside is not None:

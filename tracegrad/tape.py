@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class _ThreadState(threading.local):
     callbacks queued for the end of the running backward pass."""
 
     grad_enabled = True
-    backward_node = None
+    backward_node: Node | None = None
     final_callbacks: list  # set per thread in __init__
 
     def __init__(self):
@@ -390,10 +391,10 @@ class RemovableHandle:
 
     _ids = itertools.count(1)
 
-    def __init__(self, hooks: dict, hook, prepend: bool = False, on_change=None):
+    def __init__(self, hooks: OrderedDict, hook, prepend: bool = False, on_change=None):
         self.id, self.hooks, self.on_change = next(RemovableHandle._ids), hooks, on_change
         hooks[self.id] = hook
-        if prepend:  # (an OrderedDict)
+        if prepend:
             hooks.move_to_end(self.id, last=False)
         self._changed()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Sink:
     """Where a value computed by the step is stored after each run."""
 
     kind: str  # "grad" (a tensor's .grad) or "state" (an optimizer state entry)
-    owner: object  # the tensor, or the optimizer state dict of one parameter
+    owner: Any  # the tensor, or the optimizer state dict of one parameter
     key: str | None = None
     buffer: int | None = None  # id of the planned buffer the last run stored in
     kept: Tensor | None = None  # the tensor living in that buffer, stored by the last run
@@ -60,7 +61,7 @@ class Sink:
         if kept is None or kept is self.current():
             return
         if sys.getrefcount(kept) > _ONLY_THE_SINK:
-            if _holders.get(self.buffer) is kept:
+            if self.buffer is not None and _holders.get(self.buffer) is kept:
                 del _holders[self.buffer]
             kept.array = kept.array.copy()
             self.kept = None
@@ -99,7 +100,8 @@ class Sink:
             self._live_in(home, new)
         self.put(new)
 
-    def _live_in(self, home: int, tensor: Tensor) -> None:
+    def _live_in(self, home: int | None, tensor: Tensor) -> None:
+        assert home is not None  # (only a free store lives in a buffer: it has one)
         _holders[home] = tensor
         self.buffer, self.kept = home, tensor
 

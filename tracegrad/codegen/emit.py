@@ -160,6 +160,8 @@ def expression(
     op = OPS[node.op]
     attrs = {k: literal(v) for k, v in node.attrs.items()}
     template = op.emit if out is None else op.out
+    if template is None:
+        raise ValueError(f"codegen: op {node.op!r} has no {'out= ' if out else ''}template")
     return template.format(
         *args, inputs=", ".join(args), indices=", ".join(args[1:]), out=out, **attrs
     )
@@ -460,7 +462,8 @@ def _row_loop(members, frame: _Frame) -> list[str]:
     namer, local = frame.namer, frame.local
     shape = members[0].outputs[0].type.shape
     step = _piece_rows(shape)
-    written = {}  # member output -> the whole array it writes, or its piece of a buffer
+    # member output -> the whole array it writes, or its piece of a buffer
+    written: dict[Value, str] = {}
     body = []
     for member in members:
         args = [written.get(v) or _piece(v, shape, namer) for v in member.inputs]

@@ -82,6 +82,8 @@ def _global_names(code) -> set[str]:
 
 def _decorator_names(source: str) -> set[str]:
     (definition,) = ast.parse(source).body
+    if not isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return set()
     return {n.id for d in definition.decorator_list for n in ast.walk(d) if isinstance(n, ast.Name)}
 
 
@@ -107,5 +109,6 @@ def export_program(path, program, parameters: dict[str, np.ndarray]) -> Path:
     path.write_text(render_module(functions, title, runtime, graphs))
     arrays = {f"param__{k}": v for k, v in parameters.items()}
     arrays.update({f"const__{k}": v for k, v in program.constants.items()})
-    np.savez(npz, **arrays)
+    # (the stubs' allow_pickle keyword makes mypy reject any **dict of arrays)
+    np.savez(npz, **arrays)  # type: ignore[arg-type]
     return path

@@ -139,7 +139,7 @@ def step_guard(
             b.check(f"g is None or g.array.shape != {t.grad.array.shape}", f"g = {name}.grad")
     for opt in optimizers:
         _optimizer_checks(b, opt, optimizer_groups(opt), state=opt in stepped)
-    names = {}
+    names: dict[int, str] = {}
     for module in modules:
         _module_tree(b, module, names)
     return b
@@ -165,7 +165,8 @@ def _module_tree(b: GuardBuilder, module, names: dict) -> tuple[list, list]:
     modules = list(dict(module.named_modules()).values())
     for m in modules:
         names[id(m)] = names.get(id(m)) or b.name("M", m)
-    params, buffers = [], []
+    params: list[Tensor] = []
+    buffers: list[Tensor] = []
     b.names["plain_attributes"] = plain_attributes
     for m in modules:
         mod = names[id(m)]
@@ -233,9 +234,9 @@ def _optimizer_checks(b: GuardBuilder, opt, groups, state: bool = True) -> None:
     b.check(f"len(st) != {len(opt.state)}", f"st = {name}.state")
     ids = b.name("K", [id(p) for p in opt.state])
     b.check(f"list(map(id, st)) != {ids}", "entries = list(st.values())")
-    for i, state in enumerate(opt.state.values()):
-        same = [f"len(s) != {len(state)}"]
-        same += [f"s.get({b.key(key)}) is not {b.name('X', v)}" for key, v in state.items()]
+    for i, entries in enumerate(opt.state.values()):
+        same = [f"len(s) != {len(entries)}"]
+        same += [f"s.get({b.key(key)}) is not {b.name('X', v)}" for key, v in entries.items()]
         b.check(" or ".join(same), f"s = entries[{i}]")
 
 
@@ -249,7 +250,7 @@ def module_guard(grad_mode, args, module, title):
     and buffers (the same tensors, each with its shape and dtype), and training flags."""
     b = GuardBuilder()
     b.call(args, grad_mode)
-    names = {}
+    names: dict[int, str] = {}
     params, buffers = _module_tree(b, module, names)
     for p in params:
         b.check(b.meta(names[id(p)], p), f"d = {names[id(p)]}.array")

@@ -71,7 +71,7 @@ def find(fn, tensors: list[Tensor], owned: set[int]) -> list[Capture]:
             if id(obj) in seen:
                 continue
             seen.add(id(obj))
-            if id(obj) in wanted and id(obj) not in found:
+            if id(obj) in wanted and id(obj) not in found and isinstance(obj, Tensor):
                 found[id(obj)] = Capture(label, _reader(steps), obj)
             following += _children(label, obj, steps)
         frontier = following

@@ -36,14 +36,15 @@ def first_changed_node(before: Graph, after: Graph, arrays) -> str | None:
     (names survive passes for nodes they keep)."""
     if any(n.op == CUSTOM for g in (before, after) for n in g.nodes):
         return None
-    old, new = {}, {}
+    old: dict[str, np.ndarray] = {}
+    new: dict[str, np.ndarray] = {}
     _run(before, arrays, old)
     _run(after, arrays, new)
     tol = _tolerance(after)
     for node in after.nodes:
         for v in node.outputs:
             a, b = new.get(v.name), old.get(v.name)
-            if b is None or a.shape != b.shape:
+            if a is None or b is None or a.shape != b.shape:
                 continue
             if not np.allclose(a, b, rtol=tol, atol=tol, equal_nan=True):
                 loc = (

@@ -64,16 +64,23 @@ def history(report: Report) -> list[Snapshot]:
     for stage, results in stages:
         if not results:
             continue
-        snapshots.append(Snapshot(stage, results[0].before))
+        snapshots.append(Snapshot(stage, _graphs(results[0])[0]))
         snapshots += [_after(stage, r) for r in results if r.changed]
     return snapshots + [Snapshot(f"planned {name}", graph) for name, graph in report.planned]
 
 
+def _graphs(result: PassResult) -> tuple[Graph, Graph]:
+    """The graph a pipeline pass was given and the one it made (run_pass records both)."""
+    assert result.before is not None and result.graph is not None
+    return result.before, result.graph
+
+
 def _after(stage: str, result: PassResult) -> Snapshot:
-    before, after = _node_keys(result.before), _node_keys(result.graph)
+    given, made = _graphs(result)
+    before, after = _node_keys(given), _node_keys(made)
     return Snapshot(
         f"{stage}: after {result.name}",
-        result.graph,
+        made,
         result.name,
         dict(Counter(note.kind for note in result.notes).most_common()),
         [name for name in after if name not in before],
@@ -91,7 +98,7 @@ def _node_keys(graph: Graph) -> dict[str, tuple]:
     }
 
 
-def format_bytes(nbytes: int) -> str:
+def format_bytes(nbytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if nbytes < 1024 or unit == "GiB":
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
@@ -127,6 +134,7 @@ def _emitted_lines(fn: FunctionSource, before: Graph, after: Graph) -> list[str]
     """The memory plan of one generated function, and the buffers its code allocates (the
     plan's, less whole buffers that row loops replaced by buffers of one piece)."""
     plan = fn.plan
+    assert plan is not None  # (a generated function has one; only its kernels have none)
     allocated = [(shape, dtype) for _, shape, dtype in fn.buffers]
     return [
         f"    memory plan: {plan.count(InPlace)} in-place writes, {plan.count(InBuffer)} values "
@@ -182,7 +190,7 @@ def _budget_lines(report: Report) -> list[str]:
     planned = dict(report.planned)
     lines = []
     for name, choice in report.recomputations.items():
-        graph = planned.get(name, planned.get("forward"))
+        graph = planned[name] if name in planned else planned["forward"]
         total = graph_cost(graph).operations + (
             graph_cost(planned["backward"]).operations if "backward" in planned else 0
         )

@@ -16,7 +16,7 @@ from tracegrad.codegen.guards import step_guard
 from tracegrad.codegen.runner import MISS, RunnerBindings, build_runner
 from tracegrad.compiled.module_program import run_module_program
 from tracegrad.compiled.signature import Signature, input_label, tensor_guards
-from tracegrad.compiled.specializer import Specializer
+from tracegrad.compiled.specializer import P, R, Specializer
 from tracegrad.compiled.state import (
     ReachedState,
     optimizer_groups,
@@ -29,7 +29,7 @@ from tracegrad.compiled.views import show_views
 from tracegrad.tensor import Tensor
 
 
-class CompiledFunction(Specializer):
+class CompiledFunction(Specializer[P, R]):
     """``tg.compile(fn)`` for a plain function, typically a whole training step.
 
     A function calling ``loss.backward()`` and ``opt.step()`` compiles into one generated
@@ -72,7 +72,7 @@ class CompiledFunction(Specializer):
 
     def signature(self, args) -> Signature:
         """What a call with ``args`` is specialized on: the guards its program relies on."""
-        guards = [("grad mode", tape.is_grad_enabled())]
+        guards: list[tuple[str, object]] = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
             if isinstance(a, Tensor) and a._requires_grad:  # (backward accumulates into it)
@@ -182,9 +182,10 @@ class CompiledFunction(Specializer):
         # the leaves of the arguments to differentiate are differentiated
         owners = [i for i, s in enumerate(structure[1][0][1]) for _ in range(pytree.count(s))]
         grads = tuple(k for k, i in enumerate(owners) if i in self.grad_argnums)
-        inner = CompiledFunction(rebuilt, passes=self.passes, debug_nans=self.debug_nans,
-                                 max_recompiles=self.max_recompiles, check=self.check,
-                                 grad_argnums=grads)  # fmt: skip
+        inner: CompiledFunction = CompiledFunction(
+            rebuilt, passes=self.passes, debug_nans=self.debug_nans,
+            max_recompiles=self.max_recompiles, check=self.check, grad_argnums=grads,
+        )  # fmt: skip
         inner.reached = ReachedState(self.reached.fn)
         inner.arg_names = leaf_names(fn, structure)
         return inner

@@ -28,7 +28,7 @@ from tracegrad.compiled.signature import (
     tensor_meta,
     training_modes,
 )
-from tracegrad.compiled.specializer import Specializer
+from tracegrad.compiled.specializer import P, R, Specializer
 from tracegrad.compiled.traced import (
     STRUCTURED,
     argument_names,
@@ -36,9 +36,10 @@ from tracegrad.compiled.traced import (
     leaf_names,
     trace_call,
 )
+from tracegrad.tensor import Tensor
 
 
-class CompiledModule(Specializer):
+class CompiledModule(Specializer[P, R]):
     """The module target of the Specializer: a compiled ``nn.Module``, sharing the module's
     parameters; its outputs carry gradients back through the generated backward.
 
@@ -88,12 +89,14 @@ class CompiledModule(Specializer):
 
     def signature(self, args) -> Signature:
         """What a call with ``args`` is specialized on: the guards its program relies on."""
-        guards = [("grad mode", tape.is_grad_enabled())]
+        guards: list[tuple[str, object]] = [("grad mode", tape.is_grad_enabled())]
         for i, a in enumerate(args):
             guards += tensor_guards(input_label(i), a)
         # One walk over the modules (their parameters, buffers and modes), read from the
         # arrays: guards are checked on every call.
-        params, buffers, training, seen = [], [], [], set()
+        params: list[tuple[str, str, Tensor]] = []
+        buffers: list[tuple[str, str, Tensor]] = []
+        training, seen = [], set()
         for prefix, module in self.module.named_modules():
             training.append(module.training)
             for key, value in plain_attributes(module):

@@ -14,15 +14,20 @@ Both raise a TraceError saying what to write instead.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tracegrad.compiled.captures import reachable_objects
 from tracegrad.errors import TraceError
 from tracegrad.tensor import Tensor, is_symbolic
 from tracegrad.tracer.hyperparameters import group_settings
 
+if TYPE_CHECKING:
+    from tracegrad.optim import Optimizer
+
 __all__ = ["group_settings", "refuse_changed_groups", "refuse_escaped_tensors"]
 
 
-def refuse_changed_groups(before: list[tuple[object, list[dict]]]) -> None:
+def refuse_changed_groups(before: list[tuple[Optimizer, list[dict]]]) -> None:
     """Raise (after putting the groups back) if tracing changed a group's settings."""
     for opt, groups in before:
         for i, (group, settings) in enumerate(zip(opt.param_groups, groups, strict=False)):

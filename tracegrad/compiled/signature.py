@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class Shown:
     ``".grad"``, ``"tensor"`` for an identity) so that a recompile reason can say which one
     changed; a constant, so guards checked on every call build nothing more."""
 
-    fact: object
+    fact: Any  # a tuple when ``aspects`` names its items
     text: str = field(compare=False)
     aspects: tuple[str, ...] = field(default=(), compare=False)
 

@@ -22,6 +22,7 @@ import gc
 import os
 import threading
 import warnings
+from typing import Generic, ParamSpec, Protocol, TypeVar
 
 from tracegrad import viz
 from tracegrad.compiled.explain import Explanation, Snapshot, history, render
@@ -60,9 +61,20 @@ def gc_paused(compile_fn):
     return compile_without_collector
 
 
-class Specializer:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Specialization(Protocol):
+    """What the cache holds for one signature: a ModuleProgram or a StepProgram."""
+
+    def still_valid(self) -> bool: ...
+
+
+class Specializer(Generic[P, R]):
     """The cache of specializations of one compiled callable, its recompile policy and the
-    public views of its latest specialization."""
+    public views of its latest specialization. For type checkers it takes the arguments and
+    returns the result of what it compiles (``P``, ``R``: a module's forward, a function)."""
 
     kind = "function"  # what the error of a view asked for before any call names
 
@@ -73,7 +85,7 @@ class Specializer:
         self.debug_nans = debug_nans or os.environ.get("TRACEGRAD_DEBUG_NANS") == "1"
         self.max_recompiles = max_recompiles
         self.check = check
-        self._cache: dict[Signature, object] = {}
+        self._cache: dict[Signature, Specialization] = {}
         self._last_compiled = None  # (recompile reasons are diffs against its signature)
         self.latest = None  # the specialization the last call ran
         self.recompile_reasons: list[str] = []
@@ -188,7 +200,7 @@ class Specializer:
 
     # --- calling --------------------------------------------------------------------------------
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if active_tracer() is not None:  # a piece of a program being traced: traced in
             return self._trace_through(args, kwargs)
         with self._lock:  # one call at a time (see __init__)

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tracegrad.codegen.guards import PLAIN, plain_attributes
 from tracegrad.compiled.signature import Shown, dtype_name, identity, training_modes
 from tracegrad.tensor import Tensor
 from tracegrad.tracer.hyperparameters import is_number
+
+if TYPE_CHECKING:
+    from tracegrad.nn import Module
+    from tracegrad.optim import Optimizer
 
 
 @dataclass(frozen=True)
@@ -138,14 +143,14 @@ class ReachedState:
 
     def __init__(self, fn):
         self.fn = fn  # where the state is looked for (closure, globals)
-        self.modules: dict[str, object] = {}  # reached by name
-        self.named_optimizers: dict[str, object] = {}
+        self.modules: dict[str, Module] = {}  # reached by name
+        self.named_optimizers: dict[str, Optimizer] = {}
         self.tensors: dict[str, Tensor] = {}  # requiring grad, by the name reaching them
         self.bindings: dict[str, Binding] = {}  # by the rebindable name
         # Tensors requiring grad it reached or read, and optimizers its tracing stepped
         self.watched_tensors: dict[int, tuple[str, Tensor]] = {}
-        self.traced_optimizers: dict[str, object] = {}
-        self.traced_modules: dict[str, object] = {}  # called while tracing, not reached by name
+        self.traced_optimizers: dict[str, Optimizer] = {}
+        self.traced_modules: dict[str, Module] = {}  # called while tracing, not reached by name
         self.stepped: list = []  # the optimizers whose step() a trace went through
         # id() of the state tensors whose .grad, as a call starts, some trace looked at, and
         # of those no trace did (zero_grad() drops it first): the signature leaves that out
@@ -163,7 +168,7 @@ class ReachedState:
     def watch_tensor(self, name: str, t: Tensor) -> None:
         self.watched_tensors.setdefault(id(t), (f"state {name}", t))
 
-    def optimizers(self) -> dict[str, object]:
+    def optimizers(self) -> dict[str, Optimizer]:
         """The optimizers reached by name, then those found only by tracing the function."""
         reached = self.named_optimizers
         seen = {id(o) for o in reached.values()}
@@ -173,7 +178,7 @@ class ReachedState:
     def state_tensors(self) -> dict[int, tuple[str, Tensor]]:
         """id -> (label, tensor) of the state the program may read: the watched modules'
         parameters as they are now (one may have been replaced), then the tensors it read."""
-        state = {}
+        state: dict[int, tuple[str, Tensor]] = {}
         for module_name, module in self.all_modules().items():
             for n, p in module.named_parameters():
                 state.setdefault(id(p), (f"state {module_name}.{n}", p))
@@ -186,7 +191,7 @@ class ReachedState:
         reaches may be)."""
         return self.stepped if traced_before else list(self.optimizers().values())
 
-    def all_modules(self) -> dict[str, object]:
+    def all_modules(self) -> dict[str, Module]:
         """The modules reached by name, then those a trace called that are no part of them
         (their guards check the whole tree of each)."""
         return {**self.modules, **_outside(self.traced_modules, self.modules.values())}
@@ -243,7 +248,7 @@ class ReachedState:
         settings (and state, for one whose step was traced), the rebindable names and the
         module trees."""
         unread = self.grads_unread
-        guards = [
+        guards: list[tuple[str, object]] = [
             (label, _state_meta(t, id(t) not in unread))
             for label, t in self.state_tensors().values()
         ]
@@ -256,7 +261,7 @@ class ReachedState:
         return guards
 
 
-def _outside(modules: dict[str, object], owners) -> dict[str, object]:
+def _outside(modules: dict[str, Module], owners) -> dict[str, Module]:
     """Those of ``modules`` that are not in the tree of an owner or of another of them."""
     inside = {id(sub) for owner in owners for sub in owner.modules() if sub is not owner}
     inside |= {id(owner) for owner in owners}
@@ -269,7 +274,7 @@ def _module_guards(name: str, module) -> list[tuple[str, object]]:
     """A reached module's training flags, plain attributes, and each submodule and buffer by
     identity (the program is the forward they traced)."""
     modules = dict(module.named_modules())
-    guards = [
+    guards: list[tuple[str, object]] = [
         (f"module {name} training", training_modes(tuple(m.training for m in modules.values())))
     ]
     guards += [
@@ -347,7 +352,7 @@ class Primed:
     """State made ahead of a compiled step's first trace: ``entries`` of ``optimizer``'s
     state for ``param`` (see ``prime_optimizer_state``)."""
 
-    optimizer: object
+    optimizer: Optimizer
     param: Tensor
     entries: dict
 
@@ -359,12 +364,13 @@ def prime_optimizer_state(optimizers) -> list[Primed]:
     traced program turns out not to read (``unprime``): that parameter was not stepped."""
     primed = []
     for opt in optimizers:
-        initial = getattr(opt, "initial_state", None)
-        for group in opt.param_groups if initial is not None else ():
+        if not hasattr(opt, "initial_state"):  # (an optimizer of another library)
+            continue
+        for group in opt.param_groups:
             for p in group["params"]:
                 if not (p.requires_grad and not opt.state.get(p)):
                     continue
-                entries = initial(p, group)
+                entries = opt.initial_state(p, group)
                 if entries:
                     opt.state.setdefault(p, {}).update(entries)
                     primed.append(Primed(opt, p, entries))

@@ -56,7 +56,9 @@ class StepProgram:
     update_targets: list[Tensor]
     sinks: list[Sink]
     n_results: int
-    rebuild: Callable  # turns the result tensors back into what the function returned
+    # pytree.unflatten bound to a structure: turns the result tensors back into what the
+    # function returned
+    rebuild: functools.partial
     # Lifted positions holding a tensor's .grad: index -> that tensor. The .grad is read
     # anew each run, since code outside the step may replace it (zero_grad, backward).
     grad_of: dict = field(default_factory=dict)
@@ -92,6 +94,7 @@ class StepProgram:
     @functools.cached_property
     def guard(self) -> Callable[[tuple], bool]:
         """The runner's guards alone, as a function: True for a call the runner runs."""
+        assert self.guards is not None and self.report is not None  # (set once it is built)
         return self.guards.build(self.report.title)
 
     def state(self) -> list[Tensor]:
@@ -102,12 +105,13 @@ class StepProgram:
         return lifted
 
     @functools.cached_property
-    def readable(self) -> tuple[Graph, None]:
+    def readable(self) -> tuple[Graph, Graph | None]:
         """The graph users read (``cm.graph``; a whole step has no backward graph of its own):
         made by the same passes, less the backend's layout choices (those of the module
         program, for a function calling no backward())."""
         if self.module is not None:
             return self.module.readable
+        assert self.derive_readable is not None  # (None only beside a module program)
         return self.derive_readable(), None
 
     def views(self) -> list[tuple[str, Graph]]:
@@ -116,6 +120,7 @@ class StepProgram:
         and traced."""
         if self.module is not None:
             return self.module.views()
+        assert self.report is not None and self.report.unplanned_traced is not None
         return [
             ("training step (optimized)", self.readable[0]),
             ("generated training step", self.program.parts[0][1]),
@@ -374,7 +379,9 @@ def _collect_sinks(tracer: Tracer, symbolic, args) -> tuple[list[Sink], list]:
     """Traced values left in persistent places: ``.grad`` of lifted tensors and arguments,
     and optimizer state entries."""
     sinks, values = [], []
-    owners = [(t, t, None) for t, _ in tracer.lifted.values()]
+    owners: list[tuple[Tensor, Tensor, int | None]] = [
+        (t, t, None) for t, _ in tracer.lifted.values()
+    ]
     owners += [(s, a, i) for i, (s, a) in enumerate(zip(symbolic, args)) if isinstance(a, Tensor)]
     for traced, real, position in owners:
         if traced.grad is not None and (

@@ -4,12 +4,13 @@ statement came from (each generated statement carries it in a comment)."""
 from __future__ import annotations
 
 import linecache
+from typing import NoReturn
 
 # Exception types rebuilt with the user's line in their message (their constructors take one)
 _REBUILT = (IndexError, KeyError, ValueError, TypeError, ArithmeticError, RuntimeError)
 
 
-def at_users_line(exc: Exception) -> None:
+def at_users_line(exc: Exception) -> NoReturn:
     """Called in an ``except`` clause of the calls running generated code: an exception
     raised inside it (an index out of range) is raised again, of the same type, naming the
     user's line the failing statement came from, instead of a traceback deep inside generated

@@ -4,6 +4,8 @@ an input's, an update's or a constant's memory."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from tracegrad.ir.core import CONSTANT
@@ -73,9 +75,9 @@ def views_of(graph: Graph, positions, bases: dict, shapes: list) -> tuple:
                 break
             chain.append((node.op, dict(node.attrs)))
             value = node.inputs[0]
-        chain = tuple(reversed(chain))
-        if value in bases and _shares(shapes[bases[value]], chain):
-            found.append((k, bases[value], chain))
+        steps = tuple(reversed(chain))
+        if value in bases and _shares(shapes[bases[value]], steps):
+            found.append((k, bases[value], steps))
     return tuple(found)
 
 
@@ -88,7 +90,7 @@ def _shares(shape, chain) -> bool:
     return np.may_share_memory(array, probe)
 
 
-def show_views(results: list, inputs: list, views: tuple) -> None:
+def show_views(results: list, inputs: list, views: Sequence) -> None:
     """Replace the results ``eager_views`` named by those views of the inputs' arrays."""
     for k, i, chain in views:
         array = inputs[i]

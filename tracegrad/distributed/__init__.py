@@ -17,6 +17,7 @@ import importlib.util
 import os
 import sys
 import traceback
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class _SingleProcess:
         return 1
 
 
-_group = {"comm": None, "backend": None}
+_group: dict[str, Any] = {"comm": None, "backend": None}
 
 # Environment variables that MPI launchers set in the processes they start.
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_PROCID")

@@ -168,14 +168,15 @@ class Graph:
 
     def erase(self, node: Node) -> None:
         """Remove ``node``, which nothing may read any more."""
-        read = [v for v in node.outputs if self.users().get(v) or v in self.kept()]
+        users = self.users()
+        read = [v for v in node.outputs if users.get(v) or v in self.kept()]
         if read:
             raise ValueError(f"cannot erase {node}: {read[0]} is still read")
         self._nodes.remove(node)
         for v in node.inputs:
-            self._users[v].remove(node)
-            if not self._users[v]:
-                del self._users[v]
+            users[v].remove(node)
+            if not users[v]:
+                del users[v]
 
     def copy_where_made(self, values: list[Value], names: list[str]) -> list[Value]:
         """Insert a copy (a ``contiguous`` node) of each of ``values`` right after the node
@@ -232,7 +233,8 @@ class Graph:
             return NotImplemented
         return structure(self) == structure(other)
 
-    __hash__ = None  # graphs are mutable
+    # graphs are mutable (typeshed declares every object hashable, hence the ignore)
+    __hash__ = None  # type: ignore[assignment]
 
     def __str__(self) -> str:
         return text.print_graph(self)

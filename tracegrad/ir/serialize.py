@@ -67,7 +67,7 @@ def _value_json(value: Value) -> dict:
 
 def _node_json(node: Node) -> dict:
     where = node.location
-    data = {
+    data: dict[str, object] = {
         "op": node.op,
         "inputs": [v.name for v in node.inputs],
         "outputs": [_value_json(v) for v in node.outputs],

@@ -63,6 +63,7 @@ import ast
 import importlib
 import math
 import re
+from typing import TYPE_CHECKING, TypeGuard, cast
 
 import numpy as np
 
@@ -70,6 +71,9 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import SourceLocation
 from tracegrad.ir.core import CONSTANT, CUSTOM, Node, Value, phase_of_origin
+
+if TYPE_CHECKING:
+    from tracegrad.ir.graph import Graph
 from tracegrad.scopes import Scope
 
 BARE = r"[A-Za-z0-9_.]+"
@@ -188,8 +192,8 @@ def format_value(value) -> str:
     if isinstance(value, list):
         return f"[{', '.join(format_value(v) for v in value)}]"
     if isinstance(value, dict):
-        items = (f"{format_value(k)}: {format_value(v)}" for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
+        entries = (f"{format_value(k)}: {format_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(entries) + "}"
     if isinstance(value, np.ndarray):
         return _format_array(value)
     if isinstance(value, np.generic):
@@ -201,7 +205,7 @@ def format_value(value) -> str:
     raise TypeError(f"cannot write a {type(value).__name__} attribute in the IR text: {value!r}")
 
 
-def is_graph(value) -> bool:
+def is_graph(value) -> TypeGuard[Graph]:
     """Whether an attribute is a graph (a fused node's body). Told by its parts: this module
     sits below ``ir.graph``, which prints and parses through it."""
     return all(hasattr(value, part) for part in ("inputs", "nodes", "outputs", "updates"))
@@ -217,7 +221,7 @@ def _format_float(x: float) -> str:
 
 def _format_array(array: np.ndarray) -> str:
     if array.ndim == 0:
-        return _format_item(array[()])
+        return _format_item(cast(np.generic, array[()]))  # (a 0-d array's item: a scalar)
     return "[" + ", ".join(_format_array(sub) for sub in array) + "]"
 
 
@@ -302,7 +306,8 @@ def literal(node: ast.AST):
     if isinstance(node, ast.List):
         return [literal(item) for item in node.elts]
     if isinstance(node, ast.Dict) and None not in node.keys:
-        return {literal(k): literal(v) for k, v in zip(node.keys, node.values, strict=True)}
+        keys = cast(list[ast.expr], node.keys)  # (no None: a ** spread is not a literal)
+        return {literal(k): literal(v) for k, v in zip(keys, node.values, strict=True)}
     raise ValueError(f"not a literal: {ast.unparse(node)}")
 
 
@@ -340,7 +345,11 @@ def _classify(body):
     """Sort the body's lines into parsed nodes, the return line, the update lines and the
     const lines. A fused node's nested body (the lines from ``graph(`` to its ``}``) becomes
     its ``body`` attribute, as text (``ir.graph`` reads it into a Graph)."""
-    nodes, returns, updates, constants = [], [], [], []
+    nodes: list[tuple[Node, tuple]] = []  # (node, where its inputs are named)
+    # (lineno, text) of each line of a kind
+    returns: list[tuple[int, str]] = []
+    updates: list[tuple[int, str]] = []
+    constants: list[tuple[int, str]] = []
     lines = iter(body)
     for lineno, text in lines:
         stripped = text.strip()
@@ -463,6 +472,7 @@ def _parse_node(lineno: int, text: str):
         attrs = _parse_node_attrs(lineno, text, rest[1:end])
         rest = rest[end + 1 :]
     refs = re.match(rf"\s*(?:{_REFS})?", rest)  # (a quoted name may hold a '#')
+    assert refs is not None  # (the pattern matches any text)
     tail = rest[refs.end() :].strip()
     if tail and not tail.startswith("#"):
         raise IRParseError(lineno, text, "expected value references like '%x, %1'")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 from tracegrad import creation, dtypes
 from tracegrad.errors import ShapeError, at_user_line
@@ -21,6 +22,7 @@ from tracegrad.nn import init
 from tracegrad.nn.containers import ModuleList
 from tracegrad.nn.layers import Dropout, LayerNorm, Linear, _empty
 from tracegrad.nn.module import Module
+from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor, as_tensor, cat
 
 
@@ -74,8 +76,8 @@ class MultiheadAttention(Module):
             self.register_parameter("in_proj_bias", None)
         self.out_proj = Linear(embed_dim, embed_dim, bias=bias, **made)
         if add_bias_kv:
-            self.bias_k = _empty(1, 1, embed_dim, **made)
-            self.bias_v = _empty(1, 1, embed_dim, **made)
+            self.bias_k: Parameter | None = _empty(1, 1, embed_dim, **made)
+            self.bias_v: Parameter | None = _empty(1, 1, embed_dim, **made)
         else:
             self.bias_k = self.bias_v = None
         self.add_zero_attn = add_zero_attn
@@ -91,6 +93,7 @@ class MultiheadAttention(Module):
                 init.xavier_uniform_(weight)
         if self.in_proj_bias is not None:
             init.constant_(self.in_proj_bias, 0.0)
+        if self.out_proj.bias is not None:
             init.constant_(self.out_proj.bias, 0.0)
         for extra in (self.bias_k, self.bias_v):
             if extra is not None:
@@ -254,6 +257,13 @@ def _activation(activation):
 class _Blocks:
     """The self-attention and feed-forward blocks both Transformer layers share."""
 
+    # the layers each Transformer layer makes, which the blocks read
+    self_attn: MultiheadAttention
+    linear1: Linear
+    linear2: Linear
+    dropout: Dropout
+    activation: Callable[[Tensor], Tensor]
+
     def _ff_block(self, x: Tensor, dropout: Dropout) -> Tensor:
         return dropout(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
@@ -300,7 +310,9 @@ class TransformerEncoderLayer(_Blocks, Module):
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         self.activation = _activation(activation)
 
-    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
+    def forward(
+        self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False
+    ) -> Tensor:
         x = src
         if self.norm_first:
             x = x + self._sa_block(
@@ -412,7 +424,9 @@ class TransformerEncoder(Module):
         self.num_layers, self.norm = num_layers, norm
         self.enable_nested_tensor, self.mask_check = enable_nested_tensor, mask_check
 
-    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal: bool | None = None):
+    def forward(
+        self, src, mask=None, src_key_padding_mask=None, is_causal: bool | None = None
+    ) -> Tensor:
         # An undeclared hint (None) stays off: the mask itself gives the same result.
         output = src
         for layer in self.layers:

@@ -1392,8 +1392,8 @@ def _linear_along(x: Tensor, dim, in_size, out_size, scale_factor, align_corners
 
 def _matrix_along(x: Tensor, dim: int, matrix: np.ndarray) -> Tensor:
     """Each line of x along ``dim`` (one of the last two) times the (out, in) ``matrix``."""
-    matrix = tensor(matrix.astype(x.dtype.np))
-    return x @ matrix.T if dim == x.ndim - 1 else matrix @ x
+    weights = tensor(matrix.astype(x.dtype.np))
+    return x @ weights.T if dim == x.ndim - 1 else weights @ x
 
 
 def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:

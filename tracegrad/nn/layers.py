@@ -15,7 +15,7 @@ from tracegrad.nn import init
 from tracegrad.nn.module import Module
 from tracegrad.nn.parameter import Parameter
 from tracegrad.tape import no_grad
-from tracegrad.tensor import tensor
+from tracegrad.tensor import Tensor, tensor
 
 
 def _empty(*shape, device=None, dtype=None) -> Parameter:
@@ -62,7 +62,7 @@ class Linear(Module):
             bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -128,7 +128,7 @@ class Conv2d(Module):
             bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.conv2d(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
@@ -170,7 +170,7 @@ class MaxPool2d(Module):
             dilation,
         )
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
@@ -196,7 +196,7 @@ class Flatten(Module):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return x.flatten(self.start_dim, self.end_dim)
 
     def extra_repr(self) -> str:
@@ -217,7 +217,7 @@ class ReLU(Module):
     def __init__(self, inplace: bool = False):
         super().__init__()
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.relu(x)
 
 
@@ -236,7 +236,7 @@ class GELU(Module):
         super().__init__()
         self.approximate = approximate
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.gelu(x, self.approximate)
 
     def extra_repr(self) -> str:
@@ -251,7 +251,7 @@ class Tanh(Module):
         tensor([0.])
     """
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.tanh(x)
 
 
@@ -263,7 +263,7 @@ class Sigmoid(Module):
         tensor([0.5])
     """
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.sigmoid(x)
 
 
@@ -278,7 +278,7 @@ class Identity(Module):
     def __init__(self, *args, **kwargs):
         super().__init__()
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return x
 
 
@@ -297,7 +297,7 @@ class Softmax(Module):
         super().__init__()
         self.dim = dim
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.softmax(x, self.dim)
 
     def extra_repr(self) -> str:
@@ -315,7 +315,7 @@ class LogSoftmax(Softmax):
         tensor([0.5, 0.5])
     """
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.log_softmax(x, self.dim)
 
 
@@ -361,7 +361,7 @@ class LayerNorm(Module):
             if bias:
                 self.bias = _empty(*shape, device=device, dtype=dtype)
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -402,7 +402,7 @@ class Embedding(Module):
         if padding_idx is not None:
             self.weight.array[padding_idx] = 0  # PyTorch starts the padding row at zero
 
-    def forward(self, indices):
+    def forward(self, indices) -> Tensor:
         return F.embedding(indices, self.weight, self.padding_idx)
 
     def extra_repr(self) -> str:
@@ -440,7 +440,7 @@ class Dropout(_DropoutNd):
         tensor([1., 1., 1.])
     """
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.dropout(x, self.p, self.training)
 
 
@@ -459,7 +459,7 @@ class MSELoss(Module):
         super().__init__()
         self.reduction = reduction
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.mse_loss(input, target, self.reduction)
 
 
@@ -493,7 +493,7 @@ class CrossEntropyLoss(Module):
         self.weight, self.ignore_index = weight, ignore_index
         self.reduction, self.label_smoothing = reduction, label_smoothing
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.cross_entropy(
             input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing
         )
@@ -518,7 +518,7 @@ class LeakyReLU(Module):
         super().__init__()
         self.negative_slope = negative_slope
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.leaky_relu(x, self.negative_slope)
 
     def extra_repr(self) -> str:
@@ -541,7 +541,7 @@ class ELU(Module):
         super().__init__()
         self.alpha = alpha
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.elu(x, self.alpha)
 
     def extra_repr(self) -> str:
@@ -559,7 +559,7 @@ class SiLU(Module):
     def __init__(self, inplace: bool = False):
         super().__init__()
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.silu(x)
 
 
@@ -579,7 +579,7 @@ class Softplus(Module):
         super().__init__()
         self.beta, self.threshold = beta, threshold
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.softplus(x, self.beta, self.threshold)
 
     def extra_repr(self) -> str:
@@ -597,7 +597,7 @@ class Mish(Module):
     def __init__(self, inplace: bool = False):
         super().__init__()
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.mish(x)
 
 
@@ -620,7 +620,7 @@ class Hardtanh(Module):
             raise ValueError(f"Hardtanh: min_val {min_val} must not exceed max_val {max_val}")
         self.min_val, self.max_val = min_val, max_val
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.hardtanh(x, self.min_val, self.max_val)
 
     def extra_repr(self) -> str:
@@ -663,7 +663,7 @@ class PReLU(Module):
     def reset_parameters(self) -> None:
         init.constant_(self.weight, self.init)
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.prelu(x, self.weight)
 
     def extra_repr(self) -> str:
@@ -678,7 +678,7 @@ class Softsign(Module):
         tensor([0.5])
     """
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.softsign(x)
 
 
@@ -690,7 +690,7 @@ class LogSigmoid(Module):
         tensor([0.5])
     """
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.logsigmoid(x)
 
 
@@ -710,7 +710,7 @@ class Unflatten(Module):
         super().__init__()
         self.dim, self.unflattened_size = dim, tuple(unflattened_size)
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return x.unflatten(self.dim, self.unflattened_size)
 
     def extra_repr(self) -> str:
@@ -786,7 +786,7 @@ class _BatchNorm(_NormBase):
             return self.momentum
         return 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         if x.ndim not in self.dims:
             expected = " or ".join(f"{d}D" for d in self.dims)
             raise ShapeError(
@@ -877,7 +877,7 @@ class InstanceNorm2d(_NormBase):
     ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         if x.ndim not in (3, 4):
             raise ShapeError(
                 at_user_line(f"InstanceNorm2d: expected 3D or 4D input, got shape {tuple(x.shape)}")
@@ -936,10 +936,10 @@ class GroupNorm(Module):
         self.eps, self.affine = eps, affine
         self.weight = _empty(num_channels, dtype=dtype) if affine else None
         self.bias = _empty(num_channels, dtype=dtype) if affine else None
-        if affine:
+        if self.weight is not None:
             init.ones_(self.weight)
 
-    def forward(self, x):
+    def forward(self, x) -> Tensor:
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -979,7 +979,7 @@ class NLLLoss(_WeightedLoss):
         super().__init__(weight, reduction)
         self.ignore_index = ignore_index
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
 
 
@@ -995,7 +995,7 @@ class BCELoss(_WeightedLoss):
         0.6931
     """
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.binary_cross_entropy(input, target, self.weight, self.reduction)
 
 
@@ -1016,7 +1016,7 @@ class BCEWithLogitsLoss(_WeightedLoss):
         super().__init__(weight, reduction)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.binary_cross_entropy_with_logits(
             input, target, self.weight, self.reduction, self.pos_weight
         )
@@ -1033,7 +1033,7 @@ class L1Loss(_Loss):
         tensor(2.)
     """
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.l1_loss(input, target, self.reduction)
 
 
@@ -1053,7 +1053,7 @@ class SmoothL1Loss(_Loss):
         super().__init__(reduction)
         self.beta = beta
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.smooth_l1_loss(input, target, self.reduction, self.beta)
 
 
@@ -1073,7 +1073,7 @@ class HuberLoss(_Loss):
         super().__init__(reduction)
         self.delta = delta
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.huber_loss(input, target, self.reduction, self.delta)
 
 
@@ -1096,5 +1096,5 @@ class KLDivLoss(_Loss):
         super().__init__(reduction)
         self.log_target = log_target
 
-    def forward(self, input, target):
+    def forward(self, input, target) -> Tensor:
         return F.kl_div(input, target, self.reduction, self.log_target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
@@ -14,6 +15,15 @@ from tracegrad.nn.parameter import Parameter
 from tracegrad.tensor import Tensor, active_tracer, wrap
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+P = ParamSpec("P")
+R = TypeVar("R", covariant=True)
+
+
+class HasForward(Protocol[P, R]):
+    """A module as ``__call__`` sees it for type checkers: its forward's arguments and result."""
+
+    def forward(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
 
 def _compiled(value) -> bool:
@@ -62,14 +72,20 @@ class Module:
         """
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def __call__(self, *args, **kwargs):
-        tracer = active_tracer()
-        if tracer is not None:
-            tracer.module_called(self)
-        if not scopes.recording():
-            return self._run(args, kwargs)
-        with scopes.entered(self):  # (the tracer records which module made each op)
-            return self._run(args, kwargs)
+    if TYPE_CHECKING:  # calling a module returns what its forward returns (Tensor: a layer's)
+
+        def __call__(self: HasForward[P, R], *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    else:
+
+        def __call__(self, *args, **kwargs):
+            tracer = active_tracer()
+            if tracer is not None:
+                tracer.module_called(self)
+            if not scopes.recording():
+                return self._run(args, kwargs)
+            with scopes.entered(self):  # (the tracer records which module made each op)
+                return self._run(args, kwargs)
 
     def _run(self, args, kwargs):
         if not any(self.__dict__[table] for table in _HOOK_TABLES):
@@ -501,7 +517,7 @@ class _BackwardBoundary:
 
     def __init__(self, module: Module, args: tuple):
         self.module, self.args = module, args
-        self.grad_outputs = None
+        self.grad_outputs: tuple | None = None
         # Every tensor argument, when one needs a gradient (the others get zeros, as in PyTorch)
         tensors = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         needed = any(args[i].requires_grad for i in tensors)
@@ -540,11 +556,11 @@ class _BackwardBoundary:
         return grads
 
     def _after_inputs(self, grads: tuple) -> tuple:
-        grad_input = [None] * len(self.args)
+        grad_input: list[Tensor | None] = [None] * len(self.args)
         for i, g in zip(self.positions, grads, strict=True):
             grad_input[i] = g
-        grad_input = self._run_hooks(tuple(grad_input))
-        return tuple(grad_input[i] for i in self.positions)
+        hooked = self._run_hooks(tuple(grad_input))
+        return tuple(hooked[i] for i in self.positions)
 
     def _run_hooks(self, grad_input: tuple) -> tuple:
         for hook in list(self.module._backward_hooks.values()):

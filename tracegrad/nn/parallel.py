@@ -35,7 +35,7 @@ class _Bucket:
 
     def reset(self) -> None:
         self.ready: set[int] = set()
-        self.work = None
+        self.work: distributed.Work | None = None
 
     def mark_ready(self, param) -> None:
         self.ready.add(id(param))
@@ -59,6 +59,7 @@ class _Bucket:
         """Wait for the average and hand each parameter its share as its ``.grad``."""
         if self.work is None:
             self.start()
+        assert self.work is not None  # (start() began the average)
         self.work.wait()
         for param, start, stop in self._slices():
             if param.grad is not None:

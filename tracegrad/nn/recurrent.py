@@ -192,7 +192,7 @@ def _run_direction(kind: _Kind, projected, state: tuple, weights: dict, reverse:
     """One direction of one layer over the time steps of ``projected`` (L, N, gates*H), the
     input already projected. Returns the outputs h_t stacked in time order and the last state.
     With LSTM's ``weight_hr`` each h_t is projected (``proj_size``) before it is used."""
-    w_hh, b_hh, w_hr = (weights.get(n) for n in ("weight_hh", "bias_hh", "weight_hr"))
+    w_hh, b_hh, w_hr = weights["weight_hh"], weights.get("bias_hh"), weights.get("weight_hr")
     steps = projected.unbind(0)
     outputs = [None] * len(steps)
     for t in reversed(range(len(steps))) if reverse else range(len(steps)):
@@ -283,7 +283,10 @@ class RNNBase(Module):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         rows, h_size = self.kind.gates * self.hidden_size, self.real_hidden_size
         columns = self.input_size if layer == 0 else h_size * self.num_directions
-        shapes = {"weight_ih": (rows, columns), "weight_hh": (rows, h_size)}
+        shapes: dict[str, tuple[int, ...]] = {
+            "weight_ih": (rows, columns),
+            "weight_hh": (rows, h_size),
+        }
         if self.bias:
             shapes.update(bias_ih=(rows,), bias_hh=(rows,))
         if self.proj_size:
@@ -341,7 +344,7 @@ class RNNBase(Module):
                 weights = self._weights(index)
                 state = tuple(part[index] for part in initial)
                 projected = F.linear(x, weights["weight_ih"], weights.get("bias_ih"))
-                out, final = _run_direction(self.kind, projected, state, weights, direction)
+                out, final = _run_direction(self.kind, projected, state, weights, direction == 1)
                 outputs.append(out)
                 finals.append(final)
             x = outputs[0] if len(outputs) == 1 else cat(outputs, dim=2)

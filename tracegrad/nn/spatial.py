@@ -8,6 +8,7 @@ from __future__ import annotations
 from tracegrad.nn import functional as F
 from tracegrad.nn.layers import Conv2d, _DropoutNd, _empty
 from tracegrad.nn.module import Module
+from tracegrad.tensor import Tensor
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -16,7 +17,7 @@ class _ConvNd(Module):
     """What every convolution shares: checked channels and groups, a weight of
     ``weight_shape`` and a bias, and PyTorch's initialization (as Conv2d's)."""
 
-    SHOWN_AFTER_BIAS = ()
+    SHOWN_AFTER_BIAS: tuple[tuple[str, object], ...] = ()
 
     reset_parameters = Conv2d.reset_parameters
 
@@ -88,7 +89,7 @@ class Conv1d(_ConvNd):
     def weight_shape(self):
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
-    def forward(self, input):
+    def forward(self, input) -> Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":  # pad first, as PyTorch does, then convolve unpadded
             input = F.pad(input, padding * 2, self.padding_mode)
@@ -146,7 +147,7 @@ class ConvTranspose2d(_ConvNd):
     def weight_shape(self):
         return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
 
-    def forward(self, input, output_size=None):
+    def forward(self, input, output_size=None) -> Tensor:
         output_padding = self.output_padding
         if output_size is not None:
             output_padding = self._output_padding(input, tuple(output_size)[-2:])
@@ -192,7 +193,7 @@ class AvgPool2d(Module):
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         self.divisor_override = divisor_override
 
-    def forward(self, input):
+    def forward(self, input) -> Tensor:
         return F.avg_pool2d(
             input,
             self.kernel_size,
@@ -212,7 +213,7 @@ class AdaptiveAvgPool2d(Module):
         super().__init__()
         self.output_size = output_size
 
-    def forward(self, input):
+    def forward(self, input) -> Tensor:
         return F.adaptive_avg_pool2d(input, self.output_size)
 
     def extra_repr(self) -> str:
@@ -223,7 +224,7 @@ class Dropout2d(_DropoutNd):
     """Zeroes whole channels in training; the identity in eval mode (arguments as Dropout's:
     ``p``, ``inplace``)."""
 
-    def forward(self, input):
+    def forward(self, input) -> Tensor:
         return F.dropout2d(input, self.p, self.training)
 
 
@@ -243,7 +244,7 @@ class _Pad2d(Module):
             )
         self.value = value
 
-    def forward(self, input):
+    def forward(self, input) -> Tensor:
         return F.pad(input, self.padding, self.mode, self.value)
 
     def extra_repr(self) -> str:
@@ -282,7 +283,7 @@ class Upsample(Module):
         self.scale_factor = float(scale_factor) if isinstance(scale_factor, int) else scale_factor
         self.recompute_scale_factor = recompute_scale_factor
 
-    def forward(self, input):
+    def forward(self, input) -> Tensor:
         return F.interpolate(
             input,
             self.size,
@@ -303,7 +304,7 @@ class PixelShuffle(Module):
         super().__init__()
         self.upscale_factor = upscale_factor
 
-    def forward(self, input):
+    def forward(self, input) -> Tensor:
         return F.pixel_shuffle(input, self.upscale_factor)
 
     def extra_repr(self) -> str:
@@ -323,7 +324,7 @@ class CosineEmbeddingLoss(_EmbeddingLoss):
         super().__init__(size_average, reduce, reduction)
         self.margin = margin
 
-    def forward(self, input1, input2, target):
+    def forward(self, input1, input2, target) -> Tensor:
         return F.cosine_embedding_loss(
             input1, input2, target, self.margin, reduction=self.reduction
         )
@@ -343,7 +344,7 @@ class TripletMarginLoss(_EmbeddingLoss):
         super().__init__(size_average, reduce, reduction)
         self.margin, self.p, self.eps, self.swap = margin, p, eps, swap
 
-    def forward(self, anchor, positive, negative):
+    def forward(self, anchor, positive, negative) -> Tensor:
         return F.triplet_margin_loss(
             anchor,
             positive,

@@ -55,7 +55,7 @@ def _scatter_add_impl(g, *indices, key, shape):
 @kernel
 def index(key, *index_arrays):
     """Turn an index key (the module docstring gives its form) back into a NumPy index."""
-    items = []
+    items: list = []  # slices, ints, None, Ellipsis and index arrays
     for kind, *args in key:
         if kind == "slice":
             items.append(slice(*args))

@@ -93,7 +93,7 @@ def _einsum_grad(c, g):
     """d/dx_i of einsum is einsum of g with the other operands, written to x_i's subscripts;
     letters only x_i has are summed over in the forward, so their cotangent is broadcast."""
     ins, out = parse_equation(c.equation, len(c.inputs))
-    grads = []
+    grads: list = []  # one cotangent (or None) per input
     for i, (subs, x) in enumerate(zip(ins, c.inputs, strict=True)):
         if not c.needs_input_grad[i]:
             grads.append(None)

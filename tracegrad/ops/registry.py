@@ -144,7 +144,7 @@ def register(
     """Declare a primitive; the declaration is the only place the op is described."""
     if name in OPS:
         raise ValueError(f"op {name!r} is declared twice")
-    reads = ()
+    reads: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if isinstance(saves, dict):
         reads = tuple((arg, tuple(saves.get(arg, ()))) for arg in inputs)
         saves = dict.fromkeys(value for _, values in reads for value in values)
@@ -182,6 +182,7 @@ def vjp(op: Op, ctx: VJPContext, g):
     """Apply ``op``'s rule: one cotangent (or None) per input, computing only needed ones."""
     if callable(op.vjp):
         return tuple(op.vjp(ctx, g))
+    assert op.vjp is not None  # (an op without a rule records no node to differentiate)
     return tuple(
         rule(ctx, g) if rule is not None and need else None
         for rule, need in zip(op.vjp, ctx.needs_input_grad, strict=True)

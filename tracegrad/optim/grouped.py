@@ -220,7 +220,7 @@ def _largest_agreeing_set(state: dict, pairs: list) -> list:
 
 def _signature(param: Tensor, state: dict):
     dtype = param.array.dtype
-    entries = []
+    entries: list[tuple] = []
     for key, entry in state.items():
         if not isinstance(entry, Tensor) or entry.array.dtype.kind != "f":
             return None

@@ -322,7 +322,8 @@ class ReduceLROnPlateau(LRScheduler):
     def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 
-    def step(self, metrics) -> None:  # (the metric, a number or a 0-d tensor)
+    # (the metric, a number or a 0-d tensor: PyTorch's signature, unlike the other schedulers')
+    def step(self, metrics) -> None:  # type: ignore[override]
         current = float(metrics)
         self.last_epoch += 1
         if self._is_better(current, self.best):

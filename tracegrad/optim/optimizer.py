@@ -124,7 +124,7 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """PyTorch's layout: state by parameter index, groups with parameter indices."""
-        index = {}
+        index: dict[int, int] = {}  # id of a parameter -> its index
         groups = []
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
@@ -187,6 +187,7 @@ def add_scaled(target: Tensor, other: Tensor, alpha, sign: int = 1) -> Tensor:
 def _grad_for(param: Tensor) -> Tensor:
     """``param.grad`` in the parameter's dtype."""
     grad = param.grad
+    assert grad is not None  # (the update reads only parameters that have a gradient)
     return grad if grad.array.dtype == param.array.dtype else grad.to(param.dtype)
 
 

@@ -93,7 +93,7 @@ def differentiate(
         seeds = [tracer.add_input(t.tensor_type, f"grad_{v.name}") for v, t in diff]
         by_name = {v.name: t for v, t in zip(graph.inputs, inputs, strict=True)}
         targets = [by_name[name] for name in wrt]
-        grads = [None] * len(targets)
+        grads: list[Tensor | None] = [None] * len(targets)
         if diff:
             grads = tape.run_backward(
                 [t for _, t in diff], seeds, retain_graph=True, create_graph=False, capture=targets
@@ -187,7 +187,7 @@ def rematerialize(
         for v in (v for n in plan for v in n.inputs if v in inputs):
             kept.setdefault(v)
     order = {n: i for i, n in enumerate(forward_nodes)}
-    return list(kept), sorted(moved, key=order.get)
+    return list(kept), sorted(moved, key=order.__getitem__)
 
 
 def _cheap(node: Node) -> bool:

@@ -105,7 +105,7 @@ def fused_node(chain: list[Node]) -> Node:
 def _phase(chain: list[Node]) -> tuple[Phase, str | None]:
     """A kernel's phase and the gradients it computes: backward if a member is (a forward
     member read only by a gradient joins it there), else the update if a member is."""
-    gradients = dict.fromkeys(n.grad_of for n in chain if n.phase is Phase.BACKWARD)
+    gradients = dict.fromkeys(n.grad_of or "?" for n in chain if n.phase is Phase.BACKWARD)
     if gradients:
         return Phase.BACKWARD, ", ".join(gradients)
     update = any(n.phase is Phase.UPDATE for n in chain)

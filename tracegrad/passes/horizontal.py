@@ -93,7 +93,7 @@ def horizontal(graph: Graph) -> Graph:
         hoisted = _hoistable(group, index, producers)
         if hoisted is None:
             continue
-        first = min(group, key=index.get)
+        first = min(group, key=index.__getitem__)
         placed[first] = hoisted + _fuse(group, graph)
         dropped.update(group, hoisted)
     nodes = []

@@ -133,7 +133,7 @@ class MemoryPlan:
         elif self.root[out] is not out:
             self.memory[out] = self.memory[self.root[out]]
 
-    def is_whole(self, value, owner) -> bool:
+    def is_whole(self, value: Value, owner: Value) -> bool:
         """Whether ``value`` is ``owner``'s memory, whole: no view, of its type, living there
         (an update written in place over its state input)."""
         return (
@@ -232,7 +232,7 @@ def verify_plan(graph: Graph, plan: MemoryPlan) -> None:
     for index, node in enumerate(graph.nodes):
         out = node.outputs[0] if node.outputs else None
         placement = plan.placement(out)
-        if placement is None:
+        if out is None or placement is None:
             continue
         memory = plan.memory_of(out)
         living = occupants.get(memory, _owner(memory))
@@ -413,8 +413,8 @@ class _Planner:
             self.place_in(node, k)
         elif self.pooled and out.type.shape and pool_key(out) not in self.unpooled:
             # (a 0-d result comes back as a scalar)
-            self.plan.placements[out] = InBuffer(self.take(pool_key(out)))
-            self.owner[out] = self.plan.placements[out].buffer
+            self.owner[out] = self.take(pool_key(out))
+            self.plan.placements[out] = InBuffer(self.owner[out])
 
     def place_in(self, node, k: int) -> None:
         """Write ``node``'s result over its input ``k``, whose memory (and owner) it takes."""
@@ -521,7 +521,7 @@ def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembl
     found = []
     for node in reversed(graph.nodes):
         out = node.outputs[0] if node.outputs else None
-        if node.op not in ASSEMBLERS or node in claimed or not out.type.shape:
+        if out is None or node.op not in ASSEMBLERS or node in claimed or not out.type.shape:
             continue
         if root[out] in protected:
             continue

@@ -38,8 +38,9 @@ the graph as the round began: ``m.readers(v)`` and ``m.only_use(v)`` count live 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class Pat:
 
     def __init__(
         self,
-        ops: str | frozenset[str] | None = None,
+        ops: str | Iterable[str] | None = None,
         *inputs: Pat,
         name: str | None = None,
         attrs: dict | None = None,
@@ -69,7 +70,9 @@ class Pat:
         where: Callable[[Value], bool] | None = None,
         constant=None,
     ):
-        self.ops = frozenset([ops]) if isinstance(ops, str) else ops and frozenset(ops)
+        self.ops = (
+            frozenset([ops]) if isinstance(ops, str) else None if ops is None else frozenset(ops)
+        )
         self.inputs = inputs or None
         self.name, self.attrs, self.commutative = name, attrs or {}, commutative
         self.some, self.rest, self.where = some, rest, where
@@ -99,41 +102,54 @@ class Pat:
         node = m.producer(value)
         if not self._fits(value, node):
             return False
+        inputs = _inputs_of(node)
         if self.some is not None:
-            return any(self.some.may_match(v, m) for v in node.inputs)
+            return any(self.some.may_match(v, m) for v in inputs)
         if self.inputs is None:
             return True
-        if not self._arity_fits(node):
+        if not self._arity_fits(self.inputs, inputs):
             return False
-        values = node.inputs[: len(self.inputs)]
+        values = inputs[: len(self.inputs)]
         if _all_may_match(self.inputs, values, m):
             return True
         return self.commutative and _all_may_match(self.inputs, values[::-1], m)
 
     def _match_inputs(self, node: Node | None, m: Match) -> Iterator[None]:
+        inputs = _inputs_of(node)
         if self.some is not None:
-            for position, value in enumerate(node.inputs):
+            for position, value in enumerate(inputs):
                 m.position = position
                 yield from self.some.match(value, m)
             return
         if self.inputs is None:
             yield
             return
-        if not self._arity_fits(node):
+        if not self._arity_fits(self.inputs, inputs):
             return
         count = len(self.inputs)
-        rest = (tuple(node.inputs[count:]), None)
-        yield from _bound(m, self.rest, rest, lambda: self._in_orders(node.inputs[:count], m))
+        rest = (tuple(inputs[count:]), None)
+        yield from _bound(m, self.rest, rest, lambda: self._in_orders(inputs[:count], m))
 
-    def _arity_fits(self, node: Node) -> bool:
+    def _arity_fits(self, patterns: tuple[Pat, ...], inputs: list[Value]) -> bool:
         """As many inputs as patterns for them, or more with ``rest`` to take the others."""
-        count = len(self.inputs)
-        return len(node.inputs) == count or (self.rest is not None and len(node.inputs) > count)
+        count = len(patterns)
+        return len(inputs) == count or (self.rest is not None and len(inputs) > count)
 
     def _in_orders(self, values, m: Match) -> Iterator[None]:
         yield from _match_all(self.inputs, values, m)
         if self.commutative:
             yield from _match_all(self.inputs, values[::-1], m)
+
+
+def _inputs_of(node: Node | None) -> list[Value]:
+    """The inputs of a value's producer (a graph input has no producer, so none)."""
+    return [] if node is None else node.inputs
+
+
+def _union(op_sets: list[frozenset[str] | None]) -> frozenset[str] | None:
+    """The ops of any of the sets (None, any op, when one of them is None)."""
+    known = [ops for ops in op_sets if ops is not None]
+    return frozenset().union(*known) if len(known) == len(op_sets) else None
 
 
 def _all_may_match(patterns: tuple[Pat, ...], values: list[Value], m: Match) -> bool:
@@ -160,7 +176,7 @@ class AnyOf(Pat):
     """Matches what any of its alternatives matches, trying them in order."""
 
     def __init__(self, *alternatives: Pat):
-        super().__init__(frozenset().union(*(p.ops for p in alternatives)))
+        super().__init__(_union([p.ops for p in alternatives]))
         self.alternatives = alternatives
 
     def match(self, value: Value, m: Match) -> Iterator[None]:
@@ -339,7 +355,14 @@ class Match:
         return self.captures[name][0]
 
     def node(self, name: str) -> Node:
-        return self.captures[name][1]
+        node = self.captures[name][1]
+        if node is None:
+            raise ValueError(f"rule capture {name!r} is a graph input: it has no node")
+        return node
+
+    def values(self, name: str) -> tuple[Value, ...]:
+        """The values a ``rest=name`` capture took (the inputs past the patterned ones)."""
+        return cast(tuple[Value, ...], self.captures[name][0])  # (what ``rest`` captures)
 
     def const(self, name: str) -> np.ndarray:
         return self.node(name).attrs["value"]
@@ -435,6 +458,8 @@ def by_op(rules: list[Rule]) -> dict[str, list[Rule]]:
     """The rules to try at a node of each op, in the order of ``rules``."""
     index: dict[str, list[Rule]] = {}
     for rule in rules:
+        if rule.pattern.ops is None:
+            raise ValueError(f"rule {rule.name}: its pattern names no ops (rules are found by op)")
         for op in sorted(rule.pattern.ops):
             index.setdefault(op, []).append(rule)
     return index
@@ -497,8 +522,7 @@ def _first_firing(rules: list[Rule], m: Match) -> tuple[Rule, Value] | None:
 def _needs(pattern: Pat) -> frozenset[str] | None:
     """The ops one input of a node matching ``pattern`` must be made by (see Rule.needs)."""
     if isinstance(pattern, AnyOf):
-        needs = [_needs(p) for p in pattern.alternatives]
-        return None if None in needs else frozenset().union(*needs)
+        return _union([_needs(p) for p in pattern.alternatives])
     if pattern.some is not None:
         return pattern.some.ops
     constrained = [p.ops for p in pattern.inputs or () if p.ops is not None]

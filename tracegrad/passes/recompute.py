@@ -61,7 +61,7 @@ def recompute(graph: Graph, names) -> Graph:
 
     def make(value) -> Value:
         node = producers.get(value)
-        if value in copies or value.name not in chosen or not recomputable(node):
+        if value in copies or value.name not in chosen or node is None or not recomputable(node):
             return copies.get(value, value)
         inputs = [make(v) for v in node.inputs]
         outputs = [Value(_fresh(f"{v.name}_r", taken), v.type) for v in node.outputs]

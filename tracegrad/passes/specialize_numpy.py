@@ -48,8 +48,10 @@ def _strided_view(m: Match, value: Value) -> bool:
     """Whether ``value`` is a view other than a reshape (a transpose, a slice, a broadcast),
     which a reshape may have to copy. Constants and fused results are arrays of their own."""
     producer = m.producer(value)
-    op = OPS.get(producer.op) if producer is not None else None
-    return op is not None and VIEW in op.props and producer.op != "reshape"
+    if producer is None or producer.op == "reshape":
+        return False
+    op = OPS.get(producer.op)
+    return op is not None and VIEW in op.props
 
 
 def _runs_transposed(m: Match, rows: int, columns: int, matrix: Value) -> bool:
@@ -310,7 +312,7 @@ def _short_rows_of_a_product(m: Match) -> bool:
     n, dim = x.type.ndim, m.root.attrs["dim"] % max(x.type.ndim, 1)
     if n < 3 or dim != n - 1 or x.type.shape[-1] > SHORT_ROWS:
         return False
-    if not m.only_use(x) or any(v.type.ndim < 2 for v in m["masks"]):
+    if not m.only_use(x) or any(v.type.ndim < 2 for v in m.values("masks")):
         return False
     return a.type.ndim == n and b.type.ndim == n
 
@@ -322,7 +324,7 @@ def _keys_major(m: Match) -> Value:
     which the next product (probabilities @ values) takes as it is."""
     n = m["p"].type.ndim
     transposed = m.emit("matmul", [_swap_last(m, m["b"]), _swap_last(m, m["a"])])
-    masks = [_swap_last(m, mask) for mask in m["masks"]]
+    masks = [_swap_last(m, mask) for mask in m.values("masks")]
     down = m.emit(m.root.op, [transposed, *masks], dim=n - 2)
     return _swap_last(m, down)
 

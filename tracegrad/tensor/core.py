@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -79,8 +80,10 @@ def wrap(array, grad_fn=None, requires_grad=False) -> Tensor:
     return t
 
 
-if TYPE_CHECKING:  # the methods ``tensor.methods`` installs, as type checkers see them
-    from tracegrad.tensor.methods import TensorMethods as _InstalledMethods
+if TYPE_CHECKING:  # the methods ``tensor.methods`` and ``tensor.numeric`` install, as type
+    # checkers see them (NumericMethods derives from TensorMethods, which derives from the
+    # one-op declarations of ``tensor.signatures``)
+    from tracegrad.tensor.numeric import NumericMethods as _InstalledMethods
 else:
     _InstalledMethods = object
 
@@ -103,6 +106,9 @@ class Tensor(_InstalledMethods):
 
     __array_priority__ = 1000  # NumPy defers binary operators to us
 
+    if TYPE_CHECKING:  # installed by ``tensor.dispatch``: how the ops reach the dispatcher
+        apply_op: Callable[..., Tensor]
+
     def __init__(self, *args, requires_grad=False):
         """PyTorch's legacy constructor: ``Tensor(2, 3)`` (or a Size) is an uninitialized
         default-float tensor of that shape (zeros here), ``Tensor([1, 2])`` a copy of the
@@ -112,11 +118,11 @@ class Tensor(_InstalledMethods):
 
     def _init_autograd(self, requires_grad) -> None:
         self._serial = next_serial()  # creation order: tracing lifts tensors older than itself
-        self._grad = None
-        self.grad_fn = None
+        self._grad: Tensor | None = None
+        self.grad_fn: tape.Node | None = None
         self._out_index = 0
         self.version_counter = [0]  # shared with views of the same memory
-        self._base = None
+        self._base: Tensor | None = None
         self._requires_grad = False
         if requires_grad:  # the checks of the setter; a new tensor not requiring grad needs none
             self.requires_grad = True

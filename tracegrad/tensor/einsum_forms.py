@@ -34,10 +34,10 @@ def plain_einsum(args) -> tuple[str, list]:
         out = spread + "".join(
             sorted(ch for ch in set(letters) - set(spread) if letters.count(ch) == 1)
         )
-    ins, operands = zip(
+    plain_ins, plain_operands = zip(
         *(_diagonals(subs, x) for subs, x in zip(ins, operands, strict=True)), strict=True
     )
-    return ",".join(ins) + "->" + out, list(operands)
+    return ",".join(plain_ins) + "->" + out, list(plain_operands)
 
 
 def _equation_form(args) -> tuple[str, list]:

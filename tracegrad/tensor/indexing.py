@@ -19,7 +19,8 @@ from tracegrad.tensor.core import Size, Tensor, tensor, wrap
 def index_key(item, ndim: int) -> tuple[tuple, list[Tensor]]:
     """Encode a Python index as the registry's key plus its index tensors."""
     items = item if isinstance(item, tuple) else (item,)
-    key, tensors = [], []
+    key: list[tuple] = []
+    tensors: list[Tensor] = []
     for it in items:
         if isinstance(it, (list, range, np.ndarray)):
             it = _index_tensor(it)

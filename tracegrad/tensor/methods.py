@@ -12,6 +12,9 @@ the dispatcher writes the op's result into this tensor (see ``tracegrad.tensor.d
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Iterator
+
 import numpy as np
 
 from tracegrad import devices, dtypes, tape
@@ -33,13 +36,15 @@ from tracegrad.tensor.dispatch import apply, call
 from tracegrad.tensor.einsum_forms import plain_einsum
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
+from tracegrad.tensor.signatures import OneOpMethods, Operand, TensorSelf
 from tracegrad.tensor.tracing import active_tracer
 
 
-class TensorMethods:
-    """The methods written out (installed on Tensor)."""
+class TensorMethods(OneOpMethods):
+    """The methods written out (installed on Tensor). The base declares the one-op methods for
+    type checkers; ``install()`` copies only this class's own members."""
 
-    def to(self, *args, **kwargs) -> Tensor:
+    def to(self: TensorSelf, *args, **kwargs) -> Tensor:
         """``to(dtype)``, ``to("cpu")``, ``to(device, dtype)``: the CPU is the only device."""
         dtype = dtypes.requested(*devices.without_devices(args, kwargs))
         return self if dtype is None else to_dtype(self, dtype)
@@ -92,7 +97,7 @@ class TensorMethods:
         """
         return self.to(other.dtype)
 
-    def cpu(self) -> Tensor:
+    def cpu(self: TensorSelf) -> Tensor:
         """This tensor (the CPU is the only device)."""
         return self
 
@@ -104,12 +109,12 @@ class TensorMethods:
         """
         raise devices.unavailable("cuda" if device is None else device)
 
-    def is_contiguous(self) -> bool:
+    def is_contiguous(self: TensorSelf) -> builtins.bool:
         """Whether the values lie in row-major memory without gaps (while tracing: True, the
         layout being the compiler's to choose)."""
         return is_symbolic(self) or bool(self.array.flags.c_contiguous)
 
-    def contiguous(self) -> Tensor:
+    def contiguous(self: TensorSelf) -> Tensor:
         """A tensor with the same values in row-major memory: itself when it is already, else
         a copy (gradients flow back). While tracing, memory layout is the compiler's to choose.
 
@@ -134,7 +139,7 @@ class TensorMethods:
         """
         return call("clone", self)
 
-    def new_full(self, size, fill_value) -> Tensor:
+    def new_full(self: TensorSelf, size, fill_value) -> Tensor:
         """A constant of this tensor's dtype (a constant in traced code too)."""
         return wrap(np.full(shape_args((size,)), fill_value, self.dtype.np))
 
@@ -142,22 +147,22 @@ class TensorMethods:
         """Uninitialized in PyTorch; zeros here (any contents are allowed)."""
         return self.new_full(shape_args(size), 0)
 
-    def new_tensor(self, data, dtype=None) -> Tensor:
+    def new_tensor(self: TensorSelf, data, dtype=None) -> Tensor:
         """A copy of ``data`` (a tensor's values too) as a constant, of this tensor's dtype."""
         values = data.detach().numpy() if isinstance(data, Tensor) else data
         dtype = dtypes.to_dtype(dtype) if dtype is not None else self.dtype
         return wrap(np.array(values, dtype=dtype.np))
 
-    def nelement(self) -> int:
+    def nelement(self: TensorSelf) -> int:
         """The number of elements (``numel``)."""
         return self.numel()
 
-    def element_size(self) -> int:
+    def element_size(self: TensorSelf) -> int:
         """Bytes per element."""
         return np.dtype(self.dtype.np).itemsize
 
     @property
-    def is_xpu(self) -> bool:
+    def is_xpu(self) -> builtins.bool:
         """Always False: tracegrad runs on the CPU only."""
         return False
 
@@ -188,7 +193,7 @@ class TensorMethods:
 
     # --- arithmetic (the one-op operators are in ONE_OP_METHODS) ---------------------------------
 
-    def __pow__(self, exponent):
+    def __pow__(self: TensorSelf, exponent: Operand) -> Tensor:
         if isinstance(exponent, Number) and not isinstance(exponent, bool):
             base = (
                 self if self.dtype.is_floating_point or isinstance(exponent, int) else self.float()
@@ -198,10 +203,10 @@ class TensorMethods:
             return call("pow_scalar", base, exponent=float(exponent))
         return binary("pow", self, exponent)
 
-    def __matmul__(self, other):
+    def __matmul__(self: TensorSelf, other: Tensor | np.ndarray) -> Tensor:
         return call("matmul", *promote_operands(self, other))
 
-    def __rmatmul__(self, other):
+    def __rmatmul__(self: TensorSelf, other: Tensor | np.ndarray) -> Tensor:
         return call("matmul", *promote_operands(other, self))
 
     def _checked_matmul(self, name, other, ndim):
@@ -248,10 +253,10 @@ class TensorMethods:
         """
         return self._checked_matmul("bmm", mat2, 3)
 
-    def __pos__(self):
+    def __pos__(self: TensorSelf) -> Tensor:
         return self
 
-    def __abs__(self):
+    def __abs__(self: TensorSelf) -> Tensor:
         return self.abs()
 
     def _logical(self, name, other):
@@ -259,20 +264,20 @@ class TensorMethods:
             raise DTypeError(at_user_line(f"{name} needs bool tensors, got {self.dtype}"))
         return call(name, self, as_tensor(other))
 
-    def __and__(self, other):
+    def __and__(self: TensorSelf, other: Operand) -> Tensor:
         return self._logical("logical_and", other)
 
     __rand__ = __and__
 
-    def __or__(self, other):
+    def __or__(self: TensorSelf, other: Operand) -> Tensor:
         return self._logical("logical_or", other)
 
     __ror__ = __or__
 
-    def __xor__(self, other):
+    def __xor__(self: TensorSelf, other: Operand) -> Tensor:
         return self._logical("logical_xor", other)
 
-    def __invert__(self):
+    def __invert__(self: TensorSelf) -> Tensor:
         if self.dtype is not dtypes.bool_:
             raise DTypeError(at_user_line(f"~ is defined for bool tensors, got {self.dtype}"))
         return call("logical_not", self)
@@ -707,7 +712,7 @@ class TensorMethods:
         return self.transpose(0, 1) if self.ndim == 2 else self
 
     @property
-    def T(self):  # noqa: N802  (PyTorch's name)
+    def T(self: TensorSelf) -> Tensor:  # noqa: N802  (PyTorch's name)
         """The dimensions reversed (for a matrix, its transpose).
 
         Examples:
@@ -717,7 +722,7 @@ class TensorMethods:
         return call("permute", self, dims=tuple(reversed(range(self.ndim))))
 
     @property
-    def mT(self):  # noqa: N802
+    def mT(self: TensorSelf) -> Tensor:  # noqa: N802
         """The last two dimensions swapped (a batch of transposed matrices).
 
         Examples:
@@ -1025,11 +1030,11 @@ class TensorMethods:
         values = source.to(self.dtype).reshape(-1)[: positions.size]
         return call("view_update", self, values, wrap(positions.astype(np.int64)))
 
-    def __getitem__(self, item):
+    def __getitem__(self: TensorSelf, item: object) -> Tensor:
         key, index_tensors = index_key(item, self.ndim)
         return call("getitem", self, *index_tensors, key=key)
 
-    def __iter__(self):
+    def __iter__(self: TensorSelf) -> Iterator[Tensor]:
         if self.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
         return (self[i] for i in range(self.shape[0]))
@@ -1192,19 +1197,19 @@ class TensorMethods:
             return apply(OPS["clone"], (src,), {}, out=self, method="copy_")
         return _write_value(self, src, "copy_")
 
-    def __iadd__(self, other):
+    def __iadd__(self, other: Operand) -> Tensor:
         return self.add_(other)
 
-    def __isub__(self, other):
+    def __isub__(self, other: Operand) -> Tensor:
         return self.sub_(other)
 
-    def __imul__(self, other):
+    def __imul__(self, other: Operand) -> Tensor:
         return self.mul_(other)
 
-    def __itruediv__(self, other):
+    def __itruediv__(self, other: Operand) -> Tensor:
         return self.div_(other)
 
-    def __setitem__(self, item, value):
+    def __setitem__(self: TensorSelf, item: object, value: Operand) -> None:
         if tape.is_grad_enabled() and (
             self.requires_grad or getattr(value, "requires_grad", False)
         ):
@@ -1321,7 +1326,8 @@ def _along_dim_index(name: str, x: Tensor, dim: int, index: Tensor) -> tuple[tup
                 f"{tuple(x.shape)} along dim {dim} (same number of dims, no larger elsewhere)"
             )
         )
-    key, tensors = [], []
+    key: list[tuple] = []
+    tensors: list[Tensor] = []
     for d, n in enumerate(index.shape):
         if d == dim:
             key.append(("rows", d, x.shape[d]))

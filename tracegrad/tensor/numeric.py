@@ -16,12 +16,13 @@ from tracegrad.errors import ShapeError, at_user_line
 from tracegrad.ops.rules import normalize_dim
 from tracegrad.tensor.core import Tensor, as_tensor, wrap
 from tracegrad.tensor.dispatch import call
-from tracegrad.tensor.methods import einsum, where
+from tracegrad.tensor.methods import TensorMethods, einsum, where
 from tracegrad.tensor.promotion import binary, promote_operands
 
 
-class NumericMethods:
-    """The methods (installed on Tensor)."""
+class NumericMethods(TensorMethods):
+    """The methods (installed on Tensor). The base is for type checkers, which see Tensor
+    derive from this class; ``install()`` copies only this class's own members."""
 
     def reciprocal(self):
         """``1 / self``, elementwise."""

@@ -83,7 +83,7 @@ class Tracer:
         self.inputs: list[Value] = []
         self.nodes: list[Node] = []
         self.lifted: dict[int, tuple[Tensor, Value]] = {}
-        self.constants: dict[int, tuple[Tensor, Value]] = {}
+        self.constants: dict[int, tuple[Tensor, Value, int]] = {}  # id -> (t, value, version)
         self.mutated: dict[int, tuple[Tensor, np.ndarray]] = {}
         self.aliases: dict[int, Alias] = {}  # id(view) -> what it views
         self.writes: dict[int, int] = {}  # id(root) -> how often it was written
@@ -242,7 +242,7 @@ class Tracer:
             out = self._emit("stop_gradient", [out], out_type, {})
         return wrap(Symbol(out))
 
-    def record_custom(self, cls, ctx, args, kwargs) -> tuple[Tensor, ...]:
+    def record_custom(self, cls, ctx, args, kwargs) -> Tensor | tuple[Tensor, ...]:
         """A custom Function kept whole: its forward is traced only to learn output types."""
         if kwargs:
             raise TraceError(
@@ -278,7 +278,7 @@ class Tracer:
             not tape.is_grad_enabled()
             or (alias is not None and any(step[0] == "stop_gradient" for step in alias.chain))
         )
-        if positions is None:  # (not a view after all: the write stays in it)
+        if alias is None or positions is None:  # (not a view after all: the write stays in it)
             self.aliases.pop(id(target), None)
             self._write(target, value, detached)
             return
@@ -355,9 +355,13 @@ class Tracer:
         outer = self.aliases.get(id(source))
         # NumPy reshapes a view (a transpose, a broadcast) by copying when it must; a root's
         # memory is taken to be row-major, as fresh results are
-        reshaped_view = op.name == "reshape" and outer is not None and is_symbolic(out)
+        reshaped = op.name == "reshape" and is_symbolic(out)
         chain = () if outer is None else (*outer.chain, step)
-        if reshaped_view and self._positions(outer.root, chain, for_write=False) is None:
+        if (
+            outer is not None
+            and reshaped
+            and self._positions(outer.root, chain, for_write=False) is None
+        ):
             return
         self._alias(source, out, (step,))
 

@@ -33,7 +33,8 @@ class Hyperparameter(Tensor):
     def __init__(self, optimizer, group: int, key: str, index: int | None = None):
         self._init_autograd(False)
         self.optimizer, self.group, self.key, self.index = optimizer, group, key, index
-        self._value = self._array = None
+        self._value: object = None  # the number _array was made from (None: not read yet)
+        self._array = np.empty(0)
 
     @property
     def array(self) -> np.ndarray:

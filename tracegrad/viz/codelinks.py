@@ -27,7 +27,7 @@ class CodeLine:
 
 @dataclass
 class _ViewNames:
-    params: list[str]
+    params: list[str | None]  # (an input box always has its variable)
     defined: dict[str, str]  # code variable -> box id, for nodes (not inputs)
 
 

@@ -115,9 +115,9 @@ def _size(box: Box, inner: _Frame | None) -> tuple[float, float]:
         chars = len(_label(box)) + len(badges) + 2
         width = max(inner.layout.width, chars * CHAR_WIDTH + TEXT_PAD)
         return width + 2 * GROUP_PAD, inner.layout.height + GROUP_HEADER + GROUP_PAD
-    chars = max(len(_label(box)), len(box.type), len(badges) * 0.85)  # badges: smaller font
+    columns = max(len(_label(box)), len(box.type), len(badges) * 0.85)  # badges: smaller font
     height = BOX_HEIGHT + BADGE_HEIGHT * bool(badges)
-    return max(MIN_WIDTH, chars * CHAR_WIDTH + 2 * TEXT_PAD), height
+    return max(MIN_WIDTH, columns * CHAR_WIDTH + 2 * TEXT_PAD), height
 
 
 def _label(box: Box) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 import jinja2
 import markupsafe
@@ -160,7 +161,7 @@ def _node_table(shown: list[list[tuple[Pane, Drawing]]], lines: dict[str, int]) 
     """What the page's script needs per box: detail rows, its code line, its view, the pane
     it is drawn in with modules collapsed, and the module calls that made it (``scope``:
     [path, class] pairs, outermost first)."""
-    table = {}
+    table: dict[str, dict] = {}
     for index, view in enumerate(shown):
         # The expanded pane last: a box's pane is one that shows it with modules collapsed.
         for pane, d in sorted(view, key=lambda item: item[0].key == "expanded"):
@@ -175,7 +176,13 @@ def _node_table(shown: list[list[tuple[Pane, Drawing]]], lines: dict[str, int]) 
     return table
 
 
-_WRITERS = {".dot": to_dot, ".gv": to_dot, ".svg": to_svg, ".html": to_html, ".htm": to_html}
+_WRITERS: dict[str, Callable[..., str]] = {
+    ".dot": to_dot,
+    ".gv": to_dot,
+    ".svg": to_svg,
+    ".html": to_html,
+    ".htm": to_html,
+}
 SUFFIXES = tuple(_WRITERS)  # the file suffixes ``render`` knows
 
 

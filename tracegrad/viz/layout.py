@@ -93,7 +93,7 @@ def assign_layers(dag: nx.DiGraph) -> dict:
 
 
 def _expand(dag: nx.DiGraph, layer: dict) -> _Rows:
-    rows = [[] for _ in range(max(layer.values()) + 1)]
+    rows: list[list] = [[] for _ in range(max(layer.values()) + 1)]
     grid = _Rows(rows, dict(layer), {n: [] for n in dag}, {n: [] for n in dag}, {})
     for n in dag:
         rows[layer[n]].append(n)
@@ -180,7 +180,7 @@ def _align(rows: list[list], upper: dict) -> dict:
 
 def _inner_conflicts(rows: list[list], upper: dict, pos: dict) -> set:
     """Edges crossing an inner segment (dummy to dummy): they give way to long edges."""
-    blocked = set()
+    blocked: set[tuple] = set()
     for above, row in pairwise(rows):
         k0, start = 0, 0
         for index, v in enumerate(row):

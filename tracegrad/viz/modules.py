@@ -80,7 +80,7 @@ def group(scene: Scene) -> Scene:
 def _place_inputs(inputs, root, made, edges, inside, order) -> None:
     """Each input in the module box it belongs to (see ``group``), else at the top."""
     first = {m.name: m for m in reversed(made)}
-    ends = {}  # id of a module box -> the last position of a leaf in it
+    ends: dict[int, int] = {}  # id of a module box -> the last position of a leaf in it
     for leaf, boxes in inside.items():
         for box in boxes:
             ends[id(box)] = max(ends.get(id(box), -1), order[leaf])

@@ -209,8 +209,9 @@ def build_scene(
             _mark_memory(box, plan, node.outputs[0])
         box.output = any(v in outputs for v in node.outputs)
         boxes.append(box)
-    for box in boxes if roles else ():
-        _mark_role(box, roles)
+    if roles:
+        for box in boxes:
+            _mark_role(box, roles)
     return Scene(title, prefix, boxes, edges.items())
 
 
@@ -432,7 +433,7 @@ def _group_box(prefix: str, k: int, members: list[Box]) -> Box:
     details = [("group of", f"{len(leaves)} boxes"), ("ops", ops), ("source", where)]
     if phase:
         details.append(("origin", phase))
-    kind = "input" if inputs else kind_of(max(counts, key=counts.get))
+    kind = "input" if inputs else kind_of(max(counts, key=counts.__getitem__))
     return Box(f"{prefix}group{k}", f"group{k}", GROUP, kind, label, "", details)
 
 
