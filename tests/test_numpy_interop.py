@@ -218,6 +218,19 @@ FUNCTION_ROWS = [
     ("pad_edge", lambda a: np.pad(a, 2, mode="edge"), [(2, 3)], "real"),
     ("pad_reflect", lambda a: np.pad(a, (1, 2), mode="reflect"), [(3, 4)], "real"),
     ("pad_wrap", lambda a: np.pad(a, ((0, 0), (2, 1)), mode="wrap"), [(2, 3)], "real"),
+    (
+        "pad_constants_per_side",
+        lambda a: np.pad(a, ((1, 2), (2, 1)), constant_values=((1.5, -2), (3, 4))),
+        [(2, 3)],
+        "real",
+    ),
+    (
+        "pad_constants_per_axis",
+        lambda a: np.pad(a, 1, constant_values=[[7.0, 8.0], [0.0, 0.5], [-1.0, 2.0]]),
+        [(2, 1, 3)],
+        "real",
+    ),
+    ("pad_constant_pair", lambda a: np.pad(a, (2, 1), constant_values=(5, 6)), [(3,)], "real"),
     ("tile", lambda a: np.tile(a, (2, 1, 2)), [(2, 3)], "real"),
     ("repeat", lambda a: np.repeat(a, 2), [(2, 3)], "real"),
     ("repeat_axis", lambda a: np.repeat(a, [1, 0, 3], axis=1), [(2, 3)], "real"),
@@ -260,6 +273,15 @@ FUNCTION_ROWS = [
     ("norm_matrix_1", lambda a: np.linalg.norm(a, 1), [(3, 4)], "spaced"),
     ("norm_matrix_inf", lambda a: np.linalg.norm(a, -np.inf, axis=(2, 0)), [(3, 2, 4)], "spaced"),
     ("norm_fro", lambda a: np.linalg.norm(a, "fro", axis=(0, 1), keepdims=True), [(2, 3)], "real"),
+    ("norm_spectral", lambda a: np.linalg.norm(a, 2), [(3, 4)], "real"),
+    ("norm_smallest_singular", lambda a: np.linalg.norm(a, -2, axis=(2, 0)), [(3, 2, 4)], "real"),
+    ("norm_nuclear", lambda a: np.linalg.norm(a, "nuc", keepdims=True), [(4, 3)], "real"),
+    (
+        "norm_nuclear_axes",
+        lambda a: np.linalg.norm(a, "nuc", axis=(0, 2), keepdims=True),
+        [(2, 3, 4)],
+        "real",
+    ),
     (
         "select",
         lambda a, b: np.select([a > 0.5, b < 0], [a, b * 2], 3.0),
@@ -335,7 +357,6 @@ def test_tensor_ravel_astype_and_mod():
     [
         (lambda t: np.split(t, 4), "does not divide into 4"),
         (lambda t: np.pad(t, 1, mode="median"), "mode 'median'"),
-        (lambda t: np.linalg.norm(t, "nuc"), "ord='nuc'"),
         (lambda t: np.sort(t, order="x"), "'order'"),
         (lambda t: np.einsum("ij,jk", t, t[0]), "subscripts"),
     ],

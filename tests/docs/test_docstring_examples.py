@@ -43,6 +43,7 @@ MODULES = [
     "tracegrad.tape",
     "tracegrad.tensor.core",
     "tracegrad.tensor.methods",
+    "tracegrad.tensor.norms",
 ]
 GLOBALS = {"tg": tg, "np": np, "nn": nn, "F": F, "optim": optim}
 

@@ -32,6 +32,7 @@ from tracegrad.tensor.core import (
 from tracegrad.tensor.dispatch import apply, call
 from tracegrad.tensor.einsum_forms import plain_einsum
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
+from tracegrad.tensor.norms import matrix_norm, vector_norm
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
 from tracegrad.tensor.tracing import active_tracer
 
@@ -476,20 +477,12 @@ class TensorMethods:
         return std_of_var(self.var(dim, unbiased, keepdim, correction=correction))
 
     def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
-        """The vector p-norm over ``dim`` (all dims if None); "fro" is p=2."""
-        x = self.to(dtype) if dtype is not None else self
-        dims = normalize_dims("norm", dim, x.ndim)
-        if p in ("fro", 2):
-            return std_of_var((x * x).sum(dims, keepdim))
-        if p == float("inf"):
-            return x.abs().amax(dims, keepdim)
-        if p == -float("inf"):
-            return x.abs().amin(dims, keepdim)
-        if p == 0:
-            return (x != 0).to(x.dtype).sum(dims, keepdim)
-        if p == 1:
-            return x.abs().sum(dims, keepdim)
-        return (x.abs() ** p).sum(dims, keepdim) ** (1.0 / p)
+        """The vector p-norm over ``dim`` (all dims if None); "fro" is p=2, and "nuc" the
+        nuclear norm (the sum of the singular values) of a 2-d tensor or over two dims."""
+        if p == "nuc":
+            dims = tuple(range(self.ndim)) if dim is None else dim
+            return matrix_norm(self, "nuc", dims, keepdim, dtype=dtype)
+        return vector_norm(self, 2 if p == "fro" else p, dim, keepdim, dtype=dtype)
 
     def _extreme(self, name, arg_name, dim, keepdim):
         if isinstance(dim, Tensor):
