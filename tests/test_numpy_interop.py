@@ -390,3 +390,51 @@ def test_numpy_functions_compiled_match_eager_with_backward():
         results.append((out.item(), module.w.grad.numpy()))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10)
+
+
+class _PerSidePad(tg.nn.Module):
+    """np.pad with a constant per side of each axis, and the matrix norms made of SVDs."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tg.nn.Parameter(tg.tensor(np.random.default_rng(8).standard_normal((3, 4))))
+
+    def forward(self, x):
+        padded = np.pad(x @ self.w, ((1, 2), (2, 0)), constant_values=((1.5, -2.0), (3.0, 0.5)))
+        return np.linalg.norm(padded, "nuc") + np.linalg.norm(padded * padded, 2)
+
+
+def test_per_side_pad_and_svd_norms_compiled_match_eager():
+    tg.manual_seed(2)
+    models = [_PerSidePad(), _PerSidePad()]
+    x = tg.tensor(np.random.default_rng(9).standard_normal((2, 3)))
+    padded = np.pad(x.numpy(), ((1, 2), (2, 0)), constant_values=((1.5, -2.0), (3.0, 0.5)))
+    assert np.pad(x, ((1, 2), (2, 0)), constant_values=((1.5, -2.0), (3.0, 0.5))).tolist() == (
+        padded.tolist()
+    )
+    eager, compiled = models[0](x), tg.compile(models[1])(x)
+    np.testing.assert_allclose(compiled.item(), eager.item(), rtol=1e-12)
+    eager.backward()
+    compiled.backward()
+    np.testing.assert_allclose(models[1].w.grad.numpy(), models[0].w.grad.numpy(), rtol=1e-10)
+
+    def train_step(model, opt):
+        opt.zero_grad()
+        loss = model(x)
+        loss.backward()
+        opt.step()
+        return loss
+
+    opts = [tg.optim.Adam(m.parameters(), lr=0.01) for m in models]
+    compiled_step = tg.compile(train_step)
+    for _ in range(3):
+        want, got = train_step(models[0], opts[0]), compiled_step(models[1], opts[1])
+        np.testing.assert_allclose(got.item(), want.item(), rtol=1e-10)
+    np.testing.assert_allclose(
+        models[1].w.detach().numpy(), models[0].w.detach().numpy(), rtol=1e-10
+    )
+
+
+def test_pad_constants_that_do_not_fit_the_axes_raise():
+    with pytest.raises(tg.ShapeError, match=r"constant_values=.*does not fit 2 axes"):
+        np.pad(tg.ones(2, 3), 1, constant_values=((1, 2, 3),))
