@@ -44,6 +44,7 @@ MODULES = [
     "tracegrad.tensor.core",
     "tracegrad.tensor.methods",
     "tracegrad.tensor.norms",
+    "tracegrad.tensor.sampling",
 ]
 GLOBALS = {"tg": tg, "np": np, "nn": nn, "F": F, "optim": optim}
 

@@ -34,6 +34,7 @@ from tracegrad.tensor.einsum_forms import plain_einsum
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
 from tracegrad.tensor.norms import matrix_norm, vector_norm
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
+from tracegrad.tensor.sampling import multinomial
 from tracegrad.tensor.tracing import active_tracer
 
 
@@ -937,7 +938,9 @@ class TensorMethods:
         return SortResult(self.gather(dim, indices) if self.ndim else self * 1, indices)
 
     def topk(self, k, dim=-1, largest=True, sorted=True):
-        """The ``k`` largest (smallest) along ``dim``, sorted; ties go to the first."""
+        """The ``k`` largest (smallest) along ``dim``; ties go to the first. Sorted, or with
+        ``sorted=False`` the same ``k`` elements in the order they stand in the input
+        (PyTorch leaves that order unspecified)."""
         dim = normalize_dim("topk", dim, self.ndim)
         size = self.shape[dim] if self.ndim else 1
         if not 0 <= k <= size:
@@ -946,7 +949,14 @@ class TensorMethods:
             )
         indices = self.argsort(dim, descending=largest)
         indices = indices.narrow(dim, 0, k) if self.ndim else indices
+        if not sorted and self.ndim:
+            indices = indices.sort(dim).values  # (positions: ascending is the input's order)
         return SortResult(self.gather(dim, indices) if self.ndim else self * 1, indices)
+
+    def multinomial(self, num_samples, replacement=False, *, generator=None):
+        """``num_samples`` category indices drawn from the weights along the last dim (a row
+        each for a 2-d tensor), from tracegrad's generator: ``tg.multinomial``."""
+        return multinomial(self, num_samples, replacement, generator=generator)
 
     def gather(self, dim, index):
         """``out[i][j][k] = self[i][index[i][j][k]][k]`` (dim 1): values picked along ``dim``."""
