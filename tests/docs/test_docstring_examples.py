@@ -25,6 +25,7 @@ MODULES = [
     "tracegrad.compiled.module",
     "tracegrad.creation",
     "tracegrad.data",
+    "tracegrad.data.sampler",
     "tracegrad.devices",
     "tracegrad.dtypes",
     "tracegrad.errors",
