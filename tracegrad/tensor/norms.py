@@ -15,7 +15,7 @@ import math
 from tracegrad import dtypes
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
 from tracegrad.ops.reduce import std_of_var
-from tracegrad.ops.rules import normalize_dim
+from tracegrad.ops.rules import normalize_dim, normalize_dims
 from tracegrad.tensor.core import Tensor, as_tensor
 from tracegrad.tensor.dispatch import call
 
@@ -75,7 +75,7 @@ def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None, out=None) -> T
     x = _floating("vector_norm", x, dtype)
     if isinstance(ord, (str, bool)):
         raise ValueError(at_user_line(f"linalg.vector_norm: ord must be a number, got {ord!r}"))
-    dims = tuple(range(x.ndim)) if dim is None else dim
+    dims = normalize_dims("linalg.vector_norm", dim, x.ndim)
     if ord == 2:
         return std_of_var((x * x).sum(dims, keepdim))
     if ord == math.inf:
