@@ -34,7 +34,7 @@ LAYERS = {
     ],
     "ops": ["ops"],
     "ir": ["ir"],
-    "tensors": ["tensor", "autograd", "creation", "functions", "pytree", "cuda"],
+    "tensors": ["tensor", "autograd", "creation", "functions", "pytree", "cuda", "linalg"],
     "tracer": ["tracer"],
     "passes": ["passes"],
     "codegen": ["codegen"],

@@ -50,7 +50,7 @@ float = float32
 double = float64
 long = int64
 
-from tracegrad import data, distributed, distributions, ir, nn, optim, passes
+from tracegrad import data, distributed, distributions, ir, linalg, nn, optim, passes
 from tracegrad.blas import get_num_threads, set_num_threads
 from tracegrad.compile import CompiledModule, compile, grad, trace, value_and_grad
 from tracegrad.compiled.function import CompiledFunction

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import linecache
 import os
@@ -10,6 +11,9 @@ from dataclasses import dataclass
 from types import FrameType
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# contextlib runs the context managers tracegrad writes (an error raised in one passes through
+# its __exit__ on the way to the user): its frames are never the user's.
+_CONTEXTLIB = os.path.abspath(contextlib.__file__)
 
 
 class ShapeError(RuntimeError, ValueError):
@@ -99,7 +103,8 @@ def outside_tracegrad(frame) -> bool:
 
 @functools.cache  # (asked for every recorded op, of the same few files)
 def _is_ours(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_PACKAGE_DIR) or filename.startswith("<frozen")
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR) or path == _CONTEXTLIB or filename.startswith("<frozen")
 
 
 def frame_location(frame) -> SourceLocation:

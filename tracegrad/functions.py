@@ -19,8 +19,9 @@ from tracegrad.tensor import (
     triu,
     where,
 )
+from tracegrad.tensor.sampling import multinomial
 
-__all__ = ["cat", "einsum", "stack", "tensordot", "tril", "triu", "where"]
+__all__ = ["cat", "einsum", "multinomial", "stack", "tensordot", "tril", "triu", "where"]
 
 
 def _method(name: str):

@@ -16,7 +16,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from tracegrad import dtypes
+from tracegrad import dtypes, linalg
 from tracegrad import functions as fn
 from tracegrad.errors import ShapeError, TraceError, at_user_line
 from tracegrad.tensor import (
@@ -216,21 +216,45 @@ def _repeat(a, repeats, axis=None):
 
 def _pad(array, pad_width, mode="constant", constant_values=0):
     """np.pad's constant, edge, reflect, symmetric and wrap modes: each padded axis reads
-    its source positions (np.pad of the positions themselves), constants where there are none."""
+    its source positions (np.pad of the positions themselves), constants where there are none
+    (``constant_values`` as NumPy takes them: one number, or before/after numbers per axis)."""
     x = as_tensor(array)
     if mode not in ("constant", "edge", "reflect", "symmetric", "wrap"):
         raise TypeError(f"np.pad on tensors: mode {mode!r} is not supported")
-    if np.ndim(constant_values):
-        raise TypeError("np.pad on tensors: constant_values must be one number")
-    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (x.ndim, 2))
+    widths = _per_axis_pairs("pad_width", pad_width, x.ndim, np.int64)
+    constants = _per_axis_pairs("constant_values", constant_values, x.ndim, x.dtype.np)
     for axis, (before, after) in enumerate(widths):
-        if before or after:
-            extra = {"constant_values": -1} if mode == "constant" else {"mode": mode}
-            source = np.pad(np.arange(x.shape[axis]), (before, after), **extra)
-            picked = x[(slice(None),) * axis + (wrap(np.maximum(source, 0)),)]
-            inside = wrap((source >= 0).reshape((-1,) + (1,) * (x.ndim - axis - 1)))
-            x = fn.where(inside, picked, constant_values) if mode == "constant" else picked
+        if not (before or after):
+            continue
+        extra = {"constant_values": -1} if mode == "constant" else {"mode": mode}
+        source = np.pad(np.arange(x.shape[axis]), (before, after), **extra)
+        x = x[(slice(None),) * axis + (wrap(np.maximum(source, 0)),)]
+        if mode == "constant":
+            x = _padded_constants(x, axis, source, before, constants[axis])
     return x
+
+
+def _per_axis_pairs(name: str, value, ndim: int, dtype) -> np.ndarray:
+    """A (before, after) pair per axis, broadcast from np.pad's forms: n, (n,), (b, a),
+    ((b0, a0), (b1, a1), ...)."""
+    if isinstance(value, Tensor):
+        raise TypeError(f"np.pad on tensors: {name} must be numbers, not a tensor")
+    try:
+        return np.broadcast_to(np.asarray(value, dtype=dtype), (ndim, 2))
+    except ValueError:
+        raise ShapeError(
+            f"np.pad: {name}={value!r} does not fit {ndim} axes (give n, (before, after) "
+            "or one (before, after) pair per axis)"
+        ) from None
+
+
+def _padded_constants(picked, axis, source, before, pair):
+    """``picked`` along ``axis`` where ``source`` (the positions read, -1 for padding) has
+    data; ``pair[0]`` in the ``before`` padded places in front, ``pair[1]`` behind."""
+    shape = (-1,) + (1,) * (picked.ndim - axis - 1)
+    fill = np.where(np.arange(len(source)) < before, pair[0], pair[1]).astype(pair.dtype)
+    inside = wrap((source >= 0).reshape(shape))
+    return fn.where(inside, picked, wrap(fill.reshape(shape)))
 
 
 def _section_bounds(n: int, sections, equal: bool) -> list[int]:
@@ -295,29 +319,6 @@ def _linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axi
     return out.astype(dtype) if dtype is not None else out
 
 
-def _norm(x, ord=None, axis=None, keepdims=False):
-    """np.linalg.norm: vector norms over one axis (or a flat vector), and the matrix norms
-    'fro', 1, -1, inf, -inf over two (2, -2 and 'nuc' need an SVD tracegrad lacks)."""
-    x = as_tensor(x)
-    if axis is None and (ord is None or x.ndim == 1):
-        return x.norm(2 if ord is None else ord, None, keepdims)
-    axes = tuple(range(x.ndim)) if axis is None else (axis,) if isinstance(axis, int) else axis
-    if len(axes) == 1:
-        return x.norm(2 if ord is None else ord, axes[0], keepdims)
-    return _matrix_norm(x, ord, *(a % x.ndim for a in axes), keepdims)
-
-
-def _matrix_norm(x, ord, rows, cols, keepdims):
-    if ord in (None, "fro"):
-        return x.norm("fro", (rows, cols), keepdims)
-    if ord not in (1, -1, np.inf, -np.inf):
-        raise TypeError(f"np.linalg.norm on tensors: matrix norm ord={ord!r} is not supported")
-    summed, across = (rows, cols) if ord in (1, -1) else (cols, rows)
-    sums = x.abs().sum(summed, keepdim=True)
-    out = sums.amax(across, keepdim=True) if ord > 0 else sums.amin(across, keepdim=True)
-    return out if keepdims else out.squeeze((rows, cols))
-
-
 def _select(condlist, choicelist, default=0):
     """The first choice whose condition holds, else ``default``."""
     out = default
@@ -374,7 +375,9 @@ FUNCTIONS.update(
         np.linspace: _linspace,
         np.diff: lambda a, n=1, axis=-1: as_tensor(a).diff(n, axis),
         np.ravel: lambda a: as_tensor(a).ravel(),
-        np.linalg.norm: _norm,
+        np.linalg.norm: lambda x, ord=None, axis=None, keepdims=False: linalg.norm(
+            x, ord, _dims(axis), keepdims
+        ),
         np.select: _select,
         np.nan_to_num: lambda x, copy=True, nan=0.0, posinf=None, neginf=None: as_tensor(
             x

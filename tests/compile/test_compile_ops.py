@@ -287,6 +287,12 @@ ROWS_TABLE = [
         "einsum_reduce", lambda a: tg.einsum("ijk->ki", a), [P(2, 3, 4)], ("einsum", "broadcast_to")
     ),
     row("einsum_implicit", lambda a, b: tg.einsum("ij,ij", a, b), [P(3, 4), X(3, 4)], "einsum"),
+    row(
+        "svdvals",
+        lambda a, b: tg.linalg.svdvals(a) * tg.linalg.svdvals(b).sum(),
+        [P(3, 4), X(2, 4, 3)],
+        ("svdvals", "svdvals_grad"),
+    ),
     # --- convolution and pooling (unfold windows, fold in the backward) ---
     row(
         "conv2d",

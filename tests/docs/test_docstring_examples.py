@@ -25,6 +25,7 @@ MODULES = [
     "tracegrad.compiled.module",
     "tracegrad.creation",
     "tracegrad.data",
+    "tracegrad.data.sampler",
     "tracegrad.devices",
     "tracegrad.dtypes",
     "tracegrad.errors",
@@ -43,6 +44,8 @@ MODULES = [
     "tracegrad.tape",
     "tracegrad.tensor.core",
     "tracegrad.tensor.methods",
+    "tracegrad.tensor.norms",
+    "tracegrad.tensor.sampling",
 ]
 GLOBALS = {"tg": tg, "np": np, "nn": nn, "F": F, "optim": optim}
 

@@ -4,7 +4,8 @@ Linear weights and a no-decay group of biases, LayerNorm and Embedding weights) 
 of mingpt/trainer.py's ``Trainer.run`` loop (forward with targets, ``zero_grad(set_to_none=
 True)``, backward, ``clip_grad_norm_``, step), written once for ``lib`` with only the import
 changed. A small config; token batches from a NumPy generator in place of the DataLoader.
-Left out: ``from_pretrained`` (downloads GPT-2 weights) and ``generate`` (sampling).
+Also ``GPT.generate`` (greedy, and sampled with ``do_sample``, ``temperature`` and ``top_k``),
+run eagerly. Left out: ``from_pretrained`` (downloads GPT-2 weights).
 
 The model runs in float64 (see ``make_factory``). Against PyTorch, whose random draws differ, the
 dropout probabilities of the config are 0;
@@ -17,7 +18,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from harness import MODES, assert_runs_close, module_states, run, run_port
+import pytest
+from harness import (
+    MODES,
+    assert_runs_close,
+    import_torch,
+    load_states,
+    module_states,
+    run,
+    run_port,
+)
 
 import tracegrad as tg
 
@@ -224,6 +234,24 @@ def define(lib):
 
             return logits, loss
 
+        @torch.no_grad()
+        def generate(self, idx, max_new_tokens, temperature=1.0, do_sample=False, top_k=None):
+            for _ in range(max_new_tokens):
+                idx_cond = idx if idx.size(1) <= self.block_size else idx[:, -self.block_size :]
+                logits, _ = self(idx_cond)
+                logits = logits[:, -1, :] / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, top_k)
+                    logits[logits < v[:, [-1]]] = -float("Inf")
+                probs = F.softmax(logits, dim=-1)
+                if do_sample:
+                    idx_next = torch.multinomial(probs, num_samples=1)
+                else:
+                    _, idx_next = torch.topk(probs, k=1, dim=-1)
+                idx = torch.cat((idx, idx_next), dim=1)
+
+            return idx
+
     return GPT
 
 
@@ -305,3 +333,67 @@ def test_with_dropout_compiled_runs_equal_eager():
         assert_runs_close(runs[mode], runs["eager"], 1e-5, 1e-6, f"{mode} vs eager")
     dropless = run(tg, "eager", make_factory(0.0), step, batches(), initial, 5)
     assert not np.allclose(runs["eager"].losses, dropless.losses)  # dropout did act
+
+
+def trained_pair():
+    """The model in tracegrad and in PyTorch (None without it) with the same weights, in eval
+    mode, after a few training steps (so the next-token scores are not all alike)."""
+    make = make_factory(0.0)
+    tg.manual_seed(0)
+    state = make(tg)
+    for x, y in batches(4, seed=1):
+        step(tg, state, tg.tensor(x), tg.tensor(y))
+    weights = module_states(state)
+    torch = import_torch()
+    models = {"tg": state["model"].eval()}
+    if torch is not None:
+        theirs = make(torch)
+        load_states(torch, theirs, weights)
+        models["torch"] = theirs["model"].eval()
+    return models
+
+
+PROMPT = np.random.default_rng(3).integers(0, VOCAB, (3, 5))
+
+
+def test_greedy_generate_matches_torch():
+    models = trained_pair()
+    if "torch" not in models:
+        pytest.skip("PyTorch is not installed")
+    torch = import_torch()
+    # 6 new tokens after 5: the context is cropped to the block size (8) on the last steps
+    ours = models["tg"].generate(tg.tensor(PROMPT), 6)
+    theirs = models["torch"].generate(torch.tensor(PROMPT), 6)
+    assert ours.dtype is tg.int64 and tuple(ours.shape) == (3, 11)
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    np.testing.assert_array_equal(ours.numpy()[:, :5], PROMPT)
+
+
+def _each_among_top_k(lib, model, out, start: int, k: int) -> bool:
+    """Whether every token from ``start`` on is among the ``k`` best next tokens of its prefix."""
+    with lib.no_grad():
+        for i in range(start, out.shape[1]):
+            prefix = out[:, max(0, i - BLOCK) : i]
+            best = model(prefix)[0][:, -1, :].topk(k).indices
+            if not (best == out[:, i : i + 1]).any(1).all():
+                return False
+    return True
+
+
+def test_sampled_generate_draws_among_the_top_k_from_the_seed():
+    models = trained_pair()
+    model, prompt = models["tg"], tg.tensor(PROMPT)
+    greedy = model.generate(prompt, 6)
+    assert model.generate(prompt, 6, do_sample=True, top_k=1).tolist() == greedy.tolist()
+    draws = []
+    for seed in (5, 5, 6):
+        tg.manual_seed(seed)
+        draws.append(model.generate(prompt, 6, temperature=0.8, do_sample=True, top_k=3))
+    assert draws[0].tolist() == draws[1].tolist() != draws[2].tolist()
+    assert draws[0].tolist() != greedy.tolist()
+    assert all(_each_among_top_k(tg, model, out, 5, 3) for out in draws)
+    assert not _each_among_top_k(tg, model, draws[0], 5, 1)  # not all the best: sampled
+    if "torch" in models:  # the same code samples in PyTorch (its own draws)
+        torch = import_torch()
+        theirs = models["torch"].generate(torch.tensor(PROMPT), 6, do_sample=True, top_k=3)
+        assert _each_among_top_k(torch, models["torch"], theirs, 5, 3)

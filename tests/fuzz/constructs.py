@@ -129,14 +129,18 @@ def setitem(b: Builder) -> None:
 
 
 def random_draws(b: Builder) -> None:
-    """``tg.randn``, ``tg.rand``, ``tg.randn_like`` and dropout in train mode."""
+    """``tg.randn``, ``tg.rand``, ``tg.randn_like``, dropout in train mode and multinomial
+    (with and without replacement, of weights made positive and finite)."""
     x = b.matrix()
     r, c = x.shape
+    weights = f"({x.name}.detach().nan_to_num().sigmoid() + 0.1)"
     draws = [
         f"{x.name} + tg.randn({r}, {c}, dtype=tg.float64)",
         f"{x.name} * tg.rand({r}, 1, dtype=tg.float64)",
         f"{x.name} - tg.randn_like({x.name})",
         f"F.dropout({x.name}, 0.3, training=True)",
+        f"{x.name}.gather(1, tg.multinomial({weights}, {c}))",
+        f"{x.name}.gather(1, {weights}.multinomial({c}, replacement=True))",
     ]
     b.let(b.rng.choice(draws), x.shape)
 

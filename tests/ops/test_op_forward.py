@@ -1086,6 +1086,8 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         _f((2, 3), dt).prod(0, keepdim=True),
         _f((), dt).prod(),
     ),
+    "svdvals": lambda dt: (tg.linalg.svdvals(_f((3, 4), dt)), tg.linalg.svdvals(_f((2, 4, 3), dt))),
+    "svdvals_grad": lambda dt: call("svdvals_grad", _f((2, 4, 3), dt), _f((2, 3), dt, seed=1)),
     **{
         name: _method_call(name)
         for name in (

@@ -650,6 +650,14 @@ CASES = [
         (distinct, normal),
         smooth=False,
     ),
+    # singular values (of a matrix, of a batch, of a wide one); first order only (see below)
+    Case(
+        "svdvals",
+        ("svdvals",),
+        lambda x: tg.linalg.svdvals(x),
+        (((3, 4),), ((2, 4, 3),), ((1, 3),)),
+        smooth=False,
+    ),
 ]
 
 PARAMS = [
@@ -748,6 +756,7 @@ def test_row_runs_the_ops_it_claims(case, op_recorder):
 # test of the rule
 NOT_A_DERIVATIVE = {
     "keep_gradient": "the value of one input, the gradient of the other (a write under no_grad)",
+    "svdvals_grad": "svdvals' gradient, whose own gradient raises (no second derivative)",
 }
 
 
@@ -758,6 +767,13 @@ def test_keep_gradient_passes_the_value_and_sends_the_gradient_to_the_leaf():
     assert out.tolist() == [1.0, 2.0]
     (out * tg.tensor([3.0, 4.0], dtype=tg.float64)).sum().backward()
     assert value.grad is None and leaf.grad.tolist() == [3.0, 4.0]
+
+
+def test_svdvals_grad_refuses_a_second_derivative_instead_of_a_wrong_one():
+    x = tg.tensor(np.random.default_rng(3).standard_normal((3, 2)), requires_grad=True)
+    (first,) = tg.autograd.grad(tg.linalg.svdvals(x).sum(), [x], create_graph=True)
+    with pytest.raises(NotImplementedError, match="second derivative of singular values"):
+        first.sum().backward()
 
 
 def test_every_op_has_a_gradient_row_or_is_declared_nondifferentiable():

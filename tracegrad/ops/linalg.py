@@ -1,4 +1,5 @@
-"""Matrix products: batched ``matmul`` with NumPy's 1-D rules, and ``einsum``."""
+"""Matrix products: batched ``matmul`` with NumPy's 1-D rules, and ``einsum``; the singular
+values of (batches of) matrices, ``svdvals``, which the spectral and nuclear norms are made of."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
 from tracegrad.ops.registry import call, register
+from tracegrad.ops.runtime import kernel
 
 
 def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
@@ -116,4 +118,52 @@ register(
     _einsum_grad,
     "np.einsum({equation!r}, {inputs})",
     saves=("xs",),
+)
+
+
+# --- singular values --------------------------------------------------------------------------
+
+
+def _svdvals_infer(x: TensorType) -> TensorType:
+    rules.floating("svdvals", x)
+    if x.ndim < 2:
+        raise ShapeError(f"svdvals: expected a matrix or a batch of matrices, got shape {x.shape}")
+    return TensorType((*x.shape[:-2], min(x.shape[-2:])), x.dtype)
+
+
+@kernel
+def svdvals_grad(x, g):
+    """U diag(g) V^T from the reduced SVD of x: singular value i changes by u_i^T dx v_i
+    (the signs U and V may take cancel in each product)."""
+    u, _, vh = np.linalg.svd(x, full_matrices=False)
+    return np.matmul(u * g[..., None, :], vh)
+
+
+def _no_second_derivative(c, g):
+    raise NotImplementedError(
+        "the second derivative of singular values (svdvals, matrix norms with ord 2, -2 or "
+        "'nuc') is not supported"
+    )
+
+
+# svdvals: the singular values of the last two dims, in descending order, as
+# torch.linalg.svdvals. Their gradient (distinct values) is U diag(g) V^T, one more SVD in the
+# backward, as PyTorch's; that gradient op has none of its own.
+register(
+    "svdvals",
+    ("x",),
+    _svdvals_infer,
+    lambda x: np.linalg.svd(x, compute_uv=False),
+    (lambda c, g: call("svdvals_grad", c.x, g),),
+    "np.linalg.svd({0}, compute_uv=False)",
+    saves=("x",),
+)
+register(
+    "svdvals_grad",
+    ("x", "g"),
+    lambda x, g: rules.floating("svdvals_grad", x),
+    svdvals_grad,
+    (_no_second_derivative, _no_second_derivative),
+    "rt.svdvals_grad({0}, {1})",
+    saves=("x",),
 )

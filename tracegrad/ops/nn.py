@@ -324,7 +324,8 @@ def check_targets(target, classes, ignore_index):
     if bad.any():
         raise IndexError(
             f"Target {target[bad].flat[0]} is out of bounds: class indices must lie in "
-            f"[0, {classes}) or equal ignore_index ({ignore_index})"
+            f"[0, {classes}) for the {classes} classes of the input, or equal ignore_index "
+            f"({ignore_index})"
         )
 
 

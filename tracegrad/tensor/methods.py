@@ -35,7 +35,9 @@ from tracegrad.tensor.core import (
 from tracegrad.tensor.dispatch import apply, call
 from tracegrad.tensor.einsum_forms import plain_einsum
 from tracegrad.tensor.indexing import index_key, infer_shape, shape_args
+from tracegrad.tensor.norms import matrix_norm, vector_norm
 from tracegrad.tensor.promotion import binary, float_unary, promote_operands, to_dtype
+from tracegrad.tensor.sampling import multinomial
 from tracegrad.tensor.signatures import OneOpMethods, Operand, TensorSelf
 from tracegrad.tensor.tracing import active_tracer
 
@@ -481,20 +483,12 @@ class TensorMethods(OneOpMethods):
         return std_of_var(self.var(dim, unbiased, keepdim, correction=correction))
 
     def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
-        """The vector p-norm over ``dim`` (all dims if None); "fro" is p=2."""
-        x = self.to(dtype) if dtype is not None else self
-        dims = normalize_dims("norm", dim, x.ndim)
-        if p in ("fro", 2):
-            return std_of_var((x * x).sum(dims, keepdim))
-        if p == float("inf"):
-            return x.abs().amax(dims, keepdim)
-        if p == -float("inf"):
-            return x.abs().amin(dims, keepdim)
-        if p == 0:
-            return (x != 0).to(x.dtype).sum(dims, keepdim)
-        if p == 1:
-            return x.abs().sum(dims, keepdim)
-        return (x.abs() ** p).sum(dims, keepdim) ** (1.0 / p)
+        """The vector p-norm over ``dim`` (all dims if None); "fro" is p=2, and "nuc" the
+        nuclear norm (the sum of the singular values) of a 2-d tensor or over two dims."""
+        if p == "nuc":
+            dims = tuple(range(self.ndim)) if dim is None else dim
+            return matrix_norm(self, "nuc", dims, keepdim, dtype=dtype)
+        return vector_norm(self, 2 if p == "fro" else p, dim, keepdim, dtype=dtype)
 
     def _extreme(self, name, arg_name, dim, keepdim):
         if isinstance(dim, Tensor):
@@ -949,7 +943,9 @@ class TensorMethods(OneOpMethods):
         return SortResult(self.gather(dim, indices) if self.ndim else self * 1, indices)
 
     def topk(self, k, dim=-1, largest=True, sorted=True):
-        """The ``k`` largest (smallest) along ``dim``, sorted; ties go to the first."""
+        """The ``k`` largest (smallest) along ``dim``; ties go to the first. Sorted, or with
+        ``sorted=False`` the same ``k`` elements in the order they stand in the input
+        (PyTorch leaves that order unspecified)."""
         dim = normalize_dim("topk", dim, self.ndim)
         size = self.shape[dim] if self.ndim else 1
         if not 0 <= k <= size:
@@ -958,7 +954,14 @@ class TensorMethods(OneOpMethods):
             )
         indices = self.argsort(dim, descending=largest)
         indices = indices.narrow(dim, 0, k) if self.ndim else indices
+        if not sorted and self.ndim:
+            indices = indices.sort(dim).values  # (positions: ascending is the input's order)
         return SortResult(self.gather(dim, indices) if self.ndim else self * 1, indices)
+
+    def multinomial(self, num_samples, replacement=False, *, generator=None):
+        """``num_samples`` category indices drawn from the weights along the last dim (a row
+        each for a 2-d tensor), from tracegrad's generator: ``tg.multinomial``."""
+        return multinomial(self, num_samples, replacement, generator=generator)
 
     def gather(self, dim, index):
         """``out[i][j][k] = self[i][index[i][j][k]][k]`` (dim 1): values picked along ``dim``."""
