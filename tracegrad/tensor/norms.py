@@ -189,18 +189,19 @@ def _floating(name: str, x, dtype) -> Tensor:
 
 def _matrix_dims(m: Tensor, dim) -> tuple[int, int]:
     """The two dims the matrices lie in, made non-negative; a ShapeError unless two distinct."""
+    found: tuple[int, ...] = ()
     try:
-        rows, cols = (normalize_dim("linalg.matrix_norm", d, m.ndim) for d in dim)
+        found = tuple(normalize_dim("linalg.matrix_norm", d, m.ndim) for d in dim)
     except (TypeError, ValueError):
-        rows = cols = None
-    if m.ndim < 2 or rows is None or rows == cols:
+        pass  # (the error below names the dims)
+    if m.ndim < 2 or len(found) != 2 or found[0] == found[1]:
         raise ShapeError(
             at_user_line(
                 f"linalg.matrix_norm: dim={dim!r} must name two different dims of a tensor of "
                 f"shape {tuple(m.shape)}"
             )
         )
-    return rows, cols
+    return found[0], found[1]
 
 
 def _no_out(name: str, out) -> None:
