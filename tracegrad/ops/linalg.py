@@ -7,7 +7,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import call, register
+from tracegrad.ops.registry import Sample, call, register
 
 
 def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
@@ -46,6 +46,26 @@ def _matmul_grad_b(c, g):
     return (a.mT @ g).sum_to(b.shape).reshape(c.b.shape)
 
 
+def _matmul_reference(a, b):
+    """Products summed over the inner dim by broadcasting, with NumPy's 1-D operands as a row
+    or a column that is dropped after (a test reference)."""
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    out = (a2[..., :, :, None] * b2[..., None, :, :]).sum(-2)
+    out = out[..., 0, :] if a.ndim == 1 else out
+    return out[..., 0] if b.ndim == 1 else out
+
+
+MATMUL_SHAPES = (
+    ((3,), (3,)),
+    ((3,), (3, 2)),
+    ((2, 3), (3,)),
+    ((2, 3), (3, 4)),
+    ((2, 1, 2, 3), (3, 3, 2)),
+    ((2, 2, 3), (3,)),
+    ((3,), (2, 3, 2)),
+)
+
 register(
     "matmul",
     ("a", "b"),
@@ -55,6 +75,7 @@ register(
     "{0} @ {1}",
     saves={"a": ("b",), "b": ("a",)},  # a's rule reads only b's data, and b's only a's
     out="np.matmul({0}, {1}, out={out})",
+    samples=(Sample(shapes=MATMUL_SHAPES, ref=_matmul_reference),),
 )
 
 
@@ -116,4 +137,15 @@ register(
     _einsum_grad,
     "np.einsum({equation!r}, {inputs})",
     saves=("xs",),
+    samples=(
+        Sample({"equation": "ij,jk->ik"}, shapes=(((2, 3), (3, 4)),)),
+        # k only in b, summed away: its cotangent is broadcast
+        Sample({"equation": "ij,jk->i"}, shapes=(((2, 3), (3, 4)), ((1, 2), (2, 1)))),
+        Sample({"equation": "bij,bjk->bik"}, shapes=(((2, 2, 3), (2, 3, 2)),)),
+        Sample({"equation": "i,j->ij"}, shapes=(((2,), (3,)),)),
+        Sample({"equation": "ijk->kj"}, shapes=(((2, 3, 2),),)),
+        Sample({"equation": "ij,jk"}, shapes=(((2, 3), (3, 2)),)),
+        Sample({"equation": "ij,ij->"}, shapes=(((2, 3), (2, 3)),)),
+        Sample({"equation": "ij,jk,kl->il"}, shapes=(((2, 3), (3, 2), (2, 2)),)),
+    ),
 )

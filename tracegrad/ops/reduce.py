@@ -11,7 +11,7 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import rules
-from tracegrad.ops.registry import REDUCE, call, register
+from tracegrad.ops.registry import REDUCE, Sample, call, register
 from tracegrad.ops.runtime import filled, kernel
 
 
@@ -21,6 +21,31 @@ def _reduce_infer(name, out_dtype=None):
         return TensorType(rules.reduced_shape(x.shape, dims, keepdim), out_dtype or x.dtype)
 
     return infer
+
+
+def _reduction_samples(ref, **draw):
+    """Test samples of a reduction over ``dims``: some dims kept, several dropped, all of a
+    0-d value; ``ref(x, axis, keepdims)`` is its NumPy counterpart."""
+
+    def reference(x, dims, keepdim):
+        return ref(x, axis=tuple(dims), keepdims=keepdim)
+
+    return (
+        Sample(
+            {"dims": (1,), "keepdim": True}, shapes=(((2, 3),), ((4, 1, 2),)), ref=reference, **draw
+        ),
+        Sample(
+            {"dims": (0, 2), "keepdim": False},
+            shapes=(((2, 3, 4),), ((1, 2, 3),)),
+            ref=reference,
+            **draw,
+        ),
+        Sample({"dims": (), "keepdim": False}, shapes=(((),),), ref=reference, **draw),
+    )
+
+
+# Reductions with kinks where values tie: drawn apart, checked to first order.
+APART = {"kind": "distinct", "smooth": False}
 
 
 def keep_dims(g, x_shape, dims, keepdim):
@@ -52,6 +77,7 @@ register(
     "np.sum({0}, axis={dims}, keepdims={keepdim})",
     out="np.sum({0}, axis={dims}, keepdims={keepdim}, out={out})",
     props={REDUCE},
+    samples=_reduction_samples(np.add.reduce),
 )
 
 
@@ -95,7 +121,7 @@ def _extreme(ufunc, x, dims, keepdim, out):
 
 
 # amax/amin: the gradient is shared evenly between tied extremes (a fused op).
-for _name, _kernel in (("amax", amax), ("amin", amin)):
+for _name, _kernel, _ufunc in (("amax", amax, np.maximum), ("amin", amin, np.minimum)):
     register(
         _name,
         ("x",),
@@ -106,6 +132,7 @@ for _name, _kernel in (("amax", amax), ("amin", amin)):
         out=f"rt.{_name}({{0}}, {{dims}}, {{keepdim}}, out={{out}})",
         saves=("x", "out"),
         props={REDUCE},
+        samples=_reduction_samples(_ufunc.reduce, **APART),
     )
 
 
@@ -127,6 +154,31 @@ def _arg_impl(np_fn):
     return impl
 
 
+def _arg_samples(extreme):
+    """Samples of argmax/argmin: the index where ``extreme`` is found, over a dim or all."""
+
+    def reference(x, dim, keepdim):
+        found = extreme(x, axis=dim, keepdims=True) == x
+        index = np.indices(x.shape)[dim] if dim is not None else np.arange(x.size).reshape(x.shape)
+        return np.sum(np.where(found, index, 0), axis=dim, keepdims=keepdim)
+
+    return (
+        Sample(
+            {"dim": 1, "keepdim": False},
+            shapes=(((2, 3),), ((3, 4, 2),)),
+            kind="distinct",
+            ref=reference,
+        ),
+        Sample({"dim": 0, "keepdim": True}, shapes=(((2, 3),),), kind="distinct", ref=reference),
+        Sample(
+            {"dim": None, "keepdim": False},
+            shapes=(((2, 3),), ((),)),
+            kind="distinct",
+            ref=reference,
+        ),
+    )
+
+
 register(
     "argmax",
     ("x",),
@@ -135,6 +187,7 @@ register(
     None,
     "np.argmax({0}, axis={dim}, keepdims={keepdim})",
     props={REDUCE},
+    samples=_arg_samples(np.max),
 )
 register(
     "argmin",
@@ -144,6 +197,7 @@ register(
     None,
     "np.argmin({0}, axis={dim}, keepdims={keepdim})",
     props={REDUCE},
+    samples=_arg_samples(np.min),
 )
 
 
@@ -195,6 +249,11 @@ register(
     "rt.sum_to({0}, {shape})",
     out="rt.sum_to({0}, {shape}, out={out})",
     props={REDUCE},
+    samples=(
+        Sample({"shape": (1, 3)}, shapes=(((2, 3),), ((4, 2, 3),))),
+        Sample({"shape": (3, 1)}, shapes=(((2, 3, 4),), ((3, 1),))),
+        Sample({"shape": ()}, shapes=(((2, 3),), ((),))),
+    ),
 )
 
 
@@ -209,6 +268,14 @@ def _along_dim_infer(name, out_dtype=None):
         return TensorType(x.shape, out_dtype or x.dtype)
 
     return infer
+
+
+def _running(ufunc, x, dim):
+    """The scan of ``ufunc`` along ``dim``, one step at a time (a test reference)."""
+    out = np.array(np.moveaxis(x, dim, 0))
+    for i in range(1, len(out)):
+        out[i] = ufunc(out[i - 1], out[i])
+    return np.moveaxis(out, 0, dim)
 
 
 def reverse(x, dim):
@@ -233,6 +300,16 @@ register(
     (lambda c, g: reverse(call("cumsum", reverse(g, c.dim), dim=c.dim), c.dim),),
     "np.cumsum({0}, axis={dim})",
     out="np.cumsum({0}, axis={dim}, out={out})",
+    samples=(
+        Sample(
+            {"dim": 1},
+            shapes=(((2, 3),), ((2, 4, 1),)),
+            ref=lambda x, dim: _running(np.add, x, dim),
+        ),
+        Sample(
+            {"dim": 0}, shapes=(((3,),), ((3, 2),)), ref=lambda x, dim: _running(np.add, x, dim)
+        ),
+    ),
 )
 
 
@@ -270,6 +347,20 @@ register(
     "np.cumprod({0}, axis={dim})",
     saves=("x", "out"),
     out="np.cumprod({0}, axis={dim}, out={out})",
+    samples=(
+        Sample(
+            {"dim": 1},
+            shapes=(((2, 3),), ((3, 1, 2),)),
+            ref=lambda x, dim: _running(np.multiply, x, dim),
+        ),
+        # at zeros, where x_i divides nothing
+        Sample(
+            {"dim": 0},
+            shapes=(((3, 2),), ((4,),)),
+            kind="zeros",
+            ref=lambda x, dim: _running(np.multiply, x, dim),
+        ),
+    ),
 )
 
 
@@ -291,6 +382,20 @@ register(
     argsort,
     None,
     "rt.argsort({0}, {dim}, {descending})",
+    samples=(
+        Sample(
+            {"dim": 1, "descending": False},
+            shapes=(((2, 3),), ((4,),)),
+            kind="distinct",
+            ref=lambda x, dim, descending: np.argsort(x, axis=dim),
+        ),
+        Sample(
+            {"dim": 0, "descending": True},
+            shapes=(((4, 2),),),
+            kind="distinct",
+            ref=lambda x, dim, descending: np.argsort(-x, axis=dim),
+        ),
+    ),
 )
 
 
@@ -315,6 +420,12 @@ def _prod_infer(x: TensorType, dim, keepdim) -> TensorType:
     return TensorType(rules.reduced_shape(x.shape, (dim,), keepdim), x.dtype)
 
 
+def _prod_reference(x, dim, keepdim):
+    """The product along ``dim`` as the last value of a running product (a test reference)."""
+    last = np.take(_running(np.multiply, x, dim), [-1], axis=dim)
+    return last if keepdim else np.squeeze(last, dim)
+
+
 # prod over one dim (the tensor layer flattens several into one first).
 register(
     "prod",
@@ -326,4 +437,14 @@ register(
     saves=("x",),
     out="np.prod({0}, axis={dim}, keepdims={keepdim}, out={out})",
     props={REDUCE},
+    samples=(
+        Sample({"dim": 1, "keepdim": False}, shapes=(((2, 3),), ((3, 4, 1),)), ref=_prod_reference),
+        # at zeros, where the usual out / x gradient divides by 0
+        Sample(
+            {"dim": 0, "keepdim": True},
+            shapes=(((3, 2),), ((4,),)),
+            kind="zeros",
+            ref=_prod_reference,
+        ),
+    ),
 )
