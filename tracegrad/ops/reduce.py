@@ -385,13 +385,13 @@ register(
     samples=(
         Sample(
             {"dim": 1, "descending": False},
-            shapes=(((2, 3),), ((4,),)),
+            shapes=(((2, 3),), ((3, 4, 2),)),
             kind="distinct",
             ref=lambda x, dim, descending: np.argsort(x, axis=dim),
         ),
         Sample(
             {"dim": 0, "descending": True},
-            shapes=(((4, 2),),),
+            shapes=(((4, 2),), ((5,),)),
             kind="distinct",
             ref=lambda x, dim, descending: np.argsort(-x, axis=dim),
         ),
