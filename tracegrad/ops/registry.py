@@ -141,9 +141,9 @@ def _integers(sample, rng, shape):
 def _mask(sample, rng, shape):
     mask = np.asarray(rng.random(shape) < 0.5)
     if mask.ndim >= 1:
-        mask[..., 0] = False
+        mask[..., :1] = False
     if mask.ndim >= 2:
-        mask[..., 0, :] = False
+        mask[..., :1, :] = False
     return mask
 
 
