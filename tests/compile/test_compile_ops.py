@@ -9,12 +9,18 @@ outputs plus the ``.grad`` of every parameter and input must agree: to 1e-10 in 
 ``tg.autograd.grad`` on the eager tape. A final test checks that the compiled forward and
 backward graphs of the table, together, contain every op of ``tracegrad.ops.OPS``.
 
-A new op's row: an op declared with ``samples`` (``tracegrad.ops.registry.Sample``: the whole
-elementwise families, one input or two) gets its rows generated from them. Any other op needs a
-``row(id, fn, args, covers)`` in ``ROWS_TABLE`` under its family's heading, with
-argument specs from the helpers below (``P`` parameter, ``X`` input, ``POS`` positive, ``PD``
-distinct values for max-like ops, ``CI`` int64 indices). An op that only a VJP rule emits needs
-no row of its own when the row of the op it differentiates reaches it.
+A new op's rows are generated from the ``samples`` of its declaration
+(``tracegrad.ops.registry.Sample``): for a differentiable op, one row per sample on its first
+shape set and one on its last (broadcasting, higher rank), the op called directly with the
+first float argument a parameter, the other float ones inputs requiring grad and integer or
+bool ones (indices, targets, masks) constants. ``ROWS_TABLE`` keeps by hand the public
+functions made of several ops (conv2d, attention, mse_loss, var...), Python scalars and
+captured constants, writes through views, random draws and ops without samples, each a
+``row(id, fn, args, covers)`` under its family's heading with argument specs from the helpers
+below (``P`` parameter, ``X`` input, ``POS`` positive, ``PD`` distinct values for max-like ops,
+``CI`` int64 indices). Ops without a gradient (argmax, argsort, one_hot) are compared, forward
+only, in ``test_compile_extreme_values.py``; an op that only a VJP rule emits needs no row of
+its own when the row of the op it differentiates reaches it.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ CANNOT_APPEAR: dict[str, str] = {
     "adam_step": "Adam's parameter update",
 }
 
-# Ops no public function calls directly: the table reaches them through backward graphs.
+# Ops no public function calls directly (their generated rows call them; in programs they
+# appear in backward graphs).
 ONLY_IN_BACKWARD = {
     "scatter_add": "the transpose of getitem, emitted by its VJP rule",
     "fold": "the transpose of unfold (conv2d and max_pool2d windows), emitted by its VJP rule",

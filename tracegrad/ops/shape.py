@@ -154,6 +154,7 @@ register(
     None,
     "{0}",
     props={VIEW, CHEAP},
+    samples=(Sample(ref=lambda x: x),),
 )
 
 # keep_gradient(value, leaf) = value, whose gradient goes to leaf instead: in a traced forward,
