@@ -954,10 +954,6 @@ HAND_REPRESENTATIVE = {  # op name -> function of a dtype that calls the op
         (_f((2,), dt) > 0).to(dt),
     ),
     "keep_gradient": lambda dt: call("keep_gradient", _f((2, 3), dt), _f((2, 3), dt, seed=1)),
-    "view_update": lambda dt: (
-        call("view_update", _f((2, 3), dt), _f((2,), dt), tg.tensor([[5, 1], [0, 2]])),
-        call("view_update", _f((4,), dt), _f((), dt), tg.tensor([3])),
-    ),
     "random_normal": lambda dt: tg.randn(3, 4, dtype=dt),
     "random_uniform": lambda dt: tg.rand(2, dtype=dt),
     "random_integers": lambda dt: tg.randint(-3, 7, (2, 5)),

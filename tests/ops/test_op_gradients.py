@@ -14,9 +14,9 @@ its shape sets, float inputs as float64 leaves and integer or bool ones (indices
 masks) as constants. ``CASES`` keeps by hand only what a sample cannot say: public functions
 made of several ops (mean, var, conv2d, max_pool2d, affine layer_norm...), inputs that must
 be built from each other (fused gradient ops, whose ``y`` must be the forward's output),
-draws a sample has no kind for (``view_update``'s distinct positions, ``maximum``'s
-half-integers) and ops without samples; each names the ops it reaches, with a generator
-keeping inputs in its domain and ``smooth=False`` where it has kinks.
+draws a sample has no kind for (``maximum``'s half-integers) and ops without samples; each
+names the ops it reaches, with a generator keeping inputs in its domain and ``smooth=False``
+where it has kinks.
 """
 
 from __future__ import annotations
@@ -212,15 +212,9 @@ CASES = [
         "var_keepdim", ("sub", "mul", "sum"), lambda x: x.var(0, keepdim=True, correction=0), MATRIX
     ),
     Case("std", ("sqrt",), lambda x: x.std(-1, correction=2), (((2, 4),), ((3, 3, 5),))),
-    # indexing with masks (made integer indices by the tensor layer), a write through a view
+    # indexing with masks (made integer indices by the tensor layer), embedding
     Case("getitem_mask", ("getitem",), lambda x: x[_pattern(x.shape)], MATRIX),
     Case("getitem_row_mask", ("getitem",), lambda x: x[tg.tensor([True, False])], MATRIX[::2]),
-    Case(
-        "view_update",  # a write through a view: values at flat positions of base
-        ("view_update",),
-        lambda base, values: call("view_update", base, values, tg.tensor([[4, 0], [5, 2]])),
-        (((2, 3), (2, 2)), ((3, 2), (2,)), ((6,), ())),
-    ),
     Case(
         "embedding",
         ("getitem",),

@@ -229,6 +229,13 @@ def view_update(base, values, positions):
     return out
 
 
+def _view_update_reference(base, values, positions):
+    """A copy of base with values written at the flat positions (a test reference)."""
+    out = base.copy()
+    out.reshape(-1)[positions] = values
+    return out
+
+
 # view_update(base, values, positions): base with the elements at flat positions set to values,
 # how a traced program writes in place through a view (x[0].add_(1), x.t().mul_(2), x[i] = v).
 # d/dbase: g with those elements zeroed; d/dvalues: g at those elements.
@@ -248,6 +255,13 @@ register(
         None,
     ),
     "rt.view_update({0}, {1}, {2})",
+    samples=(
+        Sample(
+            shapes=(((2, 3), (2, 2), (2, 2)), ((3, 2), (2,), (2, 2)), ((6,), (), (2, 2))),
+            inputs=(Sample(), Sample(), Sample(kind="positions", high=6)),
+            ref=_view_update_reference,
+        ),
+    ),
 )
 
 

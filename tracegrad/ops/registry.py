@@ -77,6 +77,7 @@ class Sample:
     ``gap`` away from each of ``kinks`` (where finite differences cannot decide); ``"distinct"``
     values at least 0.09 apart (no ties, for max-like ops and sorts); ``"zeros"`` uniform with
     about a third of them exactly 0; ``"integers"`` int64 in [low, high) (indices, targets);
+    ``"positions"`` distinct int64 in [0, high) (flat positions written once each);
     ``"mask"`` bool, never masking the first element along the last two dims (so no row of a
     masked softmax is masked whole). ``smooth`` ops are also checked to second order there;
     ``tol`` overrides gradcheck's. ``ref(*arrays, **attrs)``, when given, is the op's meaning
@@ -106,7 +107,7 @@ class Sample:
     @property
     def floating(self) -> bool:
         """Whether it draws floats (not indices or masks)."""
-        return self.kind not in ("integers", "mask")
+        return self.kind not in ("integers", "positions", "mask")
 
     def draw(self, rng, shape):
         """One input of ``shape`` as the sample says (``rng``: a NumPy Generator)."""
@@ -138,6 +139,10 @@ def _integers(sample, rng, shape):
     return rng.integers(int(sample.low), int(sample.high), shape)
 
 
+def _positions(sample, rng, shape):
+    return rng.permutation(int(sample.high))[: math.prod(shape)].reshape(shape)
+
+
 def _mask(sample, rng, shape):
     mask = np.asarray(rng.random(shape) < 0.5)
     if mask.ndim >= 1:
@@ -152,6 +157,7 @@ _DRAWS = {
     "distinct": _distinct,
     "zeros": _with_zeros,
     "integers": _integers,
+    "positions": _positions,
     "mask": _mask,
 }
 
