@@ -56,14 +56,11 @@ def _matmul_reference(a, b):
     return out[..., 0] if b.ndim == 1 else out
 
 
+# NumPy's cases: from vectors, of matrices, batched (batch dims broadcast)
 MATMUL_SHAPES = (
-    ((3,), (3,)),
-    ((3,), (3, 2)),
-    ((2, 3), (3,)),
-    ((2, 3), (3, 4)),
-    ((2, 1, 2, 3), (3, 3, 2)),
-    ((2, 2, 3), (3,)),
-    ((3,), (2, 3, 2)),
+    (((3,), (3,)), ((3,), (3, 2))),
+    (((2, 3), (3, 4)), ((2, 3), (3,))),
+    (((2, 1, 2, 3), (3, 3, 2)), ((2, 2, 3), (3,)), ((3,), (2, 3, 2))),
 )
 
 register(
@@ -75,7 +72,7 @@ register(
     "{0} @ {1}",
     saves={"a": ("b",), "b": ("a",)},  # a's rule reads only b's data, and b's only a's
     out="np.matmul({0}, {1}, out={out})",
-    samples=(Sample(shapes=MATMUL_SHAPES, ref=_matmul_reference),),
+    samples=tuple(Sample(shapes=shapes, ref=_matmul_reference) for shapes in MATMUL_SHAPES),
 )
 
 

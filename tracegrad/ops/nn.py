@@ -182,8 +182,12 @@ def _softmax_reference(x, dim):
     return e / e.sum(dim, keepdims=True)
 
 
-# Along a middle dim, the last, and down a vector (samples of the softmax family)
-ALONG = (({"dim": 1}, ((2, 3),), ((2, 3, 2),)), ({"dim": 0}, ((2, 3),), ((4,),)))
+# Along a middle dim, the first (down a vector too) and the last (samples of the softmax family)
+ALONG = (
+    ({"dim": 1}, ((2, 3),), ((2, 3, 2),), ((3, 4),)),
+    ({"dim": 0}, ((2, 3),), ((4,),), ((2, 3, 2),)),
+    ({"dim": 2}, ((2, 3, 2),)),
+)
 
 
 def _along_samples(ref):

@@ -23,24 +23,26 @@ def _reduce_infer(name, out_dtype=None):
     return infer
 
 
+# A reduction's test samples: (dims, keepdim) and the shape sets it is tried on
+REDUCTIONS = (
+    ((1,), True, ((2, 3),), ((3, 4),), ((4, 1, 2),)),
+    ((0,), False, ((2, 3),), ((2, 3, 2),)),
+    ((0, 2), False, ((2, 3, 4),), ((1, 2, 3),)),
+    ((0, 1), False, ((2, 3),), ((3, 4),)),  # everything
+    ((), False, ((),)),  # nothing, of a 0-d value
+)
+
+
 def _reduction_samples(ref, **draw):
-    """Test samples of a reduction over ``dims``: some dims kept, several dropped, all of a
-    0-d value; ``ref(x, axis, keepdims)`` is its NumPy counterpart."""
+    """Test samples of a reduction over ``dims``, as ``REDUCTIONS`` lists them;
+    ``ref(x, axis, keepdims)`` is its NumPy counterpart."""
 
     def reference(x, dims, keepdim):
         return ref(x, axis=tuple(dims), keepdims=keepdim)
 
-    return (
-        Sample(
-            {"dims": (1,), "keepdim": True}, shapes=(((2, 3),), ((4, 1, 2),)), ref=reference, **draw
-        ),
-        Sample(
-            {"dims": (0, 2), "keepdim": False},
-            shapes=(((2, 3, 4),), ((1, 2, 3),)),
-            ref=reference,
-            **draw,
-        ),
-        Sample({"dims": (), "keepdim": False}, shapes=(((),),), ref=reference, **draw),
+    return tuple(
+        Sample({"dims": dims, "keepdim": keepdim}, shapes=shapes, ref=reference, **draw)
+        for dims, keepdim, *shapes in REDUCTIONS
     )
 
 
@@ -350,13 +352,13 @@ register(
     samples=(
         Sample(
             {"dim": 1},
-            shapes=(((2, 3),), ((3, 1, 2),)),
+            shapes=(((2, 3),), ((3, 1, 2),), ((3, 4),)),
             ref=lambda x, dim: _running(np.multiply, x, dim),
         ),
         # at zeros, where x_i divides nothing
         Sample(
             {"dim": 0},
-            shapes=(((3, 2),), ((4,),)),
+            shapes=(((3, 2),), ((4,),), ((2, 3, 2),)),
             kind="zeros",
             ref=lambda x, dim: _running(np.multiply, x, dim),
         ),
@@ -438,11 +440,15 @@ register(
     out="np.prod({0}, axis={dim}, keepdims={keepdim}, out={out})",
     props={REDUCE},
     samples=(
-        Sample({"dim": 1, "keepdim": False}, shapes=(((2, 3),), ((3, 4, 1),)), ref=_prod_reference),
+        Sample(
+            {"dim": 1, "keepdim": False},
+            shapes=(((2, 3),), ((3, 4, 1),), ((3, 4),)),
+            ref=_prod_reference,
+        ),
         # at zeros, where the usual out / x gradient divides by 0
         Sample(
             {"dim": 0, "keepdim": True},
-            shapes=(((3, 2),), ((4,),)),
+            shapes=(((3, 2),), ((4,),), ((2, 3, 2),)),
             kind="zeros",
             ref=_prod_reference,
         ),

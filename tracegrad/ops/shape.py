@@ -43,6 +43,11 @@ def _permute_reference(x, dims):
     return np.einsum(f"{letters}->{''.join(letters[d] for d in dims)}", x)
 
 
+def _broadcast_to_reference(x, shape):
+    """x added to zeros of ``shape`` (a test reference)."""
+    return x + np.zeros(shape)
+
+
 def _cat_reference(*xs, dim):
     """Each input written into its stretch of ``dim`` (a test reference)."""
     shape = list(xs[0].shape)
@@ -80,8 +85,13 @@ register(
     props={VIEW, LAYOUT_VIEW, CHEAP},
     samples=(
         # a 3-cycle is not its own inverse: the VJP must apply the inverse permutation
-        Sample({"dims": (1, 2, 0)}, shapes=(((2, 3, 4),), ((1, 3, 2),)), ref=_permute_reference),
-        Sample({"dims": (1, 0)}, shapes=(((2, 3),), ((3, 1),)), ref=_permute_reference),
+        Sample(
+            {"dims": (1, 2, 0)},
+            shapes=(((2, 3, 4),), ((1, 3, 2),), ((2, 3, 2),)),
+            ref=_permute_reference,
+        ),
+        Sample({"dims": (2, 1, 0)}, shapes=(((2, 3, 2),), ((2, 1, 3),)), ref=_permute_reference),
+        Sample({"dims": (1, 0)}, shapes=(((2, 3),), ((3, 1),), ((3, 4),)), ref=_permute_reference),
         Sample({"dims": ()}, shapes=(((),),), ref=_permute_reference),
     ),
 )
@@ -97,8 +107,9 @@ register(
         Sample(
             {"shape": (2, 3, 4)},
             shapes=(((3, 1),), ((),), ((1, 4),), ((2, 3, 4),)),
-            ref=lambda x, shape: x + np.zeros(shape),
+            ref=_broadcast_to_reference,
         ),
+        Sample({"shape": (2, 3)}, shapes=(((3,),), ((2, 1),)), ref=_broadcast_to_reference),
     ),
 )
 
@@ -137,10 +148,14 @@ register(
     samples=(
         Sample(
             {"dim": 0},
-            shapes=(((2, 3), (1, 3)), ((1,), (3,))),
+            shapes=(((2, 3), (1, 3)), ((1,), (3,)), ((1, 2, 2), (3, 2, 2))),
             ref=_cat_reference,
         ),
-        Sample({"dim": 2}, shapes=(((2, 2, 1), (2, 2, 2), (2, 2, 1)),), ref=_cat_reference),
+        Sample(
+            {"dim": 2},
+            shapes=(((2, 2, 1), (2, 2, 2), (2, 2, 1)), ((1, 1, 1), (1, 1, 2), (1, 1, 3))),
+            ref=_cat_reference,
+        ),
     ),
 )
 
