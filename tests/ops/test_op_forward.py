@@ -32,7 +32,7 @@ import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import dtypes
 from tracegrad.codegen.emit import expression
-from tracegrad.errors import DTypeError
+from tracegrad.errors import DTypeError, ShapeError
 from tracegrad.ops import OPS, VIEW, fused, kernels
 from tracegrad.tensor import call
 
@@ -328,6 +328,30 @@ def test_max_min_argmax_argmin_over_everything():
     assert t.argmax().shape == () and t.argmax().dtype == tg.int64
     np.testing.assert_array_equal(t.argmax(1, keepdim=True).numpy(), [[1], [0]])
     np.testing.assert_array_equal(t.argmin(0).numpy(), [0, 1, 0])
+
+
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        lambda t: t.amax(0),
+        lambda t: t.min(0),
+        lambda t: t.argmax(0),
+        lambda t: t.argmin(),
+        lambda t: t.max(),
+    ],
+)
+def test_a_maximum_or_minimum_over_an_empty_dim_is_a_shape_error(reduce):
+    # PyTorch refuses too (IndexError); NumPy's own error would name neither op nor shape
+    with pytest.raises(ShapeError, match=r"cannot reduce dim 0 of shape \(0, 3\)"):
+        reduce(tg.zeros(0, 3))
+    assert tuple(tg.zeros(0, 3).amax(1).shape) == (0,)  # the other dim: an empty result
+
+
+@pytest.mark.parametrize("method", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_softmax_of_an_empty_tensor_is_empty(method, dim):
+    result = getattr(tg.zeros(0, 3), method)(dim)  # as in PyTorch, along either dim
+    assert tuple(result.shape) == (0, 3) and result.dtype == tg.float32
 
 
 @pytest.mark.parametrize(

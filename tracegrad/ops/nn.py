@@ -283,7 +283,7 @@ def log_softmax(x, dim, out=None):
     Python calls only on larger arrays (a training step's cross entropy on W1's (32, 10)
     logits runs in a cold cache, where every call counts)."""
     small = x.size < SMALL_REDUCTION
-    peak = np.maximum.reduce(x, axis=dim, keepdims=True) if small else row_max(x, dim)
+    peak = np.maximum.reduce(x, dim, keepdims=True, initial=-np.inf) if small else row_max(x, dim)
     out = np.subtract(x, peak, out=out)
     exp = np.exp(out, out=scratch(out, "log_softmax"))
     out -= np.log(np.add.reduce(exp, axis=dim, keepdims=True) if small else row_sum(exp, dim))

@@ -15,12 +15,28 @@ from tracegrad.ops.registry import REDUCE, Sample, call, register
 from tracegrad.ops.runtime import filled, kernel
 
 
-def _reduce_infer(name, out_dtype=None):
+def _reduce_infer(name, out_dtype=None, nonempty=False):
+    """The type rule of a reduction; ``nonempty`` ones (a maximum, a minimum) refuse to reduce
+    a dim of size 0, which has no value."""
+
     def infer(x: TensorType, dims, keepdim) -> TensorType:
         dims = rules.normalize_dims(name, dims, x.ndim)
+        if nonempty:
+            check_nonempty(name, x.shape, dims)
         return TensorType(rules.reduced_shape(x.shape, dims, keepdim), out_dtype or x.dtype)
 
     return infer
+
+
+def check_nonempty(name, shape, dims) -> None:
+    """ShapeError for a maximum or minimum over a dim of size 0 (NumPy's own error says
+    nothing of the op or the shape)."""
+    empty = [d for d in dims if shape[d] == 0]
+    if empty:
+        raise rules.ShapeError(
+            f"{name}: cannot reduce dim {empty[0]} of shape {shape}: it is empty, and an empty "
+            "slice has no maximum or minimum"
+        )
 
 
 # A reduction's test samples: (dims, keepdim) and the shape sets it is tried on
@@ -127,7 +143,7 @@ for _name, _kernel, _ufunc in (("amax", amax, np.maximum), ("amin", amin, np.min
     register(
         _name,
         ("x",),
-        _reduce_infer(_name),
+        _reduce_infer(_name, nonempty=True),
         _kernel,
         (lambda c, g: call("extreme_grad", c.x, c.out, g, **c.attrs),),
         f"rt.{_name}({{0}}, {{dims}}, {{keepdim}})",
@@ -141,6 +157,7 @@ for _name, _kernel, _ufunc in (("amax", amax, np.maximum), ("amin", amin, np.min
 def _arg_infer(name):
     def infer(x: TensorType, dim, keepdim) -> TensorType:
         dims = rules.normalize_dims(name, dim, x.ndim) if dim is not None else ()
+        check_nonempty(name, x.shape, dims if dim is not None else range(x.ndim))
         shape = rules.reduced_shape(x.shape, dims, keepdim) if dim is not None else ()
         return TensorType(shape, dtypes.int64)
 
