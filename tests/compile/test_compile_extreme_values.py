@@ -13,7 +13,8 @@ it declares one:
 The op runs eagerly and as a compiled function (``tg.compile``, default passes); the results
 must have the same dtype, shape and bytes (nan where eager has nan, -0.0 where it has -0.0),
 or both calls must raise an error of the same type whose message starts the same (an empty
-input is not legal for every op). A new op gets its rows from its samples: nothing to add.
+input is not legal for every op). A new op gets its rows from its samples: nothing to add; an
+op declared without samples must say why in ``WITHOUT_SAMPLES``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,55 @@ def test_compiled_op_equals_eager_bit_for_bit(name, sample, shapes, variant, dty
         got = np.frombuffer(compiled[3], eager[1]).reshape(eager[2])
         want = np.frombuffer(eager[3], eager[1]).reshape(eager[2])
         assert compiled[3] == eager[3], f"compiled {got} != eager {want}"
+
+
+# Ops declared without samples, each with the reason (their rows in the gradient, forward and
+# compiled tables are written by hand); every other op must declare samples.
+WITHOUT_SAMPLES = {
+    **dict.fromkeys(
+        ("maximum", "minimum", "remainder"),
+        "draws of the two operands depend on each other (kept from ties, or x / y from integers)",
+    ),
+    **dict.fromkeys(
+        ("eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor"),
+        "comparisons and logic: elementwise, not yet declared with samples",
+    ),
+    **dict.fromkeys(("logical_not", "where", "cast"), "elementwise, not yet declared with samples"),
+    **dict.fromkeys(
+        (
+            *("relu_grad", "tanh_grad", "sigmoid_grad", "gelu_grad", "gelu_tanh"),
+            *("gelu_with_tanh", "gelu_grad_with_tanh", "softmax_grad", "masked_softmax_grad"),
+            *("log_softmax_grad", "cross_entropy_grad", "nll_loss", "log_softmax_nll_grad"),
+            *("layer_norm_grad", "layer_norm_center", "layer_norm_std"),
+            *("layer_norm_grad_from_std", "extreme_grad"),
+        ),
+        "fused ops: inputs built from each other (y the forward's output), each checked "
+        "against its reference composition",
+    ),
+    **dict.fromkeys(
+        ("add_scaled", "lerp", "ema_square", "adam_step"),
+        "optimizer updates, checked in compiled training steps",
+    ),
+    **dict.fromkeys(
+        (
+            "dropout_mask",
+            "random_normal",
+            "random_uniform",
+            "random_integers",
+            "random_permutation",
+        ),
+        "random draws: no inputs to draw, compared under one seed",
+    ),
+    "keep_gradient": "its gradient is by design not its derivative (a test of its own)",
+}
+
+
+def test_every_op_declares_samples_or_says_why_not():
+    without = {name for name, op in OPS.items() if not op.samples}
+    assert without == set(WITHOUT_SAMPLES), (
+        f"declare samples for {sorted(without - set(WITHOUT_SAMPLES))}; "
+        f"no longer without: {sorted(set(WITHOUT_SAMPLES) - without)}"
+    )
 
 
 def test_every_op_with_samples_has_rows_of_every_variant():
