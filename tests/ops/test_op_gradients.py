@@ -7,12 +7,16 @@ Every row is checked against central differences in float64; smooth rows to seco
 A final test fails when an op in ``tracegrad.ops.OPS`` declared with a VJP rule has no row, so
 a new op cannot arrive untested.
 
-A new op's row: an op declared with ``samples`` (``tracegrad.ops.registry.Sample``: the
-elementwise families, one input or two) gets its rows generated from them, calling the op
-directly. Any other op needs a ``Case`` in ``CASES`` under its family's heading (reductions,
-...), naming the ops it reaches, with the shape sets of its kind (``UNARY``, ``BINARY``, ...)
-and a generator keeping inputs in its domain (``positive``, ``away_from(kink)``);
-``smooth=False`` where it has kinks (no second-order check).
+A new op's rows are generated from the ``samples`` of its declaration
+(``tracegrad.ops.registry.Sample``: attributes, shape sets, how each input is drawn, whether
+the op is smooth there, tolerances): one row per sample, calling the op directly on each of
+its shape sets, float inputs as float64 leaves and integer or bool ones (indices, targets,
+masks) as constants. ``CASES`` keeps by hand only what a sample cannot say: public functions
+made of several ops (mean, var, conv2d, max_pool2d, affine layer_norm...), inputs that must
+be built from each other (fused gradient ops, whose ``y`` must be the forward's output),
+draws a sample has no kind for (``maximum``'s half-integers) and ops without samples; each
+names the ops it reaches, with a generator keeping inputs in its domain and ``smooth=False``
+where it has kinks.
 """
 
 from __future__ import annotations
@@ -69,11 +73,6 @@ def distinct(rng, shape):
     return spaced.reshape(shape)
 
 
-def with_zeros(rng, shape):
-    """Standard normals with about a third of them exactly 0."""
-    return rng.standard_normal(shape) * (rng.random(shape) > 0.35)
-
-
 def near_thirds(rng, shape):
     """Integers and 0.3, for ``around_three``: x / y stays away from the integers."""
     return rng.integers(-3, 4, shape) + 0.3
@@ -103,16 +102,9 @@ def mask_keeping_first(rng, shape):
     return m
 
 
-def labels(classes, ignore=None):
-    """Class indices in [0, classes); with ``ignore``, the first one is the ignore index."""
-
-    def gen(rng, shape):
-        t = rng.integers(0, classes, shape)
-        if ignore is not None:
-            t.reshape(-1)[0] = ignore
-        return t
-
-    return gen
+def labels(classes):
+    """Class indices in [0, classes)."""
+    return lambda rng, shape: rng.integers(0, classes, shape)
 
 
 def _zeros_and_twos(shape):
@@ -148,44 +140,8 @@ def _ln(ndims):
     return lambda x, w, b: F.layer_norm(x, tuple(x.shape[x.ndim - ndims :]), w, b, 1e-5)
 
 
-def _ce(**kwargs):
-    return lambda logits, target: F.cross_entropy(logits, target, **kwargs)
-
-
-def _expand(x):
-    """Broadcast every size-1 dim to 3 and add a leading dim of 2."""
-    return x.broadcast_to((2, *(3 if s == 1 else s for s in x.shape)))
-
-
-def _unfold(x):
-    return call(
-        "unfold", x, kernel=(2, 2), stride=(1, 2), padding=(1, 0), dilation=(2, 1), pad_value=0.0
-    )
-
-
-def _fold(cols):
-    # cols of a (H, W) = (4, 5) image under kernel (2, 2), stride (2, 1), padding (1, 1):
-    # OH = (4 + 2 - 2) // 2 + 1 = 3, OW = (5 + 2 - 2) // 1 + 1 = 6.
-    return call(
-        "fold", cols, size=(4, 5), kernel=(2, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 1)
-    )
-
-
-def _scatter_add(g):
-    index = tg.tensor([2, 0, 2])  # a repeated row: its two contributions add up
-    return call("scatter_add", g, index, key=(("tensor", 0),), shape=(4, *g.shape[1:]))
-
-
-def _scatter_add_basic(g):
-    key = (("slice", None, None, -1), ("int", 1), ("ellipsis",))
-    return call("scatter_add", g, key=key, shape=(g.shape[0], 3, *g.shape[1:]))
-
-
 def _pattern(shape):
     return tg.tensor(np.arange(int(np.prod(shape))).reshape(shape) % 3 != 1)
-
-
-_CE_NC = (((4, 3), (4,)), ((1, 5), (1,)))
 
 
 def _calling(name: str, attrs: dict):
@@ -193,10 +149,11 @@ def _calling(name: str, attrs: dict):
 
 
 def declared_cases() -> list[Case]:
-    """One row per sample declared with an op: the op called on inputs drawn as declared."""
+    """One row per sample declared with a differentiable op: the op called on inputs drawn as
+    declared (integer and bool inputs stay constant)."""
     cases = []
     for name, op in OPS.items():
-        for sample in op.samples:
+        for sample in op.samples if op.differentiable else ():
             gens = sample.drawers()
             fn = _calling(name, sample.attrs)
             label = sample.label(name)
@@ -205,9 +162,8 @@ def declared_cases() -> list[Case]:
 
 
 CASES = [
-    # ops declared with samples (the elementwise families): rows generated from them
+    # ops declared with samples: rows generated from them
     *declared_cases(),
-    Case("contiguous", ("contiguous",), lambda x: call("contiguous", x.T) * x.T, MATRIX[:2]),
     Case("add_scaled", ("add_scaled",), lambda x, y: call("add_scaled", x, y, alpha=-0.7), BINARY),
     Case(
         "add_scaled_method",
@@ -247,91 +203,18 @@ CASES = [
         UNARY,
         tol={"eps": 1e-3, "atol": 1e-4},
     ),
-    # reductions
-    Case("sum_all", ("sum",), lambda x: x.sum(), UNARY),
-    Case("sum_dims", ("sum",), lambda x: x.sum((0, -1)), (((2, 3),), ((2, 3, 4),))),
-    Case("sum_keepdim", ("sum",), lambda x: x.sum(1, keepdim=True), MATRIX),
-    Case("amax_all", ("amax",), lambda x: x.amax(), UNARY, (distinct,), smooth=False),
-    Case("amax_dim", ("amax",), lambda x: x.amax(-1, keepdim=True), MATRIX, (distinct,), False),
-    Case("max_dim", ("amax",), lambda x: x.max(1).values, MATRIX, (distinct,), smooth=False),
-    Case("amin_all", ("amin",), lambda x: x.amin(), UNARY, (distinct,), smooth=False),
-    Case("amin_dims", ("amin",), lambda x: x.amin((0, 1)), MATRIX, (distinct,), smooth=False),
-    Case("min_dim", ("amin",), lambda x: x.min(0).values, MATRIX, (distinct,), smooth=False),
-    Case("sum_to_lead", ("sum_to",), lambda x: x.sum_to(x.shape[1:]), MATRIX),
-    Case(
-        "sum_to_ones",
-        ("sum_to",),
-        lambda x: x.sum_to((1, *x.shape[1:-1], 1)),
-        (((2, 3),), ((2, 3, 4),)),
-    ),
+    # reductions written with several ops (the ops' own rows are generated)
     Case("mean", ("sum", "mul"), lambda x: x.mean(-1), MATRIX),
-    # scans along a dim; cumprod also at zeros, where x_i divides nothing
-    Case("cumsum", ("cumsum",), lambda x: x.cumsum(-1) * x.cumsum(0), MATRIX),
-    Case("cumprod", ("cumprod",), lambda x: x.cumprod(1), MATRIX),
-    Case("cumprod_zeros", ("cumprod",), lambda x: x.cumprod(0), MATRIX, (with_zeros,)),
-    Case("prod_dim", ("prod",), lambda x: x.prod(1), MATRIX),
     Case("prod_all", ("prod",), lambda x: x.prod(), UNARY),
-    Case("prod_zeros", ("prod",), lambda x: x.prod(0, keepdim=True), MATRIX, (with_zeros,)),
     Case("mean_all", ("sum", "mul"), lambda x: x.mean(), UNARY),
     Case("var", ("sub", "mul", "sum"), lambda x: x.var(1), MATRIX),
     Case(
         "var_keepdim", ("sub", "mul", "sum"), lambda x: x.var(0, keepdim=True, correction=0), MATRIX
     ),
     Case("std", ("sqrt",), lambda x: x.std(-1, correction=2), (((2, 4),), ((3, 3, 5),))),
-    # shapes
-    Case("reshape", ("reshape",), lambda x: x.reshape(-1), UNARY[::2]),
-    Case("reshape_split", ("reshape",), lambda x: x.reshape(x.shape[0], 1, -1), MATRIX),
-    Case("permute", ("permute",), lambda x: x.permute(*reversed(range(x.ndim))), MATRIX),
-    Case("transpose", ("permute",), lambda x: x.transpose(0, -1), MATRIX),
-    # a 3-cycle is not its own inverse: the VJP must apply the inverse permutation
-    Case("permute_cycle", ("permute",), lambda x: x.permute(1, 2, 0), (((2, 3, 4),), ((1, 3, 2),))),
-    Case("broadcast_to", ("broadcast_to",), _expand, (((3, 1),), ((),), ((2, 1, 3),))),
-    Case("cat", ("cat",), lambda x, y: tg.cat([x, y]), (((2, 3), (1, 3)), ((1,), (3,)))),
-    Case(
-        "cat3_last",
-        ("cat",),
-        lambda x, y, z: tg.cat([x, y, z], dim=-1),
-        (((2, 1), (2, 3), (2, 2)), ((2, 2, 1), (2, 2, 2), (2, 2, 1))),
-    ),
-    # indexing
-    Case("getitem_slices", ("getitem",), lambda x: x[1:, ::2], MATRIX),
-    Case("getitem_negative_step", ("getitem",), lambda x: x[::-1, -1:0:-2], MATRIX),
-    Case("getitem_none_ellipsis", ("getitem",), lambda x: x[None, ..., 1], MATRIX),
-    Case("getitem_int", ("getitem",), lambda x: x[-1, 1], MATRIX),
-    Case(
-        "getitem_repeated_indices",
-        ("getitem",),
-        lambda x: x[tg.tensor([0, 1, 0, 0])],
-        (((2,),), ((3, 2),)),
-    ),
-    Case(
-        "getitem_index_matrix",
-        ("getitem",),
-        lambda x: x[:, tg.tensor([[1, 1], [0, 1]])],
-        (((2, 3),), ((2, 2, 2),)),
-    ),
-    Case(
-        "getitem_two_arrays",
-        ("getitem",),
-        lambda x: x[tg.tensor([0, 1, 1]), tg.tensor([2, 2, 0])],
-        (((2, 3),), ((3, 4, 2),)),
-    ),
-    Case(
-        "getitem_split_arrays",  # advanced indices apart: NumPy moves their dim to the front
-        ("getitem",),
-        lambda x: x[tg.tensor([1, 0, 1]), :, tg.tensor([0, 0, 2])],
-        (((2, 2, 3),), ((2, 3, 3),)),
-    ),
+    # indexing with masks (made integer indices by the tensor layer), embedding
     Case("getitem_mask", ("getitem",), lambda x: x[_pattern(x.shape)], MATRIX),
     Case("getitem_row_mask", ("getitem",), lambda x: x[tg.tensor([True, False])], MATRIX[::2]),
-    Case("scatter_add", ("scatter_add",), _scatter_add, (((3,),), ((3, 2),))),
-    Case(
-        "view_update",  # a write through a view: values at flat positions of base
-        ("view_update",),
-        lambda base, values: call("view_update", base, values, tg.tensor([[4, 0], [5, 2]])),
-        (((2, 3), (2, 2)), ((3, 2), (2,)), ((6,), ())),
-    ),
-    Case("scatter_add_basic", ("scatter_add",), _scatter_add_basic, (((2,),), ((3, 2),))),
     Case(
         "embedding",
         ("getitem",),
@@ -339,110 +222,6 @@ CASES = [
         (((4, 2),), ((5, 3),)),
     ),
     Case("dropout_eval", (), lambda x: F.dropout(x, 0.5, training=False) * x, UNARY),
-    # products
-    Case(
-        "matmul",
-        ("matmul",),
-        lambda a, b: a @ b,
-        (
-            ((3,), (3,)),
-            ((3,), (3, 2)),
-            ((2, 3), (3,)),
-            ((2, 3), (3, 4)),
-            ((2, 1, 2, 3), (3, 3, 2)),
-            ((2, 2, 3), (3,)),
-            ((3,), (2, 3, 2)),
-        ),
-    ),
-    Case(
-        "einsum_matmul", ("einsum",), lambda a, b: tg.einsum("ij,jk->ik", a, b), (((2, 3), (3, 4)),)
-    ),
-    Case(
-        "einsum_summed_letter",  # k only in b, summed away: its cotangent is broadcast
-        ("einsum",),
-        lambda a, b: tg.einsum("ij,jk->i", a, b),
-        (((2, 3), (3, 4)), ((1, 2), (2, 1))),
-    ),
-    Case(
-        "einsum_batched",
-        ("einsum",),
-        lambda a, b: tg.einsum("bij,bjk->bik", a, b),
-        (((2, 2, 3), (2, 3, 2)),),
-    ),
-    Case("einsum_outer", ("einsum",), lambda a, b: tg.einsum("i,j->ij", a, b), (((2,), (3,)),)),
-    Case("einsum_single", ("einsum",), lambda a: tg.einsum("ijk->kj", a), (((2, 3, 2),),)),
-    Case(
-        "einsum_implicit", ("einsum",), lambda a, b: tg.einsum("ij,jk", a, b), (((2, 3), (3, 2)),)
-    ),
-    Case("einsum_dot", ("einsum",), lambda a, b: tg.einsum("ij,ij->", a, b), (((2, 3), (2, 3)),)),
-    # sliding windows
-    Case("unfold", ("unfold",), _unfold, (((1, 1, 4, 5),), ((2, 2, 3, 3),))),
-    Case("fold", ("fold",), _fold, (((1, 1, 3, 6, 2, 2),), ((2, 2, 3, 6, 2, 2),))),
-    # softmax family and losses
-    Case("softmax", ("softmax",), lambda x: x.softmax(-1), (*MATRIX, ((4,),))),
-    Case("softmax_dim0", ("softmax",), lambda x: x.softmax(0), MATRIX),
-    Case(
-        "masked_softmax",
-        ("masked_softmax",),
-        lambda x, m: call("masked_softmax", x, m, dim=-1),
-        (((3, 4), (3, 4)), ((2, 3, 4), (3, 4))),
-        (normal, mask_keeping_first),
-    ),
-    Case(
-        "masked_softmax_keys_major",  # down the columns, as the attention rewrite makes it
-        ("masked_softmax",),
-        lambda x, m: call("masked_softmax", x, m, dim=-2),
-        (((2, 4, 3), (4, 3)),),
-        (normal, lambda rng, shape: mask_keeping_first(rng, shape[::-1]).T),
-    ),
-    Case("log_softmax", ("log_softmax",), lambda x: x.log_softmax(-1), (*MATRIX, ((4,),))),
-    Case("log_softmax_dim1", ("log_softmax",), lambda x: x.log_softmax(1), MATRIX),
-    Case("cross_entropy", ("cross_entropy",), _ce(), (*_CE_NC, ((3,), ())), (normal, labels(3))),
-    Case(
-        "cross_entropy_sum", ("cross_entropy",), _ce(reduction="sum"), _CE_NC, (normal, labels(3))
-    ),
-    Case(
-        "cross_entropy_none",
-        ("cross_entropy",),
-        _ce(reduction="none"),
-        _CE_NC,
-        (normal, labels(3)),
-    ),
-    Case(
-        "cross_entropy_ignore",
-        ("cross_entropy",),
-        _ce(ignore_index=-1),
-        (((4, 3), (4,)), ((3, 2, 2), (3, 2))),
-        (normal, labels(2, ignore=-1)),
-    ),
-    Case(
-        "cross_entropy_ignore_none",
-        ("cross_entropy",),
-        _ce(ignore_index=1, reduction="none"),
-        (((4, 3), (4,)),),
-        (normal, labels(3, ignore=1)),
-    ),
-    Case(
-        "cross_entropy_smoothing",
-        ("cross_entropy",),
-        _ce(label_smoothing=0.2),
-        (*_CE_NC, ((3,), ())),
-        (normal, labels(3)),
-    ),
-    Case(
-        "cross_entropy_spatial",  # (N, C, d1) logits with (N, d1) targets
-        ("cross_entropy",),
-        _ce(label_smoothing=0.1, ignore_index=0, reduction="mean"),
-        (((2, 3, 4), (2, 4)), ((1, 4, 3), (1, 3))),
-        (normal, labels(3)),
-    ),
-    Case(
-        "cross_entropy_spatial_none",
-        ("cross_entropy",),
-        _ce(reduction="none"),
-        (((2, 3, 4), (2, 4)),),
-        (normal, labels(3)),
-    ),
     Case(
         "layer_norm",
         ("layer_norm", "mul", "add"),
@@ -454,12 +233,6 @@ CASES = [
         ("layer_norm", "mul", "add"),
         _ln(2),
         (((2, 2, 3), (2, 3), (2, 3)), ((3, 2), (3, 2), (3, 2))),
-    ),
-    Case(
-        "layer_norm_plain",
-        ("layer_norm",),
-        lambda x: F.layer_norm(x, x.shape[-1:]),
-        (((3, 4),), ((2, 1),)),
     ),
     # composites
     Case(

@@ -23,14 +23,14 @@ What adding an op touches, with softplus (log(1 + exp(x))) as the worked example
 2. The public names: ``F.softplus`` in ``nn/functional.py`` (``call("softplus", x)``), the
    ``nn.Softplus`` module in ``nn/layers.py`` and its export in ``nn/__init__.py``; a Tensor
    method is one line of ``ONE_OP_METHODS`` in ``tensor/methods.py``.
-3. Test rows, each table failing until the op has one. Gradients
-   (``tests/ops/test_op_gradients.py``) and compiled == eager
-   (``tests/compile/test_compile_ops.py``): generated from the entry's ``samples=`` (inputs
-   in [-2, 2], smooth, unless declared otherwise: ``POSITIVE``, kinks, attributes, a sample
-   per input), as for the elementwise families (one input or two); ops of other families add
-   a ``Case`` to ``CASES`` and a ``row`` to ``ROWS_TABLE``. Forward values
-   (``tests/ops/test_op_forward.py``): a ``REPRESENTATIVE`` call and a line of ``UNARY``
-   against NumPy.
+3. Test rows, each table failing until the op has them, generated from the entry's
+   ``samples=`` (``registry.Sample``: inputs in [-2, 2] and smooth unless declared otherwise:
+   ``POSITIVE``, kinks, attributes, shape sets, a sample per input, index or mask draws, and
+   ``ref``, a NumPy reference): gradients (``tests/ops/test_op_gradients.py``), forward values
+   and the shape/dtype rule (``tests/ops/test_op_forward.py``; an elementwise op also gets a
+   line of ``UNARY`` or ``BINARY`` there, through its public method), compiled == eager
+   (``tests/compile/test_compile_ops.py``) and extreme values compiled == eager bit for bit
+   (``tests/compile/test_compile_extreme_values.py``).
 """
 
 from tracegrad.ops import elementwise, fused, index, linalg, nn, optim, random, reduce, shape

@@ -17,7 +17,7 @@ from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import rules
 from tracegrad.ops.elementwise import _zero
-from tracegrad.ops.registry import VIEW, call, register
+from tracegrad.ops.registry import VIEW, Sample, call, register
 from tracegrad.ops.runtime import kernel
 
 
@@ -83,6 +83,48 @@ def check_rows(rows, size):
     return rows
 
 
+def _key(*items):
+    return {"key": items}
+
+
+ALL = ("slice", None, None, None)
+# Index arrays for dims of 2 or more elements: negative ones too, repeated ones accumulate.
+INDICES = Sample(kind="integers", low=-2, high=2)
+MATRICES = (((2, 3),), ((3, 4),), ((2, 3, 2),))
+GETITEM_SAMPLES = (
+    Sample(_key(("slice", 1, None, None), ("slice", None, None, 2)), shapes=MATRICES),
+    Sample(_key(("slice", None, None, -1), ("slice", -1, 0, -2)), shapes=MATRICES),
+    Sample(_key(("none",), ("ellipsis",), ("int", 1)), shapes=MATRICES),
+    Sample(_key(("int", -1), ("int", 1)), shapes=MATRICES),
+    Sample(_key(("ellipsis",)), shapes=(((),), ((2, 3),))),
+    Sample(
+        _key(("tensor", 0)), shapes=(((2,), (4,)), ((3, 2), (2, 2))), inputs=(Sample(), INDICES)
+    ),
+    Sample(
+        _key(ALL, ("tensor", 0)),
+        shapes=(((2, 3), (2, 2)), ((2, 2, 2), (3,))),
+        inputs=(Sample(), INDICES),
+    ),
+    Sample(
+        _key(("tensor", 0), ("tensor", 1)),
+        shapes=(((2, 3), (3,), (3,)), ((3, 4, 2), (2, 3), (3,))),
+        inputs=(Sample(), INDICES, INDICES),
+    ),
+    # advanced indices apart: NumPy moves their dim to the front
+    Sample(
+        _key(("tensor", 0), ALL, ("tensor", 1)),
+        shapes=(((2, 2, 3), (3,), (3,)),),
+        inputs=(Sample(), INDICES, INDICES),
+    ),
+    # an embedding's lookup: rows checked to lie in [0, 4)
+    Sample(
+        _key(("rows", 0, 4)),
+        shapes=(((4, 2), (2, 3)), ((4,), (5,))),
+        inputs=(Sample(), Sample(kind="integers", low=0, high=4)),
+    ),
+)
+
+
 # Basic indexing (slices, ints, None, ...) returns a view of x, as in NumPy and PyTorch.
 register(
     "getitem",
@@ -95,6 +137,7 @@ register(
     ),
     "{0}[rt.index({key!r}, {indices})]",
     props={VIEW},
+    samples=GETITEM_SAMPLES,
 )
 
 
@@ -129,6 +172,13 @@ def _add_rows(out, rows, g):
     out[ordered[starts]] = sums
 
 
+def _scatter_add_reference(g, *indices, key, shape):
+    """np.add.at into zeros (a test reference: the kernel sums repeated rows its own way)."""
+    out = np.zeros(shape, g.dtype)
+    np.add.at(out, resolve(key, indices), g)
+    return out
+
+
 # scatter_add(g, idx) adds g into zeros(shape) at x[idx]: the transpose of getitem.
 register(
     "scatter_add",
@@ -138,6 +188,25 @@ register(
     lambda c, g: (call("getitem", g, *c.inputs[1:], key=c.key),) + (None,) * (len(c.inputs) - 1),
     "rt.scatter_add({0}, {key!r}, {shape}, {indices})",
     out="rt.scatter_add({0}, {key!r}, {shape}, out={out}, *[{indices}])",
+    samples=(
+        Sample(
+            {"key": (("tensor", 0),), "shape": (4, 2)},
+            shapes=(((5, 2), (5,)), ((2, 3, 2), (2, 3))),
+            inputs=(Sample(), Sample(kind="integers", low=-4, high=4)),
+            ref=_scatter_add_reference,
+        ),
+        Sample(
+            {"key": (("rows", 0, 4),), "shape": (4, 3)},
+            shapes=(((6, 3), (6,)),),
+            inputs=(Sample(), Sample(kind="integers", low=0, high=4)),
+            ref=_scatter_add_reference,
+        ),
+        Sample(
+            {"key": (("slice", None, None, -1), ("int", 1), ("ellipsis",)), "shape": (2, 3, 2)},
+            shapes=(((2, 2),),),
+            ref=_scatter_add_reference,
+        ),
+    ),
 )
 
 
@@ -160,6 +229,13 @@ def view_update(base, values, positions):
     return out
 
 
+def _view_update_reference(base, values, positions):
+    """A copy of base with values written at the flat positions (a test reference)."""
+    out = base.copy()
+    out.reshape(-1)[positions] = values
+    return out
+
+
 # view_update(base, values, positions): base with the elements at flat positions set to values,
 # how a traced program writes in place through a view (x[0].add_(1), x.t().mul_(2), x[i] = v).
 # d/dbase: g with those elements zeroed; d/dvalues: g at those elements.
@@ -179,6 +255,13 @@ register(
         None,
     ),
     "rt.view_update({0}, {1}, {2})",
+    samples=(
+        Sample(
+            shapes=(((2, 3), (2, 2), (2, 2)), ((3, 2), (2,), (2, 2)), ((6,), (), (2, 2))),
+            inputs=(Sample(), Sample(), Sample(kind="positions", high=6)),
+            ref=_view_update_reference,
+        ),
+    ),
 )
 
 
@@ -199,4 +282,14 @@ register(
     one_hot,
     None,
     "rt.one_hot({0}, {num_classes})",
+    samples=(
+        Sample(
+            {"num_classes": 4},
+            shapes=(((2, 3),), ((),), ((0,),)),
+            kind="integers",
+            low=0,
+            high=4,
+            ref=lambda t, num_classes: np.eye(num_classes, dtype=np.int64)[t],
+        ),
+    ),
 )

@@ -8,7 +8,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import call, register
+from tracegrad.ops.registry import Sample, call, register
 from tracegrad.ops.runtime import kernel
 
 
@@ -48,6 +48,23 @@ def _matmul_grad_b(c, g):
     return (a.mT @ g).sum_to(b.shape).reshape(c.b.shape)
 
 
+def _matmul_reference(a, b):
+    """Products summed over the inner dim by broadcasting, with NumPy's 1-D operands as a row
+    or a column that is dropped after (a test reference)."""
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    out = (a2[..., :, :, None] * b2[..., None, :, :]).sum(-2)
+    out = out[..., 0, :] if a.ndim == 1 else out
+    return out[..., 0] if b.ndim == 1 else out
+
+
+# NumPy's cases: from vectors, of matrices, batched (batch dims broadcast)
+MATMUL_SHAPES = (
+    (((3,), (3,)), ((3,), (3, 2))),
+    (((2, 3), (3, 4)), ((2, 3), (3,))),
+    (((2, 1, 2, 3), (3, 3, 2)), ((2, 2, 3), (3,)), ((3,), (2, 3, 2))),
+)
+
 register(
     "matmul",
     ("a", "b"),
@@ -57,6 +74,7 @@ register(
     "{0} @ {1}",
     saves={"a": ("b",), "b": ("a",)},  # a's rule reads only b's data, and b's only a's
     out="np.matmul({0}, {1}, out={out})",
+    samples=tuple(Sample(shapes=shapes, ref=_matmul_reference) for shapes in MATMUL_SHAPES),
 )
 
 
@@ -118,6 +136,17 @@ register(
     _einsum_grad,
     "np.einsum({equation!r}, {inputs})",
     saves=("xs",),
+    samples=(
+        Sample({"equation": "ij,jk->ik"}, shapes=(((2, 3), (3, 4)),)),
+        # k only in b, summed away: its cotangent is broadcast
+        Sample({"equation": "ij,jk->i"}, shapes=(((2, 3), (3, 4)), ((1, 2), (2, 1)))),
+        Sample({"equation": "bij,bjk->bik"}, shapes=(((2, 2, 3), (2, 3, 2)),)),
+        Sample({"equation": "i,j->ij"}, shapes=(((2,), (3,)),)),
+        Sample({"equation": "ijk->kj"}, shapes=(((2, 3, 2),),)),
+        Sample({"equation": "ij,jk"}, shapes=(((2, 3), (3, 2)),)),
+        Sample({"equation": "ij,ij->"}, shapes=(((2, 3), (2, 3)),)),
+        Sample({"equation": "ij,jk,kl->il"}, shapes=(((2, 3), (3, 2), (2, 2)),)),
+    ),
 )
 
 
@@ -129,6 +158,13 @@ def _svdvals_infer(x: TensorType) -> TensorType:
     if x.ndim < 2:
         raise ShapeError(f"svdvals: expected a matrix or a batch of matrices, got shape {x.shape}")
     return TensorType((*x.shape[:-2], min(x.shape[-2:])), x.dtype)
+
+
+def _svdvals_reference(x):
+    """The square roots of the eigenvalues of x^T x or x x^T (the smaller), descending."""
+    m, n = x.shape[-2:]
+    gram = np.swapaxes(x, -1, -2) @ x if n <= m else x @ np.swapaxes(x, -1, -2)
+    return np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))[..., ::-1]
 
 
 @kernel
@@ -157,6 +193,11 @@ register(
     (lambda c, g: call("svdvals_grad", c.x, g),),
     "np.linalg.svd({0}, compute_uv=False)",
     saves=("x",),
+    # (distinct singular values away from 0, where the gradient is smooth; no second
+    # derivative: not smooth for the tables)
+    samples=(
+        Sample(shapes=(((3, 4),), ((2, 4, 3),), ((2, 2),)), smooth=False, ref=_svdvals_reference),
+    ),
 )
 register(
     "svdvals_grad",

@@ -14,7 +14,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
 from tracegrad.ops.elementwise import where
-from tracegrad.ops.registry import NON_NEGATIVE, OVERWRITES_INPUT, VIEW, call, register
+from tracegrad.ops.registry import NON_NEGATIVE, OVERWRITES_INPUT, VIEW, Sample, call, register
 from tracegrad.ops.runtime import (
     SMALL_REDUCTION,
     class_dim,
@@ -50,6 +50,11 @@ def _unfold_infer(x: TensorType, kernel, stride, padding, dilation, pad_value) -
 
 def _fold_infer(cols: TensorType, size, kernel, stride, padding, dilation) -> TensorType:
     return TensorType((*cols.shape[:2], *size), cols.dtype)
+
+
+def _window(kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> dict:
+    """The attributes of a sliding window (for test samples)."""
+    return {"kernel": (kh, kw), "stride": stride, "padding": padding, "dilation": dilation}
 
 
 @kernel
@@ -88,6 +93,12 @@ register(
     ),
     "rt.unfold({0}, {kernel}, {stride}, {padding}, {dilation}, {pad_value!r})",
     props={VIEW},  # without padding the windows are a strided view of x
+    samples=(
+        Sample(
+            _window(2, 2, stride=(1, 2), padding=(1, 0), dilation=(2, 1)) | {"pad_value": 0.0},
+            shapes=(((1, 1, 4, 5),), ((2, 2, 3, 3),)),
+        ),
+    ),
 )
 
 
@@ -134,6 +145,14 @@ register(
     ),
     "rt.fold({0}, {size}, {kernel}, {stride}, {padding}, {dilation})",
     out="rt.fold({0}, {size}, {kernel}, {stride}, {padding}, {dilation}, out={out})",
+    # windows of a (4, 5) image under kernel (2, 2), stride (2, 1), padding (1, 1):
+    # OH = (4 + 2 - 2) // 2 + 1 = 3, OW = (5 + 2 - 2) // 1 + 1 = 6
+    samples=(
+        Sample(
+            _window(2, 2, stride=(2, 1), padding=(1, 1)) | {"size": (4, 5)},
+            shapes=(((1, 1, 3, 6, 2, 2),), ((2, 2, 3, 6, 2, 2),)),
+        ),
+    ),
 )
 
 # --- softmax family ------------------------------------------------------------------------------
@@ -157,6 +176,24 @@ def _softmax_shifted(x, peak, dim, out):
     return out
 
 
+def _softmax_reference(x, dim):
+    """exp(x) / sum(exp(x)) as written (a test reference; no shift by the max)."""
+    e = np.exp(x)
+    return e / e.sum(dim, keepdims=True)
+
+
+# Along a middle dim, the first (down a vector too) and the last (samples of the softmax family)
+ALONG = (
+    ({"dim": 1}, ((2, 3),), ((2, 3, 2),), ((3, 4),)),
+    ({"dim": 0}, ((2, 3),), ((4,),), ((2, 3, 2),)),
+    ({"dim": 2}, ((2, 3, 2),)),
+)
+
+
+def _along_samples(ref):
+    return tuple(Sample(attrs, shapes=shapes, ref=ref) for attrs, *shapes in ALONG)
+
+
 # Their gradients are fused ops (tracegrad/ops/fused.py).
 register(
     "softmax",
@@ -168,6 +205,7 @@ register(
     out="rt.softmax({0}, {dim}, out={out})",
     saves=("out",),
     props=(OVERWRITES_INPUT, NON_NEGATIVE),
+    samples=_along_samples(_softmax_reference),
 )
 
 
@@ -202,6 +240,12 @@ def masked_softmax(x, mask, dim, out=None):
     return _softmax_shifted(out, peak, dim, out)
 
 
+def _masked_softmax_reference(x, mask, dim):
+    """Probabilities of the unmasked entries, 0 at masked ones (a test reference)."""
+    e = np.where(mask, 0.0, np.exp(x))
+    return e / e.sum(dim, keepdims=True)
+
+
 # softmax(where(mask, -inf, x)), which the attention pattern rewrites to (passes/stabilize.py):
 # in place over the scores, and a gradient without a pass for the mask.
 register(
@@ -214,6 +258,21 @@ register(
     out="rt.masked_softmax({0}, {1}, {dim}, out={out})",
     saves=("out", "mask"),
     props=(OVERWRITES_INPUT,),
+    samples=(
+        Sample(
+            {"dim": -1},
+            shapes=(((3, 4), (3, 4)), ((2, 3, 4), (3, 4))),
+            inputs=(Sample(), Sample(kind="mask")),
+            ref=_masked_softmax_reference,
+        ),
+        # down the columns, as the attention rewrite makes it
+        Sample(
+            {"dim": -2},
+            shapes=(((2, 4, 3), (4, 3)),),
+            inputs=(Sample(), Sample(kind="mask")),
+            ref=_masked_softmax_reference,
+        ),
+    ),
 )
 
 
@@ -224,7 +283,7 @@ def log_softmax(x, dim, out=None):
     Python calls only on larger arrays (a training step's cross entropy on W1's (32, 10)
     logits runs in a cold cache, where every call counts)."""
     small = x.size < SMALL_REDUCTION
-    peak = np.maximum.reduce(x, axis=dim, keepdims=True) if small else row_max(x, dim)
+    peak = np.maximum.reduce(x, dim, keepdims=True, initial=-np.inf) if small else row_max(x, dim)
     out = np.subtract(x, peak, out=out)
     exp = np.exp(out, out=scratch(out, "log_softmax"))
     out -= np.log(np.add.reduce(exp, axis=dim, keepdims=True) if small else row_sum(exp, dim))
@@ -248,6 +307,7 @@ register(
     out="rt.log_softmax({0}, {dim}, out={out})",
     saves=("out",),
     props=(OVERWRITES_INPUT,),
+    samples=_along_samples(lambda x, dim: np.log(_softmax_reference(x, dim))),
 )
 
 # --- cross entropy over class indices ------------------------------------------------------------
@@ -340,6 +400,17 @@ def usual_class_loss(logp, target, ignore_index, label_smoothing, reduction) -> 
     return bool((target != ignore_index).all())
 
 
+# Logits or log-probabilities: (N, C), one row, unbatched (C,) and spatial (N, C, d1)
+CLASS_SHAPES = (((4, 3), (4,)), ((1, 5), (1,)), ((3,), ()), ((2, 3, 4), (2, 4)))
+
+
+def _class_loss_sample(ignore_index, label_smoothing, reduction, shapes, low=0) -> Sample:
+    """A sample of a loss over class indices: targets drawn in [low, 3)."""
+    attrs = {"ignore_index": ignore_index, "label_smoothing": label_smoothing}
+    targets = Sample(kind="integers", low=low, high=3)
+    return Sample(attrs | {"reduction": reduction}, shapes=shapes, inputs=(Sample(), targets))
+
+
 register(
     "cross_entropy",
     ("logits", "target"),
@@ -348,6 +419,16 @@ register(
     lambda c, g: (call("cross_entropy_grad", c.logits, c.target, g, **c.attrs), None),
     "rt.cross_entropy({0}, {1}, {ignore_index}, {label_smoothing}, {reduction!r})",
     saves=("logits", "target"),
+    samples=(
+        _class_loss_sample(-100, 0.0, "mean", CLASS_SHAPES),
+        _class_loss_sample(-100, 0.0, "sum", CLASS_SHAPES[:2]),
+        _class_loss_sample(-100, 0.0, "none", (*CLASS_SHAPES[:2], CLASS_SHAPES[3])),
+        _class_loss_sample(1, 0.0, "none", CLASS_SHAPES[:1]),  # 1 drawn: ignored
+        _class_loss_sample(0, 0.1, "mean", CLASS_SHAPES[3:]),
+        _class_loss_sample(-100, 0.2, "mean", CLASS_SHAPES),
+        # targets of -1 among the drawn ones, ignored (batches of 4 keep some)
+        _class_loss_sample(-1, 0.0, "mean", (((4, 3), (4,)), ((2, 3, 2), (2, 2))), low=-1),
+    ),
 )
 
 # --- layer norm (without the affine part, which is an ordinary mul and add) ----------------------
@@ -383,6 +464,12 @@ def layer_norm(x, ndims, eps, out=None):
     return out
 
 
+def _layer_norm_reference(x, ndims, eps):
+    """(x - mean) / sqrt(var + eps) over the last ``ndims`` dims (a test reference)."""
+    axes = tuple(range(x.ndim - ndims, x.ndim))
+    return (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
+
+
 register(
     "layer_norm",
     ("x",),
@@ -393,4 +480,14 @@ register(
     out="rt.layer_norm({0}, {ndims}, {eps!r}, out={out})",
     saves=("x", "out"),
     props=(OVERWRITES_INPUT,),
+    samples=(
+        Sample(
+            {"ndims": 1, "eps": 1e-5},
+            shapes=(((2, 3),), ((2, 2, 4),), ((5,),)),
+            ref=_layer_norm_reference,
+        ),
+        Sample(
+            {"ndims": 2, "eps": 1e-5}, shapes=(((2, 2, 3),), ((3, 2),)), ref=_layer_norm_reference
+        ),
+    ),
 )

@@ -11,16 +11,59 @@ import numpy as np
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
 from tracegrad.ops import rules
-from tracegrad.ops.registry import REDUCE, call, register
+from tracegrad.ops.registry import REDUCE, Sample, call, register
 from tracegrad.ops.runtime import filled, kernel
 
 
-def _reduce_infer(name, out_dtype=None):
+def _reduce_infer(name, out_dtype=None, nonempty=False):
+    """The type rule of a reduction; ``nonempty`` ones (a maximum, a minimum) refuse to reduce
+    a dim of size 0, which has no value."""
+
     def infer(x: TensorType, dims, keepdim) -> TensorType:
         dims = rules.normalize_dims(name, dims, x.ndim)
+        if nonempty:
+            check_nonempty(name, x.shape, dims)
         return TensorType(rules.reduced_shape(x.shape, dims, keepdim), out_dtype or x.dtype)
 
     return infer
+
+
+def check_nonempty(name, shape, dims) -> None:
+    """ShapeError for a maximum or minimum over a dim of size 0 (NumPy's own error says
+    nothing of the op or the shape)."""
+    empty = [d for d in dims if shape[d] == 0]
+    if empty:
+        raise rules.ShapeError(
+            f"{name}: cannot reduce dim {empty[0]} of shape {shape}: it is empty, and an empty "
+            "slice has no maximum or minimum"
+        )
+
+
+# A reduction's test samples: (dims, keepdim) and the shape sets it is tried on
+REDUCTIONS = (
+    ((1,), True, ((2, 3),), ((3, 4),), ((4, 1, 2),)),
+    ((0,), False, ((2, 3),), ((2, 3, 2),)),
+    ((0, 2), False, ((2, 3, 4),), ((1, 2, 3),)),
+    ((0, 1), False, ((2, 3),), ((3, 4),)),  # everything
+    ((), False, ((),)),  # nothing, of a 0-d value
+)
+
+
+def _reduction_samples(ref, **draw):
+    """Test samples of a reduction over ``dims``, as ``REDUCTIONS`` lists them;
+    ``ref(x, axis, keepdims)`` is its NumPy counterpart."""
+
+    def reference(x, dims, keepdim):
+        return ref(x, axis=tuple(dims), keepdims=keepdim)
+
+    return tuple(
+        Sample({"dims": dims, "keepdim": keepdim}, shapes=shapes, ref=reference, **draw)
+        for dims, keepdim, *shapes in REDUCTIONS
+    )
+
+
+# Reductions with kinks where values tie: drawn apart, checked to first order.
+APART = {"kind": "distinct", "smooth": False}
 
 
 def keep_dims(g, x_shape, dims, keepdim):
@@ -52,6 +95,7 @@ register(
     "np.sum({0}, axis={dims}, keepdims={keepdim})",
     out="np.sum({0}, axis={dims}, keepdims={keepdim}, out={out})",
     props={REDUCE},
+    samples=_reduction_samples(np.add.reduce),
 )
 
 
@@ -95,23 +139,25 @@ def _extreme(ufunc, x, dims, keepdim, out):
 
 
 # amax/amin: the gradient is shared evenly between tied extremes (a fused op).
-for _name, _kernel in (("amax", amax), ("amin", amin)):
+for _name, _kernel, _ufunc in (("amax", amax, np.maximum), ("amin", amin, np.minimum)):
     register(
         _name,
         ("x",),
-        _reduce_infer(_name),
+        _reduce_infer(_name, nonempty=True),
         _kernel,
         (lambda c, g: call("extreme_grad", c.x, c.out, g, **c.attrs),),
         f"rt.{_name}({{0}}, {{dims}}, {{keepdim}})",
         out=f"rt.{_name}({{0}}, {{dims}}, {{keepdim}}, out={{out}})",
         saves=("x", "out"),
         props={REDUCE},
+        samples=_reduction_samples(_ufunc.reduce, **APART),
     )
 
 
 def _arg_infer(name):
     def infer(x: TensorType, dim, keepdim) -> TensorType:
         dims = rules.normalize_dims(name, dim, x.ndim) if dim is not None else ()
+        check_nonempty(name, x.shape, dims if dim is not None else range(x.ndim))
         shape = rules.reduced_shape(x.shape, dims, keepdim) if dim is not None else ()
         return TensorType(shape, dtypes.int64)
 
@@ -127,6 +173,31 @@ def _arg_impl(np_fn):
     return impl
 
 
+def _arg_samples(extreme):
+    """Samples of argmax/argmin: the index where ``extreme`` is found, over a dim or all."""
+
+    def reference(x, dim, keepdim):
+        found = extreme(x, axis=dim, keepdims=True) == x
+        index = np.indices(x.shape)[dim] if dim is not None else np.arange(x.size).reshape(x.shape)
+        return np.sum(np.where(found, index, 0), axis=dim, keepdims=keepdim)
+
+    return (
+        Sample(
+            {"dim": 1, "keepdim": False},
+            shapes=(((2, 3),), ((3, 4, 2),)),
+            kind="distinct",
+            ref=reference,
+        ),
+        Sample({"dim": 0, "keepdim": True}, shapes=(((2, 3),),), kind="distinct", ref=reference),
+        Sample(
+            {"dim": None, "keepdim": False},
+            shapes=(((2, 3),), ((),)),
+            kind="distinct",
+            ref=reference,
+        ),
+    )
+
+
 register(
     "argmax",
     ("x",),
@@ -135,6 +206,7 @@ register(
     None,
     "np.argmax({0}, axis={dim}, keepdims={keepdim})",
     props={REDUCE},
+    samples=_arg_samples(np.max),
 )
 register(
     "argmin",
@@ -144,6 +216,7 @@ register(
     None,
     "np.argmin({0}, axis={dim}, keepdims={keepdim})",
     props={REDUCE},
+    samples=_arg_samples(np.min),
 )
 
 
@@ -195,6 +268,11 @@ register(
     "rt.sum_to({0}, {shape})",
     out="rt.sum_to({0}, {shape}, out={out})",
     props={REDUCE},
+    samples=(
+        Sample({"shape": (1, 3)}, shapes=(((2, 3),), ((4, 2, 3),))),
+        Sample({"shape": (3, 1)}, shapes=(((2, 3, 4),), ((3, 1),))),
+        Sample({"shape": ()}, shapes=(((2, 3),), ((),))),
+    ),
 )
 
 
@@ -209,6 +287,14 @@ def _along_dim_infer(name, out_dtype=None):
         return TensorType(x.shape, out_dtype or x.dtype)
 
     return infer
+
+
+def _running(ufunc, x, dim):
+    """The scan of ``ufunc`` along ``dim``, one step at a time (a test reference)."""
+    out = np.array(np.moveaxis(x, dim, 0))
+    for i in range(1, len(out)):
+        out[i] = ufunc(out[i - 1], out[i])
+    return np.moveaxis(out, 0, dim)
 
 
 def reverse(x, dim):
@@ -233,6 +319,16 @@ register(
     (lambda c, g: reverse(call("cumsum", reverse(g, c.dim), dim=c.dim), c.dim),),
     "np.cumsum({0}, axis={dim})",
     out="np.cumsum({0}, axis={dim}, out={out})",
+    samples=(
+        Sample(
+            {"dim": 1},
+            shapes=(((2, 3),), ((2, 4, 1),)),
+            ref=lambda x, dim: _running(np.add, x, dim),
+        ),
+        Sample(
+            {"dim": 0}, shapes=(((3,),), ((3, 2),)), ref=lambda x, dim: _running(np.add, x, dim)
+        ),
+    ),
 )
 
 
@@ -270,6 +366,20 @@ register(
     "np.cumprod({0}, axis={dim})",
     saves=("x", "out"),
     out="np.cumprod({0}, axis={dim}, out={out})",
+    samples=(
+        Sample(
+            {"dim": 1},
+            shapes=(((2, 3),), ((3, 1, 2),), ((3, 4),)),
+            ref=lambda x, dim: _running(np.multiply, x, dim),
+        ),
+        # at zeros, where x_i divides nothing
+        Sample(
+            {"dim": 0},
+            shapes=(((3, 2),), ((4,),), ((2, 3, 2),)),
+            kind="zeros",
+            ref=lambda x, dim: _running(np.multiply, x, dim),
+        ),
+    ),
 )
 
 
@@ -291,6 +401,20 @@ register(
     argsort,
     None,
     "rt.argsort({0}, {dim}, {descending})",
+    samples=(
+        Sample(
+            {"dim": 1, "descending": False},
+            shapes=(((2, 3),), ((3, 4, 2),)),
+            kind="distinct",
+            ref=lambda x, dim, descending: np.argsort(x, axis=dim),
+        ),
+        Sample(
+            {"dim": 0, "descending": True},
+            shapes=(((4, 2),), ((5,),)),
+            kind="distinct",
+            ref=lambda x, dim, descending: np.argsort(-x, axis=dim),
+        ),
+    ),
 )
 
 
@@ -315,6 +439,12 @@ def _prod_infer(x: TensorType, dim, keepdim) -> TensorType:
     return TensorType(rules.reduced_shape(x.shape, (dim,), keepdim), x.dtype)
 
 
+def _prod_reference(x, dim, keepdim):
+    """The product along ``dim`` as the last value of a running product (a test reference)."""
+    last = np.take(_running(np.multiply, x, dim), [-1], axis=dim)
+    return last if keepdim else np.squeeze(last, dim)
+
+
 # prod over one dim (the tensor layer flattens several into one first).
 register(
     "prod",
@@ -326,4 +456,18 @@ register(
     saves=("x",),
     out="np.prod({0}, axis={dim}, keepdims={keepdim}, out={out})",
     props={REDUCE},
+    samples=(
+        Sample(
+            {"dim": 1, "keepdim": False},
+            shapes=(((2, 3),), ((3, 4, 1),), ((3, 4),)),
+            ref=_prod_reference,
+        ),
+        # at zeros, where the usual out / x gradient divides by 0
+        Sample(
+            {"dim": 0, "keepdim": True},
+            shapes=(((3, 2),), ((4,),), ((2, 3, 2),)),
+            kind="zeros",
+            ref=_prod_reference,
+        ),
+    ),
 )

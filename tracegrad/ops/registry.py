@@ -19,9 +19,10 @@ An ``Op`` entry holds, side by side:
   ("x",)}``), so the tape saves only what the rules that will run read, as PyTorch does: ``v *
   2`` for a ``v`` needing grad keeps no reference to ``v``, and ``v`` may then change in place;
 - ``props``: property sets passes query instead of listing op names;
-- ``samples``: the inputs the op's generated test rows draw (``Sample``: attributes, the
-  interval inputs come from, points to stay away from, input shapes, whether the op is smooth
-  there). Ops declared with samples need no hand-written gradient row.
+- ``samples``: the inputs the op's generated test rows draw (``Sample``: attributes, how
+  values are drawn (an interval, points to stay away from, distinct values, indices, masks),
+  input shapes, whether the op is smooth there, a NumPy reference). The gradient, forward,
+  compiled-vs-eager and extreme-value test tables make their rows of an op from them.
 
 Ops are called through ``call(name, *inputs, **attrs)``, which hands them to the inputs'
 ``apply_op`` (the tensor layer's dispatcher: eager execution, or tracing).
@@ -29,8 +30,11 @@ Ops are called through ``call(name, *inputs, **attrs)``, which hands them to the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from tracegrad.dtypes import TensorType
 
@@ -67,9 +71,18 @@ BINARY_SHAPES = (
 
 @dataclass(frozen=True)
 class Sample:
-    """Inputs a generated test row of an op draws, with its attributes: uniform in [low, high],
-    redrawn until ``gap`` away from each of ``kinks`` (where finite differences cannot decide);
-    ``smooth`` ops are also checked to second order there; ``tol`` overrides gradcheck's."""
+    """Inputs a generated test row of an op draws, with its attributes.
+
+    ``kind`` says how an input's values are drawn: ``"uniform"`` in [low, high], redrawn until
+    ``gap`` away from each of ``kinks`` (where finite differences cannot decide); ``"distinct"``
+    values at least 0.09 apart (no ties, for max-like ops and sorts); ``"zeros"`` uniform with
+    about a third of them exactly 0; ``"integers"`` int64 in [low, high) (indices, targets);
+    ``"positions"`` distinct int64 in [0, high) (flat positions written once each);
+    ``"mask"`` bool, never masking the first element along the last two dims (so no row of a
+    masked softmax is masked whole). ``smooth`` ops are also checked to second order there;
+    ``tol`` overrides gradcheck's. ``ref(*arrays, **attrs)``, when given, is the op's meaning
+    in NumPy, written apart from its implementation (a forward row compares the op with it in
+    float32 and float64)."""
 
     attrs: dict = field(default_factory=dict)
     low: float = -2.0
@@ -80,21 +93,73 @@ class Sample:
     smooth: bool = True
     tol: dict = field(default_factory=dict)
     inputs: tuple = ()  # a Sample per input, drawing it (default: this one draws every input)
+    kind: str = "uniform"
+    ref: Callable | None = None
+
+    def per_input(self) -> tuple:
+        """The sample drawing each input of the op."""
+        return self.inputs or (self,) * len(self.shapes[0])
 
     def drawers(self) -> tuple:
         """One ``draw(rng, shape)`` per input of the op."""
-        return tuple(s.draw for s in self.inputs) or (self.draw,) * len(self.shapes[0])
+        return tuple(s.draw for s in self.per_input())
+
+    @property
+    def floating(self) -> bool:
+        """Whether it draws floats (not indices or masks)."""
+        return self.kind not in ("integers", "positions", "mask")
 
     def draw(self, rng, shape):
         """One input of ``shape`` as the sample says (``rng``: a NumPy Generator)."""
-        while True:
-            x = rng.uniform(self.low, self.high, shape)
-            if all((abs(x - k) >= self.gap).all() for k in self.kinks):
-                return x
+        return _DRAWS[self.kind](self, rng, shape)
 
     def label(self, op: str) -> str:
         """A test id: the op's name and the sample's attributes."""
         return "-".join([op, *(f"{k}={v}" for k, v in self.attrs.items())])
+
+
+def _uniform(sample, rng, shape):
+    while True:
+        x = rng.uniform(sample.low, sample.high, shape)
+        if all((abs(x - k) >= sample.gap).all() for k in sample.kinks):
+            return x
+
+
+def _distinct(sample, rng, shape):
+    n = math.prod(shape)
+    spaced = rng.permutation(n) * 0.1 - 0.05 * n + rng.uniform(0.0, 0.01, n)
+    return spaced.reshape(shape)
+
+
+def _with_zeros(sample, rng, shape):
+    return _uniform(sample, rng, shape) * (rng.random(shape) > 0.35)
+
+
+def _integers(sample, rng, shape):
+    return rng.integers(int(sample.low), int(sample.high), shape)
+
+
+def _positions(sample, rng, shape):
+    return rng.permutation(int(sample.high))[: math.prod(shape)].reshape(shape)
+
+
+def _mask(sample, rng, shape):
+    mask = np.asarray(rng.random(shape) < 0.5)
+    if mask.ndim >= 1:
+        mask[..., :1] = False
+    if mask.ndim >= 2:
+        mask[..., :1, :] = False
+    return mask
+
+
+_DRAWS = {
+    "uniform": _uniform,
+    "distinct": _distinct,
+    "zeros": _with_zeros,
+    "integers": _integers,
+    "positions": _positions,
+    "mask": _mask,
+}
 
 
 POSITIVE = Sample(low=0.5, high=2.0)

@@ -115,9 +115,10 @@ def row_max(x, dim):
     time, which stays in cache, and narrow matrices (logits of a few classes) whole."""
     dim %= x.ndim
     n = x.shape[-1] if x.ndim else 0
-    # (np.maximum.reduce: np.amax's Python wrapper costs more than a small reduction)
+    # (np.maximum.reduce: np.amax's Python wrapper costs more than a small reduction; from
+    # -inf, so that a softmax over an empty dim is empty, as in PyTorch)
     if dim != x.ndim - 1 or x.dtype.kind != "f" or not 1 < n <= 256 or x.size < SMALL_REDUCTION:
-        return np.maximum.reduce(x, axis=dim, keepdims=True)
+        return np.maximum.reduce(x, axis=dim, keepdims=True, initial=-np.inf)
     if x.ndim >= 3 and x.shape[-2] * n <= 65536:
         columns = scratch(x.swapaxes(-1, -2).shape, "row_max", x.dtype)
         np.copyto(columns, x.swapaxes(-1, -2))

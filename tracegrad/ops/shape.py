@@ -7,7 +7,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import CHEAP, ELEMENTWISE, LAYOUT_VIEW, VIEW, call, register
+from tracegrad.ops.registry import CHEAP, ELEMENTWISE, LAYOUT_VIEW, VIEW, Sample, call, register
 
 
 def _reshape_infer(x: TensorType, shape) -> TensorType:
@@ -32,6 +32,33 @@ def _broadcast_to_infer(x: TensorType, shape) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
+def _reshape_reference(x, shape):
+    """The elements in row-major order, laid out anew (a test reference)."""
+    return np.array(list(x.flat), x.dtype).reshape(shape)
+
+
+def _permute_reference(x, dims):
+    """out[i_0, ..., i_n] = x at index i_k on dim dims[k] (a test reference)."""
+    letters = "abcdefgh"[: x.ndim]
+    return np.einsum(f"{letters}->{''.join(letters[d] for d in dims)}", x)
+
+
+def _broadcast_to_reference(x, shape):
+    """x added to zeros of ``shape`` (a test reference)."""
+    return x + np.zeros(shape)
+
+
+def _cat_reference(*xs, dim):
+    """Each input written into its stretch of ``dim`` (a test reference)."""
+    shape = list(xs[0].shape)
+    shape[dim] = sum(x.shape[dim] for x in xs)
+    out, start = np.empty(shape, xs[0].dtype), 0
+    for x in xs:
+        out[(slice(None),) * dim + (slice(start, start + x.shape[dim]),)] = x
+        start += x.shape[dim]
+    return out
+
+
 register(
     "reshape",
     ("x",),
@@ -40,6 +67,13 @@ register(
     (lambda c, g: call("reshape", g, shape=c.x.shape),),
     "{0}.reshape({shape})",
     props={VIEW, LAYOUT_VIEW, CHEAP},
+    samples=(
+        Sample(
+            {"shape": (3, 2)}, shapes=(((2, 3),), ((6,),), ((1, 6, 1),)), ref=_reshape_reference
+        ),
+        Sample({"shape": (1, 1)}, shapes=(((),),), ref=_reshape_reference),
+        Sample({"shape": ()}, shapes=(((1, 1),),), ref=_reshape_reference),
+    ),
 )
 register(
     "permute",
@@ -49,6 +83,17 @@ register(
     (lambda c, g: call("permute", g, dims=tuple(np.argsort(c.dims).tolist())),),
     "{0}.transpose({dims})",
     props={VIEW, LAYOUT_VIEW, CHEAP},
+    samples=(
+        # a 3-cycle is not its own inverse: the VJP must apply the inverse permutation
+        Sample(
+            {"dims": (1, 2, 0)},
+            shapes=(((2, 3, 4),), ((1, 3, 2),), ((2, 3, 2),)),
+            ref=_permute_reference,
+        ),
+        Sample({"dims": (2, 1, 0)}, shapes=(((2, 3, 2),), ((2, 1, 3),)), ref=_permute_reference),
+        Sample({"dims": (1, 0)}, shapes=(((2, 3),), ((3, 1),), ((3, 4),)), ref=_permute_reference),
+        Sample({"dims": ()}, shapes=(((),),), ref=_permute_reference),
+    ),
 )
 register(
     "broadcast_to",
@@ -58,6 +103,14 @@ register(
     (lambda c, g: call("sum_to", g, shape=c.x.shape),),
     "np.broadcast_to({0}, {shape})",
     props={VIEW, LAYOUT_VIEW, CHEAP},
+    samples=(
+        Sample(
+            {"shape": (2, 3, 4)},
+            shapes=(((3, 1),), ((),), ((1, 4),), ((2, 3, 4),)),
+            ref=_broadcast_to_reference,
+        ),
+        Sample({"shape": (2, 3)}, shapes=(((3,),), ((2, 1),)), ref=_broadcast_to_reference),
+    ),
 )
 
 
@@ -92,6 +145,18 @@ register(
     _cat_grad,
     "np.concatenate([{inputs}], axis={dim})",
     out="np.concatenate([{inputs}], axis={dim}, out={out})",
+    samples=(
+        Sample(
+            {"dim": 0},
+            shapes=(((2, 3), (1, 3)), ((1,), (3,)), ((1, 2, 2), (3, 2, 2))),
+            ref=_cat_reference,
+        ),
+        Sample(
+            {"dim": 2},
+            shapes=(((2, 2, 1), (2, 2, 2), (2, 2, 1)), ((1, 1, 1), (1, 1, 2), (1, 1, 3))),
+            ref=_cat_reference,
+        ),
+    ),
 )
 
 # stop_gradient(x) = x with no gradient: what detach() and no_grad() mean inside a traced
@@ -104,6 +169,7 @@ register(
     None,
     "{0}",
     props={VIEW, CHEAP},
+    samples=(Sample(ref=lambda x: x),),
 )
 
 # keep_gradient(value, leaf) = value, whose gradient goes to leaf instead: in a traced forward,
@@ -130,4 +196,5 @@ register(
     "np.array({0}, order='C')",
     props={ELEMENTWISE},
     out="rt.copy_into({0}, {out})",
+    samples=(Sample(ref=lambda x: x),),
 )
