@@ -27,8 +27,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_two(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``mpiexec -n 2 python SCRIPT ARGS`` (SCRIPT in this directory, or ``-m``)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = ["mpiexec", "-n", "2", sys.executable, str(HERE / script), *args]
+    where = script if script.startswith("-") else str(HERE / script)
+    command = ["mpiexec", "-n", "2", sys.executable, where, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -60,3 +62,25 @@ def test_a_raising_rank_ends_every_rank_with_its_message():
     assert result.returncode != 0
     assert "[rank 1]" in result.stderr and "rank one failed on purpose" in result.stderr
     assert ended - raised < 10, f"the job took {ended - raised:.1f} s to end after the raise"
+
+
+def test_the_demo_trains_data_parallel_to_the_accuracy_of_one_process(tmp_path):
+    """``mpiexec -n 2 tracegrad demo``: rank 0 alone prints the summary and the progress bar
+    and writes the picture; the test accuracy is one process's, within a digit or two."""
+    from tracegrad.demo import run_demo
+
+    picture = tmp_path / "demo.html"
+    command = ["-m", "tracegrad", "demo", "--epochs", "10", "-o", str(picture)]
+    result = run_two(*command)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("test accuracy") == 1, result.stdout
+    assert "data-parallel on 2 processes" in result.stdout
+    assert result.stderr.count("10/10") == 1, result.stderr  # one progress bar, rank 0's
+    assert picture.stat().st_size > 1000
+    alone = run_demo(epochs=10, picture=tmp_path / "alone.html", progress=False, threads=1)
+    assert abs(accuracy_in(result.stdout) - accuracy_in(alone)) < 1.0
+    assert accuracy_in(result.stdout) > 95.0
+
+
+def accuracy_in(summary: str) -> float:
+    return float(re.search(r"test accuracy: ([0-9.]+)%", summary).group(1))
