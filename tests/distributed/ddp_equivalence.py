@@ -11,7 +11,9 @@ import contextlib
 import sys
 
 import numpy as np
-from models import MODELS, batches, flat_state, shard  # this script's directory is on sys.path
+
+# this script's directory is on sys.path
+from models import MODELS, assert_same_on_every_rank, batches, flat_state, shard
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
@@ -58,10 +60,7 @@ def main(name: str, mode: str) -> None:
     micro = 2 if mode == "no_sync" else 1
     data = batches(inputs, STEPS, GLOBAL_BATCH * micro)
     state = train_parallel(build, data, mode, micro)
-    gathered = [tg.zeros(state.shape, dtype=tg.float64) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tg.tensor(state))
-    for rank, other in enumerate(gathered):
-        assert np.array_equal(other.numpy(), state), f"rank {rank} holds other parameters"
+    assert_same_on_every_rank(state)
     expected = train_reference(build, data, micro)
     error = np.abs(state - expected).max()
     assert error < 1e-10, f"{name} {mode}: parallel differs from one process by {error}"

@@ -84,3 +84,10 @@ def test_the_demo_trains_data_parallel_to_the_accuracy_of_one_process(tmp_path):
 
 def accuracy_in(summary: str) -> float:
     return float(re.search(r"test accuracy: ([0-9.]+)%", summary).group(1))
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_a_checkpoint_saved_by_rank_0_resumes_training_on_every_rank(model, tmp_path):
+    result = run_two("checkpoint_resume.py", model, str(tmp_path / "checkpoint.tg"))
+    assert_both_ranks_say(result, f"{model} checkpoint ok")
+    assert (tmp_path / "checkpoint.tg").is_file()
