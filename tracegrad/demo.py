@@ -69,7 +69,7 @@ def _train_and_draw(epochs, picture, batch_size, seed, progress) -> str:
         model = digits_model()
         trained = DistributedDataParallel(model) if world > 1 else model
         opt = optim.Adam(model.parameters(), lr=3e-3)
-        step, compiled = _compiled_step(trained, opt)
+        step = _compiled_step(trained, opt)
         start = time.perf_counter()
         bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not progress or rank)
         for epoch in bar:
@@ -87,11 +87,11 @@ def _train_and_draw(epochs, picture, batch_size, seed, progress) -> str:
     model.eval()
     with tg.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    written = compiled.visualize(picture)
+    written = step.visualize(picture)
     parallel = f", data-parallel on {world} processes" if world > 1 else ""
     return (
         f"trained {epochs} epochs on {len(y_train)} digits in {seconds:.1f} s{parallel} "
-        f"(one compiled function per step, {len(compiled.specializations)} specializations)\n"
+        f"(one compiled function per step, {len(step.specializations)} specializations)\n"
         f"BLAS threads: {tg.get_num_threads()} (set with --threads N or tg.set_num_threads)\n"
         f"test accuracy: {accuracy:.1%} on {len(y_test)} held-out digits\n"
         f"graphs and generated code: {Path(written).resolve()} (open it in a browser)"
@@ -126,17 +126,9 @@ def _loader(dataset, batch_size: int, seed: int, world: int):
 
 
 def _compiled_step(model, opt):
-    """The training step and what was compiled of it (to draw). The step returns the loss and
-    the logits."""
-    if isinstance(model, DistributedDataParallel):
-        # gradients are averaged eagerly, between the compiled backward and the update
-        compiled = tg.compile(model)
-        return _training_step(compiled, opt), compiled
-    compiled = tg.compile(_training_step(model, opt))
-    return compiled, compiled
+    """The training step, compiled into one function (with DistributedDataParallel, gradient
+    averaging included); it returns the loss and the logits."""
 
-
-def _training_step(model, opt):
     def train_step(x, y):
         opt.zero_grad()
         logits = model(x)
@@ -145,4 +137,4 @@ def _training_step(model, opt):
         opt.step()
         return loss, logits
 
-    return train_step
+    return tg.compile(train_step)

@@ -40,11 +40,19 @@ def assert_both_ranks_say(result: subprocess.CompletedProcess, words: str) -> No
         assert f"rank {rank}: {words}" in result.stdout, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("mode", ["eager", "compiled", "no_sync"])
+@pytest.mark.parametrize("mode", ["eager", "module", "step", "no_sync"])
 @pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
 def test_data_parallel_equals_one_process_on_the_global_batch(model, mode):
+    """Eager DDP, the DDP module compiled, and the whole step compiled (its averaging part of
+    the generated step, which also equals eager DDP), in float64 to 1e-10."""
     result = run_two("ddp_equivalence.py", model, mode)
-    assert_both_ranks_say(result, f"{model} {mode} ok")
+    assert_both_ranks_say(result, f"{model} {mode} float64 ok")
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
+def test_a_compiled_float32_step_equals_one_process_to_1e_5(model):
+    result = run_two("ddp_equivalence.py", model, "step", "float32")
+    assert_both_ranks_say(result, f"{model} step float32 ok")
 
 
 def test_collectives_buffers_and_shape_mismatch():

@@ -1107,6 +1107,18 @@ REPRESENTATIVE = {  # op name -> function of a dtype that calls the op through t
         )
     },
 }
+# The collectives of a data-parallel step: with one process (as here) each is the identity.
+REPRESENTATIVE.update(
+    {
+        "all_reduce": lambda dt: call(
+            "all_reduce", _f((2, 3), dt), reduce="avg", bucket_cap=1024, order=0
+        ),
+        "all_reduce_start": lambda dt: call(
+            "all_reduce_start", _f((2, 3), dt), _f((4,), dt, seed=1), reduce="sum", bucket=0
+        ),
+        "all_reduce_wait": lambda dt: call("all_reduce_wait", _f((5,), dt), reduce="avg", bucket=0),
+    }
+)
 INTEGER_OK = {
     "remainder",
     "prod",
