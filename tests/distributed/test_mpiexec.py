@@ -99,3 +99,18 @@ def test_a_checkpoint_saved_by_rank_0_resumes_training_on_every_rank(model, tmp_
     result = run_two("checkpoint_resume.py", model, str(tmp_path / "checkpoint.tg"))
     assert_both_ranks_say(result, f"{model} checkpoint ok")
     assert (tmp_path / "checkpoint.tg").is_file()
+
+
+def test_the_data_parallel_benchmark_reports_both_runs():
+    """``python -m benchmarks.data_parallel W4``: one process, then two under mpiexec, in one
+    table row: the ratio, the bytes W4's step reduces (its 112,577 float32 gradients) and the
+    communication measured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "benchmarks.data_parallel", "W4", "--steps", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| W4 |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3].endswith("x") and float(cells[3][:-1]) > 0
+    assert cells[4] == "1 (25 MB)" and cells[5] == f"{112_577 * 4 / 1e6:.2f} MB"
+    assert float(cells[6]) > 0  # a blocking Allreduce of the bucket, timed

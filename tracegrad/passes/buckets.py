@@ -160,6 +160,7 @@ class Bucket:
     number: int
     gradients: int
     nbytes: int
+    dtype: object  # tracegrad.dtypes.DType
     started_after: Node | None
     waited_before: Node | None
 
@@ -180,6 +181,7 @@ def buckets(graph: Graph) -> list[Bucket]:
                 node.attrs["bucket"],
                 len(node.inputs),
                 node.outputs[0].type.nbytes,
+                node.outputs[0].dtype,
                 next((n for n in reversed(nodes[: position[node]]) if n.op != START), None),
                 next((n for n in nodes[last + 1 :] if n not in group), None),
             )
