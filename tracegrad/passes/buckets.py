@@ -103,14 +103,38 @@ def bucket(graph: Graph) -> Graph:
 
 
 def _waited_group(wait: Node, users) -> list[Node]:
-    """A wait and the views of its buffer: its getitem pieces and their reshapes."""
+    """A wait and the views of its buffer: its pieces (getitem) and their reshapes."""
     group, todo = [wait], [wait]
     while todo:
         for reader in users.get(todo.pop().outputs[0], ()):
-            if reader.op in ("getitem", "reshape") and reader not in group:
+            view = reader.op in ("getitem", "reshape") and len(reader.inputs) == 1
+            if view and reader not in group:
                 group.append(reader)
                 todo.append(reader)
     return group
+
+
+def _start_places(starts: list[Node], rest: list[Node]) -> dict[int, list[Node]]:
+    """Position in ``rest`` -> the starts to run right after it (-1: first): after the last
+    of their gradients."""
+    made_at = {v: i for i, n in enumerate(rest) for v in n.outputs}
+    places: dict[int, list[Node]] = {}
+    for start in starts:
+        at = max((made_at.get(v, -1) for v in start.inputs), default=-1)
+        places.setdefault(at, []).append(start)
+    return places
+
+
+def _wait_places(waits: list[list[Node]], rest: list[Node], users) -> dict[int, list[Node]]:
+    """Position in ``rest`` -> the waits (with their pieces) to run right before it: before
+    the first node reading a piece (at the end when only the caller reads them)."""
+    index = {n: i for i, n in enumerate(rest)}
+    places: dict[int, list[Node]] = {}
+    for group in waits:
+        made = {v for n in group for v in n.outputs}
+        readers = [index[r] for v in made for r in users.get(v, ()) if r in index]
+        places.setdefault(min(readers, default=len(rest)), []).extend(group)
+    return places
 
 
 @register_pass("overlap")
@@ -124,31 +148,20 @@ def overlap(graph: Graph) -> Graph:
     waits = [_waited_group(n, users) for n in graph.nodes if n.op == WAIT]
     moving = set(starts) | {n for group in waits for n in group}
     rest = [n for n in graph.nodes if n not in moving]
-    position = {v: i for i, n in enumerate(rest) for v in n.outputs}
-    after: dict[int, list[Node]] = {}
-    for start in starts:
-        after.setdefault(max((position.get(v, -1) for v in start.inputs), default=-1), []).append(
-            start
-        )
-    before: dict[int, list[Node]] = {}
-    index = {n: i for i, n in enumerate(rest)}
-    for group in waits:
-        made = {v for n in group for v in n.outputs}
-        readers = [index[r] for v in made for r in users.get(v, ()) if r in index]
-        before.setdefault(min(readers, default=len(rest)), []).extend(group)
-    nodes = after.get(-1, [])
-    for i, node in enumerate([*rest, None]):
-        nodes += before.get(i, [])
-        if node is not None:
-            nodes += [node, *after.get(i, [])]
+    after, before = _start_places(starts, rest), _wait_places(waits, rest, users)
+    nodes = list(after.get(-1, []))
+    for i, node in enumerate(rest):
+        nodes += [*before.get(i, []), node, *after.get(i, [])]
+    nodes += before.get(len(rest), [])
     _note_moves(graph.nodes, nodes, moving)
     graph.nodes = nodes
     return graph
 
 
 def _note_moves(old: list[Node], new: list[Node], moving: set[Node]) -> None:
+    was, now = {n: i for i, n in enumerate(old)}, {n: i for i, n in enumerate(new)}
     for node in moving:
-        if node.op in (START, WAIT) and old.index(node) != new.index(node):
+        if node.op in (START, WAIT) and was[node] != now[node]:
             note("started early" if node.op == START else "waited late", node)
 
 
