@@ -127,12 +127,13 @@ def cmd_explain(args) -> str:
     return compiled(args.target, _passes(args)).explain()
 
 
-def cmd_demo(args) -> str:
+def cmd_demo(args) -> str | int:
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads needs at least 1 thread, got {args.threads}")
-    return run_demo(
+    summary = run_demo(
         epochs=args.epochs, picture=args.output, batch_size=args.batch_size, threads=args.threads
     )
+    return summary or 0  # under mpiexec, ranks other than 0 print nothing
 
 
 def cmd_bench(args) -> int:

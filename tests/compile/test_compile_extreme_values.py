@@ -134,6 +134,10 @@ WITHOUT_SAMPLES = {
         "fused ops: inputs built from each other (y the forward's output), each checked "
         "against its reference composition",
     ),
+    **dict.fromkeys(
+        ("all_reduce", "all_reduce_start", "all_reduce_wait"),
+        "collectives over MPI processes (the identity in one), checked in data-parallel steps",
+    ),
     "svdvals_grad": "the gradient of svdvals, checked through svdvals' rows (it refuses a "
     "derivative of its own)",
     **dict.fromkeys(

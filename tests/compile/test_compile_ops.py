@@ -52,6 +52,11 @@ CANNOT_APPEAR: dict[str, str] = {
     "lerp": "Adam's first-moment update",
     "ema_square": "Adam's second-moment update",
     "adam_step": "Adam's parameter update",
+    # Gradient averaging runs in whole training steps of DistributedDataParallel only (tested
+    # in tests/distributed: one process here, two under mpiexec).
+    "all_reduce": "a data-parallel step's gradient average",
+    "all_reduce_start": "a data-parallel step's bucket of gradients, its average started",
+    "all_reduce_wait": "a data-parallel step's bucket, its average completed",
 }
 
 # Ops no public function calls directly (their generated rows call them; in programs they

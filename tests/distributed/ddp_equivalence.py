@@ -1,8 +1,10 @@
 """Under ``mpiexec -n 2``: N steps of DistributedDataParallel (each rank half the global batch)
 leave the same parameters on every rank, equal to one process training on the global batch.
 
-Usage: ddp_equivalence.py MODEL MODE, MODE one of eager, compiled (the DDP module compiled,
-forward and backward) or no_sync (two micro-batches per step, the first under no_sync()).
+Usage: ddp_equivalence.py MODEL MODE [DTYPE], MODE one of eager, module (the DDP module
+compiled, forward and backward), step (the whole training step compiled: the averaging is in
+its graph; it must also equal eager DDP) or no_sync (two micro-batches per step, the first
+under no_sync()); DTYPE float64 (the default, to 1e-10) or float32 (to 1e-5).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import contextlib
 import sys
 
 import numpy as np
-from models import MODELS, batches, flat_state, shard  # this script's directory is on sys.path
+
+# this script's directory is on sys.path
+from models import MODELS, assert_same_on_every_rank, batches, flat_state, shard
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
@@ -19,6 +23,7 @@ from tracegrad import distributed as dist
 from tracegrad.nn.parallel import DistributedDataParallel
 
 STEPS, GLOBAL_BATCH = 4, 8
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 
 
 def train_reference(build, data, micro: int) -> np.ndarray:
@@ -38,34 +43,57 @@ def train_reference(build, data, micro: int) -> np.ndarray:
 def train_parallel(build, data, mode: str, micro: int) -> np.ndarray:
     rank, world = dist.get_rank(), dist.get_world_size()
     tg.manual_seed(rank)  # different starting points: DDP must broadcast rank 0's
-    ddp = DistributedDataParallel(build(), bucket_cap_mb=0.001)  # a few buckets
-    model = tg.compile(ddp) if mode == "compiled" else ddp
+    ddp = DistributedDataParallel(build(), bucket_cap_mb=0.0005)  # a few buckets
+    model = tg.compile(ddp) if mode == "module" else ddp
     opt = tg.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
-    for batch in data:
+
+    def train_step(x, y):
         opt.zero_grad()
         for part in range(micro):
-            x, y = shard(shard(batch, part, micro), rank, world)
+            xs, ys = shard(shard((x, y), part, micro), rank, world)
             sync = ddp.no_sync() if part < micro - 1 else contextlib.nullcontext()
             with sync:
-                F.cross_entropy(model(x), y).backward()
+                F.cross_entropy(model(xs), ys).backward()
         opt.step()
+
+    step = tg.compile(train_step) if mode == "step" else train_step
+    for batch in data:
+        step(*batch)
+    if mode == "step":
+        check_the_step_averages_in_its_graph(step)
     return flat_state(ddp.module)
 
 
-def main(name: str, mode: str) -> None:
+def check_the_step_averages_in_its_graph(step) -> None:
+    ops = step.graph.op_counts()
+    assert ops.get("all_reduce_start", 0) > 1, ops  # a few buckets (bucket_cap_mb=0.0005)
+    assert ops["all_reduce_start"] == ops["all_reduce_wait"], ops
+    assert "rt.all_reduce_start(" in step.code and "rt.all_reduce_wait(" in step.code
+    assert "gradient all_reduce:" in step.explain()
+
+
+def main(name: str, mode: str, dtype: str = "float64") -> None:
     dist.init_process_group()
-    build, inputs = MODELS[name]
+    make, inputs = MODELS[name]
+
+    def build():
+        return make().to(getattr(tg, dtype))
+
     micro = 2 if mode == "no_sync" else 1
-    data = batches(inputs, STEPS, GLOBAL_BATCH * micro)
+    data = [
+        (x.to(getattr(tg, dtype)) if x.is_floating_point() else x, y)
+        for x, y in batches(inputs, STEPS, GLOBAL_BATCH * micro)
+    ]
     state = train_parallel(build, data, mode, micro)
-    gathered = [tg.zeros(state.shape, dtype=tg.float64) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tg.tensor(state))
-    for rank, other in enumerate(gathered):
-        assert np.array_equal(other.numpy(), state), f"rank {rank} holds other parameters"
+    assert_same_on_every_rank(state.astype(np.float64))
     expected = train_reference(build, data, micro)
     error = np.abs(state - expected).max()
-    assert error < 1e-10, f"{name} {mode}: parallel differs from one process by {error}"
-    print(f"rank {dist.get_rank()}: {name} {mode} ok, max error {error:.1e}", flush=True)
+    assert error < TOLERANCE[dtype], f"{name} {mode}: parallel differs from one process by {error}"
+    if mode == "step":
+        eager = train_parallel(build, data, "eager", micro)
+        difference = np.abs(state - eager).max()
+        assert difference < TOLERANCE[dtype], f"{name}: compiled step differs from eager DDP"
+    print(f"rank {dist.get_rank()}: {name} {mode} {dtype} ok, max error {error:.1e}", flush=True)
     dist.destroy_process_group()
 
 

@@ -1,4 +1,4 @@
-"""Small float64 models and batches shared by the scripts that run under ``mpiexec``."""
+"""Small float64 models, batches and checks shared by the scripts that run under ``mpiexec``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
+from tracegrad import distributed as dist
 from tracegrad import nn
 
 CLASSES = 3
@@ -99,3 +100,11 @@ def flat_state(model: nn.Module) -> np.ndarray:
     """Parameters and floating buffers (BatchNorm's running statistics), flattened."""
     buffers = [b.numpy().ravel() for b in model.buffers() if b.is_floating_point()]
     return np.concatenate([flat_parameters(model), *buffers])
+
+
+def assert_same_on_every_rank(state: np.ndarray) -> None:
+    """Every rank holds exactly this rank's ``state`` (an all_gather of it)."""
+    gathered = [tg.zeros(state.shape, dtype=tg.float64) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tg.tensor(state))
+    for rank, other in enumerate(gathered):
+        assert np.array_equal(other.numpy(), state), f"rank {rank} holds other parameters"

@@ -124,13 +124,6 @@ def test_no_sync_accumulates(group):
     assert np.array_equal(model.weight.grad.numpy(), np.full((1, 3), 4.0))
 
 
-def test_compiling_a_whole_step_with_ddp_says_what_to_do(group, training_step):
-    ddp = DistributedDataParallel(tg.nn.Linear(3, 2))
-    step = tg.compile(training_step(ddp, tg.optim.SGD(ddp.parameters(), lr=0.1)))
-    with pytest.raises(tg.TraceError, match="DistributedDataParallel"):
-        step(tg.ones((2, 3)), tg.tensor([0, 1]))
-
-
 def test_ddp_loss_is_the_module_loss(group):
     model = tg.nn.Linear(3, 2)
     ddp = DistributedDataParallel(model)

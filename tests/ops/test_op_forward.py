@@ -1005,6 +1005,18 @@ REPRESENTATIVE = {
     **{name: _declared_calls(name) for name, op in OPS.items() if op.samples},
     **HAND_REPRESENTATIVE,
 }
+# The collectives of a data-parallel step: with one process (as here) each is the identity.
+REPRESENTATIVE.update(
+    {
+        "all_reduce": lambda dt: call(
+            "all_reduce", _f((2, 3), dt), reduce="avg", bucket_cap=1024, order=0
+        ),
+        "all_reduce_start": lambda dt: call(
+            "all_reduce_start", _f((2, 3), dt), _f((4,), dt, seed=1), reduce="sum", bucket=0
+        ),
+        "all_reduce_wait": lambda dt: call("all_reduce_wait", _f((5,), dt), reduce="avg", bucket=0),
+    }
+)
 INTEGER_OK = {
     "remainder",
     "prod",

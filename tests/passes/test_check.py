@@ -192,6 +192,7 @@ def test_explain_names_every_default_pass_with_true_node_counts():
     assert "memory plan" in text and set(DEFAULT_PIPELINE) - set(rewriting) == {
         "schedule",
         "recompute",
+        "overlap",
         "memory",
     }
     # each pass starts from what the one before it left

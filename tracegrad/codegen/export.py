@@ -54,6 +54,8 @@ class _KernelSources:
             self.imports.append(_import_line(name, value))
         elif isinstance(value, _LITERALS):
             self.constants.append(f"{name} = {value!r}")
+        elif type(value) is dict and not value:  # a table kernels keep state in, empty at rest
+            self.constants.append(f"{name} = {{}}")
         elif inspect.isfunction(inspect.unwrap(value)):
             self._add_function(inspect.unwrap(value))
         else:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tracegrad.codegen.emit import FunctionSource
 from tracegrad.ir.graph import Graph
+from tracegrad.passes.buckets import buckets
 from tracegrad.passes.cost import graph_cost
 from tracegrad.passes.memory import InBuffer, InPlace, peak_bytes
 from tracegrad.passes.pipeline import BACKEND_CHOICES, PassResult
@@ -171,6 +172,8 @@ def _backend_choice_lines(report: Report) -> list[str]:
 SCHEDULE_NOTES = {
     "moved": "nodes of results kept for the caller run as soon as their inputs exist",
     "hoisted": "scalar update nodes run first",
+    "started early": "gradient buckets start their all_reduce as soon as their gradients exist",
+    "waited late": "gradient buckets are waited on just before the first node reading them",
 }
 
 
@@ -224,6 +227,38 @@ def _value_list(title: str, values, producers) -> list[str]:
     return lines
 
 
+def _communication_lines(graph: Graph) -> list[str]:
+    """A data-parallel step's gradient buckets: the bytes reduced per step, and where each
+    bucket's non-blocking all_reduce starts and is waited on."""
+    found = buckets(graph)
+    if not found:
+        return []
+    total = format_bytes(sum(b.nbytes for b in found))
+    lines = [
+        f"    gradient all_reduce: {_counted(len(found), 'bucket')}, {total} per step (with p "
+        "processes, each sends and receives about 2 (p - 1) / p times that)"
+    ]
+    lines += [
+        f"      bucket {b.number}: {_counted(b.gradients, 'gradient')}, "
+        f"{format_bytes(b.nbytes)}; started after {_node_words(b.started_after)}, "
+        f"waited on before {_node_words(b.waited_before)}"
+        for b in found
+    ]
+    return lines
+
+
+def _counted(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
+def _node_words(node) -> str:
+    if node is None:
+        return "nothing (the end)"
+    origin = f"grad of {node.grad_of}" if node.grad_of else node.phase.value
+    scope = f" in {node.scope}" if node.scope is not None else ""
+    return f"%{node.outputs[0].name} = {node.op} ({origin}{scope})"
+
+
 class Explanation(str):
     """``explain()``'s report: a str (print it, search it) that shows as its lines, not as
     an escaped one-line string, when a notebook cell ends with it, and as HTML where it can."""
@@ -251,6 +286,7 @@ def render(report: Report, recompile_reasons: list[str]) -> Explanation:
         lines.append(f"  {name}: {len(after.nodes)} nodes ({counts})")
         lines += _emitted_lines(report.emitted[name], before, after)
         lines += _schedule_lines(report.planning.get(name, []))
+        lines += _communication_lines(after)
         lines += _row_loop_lines(report.emitted[name])
     if report.saved:
         total = sum(v.type.nbytes for v, _ in report.saved)

@@ -17,7 +17,8 @@ import numpy as np
 from tracegrad import distributed, tape
 from tracegrad.errors import ShapeError, TraceError
 from tracegrad.nn.module import Module
-from tracegrad.tensor import wrap
+from tracegrad.ops.collective import bucket_groups
+from tracegrad.tensor import call, wrap
 from tracegrad.tensor.tracing import active_tracer
 
 __all__ = ["DistributedDataParallel"]
@@ -73,16 +74,9 @@ class _Bucket:
 def _buckets(params: list, cap_bytes: int) -> list[_Bucket]:
     """Consecutive parameters of one dtype, at most ``cap_bytes`` of gradients each (a single
     larger parameter gets a bucket of its own)."""
-    groups: list[list] = []
-    size = 0
-    for param in params:
-        fits = groups and size + param.array.nbytes <= cap_bytes
-        if not (fits and groups[-1][0].array.dtype == param.array.dtype):
-            groups.append([])
-            size = 0
-        groups[-1].append(param)
-        size += param.array.nbytes
-    return [_Bucket(group) for group in groups]
+    sizes, dtypes = [p.array.nbytes for p in params], [p.array.dtype for p in params]
+    groups = bucket_groups(sizes, dtypes, cap_bytes)
+    return [_Bucket([params[i] for i in group]) for group in groups]
 
 
 class DistributedDataParallel(Module):
@@ -114,11 +108,14 @@ class DistributedDataParallel(Module):
         for _, tensor in _named_state(module):
             distributed.broadcast(tensor, src=0)
         params = [p for p in module.parameters() if p.requires_grad]
-        self._buckets = _buckets(params[::-1], int(bucket_cap_mb * 1024 * 1024))
+        self._cap = int(bucket_cap_mb * 1024 * 1024)
+        self._buckets = _buckets(params[::-1], self._cap)
         self._pending = False
+        order = 0
         for bucket in self._buckets:
             for param in bucket.params:
-                param.register_post_accumulate_grad_hook(self._hook_for(bucket))
+                param.register_post_accumulate_grad_hook(self._hook_for(bucket, order))
+                order += 1
 
     def forward(self, *args, **kwargs):
         buffers = [b for _, b in self.module.named_buffers()] if self.broadcast_buffers else []
@@ -141,14 +138,16 @@ class DistributedDataParallel(Module):
         finally:
             self.require_backward_grad_sync = before
 
-    def _hook_for(self, bucket: _Bucket):
+    def _hook_for(self, bucket: _Bucket, order: int):
+        """The hook of a parameter, ``order``-th in bucket order."""
+
         def hook(param) -> None:
-            if active_tracer() is not None:
-                raise TraceError(
-                    "DistributedDataParallel averages gradients eagerly; compile the wrapped "
-                    "model (tg.compile(ddp)) rather than a whole training step with it"
-                )
             if not self.require_backward_grad_sync:
+                return
+            if active_tracer() is not None:  # a compiled step: the average is a node of it
+                param.grad = call(
+                    "all_reduce", param.grad, reduce="avg", bucket_cap=self._cap, order=order
+                )
                 return
             if not self._pending:  # the first gradient of this backward
                 self._pending = True

@@ -3,8 +3,9 @@
 Families: ``elementwise`` (unary math, binary arithmetic, comparisons, where, cast), ``reduce``
 (and the scans, sorts and prod along a dim), ``shape`` (views, cat), ``index`` (getitem,
 scatter_add, one_hot), ``linalg`` (matmul, einsum), ``nn`` (windows, softmax, losses,
-layer_norm), ``random``, ``optim`` (fused optimizer updates) and ``fused`` (one-kernel
-gradients and the pieces a training step splits ops into).
+layer_norm), ``random``, ``optim`` (fused optimizer updates), ``fused`` (one-kernel
+gradients and the pieces a training step splits ops into) and ``collective`` (reductions over
+the processes of a data-parallel job).
 ``registry`` holds the ``Op`` entry and the property names passes ask (``ops_with(PROP)``);
 ``runtime`` what the NumPy kernels of several families share; ``kernels`` gathers the kernels
 under the names generated code calls (``rt.<name>``).
@@ -33,7 +34,18 @@ What adding an op touches, with softplus (log(1 + exp(x))) as the worked example
    (``tests/compile/test_compile_extreme_values.py``).
 """
 
-from tracegrad.ops import elementwise, fused, index, linalg, nn, optim, random, reduce, shape
+from tracegrad.ops import (
+    collective,
+    elementwise,
+    fused,
+    index,
+    linalg,
+    nn,
+    optim,
+    random,
+    reduce,
+    shape,
+)
 from tracegrad.ops.registry import (
     CHEAP,
     COMMUTATIVE,

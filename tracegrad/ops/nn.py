@@ -191,7 +191,7 @@ ALONG = (
 
 
 def _along_samples(ref):
-    return tuple(Sample(attrs, shapes=shapes, ref=ref) for attrs, *shapes in ALONG)
+    return tuple(Sample(attrs, shapes=tuple(shapes), ref=ref) for attrs, *shapes in ALONG)
 
 
 # Their gradients are fused ops (tracegrad/ops/fused.py).

@@ -57,7 +57,7 @@ def _reduction_samples(ref, **draw):
         return ref(x, axis=tuple(dims), keepdims=keepdim)
 
     return tuple(
-        Sample({"dims": dims, "keepdim": keepdim}, shapes=shapes, ref=reference, **draw)
+        Sample({"dims": dims, "keepdim": keepdim}, shapes=tuple(shapes), ref=reference, **draw)
         for dims, keepdim, *shapes in REDUCTIONS
     )
 

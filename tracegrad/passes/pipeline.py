@@ -89,14 +89,16 @@ DEFAULT_PIPELINE = [
     "cse",  # compute each distinct expression once
     "horizontal",  # sibling matmuls on one input become one wider matmul
     "dce",  # drop nodes whose values nobody reads (what the rewrites above replaced)
+    "bucket",  # gradient all_reduces of a data-parallel step grouped into buckets
     "fuse",  # chains of elementwise ops become one kernel each (before the memory plan)
     "schedule",  # kept results and update scalars early; runs on each generated function
     "recompute",  # under a memory budget: forward values the backward computes again
+    "overlap",  # each bucket's all_reduce starts early, waited on late; on each function
     "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]
 # Planning passes annotate the final graph of each generated function (after reverse mode and
 # the split into forward and backward), so tg.compile runs them last, part by part.
-PLANNING = ("schedule", "recompute", "inplace", "memory")
+PLANNING = ("schedule", "recompute", "overlap", "inplace", "memory")
 # Passes whose rewrites are choices of the NumPy backend, not of the user's program: the
 # generated code is made with them, the graphs users read (cm.graph) without them.
 BACKEND_CHOICES = ("specialize_numpy",)

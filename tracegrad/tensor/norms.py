@@ -10,6 +10,7 @@ and compiled like the ops they are made of. Arguments have PyTorch's names
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from tracegrad import dtypes
@@ -190,10 +191,8 @@ def _floating(name: str, x, dtype) -> Tensor:
 def _matrix_dims(m: Tensor, dim) -> tuple[int, int]:
     """The two dims the matrices lie in, made non-negative; a ShapeError unless two distinct."""
     found: tuple[int, ...] = ()
-    try:
+    with contextlib.suppress(TypeError, ValueError):  # (the error below names the dims)
         found = tuple(normalize_dim("linalg.matrix_norm", d, m.ndim) for d in dim)
-    except (TypeError, ValueError):
-        pass  # (the error below names the dims)
     if m.ndim < 2 or len(found) != 2 or found[0] == found[1]:
         raise ShapeError(
             at_user_line(
