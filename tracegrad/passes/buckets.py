@@ -23,6 +23,7 @@ A traced step of ``DistributedDataParallel`` averages each gradient with its own
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tracegrad.dtypes import TensorType
@@ -79,7 +80,11 @@ def _placeable(members: list[Node], position: dict[Node, int], users) -> bool:
     return all(position[r] > at for r in readers)
 
 
-@register_pass("bucket")
+def _has(op: str) -> Callable[[Graph], bool]:
+    return lambda graph: any(n.op == op for n in graph.nodes)
+
+
+@register_pass("bucket", needed=_has("all_reduce"))
 def bucket(graph: Graph) -> Graph:
     """Group gradient all_reduces into buckets: all_reduce(g1), all_reduce(g2) -> one
     non-blocking all_reduce_start(g1, g2), an all_reduce_wait, and views of its pieces."""
@@ -137,7 +142,7 @@ def _wait_places(waits: list[list[Node]], rest: list[Node], users) -> dict[int, 
     return places
 
 
-@register_pass("overlap")
+@register_pass("overlap", needed=_has(START))
 def overlap(graph: Graph) -> Graph:
     """Start each bucket's reduction as soon as its gradients exist; wait for it just before
     the first node reading it (planning: after schedule)."""

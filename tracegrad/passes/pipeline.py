@@ -20,8 +20,11 @@ from tracegrad.logs import log, timed
 @dataclass(frozen=True)
 class Pass:
     name: str
-    fn: Callable[[Graph], Graph]
+    fn: Callable[..., Graph]
     doc: str
+    # (graph, **options) -> whether the pass may change it; a pass that would leave it as it
+    # is (a data-parallel pass on a step without collectives) is skipped, with no copy made
+    needed: Callable[..., bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,12 @@ _notes: list[Note] | None = None
 LINT_AFTER_EACH_PASS = os.environ.get("TRACEGRAD_LINT_PASSES") == "1"
 
 
-def register_pass(name: str):
-    """Register ``fn(graph) -> graph`` under ``name``; its docstring's first line is its doc."""
+def register_pass(name: str, needed: Callable[..., bool] | None = None):
+    """Register ``fn(graph) -> graph`` under ``name``; its docstring's first line is its doc.
+    ``needed(graph, **options)``, when given, says cheaply whether it may change the graph."""
 
     def decorate(fn):
-        PASSES[name] = Pass(name, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        PASSES[name] = Pass(name, fn, (fn.__doc__ or "").strip().splitlines()[0], needed)
         return fn
 
     return decorate
@@ -131,9 +135,12 @@ def resolve(passes) -> list[str]:
 def run_pass(name: str, graph: Graph, **options) -> PassResult:
     """Apply one pass to a copy of ``graph`` (``options``: the pass's keyword arguments)."""
     global _notes
+    spec = PASSES[name]
+    if spec.needed is not None and not spec.needed(graph, **options):
+        return PassResult(name, len(graph.nodes), len(graph.nodes), [], graph, graph)
     outer, _notes = _notes, []
     try:
-        result = PASSES[name].fn(graph.copy(), **options)
+        result = spec.fn(graph.copy(), **options)
         notes = _notes
     finally:
         _notes = outer

@@ -262,7 +262,7 @@ def _pools(graph: Graph, persistent) -> list[tuple]:
     return sorted(held, key=lambda key: -held[key])
 
 
-@register_pass("recompute")
+@register_pass("recompute", needed=lambda graph, names=(): bool(names))
 def recompute_pass(graph: Graph, names=()) -> Graph:
     """Recompute the forward values ``names`` in the backward (a memory budget's choice).
 
