@@ -37,13 +37,13 @@ HOLDER_PATHS = {
     "helper": (["def holder():", "    return m"], ["m = holder()"]),
 }
 
+# (an eps far above rounding for those dividing by the gradient's size: a gradient that is 0
+# but for rounding, such as a key projection's bias under softmax, would otherwise be its sign)
 OPTIMIZERS = [
     "optim.SGD(m.parameters(), lr=0.05, momentum=0.9)",
     "optim.SGD(m.parameters(), lr=0.05, momentum=0.9, dampening=0.3)",
-    "optim.Adam(m.parameters(), lr=0.01)",
-    "optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.1)",
-    # (an eps far above rounding: these divide by the gradient's size, and a gradient that is
-    # 0 but for rounding, such as a key projection's bias under softmax, would be its sign)
+    "optim.Adam(m.parameters(), lr=0.01, eps=1e-6)",
+    "optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.1, eps=1e-6)",
     "optim.RMSprop(m.parameters(), lr=0.01, momentum=0.5, centered=True, eps=1e-3)",
     "optim.Adagrad(m.parameters(), lr=0.05, eps=1e-3)",
 ]
