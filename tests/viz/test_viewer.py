@@ -172,6 +172,22 @@ def test_backward_values_are_labelled_with_what_they_are(tmp_path):
     assert "x" in [b.name for b in group(build_scene("forward", cm.graph, 0)).boxes]
 
 
+def test_explain_says_which_module_made_each_saved_value():
+    """explain()'s saved values read as the picture labels them: the op and the module call
+    that made each, or the input it is."""
+    model, _ = nested_model()
+    cm = tg.compile(model)
+    cm(tg.randn(5, 4)).sum().backward()
+    section = cm.explain().split("saved for the backward")[1].split("\n\n")[0]
+    saved = [line for line in section.splitlines() if line.startswith("  %")]
+    assert len(saved) == int(section.split()[0].strip("("))  # (4 values, 396 B):
+    described = {line.split(":")[0].strip(): line.split(", ")[1] for line in saved}
+    assert "saved output of relu in 1 (ReLU)" in described.values()
+    assert "saved output of relu in 2.1 (ReLU)" in described.values()
+    assert described["%x"] == "saved input x"
+    assert all(text.startswith(("saved output of", "saved input")) for text in described.values())
+
+
 # --- in a browser --------------------------------------------------------------------------------
 
 # Opens the page in a frame and uses it as a person would, writing what each step left into
