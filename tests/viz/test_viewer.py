@@ -8,7 +8,7 @@ import re
 
 import networkx as nx
 import pytest
-from viz_helpers import GPT, browser, run_browser, value
+from viz_helpers import GPT, READABLE, browser, run_browser, value
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
@@ -213,7 +213,8 @@ frame.addEventListener("load", function () {
                                                        bubbles: true, cancelable: true }));
     var wheeled = width();
     doc.getElementById("zoom-fit").click();
-    log.tabs.push([tab.dataset.view, before, wheeled, width()]);
+    log.tabs.push([tab.dataset.view, before, wheeled, width(),
+                   Number(shown().querySelector("svg").dataset.w)]);
   });
   doc.querySelector('#tabs button[data-view="0"]').click();
   var collapse = shown().querySelector('button[data-open="root"]');
@@ -292,9 +293,10 @@ def walk(page, tmp_path) -> dict:
 def check_walk(log: dict, tabs: list[str]) -> None:
     assert log["errors"] == []
     assert [t[0] for t in log["tabs"]] == tabs
-    for _, before, wheeled, fitted in log["tabs"]:
+    for _, before, wheeled, fitted, natural in log["tabs"]:
         assert wheeled > before * 1.2  # the wheel zoomed in
-        assert fitted == pytest.approx(before)  # fit went back to the fitted opening
+        # a tab opens fitted, or at READABLE where fitted would be smaller
+        assert before == pytest.approx(max(fitted, READABLE * natural))
     assert log["root"] == log["back"] == "root"
     module, pane, boxes = log["opened_module"]
     assert pane == module and boxes > 1  # clicking a module box shows its inside
