@@ -62,3 +62,21 @@ def test_codegen_leaves_the_graph_it_reads_as_it_was(training_step):
     before = structure(graph)
     emit_function(graph, "again", fn.plan)
     assert structure(graph) == before
+
+
+def test_statements_say_which_module_made_them_and_returns_what_they_update(training_step):
+    """Each statement's comment starts with its node's module call, as the graph's text form
+    does; the step's return has a line per value, the new value of each parameter noted."""
+    step = compiled_adam_step(training_step)
+    fn, graph = step.latest.program.parts[0]
+    code = step.code
+    for node in graph.nodes:
+        if node.scope is not None and node.op != FUSED:
+            name = fn.names[node.outputs[0]]
+            line = re.search(rf"^\s+{name} = .*$", code, re.M).group()
+            assert f"  # {node.scope} " in line, line
+    returned = code.split("    return (\n")[-1].split("    )")[0].splitlines()
+    assert [line.strip().split(",")[0] for line in returned] == fn.returns
+    noted = {line.strip().split(",")[0]: line.split("  # ")[1] for line in returned if "#" in line}
+    assert noted == {fn.names[v]: f"new {name}" for name, v in graph.updates.items()}
+    assert {"new model.0.weight", "new opt.exp_avg_sq3"} <= set(noted.values())
