@@ -173,11 +173,17 @@ def expression(
     )
 
 
-def emit_kernel(node, name: str) -> FunctionSource:
+def emit_kernel(node, name: str, known: dict[Value, str] | None = None) -> FunctionSource:
     """The function computing a fused chain: each member writes into ``out`` in turn, so the
-    chain's intermediates need no memory of their own."""
+    chain's intermediates need no memory of their own. A parameter is named after the value
+    passed for it where ``known`` names it (the caller's graph inputs: ``fc1_bias``), else
+    ``a<i>``."""
     body = body_of(node)
-    names = {v: f"a{i}" for i, v in enumerate(body.inputs)}
+    names: dict[Value, str] = {}
+    for i, (outer, inner) in enumerate(zip(node.inputs, body.inputs, strict=True)):
+        wanted = (known or {}).get(outer)
+        taken = wanted in names.values() or wanted == "out"  # (a value passed twice)
+        names[inner] = f"a{i}" if wanted is None or taken else wanted
     result = node.outputs[0].type
     lines = [f"out = np.empty({result.shape}, np.{result.dtype.name}) if out is None else out"]
     for member in body.nodes:
@@ -224,7 +230,8 @@ def emit_function(
     frame = _Frame(graph, plan, name, namer, kernel_names, buffers, local, whole)
     sections = _sections(frame, loops, debug_nans)
     returns = [namer(v) for v in graph.outputs]
-    kernels = [emit_kernel(node, kernel) for node, kernel in kernel_names.items()]
+    inputs = {v: namer(v) for v in graph.inputs}
+    kernels = [emit_kernel(node, kernel, inputs) for node, kernel in kernel_names.items()]
     return FunctionSource(
         name, params, sections, returns, frame.constants, _allocated(plan, buffers, local),
         kernels, frame.views, names=namer.names, kernel_names=kernel_names, row_loops=loops,
