@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from tracegrad.cli import main
+from tracegrad.cli import load_target, main
+from tracegrad.compile import compile as compile_model
 
 MODEL_FILE = textwrap.dedent(
     """
@@ -241,3 +242,19 @@ def test_a_program_is_warned_once_about_an_unknown_log_name(monkeypatch):
     messages = [str(w.message) for w in caught]
     assert messages == ["TRACEGRAD_LOGS names no log graphs: use graph, passes, code, "
                         "recompiles, timing or all"]  # fmt: skip
+
+
+def test_viz_draws_the_page_cm_visualize_draws(capsys, model_file, tmp_path):
+    """One picture for the command and the API: the time line over the passes and the
+    backward values labelled with what they are, the same page byte for byte."""
+    page = tmp_path / "cli.html"
+    code, _, _ = run(capsys, "viz", f"{model_file}:model", "-o", str(page))
+    assert code == 0
+    model, inputs = load_target(f"{model_file}:model")
+    cm = compile_model(model)
+    cm(*inputs)
+    text = page.read_text(encoding="utf-8")
+    assert text == cm.visualize(tmp_path / "api.html").read_text(encoding="utf-8")
+    assert 'data-view="passes"' in text and ">grad of 0.weight</text>" in text
+    run(capsys, "viz", f"{model_file}:model", "-o", str(page), "--no-passes")
+    assert "backward (no passes)" in page.read_text(encoding="utf-8")

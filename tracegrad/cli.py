@@ -118,8 +118,8 @@ def cmd_viz(args) -> str:
         known = ", ".join(viz.SUFFIXES)
         raise UsageError(f"cannot tell the picture format from {args.output!r}: use {known}")
     program = compiled(args.target, _passes(args))
-    path = viz.render(_headed(program.views(), args), args.output, code=program.code,
-                      generated=program.latest.program.parts)  # fmt: skip
+    picture = program.picture(views=_headed(program.views(), args))
+    path = viz.render(path=args.output, **picture)  # (as cm.visualize draws it)
     return f"wrote {path}"
 
 

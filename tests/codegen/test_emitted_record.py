@@ -62,3 +62,36 @@ def test_codegen_leaves_the_graph_it_reads_as_it_was(training_step):
     before = structure(graph)
     emit_function(graph, "again", fn.plan)
     assert structure(graph) == before
+
+
+def test_statements_say_which_module_made_them_and_returns_what_they_update(training_step):
+    """Each statement's comment starts with its node's module call, as the graph's text form
+    does; the step's return has a line per value, the new value of each parameter noted."""
+    step = compiled_adam_step(training_step)
+    fn, graph = step.latest.program.parts[0]
+    code = step.code
+    for node in graph.nodes:
+        if node.scope is not None and node.op != FUSED:
+            name = fn.names[node.outputs[0]]
+            line = re.search(rf"^\s+{name} = .*$", code, re.M).group()
+            assert f"  # {node.scope} " in line, line
+    returned = code.split("    return (\n")[-1].split("    )")[0].splitlines()
+    assert [line.strip().split(",")[0] for line in returned] == fn.returns
+    noted = {line.strip().split(",")[0]: line.split("  # ")[1] for line in returned if "#" in line}
+    assert noted == {fn.names[v]: f"new {name}" for name, v in graph.updates.items()}
+    assert {"new model.0.weight", "new opt.exp_avg_sq3"} <= set(noted.values())
+
+
+def test_kernel_parameters_are_named_after_the_inputs_passed_for_them(training_step):
+    step = compiled_adam_step(training_step)
+    fn, graph = step.latest.program.parts[0]
+    kernels = {kernel.name: kernel for kernel in fn.kernels}
+    named = 0
+    for node, kernel in fn.kernel_names.items():
+        params = kernels[kernel].params[:-1]  # (then out=None)
+        for i, (value, param) in enumerate(zip(node.inputs, params, strict=True)):
+            expected = fn.names[value] if value in graph.inputs else f"a{i}"
+            assert param == expected or (param == f"a{i}" and params.count(expected) == 1)
+            named += param != f"a{i}"
+    assert named > 0  # (a bias is read by its layer's kernel)
+    assert "model_0_bias" in step.code.split("def step(")[0]

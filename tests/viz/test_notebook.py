@@ -12,7 +12,7 @@ import pytest
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
-from tracegrad import nn, optim
+from tracegrad import nn, optim, viz
 
 
 class Collected(HTMLParser):
@@ -121,3 +121,34 @@ def test_ipython_display_formatter():
     report, _ = shown.format(cm.explain())
     assert report["text/plain"] == str(cm.explain()) and "\n" in report["text/plain"]
     assert '<div class="tracegrad-report">' in report["text/html"]
+
+
+def framed_page(shown: str) -> str:
+    [frame] = Collected(shown).named("iframe")
+    return frame["srcdoc"]
+
+
+def test_a_compiled_callables_graphs_show_as_its_picture_draws_them(compiled, tmp_path):
+    """cm.visualize, the card's picture and the graphs cm gives out draw from one code path:
+    each with the time line over the passes and the backward values labelled."""
+    whole = compiled.visualize(tmp_path / "page.html").read_text(encoding="utf-8")
+    assert framed_page(compiled._repr_html_()) == whole
+    graph = compiled.backward_graph
+    backward = framed_page(graph._repr_html_())
+    assert backward == viz.to_html(**compiled.picture([("backward (optimized)", graph)]))
+    for page in (whole, backward):
+        assert 'data-view="passes"' in page and ">grad of 0.weight</text>" in page
+    assert 'data-view="passes"' in framed_page(compiled.graph._repr_html_())
+    # a graph no compiled callable gave out is drawn alone
+    traced = framed_page(tg.trace(nn.Linear(2, 2), tg.randn(1, 2))._repr_html_())
+    assert 'data-view="passes"' not in traced and 'data-view="0"' in traced
+
+
+def test_a_graph_of_an_older_specialization_is_drawn_alone():
+    tg.manual_seed(0)
+    cm = tg.compile(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
+    cm(tg.randn(3, 2, requires_grad=True)).sum().backward()
+    older = cm.backward_graph
+    cm(tg.randn(4, 2, requires_grad=True)).sum().backward()
+    page = framed_page(older._repr_html_())
+    assert 'data-view="passes"' not in page and ">grad of" not in page

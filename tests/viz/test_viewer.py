@@ -8,7 +8,7 @@ import re
 
 import networkx as nx
 import pytest
-from viz_helpers import GPT, browser, run_browser, value
+from viz_helpers import GPT, READABLE, browser, run_browser, value
 
 import tracegrad as tg
 import tracegrad.nn.functional as F
@@ -172,6 +172,22 @@ def test_backward_values_are_labelled_with_what_they_are(tmp_path):
     assert "x" in [b.name for b in group(build_scene("forward", cm.graph, 0)).boxes]
 
 
+def test_explain_says_which_module_made_each_saved_value():
+    """explain()'s saved values read as the picture labels them: the op and the module call
+    that made each, or the input it is."""
+    model, _ = nested_model()
+    cm = tg.compile(model)
+    cm(tg.randn(5, 4)).sum().backward()
+    section = cm.explain().split("saved for the backward")[1].split("\n\n")[0]
+    saved = [line for line in section.splitlines() if line.startswith("  %")]
+    assert len(saved) == int(section.split()[0].strip("("))  # (4 values, 396 B):
+    described = {line.split(":")[0].strip(): line.split(", ")[1] for line in saved}
+    assert "saved output of relu in 1 (ReLU)" in described.values()
+    assert "saved output of relu in 2.1 (ReLU)" in described.values()
+    assert described["%x"] == "saved input x"
+    assert all(text.startswith(("saved output of", "saved input")) for text in described.values())
+
+
 # --- in a browser --------------------------------------------------------------------------------
 
 # Opens the page in a frame and uses it as a person would, writing what each step left into
@@ -197,7 +213,8 @@ frame.addEventListener("load", function () {
                                                        bubbles: true, cancelable: true }));
     var wheeled = width();
     doc.getElementById("zoom-fit").click();
-    log.tabs.push([tab.dataset.view, before, wheeled, width()]);
+    log.tabs.push([tab.dataset.view, before, wheeled, width(),
+                   Number(shown().querySelector("svg").dataset.w)]);
   });
   doc.querySelector('#tabs button[data-view="0"]').click();
   var collapse = shown().querySelector('button[data-open="root"]');
@@ -276,9 +293,10 @@ def walk(page, tmp_path) -> dict:
 def check_walk(log: dict, tabs: list[str]) -> None:
     assert log["errors"] == []
     assert [t[0] for t in log["tabs"]] == tabs
-    for _, before, wheeled, fitted in log["tabs"]:
+    for _, before, wheeled, fitted, natural in log["tabs"]:
         assert wheeled > before * 1.2  # the wheel zoomed in
-        assert fitted == pytest.approx(before)  # fit went back to the fitted opening
+        # a tab opens fitted, or at READABLE where fitted would be smaller
+        assert before == pytest.approx(max(fitted, READABLE * natural))
     assert log["root"] == log["back"] == "root"
     module, pane, boxes = log["opened_module"]
     assert pane == module and boxes > 1  # clicking a module box shows its inside

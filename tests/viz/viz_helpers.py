@@ -11,6 +11,7 @@ import struct
 import subprocess
 import zlib
 from html.parser import HTMLParser
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -231,59 +232,59 @@ class TagBalance(HTMLParser):
 # --- reading PNG ---------------------------------------------------------------------------------
 
 
-def read_png(path) -> tuple[int, int, list[bytes]]:
-    """(width, height, rows of RGB pixels) of an 8-bit RGB or RGBA PNG, decoded by hand."""
+def read_png(path) -> np.ndarray:
+    """The RGB pixels, (height, width, 3) uint8, of an 8-bit RGB, RGBA or palette PNG,
+    decoded by hand."""
     with open(path, "rb") as f:
         data = f.read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    pos, idat = 8, b""
+    chunks: dict[bytes, bytes] = {}
+    pos = 8
     while pos < len(data):
         size, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + size]
+        chunks[kind] = chunks.get(kind, b"") + data[pos + 8 : pos + 8 + size]
         pos += 12 + size
-        if kind == b"IHDR":
-            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            assert depth == 8 and colour in (2, 6) and interlace == 0, "unexpected PNG format"
-        elif kind == b"IDAT":
-            idat += body
-    bpp = 3 if colour == 2 else 4
-    raw, stride = zlib.decompress(idat), width * bpp
-    rows, previous = [], bytearray(stride)
-    for r in range(height):
-        start = r * (stride + 1)
-        row = bytearray(raw[start + 1 : start + 1 + stride])
-        _unfilter(raw[start], row, previous, bpp)
-        rows.append(bytes(b for i, b in enumerate(row) if i % bpp < 3) if bpp == 4 else bytes(row))
-        previous = row
-    return width, height, rows
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
+    assert depth == 8 and colour in (2, 3, 6) and interlace == 0, "unexpected PNG format"
+    bpp = {2: 3, 3: 1, 6: 4}[colour]
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, -1)
+    rows, previous = [], np.zeros(width * bpp, np.uint8)
+    for filtered in raw:
+        previous = _unfilter(int(filtered[0]), filtered[1:], previous, bpp)
+        rows.append(previous)
+    pixels = np.stack(rows).reshape(height, width, bpp)
+    if colour == 3:
+        return np.frombuffer(chunks[b"PLTE"], np.uint8).reshape(-1, 3)[pixels[..., 0]]
+    return pixels[..., :3]
 
 
-def _unfilter(kind: int, row: bytearray, prev: bytearray, bpp: int) -> None:
-    """Undo one row's PNG filter in place (0 none, 1 sub, 2 up, 3 average, 4 Paeth)."""
-    for i in range(len(row)):
-        a = row[i - bpp] if i >= bpp else 0
-        b = prev[i]
-        c = prev[i - bpp] if i >= bpp else 0
-        if kind == 1:
-            row[i] = (row[i] + a) & 255
-        elif kind == 2:
-            row[i] = (row[i] + b) & 255
-        elif kind == 3:
-            row[i] = (row[i] + ((a + b) >> 1)) & 255
-        elif kind == 4:
-            p = a + b - c
-            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-            row[i] = (row[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+def _unfilter(kind: int, row: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
+    """Undo one row's PNG filter (0 none, 1 sub, 2 up, 3 average, 4 Paeth); uint8 sums wrap
+    around as the format's arithmetic does."""
+    if kind == 0:
+        return row.copy()
+    if kind == 1:
+        return np.cumsum(row.reshape(-1, bpp), axis=0, dtype=np.uint8).reshape(-1)
+    if kind == 2:
+        return row + prev
+    out, above = bytearray(row.tobytes()), prev.tobytes()  # (each byte needs the one before)
+    for i in range(len(out)):
+        a = out[i - bpp] if i >= bpp else 0
+        b = above[i]
+        if kind == 3:
+            out[i] = (out[i] + ((a + b) >> 1)) & 255
+            continue
+        c = above[i - bpp] if i >= bpp else 0
+        p = a + b - c
+        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+        out[i] = (out[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+    return np.frombuffer(bytes(out), np.uint8)
 
 
-def pixel_counts(rows: list[bytes], x0: int, x1: int, y0: int, y1: int) -> dict[bytes, int]:
+def pixel_counts(pixels: np.ndarray, x0: int, x1: int, y0: int, y1: int) -> dict[bytes, int]:
     """How often each RGB colour occurs in the rectangle [x0, x1) x [y0, y1)."""
-    counts: dict[bytes, int] = {}
-    for row in rows[y0:y1]:
-        for x in range(x0, x1):
-            colour = row[3 * x : 3 * x + 3]
-            counts[colour] = counts.get(colour, 0) + 1
-    return counts
+    colours, counts = np.unique(pixels[y0:y1, x0:x1].reshape(-1, 3), axis=0, return_counts=True)
+    return {colour.tobytes(): int(n) for colour, n in zip(colours, counts, strict=True)}
 
 
 class Twice:
@@ -308,6 +309,14 @@ def odd_graph() -> Graph:
 
 # --- in a browser --------------------------------------------------------------------------------
 
+# The smallest zoom a drawing opens at (page.js): smaller, it opens at this zoom instead
+READABLE = float(
+    re.search(
+        r"var READABLE = ([\d.]+);",
+        resources.files("tracegrad.viz").joinpath("templates/page.js").read_text(encoding="utf-8"),
+    ).group(1)
+)
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -318,11 +327,11 @@ def browser() -> str:
     return found
 
 
-def run_browser(binary, page, tmp_path, *flags) -> subprocess.CompletedProcess:
+def run_browser(binary, page, tmp_path, *flags, window=(1200, 800)) -> subprocess.CompletedProcess:
     command = [
         binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,800",
+        f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={window[0]},{window[1]}",
         "--enable-logging=stderr", "--v=0", *flags, page,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -73,10 +73,16 @@ class FunctionSource:
     kernels: list[FunctionSource] = field(default_factory=list)  # fused kernels it calls
     views: list[tuple[str, str]] = field(default_factory=list)  # name, expression of buffers
     returns_tuple: bool = True  # a kernel returns its one array as it is
+    return_notes: list[str] = field(default_factory=list)  # what each returned value is
     names: dict[Value, str] = field(default_factory=dict)
     kernel_names: dict[Node, str] = field(default_factory=dict)
     row_loops: list[RowLoop] = field(default_factory=list)
     plan: MemoryPlan | None = None
+
+    @property
+    def noted_returns(self) -> list[tuple[str, str]]:
+        """(returned name, what it is) pairs, when ``return_notes`` says."""
+        return list(zip(self.returns, self.return_notes, strict=True))
 
 
 class Literal:
@@ -132,7 +138,9 @@ def _section_of(node) -> str:
 
 
 def _comment(node) -> str:
-    parts = []
+    """The node's module call and source line, as the graph's text form writes them, and
+    the op it is the gradient of."""
+    parts = [] if node.scope is None else [str(node.scope)]
     if node.location is not None:
         parts.append(f"{node.location.filename}:{node.location.lineno}")
     if node.origin:
@@ -167,11 +175,17 @@ def expression(
     )
 
 
-def emit_kernel(node, name: str) -> FunctionSource:
+def emit_kernel(node, name: str, known: dict[Value, str] | None = None) -> FunctionSource:
     """The function computing a fused chain: each member writes into ``out`` in turn, so the
-    chain's intermediates need no memory of their own."""
+    chain's intermediates need no memory of their own. A parameter is named after the value
+    passed for it where ``known`` names it (the caller's graph inputs: ``fc1_bias``), else
+    ``a<i>``."""
     body = body_of(node)
-    names = {v: f"a{i}" for i, v in enumerate(body.inputs)}
+    names: dict[Value, str] = {}
+    for i, (outer, inner) in enumerate(zip(node.inputs, body.inputs, strict=True)):
+        wanted = (known or {}).get(outer)
+        taken = wanted in names.values() or wanted == "out"  # (a value passed twice)
+        names[inner] = f"a{i}" if wanted is None or taken else wanted
     result = node.outputs[0].type
     lines = [f"out = np.empty({result.shape}, np.{result.dtype.name}) if out is None else out"]
     for member in body.nodes:
@@ -218,12 +232,21 @@ def emit_function(
     frame = _Frame(graph, plan, name, namer, kernel_names, buffers, local, whole)
     sections = _sections(frame, loops, debug_nans)
     returns = [namer(v) for v in graph.outputs]
-    kernels = [emit_kernel(node, kernel) for node, kernel in kernel_names.items()]
+    inputs = {v: namer(v) for v in graph.inputs}
+    kernels = [emit_kernel(node, kernel, inputs) for node, kernel in kernel_names.items()]
     return FunctionSource(
         name, params, sections, returns, frame.constants, _allocated(plan, buffers, local),
         kernels, frame.views, names=namer.names, kernel_names=kernel_names, row_loops=loops,
-        plan=plan,
+        plan=plan, return_notes=_return_notes(graph),
     )  # fmt: skip
+
+
+def _return_notes(graph: Graph) -> list[str]:
+    """What each output is, where the graph says: the new value of an input it updates
+    (``new fc1.weight``); none when it says nothing of any."""
+    updated = {value: name for name, value in graph.updates.items()}
+    notes = [f"new {updated[v]}" if v in updated else "" for v in graph.outputs]
+    return notes if any(notes) else []
 
 
 def _allocated(plan: MemoryPlan, buffers: list, local: dict[Value, str]) -> list:

@@ -13,6 +13,7 @@ from tracegrad.passes.memory import InBuffer, InPlace, peak_bytes
 from tracegrad.passes.pipeline import BACKEND_CHOICES, PassResult
 from tracegrad.passes.recompute import Recomputation, is_view, saved_by_backward
 from tracegrad.viz.notebook import report_html
+from tracegrad.viz.scene import saved_roles
 
 
 @dataclass
@@ -259,6 +260,22 @@ def _node_words(node) -> str:
     return f"%{node.outputs[0].name} = {node.op} ({origin}{scope})"
 
 
+def _saved_lines(report: Report) -> list[str]:
+    """The values the forward keeps for the backward: each with what it is (the op and the
+    module call that made it, or the input it is) and the gradient ops reading it."""
+    if not report.saved:
+        return []
+    total = sum(v.type.nbytes for v, _ in report.saved)
+    heading = f"saved for the backward ({len(report.saved)} values, {format_bytes(total)}):"
+    forward = dict(report.unplanned)["forward"]  # (the graph whose outputs they are)
+    roles = saved_roles(forward, [v.name for v, _ in report.saved])
+    return ["", heading] + [
+        f"  %{v.name}: {v.type} ({format_bytes(v.type.nbytes)}), {roles[v.name].text}, "
+        f"read by {', '.join(why)}"
+        for v, why in report.saved
+    ]
+
+
 class Explanation(str):
     """``explain()``'s report: a str (print it, search it) that shows as its lines, not as
     an escaped one-line string, when a notebook cell ends with it, and as HTML where it can."""
@@ -288,14 +305,7 @@ def render(report: Report, recompile_reasons: list[str]) -> Explanation:
         lines += _schedule_lines(report.planning.get(name, []))
         lines += _communication_lines(after)
         lines += _row_loop_lines(report.emitted[name])
-    if report.saved:
-        total = sum(v.type.nbytes for v, _ in report.saved)
-        count = len(report.saved)
-        lines += ["", f"saved for the backward ({count} values, {format_bytes(total)}):"]
-        lines += [
-            f"  %{v.name}: {v.type} ({format_bytes(v.type.nbytes)}), read by {', '.join(why)}"
-            for v, why in report.saved
-        ]
+    lines += _saved_lines(report)
     if report.recomputed:
         lines.append(
             "recomputed in the backward instead of saved (cheap ops on saved values): "

@@ -22,7 +22,8 @@ import gc
 import os
 import threading
 import warnings
-from typing import Generic, ParamSpec, Protocol, TypeVar
+import weakref
+from typing import Generic, ParamSpec, Protocol, TypeVar, overload
 
 from tracegrad import viz
 from tracegrad.compiled.explain import Explanation, Snapshot, history, render
@@ -116,12 +117,22 @@ class Specializer(Generic[P, R]):
         BACKEND_CHOICES) show only in ``code`` and the "generated" ``views()``, whose graphs
         are ``program.graph`` and ``program.backward_graph`` of a specialization. Derived
         when first read."""
-        return self._latest().readable[0]
+        return self._shown(self._latest().readable[0])
 
     @property
     def backward_graph(self) -> Graph | None:
         # (a whole step is one graph: forward, backward and update sections; it has none)
-        return self._latest().readable[1]
+        return self._shown(self._latest().readable[1])
+
+    @overload
+    def _shown(self, graph: Graph) -> Graph: ...
+    @overload
+    def _shown(self, graph: None) -> None: ...
+    def _shown(self, graph):
+        """``graph``, which notebooks then draw as this callable's pictures draw it."""
+        if graph is not None:
+            viz.notebook.remember(graph, weakref.WeakMethod(self._graph_picture))
+        return graph
 
     @property
     def code(self) -> str:
@@ -146,9 +157,25 @@ class Specializer(Generic[P, R]):
         """Write a picture of the latest specialization; the suffix picks the format: .html
         (its graphs, before and after passes, with the code and a time line over
         ``passes_history()``), .svg or .dot."""
-        parts = self._latest().program.parts
-        return viz.render(self.views(), path, code=self.code, generated=parts,
-                          history=self.passes_history(), roles=self._roles())  # fmt: skip
+        return viz.render(path=path, **self.picture())
+
+    def picture(self, views=None) -> dict:
+        """What every picture of the latest specialization draws, as keyword arguments of
+        ``viz.render`` and ``viz.to_html``: ``views`` (by default ``views()``), the code and
+        its generated functions, the time line over ``passes_history()`` and the backward
+        graphs' values labelled. ``visualize``, ``tracegrad viz`` and notebooks draw this."""
+        return {
+            "views": self.views() if views is None else views,
+            "code": self.code,
+            "generated": self._latest().program.parts,
+            "history": self.passes_history(),
+            "roles": self._roles(),
+        }
+
+    def _graph_picture(self, graph: Graph) -> dict | None:
+        """The picture of ``graph`` alone, when it is a view of the latest specialization."""
+        titles = [title for title, shown in self.views() if shown is graph]
+        return self.picture(views=[(titles[0], graph)]) if titles else None
 
     def _roles(self) -> dict:
         """What the backward graphs' values are (``viz.backward_roles``), by id of graph."""
@@ -179,9 +206,12 @@ class Specializer(Generic[P, R]):
         return f"{type(self).__name__}({self.title}, {n} specialization{'s' * (n != 1)})"
 
     def _repr_html_(self) -> str:
-        """A summary card: specializations, the generated functions' node counts, the last
-        recompile and why."""
-        return viz.notebook.summary_card(repr(self), self._summary())
+        """A summary card (specializations, the generated functions' node counts, the last
+        recompile and why), then the latest specialization's picture."""
+        card = viz.notebook.summary_card(repr(self), self._summary())
+        if self.latest is None:
+            return card
+        return card + viz.notebook.page_frame(viz.to_html(**self.picture()), self.title)
 
     def _summary(self) -> list[tuple[str, str]]:
         rows = [("specializations", str(len(self._cache)))]

@@ -151,24 +151,33 @@ def backward_roles(forward: Graph, backward: Graph, wrt: list[str]) -> dict[str,
     """Value name -> Role for the backward's inputs (values saved by ``forward``, its inputs,
     and the gradients flowing in) and outputs (the gradients of the inputs named ``wrt``, in
     order)."""
-    made = {v.name: node for node in forward.nodes for v in node.outputs}
-    inputs = {v.name for v in forward.inputs}
-    roles = {}
+    roles = saved_roles(forward, [v.name for v in backward.inputs])
     for v in backward.inputs:
-        node = _maker(made.get(v.name), v.name)
-        if node is not None:
-            where = f" in {node.scope}" if node.scope is not None else ""
-            text = f"saved output of {_label(node)}{where}"
-            roles[v.name] = Role(f"saved {_label(node)}", text, saved=True)
-        elif v.name in inputs:
-            roles[v.name] = Role(f"saved {v.name}", f"saved input {v.name}", saved=True)
-        elif v.name.startswith("grad_"):
+        if v.name not in roles and v.name.startswith("grad_"):
             name = v.name.removeprefix("grad_")
             roles[v.name] = Role(
                 f"grad of output {name}", f"gradient of the forward's output {name}"
             )
     for v, name in zip(backward.outputs, wrt, strict=False):
         roles.setdefault(v.name, Role(f"grad of {name}", f"gradient of {name}"))
+    return roles
+
+
+def saved_roles(forward: Graph, names: list[str]) -> dict[str, Role]:
+    """Value name -> Role for those of ``names`` that ``forward`` makes or takes as input:
+    the values it saves for the backward (``saved output of relu in block.2 (ReLU)``,
+    ``saved input x``)."""
+    made = {v.name: node for node in forward.nodes for v in node.outputs}
+    inputs = {v.name for v in forward.inputs}
+    roles = {}
+    for name in names:
+        node = _maker(made.get(name), name)
+        if node is not None:
+            where = f" in {node.scope}" if node.scope is not None else ""
+            text = f"saved output of {_label(node)}{where}"
+            roles[name] = Role(f"saved {_label(node)}", text, saved=True)
+        elif name in inputs:
+            roles[name] = Role(f"saved {name}", f"saved input {name}", saved=True)
     return roles
 
 

@@ -45,7 +45,7 @@
     if (search.value) { find(search.value); }
   }
 
-  function openPane(view, key) { state.pane[view] = key; layout(); fit(); }
+  function openPane(view, key) { state.pane[view] = key; layout(); opening(); }
 
   function setZoom(zoom) {
     state.zoom = Math.max(0.02, Math.min(4, zoom));
@@ -64,6 +64,18 @@
     var height = Math.max.apply(null, svgs.map(function (s) { return Number(s.dataset.h) + 40; }));
     // offsetWidth counts the scroll bars, so the fit does not depend on whether they are shown.
     setZoom(Math.min(1, (canvas.offsetWidth - 24) / width, (canvas.offsetHeight - 24) / height));
+  }
+
+  // A drawing opens fitted, unless fitted it would be drawn too small to read (a wide
+  // training step, a long column of layers): then it opens at READABLE from its top left,
+  // where the graph's inputs are; the minimap shows the rest, and "fit" shows it whole.
+  var READABLE = 0.75;
+  function opening() {
+    fit();
+    if (state.zoom >= READABLE) { return; }
+    setZoom(READABLE);
+    canvas.scrollLeft = 0;
+    canvas.scrollTop = 0;
   }
 
   // Zooms keeping the drawing's point under (x, y) of the canvas where it is.
@@ -270,14 +282,14 @@
   function showStep() {
     document.getElementById("step-text").textContent = steps[Number(step.value)];
     showView(String(first + Number(step.value)));
-    fit();
+    opening();
   }
   if (step) { step.addEventListener("input", showStep); }
   tabs.forEach(function (t) {
     t.addEventListener("click", function () {
       if (t.dataset.view === "passes") { showStep(); return; }
       showView(t.dataset.view);
-      fit();
+      opening();
     });
   });
   document.getElementById("zoom-in").addEventListener("click", function () { setZoom(state.zoom * 1.25); });
@@ -285,7 +297,7 @@
   document.getElementById("zoom-reset").addEventListener("click", function () { setZoom(1); });
   document.getElementById("zoom-fit").addEventListener("click", fit);
   showView("0");
-  fit();
+  opening();
   // page.html#g1_12 opens with that node selected.
   var wanted = decodeURIComponent(window.location.hash.slice(1));
   if (nodes[wanted]) { select(wanted, "link"); }
