@@ -108,7 +108,14 @@ def _step_tail(b: Builder, results: list[str], data_step: bool) -> list[str]:
     terms = ["v1", *results]  # v1 reads every parameter
     loss = " + ".join(f"({name}.sum() * {k + 1}.0)" for k, name in enumerate(terms))
     if data_step:
-        zero, update = "m.zero_grad()", "for p in m.parameters():\n    p.data.add_(-0.05 * p.grad)"
+        zero = "m.zero_grad()"
+        update = "\n".join(
+            [
+                "for p in m.parameters():",
+                "    if p.grad is not None:  # (a layer the loss does not reach has none)",
+                "        p.data.add_(-0.05 * p.grad)",
+            ]
+        )
     else:
         b.add_setup(f"opt = {b.rng.choice(OPTIMIZERS)}")
         setup, zero, update = OPTIMIZER_PATHS[b.rng.choice(sorted(OPTIMIZER_PATHS))]
