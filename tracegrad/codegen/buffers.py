@@ -42,6 +42,9 @@ class Sink:
     kept: Tensor | None = None  # the tensor living in that buffer, stored by the last run
     # For the .grad of an argument: its position (each run points ``owner`` at its argument)
     argument: int | None = None
+    # Whether the step replaces the .grad it finds (zero_grad() first): each run drops it
+    # first, unless it is the tensor the last run stored and nobody else holds it
+    replaces: bool = False
 
     def current(self):
         return self.owner.grad if self.kind == "grad" else self.owner.get(self.key)

@@ -10,6 +10,7 @@ tensors, and those stored by sinks (tracegrad.codegen.buffers). ``build_runner``
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,6 +112,10 @@ def _names(b: RunnerBindings) -> dict:
         "same_memory": same_memory,
         "PLANNED": b.planned,
         "generator": generator,
+        "getrefcount": sys.getrefcount,
+        # a .grad the owner, the sink and the runner's local name hold, and getrefcount's own
+        # argument: nobody else can see it
+        "ONLY_OWNER_AND_SINK": 4,
     }
     names.update((f"lifted{j}", t) for j, t in enumerate(b.state))
     names.update((f"updated{i}", t) for i, t in enumerate(b.updated))

@@ -227,23 +227,31 @@ def _trace_call(compiled, args, names: dict[int, str]) -> _TracedStep:
         targets, updated_args, new_values, updates = traced_updates(tracer, symbolic)
         sinks, sink_values = _collect_sinks(tracer, symbolic, args)
         graph = tracer.graph(results + new_values + sink_values, updates)
-        replaced = _replaced_grads(tracer, symbolic)
+        replaced = _replaced_grads(tracer, symbolic, sinks)
     return _TracedStep(
         graph, tracer, len(results), structure, targets, updated_args, list(updates), sinks,
         arg_grads, *replaced,
     )  # fmt: skip
 
 
-def _replaced_grads(tracer: Tracer, symbolic) -> tuple[list[Tensor], tuple[int, ...]]:
+def _replaced_grads(
+    tracer: Tracer, symbolic, sinks: list[Sink]
+) -> tuple[list[Tensor], tuple[int, ...]]:
     """The tensors made before the call, then the argument positions, whose .grad the
     function replaced (zero_grad() dropping it, backward() storing a new one): each run drops
     the .grad they hold first, as the function does, so a .grad the user kept from an earlier
-    call keeps its values and a .grad the function left None is None."""
+    call keeps its values and a .grad the function left None is None. Those whose new .grad
+    a sink stores are left to it instead (``Sink.replaces``)."""
     position = {id(s): i for i, s in enumerate(symbolic) if isinstance(s, Tensor)}
     written = [(t, before) for t, before in tracer.grads_written.values() if t._grad is not before]
     # (made before it: a parameter the update wrote holds a traced value by now)
     state = [t for t, _ in written if id(t) not in position and t._serial < tracer.start]
-    return state, tuple(position[id(t)] for t, _ in written if id(t) in position)
+    stored = {id(s.owner): s for s in sinks if s.kind == "grad" and s.argument is None}
+    for t in state:
+        if id(t) in stored:
+            stored[id(t)].replaces = True
+    dropped = [t for t in state if id(t) not in stored]
+    return dropped, tuple(position[id(t)] for t, _ in written if id(t) in position)
 
 
 def _generate_step(compiled, traced: _TracedStep, signature, args) -> tuple[Program, Report]:
