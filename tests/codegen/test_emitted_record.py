@@ -66,7 +66,8 @@ def test_codegen_leaves_the_graph_it_reads_as_it_was(training_step):
 
 def test_statements_say_which_module_made_them_and_returns_what_they_update(training_step):
     """Each statement's comment starts with its node's module call, as the graph's text form
-    does; the step's return has a line per value, the new value of each parameter noted."""
+    does; the step's return has a line per value, the new value of each parameter noted, and
+    each stored .grad named after its parameter."""
     step = compiled_adam_step(training_step)
     fn, graph = step.latest.program.parts[0]
     code = step.code
@@ -77,9 +78,14 @@ def test_statements_say_which_module_made_them_and_returns_what_they_update(trai
             assert f"  # {node.scope} " in line, line
     returned = code.split("    return (\n")[-1].split("    )")[0].splitlines()
     assert [line.strip().split(",")[0] for line in returned] == fn.returns
-    noted = {line.strip().split(",")[0]: line.split("  # ")[1] for line in returned if "#" in line}
-    assert noted == {fn.names[v]: f"new {name}" for name, v in graph.updates.items()}
-    assert {"new model.0.weight", "new opt.exp_avg_sq3"} <= set(noted.values())
+    notes = [line.split("  # ")[1] if "#" in line else "" for line in returned]
+    updated = {fn.names[v]: f"new {name}" for name, v in graph.updates.items()}
+    assert {n: note for n, note in zip(fn.returns, notes) if note.startswith("new ")} == updated
+    assert {"new model.0.weight", "new opt.exp_avg_sq3"} <= set(notes)
+    params = [name for name, _ in step.reached.modules["model"].named_parameters()]
+    assert sorted(note for note in notes if note.endswith(".grad")) == sorted(
+        f"model.{name}.grad" for name in params
+    )
 
 
 def test_kernel_parameters_are_named_after_the_inputs_passed_for_them(training_step):

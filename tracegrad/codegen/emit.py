@@ -216,10 +216,16 @@ class _Frame:
 
 @timed(lambda graph, name, *args, **kwargs: f"codegen {name}")
 def emit_function(
-    graph: Graph, name: str, plan: MemoryPlan | None = None, *, debug_nans: bool = False
+    graph: Graph,
+    name: str,
+    plan: MemoryPlan | None = None,
+    *,
+    debug_nans: bool = False,
+    notes: list[str] | None = None,
 ) -> FunctionSource:
     """The function computing ``graph``, writing where ``plan`` says (no plan: every result
-    in fresh memory)."""
+    in fresh memory); ``notes`` say what outputs are beyond what the graph says (a stored
+    .grad, say), by position, "" where they say nothing."""
     plan = MemoryPlan.fresh(graph) if plan is None else plan
     namer = Namer()
     params = [namer(v) for v in graph.inputs]
@@ -237,15 +243,19 @@ def emit_function(
     return FunctionSource(
         name, params, sections, returns, frame.constants, _allocated(plan, buffers, local),
         kernels, frame.views, names=namer.names, kernel_names=kernel_names, row_loops=loops,
-        plan=plan, return_notes=_return_notes(graph),
+        plan=plan, return_notes=_return_notes(graph, notes or []),
     )  # fmt: skip
 
 
-def _return_notes(graph: Graph) -> list[str]:
-    """What each output is, where the graph says: the new value of an input it updates
-    (``new fc1.weight``); none when it says nothing of any."""
+def _return_notes(graph: Graph, given: list[str]) -> list[str]:
+    """What each output is, where the graph says (the new value of an input it updates:
+    ``new fc1.weight``) or ``given`` does; none when nothing says anything of any."""
     updated = {value: name for name, value in graph.updates.items()}
-    notes = [f"new {updated[v]}" if v in updated else "" for v in graph.outputs]
+    given = given + [""] * (len(graph.outputs) - len(given))
+    notes = [
+        f"new {updated[v]}" if v in updated else note
+        for v, note in zip(graph.outputs, given, strict=True)
+    ]
     return notes if any(notes) else []
 
 

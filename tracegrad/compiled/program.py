@@ -91,10 +91,12 @@ def generate(
     persistent: frozenset[str] = frozenset(),
     report=None,
     memory_budget: int | None = None,
+    notes: dict[str, list[str]] | None = None,
 ) -> Program:
     """Emit one module holding a function per (name, graph) part and load it. Planning passes
     (the memory plan) run on each part first; ``persistent`` outputs may use planned memory;
-    with a ``memory_budget`` (bytes), each part recomputes forward values to fit it."""
+    with a ``memory_budget`` (bytes), each part recomputes forward values to fit it;
+    ``notes`` say what a part's outputs are (``emit_function``'s), by part name."""
     unplanned = parts
     planned = [
         (name, *_plan(graph, passes_spec, persistent, memory_budget)) for name, graph in parts
@@ -104,7 +106,9 @@ def generate(
         report.unplanned, report.planned = unplanned, parts
     sources, uses_rng, constants = [], {}, {}
     for name, graph, memory, planning, recomputation in planned:
-        fn = codegen.emit_function(graph, name, memory, debug_nans=debug_nans)
+        fn = codegen.emit_function(
+            graph, name, memory, debug_nans=debug_nans, notes=(notes or {}).get(name)
+        )
         if report is not None:
             report.emitted[name] = fn
             report.planning[name] = planning

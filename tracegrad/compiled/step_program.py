@@ -265,13 +265,36 @@ def _generate_step(compiled, traced: _TracedStep, signature, args) -> tuple[Prog
     report.unplanned_traced = traced.graph
     report.stages.append((_STAGE, pass_results))
     persistent = frozenset(v.name for v in graph.outputs[n:])
+    notes = [""] * (n + n_updated) + _stored_notes(traced)
     program = generate(
         [("step", graph)], "training step", compiled.debug_nans, compiled.passes, persistent,
-        report=report, memory_budget=compiled.memory_budget,
+        report=report, memory_budget=compiled.memory_budget, notes={"step": notes},
     )  # fmt: skip
     if compiled.check:
         _check_step(traced, program, pass_results, args)
     return program, report
+
+
+def _stored_notes(traced: _TracedStep) -> list[str]:
+    """What each value a sink stores is, for the step's return: ``model.0.weight.grad``,
+    ``opt state exp_avg of model.0.weight``."""
+    names = traced.tracer.names
+    owners = {
+        id(state): (names.get(id(opt), "optimizer"), p)
+        for opt in traced.tracer.optimizers
+        for p, state in opt.state.items()
+    }
+    notes = []
+    for sink in traced.sinks:
+        if sink.kind == "grad":
+            owner = sink.owner
+            label = f"argument {sink.argument}" if sink.argument is not None else None
+            notes.append(f"{label or names.get(id(owner), 'a tensor')}.grad")
+        else:
+            opt, param = owners.get(id(sink.owner), ("optimizer", None))
+            of = names.get(id(param), "a parameter")
+            notes.append(f"{opt} state {sink.key} of {of}")
+    return notes
 
 
 def _optimized_step(traced: Graph, n: int, n_updated: int, names: list[str], results: list):
