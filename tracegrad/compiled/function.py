@@ -117,21 +117,21 @@ class CompiledFunction(Specializer[P, R]):
         .grad no trace read): so the next call of a training loop, which has that state and
         a .grad, finds it, and the loop compiles once."""
         primed = prime_optimizer_state(self.reached.optimizers().values())
-        if primed and self.cached(self.signature(args)) is None:
-            signature = self.signature(args)
-        else:  # (one is compiled for the primed state already: this call makes another)
-            unprime(primed, set())
-            primed = []
+        if primed:
+            primed_signature = self.signature(args)
+            if self.cached(primed_signature) is None:
+                signature = primed_signature
+            else:  # (one is compiled for the primed state already: this call makes its own)
+                unprime(primed, set())
+                primed = []
         guarded = self.reached.guarded()
+        spec = None
         try:
             spec = self.specialize(signature, args)
-        except BaseException:
-            unprime(primed, set())
-            raise
+        finally:  # (all of it when nothing was compiled: a failed trace, or past the policy)
+            unprime(primed, set() if spec is None else {id(t) for t in spec.lifted})
         if spec is None:
-            unprime(primed, set())
             return None
-        unprime(primed, {id(t) for t in spec.lifted})
         self._use_guards(spec, self._guards(args))
         if not self.reached.guarded() <= guarded:
             # Its guards cannot tell when the state tracing found changes (the optimizer

@@ -377,10 +377,9 @@ def prime_optimizer_state(optimizers) -> list[Primed]:
     return primed
 
 
-def unprime(primed: list[Primed], read: set[int]) -> bool:
+def unprime(primed: list[Primed], read: set[int]) -> None:
     """Take back the primed state of each parameter none of whose entries are in ``read``
-    (id()s of the tensors the traced program reads); whether any was taken back."""
-    taken = False
+    (id()s of the tensors the traced program reads)."""
     for entry in primed:
         if not any(id(v) in read for v in entry.entries.values()):
             state = entry.optimizer.state
@@ -388,5 +387,3 @@ def unprime(primed: list[Primed], read: set[int]) -> bool:
                 state[entry.param].pop(key, None)
             if not state[entry.param]:
                 del state[entry.param]
-            taken = True
-    return taken
