@@ -9,6 +9,7 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import nn
+from tracegrad.compiled.explain import Report
 
 
 @pytest.fixture()
@@ -84,3 +85,38 @@ def test_before_any_call_it_says_to_call_first():
     cm = tg.compile(nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="call the compiled"):
         cm.passes_history()
+
+
+@pytest.mark.parametrize("kind", ["module", "step"])
+def test_the_history_made_again_is_the_one_the_compile_made(monkeypatch, kind):
+    # A compile lets go of each pass's graph; passes_history() runs the passes again. What it
+    # shows must be what the compile made, value names included.
+    made = []
+    keep = Report.drop_pass_graphs
+
+    def remembering(report):
+        for _, results in report._all_stages():
+            made.extend(str(r.graph) for r in results if r.changed)
+        keep(report)
+
+    monkeypatch.setattr(Report, "drop_pass_graphs", remembering)
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.LayerNorm(8), nn.Linear(8, 3))
+    x = tg.randn(5, 4)
+    if kind == "module":
+        compiled = tg.compile(model)
+        compiled(x).sum().backward()
+    else:
+        opt = tg.optim.Adam(model.parameters(), lr=0.1)
+
+        def step(x):
+            opt.zero_grad()
+            loss = model(x).square().mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        compiled = tg.compile(step)
+        compiled(x)
+    shown = [str(s.graph) for s in compiled.passes_history() if s.pass_name]
+    assert len(made) > 5 and shown == made

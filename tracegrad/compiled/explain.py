@@ -10,7 +10,7 @@ from tracegrad.ir.graph import Graph
 from tracegrad.passes.buckets import buckets
 from tracegrad.passes.cost import graph_cost
 from tracegrad.passes.memory import InBuffer, InPlace, peak_bytes
-from tracegrad.passes.pipeline import BACKEND_CHOICES, PassResult
+from tracegrad.passes.pipeline import BACKEND_CHOICES, PassResult, replayed
 from tracegrad.passes.recompute import Recomputation, is_view, saved_by_backward
 from tracegrad.viz.notebook import report_html
 from tracegrad.viz.scene import saved_roles
@@ -34,6 +34,20 @@ class Report:
     unplanned_traced: Graph | None = None  # a whole step's graph as traced
     # What a memory budget made each generated function recompute, by function name
     recomputations: dict[str, Recomputation] = field(default_factory=dict)
+
+    def drop_pass_graphs(self) -> None:
+        """Let go of the graph each pass made, keeping the one each stage began with: a
+        compiled callable would otherwise hold a dozen copies of its program's graph (and
+        the collector walk them all, again and again), for a history few look at.
+        ``history`` runs the passes again from the kept graph when asked."""
+        for _, results in self._all_stages():
+            for result in results:
+                result.graph = None
+                if result is not results[0]:
+                    result.before = None
+
+    def _all_stages(self) -> list[tuple[str, list[PassResult]]]:
+        return [*self.stages, *((f"planning {n}", r) for n, r in self.planning.items())]
 
 
 @dataclass
@@ -62,10 +76,10 @@ def history(report: Report) -> list[Snapshot]:
     """Each stage's graph as it began, then after each pass that changed it (the planning
     passes of each generated function too), then each generated function's planned graph."""
     snapshots = []
-    stages = [*report.stages, *((f"planning {n}", r) for n, r in report.planning.items())]
-    for stage, results in stages:
+    for stage, results in report._all_stages():
         if not results:
             continue
+        results[:] = replayed(results)
         snapshots.append(Snapshot(stage, _graphs(results[0])[0]))
         snapshots += [_after(stage, r) for r in results if r.changed]
     return snapshots + [Snapshot(f"planned {name}", graph) for name, graph in report.planned]

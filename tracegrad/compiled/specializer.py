@@ -26,7 +26,7 @@ import weakref
 from typing import Generic, ParamSpec, Protocol, TypeVar, overload
 
 from tracegrad import viz
-from tracegrad.compiled.explain import Explanation, Snapshot, history, render
+from tracegrad.compiled.explain import Explanation, Report, Snapshot, history, render
 from tracegrad.compiled.signature import NO_CHANGE, Signature, signature_diff
 from tracegrad.compiled.users_line import at_users_line
 from tracegrad.ir.graph import Graph
@@ -68,6 +68,8 @@ R = TypeVar("R")
 
 class Specialization(Protocol):
     """What the cache holds for one signature: a ModuleProgram or a StepProgram."""
+
+    report: Report | None
 
     def still_valid(self) -> bool: ...
 
@@ -267,6 +269,8 @@ class Specializer(Generic[P, R]):
             if not self._admits(reason):
                 return None
         spec = self._compile(signature, *call)
+        if spec.report is not None:
+            spec.report.drop_pass_graphs()
         self._cache[signature] = self._last_compiled = spec
         return spec
 

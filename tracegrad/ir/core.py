@@ -37,7 +37,7 @@ GRAD_OF = "grad of "
 RECOMPUTED = "recomputed"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Value:
     """A typed SSA value; ``name`` is unique in its graph."""
 
@@ -56,7 +56,7 @@ class Value:
         return f"%{self.name}:{self.type}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """One op applied to input Values, defining output Values (op kinds: see ir.graph).
 

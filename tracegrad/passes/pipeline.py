@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tracegrad.ir.graph import Graph
 from tracegrad.ir.lint import GraphLintError
@@ -37,14 +37,16 @@ class Note:
 
 @dataclass
 class PassResult:
-    """What one pass did: node counts before and after, its notes, the graph it produced."""
+    """What one pass did: node counts before and after, its notes, the graph it produced,
+    the graph it was given and the options it ran with (so that it can run again)."""
 
     name: str
     nodes_before: int
     nodes_after: int
     notes: list[Note] = field(default_factory=list)
     graph: Graph | None = None
-    before: Graph | None = None  # the graph the pass was given (kept for passes_history)
+    before: Graph | None = None
+    options: dict = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -137,7 +139,7 @@ def run_pass(name: str, graph: Graph, **options) -> PassResult:
     global _notes
     spec = PASSES[name]
     if spec.needed is not None and not spec.needed(graph, **options):
-        return PassResult(name, len(graph.nodes), len(graph.nodes), [], graph, graph)
+        return PassResult(name, len(graph.nodes), len(graph.nodes), [], graph, graph, options)
     outer, _notes = _notes, []
     try:
         result = spec.fn(graph.copy(), **options)
@@ -145,7 +147,23 @@ def run_pass(name: str, graph: Graph, **options) -> PassResult:
     finally:
         _notes = outer
     checked(result, f"after the {name} pass")
-    return PassResult(name, len(graph.nodes), len(result.nodes), notes, result, graph)
+    return PassResult(name, len(graph.nodes), len(result.nodes), notes, result, graph, options)
+
+
+def replayed(results: list[PassResult]) -> list[PassResult]:
+    """``results`` with the graph each pass was given and made, run again from the graph the
+    first was given where they were let go. Passes are deterministic (the same graph and
+    options in, the same graph out, value names included), so these are the graphs the
+    compile made."""
+    if all(r.graph is not None for r in results):
+        return results
+    graph, again = results[0].before, []
+    assert graph is not None  # (kept: the graph the stage began with)
+    for result in results:
+        made = run_pass(result.name, graph, **result.options).graph
+        again.append(replace(result, before=graph, graph=made))
+        graph = made
+    return again
 
 
 def checked(graph: Graph, when: str) -> Graph:
