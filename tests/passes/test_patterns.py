@@ -140,3 +140,33 @@ def test_a_side_condition_sees_the_captures():
   %3:f64[3] = mul %2, %2
   return %1, %3"""
     assert ops_after(rule, text) == ["pow_scalar", "sum_to", "mul"]
+
+
+def _reshape_chain(on_build: bool) -> Rule:
+    return Rule(
+        "reshape-chain",
+        "reshape(reshape(x), S) -> reshape(x, S)",
+        Pat("reshape", Pat("reshape", V("x"))),
+        lambda m: m.emit("reshape", [m["x"]], shape=m.root.attrs["shape"]),
+        on_build=on_build,
+    )
+
+
+# A rule whose right side is a reshape of a reshape (of its flattened operand)
+ROUND_TRIP = Rule(
+    "round-trip",
+    "tanh(x) -> reshape(reshape(x, (6,)), (2, 3))",
+    Pat("tanh", V("x")),
+    lambda m: m.emit("reshape", [m.emit("reshape", [m["x"]], shape=(6,))], shape=(2, 3)),
+)
+TANH = """  %1:f64[2,3] = tanh %x
+  return %1"""
+
+
+def test_an_on_build_rule_fires_on_the_nodes_a_firing_builds():
+    # One round: without on_build, the chain the firing built waits for the next round.
+    for on_build, reshapes in ((False, 2), (True, 1)):
+        rules = by_op([ROUND_TRIP, _reshape_chain(on_build)])
+        after = run(rewrite(graph(TANH), rules, rounds=1), ["dce"])
+        assert [n.op for n in after.nodes] == ["reshape"] * reshapes
+        assert [n.op for n in run(rewrite(graph(TANH), rules), ["dce"]).nodes] == ["reshape"]

@@ -123,18 +123,21 @@ RULES = [
         "permute(x, (0, 1, ...)) -> x",
         Pat("permute", V("x"), attrs={"dims": _identity}),
         "x",
+        on_build=True,
     ),
     Rule(
         "permute-chain",
         "permute(permute(x, p), q) -> permute(x, p[q])",
         Pat("permute", Pat("permute", V("x"), name="inner")),
         _composed_permutes,
+        on_build=True,
     ),
     Rule(
         "reshape-chain",
         "reshape(reshape(x), S) -> reshape(x, S)",
         Pat("reshape", Pat("reshape", V("x"))),
         _reshape_of_reshape,
+        on_build=True,
     ),
     # (the engine keeps a replacement only when its type is the value's: the shapes agree)
     Rule("same-reshape", "reshape(x, shape(x)) -> x", Pat("reshape", V("x")), "x"),

@@ -30,9 +30,11 @@ code (None: the rule declines after all, and the nodes it emitted are dropped).
 
 The engine (``rewrite``) walks the nodes in order, trying the rules of each node's op in
 their list order; the first that fires replaces the node's output (later readers read the
-replacement, the node is left dead for ``dce``) and is noted under its name for
-``explain()``. Rounds repeat until none fires (at most ``MAX_ROUNDS``). Side conditions see
-the graph as the round began: ``m.readers(v)`` and ``m.only_use(v)`` count live readers.
+replacement) and is noted under its name for ``explain()``. A rule marked ``on_build`` is
+also tried on each node a firing builds, as it is built (a view of a view collapses at
+once). Rounds repeat until none fires (at most ``MAX_ROUNDS``), each on the graph less the
+nodes the last left dead. Side conditions see the graph as the round began:
+``m.readers(v)`` and ``m.only_use(v)`` count live readers.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from tracegrad.ir.core import CONSTANT, Node, Value
 from tracegrad.ir.graph import Graph, _attr_key
 from tracegrad.ops import OPS
 from tracegrad.passes.cost import reduction_operations
-from tracegrad.passes.dce import has_effect
+from tracegrad.passes.dce import has_effect, live
 from tracegrad.passes.pipeline import note
 
 ROOT = "root"  # the capture name of the value being rewritten (and its node)
@@ -258,6 +260,10 @@ class Rule:
     # more than the form it replaces, a copy NumPy would make anyway); the rule's entry says
     # why. Products and reductions no firing may add.
     extra_passes: int = 0
+    # Tried on each node a firing builds, as it is built, not a round later: for rules whose
+    # left side and condition read only the node and its producers (a view of a view), so
+    # a chain a firing makes collapses in the round that made it.
+    on_build: bool = False
 
     @functools.cached_property
     def needs(self) -> frozenset[str] | None:
@@ -390,7 +396,18 @@ class Match:
         node = self.root.derive(op, inputs, [out], attrs)
         self.nodes.append(node)
         self.rewrite.producers[out] = node
-        return out
+        return self._built(node)
+
+    def _built(self, node: Node) -> Value:
+        """The output of ``node``, or what an ``on_build`` rule replaces it with (the node
+        is left dead, as a rewritten node is)."""
+        for rule in self.rewrite.rules.get(node.op, ()):
+            if rule.on_build:
+                out = rule.apply(Match(self.rewrite, node))
+                if out is not None:  # (noted once the firing that built the node is kept)
+                    self.rewrite.built.append((len(self.nodes), rule.name, node))
+                    return out
+        return node.outputs[0]
 
     def constant(self, array, dtype) -> Value:
         array = np.asarray(array, dtype.np)
@@ -402,16 +419,19 @@ class Match:
             for v in node.outputs:
                 self.rewrite.producers.pop(v, None)
         del self.nodes[mark:]
+        self.rewrite.built = [b for b in self.rewrite.built if b[0] <= mark]
 
 
 class _Rewrite:
     """One round over a graph: the nodes kept or emitted so far; readers and use counts of the
     values as the round began (found when a rule first asks: most rules never do)."""
 
-    def __init__(self, graph: Graph, counter):
+    def __init__(self, graph: Graph, rules: dict[str, list[Rule]], counter):
         self.producers: dict[Value, Node] = {}
         self.nodes: list[Node] = []
-        self.graph, self.counter = graph, counter
+        self.graph, self.rules, self.counter = graph, rules, counter
+        # The on_build firings of the attempt under way: (nodes before, rule name, node)
+        self.built: list[tuple[int, str, Node]] = []
         # (a rewrite gives a node new input lists; these are the ones the round began with)
         self.inputs = [(node, node.inputs) for node in graph.nodes]
 
@@ -468,18 +488,31 @@ def by_op(rules: list[Rule]) -> dict[str, list[Rule]]:
 MAX_ROUNDS = 6
 
 
-def rewrite(graph: Graph, rules: dict[str, list[Rule]]) -> Graph:
-    """Apply ``rules`` (from ``by_op``) until none fires, noting each rule that fires."""
+def rewrite(graph: Graph, rules: dict[str, list[Rule]], rounds: int = MAX_ROUNDS) -> Graph:
+    """Apply ``rules`` (from ``by_op``) until none fires (in at most ``rounds`` rounds),
+    noting each rule that fires."""
     counter = iter(range(1, 1 << 62))
-    for _ in range(MAX_ROUNDS):
+    graph = _without_dead_nodes(graph)
+    for _ in range(rounds):
         graph, fired = _rewrite_once(graph, rules, counter)
         if not fired:
             break
+        graph = _without_dead_nodes(graph)
     return graph
 
 
+def _without_dead_nodes(graph: Graph) -> Graph:
+    """``graph`` less the nodes nothing live reads (those a firing replaced, with what only
+    they read): a round would otherwise try its rules on them again, and count their
+    firings as changes."""
+    kept = live(graph)
+    if len(kept) == len(graph.nodes):
+        return graph
+    return Graph(graph.inputs, [n for n in graph.nodes if n in kept], graph.outputs, graph.updates)
+
+
 def _rewrite_once(graph: Graph, rules, counter) -> tuple[Graph, bool]:
-    state = _Rewrite(graph, counter)
+    state = _Rewrite(graph, rules, counter)
     replaced: dict[Value, Value] = {}
     for node in graph.nodes:
         if replaced:
@@ -496,6 +529,9 @@ def _rewrite_once(graph: Graph, rules, counter) -> tuple[Graph, bool]:
         for v in node.outputs:  # (replaced: nothing reads the node any more)
             del state.producers[v]
         note(rule.name, node)
+        for _, name, built in state.built:
+            note(name, built)
+        state.built.clear()
     if not replaced:
         return graph, False
     graph = Graph(graph.inputs, state.nodes, graph.outputs, graph.updates)
