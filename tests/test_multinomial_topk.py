@@ -109,6 +109,37 @@ def test_bad_arguments_raise_clear_errors(call, error, message):
         call()
 
 
+@pytest.mark.parametrize(
+    "weights, num_samples, replacement, message",
+    [
+        ([[1.0, -1.0, 1.0]], 1, True, "negative"),
+        ([[1.0, np.nan, 1.0]], 1, False, "nan"),
+        ([[1.0, np.inf, 1.0]], 1, True, "infinity"),
+        ([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], 1, True, "no weight"),
+        ([[1.0, 0.0, 0.0]], 2, False, "1 categories of nonzero weight"),
+    ],
+)
+def test_compiled_draws_refuse_the_weights_eager_refuses(
+    weights, num_samples, replacement, message
+):
+    # The weights are known only as a compiled call runs: the check is a node of its graph,
+    # so a compiled draw from bad weights raises as the eager one does, naming the user's line.
+    def draw(w):
+        return tg.multinomial(w * 1.0, num_samples, replacement)
+
+    good, bad = tg.ones(len(weights), 3), tg.tensor(weights)
+    with pytest.raises(ValueError, match=message):
+        draw(bad)
+    compiled = tg.compile(draw)
+    assert compiled(good).shape == (len(weights), num_samples)  # (compiled for this shape)
+    with pytest.raises(ValueError, match=message) as raised:
+        compiled(bad)
+    assert "in compiled code" in str(raised.value) and "test_multinomial_topk.py" in str(
+        raised.value
+    )
+    assert len(compiled.recompile_reasons) == 0  # (the compiled program raised, not eager code)
+
+
 class _Policy(nn.Module):
     """REINFORCE-style: samples actions from its softmax and scores their log-probabilities."""
 

@@ -355,6 +355,19 @@ ROWS_TABLE = [
     row("dropout", lambda x: F.dropout(x, 0.4), [P(6, 8)], "dropout_mask", seed=3),
     row("random_draws", _random_draws, [P(3, 4)], _DRAWS, seed=5),
     row(
+        "multinomial_of_softmax",
+        lambda x: x.gather(1, tg.multinomial(x.softmax(1).detach(), 2)),
+        [P(3, 4)],
+        "multinomial_weights",
+        seed=7,
+    ),
+    row(
+        "weighted_cross_entropy",
+        lambda x, t, w: F.cross_entropy(x, t, weight=w),
+        [P(4, 3), CI(ROWS), POS(3, role="input")],
+        "class_targets",
+    ),
+    row(
         "embedding_input_indices",
         lambda w, i: F.embedding(i, w),
         [P(6, 3), CI([[1, 5, 1], [0, 2, 5]])],

@@ -23,6 +23,8 @@ def _losses(logits, target):
         "NLLLoss": lambda: nn.NLLLoss()(logits.log_softmax(1), target),
         "label_smoothing": lambda: F.cross_entropy(logits, target, label_smoothing=0.1),
         "sequence": lambda: F.cross_entropy(logits.unsqueeze(2), target.unsqueeze(1)),
+        "weighted": lambda: F.cross_entropy(logits, target, weight=tg.tensor([1.0, 2.0, 0.5])),
+        "weighted nll": lambda: F.nll_loss(logits.log_softmax(1), target, weight=tg.ones(3)),
     }
 
 
@@ -72,10 +74,24 @@ def test_compiled_error_names_target_classes_and_user_line(form):
     assert THIS_FILE in message and "contextlib" not in message
 
 
-def test_weighted_loss_error_names_target_and_classes():
-    with pytest.raises(IndexError, match=r"index 4 is out of range for a table of 3 rows") as info:
-        F.cross_entropy(tg.randn(2, 3), tg.tensor([4, 0]), weight=tg.ones(3))
-    assert f"at {__file__}:" in str(info.value)
+@pytest.mark.parametrize("form", ["compiled module", "compiled step"])
+def test_compiled_weighted_loss_error_names_the_target(form):
+    class Weighted(_Classifier):
+        def forward(self, x, target):
+            return F.cross_entropy(self.linear(x), target, weight=tg.tensor([1.0, 2.0, 0.5]))
+
+    model = Weighted()
+    opt = tg.optim.SGD(model.parameters(), lr=0.1)
+    step = tg.compile(_step)
+    run = {
+        "compiled module": tg.compile(model),
+        "compiled step": lambda *args: step(model, opt, *args),
+    }[form]
+    x = tg.randn(2, 4)
+    run(x, tg.tensor([0, 2]))
+    with pytest.raises(IndexError, match=r"Target -1 is out of bounds.*3 classes") as info:
+        run(x, tg.tensor([-1, 0]))
+    assert THIS_FILE in str(info.value)
 
 
 def test_torch_raises_index_error_too():

@@ -208,6 +208,8 @@ def _weighted_class_loss(name, logp, target, weight, ignore_index, label_smoothi
                 f"for each of the {classes} classes of input of shape {tuple(logp.shape)}"
             )
         )
+    with _naming_bad_indices(name):
+        target = call("class_targets", target, classes=classes, ignore_index=ignore_index)
     valid = target != ignore_index
     safe = where(valid, target, 0)
     last = logp.permute(0, *range(2, logp.ndim), 1).reshape(-1, classes)  # (N*..., C)

@@ -389,6 +389,29 @@ def check_targets(target, classes, ignore_index):
         )
 
 
+@kernel
+def checked_targets(target, classes, ignore_index):
+    """``target`` itself, once ``check_targets`` passes (a class loss composed of other ops
+    reads its targets through this: they are data, checked as each call runs)."""
+    check_targets(target, classes, ignore_index)
+    return target
+
+
+# class_targets: the targets as they are, or PyTorch's IndexError for one out of bounds.
+register(
+    "class_targets",
+    ("target",),
+    lambda target, classes, ignore_index: target,
+    checked_targets,
+    None,
+    "rt.checked_targets({0}, {classes}, {ignore_index})",
+    props={VIEW},
+    samples=(
+        Sample({"classes": 3, "ignore_index": -100}, kind="integers", low=0, high=3, smooth=False),
+    ),
+)
+
+
 def usual_class_loss(logp, target, ignore_index, label_smoothing, reduction) -> bool:
     """Whether a class loss is the usual one: (N, C) log-probabilities, no smoothing, reduced
     to a scalar, and no target ignored (a negative ignore_index, PyTorch's -100, below every

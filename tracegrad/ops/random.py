@@ -3,9 +3,11 @@ takes that generator as its ``rng`` argument, so compiled and eager runs draw th
 
 from __future__ import annotations
 
+import numpy as np
+
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
-from tracegrad.ops.registry import RANDOM, register
+from tracegrad.ops.registry import RANDOM, VIEW, Sample, register
 from tracegrad.ops.runtime import kernel
 from tracegrad.random import generator
 
@@ -85,4 +87,43 @@ register(
     None,
     "rng.permutation({shape}[0]).astype(np.{dtype})",
     props={RANDOM},
+)
+
+
+def weights_problem(weights: np.ndarray, num_samples: int, replacement: bool) -> str | None:
+    """What PyTorch's ``multinomial`` refuses in ``weights`` (rows of category weights), in
+    words; None when they may be drawn from."""
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        return "the weights contain an infinity, a nan or a negative"
+    if np.any(weights.sum(-1) <= 0):
+        return "a distribution has no weight (sum <= 0)"
+    nonzero = int(np.min(np.count_nonzero(weights, axis=-1)))
+    if not replacement and nonzero < num_samples:
+        return (
+            f"cannot draw {num_samples} samples without replacement from a distribution "
+            f"with {nonzero} categories of nonzero weight"
+        )
+    return None
+
+
+@kernel
+def checked_weights(weights, num_samples, replacement):
+    """``weights`` themselves, once they pass PyTorch's checks of multinomial's weights: the
+    values are known only as a call runs, so the check is a node of the graph."""
+    problem = weights_problem(weights, num_samples, replacement)
+    if problem is not None:
+        raise ValueError(f"multinomial: {problem}")
+    return weights
+
+
+# multinomial_weights: the weights as they are, or a ValueError saying what PyTorch refuses.
+register(
+    "multinomial_weights",
+    ("weights",),
+    lambda weights, num_samples, replacement: weights,
+    checked_weights,
+    None,
+    "rt.checked_weights({0}, {num_samples}, {replacement})",
+    props={VIEW},
+    samples=(Sample({"num_samples": 1, "replacement": True}, low=0.1, high=1.0, smooth=False),),
 )

@@ -21,6 +21,7 @@ import numpy as np
 
 from tracegrad import tape
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
+from tracegrad.ops.random import weights_problem
 from tracegrad.tensor.core import Tensor, as_tensor
 from tracegrad.tensor.dispatch import call
 from tracegrad.tensor.tracing import active_tracer
@@ -63,8 +64,13 @@ def multinomial(input, num_samples, replacement=False, *, generator=None) -> Ten
     _check_arguments(probs, num_samples, replacement, generator)
     with tape.no_grad():
         probs = probs.detach()
-        if active_tracer() is None:  # (the values are known only eagerly)
-            _check_weights(probs.numpy(), num_samples, replacement)
+        if active_tracer() is None:  # (eagerly: the error names the user's line)
+            problem = weights_problem(probs.numpy(), num_samples, replacement)
+            if problem is not None:
+                raise ValueError(at_user_line(f"multinomial: {problem}"))
+        else:  # (the values are known only as a compiled call runs)
+            probs = call("multinomial_weights", probs, num_samples=num_samples,
+                         replacement=replacement)  # fmt: skip
         if replacement:
             return _inverse_cdf(probs, num_samples)
         return _exponential_race(probs, num_samples)
@@ -117,23 +123,5 @@ def _check_arguments(probs: Tensor, num_samples, replacement: bool, generator) -
             at_user_line(
                 f"multinomial: cannot draw {num_samples} samples without replacement from "
                 f"{probs.shape[-1]} categories (input of shape {tuple(probs.shape)})"
-            )
-        )
-
-
-def _check_weights(weights: np.ndarray, num_samples: int, replacement: bool) -> None:
-    """PyTorch's checks of the values, made eagerly (compiled code draws without them)."""
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise ValueError(
-            at_user_line("multinomial: the weights contain an infinity, a nan or a negative")
-        )
-    if np.any(weights.sum(-1) <= 0):
-        raise ValueError(at_user_line("multinomial: a distribution has no weight (sum <= 0)"))
-    nonzero = int(np.min(np.count_nonzero(weights, axis=-1)))
-    if not replacement and nonzero < num_samples:
-        raise ValueError(
-            at_user_line(
-                f"multinomial: cannot draw {num_samples} samples without replacement from a "
-                f"distribution with {nonzero} categories of nonzero weight"
             )
         )
