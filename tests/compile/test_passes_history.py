@@ -37,7 +37,7 @@ def test_history_runs_from_the_traced_graph_to_the_planned_ones(compiled):
     changed = [(stage, r.name) for stage, rs in cm.latest.report.stages for r in rs if r.changed]
     shown = [(s.title.rsplit(": after ", 1)[0], s.pass_name) for s in history if s.pass_name]
     assert [c for c in shown if not c[0].startswith("planning ")] == changed
-    assert {"dce", "fuse"} <= {name for _, name in changed}
+    assert {"canonicalize", "fuse"} <= {name for _, name in changed}
 
 
 def test_each_snapshot_says_what_its_pass_changed(compiled):
