@@ -9,11 +9,12 @@ For one workload, every implementation is built from the same initial weights an
    ``steps_per_round`` steps each, every step timed with ``time.perf_counter``; so machine noise
    hits every implementation alike. Median and min per step over all rounds;
 4. allocation: a separate short pass with ``tracemalloc`` started after all of the above; for
-   each step, the traced peak minus the traced size at the start of the step. (PyTorch's
-   allocator is invisible to tracemalloc, so its rows say n/a.)
+   each step, the traced peak minus the traced size at the start of the step. (PyTorch's and
+   XLA's allocators are invisible to tracemalloc, so their rows say n/a.)
 
 A failing implementation does not stop the run: its row records the error (phase, text and the
-last frames of the traceback) and the others go on.
+last frames of the traceback) and the others go on. An optional comparator whose library is
+missing (JAX) has a row marked skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from dataclasses import asdict, dataclass, field
 from benchmarks import workloads as W
 
 MIB = 1024 * 1024
+
+# Implementations whose memory tracemalloc does not see (their own allocators)
+UNTRACED_ALLOCATIONS = ("torch", "jax")
+# The issue's target for the whole step's first call, as a fraction of jax.jit's
+FIRST_CALL_VS_JAX = 0.1
 
 
 @dataclass
@@ -61,7 +67,7 @@ class Row:
     workload: str
     implementation: str
     label: str
-    status: str = "ok"  # "ok" or "error"
+    status: str = "ok"  # "ok", "error" or "skipped" (its library is not installed)
     error: str | None = None
     error_phase: str | None = None
     error_traceback: str | None = None
@@ -80,6 +86,9 @@ class Row:
     alloc_mib_steps: list[float] = field(default_factory=list)
     loss_rel_diff_vs_handwritten: float | None = None
     loss_rel_diff_vs_eager: float | None = None
+
+    def skip(self, reason: str) -> None:
+        self.status, self.error = "skipped", reason
 
     def fail(self, phase: str, exc: BaseException) -> None:
         self.status, self.error_phase = "error", phase
@@ -115,6 +124,9 @@ def run_workload(name: str, settings: Settings, overrides: dict | None = None, l
     for key in keys:
         try:
             built[key] = W.make_implementation(key, setup)
+        except W.NotInstalledError as exc:
+            rows[key].skip(str(exc))
+            _log(log, f"{name} {key}: skipped ({exc})")
         except Exception as exc:
             rows[key].fail("setup", exc)
             _log(log, f"{name} {key}: FAILED in setup: {rows[key].error.splitlines()[0][:200]}")
@@ -190,7 +202,7 @@ def _measure(name, settings: Settings, rows: dict, built: dict, log) -> None:
     # 4: allocation per steady step
     for key, impl in impls.items():
         row = rows[key]
-        if key == "torch":
+        if key in UNTRACED_ALLOCATIONS:
             continue
         result = None
         gc.collect()
@@ -256,6 +268,7 @@ def target_checks(record: dict) -> list[dict]:
 
     return [
         check("whole step vs hand-written", "step", "ratio", t["step_ratio"], "x"),
+        first_call_vs_jax(rows),
         check(
             "compiled module + eager loss/opt vs hand-written",
             "module",
@@ -267,6 +280,21 @@ def target_checks(record: dict) -> list[dict]:
         check("first call, compiled module", "module", "first_call_s", t["first_call_s"], "s"),
         check("allocation per steady whole step", "step", "alloc_mib", t["alloc_mib"], "MiB"),
     ]
+
+
+def first_call_vs_jax(rows: dict) -> dict:
+    """The whole step's first call over jax.jit's (tracing and compiling included in both)."""
+    step, jax = (rows.get(k, {}).get("first_call_s") for k in ("step", "jax"))
+    value = step / jax if step is not None and jax else None
+    met = None if value is None else value < FIRST_CALL_VS_JAX
+    return dict(
+        what="first call, whole step / jax.jit's",
+        implementation="step",
+        value=value,
+        target=FIRST_CALL_VS_JAX,
+        unit="x",
+        met=met,
+    )
 
 
 # --- Markdown -------------------------------------------------------------------------------------
@@ -293,7 +321,9 @@ def markdown(results: dict) -> str:
         "",
         f"{meta['timestamp']} · {meta['cpu']} ({meta['cpu_count']} CPUs, load "
         f"{meta['load_before']}) · Python {meta['python']} · NumPy {meta['numpy']} · "
-        f"PyTorch {meta['torch'] or 'not installed'} · tracegrad {meta['tracegrad']}"
+        f"PyTorch {meta['torch'] or 'not installed'} · "
+        + (f"JAX {meta['jax']} · " if meta.get("jax") else "")
+        + f"tracegrad {meta['tracegrad']}"
         + (f" ({meta['git_commit'][:10]})" if meta.get("git_commit") else ""),
         "",
         f"{_threads_text(meta)}. {meta['settings']['rounds']} interleaved rounds x "
@@ -311,7 +341,9 @@ def markdown(results: dict) -> str:
     for wl in results["workloads"]:
         name = wl["name"] + (" (reduced)" if wl["reduced"] else "")
         for row in wl["rows"]:
-            if row["status"] == "error" and row["median_ms"] is None:
+            if row["status"] == "skipped":
+                cells = [name, row["label"], f"skipped: {row['error']}", *["—"] * 5]
+            elif row["status"] == "error" and row["median_ms"] is None:
                 failures.append((wl["name"], row))
                 message = f"error in {row['error_phase']}: {row['error'].splitlines()[0][:90]}"
                 cells = [name, row["label"], message, "—", "—", "—", "—", "—"]
@@ -320,7 +352,8 @@ def markdown(results: dict) -> str:
             else:
                 if row["status"] == "error":
                     failures.append((wl["name"], row))
-                alloc = "n/a" if row["implementation"] == "torch" else _fmt(row["alloc_mib"], ".2f")
+                untraced = row["implementation"] in UNTRACED_ALLOCATIONS
+                alloc = "n/a" if untraced else _fmt(row["alloc_mib"], ".2f")
                 cells = [
                     name,
                     row["label"],
