@@ -286,7 +286,7 @@ def first_call_vs_jax(rows: dict) -> dict:
     """The whole step's first call over jax.jit's (tracing and compiling included in both)."""
     step, jax = (rows.get(k, {}).get("first_call_s") for k in ("step", "jax"))
     value = step / jax if step is not None and jax else None
-    met = None if value is None else value < FIRST_CALL_VS_JAX
+    met = None if value is None else value <= FIRST_CALL_VS_JAX
     return dict(
         what="first call, whole step / jax.jit's",
         implementation="step",

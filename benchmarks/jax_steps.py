@@ -65,7 +65,15 @@ def start_cpu_client(threads: int = benchmarks.THREADS) -> int | None:
         for tid in set(os.listdir("/proc/self/task")) - before:
             os.sched_setaffinity(int(tid), allowed)
     cpu_client_threads = min(threads, len(allowed))
+    _warm_up()
     return cpu_client_threads
+
+
+def _warm_up() -> None:
+    """JAX's first jit in a process sets up its tracing and lowering machinery once; done
+    here, so no workload's first call includes it (as none includes PyTorch's import)."""
+    loss = jax.jit(jax.value_and_grad(lambda w, x: jnp.sum(jax.nn.relu(x @ w))))
+    jax.block_until_ready(loss(jnp.ones((2, 2)), jnp.ones((2, 2))))
 
 
 # --- layers -----------------------------------------------------------------------------------
@@ -86,24 +94,41 @@ def layer_norm(p, name, x, eps=1e-5):
     return (x - mean) / jnp.sqrt(var + eps) * p[f"{name}.weight"] + p[f"{name}.bias"]
 
 
+# Convolutions run channels-last, as JAX users (and flax) write them and as XLA's CPU
+# convolutions run fastest: images (N, H, W, C), kernels (H, W, I, O). The batches come
+# channels-first (N, C, H, W), as every implementation sees them; each model turns its input.
+
+
+def kernel_to_jax(w):
+    """A convolution kernel from tracegrad's (O, I, H, W) to (H, W, I, O)."""
+    return w.transpose(2, 3, 1, 0)
+
+
+def kernel_from_jax(w):
+    return w.transpose(3, 2, 0, 1)
+
+
+def channels_last(x):
+    return x.transpose(0, 2, 3, 1)
+
+
 def conv2d(x, w, stride=1, padding=0):
     return jax.lax.conv_general_dilated(
-        x, w, (stride, stride), [(padding, padding)] * 2, dimension_numbers=("NCHW", "OIHW", "NCHW")
+        x, w, (stride, stride), [(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
 
 def max_pool2(x):
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
 def batch_norm(p, stats, name, x, momentum=0.1, eps=1e-5):
     """Training-mode ``BatchNorm2d``: normalized by the batch's statistics; returns the output
     and the updated running mean and (unbiased) variance."""
-    mean = x.mean((0, 2, 3))
-    var = x.var((0, 2, 3))
-    n = x.size // x.shape[1]
-    y = (x - mean[:, None, None]) / jnp.sqrt(var[:, None, None] + eps)
-    y = y * p[f"{name}.weight"][:, None, None] + p[f"{name}.bias"][:, None, None]
+    mean = x.mean((0, 1, 2))
+    var = x.var((0, 1, 2))
+    n = x.size // x.shape[-1]
+    y = (x - mean) / jnp.sqrt(var + eps) * p[f"{name}.weight"] + p[f"{name}.bias"]
     mean_key, var_key = f"{name}.running_mean", f"{name}.running_var"
     running = {
         mean_key: (1 - momentum) * stats[mean_key] + momentum * mean,
@@ -143,9 +168,10 @@ def mlp_gelu(p, x, cfg):
 
 
 def cnn(p, x, cfg):
+    x = channels_last(x)
     for name in ("0", "2"):
-        x = jax.nn.relu(conv2d(x, p[f"{name}.weight"]) + p[f"{name}.bias"][:, None, None])
-    x = max_pool2(x)
+        x = jax.nn.relu(conv2d(x, p[f"{name}.weight"]) + p[f"{name}.bias"])
+    x = max_pool2(x).transpose(0, 3, 1, 2)  # flattened (C, H, W), as the linear layer's weight
     return linear(p, "6", x.reshape(x.shape[0], -1))
 
 
@@ -210,12 +236,12 @@ def basic_block(p, stats, name, x, stride):
 
 
 def resnet(p, stats, x, cfg):
-    out, running = batch_norm(p, stats, "bn1", conv2d(x, p["conv1.weight"], 1, 1))
+    out, running = batch_norm(p, stats, "bn1", conv2d(channels_last(x), p["conv1.weight"], 1, 1))
     out = jax.nn.relu(out)
     for i, stride in enumerate(cfg["strides"]):
         out, block_running = basic_block(p, stats, f"layers.{i}", out, stride)
         running.update(block_running)
-    return linear(p, "linear", out.mean((2, 3))), running
+    return linear(p, "linear", out.mean((1, 2))), running
 
 
 def resnet_statistics(params, cfg) -> dict:
@@ -371,7 +397,7 @@ class JaxImplementation(W.Implementation):
         wl, self.cfg = setup.workload, setup.workload.config
         spec = JAX_WORKLOADS[wl.name]
         opt_init, self.train_step = make_train_step(spec, self.cfg)
-        self.params = {k: jnp.array(v) for k, v in setup.init.items()}
+        self.params = {k: jnp.array(_turn_kernels(v, kernel_to_jax)) for k, v in setup.init.items()}
         self.opt_state = opt_init(self.params)
         self.stats = spec.statistics(self.params, self.cfg)
         self.noise_shape = spec.noise_shape(self.cfg) if spec.noise_shape else None
@@ -387,10 +413,15 @@ class JaxImplementation(W.Implementation):
         return loss
 
     def parameters(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v) for k, v in self.params.items()}
+        return {k: _turn_kernels(np.asarray(v), kernel_from_jax) for k, v in self.params.items()}
 
     def running_statistics(self) -> dict[str, np.ndarray]:
         return {k: np.array(v) for k, v in self.stats.items()}
+
+
+def _turn_kernels(value: np.ndarray, turn: Callable) -> np.ndarray:
+    """``turn`` applied to convolution kernels (the 4-D parameters), to a copy."""
+    return np.ascontiguousarray(turn(value)) if value.ndim == 4 else value.copy()
 
 
 def _int32(a: np.ndarray) -> np.ndarray:
