@@ -276,7 +276,7 @@ def vae_loss(p, x, noise):
 # --- losses: (params, statistics, x, y, noise, cfg) -> (loss, statistics) --------------------
 
 
-def classification(model: Callable, loss=cross_entropy) -> Callable:
+def model_loss(model: Callable, loss=cross_entropy) -> Callable:
     """The loss of a model without batch-norm statistics or noise."""
     return lambda p, stats, x, y, noise, cfg: (loss(model(p, x, cfg), y), stats)
 
@@ -354,13 +354,13 @@ class JaxWorkload:
 
 
 JAX_WORKLOADS = {
-    "W1": JaxWorkload(classification(mlp_relu), sgd),
-    "W1X": JaxWorkload(classification(matmul_mlp), sgd),
-    "W1F": JaxWorkload(classification(functional_mlp), sgd),
-    "W2": JaxWorkload(classification(mlp_gelu), adam),
-    "W3": JaxWorkload(classification(cnn), sgd),
-    "W4": JaxWorkload(classification(char_transformer, sequence_cross_entropy), adamw),
-    "W5": JaxWorkload(classification(lstm_language_model, sequence_cross_entropy), sgd),
+    "W1": JaxWorkload(model_loss(mlp_relu), sgd),
+    "W1X": JaxWorkload(model_loss(matmul_mlp), sgd),
+    "W1F": JaxWorkload(model_loss(functional_mlp), sgd),
+    "W2": JaxWorkload(model_loss(mlp_gelu), adam),
+    "W3": JaxWorkload(model_loss(cnn), sgd),
+    "W4": JaxWorkload(model_loss(char_transformer, sequence_cross_entropy), adamw),
+    "W5": JaxWorkload(model_loss(lstm_language_model, sequence_cross_entropy), sgd),
     "W6": JaxWorkload(resnet_loss, sgd, statistics=resnet_statistics),
     "W7": JaxWorkload(vae_step_loss, adam, noise_shape=lambda cfg: (cfg["batch"], cfg["latent"])),
 }
@@ -420,8 +420,9 @@ class JaxImplementation(W.Implementation):
 
 
 def _turn_kernels(value: np.ndarray, turn: Callable) -> np.ndarray:
-    """``turn`` applied to convolution kernels (the 4-D parameters), to a copy."""
-    return np.ascontiguousarray(turn(value)) if value.ndim == 4 else value.copy()
+    """A copy of ``value``, turned by ``turn`` if it is a convolution kernel (4-D). (Always a
+    copy: an array read from a donated JAX buffer must not outlive it.)"""
+    return np.array(turn(value) if value.ndim == 4 else value, order="C")
 
 
 def _int32(a: np.ndarray) -> np.ndarray:
