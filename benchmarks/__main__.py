@@ -79,7 +79,7 @@ def settings_from(args) -> harness.Settings:
     unknown = set(impls) - set(W.IMPLEMENTATIONS)
     if unknown:
         raise SystemExit(f"unknown implementation(s) {sorted(unknown)}; see --help")
-    return harness.Settings(**values, implementations=impls)
+    return harness.Settings(**values, implementations=impls, threads=args.threads)
 
 
 def _cpu_name() -> str:
