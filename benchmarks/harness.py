@@ -272,7 +272,7 @@ def target_checks(record: dict) -> list[dict]:
 
     checks = [
         check("whole step vs hand-written", "step", "ratio", t["step_ratio"], "x"),
-        step_versus(rows, "first_call_s", "jax", "first call, whole step / jax.jit's"),
+        step_versus(rows, "first_call_s", "jax", FIRST_CALL_VS_JAX, "first call, whole step"),
         check(
             "compiled module + eager loss/opt vs hand-written",
             "module",
@@ -286,19 +286,22 @@ def target_checks(record: dict) -> list[dict]:
     ]
     if record.get("threads", 1) > 1:
         checks += [
-            step_versus(rows, "median_ms", "torch", "whole step / PyTorch eager's"),
-            step_versus(rows, "median_ms", "jax", "whole step / jax.jit's"),
+            step_versus(rows, "median_ms", "torch", STEP_VS_OTHERS, "whole step"),
+            step_versus(rows, "median_ms", "jax", STEP_VS_OTHERS, "whole step"),
         ]
     return checks
 
 
-def step_versus(rows: dict, key: str, other: str, what: str) -> dict:
-    """The whole step's ``key`` (first call, median) over ``other``'s, against the issue's
-    target for it (the first calls include tracing and compiling in both)."""
+COMPARATORS = {"torch": "PyTorch eager", "jax": "jax.jit"}
+
+
+def step_versus(rows: dict, key: str, other: str, target: float, what: str) -> dict:
+    """The whole step's ``key`` (first call, median) over ``other``'s row's, against ``target``
+    (the first calls include tracing and compiling in both)."""
     step, theirs = (rows.get(k, {}).get(key) for k in ("step", other))
     value = step / theirs if step is not None and theirs else None
-    target = FIRST_CALL_VS_JAX if key == "first_call_s" else STEP_VS_OTHERS
     met = None if value is None else value <= target
+    what = f"{what} / {COMPARATORS[other]}'s"
     return dict(what=what, implementation="step", value=value, target=target, unit="x", met=met)
 
 
