@@ -2,7 +2,8 @@
 
 Run ``python -m benchmarks`` (``--help`` for the options). One thread unless ``--threads N``:
 the BLAS/OpenMP thread counts are set here, before anything imports NumPy (importing this
-package first is enough), from the ``--threads`` option of the command line being run.
+package first is enough), from the ``--threads`` option of the command line being run. XLA's
+CPU flags (for the optional ``jax`` implementation) are set here too, before JAX loads.
 """
 
 import os
@@ -34,6 +35,20 @@ THREADS = requested_threads(sys.argv)
 for _name in THREAD_VARIABLES:
     os.environ[_name] = str(THREADS)
 
+
+def xla_flags(threads: int, existing: str = "") -> str:
+    """``XLA_FLAGS`` for ``threads``: the caller's flags, plus Eigen's single-threaded runtime for
+    one thread unless the caller chose. (XLA's CPU thread pools have no size flag:
+    ``benchmarks.jax_steps`` sizes them when it starts JAX's CPU client.)"""
+    if "--xla_cpu_multi_thread_eigen" in existing:
+        return existing
+    ours = "--xla_cpu_multi_thread_eigen=" + ("false" if threads == 1 else "true")
+    return f"{existing} {ours}".strip()
+
+
+os.environ["XLA_FLAGS"] = xla_flags(THREADS, os.environ.get("XLA_FLAGS", ""))
+
 # When NumPy was imported before this package (e.g. by a test runner), its BLAS may already have
 # started its threads; the harness records this in the results.
 NUMPY_LOADED_BEFORE_THREAD_SETTINGS = "numpy" in sys.modules
+JAX_LOADED_BEFORE_THREAD_SETTINGS = "jax" in sys.modules

@@ -31,9 +31,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Time tracegrad's compiled training steps against a hand-written NumPy step "
-        "and PyTorch eager, on one thread (or --threads N), on the workloads of DESIGN.md (W1 "
-        "also written x @ W + b and with F.linear) and W5-W7.",
+        description="Time tracegrad's compiled training steps against a hand-written NumPy step, "
+        "PyTorch eager and jax.jit, on one thread (or --threads N), on the workloads of "
+        "DESIGN.md (W1 also written x @ W + b and with F.linear) and W5-W7.",
     )
     p.add_argument(
         "--workloads",
@@ -79,7 +79,7 @@ def settings_from(args) -> harness.Settings:
     unknown = set(impls) - set(W.IMPLEMENTATIONS)
     if unknown:
         raise SystemExit(f"unknown implementation(s) {sorted(unknown)}; see --help")
-    return harness.Settings(**values, implementations=impls)
+    return harness.Settings(**values, implementations=impls, threads=args.threads)
 
 
 def _cpu_name() -> str:
@@ -115,6 +115,18 @@ def _load() -> str:
         return "?"
 
 
+def jax_metadata(settings: harness.Settings) -> dict:
+    """JAX's version, XLA's flags and the size of its CPU thread pools (the client is started
+    here, with the thread count, before any workload: its start is not a first call's)."""
+    jax_steps = W.jax_steps_module() if "jax" in settings.implementations else None
+    return {
+        "jax": jax_steps.jax.__version__ if jax_steps else None,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "jax_cpu_threads": jax_steps.start_cpu_client() if jax_steps else None,
+        "jax_loaded_before_thread_settings": benchmarks.JAX_LOADED_BEFORE_THREAD_SETTINGS,
+    }
+
+
 def metadata(settings: harness.Settings, args) -> dict:
     torch = W.torch_module() if "torch" in settings.implementations else None
     return {
@@ -133,6 +145,7 @@ def metadata(settings: harness.Settings, args) -> dict:
         "blas_threads": tracegrad.get_num_threads(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "numpy_loaded_before_thread_settings": benchmarks.NUMPY_LOADED_BEFORE_THREAD_SETTINGS,
+        **jax_metadata(settings),
         "settings": {
             "rounds": settings.rounds,
             "steps_per_round": settings.steps_per_round,

@@ -9,11 +9,12 @@ For one workload, every implementation is built from the same initial weights an
    ``steps_per_round`` steps each, every step timed with ``time.perf_counter``; so machine noise
    hits every implementation alike. Median and min per step over all rounds;
 4. allocation: a separate short pass with ``tracemalloc`` started after all of the above; for
-   each step, the traced peak minus the traced size at the start of the step. (PyTorch's
-   allocator is invisible to tracemalloc, so its rows say n/a.)
+   each step, the traced peak minus the traced size at the start of the step. (PyTorch's and
+   XLA's allocators are invisible to tracemalloc, so their rows say n/a.)
 
 A failing implementation does not stop the run: its row records the error (phase, text and the
-last frames of the traceback) and the others go on.
+last frames of the traceback) and the others go on. An optional comparator whose library is
+missing (JAX) has a row marked skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from benchmarks import workloads as W
 
 MIB = 1024 * 1024
 
+# Implementations whose memory tracemalloc does not see (their own allocators)
+UNTRACED_ALLOCATIONS = ("torch", "jax")
+# The issue's targets against jax.jit and PyTorch: the whole step's first call under a tenth of
+# jax.jit's; at two threads and more, its steady step faster than both
+FIRST_CALL_VS_JAX = 0.1
+STEP_VS_OTHERS = 1.0
+
 
 @dataclass
 class Settings:
@@ -38,6 +46,7 @@ class Settings:
     loss_steps: int = 50
     alloc_steps: int = 3
     implementations: tuple[str, ...] = W.DEFAULT_IMPLEMENTATIONS
+    threads: int = 1  # (recorded; set before NumPy loads, by the package)
 
 
 QUICK = dict(rounds=2, steps_per_round=3, loss_steps=10, alloc_steps=2)
@@ -61,7 +70,7 @@ class Row:
     workload: str
     implementation: str
     label: str
-    status: str = "ok"  # "ok" or "error"
+    status: str = "ok"  # "ok", "error" or "skipped" (its library is not installed)
     error: str | None = None
     error_phase: str | None = None
     error_traceback: str | None = None
@@ -80,6 +89,9 @@ class Row:
     alloc_mib_steps: list[float] = field(default_factory=list)
     loss_rel_diff_vs_handwritten: float | None = None
     loss_rel_diff_vs_eager: float | None = None
+
+    def skip(self, reason: str) -> None:
+        self.status, self.error = "skipped", reason
 
     def fail(self, phase: str, exc: BaseException) -> None:
         self.status, self.error_phase = "error", phase
@@ -115,6 +127,9 @@ def run_workload(name: str, settings: Settings, overrides: dict | None = None, l
     for key in keys:
         try:
             built[key] = W.make_implementation(key, setup)
+        except W.NotInstalledError as exc:
+            rows[key].skip(str(exc))
+            _log(log, f"{name} {key}: skipped ({exc})")
         except Exception as exc:
             rows[key].fail("setup", exc)
             _log(log, f"{name} {key}: FAILED in setup: {rows[key].error.splitlines()[0][:200]}")
@@ -126,7 +141,7 @@ def run_workload(name: str, settings: Settings, overrides: dict | None = None, l
         _measure(name, settings, rows, built, log)
     finally:
         gc.unfreeze()
-    return _record(workload, overrides, keys, rows)
+    return _record(workload, overrides, keys, rows, settings.threads)
 
 
 def _measure(name, settings: Settings, rows: dict, built: dict, log) -> None:
@@ -190,7 +205,7 @@ def _measure(name, settings: Settings, rows: dict, built: dict, log) -> None:
     # 4: allocation per steady step
     for key, impl in impls.items():
         row = rows[key]
-        if key == "torch":
+        if key in UNTRACED_ALLOCATIONS:
             continue
         result = None
         gc.collect()
@@ -213,7 +228,7 @@ def _measure(name, settings: Settings, rows: dict, built: dict, log) -> None:
             row.alloc_mib = max(row.alloc_mib_steps)
 
 
-def _record(workload, overrides, keys, rows) -> dict:
+def _record(workload, overrides, keys, rows, threads: int = 1) -> dict:
     """Statistics, ratios and loss agreement; the JSON-ready record of one workload."""
     for row in rows.values():
         if row.times_ms:
@@ -236,6 +251,7 @@ def _record(workload, overrides, keys, rows) -> dict:
         "title": workload.title,
         "config": workload.config,
         "reduced": bool(overrides),
+        "threads": threads,
         "targets": workload.targets,
         "rows": [asdict(rows[k]) for k in keys],
     }
@@ -254,8 +270,9 @@ def target_checks(record: dict) -> list[dict]:
         met = None if value is None else value <= target
         return dict(what=what, implementation=impl, value=value, target=target, unit=unit, met=met)
 
-    return [
+    checks = [
         check("whole step vs hand-written", "step", "ratio", t["step_ratio"], "x"),
+        step_versus(rows, "first_call_s", "jax", FIRST_CALL_VS_JAX, "first call, whole step"),
         check(
             "compiled module + eager loss/opt vs hand-written",
             "module",
@@ -267,6 +284,25 @@ def target_checks(record: dict) -> list[dict]:
         check("first call, compiled module", "module", "first_call_s", t["first_call_s"], "s"),
         check("allocation per steady whole step", "step", "alloc_mib", t["alloc_mib"], "MiB"),
     ]
+    if record.get("threads", 1) > 1:
+        checks += [
+            step_versus(rows, "median_ms", "torch", STEP_VS_OTHERS, "whole step"),
+            step_versus(rows, "median_ms", "jax", STEP_VS_OTHERS, "whole step"),
+        ]
+    return checks
+
+
+COMPARATORS = {"torch": "PyTorch eager", "jax": "jax.jit"}
+
+
+def step_versus(rows: dict, key: str, other: str, target: float, what: str) -> dict:
+    """The whole step's ``key`` (first call, median) over ``other``'s row's, against ``target``
+    (the first calls include tracing and compiling in both)."""
+    step, theirs = (rows.get(k, {}).get(key) for k in ("step", other))
+    value = step / theirs if step is not None and theirs else None
+    met = None if value is None else value <= target
+    what = f"{what} / {COMPARATORS[other]}'s"
+    return dict(what=what, implementation="step", value=value, target=target, unit="x", met=met)
 
 
 # --- Markdown -------------------------------------------------------------------------------------
@@ -293,7 +329,9 @@ def markdown(results: dict) -> str:
         "",
         f"{meta['timestamp']} · {meta['cpu']} ({meta['cpu_count']} CPUs, load "
         f"{meta['load_before']}) · Python {meta['python']} · NumPy {meta['numpy']} · "
-        f"PyTorch {meta['torch'] or 'not installed'} · tracegrad {meta['tracegrad']}"
+        f"PyTorch {meta['torch'] or 'not installed'} · "
+        + (f"JAX {meta['jax']} · " if meta.get("jax") else "")
+        + f"tracegrad {meta['tracegrad']}"
         + (f" ({meta['git_commit'][:10]})" if meta.get("git_commit") else ""),
         "",
         f"{_threads_text(meta)}. {meta['settings']['rounds']} interleaved rounds x "
@@ -311,7 +349,9 @@ def markdown(results: dict) -> str:
     for wl in results["workloads"]:
         name = wl["name"] + (" (reduced)" if wl["reduced"] else "")
         for row in wl["rows"]:
-            if row["status"] == "error" and row["median_ms"] is None:
+            if row["status"] == "skipped":
+                cells = [name, row["label"], f"skipped: {row['error']}", *["—"] * 5]
+            elif row["status"] == "error" and row["median_ms"] is None:
                 failures.append((wl["name"], row))
                 message = f"error in {row['error_phase']}: {row['error'].splitlines()[0][:90]}"
                 cells = [name, row["label"], message, "—", "—", "—", "—", "—"]
@@ -320,7 +360,8 @@ def markdown(results: dict) -> str:
             else:
                 if row["status"] == "error":
                     failures.append((wl["name"], row))
-                alloc = "n/a" if row["implementation"] == "torch" else _fmt(row["alloc_mib"], ".2f")
+                untraced = row["implementation"] in UNTRACED_ALLOCATIONS
+                alloc = "n/a" if untraced else _fmt(row["alloc_mib"], ".2f")
                 cells = [
                     name,
                     row["label"],

@@ -11,6 +11,8 @@ falls), and the implementations the harness times side by side:
     step_nopasses (c) the same with ``passes=None`` (the unoptimized reference)
     handwritten   (d) the hand-written NumPy step of ``benchmarks.handwritten``
     torch         (e) PyTorch eager (when installed)
+    jax           (f) the step written in JAX under ``jax.jit`` (``benchmarks.jax_steps``; when
+                      installed: the ``bench`` extra)
     eager         tracegrad eager (tape autograd), the reference the losses are checked against
 
 Every implementation starts from the SAME initial weights: the tracegrad model's initial
@@ -37,13 +39,14 @@ from tracegrad import dtypes as tg_dtypes
 from tracegrad import nn, optim
 from tracegrad import random as tg_random
 
-IMPLEMENTATIONS = ("module", "step", "step_nopasses", "handwritten", "torch", "eager")
+IMPLEMENTATIONS = ("module", "step", "step_nopasses", "handwritten", "torch", "jax", "eager")
 LABELS = {
     "module": "tracegrad compiled module + eager loss/opt",
     "step": "tracegrad whole step",
     "step_nopasses": "tracegrad whole step, passes=None",
     "handwritten": "hand-written NumPy",
     "torch": "PyTorch eager",
+    "jax": "JAX jax.jit",
     "eager": "tracegrad eager",
 }
 DEFAULT_IMPLEMENTATIONS = IMPLEMENTATIONS
@@ -1029,7 +1032,27 @@ class TorchImplementation(Implementation):
         return {n: p.detach().numpy().copy() for n, p in self.model.named_parameters()}
 
 
+class NotInstalledError(ImportError):
+    """An optional comparator's library is missing: the harness shows its row as skipped."""
+
+
+def jax_steps_module():
+    """``benchmarks.jax_steps`` (which imports JAX), or None when JAX is not installed."""
+    try:
+        from benchmarks import jax_steps
+    except ModuleNotFoundError as exc:
+        if exc.name != "jax" and not (exc.name or "").startswith(("jax.", "jaxlib")):
+            raise
+        return None
+    return jax_steps
+
+
 def make_implementation(key: str, setup: Setup) -> Implementation:
+    if key == "jax":
+        jax_steps = jax_steps_module()
+        if jax_steps is None:
+            raise NotInstalledError("jax not installed")
+        return jax_steps.JaxImplementation(setup)
     if key == "handwritten":
         return HandwrittenImplementation(setup)
     if key == "torch":

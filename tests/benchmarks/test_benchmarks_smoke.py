@@ -37,8 +37,9 @@ ROW_KEYS = {
     "loss_rel_diff_vs_handwritten",
     "loss_rel_diff_vs_eager",
 }
-# PyTorch (slow to import) is left out of the command-line run and checked on its own below.
-IMPLS = [k for k in W.IMPLEMENTATIONS if k != "torch"]
+# PyTorch and JAX (slow to import) are left out of the command-line run and checked on their
+# own (below, and in test_jax_steps.py).
+IMPLS = [k for k in W.IMPLEMENTATIONS if k not in ("torch", "jax")]
 HEADER = (
     "| workload | implementation | median ms | min ms | ratio vs hand-written | first call s "
     "| peak alloc/step MiB | loss@50 |"
