@@ -102,6 +102,62 @@ register(
 )
 
 
+def _pad2d_infer(x: TensorType, padding, value) -> TensorType:
+    if x.ndim < 2:
+        raise ShapeError(f"pad2d: expected an input of at least 2 dims, got shape {x.shape}")
+    (ph, pw), (h, w) = padding, x.shape[-2:]
+    return TensorType((*x.shape[:-2], h + 2 * ph, w + 2 * pw), x.dtype)
+
+
+@kernel
+def pad2d(x, padding, value, out=None):
+    """x inside a border of ``value``, ``padding`` = (ph, pw) wide on the last two dims (np.pad's
+    constant mode). With ``out`` the border is written again on every call: a planned buffer
+    serves other values between calls, and the border is a small part of it."""
+    (ph, pw), (h, w) = padding, x.shape[-2:]
+    if out is None:
+        out = np.empty((*x.shape[:-2], h + 2 * ph, w + 2 * pw), x.dtype)
+    out[..., :ph, :] = value
+    out[..., ph + h :, :] = value
+    out[..., ph : ph + h, :pw] = value
+    out[..., ph : ph + h, pw + w :] = value
+    out[..., ph : ph + h, pw : pw + w] = x
+    return out
+
+
+def _pad2d_reference(x, padding, value):
+    (ph, pw) = padding
+    return np.pad(x, ((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw)), constant_values=value)
+
+
+def _inside_border(c, g):
+    """The gradient of a padding: the cotangent's interior (the border is constant)."""
+    (ph, pw), (h, w) = c.padding, c.x.shape[-2:]
+    key = (("ellipsis",), ("slice", ph, ph + h, None), ("slice", pw, pw + w, None))
+    return call("getitem", g, key=key)
+
+
+# Compiled code pads the input of a padded unfold with this op (specialize_numpy's
+# padded-windows rule), so the padded copy lands in a planned buffer instead of a fresh array.
+register(
+    "pad2d",
+    ("x",),
+    _pad2d_infer,
+    pad2d,
+    (_inside_border,),
+    "rt.pad2d({0}, {padding}, {value!r})",
+    out="rt.pad2d({0}, {padding}, {value!r}, out={out})",
+    samples=(
+        Sample(
+            {"padding": (1, 2), "value": 0.0},
+            shapes=(((1, 1, 4, 5),), ((2, 3),), ((2, 2, 3, 3),)),
+            ref=_pad2d_reference,
+        ),
+        Sample({"padding": (0, 1), "value": -1.5}, shapes=(((3, 2),),), ref=_pad2d_reference),
+    ),
+)
+
+
 @kernel
 def fold(cols, size, kernel, stride, padding, dilation, out=None):
     """The transpose of ``unfold``: add every window back where it came from."""
