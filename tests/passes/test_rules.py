@@ -547,6 +547,17 @@ CASES = {
     "gelu-gradient-from-tanh": Case(
         GELU_AND_GRADIENT, after=TANH_KEPT, smaller=False, gone={"gelu", "gelu_grad"}
     ),
+    # A sigmoid's gradient after its binary cross entropy's: one op, g (p - t)
+    "sigmoid-bce-gradient": Case(
+        graph_of(
+            """  %1:f64[2,3] = sigmoid %x
+  %2:f64[2,3] = binary_cross_entropy_grad %1, %t, %g
+  %3:f64[2,3] = sigmoid_grad %1, %2
+  return %3""",
+            "%x:f64[2,3], %t:f64[2,3], %g:f64[2,3]",
+        ),
+        after={"sigmoid": 1, "sigmoid_binary_cross_entropy_grad": 1},
+    ),
     "gradient-from-log-probs": Case(
         CROSS_ENTROPY_AND_GRADIENT,
         after=LOG_PROBS_SHARED,
