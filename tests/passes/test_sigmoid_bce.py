@@ -14,6 +14,7 @@ import pytest
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn, optim
+from tracegrad.ir.graph import Graph
 from tracegrad.ops import fused
 from tracegrad.ops import nn as nn_ops
 from tracegrad.ops.kernels import CHUNK
@@ -149,3 +150,22 @@ def test_loss_and_unsaturated_gradient_match_pytorch():
     want.backward()
     np.testing.assert_allclose(loss.item(), want.item(), rtol=1e-12)
     np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+SIGMOID_AFTER_BCE = """graph(%x:f64[2,3], %t:f64[2,3], %g:f64[2,3]) {
+  %1:f64[2,3] = sigmoid %x
+  %2:f64[2,3] = binary_cross_entropy_grad %1, %t, %g
+  %3:f64[2,3] = sigmoid_grad %1, %2
+  return %3%s
+}"""
+
+
+@pytest.mark.parametrize(
+    "returned, fires", [("", True), (", %2", False)], ids=["alone", "loss-gradient-also-read"]
+)
+def test_rule_fires_only_where_the_loss_gradient_has_no_other_reader(returned, fires):
+    graph = Graph.parse(SIGMOID_AFTER_BCE.replace("%s", returned))
+    after = tg.passes.run(graph, ["fuse_training_step", "dce"])
+    counts = after.op_counts()
+    assert counts.get("sigmoid_binary_cross_entropy_grad", 0) == fires
+    assert counts.get("binary_cross_entropy_grad", 0) == (not fires)
