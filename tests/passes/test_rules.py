@@ -60,6 +60,10 @@ class Case:
     gone: set[str] = field(default_factory=set)  # ops the result must not contain
 
 
+# A 3x3 window, stride 1 (the text form of unfold's attributes, less its padding)
+WINDOWS = "kernel=(3, 3), stride=(1, 1), dilation=(1, 1)"
+
+
 def graph_of(body: str, inputs: str = "%x:f64[2,3]") -> str:
     return f"graph({inputs}) {{\n{body}\n}}"
 
@@ -411,6 +415,17 @@ CASES = {
         gone={"scatter_add", "add"},
     ),
     # A bias gradient: the sum over the rows of a (2, 3, 4) product is ones(6) @ rows.
+    # A padded unfold (a 3x3 convolution's windows): the padding into a buffer of its own,
+    # the windows a view of it.
+    "padded-windows": Case(
+        graph_of(
+            f"""  %1:f64[1,2,3,3,3,3] = unfold[{WINDOWS}, padding=(1, 1), pad_value=0.0] %x
+  return %1""",
+            "%x:f64[1,2,3,3]",
+        ),
+        after={"pad2d": 1, "unfold": 1},
+        smaller=False,  # the padding np.pad did inside unfold, now an op the memory plan places
+    ),
     "sum-of-rows": Case(
         graph_of(
             """  %1:f64[2,3,4] = matmul %a, %b
@@ -531,6 +546,17 @@ CASES = {
     ),
     "gelu-gradient-from-tanh": Case(
         GELU_AND_GRADIENT, after=TANH_KEPT, smaller=False, gone={"gelu", "gelu_grad"}
+    ),
+    # A sigmoid's gradient after its binary cross entropy's: one op, g (p - t)
+    "sigmoid-bce-gradient": Case(
+        graph_of(
+            """  %1:f64[2,3] = sigmoid %x
+  %2:f64[2,3] = binary_cross_entropy_grad %1, %t, %g
+  %3:f64[2,3] = sigmoid_grad %1, %2
+  return %3""",
+            "%x:f64[2,3], %t:f64[2,3], %g:f64[2,3]",
+        ),
+        after={"sigmoid": 1, "sigmoid_binary_cross_entropy_grad": 1},
     ),
     "gradient-from-log-probs": Case(
         CROSS_ENTROPY_AND_GRADIENT,

@@ -13,6 +13,7 @@ from tracegrad.creation import arange, full
 from tracegrad.errors import DTypeError, ShapeError, at_user_line
 from tracegrad.tape import no_grad
 from tracegrad.tensor import Tensor, as_tensor, call, cat, tensor, where
+from tracegrad.tensor.promotion import promote_operands
 
 
 def _pair(value) -> tuple[int, int]:
@@ -823,15 +824,9 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight=None, reduction: 
     """
     target = as_tensor(target)
     _same_shape("binary_cross_entropy", input, target)
-    loss = -(target * _clamped_log(input) + (1.0 - target) * _clamped_log(1.0 - input))
+    # one op (a kernel, and a gradient op a sigmoid before it joins in a compiled step)
+    loss = call("binary_cross_entropy", *promote_operands(input, target, floating=True))
     return _reduce(loss * weight if weight is not None else loss, reduction)
-
-
-def _clamped_log(p: Tensor) -> Tensor:
-    """log(p), at least -100, as in PyTorch's binary cross entropy: a probability of exactly
-    0 or 1 gives a finite loss. log(0) is kept out of the gradient too (0 * 1/0 would be nan)."""
-    positive = p > 0
-    return where(positive, where(positive, p, 1.0).log().clamp(min=-100.0), -100.0)
 
 
 def binary_cross_entropy_with_logits(

@@ -13,6 +13,9 @@ input is read only before ``out`` is written, or copied first.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 from tracegrad import tape
@@ -28,20 +31,23 @@ from tracegrad.ops.elementwise import (
     gelu_tanh_into,
 )
 from tracegrad.ops.nn import (
+    LOG_FLOOR,
     class_loss_infer,
     layer_norm_center,
     layer_norm_std,
+    log_kept,
     nll_loss,
     usual_class_loss,
 )
 from tracegrad.ops.reduce import keep_dims, window_cells
-from tracegrad.ops.registry import ELEMENTWISE, OVERWRITES_INPUT, call, register
+from tracegrad.ops.registry import ELEMENTWISE, OVERWRITES_INPUT, Sample, call, register
 from tracegrad.ops.runtime import (
     chunked,
     class_dim,
     joint_scratch,
     kernel,
     layer_norm_axes,
+    out_or_new,
     row_max,
     row_mean,
     row_numbers,
@@ -79,7 +85,18 @@ def reference_vjp(reference):
     return rule
 
 
-def fused(name, inputs, kernel, reference, emit, out=None, elementwise=False, infer=None, props=()):
+def fused(
+    name,
+    inputs,
+    kernel,
+    reference,
+    emit,
+    out=None,
+    elementwise=False,
+    infer=None,
+    props=(),
+    samples=(),
+):
     """Declare a fused op: its result has the type of its last input (the cotangent) unless
     ``infer`` says otherwise."""
 
@@ -97,6 +114,7 @@ def fused(name, inputs, kernel, reference, emit, out=None, elementwise=False, in
         saves=tuple(inputs),
         props=props,
         out=out,
+        samples=samples,
     )
 
 
@@ -295,6 +313,118 @@ fused(
     "rt.gelu_grad_with_tanh({0}, {1}, {2})",
     "rt.gelu_grad_with_tanh({0}, {1}, {2}, out={out})",
     elementwise=True,
+)
+
+# --- binary cross entropy on probabilities: its gradient, alone and after a sigmoid -------------
+
+
+def _log_slope(q):
+    """d clamped_log(q) / dq: 1/q where the log is not clamped, 0 where it is."""
+    kept = (q > 0) & (q.where(q > 0, 1.0).log() >= LOG_FLOOR)
+    return (1.0 / q.where(kept, 1.0)).where(kept, 0.0)
+
+
+def _binary_cross_entropy_grad_reference(p, t, g):
+    return g * ((1.0 - t) * _log_slope(1.0 - p) - t * _log_slope(p))
+
+
+def _sigmoid_binary_cross_entropy_grad_reference(p, t, g):
+    """sigmoid_grad(p, binary_cross_entropy_grad(p, t, g)), the ops eager runs."""
+    return _sigmoid_reference(p, _binary_cross_entropy_grad_reference(p, t, g))
+
+
+def _kept_ratio(num, den, out):
+    """num / den where den's log is not clamped, 0 where it is; ``out`` may be ``num``."""
+    clamped = np.logical_not(log_kept(den, scratch(den, "kept_ratio", bool)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(num, den, out=out)
+    np.copyto(out, 0.0, where=clamped)
+    return out
+
+
+@kernel
+@chunked
+def binary_cross_entropy_grad(p, t, g, out=None):
+    """g ((1 - t) / (1 - p) - t / p), each term 0 where its log is clamped. ``out`` may be any
+    input: p and t are read before it is written, g by the write itself."""
+    q = np.subtract(1.0, p, out=joint_scratch(p, t, "binary_cross_entropy_grad.q"))
+    rest = np.subtract(1.0, t, out=joint_scratch(p, t, "binary_cross_entropy_grad.rest"))
+    slope = _kept_ratio(rest, q, rest)
+    slope -= _kept_ratio(t, p, joint_scratch(p, t, "binary_cross_entropy_grad.t"))
+    return np.multiply(g, slope, out=out_or_new(slope, out))
+
+
+def _binary_cross_entropy_grad_samples(ref):
+    """Probabilities away from 0 and 1 (no log clamped), targets in [0, 1], any cotangent."""
+    probability, target = Sample(low=0.05, high=0.95), Sample(low=0.0, high=1.0)
+    return (
+        Sample(
+            shapes=(((2, 3), (2, 3), (2, 3)), ((), (), ())),
+            inputs=(probability, target, Sample()),
+            ref=ref,
+        ),
+    )
+
+
+fused(
+    "binary_cross_entropy_grad",
+    ("p", "t", "g"),
+    binary_cross_entropy_grad,
+    _binary_cross_entropy_grad_reference,
+    "rt.binary_cross_entropy_grad({0}, {1}, {2})",
+    "rt.binary_cross_entropy_grad({0}, {1}, {2}, out={out})",
+    elementwise=True,
+    samples=_binary_cross_entropy_grad_samples(lambda p, t, g: g * ((1 - t) / (1 - p) - t / p)),
+)
+
+
+@functools.cache
+def _far_from_clamp(dtype) -> float:
+    return max(math.exp(-99.0), math.sqrt(np.finfo(dtype).tiny))
+
+
+def _far_from_0_and_1(p, out=None):
+    """Whether p and 1 - p are at least e^-99 and sqrt(tiny) (1e-19 in float32, 1e-43 in
+    float64): far above a log clamped at -100, and 1/p far from overflowing. With ``out``,
+    where (a bool array); without, everywhere (two reductions, no pass of its own)."""
+    safe = _far_from_clamp(np.result_type(p))
+    if out is None:
+        return np.size(p) == 0 or (np.min(p) >= safe and 1 - np.max(p) >= safe)
+    q = np.subtract(1, p, out=scratch(p, "far_from_0_and_1.q"))
+    far = np.greater_equal(p, safe, out=out)
+    far &= np.greater_equal(q, safe, out=scratch(p, "far_from_0_and_1", bool))
+    return far
+
+
+@kernel
+@chunked
+def sigmoid_binary_cross_entropy_grad(p, t, g, out=None):
+    """The gradient of binary_cross_entropy(sigmoid(x), t) at x, from p = sigmoid(x): g (p - t)
+    where p is far from 0 and 1 (eager's sigmoid_grad(p, binary_cross_entropy_grad(p, t, g))
+    is that up to rounding); elsewhere (a saturated sigmoid, where a log may be clamped),
+    eager's formula itself. ``out`` may be any input: they are read before it is written."""
+    d = np.subtract(p, t, out=joint_scratch(p, t, "sigmoid_binary_cross_entropy_grad.d"))
+    if _far_from_0_and_1(p):
+        return np.multiply(g, d, out=out_or_new(d, out))
+    exact = binary_cross_entropy_grad(p, t, g, out=scratch(g, "sigmoid_binary_cross_entropy_grad"))
+    exact = sigmoid_grad(p, exact, out=exact)
+    near = np.logical_not(
+        _far_from_0_and_1(p, scratch(p, "sigmoid_binary_cross_entropy_grad", bool))
+    )
+    result = np.multiply(g, d, out=out_or_new(d, out))
+    np.copyto(result, exact, where=near)
+    return result
+
+
+fused(
+    "sigmoid_binary_cross_entropy_grad",
+    ("p", "t", "g"),
+    sigmoid_binary_cross_entropy_grad,
+    _sigmoid_binary_cross_entropy_grad_reference,
+    "rt.sigmoid_binary_cross_entropy_grad({0}, {1}, {2})",
+    "rt.sigmoid_binary_cross_entropy_grad({0}, {1}, {2}, out={out})",
+    elementwise=True,
+    samples=_binary_cross_entropy_grad_samples(lambda p, t, g: g * (p - t)),
 )
 
 # --- softmax family and normalization ---------------------------------------------------------

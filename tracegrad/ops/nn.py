@@ -14,12 +14,23 @@ from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
 from tracegrad.ops.elementwise import where
-from tracegrad.ops.registry import NON_NEGATIVE, OVERWRITES_INPUT, VIEW, Sample, call, register
+from tracegrad.ops.registry import (
+    ELEMENTWISE,
+    NON_NEGATIVE,
+    OVERWRITES_INPUT,
+    VIEW,
+    Sample,
+    call,
+    register,
+)
 from tracegrad.ops.runtime import (
     SMALL_REDUCTION,
+    chunked,
     class_dim,
+    joint_scratch,
     kernel,
     layer_norm_axes,
+    out_or_new,
     row_max,
     row_mean,
     row_numbers,
@@ -98,6 +109,62 @@ register(
             _window(2, 2, stride=(1, 2), padding=(1, 0), dilation=(2, 1)) | {"pad_value": 0.0},
             shapes=(((1, 1, 4, 5),), ((2, 2, 3, 3),)),
         ),
+    ),
+)
+
+
+def _pad2d_infer(x: TensorType, padding, value) -> TensorType:
+    if x.ndim < 2:
+        raise ShapeError(f"pad2d: expected an input of at least 2 dims, got shape {x.shape}")
+    (ph, pw), (h, w) = padding, x.shape[-2:]
+    return TensorType((*x.shape[:-2], h + 2 * ph, w + 2 * pw), x.dtype)
+
+
+@kernel
+def pad2d(x, padding, value, out=None):
+    """x inside a border of ``value``, ``padding`` = (ph, pw) wide on the last two dims (np.pad's
+    constant mode). With ``out`` the border is written again on every call: a planned buffer
+    serves other values between calls, and the border is a small part of it."""
+    (ph, pw), (h, w) = padding, x.shape[-2:]
+    if out is None:
+        out = np.empty((*x.shape[:-2], h + 2 * ph, w + 2 * pw), x.dtype)
+    out[..., :ph, :] = value
+    out[..., ph + h :, :] = value
+    out[..., ph : ph + h, :pw] = value
+    out[..., ph : ph + h, pw + w :] = value
+    out[..., ph : ph + h, pw : pw + w] = x
+    return out
+
+
+def _pad2d_reference(x, padding, value):
+    (ph, pw) = padding
+    return np.pad(x, ((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw)), constant_values=value)
+
+
+def _inside_border(c, g):
+    """The gradient of a padding: the cotangent's interior (the border is constant)."""
+    (ph, pw), (h, w) = c.padding, c.x.shape[-2:]
+    key = (("ellipsis",), ("slice", ph, ph + h, None), ("slice", pw, pw + w, None))
+    return call("getitem", g, key=key)
+
+
+# Compiled code pads the input of a padded unfold with this op (specialize_numpy's
+# padded-windows rule), so the padded copy lands in a planned buffer instead of a fresh array.
+register(
+    "pad2d",
+    ("x",),
+    _pad2d_infer,
+    pad2d,
+    (_inside_border,),
+    "rt.pad2d({0}, {padding}, {value!r})",
+    out="rt.pad2d({0}, {padding}, {value!r}, out={out})",
+    samples=(
+        Sample(
+            {"padding": (1, 2), "value": 0.0},
+            shapes=(((1, 1, 4, 5),), ((2, 3),), ((2, 2, 3, 3),)),
+            ref=_pad2d_reference,
+        ),
+        Sample({"padding": (0, 1), "value": -1.5}, shapes=(((3, 2),),), ref=_pad2d_reference),
     ),
 )
 
@@ -451,6 +518,84 @@ register(
         _class_loss_sample(-100, 0.2, "mean", CLASS_SHAPES),
         # targets of -1 among the drawn ones, ignored (batches of 4 keep some)
         _class_loss_sample(-1, 0.0, "mean", (((4, 3), (4,)), ((2, 3, 2), (2, 2))), low=-1),
+    ),
+)
+
+# --- binary cross entropy on probabilities --------------------------------------------------------
+
+# PyTorch clamps each log of binary cross entropy at -100: a probability of 0 or 1 gives a
+# finite loss.
+LOG_FLOOR = -100.0
+
+
+def clamped_log(p):
+    """log(p), at least -100 (-100 for p <= 0 and nan), in tracegrad ops; log(0) is kept out
+    of the gradient too (0 * 1/0 would be nan)."""
+    positive = p > 0
+    return p.where(positive, 1.0).log().clamp(min=LOG_FLOOR).where(positive, LOG_FLOOR)
+
+
+def binary_cross_entropy_reference(p, t):
+    """-(t log p + (1 - t) log(1 - p)), each log clamped at -100: the op's meaning, the
+    composition it replaces."""
+    return -(t * clamped_log(p) + (1.0 - t) * clamped_log(1.0 - p))
+
+
+def clamped_log_into(q, out):
+    """clamped_log in NumPy: fmax takes -100 over log's -inf (q = 0) and nan (q < 0, q nan)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.log(q, out=out)
+    return np.fmax(out, LOG_FLOOR, out=out)
+
+
+def log_kept(q, out):
+    """[log q >= -100] into the bool array ``out``: where clamped_log's slope is 1/q (False
+    for q <= 0 and nan)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(q, out=scratch(q, "log_kept"))
+    return np.greater_equal(logs, LOG_FLOOR, out=out)
+
+
+@kernel
+@chunked
+def binary_cross_entropy(p, t, out=None):
+    """Unreduced, in the reference's order of operations (its values bit for bit). ``out``
+    may be ``p`` or ``t``: both are read before it is written."""
+    q = np.subtract(1.0, p, out=joint_scratch(p, t, "binary_cross_entropy.q"))
+    log_q = clamped_log_into(q, q)
+    log_p = clamped_log_into(p, joint_scratch(p, t, "binary_cross_entropy.p"))
+    log_p *= t
+    log_q *= np.subtract(1.0, t, out=joint_scratch(p, t, "binary_cross_entropy.1-t"))
+    log_p += log_q
+    return np.negative(log_p, out=out_or_new(log_p, out))
+
+
+def _binary_cross_entropy_ref(p, t):
+    with np.errstate(divide="ignore"):
+        return -(t * np.maximum(np.log(p), -100) + (1 - t) * np.maximum(np.log(1 - p), -100))
+
+
+# F.binary_cross_entropy's elementwise loss. One kernel (the composition was a dozen passes),
+# and a gradient op the sigmoid before it can join (fuse_training_step's sigmoid-bce rule).
+register(
+    "binary_cross_entropy",
+    ("p", "t"),
+    lambda p, t: rules.elementwise("binary_cross_entropy", p, t),
+    binary_cross_entropy,
+    (
+        lambda c, g: call("binary_cross_entropy_grad", c.p, c.t, g),
+        lambda c, g: g * (clamped_log(1.0 - c.p) - clamped_log(c.p)),
+    ),
+    "rt.binary_cross_entropy({0}, {1})",
+    out="rt.binary_cross_entropy({0}, {1}, out={out})",
+    saves=("p", "t"),
+    props={ELEMENTWISE},
+    samples=(
+        Sample(
+            shapes=(((2, 3), (2, 3)), ((), ()), ((3, 1), (1, 4))),
+            inputs=(Sample(low=0.05, high=0.95), Sample(low=0.0, high=1.0)),
+            ref=_binary_cross_entropy_ref,
+        ),
     ),
 )
 

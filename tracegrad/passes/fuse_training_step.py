@@ -4,7 +4,8 @@ Each rule (the language is in patterns.py) applies only when the forward op and 
 are both present (the joint graph of a compiled module, a whole training step): the forward
 keeps an intermediate (log-probabilities, a layer norm's std, gelu's tanh) that the gradient
 then reads instead of computing it again. The two halves emit the same intermediate, which
-``cse`` merges into one node.
+``cse`` merges into one node. Or two gradients in a row cancel into one op: a sigmoid's after
+its binary cross entropy's is g (p - t).
 """
 
 from __future__ import annotations
@@ -114,6 +115,16 @@ def _gelu_gradient_with_tanh(m: Match) -> Value:
     return m.emit("gelu_grad_with_tanh", [m["x"], _kept_tanh(m), m["g"]])
 
 
+def _gradient_of_its_own_sigmoid(m: Match) -> bool:
+    """The loss's probabilities are the sigmoid's output, and nothing else reads the loss's
+    gradient (else it would be computed twice)."""
+    return m["p"] is m["y"] and m.only_use(m.root.inputs[1])
+
+
+def _sigmoid_cross_entropy_gradient(m: Match) -> Value:
+    return m.emit("sigmoid_binary_cross_entropy_grad", [m["p"], m["t"], m["g"]])
+
+
 TANH = {"approximate": "tanh"}
 
 RULES = [
@@ -181,6 +192,14 @@ RULES = [
         _gelu_gradient_with_tanh,
         when=_tanh_form_beside("gelu"),
         extra_passes=2,  # reads the forward's t (written once, read twice)
+    ),
+    Rule(
+        "sigmoid-bce-gradient",
+        "sigmoid_grad(p, binary_cross_entropy_grad(p, t, g)) -> g (p - t) where no log is "
+        "clamped (eager's formula where one is)",
+        Pat("sigmoid_grad", V("y"), Pat("binary_cross_entropy_grad", V("p"), V("t"), V("g"))),
+        _sigmoid_cross_entropy_gradient,
+        when=_gradient_of_its_own_sigmoid,
     ),
 ]
 

@@ -371,6 +371,21 @@ def _classes_major(m: Match) -> Value | None:
     return _swap_last(m, m.emit("log_softmax", [logits], dim=0))
 
 
+# --- padded windows ----------------------------------------------------------------------------
+
+
+def _pads(m: Match) -> bool:
+    return any(m.root.attrs["padding"])
+
+
+def _windows_of_padded_copy(m: Match) -> Value:
+    """unfold pads a fresh copy of its input on every call (np.pad); the padding as its own
+    op writes into a planned buffer, and the windows are a view of it."""
+    attrs = dict(m.root.attrs)
+    padded = m.emit("pad2d", [m["x"]], padding=attrs["padding"], value=attrs["pad_value"])
+    return m.emit("unfold", [padded], **(attrs | {"padding": (0, 0)}))
+
+
 # --- the rules ----------------------------------------------------------------------------------
 
 PRODUCT = Pat("matmul", V("a"), V("b"), name="p")
@@ -500,6 +515,14 @@ RULES = [
         ),
         _elementwise_untransposed,
         when=_transpose_of_a_matrix,
+    ),
+    Rule(
+        "padded-windows",
+        "unfold(x, padding=p, pad_value=v) -> unfold(pad2d(x, p, v), padding=0)",
+        Pat("unfold", V("x")),
+        _windows_of_padded_copy,
+        when=_pads,
+        extra_passes=1,  # the padded copy unfold made inside itself, now in a planned buffer
     ),
 ]
 
