@@ -43,7 +43,9 @@ def train_reference(build, data, micro: int) -> np.ndarray:
 def train_parallel(build, data, mode: str, micro: int) -> np.ndarray:
     rank, world = dist.get_rank(), dist.get_world_size()
     tg.manual_seed(rank)  # different starting points: DDP must broadcast rank 0's
-    ddp = DistributedDataParallel(build(), bucket_cap_mb=0.0005)  # a few buckets
+    # BatchNorm layers become SyncBatchNorm: the statistics of the global batch
+    replica = tg.nn.SyncBatchNorm.convert_sync_batchnorm(build())
+    ddp = DistributedDataParallel(replica, bucket_cap_mb=0.0005)  # a few buckets
     model = tg.compile(ddp) if mode == "module" else ddp
     opt = tg.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
 

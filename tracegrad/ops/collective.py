@@ -4,7 +4,10 @@ compiled training step (``DistributedDataParallel`` averages each gradient with 
 - ``all_reduce(x)[reduce, bucket_cap, order]``: ``x`` reduced over every process (``reduce``:
   sum, avg, max or min), blocking, into an array of its own. A traced step has one per
   gradient; ``order`` is the gradient's place in bucket order (parameters reversed, as the
-  backward completes them) and ``bucket_cap`` the bytes a bucket may hold.
+  backward completes them) and ``bucket_cap`` the bytes a bucket may hold. Both are None for
+  a reduction that is not a gradient's average (``SyncBatchNorm``'s batch statistics), which
+  stays blocking and out of buckets. A sum or an average is linear, its VJP the same
+  reduction of the cotangents: every process's output read every process's input.
 - ``all_reduce_start(*xs)[reduce, bucket]``: the ``bucket`` pass's form of several of those:
   the arrays packed into one flat buffer whose non-blocking reduction (MPI's ``Iallreduce``)
   starts, and ``all_reduce_wait(buffer)``: the same buffer once the reduction is complete.
@@ -12,8 +15,8 @@ compiled training step (``DistributedDataParallel`` averages each gradient with 
 
 The processes are MPI's world, which ``tracegrad.distributed.init_process_group`` joins: the
 kernels reach it through mpi4py when it is loaded and more than one process runs. With one
-process every collective is the identity (it returns its input's values). No VJP: they run on
-gradients, after the backward.
+process every collective is the identity (it returns its input's values). The bucket ops
+have no VJP: they run on gradients, after the backward.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import VIEW, register
+from tracegrad.ops.registry import VIEW, call, register
 from tracegrad.ops.runtime import kernel
 
 REDUCTIONS = ("sum", "avg", "max", "min")
@@ -106,6 +109,16 @@ def bucket_groups(nbytes: list[int], kinds: list, cap: int) -> list[list[int]]:
     return groups
 
 
+def _all_reduce_grad(c, g):
+    """y = x_1 + ... + x_p on every process, so each x_r's cotangent is the sum of every
+    process's cotangent of y (the mean of them for an average)."""
+    if c.attrs["reduce"] not in ("sum", "avg"):
+        raise NotImplementedError(
+            f"all_reduce: no gradient through a {c.attrs['reduce']} reduction (sum and avg only)"
+        )
+    return call("all_reduce", g, reduce=c.attrs["reduce"], bucket_cap=None, order=None)
+
+
 def _reduction(op: str, reduce: str, t: TensorType) -> TensorType:
     if reduce not in REDUCTIONS:
         raise ValueError(f"{op}: reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
@@ -136,7 +149,7 @@ register(
     ("x",),
     lambda x, reduce, bucket_cap, order: _reduction("all_reduce", reduce, x),
     lambda x, reduce, bucket_cap, order: all_reduce(x, reduce),
-    None,
+    (_all_reduce_grad,),
     "rt.all_reduce({0}, {reduce!r})",
 )
 

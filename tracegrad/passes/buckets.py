@@ -88,7 +88,8 @@ def _has(op: str) -> Callable[[Graph], bool]:
 def bucket(graph: Graph) -> Graph:
     """Group gradient all_reduces into buckets: all_reduce(g1), all_reduce(g2) -> one
     non-blocking all_reduce_start(g1, g2), an all_reduce_wait, and views of its pieces."""
-    reduces = [n for n in graph.nodes if n.op == "all_reduce"]
+    # (a reduction without an order is no gradient's average: SyncBatchNorm's statistics)
+    reduces = [n for n in graph.nodes if n.op == "all_reduce" and n.attrs["order"] is not None]
     if not reduces:
         return graph
     position = {n: i for i, n in enumerate(graph.nodes)}
