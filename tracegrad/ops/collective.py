@@ -12,6 +12,8 @@ compiled training step (``DistributedDataParallel`` averages each gradient with 
   the arrays packed into one flat buffer whose non-blocking reduction (MPI's ``Iallreduce``)
   starts, and ``all_reduce_wait(buffer)``: the same buffer once the reduction is complete.
   The gradients are then views (``getitem``, ``reshape``) of the waited buffer.
+- ``broadcast(x)[src]``: process ``src``'s ``x`` on every process, blocking, into an array of
+  its own (``DistributedDataParallel`` makes every rank's buffers rank 0's before a forward).
 
 The processes are MPI's world, which ``tracegrad.distributed.init_process_group`` joins: the
 kernels reach it through mpi4py when it is loaded and more than one process runs. With one
@@ -28,7 +30,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import VIEW, call, register
+from tracegrad.ops.registry import VIEW, Sample, call, register
 from tracegrad.ops.runtime import kernel
 
 REDUCTIONS = ("sum", "avg", "max", "min")
@@ -91,6 +93,16 @@ def all_reduce_wait(buffer, reduce):
         return buffer
     request.Wait()
     return _finish(buffer, reduce, _mpi())
+
+
+@kernel
+def broadcast(x, src):
+    """Process ``src``'s ``x`` on every process, in a new array."""
+    result = np.array(x, order="C")
+    mpi = _mpi()
+    if mpi is not None:
+        mpi.COMM_WORLD.Bcast(result, root=src)
+    return result
 
 
 def bucket_groups(nbytes: list[int], kinds: list, cap: int) -> list[list[int]]:
@@ -172,4 +184,15 @@ register(
     None,
     "rt.all_reduce_wait({0}, {reduce!r})",
     props={VIEW},
+)
+
+# broadcast(x) = process src's x, on every process (buffers, so no gradient).
+register(
+    "broadcast",
+    ("x",),
+    lambda x, src: x,
+    lambda x, src: broadcast(x, src),
+    None,
+    "rt.broadcast({0}, {src!r})",
+    samples=(Sample(attrs={"src": 0}, ref=lambda x, src: x),),
 )
