@@ -58,7 +58,7 @@ def test_sync_batch_norm_trains_as_batch_norm_on_the_global_batch(mode):
     assert_both_ranks_say(result, f"cnn_bn {mode} float64 ok")
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "cnn_bn", "transformer"])
 def test_a_compiled_float32_step_equals_one_process_to_1e_5(model):
     result = run_two("ddp_equivalence.py", model, "step", "float32")
     assert_both_ranks_say(result, f"{model} step float32 ok")
