@@ -72,10 +72,10 @@ def all_reduce(x, reduce):
 
 
 @kernel
-def all_reduce_start(xs, reduce):
-    """The arrays ``xs`` packed into a new flat buffer, whose reduction over every process
-    starts without blocking; ``all_reduce_wait`` completes it."""
-    buffer = np.concatenate([np.reshape(x, -1) for x in xs])
+def all_reduce_start(xs, reduce, out=None):
+    """The arrays ``xs`` packed into a flat buffer (``out``, or a new one), whose reduction
+    over every process starts without blocking; ``all_reduce_wait`` completes it."""
+    buffer = _packed(xs, out)
     mpi = _mpi()
     if mpi is not None:
         # (MPI progresses the reductions started before on each call: poke them too)
@@ -83,6 +83,26 @@ def all_reduce_start(xs, reduce):
         comm = mpi.COMM_WORLD
         _IN_FLIGHT[id(buffer)] = comm.Iallreduce(mpi.IN_PLACE, buffer, op=_mpi_op(mpi, reduce))
     return buffer
+
+
+def _packed(xs, out):
+    """``xs`` one after the other in ``out`` (a new array without it). An array already in its
+    place there (the memory plan had its producer write it into that piece of the bucket) is
+    not copied."""
+    if out is None:
+        return np.concatenate([np.reshape(x, -1) for x in xs])
+    offset = 0
+    for x in xs:
+        piece = out[offset : offset + np.size(x)]
+        offset += piece.size
+        if not (isinstance(x, np.ndarray) and _occupies(x, piece)):
+            piece.reshape(np.shape(x))[...] = x
+    return out
+
+
+def _occupies(x: np.ndarray, piece: np.ndarray) -> bool:
+    """Whether ``x`` is exactly the memory of the contiguous ``piece``."""
+    return x.flags.c_contiguous and x.size == piece.size and x.ctypes.data == piece.ctypes.data
 
 
 @kernel
@@ -165,7 +185,9 @@ register(
     "rt.all_reduce({0}, {reduce!r})",
 )
 
-# all_reduce_start(x1, ..., xk) = [x1.ravel(), ..., xk.ravel()], its reduction started.
+# all_reduce_start(x1, ..., xk) = [x1.ravel(), ..., xk.ravel()], its reduction started. The
+# memory plan gives it a bucket buffer and has the gradients computed straight into their
+# pieces of it where it can (an assembly, as for cat).
 register(
     "all_reduce_start",
     ("*xs",),
@@ -173,6 +195,7 @@ register(
     lambda *xs, reduce, bucket: all_reduce_start(xs, reduce),
     None,
     "rt.all_reduce_start([{inputs}], {reduce!r})",
+    out="rt.all_reduce_start([{inputs}], {reduce!r}, out={out})",
 )
 
 # all_reduce_wait(buffer) = buffer, reduced: the same array (a view).
