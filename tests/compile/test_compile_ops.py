@@ -57,6 +57,7 @@ CANNOT_APPEAR: dict[str, str] = {
     "all_reduce": "a data-parallel step's gradient average",
     "all_reduce_start": "a data-parallel step's bucket of gradients, its average started",
     "all_reduce_wait": "a data-parallel step's bucket, its average completed",
+    "broadcast": "a data-parallel forward's buffers taken from rank 0",
 }
 
 # Ops no public function calls directly (their generated rows call them; in programs they

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# this script's directory is on sys.path
+from models import assert_same_on_every_rank, batches, cnn_bn, flat_state, normal_inputs, shard
+
 import tracegrad as tg
+import tracegrad.nn.functional as F
 from tracegrad import distributed as dist
 from tracegrad.distributed import ReduceOp
 
@@ -39,12 +43,43 @@ def check_broadcast_and_gather(rank: int, world: int) -> None:
 
 
 def check_buffers_follow_rank_0(rank: int) -> None:
-    model = tg.nn.Sequential(tg.nn.Linear(3, 2), tg.nn.BatchNorm1d(2)).double()
-    ddp = tg.nn.parallel.DistributedDataParallel(model)
-    ddp.eval()
-    model[1].running_mean.fill_(float(rank + 5))  # drifts on every rank differently
-    ddp(tg.ones((4, 3), dtype=tg.float64))
-    assert np.array_equal(model[1].running_mean.numpy(), np.full(2, 5.0))
+    """Before each forward, eager or compiled, every rank takes rank 0's buffers."""
+    for compiled in (False, True):
+        model = tg.nn.Sequential(tg.nn.Linear(3, 2), tg.nn.BatchNorm1d(2)).double()
+        ddp = tg.nn.parallel.DistributedDataParallel(model)
+        forward = tg.compile(ddp) if compiled else ddp
+        ddp.eval()
+        model[1].running_mean.fill_(float(rank + 5))  # drifts on every rank differently
+        out = forward(tg.ones((4, 3), dtype=tg.float64))
+        assert np.array_equal(model[1].running_mean.numpy(), np.full(2, 5.0)), compiled
+        assert_same_on_every_rank(out.detach().numpy())
+
+
+def check_a_compiled_step_broadcasts_buffers(rank: int, world: int) -> None:
+    """Plain BatchNorm under DDP: each rank's running statistics move by its own share of the
+    batch, and are rank 0's again at the start of the next forward. A compiled whole step does
+    what eager DDP does, rank by rank, with a broadcast node per buffer."""
+    data = batches(normal_inputs((1, 8, 8)), steps=3, global_batch=8)
+    states, step = [], None
+    for compiled in (False, True):
+        tg.manual_seed(rank)
+        ddp = tg.nn.parallel.DistributedDataParallel(cnn_bn())
+        opt = tg.optim.SGD(ddp.parameters(), lr=0.1)
+
+        def train_step(x, y, ddp=ddp, opt=opt):
+            opt.zero_grad()
+            F.cross_entropy(ddp(x), y).backward()
+            opt.step()
+
+        step = tg.compile(train_step) if compiled else train_step
+        for batch in data:
+            step(*shard(batch, rank, world))
+        states.append(flat_state(ddp.module))
+    assert np.abs(states[1] - states[0]).max() < 1e-12, "a compiled step differs from eager DDP"
+    assert step.graph.op_counts()["broadcast"] == 6  # 3 buffers in each of 2 BatchNorms
+    gathered = [tg.zeros(states[1].shape, dtype=tg.float64) for _ in range(world)]
+    dist.all_gather(gathered, tg.tensor(states[1]))
+    assert not np.array_equal(gathered[0].numpy(), gathered[1].numpy())  # the last update
 
 
 def check_shape_mismatch(rank: int) -> None:
@@ -65,6 +100,7 @@ def main() -> None:
     check_all_reduce(rank, world)
     check_broadcast_and_gather(rank, world)
     check_buffers_follow_rank_0(rank)
+    check_a_compiled_step_broadcasts_buffers(rank, world)
     check_shape_mismatch(rank)
     dist.barrier()
     print(f"rank {rank}: collectives ok", flush=True)

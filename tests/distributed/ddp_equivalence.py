@@ -43,7 +43,9 @@ def train_reference(build, data, micro: int) -> np.ndarray:
 def train_parallel(build, data, mode: str, micro: int) -> np.ndarray:
     rank, world = dist.get_rank(), dist.get_world_size()
     tg.manual_seed(rank)  # different starting points: DDP must broadcast rank 0's
-    ddp = DistributedDataParallel(build(), bucket_cap_mb=0.0005)  # a few buckets
+    # BatchNorm layers become SyncBatchNorm: the statistics of the global batch
+    replica = tg.nn.SyncBatchNorm.convert_sync_batchnorm(build())
+    ddp = DistributedDataParallel(replica, bucket_cap_mb=0.0005)  # a few buckets
     model = tg.compile(ddp) if mode == "module" else ddp
     opt = tg.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
 
@@ -60,12 +62,17 @@ def train_parallel(build, data, mode: str, micro: int) -> np.ndarray:
     for batch in data:
         step(*batch)
     if mode == "step":
-        check_the_step_averages_in_its_graph(step)
+        check_the_step_averages_in_its_graph(step, ddp)
     return flat_state(ddp.module)
 
 
-def check_the_step_averages_in_its_graph(step) -> None:
+def check_the_step_averages_in_its_graph(step, ddp) -> None:
     ops = step.graph.op_counts()
+    # each SyncBatchNorm: its statistics' all_reduce in the forward, their cotangents' in the
+    # backward; rank 0's buffers broadcast before the forward
+    syncs = sum(isinstance(m, tg.nn.SyncBatchNorm) for m in ddp.modules())
+    assert ops.get("all_reduce", 0) == 2 * syncs, ops
+    assert ops.get("broadcast", 0) == len(list(ddp.buffers())), ops
     assert ops.get("all_reduce_start", 0) > 1, ops  # a few buckets (bucket_cap_mb=0.0005)
     assert ops["all_reduce_start"] == ops["all_reduce_wait"], ops
     assert "rt.all_reduce_start(" in step.code and "rt.all_reduce_wait(" in step.code

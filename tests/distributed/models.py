@@ -26,6 +26,22 @@ def cnn() -> nn.Module:
     ).double()
 
 
+def cnn_bn() -> nn.Module:
+    """The CNN with batch normalization after the convolution and the hidden linear layer
+    (SyncBatchNorm once converted, for data-parallel training)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 8),
+        nn.BatchNorm1d(8, momentum=None),
+        nn.Tanh(),
+        nn.Linear(8, CLASSES),
+    ).double()
+
+
 class TinyTransformer(nn.Module):
     """A pre-LN causal self-attention block and an MLP block over embedded tokens, mean-pooled
     into class scores."""
@@ -73,6 +89,7 @@ def token_inputs(rng, n):
 MODELS = {
     "mlp": (mlp, normal_inputs((6,))),
     "cnn": (cnn, normal_inputs((1, 8, 8))),
+    "cnn_bn": (cnn_bn, normal_inputs((1, 8, 8))),
     "transformer": (transformer, token_inputs),
 }
 

@@ -163,3 +163,45 @@ def test_the_collective_ops_reject_bad_input():
         call("all_reduce_start", x, tg.randn(2, dtype=tg.float64), reduce="sum", bucket=0)
     with pytest.raises(tg.ShapeError, match=r"flat bucket buffer, got shape \(2, 3\)"):
         call("all_reduce_wait", x, reduce="sum", bucket=0)
+
+
+class Scaled(tg.nn.Module):
+    """A Linear layer whose output is scaled per feature by a gathered table: the table's
+    gradient is a scatter_add, which no product writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = tg.nn.Linear(4, 8)
+        self.table = tg.nn.Parameter(tg.ones(4))
+        self.index = tg.arange(8) % 4
+
+    def forward(self, x):
+        return self.linear(x) * self.table[self.index]
+
+
+@pytest.mark.parametrize("first", [lambda: tg.nn.Linear(4, 8), Scaled])
+def test_gradients_are_computed_straight_into_their_bucket(group, first):
+    """The memory plan gives a bucket one buffer and has each product computing a gradient
+    write it into its piece there (no packing copy); a gradient no product writes (a
+    scatter_add) is copied into its piece by the start. The step trains as the plain model."""
+
+    def build():
+        tg.manual_seed(0)
+        return tg.nn.Sequential(first(), tg.nn.Tanh(), tg.nn.Linear(8, 3)).double()
+
+    results = []
+    for wrap in (lambda m: m, DistributedDataParallel):
+        model = build()
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+        step = tg.compile(adam_step(wrap(model), opt))
+        for _ in range(3):
+            step(X, Y)
+        results.append([p.detach().numpy().copy() for p in model.parameters()])
+    for got, want in zip(results[1], results[0], strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    lines = step.code.splitlines()
+    start = next(line for line in lines if "rt.all_reduce_start(" in line)
+    bucket = start.split("out=")[1].split(")")[0]
+    into_bucket = [line for line in lines if f"out={bucket}[" in line]
+    assert len(into_bucket) == 4 and all("np.matmul(" in line for line in into_bucket)
+    assert start.count(", ") - 1 == len(results[0])  # every gradient in the one bucket

@@ -49,7 +49,16 @@ def test_data_parallel_equals_one_process_on_the_global_batch(model, mode):
     assert_both_ranks_say(result, f"{model} {mode} float64 ok")
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
+@pytest.mark.parametrize("mode", ["eager", "module", "step", "no_sync"])
+def test_sync_batch_norm_trains_as_batch_norm_on_the_global_batch(mode):
+    """A CNN whose BatchNorm layers become SyncBatchNorm on two ranks equals the CNN with
+    BatchNorm on the global batch in one process: parameters and running statistics (DDP
+    broadcasting rank 0's buffers before each forward, compiled too)."""
+    result = run_two("ddp_equivalence.py", "cnn_bn", mode)
+    assert_both_ranks_say(result, f"cnn_bn {mode} float64 ok")
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "cnn_bn", "transformer"])
 def test_a_compiled_float32_step_equals_one_process_to_1e_5(model):
     result = run_two("ddp_equivalence.py", model, "step", "float32")
     assert_both_ranks_say(result, f"{model} step float32 ok")

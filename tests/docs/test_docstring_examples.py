@@ -35,6 +35,7 @@ MODULES = [
     "tracegrad.nn.layers",
     "tracegrad.nn.module",
     "tracegrad.nn.recurrent",
+    "tracegrad.nn.sync_batchnorm",
     "tracegrad.optim.adam",
     "tracegrad.optim.adaptive",
     "tracegrad.optim.lbfgs",

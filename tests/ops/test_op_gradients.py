@@ -431,6 +431,13 @@ CASES = [
         (((3, 4),), ((2, 4, 3),), ((1, 3),)),
         smooth=False,
     ),
+    # a sum over the processes (SyncBatchNorm's statistics): one process here, the identity
+    Case(
+        "all_reduce",
+        ("all_reduce",),
+        lambda x: call("all_reduce", x * x, reduce="sum", bucket_cap=None, order=None),
+        UNARY,
+    ),
 ]
 
 PARAMS = [

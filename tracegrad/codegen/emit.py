@@ -23,7 +23,7 @@ from tracegrad.ops import ELEMENTWISE, LAYOUT_VIEW, OPS
 from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.fuse import is_linear
-from tracegrad.passes.memory import Assembled, InBuffer, InPlace, MemoryPlan, clobbers
+from tracegrad.passes.memory import COPIES, Assembled, InBuffer, InPlace, MemoryPlan, clobbers
 from tracegrad.version import __version__
 
 _ENV = jinja2.Environment(
@@ -306,7 +306,7 @@ def _statement(node, frame: _Frame) -> str:
     target = namer(node.outputs[0], prefix="v")
     args = [namer(v) for v in node.inputs]
     destination = _destination(node, args, frame)
-    if isinstance(frame.plan.placement(node.outputs[0]), Assembled):
+    if isinstance(frame.plan.placement(node.outputs[0]), Assembled) and node.op in COPIES:
         rhs = destination  # its inputs were written in place: nothing to copy
     elif _layout_view_of_buffer(node, frame.whole):
         rhs = f"{frame.name}_v{len(frame.views)}"

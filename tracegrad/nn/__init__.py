@@ -148,3 +148,6 @@ __all__ = [
     "ZeroPad2d",
 ]
 from tracegrad.nn import parallel  # DistributedDataParallel
+from tracegrad.nn.sync_batchnorm import SyncBatchNorm  # batch statistics over every process
+
+__all__ += ["SyncBatchNorm"]

@@ -786,7 +786,7 @@ class _BatchNorm(_NormBase):
             return self.momentum
         return 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
 
-    def forward(self, x) -> Tensor:
+    def _check_input_dim(self, x) -> None:
         if x.ndim not in self.dims:
             expected = " or ".join(f"{d}D" for d in self.dims)
             raise ShapeError(
@@ -795,6 +795,9 @@ class _BatchNorm(_NormBase):
                     f"{tuple(x.shape)}"
                 )
             )
+
+    def forward(self, x) -> Tensor:
+        self._check_input_dim(x)
         momentum = self._momentum()
         # running statistics normalize in eval mode; without them, the batch's always do
         use_batch = self.training or self.running_mean is None

@@ -5,7 +5,8 @@ gradients are averaged in buckets (parameters in reverse order, as the backward 
 up to ``bucket_cap_mb`` each): a bucket's non-blocking allreduce starts as soon as the last of
 its gradients is accumulated, so the communication overlaps the rest of the backward, and
 backward() waits for every bucket before it returns. Buffers (BatchNorm's running statistics)
-follow rank 0: they are broadcast before each forward.
+follow rank 0: they are broadcast before each forward (in a compiled forward or step, by a
+``broadcast`` node of its graph).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import numpy as np
 
 from tracegrad import distributed, tape
-from tracegrad.errors import ShapeError, TraceError
+from tracegrad.errors import ShapeError
 from tracegrad.nn.module import Module
 from tracegrad.ops.collective import bucket_groups
 from tracegrad.tensor import call, wrap
@@ -118,15 +119,19 @@ class DistributedDataParallel(Module):
                 order += 1
 
     def forward(self, *args, **kwargs):
-        buffers = [b for _, b in self.module.named_buffers()] if self.broadcast_buffers else []
-        if buffers and active_tracer() is not None:
-            raise TraceError(
-                "DistributedDataParallel broadcasts rank 0's buffers eagerly before each "
-                "forward; to compile a model with buffers, wrap it with broadcast_buffers=False"
-            )
-        for buffer in buffers:
-            distributed.broadcast(buffer, src=0)
+        if self.broadcast_buffers:
+            self._broadcast_buffers()
         return self.module(*args, **kwargs)
+
+    def _broadcast_buffers(self) -> None:
+        """Every rank takes rank 0's buffers, in place. In a compiled program the broadcast
+        is a node of its graph, whose result is written back into the buffer."""
+        for buffer in self.module.buffers():
+            if active_tracer() is None:
+                distributed.broadcast(buffer, src=0)
+            else:
+                with tape.no_grad():
+                    buffer.copy_(call("broadcast", buffer, src=0))
 
     @contextlib.contextmanager
     def no_sync(self):

@@ -4,16 +4,21 @@ compiled training step (``DistributedDataParallel`` averages each gradient with 
 - ``all_reduce(x)[reduce, bucket_cap, order]``: ``x`` reduced over every process (``reduce``:
   sum, avg, max or min), blocking, into an array of its own. A traced step has one per
   gradient; ``order`` is the gradient's place in bucket order (parameters reversed, as the
-  backward completes them) and ``bucket_cap`` the bytes a bucket may hold.
+  backward completes them) and ``bucket_cap`` the bytes a bucket may hold. Both are None for
+  a reduction that is not a gradient's average (``SyncBatchNorm``'s batch statistics), which
+  stays blocking and out of buckets. A sum or an average is linear, its VJP the same
+  reduction of the cotangents: every process's output read every process's input.
 - ``all_reduce_start(*xs)[reduce, bucket]``: the ``bucket`` pass's form of several of those:
   the arrays packed into one flat buffer whose non-blocking reduction (MPI's ``Iallreduce``)
   starts, and ``all_reduce_wait(buffer)``: the same buffer once the reduction is complete.
   The gradients are then views (``getitem``, ``reshape``) of the waited buffer.
+- ``broadcast(x)[src]``: process ``src``'s ``x`` on every process, blocking, into an array of
+  its own (``DistributedDataParallel`` makes every rank's buffers rank 0's before a forward).
 
 The processes are MPI's world, which ``tracegrad.distributed.init_process_group`` joins: the
 kernels reach it through mpi4py when it is loaded and more than one process runs. With one
-process every collective is the identity (it returns its input's values). No VJP: they run on
-gradients, after the backward.
+process every collective is the identity (it returns its input's values). The bucket ops
+have no VJP: they run on gradients, after the backward.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from tracegrad.dtypes import TensorType
 from tracegrad.errors import ShapeError
 from tracegrad.ops import rules
-from tracegrad.ops.registry import VIEW, register
+from tracegrad.ops.registry import VIEW, Sample, call, register
 from tracegrad.ops.runtime import kernel
 
 REDUCTIONS = ("sum", "avg", "max", "min")
@@ -67,10 +72,10 @@ def all_reduce(x, reduce):
 
 
 @kernel
-def all_reduce_start(xs, reduce):
-    """The arrays ``xs`` packed into a new flat buffer, whose reduction over every process
-    starts without blocking; ``all_reduce_wait`` completes it."""
-    buffer = np.concatenate([np.reshape(x, -1) for x in xs])
+def all_reduce_start(xs, reduce, out=None):
+    """The arrays ``xs`` packed into a flat buffer (``out``, or a new one), whose reduction
+    over every process starts without blocking; ``all_reduce_wait`` completes it."""
+    buffer = _packed(xs, out)
     mpi = _mpi()
     if mpi is not None:
         # (MPI progresses the reductions started before on each call: poke them too)
@@ -78,6 +83,26 @@ def all_reduce_start(xs, reduce):
         comm = mpi.COMM_WORLD
         _IN_FLIGHT[id(buffer)] = comm.Iallreduce(mpi.IN_PLACE, buffer, op=_mpi_op(mpi, reduce))
     return buffer
+
+
+def _packed(xs, out):
+    """``xs`` one after the other in ``out`` (a new array without it). An array already in its
+    place there (the memory plan had its producer write it into that piece of the bucket) is
+    not copied."""
+    if out is None:
+        return np.concatenate([np.reshape(x, -1) for x in xs])
+    offset = 0
+    for x in xs:
+        piece = out[offset : offset + np.size(x)]
+        offset += piece.size
+        if not (isinstance(x, np.ndarray) and _occupies(x, piece)):
+            piece.reshape(np.shape(x))[...] = x
+    return out
+
+
+def _occupies(x: np.ndarray, piece: np.ndarray) -> bool:
+    """Whether ``x`` is exactly the memory of the contiguous ``piece``."""
+    return x.flags.c_contiguous and x.size == piece.size and x.ctypes.data == piece.ctypes.data
 
 
 @kernel
@@ -88,6 +113,16 @@ def all_reduce_wait(buffer, reduce):
         return buffer
     request.Wait()
     return _finish(buffer, reduce, _mpi())
+
+
+@kernel
+def broadcast(x, src):
+    """Process ``src``'s ``x`` on every process, in a new array."""
+    result = np.array(x, order="C")
+    mpi = _mpi()
+    if mpi is not None:
+        mpi.COMM_WORLD.Bcast(result, root=src)
+    return result
 
 
 def bucket_groups(nbytes: list[int], kinds: list, cap: int) -> list[list[int]]:
@@ -104,6 +139,16 @@ def bucket_groups(nbytes: list[int], kinds: list, cap: int) -> list[list[int]]:
         groups[-1].append(i)
         size += n
     return groups
+
+
+def _all_reduce_grad(c, g):
+    """y = x_1 + ... + x_p on every process, so each x_r's cotangent is the sum of every
+    process's cotangent of y (the mean of them for an average)."""
+    if c.attrs["reduce"] not in ("sum", "avg"):
+        raise NotImplementedError(
+            f"all_reduce: no gradient through a {c.attrs['reduce']} reduction (sum and avg only)"
+        )
+    return call("all_reduce", g, reduce=c.attrs["reduce"], bucket_cap=None, order=None)
 
 
 def _reduction(op: str, reduce: str, t: TensorType) -> TensorType:
@@ -136,11 +181,13 @@ register(
     ("x",),
     lambda x, reduce, bucket_cap, order: _reduction("all_reduce", reduce, x),
     lambda x, reduce, bucket_cap, order: all_reduce(x, reduce),
-    None,
+    (_all_reduce_grad,),
     "rt.all_reduce({0}, {reduce!r})",
 )
 
-# all_reduce_start(x1, ..., xk) = [x1.ravel(), ..., xk.ravel()], its reduction started.
+# all_reduce_start(x1, ..., xk) = [x1.ravel(), ..., xk.ravel()], its reduction started. The
+# memory plan gives it a bucket buffer and has the gradients computed straight into their
+# pieces of it where it can (an assembly, as for cat).
 register(
     "all_reduce_start",
     ("*xs",),
@@ -148,6 +195,7 @@ register(
     lambda *xs, reduce, bucket: all_reduce_start(xs, reduce),
     None,
     "rt.all_reduce_start([{inputs}], {reduce!r})",
+    out="rt.all_reduce_start([{inputs}], {reduce!r}, out={out})",
 )
 
 # all_reduce_wait(buffer) = buffer, reduced: the same array (a view).
@@ -159,4 +207,15 @@ register(
     None,
     "rt.all_reduce_wait({0}, {reduce!r})",
     props={VIEW},
+)
+
+# broadcast(x) = process src's x, on every process (buffers, so no gradient).
+register(
+    "broadcast",
+    ("x",),
+    lambda x, src: x,
+    lambda x, src: broadcast(x, src),
+    None,
+    "rt.broadcast({0}, {src!r})",
+    samples=(Sample(attrs={"src": 0}, ref=lambda x, src: x),),
 )

@@ -6,8 +6,9 @@ A traced step of ``DistributedDataParallel`` averages each gradient with its own
 - ``bucket`` groups them, as DDP groups parameters: in bucket order (parameters reversed, the
   order in which the backward completes them), at most ``bucket_cap`` bytes of one dtype a
   bucket. A bucket is one ``all_reduce_start`` of its gradients (packed into a flat buffer, a
-  non-blocking reduction started), one ``all_reduce_wait`` and, per gradient, its piece of the
-  buffer (a ``getitem`` and a ``reshape``: views, no copies)::
+  non-blocking reduction started; the memory plan has the gradients' products write straight
+  into their pieces of it, see ``passes.memory``'s assemblies), one ``all_reduce_wait`` and,
+  per gradient, its piece of the buffer (a ``getitem`` and a ``reshape``: views, no copies)::
 
       all_reduce(g1), all_reduce(g2)  ->  b = all_reduce_start(g1, g2); w = all_reduce_wait(b)
                                           g1' = w[0:n1].reshape(s1); g2' = w[n1:].reshape(s2)
@@ -88,7 +89,8 @@ def _has(op: str) -> Callable[[Graph], bool]:
 def bucket(graph: Graph) -> Graph:
     """Group gradient all_reduces into buckets: all_reduce(g1), all_reduce(g2) -> one
     non-blocking all_reduce_start(g1, g2), an all_reduce_wait, and views of its pieces."""
-    reduces = [n for n in graph.nodes if n.op == "all_reduce"]
+    # (a reduction without an order is no gradient's average: SyncBatchNorm's statistics)
+    reduces = [n for n in graph.nodes if n.op == "all_reduce" and n.attrs["order"] is not None]
     if not reduces:
         return graph
     position = {n: i for i, n in enumerate(graph.nodes)}

@@ -466,7 +466,12 @@ def pool_key(value) -> tuple[tuple, str]:
 
 # Ops that only copy their inputs into a fresh array: a contiguous copy of a transposed view
 # (attention's heads merged back) and a concatenation (the gradients of q, k and v).
-ASSEMBLERS = ("contiguous", "cat")
+COPIES = ("contiguous", "cat")
+# ... and a bucket of gradients packed flat before its reduction starts (a data-parallel
+# step): its kernel still runs (it starts the reduction, and copies the gradients that could
+# not be written in place), so its assembly may leave some inputs out.
+PACKS = ("all_reduce_start",)
+ASSEMBLERS = COPIES + PACKS
 
 
 @dataclass(eq=False)
@@ -535,12 +540,25 @@ def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembl
                 cut = (slice(None),) * dim + (slice(offset, offset + size),)
                 view, suffix = probe[cut], _index_suffix(dim, offset, offset + size)
                 offset += size
+            elif node.op in PACKS:
+                view, suffix = _flat_piece(probe, offset, value.type.shape)
+                offset += value.type.numel
+            before = dict(assembly.parts)
             if not trace_part(value, view, suffix, assembly):
-                break
+                if node.op not in PACKS:
+                    break
+                assembly.parts = before  # the kernel copies this one
         else:
             claimed.update(assembly.parts)
             found.append(assembly)
     return found
+
+
+def _flat_piece(probe: np.ndarray, offset: int, shape: tuple) -> tuple[np.ndarray, str]:
+    """The piece of a flat buffer from ``offset`` holding an array of ``shape``, and its
+    suffix."""
+    stop = offset + int(np.prod(shape, dtype=int))
+    return probe[offset:stop].reshape(shape), f"[{offset}:{stop}].reshape({tuple(shape)})"
 
 
 def _writes_anywhere(node) -> bool:
