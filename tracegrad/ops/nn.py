@@ -474,7 +474,14 @@ register(
     "rt.checked_targets({0}, {classes}, {ignore_index})",
     props={VIEW},
     samples=(
-        Sample({"classes": 3, "ignore_index": -100}, kind="integers", low=0, high=3, smooth=False),
+        Sample(
+            {"classes": 3, "ignore_index": -100},
+            kind="integers",
+            low=0,
+            high=3,
+            smooth=False,
+            ref=lambda target, **_: target,
+        ),
     ),
 )
 

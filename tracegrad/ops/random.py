@@ -125,5 +125,13 @@ register(
     None,
     "rt.checked_weights({0}, {num_samples}, {replacement})",
     props={VIEW},
-    samples=(Sample({"num_samples": 1, "replacement": True}, low=0.1, high=1.0, smooth=False),),
+    samples=(
+        Sample(
+            {"num_samples": 1, "replacement": True},
+            low=0.1,
+            high=1.0,
+            smooth=False,
+            ref=lambda weights, **_: weights,
+        ),
+    ),
 )
