@@ -13,6 +13,7 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import nn, optim
+from tracegrad.codegen import names
 from tracegrad.codegen.emit import WIDTH
 from tracegrad.codegen.naming import MAX_LENGTH, RESERVED, constant_kind
 from tracegrad.ir.core import FUSED, Phase
@@ -205,3 +206,10 @@ def test_header_and_long_signatures_are_wrapped_and_link_to_their_nodes():
 ])  # fmt: skip
 def test_constants_are_named_by_what_they_hold(value, kind):
     assert constant_kind(np.asarray(value)) == kind
+
+
+def test_clashing_names_take_the_first_free_suffix_in_one_try_each():
+    taken, suffixes = {"mul_2"}, {}
+    made = [names.identifier("mul", taken, suffixes=suffixes) for _ in range(4)]
+    assert made == ["mul", "mul_1", "mul_3", "mul_4"]
+    assert names.identifier("mul", {"mul", "mul_1"}) == "mul_2"  # (without suffixes too)

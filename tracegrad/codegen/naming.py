@@ -49,6 +49,7 @@ class Namer:
     def __init__(self, graph: Graph, notes=(), known: dict[str, str] | None = None):
         self.taken: set[str] = set(RESERVED)
         self.names: dict[Value, str] = {}
+        self.suffixes: dict[str, int] = {}  # the next suffix to try for a name that clashes
         known = known or {}
         for value in graph.inputs:
             self._claim(value, known.get(value.name) or _input_base(value.name))
@@ -62,7 +63,7 @@ class Namer:
 
     def _claim(self, value: Value, base: str) -> None:
         if value not in self.names:
-            self.names[value] = safe.identifier(base, self.taken, GLOBALS)
+            self.names[value] = safe.identifier(base, self.taken, GLOBALS, self.suffixes)
 
 
 def _input_base(name: str) -> str:
