@@ -148,6 +148,9 @@ def test_a_saved_value_keeps_its_forward_name_in_the_backward():
         "_0_weight_grad", "_0_bias_grad", "_2_weight_grad", "_2_bias_grad"
     ]  # fmt: skip
     assert "        _0_weight_grad,  # 0.weight.grad" in cm.code
+    # explain() says what a saved value is called in the code
+    assert re.search(r"^  %\w+: .*saved output of relu in 1 \(ReLU\).* \(code: _1_relu\)$",
+                     cm.explain(), re.M)  # fmt: skip
 
 
 class Deep(nn.Module):
