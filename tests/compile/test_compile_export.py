@@ -58,8 +58,10 @@ RUNNER = textwrap.dedent(
 
 
 def header_signature(source: str, name: str) -> tuple[list[str], list[str]]:
-    """Parameters and returns of ``name`` as the header comment documents them."""
-    match = re.search(rf"^#\s+{name}\((.*?)\) -> \((.*?)\)$", source, re.M)
+    """Parameters and returns of ``name`` as the header comment documents them (on lines
+    wrapped at 100 columns)."""
+    header = " ".join(line[1:] for line in source.splitlines() if line.startswith("#"))
+    match = re.search(rf"\b{name}\(([^)]*)\)\s*->\s*\(([^)]*)\)", header)
     assert match, f"the header documents {name}(...)"
     params, returns = (
         [s.strip() for s in group.split(",") if s.strip()] for group in match.groups()

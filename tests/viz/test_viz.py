@@ -51,7 +51,7 @@ def mlp():
         ("generated backward", program.backward_graph),
         ("forward (traced)", tg.trace(model, tg.randn(5, 4))),
     ]
-    return views, cm.code
+    return views, cm.code, program.parts
 
 
 @pytest.fixture(scope="module")
@@ -92,37 +92,37 @@ def test_kind_of_op(op, kind):
     assert kind in KINDS
 
 
-def test_code_vars_name_every_statement_of_the_generated_code(mlp):
-    views, code = mlp
-    forward, backward = views[0][1], views[1][1]
-    assert code_vars(forward)["0.weight"] == "v0_weight"
+def test_code_vars_name_every_value_as_the_generator_does(mlp):
+    _, _, generated = mlp
+    (fn, forward), (_, backward) = generated
+    assert code_vars(forward) == {v.name: name for v, name in fn.names.items()}
+    assert code_vars(forward)["0.weight"] == "_0_weight"
     assert code_vars(forward)["x"] == "x"
-    # fused kernels (def *_kernelN) compute their chain in a local buffer named out
-    functions = code.split("\ndef ")
-    code = "\ndef ".join(f for f in functions if not re.match(r"\w+_kernel\d+\(", f))
-    assigned = set(re.findall(r"^    (\w+) = ", code, re.M))
-    named = {code_vars(forward)[n.outputs[0].name] for n in forward.nodes}
-    named |= {code_vars(backward)[n.outputs[0].name] for n in backward.nodes}
-    assert assigned <= named | {"_"}
+    # a graph alone: the backward's outputs after their ops (the generator, told what they
+    # are, names them 0_weight_grad...), its saved inputs after their IR names
+    named = code_vars(backward)
+    assert len(set(named.values())) == len(named) == len(backward.inputs) + len(backward.nodes)
+    assert all(name.isidentifier() for name in named.values())
 
 
 def test_every_statement_is_linked_to_the_node_it_defines(mlp):
-    views, code = mlp
-    lines = link_code(code, scenes(views))
+    views, code, generated = mlp
+    lines = link_code(code, scenes(views, generated))
+    defining = {}  # Python name -> ids of the boxes of the values the generator named so
+    for i, (fn, _) in enumerate(generated):
+        for value, name in fn.names.items():
+            defining.setdefault(name, set()).add(f"g{i}_{value.name}")
     for line in lines:
-        match = re.match(r"^    v(\w+) = ", line.text)
-        if match:
-            assert any(t.endswith("_" + match.group(1)) for t in line.targets), line
+        match = re.match(r"^    (\w+) = ", line.text)
+        if match and match.group(1) != "out":  # (a fused kernel's buffer)
+            assert set(line.targets) & defining[match.group(1)], line
     linked = {t for line in lines for t in line.targets}
     nodes = [f"g{i}_{n.outputs[0].name}" for i in (0, 1) for n in views[i][1].nodes]
     assert set(nodes) <= linked
 
 
-# --- DOT -----------------------------------------------------------------------------------------
-
-
 def test_dot_has_one_node_per_input_and_ir_node_and_the_data_edges(mlp):
-    views, _ = mlp
+    views, _, _ = mlp
     nodes, edges, clusters = parse_dot(viz.to_dot(views))
     assert sorted(nodes) == sorted(leaf_ids(views))
     assert len(nodes) == len(set(nodes))
@@ -142,7 +142,7 @@ def test_dot_draws_a_fused_node_as_a_cluster_of_its_members():
 
 
 def test_dot_labels_edges_with_types_and_colours_nodes_by_kind(mlp):
-    views, _ = mlp
+    views, _, _ = mlp
     text = viz.to_dot(views[:1])
     matmul = next(n for n in views[0][1].nodes if n.op == "matmul")
     me, x = f"g0_{matmul.outputs[0].name}", matmul.inputs[0]
@@ -160,7 +160,7 @@ def svg_nodes(text: str) -> list[ET.Element]:
 
 
 def test_svg_is_well_formed_with_one_shape_per_node(mlp):
-    views, _ = mlp
+    views, _, _ = mlp
     nodes = svg_nodes(viz.to_svg(views))
     assert sorted(g.get("id") for g in nodes) == sorted(all_node_ids(views))
     for g in nodes:
@@ -179,7 +179,7 @@ def a_backward_node(views):
 
 
 def test_svg_tooltips_have_op_shape_source_and_origin(mlp):
-    views, _ = mlp
+    views, _, _ = mlp
     box_id, node = a_backward_node(views)
     g = {g.get("id"): g for g in svg_nodes(viz.to_svg(views))}[box_id]
     title = g.find(SVG + "title").text
@@ -211,7 +211,7 @@ def _rect(g) -> tuple[float, ...]:
 
 
 def test_layout_keeps_boxes_apart_and_routes_between_them(mlp):
-    views, _ = mlp
+    views, _, _ = mlp
     model = GPT(blocks=2)
     graph = tg.trace(model, tg.tensor([[1, 2, 3, 4]]))
     for scene in scenes([*views, ("gpt", graph)]):
@@ -273,15 +273,16 @@ def check_page(page: str, views) -> None:
 
 
 def test_html_is_self_contained_and_shows_every_node(mlp):
-    views, code = mlp
-    page = viz.to_html(views, code=code)
+    views, code, generated = mlp
+    page = viz.to_html(views, code=code, generated=generated)
     check_page(page, views)
     for kind in KINDS.values():
         assert kind.label in page  # the legend
     for title, _ in views:
         assert f"{title} <small>" in page  # a tab per view
-    first = views[0][1].nodes[0].outputs[0].name
-    assert re.search(f'data-nodes="g0_{first} g2_{first}">    v{first} = ', page)
+    first = views[0][1].nodes[0].outputs[0]
+    name = generated[0][0].names[first]  # (the traced forward's node of that name too)
+    assert re.search(f'data-nodes="g0_{first.name} g2_{first.name}">    {name} = ', page)
 
 
 def test_html_without_code_and_with_fused_groups():
@@ -307,7 +308,7 @@ def test_names_and_source_text_are_escaped_in_every_format():
 
 
 def test_render_picks_the_format_from_the_suffix(mlp, tmp_path):
-    views, code = mlp
+    views, code, _ = mlp
     for suffix, start in ((".dot", "// Generated"), (".svg", "<?xml"), (".html", "<!DOCTYPE")):
         path = tmp_path / f"graph{suffix}"
         assert viz.render(views, path, code=code) == path
@@ -335,7 +336,7 @@ def test_a_26_block_transformer_renders_every_node(transformer, tmp_path):
 
 def test_page_in_headless_chromium(mlp, tmp_path):
     binary = browser()
-    views, code = mlp
+    views, code, _ = mlp
     path = viz.render(views, tmp_path / "graph.html", code=code)
     # The fragment selects a backward node on load, running the panel and code-link script.
     box_id, node = a_backward_node(views)
@@ -384,7 +385,7 @@ def test_every_tab_zooms_and_fits_in_headless_chromium(mlp, tmp_path):
     """Zoom and fit act on the drawing of every tab (the kind class ``view`` of view nodes
     and their legend key is not taken for a tab's pane), with no error on the console."""
     binary = browser()
-    views, code = mlp
+    views, code, _ = mlp
     viz.render(views, tmp_path / "graph.html", code=code)
     (tmp_path / "click.html").write_text(CLICK_THROUGH)
     dom = run_browser(

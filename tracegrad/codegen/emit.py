@@ -9,13 +9,14 @@ last use so memory is released as the function runs. jinja2 lays out the module
 from __future__ import annotations
 
 import math
-import re
+import textwrap
 from dataclasses import dataclass, field
 
 import jinja2
 import numpy as np
 
 from tracegrad.codegen import names as safe
+from tracegrad.codegen.naming import RESERVED, Namer
 from tracegrad.ir.core import CONSTANT, CUSTOM, FUSED, Node, Phase, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.logs import timed
@@ -38,6 +39,10 @@ _ENV = jinja2.Environment(
 )
 # Text from outside tracegrad enters templates only through these (tracegrad.codegen.names)
 _ENV.filters.update(comment=safe.comment, literal=safe.literal)
+
+
+# Generated lines are wrapped at this width (header comments, long signatures).
+WIDTH = 100
 
 
 @dataclass
@@ -80,6 +85,18 @@ class FunctionSource:
     plan: MemoryPlan | None = None
 
     @property
+    def signature(self) -> list[str]:
+        """The ``def`` line, its parameters wrapped onto lines of their own when it would be
+        wider than WIDTH."""
+        line = f"def {self.name}({', '.join(self.params)}):"
+        if len(line) <= WIDTH:
+            return [line]
+        params = textwrap.wrap(
+            ", ".join(self.params), WIDTH - 4, break_long_words=False, break_on_hyphens=False
+        )
+        return [f"def {self.name}(", *(f"    {p}" for p in params), "):"]
+
+    @property
     def noted_returns(self) -> list[tuple[str, str]]:
         """(returned name, what it is) pairs, when ``return_notes`` says."""
         return list(zip(self.returns, self.return_notes, strict=True))
@@ -109,30 +126,6 @@ def literal(value):
     return value
 
 
-# Names of a function's module-level buffers, piece buffers, views and kernels (forward_b0,
-# step_kernel1): a value named so would hide them inside the function.
-GLOBALS = re.compile(r"\w+_(?:b|p|v|kernel)\d+")
-
-
-class Namer:
-    """Python identifiers for IR values: inputs keep their (sanitized) names, nodes get v<N>."""
-
-    def __init__(self):
-        self.names: dict[Value, str] = {}
-        self.taken: set[str] = {"np", "rt", "C", "rng", "start", "piece"}
-
-    def __call__(self, value, prefix: str = "") -> str:
-        if value not in self.names:
-            base = value.name
-            # A value named by the IR (7, s7) reads the same wherever it appears: v7, vs7 (a
-            # value saved for the backward is a node's output in the forward function and
-            # an input of the backward function).
-            if prefix or base[:1].isdigit() or re.fullmatch(r"[a-z]\d+", base):
-                base = (prefix or "v") + base
-            self.names[value] = safe.identifier(base, self.taken, GLOBALS)
-        return self.names[value]
-
-
 def _section_of(node) -> str:
     return node.phase.value  # "forward", "backward", "update" or "recompute"
 
@@ -149,17 +142,18 @@ def _comment(node) -> str:
 
 
 def expression(
-    node, args: list[str], constants: dict, target: str, out: str | None = None, kernel=None
+    node, args: list[str], constants: dict, key: str, out: str | None = None, kernel=None
 ):
     """The right-hand side for one node; with ``out``, the op writes into that array. A fused
-    node calls the function named ``kernel``."""
+    node calls the function named ``kernel``; a constant array is put in ``constants`` under
+    ``key`` (the module's constants ``C`` hold those of all its functions)."""
     if node.op == CONSTANT:
         value = node.attrs["value"]
         if value.ndim == 0:
             text = repr(literal(value.item()))
             return f"np.{value.dtype.name}({text})"
-        constants[target] = value
-        return f"C[{safe.literal(target)}]"
+        constants[key] = value
+        return f"C[{safe.literal(key)}]"
     if node.op == CUSTOM:
         raise ValueError("codegen: expand custom nodes first (passes.inline_custom)")
     if node.op == FUSED:
@@ -175,17 +169,15 @@ def expression(
     )
 
 
-def emit_kernel(node, name: str, known: dict[Value, str] | None = None) -> FunctionSource:
+def emit_kernel(node, name: str, passed: dict[Value, str]) -> FunctionSource:
     """The function computing a fused chain: each member writes into ``out`` in turn, so the
     chain's intermediates need no memory of their own. A parameter is named after the value
-    passed for it where ``known`` names it (the caller's graph inputs: ``fc1_bias``), else
-    ``a<i>``."""
+    the caller passes for it (``passed``: ``model_0_weight``, ``model_0_permute``)."""
     body = body_of(node)
     names: dict[Value, str] = {}
-    for i, (outer, inner) in enumerate(zip(node.inputs, body.inputs, strict=True)):
-        wanted = (known or {}).get(outer)
-        taken = wanted in names.values() or wanted == "out"  # (a value passed twice)
-        names[inner] = f"a{i}" if wanted is None or taken else wanted
+    taken = set(RESERVED)  # (a value passed twice is a second parameter: x, x_1)
+    for outer, inner in zip(node.inputs, body.inputs, strict=True):
+        names[inner] = safe.identifier(passed[outer], taken)
     result = node.outputs[0].type
     lines = [f"out = np.empty({result.shape}, np.{result.dtype.name}) if out is None else out"]
     for member in body.nodes:
@@ -222,12 +214,14 @@ def emit_function(
     *,
     debug_nans: bool = False,
     notes: list[str] | None = None,
+    known: dict[str, str] | None = None,
 ) -> FunctionSource:
     """The function computing ``graph``, writing where ``plan`` says (no plan: every result
     in fresh memory); ``notes`` say what outputs are beyond what the graph says (a stored
-    .grad, say), by position, "" where they say nothing."""
+    .grad, say), by position, "" where they say nothing; ``known`` names inputs as an earlier
+    function named values of the same IR name (the values a forward saves), see ``Namer``."""
     plan = MemoryPlan.fresh(graph) if plan is None else plan
-    namer = Namer()
+    namer = Namer(graph, notes or [], known)
     params = [namer(v) for v in graph.inputs]
     fused = [node for node in graph.nodes if node.op == FUSED]
     kernel_names = {node: f"{name}_kernel{i}" for i, node in enumerate(fused)}
@@ -238,8 +232,7 @@ def emit_function(
     frame = _Frame(graph, plan, name, namer, kernel_names, buffers, local, whole)
     sections = _sections(frame, loops, debug_nans)
     returns = [namer(v) for v in graph.outputs]
-    inputs = {v: namer(v) for v in graph.inputs}
-    kernels = [emit_kernel(node, kernel, inputs) for node, kernel in kernel_names.items()]
+    kernels = [emit_kernel(node, kernel, namer.names) for node, kernel in kernel_names.items()]
     return FunctionSource(
         name, params, sections, returns, frame.constants, _allocated(plan, buffers, local),
         kernels, frame.views, names=namer.names, kernel_names=kernel_names, row_loops=loops,
@@ -288,7 +281,7 @@ def _sections(frame: _Frame, loops: list[RowLoop], debug_nans: bool) -> list[Sec
             lines.append(_statement(node, frame))
         # where/masked_fill outputs may hold an intended -inf (attention masks): not checked
         if debug_nans and node.op not in (CONSTANT, "where"):
-            lines.append(_finite_check(node, namer(node.outputs[0], prefix="v"), title))
+            lines.append(_finite_check(node, namer(node.outputs[0]), title))
         dead = [
             namer(v)
             for i in range(start, stop)
@@ -303,7 +296,8 @@ def _sections(frame: _Frame, loops: list[RowLoop], debug_nans: bool) -> list[Sec
 def _statement(node, frame: _Frame) -> str:
     """The one statement computing ``node``'s value where the plan puts it."""
     namer = frame.namer
-    target = namer(node.outputs[0], prefix="v")
+    target = namer(node.outputs[0])
+    key = f"{frame.name}.{target}"  # (a constant's, unique in the module)
     args = [namer(v) for v in node.inputs]
     destination = _destination(node, args, frame)
     if isinstance(frame.plan.placement(node.outputs[0]), Assembled) and node.op in COPIES:
@@ -311,10 +305,10 @@ def _statement(node, frame: _Frame) -> str:
     elif _layout_view_of_buffer(node, frame.whole):
         rhs = f"{frame.name}_v{len(frame.views)}"
         buffer = frame.whole[node.inputs[0]]
-        frame.views.append((rhs, expression(node, [buffer], frame.constants, target)))
+        frame.views.append((rhs, expression(node, [buffer], frame.constants, key)))
     else:
         kernel = frame.kernel_names.get(node)
-        rhs = expression(node, args, frame.constants, target, destination, kernel)
+        rhs = expression(node, args, frame.constants, key, destination, kernel)
     return f"{target} = {rhs}{_comment(node)}"
 
 
@@ -516,7 +510,7 @@ def _row_loop(members, frame: _Frame) -> list[str]:
         f"    piece = slice(start, start + {step})",
     ]
     binds = [
-        f"{namer(m.outputs[0], prefix='v')} = {written[m.outputs[0]].removesuffix('[piece]')}"
+        f"{namer(m.outputs[0])} = {written[m.outputs[0]].removesuffix('[piece]')}"
         for m in members
         if m.outputs[0] not in local
     ]
@@ -554,8 +548,8 @@ def render_module(functions: list[FunctionSource], title: str, runtime: str, gra
     header = []
     for fn, graph in zip(functions, graphs, strict=True):
         counts = ", ".join(f"{op} {n}" for op, n in graph.op_counts().items())
-        header.append(f"{fn.name}: {len(graph.nodes)} nodes ({counts})")
-        header.append(f"  {fn.name}({', '.join(fn.params)}) -> ({', '.join(fn.returns)})")
+        header += _wrapped(f"{fn.name}: {len(graph.nodes)} nodes ({counts})", "  ")
+        header += _wrapped(f"  {fn.name}({', '.join(fn.params)}) -> ({', '.join(fn.returns)})")
     return _ENV.get_template("module.py.j2").render(
         version=__version__,
         title=title,
@@ -563,3 +557,14 @@ def render_module(functions: list[FunctionSource], title: str, runtime: str, gra
         runtime=runtime,
         functions=functions,
     )
+
+
+def _wrapped(line: str, indent: str = "      ") -> list[str]:
+    """A header line as lines of at most WIDTH columns once commented (``# ``), at commas."""
+    return textwrap.wrap(
+        line,
+        WIDTH - 2,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [line]

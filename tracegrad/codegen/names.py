@@ -28,11 +28,18 @@ def comment(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
-def identifier(name: str, taken: set[str], reserved: re.Pattern | None = None) -> str:
+def identifier(
+    name: str,
+    taken: set[str],
+    reserved: re.Pattern | None = None,
+    suffixes: dict[str, int] | None = None,
+) -> str:
     """An ASCII Python identifier for ``name``, not in ``taken`` (it is added there).
     Characters outside ``[A-Za-z0-9_]`` become ``_`` (so ``model.0.weight`` reads
     ``model_0_weight``); a name the ``reserved`` pattern matches whole gets a leading ``_``,
-    and a clash a suffix ``_1``, ``_2``...
+    and a clash a suffix ``_1``, ``_2``... (``suffixes``, kept by the caller across calls,
+    remembers the next one to try per name: n clashes of one name then cost n tries, not
+    n * n / 2).
 
     ASCII only: Python folds identifiers with NFKC, so two distinct Unicode names (``fi`` and
     ``\\ufb01``) could otherwise become one variable."""
@@ -41,9 +48,11 @@ def identifier(name: str, taken: set[str], reserved: re.Pattern | None = None) -
         base = "_" + base
     if keyword.iskeyword(base):
         base += "_"
-    found, k = base, 1
+    suffixes = {} if suffixes is None else suffixes
+    found, k = base, suffixes.get(base, 1)
     while found in taken:
         found, k = f"{base}_{k}", k + 1
+    suffixes[base] = k
     taken.add(found)
     return found
 

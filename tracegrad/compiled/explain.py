@@ -276,16 +276,19 @@ def _node_words(node) -> str:
 
 def _saved_lines(report: Report) -> list[str]:
     """The values the forward keeps for the backward: each with what it is (the op and the
-    module call that made it, or the input it is) and the gradient ops reading it."""
+    module call that made it, or the input it is), the gradient ops reading it and its name
+    in the generated code."""
     if not report.saved:
         return []
     total = sum(v.type.nbytes for v, _ in report.saved)
     heading = f"saved for the backward ({len(report.saved)} values, {format_bytes(total)}):"
     forward = dict(report.unplanned)["forward"]  # (the graph whose outputs they are)
     roles = saved_roles(forward, [v.name for v, _ in report.saved])
+    emitted = report.emitted.get("forward")
+    in_code = {v.name: name for v, name in emitted.names.items()} if emitted else {}
     return ["", heading] + [
         f"  %{v.name}: {v.type} ({format_bytes(v.type.nbytes)}), {roles[v.name].text}, "
-        f"read by {', '.join(why)}"
+        f"read by {', '.join(why)}" + (f" (code: {in_code[v.name]})" if v.name in in_code else "")
         for v, why in report.saved
     ]
 

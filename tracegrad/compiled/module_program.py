@@ -175,8 +175,9 @@ def build_module_program(
     report.saved = autodiff.saved_values(forward, derived.backward, n_forward)
     report.recomputed = derived.recomputed
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{derived.backward}")
+    grads = [f"{traced.graph.inputs[i].name}.grad" for i in wrt]  # what the backward returns
     program = _generate_forward_and_backward(forward, derived.backward, n_forward, debug_nans,
-                                             passes_spec, report)  # fmt: skip
+                                             passes_spec, report, grads)  # fmt: skip
     if check:
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
     n_saved = len(forward.outputs) - n_forward
@@ -197,14 +198,25 @@ def _readable(traced: Traced, wrt: list[int], names: list[str], recomputed=()):
 
 
 def _generate_forward_and_backward(
-    forward: Graph, backward: Graph, n_forward: int, debug_nans: bool, passes_spec, report
+    forward: Graph,
+    backward: Graph,
+    n_forward: int,
+    debug_nans: bool,
+    passes_spec,
+    report,
+    grads: list[str],
 ) -> Program:
+    """The forward and backward generated in one module; ``grads`` say what the backward
+    returns (``0.weight.grad``)."""
     parts = [("forward", forward), ("backward", backward)]
     # Saved values may live in planned memory (a training loop then allocates none), but not
     # the values the caller gets back, which must outlive the next call.
     returned = {v.name for v in forward.outputs[:n_forward]}
     saved = frozenset(v.name for v in forward.outputs[n_forward:]) - returned
-    return generate(parts, "forward and backward", debug_nans, passes_spec, saved, report)
+    return generate(
+        parts, "forward and backward", debug_nans, passes_spec, saved, report,
+        notes={"backward": grads},
+    )  # fmt: skip
 
 
 def run_module_program(spec: ModuleProgram, args):

@@ -105,10 +105,13 @@ def generate(
     if report is not None:
         report.unplanned, report.planned = unplanned, parts
     sources, uses_rng, constants = [], {}, {}
+    named: dict[str, str] = {}  # IR value name -> its Python name in the parts so far
     for name, graph, memory, planning, recomputation in planned:
         fn = codegen.emit_function(
-            graph, name, memory, debug_nans=debug_nans, notes=(notes or {}).get(name)
+            graph, name, memory, debug_nans=debug_nans, notes=(notes or {}).get(name), known=named
         )
+        # (a value the forward saves keeps its name in the backward)
+        named.update((value.name, python) for value, python in fn.names.items())
         if report is not None:
             report.emitted[name] = fn
             report.planning[name] = planning

@@ -1,11 +1,12 @@
 """Linking generated source to the boxes of a picture.
 
-The code generator names each node's value after its IR name (``v12 = np.exp(v11)`` defines
-IR value ``12``) and each function's parameters after the graph's inputs; a box's variable is
-the name the generator recorded for its value (``FunctionSource.names``, see ``scene``). A
-statement ``NAME = ...`` inside ``def f(params):`` is linked to the node whose variable is
-NAME in every view whose inputs are named ``params`` (the traced and the optimized forward
-graph both match ``forward``); when no view matches the signature, every view is searched.
+The code generator names each node's value after what made it (``model_0_relu = ...``, see
+``tracegrad.codegen.naming``) and each function's parameters after the graph's inputs; a box's
+variable is the name the generator recorded for its value (``FunctionSource.names``, see
+``scene``). A statement ``NAME = ...`` inside ``def f(params):`` is linked to the node whose
+variable is NAME in every view whose inputs are named ``params`` (the traced and the
+optimized forward graph both match ``forward``; long parameter lists are wrapped); when no
+view matches the signature, every view is searched.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 
 from tracegrad.viz.scene import Scene
 
-_DEF = re.compile(r"^def (\w+)\((.*)\):")
+# A ``def`` line: its parameters, and ``):`` when they end on it (long ones are wrapped onto
+# the lines after ``def name(``, up to a line ``):``)
+_DEF = re.compile(r"^def (\w+)\((.*?)(\):)?$")
 _ASSIGN = re.compile(r"^\s+(\w+) = ")
 
 
@@ -35,11 +38,17 @@ def link_code(code: str, scenes: list[Scene]) -> list[CodeLine]:
     names = [_names(scene) for scene in scenes]
     current = names
     lines = []
+    signature: list[str] | None = None  # the parameters' text of an open ``def``
     for text in code.splitlines():
         header = _DEF.match(text)
-        if header:
-            params = [p.strip() for p in header.group(2).split(",") if p.strip()]
+        if header is not None:
+            signature = [header.group(2)]
+        elif signature is not None and text != "):":
+            signature.append(text)
+        if signature is not None and (text == "):" or (header and header.group(3))):
+            params = [p.strip() for p in ",".join(signature).split(",") if p.strip()]
             current = [n for n in names if n.params == params] or names
+            signature = None
         assign = _ASSIGN.match(text)
         targets = []
         if assign:

@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tracegrad.codegen.emit import FunctionSource, Namer
+from tracegrad.codegen.emit import FunctionSource
+from tracegrad.codegen.naming import Namer
 from tracegrad.ir.core import CONSTANT, CUSTOM, Value
 from tracegrad.ir.graph import Graph, body_of
 from tracegrad.ops import ELEMENTWISE, OPS, REDUCE, VIEW, ops_with
@@ -369,17 +370,9 @@ def _short(value) -> str:
 
 
 def code_vars(graph: Graph) -> dict[str, str]:
-    """Value name -> the Python variable the code generator gives it.
-
-    Uses the generator's own ``Namer`` in the generator's order (parameters, then each node's
-    first output with the ``v`` prefix), so names agree even when sanitizing collides.
-    """
-    namer = Namer()
-    names = {v.name: namer(v) for v in graph.inputs}
-    for node in graph.nodes:
-        if node.outputs:
-            names[node.outputs[0].name] = namer(node.outputs[0], prefix="v")
-    return names
+    """Value name -> the Python variable the code generator gives it (its ``Namer``'s, which
+    names every value of a graph from the graph alone)."""
+    return {value.name: name for value, name in Namer(graph).names.items()}
 
 
 # A view with more leaf boxes than this is drawn collapsed (see ``collapse``): a picture of
