@@ -474,6 +474,22 @@ ASSEMBLY_NEAR_MISSES = {
         "5",
     ),
     "a concatenation the caller keeps": (MERGED + "\n  return %8", "8", "5"),
+    "a view of a product read after the concatenation": (
+        MERGED.replace("  %8:", "  %9:f64[2,2,4,3] = permute[dims=(0, 1, 3, 2)] %5\n  %8:")
+        + "\n  %10:f64[2,3,16] = exp %8\n  %11:f64[2,2,4,3] = exp %9\n  return %10, %11",
+        "8",
+        "5",
+    ),
+    "one product in two places": (
+        """  %1:f64[6,8] = matmul %p, %q
+  %2:f64[2,3,8] = reshape[shape=(2, 3, 8)] %1
+  %3:f64[2,3,8] = reshape[shape=(2, 3, 8)] %1
+  %4:f64[2,3,16] = cat[dim=2] %2, %3
+  %5:f64[2,3,16] = exp %4
+  return %5""",
+        "4",
+        "1",
+    ),
     "rows of a slice that merge only by copying": (
         """  %1:f64[6,8] = matmul %p, %q
   %2:f64[2,3,8] = reshape[shape=(2, 3, 8)] %1

@@ -490,18 +490,15 @@ def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembl
     outlives them). The last consumer of a chain claims it first, its inner concatenations
     with it (a sequence's gradient gathering each step's gates)."""
     producers = {v: n for n in graph.nodes for v in n.outputs}
-    readers: dict[Value, list[int]] = defaultdict(list)  # value -> positions of its readers
-    for index, node in enumerate(graph.nodes):
-        for v in node.inputs:
-            readers[v].append(index)
-    for v in [*graph.outputs, *graph.updates.values()]:
-        readers[v].append(len(graph.nodes))
     position = {node: index for index, node in enumerate(graph.nodes)}
+    last = last_uses(graph, root)
+    claimed: set[Node] = set()  # the nodes of the assemblies found
 
     def on_the_way_only(value, reader: int, consumer: int) -> bool:
-        """Read once by the node at ``reader``, and otherwise only before ``consumer``."""
-        at = readers[value]
-        return at.count(reader) == 1 and all(i < consumer for i in at if i != reader)
+        """Read once by the node at ``reader``, and otherwise (through any view too) only up
+        to ``consumer``, whose buffer outlives those reads."""
+        reads = sum(v is value for v in graph.nodes[reader].inputs)
+        return reads == 1 and last[root[value]] <= consumer
 
     def trace_part(value, reader, view, suffix, assembly) -> bool:
         """Follow ``value`` (read by the node at ``reader``, to be found in ``view`` of the
@@ -510,9 +507,9 @@ def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembl
         consumer = position[assembly.consumer]
         while True:
             node = producers.get(value)
-            if node is None or root[value] in protected:
+            if node is None or root[value] in protected or node in claimed:
                 return False
-            if not on_the_way_only(value, reader, consumer):
+            if node in assembly.parts or not on_the_way_only(value, reader, consumer):
                 return False
             if node.op == "reshape":
                 source = node.inputs[0].type.shape
@@ -554,7 +551,6 @@ def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembl
                 return False
         return True
 
-    claimed: set[Node] = set()
     found = []
     for node in reversed(graph.nodes):
         out = node.outputs[0] if node.outputs else None
