@@ -238,34 +238,45 @@ def sgd_step(model, opt, x):
     return loss
 
 
-RECURRENT = {"LSTM": nn.LSTM, "GRU": nn.GRU}
+# name -> (layer, options, input shape, gathered gradients: one per layer and direction)
 T, B, IN, H = 6, 3, 4, 5
+RECURRENT = {
+    "LSTM": (nn.LSTM, {}, (T, B, IN), 2),
+    "GRU": (nn.GRU, {}, (T, B, IN), 2),
+    "LSTM bidirectional, batch first": (
+        nn.LSTM,
+        {"bidirectional": True, "batch_first": True},
+        (B, T, IN),
+        4,
+    ),
+}
 
 
-@pytest.mark.parametrize("kind", RECURRENT)
-def test_a_compiled_recurrent_step_trains_as_eager_and_gathers_its_gate_gradients(kind):
+@pytest.mark.parametrize("name", RECURRENT)
+def test_a_compiled_recurrent_step_trains_as_eager_and_gathers_its_gate_gradients(name):
     """Two layers over 6 steps: losses, parameters and .grad after 3 steps equal eager; no
     scatter is left, and each step's gate gradients are written into their rows of the
     gathered gradient of the input projection (no copy of them)."""
+    layer, options, shape, directions = RECURRENT[name]
     tg.manual_seed(1)
-    eager_model = RECURRENT[kind](IN, H, 2).double()
-    model = RECURRENT[kind](IN, H, 2).double()
+    eager_model = layer(IN, H, 2, **options).double()
+    model = layer(IN, H, 2, **options).double()
     model.load_state_dict(eager_model.state_dict())
     eager_opt = optim.SGD(eager_model.parameters(), lr=0.1)
     opt = optim.SGD(model.parameters(), lr=0.1)
     step = tg.compile(sgd_step)
-    xs = [tg.randn(T, B, IN, dtype=tg.float64) for _ in range(3)]
-    for x in xs:
+    for _ in range(3):
+        x = tg.randn(*shape, dtype=tg.float64)
         want = sgd_step(eager_model, eager_opt, x).item()
         assert step(model, opt, x).item() == pytest.approx(want, rel=1e-12)
-    for (name, p), q in zip(model.named_parameters(), eager_model.parameters(), strict=True):
+    for (key, p), q in zip(model.named_parameters(), eager_model.parameters(), strict=True):
         np.testing.assert_allclose(
-            p.detach().numpy(), q.detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=name
+            p.detach().numpy(), q.detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=key
         )
-        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, err_msg=name)
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, err_msg=key)
     fn, graph = step.latest.program.parts[0]
     assert "scatter_add" not in graph.op_counts()
-    gates = 4 if kind == "LSTM" else 3
+    gates = 4 if layer is nn.LSTM else 3
     gathered = [
         n
         for n in graph.nodes
@@ -273,7 +284,7 @@ def test_a_compiled_recurrent_step_trains_as_eager_and_gathers_its_gate_gradient
         and n.outputs[0].type.shape == (T, B, gates * H)
         and isinstance(fn.plan.placement(n.outputs[0]), Assembled)
     ]
-    assert len(gathered) == 2  # one per layer
+    assert len(gathered) == directions
 
 
 def test_w5_at_reduced_size_compiles_to_eager_losses_without_scatters():
