@@ -104,6 +104,11 @@ CASES = {
         [(("int", 1),), (("int", 0),), (("int", 1),), (("int", 2),)],
         {"cat": 1, "add": 1},
     ),
+    "a piece along another axis stays a scatter, added": (
+        (2, 3),
+        [(("int", 0),), (whole(), ("int", 2)), (("int", 1),)],
+        {"cat": 1, "scatter_add": 1, "add": 1},
+    ),
     "a piece overlapping another stays a scatter, added": (
         (2, 5),
         [(whole(), rows(0, 2)), (whole(), rows(1, 3)), (whole(), rows(3, 5))],

@@ -111,9 +111,8 @@ def assembled_sum(m: Match) -> Value | None:
             by_axis[piece.axis].append(piece)
     if not by_axis:
         return None
-    axis = max(by_axis, key=lambda a: len(by_axis[a]))
-    for a, pieces in by_axis.items():
-        others += [s for p in pieces for s in p.scatters] if a != axis else []
+    axis = max(by_axis, key=lambda a: len(by_axis[a]))  # (the other axes' pieces stay)
+    others += [s for a, pieces in by_axis.items() if a != axis for p in pieces for s in p.scatters]
     placed, overlapping = _disjoint(_repeats_merged(by_axis[axis]))
     if sum(len(p.scatters) for p in placed) < 2:
         return None
