@@ -83,8 +83,11 @@ def summands(m: Match, value: Value) -> list[Value]:
     while stack:
         v = stack.pop()
         node = m.producer(v, "add")
-        inner = node is not None and (v is value or m.only_use(v))
-        if inner and all(x.type == value.type for x in node.inputs):
+        if (
+            node is not None
+            and (v is value or m.only_use(v))
+            and all(x.type == value.type for x in node.inputs)
+        ):
             stack.extend(reversed(node.inputs))
         else:
             found.append(v)
@@ -167,11 +170,12 @@ def _assembled(m: Match, pieces: list[Piece]) -> Value:
 
 def _added(m: Match, piece: Piece, shape: tuple[int, ...]) -> Value:
     """The sum of a piece's gradients, in its block's shape (an int index keeps its axis)."""
-    total = None
-    for value in piece.values:
-        if value.type.shape != shape:
-            value = m.emit("reshape", [value], shape=shape)
-        total = value if total is None else m.emit("add", [total, value])
+    blocks = [
+        v if v.type.shape == shape else m.emit("reshape", [v], shape=shape) for v in piece.values
+    ]
+    total = blocks[0]
+    for block in blocks[1:]:
+        total = m.emit("add", [total, block])
     return total
 
 
