@@ -474,6 +474,22 @@ ASSEMBLY_NEAR_MISSES = {
         "5",
     ),
     "a concatenation the caller keeps": (MERGED + "\n  return %8", "8", "5"),
+    "a view of a product read after the concatenation": (
+        MERGED.replace("  %8:", "  %9:f64[2,2,4,3] = permute[dims=(0, 1, 3, 2)] %5\n  %8:")
+        + "\n  %10:f64[2,3,16] = exp %8\n  %11:f64[2,2,4,3] = exp %9\n  return %10, %11",
+        "8",
+        "5",
+    ),
+    "one product in two places": (
+        """  %1:f64[6,8] = matmul %p, %q
+  %2:f64[2,3,8] = reshape[shape=(2, 3, 8)] %1
+  %3:f64[2,3,8] = reshape[shape=(2, 3, 8)] %1
+  %4:f64[2,3,16] = cat[dim=2] %2, %3
+  %5:f64[2,3,16] = exp %4
+  return %5""",
+        "4",
+        "1",
+    ),
     "rows of a slice that merge only by copying": (
         """  %1:f64[6,8] = matmul %p, %q
   %2:f64[2,3,8] = reshape[shape=(2, 3, 8)] %1
@@ -495,4 +511,56 @@ def test_declines_assemblies_it_cannot_write_in_place(body, consumer, product):
     graph = assembled(body, HEADS + ", %d:f64[2,3,8], %p:f64[6,5], %q:f64[5,8], %r:f64[5,8]")
     assert not isinstance(graph[consumer], Assembled)
     assert not isinstance(graph[product], InBuffer) or not graph[product].view
+    assert_generated_matches(graph.graph)
+
+
+# A sequence's gradient: each step's gates, two products concatenated (and read by another
+# product before the consumer), gathered over the steps by a concatenation along a new axis.
+STEPS = "%p:f64[3,5], %q:f64[5,4], %r:f64[5,4], %w:f64[8,2], %d:f64[3,4]"
+GATHERED = """  %1:f64[3,4] = matmul %p, %q
+  %2:f64[3,4] = matmul %p, %r
+  %3:f64[3,8] = cat[dim=1] %1, %2
+  %4:f64[3,2] = matmul %3, %w
+  %5:f64[3,4] = matmul %p, %r
+  %6:f64[3,4] = matmul %p, %q
+  %7:f64[3,8] = cat[dim=1] %5, %6
+  %8:f64[1,3,8] = reshape[shape=(1, 3, 8)] %3
+  %9:f64[1,3,8] = reshape[shape=(1, 3, 8)] %7
+  %10:f64[2,3,8] = cat[dim=0] %8, %9
+  %11:f64[2,3,8] = exp %10"""
+
+
+def test_concatenations_inside_a_concatenation_are_written_in_place_too():
+    """Each step's products go straight into their columns of their step's rows of the outer
+    buffer; the inner concatenations (one read by a product before the consumer) are views."""
+    graph = assembled(GATHERED + "\n  return %11, %4", STEPS)
+    outer = graph["10"]
+    assert isinstance(outer, Assembled)
+    for inner, rows in [("3", "[0:1]"), ("7", "[1:2]")]:
+        assert isinstance(graph[inner], Assembled)
+        assert graph[inner] == Assembled(outer.buffer, f"{rows}.reshape((3, 8))")
+    assert graph["6"] == InBuffer(outer.buffer, "[1:2].reshape((3, 8))[:, 4:8]")
+    code = generate([("f", graph.graph)], "assembly test", False, ["memory"]).source
+    assert "concatenate" not in code
+    assert_generated_matches(graph.graph)
+
+
+def test_an_inner_concatenation_it_cannot_gather_writes_into_its_place():
+    """A step whose gates include a value NumPy cannot write into a view (an exp outside a
+    fused kernel): its concatenation computes into its rows of the outer buffer."""
+    body = GATHERED.replace("matmul %p, %q\n  %7", "exp %d\n  %7")
+    graph = assembled(body + "\n  return %11, %4", STEPS)
+    outer = graph["10"]
+    assert isinstance(outer, Assembled)
+    assert graph["7"] == InBuffer(outer.buffer, "[1:2].reshape((3, 8))")
+    assert isinstance(graph["3"], Assembled)
+    assert_generated_matches(graph.graph)
+
+
+def test_an_inner_concatenation_read_after_the_consumer_keeps_its_own_buffer():
+    """The outer buffer may be reused once the consumer is dead: a later reader of a part
+    must find it elsewhere, so the outer concatenation copies and the inner one assembles."""
+    graph = assembled(GATHERED + "\n  %12:f64[3,2] = matmul %7, %w\n  return %11, %12", STEPS)
+    assert not isinstance(graph["10"], Assembled)
+    assert graph["7"] == Assembled(graph["7"].buffer)
     assert_generated_matches(graph.graph)

@@ -7,11 +7,12 @@ itself. ``explain()`` lists which rules fired at which of the user's lines.
 
 from __future__ import annotations
 
-from tracegrad.ir.core import Node, Value
+from tracegrad.ir.core import Value
 from tracegrad.ir.graph import Graph
 from tracegrad.ops import ELEMENTWISE, NON_NEGATIVE, OPS, ops_with
 from tracegrad.passes.patterns import Const, Match, Pat, Rule, V, by_op, rewrite
 from tracegrad.passes.pipeline import register_pass
+from tracegrad.passes.scatter_sums import assembled_sum, is_sum_root
 
 
 def _identity(dims) -> bool:
@@ -61,49 +62,6 @@ def _without_broadcast(m: Match) -> Value:
     inputs = list(m.root.inputs)
     inputs[m.position] = m["y"]
     return m.emit(m.root.op, inputs, **m.root.attrs)
-
-
-# --- gradients of slices that tile an array ---------------------------------------------------
-
-
-def _slice_scatter(node: Node):
-    """(g, axis, start, stop) when ``node`` scatters g into zeros at a basic slice of one axis
-    (the gradient of such a slice), else None."""
-    if len(node.inputs) != 1:
-        return None
-    shape, spans = node.attrs["shape"], []
-    for axis, item in enumerate(node.attrs["key"]):
-        if item[0] != "slice" or item[3] not in (None, 1):
-            return None
-        start, stop, _ = slice(item[1], item[2]).indices(shape[axis])
-        if (start, stop) != (0, shape[axis]):
-            spans.append((axis, start, stop))
-    return (node.inputs[0], *spans[0]) if len(spans) == 1 else None
-
-
-def _adjacent_spans(m: Match):
-    """The two slice scatters, lower first, when they tile one axis side by side, else None."""
-    a, b = _slice_scatter(m.node("a")), _slice_scatter(m.node("b"))
-    if a is None or b is None or a[1] != b[1]:
-        return None
-    low, high = sorted([a, b], key=lambda span: span[2])
-    return (low, high) if low[3] == high[2] else None  # no gap, no overlap
-
-
-def _cat_parts(m: Match, value: Value, axis: int) -> list[Value]:
-    inner = m.producer(value, "cat")
-    return list(inner.inputs) if inner is not None and inner.attrs["dim"] == axis else [value]
-
-
-def _joined_gradients(m: Match) -> Value:
-    low, high = _adjacent_spans(m)
-    axis, shape = low[1], m.root.outputs[0].type.shape
-    joined = m.emit("cat", [*_cat_parts(m, low[0], axis), *_cat_parts(m, high[0], axis)], dim=axis)
-    if (low[2], high[3]) == (0, shape[axis]):
-        return joined
-    whole = ("slice", None, None, None)
-    key = (*(whole for _ in range(axis)), ("slice", low[2], high[3], None))
-    return m.emit("scatter_add", [joined], key=key, shape=shape)
 
 
 # Elementwise ops of two or more operands (where's condition is not broadcast away).
@@ -171,12 +129,15 @@ RULES = [
         _summed_copies,
         when=_sums_its_broadcast_back,
     ),
+    # Gradients of a value indexed at many static places (a sequence's steps, q, k and v
+    # sliced from one projection): one array instead of a zero-filled one per piece, summed.
     Rule(
-        "slice-scatters-cat",
-        "scatter(a, [i:j]) + scatter(b, [j:k]) -> cat(a, b) (scattered at [i:k] unless whole)",
-        Pat("add", Pat("scatter_add", name="a"), Pat("scatter_add", name="b")),
-        _joined_gradients,
-        when=lambda m: _adjacent_spans(m) is not None,
+        "scatter-sum-assembled",
+        "scatter(a, [i:j]) + scatter(b, [j:k]) + ... -> cat(a, b, ...) along one axis "
+        "(zeros in gaps, repeats added)",
+        Pat("add"),
+        assembled_sum,
+        when=is_sum_root,
     ),
     # An elementwise op takes broadcasting operands as they are, so explicit broadcasts go.
     Rule(

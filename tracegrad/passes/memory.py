@@ -439,7 +439,7 @@ class _Planner:
             self.owner[out] = assembly.buffer
             note("assembled", node)
             return
-        kind = Assembled if node.op in ASSEMBLERS else InBuffer
+        kind = Assembled if node in assembly.copied else InBuffer
         self.plan.placements[out] = kind(assembly.buffer, assembly.parts[node])
 
     def take(self, key) -> int:
@@ -478,31 +478,43 @@ ASSEMBLERS = COPIES + PACKS
 class Assembly:
     """A copy or concatenation whose inputs are computed straight into their place in its
     buffer: ``parts`` maps each node on the way (a product, or a copy made unneeded) to the
-    view of the buffer it writes, as a Python suffix (``[:, :, 64:128].reshape(...)``)."""
+    view of the buffer it writes, as a Python suffix (``[:, :, 64:128].reshape(...)``);
+    ``copied`` holds those with nothing left to compute (copies, concatenations of parts)."""
 
     consumer: Node
     parts: dict[Node, str] = field(default_factory=dict)  # node -> view suffix
+    copied: set[Node] = field(default_factory=set)
     buffer: int | None = None
 
 
 def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembly]:
     """The copies and concatenations whose every input can be written in place: each traced
-    back, through reshapes, transposes and copies read by nothing else, to a product or a
-    fused kernel read by nothing else (NumPy writes those into any strided view). The last
-    consumer of a chain claims it first."""
+    back, through reshapes, transposes, copies and concatenations, to a product, a fused
+    kernel or a concatenation (NumPy writes those into any strided view). A value on the
+    way is read on it once, and otherwise only by nodes before the consumer (its buffer
+    outlives them). The last consumer of a chain claims it first, its inner concatenations
+    with it (a sequence's gradient gathering each step's gates)."""
     producers = {v: n for n in graph.nodes for v in n.outputs}
-    reads: dict[Value, int] = defaultdict(int)
-    for v in [*(v for n in graph.nodes for v in n.inputs), *graph.outputs]:
-        reads[v] += 1
-    for v in graph.updates.values():
-        reads[v] += 1
+    position = {node: index for index, node in enumerate(graph.nodes)}
+    last = last_uses(graph, root)
+    claimed: set[Node] = set()  # the nodes of the assemblies found
 
-    def trace_part(value, view, suffix, assembly) -> bool:
-        """Follow ``value`` (to be found in ``view`` of the consumer's buffer) back to the
-        node that can write it there, noting each node on the way in ``assembly.parts``."""
+    def on_the_way_only(value, reader: int, consumer: int) -> bool:
+        """Read once by the node at ``reader``, and otherwise (through any view too) only up
+        to ``consumer``, whose buffer outlives those reads."""
+        reads = sum(v is value for v in graph.nodes[reader].inputs)
+        return reads == 1 and last[root[value]] <= consumer
+
+    def trace_part(value, reader, view, suffix, assembly) -> bool:
+        """Follow ``value`` (read by the node at ``reader``, to be found in ``view`` of the
+        consumer's buffer) back to the node that can write it there, noting each node on the
+        way in ``assembly.parts``."""
+        consumer = position[assembly.consumer]
         while True:
             node = producers.get(value)
-            if node is None or reads[value] != 1 or root[value] in protected:
+            if node is None or root[value] in protected or node in claimed:
+                return False
+            if node in assembly.parts or not on_the_way_only(value, reader, consumer):
                 return False
             if node.op == "reshape":
                 source = node.inputs[0].type.shape
@@ -515,14 +527,46 @@ def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembl
                 view, suffix = view.transpose(inverse), f"{suffix}.transpose({inverse})"
             elif node.op == "contiguous" and node.inputs[0].type == value.type:
                 assembly.parts[node] = suffix
+                assembly.copied.add(node)
+            elif node.op == "cat" and node.outputs[0].type == value.type:
+                assembly.parts[node] = suffix
+                if trace_inputs(node, view, suffix, assembly):
+                    assembly.copied.add(node)
+                return True  # (a concatenation it cannot gather writes into the view)
             elif _writes_anywhere(node) and node.outputs[0].type == value.type:
                 assembly.parts[node] = suffix
                 return True
             else:
                 return False
-            value = node.inputs[0]
+            value, reader = node.inputs[0], position[node]
 
-    claimed: set[Node] = set()
+    def trace_inputs(node, view, suffix, assembly) -> bool:
+        """Trace each input of a copy or concatenation to its place in ``view``; on failure
+        the parts noted for them are forgotten."""
+        noted, offset = dict(assembly.parts), 0
+        for value in node.inputs:
+            place, at = view, suffix
+            if node.op == "cat":
+                dim, size = node.attrs["dim"] % view.ndim, value.type.shape[node.attrs["dim"]]
+                place = view[(slice(None),) * dim + (slice(offset, offset + size),)]
+                at, offset = suffix + _index_suffix(dim, offset, offset + size), offset + size
+            elif node.op in PACKS:
+                (place, at), offset = (
+                    _flat_piece(view, offset, value.type.shape),
+                    offset + (value.type.numel),
+                )
+            before = dict(assembly.parts)
+            if trace_part(value, position[node], place, at, assembly):
+                continue
+            if node.op in PACKS:  # (the kernel copies this one in)
+                assembly.parts = before
+                assembly.copied &= set(before)
+                continue
+            assembly.parts = noted
+            assembly.copied &= set(noted)
+            return False
+        return True
+
     found = []
     for node in reversed(graph.nodes):
         out = node.outputs[0] if node.outputs else None
@@ -532,23 +576,7 @@ def _assemblies(graph: Graph, protected: set[Value], root: dict) -> list[Assembl
             continue
         assembly = Assembly(node)
         probe = np.empty(out.type.shape, np.int8)  # strides only: its pages are never touched
-        offset = 0
-        for value in node.inputs:
-            view, suffix = probe, ""
-            if node.op == "cat":
-                dim, size = node.attrs["dim"] % out.type.ndim, value.type.shape[node.attrs["dim"]]
-                cut = (slice(None),) * dim + (slice(offset, offset + size),)
-                view, suffix = probe[cut], _index_suffix(dim, offset, offset + size)
-                offset += size
-            elif node.op in PACKS:
-                view, suffix = _flat_piece(probe, offset, value.type.shape)
-                offset += value.type.numel
-            before = dict(assembly.parts)
-            if not trace_part(value, view, suffix, assembly):
-                if node.op not in PACKS:
-                    break
-                assembly.parts = before  # the kernel copies this one
-        else:
+        if trace_inputs(node, probe, "", assembly):
             claimed.update(assembly.parts)
             found.append(assembly)
     return found
