@@ -149,11 +149,12 @@ def build_module_program(
     report: Report,
     check: bool = False,
     memory_budget: int | None = None,
+    threads: int = 1,
 ) -> ModuleProgram:
     """The forward and backward ``derive`` makes with the whole pipeline (and the memory
-    budget), generated (checked against the traced graph with ``check=True``); those it makes
-    without the backend's layout choices are the readable graphs, derived when first asked
-    for."""
+    budget), generated (checked against the traced graph with ``check=True``) for ``threads``
+    threads; those it makes without the backend's layout choices are the readable graphs,
+    derived when first asked for."""
     tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
     wrt = [i for i, t in enumerate(tensors) if t.requires_grad] if tape.is_grad_enabled() else []
     derived = derive(traced, wrt, transforms(passes_spec), report.stages, memory_budget)
@@ -164,8 +165,9 @@ def build_module_program(
         report.recomputations[JOINT] = derived.recomputation
     if derived.backward is None:
         program = generate(
-            [("forward", derived.forward)], "forward", debug_nans, passes_spec, report=report
-        )
+            [("forward", derived.forward)], "forward", debug_nans, passes_spec, report=report,
+            threads=threads,
+        )  # fmt: skip
         return ModuleProgram(program, traced, [], [], 0, readable)
     n_out, n_forward, forward = traced.n_outputs, derived.n_forward, derived.forward
     # outputs that require grad as eagerly: before passes drop a dependency (where(True, a, b))
@@ -176,7 +178,7 @@ def build_module_program(
     report.recomputed = derived.recomputed
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{derived.backward}")
     program = _generate_forward_and_backward(forward, derived.backward, n_forward, debug_nans,
-                                             passes_spec, report)  # fmt: skip
+                                             passes_spec, report, threads)  # fmt: skip
     if check:
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
     n_saved = len(forward.outputs) - n_forward
@@ -197,14 +199,22 @@ def _readable(traced: Traced, wrt: list[int], names: list[str], recomputed=()):
 
 
 def _generate_forward_and_backward(
-    forward: Graph, backward: Graph, n_forward: int, debug_nans: bool, passes_spec, report
+    forward: Graph,
+    backward: Graph,
+    n_forward: int,
+    debug_nans: bool,
+    passes_spec,
+    report,
+    threads: int = 1,
 ) -> Program:
     parts = [("forward", forward), ("backward", backward)]
     # Saved values may live in planned memory (a training loop then allocates none), but not
     # the values the caller gets back, which must outlive the next call.
     returned = {v.name for v in forward.outputs[:n_forward]}
     saved = frozenset(v.name for v in forward.outputs[n_forward:]) - returned
-    return generate(parts, "forward and backward", debug_nans, passes_spec, saved, report)
+    return generate(
+        parts, "forward and backward", debug_nans, passes_spec, saved, report, threads=threads
+    )
 
 
 def run_module_program(spec: ModuleProgram, args):
