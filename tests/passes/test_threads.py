@@ -101,3 +101,24 @@ def test_large_elementwise_statements_split_in_as_many_parts_as_threads(always_p
     for threads in (2, 3):
         splits = threads_pass.plan_threads(graph, plan, threads, runs).splits
         assert [(s.start, s.stop, s.parts) for s in splits] == [(*r, threads) for r in runs]
+
+
+def test_an_input_gradient_goes_first_when_the_weight_gradient_frees_its_memory(always_pays):
+    """``x^T @ g`` reads ``x`` last, and ``g @ W^T`` has ``x``'s type: after the weight
+    gradient, the input gradient could be planned into ``x``'s memory, so it goes first."""
+    a, g, w = tg.randn(64, 32), tg.randn(64, 48), tg.randn(48, 32)
+
+    def f(a, g, w):
+        x = a.tanh()
+        weight_grad = x.t() @ g
+        scaled = (g * 2).exp()  # (work between the two products)
+        return weight_grad, scaled, g @ w
+
+    graph = tg.trace(f, a, g, w)
+    result = tg.passes.run_pass("threads", graph, threads=2)
+    products = [n for n in result.graph.nodes if n.op == "matmul"]
+    assert products[0].outputs[0].type.shape == (64, 32)  # the input gradient
+    order = [n.op for n in result.graph.nodes]
+    assert order.index("matmul") + 2 == len(order) - order[::-1].index("matmul")
+    plan = plan_memory(result.graph)
+    assert threads_pass.plan_threads(result.graph, plan, 2, []).concurrent

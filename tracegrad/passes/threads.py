@@ -30,18 +30,22 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from tracegrad.ir.graph import Graph
+from tracegrad.ir.core import FUSED
+from tracegrad.ir.graph import Graph, body_of
+from tracegrad.ops import CHEAP, OPS
 from tracegrad.passes.cost import node_cost
-from tracegrad.passes.memory import MemoryPlan
+from tracegrad.passes.memory import MemoryPlan, aliases
 from tracegrad.passes.pipeline import note, register_pass
 from tracegrad.passes.schedule import _dependencies, _positions, _view_cone
 
 # The cost model, in microseconds on one core (measured on the 2-core benchmark machine):
 # handing work to the pool and waiting for it costs about 30 us (submit, wake a thread, join);
 # a product does about 40,000 float32 multiply-adds a microsecond (20,000 in float64: BLAS's
-# speed goes by bytes), other work about 1,000 operations (an exp; an add is faster).
+# speed goes by bytes); an op the registry calls CHEAP (add, mul...) about 5,000 elements (it
+# is bound by memory), any other (exp, tanh, an optimizer's kernel) about 1,000.
 HANDOFF_US = 30.0
 PRODUCT_BYTES_PER_US = 160_000  # multiply-adds a microsecond times the item size
+CHEAP_OPERATIONS_PER_US = 5_000
 OPERATIONS_PER_US = 1_000
 # What running in parallel must save beyond the hand-off itself to be chosen: below that, the
 # noise of waking a thread (on a loaded machine, far more than 30 us) eats the gain.
@@ -85,12 +89,15 @@ class ThreadPlan:
 
 
 def estimated_us(node) -> float:
-    """The cost model's time for ``node`` on one core."""
+    """The cost model's time for ``node`` on one core (a fused kernel's: its members')."""
+    if node.op == FUSED:
+        return sum(map(estimated_us, body_of(node).nodes))
     cost = node_cost(node)
-    other = cost.operations - cost.product_operations
     itemsize = node.outputs[0].type.dtype.np.itemsize
     products = cost.product_operations * itemsize / PRODUCT_BYTES_PER_US
-    return products + other / OPERATIONS_PER_US
+    op = OPS.get(node.op)
+    rate = CHEAP_OPERATIONS_PER_US if op is not None and CHEAP in op.props else OPERATIONS_PER_US
+    return products + (cost.operations - cost.product_operations) / rate
 
 
 def _big_product(node) -> bool:
@@ -105,13 +112,18 @@ def _threads_needed(graph: Graph, threads: int = 1) -> bool:
 @register_pass("threads", needed=_threads_needed)
 def threads(graph: Graph, threads: int = 1) -> Graph:
     """With ``threads`` > 1: each large product's next independent large product moves up
-    beside it, to run concurrently."""
+    beside it, to run concurrently (first, when its result could otherwise be placed in the
+    memory of an input the other one reads last)."""
     nodes = graph.nodes
     producer = _positions(nodes)
     readers: dict = {}
     for i, node in enumerate(nodes):
         for v in node.inputs:
             readers.setdefault(v, []).append(i)
+    root = aliases(graph)
+    last_read: dict = {}  # each memory's root value -> the last node reading it or a view of it
+    for v, positions in readers.items():
+        last_read[root[v]] = max(last_read.get(root[v], -1), *positions)
     dependencies = _dependencies(nodes)
     places: dict[int, float] = {}
     paired: set[int] = set()
@@ -134,7 +146,8 @@ def threads(graph: Graph, threads: int = 1) -> Graph:
             continue
         paired.update((i, partner))
         cone = _view_cone(nodes, partner, producer, readers)
-        places.update((k, i + 0.5 + k / len(nodes) / 2) for k in cone)
+        side = -0.5 if _may_reuse(graph, i, nodes[partner], root, last_read) else 0.5
+        places.update((k, i + side + k / len(nodes) / 4) for k in cone)
     order = list(
         nx.lexicographical_topological_sort(dependencies, key=lambda k: (places.get(k, k), k))
     )
@@ -143,6 +156,19 @@ def threads(graph: Graph, threads: int = 1) -> Graph:
             note("moved beside a product", nodes[k])
     graph.nodes = [nodes[k] for k in order]
     return graph
+
+
+def _may_reuse(graph: Graph, index: int, second, root: dict, last_read: dict) -> bool:
+    """Whether the memory plan could put ``second``'s result where an input of node ``index``
+    (or the value it is a view of) lives that dies there (buffers are reused by shape and
+    dtype): the two could then not run at once in that order. (A layer's weight gradient
+    ``x^T @ g``, the last to read ``x``, before its input gradient ``g @ W^T``, of ``x``'s
+    type.)"""
+    result = second.outputs[0].type
+    return any(
+        root[v].type == result and last_read[root[v]] == index and root[v] not in graph.inputs
+        for v in graph.nodes[index].inputs
+    )
 
 
 # --- the plan, after the memory plan ----------------------------------------------------------
