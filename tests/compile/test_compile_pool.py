@@ -5,6 +5,8 @@ code and in explain(); nothing is chosen where it does not pay; bad counts are r
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
@@ -14,6 +16,7 @@ import benchmarks.workloads as W
 import tracegrad as tg
 from tracegrad import nn, optim
 from tracegrad.blas import one_blas_thread
+from tracegrad.ops.runtime import scratch
 from tracegrad.passes import threads as threads_pass
 
 
@@ -203,3 +206,29 @@ def test_bad_thread_counts_are_refused(threads, error, message):
 def test_a_numpy_integer_count_is_accepted():
     cm = tg.compile(nn.Linear(3, 2), threads=np.int64(2))
     assert cm.threads == 2 and type(cm.threads) is int
+
+
+def test_kernels_scratch_arrays_are_each_threads_own():
+    """A kernel's work array is kept per thread: the pool's half of a split GELU does not
+    write into the calling thread's half's temporaries."""
+    like = np.empty((4, 3))
+    here = scratch(like, "test-slot")
+    with ThreadPoolExecutor(1) as pool:
+        there = pool.submit(scratch, like, "test-slot").result()
+    assert there is not here and scratch(like, "test-slot") is here
+
+
+def test_a_split_gelu_equals_the_unsplit_one(always_pays):
+    """Two halves of one shape run the same scratch-using kernel at once."""
+    results = []
+    for threads in (1, 2):
+        tg.manual_seed(0)
+        model = nn.Sequential(nn.Linear(256, 256), nn.GELU(approximate="tanh"))
+        cm = tg.compile(model, threads=threads)
+        x = tg.randn(512, 256)
+        out = cm(x)
+        out.sum().backward()
+        results.append((out.detach().numpy().copy(), model[0].weight.grad.numpy().copy(), cm.code))
+    assert "split in 2 parts" in results[1][2]
+    assert np.array_equal(results[0][0], results[1][0])
+    assert np.array_equal(results[0][1], results[1][1])
