@@ -187,6 +187,7 @@ SCHEDULE_NOTES = {
     "hoisted": "scalar update nodes run first",
     "started early": "gradient buckets start their all_reduce as soon as their gradients exist",
     "waited late": "gradient buckets are waited on just before the first node reading them",
+    "moved beside a product": "products moved beside an independent product, to run at once",
 }
 
 
