@@ -165,7 +165,8 @@ def _thread_lines(fn: FunctionSource) -> list[str]:
     return [
         f"    threads ({plan.threads}): {len(plan.concurrent)} products run in the pool beside "
         f"the statements after them, {len(plan.splits)} elementwise runs split by rows",
-        *(f"      {choice.reason}" for choice in [*plan.concurrent, *plan.splits]),
+        *(f"      {window.reason}" for window in plan.concurrent),
+        *(f"      {split.reason}" for split in plan.splits),
     ]
 
 

@@ -165,7 +165,7 @@ def scratch(like, slot: str, dtype=None):
     else:
         shape = like if isinstance(like, tuple) else np.shape(like)
         key = (slot, shape, np.dtype(dtype or like.dtype))
-    arrays = _SCRATCH.__dict__  # (this thread's)
+    arrays: dict = _SCRATCH.__dict__  # (this thread's)
     array = arrays.get(key)
     if array is None:
         array = arrays[key] = np.empty(key[1], key[2])
