@@ -926,7 +926,9 @@ class Implementation:
 
 
 class TracegradImplementation(Implementation):
-    def __init__(self, setup: Setup, key: str):
+    def __init__(self, setup: Setup, key: str, threads: int | None = None):
+        """``threads``: what ``tg.compile`` may run on (``--threads``, 1 by default)."""
+        threads = benchmarks.THREADS if threads is None else threads
         self.key = key
         wl, cfg = setup.workload, setup.workload.config
         tg.manual_seed(MODEL_SEED)
@@ -936,7 +938,7 @@ class TracegradImplementation(Implementation):
         loss_fn = wl.loss_fn
         self.model = model
         self.batches = [(tg.tensor(x), tg.tensor(y)) for x, y in setup.batches]
-        forward = tg.compile(model) if key == "module" else model
+        forward = tg.compile(model, threads=threads) if key == "module" else model
         clip = cfg.get("clip")
 
         def train_step(x, y):
@@ -953,7 +955,7 @@ class TracegradImplementation(Implementation):
             self.train_step = train_step
         else:
             passes = "default" if key == "step" else None
-            self.compiled = self.train_step = tg.compile(train_step, passes=passes)
+            self.compiled = self.train_step = tg.compile(train_step, passes=passes, threads=threads)
 
     def step(self, i: int):
         x, y = self.batches[i % len(self.batches)]

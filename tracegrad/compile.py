@@ -40,6 +40,8 @@ def compile(
     check: bool = ...,
     debug_nans: bool = ...,
     max_recompiles: int | None = ...,
+    memory_budget: int | None = ...,
+    threads: int = ...,
 ) -> CompiledModule[P, R]: ...
 
 
@@ -53,11 +55,13 @@ def compile(
     check: bool = ...,
     debug_nans: bool = ...,
     max_recompiles: int | None = ...,
+    memory_budget: int | None = ...,
+    threads: int = ...,
 ) -> CompiledFunction[P, R]: ...
 
 
 def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, check=False,
-            debug_nans=False, max_recompiles=None, memory_budget=None):  # fmt: skip
+            debug_nans=False, max_recompiles=None, memory_budget=None, threads=1):  # fmt: skip
     """Compile an ``nn.Module`` (forward and backward) or a function (a whole training step).
 
     A module compiles to a ``CompiledModule`` sharing its parameters: calling it runs the
@@ -88,15 +92,23 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
             shows the choice, the peak before and after, the extra operations. A module's
             choice is made on its joint forward and backward. Needs the ``recompute`` and
             ``memory`` passes (the default pipeline).
+        threads: how many threads the generated code may run on (default 1). With 2 or more,
+            the ``threads`` pass chooses, by its cost model, independent large products to run
+            at the same time (one on a thread pool, BLAS at one thread meanwhile) and large
+            elementwise work to split by rows across the pool; the same results, bit for bit.
+            Where it would not pay (small programs), nothing changes. ``explain()`` and the
+            generated code show each choice. The pool is the process's, shared by all
+            programs; BLAS's own threads stay ``tg.set_num_threads``'s.
 
     Returns:
         A ``CompiledModule`` for a module, a ``CompiledFunction`` for a function.
 
     Raises:
         TypeError: if ``model_or_fn`` is neither a module nor callable, or for a
-            ``memory_budget`` that is not an int.
-        ValueError: for a backend other than ``"numpy"``, an unknown pass name, or a
-            ``memory_budget`` that is not positive or whose passes are left out.
+            ``memory_budget`` or ``threads`` that is not an int.
+        ValueError: for a backend other than ``"numpy"``, an unknown pass name, a
+            ``memory_budget`` that is not positive or whose passes are left out, or
+            ``threads`` below 1.
         NotImplementedError: for ``dynamic=True``.
         MemoryBudgetError: (on the first call) when even recomputing every forward value
             that helps leaves the estimated peak above ``memory_budget``; it names the
@@ -114,8 +126,9 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
     if dynamic:
         raise NotImplementedError("dynamic shapes are not supported yet: each shape compiles")
     _check_budget(memory_budget, passes)
+    threads = _checked_threads(threads)
     options = dict(passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles,
-                   check=check, memory_budget=memory_budget)  # fmt: skip
+                   check=check, memory_budget=memory_budget, threads=threads)  # fmt: skip
     if is_module(model_or_fn):
         return CompiledModule(model_or_fn, **options)
     if callable(model_or_fn):
@@ -138,6 +151,14 @@ def _check_budget(memory_budget, passes) -> None:
             f"memory_budget needs the passes {sorted(missing)} (the default pipeline has them), "
             f"which passes={passes!r} leaves out"
         )
+
+
+def _checked_threads(threads) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer):
+        raise TypeError(f"threads must be a number of threads (int), got {threads!r}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    return int(threads)
 
 
 def trace(fn_or_module, *example_inputs) -> Graph:

@@ -194,6 +194,7 @@ def test_explain_names_every_default_pass_with_true_node_counts():
         "schedule",
         "recompute",
         "overlap",
+        "threads",
         "memory",
     }
     # each pass starts from what the one before it left

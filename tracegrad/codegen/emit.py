@@ -25,6 +25,7 @@ from tracegrad.ops import kernels as rt
 from tracegrad.ops.registry import RANDOM
 from tracegrad.passes.fuse import is_linear
 from tracegrad.passes.memory import COPIES, Assembled, InBuffer, InPlace, MemoryPlan, clobbers
+from tracegrad.passes.threads import Concurrent, Split, ThreadPlan
 from tracegrad.version import __version__
 
 _ENV = jinja2.Environment(
@@ -83,6 +84,7 @@ class FunctionSource:
     kernel_names: dict[Node, str] = field(default_factory=dict)
     row_loops: list[RowLoop] = field(default_factory=list)
     plan: MemoryPlan | None = None
+    threads: ThreadPlan | None = None  # what runs on the thread pool (tg.compile(threads=n))
 
     @property
     def signature(self) -> list[str]:
@@ -204,6 +206,10 @@ class _Frame:
     whole: dict[Value, str]  # value -> the planned buffer it is, whole
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     views: list[tuple[str, str]] = field(default_factory=list)
+    threads: ThreadPlan | None = None  # what runs on the thread pool
+    jobs: int = 0  # thread pool jobs and row functions named so far
+    # (piece buffer, pool part) -> the buffer that part of a split row loop uses instead
+    twins: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 @timed(lambda graph, name, *args, **kwargs: f"codegen {name}")
@@ -215,11 +221,14 @@ def emit_function(
     debug_nans: bool = False,
     notes: list[str] | None = None,
     known: dict[str, str] | None = None,
+    threads: ThreadPlan | None = None,
 ) -> FunctionSource:
     """The function computing ``graph``, writing where ``plan`` says (no plan: every result
     in fresh memory); ``notes`` say what outputs are beyond what the graph says (a stored
     .grad, say), by position, "" where they say nothing; ``known`` names inputs as an earlier
-    function named values of the same IR name (the values a forward saves), see ``Namer``."""
+    function named values of the same IR name (the values a forward saves), see ``Namer``;
+    ``threads`` what runs on the thread pool (``plan_threads``'s plan, made with this
+    function's row loops)."""
     plan = MemoryPlan.fresh(graph) if plan is None else plan
     namer = Namer(graph, notes or [], known)
     params = [namer(v) for v in graph.inputs]
@@ -230,13 +239,14 @@ def emit_function(
     local = _piece_buffers(graph, loops, name, buffers)
     whole = _whole_buffers(graph, plan, buffers, local)
     frame = _Frame(graph, plan, name, namer, kernel_names, buffers, local, whole)
+    frame.threads = None if debug_nans else threads
     sections = _sections(frame, loops, debug_nans)
     returns = [namer(v) for v in graph.outputs]
     kernels = [emit_kernel(node, kernel, namer.names) for node, kernel in kernel_names.items()]
     return FunctionSource(
         name, params, sections, returns, frame.constants, _allocated(plan, buffers, local),
         kernels, frame.views, names=namer.names, kernel_names=kernel_names, row_loops=loops,
-        plan=plan, return_notes=_return_notes(graph, notes or []),
+        plan=plan, return_notes=_return_notes(graph, notes or []), threads=frame.threads,
     )  # fmt: skip
 
 
@@ -269,13 +279,19 @@ def _sections(frame: _Frame, loops: list[RowLoop], debug_nans: bool) -> list[Sec
     last_use = _last_uses(graph)
     keep = set(graph.outputs)
     sections: list[Section] = []
+    windows = _Windows(frame)
+    splits = {split.start: split for split in frame.threads.splits} if frame.threads else {}
     for start, stop in _runs(graph, {loop.start: loop.stop for loop in loops}):
         node, members = graph.nodes[start], graph.nodes[start:stop]
         title = _section_of(node)
         if not sections or sections[-1].title != title:
             sections.append(Section(title))
-        lines = sections[-1].lines
-        if len(members) > 1:
+        lines: list[str] = []
+        if start in windows.submitted:
+            lines.append(windows.submit(start, node))
+        elif start in splits:
+            lines += _split_rows(members, frame, splits[start])
+        elif len(members) > 1:
             lines += _row_loop(members, frame)
         else:
             lines.append(_statement(node, frame))
@@ -290,13 +306,18 @@ def _sections(frame: _Frame, loops: list[RowLoop], debug_nans: bool) -> list[Sec
         ]
         if dead:
             lines.append(f"del {', '.join(dict.fromkeys(dead))}")
+        sections[-1].lines += windows.around(start, stop, lines)
     return sections or [Section("nothing to compute")]
 
 
 def _statement(node, frame: _Frame) -> str:
     """The one statement computing ``node``'s value where the plan puts it."""
+    target = frame.namer(node.outputs[0])
+    return f"{target} = {_right_side(node, frame, target)}{_comment(node)}"
+
+
+def _right_side(node, frame: _Frame, target: str) -> str:
     namer = frame.namer
-    target = namer(node.outputs[0])
     key = f"{frame.name}.{target}"  # (a constant's, unique in the module)
     args = [namer(v) for v in node.inputs]
     destination = _destination(node, args, frame)
@@ -309,7 +330,7 @@ def _statement(node, frame: _Frame) -> str:
     else:
         kernel = frame.kernel_names.get(node)
         rhs = expression(node, args, frame.constants, key, destination, kernel)
-    return f"{target} = {rhs}{_comment(node)}"
+    return rhs
 
 
 def _whole_buffers(graph: Graph, plan: MemoryPlan, buffers, local: dict) -> dict[Value, str]:
@@ -486,9 +507,16 @@ def _joins(members, plan: MemoryPlan) -> bool:
 def _row_loop(members, frame: _Frame) -> list[str]:
     """The loop running ``members`` piece by piece, then each member's value bound to the
     whole array it wrote (a value living in a piece buffer is dead after the loop)."""
+    shape = members[0].outputs[0].type.shape
+    loop, binds = _rows(members, frame, _piece_rows(shape), ("0", str(shape[0])))
+    return loop + binds
+
+
+def _rows(members, frame: _Frame, step: int, bounds: tuple[str, str]):
+    """The loop over pieces of ``step`` rows from row ``bounds[0]`` to ``bounds[1]`` (source
+    text), and the lines binding each member's value after it."""
     namer, local = frame.namer, frame.local
     shape = members[0].outputs[0].type.shape
-    step = _piece_rows(shape)
     # member output -> the whole array it writes, or its piece of a buffer
     written: dict[Value, str] = {}
     body = []
@@ -505,8 +533,9 @@ def _row_loop(members, frame: _Frame) -> list[str]:
         kernel = frame.kernel_names.get(member)
         rhs = expression(member, args, {}, "", written[out], kernel)
         body.append(f"    {rhs}{_comment(member)}")
+    first, last = bounds
     header = [
-        f"for start in range(0, {shape[0]}, {step}):  # rows of {shape} in pieces of {step}",
+        f"for start in range({first}, {last}, {step}):  # rows of {shape} in pieces of {step}",
         f"    piece = slice(start, start + {step})",
     ]
     binds = [
@@ -514,7 +543,7 @@ def _row_loop(members, frame: _Frame) -> list[str]:
         for m in members
         if m.outputs[0] not in local
     ]
-    return header + body + binds
+    return header + body, binds
 
 
 def _piece(value, shape, namer: Namer) -> str:
@@ -534,6 +563,99 @@ def _destination(node, args: list[str], frame: _Frame) -> str | None:
     if isinstance(placement, InBuffer):
         return frame.buffers[placement.buffer][0] + placement.view
     return None
+
+
+# --- the thread pool ----------------------------------------------------------------------------
+#
+# A program compiled with threads=n runs what its ThreadPlan (tracegrad.passes.threads) says on
+# the process's pool of n - 1 threads (tracegrad.blas.thread_pool), named POOL in the module.
+
+
+def row_runs(graph: Graph, plan: MemoryPlan) -> list[tuple[int, int]]:
+    """(start, stop) ranges of the nodes that may run by rows, for ``plan_threads``: the row
+    loops, and each other elementwise statement whose rows are independent."""
+    loops = row_loops(graph, plan)
+    inside = {i for start, stop in loops for i in range(start, stop)}
+    singles = [
+        (i, i + 1) for i, node in enumerate(graph.nodes) if i not in inside and _joins([node], plan)
+    ]
+    return sorted(loops + singles)
+
+
+class _Windows:
+    """The products a function runs in the pool, each beside the statements after it: its
+    ``pool.submit`` opens a ``with one_blas_thread():`` block holding them, closed by
+    ``.result()`` after the last."""
+
+    def __init__(self, frame: _Frame):
+        self.frame = frame
+        concurrent = frame.threads.concurrent if frame.threads else []
+        self.submitted: dict[int, Concurrent] = {c.submitted: c for c in concurrent}
+        self.open: tuple[Concurrent, str] | None = None  # the window running, its result line
+
+    def submit(self, index: int, node) -> str:
+        """The statement handing ``node`` to the pool, its inputs bound as they are now (the
+        calling thread may delete their names before the pool reads them)."""
+        frame = self.frame
+        target = frame.namer(node.outputs[0])
+        job = f"{frame.name}_job{frame.jobs}"
+        frame.jobs += 1
+        self.open = (self.submitted[index], f"{target} = {job}.result()")
+        names = dict.fromkeys(frame.namer(v) for v in node.inputs)
+        bound = ", ".join(f"{n}={n}" for n in names)
+        rhs = _right_side(node, frame, target)
+        return f"{job} = POOL.submit(lambda {bound}: {rhs}){_comment(node)}"
+
+    def around(self, start: int, stop: int, lines: list[str]) -> list[str]:
+        """The lines of nodes ``start`` to ``stop``, inside a window when one is open."""
+        if self.open is None:
+            return lines
+        window, result = self.open
+        indented = [f"    {line}" for line in lines]
+        if start == window.submitted:
+            indented.insert(0, f"with one_blas_thread():  # {safe.comment(window.reason)}")
+        if stop - 1 == window.joined:
+            indented.append(f"    {result}")
+            self.open = None
+        return indented
+
+
+def _split_rows(members, frame: _Frame, split: Split) -> list[str]:
+    """Nodes running by rows in ``split.parts`` parts at once: their loop as a function of
+    its rows (and of the piece buffers it uses), called in the pool for every part but the
+    last, which the calling thread runs; each pool part has piece buffers of its own."""
+    shape = members[0].outputs[0].type.shape
+    rows = shape[0]
+    step = _piece_rows(shape) if len(members) > 1 else -(-rows // split.parts)
+    pieces = -(-rows // step)
+    per_part = -(-pieces // min(split.parts, pieces)) * step  # whole pieces: the same as unsplit
+    bounds = [(lo, min(rows, lo + per_part)) for lo in range(0, rows, per_part)]
+    loop, binds = _rows(members, frame, step, ("first", "last"))
+    own = sorted({frame.local[m.outputs[0]] for m in members if m.outputs[0] in frame.local})
+    name = f"{frame.name}_rows{frame.jobs}"
+    lines = [f"def {name}({', '.join(['first', 'last', *own])}):  # {split.reason}"]
+    lines += [f"    {line}" for line in loop]
+    jobs = []
+    for part, (lo, hi) in enumerate(bounds[:-1]):
+        job = f"{frame.name}_job{frame.jobs + 1 + part}"
+        buffers = "".join(f", {_twin(frame, buffer, part)}" for buffer in own)
+        lines.append(f"{job} = POOL.submit({name}, {lo}, {hi}{buffers})")
+        jobs.append(job)
+    frame.jobs += 1 + len(jobs)
+    lo, hi = bounds[-1]
+    lines.append(f"{name}({', '.join([str(lo), str(hi), *own])})")
+    lines += [f"{job}.result()" for job in jobs]
+    return lines + binds
+
+
+def _twin(frame: _Frame, buffer: str, part: int) -> str:
+    """The piece buffer standing for ``buffer`` in pool part ``part`` (allocated once)."""
+    key = (buffer, part)
+    if key not in frame.twins:
+        _, shape, dtype = next(b for b in frame.buffers if b[0] == buffer)
+        frame.twins[key] = f"{buffer}_pool{part}"
+        frame.buffers.append((frame.twins[key], shape, dtype))
+    return frame.twins[key]
 
 
 def _last_uses(graph: Graph) -> dict[Value, int]:
@@ -556,6 +678,7 @@ def render_module(functions: list[FunctionSource], title: str, runtime: str, gra
         header=header,
         runtime=runtime,
         functions=functions,
+        threads=max((fn.threads.threads for fn in functions if fn.threads), default=1),
     )
 
 

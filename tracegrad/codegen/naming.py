@@ -30,11 +30,16 @@ from tracegrad.ir.core import CONSTANT, FUSED, Node, Phase, Value
 from tracegrad.ir.graph import Graph, body_of
 
 # Names of a function's module-level buffers, piece buffers, views and kernels (forward_b0,
-# step_kernel1): a value named so would hide them inside the function.
-GLOBALS = re.compile(r"\w+_(?:b|p|v|kernel)\d+")
+# step_kernel1), and of its thread pool's jobs, row functions and piece buffers: a value named
+# so would hide them inside the function.
+GLOBALS = re.compile(r"\w+_(?:b|p|v|kernel|job|rows|pool)\d+")
+# Names the statements of a threaded function use besides its values
+THREAD_NAMES = ("POOL", "one_blas_thread", "first", "last")
 # What generated functions read besides their values: NumPy, the kernels, the constants, the
-# generator, a row loop's locals and builtins, and a fused kernel's buffer.
-RESERVED = frozenset({"np", "rt", "C", "rng", "start", "piece", "range", "slice", "out"})
+# generator, a row loop's locals and builtins, a fused kernel's buffer, the thread pool's names.
+RESERVED = frozenset(
+    {"np", "rt", "C", "rng", "start", "piece", "range", "slice", "out", *THREAD_NAMES}
+)
 # Longest name made from a scope and op (inputs keep theirs, however long).
 MAX_LENGTH = 40
 # A note naming a value rather than saying what it is (``model.0.weight.grad``)

@@ -171,6 +171,19 @@ def _row_loop_lines(fn: FunctionSource) -> list[str]:
     ]
 
 
+def _thread_lines(fn: FunctionSource) -> list[str]:
+    """What the ``threads`` pass chose to run on the thread pool, and why."""
+    plan = fn.threads
+    if not plan:
+        return []
+    return [
+        f"    threads ({plan.threads}): {len(plan.concurrent)} products run in the pool beside "
+        f"the statements after them, {len(plan.splits)} elementwise runs split by rows",
+        *(f"      {window.reason}" for window in plan.concurrent),
+        *(f"      {split.reason}" for split in plan.splits),
+    ]
+
+
 def _backend_choice_lines(report: Report) -> list[str]:
     """Where the rewrites of backend passes (layout choices) show, when any ran: not in the
     graph users read."""
@@ -189,6 +202,7 @@ SCHEDULE_NOTES = {
     "hoisted": "scalar update nodes run first",
     "started early": "gradient buckets start their all_reduce as soon as their gradients exist",
     "waited late": "gradient buckets are waited on just before the first node reading them",
+    "moved beside a product": "products moved beside an independent product, to run at once",
 }
 
 
@@ -322,6 +336,7 @@ def render(report: Report, recompile_reasons: list[str]) -> Explanation:
         lines += _schedule_lines(report.planning.get(name, []))
         lines += _communication_lines(after)
         lines += _row_loop_lines(report.emitted[name])
+        lines += _thread_lines(report.emitted[name])
     lines += _saved_lines(report)
     if report.recomputed:
         lines.append(

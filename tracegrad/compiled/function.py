@@ -54,10 +54,10 @@ class CompiledFunction(Specializer[P, R]):
     """
 
     def __init__(self, fn, *, passes="default", debug_nans=False, max_recompiles=None,
-                 check=False, grad_argnums=(), memory_budget=None):  # fmt: skip
+                 check=False, grad_argnums=(), memory_budget=None, threads=1):  # fmt: skip
         super().__init__(
             passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles, check=check,
-            memory_budget=memory_budget,
+            memory_budget=memory_budget, threads=threads,
         )  # fmt: skip
         self.fn = fn
         self.grad_argnums = tuple(grad_argnums)

@@ -60,11 +60,11 @@ class CompiledModule(Specializer[P, R]):
     kind = "module"
 
     def __init__(self, module, *, passes="default", debug_nans=False, max_recompiles=None,
-                 check=False, memory_budget=None):  # fmt: skip
+                 check=False, memory_budget=None, threads=1):  # fmt: skip
         self.module = module
         super().__init__(
             passes=passes, debug_nans=debug_nans, max_recompiles=max_recompiles, check=check,
-            memory_budget=memory_budget,
+            memory_budget=memory_budget, threads=threads,
         )  # fmt: skip
 
     @property
@@ -165,8 +165,9 @@ class CompiledModule(Specializer[P, R]):
         refuse_escaped_tensors(self.module.forward, args)
         report = Report(f"compiled {self.title}", signature)
         spec = build_module_program(
-            traced, args, self.passes, self.debug_nans, report, self.check, self.memory_budget
-        )
+            traced, args, self.passes, self.debug_nans, report, self.check, self.memory_budget,
+            self.threads,
+        )  # fmt: skip
         spec.lock, spec.signature = self._lock, signature
         spec.report, spec.structure = report, structure
         owned = {id(t) for t in [*self.module.parameters(), *self.module.buffers()]}

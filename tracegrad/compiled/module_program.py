@@ -149,11 +149,12 @@ def build_module_program(
     report: Report,
     check: bool = False,
     memory_budget: int | None = None,
+    threads: int = 1,
 ) -> ModuleProgram:
     """The forward and backward ``derive`` makes with the whole pipeline (and the memory
-    budget), generated (checked against the traced graph with ``check=True``); those it makes
-    without the backend's layout choices are the readable graphs, derived when first asked
-    for."""
+    budget), generated (checked against the traced graph with ``check=True``) for ``threads``
+    threads; those it makes without the backend's layout choices are the readable graphs,
+    derived when first asked for."""
     tensors = [a for a in args if isinstance(a, Tensor)] + traced.lifted
     wrt = [i for i, t in enumerate(tensors) if t.requires_grad] if tape.is_grad_enabled() else []
     derived = derive(traced, wrt, transforms(passes_spec), report.stages, memory_budget)
@@ -164,8 +165,9 @@ def build_module_program(
         report.recomputations[JOINT] = derived.recomputation
     if derived.backward is None:
         program = generate(
-            [("forward", derived.forward)], "forward", debug_nans, passes_spec, report=report
-        )
+            [("forward", derived.forward)], "forward", debug_nans, passes_spec, report=report,
+            threads=threads,
+        )  # fmt: skip
         return ModuleProgram(program, traced, [], [], 0, readable)
     n_out, n_forward, forward = traced.n_outputs, derived.n_forward, derived.forward
     # outputs that require grad as eagerly: before passes drop a dependency (where(True, a, b))
@@ -177,7 +179,7 @@ def build_module_program(
     log("graph", lambda: f"forward graph\n{forward}\nbackward graph\n{derived.backward}")
     grads = [f"{traced.graph.inputs[i].name}.grad" for i in wrt]  # what the backward returns
     program = _generate_forward_and_backward(forward, derived.backward, n_forward, debug_nans,
-                                             passes_spec, report, grads)  # fmt: skip
+                                             passes_spec, report, grads, threads)  # fmt: skip
     if check:
         _check_module(traced, tensors, wrt, n_out, report.stages, program)
     n_saved = len(forward.outputs) - n_forward
@@ -205,6 +207,7 @@ def _generate_forward_and_backward(
     passes_spec,
     report,
     grads: list[str],
+    threads: int = 1,
 ) -> Program:
     """The forward and backward generated in one module; ``grads`` say what the backward
     returns (``0.weight.grad``)."""
@@ -215,7 +218,7 @@ def _generate_forward_and_backward(
     saved = frozenset(v.name for v in forward.outputs[n_forward:]) - returned
     return generate(
         parts, "forward and backward", debug_nans, passes_spec, saved, report,
-        notes={"backward": grads},
+        notes={"backward": grads}, threads=threads,
     )  # fmt: skip
 
 

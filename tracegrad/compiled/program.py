@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracegrad import codegen
+from tracegrad.codegen.emit import row_runs
 from tracegrad.codegen.export import export_program
 from tracegrad.ir.graph import Graph
 from tracegrad.logs import log
@@ -18,6 +19,7 @@ from tracegrad.passes import pipeline
 from tracegrad.passes.memory import MemoryPlan, plan_memory
 from tracegrad.passes.pipeline import PassResult
 from tracegrad.passes.recompute import Recomputation, choose
+from tracegrad.passes.threads import ThreadPlan, plan_threads
 from tracegrad.random import generator
 
 # The planning passes that make the memory plan (``memory`` pools buffers too).
@@ -60,7 +62,11 @@ class Program:
 
 
 def _plan(
-    graph: Graph, passes_spec, persistent: frozenset[str], memory_budget: int | None = None
+    graph: Graph,
+    passes_spec,
+    persistent: frozenset[str],
+    memory_budget: int | None = None,
+    threads: int = 1,
 ) -> tuple[Graph, MemoryPlan, list[PassResult], Recomputation | None]:
     """The planning passes of the pipeline on one function's graph: the graph they leave, its
     memory plan (every result in fresh memory when the pipeline plans none), what each
@@ -70,7 +76,7 @@ def _plan(
     for name in names:
         if name in MEMORY_PLANS:
             continue
-        options = {}
+        options: dict = {"threads": threads} if name == "threads" else {}
         if name == "recompute" and memory_budget is not None:
             recomputation = choose(graph, memory_budget, persistent)
             options = {"names": recomputation.recomputed}
@@ -83,6 +89,14 @@ def _plan(
     return graph, MemoryPlan.fresh(graph), results, recomputation
 
 
+def _threads(graph: Graph, memory: MemoryPlan, threads: int, passes_spec) -> ThreadPlan:
+    """What runs on the thread pool: nothing unless ``threads`` > 1 and the pipeline has the
+    ``threads`` pass."""
+    if threads < 2 or "threads" not in pipeline.planning(passes_spec):
+        return ThreadPlan(threads)
+    return plan_threads(graph, memory, threads, row_runs(graph, memory))
+
+
 def generate(
     parts: list[tuple[str, Graph]],
     title: str,
@@ -92,14 +106,17 @@ def generate(
     report=None,
     memory_budget: int | None = None,
     notes: dict[str, list[str]] | None = None,
+    threads: int = 1,
 ) -> Program:
     """Emit one module holding a function per (name, graph) part and load it. Planning passes
     (the memory plan) run on each part first; ``persistent`` outputs may use planned memory;
     with a ``memory_budget`` (bytes), each part recomputes forward values to fit it;
-    ``notes`` say what a part's outputs are (``emit_function``'s), by part name."""
+    ``notes`` say what a part's outputs are (``emit_function``'s), by part name; with
+    ``threads`` > 1, each part runs what ``plan_threads`` chooses on a thread pool."""
     unplanned = parts
     planned = [
-        (name, *_plan(graph, passes_spec, persistent, memory_budget)) for name, graph in parts
+        (name, *_plan(graph, passes_spec, persistent, memory_budget, threads))
+        for name, graph in parts
     ]
     parts = [(name, graph) for name, graph, *_ in planned]
     if report is not None:
@@ -108,8 +125,9 @@ def generate(
     named: dict[str, str] = {}  # IR value name -> its Python name in the parts so far
     for name, graph, memory, planning, recomputation in planned:
         fn = codegen.emit_function(
-            graph, name, memory, debug_nans=debug_nans, notes=(notes or {}).get(name), known=named
-        )
+            graph, name, memory, debug_nans=debug_nans, notes=(notes or {}).get(name),
+            known=named, threads=_threads(graph, memory, threads, passes_spec),
+        )  # fmt: skip
         # (a value the forward saves keeps its name in the backward)
         named.update((value.name, python) for value, python in fn.names.items())
         if report is not None:

@@ -82,9 +82,10 @@ class Specializer(Generic[P, R]):
     kind = "function"  # what the error of a view asked for before any call names
 
     def __init__(self, *, passes="default", debug_nans=False, max_recompiles=None,
-                 check=False, memory_budget=None):  # fmt: skip
+                 check=False, memory_budget=None, threads=1):  # fmt: skip
         self.passes = passes
         self.memory_budget = memory_budget  # bytes, or None (see tg.compile)
+        self.threads = threads  # threads the generated code may run on (see tg.compile)
         self.debug_nans = debug_nans or os.environ.get("TRACEGRAD_DEBUG_NANS") == "1"
         self.max_recompiles = max_recompiles
         self.check = check

@@ -269,6 +269,7 @@ def _generate_step(compiled, traced: _TracedStep, signature, args) -> tuple[Prog
     program = generate(
         [("step", graph)], "training step", compiled.debug_nans, compiled.passes, persistent,
         report=report, memory_budget=compiled.memory_budget, notes={"step": notes},
+        threads=compiled.threads,
     )  # fmt: skip
     if compiled.check:
         _check_step(traced, program, pass_results, args)
@@ -362,7 +363,7 @@ def trace_function(compiled, args, signature, names) -> StepProgram:
     report.unplanned_traced = traced.graph
     module = build_module_program(
         traced, args, compiled.passes, compiled.debug_nans, report, compiled.check,
-        compiled.memory_budget,
+        compiled.memory_budget, compiled.threads,
     )  # fmt: skip
     module.report, module.lock = report, compiled._lock
     for t, value in zip(traced.lifted, traced.graph.inputs[-len(traced.lifted) :], strict=False):

@@ -11,6 +11,7 @@ each kernel with what it reads) into the standalone module it writes.
 
 import functools
 import math
+import threading
 
 import numpy as np
 
@@ -157,19 +158,21 @@ def check_finite(value, op, phase, where):
 def scratch(like, slot: str, dtype=None):
     """A work array shaped like ``like`` (an array, or a shape with ``dtype``), kept between
     calls (slot names keep a kernel's arrays apart), so a steady training step allocates
-    nothing for kernel temporaries. Never returned from a kernel."""
+    nothing for kernel temporaries. Never returned from a kernel. Each thread has its own
+    (code compiled with ``threads=n`` runs one kernel on two halves of an array at once)."""
     if type(like) is np.ndarray:  # the usual call: attribute reads only
         key = (slot, like.shape, like.dtype if dtype is None else dtype)
     else:
         shape = like if isinstance(like, tuple) else np.shape(like)
         key = (slot, shape, np.dtype(dtype or like.dtype))
-    array = _SCRATCH.get(key)
+    arrays: dict = _SCRATCH.__dict__  # (this thread's)
+    array = arrays.get(key)
     if array is None:
-        array = _SCRATCH[key] = np.empty(key[1], key[2])
+        array = arrays[key] = np.empty(key[1], key[2])
     return array
 
 
-_SCRATCH: dict = {}
+_SCRATCH = threading.local()
 
 
 def _joint_shape(x, y) -> tuple[int, ...]:

@@ -100,11 +100,12 @@ DEFAULT_PIPELINE = [
     "schedule",  # kept results and update scalars early; runs on each generated function
     "recompute",  # under a memory budget: forward values the backward computes again
     "overlap",  # each bucket's all_reduce starts early, waited on late; on each function
+    "threads",  # with tg.compile(threads=n): independent large products side by side
     "memory",  # in-place writes and pooled buffers; runs on each generated function
 ]
 # Planning passes annotate the final graph of each generated function (after reverse mode and
 # the split into forward and backward), so tg.compile runs them last, part by part.
-PLANNING = ("schedule", "recompute", "overlap", "inplace", "memory")
+PLANNING = ("schedule", "recompute", "overlap", "threads", "inplace", "memory")
 # Passes whose rewrites are choices of the NumPy backend, not of the user's program: the
 # generated code is made with them, the graphs users read (cm.graph) without them.
 BACKEND_CHOICES = ("specialize_numpy",)
