@@ -322,6 +322,7 @@ def _right_side(node, frame: _Frame, target: str) -> str:
     args = [namer(v) for v in node.inputs]
     destination = _destination(node, args, frame)
     if isinstance(frame.plan.placement(node.outputs[0]), Assembled) and node.op in COPIES:
+        assert destination is not None  # (an assembly's buffer, or the view of it)
         rhs = destination  # its inputs were written in place: nothing to copy
     elif _layout_view_of_buffer(node, frame.whole):
         rhs = f"{frame.name}_v{len(frame.views)}"
