@@ -1,6 +1,8 @@
 """Runs a program eagerly and compiled, three calls each, and compares what each call shows.
 
 Variants: ``eager``; ``fn`` (``tg.compile(fn)``, a whole step when fn calls backward);
+``budget`` with the ``memory_budget`` construct (``fn`` with a memory budget, which makes the
+backward recompute activations: see ``observe_budgeted``);
 ``module`` (fn as the forward of an ``nn.Module`` holding the program's parameters, compiled
 as a module; not for steps, nor for programs that mix compiled and eager code themselves);
 ``nopasses`` (``tg.compile(fn, passes=None)``). Each variant builds its own state from the
@@ -31,10 +33,13 @@ from .harness import NAMESPACE, Case, Wrapped
 
 CALLS = 3
 VARIANTS = ("fn", "module", "nopasses")
+# The budget variant (the memory_budget construct): this fraction of the estimated peak
+BUDGET_FRACTION = 0.6
 # (rtol, atol) per variant: the optimized program reassociates sums and fuses kernels; without
 # passes it runs eager's own kernels in eager's order, so it agrees to about the last bit (a
 # product of another memory layout may round its last bit otherwise: BLAS kernels differ).
 TOLERANCE = {"fn": (1e-9, 1e-11), "module": (1e-9, 1e-11), "nopasses": (1e-12, 1e-14)}
+TOLERANCE["budget"] = TOLERANCE["fn"]
 # Mixed programs add a compiled piece's gradient to an eager one's: the compiled backward sums
 # its own contributions before the tape adds them up, so the last bit may differ even unoptimized.
 MIXED_TOLERANCE = TOLERANCE["fn"]
@@ -64,33 +69,34 @@ def build(program: Program, compile_) -> Case:
     return namespace["setup"](compile_)
 
 
-def compiler(variant: str):
-    """What ``compile_`` means inside a program, and how the runner wraps ``fn``."""
+def compiler(variant: str, budget: int | None = None):
+    """What ``compile_`` means inside a program, and how the runner wraps ``fn``; ``budget``
+    the memory budget (bytes) of the ``budget`` variant."""
     if variant == "eager":
         return lambda f: f
     passes = None if variant == "nopasses" else "default"
-    return lambda f: tg.compile(f, passes=passes)
+    return lambda f: tg.compile(f, passes=passes, memory_budget=budget)
 
 
-def target(case: Case, variant: str):
-    if variant == "eager" or case.mixed:
+def target(case: Case, variant: str, budget: int | None = None):
+    if variant == "eager" or case.mixed or case.composed:
         return case.fn
     if variant == "module":
         return tg.compile(Wrapped(case.fn, case.holder))
-    return compiler(variant)(case.fn)
+    return compiler(variant, budget)(case.fn)
 
 
 def applies(case: Case, variant: str) -> bool:
-    return variant != "module" or not (case.step or case.mixed)
+    return variant != "module" or not (case.step or case.mixed or case.composed)
 
 
-def observe(program: Program, variant: str):
+def observe(program: Program, variant: str, budget: int | None = None):
     """The list of per-call observations of ``program`` run as ``variant`` (None if the
     variant does not apply)."""
-    case = build(program, compiler(variant))
+    case = build(program, compiler(variant, budget))
     if not applies(case, variant):
         return None
-    run = target(case, variant)
+    run = target(case, variant, budget)
     seen, kept, grads = [], [], []
     for i in range(CALLS):
         tg.manual_seed(1000 + i)
@@ -114,6 +120,21 @@ def observe(program: Program, variant: str):
     # a .grad kept from before a call keeps the values eager's keeps
     seen.append({"kept .grad tensors": [snapshot(g) for g in grads]})
     return seen
+
+
+def observe_budgeted(program: Program):
+    """``observe`` compiled with a memory budget of BUDGET_FRACTION of the estimated peak, or
+    the smallest feasible budget when that is higher. A budget of one byte fails naming both
+    (MemoryBudgetError) for the first generated function; one found later (another function,
+    or a call that compiles again) may need a higher one, which it names in turn."""
+    budget = 1
+    for _ in range(4):
+        try:
+            return observe(program, "budget", budget)
+        except tg.MemoryBudgetError as error:
+            fraction = int(error.unbudgeted * BUDGET_FRACTION) if budget == 1 else 0
+            budget = max(error.smallest, fraction)
+    return observe(program, "budget", budget)
 
 
 def backprop(result) -> None:
@@ -189,9 +210,10 @@ def run_program(program: Program) -> Outcome:
     except Exception as error:  # any eager failure: the generator wrote a bad program
         return Outcome("invalid", f"eager: {type(error).__name__}: {error}")
     refused = []
-    for variant in VARIANTS:
+    variants = VARIANTS + (("budget",) if "memory_budget" in program.constructs else ())
+    for variant in variants:
         try:
-            got = observe(program, variant)
+            got = observe_budgeted(program) if variant == "budget" else observe(program, variant)
         except tg.TraceError as error:
             refused.append(f"{variant}: {str(error).splitlines()[0]}")
             continue
