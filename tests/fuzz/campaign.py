@@ -15,6 +15,7 @@ FAILURES = ("mismatched", "crashed", "invalid")
 class Report:
     counts: Counter = field(default_factory=Counter)
     failures: list[tuple[int, Program, Outcome]] = field(default_factory=list)
+    refusals: Counter = field(default_factory=Counter)  # TraceError messages, by program
 
     def summary(self) -> str:
         kinds = ["matched", "refused", *FAILURES]
@@ -33,4 +34,6 @@ def run_seeds(seeds, enabled=None) -> Report:
         report.counts[outcome.kind] += 1
         if outcome.kind in FAILURES:
             report.failures.append((seed, program, outcome))
+        if outcome.kind == "refused":  # "variant: message; ...", each message once
+            report.refusals.update({part.split(": ", 1)[1] for part in outcome.detail.split("; ")})
     return report

@@ -162,26 +162,44 @@ def _accumulating(define, tail: StepTail, out: str) -> list[str]:
 
 
 def _evaluating(b: Builder, define, tail: StepTail, out: str, params, results) -> list[str]:
-    """The body as a compiled module's forward; odd calls train (the module's forward, then
-    loss, backward and update eagerly), even ones evaluate it under ``tg.no_grad()``, in eval
-    mode or not."""
-    call = f"model({', '.join(params)})"
-    evaluate = [f"out = {call}"]
+    """Odd calls train, even ones evaluate under ``tg.no_grad()`` (in eval mode or not), on
+    one compiled model: the body as a compiled module's forward, with loss, backward and
+    update run eagerly after it; or the body compiled as a function for evaluation and inside
+    a whole training step compiled for training."""
+    args, values = ", ".join(params), ", ".join(["v1", *results])
+    flip = b.rng.random() < 0.5  # eval mode for the evaluation: of the compiled model or m
     if b.rng.random() < 0.5:
-        evaluate = ["model.eval()", *evaluate, "model.train()"]
+        lines = ["    model = compile_(Wrapped(piece, m))"]
+        evaluate, mode = f"model({args})", b.rng.choice(["model", "m"])
+        train_lines = [
+            f"        {values}, = {evaluate}",
+            *("        " + line for line in tail.lines()),
+            f"        return {', '.join([*tail.outputs(), out])}",
+        ]
+    else:
+        lines = [
+            f"    def train_step({args}):",
+            f"        {values}, = piece({args})",
+            *("        " + line for line in tail.lines()),
+            f"        return {', '.join([*tail.outputs(), out])}",
+            "    training, evaluating = compile_(train_step), compile_(piece)",
+        ]
+        evaluate, mode = f"evaluating({args})", "m"
+        train_lines = [f"        return training({args})"]
+    evaluation = [f"out = {evaluate}"]
+    if flip:
+        evaluation = [f"{mode}.eval()", *evaluation, f"{mode}.train()"]
     return [
-        *define("piece", [], f"({', '.join(['v1', *results])},)"),
-        "    model = compile_(Wrapped(piece, m))",
+        *define("piece", [], f"({values},)"),
+        *lines,
         "    calls = []",
-        f"    def fn({', '.join(params)}):",
+        f"    def fn({args}):",
         "        calls.append(len(calls))",
         "        if len(calls) % 2 == 0:  # an evaluation between training calls",
         "            with tg.no_grad():",
-        *("                " + line for line in evaluate),
+        *("                " + line for line in evaluation),
         "            return out",
-        f"        {', '.join(['v1', *results])}, = {call}",
-        *("        " + line for line in tail.lines()),
-        f"        return {', '.join([*tail.outputs(), out])}",
+        *train_lines,
     ]
 
 
