@@ -34,6 +34,5 @@ def run_seeds(seeds, enabled=None) -> Report:
         report.counts[outcome.kind] += 1
         if outcome.kind in FAILURES:
             report.failures.append((seed, program, outcome))
-        if outcome.kind == "refused":  # "variant: message; ...", each message once
-            report.refusals.update({part.split(": ", 1)[1] for part in outcome.detail.split("; ")})
+        report.refusals.update(set(outcome.refusals))  # (each message once per program)
     return report

@@ -49,10 +49,12 @@ MIXED_TOLERANCE = TOLERANCE["fn"]
 class Outcome:
     """``matched``, ``refused`` (a compiled variant raised tg.TraceError), ``mismatched``
     (numbers differ), ``crashed`` (a compiled variant raised anything else) or ``invalid``
-    (the eager run itself raised: a generator bug). ``detail`` says where and what."""
+    (the eager run itself raised: a generator bug). ``detail`` says where and what;
+    ``refusals`` are the first lines of the TraceErrors raised."""
 
     kind: str
     detail: str = ""
+    refusals: tuple[str, ...] = ()
 
 
 def build(program: Program, compile_) -> Case:
@@ -209,13 +211,14 @@ def run_program(program: Program) -> Outcome:
         expected = observe(program, "eager")
     except Exception as error:  # any eager failure: the generator wrote a bad program
         return Outcome("invalid", f"eager: {type(error).__name__}: {error}")
-    refused = []
+    refused, messages = [], []
     variants = VARIANTS + (("budget",) if "memory_budget" in program.constructs else ())
     for variant in variants:
         try:
             got = observe_budgeted(program) if variant == "budget" else observe(program, variant)
         except tg.TraceError as error:
-            refused.append(f"{variant}: {str(error).splitlines()[0]}")
+            messages.append(str(error).splitlines()[0])
+            refused.append(f"{variant}: {messages[-1]}")
             continue
         except Exception as error:  # the contract allows tg.TraceError only
             return Outcome("crashed", f"{variant}: {type(error).__name__}: {error}")
@@ -224,4 +227,6 @@ def run_program(program: Program) -> Outcome:
             where = difference(want, have, f"call {call}", tolerance)
             if where is not None:
                 return Outcome("mismatched", f"{variant}: {where}")
-    return Outcome("refused", "; ".join(refused)) if refused else Outcome("matched")
+    if refused:
+        return Outcome("refused", "; ".join(refused), tuple(messages))
+    return Outcome("matched")
