@@ -12,32 +12,37 @@ RECURRENT = ["nn.LSTM", "nn.GRU", "nn.RNN", "nn.RNN"]
 
 
 def recurrent(b: Builder) -> None:
-    """An LSTM, GRU or RNN (tanh or relu) over the matrix as a sequence of ``rows`` steps of one
-    batch, ``batch_first`` or not, one or two layers (with dropout between them in train mode),
-    one or two directions, from zeros or from a pool row as the initial state."""
+    """An LSTM (its hidden state projected or not), GRU or RNN (tanh or relu) over the matrix
+    as a sequence of ``rows`` steps of one batch, ``batch_first`` or not, one or two layers
+    (with dropout between them in train mode), one or two directions, with biases or without,
+    from zeros or from a pool row as the initial state."""
     x, r, c = input_matrix(b), b.rows, b.cols
     kind = b.rng.choice(RECURRENT)
     layers, directions = b.rng.randint(1, 2), b.rng.randint(1, 2)
     batch_first = b.rng.random() < 0.5
+    projected = kind == "nn.LSTM" and b.rng.random() < 0.3  # h of size c, the cell c + 2
+    hidden = c + 2 if projected else c
     options = [f"num_layers={layers}", f"batch_first={batch_first}"]
-    if directions == 2:
-        options.append("bidirectional=True")
-    if layers == 2 and b.rng.random() < 0.5:
-        options.append("dropout=0.25")
-    if kind == "nn.RNN" and b.rng.random() < 0.5:
-        options.append("nonlinearity='relu'")
-    rnn = add_module(b, f"{kind}({c}, {c}, {', '.join(options)})")
+    options += ["bidirectional=True"] if directions == 2 else []
+    options += ["dropout=0.25"] if layers == 2 and b.rng.random() < 0.5 else []
+    options += ["nonlinearity='relu'"] if kind == "nn.RNN" and b.rng.random() < 0.5 else []
+    options += [f"proj_size={c}"] if projected else []
+    options += ["bias=False"] if b.rng.random() < 0.2 else []
+    rnn = add_module(b, f"{kind}({c}, {hidden}, {', '.join(options)})")
     seq = f"{x.name}.unsqueeze({0 if batch_first else 1})"
     row = b.pick(shape=(1, c))
     start = ""
     if row is not None and layers * directions == 1:
         h0 = f"{row.name}.unsqueeze(0)"
-        start = f", ({h0}, {h0}.tanh())" if kind == "nn.LSTM" else f", {h0}"
+        cell = f"tg.cat([{h0}, {h0}[..., :2]], -1)" if projected else h0
+        start = f", ({h0}, {cell}.tanh())" if kind == "nn.LSTM" else f", {h0}"
     out, state = b.fresh("seq"), b.fresh("state")
     b.line(f"{out}, {state} = {rnn}({seq}{start})")
     b.let(f"{out}.reshape({r}, {directions * c})", (r, directions * c))
-    h_n = f"{state}[{b.rng.randrange(2)}]" if kind == "nn.LSTM" else state
-    b.let(f"{h_n}.reshape({layers * directions}, {c})", (layers * directions, c))
+    which = b.rng.randrange(2) if kind == "nn.LSTM" else None
+    h_n = state if which is None else f"{state}[{which}]"
+    size = hidden if which == 1 else c
+    b.let(f"{h_n}.reshape({layers * directions}, {size})", (layers * directions, size))
 
 
 def batch_norm(b: Builder) -> None:
