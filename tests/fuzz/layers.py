@@ -121,6 +121,7 @@ def transformer(b: Builder) -> None:
         attn = add_module(
             b, f"nn.MultiheadAttention({c}, {heads}, dropout={dropout}, batch_first={batch_first})"
         )
+        _freeze_key_bias(b, attn)
         mask = b.rng.choice(["None", f"nn.Transformer.generate_square_subsequent_mask({r})"])
         averaged = b.rng.choice(["True", "False"])
         out, weights = b.fresh("att"), b.fresh("weights")
@@ -139,7 +140,15 @@ def transformer(b: Builder) -> None:
         f"nn.TransformerEncoderLayer({c}, {heads}, dim_feedforward={2 * c}, dropout={dropout}, "
         f"activation={activation}, batch_first={batch_first}, norm_first={norm_first})",
     )
+    _freeze_key_bias(b, f"{layer}.self_attn")
     b.let(f"{layer}({seq}).reshape({r}, {c})", (r, c))
+
+
+def _freeze_key_bias(b: Builder, attention: str) -> None:
+    """Leave the input projections' bias out of training (a frozen parameter inside a layer):
+    its key part has a gradient that is rounding noise (softmax is shift invariant), which
+    optimizers dividing by the gradient's size scale up to the learning rate."""
+    b.add_setup(f"{attention}.in_proj_bias.requires_grad_(False)")
 
 
 LAYERS = {
