@@ -140,11 +140,10 @@ def observe_budgeted(program: Program):
 
 
 def backprop(result) -> None:
-    """Backward from a fixed weighting of the sines of the results that require grad (see
-    steps.step_tail: plain sums can have gradients that are rounding noise)."""
+    """Backward from a fixed weighting of the results that require grad."""
     leaves = [t for t in flatten(result) if isinstance(t, tg.Tensor) and t.requires_grad]
     if leaves:
-        sum((t.sin() * (0.5 + k)).sum() for k, t in enumerate(leaves)).backward()
+        sum((t * (0.5 + k)).sum() for k, t in enumerate(leaves)).backward()
 
 
 def flatten(tree):
