@@ -129,6 +129,29 @@ def test_bool_mask_from_a_traced_value_raises():
         tg.trace(f, tg.randn(3))
 
 
+class Seeded(nn.Module):
+    def forward(self, x):
+        tg.manual_seed(5)
+        return F.dropout(x, 0.5, self.training)
+
+
+def test_manual_seed_inside_a_compiled_function_raises():
+    """Seeding while tracing would seed once, at the trace, while each compiled call draws
+    on: the draws of a later call would differ from eager's."""
+
+    def f(x):
+        tg.manual_seed(5)  # MARK-seed
+        return F.dropout(x, 0.5) + tg.randn(3, dtype=x.dtype)
+
+    with pytest.raises(tg.TraceError, match=at("MARK-seed")):
+        tg.compile(f)(tg.ones(3))
+    seeded = Seeded()
+    with pytest.raises(tg.TraceError, match="seed before calling"):
+        tg.compile(seeded)(tg.ones(3))
+    tg.manual_seed(5)  # eagerly, and outside the compiled function, seeding works
+    assert tg.equal(f(tg.ones(3)), f(tg.ones(3)))
+
+
 def test_shape_errors_name_the_user_line():
     class Bad(nn.Module):
         def __init__(self):

@@ -1,6 +1,7 @@
 """``python -m tests.fuzz --programs N --seed S [--constructs a,b] [--groups g,h]``: run N
-programs (seeds S..S+N-1), print each failing program's seed, outcome and source, then the
-counts. Exits 1 when a program mismatched, crashed or was invalid."""
+programs (seeds S..S+N-1), print each failing program's seed, outcome and source, the
+refusals' messages with their counts, then the counts. Exits 1 when a program mismatched,
+crashed or was invalid."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
         print(f"--- seed {seed} {outcome.kind}: {outcome.detail}")
         if not args.quiet:
             print(program.source)
+    for message, count in report.refusals.most_common():
+        print(f"refused {count}x: {message}")
     print(report.summary(), f"in {time.perf_counter() - start:.1f} s")
     return 1 if report.failures else 0
 

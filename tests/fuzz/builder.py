@@ -48,6 +48,7 @@ class Builder:
     backward: bool = False  # the caller backpropagates through the results
     keep: bool = False  # the caller keeps each call's results and checks them at the end
     containers: bool = False  # arguments and results are nested containers
+    options: set[str] = field(default_factory=set)  # the training constructs (steps.py)
 
     def fresh(self, prefix: str = "v") -> str:
         self.count += 1

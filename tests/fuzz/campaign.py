@@ -15,6 +15,7 @@ FAILURES = ("mismatched", "crashed", "invalid")
 class Report:
     counts: Counter = field(default_factory=Counter)
     failures: list[tuple[int, Program, Outcome]] = field(default_factory=list)
+    refusals: Counter = field(default_factory=Counter)  # TraceError messages, by program
 
     def summary(self) -> str:
         kinds = ["matched", "refused", *FAILURES]
@@ -33,4 +34,5 @@ def run_seeds(seeds, enabled=None) -> Report:
         report.counts[outcome.kind] += 1
         if outcome.kind in FAILURES:
             report.failures.append((seed, program, outcome))
+        report.refusals.update(set(outcome.refusals))  # (each message once per program)
     return report

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import models, ops
+from . import layers, models, ops
 from .builder import Builder, Var
 
 
@@ -241,6 +241,31 @@ def containers(b: Builder) -> None:
     b.containers = True
 
 
+def training(name: str) -> Callable[[Builder], None]:
+    """A training construct: the function is a whole training step (see ``step``), varied
+    as steps.py describes under ``name``: ``clip_grad``, ``scheduler``, ``optimizer_options``,
+    ``accumulate`` (two calls per update) or ``eval_calls`` (no-grad evaluation calls of the
+    same compiled model between training calls)."""
+
+    def emit(b: Builder) -> None:
+        b.step = True
+        b.options.add(name)
+
+    return emit
+
+
+def memory_budget(b: Builder) -> None:
+    """The runner also compiles with a memory budget of ~60% of the estimated peak (see
+    runner.py). A wide chain of activations (models.wide_chain) is what the backward may
+    recompute; the caller backpropagates through the results unless the function is a step."""
+    b.backward = True
+    models.wide_chain(b)
+
+
+# The frames that make the function a training step
+STEP_FRAMES = {"step", "clip_grad", "scheduler", "optimizer_options", "accumulate", "eval_calls"}
+
+
 def _construct_list() -> list[Construct]:
     statements = [
         ("elementwise", "ops", ops.elementwise),
@@ -262,13 +287,16 @@ def _construct_list() -> list[Construct]:
         ("numpy_arg", "arguments", numpy_arg),
         ("no_grad", "control", no_grad),
         ("keep_results", "control", keep_results),
+        ("memory_budget", "compile", memory_budget),
         *((name, "models", emit) for name, emit in models.IDIOMS.items()),
+        *((name, "layers", emit) for name, emit in layers.LAYERS.items()),
     ]
     frames = [
         ("containers", "arguments", containers),
         ("step", "control", step),
         ("mixed", "control", mixed),
         ("caller_backward", "control", caller_backward),
+        *((name, "training", training(name)) for name in sorted(STEP_FRAMES - {"step"})),
     ]
     return [Construct(n, g, e) for n, g, e in statements] + [
         Construct(n, g, e, frame=True) for n, g, e in frames

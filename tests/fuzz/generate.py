@@ -15,20 +15,8 @@ import random
 from dataclasses import dataclass
 
 from .builder import Builder, Var
-from .constructs import CONSTRUCTS, GROUPS
-
-# How a step reaches its optimizer: by name, through a dict or a list, or only through helper
-# functions whose closures hold it (tracing its step() is the first sign of it).
-OPTIMIZER_PATHS = {
-    "name": ([], "opt.zero_grad()", "opt.step()"),
-    "dict": (['kit = {"opt": opt}'], 'kit["opt"].zero_grad()', 'kit["opt"].step()'),
-    "list": (["kit = [opt]"], "kit[0].zero_grad()", "kit[0].step()"),
-    "helpers": (
-        ["def zero():", "    opt.zero_grad()", "def update():", "    opt.step()"],
-        "zero()",
-        "update()",
-    ),
-}
+from .constructs import CONSTRUCTS, GROUPS, STEP_FRAMES
+from .steps import StepTail, step_tail
 
 # How the function reaches the Holder ``m``: by name, through a dict, or through a helper.
 HOLDER_PATHS = {
@@ -36,20 +24,6 @@ HOLDER_PATHS = {
     "dict": (['box = {"m": m}'], ['m = box["m"]']),
     "helper": (["def holder():", "    return m"], ["m = holder()"]),
 }
-
-# (an eps far above rounding for those dividing by the gradient's size: a gradient that is 0
-# but for rounding, such as a key projection's bias under softmax, would otherwise be its sign)
-OPTIMIZERS = [
-    "optim.SGD(m.parameters(), lr=0.05, momentum=0.9)",
-    "optim.SGD(m.parameters(), lr=0.05, momentum=0.9, dampening=0.3)",
-    "optim.Adam(m.parameters(), lr=0.01, eps=1e-6)",
-    "optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.1, eps=1e-6)",
-    "optim.RMSprop(m.parameters(), lr=0.01, momentum=0.5, centered=True, eps=1e-3)",
-    "optim.Adagrad(m.parameters(), lr=0.05, eps=1e-3)",
-]
-
-# Where a step drops its .grad: first (the usual loop), last, or never (it accumulates)
-ZERO_GRAD_PLACES = ["first", "first", "last", "never"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +39,10 @@ def generate(seed: int, enabled=None) -> Program:
     names = sorted(enabled or CONSTRUCTS)
     chosen = rng.sample(names, min(len(names), rng.randint(1, 3)))
     for other in ("mixed", "caller_backward"):
-        if "step" in chosen and other in chosen:
+        if STEP_FRAMES.intersection(chosen) and other in chosen:
             chosen.remove(other)
+    if "eval_calls" in chosen and "accumulate" in chosen:  # (each alternates its own calls)
+        chosen.remove("accumulate")
     b = Builder(rng, rows=rng.randint(2, 4), cols=rng.randint(2, 4))
     for name in chosen:
         if CONSTRUCTS[name].frame:
@@ -103,42 +79,10 @@ def _nest(names: list[str]) -> str:
     return f'{{"out": {names[0]}, "rest": [{", ".join(rest)}]}}'
 
 
-def _step_tail(b: Builder, results: list[str], data_step: bool) -> list[str]:
-    """Loss, backward and the update of a whole training step."""
-    terms = ["v1", *results]  # v1 reads every parameter
-    loss = " + ".join(f"({name}.sum() * {k + 1}.0)" for k, name in enumerate(terms))
-    if data_step:
-        zero = "m.zero_grad()"
-        update = "\n".join(
-            [
-                "for p in m.parameters():",
-                "    if p.grad is not None:  # (a layer the loss does not reach has none)",
-                "        p.data.add_(-0.05 * p.grad)",
-            ]
-        )
-    else:
-        b.add_setup(f"opt = {b.rng.choice(OPTIMIZERS)}")
-        setup, zero, update = OPTIMIZER_PATHS[b.rng.choice(sorted(OPTIMIZER_PATHS))]
-        for line in setup:
-            b.add_setup(line)
-        b.state.append("opt")
-        b.add_between('opt.param_groups[0]["lr"] *= 0.5')  # a schedule's decay
-        update = b.rng.choice([update] * 4 + ["pass"])
-    body = [f"loss = {loss}", "loss.backward()", *update.split("\n")]
-    if b.rng.random() < 0.3:  # the caller's own backward: a .grad exists as a call starts
-        b.add_between("with tg.enable_grad(): (m.w0 * m.w0).sum().backward()")
-    place = b.rng.choice(ZERO_GRAD_PLACES)
-    if place == "never":
-        return body
-    return [zero, *body] if place == "first" else [*body, zero]
-
-
 def _source(b: Builder, seed: int, chosen: list[str]) -> str:
     results = _results(b)
-    tail = _step_tail(b, results, "data_update" in chosen) if b.step else []
+    tail = step_tail(b, results, "data_update" in chosen) if b.step else None
     out = _nest(results) if b.containers else f"({', '.join(results)},)"
-    if b.step:
-        out = f"loss, {out}"
     params = ["x0", "x1", *b.params]
     args = list(params)
     unpack = []
@@ -148,11 +92,20 @@ def _source(b: Builder, seed: int, chosen: list[str]) -> str:
         unpack = ['x1 = pack["x"][0]']
         unpack += [f'{p} = pack["more"][{i}]' for i, p in enumerate(params[2:])]
         params = ["x0", "pack"]
-    fn_name = "piece" if b.mixed else "fn"
     # (an argument requiring grad gets a .grad, whose guard alone would notice a new state)
     x0_grad = b.rng.choice([".requires_grad_()", ""])
     holder_setup, holder_read = HOLDER_PATHS[b.rng.choice(sorted(HOLDER_PATHS))]
     body = [*holder_read, *unpack, *b.prologue]
+
+    def define(name: str, tail_lines: list[str], returned: str) -> list[str]:
+        return [
+            f"    def {name}({', '.join(params)}):",
+            *("        " + line for line in body),
+            *b.body,
+            *("        " + line for line in tail_lines),
+            f"        return {returned}",
+        ]
+
     lines = [
         f"# fuzz program: seed {seed}, constructs {', '.join(sorted(chosen))}",
         "def setup(compile_):",
@@ -165,26 +118,89 @@ def _source(b: Builder, seed: int, chosen: list[str]) -> str:
         *b.setup,
         "    m.to(tg.float64)",
         *("    " + line for line in holder_setup),
-        f"    def {fn_name}({', '.join(params)}):",
-        *("        " + line for line in body),
-        *b.body,
-        *("        " + line for line in tail),
-        f"        return {out}",
     ]
-    if b.mixed:
+    if "accumulate" in b.options:
+        lines += _accumulating(define, tail, out)
+    elif "eval_calls" in b.options:
+        lines += _evaluating(b, define, tail, out, params, results)
+    elif b.mixed:
+        lines += define("piece", [], out)
         lines += [
             "    compiled = compile_(piece)",
             "    def fn(*args):",
             "        return tree_add(compiled(*args), piece(*args))",
         ]
+    else:
+        outputs = ", ".join([*tail.outputs(), out]) if tail else out
+        lines += define("fn", tail.lines() if tail else [], outputs)
     lines += _between(b)
     state = ", ".join(f"{n}={n}" for n in ["m", "x0", "x1", *b.state])
-    flags = f"step={b.step}, mixed={b.mixed}, backward={b.backward and not b.step}, keep={b.keep}"
+    composed = b.mixed or bool(b.options & {"accumulate", "eval_calls"})
+    flags = (
+        f"step={b.step}, mixed={b.mixed}, composed={composed}, "
+        f"backward={b.backward and not b.step}, keep={b.keep}"
+    )
     lines.append(
         f"    return Case(fn=fn, args=({', '.join(args)},), holder=m, state=lambda: dict({state}),"
         f" between=between, {flags})"
     )
     return "\n".join(lines) + "\n"
+
+
+def _accumulating(define, tail: StepTail, out: str) -> list[str]:
+    """Gradient accumulation: odd calls backward only (no zero_grad), even ones backward,
+    update and zero_grad; each step compiled on its own."""
+    return [
+        *define("accumulate_step", tail.backward, f"loss, {out}"),
+        *define("update_step", tail.updating(), ", ".join([*tail.outputs(), out])),
+        "    accumulating, updating = compile_(accumulate_step), compile_(update_step)",
+        "    calls = []",
+        "    def fn(*args):",
+        "        calls.append(len(calls))",
+        "        return (updating if len(calls) % 2 == 0 else accumulating)(*args)",
+    ]
+
+
+def _evaluating(b: Builder, define, tail: StepTail, out: str, params, results) -> list[str]:
+    """Odd calls train, even ones evaluate under ``tg.no_grad()`` (in eval mode or not), on
+    one compiled model: the body as a compiled module's forward, with loss, backward and
+    update run eagerly after it; or the body compiled as a function for evaluation and inside
+    a whole training step compiled for training."""
+    args, values = ", ".join(params), ", ".join(["v1", *results])
+    flip = b.rng.random() < 0.5  # eval mode for the evaluation: of the compiled model or m
+    if b.rng.random() < 0.5:
+        lines = ["    model = compile_(Wrapped(piece, m))"]
+        evaluate, mode = f"model({args})", b.rng.choice(["model", "m"])
+        train_lines = [
+            f"        {values}, = {evaluate}",
+            *("        " + line for line in tail.lines()),
+            f"        return {', '.join([*tail.outputs(), out])}",
+        ]
+    else:
+        lines = [
+            f"    def train_step({args}):",
+            f"        {values}, = piece({args})",
+            *("        " + line for line in tail.lines()),
+            f"        return {', '.join([*tail.outputs(), out])}",
+            "    training, evaluating = compile_(train_step), compile_(piece)",
+        ]
+        evaluate, mode = f"evaluating({args})", "m"
+        train_lines = [f"        return training({args})"]
+    evaluation = [f"out = {evaluate}"]
+    if flip:
+        evaluation = [f"{mode}.eval()", *evaluation, f"{mode}.train()"]
+    return [
+        *define("piece", [], f"({values},)"),
+        *lines,
+        "    calls = []",
+        f"    def fn({args}):",
+        "        calls.append(len(calls))",
+        "        if len(calls) % 2 == 0:  # an evaluation between training calls",
+        "            with tg.no_grad():",
+        *("                " + line for line in evaluation),
+        "            return out",
+        *train_lines,
+    ]
 
 
 def _between(b: Builder) -> list[str]:

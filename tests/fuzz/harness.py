@@ -37,6 +37,7 @@ class Case:
     between: Callable[[int], None]
     step: bool = False  # fn calls backward itself
     mixed: bool = False  # fn mixes a compiled piece with eager code; it is never compiled
+    composed: bool = False  # fn compiles its pieces itself (mixed among them); run as it is
     backward: bool = False  # the caller backpropagates through the results
     keep: bool = False  # the caller keeps each call's results and checks them at the end
 
@@ -50,4 +51,11 @@ def tree_add(a, b):
     return a + b
 
 
-NAMESPACE = {"Holder": Holder, "Case": Case, "tree_add": tree_add, "tg": tg, "nn": nn}
+NAMESPACE = {
+    "Holder": Holder,
+    "Wrapped": Wrapped,
+    "Case": Case,
+    "tree_add": tree_add,
+    "tg": tg,
+    "nn": nn,
+}

@@ -1,6 +1,8 @@
 """Runs a program eagerly and compiled, three calls each, and compares what each call shows.
 
 Variants: ``eager``; ``fn`` (``tg.compile(fn)``, a whole step when fn calls backward);
+``budget`` with the ``memory_budget`` construct (``fn`` with a memory budget, which makes the
+backward recompute activations: see ``observe_budgeted``);
 ``module`` (fn as the forward of an ``nn.Module`` holding the program's parameters, compiled
 as a module; not for steps, nor for programs that mix compiled and eager code themselves);
 ``nopasses`` (``tg.compile(fn, passes=None)``). Each variant builds its own state from the
@@ -31,10 +33,13 @@ from .harness import NAMESPACE, Case, Wrapped
 
 CALLS = 3
 VARIANTS = ("fn", "module", "nopasses")
+# The budget variant (the memory_budget construct): this fraction of the estimated peak
+BUDGET_FRACTION = 0.6
 # (rtol, atol) per variant: the optimized program reassociates sums and fuses kernels; without
 # passes it runs eager's own kernels in eager's order, so it agrees to about the last bit (a
 # product of another memory layout may round its last bit otherwise: BLAS kernels differ).
 TOLERANCE = {"fn": (1e-9, 1e-11), "module": (1e-9, 1e-11), "nopasses": (1e-12, 1e-14)}
+TOLERANCE["budget"] = TOLERANCE["fn"]
 # Mixed programs add a compiled piece's gradient to an eager one's: the compiled backward sums
 # its own contributions before the tape adds them up, so the last bit may differ even unoptimized.
 MIXED_TOLERANCE = TOLERANCE["fn"]
@@ -44,10 +49,12 @@ MIXED_TOLERANCE = TOLERANCE["fn"]
 class Outcome:
     """``matched``, ``refused`` (a compiled variant raised tg.TraceError), ``mismatched``
     (numbers differ), ``crashed`` (a compiled variant raised anything else) or ``invalid``
-    (the eager run itself raised: a generator bug). ``detail`` says where and what."""
+    (the eager run itself raised: a generator bug). ``detail`` says where and what;
+    ``refusals`` are the first lines of the TraceErrors raised."""
 
     kind: str
     detail: str = ""
+    refusals: tuple[str, ...] = ()
 
 
 def build(program: Program, compile_) -> Case:
@@ -64,33 +71,34 @@ def build(program: Program, compile_) -> Case:
     return namespace["setup"](compile_)
 
 
-def compiler(variant: str):
-    """What ``compile_`` means inside a program, and how the runner wraps ``fn``."""
+def compiler(variant: str, budget: int | None = None):
+    """What ``compile_`` means inside a program, and how the runner wraps ``fn``; ``budget``
+    the memory budget (bytes) of the ``budget`` variant."""
     if variant == "eager":
         return lambda f: f
     passes = None if variant == "nopasses" else "default"
-    return lambda f: tg.compile(f, passes=passes)
+    return lambda f: tg.compile(f, passes=passes, memory_budget=budget)
 
 
-def target(case: Case, variant: str):
-    if variant == "eager" or case.mixed:
+def target(case: Case, variant: str, budget: int | None = None):
+    if variant == "eager" or case.mixed or case.composed:
         return case.fn
     if variant == "module":
         return tg.compile(Wrapped(case.fn, case.holder))
-    return compiler(variant)(case.fn)
+    return compiler(variant, budget)(case.fn)
 
 
 def applies(case: Case, variant: str) -> bool:
-    return variant != "module" or not (case.step or case.mixed)
+    return variant != "module" or not (case.step or case.mixed or case.composed)
 
 
-def observe(program: Program, variant: str):
+def observe(program: Program, variant: str, budget: int | None = None):
     """The list of per-call observations of ``program`` run as ``variant`` (None if the
     variant does not apply)."""
-    case = build(program, compiler(variant))
+    case = build(program, compiler(variant, budget))
     if not applies(case, variant):
         return None
-    run = target(case, variant)
+    run = target(case, variant, budget)
     seen, kept, grads = [], [], []
     for i in range(CALLS):
         tg.manual_seed(1000 + i)
@@ -114,6 +122,21 @@ def observe(program: Program, variant: str):
     # a .grad kept from before a call keeps the values eager's keeps
     seen.append({"kept .grad tensors": [snapshot(g) for g in grads]})
     return seen
+
+
+def observe_budgeted(program: Program):
+    """``observe`` compiled with a memory budget of BUDGET_FRACTION of the estimated peak, or
+    the smallest feasible budget when that is higher. A budget of one byte fails naming both
+    (MemoryBudgetError) for the first generated function; one found later (another function,
+    or a call that compiles again) may need a higher one, which it names in turn."""
+    budget = 1
+    for _ in range(4):
+        try:
+            return observe(program, "budget", budget)
+        except tg.MemoryBudgetError as error:
+            fraction = int(error.unbudgeted * BUDGET_FRACTION) if budget == 1 else 0
+            budget = max(error.smallest, fraction)
+    return observe(program, "budget", budget)
 
 
 def backprop(result) -> None:
@@ -173,7 +196,11 @@ def _array_difference(a, b, path: str, tol) -> str | None:
         return f"{path}: {type(a).__name__} != {type(b).__name__}"
     if a.shape != b.shape or a.dtype != b.dtype:
         return f"{path}: {a.dtype}{list(a.shape)} != {b.dtype}{list(b.shape)}"
-    if np.allclose(a, b, rtol=tol[0], atol=tol[1], equal_nan=True):
+    # (relative to the array's largest value too: an element that a sum cancels to near zero
+    # keeps the rounding error of the large terms it summed, not one relative to itself)
+    finite = np.abs(a[np.isfinite(a)]) if a.dtype.kind in "fc" else np.abs(a)
+    scale = float(finite.max()) if finite.size else 0.0
+    if np.allclose(a, b, rtol=tol[0], atol=tol[1] + tol[0] * scale, equal_nan=True):
         return None
     worst = np.nanmax(np.abs(a.astype(float) - b.astype(float)))
     return (
@@ -188,12 +215,14 @@ def run_program(program: Program) -> Outcome:
         expected = observe(program, "eager")
     except Exception as error:  # any eager failure: the generator wrote a bad program
         return Outcome("invalid", f"eager: {type(error).__name__}: {error}")
-    refused = []
-    for variant in VARIANTS:
+    refused, messages = [], []
+    variants = VARIANTS + (("budget",) if "memory_budget" in program.constructs else ())
+    for variant in variants:
         try:
-            got = observe(program, variant)
+            got = observe_budgeted(program) if variant == "budget" else observe(program, variant)
         except tg.TraceError as error:
-            refused.append(f"{variant}: {str(error).splitlines()[0]}")
+            messages.append(str(error).splitlines()[0])
+            refused.append(f"{variant}: {messages[-1]}")
             continue
         except Exception as error:  # the contract allows tg.TraceError only
             return Outcome("crashed", f"{variant}: {type(error).__name__}: {error}")
@@ -202,4 +231,6 @@ def run_program(program: Program) -> Outcome:
             where = difference(want, have, f"call {call}", tolerance)
             if where is not None:
                 return Outcome("mismatched", f"{variant}: {where}")
-    return Outcome("refused", "; ".join(refused)) if refused else Outcome("matched")
+    if refused:
+        return Outcome("refused", "; ".join(refused), tuple(messages))
+    return Outcome("matched")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import pytest
 
+import tracegrad as tg
+
 from . import KNOWN_BROKEN
 from .campaign import run_seeds
 from .constructs import CONSTRUCTS
 from .generate import generate
-from .runner import observe
+from .runner import observe, observe_budgeted
 
 ENABLED = [name for name in CONSTRUCTS if name not in KNOWN_BROKEN]
 BATCH, BATCHES = 25, 12
@@ -44,3 +46,25 @@ def test_programs_match_eager(start):
     ]
     assert not details, f"constructs {','.join(ENABLED)}\n" + "\n".join(details)
     assert report.counts["matched"] > 0
+
+
+def test_the_budget_variant_recomputes_activations(monkeypatch):
+    """The memory_budget construct's programs, compiled under the budget the runner picks,
+    recompute forward values in their backward (else the variant would test nothing new)."""
+    made = []
+    compile_ = tg.compile
+
+    def recording(f, **options):
+        made.append(compile_(f, **options))
+        return made[-1]
+
+    monkeypatch.setattr(tg, "compile", recording)
+    recomputing = 0
+    for seed in range(8):
+        made.clear()
+        observe_budgeted(generate(seed, ["memory_budget"]))
+        compiled = [c for c in made if c.latest is not None]  # (not the probes that failed)
+        choices = [r for c in compiled for r in c.latest.report.recomputations.values()]
+        assert choices and all(r.peak_after <= r.budget for r in choices)
+        recomputing += any(r.recomputed for r in choices)
+    assert recomputing >= 5

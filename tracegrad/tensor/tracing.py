@@ -1,11 +1,14 @@
 """The thread-local tracer switch: while ``tracegrad.tracer`` traces a function, ops on traced
 tensors become graph nodes instead of running. Another thread's eager code meanwhile runs
-eagerly. Also the creation counter tracing uses to tell tensors older than itself."""
+eagerly. Also the creation counter tracing uses to tell tensors older than itself, and the
+check ``tg.manual_seed`` makes (tracegrad.random) to refuse seeding while tracing."""
 
 from __future__ import annotations
 
 import itertools
 import threading
+
+from tracegrad import random
 
 
 class _Tracing(threading.local):
@@ -24,6 +27,13 @@ def set_tracer(tracer):
 
 def active_tracer():
     return _TRACING.tracer
+
+
+def _tracing() -> bool:
+    return _TRACING.tracer is not None
+
+
+random.is_tracing = _tracing
 
 
 def next_serial() -> int:
