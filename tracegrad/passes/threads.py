@@ -42,11 +42,12 @@ from tracegrad.passes.schedule import _dependencies, _positions, _view_cone
 # handing work to the pool and waiting for it costs about 30 us (submit, wake a thread, join);
 # a product does about 40,000 float32 multiply-adds a microsecond (20,000 in float64: BLAS's
 # speed goes by bytes); an op the registry calls CHEAP (add, mul...) about 5,000 elements (it
-# is bound by memory), any other (exp, tanh, an optimizer's kernel) about 1,000.
+# is bound by memory), any other (exp, tanh, relu_grad: 2,200-2,800 float32 elements a
+# microsecond on (32, 9216), measured idle) about 2,500.
 HANDOFF_US = 30.0
 PRODUCT_BYTES_PER_US = 160_000  # multiply-adds a microsecond times the item size
 CHEAP_OPERATIONS_PER_US = 5_000
-OPERATIONS_PER_US = 1_000
+OPERATIONS_PER_US = 2_500
 # What running in parallel must save beyond the hand-off itself to be chosen: below that, the
 # noise of waking a thread (on a loaded machine, far more than 30 us) eats the gain.
 MIN_SAVING_US = 2 * HANDOFF_US
@@ -90,14 +91,28 @@ class ThreadPlan:
 
 def estimated_us(node) -> float:
     """The cost model's time for ``node`` on one core (a fused kernel's: its members')."""
+    return sum(_times_us(node))
+
+
+def _on_all_cores_us(node, threads: int) -> float:
+    """The time for ``node`` run alone with BLAS on ``threads`` threads (at best its products
+    go ``threads`` times as fast, the rest as on one core): what a statement takes when
+    nothing runs beside it."""
+    products, rest = _times_us(node)
+    return products / threads + rest
+
+
+def _times_us(node) -> tuple[float, float]:
+    """The one-core time of ``node``'s products and of the rest of its work."""
     if node.op == FUSED:
-        return sum(map(estimated_us, body_of(node).nodes))
+        parts = [_times_us(member) for member in body_of(node).nodes]
+        return sum(p for p, _ in parts), sum(r for _, r in parts)
     cost = node_cost(node)
     itemsize = node.outputs[0].type.dtype.np.itemsize
     products = cost.product_operations * itemsize / PRODUCT_BYTES_PER_US
     op = OPS.get(node.op)
     rate = CHEAP_OPERATIONS_PER_US if op is not None and CHEAP in op.props else OPERATIONS_PER_US
-    return products + (cost.operations - cost.product_operations) / rate
+    return products, (cost.operations - cost.product_operations) / rate
 
 
 def _big_product(node) -> bool:
@@ -188,7 +203,7 @@ def plan_threads(
     for k, (start, stop) in enumerate(units):
         if start in taken or stop - start != 1 or not _big_product(graph.nodes[start]):
             continue
-        window = _window(graph, plan, units, k, taken)
+        window = _window(graph, plan, units, k, taken, threads)
         if window is not None:
             result.concurrent.append(window)
             taken.update(range(window.submitted, window.joined + 1))
@@ -212,12 +227,16 @@ def _units(n: int, row_runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return units
 
 
-def _window(graph: Graph, plan: MemoryPlan, units, k: int, taken: set[int]):
+def _window(graph: Graph, plan: MemoryPlan, units, k: int, taken: set[int], threads: int):
     """The statements after product ``units[k]`` that may run while it runs in the pool: up
     to the first that touches its memory (or a new phase, or ``WINDOW`` statements), the
     shortest run that takes as long as it; None when that does not pay."""
     product = graph.nodes[units[k][0]]
     its_time, beside, joined = estimated_us(product), 0.0, None
+    # Without the pool the product and the statements beside it run one after the other,
+    # their products on every core through BLAS's own threads; with it, side by side, BLAS
+    # at one thread meanwhile.
+    alone = _on_all_cores_us(product, threads)
     for start, stop in units[k + 1 : k + 1 + WINDOW]:
         members = graph.nodes[start:stop]
         if start in taken or any(
@@ -225,10 +244,11 @@ def _window(graph: Graph, plan: MemoryPlan, units, k: int, taken: set[int]):
         ):
             break
         beside += sum(map(estimated_us, members))
+        alone += sum(_on_all_cores_us(m, threads) for m in members)
         joined = stop - 1
         if beside >= its_time:
             break
-    saving = min(its_time, beside) - HANDOFF_US
+    saving = alone - max(its_time, beside) - HANDOFF_US
     if joined is None or saving < MIN_SAVING_US:
         return None
     reason = (
