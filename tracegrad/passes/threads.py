@@ -127,8 +127,8 @@ def _threads_needed(graph: Graph, threads: int = 1) -> bool:
 @register_pass("threads", needed=_threads_needed)
 def threads(graph: Graph, threads: int = 1) -> Graph:
     """With ``threads`` > 1: each large product's next independent large product moves up
-    beside it, to run concurrently (first, when its result could otherwise be placed in the
-    memory of an input the other one reads last)."""
+    beside it, where the cost model says running the two at once pays (first, when its
+    result could otherwise be placed in the memory of an input the other one reads last)."""
     nodes = graph.nodes
     producer = _positions(nodes)
     readers: dict = {}
@@ -154,6 +154,7 @@ def threads(graph: Graph, threads: int = 1) -> Graph:
                 and j not in paired
                 and nodes[j].phase is node.phase
                 and _big_product(nodes[j])
+                and _pair_pays(node, nodes[j], threads)
             ),
             None,
         )
@@ -171,6 +172,14 @@ def threads(graph: Graph, threads: int = 1) -> Graph:
             note("moved beside a product", nodes[k])
     graph.nodes = [nodes[k] for k in order]
     return graph
+
+
+def _pair_pays(first, second, threads: int) -> bool:
+    """Whether two products side by side, one in the pool, BLAS at one thread, beat them one
+    after the other on every core (``_window``'s test for a product beside another)."""
+    alone = _on_all_cores_us(first, threads) + _on_all_cores_us(second, threads)
+    together = max(estimated_us(first), estimated_us(second)) + HANDOFF_US
+    return alone - together >= MIN_SAVING_US
 
 
 def _may_reuse(graph: Graph, index: int, second, root: dict, last_read: dict) -> bool:
