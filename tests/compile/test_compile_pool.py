@@ -247,3 +247,20 @@ def test_a_split_gelu_equals_the_unsplit_one(always_pays):
     assert "split in 2 parts" in results[1][2]
     assert np.array_equal(results[0][0], results[1][0])
     assert np.array_equal(results[0][1], results[1][1])
+
+
+def test_functions_called_with_containers_keep_their_compile_options():
+    """A function called with a dict or list compiles one specialization per structure,
+    with the options it was compiled with: its threads, and its memory budget (which one
+    byte fails)."""
+    w = tg.randn(64, 64, requires_grad=True)
+
+    def f(x, pack):
+        return (x @ w + pack["b"][0]).tanh().sum()
+
+    args = (tg.randn(32, 64), {"b": [tg.randn(64)]})
+    threaded = tg.compile(f, threads=2)
+    threaded(*args)
+    assert {e.threads.threads for e in threaded.latest.report.emitted.values()} == {2}
+    with pytest.raises(tg.MemoryBudgetError):
+        tg.compile(f, memory_budget=1)(*args)

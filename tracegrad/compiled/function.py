@@ -185,6 +185,7 @@ class CompiledFunction(Specializer[P, R]):
         inner: CompiledFunction = CompiledFunction(
             rebuilt, passes=self.passes, debug_nans=self.debug_nans,
             max_recompiles=self.max_recompiles, check=self.check, grad_argnums=grads,
+            memory_budget=self.memory_budget, threads=self.threads,
         )  # fmt: skip
         inner.reached = ReachedState(self.reached.fn)
         inner.arg_names = leaf_names(fn, structure)
