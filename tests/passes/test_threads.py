@@ -15,13 +15,11 @@ from tracegrad.passes.memory import plan_memory
 
 @pytest.fixture
 def always_pays(monkeypatch):
-    """A cost model under which every candidate pays (no hand-off cost, BLAS no faster on
-    more threads): the plan then holds all it may."""
+    """A cost model under which every candidate pays (no hand-off cost, no GIL waits): the
+    plan then holds all it may."""
     monkeypatch.setattr(threads_pass, "HANDOFF_US", 0.0)
     monkeypatch.setattr(threads_pass, "MIN_SAVING_US", -1.0)
-    monkeypatch.setattr(
-        threads_pass, "_on_all_cores_us", lambda node, threads: threads_pass.estimated_us(node)
-    )
+    monkeypatch.setattr(threads_pass, "GIL_US", 0.0)
 
 
 def two_products_apart():

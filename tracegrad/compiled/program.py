@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracegrad import codegen
+from tracegrad.blas import get_num_threads
 from tracegrad.codegen.emit import row_runs
 from tracegrad.codegen.export import export_program
 from tracegrad.ir.graph import Graph
@@ -66,17 +67,20 @@ def _plan(
     passes_spec,
     persistent: frozenset[str],
     memory_budget: int | None = None,
-    threads: int = 1,
+    threads: tuple[int, int] = (1, 1),
 ) -> tuple[Graph, MemoryPlan, list[PassResult], Recomputation | None]:
     """The planning passes of the pipeline on one function's graph: the graph they leave, its
     memory plan (every result in fresh memory when the pipeline plans none), what each
-    graph-changing planning pass did, and what a ``memory_budget`` made recompute."""
+    graph-changing planning pass did, and what a ``memory_budget`` made recompute.
+    ``threads``: the program's threads and BLAS's (``_threads``)."""
     names = pipeline.planning(passes_spec)
     results, recomputation = [], None
     for name in names:
         if name in MEMORY_PLANS:
             continue
-        options: dict = {"threads": threads} if name == "threads" else {}
+        options: dict = {}
+        if name == "threads":
+            options = dict(zip(("threads", "blas_threads"), threads, strict=True))
         if name == "recompute" and memory_budget is not None:
             recomputation = choose(graph, memory_budget, persistent)
             options = {"names": recomputation.recomputed}
@@ -89,12 +93,13 @@ def _plan(
     return graph, MemoryPlan.fresh(graph), results, recomputation
 
 
-def _threads(graph: Graph, memory: MemoryPlan, threads: int, passes_spec) -> ThreadPlan:
-    """What runs on the thread pool: nothing unless ``threads`` > 1 and the pipeline has the
-    ``threads`` pass."""
-    if threads < 2 or "threads" not in pipeline.planning(passes_spec):
-        return ThreadPlan(threads)
-    return plan_threads(graph, memory, threads, row_runs(graph, memory))
+def _threads(graph: Graph, memory: MemoryPlan, threads: tuple[int, int], passes_spec) -> ThreadPlan:
+    """What runs on the thread pool, for (the program's threads, BLAS's threads): nothing
+    unless the program has more than one and the pipeline has the ``threads`` pass."""
+    count, blas = threads
+    if count < 2 or "threads" not in pipeline.planning(passes_spec):
+        return ThreadPlan(count)
+    return plan_threads(graph, memory, count, row_runs(graph, memory), blas)
 
 
 def generate(
@@ -114,8 +119,10 @@ def generate(
     ``notes`` say what a part's outputs are (``emit_function``'s), by part name; with
     ``threads`` > 1, each part runs what ``plan_threads`` chooses on a thread pool."""
     unplanned = parts
+    # (read once: threadpoolctl takes milliseconds; what BLAS runs decides what goes to the pool)
+    counts = (threads, get_num_threads() if threads > 1 else 1)
     planned = [
-        (name, *_plan(graph, passes_spec, persistent, memory_budget, threads))
+        (name, *_plan(graph, passes_spec, persistent, memory_budget, counts))
         for name, graph in parts
     ]
     parts = [(name, graph) for name, graph, *_ in planned]
@@ -126,7 +133,7 @@ def generate(
     for name, graph, memory, planning, recomputation in planned:
         fn = codegen.emit_function(
             graph, name, memory, debug_nans=debug_nans, notes=(notes or {}).get(name),
-            known=named, threads=_threads(graph, memory, threads, passes_spec),
+            known=named, threads=_threads(graph, memory, counts, passes_spec),
         )  # fmt: skip
         # (a value the forward saves keeps its name in the backward)
         named.update((value.name, python) for value, python in fn.names.items())
