@@ -5,7 +5,8 @@ call returns (values, gradients, every tensor and module state it mutates, every
 or raises ``tg.TraceError``. ``generate.py`` writes random programs as Python source from an
 integer seed, out of named *constructs* (``constructs.CONSTRUCTS``: op families, in-place
 updates, random draws, closures, containers, model idioms, ...); ``runner.py`` runs each one
-eagerly and in three compiled variants over three calls and compares everything observable.
+eagerly and in four compiled variants (five with a memory budget) over three calls and
+compares everything observable.
 
 ``python -m tests.fuzz --programs 2000 --seed 0 [--constructs a,b]`` runs many and prints the
 failing seeds with their source; ``test_fuzz.py`` runs a few hundred under pytest, over every

@@ -5,7 +5,10 @@ Variants: ``eager``; ``fn`` (``tg.compile(fn)``, a whole step when fn calls back
 backward recompute activations: see ``observe_budgeted``);
 ``module`` (fn as the forward of an ``nn.Module`` holding the program's parameters, compiled
 as a module; not for steps, nor for programs that mix compiled and eager code themselves);
-``nopasses`` (``tg.compile(fn, passes=None)``). Each variant builds its own state from the
+``nopasses`` (``tg.compile(fn, passes=None)``); ``threads`` (``tg.compile(fn, threads=2)`` under
+a cost model by which everything the threads pass may run on the pool pays, so that small
+programs use it: see ``observe_threaded``; its results must also be ``fn``'s to the bit).
+Each variant builds its own state from the
 program's seed and runs under the same ``tg.manual_seed`` per call, so random draws agree.
 With the ``caller_backward`` construct, the runner backpropagates a fixed weighting of the
 results after each call.
@@ -27,19 +30,21 @@ import numpy as np
 import tracegrad as tg
 import tracegrad.nn.functional as F
 from tracegrad import nn, optim
+from tracegrad.passes import threads as threads_pass
 
 from .generate import Program
 from .harness import NAMESPACE, Case, Wrapped
 
 CALLS = 3
-VARIANTS = ("fn", "module", "nopasses")
+VARIANTS = ("fn", "module", "nopasses", "threads")
+THREADS = 2  # the threads variant's tg.compile(threads=...)
 # The budget variant (the memory_budget construct): this fraction of the estimated peak
 BUDGET_FRACTION = 0.6
 # (rtol, atol) per variant: the optimized program reassociates sums and fuses kernels; without
 # passes it runs eager's own kernels in eager's order, so it agrees to about the last bit (a
 # product of another memory layout may round its last bit otherwise: BLAS kernels differ).
 TOLERANCE = {"fn": (1e-9, 1e-11), "module": (1e-9, 1e-11), "nopasses": (1e-12, 1e-14)}
-TOLERANCE["budget"] = TOLERANCE["fn"]
+TOLERANCE["budget"] = TOLERANCE["threads"] = TOLERANCE["fn"]
 # Mixed programs add a compiled piece's gradient to an eager one's: the compiled backward sums
 # its own contributions before the tape adds them up, so the last bit may differ even unoptimized.
 MIXED_TOLERANCE = TOLERANCE["fn"]
@@ -77,7 +82,8 @@ def compiler(variant: str, budget: int | None = None):
     if variant == "eager":
         return lambda f: f
     passes = None if variant == "nopasses" else "default"
-    return lambda f: tg.compile(f, passes=passes, memory_budget=budget)
+    threads = THREADS if variant == "threads" else 1
+    return lambda f: tg.compile(f, passes=passes, memory_budget=budget, threads=threads)
 
 
 def target(case: Case, variant: str, budget: int | None = None):
@@ -137,6 +143,25 @@ def observe_budgeted(program: Program):
             fraction = int(error.unbudgeted * BUDGET_FRACTION) if budget == 1 else 0
             budget = max(error.smallest, fraction)
     return observe(program, "budget", budget)
+
+
+def observe_threaded(program: Program):
+    """``observe`` compiled with ``threads=THREADS`` while everything the threads pass may
+    run on the pool pays (no hand-off, no GIL waits) and BLAS runs one thread (else no
+    product goes to the pool): the fuzzer's programs are far too small to use it otherwise.
+    (Products this small run on one thread at any BLAS setting: the bits stay ``fn``'s.)"""
+    free = {"HANDOFF_US": 0.0, "GIL_US": 0.0, "MIN_SAVING_US": -1.0}
+    before = {name: getattr(threads_pass, name) for name in free}
+    blas = tg.get_num_threads()
+    for name, value in free.items():
+        setattr(threads_pass, name, value)
+    tg.set_num_threads(1)
+    try:
+        return observe(program, "threads")
+    finally:
+        tg.set_num_threads(blas)
+        for name, value in before.items():
+            setattr(threads_pass, name, value)
 
 
 def backprop(result) -> None:
@@ -209,17 +234,25 @@ def _array_difference(a, b, path: str, tol) -> str | None:
     )
 
 
+def _observe_variant(program: Program, variant: str):
+    if variant == "budget":
+        return observe_budgeted(program)
+    if variant == "threads":
+        return observe_threaded(program)
+    return observe(program, variant)
+
+
 def run_program(program: Program) -> Outcome:
     """Run ``program`` in every variant and compare each with the eager run."""
     try:
         expected = observe(program, "eager")
     except Exception as error:  # any eager failure: the generator wrote a bad program
         return Outcome("invalid", f"eager: {type(error).__name__}: {error}")
-    refused, messages = [], []
+    refused, messages, observed = [], [], {}
     variants = VARIANTS + (("budget",) if "memory_budget" in program.constructs else ())
     for variant in variants:
         try:
-            got = observe_budgeted(program) if variant == "budget" else observe(program, variant)
+            got = observed[variant] = _observe_variant(program, variant)
         except tg.TraceError as error:
             messages.append(str(error).splitlines()[0])
             refused.append(f"{variant}: {messages[-1]}")
@@ -231,6 +264,10 @@ def run_program(program: Program) -> Outcome:
             where = difference(want, have, f"call {call}", tolerance)
             if where is not None:
                 return Outcome("mismatched", f"{variant}: {where}")
+    if observed.get("fn") is not None and observed.get("threads") is not None:
+        where = difference(observed["fn"], observed["threads"], "threads against fn")
+        if where is not None:  # (the pool runs the same operations on each element)
+            return Outcome("mismatched", f"threads: not fn's bits: {where}")
     if refused:
         return Outcome("refused", "; ".join(refused), tuple(messages))
     return Outcome("matched")

@@ -14,7 +14,7 @@ from . import KNOWN_BROKEN
 from .campaign import run_seeds
 from .constructs import CONSTRUCTS
 from .generate import generate
-from .runner import observe, observe_budgeted
+from .runner import observe, observe_budgeted, observe_threaded
 
 ENABLED = [name for name in CONSTRUCTS if name not in KNOWN_BROKEN]
 BATCH, BATCHES = 25, 12
@@ -68,3 +68,29 @@ def test_the_budget_variant_recomputes_activations(monkeypatch):
         assert choices and all(r.peak_after <= r.budget for r in choices)
         recomputing += any(r.recomputed for r in choices)
     assert recomputing >= 5
+
+
+def test_the_threads_variant_runs_on_the_pool(monkeypatch):
+    """Compiled with threads=2 under the runner's cost model, most programs run products or
+    row splits on the pool (else the variant would test nothing new)."""
+    made = []
+    compile_ = tg.compile
+
+    def recording(f, **options):
+        made.append(compile_(f, **options))
+        return made[-1]
+
+    monkeypatch.setattr(tg, "compile", recording)
+    using = 0
+    for seed in range(10):
+        made.clear()
+        observe_threaded(generate(seed))
+        plans = [
+            emitted.threads
+            for compiled in made
+            if compiled.latest is not None
+            for emitted in compiled.latest.report.emitted.values()
+        ]
+        assert plans and all(p.threads == 2 for p in plans if p is not None)
+        using += any(plans)
+    assert using >= 6
