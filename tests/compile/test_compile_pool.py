@@ -20,17 +20,6 @@ from tracegrad.ops.runtime import scratch
 from tracegrad.passes import threads as threads_pass
 
 
-@pytest.fixture
-def always_pays(monkeypatch, restore_blas_threads):
-    """A cost model under which every candidate pays, so small programs use the pool too: no
-    hand-off cost, no GIL waits; BLAS on one thread, so that products go to the pool too
-    (restored after)."""
-    monkeypatch.setattr(threads_pass, "HANDOFF_US", 0.0)
-    monkeypatch.setattr(threads_pass, "MIN_SAVING_US", -1.0)
-    monkeypatch.setattr(threads_pass, "GIL_US", 0.0)
-    tg.set_num_threads(1)
-
-
 def zoo_step(zoo, model_name, threads):
     setup = zoo.build(model_name, batch=16)
     opt = optim.Adam(setup.model.parameters(), lr=1e-3)
@@ -187,13 +176,6 @@ def test_one_blas_thread_inside_and_the_limit_back_after(restore_blas_threads):
     with pytest.raises(RuntimeError), one_blas_thread():
         raise RuntimeError("a failing statement")
     assert blas_counts() == {2}
-
-
-@pytest.fixture
-def restore_blas_threads():
-    previous = tg.get_num_threads()
-    yield
-    tg.set_num_threads(previous)
 
 
 def blas_counts() -> set[int]:

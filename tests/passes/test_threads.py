@@ -4,22 +4,11 @@ checked here on the zoo from the plan itself), and nothing chosen where it does 
 
 from __future__ import annotations
 
-import pytest
-
 import tracegrad as tg
 from tracegrad.codegen.emit import row_runs
 from tracegrad.passes import threads as threads_pass
 from tracegrad.passes.cost import node_cost
 from tracegrad.passes.memory import plan_memory
-
-
-@pytest.fixture
-def always_pays(monkeypatch):
-    """A cost model under which every candidate pays (no hand-off cost, no GIL waits): the
-    plan then holds all it may."""
-    monkeypatch.setattr(threads_pass, "HANDOFF_US", 0.0)
-    monkeypatch.setattr(threads_pass, "MIN_SAVING_US", -1.0)
-    monkeypatch.setattr(threads_pass, "GIL_US", 0.0)
 
 
 def two_products_apart():
