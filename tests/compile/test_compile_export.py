@@ -25,9 +25,11 @@ RUNNER = textwrap.dedent(
     sys.modules["tracegrad"] = None
     import numpy as np
 
+    request = json.loads(sys.argv[2])
+    for name in request.get("hidden", []):  # (modules the exported one must do without)
+        sys.modules[name] = None
     sys.path.insert(0, os.path.dirname(sys.argv[1]))
     exported = importlib.import_module(os.path.basename(sys.argv[1])[: -len(".py")])
-    request = json.loads(sys.argv[2])
     inputs = [np.asarray(a, dtype=d) for a, d in request["inputs"]]
     params = list(exported.PARAMETERS.values())
     result = {"parameters": list(exported.PARAMETERS)}
@@ -180,6 +182,31 @@ def test_exported_whole_step_runs_without_tracegrad(zoo, model_name, tmp_path):
         ), f"gradient of {name} among the exported step's outputs"
     # The in-process compiled step (untouched by the export) still matches.
     np.testing.assert_allclose(compiled(*setup_c.inputs).item(), loss.item(), rtol=TOL)
+
+
+@pytest.mark.parametrize("hidden", [[], ["threadpoolctl"]])
+def test_exported_threaded_step_runs_without_tracegrad(zoo, tmp_path, always_pays, hidden):
+    """A step compiled with threads=2 (products on the pool) exports with the
+    pool's helpers copied in, and runs without tracegrad, with or without threadpoolctl."""
+    setup_e, _, eager = make_step(zoo, "mlp")
+    setup_c, _, train_step = make_step(zoo, "mlp")
+    compiled = tg.compile(train_step, threads=2)
+    for _ in range(2):
+        eager(*setup_e.inputs)
+        compiled(*setup_c.inputs)
+    path = compiled.export(tmp_path / "step.py")
+    source = assert_standalone(path)
+    assert "POOL.submit(" in source and "with one_blas_thread():" in source
+    assert "def thread_pool(" in source
+    loss = eager(*setup_e.inputs)
+    request = {"kind": "step", "inputs": [encode(x) for x in setup_c.inputs], "hidden": hidden}
+    result = run_exported(path, request)
+    assert result["tracegrad_importable"] is False
+    np.testing.assert_allclose(result["outputs"][0], loss.item(), rtol=TOL, atol=TOL)
+    weights = [p.detach().numpy() for p in setup_e.model.parameters()]
+    found = [any(np.shape(o) == w.shape and np.allclose(o, w, rtol=TOL) for o in result["outputs"])
+             for w in weights]  # fmt: skip
+    assert all(found)
 
 
 def test_export_before_compiling_raises(zoo, tmp_path):

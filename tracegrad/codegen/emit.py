@@ -570,6 +570,8 @@ def _destination(node, args: list[str], frame: _Frame) -> str | None:
 #
 # A program compiled with threads=n runs what its ThreadPlan (tracegrad.passes.threads) says on
 # the process's pool of n - 1 threads (tracegrad.blas.thread_pool), named POOL in the module.
+# A standalone export copies the helpers instead (tracegrad.codegen.export.pool_source).
+POOL_IMPORT = "from tracegrad.blas import one_blas_thread, thread_pool"
 
 
 def row_runs(graph: Graph, plan: MemoryPlan) -> list[tuple[int, int]]:
@@ -667,7 +669,11 @@ def _last_uses(graph: Graph) -> dict[Value, int]:
     return last
 
 
-def render_module(functions: list[FunctionSource], title: str, runtime: str, graphs) -> str:
+def render_module(
+    functions: list[FunctionSource], title: str, runtime: str, graphs, pool: str = POOL_IMPORT
+) -> str:
+    """The module's source: ``runtime`` (source text) binds the kernels as ``rt``, ``pool``
+    the thread pool's helpers (used when a function runs statements on the pool)."""
     header = []
     for fn, graph in zip(functions, graphs, strict=True):
         counts = ", ".join(f"{op} {n}" for op, n in graph.op_counts().items())
@@ -679,6 +685,7 @@ def render_module(functions: list[FunctionSource], title: str, runtime: str, gra
         header=header,
         runtime=runtime,
         functions=functions,
+        pool=pool,
         threads=max((fn.threads.threads for fn in functions if fn.threads), default=1),
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tracegrad import blas
 from tracegrad.codegen.emit import _ENV, render_module
 from tracegrad.ops import runtime
 from tracegrad.ops.runtime import KERNELS
@@ -73,6 +74,16 @@ class _KernelSources:
         return "\n\n\n".join(part.strip() for part in parts if part) + "\n"
 
 
+def pool_source() -> str:
+    """The thread pool's helpers (``tracegrad.blas``: ``thread_pool``, ``one_blas_thread``)
+    copied, for a module compiled with ``threads`` > 1 that imports only NumPy; threadpoolctl
+    keeps BLAS at one thread beside the pool where installed (without it BLAS keeps its own
+    threads: the same results, more threads than cores)."""
+    helpers = (blas._blas_libraries, blas.one_blas_thread, blas.thread_pool)
+    source = "\n\n".join(textwrap.dedent(inspect.getsource(h)).strip() for h in helpers)
+    return _ENV.get_template("standalone_pool.py.j2").render(helpers=source)
+
+
 def _global_names(code) -> set[str]:
     """The global names ``code`` and the functions nested in it read."""
     names = {i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"}
@@ -108,7 +119,7 @@ def export_program(path, program, parameters: dict[str, np.ndarray]) -> Path:
     functions = [fn for fn, _ in program.parts]
     graphs = [graph for _, graph in program.parts]
     title = f"{program.title} (standalone export: imports only NumPy)"
-    path.write_text(render_module(functions, title, runtime, graphs))
+    path.write_text(render_module(functions, title, runtime, graphs, pool_source()))
     arrays = {f"param__{k}": v for k, v in parameters.items()}
     arrays.update({f"const__{k}": v for k, v in program.constants.items()})
     # (the stubs' allow_pickle keyword makes mypy reject any **dict of arrays)
