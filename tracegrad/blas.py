@@ -8,9 +8,10 @@ and waiting than they save (the demo took 1.5-9.9 s with the default threads on 
 limit in every BLAS library loaded in the process, at run time.
 
 Code compiled with ``tg.compile(..., threads=n)`` runs some statements on a small pool of
-threads of its own (``thread_pool``); while two products run at once, BLAS runs at one thread
-(``one_blas_thread``), since its limit holds for the whole process and two products each on
-BLAS's n threads would ask for 2n cores.
+threads of its own (``thread_pool``); a product goes there only when BLAS ran one thread as the
+program compiled, and keeps to one thread while it runs there (``one_blas_thread``), since
+BLAS's limit holds for the whole process and two products each on BLAS's n threads would ask
+for 2n cores.
 """
 
 from __future__ import annotations

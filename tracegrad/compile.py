@@ -93,12 +93,15 @@ def compile(model_or_fn, *, passes="default", backend="numpy", dynamic=False, ch
             choice is made on its joint forward and backward. Needs the ``recompute`` and
             ``memory`` passes (the default pipeline).
         threads: how many threads the generated code may run on (default 1). With 2 or more,
-            the ``threads`` pass chooses, by its cost model, independent large products to run
-            at the same time (one on a thread pool, BLAS at one thread meanwhile) and large
-            elementwise work to split by rows across the pool; the same results, bit for bit.
-            Where it would not pay (small programs), nothing changes. ``explain()`` and the
+            the ``threads`` pass chooses, by its cost model, large elementwise work bound by
+            arithmetic to split by rows across a thread pool and, while BLAS runs one thread
+            (``tg.set_num_threads(1)`` when the call compiles), independent large products to
+            run at the same time; the same results, bit for bit. Where it would not pay
+            (small programs; work bound by memory), nothing changes. ``explain()`` and the
             generated code show each choice. The pool is the process's, shared by all
-            programs; BLAS's own threads stay ``tg.set_num_threads``'s.
+            programs; BLAS's own threads stay ``tg.set_num_threads``'s. Every
+            specialization of a compiled object has its ``threads``; BLAS's thread count is
+            read when one compiles and is no guard (see docs/how-to/threads.md).
 
     Returns:
         A ``CompiledModule`` for a module, a ``CompiledFunction`` for a function.
