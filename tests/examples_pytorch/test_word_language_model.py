@@ -174,8 +174,12 @@ def test_word_language_model(rnn_type):
 
 @pytest.mark.parametrize("rnn_type", ["LSTM", "RNN_TANH"])
 def test_word_language_model_with_adamw(rnn_type):
-    """main.py --use-optimizer: AdamW's state is carried by the compiled step too."""
-    runs = run_port(maker(rnn_type, use_optimizer=True), train_step, batches())
+    """main.py --use-optimizer: AdamW's state is carried by the compiled step too. (Its
+    update of a weight whose gradient is near 0 follows that gradient's rounding, which the
+    compiled programs' products round otherwise: compared as eager is with PyTorch.)"""
+    runs = run_port(
+        maker(rnn_type, use_optimizer=True), train_step, batches(), rtol=1e-4, atol=1e-5
+    )
     manual = run_port(maker(rnn_type), train_step, batches(), modes=())
     assert not np.allclose(runs["step"].losses[1:], manual["eager"].losses[1:], rtol=1e-4)
 

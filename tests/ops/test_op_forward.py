@@ -33,7 +33,7 @@ import tracegrad.nn.functional as F
 from tracegrad import dtypes
 from tracegrad.codegen.emit import expression
 from tracegrad.errors import DTypeError, ShapeError
-from tracegrad.ops import OPS, VIEW, fused, kernels
+from tracegrad.ops import OPS, VIEW, fused, kernels, recurrent
 from tracegrad.tensor import call
 
 FLOATS = [np.float32, np.float64]
@@ -867,6 +867,10 @@ def _fused_inputs(name, dt):
     if name == "extreme_grad":
         x = _f((3, 4), dt)
         return (x, x.amax(1), _f((3,), dt, seed=1)), {"dims": (1,), "keepdim": False}
+    if name == "lstm_sequence_grad":  # record: the forward's, of the same inputs
+        ins = (_f((3, 2, 8), dt), _f((2, 2), dt, seed=1), _f((2, 2), dt, seed=2), _f((8, 2), dt))
+        record = call("lstm_sequence", *ins, reverse=True)
+        return (*ins, record, _f((3, 2, 14), dt, seed=3)), {"reverse": True}
     attrs = {
         "gelu_grad": {"approximate": "tanh"},
         "softmax_grad": {"dim": 1},
@@ -894,6 +898,7 @@ FUSED_REFERENCES = {
     "layer_norm_std": fused._layer_norm_std_reference,
     "layer_norm_grad_from_std": fused._layer_norm_grad_from_std_reference,
     "extreme_grad": fused.extreme_reference,
+    "lstm_sequence_grad": recurrent._grad_reference,
 }
 
 
@@ -1296,3 +1301,4 @@ def test_optimizer_update_ops_match_their_formulas(dt):
     update = call("adam_step", *args, _hyper(1e-8)).numpy()
     np.testing.assert_allclose(update, x - 0.3 * y / (np.sqrt(v) / 0.7 + 1e-8), rtol=1e-5)
     assert update.dtype == dt
+
