@@ -1302,3 +1302,10 @@ def test_optimizer_update_ops_match_their_formulas(dt):
     np.testing.assert_allclose(update, x - 0.3 * y / (np.sqrt(v) / 0.7 + 1e-8), rtol=1e-5)
     assert update.dtype == dt
 
+
+def test_the_cat_op_refuses_a_negative_dim():
+    """tg.cat counts a negative dim from the end; the op itself takes an axis number only (its
+    shape rule and gradient index by it)."""
+    with pytest.raises(ShapeError, match="dim -1 is not an axis of"):
+        call("cat", tg.ones(2, 1), tg.ones(2, 3), dim=-1)
+    assert tg.cat([tg.ones(2, 1), tg.ones(2, 3)], dim=-1).shape == (2, 4)
