@@ -871,6 +871,10 @@ def _fused_inputs(name, dt):
         ins = (_f((3, 2, 8), dt), _f((2, 2), dt, seed=1), _f((2, 2), dt, seed=2), _f((8, 2), dt))
         record = call("lstm_sequence", *ins, reverse=True)
         return (*ins, record, _f((3, 2, 14), dt, seed=3)), {"reverse": True}
+    if name == "gru_sequence_grad":  # record: the forward's, of the same inputs
+        ins = (_f((3, 2, 6), dt), _f((2, 2), dt, seed=1), _f((6, 2), dt), _f((6,), dt, seed=2))
+        record = call("gru_sequence", *ins, reverse=False)
+        return (*ins, record, _f((3, 2, 10), dt, seed=3)), {"reverse": False}
     attrs = {
         "gelu_grad": {"approximate": "tanh"},
         "softmax_grad": {"dim": 1},
@@ -899,6 +903,7 @@ FUSED_REFERENCES = {
     "layer_norm_grad_from_std": fused._layer_norm_grad_from_std_reference,
     "extreme_grad": fused.extreme_reference,
     "lstm_sequence_grad": recurrent._grad_reference,
+    "gru_sequence_grad": recurrent._gru_grad_reference,
 }
 
 

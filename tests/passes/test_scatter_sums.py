@@ -245,13 +245,12 @@ def sgd_step(model, opt, x):
 
 # name -> (layer, options, input shape, gathered gradients: one per layer and direction)
 T, B, IN, H = 6, 3, 4, 5
-# (an LSTM without proj_size is one op, lstm_sequence: the unrolled kinds are these)
+# (LSTM layers without proj_size and GRU layers are one op each: projected LSTMs are unrolled)
 RECURRENT = {
     "LSTM projected": (nn.LSTM, {"proj_size": 3}, (T, B, IN), 2),
-    "GRU": (nn.GRU, {}, (T, B, IN), 2),
-    "GRU bidirectional, batch first": (
-        nn.GRU,
-        {"bidirectional": True, "batch_first": True},
+    "LSTM projected, bidirectional, batch first": (
+        nn.LSTM,
+        {"proj_size": 3, "bidirectional": True, "batch_first": True},
         (B, T, IN),
         4,
     ),
@@ -282,7 +281,7 @@ def test_a_compiled_recurrent_step_trains_as_eager_and_gathers_its_gate_gradient
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, err_msg=key)
     fn, graph = step.latest.program.parts[0]
     assert "scatter_add" not in graph.op_counts()
-    gates = 4 if layer is nn.LSTM else 3
+    gates = 4
     gathered = [
         n
         for n in graph.nodes

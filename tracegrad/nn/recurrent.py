@@ -18,7 +18,8 @@ The cell updates, one function per kind, shared by the layers and the cells (PyT
 
 LSTM's ``proj_size`` adds one step after the update: h' = h' @ W_hr^T. Without it, an LSTM
 layer's direction is one op (``lstm_sequence``, tracegrad/ops/recurrent.py) whose kernel loops
-over the time steps; the other kinds are unrolled into ops, a cell per step.
+over the time steps, and so is a GRU's (``gru_sequence``); RNN layers and projected LSTMs are
+unrolled into ops, a cell per step.
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ def _run_direction(kind: _Kind, projected, state: tuple, weights: dict, reverse:
     w_hh, b_hh, w_hr = weights["weight_hh"], weights.get("bias_hh"), weights.get("weight_hr")
     if kind.name == "LSTM" and w_hr is None:
         return _lstm_direction(projected, state, w_hh, b_hh, reverse)
+    if kind.name == "GRU":
+        return _gru_direction(projected, state, w_hh, b_hh, reverse)
     steps = projected.unbind(0)
     outputs = [None] * len(steps)
     for t in reversed(range(len(steps))) if reverse else range(len(steps)):
@@ -217,6 +220,16 @@ def _lstm_direction(projected, state: tuple, w_hh, b_hh, reverse: bool):
     hidden, last = w_hh.shape[1], 0 if reverse else -1
     h = recurrent_ops.block(record, recurrent_ops.H_BLOCK, hidden)
     return h, (h[last], recurrent_ops.block(record[last], recurrent_ops.C_BLOCK, hidden))
+
+
+def _gru_direction(projected, state: tuple, w_hh, b_hh, reverse: bool):
+    """A GRU direction as one op (as PyTorch's ``aten::gru``); outputs are views of its
+    record."""
+    if b_hh is None:
+        b_hh = zeros(w_hh.shape[0], dtype=w_hh.dtype)
+    record = call("gru_sequence", projected, state[0], w_hh, b_hh, reverse=reverse)
+    h = recurrent_ops.block(record, recurrent_ops.GRU_H, w_hh.shape[1])
+    return h, (h[0 if reverse else -1],)
 
 
 def _check_layer_options(mode: str, hidden_size, num_layers, dropout, proj_size) -> None:

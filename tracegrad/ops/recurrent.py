@@ -1,4 +1,5 @@
-"""Recurrent ops: an LSTM layer's loop over time steps, as one op (PyTorch's ``aten::lstm``).
+"""Recurrent ops: an LSTM or GRU layer's loop over time steps, as one op (PyTorch's
+``aten::lstm``, ``aten::gru``).
 
 NOTE: ``lstm_sequence`` is a composite with kernels of its own for compile time. Unrolled into
 primitives, a 2-layer LSTM over 64 steps is thousands of nodes that every pass, the code
@@ -199,17 +200,19 @@ def _lstm_vjp(c, g):
         d_pre if need[0] else None,
         block(last, 0, hidden) if need[1] else None,
         block(last, 1, hidden) if need[2] else None,
-        _weight_hh_grad(c, d_pre, hidden) if need[3] else None,
+        _weight_hh_grad(c, d_pre, hidden, H_BLOCK) if need[3] else None,
     )
 
 
-def _weight_hh_grad(c, d_pre, hidden: int):
-    h = block(c.out, H_BLOCK, hidden)
+def _weight_hh_grad(c, d_hh, hidden: int, h_block: int):
+    """sum over the steps of d_hh_t^T h_(t-1), the states before each step being the h block
+    of the record shifted by one step, h0 first (in the order of the steps)."""
+    h = block(c.out, h_block, hidden)
     h0 = _one_step(c.h0)
     before = call("cat", *((h[1:], h0) if c.reverse else (h0, h[:-1])), dim=0)
-    rows = d_pre.shape[0] * d_pre.shape[1]
-    d_pre = call("reshape", d_pre, shape=(rows, GATES * hidden))
-    return call("matmul", d_pre.mT, call("reshape", before, shape=(rows, hidden)))
+    rows = d_hh.shape[0] * d_hh.shape[1]
+    d_hh = call("reshape", d_hh, shape=(rows, d_hh.shape[2]))
+    return call("matmul", d_hh.mT, call("reshape", before, shape=(rows, hidden)))
 
 
 def _lstm_numpy(projected, h0, c0, w_hh, reverse):
@@ -262,4 +265,216 @@ register(
     "rt.lstm_sequence_grad({0}, {1}, {2}, {3}, {4}, {5}, {reverse})",
     out="rt.lstm_sequence_grad({0}, {1}, {2}, {3}, {4}, {5}, {reverse}, out={out})",
     saves=("projected", "h0", "c0", "w_hh", "record", "g"),
+)
+
+
+# --- GRU: a record of r, z, n, W_hn h + b_hn and h_t per step; gradients packed as the
+# pre-activation ones of r and z, then n's on the hidden side and on the input side ---------
+
+GRU_GATES = 3  # r, z, n
+GRU_HN, GRU_H = 3, 4  # after the gates: W_hn h + b_hn, then h_t
+GRU_RECORD = 5
+
+
+def _gru_infer(projected, h0, w_hh, b_hh, reverse) -> TensorType:
+    dtype = rules.same_dtype("gru_sequence", projected, h0, w_hh, b_hh)
+    if projected.ndim != 3 or projected.shape[2] % GRU_GATES:
+        raise ShapeError(f"gru_sequence: projected input {projected.shape} is not (L, N, 3H)")
+    steps, batch, gates = projected.shape
+    hidden = gates // GRU_GATES
+    if h0.shape != (batch, hidden):
+        raise ShapeError(f"gru_sequence: state {h0.shape} is not ({batch}, {hidden})")
+    if w_hh.shape != (gates, hidden) or b_hh.shape != (gates,):
+        raise ShapeError(
+            f"gru_sequence: weight_hh {w_hh.shape} and bias_hh {b_hh.shape} are not "
+            f"({gates}, {hidden}) and ({gates},)"
+        )
+    return TensorType((steps, batch, GRU_RECORD * hidden), dtype)
+
+
+@kernel
+def gru_sequence(projected, h0, w_hh, b_hh, reverse, out=None):
+    """The record of a GRU layer over the time steps of ``projected`` (L, N, 3H: the input
+    projection plus its bias) from the state h0, stepping backwards in time when
+    ``reverse``."""
+    steps, batch, gates = projected.shape
+    hidden = gates // GRU_GATES
+    record = np.empty((steps, batch, GRU_RECORD * hidden), projected.dtype) if out is None else out
+    hh = scratch((batch, gates), "gru_hh", projected.dtype)
+    h = h0
+    for t in _order(steps, reverse):
+        row, x = record[t], projected[t]
+        r, z, n, hn, new_h = (block(row, k, hidden) for k in range(GRU_RECORD))
+        np.matmul(h, w_hh.T, out=hh)
+        hh += b_hh
+        rz = row[:, : 2 * hidden]
+        np.add(x[:, : 2 * hidden], hh[:, : 2 * hidden], out=rz)
+        np.negative(rz, out=rz)  # sigmoid, as the elementwise op computes it
+        np.exp(rz, out=rz)
+        rz += 1.0
+        np.divide(1.0, rz, out=rz)
+        hn[...] = block(hh, 2, hidden)
+        np.multiply(r, hn, out=n)
+        n += block(x, 2, hidden)
+        np.tanh(n, out=n)
+        np.subtract(h, n, out=new_h)  # h' = n + z (h - n)
+        new_h *= z
+        new_h += n
+        h = new_h
+    return record
+
+
+@kernel
+def gru_sequence_grad(projected, h0, w_hh, b_hh, record, g, reverse, out=None):
+    """The cotangents of a GRU layer from ``g``, its record's cotangent: per time step those
+    of r and z before their sigmoid, of W_hn h + b_hn and of n before its tanh (L, N, 4H),
+    then one more step holding the initial state's [dh0 | 0 | 0 | 0]."""
+    steps, batch, gates = projected.shape
+    hidden = gates // GRU_GATES
+    grads = np.empty((steps + 1, batch, 4 * hidden), projected.dtype) if out is None else out
+    dh = scratch((batch, hidden), "gru_dh", projected.dtype)
+    carried = scratch((batch, hidden), "gru_carried", projected.dtype)
+    slope = scratch((batch, 2 * hidden), "gru_slope", projected.dtype)
+    dh.fill(0.0)
+    order = list(_order(steps, reverse))
+    previous_h = [h0] + [block(record[t], GRU_H, hidden) for t in order[:-1]]
+    for t, h_before in zip(reversed(order), reversed(previous_h), strict=True):
+        row, cot, da = record[t], g[t], grads[t]
+        r, z, n, hn, _ = (block(row, k, hidden) for k in range(GRU_RECORD))
+        d_r, d_z, d_hn, d_n = (block(da, k, hidden) for k in range(4))
+        dh += block(cot, GRU_H, hidden)
+        # h' = n + z (h - n): dz = dh (h - n), dn = dh (1 - z), dh carried = dh z
+        np.subtract(h_before, n, out=d_z)
+        d_z *= dh
+        np.multiply(dh, z, out=carried)
+        np.subtract(dh, carried, out=d_n)
+        d_z += block(cot, 1, hidden)
+        d_n += block(cot, 2, hidden)
+        np.multiply(n, n, out=dh)  # (dh is free until the product below)
+        np.subtract(1.0, dh, out=dh)
+        d_n *= dh
+        np.multiply(d_n, r, out=d_hn)
+        d_hn += block(cot, GRU_HN, hidden)
+        np.multiply(d_n, hn, out=d_r)
+        d_r += block(cot, 0, hidden)
+        rz, d_rz = row[:, : 2 * hidden], da[:, : 2 * hidden]
+        np.subtract(1.0, rz, out=slope)
+        d_rz *= slope
+        d_rz *= rz
+        np.matmul(da[:, :gates], w_hh, out=dh)
+        dh += carried
+    last = grads[steps]
+    last[:, :hidden] = dh
+    last[:, hidden:] = 0.0
+    return grads
+
+
+def _gru_reference(projected, h0, w_hh, b_hh, reverse):
+    """The record in tracegrad ops: the GRU cell unrolled over the time steps."""
+    steps, hidden = projected.shape[0], h0.shape[-1]
+    h, rows = h0, [None] * steps
+    for t in _order(steps, reverse):
+        x = call("getitem", projected, key=(("int", t),))
+        hh = call("matmul", h, w_hh.mT) + b_hh
+        r, z = ((block(x, k, hidden) + block(hh, k, hidden)).sigmoid() for k in range(2))
+        hn = block(hh, 2, hidden)
+        n = (block(x, 2, hidden) + r * hn).tanh()
+        h = n + z * (h - n)
+        rows[t] = _one_step(call("cat", r, z, n, hn, h, dim=1))
+    return call("cat", *rows, dim=0)
+
+
+def _gru_grad_reference(projected, h0, w_hh, b_hh, record, g, reverse):
+    """What ``gru_sequence_grad`` packs, in tracegrad ops (``record`` computed again)."""
+    steps, hidden = projected.shape[0], h0.shape[-1]
+    record = _gru_reference(projected, h0, w_hh, b_hh, reverse)
+    order = list(_order(steps, reverse))
+    before = [h0] + [block(record[t], GRU_H, hidden) for t in order[:-1]]
+    dh, rows = h0 * 0.0, [None] * steps
+    for t, h_before in zip(reversed(order), reversed(before), strict=True):
+        r, z, n, hn, _ = (block(record[t], k, hidden) for k in range(GRU_RECORD))
+        cot = [block(g[t], k, hidden) for k in range(GRU_RECORD)]
+        dh = dh + cot[GRU_H]
+        d_n = (dh * (1.0 - z) + cot[2]) * (1.0 - n * n)
+        d_z = (dh * (h_before - n) + cot[1]) * z * (1.0 - z)
+        d_r = (d_n * hn + cot[0]) * r * (1.0 - r)
+        d_hn = d_n * r + cot[GRU_HN]
+        rows[t] = call("cat", d_r, d_z, d_hn, d_n, dim=1)
+        dh = dh * z + call("matmul", call("cat", d_r, d_z, d_hn, dim=1), w_hh)
+    last = call("cat", dh, dh * 0.0, dh * 0.0, dh * 0.0, dim=1)
+    return call("cat", *map(_one_step, rows), _one_step(last), dim=0)
+
+
+def _gru_vjp(c, g):
+    """The cotangents from the gradient kernel; weight_hh's and bias_hh's are the products
+    and sums of the hidden side's over the whole sequence."""
+    steps, hidden = c.projected.shape[0], c.h0.shape[-1]
+    grads = call(
+        "gru_sequence_grad", c.projected, c.h0, c.w_hh, c.b_hh, c.out, g, reverse=c.reverse
+    )
+    d_steps = call("getitem", grads, key=(("slice", 0, steps, None),))
+    d_hh = d_steps[..., : GRU_GATES * hidden]
+    need = c.needs_input_grad
+    d_projected = None
+    if need[0]:
+        d_projected = call("cat", d_steps[..., : 2 * hidden], d_steps[..., 3 * hidden :], dim=2)
+    last = call("getitem", grads, key=(("int", steps),))
+    d_b = d_hh.sum((0, 1)) if need[3] else None
+    return (
+        d_projected,
+        block(last, 0, hidden) if need[1] else None,
+        _weight_hh_grad(c, d_hh, hidden, GRU_H) if need[2] else None,
+        d_b,
+    )
+
+
+def _gru_numpy(projected, h0, w_hh, b_hh, reverse):
+    """The record in NumPy, step by step (a test reference)."""
+    hidden = h0.shape[-1]
+    h, rows = h0, {}
+    for t in _order(len(projected), reverse):
+        x, hh = projected[t], h @ w_hh.T + b_hh
+        r, z = (1 / (1 + np.exp(-(block(x, k, hidden) + block(hh, k, hidden)))) for k in range(2))
+        n = np.tanh(block(x, 2, hidden) + r * block(hh, 2, hidden))
+        h = (1 - z) * n + z * h
+        rows[t] = np.concatenate([r, z, n, block(hh, 2, hidden), h], axis=-1)
+    return np.stack([rows[t] for t in range(len(projected))])
+
+
+_GRU_SHAPES = (
+    ((3, 2, 6), (2, 2), (6, 2), (6,)),
+    ((1, 1, 3), (1, 1), (3, 1), (3,)),
+    ((4, 3, 9), (3, 3), (9, 3), (9,)),
+)
+
+register(
+    "gru_sequence",
+    ("projected", "h0", "w_hh", "b_hh"),
+    _gru_infer,
+    gru_sequence,
+    _gru_vjp,
+    "rt.gru_sequence({0}, {1}, {2}, {3}, {reverse})",
+    out="rt.gru_sequence({0}, {1}, {2}, {3}, {reverse}, out={out})",
+    saves=("projected", "h0", "w_hh", "b_hh", "out"),
+    samples=tuple(
+        Sample({"reverse": reverse}, low=-1.5, high=1.5, shapes=_GRU_SHAPES, ref=_gru_numpy)
+        for reverse in (False, True)
+    ),
+)
+
+
+def _gru_grad_infer(projected, h0, w_hh, b_hh, record, g, reverse) -> TensorType:
+    steps, batch, gates = projected.shape
+    return TensorType((steps + 1, batch, 4 * (gates // GRU_GATES)), projected.dtype)
+
+
+register(
+    "gru_sequence_grad",
+    ("projected", "h0", "w_hh", "b_hh", "record", "g"),
+    _gru_grad_infer,
+    gru_sequence_grad,
+    reference_vjp(_gru_grad_reference),
+    "rt.gru_sequence_grad({0}, {1}, {2}, {3}, {4}, {5}, {reverse})",
+    out="rt.gru_sequence_grad({0}, {1}, {2}, {3}, {4}, {5}, {reverse}, out={out})",
+    saves=("projected", "h0", "w_hh", "b_hh", "record", "g"),
 )
