@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
-from tracegrad import optim
+from tracegrad import nn, optim
 
 TOL = 1e-10
 
@@ -227,3 +227,16 @@ def test_exported_forward_only_module(zoo, tmp_path):
     result = run_exported(path, {"kind": "forward", "inputs": [encode(x) for x in setup.inputs]})
     assert result["tracegrad_importable"] is False
     np.testing.assert_allclose(result["outputs"][0], out.numpy(), rtol=TOL, atol=TOL)
+
+
+def test_exported_module_without_erf_runs_without_scipy(tmp_path):
+    """SciPy is imported by the erf kernel when it runs, not by the exported module."""
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+    cm = tg.compile(model)
+    x = tg.randn(2, 3)
+    out = cm(x)
+    path = cm.export(tmp_path / "tanh_mlp.py")
+    request = {"kind": "forward", "inputs": [encode(x)], "hidden": ["scipy"]}
+    result = run_exported(path, request)
+    np.testing.assert_allclose(result["outputs"][0], out.detach().numpy(), rtol=TOL, atol=TOL)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
 
 from tracegrad import dtypes
 from tracegrad.dtypes import TensorType
@@ -172,7 +171,11 @@ unary("sign", np.sign, lambda c, g: g * 0.0, "np.sign({0})", floats=False, sampl
 
 @kernel
 def erf(x):
-    """The error function, vectorized (SciPy's ufunc keeps float32 as float32)."""
+    """The error function, vectorized (SciPy's ufunc keeps float32 as float32). SciPy is
+    imported here, not by the module: an exported program needs it only when it computes
+    erf (exact GELU)."""
+    from scipy import special
+
     return np.asarray(special.erf(x))
 
 
