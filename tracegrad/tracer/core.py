@@ -359,11 +359,7 @@ class Tracer:
         # memory is taken to be row-major, as fresh results are
         reshaped = op.name == "reshape" and is_symbolic(out)
         chain = () if outer is None else (*outer.chain, step)
-        if (
-            outer is not None
-            and reshaped
-            and self._positions(outer.root, chain, for_write=False) is None
-        ):
+        if outer is not None and reshaped and self._copies(outer.root, chain):
             return
         self._alias(source, out, (step,))
 
@@ -389,13 +385,37 @@ class Tracer:
         alias.version = self.writes.get(id(alias.root), 0)
         t.array = Symbol(value)
 
-    def _positions(self, root: Tensor, chain, copy_ok=False, for_write=True):
+    def _positions(self, root: Tensor, chain, copy_ok=False):
         """Where the elements ``chain`` shows sit in ``root``: flat indices shaped like the
         view, _WHOLE for all of it as it is, or None when the chain copies (a reshape that
         NumPy cannot make a view of): a write then stays in the copy, as it does eagerly."""
         if not chain:
             return _WHOLE
         probe = np.arange(int(np.prod(root.shape)), dtype=np.int64).reshape(root.shape)
+        shown = self._replayed(probe, chain)
+        same = shown.shape == probe.shape and shown.strides == probe.strides
+        if same and _start(shown) == _start(probe):
+            return _WHOLE  # (a detach, or a reshape to the same shape)
+        if not copy_ok and not np.may_share_memory(shown, probe):
+            return None
+        if not copy_ok and not shown.flags.writeable:
+            raise RuntimeError(
+                at_user_line(
+                    "in-place write: the target shares memory between elements (an expanded "
+                    "or window view); use the out-of-place op"
+                )
+            )
+        return np.ascontiguousarray(shown)
+
+    def _copies(self, root: Tensor, chain) -> bool:
+        """Whether ``chain`` on ``root``'s memory makes a copy. Asked of every view of a view
+        while tracing, so it replays the chain on memory never written (views of it cost
+        nothing, however large the tensor), not on the positions ``_positions`` computes."""
+        probe = np.empty(root.shape, np.int64)  # (as _positions's, so the ops behave alike)
+        return not np.may_share_memory(self._replayed(probe, chain), probe)
+
+    def _replayed(self, probe: np.ndarray, chain) -> np.ndarray:
+        """``probe`` through the view ops of ``chain``, as they showed ``root``'s memory."""
         shown = probe
         for op, attrs, index_tensors, _ in chain:
             if any(self.traced(i) for i in index_tensors):
@@ -406,20 +426,7 @@ class Tracer:
                     )
                 )
             shown = OPS[op].impl(shown, *(i.array for i in index_tensors), **attrs)
-        shown = np.asarray(shown)
-        same = shown.shape == probe.shape and shown.strides == probe.strides
-        if same and _start(shown) == _start(probe):
-            return _WHOLE  # (a detach, or a reshape to the same shape)
-        if not copy_ok and not np.may_share_memory(shown, probe):
-            return None
-        if for_write and not copy_ok and not shown.flags.writeable:
-            raise RuntimeError(
-                at_user_line(
-                    "in-place write: the target shares memory between elements (an expanded "
-                    "or window view); use the out-of-place op"
-                )
-            )
-        return np.ascontiguousarray(shown)
+        return np.asarray(shown)
 
     def module_called(self, module) -> None:
         """A module's forward runs inside the trace: what it read of its own settings (its
