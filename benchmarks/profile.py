@@ -21,12 +21,16 @@ from benchmarks import workloads
 def statements(code: str) -> list[str]:
     """The statements of the generated ``step`` function, without their comments; a row loop
     (a ``for`` line and its indented body) is one statement."""
-    body = code.split("\ndef step(")[1].split("\n")[1:]
+    lines = code.split("\ndef step(")[1].split("\n")
+    signature_end = next(i for i, line in enumerate(lines) if line.endswith("):"))
+    body = lines[signature_end + 1 :]  # the signature may wrap over several lines
     result: list[str] = []
     for line in body:
         text = line.split("  #")[0].rstrip()
         stripped = text.strip()
-        if not stripped or stripped.startswith(("#", "del ", "return")):
+        if stripped.startswith("return"):
+            break
+        if not stripped or stripped.startswith(("#", "del ")):
             continue
         if line.startswith("        ") and result:  # the body of a row loop
             result[-1] += "\n" + text[4:]

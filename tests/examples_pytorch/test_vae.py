@@ -8,7 +8,14 @@ runs are compared among themselves (equal draws under one seed)."""
 
 import numpy as np
 import pytest
-from harness import assert_runs_close, import_torch, module_states, run, run_port
+from harness import (
+    ADAM_TOLERANCES,
+    assert_runs_close,
+    import_torch,
+    module_states,
+    run,
+    run_port,
+)
 
 import tracegrad as tg
 
@@ -88,7 +95,7 @@ def test_vae_with_fixed_noise_matches_compiled_and_torch(monkeypatch):
     torch = import_torch()
     if torch is not None:
         monkeypatch.setattr(torch, "randn_like", fixed_noise(torch))
-    runs = run_port(make, step, images(1) * 4)
+    runs = run_port(make, step, images(1) * 4, **ADAM_TOLERANCES)
     assert runs["eager"].losses[-1] < runs["eager"].losses[0]  # (one batch, seen 4 times)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from harness import MODES, assert_runs_close, module_states, run, run_port
+from harness import ADAM_TOLERANCES, MODES, assert_runs_close, module_states, run, run_port
 
 import tracegrad as tg
 
@@ -175,7 +175,7 @@ def test_word_language_model(rnn_type):
 @pytest.mark.parametrize("rnn_type", ["LSTM", "RNN_TANH"])
 def test_word_language_model_with_adamw(rnn_type):
     """main.py --use-optimizer: AdamW's state is carried by the compiled step too."""
-    runs = run_port(maker(rnn_type, use_optimizer=True), train_step, batches())
+    runs = run_port(maker(rnn_type, use_optimizer=True), train_step, batches(), **ADAM_TOLERANCES)
     manual = run_port(maker(rnn_type), train_step, batches(), modes=())
     assert not np.allclose(runs["step"].losses[1:], manual["eager"].losses[1:], rtol=1e-4)
 

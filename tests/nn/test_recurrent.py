@@ -439,10 +439,15 @@ def test_compiled_module_equals_eager(kind, options, passes):
     assert not compiled.recompile_reasons
 
 
-def test_the_traced_graph_grows_linearly_with_the_sequence_length():
-    """The layer is unrolled: each time step adds the same nodes (README's note on scaling)."""
-    lstm = nn.LSTM(H_IN, H, 2)
-    counts = [len(tg.trace(lstm, tg.randn(length, N, H_IN)).nodes) for length in (4, 8, 12)]
+def test_lstm_and_gru_layers_are_one_node_whatever_the_sequence_length():
+    """An LSTM or GRU layer's time loop runs in one op's kernel; an RNN is unrolled, each
+    time step adding the same nodes."""
+    for layer, op in ((nn.LSTM, "lstm_sequence"), (nn.GRU, "gru_sequence")):
+        graphs = [tg.trace(layer(H_IN, H, 2), tg.randn(n, N, H_IN)) for n in (4, 8, 12)]
+        assert len({len(g.nodes) for g in graphs}) == 1
+        assert all(sum(n.op == op for n in g.nodes) == 2 for g in graphs)
+    rnn = nn.RNN(H_IN, H, 2)
+    counts = [len(tg.trace(rnn, tg.randn(length, N, H_IN)).nodes) for length in (4, 8, 12)]
     assert counts[2] - counts[1] == counts[1] - counts[0] > 0
 
 

@@ -4,6 +4,8 @@
   (``runtime.chunked``), with inputs that broadcast along the rows, 0-d arrays, and ``out``
   being one of the inputs;
 - pooling reductions compare one strided slice per window cell;
+- clamps compare with a shared read-only array of the bound (``runtime.bound_like``) and
+  give np.maximum's and np.fmax's values against the scalar, NaN and signed zeros included;
 - sums and means over trailing dims are BLAS matrix-vector products (``runtime.row_sum``);
 - scatter_add along axis 0 by an integer index array sorts and sums groups of equal rows."""
 
@@ -31,6 +33,7 @@ def whole(kernel, *args, **attrs):
 
 CASES = {
     "sigmoid": lambda a, b, c: ((a,), {}),
+    "relu": lambda a, b, c: ((a,), {}),
     "gelu": lambda a, b, c: ((a,), {"approximate": "tanh"}),
     "relu_grad": lambda a, b, c: ((a, b), {}),
     "tanh_grad": lambda a, b, c: ((np.tanh(a), b), {}),
@@ -164,3 +167,47 @@ def test_row_max_equals_numpy_max(shape):
     got = runtime.row_max(x, -1)
     np.testing.assert_array_equal(got, x.max(-1, keepdims=True))
     np.testing.assert_array_equal(runtime.row_max(x, 0), x.max(0, keepdims=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (ROWS, COLS)])
+def test_relu_against_an_array_of_zeros_equals_maximum_with_zero(shape, dtype):
+    x = (np.random.default_rng(1).standard_normal(shape) * 3).astype(dtype)
+    if dtype != np.int64 and x.size > 3:
+        x.flat[:3] = [np.nan, -0.0, 0.0]
+    expected = np.maximum(x, 0)
+    got = kernels.relu(x)
+    np.testing.assert_array_equal(got, expected)
+    assert np.array_equal(np.signbit(got), np.signbit(expected))
+    out = np.empty_like(x)
+    np.testing.assert_array_equal(kernels.relu(x, out=out), expected)
+
+
+def test_bounds_are_shared_and_read_only():
+    x = np.ones((4, 6), np.float32)
+    bound = runtime.bound_like(x, -100.0)
+    assert bound.shape == x.shape and bound.dtype == x.dtype and (bound == -100).all()
+    assert np.shares_memory(bound, runtime.bound_like(np.zeros(24, np.float32), -100.0))
+    with pytest.raises(ValueError, match="read-only"):
+        bound[0, 0] = 1.0
+    assert runtime.bound_like(np.float32(2.0), 0.0) == 0.0  # a scalar keeps the scalar
+
+
+def test_clamped_log_maps_zero_negative_and_nan_to_the_floor():
+    from tracegrad.ops.nn import LOG_FLOOR, clamped_log_into
+
+    q = np.array([0.0, -1.0, np.nan, 1e-45, 0.5, 1.0], np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.fmax(np.log(q), LOG_FLOOR)
+    np.testing.assert_array_equal(clamped_log_into(q, np.empty_like(q)), expected)
+    assert expected[:3].tolist() == [LOG_FLOOR] * 3
+
+
+def test_sigmoid_divides_like_reciprocal():
+    x = np.random.default_rng(2).standard_normal((ROWS, COLS)).astype(np.float32) * 10
+    expected = np.reciprocal(np.exp(-x) + np.float32(1.0))
+    np.testing.assert_array_equal(kernels.sigmoid(x), expected)
+
+
+def test_bounds_of_large_arrays_stay_scalars():
+    assert runtime.bound_like(np.zeros(kernels.CHUNK + 1, np.float32), 0.0) == 0.0

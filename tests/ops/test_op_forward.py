@@ -33,7 +33,7 @@ import tracegrad.nn.functional as F
 from tracegrad import dtypes
 from tracegrad.codegen.emit import expression
 from tracegrad.errors import DTypeError, ShapeError
-from tracegrad.ops import OPS, VIEW, fused, kernels
+from tracegrad.ops import OPS, VIEW, fused, kernels, recurrent
 from tracegrad.tensor import call
 
 FLOATS = [np.float32, np.float64]
@@ -867,6 +867,14 @@ def _fused_inputs(name, dt):
     if name == "extreme_grad":
         x = _f((3, 4), dt)
         return (x, x.amax(1), _f((3,), dt, seed=1)), {"dims": (1,), "keepdim": False}
+    if name == "lstm_sequence_grad":  # record: the forward's, of the same inputs
+        ins = (_f((3, 2, 8), dt), _f((2, 2), dt, seed=1), _f((2, 2), dt, seed=2), _f((8, 2), dt))
+        record = call("lstm_sequence", *ins, reverse=True)
+        return (*ins, record, _f((3, 2, 14), dt, seed=3)), {"reverse": True}
+    if name == "gru_sequence_grad":  # record: the forward's, of the same inputs
+        ins = (_f((3, 2, 6), dt), _f((2, 2), dt, seed=1), _f((6, 2), dt), _f((6,), dt, seed=2))
+        record = call("gru_sequence", *ins, reverse=False)
+        return (*ins, record, _f((3, 2, 10), dt, seed=3)), {"reverse": False}
     attrs = {
         "gelu_grad": {"approximate": "tanh"},
         "softmax_grad": {"dim": 1},
@@ -894,6 +902,8 @@ FUSED_REFERENCES = {
     "layer_norm_std": fused._layer_norm_std_reference,
     "layer_norm_grad_from_std": fused._layer_norm_grad_from_std_reference,
     "extreme_grad": fused.extreme_reference,
+    "lstm_sequence_grad": recurrent._grad_reference,
+    "gru_sequence_grad": recurrent._gru_grad_reference,
 }
 
 
@@ -1296,3 +1306,11 @@ def test_optimizer_update_ops_match_their_formulas(dt):
     update = call("adam_step", *args, _hyper(1e-8)).numpy()
     np.testing.assert_allclose(update, x - 0.3 * y / (np.sqrt(v) / 0.7 + 1e-8), rtol=1e-5)
     assert update.dtype == dt
+
+
+def test_the_cat_op_refuses_a_negative_dim():
+    """tg.cat counts a negative dim from the end; the op itself takes an axis number only (its
+    shape rule and gradient index by it)."""
+    with pytest.raises(ShapeError, match="dim -1 is not an axis of"):
+        call("cat", tg.ones(2, 1), tg.ones(2, 3), dim=-1)
+    assert tg.cat([tg.ones(2, 1), tg.ones(2, 3)], dim=-1).shape == (2, 4)

@@ -415,6 +415,38 @@ CASES = [
         (normal, normal, positive),
     ),
     Case(
+        "lstm_sequence_grad",
+        ("lstm_sequence_grad",),
+        # record must be the forward's of the same inputs: compute it inside
+        lambda p, h0, c0, w, g: call(
+            "lstm_sequence_grad",
+            p,
+            h0,
+            c0,
+            w,
+            call("lstm_sequence", p, h0, c0, w, reverse=False),
+            g,
+            reverse=False,
+        ),
+        (((3, 2, 8), (2, 2), (2, 2), (8, 2), (3, 2, 14)),),
+    ),
+    Case(
+        "gru_sequence_grad",
+        ("gru_sequence_grad",),
+        # record must be the forward's of the same inputs: compute it inside
+        lambda p, h0, w, b, g: call(
+            "gru_sequence_grad",
+            p,
+            h0,
+            w,
+            b,
+            call("gru_sequence", p, h0, w, b, reverse=True),
+            g,
+            reverse=True,
+        ),
+        (((3, 2, 6), (2, 2), (6, 2), (6,), (3, 2, 10)),),
+    ),
+    Case(
         "extreme_grad",
         ("extreme_grad",),
         # y must be the maximum of x for the shares to be defined: compute it inside

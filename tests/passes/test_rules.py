@@ -426,6 +426,16 @@ CASES = {
         after={"pad2d": 1, "unfold": 1},
         smaller=False,  # the padding np.pad did inside unfold, now an op the memory plan places
     ),
+    "gathered-rows": Case(
+        graph_of(
+            """  %1:f64[2,3,4] = getitem[key=(('rows', 0, 5),)] %x, %i
+  return %1""",
+            "%x:f64[5,4], %i:i64[2,3]",
+        ),
+        after={"take_rows": 1},
+        smaller=False,  # the copy fancy indexing made, now an op the memory plan places
+        gone={"getitem"},
+    ),
     "sum-of-rows": Case(
         graph_of(
             """  %1:f64[2,3,4] = matmul %a, %b
@@ -1127,6 +1137,16 @@ NEAR_MISSES_WITH_INPUTS = {
   %2:f64[2,3,4] = exp %1
   return %2""",
         "%a:f64[6,4]",
+    ),
+    "an unchecked index array (negative rows wrap) stays a getitem": (
+        """  %1:f64[2,4] = getitem[key=(('tensor', 0),)] %x, %i
+  return %1""",
+        "%x:f64[5,4], %i:i64[2]",
+    ),
+    "rows checked against another size than the table's stay a getitem": (
+        """  %1:f64[2,4] = getitem[key=(('rows', 0, 3),)] %x, %i
+  return %1""",
+        "%x:f64[5,4], %i:i64[2]",
     ),
     "a scaled operand also read elsewhere keeps its scale": (
         """  %1:f64[] = constant[value=0.5]

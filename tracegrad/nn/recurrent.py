@@ -16,7 +16,10 @@ The cell updates, one function per kind, shared by the layers and the cells (PyT
     GRU   r, z, n = chunks of xi and of hh;  r = sigmoid(xi_r + hh_r), z = sigmoid(xi_z + hh_z),
           n = tanh(xi_n + r * hh_n);  h' = (1 - z) n + z h
 
-LSTM's ``proj_size`` adds one step after the update: h' = h' @ W_hr^T.
+LSTM's ``proj_size`` adds one step after the update: h' = h' @ W_hr^T. Without it, an LSTM
+layer's direction is one op (``lstm_sequence``, tracegrad/ops/recurrent.py) whose kernel loops
+over the time steps, and so is a GRU's (``gru_sequence``); RNN layers and projected LSTMs are
+unrolled into ops, a cell per step.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from tracegrad.nn import functional as F
 from tracegrad.nn import init
 from tracegrad.nn.layers import _empty
 from tracegrad.nn.module import Module
-from tracegrad.tensor import cat, stack
+from tracegrad.ops import recurrent as recurrent_ops
+from tracegrad.tensor import call, cat, stack
 
 # --- the cell updates: (input projection, recurrent projection, state) -> new state ------------
 # A state is a tuple: (h,) for RNN and GRU, (h, c) for LSTM.
@@ -193,6 +197,10 @@ def _run_direction(kind: _Kind, projected, state: tuple, weights: dict, reverse:
     input already projected. Returns the outputs h_t stacked in time order and the last state.
     With LSTM's ``weight_hr`` each h_t is projected (``proj_size``) before it is used."""
     w_hh, b_hh, w_hr = weights["weight_hh"], weights.get("bias_hh"), weights.get("weight_hr")
+    if kind.name == "LSTM" and w_hr is None:
+        return _lstm_direction(projected, state, w_hh, b_hh, reverse)
+    if kind.name == "GRU":
+        return _gru_direction(projected, state, w_hh, b_hh, reverse)
     steps = projected.unbind(0)
     outputs = [None] * len(steps)
     for t in reversed(range(len(steps))) if reverse else range(len(steps)):
@@ -201,6 +209,27 @@ def _run_direction(kind: _Kind, projected, state: tuple, weights: dict, reverse:
             state = (F.linear(state[0], w_hr), *state[1:])
         outputs[t] = state[0]
     return stack(outputs), state
+
+
+def _lstm_direction(projected, state: tuple, w_hh, b_hh, reverse: bool):
+    """An LSTM direction as one op, its time steps looping in the op's kernel (as PyTorch's
+    ``aten::lstm``): the outputs h_t and the last (h, c) are views of its record."""
+    if b_hh is not None:
+        projected = projected + b_hh
+    record = call("lstm_sequence", projected, *state, w_hh, reverse=reverse)
+    hidden, last = w_hh.shape[1], 0 if reverse else -1
+    h = recurrent_ops.block(record, recurrent_ops.H_BLOCK, hidden)
+    return h, (h[last], recurrent_ops.block(record[last], recurrent_ops.C_BLOCK, hidden))
+
+
+def _gru_direction(projected, state: tuple, w_hh, b_hh, reverse: bool):
+    """A GRU direction as one op (as PyTorch's ``aten::gru``); outputs are views of its
+    record."""
+    if b_hh is None:
+        b_hh = zeros(w_hh.shape[0], dtype=w_hh.dtype)
+    record = call("gru_sequence", projected, state[0], w_hh, b_hh, reverse=reverse)
+    h = recurrent_ops.block(record, recurrent_ops.GRU_H, w_hh.shape[1])
+    return h, (h[0 if reverse else -1],)
 
 
 def _check_layer_options(mode: str, hidden_size, num_layers, dropout, proj_size) -> None:

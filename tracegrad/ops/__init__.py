@@ -5,7 +5,8 @@ Families: ``elementwise`` (unary math, binary arithmetic, comparisons, where, ca
 scatter_add, one_hot), ``linalg`` (matmul, einsum), ``nn`` (windows, softmax, losses,
 layer_norm), ``random``, ``optim`` (fused optimizer updates), ``fused`` (one-kernel
 gradients and the pieces a training step splits ops into) and ``collective`` (reductions over
-the processes of a data-parallel job).
+the processes of a data-parallel job), ``recurrent`` (an LSTM layer's loop over time as one
+op).
 ``registry`` holds the ``Op`` entry and the property names passes ask (``ops_with(PROP)``);
 ``runtime`` what the NumPy kernels of several families share; ``kernels`` gathers the kernels
 under the names generated code calls (``rt.<name>``).
@@ -43,6 +44,7 @@ from tracegrad.ops import (
     nn,
     optim,
     random,
+    recurrent,
     reduce,
     shape,
 )

@@ -26,7 +26,14 @@ from tracegrad.ops.registry import (
     call,
     register,
 )
-from tracegrad.ops.runtime import chunked, joint_scratch, kernel, out_or_new, scratch
+from tracegrad.ops.runtime import (
+    bound_like,
+    chunked,
+    joint_scratch,
+    kernel,
+    out_or_new,
+    scratch,
+)
 
 # The constants of gelu's two forms (its fused gradients in tracegrad/ops/fused.py read them too)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -116,7 +123,7 @@ def sigmoid(x, out=None):
     out = np.negative(x, out=out_or_new(x, out))
     np.exp(out, out=out)
     out += 1.0
-    return np.reciprocal(out, out=out)
+    return np.divide(1.0, out, out=out)  # the same quotient as np.reciprocal, twice as fast
 
 
 unary(
@@ -128,15 +135,24 @@ unary(
     out="rt.sigmoid({0}, out={out})",
     props={NON_NEGATIVE},
 )
+
+
+@kernel
+@chunked
+def relu(x, out=None):
+    """max(x, 0), against an array of zeros (see ``bound_like``); ``out`` may be ``x``."""
+    return np.maximum(x, bound_like(x, 0), out=out)
+
+
 # d relu(x) = [x > 0]; the output is as good a witness as the input and is kept anyway.
 unary(
     "relu",
-    lambda x: np.maximum(x, 0),
+    relu,
     lambda c, g: call("relu_grad", c.out, g),
-    "np.maximum({0}, 0)",
+    "rt.relu({0})",
     saves=("out",),
     floats=False,
-    out="np.maximum({0}, 0, out={out})",
+    out="rt.relu({0}, out={out})",
     props={NON_NEGATIVE, CHEAP},
     samples=(KINK_AT_ZERO,),
 )

@@ -1,4 +1,5 @@
-"""Indexing: ``getitem`` and its transpose ``scatter_add``.
+"""Indexing: ``getitem`` and its transpose ``scatter_add``; ``take_rows``, an embedding's
+lookup into a planned buffer.
 
 An index is stored as a ``key``: a tuple with one entry per indexing item,
 ``("slice", start, stop, step)``, ``("int", i)``, ``("none",)``, ``("ellipsis",)`` or
@@ -18,7 +19,7 @@ from tracegrad.dtypes import TensorType
 from tracegrad.ops import rules
 from tracegrad.ops.elementwise import _zero
 from tracegrad.ops.registry import VIEW, Sample, call, register
-from tracegrad.ops.runtime import kernel
+from tracegrad.ops.runtime import kernel, scratch
 
 
 def resolve(key, index_arrays) -> tuple:
@@ -168,8 +169,10 @@ def _add_rows(out, rows, g):
     order = np.argsort(rows, kind="stable")
     ordered = rows[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    sums = np.add.reduceat(g.reshape(rows.size, *out.shape[1:])[order], starts, axis=0)
-    out[ordered[starts]] = sums
+    # g's rows in that order, in a scratch array: a steady step allocates no copy of g
+    g = g.reshape(rows.size, *out.shape[1:])
+    grouped = np.take(g, order, axis=0, out=scratch(g, "add_rows"), mode="clip")
+    out[ordered[starts]] = np.add.reduceat(grouped, starts, axis=0)
 
 
 def _scatter_add_reference(g, *indices, key, shape):
@@ -205,6 +208,49 @@ register(
             {"key": (("slice", None, None, -1), ("int", 1), ("ellipsis",)), "shape": (2, 3, 2)},
             shapes=(((2, 2),),),
             ref=_scatter_add_reference,
+        ),
+    ),
+)
+
+
+def _take_rows_infer(x: TensorType, rows: TensorType) -> TensorType:
+    rules.integer("take_rows", rows, "index tensors")
+    if x.ndim == 0:
+        raise rules.ShapeError("take_rows: cannot take rows of a 0-d tensor")
+    return TensorType(rows.shape + x.shape[1:], x.dtype)
+
+
+@kernel
+def take_rows(x, rows, out=None):
+    """x[rows] for an index array whose values lie in [0, len(x)) (IndexError otherwise, as
+    getitem's ``rows`` key), written into ``out``: the copy fancy indexing makes, without a
+    fresh array. (np.take with out= and mode="raise" buffers a copy; the rows are checked.)"""
+    check_rows(rows, x.shape[0])
+    return np.take(x, rows, axis=0, out=out, mode="clip")
+
+
+def _rows_key(c):
+    return (("rows", 0, c.x.shape[0]),)
+
+
+# take_rows(x, i) = x[i] with i checked to lie in [0, len(x)): compiled code looks an
+# embedding up with it (specialize_numpy's gathered-rows rule), into a planned buffer.
+register(
+    "take_rows",
+    ("x", "rows"),
+    _take_rows_infer,
+    take_rows,
+    (
+        lambda c, g: call("scatter_add", g, c.rows, key=_rows_key(c), shape=c.x.shape),
+        None,
+    ),
+    "rt.take_rows({0}, {1})",
+    out="rt.take_rows({0}, {1}, out={out})",
+    samples=(
+        Sample(
+            shapes=(((4, 2), (2, 3)), ((4,), (5,)), ((3, 2, 2), (4,))),
+            inputs=(Sample(), Sample(kind="integers", low=0, high=3)),
+            ref=lambda x, rows: x[rows],
         ),
     ),
 )

@@ -25,6 +25,7 @@ from tracegrad.ops.registry import (
 )
 from tracegrad.ops.runtime import (
     SMALL_REDUCTION,
+    bound_like,
     chunked,
     class_dim,
     joint_scratch,
@@ -552,7 +553,7 @@ def clamped_log_into(q, out):
     """clamped_log in NumPy: fmax takes -100 over log's -inf (q = 0) and nan (q < 0, q nan)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         np.log(q, out=out)
-    return np.fmax(out, LOG_FLOOR, out=out)
+    return np.fmax(out, bound_like(out, LOG_FLOOR), out=out)
 
 
 def log_kept(q, out):

@@ -64,7 +64,20 @@ def out_or_new(x, out):
 
 @functools.cache
 def filled(n: int, dtype: np.dtype, value: float) -> np.ndarray:
-    return np.full(n, value, dtype)  # shared, never written
+    array = np.full(n, value, dtype)  # shared: read-only, so no caller can write it
+    array.flags.writeable = False
+    return array
+
+
+def bound_like(x, value):
+    """``value`` as an array shaped like ``x`` (shared, read-only), for a clamp's bound:
+    NumPy's maximum, minimum and fmax run without SIMD when an operand is a scalar or a
+    broadcast one, 3-4x slower (NumPy 2.4) than against a whole array of the bound. Past
+    CHUNK elements (a chunked kernel's pieces are smaller), and for a scalar ``x``, the
+    scalar: the shared arrays stay few and small."""
+    if type(x) is not np.ndarray or x.size > CHUNK:
+        return value
+    return filled(x.size, x.dtype, value).reshape(x.shape)
 
 
 def row_sum(x, dims, scale=1.0):

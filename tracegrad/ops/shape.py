@@ -117,6 +117,8 @@ register(
 def _cat_infer(*xs: TensorType, dim) -> TensorType:
     first = xs[0]
     dtype = rules.same_dtype("cat", *xs)
+    if not 0 <= dim < first.ndim:  # (tg.cat counts a negative dim from the end before this)
+        raise ShapeError(f"cat: dim {dim} is not an axis of {first.shape}")
     for x in xs[1:]:
         rest = [s for i, s in enumerate(x.shape) if i != dim]
         if x.ndim != first.ndim or rest != [s for i, s in enumerate(first.shape) if i != dim]:

@@ -386,6 +386,21 @@ def _windows_of_padded_copy(m: Match) -> Value:
     return m.emit("unfold", [padded], **(attrs | {"padding": (0, 0)}))
 
 
+# --- lookups ------------------------------------------------------------------------------------
+
+
+def _rows_of_the_table(m: Match) -> bool:
+    """x[i] with i an index array checked to lie in [0, len(x)) (an embedding's lookup)."""
+    (item,) = m.root.attrs["key"]
+    return item[0] == "rows" and item[1] == 0 and item[2] == m["x"].type.shape[0]
+
+
+def _rows_into_buffer(m: Match) -> Value:
+    """Fancy indexing copies the rows into a fresh array on every call; take_rows writes
+    them into a planned buffer."""
+    return m.emit("take_rows", [m["x"], m["i"]])
+
+
 # --- the rules ----------------------------------------------------------------------------------
 
 PRODUCT = Pat("matmul", V("a"), V("b"), name="p")
@@ -515,6 +530,14 @@ RULES = [
         ),
         _elementwise_untransposed,
         when=_transpose_of_a_matrix,
+    ),
+    Rule(
+        "gathered-rows",
+        "x[i] for rows i checked to lie in [0, len(x)) -> take_rows(x, i)",
+        Pat("getitem", V("x"), V("i"), attrs={"key": lambda key: len(key) == 1}),
+        _rows_into_buffer,
+        when=_rows_of_the_table,
+        extra_passes=1,  # the copy fancy indexing made, now into a planned buffer
     ),
     Rule(
         "padded-windows",
