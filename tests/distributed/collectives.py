@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 # this script's directory is on sys.path
@@ -55,6 +57,36 @@ def check_buffers_follow_rank_0(rank: int) -> None:
         assert_same_on_every_rank(out.detach().numpy())
 
 
+# PyTorch's DDP broadcasts the buffers before a forward when the forward before it (if any)
+# ran with gradients enabled and outside no_sync() (require_forward_param_sync): a forward
+# under no_sync() or no_grad() still broadcasts, the next one does not. PyTorch 2 gives this
+# pattern for this sequence (counting its _sync_buffers calls).
+FORWARDS = ["plain", "no_sync", "plain", "no_grad", "plain", "no_grad", "no_grad", "plain", "plain"]
+BROADCASTS = [True, True, False, True, False, True, False, False, True]
+
+
+def check_buffers_are_broadcast_when_pytorch_does(rank: int) -> None:
+    """Eager, as a compiled module and inside a compiled function, DDP broadcasts before
+    exactly the forwards PyTorch's does."""
+    for kind in ("eager", "module", "function"):
+        model = tg.nn.Sequential(tg.nn.Linear(3, 2), tg.nn.BatchNorm1d(2)).double()
+        ddp = tg.nn.parallel.DistributedDataParallel(model).eval()
+        forward = {
+            "eager": ddp,
+            "module": tg.compile(ddp),
+            "function": tg.compile(lambda x, ddp=ddp: ddp(x)),
+        }[kind]
+        for i, (context, broadcast) in enumerate(zip(FORWARDS, BROADCASTS, strict=True)):
+            model[1].running_mean.fill_(float(rank + 5 + i))  # each rank's own value
+            within = {"no_sync": ddp.no_sync, "no_grad": tg.no_grad}.get(
+                context, contextlib.nullcontext
+            )
+            with within():
+                forward(tg.ones((4, 3), dtype=tg.float64))
+            followed = np.array_equal(model[1].running_mean.numpy(), np.full(2, 5.0 + i))
+            assert followed == (broadcast or rank == 0), (kind, i, context)
+
+
 def check_a_compiled_step_broadcasts_buffers(rank: int, world: int) -> None:
     """Plain BatchNorm under DDP: each rank's running statistics move by its own share of the
     batch, and are rank 0's again at the start of the next forward. A compiled whole step does
@@ -100,6 +132,7 @@ def main() -> None:
     check_all_reduce(rank, world)
     check_broadcast_and_gather(rank, world)
     check_buffers_follow_rank_0(rank)
+    check_buffers_are_broadcast_when_pytorch_does(rank)
     check_a_compiled_step_broadcasts_buffers(rank, world)
     check_shape_mismatch(rank)
     dist.barrier()

@@ -40,7 +40,9 @@ def train_reference(build, data, micro: int) -> np.ndarray:
     return flat_state(model)
 
 
-def train_parallel(build, data, mode: str, micro: int) -> np.ndarray:
+def train_parallel(build, data, mode: str, micro: int) -> tuple[np.ndarray, list]:
+    """The state after training, and the .grad tensors of every step, kept (a compiled step
+    hands out gradients living in their bucket: a kept one must keep its step's values)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     tg.manual_seed(rank)  # different starting points: DDP must broadcast rank 0's
     # BatchNorm layers become SyncBatchNorm: the statistics of the global batch
@@ -59,11 +61,13 @@ def train_parallel(build, data, mode: str, micro: int) -> np.ndarray:
         opt.step()
 
     step = tg.compile(train_step) if mode == "step" else train_step
+    kept = []
     for batch in data:
         step(*batch)
+        kept.append([p.grad for p in ddp.parameters()])
     if mode == "step":
         check_the_step_averages_in_its_graph(step, ddp)
-    return flat_state(ddp.module)
+    return flat_state(ddp.module), kept
 
 
 def check_the_step_averages_in_its_graph(step, ddp) -> None:
@@ -79,6 +83,16 @@ def check_the_step_averages_in_its_graph(step, ddp) -> None:
     assert "gradient all_reduce:" in step.explain()
 
 
+def assert_same_kept_grads(kept: list, kept_eager: list, tolerance: float) -> None:
+    """Every step's .grad tensors, kept until the end, hold that step's averaged gradients
+    as eagerly, and are or are not the last step's .grad as eagerly."""
+    for step, (grads, grads_eager) in enumerate(zip(kept, kept_eager, strict=True)):
+        for g, e, now, now_eager in zip(grads, grads_eager, kept[-1], kept_eager[-1], strict=True):
+            error = np.abs(g.numpy() - e.numpy()).max()
+            assert error < tolerance, f"step {step}'s kept .grad differs from eager's by {error}"
+            assert (g is now) == (e is now_eager)
+
+
 def main(name: str, mode: str, dtype: str = "float64") -> None:
     dist.init_process_group()
     make, inputs = MODELS[name]
@@ -91,15 +105,16 @@ def main(name: str, mode: str, dtype: str = "float64") -> None:
         (x.to(getattr(tg, dtype)) if x.is_floating_point() else x, y)
         for x, y in batches(inputs, STEPS, GLOBAL_BATCH * micro)
     ]
-    state = train_parallel(build, data, mode, micro)
+    state, kept = train_parallel(build, data, mode, micro)
     assert_same_on_every_rank(state.astype(np.float64))
     expected = train_reference(build, data, micro)
     error = np.abs(state - expected).max()
     assert error < TOLERANCE[dtype], f"{name} {mode}: parallel differs from one process by {error}"
     if mode == "step":
-        eager = train_parallel(build, data, "eager", micro)
+        eager, kept_eager = train_parallel(build, data, "eager", micro)
         difference = np.abs(state - eager).max()
         assert difference < TOLERANCE[dtype], f"{name}: compiled step differs from eager DDP"
+        assert_same_kept_grads(kept, kept_eager, TOLERANCE[dtype])
     print(f"rank {dist.get_rank()}: {name} {mode} {dtype} ok, max error {error:.1e}", flush=True)
     dist.destroy_process_group()
 

@@ -205,3 +205,28 @@ def test_gradients_are_computed_straight_into_their_bucket(group, first):
     into_bucket = [line for line in lines if f"out={bucket}[" in line]
     assert len(into_bucket) == 4 and all("np.matmul(" in line for line in into_bucket)
     assert start.count(", ") - 1 == len(results[0])  # every gradient in the one bucket
+
+
+def test_each_grad_lives_in_its_piece_of_the_bucket_and_a_kept_one_keeps_its_values(group):
+    """After a step, each parameter's .grad is its piece of the reduced bucket (no copy out);
+    a .grad the caller keeps across the next step (which replaces .grad: zero_grad first)
+    keeps its own step's values, as eagerly, and the next step stores into the bucket again."""
+    runs = []
+    for compiled in (False, True):
+        model = mlp()
+        opt = tg.optim.Adam(model.parameters(), lr=0.01)
+        step = adam_step(DistributedDataParallel(model), opt)
+        step = tg.compile(step) if compiled else step
+        kept = []
+        for i in range(3):
+            step(X * (i + 1), Y)
+            kept.append([p.grad for p in model.parameters()])
+        runs.append([[g.numpy().copy() for g in grads] for grads in kept])
+        if compiled:
+            bucket = kept[-1][0].numpy().base
+            assert bucket is not None and bucket.size == sum(p.numel() for p in model.parameters())
+            assert all(g.numpy().base is bucket for g in kept[-1])  # one bucket, no copies
+            assert not any(np.shares_memory(g.numpy(), bucket) for g in kept[0] + kept[1])
+    for want, got in zip(*runs, strict=True):
+        for a, b in zip(want, got, strict=True):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)

@@ -3,10 +3,12 @@ parameter's ``.grad``, an optimizer state entry) are stored, and the planned mem
 live in without a copy.
 
 A step's program owns planned buffers that every run writes again. A ``Sink`` stores one
-result after each run: without a copy when the result is a planned buffer no other live
-tensor lives in (the tensor then lives there, and the next run writes its next value in
-place), else into the tensor's own memory or a copy. ``_holders`` records which tensor lives
-in which buffer, so one buffer is never handed to two tensors at once.
+result after each run: without a copy when the result is a planned buffer, a view of all of
+one, or a contiguous piece of one (a gradient's piece of its all_reduce bucket), where no
+other live tensor lives (the tensor then lives there, and the next run writes its next value
+in place), else into the tensor's own memory or a copy. A home is that memory: the buffer's
+id and the byte range the result covers. ``_holders`` records which tensor lives in which
+home, so no memory is ever handed to two tensors at once.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import numpy as np
 
 from tracegrad.tensor import Tensor, wrap
 
-# id(planned buffer) -> the tensor living in it. A buffer is the memory of one tensor at a
-# time: while a tensor a step handed out is alive (the user may keep an old .grad, or a view
-# of it), its buffer is not handed to another tensor.
-_holders: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+# Where a stored result lives: (id of a planned buffer, first byte, byte after the last).
+Home = tuple[int, int, int]
+
+# id(planned buffer) -> {(first byte, byte after the last): the tensor living there}. Memory
+# is one tensor's at a time: while a tensor a step handed out is alive (the user may keep an
+# old .grad, or a view of it), no home overlapping its own is handed to another tensor.
+Held = weakref.WeakValueDictionary[tuple[int, int], Tensor]
+_holders: dict[int, Held] = {}
+_NOBODY: Held = weakref.WeakValueDictionary()  # (what a buffer nobody lives in holds)
 
 
 # References to a tensor a sink keeps when nothing else holds it: the sink's attribute, the
@@ -38,7 +45,7 @@ class Sink:
     kind: str  # "grad" (a tensor's .grad) or "state" (an optimizer state entry)
     owner: Any  # the tensor, or the optimizer state dict of one parameter
     key: str | None = None
-    buffer: int | None = None  # id of the planned buffer the last run stored in
+    buffer: Home | None = None  # the home the last run stored in
     kept: Tensor | None = None  # the tensor living in that buffer, stored by the last run
     # For the .grad of an argument: its position (each run points ``owner`` at its argument)
     argument: int | None = None
@@ -64,14 +71,15 @@ class Sink:
         if kept is None or kept is self.current():
             return
         if sys.getrefcount(kept) > _ONLY_THE_SINK:
-            if self.buffer is not None and _holders.get(self.buffer) is kept:
-                del _holders[self.buffer]
+            if self.buffer is not None:
+                _release(self.buffer, kept)
             kept.array = kept.array.copy()
             self.kept = None
 
-    def store(self, array: np.ndarray, home: int | None) -> None:
-        """Without a copy when ``array`` is one of the program's planned buffers, or a view of
-        all of one (``home`` is then that buffer's id), and no other live tensor lives there:
+    def store(self, array: np.ndarray, home: Home | None) -> None:
+        """Without a copy when ``array`` is one of the program's planned buffers, a view of
+        all of one or a contiguous piece of one (``home`` is then that memory), and no other
+        live tensor lives there:
         the tensor then lives in that buffer, which every later run leaves holding the same
         value's next result. A tensor the user made keeps its memory (it may be a view of
         theirs) and is written into; anything else is copied, since it may be an input or
@@ -83,7 +91,7 @@ class Sink:
         if current is not None and same_memory(current.array, array):
             current.bump_version()  # the run wrote the tensor's own memory: nothing to move
             return
-        free = home is not None and _holders.get(home) is None
+        free = home is not None and _is_free(home)
         if (
             isinstance(current, Tensor)
             and current.array.shape == array.shape
@@ -91,7 +99,7 @@ class Sink:
         ):
             held = _held_in(current)
             if free and held is not None:  # a tensor some run stored without a copy: it moves
-                del _holders[held]
+                _release(held, current)
                 current.array = array
                 self._live_in(home, current)
             else:
@@ -103,27 +111,61 @@ class Sink:
             self._live_in(home, new)
         self.put(new)
 
-    def _live_in(self, home: int | None, tensor: Tensor) -> None:
+    def _live_in(self, home: Home | None, tensor: Tensor) -> None:
         assert home is not None  # (only a free store lives in a buffer: it has one)
-        _holders[home] = tensor
+        buffer, start, stop = home
+        _holders.setdefault(buffer, Held())[start, stop] = tensor
         self.buffer, self.kept = home, tensor
 
 
-def _held_in(tensor: Tensor) -> int | None:
-    """The planned buffer ``tensor`` lives in (the buffer or a whole view of it), if any."""
-    for array in (tensor.array, tensor.array.base):
-        if array is not None and _holders.get(id(array)) is tensor:
-            return id(array)
-    return None
+def _is_free(home: Home) -> bool:
+    """Whether no live tensor lives in memory overlapping ``home``."""
+    buffer, start, stop = home
+    held = _holders.get(buffer, _NOBODY)
+    return not any(a < stop and start < b for a, b in list(held.keys()))
+
+
+def _release(home: Home, tensor: Tensor) -> None:
+    """``tensor`` no longer lives in ``home`` (it moves to memory of its own, or elsewhere)."""
+    buffer, start, stop = home
+    held = _holders.get(buffer, _NOBODY)
+    if held.get((start, stop)) is tensor:
+        del held[start, stop]
+
+
+def _held_in(tensor: Tensor) -> Home | None:
+    """The home ``tensor`` lives in, if a run stored it without a copy."""
+    array = tensor.array
+    buffer = array if array.base is None else array.base
+    home = _home_in(array, buffer)
+    held = _holders.get(id(buffer), _NOBODY)
+    return home if home is not None and held.get(home[1:]) is tensor else None
+
+
+def _home_in(array: np.ndarray, buffer: np.ndarray) -> Home | None:
+    """The bytes of ``buffer`` that ``array`` (a view of it) covers, when they are one
+    contiguous run (all of it, reshaped or transposed, or a contiguous piece)."""
+    if array.size == buffer.size:
+        return (id(buffer), 0, buffer.nbytes)
+    if not array.flags.c_contiguous:
+        return None
+    start = array.ctypes.data - buffer.ctypes.data
+    return (id(buffer), start, start + array.nbytes)
 
 
 def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two arrays are the same memory seen the same way (each run makes a new view of
-    a buffer: equal base, shape and strides)."""
+    a buffer: equal base, shape, strides and first byte)."""
     if a is b:
         return True
     base = a.base
-    return base is not None and base is b.base and a.shape == b.shape and a.strides == b.strides
+    return (
+        base is not None
+        and base is b.base
+        and a.shape == b.shape
+        and a.strides == b.strides
+        and a.ctypes.data == b.ctypes.data
+    )
 
 
 def memory_of(array: np.ndarray) -> int:
@@ -132,11 +174,12 @@ def memory_of(array: np.ndarray) -> int:
     return id(array if base is None else base)
 
 
-def planned_home(array: np.ndarray, planned: frozenset[int]) -> int | None:
-    """The id of the planned buffer ``array`` is, or is a view of all of (reshaped or
-    transposed: a weight's gradient computed as the transposed product of rows)."""
+def planned_home(array: np.ndarray, planned: frozenset[int]) -> Home | None:
+    """Where ``array`` lives in the program's planned memory, if it is a planned buffer, a
+    view of all of one (reshaped or transposed: a weight's gradient computed as the
+    transposed product of rows) or a contiguous piece of one (a gradient's piece of its
+    all_reduce bucket)."""
     if id(array) in planned:
-        return id(array)
+        return (id(array), 0, array.nbytes)
     base = array.base
-    whole = base is not None and array.size == base.size
-    return id(base) if whole and id(base) in planned else None
+    return _home_in(array, base) if base is not None and id(base) in planned else None

@@ -19,7 +19,7 @@ from tracegrad import distributed, tape
 from tracegrad.errors import ShapeError
 from tracegrad.nn.module import Module
 from tracegrad.ops.collective import bucket_groups
-from tracegrad.tensor import call, wrap
+from tracegrad.tensor import call, where, wrap
 from tracegrad.tensor.tracing import active_tracer
 
 __all__ = ["DistributedDataParallel"]
@@ -105,6 +105,10 @@ class DistributedDataParallel(Module):
         self.module = module
         self.broadcast_buffers = broadcast_buffers
         self.require_backward_grad_sync = True
+        # PyTorch's require_forward_param_sync: whether the next forward broadcasts the
+        # buffers (none ran yet, or the last one ran with gradients and outside no_sync()).
+        # A tensor: a compiled forward reads it fresh and writes it back, as an eager one.
+        self._buffers_sync_next = wrap(np.array(True))
         _check_same_shapes(module)
         for _, tensor in _named_state(module):
             distributed.broadcast(tensor, src=0)
@@ -119,19 +123,32 @@ class DistributedDataParallel(Module):
                 order += 1
 
     def forward(self, *args, **kwargs):
+        """The wrapped module's forward, after rank 0's buffers are broadcast when PyTorch's
+        DDP would: ``broadcast_buffers`` and the previous forward (if any) ran with gradients
+        enabled and outside ``no_sync()`` (this one may be under either)."""
         if self.broadcast_buffers:
             self._broadcast_buffers()
-        return self.module(*args, **kwargs)
+        output = self.module(*args, **kwargs)
+        tracer = active_tracer()  # (tracing turns gradients on: the caller's mode counts)
+        grad = tape.is_grad_enabled() and (tracer is None or tracer.grad_enabled_outside)
+        sync_next = grad and self.require_backward_grad_sync
+        with tape.no_grad():
+            self._buffers_sync_next.fill_(sync_next)
+        return output
 
     def _broadcast_buffers(self) -> None:
-        """Every rank takes rank 0's buffers, in place. In a compiled program the broadcast
-        is a node of its graph, whose result is written back into the buffer."""
+        """Every rank takes rank 0's buffers, in place, if the last forward asked for it. In
+        a compiled program the broadcast is a node of its graph, whose result (rank 0's, or
+        the buffer's own when the flag read at run time is false) is written back into the
+        buffer: every rank runs it or none does, the flag being the same on every rank."""
+        flag = self._buffers_sync_next
         for buffer in self.module.buffers():
             if active_tracer() is None:
-                distributed.broadcast(buffer, src=0)
+                if flag.item():
+                    distributed.broadcast(buffer, src=0)
             else:
                 with tape.no_grad():
-                    buffer.copy_(call("broadcast", buffer, src=0))
+                    buffer.copy_(where(flag, call("broadcast", buffer, src=0), buffer))
 
     @contextlib.contextmanager
     def no_sync(self):

@@ -79,6 +79,8 @@ class Tracer:
 
     def __init__(self, mode: str = "capture", names: dict[int, str] | None = None):
         self.mode = mode
+        # The caller's grad mode (tracing turns gradients on to record; DDP's forward asks)
+        self.grad_enabled_outside = tape.is_grad_enabled()
         self.names = dict(names or {})  # id(tensor) -> input name for lifted tensors
         self.inputs: list[Value] = []
         self.nodes: list[Node] = []
