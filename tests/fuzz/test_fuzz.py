@@ -48,10 +48,10 @@ def test_programs_match_eager(start):
     assert report.counts["matched"] > 0
 
 
-def test_the_budget_variant_recomputes_activations(monkeypatch):
-    """The memory_budget construct's programs, compiled under the budget the runner picks,
-    recompute forward values in their backward (else the variant would test nothing new)."""
-    made = []
+@pytest.fixture
+def made(monkeypatch) -> list:
+    """Every object tg.compile makes while the test runs, in order."""
+    made: list = []
     compile_ = tg.compile
 
     def recording(f, **options):
@@ -59,6 +59,12 @@ def test_the_budget_variant_recomputes_activations(monkeypatch):
         return made[-1]
 
     monkeypatch.setattr(tg, "compile", recording)
+    return made
+
+
+def test_the_budget_variant_recomputes_activations(made):
+    """The memory_budget construct's programs, compiled under the budget the runner picks,
+    recompute forward values in their backward (else the variant would test nothing new)."""
     recomputing = 0
     for seed in range(8):
         made.clear()
@@ -70,17 +76,9 @@ def test_the_budget_variant_recomputes_activations(monkeypatch):
     assert recomputing >= 5
 
 
-def test_the_threads_variant_runs_on_the_pool(monkeypatch):
+def test_the_threads_variant_runs_on_the_pool(made):
     """Compiled with threads=2 under the runner's cost model, most programs run products or
     row splits on the pool (else the variant would test nothing new)."""
-    made = []
-    compile_ = tg.compile
-
-    def recording(f, **options):
-        made.append(compile_(f, **options))
-        return made[-1]
-
-    monkeypatch.setattr(tg, "compile", recording)
     using = 0
     for seed in range(10):
         made.clear()

@@ -235,19 +235,37 @@ _LSTM_SHAPES = (
     ((4, 3, 12), (3, 3), (3, 3), (12, 3)),
 )
 
-register(
+
+def _sequence_op(name, inputs, infer, kernel_fn, vjp, shapes=(), ref=None):
+    """Declare a recurrent op of ``inputs`` and the ``reverse`` attribute, its kernel taking
+    ``out=``. A layer's op has ``shapes``: samples of both directions checked against ``ref``,
+    and its VJP reads its record; a gradient op's VJP (its reference's) reads its inputs."""
+    args = ", ".join(f"{{{i}}}" for i in range(len(inputs)))
+    register(
+        name,
+        inputs,
+        infer,
+        kernel_fn,
+        vjp,
+        f"rt.{name}({args}, {{reverse}})",
+        out=f"rt.{name}({args}, {{reverse}}, out={{out}})",
+        saves=(*inputs, "out") if shapes else inputs,
+        samples=tuple(
+            Sample({"reverse": reverse}, low=-1.5, high=1.5, shapes=shapes, ref=ref)
+            for reverse in (False, True)
+            if shapes
+        ),
+    )
+
+
+_sequence_op(
     "lstm_sequence",
     ("projected", "h0", "c0", "w_hh"),
     _lstm_infer,
     lstm_sequence,
     _lstm_vjp,
-    "rt.lstm_sequence({0}, {1}, {2}, {3}, {reverse})",
-    out="rt.lstm_sequence({0}, {1}, {2}, {3}, {reverse}, out={out})",
-    saves=("projected", "h0", "c0", "w_hh", "out"),
-    samples=tuple(
-        Sample({"reverse": reverse}, low=-1.5, high=1.5, shapes=_LSTM_SHAPES, ref=_lstm_numpy)
-        for reverse in (False, True)
-    ),
+    _LSTM_SHAPES,
+    _lstm_numpy,
 )
 
 
@@ -256,15 +274,12 @@ def _lstm_grad_infer(projected, h0, c0, w_hh, record, g, reverse) -> TensorType:
     return TensorType((steps + 1, batch, gates), projected.dtype)
 
 
-register(
+_sequence_op(
     "lstm_sequence_grad",
     ("projected", "h0", "c0", "w_hh", "record", "g"),
     _lstm_grad_infer,
     lstm_sequence_grad,
     reference_vjp(_grad_reference),
-    "rt.lstm_sequence_grad({0}, {1}, {2}, {3}, {4}, {5}, {reverse})",
-    out="rt.lstm_sequence_grad({0}, {1}, {2}, {3}, {4}, {5}, {reverse}, out={out})",
-    saves=("projected", "h0", "c0", "w_hh", "record", "g"),
 )
 
 
@@ -447,19 +462,14 @@ _GRU_SHAPES = (
     ((4, 3, 9), (3, 3), (9, 3), (9,)),
 )
 
-register(
+_sequence_op(
     "gru_sequence",
     ("projected", "h0", "w_hh", "b_hh"),
     _gru_infer,
     gru_sequence,
     _gru_vjp,
-    "rt.gru_sequence({0}, {1}, {2}, {3}, {reverse})",
-    out="rt.gru_sequence({0}, {1}, {2}, {3}, {reverse}, out={out})",
-    saves=("projected", "h0", "w_hh", "b_hh", "out"),
-    samples=tuple(
-        Sample({"reverse": reverse}, low=-1.5, high=1.5, shapes=_GRU_SHAPES, ref=_gru_numpy)
-        for reverse in (False, True)
-    ),
+    _GRU_SHAPES,
+    _gru_numpy,
 )
 
 
@@ -468,13 +478,10 @@ def _gru_grad_infer(projected, h0, w_hh, b_hh, record, g, reverse) -> TensorType
     return TensorType((steps + 1, batch, 4 * (gates // GRU_GATES)), projected.dtype)
 
 
-register(
+_sequence_op(
     "gru_sequence_grad",
     ("projected", "h0", "w_hh", "b_hh", "record", "g"),
     _gru_grad_infer,
     gru_sequence_grad,
     reference_vjp(_gru_grad_reference),
-    "rt.gru_sequence_grad({0}, {1}, {2}, {3}, {4}, {5}, {reverse})",
-    out="rt.gru_sequence_grad({0}, {1}, {2}, {3}, {4}, {5}, {reverse}, out={out})",
-    saves=("projected", "h0", "w_hh", "b_hh", "record", "g"),
 )
