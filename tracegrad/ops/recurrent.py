@@ -9,9 +9,11 @@ shows one LSTM layer where the model has one. Its meaning is ``_lstm_reference``
 composition in tracegrad ops: the tests hold the kernels to it, and the gradient op's VJP is
 the reference's, so gradients of gradients stay exact.
 
-The forward keeps what the backward reads in its one result, a record of ``RECORD`` blocks of
-``hidden`` columns per time step and batch row: the activated gates i, f, g, o, then h_t, c_t
-and tanh(c_t). The layer's outputs are views of it (``h``, the last ``c``).
+The forward keeps what the backward reads in its one result, a record of one row per time step
+holding ``RECORD`` blocks of batch x hidden numbers, each region contiguous (NumPy's ufuncs
+run several times slower on rows with gaps between them): the activated gates i, f, g, o as
+(batch, 4 hidden), then h_t, c_t and tanh(c_t) as (batch, hidden) each. The layer's outputs
+are views of it (``h``, the last ``c``); ``region`` reads it.
 """
 
 from __future__ import annotations
@@ -32,9 +34,17 @@ H_BLOCK, C_BLOCK, TANH_C_BLOCK = 4, 5, 6  # after the gates
 RECORD = 7  # blocks of hidden columns a time step keeps
 
 
-def block(record, k: int, hidden: int):
-    """Block ``k`` of a record's rows (the last axis): gate k, or h, c, tanh(c)."""
-    return record[..., k * hidden : (k + 1) * hidden]
+def block(rows, k: int, hidden: int):
+    """Block ``k`` of ``hidden`` columns of ``rows`` (the last axis): gate k of a region."""
+    return rows[..., k * hidden : (k + 1) * hidden]
+
+
+def region(record, start: int, width: int, batch: int, hidden: int):
+    """Blocks ``start`` to ``start + width`` of a record's rows (the last axis) as
+    (..., batch, width * hidden): the gates, h, c or tanh(c) of each step, contiguous."""
+    size = batch * hidden
+    part = record[..., start * size : (start + width) * size]
+    return part.reshape((*part.shape[:-1], batch, width * hidden))
 
 
 def _order(steps: int, reverse: bool) -> range:
@@ -53,7 +63,7 @@ def _lstm_infer(projected: TensorType, h0: TensorType, c0: TensorType, w_hh: Ten
         )
     if w_hh.shape != (gates, hidden):
         raise ShapeError(f"lstm_sequence: weight_hh {w_hh.shape} is not ({gates}, {hidden})")
-    return TensorType((steps, batch, RECORD * hidden), dtype)
+    return TensorType((steps, RECORD * batch * hidden), dtype)
 
 
 @functools.cache
@@ -72,19 +82,20 @@ def lstm_sequence(projected, h0, c0, w_hh, reverse, out=None):
     ``reverse``."""
     steps, batch, gates = projected.shape
     hidden = gates // GATES
-    record = np.empty((steps, batch, RECORD * hidden), projected.dtype) if out is None else out
+    record = np.empty((steps, RECORD * batch * hidden), projected.dtype) if out is None else out
     scale, shift = _gate_scale_shift(hidden, projected.dtype)
     h, c = h0, c0
     for t in _order(steps, reverse):
         row = record[t]
-        a = row[:, :gates]
+        a = region(row, 0, GATES, batch, hidden)
         np.matmul(h, w_hh.T, out=a)
         a += projected[t]
         a *= scale
         np.tanh(a, out=a)
         a *= scale
         a += shift
-        i, f, g, o, h, new_c, tanh_c = (block(row, k, hidden) for k in range(RECORD))
+        i, f, g, o = (block(a, k, hidden) for k in range(GATES))
+        h, new_c, tanh_c = (region(row, k, 1, batch, hidden) for k in range(GATES, RECORD))
         np.multiply(i, g, out=tanh_c)  # (a temporary until tanh(c) is made)
         np.multiply(f, c, out=new_c)
         new_c += tanh_c
@@ -110,18 +121,20 @@ def lstm_sequence_grad(projected, h0, c0, w_hh, record, g, reverse, out=None):
     dh.fill(0.0)
     dc.fill(0.0)
     order = list(_order(steps, reverse))
-    previous_c = [c0] + [block(record[t], C_BLOCK, hidden) for t in order[:-1]]
+    previous_c = [c0] + [region(record[t], C_BLOCK, 1, batch, hidden) for t in order[:-1]]
     for t, c_before in zip(reversed(order), reversed(previous_c), strict=True):
-        row, cot, da = record[t], g[t], grads[t]
-        a = row[:, :gates]
-        i, f, gg, o, _, _, tanh_c = (block(row, k, hidden) for k in range(RECORD))
+        row, da = record[t], grads[t]
+        a = region(row, 0, GATES, batch, hidden)
+        i, f, gg, o = (block(a, k, hidden) for k in range(GATES))
+        tanh_c = region(row, TANH_C_BLOCK, 1, batch, hidden)
+        cot_gates, cot_h, cot_c, cot_tanh_c = _cotangents(g[t], batch, hidden)
         di, df, dg, do = (block(da, k, hidden) for k in range(GATES))
-        dh += block(cot, H_BLOCK, hidden)
-        dc += block(cot, C_BLOCK, hidden)
+        dh += cot_h
+        dc += cot_c
         np.multiply(dh, tanh_c, out=do)
         # d tanh(c) = dh o (+ its own cotangent); dc += d tanh(c) (1 - tanh(c)^2)
         np.multiply(dh, o, out=tmp)
-        tmp += block(cot, TANH_C_BLOCK, hidden)
+        tmp += cot_tanh_c
         np.multiply(tanh_c, tanh_c, out=dh)
         np.subtract(1.0, dh, out=dh)
         tmp *= dh
@@ -130,7 +143,7 @@ def lstm_sequence_grad(projected, h0, c0, w_hh, record, g, reverse, out=None):
         np.multiply(dc, i, out=dg)
         np.multiply(dc, c_before, out=df)
         dc *= f  # (carried to the step before)
-        da += cot[:, :gates]
+        da += cot_gates
         # through the activations, whole rows: (1 - s) s on i, f, o; (1 - g)(1 + g) on g
         np.subtract(1.0, a, out=tmp4)
         da *= tmp4
@@ -144,6 +157,19 @@ def lstm_sequence_grad(projected, h0, c0, w_hh, record, g, reverse, out=None):
     return grads
 
 
+def _cotangents(cot, batch: int, hidden: int) -> tuple:
+    """A record row's cotangent as (gates, h, c, tanh(c))."""
+    singles = (region(cot, k, 1, batch, hidden) for k in range(GATES, RECORD))
+    return (region(cot, 0, GATES, batch, hidden), *singles)
+
+
+def _flat_row(*parts):
+    """Parts of one time step as one record row (1, n), each region in row-major order."""
+    flat = [call("reshape", p, shape=(p.shape[0] * p.shape[1],)) for p in parts]
+    row = call("cat", *flat, dim=0)
+    return call("reshape", row, shape=(1, row.shape[0]))
+
+
 def _lstm_reference(projected, h0, c0, w_hh, reverse):
     """The record in tracegrad ops: the LSTM cell unrolled over the time steps."""
     steps, hidden = projected.shape[0], h0.shape[-1]
@@ -155,7 +181,7 @@ def _lstm_reference(projected, h0, c0, w_hh, reverse):
         c = f * c + i * g
         tanh_c = c.tanh()
         h = o * tanh_c
-        rows[t] = _one_step(call("cat", i, f, g, o, h, c, tanh_c, dim=1))
+        rows[t] = _flat_row(call("cat", i, f, g, o, dim=1), h, c, tanh_c)
     return call("cat", *rows, dim=0)
 
 
@@ -168,16 +194,20 @@ def _grad_reference(projected, h0, c0, w_hh, record, g, reverse):
     reference's steps (``record`` is the forward's result, computed again here, so that its
     derivatives follow the inputs)."""
     steps, hidden = projected.shape[0], h0.shape[-1]
+    batch = h0.shape[0]
     record = _lstm_reference(projected, h0, c0, w_hh, reverse)
     order = list(_order(steps, reverse))
-    before = [c0] + [block(record[t], C_BLOCK, hidden) for t in order[:-1]]
+    before = [c0] + [region(record[t], C_BLOCK, 1, batch, hidden) for t in order[:-1]]
     dh = dc = h0 * 0.0
     d_pre = [None] * steps
     for t, c_before in zip(reversed(order), reversed(before), strict=True):
-        i, f, gg, o, _, _, tanh_c = (block(record[t], k, hidden) for k in range(RECORD))
-        cot = [block(g[t], k, hidden) for k in range(RECORD)]
-        dh = dh + cot[H_BLOCK]
-        dc = dc + cot[C_BLOCK] + (dh * o + cot[TANH_C_BLOCK]) * (1.0 - tanh_c * tanh_c)
+        a = region(record[t], 0, GATES, batch, hidden)
+        i, f, gg, o = (block(a, k, hidden) for k in range(GATES))
+        tanh_c = region(record[t], TANH_C_BLOCK, 1, batch, hidden)
+        cot_gates, cot_h, cot_c, cot_tanh_c = _cotangents(g[t], batch, hidden)
+        cot = [block(cot_gates, k, hidden) for k in range(GATES)]
+        dh = dh + cot_h
+        dc = dc + cot_c + (dh * o + cot_tanh_c) * (1.0 - tanh_c * tanh_c)
         d_gates = (dc * gg + cot[0], dc * c_before + cot[1], dc * i + cot[2], dh * tanh_c + cot[3])
         d_i, d_f, d_g, d_o = (d * a * (1.0 - a) for d, a in zip(d_gates, (i, f, gg, o)))
         d_g = d_gates[2] * (1.0 - gg * gg)
@@ -207,7 +237,7 @@ def _lstm_vjp(c, g):
 def _weight_hh_grad(c, d_hh, hidden: int, h_block: int):
     """sum over the steps of d_hh_t^T h_(t-1), the states before each step being the h block
     of the record shifted by one step, h0 first (in the order of the steps)."""
-    h = block(c.out, h_block, hidden)
+    h = region(c.out, h_block, 1, c.h0.shape[0], hidden)
     h0 = _one_step(c.h0)
     before = call("cat", *((h[1:], h0) if c.reverse else (h0, h[:-1])), dim=0)
     rows = d_hh.shape[0] * d_hh.shape[1]
@@ -225,7 +255,8 @@ def _lstm_numpy(projected, h0, c0, w_hh, reverse):
         i, f, o = (1 / (1 + np.exp(-x)) for x in (i, f, o))
         c = f * c + i * np.tanh(g)
         h = o * np.tanh(c)
-        rows[t] = np.concatenate([i, f, np.tanh(g), o, h, c, np.tanh(c)], axis=-1)
+        parts = [np.concatenate([i, f, np.tanh(g), o], axis=-1), h, c, np.tanh(c)]
+        rows[t] = np.concatenate([p.reshape(-1) for p in parts])
     return np.stack([rows[t] for t in range(len(projected))])
 
 
@@ -291,6 +322,14 @@ GRU_HN, GRU_H = 3, 4  # after the gates: W_hn h + b_hn, then h_t
 GRU_RECORD = 5
 
 
+def _gru_parts(row, batch: int, hidden: int) -> tuple:
+    """A GRU record row (or its cotangent) as r, z, n, W_hn h + b_hn and h_t: the gates are
+    blocks of one (batch, 3 hidden) region."""
+    gates = region(row, 0, GRU_GATES, batch, hidden)
+    singles = (region(row, k, 1, batch, hidden) for k in (GRU_HN, GRU_H))
+    return (*(block(gates, k, hidden) for k in range(GRU_GATES)), *singles)
+
+
 def _gru_infer(projected, h0, w_hh, b_hh, reverse) -> TensorType:
     dtype = rules.same_dtype("gru_sequence", projected, h0, w_hh, b_hh)
     if projected.ndim != 3 or projected.shape[2] % GRU_GATES:
@@ -304,7 +343,7 @@ def _gru_infer(projected, h0, w_hh, b_hh, reverse) -> TensorType:
             f"gru_sequence: weight_hh {w_hh.shape} and bias_hh {b_hh.shape} are not "
             f"({gates}, {hidden}) and ({gates},)"
         )
-    return TensorType((steps, batch, GRU_RECORD * hidden), dtype)
+    return TensorType((steps, GRU_RECORD * batch * hidden), dtype)
 
 
 @kernel
@@ -314,15 +353,16 @@ def gru_sequence(projected, h0, w_hh, b_hh, reverse, out=None):
     ``reverse``."""
     steps, batch, gates = projected.shape
     hidden = gates // GRU_GATES
-    record = np.empty((steps, batch, GRU_RECORD * hidden), projected.dtype) if out is None else out
+    shape = (steps, GRU_RECORD * batch * hidden)
+    record = np.empty(shape, projected.dtype) if out is None else out
     hh = scratch((batch, gates), "gru_hh", projected.dtype)
     h = h0
     for t in _order(steps, reverse):
         row, x = record[t], projected[t]
-        r, z, n, hn, new_h = (block(row, k, hidden) for k in range(GRU_RECORD))
+        r, z, n, hn, new_h = _gru_parts(row, batch, hidden)
         np.matmul(h, w_hh.T, out=hh)
         hh += b_hh
-        rz = row[:, : 2 * hidden]
+        rz = region(row, 0, GRU_GATES, batch, hidden)[:, : 2 * hidden]
         np.add(x[:, : 2 * hidden], hh[:, : 2 * hidden], out=rz)
         np.negative(rz, out=rz)  # sigmoid, as the elementwise op computes it
         np.exp(rz, out=rz)
@@ -352,27 +392,28 @@ def gru_sequence_grad(projected, h0, w_hh, b_hh, record, g, reverse, out=None):
     slope = scratch((batch, 2 * hidden), "gru_slope", projected.dtype)
     dh.fill(0.0)
     order = list(_order(steps, reverse))
-    previous_h = [h0] + [block(record[t], GRU_H, hidden) for t in order[:-1]]
+    previous_h = [h0] + [region(record[t], GRU_H, 1, batch, hidden) for t in order[:-1]]
     for t, h_before in zip(reversed(order), reversed(previous_h), strict=True):
-        row, cot, da = record[t], g[t], grads[t]
-        r, z, n, hn, _ = (block(row, k, hidden) for k in range(GRU_RECORD))
+        row, da = record[t], grads[t]
+        r, z, n, hn, _ = _gru_parts(row, batch, hidden)
+        cot_r, cot_z, cot_n, cot_hn, cot_h = _gru_parts(g[t], batch, hidden)
         d_r, d_z, d_hn, d_n = (block(da, k, hidden) for k in range(4))
-        dh += block(cot, GRU_H, hidden)
+        dh += cot_h
         # h' = n + z (h - n): dz = dh (h - n), dn = dh (1 - z), dh carried = dh z
         np.subtract(h_before, n, out=d_z)
         d_z *= dh
         np.multiply(dh, z, out=carried)
         np.subtract(dh, carried, out=d_n)
-        d_z += block(cot, 1, hidden)
-        d_n += block(cot, 2, hidden)
+        d_z += cot_z
+        d_n += cot_n
         np.multiply(n, n, out=dh)  # (dh is free until the product below)
         np.subtract(1.0, dh, out=dh)
         d_n *= dh
         np.multiply(d_n, r, out=d_hn)
-        d_hn += block(cot, GRU_HN, hidden)
+        d_hn += cot_hn
         np.multiply(d_n, hn, out=d_r)
-        d_r += block(cot, 0, hidden)
-        rz, d_rz = row[:, : 2 * hidden], da[:, : 2 * hidden]
+        d_r += cot_r
+        rz, d_rz = region(row, 0, GRU_GATES, batch, hidden)[:, : 2 * hidden], da[:, : 2 * hidden]
         np.subtract(1.0, rz, out=slope)
         d_rz *= slope
         d_rz *= rz
@@ -395,20 +436,20 @@ def _gru_reference(projected, h0, w_hh, b_hh, reverse):
         hn = block(hh, 2, hidden)
         n = (block(x, 2, hidden) + r * hn).tanh()
         h = n + z * (h - n)
-        rows[t] = _one_step(call("cat", r, z, n, hn, h, dim=1))
+        rows[t] = _flat_row(call("cat", r, z, n, dim=1), hn, h)
     return call("cat", *rows, dim=0)
 
 
 def _gru_grad_reference(projected, h0, w_hh, b_hh, record, g, reverse):
     """What ``gru_sequence_grad`` packs, in tracegrad ops (``record`` computed again)."""
-    steps, hidden = projected.shape[0], h0.shape[-1]
+    (batch, hidden), steps = h0.shape, projected.shape[0]
     record = _gru_reference(projected, h0, w_hh, b_hh, reverse)
     order = list(_order(steps, reverse))
-    before = [h0] + [block(record[t], GRU_H, hidden) for t in order[:-1]]
+    before = [h0] + [region(record[t], GRU_H, 1, batch, hidden) for t in order[:-1]]
     dh, rows = h0 * 0.0, [None] * steps
     for t, h_before in zip(reversed(order), reversed(before), strict=True):
-        r, z, n, hn, _ = (block(record[t], k, hidden) for k in range(GRU_RECORD))
-        cot = [block(g[t], k, hidden) for k in range(GRU_RECORD)]
+        r, z, n, hn, _ = _gru_parts(record[t], batch, hidden)
+        cot = _gru_parts(g[t], batch, hidden)
         dh = dh + cot[GRU_H]
         d_n = (dh * (1.0 - z) + cot[2]) * (1.0 - n * n)
         d_z = (dh * (h_before - n) + cot[1]) * z * (1.0 - z)
@@ -452,7 +493,8 @@ def _gru_numpy(projected, h0, w_hh, b_hh, reverse):
         r, z = (1 / (1 + np.exp(-(block(x, k, hidden) + block(hh, k, hidden)))) for k in range(2))
         n = np.tanh(block(x, 2, hidden) + r * block(hh, 2, hidden))
         h = (1 - z) * n + z * h
-        rows[t] = np.concatenate([r, z, n, block(hh, 2, hidden), h], axis=-1)
+        parts = [np.concatenate([r, z, n], axis=-1), block(hh, 2, hidden), h]
+        rows[t] = np.concatenate([p.reshape(-1) for p in parts])
     return np.stack([rows[t] for t in range(len(projected))])
 
 
