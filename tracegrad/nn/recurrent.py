@@ -217,9 +217,9 @@ def _lstm_direction(projected, state: tuple, w_hh, b_hh, reverse: bool):
     if b_hh is not None:
         projected = projected + b_hh
     record = call("lstm_sequence", projected, *state, w_hh, reverse=reverse)
-    (batch, hidden), last = state[0].shape, 0 if reverse else -1
+    dims, last = (projected.shape[0], *state[0].shape), 0 if reverse else -1
     h, c = (
-        recurrent_ops.region(record, k, 1, batch, hidden)
+        recurrent_ops.region(record, k, 1, dims)
         for k in (recurrent_ops.H_BLOCK, recurrent_ops.C_BLOCK)
     )
     return h, (h[last], c[last])
@@ -231,7 +231,7 @@ def _gru_direction(projected, state: tuple, w_hh, b_hh, reverse: bool):
     if b_hh is None:
         b_hh = zeros(w_hh.shape[0], dtype=w_hh.dtype)
     record = call("gru_sequence", projected, state[0], w_hh, b_hh, reverse=reverse)
-    h = recurrent_ops.region(record, recurrent_ops.GRU_H, 1, *state[0].shape)
+    h = recurrent_ops.region(record, recurrent_ops.GRU_H, 1, (projected.shape[0], *state[0].shape))
     return h, (h[0 if reverse else -1],)
 
 

@@ -9,11 +9,11 @@ shows one LSTM layer where the model has one. Its meaning is ``_lstm_reference``
 composition in tracegrad ops: the tests hold the kernels to it, and the gradient op's VJP is
 the reference's, so gradients of gradients stay exact.
 
-The forward keeps what the backward reads in its one result, a record of one row per time step
-holding ``RECORD`` blocks of batch x hidden numbers, each region contiguous (NumPy's ufuncs
-run several times slower on rows with gaps between them): the activated gates i, f, g, o as
-(batch, 4 hidden), then h_t, c_t and tanh(c_t) as (batch, hidden) each. The layer's outputs
-are views of it (``h``, the last ``c``); ``region`` reads it.
+The forward keeps what the backward reads in its one result, a flat record of regions, each
+contiguous (NumPy's ufuncs run several times slower on rows with gaps between them, and the
+next layer's product wants all the h_t as one matrix): the activated gates i, f, g, o as
+(steps, batch, 4 hidden), then h, c and tanh(c) as (steps, batch, hidden) each. The layer's
+outputs are views of it (``h``, the last ``c``); ``region`` reads it.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ def block(rows, k: int, hidden: int):
     return rows[..., k * hidden : (k + 1) * hidden]
 
 
-def region(record, start: int, width: int, batch: int, hidden: int):
-    """Blocks ``start`` to ``start + width`` of a record's rows (the last axis) as
-    (..., batch, width * hidden): the gates, h, c or tanh(c) of each step, contiguous."""
-    size = batch * hidden
-    part = record[..., start * size : (start + width) * size]
-    return part.reshape((*part.shape[:-1], batch, width * hidden))
+def region(record, start: int, width: int, dims: tuple[int, int, int]):
+    """Regions ``start`` to ``start + width`` of a flat record for ``dims`` (steps, batch,
+    hidden) as (steps, batch, width * hidden): the gates, h, c or tanh(c) of every step."""
+    steps, batch, hidden = dims
+    size = steps * batch * hidden
+    return record[start * size : (start + width) * size].reshape((steps, batch, width * hidden))
 
 
 def _order(steps: int, reverse: bool) -> range:
@@ -63,7 +63,7 @@ def _lstm_infer(projected: TensorType, h0: TensorType, c0: TensorType, w_hh: Ten
         )
     if w_hh.shape != (gates, hidden):
         raise ShapeError(f"lstm_sequence: weight_hh {w_hh.shape} is not ({gates}, {hidden})")
-    return TensorType((steps, RECORD * batch * hidden), dtype)
+    return TensorType((RECORD * steps * batch * hidden,), dtype)
 
 
 @functools.cache
@@ -82,12 +82,12 @@ def lstm_sequence(projected, h0, c0, w_hh, reverse, out=None):
     ``reverse``."""
     steps, batch, gates = projected.shape
     hidden = gates // GATES
-    record = np.empty((steps, RECORD * batch * hidden), projected.dtype) if out is None else out
+    record = np.empty(RECORD * steps * batch * hidden, projected.dtype) if out is None else out
     scale, shift = _gate_scale_shift(hidden, projected.dtype)
+    gates_all, *states = _regions(record, (steps, batch, hidden))
     h, c = h0, c0
     for t in _order(steps, reverse):
-        row = record[t]
-        a = region(row, 0, GATES, batch, hidden)
+        a = gates_all[t]
         np.matmul(h, w_hh.T, out=a)
         a += projected[t]
         a *= scale
@@ -95,7 +95,7 @@ def lstm_sequence(projected, h0, c0, w_hh, reverse, out=None):
         a *= scale
         a += shift
         i, f, g, o = (block(a, k, hidden) for k in range(GATES))
-        h, new_c, tanh_c = (region(row, k, 1, batch, hidden) for k in range(GATES, RECORD))
+        h, new_c, tanh_c = (state[t] for state in states)
         np.multiply(i, g, out=tanh_c)  # (a temporary until tanh(c) is made)
         np.multiply(f, c, out=new_c)
         new_c += tanh_c
@@ -121,13 +121,14 @@ def lstm_sequence_grad(projected, h0, c0, w_hh, record, g, reverse, out=None):
     dh.fill(0.0)
     dc.fill(0.0)
     order = list(_order(steps, reverse))
-    previous_c = [c0] + [region(record[t], C_BLOCK, 1, batch, hidden) for t in order[:-1]]
+    dims = (steps, batch, hidden)
+    gates_all, _, c_all, tanh_all = _regions(record, dims)
+    cotangents = _regions(g, dims)
+    previous_c = [c0] + [c_all[t] for t in order[:-1]]
     for t, c_before in zip(reversed(order), reversed(previous_c), strict=True):
-        row, da = record[t], grads[t]
-        a = region(row, 0, GATES, batch, hidden)
+        a, tanh_c, da = gates_all[t], tanh_all[t], grads[t]
         i, f, gg, o = (block(a, k, hidden) for k in range(GATES))
-        tanh_c = region(row, TANH_C_BLOCK, 1, batch, hidden)
-        cot_gates, cot_h, cot_c, cot_tanh_c = _cotangents(g[t], batch, hidden)
+        cot_gates, cot_h, cot_c, cot_tanh_c = (cot[t] for cot in cotangents)
         di, df, dg, do = (block(da, k, hidden) for k in range(GATES))
         dh += cot_h
         dc += cot_c
@@ -157,23 +158,23 @@ def lstm_sequence_grad(projected, h0, c0, w_hh, record, g, reverse, out=None):
     return grads
 
 
-def _cotangents(cot, batch: int, hidden: int) -> tuple:
-    """A record row's cotangent as (gates, h, c, tanh(c))."""
-    singles = (region(cot, k, 1, batch, hidden) for k in range(GATES, RECORD))
-    return (region(cot, 0, GATES, batch, hidden), *singles)
+def _regions(record, dims) -> list:
+    """An LSTM record (or its cotangent) as its regions: gates, h, c, tanh(c)."""
+    singles = (region(record, k, 1, dims) for k in range(GATES, RECORD))
+    return [region(record, 0, GATES, dims), *singles]
 
 
-def _flat_row(*parts):
-    """Parts of one time step as one record row (1, n), each region in row-major order."""
-    flat = [call("reshape", p, shape=(p.shape[0] * p.shape[1],)) for p in parts]
-    row = call("cat", *flat, dim=0)
-    return call("reshape", row, shape=(1, row.shape[0]))
+def _flat_record(*regions):
+    """A record of regions, each a list of its steps' (batch, width) values, in tracegrad ops."""
+    stacked = [call("cat", *map(_one_step, r), dim=0) for r in regions]
+    return call("cat", *(call("reshape", r, shape=(r.numel(),)) for r in stacked), dim=0)
 
 
 def _lstm_reference(projected, h0, c0, w_hh, reverse):
     """The record in tracegrad ops: the LSTM cell unrolled over the time steps."""
     steps, hidden = projected.shape[0], h0.shape[-1]
-    h, c, rows = h0, c0, [None] * steps
+    h, c = h0, c0
+    rows: list[list] = [[None] * steps for _ in range(RECORD - GATES + 1)]
     for t in _order(steps, reverse):
         pre = call("getitem", projected, key=(("int", t),)) + call("matmul", h, w_hh.mT)
         i, f, g, o = (block(pre, k, hidden) for k in range(GATES))
@@ -181,8 +182,9 @@ def _lstm_reference(projected, h0, c0, w_hh, reverse):
         c = f * c + i * g
         tanh_c = c.tanh()
         h = o * tanh_c
-        rows[t] = _flat_row(call("cat", i, f, g, o, dim=1), h, c, tanh_c)
-    return call("cat", *rows, dim=0)
+        for r, value in zip(rows, (call("cat", i, f, g, o, dim=1), h, c, tanh_c), strict=True):
+            r[t] = value
+    return _flat_record(*rows)
 
 
 def _one_step(x):
@@ -197,14 +199,16 @@ def _grad_reference(projected, h0, c0, w_hh, record, g, reverse):
     batch = h0.shape[0]
     record = _lstm_reference(projected, h0, c0, w_hh, reverse)
     order = list(_order(steps, reverse))
-    before = [c0] + [region(record[t], C_BLOCK, 1, batch, hidden) for t in order[:-1]]
+    dims = (steps, batch, hidden)
+    gates_all, _, c_all, tanh_all = _regions(record, dims)
+    cotangents = _regions(g, dims)
+    before = [c0] + [c_all[t] for t in order[:-1]]
     dh = dc = h0 * 0.0
     d_pre = [None] * steps
     for t, c_before in zip(reversed(order), reversed(before), strict=True):
-        a = region(record[t], 0, GATES, batch, hidden)
+        a, tanh_c = gates_all[t], tanh_all[t]
         i, f, gg, o = (block(a, k, hidden) for k in range(GATES))
-        tanh_c = region(record[t], TANH_C_BLOCK, 1, batch, hidden)
-        cot_gates, cot_h, cot_c, cot_tanh_c = _cotangents(g[t], batch, hidden)
+        cot_gates, cot_h, cot_c, cot_tanh_c = (cot[t] for cot in cotangents)
         cot = [block(cot_gates, k, hidden) for k in range(GATES)]
         dh = dh + cot_h
         dc = dc + cot_c + (dh * o + cot_tanh_c) * (1.0 - tanh_c * tanh_c)
@@ -237,7 +241,7 @@ def _lstm_vjp(c, g):
 def _weight_hh_grad(c, d_hh, hidden: int, h_block: int):
     """sum over the steps of d_hh_t^T h_(t-1), the states before each step being the h block
     of the record shifted by one step, h0 first (in the order of the steps)."""
-    h = region(c.out, h_block, 1, c.h0.shape[0], hidden)
+    h = region(c.out, h_block, 1, (c.projected.shape[0], *c.h0.shape))
     h0 = _one_step(c.h0)
     before = call("cat", *((h[1:], h0) if c.reverse else (h0, h[:-1])), dim=0)
     rows = d_hh.shape[0] * d_hh.shape[1]
@@ -255,9 +259,8 @@ def _lstm_numpy(projected, h0, c0, w_hh, reverse):
         i, f, o = (1 / (1 + np.exp(-x)) for x in (i, f, o))
         c = f * c + i * np.tanh(g)
         h = o * np.tanh(c)
-        parts = [np.concatenate([i, f, np.tanh(g), o], axis=-1), h, c, np.tanh(c)]
-        rows[t] = np.concatenate([p.reshape(-1) for p in parts])
-    return np.stack([rows[t] for t in range(len(projected))])
+        rows[t] = [np.concatenate([i, f, np.tanh(g), o], axis=-1), h, c, np.tanh(c)]
+    return _numpy_record(rows, len(projected))
 
 
 _LSTM_SHAPES = (
@@ -322,12 +325,18 @@ GRU_HN, GRU_H = 3, 4  # after the gates: W_hn h + b_hn, then h_t
 GRU_RECORD = 5
 
 
-def _gru_parts(row, batch: int, hidden: int) -> tuple:
-    """A GRU record row (or its cotangent) as r, z, n, W_hn h + b_hn and h_t: the gates are
-    blocks of one (batch, 3 hidden) region."""
-    gates = region(row, 0, GRU_GATES, batch, hidden)
-    singles = (region(row, k, 1, batch, hidden) for k in (GRU_HN, GRU_H))
-    return (*(block(gates, k, hidden) for k in range(GRU_GATES)), *singles)
+def _gru_regions(record, dims) -> list:
+    """A GRU record (or its cotangent) as its regions: gates r, z, n; W_hn h + b_hn; h."""
+    return [
+        region(record, 0, GRU_GATES, dims),
+        *(region(record, k, 1, dims) for k in (GRU_HN, GRU_H)),
+    ]
+
+
+def _gru_parts(regions, t: int, hidden: int) -> tuple:
+    """Step ``t`` of a GRU record's regions as r, z, n, W_hn h + b_hn and h_t."""
+    gates, hn, h = (r[t] for r in regions)
+    return (*(block(gates, k, hidden) for k in range(GRU_GATES)), hn, h)
 
 
 def _gru_infer(projected, h0, w_hh, b_hh, reverse) -> TensorType:
@@ -343,7 +352,7 @@ def _gru_infer(projected, h0, w_hh, b_hh, reverse) -> TensorType:
             f"gru_sequence: weight_hh {w_hh.shape} and bias_hh {b_hh.shape} are not "
             f"({gates}, {hidden}) and ({gates},)"
         )
-    return TensorType((steps, GRU_RECORD * batch * hidden), dtype)
+    return TensorType((GRU_RECORD * steps * batch * hidden,), dtype)
 
 
 @kernel
@@ -353,16 +362,17 @@ def gru_sequence(projected, h0, w_hh, b_hh, reverse, out=None):
     ``reverse``."""
     steps, batch, gates = projected.shape
     hidden = gates // GRU_GATES
-    shape = (steps, GRU_RECORD * batch * hidden)
+    shape = GRU_RECORD * steps * batch * hidden
     record = np.empty(shape, projected.dtype) if out is None else out
+    regions = _gru_regions(record, (steps, batch, hidden))
     hh = scratch((batch, gates), "gru_hh", projected.dtype)
     h = h0
     for t in _order(steps, reverse):
-        row, x = record[t], projected[t]
-        r, z, n, hn, new_h = _gru_parts(row, batch, hidden)
+        x = projected[t]
+        r, z, n, hn, new_h = _gru_parts(regions, t, hidden)
         np.matmul(h, w_hh.T, out=hh)
         hh += b_hh
-        rz = region(row, 0, GRU_GATES, batch, hidden)[:, : 2 * hidden]
+        rz = regions[0][t][:, : 2 * hidden]
         np.add(x[:, : 2 * hidden], hh[:, : 2 * hidden], out=rz)
         np.negative(rz, out=rz)  # sigmoid, as the elementwise op computes it
         np.exp(rz, out=rz)
@@ -392,11 +402,13 @@ def gru_sequence_grad(projected, h0, w_hh, b_hh, record, g, reverse, out=None):
     slope = scratch((batch, 2 * hidden), "gru_slope", projected.dtype)
     dh.fill(0.0)
     order = list(_order(steps, reverse))
-    previous_h = [h0] + [region(record[t], GRU_H, 1, batch, hidden) for t in order[:-1]]
+    regions = _gru_regions(record, (steps, batch, hidden))
+    cotangents = _gru_regions(g, (steps, batch, hidden))
+    previous_h = [h0] + [regions[2][t] for t in order[:-1]]
     for t, h_before in zip(reversed(order), reversed(previous_h), strict=True):
-        row, da = record[t], grads[t]
-        r, z, n, hn, _ = _gru_parts(row, batch, hidden)
-        cot_r, cot_z, cot_n, cot_hn, cot_h = _gru_parts(g[t], batch, hidden)
+        da = grads[t]
+        r, z, n, hn, _ = _gru_parts(regions, t, hidden)
+        cot_r, cot_z, cot_n, cot_hn, cot_h = _gru_parts(cotangents, t, hidden)
         d_r, d_z, d_hn, d_n = (block(da, k, hidden) for k in range(4))
         dh += cot_h
         # h' = n + z (h - n): dz = dh (h - n), dn = dh (1 - z), dh carried = dh z
@@ -413,7 +425,7 @@ def gru_sequence_grad(projected, h0, w_hh, b_hh, record, g, reverse, out=None):
         d_hn += cot_hn
         np.multiply(d_n, hn, out=d_r)
         d_r += cot_r
-        rz, d_rz = region(row, 0, GRU_GATES, batch, hidden)[:, : 2 * hidden], da[:, : 2 * hidden]
+        rz, d_rz = regions[0][t][:, : 2 * hidden], da[:, : 2 * hidden]
         np.subtract(1.0, rz, out=slope)
         d_rz *= slope
         d_rz *= rz
@@ -428,7 +440,7 @@ def gru_sequence_grad(projected, h0, w_hh, b_hh, record, g, reverse, out=None):
 def _gru_reference(projected, h0, w_hh, b_hh, reverse):
     """The record in tracegrad ops: the GRU cell unrolled over the time steps."""
     steps, hidden = projected.shape[0], h0.shape[-1]
-    h, rows = h0, [None] * steps
+    h, rows = h0, [[None] * steps for _ in range(3)]
     for t in _order(steps, reverse):
         x = call("getitem", projected, key=(("int", t),))
         hh = call("matmul", h, w_hh.mT) + b_hh
@@ -436,8 +448,9 @@ def _gru_reference(projected, h0, w_hh, b_hh, reverse):
         hn = block(hh, 2, hidden)
         n = (block(x, 2, hidden) + r * hn).tanh()
         h = n + z * (h - n)
-        rows[t] = _flat_row(call("cat", r, z, n, dim=1), hn, h)
-    return call("cat", *rows, dim=0)
+        for region_steps, value in zip(rows, (call("cat", r, z, n, dim=1), hn, h), strict=True):
+            region_steps[t] = value
+    return _flat_record(*rows)
 
 
 def _gru_grad_reference(projected, h0, w_hh, b_hh, record, g, reverse):
@@ -445,11 +458,13 @@ def _gru_grad_reference(projected, h0, w_hh, b_hh, record, g, reverse):
     (batch, hidden), steps = h0.shape, projected.shape[0]
     record = _gru_reference(projected, h0, w_hh, b_hh, reverse)
     order = list(_order(steps, reverse))
-    before = [h0] + [region(record[t], GRU_H, 1, batch, hidden) for t in order[:-1]]
+    regions = _gru_regions(record, (steps, batch, hidden))
+    cotangents = _gru_regions(g, (steps, batch, hidden))
+    before = [h0] + [regions[2][t] for t in order[:-1]]
     dh, rows = h0 * 0.0, [None] * steps
     for t, h_before in zip(reversed(order), reversed(before), strict=True):
-        r, z, n, hn, _ = _gru_parts(record[t], batch, hidden)
-        cot = _gru_parts(g[t], batch, hidden)
+        r, z, n, hn, _ = _gru_parts(regions, t, hidden)
+        cot = _gru_parts(cotangents, t, hidden)
         dh = dh + cot[GRU_H]
         d_n = (dh * (1.0 - z) + cot[2]) * (1.0 - n * n)
         d_z = (dh * (h_before - n) + cot[1]) * z * (1.0 - z)
@@ -493,9 +508,14 @@ def _gru_numpy(projected, h0, w_hh, b_hh, reverse):
         r, z = (1 / (1 + np.exp(-(block(x, k, hidden) + block(hh, k, hidden)))) for k in range(2))
         n = np.tanh(block(x, 2, hidden) + r * block(hh, 2, hidden))
         h = (1 - z) * n + z * h
-        parts = [np.concatenate([r, z, n], axis=-1), block(hh, 2, hidden), h]
-        rows[t] = np.concatenate([p.reshape(-1) for p in parts])
-    return np.stack([rows[t] for t in range(len(projected))])
+        rows[t] = [np.concatenate([r, z, n], axis=-1), block(hh, 2, hidden), h]
+    return _numpy_record(rows, len(projected))
+
+
+def _numpy_record(rows: dict, steps: int) -> np.ndarray:
+    """A flat record from each step's regions, in NumPy (a test reference)."""
+    regions = zip(*(rows[t] for t in range(steps)), strict=True)
+    return np.concatenate([np.stack(steps_of).reshape(-1) for steps_of in regions])
 
 
 _GRU_SHAPES = (
