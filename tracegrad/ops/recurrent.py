@@ -30,7 +30,7 @@ from tracegrad.ops.registry import Sample, call, register
 from tracegrad.ops.runtime import kernel, scratch
 
 GATES = 4  # i, f, g, o
-H_BLOCK, C_BLOCK, TANH_C_BLOCK = 4, 5, 6  # after the gates
+H_BLOCK, C_BLOCK = 4, 5  # regions after the gates (tanh(c) is the last)
 RECORD = 7  # blocks of hidden columns a time step keeps
 
 
@@ -67,12 +67,15 @@ def _lstm_infer(projected: TensorType, h0: TensorType, c0: TensorType, w_hh: Ten
 
 
 @functools.cache
-def _gate_scale_shift(hidden: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _gate_columns(hidden: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per gate column: sigmoid(x) = 0.5 tanh(0.5 x) + 0.5 on i, f, o, and tanh on g, so one
-    tanh activates a whole row of gates. Shared, never written."""
+    tanh activates a whole row of gates (the scale and the shift); and 1 on g's columns, 0 on
+    the others, for the derivative (1 - a)(a + that): (1 - s) s and (1 - g)(1 + g). Shared,
+    never written."""
     scale = np.full(GATES * hidden, 0.5, dtype)
     scale[2 * hidden : 3 * hidden] = 1.0
-    return scale, np.where(scale == 0.5, 0.5, 0.0).astype(dtype)
+    shift = np.where(scale == 0.5, 0.5, 0.0).astype(dtype)
+    return scale, shift, (1.0 - 2.0 * shift).astype(dtype)
 
 
 @kernel
@@ -83,7 +86,7 @@ def lstm_sequence(projected, h0, c0, w_hh, reverse, out=None):
     steps, batch, gates = projected.shape
     hidden = gates // GATES
     record = np.empty(RECORD * steps * batch * hidden, projected.dtype) if out is None else out
-    scale, shift = _gate_scale_shift(hidden, projected.dtype)
+    scale, shift, _ = _gate_columns(hidden, projected.dtype)
     gates_all, *states = _regions(record, (steps, batch, hidden))
     h, c = h0, c0
     for t in _order(steps, reverse):
@@ -117,7 +120,7 @@ def lstm_sequence_grad(projected, h0, c0, w_hh, record, g, reverse, out=None):
     dc = scratch((batch, hidden), "lstm_dc", projected.dtype)
     tmp = scratch((batch, hidden), "lstm_tmp", projected.dtype)
     tmp4 = scratch((batch, gates), "lstm_tmp4", projected.dtype)
-    tanh_columns = 1.0 - _gate_scale_shift(hidden, projected.dtype)[1] * 2.0
+    tanh_columns = _gate_columns(hidden, projected.dtype)[2]
     dh.fill(0.0)
     dc.fill(0.0)
     order = list(_order(steps, reverse))
