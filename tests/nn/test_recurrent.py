@@ -608,3 +608,10 @@ def test_bad_constructor_arguments():
         nn.RNNBase("GRU", 3, 4, proj_size=2)
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         nn.LSTM(3, 4, dropout=0.5)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_an_empty_sequence_is_refused_as_pytorch_does(kind):
+    layer = KINDS[kind][0]()
+    with pytest.raises(tg.ShapeError, match="Expected sequence length to be larger than 0"):
+        layer(tg.randn(0, N, H_IN))

@@ -353,6 +353,8 @@ class RNNBase(Module):
             input, hx = input.unsqueeze(1), _map_state(hx, lambda part: part.unsqueeze(1))
         elif self.batch_first:
             input = input.transpose(0, 1)
+        if input.shape[0] == 0:  # (PyTorch's words)
+            raise ShapeError(at_user_line("Expected sequence length to be larger than 0 in RNN"))
         layers = self.num_layers * self.num_directions
         shapes = [(layers, input.shape[1], self.real_hidden_size)]
         shapes += [(layers, input.shape[1], self.hidden_size)] * (self.kind.state_size - 1)
